@@ -1,0 +1,29 @@
+"""jnn: neural networks as pure functions over parameter pytrees, for JAX.
+
+A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``:
+
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> model = jnn.serial(jnn.flatten(), jnn.dense(128), jnn.relu(), jnn.dense(10))
+  >>> params, state = model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+  >>> logits, state = model.apply(params, state, jnp.zeros((4, 28, 28, 1)))
+  >>> logits.shape
+  (4, 10)
+"""
+from jnn import initializers, losses, metrics, tree
+from jnn.core import Layer, fan_out, named, output_shape, residual, serial, stateless
+from jnn.layers import (dense, elu, flatten, gelu, heaviside, identity, leaky_relu, log_softmax,
+                        relu, reshape, sigmoid, silu, softmax, softplus, step, swish, tanh)
+from jnn.summary import summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # core
+    "Layer", "serial", "fan_out", "residual", "named", "output_shape", "stateless", "summary",
+    # layers
+    "dense", "flatten", "reshape", "identity",
+    "step", "heaviside", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu",
+    "swish", "softmax", "log_softmax",
+    # modules
+    "initializers", "losses", "metrics", "tree",
+]

@@ -1,0 +1,160 @@
+"""Verified, atomic downloads with mirror fallback.
+
+:func:`download` never leaves a partial or unverified file behind: it streams
+into a temporary file next to the destination, checks the byte count against
+``Content-Length`` and the checksum (if given), and only then renames the
+temporary file onto the destination with :func:`os.replace` (atomic on POSIX
+and Windows). On any failure the temporary file is deleted and the next
+mirror is tried.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from jnn.data.errors import DatasetUnavailableError
+
+__all__ = ["download"]
+
+_CHUNK = 1 << 16
+_USER_AGENT = "jnn-data/0.1 (+python urllib)"
+# Errors that mean "this mirror did not work, try the next one".
+_MIRROR_ERRORS = (OSError, ValueError, http.client.HTTPException)
+
+
+class _VerificationError(ValueError):
+    """The downloaded bytes are incomplete or fail their checksum."""
+
+
+def download(
+    urls: str | Sequence[str],
+    dest: str | os.PathLike[str],
+    *,
+    md5: str | None = None,
+    sha256: str | None = None,
+    timeout: float = 30,
+) -> pathlib.Path:
+    """Downloads a file, trying each URL in order, and verifies it.
+
+    The destination directory is created if needed. An existing ``dest`` is
+    replaced only by a fully downloaded and verified file.
+
+    Args:
+        urls: One URL or a sequence of mirror URLs for the same file
+            (``http(s)://`` or ``file://``).
+        dest: Path the file is written to.
+        md5: Expected MD5 hex digest, or None to skip this check.
+        sha256: Expected SHA-256 hex digest, or None to skip this check.
+        timeout: Seconds to wait on each connect or read before giving up on
+            a mirror.
+
+    Returns:
+        ``dest`` as a ``pathlib.Path``.
+
+    Raises:
+        DatasetUnavailableError: If no URL yields a complete, verified file;
+            the message lists each URL with its error.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> src = pathlib.Path(tempfile.mkdtemp()) / "hello.txt"
+        >>> _ = src.write_bytes(b"hello")
+        >>> out = download(src.as_uri(), src.with_name("copy.txt"),
+        ...                md5="5d41402abc4b2a76b9719d911017c592")
+        >>> out.read_bytes()
+        b'hello'
+    """
+    if isinstance(urls, str):
+        urls = [urls]
+    dest = pathlib.Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    attempts: list[tuple[str, str]] = []
+    for url in urls:
+        try:
+            _fetch(url, dest, md5=md5, sha256=sha256, timeout=timeout)
+        except _MIRROR_ERRORS as e:
+            attempts.append((url, _describe(e)))
+        else:
+            return dest
+    raise DatasetUnavailableError.for_file(
+        dest, attempts, note=None if attempts else "no URLs were given"
+    )
+
+
+def _fetch(
+    url: str,
+    dest: pathlib.Path,
+    *,
+    md5: str | None,
+    sha256: str | None,
+    timeout: float,
+) -> None:
+    """Downloads one URL into a temp file, verifies it and moves it to ``dest``."""
+    tmp = tempfile.NamedTemporaryFile(
+        dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False
+    )
+    try:
+        with tmp:
+            received, digests = _stream(url, tmp, timeout=timeout)
+        _verify(received, digests, md5=md5, sha256=sha256)
+        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates files as 0o600
+        os.replace(tmp.name, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp.name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _stream(url: str, out, *, timeout: float) -> tuple[int, dict[str, str]]:
+    """Copies the body at ``url`` into ``out``; checks it against Content-Length.
+
+    Returns:
+        The number of bytes written and their ``{"md5": ..., "sha256": ...}``.
+    """
+    h_md5 = hashlib.md5(usedforsecurity=False)
+    h_sha256 = hashlib.sha256()
+    received = 0
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length is not None and length.strip().isdigit() else None
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            h_md5.update(chunk)
+            h_sha256.update(chunk)
+            received += len(chunk)
+    if expected is not None and received != expected:
+        raise _VerificationError(
+            f"incomplete download: Content-Length is {expected} bytes, received {received}"
+        )
+    return received, {"md5": h_md5.hexdigest(), "sha256": h_sha256.hexdigest()}
+
+
+def _verify(received: int, digests: dict[str, str], *, md5: str | None, sha256: str | None) -> None:
+    """Raises ``_VerificationError`` if a given checksum does not match."""
+    for name, want in (("md5", md5), ("sha256", sha256)):
+        if want is not None and digests[name] != want.lower():
+            raise _VerificationError(
+                f"{name} mismatch: expected {want.lower()}, got {digests[name]} ({received} bytes)"
+            )
+
+
+def _describe(error: BaseException) -> str:
+    """One-line description of why a mirror failed."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return f"URLError: {error.reason}"
+    if isinstance(error, http.client.IncompleteRead):
+        return f"incomplete download: connection closed after {len(error.partial)} bytes"
+    if isinstance(error, _VerificationError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,147 @@
+"""MNIST handwritten digits: 28x28 grayscale images, labels 0-9.
+
+Files live at ``<data_dir>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``
+(see :func:`jnn.data.data_dir`). Missing files are downloaded from a list of
+mirrors and checked against the official MD5 checksums. Files that are
+already present are *not* checksummed (so a re-packed subset works), but every
+file's IDX header is validated, and images and labels must agree.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from jnn.data import fetch, paths
+from jnn.data.errors import DatasetUnavailableError
+from jnn.data.idx import read_idx
+
+__all__ = ["MNIST_MD5", "MNIST_MIRRORS", "load_mnist", "mnist_available"]
+
+MNIST_MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+"""Default download mirrors, tried in order."""
+
+MNIST_MD5: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+"""Official MD5 checksums, checked for every file the loader downloads."""
+
+_SPLITS = {"train": "train", "test": "t10k"}
+_SUBDIR = "mnist"
+_NUM_CLASSES = 10
+
+
+def _file_names(split: str) -> tuple[str, str]:
+    """Returns the (images, labels) file names of ``split``."""
+    if split not in _SPLITS:
+        raise ValueError(f"unknown MNIST split {split!r}; expected one of {sorted(_SPLITS)}")
+    prefix = _SPLITS[split]
+    return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
+
+
+def mnist_available(data_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Says whether all four MNIST files are present; never downloads.
+
+    Args:
+        data_dir: Data directory; defaults to :func:`jnn.data.data_dir`.
+
+    Returns:
+        True if both splits' image and label files exist in
+        ``<data_dir>/mnist/``. Their contents are not checked.
+
+    Example:
+        >>> import tempfile
+        >>> mnist_available(tempfile.mkdtemp())
+        False
+    """
+    folder = paths.resolve_data_dir(data_dir) / _SUBDIR
+    names = [name for split in _SPLITS for name in _file_names(split)]
+    return all((folder / name).is_file() for name in names)
+
+
+def load_mnist(
+    split: str = "train",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loads one MNIST split, downloading missing files if allowed.
+
+    Args:
+        split: ``"train"`` (60,000 images officially) or ``"test"`` (10,000).
+        data_dir: Data directory; defaults to :func:`jnn.data.data_dir`.
+        download: Whether missing files may be downloaded.
+        mirrors: Base URLs (each followed by the file name), tried in order;
+            defaults to :data:`MNIST_MIRRORS`.
+
+    Returns:
+        ``(images, labels)``: float32 images in ``[0, 1]`` of shape
+        ``(N, 28, 28, 1)`` and int32 labels in ``0..9`` of shape ``(N,)``.
+
+    Raises:
+        DatasetUnavailableError: If a file is missing and ``download`` is False
+            or every mirror failed.
+        ValueError: If a file is corrupt, has the wrong shape, or the image
+            and label counts differ.
+
+    Example:
+        >>> images, labels = load_mnist("test", download=False)  # doctest: +SKIP
+        >>> images.shape, images.dtype, labels.shape, labels.dtype  # doctest: +SKIP
+        ((10000, 28, 28, 1), dtype('float32'), (10000,), dtype('int32'))
+    """
+    root = paths.resolve_data_dir(data_dir)
+    image_path, label_path = (
+        _ensure(root / _SUBDIR / name, root=root, download=download, mirrors=mirrors)
+        for name in _file_names(split)
+    )
+    images = read_idx(image_path, ndim=3)
+    labels = read_idx(label_path, ndim=1)
+    _validate(images, labels, image_path, label_path)
+    x = images.astype(np.float32)
+    x /= np.float32(255.0)
+    return x[..., None], labels.astype(np.int32)
+
+
+def _ensure(
+    path: pathlib.Path,
+    *,
+    root: pathlib.Path,
+    download: bool,
+    mirrors: Sequence[str] | None,
+) -> pathlib.Path:
+    """Returns ``path``, downloading and checksumming it first if it is missing."""
+    if path.is_file():
+        return path
+    if not download:
+        raise DatasetUnavailableError.for_file(path, root=root, note="download=False")
+    bases = MNIST_MIRRORS if mirrors is None else mirrors
+    urls = [base.rstrip("/") + "/" + path.name for base in bases]
+    return fetch.download(urls, path, md5=MNIST_MD5[path.name])
+
+
+def _validate(
+    images: np.ndarray, labels: np.ndarray, image_path: pathlib.Path, label_path: pathlib.Path
+) -> None:
+    """Checks shapes, counts and label range; raises ValueError naming the files."""
+    if images.shape[1:] != (28, 28):
+        raise ValueError(f"{image_path}: expected images of shape (N, 28, 28), got {images.shape}")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"MNIST image/label count mismatch: {image_path} has {images.shape[0]} images "
+            f"but {label_path} has {labels.shape[0]} labels"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
+        bad = np.unique(labels[(labels < 0) | (labels >= _NUM_CLASSES)])
+        raise ValueError(
+            f"{label_path}: labels must be in 0..{_NUM_CLASSES - 1}, found {bad[:10].tolist()}"
+        )

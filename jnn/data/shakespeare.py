@@ -1,0 +1,66 @@
+"""Tiny Shakespeare: 1,115,394 characters of Shakespeare for char-level models.
+
+The file lives at ``<data_dir>/tinyshakespeare/input.txt`` (see
+:func:`jnn.data.data_dir`); if it is missing it is downloaded from the char-rnn
+repository and checked against its SHA-256.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from jnn.data import fetch, paths
+from jnn.data.errors import DatasetUnavailableError
+
+__all__ = ["SHAKESPEARE_MIRRORS", "SHAKESPEARE_SHA256", "load_tiny_shakespeare"]
+
+SHAKESPEARE_MIRRORS: tuple[str, ...] = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+)
+"""Default download URLs (full URLs of ``input.txt``), tried in order."""
+
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+"""SHA-256 of the published ``input.txt``, checked when it is downloaded."""
+
+_SUBDIR = "tinyshakespeare"
+_FILE = "input.txt"
+
+
+def load_tiny_shakespeare(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+) -> str:
+    """Returns the Tiny Shakespeare corpus as one string.
+
+    A file already present is read as is (UTF-8, line endings untouched);
+    only a downloaded file is checksummed.
+
+    Args:
+        data_dir: Data directory; defaults to :func:`jnn.data.data_dir`.
+        download: Whether the file may be downloaded if it is missing.
+        mirrors: Full URLs of ``input.txt`` to try in order; defaults to
+            :data:`SHAKESPEARE_MIRRORS`.
+
+    Returns:
+        The text: 1,115,394 characters, 65 distinct, for the published file.
+
+    Raises:
+        DatasetUnavailableError: If the file is missing and ``download`` is
+            False or every URL failed.
+
+    Example:
+        >>> text = load_tiny_shakespeare(download=False)  # doctest: +SKIP
+        >>> text[:14]  # doctest: +SKIP
+        'First Citizen:'
+    """
+    root = paths.resolve_data_dir(data_dir)
+    path = root / _SUBDIR / _FILE
+    if not path.is_file():
+        if not download:
+            raise DatasetUnavailableError.for_file(path, root=root, note="download=False")
+        urls = SHAKESPEARE_MIRRORS if mirrors is None else mirrors
+        fetch.download(list(urls), path, sha256=SHAKESPEARE_SHA256)
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()

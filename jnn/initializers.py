@@ -1,0 +1,88 @@
+"""Weight initializers: thin names over ``jax.nn.initializers``.
+
+Every entry here is a *factory* returning an initializer ``(key, shape, dtype) -> array``
+(``jax.nn.initializers.zeros`` is itself an initializer; ``jnn.initializers.zeros()``
+returns one, so every name is used the same way). Layers accept either an initializer
+or its name as a string: ``jnn.dense(128, w_init="he_normal")``.
+
+Example:
+  >>> import jax, jnn
+  >>> w = jnn.initializers.he_normal()(jax.random.key(0), (784, 128))
+  >>> w.shape
+  (784, 128)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "glorot_uniform", "glorot_normal", "xavier_uniform", "xavier_normal",
+    "he_uniform", "he_normal", "kaiming_uniform", "kaiming_normal",
+    "lecun_uniform", "lecun_normal", "zeros", "ones", "constant", "normal", "uniform", "get",
+]
+
+Initializer = Callable[..., jax.Array]
+_inits = jax.nn.initializers
+
+glorot_uniform = _inits.glorot_uniform
+glorot_normal = _inits.glorot_normal
+he_uniform = _inits.he_uniform
+he_normal = _inits.he_normal
+lecun_uniform = _inits.lecun_uniform
+lecun_normal = _inits.lecun_normal
+xavier_uniform, xavier_normal = glorot_uniform, glorot_normal
+kaiming_uniform, kaiming_normal = he_uniform, he_normal
+constant = _inits.constant
+
+
+def zeros() -> Initializer:
+    """All zeros."""
+    return _inits.zeros
+
+
+def ones() -> Initializer:
+    """All ones."""
+    return _inits.ones
+
+
+def normal(stddev: float = 1e-2) -> Initializer:
+    """Normal with mean 0 and standard deviation ``stddev``."""
+    return _inits.normal(stddev)
+
+
+def uniform(scale: float = 1e-2) -> Initializer:
+    """Uniform on ``[0, scale)``."""
+    return _inits.uniform(scale)
+
+
+_BY_NAME = {
+    name: globals()[name]
+    for name in ["glorot_uniform", "glorot_normal", "xavier_uniform", "xavier_normal", "he_uniform",
+                 "he_normal", "kaiming_uniform", "kaiming_normal", "lecun_uniform", "lecun_normal",
+                 "zeros", "ones", "normal", "uniform"]
+}
+
+
+def get(spec: str | Initializer, *, where: str = "initializer") -> Initializer:
+    """An initializer from a name (``"he_normal"``) or an initializer (returned as is)."""
+    if isinstance(spec, str):
+        if spec not in _BY_NAME:
+            raise ValueError(f"{where}: unknown initializer {spec!r}; expected one of {sorted(_BY_NAME)}")
+        return _BY_NAME[spec]()
+    if callable(spec):
+        if spec in _BY_NAME.values():
+            raise TypeError(f"{where}: got the factory {spec.__name__}; call it: {spec.__name__}()")
+        return spec
+    raise TypeError(f"{where}: expected an initializer or its name, got {type(spec).__name__}")
+
+
+def param_dtype(dtype) -> jnp.dtype:
+    """The dtype params take for an input of ``dtype``: float64 for float64 inputs, else float32.
+
+    Layers keep params in float32 for half-precision inputs and compute in the input's dtype,
+    which is the usual mixed-precision policy.
+    """
+    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)

@@ -1,0 +1,4 @@
+"""Layer families, one module each; every public name is re-exported from ``jnn``."""
+from jnn.layers.activations import (elu, gelu, heaviside, leaky_relu, log_softmax, relu, sigmoid,
+                                    silu, softmax, softplus, step, swish, tanh)
+from jnn.layers.basic import dense, flatten, identity, reshape

@@ -1,0 +1,85 @@
+"""Activation functions as layers (no params, no state), reusing ``jax.nn``.
+
+Each factory returns a :class:`jnn.Layer`; the functions themselves are ``jax.nn.*``
+(and :func:`heaviside` here, which ``jax.nn`` lacks).
+
+Example:
+  >>> import jax.numpy as jnp, jnn
+  >>> jnn.relu().apply({}, {}, jnp.array([-1.0, 2.0]))[0]
+  Array([0., 2.], dtype=float32)
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jnn.core import Layer, stateless
+
+__all__ = ["heaviside", "step", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus",
+           "silu", "swish", "softmax", "log_softmax"]
+
+
+def heaviside(x: jax.Array) -> jax.Array:
+    """The Heaviside step: 1 where ``x >= 0``, else 0; its gradient is zero everywhere."""
+    return jnp.where(x >= 0, jnp.ones_like(x), jnp.zeros_like(x))
+
+
+def step(*, name: str | None = None) -> Layer:
+    """Heaviside step (the classic perceptron's output): ``1 if x >= 0 else 0``."""
+    return stateless("step", heaviside, name=name)
+
+
+def sigmoid(*, name: str | None = None) -> Layer:
+    """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+    return stateless("sigmoid", jax.nn.sigmoid, name=name)
+
+
+def tanh(*, name: str | None = None) -> Layer:
+    """Hyperbolic tangent."""
+    return stateless("tanh", jnp.tanh, name=name)
+
+
+def relu(*, name: str | None = None) -> Layer:
+    """Rectified linear unit ``max(x, 0)``."""
+    return stateless("relu", jax.nn.relu, name=name)
+
+
+def leaky_relu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
+    """``x if x >= 0 else negative_slope * x``."""
+    return stateless("leaky_relu", functools.partial(jax.nn.leaky_relu, negative_slope=negative_slope),
+                     name=name)
+
+
+def elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
+    """Exponential linear unit ``x if x > 0 else alpha * (exp(x) - 1)``."""
+    return stateless("elu", functools.partial(jax.nn.elu, alpha=alpha), name=name)
+
+
+def gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
+    """Gaussian error linear unit ``x * Phi(x)`` (exact by default; tanh approximation optional)."""
+    return stateless("gelu", functools.partial(jax.nn.gelu, approximate=approximate), name=name)
+
+
+def softplus(*, name: str | None = None) -> Layer:
+    """``log(1 + exp(x))``, a smooth ReLU."""
+    return stateless("softplus", jax.nn.softplus, name=name)
+
+
+def silu(*, name: str | None = None) -> Layer:
+    """Sigmoid linear unit (swish) ``x * sigmoid(x)``."""
+    return stateless("silu", jax.nn.silu, name=name)
+
+
+swish = silu
+
+
+def softmax(axis: int = -1, *, name: str | None = None) -> Layer:
+    """Softmax over ``axis`` (probabilities that sum to 1)."""
+    return stateless("softmax", functools.partial(jax.nn.softmax, axis=axis), name=name)
+
+
+def log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
+    """Log-softmax over ``axis`` (numerically stable log-probabilities)."""
+    return stateless("log_softmax", functools.partial(jax.nn.log_softmax, axis=axis), name=name)

@@ -1,0 +1,109 @@
+"""Dense (fully connected) layers and shape plumbing: dense, flatten, reshape, identity."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jnn import initializers
+from jnn.core import Layer, layer_error, shape_of, stateless
+
+__all__ = ["dense", "flatten", "reshape", "identity"]
+
+
+def _check_positive_int(label: str, what: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
+
+
+def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init="zeros",
+          name: str | None = None) -> Layer:
+    """Fully connected layer ``y = x @ w + b`` on the last axis.
+
+    Shapes: ``x: [..., in]`` -> ``y: [..., features]``; params ``w: [in, features]``,
+    ``b: [features]``. Params are float32 (float64 for float64 inputs); the product is
+    computed in the input's dtype.
+
+    Args:
+      features: output width (> 0).
+      use_bias: add a learned bias.
+      w_init, b_init: initializers or their names (see :mod:`jnn.initializers`).
+      name: optional explicit key for this layer's params.
+
+    Example (a perceptron is ``dense(1)`` followed by ``step()``):
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> layer = jnn.dense(2)
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((5, 3)))
+      >>> params["w"].shape, params["b"].shape
+      ((3, 2), (2,))
+    """
+    label = name or "dense"
+    _check_positive_int(label, "features", features)
+    w_init = initializers.get(w_init, where=f"{label} w_init")
+    b_init = initializers.get(b_init, where=f"{label} b_init")
+
+    def init(key, example):
+        x = shape_of(example)
+        if x.ndim < 1:
+            raise layer_error(label, f"expected an input with at least one axis, got shape {x.shape}")
+        dtype = initializers.param_dtype(x.dtype)
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (x.shape[-1], features), dtype)}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        w = params["w"]
+        if x.ndim < 1 or x.shape[-1] != w.shape[0]:
+            raise layer_error(label, f"expected input of shape [..., {w.shape[0]}] (the size it was "
+                                     f"initialized with), got {tuple(x.shape)}")
+        y = x @ w.astype(x.dtype)
+        if use_bias:
+            y = y + params["b"].astype(x.dtype)
+        return y, state
+
+    return Layer(init, apply, "dense", name)
+
+
+def flatten(*, name: str | None = None) -> Layer:
+    """Flattens all axes but the first (batch): ``[B, d1, d2, ...] -> [B, d1*d2*...]``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> jnn.flatten().apply({}, {}, jnp.zeros((2, 28, 28, 1)))[0].shape
+      (2, 784)
+    """
+    return stateless("flatten", lambda x: x.reshape(x.shape[0], -1), name=name)
+
+
+def reshape(shape: tuple[int, ...], *, name: str | None = None) -> Layer:
+    """Reshapes each example (the batch axis is kept): ``[B, ...] -> [B, *shape]``.
+
+    One entry of ``shape`` may be -1.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> jnn.reshape((28, 28, 1)).apply({}, {}, jnp.zeros((2, 784)))[0].shape
+      (2, 28, 28, 1)
+    """
+    label = name or "reshape"
+    shape = tuple(shape)
+    if any(not isinstance(d, int) or (d <= 0 and d != -1) for d in shape) or shape.count(-1) > 1:
+        raise ValueError(f"{label}: shape must hold positive integers and at most one -1, got {shape}")
+
+    def fn(x):
+        size = math.prod(x.shape[1:])
+        known = math.prod(d for d in shape if d != -1)
+        if (-1 in shape and size % known) or (-1 not in shape and size != known):
+            raise layer_error(label, f"cannot reshape examples of shape {tuple(x.shape[1:])} "
+                                     f"({size} values) to {shape}")
+        return x.reshape((x.shape[0], *shape))
+
+    return stateless("reshape", fn, name=name)
+
+
+def identity(*, name: str | None = None) -> Layer:
+    """Returns its input unchanged (the skip branch of a residual block)."""
+    return stateless("identity", lambda x: x, name=name)

@@ -1,0 +1,141 @@
+"""Losses as plain functions, reusing ``optax.losses`` where it has them.
+
+Reduction: every loss returns the **mean over all examples** (and, for element-wise
+losses, over all elements), a scalar. Pass ``reduction="none"`` for per-example values
+(per-element for MSE/MAE/binary cross-entropy). All are stable at extreme inputs: logits
+of +-1e4 and probabilities of exactly 0 and 1 give finite values and gradients.
+
+Example:
+  >>> import jax.numpy as jnp, jnn
+  >>> float(jnn.losses.mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
+  2.0
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jnn import tree as _tree
+
+__all__ = ["mse", "mae", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "softmax_cross_entropy", "l1_penalty", "l2_penalty"]
+
+
+def _reduce(values: jax.Array, reduction: str, where: str) -> jax.Array:
+    if reduction == "mean":
+        return jnp.mean(values)
+    if reduction == "none":
+        return values
+    raise ValueError(f"{where}: reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def _same_shape(where: str, a, b, names=("predictions", "targets")) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{where}: {names[0]} and {names[1]} must have the same shape, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def mse(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") -> jax.Array:
+    """Mean squared error ``mean((predictions - targets) ** 2)``; shapes must match."""
+    _same_shape("mse", predictions, targets)
+    return _reduce(optax.losses.squared_error(predictions, targets), reduction, "mse")
+
+
+def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") -> jax.Array:
+    """Mean absolute error ``mean(|predictions - targets|)``; shapes must match."""
+    _same_shape("mae", predictions, targets)
+    return _reduce(jnp.abs(predictions - targets), reduction, "mae")
+
+
+def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
+                                     reduction: str = "mean") -> jax.Array:
+    """Binary cross-entropy of ``sigmoid(logits)`` against labels in [0, 1] (same shape)."""
+    _same_shape("binary_cross_entropy_with_logits", logits, labels, ("logits", "labels"))
+    losses = optax.losses.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+    return _reduce(losses, reduction, "binary_cross_entropy_with_logits")
+
+
+def binary_cross_entropy(probabilities: jax.Array, labels: jax.Array, *,
+                         reduction: str = "mean") -> jax.Array:
+    """Binary cross-entropy of probabilities against labels in [0, 1] (same shape).
+
+    Probabilities are clipped to ``[eps, 1 - eps]`` (``eps`` = the dtype's machine epsilon)
+    so that exactly 0 and 1 give finite values and gradients. Prefer
+    :func:`binary_cross_entropy_with_logits` when logits are available.
+    """
+    _same_shape("binary_cross_entropy", probabilities, labels, ("probabilities", "labels"))
+    eps = jnp.finfo(probabilities.dtype).eps
+    p = jnp.clip(probabilities, eps, 1 - eps)
+    y = labels.astype(p.dtype)
+    losses = -(y * jnp.log(p) + (1 - y) * jnp.log1p(-p))
+    return _reduce(losses, reduction, "binary_cross_entropy")
+
+
+def _check_label_range(labels, num_classes: int) -> None:
+    if isinstance(labels, jax.core.Tracer):
+        return  # values are unknown under jit; checked when called eagerly
+    values = np.asarray(labels)
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(f"softmax_cross_entropy: integer labels must be in [0, {num_classes - 1}] for "
+                         f"{num_classes} classes, got values in [{values.min()}, {values.max()}]")
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
+                          reduction: str = "mean") -> jax.Array:
+    """Categorical cross-entropy of ``softmax(logits)``.
+
+    Args:
+      logits: ``[..., C]`` unnormalized scores.
+      labels: integer class ids ``[...]``, or one-hot / probability targets ``[..., C]``.
+      label_smoothing: mixes the targets with the uniform distribution:
+        ``(1 - s) * onehot + s / C``.
+      reduction: ``"mean"`` over examples, or ``"none"`` for per-example ``[...]``.
+
+    Integer labels outside ``[0, C)`` raise a ValueError when called eagerly (under ``jit``
+    the values are not known and are not checked).
+    """
+    where = "softmax_cross_entropy"
+    num_classes = logits.shape[-1]
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"{where}: label_smoothing must be in [0, 1), got {label_smoothing}")
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        if labels.shape != logits.shape[:-1]:
+            raise ValueError(f"{where}: integer labels must have shape {tuple(logits.shape[:-1])} for "
+                             f"logits of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+        _check_label_range(labels, num_classes)
+        if label_smoothing == 0.0:
+            losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return _reduce(losses, reduction, where)
+        labels = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+    _same_shape(where, logits, labels, ("logits", "one-hot labels"))
+    targets = labels.astype(logits.dtype)
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return _reduce(optax.losses.softmax_cross_entropy(logits, targets), reduction, where)
+
+
+def _penalty(params, include, exclude, leaf_fn) -> jax.Array:
+    selected = [leaf for path, leaf in _tree.leaves_with_paths(params)
+                if _tree.matches(path, include) and not _tree.matches(path, exclude)]
+    return jnp.asarray(sum((jnp.sum(leaf_fn(leaf)) for leaf in selected), 0.0))
+
+
+def l1_penalty(params, *, include=_tree.WEIGHTS, exclude=()) -> jax.Array:
+    """``sum |w|`` over the leaves selected by path pattern (weights ``w`` by default,
+    so biases and norm parameters are excluded). Multiply by your coefficient.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> params = {"dense_0": {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([5.0])}}
+      >>> float(jnn.losses.l1_penalty(params))
+      3.0
+    """
+    return _penalty(params, include, exclude, jnp.abs)
+
+
+def l2_penalty(params, *, include=_tree.WEIGHTS, exclude=()) -> jax.Array:
+    """``sum w ** 2`` over the leaves selected by path pattern (weights ``w`` by default).
+    Multiply by your coefficient (``lambda * sum w**2``, as in Keras' ``l2``)."""
+    return _penalty(params, include, exclude, jnp.square)

@@ -1,0 +1,45 @@
+"""Classification metrics over logits (or any scores where larger means more likely).
+
+Example:
+  >>> import jax.numpy as jnp, jnn
+  >>> float(jnn.metrics.accuracy(jnp.array([[2.0, 1.0], [0.0, 3.0]]), jnp.array([0, 0])))
+  0.5
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["accuracy", "top_k_accuracy"]
+
+
+def _class_ids(where: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        expected = logits.shape[:-1]
+    else:  # one-hot or probabilities: the most likely class
+        expected = logits.shape
+    if labels.shape != expected:
+        raise ValueError(f"{where}: labels must have shape {tuple(logits.shape[:-1])} (class ids) or "
+                         f"{tuple(logits.shape)} (one-hot) for logits of shape {tuple(logits.shape)}, "
+                         f"got {tuple(labels.shape)}")
+    return labels if jnp.issubdtype(labels.dtype, jnp.integer) else jnp.argmax(labels, axis=-1)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of examples whose arg-max class is the label.
+
+    Args:
+      logits: ``[..., C]``.
+      labels: integer ids ``[...]`` or one-hot ``[..., C]``.
+    """
+    ids = _class_ids("accuracy", logits, labels)
+    return jnp.mean((jnp.argmax(logits, axis=-1) == ids).astype(jnp.float32))
+
+
+def top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int = 5) -> jax.Array:
+    """Fraction of examples whose label is among the ``k`` highest-scoring classes."""
+    if not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"top_k_accuracy: k must be in [1, {logits.shape[-1]}], got {k}")
+    ids = _class_ids("top_k_accuracy", logits, labels)
+    _, top = jax.lax.top_k(logits, k)
+    return jnp.mean(jnp.any(top == ids[..., None], axis=-1).astype(jnp.float32))

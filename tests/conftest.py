@@ -1,0 +1,11 @@
+"""Test configuration: real data from ../shared/data.
+
+Strict dtype promotion (as in equinox's test suite) is applied to the layer tests in
+test_registry.py, so silent dtype mixing in a layer fails there; it is not global
+because optax itself relies on standard promotion.
+"""
+import os
+import pathlib
+
+_SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+os.environ.setdefault("JNN_DATA_DIR", str(_SHARED))

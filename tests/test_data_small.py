@@ -1,0 +1,52 @@
+"""The in-memory datasets: logic-gate truth tables and sklearn's 8x8 digits."""
+import sys
+
+import numpy as np
+import pytest
+
+from jnn.data import and_gate, load_digits, or_gate, xor
+
+INPUTS = [[0, 0], [0, 1], [1, 0], [1, 1]]
+
+
+@pytest.mark.parametrize(
+    "gate, outputs",
+    [(xor, [0, 1, 1, 0]), (and_gate, [0, 0, 0, 1]), (or_gate, [0, 1, 1, 1])],
+)
+def test_logic_gates(gate, outputs):
+    x, y = gate()
+    assert x.shape == (4, 2) and x.dtype == np.float32
+    assert y.shape == (4, 1) and y.dtype == np.float32
+    np.testing.assert_array_equal(x, np.array(INPUTS, np.float32))
+    np.testing.assert_array_equal(y[:, 0], np.array(outputs, np.float32))
+    # y is the gate applied to x, row by row
+    a, b = x[:, 0].astype(bool), x[:, 1].astype(bool)
+    expected = {xor: a ^ b, and_gate: a & b, or_gate: a | b}[gate]
+    np.testing.assert_array_equal(y[:, 0].astype(bool), expected)
+
+
+def test_gates_return_fresh_arrays():
+    x, y = xor()
+    x[:] = 7
+    y[:] = 7
+    x2, y2 = xor()
+    np.testing.assert_array_equal(x2, np.array(INPUTS, np.float32))
+    np.testing.assert_array_equal(y2[:, 0], [0, 1, 1, 0])
+
+
+def test_load_digits_matches_sklearn():
+    datasets = pytest.importorskip("sklearn.datasets")
+    images, labels = load_digits()
+    assert images.shape == (1797, 8, 8, 1) and images.dtype == np.float32
+    assert labels.shape == (1797,) and labels.dtype == np.int32
+    assert images.min() == 0.0 and images.max() == 1.0
+    assert set(np.unique(labels).tolist()) == set(range(10))
+    reference = datasets.load_digits()
+    np.testing.assert_allclose(images[..., 0], reference.data.reshape(-1, 8, 8) / 16.0, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(labels, reference.target)
+
+
+def test_load_digits_without_sklearn(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` fail
+    with pytest.raises(ImportError, match=r'pip install "jnn\[digits\]"'):
+        load_digits()

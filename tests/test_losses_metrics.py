@@ -1,0 +1,119 @@
+"""Losses, penalties and metrics against NumPy references; stability at extreme inputs."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnn
+from jnn import losses, metrics
+
+rng = np.random.default_rng(0)
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_mse_and_mae_match_numpy():
+    p, t = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+    np.testing.assert_allclose(losses.mse(p, t), np.mean((p - t) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(losses.mae(p, t), np.mean(np.abs(p - t)), rtol=1e-6)
+    np.testing.assert_allclose(losses.mse(p, t, reduction="none"), (p - t) ** 2, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"mse: predictions and targets must have the same shape, got \(5, 3\) and \(5,\)"):
+        losses.mse(p, t[:, 0])
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'none', got 'sum'"):
+        losses.mae(p, t, reduction="sum")
+
+
+def test_binary_cross_entropy_matches_numpy():
+    z = rng.normal(size=(6, 1)).astype(np.float32) * 3
+    y = (rng.random((6, 1)) > 0.5).astype(np.float32)
+    prob = 1 / (1 + np.exp(-z))
+    ref = np.mean(-(y * np.log(prob) + (1 - y) * np.log(1 - prob)))
+    np.testing.assert_allclose(losses.binary_cross_entropy_with_logits(z, y), ref, rtol=1e-5)
+    np.testing.assert_allclose(losses.binary_cross_entropy(prob, y), ref, rtol=1e-5)
+
+
+def test_softmax_cross_entropy_integer_onehot_and_smoothing_match_numpy():
+    z = rng.normal(size=(7, 4)).astype(np.float32)
+    y = rng.integers(0, 4, 7).astype(np.int32)
+    onehot = np.eye(4, dtype=np.float32)[y]
+    ref = -np.mean(np.sum(onehot * _log_softmax(z), -1))
+    np.testing.assert_allclose(losses.softmax_cross_entropy(z, y), ref, rtol=1e-5)
+    np.testing.assert_allclose(losses.softmax_cross_entropy(z, onehot), ref, rtol=1e-5)
+    smooth = onehot * 0.9 + 0.1 / 4
+    ref_smooth = -np.mean(np.sum(smooth * _log_softmax(z), -1))
+    np.testing.assert_allclose(losses.softmax_cross_entropy(z, y, label_smoothing=0.1), ref_smooth, rtol=1e-5)
+    np.testing.assert_allclose(losses.softmax_cross_entropy(z, onehot, label_smoothing=0.1), ref_smooth, rtol=1e-5)
+
+
+def test_cross_entropy_label_errors():
+    z = jnp.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"integer labels must be in \[0, 3\] for 4 classes, got values in \[0, 4\]"):
+        losses.softmax_cross_entropy(z, jnp.array([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"integer labels must have shape \(3,\) for logits of shape \(3, 4\), got \(3, 1\)"):
+        losses.softmax_cross_entropy(z, jnp.zeros((3, 1), jnp.int32))
+
+
+@pytest.mark.parametrize("loss, inputs, labels", [
+    (losses.softmax_cross_entropy, jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]]), jnp.array([1, 0])),
+    (losses.binary_cross_entropy_with_logits, jnp.array([1e4, -1e4, 1e4]), jnp.array([0.0, 1.0, 1.0])),
+    (losses.binary_cross_entropy, jnp.array([0.0, 1.0, 1.0, 0.0]), jnp.array([1.0, 0.0, 1.0, 0.0])),
+])
+def test_losses_finite_values_and_gradients_at_extremes(loss, inputs, labels):
+    value, grad = jax.value_and_grad(loss)(inputs, labels)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    assert value > 1.0  # the confidently wrong entries are penalized, not clipped to zero
+
+
+def test_penalties_sum_over_selected_leaves_only():
+    params = {"dense_0": {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([5.0])},
+              "norm": {"scale": jnp.array([3.0])},
+              "head": {"w": jnp.array([[-0.5]])}}
+    assert float(losses.l1_penalty(params)) == 1 + 2 + 0.5
+    assert float(losses.l2_penalty(params)) == 1 + 4 + 0.25
+    assert float(losses.l2_penalty(params, exclude=("head/*",))) == 5
+    assert float(losses.l1_penalty(params, include=("w", "b"))) == 8.5
+    grads = jax.grad(lambda p: losses.l2_penalty(p))(params)
+    np.testing.assert_array_equal(grads["dense_0"]["b"], [0.0])
+    np.testing.assert_array_equal(grads["dense_0"]["w"], [[2.0, -4.0]])
+
+
+def test_accuracy_and_top_k_match_numpy():
+    z = rng.normal(size=(50, 6)).astype(np.float32)
+    y = rng.integers(0, 6, 50).astype(np.int32)
+    np.testing.assert_allclose(metrics.accuracy(z, y), np.mean(z.argmax(-1) == y))
+    np.testing.assert_allclose(metrics.accuracy(z, np.eye(6, dtype=np.float32)[y]), np.mean(z.argmax(-1) == y))
+    top3 = np.argsort(-z, -1)[:, :3]
+    np.testing.assert_allclose(metrics.top_k_accuracy(z, y, k=3), np.mean((top3 == y[:, None]).any(-1)))
+    assert float(metrics.top_k_accuracy(z, y, k=6)) == 1.0
+    with pytest.raises(ValueError, match=r"top_k_accuracy: k must be in \[1, 6\], got 7"):
+        metrics.top_k_accuracy(z, y, k=7)
+    with pytest.raises(ValueError, match=r"accuracy: labels must have shape \(50,\)"):
+        metrics.accuracy(z, y[:10])
+
+
+@pytest.mark.parametrize("name, fan_scale, dist", [
+    ("glorot_uniform", 2 / (200 + 100), "uniform"), ("he_normal", 2 / 200, "normal"),
+    ("he_uniform", 2 / 200, "uniform"), ("lecun_normal", 1 / 200, "normal"),
+    ("lecun_uniform", 1 / 200, "uniform"), ("xavier_normal", 2 / 300, "normal"),
+])
+def test_initializer_variances(name, fan_scale, dist):
+    w = np.asarray(jnn.initializers.get(name)(jax.random.key(0), (200, 100)))
+    np.testing.assert_allclose(w.var(), fan_scale, rtol=0.05)
+    if dist == "uniform":
+        assert np.abs(w).max() <= np.sqrt(3 * fan_scale) + 1e-6
+
+
+def test_initializer_selection_per_layer_and_errors():
+    params, _ = jnn.dense(3, w_init=jnn.initializers.constant(0.5), b_init="ones").init(
+        jax.random.key(0), jnp.zeros((1, 2)))
+    np.testing.assert_array_equal(params["w"], np.full((2, 3), 0.5))
+    np.testing.assert_array_equal(params["b"], np.ones(3))
+    std = np.asarray(jnn.initializers.normal(0.1)(jax.random.key(0), (500, 500))).std()
+    np.testing.assert_allclose(std, 0.1, rtol=0.02)
+    with pytest.raises(ValueError, match="dense w_init: unknown initializer 'he'; expected one of"):
+        jnn.dense(3, w_init="he")
+    with pytest.raises(TypeError, match=r"got the factory he_normal; call it: he_normal\(\)"):
+        jnn.dense(3, w_init=jnn.initializers.he_normal)
