@@ -9,10 +9,11 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   >>> logits.shape
   (4, 10)
 """
-from jnn import initializers, losses, metrics, tree
+from jnn import data, initializers, io, losses, metrics, train, tree
 from jnn.core import Layer, fan_out, named, output_shape, residual, serial, stateless
-from jnn.layers import (dense, elu, flatten, gelu, heaviside, identity, leaky_relu, log_softmax,
-                        relu, reshape, sigmoid, silu, softmax, softplus, step, swish, tanh)
+from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside, identity,
+                        layer_norm, leaky_relu, log_softmax, relu, reshape, rms_norm, sigmoid, silu,
+                        softmax, softplus, spatial_dropout, step, swish, tanh)
 from jnn.summary import summary
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "dense", "flatten", "reshape", "identity",
     "step", "heaviside", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu",
     "swish", "softmax", "log_softmax",
+    "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
-    "initializers", "losses", "metrics", "tree",
+    "data", "initializers", "io", "losses", "metrics", "train", "tree",
 ]

@@ -1,0 +1,138 @@
+"""Dropout layers: ``dropout`` (per element) and ``spatial_dropout`` (whole channels).
+
+``rate`` is the probability of *dropping* a unit (stax's ``Dropout`` took the probability of
+keeping one, jax#849). Kept units are scaled by ``1 / (1 - rate)`` during training ("inverted"
+dropout), so evaluation (``train=False``) is exactly the identity and needs no key.
+
+Example:
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> from jnn.layers.dropout import dropout
+  >>> layer = dropout(0.5)
+  >>> params, state = layer.init(jax.random.key(0), jnp.ones((2, 4)))
+  >>> y, _ = layer.apply(params, state, jnp.ones((2, 4)), key=jax.random.key(1), train=True)
+  >>> sorted(set(y.ravel().tolist())) in ([0.0, 2.0], [0.0], [2.0])
+  True
+  >>> bool((layer.apply(params, state, jnp.ones((2, 4)))[0] == 1).all())   # train=False
+  True
+"""
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jnn.core import Layer, layer_error, shape_of
+
+__all__ = ["dropout", "spatial_dropout"]
+
+
+def _check_rate(label: str, rate):
+    """``rate`` as given (a float, or a scalar array); concrete values must lie in [0, 1)."""
+    if isinstance(rate, bool):
+        raise ValueError(f"{label}: rate must be a number in [0, 1), got {rate!r}")
+    if isinstance(rate, numbers.Real):
+        value = float(rate)
+    elif isinstance(rate, jax.core.Tracer):
+        # A traced rate (e.g. built inside jax.vmap over rates) cannot be checked here.
+        if jnp.shape(rate) != () or not jnp.issubdtype(rate.dtype, jnp.floating):
+            raise ValueError(f"{label}: a traced rate must be a float scalar, got "
+                             f"{rate.dtype}{list(jnp.shape(rate))}")
+        return rate
+    elif hasattr(rate, "shape") and hasattr(rate, "dtype") and jnp.shape(rate) == ():
+        value = float(rate)
+    else:
+        raise ValueError(f"{label}: rate must be a number in [0, 1), got {rate!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{label}: rate is the probability of dropping a unit and must be in "
+                         f"[0, 1), got {value!r}")
+    return value
+
+
+def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected: str) -> Layer:
+    label = name or kind
+    rate = _check_rate(label, rate)
+    is_zero = isinstance(rate, float) and rate == 0.0
+
+    def check(shape, dtype):
+        if len(shape) < min_ndim:
+            raise layer_error(label, f"expected {expected}, got shape {tuple(shape)}")
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise layer_error(label, f"expected a floating-point input, got {jnp.dtype(dtype).name}")
+
+    def init(key, example):
+        x = shape_of(example)
+        check(x.shape, x.dtype)
+        return {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        check(x.shape, x.dtype)
+        if not train or is_zero:
+            return x, state
+        if key is None:
+            raise layer_error(label, "train=True needs a PRNG key: call "
+                                     "apply(..., key=jax.random.key(0), train=True)")
+        keep = 1.0 - rate
+        mask = jax.random.bernoulli(key, keep, mask_shape(x.shape))
+        scaled = x / jnp.asarray(keep, x.dtype)
+        return jnp.where(mask, scaled, jnp.zeros((), x.dtype)), state
+
+    return Layer(init, apply, kind, name)
+
+
+def dropout(rate: float, *, name: str | None = None) -> Layer:
+    """Inverted dropout: zero each element with probability ``rate``, scale the rest by ``1/(1-rate)``.
+
+    Shapes: ``x: [...]`` -> ``y: [...]`` (any shape, floating dtype). No params, no state.
+    With ``train=False`` (the default) the layer is exactly the identity and needs no key;
+    with ``train=True`` it needs ``key=`` (``serial`` splits one key among its children).
+    ``rate=0`` is the identity in both modes (no key needed).
+
+    ``rate`` is normally a Python float, validated here. It may also be a float scalar
+    array, even a traced one, e.g. to ``jax.vmap`` a whole model over dropout rates by building
+    the layer inside the mapped function; a traced rate cannot be validated, so it is the
+    caller's job to keep it in ``[0, 1)``. The rate cannot be changed through ``apply``.
+
+    Args:
+      rate: probability of dropping each element, in ``[0, 1)``.
+      name: optional explicit key for this layer.
+
+    Raises:
+      ValueError: when built with a rate outside ``[0, 1)``; at apply with ``train=True`` and
+        no key.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.layers.dropout import dropout
+      >>> y, _ = dropout(0.75).apply({}, {}, jnp.ones(8), key=jax.random.key(0), train=True)
+      >>> set(y.tolist()) <= {0.0, 4.0}       # dropped, or kept and scaled by 1 / (1 - 0.75)
+      True
+    """
+    return _make("dropout", rate, name, lambda shape: shape, 0, "an array")
+
+
+def spatial_dropout(rate: float, *, name: str | None = None) -> Layer:
+    """Dropout of whole channels of channels-last feature maps (``NWC``, ``NHWC``, ``NDHWC``).
+
+    Each example's channel is kept (and scaled by ``1/(1-rate)``) or zeroed at every spatial
+    position together: the mask has shape ``[B, 1, ..., 1, C]``. Adjacent pixels of a feature
+    map are strongly correlated, so per-element dropout regularizes conv layers poorly
+    (Tompson et al. 2015). Same modes, keys and ``rate`` rules as :func:`dropout`.
+
+    Shapes: ``x: [B, *spatial, C]`` (at least one spatial axis) -> ``y`` of the same shape.
+
+    Args:
+      rate: probability of dropping each channel of each example, in ``[0, 1)``.
+      name: optional explicit key for this layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.layers.dropout import spatial_dropout
+      >>> x = jnp.ones((2, 5, 5, 8))
+      >>> y, _ = spatial_dropout(0.5).apply({}, {}, x, key=jax.random.key(0), train=True)
+      >>> bool(jnp.all((y == y[:, :1, :1, :]) ))   # constant over space per channel
+      True
+    """
+    mask_shape = lambda shape: (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],)
+    return _make("spatial_dropout", rate, name, mask_shape, 3,
+                 "a channels-last input [B, *spatial, C] with at least one spatial axis")

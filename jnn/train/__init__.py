@@ -1,0 +1,18 @@
+"""Training: a TrainState pytree, pure train/eval steps, and ``fit``.
+
+Example:
+  >>> import jax, optax, jnn
+  >>> x, y = jnn.data.xor()
+  >>> model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+  >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1), (x, y),
+  ...                        key=jax.random.key(0), epochs=100, batch_size=4, metrics={}, verbose=False,
+  ...                        progress=False)
+  >>> len(result.history["loss"])
+  100
+"""
+from jnn.train.loop import EarlyStopping, FitResult, fit, predict, split_validation
+from jnn.train.step import (TrainState, init_train_state, make_eval_fn, make_train_epoch,
+                            make_train_step, penalty)
+
+__all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_eval_fn",
+           "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation"]

@@ -1,0 +1,218 @@
+"""``fit``: epochs of scan-fused training with validation, early stopping and a history."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jnn import metrics as _metrics
+from jnn.core import Layer
+from jnn.train.history import HistoryWriter, progress_bar
+from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
+                            make_train_epoch, make_train_step)
+
+__all__ = ["EarlyStopping", "FitResult", "fit", "split_validation", "predict"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    Attributes:
+      monitor: a history key, e.g. ``"val_loss"`` or ``"val_accuracy"``.
+      mode: ``"min"``, ``"max"``, or ``"auto"`` (max for names containing "acc", else min).
+      patience: epochs without improvement before stopping (>= 1).
+      min_delta: the smallest change that counts as an improvement (>= 0).
+      restore_best: return the params/state of the best epoch rather than the last.
+    """
+
+    monitor: str = "val_loss"
+    mode: str = "auto"
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+    def __post_init__(self):
+        if self.mode not in ("min", "max", "auto"):
+            raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {self.patience!r}")
+        if self.min_delta < 0:
+            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {self.min_delta}")
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor)
+
+    def improved(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best + self.min_delta if self.maximize else value < best - self.min_delta
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      train_state: the final (or, with ``restore_best``, the best epoch's) train state.
+      history: ``{"epoch": [...], "loss": [...], "val_loss": [...], ...}``, one entry per epoch.
+      best_epoch: the epoch early stopping judged best (1-based), or ``None`` without it.
+      stopped_early: whether early stopping ended training before ``epochs``.
+    """
+
+    train_state: TrainState
+    history: dict[str, list[float]]
+    best_epoch: int | None
+    stopped_early: bool
+
+
+def split_validation(x, y, fraction: float, key):
+    """Shuffles ``(x, y)`` with ``key`` and splits off ``fraction`` of it:
+    returns ``(train_x, train_y), (val_x, val_y)``."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split_validation: fraction must be in (0, 1), got {fraction}")
+    n = len(x)
+    n_val = int(round(n * fraction))
+    order = np.asarray(jax.random.permutation(key, n))
+    val, train = order[:n_val], order[n_val:]
+    return (x[train], y[train]), (x[val], y[val])
+
+
+def _check_data(where: str, data) -> tuple[Any, Any]:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"{where}: expected a pair (x, y), got {type(data).__name__}")
+    x, y = data
+    if len(x) != len(y):
+        raise ValueError(f"{where}: x and y must have the same number of examples, got {len(x)} and {len(y)}")
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+def _learning_rate(opt_state) -> float | None:
+    """The current learning rate, when the optimizer was built with optax.inject_hyperparams."""
+    for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
+        if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
+            return float(leaf.hyperparams["learning_rate"])
+    return None
+
+
+def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, train_data, *,
+        key: jax.Array, epochs: int = 10, batch_size: int = 128, val_data=None,
+        val_split: float = 0.0, metrics: Metrics | None = None,
+        regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
+        train_state: TrainState | None = None, eval_batch_size: int = 1000,
+        progress: bool = True, verbose: bool = True, history_file=None,
+        on_epoch_end: Callable[[int, TrainState, dict], None] | None = None) -> FitResult:
+    """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
+
+    Each epoch shuffles with the train state's key, runs every full batch in one compiled
+    scan (the ``len(x) % batch_size`` left over are skipped that epoch: see
+    :func:`jnn.train.make_train_epoch`), then evaluates the validation set exactly. Python
+    runs once per epoch, and nothing recompiles after the first epoch.
+
+    Args:
+      model: the network.
+      loss: ``loss(outputs, y) -> scalar`` (e.g. :func:`jnn.losses.softmax_cross_entropy`).
+      optimizer: an optax optimizer (schedules, clipping and masks compose as usual; build it
+        with ``optax.inject_hyperparams`` to have the learning rate of each epoch's last
+        step logged as ``"lr"``).
+      train_data: ``(x, y)`` arrays with examples on the first axis.
+      key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
+      epochs: number of epochs.
+      batch_size: examples per step (clamped to the dataset size).
+      val_data: ``(x, y)`` for validation, or ``None``.
+      val_split: instead of ``val_data``, hold out this fraction of ``train_data`` (shuffled).
+      metrics: ``{name: fn(outputs, y)}``; defaults to ``{"accuracy": jnn.metrics.accuracy}``.
+      regularizer: ``params -> scalar`` added to the loss (see :func:`jnn.train.penalty`).
+      early_stopping: an :class:`EarlyStopping`, or ``None``.
+      train_state: resume from this state instead of initializing (``key`` then only splits
+        the validation set).
+      eval_batch_size: batch size of the validation pass.
+      progress: show a progress bar over epochs (needs ``rich``).
+      verbose: print one line of metrics per epoch.
+      history_file: write the history to this ``.csv`` or ``.jsonl`` path after every epoch
+        (atomically; an existing file is never overwritten: a FileExistsError is raised).
+      on_epoch_end: called as ``on_epoch_end(epoch, train_state, logs)`` after each epoch.
+
+    Returns:
+      A :class:`FitResult` ``(train_state, history, best_epoch, stopped_early)``.
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+      >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1),
+      ...                        (x, y), key=jax.random.key(0), epochs=200, batch_size=4, metrics={},
+      ...                        progress=False, verbose=False)
+      >>> result.history["loss"][-1] < 0.1
+      True
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
+    if val_data is not None and val_split:
+        raise ValueError("fit: pass either val_data or val_split, not both")
+    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    x, y = _check_data("fit train_data", train_data)
+    init_key, split_key = jax.random.split(key)
+    if val_split:
+        (x, y), val_data = split_validation(x, y, val_split, split_key)
+    if val_data is not None:
+        val_data = _check_data("fit val_data", val_data)
+    batch_size = min(batch_size, len(x))
+
+    ts = train_state if train_state is not None else init_train_state(
+        model, optimizer, init_key, jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype))
+    step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer)
+    train_epoch = jax.jit(make_train_epoch(step, len(x), batch_size))
+    evaluate = jax.jit(make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size))
+
+    history: dict[str, list[float]] = {}
+    writer = HistoryWriter(history_file) if history_file is not None else None
+    best, best_epoch, best_ts, waited, stopped = None, None, ts, 0, False
+    with progress_bar(epochs, enabled=progress) as bar:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            ts, train_logs = train_epoch(ts, (x, y))
+            logs = {k: float(v) for k, v in train_logs.items()}
+            if val_data is not None:
+                logs.update({f"val_{k}": float(v) for k, v in evaluate(ts.params, ts.state, val_data).items()})
+            lr = _learning_rate(ts.opt_state)
+            if lr is not None:
+                logs["lr"] = lr
+            logs["time"] = time.perf_counter() - start
+            for k, v in {"epoch": epoch, **logs}.items():
+                history.setdefault(k, []).append(v)
+            if writer is not None:
+                writer.write(history)
+            if verbose:
+                print(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+            bar.advance(logs)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, ts, logs)
+            if early_stopping is not None:
+                if early_stopping.monitor not in logs:
+                    raise ValueError(f"fit: early_stopping monitors {early_stopping.monitor!r}, which is not "
+                                     f"among the logged metrics {sorted(logs)}")
+                value = logs[early_stopping.monitor]
+                if math.isfinite(value) and early_stopping.improved(value, best):
+                    best, best_epoch, best_ts, waited = value, epoch, ts, 0
+                else:
+                    waited += 1
+                    if waited >= early_stopping.patience:
+                        stopped = epoch < epochs
+                        break
+    if early_stopping is not None and early_stopping.restore_best:
+        ts = best_ts
+    return FitResult(ts, history, best_epoch, stopped)
+
+
+def predict(model: Layer, params, state, x, *, batch_size: int = 1000) -> jax.Array:
+    """The model's evaluation-mode outputs for all of ``x``, computed in batches."""
+    x = jnp.asarray(x)
+    apply = jax.jit(lambda p, s, xb: model.apply(p, s, xb, train=False)[0])
+    return jnp.concatenate([apply(params, state, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
