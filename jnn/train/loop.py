@@ -105,7 +105,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         key: jax.Array, epochs: int = 10, batch_size: int = 128, val_data=None,
         val_split: float = 0.0, metrics: Metrics | None = None,
         regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
-        train_state: TrainState | None = None, eval_batch_size: int = 1000,
+        train_state: TrainState | None = None, initial_epoch: int = 0, eval_batch_size: int = 1000,
         progress: bool = True, verbose: bool = True, history_file=None,
         on_epoch_end: Callable[[int, TrainState, dict], None] | None = None) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
@@ -131,7 +131,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       regularizer: ``params -> scalar`` added to the loss (see :func:`jnn.train.penalty`).
       early_stopping: an :class:`EarlyStopping`, or ``None``.
       train_state: resume from this state instead of initializing (``key`` then only splits
-        the validation set).
+        the validation set, so pass the same key to get the same split).
+      initial_epoch: the number of epochs ``train_state`` has already done; training runs
+        epochs ``initial_epoch + 1 .. epochs`` (as in Keras). Resuming from the state saved
+        after epoch k with ``initial_epoch=k`` reproduces an uninterrupted run bit for bit.
       eval_batch_size: batch size of the validation pass.
       progress: show a progress bar over epochs (needs ``rich``).
       verbose: print one line of metrics per epoch.
@@ -154,6 +157,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
+    if not 0 <= initial_epoch < epochs:
+        raise ValueError(f"fit: initial_epoch must be in [0, epochs={epochs}), got {initial_epoch}")
     if val_data is not None and val_split:
         raise ValueError("fit: pass either val_data or val_split, not both")
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
@@ -174,8 +179,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     history: dict[str, list[float]] = {}
     writer = HistoryWriter(history_file) if history_file is not None else None
     best, best_epoch, best_ts, waited, stopped = None, None, ts, 0, False
-    with progress_bar(epochs, enabled=progress) as bar:
-        for epoch in range(1, epochs + 1):
+    with progress_bar(epochs - initial_epoch, enabled=progress) as bar:
+        for epoch in range(initial_epoch + 1, epochs + 1):
             start = time.perf_counter()
             ts, train_logs = train_epoch(ts, (x, y))
             logs = {k: float(v) for k, v in train_logs.items()}
