@@ -1,0 +1,271 @@
+"""Checkpoints of a whole :class:`~jnn.train.TrainState`, written with Orbax.
+
+Each checkpoint is one Orbax step directory ``<directory>/<step>/`` holding the train state
+(params, state, optimizer state, step count and PRNG key) and a JSON ``meta`` item: the
+model configuration you pass, the jnn/jax/optax/orbax versions and every leaf's path, shape
+and dtype. Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it only
+when everything is on disk, so a crash mid-save never touches the previous checkpoints;
+readers ignore such partial directories and the next :meth:`Checkpointer.save` removes them.
+
+Example:
+  >>> import tempfile, jax, optax, jnn
+  >>> from jnn.train.checkpoint import Checkpointer
+  >>> model, opt = jnn.dense(2), optax.adam(1e-3)
+  >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jax.numpy.zeros((1, 3)))
+  >>> ckpt = Checkpointer(tempfile.mkdtemp(), keep=2, config={"units": 2})
+  >>> ckpt.save(1, ts)
+  >>> restored, meta = ckpt.restore(ts)   # ts is only the template: structure, shapes, dtypes
+  >>> ckpt.latest_step(), meta["config"]
+  (1, {'units': 2})
+
+Resuming training::
+
+  ckpt = Checkpointer("runs/mlp")
+  fit(model, loss, opt, data, key=key, epochs=10, on_epoch_end=ckpt.save_every(1))
+  # ... later, in a fresh process:
+  template = init_train_state(model, opt, jax.random.key(0), example)
+  ts, meta = ckpt.restore(template)
+  fit(model, loss, opt, data, key=key, epochs=10, train_state=ts, initial_epoch=meta["step"])
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import pathlib
+import shutil
+from typing import Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+
+from jnn import tree as _tree
+
+__all__ = ["Checkpointer"]
+
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+_FORMAT = 1
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _leaf_table(tree) -> dict[str, list]:
+    """``{path: [shape, dtype]}`` of every leaf (keys as their raw uint32 key data)."""
+    return {p: [list(leaf.shape), str(leaf.dtype)] for p, leaf in _tree.leaves_with_paths(tree)}
+
+
+def _saveable(tree):
+    """``tree`` with typed PRNG keys replaced by their ``key_data`` (works on arrays and
+    ``ShapeDtypeStruct`` leaves alike)."""
+    return jax.tree_util.tree_map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _listing(items: list[str], sep: str = ", ", limit: int = 20) -> str:
+    more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
+
+
+def _mismatch(saved: dict[str, list], expected: dict[str, list]) -> list[str]:
+    missing = [p for p in expected if p not in saved]
+    unexpected = [p for p in saved if p not in expected]
+    shapes = [f"{p}: checkpoint {tuple(saved[p][0])} vs template {tuple(expected[p][0])}"
+              for p in expected if p in saved and saved[p][0] != expected[p][0]]
+    lines = []
+    if missing:
+        lines.append("missing from the checkpoint (in the template only): " + _listing(missing))
+    if unexpected:
+        lines.append("unexpected in the checkpoint (not in the template): " + _listing(unexpected))
+    if shapes:
+        lines.append("shape mismatch: " + _listing(shapes, "; "))
+    return lines
+
+
+class Checkpointer:
+    """Saves and restores train states in ``directory``, keeping the last ``keep``.
+
+    Saves are synchronous (the call returns once the checkpoint is committed) and only go
+    forward: a step at or before the latest saved step raises instead of being skipped.
+    One process should write to a directory; any number may read it.
+
+    Args:
+      directory: where the step directories live (created if needed).
+      keep: how many of the most recent checkpoints to keep (``None`` keeps all).
+      config: a JSON-serializable dict (e.g. the model's hyperparameters) stored with every
+        checkpoint unless :meth:`save` is given another.
+    """
+
+    def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):
+        if keep is not None and (not isinstance(keep, int) or keep < 1):
+            raise ValueError(f"Checkpointer: keep must be a positive integer or None, got {keep!r}")
+        self.directory = pathlib.Path(directory).expanduser().resolve()
+        self.keep, self.config = keep, config
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+                                               create=True, cleanup_tmp_directories=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("train_state", "meta"))
+
+    def __repr__(self) -> str:
+        return f"Checkpointer({str(self.directory)!r}, keep={self.keep})"
+
+    def all_steps(self) -> list[int]:
+        """The committed checkpoint steps, ascending (partial saves are never listed)."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or ``None`` when there is none."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, train_state, *, config: dict | None = None,
+             logs: dict | None = None) -> None:
+        """Writes ``train_state`` as checkpoint ``step`` (e.g. the epoch number), then drops
+        checkpoints beyond the last ``keep``.
+
+        Args:
+          step: a non-negative integer greater than every step already saved.
+          train_state: a :class:`~jnn.train.TrainState` (any pytree of arrays works).
+          config: JSON-serializable model configuration (default: the constructor's).
+          logs: JSON-serializable metrics to store alongside (e.g. the epoch's history row).
+
+        Raises:
+          ValueError: ``step`` is negative or not after the latest saved step.
+          TypeError: ``config`` or ``logs`` is not JSON-serializable.
+        """
+        step = int(step)
+        latest = self.latest_step()
+        if step < 0 or (latest is not None and step <= latest):
+            raise ValueError(f"Checkpointer.save: step {step} must be >= 0 and after the latest checkpoint "
+                             f"({latest}) in {self.directory}; save to a new directory or delete the later "
+                             f"checkpoints with Checkpointer.delete(step)")
+        # Leftovers of a save that crashed: nobody else writes here, so they are garbage.
+        for tmp in self.directory.glob(f"*{_TMP_SUFFIX}*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        tree = _saveable(train_state)
+        meta = {
+            "format": _FORMAT,
+            "step": step,
+            "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "config": self.config if config is None else config,
+            "logs": logs,
+            "versions": {name: _version(dist) for name, dist in
+                         (("jnn", "jnn"), ("jax", "jax"), ("jaxlib", "jaxlib"), ("optax", "optax"),
+                          ("orbax", "orbax-checkpoint"), ("numpy", "numpy"))},
+            "key_impls": {p: str(jax.random.key_impl(leaf))
+                          for p, leaf in _tree.leaves_with_paths(train_state) if _is_key(leaf)},
+            "tree": _leaf_table(tree),
+        }
+        try:
+            json.dumps(meta)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"Checkpointer.save: config and logs must be JSON-serializable ({e})") from None
+        saved = self._manager.save(step, args=ocp.args.Composite(train_state=ocp.args.StandardSave(tree),
+                                                                  meta=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
+        if not saved:
+            raise RuntimeError(f"Checkpointer.save: Orbax declined to save step {step} in {self.directory}")
+
+    def save_every(self, every: int = 1, *, config: dict | None = None) -> Callable:
+        """An ``on_epoch_end`` hook for :func:`jnn.train.fit` that saves after every
+        ``every``-th epoch (the checkpoint's step is the epoch number, with the epoch's logs).
+
+        Example::
+
+          fit(model, loss, opt, data, key=key, epochs=20, on_epoch_end=ckpt.save_every(5))
+        """
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"Checkpointer.save_every: every must be a positive integer, got {every!r}")
+
+        def on_epoch_end(epoch: int, train_state, logs: dict) -> None:
+            if epoch % every == 0:
+                self.save(epoch, train_state, config=config, logs=logs)
+
+        return on_epoch_end
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """The JSON metadata of checkpoint ``step`` (default: the latest)."""
+        step = self._resolve(step, "read_meta")
+        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = out.meta
+        if not isinstance(meta, dict) or "tree" not in meta:
+            raise ValueError(f"Checkpointer: step {step} in {self.directory} has no jnn metadata; "
+                             f"was it written by jnn.train.checkpoint.Checkpointer?")
+        return meta
+
+    def restore(self, template, step: int | None = None) -> tuple[Any, dict]:
+        """Restores checkpoint ``step`` (default: the latest) into ``template``'s structure.
+
+        Args:
+          template: a train state with the expected structure, shapes and dtypes, e.g. a fresh
+            :func:`~jnn.train.init_train_state` or its ``jax.eval_shape``; its values are unused.
+          step: which checkpoint; ``None`` for the latest.
+
+        Returns:
+          ``(train_state, meta)``: the restored state (PRNG keys as typed keys again; leaves
+          cast to the template's dtypes, e.g. float32 weights into a bfloat16 model) and the
+          metadata dict (``step``, ``config``, ``logs``,
+          ``versions``, ``tree``, ``saved_at``).
+
+        Raises:
+          FileNotFoundError: there is no such checkpoint.
+          ValueError: the checkpoint's tree differs from the template's; the message lists the
+            missing, unexpected and shape-mismatched leaf paths.
+        """
+        step = self._resolve(step, "restore")
+        meta = self.read_meta(step)
+        abstract = jax.eval_shape(_saveable, template)
+        problems = _mismatch(meta["tree"], _leaf_table(abstract))
+        if problems:
+            raise ValueError(f"Checkpointer.restore: checkpoint {step} in {self.directory} does not match the "
+                             f"template's structure (a different model or optimizer?):\n  "
+                             + "\n  ".join(problems))
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            train_state=ocp.args.StandardRestore(abstract)))
+        impls = meta.get("key_impls", {})
+
+        def rewrap(path, tmpl, value):
+            if not _is_key(tmpl):
+                return value
+            p = _tree.path_str(path)
+            key = jax.random.wrap_key_data(value, impl=impls.get(p, "threefry2x32"))
+            if key.dtype != tmpl.dtype:
+                raise ValueError(f"Checkpointer.restore: key {p!r} was saved as {key.dtype}, the template "
+                                 f"has {tmpl.dtype}")
+            return key
+
+        restored = jax.tree_util.tree_map_with_path(rewrap, template, out.train_state)
+        return restored, meta
+
+    def delete(self, step: int) -> None:
+        """Deletes checkpoint ``step``."""
+        self._manager.delete(self._resolve(step, "delete"))
+
+    def close(self) -> None:
+        """Waits for pending work and releases Orbax's resources."""
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _resolve(self, step: int | None, where: str) -> int:
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise FileNotFoundError(f"Checkpointer.{where}: no checkpoint in {self.directory}")
+            return steps[-1]
+        if int(step) not in steps:
+            raise FileNotFoundError(f"Checkpointer.{where}: no checkpoint {step} in {self.directory}; "
+                                    f"saved steps: {steps}")
+        return int(step)

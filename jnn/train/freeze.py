@@ -1,0 +1,97 @@
+"""Freeze parameters by path pattern: exactly zero updates, no optimizer state, no decay.
+
+Patterns follow :mod:`jnn.tree`: one without ``/`` matches a leaf's own name (``"b"``: every
+bias), one with ``/`` is an ``fnmatch`` glob over the whole path (``"dense_0/*"``,
+``"encoder/*"``).
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax
+  >>> from jnn.train.freeze import freeze, trainable_mask
+  >>> params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}, "dense_1": {"w": jnp.ones((2, 1))}}
+  >>> trainable_mask(params, ["dense_0/*"])
+  {'dense_0': {'b': False, 'w': False}, 'dense_1': {'w': True}}
+  >>> opt = freeze(optax.adamw(0.1, weight_decay=0.1), ["dense_0/*"])
+  >>> grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  >>> updates, _ = opt.update(grads, opt.init(params), params)
+  >>> updates["dense_0"]["w"].tolist()
+  [[0.0, 0.0], [0.0, 0.0]]
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+import optax
+
+from jnn import tree as _tree
+
+__all__ = ["freeze", "trainable_mask", "FROZEN", "TRAINABLE"]
+
+#: The labels :func:`freeze` gives to ``optax.partition``.
+FROZEN, TRAINABLE = "frozen", "trainable"
+
+
+def _patterns(frozen: Iterable[str] | str, where: str) -> tuple[str, ...]:
+    patterns = (frozen,) if isinstance(frozen, str) else tuple(frozen)
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    if bad:
+        raise ValueError(f"{where}: patterns must be non-empty strings, got {bad!r}")
+    return patterns
+
+
+def _check_used(params, patterns: tuple[str, ...], where: str) -> None:
+    paths = [p for p, _ in _tree.leaves_with_paths(params)]
+    unused = [pat for pat in patterns if not any(_tree.matches(p, pat) for p in paths)]
+    if unused:
+        shown = ", ".join(paths[:20]) + (", ..." if len(paths) > 20 else "")
+        raise ValueError(f"{where}: pattern(s) {unused} match no parameter (a typo?); the parameter "
+                         f"paths are: {shown}")
+
+
+def trainable_mask(params, frozen: Iterable[str] | str):
+    """A tree of bools with ``params``' structure: False where a leaf's path matches one of
+    the ``frozen`` patterns, True elsewhere. Usable as an ``optax.masked`` mask.
+
+    Raises:
+      ValueError: a pattern matches no leaf (frozen patterns that freeze nothing are
+        almost always typos).
+    """
+    patterns = _patterns(frozen, "trainable_mask")
+    _check_used(params, patterns, "trainable_mask")
+    return _tree.mask(params, include=("*",), exclude=patterns)
+
+
+def freeze(optimizer: optax.GradientTransformation,
+           frozen: Iterable[str] | str) -> optax.GradientTransformation:
+    """Wraps ``optimizer`` so that the leaves matching ``frozen`` never change.
+
+    Built on ``optax.partition``: frozen leaves go to ``optax.set_to_zero()`` and get
+    updates that are exactly zero (so their values stay bit-identical), while ``optimizer``
+    only ever sees the trainable leaves: it keeps no state (moments) for frozen ones, and
+    weight decay inside it (``optax.adamw``, ``add_decayed_weights``) cannot touch them.
+    Gradients are still computed for frozen leaves; they are dropped here.
+
+    Args:
+      optimizer: any optax optimizer (chains, schedules and masks compose).
+      frozen: a pattern or patterns over parameter paths (see :mod:`jnn.tree`).
+
+    Returns:
+      An ``optax.GradientTransformation``. Its ``init`` raises ValueError when a pattern
+      matches no parameter.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> opt = freeze(optax.sgd(0.5), "b")             # train weights only, biases fixed
+      >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+      >>> updates, _ = opt.update({"w": jnp.ones(2), "b": jnp.ones(2)}, opt.init(params))
+      >>> updates["b"].tolist(), updates["w"].tolist()
+      ([0.0, 0.0], [-0.5, -0.5])
+    """
+    patterns = _patterns(frozen, "freeze")
+
+    def labels(tree):
+        _check_used(tree, patterns, "freeze")
+        trainable = _tree.mask(tree, include=("*",), exclude=patterns)
+        return jax.tree_util.tree_map(lambda t: TRAINABLE if t else FROZEN, trainable)
+
+    return optax.partition({TRAINABLE: optimizer, FROZEN: optax.set_to_zero()}, labels)
