@@ -11,6 +11,9 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
 """
 from jnn import data, initializers, io, losses, metrics, train, tree
 from jnn.core import Layer, fan_out, named, output_shape, residual, serial, stateless
+from jnn.layers import residual_block, resnet
+from jnn.layers import Cell, bidirectional, embedding, gru_cell, lstm_cell, recurrent, rnn_cell
+from jnn.layers import avg_pool, conv, conv_transpose, global_avg_pool, global_max_pool, max_pool
 from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside, identity,
                         layer_norm, leaky_relu, log_softmax, relu, reshape, rms_norm, sigmoid, silu,
                         softmax, softplus, spatial_dropout, step, swish, tanh)
@@ -25,6 +28,9 @@ __all__ = [
     "dense", "flatten", "reshape", "identity",
     "step", "heaviside", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu",
     "swish", "softmax", "log_softmax",
+    "residual_block", "resnet",
+    "Cell", "rnn_cell", "lstm_cell", "gru_cell", "recurrent", "bidirectional", "embedding",
+    "conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
     "data", "initializers", "io", "losses", "metrics", "train", "tree",

@@ -10,15 +10,21 @@ Example:
     >>> x.shape, y.shape
     ((4, 2), (4, 1))
 """
+from jnn.data import augment
 from jnn.data.errors import DatasetUnavailableError
 from jnn.data.fetch import download
 from jnn.data.idx import read_idx
 from jnn.data.mnist import load_mnist, mnist_available
 from jnn.data.paths import data_dir
 from jnn.data.shakespeare import load_tiny_shakespeare
+from jnn.data.text import CharVocab, lm_windows, random_windows
 from jnn.data.small import and_gate, load_digits, or_gate, xor
 
 __all__ = [
+    "augment",
+    "CharVocab",
+    "lm_windows",
+    "random_windows",
     "DatasetUnavailableError",
     "and_gate",
     "data_dir",

@@ -1,0 +1,291 @@
+"""On-device image augmentation: pure, keyed functions that run inside a jitted step.
+
+Every augmentation is a function ``(key, images) -> images`` on a batch
+``[B, H, W, C]`` with values in ``[0, 1]``; each example gets its own randomness (the key
+is split ``B`` ways and the per-image transform is ``vmap``-ed), shapes and dtype are kept
+(except :func:`random_crop` to a different ``size``). They compose with :func:`pipeline`
+and become a layer with :func:`augment_layer`, which is the identity at evaluation
+(``train=False``), so augmentation can live inside the model.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jnn.data.augment import pipeline, random_translate, random_erasing
+  >>> augment = jax.jit(pipeline(random_translate(2), random_erasing(0.5)))
+  >>> augment(jax.random.key(0), jnp.ones((8, 28, 28, 1))).shape
+  (8, 28, 28, 1)
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jnn import initializers
+from jnn.core import Layer, layer_error, shape_of
+
+__all__ = ["translate", "affine", "random_translate", "random_crop", "random_affine",
+           "horizontal_flip", "random_erasing", "pipeline", "augment_layer"]
+
+Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _pair(where: str, what: str, value, *, minimum: int = 0) -> tuple[int, int]:
+    values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = ()
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+                                   for v in values):
+        raise ValueError(f"{where}: {what} must be an int >= {minimum} or a pair of them, got {value!r}")
+    return values
+
+
+def _check_range(where: str, what: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ValueError(f"{where}: {what} must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _batched(where: str, per_image: Callable) -> Augmentation:
+    """``(key, images)`` -> ``per_image(key_i, image_i)`` for every example, with shape checks."""
+
+    def augment(key, images):
+        if key is None:
+            raise ValueError(f"{where}: needs a key; call it as augment(jax.random.key(...), images)")
+        if images.ndim != 4:
+            raise ValueError(f"{where}: expected images of shape [B, H, W, C], got {tuple(images.shape)}")
+        return jax.vmap(per_image)(jax.random.split(key, images.shape[0]), images)
+
+    augment.__name__ = augment.__qualname__ = where
+    return augment
+
+
+def _int_below(u, n):
+    """Integers uniform in ``[0, n)`` from uniforms ``u`` in ``[0, 1)`` (``n`` may be traced).
+
+    Every augmentation draws all its numbers with one ``jax.random.uniform`` call: it compiles
+    several times faster than separate ``randint``/``bernoulli`` draws.
+    """
+    n = jnp.asarray(n).astype(u.dtype)
+    return jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
+
+
+def translate(image: jax.Array, shift) -> jax.Array:
+    """One image ``[H, W, C]`` shifted by ``shift = (dy, dx)`` pixels (may be traced), zero-filled.
+
+    ``out[i, j] = image[i - dy, j - dx]`` where that index is inside the image, else 0; positive
+    ``dy``/``dx`` move the content down/right (like ``np.roll``, without wrapping around).
+    """
+    dy, dx = jnp.asarray(shift).astype(jnp.int32)
+    h, w = image.shape[:2]
+    rolled = jnp.roll(image, (dy, dx), axis=(0, 1))
+    rows, cols = jnp.arange(h, dtype=jnp.int32) - dy, jnp.arange(w, dtype=jnp.int32) - dx
+    inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+    return jnp.where(inside[:, :, None], rolled, jnp.zeros_like(rolled))
+
+
+def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0) -> jax.Array:
+    """One image ``[H, W, C]`` rotated, scaled and sheared about its centre (bilinear, zero-filled).
+
+    A positive angle rotates counter-clockwise as displayed (row 0 at the top), so 90 degrees
+    equals ``np.rot90`` on a square image; ``scale > 1`` zooms in. The output pixel at centred
+    coordinates ``p = (y, x)`` samples the input at ``R(angle) @ S(shear) @ p / scale`` (``S``
+    adds ``tan(shear) * y`` to ``x``) with ``jax.scipy.ndimage.map_coordinates(order=1)``.
+    Pixels sampled from outside the image are 0. Arguments may be traced.
+    """
+    h, w = image.shape[:2]
+    dtype = initializers.param_dtype(image.dtype)  # coordinates in float32 (float64 for float64)
+    theta = jnp.deg2rad(jnp.asarray(rotation_degrees, dtype))
+    shear = jnp.tan(jnp.deg2rad(jnp.asarray(shear_degrees, dtype)))
+    scale = jnp.asarray(scale, dtype)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    y, x = jnp.meshgrid(jnp.arange(h, dtype=dtype) - cy, jnp.arange(w, dtype=dtype) - cx, indexing="ij")
+    y, x = y / scale, x / scale
+    x = x + shear * y
+    src_y = jnp.cos(theta) * y + jnp.sin(theta) * x + cy
+    src_x = -jnp.sin(theta) * y + jnp.cos(theta) * x + cx
+    sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [src_y, src_x], order=1,
+                                                               mode="constant", cval=0.0)
+    return jax.vmap(sample, in_axes=-1, out_axes=-1)(image.astype(dtype)).astype(image.dtype)
+
+
+def random_translate(max_shift: int | tuple[int, int]) -> Augmentation:
+    """Shift each image by whole pixels drawn uniformly from ``[-max_shift, max_shift]`` per axis.
+
+    The uncovered border is zero (black). ``max_shift`` is an int or ``(max_dy, max_dx)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.data.augment import random_translate
+      >>> random_translate(2)(jax.random.key(0), jnp.ones((4, 8, 8, 1))).shape
+      (4, 8, 8, 1)
+    """
+    my, mx = _pair("random_translate", "max_shift", max_shift)
+
+    def one(key, image):
+        u = jax.random.uniform(key, (2,))
+        return translate(image, (_int_below(u[0], 2 * my + 1) - my, _int_below(u[1], 2 * mx + 1) - mx))
+
+    return _batched("random_translate", one)
+
+
+def random_crop(size: tuple[int, int], padding: int | tuple[int, int] = 0) -> Augmentation:
+    """Zero-pad each image by ``padding`` then cut a random ``size = (h, w)`` window from it.
+
+    With ``size`` equal to the input's ``(H, W)`` this is the usual pad-and-crop (e.g. pad 4,
+    crop 32 on CIFAR); the output is ``[B, h, w, C]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.data.augment import random_crop
+      >>> random_crop((28, 28), padding=2)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
+      (4, 28, 28, 1)
+    """
+    size = _pair("random_crop", "size", size, minimum=1)
+    py, px = _pair("random_crop", "padding", padding)
+
+    def one(key, image):
+        padded = jnp.pad(image, ((py, py), (px, px), (0, 0)))
+        limits = (padded.shape[0] - size[0], padded.shape[1] - size[1])
+        if min(limits) < 0:
+            raise ValueError(f"random_crop: size {size} is larger than the padded image "
+                             f"{padded.shape[:2]} (image {image.shape[:2]}, padding {(py, px)})")
+        u = jax.random.uniform(key, (2,))
+        top, left = _int_below(u[0], limits[0] + 1), _int_below(u[1], limits[1] + 1)
+        return jax.lax.dynamic_slice(padded, (top, left, jnp.int32(0)), (*size, image.shape[2]))
+
+    return _batched("random_crop", one)
+
+
+def random_affine(max_rotation_degrees: float, *, max_scale: float = 0.0,
+                  max_shear: float = 0.0) -> Augmentation:
+    """Random rotation, scale and shear per image (see :func:`affine`), bilinear, zero-filled.
+
+    Angle uniform in ``[-max_rotation_degrees, max_rotation_degrees]``, scale uniform in
+    ``[1 - max_scale, 1 + max_scale]``, shear angle uniform in ``[-max_shear, max_shear]`` degrees.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.data.augment import random_affine
+      >>> random_affine(10, max_scale=0.1)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
+      (4, 28, 28, 1)
+    """
+    rot = _check_range("random_affine", "max_rotation_degrees", max_rotation_degrees, 0, 180)
+    scale = _check_range("random_affine", "max_scale", max_scale, 0, 0.99)
+    shear = _check_range("random_affine", "max_shear", max_shear, 0, 80)
+
+    def one(key, image):
+        u = jax.random.uniform(key, (3,), initializers.param_dtype(image.dtype), -1.0, 1.0)
+        return affine(image, u[0] * rot, 1.0 + u[1] * scale, u[2] * shear)
+
+    return _batched("random_affine", one)
+
+
+def horizontal_flip(p: float = 0.5) -> Augmentation:
+    """Mirror each image left-right with probability ``p``.
+
+    Not for digits or text: a mirrored 2, 3 or 7 is not a digit (use small translations or
+    :func:`random_affine` on MNIST instead).
+    """
+    p = _check_range("horizontal_flip", "p", p, 0, 1)
+
+    def one(key, image):
+        return jnp.where(jax.random.uniform(key) < p, image[:, ::-1], image)
+
+    return _batched("horizontal_flip", one)
+
+
+def random_erasing(p: float = 0.5, scale: tuple[float, float] = (0.02, 0.2),
+                   ratio: tuple[float, float] = (0.3, 3.3), value: float = 0.0) -> Augmentation:
+    """With probability ``p``, set one random rectangle of each image to ``value`` (Zhong et al.).
+
+    The rectangle's area is a fraction of the image drawn uniformly from ``scale`` and its
+    aspect ratio ``h / w`` log-uniformly from ``ratio``; sides are rounded to whole pixels
+    (at least 1) and clipped to the image, and its position is uniform inside the image.
+    """
+    p = _check_range("random_erasing", "p", p, 0, 1)
+    lo, hi = scale
+    _check_range("random_erasing", "scale[0]", lo, 0, 1)
+    _check_range("random_erasing", "scale[1]", hi, lo, 1)
+    r_lo, r_hi = ratio
+    if not 0 < r_lo <= r_hi:
+        raise ValueError(f"random_erasing: ratio must be (lo, hi) with 0 < lo <= hi, got {ratio!r}")
+
+    def one(key, image):
+        h, w = image.shape[:2]
+        u = jax.random.uniform(key, (5,))
+        area = (lo + (hi - lo) * u[1]) * (h * w)
+        aspect = jnp.exp(math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * u[2])
+        eh = jnp.clip(jnp.round(jnp.sqrt(area * aspect)), 1, h).astype(jnp.int32)
+        ew = jnp.clip(jnp.round(jnp.sqrt(area / aspect)), 1, w).astype(jnp.int32)
+        top, left = _int_below(u[3], h - eh + 1), _int_below(u[4], w - ew + 1)
+        rows, cols = jnp.arange(h, dtype=jnp.int32), jnp.arange(w, dtype=jnp.int32)
+        box = (((rows >= top) & (rows < top + eh))[:, None]
+               & ((cols >= left) & (cols < left + ew))[None, :])
+        erase = box[:, :, None] & (u[0] < p)
+        return jnp.where(erase, jnp.asarray(value, image.dtype), image)
+
+    return _batched("random_erasing", one)
+
+
+def pipeline(*augmentations: Augmentation) -> Augmentation:
+    """The augmentations applied in order, each with its own key split from the one given.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.data.augment import pipeline, random_crop, horizontal_flip
+      >>> augment = pipeline(random_crop((32, 32), padding=4), horizontal_flip())
+      >>> augment(jax.random.key(0), jnp.zeros((2, 32, 32, 3))).shape
+      (2, 32, 32, 3)
+    """
+    if not augmentations:
+        raise ValueError("pipeline: expected at least one augmentation, got none")
+    for a in augmentations:
+        if not callable(a):
+            raise TypeError(f"pipeline: expected augmentations (key, images) -> images, got "
+                            f"{type(a).__name__}")
+
+    def augment(key, images):
+        if key is None:
+            raise ValueError("pipeline: needs a key; call it as augment(jax.random.key(...), images)")
+        for a, k in zip(augmentations, jax.random.split(key, len(augmentations))):
+            images = a(k, images)
+        return images
+
+    return augment
+
+
+def augment_layer(*augmentations: Augmentation, name: str | None = None) -> Layer:
+    """A layer applying ``pipeline(*augmentations)`` when ``train=True``, the identity otherwise.
+
+    No params, no state; at training it needs ``key=`` in ``apply``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> from jnn.data.augment import augment_layer, random_translate
+      >>> model = jnn.serial(augment_layer(random_translate(2)), jnn.flatten(), jnn.dense(10))
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+      >>> x = jnp.ones((4, 28, 28, 1))
+      >>> model.apply(params, state, x, key=jax.random.key(1), train=True)[0].shape
+      (4, 10)
+    """
+    augment = pipeline(*augmentations)
+    label = name or "augment"
+
+    def init(key, example):
+        x = shape_of(example)
+        if x.ndim != 4:
+            raise layer_error(label, f"expected images of shape [B, H, W, C], got {tuple(x.shape)}")
+        return {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        if not train:
+            return x, state
+        if key is None:
+            raise layer_error(label, "train=True needs randomness: pass key=jax.random.key(...) to apply")
+        return augment(key, x), state
+
+    return Layer(init, apply, "augment", name)

@@ -1,0 +1,137 @@
+"""Character-level text: a vocabulary and language-model windows (inputs, next-token targets).
+
+Example:
+  >>> vocab = CharVocab("hello world")
+  >>> vocab.chars, vocab.size
+  (' dehlorw', 8)
+  >>> ids = vocab.encode("hello")
+  >>> ids.tolist(), vocab.decode(ids)
+  ([3, 2, 4, 4, 5], 'hello')
+  >>> inputs, targets = lm_windows(vocab.encode("hello world"), 4)
+  >>> vocab.decode(inputs[0]), vocab.decode(targets[0])
+  ('hell', 'ello')
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["CharVocab", "lm_windows", "random_windows"]
+
+
+def _codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+class CharVocab:
+    """The sorted unique characters of a text, each with an integer id.
+
+    Args:
+      text: the text to take the characters from (e.g. the whole training corpus). A vocabulary
+        can be rebuilt from its ``chars`` alone: ``CharVocab(vocab.chars)``.
+
+    Attributes:
+      chars: the characters, sorted; ``chars[i]`` has id ``i``.
+      size: the number of characters (the ``vocab_size`` of an embedding or output layer).
+    """
+
+    def __init__(self, text: str):
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"CharVocab: expected a non-empty string, got {text!r:.40}")
+        self._codes = np.unique(_codepoints(text))
+        self.chars = "".join(map(chr, self._codes))
+        self._table = np.array(list(self.chars))
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"CharVocab(size={self.size}, chars={self.chars!r:.60})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CharVocab) and other.chars == self.chars
+
+    def __hash__(self) -> int:
+        return hash(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        """The ids of ``text``'s characters, an int32 array ``[len(text)]``.
+
+        Raises:
+          ValueError: naming the characters that are not in the vocabulary.
+        """
+        codes = _codepoints(text)
+        ids = np.searchsorted(self._codes, codes)
+        unknown = (ids == self.size) | (self._codes[np.minimum(ids, self.size - 1)] != codes)
+        if unknown.any():
+            missing = sorted(set(map(chr, codes[unknown])))
+            raise ValueError(f"CharVocab.encode: characters not in the vocabulary: {missing[:10]!r}"
+                             f"{' ...' if len(missing) > 10 else ''}")
+        return ids.astype(np.int32)
+
+    def decode(self, ids) -> str:
+        """The text of a 1-D sequence of ids (a list, NumPy or JAX array)."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+            raise ValueError(f"CharVocab.decode: expected a 1-D sequence of integer ids, got "
+                             f"{ids.dtype} of shape {ids.shape}")
+        bad = (ids < 0) | (ids >= self.size)
+        if bad.any():
+            raise ValueError(f"CharVocab.decode: ids must lie in [0, {self.size}), got "
+                             f"{ids[bad][:10].tolist()}")
+        return "".join(self._table[ids.astype(np.intp)])
+
+
+def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Language-model windows: ``inputs[i] = ids[s:s+seq_len]``, ``targets[i] = ids[s+1:s+seq_len+1]``.
+
+    Window ``i`` starts at ``s = i * stride``; windows that would run past the end are dropped.
+
+    Args:
+      ids: 1-D token ids (e.g. ``CharVocab.encode(text)``).
+      seq_len: window length (> 0); ``ids`` needs at least ``seq_len + 1`` tokens.
+      stride: distance between window starts (default ``seq_len``: non-overlapping inputs).
+
+    Returns:
+      ``(inputs, targets)``, two arrays ``[num_windows, seq_len]`` of ``ids``' dtype (copies).
+    """
+    ids = np.asarray(ids)
+    stride = seq_len if stride is None else stride
+    for what, value in (("seq_len", seq_len), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"lm_windows: {what} must be a positive integer, got {value!r}")
+    if ids.ndim != 1 or len(ids) < seq_len + 1:
+        raise ValueError(f"lm_windows: expected 1-D ids with at least seq_len + 1 = {seq_len + 1} "
+                         f"tokens, got shape {ids.shape}")
+    windows = np.lib.stride_tricks.sliding_window_view(ids, seq_len + 1)[::stride]
+    return windows[:, :-1].copy(), windows[:, 1:].copy()
+
+
+def random_windows(key: jax.Array, ids: jax.Array, seq_len: int, batch_size: int):
+    """``batch_size`` windows at random starts, jit-friendly: ``(inputs, targets)``, each ``[B, T]``.
+
+    For training on a long device-resident id array (e.g. Tiny Shakespeare) inside
+    ``jax.lax.scan``: each call draws fresh uniform starts in ``[0, len(ids) - seq_len - 1]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> x, y = random_windows(jax.random.key(0), jnp.arange(100), 8, 4)
+      >>> x.shape, bool((y == x + 1).all())
+      ((4, 8), True)
+    """
+    for what, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"random_windows: {what} must be a positive integer, got {value!r}")
+    ids = jnp.asarray(ids)
+    n = ids.shape[0] - seq_len if ids.ndim == 1 else 0
+    if n < 1:
+        raise ValueError(f"random_windows: expected 1-D ids with at least seq_len + 1 = {seq_len + 1} "
+                         f"tokens, got shape {tuple(ids.shape)}")
+    starts = jax.random.randint(key, (batch_size,), 0, n)
+    windows = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(ids, s, seq_len + 1))(starts)
+    return windows[:, :-1], windows[:, 1:]

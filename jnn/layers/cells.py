@@ -1,0 +1,223 @@
+"""Recurrent cells: the one-step functions that :func:`jnn.layers.recurrent.recurrent` scans.
+
+A :class:`Cell` is a NamedTuple of pure functions, like a :class:`jnn.Layer` but for one time step::
+
+    init(key, input_size, dtype=float32) -> params
+    initial_carry(batch_shape, dtype=float32) -> carry          # zeros
+    step(params, carry, x_t) -> (carry, y_t)                    # x_t: [*batch, input_size]
+
+Each cell fuses its gates, so a step is two matmuls: one input matrix ``[in, G*H]`` and one
+recurrent matrix ``[H, G*H]`` (``G`` gates, ``H = hidden_size``). Params are
+``{"input": {"w", "b"}, "hidden": {"w", ...}}``, so the default weight-decay selection (leaves
+named ``"w"``) finds both matrices. Gate blocks along the last axis are in the order given below
+(the order of flax's per-gate names), and each block is initialized separately, as in flax.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jnn.layers.cells import lstm_cell
+  >>> cell = lstm_cell(4)
+  >>> params = cell.init(jax.random.key(0), 3)
+  >>> params["input"]["w"].shape, params["hidden"]["w"].shape
+  ((3, 16), (4, 16))
+  >>> carry, y = cell.step(params, cell.initial_carry((2,)), jnp.ones((2, 3)))
+  >>> y.shape
+  (2, 4)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jnn import initializers
+
+__all__ = ["Cell", "rnn_cell", "lstm_cell", "gru_cell"]
+
+PyTree = Any
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: pure functions for one time step.
+
+    Attributes:
+      init: ``(key, input_size, dtype=float32) -> params``.
+      initial_carry: ``(batch_shape, dtype=float32) -> carry``, all zeros.
+      step: ``(params, carry, x_t) -> (new_carry, y_t)`` with ``x_t: [*batch, input_size]`` and
+        ``y_t: [*batch, hidden_size]``; computed in ``x_t``'s dtype.
+      hidden_size: width of the output ``y_t`` (and of the hidden state).
+      kind: family name (``"rnn"``, ``"lstm"``, ``"gru"``), used to key the layer's params.
+    """
+
+    init: Callable[..., PyTree]
+    initial_carry: Callable[..., PyTree]
+    step: Callable[..., tuple[PyTree, jax.Array]]
+    hidden_size: int
+    kind: str
+
+
+def _check_positive_int(label: str, what: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
+
+
+def _inits(label, w_init, recurrent_init, b_init):
+    recurrent_init = jax.nn.initializers.orthogonal() if recurrent_init is None else recurrent_init
+    return (initializers.get(w_init, where=f"{label} w_init"),
+            initializers.get(recurrent_init, where=f"{label} recurrent_init"),
+            initializers.get(b_init, where=f"{label} b_init"))
+
+
+def _fused_params(label, key, input_size, hidden, gates, dtype, w_init, recurrent_init, b_init):
+    """``{"input": {"w": [in, G*H], "b": [G*H]}, "hidden": {"w": [H, G*H]}}``, one block per gate."""
+    _check_positive_int(label, "input_size", input_size)
+    keys = jax.random.split(key, 2 * gates + 1)
+    block = lambda init, k, rows: init(k, (rows, hidden), dtype)
+    return {
+        "input": {"w": jnp.concatenate([block(w_init, k, input_size) for k in keys[:gates]], 1),
+                  "b": b_init(keys[-1], (gates * hidden,), dtype)},
+        "hidden": {"w": jnp.concatenate([block(recurrent_init, k, hidden)
+                                         for k in keys[gates:2 * gates]], 1)},
+    }
+
+
+def _zeros(hidden):
+    def initial_carry(batch_shape=(), dtype=jnp.float32):
+        return jnp.zeros((*tuple(batch_shape), hidden), dtype)
+    return initial_carry
+
+
+def _matmul(x, params):
+    """``x @ w`` in ``x``'s dtype (params are cast, so float32 params serve bfloat16 inputs)."""
+    return x @ params["w"].astype(x.dtype)
+
+
+def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun_normal",
+             recurrent_init=None, b_init="zeros") -> Cell:
+    """Simple (Elman) recurrent cell: ``h' = activation(x @ W_i + b + h @ W_h)``; ``y = h'``.
+
+    Carry: ``h: [*batch, H]``. Params: ``input.w: [in, H]``, ``input.b: [H]``, ``hidden.w: [H, H]``.
+
+    Args:
+      hidden_size: ``H`` (> 0).
+      activation: the nonlinearity (default ``tanh``).
+      w_init, b_init: initializers (or names) for the input matrix and the bias.
+      recurrent_init: initializer for the recurrent matrix (default orthogonal).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> cell = rnn_cell(3)
+      >>> params = cell.init(jax.random.key(0), 2)
+      >>> h, y = cell.step(params, cell.initial_carry((4,)), jnp.ones((4, 2)))
+      >>> y.shape
+      (4, 3)
+    """
+    _check_positive_int("rnn_cell", "hidden_size", hidden_size)
+    inits = _inits("rnn_cell", w_init, recurrent_init, b_init)
+
+    def init(key, input_size, dtype=jnp.float32):
+        return _fused_params("rnn_cell", key, input_size, hidden_size, 1, dtype, *inits)
+
+    def step(params, h, x):
+        h = activation(_matmul(x, params["input"]) + params["input"]["b"].astype(x.dtype)
+                       + _matmul(h, params["hidden"]))
+        return h, h
+
+    return Cell(init, _zeros(hidden_size), step, hidden_size, "rnn")
+
+
+def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_normal",
+              recurrent_init=None, b_init="zeros") -> Cell:
+    """Long short-term memory cell, the formula of ``flax.linen.LSTMCell``.
+
+    With ``z = x @ W_i + b + h @ W_h`` split into gate blocks ``(i, f, g, o)``::
+
+        c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+        h' = sigmoid(o) * tanh(c');   y = h'
+
+    Carry: the tuple ``(c, h)``, each ``[*batch, H]`` (flax's order). Params:
+    ``input.w: [in, 4H]``, ``input.b: [4H]``, ``hidden.w: [H, 4H]``. The forget block of the
+    bias starts at ``forget_bias`` (1 by default, Jozefowicz et al. 2015), so the cell remembers
+    by default early in training.
+
+    Args:
+      hidden_size: ``H`` (> 0).
+      forget_bias: added to the forget gate's initial bias.
+      w_init, b_init: initializers (or names) for the input matrix and the bias.
+      recurrent_init: initializer for each recurrent gate block (default orthogonal).
+
+    Example:
+      >>> import jax
+      >>> params = lstm_cell(2).init(jax.random.key(0), 3)
+      >>> params["input"]["b"].tolist()
+      [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    _check_positive_int("lstm_cell", "hidden_size", hidden_size)
+    inits = _inits("lstm_cell", w_init, recurrent_init, b_init)
+    H = hidden_size
+
+    def init(key, input_size, dtype=jnp.float32):
+        params = _fused_params("lstm_cell", key, input_size, H, 4, dtype, *inits)
+        params["input"]["b"] = params["input"]["b"].at[H:2 * H].add(forget_bias)
+        return params
+
+    def initial_carry(batch_shape=(), dtype=jnp.float32):
+        return _zeros(H)(batch_shape, dtype), _zeros(H)(batch_shape, dtype)
+
+    def step(params, carry, x):
+        c, h = carry
+        z = _matmul(x, params["input"]) + params["input"]["b"].astype(x.dtype) + _matmul(h, params["hidden"])
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (c, h), h
+
+    return Cell(init, initial_carry, step, H, "lstm")
+
+
+def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
+             b_init="zeros") -> Cell:
+    """Gated recurrent unit, the formula of ``flax.linen.GRUCell`` (and of cuDNN / PyTorch).
+
+    With ``x @ W_i + b_i`` split into blocks ``(x_r, x_z, x_n)`` and ``h @ W_h`` into
+    ``(h_r, h_z, h_n)``::
+
+        r = sigmoid(x_r + h_r);   z = sigmoid(x_z + h_z)
+        n = tanh(x_n + r * (h_n + b_h))          # the reset gate scales the recurrent term
+        h' = (1 - z) * n + z * h;   y = h'
+
+    Carry: ``h: [*batch, H]``. Params: ``input.w: [in, 3H]``, ``input.b: [3H]``,
+    ``hidden.w: [H, 3H]`` and ``hidden.b: [H]`` (``b_h``, the candidate's recurrent bias: it sits
+    inside ``r * (...)``, so it cannot be folded into ``input.b``).
+
+    Args:
+      hidden_size: ``H`` (> 0).
+      w_init, b_init: initializers (or names) for the input matrix and both biases.
+      recurrent_init: initializer for each recurrent gate block (default orthogonal).
+
+    Example:
+      >>> import jax
+      >>> params = gru_cell(4).init(jax.random.key(0), 3)
+      >>> params["hidden"]["w"].shape, params["hidden"]["b"].shape
+      ((4, 12), (4,))
+    """
+    _check_positive_int("gru_cell", "hidden_size", hidden_size)
+    inits = _inits("gru_cell", w_init, recurrent_init, b_init)
+    H = hidden_size
+
+    def init(key, input_size, dtype=jnp.float32):
+        params = _fused_params("gru_cell", key, input_size, H, 3, dtype, *inits)
+        params["hidden"]["b"] = inits[2](jax.random.fold_in(key, 1), (H,), dtype)
+        return params
+
+    def step(params, h, x):
+        x_r, x_z, x_n = jnp.split(_matmul(x, params["input"]) + params["input"]["b"].astype(x.dtype),
+                                  3, axis=-1)
+        h_r, h_z, h_n = jnp.split(_matmul(h, params["hidden"]), 3, axis=-1)
+        r = jax.nn.sigmoid(x_r + h_r)
+        z = jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * (h_n + params["hidden"]["b"].astype(x.dtype)))
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    return Cell(init, _zeros(H), step, H, "gru")

@@ -1,0 +1,266 @@
+"""Convolutions on channels-last inputs: conv and conv_transpose (1-D, 2-D, 3-D).
+
+Inputs are ``[B, W, C]``, ``[B, H, W, C]`` or ``[B, D, H, W, C]``; the number of spatial
+axes is ``len(kernel_size)``, so ``kernel_size`` is always a tuple (``(3,)`` for 1-D,
+``(3, 3)`` for 2-D). Kernels are stored as ``w: [*kernel_size, in // groups, features]``
+and biases as ``b: [features]``, the layout of ``flax.linen.Conv``, so weights copy over
+unchanged.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jnn.layers.conv import conv
+  >>> layer = conv(8, (3, 3), strides=2)
+  >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+  >>> params["w"].shape
+  (3, 3, 1, 8)
+  >>> layer.apply(params, state, jnp.zeros((4, 28, 28, 1)))[0].shape
+  (4, 14, 14, 8)
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from jnn import initializers
+from jnn.core import Layer, layer_error, shape_of
+
+__all__ = ["conv", "conv_transpose"]
+
+Padding = Union[str, Sequence[tuple[int, int]]]
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def _is_pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _check_positive_int(label: str, what: str, value) -> None:
+    if not _is_pos_int(value):
+        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
+
+
+def _window(label: str, what: str, value, *, max_rank: int | None = 3) -> tuple[int, ...]:
+    """A kernel/window size: a non-empty tuple of positive ints (its length is the spatial rank)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"{label}: {what} must be a tuple with one entry per spatial axis, e.g. "
+                         f"({value},) for 1-D or ({value}, {value}) for 2-D, got the int {value!r}")
+    try:
+        value = tuple(value)
+    except TypeError:
+        raise ValueError(f"{label}: {what} must be a tuple of positive integers, got {value!r}") from None
+    if not value or not all(_is_pos_int(v) for v in value):
+        raise ValueError(f"{label}: {what} must be a non-empty tuple of positive integers, got {value!r}")
+    if max_rank is not None and len(value) > max_rank:
+        raise ValueError(f"{label}: {what} must have 1, 2 or 3 entries (1-D, 2-D or 3-D), got {value!r}")
+    return value
+
+
+def _per_axis(label: str, what: str, value, rank: int) -> tuple[int, ...]:
+    """An int broadcast to every spatial axis, or a tuple of ``rank`` positive ints."""
+    values = (value,) * rank if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = ()
+    if len(values) != rank or not all(_is_pos_int(v) for v in values):
+        raise ValueError(f"{label}: {what} must be a positive integer or a tuple of {rank} positive "
+                         f"integers (one per spatial axis), got {value!r}")
+    return values
+
+
+def _padding(label: str, padding, rank: int) -> str | tuple[tuple[int, int], ...]:
+    """``"SAME"``, ``"VALID"`` (any case) or ``rank`` pairs ``(lo, hi)`` of non-negative ints."""
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"{label}: padding must be 'SAME', 'VALID' or a sequence of {rank} "
+                             f"(lo, hi) pairs, got {padding!r}")
+        return padding.upper()
+    try:
+        pairs = tuple(tuple(p) for p in padding)
+    except TypeError:
+        pairs = ()
+    ok = len(pairs) == rank and all(
+        len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)
+        for p in pairs)
+    if not ok:
+        raise ValueError(f"{label}: padding must be 'SAME', 'VALID' or a sequence of {rank} (lo, hi) "
+                         f"pairs of non-negative integers (e.g. {[(1, 1)] * rank}), got {padding!r}")
+    return pairs
+
+
+def _check_input(label: str, shape, rank: int, window: Sequence[int], dilation: Sequence[int],
+                 padding, what: str = "kernel") -> None:
+    """Rank check, and for VALID/explicit padding: the (dilated) window fits in the padded input."""
+    layout = ["[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]"]
+    want = layout[rank - 1] if rank <= 3 else f"[B, {rank} spatial axes..., C]"
+    if len(shape) != rank + 2:
+        raise layer_error(label, f"a {rank}-D {what} of size {tuple(window)} expects inputs of rank "
+                                 f"{rank + 2} {want}, got shape {tuple(shape)}")
+    if padding == "SAME":
+        return
+    pads = [(0, 0)] * rank if padding == "VALID" else padding
+    for axis, (n, k, d, (lo, hi)) in enumerate(zip(shape[1:-1], window, dilation, pads)):
+        span = d * (k - 1) + 1
+        if n + lo + hi < span:
+            raise layer_error(label, f"{what} of size {tuple(window)} (span {span} with dilation {d}) "
+                                     f"is larger than the padded input along spatial axis {axis} "
+                                     f"(size {n} + padding {lo + hi}) for input shape {tuple(shape)}; "
+                                     f"use padding='SAME', more padding or a smaller {what}")
+
+
+def _dimension_numbers(rank: int):
+    s = _SPATIAL[rank]
+    return (f"N{s}C", f"{s}IO", f"N{s}C")
+
+
+def _check_channels(label: str, x, w_in: int, groups: int) -> None:
+    if x.shape[-1] != w_in * groups:
+        raise layer_error(label, f"expected inputs with {w_in * groups} channels (the number it was "
+                                 f"initialized with), got shape {tuple(x.shape)}")
+
+
+def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[int] = 1,
+         padding: Padding = "SAME", dilation: int | Sequence[int] = 1, feature_group_count: int = 1,
+         use_bias: bool = True, w_init="lecun_normal", b_init="zeros", name: str | None = None) -> Layer:
+    """N-D convolution (cross-correlation, as in every DL library) on channels-last inputs.
+
+    Shapes: ``x: [B, *spatial, C]`` with ``len(spatial) == len(kernel_size)`` ->
+    ``y: [B, *spatial_out, features]``; params ``w: [*kernel_size, C // groups, features]``,
+    ``b: [features]``. With ``padding="SAME"`` ``spatial_out = ceil(spatial / strides)``; with
+    ``"VALID"`` the (dilated) kernel must fit inside the input. Built on
+    ``jax.lax.conv_general_dilated``; params are float32 (float64 for float64 inputs) and the
+    convolution runs in the input's dtype.
+
+    Args:
+      features: number of output channels (> 0, divisible by ``feature_group_count``).
+      kernel_size: tuple of positive ints, one per spatial axis: ``(5,)``, ``(3, 3)``,
+        ``(3, 3, 3)``. An int is rejected, so the spatial rank is never guessed.
+      strides: int (all axes) or one int per spatial axis.
+      padding: ``"SAME"``, ``"VALID"`` or explicit ``[(lo, hi), ...]`` per spatial axis.
+      dilation: kernel dilation ("atrous"), int or one per spatial axis.
+      feature_group_count: split channels into this many groups; ``C`` and ``features`` must
+        both be divisible by it. ``feature_group_count == C`` is a depthwise convolution.
+      use_bias: add a learned bias.
+      w_init, b_init: initializers or their names (see :mod:`jnn.initializers`).
+      name: optional explicit key for this layer's params.
+
+    Example (a depthwise 3x3 convolution with a channel multiplier of 2):
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.layers.conv import conv
+      >>> layer = conv(8, (3, 3), feature_group_count=4)
+      >>> params, _ = layer.init(jax.random.key(0), jnp.zeros((1, 5, 5, 4)))
+      >>> params["w"].shape
+      (3, 3, 1, 8)
+    """
+    label = name or "conv"
+    _check_positive_int(label, "features", features)
+    kernel_size = _window(label, "kernel_size", kernel_size)
+    rank = len(kernel_size)
+    strides = _per_axis(label, "strides", strides, rank)
+    dilation = _per_axis(label, "dilation", dilation, rank)
+    padding = _padding(label, padding, rank)
+    _check_positive_int(label, "feature_group_count", feature_group_count)
+    groups = feature_group_count
+    if features % groups:
+        raise ValueError(f"{label}: features ({features}) must be divisible by feature_group_count "
+                         f"({groups})")
+    w_init = initializers.get(w_init, where=f"{label} w_init")
+    b_init = initializers.get(b_init, where=f"{label} b_init")
+
+    def init(key, example):
+        x = shape_of(example)
+        _check_input(label, x.shape, rank, kernel_size, dilation, padding)
+        if x.shape[-1] % groups:
+            raise layer_error(label, f"input channels ({x.shape[-1]}) must be divisible by "
+                                     f"feature_group_count ({groups}); got input shape {tuple(x.shape)}")
+        dtype = initializers.param_dtype(x.dtype)
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (*kernel_size, x.shape[-1] // groups, features), dtype)}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_input(label, x.shape, rank, kernel_size, dilation, padding)
+        _check_channels(label, x, params["w"].shape[-2], groups)
+        y = jax.lax.conv_general_dilated(
+            x, params["w"].astype(x.dtype), window_strides=strides, padding=padding,
+            rhs_dilation=dilation, dimension_numbers=_dimension_numbers(rank),
+            feature_group_count=groups)
+        if use_bias:
+            y = y + params["b"].astype(x.dtype)
+        return y, state
+
+    return Layer(init, apply, "conv", name)
+
+
+def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[int] = 1,
+                   padding: Padding = "SAME", dilation: int | Sequence[int] = 1,
+                   use_bias: bool = True, w_init="lecun_normal", b_init="zeros",
+                   name: str | None = None) -> Layer:
+    """Transposed ("fractionally strided") convolution, as ``flax.linen.ConvTranspose``.
+
+    Built on ``jax.lax.conv_transpose`` (kernel not flipped, ``transpose_kernel=False``): the
+    input is dilated by ``strides`` and convolved with ``w``. Shapes: ``x: [B, *spatial, C]`` ->
+    ``y: [B, *spatial_out, features]`` with ``spatial_out = spatial * strides`` for ``"SAME"``
+    and ``spatial * strides + max(k_span - strides, 0)`` for ``"VALID"`` (``k_span`` the dilated
+    kernel size); params ``w: [*kernel_size, C, features]``, ``b: [features]``.
+
+    Args:
+      features: number of output channels (> 0).
+      kernel_size: tuple of positive ints, one per spatial axis (1-D, 2-D or 3-D).
+      strides: upsampling factor: int (all axes) or one int per spatial axis.
+      padding: ``"SAME"``, ``"VALID"`` or explicit ``[(lo, hi), ...]`` applied to the dilated input.
+      dilation: kernel dilation, int or one per spatial axis.
+      use_bias: add a learned bias.
+      w_init, b_init: initializers or their names.
+      name: optional explicit key for this layer's params.
+
+    Example (2x upsampling):
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.layers.conv import conv_transpose
+      >>> layer = conv_transpose(3, (3, 3), strides=2)
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((1, 7, 7, 16)))
+      >>> layer.apply(params, state, jnp.zeros((2, 7, 7, 16)))[0].shape
+      (2, 14, 14, 3)
+    """
+    label = name or "conv_transpose"
+    _check_positive_int(label, "features", features)
+    kernel_size = _window(label, "kernel_size", kernel_size)
+    rank = len(kernel_size)
+    strides = _per_axis(label, "strides", strides, rank)
+    dilation = _per_axis(label, "dilation", dilation, rank)
+    padding = _padding(label, padding, rank)
+    w_init = initializers.get(w_init, where=f"{label} w_init")
+    b_init = initializers.get(b_init, where=f"{label} b_init")
+
+    def check(shape):
+        # With explicit padding the input dilated by the strides, plus the padding, must
+        # still hold the (dilated) kernel, as the input of a plain VALID conv must.
+        dilated = (shape[0], *[(n - 1) * s + 1 for n, s in zip(shape[1:-1], strides)], shape[-1])
+        _check_input(label, shape, rank, kernel_size, dilation, "SAME")
+        if not isinstance(padding, str):
+            _check_input(label, dilated, rank, kernel_size, dilation, padding)
+
+    def init(key, example):
+        x = shape_of(example)
+        check(x.shape)
+        dtype = initializers.param_dtype(x.dtype)
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (*kernel_size, x.shape[-1], features), dtype)}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        check(x.shape)
+        _check_channels(label, x, params["w"].shape[-2], 1)
+        y = jax.lax.conv_transpose(x, params["w"].astype(x.dtype), strides, padding,
+                                   rhs_dilation=dilation, dimension_numbers=_dimension_numbers(rank))
+        if use_bias:
+            y = y + params["b"].astype(x.dtype)
+        return y, state
+
+    return Layer(init, apply, "conv_transpose", name)

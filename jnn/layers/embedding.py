@@ -1,0 +1,96 @@
+"""Token embeddings: integer ids to learned vectors, and the tied output head (:func:`attend`)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jnn import initializers
+from jnn.core import Layer, layer_error, shape_of
+
+__all__ = ["embedding", "attend"]
+
+
+def _check_positive_int(label: str, what: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
+
+
+def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
+              name: str | None = None) -> Layer:
+    """A lookup table: ``y[..., :] = embedding[x[...]]``.
+
+    Shapes: ``x: [...]`` integer ids (e.g. ``[B, T]``) -> ``y: [..., features]``; param
+    ``embedding: [vocab_size, features]``. The param is named ``"embedding"``, not ``"w"``, so the
+    default weight-decay selection leaves it alone.
+
+    Ids outside ``[0, vocab_size)`` (negative ones included: they are not wrapped) give rows of
+    NaN, as ``jnp.take`` does by default (and so flax's ``Embed``): a bad id shows up as a NaN
+    loss instead of silently reading another token's row. Values cannot be checked under
+    ``jit``, so no error is raised.
+
+    Args:
+      vocab_size: number of rows (> 0).
+      features: width of each vector (> 0).
+      init: initializer (or name) for the table; default ``normal(1.0)`` (unit variance, as
+        flax's ``Embed``).
+      dtype: dtype of the table and output; default JAX's default float dtype (float32, or
+        float64 with ``jax_enable_x64``), since integer inputs carry no float dtype to follow.
+      name: optional explicit key for this layer's params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> layer = embedding(10, 4)
+      >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 5), jnp.int32))
+      >>> params["embedding"].shape, layer.apply(params, state, jnp.zeros((2, 5), jnp.int32))[0].shape
+      ((10, 4), (2, 5, 4))
+    """
+    label = name or "embedding"
+    _check_positive_int(label, "vocab_size", vocab_size)
+    _check_positive_int(label, "features", features)
+    table_init = initializers.normal(1.0) if init is None else initializers.get(init, where=f"{label} init")
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{label}: dtype must be a floating dtype, got {dtype!r}")
+
+    def check(x):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise layer_error(label, f"expected integer token ids, got {x.dtype} of shape {tuple(x.shape)}")
+
+    def init_fn(key, example):
+        check(shape_of(example))
+        table_dtype = jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None else dtype)
+        return {"embedding": table_init(key, (vocab_size, features), table_dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        check(x)
+        table = params["embedding"]
+        if table.shape != (vocab_size, features):
+            raise layer_error(label, f"expected an embedding table of shape {(vocab_size, features)}, "
+                                     f"got {tuple(table.shape)}")
+        ids = jnp.where(x < 0, vocab_size, x)  # negative ids would wrap; make them out of range
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan), state
+
+    return Layer(init_fn, apply, "embedding", name)
+
+
+def attend(params, x: jax.Array) -> jax.Array:
+    """Scores against every row of an embedding table: ``x @ embedding.T`` (a tied output head).
+
+    Shapes: ``x: [..., features]`` -> ``[..., vocab_size]``; computed in ``x``'s dtype.
+
+    Args:
+      params: the embedding layer's params (``{"embedding": [vocab_size, features]}``) or the
+        table itself.
+      x: vectors of the embedding's width, e.g. the last hidden states of a language model.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> layer = embedding(10, 4)
+      >>> params, _ = layer.init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
+      >>> attend(params, jnp.ones((2, 5, 4))).shape
+      (2, 5, 10)
+    """
+    table = params["embedding"] if isinstance(params, dict) else params
+    if x.shape[-1:] != table.shape[-1:]:
+        raise layer_error("attend", f"expected x of shape [..., {table.shape[-1]}] (the embedding "
+                                    f"width), got {tuple(x.shape)}")
+    return x @ table.astype(x.dtype).T

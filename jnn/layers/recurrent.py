@@ -1,0 +1,267 @@
+"""Recurrent layers: a :class:`~jnn.layers.cells.Cell` scanned over time with ``jax.lax.scan``.
+
+Inputs are batch-first, ``[B, T, F]``. Three ways in, from most to least convenient:
+
+- :func:`recurrent` / :func:`bidirectional`: jnn layers, usable in :func:`jnn.serial`
+  (stack layers by listing them: ``serial(recurrent(lstm_cell(64)), recurrent(lstm_cell(64)))``).
+- Variable-length sequences: their ``apply`` also takes ``lengths=`` (an int array ``[B]``),
+  an optional extra keyword beyond the layer contract. Combinators such as ``serial`` do not
+  forward it, so pass it when you call the recurrent layer's ``apply`` yourself (e.g. in your
+  own ``apply`` function); inside ``serial`` every sequence is full length.
+- :func:`run`: the pure function underneath, which also takes an initial carry and returns the
+  final carry.
+
+With ``lengths``, sequence ``b`` is ``x[b, :lengths[b]]``: outputs past its end are zero, its
+final carry is the carry after its last valid step, and ``reverse=True`` reads its valid part
+backwards (position ``lengths[b] - 1`` first) while the padding stays at the end.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jnn.layers.cells import lstm_cell
+  >>> layer = recurrent(lstm_cell(4))
+  >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 5, 3), jnp.float32))
+  >>> layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
+  (2, 5, 4)
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jnn import initializers
+from jnn.core import Layer, layer_error, shape_of
+from jnn.layers.cells import Cell
+
+__all__ = ["run", "recurrent", "bidirectional"]
+
+
+def _check_cell(label: str, cell) -> None:
+    if not isinstance(cell, Cell):
+        hint = " (did you forget to call it, e.g. lstm_cell(64)?)" if callable(cell) else ""
+        raise TypeError(f"{label}: expected a Cell (rnn_cell, lstm_cell, gru_cell), "
+                        f"got {type(cell).__name__}{hint}")
+
+
+def _check_unroll(label: str, unroll) -> None:
+    if unroll is not True and (isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1):
+        raise ValueError(f"{label}: unroll must be a positive integer or True, got {unroll!r}")
+
+
+def _reverse_valid(xs: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Time-major ``xs: [T, *batch, ...]`` with each sequence's first ``lengths`` steps reversed."""
+    T = xs.shape[0]
+    t = jnp.arange(T, dtype=lengths.dtype).reshape((T,) + (1,) * lengths.ndim)
+    idx = jnp.where(t < lengths, lengths - 1 - t, t)
+    return jnp.take_along_axis(xs, idx.reshape(idx.shape + (1,) * (xs.ndim - idx.ndim)), axis=0)
+
+
+def _run(label, cell, params, x, lengths, reverse, initial_carry, unroll):
+    _check_cell(label, cell)
+    x = jnp.asarray(x)
+    if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise layer_error(label, f"expected a floating input of shape [..., time, features], got "
+                                 f"{x.dtype} of shape {tuple(x.shape)} (embed integer ids first)")
+    batch, T = x.shape[:-2], x.shape[-2]
+    cast = lambda a: a.astype(x.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    params = jax.tree_util.tree_map(cast, params)
+    carry = cell.initial_carry(batch, x.dtype) if initial_carry is None else initial_carry
+    carry = jax.tree_util.tree_map(lambda a: jnp.asarray(a).astype(x.dtype), carry)
+    if lengths is not None:
+        lengths = jnp.asarray(lengths)
+        if lengths.shape != batch or not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise layer_error(label, f"expected integer lengths of shape {batch} (one per sequence), "
+                                     f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
+    return _scan(cell, reverse, unroll, params, carry, x, lengths)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _scan(cell, reverse, unroll, params, carry, x, lengths):
+    # Compiled once per (cell, shapes): under jit it is inlined, and eager calls (and the many
+    # calls of eager autodiff or finite differences) reuse the compiled scan.
+    xs = jnp.moveaxis(x, -2, 0)
+    if lengths is None:
+        carry, ys = jax.lax.scan(lambda c, x_t: cell.step(params, c, x_t), carry, xs,
+                                 reverse=reverse, unroll=unroll)
+        return jnp.moveaxis(ys, 0, -2), carry
+    T = xs.shape[0]
+    lengths = jnp.clip(lengths, 0, T)
+    xs = _reverse_valid(xs, lengths) if reverse else xs
+
+    def body(carry, inputs):
+        x_t, t = inputs
+        new, y = cell.step(params, carry, x_t)
+        valid = t < lengths
+        keep = lambda a: valid.reshape(valid.shape + (1,) * (a.ndim - valid.ndim))
+        new = jax.tree_util.tree_map(lambda n, o: jnp.where(keep(n), n, o), new, carry)
+        return new, jnp.where(keep(y), y, jnp.zeros_like(y))
+
+    carry, ys = jax.lax.scan(body, carry, (xs, jnp.arange(T, dtype=lengths.dtype)), unroll=unroll)
+    ys = _reverse_valid(ys, lengths) if reverse else ys
+    return jnp.moveaxis(ys, 0, -2), carry
+
+
+def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
+        reverse: bool = False, initial_carry=None, unroll: int | bool = 1):
+    """Runs ``cell`` over the time axis of ``x``: the pure function under :func:`recurrent`.
+
+    Shapes: ``x: [*batch, T, F]`` -> ``outputs: [*batch, T, H]``; ``lengths: [*batch]``.
+    Computed in ``x``'s dtype (params and carry are cast to it).
+
+    Args:
+      cell: the cell (:func:`~jnn.layers.cells.lstm_cell`, ...).
+      params: the cell's params (``cell.init(key, F)``).
+      x: the input sequences, batch-first.
+      lengths: optional valid length of each sequence (clipped to ``[0, T]``). Outputs past a
+        sequence's end are zero and its final carry is the carry after its last valid step.
+      reverse: read each sequence (its valid part, with ``lengths``) from the end; outputs are
+        still stored at their input positions.
+      initial_carry: the carry to start from (default ``cell.initial_carry(batch)``, zeros).
+      unroll: passed to ``jax.lax.scan`` (steps per loop iteration; ``True`` unrolls fully).
+
+    Returns:
+      ``(outputs, final_carry)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.layers.cells import gru_cell
+      >>> cell = gru_cell(3)
+      >>> params = cell.init(jax.random.key(0), 2)
+      >>> ys, h = run(cell, params, jnp.ones((4, 5, 2)), lengths=jnp.array([5, 3, 1, 0]))
+      >>> ys.shape, h.shape, bool((ys[1, 3:] == 0).all()), bool((h[1] == ys[1, 2]).all())
+      ((4, 5, 3), (4, 3), True, True)
+    """
+    _check_unroll("run", unroll)
+    return _run("run", cell, params, x, lengths, reverse, initial_carry, unroll)
+
+
+def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = False,
+              unroll: int | bool = 1, name: str | None = None) -> Layer:
+    """A recurrent layer: ``cell`` scanned over time, batch-first.
+
+    Shapes: ``x: [B, T, F]`` -> ``[B, T, H]``, or ``[B, H]`` with ``return_sequences=False``
+    (the output of the last step processed: step ``lengths[b] - 1``, or step 0 when
+    ``reverse``). Params are the cell's (``{"input": {"w", "b"}, "hidden": {"w", ...}}``),
+    float32 (float64 for float64 inputs); computed in the input's dtype. The layer is keyed
+    by the cell's kind in combinators (``"lstm_0"``).
+
+    ``apply`` takes an optional ``lengths: [B]`` keyword (see the module docstring):
+    ``layer.apply(params, state, x, lengths=lengths)``.
+
+    Args:
+      cell: the cell (:func:`~jnn.layers.cells.rnn_cell`, ``lstm_cell``, ``gru_cell``).
+      return_sequences: return every step's output, else only the last one.
+      reverse: read the sequences backwards (outputs stay at their input positions).
+      unroll: passed to ``jax.lax.scan``.
+      name: optional explicit key for this layer's params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> from jnn.layers.cells import gru_cell
+      >>> model = jnn.serial(recurrent(gru_cell(8)), recurrent(gru_cell(4), return_sequences=False))
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((2, 7, 3)))
+      >>> sorted(params), model.apply(params, state, jnp.ones((2, 7, 3)))[0].shape
+      (['gru_0', 'gru_1'], (2, 4))
+    """
+    _check_cell(name or "recurrent", cell)
+    label = name or cell.kind
+    for what, flag in (("return_sequences", return_sequences), ("reverse", reverse)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{label}: {what} must be True or False, got {flag!r}")
+    _check_unroll(label, unroll)
+
+    def check(x):
+        if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
+            raise layer_error(label, f"expected a floating input of shape [batch, time, features], "
+                                     f"got {x.dtype} of shape {tuple(x.shape)}")
+
+    def init(key, example):
+        x = shape_of(example)
+        check(x)
+        return cell.init(key, x.shape[-1], initializers.param_dtype(x.dtype)), {}
+
+    def apply(params, state, x, *, key=None, train=False, lengths=None):
+        check(x)
+        w = params.get("input", {}).get("w") if isinstance(params, dict) else None
+        if w is not None and w.shape[0] != x.shape[-1]:
+            raise layer_error(label, f"expected input of shape [batch, time, {w.shape[0]}] (the size "
+                                     f"it was initialized with), got {tuple(x.shape)}")
+        ys, _ = _run(label, cell, params, x, lengths, reverse, None, unroll)
+        if return_sequences:
+            return ys, state
+        if reverse:
+            return ys[:, 0], state
+        if lengths is None:
+            return ys[:, -1], state
+        last = jnp.clip(jnp.asarray(lengths) - 1, 0, x.shape[1] - 1)  # length 0: ys is zero there
+        return jnp.take_along_axis(ys, last[:, None, None], axis=1)[:, 0], state
+
+    return Layer(init, apply, cell.kind, name)
+
+
+_MERGES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "concat": lambda a, b: jnp.concatenate([a, b], axis=-1),
+    "add": jnp.add,
+    "multiply": jnp.multiply,
+}
+
+
+def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="concat",
+                  return_sequences: bool = True, unroll: int | bool = 1,
+                  name: str | None = None) -> Layer:
+    """Two recurrent layers, one reading forwards and one backwards, outputs merged.
+
+    Shapes: ``x: [B, T, F]`` -> ``[B, T, H_f + H_b]`` with ``merge="concat"`` (``[B, T, H]``
+    for ``"add"``/``"multiply"``), or ``[B, ...]`` with ``return_sequences=False`` (the forward
+    layer's last output merged with the backward layer's, i.e. both after a full read). Params:
+    ``{"forward": ..., "backward": ...}``. ``apply`` takes ``lengths=`` as :func:`recurrent`
+    does; the backward layer then reads each sequence's valid part from its end.
+
+    Args:
+      cell: the forward cell.
+      backward_cell: the backward cell (default: ``cell`` again, with its own params).
+      merge: ``"concat"`` (last axis), ``"add"``, ``"multiply"``, or a function
+        ``(forward_outputs, backward_outputs) -> array``.
+      return_sequences, unroll: as for :func:`recurrent`.
+      name: optional explicit key for this layer's params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.layers.cells import lstm_cell
+      >>> layer = bidirectional(lstm_cell(4), lstm_cell(2))
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 5, 3)))
+      >>> sorted(params), layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
+      (['backward', 'forward'], (2, 5, 6))
+    """
+    label = name or "bidirectional"
+    backward_cell = cell if backward_cell is None else backward_cell
+    _check_cell(label, cell)
+    _check_cell(label, backward_cell)
+    if isinstance(merge, str):
+        if merge not in _MERGES:
+            raise ValueError(f"{label}: merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
+        if merge != "concat" and cell.hidden_size != backward_cell.hidden_size:
+            raise ValueError(f"{label}: merge={merge!r} needs cells of one hidden size, got "
+                             f"{cell.hidden_size} and {backward_cell.hidden_size}")
+        merge_fn = _MERGES[merge]
+    elif callable(merge):
+        merge_fn = merge
+    else:
+        raise TypeError(f"{label}: merge must be a string or a callable, got {type(merge).__name__}")
+    forward = recurrent(cell, return_sequences=return_sequences, unroll=unroll, name=f"{label}/forward")
+    backward = recurrent(backward_cell, return_sequences=return_sequences, reverse=True,
+                         unroll=unroll, name=f"{label}/backward")
+
+    def init(key, example):
+        f_key, b_key = jax.random.split(key)
+        return {"forward": forward.init(f_key, example)[0],
+                "backward": backward.init(b_key, example)[0]}, {}
+
+    def apply(params, state, x, *, key=None, train=False, lengths=None):
+        y_f, _ = forward.apply(params["forward"], {}, x, lengths=lengths)
+        y_b, _ = backward.apply(params["backward"], {}, x, lengths=lengths)
+        return merge_fn(y_f, y_b), state
+
+    return Layer(init, apply, "bidirectional", name)
