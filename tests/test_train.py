@@ -77,9 +77,9 @@ def test_eval_is_exact_whatever_the_batch_size():
     params, state = model.init(jax.random.key(0), x)
     logits = model.apply(params, state, x)[0]
     expected = {"loss": LOSS(logits, y), "accuracy": jnn.metrics.accuracy(logits, y)}
-    for bs in (10, 64, 103, 500):
-        got = train.make_eval_fn(model, LOSS, metrics={"accuracy": jnn.metrics.accuracy}, batch_size=bs)(
-            params, state, (x, y))
+    for bs, fused in ((10, True), (64, True), (103, True), (500, True), (10, False), (64, False)):
+        got = train.make_eval_fn(model, LOSS, metrics={"accuracy": jnn.metrics.accuracy}, batch_size=bs,
+                                 fused=fused)(params, state, (x, y))
         np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
         np.testing.assert_allclose(got["accuracy"], expected["accuracy"], rtol=1e-6)
 
@@ -146,3 +146,20 @@ def test_fit_input_errors():
         _fit(val_data=_digits(10))
     with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
         _fit(epochs=0)
+
+
+def test_stepwise_epoch_equals_fused_epoch_and_compiles_once():
+    model = _mlp()
+    x, y = map(jnp.asarray, _digits(100))
+    opt = optax.adam(1e-2)
+    step = train.make_train_step(model, LOSS, opt)
+    ts = train.init_train_state(model, opt, jax.random.key(0), x)
+    fused, stepwise = jax.jit(train.make_train_epoch(step, 100, 32)), train.make_stepwise_epoch(step, 100, 32)
+    a, b = ts, ts
+    for _ in range(3):
+        a, logs_a = fused(a, (x, y))
+        b, logs_b = stepwise(b, (x, y))
+    jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a.params, b.params)
+    np.testing.assert_array_equal(jax.random.key_data(a.key), jax.random.key_data(b.key))
+    np.testing.assert_allclose(logs_a["loss"], logs_b["loss"], rtol=1e-5)
+    assert int(b.step) == 9 and stepwise.step._cache_size() == 1

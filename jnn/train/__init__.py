@@ -12,10 +12,12 @@ Example:
 """
 from jnn.train.checkpoint import Checkpointer
 from jnn.train.freeze import freeze, trainable_mask
+from jnn.train.population import MemberResult, PopulationResult, fit_population, search
 from jnn.train.loop import EarlyStopping, FitResult, fit, predict, split_validation
-from jnn.train.step import (TrainState, init_train_state, make_eval_fn, make_train_epoch,
-                            make_train_step, penalty)
+from jnn.train.step import (TrainState, init_train_state, make_eval_fn, make_stepwise_epoch,
+                            make_train_epoch, make_train_step, penalty)
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_eval_fn",
+__all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_stepwise_epoch",
+           "make_eval_fn",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
-           "freeze", "trainable_mask"]
+           "freeze", "trainable_mask", "fit_population", "search", "PopulationResult", "MemberResult"]

@@ -15,7 +15,7 @@ from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train.history import HistoryWriter, progress_bar
 from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
-                            make_train_epoch, make_train_step)
+                            make_stepwise_epoch, make_train_epoch, make_train_step)
 
 __all__ = ["EarlyStopping", "FitResult", "fit", "split_validation", "predict"]
 
@@ -106,6 +106,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         val_split: float = 0.0, metrics: Metrics | None = None,
         regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
         train_state: TrainState | None = None, initial_epoch: int = 0, eval_batch_size: int = 1000,
+        fused: bool = True,
         progress: bool = True, verbose: bool = True, history_file=None,
         on_epoch_end: Callable[[int, TrainState, dict], None] | None = None) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
@@ -136,6 +137,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         epochs ``initial_epoch + 1 .. epochs`` (as in Keras). Resuming from the state saved
         after epoch k with ``initial_epoch=k`` reproduces an uninterrupted run bit for bit.
       eval_batch_size: batch size of the validation pass.
+      fused: run each epoch as one ``lax.scan`` (default). ``False`` runs the same steps from a
+        Python loop over one jitted step (:func:`jnn.train.make_stepwise_epoch`), with the
+        same results; use it for conv nets on CPU, where XLA runs convolutions inside loops
+        slowly (jax-ml/jax#12868).
       progress: show a progress bar over epochs (needs ``rich``).
       verbose: print one line of metrics per epoch.
       history_file: write the history to this ``.csv`` or ``.jsonl`` path after every epoch
@@ -173,8 +178,12 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     ts = train_state if train_state is not None else init_train_state(
         model, optimizer, init_key, jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype))
     step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer)
-    train_epoch = jax.jit(make_train_epoch(step, len(x), batch_size))
-    evaluate = jax.jit(make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size))
+    if fused:
+        train_epoch = jax.jit(make_train_epoch(step, len(x), batch_size))
+    else:
+        train_epoch = make_stepwise_epoch(step, len(x), batch_size)
+    evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused)
+    evaluate = jax.jit(evaluate) if fused else evaluate
 
     history: dict[str, list[float]] = {}
     writer = HistoryWriter(history_file) if history_file is not None else None

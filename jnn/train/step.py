@@ -15,7 +15,8 @@ from jnn import losses as _losses
 from jnn import tree as _tree
 from jnn.core import Layer
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_eval_fn",
+__all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_stepwise_epoch",
+           "make_eval_fn",
            "penalty", "Metrics"]
 
 Metrics = Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]]
@@ -123,6 +124,23 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
     return train_step
 
 
+def _epoch_batches(num_examples: int, batch_size: int, where: str) -> int:
+    if batch_size <= 0:
+        raise ValueError(f"{where}: batch_size must be positive, got {batch_size}")
+    num_batches = num_examples // batch_size
+    if num_batches == 0:
+        raise ValueError(f"{where}: {num_examples} training examples is fewer than one batch "
+                         f"of {batch_size}; lower batch_size")
+    return num_batches
+
+
+def _shuffle(ts: TrainState, num_examples: int, num_batches: int, batch_size: int):
+    """Splits the state's key; returns the new state and this epoch's ``[num_batches, batch_size]`` indices."""
+    key, perm_key = jax.random.split(ts.key)
+    order = jax.random.permutation(perm_key, num_examples)[: num_batches * batch_size]
+    return ts._replace(key=key), order.reshape(num_batches, batch_size)
+
+
 def make_train_epoch(train_step, num_examples: int, batch_size: int):
     """A pure epoch ``(train_state, (x, y)) -> (train_state, mean metrics)`` that shuffles
     with the state's key and runs every full batch inside one ``jax.lax.scan``.
@@ -131,42 +149,63 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int):
     are skipped for this epoch (they are drawn again, with different neighbours, in the next
     one), so every step has one static shape and nothing recompiles.
     """
-    if batch_size <= 0:
-        raise ValueError(f"make_train_epoch: batch_size must be positive, got {batch_size}")
-    num_batches = num_examples // batch_size
-    if num_batches == 0:
-        raise ValueError(f"make_train_epoch: {num_examples} training examples is fewer than one batch "
-                         f"of {batch_size}; lower batch_size")
+    num_batches = _epoch_batches(num_examples, batch_size, "make_train_epoch")
 
     def train_epoch(ts: TrainState, data):
         x, y = data
-        key, perm_key = jax.random.split(ts.key)
-        order = jax.random.permutation(perm_key, num_examples)[: num_batches * batch_size]
-
-        def body(ts, idx):
-            return train_step(ts, (x[idx], y[idx]))
-
-        ts, logs = jax.lax.scan(body, ts._replace(key=key), order.reshape(num_batches, batch_size))
+        ts, order = _shuffle(ts, num_examples, num_batches, batch_size)
+        ts, logs = jax.lax.scan(lambda ts, idx: train_step(ts, (x[idx], y[idx])), ts, order)
         return ts, jax.tree_util.tree_map(jnp.mean, logs)
 
     return train_epoch
 
 
-def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, batch_size: int = 1000):
+def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
+    """The same epoch as :func:`make_train_epoch` (same shuffle, same steps, same result), run as
+    a Python loop over one jitted step instead of one scan.
+
+    Use it where a loop body compiles badly: on CPU, XLA runs convolutions inside a loop far
+    slower than outside one (jax-ml/jax#12868; 30x here), so conv nets train faster this way on
+    CPU. Data stays on device; each step gathers its batch by index; nothing recompiles.
+    """
+    num_batches = _epoch_batches(num_examples, batch_size, "make_stepwise_epoch")
+    shuffle = jax.jit(lambda ts: _shuffle(ts, num_examples, num_batches, batch_size))
+    step = jax.jit(lambda ts, x, y, idx: train_step(ts, (x[idx], y[idx])))
+
+    def train_epoch(ts: TrainState, data):
+        x, y = data
+        ts, order = shuffle(ts)
+        totals = None
+        for i in range(num_batches):
+            ts, logs = step(ts, x, y, order[i])
+            totals = logs if totals is None else jax.tree_util.tree_map(jnp.add, totals, logs)
+        return ts, jax.tree_util.tree_map(lambda v: v / num_batches, totals)
+
+    train_epoch.step = step  # exposed for compile-count checks
+    return train_epoch
+
+
+def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, batch_size: int = 1000,
+                 fused: bool = True):
     """A pure ``(params, state, (x, y)) -> metrics`` over a whole dataset, exact to the example.
 
-    The data is padded to whole batches and scanned; each example's loss and metrics are
-    computed on its own (the loss and metric functions are vmapped over single-example
-    batches) and padded rows are masked out, so ``"loss"`` and each metric are exact means
-    over the ``len(x)`` examples, whatever ``batch_size`` is.
+    The data is padded to whole batches; each example's loss and metrics are computed on its
+    own (the loss and metric functions are vmapped over single-example batches) and padded rows
+    are masked out, so ``"loss"`` and each metric are exact means over the ``len(x)``
+    examples, whatever ``batch_size`` is. With ``fused=True`` the batches run in one
+    ``lax.scan`` (jit the result); with ``fused=False`` a Python loop calls one jitted batch
+    function (see :func:`make_stepwise_epoch` for why: conv nets on CPU).
     """
-    metrics = dict(metrics or {})
-    fns = {"loss": loss, **metrics}
+    fns = {"loss": loss, **dict(metrics or {})}
 
     def per_example(fn, out, y):
         return jax.vmap(lambda o, t: fn(o[None], t[None]))(out, y)
 
-    def evaluate(params, state, data):
+    def batch_totals(params, state, xb, yb, mb):
+        out = _as_float32(model.apply(params, state, xb, train=False)[0])
+        return {k: jnp.sum(jnp.where(mb, per_example(fn, out, yb), 0.0)) for k, fn in fns.items()}
+
+    def batched(data):
         x, y = data
         n = x.shape[0]
         bs = min(batch_size, n)
@@ -175,15 +214,23 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         padded = lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]).reshape(
             num_batches, bs, *a.shape[1:])
         mask = (jnp.arange(num_batches * bs) < n).reshape(num_batches, bs)
+        return n, (padded(x), padded(y), mask)
 
-        def body(totals, batch):
-            xb, yb, mb = batch
-            out = _as_float32(model.apply(params, state, xb, train=False)[0])
-            values = {k: jnp.sum(jnp.where(mb, per_example(fn, out, yb), 0.0)) for k, fn in fns.items()}
-            return jax.tree_util.tree_map(jnp.add, totals, values), None
-
+    def evaluate(params, state, data):
+        n, batches = batched(data)
         zeros = {k: jnp.zeros((), jnp.float32) for k in fns}
-        totals, _ = jax.lax.scan(body, zeros, (padded(x), padded(y), mask))
+        totals, _ = jax.lax.scan(
+            lambda totals, b: (jax.tree_util.tree_map(jnp.add, totals, batch_totals(params, state, *b)), None),
+            zeros, batches)
         return {k: v / n for k, v in totals.items()}
 
-    return evaluate
+    if fused:
+        return evaluate
+    batch_totals_jit = jax.jit(batch_totals)
+
+    def evaluate_stepwise(params, state, data):
+        n, (xs, ys, masks) = batched(tuple(map(jnp.asarray, data)))
+        totals = [batch_totals_jit(params, state, xs[i], ys[i], masks[i]) for i in range(len(xs))]
+        return {k: sum(t[k] for t in totals) / n for k in fns}
+
+    return evaluate_stepwise

@@ -1,0 +1,100 @@
+"""The MNIST CNN's train step (batch 128, grad + Adam): jnn against hand-written raw JAX.
+
+The network is experiments/mnist_cnn.py's default without dropout and augmentation: two blocks
+of conv3x3-relu-maxpool2 (32, then 64 channels), flatten, dense 128, relu, dense 10. Both versions are jitted per step and run one after the
+other on the same batches, interleaved, medians after warm-up.
+
+    python benchmarks/cnn_step.py [--steps 20 --repeats 9]
+"""
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jnn
+from common import block, machine, time_interleaved
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def jnn_model(features=(32, 64)):
+    layers = []
+    for f in features:
+        layers += [jnn.conv(f, (3, 3)), jnn.relu(), jnn.max_pool((2, 2))]
+    return jnn.serial(*layers, jnn.flatten(), jnn.dense(128), jnn.relu(), jnn.dense(10))
+
+
+def raw_init(key, features=(32, 64)):
+    keys = iter(jax.random.split(key, 8))
+    convs, c_in = [], 1
+    for f in features:
+        convs.append({"w": jax.random.normal(next(keys), (3, 3, c_in, f)) / jnp.sqrt(9 * c_in), "b": jnp.zeros(f)})
+        c_in = f
+    flat = 7 * 7 * features[-1]
+    dense = [{"w": jax.random.normal(next(keys), (flat, 128)) / jnp.sqrt(flat), "b": jnp.zeros(128)},
+             {"w": jax.random.normal(next(keys), (128, 10)) / jnp.sqrt(128), "b": jnp.zeros(10)}]
+    return {"convs": convs, "dense": dense}
+
+
+def raw_loss(params, x, y):
+    h = x
+    for layer in params["convs"]:
+        h = jax.lax.conv_general_dilated(h, layer["w"], (1, 1), "SAME", dimension_numbers=DN) + layer["b"]
+        h = jax.lax.reduce_window(jax.nn.relu(h), -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    h = h.reshape(h.shape[0], -1)
+    h = jax.nn.relu(h @ params["dense"][0]["w"] + params["dense"][0]["b"])
+    logits = h @ params["dense"][1]["w"] + params["dense"][1]["b"]
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+    print(machine())
+    key = jax.random.key(0)
+    n, bs = args.steps, args.batch_size
+    xb = jax.random.uniform(key, (n, bs, 28, 28, 1))
+    yb = jax.random.randint(key, (n, bs), 0, 10)
+    opt = optax.adam(1e-3)
+
+    model = jnn_model()
+    jnn_step = jax.jit(jnn.train.make_train_step(model, jnn.losses.softmax_cross_entropy, opt, metrics={}))
+    ts = jnn.train.init_train_state(model, opt, key, jax.ShapeDtypeStruct((bs, 28, 28, 1), jnp.float32))
+
+    @jax.jit
+    def raw_step(carry, x, y):
+        params, opt_state = carry
+        loss, grads = jax.value_and_grad(raw_loss)(params, x, y)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    raw_params = raw_init(key)
+    state = {"jnn": ts, "raw": (raw_params, opt.init(raw_params))}
+
+    def run_jnn():
+        t = state["jnn"]
+        for i in range(n):
+            t, _ = jnn_step(t, (xb[i], yb[i]))
+        state["jnn"] = block(t)
+
+    def run_raw():
+        c = state["raw"]
+        for i in range(n):
+            c, _ = raw_step(c, xb[i], yb[i])
+        state["raw"] = block(c)
+
+    times = time_interleaved({"jnn": run_jnn, "raw": run_raw}, repeats=args.repeats)
+    jnn_ms, raw_ms = times["jnn"] / n * 1e3, times["raw"] / n * 1e3
+    print(f"batch {bs}: ms per train step (median of {args.repeats} runs of {n} steps)")
+    print(f"  jnn {jnn_ms:8.2f}\n  raw {raw_ms:8.2f}\n  ratio jnn/raw = {jnn_ms / raw_ms:.3f}")
+    print(f"  compile cache size of the jnn step: {jnn_step._cache_size()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,423 @@
+"""Population training: N models trained at once, vectorized with ``jax.vmap``, in one program.
+
+A member is a :class:`~jnn.train.TrainState` (with its own PRNG key: its init seed) and a dict of
+scalar hyperparameters. ``make_model(hp)`` and ``make_optimizer(hp)`` are called *inside* the
+vmapped function with traced scalars, so whatever accepts a traced scalar can differ per member:
+learning rate and weight decay (``optax.inject_hyperparams`` also keeps them, per member, in the
+optimizer state), the dropout rate (``jnn.dropout(hp["rate"])``). Shape-changing fields (width,
+depth) cannot be traced: :func:`search` groups configs by them, one population per group.
+
+The population epoch is ``jax.vmap`` of :func:`make_member_epoch`, i.e. of
+:func:`jnn.train.make_train_epoch`: each member shuffles with its own key, so member ``i`` equals
+``jnn.train.fit(make_model(hp_i), loss, make_optimizer(hp_i), ..., key=result.keys[i])`` up to
+float reordering. A member stopped early keeps computing (vmap cannot skip it) but its state is
+frozen by ``jnp.where`` on a per-member ``active`` flag, so nothing recompiles. Compiled programs
+are cached on ``(make_model, loss, make_optimizer, metrics, regularizer, shapes)``: calling
+:func:`fit_population` again with the same functions and shapes compiles nothing.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax, jnn
+  >>> from jnn.train.population import fit_population
+  >>> x, y = jnn.data.xor()
+  >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+  >>> make_opt = lambda hp: optax.inject_hyperparams(optax.adam)(learning_rate=hp["lr"])
+  >>> result = fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
+  ...                         (x, y), hparams={"lr": jnp.array([0.0, 0.1])}, key=jax.random.key(0),
+  ...                         epochs=200, batch_size=4, metrics={})
+  >>> result.history["loss"].shape, bool(result.history["loss"][-1, 1] < result.history["loss"][-1, 0])
+  ((200, 2), True)
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jnn import metrics as _metrics
+from jnn.core import Layer
+from jnn.train.loop import EarlyStopping, _check_data, split_validation
+from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
+                            make_train_epoch, make_train_step)
+
+__all__ = ["MemberResult", "PopulationResult", "member_keys", "make_member_epoch", "make_population_epoch",
+           "init_population", "fit_population", "search"]
+
+HParams = Mapping[str, jax.Array]
+MakeModel = Callable[[HParams], Layer]
+MakeOptimizer = Callable[[HParams], optax.GradientTransformation]
+
+
+class MemberResult(NamedTuple):
+    """One member, like :class:`jnn.train.FitResult` (history ``{name: np.ndarray [epochs
+    trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams."""
+
+    train_state: TrainState
+    history: dict[str, np.ndarray]
+    best_epoch: int | None
+    stopped_early: bool
+    key: jax.Array
+    hparams: dict[str, Any]
+
+
+class PopulationResult(NamedTuple):
+    """What :func:`fit_population` returns; member ``i`` is ``result.member(i)``.
+
+    Attributes:
+      train_states: the members' final (or, with ``restore_best``, best) states, stacked on a
+        leading axis of size N.
+      history: ``{name: np.ndarray [epochs, N]}`` for ``"loss"``, each metric, ``"val_*"``
+        and ``"lr"`` (when the optimizer injects a learning rate); NaN after a member stopped.
+      best_epoch: ``int [N]``, the 1-based epoch early stopping judged best (0: none), or
+        ``None`` without early stopping.
+      stopped_early: ``bool [N]``.
+      epochs_trained: ``int [N]``, the epochs each member trained (its last is its stop epoch).
+      keys: the members' PRNG keys ``[N]``; ``fit(..., key=keys[i])`` reproduces member ``i``.
+      hparams: ``{name: np.ndarray [N]}``.
+    """
+
+    train_states: TrainState
+    history: dict[str, np.ndarray]
+    best_epoch: np.ndarray | None
+    stopped_early: np.ndarray
+    epochs_trained: np.ndarray
+    keys: jax.Array
+    hparams: dict[str, np.ndarray]
+
+    def member(self, i: int) -> MemberResult:
+        """Member ``i`` alone, its history trimmed to the epochs it trained."""
+        n = int(self.epochs_trained[i])
+        best = None if self.best_epoch is None or self.best_epoch[i] == 0 else int(self.best_epoch[i])
+        return MemberResult(jax.tree_util.tree_map(lambda a: a[i], self.train_states),
+                            {k: v[:n, i] for k, v in self.history.items()}, best,
+                            bool(self.stopped_early[i]), self.keys[i],
+                            {k: v[i].item() for k, v in self.hparams.items()})
+
+
+def _as_keys(where: str, key, n: int | None) -> jax.Array:
+    """A batch of typed keys: ``split(key, n)`` for one key, or the given batch of keys."""
+    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.dtype != jnp.uint32 or key.ndim not in (1, 2) or key.shape[-1] != 2:
+            raise ValueError(f"{where}: key must be a PRNG key (jax.random.key) or a batch of them, got "
+                             f"{key.dtype}{list(key.shape)}")
+        key = jax.random.wrap_key_data(key)
+    if key.ndim == 0:
+        if n is None:
+            raise ValueError(f"{where}: with no hparams, pass one key per member (a batch of keys) "
+                             f"to set the population size")
+        return jax.random.split(key, n)
+    if key.ndim != 1 or (n is not None and key.shape[0] != n):
+        raise ValueError(f"{where}: expected one key or a batch of {n if n is not None else 'N'} keys, "
+                         f"got keys of shape {tuple(key.shape)}")
+    return key
+
+
+def member_keys(key: jax.Array, n: int) -> jax.Array:
+    """The N member keys :func:`fit_population` derives from one key: ``jax.random.split(key, n)``."""
+    return _as_keys("member_keys", key, n)
+
+
+def _select(active, new, old):
+    """``new`` where ``active`` else ``old``, leaf by leaf (``active`` is a scalar bool per member)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, old)
+
+
+def make_member_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer,
+                      num_examples: int, batch_size: int, *, metrics: Metrics | None = None,
+                      regularizer: Callable | None = None):
+    """One member's epoch ``(hp, train_state, active, (x, y)) -> (train_state, mean metrics)``.
+
+    It is :func:`jnn.train.make_train_epoch` of the member's model and optimizer, with the
+    whole new state replaced by the old one when ``active`` is False. The population epoch
+    is ``jax.vmap(member_epoch, in_axes=(0, 0, 0, None))``; jitted unvmapped, it trains one
+    member alone (``hp`` may stay traced, so one compilation serves every member).
+    """
+    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+
+    def member_epoch(hp, ts: TrainState, active, data):
+        model, optimizer = make_model(hp), make_optimizer(hp)
+        step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer)
+        new_ts, logs = make_train_epoch(step, num_examples, batch_size)(ts, data)
+        return _select(active, new_ts, ts), logs
+
+    return member_epoch
+
+
+def init_population(make_model: MakeModel, make_optimizer: MakeOptimizer, hparams: HParams,
+                    keys: jax.Array, example) -> TrainState:
+    """Stacked train states, member ``i`` initialized as ``fit(..., key=keys[i])`` does."""
+    return _init_population(make_model, make_optimizer, example, dict(hparams), keys)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_population(make_model, make_optimizer, example, hparams, keys):
+    def init_member(member):
+        hp, key = member
+        init_key, _ = jax.random.split(key)  # as fit: init_key, split_key = split(key)
+        return init_train_state(make_model(hp), make_optimizer(hp), init_key, example)
+
+    # lax.map, not vmap: init runs once, and a sequential map compiles in about half the time
+    return jax.lax.map(init_member, (hparams, keys))
+
+
+class _Program(NamedTuple):  # the static part of a run: equal programs share compiled code
+    make_model: MakeModel
+    loss: LossFn
+    make_optimizer: MakeOptimizer
+    metrics: tuple
+    regularizer: Callable | None
+    num_examples: int
+    batch_size: int
+    eval_batch_size: int
+    chunk_size: int | None
+
+
+def _map_members(fn, members, chunk_size: int | None):
+    """``fn`` over the leading (member) axis: one vmap, or chunks of vmaps in a sequential loop."""
+    if chunk_size is None or chunk_size >= jax.tree_util.tree_leaves(members)[0].shape[0]:
+        return jax.vmap(fn)(members)
+    return jax.lax.map(fn, members, batch_size=None if chunk_size == 1 else chunk_size)
+
+
+def make_population_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer,
+                          num_examples: int, batch_size: int, *, metrics: Metrics | None = None,
+                          regularizer: Callable | None = None, chunk_size: int | None = None):
+    """The population epoch ``(hparams [N], states [N], active [N], (x, y)) -> (states, logs [N])``:
+    :func:`make_member_epoch` vmapped over the members (in chunks of ``chunk_size`` members
+    run one after another, when given; see :func:`fit_population`). Jit it once."""
+    member_epoch = make_member_epoch(make_model, loss, make_optimizer, num_examples, batch_size,
+                                     metrics=metrics, regularizer=regularizer)
+
+    def population_epoch(hparams, states, active, data):
+        return _map_members(lambda m: member_epoch(*m, data), (hparams, states, active), chunk_size)
+
+    return population_epoch
+
+
+@partial(jax.jit, static_argnums=0)
+def _population_epoch(program: _Program, hparams, states, active, data):
+    epoch = make_population_epoch(program.make_model, program.loss, program.make_optimizer,
+                                  program.num_examples, program.batch_size, metrics=dict(program.metrics),
+                                  regularizer=program.regularizer, chunk_size=program.chunk_size)
+    return epoch(hparams, states, active, data)
+
+
+@partial(jax.jit, static_argnums=0)
+def _population_eval(program: _Program, hparams, states, data):
+    def member_eval(hp, ts):
+        fn = make_eval_fn(program.make_model(hp), program.loss, metrics=dict(program.metrics),
+                          batch_size=program.eval_batch_size)
+        return fn(ts.params, ts.state, data)
+
+    return _map_members(lambda m: member_eval(*m), (hparams, states), program.chunk_size)
+
+
+_select_members = jax.jit(jax.vmap(_select))
+
+
+def _check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
+    hparams = {} if hparams is None else dict(hparams)
+    sizes = {}
+    for name, values in hparams.items():
+        values = jnp.asarray(values)
+        if values.ndim != 1 or not (jnp.issubdtype(values.dtype, jnp.number) or values.dtype == bool):
+            raise ValueError(f"{where}: hparams[{name!r}] must be a 1-D numeric array with one value per "
+                             f"member, got {values.dtype}{list(values.shape)}")
+        hparams[name], sizes[name] = values, values.shape[0]
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"{where}: every hparams array needs one value per member; got lengths {sizes}")
+    n = next(iter(sizes.values()), None)
+    if n == 0:
+        raise ValueError(f"{where}: the population is empty (hparams arrays have length 0)")
+    return hparams, n
+
+
+def _learning_rates(opt_state) -> jax.Array | None:
+    """The members' learning rates ``[N]`` when the optimizer uses optax.inject_hyperparams."""
+    for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
+        if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
+            return leaf.hyperparams["learning_rate"]
+    return None
+
+
+def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
+                   hparams: HParams | None = None, key: jax.Array, epochs: int = 10, batch_size: int = 128,
+                   val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
+                   regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
+                   eval_batch_size: int = 1000, chunk_size: int | None = None,
+                   verbose: bool = False) -> PopulationResult:
+    """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch.
+
+    Args:
+      make_model: ``hp -> Layer``, called inside vmap with ``hp = {name: traced scalar}``.
+      loss: ``loss(outputs, y) -> scalar``, as for :func:`jnn.train.fit`.
+      make_optimizer: ``hp -> optax optimizer`` (e.g.
+        ``optax.inject_hyperparams(optax.adamw)(learning_rate=hp["lr"], weight_decay=hp["wd"])``).
+      train_data: ``(x, y)``, shared by every member (each shuffles it with its own key).
+      hparams: ``{name: array [N]}``, one value per member; may be empty when ``key`` is a
+        batch of N keys (a population over seeds only).
+      key: one PRNG key (member ``i`` gets ``jax.random.split(key, N)[i]``) or a batch of N keys.
+      epochs, batch_size, val_data, metrics, regularizer, eval_batch_size: as for ``fit``.
+      val_split: hold out this fraction of ``train_data`` for validation: the same split for
+        every member, the one ``fit(..., key=keys[0], val_split=...)`` makes.
+      early_stopping: a :class:`jnn.train.EarlyStopping`, applied to each member on its own
+        (same decisions as ``fit``: a member stops after ``patience`` epochs without a finite
+        improvement larger than ``min_delta``; ``restore_best`` returns its best state).
+      chunk_size: members vectorized together (``None``: all of them). Smaller chunks run one
+        after another inside the same compiled epoch (``jax.lax.map``); ``1`` runs members
+        sequentially with unbatched kernels. On CPU, large compute-bound members (an MNIST
+        MLP) can be faster in small chunks; small members are fastest all at once.
+      verbose: print one line per epoch (active members, best monitored/loss value).
+
+    Returns:
+      A :class:`PopulationResult`.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit_population: epochs must be a positive integer, got {epochs!r}")
+    if val_data is not None and val_split:
+        raise ValueError("fit_population: pass either val_data or val_split, not both")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"fit_population: chunk_size must be a positive integer or None, got {chunk_size!r}")
+    hparams, n = _check_hparams("fit_population", hparams)
+    keys = _as_keys("fit_population", key, n)
+    n = keys.shape[0]
+    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    x, y = _check_data("fit_population train_data", train_data)
+    if val_split:
+        (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
+    if val_data is not None:
+        val_data = _check_data("fit_population val_data", val_data)
+    batch_size = min(batch_size, len(x))
+
+    example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
+    init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
+    names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
+    names += ["lr"] if _learning_rates(jax.eval_shape(init).opt_state) is not None else []
+    es = early_stopping
+    if es is not None and es.monitor not in names:
+        raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
+                         f"the logged metrics {sorted(names)}")
+    states = init()
+    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
+                       batch_size, eval_batch_size, chunk_size)
+    history = {k: np.full((epochs, n), np.nan) for k in names}
+    active, stopped = np.ones(n, bool), np.zeros(n, bool)
+    epochs_trained, best_epoch, waited = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
+    best, best_states = np.full(n, np.nan), states
+    for epoch in range(1, epochs + 1):
+        trained = active.copy()
+        states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y))
+        if val_data is not None:
+            logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
+        if "lr" in history:
+            logs["lr"] = _learning_rates(states.opt_state)
+        for k, v in logs.items():
+            history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
+        epochs_trained[trained] = epoch
+        if es is not None:
+            value = history[es.monitor][epoch - 1]
+            beats = value > best + es.min_delta if es.maximize else value < best - es.min_delta  # NaN: False
+            better = trained & np.isfinite(value) & (np.isnan(best) | beats)
+            best, best_epoch = np.where(better, value, best), np.where(better, epoch, best_epoch)
+            waited = np.where(better, 0, np.where(trained, waited + 1, waited))
+            if es.restore_best and better.any():
+                best_states = _select_members(jnp.asarray(better), states, best_states)
+            stop = trained & (waited >= es.patience)
+            stopped |= stop & (epoch < epochs)
+            active &= ~stop
+        if verbose:
+            shown = es.monitor if es is not None else "loss"
+            column = history[shown][epoch - 1][np.isfinite(history[shown][epoch - 1])]
+            best_now = (column.max() if es is not None and es.maximize else column.min()) if column.size else np.nan
+            print(f"epoch {epoch:3d}  active {int(trained.sum())}/{n}  best {shown} {best_now:.4f}", flush=True)
+        if not active.any():
+            break
+    if es is not None and es.restore_best:
+        states = best_states
+    return PopulationResult(states, history, best_epoch if es is not None else None, stopped,
+                            epochs_trained, keys, {k: np.asarray(v) for k, v in hparams.items()})
+
+
+class _WithStatic(NamedTuple):  # fn with the static fields added to hp; hashable, for the cache
+    fn: Callable
+    fixed: tuple
+
+    def __call__(self, hp):
+        return self.fn({**dict(self.fixed), **hp})
+
+
+def _group_key(where: str, config: Mapping[str, Any], static: Sequence[str]):
+    values = []
+    for name in static:
+        value = config[name]
+        value = tuple(value) if isinstance(value, list) else value
+        try:
+            hash(value)
+        except TypeError:
+            raise ValueError(f"{where}: static field {name!r} must be hashable (a number, string or "
+                             f"tuple), got {type(value).__name__}") from None
+        values.append(value)
+    return tuple(values)
+
+
+def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
+           configs: Sequence[Mapping[str, Any]], static: Sequence[str] = (), key: jax.Array,
+           val_split: float = 0.0, **fit_kwargs) -> list[MemberResult]:
+    """Trains one member per config, vectorizing over every group of configs that shares the
+    values of the shape-changing ``static`` fields; returns results in the order of ``configs``.
+
+    ``make_model(hp)``/``make_optimizer(hp)`` get the static fields as Python values (use them
+    for widths and depths) and the others as traced scalars. Config ``i`` trains with key
+    ``jax.random.split(key, len(configs))[i]`` (or ``key[i]`` for a batch of keys) whatever its
+    group, so a config's result does not depend on the other configs. ``val_split`` makes one
+    split (with config 0's key, as in :func:`fit_population`) shared by every group.
+    Remaining keyword arguments go to :func:`fit_population`.
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> from jnn.train.population import search
+      >>> x, y = jnn.data.xor()
+      >>> make_model = lambda hp: jnn.serial(jnn.dense(hp["width"]), jnn.tanh(), jnn.dense(1))
+      >>> make_opt = lambda hp: optax.adam(hp["lr"])
+      >>> configs = [{"width": 4, "lr": 0.1}, {"width": 8, "lr": 0.1}, {"width": 4, "lr": 0.01}]
+      >>> results = search(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, (x, y),
+      ...                  configs=configs, static=["width"], key=jax.random.key(0), epochs=5,
+      ...                  batch_size=4, metrics={})
+      >>> [r.train_state.params["dense_0"]["w"].shape[1] for r in results]
+      [4, 8, 4]
+    """
+    configs, static = [dict(c) for c in configs], [static] if isinstance(static, str) else list(static)
+    if not configs:
+        raise ValueError("search: configs is empty")
+    fields = set(configs[0])
+    for i, config in enumerate(configs):
+        if set(config) != fields:
+            raise ValueError(f"search: every config needs the same fields; config 0 has {sorted(fields)}, "
+                             f"config {i} has {sorted(config)}")
+    missing = [s for s in static if s not in fields]
+    if missing:
+        raise ValueError(f"search: static fields {missing} are not config fields {sorted(fields)}")
+    keys = _as_keys("search", key, len(configs))
+    if val_split:
+        if fit_kwargs.get("val_data") is not None:
+            raise ValueError("search: pass either val_data or val_split, not both")
+        x, y = _check_data("search train_data", train_data)
+        train_data, fit_kwargs["val_data"] = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
+    groups: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(_group_key("search", config, static), []).append(i)
+    dynamic = [f for f in configs[0] if f not in static]
+    results: list[MemberResult | None] = [None] * len(configs)
+    for values, members in groups.items():
+        fixed = tuple(zip(static, values))
+        hparams = {f: jnp.asarray([configs[i][f] for i in members]) for f in dynamic}
+        group = fit_population(_WithStatic(make_model, fixed), loss, _WithStatic(make_optimizer, fixed),
+                               train_data, hparams=hparams,
+                               key=keys[jnp.asarray(members)], **fit_kwargs)
+        for j, i in enumerate(members):
+            results[i] = group.member(j)._replace(hparams=configs[i])
+    return results
