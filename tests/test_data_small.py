@@ -50,3 +50,21 @@ def test_load_digits_without_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` fail
     with pytest.raises(ImportError, match=r'pip install "jnn\[digits\]"'):
         load_digits()
+
+
+def test_batches_cover_every_example_once_and_shuffle_with_a_key():
+    import jax
+    from jnn.data import batches
+
+    x, y = np.arange(20).reshape(10, 2), np.arange(10)
+    plain = list(batches(x, y, batch_size=4))
+    assert [len(b[1]) for b in plain] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in plain]), y)
+    shuffled = list(batches(x, y, batch_size=4, key=jax.random.key(0), drop_remainder=True))
+    assert [len(b[1]) for b in shuffled] == [4, 4]
+    seen = np.concatenate([b[1] for b in shuffled])
+    assert len(set(seen.tolist())) == 8 and not np.array_equal(seen, y[:8])
+    for xb, yb in shuffled:
+        np.testing.assert_array_equal(xb[:, 0], 2 * yb)  # rows stay aligned
+    with pytest.raises(ValueError, match=r"batches: arrays must have the same number of examples, got \[10, 3\]"):
+        next(batches(x, y[:3], batch_size=2))

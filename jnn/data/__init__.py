@@ -11,6 +11,7 @@ Example:
     ((4, 2), (4, 1))
 """
 from jnn.data import augment
+from jnn.data.batching import batches
 from jnn.data.errors import DatasetUnavailableError
 from jnn.data.fetch import download
 from jnn.data.idx import read_idx
@@ -22,6 +23,7 @@ from jnn.data.small import and_gate, load_digits, or_gate, xor
 
 __all__ = [
     "augment",
+    "batches",
     "CharVocab",
     "lm_windows",
     "random_windows",

@@ -1,0 +1,40 @@
+"""Minibatches for code outside ``jnn.train.fit`` (which batches on device by itself)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+
+__all__ = ["batches"]
+
+
+def batches(*arrays, batch_size: int, key: jax.Array | None = None,
+            drop_remainder: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
+    """Yields aligned minibatches ``(a[idx], b[idx], ...)`` of arrays sharing their first axis.
+
+    Args:
+      *arrays: arrays with the same number of examples on axis 0.
+      batch_size: examples per batch (> 0).
+      key: shuffle with this PRNG key (``None``: keep the order).
+      drop_remainder: skip the last batch when it is smaller than ``batch_size``.
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> x, y = np.arange(10).reshape(5, 2), np.arange(5)
+      >>> [b[1].tolist() for b in jnn.data.batches(x, y, batch_size=2)]
+      [[0, 1], [2, 3], [4]]
+    """
+    if not arrays:
+        raise ValueError("batches: expected at least one array")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+    sizes = [len(a) for a in arrays]
+    if len(set(sizes)) > 1:
+        raise ValueError(f"batches: arrays must have the same number of examples, got {sizes}")
+    n = sizes[0]
+    order = np.arange(n) if key is None else np.asarray(jax.random.permutation(key, n))
+    stop = n - n % batch_size if drop_remainder else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield tuple(a[idx] for a in arrays)
