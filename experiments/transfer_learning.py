@@ -29,6 +29,7 @@ from common import parse_config, run_dir, save_json, standardize
 class Config:
     """Pretrain on digits 0-4, fine-tune on a few labelled 5-9 digits."""
     per_class: int = 100
+    pretrain_limit: int = 0          # use only the first N 0-4 training images (0: all)
     pretrain_epochs: int = 3
     finetune_epochs: int = 40
     features: tuple[int, ...] = (16, 32)
@@ -58,6 +59,8 @@ def main(config: Config) -> dict:
     x_test, y_test = jnn.data.load_mnist("test")
     x, x_test = standardize(x, x_test)
     low = y < 5
+    if config.pretrain_limit:
+        low &= np.cumsum(low) <= config.pretrain_limit
     few_x, few_y = small_set(x, y, config.per_class, np.random.default_rng(config.seed))
     test = (x_test[y_test >= 5], y_test[y_test >= 5] - 5)
     net, loss = model(config), jnn.losses.softmax_cross_entropy

@@ -10,3 +10,6 @@ from jnn.layers.resnet import residual_block, resnet
 from jnn.layers.cells import Cell, gru_cell, lstm_cell, rnn_cell
 from jnn.layers.embedding import embedding
 from jnn.layers.recurrent import bidirectional, recurrent
+from jnn.layers.attention import multi_head_attention
+from jnn.layers.positional import learned_positional_embedding, sinusoidal_encoding
+from jnn.layers.transformer import decoder_block, decoder_lm, encoder_block, vit_classifier

@@ -1,0 +1,150 @@
+"""Autoregressive sampling from a language model, compiled with ``jax.jit``.
+
+* :func:`generate` uses the model's key/value cache (a :class:`jnn.layers.transformer.DecoderLM`,
+  e.g. from ``decoder_lm``): one parallel pass over the prompt fills the cache, then each new
+  token costs one ``decode_step`` (a ``lax.scan`` over new tokens).
+* :func:`generate_uncached` is the reference: every new token re-runs the whole model on the
+  sequence so far (any layer mapping ids ``[B, T]`` to logits ``[B, T, V]`` works).
+
+Both draw token ``i`` with ``jax.random.split(key, num_new_tokens)[i]``, so for the same key they
+produce the same tokens (up to ties in floating point, which the tests do not hit).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jnn.layers.transformer import decoder_lm
+  >>> from jnn.generate import generate
+  >>> lm = decoder_lm(vocab_size=20, num_layers=1, num_heads=2, features=8, mlp_dim=16, max_len=32)
+  >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  >>> out = generate(lm, params, jnp.array([[1, 2, 3]]), 5, key=jax.random.key(1), top_k=5)
+  >>> out.shape
+  (1, 8)
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jnn.core import Layer
+
+__all__ = ["generate", "generate_uncached", "sample_logits"]
+
+
+def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
+    """One token per row of ``logits[..., V]``: ``[...]`` int32.
+
+    ``temperature=0`` is greedy (argmax, ``key`` unused); otherwise samples from
+    ``softmax(logits / temperature)`` restricted to the ``top_k`` largest logits (all when
+    ``None``). Computed in float32.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> sample_logits(jax.random.key(0), jnp.array([[0.0, 5.0, 1.0]]), temperature=0.0)
+      Array([1], dtype=int32)
+    """
+    logits = logits.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32)
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if top_k is not None:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits / jnp.asarray(temperature, logits.dtype), axis=-1).astype(jnp.int32)
+
+
+def _check(where: str, model, prompt, num_new_tokens, temperature, top_k, cached: bool):
+    if not isinstance(model, Layer):
+        raise TypeError(f"{where}: expected a jnn.Layer as the model, got {type(model).__name__}")
+    if cached and not hasattr(model, "decode_step"):
+        raise TypeError(f"{where}: the model has no cached decode path (init_cache/decode_step); build it "
+                        f"with jnn.layers.transformer.decoder_lm, or use generate_uncached")
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ValueError(f"{where}: expected a prompt of integer token ids [B, P] with P >= 1, got "
+                         f"{prompt.dtype}{list(prompt.shape)}")
+    if isinstance(num_new_tokens, bool) or not isinstance(num_new_tokens, int) or num_new_tokens < 1:
+        raise ValueError(f"{where}: num_new_tokens must be a positive integer, got {num_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or temperature < 0:
+        raise ValueError(f"{where}: temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"{where}: top_k must be None or a positive integer, got {top_k!r}")
+    return prompt.astype(jnp.int32)
+
+
+def _check_vocab(where: str, logits, top_k):
+    if top_k is not None and top_k > logits.shape[-1]:
+        raise ValueError(f"{where}: top_k={top_k} is larger than the vocabulary ({logits.shape[-1]})")
+
+
+_STATIC = ("model", "num_new_tokens", "temperature", "top_k")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _cached(model, params, prompt, key, num_new_tokens, temperature, top_k):
+    batch, p = prompt.shape
+    # Checks max_len (and everything else about the input) for the whole sequence, at trace time.
+    jax.eval_shape(lambda t: model.apply(params, {}, t), jax.ShapeDtypeStruct((batch, p + num_new_tokens), jnp.int32))
+    keys = jax.random.split(key, num_new_tokens)
+    cache = model.init_cache(batch, p + num_new_tokens)
+    logits, cache = model.decode_step(params, cache, prompt, 0)  # prefill: the prompt in one pass
+    _check_vocab("generate", logits, top_k)
+    first = sample_logits(keys[0], logits[:, -1], temperature=temperature, top_k=top_k)
+
+    def body(carry, i):
+        cache, token = carry
+        logits, cache = model.decode_step(params, cache, token, p + i - 1)
+        token = sample_logits(keys[i], logits, temperature=temperature, top_k=top_k)
+        return (cache, token), token
+
+    _, rest = jax.lax.scan(body, (cache, first), jnp.arange(1, num_new_tokens))
+    return jnp.concatenate([prompt, first[:, None], rest.T], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _uncached(model, params, state, prompt, key, num_new_tokens, temperature, top_k):
+    batch, p = prompt.shape
+    keys = jax.random.split(key, num_new_tokens)
+    tokens = jnp.concatenate([prompt, jnp.zeros((batch, num_new_tokens), jnp.int32)], axis=1)
+    _check_vocab("generate_uncached", jax.eval_shape(lambda t: model.apply(params, state, t)[0], tokens), top_k)
+
+    def body(i, tokens):
+        # Causal model: the zeros after position p + i - 1 do not change its logits.
+        logits = model.apply(params, state, tokens)[0]
+        logits = jax.lax.dynamic_index_in_dim(logits, p + i - 1, axis=1, keepdims=False)
+        token = sample_logits(keys[i], logits, temperature=temperature, top_k=top_k)
+        return jax.lax.dynamic_update_index_in_dim(tokens, token, p + i, axis=1)
+
+    return jax.lax.fori_loop(0, num_new_tokens, body, tokens)
+
+
+def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
+             top_k: int | None = None) -> jax.Array:
+    """Samples ``num_new_tokens`` tokens after ``prompt`` with the model's key/value cache.
+
+    Args:
+      model: a ``DecoderLM`` (``decoder_lm(...)``, possibly wrapped by ``with_policy``).
+      params: its params.
+      prompt: token ids ``[B, P]`` (``P >= 1``; every row has the same length).
+      num_new_tokens: tokens to add; ``P + num_new_tokens`` must not exceed the model's ``max_len``.
+      key: PRNG key (token ``i`` uses ``jax.random.split(key, num_new_tokens)[i]``).
+      temperature: softmax temperature; ``0`` is greedy.
+      top_k: sample among the ``top_k`` most likely tokens only (``None``: all).
+
+    Returns:
+      ``[B, P + num_new_tokens]`` int32: the prompt followed by the new tokens.
+
+    Compiled once per (model, shapes, num_new_tokens, temperature, top_k).
+    """
+    prompt = _check("generate", model, prompt, num_new_tokens, temperature, top_k, cached=True)
+    return _cached(model, params, prompt, key, num_new_tokens, temperature, top_k)
+
+
+def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
+                      top_k: int | None = None, state=None) -> jax.Array:
+    """The reference sampler: like :func:`generate`, but every step re-runs ``model.apply`` on the
+    whole ``[B, P + num_new_tokens]`` buffer (any causal model of ids to logits; ``state`` is
+    passed to it, ``{}`` by default). Same key, same tokens as :func:`generate`."""
+    prompt = _check("generate_uncached", model, prompt, num_new_tokens, temperature, top_k, cached=False)
+    return _uncached(model, params, {} if state is None else state, prompt, key, num_new_tokens,
+                     temperature, top_k)

@@ -1,0 +1,177 @@
+"""Position information for sequence models: learned and sinusoidal encodings, and RoPE.
+
+* :func:`learned_positional_embedding` adds a learned ``[max_len, F]`` table to ``x[B, T, F]``.
+* :func:`sinusoidal_encoding` adds the fixed sine/cosine table of Vaswani et al. (2017); no params.
+* :func:`apply_rope` rotates query/key vectors by their positions (rotary embeddings, Su et al.
+  2021); attention applies it with ``multi_head_attention(..., rope=True)``.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jnn.layers.positional import sinusoidal_encoding
+  >>> y, _ = sinusoidal_encoding(16).apply({}, {}, jnp.zeros((2, 5, 8)))
+  >>> y.shape, float(y[0, 0, 1])        # position 0: sin(0) = 0, cos(0) = 1
+  ((2, 5, 8), 1.0)
+"""
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jnn import initializers
+from jnn.core import Layer, layer_error, shape_of
+
+__all__ = ["learned_positional_embedding", "sinusoidal_encoding", "sinusoidal_table", "apply_rope"]
+
+
+def _check_max_len(label: str, max_len, allow_none: bool = False) -> None:
+    if max_len is None and allow_none:
+        return
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+        raise ValueError(f"{label}: max_len must be a positive integer, got {max_len!r}")
+
+
+def _check_base(label: str, base) -> None:
+    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not base > 1:
+        raise ValueError(f"{label}: base must be a number > 1, got {base!r}")
+
+
+def _check_sequence(label: str, x, max_len: int | None) -> None:
+    if len(x.shape) != 3:
+        raise layer_error(label, f"expected a sequence [B, T, F], got shape {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise layer_error(label, f"expected a floating-point input, got {jnp.dtype(x.dtype).name}")
+    if max_len is not None and x.shape[1] > max_len:
+        raise layer_error(label, f"expected at most max_len={max_len} positions, got a sequence of "
+                                 f"length {x.shape[1]} (shape {tuple(x.shape)})")
+
+
+def sinusoidal_table(positions, features: int, dtype=jnp.float32, *, base: float = 10000.0) -> jax.Array:
+    """The sinusoidal encodings of ``positions``: ``[..., features]``.
+
+    Feature ``2i`` is ``sin(p / base ** (2i / features))`` and feature ``2i + 1`` the cosine of
+    the same angle. Angles are computed in float32 (float64 for a float64 ``dtype``).
+
+    Args:
+      positions: integer positions, any shape (e.g. ``jnp.arange(T)``).
+      features: the encoding width (odd widths drop the last cosine).
+      dtype: the result's dtype.
+      base: the longest wavelength is ``2 * pi * base``.
+    """
+    acc = initializers.param_dtype(dtype)
+    half = (features + 1) // 2
+    inv_freq = jnp.power(jnp.asarray(base, acc), -2.0 * jnp.arange(half, dtype=acc) / features)
+    angles = jnp.asarray(positions).astype(acc)[..., None] * inv_freq
+    table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*angles.shape[:-1], 2 * half)
+    return table[..., :features].astype(dtype)
+
+
+def sinusoidal_encoding(max_len: int, *, base: float = 10000.0, name: str | None = None) -> Layer:
+    """Adds the fixed sinusoidal position encoding: ``y[b, t] = x[b, t] + table[t]``.
+
+    Shapes: ``x: [B, T, F]`` with ``T <= max_len`` -> same. No params (see
+    :func:`sinusoidal_table`), computed in ``x``'s dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jnn.layers.positional import sinusoidal_encoding
+      >>> y, _ = sinusoidal_encoding(10).apply({}, {}, jnp.zeros((1, 3, 4)))
+      >>> bool(jnp.allclose(y[0, :, 0], jnp.sin(jnp.arange(3.0))))   # feature 0 is sin(t)
+      True
+    """
+    label = name or "sinusoidal_encoding"
+    _check_max_len(label, max_len)
+    _check_base(label, base)
+
+    def init(key, example):
+        _check_sequence(label, shape_of(example), max_len)
+        return {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_sequence(label, x, max_len)
+        return x + sinusoidal_table(jnp.arange(x.shape[1]), x.shape[2], x.dtype, base=base), state
+
+    return Layer(init, apply, "sinusoidal_encoding", name)
+
+
+def learned_positional_embedding(max_len: int | None, *, init=None, name: str | None = None) -> Layer:
+    """Adds a learned vector per position: ``y[b, t] = x[b, t] + embedding[t]``.
+
+    Shapes: ``x: [B, T, F]`` with ``T <= max_len`` -> same; param ``embedding: [max_len, F]``
+    (named ``"embedding"``, not ``"w"``, so default weight decay leaves it alone).
+
+    Args:
+      max_len: number of positions (> 0), or ``None`` for exactly the sequence length seen at
+        init (e.g. the number of patches of a ViT).
+      init: initializer (or name) of the table; default ``normal(0.02)``.
+      name: optional explicit key for this layer's params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.layers.positional import learned_positional_embedding
+      >>> layer = learned_positional_embedding(32)
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 8, 4)))
+      >>> params["embedding"].shape, layer.apply(params, state, jnp.zeros((2, 5, 4)))[0].shape
+      ((32, 4), (2, 5, 4))
+    """
+    label = name or "learned_positional_embedding"
+    _check_max_len(label, max_len, allow_none=True)
+    table_init = initializers.normal(0.02) if init is None else initializers.get(init, where=f"{label} init")
+
+    def init_fn(key, example):
+        x = shape_of(example)
+        _check_sequence(label, x, max_len)
+        length = x.shape[1] if max_len is None else max_len
+        return {"embedding": table_init(key, (length, x.shape[2]), initializers.param_dtype(x.dtype))}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        table = params["embedding"]
+        _check_sequence(label, x, table.shape[0])
+        if x.shape[2] != table.shape[1]:
+            raise layer_error(label, f"expected input of shape [B, T, {table.shape[1]}] (the width it was "
+                                     f"initialized with), got {tuple(x.shape)}")
+        return x + table[: x.shape[1]].astype(x.dtype), state
+
+    return Layer(init_fn, apply, "learned_positional_embedding", name)
+
+
+def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
+    """Rotary position embedding (RoPE) of query or key heads.
+
+    Features ``i`` and ``i + H/2`` of each head form a pair rotated by the angle
+    ``p * base ** (-2i / H)`` (the "rotate half" layout of GPT-NeoX and LLaMA), so the dot
+    product of a rotated query at position ``m`` and a rotated key at position ``n`` depends on
+    ``m - n`` only. Angles are computed in float32 (float64 for float64 ``x``).
+
+    Args:
+      x: ``[B, T, N, H]`` (``H`` even).
+      positions: integer positions ``[T]`` or ``[B, T]``.
+      base: rotation base.
+
+    Returns:
+      ``x`` rotated, same shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jnn.layers.positional import apply_rope
+      >>> x = jnp.ones((1, 3, 2, 4))
+      >>> bool(jnp.allclose(apply_rope(x, jnp.arange(3))[:, 0], x[:, 0]))   # position 0: unchanged
+      True
+    """
+    if x.ndim != 4 or x.shape[-1] % 2:
+        raise layer_error("apply_rope", f"expected heads [B, T, N, H] with H even, got shape {tuple(x.shape)}")
+    positions = jnp.asarray(positions)
+    if not jnp.issubdtype(positions.dtype, jnp.integer) or positions.shape not in ((x.shape[1],),
+                                                                                 (x.shape[0], x.shape[1])):
+        raise layer_error("apply_rope", f"expected integer positions of shape [{x.shape[1]}] or "
+                                        f"[{x.shape[0]}, {x.shape[1]}], got {positions.dtype}"
+                                        f"{list(positions.shape)}")
+    acc = initializers.param_dtype(x.dtype)
+    half = x.shape[-1] // 2
+    inv_freq = jnp.power(jnp.asarray(base, acc), -jnp.arange(half, dtype=acc) / half)
+    angles = positions.astype(acc)[..., None] * inv_freq              # [(B,) T, H/2]
+    cos = jnp.cos(angles)[..., None, :].astype(x.dtype)                # [(B,) T, 1, H/2]
+    sin = jnp.sin(angles)[..., None, :].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

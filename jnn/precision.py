@@ -1,0 +1,122 @@
+"""Mixed precision: a dtype policy and a wrapper that applies it to any layer.
+
+A :class:`Policy` keeps params (and state) in ``param_dtype``, runs the model in
+``compute_dtype`` and returns outputs in ``output_dtype``. The usual choice, :func:`mixed_bfloat16`,
+is float32 params, bfloat16 compute, float32 outputs: gradients and optimizer state stay float32
+(the casts are differentiated through) and :func:`jnn.train.fit` computes the loss in float32.
+bfloat16 has float32's exponent range, so no loss scaling is needed.
+
+Example:
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> from jnn.precision import mixed_bfloat16, with_policy
+  >>> model = with_policy(jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(2)), mixed_bfloat16())
+  >>> params, state = model.init(jax.random.key(0), jnp.zeros((4, 3)))
+  >>> y, _ = model.apply(params, state, jnp.ones((4, 3)))
+  >>> params["dense_0"]["w"].dtype, y.dtype
+  (dtype('float32'), dtype('float32'))
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jnn.core import Layer, _check_layer, shape_of
+
+__all__ = ["Policy", "mixed_bfloat16", "with_policy", "cast_floating"]
+
+
+def cast_floating(tree, dtype):
+    """Every floating-point leaf of ``tree`` cast to ``dtype`` (integer, bool and key leaves kept).
+
+    Works on arrays and ``jax.ShapeDtypeStruct`` leaves alike.
+    """
+    def cast(a):
+        if not hasattr(a, "dtype") or not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype == dtype:
+            return a
+        if isinstance(a, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(a.shape, dtype)
+        return a.astype(dtype)
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+class Policy(NamedTuple):
+    """Dtypes for params (and state), computation, and outputs.
+
+    Attributes:
+      param_dtype: dtype params and state are created and kept in.
+      compute_dtype: dtype floating inputs and params are cast to inside ``apply``.
+      output_dtype: dtype floating outputs are cast to on the way out.
+    """
+
+    param_dtype: Any = jnp.float32
+    compute_dtype: Any = jnp.bfloat16
+    output_dtype: Any = jnp.float32
+
+    def checked(self) -> "Policy":
+        dtypes = {}
+        for field, value in self._asdict().items():
+            try:
+                dtype = jnp.dtype(value)
+            except TypeError:
+                dtype = None
+            if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+                raise ValueError(f"Policy: {field} must be a floating dtype, got {value!r}")
+            dtypes[field] = dtype
+        return Policy(**dtypes)
+
+
+def mixed_bfloat16() -> Policy:
+    """float32 params, bfloat16 compute, float32 outputs."""
+    return Policy(jnp.float32, jnp.bfloat16, jnp.float32)
+
+
+class _Wrapped(NamedTuple):
+    model: Layer
+    policy: Policy
+
+    def init(self, key, example):
+        params, state = self.model.init(key, shape_of(example))
+        return cast_floating(params, self.policy.param_dtype), cast_floating(state, self.policy.param_dtype)
+
+    def apply(self, params, state, x, *, key=None, train=False, **kwargs):
+        y, new_state = self.model.apply(cast_floating(params, self.policy.compute_dtype), state,
+                                        cast_floating(x, self.policy.compute_dtype), key=key, train=train,
+                                        **kwargs)
+        return cast_floating(y, self.policy.output_dtype), cast_floating(new_state, self.policy.param_dtype)
+
+    # The cached decode path of a DecoderLM (jnn.layers.transformer), under the same policy.
+    def init_cache(self, batch, length=None, dtype=None):
+        return self.model.init_cache(batch, length, self.policy.compute_dtype if dtype is None else dtype)
+
+    def decode_step(self, params, cache, tokens, position):
+        logits, cache = self.model.decode_step(cast_floating(params, self.policy.compute_dtype), cache,
+                                               tokens, position)
+        return cast_floating(logits, self.policy.output_dtype), cache
+
+
+def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
+    """``model`` under a dtype policy (default :func:`mixed_bfloat16`).
+
+    ``init`` casts the model's floating params and state to ``param_dtype``. ``apply`` casts the
+    floating params and floating inputs (integer inputs such as token ids are left alone) to
+    ``compute_dtype``, runs the model, casts floating outputs to ``output_dtype`` and the new
+    state back to ``param_dtype`` (so a ``lax.scan`` over steps keeps one carry type). Extra
+    keyword arguments of ``apply`` (e.g. ``lengths=``) are passed through. A ``DecoderLM`` stays a
+    ``DecoderLM``: its cache is kept in ``compute_dtype`` and ``decode_step`` follows the policy.
+
+    Args:
+      model: any layer.
+      policy: the dtypes.
+
+    Returns:
+      A layer of the same kind and name.
+    """
+    _check_layer("with_policy", model)
+    policy = (mixed_bfloat16() if policy is None else policy)
+    if not isinstance(policy, Policy):
+        raise TypeError(f"with_policy: expected a jnn.precision.Policy, got {type(policy).__name__}")
+    wrapped = _Wrapped(model, policy.checked())
+    return type(model)(wrapped.init, wrapped.apply, model.kind, model.name)

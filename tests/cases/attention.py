@@ -1,0 +1,28 @@
+"""Registry cases: attention, positional encodings, transformer blocks and the decoder LM (tiny sizes).
+
+Gradient checks of order 2 compile a program per transformation and cost seconds per case for
+these layers, so the attention and transformer cases check reverse mode only (order 2,
+reverse-over-reverse); forward mode is checked on the positional layers. The ViT classifier is
+covered by tests/test_transformer.py (values against NumPy and a gradient check).
+"""
+import numpy as np
+from registry import Case
+
+from jnn.layers.attention import multi_head_attention
+from jnn.layers.positional import learned_positional_embedding, sinusoidal_encoding
+from jnn.layers.transformer import decoder_block, decoder_lm, encoder_block
+
+REV = ("rev",)
+
+CASES = [
+    Case("multi_head_attention", lambda: multi_head_attention(2), (2, 3, 4), grad_modes=REV),
+    Case("mha_dropout_train", lambda: multi_head_attention(2, dropout_rate=0.25, use_bias=False), (2, 3, 4),
+         train=True, batch_independent=False, grad_modes=REV),
+    Case("learned_positional_embedding", lambda: learned_positional_embedding(5), (2, 3, 4)),
+    Case("sinusoidal_encoding", lambda: sinusoidal_encoding(5), (2, 3, 4)),
+    Case("encoder_block", lambda: encoder_block(2, 6), (2, 3, 4), grad_modes=REV),
+    Case("decoder_block_gqa_rope", lambda: decoder_block(2, 6, num_kv_heads=1, rope=True), (2, 3, 4),
+         grad_modes=REV),
+    Case("decoder_lm", lambda: decoder_lm(7, 1, 2, 4, 6, 5, num_kv_heads=1), (2, 3), dtype=np.int32,
+         int_high=7, input_grads=False, grad_modes=REV),
+]

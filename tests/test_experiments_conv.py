@@ -1,0 +1,23 @@
+"""Tiny-config smoke tests of the convolutional experiments (the real runs are recorded in
+benchmarks/RESULTS.md)."""
+from experiments_path import load
+
+
+def test_mnist_cnn_smoke(tmp_path, capsys):
+    mnist_cnn = load("mnist_cnn")
+    results = mnist_cnn.main(mnist_cnn.Config(epochs=3, train_limit=640, features=(4, 8), dense=16, dropout=0.1,
+                                              batch_size=64, out=str(tmp_path), progress=False))
+    assert set(results) == {"plain", "augmented"}
+    assert all(0.2 < r["test_accuracy"] <= 1.0 for r in results.values())  # chance is 0.1
+    run = tmp_path / "mnist_cnn"
+    assert (run / "misclassified_plain.png").exists() and (run / "curves.png").exists()
+    assert "augmentation changes test accuracy by" in capsys.readouterr().out
+
+
+def test_transfer_learning_smoke(capsys):
+    transfer = load("transfer_learning")
+    result = transfer.main(transfer.Config(per_class=10, pretrain_limit=1000, pretrain_epochs=1,
+                                           finetune_epochs=2, features=(4, 8), out=""))
+    assert result["frozen_base_unchanged"] is True
+    assert set(result["test_accuracy"]) == {"frozen base + new head", "full fine-tuning", "from scratch"}
+    assert "frozen base bit-identical after fine-tuning: True" in capsys.readouterr().out
