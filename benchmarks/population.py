@@ -6,6 +6,10 @@ lax.scan over the batches; adamw via optax.inject_hyperparams with per-member le
 weight decay; dropout at the member's rate):
   vectorized     : jax.jit(make_population_epoch(...)), all members in one vmap, one call per epoch
   chunks of c    : the same with chunk_size=c (c members vmapped at a time, chunks in a lax.map)
+  shared order   : vectorized, but all members see the same batches (fit_population's
+                   shared_order=True): one permutation and one batch gather per epoch, and the
+                   first layer is one large matrix product; it trains on different batches, so
+                   its params differ from the others' by more than float reordering
   sequential     : jax.jit(member_epoch) called once per member (hyperparameters traced, so it
                    compiles once for all members; calls dispatched asynchronously, blocked once)
 Timed per population epoch (all N members), calls interleaved, medians after warm-up. States are
@@ -27,6 +31,7 @@ import optax
 
 import jnn
 from common import block, machine, time_interleaved
+from jnn.train import epoch_order
 from jnn.train.population import init_population, make_member_epoch, make_population_epoch, member_keys
 
 
@@ -71,6 +76,17 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
         def run(label=label, epoch=epoch):
             live[label] = block(epoch(hparams, live[label], active, (x, y))[0])
         fns[label] = run
+
+    # shared order: one permutation per epoch (timed with it) instead of one per member
+    shared = jax.jit(make_population_epoch(make_model, loss, make_adamw, len(x), batch_size))
+    order_fn = jax.jit(epoch_order, static_argnums=(1, 2))
+    live["shared order"], calls = states, [0]
+
+    def run_shared():
+        calls[0] += 1
+        order = order_fn(jax.random.fold_in(keys[0], calls[0]), len(x), batch_size)
+        live["shared order"] = block(shared(hparams, live["shared order"], active, (x, y), order)[0])
+    fns["shared order"] = run_shared
 
     def run_sequential():
         live["sequential"] = block([sequential(hp, ts, True, (x, y))[0] for hp, ts in zip(hp_list, live["sequential"])])

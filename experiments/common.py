@@ -11,7 +11,8 @@ import typing
 
 from jnn.io import atomic_write, fresh_path
 
-__all__ = ["parse_config", "run_dir", "save_json", "plot_curves", "have_matplotlib", "standardize"]
+__all__ = ["parse_config", "run_dir", "save_json", "plot_curves", "have_matplotlib", "standardize",
+           "test_metrics", "save_run"]
 
 
 def parse_config(config_cls, argv=None, description: str | None = None):
@@ -87,3 +88,24 @@ def standardize(train, *others):
     """Scales every array by the training set's pixel mean and standard deviation."""
     mean, std = float(train.mean()), float(train.std())
     return [(a - mean) / std for a in (train, *others)]
+
+
+def test_metrics(net, train_state, x, y) -> dict[str, float]:
+    """Softmax cross-entropy ``"loss"`` and ``"accuracy"`` of a trained classifier over every
+    example of ``(x, y)`` (one pass, after training: the test set is used once)."""
+    import jax
+    import jnn
+    evaluate = jax.jit(jnn.train.make_eval_fn(net, jnn.losses.softmax_cross_entropy,
+                                              metrics={"accuracy": jnn.metrics.accuracy}))
+    return {k: float(v) for k, v in evaluate(train_state.params, train_state.state, (x, y)).items()}
+
+
+def save_run(out: pathlib.Path | None, summary: dict, histories: dict[str, dict]) -> None:
+    """``result.json`` and ``curves.png`` (when matplotlib is installed) in ``out``; nothing
+    when ``out`` is ``None``."""
+    if not out:
+        return
+    save_json(out / "result.json", summary)
+    if plot_curves(histories, out / "curves.png"):
+        print(f"learning curves: {out / 'curves.png'}")
+    print(f"saved to {out}")

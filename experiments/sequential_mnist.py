@@ -23,7 +23,7 @@ import jax
 import optax
 
 import jnn
-from common import parse_config, plot_curves, run_dir, save_json, standardize
+from common import parse_config, run_dir, save_run, standardize, test_metrics
 
 
 @dataclasses.dataclass
@@ -84,21 +84,14 @@ def main(config: Config) -> dict:
         val_split=config.val_split, progress=config.progress,
         history_file=out / "history.csv" if out else None)
     train_seconds = time.perf_counter() - start
-    ts = result.train_state
-    evaluate = jax.jit(jnn.train.make_eval_fn(net, jnn.losses.softmax_cross_entropy,
-                                              metrics={"accuracy": jnn.metrics.accuracy}))
-    test = {k: float(v) for k, v in evaluate(ts.params, ts.state, (x_test, y_test)).items()}
+    test = test_metrics(net, result.train_state, x_test, y_test)
     wall_seconds = time.perf_counter() - start
     print(f"test accuracy: {test['accuracy']:.2%}  test loss: {test['loss']:.4f}  "
           f"({config.epochs} epochs in {train_seconds:.1f} s, {wall_seconds:.1f} s with the test pass)")
     summary = {"test_accuracy": test["accuracy"], "test_loss": test["loss"],
                "val_accuracy": result.history["val_accuracy"][-1], "train_seconds": train_seconds,
                "wall_seconds": wall_seconds, "config": dataclasses.asdict(config)}
-    if out:
-        save_json(out / "result.json", summary)
-        if plot_curves({"sequential_mnist": result.history}, out / "curves.png"):
-            print(f"learning curves: {out / 'curves.png'}")
-        print(f"saved to {out}")
+    save_run(out, summary, {"sequential_mnist": result.history})
     return {**summary, "history": result.history}
 
 

@@ -10,7 +10,8 @@ import optax
 import pytest
 
 import jnn
-from jnn.train.population import fit_population, member_keys, search
+from jnn.train.population import fit_population, member_keys, shared_order_key
+from jnn.train.tuning import search
 
 LOSS = jnn.losses.softmax_cross_entropy
 BATCH, N_TRAIN = 32, 480
@@ -89,6 +90,32 @@ def test_members_equal_fit_alone_over_seeds_learning_rates_and_dropout_rates(dig
     np.testing.assert_allclose(chunked.history["val_loss"], result.history["val_loss"], rtol=1e-5)
 
 
+def test_shared_order_members_equal_a_member_trained_alone_on_that_order(digits):
+    """shared_order=True: every member trains on epoch_order(shared_order_key(keys, e)) batches;
+    member i equals its own model and optimizer stepped alone through those batches."""
+    train, _ = digits
+    hparams = population(lr=[1e-2, 3e-3, 1e-2], wd=[1e-4, 1e-2, 0.0], rate=[0.0, 0.2, 0.5])
+    keys = member_keys(jax.random.key(6), 3)
+    result = fit_population(make_model, LOSS, make_adamw, train, hparams=hparams, key=keys, epochs=2,
+                            batch_size=BATCH, shared_order=True, metrics={})
+    x, y = map(jnp.asarray, train)
+    for i in range(3):
+        hp = scalars(hparams, i)
+        step = jnn.train.make_train_step(make_model(hp), LOSS, make_adamw(hp), metrics={})
+        epoch = jax.jit(jnn.train.make_train_epoch(step, N_TRAIN, BATCH))
+        ts = jnn.train.init_train_state(make_model(hp), make_adamw(hp), jax.random.split(keys[i])[0],
+                                        jax.ShapeDtypeStruct((BATCH, *x.shape[1:]), x.dtype))
+        for e in (1, 2):
+            order = jnn.train.epoch_order(shared_order_key(keys, e), N_TRAIN, BATCH)
+            ts, _ = epoch(ts, (x, y), order)
+        assert_trees_close(result.member(i).train_state.params, ts.params)
+    # and the shared order is not any member's own shuffle: member 1 differs from its unshared self
+    own = fit_population(make_model, LOSS, make_adamw, train, hparams=hparams, key=keys, epochs=2,
+                         batch_size=BATCH, metrics={})
+    assert not np.allclose(own.member(1).train_state.params["dense_1"]["w"],
+                           result.member(1).train_state.params["dense_1"]["w"])
+
+
 def test_early_stopping_freezes_a_diverging_member_while_the_others_train_on(digits):
     train, val = digits
     # member 1 does gradient ascent: val_loss rises after epoch 1, so with patience 2 it stops at epoch 3
@@ -147,6 +174,26 @@ def test_search_groups_by_width_and_returns_results_in_input_order(digits):
     for config, result, key in zip(configs, results, keys):
         np.testing.assert_allclose(result.history["lr"], [config["lr"]] * 2, rtol=1e-6)
         np.testing.assert_array_equal(jax.random.key_data(result.key), jax.random.key_data(key))
+
+
+def test_search_batch_size_field_sets_each_groups_batch_size(digits):
+    """A static batch_size field: each config trains as fit alone with that batch size."""
+    train, val = digits
+    configs = [{"batch_size": 48, "lr": 0.05}, {"batch_size": 96, "lr": 0.05}]
+    results = search(make_model, LOSS, make_sgd, train, configs=configs, static=["batch_size"],
+                     key=jax.random.key(5), epochs=2, val_data=val, metrics={})
+    keys = member_keys(jax.random.key(5), 2)
+    for config, result, key in zip(configs, results, keys):
+        alone = jnn.train.fit(make_model(config), LOSS, make_sgd(config), train, key=key, epochs=2,
+                              batch_size=config["batch_size"], val_data=val, metrics={}, progress=False,
+                              verbose=False)
+        assert_trees_close(result.train_state.params, alone.train_state.params)
+        assert int(result.train_state.step) == 2 * (N_TRAIN // config["batch_size"])
+    with pytest.raises(ValueError, match="search: batch_size changes array shapes, so it must be listed in static"):
+        search(make_model, LOSS, make_sgd, train, configs=configs, key=jax.random.key(5), epochs=1)
+    with pytest.raises(ValueError, match="search: batch_size is a config field; do not also pass batch_size="):
+        search(make_model, LOSS, make_sgd, train, configs=configs, static=["batch_size"], key=jax.random.key(5),
+               epochs=1, batch_size=32)
 
 
 def test_errors_name_the_function_and_the_problem(digits):

@@ -5,7 +5,8 @@ scalar hyperparameters. ``make_model(hp)`` and ``make_optimizer(hp)`` are called
 vmapped function with traced scalars, so whatever accepts a traced scalar can differ per member:
 learning rate and weight decay (``optax.inject_hyperparams`` also keeps them, per member, in the
 optimizer state), the dropout rate (``jnn.dropout(hp["rate"])``). Shape-changing fields (width,
-depth) cannot be traced: :func:`search` groups configs by them, one population per group.
+depth, batch size) cannot be traced: :func:`jnn.train.search` groups configs by them, one
+population per group.
 
 The population epoch is ``jax.vmap`` of :func:`make_member_epoch`, i.e. of
 :func:`jnn.train.make_train_epoch`: each member shuffles with its own key, so member ``i`` equals
@@ -30,7 +31,7 @@ Example:
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +42,10 @@ from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train.loop import EarlyStopping, _check_data, split_validation
 from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
-                            make_train_epoch, make_train_step)
+                            epoch_order, make_train_epoch, make_train_step)
 
-__all__ = ["MemberResult", "PopulationResult", "member_keys", "make_member_epoch", "make_population_epoch",
-           "init_population", "fit_population", "search"]
+__all__ = ["MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
+           "make_population_epoch", "init_population", "fit_population"]
 
 HParams = Mapping[str, jax.Array]
 MakeModel = Callable[[HParams], Layer]
@@ -121,6 +122,15 @@ def member_keys(key: jax.Array, n: int) -> jax.Array:
     return _as_keys("member_keys", key, n)
 
 
+def shared_order_key(keys: jax.Array, epoch: int) -> jax.Array:
+    """The key of epoch ``epoch``'s shared batch order (``fit_population(..., shared_order=True)``):
+    ``jax.random.fold_in(keys[0], epoch)``, from the first member's key."""
+    return jax.random.fold_in(keys[0], epoch)
+
+
+_epoch_order = jax.jit(epoch_order, static_argnums=(1, 2))
+
+
 def _select(active, new, old):
     """``new`` where ``active`` else ``old``, leaf by leaf (``active`` is a scalar bool per member)."""
     return jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, old)
@@ -129,19 +139,21 @@ def _select(active, new, old):
 def make_member_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer,
                       num_examples: int, batch_size: int, *, metrics: Metrics | None = None,
                       regularizer: Callable | None = None):
-    """One member's epoch ``(hp, train_state, active, (x, y)) -> (train_state, mean metrics)``.
+    """One member's epoch ``(hp, train_state, active, (x, y), order=None) -> (train_state, mean
+    metrics)``.
 
-    It is :func:`jnn.train.make_train_epoch` of the member's model and optimizer, with the
-    whole new state replaced by the old one when ``active`` is False. The population epoch
-    is ``jax.vmap(member_epoch, in_axes=(0, 0, 0, None))``; jitted unvmapped, it trains one
+    It is :func:`jnn.train.make_train_epoch` of the member's model and optimizer (``order``: a
+    batch order shared by all members, else the member's own shuffle), with the whole new state
+    replaced by the old one when ``active`` is False. The population epoch is
+    ``jax.vmap(member_epoch, in_axes=(0, 0, 0, None, None))``; jitted unvmapped, it trains one
     member alone (``hp`` may stay traced, so one compilation serves every member).
     """
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
 
-    def member_epoch(hp, ts: TrainState, active, data):
+    def member_epoch(hp, ts: TrainState, active, data, order=None):
         model, optimizer = make_model(hp), make_optimizer(hp)
         step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer)
-        new_ts, logs = make_train_epoch(step, num_examples, batch_size)(ts, data)
+        new_ts, logs = make_train_epoch(step, num_examples, batch_size)(ts, data, order)
         return _select(active, new_ts, ts), logs
 
     return member_epoch
@@ -186,24 +198,25 @@ def _map_members(fn, members, chunk_size: int | None):
 def make_population_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer,
                           num_examples: int, batch_size: int, *, metrics: Metrics | None = None,
                           regularizer: Callable | None = None, chunk_size: int | None = None):
-    """The population epoch ``(hparams [N], states [N], active [N], (x, y)) -> (states, logs [N])``:
-    :func:`make_member_epoch` vmapped over the members (in chunks of ``chunk_size`` members
-    run one after another, when given; see :func:`fit_population`). Jit it once."""
+    """The population epoch ``(hparams [N], states [N], active [N], (x, y), order=None) -> (states,
+    logs [N])``: :func:`make_member_epoch` vmapped over the members (in chunks of ``chunk_size``
+    members run one after another, when given; see :func:`fit_population`), ``order`` shared by
+    all of them. Jit it once."""
     member_epoch = make_member_epoch(make_model, loss, make_optimizer, num_examples, batch_size,
                                      metrics=metrics, regularizer=regularizer)
 
-    def population_epoch(hparams, states, active, data):
-        return _map_members(lambda m: member_epoch(*m, data), (hparams, states, active), chunk_size)
+    def population_epoch(hparams, states, active, data, order=None):
+        return _map_members(lambda m: member_epoch(*m, data, order), (hparams, states, active), chunk_size)
 
     return population_epoch
 
 
 @partial(jax.jit, static_argnums=0)
-def _population_epoch(program: _Program, hparams, states, active, data):
+def _population_epoch(program: _Program, hparams, states, active, data, order):
     epoch = make_population_epoch(program.make_model, program.loss, program.make_optimizer,
                                   program.num_examples, program.batch_size, metrics=dict(program.metrics),
                                   regularizer=program.regularizer, chunk_size=program.chunk_size)
-    return epoch(hparams, states, active, data)
+    return epoch(hparams, states, active, data, order)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -249,7 +262,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
                    regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
                    eval_batch_size: int = 1000, chunk_size: int | None = None,
-                   verbose: bool = False) -> PopulationResult:
+                   shared_order: bool = False, verbose: bool = False) -> PopulationResult:
     """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch.
 
     Args:
@@ -271,6 +284,12 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         after another inside the same compiled epoch (``jax.lax.map``); ``1`` runs members
         sequentially with unbatched kernels. On CPU, large compute-bound members (an MNIST
         MLP) can be faster in small chunks; small members are fastest all at once.
+      shared_order: every member sees the same batches in the same order (epoch ``e``'s order
+        is ``jnn.train.epoch_order(shared_order_key(keys, e), ...)``) instead of shuffling with
+        its own key; inits and dropout masks still differ. The batch is then gathered once for
+        all members and the first layer becomes one large matrix product, which is much faster;
+        members then compare hyperparameters on identical data (common random numbers) but no
+        longer equal ``fit`` alone, which shuffles per member.
       verbose: print one line per epoch (active members, best monitored/loss value).
 
     Returns:
@@ -310,7 +329,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     best, best_states = np.full(n, np.nan), states
     for epoch in range(1, epochs + 1):
         trained = active.copy()
-        states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y))
+        order = (_epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None)
+        states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y), order)
         if val_data is not None:
             logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
         if "lr" in history:
@@ -340,84 +360,3 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         states = best_states
     return PopulationResult(states, history, best_epoch if es is not None else None, stopped,
                             epochs_trained, keys, {k: np.asarray(v) for k, v in hparams.items()})
-
-
-class _WithStatic(NamedTuple):  # fn with the static fields added to hp; hashable, for the cache
-    fn: Callable
-    fixed: tuple
-
-    def __call__(self, hp):
-        return self.fn({**dict(self.fixed), **hp})
-
-
-def _group_key(where: str, config: Mapping[str, Any], static: Sequence[str]):
-    values = []
-    for name in static:
-        value = config[name]
-        value = tuple(value) if isinstance(value, list) else value
-        try:
-            hash(value)
-        except TypeError:
-            raise ValueError(f"{where}: static field {name!r} must be hashable (a number, string or "
-                             f"tuple), got {type(value).__name__}") from None
-        values.append(value)
-    return tuple(values)
-
-
-def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
-           configs: Sequence[Mapping[str, Any]], static: Sequence[str] = (), key: jax.Array,
-           val_split: float = 0.0, **fit_kwargs) -> list[MemberResult]:
-    """Trains one member per config, vectorizing over every group of configs that shares the
-    values of the shape-changing ``static`` fields; returns results in the order of ``configs``.
-
-    ``make_model(hp)``/``make_optimizer(hp)`` get the static fields as Python values (use them
-    for widths and depths) and the others as traced scalars. Config ``i`` trains with key
-    ``jax.random.split(key, len(configs))[i]`` (or ``key[i]`` for a batch of keys) whatever its
-    group, so a config's result does not depend on the other configs. ``val_split`` makes one
-    split (with config 0's key, as in :func:`fit_population`) shared by every group.
-    Remaining keyword arguments go to :func:`fit_population`.
-
-    Example:
-      >>> import jax, optax, jnn
-      >>> from jnn.train.population import search
-      >>> x, y = jnn.data.xor()
-      >>> make_model = lambda hp: jnn.serial(jnn.dense(hp["width"]), jnn.tanh(), jnn.dense(1))
-      >>> make_opt = lambda hp: optax.adam(hp["lr"])
-      >>> configs = [{"width": 4, "lr": 0.1}, {"width": 8, "lr": 0.1}, {"width": 4, "lr": 0.01}]
-      >>> results = search(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, (x, y),
-      ...                  configs=configs, static=["width"], key=jax.random.key(0), epochs=5,
-      ...                  batch_size=4, metrics={})
-      >>> [r.train_state.params["dense_0"]["w"].shape[1] for r in results]
-      [4, 8, 4]
-    """
-    configs, static = [dict(c) for c in configs], [static] if isinstance(static, str) else list(static)
-    if not configs:
-        raise ValueError("search: configs is empty")
-    fields = set(configs[0])
-    for i, config in enumerate(configs):
-        if set(config) != fields:
-            raise ValueError(f"search: every config needs the same fields; config 0 has {sorted(fields)}, "
-                             f"config {i} has {sorted(config)}")
-    missing = [s for s in static if s not in fields]
-    if missing:
-        raise ValueError(f"search: static fields {missing} are not config fields {sorted(fields)}")
-    keys = _as_keys("search", key, len(configs))
-    if val_split:
-        if fit_kwargs.get("val_data") is not None:
-            raise ValueError("search: pass either val_data or val_split, not both")
-        x, y = _check_data("search train_data", train_data)
-        train_data, fit_kwargs["val_data"] = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
-    groups: dict[tuple, list[int]] = {}
-    for i, config in enumerate(configs):
-        groups.setdefault(_group_key("search", config, static), []).append(i)
-    dynamic = [f for f in configs[0] if f not in static]
-    results: list[MemberResult | None] = [None] * len(configs)
-    for values, members in groups.items():
-        fixed = tuple(zip(static, values))
-        hparams = {f: jnp.asarray([configs[i][f] for i in members]) for f in dynamic}
-        group = fit_population(_WithStatic(make_model, fixed), loss, _WithStatic(make_optimizer, fixed),
-                               train_data, hparams=hparams,
-                               key=keys[jnp.asarray(members)], **fit_kwargs)
-        for j, i in enumerate(members):
-            results[i] = group.member(j)._replace(hparams=configs[i])
-    return results

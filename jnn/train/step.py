@@ -16,8 +16,7 @@ from jnn import tree as _tree
 from jnn.core import Layer
 
 __all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_stepwise_epoch",
-           "make_eval_fn",
-           "penalty", "Metrics"]
+           "epoch_order", "make_eval_fn", "penalty", "Metrics"]
 
 Metrics = Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -134,26 +133,47 @@ def _epoch_batches(num_examples: int, batch_size: int, where: str) -> int:
     return num_batches
 
 
-def _shuffle(ts: TrainState, num_examples: int, num_batches: int, batch_size: int):
-    """Splits the state's key; returns the new state and this epoch's ``[num_batches, batch_size]`` indices."""
+def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """One epoch's batches: ``int32 [num_examples // batch_size, batch_size]`` example indices,
+    a random permutation drawn from ``key`` with the ragged remainder left out.
+
+    Example:
+      >>> import jax
+      >>> epoch_order(jax.random.key(0), 10, 4).shape
+      (2, 4)
+    """
+    num_batches = _epoch_batches(num_examples, batch_size, "epoch_order")
+    order = jax.random.permutation(key, num_examples)[: num_batches * batch_size]
+    return order.reshape(num_batches, batch_size)
+
+
+def _shuffle(ts: TrainState, num_examples: int, batch_size: int):
+    """Splits the state's key; returns the new state and this epoch's order (from the other half)."""
     key, perm_key = jax.random.split(ts.key)
-    order = jax.random.permutation(perm_key, num_examples)[: num_batches * batch_size]
-    return ts._replace(key=key), order.reshape(num_batches, batch_size)
+    return ts._replace(key=key), epoch_order(perm_key, num_examples, batch_size)
 
 
 def make_train_epoch(train_step, num_examples: int, batch_size: int):
-    """A pure epoch ``(train_state, (x, y)) -> (train_state, mean metrics)`` that shuffles
-    with the state's key and runs every full batch inside one ``jax.lax.scan``.
+    """A pure epoch ``(train_state, (x, y), order=None) -> (train_state, mean metrics)`` that
+    shuffles with the state's key and runs every full batch inside one ``jax.lax.scan``.
 
     Ragged last batch: the ``num_examples % batch_size`` examples left over after shuffling
     are skipped for this epoch (they are drawn again, with different neighbours, in the next
     one), so every step has one static shape and nothing recompiles.
-    """
-    num_batches = _epoch_batches(num_examples, batch_size, "make_train_epoch")
 
-    def train_epoch(ts: TrainState, data):
+    ``order`` (``[num_batches, batch_size]`` indices, e.g. from :func:`epoch_order`) replaces the
+    state's own shuffle; the state's key is split exactly as without it, so everything else
+    (dropout masks, later epochs' keys) stays the same. Populations use it to share one batch
+    order between members (``fit_population(..., shared_order=True)``).
+    """
+    _epoch_batches(num_examples, batch_size, "make_train_epoch")
+
+    def train_epoch(ts: TrainState, data, order=None):
         x, y = data
-        ts, order = _shuffle(ts, num_examples, num_batches, batch_size)
+        key, perm_key = jax.random.split(ts.key)  # as _shuffle
+        if order is None:
+            order = epoch_order(perm_key, num_examples, batch_size)
+        ts = ts._replace(key=key)
         ts, logs = jax.lax.scan(lambda ts, idx: train_step(ts, (x[idx], y[idx])), ts, order)
         return ts, jax.tree_util.tree_map(jnp.mean, logs)
 
@@ -169,7 +189,7 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
     CPU. Data stays on device; each step gathers its batch by index; nothing recompiles.
     """
     num_batches = _epoch_batches(num_examples, batch_size, "make_stepwise_epoch")
-    shuffle = jax.jit(lambda ts: _shuffle(ts, num_examples, num_batches, batch_size))
+    shuffle = jax.jit(lambda ts: _shuffle(ts, num_examples, batch_size))
     step = jax.jit(lambda ts, x, y, idx: train_step(ts, (x[idx], y[idx])))
 
     def train_epoch(ts: TrainState, data):

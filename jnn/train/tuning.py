@@ -1,0 +1,120 @@
+"""Hyperparameter search as populations: configs grouped by their shape-changing fields, each
+group trained at once with :func:`jnn.train.fit_population`.
+
+Example:
+  >>> import jax, optax, jnn
+  >>> x, y = jnn.data.xor()
+  >>> make_model = lambda hp: jnn.serial(jnn.dense(hp["width"]), jnn.tanh(), jnn.dense(1))
+  >>> make_opt = lambda hp: optax.adam(hp["lr"])
+  >>> configs = [{"width": 4, "lr": 0.1}, {"width": 8, "lr": 0.1}, {"width": 4, "lr": 0.01}]
+  >>> results = jnn.train.search(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
+  ...                            (x, y), configs=configs, static=["width"], key=jax.random.key(0),
+  ...                            epochs=5, batch_size=4, metrics={})
+  >>> [r.train_state.params["dense_0"]["w"].shape[1] for r in results]
+  [4, 8, 4]
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jnn.train.loop import _check_data, split_validation
+from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, _as_keys, fit_population
+from jnn.train.step import LossFn
+
+__all__ = ["search"]
+
+
+class _WithStatic(NamedTuple):  # fn with the static fields added to hp; hashable, for the cache
+    fn: Callable
+    fixed: tuple
+
+    def __call__(self, hp):
+        return self.fn({**dict(self.fixed), **hp})
+
+
+def _group_key(config: Mapping[str, Any], static: Sequence[str]) -> tuple:
+    values = []
+    for name in static:
+        value = config[name]
+        value = tuple(value) if isinstance(value, list) else value
+        try:
+            hash(value)
+        except TypeError:
+            raise ValueError(f"search: static field {name!r} must be hashable (a number, string or "
+                             f"tuple), got {type(value).__name__}") from None
+        values.append(value)
+    return tuple(values)
+
+
+def _check_configs(configs, static, fit_kwargs) -> tuple[list[dict], list[str]]:
+    configs, static = [dict(c) for c in configs], [static] if isinstance(static, str) else list(static)
+    if not configs:
+        raise ValueError("search: configs is empty")
+    fields = set(configs[0])
+    for i, config in enumerate(configs):
+        if set(config) != fields:
+            raise ValueError(f"search: every config needs the same fields; config 0 has {sorted(fields)}, "
+                             f"config {i} has {sorted(config)}")
+    missing = [s for s in static if s not in fields]
+    if missing:
+        raise ValueError(f"search: static fields {missing} are not config fields {sorted(fields)}")
+    if "batch_size" in fields:
+        if "batch_size" not in static:
+            raise ValueError("search: batch_size changes array shapes, so it must be listed in static")
+        if "batch_size" in fit_kwargs:
+            raise ValueError("search: batch_size is a config field; do not also pass batch_size=")
+        bad = [c["batch_size"] for c in configs if isinstance(c["batch_size"], bool)
+               or not isinstance(c["batch_size"], int) or c["batch_size"] < 1]
+        if bad:
+            raise ValueError(f"search: batch_size must be a positive integer, got {bad[0]!r}")
+    return configs, static
+
+
+def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
+           configs: Sequence[Mapping[str, Any]], static: Sequence[str] = (), key: jax.Array,
+           val_split: float = 0.0, **fit_kwargs) -> list[MemberResult]:
+    """Trains one member per config, vectorizing over every group of configs that shares the
+    values of the shape-changing ``static`` fields; returns results in the order of ``configs``.
+
+    ``make_model(hp)``/``make_optimizer(hp)`` get the static fields as Python values (use them
+    for widths and depths) and the others as traced scalars (learning rates, dropout rates).
+    A ``batch_size`` field, which must be static, sets its group's batch size. Config ``i``
+    trains with key ``jax.random.split(key, len(configs))[i]`` (or ``key[i]`` for a batch of
+    keys) whatever its group, so a config's result does not depend on the other configs.
+    ``val_split`` makes one split (with config 0's key, as in :func:`fit_population`) shared by
+    every group. Remaining keyword arguments go to :func:`fit_population`.
+
+    Args:
+      make_model, loss, make_optimizer, train_data: as for :func:`fit_population`.
+      configs: one dict per member, all with the same fields.
+      static: the fields that change shapes (each distinct combination is one population).
+      key: one PRNG key, or a batch of ``len(configs)`` keys.
+      val_split: hold out this fraction of ``train_data`` for validation.
+
+    Returns:
+      One :class:`MemberResult` per config, its ``hparams`` the config itself.
+    """
+    configs, static = _check_configs(configs, static, fit_kwargs)
+    keys = _as_keys("search", key, len(configs))
+    if val_split:
+        if fit_kwargs.get("val_data") is not None:
+            raise ValueError("search: pass either val_data or val_split, not both")
+        x, y = _check_data("search train_data", train_data)
+        train_data, fit_kwargs["val_data"] = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
+    groups: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(_group_key(config, static), []).append(i)
+    dynamic = [f for f in configs[0] if f not in static]
+    results: list[MemberResult | None] = [None] * len(configs)
+    for values, members in groups.items():
+        fixed = tuple(zip(static, values))
+        kwargs = {**fit_kwargs, **({"batch_size": dict(fixed)["batch_size"]} if "batch_size" in static else {})}
+        hparams = {f: jnp.asarray([configs[i][f] for i in members]) for f in dynamic}
+        group = fit_population(_WithStatic(make_model, fixed), loss, _WithStatic(make_optimizer, fixed),
+                               train_data, hparams=hparams, key=keys[jnp.asarray(members)], **kwargs)
+        for j, i in enumerate(members):
+            results[i] = group.member(j)._replace(hparams=configs[i])
+    return results
