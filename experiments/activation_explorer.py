@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 import jnn
-from common import have_matplotlib, parse_config, run_dir, save_json, standardize
+from common import have_matplotlib, load_mnist_standardized, parse_config, run_dir, save_json
 
 ACTIVATIONS = {
     "step": (jnn.step, jnn.heaviside),
@@ -120,11 +120,7 @@ def main(config: Config) -> dict:
     unknown = set(config.activations) - set(ACTIVATIONS)
     if unknown:
         raise ValueError(f"activation_explorer: unknown activations {sorted(unknown)}; choose from {list(ACTIVATIONS)}")
-    x, y = jnn.data.load_mnist("train")
-    x_test, y_test = jnn.data.load_mnist("test")
-    if config.train_limit:
-        x, y = x[: config.train_limit], y[: config.train_limit]
-    x, x_test = standardize(x, x_test)
+    x, y, x_test, y_test = load_mnist_standardized(config.train_limit)
     n_val = len(x) // 10
     train, val = (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val])
     key = jax.random.key(config.seed)

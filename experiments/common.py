@@ -12,7 +12,7 @@ import typing
 from jnn.io import atomic_write, fresh_path
 
 __all__ = ["parse_config", "run_dir", "save_json", "plot_curves", "have_matplotlib", "standardize",
-           "test_metrics", "save_run"]
+           "load_mnist_standardized", "test_metrics", "save_run"]
 
 
 def parse_config(config_cls, argv=None, description: str | None = None):
@@ -88,6 +88,18 @@ def standardize(train, *others):
     """Scales every array by the training set's pixel mean and standard deviation."""
     mean, std = float(train.mean()), float(train.std())
     return [(a - mean) / std for a in (train, *others)]
+
+
+def load_mnist_standardized(train_limit: int = 0):
+    """``x, y, x_test, y_test``: the MNIST training images (the first ``train_limit`` if > 0) and
+    the official test set, both scaled by the training images' pixel mean and std."""
+    import jnn
+    x, y = jnn.data.load_mnist("train")
+    x_test, y_test = jnn.data.load_mnist("test")
+    if train_limit:
+        x, y = x[:train_limit], y[:train_limit]
+    x, x_test = standardize(x, x_test)
+    return x, y, x_test, y_test
 
 
 def test_metrics(net, train_state, x, y) -> dict[str, float]:

@@ -23,7 +23,7 @@ import jax
 import optax
 
 import jnn
-from common import parse_config, run_dir, save_run, standardize, test_metrics
+from common import load_mnist_standardized, parse_config, run_dir, save_run, test_metrics
 
 
 @dataclasses.dataclass
@@ -65,11 +65,7 @@ def optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformat
 
 
 def main(config: Config) -> dict:
-    x, y = jnn.data.load_mnist("train")
-    x_test, y_test = jnn.data.load_mnist("test")
-    if config.train_limit:
-        x, y = x[: config.train_limit], y[: config.train_limit]
-    x, x_test = standardize(x, x_test)
+    x, y, x_test, y_test = load_mnist_standardized(config.train_limit)
     net = model(config.hidden)
     print(f"dataset: mnist ({len(x)} training images incl. {config.val_split:.0%} validation, "
           f"{len(x_test)} test), read as 28 rows of 28 pixels")

@@ -8,9 +8,15 @@ labelled set, against the same network trained from scratch on that set.
 2. Restore it into a fresh template (as a new process would), give it a new 5-way head for
    digits 5-9, and fine-tune on ``--per-class`` images per class two ways: the base frozen
    (``jnn.train.freeze(optimizer, "base/*")``: zero updates, no optimizer state, no weight
-   decay for the base) and fully fine-tuned.
+   decay for the base; the head alone trains at ``head_learning_rate``) and fully fine-tuned.
 3. Train the same network from scratch on the same small set.
 All three are evaluated once on the official test images of digits 5-9.
+
+Default config on the 2-core CPU (about 1 minute; pretraining 3 epochs, 98.53% validation
+accuracy on 0-4), test accuracy on the 4,861 official 5-9 test images, seeds 0 / 1 / 2:
+frozen base + new head 88.69% / 87.35% / 86.85%, full fine-tuning 95.70% / 96.07% / 95.27%,
+from scratch 94.88% / 95.21% / 95.06%: fine-tuning wins by 0.2-0.9 points with 100 images per
+class. With ``--per-class 20`` (seed 0): 70.66%, 92.43%, 90.17% (fine-tuning +2.3 points).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ class Config:
     finetune_epochs: int = 40
     features: tuple[int, ...] = (16, 32)
     learning_rate: float = 1e-3
+    head_learning_rate: float = 1e-2  # frozen base: only the small head trains, with a larger step
     weight_decay: float = 1e-4
     batch_size: int = 64
     seed: int = 0
@@ -88,12 +95,12 @@ def main(config: Config) -> dict:
         return jnn.train.fit(net, loss, optimizer, (few_x, few_y), key=key, epochs=config.finetune_epochs,
                              batch_size=config.batch_size, train_state=ts, **quiet).train_state
 
-    adamw = optax.adamw(config.learning_rate, weight_decay=config.weight_decay, mask=jnn.tree.mask)
-    frozen = finetune(start_params, jnn.train.freeze(adamw, "base/*"))
+    adamw = lambda lr: optax.adamw(lr, weight_decay=config.weight_decay, mask=jnn.tree.mask)
+    frozen = finetune(start_params, jnn.train.freeze(adamw(config.head_learning_rate), "base/*"))
     base_unchanged = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(frozen.params["base"]),
                                                              jax.tree_util.tree_leaves(start_params["base"])))
-    full = finetune(start_params, adamw)
-    scratch = finetune(fresh_params, adamw)
+    full = finetune(start_params, adamw(config.learning_rate))
+    scratch = finetune(fresh_params, adamw(config.learning_rate))
 
     results = {}
     for name, ts in (("frozen base + new head", frozen), ("full fine-tuning", full), ("from scratch", scratch)):

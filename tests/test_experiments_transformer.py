@@ -64,7 +64,7 @@ def test_char_transformer_rejects_bad_options():
 
 
 def test_mnist_vit_tiny_config_learns_and_saves(tmp_path, capsys):
-    config = mnist_vit.Config(patch_size=7, layers=1, heads=2, features=32, mlp_dim=64, dropout=0.0,
+    config = mnist_vit.Config(patch_size=7, layers=1, heads=2, features=32, mlp_dim=64, pool="cls",
                               augment=False, epochs=6, warmup_epochs=0, batch_size=50, train_limit=2000,
                               learning_rate=3e-3, out=str(tmp_path), progress=False)
     result = mnist_vit.main(config)

@@ -26,11 +26,9 @@ def test_tuner_ranks_trials_by_validation_and_tests_the_best_once(tmp_path, caps
     # The reported validation accuracy of the best trial is its restored state's accuracy on the
     # held-out split, recomputed here independently of the search: its population (the trials of
     # its width, sharing one batch order) retrained for its best epoch count, then predicted.
-    x, y = jnn.data.load_mnist("train")
-    x_test, _ = jnn.data.load_mnist("test")
-    x, _ = tuner.standardize(x[:2000], x_test)
+    x, y, _, _ = tuner.load_mnist_standardized(2000)
     keys = jax.random.split(jax.random.key(config.seed), 4)
-    train, (x_val, y_val) = jnn.train.split_validation(x, y[:2000], config.val_split, jax.random.split(keys[0])[1])
+    train, (x_val, y_val) = jnn.train.split_validation(x, y, config.val_split, jax.random.split(keys[0])[1])
     best = rows[0]
     group = sorted(r["trial"] for r in rows if r["width"] == best["width"])
     by_trial = {r["trial"]: r for r in rows}
