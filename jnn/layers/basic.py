@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 
 from jnn import initializers
 from jnn.core import Layer, layer_error, shape_of, stateless

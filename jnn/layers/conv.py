@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import jax
-import jax.numpy as jnp
 
 from jnn import initializers
 from jnn.core import Layer, layer_error, shape_of
@@ -110,6 +109,17 @@ def _check_input(label: str, shape, rank: int, window: Sequence[int], dilation: 
                                      f"use padding='SAME', more padding or a smaller {what}")
 
 
+def _options(label, features, kernel_size, strides, dilation, padding, w_init, b_init):
+    """The constructor arguments every convolution shares, validated and normalized:
+    ``(kernel_size, strides, dilation, padding, w_init, b_init)``."""
+    _check_positive_int(label, "features", features)
+    kernel_size = _window(label, "kernel_size", kernel_size)
+    rank = len(kernel_size)
+    return (kernel_size, _per_axis(label, "strides", strides, rank), _per_axis(label, "dilation", dilation, rank),
+            _padding(label, padding, rank), initializers.get(w_init, where=f"{label} w_init"),
+            initializers.get(b_init, where=f"{label} b_init"))
+
+
 def _dimension_numbers(rank: int):
     s = _SPATIAL[rank]
     return (f"N{s}C", f"{s}IO", f"N{s}C")
@@ -155,19 +165,14 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
       (3, 3, 1, 8)
     """
     label = name or "conv"
-    _check_positive_int(label, "features", features)
-    kernel_size = _window(label, "kernel_size", kernel_size)
+    kernel_size, strides, dilation, padding, w_init, b_init = _options(
+        label, features, kernel_size, strides, dilation, padding, w_init, b_init)
     rank = len(kernel_size)
-    strides = _per_axis(label, "strides", strides, rank)
-    dilation = _per_axis(label, "dilation", dilation, rank)
-    padding = _padding(label, padding, rank)
     _check_positive_int(label, "feature_group_count", feature_group_count)
     groups = feature_group_count
     if features % groups:
         raise ValueError(f"{label}: features ({features}) must be divisible by feature_group_count "
                          f"({groups})")
-    w_init = initializers.get(w_init, where=f"{label} w_init")
-    b_init = initializers.get(b_init, where=f"{label} b_init")
 
     def init(key, example):
         x = shape_of(example)
@@ -227,14 +232,9 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
       (2, 14, 14, 3)
     """
     label = name or "conv_transpose"
-    _check_positive_int(label, "features", features)
-    kernel_size = _window(label, "kernel_size", kernel_size)
+    kernel_size, strides, dilation, padding, w_init, b_init = _options(
+        label, features, kernel_size, strides, dilation, padding, w_init, b_init)
     rank = len(kernel_size)
-    strides = _per_axis(label, "strides", strides, rank)
-    dilation = _per_axis(label, "dilation", dilation, rank)
-    padding = _padding(label, padding, rank)
-    w_init = initializers.get(w_init, where=f"{label} w_init")
-    b_init = initializers.get(b_init, where=f"{label} b_init")
 
     def check(shape):
         # With explicit padding the input dilated by the strides, plus the padding, must

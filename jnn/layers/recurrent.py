@@ -64,7 +64,7 @@ def _run(label, cell, params, x, lengths, reverse, initial_carry, unroll):
     if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
         raise layer_error(label, f"expected a floating input of shape [..., time, features], got "
                                  f"{x.dtype} of shape {tuple(x.shape)} (embed integer ids first)")
-    batch, T = x.shape[:-2], x.shape[-2]
+    batch = x.shape[:-2]
     cast = lambda a: a.astype(x.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
     params = jax.tree_util.tree_map(cast, params)
     carry = cell.initial_carry(batch, x.dtype) if initial_carry is None else initial_carry
