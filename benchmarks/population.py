@@ -8,7 +8,7 @@ weight decay; dropout at the member's rate):
   chunks of c    : the same with chunk_size=c (c members vmapped at a time, chunks in a lax.map)
   shared order   : vectorized, but all members see the same batches (fit_population's
                    shared_order=True): one permutation and one batch gather per epoch, and the
-                   first layer is one large matrix product; it trains on different batches, so
+                   first layer multiplies one shared input; it trains on different batches, so
                    its params differ from the others' by more than float reordering
   sequential     : jax.jit(member_epoch) called once per member (hyperparameters traced, so it
                    compiles once for all members; calls dispatched asynchronously, blocked once)
