@@ -32,7 +32,8 @@ import optax
 import jnn
 from common import block, machine, time_interleaved
 from jnn.train import epoch_order
-from jnn.train.population import init_population, make_member_epoch, make_population_epoch, member_keys
+from jnn.train.population import (init_population, make_member_epoch, make_population_epoch, member_keys,
+                                  shared_order_key)
 
 
 def mlp(sizes, dropout=True):
@@ -84,7 +85,7 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
 
     def run_shared():
         calls[0] += 1
-        order = order_fn(jax.random.fold_in(keys[0], calls[0]), len(x), batch_size)
+        order = order_fn(shared_order_key(keys, calls[0]), len(x), batch_size)
         live["shared order"] = block(shared(hparams, live["shared order"], active, (x, y), order)[0])
     fns["shared order"] = run_shared
 

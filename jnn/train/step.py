@@ -147,10 +147,13 @@ def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array
     return order.reshape(num_batches, batch_size)
 
 
-def _shuffle(ts: TrainState, num_examples: int, batch_size: int):
-    """Splits the state's key; returns the new state and this epoch's order (from the other half)."""
+def _shuffle(ts: TrainState, num_examples: int, batch_size: int, order=None):
+    """Splits the state's key; returns the new state and this epoch's order: ``order`` when
+    given, else drawn from the other half of the key."""
     key, perm_key = jax.random.split(ts.key)
-    return ts._replace(key=key), epoch_order(perm_key, num_examples, batch_size)
+    if order is None:
+        order = epoch_order(perm_key, num_examples, batch_size)
+    return ts._replace(key=key), order
 
 
 def make_train_epoch(train_step, num_examples: int, batch_size: int):
@@ -170,10 +173,7 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int):
 
     def train_epoch(ts: TrainState, data, order=None):
         x, y = data
-        key, perm_key = jax.random.split(ts.key)  # as _shuffle
-        if order is None:
-            order = epoch_order(perm_key, num_examples, batch_size)
-        ts = ts._replace(key=key)
+        ts, order = _shuffle(ts, num_examples, batch_size, order)
         ts, logs = jax.lax.scan(lambda ts, idx: train_step(ts, (x[idx], y[idx])), ts, order)
         return ts, jax.tree_util.tree_map(jnp.mean, logs)
 
