@@ -1,11 +1,42 @@
-"""Safe file writing: whole or not at all, and never over something the user saved."""
+"""Files: safe writes, and weight files (``.safetensors`` or ``.npz``) for params and state.
+
+A weight file holds flat ``path -> array`` entries, paths as in :mod:`jnn.tree`
+(``"block_0/dense_1/w"``). :func:`flatten` and :func:`unflatten` convert between the two forms;
+:func:`load_params` with ``like=`` checks a file against a model's expected structure and lists
+every missing, unexpected and mis-shaped entry by path.
+
+The ``.safetensors`` reader and writer are jnn's own (the format is a JSON header and raw
+little-endian bytes, https://github.com/huggingface/safetensors); files round-trip with the
+``safetensors`` package, and bfloat16 works (which ``safetensors.numpy`` cannot load).
+
+Example:
+  >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
+  >>> model = jnn.serial(jnn.dense(3), jnn.relu(), jnn.dense(2))
+  >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+  >>> path = pathlib.Path(tempfile.mkdtemp()) / "mlp.safetensors"
+  >>> jnn.io.save_params(path, params)
+  >>> sorted(jnn.io.flatten(params))
+  ['dense_0/b', 'dense_0/w', 'dense_1/b', 'dense_1/w']
+  >>> loaded = jnn.io.load_params(path, like=params)
+  >>> bool(jnp.array_equal(loaded["dense_1"]["w"], params["dense_1"]["w"]))
+  True
+"""
 from __future__ import annotations
 
+import io as _io
+import json
 import os
 import pathlib
+import struct
 import tempfile
+from typing import Any
 
-__all__ = ["atomic_write", "fresh_path"]
+import jax
+import ml_dtypes
+import numpy as np
+
+__all__ = ["atomic_write", "fresh_path", "flatten", "unflatten", "save_params", "load_params",
+           "structure_problems"]
 
 
 def atomic_write(path, data: bytes | str, *, overwrite: bool = False) -> pathlib.Path:
@@ -41,3 +72,180 @@ def fresh_path(path) -> pathlib.Path:
         candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
         i += 1
     return candidate
+
+
+def _paths(tree) -> list[str]:
+    """Each leaf's ``/``-joined path, in leaf order (leaves may be arrays or ShapeDtypeStructs)."""
+    from jnn import tree as _tree
+    paths = []
+    for path, _ in jax.tree_util.tree_leaves_with_path(tree):
+        keys = [_tree.path_str((entry,)) for entry in path]
+        if any("/" in k for k in keys):
+            raise ValueError(f"jnn.io: key {'/'.join(keys)!r} contains '/', so its path is ambiguous")
+        paths.append("/".join(keys))
+    return paths
+
+
+def flatten(tree) -> dict[str, np.ndarray]:
+    """``{"block_0/dense_1/w": array, ...}``: every leaf of ``tree`` by its path, as NumPy.
+
+    Raises:
+      ValueError: a dict key contains ``"/"`` (the path would not unflatten to the same tree).
+    """
+    return dict(zip(_paths(tree), (np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree))))
+
+
+def unflatten(flat: dict[str, Any], *, like=None, where: str = "jnn.io.unflatten"):
+    """The inverse of :func:`flatten` (and of :func:`jnn.tree.leaves_with_paths`).
+
+    Args:
+      flat: ``{path: array}``.
+      like: optional expected tree (arrays or ``jax.ShapeDtypeStruct``). Without it the result
+        is nested dicts; with it, ``flat`` must hold exactly ``like``'s paths and shapes, and
+        the result has ``like``'s structure (empty dicts, tuples) and dtypes.
+      where: the caller's name, for error messages.
+
+    Raises:
+      ValueError: with ``like``, ``flat`` does not match it; every problem is listed by path.
+
+    Example:
+      >>> unflatten({"dense_0/w": 1, "dense_0/b": 2, "scale": 3})
+      {'dense_0': {'w': 1, 'b': 2}, 'scale': 3}
+    """
+    if like is not None:
+        problems = structure_problems(flat, like)
+        if problems:
+            raise ValueError(f"{where}: does not match the expected structure:\n  " + "\n  ".join(problems))
+        leaves = [jax.numpy.asarray(flat[p], dtype=leaf.dtype)
+                  for p, leaf in zip(_paths(like), jax.tree_util.tree_leaves(like))]
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for i, key in enumerate(parents):
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"jnn.io.unflatten: {'/'.join(parents[:i + 1])!r} is both a leaf and a "
+                                 f"prefix of {path!r}")
+        if leaf in node:
+            raise ValueError(f"jnn.io.unflatten: {path!r} is both a leaf and a prefix of another path")
+        node[leaf] = value
+    return tree
+
+
+def structure_problems(flat: dict[str, Any], like) -> list[str]:
+    """How ``flat`` (path -> array) differs from ``like`` (a tree of arrays or
+    ``jax.ShapeDtypeStruct``): missing, unexpected and mis-shaped entries by path; ``[]`` if none."""
+    expected = {p: tuple(leaf.shape) for p, leaf in zip(_paths(like), jax.tree_util.tree_leaves(like))}
+    problems = [f"missing: {p} (expected shape {s})" for p, s in expected.items() if p not in flat]
+    problems += [f"unexpected: {p} (shape {tuple(np.shape(a))})" for p, a in flat.items() if p not in expected]
+    problems += [f"wrong shape: {p}: got {tuple(np.shape(flat[p]))}, expected {s}"
+                 for p, s in expected.items() if p in flat and tuple(np.shape(flat[p])) != s]
+    return problems
+
+
+# safetensors dtype codes <-> NumPy dtypes (ml_dtypes adds bfloat16 and float8 to NumPy).
+_CODES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+          "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2, "I64": np.int64,
+          "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32,
+          "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPE_CODES = {np.dtype(t): code for code, t in _CODES.items()}
+
+
+def _safetensors_bytes(flat: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    header, chunks, offset = {"__metadata__": metadata}, [], 0
+    for name, array in flat.items():
+        if array.dtype not in _DTYPE_CODES:
+            raise TypeError(f"jnn.io.save_params: {name} has dtype {array.dtype}, which safetensors cannot store")
+        data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": _DTYPE_CODES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    body = memoryview(data)[8 + n:]
+    flat = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] not in _CODES:
+            raise ValueError(f"jnn.io.load_params: {path}: {name} has unsupported dtype {entry['dtype']}")
+        start, end = entry["data_offsets"]
+        dtype = np.dtype(_CODES[entry["dtype"]]).newbyteorder("<")
+        flat[name] = np.frombuffer(body[start:end], dtype).reshape(entry["shape"]).astype(dtype.newbyteorder("="))
+    return flat
+
+
+_NPZ_DTYPES = "__jnn_dtypes__"  # npz entry: JSON {path: dtype} for dtypes NumPy cannot name (bfloat16)
+
+
+def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
+    """Writes the arrays of ``tree`` (params, state, or ``{"params": ..., "state": ...}``) to
+    ``path``, a ``.safetensors`` or ``.npz`` file, atomically.
+
+    Args:
+      path: ends in ``.safetensors`` or ``.npz``.
+      tree: nested dicts of arrays; keys become ``/``-joined paths (:func:`flatten`).
+      overwrite: replace an existing file (default: refuse).
+      metadata: string-to-string notes stored in the safetensors header (ignored for npz).
+
+    Raises:
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+      ValueError: the suffix is neither ``.safetensors`` nor ``.npz``.
+    """
+    path = pathlib.Path(path)
+    flat = flatten(tree)
+    if path.suffix == ".safetensors":
+        data = _safetensors_bytes(flat, {"format": "jnn", **(metadata or {})})
+    elif path.suffix == ".npz":
+        odd = {p: str(a.dtype) for p, a in flat.items() if a.dtype.kind == "V" or a.dtype.name == "bfloat16"}
+        stored = {p: (a.view(f"u{a.dtype.itemsize}") if p in odd else a) for p, a in flat.items()}
+        buffer = _io.BytesIO()
+        np.savez(buffer, **stored, **({_NPZ_DTYPES: np.array(json.dumps(odd))} if odd else {}))
+        data = buffer.getvalue()
+    else:
+        raise ValueError(f"jnn.io.save_params: {path} must end in .safetensors or .npz")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"jnn.io.save_params: {path} already exists; choose another path or pass "
+                              f"overwrite=True")
+    atomic_write(path, data, overwrite=overwrite)
+
+
+def load_params(path, *, like=None):
+    """Reads a weight file written by :func:`save_params` (or by safetensors / ``np.savez``).
+
+    Args:
+      path: a ``.safetensors`` or ``.npz`` file.
+      like: the expected tree (e.g. ``params`` of a fresh init, or
+        ``jax.eval_shape(model.init, key, example)[0]``). When given, the file must hold exactly
+        its paths with its shapes; the result has ``like``'s structure (empty dicts included)
+        and dtypes.
+
+    Returns:
+      Nested dicts of ``jax.Array`` (or ``like``'s structure).
+
+    Raises:
+      ValueError: with ``like``, the file does not match it; every problem is listed by path.
+    """
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    if path.suffix == ".safetensors":
+        flat = _read_safetensors(data, path)
+    elif path.suffix == ".npz":
+        with np.load(_io.BytesIO(data), allow_pickle=False) as npz:
+            flat = {k: npz[k] for k in npz.files}
+        odd = json.loads(str(flat.pop(_NPZ_DTYPES))) if _NPZ_DTYPES in flat else {}
+        flat.update({p: flat[p].view(np.dtype(getattr(ml_dtypes, d, d))) for p, d in odd.items()})
+    else:
+        raise ValueError(f"jnn.io.load_params: {path} must end in .safetensors or .npz")
+    if like is None:
+        return jax.tree_util.tree_map(jax.numpy.asarray, unflatten(flat))
+    return unflatten(flat, like=like, where=f"jnn.io.load_params({str(path)!r})")

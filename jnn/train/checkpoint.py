@@ -245,6 +245,38 @@ class Checkpointer:
         restored = jax.tree_util.tree_map_with_path(rewrap, template, out.train_state)
         return restored, meta
 
+    def restore_params(self, step: int | None = None, *, like=None) -> tuple[Any, Any]:
+        """Restores only ``(params, state)`` from checkpoint ``step`` (default: the latest), with
+        no train-state template: no optimizer or model code is needed.
+
+        Args:
+          step: which checkpoint; ``None`` for the latest.
+          like: optional ``(params, state)`` template (arrays or ``ShapeDtypeStruct``); when
+            given, the checkpoint's params and state must match its paths and shapes, and the
+            result takes its structure and dtypes (see :func:`jnn.io.load_params`).
+
+        Example::
+
+          params, state = Checkpointer("runs/mlp").restore_params()
+          jnn.io.save_params("mlp.safetensors", {"params": params, "state": state})
+
+        Raises:
+          FileNotFoundError: there is no such checkpoint.
+          ValueError: with ``like``, the saved params/state differ from it (listed by path).
+        """
+        from jnn import io as _io
+        step = self._resolve(step, "restore_params")
+        self.read_meta(step)  # a jnn checkpoint?
+        tree = self._manager.restore(step, args=ocp.args.Composite(
+            train_state=ocp.args.StandardRestore())).train_state
+        params, state = tree["params"], tree["state"]
+        if like is not None:
+            both = _io.unflatten(_io.flatten({"params": params, "state": state}),
+                                 like={"params": like[0], "state": like[1]},
+                                 where=f"Checkpointer.restore_params (step {step} in {self.directory})")
+            params, state = both["params"], both["state"]
+        return params, state
+
     def delete(self, step: int) -> None:
         """Deletes checkpoint ``step``."""
         self._manager.delete(self._resolve(step, "delete"))
