@@ -10,7 +10,7 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   (4, 10)
 """
 from jnn import data, generate, initializers, io, losses, metrics, precision, train, tree
-from jnn import convert
+from jnn import convert, export
 from jnn.core import Layer, fan_out, named, output_shape, residual, serial, stateless
 from jnn.layers import residual_block, resnet
 from jnn.layers import (decoder_block, decoder_lm, encoder_block, learned_positional_embedding,
@@ -39,5 +39,5 @@ __all__ = [
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
     "data", "generate", "initializers", "io", "precision", "losses", "metrics", "train", "tree",
-    "convert",
+    "convert", "export",
 ]

@@ -1,0 +1,217 @@
+"""Exported models: a model's inference function, or a whole training run, in one file that
+needs only ``jax`` to load and call (not jnn, not the model code), through :mod:`jax.export`.
+
+:func:`export_model` writes the inference function, with the params baked in (``predict(x)``)
+or passed in (``predict(params, state, x)``), for any batch size (a symbolic batch dimension)
+and for CPU and CUDA at once. :func:`export_capsule` writes the training run of
+:func:`jnn.train.fit` as three functions, ``init``, ``train_epoch`` (one fused epoch, the same
+shuffle as ``fit``) and ``evaluate``: the "benchmark capsule", which reruns the benchmark from
+the file alone on any machine with jax.
+
+File format (``.jnnx``): the 8 bytes ``JNNEXPRT``, a little-endian uint64 ``n``, ``n`` bytes of
+JSON header (format, versions, description, and each section's offset, length, kind and, for
+functions, input/output shapes and dtypes, symbolic dimensions as names), then the sections:
+serialized ``jax.export.Exported`` functions and optionally an ``.npz`` of data.
+The loader, :func:`load`, is 15 lines that need only jax and NumPy; copy them into a program
+that should not depend on jnn::
+
+    header, fns = load("mlp.jnnx")
+    logits = fns["predict"](x)          # x: [any batch, 28, 28, 1]
+
+Example:
+  >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
+  >>> model = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(2))
+  >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+  >>> path = pathlib.Path(tempfile.mkdtemp()) / "mlp.jnnx"
+  >>> jnn.export.export_model(path, model, params, state, jnp.zeros((1, 3)), description="tiny MLP")
+  >>> header, fns = jnn.export.load(path)
+  >>> header["sections"]["predict"]["inputs"], fns["predict"](jnp.ones((5, 3))).shape
+  ([{'shape': ['b', 3], 'dtype': 'float32'}], (5, 2))
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import io as _stdio
+import json
+import pathlib
+import struct
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnn import io as _io
+from jnn.core import Layer
+
+__all__ = ["export_model", "export_capsule", "load", "MAGIC"]
+
+MAGIC = b"JNNEXPRT"
+_FORMAT = 1
+
+
+def load(path):
+    """``(header, sections)`` of a ``.jnnx`` file: each exported function as a callable, a data
+    section as a dict of NumPy arrays. Needs only jax and NumPy: copy it to drop jnn."""
+    import io, json, struct
+    import jax, numpy as np
+    data = open(path, "rb").read()
+    if data[:8] != b"JNNEXPRT":
+        raise ValueError(f"{path} is not a jnn export (.jnnx) file")
+    (n,) = struct.unpack("<Q", data[8:16])
+    header, body = json.loads(data[16:16 + n]), data[16 + n:]
+    sections = {}
+    for name, s in header["sections"].items():
+        blob = body[s["offset"]:s["offset"] + s["length"]]
+        sections[name] = (jax.export.deserialize(bytearray(blob)).call if s["kind"] == "function"
+                          else dict(np.load(io.BytesIO(blob))))
+    return header, sections
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _avals(avals) -> list[dict]:
+    return [{"shape": [d if isinstance(d, int) else str(d) for d in a.shape], "dtype": str(a.dtype)}
+            for a in avals]
+
+
+def _write(path, functions: dict, description: str, extra: dict, data: dict | None, overwrite: bool):
+    sections, blobs, offset = {}, [], 0
+    for name, exported in functions.items():
+        blob = bytes(exported.serialize())
+        sections[name] = {"kind": "function", "offset": offset, "length": len(blob),
+                          "platforms": list(exported.platforms), "inputs": _avals(exported.in_avals),
+                          "outputs": _avals(exported.out_avals)}
+        blobs.append(blob)
+        offset += len(blob)
+    if data:
+        buffer = _stdio.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v) for k, v in data.items()})
+        blobs.append(buffer.getvalue())
+        sections["data"] = {"kind": "npz", "offset": offset, "length": len(blobs[-1]),
+                            "arrays": {k: _avals([np.asarray(v)])[0] for k, v in data.items()}}
+    header = {"format": _FORMAT, "description": description, "versions": {
+        name: _version(name) for name in ("jnn", "jax", "jaxlib")}, **extra, "sections": sections}
+    text = json.dumps(header).encode()
+    _io.atomic_write(path, MAGIC + struct.pack("<Q", len(text)) + text + b"".join(blobs), overwrite=overwrite)
+
+
+def _export(where: str, fn: Callable, platforms, *specs):
+    try:
+        return jax.export.export(jax.jit(fn), platforms=tuple(platforms))(*specs)
+    except Exception as e:  # lowering errors name the op; add what to try
+        raise type(e)(f"{where}: jax.export failed ({e}); if a layer needs a concrete batch size, "
+                      f"pass batch_polymorphic=False; if a platform is unsupported, drop it from "
+                      f"platforms") from e
+
+
+def export_model(path, model: Layer, params, state, example, *, bake_params: bool = True,
+                 batch_polymorphic: bool = True, platforms: Sequence[str] = ("cpu", "cuda"),
+                 description: str = "", overwrite: bool = False) -> None:
+    """Writes ``model``'s inference function (``train=False``) to ``path`` (a ``.jnnx`` file).
+
+    Args:
+      path: where to write; an existing file is refused unless ``overwrite``.
+      model, params, state: the trained model.
+      example: an input (array or ``ShapeDtypeStruct``) giving the per-example shape and dtype.
+      bake_params: store params and state as constants: ``predict(x)``. ``False`` exports
+        ``predict(params, state, x)`` (load the weights with :func:`jnn.io.load_params`).
+      batch_polymorphic: the first axis is a symbolic ``b``, so one file serves every batch size.
+      platforms: lower for each of these (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``); the
+        caller's platform picks the matching code at load time.
+      description: free text stored in the header.
+
+    Raises:
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    shape = tuple(example.shape)
+    batch = jax.export.symbolic_shape("b")[0] if batch_polymorphic else shape[0]
+    x_spec = jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)
+    if bake_params:
+        fn, specs = (lambda x: model.apply(params, state, x, train=False)[0]), (x_spec,)
+    else:
+        abstract = lambda t: jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
+        fn = lambda p, s, x: model.apply(p, s, x, train=False)[0]
+        specs = (abstract(params), abstract(state), x_spec)
+    exported = _export("jnn.export.export_model", fn, platforms, *specs)
+    _write(path, {"predict": exported}, description,
+           {"kind": "model", "bake_params": bake_params,
+            "param_paths": None if bake_params else sorted(_io.flatten(params))}, None, overwrite)
+
+
+def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_size: int = 128,
+                   val_data=None, metrics=None, regularizer=None, eval_batch_size: int = 1000,
+                   platforms: Sequence[str] = ("cpu", "cuda"), include_data: bool = False,
+                   description: str = "", overwrite: bool = False) -> None:
+    """Writes a training run of :func:`jnn.train.fit` (same arguments) as three functions:
+
+    - ``init(key_data) -> leaves``: ``key_data`` is ``jax.random.key_data(key)`` of the ``key``
+      given to ``fit`` (uint32 ``[2]``); ``leaves`` is the flat list of train-state arrays (the
+      header's ``leaf_paths`` names them; the PRNG key is stored as its key data).
+    - ``train_epoch(leaves, x, y) -> (leaves, logs)``: one epoch, fused in one ``lax.scan``, with
+      ``fit``'s shuffle (drawn from the state's key) and batches; ``logs`` are the epoch means.
+    - ``evaluate(leaves, x_val, y_val) -> metrics``: ``fit``'s validation pass.
+
+    Three calls of ``train_epoch`` after ``init`` reproduce three epochs of ``fit`` with
+    ``fused=True`` bit for bit (same platform). Data shapes are fixed at export (in the header);
+    ``include_data=True`` also stores the arrays in the file (a ``data`` section).
+    """
+    from jnn import metrics as _metrics
+    from jnn.train import step as _step
+    x, y = map(jnp.asarray, train_data)
+    batch_size = min(batch_size, len(x))
+    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+    def init_state(key):
+        init_key, _ = jax.random.split(key)   # fit's split: (init_key, validation split key)
+        return _step.init_train_state(model, optimizer, init_key,
+                                      jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype))
+
+    template = jax.eval_shape(init_state, jax.random.key(0))
+    treedef = jax.tree_util.tree_structure(template)
+    keys = [is_key(a) for a in jax.tree_util.tree_leaves(template)]   # default impl, as jax.random.key
+    to_leaves = lambda ts: [jax.random.key_data(a) if is_key(a) else a for a in jax.tree_util.tree_leaves(ts)]
+    from_leaves = lambda leaves: jax.tree_util.tree_unflatten(treedef, [
+        jax.random.wrap_key_data(a) if k else a for a, k in zip(leaves, keys)])
+    step = _step.make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer)
+    epoch = _step.make_train_epoch(step, len(x), batch_size)
+    evaluate = _step.make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size)
+
+    def train_epoch(leaves, xs, ys):
+        ts, logs = epoch(from_leaves(leaves), (xs, ys))
+        return to_leaves(ts), logs
+
+    def eval_fn(leaves, xs, ys):
+        ts = from_leaves(leaves)
+        return evaluate(ts.params, ts.state, (xs, ys))
+
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    key_data = jax.random.key_data(jax.random.key(0))
+    leaf_specs = [spec(a) for a in jax.eval_shape(lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
+                                                  key_data)]
+    functions = {
+        "init": _export("jnn.export.export_capsule", lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
+                        platforms, spec(key_data)),
+        "train_epoch": _export("jnn.export.export_capsule", train_epoch, platforms, leaf_specs, spec(x), spec(y)),
+    }
+    data = {"x": x, "y": y}
+    if val_data is not None:
+        xv, yv = map(jnp.asarray, val_data)
+        functions["evaluate"] = _export("jnn.export.export_capsule", eval_fn, platforms, leaf_specs,
+                                        spec(xv), spec(yv))
+        data.update(x_val=xv, y_val=yv)
+    leaf_paths = [p for p, _ in _leaf_paths(template)]
+    _write(path, functions, description,
+           {"kind": "capsule", "batch_size": batch_size, "steps_per_epoch": len(x) // batch_size,
+            "leaf_paths": leaf_paths}, data if include_data else None, overwrite)
+
+
+def _leaf_paths(tree):
+    from jnn import tree as _tree
+    return _tree.leaves_with_paths(tree)
