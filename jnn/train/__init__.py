@@ -10,6 +10,7 @@ Example:
   >>> len(result.history["loss"])
   100
 """
+from jnn.train import callbacks
 from jnn.train.checkpoint import Checkpointer
 from jnn.train.freeze import freeze, trainable_mask
 from jnn.train.population import MemberResult, PopulationResult, fit_population
@@ -21,4 +22,5 @@ from jnn.train.step import (TrainState, epoch_order, init_train_state, make_eval
 __all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_stepwise_epoch",
            "epoch_order", "make_eval_fn",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
-           "freeze", "trainable_mask", "fit_population", "search", "PopulationResult", "MemberResult"]
+           "freeze", "trainable_mask", "fit_population", "search", "PopulationResult", "MemberResult",
+           "callbacks"]

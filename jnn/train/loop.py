@@ -13,7 +13,8 @@ import optax
 
 from jnn import metrics as _metrics
 from jnn.core import Layer
-from jnn.train.history import HistoryWriter, progress_bar
+from jnn.train.callbacks import CallbackList
+from jnn.train.history import progress_bar
 from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
                             make_stepwise_epoch, make_train_epoch, make_train_step)
 
@@ -108,7 +109,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         train_state: TrainState | None = None, initial_epoch: int = 0, eval_batch_size: int = 1000,
         fused: bool = True,
         progress: bool = True, verbose: bool = True, history_file=None,
-        on_epoch_end: Callable[[int, TrainState, dict], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[int, TrainState, dict], None] | None = None, callbacks=()) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
 
     Each epoch shuffles with the train state's key, runs every full batch in one compiled
@@ -146,6 +147,9 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       history_file: write the history to this ``.csv`` or ``.jsonl`` path after every epoch
         (atomically; an existing file is never overwritten: a FileExistsError is raised).
       on_epoch_end: called as ``on_epoch_end(epoch, train_state, logs)`` after each epoch.
+      callbacks: more per-epoch callbacks, run after the history file and before
+        ``on_epoch_end``: functions ``(epoch, train_state, logs)`` or objects with
+        ``on_epoch_end`` (see :mod:`jnn.train.callbacks`); one returning True stops training.
 
     Returns:
       A :class:`FitResult` ``(train_state, history, best_epoch, stopped_early)``.
@@ -186,7 +190,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     evaluate = jax.jit(evaluate) if fused else evaluate
 
     history: dict[str, list[float]] = {}
-    writer = HistoryWriter(history_file) if history_file is not None else None
+    hooks = CallbackList(callbacks, history_file=history_file, on_epoch_end=on_epoch_end)
     best, best_epoch, best_ts, waited, stopped = None, None, ts, 0, False
     with progress_bar(epochs - initial_epoch, enabled=progress) as bar:
         for epoch in range(initial_epoch + 1, epochs + 1):
@@ -201,13 +205,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
             logs["time"] = time.perf_counter() - start
             for k, v in {"epoch": epoch, **logs}.items():
                 history.setdefault(k, []).append(v)
-            if writer is not None:
-                writer.write(history)
             if verbose:
                 print(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
             bar.advance(logs)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, ts, logs)
+            stop = hooks.on_epoch_end(epoch, ts, logs)
             if early_stopping is not None:
                 if early_stopping.monitor not in logs:
                     raise ValueError(f"fit: early_stopping monitors {early_stopping.monitor!r}, which is not "
@@ -220,6 +221,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                     if waited >= early_stopping.patience:
                         stopped = epoch < epochs
                         break
+            if stop:   # a callback asked to stop (after early stopping saw this epoch)
+                stopped = epoch < epochs
+                break
+    hooks.on_train_end(ts, history)
     if early_stopping is not None and early_stopping.restore_best:
         ts = best_ts
     return FitResult(ts, history, best_epoch, stopped)

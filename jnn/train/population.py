@@ -262,7 +262,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
                    regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
                    eval_batch_size: int = 1000, chunk_size: int | None = None,
-                   shared_order: bool = False, verbose: bool = False) -> PopulationResult:
+                   shared_order: bool = False, verbose: bool = False, callbacks=()) -> PopulationResult:
     """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch.
 
     Args:
@@ -293,6 +293,9 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         hyperparameters on identical data (common random numbers) but no longer equal ``fit``
         alone, which shuffles per member.
       verbose: print one line per epoch (active members, best monitored/loss value).
+      callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)``, called
+        after each epoch with the batched states, ``{name: [N]}`` logs and the trained members
+        (e.g. :class:`jnn.train.callbacks.TensorBoard`, which writes one run per member).
 
     Returns:
       A :class:`PopulationResult`.
@@ -340,6 +343,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         for k, v in logs.items():
             history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
         epochs_trained[trained] = epoch
+        for cb in callbacks:   # e.g. jnn.train.callbacks.TensorBoard: one run per member
+            cb.on_population_epoch_end(epoch, states, {k: v[epoch - 1] for k, v in history.items()}, trained)
         if es is not None:
             value = history[es.monitor][epoch - 1]
             beats = value > best + es.min_delta if es.maximize else value < best - es.min_delta  # NaN: False
@@ -358,6 +363,9 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
             print(f"epoch {epoch:3d}  active {int(trained.sum())}/{n}  best {shown} {best_now:.4f}", flush=True)
         if not active.any():
             break
+    for cb in callbacks:
+        if hasattr(cb, "on_train_end"):
+            cb.on_train_end(states, history)
     if es is not None and es.restore_best:
         states = best_states
     return PopulationResult(states, history, best_epoch if es is not None else None, stopped,

@@ -1,0 +1,169 @@
+"""Per-epoch callbacks for :func:`jnn.train.fit`: history files, TensorBoard, your own.
+
+``fit(..., callbacks=[...])`` calls each callback after every epoch, in order. A callback is
+either a plain function ``fn(epoch, train_state, logs)`` or an object with an
+``on_epoch_end(epoch, train_state, logs)`` method (and optionally ``on_train_end(train_state,
+history)``). ``logs`` holds the epoch's metrics (``loss``, ``val_loss``, ``lr``, ``time``, ...).
+**Returning True stops training** after this epoch (``FitResult.stopped_early`` is then True).
+
+Built in: :class:`HistoryFile` (``fit(history_file=...)``), :class:`TensorBoard`, and
+``Checkpointer.save_every(k)`` (checkpoint every k epochs); early stopping with best-epoch
+restore stays ``fit(early_stopping=EarlyStopping(...))``, as it replaces the returned state.
+
+Example:
+  >>> import jax, optax, jnn
+  >>> seen = []
+  >>> def stop_when_good(epoch, train_state, logs):
+  ...     seen.append(logs["loss"])
+  ...     return logs["loss"] < 0.5
+  >>> x, y = jnn.data.xor()
+  >>> model = jnn.serial(jnn.dense(8), jnn.tanh(), jnn.dense(1))
+  >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1), (x, y),
+  ...                        key=jax.random.key(0), epochs=500, batch_size=4, metrics={}, progress=False,
+  ...                        verbose=False, callbacks=[stop_when_good])
+  >>> result.stopped_early, len(seen) < 500, seen[-1] < 0.5
+  (True, True, True)
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnn import io as _io
+from jnn.train.history import HistoryWriter
+
+__all__ = ["Callback", "CallbackList", "HistoryFile", "TensorBoard"]
+
+
+class Callback:
+    """Base class; override what you need. ``on_epoch_end`` returning True stops training."""
+
+    def on_epoch_end(self, epoch: int, train_state, logs: dict) -> bool | None:
+        return None
+
+    def on_train_end(self, train_state, history: dict) -> None:
+        return None
+
+
+class HistoryFile(Callback):
+    """Writes the history so far to ``path`` (``.csv`` or ``.jsonl``) after every epoch,
+    atomically; an existing file is refused at construction (FileExistsError)."""
+
+    def __init__(self, path):
+        self._writer, self._history = HistoryWriter(path), {}
+
+    def on_epoch_end(self, epoch, train_state, logs):
+        for k, v in {"epoch": epoch, **logs}.items():
+            self._history.setdefault(k, []).append(v)
+        self._writer.write(self._history)
+
+
+class CallbackList:
+    """What :func:`jnn.train.fit` runs: ``callbacks`` plus its ``history_file`` and
+    ``on_epoch_end`` arguments (kept for compatibility), in that order after the history file."""
+
+    def __init__(self, callbacks: Sequence = (), *, history_file=None, on_epoch_end: Callable | None = None):
+        items = [HistoryFile(history_file)] if history_file is not None else []
+        items += list(callbacks or ()) + ([on_epoch_end] if on_epoch_end is not None else [])
+        for cb in items:
+            if not (callable(cb) or hasattr(cb, "on_epoch_end")):
+                raise TypeError(f"fit: each callback must be a function (epoch, train_state, logs) or have an "
+                                f"on_epoch_end method, got {type(cb).__name__}")
+        self.items = items
+
+    def on_epoch_end(self, epoch: int, train_state, logs: dict) -> bool:
+        """Runs every callback (all of them, even after one asks to stop); True if any asked."""
+        stop = False
+        for cb in self.items:
+            fn = cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb
+            stop |= fn(epoch, train_state, dict(logs)) is True
+        return stop
+
+    def on_train_end(self, train_state, history: dict) -> None:
+        for cb in self.items:
+            if hasattr(cb, "on_train_end"):
+                cb.on_train_end(train_state, history)
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files through ``tensorboardX`` (``pip install jnn[logs]``; no TensorFlow).
+
+    Every epoch: each numeric log as a scalar under its own name (``loss``, ``val_accuracy``,
+    ``lr`` when the optimizer injects it, or ``learning_rate(step)`` when given). Every
+    ``histograms_every`` epochs: a histogram of each param (``weights/<path>``) and, when
+    ``model``, ``loss`` and ``probe = (x, y)`` are given, of each param's gradient on that batch
+    (eval mode, without the regularizer; ``grads/<path>``) with its norm as a scalar
+    (``grad_norm/<path>`` and ``grad_norm/global``).
+
+    With :func:`jnn.train.fit_population` (``callbacks=[TensorBoard(dir)]``) each member is its
+    own run, ``<logdir>/member_<i>``, so TensorBoard overlays them.
+
+    Args:
+      logdir: directory for the event files (one run; created if needed).
+      histograms_every: epochs between histograms (``0``: none).
+      learning_rate: an optax schedule ``step -> lr``, logged as ``lr`` at the state's step.
+      model, loss, probe: for gradient histograms and norms.
+    """
+
+    def __init__(self, logdir, *, histograms_every: int = 0, learning_rate: Callable | None = None,
+                 model=None, loss=None, probe=None):
+        try:
+            import tensorboardX
+        except ImportError as e:
+            raise ImportError("TensorBoard needs tensorboardX: pip install 'jnn[logs]'") from e
+        if not isinstance(histograms_every, int) or histograms_every < 0:
+            raise ValueError(f"TensorBoard: histograms_every must be an integer >= 0, got {histograms_every!r}")
+        if (model is None) != (loss is None) or (model is None) != (probe is None):
+            raise ValueError("TensorBoard: pass model, loss and probe together (for gradient histograms), or none")
+        self.logdir, self.every, self.learning_rate = pathlib.Path(logdir), histograms_every, learning_rate
+        self._new_writer = lambda d: tensorboardX.SummaryWriter(str(d))
+        self._writers: dict[Any, Any] = {}
+        self._grads = None
+        if model is not None:
+            def data_loss(params, state, x, y):
+                return loss(model.apply(params, state, x, train=False)[0].astype(jnp.float32), y)
+            grad = jax.jit(jax.grad(data_loss))
+            self._grads = lambda params, state: grad(params, state, *probe)
+
+    def _writer(self, member=None):
+        if member not in self._writers:
+            self._writers[member] = self._new_writer(
+                self.logdir if member is None else self.logdir / f"member_{member}")
+        return self._writers[member]
+
+    def _log(self, writer, epoch, train_state, logs):
+        for k, v in logs.items():
+            if isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v):
+                writer.add_scalar(k, float(v), epoch)
+        if self.learning_rate is not None and "lr" not in logs:
+            writer.add_scalar("lr", float(self.learning_rate(train_state.step)), epoch)
+        if self.every and epoch % self.every == 0:
+            for path, w in _io.flatten(train_state.params).items():
+                writer.add_histogram(f"weights/{path}", w.astype(np.float32), epoch)
+            if self._grads is not None:
+                grads = _io.flatten(self._grads(train_state.params, train_state.state))
+                for path, g in grads.items():
+                    writer.add_histogram(f"grads/{path}", g.astype(np.float32), epoch)
+                    writer.add_scalar(f"grad_norm/{path}", float(np.linalg.norm(g)), epoch)
+                total = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values())))
+                writer.add_scalar("grad_norm/global", total, epoch)
+        writer.flush()
+
+    def on_epoch_end(self, epoch, train_state, logs):
+        self._log(self._writer(), epoch, train_state, logs)
+
+    def on_population_epoch_end(self, epoch: int, states, logs: dict, trained) -> None:
+        """For :func:`jnn.train.fit_population`: ``states`` batched over members, ``logs``
+        ``{name: [N]}``, ``trained`` the members that trained this epoch."""
+        for i in np.flatnonzero(np.asarray(trained)):
+            member = jax.tree_util.tree_map(lambda a: a[i], states)
+            self._log(self._writer(int(i)), epoch, member, {k: float(v[i]) for k, v in logs.items()})
+
+    def on_train_end(self, train_state, history):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
