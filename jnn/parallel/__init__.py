@@ -11,6 +11,7 @@ is still one compiled ``lax.scan``::
   jnn.parallel.plan(model, (x, y), opt, mesh, rules=...)  # bytes and FLOPs per device, no memory used
 """
 from jnn.parallel.distributed import global_batch, initialize, is_main_process
+from jnn.parallel.plan import Plan, plan
 from jnn.parallel.mesh import (check_batch_size, check_mesh, constrain_batch, constrain_state, data_size,
                                make_mesh, place, replicate, sharded_init, state_shardings, state_specs)
 from jnn.parallel.rules import (AXIS_RULES, TRANSFORMER_AXES, Rule, fsdp, logical, param_specs,
@@ -19,4 +20,4 @@ from jnn.parallel.rules import (AXIS_RULES, TRANSFORMER_AXES, Rule, fsdp, logica
 __all__ = ["make_mesh", "check_mesh", "data_size", "check_batch_size", "place", "replicate", "state_specs",
            "state_shardings", "sharded_init", "constrain_state", "constrain_batch", "Rule", "fsdp", "logical",
            "tensor_parallel", "param_specs", "TRANSFORMER_AXES", "AXIS_RULES", "initialize",
-           "is_main_process", "global_batch"]
+           "is_main_process", "global_batch", "plan", "Plan"]
