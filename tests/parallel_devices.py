@@ -2,6 +2,7 @@
 XLA_FLAGS=--xla_force_host_platform_device_count=8. Prints one JSON dict of measured values
 (the test file asserts them), so the rest of the suite keeps its single device."""
 import json
+import pathlib
 import sys
 import tempfile
 
@@ -143,4 +144,14 @@ out["err_pattern"] = error(lambda: fit(batch_size=32, mesh=mesh8, rules=parallel
 explicit = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
 out["err_explicit"] = error(lambda: fit(batch_size=32, mesh=explicit))
 out["err_global_batch"] = error(lambda: parallel.global_batch((x[:12], y[:12]), mesh8))
-json.dump(out, sys.stdout)
+
+# --- experiments/data_parallel.py smoke run: 8 devices, FSDP, 1 epoch on 2,000 MNIST images
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+import data_parallel  # noqa: E402
+
+run = data_parallel.main(data_parallel.Config(devices=8, fsdp=True, epochs=2, train_limit=2000, out="",
+                                              progress=False))
+out["exp_accuracy"] = run["test_accuracy"]
+out["exp_param_bytes_per_device"] = run["param_bytes_per_device"]
+out["exp_w_spec"] = str(run["train_state"].params["dense_0"]["w"].sharding.spec)
+print("\n" + json.dumps(out))

@@ -32,7 +32,7 @@ def eight():
     proc = subprocess.run([sys.executable, str(HERE / "parallel_devices.py")], capture_output=True, text=True,
                           env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_fit_on_8_devices_matches_1_device_and_is_sharded(eight):
@@ -103,6 +103,13 @@ def test_plan_transformer_matches_memory_analysis(eight):
     ("err_explicit", "are not Auto"),
     ("err_global_batch", "global_batch: the batch of 12 examples is not divisible"),
 ])
+def test_data_parallel_experiment_smoke_learns_on_8_devices_with_fsdp(eight):
+    assert eight["exp_accuracy"] > 0.8          # 2 epochs on 2,000 MNIST images; chance is 0.1
+    assert eight["exp_w_spec"] == "P('data', None)"
+    # every parameter split 8 ways except dense_2/b (10 entries: replicated)
+    assert eight["exp_param_bytes_per_device"] == 4 * (784 * 128 + 128 + 128 * 64 + 64 + 64 * 10) // 8 + 4 * 10
+
+
 def test_parallel_errors(eight, key, match):
     import re
     assert eight[key] is not None and eight[key].startswith("ValueError") and re.search(match, eight[key])

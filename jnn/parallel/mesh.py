@@ -125,7 +125,7 @@ def place(train_state, mesh, rules: Sequence[Rule] | None = None):
       >>> mesh = jnn.parallel.make_mesh()
       >>> ts = jnn.train.init_train_state(jnn.dense(2), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 4)))
       >>> jnn.parallel.place(ts, mesh).params["w"].sharding.spec
-      PartitionSpec()
+      P()
     """
     check_mesh(mesh, "jnn.parallel.place")
     return jax.device_put(train_state, state_shardings(train_state, mesh, rules))

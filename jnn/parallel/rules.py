@@ -18,7 +18,7 @@ Example:
   >>> params = {"dense_0": {"w": jnp.zeros((16, 4)), "b": jnp.zeros(4)}}
   >>> mesh = jax.sharding.AbstractMesh((1, 1), ("data", "model"))
   >>> parallel.param_specs(params, mesh, parallel.fsdp())["dense_0"]["w"]
-  PartitionSpec('data', None)
+  P('data', None)
 """
 from __future__ import annotations
 
