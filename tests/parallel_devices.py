@@ -99,11 +99,17 @@ rules = parallel.tensor_parallel(extra=[("dense_0/w", ("embed", "mlp"))])
 specs = parallel.param_specs(tparams, mesh24, rules)
 sharded = jax.device_put(tparams, jax.tree_util.tree_map(lambda s: NamedSharding(mesh24, s), specs,
                                                          is_leaf=lambda s: isinstance(s, P)))
-f = lambda p, xs: jnp.sum(tmodel.apply(p, tstate, xs)[0] ** 2)
-val_tp, g_tp = jax.jit(jax.value_and_grad(f))(sharded, jax.device_put(xt, NamedSharding(mesh24, P("data"))))
-val_ref, g_ref = jax.value_and_grad(f)(tparams, xt)
-out_tp = jax.jit(lambda p, xs: tmodel.apply(p, tstate, xs)[0])(sharded, xt)
-out["tp_out_rel"] = rel(out_tp, tmodel.apply(tparams, tstate, xt)[0])
+
+
+def f(p, xs):
+    y = tmodel.apply(p, tstate, xs)[0]
+    return jnp.sum(y ** 2), y
+
+
+grad_fn = jax.jit(jax.value_and_grad(f, has_aux=True))
+(val_tp, out_tp), g_tp = grad_fn(sharded, jax.device_put(xt, NamedSharding(mesh24, P("data"))))
+(val_ref, out_ref), g_ref = grad_fn(tparams, xt)   # the same function, unsharded on one device
+out["tp_out_rel"] = rel(out_tp, out_ref)
 out["tp_value_rel"] = rel(val_tp, val_ref)
 flat = lambda t: np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(t)])
 out["tp_grad_rel"] = rel(flat(g_tp), flat(g_ref))  # over all gradients (attention's key bias gets ~0)
@@ -112,6 +118,7 @@ out["tp_query_spec"] = str(qw.sharding.spec)
 out["tp_query_shard"] = list(qw.addressable_shards[0].data.shape)
 out["tp_out_spec"] = str(sharded["encoder_block_0"]["attention"]["out"]["w"].sharding.spec)
 out["tp_dense_spec"] = str(sharded["dense_0"]["w"].sharding.spec)
+out["tp_grad_query_spec"] = str(g_tp["encoder_block_0"]["attention"]["query"]["w"].sharding.spec)
 
 # --- plan: MNIST MLP on 1 device (hand-checked in the test) and on 8 with FSDP; transformer
 B = 128
