@@ -4,6 +4,14 @@ Everything is abstract: the train state comes from ``jax.eval_shape``, the step 
 compiled for ``ShapeDtypeStruct`` inputs carrying their shardings, and the figures are read
 from the shardings and from XLA's ``memory_analysis()`` and ``cost_analysis()`` of the
 compiled (per-device, SPMD-partitioned) program.
+
+What XLA counts as FLOPs: 2 per multiply-add of every dot, 1 per elementwise op. For the MNIST
+MLP 784-128-10 with SGD at batch B that is, by hand, ``2B(784*128 + 128*10)`` forward,
+``2B(784*128 + 128*10)`` for the weight gradients, ``2B*128*10`` for the one input gradient
+that is needed (nothing needs d/dx of the first layer), 2 per parameter for the SGD update, and
+a remainder of elementwise work (bias adds, ReLU and its derivative, bias-gradient sums,
+softmax cross-entropy): measured 873 FLOPs per example at B=128 (tests/test_parallel.py).
+The familiar "6 x params x batch" overcounts by the first layer's input gradient.
 """
 from __future__ import annotations
 
