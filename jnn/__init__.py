@@ -9,7 +9,7 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   >>> logits.shape
   (4, 10)
 """
-from jnn import data, generate, initializers, io, losses, metrics, precision, train, tree
+from jnn import data, generate, initializers, io, losses, metrics, parallel, precision, train, tree
 from jnn import convert, export
 from jnn.core import Layer, fan_out, named, output_shape, residual, serial, stateless
 from jnn.layers import residual_block, resnet
@@ -38,6 +38,6 @@ __all__ = [
     "conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
-    "data", "generate", "initializers", "io", "precision", "losses", "metrics", "train", "tree",
+    "data", "generate", "initializers", "io", "parallel", "precision", "losses", "metrics", "train", "tree",
     "convert", "export",
 ]

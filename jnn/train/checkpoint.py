@@ -69,6 +69,16 @@ def _saveable(tree):
     return jax.tree_util.tree_map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
+def _with_shardings(abstract, template):
+    """``abstract`` with each leaf given its template leaf's sharding (a key's sharding for its
+    key data: keys are replicated), so Orbax restores every shard straight onto its device,
+    also onto another mesh than the one saved from."""
+    def attach(a, t):
+        sharding = getattr(t, "sharding", None)
+        return a if sharding is None else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+    return jax.tree_util.tree_map(attach, abstract, template)
+
+
 def _listing(items: list[str], sep: str = ", ", limit: int = 20) -> str:
     more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
     return sep.join(items[:limit]) + more
@@ -94,7 +104,9 @@ class Checkpointer:
 
     Saves are synchronous (the call returns once the checkpoint is committed) and only go
     forward: a step at or before the latest saved step raises instead of being skipped.
-    One process should write to a directory; any number may read it.
+    One process should write to a directory; any number may read it. In a multi-process
+    (``jax.distributed``) run every process calls :meth:`save` and :meth:`restore`
+    together: each writes and reads its own shards of sharded arrays.
 
     Args:
       directory: where the step directories live (created if needed).
@@ -148,7 +160,7 @@ class Checkpointer:
                              f"({latest}) in {self.directory}; save to a new directory or delete the later "
                              f"checkpoints with Checkpointer.delete(step)")
         # Leftovers of a save that crashed: nobody else writes here, so they are garbage.
-        for tmp in self.directory.glob(f"*{_TMP_SUFFIX}*"):
+        for tmp in self.directory.glob(f"*{_TMP_SUFFIX}*") if jax.process_index() == 0 else ():
             shutil.rmtree(tmp, ignore_errors=True)
         tree = _saveable(train_state)
         meta = {
@@ -207,6 +219,8 @@ class Checkpointer:
         Args:
           template: a train state with the expected structure, shapes and dtypes, e.g. a fresh
             :func:`~jnn.train.init_train_state` or its ``jax.eval_shape``; its values are unused.
+            Leaves with a ``sharding`` (placed arrays, e.g. :func:`jnn.parallel.place`) are
+            restored with that sharding, on any mesh, not necessarily the one saved from.
           step: which checkpoint; ``None`` for the latest.
 
         Returns:
@@ -229,7 +243,7 @@ class Checkpointer:
                              f"template's structure (a different model or optimizer?):\n  "
                              + "\n  ".join(problems))
         out = self._manager.restore(step, args=ocp.args.Composite(
-            train_state=ocp.args.StandardRestore(abstract)))
+            train_state=ocp.args.StandardRestore(_with_shardings(abstract, template))))
         impls = meta.get("key_impls", {})
 
         def rewrap(path, tmpl, value):

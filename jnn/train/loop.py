@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from jnn import metrics as _metrics
+from jnn import parallel as _parallel
 from jnn.core import Layer
 from jnn.train.callbacks import CallbackList
 from jnn.train.history import progress_bar
@@ -109,7 +110,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         train_state: TrainState | None = None, initial_epoch: int = 0, eval_batch_size: int = 1000,
         fused: bool = True,
         progress: bool = True, verbose: bool = True, history_file=None,
-        on_epoch_end: Callable[[int, TrainState, dict], None] | None = None, callbacks=()) -> FitResult:
+        on_epoch_end: Callable[[int, TrainState, dict], None] | None = None, callbacks=(), mesh=None,
+        rules=None) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
 
     Each epoch shuffles with the train state's key, runs every full batch in one compiled
@@ -150,6 +152,13 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       callbacks: more per-epoch callbacks, run after the history file and before
         ``on_epoch_end``: functions ``(epoch, train_state, logs)`` or objects with
         ``on_epoch_end`` (see :mod:`jnn.train.callbacks`); one returning True stops training.
+      mesh: a ``jax.sharding.Mesh`` (:func:`jnn.parallel.make_mesh`) to train data-parallel on:
+        each batch is split along its ``data`` axis (``batch_size`` must divide by its size),
+        the data is replicated on every device, and the train state is laid out by ``rules``.
+        Same results as one device, up to float rounding. In a multi-process run only process
+        0 prints and writes ``history_file``.
+      rules: sharding rules for params and optimizer state (default: replicated), e.g.
+        :func:`jnn.parallel.fsdp` or :func:`jnn.parallel.tensor_parallel`; needs ``mesh``.
 
     Returns:
       A :class:`FitResult` ``(train_state, history, best_epoch, stopped_early)``.
@@ -178,19 +187,34 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     if val_data is not None:
         val_data = _check_data("fit val_data", val_data)
     batch_size = min(batch_size, len(x))
+    if rules is not None and mesh is None:
+        raise ValueError("fit: rules shard params over a mesh; pass mesh= as well")
+    if mesh is not None:
+        _parallel.check_mesh(mesh, "fit")
+        _parallel.check_batch_size(batch_size, mesh, "fit")
 
-    ts = train_state if train_state is not None else init_train_state(
-        model, optimizer, init_key, jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype))
-    step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer)
+    init = lambda: init_train_state(model, optimizer, init_key,
+                                    jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype))
+    if mesh is None:
+        ts = train_state if train_state is not None else init()
+    else:
+        ts = _parallel.place(train_state, mesh, rules) if train_state is not None else \
+            _parallel.sharded_init(init, mesh, rules)
+        x, y = _parallel.replicate((x, y), mesh)
+        val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
+    step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, mesh=mesh,
+                           rules=rules)
     if fused:
-        train_epoch = jax.jit(make_train_epoch(step, len(x), batch_size))
+        train_epoch = jax.jit(make_train_epoch(step, len(x), batch_size, mesh=mesh))
     else:
         train_epoch = make_stepwise_epoch(step, len(x), batch_size)
-    evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused)
+    evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
     evaluate = jax.jit(evaluate) if fused else evaluate
 
     history: dict[str, list[float]] = {}
-    hooks = CallbackList(callbacks, history_file=history_file, on_epoch_end=on_epoch_end)
+    main = jax.process_index() == 0  # multi-process: only process 0 prints and writes files
+    verbose, progress = verbose and main, progress and main
+    hooks = CallbackList(callbacks, history_file=history_file if main else None, on_epoch_end=on_epoch_end)
     best, best_epoch, best_ts, waited, stopped = None, None, ts, 0, False
     with progress_bar(epochs - initial_epoch, enabled=progress) as bar:
         for epoch in range(initial_epoch + 1, epochs + 1):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from jnn import losses as _losses
+from jnn import parallel as _parallel
 from jnn import tree as _tree
 from jnn.core import Layer
 
@@ -84,13 +85,18 @@ def _as_float32(y):
 
 
 def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, *,
-                    metrics: Metrics | None = None, regularizer: Callable | None = None):
+                    metrics: Metrics | None = None, regularizer: Callable | None = None, mesh=None,
+                    rules=None):
     """A pure step ``(train_state, (x, y)) -> (train_state, metrics)``; jit it once.
 
     The loss is computed in float32 from the model's outputs (whatever the compute dtype),
     plus ``regularizer(params)`` when given. ``metrics`` maps names to functions of
     ``(outputs, y)`` evaluated on the training-mode outputs of the batch; the returned dict
     holds ``"loss"`` (without the regularizer) and each metric.
+
+    With a ``mesh`` (:func:`jnn.parallel.make_mesh`) the batch is split along its ``data`` axis
+    and the new train state is laid out by ``rules`` (:mod:`jnn.parallel.rules`; default:
+    replicated); the loss and metrics stay means over the whole (global) batch.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -103,7 +109,12 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
     """
     metrics = dict(metrics or {})
 
+    if mesh is not None:
+        _parallel.check_mesh(mesh, "make_train_step")
+
     def train_step(ts: TrainState, batch):
+        if mesh is not None:
+            batch = _parallel.constrain_batch(batch, mesh, "make_train_step")
         x, y = batch
         key, step_key = jax.random.split(ts.key)
 
@@ -118,7 +129,10 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
         logs = {"loss": data_loss, **{name: fn(out, y) for name, fn in metrics.items()}}
-        return TrainState(params, new_state, opt_state, ts.step + 1, key), logs
+        new_ts = TrainState(params, new_state, opt_state, ts.step + 1, key)
+        if mesh is not None:
+            new_ts = _parallel.constrain_state(new_ts, mesh, rules)
+        return new_ts, logs
 
     return train_step
 
@@ -156,7 +170,7 @@ def _shuffle(ts: TrainState, num_examples: int, batch_size: int, order=None):
     return ts._replace(key=key), order
 
 
-def make_train_epoch(train_step, num_examples: int, batch_size: int):
+def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=None):
     """A pure epoch ``(train_state, (x, y), order=None) -> (train_state, mean metrics)`` that
     shuffles with the state's key and runs every full batch inside one ``jax.lax.scan``.
 
@@ -168,8 +182,14 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int):
     state's own shuffle; the state's key is split exactly as without it, so everything else
     (dropout masks, later epochs' keys) stays the same. Populations use it to share one batch
     order between members (``fit_population(..., shared_order=True)``).
+
+    ``mesh``: check that ``batch_size`` splits over its ``data`` axis (build ``train_step`` with
+    the same mesh: it does the splitting).
     """
     _epoch_batches(num_examples, batch_size, "make_train_epoch")
+    if mesh is not None:
+        _parallel.check_mesh(mesh, "make_train_epoch")
+        _parallel.check_batch_size(batch_size, mesh, "make_train_epoch")
 
     def train_epoch(ts: TrainState, data, order=None):
         x, y = data
@@ -206,7 +226,7 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
 
 
 def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, batch_size: int = 1000,
-                 fused: bool = True):
+                 fused: bool = True, mesh=None):
     """A pure ``(params, state, (x, y)) -> metrics`` over a whole dataset, exact to the example.
 
     The data is padded to whole batches; each example's loss and metrics are computed on its
@@ -214,7 +234,8 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
     are masked out, so ``"loss"`` and each metric are exact means over the ``len(x)``
     examples, whatever ``batch_size`` is. With ``fused=True`` the batches run in one
     ``lax.scan`` (jit the result); with ``fused=False`` a Python loop calls one jitted batch
-    function (see :func:`make_stepwise_epoch` for why: conv nets on CPU).
+    function (see :func:`make_stepwise_epoch` for why: conv nets on CPU). With a ``mesh``,
+    each batch (rounded up to a multiple of the ``data`` axis, padding masked) is split along it.
     """
     fns = {"loss": loss, **dict(metrics or {})}
 
@@ -222,6 +243,8 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         return jax.vmap(lambda o, t: fn(o[None], t[None]))(out, y)
 
     def batch_totals(params, state, xb, yb, mb):
+        if mesh is not None:
+            xb, yb, mb = _parallel.constrain_batch((xb, yb, mb), mesh, "make_eval_fn")
         out = _as_float32(model.apply(params, state, xb, train=False)[0])
         return {k: jnp.sum(jnp.where(mb, per_example(fn, out, yb), 0.0)) for k, fn in fns.items()}
 
@@ -229,6 +252,8 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         x, y = data
         n = x.shape[0]
         bs = min(batch_size, n)
+        if mesh is not None:
+            bs = -(-bs // _parallel.data_size(mesh)) * _parallel.data_size(mesh)
         num_batches = -(-n // bs)
         pad = num_batches * bs - n
         padded = lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]).reshape(

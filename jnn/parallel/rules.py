@@ -1,0 +1,177 @@
+"""Sharding rules: which parameter is split along which mesh axis, chosen by path pattern.
+
+A rule is a :class:`Rule` ``(patterns, spec)``: ``patterns`` are :mod:`jnn.tree` path patterns
+(``"w"`` is every leaf named ``w``; ``"encoder/*"`` a glob over the path) and ``spec`` says how
+a matching leaf is laid out on the mesh:
+
+- a tuple of mesh axis names or ``None``, one per array dimension (a ``PartitionSpec``);
+- :func:`fsdp`'s "shard the largest dimension that divides evenly" (ZeRO-3 / FSDP);
+- logical axis names (``("embed", "mlp")``) resolved through a Flax-style table of
+  ``(logical name, mesh axis)`` pairs: :func:`logical` and :func:`tensor_parallel`.
+
+The first rule that matches a leaf wins; leaves no rule matches are replicated. A user rule
+that matches no parameter at all is an error (a typo would otherwise silently replicate).
+
+Example:
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> from jnn import parallel
+  >>> params = {"dense_0": {"w": jnp.zeros((16, 4)), "b": jnp.zeros(4)}}
+  >>> mesh = jax.sharding.AbstractMesh((1, 1), ("data", "model"))
+  >>> parallel.param_specs(params, mesh, parallel.fsdp())["dense_0"]["w"]
+  P('data', None)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from jnn import tree as _tree
+
+__all__ = ["Rule", "fsdp", "logical", "tensor_parallel", "param_specs", "TRANSFORMER_AXES", "AXIS_RULES"]
+
+#: Logical axis names of the weights of jnn's attention and transformer-block MLP layers
+#: (Megatron layout: q/k/v and the first MLP dense split by output columns, the attention
+#: output projection and the second MLP dense by input rows, so each block needs one
+#: all-reduce forward and one backward).
+TRANSFORMER_AXES: tuple[tuple[str | tuple[str, ...], tuple], ...] = (
+    (("query/w", "*/query/w", "key/w", "*/key/w", "value/w", "*/value/w"), ("embed", "heads")),
+    (("query/b", "*/query/b", "key/b", "*/key/b", "value/b", "*/value/b"), ("heads",)),
+    (("out/w", "*/out/w"), ("heads", "embed")),
+    (("mlp/dense_0/w", "*/mlp/dense_0/w"), ("embed", "mlp")),
+    (("mlp/dense_0/b", "*/mlp/dense_0/b"), ("mlp",)),
+    (("mlp/dense_1/w", "*/mlp/dense_1/w"), ("mlp", "embed")),
+)
+
+#: Logical axis -> mesh axis (``None``: replicated), as Flax's ``logical_axis_rules``.
+AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", "data"), ("heads", "model"), ("mlp", "model"), ("embed", None), ("vocab", None))
+
+
+class Rule(NamedTuple):
+    """One sharding rule (see the module docstring).
+
+    Attributes:
+      patterns: a path pattern or several (:func:`jnn.tree.matches`).
+      spec: a tuple of mesh axes per dimension, or a function ``(shape, mesh) -> PartitionSpec``.
+      required: raise if the rule matches no parameter (built-in tables set this to False).
+    """
+
+    patterns: str | tuple[str, ...]
+    spec: Any
+    required: bool = True
+
+
+def _largest_divisible_dim(axis: str, min_size: int) -> Callable:
+    def spec(shape, mesh) -> P:
+        n = mesh.shape[axis]
+        if int(np.prod(shape, dtype=np.int64)) < min_size:
+            return P()
+        dims = [d for d in np.argsort(shape, kind="stable")[::-1] if shape[d] % n == 0]
+        if not dims:
+            return P()
+        return P(*[axis if d == dims[0] else None for d in range(len(shape))])
+
+    spec.axes = (axis,)
+    return spec
+
+
+def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: int = 0) -> list[Rule]:
+    """ZeRO-3 / FSDP: shard every matching parameter (and its optimizer state) along ``axis``,
+    on its largest dimension divisible by the axis size; parameters with fewer than
+    ``min_size`` elements, or with no such dimension, stay replicated.
+
+    Example: ``fit(..., mesh=mesh, rules=parallel.fsdp())``.
+    """
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    return [Rule(patterns, _largest_divisible_dim(axis, min_size))]
+
+
+def logical(table: Sequence[tuple[Any, tuple]], axis_rules: Sequence[tuple[str, str | None]] = AXIS_RULES,
+            *, required: bool = True) -> list[Rule]:
+    """Rules from ``(patterns, logical axis names)`` pairs, with each logical name mapped to a
+    mesh axis by ``axis_rules`` (``(logical, mesh axis or None)`` pairs, as Flax's
+    ``logical_axis_rules``).
+
+    Example: ``logical([("dense_0/w", ("embed", "mlp"))])`` splits ``dense_0``'s columns
+    along ``model`` under the default :data:`AXIS_RULES`.
+    """
+    mapping = dict(axis_rules)
+    rules = []
+    for patterns, names in table:
+        unknown = [n for n in names if n is not None and n not in mapping]
+        if unknown:
+            raise ValueError(f"jnn.parallel.logical: logical axes {unknown} of {patterns!r} have no entry in "
+                             f"axis_rules {list(mapping)}; add (name, mesh_axis_or_None) pairs")
+        patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        rules.append(Rule(patterns, tuple(None if n is None else mapping[n] for n in names), required))
+    return rules
+
+
+def tensor_parallel(extra: Sequence[tuple[Any, tuple]] = (),
+                    axis_rules: Sequence[tuple[str, str | None]] = AXIS_RULES) -> list[Rule]:
+    """Megatron-style tensor parallelism for attention and transformer-block MLPs
+    (:data:`TRANSFORMER_AXES`, patterns that match nothing are fine) plus ``extra``
+    ``(patterns, logical axes)`` pairs of your own (e.g. for plain ``dense`` layers).
+
+    Example: ``fit(..., mesh=make_mesh(model=4), rules=parallel.tensor_parallel())``.
+    """
+    return logical(extra, axis_rules) + logical(TRANSFORMER_AXES, axis_rules, required=False)
+
+
+def _spec_axes(spec) -> list[str]:
+    if callable(spec):
+        return list(getattr(spec, "axes", ()))
+    out = []
+    for entry in spec:
+        out.extend(entry if isinstance(entry, tuple) else [entry] if entry is not None else [])
+    return out
+
+
+def _leaf_spec(path: str, shape, mesh, spec) -> P:
+    spec = spec(shape, mesh) if callable(spec) else P(*spec)
+    if len(spec) > len(shape):
+        raise ValueError(f"jnn.parallel: rule {tuple(spec)} has {len(spec)} entries for parameter {path!r} "
+                         f"of shape {tuple(shape)}")
+    for dim, entry in enumerate(spec):
+        names = entry if isinstance(entry, tuple) else (entry,) if entry is not None else ()
+        size = int(np.prod([mesh.shape[n] for n in names], dtype=np.int64))
+        if shape[dim] % size:
+            raise ValueError(f"jnn.parallel: parameter {path!r} of shape {tuple(shape)} cannot be split along "
+                             f"mesh axes {names} (size {size}) on dimension {dim}: {shape[dim]} is not divisible "
+                             f"by {size}")
+    return spec
+
+
+def param_specs(params, mesh, rules: Sequence[Rule] | None = None):
+    """A tree of ``PartitionSpec`` for ``params`` (arrays or ``ShapeDtypeStruct``) on ``mesh``.
+
+    Raises:
+      ValueError: a rule names an axis the mesh lacks, a required rule matches no parameter,
+        or a sharded dimension is not divisible by its mesh axes' size.
+    """
+    rules = [r if isinstance(r, Rule) else Rule(*r) for r in (rules or ())]
+    for rule in rules:
+        missing = [a for a in _spec_axes(rule.spec) if a not in mesh.shape]
+        if missing:
+            raise ValueError(f"jnn.parallel: rule {rule.patterns!r} names mesh axes {missing} that the mesh "
+                             f"does not have (its axes: {tuple(mesh.axis_names)})")
+    used = [False] * len(rules)
+
+    def spec_for(path, leaf):
+        p = _tree.path_str(path)
+        for i, rule in enumerate(rules):
+            if _tree.matches(p, rule.patterns):
+                used[i] = True
+                return _leaf_spec(p, leaf.shape, mesh, rule.spec)
+        return P()
+
+    specs = jax.tree_util.tree_map_with_path(spec_for, params)
+    unused = [rule.patterns for rule, u in zip(rules, used) if rule.required and not u]
+    if unused:
+        paths = [p for p, _ in _tree.leaves_with_paths(params)]
+        raise ValueError(f"jnn.parallel: sharding rule patterns {unused} match no parameter; the parameter paths "
+                         f"are {paths[:12]}{' ...' if len(paths) > 12 else ''}")
+    return specs
