@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 import jnn
 from jnn.layers.pooling import avg_pool, global_avg_pool, global_max_pool, max_pool
@@ -93,7 +94,7 @@ def test_global_pools_match_numpy():
     for layer, fn in [(global_avg_pool(), np.mean), (global_max_pool(), np.max)]:
         y, _ = layer.apply({}, {}, jnp.asarray(x))
         assert y.shape == (2, 3)
-        np.testing.assert_allclose(y, fn(x, axis=(1, 2, 3)), rtol=1e-6)
+        np.testing.assert_allclose(y, fn(x, axis=(1, 2, 3)), rtol=1e-6, atol=1e-7)  # float32 sums
         y1, _ = layer.apply({}, {}, jnp.asarray(x[:, :, 0, 0]))  # 1-D spatial
         np.testing.assert_allclose(y1, fn(x[:, :, 0, 0], axis=1), rtol=1e-6)
 
@@ -148,3 +149,99 @@ def test_pooling_differentiates_under_jit_inside_a_network(pool):
     jitted = jax.jit(jax.grad(loss))(params)
     eager = jax.grad(loss)(params)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), jitted, eager)
+
+
+# --- the tiled fast path and the max-pool gradient rule -----------------------------------------
+
+def np_max_pool_grad(x, window, strides, padding, g):
+    """Gradient of sum(max_pool(x) * g): each window's g goes to its first maximal element in
+    row-major window order (np.nanargmax returns the first occurrence; padding is nan)."""
+    rank = len(window)
+    if padding == "SAME":
+        pads = []
+        for n, k, s in zip(x.shape[1:-1], window, strides):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+    else:
+        pads = [(0, 0)] * rank if padding == "VALID" else list(padding)
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=np.nan)
+    grad = np.zeros_like(xp)
+    for b, c in itertools.product(range(x.shape[0]), range(x.shape[-1])):
+        for o in itertools.product(*[range(n) for n in g.shape[1:-1]]):
+            starts = [oi * s for oi, s in zip(o, strides)]
+            patch = xp[(b, *(slice(a, a + k) for a, k in zip(starts, window)), c)]
+            first = np.unravel_index(np.nanargmax(patch), window)
+            grad[(b, *(a + f for a, f in zip(starts, first)), c)] += g[(b, *o, c)]
+    inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1]))
+    return grad[(slice(None), *inner, slice(None))]
+
+
+def reduce_window_max(x, window, strides, padding):
+    pad = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1), pad)
+
+
+TILED = [  # (window, padding, shape): strides == window and nothing padded
+    ((2,), "VALID", (2, 8, 3)),
+    ((2, 2), "VALID", (2, 6, 4, 2)),
+    ((2, 2), "VALID", (2, 7, 5, 2)),  # remainder row/column cropped
+    ((3, 2), "SAME", (1, 6, 4, 2)),  # SAME pads nothing: sizes divisible
+    ((2, 3), [(0, 0), (0, 0)], (2, 4, 6, 1)),
+    ((2, 2, 2), "VALID", (1, 4, 4, 6, 2)),
+]
+
+
+def _has_reduce_window(fn, x):
+    return "reduce_window" in str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(fn(v))))(x))
+
+
+@pytest.mark.parametrize("window,padding,shape", TILED)
+def test_tiled_path_is_taken_and_max_grad_matches_reference(window, padding, shape):
+    """Tie-free input: value and gradient equal reduce_window's and the NumPy reference; with
+    ties (a coarse grid, half the windows tied), the gradient follows the first-element rule."""
+    rng = np.random.default_rng(0)
+    pool = lambda v: max_pool(window, padding=padding).apply({}, {}, v)[0]
+    assert not _has_reduce_window(pool, jnp.zeros(shape))
+    g = rng.normal(size=pool(jnp.zeros(shape)).shape).astype(np.float32)
+    loss = lambda fn: jax.jit(jax.grad(lambda v: jnp.sum(fn(v) * g)))
+    reference = lambda v: reduce_window_max(v, window, window, padding)
+    for x in [rng.permutation(np.prod(shape)).reshape(shape) / 7.0,  # all distinct
+              rng.integers(0, 3, size=shape).astype(np.float64)]:  # many ties
+        x32 = jnp.asarray(x, jnp.float32)
+        np.testing.assert_array_equal(pool(x32), reference(x32))
+        expected = np_max_pool_grad(x, window, window, padding, g)
+        np.testing.assert_allclose(loss(pool)(x32), expected, rtol=1e-6)
+        np.testing.assert_allclose(loss(reference)(x32), expected, rtol=1e-6)  # same rule
+
+
+@pytest.mark.parametrize("window,strides,padding,shape", [c for c in CASES if c[1] is not None],
+                         ids=[i for c, i in zip(CASES, IDS) if c[1] is not None])
+def test_reduce_window_path_max_grad_follows_the_same_rule(window, strides, padding, shape):
+    rank = len(window)
+    s = (strides,) * rank if isinstance(strides, int) else strides
+    pool = lambda v: max_pool(window, strides=strides, padding=padding).apply({}, {}, v)[0]
+    x = np.random.default_rng(1).integers(0, 3, size=shape).astype(np.float64)
+    assert _has_reduce_window(pool, jnp.zeros(shape))
+    g = np.random.default_rng(2).normal(size=pool(jnp.zeros(shape)).shape).astype(np.float32)
+    grad = jax.grad(lambda v: jnp.sum(pool(v) * g))(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(grad, np_max_pool_grad(x, window, s, padding, g), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_tiled_avg_pool_grad_matches_reduce_window(count_include_pad):
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 5, 3)), jnp.float32)
+    pool = avg_pool((2, 2), count_include_pad=count_include_pad)
+    fast = lambda v: pool.apply({}, {}, v)[0]
+    assert not _has_reduce_window(fast, x)
+    slow = lambda v: jax.lax.reduce_window(v, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
+    g = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3, 2, 3)), jnp.float32)
+    np.testing.assert_allclose(fast(x), slow(x), rtol=1e-6)
+    grads = [jax.grad(lambda v: jnp.sum(f(v) * g))(x) for f in (fast, slow)]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+
+
+def test_tiled_max_pool_forward_mode_and_second_order_match_finite_differences():
+    """custom_jvp keeps jvp, jacfwd and grad-of-grad working on the fast path."""
+    x = jnp.asarray(np.random.default_rng(5).permutation(16).reshape(1, 4, 4, 1) / 5.0)
+    pool = jax.jit(lambda v: jnp.sum(jnp.sin(max_pool((2, 2)).apply({}, {}, v)[0])))
+    check_grads(pool, (x,), order=2, modes=["fwd", "rev"], eps=1e-3)

@@ -1,8 +1,17 @@
 """Pooling on channels-last inputs of any spatial rank: max, average, and global pooling.
 
-``max_pool``/``avg_pool`` take ``[B, *spatial, C]`` with ``len(spatial) == len(window)``
-and reduce each window with ``jax.lax.reduce_window``; ``strides`` default to the window
-(non-overlapping windows, as in Keras and PyTorch; ``flax.linen`` defaults to stride 1).
+``max_pool``/``avg_pool`` take ``[B, *spatial, C]`` with ``len(spatial) == len(window)``;
+``strides`` default to the window (non-overlapping windows, as in Keras and PyTorch;
+``flax.linen`` defaults to stride 1). When the windows tile the input (strides equal to the
+window and no padding, or ``"SAME"`` padding that pads nothing because the sizes divide), the
+input is viewed as ``[B, H/2, 2, W/2, 2, C]`` and reduced over the window axes (a ``"VALID"``
+remainder is cropped first). Otherwise the layers use ``jax.lax.reduce_window``. Both paths give
+the same values; the tiled one is several times faster on CPU, mostly in the backward pass,
+where ``reduce_window``'s max gradient lowers to XLA's slow ``select_and_scatter``.
+
+Max-pool gradient with ties: on both paths, the whole gradient of a window goes to its first
+maximal element in row-major window order (as in ``torch.nn.functional.max_pool2d`` and in
+``reduce_window``'s gradient), never split among tied elements as ``jnp.max``'s gradient is.
 ``global_avg_pool``/``global_max_pool`` reduce every spatial axis: ``[B, ..., C] -> [B, C]``.
 
 Example:
@@ -15,6 +24,8 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
+from functools import partial
 from typing import Sequence
 
 import jax
@@ -26,7 +37,53 @@ from jnn.layers.conv import Padding, _check_input, _padding, _per_axis, _window
 __all__ = ["max_pool", "avg_pool", "global_avg_pool", "global_max_pool"]
 
 
-def _pool(kind: str, name, window, strides, padding, reduce) -> Layer:
+def _tiles(shape, window, strides, padding) -> bool:
+    """Whether the windows tile the input: stride == window and nothing is padded."""
+    if tuple(strides) != tuple(window):
+        return False
+    if padding == "SAME":  # pads nothing exactly when every size is a multiple of its window
+        return all(n % k == 0 for n, k in zip(shape[1:-1], window))
+    return padding == "VALID" or all(lo == hi == 0 for lo, hi in padding)
+
+
+def _tile_view(x, window):
+    """``[B, *spatial, C] -> [B, n1, k1, n2, k2, ..., C]`` (a VALID remainder is cropped)."""
+    b, *spatial, c = x.shape
+    x = x[(slice(None), *(slice(0, n - n % k) for n, k in zip(spatial, window)), slice(None))]
+    split = [d for n, k in zip(spatial, window) for d in (n // k, k)]
+    return x.reshape(b, *split, c)
+
+
+def _window_axes(window):
+    return tuple(range(2, 2 * len(window) + 1, 2))
+
+
+def _offsets(window):
+    """Index of each window position in a tile view, in row-major window order."""
+    for offset in itertools.product(*map(range, window)):
+        yield (slice(None), *(i for o in offset for i in (slice(None), o)), slice(None))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _tiled_max(x, window):
+    return _tile_view(x, window).max(axis=_window_axes(window))
+
+
+@_tiled_max.defjvp
+def _tiled_max_jvp(window, primals, tangents):
+    # Each window's tangent is that of its first maximal element (row-major): a chain of selects
+    # that XLA fuses into one loop. Linear in the tangent, so reverse mode is its transpose.
+    (x,), (t,) = primals, tangents
+    view, tangent = _tile_view(x, window), _tile_view(t, window)
+    top = view.max(axis=_window_axes(window))
+    out, taken = jnp.zeros_like(top), jnp.zeros(top.shape, bool)
+    for index in _offsets(window):
+        hit = (view[index] == top) & ~taken
+        out, taken = jnp.where(hit, tangent[index], out), taken | hit
+    return top, out
+
+
+def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
     label = name or kind
     window = _window(label, "window", window, max_rank=None)
     rank = len(window)
@@ -43,6 +100,8 @@ def _pool(kind: str, name, window, strides, padding, reduce) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         check(x.shape)
+        if _tiles(x.shape, window, strides, padding):
+            return tiled(x, window), state
         pad = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
         return reduce(x, (1, *window, 1), (1, *strides, 1), pad), state
 
@@ -58,6 +117,9 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
       strides: int or one per spatial axis; ``None`` (default) means equal to ``window``.
       padding: ``"VALID"`` (default), ``"SAME"`` or explicit ``[(lo, hi), ...]``; padded
         positions never win the max.
+
+    The gradient of each window goes entirely to its first maximal element in row-major order
+    (the PyTorch convention); see the module docstring for the fast path.
       name: optional explicit name.
 
     Example:
@@ -73,7 +135,7 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
         # A Python scalar init value keeps this the differentiable reduce_window_max primitive.
         return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides_, pad)
 
-    return _pool("max_pool", name, window, strides, padding, reduce)
+    return _pool("max_pool", name, window, strides, padding, reduce, _tiled_max)
 
 
 def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
@@ -108,7 +170,10 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
         count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strides_, pad)
         return total / count
 
-    return _pool("avg_pool", name, window, strides, padding, reduce)
+    def tiled(x, window):
+        return _tile_view(x, window).mean(axis=_window_axes(window))
+
+    return _pool("avg_pool", name, window, strides, padding, reduce, tiled)
 
 
 def _global(kind: str, name, reduce) -> Layer:
