@@ -18,26 +18,14 @@ Example:
 """
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
 from jnn import initializers
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 
 __all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm"]
-
-
-def _check_epsilon(label: str, epsilon) -> None:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon > 0:
-        raise ValueError(f"{label}: epsilon must be a positive number, got {epsilon!r}")
-
-
-def _check_bools(label: str, **flags) -> None:
-    for what, value in flags.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
 
 
 def _check_float_input(label: str, x) -> None:
@@ -105,10 +93,9 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
       Array([0.1, 0.1], dtype=float32)
     """
     label = name or "batch_norm"
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
-        raise ValueError(f"{label}: momentum must be a number in [0, 1], got {momentum!r}")
-    _check_epsilon(label, epsilon)
-    _check_bools(label, use_scale=use_scale, use_offset=use_offset)
+    checks.number_in(label, "momentum", momentum, 0, 1)
+    checks.number_above(label, "epsilon", epsilon, 0)
+    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
     if axis is not None:
         axis = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
         if (not isinstance(axis, (tuple, list)) or not axis
@@ -211,8 +198,8 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: boo
       Array([[-1.225,  0.   ,  1.225]], dtype=float32)
     """
     label = name or "layer_norm"
-    _check_epsilon(label, epsilon)
-    _check_bools(label, use_scale=use_scale, use_offset=use_offset)
+    checks.number_above(label, "epsilon", epsilon, 0)
+    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
 
     def normalize(x):
         mean = jnp.mean(x, axis=-1, keepdims=True)
@@ -238,8 +225,8 @@ def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True, name: str | None 
       True
     """
     label = name or "rms_norm"
-    _check_epsilon(label, epsilon)
-    _check_bools(label, use_scale=use_scale)
+    checks.number_above(label, "epsilon", epsilon, 0)
+    checks.boolean(label, use_scale=use_scale)
 
     def normalize(x):
         return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + epsilon)
@@ -272,10 +259,9 @@ def group_norm(num_groups: int, *, epsilon: float = 1e-5, use_scale: bool = True
       (6,)
     """
     label = name or "group_norm"
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
-        raise ValueError(f"{label}: num_groups must be a positive integer, got {num_groups!r}")
-    _check_epsilon(label, epsilon)
-    _check_bools(label, use_scale=use_scale, use_offset=use_offset)
+    checks.positive_int(label, "num_groups", num_groups)
+    checks.number_above(label, "epsilon", epsilon, 0)
+    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
 
     def check(shape):
         if len(shape) < 2:
