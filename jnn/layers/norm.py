@@ -18,6 +18,8 @@ Example:
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -64,6 +66,10 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
     axes, and updates ``running = momentum * running + (1 - momentum) * batch``.
     ``train=False``: uses only the running statistics (each example independent of the
     batch); the state is returned unchanged.
+
+    Guards: a batch whose statistics are NaN or infinite leaves the running statistics
+    unchanged (the output is still non-finite, so ``fit`` stops and reports it); training on
+    a batch with one value (or none) per feature raises (a constant output and zero gradient).
 
     Shapes: ``x: [B, ..., F]``; by default statistics are over every axis but the last, so it
     works after ``dense`` (``[B, F]``) and after a channels-last conv (``[B, H, W, C]``).
@@ -138,11 +144,19 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
         in_x = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
         x32 = x.astype(state["mean"].dtype)
         if train:
+            count = math.prod(x.shape[a] for a in axes)
+            if count < 2 and axis_name is None:  # static: a constant output and zero gradient
+                raise layer_error(label, f"training mode needs more than one value per feature to "
+                                         f"normalize over, got input shape {tuple(x.shape)}; use a "
+                                         f"larger batch, or train=False")
             mean = _pmean(label, jnp.mean(x32, axis=axes, keepdims=True), axis_name)
             var = _pmean(label, jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True), axis_name)
             batch = {"mean": mean.reshape(features), "var": var.reshape(features)}
             batch = jax.lax.stop_gradient(batch)
-            state = {k: momentum * state[k] + (1 - momentum) * batch[k] for k in ("mean", "var")}
+            # A batch with a NaN/Inf leaves the running statistics as they were (not poisoned).
+            ok = jnp.isfinite(batch["mean"]).all() & jnp.isfinite(batch["var"]).all()
+            state = {k: jnp.where(ok, momentum * state[k] + (1 - momentum) * batch[k], state[k])
+                     for k in ("mean", "var")}
         else:
             mean, var = state["mean"].reshape(in_x), state["var"].reshape(in_x)
         y = (x32 - mean) * jax.lax.rsqrt(var + epsilon)
