@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 __all__ = [
     "positive_int", "boolean", "rate", "number_above", "number_in", "per_axis",
-    "param", "child_params", "float_input", "ids_in_range", "is_concrete",
+    "param", "child_params", "float_input", "ids_in_range", "is_concrete", "values_in_unit_interval",
+    "integer_labels",
 ]
 
 
@@ -153,12 +154,36 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def ids_in_range(label: str, ids, size: int, what: str = "token ids") -> None:
+def ids_in_range(label: str, ids, size: int, what: str = "token ids",
+                 hint: str = "; check the vocabulary size or the tokenizer") -> None:
     """Eager check that integer ``ids`` lie in ``[0, size)``; skipped (unchecked) under ``jit``."""
     if not is_concrete(ids) or jnp.size(ids) == 0:
         return
     low, high = int(jnp.min(ids)), int(jnp.max(ids))
     if low < 0 or high >= size:
         bad = low if low < 0 else high
-        raise ValueError(f"{label}: {what} must lie in [0, {size}), got {bad}; check the "
-                         f"vocabulary size or the tokenizer")
+        raise ValueError(f"{label}: {what} must lie in [0, {size}), got {bad}{hint}")
+
+
+def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> None:
+    """Eager check that concrete ``values`` lie in [0, 1]; skipped (unchecked) under ``jit``."""
+    if not is_concrete(values) or jnp.size(values) == 0:
+        return
+    low, high = float(jnp.min(values)), float(jnp.max(values))
+    if not (0.0 <= low and high <= 1.0):  # NaN fails too
+        bad = low if not 0.0 <= low else high
+        raise ValueError(f"{label}: {what} must lie in [0, 1], got {bad:g}{hint}")
+
+
+def integer_labels(label: str, logits, labels) -> None:
+    """Integer class ids: shape ``logits.shape[:-1]`` and (eagerly) values in ``[0, C)``."""
+    num_classes = logits.shape[-1]
+    if labels.shape == logits.shape:
+        raise ValueError(f"{label}: integer labels of shape {tuple(labels.shape)} look one-hot; pass "
+                         f"class ids of shape {tuple(logits.shape[:-1])} (labels.argmax(-1)) or float "
+                         f"one-hot labels (labels.astype(float))")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"{label}: integer labels must have shape {tuple(logits.shape[:-1])} for "
+                         f"logits of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    ids_in_range(label, labels, num_classes, what=f"integer labels (class ids for {num_classes} classes)",
+                 hint="; check the labels or the model's number of outputs")

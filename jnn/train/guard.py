@@ -85,9 +85,10 @@ def _spec(a):
 
 
 def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, val_data,
-                   early_stopping, logs_lr: bool) -> None:
+                   early_stopping, logs_lr: bool, data_check=None) -> None:
     """Traces (never runs) one train step and the evaluation with ``jax.eval_shape``: wrong
-    validation widths and unlogged early-stopping metrics fail here, before the first step."""
+    validation widths and unlogged early-stopping metrics fail here, before the first step.
+    ``data_check = (model, loss, metrics)`` also checks the data's values eagerly."""
     x, y = train_data
     batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), (x, y))
     _, logs = jax.eval_shape(step, ts, batch)
@@ -103,6 +104,10 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
         except (ValueError, TypeError) as e:
             raise type(e)(f"{where}: val_data does not fit the model: {e}") from e
         names |= {f"val_{k}" for k in val_logs}
+    if data_check is not None:
+        check_data_values(where, "train_data", *data_check, ts, x, y)
+        if val_data is not None:
+            check_data_values(where, "val_data", *data_check, ts, *val_data)
     if early_stopping is not None and early_stopping.monitor not in names:
         raise ValueError(f"{where}: early_stopping monitors {early_stopping.monitor!r}, which is not "
                          f"among the logged metrics {sorted(names)} (checked before training)")
@@ -119,3 +124,22 @@ def nonfinite_message(where: str, epoch: int, logs: dict, bad: list[str], report
             "; pass debug_nonfinite=True to find the step, layer and examples")
     return (f"{where}: epoch {epoch} produced non-finite metrics ({values}); training stopped and "
             f"the state after the last finite epoch was kept{hint}")
+
+
+def check_data_values(where: str, what: str, model, loss, metrics, ts, x, y) -> None:
+    """Eager checks of concrete data, once before training (under ``jit`` nothing is checked):
+    non-finite features, and labels the loss or a metric rejects (out-of-range class ids,
+    binary labels outside [0, 1]), found by calling them on placeholder outputs."""
+    if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact):
+        finite = np.isfinite(np.asarray(x).reshape(len(x), -1)).all(axis=1)
+        if not finite.all():
+            rows = np.flatnonzero(~finite)
+            raise ValueError(f"{where}: {what} x has non-finite values (NaN or Inf) in "
+                             f"{len(rows)} example(s), first at index {int(rows[0])}; clean or drop them")
+    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], ts.params, ts.state, _spec(x[:1]))
+    placeholder = jax.numpy.full((len(y), *out.shape[1:]), 0.5, jax.numpy.float32)
+    for name, fn in {"loss": loss, **metrics}.items():
+        try:
+            fn(placeholder, y)
+        except ValueError as e:
+            raise ValueError(f"{where}: {what} y does not suit the {name}: {e}") from e

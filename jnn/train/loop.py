@@ -116,7 +116,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         fused: bool = True,
         progress: bool = True, verbose: bool = True, history_file=None,
         on_epoch_end: Callable[[int, TrainState, dict], None] | None = None,
-        on_nonfinite: str = "raise", debug_nonfinite: bool = False) -> FitResult:
+        on_nonfinite: str = "raise", debug_nonfinite: bool = False, check_data: bool = True) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
 
     Each epoch shuffles with the train state's key, runs every full batch in one compiled
@@ -161,6 +161,9 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         history), ``"stop"`` returns it with ``nonfinite_epoch`` set.
       debug_nonfinite: on a non-finite epoch, replay it from the last good state with
         :func:`jnn.train.find_nonfinite` and report the step, layer and examples.
+      check_data: before training, check the data's values eagerly: NaN/Inf features, and
+        labels the loss or metrics reject (class ids out of range, binary labels outside
+        [0, 1]). ``False`` skips this pass over the data.
 
     Everything that can be checked before the first step is: argument values, the validation
     data's shapes (by ``jax.eval_shape``) and the early-stopping metric's name.
@@ -205,7 +208,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused)
     evaluate = jax.jit(evaluate) if fused else evaluate
     guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
-                         (x, y), batch_size, val_data, early_stopping, _learning_rate(ts.opt_state) is not None)
+                         (x, y), batch_size, val_data, early_stopping, _learning_rate(ts.opt_state) is not None,
+                         data_check=(model, loss, metrics) if check_data else None)
 
     history: dict[str, list[float]] = {}
     writer = HistoryWriter(history_file) if history_file is not None else None
