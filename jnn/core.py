@@ -20,6 +20,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from jnn import _checks as checks
+
 __all__ = [
     "Layer", "serial", "fan_out", "residual", "named", "output_shape", "shape_of",
     "stateless", "layer_error",
@@ -220,6 +222,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         return params, state
 
     def apply(params, state, x, *, key=None, train=False):
+        checks.child_params("serial", params, keys)  # static: free under jit
         new_state = {}
         for k, child, child_key in zip(keys, layers, _split(key, len(layers))):
             x, s = _apply_child(k, child, params, state, x, child_key, train)
@@ -284,6 +287,7 @@ def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
         return params, state
 
     def apply(params, state, x, *, key=None, train=False):
+        checks.child_params("fan_out", params, keys)  # static: free under jit
         ys, new_state = [], {}
         for k, branch, branch_key in zip(keys, branches, _split(key, len(branches))):
             y, s = _apply_child(k, branch, params, state, x, branch_key, train)

@@ -27,15 +27,19 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from jnn import _checks as checks
 from jnn.core import Layer
 
-__all__ = ["generate", "generate_uncached", "sample_logits"]
+__all__ = ["generate", "generate_uncached", "sample_logits", "GREEDY_BELOW"]
+
+GREEDY_BELOW = 1e-6  # temperatures below this sample greedily (logits / T would overflow)
 
 
 def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
     """One token per row of ``logits[..., V]``: ``[...]`` int32.
 
-    ``temperature=0`` is greedy (argmax, ``key`` unused); otherwise samples from
+    ``temperature`` below ``GREEDY_BELOW`` (1e-6, 0 included) is greedy (argmax, ``key``
+    unused: dividing by a tinier temperature would overflow); otherwise samples from
     ``softmax(logits / temperature)`` restricted to the ``top_k`` largest logits (all when
     ``None``). Computed in float32.
 
@@ -45,7 +49,7 @@ def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: in
       Array([1], dtype=int32)
     """
     logits = logits.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32)
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if top_k is not None:
         kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
@@ -75,6 +79,12 @@ def _check(where: str, model, prompt, num_new_tokens, temperature, top_k, cached
 def _check_vocab(where: str, logits, top_k):
     if top_k is not None and top_k > logits.shape[-1]:
         raise ValueError(f"{where}: top_k={top_k} is larger than the vocabulary ({logits.shape[-1]})")
+
+
+def _check_prompt_ids(where: str, model, params, state, prompt):
+    """Prompts are concrete: ids outside the model's vocabulary (its logits' width) fail here."""
+    vocab = jax.eval_shape(lambda t: model.apply(params, state, t)[0], prompt).shape[-1]
+    checks.ids_in_range(where, prompt, vocab, what="prompt token ids")
 
 
 _STATIC = ("model", "num_new_tokens", "temperature", "top_k")
@@ -137,6 +147,7 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
     Compiled once per (model, shapes, num_new_tokens, temperature, top_k).
     """
     prompt = _check("generate", model, prompt, num_new_tokens, temperature, top_k, cached=True)
+    _check_prompt_ids("generate", model, params, {}, prompt)
     return _cached(model, params, prompt, key, num_new_tokens, temperature, top_k)
 
 
@@ -146,5 +157,6 @@ def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key,
     whole ``[B, P + num_new_tokens]`` buffer (any causal model of ids to logits; ``state`` is
     passed to it, ``{}`` by default). Same key, same tokens as :func:`generate`."""
     prompt = _check("generate_uncached", model, prompt, num_new_tokens, temperature, top_k, cached=False)
+    _check_prompt_ids("generate_uncached", model, params, {} if state is None else state, prompt)
     return _uncached(model, params, {} if state is None else state, prompt, key, num_new_tokens,
                      temperature, top_k)

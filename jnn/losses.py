@@ -5,6 +5,10 @@ losses, over all elements), a scalar. Pass ``reduction="none"`` for per-example 
 (per-element for MSE/MAE/binary cross-entropy). All are stable at extreme inputs: logits
 of +-1e4 and probabilities of exactly 0 and 1 give finite values and gradients.
 
+Impossible values (class ids outside ``[0, C)``, probabilities or binary labels outside
+``[0, 1]``) raise a ``ValueError`` when the values are concrete (eager calls, and ``fit``'s
+own eager check of its data); under ``jit`` values are unknown and unchecked.
+
 Example:
   >>> import jax.numpy as jnp, jnn
   >>> float(jnn.losses.mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from jnn import _checks as checks
 from jnn import tree as _tree
+
+_LABEL_HINT = "; binary labels are 0/1 (or probabilities), e.g. (y > 0).astype(float)"
 
 __all__ = ["mse", "mae", "binary_cross_entropy", "binary_cross_entropy_with_logits",
            "softmax_cross_entropy", "l1_penalty", "l2_penalty"]
@@ -53,6 +59,7 @@ def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
                                      reduction: str = "mean") -> jax.Array:
     """Binary cross-entropy of ``sigmoid(logits)`` against labels in [0, 1] (same shape)."""
     _same_shape("binary_cross_entropy_with_logits", logits, labels, ("logits", "labels"))
+    checks.values_in_unit_interval("binary_cross_entropy_with_logits", "labels", labels, _LABEL_HINT)
     losses = optax.losses.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
     return _reduce(losses, reduction, "binary_cross_entropy_with_logits")
 
@@ -66,20 +73,15 @@ def binary_cross_entropy(probabilities: jax.Array, labels: jax.Array, *,
     :func:`binary_cross_entropy_with_logits` when logits are available.
     """
     _same_shape("binary_cross_entropy", probabilities, labels, ("probabilities", "labels"))
+    checks.values_in_unit_interval("binary_cross_entropy", "probabilities", probabilities,
+                                   "; for logits use binary_cross_entropy_with_logits, or end the "
+                                   "model with jnn.sigmoid()")
+    checks.values_in_unit_interval("binary_cross_entropy", "labels", labels, _LABEL_HINT)
     eps = jnp.finfo(probabilities.dtype).eps
     p = jnp.clip(probabilities, eps, 1 - eps)
     y = labels.astype(p.dtype)
     losses = -(y * jnp.log(p) + (1 - y) * jnp.log1p(-p))
     return _reduce(losses, reduction, "binary_cross_entropy")
-
-
-def _check_label_range(labels, num_classes: int) -> None:
-    if isinstance(labels, jax.core.Tracer):
-        return  # values are unknown under jit; checked when called eagerly
-    values = np.asarray(labels)
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(f"softmax_cross_entropy: integer labels must be in [0, {num_classes - 1}] for "
-                         f"{num_classes} classes, got values in [{values.min()}, {values.max()}]")
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
@@ -101,10 +103,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"{where}: label_smoothing must be in [0, 1), got {label_smoothing}")
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        if labels.shape != logits.shape[:-1]:
-            raise ValueError(f"{where}: integer labels must have shape {tuple(logits.shape[:-1])} for "
-                             f"logits of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
-        _check_label_range(labels, num_classes)
+        checks.integer_labels(where, logits, labels)
         if label_smoothing == 0.0:
             losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
             return _reduce(losses, reduction, where)

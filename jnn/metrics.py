@@ -10,15 +10,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jnn import _checks as checks
+
 __all__ = ["accuracy", "top_k_accuracy"]
 
 
 def _class_ids(where: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        expected = logits.shape[:-1]
-    else:  # one-hot or probabilities: the most likely class
-        expected = logits.shape
-    if labels.shape != expected:
+        checks.integer_labels(where, logits, labels)  # values checked eagerly, not under jit
+        return labels
+    if labels.shape != logits.shape:  # one-hot or probabilities: the most likely class
         raise ValueError(f"{where}: labels must have shape {tuple(logits.shape[:-1])} (class ids) or "
                          f"{tuple(logits.shape)} (one-hot) for logits of shape {tuple(logits.shape)}, "
                          f"got {tuple(labels.shape)}")
@@ -30,7 +31,8 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
     Args:
       logits: ``[..., C]``.
-      labels: integer ids ``[...]`` or one-hot ``[..., C]``.
+      labels: integer ids ``[...]`` or one-hot ``[..., C]``. Concrete integer ids outside
+        ``[0, C)`` raise a ``ValueError``; under ``jit`` they are not checked (they never match).
     """
     ids = _class_ids("accuracy", logits, labels)
     return jnp.mean((jnp.argmax(logits, axis=-1) == ids).astype(jnp.float32))

@@ -236,7 +236,7 @@ def test_learned_positional_embedding_adds_table_rows():
     ({"num_heads": 2, "head_size": 1.5}, r"multi_head_attention: head_size must be a positive integer, got 1.5"),
     ({"num_heads": 4, "num_kv_heads": 3}, r"multi_head_attention: num_kv_heads \(3\) must divide num_heads \(4\)"),
     ({"num_heads": 2, "causal": 1}, r"multi_head_attention: causal must be True or False, got 1"),
-    ({"num_heads": 2, "dropout_rate": 1.0}, r"multi_head_attention: rate is the probability of dropping"),
+    ({"num_heads": 2, "dropout_rate": 1.0}, r"multi_head_attention: dropout_rate is the probability of dropping"),
     ({"num_heads": 2, "rope_base": 1}, r"multi_head_attention: rope_base must be a number > 1, got 1"),
     ({"num_heads": 2, "implementation": "flash"}, r"implementation must be None, 'xla' or 'cudnn', got 'flash'"),
     ({"num_heads": 2, "name": "attn", "num_kv_heads": -1}, r"attn: num_kv_heads must be a positive integer"),

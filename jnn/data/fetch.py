@@ -73,7 +73,7 @@ def download(
     if isinstance(urls, str):
         urls = [urls]
     dest = pathlib.Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(dest)
     attempts: list[tuple[str, str]] = []
     for url in urls:
         try:
@@ -85,6 +85,20 @@ def download(
     raise DatasetUnavailableError.for_file(
         dest, attempts, note=None if attempts else "no URLs were given"
     )
+
+
+def _make_parent(dest: pathlib.Path) -> None:
+    """Creates ``dest``'s folder; a path blocked by a regular file, or a folder that cannot be
+    written, raises DatasetUnavailableError naming the file and the fix."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in [dest.parent, *dest.parent.parents] if p.exists()), dest.parent)
+        why = f"{str(blocker)!r} is a file, not a folder" if blocker.is_file() else _describe(e)
+        raise DatasetUnavailableError.for_file(dest, note=f"cannot create the folder: {why}") from e
+    if not os.access(dest.parent, os.W_OK):
+        raise DatasetUnavailableError.for_file(
+            dest, note=f"the folder {str(dest.parent)!r} is not writable; fix its permissions")
 
 
 def _fetch(

@@ -132,7 +132,12 @@ def _ensure(
 def _validate(
     images: np.ndarray, labels: np.ndarray, image_path: pathlib.Path, label_path: pathlib.Path
 ) -> None:
-    """Checks shapes, counts and label range; raises ValueError naming the files."""
+    """Checks dtypes, shapes, counts and label range; raises ValueError naming the files."""
+    for path, array in ((image_path, images), (label_path, labels)):
+        if array.dtype != np.uint8:  # a float file would otherwise be scaled by 1/255 twice
+            raise ValueError(f"{path}: expected uint8 values (IDX type 0x08), as in the published "
+                             f"MNIST files, got {array.dtype}; replace the file with the original "
+                             f"(delete it and load again with download=True)")
     if images.shape[1:] != (28, 28):
         raise ValueError(f"{image_path}: expected images of shape (N, 28, 28), got {images.shape}")
     if images.shape[0] != labels.shape[0]:

@@ -7,6 +7,7 @@ repository and checked against its SHA-256.
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Sequence
 
 from jnn.data import fetch, paths
@@ -62,5 +63,18 @@ def load_tiny_shakespeare(
             raise DatasetUnavailableError.for_file(path, root=root, note="download=False")
         urls = SHAKESPEARE_MIRRORS if mirrors is None else mirrors
         fetch.download(list(urls), path, sha256=SHAKESPEARE_SHA256)
-    with open(path, encoding="utf-8", newline="") as f:
-        return f.read()
+    return read_text_file(path)
+
+
+def read_text_file(path) -> str:
+    """The UTF-8 text of ``path``; an empty or undecodable file is a ValueError naming it."""
+    data = pathlib.Path(path).read_bytes()
+    if not data:
+        raise ValueError(f"{path}: the file is empty; delete it and load again with download=True, "
+                         f"or copy the original file there")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
+                         f"re-save it as UTF-8, or delete it and load again with download=True") from None
+    return text

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
-from jnn.layers.dropout import _check_rate
 from jnn.layers.positional import apply_rope
 
 __all__ = ["multi_head_attention", "reference_attention", "attention_weights"]
@@ -85,13 +85,6 @@ def _mix(weights, v, dtype):
 def _linear(params, x):
     y = x @ params["w"].astype(x.dtype)
     return y + params["b"].astype(x.dtype) if "b" in params else y
-
-
-def _check_positive_int(label: str, what: str, value, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
 
 
 class _Attention(NamedTuple):
@@ -219,20 +212,17 @@ def _attention_spec(num_heads, *, head_size=None, num_kv_heads=None, causal=Fals
                     use_bias=True, rope=False, rope_base=10000.0, w_init="lecun_normal", b_init="zeros",
                     implementation=None, name=None) -> _Attention:
     label = name or "multi_head_attention"
-    _check_positive_int(label, "num_heads", num_heads)
-    _check_positive_int(label, "head_size", head_size, optional=True)
-    _check_positive_int(label, "num_kv_heads", num_kv_heads, optional=True)
+    checks.positive_int(label, "num_heads", num_heads)
+    checks.positive_int(label, "head_size", head_size, optional=True)
+    checks.positive_int(label, "num_kv_heads", num_kv_heads, optional=True)
     num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
     if num_heads % num_kv_heads:
         raise ValueError(f"{label}: num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
-    for what, value in {"causal": causal, "use_bias": use_bias, "rope": rope}.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
-    rate = _check_rate(label, dropout_rate)
+    checks.boolean(label, causal=causal, use_bias=use_bias, rope=rope)
+    rate = checks.rate(label, "dropout_rate", dropout_rate)
     if not isinstance(rate, float):
         raise ValueError(f"{label}: dropout_rate must be a Python number in [0, 1), got {dropout_rate!r}")
-    if isinstance(rope_base, bool) or not isinstance(rope_base, (int, float)) or rope_base <= 1:
-        raise ValueError(f"{label}: rope_base must be a number > 1, got {rope_base!r}")
+    checks.number_above(label, "rope_base", rope_base, 1)
     if implementation not in (None, "xla", "cudnn"):
         raise ValueError(f"{label}: implementation must be None, 'xla' or 'cudnn', got {implementation!r}")
     return _Attention(label, num_heads, head_size, num_kv_heads, causal, rate, use_bias, rope,

@@ -6,14 +6,10 @@ import math
 import jax
 
 from jnn import initializers
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of, stateless
 
 __all__ = ["dense", "flatten", "reshape", "identity"]
-
-
-def _check_positive_int(label: str, what: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
 
 
 def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init="zeros",
@@ -22,7 +18,9 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
 
     Shapes: ``x: [..., in]`` -> ``y: [..., features]``; params ``w: [in, features]``,
     ``b: [features]``. Params are float32 (float64 for float64 inputs); the product is
-    computed in the input's dtype.
+    computed in the input's dtype; integer and bool inputs are promoted to the params' dtype
+    (weights are never cast to an integer dtype). Params of the wrong shape, or without ``w``,
+    are reported by name at apply time (a static check, free under ``jit``).
 
     Args:
       features: output width (> 0).
@@ -38,7 +36,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
       ((3, 2), (2,))
     """
     label = name or "dense"
-    _check_positive_int(label, "features", features)
+    checks.positive_int(label, "features", features)
     w_init = initializers.get(w_init, where=f"{label} w_init")
     b_init = initializers.get(b_init, where=f"{label} b_init")
 
@@ -54,13 +52,14 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
         return params, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        w = params["w"]
+        w = checks.param(label, params, "w", (None, features), f"features={features}")
         if x.ndim < 1 or x.shape[-1] != w.shape[0]:
             raise layer_error(label, f"expected input of shape [..., {w.shape[0]}] (the size it was "
                                      f"initialized with), got {tuple(x.shape)}")
+        x = checks.float_input(x, w.dtype)
         y = x @ w.astype(x.dtype)
         if use_bias:
-            y = y + params["b"].astype(x.dtype)
+            y = y + checks.param(label, params, "b", (features,), f"features={features}").astype(x.dtype)
         return y, state
 
     return Layer(init, apply, "dense", name)

@@ -30,7 +30,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jnn import initializers
+from jnn import _checks as checks, initializers
 
 __all__ = ["Cell", "rnn_cell", "lstm_cell", "gru_cell"]
 
@@ -56,11 +56,6 @@ class Cell(NamedTuple):
     kind: str
 
 
-def _check_positive_int(label: str, what: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
-
-
 def _inits(label, w_init, recurrent_init, b_init):
     recurrent_init = jax.nn.initializers.orthogonal() if recurrent_init is None else recurrent_init
     return (initializers.get(w_init, where=f"{label} w_init"),
@@ -70,7 +65,7 @@ def _inits(label, w_init, recurrent_init, b_init):
 
 def _fused_params(label, key, input_size, hidden, gates, dtype, w_init, recurrent_init, b_init):
     """``{"input": {"w": [in, G*H], "b": [G*H]}, "hidden": {"w": [H, G*H]}}``, one block per gate."""
-    _check_positive_int(label, "input_size", input_size)
+    checks.positive_int(label, "input_size", input_size)
     keys = jax.random.split(key, 2 * gates + 1)
     block = lambda init, k, rows: init(k, (rows, hidden), dtype)
     return {
@@ -112,7 +107,7 @@ def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun
       >>> y.shape
       (4, 3)
     """
-    _check_positive_int("rnn_cell", "hidden_size", hidden_size)
+    checks.positive_int("rnn_cell", "hidden_size", hidden_size)
     inits = _inits("rnn_cell", w_init, recurrent_init, b_init)
 
     def init(key, input_size, dtype=jnp.float32):
@@ -152,7 +147,7 @@ def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_norma
       >>> params["input"]["b"].tolist()
       [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     """
-    _check_positive_int("lstm_cell", "hidden_size", hidden_size)
+    checks.positive_int("lstm_cell", "hidden_size", hidden_size)
     inits = _inits("lstm_cell", w_init, recurrent_init, b_init)
     H = hidden_size
 
@@ -201,7 +196,7 @@ def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
       >>> params["hidden"]["w"].shape, params["hidden"]["b"].shape
       ((4, 12), (4,))
     """
-    _check_positive_int("gru_cell", "hidden_size", hidden_size)
+    checks.positive_int("gru_cell", "hidden_size", hidden_size)
     inits = _inits("gru_cell", w_init, recurrent_init, b_init)
     H = hidden_size
 

@@ -23,6 +23,8 @@ from typing import Sequence, Union
 import jax
 
 from jnn import initializers
+from jnn import _checks as checks
+from jnn._checks import per_axis as _per_axis  # also used by pooling
 from jnn.core import Layer, layer_error, shape_of
 
 __all__ = ["conv", "conv_transpose"]
@@ -33,11 +35,6 @@ _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 def _is_pos_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _check_positive_int(label: str, what: str, value) -> None:
-    if not _is_pos_int(value):
-        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
 
 
 def _window(label: str, what: str, value, *, max_rank: int | None = 3) -> tuple[int, ...]:
@@ -54,19 +51,6 @@ def _window(label: str, what: str, value, *, max_rank: int | None = 3) -> tuple[
     if max_rank is not None and len(value) > max_rank:
         raise ValueError(f"{label}: {what} must have 1, 2 or 3 entries (1-D, 2-D or 3-D), got {value!r}")
     return value
-
-
-def _per_axis(label: str, what: str, value, rank: int) -> tuple[int, ...]:
-    """An int broadcast to every spatial axis, or a tuple of ``rank`` positive ints."""
-    values = (value,) * rank if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        values = tuple(values)
-    except TypeError:
-        values = ()
-    if len(values) != rank or not all(_is_pos_int(v) for v in values):
-        raise ValueError(f"{label}: {what} must be a positive integer or a tuple of {rank} positive "
-                         f"integers (one per spatial axis), got {value!r}")
-    return values
 
 
 def _padding(label: str, padding, rank: int) -> str | tuple[tuple[int, int], ...]:
@@ -112,7 +96,7 @@ def _check_input(label: str, shape, rank: int, window: Sequence[int], dilation: 
 def _options(label, features, kernel_size, strides, dilation, padding, w_init, b_init):
     """The constructor arguments every convolution shares, validated and normalized:
     ``(kernel_size, strides, dilation, padding, w_init, b_init)``."""
-    _check_positive_int(label, "features", features)
+    checks.positive_int(label, "features", features)
     kernel_size = _window(label, "kernel_size", kernel_size)
     rank = len(kernel_size)
     return (kernel_size, _per_axis(label, "strides", strides, rank), _per_axis(label, "dilation", dilation, rank),
@@ -123,6 +107,15 @@ def _options(label, features, kernel_size, strides, dilation, padding, w_init, b
 def _dimension_numbers(rank: int):
     s = _SPATIAL[rank]
     return (f"N{s}C", f"{s}IO", f"N{s}C")
+
+
+def _check_params(label: str, params, kernel_size, features: int, use_bias: bool):
+    """``params["w"]`` after static key/shape checks against the built hyperparameters."""
+    built = f"kernel_size={kernel_size}, features={features}"
+    w = checks.param(label, params, "w", (*kernel_size, None, features), built)
+    if use_bias:
+        checks.param(label, params, "b", (features,), built)
+    return w
 
 
 def _check_channels(label: str, x, w_in: int, groups: int) -> None:
@@ -141,7 +134,8 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
     ``b: [features]``. With ``padding="SAME"`` ``spatial_out = ceil(spatial / strides)``; with
     ``"VALID"`` the (dilated) kernel must fit inside the input. Built on
     ``jax.lax.conv_general_dilated``; params are float32 (float64 for float64 inputs) and the
-    convolution runs in the input's dtype.
+    convolution runs in the input's dtype (integer and bool inputs are promoted to the params'
+    dtype; weights are never cast to an integer dtype).
 
     Args:
       features: number of output channels (> 0, divisible by ``feature_group_count``).
@@ -168,7 +162,7 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
     kernel_size, strides, dilation, padding, w_init, b_init = _options(
         label, features, kernel_size, strides, dilation, padding, w_init, b_init)
     rank = len(kernel_size)
-    _check_positive_int(label, "feature_group_count", feature_group_count)
+    checks.positive_int(label, "feature_group_count", feature_group_count)
     groups = feature_group_count
     if features % groups:
         raise ValueError(f"{label}: features ({features}) must be divisible by feature_group_count "
@@ -189,9 +183,11 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
 
     def apply(params, state, x, *, key=None, train=False):
         _check_input(label, x.shape, rank, kernel_size, dilation, padding)
-        _check_channels(label, x, params["w"].shape[-2], groups)
+        w = _check_params(label, params, kernel_size, features, use_bias)
+        _check_channels(label, x, w.shape[-2], groups)
+        x = checks.float_input(x, w.dtype)
         y = jax.lax.conv_general_dilated(
-            x, params["w"].astype(x.dtype), window_strides=strides, padding=padding,
+            x, w.astype(x.dtype), window_strides=strides, padding=padding,
             rhs_dilation=dilation, dimension_numbers=_dimension_numbers(rank),
             feature_group_count=groups)
         if use_bias:
@@ -256,8 +252,10 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
 
     def apply(params, state, x, *, key=None, train=False):
         check(x.shape)
-        _check_channels(label, x, params["w"].shape[-2], 1)
-        y = jax.lax.conv_transpose(x, params["w"].astype(x.dtype), strides, padding,
+        w = _check_params(label, params, kernel_size, features, use_bias)
+        _check_channels(label, x, w.shape[-2], 1)
+        x = checks.float_input(x, w.dtype)
+        y = jax.lax.conv_transpose(x, w.astype(x.dtype), strides, padding,
                                    rhs_dilation=dilation, dimension_numbers=_dimension_numbers(rank))
         if use_bias:
             y = y + params["b"].astype(x.dtype)

@@ -17,41 +17,18 @@ Example:
 """
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 
 __all__ = ["dropout", "spatial_dropout"]
 
 
-def _check_rate(label: str, rate):
-    """``rate`` as given (a float, or a scalar array); concrete values must lie in [0, 1)."""
-    if isinstance(rate, bool):
-        raise ValueError(f"{label}: rate must be a number in [0, 1), got {rate!r}")
-    if isinstance(rate, numbers.Real):
-        value = float(rate)
-    elif isinstance(rate, jax.core.Tracer):
-        # A traced rate (e.g. built inside jax.vmap over rates) cannot be checked here.
-        if jnp.shape(rate) != () or not jnp.issubdtype(rate.dtype, jnp.floating):
-            raise ValueError(f"{label}: a traced rate must be a float scalar, got "
-                             f"{rate.dtype}{list(jnp.shape(rate))}")
-        return rate
-    elif hasattr(rate, "shape") and hasattr(rate, "dtype") and jnp.shape(rate) == ():
-        value = float(rate)
-    else:
-        raise ValueError(f"{label}: rate must be a number in [0, 1), got {rate!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{label}: rate is the probability of dropping a unit and must be in "
-                         f"[0, 1), got {value!r}")
-    return value
-
-
 def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected: str) -> Layer:
     label = name or kind
-    rate = _check_rate(label, rate)
+    rate = checks.rate(label, "rate", rate)
     is_zero = isinstance(rate, float) and rate == 0.0
 
     def check(shape, dtype):

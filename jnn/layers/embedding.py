@@ -5,14 +5,10 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 
 __all__ = ["embedding", "attend"]
-
-
-def _check_positive_int(label: str, what: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
 
 
 def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
@@ -25,8 +21,9 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
 
     Ids outside ``[0, vocab_size)`` (negative ones included: they are not wrapped) give rows of
     NaN, as ``jnp.take`` does by default (and so flax's ``Embed``): a bad id shows up as a NaN
-    loss instead of silently reading another token's row. Values cannot be checked under
-    ``jit``, so no error is raised.
+    loss instead of silently reading another token's row. Concrete ids (eager calls) outside
+    the vocabulary raise a ``ValueError``; under ``jit`` values cannot be checked, so the NaN
+    rows are the signal (``fit`` stops at the first non-finite loss).
 
     Args:
       vocab_size: number of rows (> 0).
@@ -45,8 +42,8 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
       ((10, 4), (2, 5, 4))
     """
     label = name or "embedding"
-    _check_positive_int(label, "vocab_size", vocab_size)
-    _check_positive_int(label, "features", features)
+    checks.positive_int(label, "vocab_size", vocab_size)
+    checks.positive_int(label, "features", features)
     table_init = initializers.normal(1.0) if init is None else initializers.get(init, where=f"{label} init")
     if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{label}: dtype must be a floating dtype, got {dtype!r}")
@@ -62,7 +59,8 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
 
     def apply(params, state, x, *, key=None, train=False):
         check(x)
-        table = params["embedding"]
+        table = checks.param(label, params, "embedding")
+        checks.ids_in_range(label, x, vocab_size)
         if table.shape != (vocab_size, features):
             raise layer_error(label, f"expected an embedding table of shape {(vocab_size, features)}, "
                                      f"got {tuple(table.shape)}")

@@ -18,26 +18,16 @@ Example:
 """
 from __future__ import annotations
 
-import numbers
+import math
 
 import jax
 import jax.numpy as jnp
 
 from jnn import initializers
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 
 __all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm"]
-
-
-def _check_epsilon(label: str, epsilon) -> None:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon > 0:
-        raise ValueError(f"{label}: epsilon must be a positive number, got {epsilon!r}")
-
-
-def _check_bools(label: str, **flags) -> None:
-    for what, value in flags.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
 
 
 def _check_float_input(label: str, x) -> None:
@@ -77,6 +67,10 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
     ``train=False``: uses only the running statistics (each example independent of the
     batch); the state is returned unchanged.
 
+    Guards: a batch whose statistics are NaN or infinite leaves the running statistics
+    unchanged (the output is still non-finite, so ``fit`` stops and reports it); training on
+    a batch with one value (or none) per feature raises (a constant output and zero gradient).
+
     Shapes: ``x: [B, ..., F]``; by default statistics are over every axis but the last, so it
     works after ``dense`` (``[B, F]``) and after a channels-last conv (``[B, H, W, C]``).
     Params ``scale``, ``offset`` and state ``mean`` (init 0), ``var`` (init 1) have the shape of
@@ -105,10 +99,9 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
       Array([0.1, 0.1], dtype=float32)
     """
     label = name or "batch_norm"
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
-        raise ValueError(f"{label}: momentum must be a number in [0, 1], got {momentum!r}")
-    _check_epsilon(label, epsilon)
-    _check_bools(label, use_scale=use_scale, use_offset=use_offset)
+    checks.number_in(label, "momentum", momentum, 0, 1)
+    checks.number_above(label, "epsilon", epsilon, 0)
+    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
     if axis is not None:
         axis = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
         if (not isinstance(axis, (tuple, list)) or not axis
@@ -151,11 +144,19 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
         in_x = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
         x32 = x.astype(state["mean"].dtype)
         if train:
+            count = math.prod(x.shape[a] for a in axes)
+            if count < 2 and axis_name is None:  # static: a constant output and zero gradient
+                raise layer_error(label, f"training mode needs more than one value per feature to "
+                                         f"normalize over, got input shape {tuple(x.shape)}; use a "
+                                         f"larger batch, or train=False")
             mean = _pmean(label, jnp.mean(x32, axis=axes, keepdims=True), axis_name)
             var = _pmean(label, jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True), axis_name)
             batch = {"mean": mean.reshape(features), "var": var.reshape(features)}
             batch = jax.lax.stop_gradient(batch)
-            state = {k: momentum * state[k] + (1 - momentum) * batch[k] for k in ("mean", "var")}
+            # A batch with a NaN/Inf leaves the running statistics as they were (not poisoned).
+            ok = jnp.isfinite(batch["mean"]).all() & jnp.isfinite(batch["var"]).all()
+            state = {k: jnp.where(ok, momentum * state[k] + (1 - momentum) * batch[k], state[k])
+                     for k in ("mean", "var")}
         else:
             mean, var = state["mean"].reshape(in_x), state["var"].reshape(in_x)
         y = (x32 - mean) * jax.lax.rsqrt(var + epsilon)
@@ -211,8 +212,8 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: boo
       Array([[-1.225,  0.   ,  1.225]], dtype=float32)
     """
     label = name or "layer_norm"
-    _check_epsilon(label, epsilon)
-    _check_bools(label, use_scale=use_scale, use_offset=use_offset)
+    checks.number_above(label, "epsilon", epsilon, 0)
+    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
 
     def normalize(x):
         mean = jnp.mean(x, axis=-1, keepdims=True)
@@ -238,8 +239,8 @@ def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True, name: str | None 
       True
     """
     label = name or "rms_norm"
-    _check_epsilon(label, epsilon)
-    _check_bools(label, use_scale=use_scale)
+    checks.number_above(label, "epsilon", epsilon, 0)
+    checks.boolean(label, use_scale=use_scale)
 
     def normalize(x):
         return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + epsilon)
@@ -272,10 +273,9 @@ def group_norm(num_groups: int, *, epsilon: float = 1e-5, use_scale: bool = True
       (6,)
     """
     label = name or "group_norm"
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
-        raise ValueError(f"{label}: num_groups must be a positive integer, got {num_groups!r}")
-    _check_epsilon(label, epsilon)
-    _check_bools(label, use_scale=use_scale, use_offset=use_offset)
+    checks.positive_int(label, "num_groups", num_groups)
+    checks.number_above(label, "epsilon", epsilon, 0)
+    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
 
     def check(shape):
         if len(shape) < 2:

@@ -14,12 +14,11 @@ Example:
 """
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
 from jnn import initializers
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 
 __all__ = ["learned_positional_embedding", "sinusoidal_encoding", "sinusoidal_table", "apply_rope"]
@@ -28,13 +27,11 @@ __all__ = ["learned_positional_embedding", "sinusoidal_encoding", "sinusoidal_ta
 def _check_max_len(label: str, max_len, allow_none: bool = False) -> None:
     if max_len is None and allow_none:
         return
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
-        raise ValueError(f"{label}: max_len must be a positive integer, got {max_len!r}")
+    checks.positive_int(label, "max_len", max_len)
 
 
 def _check_base(label: str, base) -> None:
-    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not base > 1:
-        raise ValueError(f"{label}: base must be a number > 1, got {base!r}")
+    checks.number_above(label, "base", base, 1)
 
 
 def _check_sequence(label: str, x, max_len: int | None) -> None:

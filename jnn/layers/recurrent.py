@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 from jnn.layers.cells import Cell
 
@@ -167,9 +168,7 @@ def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = Fals
     """
     _check_cell(name or "recurrent", cell)
     label = name or cell.kind
-    for what, flag in (("return_sequences", return_sequences), ("reverse", reverse)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{label}: {what} must be True or False, got {flag!r}")
+    checks.boolean(label, return_sequences=return_sequences, reverse=reverse)
     _check_unroll(label, unroll)
 
     def check(x):

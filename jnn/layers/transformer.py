@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from jnn import core
 from jnn.core import Layer, layer_error, named, serial, shape_of, stateless
 from jnn.layers.activations import gelu
-from jnn.layers.attention import _Attention, _attention_spec, _check_positive_int
+from jnn._checks import positive_int as _check_positive_int
+from jnn.layers.attention import _Attention, _attention_spec
 from jnn.layers.basic import dense
 from jnn.layers.dropout import dropout
 from jnn.layers.embedding import attend, embedding

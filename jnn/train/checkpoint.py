@@ -32,6 +32,8 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import contextlib
+import os
 import pathlib
 import shutil
 from typing import Any, Callable
@@ -45,6 +47,16 @@ __all__ = ["Checkpointer"]
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _FORMAT = 1
+
+
+def _check_directory(directory: pathlib.Path) -> None:
+    existing = next(p for p in [directory, *directory.parents] if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"Checkpointer: cannot use {str(directory)!r}: {str(existing)!r} is a file, "
+                                 f"not a directory; choose another path")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"Checkpointer: cannot write to {str(existing)!r} (for {str(directory)!r}); "
+                              f"fix its permissions or choose another path")
 
 
 def _is_key(x) -> bool:
@@ -109,7 +121,9 @@ class Checkpointer:
     together: each writes and reads its own shards of sharded arrays.
 
     Args:
-      directory: where the step directories live (created if needed).
+      directory: where the step directories live, created by the first save (never by a
+        restore: restoring from a missing directory raises FileNotFoundError). A path under
+        a regular file, or an existing directory that cannot be written, raises here.
       keep: how many of the most recent checkpoints to keep (``None`` keeps all).
       config: a JSON-serializable dict (e.g. the model's hyperparameters) stored with every
         checkpoint unless :meth:`save` is given another.
@@ -120,18 +134,29 @@ class Checkpointer:
             raise ValueError(f"Checkpointer: keep must be a positive integer or None, got {keep!r}")
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.keep, self.config = keep, config
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
-                                               create=True, cleanup_tmp_directories=False)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("train_state", "meta"))
+        _check_directory(self.directory)
+        self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+                                                     create=True, cleanup_tmp_directories=False)
+        self._orbax = None  # created on the first save, or now if the directory exists
+
+    @property
+    def _manager(self):
+        if self._orbax is None:
+            self._orbax = ocp.CheckpointManager(self.directory, options=self._options,
+                                                item_names=("train_state", "meta"))
+        return self._orbax
 
     def __repr__(self) -> str:
         return f"Checkpointer({str(self.directory)!r}, keep={self.keep})"
 
     def all_steps(self) -> list[int]:
         """The committed checkpoint steps, ascending (partial saves are never listed)."""
+        if not self.directory.is_dir():
+            return []  # nothing saved yet: the directory is created by the first save
         self._manager.reload()
-        return sorted(self._manager.all_steps())
+        # a step half-deleted by a kill during keep-k cleanup lacks an item: never listed
+        return sorted(s for s in self._manager.all_steps()
+                      if all((self.directory / str(s) / item).is_dir() for item in ("train_state", "meta")))
 
     def latest_step(self) -> int | None:
         """The newest committed step, or ``None`` when there is none."""
@@ -206,7 +231,8 @@ class Checkpointer:
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON metadata of checkpoint ``step`` (default: the latest)."""
         step = self._resolve(step, "read_meta")
-        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        with self._corrupt(step):
+            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = out.meta
         if not isinstance(meta, dict) or "tree" not in meta:
             raise ValueError(f"Checkpointer: step {step} in {self.directory} has no jnn metadata; "
@@ -242,8 +268,9 @@ class Checkpointer:
             raise ValueError(f"Checkpointer.restore: checkpoint {step} in {self.directory} does not match the "
                              f"template's structure (a different model or optimizer?):\n  "
                              + "\n  ".join(problems))
-        out = self._manager.restore(step, args=ocp.args.Composite(
-            train_state=ocp.args.StandardRestore(_with_shardings(abstract, template))))
+        with self._corrupt(step):
+            out = self._manager.restore(step, args=ocp.args.Composite(
+                train_state=ocp.args.StandardRestore(_with_shardings(abstract, template))))
         impls = meta.get("key_impls", {})
 
         def rewrap(path, tmpl, value):
@@ -281,8 +308,9 @@ class Checkpointer:
         from jnn import io as _io
         step = self._resolve(step, "restore_params")
         self.read_meta(step)  # a jnn checkpoint?
-        tree = self._manager.restore(step, args=ocp.args.Composite(
-            train_state=ocp.args.StandardRestore())).train_state
+        with self._corrupt(step):
+            tree = self._manager.restore(step, args=ocp.args.Composite(
+                train_state=ocp.args.StandardRestore())).train_state
         params, state = tree["params"], tree["state"]
         if like is not None:
             both = _io.unflatten(_io.flatten({"params": params, "state": state}),
@@ -297,13 +325,33 @@ class Checkpointer:
 
     def close(self) -> None:
         """Waits for pending work and releases Orbax's resources."""
-        self._manager.close()
+        if self._orbax is not None:
+            self._orbax.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+    @contextlib.contextmanager
+    def _corrupt(self, step: int):
+        """Turns Orbax/zarr read failures into "checkpoint N is incomplete or corrupt"."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - tensorstore/zarr/asyncio raise many types
+            good = [s for s in self.all_steps() if s != step and self._readable(s)]
+            latest = f"the latest good one is {good[-1]}" if good else "there is no other checkpoint"
+            raise ValueError(f"Checkpointer: checkpoint {step} in {self.directory} is incomplete or corrupt; "
+                             f"{latest} (restore(step=...) it, or delete step {step}); cause: "
+                             f"{type(e).__name__}: {str(e)[:200]}") from None
+
+    def _readable(self, step: int) -> bool:
+        try:
+            self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            return True
+        except Exception:  # noqa: BLE001
+            return False
 
     def _resolve(self, step: int | None, where: str) -> int:
         steps = self.all_steps()

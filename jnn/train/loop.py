@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -11,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jnn import metrics as _metrics
 from jnn import parallel as _parallel
 from jnn.core import Layer
+from jnn.train import guard
 from jnn.train.callbacks import CallbackList
 from jnn.train.history import progress_bar
 from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
@@ -66,12 +67,18 @@ class FitResult(NamedTuple):
       history: ``{"epoch": [...], "loss": [...], "val_loss": [...], ...}``, one entry per epoch.
       best_epoch: the epoch early stopping judged best (1-based), or ``None`` without it.
       stopped_early: whether early stopping ended training before ``epochs``.
+      nonfinite_epoch: with ``on_nonfinite="stop"``, the epoch whose metrics were non-finite
+        (training stopped there; ``train_state`` is from the epoch before), else ``None``.
+      nonfinite_report: with ``debug_nonfinite=True``, where it happened (see
+        :func:`jnn.train.find_nonfinite`).
     """
 
     train_state: TrainState
     history: dict[str, list[float]]
     best_epoch: int | None
     stopped_early: bool
+    nonfinite_epoch: int | None = None
+    nonfinite_report: Any = None
 
 
 def split_validation(x, y, fraction: float, key):
@@ -111,7 +118,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         fused: bool = True,
         progress: bool = True, verbose: bool = True, history_file=None,
         on_epoch_end: Callable[[int, TrainState, dict], None] | None = None, callbacks=(), mesh=None,
-        rules=None) -> FitResult:
+        rules=None, on_nonfinite: str = "raise", debug_nonfinite: bool = False,
+        check_data: bool = True) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
 
     Each epoch shuffles with the train state's key, runs every full batch in one compiled
@@ -131,7 +139,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       batch_size: examples per step (clamped to the dataset size).
       val_data: ``(x, y)`` for validation, or ``None``.
       val_split: instead of ``val_data``, hold out this fraction of ``train_data`` (shuffled).
-      metrics: ``{name: fn(outputs, y)}``; defaults to ``{"accuracy": jnn.metrics.accuracy}``.
+      metrics: ``{name: fn(outputs, y)}``; defaults to ``{"accuracy": jnn.metrics.accuracy}``
+        for the classification losses of :mod:`jnn.losses`, and to none for other losses.
       regularizer: ``params -> scalar`` added to the loss (see :func:`jnn.train.penalty`).
       early_stopping: an :class:`EarlyStopping`, or ``None``.
       train_state: resume from this state instead of initializing (``key`` then only splits
@@ -159,6 +168,19 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         0 prints and writes ``history_file``.
       rules: sharding rules for params and optimizer state (default: replicated), e.g.
         :func:`jnn.parallel.fsdp` or :func:`jnn.parallel.tensor_parallel`; needs ``mesh``.
+      on_nonfinite: when an epoch's metrics are NaN or infinite, training stops and keeps the
+        state of the last finite epoch; ``"raise"`` (default) raises a
+        :class:`jnn.train.NonFiniteError` naming the epoch (it carries that state and the
+        history), ``"stop"`` returns it with ``nonfinite_epoch`` set.
+      debug_nonfinite: on a non-finite epoch, replay it from the last good state with
+        :func:`jnn.train.find_nonfinite` and report the step, layer and examples.
+      check_data: before training, check the data's values eagerly: NaN/Inf features, and
+        labels the loss or metrics reject (class ids out of range, binary labels outside
+        [0, 1]). ``False`` skips this pass over the data.
+
+    Everything that can be checked before the first step is: argument values, the validation
+    data's shapes (by ``jax.eval_shape``) and the early-stopping metric's name.
+>>>>>>> h14
 
     Returns:
       A :class:`FitResult` ``(train_state, history, best_epoch, stopped_early)``.
@@ -179,8 +201,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         raise ValueError(f"fit: initial_epoch must be in [0, epochs={epochs}), got {initial_epoch}")
     if val_data is not None and val_split:
         raise ValueError("fit: pass either val_data or val_split, not both")
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
     x, y = _check_data("fit train_data", train_data)
+    guard.check_fit_args("fit", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
+                         history_file=history_file, on_nonfinite=on_nonfinite)
     init_key, split_key = jax.random.split(key)
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, split_key)
@@ -210,15 +234,20 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         train_epoch = make_stepwise_epoch(step, len(x), batch_size)
     evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
     evaluate = jax.jit(evaluate) if fused else evaluate
+    guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
+                         (x, y), batch_size, val_data, early_stopping, _learning_rate(ts.opt_state) is not None,
+                         data_check=(model, loss, metrics) if check_data else None)
 
     history: dict[str, list[float]] = {}
     main = jax.process_index() == 0  # multi-process: only process 0 prints and writes files
     verbose, progress = verbose and main, progress and main
     hooks = CallbackList(callbacks, history_file=history_file if main else None, on_epoch_end=on_epoch_end)
     best, best_epoch, best_ts, waited, stopped = None, None, ts, 0, False
+    nonfinite_epoch, report = None, None
     with progress_bar(epochs - initial_epoch, enabled=progress) as bar:
         for epoch in range(initial_epoch + 1, epochs + 1):
             start = time.perf_counter()
+            last_good = ts
             ts, train_logs = train_epoch(ts, (x, y))
             logs = {k: float(v) for k, v in train_logs.items()}
             if val_data is not None:
@@ -232,6 +261,18 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
             if verbose:
                 print(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
             bar.advance(logs)
+            bad = guard.nonfinite_metrics(logs)
+            if bad:
+                ts, nonfinite_epoch = last_good, epoch
+                if debug_nonfinite:
+                    from jnn.train.nonfinite import find_nonfinite
+                    report = find_nonfinite(model, loss, optimizer, ts, (x, y), batch_size=batch_size,
+                                            metrics=metrics, regularizer=regularizer)
+                message = guard.nonfinite_message("fit", epoch, logs, bad, report)
+                if on_nonfinite == "raise":
+                    raise guard.NonFiniteError(message, epoch=epoch, train_state=ts, history=history, report=report)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                break
             stop = hooks.on_epoch_end(epoch, ts, logs)
             if early_stopping is not None:
                 if early_stopping.monitor not in logs:
@@ -251,7 +292,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     hooks.on_train_end(ts, history)
     if early_stopping is not None and early_stopping.restore_best:
         ts = best_ts
-    return FitResult(ts, history, best_epoch, stopped)
+    return FitResult(ts, history, best_epoch, stopped, nonfinite_epoch, report)
 
 
 def predict(model: Layer, params, state, x, *, batch_size: int = 1000) -> jax.Array:

@@ -1,0 +1,189 @@
+"""Shared argument and parameter checks: one message style for every layer and function.
+
+Hyperparameter checks (``positive_int``, ``boolean``, ``rate``, ``number_above``,
+``per_axis``) run when a layer is built. Parameter checks (``param``, ``child_params``) run in
+``apply`` but look only at static facts (dict keys, shapes, dtypes), so under ``jax.jit`` they
+run once at trace time and add nothing to the compiled program.
+
+Every message starts with the layer or function label and names the argument, what was
+expected and what was received::
+
+    dense: features must be a positive integer, got 0
+"""
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "positive_int", "boolean", "rate", "number_above", "number_in", "per_axis",
+    "param", "child_params", "float_input", "ids_in_range", "is_concrete", "values_in_unit_interval",
+    "integer_labels",
+]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(label: str, what: str, value, *, optional: bool = False):
+    """``value`` if it is a Python int > 0 (or ``None`` when ``optional``), else ``ValueError``."""
+    if optional and value is None:
+        return value
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
+    return value
+
+
+def boolean(label: str, **flags) -> None:
+    """Each keyword must be exactly ``True`` or ``False`` (not 0/1, not ``None``)."""
+    for what, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
+
+
+def number_above(label: str, what: str, value, bound: float) -> float:
+    """``float(value)`` if it is a real number strictly greater than ``bound``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > bound:
+        need = "a positive number" if bound == 0 else f"a number > {bound:g}"
+        raise ValueError(f"{label}: {what} must be {need}, got {value!r}")
+    return float(value)
+
+
+def number_in(label: str, what: str, value, low: float, high: float) -> float:
+    """``float(value)`` if it is a real number in the closed interval ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
+        raise ValueError(f"{label}: {what} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def rate(label: str, what: str, value):
+    """A probability in [0, 1): a Python float, or a scalar array (a traced one is not checked)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
+    if isinstance(value, numbers.Real):
+        number = float(value)
+    elif isinstance(value, jax.core.Tracer):
+        # A traced rate (e.g. built inside jax.vmap over rates) cannot be checked here.
+        if jnp.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(f"{label}: a traced {what} must be a float scalar, got "
+                             f"{value.dtype}{list(jnp.shape(value))}")
+        return value
+    elif hasattr(value, "shape") and hasattr(value, "dtype") and jnp.shape(value) == ():
+        number = float(value)
+    else:
+        raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= number < 1.0:
+        raise ValueError(f"{label}: {what} is the probability of dropping a unit and must be in "
+                         f"[0, 1), got {number!r}")
+    return number
+
+
+def per_axis(label: str, what: str, value, rank: int) -> tuple[int, ...]:
+    """An int broadcast to every spatial axis, or a tuple of ``rank`` positive ints."""
+    values = (value,) * rank if _is_int(value) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = ()
+    if len(values) != rank or not all(_is_int(v) and v > 0 for v in values):
+        raise ValueError(f"{label}: {what} must be a positive integer or a tuple of {rank} positive "
+                         f"integers (one per spatial axis), got {value!r}")
+    return values
+
+
+def _names(keys) -> str:
+    return ", ".join(sorted(map(str, keys))) or "nothing"
+
+
+def param(label: str, params, name: str, shape=None, built_with: str = ""):
+    """``params[name]``, after checking the key exists and (if given) its static shape.
+
+    Raises ``ValueError`` "dense: params lack 'w' (have: kernel)" or "dense: w has shape
+    (64, 3) but this layer was built with features=5" instead of a bare ``KeyError`` or a
+    wrong output shape. Free under ``jit``: keys and shapes are static.
+    """
+    if not isinstance(params, dict) or name not in params:
+        have = _names(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"{label}: params lack {name!r} (have: {have}); were these params "
+                         f"made by this layer's init?")
+    value = params[name]
+    if shape is not None:
+        got = tuple(jnp.shape(value))
+        if len(got) != len(shape) or any(e is not None and e != g for e, g in zip(shape, got)):
+            want = tuple("?" if e is None else e for e in shape)
+            raise ValueError(f"{label}: {name} has shape {got} but this layer was built with "
+                             f"{built_with} (expected shape {want})")
+    return value
+
+
+def child_params(where: str, params, children) -> None:
+    """Params of a combinator must be keyed by its children's names.
+
+    A key that is no child's name means the params come from another model; the message
+    names the first child with nothing under its name: "params lack 'dense_0' (have:
+    encoder, head)". Children without params are left out of the dict, so a missing key
+    alone is not an error here (the child's own check reports it).
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"{where}: params must be a dict keyed by child name, got "
+                        f"{type(params).__name__}")
+    unknown = [k for k in params if k not in children]
+    if unknown:
+        missing = [k for k in children if k not in params]
+        lack = f"params lack {missing[0]!r}" if missing else f"params have unexpected {unknown[0]!r}"
+        raise ValueError(f"{where}: {lack} (have: {_names(params)}; this model's children are "
+                         f"{', '.join(children)})")
+
+
+def float_input(x, dtype):
+    """The dtype rule: integer and bool inputs are promoted to the param dtype ``dtype``.
+
+    Float inputs are kept as they are (the product runs in the input's float dtype, e.g.
+    bfloat16 for mixed precision); weights are never cast to an integer dtype.
+    """
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
+    return x.astype(dtype)
+
+
+def is_concrete(x) -> bool:
+    """True for a value that can be read now (not a tracer under ``jit``/``vmap``/``grad``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def ids_in_range(label: str, ids, size: int, what: str = "token ids",
+                 hint: str = "; check the vocabulary size or the tokenizer") -> None:
+    """Eager check that integer ``ids`` lie in ``[0, size)``; skipped (unchecked) under ``jit``."""
+    if not is_concrete(ids) or jnp.size(ids) == 0:
+        return
+    low, high = int(jnp.min(ids)), int(jnp.max(ids))
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise ValueError(f"{label}: {what} must lie in [0, {size}), got {bad}{hint}")
+
+
+def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> None:
+    """Eager check that concrete ``values`` lie in [0, 1]; skipped (unchecked) under ``jit``."""
+    if not is_concrete(values) or jnp.size(values) == 0:
+        return
+    low, high = float(jnp.min(values)), float(jnp.max(values))
+    if not (0.0 <= low and high <= 1.0):  # NaN fails too
+        bad = low if not 0.0 <= low else high
+        raise ValueError(f"{label}: {what} must lie in [0, 1], got {bad:g}{hint}")
+
+
+def integer_labels(label: str, logits, labels) -> None:
+    """Integer class ids: shape ``logits.shape[:-1]`` and (eagerly) values in ``[0, C)``."""
+    num_classes = logits.shape[-1]
+    if labels.shape == logits.shape:
+        raise ValueError(f"{label}: integer labels of shape {tuple(labels.shape)} look one-hot; pass "
+                         f"class ids of shape {tuple(logits.shape[:-1])} (labels.argmax(-1)) or float "
+                         f"one-hot labels (labels.astype(float))")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"{label}: integer labels must have shape {tuple(logits.shape[:-1])} for "
+                         f"logits of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    ids_in_range(label, labels, num_classes, what=f"integer labels (class ids for {num_classes} classes)",
+                 hint="; check the labels or the model's number of outputs")

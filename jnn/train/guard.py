@@ -1,0 +1,145 @@
+"""Checks around ``fit``: arguments before the first step, non-finite metrics after each epoch.
+
+Everything that can be checked before training is checked before training, with a message
+naming the argument the user passed (:func:`check_fit_args`, :func:`check_fit_plan`). After
+each epoch, a non-finite metric stops training with the last finite state kept
+(:func:`nonfinite_metrics`, :class:`NonFiniteError`); :func:`jnn.train.find_nonfinite`
+replays the failing epoch to find the step, layer and examples.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jnn import losses as _losses
+from jnn import metrics as _metrics
+
+__all__ = ["NonFiniteError", "check_fit_args", "check_fit_plan", "nonfinite_metrics", "default_metrics"]
+
+_CLASSIFICATION_LOSSES = (_losses.softmax_cross_entropy, _losses.binary_cross_entropy,
+                          _losses.binary_cross_entropy_with_logits)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite metric; the last finite state is kept.
+
+    Attributes:
+      epoch: the 1-based epoch whose metrics were non-finite.
+      train_state: the state at the end of the last finite epoch (or the starting state).
+      history: the history up to and including the failing epoch.
+      report: a :class:`jnn.train.NonFiniteReport` when ``debug_nonfinite=True``, else ``None``.
+    """
+
+    def __init__(self, message, *, epoch, train_state, history, report=None):
+        super().__init__(message)
+        self.epoch, self.train_state, self.history, self.report = epoch, train_state, history, report
+
+
+def default_metrics(loss) -> dict:
+    """``{"accuracy": ...}`` for classification losses, none otherwise (a regression run must not
+    log a meaningless accuracy). Pass ``metrics=`` to choose explicitly."""
+    base = getattr(loss, "func", loss)  # functools.partial of a jnn loss counts too
+    return {"accuracy": _metrics.accuracy} if base in _CLASSIFICATION_LOSSES else {}
+
+
+def _positive_int(where: str, what: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
+
+
+def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split, history_file,
+                   on_nonfinite) -> None:
+    """Argument checks that need no tracing; raises before any data is split or traced."""
+    _positive_int(where, "batch_size", batch_size)
+    _positive_int(where, "eval_batch_size", eval_batch_size)
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"{where}: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    n = len(x)
+    if n == 0:
+        raise ValueError(f"{where}: train_data is empty (0 examples); pass at least one batch")
+    if val_split:
+        if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0 < val_split < 1:
+            raise ValueError(f"{where}: val_split must be a fraction in (0, 1), got {val_split!r}")
+        n_val = int(round(n * val_split))
+        if n_val == 0 or n_val == n:
+            what = "no" if n_val == 0 else "all"
+            raise ValueError(f"{where}: val_split={val_split} of {n} examples leaves {what} examples "
+                             f"for validation; use a val_split between {1 / n:.3g} and {1 - 1 / n:.3g}")
+    if history_file is not None:
+        parent = Path(os.fspath(history_file)).parent
+        blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise NotADirectoryError(f"{where}: history_file {history_file} cannot be written: "
+                                     f"{blocker} is a file, not a directory")
+        if blocker is not None and not os.access(blocker, os.W_OK):
+            raise PermissionError(f"{where}: history_file {history_file} cannot be written: "
+                                  f"{blocker} is not writable")
+
+
+def _spec(a):
+    return jax.ShapeDtypeStruct(np.shape(a), a.dtype)
+
+
+def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, val_data,
+                   early_stopping, logs_lr: bool, data_check=None) -> None:
+    """Traces (never runs) one train step and the evaluation with ``jax.eval_shape``: wrong
+    validation widths and unlogged early-stopping metrics fail here, before the first step.
+    ``data_check = (model, loss, metrics)`` also checks the data's values eagerly."""
+    x, y = train_data
+    batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), (x, y))
+    _, logs = jax.eval_shape(step, ts, batch)
+    names = set(logs) | {"time"} | ({"lr"} if logs_lr else set())
+    if val_data is not None:
+        vx, vy = val_data
+        for what, v, t in (("x", vx, x), ("y", vy, y)):
+            if np.shape(v)[1:] != np.shape(t)[1:]:
+                raise ValueError(f"{where}: val_data {what} has examples of shape {tuple(np.shape(v)[1:])} "
+                                 f"but train_data {what} has {tuple(np.shape(t)[1:])}")
+        try:
+            val_logs = jax.eval_shape(evaluate, ts.params, ts.state, (_spec(vx), _spec(vy)))
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{where}: val_data does not fit the model: {e}") from e
+        names |= {f"val_{k}" for k in val_logs}
+    if data_check is not None:
+        check_data_values(where, "train_data", *data_check, ts, x, y)
+        if val_data is not None:
+            check_data_values(where, "val_data", *data_check, ts, *val_data)
+    if early_stopping is not None and early_stopping.monitor not in names:
+        raise ValueError(f"{where}: early_stopping monitors {early_stopping.monitor!r}, which is not "
+                         f"among the logged metrics {sorted(names)} (checked before training)")
+
+
+def nonfinite_metrics(logs: dict) -> list[str]:
+    """Names of the non-finite values in one epoch's logs."""
+    return [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
+def nonfinite_message(where: str, epoch: int, logs: dict, bad: list[str], report=None) -> str:
+    values = ", ".join(f"{k}={logs[k]}" for k in bad)
+    hint = (f"\n{report}" if report is not None else
+            "; pass debug_nonfinite=True to find the step, layer and examples")
+    return (f"{where}: epoch {epoch} produced non-finite metrics ({values}); training stopped and "
+            f"the state after the last finite epoch was kept{hint}")
+
+
+def check_data_values(where: str, what: str, model, loss, metrics, ts, x, y) -> None:
+    """Eager checks of concrete data, once before training (under ``jit`` nothing is checked):
+    non-finite features, and labels the loss or a metric rejects (out-of-range class ids,
+    binary labels outside [0, 1]), found by calling them on placeholder outputs."""
+    if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact):
+        finite = np.isfinite(np.asarray(x).reshape(len(x), -1)).all(axis=1)
+        if not finite.all():
+            rows = np.flatnonzero(~finite)
+            raise ValueError(f"{where}: {what} x has non-finite values (NaN or Inf) in "
+                             f"{len(rows)} example(s), first at index {int(rows[0])}; clean or drop them")
+    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], ts.params, ts.state, _spec(x[:1]))
+    placeholder = jax.numpy.full((len(y), *out.shape[1:]), 0.5, jax.numpy.float32)
+    for name, fn in {"loss": loss, **metrics}.items():
+        try:
+            fn(placeholder, y)
+        except ValueError as e:
+            raise ValueError(f"{where}: {what} y does not suit the {name}: {e}") from e

@@ -1,0 +1,145 @@
+"""``find_nonfinite``: replay an epoch step by step and locate the first non-finite value.
+
+Training is pure and seeded: the train state carries its key, and an epoch's batch order is
+drawn from it (:func:`jnn.train.epoch_order`). Replaying an epoch from the last good state
+therefore repeats exactly the same steps, so the first failing step can be found after the
+fact, and then the first layer (by path) whose output or gradient is non-finite, and the
+examples of the batch involved.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnn import core
+from jnn.train.step import _shuffle, make_train_step
+
+__all__ = ["NonFiniteReport", "find_nonfinite"]
+
+
+class NonFiniteReport(NamedTuple):
+    """Where training first went non-finite.
+
+    Attributes:
+      step: the global optimizer step (``train_state.step`` before the failing update).
+      batch: the index of that step within the replayed epoch.
+      layer: the first layer path (e.g. ``"dense_0"``) whose output, or else whose params'
+        gradient, is non-finite; ``"(loss)"`` when only the loss is, ``"(input)"`` when only
+        the input is; ``None`` when only the update (optimizer) made the params non-finite.
+      kind: ``"input"``, ``"output"``, ``"loss"``, ``"gradient"`` or ``"update"``.
+      examples: indices into the training data of the batch rows involved.
+      bad_input: whether those examples' inputs are themselves non-finite (NaN features).
+    """
+
+    step: int
+    batch: int
+    layer: str | None
+    kind: str
+    examples: tuple[int, ...]
+    bad_input: bool = False
+
+    def __str__(self):
+        where = f"layer {self.layer!r}" if self.layer else "the optimizer update"
+        cause = " (their input features are non-finite)" if self.bad_input else ""
+        return (f"first non-finite value at step {self.step} (batch {self.batch} of the epoch): "
+                f"{self.kind} of {where}; training examples involved: {list(self.examples)}{cause}")
+
+
+def _finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(tree)
+               if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
+
+
+def _bad_rows(a) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 0:
+        return np.arange(0) if np.isfinite(a) else np.arange(1)
+    return np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1))
+
+
+def _layer_outputs(model, params, state, x, key):
+    """Every child's output (in completion order, so the deepest first) by path, under jit."""
+    paths: list[str] = []
+
+    def run(params, state, x, key):
+        records: list = []
+        token = core._RECORDER.set(records)
+        try:
+            model.apply(params, state, x, key=key, train=True)
+        finally:
+            core._RECORDER.reset(token)
+        paths[:] = [path for path, *_ in records]
+        return [y for _, _, y, _ in records]
+
+    outs = jax.jit(run)(params, state, x, key)
+    return list(zip(paths, outs))
+
+
+def _subtree(tree, path: str):
+    for part in path.split("/"):
+        if not isinstance(tree, dict) or part not in tree:
+            return {}
+        tree = tree[part]
+    return tree
+
+
+def find_nonfinite(model, loss, optimizer, train_state, train_data, *, batch_size: int,
+                   metrics=None, regularizer=None) -> NonFiniteReport | None:
+    """Replays one epoch from ``train_state`` and reports the first non-finite value.
+
+    Uses the same shuffle and per-step keys as :func:`jnn.train.fit` (fused or not), so
+    passing the state saved before a failing epoch finds the step that failed. Runs one
+    jitted step at a time (debugging speed, not training speed).
+
+    Args:
+      model, loss, optimizer, metrics, regularizer: as given to ``fit``.
+      train_state: the last good state (``NonFiniteError.train_state``).
+      train_data: the ``(x, y)`` training arrays (after any ``val_split``).
+      batch_size: the training batch size.
+
+    Returns:
+      A :class:`NonFiniteReport`, or ``None`` if the whole epoch stays finite.
+    """
+    x, y = (jnp.asarray(a) for a in train_data)
+    step = jax.jit(make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer))
+    ts, order = _shuffle(train_state, len(x), batch_size)
+    for i, idx in enumerate(np.asarray(order)):
+        batch = (x[idx], y[idx])
+        new_ts, logs = step(ts, batch)
+        if _finite(logs) and _finite(new_ts.params):
+            ts = new_ts
+            continue
+        layer, kind, rows = _locate(model, loss, ts, batch)
+        bad_input = bool(len(rows)) and not _finite(jax.tree_util.tree_map(lambda a: a[rows], batch[0]))
+        return NonFiniteReport(int(ts.step), i, layer, kind, tuple(int(idx[r]) for r in rows), bad_input)
+    return None
+
+
+def _locate(model, loss, ts, batch):
+    x, y = batch
+    _, step_key = jax.random.split(ts.key)  # the key make_train_step gives the model
+    outputs = _layer_outputs(model, ts.params, ts.state, x, step_key)
+    for path, out in outputs:
+        if not _finite(out):
+            rows = _bad_rows(jax.tree_util.tree_leaves(out)[0])
+            return path, "output", rows
+
+    def example_loss(params, xi, yi):
+        out, _ = model.apply(params, ts.state, xi[None], key=step_key, train=True)
+        return loss(out.astype(jnp.float32), yi[None])
+
+    per_example = jax.jit(jax.vmap(example_loss, in_axes=(None, 0, 0)))(ts.params, x, y)
+    if not _finite(per_example):
+        return "(loss)", "loss", _bad_rows(per_example)
+    grads = jax.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0)))(ts.params, x, y)
+    for path, _ in outputs:
+        g = _subtree(grads, path)
+        if jax.tree_util.tree_leaves(g) and not _finite(g):
+            rows = np.unique(np.concatenate([_bad_rows(leaf) for leaf in jax.tree_util.tree_leaves(g)]))
+            return path, "gradient", rows
+    if not _finite(x):
+        return "(input)", "input", _bad_rows(x)
+    return None, "update", np.arange(len(x))
