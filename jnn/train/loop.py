@@ -180,7 +180,6 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
 
     Everything that can be checked before the first step is: argument values, the validation
     data's shapes (by ``jax.eval_shape``) and the early-stopping metric's name.
->>>>>>> h14
 
     Returns:
       A :class:`FitResult` ``(train_state, history, best_epoch, stopped_early)``.
