@@ -10,13 +10,15 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   (4, 10)
 """
 from jnn import data, generate, initializers, io, losses, metrics, precision, train, tree
-from jnn.core import Layer, fan_out, named, output_shape, residual, serial, stateless
+from jnn.core import (CONTRACT, Children, Layer, apply_child, fan_out, identity, named, output_shape,
+                      residual, serial, stateless)
+from jnn.inspection import capture, get
 from jnn.layers import residual_block, resnet
 from jnn.layers import (decoder_block, decoder_lm, encoder_block, learned_positional_embedding,
                         multi_head_attention, sinusoidal_encoding, vit_classifier)
 from jnn.layers import Cell, bidirectional, embedding, gru_cell, lstm_cell, recurrent, rnn_cell
 from jnn.layers import avg_pool, conv, conv_transpose, global_avg_pool, global_max_pool, max_pool
-from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside, identity,
+from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside,
                         layer_norm, leaky_relu, log_softmax, relu, reshape, rms_norm, sigmoid, silu,
                         softmax, softplus, spatial_dropout, step, swish, tanh)
 from jnn.summary import summary
@@ -26,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     # core
     "Layer", "serial", "fan_out", "residual", "named", "output_shape", "stateless", "summary",
+    "Children", "apply_child", "CONTRACT", "get", "capture",
     # layers
     "dense", "flatten", "reshape", "identity",
     "step", "heaviside", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu",
