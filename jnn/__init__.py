@@ -9,11 +9,11 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   >>> logits.shape
   (4, 10)
 """
-from jnn import data, generate, initializers, io, losses, metrics, precision, train, tree
+from jnn import data, generate, initializers, io, losses, metrics, nets, precision, train, tree
 from jnn.core import (CONTRACT, Children, Layer, apply_child, fan_out, identity, named, output_shape,
                       residual, serial, stateless)
 from jnn.inspection import capture, get
-from jnn.layers import residual_block, resnet
+from jnn.nets import residual_block, resnet
 from jnn.layers import (decoder_block, decoder_lm, encoder_block, learned_positional_embedding,
                         multi_head_attention, sinusoidal_encoding, vit_classifier)
 from jnn.layers import Cell, bidirectional, embedding, gru_cell, lstm_cell, recurrent, rnn_cell
@@ -40,5 +40,5 @@ __all__ = [
     "conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
-    "data", "generate", "initializers", "io", "precision", "losses", "metrics", "train", "tree",
+    "data", "generate", "initializers", "io", "nets", "precision", "losses", "metrics", "train", "tree",
 ]
