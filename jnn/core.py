@@ -10,6 +10,11 @@ nothing concrete is computed from it. Every layer has the same ``apply`` signatu
 stateless layers return their (empty) state unchanged, and ``params``/``state`` are
 nested dicts with readable keys, so ``jax.grad``, ``jax.jit``, ``jax.vmap`` and
 ``jax.lax.scan`` apply to a model with nothing in between.
+
+A layer may take extra ``apply`` keywords (``lengths``, ``mask``, ``context``) if it declares
+them in ``Layer.keywords``; the combinators here accept the union of their children's, pass
+each only to the children that declare it, and reject any other. Composites record their
+children (``Layer.children``) and call them through :func:`apply_child`.
 """
 from __future__ import annotations
 
