@@ -9,15 +9,17 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   >>> logits.shape
   (4, 10)
 """
-from jnn import data, generate, initializers, io, losses, metrics, parallel, precision, train, tree
-from jnn import convert, export
-from jnn.core import Layer, fan_out, named, output_shape, residual, serial, stateless
-from jnn.layers import residual_block, resnet
+from jnn import convert, data, export, generate, initializers, io, losses, metrics, nets, parallel, precision
+from jnn import train, tree
+from jnn.core import (CONTRACT, Children, Layer, apply_child, fan_out, identity, named, output_shape,
+                      residual, serial, stateless)
+from jnn.inspection import capture, get
+from jnn.nets import residual_block, resnet
 from jnn.layers import (decoder_block, decoder_lm, encoder_block, learned_positional_embedding,
                         multi_head_attention, sinusoidal_encoding, vit_classifier)
 from jnn.layers import Cell, bidirectional, embedding, gru_cell, lstm_cell, recurrent, rnn_cell
 from jnn.layers import avg_pool, conv, conv_transpose, global_avg_pool, global_max_pool, max_pool
-from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside, identity,
+from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside,
                         layer_norm, leaky_relu, log_softmax, relu, reshape, rms_norm, sigmoid, silu,
                         softmax, softplus, spatial_dropout, step, swish, tanh)
 from jnn.summary import summary
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     # core
     "Layer", "serial", "fan_out", "residual", "named", "output_shape", "stateless", "summary",
+    "Children", "apply_child", "CONTRACT", "get", "capture",
     # layers
     "dense", "flatten", "reshape", "identity",
     "step", "heaviside", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu",
@@ -38,6 +41,6 @@ __all__ = [
     "conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
-    "data", "generate", "initializers", "io", "parallel", "precision", "losses", "metrics", "train", "tree",
-    "convert", "export",
+    "data", "generate", "initializers", "io", "nets", "parallel", "precision", "losses", "metrics", "train",
+    "tree", "convert", "export",
 ]

@@ -10,12 +10,18 @@ nothing concrete is computed from it. Every layer has the same ``apply`` signatu
 stateless layers return their (empty) state unchanged, and ``params``/``state`` are
 nested dicts with readable keys, so ``jax.grad``, ``jax.jit``, ``jax.vmap`` and
 ``jax.lax.scan`` apply to a model with nothing in between.
+
+A layer may take extra ``apply`` keywords (``lengths``, ``mask``, ``context``) if it declares
+them in ``Layer.keywords``; the combinators here accept the union of their children's, pass
+each only to the children that declare it, and reject any other. Composites record their
+children (``Layer.children``) and call them through :func:`apply_child`.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Callable, NamedTuple, Sequence
+import inspect
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +29,13 @@ import jax.numpy as jnp
 from jnn import _checks as checks
 
 __all__ = [
-    "Layer", "serial", "fan_out", "residual", "named", "output_shape", "shape_of",
-    "stateless", "layer_error",
+    "Layer", "Children", "serial", "fan_out", "residual", "named", "output_shape", "shape_of",
+    "stateless", "identity", "layer_error", "apply_child", "CONTRACT",
 ]
+
+#: The layer contract, quoted by the errors that catch a layer breaking it.
+CONTRACT = ("init(key, example) -> (params, state) and "
+            "apply(params, state, x, *, key=None, train=False) -> (y, new_state)")
 
 PyTree = Any
 
@@ -39,6 +49,12 @@ class Layer(NamedTuple):
       kind: short family name (``"dense"``, ``"relu"``); ``serial`` keys an
         unnamed child as ``f"{kind}_{i}"`` with ``i`` counted per kind.
       name: an explicit key chosen by the user (see :func:`named`), or ``None``.
+      keywords: the extra keyword arguments ``apply`` accepts beyond ``key``/``train``
+        (``lengths``, ``mask``, ``context``); combinators route each keyword to the children
+        that declare it.
+      children: a composite's children as :class:`Children` (``{key: layer}``, in order;
+        keys as in its params), or ``None`` for a leaf. ``layer["key"]`` / ``layer[i]``
+        return a child; :func:`jnn.get` follows a path ``"block_0/dense_1"``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -53,11 +69,78 @@ class Layer(NamedTuple):
     apply: Callable[..., tuple[jax.Array, PyTree]]
     kind: str = "layer"
     name: str | None = None
+    keywords: frozenset[str] = frozenset()
+    children: "Children" = None  # type: ignore[assignment]  # a leaf: no children
 
     @property
     def label(self) -> str:
         """The name used in error messages: the explicit name, else the kind."""
         return self.name or self.kind
+
+    def __getitem__(self, index):
+        """``model["dense_0"]`` / ``model[1]``: a composite's child, by key or position.
+
+        A ``Layer`` is still a NamedTuple (``init, apply, *_ = layer`` and ``_replace`` work),
+        but indexing reaches its children rather than its fields: use ``layer.init`` /
+        ``layer.apply`` for those.
+        """
+        children = self.children or Children()
+        if not children and isinstance(index, (int, str)):
+            raise TypeError(f"{self.label}: a {self.kind!r} layer has no children to index" + _FIELDS_HINT)
+        if isinstance(index, str):
+            if index in children:
+                return children[index]
+            raise KeyError(f"{self.label}: no child {index!r}; its children are {list(children)}"
+                           + _FIELDS_HINT)
+        if isinstance(index, int) and not isinstance(index, bool):
+            layers = list(children.values())
+            if -len(layers) <= index < len(layers):
+                return layers[index]
+            raise IndexError(f"{self.label}: child index {index} out of range for its "
+                             f"{len(layers)} children {list(children)}" + _FIELDS_HINT)
+        raise TypeError(f"{self.label}: index a layer by a child's key (str) or position (int), "
+                        f"got {type(index).__name__}" + _FIELDS_HINT)
+
+
+_FIELDS_HINT = (" (layer[i] indexes children, never the NamedTuple's fields: use layer.init, "
+                "layer.apply, or jnn.get(model, 'a/b') for a nested path)")
+
+
+class Children(Mapping):
+    """A composite's children in order, ``{key: layer}``: an immutable, hashable mapping.
+
+    Example:
+      >>> import jnn
+      >>> model = jnn.serial(jnn.dense(4), jnn.relu(), jnn.named("head", jnn.dense(2)))
+      >>> list(model.children), model["head"].kind, model[1].kind
+      (['dense_0', 'relu_0', 'head'], 'dense', 'relu')
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Sequence[tuple[str, Layer]] = ()):
+        self._items = tuple((str(k), v) for k, v in items)
+
+    def __getitem__(self, key: str) -> Layer:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Children) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return "Children(" + ", ".join(f"{k}={v.kind}" for k, v in self._items) + ")"
 
 
 def shape_of(example) -> jax.ShapeDtypeStruct:
@@ -102,6 +185,17 @@ def stateless(kind: str, fn: Callable[[jax.Array], jax.Array], *, name: str | No
     return Layer(init, apply, kind, name)
 
 
+def identity(*, name: str | None = None) -> Layer:
+    """Returns its input unchanged (the skip branch of a residual block).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> jnn.identity().apply({}, {}, jnp.array([1.0, 2.0]))[0]
+      Array([1., 2.], dtype=float32)
+    """
+    return stateless("identity", lambda x: x, name=name)
+
+
 def named(name: str, layer: Layer) -> Layer:
     """The same layer, keyed as ``name`` inside any combinator.
 
@@ -124,10 +218,57 @@ def _check_layer(where: str, layer) -> None:
         raise TypeError(f"{where}: expected a jnn.Layer, got {type(layer).__name__}{hint}")
 
 
+def _check_signature(where: str, layer: Layer) -> None:
+    """``apply`` must take ``key`` and ``train`` (and the keywords it declares) by keyword."""
+    try:
+        parameters = inspect.signature(layer.apply).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to inspect
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    names = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    missing = sorted(({"key", "train"} | set(layer.keywords)) - names)
+    if missing:
+        raise TypeError(f"{where}: layer {layer.label!r} breaks the layer contract: its apply takes no "
+                        f"keyword argument {', '.join(map(repr, missing))}. Every layer has "
+                        f"{CONTRACT} (extra keywords declared in Layer(..., keywords=...)).")
+
+
+def _describe(out) -> str:
+    if isinstance(out, tuple):
+        return f"a tuple of {len(out)}"
+    if hasattr(out, "shape") and hasattr(out, "dtype"):
+        return f"a single array of shape {tuple(out.shape)}"
+    return f"a {type(out).__name__}"
+
+
+def _checked_init(where: str, layer: Layer, key, example):
+    """``layer.init(key, example)``, with a clear message when the result is not a pair."""
+    out = layer.init(key, example)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"{where}: layer {layer.label!r} breaks the layer contract: its init returned "
+                        f"{_describe(out)}, expected a pair (params, state). Every layer has {CONTRACT}.")
+    return out
+
+
+def _checked_output_shape(where: str, layer: Layer, params, state, example):
+    """The output ``ShapeDtypeStruct`` of ``layer``; checks that apply returns ``(y, new_state)``."""
+
+    def run(p, s, x):
+        out = layer.apply(p, s, x)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(f"{where}: layer {layer.label!r} breaks the layer contract: its apply returned "
+                            f"{_describe(out)}, expected a pair (y, new_state). Every layer has {CONTRACT}.")
+        return out
+
+    return jax.eval_shape(run, params, state, shape_of(example))[0]
+
+
 def _child_keys(where: str, layers: Sequence[Layer]) -> list[str]:
     """Readable, unique keys: explicit names as given, others ``kind_i`` counted per kind."""
     for layer in layers:
         _check_layer(where, layer)
+        _check_signature(where, layer)
     counts: dict[str, int] = {}
     keys = []
     for layer in layers:
@@ -143,11 +284,23 @@ def _child_keys(where: str, layers: Sequence[Layer]) -> list[str]:
     return keys
 
 
+def _union_keywords(layers: Sequence[Layer]) -> frozenset[str]:
+    return frozenset().union(*(layer.keywords for layer in layers))
+
+
+def _check_keywords(label: str, accepted: frozenset[str], given: Mapping[str, Any]) -> None:
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise TypeError(f"{label}: unexpected keyword argument {', '.join(map(repr, unknown))}: this model's "
+                        f"apply accepts key, train and {sorted(accepted) or 'no extra keywords'} "
+                        f"(a keyword reaches the layers that declare it in Layer.keywords)")
+
+
 def _split(key, n: int):
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
-# Records (path, output) pairs while `summary` traces a model; inactive otherwise.
+# Records (path, kind, output, params) while `summary` or `capture` traces a model; inactive otherwise.
 _RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar("jnn_recorder", default=None)
 _PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("jnn_path", default=())
 
@@ -174,11 +327,54 @@ def _record(kind: str, y, params) -> None:
         records.append(("/".join(_PATH.get()), kind, y, params))
 
 
-def _apply_child(name, layer, params, state, x, key, train):
+def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x, *, key=None,
+                train: bool = False, **keywords):
+    """Applies a composite's child ``layer`` under the key ``name``: the way to call a child.
+
+    Looks up the child's params and state as ``params.get(name, {})`` and
+    ``state.get(name, {})`` (so pass the *composite's* dicts), passes on only the keywords
+    the child declares in ``layer.keywords``, prefixes errors raised inside with
+    ``[name]`` (``"[block_0/dense_1] dense: expected ..."``), and records the output for
+    :func:`jnn.summary` rows and :func:`jnn.capture`. Only Python runs here, at trace time:
+    the compiled program is the same as calling ``layer.apply`` directly.
+
+    Args:
+      name: the child's key in the composite's params and state.
+      layer: the child.
+      params, state: the composite's params and state dicts.
+      x: the child's input.
+      key, train: as for any ``apply`` (split the key among children yourself).
+      **keywords: extra keywords; those the child does not declare are dropped.
+
+    Returns:
+      ``(y, child_state)``: the child's output and new state (store it under ``name``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> inner = jnn.dense(2)
+      >>> def init(key, example):
+      ...     params, _ = inner.init(key, example)
+      ...     return {"proj": params}, {}
+      >>> def apply(params, state, x, *, key=None, train=False):
+      ...     y, _ = jnn.apply_child("proj", inner, params, state, x, key=key, train=train)
+      ...     return jnp.tanh(y), state
+      >>> block = jnn.Layer(init, apply, "block", children=jnn.Children([("proj", inner)]))
+      >>> params, state = block.init(jax.random.key(0), jnp.zeros((1, 3)))
+      >>> block.apply(params, state, jnp.ones((1, 3)))[0].shape
+      (1, 2)
+    """
+    routed = {k: v for k, v in keywords.items() if k in layer.keywords}
+    child_params = params.get(name, {}) if isinstance(params, Mapping) else params
+    child_state = state.get(name, {}) if isinstance(state, Mapping) else state
     with _in_child(name):
-        y, new_state = layer.apply(params.get(name, {}), state.get(name, {}), x, key=key, train=train)
-        _record(layer.kind, y, params.get(name, {}))
+        y, new_state = layer.apply(child_params, child_state, x, key=key, train=train, **routed)
+        _record(layer.kind, y, child_params)
     return y, new_state
+
+
+def _apply_child(name, layer, params, state, x, key, train, **keywords):
+    """Positional form of :func:`apply_child`, kept for the built-in layers that call it."""
+    return apply_child(name, layer, params, state, x, key=key, train=train, **keywords)
 
 
 def _put(tree: dict, name: str, value) -> None:
@@ -209,27 +405,30 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     if not layers:
         raise ValueError("serial: expected at least one layer, got none")
     keys = _child_keys("serial", layers)
+    keywords = _union_keywords(layers)
+    label = name or "serial"
 
     def init(key, example):
         x = shape_of(example)
         params, state = {}, {}
         for k, child, child_key in zip(keys, layers, _split(key, len(layers))):
             with _in_child(k):
-                p, s = child.init(child_key, x)
-                x = output_shape(child, p, s, x)
+                p, s = _checked_init(label, child, child_key, x)
+                x = _checked_output_shape(label, child, p, s, x)
             _put(params, k, p)
             _put(state, k, s)
         return params, state
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, **kwargs):
+        _check_keywords(label, keywords, kwargs)
         checks.child_params("serial", params, keys)  # static: free under jit
         new_state = {}
         for k, child, child_key in zip(keys, layers, _split(key, len(layers))):
-            x, s = _apply_child(k, child, params, state, x, child_key, train)
+            x, s = apply_child(k, child, params, state, x, key=child_key, train=train, **kwargs)
             _put(new_state, k, s)
         return x, new_state
 
-    return Layer(init, apply, "serial", name)
+    return Layer(init, apply, "serial", name, keywords, Children(zip(keys, layers)))
 
 
 _MERGES: dict[str, Callable[[list], jax.Array]] = {
@@ -267,6 +466,8 @@ def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
     else:
         raise TypeError(f"fan_out: merge must be a string or a callable, got {type(merge).__name__}")
     keys = _child_keys("fan_out", branches)
+    keywords = _union_keywords(branches)
+    label = name or "fan_out"
 
     def merged(ys):
         shapes = [y.shape for y in ys]
@@ -279,23 +480,24 @@ def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
         params, state, outs = {}, {}, []
         for k, branch, branch_key in zip(keys, branches, _split(key, len(branches))):
             with _in_child(k):
-                p, s = branch.init(branch_key, x)
-                outs.append(output_shape(branch, p, s, x))
+                p, s = _checked_init(label, branch, branch_key, x)
+                outs.append(_checked_output_shape(label, branch, p, s, x))
             _put(params, k, p)
             _put(state, k, s)
         jax.eval_shape(merged, outs)  # a shape mismatch fails here, at init
         return params, state
 
-    def apply(params, state, x, *, key=None, train=False):
+    def apply(params, state, x, *, key=None, train=False, **kwargs):
+        _check_keywords(label, keywords, kwargs)
         checks.child_params("fan_out", params, keys)  # static: free under jit
         ys, new_state = [], {}
         for k, branch, branch_key in zip(keys, branches, _split(key, len(branches))):
-            y, s = _apply_child(k, branch, params, state, x, branch_key, train)
+            y, s = apply_child(k, branch, params, state, x, key=branch_key, train=train, **kwargs)
             ys.append(y)
             _put(new_state, k, s)
         return merged(ys), new_state
 
-    return Layer(init, apply, "fan_out", name)
+    return Layer(init, apply, "fan_out", name, keywords, Children(zip(keys, branches)))
 
 
 def residual(*layers: Layer, name: str | None = None) -> Layer:
@@ -308,6 +510,4 @@ def residual(*layers: Layer, name: str | None = None) -> Layer:
       >>> sorted(params)
       ['serial_0']
     """
-    from jnn.layers.basic import identity  # local import: layers depend on core
-
     return fan_out(serial(*layers), identity(), merge="add", name=name)._replace(kind="residual")

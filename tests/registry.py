@@ -1,7 +1,8 @@
 """The layer registry: every layer jnn ships, with an input to try it on.
 
-Each module in ``tests/cases/`` defines ``CASES``, a list of :class:`Case`; the cross-cutting
-tests in ``test_registry.py`` run over all of them (as haiku's descriptors do).
+Each module in ``tests/cases/`` defines ``CASES``, a list of :class:`Case`; ``test_registry.py``
+runs the public conformance kit, :func:`jnn.testing.check_layer`, over all of them (as haiku's
+descriptors do), so users' layers get exactly the checks the built-in ones pass.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Case:
       dtype: input dtype (integer inputs get values in ``[0, int_high)``).
       int_high: exclusive upper bound of integer inputs.
       train: apply with ``train=True`` (with a fixed key, so it is deterministic).
+      stochastic: draws random numbers in training: another key must give another output.
       batch_independent: an example's output does not depend on the rest of the batch,
         so ``vmap`` over examples equals the batched call.
       grad_modes: modes for ``check_grads`` (``("fwd", "rev")``; drop ``fwd`` where a
@@ -43,6 +45,7 @@ class Case:
     dtype: type = np.float32
     int_high: int = 10
     train: bool = False
+    stochastic: bool = False
     batch_independent: bool = True
     grad_modes: tuple[str, ...] = ("fwd", "rev")
     input_grads: bool = True

@@ -1,6 +1,5 @@
 """Tests for jnn.layers.attention and jnn.layers.positional: NumPy references, flax.linen's
 MultiHeadDotProductAttention with the same weights, masks, RoPE, dropout and error messages."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +8,8 @@ import pytest
 from jnn.layers.attention import attention_weights, multi_head_attention, reference_attention
 from jnn.layers.positional import (apply_rope, learned_positional_embedding, sinusoidal_encoding,
                                    sinusoidal_table)
+
+nn = pytest.importorskip("flax.linen")  # flax is a test extra, not a jnn dependency
 
 KEY = jax.random.key(0)
 B, T, F = 2, 5, 8

@@ -1,7 +1,6 @@
 """conv and conv_transpose: NumPy loop references, flax.linen with the same weights, errors."""
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +8,8 @@ import pytest
 
 import jnn
 from jnn.layers.conv import conv, conv_transpose
+
+nn = pytest.importorskip("flax.linen")  # flax is a test extra, not a jnn dependency
 
 
 def same_padding(n, k, s, d):

@@ -125,3 +125,29 @@ def test_summary_counts_parameters():
 def test_named_rejects_bad_names():
     with pytest.raises(ValueError, match="named: expected a non-empty name without '/'"):
         jnn.named("a/b", jnn.dense(1))
+
+
+def test_core_imports_nothing_from_layers():
+    import ast
+    import pathlib
+
+    source = (pathlib.Path(jnn.__file__).parent / "core.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+    assert "jax" in imported  # the walk sees the imports
+    assert not [m for m in imported if m.startswith(("jnn.layers", "jnn.nets"))], imported
+    assert jnn.identity is jnn.core.identity and jnn.resnet is jnn.nets.resnet
+
+
+def test_import_jnn_loads_neither_orbax_nor_flax():
+    import subprocess
+    import sys
+
+    code = "import sys, jnn; print(sorted({m.split('.')[0] for m in sys.modules} & {'orbax', 'flax'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -1,11 +1,12 @@
 """Tests for jnn.layers.norm against NumPy references and the flax.linen layers."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jnn.layers.norm import batch_norm, group_norm, layer_norm, rms_norm
+
+nn = pytest.importorskip("flax.linen")  # flax is a test extra, not a jnn dependency
 
 KEY = jax.random.key(0)
 

@@ -1,7 +1,6 @@
 """Pooling: NumPy loop references, flax.linen.max_pool/avg_pool, global pools, errors."""
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +9,8 @@ from jax.test_util import check_grads
 
 import jnn
 from jnn.layers.pooling import avg_pool, global_avg_pool, global_max_pool, max_pool
+
+nn = pytest.importorskip("flax.linen")  # flax is a test extra, not a jnn dependency
 
 
 def np_pool(x, window, strides, padding, op, count_include_pad=True):

@@ -1,5 +1,4 @@
 """Recurrent cells and layers against flax.linen, a NumPy reference and unpadded runs."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +8,8 @@ from jax.test_util import check_grads
 import jnn
 from jnn.layers.cells import gru_cell, lstm_cell, rnn_cell
 from jnn.layers.recurrent import bidirectional, recurrent, run
+
+nn = pytest.importorskip("flax.linen")  # flax is a test extra, not a jnn dependency
 
 CELLS = {"rnn": rnn_cell, "lstm": lstm_cell, "gru": gru_cell}
 KEY = jax.random.key(0)

@@ -6,7 +6,6 @@ from jnn.layers.dropout import dropout, spatial_dropout
 from jnn.layers.norm import batch_norm, group_norm, layer_norm, rms_norm
 from jnn.layers.conv import conv, conv_transpose
 from jnn.layers.pooling import avg_pool, global_avg_pool, global_max_pool, max_pool
-from jnn.layers.resnet import residual_block, resnet
 from jnn.layers.cells import Cell, gru_cell, lstm_cell, rnn_cell
 from jnn.layers.embedding import embedding
 from jnn.layers.recurrent import bidirectional, recurrent

@@ -274,4 +274,4 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     spec = _attention_spec(num_heads, head_size=head_size, num_kv_heads=num_kv_heads, causal=causal,
                            dropout_rate=dropout_rate, use_bias=use_bias, rope=rope, rope_base=rope_base,
                            w_init=w_init, b_init=b_init, implementation=implementation, name=name)
-    return Layer(spec.init, spec.apply, "multi_head_attention", name)
+    return Layer(spec.init, spec.apply, "multi_head_attention", name, frozenset({"lengths"}))

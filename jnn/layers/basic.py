@@ -1,4 +1,4 @@
-"""Dense (fully connected) layers and shape plumbing: dense, flatten, reshape, identity."""
+"""Dense (fully connected) layers and shape plumbing: dense, flatten, reshape (identity lives in core)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import jax
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of, stateless
+from jnn.core import Layer, identity, layer_error, shape_of, stateless
 
 __all__ = ["dense", "flatten", "reshape", "identity"]
 
@@ -100,8 +100,3 @@ def reshape(shape: tuple[int, ...], *, name: str | None = None) -> Layer:
         return x.reshape((x.shape[0], *shape))
 
     return stateless("reshape", fn, name=name)
-
-
-def identity(*, name: str | None = None) -> Layer:
-    """Returns its input unchanged (the skip branch of a residual block)."""
-    return stateless("identity", lambda x: x, name=name)

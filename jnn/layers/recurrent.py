@@ -5,9 +5,8 @@ Inputs are batch-first, ``[B, T, F]``. Three ways in, from most to least conveni
 - :func:`recurrent` / :func:`bidirectional`: jnn layers, usable in :func:`jnn.serial`
   (stack layers by listing them: ``serial(recurrent(lstm_cell(64)), recurrent(lstm_cell(64)))``).
 - Variable-length sequences: their ``apply`` also takes ``lengths=`` (an int array ``[B]``),
-  an optional extra keyword beyond the layer contract. Combinators such as ``serial`` do not
-  forward it, so pass it when you call the recurrent layer's ``apply`` yourself (e.g. in your
-  own ``apply`` function); inside ``serial`` every sequence is full length.
+  an extra keyword the layers declare (``layer.keywords``), so combinators route it:
+  ``serial(embedding(...), recurrent(...)).apply(params, state, x, lengths=lengths)``.
 - :func:`run`: the pure function underneath, which also takes an initial carry and returns the
   final carry.
 
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Children, Layer, layer_error, shape_of
 from jnn.layers.cells import Cell
 
 __all__ = ["run", "recurrent", "bidirectional"]
@@ -197,7 +196,7 @@ def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = Fals
         last = jnp.clip(jnp.asarray(lengths) - 1, 0, x.shape[1] - 1)  # length 0: ys is zero there
         return jnp.take_along_axis(ys, last[:, None, None], axis=1)[:, 0], state
 
-    return Layer(init, apply, cell.kind, name)
+    return Layer(init, apply, cell.kind, name, frozenset({"lengths"}))
 
 
 _MERGES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
@@ -263,4 +262,5 @@ def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="conca
         y_b, _ = backward.apply(params["backward"], {}, x, lengths=lengths)
         return merge_fn(y_f, y_b), state
 
-    return Layer(init, apply, "bidirectional", name)
+    return Layer(init, apply, "bidirectional", name, frozenset({"lengths"}),
+                 Children([("forward", forward), ("backward", backward)]))

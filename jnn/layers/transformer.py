@@ -4,8 +4,8 @@ model with a key/value-cached decode path, and a ViT classifier.
 A block is ``x + drop(attention(LN(x)))`` then ``x + MLP(LN(x))`` with ``MLP = dense(mlp_dim) ->
 GELU -> dense(F) -> dropout``. Block params: ``{"norm_0", "attention", "norm_1", "mlp":
 {"dense_0", "dense_1"}}``. Blocks take padding as ``apply(..., lengths=[B] ints)`` like
-:func:`jnn.layers.attention.multi_head_attention` (combinators such as ``serial`` do not forward
-``lengths``: call the block's ``apply`` directly when you need it).
+:func:`jnn.layers.attention.multi_head_attention`; they declare it (``Layer.keywords``), so
+``serial`` and the other combinators route ``lengths`` to them.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -122,7 +122,7 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     """
     block = _block("encoder_block", num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads,
                    rope, False, name)
-    return Layer(block.init, block.apply, "encoder_block", name)
+    return Layer(block.init, block.apply, "encoder_block", name, frozenset({"lengths"}))
 
 
 def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
@@ -142,7 +142,7 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     """
     block = _block("decoder_block", num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads,
                    rope, True, name)
-    return Layer(block.init, block.apply, "decoder_block", name)
+    return Layer(block.init, block.apply, "decoder_block", name, frozenset({"lengths"}))
 
 
 class DecoderLM(Layer):

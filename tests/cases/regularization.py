@@ -23,9 +23,9 @@ def _with_running_stats(layer: jnn.Layer) -> jnn.Layer:
 CASES = [
     # train=True with the registry's fixed key: deterministic, but the mask depends on the call's
     # shape, so one example alone does not get the rows of the batched call's mask
-    Case("dropout_train", lambda: dropout(0.5), (3, 4), train=True, batch_independent=False),
+    Case("dropout_train", lambda: dropout(0.5), (3, 4), train=True, stochastic=True, batch_independent=False),
     Case("dropout_eval", lambda: dropout(0.5), (3, 4)),
-    Case("spatial_dropout_train", lambda: spatial_dropout(0.5), (2, 3, 4), train=True,
+    Case("spatial_dropout_train", lambda: spatial_dropout(0.5), (2, 3, 4), train=True, stochastic=True,
          batch_independent=False),
     Case("batch_norm_train", lambda: batch_norm(momentum=0.9), (4, 3), train=True,
          batch_independent=False),

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from jnn.core import Layer, fan_out, serial
+from jnn.core import Layer, fan_out, identity, serial
 from jnn.layers.activations import relu
-from jnn.layers.basic import dense, identity
+from jnn.layers.basic import dense
 from jnn.layers.conv import conv
 from jnn.layers.norm import batch_norm
 from jnn.layers.pooling import global_avg_pool

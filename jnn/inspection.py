@@ -1,0 +1,159 @@
+"""Looking inside a composed model: sub-layers and their params by path, intermediate outputs.
+
+A path is the child keys joined by ``/``, the same keys as in the params dict
+(``"block_0/dense_1"``), so one path reaches a sub-layer, its params and its output:
+
+- :func:`get`: ``get(model, path)`` is the sub-layer, ``get(params, path)`` its params
+  (and ``get(state, path)`` its state);
+- :func:`capture`: the outputs of the sub-layers whose paths match patterns, from one apply.
+
+Example:
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> model = jnn.serial(jnn.named("body", jnn.serial(jnn.dense(8), jnn.relu())), jnn.dense(2))
+  >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+  >>> jnn.get(model, "body/dense_0").kind, jnn.get(params, "body/dense_0")["w"].shape
+  ('dense', (3, 8))
+  >>> y, state, features = jnn.capture(model, params, state, jnp.ones((4, 3)), "body")
+  >>> features["body"].shape
+  (4, 8)
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import jax
+
+from jnn import core, tree
+
+__all__ = ["get", "capture"]
+
+
+def get(model_or_tree, path: str):
+    """The sub-layer of a model, or the sub-tree of its params/state, at ``path``.
+
+    Args:
+      model_or_tree: a :class:`jnn.Layer` (follows ``children``), or a params/state dict
+        (follows its keys, which are the same child keys).
+      path: child keys joined by ``/`` (``"block_0/dense_1"``); ``""`` is the whole thing.
+
+    Returns:
+      The :class:`jnn.Layer` at ``path``, or the params/state sub-tree there. Children
+      without params (activations, ``flatten``) have no entry in the params dict: their
+      params are ``{}``, and ``get(params, path)`` raises a ``KeyError`` saying so.
+
+    Raises:
+      KeyError: a key along the path does not exist; the message lists the keys there.
+
+    Example (a head swap: keep the body's layers and params, put a new head on):
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.serial(jnn.dense(8), jnn.relu(), jnn.named("head", jnn.dense(10)))
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+      >>> body = [layer for key, layer in model.children.items() if key != "head"]
+      >>> new = jnn.serial(*body, jnn.named("head", jnn.dense(3)))
+      >>> new_params, _ = new.init(jax.random.key(1), jnp.zeros((1, 4)))
+      >>> new_params["dense_0"] = jnn.get(params, "dense_0")   # keys match: same children
+      >>> new.apply(new_params, state, jnp.ones((2, 4)))[0].shape
+      (2, 3)
+    """
+    if not isinstance(path, str):
+        raise TypeError(f"get: expected a path string like 'block_0/dense_1', got {type(path).__name__}")
+    is_layer = isinstance(model_or_tree, core.Layer)
+    if not is_layer and not isinstance(model_or_tree, Mapping):
+        raise TypeError(f"get: expected a jnn.Layer or a params/state dict, got {type(model_or_tree).__name__}")
+    node, walked = model_or_tree, []
+    for key in [k for k in path.split("/") if k]:
+        if is_layer:
+            children = node.children or {}
+            if key not in children:
+                where = "/".join(walked) or "the model"
+                raise KeyError(f"get: {where} ({node.kind}) has no child {key!r}; its children are "
+                               f"{list(children)}")
+            node = children[key]
+        else:
+            if not isinstance(node, Mapping) or key not in node:
+                where = "/".join(walked) or "the top level"
+                keys = list(node) if isinstance(node, Mapping) else f"a leaf of type {type(node).__name__}"
+                raise KeyError(f"get: no key {key!r} at {where} (keys there: {keys}); children without "
+                               f"params or state have no entry (their params are {{}})")
+            node = node[key]
+        walked.append(key)
+    return node
+
+
+def _current_trace():
+    try:
+        from jax._src import core as jax_core  # the trace that is running now (jit, vmap, eager)
+        return jax_core.trace_ctx.trace
+    except (ImportError, AttributeError):  # pragma: no cover - a newer JAX: skip the leak check
+        return None
+
+
+def _from_inner_trace(value, trace) -> bool:
+    """Whether ``value`` holds tracers of a transformation nested inside the model (scan, remat)."""
+    if trace is None:
+        return False
+    return any(isinstance(leaf, jax.core.Tracer) and getattr(leaf, "_trace", trace) is not trace
+               for leaf in jax.tree_util.tree_leaves(value))
+
+
+def capture(model: core.Layer, params, state, x, patterns: Iterable[str] | str, *, key=None,
+            train: bool = False, **keywords) -> tuple[Any, Any, dict[str, Any]]:
+    """Applies ``model`` once and also returns the outputs of the sub-layers matching ``patterns``.
+
+    A sub-layer's path is its child keys joined by ``/`` (as in the params dict). A pattern
+    without ``/`` matches the last key (``"dense_1"``, ``"dense_*"``); one with ``/`` is an
+    ``fnmatch`` glob over the whole path (``"block_0/*"``), as in :mod:`jnn.tree`.
+    Sub-layers are those called through :func:`jnn.apply_child` (every built-in composite
+    does). Recording is Python at trace time, so ``capture`` works under ``jax.jit``,
+    ``jax.vmap`` and ``jax.grad`` and the outputs cost nothing more than the apply.
+
+    Args:
+      model: the model.
+      params, state, x: as for ``model.apply``.
+      patterns: a pattern or a list of patterns.
+      key, train, **keywords: as for ``model.apply``.
+
+    Returns:
+      ``(y, new_state, captured)``: ``model.apply``'s results and ``{path: output}`` for
+      every matching sub-layer (a sub-layer called twice keeps its last output).
+
+    Raises:
+      ValueError: no sub-layer matched (the message lists the paths there are), or a match
+        sits inside a ``jax.lax.scan``/``jax.checkpoint`` the model runs (its output never
+        leaves that transformation: capture the enclosing layer instead).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.serial(jnn.dense(4), jnn.relu(), jnn.dense(2))
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+      >>> run = jax.jit(lambda p, x: jnn.capture(model, p, state, x, ["relu_0", "dense_1"]))
+      >>> y, _, out = run(params, jnp.ones((5, 3)))
+      >>> sorted(out), out["relu_0"].shape, bool((out["dense_1"] == y).all())
+      (['dense_1', 'relu_0'], (5, 4), True)
+    """
+    if not isinstance(model, core.Layer):
+        raise TypeError(f"capture: expected a jnn.Layer as the model, got {type(model).__name__}")
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"capture: expected one or more non-empty path patterns, got {patterns!r}")
+    trace = _current_trace()
+    records: list = []
+    record_token, path_token = core._RECORDER.set(records), core._PATH.set(())
+    try:
+        y, new_state = model.apply(params, state, x, key=key, train=train, **keywords)
+    finally:
+        core._PATH.reset(path_token)
+        core._RECORDER.reset(record_token)
+    captured: dict[str, Any] = {}
+    for path, _, output, _ in records:
+        if tree.matches(path, patterns):
+            if _from_inner_trace(output, trace):
+                raise ValueError(f"capture: {path!r} runs inside a jax transformation of the model "
+                                 f"(lax.scan, checkpoint), so its output cannot be returned; capture "
+                                 f"the layer that contains it")
+            captured.pop(path, None)
+            captured[path] = output
+    if not captured:
+        raise ValueError(f"capture: no sub-layer of {model.label!r} matches {list(patterns)}; its paths are "
+                         f"{list(dict.fromkeys(r[0] for r in records))}")
+    return y, new_state, captured

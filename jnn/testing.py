@@ -1,0 +1,188 @@
+"""The conformance kit: :func:`check_layer` runs the checks jnn runs on every built-in layer.
+
+Use it in your own tests on the layers you write::
+
+    def test_my_layer():
+        jnn.testing.check_layer(my_layer(16), jnp.ones((4, 10, 8)))
+
+Every check raises an ``AssertionError`` that starts ``check_layer(<layer>): <check>:``.
+The comparisons are chex assertions; everything runs under strict dtype promotion, so a
+layer that mixes dtypes without an explicit cast fails.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Mapping, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.test_util import check_grads
+
+from jnn import core
+
+__all__ = ["check_layer"]
+
+
+@contextlib.contextmanager
+def _check(label: str, what: str):
+    try:
+        yield
+    except Exception as e:  # every failure, assertion or crash, is reported as this check's
+        raise AssertionError(f"check_layer({label}): {what}: {type(e).__name__}: {e}") from e
+
+
+def _shapes(tree):
+    return jax.tree_util.tree_map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), tree)
+
+
+def _is_float(a) -> bool:
+    return jnp.issubdtype(a.dtype, jnp.floating)
+
+
+def _as_array(example, seed: int = 0):
+    if isinstance(example, jax.ShapeDtypeStruct):
+        rng = np.random.default_rng(seed)
+        if jnp.issubdtype(example.dtype, jnp.floating):
+            return jnp.asarray(rng.normal(size=example.shape), example.dtype)
+        return jnp.zeros(example.shape, example.dtype)
+    return jnp.asarray(example)
+
+
+def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, stochastic: bool = False,
+                batch_independent: bool = True, float64: bool = True, grad_order: int = 2,
+                grad_modes: Sequence[str] = ("fwd", "rev"), input_grads: bool = True,
+                keywords: Mapping[str, Any] | None = None, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+    """Checks that ``layer`` keeps the layer contract and behaves under JAX's transformations.
+
+    Checks, in order (each failure names its check):
+
+    - contract: ``apply`` takes ``key``/``train`` (and its declared ``keywords``), ``init``
+      returns ``(params, state)``, ``apply`` returns ``(y, new_state)`` with ``new_state``
+      of ``state``'s structure, and evaluation (``train=False``) needs no key;
+    - eval_shape: init from a ``ShapeDtypeStruct`` equals init from the array (same key:
+      bit-identical) and ``jax.eval_shape`` of init; ``jax.eval_shape`` of apply and
+      :func:`jnn.output_shape` give the computed output's shape and dtype;
+    - jit == eager;
+    - determinism: the same key gives bit-identical outputs;
+    - key: with ``stochastic=True``, another key gives another output in training and no key
+      raises; otherwise the output does not depend on the key;
+    - vmap == batched (``batch_independent=True``): ``jax.vmap`` over examples equals the
+      batched call (keyword arrays are mapped over their first axis too);
+    - float64 (``float64=True``): params and floating outputs are float64, outputs finite;
+    - gradients: ``jax.test_util.check_grads`` against finite differences, orders
+      ``1..grad_order`` in float64, for the params and (``input_grads``) a floating input.
+
+    Args:
+      layer: the layer.
+      example: a batched input array (or a ``ShapeDtypeStruct``: random normal values are used).
+      key: PRNG key (split for init and apply); default ``jax.random.key(0)``.
+      train: apply in training mode (with a fixed key, so it is deterministic).
+      stochastic: the layer draws random numbers in training (dropout): checked with ``train=True``.
+      batch_independent: an example's output depends on that example only (false for batch
+        norm in training, or dropout, whose mask is drawn for the whole batch).
+      float64: run the float64 and gradient checks (they need ``jax.enable_x64``).
+      grad_order: highest derivative order to check (0 skips the gradient check).
+      grad_modes: ``("fwd", "rev")``; drop ``"fwd"`` for primitives without a JVP rule.
+      input_grads: also check gradients with respect to the input.
+      keywords: extra keywords for ``apply`` (``{"lengths": ...}``).
+      atol, rtol: tolerances of the float32 comparisons.
+
+    Raises:
+      AssertionError: a check failed; the message starts ``check_layer(<label>): <check>:``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn, jnn.testing
+      >>> jnn.testing.check_layer(jnn.dense(3), jnp.ones((2, 4)))
+      >>> jnn.testing.check_layer(jnn.dropout(0.5), jnp.ones((2, 4)), train=True, stochastic=True,
+      ...                         batch_independent=False, float64=False)
+    """
+    if not isinstance(layer, core.Layer):
+        raise TypeError(f"check_layer: expected a jnn.Layer, got {type(layer).__name__}")
+    label = layer.label
+    keywords = dict(keywords or {})
+    key = jax.random.key(0) if key is None else key
+    with jax.numpy_dtype_promotion("strict"):
+        x = _as_array(example)
+        _check_all(layer, label, x, key, train or stochastic, stochastic, batch_independent, keywords, atol, rtol)
+        if float64:
+            with jax.enable_x64(True):
+                x64 = x.astype(jnp.float64) if _is_float(x) else x
+                _check_float64(layer, label, x64, key, train or stochastic, keywords, grad_order,
+                               tuple(grad_modes), input_grads)
+
+
+def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywords, atol, rtol):
+    init_key, apply_key = jax.random.split(key)
+    sds = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    with _check(label, "contract"):
+        core._check_signature(label, layer)
+        params, state = core._checked_init(label, layer, init_key, sds)
+        y_shape = core._checked_output_shape(label, layer, params, state, sds)  # key=None, train=False
+    run = lambda p, s, x, k, kw: layer.apply(p, s, x, key=k, train=train, **kw)
+    with _check(label, "eval_shape"):
+        chex.assert_trees_all_equal(layer.init(init_key, x), (params, state))
+        assert _shapes(jax.eval_shape(layer.init, init_key, sds)) == _shapes((params, state)), \
+            "jax.eval_shape(init) disagrees with init"
+        y, new_state = run(params, state, x, apply_key, keywords)
+        expected = jax.eval_shape(run, params, state, sds, apply_key, keywords)
+        assert _shapes((y, new_state)) == _shapes(expected), \
+            f"apply gave {_shapes((y, new_state))}, jax.eval_shape(apply) {_shapes(expected)}"
+        assert _shapes(new_state) == _shapes(state), \
+            f"new_state {_shapes(new_state)} differs in structure from state {_shapes(state)}"
+        if not train:
+            assert _shapes(y) == _shapes(y_shape), f"output_shape gave {_shapes(y_shape)}, apply {_shapes(y)}"
+    jitted = jax.jit(run)
+    with _check(label, "jit == eager"):
+        y_jit = jitted(params, state, x, apply_key, keywords)
+        chex.assert_trees_all_close(y_jit, (y, new_state), atol=atol, rtol=rtol)
+    with _check(label, "determinism under the same key"):
+        chex.assert_trees_all_equal(jitted(params, state, x, apply_key, keywords), y_jit)
+    other_key = jax.random.fold_in(apply_key, 1)
+    with _check(label, "key contract"):
+        y_other = jitted(params, state, x, other_key, keywords)[0]
+        if stochastic:
+            assert train, "stochastic=True is checked in training mode"
+            differs = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b, atol=atol, rtol=rtol), y_jit[0], y_other)
+            assert any(jax.tree_util.tree_leaves(differs)), \
+                "a stochastic layer gave the same output for two different keys in training (it ignores its key)"
+            try:
+                jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, key=None, train=True, **keywords), params, state, sds)
+            except Exception:
+                pass
+            else:
+                raise AssertionError("a stochastic layer ran in training without a key (it must raise saying "
+                                     "how to pass one)")
+        else:
+            chex.assert_trees_all_close(y_other, y_jit[0], atol=atol, rtol=rtol)
+    if batch_independent:
+        with _check(label, "vmap == batched"):
+            one = lambda xi, kw: run(params, state, xi[None], apply_key,
+                                     jax.tree_util.tree_map(lambda a: a[None], kw))[0]
+            per_example = jax.vmap(lambda xi, kw: jax.tree_util.tree_map(lambda a: a[0], one(xi, kw)))(x, keywords)
+            chex.assert_trees_all_close(per_example, y, atol=atol, rtol=rtol)
+
+
+def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes, input_grads):
+    init_key, apply_key = jax.random.split(key)
+    keywords = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if _is_float(a) else a, keywords)
+    run = lambda p, x: layer.apply(p, state, x, key=apply_key, train=train, **keywords)[0]
+    with _check(label, "float64"):
+        params, state = layer.init(init_key, x)
+        y = run(params, x)
+        wrong = [(p, a.dtype) for p, a in jax.tree_util.tree_leaves_with_path(params)
+                 if _is_float(a) and a.dtype != jnp.float64]
+        assert not wrong, f"params not float64 for a float64 input: {wrong}"
+        wrong = [a.dtype for a in jax.tree_util.tree_leaves(y) if _is_float(a) and a.dtype != jnp.float64]
+        assert not wrong, f"outputs not float64 for a float64 input: {wrong}"
+        chex.assert_tree_all_finite(y)
+    if grad_order < 1:
+        return
+    loss = lambda y: sum(jnp.sum(jnp.sin(a)) for a in jax.tree_util.tree_leaves(y) if _is_float(a))
+    with _check(label, f"check_grads (params, orders 1-{grad_order})"):
+        if any(_is_float(a) for a in jax.tree_util.tree_leaves(params)):
+            check_grads(lambda p: loss(run(p, x)), (params,), order=grad_order, modes=grad_modes)
+    with _check(label, f"check_grads (input, orders 1-{grad_order})"):
+        if input_grads and _is_float(x):
+            check_grads(lambda x: loss(run(params, x)), (x,), order=grad_order, modes=grad_modes)
