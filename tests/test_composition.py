@@ -106,7 +106,7 @@ def test_capture_equals_applying_the_prefix_model_under_jit_and_vmap():
     y, _, out = run(params, x)
     assert sorted(out) == ["block_0", "block_0/relu_0"]
     prefix = jnn.serial(jnn.dense(6), jnn.relu())  # same keys as block_0's first two children
-    ref, _ = prefix.apply(params["block_0"], {}, x)
+    ref, _ = prefix.apply({"dense_0": params["block_0"]["dense_0"]}, {}, x)   # extra keys are an error
     np.testing.assert_allclose(out["block_0/relu_0"], ref, rtol=1e-6)
     np.testing.assert_allclose(out["block_0"], block.apply(params["block_0"], {}, x)[0], rtol=1e-6)
     np.testing.assert_allclose(y, model.apply(params, state, x)[0], rtol=1e-6)
