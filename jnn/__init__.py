@@ -9,11 +9,14 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   >>> logits.shape
   (4, 10)
 """
-from jnn import data, generate, initializers, io, losses, metrics, precision, train, tree
+from jnn import data, generate, initializers, io, losses, metrics, nets, precision, train, tree
 from jnn.core import Layer, fan_out, named, output_shape, residual, serial, stateless
 from jnn.layers import residual_block, resnet
-from jnn.layers import (decoder_block, decoder_lm, encoder_block, learned_positional_embedding,
-                        multi_head_attention, sinusoidal_encoding, vit_classifier)
+from jnn.layers import (decoder_block, encoder_block, learned_positional_embedding, multi_head_attention,
+                        sinusoidal_encoding)
+from jnn.layers.remat import remat
+from jnn.layers.repeat import repeat
+from jnn.nets import decoder_lm, encoder_decoder, vit_classifier
 from jnn.layers import Cell, bidirectional, embedding, gru_cell, lstm_cell, recurrent, rnn_cell
 from jnn.layers import avg_pool, conv, conv_transpose, global_avg_pool, global_max_pool, max_pool
 from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside, identity,
@@ -32,10 +35,10 @@ __all__ = [
     "swish", "softmax", "log_softmax",
     "residual_block", "resnet",
     "multi_head_attention", "learned_positional_embedding", "sinusoidal_encoding", "encoder_block",
-    "decoder_block", "decoder_lm", "vit_classifier",
+    "decoder_block", "decoder_lm", "vit_classifier", "encoder_decoder", "repeat", "remat",
     "Cell", "rnn_cell", "lstm_cell", "gru_cell", "recurrent", "bidirectional", "embedding",
     "conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
-    "data", "generate", "initializers", "io", "precision", "losses", "metrics", "train", "tree",
+    "data", "generate", "initializers", "io", "nets", "precision", "losses", "metrics", "train", "tree",
 ]
