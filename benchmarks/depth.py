@@ -64,13 +64,22 @@ def main(argv=None):
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--parts", choices=["all", "depth", "remat"], default="all")
     args = parser.parse_args(argv)
     tokens = jax.random.randint(jax.random.key(1), (args.batch, args.seq + 1), 0, args.vocab)
     lm = lambda depth, **kw: jnn.decoder_lm(args.vocab, depth, args.heads, args.features, 4 * args.features,
                                             args.seq, **kw)
     print(f"jax {jax.__version__} on {jax.default_backend()}; load average {os.getloadavg()}")
     print(f"decoder_lm features={args.features} heads={args.heads} batch={args.batch} seq={args.seq}")
-    print(f"{'depth':>5} {'form':>9} {'compile s':>10} {'step ms':>9}")
+    if args.parts in ("all", "depth"):
+        depth_part(args, lm, tokens)
+    if args.parts in ("all", "remat"):
+        remat_part(args, lm, tokens)
+    print(f"load average after: {os.getloadavg()}")
+
+
+def depth_part(args, lm, tokens):
+    print(f"{'depth':>5} {'form':>9} {'compile s':>10} {'step ms':>9}", flush=True)
     compile_s = {}
     for depth in args.depths:
         for scan in (False, True):
@@ -82,6 +91,8 @@ def main(argv=None):
     print(f"scanned compile time {hi} vs {lo} layers: {ratio:.2f}x (target <= 1.5x: "
           f"{'met' if ratio <= 1.5 else 'NOT met'}); unrolled: {compile_s[hi, False] / compile_s[lo, False]:.2f}x")
 
+
+def remat_part(args, lm, tokens):
     print(f"\nremat, {args.remat_depth} scanned layers, batch {args.batch}:")
     print(f"{'remat':>8} {'temp MiB':>9} {'step ms':>9}")
     results = {}
@@ -93,7 +104,6 @@ def main(argv=None):
     cost = results["nothing"][1] / results[None][1]
     print(f"remat='nothing': temporary memory {mem:.2f}x of no remat (target <= 0.5: "
           f"{'met' if mem <= 0.5 else 'NOT met'}), step time {cost:.2f}x")
-    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

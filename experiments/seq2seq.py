@@ -127,7 +127,7 @@ def evaluate(config: Config, model, params, length: int, key):
     out = generate(model, params, jnp.full((config.eval_examples, 1), START, jnp.int32), length + 1,
                    key=key, temperature=0.0, context=source, context_lengths=lengths)
     predicted, expected = decode_strings(out[:, 1:]), decode_strings(answer)
-    sources = decode_strings(source)
+    sources = ["".join(str(t - DIGIT0) for t in row if t >= DIGIT0) for row in np.asarray(source)]
     accuracy = float(np.mean([p == e for p, e in zip(predicted, expected)]))
     return accuracy, list(zip(sources, expected, predicted))
 

@@ -4,7 +4,6 @@ and scanned stacks equal the unrolled ones with the same weights."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import jnn
@@ -85,36 +84,6 @@ def test_scanned_and_unrolled_models_are_the_same_function():
                                decoder_lm(V, 3, 2, 16, 32, 16).apply(lm_flat, {}, target)[0], atol=1e-5)
     back = stack_params({k: v for k, v in lm_flat.items() if k.startswith("block_")})
     assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), back, blocks))
-
-
-def test_encoder_decoder_learns_to_copy():
-    model = encoder_decoder(6, 1, 2, 16, 32, 8)
-    params, _ = model.init(jax.random.key(0), jnp.zeros((1, 5), jnp.int32))
-    tx = optax.adam(3e-3)
-    state = tx.init(params)
-
-    def batch(key):
-        src = jax.random.randint(key, (32, 4), 2, 6)
-        tgt = jnp.concatenate([jnp.ones((32, 1), jnp.int32), src], axis=1)  # 1 = start token
-        return src, tgt
-
-    def loss(p, src, tgt):
-        logits = model.apply(p, {}, tgt[:, :-1], context=src)[0]
-        return jnp.mean(jnn.losses.softmax_cross_entropy(logits, tgt[:, 1:]))
-
-    @jax.jit
-    def step(p, s, key):
-        src, tgt = batch(key)
-        g = jax.grad(loss)(p, src, tgt)
-        u, s = tx.update(g, s, p)
-        return jax.tree.map(lambda a, b: a + b, p, u), s
-
-    for key in jax.random.split(jax.random.key(1), 150):
-        params, state = step(params, state, key)
-    src, _ = batch(jax.random.key(99))
-    out = generate(model, params, jnp.ones((32, 1), jnp.int32), 4, key=jax.random.key(0), temperature=0.0,
-                   context=src)
-    assert float(jnp.mean(jnp.all(out[:, 1:] == src, axis=1))) > 0.9
 
 
 def test_with_policy_keeps_the_encoder_decoder_cached_path():
