@@ -155,8 +155,9 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
     num_decoder_layers = num_layers if num_decoder_layers is None else num_decoder_layers
     check_sizes(label, num_heads, features, positional, vocab_size=vocab_size, num_layers=num_layers,
                 num_decoder_layers=num_decoder_layers, mlp_dim=mlp_dim, max_len=max_len)
-    if not isinstance(tied, bool):
-        raise ValueError(f"{label}: tied must be True or False, got {tied!r}")
+    for what, flag in {"tied": tied, "scan_layers": scan_layers}.items():
+        if not isinstance(flag, bool):
+            raise ValueError(f"{label}: {what} must be True or False, got {flag!r}")
     dropout(dropout_rate, name=label)
     rope = positional == "rope"
     block = lambda kind, causal, cross: lambda block_name: _block(
