@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from common import block, machine, time_interleaved
 from jnn.generate import generate, generate_uncached
-from jnn.layers.transformer import decoder_lm
+from jnn.nets import decoder_lm
 
 
 def main():

@@ -14,9 +14,11 @@ from jnn import train, tree
 from jnn.core import (CONTRACT, Children, Layer, apply_child, fan_out, identity, named, output_shape,
                       residual, serial, stateless)
 from jnn.inspection import capture, get
-from jnn.nets import residual_block, resnet
-from jnn.layers import (decoder_block, decoder_lm, encoder_block, learned_positional_embedding,
-                        multi_head_attention, sinusoidal_encoding, vit_classifier)
+from jnn.layers import (decoder_block, encoder_block, learned_positional_embedding, multi_head_attention,
+                        sinusoidal_encoding)
+from jnn.layers.remat import remat
+from jnn.layers.repeat import repeat
+from jnn.nets import decoder_lm, encoder_decoder, residual_block, resnet, vit_classifier
 from jnn.layers import Cell, bidirectional, embedding, gru_cell, lstm_cell, recurrent, rnn_cell
 from jnn.layers import avg_pool, conv, conv_transpose, global_avg_pool, global_max_pool, max_pool
 from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside,
@@ -36,7 +38,7 @@ __all__ = [
     "swish", "softmax", "log_softmax",
     "residual_block", "resnet",
     "multi_head_attention", "learned_positional_embedding", "sinusoidal_encoding", "encoder_block",
-    "decoder_block", "decoder_lm", "vit_classifier",
+    "decoder_block", "decoder_lm", "vit_classifier", "encoder_decoder", "repeat", "remat",
     "Cell", "rnn_cell", "lstm_cell", "gru_cell", "recurrent", "bidirectional", "embedding",
     "conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",

@@ -1,8 +1,9 @@
 """Autoregressive sampling from a language model, compiled with ``jax.jit``.
 
-* :func:`generate` uses the model's key/value cache (a :class:`jnn.layers.transformer.DecoderLM`,
-  e.g. from ``decoder_lm``): one parallel pass over the prompt fills the cache, then each new
-  token costs one ``decode_step`` (a ``lax.scan`` over new tokens).
+* :func:`generate` uses the model's key/value cache (a :class:`Decoder`, e.g. from
+  ``jnn.nets.decoder_lm`` or ``jnn.nets.encoder_decoder``): one parallel pass over the prompt
+  fills the cache, then each new token costs one ``decode_step`` (a ``lax.scan`` over new tokens).
+  For an encoder-decoder, ``context=`` (the source) is encoded once, into the cache.
 * :func:`generate_uncached` is the reference: every new token re-runs the whole model on the
   sequence so far (any layer mapping ids ``[B, T]`` to logits ``[B, T, V]`` works).
 
@@ -11,7 +12,7 @@ produce the same tokens (up to ties in floating point, which the tests do not hi
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.transformer import decoder_lm
+  >>> from jnn.nets import decoder_lm
   >>> from jnn.generate import generate
   >>> lm = decoder_lm(vocab_size=20, num_layers=1, num_heads=2, features=8, mlp_dim=16, max_len=32)
   >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
@@ -30,9 +31,43 @@ import jax.numpy as jnp
 from jnn import _checks as checks
 from jnn.core import Layer
 
-__all__ = ["generate", "generate_uncached", "sample_logits", "GREEDY_BELOW"]
+__all__ = ["Decoder", "generate", "generate_uncached", "sample_logits", "GREEDY_BELOW"]
 
 GREEDY_BELOW = 1e-6  # temperatures below this sample greedily (logits / T would overflow)
+
+
+class Decoder(Layer):
+    """A :class:`jnn.Layer` (token ids ``[B, T]`` -> logits ``[B, T, V]``) with a cached decode path.
+
+    Besides ``init``/``apply`` it carries two functions:
+
+    * ``init_cache(batch, length=None, dtype=None, **context) -> cache``: an empty cache for
+      ``length`` positions (an encoder-decoder takes ``params=``, ``context=`` and
+      ``context_lengths=`` here and encodes the context into the cache once);
+    * ``decode_step(params, cache, tokens, position) -> (logits, cache)``: logits for ``tokens``
+      (``[B]`` or ``[B, T]``) at positions ``position, ...``, attending to the cache, and the cache
+      with their keys/values written in. ``position + T`` must not exceed the cache length.
+
+    ``named``/``_replace`` keep the decode path; ``jnn.precision.with_policy`` wraps it.
+    """
+
+    def __new__(cls, init, apply, kind="layer", name=None, *, init_cache, decode_step, **fields):
+        self = super().__new__(cls, init, apply, kind, name, **fields)
+        self.__dict__.update(_init_cache=init_cache, _decode_step=decode_step)
+        return self
+
+    def _replace(self, **fields):
+        new = super()._replace(**fields)
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def init_cache(self, batch: int, length: int | None = None, dtype=None, **context):
+        """An empty key/value cache (see the class docstring)."""
+        return self._init_cache(batch, length, dtype, **context)
+
+    def decode_step(self, params, cache, tokens, position):
+        """``(logits, cache)`` for ``tokens`` at ``position, ...`` (see the class docstring)."""
+        return self._decode_step(params, cache, tokens, position)
 
 
 def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
@@ -60,9 +95,10 @@ def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: in
 def _check(where: str, model, prompt, num_new_tokens, temperature, top_k, cached: bool):
     if not isinstance(model, Layer):
         raise TypeError(f"{where}: expected a jnn.Layer as the model, got {type(model).__name__}")
-    if cached and not hasattr(model, "decode_step"):
+    if cached and not isinstance(model, Decoder):
         raise TypeError(f"{where}: the model has no cached decode path (init_cache/decode_step); build it "
-                        f"with jnn.layers.transformer.decoder_lm, or use generate_uncached")
+                        f"with jnn.nets.decoder_lm or jnn.nets.encoder_decoder (a jnn.generate.Decoder), "
+                        f"or use generate_uncached")
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"{where}: expected a prompt of integer token ids [B, P] with P >= 1, got "
@@ -91,12 +127,14 @@ _STATIC = ("model", "num_new_tokens", "temperature", "top_k")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _cached(model, params, prompt, key, num_new_tokens, temperature, top_k):
+def _cached(model, params, prompt, key, num_new_tokens, temperature, top_k, context):
     batch, p = prompt.shape
     # Checks max_len (and everything else about the input) for the whole sequence, at trace time.
-    jax.eval_shape(lambda t: model.apply(params, {}, t), jax.ShapeDtypeStruct((batch, p + num_new_tokens), jnp.int32))
+    jax.eval_shape(lambda t: model.apply(params, {}, t, **context),
+                   jax.ShapeDtypeStruct((batch, p + num_new_tokens), jnp.int32))
     keys = jax.random.split(key, num_new_tokens)
-    cache = model.init_cache(batch, p + num_new_tokens)
+    extra = dict(params=params, **context) if context else {}
+    cache = model.init_cache(batch, p + num_new_tokens, **extra)  # an encoder runs here, once
     logits, cache = model.decode_step(params, cache, prompt, 0)  # prefill: the prompt in one pass
     _check_vocab("generate", logits, top_k)
     first = sample_logits(keys[0], logits[:, -1], temperature=temperature, top_k=top_k)
@@ -112,15 +150,16 @@ def _cached(model, params, prompt, key, num_new_tokens, temperature, top_k):
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _uncached(model, params, state, prompt, key, num_new_tokens, temperature, top_k):
+def _uncached(model, params, state, prompt, key, num_new_tokens, temperature, top_k, context):
     batch, p = prompt.shape
     keys = jax.random.split(key, num_new_tokens)
     tokens = jnp.concatenate([prompt, jnp.zeros((batch, num_new_tokens), jnp.int32)], axis=1)
-    _check_vocab("generate_uncached", jax.eval_shape(lambda t: model.apply(params, state, t)[0], tokens), top_k)
+    _check_vocab("generate_uncached", jax.eval_shape(lambda t: model.apply(params, state, t, **context)[0], tokens),
+                 top_k)
 
     def body(i, tokens):
         # Causal model: the zeros after position p + i - 1 do not change its logits.
-        logits = model.apply(params, state, tokens)[0]
+        logits = model.apply(params, state, tokens, **context)[0]
         logits = jax.lax.dynamic_index_in_dim(logits, p + i - 1, axis=1, keepdims=False)
         token = sample_logits(keys[i], logits, temperature=temperature, top_k=top_k)
         return jax.lax.dynamic_update_index_in_dim(tokens, token, p + i, axis=1)
@@ -128,18 +167,32 @@ def _uncached(model, params, state, prompt, key, num_new_tokens, temperature, to
     return jax.lax.fori_loop(0, num_new_tokens, body, tokens)
 
 
+def _context(context, context_lengths) -> dict:
+    if context is None:
+        if context_lengths is not None:
+            raise ValueError("generate: context_lengths was given without context")
+        return {}
+    out = {"context": jnp.asarray(context)}
+    if context_lengths is not None:
+        out["context_lengths"] = jnp.asarray(context_lengths)
+    return out
+
+
 def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
-             top_k: int | None = None) -> jax.Array:
+             top_k: int | None = None, context=None, context_lengths=None) -> jax.Array:
     """Samples ``num_new_tokens`` tokens after ``prompt`` with the model's key/value cache.
 
     Args:
-      model: a ``DecoderLM`` (``decoder_lm(...)``, possibly wrapped by ``with_policy``).
+      model: a :class:`Decoder` (``decoder_lm(...)``, ``encoder_decoder(...)``, possibly wrapped
+        by ``with_policy``).
       params: its params.
       prompt: token ids ``[B, P]`` (``P >= 1``; every row has the same length).
       num_new_tokens: tokens to add; ``P + num_new_tokens`` must not exceed the model's ``max_len``.
       key: PRNG key (token ``i`` uses ``jax.random.split(key, num_new_tokens)[i]``).
       temperature: softmax temperature; ``0`` is greedy.
       top_k: sample among the ``top_k`` most likely tokens only (``None``: all).
+      context, context_lengths: for an encoder-decoder, the source ``[B, S]`` and its valid
+        lengths ``[B]`` (encoded once).
 
     Returns:
       ``[B, P + num_new_tokens]`` int32: the prompt followed by the new tokens.
@@ -148,15 +201,16 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
     """
     prompt = _check("generate", model, prompt, num_new_tokens, temperature, top_k, cached=True)
     _check_prompt_ids("generate", model, params, {}, prompt)
-    return _cached(model, params, prompt, key, num_new_tokens, temperature, top_k)
+    return _cached(model, params, prompt, key, num_new_tokens, temperature, top_k,
+                   _context(context, context_lengths))
 
 
 def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
-                      top_k: int | None = None, state=None) -> jax.Array:
+                      top_k: int | None = None, state=None, context=None, context_lengths=None) -> jax.Array:
     """The reference sampler: like :func:`generate`, but every step re-runs ``model.apply`` on the
-    whole ``[B, P + num_new_tokens]`` buffer (any causal model of ids to logits; ``state`` is
-    passed to it, ``{}`` by default). Same key, same tokens as :func:`generate`."""
+    whole ``[B, P + num_new_tokens]`` buffer (any causal model of ids to logits; ``state``,
+    ``context`` and ``context_lengths`` are passed to it). Same key, same tokens as :func:`generate`."""
     prompt = _check("generate_uncached", model, prompt, num_new_tokens, temperature, top_k, cached=False)
     _check_prompt_ids("generate_uncached", model, params, {} if state is None else state, prompt)
     return _uncached(model, params, {} if state is None else state, prompt, key, num_new_tokens,
-                     temperature, top_k)
+                     temperature, top_k, _context(context, context_lengths))

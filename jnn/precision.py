@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jnn.core import Layer, _check_layer, shape_of
+from jnn.generate import Decoder
 
 __all__ = ["Policy", "mixed_bfloat16", "with_policy", "cast_floating"]
 
@@ -87,9 +88,11 @@ class _Wrapped(NamedTuple):
                                         **kwargs)
         return cast_floating(y, self.policy.output_dtype), cast_floating(new_state, self.policy.param_dtype)
 
-    # The cached decode path of a DecoderLM (jnn.layers.transformer), under the same policy.
-    def init_cache(self, batch, length=None, dtype=None):
-        return self.model.init_cache(batch, length, self.policy.compute_dtype if dtype is None else dtype)
+    # The cached decode path of a jnn.generate.Decoder, under the same policy.
+    def init_cache(self, batch, length=None, dtype=None, **context):
+        if "params" in context:
+            context["params"] = cast_floating(context["params"], self.policy.compute_dtype)
+        return self.model.init_cache(batch, length, self.policy.compute_dtype if dtype is None else dtype, **context)
 
     def decode_step(self, params, cache, tokens, position):
         logits, cache = self.model.decode_step(cast_floating(params, self.policy.compute_dtype), cache,
@@ -104,8 +107,8 @@ def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
     floating params and floating inputs (integer inputs such as token ids are left alone) to
     ``compute_dtype``, runs the model, casts floating outputs to ``output_dtype`` and the new
     state back to ``param_dtype`` (so a ``lax.scan`` over steps keeps one carry type). Extra
-    keyword arguments of ``apply`` (e.g. ``lengths=``) are passed through. A ``DecoderLM`` stays a
-    ``DecoderLM``: its cache is kept in ``compute_dtype`` and ``decode_step`` follows the policy.
+    keyword arguments of ``apply`` (e.g. ``lengths=``) are passed through. A ``jnn.generate.Decoder``
+    stays a ``Decoder``: its cache is kept in ``compute_dtype`` and ``decode_step`` follows the policy.
 
     Args:
       model: any layer.
@@ -119,4 +122,7 @@ def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
     if not isinstance(policy, Policy):
         raise TypeError(f"with_policy: expected a jnn.precision.Policy, got {type(policy).__name__}")
     wrapped = _Wrapped(model, policy.checked())
-    return type(model)(wrapped.init, wrapped.apply, model.kind, model.name)
+    if isinstance(model, Decoder):
+        return Decoder(wrapped.init, wrapped.apply, model.kind, model.name, init_cache=wrapped.init_cache,
+                       decode_step=wrapped.decode_step)
+    return Layer(wrapped.init, wrapped.apply, model.kind, model.name)

@@ -8,7 +8,7 @@ import pytest
 
 import jnn
 from jnn.generate import generate, generate_uncached, sample_logits
-from jnn.layers.transformer import decoder_lm
+from jnn.nets import decoder_lm
 
 KEY = jax.random.key(0)
 V = 13

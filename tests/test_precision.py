@@ -8,7 +8,8 @@ import pytest
 
 import jnn
 from jnn.generate import generate, generate_uncached
-from jnn.layers.transformer import DecoderLM, decoder_lm
+from jnn.generate import Decoder as DecoderLM
+from jnn.nets import decoder_lm
 from jnn.precision import Policy, cast_floating, mixed_bfloat16, with_policy
 
 KEY = jax.random.key(0)

@@ -8,7 +8,8 @@ import pytest
 from scipy.special import erf
 
 import jnn
-from jnn.layers.transformer import decoder_block, decoder_lm, encoder_block, vit_classifier
+from jnn.layers.transformer import decoder_block, encoder_block
+from jnn.nets import decoder_lm, vit_classifier
 
 KEY = jax.random.key(0)
 

@@ -11,4 +11,4 @@ from jnn.layers.embedding import embedding
 from jnn.layers.recurrent import bidirectional, recurrent
 from jnn.layers.attention import multi_head_attention
 from jnn.layers.positional import learned_positional_embedding, sinusoidal_encoding
-from jnn.layers.transformer import decoder_block, decoder_lm, encoder_block, vit_classifier
+from jnn.layers.transformer import decoder_block, encoder_block

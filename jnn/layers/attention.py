@@ -102,6 +102,7 @@ class _Attention(NamedTuple):
     w_init: Any
     b_init: Any
     implementation: str | None
+    context_features: int | None = None
 
     def head_size_for(self, features: int) -> int:
         if self.head_size is not None:
@@ -126,8 +127,9 @@ class _Attention(NamedTuple):
         if self.rope and size % 2:
             raise layer_error(self.label, f"rope=True needs an even head size, got {size}")
         dtype = initializers.param_dtype(x.dtype)
-        shapes = {"query": (features, self.num_heads * size), "key": (features, self.num_kv_heads * size),
-                  "value": (features, self.num_kv_heads * size), "out": (self.num_heads * size, features)}
+        kv_features = features if self.context_features is None else self.context_features
+        shapes = {"query": (features, self.num_heads * size), "key": (kv_features, self.num_kv_heads * size),
+                  "value": (kv_features, self.num_kv_heads * size), "out": (self.num_heads * size, features)}
         params = {}
         for (name, shape), (w_key, b_key) in zip(shapes.items(), jax.random.split(key, (4, 2))):
             params[name] = {"w": self.w_init(w_key, shape, dtype)}
@@ -180,13 +182,52 @@ class _Attention(NamedTuple):
                                           f"per example), got {lengths.dtype}{list(lengths.shape)}")
         return lengths.astype(jnp.int32)
 
-    def apply(self, params, state, x, *, key=None, train=False, lengths=None):
+    def apply(self, params, state, x, *, key=None, train=False, lengths=None, context=None,
+              context_lengths=None):
         self.check_input(x, params)
         b, t, _ = x.shape
+        if context is not None:
+            return self.cross(params, x, context, context_lengths, lengths, key=key, train=train), state
+        if context_lengths is not None:
+            raise layer_error(self.label, "context_lengths was given without context (it masks the context's "
+                                          "padding in cross-attention; use lengths= for self-attention)")
         lengths = self.check_lengths(lengths, b)
         q, k, v = self.qkv(params, x, jnp.arange(t))
         out = self.attend(q, k, v, causal=self.causal, lengths=lengths, key=key, train=train)
         return _linear(params["out"], out.reshape(b, t, -1)), state
+
+    def cross_kv(self, params, context, context_lengths=None) -> dict:
+        """Keys/values ``[B, S, K, H]`` of the context (computed once per context), checked."""
+        width = params["key"]["w"].shape[0]
+        if (len(context.shape) != 3 or not jnp.issubdtype(context.dtype, jnp.floating)
+                or context.shape[2] != width):
+            raise layer_error(self.label, f"expected a floating-point context [B, S, {width}] for cross-attention, "
+                                          f"got {jnp.dtype(context.dtype).name}{list(context.shape)}")
+        if self.causal or self.rope:
+            raise layer_error(self.label, "cross-attention (context=) needs causal=False and rope=False: "
+                                          "the context's positions are not the queries'")
+        kv = {"key": self.project(params["key"], context, self.num_kv_heads),
+              "value": self.project(params["value"], context, self.num_kv_heads)}
+        if context_lengths is not None:
+            kv["lengths"] = self.check_lengths(context_lengths, context.shape[0])
+        return kv
+
+    def attend_kv(self, params, x, kv, *, key=None, train=False):
+        """Queries from ``x[B, T, F]`` attending to precomputed ``cross_kv`` -> ``[B, T, F]``."""
+        b, t, _ = x.shape
+        if kv["key"].shape[0] != b:
+            raise layer_error(self.label, f"the context has batch {kv['key'].shape[0]} but the input has {b}")
+        q = self.project(params["query"], x, self.num_heads)
+        out = self.attend(q, kv["key"].astype(q.dtype), kv["value"].astype(q.dtype), causal=False,
+                          lengths=kv.get("lengths"), key=key, train=train)
+        return _linear(params["out"], out.reshape(b, t, -1))
+
+    def cross(self, params, x, context, context_lengths, lengths, *, key=None, train=False):
+        if lengths is not None:
+            raise layer_error(self.label, "lengths= masks self-attention keys; with context= pass "
+                                          "context_lengths= for the context's padding")
+        context = jnp.asarray(context)
+        return self.attend_kv(params, x, self.cross_kv(params, context, context_lengths), key=key, train=train)
 
     def init_cache(self, batch: int, length: int, features: int, dtype) -> dict:
         shape = (batch, length, self.num_kv_heads, self.head_size_for(features))
@@ -210,11 +251,12 @@ class _Attention(NamedTuple):
 
 def _attention_spec(num_heads, *, head_size=None, num_kv_heads=None, causal=False, dropout_rate=0.0,
                     use_bias=True, rope=False, rope_base=10000.0, w_init="lecun_normal", b_init="zeros",
-                    implementation=None, name=None) -> _Attention:
+                    implementation=None, context_features=None, name=None) -> _Attention:
     label = name or "multi_head_attention"
     checks.positive_int(label, "num_heads", num_heads)
     checks.positive_int(label, "head_size", head_size, optional=True)
     checks.positive_int(label, "num_kv_heads", num_kv_heads, optional=True)
+    checks.positive_int(label, "context_features", context_features, optional=True)
     num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
     if num_heads % num_kv_heads:
         raise ValueError(f"{label}: num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
@@ -227,15 +269,15 @@ def _attention_spec(num_heads, *, head_size=None, num_kv_heads=None, causal=Fals
         raise ValueError(f"{label}: implementation must be None, 'xla' or 'cudnn', got {implementation!r}")
     return _Attention(label, num_heads, head_size, num_kv_heads, causal, rate, use_bias, rope,
                       float(rope_base), initializers.get(w_init, where=f"{label} w_init"),
-                      initializers.get(b_init, where=f"{label} b_init"), implementation)
+                      initializers.get(b_init, where=f"{label} b_init"), implementation, context_features)
 
 
 def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv_heads: int | None = None,
                          causal: bool = False, dropout_rate: float = 0.0, use_bias: bool = True,
                          rope: bool = False, rope_base: float = 10000.0, w_init="lecun_normal",
                          b_init="zeros", implementation: str | None = None,
-                         name: str | None = None) -> Layer:
-    """Multi-head self-attention ``[B, T, F] -> [B, T, F]``.
+                         context_features: int | None = None, name: str | None = None) -> Layer:
+    """Multi-head attention ``[B, T, F] -> [B, T, F]``: self-attention, or cross-attention to a context.
 
     Params: ``query``: ``{"w": [F, N*H], "b": [N*H]}``; ``key`` and ``value``:
     ``{"w": [F, K*H], "b": [K*H]}``; ``out``: ``{"w": [N*H, F], "b": [F]}`` (heads are
@@ -244,6 +286,11 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
 
     ``apply(params, state, x, *, key=None, train=False, lengths=None)``: ``lengths`` (``[B]``
     ints) marks positions ``>= lengths[b]`` of example ``b`` as padding that no query attends to.
+
+    Cross-attention: ``apply(params, state, x, context=c, context_lengths=None)`` takes queries
+    from ``x[B, T, F]`` and keys/values from ``c[B, S, F_c]`` (``F_c`` is ``context_features``,
+    default ``F``); ``context_lengths`` (``[B]`` ints) masks the context's padding. It needs
+    ``causal=False`` and ``rope=False``.
 
     The kernel is ``jax.nn.dot_product_attention``, except with attention dropout in training
     and for float64 inputs, which use the explicit :func:`reference_attention` computation.
@@ -261,11 +308,18 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
       implementation: passed to ``jax.nn.dot_product_attention`` (``None``, ``"xla"`` or
         ``"cudnn"``; ``None`` currently means XLA, ``"cudnn"`` is the fused GPU kernel for
         float16/bfloat16).
+      context_features: width ``F_c`` of the cross-attention context (default ``F``).
       name: optional explicit key for this layer's params.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from jnn.layers.attention import multi_head_attention
+      >>> cross = multi_head_attention(2, context_features=6)
+      >>> params, _ = cross.init(jax.random.key(0), jnp.zeros((1, 3, 4)))
+      >>> y, _ = cross.apply(params, {}, jnp.ones((1, 3, 4)), context=jnp.ones((1, 7, 6)),
+      ...                    context_lengths=jnp.array([5]))
+      >>> y.shape, params["key"]["w"].shape
+      ((1, 3, 4), (6, 4))
       >>> gqa = multi_head_attention(8, num_kv_heads=2, head_size=4)
       >>> params, _ = gqa.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 6, 32), jnp.float32))
       >>> params["query"]["w"].shape, params["key"]["w"].shape
@@ -273,5 +327,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     """
     spec = _attention_spec(num_heads, head_size=head_size, num_kv_heads=num_kv_heads, causal=causal,
                            dropout_rate=dropout_rate, use_bias=use_bias, rope=rope, rope_base=rope_base,
-                           w_init=w_init, b_init=b_init, implementation=implementation, name=name)
-    return Layer(spec.init, spec.apply, "multi_head_attention", name, frozenset({"lengths"}))
+                           w_init=w_init, b_init=b_init, implementation=implementation,
+                           context_features=context_features, name=name)
+    return Layer(spec.init, spec.apply, "multi_head_attention", name,
+                 frozenset({"lengths", "context", "context_lengths"}))

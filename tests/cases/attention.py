@@ -10,7 +10,8 @@ from registry import Case
 
 from jnn.layers.attention import multi_head_attention
 from jnn.layers.positional import learned_positional_embedding, sinusoidal_encoding
-from jnn.layers.transformer import decoder_block, decoder_lm, encoder_block
+from jnn.layers.transformer import decoder_block, encoder_block
+from jnn.nets import decoder_lm
 
 REV = ("rev",)
 

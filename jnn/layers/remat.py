@@ -1,0 +1,78 @@
+"""``remat``: recompute a layer's activations in the backward pass (``jax.checkpoint``).
+
+``remat(layer, policy=...)`` is the same layer (same params, state and outputs) whose ``apply``
+runs under ``jax.checkpoint``: the backward pass recomputes what the policy did not save, trading
+compute for activation memory. ``repeat(remat(block), n)`` is the scan-over-remat pattern: only
+each block's input is kept across the ``n`` copies.
+
+Policies (``jax.checkpoint_policies``):
+
+* ``"nothing"``: save nothing, recompute everything (``nothing_saveable``; the most memory saved);
+* ``"dots"``: save matrix-multiply outputs (``dots_saveable``);
+* ``"dots_no_batch"``: save matmuls without batch dimensions, i.e. the weight products
+  (``dots_with_no_batch_dims_saveable``);
+* ``"offload"``: like ``"dots_no_batch"`` but the saved values go to pinned host memory
+  (``offload_dot_with_no_batch_dims``); only on backends with a ``pinned_host`` memory space.
+* ``"everything"``: save everything (``everything_saveable``; no recomputation).
+
+Example:
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> from jnn.layers.remat import remat
+  >>> block = remat(jnn.serial(jnn.dense(8), jnn.relu()), policy="dots")
+  >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 8)))
+  >>> loss = lambda p: block.apply(p, state, jnp.ones((2, 8)))[0].sum()
+  >>> jax.grad(loss)(params)["dense_0"]["w"].shape
+  (8, 8)
+"""
+from __future__ import annotations
+
+import jax
+
+from jnn import core
+from jnn.core import Layer
+
+__all__ = ["remat", "POLICIES"]
+
+POLICIES = ("nothing", "dots", "dots_no_batch", "offload", "everything")
+
+
+def _policy(label: str, policy: str):
+    cp = jax.checkpoint_policies
+    if policy == "offload":
+        memories = {m.kind for m in jax.devices()[0].addressable_memories()}
+        if "pinned_host" not in memories:
+            raise ValueError(f"{label}: policy='offload' needs a backend with pinned host memory; "
+                             f"{jax.default_backend()} has memory kinds {sorted(memories)} (use 'nothing' "
+                             f"or 'dots_no_batch' here)")
+        return cp.offload_dot_with_no_batch_dims("device", "pinned_host")
+    return {"nothing": cp.nothing_saveable, "dots": cp.dots_saveable,
+            "dots_no_batch": cp.dots_with_no_batch_dims_saveable,
+            "everything": cp.everything_saveable}[policy]
+
+
+def remat(layer: Layer, *, policy: str = "nothing", name: str | None = None) -> Layer:
+    """``layer`` with its ``apply`` under ``jax.checkpoint`` (same params, state and outputs).
+
+    Args:
+      layer: any layer.
+      policy: one of ``"nothing"``, ``"dots"``, ``"dots_no_batch"``, ``"offload"``,
+        ``"everything"`` (see the module docstring).
+      name: optional explicit key; default the child's own name (params are keyed as the
+        child's, so a model's params do not change when remat is added or removed).
+
+    Returns:
+      A layer of the child's kind.
+    """
+    core._check_layer("remat", layer)
+    label = name or layer.label
+    if policy not in POLICIES:
+        raise ValueError(f"remat: policy must be one of {list(POLICIES)}, got {policy!r}")
+    checkpoint_policy = _policy(label, policy)
+
+    def apply(params, state, x, *, key=None, train=False, **keywords):
+        def run(params, state, x, key, keywords):
+            return layer.apply(params, state, x, key=key, train=train, **keywords)
+
+        return jax.checkpoint(run, policy=checkpoint_policy)(params, state, x, key, keywords)
+
+    return Layer(layer.init, apply, layer.kind, name if name is not None else layer.name, layer.keywords)

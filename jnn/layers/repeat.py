@@ -1,0 +1,187 @@
+"""``repeat``: ``n`` copies of a layer with separate weights, stacked and run with ``lax.scan``.
+
+``repeat(block, n)`` computes the same function as ``serial(block, block, ..., block)`` (``n``
+times), but its params are the child's params with a leading axis of size ``n`` (copy ``i`` is
+``params[...][i]``), initialized by ``vmap`` over ``n`` split keys, and ``apply`` is one
+``lax.scan`` over the copies, so the program is traced and compiled once for any depth. Per-copy
+state (batch-norm statistics) is stacked the same way.
+
+Params paths (``jnn.tree``) name a stacked leaf once for all copies, so weight decay or freezing
+by pattern applies to every copy. To address single copies:
+
+* :func:`copy_mask` / :func:`freeze_copies` select copies by index (freeze copy 3 only);
+* :func:`unstack_params` / :func:`stack_params` convert between the stacked form and the params of
+  the explicit ``serial`` of copies (keys ``f"{kind}_{i}"``), e.g. to move checkpoints between
+  the two forms.
+
+Example:
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> from jnn.layers.repeat import repeat, unstack_params
+  >>> block = jnn.residual(jnn.dense(8), jnn.relu())
+  >>> deep = repeat(block, 4)
+  >>> params, state = deep.init(jax.random.key(0), jnp.zeros((2, 8)))
+  >>> params["serial_0"]["dense_0"]["w"].shape
+  (4, 8, 8)
+  >>> y, _ = deep.apply(params, state, jnp.ones((2, 8)))
+  >>> shallow = jnn.serial(*[block] * 4)
+  >>> y2, _ = shallow.apply(unstack_params(params, "residual"), {}, jnp.ones((2, 8)))
+  >>> bool(jnp.allclose(y, y2, atol=1e-6))
+  True
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jnn import core
+from jnn.core import Layer, layer_error, shape_of
+from jnn.tree import matches, path_str
+
+__all__ = ["repeat", "stack_params", "unstack_params", "copy_mask", "freeze_copies"]
+
+
+def _check_count(where: str, what: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}: {what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = None) -> Layer:
+    """``n`` copies of ``layer`` (separate weights) applied in sequence with ``lax.scan``.
+
+    The child must map its input to an output of the same shape and dtype (a residual block,
+    a transformer block). Extra keyword arguments of ``apply`` (``lengths=``, ``context=``) are
+    passed unchanged to every copy.
+
+    Args:
+      layer: the block to repeat.
+      n: number of copies (>= 1).
+      unroll: passed to ``lax.scan`` (``1``: a rolled loop, ``True``: fully unrolled).
+      name: optional explicit key for the stack's params.
+
+    Returns:
+      A layer of kind ``"repeat"``: params and state are the child's with a leading ``[n]`` axis.
+    """
+    core._check_layer("repeat", layer)
+    label = name or "repeat"
+    _check_count(label, "n", n)
+    if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
+        raise ValueError(f"{label}: unroll must be a positive integer or a bool, got {unroll!r}")
+
+    def init(key, example):
+        x = shape_of(example)
+        with core._in_child(layer.kind):
+            return jax.vmap(lambda k: layer.init(k, x))(jax.random.split(key, n))
+
+    def apply(params, state, x, *, key=None, train=False, **keywords):
+        keys = None if key is None else jax.random.split(key, n)
+
+        def body(h, per_copy):
+            p, s, k = per_copy
+            y, s = layer.apply(p, s, h, key=k, train=train, **keywords)
+            if (y.shape, y.dtype) != (h.shape, h.dtype):  # checked while tracing, before scan's own check
+                raise layer_error(label, f"the repeated layer must keep its input's shape and dtype, but "
+                                         f"{layer.label} maps {h.dtype}{list(h.shape)} to {y.dtype}{list(y.shape)}")
+            return y, s
+
+        with core._in_child(layer.kind):
+            y, new_state = jax.lax.scan(body, x, (params, state, keys), unroll=unroll)
+        return y, new_state
+
+    return Layer(init, apply, "repeat", name, layer.keywords)
+
+
+def unstack_params(stacked, kind: str) -> dict:
+    """Stacked params (or state) of ``repeat(layer, n)`` -> those of ``serial(layer, ..., layer)``.
+
+    Args:
+      stacked: the ``repeat`` layer's params (every leaf has a leading ``[n]`` axis).
+      kind: the repeated layer's ``kind`` (``serial`` keys its children ``f"{kind}_{i}"``).
+
+    Returns:
+      ``{f"{kind}_0": copy_0, ..., f"{kind}_{n-1}": copy_{n-1}}``.
+    """
+    leaves = jax.tree.leaves(stacked)
+    if not leaves:
+        raise ValueError("unstack_params: the stacked tree has no leaves")
+    n = leaves[0].shape[0] if leaves[0].ndim else None
+    if n is None or any(leaf.ndim == 0 or leaf.shape[0] != n for leaf in leaves):
+        raise ValueError(f"unstack_params: expected every leaf to have the same leading (copy) axis, got "
+                         f"shapes {[tuple(leaf.shape) for leaf in leaves]}")
+    return {f"{kind}_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)}
+
+
+def stack_params(copies: dict) -> dict:
+    """The inverse of :func:`unstack_params`: ``{"<kind>_0": p0, "<kind>_1": p1, ...}`` -> stacked.
+
+    Copies are ordered by their numeric suffix; they must all have the same structure and shapes.
+    """
+    if not isinstance(copies, dict) or not copies:
+        raise ValueError(f"stack_params: expected a non-empty dict of copies, got {copies!r:.80}")
+    index = {}
+    for k in copies:
+        found = re.fullmatch(r"(.+)_(\d+)", k)
+        if found is None:
+            raise ValueError(f"stack_params: expected keys '<kind>_<i>', got {k!r}")
+        index[int(found.group(2))] = k
+    if sorted(index) != list(range(len(copies))):
+        raise ValueError(f"stack_params: expected copies numbered 0..{len(copies) - 1}, got {sorted(copies)}")
+    trees = [copies[index[i]] for i in range(len(copies))]
+    structures = {jax.tree.structure(t) for t in trees}
+    if len(structures) != 1:
+        raise ValueError("stack_params: the copies have different tree structures")
+    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+def copy_mask(params, include: Iterable[str] | str, copies: Iterable[int], n: int):
+    """A mask selecting single copies of stacked leaves.
+
+    Leaves whose path matches ``include`` (``jnn.tree`` patterns, e.g. ``"blocks/*"``) and have a
+    leading axis of size ``n`` get a boolean array of shape ``[n, 1, ..., 1]`` that is True at
+    ``copies``; every other leaf gets ``False``. Multiply updates by it (``freeze_copies``).
+    """
+    copies = tuple(copies)
+    for c in copies:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n:
+            raise ValueError(f"copy_mask: copies must be integers in [0, {n}), got {copies}")
+    selected = jnp.zeros((n,), bool).at[jnp.asarray(copies, jnp.int32)].set(True) if copies else jnp.zeros((n,), bool)
+    found = []
+
+    def leaf_mask(path, leaf):
+        hit = matches(path_str(path), include) and getattr(leaf, "ndim", 0) >= 1 and leaf.shape[0] == n
+        found.append(hit)
+        return selected.reshape((n,) + (1,) * (leaf.ndim - 1)) if hit else False
+
+    mask = jax.tree_util.tree_map_with_path(leaf_mask, params)
+    if not any(found):
+        raise ValueError(f"copy_mask: no stacked leaf with a leading axis of {n} matches {include!r}")
+    return mask
+
+
+def freeze_copies(optimizer: optax.GradientTransformation, params, include: Iterable[str] | str,
+                  copies: Iterable[int], n: int) -> optax.GradientTransformation:
+    """``optimizer`` whose updates are zero for the given copies of the matching stacked leaves.
+
+    The optimizer still keeps moments for frozen copies (they are zeroed after it), so an
+    elementwise optimizer (SGD, Adam, AdamW) moves the other copies exactly as it would move the
+    same copies in the unstacked ``serial`` with those copies frozen.
+
+    Example (freeze copy 3 of a 6-block stack stored under ``"blocks"``)::
+
+        opt = freeze_copies(optax.adamw(1e-3), params, "blocks/*", copies=[3], n=6)
+    """
+    frozen = copy_mask(params, include, copies, n)
+
+    def keep(update, mask):
+        if mask is False:
+            return update
+        return jnp.where(mask, jnp.zeros((), update.dtype), update)
+
+    def update_fn(updates, state, params=None):
+        return jax.tree.map(keep, updates, frozen, is_leaf=lambda m: m is False), state
+
+    return optax.chain(optimizer, optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn))

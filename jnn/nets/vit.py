@@ -1,0 +1,81 @@
+"""A Vision Transformer classifier built with :func:`jnn.serial` from encoder blocks."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jnn.core import Layer, named, serial, shape_of, stateless, layer_error
+from jnn import _checks as checks
+from jnn.layers.basic import dense
+from jnn.layers.dropout import dropout
+from jnn.layers.norm import layer_norm
+from jnn.layers.positional import learned_positional_embedding
+from jnn.layers.transformer import encoder_block
+
+__all__ = ["vit_classifier"]
+
+
+def _patchify(patch_size: tuple[int, int]) -> Layer:
+    ph, pw = patch_size
+
+    def fn(x):
+        if x.ndim != 4 or x.shape[1] % ph or x.shape[2] % pw:
+            raise layer_error("patchify", f"expected images [B, H, W, C] with H divisible by {ph} and W by "
+                                          f"{pw}, got shape {tuple(x.shape)}")
+        b, h, w, c = x.shape
+        x = x.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, (h // ph) * (w // pw), ph * pw * c)
+
+    return stateless("patchify", fn)
+
+
+def _class_token() -> Layer:
+    def init(key, example):
+        x = shape_of(example)
+        return {"token": jnp.zeros((x.shape[-1],), x.dtype)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        token = jnp.broadcast_to(params["token"].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
+        return jnp.concatenate([token, x], axis=1), state
+
+    return Layer(init, apply, "class_token", None)
+
+
+def vit_classifier(patch_size, num_layers: int, num_heads: int, features: int, mlp_dim: int,
+                   num_classes: int, *, pool: str = "cls", dropout_rate: float = 0.0,
+                   name: str | None = None) -> Layer:
+    """A Vision Transformer classifier (Dosovitskiy et al. 2021): ``[B, H, W, C] -> [B, num_classes]``.
+
+    Non-overlapping ``patch_size`` patches (a strided reshape) -> ``dense(features)`` -> class
+    token (``pool="cls"``) -> learned positions (as many as seen at init) -> ``num_layers``
+    :func:`encoder_block`\\ s -> layer norm -> the class token's vector (``"cls"``) or the mean
+    over patches (``"mean"``) -> ``dense(num_classes)``. Built with :func:`jnn.serial`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.nets import vit_classifier
+      >>> vit = vit_classifier(7, num_layers=1, num_heads=2, features=16, mlp_dim=32, num_classes=10)
+      >>> params, state = vit.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+      >>> vit.apply(params, state, jnp.zeros((4, 28, 28, 1)))[0].shape
+      (4, 10)
+    """
+    label = name or "vit_classifier"
+    patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    if len(patch_size) != 2:
+        raise ValueError(f"{label}: patch_size must be an int or a pair of ints, got {patch_size!r}")
+    for what, value in {"patch_size": patch_size[0], "patch width": patch_size[1], "num_layers": num_layers,
+                        "features": features, "num_classes": num_classes}.items():
+        checks.positive_int(label, what, value)
+    checks.positive_int(label, "num_heads", num_heads)
+    if features % num_heads:
+        raise ValueError(f"{label}: features ({features}) must be divisible by num_heads ({num_heads})")
+    if pool not in ("cls", "mean"):
+        raise ValueError(f"{label}: pool must be 'cls' or 'mean', got {pool!r}")
+    pooling = (lambda x: x[:, 0]) if pool == "cls" else (lambda x: jnp.mean(x, axis=1))
+    layers = [named("patch_embedding", serial(_patchify(patch_size), dense(features)))]
+    layers += [named("class_token", _class_token())] if pool == "cls" else []
+    layers += [named("position", learned_positional_embedding(None))]
+    layers += [dropout(dropout_rate)] if dropout_rate else []
+    layers += [encoder_block(num_heads, mlp_dim, dropout_rate) for _ in range(num_layers)]
+    layers += [named("final_norm", layer_norm()), stateless(f"{pool}_pool", pooling),
+               named("head", dense(num_classes))]
+    return serial(*layers, name=name)

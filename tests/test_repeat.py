@@ -1,0 +1,179 @@
+"""jnn.layers.repeat and jnn.layers.remat: the scanned stack equals the explicit serial of copies
+(values, gradients, per-copy state and keys), copies can be frozen one at a time, and remat
+changes memory, not results."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jnn
+from jnn.layers.remat import remat
+from jnn.layers.repeat import copy_mask, freeze_copies, repeat, stack_params, unstack_params
+from jnn.train.freeze import freeze
+
+N = 5
+X = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 8)), jnp.float32)
+
+
+def _block():
+    return jnn.encoder_block(2, 16)
+
+
+def _pair(block=None, n=N, x=X):
+    block = block or _block()
+    deep = repeat(block, n)
+    params, state = deep.init(jax.random.key(0), x)
+    return block, deep, params, state
+
+
+@jax.enable_x64(True)
+def test_repeat_equals_unrolled_serial_values_and_gradients():
+    block, deep, params, state = _pair(x=X.astype(jnp.float64))
+    X64 = X.astype(jnp.float64)
+    shallow = jnn.serial(*[block] * N)
+    flat = unstack_params(params, block.kind)
+    assert sorted(flat) == [f"encoder_block_{i}" for i in range(N)]
+    y, _ = deep.apply(params, state, X64)
+    y2, _ = shallow.apply(flat, {}, X64)
+    assert y.dtype == jnp.float64
+    np.testing.assert_allclose(y, y2, atol=1e-6, rtol=0)
+    assert float(jnp.abs(y - X64).max()) > 0.1  # the blocks do something
+
+    loss = lambda model, p: jnp.sum(jnp.sin(model.apply(p, {}, X64)[0]))
+    g = jax.grad(lambda p: loss(deep, p))(params)
+    g2 = stack_params(jax.grad(lambda p: loss(shallow, p))(flat))
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    # Copies have separate weights (vmapped init over split keys).
+    w = params["attention"]["query"]["w"]
+    assert w.shape == (N, 8, 8) and float(jnp.abs(w[0] - w[1]).max()) > 1e-3
+
+
+def test_repeat_unroll_option_gives_the_same_function():
+    block, deep, params, state = _pair()
+    unrolled = repeat(block, N, unroll=True)
+    np.testing.assert_allclose(deep.apply(params, state, X)[0], unrolled.apply(params, state, X)[0], atol=1e-5)
+
+
+def test_repeat_passes_keywords_to_every_copy():
+    block, deep, params, state = _pair()
+    lengths = jnp.array([4, 2, 1])
+    y, _ = deep.apply(params, state, X, lengths=lengths)
+    h = X
+    for i in range(N):
+        h, _ = block.apply(jax.tree.map(lambda a: a[i], params), {}, h, lengths=lengths)
+    np.testing.assert_allclose(y, h, atol=1e-5)  # float32 (the 1e-6 check is in float64 above)
+    assert float(jnp.abs(y - deep.apply(params, state, X)[0]).max()) > 1e-3  # the mask matters
+
+
+def test_repeat_per_copy_state_and_keys_match_serial():
+    block = jnn.residual(jnn.dense(8), jnn.batch_norm(), jnn.dropout(0.3))
+    x = X.reshape(12, 8)
+    deep = repeat(block, 3)
+    params, state = deep.init(jax.random.key(1), x)
+    assert state["serial_0"]["batch_norm_0"]["mean"].shape == (3, 8)
+    shallow = jnn.serial(*[block] * 3)
+    y, new_state = deep.apply(params, state, x, key=jax.random.key(2), train=True)
+    y2, new_state2 = shallow.apply(unstack_params(params, "residual"), unstack_params(state, "residual"), x,
+                                   key=jax.random.key(2), train=True)
+    np.testing.assert_allclose(y, y2, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(stack_params(new_state2))):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    means = new_state["serial_0"]["batch_norm_0"]["mean"]
+    assert float(jnp.abs(means[0] - means[1]).max()) > 1e-4  # each copy keeps its own statistics
+    assert float((y == x).mean()) < 0.5  # dropout masks differ per copy (else many would pass through)
+
+
+def _train(model, params, opt, x, steps=3):
+    opt_state = opt.init(params)
+    loss = lambda p: jnp.mean((model.apply(p, {}, x)[0] - 1.0) ** 2)
+    for _ in range(steps):
+        updates, opt_state = opt.update(jax.grad(loss)(params), opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@jax.enable_x64(True)
+def test_freeze_one_copy_and_decay_all_copies_match_the_unrolled_model():
+    x = X.astype(jnp.float64)
+    block, deep, params, _ = _pair(x=x)
+    shallow = jnn.serial(*[block] * N)
+    # Weight decay by path pattern ("w") selects the stacked weights of every copy.
+    decay = jnn.tree.mask(params, ["w"])
+    assert decay["attention"]["query"]["w"] is True and decay["norm_0"]["scale"] is False
+    adamw = lambda mask: optax.adamw(0.05, weight_decay=0.5, mask=mask)
+    stacked = _train(deep, params, freeze_copies(adamw(decay), params, "*", copies=[3], n=N), x)
+    flat = unstack_params(params, block.kind)
+    unrolled = _train(shallow, flat, freeze(adamw(jnn.tree.mask(flat, ["w"])), ["encoder_block_3/*"]), x)
+    for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(stack_params(unrolled))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a[3], b[3])  # copy 3 never moved
+    moved = [float(jnp.abs(a[2] - b[2]).max()) for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(params))]
+    assert max(moved) > 1e-2  # copy 2 did
+
+
+def test_copy_mask_marks_only_the_chosen_copies_and_rejects_bad_input():
+    _, _, params, _ = _pair()
+    mask = copy_mask(params, "attention/*", copies=[0, 3], n=N)
+    assert mask["norm_0"]["scale"] is False
+    assert mask["attention"]["key"]["w"].reshape(-1).tolist() == [True, False, False, True, False]
+    with pytest.raises(ValueError, match=r"copy_mask: copies must be integers in \[0, 5\), got \(5,\)"):
+        copy_mask(params, "*", copies=[5], n=N)
+    with pytest.raises(ValueError, match="copy_mask: no stacked leaf with a leading axis of 5 matches 'nope/"):
+        copy_mask(params, "nope/*", copies=[1], n=N)
+
+
+def test_stack_unstack_round_trip_and_errors():
+    _, _, params, _ = _pair()
+    back = stack_params(unstack_params(params, "b"))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, back))
+    with pytest.raises(ValueError, match=r"stack_params: expected copies numbered 0..1, got \['b_0', 'b_2'\]"):
+        stack_params({"b_0": {"w": jnp.ones(2)}, "b_2": {"w": jnp.ones(2)}})
+    with pytest.raises(ValueError, match="unstack_params: expected every leaf to have the same leading"):
+        unstack_params({"a": jnp.ones((2, 3)), "b": jnp.ones((3,))}, "b")
+
+
+def test_repeat_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="repeat: n must be an integer >= 1, got 0"):
+        repeat(jnn.dense(3), 0)
+    with pytest.raises(ValueError, match=r"\[dense\] repeat: the repeated layer must keep its input's shape and dtype, "
+                                         r"but dense maps float32\[2, 8\] to float32\[2, 3\]"):
+        layer = repeat(jnn.dense(3), 2)
+        layer.apply(layer.init(jax.random.key(0), jnp.zeros((2, 8)))[0], {}, jnp.zeros((2, 8)))
+    with pytest.raises(TypeError, match="repeat: expected a jnn.Layer"):
+        repeat(jnn.relu, 2)
+
+
+@pytest.mark.parametrize("policy", ["nothing", "dots", "dots_no_batch", "offload", "everything"])
+def test_remat_keeps_values_and_gradients(policy):
+    block = _block()
+    deep, plain = repeat(remat(block, policy=policy), 3), repeat(block, 3)
+    params, state = plain.init(jax.random.key(0), X)
+    assert jax.tree.structure(deep.init(jax.random.key(0), X)[0]) == jax.tree.structure(params)
+    loss = lambda model: lambda p: jnp.sum(jnp.sin(model.apply(p, state, X)[0]))
+    g, g2 = jax.jit(jax.grad(loss(deep)))(params), jax.jit(jax.grad(loss(plain)))(params)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert "checkpoint" in str(jax.make_jaxpr(jax.grad(loss(deep)))(params)) or "remat" in str(
+        jax.make_jaxpr(jax.grad(loss(deep)))(params))
+
+
+def test_remat_nothing_lowers_the_compiled_temporary_memory():
+    block = jnn.residual(jnn.dense(64), jnn.tanh(), jnn.dense(64), jnn.tanh())
+    x = jnp.ones((256, 64))
+
+    def temp_bytes(model):
+        params, state = model.init(jax.random.key(0), x)
+        grad = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, state, x)[0])))
+        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    plain, saved = temp_bytes(repeat(block, 8)), temp_bytes(repeat(remat(block, policy="nothing"), 8))
+    assert saved <= 0.5 * plain, (saved, plain)
+
+
+def test_remat_rejects_unknown_policy():
+    with pytest.raises(ValueError, match=r"remat: policy must be one of \['nothing', 'dots', 'dots_no_batch', "
+                                         r"'offload', 'everything'\], got 'all'"):
+        remat(jnn.dense(2), policy="all")
