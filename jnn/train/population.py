@@ -40,8 +40,8 @@ import optax
 
 from jnn import metrics as _metrics
 from jnn.core import Layer
-from jnn.train.loop import EarlyStopping, _check_data, split_validation
-from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
+from jnn.train.loop import EarlyStopping, _check_data, _default_metrics, split_validation
+from jnn.train.step import (LossFn, Metrics, TrainState, _num_examples, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
 
 __all__ = ["MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
@@ -224,7 +224,7 @@ def _population_eval(program: _Program, hparams, states, data):
     def member_eval(hp, ts):
         fn = make_eval_fn(program.make_model(hp), program.loss, metrics=dict(program.metrics),
                           batch_size=program.eval_batch_size)
-        return fn(ts.params, ts.state, data)
+        return fn(ts.params, ts.state, data, ts.step)
 
     return _map_members(lambda m: member_eval(*m), (hparams, states), program.chunk_size)
 
@@ -306,16 +306,19 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     hparams, n = _check_hparams("fit_population", hparams)
     keys = _as_keys("fit_population", key, n)
     n = keys.shape[0]
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     x, y = _check_data("fit_population train_data", train_data)
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
     if val_data is not None:
         val_data = _check_data("fit_population val_data", val_data)
-    batch_size = min(batch_size, len(x))
+    batch_size = min(batch_size, _num_examples(x))
 
-    example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
+    example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
     init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
+    if metrics is None:  # accuracy for single-array outputs and targets (member 0's shapes decide)
+        shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), jax.eval_shape(init))
+        metrics = _default_metrics(make_model({k: v[0] for k, v in hparams.items()}), shapes, example, y)
+    metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     names += ["lr"] if _learning_rates(jax.eval_shape(init).opt_state) is not None else []
     es = early_stopping
@@ -323,7 +326,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
                          f"the logged metrics {sorted(names)}")
     states = init()
-    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
+    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, _num_examples(x),
                        batch_size, eval_batch_size, chunk_size)
     history = {k: np.full((epochs, n), np.nan) for k in names}
     active, stopped = np.ones(n, bool), np.zeros(n, bool)
@@ -331,14 +334,14 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     best, best_states = np.full(n, np.nan), states
     for epoch in range(1, epochs + 1):
         trained = active.copy()
-        order = (_epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None)
+        order = (_epoch_order(shared_order_key(keys, epoch), _num_examples(x), batch_size) if shared_order else None)
         states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y), order)
         if val_data is not None:
             logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
         if "lr" in history:
             logs["lr"] = _learning_rates(states.opt_state)
-        for k, v in logs.items():
-            history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
+        for k, v in logs.items():  # names the loss logs (returns (loss, logs)) join at the first epoch
+            history.setdefault(k, np.full((epochs, n), np.nan))[epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
         epochs_trained[trained] = epoch
         if es is not None:
             value = history[es.monitor][epoch - 1]
