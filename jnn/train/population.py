@@ -162,11 +162,14 @@ def make_member_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeO
 def init_population(make_model: MakeModel, make_optimizer: MakeOptimizer, hparams: HParams,
                     keys: jax.Array, example) -> TrainState:
     """Stacked train states, member ``i`` initialized as ``fit(..., key=keys[i])`` does."""
-    return _init_population(make_model, make_optimizer, example, dict(hparams), keys)
+    leaves, treedef = jax.tree_util.tree_flatten(example)  # static: hashable even for a pytree example
+    return _init_population(make_model, make_optimizer, (treedef, tuple(leaves)), dict(hparams), keys)
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
 def _init_population(make_model, make_optimizer, example, hparams, keys):
+    example = jax.tree_util.tree_unflatten(*example)
+
     def init_member(member):
         hp, key = member
         init_key, _ = jax.random.split(key)  # as fit: init_key, split_key = split(key)
