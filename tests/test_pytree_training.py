@@ -262,3 +262,26 @@ def test_default_weight_selection_never_skips_a_custom_kernel():
     lm_params, _ = jax.eval_shape(jnn.decoder_lm(11, 1, 2, 8, 16, 6).init, jax.random.key(0),
                                   jnp.zeros((1, 6), jnp.int32))
     assert not jnn.tree.mask(lm_params)["embedding"]["embedding"]
+
+
+def test_stepwise_epoch_takes_pytrees_and_matches_a_numpy_sgd_epoch():
+    x, y = two_input_data(40)
+    model, opt = two_input(C), optax.sgd(0.5)
+    ts = train.init_train_state(model, opt, jax.random.key(3), jax.tree_util.tree_map(lambda a: a[:8], x))
+    step = train.make_train_step(model, jnn.losses.softmax_cross_entropy, opt, metrics={})
+    order = train.epoch_order(jax.random.split(ts.key)[1], 40, 8)  # the order the epoch draws
+    new_ts, logs = train.make_stepwise_epoch(step, 40, 8)(ts, (x, y))
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), ts.params)
+    losses = []
+    for idx in np.asarray(order):  # softmax-regression SGD by hand
+        xa, xb, t = x["a"][idx], x["b"][idx], y[idx]
+        logits = xa @ p["a"]["w"] + xb @ p["b"]["w"] + p["b"]["bias"]
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        losses.append(np_cross_entropy(logits, t).mean())
+        g = (probs - np.eye(C)[t]) / len(t)
+        p = {"a": {"w": p["a"]["w"] - 0.5 * xa.T @ g},
+             "b": {"w": p["b"]["w"] - 0.5 * xb.T @ g, "bias": p["b"]["bias"] - 0.5 * g.sum(0)}}
+    np.testing.assert_allclose(logs["loss"], np.mean(losses), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(new_ts.params), jax.tree_util.tree_leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -270,7 +270,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
 
     Args:
       make_model: ``hp -> Layer``, called inside vmap with ``hp = {name: traced scalar}``.
-      loss: ``loss(outputs, y) -> scalar``, as for :func:`jnn.train.fit`.
+      loss: ``loss(outputs, y) -> scalar``, as for :func:`jnn.train.fit` (it may take ``step`` and
+        return ``(loss, logs)``; the logs join the history, but early stopping cannot monitor them).
       make_optimizer: ``hp -> optax optimizer`` (e.g.
         ``optax.inject_hyperparams(optax.adamw)(learning_rate=hp["lr"], weight_decay=hp["wd"])``).
       train_data: ``(x, y)``, shared by every member (each shuffles it with its own key).
