@@ -198,7 +198,8 @@ def test_fit_params_errors():
     with pytest.raises(ValueError, match=r"params\['dense_1'\]\['b'\] has shape \(5,\), the model expects \(2,\)"):
         train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), params=bad, **kw)
     with pytest.raises(ValueError, match="do not have the model's structure"):
-        train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), params={"dense_0": params["dense_0"]}, **kw)
+        train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y),
+                  params={"dense_0": params["dense_0"]}, **kw)
 
 
 def test_mismatched_leaf_counts_name_the_leaf():

@@ -344,8 +344,9 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
             logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
         if "lr" in history:
             logs["lr"] = _learning_rates(states.opt_state)
-        for k, v in logs.items():  # names the loss logs (returns (loss, logs)) join at the first epoch
-            history.setdefault(k, np.full((epochs, n), np.nan))[epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
+        for k, v in logs.items():  # the names of a loss's own logs first appear here
+            history.setdefault(k, np.full((epochs, n), np.nan))
+            history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
         epochs_trained[trained] = epoch
         if es is not None:
             value = history[es.monitor][epoch - 1]

@@ -60,7 +60,9 @@ def init_train_state(model: Layer, optimizer: optax.GradientTransformation, key:
 
 def penalty(*, l1: float = 0.0, l2: float = 0.0, include=_tree.WEIGHTS, exclude=()) -> Callable:
     """A regularizer ``params -> l1 * sum|w| + l2 * sum w**2`` over the leaves selected by
-    path pattern (by default the weights ``w``: not biases, norm scales or embeddings).
+    path pattern (by default the weights ``w``: not biases, norm scales or embeddings; with
+    the default, a float leaf of rank >= 2 named otherwise, e.g. a custom layer's ``wa``, raises
+    a ValueError instead of going unregularized: see :mod:`jnn.tree`).
 
     Example:
       >>> import jax.numpy as jnp, jnn
