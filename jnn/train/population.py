@@ -40,7 +40,7 @@ import optax
 
 from jnn import metrics as _metrics
 from jnn.core import Layer
-from jnn.train.loop import EarlyStopping, _check_data, _default_metrics, split_validation
+from jnn.train.loop import EarlyStopping, _check_data, split_validation
 from jnn.train.step import (LossFn, Metrics, TrainState, _num_examples, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
 
@@ -159,11 +159,24 @@ def make_member_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeO
     return member_epoch
 
 
+def _static(example):
+    """A pytree of ShapeDtypeStructs as a hashable static argument (``tree_unflatten(*it)`` undoes it)."""
+    leaves, treedef = jax.tree_util.tree_flatten(example)
+    return treedef, tuple(leaves)
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _first_output(make_model, hparams, states, example):
+    """Member 0's evaluation-mode output (under ``jax.eval_shape``: cached, traced once)."""
+    hp, ts = jax.tree_util.tree_map(lambda a: a[0], (hparams, states))
+    x = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.tree_util.tree_unflatten(*example))
+    return make_model(hp).apply(ts.params, ts.state, x, train=False)[0]
+
+
 def init_population(make_model: MakeModel, make_optimizer: MakeOptimizer, hparams: HParams,
                     keys: jax.Array, example) -> TrainState:
     """Stacked train states, member ``i`` initialized as ``fit(..., key=keys[i])`` does."""
-    leaves, treedef = jax.tree_util.tree_flatten(example)  # static: hashable even for a pytree example
-    return _init_population(make_model, make_optimizer, (treedef, tuple(leaves)), dict(hparams), keys)
+    return _init_population(make_model, make_optimizer, _static(example), dict(hparams), keys)
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
@@ -319,9 +332,10 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
 
     example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
     init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
-    if metrics is None:  # accuracy for single-array outputs and targets (member 0's shapes decide)
-        shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), jax.eval_shape(init))
-        metrics = _default_metrics(make_model({k: v[0] for k, v in hparams.items()}), shapes, example, y)
+    if metrics is None:  # accuracy for single-array outputs and targets (as fit)
+        out = jax.eval_shape(_first_output, make_model, hparams, jax.eval_shape(init), _static(example))
+        single = isinstance(y, jax.Array) and isinstance(out, jax.ShapeDtypeStruct)
+        metrics = {"accuracy": _metrics.accuracy} if single else {}
     metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     names += ["lr"] if _learning_rates(jax.eval_shape(init).opt_state) is not None else []
