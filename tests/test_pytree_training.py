@@ -204,7 +204,7 @@ def test_fit_params_errors():
 
 def test_mismatched_leaf_counts_name_the_leaf():
     x = {"a": np.ones((10, 2), np.float32), "b": np.ones((9, 2), np.float32)}
-    with pytest.raises(ValueError, match=r"fit train_data: .*x\['b'\] has 9 and x\['a'\] has 10"):
+    with pytest.raises(ValueError, match=r"fit train_data: .*got 10 and 9 \(x\['a'\] has 10, x\['b'\] has 9"):
         train.fit(two_input(2), jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, np.zeros(10, np.int32)),
                   key=jax.random.key(0), epochs=1, progress=False, verbose=False)
     with pytest.raises(ValueError, match=r"y\[1\] has 4"):

@@ -101,8 +101,9 @@ def _check_data(where: str, data) -> tuple[Any, Any]:
     (first, leaf0), counts = leaves[0], {name: leaf.shape[0] for name, leaf in leaves}
     bad = [name for name, count in counts.items() if count != leaf0.shape[0]]
     if bad:
-        raise ValueError(f"{where}: every array in x and y must have the same number of examples (first "
-                         f"axis), but {bad[0]} has {counts[bad[0]]} and {first} has {leaf0.shape[0]}")
+        raise ValueError(f"{where}: x and y must have the same number of examples, got {leaf0.shape[0]} and "
+                         f"{counts[bad[0]]} ({first} has {leaf0.shape[0]}, {bad[0]} has {counts[bad[0]]}; every "
+                         f"array holds the examples on its first axis)")
     return x, y
 
 
