@@ -197,7 +197,8 @@ def test_fit_params_errors():
     bad = {**params, "dense_1": {"w": jnp.zeros((4, 5)), "b": jnp.zeros(5)}}
     with pytest.raises(ValueError, match=r"params\['dense_1'\]\['b'\] has shape \(5,\), the model expects \(2,\)"):
         train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), params=bad, **kw)
-    with pytest.raises(ValueError, match="do not have the model's structure"):
+    missing = r"structure: missing \['dense_1'\]\['b'\], \['dense_1'\]\['w'\]; unexpected nothing"
+    with pytest.raises(ValueError, match=missing):
         train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y),
                   params={"dense_0": params["dense_0"]}, **kw)
 

@@ -115,18 +115,23 @@ def _default_metrics(model: Layer, ts: TrainState, example, y) -> dict:
     return {"accuracy": _metrics.accuracy} if isinstance(out, jax.ShapeDtypeStruct) else {}
 
 
+def _paths(tree) -> list[str]:
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
 def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainState:
-    """A fresh train state (step 0, new optimizer state) at the given ``params``/``state``."""
+    """A fresh train state (step 0, new optimizer state) at the given ``params``/``state``, which
+    must have the structure and shapes of the model's own."""
     ts = init_train_state(model, optimizer, key, example)
-    given = {"params": params, "state": state}
-    for name, tree in given.items():
+    for name, tree in {"params": params, "state": state}.items():
         if tree is None:
             continue
         expected = getattr(ts, name)
         if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(expected):
-            raise ValueError(f"fit: the given {name} do not have the model's structure: expected the paths "
-                             f"{[jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(expected)]}, "
-                             f"got {[jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]}")
+            missing = sorted(set(_paths(expected)) - set(_paths(tree)))
+            extra = sorted(set(_paths(tree)) - set(_paths(expected)))
+            raise ValueError(f"fit: the given {name} do not have the model's structure: missing "
+                             f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(extra) or 'nothing'}")
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(expected)):
             if jnp.shape(a) != b.shape:
                 raise ValueError(f"fit: given {name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, "
