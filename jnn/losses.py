@@ -116,6 +116,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
 
 
 def _penalty(params, include, exclude, leaf_fn) -> jax.Array:
+    _tree.check_weights_selected(params, include, exclude, "penalty")
     selected = [leaf for path, leaf in _tree.leaves_with_paths(params)
                 if _tree.matches(path, include) and not _tree.matches(path, exclude)]
     return jnp.asarray(sum((jnp.sum(leaf_fn(leaf)) for leaf in selected), 0.0))

@@ -5,6 +5,14 @@ A leaf's path is its dict keys joined by ``/`` (``"dense_0/w"``). A pattern *wit
 one is an ``fnmatch`` glob over the whole path (``"encoder/*"`` matches everything under
 ``encoder``, at any depth).
 
+The default selection for penalties and weight decay (:data:`WEIGHTS`) is by name, so that
+it is explicit and predictable, but it never skips a weight silently: used with its default
+``include``, :func:`mask` (and :func:`jnn.losses.l2_penalty`, :func:`jnn.train.penalty`)
+raises a ValueError when the params hold a floating leaf of rank >= 2 that is neither
+selected, nor an embedding table (:data:`NOT_WEIGHTS`), nor excluded by ``exclude`` (e.g. a
+custom layer's ``wa``/``wg`` kernels). Name such kernels ``w``, or pass ``include``
+(``include=["w", "wa", "wg"]``; an explicit ``include`` is taken as the user's decision).
+
 Example:
   >>> import jax.numpy as jnp, jnn
   >>> params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}}
@@ -17,12 +25,17 @@ import fnmatch
 from typing import Any, Iterable
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["path_str", "leaves_with_paths", "matches", "mask", "WEIGHTS"]
+__all__ = ["path_str", "leaves_with_paths", "matches", "mask", "WEIGHTS", "NOT_WEIGHTS",
+           "check_weights_selected"]
 
 #: The default selection for penalties and weight decay: weight matrices and kernels
 #: (leaves named ``w``), not biases, norm scales/offsets or embeddings.
 WEIGHTS = ("w",)
+#: Leaves of rank >= 2 the default selection leaves out on purpose: embedding tables (token and
+#: learned positional embeddings).
+NOT_WEIGHTS = ("embedding",)
 
 
 def path_str(path) -> str:
@@ -51,8 +64,41 @@ def matches(path: str, patterns: Iterable[str] | str) -> bool:
     return any(fnmatch.fnmatchcase(path if "/" in p else leaf, p) for p in patterns)
 
 
+def check_weights_selected(tree, include, exclude, where: str) -> None:
+    """With the default ``include`` (:data:`WEIGHTS`), raises a ValueError naming every floating
+    leaf of rank >= 2 that is not selected, not in :data:`NOT_WEIGHTS` and not excluded: a
+    kernel the default would skip silently. Does nothing for any other ``include``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> params = {"gate": {"wa": jnp.ones((2, 2)), "wg": jnp.ones((2, 2)), "b": jnp.zeros(2)}}
+      >>> jnn.tree.check_weights_selected(params, jnn.tree.WEIGHTS, (), "example")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: example: the default selection (leaves named 'w') would skip the weights ['gate/wa', 'gate/wg'] ...
+    """
+    if include is not WEIGHTS:
+        return
+    skipped = [path for path, leaf in leaves_with_paths(tree)
+               if getattr(leaf, "ndim", 0) >= 2 and hasattr(leaf, "dtype") and jnp.issubdtype(
+                   leaf.dtype, jnp.floating)
+               and not matches(path, include) and not matches(path, NOT_WEIGHTS) and not matches(path, exclude)]
+    if skipped:
+        names = sorted({p.rsplit("/", 1)[-1] for p in skipped})
+        raise ValueError(f"{where}: the default selection (leaves named 'w') would skip the weights {skipped} "
+                         f"(floating, rank >= 2). Name your layer's kernels 'w', or choose explicitly: "
+                         f"include=['w', {', '.join(map(repr, names))}] to regularize them, or "
+                         f"exclude={names!r} to leave them out")
+
+
 def mask(tree, include: Iterable[str] | str = WEIGHTS, exclude: Iterable[str] | str = ()):
     """A tree of bools with ``tree``'s structure: True where a leaf's path matches
-    ``include`` and not ``exclude``. Usable as an ``optax.masked`` mask."""
+    ``include`` and not ``exclude``. Usable as an ``optax.masked`` mask.
+
+    Raises:
+      ValueError: with the default ``include``, a weight the default would skip (see
+        :func:`check_weights_selected`).
+    """
+    check_weights_selected(tree, include, exclude, "jnn.tree.mask")
     return jax.tree_util.tree_map_with_path(
         lambda p, _: matches(path_str(p), include) and not matches(path_str(p), exclude), tree)

@@ -58,7 +58,8 @@ def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split, his
     _positive_int(where, "eval_batch_size", eval_batch_size)
     if on_nonfinite not in ("raise", "stop"):
         raise ValueError(f"{where}: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
-    n = len(x)
+    leaves = jax.tree_util.tree_leaves(x)
+    n = len(leaves[0]) if leaves else 0
     if n == 0:
         raise ValueError(f"{where}: train_data is empty (0 examples); pass at least one batch")
     if val_split:

@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jnn import metrics as _metrics
 from jnn import parallel as _parallel
 from jnn.core import Layer
 from jnn.train import guard
 from jnn.train.callbacks import CallbackList
 from jnn.train.history import progress_bar
-from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
-                            make_stepwise_epoch, make_train_epoch, make_train_step)
+from jnn.train.step import (LossFn, Metrics, TrainState, _as_arrays, _gather, _num_examples, init_train_state,
+                            make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
 
 __all__ = ["EarlyStopping", "FitResult", "fit", "split_validation", "predict"]
 
@@ -83,23 +84,70 @@ class FitResult(NamedTuple):
 
 def split_validation(x, y, fraction: float, key):
     """Shuffles ``(x, y)`` with ``key`` and splits off ``fraction`` of it:
-    returns ``(train_x, train_y), (val_x, val_y)``."""
+    returns ``(train_x, train_y), (val_x, val_y)``. ``x`` and ``y`` may be pytrees (dicts or
+    tuples of arrays with examples on the first axis); every leaf is split alike."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"split_validation: fraction must be in (0, 1), got {fraction}")
-    n = len(x)
+    x, y = _as_arrays((x, y))
+    n = _num_examples(x)
     n_val = int(round(n * fraction))
     order = np.asarray(jax.random.permutation(key, n))
     val, train = order[:n_val], order[n_val:]
-    return (x[train], y[train]), (x[val], y[val])
+    return (_gather(x, train), _gather(y, train)), (_gather(x, val), _gather(y, val))
 
 
 def _check_data(where: str, data) -> tuple[Any, Any]:
+    """``(x, y)`` as jax arrays (or dicts/tuples of them), every leaf with the same example count."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"{where}: expected a pair (x, y), got {type(data).__name__}")
-    x, y = data
-    if len(x) != len(y):
-        raise ValueError(f"{where}: x and y must have the same number of examples, got {len(x)} and {len(y)}")
-    return jnp.asarray(x), jnp.asarray(y)
+    x, y = _as_arrays(tuple(data))
+    leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
+              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+    if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
+        raise ValueError(f"{where}: x and y must each hold at least one array")
+    scalars = [name for name, leaf in leaves if leaf.ndim == 0]
+    if scalars:
+        raise ValueError(f"{where}: every array needs a leading example axis; {scalars[0]} is a scalar")
+    (first, leaf0), counts = leaves[0], {name: leaf.shape[0] for name, leaf in leaves}
+    bad = [name for name, count in counts.items() if count != leaf0.shape[0]]
+    if bad:
+        raise ValueError(f"{where}: x and y must have the same number of examples, got {leaf0.shape[0]} and "
+                         f"{counts[bad[0]]} ({first} has {leaf0.shape[0]}, {bad[0]} has {counts[bad[0]]}; every "
+                         f"array holds the examples on its first axis)")
+    return x, y
+
+
+def _default_metrics(model: Layer, ts: TrainState, example, y) -> dict:
+    """``{"accuracy": ...}`` when both the model's output and ``y`` are single arrays; else ``{}``."""
+    if not isinstance(y, jax.Array):
+        return {}
+    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=False)[0], ts.params, ts.state, example)
+    return {"accuracy": _metrics.accuracy} if isinstance(out, jax.ShapeDtypeStruct) else {}
+
+
+def _paths(tree) -> list[str]:
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainState:
+    """A fresh train state (step 0, new optimizer state) at the given ``params``/``state``, which
+    must have the structure and shapes of the model's own."""
+    ts = init_train_state(model, optimizer, key, example)
+    for name, tree in {"params": params, "state": state}.items():
+        if tree is None:
+            continue
+        expected = getattr(ts, name)
+        if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(expected):
+            missing = sorted(set(_paths(expected)) - set(_paths(tree)))
+            extra = sorted(set(_paths(tree)) - set(_paths(expected)))
+            raise ValueError(f"fit: the given {name} do not have the model's structure: missing "
+                             f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(extra) or 'nothing'}")
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(expected)):
+            if jnp.shape(a) != b.shape:
+                raise ValueError(f"fit: given {name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, "
+                                 f"the model expects {b.shape}")
+    params = ts.params if params is None else params
+    return ts._replace(params=params, state=ts.state if state is None else state, opt_state=optimizer.init(params))
 
 
 def _learning_rate(opt_state) -> float | None:
@@ -114,7 +162,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         key: jax.Array, epochs: int = 10, batch_size: int = 128, val_data=None,
         val_split: float = 0.0, metrics: Metrics | None = None,
         regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
-        train_state: TrainState | None = None, initial_epoch: int = 0, eval_batch_size: int = 1000,
+        train_state: TrainState | None = None, params=None, state=None, initial_epoch: int = 0,
+        eval_batch_size: int = 1000,
         fused: bool = True,
         progress: bool = True, verbose: bool = True, history_file=None,
         on_epoch_end: Callable[[int, TrainState, dict], None] | None = None, callbacks=(), mesh=None,
@@ -129,22 +178,34 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
 
     Args:
       model: the network.
-      loss: ``loss(outputs, y) -> scalar`` (e.g. :func:`jnn.losses.softmax_cross_entropy`).
+      loss: ``loss(outputs, y) -> scalar`` (e.g. :func:`jnn.losses.softmax_cross_entropy`), or
+        ``loss(outputs, y, step)`` (a parameter named ``step``: the optimizer steps taken so far,
+        e.g. for KL annealing); either may return ``(scalar, {name: scalar})``, and those logs
+        join the history (``name`` and ``val_name``). See :func:`jnn.train.make_train_step`.
       optimizer: an optax optimizer (schedules, clipping and masks compose as usual; build it
         with ``optax.inject_hyperparams`` to have the learning rate of each epoch's last
         step logged as ``"lr"``).
-      train_data: ``(x, y)`` arrays with examples on the first axis.
+      train_data: ``(x, y)`` with examples on the first axis. ``x`` and ``y`` may be pytrees
+        (dicts or tuples of arrays: several inputs or targets; the model's output may be a pytree
+        too); every leaf must have the same number of examples.
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
       epochs: number of epochs.
       batch_size: examples per step (clamped to the dataset size).
       val_data: ``(x, y)`` for validation, or ``None``.
       val_split: instead of ``val_data``, hold out this fraction of ``train_data`` (shuffled).
       metrics: ``{name: fn(outputs, y)}``; defaults to ``{"accuracy": jnn.metrics.accuracy}``
-        for the classification losses of :mod:`jnn.losses`, and to none for other losses.
+        for the classification losses of :mod:`jnn.losses` when the output and ``y`` are single
+        arrays, and to none otherwise.
       regularizer: ``params -> scalar`` added to the loss (see :func:`jnn.train.penalty`).
       early_stopping: an :class:`EarlyStopping`, or ``None``.
       train_state: resume from this state instead of initializing (``key`` then only splits
         the validation set, so pass the same key to get the same split).
+      params, state: start a new run from these weights (e.g. pretrained ones, or a new head on a
+        pretrained body) instead of the model's initialization: the optimizer state is initialized
+        fresh for them, the step starts at 0 and ``key`` drives shuffling and dropout as usual.
+        Either may be left ``None`` (the model's own init is used for it). They must have the
+        structure and shapes ``model.init`` gives. Not with ``train_state``, which resumes a run
+        (params, state, optimizer state, step and key together).
       initial_epoch: the number of epochs ``train_state`` has already done; training runs
         epochs ``initial_epoch + 1 .. epochs`` (as in Keras). Resuming from the state saved
         after epoch k with ``initial_epoch=k`` reproduces an uninterrupted run bit for bit.
@@ -200,7 +261,9 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         raise ValueError(f"fit: initial_epoch must be in [0, epochs={epochs}), got {initial_epoch}")
     if val_data is not None and val_split:
         raise ValueError("fit: pass either val_data or val_split, not both")
-    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
+    if train_state is not None and (params is not None or state is not None):
+        raise ValueError("fit: pass train_state (resume a run) or params/state (start from given weights), "
+                         "not both")
     x, y = _check_data("fit train_data", train_data)
     guard.check_fit_args("fit", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
                          history_file=history_file, on_nonfinite=on_nonfinite)
@@ -209,15 +272,21 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         (x, y), val_data = split_validation(x, y, val_split, split_key)
     if val_data is not None:
         val_data = _check_data("fit val_data", val_data)
-    batch_size = min(batch_size, len(x))
+    num_examples = _num_examples(x)
+    batch_size = min(batch_size, num_examples)
     if rules is not None and mesh is None:
         raise ValueError("fit: rules shard params over a mesh; pass mesh= as well")
     if mesh is not None:
         _parallel.check_mesh(mesh, "fit")
         _parallel.check_batch_size(batch_size, mesh, "fit")
 
-    init = lambda: init_train_state(model, optimizer, init_key,
-                                    jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype))
+    example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
+
+    def init():
+        if params is not None or state is not None:
+            return _start_from(model, optimizer, init_key, example, params, state)
+        return init_train_state(model, optimizer, init_key, example)
+
     if mesh is None:
         ts = train_state if train_state is not None else init()
     else:
@@ -225,12 +294,17 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
             _parallel.sharded_init(init, mesh, rules)
         x, y = _parallel.replicate((x, y), mesh)
         val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
+    if metrics is None:
+        metrics = _default_metrics(model, ts, example, y)
+        metrics = {k: v for k, v in metrics.items() if k in guard.default_metrics(loss)}
+    else:
+        metrics = dict(metrics)
     step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, mesh=mesh,
                            rules=rules)
     if fused:
-        train_epoch = jax.jit(make_train_epoch(step, len(x), batch_size, mesh=mesh))
+        train_epoch = jax.jit(make_train_epoch(step, num_examples, batch_size, mesh=mesh))
     else:
-        train_epoch = make_stepwise_epoch(step, len(x), batch_size)
+        train_epoch = make_stepwise_epoch(step, num_examples, batch_size)
     evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
     evaluate = jax.jit(evaluate) if fused else evaluate
     guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
@@ -250,7 +324,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
             ts, train_logs = train_epoch(ts, (x, y))
             logs = {k: float(v) for k, v in train_logs.items()}
             if val_data is not None:
-                logs.update({f"val_{k}": float(v) for k, v in evaluate(ts.params, ts.state, val_data).items()})
+                logs.update({f"val_{k}": float(v) for k, v in evaluate(ts.params, ts.state, val_data, ts.step).items()})
             lr = _learning_rate(ts.opt_state)
             if lr is not None:
                 logs["lr"] = lr
@@ -294,8 +368,21 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     return FitResult(ts, history, best_epoch, stopped, nonfinite_epoch, report)
 
 
-def predict(model: Layer, params, state, x, *, batch_size: int = 1000) -> jax.Array:
-    """The model's evaluation-mode outputs for all of ``x``, computed in batches."""
-    x = jnp.asarray(x)
+def predict(model: Layer, params, state, x, *, batch_size: int = 1000):
+    """The model's evaluation-mode outputs for all of ``x``, computed in batches.
+
+    ``x`` may be a pytree (dicts or tuples of arrays, examples on the first axis); the result
+    has the structure of the model's output (an array, or e.g. a dict of arrays).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.fan_out(jnn.dense(2), jnn.dense(3), merge=tuple)   # two outputs
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+      >>> [a.shape for a in jnn.train.predict(model, params, state, jnp.ones((5, 4)), batch_size=2)]
+      [(5, 2), (5, 3)]
+    """
+    x = _as_arrays(x)
+    n = _num_examples(x)
     apply = jax.jit(lambda p, s, xb: model.apply(p, s, xb, train=False)[0])
-    return jnp.concatenate([apply(params, state, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    outs = [apply(params, state, _gather(x, slice(i, i + batch_size))) for i in range(0, n, batch_size)]
+    return jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *outs)

@@ -41,7 +41,7 @@ import optax
 from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train.loop import EarlyStopping, _check_data, split_validation
-from jnn.train.step import (LossFn, Metrics, TrainState, init_train_state, make_eval_fn,
+from jnn.train.step import (LossFn, Metrics, TrainState, _num_examples, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
 
 __all__ = ["MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
@@ -159,14 +159,30 @@ def make_member_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeO
     return member_epoch
 
 
+def _static(example):
+    """A pytree of ShapeDtypeStructs as a hashable static argument (``tree_unflatten(*it)`` undoes it)."""
+    leaves, treedef = jax.tree_util.tree_flatten(example)
+    return treedef, tuple(leaves)
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _first_output(make_model, hparams, states, example):
+    """Member 0's evaluation-mode output (under ``jax.eval_shape``: cached, traced once)."""
+    hp, ts = jax.tree_util.tree_map(lambda a: a[0], (hparams, states))
+    x = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.tree_util.tree_unflatten(*example))
+    return make_model(hp).apply(ts.params, ts.state, x, train=False)[0]
+
+
 def init_population(make_model: MakeModel, make_optimizer: MakeOptimizer, hparams: HParams,
                     keys: jax.Array, example) -> TrainState:
     """Stacked train states, member ``i`` initialized as ``fit(..., key=keys[i])`` does."""
-    return _init_population(make_model, make_optimizer, example, dict(hparams), keys)
+    return _init_population(make_model, make_optimizer, _static(example), dict(hparams), keys)
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
 def _init_population(make_model, make_optimizer, example, hparams, keys):
+    example = jax.tree_util.tree_unflatten(*example)
+
     def init_member(member):
         hp, key = member
         init_key, _ = jax.random.split(key)  # as fit: init_key, split_key = split(key)
@@ -224,7 +240,7 @@ def _population_eval(program: _Program, hparams, states, data):
     def member_eval(hp, ts):
         fn = make_eval_fn(program.make_model(hp), program.loss, metrics=dict(program.metrics),
                           batch_size=program.eval_batch_size)
-        return fn(ts.params, ts.state, data)
+        return fn(ts.params, ts.state, data, ts.step)
 
     return _map_members(lambda m: member_eval(*m), (hparams, states), program.chunk_size)
 
@@ -267,7 +283,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
 
     Args:
       make_model: ``hp -> Layer``, called inside vmap with ``hp = {name: traced scalar}``.
-      loss: ``loss(outputs, y) -> scalar``, as for :func:`jnn.train.fit`.
+      loss: ``loss(outputs, y) -> scalar``, as for :func:`jnn.train.fit` (it may take ``step`` and
+        return ``(loss, logs)``; the logs join the history, but early stopping cannot monitor them).
       make_optimizer: ``hp -> optax optimizer`` (e.g.
         ``optax.inject_hyperparams(optax.adamw)(learning_rate=hp["lr"], weight_decay=hp["wd"])``).
       train_data: ``(x, y)``, shared by every member (each shuffles it with its own key).
@@ -309,16 +326,20 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     hparams, n = _check_hparams("fit_population", hparams)
     keys = _as_keys("fit_population", key, n)
     n = keys.shape[0]
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     x, y = _check_data("fit_population train_data", train_data)
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
     if val_data is not None:
         val_data = _check_data("fit_population val_data", val_data)
-    batch_size = min(batch_size, len(x))
+    batch_size = min(batch_size, _num_examples(x))
 
-    example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
+    example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
     init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
+    if metrics is None:  # accuracy for single-array outputs and targets (as fit)
+        out = jax.eval_shape(_first_output, make_model, hparams, jax.eval_shape(init), _static(example))
+        single = isinstance(y, jax.Array) and isinstance(out, jax.ShapeDtypeStruct)
+        metrics = {"accuracy": _metrics.accuracy} if single else {}
+    metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     names += ["lr"] if _learning_rates(jax.eval_shape(init).opt_state) is not None else []
     es = early_stopping
@@ -326,7 +347,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
                          f"the logged metrics {sorted(names)}")
     states = init()
-    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
+    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, _num_examples(x),
                        batch_size, eval_batch_size, chunk_size)
     history = {k: np.full((epochs, n), np.nan) for k in names}
     active, stopped = np.ones(n, bool), np.zeros(n, bool)
@@ -334,13 +355,14 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     best, best_states = np.full(n, np.nan), states
     for epoch in range(1, epochs + 1):
         trained = active.copy()
-        order = (_epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None)
+        order = (_epoch_order(shared_order_key(keys, epoch), _num_examples(x), batch_size) if shared_order else None)
         states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y), order)
         if val_data is not None:
             logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
         if "lr" in history:
             logs["lr"] = _learning_rates(states.opt_state)
-        for k, v in logs.items():
+        for k, v in logs.items():  # the names of a loss's own logs first appear here
+            history.setdefault(k, np.full((epochs, n), np.nan))
             history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
         epochs_trained[trained] = epoch
         for cb in callbacks:   # e.g. jnn.train.callbacks.TensorBoard: one run per member

@@ -5,6 +5,7 @@ Everything here is a pure function of arrays, so it composes with ``jax.jit``,
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -19,8 +20,10 @@ from jnn.core import Layer
 __all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_stepwise_epoch",
            "epoch_order", "make_eval_fn", "penalty", "Metrics"]
 
-Metrics = Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]]
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+Metrics = Mapping[str, Callable[[Any, Any], jax.Array]]
+#: ``loss(outputs, y) -> scalar``, or ``loss(outputs, y, step) -> scalar`` (a parameter named
+#: ``step``), either of which may instead return ``(scalar, {name: scalar})``: see :func:`make_train_step`.
+LossFn = Callable[..., Any]
 
 
 class TrainState(NamedTuple):
@@ -58,7 +61,9 @@ def init_train_state(model: Layer, optimizer: optax.GradientTransformation, key:
 
 def penalty(*, l1: float = 0.0, l2: float = 0.0, include=_tree.WEIGHTS, exclude=()) -> Callable:
     """A regularizer ``params -> l1 * sum|w| + l2 * sum w**2`` over the leaves selected by
-    path pattern (by default the weights ``w``: not biases, norm scales or embeddings).
+    path pattern (by default the weights ``w``: not biases, norm scales or embeddings; with
+    the default, a float leaf of rank >= 2 named otherwise, e.g. a custom layer's ``wa``, raises
+    a ValueError instead of going unregularized: see :mod:`jnn.tree`).
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -80,8 +85,50 @@ def penalty(*, l1: float = 0.0, l2: float = 0.0, include=_tree.WEIGHTS, exclude=
     return regularizer
 
 
-def _as_float32(y):
-    return y.astype(jnp.float32) if jnp.issubdtype(y.dtype, jnp.floating) else y
+def _as_float32(tree):
+    """Every floating leaf of the model's outputs (an array or a pytree of arrays) in float32."""
+    return jax.tree_util.tree_map(
+        lambda y: y.astype(jnp.float32) if jnp.issubdtype(y.dtype, jnp.floating) else y, tree)
+
+
+def _takes_step(loss) -> bool:
+    """Whether ``loss`` has a parameter named ``step`` (read once, when a step is built)."""
+    try:
+        return "step" in inspect.signature(loss).parameters
+    except (TypeError, ValueError):  # builtins and other callables without a signature
+        return False
+
+
+def _loss_and_logs(loss, takes_step: bool, outputs, y, step, reserved=()):
+    """Calls ``loss`` (with ``step=`` when it takes one); returns ``(scalar, logs dict)``."""
+    result = loss(outputs, y, step=step) if takes_step else loss(outputs, y)
+    if not isinstance(result, tuple):
+        return result, {}
+    if len(result) != 2 or not isinstance(result[1], Mapping):
+        raise TypeError(f"loss must return a scalar or a pair (loss, {{name: scalar}}), got a tuple of "
+                        f"{len(result)} whose second item is {type(result[-1]).__name__}")
+    value, logs = result
+    clash = sorted({"loss", *reserved} & set(logs))
+    if clash:
+        raise ValueError(f"loss: the logs it returns use the reserved name(s) {clash} (the loss itself "
+                         f"and the metrics); rename them")
+    return value, dict(logs)
+
+
+def _gather(tree, idx):
+    """``tree[idx]`` leaf by leaf (examples on the first axis of every leaf)."""
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _as_arrays(tree):
+    """``tree`` with every leaf a jax array; only dicts and tuples are containers (a list of
+    numbers is one array, as ``jnp.asarray`` reads it)."""
+    return jax.tree_util.tree_map(jnp.asarray, tree, is_leaf=lambda t: not isinstance(t, (dict, tuple)))
+
+
+def _num_examples(tree) -> int:
+    """The leading (example) axis shared by the leaves of ``x`` or ``y``."""
+    return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
 
 def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, *,
@@ -93,6 +140,16 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
     plus ``regularizer(params)`` when given. ``metrics`` maps names to functions of
     ``(outputs, y)`` evaluated on the training-mode outputs of the batch; the returned dict
     holds ``"loss"`` (without the regularizer) and each metric.
+
+    ``x``, ``y`` and the model's outputs may each be an array or a pytree of arrays (dicts or
+    tuples: several inputs, several outputs); ``loss`` and ``metrics`` receive the outputs and
+    ``y`` with their structure. The loss's signature is read once, here:
+
+    - ``loss(outputs, y)``; or ``loss(outputs, y, step)`` when it has a parameter named
+      ``step``: it is then called with ``step=`` the number of optimizer steps taken before this
+      one (an int32 scalar; e.g. for KL annealing);
+    - it returns a scalar, or ``(scalar, logs)`` with ``logs`` a dict of scalars, which are
+      added to the returned metrics (and so to ``fit``'s history, for train and validation).
 
     With a ``mesh`` (:func:`jnn.parallel.make_mesh`) the batch is split along its ``data`` axis
     and the new train state is laid out by ``rules`` (:mod:`jnn.parallel.rules`; default:
@@ -108,6 +165,7 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
       1
     """
     metrics = dict(metrics or {})
+    takes_step = _takes_step(loss)
 
     if mesh is not None:
         _parallel.check_mesh(mesh, "make_train_step")
@@ -121,14 +179,14 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
         def objective(params):
             out, new_state = model.apply(params, ts.state, x, key=step_key, train=True)
             out = _as_float32(out)
-            data_loss = loss(out, y)
+            data_loss, loss_logs = _loss_and_logs(loss, takes_step, out, y, ts.step, metrics)
             total = data_loss + regularizer(params) if regularizer is not None else data_loss
-            return total, (data_loss, out, new_state)
+            return total, (data_loss, loss_logs, out, new_state)
 
-        grads, (data_loss, out, new_state) = jax.grad(objective, has_aux=True)(ts.params)
+        grads, (data_loss, loss_logs, out, new_state) = jax.grad(objective, has_aux=True)(ts.params)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
-        logs = {"loss": data_loss, **{name: fn(out, y) for name, fn in metrics.items()}}
+        logs = {"loss": data_loss, **loss_logs, **{name: fn(out, y) for name, fn in metrics.items()}}
         new_ts = TrainState(params, new_state, opt_state, ts.step + 1, key)
         if mesh is not None:
             new_ts = _parallel.constrain_state(new_ts, mesh, rules)
@@ -192,9 +250,8 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=Non
         _parallel.check_batch_size(batch_size, mesh, "make_train_epoch")
 
     def train_epoch(ts: TrainState, data, order=None):
-        x, y = data
         ts, order = _shuffle(ts, num_examples, batch_size, order)
-        ts, logs = jax.lax.scan(lambda ts, idx: train_step(ts, (x[idx], y[idx])), ts, order)
+        ts, logs = jax.lax.scan(lambda ts, idx: train_step(ts, _gather(data, idx)), ts, order)
         return ts, jax.tree_util.tree_map(jnp.mean, logs)
 
     return train_epoch
@@ -210,14 +267,13 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
     """
     num_batches = _epoch_batches(num_examples, batch_size, "make_stepwise_epoch")
     shuffle = jax.jit(lambda ts: _shuffle(ts, num_examples, batch_size))
-    step = jax.jit(lambda ts, x, y, idx: train_step(ts, (x[idx], y[idx])))
+    step = jax.jit(lambda ts, data, idx: train_step(ts, _gather(data, idx)))
 
     def train_epoch(ts: TrainState, data):
-        x, y = data
         ts, order = shuffle(ts)
         totals = None
         for i in range(num_batches):
-            ts, logs = step(ts, x, y, order[i])
+            ts, logs = step(ts, tuple(data), order[i])
             totals = logs if totals is None else jax.tree_util.tree_map(jnp.add, totals, logs)
         return ts, jax.tree_util.tree_map(lambda v: v / num_batches, totals)
 
@@ -227,30 +283,47 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
 
 def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, batch_size: int = 1000,
                  fused: bool = True, mesh=None):
-    """A pure ``(params, state, (x, y)) -> metrics`` over a whole dataset, exact to the example.
+    """A pure ``(params, state, (x, y), step=None) -> metrics`` over a whole dataset, exact to the
+    example.
 
     The data is padded to whole batches; each example's loss and metrics are computed on its
     own (the loss and metric functions are vmapped over single-example batches) and padded rows
-    are masked out, so ``"loss"`` and each metric are exact means over the ``len(x)``
-    examples, whatever ``batch_size`` is. With ``fused=True`` the batches run in one
-    ``lax.scan`` (jit the result); with ``fused=False`` a Python loop calls one jitted batch
-    function (see :func:`make_stepwise_epoch` for why: conv nets on CPU). With a ``mesh``,
-    each batch (rounded up to a multiple of the ``data`` axis, padding masked) is split along it.
+    are masked out, so ``"loss"``, the loss's own logs and each metric are exact means over
+    the examples, whatever ``batch_size`` is. ``x``, ``y`` and the outputs may be pytrees (as
+    for :func:`make_train_step`); every leaf is padded and masked alike. ``step`` is passed to
+    a loss that takes one (e.g. ``train_state.step``, so validation uses the same KL weight as
+    training) and is required for it. With ``fused=True`` the batches run in one ``lax.scan``
+    (jit the result); with ``fused=False`` a Python loop calls one jitted batch function (see
+    :func:`make_stepwise_epoch` for why: conv nets on CPU). With a ``mesh``, each batch
+    (rounded up to a multiple of the ``data`` axis, padding masked) is split along it.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.dense(1)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 2)))
+      >>> evaluate = jax.jit(jnn.train.make_eval_fn(model, jnn.losses.mse, batch_size=2))
+      >>> x, y = jnp.ones((3, 2)), jnp.zeros((3, 1))
+      >>> bool(jnp.isclose(evaluate(params, state, (x, y))["loss"], jnp.mean(model.apply(params, state, x)[0] ** 2)))
+      True
     """
-    fns = {"loss": loss, **dict(metrics or {})}
+    metrics = dict(metrics or {})
+    takes_step = _takes_step(loss)
 
-    def per_example(fn, out, y):
-        return jax.vmap(lambda o, t: fn(o[None], t[None]))(out, y)
+    def per_example(out, y, step):
+        def one(o, t):
+            o, t = jax.tree_util.tree_map(lambda a: a[None], (o, t))
+            value, logs = _loss_and_logs(loss, takes_step, o, t, step, metrics)
+            return {"loss": value, **logs, **{k: fn(o, t) for k, fn in metrics.items()}}
+        return jax.vmap(one)(out, y)
 
-    def batch_totals(params, state, xb, yb, mb):
+    def batch_totals(params, state, xb, yb, mb, step):
         if mesh is not None:
             xb, yb, mb = _parallel.constrain_batch((xb, yb, mb), mesh, "make_eval_fn")
         out = _as_float32(model.apply(params, state, xb, train=False)[0])
-        return {k: jnp.sum(jnp.where(mb, per_example(fn, out, yb), 0.0)) for k, fn in fns.items()}
+        return {k: jnp.sum(jnp.where(mb, v, 0.0)) for k, v in per_example(out, yb, step).items()}
 
     def batched(data):
-        x, y = data
-        n = x.shape[0]
+        n = _num_examples(data)
         bs = min(batch_size, n)
         if mesh is not None:
             bs = -(-bs // _parallel.data_size(mesh)) * _parallel.data_size(mesh)
@@ -259,23 +332,30 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         padded = lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]).reshape(
             num_batches, bs, *a.shape[1:])
         mask = (jnp.arange(num_batches * bs) < n).reshape(num_batches, bs)
-        return n, (padded(x), padded(y), mask)
+        x, y = jax.tree_util.tree_map(padded, tuple(data))
+        return n, (x, y, mask)
 
-    def evaluate(params, state, data):
+    def check_step(step):
+        if takes_step and step is None:
+            raise ValueError("make_eval_fn: the loss takes the step; call evaluate(params, state, data, "
+                             "step=...) (e.g. step=train_state.step)")
+        return None if step is None or not takes_step else jnp.asarray(step, jnp.int32)
+
+    def evaluate(params, state, data, step=None):
+        step = check_step(step)
         n, batches = batched(data)
-        zeros = {k: jnp.zeros((), jnp.float32) for k in fns}
-        totals, _ = jax.lax.scan(
-            lambda totals, b: (jax.tree_util.tree_map(jnp.add, totals, batch_totals(params, state, *b)), None),
-            zeros, batches)
-        return {k: v / n for k, v in totals.items()}
+        _, per_batch = jax.lax.scan(lambda c, b: (c, batch_totals(params, state, *b, step)), None, batches)
+        return {k: jnp.sum(v) / n for k, v in per_batch.items()}
 
     if fused:
         return evaluate
     batch_totals_jit = jax.jit(batch_totals)
 
-    def evaluate_stepwise(params, state, data):
-        n, (xs, ys, masks) = batched(tuple(map(jnp.asarray, data)))
-        totals = [batch_totals_jit(params, state, xs[i], ys[i], masks[i]) for i in range(len(xs))]
-        return {k: sum(t[k] for t in totals) / n for k in fns}
+    def evaluate_stepwise(params, state, data, step=None):
+        step = check_step(step)
+        n, (xs, ys, masks) = batched(_as_arrays(data))
+        totals = [batch_totals_jit(params, state, _gather(xs, i), _gather(ys, i), masks[i], step)
+                  for i in range(len(masks))]
+        return {k: sum(t[k] for t in totals) / n for k in totals[0]}
 
     return evaluate_stepwise
