@@ -39,22 +39,48 @@ constant = _inits.constant
 
 
 def zeros() -> Initializer:
-    """All zeros."""
+    """All zeros.
+
+    Example:
+      >>> import jax, jnn
+      >>> jnn.initializers.zeros()(jax.random.key(0), (2,)).tolist()
+      [0.0, 0.0]
+    """
     return _inits.zeros
 
 
 def ones() -> Initializer:
-    """All ones."""
+    """All ones.
+
+    Example:
+      >>> import jax, jnn
+      >>> jnn.initializers.ones()(jax.random.key(0), (2,)).tolist()
+      [1.0, 1.0]
+    """
     return _inits.ones
 
 
 def normal(stddev: float = 1e-2) -> Initializer:
-    """Normal with mean 0 and standard deviation ``stddev``."""
+    """Normal with mean 0 and standard deviation ``stddev``.
+
+    Example:
+      >>> import jax, jnn
+      >>> w = jnn.initializers.normal(0.5)(jax.random.key(0), (10_000,))
+      >>> round(float(w.std()), 1)
+      0.5
+    """
     return _inits.normal(stddev)
 
 
 def uniform(scale: float = 1e-2) -> Initializer:
-    """Uniform on ``[0, scale)``."""
+    """Uniform on ``[0, scale)``.
+
+    Example:
+      >>> import jax, jnn
+      >>> w = jnn.initializers.uniform(2.0)(jax.random.key(0), (1000,))
+      >>> bool(w.min() >= 0.0), bool(w.max() < 2.0)
+      (True, True)
+    """
     return _inits.uniform(scale)
 
 
@@ -67,7 +93,14 @@ _BY_NAME = {
 
 
 def get(spec: str | Initializer, *, where: str = "initializer") -> Initializer:
-    """An initializer from a name (``"he_normal"``) or an initializer (returned as is)."""
+    """An initializer from a name (``"he_normal"``) or an initializer (returned as is).
+
+    Example:
+      >>> import jax, jnn
+      >>> init = jnn.initializers.get("he_normal")
+      >>> init(jax.random.key(0), (3, 4)).shape
+      (3, 4)
+    """
     if isinstance(spec, str):
         if spec not in _BY_NAME:
             raise ValueError(f"{where}: unknown initializer {spec!r}; expected one of {sorted(_BY_NAME)}")

@@ -32,6 +32,12 @@ def cast_floating(tree, dtype):
     """Every floating-point leaf of ``tree`` cast to ``dtype`` (integer, bool and key leaves kept).
 
     Works on arrays and ``jax.ShapeDtypeStruct`` leaves alike.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tree = cast_floating({"w": jnp.ones(2), "ids": jnp.arange(2)}, jnp.bfloat16)
+      >>> tree["w"].dtype, tree["ids"].dtype
+      (dtype(bfloat16), dtype('int32'))
     """
     def cast(a):
         if not hasattr(a, "dtype") or not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype == dtype:
@@ -50,6 +56,11 @@ class Policy(NamedTuple):
       param_dtype: dtype params and state are created and kept in.
       compute_dtype: dtype floating inputs and params are cast to inside ``apply``.
       output_dtype: dtype floating outputs are cast to on the way out.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> Policy(compute_dtype=jnp.float16).checked().compute_dtype
+      dtype('float16')
     """
 
     param_dtype: Any = jnp.float32
@@ -70,7 +81,12 @@ class Policy(NamedTuple):
 
 
 def mixed_bfloat16() -> Policy:
-    """float32 params, bfloat16 compute, float32 outputs."""
+    """float32 params, bfloat16 compute, float32 outputs.
+
+    Example:
+      >>> mixed_bfloat16().compute_dtype
+      <class 'jax.numpy.bfloat16'>
+    """
     return Policy(jnp.float32, jnp.bfloat16, jnp.float32)
 
 
@@ -116,6 +132,14 @@ def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
 
     Returns:
       A layer of the same kind and name.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = with_policy(jnn.dense(2))
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+      >>> y, _ = model.apply(params, state, jnp.ones((1, 3)))
+      >>> params["w"].dtype, y.dtype
+      (dtype('float32'), dtype('float32'))
     """
     _check_layer("with_policy", model)
     policy = (mixed_bfloat16() if policy is None else policy)

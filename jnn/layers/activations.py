@@ -22,53 +22,122 @@ __all__ = ["heaviside", "step", "sigmoid", "tanh", "relu", "leaky_relu", "elu", 
 
 
 def heaviside(x: jax.Array) -> jax.Array:
-    """The Heaviside step: 1 where ``x >= 0``, else 0; its gradient is zero everywhere."""
+    """The Heaviside step: 1 where ``x >= 0``, else 0; its gradient is zero everywhere.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> heaviside(jnp.array([-1.0, 0.0, 2.0])).tolist()
+      [0.0, 1.0, 1.0]
+    """
     return jnp.where(x >= 0, jnp.ones_like(x), jnp.zeros_like(x))
 
 
 def step(*, name: str | None = None) -> Layer:
-    """Heaviside step (the classic perceptron's output): ``1 if x >= 0 else 0``."""
+    """Heaviside step (the classic perceptron's output): ``1 if x >= 0 else 0``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.step().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [0.0, 1.0, 1.0]
+    """
     return stateless("step", heaviside, name=name)
 
 
 def sigmoid(*, name: str | None = None) -> Layer:
-    """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+    """Logistic sigmoid ``1 / (1 + exp(-x))``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.sigmoid().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [0.269, 0.5, 0.881]
+    """
     return stateless("sigmoid", jax.nn.sigmoid, name=name)
 
 
 def tanh(*, name: str | None = None) -> Layer:
-    """Hyperbolic tangent."""
+    """Hyperbolic tangent.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.tanh().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [-0.762, 0.0, 0.964]
+    """
     return stateless("tanh", jnp.tanh, name=name)
 
 
 def relu(*, name: str | None = None) -> Layer:
-    """Rectified linear unit ``max(x, 0)``."""
+    """Rectified linear unit ``max(x, 0)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.relu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [0.0, 0.0, 2.0]
+    """
     return stateless("relu", jax.nn.relu, name=name)
 
 
 def leaky_relu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
-    """``x if x >= 0 else negative_slope * x``."""
+    """``x if x >= 0 else negative_slope * x``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.leaky_relu(0.1).apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [-0.1, 0.0, 2.0]
+    """
     return stateless("leaky_relu", functools.partial(jax.nn.leaky_relu, negative_slope=negative_slope),
                      name=name)
 
 
 def elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
-    """Exponential linear unit ``x if x > 0 else alpha * (exp(x) - 1)``."""
+    """Exponential linear unit ``x if x > 0 else alpha * (exp(x) - 1)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.elu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [-0.632, 0.0, 2.0]
+    """
     return stateless("elu", functools.partial(jax.nn.elu, alpha=alpha), name=name)
 
 
 def gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
-    """Gaussian error linear unit ``x * Phi(x)`` (exact by default; tanh approximation optional)."""
+    """Gaussian error linear unit ``x * Phi(x)`` (exact by default; tanh approximation optional).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.gelu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [-0.159, 0.0, 1.954]
+    """
     return stateless("gelu", functools.partial(jax.nn.gelu, approximate=approximate), name=name)
 
 
 def softplus(*, name: str | None = None) -> Layer:
-    """``log(1 + exp(x))``, a smooth ReLU."""
+    """``log(1 + exp(x))``, a smooth ReLU.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.softplus().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [0.313, 0.693, 2.127]
+    """
     return stateless("softplus", jax.nn.softplus, name=name)
 
 
 def silu(*, name: str | None = None) -> Layer:
-    """Sigmoid linear unit (swish) ``x * sigmoid(x)``."""
+    """Sigmoid linear unit (swish) ``x * sigmoid(x)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.silu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [-0.269, 0.0, 1.762]
+    """
     return stateless("silu", jax.nn.silu, name=name)
 
 
@@ -76,10 +145,24 @@ swish = silu
 
 
 def softmax(axis: int = -1, *, name: str | None = None) -> Layer:
-    """Softmax over ``axis`` (probabilities that sum to 1)."""
+    """Softmax over ``axis`` (probabilities that sum to 1).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.softmax().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [0.042, 0.114, 0.844]
+    """
     return stateless("softmax", functools.partial(jax.nn.softmax, axis=axis), name=name)
 
 
 def log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
-    """Log-softmax over ``axis`` (numerically stable log-probabilities)."""
+    """Log-softmax over ``axis`` (numerically stable log-probabilities).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> y, _ = jnn.log_softmax().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
+      >>> [round(float(v), 3) for v in y]
+      [-3.17, -2.17, -0.17]
+    """
     return stateless("log_softmax", functools.partial(jax.nn.log_softmax, axis=axis), name=name)

@@ -1,0 +1,100 @@
+"""The documentation site: every public name documented with an example, every public module in
+the API reference, every Python block in docs/ runs, and `mkdocs build --strict` passes."""
+import importlib
+import importlib.util
+import inspect
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+
+import jnn
+from docs_blocks import python_blocks, run_page
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(p for p in DOCS.rglob("*.md") if python_blocks(p))
+
+
+def public_modules() -> dict[str, types.ModuleType]:
+    """jnn and every module reachable through the ``__all__`` lists of public modules."""
+    found, todo = {}, [jnn]
+    while todo:
+        module = todo.pop()
+        if module.__name__ in found:
+            continue
+        found[module.__name__] = module
+        for name in getattr(module, "__all__", ()):
+            value = getattr(module, name)
+            if isinstance(value, types.ModuleType) and value.__name__.startswith("jnn"):
+                todo.append(value)
+    return found
+
+
+def public_objects():
+    for module_name, module in sorted(public_modules().items()):
+        assert hasattr(module, "__all__"), f"{module_name} has no __all__"
+        for name in module.__all__:
+            value = getattr(module, name)
+            if not isinstance(value, types.ModuleType):
+                yield f"{module_name}.{name}", module, name, value
+
+
+def test_every_public_name_has_a_docstring_and_an_example():
+    missing_doc, missing_example = [], []
+    for qualified, module, name, value in public_objects():
+        if callable(value):
+            doc = inspect.getdoc(value) or ""
+            if not doc.strip():
+                missing_doc.append(qualified)
+            elif ">>>" not in doc:
+                missing_example.append(qualified)
+        elif not re.search(rf"\b{re.escape(name)}\b", module.__doc__ or ""):
+            missing_doc.append(f"{qualified} (a constant: describe it in the module docstring)")
+    assert not missing_doc, f"public names without a docstring: {missing_doc}"
+    assert not missing_example, f"public names whose docstring has no '>>>' example: {missing_example}"
+
+
+def test_every_public_module_is_in_the_api_reference():
+    referenced = set()
+    for page in (DOCS / "api").glob("*.md"):
+        referenced |= set(re.findall(r"^::: ([\w.]+)", page.read_text(), re.MULTILINE))
+    missing = []
+    for name, module in public_modules().items():
+        if name == "jnn":
+            continue
+        # A package is covered by a page for it or for the modules that define its names.
+        defining = {getattr(v, "__module__", name) for k, v in vars(module).items()
+                    if k in getattr(module, "__all__", ()) and not isinstance(v, types.ModuleType)}
+        if name not in referenced and not defining <= referenced:
+            missing.append(f"{name} (defined in {sorted(defining - referenced)})")
+    assert not missing, f"public modules missing from docs/api/*.md: {missing}"
+
+
+def test_the_docs_have_code_blocks():
+    assert len(PAGES) >= 14, [p.name for p in PAGES]
+    assert sum(len(python_blocks(p)) for p in PAGES) >= 40
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+def test_page_code_runs_in_order(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                     # files a page writes land in tmp_path
+    skipped = run_page(page)
+    if skipped:
+        pytest.skip(f"ran the page except the blocks needing {sorted(set(skipped))} (not installed)")
+
+
+def test_mkdocs_build_strict(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
+        pytest.skip("mkdocs and mkdocstrings are not installed (the docs extra)")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "tutorials" / "01-perceptron" / "index.html").exists()
+    api = (tmp_path / "site" / "api" / "train" / "index.html").read_text()
+    assert "make_train_step" in api and "Example" in api
