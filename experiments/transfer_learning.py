@@ -114,7 +114,8 @@ def main(config: Config) -> dict:
     if out:
         save_json(out / "results.json", {"config": dataclasses.asdict(config), "test_accuracy": results,
                                          "frozen_base_unchanged": base_unchanged, "checkpoint_meta": meta})
-    return {"test_accuracy": results, "frozen_base_unchanged": base_unchanged}
+    return {"test_accuracy": results, "frozen_base_unchanged": base_unchanged,
+            "base_params": {"start": start_params["base"], "frozen": frozen.params["base"], "full": full.params["base"]}}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Tiny-config smoke tests of the convolutional experiments (the real runs are recorded in
 benchmarks/RESULTS.md)."""
+import jax
+import numpy as np
+
 from experiments_path import load
 
 
@@ -18,6 +21,11 @@ def test_transfer_learning_smoke(capsys):
     transfer = load("transfer_learning")
     result = transfer.main(transfer.Config(per_class=10, pretrain_limit=1000, pretrain_epochs=1,
                                            finetune_epochs=2, features=(4, 8), out=""))
+    # Checked here from the params themselves, not from the experiment's own flag: the frozen base
+    # is bit-identical to where fine-tuning started, and full fine-tuning did move it.
+    leaves = {k: jax.tree_util.tree_leaves(v) for k, v in result["base_params"].items()}
+    assert all(np.array_equal(a, b) for a, b in zip(leaves["start"], leaves["frozen"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(leaves["start"], leaves["full"]))
     assert result["frozen_base_unchanged"] is True
     assert set(result["test_accuracy"]) == {"frozen base + new head", "full fine-tuning", "from scratch"}
     assert "frozen base bit-identical after fine-tuning: True" in capsys.readouterr().out

@@ -46,6 +46,6 @@ def test_overfitting_experiment_smoke(tmp_path, capsys):
     rows = overfitting.main(overfitting.Config(train_size=200, val_size=200, hidden=32, epochs=3,
                                                batch_size=50, out=str(tmp_path)))
     assert list(rows) == ["plain", "dropout", "l2", "early stopping", "all three"]
-    assert all(0.0 <= r["test_acc"] <= 1.0 for r in rows.values())
+    assert all(r["test_acc"] > 0.3 for r in rows.values())      # chance is 0.1
     assert (tmp_path / "overfitting" / "curves.png").exists()
     assert "loss gap" in capsys.readouterr().out
