@@ -32,8 +32,10 @@ import optax
 import jnn
 from common import block, machine, time_interleaved
 from jnn.train import epoch_order
-from jnn.train.population import (init_population, make_member_epoch, make_population_epoch, member_keys,
-                                  shared_order_key)
+from jnn.train import autoexec
+from jnn.train.pbt import PBT, exploit_explore
+from jnn.train.population import (_population_epoch, _Program, init_population, make_member_epoch,
+                                  make_population_epoch, member_keys, shared_order_key)
 
 
 def mlp(sizes, dropout=True):
@@ -89,15 +91,31 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
         live["shared order"] = block(shared(hparams, live["shared order"], active, (x, y), order)[0])
     fns["shared order"] = run_shared
 
+    # fit_population's default (chunk_size="auto", shared_order=False): the first epochs measure
+    # each candidate once (included in its first-call time below), then the fastest is kept
+    program = _Program(make_model, loss, make_adamw, (("accuracy", jnn.metrics.accuracy),), None, len(x),
+                       batch_size, 1000, None)
+    options = [autoexec.Execution(c, False) for c in ((None, 8) if members > 8 else (None,))]
+    auto, live["default (auto)"], chosen = autoexec.AutoEpoch(_population_epoch, program, options), states, []
+
+    def run_auto():
+        new, _, option = auto(hparams, live["default (auto)"], active, (x, y), None)
+        live["default (auto)"] = block(new)
+        chosen.append(option)
+    fns["default (auto)"] = run_auto
+
     def run_sequential():
         live["sequential"] = block([sequential(hp, ts, True, (x, y))[0] for hp, ts in zip(hp_list, live["sequential"])])
     fns["sequential"] = run_sequential
 
-    first_s = {}  # first call: trace + compile + one epoch
+    first_s = {}  # first call: trace + compile + one epoch (auto: + the other candidates' measuring epochs)
     for label, fn in fns.items():
         start = time.perf_counter()
-        fn()
+        for _ in range(len(options) if label == "default (auto)" else 1):
+            fn()
         first_s[label] = time.perf_counter() - start
+        for _ in range(len(options) - 1 if label != "default (auto)" else 0):
+            fn()  # untimed: every contender has trained as many epochs as auto's measurement
     times = time_interleaved(fns, repeats=repeats, warmup=1)
     live["sequential"] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *live["sequential"])
     reference = jax.tree_util.tree_leaves(live["sequential"].params)
@@ -111,7 +129,22 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
         print(f"  {label:12s} {seconds:8.3f} s  {times['sequential'] / seconds:5.2f}x vs sequential  "
               f"({members * steps / seconds:7.0f} member-steps/s; first call incl. compile {first_s[label]:5.1f} s; "
               f"max |params - sequential's| {diff:.1e})")
+    print(f"  default (auto) chose {chosen[-1]} from one measured epoch each: "
+          + ", ".join(f"{o}: {t:.3f} s" for o, t in autoexec.CHOICES[next(reversed(autoexec.CHOICES))][2].items()))
+    pbt_overhead(make_model, hparams, live["vectorized"], times["vectorized"], repeats)
     return times
+
+
+def pbt_overhead(make_model, hparams, states, epoch_seconds, repeats):
+    """The PBT exploit/explore step (truncation 25%, perturb lr/wd/rate, optimizer hyperparameters
+    refreshed) on this population, against one vectorized population epoch."""
+    pbt = PBT(space={"lr": (1e-5, 1e-1, "log"), "wd": (1e-6, 1e-1, "log"), "rate": (0.0, 0.5)}, monitor="loss")
+    scores = jax.random.uniform(jax.random.key(3), (len(hparams["lr"]),))
+    step = jax.jit(lambda hp, ts, key: exploit_explore(pbt, hp, ts, scores, key, make_optimizer=make_adamw))
+    keys = iter(jax.random.split(jax.random.key(4), 1000))
+    seconds = time_interleaved({"pbt": lambda: block(step(hparams, states, next(keys)))}, repeats=max(repeats, 10))["pbt"]
+    print(f"  PBT exploit/explore step: {seconds * 1e3:.2f} ms per interval = {seconds / epoch_seconds:.2%} "
+          f"of one vectorized population epoch")
 
 
 def main():

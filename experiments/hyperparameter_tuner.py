@@ -5,6 +5,7 @@ depth, width and dropout rate.
     python experiments/hyperparameter_tuner.py --method grid --learning-rates 1e-3,3e-3 \\
         --dropouts 0.0,0.2 --batch-sizes 128 --depths 1,2 --widths 128,256
     python experiments/hyperparameter_tuner.py --trials 64 --epochs 10
+    python experiments/hyperparameter_tuner.py --sampler tpe --population 8   # Optuna's TPE (needs optuna)
 
 Every trial is an MLP ``784 -> [width, ReLU, dropout] x depth -> 10`` trained with Adam at its
 learning rate. Trials sharing (batch size, depth, width) change no shape, so they form one
@@ -46,6 +47,8 @@ from jnn.io import atomic_write
 class Config:
     """Random or grid search over an MLP's hyperparameters on MNIST, as populations."""
     method: str = "random"                   # "random" or "grid"
+    sampler: str = ""                        # "tpe": Optuna's TPE asks --population trials at a time (same ranges)
+    population: int = 8                      # with --sampler: trials trained at once per ask/tell round
     trials: int = 24                         # random search: how many configurations
     lr_min: float = 3e-4                     # random search: learning-rate range (log-uniform)
     lr_max: float = 1e-2
@@ -110,6 +113,27 @@ def configurations(config: Config) -> list[dict]:
     return configs
 
 
+def tpe_search(config: Config, x, y, early) -> list:
+    """``config.trials`` trials proposed by Optuna's TPE over the random search's ranges, asked
+    ``config.population`` at a time and trained as populations (``jnn.train.optuna_search``)."""
+    import optuna
+    dist = optuna.distributions
+    space = {"learning_rate": dist.FloatDistribution(config.lr_min, config.lr_max, log=True),
+             "batch_size": dist.CategoricalDistribution(list(config.batch_sizes)),
+             "depth": dist.CategoricalDistribution(list(config.depths)),
+             "width": dist.CategoricalDistribution(list(config.widths)),
+             "dropout": dist.FloatDistribution(0.0, config.dropout_max)}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed),
+                                pruner=optuna.pruners.NopPruner())
+    done = jnn.train.optuna_search(make_model, jnn.losses.softmax_cross_entropy, make_optimizer, (x, y),
+                                   study=study, space=space, trials=config.trials, population_size=config.population,
+                                   static=STATIC, key=jax.random.key(config.seed), val_split=config.val_split,
+                                   epochs=config.epochs, early_stopping=early, shared_order=config.shared_order,
+                                   prune=False)
+    return [result._replace(hparams={f: result.hparams[f] for f in FIELDS}) for _, result in done]
+
+
 def ranked_rows(results) -> list[dict]:
     """One row per trial, best validation accuracy first."""
     rows = []
@@ -142,20 +166,28 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def main(config: Config) -> dict:
+    if config.sampler not in ("", "tpe"):
+        raise ValueError(f"hyperparameter_tuner: --sampler must be tpe (or empty for --method), got {config.sampler!r}")
     configs = configurations(config)  # bad options fail here, before data or a run directory
     if config.patience < 0:
         raise ValueError(f"hyperparameter_tuner: --patience must be >= 0, got {config.patience}")
     x, y, x_test, y_test = load_mnist_standardized(config.train_limit)
     groups = {tuple(c[f] for f in STATIC) for c in configs}
-    print(f"{config.method} search: {len(configs)} trials in {len(groups)} populations (batch size, depth, "
-          f"width); {len(x)} training images, {config.val_split:.0%} held out for validation")
+    if config.sampler:
+        print(f"{config.sampler} search: {config.trials} trials asked {config.population} at a time")
+    else:
+        print(f"{config.method} search: {len(configs)} trials in {len(groups)} populations (batch size, depth, "
+              f"width); {len(x)} training images, {config.val_split:.0%} held out for validation")
     early = (jnn.train.EarlyStopping("val_accuracy", patience=config.patience, restore_best=True)
              if config.patience else None)
     start = time.perf_counter()
-    results = jnn.train.search(make_model, jnn.losses.softmax_cross_entropy, make_optimizer, (x, y),
-                               configs=configs, static=STATIC, key=jax.random.key(config.seed),
-                               val_split=config.val_split, epochs=config.epochs, early_stopping=early,
-                               shared_order=config.shared_order)
+    if config.sampler == "tpe":
+        results = tpe_search(config, x, y, early)
+    else:
+        results = jnn.train.search(make_model, jnn.losses.softmax_cross_entropy, make_optimizer, (x, y),
+                                   configs=configs, static=STATIC, key=jax.random.key(config.seed),
+                                   val_split=config.val_split, epochs=config.epochs, early_stopping=early,
+                                   shared_order=config.shared_order)
     search_seconds = time.perf_counter() - start
     rows = ranked_rows(results)
     print(format_table(rows))

@@ -64,3 +64,17 @@ def test_tuner_rejects_bad_options():
         tuner.configurations(tuner.Config(depths=(0,)))
     with pytest.raises(ValueError, match="dropout rates must be in"):
         tuner.configurations(tuner.Config(method="grid", dropouts=(1.0,)))
+
+
+def test_tpe_sampler_smoke_trials_within_ranges_and_the_best_learns(tmp_path):
+    pytest.importorskip("optuna")
+    config = tuner.Config(sampler="tpe", trials=4, population=2, lr_min=1e-3, lr_max=3e-2, dropout_max=0.2,
+                          batch_sizes=(100,), depths=(1,), widths=(16,), epochs=2, patience=0, train_limit=1000,
+                          out=str(tmp_path))
+    result = tuner.main(config)
+    rows = result["rows"]
+    assert len(rows) == 4 and all(1e-3 <= r["learning_rate"] <= 3e-2 and 0 <= r["dropout"] <= 0.2 for r in rows)
+    assert len({r["learning_rate"] for r in rows}) == 4  # four different proposals
+    assert result["test_accuracy"] > 0.5  # chance is 0.1
+    with pytest.raises(ValueError, match="--sampler must be tpe"):
+        tuner.main(tuner.Config(sampler="cmaes"))

@@ -212,7 +212,7 @@ def test_errors_name_the_function_and_the_problem(digits):
                                          r"\['accuracy', 'loss', 'lr'\]"):
         fit_population(make_model, LOSS, make_adamw, train, hparams={"lr": jnp.ones(2)},
                        early_stopping=jnn.train.EarlyStopping(), **kwargs)
-    with pytest.raises(ValueError, match=r"fit_population: chunk_size must be a positive integer or None, got 0"):
+    with pytest.raises(ValueError, match=r"fit_population: chunk_size must be a positive integer, None or 'auto', got 0"):
         fit_population(make_model, LOSS, make_adamw, train, hparams={"lr": jnp.ones(2)}, chunk_size=0, **kwargs)
     with pytest.raises(ValueError, match=r"search: every config needs the same fields"):
         search(make_model, LOSS, make_adamw, train, configs=[{"lr": 1.0}, {"lr": 1.0, "width": 3}], **kwargs)
@@ -220,3 +220,30 @@ def test_errors_name_the_function_and_the_problem(digits):
         search(make_model, LOSS, make_adamw, train, configs=[{"lr": 1.0}], static=["depth"], **kwargs)
     with pytest.raises(ValueError, match=r"search: static field 'width' must be hashable"):
         search(make_model, LOSS, make_adamw, train, configs=[{"lr": 1.0, "width": {}}], static=["width"], **kwargs)
+
+
+def test_auto_execution_measures_each_candidate_once_then_keeps_the_fastest(digits):
+    """chunk_size="auto" (the default) with 10 members and shared_order="auto": epochs 1-4 each
+    run one candidate (all members or chunks of 8, own or shared order), timed; then the fastest
+    is kept, and a second run with the same program reuses it and compiles nothing."""
+    from jnn.train import autoexec
+    train, _ = digits
+    n = 10
+    hparams = {"lr": jnp.linspace(1e-3, 1e-2, n), "wd": jnp.full(n, 1e-4), "rate": jnp.full(n, 0.1)}
+    run = lambda epochs=4, **kw: fit_population(make_model, LOSS, make_adamw, train, hparams=hparams,
+                                                key=jax.random.key(8), epochs=epochs, batch_size=BATCH,
+                                                metrics={}, **kw)
+    before = set(autoexec.CHOICES)
+    run(shared_order="auto")
+    new = [k for k in autoexec.CHOICES if k not in before]
+    assert len(new) == 1
+    choice, _, timings = autoexec.CHOICES[new[0]]
+    assert set(timings) == {autoexec.Execution(c, s) for c in (None, 8) for s in (False, True)}
+    assert choice == min(timings, key=timings.get)
+    calls = len(CALLS)
+    kept = run(epochs=2, shared_order="auto")
+    assert len(CALLS) == calls  # the kept executable: nothing traced or compiled again
+    explicit = run(epochs=2, chunk_size=choice.chunk_size, shared_order=choice.shared_order)
+    np.testing.assert_allclose(kept.history["loss"], explicit.history["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="fit_population: shared_order must be True, False or 'auto', got 'yes'"):
+        run(shared_order="yes")

@@ -15,7 +15,7 @@ from jnn.train.checkpoint import Checkpointer
 from jnn.train.freeze import freeze, trainable_mask
 from jnn.train.population import MemberResult, PopulationResult, fit_population
 from jnn.train.loop import EarlyStopping, FitResult, fit, predict, split_validation
-from jnn.train.tuning import search
+from jnn.train.tuning import optuna_search, search
 from jnn.train.guard import NonFiniteError
 from jnn.train.nonfinite import NonFiniteReport, find_nonfinite
 from jnn.train.step import (TrainState, epoch_order, init_train_state, make_eval_fn, make_stepwise_epoch,
@@ -24,5 +24,5 @@ from jnn.train.step import (TrainState, epoch_order, init_train_state, make_eval
 __all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_stepwise_epoch",
            "epoch_order", "make_eval_fn",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
-           "freeze", "trainable_mask", "fit_population", "search", "PopulationResult", "MemberResult",
+           "freeze", "trainable_mask", "fit_population", "search", "optuna_search", "PopulationResult", "MemberResult",
            "callbacks", "NonFiniteError", "NonFiniteReport", "find_nonfinite"]

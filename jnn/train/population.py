@@ -30,6 +30,7 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -40,6 +41,7 @@ import optax
 
 from jnn import metrics as _metrics
 from jnn.core import Layer
+from jnn.train import autoexec as _autoexec
 from jnn.train.loop import EarlyStopping, _check_data, split_validation
 from jnn.train.step import (LossFn, Metrics, TrainState, _num_examples, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
@@ -277,8 +279,9 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                    hparams: HParams | None = None, key: jax.Array, epochs: int = 10, batch_size: int = 128,
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
                    regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
-                   eval_batch_size: int = 1000, chunk_size: int | None = None,
-                   shared_order: bool = False, verbose: bool = False, callbacks=()) -> PopulationResult:
+                   eval_batch_size: int = 1000, chunk_size: int | str | None = "auto",
+                   shared_order: bool | str = False, verbose: bool = False, callbacks=(),
+                   prune: Callable[[int, dict], Any] | None = None) -> PopulationResult:
     """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch.
 
     Args:
@@ -297,7 +300,10 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       early_stopping: a :class:`jnn.train.EarlyStopping`, applied to each member on its own
         (same decisions as ``fit``: a member stops after ``patience`` epochs without a finite
         improvement larger than ``min_delta``; ``restore_best`` returns its best state).
-      chunk_size: members vectorized together (``None``: all of them). Smaller chunks run one
+      chunk_size: ``"auto"`` (default): the first epochs measure each candidate execution (all
+        members at once, chunks of 8), one real training epoch each, and the fastest is kept
+        for the rest of the run and later runs, without recompiling (:mod:`jnn.train.autoexec`).
+        Else members vectorized together (``None``: all of them). Smaller chunks run one
         after another inside the same compiled epoch (``jax.lax.map``); ``1`` runs members
         sequentially with unbatched kernels. On CPU, large compute-bound members (an MNIST
         MLP) can be faster in small chunks; small members are fastest all at once.
@@ -308,11 +314,14 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         multiplies one shared input (4x faster than sequential for small digits MLPs on CPU,
         against 2x with per-member shuffles; see benchmarks/RESULTS.md). Members then compare
         hyperparameters on identical data (common random numbers) but no longer equal ``fit``
-        alone, which shuffles per member.
+        alone, which shuffles per member. ``"auto"``: allow the measurement to pick it (see
+        ``chunk_size``) when faster.
       verbose: print one line per epoch (active members, best monitored/loss value).
       callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)``, called
         after each epoch with the batched states, ``{name: [N]}`` logs and the trained members
         (e.g. :class:`jnn.train.callbacks.TensorBoard`, which writes one run per member).
+      prune: ``prune(epoch, history) -> bool [N]``, called after each epoch: members to stop now
+        (as early stopping stops them; e.g. Optuna pruners, see :func:`jnn.train.optuna_search`).
 
     Returns:
       A :class:`PopulationResult`.
@@ -321,8 +330,10 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         raise ValueError(f"fit_population: epochs must be a positive integer, got {epochs!r}")
     if val_data is not None and val_split:
         raise ValueError("fit_population: pass either val_data or val_split, not both")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"fit_population: chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if chunk_size not in (None, "auto") and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"fit_population: chunk_size must be a positive integer, None or 'auto', got {chunk_size!r}")
+    if shared_order not in (True, False, "auto"):
+        raise ValueError(f"fit_population: shared_order must be True, False or 'auto', got {shared_order!r}")
     hparams, n = _check_hparams("fit_population", hparams)
     keys = _as_keys("fit_population", key, n)
     n = keys.shape[0]
@@ -348,15 +359,25 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                          f"the logged metrics {sorted(names)}")
     states = init()
     program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, _num_examples(x),
-                       batch_size, eval_batch_size, chunk_size)
+                       batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
+    auto = None
+    if chunk_size == "auto" or shared_order == "auto":
+        options = [_autoexec.Execution(c if chunk_size == "auto" else chunk_size, s) for s, c in
+                   itertools.product(*((False, True) if shared_order == "auto" else (shared_order,),
+                                       (None, 8) if chunk_size == "auto" and n > 8 else (program.chunk_size,)))]
+        auto = _autoexec.AutoEpoch(_population_epoch, program, options)
     history = {k: np.full((epochs, n), np.nan) for k in names}
     active, stopped = np.ones(n, bool), np.zeros(n, bool)
     epochs_trained, best_epoch, waited = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
     best, best_states = np.full(n, np.nan), states
     for epoch in range(1, epochs + 1):
         trained = active.copy()
-        order = (_epoch_order(shared_order_key(keys, epoch), _num_examples(x), batch_size) if shared_order else None)
-        states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y), order)
+        order_fn = lambda: _epoch_order(shared_order_key(keys, epoch), _num_examples(x), batch_size)
+        if auto is not None:
+            states, logs, execution = auto(hparams, states, jnp.asarray(trained), (x, y), order_fn)
+        else:
+            states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y),
+                                             order_fn() if shared_order else None)
         if val_data is not None:
             logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
         if "lr" in history:
@@ -376,6 +397,10 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
             if es.restore_best and better.any():
                 best_states = _select_members(jnp.asarray(better), states, best_states)
             stop = trained & (waited >= es.patience)
+            stopped |= stop & (epoch < epochs)
+            active &= ~stop
+        if prune is not None:
+            stop = trained & np.asarray(prune(epoch, history), bool)
             stopped |= stop & (epoch < epochs)
             active &= ~stop
         if verbose:

@@ -19,12 +19,13 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jnn.train.loop import _check_data, split_validation
 from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, _as_keys, fit_population
 from jnn.train.step import LossFn
 
-__all__ = ["search"]
+__all__ = ["search", "optuna_search"]
 
 
 class _WithStatic(NamedTuple):  # fn with the static fields added to hp; hashable, for the cache
@@ -118,3 +119,78 @@ def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, t
         for j, i in enumerate(members):
             results[i] = group.member(j)._replace(hparams=configs[i])
     return results
+
+
+def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
+                  study, space: Mapping[str, Any], trials: int, population_size: int, key: jax.Array,
+                  static: Sequence[str] = (), monitor: str = "val_accuracy", prune: bool = True,
+                  **fit_kwargs) -> list[tuple[Any, MemberResult]]:
+    """Hyperparameter search driven by an Optuna study (its sampler and pruner), evaluated as
+    vectorized populations; needs ``optuna`` (``pip install jnn[search]``).
+
+    Repeatedly asks the study for ``population_size`` trials (``study.ask(space)``), trains them
+    at once with :func:`search` (trials sharing the ``static`` fields in one population), and
+    tells each its best ``monitor`` value over its epochs (the study's direction decides
+    best). With ``prune``, after every epoch each member reports its ``monitor`` value to its
+    trial (``trial.report``) and stops, like an early-stopped member, when the study's pruner
+    says ``trial.should_prune()``; it is told as pruned.
+
+    Args:
+      make_model, loss, make_optimizer, train_data: as for :func:`search`.
+      study: an ``optuna.Study`` (e.g. ``optuna.create_study(direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=0))``).
+      space: ``{name: optuna.distributions.*}``.
+      trials: how many trials in all; population_size: trials asked and trained at once.
+      key: one PRNG key; trial ``t`` (in asking order) trains with ``jax.random.split(key,
+        trials)[t]``.
+      static, fit_kwargs: as for :func:`search` (``val_split``/``val_data``, ``epochs``, ...).
+
+    Returns:
+      ``[(trial, result)]`` in asking order.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError("optuna_search needs optuna: pip install 'jnn[search]' (or pip install optuna)") from None
+    if not isinstance(population_size, int) or population_size < 1 or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"optuna_search: trials and population_size must be positive integers, got {trials!r} "
+                         f"and {population_size!r}")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    keys = _as_keys("optuna_search", key, trials)
+    if fit_kwargs.get("val_split"):  # one split for every population, as search makes it
+        if fit_kwargs.get("val_data") is not None:
+            raise ValueError("optuna_search: pass either val_data or val_split, not both")
+        x, y = _check_data("optuna_search train_data", train_data)
+        train_data, fit_kwargs["val_data"] = split_validation(x, y, fit_kwargs.pop("val_split"),
+                                                              jax.random.split(keys[0])[1])
+    done: list[tuple[Any, MemberResult]] = []
+    while len(done) < trials:
+        asked = [study.ask(dict(space)) for _ in range(min(population_size, trials - len(done)))]
+        configs = [dict(t.params) for t in asked]
+        groups: dict[tuple, list[int]] = {}
+        for i, config in enumerate(configs):
+            groups.setdefault(_group_key(config, [static] if isinstance(static, str) else static), []).append(i)
+        results: list[MemberResult | None] = [None] * len(asked)
+        pruned = np.zeros(len(asked), bool)
+        for members in groups.values():
+            def report(epoch, history, members=members):
+                values = history[monitor][epoch - 1]
+                stop = np.zeros(len(members), bool)
+                for j, i in enumerate(members):
+                    if np.isfinite(values[j]):
+                        asked[i].report(float(values[j]), epoch)
+                        stop[j] = pruned[i] = asked[i].should_prune()
+                return stop
+            group = search(make_model, loss, make_optimizer, train_data, configs=[configs[i] for i in members],
+                           static=static, key=keys[jnp.asarray([len(done) + i for i in members])],
+                           prune=report if prune else None, **fit_kwargs)
+            for i, result in zip(members, group):
+                results[i] = result
+        for i, (trial, result) in enumerate(zip(asked, results)):
+            if pruned[i]:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                values = result.history[monitor]
+                study.tell(trial, float(np.nanmax(values) if maximize else np.nanmin(values)))
+            done.append((trial, result))
+    return done

@@ -1,0 +1,81 @@
+"""The population epoch's execution chosen by measurement: each candidate (chunk size, and the
+shared batch order when the user allows it) trains one real epoch, timed; the fastest is kept.
+
+Every candidate computes the same epoch (chunking changes only float reordering), so the
+measuring epochs are training epochs, not wasted ones. Each candidate is compiled once, ahead of
+time, and its executable kept: after the measuring epochs nothing compiles again, and a later
+run with the same program and shapes reuses the choice (:data:`CHOICES`).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple
+
+import jax
+
+__all__ = ["Execution", "AutoEpoch", "candidates", "CHOICES"]
+
+
+class Execution(NamedTuple):
+    """One way to run the population epoch."""
+
+    chunk_size: int | None  # members vectorized together (None: all)
+    shared_order: bool      # one batch order for all members
+
+
+def candidates(n: int, allow_shared_order: bool) -> list[Execution]:
+    """All members vectorized, and chunks of 8 when there are more than 8 members; each also
+    with a shared batch order when allowed."""
+    chunks = [None] + ([8] if n > 8 else [])
+    orders = [False, True] if allow_shared_order else [False]
+    return [Execution(c, s) for s in orders for c in chunks]
+
+
+CHOICES: dict = {}  # (program, argument signature, options) -> (Execution, compiled epoch, {Execution: seconds})
+_MEASURING: dict = {}  # the same keys -> ({Execution: seconds}, {Execution: compiled}) while measuring
+
+
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((tuple(a.shape), str(a.dtype)) for a in leaves)
+
+
+class AutoEpoch:
+    """``epoch(hparams, states, active, data, shared_order_fn) -> (states, logs, execution)``.
+
+    Args:
+      jitted_epoch: ``jitted_epoch(program, hparams, states, active, data, order)``, jitted with
+        ``program`` static; ``program._replace(chunk_size=...)`` gives each candidate's program.
+      program: the static program (its ``chunk_size`` is ignored).
+      options: the candidates, in the order they are measured.
+    """
+
+    def __init__(self, jitted_epoch: Callable, program, options: list[Execution]):
+        self.jitted_epoch, self.program, self.options = jitted_epoch, program, list(options)
+
+    def _compile(self, option: Execution, args):
+        program = self.program._replace(chunk_size=option.chunk_size)
+        return self.jitted_epoch.lower(program, *args).compile()
+
+    def __call__(self, hparams, states, active, data, shared_order_fn: Callable[[], jax.Array]):
+        def args_for(option):
+            return hparams, states, active, data, shared_order_fn() if option.shared_order else None
+
+        key = (self.program._replace(chunk_size=None), _signature((hparams, states, active, data)),
+               tuple(self.options))
+        if key in CHOICES:
+            option, compiled, _ = CHOICES[key]
+            return (*compiled(*args_for(option)), option)
+        timings, executables = _MEASURING.setdefault(key, ({}, {}))  # a shorter run resumes here
+        option = self.options[len(timings)]
+        args = args_for(option)
+        if option not in executables:
+            executables[option] = self._compile(option, args)
+        start = time.perf_counter()
+        new_states, logs = jax.block_until_ready(executables[option](*args))
+        timings[option] = time.perf_counter() - start
+        if len(timings) == len(self.options):
+            best = min(timings, key=timings.get)
+            CHOICES[key] = (best, executables[best], dict(timings))
+            del _MEASURING[key]
+        return new_states, logs, option

@@ -1,0 +1,283 @@
+"""Population-based training (Jaderberg et al., 2017) inside the compiled population epoch.
+
+Every ``interval`` epochs the worst ``fraction`` of the members copy the weights, model state
+and optimizer state of members drawn from the best ``fraction`` (exploit) and perturb the
+hyperparameters they copied (explore). :func:`exploit_explore` is that step, a pure function of
+``(hparams, train states, scores, key)``; :func:`fit_pbt` runs it inside the jitted population
+epoch (behind a ``lax.cond``, so epochs without it skip it), with the epoch index traced: one
+program serves every epoch and interval, and the host only dispatches, reading nothing back
+until training ends. Members keep their own PRNG keys (their dropout masks and shuffles), so a
+member that is never exploited trains exactly as it would without PBT.
+
+Example:
+  >>> import jax, jax.numpy as jnp, optax, jnn
+  >>> from jnn.train.pbt import PBT, fit_pbt
+  >>> x, y = jnn.data.xor()
+  >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+  >>> make_opt = lambda hp: optax.inject_hyperparams(optax.sgd)(learning_rate=hp["lr"])
+  >>> pbt = PBT(space={"lr": (1e-3, 1.0, "log")}, interval=5, monitor="loss")
+  >>> result = fit_pbt(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, (x, y),
+  ...                  hparams={"lr": jnp.array([1e-3, 1e-3, 0.3, 0.3])}, key=jax.random.key(0),
+  ...                  pbt=pbt, epochs=20, batch_size=4, metrics={})
+  >>> result.lineage.shape, bool(result.hparam_history["lr"].min() >= 1e-3)
+  ((3, 4), True)
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnn import metrics as _metrics
+from jnn.train.loop import _check_data, split_validation
+from jnn.train.population import (MakeModel, MakeOptimizer, _as_keys, _check_hparams, _epoch_order, _Program,
+                                  _learning_rates, init_population, make_population_epoch,
+                                  shared_order_key, _population_eval)
+from jnn.train.step import LossFn, Metrics, TrainState
+
+__all__ = ["PBT", "PBTResult", "exploit_explore", "explore_key", "fit_pbt"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PBT:
+    """Options of population-based training.
+
+    Attributes:
+      space: ``{name: (low, high)}`` or ``{name: (low, high, "log")}``: the hyperparameters
+        explored and their bounds (perturbed values are clipped to them; resampling draws
+        uniformly, or log-uniformly with ``"log"``). Other hyperparameters are copied unchanged.
+      interval: epochs between exploit/explore steps (after epochs ``interval``, ``2 interval``, ...
+        but not after the last).
+      fraction: truncation selection: the worst ``floor(fraction * N)`` members (at least one)
+        copy from members drawn uniformly from the best as many. In ``(0, 0.5]``.
+      monitor: the logged metric members are ranked by (``"val_accuracy"``, ``"loss"``, ...).
+      mode: ``"max"``, ``"min"`` or ``"auto"`` (max for names containing "acc"). NaN ranks last.
+      factors: explore by multiplying each explored hyperparameter by one of these, drawn uniformly.
+      resample_probability: instead, with this probability per hyperparameter, draw a new value
+        from ``space`` (0: always perturb, 1: always resample).
+    """
+
+    space: Any
+    interval: int = 4
+    fraction: float = 0.25
+    monitor: str = "val_accuracy"
+    mode: str = "auto"
+    factors: tuple = (0.8, 1.2)
+    resample_probability: float = 0.0
+
+    def __post_init__(self):
+        space = tuple(sorted(dict(self.space).items())) if isinstance(self.space, Mapping) else tuple(self.space)
+        if not space:
+            raise ValueError("PBT: space is empty; give {name: (low, high)} for each explored hyperparameter")
+        checked = []
+        for name, bounds in space:
+            bounds = tuple(bounds)
+            log = len(bounds) == 3 and bounds[2] == "log"
+            if len(bounds) not in (2, 3) or (len(bounds) == 3 and not log) or not bounds[0] <= bounds[1] \
+                    or (log and bounds[0] <= 0):
+                raise ValueError(f"PBT: space[{name!r}] must be (low, high) or (low, high, 'log') with "
+                                 f"low <= high (and low > 0 for 'log'), got {bounds!r}")
+            checked.append((name, (float(bounds[0]), float(bounds[1]), log)))
+        object.__setattr__(self, "space", tuple(checked))
+        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+        if not isinstance(self.interval, int) or self.interval < 1:
+            raise ValueError(f"PBT: interval must be a positive integer, got {self.interval!r}")
+        if not 0 < self.fraction <= 0.5:
+            raise ValueError(f"PBT: fraction must be in (0, 0.5], got {self.fraction}")
+        if self.mode not in ("min", "max", "auto"):
+            raise ValueError(f"PBT: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
+        if not self.factors or any(f <= 0 for f in self.factors):
+            raise ValueError(f"PBT: factors must be positive numbers, got {self.factors!r}")
+        if not 0 <= self.resample_probability <= 1:
+            raise ValueError(f"PBT: resample_probability must be in [0, 1], got {self.resample_probability}")
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor)
+
+    def exploited(self, n: int) -> int:
+        """How many members are replaced per step in a population of ``n`` (0 when ``n < 2``)."""
+        return 0 if n < 2 else max(1, int(self.fraction * n))
+
+
+class PBTResult(NamedTuple):
+    """What :func:`fit_pbt` returns.
+
+    Attributes:
+      train_states: the members' final states, stacked ``[N]``.
+      history: ``{name: np.ndarray [epochs, N]}``: ``"loss"``, metrics, ``"val_*"``, ``"lr"``.
+      hparam_history: ``{name: np.ndarray [epochs, N]}``, the value each member trained with in
+        each epoch (its schedule).
+      hparams: ``{name: np.ndarray [N]}``, the values after the last epoch.
+      lineage: ``int [steps, N]``: after exploit/explore step ``s``, member ``i`` continued from
+        member ``lineage[s, i]``'s state (``i`` itself when it was not exploited).
+      lineage_epochs: ``int [steps]``, the epoch after which each step ran.
+      keys: the member keys ``[N]``.
+    """
+
+    train_states: TrainState
+    history: dict[str, np.ndarray]
+    hparam_history: dict[str, np.ndarray]
+    hparams: dict[str, np.ndarray]
+    lineage: np.ndarray
+    lineage_epochs: np.ndarray
+    keys: jax.Array
+
+
+def _refresh_hyperparams(opt_state, fresh):
+    """``opt_state`` with the hyperparameters that ``optax.inject_hyperparams`` keeps in it taken
+    from ``fresh`` (the same optimizer initialized with the new hyperparameters)."""
+    injected = lambda s: hasattr(s, "hyperparams") and hasattr(s, "_replace")
+    return jax.tree_util.tree_map(lambda old, new: old._replace(hyperparams=new.hyperparams) if injected(old) else old,
+                                  opt_state, fresh, is_leaf=injected)
+
+
+def _explore(pbt: PBT, hparams, key):
+    """Each explored hyperparameter perturbed by a random factor (or resampled), within bounds."""
+    out = dict(hparams)
+    for (name, (low, high, log)), k in zip(pbt.space, jax.random.split(key, len(pbt.space))):
+        value = hparams[name]
+        k_factor, k_coin, k_draw = jax.random.split(k, 3)
+        factors = jnp.asarray(pbt.factors, value.dtype)
+        perturbed = value * factors[jax.random.randint(k_factor, value.shape, 0, len(pbt.factors))]
+        u = jax.random.uniform(k_draw, value.shape, value.dtype)
+        drawn = jnp.exp(jnp.log(low) + u * (jnp.log(high) - jnp.log(low))) if log else low + u * (high - low)
+        resample = jax.random.uniform(k_coin, value.shape) < pbt.resample_probability
+        out[name] = jnp.clip(jnp.where(resample, drawn, perturbed), low, high).astype(value.dtype)
+    return out
+
+
+def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, key: jax.Array, *,
+                    make_optimizer: MakeOptimizer | None = None):
+    """One PBT step: truncation exploit, then explore the copied hyperparameters.
+
+    Pure and jittable (``pbt`` static). Members are ranked by ``scores`` (NaN last; ties by
+    index); each of the worst ``pbt.exploited(N)`` copies ``params``, ``state``, ``opt_state``
+    and ``step`` (not its key) and all hyperparameters from a member drawn uniformly from the
+    best as many, then explores the hyperparameters in ``pbt.space``. Every other member is
+    returned unchanged, bit for bit.
+
+    Args:
+      pbt: the options.
+      hparams: ``{name: [N]}`` float arrays (every name in ``pbt.space`` must be present).
+      states: the stacked :class:`TrainState` ``[N]``.
+      scores: ``[N]``, the monitored metric.
+      key: PRNG key of this step.
+      make_optimizer: when given, the hyperparameters ``optax.inject_hyperparams`` keeps in a
+        copied member's optimizer state are set to those of ``make_optimizer(new_hp)`` (else the
+        member would keep optimizing with its donor's values).
+
+    Returns:
+      ``(hparams, states, source)``, ``source [N] int32``: the member each one now continues
+      from (itself when not exploited).
+    """
+    missing = [name for name, _ in pbt.space if name not in hparams]
+    if missing:
+        raise ValueError(f"exploit_explore: PBT space names {missing} are not hparams {sorted(hparams)}")
+    n = scores.shape[0]
+    m = pbt.exploited(n)
+    index = jnp.arange(n, dtype=jnp.int32)
+    if m == 0:
+        return dict(hparams), states, index
+    goodness = scores if pbt.maximize else -scores
+    rank = jnp.argsort(-jnp.where(jnp.isnan(goodness), -jnp.inf, goodness), stable=True)  # best first
+    k_pick, k_explore = jax.random.split(key)
+    donors = rank[:m][jax.random.randint(k_pick, (m,), 0, m)]
+    source = index.at[rank[n - m:]].set(donors.astype(jnp.int32))
+    copied = source != index
+    take = lambda a: a[source]
+    new = TrainState(*(jax.tree_util.tree_map(take, part) for part in states[:4]), states.key)
+    inherited = {k: take(v) for k, v in hparams.items()}
+    explored = _explore(pbt, inherited, k_explore)
+    new_hparams = {k: jnp.where(copied, explored[k], inherited[k]) for k in hparams}
+    if make_optimizer is not None:
+        fresh = jax.vmap(lambda hp, p: make_optimizer(hp).init(p))(new_hparams, new.params)
+        refreshed = _refresh_hyperparams(new.opt_state, fresh)
+        pick = lambda a, b: jnp.where(copied.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+        new = new._replace(opt_state=jax.tree_util.tree_map(pick, refreshed, new.opt_state))
+    return new_hparams, new, source
+
+
+def explore_key(keys: jax.Array, epoch: int) -> jax.Array:
+    """The key of the exploit/explore step after epoch ``epoch`` in :func:`fit_pbt`: drawn from
+    the first member key, on a stream apart from its init, shuffle and shared-order keys."""
+    return jax.random.fold_in(jax.random.fold_in(keys[0], 0x9B7), epoch)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _pbt_epoch(program: _Program, pbt: PBT, hparams, states, data, order, val_data, key, exploit_now):
+    epoch = make_population_epoch(program.make_model, program.loss, program.make_optimizer,
+                                  program.num_examples, program.batch_size, metrics=dict(program.metrics),
+                                  regularizer=program.regularizer, chunk_size=program.chunk_size)
+    n = jax.tree_util.tree_leaves(hparams)[0].shape[0]
+    states, logs = epoch(hparams, states, jnp.ones(n, bool), data, order)
+    if val_data is not None:
+        logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
+    lr = _learning_rates(states.opt_state)
+    if lr is not None:
+        logs["lr"] = lr
+    step = partial(exploit_explore, pbt, scores=logs[pbt.monitor], key=key, make_optimizer=program.make_optimizer)
+    skip = lambda hp, ts: (dict(hp), ts, jnp.arange(n, dtype=jnp.int32))
+    new_hparams, states, source = jax.lax.cond(exploit_now, lambda a: step(*a), lambda a: skip(*a), (hparams, states))
+    return new_hparams, states, logs, source
+
+
+def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
+            hparams: Mapping[str, jax.Array], key: jax.Array, pbt: PBT, epochs: int = 10,
+            batch_size: int = 128, val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
+            regularizer: Callable | None = None, eval_batch_size: int = 1000, chunk_size: int | None = None,
+            shared_order: bool = False) -> PBTResult:
+    """Trains a population with population-based training; one compiled program per run.
+
+    Arguments are those of :func:`jnn.train.fit_population` (no early stopping: PBT replaces
+    it), plus ``pbt``. ``hparams`` must hold a float array ``[N]`` for each name in
+    ``pbt.space``. Each epoch is one call of a jitted program (population epoch, validation,
+    and, after every ``pbt.interval``-th epoch, :func:`exploit_explore` with key
+    ``explore_key(keys, epoch)``); results stay on the device until training ends.
+    """
+    if not isinstance(pbt, PBT):
+        raise TypeError(f"fit_pbt: pbt must be a jnn.train.pbt.PBT, got {type(pbt).__name__}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit_pbt: epochs must be a positive integer, got {epochs!r}")
+    if val_data is not None and val_split:
+        raise ValueError("fit_pbt: pass either val_data or val_split, not both")
+    hparams, n = _check_hparams("fit_pbt", hparams)
+    keys = _as_keys("fit_pbt", key, n)
+    for name, _ in pbt.space:
+        if name not in hparams or not jnp.issubdtype(hparams[name].dtype, jnp.floating):
+            raise ValueError(f"fit_pbt: PBT explores {name!r}, so hparams needs a float array for it; "
+                             f"got hparams {sorted(hparams)}")
+    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    x, y = _check_data("fit_pbt train_data", train_data)
+    if val_split:
+        (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
+    if val_data is not None:
+        val_data = _check_data("fit_pbt val_data", val_data)
+    names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
+    if pbt.monitor not in names:
+        raise ValueError(f"fit_pbt: PBT monitors {pbt.monitor!r}, which is not among the logged metrics "
+                         f"{sorted(names)}")
+    batch_size = min(batch_size, len(x))
+    example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
+    states = init_population(make_model, make_optimizer, hparams, keys, example)
+    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
+                       batch_size, eval_batch_size, chunk_size)
+    logs_per_epoch, hparams_per_epoch, lineage, lineage_epochs = [], [], [], []
+    for epoch in range(1, epochs + 1):  # nothing here reads a device value back
+        order = _epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None
+        exploit_now = epoch % pbt.interval == 0 and epoch < epochs
+        hparams_per_epoch.append(hparams)
+        hparams, states, logs, source = _pbt_epoch(program, pbt, hparams, states, (x, y), order, val_data,
+                                                   explore_key(keys, epoch), exploit_now)
+        logs_per_epoch.append(logs)
+        if exploit_now:
+            lineage.append(source)
+            lineage_epochs.append(epoch)
+    stack = lambda trees: {k: np.asarray(jnp.stack([t[k] for t in trees]), np.float64) for k in trees[0]}
+    lineage = np.asarray(jnp.stack(lineage)) if lineage else np.zeros((0, n), np.int32)
+    return PBTResult(states, stack(logs_per_epoch), stack(hparams_per_epoch),
+                     {k: np.asarray(v) for k, v in hparams.items()}, lineage, np.asarray(lineage_epochs, int), keys)

@@ -1,0 +1,63 @@
+"""jnn.train.optuna_search: an Optuna study's sampler and pruner driving vectorized populations."""
+import jax
+import numpy as np
+import optax
+import pytest
+
+import jnn
+
+optuna = pytest.importorskip("optuna")
+LOSS = jnn.losses.softmax_cross_entropy
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = jnn.data.load_digits()
+    return x[:600], y[:600]
+
+
+def make_model(hp):
+    return jnn.serial(jnn.flatten(), jnn.dense(hp["width"]), jnn.relu(), jnn.dense(10))
+
+
+def make_adam(hp):
+    return optax.inject_hyperparams(optax.adam)(learning_rate=hp["lr"])
+
+
+SPACE = {"lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True),
+         "width": optuna.distributions.CategoricalDistribution([8, 16])}
+
+
+def test_trials_train_with_the_asked_values_and_are_told_their_best_score(digits):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
+    done = jnn.train.optuna_search(make_model, LOSS, make_adam, digits, study=study, space=SPACE, trials=8,
+                                   population_size=4, static=["width"], key=jax.random.key(0), epochs=3,
+                                   batch_size=32, val_split=0.25)
+    assert len(done) == len(study.trials) == 8
+    for trial, result in done:
+        assert result.hparams == trial.params
+        np.testing.assert_allclose(result.history["lr"], trial.params["lr"], rtol=1e-6)  # trained with it
+        assert result.train_state.params["dense_0"]["w"].shape == (64, trial.params["width"])
+        frozen = study.trials[trial.number]
+        assert frozen.value == pytest.approx(float(np.max(result.history["val_accuracy"])))
+        assert frozen.intermediate_values == pytest.approx(dict(enumerate(result.history["val_accuracy"], 1)))
+    assert study.best_value > 0.8  # chance is 0.1
+
+
+def test_the_pruner_stops_members_as_early_stopping_does(digits):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1),
+                                pruner=optuna.pruners.ThresholdPruner(lower=0.3))
+    space = {"lr": optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True),
+             "width": optuna.distributions.CategoricalDistribution([16])}
+    done = jnn.train.optuna_search(make_model, LOSS, make_adam, digits, study=study, space=space, trials=6,
+                                   population_size=6, static=["width"], key=jax.random.key(1), epochs=4,
+                                   batch_size=16, val_split=0.25)
+    states = [study.trials[t.number].state for t, _ in done]
+    for (trial, result), state in zip(done, states):
+        below = result.history["val_accuracy"] < 0.3
+        if state == optuna.trial.TrialState.PRUNED:  # pruned at its first epoch below 0.3, trained no further
+            assert below[-1] and not below[:-1].any() and result.stopped_early == (len(below) < 4)
+        else:
+            assert not below.any() and len(below) == 4
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
