@@ -170,11 +170,11 @@ def test_head_swap_with_frozen_body_keeps_body_bit_identical():
     pretrained = jnn.serial(body, jnn.dense(C))
     pre = train.fit(pretrained, jnn.losses.softmax_cross_entropy, optax.adam(0.02), (x, y),
                     key=jax.random.key(0), epochs=5, batch_size=16, progress=False, verbose=False)
-    # a new 2-class head on the pretrained body (plain dict access; jnn.get(model, "body") later)
-    new_model = jnn.serial(body, jnn.dense(2))
+    # a new 2-class head on the pretrained body, both found by path with jnn.get
+    new_model = jnn.serial(jnn.get(pretrained, "body"), jnn.dense(2))
     y2 = (y == 0).astype(np.int32)
     params, _ = new_model.init(jax.random.key(5), jnp.zeros((1, x.shape[1])))
-    params = {**params, "body": pre.train_state.params["body"]}
+    params = {**params, "body": jnn.get(pre.train_state.params, "body")}
     head_before = np.asarray(params["dense_0"]["w"]).copy()
     result = train.fit(new_model, jnn.losses.softmax_cross_entropy, train.freeze(optax.adam(0.05), "body/*"),
                        (x, y2), key=jax.random.key(1), epochs=10, batch_size=16, params=params,
