@@ -81,8 +81,12 @@ def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split, his
                                   f"{blocker} is not writable")
 
 
-def _spec(a):
-    return jax.ShapeDtypeStruct(np.shape(a), a.dtype)
+def _spec(tree):
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+
+def _example_shapes(tree):
+    return jax.tree_util.tree_map(lambda a: tuple(np.shape(a)[1:]), tree)
 
 
 def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, val_data,
@@ -97,11 +101,12 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
     if val_data is not None:
         vx, vy = val_data
         for what, v, t in (("x", vx, x), ("y", vy, y)):
-            if np.shape(v)[1:] != np.shape(t)[1:]:
-                raise ValueError(f"{where}: val_data {what} has examples of shape {tuple(np.shape(v)[1:])} "
-                                 f"but train_data {what} has {tuple(np.shape(t)[1:])}")
+            if _example_shapes(v) != _example_shapes(t):
+                raise ValueError(f"{where}: val_data {what} has examples of shape {_example_shapes(v)} "
+                                 f"but train_data {what} has {_example_shapes(t)}")
         try:
-            val_logs = jax.eval_shape(evaluate, ts.params, ts.state, (_spec(vx), _spec(vy)))
+            val_logs = jax.eval_shape(lambda p, s, d: evaluate(p, s, d, step=ts.step), ts.params, ts.state,
+                                      (_spec(vx), _spec(vy)))
         except (ValueError, TypeError) as e:
             raise type(e)(f"{where}: val_data does not fit the model: {e}") from e
         names |= {f"val_{k}" for k in val_logs}
@@ -131,16 +136,24 @@ def check_data_values(where: str, what: str, model, loss, metrics, ts, x, y) -> 
     """Eager checks of concrete data, once before training (under ``jit`` nothing is checked):
     non-finite features, and labels the loss or a metric rejects (out-of-range class ids,
     binary labels outside [0, 1]), found by calling them on placeholder outputs."""
-    if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact):
-        finite = np.isfinite(np.asarray(x).reshape(len(x), -1)).all(axis=1)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(x):
+        if not jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact):
+            continue
+        finite = np.isfinite(np.asarray(leaf).reshape(len(leaf), -1)).all(axis=1)
         if not finite.all():
             rows = np.flatnonzero(~finite)
-            raise ValueError(f"{where}: {what} x has non-finite values (NaN or Inf) in "
+            name = "x" + jax.tree_util.keystr(path)
+            raise ValueError(f"{where}: {what} {name} has non-finite values (NaN or Inf) in "
                              f"{len(rows)} example(s), first at index {int(rows[0])}; clean or drop them")
-    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], ts.params, ts.state, _spec(x[:1]))
+    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], ts.params, ts.state,
+                         _spec(jax.tree_util.tree_map(lambda a: a[:1], x)))
+    if not (isinstance(out, jax.ShapeDtypeStruct) and hasattr(y, "shape")):
+        return  # several outputs or targets: the loss decides what they mean; nothing to probe
     placeholder = jax.numpy.full((len(y), *out.shape[1:]), 0.5, jax.numpy.float32)
     for name, fn in {"loss": loss, **metrics}.items():
         try:
             fn(placeholder, y)
+        except TypeError:
+            continue  # e.g. a loss that takes the step: not probed here
         except ValueError as e:
             raise ValueError(f"{where}: {what} y does not suit the {name}: {e}") from e
