@@ -69,6 +69,14 @@ def from_flax(variables, *, like=None):
       variables: what ``flax_module.init`` returns (or its ``"params"`` collection alone).
       like: optional jnn ``(params, state)`` template; when given, the converted trees are
         checked against it (missing, unexpected, mis-shaped paths listed) and take its structure.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> variables = {"params": {"BatchNorm_0": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}},
+      ...              "batch_stats": {"BatchNorm_0": {"mean": jnp.zeros(3), "var": jnp.ones(3)}}}
+      >>> params, state = jnn.convert.from_flax(variables)
+      >>> sorted(params["batch_norm_0"]), sorted(state["batch_norm_0"])
+      (['offset', 'scale'], ['mean', 'var'])
     """
     variables = dict(variables)
     if "params" not in variables:
@@ -87,7 +95,14 @@ def from_flax(variables, *, like=None):
 
 def to_flax(params, state=None) -> dict:
     """Flax Linen ``variables`` from jnn ``params`` (and ``state``: batch-norm statistics
-    become ``batch_stats``): the inverse of :func:`from_flax`."""
+    become ``batch_stats``): the inverse of :func:`from_flax`.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> params = {"dense_0": {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}}
+      >>> jnn.convert.to_flax(params)["params"]["Dense_0"]["kernel"].shape
+      (3, 2)
+    """
     def to_linen(kind, leaf):
         return {"w": "kernel", "b": "bias", "offset": "bias"}.get(leaf, leaf) if kind in _JNN_MODULES else leaf
 
@@ -109,6 +124,14 @@ def torch_linear(weight, bias=None, *, flattened_chw: tuple[int, int, int] | Non
       flattened_chw: when the Linear reads a flattened ``[C, H, W]`` feature map (torch's
         NCHW ``flatten``), its ``(C, H, W)``: the input rows are reordered to jnn's NHWC
         flatten order ``(H, W, C)``.
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> p = jnn.convert.torch_linear(np.zeros((2, 3)), np.zeros(2))   # torch tensors work the same
+      >>> p["w"].shape, p["b"].shape
+      ((3, 2), (2,))
+      >>> jnn.convert.torch_linear(np.zeros((5, 12)), flattened_chw=(3, 2, 2))["w"].shape
+      (12, 5)
     """
     w = _np(weight).T
     if flattened_chw is not None:
@@ -121,7 +144,14 @@ def torch_linear(weight, bias=None, *, flattened_chw: tuple[int, int, int] | Non
 
 
 def torch_conv(weight, bias=None) -> dict:
-    """jnn conv params from an ``nn.Conv1d/2d/3d``'s ``weight [out, in, *kernel]`` and ``bias``."""
+    """jnn conv params from an ``nn.Conv1d/2d/3d``'s ``weight [out, in, *kernel]`` and ``bias``.
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> p = jnn.convert.torch_conv(np.zeros((8, 3, 5, 5)), np.zeros(8))   # [out, in, kh, kw]
+      >>> p["w"].shape, p["b"].shape
+      ((5, 5, 3, 8), (8,))
+    """
     w = _np(weight)
     return {"w": np.moveaxis(w, (0, 1), (-1, -2)), **({"b": _np(bias)} if bias is not None else {})}
 
@@ -129,7 +159,16 @@ def torch_conv(weight, bias=None) -> dict:
 def torch_lstm(state_dict, prefix: str = "", layer: int = 0) -> dict:
     """jnn ``recurrent(lstm_cell(H))`` params from layer ``layer`` of an ``nn.LSTM``'s
     ``state_dict`` (keys ``{prefix}weight_ih_l{layer}`` ...). Both use gate order (i, f, g, o);
-    torch's two biases sum into jnn's one."""
+    torch's two biases sum into jnn's one.
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> sd = {"weight_ih_l0": np.zeros((8, 3)), "weight_hh_l0": np.zeros((8, 2)),   # hidden size 2
+      ...       "bias_ih_l0": np.ones(8), "bias_hh_l0": np.ones(8)}
+      >>> p = jnn.convert.torch_lstm(sd)
+      >>> p["input"]["w"].shape, p["hidden"]["w"].shape, p["input"]["b"][:2].tolist()
+      ((3, 8), (2, 8), [2.0, 2.0])
+    """
     get = lambda name: state_dict.get(f"{prefix}{name}_l{layer}")
     w_ih, w_hh = get("weight_ih"), get("weight_hh")
     if w_ih is None or w_hh is None:
@@ -154,6 +193,13 @@ def from_torch(state_dict, mapping: dict, *, like=None) -> dict:
 
     Raises:
       KeyError: a mapped torch module is not in the state_dict.
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> state_dict = {"fc.weight": np.zeros((2, 3)), "fc.bias": np.zeros(2)}   # e.g. nn.Linear(3, 2)
+      >>> params = jnn.convert.from_torch(state_dict, {"dense_0": "fc"})
+      >>> params["dense_0"]["w"].shape, params["dense_0"]["b"].shape
+      ((3, 2), (2,))
     """
     flat = {}
     for jnn_path, spec in mapping.items():

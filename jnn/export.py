@@ -8,7 +8,8 @@ and for CPU and CUDA at once. :func:`export_capsule` writes the training run of
 shuffle as ``fit``) and ``evaluate``: the "benchmark capsule", which reruns the benchmark from
 the file alone on any machine with jax.
 
-File format (``.jnnx``): the 8 bytes ``JNNEXPRT``, a little-endian uint64 ``n``, ``n`` bytes of
+File format (``.jnnx``): the 8 bytes ``JNNEXPRT`` (:data:`MAGIC`, which every ``.jnnx`` file starts
+with and :func:`load` checks), a little-endian uint64 ``n``, ``n`` bytes of
 JSON header (format, versions, description, and each section's offset, length, kind and, for
 functions, input/output shapes and dtypes, symbolic dimensions as names), then the sections:
 serialized ``jax.export.Exported`` functions and optionally an ``.npz`` of data.
@@ -52,7 +53,20 @@ _FORMAT = 1
 
 def load(path):
     """``(header, sections)`` of a ``.jnnx`` file: each exported function as a callable, a data
-    section as a dict of NumPy arrays. Needs only jax and NumPy: copy it to drop jnn."""
+    section as a dict of NumPy arrays. Needs only jax and NumPy: copy it to drop jnn.
+
+    Example:
+      >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
+      >>> model = jnn.dense(2)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "dense.jnnx"
+      >>> jnn.export.export_model(path, model, params, state, jnp.zeros((1, 3)), platforms=("cpu",))
+      >>> path.read_bytes()[:8] == jnn.export.MAGIC
+      True
+      >>> header, fns = jnn.export.load(path)
+      >>> header["kind"], list(fns), fns["predict"](jnp.ones((5, 3))).shape
+      ('model', ['predict'], (5, 2))
+    """
     import io, json, struct
     import jax, numpy as np
     data = open(path, "rb").read()
@@ -128,6 +142,17 @@ def export_model(path, model: Layer, params, state, example, *, bake_params: boo
 
     Raises:
       FileExistsError: ``path`` exists and ``overwrite`` is False.
+
+    Example:
+      >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
+      >>> model = jnn.dense(2)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "dense.jnnx"
+      >>> jnn.export.export_model(path, model, params, state, jnp.zeros((1, 3)), bake_params=False,
+      ...                         platforms=("cpu",))
+      >>> header, fns = jnn.export.load(path)
+      >>> fns["predict"](params, state, jnp.ones((4, 3))).shape   # weights passed in, any batch size
+      (4, 2)
     """
     shape = tuple(example.shape)
     batch = jax.export.symbolic_shape("b")[0] if batch_polymorphic else shape[0]
@@ -160,6 +185,20 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     Three calls of ``train_epoch`` after ``init`` reproduce three epochs of ``fit`` with
     ``fused=True`` bit for bit (same platform). Data shapes are fixed at export (in the header);
     ``include_data=True`` also stores the arrays in the file (a ``data`` section).
+
+    Example:
+      >>> import tempfile, pathlib, jax, jax.numpy as jnp, optax, jnn
+      >>> x, y = jnp.ones((8, 3)), jnp.zeros((8, 2))
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "run.jnnx"
+      >>> jnn.export.export_capsule(path, jnn.dense(2), jnn.losses.mse, optax.sgd(0.1), (x, y), batch_size=4,
+      ...                           metrics={}, platforms=("cpu",))
+      >>> header, fns = jnn.export.load(path)
+      >>> sorted(fns), header["steps_per_epoch"]
+      (['init', 'train_epoch'], 2)
+      >>> leaves = fns["init"](jax.random.key_data(jax.random.key(0)))
+      >>> leaves, logs = fns["train_epoch"](leaves, x, y)
+      >>> sorted(logs)
+      ['loss']
     """
     from jnn import metrics as _metrics
     from jnn.train import step as _step
@@ -228,6 +267,17 @@ def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic
     Raises:
       ImportError: jax2onnx is not installed.
       FileExistsError: ``path`` exists and ``overwrite`` is False.
+
+    Example:
+      >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
+      >>> model = jnn.dense(2)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "dense.onnx"
+      >>> jnn.export.export_onnx(path, model, params, state, jnp.zeros((1, 3)))  # doctest: +SKIP
+      >>> import onnxruntime                                                     # doctest: +SKIP
+      >>> session = onnxruntime.InferenceSession(str(path))                     # doctest: +SKIP
+      >>> session.run(["y"], {"x": jnp.ones((5, 3)).__array__()})[0].shape       # doctest: +SKIP
+      (5, 2)
     """
     try:
         import jax2onnx

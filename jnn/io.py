@@ -45,6 +45,14 @@ def atomic_write(path, data: bytes | str, *, overwrite: bool = False) -> pathlib
 
     Raises:
       FileExistsError: ``path`` exists and ``overwrite`` is False.
+
+    Example:
+      >>> import tempfile, pathlib, jnn
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+      >>> jnn.io.atomic_write(path, "first").read_text()
+      'first'
+      >>> jnn.io.atomic_write(path, "second", overwrite=True).read_text()
+      'second'
     """
     path = pathlib.Path(path)
     if path.exists() and not overwrite:
@@ -65,7 +73,16 @@ def atomic_write(path, data: bytes | str, *, overwrite: bool = False) -> pathlib
 
 
 def fresh_path(path) -> pathlib.Path:
-    """``path`` if nothing is there yet, else ``name-2.ext``, ``name-3.ext``, ... (first free)."""
+    """``path`` if nothing is there yet, else ``name-2.ext``, ``name-3.ext``, ... (first free).
+
+    Example:
+      >>> import tempfile, pathlib, jnn
+      >>> folder = pathlib.Path(tempfile.mkdtemp())
+      >>> (folder / "run.json").write_text("{}")
+      2
+      >>> jnn.io.fresh_path(folder / "run.json").name, jnn.io.fresh_path(folder / "new.json").name
+      ('run-2.json', 'new.json')
+    """
     path = pathlib.Path(path)
     candidate, i = path, 2
     while candidate.exists():
@@ -91,6 +108,12 @@ def flatten(tree) -> dict[str, np.ndarray]:
 
     Raises:
       ValueError: a dict key contains ``"/"`` (the path would not unflatten to the same tree).
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> flat = jnn.io.flatten({"dense_0": {"w": np.zeros((3, 2)), "b": np.zeros(2)}})
+      >>> {path: a.shape for path, a in flat.items()}
+      {'dense_0/b': (2,), 'dense_0/w': (3, 2)}
     """
     return dict(zip(_paths(tree), (np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree))))
 
@@ -136,7 +159,17 @@ def unflatten(flat: dict[str, Any], *, like=None, where: str = "jnn.io.unflatten
 
 def structure_problems(flat: dict[str, Any], like) -> list[str]:
     """How ``flat`` (path -> array) differs from ``like`` (a tree of arrays or
-    ``jax.ShapeDtypeStruct``): missing, unexpected and mis-shaped entries by path; ``[]`` if none."""
+    ``jax.ShapeDtypeStruct``): missing, unexpected and mis-shaped entries by path; ``[]`` if none.
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> like = {"dense_0": {"w": np.zeros((3, 2)), "b": np.zeros(2)}}
+      >>> for problem in jnn.io.structure_problems({"dense_0/w": np.zeros((2, 2)), "extra": np.zeros(1)}, like):
+      ...     print(problem)
+      missing: dense_0/b (expected shape (2,))
+      unexpected: extra (shape (1,))
+      wrong shape: dense_0/w: got (2, 2), expected (3, 2)
+    """
     expected = {p: tuple(leaf.shape) for p, leaf in zip(_paths(like), jax.tree_util.tree_leaves(like))}
     problems = [f"missing: {p} (expected shape {s})" for p, s in expected.items() if p not in flat]
     problems += [f"unexpected: {p} (shape {tuple(np.shape(a))})" for p, a in flat.items() if p not in expected]
@@ -200,6 +233,13 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
     Raises:
       FileExistsError: ``path`` exists and ``overwrite`` is False.
       ValueError: the suffix is neither ``.safetensors`` nor ``.npz``.
+
+    Example:
+      >>> import tempfile, pathlib, jax.numpy as jnp, jnn
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "weights.npz"
+      >>> jnn.io.save_params(path, {"params": {"w": jnp.ones((3, 2))}, "state": {}})
+      >>> sorted(jnn.io.flatten(jnn.io.load_params(path)))
+      ['params/w']
     """
     path = pathlib.Path(path)
     flat = flatten(tree)
@@ -234,6 +274,15 @@ def load_params(path, *, like=None):
 
     Raises:
       ValueError: with ``like``, the file does not match it; every problem is listed by path.
+
+    Example:
+      >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "weights.npz"
+      >>> params = {"dense_0": {"w": jnp.ones((3, 2), jnp.bfloat16), "b": jnp.zeros(2)}}
+      >>> jnn.io.save_params(path, params)
+      >>> loaded = jnn.io.load_params(path, like=params)
+      >>> loaded["dense_0"]["w"].dtype, loaded["dense_0"]["w"].shape
+      (dtype(bfloat16), (3, 2))
     """
     path = pathlib.Path(path)
     data = path.read_bytes()

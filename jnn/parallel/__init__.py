@@ -9,6 +9,12 @@ is still one compiled ``lax.scan``::
   fit(model, loss, opt, data, key=key, mesh=mesh)       # data parallel
   fit(..., mesh=mesh, rules=jnn.parallel.fsdp())        # + params/optimizer state sharded (ZeRO-3)
   jnn.parallel.plan(model, (x, y), opt, mesh, rules=...)  # bytes and FLOPs per device, no memory used
+
+Tensor parallelism names weight dimensions by logical axes: :data:`TRANSFORMER_AXES` is the table
+of ``(path patterns, logical axes)`` for jnn's attention and transformer-block MLP weights
+(Megatron layout), and :data:`AXIS_RULES` maps each logical axis (``batch``, ``heads``, ``mlp``,
+``embed``, ``vocab``) to a mesh axis or ``None`` (replicated), as Flax's ``logical_axis_rules``;
+:func:`tensor_parallel` combines the two.
 """
 from jnn.parallel.distributed import global_batch, initialize, is_main_process
 from jnn.parallel.plan import Plan, plan

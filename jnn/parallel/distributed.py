@@ -31,7 +31,15 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
                cpu_collectives: str = "gloo", **kwargs) -> None:
     """``jax.distributed.initialize``, after selecting ``cpu_collectives`` ("gloo") for CPU
     devices, which have no cross-process collectives otherwise. Call it before anything else
-    touches JAX's devices. Extra ``kwargs`` go to ``jax.distributed.initialize``."""
+    touches JAX's devices. Extra ``kwargs`` go to ``jax.distributed.initialize``.
+
+    Example:
+      >>> import jnn
+      >>> jnn.parallel.initialize("127.0.0.1:12355", num_processes=2, process_id=0)  # doctest: +SKIP
+      >>> jnn.parallel.initialize("127.0.0.1:12355", num_processes=2, process_id=2)
+      Traceback (most recent call last):
+      ValueError: jnn.parallel.initialize: process_id must be in [0, 2), got 2
+    """
     if not 0 <= process_id < num_processes:
         raise ValueError(f"jnn.parallel.initialize: process_id must be in [0, {num_processes}), got {process_id}")
     if cpu_collectives:
@@ -41,7 +49,13 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
 
 
 def is_main_process() -> bool:
-    """Whether this is process 0, the one that logs and writes history files."""
+    """Whether this is process 0, the one that logs and writes history files.
+
+    Example:
+      >>> import jnn
+      >>> jnn.parallel.is_main_process()           # a single process is process 0
+      True
+    """
     return jax.process_index() == 0
 
 
@@ -67,6 +81,12 @@ def global_batch(local_batch, mesh, *, check: bool = True):
     Raises:
       ValueError: processes disagree on the batch size, or the global batch does not divide
         over the data axis.
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> x, y = jnn.parallel.global_batch((np.ones((4, 3)), np.zeros(4)), jnn.parallel.make_mesh())
+      >>> x.shape, y.shape, x.sharding.spec
+      ((4, 3), (4,), P('data',))
     """
     check_mesh(mesh, "jnn.parallel.global_batch")
     sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree_util.tree_leaves(local_batch)}

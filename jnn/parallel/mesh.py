@@ -43,6 +43,12 @@ def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence | No
       data: devices along the batch axis (default: all devices not used by ``model``).
       model: devices along the tensor-parallel axis.
       devices: the devices to use (e.g. ``jax.devices()[:4]``).
+
+    Example:
+      >>> import jnn
+      >>> mesh = jnn.parallel.make_mesh(data=1)
+      >>> dict(mesh.shape)
+      {'data': 1, 'model': 1}
     """
     devices = list(jax.devices() if devices is None else devices)
     if not isinstance(model, int) or model < 1 or len(devices) % model:
@@ -57,7 +63,15 @@ def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence | No
 
 
 def check_mesh(mesh, where: str) -> None:
-    """Raises unless ``mesh`` is a ``jax.sharding.Mesh`` with a ``data`` axis and Auto axes."""
+    """Raises unless ``mesh`` is a ``jax.sharding.Mesh`` with a ``data`` axis and Auto axes.
+
+    Example:
+      >>> import jnn
+      >>> jnn.parallel.check_mesh(jnn.parallel.make_mesh(), "example")   # fine: returns None
+      >>> jnn.parallel.check_mesh("not a mesh", "example")
+      Traceback (most recent call last):
+      TypeError: example: mesh must be a jax.sharding.Mesh (e.g. jnn.parallel.make_mesh()), got str
+    """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"{where}: mesh must be a jax.sharding.Mesh (e.g. jnn.parallel.make_mesh()), "
                         f"got {type(mesh).__name__}")
@@ -72,12 +86,29 @@ def check_mesh(mesh, where: str) -> None:
 
 
 def data_size(mesh) -> int:
-    """How many ways the batch is split (the size of the ``data`` axis)."""
+    """How many ways the batch is split (the size of the ``data`` axis).
+
+    Example:
+      >>> import jnn
+      >>> jnn.parallel.data_size(jnn.parallel.make_mesh(data=1))
+      1
+    """
     return int(mesh.shape["data"])
 
 
 def check_batch_size(batch_size: int, mesh, where: str) -> None:
-    """Raises unless ``batch_size`` (the global batch) divides evenly over the data axis."""
+    """Raises unless ``batch_size`` (the global batch) divides evenly over the data axis.
+
+    Example:
+      >>> import jax, jnn
+      >>> mesh = jax.sharding.AbstractMesh((2, 1), ("data", "model"))
+      >>> jnn.parallel.check_batch_size(8, mesh, "example")   # divides: returns None
+      >>> try:
+      ...     jnn.parallel.check_batch_size(7, mesh, "example")
+      ... except ValueError as e:
+      ...     print(str(e).split(";")[0])
+      example: the batch of 7 examples is not divisible by the mesh's data axis of size 2
+    """
     n = data_size(mesh)
     if batch_size % n:
         raise ValueError(f"{where}: the batch of {batch_size} examples is not divisible by the mesh's data "
@@ -97,7 +128,16 @@ def state_specs(train_state, mesh, rules: Sequence[Rule] | None = None):
     """PartitionSpecs for a :class:`~jnn.train.TrainState` (arrays or ``ShapeDtypeStruct``):
     params by ``rules``; optimizer-state leaves that mirror a parameter (same path suffix and
     shape, e.g. Adam's ``mu``/``nu``) like that parameter; everything else replicated.
-    A pytree without a ``params`` field is treated as params."""
+    A pytree without a ``params`` field is treated as params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> ts = jnn.train.init_train_state(jnn.dense(2), optax.adam(1e-3), jax.random.key(0), jnp.zeros((1, 4)))
+      >>> mesh = jax.sharding.AbstractMesh((2, 1), ("data", "model"))
+      >>> specs = jnn.parallel.state_specs(ts, mesh, jnn.parallel.fsdp())
+      >>> specs.params["w"], specs.opt_state[0].mu["w"], specs.step
+      (P('data', None), P('data', None), P())
+    """
     if not hasattr(train_state, "params"):
         return param_specs(train_state, mesh, rules)
     pspecs = param_specs(train_state.params, mesh, rules)
@@ -112,7 +152,15 @@ def state_specs(train_state, mesh, rules: Sequence[Rule] | None = None):
 
 
 def state_shardings(train_state, mesh, rules: Sequence[Rule] | None = None):
-    """:func:`state_specs` as ``NamedSharding`` on ``mesh`` (for ``jax.jit``/``jax.device_put``)."""
+    """:func:`state_specs` as ``NamedSharding`` on ``mesh`` (for ``jax.jit``/``jax.device_put``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> ts = jnn.train.init_train_state(jnn.dense(2), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 4)))
+      >>> shardings = jnn.parallel.state_shardings(ts, jnn.parallel.make_mesh())
+      >>> type(shardings.params["w"]).__name__, shardings.params["w"].spec
+      ('NamedSharding', P())
+    """
     return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), state_specs(train_state, mesh, rules),
                                   is_leaf=lambda s: isinstance(s, P))
 
@@ -132,17 +180,41 @@ def place(train_state, mesh, rules: Sequence[Rule] | None = None):
 
 
 def replicate(tree, mesh):
-    """Every leaf of ``tree`` copied to every device of ``mesh`` (e.g. a dataset that fits)."""
+    """Every leaf of ``tree`` copied to every device of ``mesh`` (e.g. a dataset that fits).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> data = jnn.parallel.replicate({"x": jnp.arange(4)}, jnn.parallel.make_mesh())
+      >>> data["x"].shape, data["x"].sharding.spec
+      ((4,), P())
+    """
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 def constrain_state(train_state, mesh, rules: Sequence[Rule] | None = None):
-    """Pins ``train_state``'s layout inside a jitted function (``with_sharding_constraint``)."""
+    """Pins ``train_state``'s layout inside a jitted function (``with_sharding_constraint``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> mesh = jnn.parallel.make_mesh()
+      >>> ts = jnn.train.init_train_state(jnn.dense(2), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 4)))
+      >>> ts = jax.jit(lambda ts: jnn.parallel.constrain_state(ts, mesh))(ts)
+      >>> ts.params["w"].shape
+      (4, 2)
+    """
     return jax.lax.with_sharding_constraint(train_state, state_shardings(train_state, mesh, rules))
 
 
 def constrain_batch(batch, mesh, where: str = "jnn.parallel"):
-    """Splits every leaf of ``batch`` along its first (example) axis over ``data``, inside jit."""
+    """Splits every leaf of ``batch`` along its first (example) axis over ``data``, inside jit.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> mesh = jnn.parallel.make_mesh()
+      >>> double = jax.jit(lambda batch: jnn.parallel.constrain_batch(batch, mesh)[0] * 2)
+      >>> double((jnp.ones((4, 3)), jnp.zeros(4))).shape
+      (4, 3)
+    """
     for leaf in jax.tree_util.tree_leaves(batch):
         check_batch_size(np.shape(leaf)[0], mesh, where)
     return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, P("data")))
@@ -151,6 +223,15 @@ def constrain_batch(batch, mesh, where: str = "jnn.parallel"):
 def sharded_init(init_fn, mesh, rules: Sequence[Rule] | None = None):
     """Runs ``init_fn() -> train_state`` under jit with its outputs laid out on ``mesh`` by
     ``rules``, so each device only ever allocates its own shards (a model too large for one
-    device initializes straight into its FSDP layout)."""
+    device initializes straight into its FSDP layout).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> init = lambda: jnn.train.init_train_state(jnn.dense(2), optax.sgd(0.1), jax.random.key(0),
+      ...                                           jnp.zeros((1, 4)))
+      >>> ts = jnn.parallel.sharded_init(init, jnn.parallel.make_mesh(), jnn.parallel.fsdp())
+      >>> ts.params["w"].shape, ts.params["w"].sharding.spec
+      ((4, 2), P('data', None))
+    """
     check_mesh(mesh, "jnn.parallel.sharded_init")
     return jax.jit(init_fn, out_shardings=state_shardings(jax.eval_shape(init_fn), mesh, rules))()

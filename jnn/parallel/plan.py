@@ -42,6 +42,15 @@ class Plan(NamedTuple):
         (``temp_bytes``: activations and other temporaries).
       flops_per_device: ``cost_analysis()["flops"]`` of the partitioned step.
       flops: ``flops_per_device`` times the number of devices.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> batch = (jax.ShapeDtypeStruct((8, 3), jnp.float32), jax.ShapeDtypeStruct((8, 2), jnp.float32))
+      >>> p = jnn.parallel.plan(jnn.dense(2), batch, optax.sgd(0.1), verbose=False)
+      >>> isinstance(p, jnn.parallel.Plan), [(path, shape, nbytes) for path, shape, _, nbytes in p.params]
+      (True, [('b', (2,), 8), ('w', (3, 2), 24)])
+      >>> p.batch_bytes
+      160
     """
 
     params: list

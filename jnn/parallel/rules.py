@@ -57,6 +57,15 @@ class Rule(NamedTuple):
       patterns: a path pattern or several (:func:`jnn.tree.matches`).
       spec: a tuple of mesh axes per dimension, or a function ``(shape, mesh) -> PartitionSpec``.
       required: raise if the rule matches no parameter (built-in tables set this to False).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> params = {"dense_0": {"w": jnp.zeros((4, 2)), "b": jnp.zeros(2)}}
+      >>> mesh = jax.sharding.AbstractMesh((1, 2), ("data", "model"))
+      >>> rule = jnn.parallel.Rule("dense_0/w", (None, "model"))   # split w's columns along "model"
+      >>> specs = jnn.parallel.param_specs(params, mesh, [rule])
+      >>> specs["dense_0"]["w"], specs["dense_0"]["b"]
+      (P(None, 'model'), P())
     """
 
     patterns: str | tuple[str, ...]
@@ -83,7 +92,15 @@ def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: i
     on its largest dimension divisible by the axis size; parameters with fewer than
     ``min_size`` elements, or with no such dimension, stay replicated.
 
-    Example: ``fit(..., mesh=mesh, rules=parallel.fsdp())``.
+    Typical use: ``fit(..., mesh=mesh, rules=parallel.fsdp())``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> params = {"w": jnp.zeros((4, 6)), "b": jnp.zeros(6)}
+      >>> mesh = jax.sharding.AbstractMesh((2, 1), ("data", "model"))
+      >>> specs = jnn.parallel.param_specs(params, mesh, jnn.parallel.fsdp(min_size=8))
+      >>> specs["w"], specs["b"]                   # b is under min_size: replicated
+      (P(None, 'data'), P())
     """
     patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
     return [Rule(patterns, _largest_divisible_dim(axis, min_size))]
@@ -95,8 +112,13 @@ def logical(table: Sequence[tuple[Any, tuple]], axis_rules: Sequence[tuple[str, 
     mesh axis by ``axis_rules`` (``(logical, mesh axis or None)`` pairs, as Flax's
     ``logical_axis_rules``).
 
-    Example: ``logical([("dense_0/w", ("embed", "mlp"))])`` splits ``dense_0``'s columns
+    For instance, ``logical([("dense_0/w", ("embed", "mlp"))])`` splits ``dense_0``'s columns
     along ``model`` under the default :data:`AXIS_RULES`.
+
+    Example:
+      >>> import jnn
+      >>> jnn.parallel.logical([("dense_0/w", ("embed", "mlp"))])
+      [Rule(patterns=('dense_0/w',), spec=(None, 'model'), required=True)]
     """
     mapping = dict(axis_rules)
     rules = []
@@ -116,7 +138,16 @@ def tensor_parallel(extra: Sequence[tuple[Any, tuple]] = (),
     (:data:`TRANSFORMER_AXES`, patterns that match nothing are fine) plus ``extra``
     ``(patterns, logical axes)`` pairs of your own (e.g. for plain ``dense`` layers).
 
-    Example: ``fit(..., mesh=make_mesh(model=4), rules=parallel.tensor_parallel())``.
+    Typical use: ``fit(..., mesh=make_mesh(model=4), rules=parallel.tensor_parallel())``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> params = {"mlp": {"dense_0": {"w": jnp.zeros((4, 8)), "b": jnp.zeros(8)},
+      ...                   "dense_1": {"w": jnp.zeros((8, 4)), "b": jnp.zeros(4)}}}
+      >>> mesh = jax.sharding.AbstractMesh((1, 2), ("data", "model"))
+      >>> specs = jnn.parallel.param_specs(params, mesh, jnn.parallel.tensor_parallel())["mlp"]
+      >>> specs["dense_0"]["w"], specs["dense_1"]["w"], specs["dense_1"]["b"]
+      (P(None, 'model'), P('model', None), P())
     """
     return logical(extra, axis_rules) + logical(TRANSFORMER_AXES, axis_rules, required=False)
 
@@ -151,6 +182,11 @@ def param_specs(params, mesh, rules: Sequence[Rule] | None = None):
     Raises:
       ValueError: a rule names an axis the mesh lacks, a required rule matches no parameter,
         or a sharded dimension is not divisible by its mesh axes' size.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> jnn.parallel.param_specs({"w": jnp.zeros((4, 2))}, jnn.parallel.make_mesh())   # no rules: replicated
+      {'w': P()}
     """
     rules = [r if isinstance(r, Rule) else Rule(*r) for r in (rules or ())]
     for rule in rules:
