@@ -39,7 +39,13 @@ NOT_WEIGHTS = ("embedding",)
 
 
 def path_str(path) -> str:
-    """``(DictKey('dense_0'), DictKey('w'))`` -> ``"dense_0/w"``."""
+    """``(DictKey('dense_0'), DictKey('w'))`` -> ``"dense_0/w"``.
+
+    Example:
+      >>> import jax, jnn
+      >>> [jnn.tree.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path({"dense_0": {"w": 1}, "blocks": [2]})]
+      ['blocks/0', 'dense_0/w']
+    """
     parts = []
     for entry in path:
         for attr in ("key", "name", "idx"):
@@ -52,12 +58,26 @@ def path_str(path) -> str:
 
 
 def leaves_with_paths(tree) -> list[tuple[str, Any]]:
-    """``[(path, leaf), ...]`` in tree order."""
+    """``[(path, leaf), ...]`` in tree order.
+
+    Example:
+      >>> import jnn
+      >>> jnn.tree.leaves_with_paths({"dense_0": {"w": 1, "b": 2}, "scale": 3})
+      [('dense_0/b', 2), ('dense_0/w', 1), ('scale', 3)]
+    """
     return [(path_str(p), leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def matches(path: str, patterns: Iterable[str] | str) -> bool:
-    """Whether ``path`` matches any of ``patterns`` (see the module docstring)."""
+    """Whether ``path`` matches any of ``patterns`` (see the module docstring).
+
+    Example:
+      >>> import jnn
+      >>> jnn.tree.matches("encoder/dense_0/w", "w"), jnn.tree.matches("encoder/dense_0/w", "encoder/*")
+      (True, True)
+      >>> jnn.tree.matches("decoder/dense_0/w", ["b", "encoder/*"])
+      False
+    """
     if isinstance(patterns, str):
         patterns = (patterns,)
     leaf = path.rsplit("/", 1)[-1]
@@ -98,6 +118,12 @@ def mask(tree, include: Iterable[str] | str = WEIGHTS, exclude: Iterable[str] | 
     Raises:
       ValueError: with the default ``include``, a weight the default would skip (see
         :func:`check_weights_selected`).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}, "dense_1": {"w": jnp.ones((2, 1))}}
+      >>> jnn.tree.mask(params, include="*", exclude="dense_1/*")
+      {'dense_0': {'b': True, 'w': True}, 'dense_1': {'w': False}}
     """
     check_weights_selected(tree, include, exclude, "jnn.tree.mask")
     return jax.tree_util.tree_map_with_path(

@@ -40,7 +40,23 @@ __all__ = ["Callback", "CallbackList", "HistoryFile", "TensorBoard"]
 
 
 class Callback:
-    """Base class; override what you need. ``on_epoch_end`` returning True stops training."""
+    """Base class; override what you need. ``on_epoch_end`` returning True stops training.
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> class StopAtTwo(jnn.train.callbacks.Callback):
+      ...     def __init__(self):
+      ...         self.epochs = []
+      ...     def on_epoch_end(self, epoch, train_state, logs):
+      ...         self.epochs.append(epoch)
+      ...         return epoch == 2
+      >>> x, y = jnn.data.xor()
+      >>> cb = StopAtTwo()
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
+      ...                        epochs=5, batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[cb])
+      >>> cb.epochs, result.stopped_early
+      ([1, 2], True)
+    """
 
     def on_epoch_end(self, epoch: int, train_state, logs: dict) -> bool | None:
         return None
@@ -51,7 +67,19 @@ class Callback:
 
 class HistoryFile(Callback):
     """Writes the history so far to ``path`` (``.csv`` or ``.jsonl``) after every epoch,
-    atomically; an existing file is refused at construction (FileExistsError)."""
+    atomically; an existing file is refused at construction (FileExistsError).
+
+    Example:
+      >>> import os, tempfile, jnn
+      >>> path = os.path.join(tempfile.mkdtemp(), "history.csv")
+      >>> history = jnn.train.callbacks.HistoryFile(path)
+      >>> history.on_epoch_end(1, None, {"loss": 0.5})
+      >>> history.on_epoch_end(2, None, {"loss": 0.25})
+      >>> print(open(path).read().strip())
+      epoch,loss
+      1,0.5
+      2,0.25
+    """
 
     def __init__(self, path):
         self._writer, self._history = HistoryWriter(path), {}
@@ -64,7 +92,15 @@ class HistoryFile(Callback):
 
 class CallbackList:
     """What :func:`jnn.train.fit` runs: ``callbacks`` plus its ``history_file`` and
-    ``on_epoch_end`` arguments (kept for compatibility), in that order after the history file."""
+    ``on_epoch_end`` arguments (kept for compatibility), in that order after the history file.
+
+    Example:
+      >>> import jnn
+      >>> callbacks = jnn.train.callbacks.CallbackList([lambda epoch, ts, logs: epoch >= 2],
+      ...                                               on_epoch_end=lambda epoch, ts, logs: None)
+      >>> len(callbacks.items), callbacks.on_epoch_end(1, None, {}), callbacks.on_epoch_end(2, None, {})
+      (2, False, True)
+    """
 
     def __init__(self, callbacks: Sequence = (), *, history_file=None, on_epoch_end: Callable | None = None):
         items = [HistoryFile(history_file)] if history_file is not None else []
@@ -107,6 +143,17 @@ class TensorBoard(Callback):
       histograms_every: epochs between histograms (``0``: none).
       learning_rate: an optax schedule ``step -> lr``, logged as ``lr`` at the state's step.
       model, loss, probe: for gradient histograms and norms.
+
+    Example:
+      >>> import os, tempfile, jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> model, loss = jnn.dense(1), jnn.losses.mse
+      >>> logdir = tempfile.mkdtemp()
+      >>> tb = jnn.train.callbacks.TensorBoard(logdir, histograms_every=1, model=model, loss=loss, probe=(x, y))
+      >>> result = jnn.train.fit(model, loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2,
+      ...                        batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[tb])
+      >>> any(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
+      True
     """
 
     def __init__(self, logdir, *, histograms_every: int = 0, learning_rate: Callable | None = None,

@@ -138,6 +138,17 @@ class Checkpointer:
       keep: how many of the most recent checkpoints to keep (``None`` keeps all).
       config: a JSON-serializable dict (e.g. the model's hyperparameters) stored with every
         checkpoint unless :meth:`save` is given another.
+
+    Example:
+      >>> import os, tempfile, jax, jax.numpy as jnp, optax, jnn
+      >>> ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 2)))
+      >>> with jnn.train.Checkpointer(os.path.join(tempfile.mkdtemp(), "ckpt"), keep=2) as ckpt:
+      ...     for epoch in (1, 2, 3):
+      ...         ckpt.save(epoch, ts, logs={"loss": 0.5})
+      ...     restored, meta = ckpt.restore(ts)
+      ...     steps = ckpt.all_steps()
+      >>> steps, restored.params["w"].shape, bool(jnp.all(restored.params["w"] == ts.params["w"]))
+      ([2, 3], (2, 1), True)
     """
 
     def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):

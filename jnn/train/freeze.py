@@ -55,6 +55,12 @@ def trainable_mask(params, frozen: Iterable[str] | str):
     Raises:
       ValueError: a pattern matches no leaf (frozen patterns that freeze nothing are
         almost always typos).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}}
+      >>> jnn.train.trainable_mask(params, "b")
+      {'dense_0': {'b': False, 'w': True}}
     """
     patterns = _patterns(frozen, "trainable_mask")
     _check_used(params, patterns, "trainable_mask")

@@ -32,6 +32,17 @@ class NonFiniteError(FloatingPointError):
       train_state: the state at the end of the last finite epoch (or the starting state).
       history: the history up to and including the failing epoch.
       report: a :class:`jnn.train.NonFiniteReport` when ``debug_nonfinite=True``, else ``None``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
+      >>> try:
+      ...     jnn.train.fit(jnn.dense(1), nan_loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2,
+      ...                   batch_size=4, metrics={}, progress=False, verbose=False)
+      ... except jnn.train.NonFiniteError as e:
+      ...     print(e.epoch, int(e.train_state.step), e.report)
+      1 0 None
     """
 
     def __init__(self, message, *, epoch, train_state, history, report=None):

@@ -34,6 +34,13 @@ class EarlyStopping:
       patience: epochs without improvement before stopping (>= 1).
       min_delta: the smallest change that counts as an improvement (>= 0).
       restore_best: return the params/state of the best epoch rather than the last.
+
+    Example:
+      >>> import jnn
+      >>> es = jnn.train.EarlyStopping(monitor="val_accuracy", patience=2)
+      >>> es.maximize, es.improved(0.9, best=0.8), es.improved(0.7, best=0.8)
+      (True, True, False)
+      >>> # jnn.train.fit(..., val_split=0.2, early_stopping=es) stops after 2 epochs without improvement
     """
 
     monitor: str = "val_loss"
@@ -72,6 +79,16 @@ class FitResult(NamedTuple):
         (training stopped there; ``train_state`` is from the epoch before), else ``None``.
       nonfinite_report: with ``debug_nonfinite=True``, where it happened (see
         :func:`jnn.train.find_nonfinite`).
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
+      ...                        epochs=2, batch_size=4, metrics={}, progress=False, verbose=False)
+      >>> result.history["epoch"], result.best_epoch, result.stopped_early
+      ([1, 2], None, False)
+      >>> int(result.train_state.step)
+      2
     """
 
     train_state: TrainState
@@ -85,7 +102,15 @@ class FitResult(NamedTuple):
 def split_validation(x, y, fraction: float, key):
     """Shuffles ``(x, y)`` with ``key`` and splits off ``fraction`` of it:
     returns ``(train_x, train_y), (val_x, val_y)``. ``x`` and ``y`` may be pytrees (dicts or
-    tuples of arrays with examples on the first axis); every leaf is split alike."""
+    tuples of arrays with examples on the first axis); every leaf is split alike.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> x, y = jnp.arange(20.0).reshape(10, 2), jnp.arange(10)
+      >>> (tx, ty), (vx, vy) = jnn.train.split_validation(x, y, 0.2, jax.random.key(0))
+      >>> tx.shape, ty.shape, vx.shape, vy.shape
+      ((8, 2), (8,), (2, 2), (2,))
+    """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"split_validation: fraction must be in (0, 1), got {fraction}")
     x, y = _as_arrays((x, y))

@@ -32,6 +32,16 @@ class NonFiniteReport(NamedTuple):
       kind: ``"input"``, ``"output"``, ``"loss"``, ``"gradient"`` or ``"update"``.
       examples: indices into the training data of the batch rows involved.
       bad_input: whether those examples' inputs are themselves non-finite (NaN features).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
+      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:1])
+      >>> report = jnn.train.find_nonfinite(model, nan_loss, opt, ts, (x, y), batch_size=2)
+      >>> report.step, report.batch, report.layer, report.kind, len(report.examples), report.bad_input
+      (0, 0, '(loss)', 'loss', 2, False)
     """
 
     step: int
@@ -102,6 +112,18 @@ def find_nonfinite(model, loss, optimizer, train_state, train_data, *, batch_siz
 
     Returns:
       A :class:`NonFiniteReport`, or ``None`` if the whole epoch stays finite.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
+      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:1])
+      >>> print(jnn.train.find_nonfinite(model, jnn.losses.mse, opt, ts, (x, y), batch_size=2))
+      None
+      >>> report = jnn.train.find_nonfinite(model, nan_loss, opt, ts, (x, y), batch_size=2)
+      >>> report.step, report.batch, report.kind, len(report.examples)
+      (0, 0, 'loss', 2)
     """
     x, y = (jnp.asarray(a) for a in train_data)
     step = jax.jit(make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer))

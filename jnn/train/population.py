@@ -56,7 +56,20 @@ MakeOptimizer = Callable[[HParams], optax.GradientTransformation]
 
 class MemberResult(NamedTuple):
     """One member, like :class:`jnn.train.FitResult` (history ``{name: np.ndarray [epochs
-    trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams."""
+    trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+      >>> make_opt = lambda hp: optax.adam(hp["lr"])
+      >>> result = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
+      ...                                   (x, y), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
+      ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
+      >>> member = result.member(1)
+      >>> member.history["loss"].shape, member.train_state.params["dense_0"]["w"].shape, member.stopped_early
+      ((2,), (2, 4), False)
+    """
 
     train_state: TrainState
     history: dict[str, np.ndarray]
@@ -80,6 +93,19 @@ class PopulationResult(NamedTuple):
       epochs_trained: ``int [N]``, the epochs each member trained (its last is its stop epoch).
       keys: the members' PRNG keys ``[N]``; ``fit(..., key=keys[i])`` reproduces member ``i``.
       hparams: ``{name: np.ndarray [N]}``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+      >>> make_opt = lambda hp: optax.adam(hp["lr"])
+      >>> result = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
+      ...                                   (x, y), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
+      ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
+      >>> result.history["loss"].shape, result.train_states.params["dense_0"]["w"].shape
+      ((2, 3), (3, 2, 4))
+      >>> result.epochs_trained.tolist(), result.stopped_early.tolist(), result.best_epoch
+      ([2, 2, 2], [False, False, False], None)
     """
 
     train_states: TrainState
@@ -325,6 +351,23 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
 
     Returns:
       A :class:`PopulationResult`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+      >>> make_opt = lambda hp: optax.adam(hp["lr"])
+      >>> result = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
+      ...                                   (x, y), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
+      ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
+      >>> result.history["loss"].shape                       # [epochs, members]
+      (2, 3)
+      >>> seeds = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits,
+      ...                                  lambda hp: optax.adam(0.1), (x, y),
+      ...                                  key=jax.random.split(jax.random.key(1), 2),
+      ...                                  epochs=1, batch_size=4, metrics={})   # a population over seeds only
+      >>> seeds.history["loss"].shape
+      (1, 2)
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit_population: epochs must be a positive integer, got {epochs!r}")

@@ -97,6 +97,17 @@ def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, t
 
     Returns:
       One :class:`MemberResult` per config, its ``hparams`` the config itself.
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> make_model = lambda hp: jnn.serial(jnn.dense(hp["width"]), jnn.tanh(), jnn.dense(1))
+      >>> configs = [{"width": 4, "lr": 0.1}, {"width": 8, "lr": 0.1}, {"width": 4, "lr": 0.01}]
+      >>> results = jnn.train.search(make_model, jnn.losses.mse, lambda hp: optax.adam(hp["lr"]), (x, y),
+      ...                            configs=configs, static=["width"], key=jax.random.key(0), epochs=2,
+      ...                            batch_size=4, metrics={})
+      >>> [r.hparams["width"] for r in results], [len(r.history["loss"]) for r in results]
+      ([4, 8, 4], [2, 2, 2])
     """
     configs, static = _check_configs(configs, static, fit_kwargs)
     keys = _as_keys("search", key, len(configs))
