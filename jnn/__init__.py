@@ -8,6 +8,10 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   >>> logits, state = model.apply(params, state, jnp.zeros((4, 28, 28, 1)))
   >>> logits.shape
   (4, 10)
+
+:data:`jnn.CONTRACT` is that calling convention as a string,
+``init(key, example) -> (params, state)`` and
+``apply(params, state, x, *, key=None, train=False) -> (y, new_state)``, which every layer follows.
 """
 from jnn import convert, data, export, generate, initializers, io, losses, metrics, nets, parallel, precision
 from jnn import train, tree

@@ -155,7 +155,16 @@ def shape_of(example) -> jax.ShapeDtypeStruct:
 
 
 def output_shape(layer: Layer, params: PyTree, state: PyTree, example) -> jax.ShapeDtypeStruct:
-    """Shape and dtype of ``layer.apply(params, state, example)``, computed with ``jax.eval_shape``."""
+    """Shape and dtype of ``layer.apply(params, state, example)``, computed with ``jax.eval_shape``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> layer = jnn.dense(3)
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 4)))
+      >>> out = jnn.output_shape(layer, params, state, jnp.zeros((5, 4)))
+      >>> out.shape, out.dtype
+      ((5, 3), dtype('float32'))
+    """
     y, _ = jax.eval_shape(lambda p, s, x: layer.apply(p, s, x), params, state, shape_of(example))
     return y
 

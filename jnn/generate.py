@@ -9,6 +9,8 @@
 
 Both draw token ``i`` with ``jax.random.split(key, num_new_tokens)[i]``, so for the same key they
 produce the same tokens (up to ties in floating point, which the tests do not hit).
+A ``temperature`` below :data:`GREEDY_BELOW` (``1e-6``) samples greedily (the arg-max token),
+since dividing the logits by so small a temperature would overflow.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -49,6 +51,17 @@ class Decoder(Layer):
       with their keys/values written in. ``position + T`` must not exceed the cache length.
 
     ``named``/``_replace`` keep the decode path; ``jnn.precision.with_policy`` wraps it.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
+      >>> isinstance(lm, jnn.generate.Decoder)
+      True
+      >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((2, 4), jnp.int32))
+      >>> cache = lm.init_cache(2)
+      >>> logits, cache = lm.decode_step(params, cache, jnp.array([1, 2]), 0)
+      >>> logits.shape
+      (2, 11)
     """
 
     def __new__(cls, init, apply, kind="layer", name=None, *, init_cache, decode_step, **fields):
@@ -198,6 +211,16 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
       ``[B, P + num_new_tokens]`` int32: the prompt followed by the new tokens.
 
     Compiled once per (model, shapes, num_new_tokens, temperature, top_k).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
+      >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+      >>> out = jnn.generate.generate(lm, params, jnp.array([[1, 2]]), 3, key=jax.random.key(1))
+      >>> out.shape, out.dtype
+      ((1, 5), dtype('int32'))
+      >>> out[:, :2].tolist()
+      [[1, 2]]
     """
     prompt = _check("generate", model, prompt, num_new_tokens, temperature, top_k, cached=True)
     _check_prompt_ids("generate", model, params, {}, prompt)
@@ -209,7 +232,20 @@ def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key,
                       top_k: int | None = None, state=None, context=None, context_lengths=None) -> jax.Array:
     """The reference sampler: like :func:`generate`, but every step re-runs ``model.apply`` on the
     whole ``[B, P + num_new_tokens]`` buffer (any causal model of ids to logits; ``state``,
-    ``context`` and ``context_lengths`` are passed to it). Same key, same tokens as :func:`generate`."""
+    ``context`` and ``context_lengths`` are passed to it). Same key, same tokens as :func:`generate`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> from jnn.generate import generate, generate_uncached
+      >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
+      >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+      >>> prompt = jnp.array([[1, 2]])
+      >>> out = generate_uncached(lm, params, prompt, 3, key=jax.random.key(1), temperature=0.0)
+      >>> out.shape
+      (1, 5)
+      >>> bool((out == generate(lm, params, prompt, 3, key=jax.random.key(1), temperature=0.0)).all())
+      True
+    """
     prompt = _check("generate_uncached", model, prompt, num_new_tokens, temperature, top_k, cached=False)
     _check_prompt_ids("generate_uncached", model, params, {} if state is None else state, prompt)
     return _uncached(model, params, {} if state is None else state, prompt, key, num_new_tokens,

@@ -44,20 +44,39 @@ def _same_shape(where: str, a, b, names=("predictions", "targets")) -> None:
 
 
 def mse(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") -> jax.Array:
-    """Mean squared error ``mean((predictions - targets) ** 2)``; shapes must match."""
+    """Mean squared error ``mean((predictions - targets) ** 2)``; shapes must match.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> float(jnn.losses.mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
+      2.0
+    """
     _same_shape("mse", predictions, targets)
     return _reduce(optax.losses.squared_error(predictions, targets), reduction, "mse")
 
 
 def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") -> jax.Array:
-    """Mean absolute error ``mean(|predictions - targets|)``; shapes must match."""
+    """Mean absolute error ``mean(|predictions - targets|)``; shapes must match.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> float(jnn.losses.mae(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))
+      1.5
+    """
     _same_shape("mae", predictions, targets)
     return _reduce(jnp.abs(predictions - targets), reduction, "mae")
 
 
 def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
                                      reduction: str = "mean") -> jax.Array:
-    """Binary cross-entropy of ``sigmoid(logits)`` against labels in [0, 1] (same shape)."""
+    """Binary cross-entropy of ``sigmoid(logits)`` against labels in [0, 1] (same shape).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> loss = jnn.losses.binary_cross_entropy_with_logits(jnp.zeros(2), jnp.array([0.0, 1.0]))
+      >>> round(float(loss), 4)  # log 2
+      0.6931
+    """
     _same_shape("binary_cross_entropy_with_logits", logits, labels, ("logits", "labels"))
     checks.values_in_unit_interval("binary_cross_entropy_with_logits", "labels", labels, _LABEL_HINT)
     losses = optax.losses.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
@@ -71,6 +90,12 @@ def binary_cross_entropy(probabilities: jax.Array, labels: jax.Array, *,
     Probabilities are clipped to ``[eps, 1 - eps]`` (``eps`` = the dtype's machine epsilon)
     so that exactly 0 and 1 give finite values and gradients. Prefer
     :func:`binary_cross_entropy_with_logits` when logits are available.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> loss = jnn.losses.binary_cross_entropy(jnp.array([0.5, 0.5]), jnp.array([0.0, 1.0]))
+      >>> round(float(loss), 4)  # log 2
+      0.6931
     """
     _same_shape("binary_cross_entropy", probabilities, labels, ("probabilities", "labels"))
     checks.values_in_unit_interval("binary_cross_entropy", "probabilities", probabilities,
@@ -97,6 +122,14 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
 
     Integer labels outside ``[0, C)`` raise a ValueError when called eagerly (under ``jit``
     the values are not known and are not checked).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> logits = jnp.zeros((2, 4))  # uniform over 4 classes
+      >>> round(float(jnn.losses.softmax_cross_entropy(logits, jnp.array([0, 3]))), 4)  # log 4
+      1.3863
+      >>> jnn.losses.softmax_cross_entropy(logits, jnp.array([0, 3]), reduction="none").shape
+      (2,)
     """
     where = "softmax_cross_entropy"
     num_classes = logits.shape[-1]
@@ -137,5 +170,12 @@ def l1_penalty(params, *, include=_tree.WEIGHTS, exclude=()) -> jax.Array:
 
 def l2_penalty(params, *, include=_tree.WEIGHTS, exclude=()) -> jax.Array:
     """``sum w ** 2`` over the leaves selected by path pattern (weights ``w`` by default).
-    Multiply by your coefficient (``lambda * sum w**2``, as in Keras' ``l2``)."""
+    Multiply by your coefficient (``lambda * sum w**2``, as in Keras' ``l2``).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> params = {"dense_0": {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([5.0])}}
+      >>> float(jnn.losses.l2_penalty(params))
+      5.0
+    """
     return _penalty(params, include, exclude, jnp.square)

@@ -33,13 +33,26 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       logits: ``[..., C]``.
       labels: integer ids ``[...]`` or one-hot ``[..., C]``. Concrete integer ids outside
         ``[0, C)`` raise a ``ValueError``; under ``jit`` they are not checked (they never match).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+      >>> float(jnn.metrics.accuracy(logits, jnp.array([0, 1])))
+      0.5
     """
     ids = _class_ids("accuracy", logits, labels)
     return jnp.mean((jnp.argmax(logits, axis=-1) == ids).astype(jnp.float32))
 
 
 def top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int = 5) -> jax.Array:
-    """Fraction of examples whose label is among the ``k`` highest-scoring classes."""
+    """Fraction of examples whose label is among the ``k`` highest-scoring classes.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+      >>> float(jnn.metrics.top_k_accuracy(logits, jnp.array([1, 0]), k=2))
+      0.5
+    """
     if not 1 <= k <= logits.shape[-1]:
         raise ValueError(f"top_k_accuracy: k must be in [1, {logits.shape[-1]}], got {k}")
     ids = _class_ids("top_k_accuracy", logits, labels)

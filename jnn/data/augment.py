@@ -78,6 +78,13 @@ def translate(image: jax.Array, shift) -> jax.Array:
 
     ``out[i, j] = image[i - dy, j - dx]`` where that index is inside the image, else 0; positive
     ``dy``/``dx`` move the content down/right (like ``np.roll``, without wrapping around).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jnn.data.augment import translate
+      >>> image = jnp.arange(1.0, 5.0).reshape(2, 2, 1)
+      >>> translate(image, (0, 1))[..., 0].tolist()
+      [[0.0, 1.0], [0.0, 3.0]]
     """
     dy, dx = jnp.asarray(shift).astype(jnp.int32)
     h, w = image.shape[:2]
@@ -95,6 +102,16 @@ def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0)
     coordinates ``p = (y, x)`` samples the input at ``R(angle) @ S(shear) @ p / scale`` (``S``
     adds ``tan(shear) * y`` to ``x``) with ``jax.scipy.ndimage.map_coordinates(order=1)``.
     Pixels sampled from outside the image are 0. Arguments may be traced.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jnn.data.augment import affine
+      >>> image = jnp.arange(9.0).reshape(3, 3, 1)
+      >>> out = affine(image, rotation_degrees=15.0, scale=1.2)
+      >>> out.shape, out.dtype
+      ((3, 3, 1), dtype('float32'))
+      >>> bool(jnp.allclose(affine(image), image))
+      True
     """
     h, w = image.shape[:2]
     dtype = initializers.param_dtype(image.dtype)  # coordinates in float32 (float64 for float64)
@@ -189,6 +206,13 @@ def horizontal_flip(p: float = 0.5) -> Augmentation:
 
     Not for digits or text: a mirrored 2, 3 or 7 is not a digit (use small translations or
     :func:`random_affine` on MNIST instead).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.data.augment import horizontal_flip
+      >>> images = jnp.arange(4.0).reshape(1, 1, 4, 1)
+      >>> horizontal_flip(p=1.0)(jax.random.key(0), images)[0, 0, :, 0].tolist()
+      [3.0, 2.0, 1.0, 0.0]
     """
     p = _check_range("horizontal_flip", "p", p, 0, 1)
 
@@ -205,6 +229,14 @@ def random_erasing(p: float = 0.5, scale: tuple[float, float] = (0.02, 0.2),
     The rectangle's area is a fraction of the image drawn uniformly from ``scale`` and its
     aspect ratio ``h / w`` log-uniformly from ``ratio``; sides are rounded to whole pixels
     (at least 1) and clipped to the image, and its position is uniform inside the image.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jnn.data.augment import random_erasing
+      >>> images = jnp.ones((2, 8, 8, 1))
+      >>> out = random_erasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0))(jax.random.key(0), images)
+      >>> out.shape, out.sum(axis=(1, 2, 3)).tolist()
+      ((2, 8, 8, 1), [48.0, 48.0])
     """
     p = _check_range("random_erasing", "p", p, 0, 1)
     lo, hi = scale

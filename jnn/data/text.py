@@ -34,6 +34,16 @@ class CharVocab:
     Attributes:
       chars: the characters, sorted; ``chars[i]`` has id ``i``.
       size: the number of characters (the ``vocab_size`` of an embedding or output layer).
+
+    Example:
+      >>> from jnn.data.text import CharVocab
+      >>> vocab = CharVocab("hello")
+      >>> vocab.chars, vocab.size
+      ('ehlo', 4)
+      >>> vocab.encode("hole").tolist()
+      [1, 3, 2, 0]
+      >>> vocab.decode([1, 0, 2, 2, 3])
+      'hello'
     """
 
     def __init__(self, text: str):
@@ -99,6 +109,13 @@ def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndar
 
     Returns:
       ``(inputs, targets)``, two arrays ``[num_windows, seq_len]`` of ``ids``' dtype (copies).
+
+    Example:
+      >>> import numpy as np
+      >>> from jnn.data.text import lm_windows
+      >>> inputs, targets = lm_windows(np.arange(7), 3)
+      >>> inputs.tolist(), targets.tolist()
+      ([[0, 1, 2], [3, 4, 5]], [[1, 2, 3], [4, 5, 6]])
     """
     ids = np.asarray(ids)
     stride = seq_len if stride is None else stride

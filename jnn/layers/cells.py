@@ -47,6 +47,16 @@ class Cell(NamedTuple):
         ``y_t: [*batch, hidden_size]``; computed in ``x_t``'s dtype.
       hidden_size: width of the output ``y_t`` (and of the hidden state).
       kind: family name (``"rnn"``, ``"lstm"``, ``"gru"``), used to key the layer's params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> cell = jnn.lstm_cell(3)
+      >>> isinstance(cell, jnn.Cell), cell.kind, cell.hidden_size
+      (True, 'lstm', 3)
+      >>> params = cell.init(jax.random.key(0), 2)
+      >>> carry, y = cell.step(params, cell.initial_carry((4,)), jnp.ones((4, 2)))
+      >>> y.shape
+      (4, 3)
     """
 
     init: Callable[..., PyTree]

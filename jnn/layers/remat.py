@@ -62,6 +62,16 @@ def remat(layer: Layer, *, policy: str = "nothing", name: str | None = None) -> 
 
     Returns:
       A layer of the child's kind.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> layer = jnn.remat(jnn.dense(3))
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 4)))
+      >>> layer.kind, params["w"].shape
+      ('dense', (4, 3))
+      >>> grads = jax.grad(lambda p: layer.apply(p, state, jnp.ones((2, 4)))[0].sum())(params)
+      >>> grads["w"].shape
+      (4, 3)
     """
     core._check_layer("remat", layer)
     label = name or layer.label

@@ -65,6 +65,15 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
 
     Returns:
       A layer of kind ``"repeat"``: params and state are the child's with a leading ``[n]`` axis.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> stack = jnn.repeat(jnn.dense(4), 3)
+      >>> params, state = stack.init(jax.random.key(0), jnp.zeros((2, 4)))
+      >>> params["w"].shape
+      (3, 4, 4)
+      >>> stack.apply(params, state, jnp.ones((2, 4)))[0].shape
+      (2, 4)
     """
     core._check_layer("repeat", layer)
     label = name or "repeat"

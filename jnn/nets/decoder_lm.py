@@ -120,6 +120,15 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
       remat: ``None``, or a :func:`jnn.remat` policy applied to every block (``"nothing"``: keep
         only each block's input for the backward pass).
       name: optional explicit key for this model.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
+      >>> tokens = jnp.zeros((2, 5), jnp.int32)
+      >>> params, state = lm.init(jax.random.key(0), tokens)
+      >>> logits, _ = lm.apply(params, state, tokens)
+      >>> logits.shape
+      (2, 5, 11)
     """
     label = name or "decoder_lm"
     check_sizes(label, num_heads, features, positional, vocab_size=vocab_size, num_layers=num_layers,

@@ -150,6 +150,16 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
       positional: ``"sinusoidal"`` (default), ``"learned"`` or ``"rope"`` (self-attention only).
       scan_layers: stack each side's blocks and scan over them.
       name: optional explicit key for this model.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.encoder_decoder(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16,
+      ...                             max_len=16)
+      >>> source, target = jnp.zeros((2, 6), jnp.int32), jnp.zeros((2, 4), jnp.int32)
+      >>> params, state = model.init(jax.random.key(0), target)
+      >>> logits, _ = model.apply(params, state, target, context=source)
+      >>> logits.shape
+      (2, 4, 11)
     """
     label = name or "encoder_decoder"
     num_decoder_layers = num_layers if num_decoder_layers is None else num_decoder_layers
