@@ -130,9 +130,9 @@ def _check_vocab(where: str, logits, top_k):
         raise ValueError(f"{where}: top_k={top_k} is larger than the vocabulary ({logits.shape[-1]})")
 
 
-def _check_prompt_ids(where: str, model, params, state, prompt):
+def _check_prompt_ids(where: str, model, params, state, prompt, context: dict):
     """Prompts are concrete: ids outside the model's vocabulary (its logits' width) fail here."""
-    vocab = jax.eval_shape(lambda t: model.apply(params, state, t)[0], prompt).shape[-1]
+    vocab = jax.eval_shape(lambda t: model.apply(params, state, t, **context)[0], prompt).shape[-1]
     checks.ids_in_range(where, prompt, vocab, what="prompt token ids")
 
 
@@ -223,9 +223,9 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
       [[1, 2]]
     """
     prompt = _check("generate", model, prompt, num_new_tokens, temperature, top_k, cached=True)
-    _check_prompt_ids("generate", model, params, {}, prompt)
-    return _cached(model, params, prompt, key, num_new_tokens, temperature, top_k,
-                   _context(context, context_lengths))
+    context = _context(context, context_lengths)
+    _check_prompt_ids("generate", model, params, {}, prompt, context)
+    return _cached(model, params, prompt, key, num_new_tokens, temperature, top_k, context)
 
 
 def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
@@ -247,6 +247,7 @@ def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key,
       True
     """
     prompt = _check("generate_uncached", model, prompt, num_new_tokens, temperature, top_k, cached=False)
-    _check_prompt_ids("generate_uncached", model, params, {} if state is None else state, prompt)
+    context = _context(context, context_lengths)
+    _check_prompt_ids("generate_uncached", model, params, {} if state is None else state, prompt, context)
     return _uncached(model, params, {} if state is None else state, prompt, key, num_new_tokens,
-                     temperature, top_k, _context(context, context_lengths))
+                     temperature, top_k, context)
