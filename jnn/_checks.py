@@ -16,6 +16,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "positive_int", "boolean", "rate", "number_above", "number_in", "per_axis",
@@ -159,7 +160,8 @@ def ids_in_range(label: str, ids, size: int, what: str = "token ids",
     """Eager check that integer ``ids`` lie in ``[0, size)``; skipped (unchecked) under ``jit``."""
     if not is_concrete(ids) or jnp.size(ids) == 0:
         return
-    low, high = int(jnp.min(ids)), int(jnp.max(ids))
+    values = np.asarray(ids)  # NumPy: stays concrete even while an enclosing function is traced
+    low, high = int(values.min()), int(values.max())
     if low < 0 or high >= size:
         bad = low if low < 0 else high
         raise ValueError(f"{label}: {what} must lie in [0, {size}), got {bad}{hint}")
@@ -169,7 +171,8 @@ def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> No
     """Eager check that concrete ``values`` lie in [0, 1]; skipped (unchecked) under ``jit``."""
     if not is_concrete(values) or jnp.size(values) == 0:
         return
-    low, high = float(jnp.min(values)), float(jnp.max(values))
+    values = np.asarray(values)
+    low, high = float(values.min()), float(values.max())
     if not (0.0 <= low and high <= 1.0):  # NaN fails too
         bad = low if not 0.0 <= low else high
         raise ValueError(f"{label}: {what} must lie in [0, 1], got {bad:g}{hint}")
