@@ -18,7 +18,7 @@ import re
 import sys
 
 _BLOCK = re.compile(r"(?:<!-- requires: ([\w.]+) -->\n)?^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
-_OUTPUT = re.compile(r"\A\s*\n```text\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_OUTPUT = re.compile(r"[ \t]*\n+```text\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 def python_blocks(page: pathlib.Path) -> list[tuple[str | None, str]]:

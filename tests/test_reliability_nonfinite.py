@@ -24,11 +24,11 @@ def _model():
 
 def _expected_batch(key):
     # fit: key -> (init_key, split_key); init_train_state: init_key -> (params_key, train_key);
-    # the epoch: train_key -> (next_key, perm_key); order = permutation(perm_key)[: whole batches].
+    # the epoch: train_key -> (next_key, perm_key); order = epoch_order(perm_key) (whole batches).
     init_key, _ = jax.random.split(key)
     _, train_key = jax.random.split(init_key)
     _, perm_key = jax.random.split(train_key)
-    order = np.asarray(jax.random.permutation(perm_key, N)).reshape(N // BATCH, BATCH)
+    order = np.asarray(jnn.train.epoch_order(perm_key, N, BATCH))
     return int(np.argwhere(order == NAN_INDEX)[0, 0])
 
 
