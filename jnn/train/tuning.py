@@ -158,6 +158,20 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
 
     Returns:
       ``[(trial, result)]`` in asking order.
+
+    Example:
+      >>> import jax, optax, optuna, jnn
+      >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+      >>> x, y = jnn.data.xor()
+      >>> study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=0))
+      >>> results = jnn.train.optuna_search(
+      ...     lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1)), jnn.losses.mse,
+      ...     lambda hp: optax.sgd(hp["lr"]), (x, y), study=study,
+      ...     space={"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}, trials=4,
+      ...     population_size=2, key=jax.random.key(0), monitor="val_loss", val_data=(x, y),
+      ...     epochs=2, batch_size=4, metrics={})
+      >>> len(results), len(study.trials)
+      (4, 4)
     """
     try:
         import optuna
