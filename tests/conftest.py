@@ -9,3 +9,7 @@ import pathlib
 
 _SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault("JNN_DATA_DIR", str(_SHARED))
+
+# Scripts run as subprocesses by the tests (or by hand), not test modules: keep --doctest-modules
+# from importing them.
+collect_ignore = ["parallel_devices.py", "parallel_processes.py", "mutation.py", "option_coverage.py"]

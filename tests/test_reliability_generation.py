@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jnn.generate import generate, generate_uncached, sample_logits
-from jnn.layers.transformer import decoder_lm
+from jnn.nets import decoder_lm
 
 LM = decoder_lm(vocab_size=12, num_layers=1, num_heads=2, features=8, mlp_dim=16, max_len=16)
 PARAMS, _ = LM.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
