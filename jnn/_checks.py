@@ -68,11 +68,11 @@ def rate(label: str, what: str, value):
         number = float(value)
     elif isinstance(value, jax.core.Tracer):
         # A traced rate (e.g. built inside jax.vmap over rates) cannot be checked here.
-        if jnp.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.floating):
+        if np.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(f"{label}: a traced {what} must be a float scalar, got "
-                             f"{value.dtype}{list(jnp.shape(value))}")
+                             f"{value.dtype}{list(np.shape(value))}")
         return value
-    elif hasattr(value, "shape") and hasattr(value, "dtype") and jnp.shape(value) == ():
+    elif hasattr(value, "shape") and hasattr(value, "dtype") and np.shape(value) == ():
         number = float(value)
     else:
         raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
@@ -112,7 +112,7 @@ def param(label: str, params, name: str, shape=None, built_with: str = ""):
                          f"made by this layer's init?")
     value = params[name]
     if shape is not None:
-        got = tuple(jnp.shape(value))
+        got = tuple(np.shape(value))
         if len(got) != len(shape) or any(e is not None and e != g for e, g in zip(shape, got)):
             want = tuple("?" if e is None else e for e in shape)
             raise ValueError(f"{label}: {name} has shape {got} but this layer was built with "
@@ -158,7 +158,7 @@ def is_concrete(x) -> bool:
 def ids_in_range(label: str, ids, size: int, what: str = "token ids",
                  hint: str = "; check the vocabulary size or the tokenizer") -> None:
     """Eager check that integer ``ids`` lie in ``[0, size)``; skipped (unchecked) under ``jit``."""
-    if not is_concrete(ids) or jnp.size(ids) == 0:
+    if not is_concrete(ids) or np.size(ids) == 0:
         return
     values = np.asarray(ids)  # NumPy: stays concrete even while an enclosing function is traced
     low, high = int(values.min()), int(values.max())
@@ -169,7 +169,7 @@ def ids_in_range(label: str, ids, size: int, what: str = "token ids",
 
 def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> None:
     """Eager check that concrete ``values`` lie in [0, 1]; skipped (unchecked) under ``jit``."""
-    if not is_concrete(values) or jnp.size(values) == 0:
+    if not is_concrete(values) or np.size(values) == 0:
         return
     values = np.asarray(values)
     low, high = float(values.min()), float(values.max())

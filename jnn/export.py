@@ -258,11 +258,10 @@ def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic
 
     The input is named ``x`` with a symbolic batch ``B`` (unless ``batch_polymorphic=False``),
     the output ``y``. Tested to match jnn within 1e-5 under onnxruntime: dense/MLP, conv,
-    ``avg_pool``, ``global_avg_pool``, batch/layer norm, attention and transformer encoder
-    blocks, LSTM. Known unsupported (jax2onnx 0.17 / onnxruntime 1.32): ``embedding`` (its
-    NaN-filling ``jnp.take(..., mode="fill")`` has no converter), so token models such as
-    ``decoder_lm`` fail to export; ``max_pool`` exports but onnxruntime rejects the
-    resulting ``MaxPool`` ("Unsupported pooling size").
+    ``avg_pool``, ``max_pool``, ``global_avg_pool``, batch/layer norm, attention and
+    transformer encoder blocks, LSTM. Known unsupported (jax2onnx 0.17 / onnxruntime 1.32):
+    ``embedding`` (its NaN-filling ``jnp.take(..., mode="fill")`` has no converter), so token
+    models such as ``decoder_lm`` fail to export.
 
     Raises:
       ImportError: jax2onnx is not installed.

@@ -71,7 +71,7 @@ def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, st
     - vmap == batched (``batch_independent=True``): ``jax.vmap`` over examples equals the
       batched call (keyword arrays are mapped over their first axis too);
     - float64 (``float64=True``): params and floating outputs are float64, outputs finite;
-    - gradients: ``jax.test_util.check_grads`` against finite differences, orders
+    - gradients: ``jax.test_util.check_grads`` against finite differences (step 1e-6), orders
       ``1..grad_order`` in float64, for the params and (``input_grads``) a floating input.
 
     Args:
@@ -164,6 +164,12 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
             chex.assert_trees_all_close(per_example, y, atol=atol, rtol=rtol)
 
 
+# Finite-difference step in float64: central differences err by O(eps^2) from truncation and
+# O(1e-16 / eps) from rounding; jax's default 1e-4 left 2.4e-5 relative truncation error on a
+# decoder_lm's second derivative, above check_grads' tolerance of 1e-5.
+_FD_EPS = 1e-6
+
+
 def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes, input_grads):
     init_key, apply_key = jax.random.split(key)
     keywords = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if _is_float(a) else a, keywords)
@@ -182,7 +188,7 @@ def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes
     loss = lambda y: sum(jnp.sum(jnp.sin(a)) for a in jax.tree_util.tree_leaves(y) if _is_float(a))
     with _check(label, f"check_grads (params, orders 1-{grad_order})"):
         if any(_is_float(a) for a in jax.tree_util.tree_leaves(params)):
-            check_grads(lambda p: loss(run(p, x)), (params,), order=grad_order, modes=grad_modes)
+            check_grads(jax.jit(lambda p: loss(run(p, x))), (params,), order=grad_order, modes=grad_modes, eps=_FD_EPS)
     with _check(label, f"check_grads (input, orders 1-{grad_order})"):
         if input_grads and _is_float(x):
-            check_grads(lambda x: loss(run(params, x)), (x,), order=grad_order, modes=grad_modes)
+            check_grads(jax.jit(lambda x: loss(run(params, x))), (x,), order=grad_order, modes=grad_modes, eps=_FD_EPS)

@@ -168,8 +168,8 @@ def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainSt
             raise ValueError(f"fit: the given {name} do not have the model's structure: missing "
                              f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(extra) or 'nothing'}")
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(expected)):
-            if jnp.shape(a) != b.shape:
-                raise ValueError(f"fit: given {name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, "
+            if np.shape(a) != b.shape:
+                raise ValueError(f"fit: given {name}{jax.tree_util.keystr(path)} has shape {np.shape(a)}, "
                                  f"the model expects {b.shape}")
     params = ts.params if params is None else params
     return ts._replace(params=params, state=ts.state if state is None else state, opt_state=optimizer.init(params))
