@@ -35,6 +35,10 @@ class Case:
       grad_modes: modes for ``check_grads`` (``("fwd", "rev")``; drop ``fwd`` where a
         primitive has no JVP).
       input_grads: check gradients with respect to the input too (not for integer inputs).
+      grad_order: highest derivative order checked against finite differences. Composites of
+        blocks that have their own case (transformer blocks, stacks, whole nets) check order 1:
+        their second derivatives follow by the chain rule from the blocks' checked ones, and
+        each costs tens of seconds to compile.
       atol: tolerance for the float32 comparisons (jit vs eager, vmap vs batch).
       make_input: optional custom input generator ``(rng: np.random.Generator, dtype) -> array``.
     """
@@ -49,6 +53,7 @@ class Case:
     batch_independent: bool = True
     grad_modes: tuple[str, ...] = ("fwd", "rev")
     input_grads: bool = True
+    grad_order: int = 2
     atol: float = 1e-5
     make_input: Callable | None = None
 

@@ -25,15 +25,17 @@ def _self_context(layer: Layer, make_context) -> Layer:
 
 
 CASES = [
-    Case("repeat_encoder_block", lambda: repeat(encoder_block(2, 6), 3), (2, 3, 4), grad_modes=REV),
+    Case("repeat_encoder_block", lambda: repeat(encoder_block(2, 6), 3), (2, 3, 4), grad_modes=REV,
+         grad_order=1),
     Case("repeat_remat_residual_batch_norm",
          lambda: repeat(remat(jnn.residual(jnn.dense(4), jnn.batch_norm(), jnn.tanh())), 2),
-         (3, 4), train=True, batch_independent=False, grad_modes=REV),
+         (3, 4), train=True, batch_independent=False, grad_modes=REV, grad_order=1),
     Case("remat_dots_dense", lambda: remat(jnn.serial(jnn.dense(5), jnn.tanh()), policy="dots"), (2, 4)),
     Case("cross_attention", lambda: _self_context(multi_head_attention(2), lambda x: x[:, ::-1] * 0.5),
          (2, 3, 4), grad_modes=REV),
     Case("decoder_block_cross", lambda: _self_context(decoder_block(2, 6, cross_attention=True),
-                                                      lambda x: x[:, :2] + 1.0), (2, 3, 4), grad_modes=REV),
+                                                      lambda x: x[:, :2] + 1.0), (2, 3, 4), grad_modes=REV,
+         grad_order=1),
     Case("encoder_decoder", lambda: _self_context(encoder_decoder(7, 1, 2, 4, 6, 5), lambda t: t[:, ::-1]),
-         (2, 3), dtype=np.int32, int_high=7, input_grads=False, grad_modes=REV),
+         (2, 3), dtype=np.int32, int_high=7, input_grads=False, grad_modes=REV, grad_order=1),
 ]
