@@ -208,7 +208,7 @@ def test_unknown_split_raises(tmp_path):
 
 def test_missing_dir_without_download_raises(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(DatasetUnavailableError) as info:
+    with pytest.raises(DatasetUnavailableError, match="No download was attempted") as info:
         load_mnist("train", data_dir=missing, download=False)
     message = str(info.value)
     assert str(missing / "mnist") in message
