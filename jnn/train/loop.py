@@ -346,7 +346,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     else:
         ts = _parallel.place(train_state, mesh, rules) if train_state is not None else \
             _parallel.sharded_init(init, mesh, rules)
-        x, y = _parallel.replicate((x, y), mesh)
+        x, y = (x, y) if streamed else _parallel.replicate((x, y), mesh)
         val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
     if metrics is None:
         metrics = _default_metrics(model, ts, example, y)

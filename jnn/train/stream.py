@@ -64,11 +64,13 @@ class Feed:
 
     def __init__(self, data, steps_per_epoch: int | None, *, mesh=None, prefetch: int = 2, where: str = "fit"):
         self.data, self.mesh, self.prefetch, self.where = data, mesh, prefetch, where
-        shards = getattr(data, "shard_count", None)
-        if shards is not None and shards != jax.process_count():
+        shards, expected = getattr(data, "shard_count", None), jax.process_count() if mesh is not None else 1
+        if shards is not None and shards != expected:
             raise ValueError(f"{where}: train_data is sharded over {shards} processes but jax.process_count() is "
-                             f"{jax.process_count()}; build the pipeline in every process after "
-                             f"jax.distributed.initialize (its default shard is grain's ShardByJaxProcess)")
+                             f"{jax.process_count()} and fit runs {'with' if mesh is not None else 'without'} a "
+                             f"mesh, so it needs {expected} shard(s): with a mesh, build the pipeline in every "
+                             f"process after jax.distributed.initialize (its default shard is grain's "
+                             f"ShardByJaxProcess); without one, pass shard=grain.sharding.NoSharding()")
         self.fresh_each_epoch = steps_per_epoch is None
         if steps_per_epoch is None:
             try:
