@@ -233,8 +233,8 @@ class Checkpointer:
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"Checkpointer.save: config, logs, data_state and progress must be JSON-serializable "
-                            f"({e})") from None
+            raise TypeError(f"Checkpointer.save: config and logs must be JSON-serializable, as must data_state "
+                            f"and progress ({e})") from None
         saved = self._manager.save(step, args=ocp.args.Composite(train_state=ocp.args.StandardSave(tree),
                                                                   meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()

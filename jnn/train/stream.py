@@ -31,14 +31,15 @@ __all__ = ["is_stream", "Feed", "StreamEpochs"]
 
 def is_stream(train_data) -> bool:
     """Whether ``fit`` streams ``train_data``: anything iterable that is not a tuple or list (an
-    in-memory ``(x, y)`` pair).
+    in-memory ``(x, y)`` pair), a dict, a string or an array.
 
     Example:
       >>> import numpy as np
       >>> is_stream((np.zeros(3), np.zeros(3))), is_stream(iter([(np.zeros(3), np.zeros(3))]))
       (False, True)
     """
-    return not isinstance(train_data, (tuple, list)) and hasattr(train_data, "__iter__")
+    return (not isinstance(train_data, (tuple, list, dict, str, bytes)) and not hasattr(train_data, "shape")
+            and hasattr(train_data, "__iter__"))
 
 
 def _spec(batch):
