@@ -31,7 +31,7 @@ import numpy as np
 from jnn.data import mnist as _mnist
 from jnn.data import paths as _paths
 
-__all__ = ["ArraySource", "mnist_source", "shakespeare_source", "Pipeline", "pipeline", "random_translate"]
+__all__ = ["ArraySource", "NpySource", "write_npy", "mnist_source", "shakespeare_source", "Pipeline", "pipeline", "random_translate"]
 
 
 def _grain():
@@ -76,6 +76,88 @@ class ArraySource:
 
     def __repr__(self) -> str:
         return f"ArraySource({len(self)} records, shapes {[a.shape[1:] for a in self.arrays]})"
+
+
+class NpySource:
+    """Records of a ``.npy`` file on disk, read one at a time with ``os.pread``: nothing is mapped
+    into the process, so its memory stays bounded however large the file (a memmap's pages,
+    once touched, count toward the resident set until unmapped).
+
+    Args:
+      path: a C-ordered ``.npy`` file (e.g. written by :func:`write_npy`); record ``i`` is
+        ``array[i]``.
+
+    Example:
+      >>> import os, tempfile, numpy as np, jnn
+      >>> path = os.path.join(tempfile.mkdtemp(), "a.npy"); np.save(path, np.arange(12).reshape(4, 3))
+      >>> src = jnn.data.grain.NpySource(path)
+      >>> len(src), src[2].tolist()
+      (4, [6, 7, 8])
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"NpySource: {self.path} is Fortran-ordered; save it C-ordered")
+        self.shape, self.dtype = shape, dtype
+        self.record_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._fd = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(f"NpySource: record {index} out of range [0, {len(self)}) in {self.path}")
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        data = os.pread(self._fd, self.record_bytes, self.offset + index * self.record_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+
+    def __getstate__(self):   # worker processes open their own file descriptor
+        return {**self.__dict__, "_fd": None}
+
+    def __repr__(self) -> str:
+        return f"NpySource({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def write_npy(path, shape: tuple[int, ...], dtype, chunks) -> None:
+    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (an iterable of arrays whose first axes
+    add up to ``shape[0]``), appending each chunk: never more than one chunk in memory. Written
+    to ``path + ".tmp"`` and renamed at the end, so a failure leaves no partial file.
+
+    Example:
+      >>> import os, tempfile, numpy as np, jnn
+      >>> path = os.path.join(tempfile.mkdtemp(), "a.npy")
+      >>> jnn.data.grain.write_npy(path, (5, 2), np.int32, (np.ones((n, 2), np.int32) for n in (2, 3)))
+      >>> np.load(path).sum()
+      np.int64(10)
+    """
+    path, dtype, written = os.fspath(path), np.dtype(dtype), 0
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": tuple(shape)})
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"write_npy: a chunk has records of shape {chunk.shape[1:]}, expected "
+                                     f"{tuple(shape[1:])}")
+                f.write(chunk.tobytes())
+                written += len(chunk)
+        if written != shape[0]:
+            raise ValueError(f"write_npy: the chunks hold {written} records, the shape says {shape[0]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _mnist_record(record):
@@ -172,11 +254,13 @@ class Pipeline:
       (3, (2,))
     """
 
-    def __init__(self, dataset, steps_per_epoch: int, batch_size: int, shard_count: int = 1):
+    def __init__(self, dataset, steps_per_epoch: int, batch_size: int, shard_count: int = 1, read_options=None):
         self.dataset, self.steps_per_epoch, self.batch_size = dataset, steps_per_epoch, batch_size
-        self.shard_count = shard_count
+        self.shard_count, self.read_options = shard_count, read_options
 
     def __iter__(self):
+        if self.read_options is not None and isinstance(self.dataset, _grain().MapDataset):
+            return iter(self.dataset.to_iter_dataset(self.read_options))
         return iter(self.dataset)
 
     def __repr__(self) -> str:
@@ -186,7 +270,7 @@ class Pipeline:
 
 def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
              transform: Callable | None = None, random_transform: Callable | None = None,
-             worker_count: int = 0, shard=None) -> Pipeline:
+             worker_count: int = 0, read_threads: int = 2, prefetch: int = 4, shard=None) -> Pipeline:
     """Shuffled, sharded, batched Grain pipeline over a record source (see the module docstring
     for the exact order).
 
@@ -203,6 +287,9 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         and epoch (Grain ``random_map``): CPU-side augmentation, e.g. :func:`random_translate`.
       worker_count: run the transforms and batching in this many worker processes
         (Grain ``mp_prefetch``); 0 runs them in this process.
+      read_threads, prefetch: Grain's ``ReadOptions`` when iterating: threads reading batches
+        ahead, and how many batches they may hold (Grain's defaults, 16 and 500 batches, can
+        hold hundreds of MB).
       shard: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()`` (this process's
         share when ``jax.distributed`` runs more than one process, else everything).
 
@@ -245,9 +332,10 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     if random_transform is not None:
         ds = ds.random_map(lambda record, rng: random_transform(record, rng), seed=seed)
     ds = ds.batch(batch_size // shard.shard_count, drop_remainder=True).repeat(num_epochs)
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
     if worker_count:
-        ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return Pipeline(ds, steps, batch_size, shard.shard_count)
+        ds = ds.to_iter_dataset(read).mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return Pipeline(ds, steps, batch_size, shard.shard_count, read)
 
 
 def random_translate(max_shift: int) -> Callable:
