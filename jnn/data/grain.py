@@ -334,6 +334,9 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     ds = ds.batch(batch_size // shard.shard_count, drop_remainder=True).repeat(num_epochs)
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
     if worker_count:
+        from absl import flags   # Grain reads an absl flag in mp_prefetch: unparsed flags raise (google/grain#1355)
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         ds = ds.to_iter_dataset(read).mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return Pipeline(ds, steps, batch_size, shard.shard_count, read)
 

@@ -123,8 +123,9 @@ class Feed:
                                  f"as jnn.data.grain.pipeline does, or pad it)")
 
     def _put(self, batch):
-        if self.mesh is not None:
-            return _parallel.global_batch(batch, self.mesh)
+        if self.mesh is not None:   # processes compare their batch sizes once (a collective), not every step
+            checked, self._checked = getattr(self, "_checked", False), True
+            return _parallel.global_batch(batch, self.mesh, check=not checked)
         return jax.device_put(batch)
 
     def _fill(self, epoch: int, next_index: int):
