@@ -168,3 +168,4 @@ def test_error_stream_arguments():
     with pytest.raises(ValueError, match=r"steps_per_epoch, checkpoint and resume are for streamed train_data"):
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), _xy(4), steps_per_epoch=2,
                       key=jax.random.key(0), progress=False, verbose=False)
+

@@ -1,6 +1,7 @@
-"""Two jax.distributed processes (127.0.0.1, gloo) reading one Grain pipeline: each reads a disjoint
-half of every global batch, together every kept record once per epoch, and fit over the shards
-with a mesh trains like one process over the whole global batches."""
+"""Processes reading Grain pipelines: Grain worker processes give the same batches; two
+jax.distributed processes (127.0.0.1, gloo) each read a disjoint half of every global batch,
+together every kept record once per epoch, and fit over the shards with a mesh trains like one
+process over the whole global batches."""
 import json
 import os
 import socket
@@ -9,6 +10,8 @@ import sys
 
 import numpy as np
 import pytest
+
+import jnn
 
 pytest.importorskip("grain")
 
@@ -79,3 +82,17 @@ def test_two_processes_read_disjoint_halves_covering_each_epoch_once(tmp_path):
     for a, b in zip(first["params"], first["reference"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(first["loss"], first["reference_loss"], rtol=1e-5)
+
+
+def test_worker_processes_give_the_same_batches_and_resume_from_json_state():
+    source = jnn.data.grain.ArraySource(np.arange(100.0)[:, None], np.arange(100))
+    alone = [b[1].tolist() for b in jnn.data.grain.pipeline(source, batch_size=8, seed=0).dataset[:6]]
+    pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=0, worker_count=2)
+    it = iter(pipe)
+    first = [next(it)[1].tolist() for _ in range(3)]
+    state = json.loads(json.dumps(it.get_state()))     # what a checkpoint's metadata stores
+    rest = [next(it)[1].tolist() for _ in range(3)]
+    assert first + rest == alone
+    again = iter(pipe)
+    again.set_state(state)
+    assert [next(again)[1].tolist() for _ in range(3)] == rest
