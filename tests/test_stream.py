@@ -169,3 +169,19 @@ def test_error_stream_arguments():
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), _xy(4), steps_per_epoch=2,
                       key=jax.random.key(0), progress=False, verbose=False)
 
+
+
+def test_streamed_validation_is_exact_with_a_ragged_last_batch():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(70, 6)).astype(np.float32), rng.integers(0, 3, 70).astype(np.int32)
+    val = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=32, seed=0, shuffle=False,
+                                  num_epochs=1, drop_remainder=False)          # batches of 32, 32 and 6
+    assert [b[1].shape[0] for b in val] == [32, 32, 6]
+    result = jnn.train.fit(jnn.dense(3), LOSS, optax.sgd(0.1), iter([(x[:32], y[:32])] * 2), steps_per_epoch=1,
+                           key=jax.random.key(0), epochs=2, val_data=val, progress=False, verbose=False)
+    params = result.train_state.params
+    logits = x @ np.asarray(params["w"], np.float64) + np.asarray(params["b"], np.float64)   # NumPy reference
+    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    np.testing.assert_allclose(result.history["val_loss"][-1], -log_p[np.arange(70), y].mean(), rtol=1e-5)
+    np.testing.assert_allclose(result.history["val_accuracy"][-1], (logits.argmax(1) == y).mean(), rtol=1e-6)
+    assert len(result.history["val_loss"]) == 2      # read afresh in the second epoch

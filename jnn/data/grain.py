@@ -269,6 +269,7 @@ class Pipeline:
 
 
 def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
+             drop_remainder: bool = True,
              transform: Callable | None = None, random_transform: Callable | None = None,
              worker_count: int = 0, read_threads: int = 2, prefetch: int = 4, shard=None) -> Pipeline:
     """Shuffled, sharded, batched Grain pipeline over a record source (see the module docstring
@@ -282,6 +283,8 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
       seed: shuffle seed (epoch ``e`` uses ``seed + e``); the same seed gives the same batches.
       shuffle: ``False`` keeps the source's order every epoch.
       num_epochs: stop after this many epochs (``None``: endless, for ``fit``'s epochs).
+      drop_remainder: ``False`` keeps a smaller last batch per epoch (for evaluation, e.g.
+        ``fit``'s ``val_data``, which pads and masks it; one shard only).
       transform: ``record -> record`` on the CPU (Grain ``map``).
       random_transform: ``(record, rng) -> record`` with a NumPy ``Generator`` seeded per record
         and epoch (Grain ``random_map``): CPU-side augmentation, e.g. :func:`random_translate`.
@@ -319,19 +322,23 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     if not 0 <= shard.shard_index < shard.shard_count:
         raise ValueError(f"jnn.data.grain.pipeline: shard_index {shard.shard_index} is not in [0, "
                          f"{shard.shard_count})")
-    steps = len(source) // batch_size
+    if not drop_remainder and shard.shard_count > 1:
+        raise ValueError("jnn.data.grain.pipeline: drop_remainder=False works with one shard only (got "
+                         f"{shard.shard_count}); evaluate on one process, or keep drop_remainder=True")
+    steps = len(source) // batch_size if drop_remainder else -(-len(source) // batch_size)
     if steps == 0:
         raise ValueError(f"jnn.data.grain.pipeline: the source has {len(source)} records, fewer than one "
                          f"global batch of {batch_size}")
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds[:steps * batch_size][shard.shard_index::shard.shard_count]
+    if drop_remainder:
+        ds = ds[:steps * batch_size][shard.shard_index::shard.shard_count]
     if transform is not None:
         ds = ds.map(transform)
     if random_transform is not None:
         ds = ds.random_map(lambda record, rng: random_transform(record, rng), seed=seed)
-    ds = ds.batch(batch_size // shard.shard_count, drop_remainder=True).repeat(num_epochs)
+    ds = ds.batch(batch_size // shard.shard_count, drop_remainder=drop_remainder).repeat(num_epochs)
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
     if worker_count:
         from absl import flags   # Grain reads an absl flag in mp_prefetch: unparsed flags raise (google/grain#1355)

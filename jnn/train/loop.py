@@ -222,7 +222,11 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
       epochs: number of epochs.
       batch_size: examples per step (clamped to the dataset size).
-      val_data: ``(x, y)`` for validation, or ``None``.
+      val_data: ``(x, y)`` for validation, or ``None``; or an iterable (not a tuple or list) of
+        ``(x, y)`` batches read afresh every epoch (e.g. a Grain pipeline with ``num_epochs=1,
+        shuffle=False, drop_remainder=False``), evaluated
+        exactly: the last batch may be smaller (padded and masked; see
+        :class:`jnn.train.stream.StreamEvaluation`).
       val_split: instead of ``val_data``, hold out this fraction of ``train_data`` (shuffled).
       metrics: ``{name: fn(outputs, y)}``; defaults to ``{"accuracy": jnn.metrics.accuracy}``
         for the classification losses of :mod:`jnn.losses` when the output and ``y`` are single
@@ -324,7 +328,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     init_key, split_key = jax.random.split(key)
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, split_key)
-    if val_data is not None:
+    val_streamed = _stream.is_stream(val_data)
+    if val_streamed and mesh is not None:
+        raise ValueError("fit: val_data as a stream is not supported with a mesh; pass (x, y) arrays")
+    if val_data is not None and not val_streamed:
         val_data = _check_data("fit val_data", val_data)
     num_examples = _num_examples(x)
     batch_size = min(batch_size, num_examples)
@@ -365,9 +372,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     else:
         train_epoch = make_stepwise_epoch(step, num_examples, batch_size)
     evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
-    evaluate = jax.jit(evaluate) if fused else evaluate
+    evaluate = _stream.StreamEvaluation(evaluate) if val_streamed else jax.jit(evaluate) if fused else evaluate
     guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
-                         (x, y), batch_size, val_data, early_stopping, _learning_rate(ts.opt_state) is not None,
+                         (x, y), batch_size, None if val_streamed else val_data,
+                         None if val_streamed else early_stopping, _learning_rate(ts.opt_state) is not None,
                          data_check=(model, loss, metrics) if check_data else None)
 
     history: dict[str, list[float]] = train_epoch.history if streamed else {}

@@ -26,7 +26,7 @@ import numpy as np
 
 from jnn import parallel as _parallel
 
-__all__ = ["is_stream", "Feed", "StreamEpochs"]
+__all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation"]
 
 
 def is_stream(train_data) -> bool:
@@ -239,3 +239,43 @@ class StreamEpochs:
                 self._save(ts, index + 1)
         n = self.feed.steps_per_epoch
         return ts, jax.tree_util.tree_map(lambda v: v / n, self.totals)
+
+
+class StreamEvaluation:
+    """Exact evaluation over an iterable of ``(x, y)`` batches, read afresh on every call (for
+    ``fit``'s ``val_data``: e.g. a :func:`jnn.data.grain.pipeline` with ``num_epochs=1,
+    shuffle=False, drop_remainder=False``; called directly, a list works too): each batch is
+    padded to the first one's size and the padding masked out, so a ragged last batch neither
+    recompiles nor biases the means. ``evaluate(params, state, batches, step=None) -> metrics``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np, jnn
+      >>> model = jnn.dense(1)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 2)))
+      >>> x, y = np.ones((5, 2), np.float32), np.zeros((5, 1), np.float32)
+      >>> evaluate = StreamEvaluation(jnn.train.make_eval_fn(model, jnn.losses.mse))
+      >>> whole = jnn.train.make_eval_fn(model, jnn.losses.mse)(params, state, (x, y))["loss"]
+      >>> bool(jnp.isclose(evaluate(params, state, [(x[:2], y[:2]), (x[2:4], y[2:4]), (x[4:], y[4:])])["loss"], whole))
+      True
+    """
+
+    def __init__(self, eval_fn):
+        self.totals = jax.jit(eval_fn.batch_totals)
+
+    def __call__(self, params, state, batches, step=None):
+        size, sums, count = None, None, 0
+        for index, batch in enumerate(batches):
+            leaves = jax.tree_util.tree_leaves(batch)
+            n = int(np.shape(leaves[0])[0])
+            size = n if size is None else size
+            if n > size:
+                raise ValueError(f"fit: val_data batch {index} has {n} examples, more than the first batch's "
+                                 f"{size}; only the last batch may be smaller")
+            pad = lambda a: np.concatenate([np.asarray(a), np.zeros((size - n, *np.shape(a)[1:]), np.asarray(a).dtype)])
+            x, y = jax.tree_util.tree_map(pad, tuple(batch))
+            out = self.totals(params, state, x, y, np.arange(size) < n, step)
+            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+            count += n
+        if not count:
+            raise ValueError("fit: val_data yielded no batches")
+        return {k: v / count for k, v in sums.items()}
