@@ -4,8 +4,9 @@
     python experiments/streaming.py --copies 2,10 --steps 200
 
 For each size it writes ``copies`` randomly rotated/scaled/sheared copies of MNIST's training
-images (the sizes above are for the 20,000 in the shared test data; 3x that for all 60,000) (uint8, on device with :func:`jnn.data.augment.random_affine`, one chunk at a
-time) into one ``.npy`` file, then trains a 784-128-10 MLP from it in a fresh process:
+images (the sizes above are for the 20,000 in the shared test data; 3x that for all 60,000),
+as uint8, augmented on device with :func:`jnn.data.augment.random_affine` one chunk at a time,
+into one ``.npy`` file, then trains a 784-128-10 MLP from it in a fresh process:
 :func:`jnn.data.grain.pipeline` over :class:`jnn.data.grain.NpySource` (records read with
 ``pread``, so nothing is mapped into the process) feeding :func:`jnn.train.fit`.
 
@@ -13,8 +14,9 @@ It reports, per size: the file size, the training process's peak resident memory
 (``resource.getrusage``) and its resident memory before training, the test accuracy, and where
 the time goes: seconds per batch for the input pipeline alone (reading, shuffling, converting,
 batching) against seconds per streamed training step (the second of two epochs of ``steps / 2``,
-after compilation). An MLP step takes about a millisecond, so the host pipeline sets the pace. Peak memory should be the same at both sizes
-(within 20%), and below the memory budget that the larger file exceeds.
+after compilation). An MLP step takes about a millisecond, so the host pipeline sets the pace.
+Peak memory should be the same at both sizes (within 20%), and below the memory budget that the
+larger file exceeds.
 """
 from __future__ import annotations
 
@@ -164,6 +166,7 @@ def main(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    result = main(parse_config(Config))
-    if parse_config(Config).train_dir:
+    config = parse_config(Config)
+    result = main(config)
+    if config.train_dir:   # the training child reports to its parent on stdout
         print(json.dumps(result, default=float))

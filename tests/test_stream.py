@@ -49,7 +49,8 @@ def test_fit_over_grain_equals_in_memory_with_matched_order(mnist):
     pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x[order], y[order]), batch_size=BS, seed=0,
                                    shuffle=False)
     got = jnn.train.fit(_model(), LOSS, OPT, pipe, steps_per_epoch=N // BS, **kw)
-    for a, b in zip(jax.tree_util.tree_leaves(ref.train_state.params), jax.tree_util.tree_leaves(got.train_state.params)):
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(ref.train_state.params), leaves(got.train_state.params)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     for name in ("loss", "accuracy"):
         np.testing.assert_allclose(ref.history[name], got.history[name], rtol=1e-5)
@@ -108,7 +109,8 @@ def test_plain_iterables_per_epoch_reiteration_and_generator():
     listed = jnn.train.fit(model, mse, optax.sgd(0.1), _Batches(batches), **kw)   # len 2, re-read each epoch
     streamed = jnn.train.fit(model, mse, optax.sgd(0.1), (b for b in batches * 3), steps_per_epoch=2, **kw)
     assert int(listed.train_state.step) == 6
-    np.testing.assert_array_equal(listed.train_state.params["dense_0"]["w"], streamed.train_state.params["dense_0"]["w"])
+    np.testing.assert_array_equal(listed.train_state.params["dense_0"]["w"],
+                                  streamed.train_state.params["dense_0"]["w"])
 
 
 class _Batches:
@@ -181,7 +183,8 @@ def test_streamed_validation_is_exact_with_a_ragged_last_batch():
                            key=jax.random.key(0), epochs=2, val_data=val, progress=False, verbose=False)
     params = result.train_state.params
     logits = x @ np.asarray(params["w"], np.float64) + np.asarray(params["b"], np.float64)   # NumPy reference
-    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    top = logits.max(1, keepdims=True)
+    log_p = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
     np.testing.assert_allclose(result.history["val_loss"][-1], -log_p[np.arange(70), y].mean(), rtol=1e-5)
     np.testing.assert_allclose(result.history["val_accuracy"][-1], (logits.argmax(1) == y).mean(), rtol=1e-6)
     assert len(result.history["val_loss"]) == 2      # read afresh in the second epoch

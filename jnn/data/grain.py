@@ -31,7 +31,8 @@ import numpy as np
 from jnn.data import mnist as _mnist
 from jnn.data import paths as _paths
 
-__all__ = ["ArraySource", "NpySource", "write_npy", "mnist_source", "shakespeare_source", "Pipeline", "pipeline", "random_translate"]
+__all__ = ["ArraySource", "NpySource", "write_npy", "mnist_source", "shakespeare_source", "Pipeline", "pipeline",
+           "random_translate"]
 
 
 def _grain():
