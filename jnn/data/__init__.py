@@ -10,7 +10,7 @@ Example:
     >>> x.shape, y.shape
     ((4, 2), (4, 1))
 """
-from jnn.data import augment
+from jnn.data import augment, grain
 from jnn.data.batching import batches
 from jnn.data.errors import DatasetUnavailableError
 from jnn.data.fetch import download
@@ -23,6 +23,7 @@ from jnn.data.small import and_gate, load_digits, or_gate, xor
 
 __all__ = [
     "augment",
+    "grain",
     "batches",
     "CharVocab",
     "lm_windows",

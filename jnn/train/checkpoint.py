@@ -186,7 +186,7 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, train_state, *, config: dict | None = None,
-             logs: dict | None = None) -> None:
+             logs: dict | None = None, data_state=None, progress: dict | None = None) -> None:
         """Writes ``train_state`` as checkpoint ``step`` (e.g. the epoch number), then drops
         checkpoints beyond the last ``keep``.
 
@@ -195,6 +195,11 @@ class Checkpointer:
           train_state: a :class:`~jnn.train.TrainState` (any pytree of arrays works).
           config: JSON-serializable model configuration (default: the constructor's).
           logs: JSON-serializable metrics to store alongside (e.g. the epoch's history row).
+          data_state: the input pipeline's iterator state (a Grain iterator's ``get_state()``),
+            stored in the metadata (``meta["data_state"]``) of the same step, so a run resumed
+            from it reads the same batches (see :mod:`jnn.train.stream`).
+          progress: JSON-serializable position within an epoch (``meta["progress"]``), written by
+            ``fit(..., checkpoint_every=...)``.
 
         Raises:
           ValueError: ``step`` is negative or not after the latest saved step.
@@ -223,10 +228,13 @@ class Checkpointer:
                           for p, leaf in _tree.leaves_with_paths(train_state) if _is_key(leaf)},
             "tree": _leaf_table(tree),
         }
+        if data_state is not None or progress is not None:
+            meta.update(data_state=data_state, progress=progress)
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"Checkpointer.save: config and logs must be JSON-serializable ({e})") from None
+            raise TypeError(f"Checkpointer.save: config and logs must be JSON-serializable, as must data_state "
+                            f"and progress ({e})") from None
         saved = self._manager.save(step, args=ocp.args.Composite(train_state=ocp.args.StandardSave(tree),
                                                                   meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()

@@ -16,6 +16,7 @@ from jnn import metrics as _metrics
 from jnn import parallel as _parallel
 from jnn.core import Layer
 from jnn.train import guard
+from jnn.train import stream as _stream
 from jnn.train.callbacks import CallbackList
 from jnn.train.history import progress_bar
 from jnn.train.step import (LossFn, Metrics, TrainState, _as_arrays, _gather, _num_examples, init_train_state,
@@ -193,7 +194,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         progress: bool = True, verbose: bool = True, history_file=None,
         on_epoch_end: Callable[[int, TrainState, dict], None] | None = None, callbacks=(), mesh=None,
         rules=None, on_nonfinite: str = "raise", debug_nonfinite: bool = False,
-        check_data: bool = True) -> FitResult:
+        check_data: bool = True, steps_per_epoch: int | None = None, checkpoint=None,
+        checkpoint_every: int | None = None, resume: bool = False) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
 
     Each epoch shuffles with the train state's key, runs every full batch in one compiled
@@ -212,11 +214,19 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         step logged as ``"lr"``).
       train_data: ``(x, y)`` with examples on the first axis. ``x`` and ``y`` may be pytrees
         (dicts or tuples of arrays: several inputs or targets; the model's output may be a pytree
-        too); every leaf must have the same number of examples.
+        too); every leaf must have the same number of examples. Or, for data that does not fit
+        in memory, any iterable (not a tuple or list) of ``(x, y)`` batches of NumPy or JAX
+        arrays, e.g. a :func:`jnn.data.grain.pipeline`: streamed with a jitted step per batch and
+        two batches prefetched to the device (:mod:`jnn.train.stream`; ``batch_size``,
+        ``val_split`` and ``fused`` do not apply; every batch must have the first's shapes).
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
       epochs: number of epochs.
       batch_size: examples per step (clamped to the dataset size).
-      val_data: ``(x, y)`` for validation, or ``None``.
+      val_data: ``(x, y)`` for validation, or ``None``; or an iterable (not a tuple or list) of
+        ``(x, y)`` batches read afresh every epoch (e.g. a Grain pipeline with ``num_epochs=1,
+        shuffle=False, drop_remainder=False``), evaluated
+        exactly: the last batch may be smaller (padded and masked; see
+        :class:`jnn.train.stream.StreamEvaluation`).
       val_split: instead of ``val_data``, hold out this fraction of ``train_data`` (shuffled).
       metrics: ``{name: fn(outputs, y)}``; defaults to ``{"accuracy": jnn.metrics.accuracy}``
         for the classification losses of :mod:`jnn.losses` when the output and ``y`` are single
@@ -262,7 +272,16 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         :func:`jnn.train.find_nonfinite` and report the step, layer and examples.
       check_data: before training, check the data's values eagerly: NaN/Inf features, and
         labels the loss or metrics reject (class ids out of range, binary labels outside
-        [0, 1]). ``False`` skips this pass over the data.
+        [0, 1]). ``False`` skips this pass over the data (for a stream: its first batch).
+      steps_per_epoch: batches per epoch of a streamed ``train_data``, taken one after another
+        from one iterator; default: a Pipeline's own, else ``len(train_data)`` with the data
+        re-iterated every epoch. A stream that runs out early raises a ValueError.
+      checkpoint: a :class:`jnn.train.Checkpointer` that a stream saves to every
+        ``checkpoint_every`` optimizer steps, mid-epoch included: the train state, the data
+        iterator's state (Grain's ``get_state``), the epoch's partial metric sums and the history.
+      resume: continue from ``checkpoint``'s latest step (if it has one) with the same
+        arguments as the first run: the same batches follow, and params and history equal an
+        uninterrupted run's bit for bit (early stopping's best state is not restored).
 
     Everything that can be checked before the first step is: argument values, the validation
     data's shapes (by ``jax.eval_shape``) and the early-stopping metric's name.
@@ -289,13 +308,30 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     if train_state is not None and (params is not None or state is not None):
         raise ValueError("fit: pass train_state (resume a run) or params/state (start from given weights), "
                          "not both")
-    x, y = _check_data("fit train_data", train_data)
+    streamed = _stream.is_stream(train_data)
+    if streamed:
+        if val_split or debug_nonfinite:
+            raise ValueError("fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite")
+        feed = _stream.Feed(train_data, steps_per_epoch if steps_per_epoch is not None else
+                            getattr(train_data, "steps_per_epoch", None), mesh=mesh, where="fit")
+        x, y = _check_data("fit train_data (first batch)", feed.first[0])
+        batch_size = _num_examples(x) * (jax.process_count() if mesh is not None else 1)   # the global batch
+    elif checkpoint is not None or resume or steps_per_epoch is not None:
+        raise ValueError("fit: steps_per_epoch, checkpoint and resume are for streamed train_data; for arrays "
+                         "use callbacks=[checkpointer.save_every(k)] and train_state= to resume")
+    else:
+        x, y = _check_data("fit train_data", train_data)
+    if (checkpoint_every is not None or resume) and checkpoint is None:
+        raise ValueError("fit: checkpoint_every and resume need checkpoint=jnn.train.Checkpointer(directory)")
     guard.check_fit_args("fit", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
                          history_file=history_file, on_nonfinite=on_nonfinite)
     init_key, split_key = jax.random.split(key)
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, split_key)
-    if val_data is not None:
+    val_streamed = _stream.is_stream(val_data)
+    if val_streamed and mesh is not None:
+        raise ValueError("fit: val_data as a stream is not supported with a mesh; pass (x, y) arrays")
+    if val_data is not None and not val_streamed:
         val_data = _check_data("fit val_data", val_data)
     num_examples = _num_examples(x)
     batch_size = min(batch_size, num_examples)
@@ -317,7 +353,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     else:
         ts = _parallel.place(train_state, mesh, rules) if train_state is not None else \
             _parallel.sharded_init(init, mesh, rules)
-        x, y = _parallel.replicate((x, y), mesh)
+        x, y = (x, y) if streamed else _parallel.replicate((x, y), mesh)
         val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
     if metrics is None:
         metrics = _default_metrics(model, ts, example, y)
@@ -326,17 +362,23 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         metrics = dict(metrics)
     step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, mesh=mesh,
                            rules=rules)
-    if fused:
+    if streamed:
+        train_epoch = _stream.StreamEpochs(step, feed, ts, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                           initial_epoch=initial_epoch)
+        restored = train_epoch.resume(checkpoint, ts) if resume else None
+        ts, initial_epoch = (ts, initial_epoch) if restored is None else (restored, train_epoch.epoch)
+    elif fused:
         train_epoch = jax.jit(make_train_epoch(step, num_examples, batch_size, mesh=mesh))
     else:
         train_epoch = make_stepwise_epoch(step, num_examples, batch_size)
     evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
-    evaluate = jax.jit(evaluate) if fused else evaluate
+    evaluate = _stream.StreamEvaluation(evaluate) if val_streamed else jax.jit(evaluate) if fused else evaluate
     guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
-                         (x, y), batch_size, val_data, early_stopping, _learning_rate(ts.opt_state) is not None,
+                         (x, y), batch_size, None if val_streamed else val_data,
+                         None if val_streamed else early_stopping, _learning_rate(ts.opt_state) is not None,
                          data_check=(model, loss, metrics) if check_data else None)
 
-    history: dict[str, list[float]] = {}
+    history: dict[str, list[float]] = train_epoch.history if streamed else {}
     main = jax.process_index() == 0  # multi-process: only process 0 prints and writes files
     verbose, progress = verbose and main, progress and main
     hooks = CallbackList(callbacks, history_file=history_file if main else None, on_epoch_end=on_epoch_end)

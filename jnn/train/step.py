@@ -379,6 +379,7 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         _, per_batch = jax.lax.scan(lambda c, b: (c, batch_totals(params, state, *b, step)), None, batches)
         return {k: jnp.sum(v) / n for k, v in per_batch.items()}
 
+    evaluate.batch_totals = batch_totals   # (params, state, x, y, mask, step) -> summed metrics: streamed evaluation
     if fused:
         return evaluate
     batch_totals_jit = jax.jit(batch_totals)

@@ -1,0 +1,113 @@
+"""Grain-fed training steps against in-memory ones: MNIST MLP and CNN, same process, interleaved.
+
+Per model, each contender runs one epoch of ``--examples // --batch`` steps per call (medians after
+warm-up, blocked on the result):
+  in-memory fused   : jax.jit(jnn.train.make_train_epoch(...)), the data on the device, one lax.scan
+                      (the CNN: make_stepwise_epoch, what fit(fused=False) runs for conv nets on CPU)
+  raw host loop     : hand-written baseline, a Python loop that slices NumPy batches, jax.device_put
+                      and calls the jitted step (no Grain, no prefetch)
+  grain, 0 workers  : jnn.train.stream (what fit runs for a stream) over jnn.data.grain.pipeline
+                      (global shuffle, batching in Grain's reader threads), two batches prefetched
+  grain, N workers  : the same with --workers Grain worker processes (mp_prefetch)
+Printed: ms per step and the ratio to in-memory. Also the input pipeline alone (batches/s with
+no training), which is where the time goes when a step is this small.
+
+    python benchmarks/input_pipeline.py [--examples 12800] [--batch 128] [--workers 2] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jnn
+from common import block, machine, time_interleaved
+from jnn.train.stream import Feed, StreamEpochs
+
+
+def models():
+    mlp = jnn.serial(jnn.flatten(), jnn.dense(128), jnn.relu(), jnn.dense(64), jnn.relu(), jnn.dense(10))
+    cnn = jnn.serial(jnn.conv(16, (3, 3)), jnn.relu(), jnn.max_pool((2, 2)), jnn.conv(32, (3, 3)), jnn.relu(),
+                     jnn.max_pool((2, 2)), jnn.flatten(), jnn.dense(10))
+    return {"mlp": (mlp, True), "cnn": (cnn, False)}
+
+
+def contenders(model, fused: bool, x, y, args):
+    loss, opt = jnn.losses.softmax_cross_entropy, optax.adam(1e-3)
+    ts0 = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:args.batch])
+    step = jnn.train.make_train_step(model, loss, opt)
+    n, steps = len(x), len(x) // args.batch
+    epoch = (jax.jit(jnn.train.make_train_epoch(step, n, args.batch)) if fused
+             else jnn.train.make_stepwise_epoch(step, n, args.batch))
+    xd, yd = jnp.asarray(x), jnp.asarray(y)
+    state = {"memory": ts0, "raw": ts0}
+    raw_step = jax.jit(step)
+
+    def in_memory():
+        state["memory"], logs = epoch(state["memory"], (xd, yd))
+        block(logs)
+
+    def raw_host_loop():
+        ts = state["raw"]
+        for i in range(steps):
+            sl = slice(i * args.batch, (i + 1) * args.batch)
+            ts, logs = raw_step(ts, jax.device_put((x[sl], y[sl])))
+        state["raw"] = block(ts)
+
+    fns = {"in-memory fused": in_memory, "raw host loop": raw_host_loop}
+    source = jnn.data.grain.ArraySource(x, y)
+    for workers in (0, args.workers):
+        pipe = jnn.data.grain.pipeline(source, batch_size=args.batch, seed=0, worker_count=workers)
+        feed = Feed(pipe, pipe.steps_per_epoch)
+        runner = StreamEpochs(step, feed, ts0)
+        name = f"grain, {workers} workers"
+        state[name] = ts0
+
+        def streamed(name=name, runner=runner):
+            state[name], logs = runner(state[name])
+            block(logs)
+
+        fns[name] = streamed
+    return fns, steps
+
+
+def pipeline_alone(x, y, args, workers: int) -> float:
+    pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=args.batch, seed=0,
+                                   worker_count=workers)
+    it = iter(pipe)
+    for _ in range(5):
+        next(it)
+    start, count = time.perf_counter(), 2 * pipe.steps_per_epoch
+    for _ in range(count):
+        next(it)
+    return count / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=12800)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    x, y = jnn.data.load_mnist("train")
+    x, y = x[:args.examples], y[:args.examples]
+    print(machine(), f"| load average {os.getloadavg()[0]:.1f}")
+    for workers in (0, args.workers):
+        print(f"input pipeline alone, {workers} workers: {pipeline_alone(x, y, args, workers):,.0f} batches/s")
+    for name, (model, fused) in models().items():
+        fns, steps = contenders(model, fused, x, y, args)
+        times = time_interleaved(fns, repeats=args.repeats, warmup=1)
+        base = times["in-memory fused"]
+        for contender, seconds in times.items():
+            print(f"{name}  {contender:18s} {1e3 * seconds / steps:7.3f} ms/step   ratio to in-memory "
+                  f"{seconds / base:5.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""Grain input pipelines for :func:`jnn.train.fit`: record sources, shuffled batches, sharding.
+
+Data that fits in device memory stays on ``fit``'s scan-fused path; anything larger streams
+through Grain (``pip install 'jnn[data]'``): a random-access *source* (``__len__`` and
+``__getitem__``: :class:`ArraySource` over arrays or memory-mapped ``.npy`` files,
+:func:`mnist_source`, :func:`shakespeare_source`), then :func:`pipeline` shuffles it with a
+seed (a new permutation every epoch), drops the ragged rest of each epoch, gives each JAX process
+its disjoint share of every global batch (``grain.sharding.ShardByJaxProcess``), runs an optional
+CPU-side transform (in worker processes with ``worker_count``) and batches.
+
+Order of a pipeline, epoch ``e`` (0-based), process ``p`` of ``P``: Grain's global shuffle of the
+whole source with seed ``seed + e``; the first ``steps_per_epoch * batch_size`` records of it;
+records ``p, p + P, p + 2P, ...`` of those; batches of ``batch_size // P``. Global batch ``k`` is
+therefore shuffled records ``k * batch_size ... (k + 1) * batch_size - 1``, split over processes,
+and the processes together read every kept record of the epoch exactly once.
+
+Example:
+  >>> import numpy as np, jnn
+  >>> source = jnn.data.grain.ArraySource(np.arange(10.0)[:, None], np.arange(10))
+  >>> batches = jnn.data.grain.pipeline(source, batch_size=4, seed=0)
+  >>> batches.steps_per_epoch, [b[1].shape for b in batches.dataset[:3]]
+  (2, [(4,), (4,), (4,)])
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from jnn.data import mnist as _mnist
+from jnn.data import paths as _paths
+
+__all__ = ["ArraySource", "NpySource", "write_npy", "mnist_source", "shakespeare_source", "Pipeline", "pipeline",
+           "random_translate"]
+
+
+def _grain():
+    try:
+        import grain
+    except ImportError:
+        raise ImportError("jnn.data.grain needs Grain: pip install 'jnn[data]' (or pip install grain)") from None
+    return grain
+
+
+class ArraySource:
+    """A random-access source over arrays sharing their first axis: record ``i`` is
+    ``(a[i], b[i], ...)`` (or ``a[i]`` for one array). Memory-mapped arrays
+    (``np.load(path, mmap_mode="r")``) are read record by record, never whole.
+
+    Args:
+      *arrays: NumPy arrays (or memmaps) with the same number of records on axis 0.
+      transform: optional ``record -> record`` applied on read (e.g. a dtype conversion).
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> src = jnn.data.grain.ArraySource(np.zeros((3, 2)), np.arange(3))
+      >>> len(src), int(src[2][1])
+      (3, 2)
+    """
+
+    def __init__(self, *arrays, transform: Callable | None = None):
+        if not arrays:
+            raise ValueError("ArraySource: expected at least one array")
+        sizes = [len(a) for a in arrays]
+        if len(set(sizes)) != 1:
+            raise ValueError(f"ArraySource: the arrays must have the same number of records, got {sizes}")
+        self.arrays, self.transform = arrays, transform
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __getitem__(self, index: int):
+        record = tuple(np.asarray(a[index]) for a in self.arrays)
+        record = record[0] if len(record) == 1 else record
+        return record if self.transform is None else self.transform(record)
+
+    def __repr__(self) -> str:
+        return f"ArraySource({len(self)} records, shapes {[a.shape[1:] for a in self.arrays]})"
+
+
+class NpySource:
+    """Records of a ``.npy`` file on disk, read one at a time with ``os.pread``: nothing is mapped
+    into the process, so its memory stays bounded however large the file (a memmap's pages,
+    once touched, count toward the resident set until unmapped).
+
+    Args:
+      path: a C-ordered ``.npy`` file (e.g. written by :func:`write_npy`); record ``i`` is
+        ``array[i]``.
+
+    Example:
+      >>> import os, tempfile, numpy as np, jnn
+      >>> path = os.path.join(tempfile.mkdtemp(), "a.npy"); np.save(path, np.arange(12).reshape(4, 3))
+      >>> src = jnn.data.grain.NpySource(path)
+      >>> len(src), src[2].tolist()
+      (4, [6, 7, 8])
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"NpySource: {self.path} is Fortran-ordered; save it C-ordered")
+        self.shape, self.dtype = shape, dtype
+        self.record_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._fd = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(f"NpySource: record {index} out of range [0, {len(self)}) in {self.path}")
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        data = os.pread(self._fd, self.record_bytes, self.offset + index * self.record_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+
+    def __getstate__(self):   # worker processes open their own file descriptor
+        return {**self.__dict__, "_fd": None}
+
+    def __repr__(self) -> str:
+        return f"NpySource({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def write_npy(path, shape: tuple[int, ...], dtype, chunks) -> None:
+    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (an iterable of arrays whose first axes
+    add up to ``shape[0]``), appending each chunk: never more than one chunk in memory. Written
+    to ``path + ".tmp"`` and renamed at the end, so a failure leaves no partial file.
+
+    Example:
+      >>> import os, tempfile, numpy as np, jnn
+      >>> path = os.path.join(tempfile.mkdtemp(), "a.npy")
+      >>> jnn.data.grain.write_npy(path, (5, 2), np.int32, (np.ones((n, 2), np.int32) for n in (2, 3)))
+      >>> np.load(path).sum()
+      np.int64(10)
+    """
+    path, dtype, written = os.fspath(path), np.dtype(dtype), 0
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": tuple(shape)})
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"write_npy: a chunk has records of shape {chunk.shape[1:]}, expected "
+                                     f"{tuple(shape[1:])}")
+                f.write(chunk.tobytes())
+                written += len(chunk)
+        if written != shape[0]:
+            raise ValueError(f"write_npy: the chunks hold {written} records, the shape says {shape[0]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _mnist_record(record):
+    image, label = record
+    return (image.astype(np.float32) / np.float32(255.0))[..., None], np.int32(label)
+
+
+def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | None = None,
+                 download: bool = True) -> ArraySource:
+    """MNIST from its IDX files as a record source: ``(float32 [28, 28, 1] in [0, 1], int32 label)``,
+    the values :func:`jnn.data.load_mnist` gives, converted record by record from the uint8
+    images (47 MB for the training split instead of 188 MB of float32).
+
+    Example:
+      >>> src = jnn.data.grain.mnist_source("test", download=False)  # doctest: +SKIP
+      >>> len(src), src[0][0].shape, int(src[0][1])  # doctest: +SKIP
+      (10000, (28, 28, 1), 7)
+    """
+    from jnn.data.idx import read_idx
+    root = _paths.resolve_data_dir(data_dir)
+    image_path, label_path = (_mnist._ensure(root / _mnist._SUBDIR / name, root=root, download=download, mirrors=None)
+                              for name in _mnist._file_names(split))
+    images, labels = read_idx(image_path, ndim=3), read_idx(label_path, ndim=1)
+    _mnist._validate(images, labels, image_path, label_path)
+    return ArraySource(images, labels, transform=_mnist_record)
+
+
+class _Windows:
+    def __init__(self, ids: np.ndarray, seq_len: int, stride: int):
+        self.ids, self.seq_len, self.stride = ids, seq_len, stride
+
+    def __len__(self) -> int:
+        return (len(self.ids) - self.seq_len - 1) // self.stride + 1
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"shakespeare_source: window {index} out of range [0, {len(self)})")
+        start = index * self.stride
+        return self.ids[start:start + self.seq_len], self.ids[start + 1:start + self.seq_len + 1]
+
+
+def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | None = None, vocab=None):
+    """Tiny Shakespeare as a record source of language-model windows: record ``i`` is
+    ``(ids[s : s + seq_len], ids[s + 1 : s + seq_len + 1])`` with ``s = i * stride`` (int32),
+    the windows :func:`jnn.data.lm_windows` gives, cut on read.
+
+    Args:
+      seq_len: window length.
+      stride: start-to-start distance (default ``seq_len``: disjoint windows).
+      text: the corpus (default :func:`jnn.data.load_tiny_shakespeare`).
+      vocab: a :class:`jnn.data.CharVocab` (default: built from ``text``).
+
+    Returns:
+      ``(source, vocab)``.
+
+    Example:
+      >>> import jnn
+      >>> src, vocab = jnn.data.grain.shakespeare_source(4, text="to be or not")
+      >>> len(src), vocab.decode(src[1][0]), vocab.decode(src[1][1])
+      (2, 'e or', ' or ')
+    """
+    from jnn.data.shakespeare import load_tiny_shakespeare
+    from jnn.data.text import CharVocab
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"shakespeare_source: seq_len must be a positive integer, got {seq_len!r}")
+    stride = seq_len if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"shakespeare_source: stride must be a positive integer, got {stride!r}")
+    text = load_tiny_shakespeare() if text is None else text
+    vocab = CharVocab(text) if vocab is None else vocab
+    ids = np.asarray(vocab.encode(text), np.int32)
+    if len(ids) < seq_len + 1:
+        raise ValueError(f"shakespeare_source: the text has {len(ids)} characters, fewer than seq_len + 1 = "
+                         f"{seq_len + 1}")
+    return _Windows(ids, seq_len, stride), vocab
+
+
+class Pipeline:
+    """Batches from :func:`pipeline`: iterate it (a Grain iterator whose state can be saved), or
+    pass it to :func:`jnn.train.fit`, which reads ``steps_per_epoch`` from it.
+
+    Attributes:
+      dataset: the Grain ``MapDataset`` (or ``IterDataset`` with worker processes) of batches,
+        endless or ``num_epochs`` long.
+      steps_per_epoch: batches per epoch (per process).
+      batch_size: the global batch size; each process yields ``batch_size // shard_count``.
+      shard_count: how many processes the batches are split over (``fit`` checks it against
+        ``jax.process_count()``).
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> p = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(np.arange(6.0)), batch_size=2, seed=0)
+      >>> p.steps_per_epoch, next(iter(p)).shape
+      (3, (2,))
+    """
+
+    def __init__(self, dataset, steps_per_epoch: int, batch_size: int, shard_count: int = 1, read_options=None):
+        self.dataset, self.steps_per_epoch, self.batch_size = dataset, steps_per_epoch, batch_size
+        self.shard_count, self.read_options = shard_count, read_options
+
+    def __iter__(self):
+        if self.read_options is not None and isinstance(self.dataset, _grain().MapDataset):
+            return iter(self.dataset.to_iter_dataset(self.read_options))
+        return iter(self.dataset)
+
+    def __repr__(self) -> str:
+        return (f"Pipeline(steps_per_epoch={self.steps_per_epoch}, batch_size={self.batch_size}, "
+                f"shard_count={self.shard_count})")
+
+
+def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
+             drop_remainder: bool = True,
+             transform: Callable | None = None, random_transform: Callable | None = None,
+             worker_count: int = 0, read_threads: int = 2, prefetch: int = 4, shard=None) -> Pipeline:
+    """Shuffled, sharded, batched Grain pipeline over a record source (see the module docstring
+    for the exact order).
+
+    Args:
+      source: random-access records (``__len__``, ``__getitem__``), e.g. :class:`ArraySource`,
+        :func:`mnist_source`, or any Grain source (ArrayRecord files).
+      batch_size: the global batch size (all processes together); must divide by the number of
+        shards.
+      seed: shuffle seed (epoch ``e`` uses ``seed + e``); the same seed gives the same batches.
+      shuffle: ``False`` keeps the source's order every epoch.
+      num_epochs: stop after this many epochs (``None``: endless, for ``fit``'s epochs).
+      drop_remainder: ``False`` keeps a smaller last batch per epoch (for evaluation, e.g.
+        ``fit``'s ``val_data``, which pads and masks it; one shard only).
+      transform: ``record -> record`` on the CPU (Grain ``map``).
+      random_transform: ``(record, rng) -> record`` with a NumPy ``Generator`` seeded per record
+        and epoch (Grain ``random_map``): CPU-side augmentation, e.g. :func:`random_translate`.
+      worker_count: run the transforms and batching in this many worker processes
+        (Grain ``mp_prefetch``); 0 runs them in this process.
+      read_threads, prefetch: Grain's ``ReadOptions`` when iterating: threads reading batches
+        ahead, and how many batches they may hold (Grain's defaults, 16 and 500 batches, can
+        hold hundreds of MB).
+      shard: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()`` (this process's
+        share when ``jax.distributed`` runs more than one process, else everything).
+
+    Returns:
+      A :class:`Pipeline`. The ``len(source) % batch_size`` records left over after each
+      epoch's shuffle are dropped for that epoch (different ones each epoch), as in ``fit``.
+
+    Raises:
+      ValueError: ``batch_size`` does not split over the shards, or the source has fewer records
+        than one global batch.
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> src = jnn.data.grain.ArraySource(np.arange(10))
+      >>> p = jnn.data.grain.pipeline(src, batch_size=4, seed=0, num_epochs=2)
+      >>> [sorted(b.tolist()) != sorted(c.tolist()) for b, c in zip(p.dataset[:2], p.dataset[2:])]
+      [True, True]
+    """
+    grain = _grain()
+    if shard is None:
+        shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"jnn.data.grain.pipeline: batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size % shard.shard_count:
+        raise ValueError(f"jnn.data.grain.pipeline: the global batch_size {batch_size} does not split over "
+                         f"{shard.shard_count} shards (processes); use a multiple of {shard.shard_count}")
+    if not 0 <= shard.shard_index < shard.shard_count:
+        raise ValueError(f"jnn.data.grain.pipeline: shard_index {shard.shard_index} is not in [0, "
+                         f"{shard.shard_count})")
+    if not drop_remainder and shard.shard_count > 1:
+        raise ValueError("jnn.data.grain.pipeline: drop_remainder=False works with one shard only (got "
+                         f"{shard.shard_count}); evaluate on one process, or keep drop_remainder=True")
+    steps = len(source) // batch_size if drop_remainder else -(-len(source) // batch_size)
+    if steps == 0:
+        raise ValueError(f"jnn.data.grain.pipeline: the source has {len(source)} records, fewer than one "
+                         f"global batch of {batch_size}")
+    ds = grain.MapDataset.source(source)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    if drop_remainder:
+        ds = ds[:steps * batch_size][shard.shard_index::shard.shard_count]
+    if transform is not None:
+        ds = ds.map(transform)
+    if random_transform is not None:
+        ds = ds.random_map(lambda record, rng: random_transform(record, rng), seed=seed)
+    ds = ds.batch(batch_size // shard.shard_count, drop_remainder=drop_remainder).repeat(num_epochs)
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
+    if worker_count:
+        from absl import flags   # Grain reads an absl flag in mp_prefetch: unparsed flags raise (google/grain#1355)
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.to_iter_dataset(read).mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return Pipeline(ds, steps, batch_size, shard.shard_count, read)
+
+
+def random_translate(max_shift: int) -> Callable:
+    """CPU-side augmentation for :func:`pipeline`'s ``random_transform``: shifts an
+    ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels each way, filling with
+    zeros (the NumPy counterpart of :func:`jnn.data.augment.random_translate`).
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> image = np.zeros((5, 5, 1), np.float32); image[2, 2] = 1
+      >>> out, label = jnn.data.grain.random_translate(2)((image, 3), np.random.default_rng(0))
+      >>> float(out.sum()), label
+      (1.0, 3)
+    """
+    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"random_translate: max_shift must be a non-negative integer, got {max_shift!r}")
+
+    def apply(record, rng: np.random.Generator):
+        image, label = record
+        dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
+        out = np.zeros_like(image)
+        h, w = image.shape[:2]
+        out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            image[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        return out, label
+
+    return apply
+

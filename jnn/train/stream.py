@@ -1,0 +1,281 @@
+"""Training from an iterable of batches: device prefetch, shape checks, resumable epochs.
+
+:func:`jnn.train.fit` uses this when ``train_data`` is not an in-memory ``(x, y)`` pair but an
+iterable of ``(x, y)`` batches (NumPy or JAX arrays, e.g. a :func:`jnn.data.grain.pipeline`).
+Each step is one call of a jitted step (with the epoch's metric sums carried on device); the
+next two batches are already on their way to the device (``jax.device_put`` is asynchronous),
+so reading and transferring overlap the step. The epoch's key split is the in-memory path's
+(:func:`jnn.train.make_train_epoch`), so the same batches in the same order give the same
+dropout masks and the same params.
+
+Epochs: with ``steps_per_epoch`` (given, or a :class:`jnn.data.grain.Pipeline`'s) one iterator
+runs through all epochs, each taking the next ``steps_per_epoch`` batches. Without it,
+``train_data`` must have a ``len``: each epoch iterates it afresh (like a PyTorch loader).
+
+Every batch must have the shapes of the first (a ragged last batch would recompile the step):
+drop it (the Grain pipeline does), or pad it and mask in the loss.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnn import parallel as _parallel
+
+__all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation"]
+
+
+def is_stream(train_data) -> bool:
+    """Whether ``fit`` streams ``train_data``: anything iterable that is not a tuple or list (an
+    in-memory ``(x, y)`` pair), a dict, a string or an array.
+
+    Example:
+      >>> import numpy as np
+      >>> is_stream((np.zeros(3), np.zeros(3))), is_stream(iter([(np.zeros(3), np.zeros(3))]))
+      (False, True)
+    """
+    return (not isinstance(train_data, (tuple, list, dict, str, bytes)) and not hasattr(train_data, "shape")
+            and hasattr(train_data, "__iter__"))
+
+
+def _spec(batch):
+    return jax.tree_util.tree_structure(batch), [(np.shape(a), str(np.asarray(a).dtype) if not hasattr(a, "dtype")
+                                                  else str(a.dtype)) for a in jax.tree_util.tree_leaves(batch)]
+
+
+def _leaf_names(batch) -> list[str]:
+    return ["batch" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(batch)]
+
+
+class Feed:
+    """Batches of ``data`` prefetched ``prefetch`` ahead onto the device (or, with a ``mesh``,
+    assembled into global batches from each process's local part), each checked against the
+    first batch's structure, shapes and dtypes, with the iterator state after each batch.
+
+    Example:
+      >>> import numpy as np
+      >>> feed = Feed([(np.ones((2, 3)), np.zeros(2))] * 3, None, where="demo")
+      >>> feed.start_epoch(1); x, y = feed.next(1, 0); x.shape, feed.steps_per_epoch
+      ((2, 3), 3)
+    """
+
+    def __init__(self, data, steps_per_epoch: int | None, *, mesh=None, prefetch: int = 2, where: str = "fit"):
+        self.data, self.mesh, self.prefetch, self.where = data, mesh, prefetch, where
+        shards, expected = getattr(data, "shard_count", None), jax.process_count() if mesh is not None else 1
+        if shards is not None and shards != expected:
+            raise ValueError(f"{where}: train_data is sharded over {shards} processes but jax.process_count() is "
+                             f"{jax.process_count()} and fit runs {'with' if mesh is not None else 'without'} a "
+                             f"mesh, so it needs {expected} shard(s): with a mesh, build the pipeline in every "
+                             f"process after jax.distributed.initialize (its default shard is grain's "
+                             f"ShardByJaxProcess); without one, pass shard=grain.sharding.NoSharding()")
+        self.fresh_each_epoch = steps_per_epoch is None
+        if steps_per_epoch is None:
+            try:
+                steps_per_epoch = len(data)
+            except TypeError:
+                raise TypeError(f"{where}: train_data is an iterable without a len(); pass steps_per_epoch= "
+                                f"(batches per epoch) or a jnn.data.grain.Pipeline") from None
+        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"{where}: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        self.steps_per_epoch = steps_per_epoch
+        self._iterator = iter(data)
+        self._queue: collections.deque = collections.deque()
+        self.state = self._get_state()   # the iterator's state after the last batch handed out
+        self.first = self._pull(1, 0)    # (host batch, state); peeked for shapes, trained on first
+        self.spec = _spec(self.first[0])
+        self._used, self._positioned = False, False
+
+    @property
+    def stateful(self) -> bool:
+        return hasattr(self._iterator, "get_state") and hasattr(self._iterator, "set_state")
+
+    def _get_state(self):
+        return self._iterator.get_state() if self.stateful else None
+
+    def _pull(self, epoch: int, index: int):
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            raise ValueError(f"{self.where}: train_data ran out after {index} batches of epoch {epoch}, but "
+                             f"steps_per_epoch is {self.steps_per_epoch}; pass a smaller steps_per_epoch or "
+                             f"an endless pipeline (jnn.data.grain.pipeline with num_epochs=None)") from None
+        except Exception as e:  # noqa: BLE001 - Grain re-raises a worker's error; name where it happened
+            raise type(e)(f"{self.where}: reading batch {index} of epoch {epoch} from train_data failed "
+                          f"(records of different shapes cannot be batched?): {e}") from e
+        return batch, self._get_state()
+
+    def _check(self, batch, epoch: int, index: int):
+        spec = _spec(batch)
+        if spec == self.spec:
+            return
+        if spec[0] != self.spec[0]:
+            raise ValueError(f"{self.where}: batch {index} of epoch {epoch} has the structure {spec[0]}, the first "
+                             f"batch had {self.spec[0]}; every batch must have the same structure")
+        for name, got, want in zip(_leaf_names(batch), spec[1], self.spec[1]):
+            if got != want:
+                raise ValueError(f"{self.where}: the shapes changed mid-stream: batch {index} of epoch {epoch} has "
+                                 f"{name} of shape {got[0]} {got[1]}, the first batch had {want[0]} {want[1]}; "
+                                 f"every batch must have the first one's shapes (drop the ragged last batch, "
+                                 f"as jnn.data.grain.pipeline does, or pad it)")
+
+    def _put(self, batch):
+        if self.mesh is not None:   # processes compare their batch sizes once (a collective), not every step
+            checked, self._checked = getattr(self, "_checked", False), True
+            return _parallel.global_batch(batch, self.mesh, check=not checked)
+        return jax.device_put(batch)
+
+    def _fill(self, epoch: int, next_index: int):
+        while len(self._queue) < self.prefetch and next_index + len(self._queue) < self.steps_per_epoch:
+            index = next_index + len(self._queue)
+            if self.first is not None:
+                (batch, state), self.first = self.first, None
+            else:
+                batch, state = self._pull(epoch, index)
+            self._check(batch, epoch, index)
+            self._queue.append((self._put(batch), state))
+
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        """Begins epoch ``epoch`` at batch ``start`` (a new iterator when each epoch re-reads the data)."""
+        if self.fresh_each_epoch and self._used and not self._positioned:
+            self._iterator = iter(self.data)
+        self._used, self._positioned = True, False
+        self._fill(epoch, start)
+
+    def next(self, epoch: int, index: int):
+        """Batch ``index`` of ``epoch`` on the device; starts the transfer of the ones after it."""
+        if not self._queue:
+            self._fill(epoch, index)
+        batch, self.state = self._queue.popleft()
+        self._fill(epoch, index + 1)
+        return batch
+
+    def restore(self, state) -> None:
+        """Continues from an iterator ``state`` saved with a checkpoint (see :attr:`state`)."""
+        if not self.stateful:
+            raise TypeError(f"{self.where}: train_data's iterator ({type(self._iterator).__name__}) has no "
+                            f"get_state/set_state, so it cannot resume mid-epoch; use a Grain pipeline")
+        if self.fresh_each_epoch:
+            self._iterator = iter(self.data)
+        self._iterator.set_state(state.encode() if isinstance(state, str) and
+                                 isinstance(self._get_state(), bytes) else state)
+        self._queue.clear()
+        self.first, self.state, self._positioned = None, state, True
+
+
+def _json_state(state):
+    return state.decode() if isinstance(state, bytes) else state
+
+
+class StreamEpochs:
+    """``fit``'s epoch function over a :class:`Feed`: ``(train_state, _) -> (train_state, mean
+    metrics)``, one jitted step per batch, saving a resumable checkpoint every
+    ``checkpoint_every`` optimizer steps (train state, iterator state, the epoch's partial
+    metric sums and the history so far).
+
+    Example:
+      >>> import jax, numpy as np, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:2])
+      >>> feed = Feed([(x[:2], y[:2]), (x[2:], y[2:])], None)
+      >>> epochs = StreamEpochs(jnn.train.make_train_step(model, jnn.losses.mse, opt), feed, ts)
+      >>> ts, logs = epochs(ts, None); int(ts.step), sorted(logs)
+      (2, ['loss'])
+    """
+
+    def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, checkpoint_every: int | None = None,
+                 initial_epoch: int = 0):
+        self.feed, self.checkpoint, self.every = feed, checkpoint, checkpoint_every
+        self.epoch, self.start, self.history = initial_epoch, 0, {}
+        batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), feed.first[0])
+        logs = jax.eval_shape(train_step, ts, batch)[1]
+        self._zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), logs)
+        self.totals = None
+
+        def step(ts, totals, batch):
+            ts, logs = train_step(ts, batch)
+            return ts, jax.tree_util.tree_map(jnp.add, totals, logs)
+
+        self.step = jax.jit(step)
+        self._split = jax.jit(lambda key: jax.random.split(key)[0])   # make_train_epoch's split
+
+    def resume(self, checkpoint, template) -> Any:
+        """Restores the latest checkpoint (if any) into ``template``; returns the train state,
+        or ``None`` when there is nothing to resume."""
+        if checkpoint.latest_step() is None:
+            return None
+        ts, meta = checkpoint.restore(template)
+        progress = meta.get("progress")
+        if progress is None or "data_state" not in meta:
+            raise ValueError(f"fit: checkpoint {meta['step']} in {checkpoint.directory} has no data iterator "
+                             f"state; it was not saved by fit(..., checkpoint_every=...) over a stream")
+        self.feed.restore(meta["data_state"])
+        self.epoch, self.start = progress["epoch"] - 1, progress["step_in_epoch"]
+        self.totals = jax.tree_util.tree_map(lambda z, v: np.asarray(v, z.dtype), self._zeros,
+                                             progress["totals"])
+        self.history = progress["history"]
+        return ts
+
+    def _save(self, ts, index: int) -> None:
+        totals = jax.tree_util.tree_map(float, jax.device_get(self.totals))
+        progress = {"epoch": self.epoch, "step_in_epoch": index, "totals": totals, "history": self.history}
+        self.checkpoint.save(int(ts.step), ts, data_state=_json_state(self.feed.state), progress=progress)
+
+    def __call__(self, ts, _data=None):
+        self.epoch += 1
+        start, self.start = self.start, 0
+        if start == 0:
+            ts, self.totals = ts._replace(key=self._split(ts.key)), self._zeros
+        self.feed.start_epoch(self.epoch, start)
+        step = int(ts.step) if self.every is not None else 0   # one device sync per epoch, not per step
+        for index in range(start, self.feed.steps_per_epoch):
+            ts, self.totals = self.step(ts, self.totals, self.feed.next(self.epoch, index))
+            step += 1
+            if self.every is not None and step % self.every == 0:
+                self._save(ts, index + 1)
+        n = self.feed.steps_per_epoch
+        return ts, jax.tree_util.tree_map(lambda v: v / n, self.totals)
+
+
+class StreamEvaluation:
+    """Exact evaluation over an iterable of ``(x, y)`` batches, read afresh on every call (for
+    ``fit``'s ``val_data``: e.g. a :func:`jnn.data.grain.pipeline` with ``num_epochs=1,
+    shuffle=False, drop_remainder=False``; called directly, a list works too): each batch is
+    padded to the first one's size and the padding masked out, so a ragged last batch neither
+    recompiles nor biases the means. ``evaluate(params, state, batches, step=None) -> metrics``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np, jnn
+      >>> model = jnn.dense(1)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 2)))
+      >>> x, y = np.ones((5, 2), np.float32), np.zeros((5, 1), np.float32)
+      >>> evaluate = StreamEvaluation(jnn.train.make_eval_fn(model, jnn.losses.mse))
+      >>> whole = jnn.train.make_eval_fn(model, jnn.losses.mse)(params, state, (x, y))["loss"]
+      >>> bool(jnp.isclose(evaluate(params, state, [(x[:2], y[:2]), (x[2:4], y[2:4]), (x[4:], y[4:])])["loss"], whole))
+      True
+    """
+
+    def __init__(self, eval_fn):
+        self.totals = jax.jit(eval_fn.batch_totals)
+
+    def __call__(self, params, state, batches, step=None):
+        size, sums, count = None, None, 0
+        for index, batch in enumerate(batches):
+            leaves = jax.tree_util.tree_leaves(batch)
+            n = int(np.shape(leaves[0])[0])
+            size = n if size is None else size
+            if n > size:
+                raise ValueError(f"fit: val_data batch {index} has {n} examples, more than the first batch's "
+                                 f"{size}; only the last batch may be smaller")
+            pad = lambda a: np.concatenate([np.asarray(a), np.zeros((size - n, *np.shape(a)[1:]), np.asarray(a).dtype)])
+            x, y = jax.tree_util.tree_map(pad, tuple(batch))
+            out = self.totals(params, state, x, y, np.arange(size) < n, step)
+            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+            count += n
+        if not count:
+            raise ValueError("fit: val_data yielded no batches")
+        return {k: v / count for k, v in sums.items()}

@@ -1,0 +1,190 @@
+"""fit over streamed batches (jnn.train.stream) and Grain pipelines (jnn.data.grain)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jnn
+from jnn.train.step import epoch_order
+
+grain = pytest.importorskip("grain")
+
+N, BS, EPOCHS = 512, 64, 2
+LOSS, OPT = jnn.losses.softmax_cross_entropy, optax.adam(1e-3)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    x, y = jnn.data.load_mnist("train", download=False)
+    return x[:N], y[:N]
+
+
+def _model():
+    return jnn.serial(jnn.flatten(), jnn.dense(16), jnn.relu(), jnn.dropout(0.2), jnn.dense(10))
+
+
+def _fit_orders(key, n, bs, epochs):
+    """The example order in-memory fit draws: per epoch, the state's key splits into (key, perm),
+    epoch_order(perm) is the order, and each step then splits the key once more (dropout)."""
+    ts = jnn.train.init_train_state(_model(), OPT, jax.random.split(key)[0],
+                                    jax.ShapeDtypeStruct((bs, 28, 28, 1), jnp.float32))
+    k, orders = ts.key, []
+    for _ in range(epochs):
+        k, perm = jax.random.split(k)
+        orders.append(np.asarray(epoch_order(perm, n, bs)).ravel())
+        for _ in range(n // bs):
+            k = jax.random.split(k)[0]
+    return np.concatenate(orders)
+
+
+def test_fit_over_grain_equals_in_memory_with_matched_order(mnist):
+    # Orders matched: the Grain source holds the examples in exactly the order in-memory fit
+    # draws them (both epochs back to back) and the pipeline does not shuffle.
+    x, y = mnist
+    key = jax.random.key(3)
+    kw = dict(key=key, epochs=EPOCHS, progress=False, verbose=False, check_data=False)
+    ref = jnn.train.fit(_model(), LOSS, OPT, (x, y), batch_size=BS, **kw)
+    order = _fit_orders(key, N, BS, EPOCHS)
+    pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x[order], y[order]), batch_size=BS, seed=0,
+                                   shuffle=False)
+    got = jnn.train.fit(_model(), LOSS, OPT, pipe, steps_per_epoch=N // BS, **kw)
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(ref.train_state.params), leaves(got.train_state.params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    for name in ("loss", "accuracy"):
+        np.testing.assert_allclose(ref.history[name], got.history[name], rtol=1e-5)
+
+
+def test_grain_pipeline_learns_mnist_with_cpu_augmentation(mnist):
+    x, y = mnist
+    pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=32, seed=1,
+                                   random_transform=jnn.data.grain.random_translate(1))
+    result = jnn.train.fit(jnn.serial(jnn.flatten(), jnn.dense(32), jnn.relu(), jnn.dense(10)), LOSS,
+                           optax.adam(3e-3), pipe, key=jax.random.key(0), epochs=3, val_data=mnist,
+                           progress=False, verbose=False, check_data=False)
+    assert result.history["val_accuracy"][-1] > 0.8
+    assert result.history["loss"][-1] < result.history["loss"][0]
+
+
+def test_pipeline_epochs_cover_each_record_once_and_reshuffle():
+    source = jnn.data.grain.ArraySource(np.arange(50))
+    pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=7, num_epochs=2)
+    batches = [b for b in pipe]
+    assert pipe.steps_per_epoch == 6 and len(batches) == 12 and all(b.shape == (8,) for b in batches)
+    epochs = [np.concatenate(batches[:6]), np.concatenate(batches[6:])]
+    for e in epochs:
+        assert len(set(e.tolist())) == 48   # 48 distinct records, the 2 left over dropped
+    assert set(epochs[0].tolist()) != set(epochs[1].tolist()) or not np.array_equal(*epochs)
+    # two shards: local batch k of shard 0 and 1 together are global batch k of the unsharded run
+    halves = [list(jnn.data.grain.pipeline(source, batch_size=8, seed=7, num_epochs=2,
+                                           shard=grain.sharding.ShardOptions(i, 2)).dataset) for i in (0, 1)]
+    for k in range(12):
+        assert halves[0][k].shape == (4,)
+        assert not set(halves[0][k].tolist()) & set(halves[1][k].tolist())
+        assert sorted(halves[0][k].tolist() + halves[1][k].tolist()) == sorted(batches[k].tolist())
+
+
+def test_mnist_and_shakespeare_sources():
+    src = jnn.data.grain.mnist_source("test", download=False)
+    x, y = jnn.data.load_mnist("test", download=False)
+    image, label = src[123]
+    assert len(src) == 10000 and image.dtype == np.float32 and image.shape == (28, 28, 1)
+    np.testing.assert_array_equal(image, x[123])
+    assert int(label) == int(y[123])
+    text = jnn.data.load_tiny_shakespeare(download=False)
+    windows, vocab = jnn.data.grain.shakespeare_source(32, stride=16)
+    wx, wy = jnn.data.lm_windows(vocab.encode(text), 32, stride=16)
+    assert len(windows) == len(wx)
+    np.testing.assert_array_equal(windows[100][0], wx[100])
+    np.testing.assert_array_equal(windows[100][1], wy[100])
+
+
+def test_plain_iterables_per_epoch_reiteration_and_generator():
+    x, y = jnn.data.xor()
+    batches = [(np.asarray(x[:2]), np.asarray(y[:2])), (np.asarray(x[2:]), np.asarray(y[2:]))]
+    model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+    kw = dict(key=jax.random.key(0), epochs=3, metrics={}, progress=False, verbose=False)
+    mse = jnn.losses.mse
+    listed = jnn.train.fit(model, mse, optax.sgd(0.1), _Batches(batches), **kw)   # len 2, re-read each epoch
+    streamed = jnn.train.fit(model, mse, optax.sgd(0.1), (b for b in batches * 3), steps_per_epoch=2, **kw)
+    assert int(listed.train_state.step) == 6
+    np.testing.assert_array_equal(listed.train_state.params["dense_0"]["w"],
+                                  streamed.train_state.params["dense_0"]["w"])
+
+
+class _Batches:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def _xy(n, features=3):
+    return np.ones((n, features), np.float32), np.zeros((n, 1), np.float32)
+
+
+def test_error_shapes_change_mid_stream():
+    stream = iter([_xy(4), _xy(4), _xy(4, features=5)])
+    with pytest.raises(ValueError, match=r"shapes changed mid-stream: batch 2 of epoch 1 has batch\[0\] of "
+                                         r"shape \(4, 5\).*first batch had \(4, 3\)"):
+        jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), stream, steps_per_epoch=3, key=jax.random.key(0),
+                      epochs=1, metrics={}, progress=False, verbose=False)
+
+
+def test_error_grain_records_of_different_shapes():
+    source = [np.zeros(3, np.float32)] * 5 + [np.zeros(4, np.float32)] * 3
+    pipe = jnn.data.grain.pipeline(source, batch_size=2, seed=0, shuffle=False,
+                                   transform=lambda r: (r, np.zeros(1, np.float32)))
+    with pytest.raises(ValueError, match=r"fit: reading batch 2 of epoch 1 from train_data failed"):
+        jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), pipe, key=jax.random.key(0), epochs=1,
+                      metrics={}, progress=False, verbose=False)
+
+
+def test_error_fewer_batches_than_steps_per_epoch():
+    stream = iter([_xy(4)] * 5)
+    with pytest.raises(ValueError, match=r"train_data ran out after 2 batches of epoch 2, but steps_per_epoch "
+                                         r"is 3"):
+        jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), stream, steps_per_epoch=3, key=jax.random.key(0),
+                      epochs=2, metrics={}, progress=False, verbose=False)
+
+
+def test_error_process_counts_disagree_with_sharding():
+    source = jnn.data.grain.ArraySource(*_xy(16))
+    with pytest.raises(ValueError, match=r"global batch_size 6 does not split over 4 shards"):
+        jnn.data.grain.pipeline(source, batch_size=6, seed=0, shard=grain.sharding.ShardOptions(1, 4))
+    pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=0, shard=grain.sharding.ShardOptions(1, 4))
+    with pytest.raises(ValueError, match=r"sharded over 4 processes but jax.process_count\(\) is 1"):
+        jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), pipe, key=jax.random.key(0), epochs=1,
+                      metrics={}, progress=False, verbose=False)
+
+
+def test_error_stream_arguments():
+    with pytest.raises(TypeError, match=r"iterable without a len\(\); pass steps_per_epoch"):
+        jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), iter([_xy(4)]), key=jax.random.key(0),
+                      progress=False, verbose=False)
+    with pytest.raises(ValueError, match=r"steps_per_epoch, checkpoint and resume are for streamed train_data"):
+        jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), _xy(4), steps_per_epoch=2,
+                      key=jax.random.key(0), progress=False, verbose=False)
+
+
+
+def test_streamed_validation_is_exact_with_a_ragged_last_batch():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(70, 6)).astype(np.float32), rng.integers(0, 3, 70).astype(np.int32)
+    val = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=32, seed=0, shuffle=False,
+                                  num_epochs=1, drop_remainder=False)          # batches of 32, 32 and 6
+    assert [b[1].shape[0] for b in val] == [32, 32, 6]
+    result = jnn.train.fit(jnn.dense(3), LOSS, optax.sgd(0.1), iter([(x[:32], y[:32])] * 2), steps_per_epoch=1,
+                           key=jax.random.key(0), epochs=2, val_data=val, progress=False, verbose=False)
+    params = result.train_state.params
+    logits = x @ np.asarray(params["w"], np.float64) + np.asarray(params["b"], np.float64)   # NumPy reference
+    top = logits.max(1, keepdims=True)
+    log_p = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
+    np.testing.assert_allclose(result.history["val_loss"][-1], -log_p[np.arange(70), y].mean(), rtol=1e-5)
+    np.testing.assert_allclose(result.history["val_accuracy"][-1], (logits.argmax(1) == y).mean(), rtol=1e-6)
+    assert len(result.history["val_loss"]) == 2      # read afresh in the second epoch
