@@ -196,3 +196,24 @@ def test_three_broken_user_layers_get_the_contract_quoted():
     with pytest.raises(TypeError, match=r"fan_out: layer 'no_key' breaks the layer contract: its apply takes no "
                                         r"keyword argument 'key', 'train'\. Every layer has"):
         jnn.fan_out(jnn.dense(2), jnn.Layer(init, apply_without_keywords, "no_key"))
+
+
+def test_transformer_blocks_expose_their_sub_layers():
+    """``get`` reaches inside a transformer block: its children, applied by hand, give what
+    ``capture`` recorded inside the block's own apply."""
+    block = jnn.layers.transformer.decoder_block(2, 16, cross_attention=True)
+    assert list(block.children) == ["norm_0", "attention", "norm_cross", "cross_attention", "norm_1", "mlp"]
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 8)), jnp.float32)
+    context = jnp.asarray(np.random.default_rng(4).normal(size=(2, 4, 8)), jnp.float32)
+    params, state = block.init(KEY, x)
+    _, _, out = jnn.capture(block, params, state, x, ["norm_0", "attention", "norm_cross", "cross_attention"],
+                            context=context)
+    h = jnn.get(block, "norm_0").apply(jnn.get(params, "norm_0"), {}, x)[0]
+    np.testing.assert_allclose(h, out["norm_0"], rtol=1e-5, atol=1e-6)
+    attention = jnn.get(block, "attention")
+    np.testing.assert_allclose(attention.apply(jnn.get(params, "attention"), {}, h)[0], out["attention"],
+                               rtol=1e-5, atol=1e-6)
+    cross = block["cross_attention"]
+    np.testing.assert_allclose(cross.apply(params["cross_attention"], {}, out["norm_cross"], context=context)[0],
+                               out["cross_attention"], rtol=1e-5, atol=1e-6)
+    assert jnn.get(block, "mlp").kind == "mlp" and block["norm_1"].kind == "layer_norm"

@@ -94,6 +94,7 @@ class _Block(NamedTuple):
             with core._in_child("cross_attention"):
                 h, _ = self.cross.apply(params["cross_attention"], {}, h, key=keys[3], train=train,
                                         context=context, context_lengths=context_lengths)
+                core._record("multi_head_attention", h, params["cross_attention"])
             x = x + dropout(self.dropout_rate).apply({}, {}, h, key=keys[4], train=train)[0]
         h, _ = core._apply_child("norm_1", layer_norm(), params, {}, x, None, False)
         return x + core._apply_child("mlp", self.mlp, params, {}, h, keys[2], train)[0], state
@@ -112,6 +113,15 @@ class _Block(NamedTuple):
     def cross_cache(self, params, context, context_lengths=None) -> dict:
         """The cross-attention keys/values of ``context`` (``{"key", "value"[, "lengths"]}``)."""
         return self.cross.cross_kv(params["cross_attention"], context, context_lengths)
+
+    def children(self) -> core.Children:
+        """The sub-layers under their param keys, for :func:`jnn.get` and ``block["mlp"]``."""
+        attention = lambda spec: Layer(spec.init, spec.apply, "multi_head_attention", None,
+                                       frozenset({"lengths", "context", "context_lengths"}))
+        items = [("norm_0", layer_norm()), ("attention", attention(self.attention))]
+        if self.cross is not None:
+            items += [("norm_cross", layer_norm()), ("cross_attention", attention(self.cross))]
+        return core.Children(items + [("norm_1", layer_norm()), ("mlp", self.mlp)])
 
 
 def _block(kind, num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads, rope,
@@ -156,7 +166,7 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     """
     block = _block("encoder_block", num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads,
                    rope, False, name)
-    return Layer(block.init, block.apply, "encoder_block", name, frozenset({"lengths"}))
+    return Layer(block.init, block.apply, "encoder_block", name, frozenset({"lengths"}), block.children())
 
 
 def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
@@ -180,5 +190,5 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     block = _block("decoder_block", num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads,
                    rope, True, name, cross_attention, context_features)
     keywords = {"lengths", "context", "context_lengths"} if cross_attention else {"lengths"}
-    return Layer(block.init, block.apply, "decoder_block", name, frozenset(keywords))
+    return Layer(block.init, block.apply, "decoder_block", name, frozenset(keywords), block.children())
 
