@@ -123,7 +123,7 @@ def test_tensorboard_population_writes_one_run_per_member(tmp_path):
 
 # --- EarlyStopping is a callback; fit(early_stopping=...) goes through the same one ---------
 
-SCORES = [5.0, 4.0, 3.95, 3.0, 3.05, 3.02, 1.0, 0.5]   # the monitored value of epochs 1..8
+SCORES = [5.0, 4.0, 3.95, 3.0, 3.05, 2.95, 3.5, 1.0]   # the monitored value of epochs 1..8
 
 
 def _scored_loss(out, y, step):
@@ -140,8 +140,9 @@ def _fit_scored(epochs, **kwargs):
 @pytest.mark.parametrize("route", ["callbacks", "early_stopping"])
 def test_early_stopping_callback_stops_where_a_hand_computation_says_and_restores_the_best(route):
     # By hand, mode min, min_delta 0.1, patience 2: epoch 1 best (5.0); 2 improves (4.0 < 4.9);
-    # 3 does not (3.95 >= 3.9), wait 1; 4 improves (3.0 < 3.9); 5 and 6 do not (>= 2.9): wait 2
-    # = patience, so training stops after epoch 6 (before epoch 7's 1.0), best epoch 4.
+    # 3 does not (3.95 >= 3.9), wait 1; 4 improves (3.0 < 3.9); 5 and 6 do not (3.05, 2.95 >= 2.9):
+    # wait 2 = patience, so training stops after epoch 6, best epoch 4. (Without min_delta, epochs
+    # 3, 4, 6 and 8 would improve and all 8 epochs would run.)
     es = jnn.train.EarlyStopping(monitor="score", mode="min", patience=2, min_delta=0.1)
     kwargs = {"callbacks": [es]} if route == "callbacks" else {"early_stopping": es}
     result = _fit_scored(8, **kwargs)

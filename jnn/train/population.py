@@ -46,6 +46,7 @@ from jnn.train import autoexec as _autoexec
 from jnn.train import guard
 from jnn.train.callbacks import EarlyStopping, _select_members
 from jnn.train.loop import _check_data, _with_early_stopping, split_validation
+from jnn.train.nonfinite import _population_message, _replay_members
 from jnn.train.step import (LossFn, Metrics, TrainState, _num_examples, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
 
@@ -482,8 +483,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
             states = _select_members(jnp.asarray(~bad), states, last_good)
             nonfinite_epoch[bad], active, trained = epoch, active & ~bad, trained & ~bad
             if debug_nonfinite:
-                reports.update(_replay(program, hparams, last_good, (x, y), np.flatnonzero(bad)))
-            message = _nonfinite_message(epoch, history, bad, reports, on_nonfinite)
+                reports.update(_replay_members(program, hparams, last_good, (x, y), np.flatnonzero(bad)))
+            message = _population_message(epoch, history, bad, reports, on_nonfinite)
             if on_nonfinite == "raise":
                 raise guard.NonFiniteError(message, epoch=epoch, train_state=states, history=history,
                                            report=reports or None, members=np.flatnonzero(bad).tolist())
@@ -512,28 +513,3 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     return PopulationResult(states, history, best_epoch, stopped, epochs_trained, keys,
                             {k: np.asarray(v) for k, v in hparams.items()}, nonfinite_epoch, reports)
 
-
-def _nonfinite_message(epoch: int, history: dict, bad, reports: dict, on_nonfinite: str) -> str:
-    """Names each failing member, its non-finite metrics and (when replayed) where it happened."""
-    lines = []
-    for i in np.flatnonzero(bad):
-        values = ", ".join(f"{k}={v[epoch - 1, i]}" for k, v in history.items() if not np.isfinite(v[epoch - 1, i]))
-        lines.append(f"member {i}: {values}" + (f"; {reports[int(i)]}" if int(i) in reports else ""))
-    then = ("training stopped" if on_nonfinite == "raise" else
-            "they stopped there and keep their state from the epoch before; the others train on")
-    hint = "" if reports else " (pass debug_nonfinite=True to find the step, layer and examples)"
-    return (f"fit_population: epoch {epoch} produced non-finite metrics for member(s) "
-            f"{np.flatnonzero(bad).tolist()}: " + "; ".join(lines) + f"; {then}{hint}")
-
-
-def _replay(program: _Program, hparams, states, data, members) -> dict:
-    """:func:`jnn.train.find_nonfinite` for each of ``members`` alone, from its state in ``states``."""
-    from jnn.train.nonfinite import find_nonfinite
-    reports = {}
-    for i in members:
-        hp = {k: v[i] for k, v in hparams.items()}
-        ts = jax.tree_util.tree_map(lambda a: a[i], states)
-        reports[int(i)] = find_nonfinite(program.make_model(hp), program.loss, program.make_optimizer(hp), ts, data,
-                                         batch_size=program.batch_size, metrics=dict(program.metrics),
-                                         regularizer=program.regularizer)
-    return reports
