@@ -188,3 +188,23 @@ def test_early_stopping_judges_each_population_member_on_its_own():
              for e, (v, t) in enumerate(zip(values, trained))]
     assert asked == [[False, False, False], [False, False, False], [False, True, False], [False, True, True]]
     assert es.best_epoch.tolist() == [4, 1, 1] and es.best.tolist() == [0.5, 1.0, 2.0]
+
+
+def test_a_population_callback_sees_each_members_metrics_and_stops_members():
+    seen = []
+
+    class StopMemberZeroAfterEpochOne:
+        def on_population_epoch_end(self, epoch, states, logs, trained):
+            seen.append((epoch, logs["loss"].copy(), np.asarray(trained).tolist(), np.asarray(states.step).tolist()))
+            return np.array([epoch == 1, False])
+
+    x, y = jnn.data.xor()
+    result = jnn.train.fit_population(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.sgd(hp["lr"]), (x, y),
+                                      hparams={"lr": jnp.array([0.1, 0.2])}, key=jax.random.key(0), epochs=3,
+                                      batch_size=4, chunk_size=None, callbacks=[StopMemberZeroAfterEpochOne()])
+    assert [s[0] for s in seen] == [1, 2, 3] and [s[2] for s in seen] == [[True, True], [False, True], [False, True]]
+    assert [s[3] for s in seen] == [[1, 1], [1, 2], [1, 3]]   # member 0 frozen after its stop (one step per epoch)
+    for epoch, losses, _, _ in seen:
+        np.testing.assert_array_equal(losses, result.history["loss"][epoch - 1])
+    np.testing.assert_array_equal(result.epochs_trained, [1, 3])
+    np.testing.assert_array_equal(result.stopped_early, [True, False])

@@ -121,3 +121,18 @@ def test_every_argument_is_checked_before_the_first_step(monkeypatch):
 def test_regression_populations_log_no_accuracy_by_default():
     result = _run([0.05, 0.05], KEYS[:2], epochs=1)
     assert sorted(result.history) == ["loss", "lr"]
+
+
+def test_check_data_false_skips_the_value_check_and_the_nan_then_stops_that_member():
+    x, y = _data()
+    x[9] = np.nan   # every member sees it: each goes non-finite in epoch 1 and keeps its initial state
+    with pytest.warns(RuntimeWarning, match=r"fit_population: epoch 1 produced non-finite metrics for member\(s\) "
+                                            r"\[0, 1\]: member 0: loss=nan"):
+        result = fit_population(make_model, jnn.losses.mse, make_sgd, (x, y), hparams={"late_lr": jnp.array([0.1, 0.2])},
+                                key=KEYS[:2], epochs=3, batch_size=BATCH, chunk_size=None, check_data=False)
+    np.testing.assert_array_equal(result.nonfinite_epoch, [1, 1])
+    np.testing.assert_array_equal(result.epochs_trained, [1, 1])       # nothing left to train: it ended there
+    initial = init_population(make_model, make_sgd, {"late_lr": jnp.array([0.1, 0.2])}, KEYS[:2],
+                              jax.ShapeDtypeStruct((BATCH, 3), jnp.float32))
+    np.testing.assert_array_equal(result.train_states.params["w"], initial.params["w"])
+    np.testing.assert_array_equal(result.train_states.step, [0, 0])
