@@ -136,3 +136,17 @@ def test_check_data_false_skips_the_value_check_and_the_nan_then_stops_that_memb
                               jax.ShapeDtypeStruct((BATCH, 3), jnp.float32))
     np.testing.assert_array_equal(result.train_states.params["w"], initial.params["w"])
     np.testing.assert_array_equal(result.train_states.step, [0, 0])
+
+
+def test_fit_pbt_checks_its_arguments_before_the_first_step():
+    from jnn.train.pbt import PBT, fit_pbt
+    x, y = _data()
+    pbt = PBT(space={"late_lr": (1e-3, 1.0)}, interval=1, monitor="loss")
+    run = lambda **kw: fit_pbt(make_model, jnn.losses.mse, make_sgd, (x, y), hparams={"late_lr": jnp.array([0.1, 0.2])},
+                               key=jax.random.key(0), pbt=pbt, epochs=2, metrics={}, **{"batch_size": BATCH, **kw})
+    with pytest.raises(ValueError, match=r"fit_pbt: batch_size must be a positive integer, got 0"):
+        run(batch_size=0)
+    with pytest.raises(ValueError, match=r"fit_pbt: val_split=0.001 of 64 examples leaves no examples"):
+        run(val_split=0.001)
+    with pytest.raises(ValueError, match=r"fit_pbt: val_data x has examples of shape \(4,\) but train_data x has \(3,\)"):
+        run(val_data=(np.zeros((5, 4), np.float32), np.zeros((5, 1), np.float32)))
