@@ -119,3 +119,94 @@ def test_tensorboard_population_writes_one_run_per_member(tmp_path):
         hist = acc.Histograms("weights/dense_1/w")[-1].histogram_value
         w = np.asarray(result.train_states.params["dense_1"]["w"][i])
         np.testing.assert_allclose(hist.sum, w.sum(), rtol=1e-5, atol=1e-6)
+
+
+# --- EarlyStopping is a callback; fit(early_stopping=...) goes through the same one ---------
+
+SCORES = [5.0, 4.0, 3.95, 3.0, 3.05, 2.95, 3.5, 1.0]   # the monitored value of epochs 1..8
+
+
+def _scored_loss(out, y, step):
+    """softmax cross-entropy, plus a log "score" that is SCORES[epoch - 1] at every step of an
+    epoch (4 steps per epoch here), so its epoch mean is exactly that number."""
+    return LOSS(out, y), {"score": jnp.asarray(SCORES)[step // 4]}
+
+
+def _fit_scored(epochs, **kwargs):
+    return jnn.train.fit(_model(), _scored_loss, optax.adam(1e-2), _data(), key=jax.random.key(0), epochs=epochs,
+                         batch_size=16, metrics={}, progress=False, verbose=False, **kwargs)
+
+
+@pytest.mark.parametrize("route", ["callbacks", "early_stopping"])
+def test_early_stopping_callback_stops_where_a_hand_computation_says_and_restores_the_best(route):
+    # By hand, mode min, min_delta 0.1, patience 2: epoch 1 best (5.0); 2 improves (4.0 < 4.9);
+    # 3 does not (3.95 >= 3.9), wait 1; 4 improves (3.0 < 3.9); 5 and 6 do not (3.05, 2.95 >= 2.9):
+    # wait 2 = patience, so training stops after epoch 6, best epoch 4. (Without min_delta, epochs
+    # 3, 4, 6 and 8 would improve and all 8 epochs would run.)
+    es = jnn.train.EarlyStopping(monitor="score", mode="min", patience=2, min_delta=0.1)
+    kwargs = {"callbacks": [es]} if route == "callbacks" else {"early_stopping": es}
+    result = _fit_scored(8, **kwargs)
+    assert result.history["score"] == pytest.approx(SCORES[:6], rel=1e-6)
+    assert result.history["epoch"] == [1, 2, 3, 4, 5, 6] and result.stopped_early and result.best_epoch == 4
+    assert es.best_epoch == 4 and float(es.best) == pytest.approx(3.0)
+    # the returned state is epoch 4's: the same params as a plain 4-epoch run with the same key
+    plain = _fit_scored(4)
+    assert int(result.train_state.step) == 16
+    jax.tree_util.tree_map(np.testing.assert_array_equal, result.train_state.params, plain.train_state.params)
+    if route == "early_stopping":
+        return
+    # restore_best=False returns the last epoch's state; the instance is reset at every run
+    last = _fit_scored(8, callbacks=[jnn.train.EarlyStopping("score", patience=2, min_delta=0.1,
+                                                             restore_best=False)])
+    assert int(last.train_state.step) == 24 and last.best_epoch == 4
+    again = _fit_scored(8, **kwargs)
+    assert again.history["epoch"] == result.history["epoch"] and again.best_epoch == 4
+
+
+def test_early_stopping_arguments_are_checked_before_training():
+    with pytest.raises(ValueError, match=r"fit: early_stopping monitors 'val_f1', which is not among the logged "
+                                         r"metrics \['loss', 'score', 'time'\] \(checked before training\)"):
+        _fit_scored(3, callbacks=[jnn.train.EarlyStopping(monitor="val_f1")])
+    with pytest.raises(ValueError, match=r"fit: at most one EarlyStopping per run, got 2"):
+        _fit_scored(3, callbacks=[jnn.train.EarlyStopping("score")], early_stopping=jnn.train.EarlyStopping("loss"))
+    with pytest.raises(TypeError, match=r"fit: early_stopping must be a jnn.train.EarlyStopping, got str"):
+        _fit_scored(3, early_stopping="val_loss")
+    with pytest.raises(ValueError, match=r"EarlyStopping: min_delta must be >= 0, got -0.5"):
+        jnn.train.EarlyStopping(min_delta=-0.5)
+    with pytest.raises(ValueError, match=r"EarlyStopping: mode must be 'min', 'max' or 'auto', got 'up'"):
+        jnn.train.EarlyStopping(mode="up")
+    assert jnn.train.EarlyStopping is jnn.train.callbacks.EarlyStopping   # one implementation
+
+
+def test_early_stopping_judges_each_population_member_on_its_own():
+    # The population hook, driven by hand: member 0 improves every epoch; member 1 never after
+    # epoch 1, so with patience 2 it is asked to stop after epoch 3; member 2 did not train at
+    # epoch 2 (already stopped), so that epoch does not count against it.
+    es = jnn.train.EarlyStopping(monitor="val_loss", patience=2, restore_best=False)
+    es.on_train_begin(None)
+    values = [[3.0, 1.0, 2.0], [2.0, 1.5, np.nan], [1.0, 1.2, 2.5], [0.5, 1.1, 2.6]]
+    trained = [[True, True, True], [True, True, False], [True, True, True], [True, True, True]]
+    asked = [es.on_population_epoch_end(e + 1, None, {"val_loss": np.array(v)}, np.array(t)).tolist()
+             for e, (v, t) in enumerate(zip(values, trained))]
+    assert asked == [[False, False, False], [False, False, False], [False, True, False], [False, True, True]]
+    assert es.best_epoch.tolist() == [4, 1, 1] and es.best.tolist() == [0.5, 1.0, 2.0]
+
+
+def test_a_population_callback_sees_each_members_metrics_and_stops_members():
+    seen = []
+
+    class StopMemberZeroAfterEpochOne:
+        def on_population_epoch_end(self, epoch, states, logs, trained):
+            seen.append((epoch, logs["loss"].copy(), np.asarray(trained).tolist(), np.asarray(states.step).tolist()))
+            return np.array([epoch == 1, False])
+
+    x, y = jnn.data.xor()
+    result = jnn.train.fit_population(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.sgd(hp["lr"]), (x, y),
+                                      hparams={"lr": jnp.array([0.1, 0.2])}, key=jax.random.key(0), epochs=3,
+                                      batch_size=4, chunk_size=None, callbacks=[StopMemberZeroAfterEpochOne()])
+    assert [s[0] for s in seen] == [1, 2, 3] and [s[2] for s in seen] == [[True, True], [False, True], [False, True]]
+    assert [s[3] for s in seen] == [[1, 1], [1, 2], [1, 3]]   # member 0 frozen after its stop (one step per epoch)
+    for epoch, losses, _, _ in seen:
+        np.testing.assert_array_equal(losses, result.history["loss"][epoch - 1])
+    np.testing.assert_array_equal(result.epochs_trained, [1, 3])
+    np.testing.assert_array_equal(result.stopped_early, [True, False])

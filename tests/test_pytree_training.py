@@ -223,7 +223,8 @@ def test_population_with_dict_input_and_loss_logs():
     result = train.fit_population(lambda hp: two_input(C), loss,
                                   lambda hp: optax.inject_hyperparams(optax.adam)(learning_rate=hp["lr"]),
                                   (x, y), hparams={"lr": jnp.array([0.0, 0.05])}, key=jax.random.key(0),
-                                  epochs=6, batch_size=16, val_data=(x, y))
+                                  epochs=6, batch_size=16, val_data=(x, y),
+                                  metrics={"accuracy": jnn.metrics.accuracy})   # a custom loss: no default metrics
     h = result.history
     np.testing.assert_allclose(h["ce_copy"], h["loss"], rtol=1e-6)
     np.testing.assert_allclose(h["step_seen"][:, 0], np.arange(6) * 6 + 2.5)  # mean of steps 6e..6e+5

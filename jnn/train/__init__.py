@@ -14,7 +14,8 @@ from jnn.train import callbacks
 from jnn.train.checkpoint import Checkpointer
 from jnn.train.freeze import freeze, trainable_mask
 from jnn.train.population import MemberResult, PopulationResult, fit_population
-from jnn.train.loop import EarlyStopping, FitResult, fit, predict, split_validation
+from jnn.train.callbacks import EarlyStopping
+from jnn.train.loop import FitResult, fit, predict, split_validation
 from jnn.train.tuning import optuna_search, search
 from jnn.train.guard import NonFiniteError
 from jnn.train.nonfinite import NonFiniteReport, find_nonfinite

@@ -1,14 +1,20 @@
-"""Per-epoch callbacks for :func:`jnn.train.fit`: history files, TensorBoard, your own.
+"""Per-epoch callbacks for :func:`jnn.train.fit`: history files, TensorBoard, early stopping, your own.
 
 ``fit(..., callbacks=[...])`` calls each callback after every epoch, in order. A callback is
 either a plain function ``fn(epoch, train_state, logs)`` or an object with an
-``on_epoch_end(epoch, train_state, logs)`` method (and optionally ``on_train_end(train_state,
-history)``). ``logs`` holds the epoch's metrics (``loss``, ``val_loss``, ``lr``, ``time``, ...).
-**Returning True stops training** after this epoch (``FitResult.stopped_early`` is then True).
+``on_epoch_end(epoch, train_state, logs)`` method (and optionally ``on_train_begin(train_state)``
+and ``on_train_end(train_state, history)``). ``logs`` holds the epoch's metrics (``loss``,
+``val_loss``, ``lr``, ``time``, ...). **Returning True stops training** after this epoch
+(``FitResult.stopped_early`` is then True). An ``on_train_end`` that returns a train state
+replaces the one ``fit`` returns (that is how :class:`EarlyStopping` restores its best epoch).
 
-Built in: :class:`HistoryFile` (``fit(history_file=...)``), :class:`TensorBoard`, and
-``Checkpointer.save_every(k)`` (checkpoint every k epochs); early stopping with best-epoch
-restore stays ``fit(early_stopping=EarlyStopping(...))``, as it replaces the returned state.
+With :func:`jnn.train.fit_population` a callback implements
+``on_population_epoch_end(epoch, states, logs, trained)`` instead (batched states, ``{name:
+[N]}`` logs); returning a bool ``[N]`` stops those members.
+
+Built in: :class:`HistoryFile` (``fit(history_file=...)``), :class:`TensorBoard`,
+:class:`EarlyStopping` (also ``fit(early_stopping=...)``, which adds it to this list), and
+``Checkpointer.save_every(k)`` (checkpoint every k epochs).
 
 Example:
   >>> import jax, optax, jnn
@@ -26,6 +32,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -36,7 +43,7 @@ import numpy as np
 from jnn import io as _io
 from jnn.train.history import HistoryWriter
 
-__all__ = ["Callback", "CallbackList", "HistoryFile", "TensorBoard"]
+__all__ = ["Callback", "CallbackList", "HistoryFile", "TensorBoard", "EarlyStopping"]
 
 
 class Callback:
@@ -58,10 +65,13 @@ class Callback:
       ([1, 2], True)
     """
 
+    def on_train_begin(self, train_state) -> None:
+        return None
+
     def on_epoch_end(self, epoch: int, train_state, logs: dict) -> bool | None:
         return None
 
-    def on_train_end(self, train_state, history: dict) -> None:
+    def on_train_end(self, train_state, history: dict):
         return None
 
 
@@ -111,6 +121,11 @@ class CallbackList:
                                 f"on_epoch_end method, got {type(cb).__name__}")
         self.items = items
 
+    def on_train_begin(self, train_state) -> None:
+        for cb in self.items:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(train_state)
+
     def on_epoch_end(self, epoch: int, train_state, logs: dict) -> bool:
         """Runs every callback (all of them, even after one asks to stop); True if any asked."""
         stop = False
@@ -119,10 +134,14 @@ class CallbackList:
             stop |= fn(epoch, train_state, dict(logs)) is True
         return stop
 
-    def on_train_end(self, train_state, history: dict) -> None:
+    def on_train_end(self, train_state, history: dict):
+        """Runs every ``on_train_end``; returns the train state the last one returned, else None."""
+        replaced = None
         for cb in self.items:
             if hasattr(cb, "on_train_end"):
-                cb.on_train_end(train_state, history)
+                out = cb.on_train_end(train_state, history)
+                replaced = out if out is not None else replaced
+        return replaced
 
 
 class TensorBoard(Callback):
@@ -214,3 +233,107 @@ class TensorBoard(Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
+
+
+@jax.jit
+def _select_members(keep, new, old):
+    """Per member (leading axis): ``new`` where ``keep`` else ``old``."""
+    pick = lambda k, a, b: jnp.where(k, a, b)
+    return jax.vmap(lambda k, n, o: jax.tree_util.tree_map(lambda a, b: pick(k, a, b), n, o))(keep, new, old)
+
+
+@dataclasses.dataclass(eq=False)
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    A callback (``fit(callbacks=[EarlyStopping(...)])``; ``fit(early_stopping=...)`` and
+    ``fit_population(early_stopping=...)`` add it to the list). An epoch improves when its
+    value is finite and beats the best so far by more than ``min_delta``; after ``patience``
+    epochs in a row without improvement, training stops. With ``restore_best``, ``fit``
+    returns the state of the best epoch (the starting state when none improved). In a
+    population each member is judged on its own and stops alone.
+
+    Attributes:
+      monitor: a history key, e.g. ``"val_loss"`` or ``"val_accuracy"``.
+      mode: ``"min"``, ``"max"``, or ``"auto"`` (max for names containing "acc", else min).
+      patience: epochs without improvement before stopping (>= 1).
+      min_delta: the smallest change that counts as an improvement (>= 0).
+      restore_best: return the params/state of the best epoch rather than the last.
+
+    After a run, ``best_epoch`` holds the 1-based best epoch (``0``: none; an array ``[N]``
+    after a population) and ``best`` the monitored value there. Both are reset when a run
+    begins, so one instance can serve several runs (one at a time).
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> es = jnn.train.EarlyStopping(monitor="val_accuracy", patience=2)
+      >>> es.maximize, es.improved(0.9, best=0.8), es.improved(0.7, best=0.8)
+      (True, True, False)
+      >>> es = jnn.train.EarlyStopping(monitor="loss", patience=2)
+      >>> x, y = jnn.data.xor()
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.1), (x, y), key=jax.random.key(0),
+      ...                        epochs=10, batch_size=4, metrics={}, progress=False, verbose=False,
+      ...                        callbacks=[es])      # gradient ascent: the loss only rises
+      >>> result.history["epoch"], result.best_epoch, result.stopped_early, int(result.train_state.step)
+      ([1, 2, 3], 1, True, 1)
+    """
+
+    monitor: str = "val_loss"
+    mode: str = "auto"
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.monitor, str):
+            raise TypeError(f"EarlyStopping: monitor must be a metric name (str), got {self.monitor!r}")
+        if self.mode not in ("min", "max", "auto"):
+            raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {self.patience!r}")
+        if not self.min_delta >= 0:
+            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {self.min_delta}")
+        self.on_train_begin(None)
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor)
+
+    def improved(self, value, best):
+        """Whether ``value`` beats ``best`` (``None`` or NaN: nothing yet) by more than ``min_delta``."""
+        best = np.nan if best is None else best
+        beats = value > best + self.min_delta if self.maximize else value < best - self.min_delta
+        out = np.isfinite(value) & (np.isnan(best) | beats)
+        return bool(out) if np.ndim(out) == 0 else out
+
+    def on_train_begin(self, train_state) -> None:
+        self.best, self.best_epoch, self.wait, self.best_state = None, 0, 0, train_state
+
+    def _judge(self, epoch: int, logs: dict, trained):
+        """The decision, elementwise over members: ``(improved, stop)``."""
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping: monitors {self.monitor!r}, which is not among the logged "
+                             f"metrics {sorted(logs)}")
+        value = np.asarray(logs[self.monitor], np.float64)
+        best = np.full(value.shape, np.nan) if self.best is None else self.best
+        better = trained & self.improved(value, best)
+        self.best = np.where(better, value, best)
+        self.best_epoch = np.where(better, epoch, self.best_epoch)
+        self.wait = np.where(better, 0, np.where(trained, self.wait + 1, self.wait))
+        return better, trained & (self.wait >= self.patience)
+
+    def on_epoch_end(self, epoch, train_state, logs):
+        better, stop = self._judge(epoch, logs, True)
+        if better and self.restore_best:
+            self.best_state = train_state
+        return bool(stop)
+
+    def on_population_epoch_end(self, epoch, states, logs, trained):
+        """Each member judged on its own; returns the members to stop (bool ``[N]``)."""
+        better, stop = self._judge(epoch, logs, np.asarray(trained, bool))
+        if self.restore_best and better.any():
+            self.best_state = _select_members(jnp.asarray(better), states, self.best_state)
+        return stop
+
+    def on_train_end(self, train_state, history):
+        return self.best_state if self.restore_best else None

@@ -29,9 +29,13 @@ class NonFiniteError(FloatingPointError):
 
     Attributes:
       epoch: the 1-based epoch whose metrics were non-finite.
-      train_state: the state at the end of the last finite epoch (or the starting state).
+      train_state: the state at the end of the last finite epoch (or the starting state). From
+        :func:`jnn.train.fit_population`: the batched states, the failing members' reverted to
+        their last finite epoch.
       history: the history up to and including the failing epoch.
-      report: a :class:`jnn.train.NonFiniteReport` when ``debug_nonfinite=True``, else ``None``.
+      report: a :class:`jnn.train.NonFiniteReport` when ``debug_nonfinite=True``, else ``None``
+        (from ``fit_population``: ``{member: report}``).
+      members: from ``fit_population``, the indices of the members that went non-finite.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -45,9 +49,10 @@ class NonFiniteError(FloatingPointError):
       1 0 None
     """
 
-    def __init__(self, message, *, epoch, train_state, history, report=None):
+    def __init__(self, message, *, epoch, train_state, history, report=None, members=None):
         super().__init__(message)
         self.epoch, self.train_state, self.history, self.report = epoch, train_state, history, report
+        self.members = members
 
 
 def default_metrics(loss) -> dict:
@@ -110,17 +115,9 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
     _, logs = jax.eval_shape(step, ts, batch)
     names = set(logs) | {"time"} | ({"lr"} if logs_lr else set())
     if val_data is not None:
-        vx, vy = val_data
-        for what, v, t in (("x", vx, x), ("y", vy, y)):
-            if _example_shapes(v) != _example_shapes(t):
-                raise ValueError(f"{where}: val_data {what} has examples of shape {_example_shapes(v)} "
-                                 f"but train_data {what} has {_example_shapes(t)}")
-        try:
-            val_logs = jax.eval_shape(lambda p, s, d: evaluate(p, s, d, step=ts.step), ts.params, ts.state,
-                                      (_spec(vx), _spec(vy)))
-        except (ValueError, TypeError) as e:
-            raise type(e)(f"{where}: val_data does not fit the model: {e}") from e
-        names |= {f"val_{k}" for k in val_logs}
+        trace = lambda spec: jax.eval_shape(lambda p, s, d: evaluate(p, s, d, step=ts.step), ts.params, ts.state,
+                                            spec)
+        names |= {f"val_{k}" for k in check_val_data(where, (x, y), val_data, trace)}
     if data_check is not None:
         check_data_values(where, "train_data", *data_check, ts, x, y)
         if val_data is not None:
@@ -128,6 +125,20 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
     if early_stopping is not None and early_stopping.monitor not in names:
         raise ValueError(f"{where}: early_stopping monitors {early_stopping.monitor!r}, which is not "
                          f"among the logged metrics {sorted(names)} (checked before training)")
+
+
+def check_val_data(where: str, train_data, val_data, trace) -> dict:
+    """Validation examples must have the training examples' shapes, and ``trace(val_spec)``
+    (an ``eval_shape`` of the evaluation) must succeed; returns what it returns (the val logs)."""
+    (x, y), (vx, vy) = train_data, val_data
+    for what, v, t in (("x", vx, x), ("y", vy, y)):
+        if _example_shapes(v) != _example_shapes(t):
+            raise ValueError(f"{where}: val_data {what} has examples of shape {_example_shapes(v)} "
+                             f"but train_data {what} has {_example_shapes(t)}")
+    try:
+        return trace((_spec(vx), _spec(vy)))
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{where}: val_data does not fit the model: {e}") from e
 
 
 def nonfinite_metrics(logs: dict) -> list[str]:
@@ -145,8 +156,16 @@ def nonfinite_message(where: str, epoch: int, logs: dict, bad: list[str], report
 
 def check_data_values(where: str, what: str, model, loss, metrics, ts, x, y) -> None:
     """Eager checks of concrete data, once before training (under ``jit`` nothing is checked):
-    non-finite features, and labels the loss or a metric rejects (out-of-range class ids,
-    binary labels outside [0, 1]), found by calling them on placeholder outputs."""
+    non-finite features (:func:`check_features`), and labels the loss or a metric rejects
+    (:func:`check_labels`, on the model's output shape)."""
+    check_features(where, what, x)
+    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], ts.params, ts.state,
+                         _spec(jax.tree_util.tree_map(lambda a: a[:1], x)))
+    check_labels(where, what, out, loss, metrics, y)
+
+
+def check_features(where: str, what: str, x) -> None:
+    """Raises when a float leaf of ``x`` holds NaN or Inf, naming the first example."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(x):
         if not jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact):
             continue
@@ -156,8 +175,12 @@ def check_data_values(where: str, what: str, model, loss, metrics, ts, x, y) -> 
             name = "x" + jax.tree_util.keystr(path)
             raise ValueError(f"{where}: {what} {name} has non-finite values (NaN or Inf) in "
                              f"{len(rows)} example(s), first at index {int(rows[0])}; clean or drop them")
-    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], ts.params, ts.state,
-                         _spec(jax.tree_util.tree_map(lambda a: a[:1], x)))
+
+
+def check_labels(where: str, what: str, out, loss, metrics, y) -> None:
+    """Calls the loss and metrics on placeholder outputs shaped like ``out`` (a ShapeDtypeStruct
+    of the model's output): labels they reject (out-of-range class ids, binary labels outside
+    [0, 1]) raise here, naming the function."""
     if not (isinstance(out, jax.ShapeDtypeStruct) and hasattr(y, "shape")):
         return  # several outputs or targets: the loss decides what they mean; nothing to probe
     placeholder = jax.numpy.full((len(y), *out.shape[1:]), 0.5, jax.numpy.float32)

@@ -1,8 +1,6 @@
-"""``fit``: epochs of scan-fused training with validation, early stopping and a history."""
+"""``fit``: epochs of scan-fused training with validation, callbacks (early stopping) and a history."""
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -17,55 +15,12 @@ from jnn import parallel as _parallel
 from jnn.core import Layer
 from jnn.train import guard
 from jnn.train import stream as _stream
-from jnn.train.callbacks import CallbackList
+from jnn.train.callbacks import CallbackList, EarlyStopping
 from jnn.train.history import progress_bar
 from jnn.train.step import (LossFn, Metrics, TrainState, _as_arrays, _gather, _num_examples, init_train_state,
                             make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
 
-__all__ = ["EarlyStopping", "FitResult", "fit", "split_validation", "predict"]
-
-
-@dataclasses.dataclass(frozen=True)
-class EarlyStopping:
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
-
-    Attributes:
-      monitor: a history key, e.g. ``"val_loss"`` or ``"val_accuracy"``.
-      mode: ``"min"``, ``"max"``, or ``"auto"`` (max for names containing "acc", else min).
-      patience: epochs without improvement before stopping (>= 1).
-      min_delta: the smallest change that counts as an improvement (>= 0).
-      restore_best: return the params/state of the best epoch rather than the last.
-
-    Example:
-      >>> import jnn
-      >>> es = jnn.train.EarlyStopping(monitor="val_accuracy", patience=2)
-      >>> es.maximize, es.improved(0.9, best=0.8), es.improved(0.7, best=0.8)
-      (True, True, False)
-      >>> # jnn.train.fit(..., val_split=0.2, early_stopping=es) stops after 2 epochs without improvement
-    """
-
-    monitor: str = "val_loss"
-    mode: str = "auto"
-    patience: int = 5
-    min_delta: float = 0.0
-    restore_best: bool = True
-
-    def __post_init__(self):
-        if self.mode not in ("min", "max", "auto"):
-            raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {self.patience!r}")
-        if self.min_delta < 0:
-            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {self.min_delta}")
-
-    @property
-    def maximize(self) -> bool:
-        return self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor)
-
-    def improved(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        return value > best + self.min_delta if self.maximize else value < best - self.min_delta
+__all__ = ["FitResult", "fit", "split_validation", "predict"]
 
 
 class FitResult(NamedTuple):
@@ -176,6 +131,19 @@ def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainSt
     return ts._replace(params=params, state=ts.state if state is None else state, opt_state=optimizer.init(params))
 
 
+def _with_early_stopping(where: str, callbacks, early_stopping):
+    """``callbacks`` with ``early_stopping`` added, and the run's one :class:`EarlyStopping` (or None)."""
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError(f"{where}: early_stopping must be a jnn.train.EarlyStopping, got "
+                        f"{type(early_stopping).__name__}")
+    callbacks = list(callbacks or ()) + ([early_stopping] if early_stopping is not None else [])
+    stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    if len(stoppers) > 1:
+        raise ValueError(f"{where}: at most one EarlyStopping per run, got {len(stoppers)} (in callbacks and "
+                         f"early_stopping together)")
+    return callbacks, (stoppers[0] if stoppers else None)
+
+
 def _learning_rate(opt_state) -> float | None:
     """The current learning rate, when the optimizer was built with optax.inject_hyperparams."""
     for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
@@ -232,7 +200,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         for the classification losses of :mod:`jnn.losses` when the output and ``y`` are single
         arrays, and to none otherwise.
       regularizer: ``params -> scalar`` added to the loss (see :func:`jnn.train.penalty`).
-      early_stopping: an :class:`EarlyStopping`, or ``None``.
+      early_stopping: an :class:`jnn.train.EarlyStopping`, or ``None``: the same as adding it
+        to ``callbacks`` (at most one early stopping per run).
       train_state: resume from this state instead of initializing (``key`` then only splits
         the validation set, so pass the same key to get the same split).
       params, state: start a new run from these weights (e.g. pretrained ones, or a new head on a
@@ -308,6 +277,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     if train_state is not None and (params is not None or state is not None):
         raise ValueError("fit: pass train_state (resume a run) or params/state (start from given weights), "
                          "not both")
+    callbacks, early_stopping = _with_early_stopping("fit", callbacks, early_stopping)
     streamed = _stream.is_stream(train_data)
     if streamed:
         if val_split or debug_nonfinite:
@@ -382,8 +352,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     main = jax.process_index() == 0  # multi-process: only process 0 prints and writes files
     verbose, progress = verbose and main, progress and main
     hooks = CallbackList(callbacks, history_file=history_file if main else None, on_epoch_end=on_epoch_end)
-    best, best_epoch, best_ts, waited, stopped = None, None, ts, 0, False
-    nonfinite_epoch, report = None, None
+    hooks.on_train_begin(ts)
+    stopped, nonfinite_epoch, report = False, None, None
     with progress_bar(epochs - initial_epoch, enabled=progress) as bar:
         for epoch in range(initial_epoch + 1, epochs + 1):
             start = time.perf_counter()
@@ -413,25 +383,12 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                     raise guard.NonFiniteError(message, epoch=epoch, train_state=ts, history=history, report=report)
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
                 break
-            stop = hooks.on_epoch_end(epoch, ts, logs)
-            if early_stopping is not None:
-                if early_stopping.monitor not in logs:
-                    raise ValueError(f"fit: early_stopping monitors {early_stopping.monitor!r}, which is not "
-                                     f"among the logged metrics {sorted(logs)}")
-                value = logs[early_stopping.monitor]
-                if math.isfinite(value) and early_stopping.improved(value, best):
-                    best, best_epoch, best_ts, waited = value, epoch, ts, 0
-                else:
-                    waited += 1
-                    if waited >= early_stopping.patience:
-                        stopped = epoch < epochs
-                        break
-            if stop:   # a callback asked to stop (after early stopping saw this epoch)
+            if hooks.on_epoch_end(epoch, ts, logs):   # a callback (e.g. EarlyStopping) asked to stop
                 stopped = epoch < epochs
                 break
-    hooks.on_train_end(ts, history)
-    if early_stopping is not None and early_stopping.restore_best:
-        ts = best_ts
+    restored = hooks.on_train_end(ts, history)   # EarlyStopping(restore_best=True) returns its best state
+    ts = ts if restored is None else restored
+    best_epoch = None if early_stopping is None else int(early_stopping.best_epoch) or None
     return FitResult(ts, history, best_epoch, stopped, nonfinite_epoch, report)
 
 

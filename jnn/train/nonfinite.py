@@ -4,7 +4,7 @@ Training is pure and seeded: the train state carries its key, and an epoch's bat
 drawn from it (:func:`jnn.train.epoch_order`). Replaying an epoch from the last good state
 therefore repeats exactly the same steps, so the first failing step can be found after the
 fact, and then the first layer (by path) whose output or gradient is non-finite, and the
-examples of the batch involved.
+examples of the batch involved. :func:`jnn.train.fit_population` replays a failing member alone.
 """
 from __future__ import annotations
 
@@ -165,3 +165,29 @@ def _locate(model, loss, ts, batch):
     if not _finite(x):
         return "(input)", "input", _bad_rows(x)
     return None, "update", np.arange(len(x))
+
+
+def _population_message(epoch: int, history: dict, bad, reports: dict, on_nonfinite: str) -> str:
+    """Names each failing member, its non-finite metrics and (when replayed) where it happened."""
+    lines = []
+    for i in np.flatnonzero(bad):
+        values = ", ".join(f"{k}={v[epoch - 1, i]}" for k, v in history.items() if not np.isfinite(v[epoch - 1, i]))
+        lines.append(f"member {i}: {values}" + (f"; {reports[int(i)]}" if int(i) in reports else ""))
+    then = ("training stopped" if on_nonfinite == "raise" else
+            "they stopped there and keep their state from the epoch before; the others train on")
+    hint = "" if reports else " (pass debug_nonfinite=True to find the step, layer and examples)"
+    return (f"fit_population: epoch {epoch} produced non-finite metrics for member(s) "
+            f"{np.flatnonzero(bad).tolist()}: " + "; ".join(lines) + f"; {then}{hint}")
+
+
+def _replay_members(program, hparams, states, data, members) -> dict:
+    """:func:`find_nonfinite` for each of ``members`` of a population alone, from its state in the
+    batched ``states`` (``program``: the population's model, loss and optimizer factories)."""
+    reports = {}
+    for i in members:
+        hp = {k: v[i] for k, v in hparams.items()}
+        ts = jax.tree_util.tree_map(lambda a: a[i], states)
+        reports[int(i)] = find_nonfinite(program.make_model(hp), program.loss, program.make_optimizer(hp), ts, data,
+                                         batch_size=program.batch_size, metrics=dict(program.metrics),
+                                         regularizer=program.regularizer)
+    return reports

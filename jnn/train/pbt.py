@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import metrics as _metrics
+from jnn.train import guard
 from jnn.train.loop import _check_data, split_validation
 from jnn.train.population import (MakeModel, MakeOptimizer, _as_keys, _check_hparams, _epoch_order, _Program,
                                   _learning_rates, init_population, make_population_epoch,
@@ -237,7 +238,10 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     it), plus ``pbt``. ``hparams`` must hold a float array ``[N]`` for each name in
     ``pbt.space``. Each epoch is one call of a jitted program (population epoch, validation,
     and, after every ``pbt.interval``-th epoch, :func:`exploit_explore` with key
-    ``explore_key(keys, epoch)``); results stay on the device until training ends.
+    ``explore_key(keys, epoch)``); results stay on the device until training ends. Arguments
+    and the validation data's shapes are checked before the first step, as in
+    ``fit_population``; there is no per-epoch non-finite check (nothing is read back): a member
+    whose monitored score is NaN ranks last and is replaced at the next exploit step.
     """
     if not isinstance(pbt, PBT):
         raise TypeError(f"fit_pbt: pbt must be a jnn.train.pbt.PBT, got {type(pbt).__name__}")
@@ -253,6 +257,8 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
                              f"got hparams {sorted(hparams)}")
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     x, y = _check_data("fit_pbt train_data", train_data)
+    guard.check_fit_args("fit_pbt", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
+                         history_file=None, on_nonfinite="stop")
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
     if val_data is not None:
@@ -266,6 +272,9 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     states = init_population(make_model, make_optimizer, hparams, keys, example)
     program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
                        batch_size, eval_batch_size, chunk_size)
+    if val_data is not None:  # traced, not run: a misfit fails before the first step
+        guard.check_val_data("fit_pbt", (x, y), val_data, lambda v: jax.eval_shape(
+            _population_eval, program, hparams, states, v))
     logs_per_epoch, hparams_per_epoch, lineage, lineage_epochs = [], [], [], []
     for epoch in range(1, epochs + 1):  # nothing here reads a device value back
         order = _epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None

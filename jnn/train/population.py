@@ -11,7 +11,7 @@ population per group.
 The population epoch is ``jax.vmap`` of :func:`make_member_epoch`, i.e. of
 :func:`jnn.train.make_train_epoch`: each member shuffles with its own key, so member ``i`` equals
 ``jnn.train.fit(make_model(hp_i), loss, make_optimizer(hp_i), ..., key=result.keys[i])`` up to
-float reordering. A member stopped early keeps computing (vmap cannot skip it) but its state is
+float reordering. A member stopped early (or whose metrics went non-finite) keeps computing (vmap cannot skip it) but its state is
 frozen by ``jnp.where`` on a per-member ``active`` flag, so nothing recompiles. Compiled programs
 are cached on ``(make_model, loss, make_optimizer, metrics, regularizer, shapes)``: calling
 :func:`fit_population` again with the same functions and shapes compiles nothing.
@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import warnings
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -42,7 +43,10 @@ import optax
 from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
-from jnn.train.loop import EarlyStopping, _check_data, split_validation
+from jnn.train import guard
+from jnn.train.callbacks import EarlyStopping, _select_members
+from jnn.train.loop import _check_data, _with_early_stopping, split_validation
+from jnn.train.nonfinite import _population_message, _replay_members
 from jnn.train.step import (LossFn, Metrics, TrainState, _num_examples, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
 
@@ -77,6 +81,8 @@ class MemberResult(NamedTuple):
     stopped_early: bool
     key: jax.Array
     hparams: dict[str, Any]
+    nonfinite_epoch: int | None = None
+    nonfinite_report: Any = None
 
 
 class PopulationResult(NamedTuple):
@@ -93,6 +99,9 @@ class PopulationResult(NamedTuple):
       epochs_trained: ``int [N]``, the epochs each member trained (its last is its stop epoch).
       keys: the members' PRNG keys ``[N]``; ``fit(..., key=keys[i])`` reproduces member ``i``.
       hparams: ``{name: np.ndarray [N]}``.
+      nonfinite_epoch: ``int [N]``, the epoch whose metrics went non-finite for each member
+        (``0``: none); such a member stopped there and keeps its state from the epoch before.
+      nonfinite_reports: ``{member: jnn.train.NonFiniteReport}`` with ``debug_nonfinite=True``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -115,15 +124,19 @@ class PopulationResult(NamedTuple):
     epochs_trained: np.ndarray
     keys: jax.Array
     hparams: dict[str, np.ndarray]
+    nonfinite_epoch: np.ndarray | None = None
+    nonfinite_reports: dict | None = None
 
     def member(self, i: int) -> MemberResult:
         """Member ``i`` alone, its history trimmed to the epochs it trained."""
         n = int(self.epochs_trained[i])
         best = None if self.best_epoch is None or self.best_epoch[i] == 0 else int(self.best_epoch[i])
+        bad = None if self.nonfinite_epoch is None or self.nonfinite_epoch[i] == 0 else int(self.nonfinite_epoch[i])
         return MemberResult(jax.tree_util.tree_map(lambda a: a[i], self.train_states),
                             {k: v[:n, i] for k, v in self.history.items()}, best,
                             bool(self.stopped_early[i]), self.keys[i],
-                            {k: v[i].item() for k, v in self.hparams.items()})
+                            {k: v[i].item() for k, v in self.hparams.items()}, bad,
+                            (self.nonfinite_reports or {}).get(i))
 
 
 def _as_keys(where: str, key, n: int | None) -> jax.Array:
@@ -273,9 +286,6 @@ def _population_eval(program: _Program, hparams, states, data):
     return _map_members(lambda m: member_eval(*m), (hparams, states), program.chunk_size)
 
 
-_select_members = jax.jit(jax.vmap(_select))
-
-
 def _check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
     hparams = {} if hparams is None else dict(hparams)
     sizes = {}
@@ -307,7 +317,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                    regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
                    eval_batch_size: int = 1000, chunk_size: int | str | None = "auto",
                    shared_order: bool | str = False, verbose: bool = False, callbacks=(),
-                   prune: Callable[[int, dict], Any] | None = None) -> PopulationResult:
+                   prune: Callable[[int, dict], Any] | None = None, on_nonfinite: str = "stop",
+                   debug_nonfinite: bool = False, check_data: bool = True) -> PopulationResult:
     """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch.
 
     Args:
@@ -320,12 +331,14 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       hparams: ``{name: array [N]}``, one value per member; may be empty when ``key`` is a
         batch of N keys (a population over seeds only).
       key: one PRNG key (member ``i`` gets ``jax.random.split(key, N)[i]``) or a batch of N keys.
-      epochs, batch_size, val_data, metrics, regularizer, eval_batch_size: as for ``fit``.
+      epochs, batch_size, val_data, metrics, regularizer, eval_batch_size, check_data: as for
+        ``fit`` (default metrics: accuracy for the classification losses only).
       val_split: hold out this fraction of ``train_data`` for validation: the same split for
         every member, the one ``fit(..., key=keys[0], val_split=...)`` makes.
       early_stopping: a :class:`jnn.train.EarlyStopping`, applied to each member on its own
         (same decisions as ``fit``: a member stops after ``patience`` epochs without a finite
-        improvement larger than ``min_delta``; ``restore_best`` returns its best state).
+        improvement larger than ``min_delta``; ``restore_best`` returns its best state). The
+        same as adding it to ``callbacks``.
       chunk_size: ``"auto"`` (default): the first epochs measure each candidate execution (all
         members at once, chunks of 8), one real training epoch each, and the fastest is kept
         for the rest of the run and later runs, without recompiling (:mod:`jnn.train.autoexec`).
@@ -345,9 +358,24 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       verbose: print one line per epoch (active members, best monitored/loss value).
       callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)``, called
         after each epoch with the batched states, ``{name: [N]}`` logs and the trained members
-        (e.g. :class:`jnn.train.callbacks.TensorBoard`, which writes one run per member).
+        (e.g. :class:`jnn.train.callbacks.TensorBoard`, which writes one run per member, or
+        :class:`jnn.train.EarlyStopping`); a bool ``[N]`` returned stops those members.
       prune: ``prune(epoch, history) -> bool [N]``, called after each epoch: members to stop now
         (as early stopping stops them; e.g. Optuna pruners, see :func:`jnn.train.optuna_search`).
+      on_nonfinite: a member whose epoch metrics (any of them) are NaN or infinite stops at that
+        epoch and keeps its state from the epoch before, as in ``fit``; the others train on, in
+        the same compiled program (checked once per epoch, on the logs). ``"stop"`` (default:
+        in a sweep a diverging member is a result, not a failure) warns, naming the members and
+        the epoch, and records it in ``PopulationResult.nonfinite_epoch``; ``"raise"`` raises
+        a :class:`jnn.train.NonFiniteError` at that epoch (its ``members`` name them; its
+        ``train_state`` holds every member's state, the failing ones reverted).
+      debug_nonfinite: replay a failing member's epoch alone with
+        :func:`jnn.train.find_nonfinite` (its step, layer and examples in
+        ``nonfinite_reports``); needs ``shared_order=False`` (the replay uses its own shuffle).
+
+    Everything that can be checked before the first step is, as in ``fit``: argument values,
+    the validation data's shapes, the early-stopping metric's name and (``check_data``) the
+    data's values.
 
     Returns:
       A :class:`PopulationResult`.
@@ -377,10 +405,20 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         raise ValueError(f"fit_population: chunk_size must be a positive integer, None or 'auto', got {chunk_size!r}")
     if shared_order not in (True, False, "auto"):
         raise ValueError(f"fit_population: shared_order must be True, False or 'auto', got {shared_order!r}")
+    if debug_nonfinite and shared_order is not False:
+        raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "
+                         f"shared_order=False, got shared_order={shared_order!r}")
+    callbacks, es = _with_early_stopping("fit_population", callbacks, early_stopping)
+    for cb in callbacks:
+        if not hasattr(cb, "on_population_epoch_end"):
+            raise TypeError(f"fit_population: each callback needs an on_population_epoch_end(epoch, states, logs, "
+                            f"trained) method, got {type(cb).__name__}")
     hparams, n = _check_hparams("fit_population", hparams)
     keys = _as_keys("fit_population", key, n)
     n = keys.shape[0]
     x, y = _check_data("fit_population train_data", train_data)
+    guard.check_fit_args("fit_population", x, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         val_split=val_split, history_file=None, on_nonfinite=on_nonfinite)
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
     if val_data is not None:
@@ -389,20 +427,29 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
 
     example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
     init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
-    if metrics is None:  # accuracy for single-array outputs and targets (as fit)
-        out = jax.eval_shape(_first_output, make_model, hparams, jax.eval_shape(init), _static(example))
+    spec = jax.eval_shape(init)
+    out = jax.eval_shape(_first_output, make_model, hparams, spec, _static(example))
+    if metrics is None:  # accuracy for classification losses with single-array outputs and targets (as fit)
         single = isinstance(y, jax.Array) and isinstance(out, jax.ShapeDtypeStruct)
-        metrics = {"accuracy": _metrics.accuracy} if single else {}
+        metrics = guard.default_metrics(loss) if single else {}
     metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
-    names += ["lr"] if _learning_rates(jax.eval_shape(init).opt_state) is not None else []
-    es = early_stopping
+    names += ["lr"] if _learning_rates(spec.opt_state) is not None else []
     if es is not None and es.monitor not in names:
         raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
                          f"the logged metrics {sorted(names)}")
-    states = init()
     program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, _num_examples(x),
                        batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
+    if val_data is not None:  # traced (cached with the program), not run: fails before the first step
+        guard.check_val_data("fit_population", (x, y), val_data,
+                             lambda v: jax.eval_shape(_population_eval, program, hparams, spec, v))
+    if check_data:
+        for what, data in {"train_data": (x, y), "val_data": val_data}.items():
+            if data is not None:
+                (dx, dy) = data
+                guard.check_features("fit_population", what, dx)
+                guard.check_labels("fit_population", what, out, loss, metrics, dy)
+    states = init()
     auto = None
     if chunk_size == "auto" or shared_order == "auto":
         options = [_autoexec.Execution(c if chunk_size == "auto" else chunk_size, s) for s, c in
@@ -411,10 +458,12 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         auto = _autoexec.AutoEpoch(_population_epoch, program, options)
     history = {k: np.full((epochs, n), np.nan) for k in names}
     active, stopped = np.ones(n, bool), np.zeros(n, bool)
-    epochs_trained, best_epoch, waited = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
-    best, best_states = np.full(n, np.nan), states
+    epochs_trained, nonfinite_epoch, reports = np.zeros(n, int), np.zeros(n, int), {}
+    for cb in callbacks:
+        if hasattr(cb, "on_train_begin"):
+            cb.on_train_begin(states)
     for epoch in range(1, epochs + 1):
-        trained = active.copy()
+        trained, last_good = active.copy(), states
         order_fn = lambda: _epoch_order(shared_order_key(keys, epoch), _num_examples(x), batch_size)
         if auto is not None:
             states, logs, execution = auto(hparams, states, jnp.asarray(trained), (x, y), order_fn)
@@ -429,19 +478,23 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
             history.setdefault(k, np.full((epochs, n), np.nan))
             history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
         epochs_trained[trained] = epoch
-        for cb in callbacks:   # e.g. jnn.train.callbacks.TensorBoard: one run per member
-            cb.on_population_epoch_end(epoch, states, {k: v[epoch - 1] for k, v in history.items()}, trained)
-        if es is not None:
-            value = history[es.monitor][epoch - 1]
-            beats = value > best + es.min_delta if es.maximize else value < best - es.min_delta  # NaN: False
-            better = trained & np.isfinite(value) & (np.isnan(best) | beats)
-            best, best_epoch = np.where(better, value, best), np.where(better, epoch, best_epoch)
-            waited = np.where(better, 0, np.where(trained, waited + 1, waited))
-            if es.restore_best and better.any():
-                best_states = _select_members(jnp.asarray(better), states, best_states)
-            stop = trained & (waited >= es.patience)
-            stopped |= stop & (epoch < epochs)
-            active &= ~stop
+        bad = trained & ~np.all([np.isfinite(v[epoch - 1]) for v in history.values()], axis=0)
+        if bad.any():   # those members stop here, back at their last finite state
+            states = _select_members(jnp.asarray(~bad), states, last_good)
+            nonfinite_epoch[bad], active, trained = epoch, active & ~bad, trained & ~bad
+            if debug_nonfinite:
+                reports.update(_replay_members(program, hparams, last_good, (x, y), np.flatnonzero(bad)))
+            message = _population_message(epoch, history, bad, reports, on_nonfinite)
+            if on_nonfinite == "raise":
+                raise guard.NonFiniteError(message, epoch=epoch, train_state=states, history=history,
+                                           report=reports or None, members=np.flatnonzero(bad).tolist())
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        for cb in callbacks:   # e.g. TensorBoard (one run per member), EarlyStopping
+            asked = cb.on_population_epoch_end(epoch, states, {k: v[epoch - 1] for k, v in history.items()}, trained)
+            if asked is not None:
+                stop = trained & np.broadcast_to(np.asarray(asked, bool), (n,))
+                stopped |= stop & (epoch < epochs)
+                active &= ~stop
         if prune is not None:
             stop = trained & np.asarray(prune(epoch, history), bool)
             stopped |= stop & (epoch < epochs)
@@ -454,9 +507,9 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         if not active.any():
             break
     for cb in callbacks:
-        if hasattr(cb, "on_train_end"):
-            cb.on_train_end(states, history)
-    if es is not None and es.restore_best:
-        states = best_states
-    return PopulationResult(states, history, best_epoch if es is not None else None, stopped,
-                            epochs_trained, keys, {k: np.asarray(v) for k, v in hparams.items()})
+        restored = cb.on_train_end(states, history) if hasattr(cb, "on_train_end") else None
+        states = states if restored is None else restored   # EarlyStopping(restore_best=True): the best states
+    best_epoch = None if es is None else np.broadcast_to(np.asarray(es.best_epoch, int), (n,)).copy()
+    return PopulationResult(states, history, best_epoch, stopped, epochs_trained, keys,
+                            {k: np.asarray(v) for k, v in hparams.items()}, nonfinite_epoch, reports)
+
