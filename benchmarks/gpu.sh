@@ -3,7 +3,8 @@
 #   1. the peer table (benchmarks/peers.py; PyTorch stays eager on the CPU, so drop it there),
 #   2. a decoder LM train step's fraction of peak bf16 FLOP/s (benchmarks/flops_fraction.py;
 #      peak 989 TFLOP/s dense bf16, H200),
-#   3. the population benchmark (benchmarks/population.py).
+#   3. the population benchmark (benchmarks/population.py),
+#   4. one exported CPU+CUDA artifact run on each platform (benchmarks/export_devices.py).
 # Usage:  bash benchmarks/gpu.sh [RESULTS_FILE]      (default: $OUT/gpu_results.txt, else
 #         benchmarks/gpu_results.txt)
 #         GPU_BENCH_TINY=1 bash benchmarks/gpu.sh     tiny sizes: a quick check of the script on a CPU
@@ -39,5 +40,8 @@ timeout 120 "$PY" benchmarks/flops_fraction.py "${FLOPS[@]}" 2>&1 | tee -a "$RES
 
 section "population (benchmarks/population.py ${POP[*]})"
 timeout 100 "$PY" benchmarks/population.py "${POP[@]}" 2>&1 | tee -a "$RESULTS" || echo "population.py failed or timed out" | tee -a "$RESULTS"
+
+section "exported artifact on every platform (benchmarks/export_devices.py)"
+timeout 60 "$PY" benchmarks/export_devices.py 2>&1 | tee -a "$RESULTS" || echo "export_devices.py failed or timed out" | tee -a "$RESULTS"
 
 section "done; results in $RESULTS"
