@@ -226,3 +226,17 @@ def test_apply_errors():
     block = encoder_block(2, 8)
     with pytest.raises(ValueError, match=r"encoder_block attention: expected a floating-point sequence"):
         block.init(KEY, jnp.zeros((3, 8)))
+
+
+@pytest.mark.parametrize("jit_init", [False, True])
+def test_block_params_can_be_donated(jit_init):
+    """Every param leaf is its own buffer (the norms were once one shared array), so a jitted
+    update may donate the params: XLA refuses to donate one buffer twice."""
+    block = decoder_block(2, 8, cross_attention=True)
+    init = jax.jit(block.init) if jit_init else block.init
+    params, _ = init(jax.random.key(0), jnp.zeros((1, 3, 4)))
+    leaves = jax.tree_util.tree_leaves(params)
+    assert len({id(a) for a in leaves}) == len(leaves)
+    step = jax.jit(lambda p: jax.tree_util.tree_map(lambda a: a * 0.5, p), donate_argnums=0)
+    halved = step(params)
+    np.testing.assert_array_equal(halved["norm_1"]["scale"], np.full(4, 0.5, np.float32))

@@ -65,11 +65,11 @@ class _Block(NamedTuple):
         x = shape_of(example)
         self.attention.check_input(x)
         attn_key, mlp_key, cross_key = jax.random.split(key, 3)
-        norm = layer_norm().init(key, x)[0]
-        params = {"norm_0": norm, "attention": self.attention.init(attn_key, x)[0]}
+        norm = lambda: layer_norm().init(key, x)[0]   # a fresh array per norm: no shared buffers
+        params = {"norm_0": norm(), "attention": self.attention.init(attn_key, x)[0]}
         if self.cross is not None:
-            params.update(norm_cross=norm, cross_attention=self.cross.init(cross_key, x)[0])
-        return {**params, "norm_1": norm, "mlp": self.mlp.init(mlp_key, x)[0]}, {}
+            params.update(norm_cross=norm(), cross_attention=self.cross.init(cross_key, x)[0])
+        return {**params, "norm_1": norm(), "mlp": self.mlp.init(mlp_key, x)[0]}, {}
 
     def check_context(self, context, context_lengths):
         if self.cross is None and (context is not None or context_lengths is not None):
