@@ -10,19 +10,33 @@ import pathlib
 _SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault("JNN_DATA_DIR", str(_SHARED))
 
+# Most tests compile a program and run it a few times on small inputs, so XLA's optimization
+# passes cost more than they save: at backend optimization level 0 the suite takes about half
+# the time (benchmarks/RESULTS.md, "Test suite"). The programs compute the same functions; the
+# tests compare values with tolerances. Subprocesses (multi-device and multi-process tests,
+# experiment scripts) inherit the setting. JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests the optimized
+# programs instead.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402  (after the environment is set, for a jax imported here first)
+import pytest  # noqa: E402
+
+jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1")
+
 # Scripts run as subprocesses by the tests (or by hand), not test modules: keep --doctest-modules
 # from importing them.
 collect_ignore = ["parallel_devices.py", "parallel_processes.py", "mutation.py", "option_coverage.py"]
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under ``--dist loadgroup`` (see pyproject.toml), tests are spread over the workers one by
-    one, so no single long file holds up the run; a file's tests that share a module-scoped
-    fixture (a trained model, a subprocess run) stay on one worker so it is built once."""
-    import pytest
-
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d[-1].scope == "module" for d in defs if d):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+@pytest.fixture(autouse=True)
+def _xla_optimized(request):
+    """Tests marked ``xla_optimized`` (long training runs in this process) compile optimized."""
+    if request.node.get_closest_marker("xla_optimized") is None:
+        yield
+        return
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)

@@ -41,6 +41,12 @@ print(json.dumps({{"ok": True, "jnn_imported": "jnn" in sys.modules}}))
 """
 
 
+def _same_xla():
+    """The child compiles as this process does (tests/conftest.py), so its floats match bit for bit."""
+    flag = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+    return {flag: "1" if jax.config.read("jax_disable_most_optimizations") else "0"}
+
+
 def _cnn():
     return jnn.serial(jnn.conv(4, (3, 3)), jnn.batch_norm(), jnn.relu(), jnn.max_pool((2, 2)), jnn.dropout(0.3),
                       jnn.flatten(), jnn.dense(3))
@@ -67,7 +73,7 @@ def test_artifacts_run_without_jnn_any_batch_size_and_reproduce_fit(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cnn.jnnx"), str(tmp_path / "in.npz"),
                            str(tmp_path / "cap.jnnx"), str(tmp_path / "out.npz")],
                           capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin",
-                                                                           "JAX_PLATFORMS": "cpu"})
+                                                                           "JAX_PLATFORMS": "cpu", **_same_xla()})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"ok": True, "jnn_imported": False}
     out = np.load(tmp_path / "out.npz")

@@ -1,5 +1,6 @@
 """jnn.parallel on 8 virtual CPU devices (one subprocess: tests/parallel_devices.py) and on two
 real processes through jax.distributed (tests/parallel_processes.py)."""
+import fcntl
 import json
 import os
 import pathlib
@@ -27,12 +28,28 @@ def _env(**extra):
     return env
 
 
-@pytest.fixture(scope="module")
-def eight():
+def _eight_devices() -> dict:
     proc = subprocess.run([sys.executable, str(HERE / "parallel_devices.py")], capture_output=True, text=True,
                           env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def eight(tmp_path_factory):
+    """The 8-device script's results, computed once per test run: under pytest-xdist the first
+    worker to take the lock runs it, and the other reads its JSON (the workers share the parent of
+    their temporary folders)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _eight_devices()
+    shared = tmp_path_factory.getbasetemp().parent / "parallel_devices.json"
+    with open(shared.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not shared.exists():
+            partial = shared.with_suffix(".partial")
+            partial.write_text(json.dumps(_eight_devices()))
+            partial.replace(shared)
+        return json.loads(shared.read_text())
 
 
 def test_fit_on_8_devices_matches_1_device_and_is_sharded(eight):

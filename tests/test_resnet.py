@@ -24,6 +24,7 @@ def test_residual_block_without_projection_reports_shape_mismatch_at_init():
         jnn.residual_block(8).init(jax.random.key(0), jnp.zeros((1, 6, 6, 4)))
 
 
+@pytest.mark.xla_optimized   # 8 epochs of convolutions: run time, not compile time, dominates
 def test_small_resnet_trains_on_digits():
     x, y = jnn.data.load_digits()
     model = jnn.resnet(10, stage_features=(8, 16))
