@@ -86,11 +86,16 @@ def test_repeat_per_copy_state_and_keys_match_serial():
 
 
 def _train(model, params, opt, x, steps=3):
-    opt_state = opt.init(params)
     loss = lambda p: jnp.mean((model.apply(p, {}, x)[0] - 1.0) ** 2)
-    for _ in range(steps):
+
+    @jax.jit   # one compile; eagerly, each step would retrace and recompile the scan
+    def step(params, opt_state):
         updates, opt_state = opt.update(jax.grad(loss)(params), opt_state, params)
-        params = optax.apply_updates(params, updates)
+        return optax.apply_updates(params, updates), opt_state
+
+    opt_state = opt.init(params)
+    for _ in range(steps):
+        params, opt_state = step(params, opt_state)
     return params
 
 
