@@ -95,7 +95,7 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
     # each candidate once (included in its first-call time below), then the fastest is kept
     program = _Program(make_model, loss, make_adamw, (("accuracy", jnn.metrics.accuracy),), None, len(x),
                        batch_size, 1000, None)
-    options = [autoexec.Execution(c, False) for c in ((None, 8) if members > 8 else (None,))]
+    options = autoexec.candidates(members, "auto", False)   # what fit_population measures
     auto, live["default (auto)"], chosen = autoexec.AutoEpoch(_population_epoch, program, options), states, []
 
     def run_auto():

@@ -223,14 +223,14 @@ def test_errors_name_the_function_and_the_problem(digits):
 
 
 def test_auto_execution_measures_each_candidate_once_then_keeps_the_fastest(digits):
-    """chunk_size="auto" (the default) with 10 members and shared_order="auto": epochs 1-4 each
-    run one candidate (all members or chunks of 8, own or shared order), timed; then the fastest
+    """chunk_size="auto" (the default) with 10 members and shared_order="auto": epochs 1-6 each
+    run one candidate (all members, chunks of 8 or one at a time; own or shared order), timed; then the fastest
     is kept, and a second run with the same program reuses it and compiles nothing."""
     from jnn.train import autoexec
     train, _ = digits
     n = 10
     hparams = {"lr": jnp.linspace(1e-3, 1e-2, n), "wd": jnp.full(n, 1e-4), "rate": jnp.full(n, 0.1)}
-    run = lambda epochs=4, **kw: fit_population(make_model, LOSS, make_adamw, train, hparams=hparams,
+    run = lambda epochs=6, **kw: fit_population(make_model, LOSS, make_adamw, train, hparams=hparams,
                                                 key=jax.random.key(8), epochs=epochs, batch_size=BATCH,
                                                 metrics={}, **kw)
     before = set(autoexec.CHOICES)
@@ -238,7 +238,7 @@ def test_auto_execution_measures_each_candidate_once_then_keeps_the_fastest(digi
     new = [k for k in autoexec.CHOICES if k not in before]
     assert len(new) == 1
     choice, _, timings = autoexec.CHOICES[new[0]]
-    assert set(timings) == {autoexec.Execution(c, s) for c in (None, 8) for s in (False, True)}
+    assert set(timings) == {autoexec.Execution(c, s) for c in (None, 8, 1) for s in (False, True)}
     assert choice == min(timings, key=timings.get)
     calls = len(CALLS)
     kept = run(epochs=2, shared_order="auto")

@@ -23,11 +23,20 @@ class Execution(NamedTuple):
     shared_order: bool      # one batch order for all members
 
 
-def candidates(n: int, allow_shared_order: bool) -> list[Execution]:
-    """All members vectorized, and chunks of 8 when there are more than 8 members; each also
-    with a shared batch order when allowed."""
-    chunks = [None] + ([8] if n > 8 else [])
-    orders = [False, True] if allow_shared_order else [False]
+def candidates(n: int, chunk_size, shared_order) -> list[Execution]:
+    """The executions to measure for ``n`` members. ``chunk_size="auto"``: all members at once,
+    and, when there are more than 8 members, chunks of 8 and one member at a time (``lax.map``:
+    the sequential program, which wins when one member's step already fills the CPU, as the
+    MNIST MLP's does); otherwise the given chunk size. ``shared_order="auto"``: each with its own and
+    with a shared batch order; otherwise the given one.
+
+    Example:
+      >>> from jnn.train.autoexec import candidates
+      >>> [tuple(e) for e in candidates(16, "auto", False)]
+      [(None, False), (8, False), (1, False)]
+    """
+    chunks = ([None, 8, 1] if n > 8 else [None]) if chunk_size == "auto" else [chunk_size]
+    orders = [False, True] if shared_order == "auto" else [shared_order]
     return [Execution(c, s) for s in orders for c in chunks]
 
 

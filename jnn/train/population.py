@@ -30,7 +30,6 @@ Example:
 """
 from __future__ import annotations
 
-import itertools
 import warnings
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
@@ -340,8 +339,9 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         improvement larger than ``min_delta``; ``restore_best`` returns its best state). The
         same as adding it to ``callbacks``.
       chunk_size: ``"auto"`` (default): the first epochs measure each candidate execution (all
-        members at once, chunks of 8), one real training epoch each, and the fastest is kept
-        for the rest of the run and later runs, without recompiling (:mod:`jnn.train.autoexec`).
+        members at once; with more than 8 members also chunks of 8 and one at a time), one real
+        training epoch each, and the fastest is kept for the rest of the run and later runs,
+        without recompiling (:mod:`jnn.train.autoexec`).
         Else members vectorized together (``None``: all of them). Smaller chunks run one
         after another inside the same compiled epoch (``jax.lax.map``); ``1`` runs members
         sequentially with unbatched kernels. On CPU, large compute-bound members (an MNIST
@@ -452,9 +452,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     states = init()
     auto = None
     if chunk_size == "auto" or shared_order == "auto":
-        options = [_autoexec.Execution(c if chunk_size == "auto" else chunk_size, s) for s, c in
-                   itertools.product(*((False, True) if shared_order == "auto" else (shared_order,),
-                                       (None, 8) if chunk_size == "auto" and n > 8 else (program.chunk_size,)))]
+        options = _autoexec.candidates(n, chunk_size, shared_order)
         auto = _autoexec.AutoEpoch(_population_epoch, program, options)
     history = {k: np.full((epochs, n), np.nan) for k in names}
     active, stopped = np.ones(n, bool), np.zeros(n, bool)
