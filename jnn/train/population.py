@@ -350,10 +350,10 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         is ``jnn.train.epoch_order(shared_order_key(keys, e), ...)``) instead of shuffling with
         its own key (``keys``: the member keys); inits and dropout masks still differ. One
         permutation and one batch gather per epoch serve all members, and the first layer
-        multiplies one shared input (4x faster than sequential for small digits MLPs on CPU,
-        against 2x with per-member shuffles; see benchmarks/RESULTS.md). Members then compare
-        hyperparameters on identical data (common random numbers) but no longer equal ``fit``
-        alone, which shuffles per member. ``"auto"``: allow the measurement to pick it (see
+        multiplies one shared input (2.8-3.2x faster than sequential for small digits MLPs on
+        CPU, against 2.1-2.6x with per-member shuffles; see benchmarks/RESULTS.md). Members
+        then compare hyperparameters on identical data (common random numbers) but no longer
+        equal ``fit`` alone, which shuffles per member. ``"auto"``: allow the measurement to pick it (see
         ``chunk_size``) when faster.
       verbose: print one line per epoch (active members, best monitored/loss value).
       callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)``, called
