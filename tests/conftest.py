@@ -12,7 +12,7 @@ os.environ.setdefault("JNN_DATA_DIR", str(_SHARED))
 
 # Most tests compile a program and run it a few times on small inputs, so XLA's optimization
 # passes cost more than they save: at backend optimization level 0 the suite takes about half
-# the time (benchmarks/RESULTS.md, "Test suite"). The programs compute the same functions; the
+# the time (benchmarks/RESULTS.md, "Test suite time"). The programs compute the same functions; the
 # tests compare values with tolerances. Subprocesses (multi-device and multi-process tests,
 # experiment scripts) inherit the setting. JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests the optimized
 # programs instead.

@@ -224,8 +224,9 @@ def test_errors_name_the_function_and_the_problem(digits):
 
 def test_auto_execution_measures_each_candidate_once_then_keeps_the_fastest(digits):
     """chunk_size="auto" (the default) with 10 members and shared_order="auto": epochs 1-6 each
-    run one candidate (all members, chunks of 8 or one at a time; own or shared order), timed; then the fastest
-    is kept, and a second run with the same program reuses it and compiles nothing."""
+    run one candidate (all members, chunks of 8 or one at a time; own or shared order), timed;
+    then the fastest is kept, and a second run with the same program reuses it and compiles
+    nothing."""
     from jnn.train import autoexec
     train, _ = digits
     n = 10

@@ -24,11 +24,13 @@ class Execution(NamedTuple):
 
 
 def candidates(n: int, chunk_size, shared_order) -> list[Execution]:
-    """The executions to measure for ``n`` members. ``chunk_size="auto"``: all members at once,
-    and, when there are more than 8 members, chunks of 8 and one member at a time (``lax.map``:
-    the sequential program, which wins when one member's step already fills the CPU, as the
-    MNIST MLP's does); otherwise the given chunk size. ``shared_order="auto"``: each with its own and
-    with a shared batch order; otherwise the given one.
+    """The executions to measure for ``n`` members.
+
+    ``chunk_size="auto"``: all members at once and, when there are more than 8 members, chunks
+    of 8 and one member at a time (``lax.map``: the sequential program, which wins when one
+    member's step already fills the CPU, as the MNIST MLP's does); otherwise the given chunk
+    size. ``shared_order="auto"``: each of those with its own and with a shared batch order;
+    otherwise the given order.
 
     Example:
       >>> from jnn.train.autoexec import candidates
