@@ -88,6 +88,7 @@ class Feed:
         self.first = self._pull(1, 0)    # (host batch, state); peeked for shapes, trained on first
         self.spec = _spec(self.first[0])
         self._used, self._positioned = False, False
+        self._sizes_compared = False   # with a mesh: processes compare batch sizes on the first batch only
 
     @property
     def stateful(self) -> bool:
@@ -124,8 +125,8 @@ class Feed:
 
     def _put(self, batch):
         if self.mesh is not None:   # processes compare their batch sizes once (a collective), not every step
-            checked, self._checked = getattr(self, "_checked", False), True
-            return _parallel.global_batch(batch, self.mesh, check=not checked)
+            compare, self._sizes_compared = not self._sizes_compared, True
+            return _parallel.global_batch(batch, self.mesh, check=compare)
         return jax.device_put(batch)
 
     def _fill(self, epoch: int, next_index: int):
