@@ -381,11 +381,6 @@ def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x, *, ke
     return y, new_state
 
 
-def _apply_child(name, layer, params, state, x, key, train, **keywords):
-    """Positional form of :func:`apply_child`, kept for the built-in layers that call it."""
-    return apply_child(name, layer, params, state, x, key=key, train=train, **keywords)
-
-
 def _put(tree: dict, name: str, value) -> None:
     if jax.tree_util.tree_structure(value).num_leaves or not isinstance(value, dict):
         tree[name] = value

@@ -2,9 +2,12 @@
 (not collected by pytest; not run in CI: a full run takes hours on 2 cores).
 
 Each module runs in a scratch copy of the repository with its own mutmut configuration
-(``setup.cfg``: the module as ``source_paths``, its test files as the test selection, pytest in
-one process), so a module's mutants only ever run the tests mapped to it below. Scores go to
-stdout as a Markdown table; record them, and the surviving mutants judged equivalent, in
+(``setup.cfg``: the whole package as ``source_paths`` so that it imports, only the module in
+``only_mutate``, its test files as the test selection), so a module's mutants only ever run the
+tests mapped to it below; mutmut then runs, per mutant, only the tests that called the mutated
+function. Scores go to
+stdout as a Markdown table, and each module's surviving mutants as diffs to
+tests/mutation-survivors/ (git-ignored); record the scores, and the surviving mutants judged equivalent, in
 tests/MUTATION.md.
 
     python tests/mutation.py                     # every module in MODULES
@@ -23,8 +26,8 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 MODULES = {
-    "jnn/core.py": ["tests/test_core.py", "tests/test_key_plumbing.py", "tests/test_mutation_gaps.py",
-                    "tests/test_xor_core.py"],
+    "jnn/core.py": ["tests/test_core.py", "tests/test_composition.py", "tests/test_key_plumbing.py",
+                    "tests/test_mutation_gaps.py", "tests/test_xor_core.py"],
     "jnn/layers/basic.py": ["tests/test_core.py", "tests/test_mutation_gaps.py", "tests/test_options.py"],
     "jnn/layers/dropout.py": ["tests/test_dropout.py", "tests/test_key_plumbing.py"],
     "jnn/layers/activations.py": ["tests/test_activations.py", "tests/test_options.py"],
@@ -39,7 +42,29 @@ MODULES = {
     "jnn/data/idx.py": ["tests/test_data_integrity.py", "tests/test_data_mnist.py", "tests/test_properties.py"],
 }
 
+SURVIVORS = ROOT / "tests" / "mutation-survivors"   # one .diff per module, git-ignored scratch
+
+PRELOAD = ["numpy", "scipy.special", "jax", "jax.numpy", "optax", "chex", "pytest", "jnn"]
+
 COPY = ["jnn", "tests", "experiments", "pyproject.toml", "README.md"]
+
+
+def _setup_cfg(module: str, tests: list[str]) -> str:
+    """mutmut's configuration; its list values are one item per line."""
+    def listed(items: list[str]) -> str:
+        return "".join(f"\n    {item}" for item in items)
+    return ("[mutmut]\n"
+            f"source_paths={listed(['jnn'])}\n"      # the whole package is importable from mutants/ ...
+            f"only_mutate={listed([module])}\n"      # ... but only this module is mutated
+            f"pytest_add_cli_args_test_selection={listed(tests)}\n"
+            f"pytest_add_cli_args={listed(['-o', 'addopts=', '-p', 'no:cacheprovider', '-q'])}\n"
+            # mutmut forks each mutant's run. XLA's CPU client does not survive a fork: forked
+            # from a process that had run tests, or collected test files that make arrays at import,
+            # children hung and were scored as timeouts. So the fork server only imports modules
+            # (which starts no backend) and each child collects and runs its tests itself.
+            "process_isolation=forkserver\n"
+            "forkserver_warmup=import\n"
+            "preload_modules_file=mutation-preload.txt\n")
 
 
 def run_module(module: str, tests: list[str]) -> dict[str, int]:
@@ -48,11 +73,8 @@ def run_module(module: str, tests: list[str]) -> dict[str, int]:
         for name in COPY:
             src = ROOT / name
             (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-        (work / "setup.cfg").write_text(
-            "[mutmut]\n"
-            f"source_paths={module}\n"
-            f"pytest_add_cli_args_test_selection={','.join(tests)}\n"
-            "pytest_add_cli_args=-o,addopts=,-p,no:cacheprovider,-q,-x\n")
+        (work / "setup.cfg").write_text(_setup_cfg(module, tests))
+        (work / "mutation-preload.txt").write_text("\n".join(PRELOAD))
         env = {**os.environ, "PYTHONPATH": str(work),
                "JNN_DATA_DIR": os.environ.get("JNN_DATA_DIR", str(ROOT.parent / "shared" / "data"))}
         subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, env=env, check=False)
@@ -62,8 +84,10 @@ def run_module(module: str, tests: list[str]) -> dict[str, int]:
         for status in re.findall(r":\s*(killed|survived|timeout|suspicious|no tests|skipped)\s*$", out, re.M):
             counts[status] = counts.get(status, 0) + 1
         survivors = [line.split(":")[0].strip() for line in out.splitlines() if line.rstrip().endswith("survived")]
-        (ROOT / "tests" / "mutation-survivors").mkdir(exist_ok=True)
-        (ROOT / "tests" / "mutation-survivors" / (module.replace("/", "_") + ".txt")).write_text("\n".join(survivors))
+        diffs = [subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, env=env,
+                                capture_output=True, text=True).stdout for name in survivors]
+        SURVIVORS.mkdir(exist_ok=True)
+        (SURVIVORS / (module.replace("/", "_") + ".diff")).write_text("\n".join(diffs))
         return counts
 
 

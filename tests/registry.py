@@ -41,6 +41,9 @@ class Case:
         each costs tens of seconds to compile.
       atol: tolerance for the float32 comparisons (jit vs eager, vmap vs batch).
       make_input: optional custom input generator ``(rng: np.random.Generator, dtype) -> array``.
+      reference: the layer's output written independently in NumPy float64,
+        ``(params, state, x) -> y`` over NumPy arrays (``train`` as above); test_registry.py
+        compares the float64 layer with it at every parameter drawn at random.
     """
 
     name: str
@@ -56,6 +59,7 @@ class Case:
     grad_order: int = 2
     atol: float = 1e-5
     make_input: Callable | None = None
+    reference: Callable | None = None
 
     def input(self, seed: int = 0, dtype=None):
         rng = np.random.default_rng(seed)

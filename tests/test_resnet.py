@@ -8,15 +8,90 @@ import pytest
 import jnn
 
 
-def test_residual_block_is_relu_of_main_plus_identity():
-    block = jnn.residual_block(3)
-    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 3))
+# NumPy references (float64, no jnn): channels-last convs with SAME padding, batch norm, relu.
+def _np_conv_same(x, w, stride=1):
+    (kh, kw), (height, width) = w.shape[:2], x.shape[1:3]
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    pad_h, pad_w = max((out_h - 1) * stride + kh - height, 0), max((out_w - 1) * stride + kw - width, 0)
+    xp = np.pad(x, [(0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
+    y = np.zeros((x.shape[0], out_h, out_w, w.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
+            y += np.einsum("bhwc,cf->bhwf", patch, w[i, j])
+    return y
+
+
+def _np_batch_norm(x, params, state, train, momentum=0.99, epsilon=1e-5):
+    """Returns (y, new_state); training normalizes with the batch's biased variance."""
+    if train:
+        mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+        new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
+                     "var": momentum * state["var"] + (1 - momentum) * var}
+    else:
+        mean, var, new_state = state["mean"], state["var"], state
+    return (x - mean) / np.sqrt(var + epsilon) * params["scale"] + params["offset"], new_state
+
+
+def _np_residual_block(x, params, state, strides, train):
+    """relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)); returns (y, new_state)."""
+    p, s = params["sum"]["main"], state["sum"]["main"]
+    h, bn0 = _np_batch_norm(_np_conv_same(x, p["conv_0"]["w"], strides), p["batch_norm_0"], s["batch_norm_0"], train)
+    h, bn1 = _np_batch_norm(_np_conv_same(np.maximum(h, 0), p["conv_1"]["w"]), p["batch_norm_1"], s["batch_norm_1"],
+                            train)
+    new_state = {"sum": {"main": {"batch_norm_0": bn0, "batch_norm_1": bn1}}}
+    if "shortcut" in params["sum"]:
+        q, t = params["sum"]["shortcut"], state["sum"]["shortcut"]
+        skip, bn = _np_batch_norm(_np_conv_same(x, q["conv_0"]["w"], strides), q["batch_norm_0"], t["batch_norm_0"],
+                                  train)
+        new_state["sum"]["shortcut"] = {"batch_norm_0": bn}
+    else:
+        skip = x
+    return np.maximum(h + skip, 0), new_state
+
+
+def _random_like(tree, seed):
+    """Every leaf drawn afresh (variances positive), so that no parameter or statistic sits at its
+    initial value (zero offsets, unit variances) where a dropped term would not show."""
+    rng = np.random.default_rng(seed)
+    def draw(path, a):
+        name = jax.tree_util.keystr(path)
+        values = rng.uniform(0.5, 2.0, a.shape) if "var" in name else rng.normal(0.0, 0.5, a.shape)
+        return jnp.asarray(values, jnp.float32)
+    return jax.tree_util.tree_map_with_path(draw, tree)
+
+
+def _float64(tree):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["running_statistics", "batch_statistics"])
+@pytest.mark.parametrize("strides, project", [(1, False), (2, True)], ids=["identity", "projected"])
+def test_residual_block_matches_numpy(strides, project, train):
+    block = jnn.residual_block(4, strides=strides, project=project)
+    x = jax.random.normal(jax.random.key(1), (3, 7, 7, 2 if project else 4))
     params, state = block.init(jax.random.key(0), x)
-    main = jnn.serial(jnn.conv(3, (3, 3), use_bias=False), jnn.batch_norm(), jnn.relu(),
-                      jnn.conv(3, (3, 3), use_bias=False), jnn.batch_norm())
-    inner, inner_state = params["sum"]["main"], state["sum"]["main"]
-    expected = jax.nn.relu(main.apply(inner, inner_state, x)[0] + x)
-    np.testing.assert_allclose(block.apply(params, state, x)[0], expected, rtol=1e-5, atol=1e-6)
+    params, state = _random_like(params, 2), _random_like(state, 3)
+    y, new_state = jax.jit(lambda p, s, x: block.apply(p, s, x, train=train))(params, state, x)
+    y_ref, state_ref = _np_residual_block(_float64(x), _float64(params), _float64(state), strides, train)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), new_state, state_ref)
+
+
+def test_resnet_matches_numpy():
+    """The whole net: stem conv-bn-relu, an identity block, a strided projected block, global
+    average pooling and the dense classifier, against NumPy with every parameter random."""
+    model = jnn.resnet(5, stage_features=(4, 6))
+    x = jax.random.normal(jax.random.key(1), (2, 9, 9, 2))
+    params, state = model.init(jax.random.key(0), x)
+    params, state = _random_like(params, 4), _random_like(state, 5)
+    p, s, h = _float64(params), _float64(state), _float64(x)
+    h = np.maximum(_np_batch_norm(_np_conv_same(h, p["conv_0"]["w"]), p["batch_norm_0"], s["batch_norm_0"],
+                                  False)[0], 0)
+    h = _np_residual_block(h, p["residual_block_0"], s["residual_block_0"], 1, False)[0]
+    h = _np_residual_block(h, p["residual_block_1"], s["residual_block_1"], 2, False)[0]
+    logits = h.mean((1, 2)) @ p["dense_0"]["w"] + p["dense_0"]["b"]
+    np.testing.assert_allclose(jax.jit(model.apply)(params, state, x)[0], logits, rtol=1e-4, atol=1e-4)
 
 
 def test_residual_block_without_projection_reports_shape_mismatch_at_init():

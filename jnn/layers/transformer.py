@@ -84,20 +84,20 @@ class _Block(NamedTuple):
                                           "apply(..., key=jax.random.key(0), train=True)")
         self.check_context(context, context_lengths)
         keys = core._split(key, 5)
-        h, _ = core._apply_child("norm_0", layer_norm(), params, {}, x, None, False)
+        h, _ = core.apply_child("norm_0", layer_norm(), params, {}, x)
         with core._in_child("attention"):
             h, _ = self.attention.apply(params["attention"], {}, h, key=keys[0], train=train, lengths=lengths)
             core._record("multi_head_attention", h, params["attention"])
         x = x + dropout(self.dropout_rate).apply({}, {}, h, key=keys[1], train=train)[0]
         if self.cross is not None:
-            h, _ = core._apply_child("norm_cross", layer_norm(), params, {}, x, None, False)
+            h, _ = core.apply_child("norm_cross", layer_norm(), params, {}, x)
             with core._in_child("cross_attention"):
                 h, _ = self.cross.apply(params["cross_attention"], {}, h, key=keys[3], train=train,
                                         context=context, context_lengths=context_lengths)
                 core._record("multi_head_attention", h, params["cross_attention"])
             x = x + dropout(self.dropout_rate).apply({}, {}, h, key=keys[4], train=train)[0]
-        h, _ = core._apply_child("norm_1", layer_norm(), params, {}, x, None, False)
-        return x + core._apply_child("mlp", self.mlp, params, {}, h, keys[2], train)[0], state
+        h, _ = core.apply_child("norm_1", layer_norm(), params, {}, x)
+        return x + core.apply_child("mlp", self.mlp, params, {}, h, key=keys[2], train=train)[0], state
 
     def decode(self, params, cache, x, position, cross_kv=None):
         """One cached step: ``cache`` holds the self-attention keys/values; ``cross_kv`` (from

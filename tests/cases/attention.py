@@ -3,10 +3,14 @@
 Gradient checks of order 2 compile a program per transformation and cost seconds per case for
 these layers, so the attention and transformer cases check reverse mode only (order 2,
 reverse-over-reverse); forward mode is checked on the positional layers. The ViT classifier is
-covered by tests/test_transformer.py (values against NumPy and a gradient check).
+covered by tests/test_transformer.py (values against NumPy and a gradient check). The NumPy references
+come from test_attention.py and test_transformer.py; attention dropout's masks are checked in
+test_attention.py.
 """
 import numpy as np
 from registry import Case
+from test_attention import reference_attention_layer
+from test_transformer import np_block, np_lm
 
 from jnn.layers.attention import multi_head_attention
 from jnn.layers.positional import learned_positional_embedding, sinusoidal_encoding
@@ -15,15 +19,25 @@ from jnn.nets import decoder_lm
 
 REV = ("rev",)
 
+def _sinusoidal(x):
+    t, f = x.shape[1:]
+    angle = np.arange(t)[:, None] / 10000.0 ** (2 * np.arange(f // 2)[None] / f)
+    return x + np.stack([np.sin(angle), np.cos(angle)], -1).reshape(t, f)
+
+
 CASES = [
-    Case("multi_head_attention", lambda: multi_head_attention(2), (2, 3, 4), grad_modes=REV),
+    Case("multi_head_attention", lambda: multi_head_attention(2), (2, 3, 4), grad_modes=REV,
+         reference=lambda p, s, x: reference_attention_layer(p, x, 2)),
     Case("mha_dropout_train", lambda: multi_head_attention(2, dropout_rate=0.25, use_bias=False), (2, 3, 4),
          train=True, stochastic=True, batch_independent=False, grad_modes=REV),
-    Case("learned_positional_embedding", lambda: learned_positional_embedding(5), (2, 3, 4)),
-    Case("sinusoidal_encoding", lambda: sinusoidal_encoding(5), (2, 3, 4)),
-    Case("encoder_block", lambda: encoder_block(2, 6), (2, 3, 4), grad_modes=REV, grad_order=1),
+    Case("learned_positional_embedding", lambda: learned_positional_embedding(5), (2, 3, 4),
+         reference=lambda p, s, x: x + p["embedding"][:3]),
+    Case("sinusoidal_encoding", lambda: sinusoidal_encoding(5), (2, 3, 4), reference=lambda p, s, x: _sinusoidal(x)),
+    Case("encoder_block", lambda: encoder_block(2, 6), (2, 3, 4), grad_modes=REV, grad_order=1,
+         reference=lambda p, s, x: np_block(p, x, 2)),
     Case("decoder_block_gqa_rope", lambda: decoder_block(2, 6, num_kv_heads=1, rope=True), (2, 3, 4),
-         grad_modes=REV),
+         grad_modes=REV, reference=lambda p, s, x: np_block(p, x, 2, 1, causal=True, rope=True)),
     Case("decoder_lm", lambda: decoder_lm(7, 1, 2, 4, 6, 5, num_kv_heads=1), (2, 3), dtype=np.int32,
-         int_high=7, input_grads=False, grad_modes=REV, grad_order=1),
+         int_high=7, input_grads=False, grad_modes=REV, grad_order=1,
+         reference=lambda p, s, x: np_lm(p, x, 1, 2, kv_heads=1)),
 ]
