@@ -1,0 +1,121 @@
+"""The core's kinds and names, indexing, merges and error messages, pinned exactly.
+
+Each test here was written against mutants of jnn/core.py that survived the rest of the suite
+(tests/MUTATION.md): a wrong kind renames every params key a user has saved, and a wrong label
+sends an error message to the wrong layer.
+"""
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnn
+
+KEY = jax.random.key(0)
+
+
+def test_kinds_and_names_become_the_params_keys():
+    model = jnn.serial(jnn.identity(), jnn.residual(jnn.dense(2)), jnn.fan_out(jnn.dense(2), jnn.identity()),
+                       jnn.residual(jnn.dense(2), name="skip"), jnn.named("head", jnn.dense(1)))
+    assert list(model.children) == ["identity_0", "residual_0", "fan_out_0", "skip", "head"]
+    assert [c.kind for c in model.children.values()] == ["identity", "residual", "fan_out", "residual", "dense"]
+    params, _ = model.init(KEY, jnp.zeros((3, 2)))
+    assert sorted(params) == ["fan_out_0", "head", "residual_0", "skip"]
+    assert list(params["residual_0"]) == ["serial_0"] and list(params["fan_out_0"]) == ["dense_0"]
+    assert jnn.identity(name="same").label == "same" and jnn.identity().label == "identity"
+    assert jnn.residual(jnn.dense(2), name="skip").label == "skip"
+
+
+def test_fan_out_keeps_a_stateful_branchs_state_at_init_and_apply():
+    block = jnn.fan_out(jnn.batch_norm(momentum=0.5), jnn.dense(3), name="split")
+    x = jax.random.normal(jax.random.key(1), (4, 3)) * 2.0 + 1.0
+    params, state = block.init(KEY, x)
+    assert jax.tree_util.tree_map(jnp.shape, state) == {"batch_norm_0": {"mean": (3,), "var": (3,)}}
+    y, new_state = block.apply(params, state, x, train=True)
+    xn = np.asarray(x, np.float64)
+    dense = xn @ np.asarray(params["dense_0"]["w"]) + np.asarray(params["dense_0"]["b"])
+    expected = (xn - xn.mean(0)) / np.sqrt(xn.var(0) + 1e-5) + dense
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new_state["batch_norm_0"]["mean"], 0.5 * xn.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(new_state["batch_norm_0"]["var"], 0.5 + 0.5 * xn.var(0), rtol=1e-5)
+
+
+def test_fan_out_merge_by_a_callable():
+    block = jnn.fan_out(jnn.identity(), jnn.stateless("double", lambda x: 2 * x), merge=lambda ys: ys[1] - 3 * ys[0])
+    y, _ = block.apply({}, {}, jnp.array([1.0, -2.0]))
+    np.testing.assert_allclose(y, [-1.0, 2.0])
+
+
+def test_fan_out_construction_errors():
+    with pytest.raises(ValueError, match=r"^fan_out: expected at least two branches, got 1$"):
+        jnn.fan_out(jnn.dense(2))
+    with pytest.raises(TypeError, match=r"^fan_out: merge must be a string or a callable, got int$"):
+        jnn.fan_out(jnn.dense(2), jnn.dense(2), merge=3)
+    with pytest.raises(ValueError, match=r"^fan_out: merge='multiply' needs branch outputs of one shape, "
+                                         r"got \[\(1, 2\), \(1, 3\)\]"):
+        jnn.fan_out(jnn.dense(2), jnn.dense(3), merge="multiply").init(KEY, jnp.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("name, label", [(None, "fan_out"), ("split", "split")])
+def test_fan_out_errors_name_the_block(name, label):
+    def returns_a_namespace(key, example):
+        return types.SimpleNamespace(shape=(2,))    # a shape but no dtype: not an array
+
+    broken = jnn.Layer(returns_a_namespace, lambda p, s, x, *, key=None, train=False: (x, s), "broken")
+    with pytest.raises(TypeError, match=rf"^\[broken_0\] {label}: layer 'broken' breaks the layer contract: its init "
+                                        r"returned a SimpleNamespace, expected a pair"):
+        jnn.fan_out(jnn.dense(2), broken, name=name).init(KEY, jnp.zeros((1, 2)))
+
+    def apply_returns_y(params, state, x, *, key=None, train=False):
+        return x
+
+    no_state = jnn.Layer(lambda key, example: ({}, {}), apply_returns_y, "no_state")
+    with pytest.raises(TypeError, match=rf"^\[no_state_0\] {label}: layer 'no_state' breaks the layer contract: its "
+                                        r"apply returned a single array of shape \(1, 2\)"):
+        jnn.fan_out(jnn.identity(), no_state, name=name).init(KEY, jnp.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("bad", ["", 3, "a/b"])
+def test_named_rejects_empty_non_string_and_path_names(bad):
+    with pytest.raises(ValueError, match=rf"^named: expected a non-empty name without '/', got {bad!r}$"):
+        jnn.named(bad, jnn.dense(1))
+
+
+def test_named_rejects_a_non_layer_naming_itself():
+    with pytest.raises(TypeError, match=r"^named: expected a jnn.Layer, got int$"):
+        jnn.named("x", 3)
+
+
+def test_indexing_by_position_key_and_wrong_types():
+    model = jnn.serial(jnn.dense(2), jnn.relu(), jnn.named("head", jnn.dense(1)))
+    assert model[-3].kind == "dense" and model[2].name == "head" and model[-1].name == "head"
+    with pytest.raises(IndexError, match=r"^serial: child index -4 out of range for its 3 children"):
+        model[-4]
+    with pytest.raises(IndexError, match=r"^serial: child index 3 out of range"):
+        model[3]
+    for index, type_name in [(1.0, "float"), (True, "bool"), (None, "NoneType")]:
+        with pytest.raises(TypeError, match=rf"^serial: index a layer by a child's key \(str\) or position \(int\), "
+                                            rf"got {type_name} \(layer\[i\] indexes children"):
+            model[index]
+
+
+def test_children_mapping_equality_hash_repr_and_missing_key():
+    dense, relu = jnn.dense(2), jnn.relu()
+    a = jnn.serial(dense, relu).children
+    assert a == jnn.serial(dense, relu).children and hash(a) == hash(jnn.serial(dense, relu).children)
+    assert a != jnn.serial(dense, jnn.tanh()).children
+    assert a != {"dense_0": None, "relu_0": None}
+    assert repr(a) == "Children(dense_0=dense, relu_0=relu)"
+    with pytest.raises(KeyError, match=r"^'missing'$"):
+        a["missing"]
+
+
+def test_output_shape_without_running_the_layer():
+    layer = jnn.dense(3)
+    params, state = layer.init(KEY, jnp.zeros((2, 4)))
+    out = jnn.output_shape(layer, params, state, jax.ShapeDtypeStruct((5, 4), jnp.bfloat16))
+    assert (out.shape, out.dtype) == ((5, 3), jnp.bfloat16)
+    with pytest.raises(TypeError, match=r"^expected an array or jax.ShapeDtypeStruct as the example input, got list"):
+        jnn.output_shape(layer, params, state, [1.0, 2.0, 3.0, 4.0])
