@@ -12,6 +12,7 @@ tests/MUTATION.md.
 
     python tests/mutation.py                     # every module in MODULES
     python tests/mutation.py jnn/data/idx.py     # one module
+    python tests/mutation.py --again jnn/core.py # only the mutants its last run left alive
 """
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def _setup_cfg(module: str, tests: list[str]) -> str:
             "preload_modules_file=mutation-preload.txt\n")
 
 
-def run_module(module: str, tests: list[str]) -> dict[str, int]:
+def run_module(module: str, tests: list[str], only: list[str] | None = None) -> dict[str, int]:
+    """Runs mutmut on ``module`` (only the mutants named in ``only``, if given); returns counts per
+    status and writes the mutants left alive (survived, no tests) as diffs to SURVIVORS."""
     with tempfile.TemporaryDirectory(prefix="jnn-mutation-") as scratch:
         work = pathlib.Path(scratch)
         for name in COPY:
@@ -77,25 +80,36 @@ def run_module(module: str, tests: list[str]) -> dict[str, int]:
         (work / "mutation-preload.txt").write_text("\n".join(PRELOAD))
         env = {**os.environ, "PYTHONPATH": str(work),
                "JNN_DATA_DIR": os.environ.get("JNN_DATA_DIR", str(ROOT.parent / "shared" / "data"))}
-        subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, env=env, check=False)
+        subprocess.run([sys.executable, "-m", "mutmut", "run", *(only or [])], cwd=work, env=env, check=False)
         out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
                              capture_output=True, text=True).stdout
+        status = dict(re.findall(r"^\s*(\S+):\s*(killed|survived|timeout|suspicious|no tests|skipped|"
+                                 r"not checked)\s*$", out, re.M))
+        if only:
+            status = {name: status.get(name, "not checked") for name in only}
         counts: dict[str, int] = {}
-        for status in re.findall(r":\s*(killed|survived|timeout|suspicious|no tests|skipped)\s*$", out, re.M):
-            counts[status] = counts.get(status, 0) + 1
-        survivors = [line.split(":")[0].strip() for line in out.splitlines() if line.rstrip().endswith("survived")]
+        for value in status.values():
+            counts[value] = counts.get(value, 0) + 1
+        alive = [name for name, value in status.items() if value in ("survived", "no tests")]
         diffs = [subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, env=env,
-                                capture_output=True, text=True).stdout for name in survivors]
+                                capture_output=True, text=True).stdout for name in alive]
         SURVIVORS.mkdir(exist_ok=True)
         (SURVIVORS / (module.replace("/", "_") + ".diff")).write_text("\n".join(diffs))
         return counts
 
 
+def alive_in(module: str) -> list[str]:
+    """The mutants the last run of ``module`` left alive, from its diff file."""
+    text = (SURVIVORS / (module.replace("/", "_") + ".diff")).read_text()
+    return re.findall(r"^# (\S+): (?:survived|no tests)$", text, re.M)
+
+
 def main(argv: list[str]) -> int:
-    chosen = argv or list(MODULES)
+    again = "--again" in argv
+    chosen = [a for a in argv if a != "--again"] or list(MODULES)
     print("| module | mutants | killed | survived | other | score |\n|---|---|---|---|---|---|")
     for module in chosen:
-        counts = run_module(module, MODULES[module])
+        counts = run_module(module, MODULES[module], alive_in(module) if again else None)
         total = sum(counts.values())
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         score = f"{killed / total:.0%}" if total else "n/a"

@@ -119,3 +119,18 @@ def test_output_shape_without_running_the_layer():
     assert (out.shape, out.dtype) == ((5, 3), jnp.bfloat16)
     with pytest.raises(TypeError, match=r"^expected an array or jax.ShapeDtypeStruct as the example input, got list"):
         jnn.output_shape(layer, params, state, [1.0, 2.0, 3.0, 4.0])
+
+
+def test_fan_out_applies_in_evaluation_mode_by_default():
+    block = jnn.fan_out(jnn.dropout(0.5), jnn.identity())
+    x = jnp.arange(1.0, 7.0)
+    np.testing.assert_array_equal(block.apply({}, {}, x)[0], 2 * x)   # dropout off: x + x
+    trained, _ = block.apply({}, {}, x, key=KEY, train=True)
+    assert set(np.unique(np.asarray(trained - x) / np.asarray(x))) <= {0.0, 2.0} and not np.allclose(trained, 2 * x)
+
+
+def test_fan_out_names_itself_when_params_come_from_another_model():
+    block = jnn.fan_out(jnn.dense(2), jnn.dense(2))
+    params, state = block.init(KEY, jnp.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"^fan_out: params lack 'dense_1' \(have: dense_0, head"):
+        block.apply({"dense_0": params["dense_0"], "head": params["dense_1"]}, state, jnp.zeros((1, 2)))
