@@ -134,3 +134,68 @@ def test_fan_out_names_itself_when_params_come_from_another_model():
     params, state = block.init(KEY, jnp.zeros((1, 2)))
     with pytest.raises(ValueError, match=r"^fan_out: params lack 'dense_1' \(have: dense_0, head"):
         block.apply({"dense_0": params["dense_0"], "head": params["dense_1"]}, state, jnp.zeros((1, 2)))
+
+
+def _counter():
+    """A stateful leaf: counts its calls in its state; in training also returns x + count."""
+    def apply(params, state, x, *, key=None, train=False):
+        return (x + state["count"] if train else x), {"count": state["count"] + 1}
+    return jnn.Layer(lambda key, example: ({}, {"count": jnp.zeros(())}), apply, "counter")
+
+
+def test_serial_threads_each_childs_state_through_init_and_apply():
+    model = jnn.serial(jnn.dense(2), _counter(), jnn.batch_norm(momentum=0.5), name="body")
+    assert model.label == "body"
+    x = jax.random.normal(jax.random.key(1), (4, 3))
+    params, state = model.init(KEY, x)
+    assert sorted(state) == ["batch_norm_0", "counter_0"]
+    state = {**state, "counter_0": {"count": jnp.asarray(2.0)}}
+    y, new_state = model.apply(params, state, x, train=True)
+    h = np.asarray(x @ params["dense_0"]["w"] + params["dense_0"]["b"], np.float64) + 2.0
+    np.testing.assert_allclose(y, (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5), rtol=1e-4, atol=1e-5)
+    assert float(new_state["counter_0"]["count"]) == 3.0
+    np.testing.assert_allclose(new_state["batch_norm_0"]["mean"], 0.5 * h.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_apply_child_routes_state_and_passes_non_dict_params_and_state_whole():
+    counter = _counter()
+    y, s = jnn.apply_child("c", counter, {}, {"c": {"count": jnp.asarray(5.0)}, "other": None}, jnp.ones(2),
+                           train=True)
+    np.testing.assert_allclose(y, [6.0, 6.0])
+    assert float(s["count"]) == 6.0
+    np.testing.assert_allclose(jnn.apply_child("c", counter, {}, {"c": {"count": jnp.asarray(5.0)}},
+                                               jnp.ones(2))[0], [1.0, 1.0])   # train defaults to False
+    scale = jnn.Layer(lambda key, example: (jnp.asarray(3.0), jnp.asarray(1.0)),
+                      lambda p, s, x, *, key=None, train=False: (p * x + s, s), "scale")
+    y, s = jnn.apply_child("scale", scale, jnp.asarray(3.0), jnp.asarray(1.0), jnp.ones(2))
+    np.testing.assert_allclose(y, [4.0, 4.0])
+
+
+def test_stateless_and_fan_out_keep_their_name_children_and_keywords():
+    assert jnn.stateless("square", jnp.square, name="sq").label == "sq"
+    np.testing.assert_allclose(jnn.stateless("square", jnp.square).apply({}, {}, jnp.array([3.0]))[0], [9.0])
+    takes_lengths = jnn.Layer(lambda key, example: ({}, {}),
+                              lambda p, s, x, *, key=None, train=False, lengths=None: (x, s), "masked",
+                              keywords=frozenset({"lengths"}))
+    block = jnn.fan_out(takes_lengths, jnn.identity(), name="both")
+    assert block.label == "both" and block.keywords == frozenset({"lengths"})
+    assert list(block.children) == ["masked_0", "identity_0"]
+
+
+def test_serial_and_keyword_messages_exactly():
+    with pytest.raises(ValueError, match=r"^serial: expected at least one layer, got none$"):
+        jnn.serial()
+    model = jnn.serial(jnn.dense(2), jnn.dense(2))
+    params, state = model.init(KEY, jnp.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"^serial: params lack 'dense_1' \(have: dense_0, head"):
+        model.apply({"dense_0": params["dense_0"], "head": params["dense_1"]}, state, jnp.zeros((1, 2)))
+    with pytest.raises(TypeError, match=r"^serial: unexpected keyword argument 'bar', 'foo': this model's apply "
+                                        r"accepts key, train and no extra keywords \(a keyword reaches"):
+        model.apply(params, state, jnp.zeros((1, 2)), foo=1, bar=2)
+
+
+def test_an_apply_returning_an_array_of_two_rows_is_not_a_pair():
+    two_rows = jnn.Layer(lambda key, example: ({}, {}), lambda p, s, x, *, key=None, train=False: x, "two_rows")
+    with pytest.raises(TypeError, match=r"layer 'two_rows' breaks the layer contract: its apply returned a single "
+                                        r"array of shape \(2, 3\), expected a pair"):
+        jnn.serial(two_rows).init(KEY, jnp.zeros((2, 3)))
