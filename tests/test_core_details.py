@@ -199,3 +199,13 @@ def test_an_apply_returning_an_array_of_two_rows_is_not_a_pair():
     with pytest.raises(TypeError, match=r"layer 'two_rows' breaks the layer contract: its apply returned a single "
                                         r"array of shape \(2, 3\), expected a pair"):
         jnn.serial(two_rows).init(KEY, jnp.zeros((2, 3)))
+
+
+def test_examples_and_children_that_are_not_what_they_claim():
+    with pytest.raises(TypeError, match=r"^expected an array or jax.ShapeDtypeStruct as the example input, got "
+                                        r"SimpleNamespace$"):
+        jnn.dense(2).init(KEY, types.SimpleNamespace(shape=(1, 2)))   # a shape but no dtype
+    with pytest.raises(TypeError, match=r"^serial: expected a jnn.Layer, got int$"):   # not callable: no hint
+        jnn.serial(jnn.dense(2), 3)
+    with pytest.raises(TypeError, match=r"^fan_out: expected a jnn.Layer, got function \(did you forget to call it"):
+        jnn.fan_out(jnn.dense(2), jnn.relu)
