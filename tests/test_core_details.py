@@ -119,6 +119,9 @@ def test_output_shape_without_running_the_layer():
     assert (out.shape, out.dtype) == ((5, 3), jnp.bfloat16)
     with pytest.raises(TypeError, match=r"^expected an array or jax.ShapeDtypeStruct as the example input, got list"):
         jnn.output_shape(layer, params, state, [1.0, 2.0, 3.0, 4.0])
+    norm = jnn.batch_norm()     # stateful: output_shape passes the state on
+    params, state = norm.init(KEY, jnp.zeros((2, 4)))
+    assert jnn.output_shape(norm, params, state, jnp.zeros((3, 4))).shape == (3, 4)
 
 
 def test_fan_out_applies_in_evaluation_mode_by_default():
@@ -196,7 +199,8 @@ def test_serial_and_keyword_messages_exactly():
 
 def test_an_apply_returning_an_array_of_two_rows_is_not_a_pair():
     two_rows = jnn.Layer(lambda key, example: ({}, {}), lambda p, s, x, *, key=None, train=False: x, "two_rows")
-    with pytest.raises(TypeError, match=r"layer 'two_rows' breaks the layer contract: its apply returned a single "
+    with pytest.raises(TypeError, match=r"^\[two_rows_0\] serial: layer 'two_rows' breaks the layer contract: its "
+                                        r"apply returned a single "
                                         r"array of shape \(2, 3\), expected a pair"):
         jnn.serial(two_rows).init(KEY, jnp.zeros((2, 3)))
 
