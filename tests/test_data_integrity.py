@@ -68,6 +68,7 @@ def test_the_valid_baseline_reads(tmp_path):
 # with the ndim given third); the message names what was wrong.
 HEADER_CASES = {
     "too_short": (b"\x00\x00\x08", r"too short for an IDX header \(3 bytes\)"),
+    "magic_only": (b"\x00\x00\x08\x01", r"truncated IDX header: 1 dimensions need 8 bytes, found 4"),
     "nonzero_magic_prefix": (idx_bytes(prefix=b"\x01\x00"), r"not an IDX file: .* got 0x01000801"),
     "second_prefix_byte": (idx_bytes(prefix=b"\x00\x10"), r"not an IDX file: .* got 0x00100801"),
     "unknown_dtype_code": (idx_bytes(code=0x0A), r"not an IDX file: .* got 0x00000a01"),
@@ -92,3 +93,21 @@ def test_gzip_and_plain_files_give_the_same_array(tmp_path):
     plain = read_idx(write(tmp_path, idx_bytes(), "a"), ndim=1)
     zipped = read_idx(write(tmp_path, gzip.compress(idx_bytes()), "b.gz"), ndim=1)
     np.testing.assert_array_equal(plain, zipped)
+
+
+def test_a_file_of_exactly_its_header_is_an_empty_array(tmp_path):
+    array = read_idx(write(tmp_path, idx_bytes(payload=b"", dims=(0,))), ndim=1)
+    assert array.shape == (0,) and array.dtype == np.uint8
+
+
+def test_without_ndim_the_message_spells_out_the_magic(tmp_path):
+    with pytest.raises(ValueError, match=r"expected IDX magic 0x0000ttnn \(tt = dtype code, 08 for uint8; nn = number "
+                                         r"of dimensions\), got 0x01000801$"):
+        read_idx(write(tmp_path, idx_bytes(prefix=b"\x01\x00")))
+
+
+def test_a_truncated_gzip_stream_says_to_delete_the_file(tmp_path):
+    path = write(tmp_path, gzip.compress(idx_bytes())[:-6], "c.gz")
+    with pytest.raises(ValueError, match=r"c\.gz: corrupt or truncated gzip stream \((EOFError|BadGzipFile|error): "
+                                         r".*\); delete the file so it can be downloaded again$"):
+        read_idx(path, ndim=1)
