@@ -58,6 +58,7 @@ def _setup_cfg(module: str, tests: list[str]) -> str:
             f"source_paths={listed(['jnn'])}\n"      # the whole package is importable from mutants/ ...
             f"only_mutate={listed([module])}\n"      # ... but only this module is mutated
             f"pytest_add_cli_args_test_selection={listed(tests)}\n"
+            f"also_copy={listed(['experiments', 'README.md'])}\n"   # tests import experiments, read README
             f"pytest_add_cli_args={listed(['-o', 'addopts=', '-p', 'no:cacheprovider', '-q'])}\n"
             # mutmut forks each mutant's run. XLA's CPU client does not survive a fork: forked
             # from a process that had run tests, or collected test files that make arrays at import,
