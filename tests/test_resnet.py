@@ -6,31 +6,21 @@ import optax
 import pytest
 
 import jnn
+from test_conv import np_conv
+from test_norm import np_batch_norm
+from test_registry import _random_like
 
 
-# NumPy references (float64, no jnn): channels-last convs with SAME padding, batch norm, relu.
+# NumPy references (float64, no jnn), from test_conv.py and test_norm.py.
 def _np_conv_same(x, w, stride=1):
-    (kh, kw), (height, width) = w.shape[:2], x.shape[1:3]
-    out_h, out_w = -(-height // stride), -(-width // stride)
-    pad_h, pad_w = max((out_h - 1) * stride + kh - height, 0), max((out_w - 1) * stride + kw - width, 0)
-    xp = np.pad(x, [(0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
-    y = np.zeros((x.shape[0], out_h, out_w, w.shape[3]))
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride]
-            y += np.einsum("bhwc,cf->bhwf", patch, w[i, j])
-    return y
+    return np_conv(x, w, None, (stride, stride), "SAME", (1, 1), 1)
 
 
 def _np_batch_norm(x, params, state, train, momentum=0.99, epsilon=1e-5):
-    """Returns (y, new_state); training normalizes with the batch's biased variance."""
-    if train:
-        mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
-        new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
-                     "var": momentum * state["var"] + (1 - momentum) * var}
-    else:
-        mean, var, new_state = state["mean"], state["var"], state
-    return (x - mean) / np.sqrt(var + epsilon) * params["scale"] + params["offset"], new_state
+    """Returns (y, new_state)."""
+    y, mean, var = np_batch_norm(x, params["scale"], params["offset"], state["mean"], state["var"], train=train,
+                                 momentum=momentum, eps=epsilon)
+    return y, {"mean": mean, "var": var}
 
 
 def _np_residual_block(x, params, state, strides, train):
@@ -48,17 +38,6 @@ def _np_residual_block(x, params, state, strides, train):
     else:
         skip = x
     return np.maximum(h + skip, 0), new_state
-
-
-def _random_like(tree, seed):
-    """Every leaf drawn afresh (variances positive), so that no parameter or statistic sits at its
-    initial value (zero offsets, unit variances) where a dropped term would not show."""
-    rng = np.random.default_rng(seed)
-    def draw(path, a):
-        name = jax.tree_util.keystr(path)
-        values = rng.uniform(0.5, 2.0, a.shape) if "var" in name else rng.normal(0.0, 0.5, a.shape)
-        return jnp.asarray(values, jnp.float32)
-    return jax.tree_util.tree_map_with_path(draw, tree)
 
 
 def _float64(tree):
