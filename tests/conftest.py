@@ -30,13 +30,21 @@ collect_ignore = ["parallel_devices.py", "parallel_processes.py", "mutation.py",
 
 @pytest.fixture(autouse=True)
 def _xla_optimized(request):
-    """Tests marked ``xla_optimized`` (long training runs in this process) compile optimized."""
+    """Tests marked ``xla_optimized`` (long training runs in this process) compile optimized.
+
+    The flag is not part of JAX's compilation cache keys, so the caches are cleared on the way in
+    and out: otherwise an eager op compiled here (``jax.random.normal`` of one shape, say) would
+    be reused, optimized, by later tests in this worker, and their bits would depend on which
+    tests ran before them (a bit-exact resume test failed that way in CI).
+    """
     if request.node.get_closest_marker("xla_optimized") is None:
         yield
         return
     before = jax.config.read("jax_disable_most_optimizations")
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         yield
     finally:
+        jax.clear_caches()
         jax.config.update("jax_disable_most_optimizations", before)

@@ -72,10 +72,11 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     script.write_text(SCRIPT)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     # Killed when fit pulls batch 12 (prefetch two ahead: after step 9 of 12); checkpoints at steps 4 and 8.
-    dying = _run(script, killed, 12)
-    namespace = {"__name__": "uninterrupted"}
-    exec(compile(SCRIPT, str(script), "exec"), namespace)
-    namespace["run"](str(whole), 0)                       # the uninterrupted run, meanwhile, in this process
+    # The uninterrupted run, meanwhile, also in a fresh process: both sides then compile every
+    # program (eager ones too) the same way, whatever this test worker ran before.
+    dying, uninterrupted = _run(script, killed, 12), _run(script, whole, 0)
+    _, err_whole = uninterrupted.communicate(timeout=240)
+    assert uninterrupted.returncode == 0, err_whole[-2000:]
     _, err_killed = dying.communicate(timeout=240)
     assert dying.returncode == -signal.SIGKILL, err_killed[-2000:]
     assert sorted(int(p.name) for p in (killed / "ckpt").iterdir() if p.name.isdigit()) == [4, 8]
