@@ -1,6 +1,7 @@
 """Exported models and the benchmark capsule, loaded and run in a process that never imports jnn."""
 import inspect
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,7 +45,8 @@ print(json.dumps({{"ok": True, "jnn_imported": "jnn" in sys.modules}}))
 def _same_xla():
     """The child compiles as this process does (tests/conftest.py), so its floats match bit for bit."""
     flag = "JAX_DISABLE_MOST_OPTIMIZATIONS"
-    return {flag: "1" if jax.config.read("jax_disable_most_optimizations") else "0"}
+    return {flag: "1" if jax.config.read("jax_disable_most_optimizations") else "0",
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
 
 
 def _cnn():

@@ -22,10 +22,11 @@ ROOT = HERE.parent
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **extra)
-    env.pop("XLA_FLAGS", None)
-    env.update(extra)
-    return env
+    """This process's environment for a subprocess, with ``extra``; its XLA_FLAGS keep this
+    process's (tests/conftest.py) except a device count, and add ``extra``'s."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    flags += extra.pop("XLA_FLAGS", "").split()
+    return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags), **extra)
 
 
 def _eight_devices() -> dict:

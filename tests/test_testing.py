@@ -28,6 +28,25 @@ def test_a_wrong_custom_gradient_is_caught_by_check_grads():
     jnn.testing.check_layer(correct, X, grad_order=1, grad_modes=("rev",))
 
 
+@pytest.mark.parametrize("wrong", ["params", "input"])
+def test_a_layer_with_params_and_one_wrong_gradient_names_that_one(wrong):
+    """The params and input are checked jointly first; the failure still names the culprit."""
+    @jax.custom_vjp
+    def scale(w, x):
+        return w * jnp.sin(x)
+
+    def bwd(res, g):
+        w, x = res
+        dw, dx = jnp.sum(jnp.sin(x) * g, axis=0), w * jnp.cos(x) * g
+        return (3 * dw, dx) if wrong == "params" else (dw, 3 * dx)
+
+    scale.defvjp(lambda w, x: (w * jnp.sin(x), (w, x)), bwd)
+    init = lambda key, example: ({"w": jax.random.normal(key, example.shape[-1:], example.dtype)}, {})
+    layer = _layer(lambda p, s, x, *, key=None, train=False: (scale(p["w"], x), s), init)
+    with pytest.raises(AssertionError, match=rf"check_layer\(broken\): check_grads \({wrong}, orders 1-1\)"):
+        jnn.testing.check_layer(layer, X, grad_order=1, grad_modes=("rev",))
+
+
 def test_a_layer_whose_jit_and_eager_outputs_differ_is_caught():
     def apply(params, state, x, *, key=None, train=False):
         traced = isinstance(x, jax.core.Tracer)
