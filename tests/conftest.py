@@ -24,32 +24,9 @@ if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
 
 import jax  # noqa: E402  (after the environment is set, for a jax imported here first)
-import pytest  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1")
 
 # Scripts run as subprocesses by the tests (or by hand), not test modules: keep --doctest-modules
 # from importing them.
 collect_ignore = ["parallel_devices.py", "parallel_processes.py", "mutation.py", "option_coverage.py"]
-
-
-@pytest.fixture(autouse=True)
-def _xla_optimized(request):
-    """Tests marked ``xla_optimized`` (long training runs in this process) compile optimized.
-
-    The flag is not part of JAX's compilation cache keys, so the caches are cleared on the way in
-    and out: otherwise an eager op compiled here (``jax.random.normal`` of one shape, say) would
-    be reused, optimized, by later tests in this worker, and their bits would depend on which
-    tests ran before them (a bit-exact resume test failed that way in CI).
-    """
-    if request.node.get_closest_marker("xla_optimized") is None:
-        yield
-        return
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.clear_caches()
-    jax.config.update("jax_disable_most_optimizations", False)
-    try:
-        yield
-    finally:
-        jax.clear_caches()
-        jax.config.update("jax_disable_most_optimizations", before)

@@ -80,16 +80,7 @@ def test_the_docs_have_code_blocks():
     assert sum(len(python_blocks(p)) for p in PAGES) >= 40
 
 
-# Pages whose training runs cost more than their compiles: these compile with XLA's optimizations.
-RUN_BOUND = {"tutorials/09-attention.md"}
-
-
-def _page(path):
-    name = str(path.relative_to(DOCS))
-    return pytest.param(path, id=name, marks=[pytest.mark.xla_optimized] if name in RUN_BOUND else [])
-
-
-@pytest.mark.parametrize("page", [_page(p) for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_page_code_runs_in_order(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                     # files a page writes land in tmp_path
     skipped = run_page(page)
