@@ -188,3 +188,34 @@ def test_streamed_validation_is_exact_with_a_ragged_last_batch():
     np.testing.assert_allclose(result.history["val_loss"][-1], -log_p[np.arange(70), y].mean(), rtol=1e-5)
     np.testing.assert_allclose(result.history["val_accuracy"][-1], (logits.argmax(1) == y).mean(), rtol=1e-6)
     assert len(result.history["val_loss"]) == 2      # read afresh in the second epoch
+
+
+class _Closing:
+    """Endless batches whose iterator records ``close()`` (as a Grain iterator stops its workers)."""
+    def __init__(self, batch, fail_at=None):
+        self.batch, self.fail_at, self.closed, self.pulled = batch, fail_at, 0, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.pulled += 1
+        if self.pulled == self.fail_at:
+            raise OSError("the disk went away")
+        return self.batch
+
+    def close(self):
+        self.closed += 1
+
+
+@pytest.mark.parametrize("fail_at", [None, 4])
+def test_fit_closes_the_stream_iterator_when_it_returns_or_raises(fail_at):
+    data = _Closing(_xy(4), fail_at)
+    run = lambda: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), data, steps_per_epoch=2,
+                                key=jax.random.key(0), epochs=2, metrics={}, progress=False, verbose=False)
+    if fail_at is None:
+        run()
+    else:
+        with pytest.raises(OSError, match="reading batch 1 of epoch 2 from train_data failed.*the disk went away"):
+            run()
+    assert data.closed == 1

@@ -278,118 +278,122 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         raise ValueError("fit: pass train_state (resume a run) or params/state (start from given weights), "
                          "not both")
     callbacks, early_stopping = _with_early_stopping("fit", callbacks, early_stopping)
-    streamed = _stream.is_stream(train_data)
-    if streamed:
-        if val_split or debug_nonfinite:
-            raise ValueError("fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite")
-        feed = _stream.Feed(train_data, steps_per_epoch if steps_per_epoch is not None else
-                            getattr(train_data, "steps_per_epoch", None), mesh=mesh, where="fit")
-        x, y = _check_data("fit train_data (first batch)", feed.first[0])
-        batch_size = _num_examples(x) * (jax.process_count() if mesh is not None else 1)   # the global batch
-    elif checkpoint is not None or resume or steps_per_epoch is not None:
-        raise ValueError("fit: steps_per_epoch, checkpoint and resume are for streamed train_data; for arrays "
-                         "use callbacks=[checkpointer.save_every(k)] and train_state= to resume")
-    else:
-        x, y = _check_data("fit train_data", train_data)
-    if (checkpoint_every is not None or resume) and checkpoint is None:
-        raise ValueError("fit: checkpoint_every and resume need checkpoint=jnn.train.Checkpointer(directory)")
-    guard.check_fit_args("fit", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
-                         history_file=history_file, on_nonfinite=on_nonfinite)
-    init_key, split_key = jax.random.split(key)
-    if val_split:
-        (x, y), val_data = split_validation(x, y, val_split, split_key)
-    val_streamed = _stream.is_stream(val_data)
-    if val_streamed and mesh is not None:
-        raise ValueError("fit: val_data as a stream is not supported with a mesh; pass (x, y) arrays")
-    if val_data is not None and not val_streamed:
-        val_data = _check_data("fit val_data", val_data)
-    num_examples = _num_examples(x)
-    batch_size = min(batch_size, num_examples)
-    if rules is not None and mesh is None:
-        raise ValueError("fit: rules shard params over a mesh; pass mesh= as well")
-    if mesh is not None:
-        _parallel.check_mesh(mesh, "fit")
-        _parallel.check_batch_size(batch_size, mesh, "fit")
+    streamed, feed = _stream.is_stream(train_data), None
+    try:
+        if streamed:
+            if val_split or debug_nonfinite:
+                raise ValueError("fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite")
+            feed = _stream.Feed(train_data, steps_per_epoch if steps_per_epoch is not None else
+                                getattr(train_data, "steps_per_epoch", None), mesh=mesh, where="fit")
+            x, y = _check_data("fit train_data (first batch)", feed.first[0])
+            batch_size = _num_examples(x) * (jax.process_count() if mesh is not None else 1)   # the global batch
+        elif checkpoint is not None or resume or steps_per_epoch is not None:
+            raise ValueError("fit: steps_per_epoch, checkpoint and resume are for streamed train_data; for arrays "
+                             "use callbacks=[checkpointer.save_every(k)] and train_state= to resume")
+        else:
+            x, y = _check_data("fit train_data", train_data)
+        if (checkpoint_every is not None or resume) and checkpoint is None:
+            raise ValueError("fit: checkpoint_every and resume need checkpoint=jnn.train.Checkpointer(directory)")
+        guard.check_fit_args("fit", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
+                             history_file=history_file, on_nonfinite=on_nonfinite)
+        init_key, split_key = jax.random.split(key)
+        if val_split:
+            (x, y), val_data = split_validation(x, y, val_split, split_key)
+        val_streamed = _stream.is_stream(val_data)
+        if val_streamed and mesh is not None:
+            raise ValueError("fit: val_data as a stream is not supported with a mesh; pass (x, y) arrays")
+        if val_data is not None and not val_streamed:
+            val_data = _check_data("fit val_data", val_data)
+        num_examples = _num_examples(x)
+        batch_size = min(batch_size, num_examples)
+        if rules is not None and mesh is None:
+            raise ValueError("fit: rules shard params over a mesh; pass mesh= as well")
+        if mesh is not None:
+            _parallel.check_mesh(mesh, "fit")
+            _parallel.check_batch_size(batch_size, mesh, "fit")
 
-    example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
+        example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
 
-    def init():
-        if params is not None or state is not None:
-            return _start_from(model, optimizer, init_key, example, params, state)
-        return init_train_state(model, optimizer, init_key, example)
+        def init():
+            if params is not None or state is not None:
+                return _start_from(model, optimizer, init_key, example, params, state)
+            return init_train_state(model, optimizer, init_key, example)
 
-    if mesh is None:
-        ts = train_state if train_state is not None else init()
-    else:
-        ts = _parallel.place(train_state, mesh, rules) if train_state is not None else \
-            _parallel.sharded_init(init, mesh, rules)
-        x, y = (x, y) if streamed else _parallel.replicate((x, y), mesh)
-        val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
-    if metrics is None:
-        metrics = _default_metrics(model, ts, example, y)
-        metrics = {k: v for k, v in metrics.items() if k in guard.default_metrics(loss)}
-    else:
-        metrics = dict(metrics)
-    step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, mesh=mesh,
-                           rules=rules)
-    if streamed:
-        train_epoch = _stream.StreamEpochs(step, feed, ts, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                           initial_epoch=initial_epoch)
-        restored = train_epoch.resume(checkpoint, ts) if resume else None
-        ts, initial_epoch = (ts, initial_epoch) if restored is None else (restored, train_epoch.epoch)
-    elif fused:
-        train_epoch = jax.jit(make_train_epoch(step, num_examples, batch_size, mesh=mesh))
-    else:
-        train_epoch = make_stepwise_epoch(step, num_examples, batch_size)
-    evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
-    evaluate = _stream.StreamEvaluation(evaluate) if val_streamed else jax.jit(evaluate) if fused else evaluate
-    guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
-                         (x, y), batch_size, None if val_streamed else val_data,
-                         None if val_streamed else early_stopping, _learning_rate(ts.opt_state) is not None,
-                         data_check=(model, loss, metrics) if check_data else None)
+        if mesh is None:
+            ts = train_state if train_state is not None else init()
+        else:
+            ts = _parallel.place(train_state, mesh, rules) if train_state is not None else \
+                _parallel.sharded_init(init, mesh, rules)
+            x, y = (x, y) if streamed else _parallel.replicate((x, y), mesh)
+            val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
+        if metrics is None:
+            metrics = _default_metrics(model, ts, example, y)
+            metrics = {k: v for k, v in metrics.items() if k in guard.default_metrics(loss)}
+        else:
+            metrics = dict(metrics)
+        step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, mesh=mesh,
+                               rules=rules)
+        if streamed:
+            train_epoch = _stream.StreamEpochs(step, feed, ts, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                               initial_epoch=initial_epoch)
+            restored = train_epoch.resume(checkpoint, ts) if resume else None
+            ts, initial_epoch = (ts, initial_epoch) if restored is None else (restored, train_epoch.epoch)
+        elif fused:
+            train_epoch = jax.jit(make_train_epoch(step, num_examples, batch_size, mesh=mesh))
+        else:
+            train_epoch = make_stepwise_epoch(step, num_examples, batch_size)
+        evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
+        evaluate = _stream.StreamEvaluation(evaluate) if val_streamed else jax.jit(evaluate) if fused else evaluate
+        guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
+                             (x, y), batch_size, None if val_streamed else val_data,
+                             None if val_streamed else early_stopping, _learning_rate(ts.opt_state) is not None,
+                             data_check=(model, loss, metrics) if check_data else None)
 
-    history: dict[str, list[float]] = train_epoch.history if streamed else {}
-    main = jax.process_index() == 0  # multi-process: only process 0 prints and writes files
-    verbose, progress = verbose and main, progress and main
-    hooks = CallbackList(callbacks, history_file=history_file if main else None, on_epoch_end=on_epoch_end)
-    hooks.on_train_begin(ts)
-    stopped, nonfinite_epoch, report = False, None, None
-    with progress_bar(epochs - initial_epoch, enabled=progress) as bar:
-        for epoch in range(initial_epoch + 1, epochs + 1):
-            start = time.perf_counter()
-            last_good = ts
-            ts, train_logs = train_epoch(ts, (x, y))
-            logs = {k: float(v) for k, v in train_logs.items()}
-            if val_data is not None:
-                logs.update({f"val_{k}": float(v) for k, v in evaluate(ts.params, ts.state, val_data, ts.step).items()})
-            lr = _learning_rate(ts.opt_state)
-            if lr is not None:
-                logs["lr"] = lr
-            logs["time"] = time.perf_counter() - start
-            for k, v in {"epoch": epoch, **logs}.items():
-                history.setdefault(k, []).append(v)
-            if verbose:
-                print(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
-            bar.advance(logs)
-            bad = guard.nonfinite_metrics(logs)
-            if bad:
-                ts, nonfinite_epoch = last_good, epoch
-                if debug_nonfinite:
-                    from jnn.train.nonfinite import find_nonfinite
-                    report = find_nonfinite(model, loss, optimizer, ts, (x, y), batch_size=batch_size,
-                                            metrics=metrics, regularizer=regularizer)
-                message = guard.nonfinite_message("fit", epoch, logs, bad, report)
-                if on_nonfinite == "raise":
-                    raise guard.NonFiniteError(message, epoch=epoch, train_state=ts, history=history, report=report)
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-                break
-            if hooks.on_epoch_end(epoch, ts, logs):   # a callback (e.g. EarlyStopping) asked to stop
-                stopped = epoch < epochs
-                break
-    restored = hooks.on_train_end(ts, history)   # EarlyStopping(restore_best=True) returns its best state
-    ts = ts if restored is None else restored
-    best_epoch = None if early_stopping is None else int(early_stopping.best_epoch) or None
-    return FitResult(ts, history, best_epoch, stopped, nonfinite_epoch, report)
+        history: dict[str, list[float]] = train_epoch.history if streamed else {}
+        main = jax.process_index() == 0  # multi-process: only process 0 prints and writes files
+        verbose, progress = verbose and main, progress and main
+        hooks = CallbackList(callbacks, history_file=history_file if main else None, on_epoch_end=on_epoch_end)
+        hooks.on_train_begin(ts)
+        stopped, nonfinite_epoch, report = False, None, None
+        with progress_bar(epochs - initial_epoch, enabled=progress) as bar:
+            for epoch in range(initial_epoch + 1, epochs + 1):
+                start = time.perf_counter()
+                last_good = ts
+                ts, train_logs = train_epoch(ts, (x, y))
+                logs = {k: float(v) for k, v in train_logs.items()}
+                if val_data is not None:
+                    logs.update({f"val_{k}": float(v) for k, v in evaluate(ts.params, ts.state, val_data, ts.step).items()})
+                lr = _learning_rate(ts.opt_state)
+                if lr is not None:
+                    logs["lr"] = lr
+                logs["time"] = time.perf_counter() - start
+                for k, v in {"epoch": epoch, **logs}.items():
+                    history.setdefault(k, []).append(v)
+                if verbose:
+                    print(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+                bar.advance(logs)
+                bad = guard.nonfinite_metrics(logs)
+                if bad:
+                    ts, nonfinite_epoch = last_good, epoch
+                    if debug_nonfinite:
+                        from jnn.train.nonfinite import find_nonfinite
+                        report = find_nonfinite(model, loss, optimizer, ts, (x, y), batch_size=batch_size,
+                                                metrics=metrics, regularizer=regularizer)
+                    message = guard.nonfinite_message("fit", epoch, logs, bad, report)
+                    if on_nonfinite == "raise":
+                        raise guard.NonFiniteError(message, epoch=epoch, train_state=ts, history=history, report=report)
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                    break
+                if hooks.on_epoch_end(epoch, ts, logs):   # a callback (e.g. EarlyStopping) asked to stop
+                    stopped = epoch < epochs
+                    break
+        restored = hooks.on_train_end(ts, history)   # EarlyStopping(restore_best=True) returns its best state
+        ts = ts if restored is None else restored
+        best_epoch = None if early_stopping is None else int(early_stopping.best_epoch) or None
+        return FitResult(ts, history, best_epoch, stopped, nonfinite_epoch, report)
+    finally:   # Grain's worker processes and shared memory go now, not at interpreter exit
+        if feed is not None:
+            feed.close()
 
 
 def predict(model: Layer, params, state, x, *, batch_size: int = 1000):

@@ -154,6 +154,14 @@ class Feed:
         self._fill(epoch, index + 1)
         return batch
 
+    def close(self) -> None:
+        """Closes the iterator if it can be (a Grain iterator stops its worker processes and
+        frees their shared memory); ``fit`` calls this when it returns or raises."""
+        self._queue.clear()
+        close = getattr(self._iterator, "close", None)
+        if callable(close):
+            close()
+
     def restore(self, state) -> None:
         """Continues from an iterator ``state`` saved with a checkpoint (see :attr:`state`)."""
         if not self.stateful:
