@@ -117,3 +117,60 @@ def test_initializer_selection_per_layer_and_errors():
         jnn.dense(3, w_init="he")
     with pytest.raises(TypeError, match=r"got the factory he_normal; call it: he_normal\(\)"):
         jnn.dense(3, w_init=jnn.initializers.he_normal)
+
+
+_Z2, _Z3 = jnp.zeros(2), jnp.zeros(3)
+_HINT = "; binary labels are 0/1"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: losses.mse(_Z2, _Z3), r"^mse: predictions and targets must have the same shape, got \(2,\) and \(3,\)$"),
+    (lambda: losses.mae(_Z2, _Z3), r"^mae: predictions and targets must have the same shape"),
+    (lambda: losses.binary_cross_entropy_with_logits(_Z2, _Z3),
+     r"^binary_cross_entropy_with_logits: logits and labels must have the same shape"),
+    (lambda: losses.binary_cross_entropy(_Z2, _Z3),
+     r"^binary_cross_entropy: probabilities and labels must have the same shape"),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 4))),
+     r"^softmax_cross_entropy: logits and one-hot labels must have the same shape"),
+    (lambda: losses.mse(_Z2, _Z2, reduction="sum"), r"^mse: reduction must be 'mean' or 'none', got 'sum'$"),
+    (lambda: losses.mae(_Z2, _Z2, reduction="sum"), r"^mae: reduction must be"),
+    (lambda: losses.binary_cross_entropy_with_logits(_Z2, _Z2, reduction="sum"),
+     r"^binary_cross_entropy_with_logits: reduction must be"),
+    (lambda: losses.binary_cross_entropy(_Z2, _Z2, reduction="sum"), r"^binary_cross_entropy: reduction must be"),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 1]), reduction="sum"),
+     r"^softmax_cross_entropy: reduction must be"),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 3)), reduction="sum"),
+     r"^softmax_cross_entropy: reduction must be"),
+    (lambda: losses.binary_cross_entropy_with_logits(_Z2, jnp.array([0.0, 2.0])),
+     rf"^binary_cross_entropy_with_logits: labels must lie in \[0, 1\], got 2{_HINT}"),
+    (lambda: losses.binary_cross_entropy(jnp.array([0.5, 1.5]), _Z2),
+     r"^binary_cross_entropy: probabilities must lie in \[0, 1\], got 1.5; for logits use "
+     r"binary_cross_entropy_with_logits, or end the model with jnn.sigmoid\(\)$"),
+    (lambda: losses.binary_cross_entropy(_Z2, jnp.array([-1.0, 0.0])),
+     rf"^binary_cross_entropy: labels must lie in \[0, 1\], got -1{_HINT}"),
+])
+def test_each_loss_error_names_the_loss_and_its_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_binary_losses_compute_in_the_input_dtype():
+    """Labels and targets are cast to the logits' / probabilities' dtype, not to the default float."""
+    logits, labels = jnp.array([-2.0, 0.5, 3.0], jnp.bfloat16), jnp.array([0.0, 1.0, 1.0])
+    assert losses.binary_cross_entropy_with_logits(logits, labels).dtype == jnp.bfloat16
+    assert losses.binary_cross_entropy(jax.nn.sigmoid(logits), labels).dtype == jnp.bfloat16
+    logits = jnp.array([[1.0, -1.0, 0.5]], jnp.bfloat16)
+    assert losses.softmax_cross_entropy(logits, jnp.array([[0.0, 1.0, 0.0]])).dtype == jnp.bfloat16
+    assert losses.softmax_cross_entropy(logits, jnp.array([2]), label_smoothing=0.1).dtype == jnp.bfloat16
+
+
+def test_penalties_check_the_default_selection_and_honour_exclude():
+    params = {"dense": {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([5.0])}, "gate": {"wa": jnp.ones((2, 2))}}
+    for penalty in (losses.l1_penalty, losses.l2_penalty):
+        with pytest.raises(ValueError, match=r"^penalty: the default selection \(leaves named 'w'\) would skip "
+                                             r"the weights \['gate/wa'\]"):
+            penalty(params)
+    assert float(losses.l1_penalty(params, exclude=("gate/wa",))) == 3.0
+    assert float(losses.l2_penalty(params, exclude=("gate/wa",))) == 5.0
+    none = losses.l2_penalty({"b": jnp.ones(3)})   # nothing selected: a float zero
+    assert none.dtype == jnp.float32 and float(none) == 0.0
