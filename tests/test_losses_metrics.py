@@ -148,6 +148,9 @@ _HINT = "; binary labels are 0/1"
      r"binary_cross_entropy_with_logits, or end the model with jnn.sigmoid\(\)$"),
     (lambda: losses.binary_cross_entropy(_Z2, jnp.array([-1.0, 0.0])),
      rf"^binary_cross_entropy: labels must lie in \[0, 1\], got -1{_HINT}"),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 3])), r"^softmax_cross_entropy: "),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 1]), label_smoothing=1.0),
+     r"^softmax_cross_entropy: label_smoothing must be in \[0, 1\), got 1.0$"),
 ])
 def test_each_loss_error_names_the_loss_and_its_arguments(call, message):
     with pytest.raises(ValueError, match=message):
@@ -174,3 +177,14 @@ def test_penalties_check_the_default_selection_and_honour_exclude():
     assert float(losses.l2_penalty(params, exclude=("gate/wa",))) == 5.0
     none = losses.l2_penalty({"b": jnp.ones(3)})   # nothing selected: a float zero
     assert none.dtype == jnp.float32 and float(none) == 0.0
+
+
+def test_smoothed_cross_entropy_over_sequences_matches_numpy():
+    """Integer labels with smoothing on [B, T, C] logits: one-hot over the last axis."""
+    rng = np.random.default_rng(0)
+    logits, labels, s = rng.normal(size=(2, 5, 3)).astype(np.float32), rng.integers(0, 3, (2, 5)), 0.2
+    targets = (1 - s) * np.eye(3)[labels] + s / 3
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -(targets * log_p).sum(-1)
+    got = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=s, reduction="none")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
