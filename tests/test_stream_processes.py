@@ -3,7 +3,6 @@ jax.distributed processes (127.0.0.1, gloo) each read a disjoint half of every g
 together every kept record once per epoch, and fit over the shards with a mesh trains like one
 process over the whole global batches."""
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 import jnn
+from test_parallel import _env   # this process's environment and XLA flags, no device count
 
 pytest.importorskip("grain")
 
@@ -60,8 +60,7 @@ def test_two_processes_read_disjoint_halves_covering_each_epoch_once(tmp_path):
     script = tmp_path / "proc.py"
     script.write_text(SCRIPT)
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env = _env()
     procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(N), str(BATCH), str(EPOCHS)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
