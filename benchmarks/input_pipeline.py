@@ -7,8 +7,11 @@ warm-up, blocked on the result):
   raw host loop     : hand-written baseline, a Python loop that slices NumPy batches, jax.device_put
                       and calls the jitted step (no Grain, no prefetch)
   grain, 0 workers  : jnn.train.stream (what fit runs for a stream) over jnn.data.grain.pipeline
-                      (global shuffle, batching in Grain's reader threads), two batches prefetched
-  grain, N workers  : the same with --workers Grain worker processes (mp_prefetch)
+                      (global shuffle, batches read in Grain's reader threads), one jitted step per
+                      batch, two batches prefetched
+  grain, 0 w, chunk k: the same, k batches per jitted lax.scan (fit's default for streams, k = 8),
+                      stacked on the host and transferred together, two chunks prefetched
+  grain, N w, chunk k: the same with --workers Grain worker processes (mp_prefetch), largest k
 Printed: ms per step and the ratio to in-memory. Also the input pipeline alone (batches/s with
 no training), which is where the time goes when a step is this small.
 
@@ -60,11 +63,13 @@ def contenders(model, fused: bool, x, y, args):
 
     fns = {"in-memory fused": in_memory, "raw host loop": raw_host_loop}
     source = jnn.data.grain.ArraySource(x, y)
-    for workers in (0, args.workers):
+    chunks, feeds = args.chunks if fused else [1], []
+    for workers, chunk in [(0, c) for c in chunks] + [(args.workers, max(chunks))]:
         pipe = jnn.data.grain.pipeline(source, batch_size=args.batch, seed=0, worker_count=workers)
         feed = Feed(pipe, pipe.steps_per_epoch)
-        runner = StreamEpochs(step, feed, ts0)
-        name = f"grain, {workers} workers"
+        feeds.append(feed)
+        runner = StreamEpochs(step, feed, ts0, chunk=chunk)
+        name = f"grain, {workers} w, chunk {chunk}"
         state[name] = ts0
 
         def streamed(name=name, runner=runner):
@@ -72,7 +77,7 @@ def contenders(model, fused: bool, x, y, args):
             block(logs)
 
         fns[name] = streamed
-    return fns, steps
+    return fns, steps, feeds
 
 
 def pipeline_alone(x, y, args, workers: int) -> float:
@@ -84,7 +89,9 @@ def pipeline_alone(x, y, args, workers: int) -> float:
     start, count = time.perf_counter(), 2 * pipe.steps_per_epoch
     for _ in range(count):
         next(it)
-    return count / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    it.close()
+    return count / seconds
 
 
 def main():
@@ -93,6 +100,8 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[1, 8, 16],
+                        help="batches per scan for the streamed MLP (the CNN streams stepwise, as it trains)")
     args = parser.parse_args()
     x, y = jnn.data.load_mnist("train")
     x, y = x[:args.examples], y[:args.examples]
@@ -100,11 +109,13 @@ def main():
     for workers in (0, args.workers):
         print(f"input pipeline alone, {workers} workers: {pipeline_alone(x, y, args, workers):,.0f} batches/s")
     for name, (model, fused) in models().items():
-        fns, steps = contenders(model, fused, x, y, args)
+        fns, steps, feeds = contenders(model, fused, x, y, args)
         times = time_interleaved(fns, repeats=args.repeats, warmup=1)
+        for feed in feeds:
+            feed.close()   # stops Grain's worker processes and frees their shared memory
         base = times["in-memory fused"]
         for contender, seconds in times.items():
-            print(f"{name}  {contender:18s} {1e3 * seconds / steps:7.3f} ms/step   ratio to in-memory "
+            print(f"{name}  {contender:22s} {1e3 * seconds / steps:7.3f} ms/step   ratio to in-memory "
                   f"{seconds / base:5.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 

@@ -88,16 +88,11 @@ def write_dataset(directory: pathlib.Path, copies: int, config: Config) -> int:
     return sum((directory / f).stat().st_size for f in ("images.npy", "labels.npy"))
 
 
-def _record(record):
-    image, label = record
-    return (image.astype(np.float32) / np.float32(255.0))[..., None], np.int32(label)
-
-
 def train_from_disk(directory: pathlib.Path, config: Config) -> dict:
     """Trains from ``directory`` in this process; returns the measurements."""
     import optax
     source = jnn.data.grain.ArraySource(jnn.data.grain.NpySource(directory / "images.npy"),
-                                        np.load(directory / "labels.npy"), transform=_record)
+                                        np.load(directory / "labels.npy"), transform=jnn.data.grain.mnist_record)
     pipeline = lambda: jnn.data.grain.pipeline(source, batch_size=config.batch_size, seed=config.seed)
     x_test, y_test = jnn.data.load_mnist("test")
     model = jnn.serial(jnn.flatten(), jnn.dense(config.hidden), jnn.relu(), jnn.dense(10))

@@ -219,3 +219,36 @@ def test_fit_closes_the_stream_iterator_when_it_returns_or_raises(fail_at):
         with pytest.raises(OSError, match="reading batch 1 of epoch 2 from train_data failed.*the disk went away"):
             run()
     assert data.closed == 1
+
+
+def test_chunked_scans_equal_single_steps_and_compile_once(mnist):
+    # 10 steps an epoch in chunks of 4: scans over steps 0-3 and 4-7, then steps 8 and 9 one by one
+    x, y = mnist
+    x, y = np.asarray(x[:320]), np.asarray(y[:320])
+    model, opt = _model(), optax.adam(1e-3)
+    ts0 = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:32])
+    step = jnn.train.make_train_step(model, LOSS, opt, metrics={"accuracy": jnn.metrics.accuracy})
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 320, 32)]
+    runs = {}
+    for chunk in (1, 4):
+        runner = jnn.train.stream.StreamEpochs(step, jnn.train.stream.Feed(batches, None),
+                                               ts0, chunk=chunk)
+        ts, logs = ts0, []
+        for _ in range(2):
+            ts, epoch_logs = runner(ts)
+            logs.append(epoch_logs)
+        runs[chunk] = ts, logs, runner
+    (ts1, logs1, single), (ts4, logs4, chunked) = runs[1], runs[4]
+    assert int(ts4.step) == int(ts1.step) == 20
+    for a, b in zip(jax.tree_util.tree_leaves(ts1.params), jax.tree_util.tree_leaves(ts4.params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(logs1, logs4):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+        assert float(a["accuracy"]) == float(b["accuracy"])
+    assert chunked.scan_chunk._cache_size() == 1 and chunked.step._cache_size() == 1   # no recompiles
+    assert single.scan_chunk._cache_size() == 0
+
+
+def test_error_chunk_is_a_positive_integer():
+    with pytest.raises(ValueError, match=r"StreamEpochs: chunk must be a positive integer, got 0"):
+        jnn.train.stream.StreamEpochs(None, None, None, chunk=0)

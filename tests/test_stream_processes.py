@@ -15,7 +15,7 @@ from test_parallel import _env   # this process's environment and XLA flags, no 
 
 pytest.importorskip("grain")
 
-N, BATCH, EPOCHS = 100, 16, 2   # 6 global batches an epoch, 4 records dropped each epoch
+N, BATCH, EPOCHS = 200, 16, 2   # 12 global batches an epoch (a scan over 8, then 4 single steps), 8 records dropped
 
 SCRIPT = r'''
 import json, sys

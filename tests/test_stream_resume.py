@@ -18,7 +18,7 @@ import jax, numpy as np, optax, jnn
 def run(out, kill_at):
     x, y = jnn.data.load_mnist("test", download=False)
     x, y = x[:192], y[:192]
-    pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=32, seed=5)   # 6 steps an epoch
+    pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=8, seed=5)   # 24 steps an epoch
 
     class Dying:
         """The pipeline, SIGKILLing this process when fit asks for batch number kill_at (counted from 1)."""
@@ -40,9 +40,9 @@ def run(out, kill_at):
 
     model = jnn.serial(jnn.flatten(), jnn.dense(16), jnn.relu(), jnn.dropout(0.2), jnn.dense(10))
     ckpt = jnn.train.Checkpointer(os.path.join(out, "ckpt"), keep=2)
-    result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, optax.adam(1e-3), Dying(), steps_per_epoch=6,
-                           key=jax.random.key(1), epochs=2, val_data=(x[:64], y[:64]), checkpoint=ckpt,
-                           checkpoint_every=4, resume=True, progress=False, verbose=False, check_data=False)
+    result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, optax.adam(1e-3), Dying(), steps_per_epoch=24,
+                           key=jax.random.key(1), epochs=3, val_data=(x[:64], y[:64]), checkpoint=ckpt,
+                           checkpoint_every=20, resume=True, progress=False, verbose=False, check_data=False)
     leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(result.train_state)
               if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)]
     np.savez(os.path.join(out, "final.npz"), *leaves)
@@ -71,28 +71,31 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    # Killed when fit pulls batch 12 (prefetch two ahead: after step 9 of 12); checkpoints at steps 4 and 8.
+    # Steps run in scans of 8 batches (fit's CHUNK) or one by one where fewer are left before an
+    # epoch's end or a checkpoint (every 20 steps): epoch 1 scans 0-8, 8-16, steps 16..19, saves
+    # at 20, steps 20..23; epoch 2 scans 24-32, 32-40, saves at 40 (mid-epoch), scans 40-48.
+    # Killed when fit pulls batch 50 (in epoch 3; epoch 2 was all prefetched before its save).
     # The uninterrupted run, meanwhile, also in a fresh process: both sides then compile every
     # program (eager ones too) the same way, whatever this test worker ran before.
-    dying, uninterrupted = _run(script, killed, 12), _run(script, whole, 0)
+    dying, uninterrupted = _run(script, killed, 50), _run(script, whole, 0)
     _, err_whole = uninterrupted.communicate(timeout=240)
     assert uninterrupted.returncode == 0, err_whole[-2000:]
     _, err_killed = dying.communicate(timeout=240)
     assert dying.returncode == -signal.SIGKILL, err_killed[-2000:]
-    assert sorted(int(p.name) for p in (killed / "ckpt").iterdir() if p.name.isdigit()) == [4, 8]
+    assert sorted(int(p.name) for p in (killed / "ckpt").iterdir() if p.name.isdigit()) == [20, 40]
     assert not (killed / "final.npz").exists()
 
     import jnn
     meta = jnn.train.Checkpointer(killed / "ckpt").read_meta()
-    assert meta["progress"]["epoch"] == 2 and meta["progress"]["step_in_epoch"] == 2   # mid-epoch
-    assert meta["data_state"] == {"next_index": 8}
+    assert meta["progress"]["epoch"] == 2 and meta["progress"]["step_in_epoch"] == 16   # mid-epoch
+    assert meta["data_state"] == {"next_index": 40}
     assert len(meta["progress"]["history"]["loss"]) == 1
 
     resumed = _run(script, killed, 0)
     _, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err[-2000:]
     (got, got_history), (want, want_history) = _load(killed), _load(whole)
-    assert got_history == want_history and len(want_history["loss"]) == 2
+    assert got_history == want_history and len(want_history["loss"]) == 3
     assert len(got) == len(want)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)

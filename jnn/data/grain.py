@@ -3,16 +3,25 @@
 Data that fits in device memory stays on ``fit``'s scan-fused path; anything larger streams
 through Grain (``pip install 'jnn[data]'``): a random-access *source* (``__len__`` and
 ``__getitem__``: :class:`ArraySource` over arrays or memory-mapped ``.npy`` files,
-:func:`mnist_source`, :func:`shakespeare_source`), then :func:`pipeline` shuffles it with a
-seed (a new permutation every epoch), drops the ragged rest of each epoch, gives each JAX process
-its disjoint share of every global batch (``grain.sharding.ShardByJaxProcess``), runs an optional
-CPU-side transform (in worker processes with ``worker_count``) and batches.
+:class:`NpySource`, :func:`mnist_source`, :func:`shakespeare_source`), then :func:`pipeline`
+shuffles it with a seed (a new permutation every epoch), drops the ragged rest of each epoch,
+gives each JAX process its disjoint share of every global batch (Grain's ``ShardByJaxProcess``
+options), runs optional CPU-side transforms and batches, in Grain's reader threads or worker
+processes (``worker_count``), with Grain's checkpointable iterator state.
 
-Order of a pipeline, epoch ``e`` (0-based), process ``p`` of ``P``: Grain's global shuffle of the
-whole source with seed ``seed + e``; the first ``steps_per_epoch * batch_size`` records of it;
-records ``p, p + P, p + 2P, ...`` of those; batches of ``batch_size // P``. Global batch ``k`` is
-therefore shuffled records ``k * batch_size ... (k + 1) * batch_size - 1``, split over processes,
-and the processes together read every kept record of the epoch exactly once.
+The pipeline is a Grain ``MapDataset`` of *batches*: element ``i`` is batch ``i % steps`` of epoch
+``i // steps``, read in one call. Sources with a ``read_batch(indices)`` method (all of jnn's)
+read a whole batch at once (one NumPy fancy index, or one ``pread`` per record into one buffer);
+others are read record by record (Grain's ``__getitems__`` when they have it) and stacked. A
+batch costs tens of microseconds of Python instead of tens per record, which is what lets a
+small MLP step keep up (see ``benchmarks/input_pipeline.py``).
+
+Order of a pipeline, epoch ``e`` (0-based), process ``p`` of ``P``: the source's records in the
+order of ``jnn.train.permutation.IndexShuffle(len(source), seed=[seed, e])`` (a keyed bijection
+evaluated at each batch's positions: O(batch) work and memory, however large the source); the
+first ``steps_per_epoch * batch_size`` of them; global batch ``k`` is positions
+``k * batch_size ... (k + 1) * batch_size - 1``, of which process ``p`` reads ``p, p + P, ...``.
+The processes together read every kept record of the epoch exactly once.
 
 Example:
   >>> import numpy as np, jnn
@@ -30,9 +39,10 @@ import numpy as np
 
 from jnn.data import mnist as _mnist
 from jnn.data import paths as _paths
+from jnn.train.permutation import IndexShuffle
 
-__all__ = ["ArraySource", "NpySource", "write_npy", "mnist_source", "shakespeare_source", "Pipeline", "pipeline",
-           "random_translate"]
+__all__ = ["ArraySource", "NpySource", "write_npy", "mnist_record", "mnist_source", "shakespeare_source",
+           "Pipeline", "pipeline", "random_translate"]
 
 
 def _grain():
@@ -45,18 +55,21 @@ def _grain():
 
 class ArraySource:
     """A random-access source over arrays sharing their first axis: record ``i`` is
-    ``(a[i], b[i], ...)`` (or ``a[i]`` for one array). Memory-mapped arrays
-    (``np.load(path, mmap_mode="r")``) are read record by record, never whole.
+    ``(a[i], b[i], ...)`` (or ``a[i]`` for one array); ``read_batch(indices)`` reads the records
+    at ``indices`` as one stacked batch. Memory-mapped arrays (``np.load(path, mmap_mode="r")``)
+    and :class:`NpySource` files are read by record, never whole.
 
     Args:
-      *arrays: NumPy arrays (or memmaps) with the same number of records on axis 0.
-      transform: optional ``record -> record`` applied on read (e.g. a dtype conversion).
+      *arrays: NumPy arrays, memmaps or :class:`NpySource` files with the same number of
+        records on axis 0.
+      transform: optional conversion applied on read, to one record or to a batch of them (a
+        leading batch axis), so write it elementwise (e.g. ``image.astype(np.float32) / 255``).
 
     Example:
       >>> import numpy as np, jnn
       >>> src = jnn.data.grain.ArraySource(np.zeros((3, 2)), np.arange(3))
-      >>> len(src), int(src[2][1])
-      (3, 2)
+      >>> len(src), int(src[2][1]), [a.shape for a in src.read_batch(np.array([2, 0]))]
+      (3, 2, [(2, 2), (2,)])
     """
 
     def __init__(self, *arrays, transform: Callable | None = None):
@@ -71,9 +84,17 @@ class ArraySource:
         return len(self.arrays[0])
 
     def __getitem__(self, index: int):
-        record = tuple(np.asarray(a[index]) for a in self.arrays)
-        record = record[0] if len(record) == 1 else record
-        return record if self.transform is None else self.transform(record)
+        return self._convert(tuple(np.asarray(a[index]) for a in self.arrays))
+
+    def read_batch(self, indices: np.ndarray):
+        """The records at ``indices`` (int ``[B]``), stacked: ``(a[indices], b[indices], ...)``."""
+        indices = np.asarray(indices)
+        return self._convert(tuple(a.read_batch(indices) if hasattr(a, "read_batch") else np.asarray(a[indices])
+                                   for a in self.arrays))
+
+    def _convert(self, arrays: tuple):
+        arrays = arrays[0] if len(arrays) == 1 else arrays
+        return arrays if self.transform is None else self.transform(arrays)
 
     def __repr__(self) -> str:
         return f"ArraySource({len(self)} records, shapes {[a.shape[1:] for a in self.arrays]})"
@@ -121,6 +142,22 @@ class NpySource:
         data = os.pread(self._fd, self.record_bytes, self.offset + index * self.record_bytes)
         return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
 
+    def read_batch(self, indices: np.ndarray) -> np.ndarray:
+        """The records at ``indices`` (int ``[B]``) as one ``[B, ...]`` array: one ``pread`` per
+        record, straight into the batch's buffer."""
+        indices = np.asarray(indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"NpySource: records [{indices.min()}, {indices.max()}] out of range "
+                             f"[0, {len(self)}) in {self.path}")
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        rows = out.reshape(len(indices), -1).view(np.uint8)
+        for row, index in zip(rows, indices.tolist()):
+            if os.preadv(self._fd, [row], self.offset + index * self.record_bytes) != self.record_bytes:
+                raise OSError(f"NpySource: short read of record {index} from {self.path} (file truncated?)")
+        return out
+
     def __getstate__(self):   # worker processes open their own file descriptor
         return {**self.__dict__, "_fd": None}
 
@@ -161,9 +198,19 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks) -> None:
             os.remove(tmp)
 
 
-def _mnist_record(record):
+def mnist_record(record):
+    """uint8 MNIST ``(image, label)`` as ``fit`` takes it: ``(float32 image / 255 with a channel
+    axis, int32 label)``; elementwise, for one record or a batch (an :class:`ArraySource`
+    ``transform``).
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> image, label = jnn.data.grain.mnist_record((np.full((2, 28, 28), 255, np.uint8), np.array([3, 7])))
+      >>> image.shape, image.dtype, float(image.max()), label.dtype
+      ((2, 28, 28, 1), dtype('float32'), 1.0, dtype('int32'))
+    """
     image, label = record
-    return (image.astype(np.float32) / np.float32(255.0))[..., None], np.int32(label)
+    return (image.astype(np.float32) / np.float32(255.0))[..., None], np.asarray(label, np.int32)
 
 
 def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | None = None,
@@ -183,7 +230,7 @@ def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | Non
                               for name in _mnist._file_names(split))
     images, labels = read_idx(image_path, ndim=3), read_idx(label_path, ndim=1)
     _mnist._validate(images, labels, image_path, label_path)
-    return ArraySource(images, labels, transform=_mnist_record)
+    return ArraySource(images, labels, transform=mnist_record)
 
 
 class _Windows:
@@ -198,6 +245,10 @@ class _Windows:
             raise IndexError(f"shakespeare_source: window {index} out of range [0, {len(self)})")
         start = index * self.stride
         return self.ids[start:start + self.seq_len], self.ids[start + 1:start + self.seq_len + 1]
+
+    def read_batch(self, indices: np.ndarray):
+        cut = np.asarray(indices)[:, None] * self.stride + np.arange(self.seq_len)
+        return self.ids[cut], self.ids[cut + 1]
 
 
 def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | None = None, vocab=None):
@@ -278,19 +329,22 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
 
     Args:
       source: random-access records (``__len__``, ``__getitem__``), e.g. :class:`ArraySource`,
-        :func:`mnist_source`, or any Grain source (ArrayRecord files).
+        :func:`mnist_source`, or any Grain source (ArrayRecord files); read a batch at a time
+        when it has ``read_batch(indices)`` and no ``transform`` is given.
       batch_size: the global batch size (all processes together); must divide by the number of
         shards.
-      seed: shuffle seed (epoch ``e`` uses ``seed + e``); the same seed gives the same batches.
+      seed: shuffle seed (epoch ``e`` draws its order from ``[seed, e]``); the same seed gives
+        the same batches.
       shuffle: ``False`` keeps the source's order every epoch.
       num_epochs: stop after this many epochs (``None``: endless, for ``fit``'s epochs).
       drop_remainder: ``False`` keeps a smaller last batch per epoch (for evaluation, e.g.
         ``fit``'s ``val_data``, which pads and masks it; one shard only).
-      transform: ``record -> record`` on the CPU (Grain ``map``).
-      random_transform: ``(record, rng) -> record`` with a NumPy ``Generator`` seeded per record
-        and epoch (Grain ``random_map``): CPU-side augmentation, e.g. :func:`random_translate`.
-      worker_count: run the transforms and batching in this many worker processes
-        (Grain ``mp_prefetch``); 0 runs them in this process.
+      transform: ``record -> record`` on the CPU, applied to each record before batching.
+      random_transform: ``(record, rng) -> record`` with ``rng =
+        np.random.default_rng([seed, epoch, record index])``, after ``transform``: CPU-side
+        augmentation, e.g. :func:`random_translate`.
+      worker_count: read (and transform) batches in this many worker processes (Grain
+        ``mp_prefetch``); 0 reads them in this process's reader threads.
       read_threads, prefetch: Grain's ``ReadOptions`` when iterating: threads reading batches
         ahead, and how many batches they may hold (Grain's defaults, 16 and 500 batches, can
         hold hundreds of MB).
@@ -330,16 +384,9 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     if steps == 0:
         raise ValueError(f"jnn.data.grain.pipeline: the source has {len(source)} records, fewer than one "
                          f"global batch of {batch_size}")
-    ds = grain.MapDataset.source(source)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    if drop_remainder:
-        ds = ds[:steps * batch_size][shard.shard_index::shard.shard_count]
-    if transform is not None:
-        ds = ds.map(transform)
-    if random_transform is not None:
-        ds = ds.random_map(lambda record, rng: random_transform(record, rng), seed=seed)
-    ds = ds.batch(batch_size // shard.shard_count, drop_remainder=drop_remainder).repeat(num_epochs)
+    reader = _BatchReader(source, batch_size, steps, seed, shuffle, drop_remainder, shard.shard_index,
+                          shard.shard_count, transform, random_transform)
+    ds = grain.MapDataset.range(steps).repeat(num_epochs).map_with_index(reader)
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
     if worker_count:
         from absl import flags   # Grain reads an absl flag in mp_prefetch: unparsed flags raise (google/grain#1355)
@@ -347,6 +394,65 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
             flags.FLAGS.mark_as_parsed()
         ds = ds.to_iter_dataset(read).mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return Pipeline(ds, steps, batch_size, shard.shard_count, read)
+
+
+class _BatchReader:
+    """``(i, k) -> batch k of epoch i // steps`` for this shard (see the module docstring)."""
+
+    def __init__(self, source, batch_size, steps, seed, shuffle, drop_remainder, shard_index, shard_count,
+                 transform, random_transform):
+        self.source, self.batch_size, self.steps, self.seed = source, batch_size, steps, seed
+        self.shuffle, self.shard_index, self.shard_count = shuffle, shard_index, shard_count
+        self.transform, self.random_transform = transform, random_transform
+        self.kept = steps * batch_size if drop_remainder else len(source)
+        # the shuffle is evaluated for blocks of 64 global batches at a time (the per-call cost of
+        # NumPy dominates at one batch's size); memory O(64 batches), not O(source)
+        self.block_positions = 64 * batch_size
+        self._block = (None, 0, None)   # ((epoch, block), first position, record indices)
+
+    def indices(self, epoch: int, k: int) -> np.ndarray:
+        """The record indices of this shard's part of global batch ``k`` in ``epoch``."""
+        start = k * self.batch_size
+        positions = np.arange(start + self.shard_index, min(start + self.batch_size, self.kept), self.shard_count)
+        if not self.shuffle:
+            return positions
+        block = start // self.block_positions
+        cached = self._block   # read once: reader threads may be on different blocks
+        if cached[0] != (epoch, block):
+            first = block * self.block_positions
+            values = IndexShuffle(len(self.source), seed=[self.seed, epoch])(
+                np.arange(first, min(first + self.block_positions, len(self.source))))
+            self._block = cached = ((epoch, block), first, values)
+        return cached[2][positions - cached[1]]
+
+    def __call__(self, i: int, k: int):
+        epoch = i // self.steps
+        indices = self.indices(epoch, k)
+        if self.transform is None and self.random_transform is None and hasattr(self.source, "read_batch"):
+            return self.source.read_batch(indices)
+        if hasattr(self.source, "__getitems__"):
+            records = list(self.source.__getitems__(indices.tolist()))
+        else:
+            records = [self.source[index] for index in indices.tolist()]
+        if self.transform is not None:
+            records = [self.transform(r) for r in records]
+        if self.random_transform is not None:
+            records = [self.random_transform(r, np.random.default_rng([self.seed, epoch, index]))
+                       for r, index in zip(records, indices.tolist())]
+        return _stack(records)
+
+    def __getstate__(self):   # worker processes evaluate their own blocks of the shuffle
+        return {**self.__dict__, "_block": (None, 0, None)}
+
+
+def _stack(records: list):
+    """Records (arrays, or tuples/lists/dicts of them) stacked leaf by leaf on a new first axis."""
+    first = records[0]
+    if isinstance(first, dict):
+        return {key: _stack([r[key] for r in records]) for key in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack(list(parts)) for parts in zip(*records))
+    return np.stack([np.asarray(r) for r in records])
 
 
 def random_translate(max_shift: int) -> Callable:

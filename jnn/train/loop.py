@@ -184,9 +184,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         (dicts or tuples of arrays: several inputs or targets; the model's output may be a pytree
         too); every leaf must have the same number of examples. Or, for data that does not fit
         in memory, any iterable (not a tuple or list) of ``(x, y)`` batches of NumPy or JAX
-        arrays, e.g. a :func:`jnn.data.grain.pipeline`: streamed with a jitted step per batch and
-        two batches prefetched to the device (:mod:`jnn.train.stream`; ``batch_size``,
-        ``val_split`` and ``fused`` do not apply; every batch must have the first's shapes).
+        arrays, e.g. a :func:`jnn.data.grain.pipeline`: streamed in jitted scans over chunks of
+        8 batches (one jitted step per batch with ``fused=False``), two chunks prefetched to the
+        device (:mod:`jnn.train.stream`; ``batch_size`` and ``val_split`` do not apply; every
+        batch must have the first's shapes).
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
       epochs: number of epochs.
       batch_size: examples per step (clamped to the dataset size).
@@ -214,10 +215,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         epochs ``initial_epoch + 1 .. epochs`` (as in Keras). Resuming from the state saved
         after epoch k with ``initial_epoch=k`` reproduces an uninterrupted run bit for bit.
       eval_batch_size: batch size of the validation pass.
-      fused: run each epoch as one ``lax.scan`` (default). ``False`` runs the same steps from a
-        Python loop over one jitted step (:func:`jnn.train.make_stepwise_epoch`), with the
-        same results; use it for conv nets on CPU, where XLA runs convolutions inside loops
-        slowly (jax-ml/jax#12868).
+      fused: run each epoch as one ``lax.scan`` (default; a streamed epoch: one scan per chunk of
+        8 batches). ``False`` runs the same steps from a Python loop over one jitted step
+        (:func:`jnn.train.make_stepwise_epoch`), with the same results; use it for conv nets on
+        CPU, where XLA runs convolutions inside loops slowly (jax-ml/jax#12868).
       progress: show a progress bar over epochs (needs ``rich``).
       verbose: print one line of metrics per epoch.
       history_file: write the history to this ``.csv`` or ``.jsonl`` path after every epoch
@@ -283,6 +284,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         if streamed:
             if val_split or debug_nonfinite:
                 raise ValueError("fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite")
+            chunk = _stream.CHUNK if fused else 1
             feed = _stream.Feed(train_data, steps_per_epoch if steps_per_epoch is not None else
                                 getattr(train_data, "steps_per_epoch", None), mesh=mesh, where="fit")
             x, y = _check_data("fit train_data (first batch)", feed.first[0])
@@ -335,7 +337,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                                rules=rules)
         if streamed:
             train_epoch = _stream.StreamEpochs(step, feed, ts, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                               initial_epoch=initial_epoch)
+                                               initial_epoch=initial_epoch, chunk=chunk)
             restored = train_epoch.resume(checkpoint, ts) if resume else None
             ts, initial_epoch = (ts, initial_epoch) if restored is None else (restored, train_epoch.epoch)
         elif fused:

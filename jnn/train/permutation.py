@@ -7,16 +7,34 @@ epochs of a small MLP). :func:`permutation` instead applies a keyed bijection of
 invertible modulo ``2**b``, and walks each index's cycle until it lands below ``n`` (cycle
 walking, as in format-preserving encryption): only elementwise integer arithmetic, so vmapping
 it over members costs little more than one call, and every member's permutation is exactly
-the one it draws alone.
+the one it draws alone. :class:`IndexShuffle` is the same walk in NumPy for a few
+positions at a time (Grain pipelines read each batch's records by it: O(batch) work and memory,
+however large the dataset).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["permutation"]
+__all__ = ["permutation", "IndexShuffle"]
 
 _ROUNDS = 6
+
+
+def _scramble(x, multipliers, offsets, bits: int):
+    """A bijection of ``[0, 2**bits)`` on uint32 arrays (NumPy or JAX): ``_ROUNDS`` rounds of
+    multiply-by-odd, xor-shift and add, each invertible modulo ``2**bits``."""
+    mask, shift = (1 << bits) - 1, max(1, (bits + 1) // 2)
+    for r in range(_ROUNDS):
+        x = (x * multipliers[r]) & mask
+        x = x ^ (x >> shift)
+        x = (x + offsets[r]) & mask
+    return x
+
+
+def _bits(n: int) -> int:
+    return max(1, (n - 1).bit_length())
 
 
 def permutation(key: jax.Array, n: int) -> jax.Array:
@@ -30,19 +48,43 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     """
     if not isinstance(n, int) or n < 1 or n >= 2 ** 31:
         raise ValueError(f"permutation: n must be an integer in [1, 2**31), got {n!r}")
-    bits = max(1, (n - 1).bit_length())
-    mask = jnp.uint32((1 << bits) - 1)
-    shift = jnp.uint32(max(1, (bits + 1) // 2))
+    bits = _bits(n)
     constants = jax.random.bits(key, (2, _ROUNDS), jnp.uint32)
     multipliers, offsets = constants[0] | jnp.uint32(1), constants[1]
-
-    def scramble(x):  # a bijection of [0, 2**bits)
-        for r in range(_ROUNDS):
-            x = (x * multipliers[r]) & mask
-            x = x ^ (x >> shift)
-            x = (x + offsets[r]) & mask
-        return x
-
+    scramble = lambda x: _scramble(x, multipliers, offsets, bits)
     walk = lambda y: jnp.where(y >= n, scramble(y), y)
     y = jax.lax.while_loop(lambda y: jnp.any(y >= n), walk, scramble(jnp.arange(n, dtype=jnp.uint32)))
     return y.astype(jnp.int32)
+
+
+class IndexShuffle:
+    """A random permutation of ``range(n)`` drawn from ``seed`` (anything ``np.random.default_rng``
+    takes), evaluated at any positions without building it: ``shuffle(positions)`` gives its
+    entries there (``int64``, the shape of ``positions``), in O(len(positions)) work and memory.
+    ``shuffle(np.arange(n))`` is the whole permutation.
+
+    Example:
+      >>> import numpy as np
+      >>> shuffle = IndexShuffle(10, seed=[3, 0])
+      >>> whole = shuffle(np.arange(10))
+      >>> sorted(whole.tolist()) == list(range(10)), shuffle(np.arange(4, 6)).tolist() == whole[4:6].tolist()
+      (True, True)
+    """
+
+    def __init__(self, n: int, seed):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n >= 2 ** 31:
+            raise ValueError(f"IndexShuffle: n must be an integer in [1, 2**31), got {n!r}")
+        constants = np.random.default_rng(seed).integers(0, 2 ** 32, size=(2, _ROUNDS), dtype=np.uint32)
+        self.n, self.bits = n, _bits(n)
+        self.multipliers, self.offsets = constants[0] | np.uint32(1), constants[1]
+
+    def __call__(self, positions) -> np.ndarray:
+        positions = np.asarray(positions)
+        if positions.size and (positions.min() < 0 or positions.max() >= self.n):
+            raise ValueError(f"IndexShuffle: positions must lie in [0, {self.n}), got [{positions.min()}, "
+                             f"{positions.max()}]")
+        scramble = lambda x: _scramble(x, self.multipliers, self.offsets, self.bits)
+        y = scramble(positions.astype(np.uint32))
+        while (y >= self.n).any():   # cycle walking, as permutation does
+            y = np.where(y >= self.n, scramble(y), y)
+        return y.astype(np.int64)

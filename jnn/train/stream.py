@@ -2,11 +2,12 @@
 
 :func:`jnn.train.fit` uses this when ``train_data`` is not an in-memory ``(x, y)`` pair but an
 iterable of ``(x, y)`` batches (NumPy or JAX arrays, e.g. a :func:`jnn.data.grain.pipeline`).
-Each step is one call of a jitted step (with the epoch's metric sums carried on device); the
-next two batches are already on their way to the device (``jax.device_put`` is asynchronous),
-so reading and transferring overlap the step. The epoch's key split is the in-memory path's
-(:func:`jnn.train.make_train_epoch`), so the same batches in the same order give the same
-dropout masks and the same params.
+Each chunk of :data:`CHUNK` batches is one call of a jitted ``lax.scan`` over the step (with
+the epoch's metric sums carried on device; ``fit(..., fused=False)``: one jitted step per
+batch); the next two chunks are already read and on the device while it runs (dispatch is
+asynchronous), so reading and transferring overlap the steps. The epoch's key split is the
+in-memory path's (:func:`jnn.train.make_train_epoch`), so the same batches in the same order
+give the same dropout masks and the same params (up to float reordering inside a scan).
 
 Epochs: with ``steps_per_epoch`` (given, or a :class:`jnn.data.grain.Pipeline`'s) one iterator
 runs through all epochs, each taking the next ``steps_per_epoch`` batches. Without it,
@@ -26,7 +27,12 @@ import numpy as np
 
 from jnn import parallel as _parallel
 
-__all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation"]
+__all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation", "CHUNK"]
+
+#: Batches per jitted scan when ``fit`` streams (``fused=True``): one transfer and one dispatch
+#: per batch cost a ~1 ms MNIST MLP step on a 2-core CPU about 0.2-0.3 ms; chunks of 8 amortize
+#: them (``benchmarks/input_pipeline.py``; benchmarks/RESULTS.md).
+CHUNK = 8
 
 
 def is_stream(train_data) -> bool:
@@ -52,15 +58,18 @@ def _leaf_names(batch) -> list[str]:
 
 
 class Feed:
-    """Batches of ``data`` prefetched ``prefetch`` ahead onto the device (or, with a ``mesh``,
-    assembled into global batches from each process's local part), each checked against the
-    first batch's structure, shapes and dtypes, with the iterator state after each batch.
+    """Batches of ``data`` on the device, ``prefetch`` pieces ahead: a piece is one batch or a
+    chunk of ``k`` batches stacked on a new leading axis (stacked on the host, then one transfer
+    per leaf, not one per batch), as :meth:`start_epoch`'s plan says. With a ``mesh``, batches
+    are assembled into global batches from each process's local part. Every batch is checked
+    against the first batch's structure, shapes and dtypes; :attr:`state` is the iterator's
+    state after the last piece handed out.
 
     Example:
       >>> import numpy as np
       >>> feed = Feed([(np.ones((2, 3)), np.zeros(2))] * 3, None, where="demo")
-      >>> feed.start_epoch(1); x, y = feed.next(1, 0); x.shape, feed.steps_per_epoch
-      ((2, 3), 3)
+      >>> feed.start_epoch(1, sizes=[2, 1]); x, y = feed.next(1, 0); x.shape, feed.steps_per_epoch
+      ((2, 2, 3), 3)
     """
 
     def __init__(self, data, steps_per_epoch: int | None, *, mesh=None, prefetch: int = 2, where: str = "fit"):
@@ -83,7 +92,9 @@ class Feed:
             raise ValueError(f"{where}: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
         self.steps_per_epoch = steps_per_epoch
         self._iterator = iter(data)
-        self._queue: collections.deque = collections.deque()
+        self._queue: collections.deque = collections.deque()   # (device piece, iterator state after it)
+        self._plan: collections.deque = collections.deque()    # sizes of this epoch's pieces not yet read
+        self._epoch, self._pulled = 0, 0                        # the epoch, and its next batch to read
         self.state = self._get_state()   # the iterator's state after the last batch handed out
         self.first = self._pull(1, 0)    # (host batch, state); peeked for shapes, trained on first
         self.spec = _spec(self.first[0])
@@ -129,30 +140,53 @@ class Feed:
             return _parallel.global_batch(batch, self.mesh, check=compare)
         return jax.device_put(batch)
 
-    def _fill(self, epoch: int, next_index: int):
-        while len(self._queue) < self.prefetch and next_index + len(self._queue) < self.steps_per_epoch:
-            index = next_index + len(self._queue)
+    def _piece(self, size: int):
+        """Reads and checks the next ``size`` batches; returns them on the device (stacked when
+        ``size > 1``) and the iterator state after them."""
+        host = []
+        for _ in range(size):
             if self.first is not None:
                 (batch, state), self.first = self.first, None
             else:
-                batch, state = self._pull(epoch, index)
-            self._check(batch, epoch, index)
-            self._queue.append((self._put(batch), state))
+                batch, state = self._pull(self._epoch, self._pulled)
+            self._check(batch, self._epoch, self._pulled)
+            host.append(batch)
+            self._pulled += 1
+        if size == 1:
+            return self._put(host[0]), state
+        if self.mesh is not None:   # global batches first (each process holds its part), then stacked
+            return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[self._put(b) for b in host]), state
+        stack = lambda *a: jnp.stack(a) if isinstance(a[0], jax.Array) else np.stack(a)
+        return jax.device_put(jax.tree_util.tree_map(stack, *host)), state
 
-    def start_epoch(self, epoch: int, start: int = 0) -> None:
-        """Begins epoch ``epoch`` at batch ``start`` (a new iterator when each epoch re-reads the data)."""
+    def _fill(self):
+        while len(self._queue) < self.prefetch and self._plan:
+            self._queue.append(self._piece(self._plan.popleft()))
+
+    def start_epoch(self, epoch: int, start: int = 0, sizes=None) -> None:
+        """Begins epoch ``epoch`` at batch ``start`` (a new iterator when each epoch re-reads the
+        data), to be read in pieces of ``sizes`` batches (default: one batch at a time)."""
         if self.fresh_each_epoch and self._used and not self._positioned:
             self._iterator = iter(self.data)
         self._used, self._positioned = True, False
-        self._fill(epoch, start)
+        sizes = [1] * (self.steps_per_epoch - start) if sizes is None else list(sizes)
+        if sum(sizes) != self.steps_per_epoch - start or min(sizes, default=1) < 1:
+            raise ValueError(f"{self.where}: the pieces {sizes} do not cover batches {start}.."
+                             f"{self.steps_per_epoch - 1} of the epoch")
+        self._queue.clear()
+        self._plan, self._epoch, self._pulled = collections.deque(sizes), epoch, start
+        self._fill()
 
     def next(self, epoch: int, index: int):
-        """Batch ``index`` of ``epoch`` on the device; starts the transfer of the ones after it."""
+        """The next piece of ``epoch`` (starting at batch ``index``) on the device; starts reading
+        and transferring the ones after it."""
         if not self._queue:
-            self._fill(epoch, index)
-        batch, self.state = self._queue.popleft()
-        self._fill(epoch, index + 1)
-        return batch
+            self._fill()
+        if not self._queue:
+            raise ValueError(f"{self.where}: batch {index} of epoch {epoch} is past the epoch's plan")
+        piece, self.state = self._queue.popleft()
+        self._fill()
+        return piece
 
     def close(self) -> None:
         """Closes the iterator if it can be (a Grain iterator stops its worker processes and
@@ -172,6 +206,7 @@ class Feed:
         self._iterator.set_state(state.encode() if isinstance(state, str) and
                                  isinstance(self._get_state(), bytes) else state)
         self._queue.clear()
+        self._plan.clear()
         self.first, self.state, self._positioned = None, state, True
 
 
@@ -181,9 +216,14 @@ def _json_state(state):
 
 class StreamEpochs:
     """``fit``'s epoch function over a :class:`Feed`: ``(train_state, _) -> (train_state, mean
-    metrics)``, one jitted step per batch, saving a resumable checkpoint every
-    ``checkpoint_every`` optimizer steps (train state, iterator state, the epoch's partial
-    metric sums and the history so far).
+    metrics)``, saving a resumable checkpoint every ``checkpoint_every`` optimizer steps (train
+    state, iterator state, the epoch's partial metric sums and the history so far).
+
+    ``chunk`` batches run as one jitted ``lax.scan`` (the :class:`Feed` stacks them), so the host
+    transfers and dispatches once per chunk instead of once per step; ``chunk=1`` runs one
+    jitted step per batch. A chunk never crosses an epoch's end or a checkpoint: where fewer than ``chunk``
+    batches are left before one, they run one step at a time. So the chunks fall where they fell
+    in an uninterrupted run after a resume, and nothing compiles beyond the step and the chunk.
 
     Example:
       >>> import jax, numpy as np, optax, jnn
@@ -197,19 +237,24 @@ class StreamEpochs:
     """
 
     def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, checkpoint_every: int | None = None,
-                 initial_epoch: int = 0):
-        self.feed, self.checkpoint, self.every = feed, checkpoint, checkpoint_every
+                 initial_epoch: int = 0, chunk: int = 1):
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"StreamEpochs: chunk must be a positive integer, got {chunk!r}")
+        self.feed, self.checkpoint, self.every, self.chunk = feed, checkpoint, checkpoint_every, chunk
         self.epoch, self.start, self.history = initial_epoch, 0, {}
         batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), feed.first[0])
         logs = jax.eval_shape(train_step, ts, batch)[1]
-        self._zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), logs)
+        self._zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), logs)
         self.totals = None
 
         def step(ts, totals, batch):
             ts, logs = train_step(ts, batch)
             return ts, jax.tree_util.tree_map(jnp.add, totals, logs)
 
-        self.step = jax.jit(step)
+        def scan_chunk(ts, totals, batches):   # batches: `chunk` batches stacked on a leading axis
+            return jax.lax.scan(lambda carry, batch: (step(*carry, batch), None), (ts, totals), batches)[0]
+
+        self.step, self.scan_chunk = jax.jit(step), jax.jit(scan_chunk)
         self._split = jax.jit(lambda key: jax.random.split(key)[0])   # make_train_epoch's split
 
     def resume(self, checkpoint, template) -> Any:
@@ -224,10 +269,21 @@ class StreamEpochs:
                              f"state; it was not saved by fit(..., checkpoint_every=...) over a stream")
         self.feed.restore(meta["data_state"])
         self.epoch, self.start = progress["epoch"] - 1, progress["step_in_epoch"]
-        self.totals = jax.tree_util.tree_map(lambda z, v: np.asarray(v, z.dtype), self._zeros,
+        self.totals = jax.tree_util.tree_map(lambda z, v: jnp.asarray(v, z.dtype), self._zeros,
                                              progress["totals"])
         self.history = progress["history"]
         return ts
+
+    def _plan(self, start: int, step: int) -> list[int]:
+        """The epoch's pieces from batch ``start`` at optimizer step ``step``: chunks of
+        ``chunk`` batches, single batches where fewer are left before the epoch's end or the
+        next checkpoint."""
+        sizes, index, n = [], start, self.feed.steps_per_epoch
+        while index < n:
+            size = min(self.chunk, n - index, self.every - step % self.every if self.every else n)
+            sizes += [size] if size == self.chunk > 1 else [1] * size
+            index, step = index + size, step + size
+        return sizes
 
     def _save(self, ts, index: int) -> None:
         totals = jax.tree_util.tree_map(float, jax.device_get(self.totals))
@@ -239,13 +295,16 @@ class StreamEpochs:
         start, self.start = self.start, 0
         if start == 0:
             ts, self.totals = ts._replace(key=self._split(ts.key)), self._zeros
-        self.feed.start_epoch(self.epoch, start)
         step = int(ts.step) if self.every is not None else 0   # one device sync per epoch, not per step
-        for index in range(start, self.feed.steps_per_epoch):
-            ts, self.totals = self.step(ts, self.totals, self.feed.next(self.epoch, index))
-            step += 1
+        sizes = self._plan(start, step)
+        self.feed.start_epoch(self.epoch, start, sizes)
+        index = start
+        for size in sizes:
+            piece = self.feed.next(self.epoch, index)
+            ts, self.totals = (self.scan_chunk if size > 1 else self.step)(ts, self.totals, piece)
+            index, step = index + size, step + size
             if self.every is not None and step % self.every == 0:
-                self._save(ts, index + 1)
+                self._save(ts, index)
         n = self.feed.steps_per_epoch
         return ts, jax.tree_util.tree_map(lambda v: v / n, self.totals)
 
