@@ -116,3 +116,40 @@ def test_random_transform_is_seeded_by_seed_epoch_and_record():
     shifted = np.stack([b[0] for b in first]).reshape(24, 5, 5)
     assert np.all(shifted.sum(axis=(1, 2)) <= 1)                    # a shift keeps at most the one pixel
     assert len({tuple(np.argwhere(s).ravel()) for s in shifted}) > 3   # and the shifts vary
+
+
+def test_users_own_grain_datasets_and_data_loader_feed_fit():
+    # A user's Grain MapDataset of records is a source like any other; a Grain DataLoader or
+    # IterDataset of batches goes straight into fit (steps_per_epoch given), resumable by its state.
+    import jax
+    import optax
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(96, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)                          # learnable: the sign of feature 0
+    scale = lambda r: (r[0] * 2, r[1])
+    mine = grain.MapDataset.source(jnn.data.grain.ArraySource(x, y)).map(scale)
+    ours = jnn.data.grain.pipeline(mine, batch_size=8, seed=3, num_epochs=1)
+    reference = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x * 2, y), batch_size=8, seed=3, num_epochs=1)
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+    loader = grain.DataLoader(
+        data_source=jnn.data.grain.ArraySource(x, y),
+        sampler=grain.samplers.IndexSampler(96, shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+                                            shuffle=True, num_epochs=None, seed=0),
+        operations=[grain.transforms.Batch(8, drop_remainder=True)])
+    iterable = grain.MapDataset.source(jnn.data.grain.ArraySource(x, y)).shuffle(seed=1).batch(8).repeat(None)
+    kw = dict(key=jax.random.key(0), epochs=8, steps_per_epoch=12, progress=False, verbose=False)
+    for data in (loader, iterable.to_iter_dataset()):
+        result = jnn.train.fit(jnn.dense(2), jnn.losses.softmax_cross_entropy, optax.adam(0.05), data, **kw)
+        assert int(result.train_state.step) == 96
+        assert result.history["loss"][-1] < 0.5 * result.history["loss"][0]
+        assert result.history["accuracy"][-1] > 0.9
+    it = iter(loader)
+    first = [next(it)[1].tolist() for _ in range(3)]
+    state = it.get_state()
+    rest = [next(it)[1].tolist() for _ in range(3)]
+    again = iter(loader)
+    again.set_state(state)
+    assert [next(again)[1].tolist() for _ in range(3)] == rest and first != rest

@@ -23,6 +23,11 @@ first ``steps_per_epoch * batch_size`` of them; global batch ``k`` is positions
 ``k * batch_size ... (k + 1) * batch_size - 1``, of which process ``p`` reads ``p, p + P, ...``.
 The processes together read every kept record of the epoch exactly once.
 
+Your own Grain datasets: a ``MapDataset`` of records is a source like any other
+(``pipeline(my_map_dataset, ...)``); a ``grain.DataLoader`` or an ``IterDataset`` that already
+yields batches goes straight into ``fit`` with ``steps_per_epoch=`` (its iterator's
+``get_state``/``set_state`` make it resumable as well).
+
 Example:
   >>> import numpy as np, jnn
   >>> source = jnn.data.grain.ArraySource(np.arange(10.0)[:, None], np.arange(10))
