@@ -92,7 +92,7 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
     fns["shared order"] = run_shared
 
     # fit_population's default (chunk_size="auto", shared_order=False): the first epochs measure
-    # each candidate once (included in its first-call time below), then the fastest is kept
+    # each candidate autoexec.ROUNDS times (included in its first-call time below), then the fastest is kept
     program = _Program(make_model, loss, make_adamw, (("accuracy", jnn.metrics.accuracy),), None, len(x),
                        batch_size, 1000, None)
     options = autoexec.candidates(members, "auto", False)   # what fit_population measures
@@ -108,13 +108,14 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
         live["sequential"] = block([sequential(hp, ts, True, (x, y))[0] for hp, ts in zip(hp_list, live["sequential"])])
     fns["sequential"] = run_sequential
 
-    first_s = {}  # first call: trace + compile + one epoch (auto: + the other candidates' measuring epochs)
+    measuring = autoexec.ROUNDS * len(options)
+    first_s = {}  # first call: trace + compile + one epoch (auto: + all its measuring epochs)
     for label, fn in fns.items():
         start = time.perf_counter()
-        for _ in range(len(options) if label == "default (auto)" else 1):
+        for _ in range(measuring if label == "default (auto)" else 1):
             fn()
         first_s[label] = time.perf_counter() - start
-        for _ in range(len(options) - 1 if label != "default (auto)" else 0):
+        for _ in range(measuring - 1 if label != "default (auto)" else 0):
             fn()  # untimed: every contender has trained as many epochs as auto's measurement
     times = time_interleaved(fns, repeats=repeats, warmup=1)
     live["sequential"] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *live["sequential"])
@@ -129,7 +130,7 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
         print(f"  {label:12s} {seconds:8.3f} s  {times['sequential'] / seconds:5.2f}x vs sequential  "
               f"({members * steps / seconds:7.0f} member-steps/s; first call incl. compile {first_s[label]:5.1f} s; "
               f"max |params - sequential's| {diff:.1e})")
-    print(f"  default (auto) chose {chosen[-1]} from one measured epoch each: "
+    print(f"  default (auto) chose {chosen[-1]} by the quicker of {autoexec.ROUNDS} measured epochs each: "
           + ", ".join(f"{o}: {t:.3f} s" for o, t in autoexec.CHOICES[next(reversed(autoexec.CHOICES))][2].items()))
     pbt_overhead(make_model, hparams, live["vectorized"], times["vectorized"], repeats)
     return times

@@ -339,9 +339,9 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         improvement larger than ``min_delta``; ``restore_best`` returns its best state). The
         same as adding it to ``callbacks``.
       chunk_size: ``"auto"`` (default): the first epochs measure each candidate execution (all
-        members at once; with more than 8 members also chunks of 8 and one at a time), one real
-        training epoch each, and the fastest is kept for the rest of the run and later runs,
-        without recompiling (:mod:`jnn.train.autoexec`).
+        members at once; with more than 8 members also chunks of 8 and one at a time), two real
+        training epochs each, in turn, and the fastest is kept for the rest of the run and later
+        runs, without recompiling (:mod:`jnn.train.autoexec`).
         Else members vectorized together (``None``: all of them). Smaller chunks run one
         after another inside the same compiled epoch (``jax.lax.map``); ``1`` runs members
         sequentially with unbatched kernels. On CPU, large compute-bound members (an MNIST
