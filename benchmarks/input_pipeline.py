@@ -3,7 +3,7 @@
 Per model, each contender runs one epoch of ``--examples // --batch`` steps per call (medians after
 warm-up, blocked on the result):
   in-memory fused   : jax.jit(jnn.train.make_train_epoch(...)), the data on the device, one lax.scan
-                      (the CNN: make_stepwise_epoch, what fit(fused=False) runs for conv nets on CPU)
+                      (the CNN: make_stepwise_epoch, what fit runs for conv nets on CPU)
   raw host loop     : hand-written baseline, a Python loop that slices NumPy batches, jax.device_put
                       and calls the jitted step (no Grain, no prefetch)
   grain, 0 workers  : jnn.train.stream (what fit runs for a stream) over jnn.data.grain.pipeline

@@ -97,7 +97,7 @@ def main(config: Config) -> dict:
         start = time.perf_counter()
         result = jnn.train.fit(net, jnn.losses.softmax_cross_entropy, opt, (x, y), key=jax.random.key(config.seed),
                                epochs=config.epochs, batch_size=config.batch_size, val_split=0.1,
-                               progress=config.progress, fused=jax.default_backend() != "cpu")
+                               progress=config.progress)
         seconds = time.perf_counter() - start
         ts = result.train_state
         logits = jnn.train.predict(net, ts.params, ts.state, x_test)

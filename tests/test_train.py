@@ -163,3 +163,30 @@ def test_stepwise_epoch_equals_fused_epoch_and_compiles_once():
     np.testing.assert_array_equal(jax.random.key_data(a.key), jax.random.key_data(b.key))
     np.testing.assert_allclose(logs_a["loss"], logs_b["loss"], rtol=1e-5)
     assert int(b.step) == 9 and stepwise.step._cache_size() == 1
+
+
+def test_fused_auto_trains_conv_nets_stepwise_on_cpu_and_the_rest_fused(monkeypatch):
+    # fused="auto" (the default): a model with a convolution (even one inside a remat's nested
+    # jaxpr) trains stepwise on CPU, where XLA runs convolutions inside loops several times slower;
+    # a dense model keeps the scan-fused epoch; the same holds for a stream's chunked scans.
+    import jnn.train.loop as loop
+    stepwise, chunks = [], []
+    make_stepwise = train.make_stepwise_epoch
+    monkeypatch.setattr(loop, "make_stepwise_epoch", lambda *a, **k: stepwise.append(1) or make_stepwise(*a, **k))
+    stream_epochs = jnn.train.stream.StreamEpochs
+    monkeypatch.setattr(jnn.train.stream, "StreamEpochs", lambda *a, **k: chunks.append(k["chunk"]) or stream_epochs(*a, **k))
+    x, y = np.random.default_rng(0).normal(size=(32, 6, 6, 1)).astype(np.float32), np.arange(32) % 3
+    conv_net = jnn.serial(jnn.remat(jnn.residual(jnn.conv(1, (3, 3)), jnn.relu())), jnn.flatten(), jnn.dense(3))
+    dense_net = jnn.serial(jnn.flatten(), jnn.dense(3))
+    kw = dict(key=jax.random.key(0), epochs=1, batch_size=8, progress=False, verbose=False)
+    for model, expected in ((conv_net, 1), (dense_net, 0)):
+        stepwise.clear()
+        train.fit(model, LOSS, optax.sgd(0.1), (x, y), **kw)
+        assert len(stepwise) == (expected if jax.default_backend() == "cpu" else 0)
+        train.fit(model, LOSS, optax.sgd(0.1), iter([(x[:8], y[:8])] * 4), steps_per_epoch=4, **kw)
+    assert chunks == ([1, jnn.train.stream.CHUNK] if jax.default_backend() == "cpu" else [8, 8])
+    stepwise.clear()
+    train.fit(conv_net, LOSS, optax.sgd(0.1), (x, y), fused=True, **kw)
+    assert not stepwise
+    with pytest.raises(ValueError, match=r"fit: fused must be True, False or 'auto', got 'yes'"):
+        train.fit(dense_net, LOSS, optax.sgd(0.1), (x, y), fused="yes", **kw)

@@ -20,7 +20,7 @@ from jnn.train.history import progress_bar
 from jnn.train.step import (LossFn, Metrics, TrainState, _as_arrays, _gather, _num_examples, init_train_state,
                             make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
 
-__all__ = ["FitResult", "fit", "split_validation", "predict"]
+__all__ = ["FitResult", "fit", "split_validation", "predict", "fuses_by_default"]
 
 
 class FitResult(NamedTuple):
@@ -98,12 +98,42 @@ def _check_data(where: str, data) -> tuple[Any, Any]:
     return x, y
 
 
-def _default_metrics(model: Layer, ts: TrainState, example, y) -> dict:
+def _forward(model: Layer, ts: TrainState, example):
+    """The model's evaluation-mode forward pass, traced: ``(jaxpr, output ShapeDtypeStructs)``."""
+    return jax.make_jaxpr(lambda p, s, x: model.apply(p, s, x, train=False)[0], return_shape=True)(
+        ts.params, ts.state, example)
+
+
+def _default_metrics(out, y) -> dict:
     """``{"accuracy": ...}`` when both the model's output and ``y`` are single arrays; else ``{}``."""
-    if not isinstance(y, jax.Array):
-        return {}
-    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=False)[0], ts.params, ts.state, example)
-    return {"accuracy": _metrics.accuracy} if isinstance(out, jax.ShapeDtypeStruct) else {}
+    return {"accuracy": _metrics.accuracy} if isinstance(y, jax.Array) and isinstance(out, jax.ShapeDtypeStruct) else {}
+
+
+def _primitives(jaxpr):
+    """The names of the primitives in ``jaxpr`` and in the jaxprs nested in its equations."""
+    for eqn in jaxpr.eqns:
+        yield eqn.primitive.name
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(inner, "jaxpr", inner)   # a ClosedJaxpr's Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _primitives(inner)
+
+
+def fuses_by_default(jaxpr) -> bool:
+    """``fit(fused="auto")``'s choice for a model whose forward pass is ``jaxpr``: a scan-fused
+    epoch, except on CPU for a model with a convolution, which trains stepwise: XLA CPU runs
+    convolutions inside a loop several times slower than outside one (jax-ml/jax#12868;
+    measured here: a 2-conv MNIST CNN step, 44.5 ms stepwise against 259 ms in a scan of 8).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> cnn, mlp = jnn.conv(4, (3, 3)), jnn.dense(4)
+      >>> trace = lambda m, x: jax.make_jaxpr(lambda x: m.apply(*m.init(jax.random.key(0), x), x)[0])(x)
+      >>> fuses_by_default(trace(mlp, jnp.zeros((2, 3)))), fuses_by_default(trace(cnn, jnp.zeros((2, 8, 8, 1))))
+      (True, False)
+    """
+    return jax.default_backend() != "cpu" or "conv_general_dilated" not in set(_primitives(jaxpr.jaxpr))
 
 
 def _paths(tree) -> list[str]:
@@ -158,7 +188,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
         train_state: TrainState | None = None, params=None, state=None, initial_epoch: int = 0,
         eval_batch_size: int = 1000,
-        fused: bool = True,
+        fused: bool | str = "auto",
         progress: bool = True, verbose: bool = True, history_file=None,
         on_epoch_end: Callable[[int, TrainState, dict], None] | None = None, callbacks=(), mesh=None,
         rules=None, on_nonfinite: str = "raise", debug_nonfinite: bool = False,
@@ -185,7 +215,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         too); every leaf must have the same number of examples. Or, for data that does not fit
         in memory, any iterable (not a tuple or list) of ``(x, y)`` batches of NumPy or JAX
         arrays, e.g. a :func:`jnn.data.grain.pipeline`: streamed in jitted scans over chunks of
-        8 batches (one jitted step per batch with ``fused=False``), two chunks prefetched to the
+        8 batches (one jitted step per batch when not ``fused``), two chunks prefetched to the
         device (:mod:`jnn.train.stream`; ``batch_size`` and ``val_split`` do not apply; every
         batch must have the first's shapes).
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
@@ -215,10 +245,11 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         epochs ``initial_epoch + 1 .. epochs`` (as in Keras). Resuming from the state saved
         after epoch k with ``initial_epoch=k`` reproduces an uninterrupted run bit for bit.
       eval_batch_size: batch size of the validation pass.
-      fused: run each epoch as one ``lax.scan`` (default; a streamed epoch: one scan per chunk of
-        8 batches). ``False`` runs the same steps from a Python loop over one jitted step
-        (:func:`jnn.train.make_stepwise_epoch`), with the same results; use it for conv nets on
-        CPU, where XLA runs convolutions inside loops slowly (jax-ml/jax#12868).
+      fused: ``True`` runs each epoch as one ``lax.scan`` (a streamed epoch: one scan per chunk
+        of 8 batches). ``False`` runs the same steps from a Python loop over one jitted step
+        (:func:`jnn.train.make_stepwise_epoch`), with the same results. ``"auto"`` (default):
+        ``True``, except on CPU for a model with a convolution, where XLA runs convolutions
+        inside loops several times slower (jax-ml/jax#12868; see :func:`jnn.train.loop.fuses_by_default`).
       progress: show a progress bar over epochs (needs ``rich``).
       verbose: print one line of metrics per epoch.
       history_file: write the history to this ``.csv`` or ``.jsonl`` path after every epoch
@@ -278,13 +309,14 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     if train_state is not None and (params is not None or state is not None):
         raise ValueError("fit: pass train_state (resume a run) or params/state (start from given weights), "
                          "not both")
+    if fused not in (True, False, "auto"):
+        raise ValueError(f"fit: fused must be True, False or 'auto', got {fused!r}")
     callbacks, early_stopping = _with_early_stopping("fit", callbacks, early_stopping)
     streamed, feed = _stream.is_stream(train_data), None
     try:
         if streamed:
             if val_split or debug_nonfinite:
                 raise ValueError("fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite")
-            chunk = _stream.CHUNK if fused else 1
             feed = _stream.Feed(train_data, steps_per_epoch if steps_per_epoch is not None else
                                 getattr(train_data, "steps_per_epoch", None), mesh=mesh, where="fit")
             x, y = _check_data("fit train_data (first batch)", feed.first[0])
@@ -328,8 +360,11 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                 _parallel.sharded_init(init, mesh, rules)
             x, y = (x, y) if streamed else _parallel.replicate((x, y), mesh)
             val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
+        if metrics is None or fused == "auto":
+            forward, out = _forward(model, ts, example)
+            fused = fuses_by_default(forward) if fused == "auto" else fused
         if metrics is None:
-            metrics = _default_metrics(model, ts, example, y)
+            metrics = _default_metrics(out, y)
             metrics = {k: v for k, v in metrics.items() if k in guard.default_metrics(loss)}
         else:
             metrics = dict(metrics)
@@ -337,7 +372,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                                rules=rules)
         if streamed:
             train_epoch = _stream.StreamEpochs(step, feed, ts, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                               initial_epoch=initial_epoch, chunk=chunk)
+                                               initial_epoch=initial_epoch, chunk=_stream.CHUNK if fused else 1)
             restored = train_epoch.resume(checkpoint, ts) if resume else None
             ts, initial_epoch = (ts, initial_epoch) if restored is None else (restored, train_epoch.epoch)
         elif fused:
