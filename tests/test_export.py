@@ -62,9 +62,10 @@ def test_artifacts_run_without_jnn_any_batch_size_and_reproduce_fit(tmp_path):
     rng = np.random.default_rng(0)
     model, loss, opt = _cnn(), jnn.losses.softmax_cross_entropy, optax.adam(1e-2)
     (x, y), (xv, yv) = _data(rng, 48), _data(rng, 20)
-    # the inference model: trained a little so batch-norm statistics are not the init ones
+    # the inference model: trained a little so batch-norm statistics are not the init ones; fused,
+    # as the capsule's epoch is (by default fit trains a conv net stepwise on CPU)
     result = jnn.train.fit(model, loss, opt, (x, y), key=jax.random.key(0), epochs=3, batch_size=8,
-                           val_data=(xv, yv), progress=False, verbose=False)
+                           val_data=(xv, yv), fused=True, progress=False, verbose=False)
     params, state = result.train_state.params, result.train_state.state
     jexport.export_model(tmp_path / "cnn.jnnx", model, params, state, x[:1], description="test CNN")
     jexport.export_capsule(tmp_path / "cap.jnnx", model, loss, opt, (x, y), batch_size=8, val_data=(xv, yv),
