@@ -247,10 +247,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       eval_batch_size: batch size of the validation pass.
       fused: ``True`` runs each epoch as one ``lax.scan`` (a streamed epoch: one scan per chunk
         of 8 batches). ``False`` runs the same steps from a Python loop over one jitted step
-        (:func:`jnn.train.make_stepwise_epoch`), with the same results up to float rounding (which
-        training can amplify). ``"auto"`` (default):
-        ``True``, except on CPU for a model with a convolution, where XLA runs convolutions
-        inside loops several times slower (jax-ml/jax#12868; see :func:`jnn.train.loop.fuses_by_default`).
+        (:func:`jnn.train.make_stepwise_epoch`), with the same results up to float rounding
+        (which training can amplify). ``"auto"`` (default): ``True``, except on CPU for a model
+        with a convolution, where XLA runs convolutions inside loops several times slower
+        (jax-ml/jax#12868; see :func:`jnn.train.loop.fuses_by_default`).
       progress: show a progress bar over epochs (needs ``rich``).
       verbose: print one line of metrics per epoch.
       history_file: write the history to this ``.csv`` or ``.jsonl`` path after every epoch
