@@ -153,3 +153,16 @@ def test_users_own_grain_datasets_and_data_loader_feed_fit():
     again = iter(loader)
     again.set_state(state)
     assert [next(again)[1].tolist() for _ in range(3)] == rest and first != rest
+
+
+def test_records_of_any_pytree_are_stacked_and_a_bad_seed_is_named():
+    from collections import namedtuple
+    Pair = namedtuple("Pair", "image label")
+    records = [{"x": Pair(np.full(2, i, np.float32), np.int32(i))} for i in range(6)]
+    batch = jnn.data.grain.pipeline(records, batch_size=3, seed=0, shuffle=False).dataset[1]
+    assert isinstance(batch["x"], Pair)
+    np.testing.assert_array_equal(batch["x"].label, [3, 4, 5])
+    assert batch["x"].image.shape == (3, 2)
+    for seed in (-1, 1.5, True, None):
+        with pytest.raises(ValueError, match=r"jnn.data.grain.pipeline: seed must be a non-negative integer"):
+            jnn.data.grain.pipeline(records, batch_size=3, seed=seed)

@@ -376,6 +376,8 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"jnn.data.grain.pipeline: batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"jnn.data.grain.pipeline: seed must be a non-negative integer, got {seed!r}")
     if batch_size % shard.shard_count:
         raise ValueError(f"jnn.data.grain.pipeline: the global batch_size {batch_size} does not split over "
                          f"{shard.shard_count} shards (processes); use a multiple of {shard.shard_count}")
@@ -456,7 +458,8 @@ def _stack(records: list):
     if isinstance(first, dict):
         return {key: _stack([r[key] for r in records]) for key in first}
     if isinstance(first, (tuple, list)):
-        return type(first)(_stack(list(parts)) for parts in zip(*records))
+        parts = [_stack(list(part)) for part in zip(*records)]
+        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)   # namedtuples too
     return np.stack([np.asarray(r) for r in records])
 
 

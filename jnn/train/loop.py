@@ -361,7 +361,9 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                 _parallel.sharded_init(init, mesh, rules)
             x, y = (x, y) if streamed else _parallel.replicate((x, y), mesh)
             val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
-        if metrics is None or fused == "auto":
+        if fused == "auto" and jax.default_backend() != "cpu":
+            fused = True
+        if metrics is None or fused == "auto":   # one trace of the forward pass serves both
             forward, out = _forward(model, ts, example)
             fused = fuses_by_default(forward) if fused == "auto" else fused
         if metrics is None:
