@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import jax
 import numpy as np
 
 from jnn.data import mnist as _mnist
@@ -446,21 +447,10 @@ class _BatchReader:
         if self.random_transform is not None:
             records = [self.random_transform(r, np.random.default_rng([self.seed, epoch, index]))
                        for r, index in zip(records, indices.tolist())]
-        return _stack(records)
+        return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *records)   # any pytree of records
 
     def __getstate__(self):   # worker processes evaluate their own blocks of the shuffle
         return {**self.__dict__, "_block": (None, 0, None)}
-
-
-def _stack(records: list):
-    """Records (arrays, or tuples/lists/dicts of them) stacked leaf by leaf on a new first axis."""
-    first = records[0]
-    if isinstance(first, dict):
-        return {key: _stack([r[key] for r in records]) for key in first}
-    if isinstance(first, (tuple, list)):
-        parts = [_stack(list(part)) for part in zip(*records)]
-        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)   # namedtuples too
-    return np.stack([np.asarray(r) for r in records])
 
 
 def random_translate(max_shift: int) -> Callable:
