@@ -162,8 +162,9 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
         with _check(label, "vmap == batched"):
             one = lambda xi, kw: run(params, state, xi[None], apply_key,
                                      jax.tree_util.tree_map(lambda a: a[None], kw))[0]
-            per_example = jax.vmap(lambda xi, kw: jax.tree_util.tree_map(lambda a: a[0], one(xi, kw)))(x, keywords)
-            chex.assert_trees_all_close(per_example, y, atol=atol, rtol=rtol)
+            # jitted: one program, where eager vmap compiles each batched op on its own
+            per_example = jax.jit(jax.vmap(lambda xi, kw: jax.tree_util.tree_map(lambda a: a[0], one(xi, kw))))
+            chex.assert_trees_all_close(per_example(x, keywords), y, atol=atol, rtol=rtol)
 
 
 # Finite-difference step in float64: central differences err by O(eps^2) from truncation and

@@ -1,0 +1,119 @@
+"""jnn.train.step in detail: tests written against the mutants of step.py that the suite used to
+miss (issue #21, tests/MUTATION.md). Each value is fixed by NumPy or by hand, with the option in
+question set where a plausible bug gives another answer."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jnn
+
+PARAMS = {"enc": {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([5.0])},
+          "dec": {"w": jnp.array([3.0, -4.0]), "gain": jnp.array([0.5])}}
+
+
+@pytest.mark.parametrize("l1, l2", [(-0.1, 0.0), (0.0, -0.1)])
+def test_penalty_rejects_either_coefficient_negative(l1, l2):
+    with pytest.raises(ValueError, match=rf"^penalty: l1 and l2 must be >= 0, got l1={l1}, l2={l2}$"):
+        jnn.train.penalty(l1=l1, l2=l2)
+
+
+@pytest.mark.parametrize("selection, chosen", [
+    (dict(include=("w", "gain")), [[1.0, -2.0], [3.0, -4.0], [0.5]]),   # include, as given
+    (dict(exclude=("dec/*",)), [[1.0, -2.0]]),                            # the default include, minus dec
+    (dict(include=("enc/*",), exclude=("b",)), [[1.0, -2.0]]),           # both
+])
+def test_penalty_selects_leaves_by_include_and_exclude_for_l1_and_l2(selection, chosen):
+    values = np.concatenate([np.ravel(c) for c in chosen])
+    for l1, l2 in [(0.3, 0.0), (0.0, 0.7), (0.3, 0.7)]:
+        got = jnn.train.penalty(l1=l1, l2=l2, **selection)(PARAMS)
+        np.testing.assert_allclose(got, l1 * np.abs(values).sum() + l2 * np.square(values).sum(), rtol=1e-6)
+
+
+def test_penalty_of_float32_params_is_float32_even_with_x64_enabled():
+    with jax.enable_x64(True):
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), PARAMS)
+        assert jnn.train.penalty(l1=0.5, l2=0.5)(params).dtype == jnp.float32
+        assert jnn.train.penalty()(params).dtype == jnp.float32          # nothing to add: a float32 zero
+
+
+def test_stepwise_epoch_names_itself_in_its_batch_size_errors():
+    step = jnn.train.make_train_step(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1))
+    with pytest.raises(ValueError, match=r"^make_stepwise_epoch: batch_size must be positive, got 0$"):
+        jnn.train.make_stepwise_epoch(step, 8, 0)
+    with pytest.raises(ValueError, match=r"^make_stepwise_epoch: 3 training examples is fewer than one batch of 4"):
+        jnn.train.make_stepwise_epoch(step, 3, 4)
+
+
+def _eval_setup(n):
+    model = jnn.dense(2)
+    x = np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32)
+    y = np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32)
+    params, state = model.init(jax.random.key(0), x[:1])
+    out = x @ np.asarray(params["w"]) + np.asarray(params["b"])
+    return model, params, state, (x, y), out
+
+
+def _scans(fn, *args):
+    jaxpr = jax.make_jaxpr(fn)(*args)
+    return [e.params for e in jaxpr.eqns if e.primitive.name == "scan"]
+
+
+def test_eval_fn_by_default_runs_batches_of_1000_in_one_scan():
+    model, params, state, data, _ = _eval_setup(2001)
+    scans = _scans(jnn.train.make_eval_fn(model, jnn.losses.mse), params, state, data)
+    assert [s["length"] for s in scans] == [3]                    # ceil(2001 / 1000) batches, one scan
+    assert not _scans(jnn.train.make_eval_fn(model, jnn.losses.mse, fused=False), params, state, data)
+
+
+def test_eval_fn_passes_the_step_to_a_loss_that_takes_one():
+    model, params, state, data, out = _eval_setup(7)
+    per_example_mse = np.mean((out - data[1]) ** 2, axis=1)
+
+    def annealed(outputs, y, step):
+        value = jnn.losses.mse(outputs, y)
+        return value * step, {"raw": value}
+
+    for fused in (True, False):
+        evaluate = jnn.train.make_eval_fn(model, annealed, batch_size=3, fused=fused)
+        got = evaluate(params, state, data, step=3)
+        np.testing.assert_allclose(got["loss"], 3 * per_example_mse.mean(), rtol=1e-5)
+        np.testing.assert_allclose(got["raw"], per_example_mse.mean(), rtol=1e-5)
+        with pytest.raises(ValueError, match=r"^make_eval_fn: the loss takes the step; call evaluate"):
+            evaluate(params, state, data)
+
+
+def test_eval_fn_rejects_loss_logs_named_like_a_metric():
+    model, params, state, data, _ = _eval_setup(4)
+    loss = lambda outputs, y: (jnn.losses.mse(outputs, y), {"mae": jnp.float32(0.0)})
+    evaluate = jnn.train.make_eval_fn(model, loss, metrics={"mae": lambda o, t: jnp.mean(jnp.abs(o - t))})
+    with pytest.raises(ValueError, match=r"^loss: the logs it returns use the reserved name\(s\) \['mae'\]"):
+        evaluate(params, state, data)
+
+
+def test_eval_fn_runs_the_model_in_evaluation_mode_with_its_state():
+    """Batch norm normalizes with its running statistics (not the batch's), dropout is the
+    identity: the NumPy reference below gives another value for either mistake."""
+    model = jnn.serial(jnn.dense(4), jnn.batch_norm(), jnn.dropout(0.5), jnn.dense(2))
+    _, _, _, (x, y), _ = _eval_setup(6)
+    params, state = model.init(jax.random.key(0), x[:1])
+    rng = np.random.default_rng(2)
+    state = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.uniform(0.5, 2.0, a.shape), a.dtype), state)
+    d0, bn, d1 = (jax.tree_util.tree_map(np.asarray, params[k]) for k in ("dense_0", "batch_norm_0", "dense_1"))
+    mean, var = (np.asarray(state["batch_norm_0"][k]) for k in ("mean", "var"))
+    h = x @ d0["w"] + d0["b"]
+    h = (h - mean) / np.sqrt(var + 1e-5) * bn["scale"] + bn["offset"]
+    out = h @ d1["w"] + d1["b"]
+    expected = np.mean((out - y) ** 2)
+    for fused in (True, False):
+        got = jnn.train.make_eval_fn(model, jnn.losses.mse, batch_size=4, fused=fused)(params, state, (x, y))
+        np.testing.assert_allclose(got["loss"], expected, rtol=1e-5)
+
+
+def test_eval_fn_over_a_mesh_gives_the_same_exact_means():
+    model, params, state, data, out = _eval_setup(7)
+    mesh = jnn.parallel.make_mesh()
+    for fused in (True, False):
+        got = jnn.train.make_eval_fn(model, jnn.losses.mse, batch_size=3, fused=fused, mesh=mesh)(params, state, data)
+        np.testing.assert_allclose(got["loss"], np.mean((out - data[1]) ** 2), rtol=1e-5)
