@@ -38,12 +38,20 @@ def test_penalty_of_float32_params_is_float32_even_with_x64_enabled():
         assert jnn.train.penalty()(params).dtype == jnp.float32          # nothing to add: a float32 zero
 
 
-def test_stepwise_epoch_names_itself_in_its_batch_size_errors():
+@pytest.mark.parametrize("name", ["epoch_order", "make_train_epoch", "make_stepwise_epoch"])
+def test_epoch_builders_name_themselves_in_their_batch_size_errors(name):
     step = jnn.train.make_train_step(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1))
-    with pytest.raises(ValueError, match=r"^make_stepwise_epoch: batch_size must be positive, got 0$"):
-        jnn.train.make_stepwise_epoch(step, 8, 0)
-    with pytest.raises(ValueError, match=r"^make_stepwise_epoch: 3 training examples is fewer than one batch of 4"):
-        jnn.train.make_stepwise_epoch(step, 3, 4)
+    build = {"epoch_order": lambda n, b: jnn.train.epoch_order(jax.random.key(0), n, b),
+             "make_train_epoch": lambda n, b: jnn.train.make_train_epoch(step, n, b),
+             "make_stepwise_epoch": lambda n, b: jnn.train.make_stepwise_epoch(step, n, b)}[name]
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=rf"^{name}: batch_size must be positive, got {bad}$"):
+            build(8, bad)
+    with pytest.raises(ValueError, match=rf"^{name}: 3 training examples is fewer than one batch of 4; "
+                                         r"lower batch_size$"):
+        build(3, 4)
+    build(3, 1)                                             # one example a batch is allowed
+    build(4, 4)                                             # and one batch of all of them
 
 
 def _eval_setup(n):
@@ -67,6 +75,14 @@ def test_eval_fn_by_default_runs_batches_of_1000_in_one_scan():
     assert not _scans(jnn.train.make_eval_fn(model, jnn.losses.mse, fused=False), params, state, data)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 50])
+def test_eval_fn_is_exact_for_one_batch_or_many(batch_size):
+    model, params, state, data, out = _eval_setup(7)
+    for fused in (True, False):
+        got = jnn.train.make_eval_fn(model, jnn.losses.mse, batch_size=batch_size, fused=fused)(params, state, data)
+        np.testing.assert_allclose(got["loss"], np.mean((out - data[1]) ** 2), rtol=1e-5)
+
+
 def test_eval_fn_passes_the_step_to_a_loss_that_takes_one():
     model, params, state, data, out = _eval_setup(7)
     per_example_mse = np.mean((out - data[1]) ** 2, axis=1)
@@ -80,7 +96,8 @@ def test_eval_fn_passes_the_step_to_a_loss_that_takes_one():
         got = evaluate(params, state, data, step=3)
         np.testing.assert_allclose(got["loss"], 3 * per_example_mse.mean(), rtol=1e-5)
         np.testing.assert_allclose(got["raw"], per_example_mse.mean(), rtol=1e-5)
-        with pytest.raises(ValueError, match=r"^make_eval_fn: the loss takes the step; call evaluate"):
+        with pytest.raises(ValueError, match=r"^make_eval_fn: the loss takes the step; call evaluate\(params, state, data, "
+                                                r"step=\.\.\.\) \(e\.g\. step=train_state\.step\)$"):
             evaluate(params, state, data)
 
 
