@@ -134,3 +134,17 @@ def test_eval_fn_over_a_mesh_gives_the_same_exact_means():
     for fused in (True, False):
         got = jnn.train.make_eval_fn(model, jnn.losses.mse, batch_size=3, fused=fused, mesh=mesh)(params, state, data)
         np.testing.assert_allclose(got["loss"], np.mean((out - data[1]) ** 2), rtol=1e-5)
+
+
+def test_train_epoch_over_a_one_device_mesh_equals_no_mesh_and_names_a_bad_mesh():
+    model, opt = jnn.dense(1), optax.sgd(0.1)
+    x, y = (np.random.default_rng(3).normal(size=(8, n)).astype(np.float32) for n in (2, 1))
+    ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:1])
+    mesh = jnn.parallel.make_mesh()
+    plain = jnn.train.make_train_epoch(jnn.train.make_train_step(model, jnn.losses.mse, opt), 8, 4)
+    meshed = jnn.train.make_train_epoch(jnn.train.make_train_step(model, jnn.losses.mse, opt, mesh=mesh), 8, 4,
+                                        mesh=mesh)
+    a, b = jax.jit(plain)(ts, (x, y))[0], jax.jit(meshed)(ts, (x, y))[0]
+    np.testing.assert_allclose(a.params["w"], b.params["w"], rtol=1e-6)
+    with pytest.raises(TypeError, match=r"^make_train_epoch: mesh must be a jax.sharding.Mesh .*, got str$"):
+        jnn.train.make_train_epoch(plain, 8, 4, mesh="data")
