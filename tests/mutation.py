@@ -39,7 +39,7 @@ MODULES = {
     "jnn/losses.py": ["tests/test_losses_metrics.py", "tests/test_mutation_gaps.py", "tests/test_properties.py",
                       "tests/test_regularization.py"],
     "jnn/train/step.py": ["tests/test_train.py", "tests/test_step_details.py", "tests/test_key_plumbing.py",
-                          "tests/test_mutation_gaps.py", "tests/test_stream.py"],
+                          "tests/test_mutation_gaps.py", "tests/test_stream.py", "tests/test_population.py"],
     "jnn/train/loop.py": ["tests/test_train.py", "tests/test_mutation_gaps.py", "tests/test_callbacks.py"],
     "jnn/data/idx.py": ["tests/test_data_integrity.py", "tests/test_data_mnist.py", "tests/test_properties.py"],
 }
