@@ -77,7 +77,7 @@ def test_eval_is_exact_whatever_the_batch_size():
     params, state = model.init(jax.random.key(0), x)
     logits = model.apply(params, state, x)[0]
     expected = {"loss": LOSS(logits, y), "accuracy": jnn.metrics.accuracy(logits, y)}
-    for bs, fused in ((10, True), (64, True), (103, True), (500, True), (10, False), (64, False)):
+    for bs, fused in ((10, True), (64, True), (103, True), (500, True), (10, False), (64, False), (500, False)):
         got = train.make_eval_fn(model, LOSS, metrics={"accuracy": jnn.metrics.accuracy}, batch_size=bs,
                                  fused=fused)(params, state, (x, y))
         np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
