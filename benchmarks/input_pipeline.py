@@ -13,9 +13,12 @@ warm-up, blocked on the result):
                       stacked on the host and transferred together, two chunks prefetched
   grain, N w, chunk k: the same with --workers Grain worker processes (mp_prefetch), largest k
 Printed: ms per step and the ratio to in-memory. Also the input pipeline alone (batches/s with
-no training), which is where the time goes when a step is this small.
+no training, and its CPU time per batch in this process and in the workers), which is where the
+time goes when a step is this small. With --uint8 every contender keeps the images as uint8
+(MNIST's own type) and the models scale them to [0, 1] on the device: 4x fewer bytes through the
+pipeline, the same values.
 
-    python benchmarks/input_pipeline.py [--examples 12800] [--batch 128] [--workers 2] [--repeats 5]
+    python benchmarks/input_pipeline.py [--examples 12800] [--batch 128] [--workers 2] [--repeats 5] [--uint8]
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import jnn
@@ -32,10 +36,11 @@ from common import block, machine, time_interleaved
 from jnn.train.stream import Feed, StreamEpochs
 
 
-def models():
-    mlp = jnn.serial(jnn.flatten(), jnn.dense(128), jnn.relu(), jnn.dense(64), jnn.relu(), jnn.dense(10))
-    cnn = jnn.serial(jnn.conv(16, (3, 3)), jnn.relu(), jnn.max_pool((2, 2)), jnn.conv(32, (3, 3)), jnn.relu(),
-                     jnn.max_pool((2, 2)), jnn.flatten(), jnn.dense(10))
+def models(uint8: bool):
+    scale = [jnn.stateless("scale", lambda x: x.astype(jnp.float32) / 255)] if uint8 else []
+    mlp = jnn.serial(*scale, jnn.flatten(), jnn.dense(128), jnn.relu(), jnn.dense(64), jnn.relu(), jnn.dense(10))
+    cnn = jnn.serial(*scale, jnn.conv(16, (3, 3)), jnn.relu(), jnn.max_pool((2, 2)), jnn.conv(32, (3, 3)),
+                     jnn.relu(), jnn.max_pool((2, 2)), jnn.flatten(), jnn.dense(10))
     return {"mlp": (mlp, True), "cnn": (cnn, False)}
 
 
@@ -80,18 +85,44 @@ def contenders(model, fused: bool, x, y, args):
     return fns, steps, feeds
 
 
-def pipeline_alone(x, y, args, workers: int) -> float:
+def _cpu_seconds(pids) -> float:
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])   # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> list[str]:
+    me, kids = str(os.getpid()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[1] == me:
+                    kids.append(pid)
+        except OSError:
+            pass
+    return kids
+
+
+def pipeline_alone(x, y, args, workers: int) -> tuple[float, float, float]:
+    """Batches per second, and CPU ms per batch in this process and in its worker processes
+    (after one epoch of warm-up, which starts every worker)."""
     pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=args.batch, seed=0,
                                    worker_count=workers)
     it = iter(pipe)
-    for _ in range(5):
+    for _ in range(pipe.steps_per_epoch):
         next(it)
-    start, count = time.perf_counter(), 2 * pipe.steps_per_epoch
+    kids = _children() if os.path.isdir("/proc") else []
+    count, own, theirs = 2 * pipe.steps_per_epoch, time.process_time(), _cpu_seconds(kids)
+    start = time.perf_counter()
     for _ in range(count):
         next(it)
     seconds = time.perf_counter() - start
+    own, theirs = time.process_time() - own, _cpu_seconds(kids) - theirs
     it.close()
-    return count / seconds
+    return count / seconds, 1e3 * own / count, 1e3 * theirs / count
 
 
 def main():
@@ -102,13 +133,21 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunks", type=int, nargs="+", default=[1, 8, 16],
                         help="batches per scan for the streamed MLP (the CNN streams stepwise, as it trains)")
+    parser.add_argument("--uint8", action="store_true", help="uint8 images, scaled on the device")
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     args = parser.parse_args()
     x, y = jnn.data.load_mnist("train")
     x, y = x[:args.examples], y[:args.examples]
-    print(machine(), f"| load average {os.getloadavg()[0]:.1f}")
+    if args.uint8:
+        x = np.round(x * 255).astype(np.uint8)   # the IDX file's bytes: load_mnist divided them by 255
+    print(machine(), f"| load average {os.getloadavg()[0]:.1f} | images {x.dtype}")
     for workers in (0, args.workers):
-        print(f"input pipeline alone, {workers} workers: {pipeline_alone(x, y, args, workers):,.0f} batches/s")
-    for name, (model, fused) in models().items():
+        rate, own, theirs = pipeline_alone(x, y, args, workers)
+        print(f"input pipeline alone, {workers} workers: {rate:,.0f} batches/s; CPU per batch {own:.3f} ms in "
+              f"this process, {theirs:.3f} ms in workers")
+    for name, (model, fused) in models(args.uint8).items():
+        if name not in args.models:
+            continue
         fns, steps, feeds = contenders(model, fused, x, y, args)
         times = time_interleaved(fns, repeats=args.repeats, warmup=1)
         for feed in feeds:

@@ -83,15 +83,24 @@ def test_two_processes_read_disjoint_halves_covering_each_epoch_once(tmp_path):
     np.testing.assert_allclose(first["loss"], first["reference_loss"], rtol=1e-5)
 
 
-def test_worker_processes_give_the_same_batches_and_resume_from_json_state():
+@pytest.mark.parametrize("num_epochs, taken", [(None, 3), (1, 9)])
+def test_worker_processes_give_the_same_batches_and_resume_from_json_state(num_epochs, taken):
+    """Workers send batches 8 at a time (12 an epoch: groups of 8 and 4): the batches come in the
+    in-process order, and a state taken inside the first group, or inside the short last one,
+    resumes at the next batch."""
     source = jnn.data.grain.ArraySource(np.arange(100.0)[:, None], np.arange(100))
-    alone = [b[1].tolist() for b in jnn.data.grain.pipeline(source, batch_size=8, seed=0).dataset[:6]]
-    pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=0, worker_count=2)
+    alone = [b[1].tolist() for b in jnn.data.grain.pipeline(source, batch_size=8, seed=0).dataset[:12]]
+    pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=0, worker_count=2, num_epochs=num_epochs)
     it = iter(pipe)
-    first = [next(it)[1].tolist() for _ in range(3)]
+    first = [next(it)[1].tolist() for _ in range(taken)]
     state = json.loads(json.dumps(it.get_state()))     # what a checkpoint's metadata stores
-    rest = [next(it)[1].tolist() for _ in range(3)]
+    rest = [next(it)[1].tolist() for _ in range(12 - taken)]
     assert first + rest == alone
+    if num_epochs == 1:
+        with pytest.raises(StopIteration):
+            next(it)
+    it.close()
     again = iter(pipe)
     again.set_state(state)
-    assert [next(again)[1].tolist() for _ in range(3)] == rest
+    assert [next(again)[1].tolist() for _ in range(12 - taken)] == rest
+    again.close()
