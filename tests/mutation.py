@@ -13,6 +13,10 @@ tests/MUTATION.md.
     python tests/mutation.py                     # every module in MODULES
     python tests/mutation.py jnn/data/idx.py     # one module
     python tests/mutation.py --again jnn/core.py # only the mutants its last run left alive
+    python tests/mutation.py --jobs 1 ...        # one mutant at a time (default: one per CPU)
+
+Stop a run with Ctrl-C (SIGINT), not SIGKILL: mutmut writes the results it has when interrupted;
+killed, a run loses them.
 """
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def _setup_cfg(module: str, tests: list[str]) -> str:
             "preload_modules_file=mutation-preload.txt\n")
 
 
-def run_module(module: str, tests: list[str], only: list[str] | None = None) -> dict[str, int]:
+def run_module(module: str, tests: list[str], only: list[str] | None = None, jobs: int | None = None) -> dict[str, int]:
     """Runs mutmut on ``module`` (only the mutants named in ``only``, if given); returns counts per
     status and writes the mutants left alive (survived, no tests) as diffs to SURVIVORS."""
     with tempfile.TemporaryDirectory(prefix="jnn-mutation-") as scratch:
@@ -82,7 +86,9 @@ def run_module(module: str, tests: list[str], only: list[str] | None = None) -> 
         (work / "mutation-preload.txt").write_text("\n".join(PRELOAD))
         env = {**os.environ, "PYTHONPATH": str(work),
                "JNN_DATA_DIR": os.environ.get("JNN_DATA_DIR", str(ROOT.parent / "shared" / "data"))}
-        subprocess.run([sys.executable, "-m", "mutmut", "run", *(only or [])], cwd=work, env=env, check=False)
+        jobs_arg = ["--max-children", str(jobs)] if jobs else []   # default: one per CPU
+        subprocess.run([sys.executable, "-m", "mutmut", "run", *jobs_arg, *(only or [])], cwd=work, env=env,
+                       check=False)
         out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
                              capture_output=True, text=True).stdout
         status = dict(re.findall(r"^\s*(\S+):\s*(killed|survived|timeout|suspicious|no tests|skipped|"
@@ -108,10 +114,14 @@ def alive_in(module: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     again = "--again" in argv
+    jobs = None
+    if "--jobs" in argv:
+        at = argv.index("--jobs")
+        jobs, argv = int(argv[at + 1]), argv[:at] + argv[at + 2:]
     chosen = [a for a in argv if a != "--again"] or list(MODULES)
     print("| module | mutants | killed | survived | other | score |\n|---|---|---|---|---|---|")
     for module in chosen:
-        counts = run_module(module, MODULES[module], alive_in(module) if again else None)
+        counts = run_module(module, MODULES[module], alive_in(module) if again else None, jobs)
         total = sum(counts.values())
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         score = f"{killed / total:.0%}" if total else "n/a"

@@ -142,3 +142,38 @@ def test_train_epoch_over_a_one_device_mesh_equals_no_mesh_and_names_a_bad_mesh(
     np.testing.assert_allclose(a.params["w"], b.params["w"], rtol=1e-6)
     with pytest.raises(TypeError, match=r"^make_train_epoch: mesh must be a jax.sharding.Mesh .*, got str$"):
         jnn.train.make_train_epoch(step, 8, 4, mesh="data")
+
+
+def test_train_step_passes_the_step_to_a_loss_that_takes_one_and_names_a_bad_mesh():
+    """The step a loss sees is the number of optimizer steps taken before it: with
+    loss = step * mse and SGD, the first step leaves the params alone and the second moves
+    them by lr * 1 * grad(mse), checked against NumPy."""
+    model, opt = jnn.dense(1), optax.sgd(0.1)
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(4, 2)).astype(np.float32), rng.normal(size=(4, 1)).astype(np.float32)
+    ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:1])
+    w0, b0 = np.asarray(ts.params["w"]), np.asarray(ts.params["b"])
+
+    def annealed(outputs, y, step):
+        value = jnn.losses.mse(outputs, y)
+        return value * step, {"seen_step": step.astype(jnp.float32)}
+
+    step = jax.jit(jnn.train.make_train_step(model, annealed, opt))
+    ts, first = step(ts, (x, y))
+    np.testing.assert_array_equal(ts.params["w"], w0)          # zero loss at step 0: no change
+    ts, second = step(ts, (x, y))
+    residual = x @ w0 + b0 - y                                 # d mse / d out = 2 * residual / size
+    np.testing.assert_allclose(ts.params["w"], w0 - 0.1 * x.T @ (2 * residual / residual.size), rtol=1e-5)
+    assert (float(first["seen_step"]), float(second["seen_step"])) == (0.0, 1.0)
+    with pytest.raises(TypeError, match=r"^make_train_step: mesh must be a jax.sharding.Mesh .*, got str$"):
+        jnn.train.make_train_step(model, jnn.losses.mse, opt, mesh="data")
+
+
+def test_eval_reads_a_list_of_labels_as_one_array():
+    """Only dicts and tuples are containers in data: labels given as a Python list are one
+    array of labels, not a list of scalar leaves."""
+    model, params, state, (x, y), out = _eval_setup(5)
+    for fused in (True, False):
+        evaluate = jnn.train.make_eval_fn(model, jnn.losses.mse, batch_size=2, fused=fused)
+        np.testing.assert_allclose(evaluate(params, state, (x, y.tolist()))["loss"], np.mean((out - y) ** 2),
+                                   rtol=1e-5)

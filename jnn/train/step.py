@@ -355,6 +355,7 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         return {k: jnp.sum(jnp.where(mb, v, 0.0)) for k, v in per_example(out, yb, step).items()}
 
     def batched(data):
+        data = _as_arrays(data)
         n = _num_examples(data)
         bs = min(batch_size, n)
         if mesh is not None:
@@ -386,7 +387,7 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
 
     def evaluate_stepwise(params, state, data, step=None):
         step = check_step(step)
-        n, (xs, ys, masks) = batched(_as_arrays(data))
+        n, (xs, ys, masks) = batched(data)
         totals = [batch_totals_jit(params, state, _gather(xs, i), _gather(ys, i), masks[i], step)
                   for i in range(len(masks))]
         return {k: sum(t[k] for t in totals) / n for k in totals[0]}
