@@ -6,6 +6,9 @@ warm-up, blocked on the result):
                       (the CNN: make_stepwise_epoch, what fit runs for conv nets on CPU)
   raw host loop     : hand-written baseline, a Python loop that slices NumPy batches, jax.device_put
                       and calls the jitted step (no Grain, no prefetch)
+  raw host chunks   : hand-written floor of the streamed path (fused models only): NumPy chunks of
+                      the largest k batches, stacked before timing, each jax.device_put and run by
+                      one jitted lax.scan; what streaming costs without any reading
   grain, 0 workers  : jnn.train.stream (what fit runs for a stream) over jnn.data.grain.pipeline
                       (global shuffle, batches read in Grain's reader threads), one jitted step per
                       batch, two batches prefetched
@@ -67,6 +70,20 @@ def contenders(model, fused: bool, x, y, args):
         state["raw"] = block(ts)
 
     fns = {"in-memory fused": in_memory, "raw host loop": raw_host_loop}
+    if fused:
+        k = max(args.chunks)
+        scan = jax.jit(lambda ts, chunk: jax.lax.scan(step, ts, chunk))
+        starts = range(0, steps, k)   # the last chunk holds the steps % k left over, if any
+        host_chunks = [(x[i * args.batch:min(i + k, steps) * args.batch].reshape(-1, args.batch, *x.shape[1:]),
+                   y[i * args.batch:min(i + k, steps) * args.batch].reshape(-1, args.batch)) for i in starts]
+        state["chunks"] = ts0
+
+        def raw_host_chunks():
+            ts = state["chunks"]
+            for chunk in host_chunks:
+                ts, logs = scan(ts, jax.device_put(chunk))
+            state["chunks"] = block(ts)
+        fns[f"raw host chunks of {k}"] = raw_host_chunks
     source = jnn.data.grain.ArraySource(x, y)
     chunks, feeds = args.chunks if fused else [1], []
     for workers, chunk in [(0, c) for c in chunks] + [(args.workers, max(chunks))]:
