@@ -177,3 +177,68 @@ def test_eval_reads_a_list_of_labels_as_one_array():
         evaluate = jnn.train.make_eval_fn(model, jnn.losses.mse, batch_size=2, fused=fused)
         np.testing.assert_allclose(evaluate(params, state, (x, y.tolist()))["loss"], np.mean((out - y) ** 2),
                                    rtol=1e-5)
+
+
+def test_init_train_state_splits_the_key_between_init_and_training():
+    """Params come from the first half of ``split(key)``, the training key is the second half
+    (so dropout masks are not drawn from the key that drew the weights); the step is an int32 0
+    and the optimizer state is the optimizer's own init of those params."""
+    model, opt, key = jnn.serial(jnn.dense(3), jnn.dropout(0.5), jnn.dense(1)), optax.adam(1e-3), jax.random.key(7)
+    ts = jnn.train.init_train_state(model, opt, key, jnp.zeros((2, 4)))
+    init_key, train_key = jax.random.split(key)
+    params, _ = model.init(init_key, jnp.zeros((2, 4)))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ts.params, params)
+    np.testing.assert_array_equal(jax.random.key_data(ts.key), jax.random.key_data(train_key))
+    assert ts.step.dtype == jnp.int32 and ts.step.shape == () and int(ts.step) == 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ts.opt_state, opt.init(params))
+
+
+def _one_step(loss, model=None):
+    model = model or jnn.dense(2)
+    x = np.random.default_rng(5).normal(size=(4, 3)).astype(np.float32)
+    y = np.random.default_rng(6).normal(size=(4, 2)).astype(np.float32)
+    ts = jnn.train.init_train_state(model, optax.sgd(0.1), jax.random.key(0), x[:1])
+    return jax.jit(jnn.train.make_train_step(model, loss, optax.sgd(0.1)))(ts, (x, y))[1]
+
+
+def test_train_step_rejects_a_loss_that_returns_a_bad_pair_or_reserved_logs():
+    mse = jnn.losses.mse
+    with pytest.raises(TypeError, match=r"^loss must return a scalar or a pair \(loss, \{name: scalar\}\), got a "
+                                        r"tuple of 3 whose second item is \w+"):
+        _one_step(lambda o, y: (mse(o, y), mse(o, y), mse(o, y)))
+    with pytest.raises(TypeError, match=r"^loss must return a scalar or a pair \(loss, \{name: scalar\}\), got a "
+                                        r"tuple of 2 whose second item is list\b"):
+        _one_step(lambda o, y: (mse(o, y), [mse(o, y)]))
+    with pytest.raises(ValueError, match=r"^loss: the logs it returns use the reserved name\(s\) \['loss'\] "):
+        _one_step(lambda o, y: (mse(o, y), {"loss": mse(o, y)}))
+
+
+def test_train_step_adds_a_loss_s_logs_given_as_any_mapping():
+    import types
+    logs = _one_step(lambda o, y: (jnn.losses.mse(o, y), types.MappingProxyType({"double": 2 * jnn.losses.mse(o, y)})))
+    np.testing.assert_allclose(logs["double"], 2 * logs["loss"], rtol=1e-6)
+
+
+def test_train_step_computes_the_loss_on_float32_outputs_and_keeps_integer_outputs():
+    """A model whose outputs are (bfloat16 values, int32 indices): the loss sees float32 values
+    and the int32 indices unchanged."""
+    model = jnn.serial(jnn.dense(2), jnn.stateless("split", lambda h: (h.astype(jnp.bfloat16), jnp.argmax(h, -1))))
+
+    def loss(outputs, y):
+        values, indices = outputs
+        return jnn.losses.mse(values, y), {"values_f32": jnp.float32(values.dtype == jnp.float32),
+                                           "indices_int32": jnp.float32(indices.dtype == jnp.int32)}
+
+    logs = _one_step(loss, model)
+    assert (float(logs["values_f32"]), float(logs["indices_int32"])) == (1.0, 1.0)
+
+
+def test_train_step_calls_a_loss_without_a_signature_with_two_arguments():
+    class Opaque:        # inspect.signature raises for it, as for some builtins and C callables
+        __signature__ = "not a signature"
+
+        def __call__(self, outputs, y):
+            return jnn.losses.mse(outputs, y)
+
+    logs = _one_step(Opaque())
+    assert np.isfinite(float(logs["loss"]))
