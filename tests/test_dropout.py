@@ -184,3 +184,34 @@ def test_spatial_dropout_modes_and_errors():
                                          r"\[B, \*spatial, C\] with at least one spatial axis, "
                                          r"got shape \(2, 3\)"):
         spatial_dropout(0.5).init(jax.random.key(0), jax.ShapeDtypeStruct((2, 3), jnp.float32))
+
+
+def test_traced_rate_keeps_a_low_precision_dtype():
+    """A rate traced under vmap is a float32 array, not a Python float: the scale must still be
+    cast to the input's dtype, or a bfloat16 input comes out float32."""
+    x = _x((4, 8)).astype(jnp.bfloat16)
+    rates = jnp.array([0.25, 0.5], jnp.float32)
+    ys = jax.vmap(lambda r: dropout(r).apply({}, {}, x, key=jax.random.key(0), train=True)[0])(rates)
+    assert ys.dtype == jnp.bfloat16
+    for y, rate in zip(np.asarray(ys, np.float32), [0.25, 0.5]):
+        kept = y != 0
+        expected = np.asarray(x, np.float32)[kept] / np.float32(jnp.bfloat16(1 - rate))
+        np.testing.assert_allclose(y[kept], np.asarray(jnp.asarray(expected, jnp.bfloat16), np.float32))
+
+
+def test_apply_checks_the_dtype_of_what_it_is_given_and_a_scalar_is_allowed():
+    layer = dropout(0.5)
+    layer.init(jax.random.key(0), jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"^dropout: expected a floating-point input, got int32"):
+        layer.apply({}, {}, jnp.ones((2, 3), jnp.int32), key=jax.random.key(0), train=True)
+    y = layer.apply({}, {}, jnp.float32(3.0), key=jax.random.key(0), train=True)[0]   # any ndim, even 0
+    assert y.shape == () and float(y) in (0.0, 6.0)
+
+
+def test_names_are_kept_and_label_the_errors():
+    for make, kind in ((dropout, "dropout"), (spatial_dropout, "spatial_dropout")):
+        assert make(0.5).name is None and make(0.5, name="drop").name == "drop"
+        with pytest.raises(ValueError, match=r"^drop: train=True needs a PRNG key"):
+            make(0.5, name="drop").apply({}, {}, _x((2, 3, 4)), train=True)
+        with pytest.raises(ValueError, match=rf"^{kind}: train=True needs a PRNG key"):
+            make(0.5).apply({}, {}, _x((2, 3, 4)), train=True)
