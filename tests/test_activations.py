@@ -21,6 +21,8 @@ REFERENCES = {
     "gelu": (jnn.gelu, lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2)))),
     "gelu_tanh": (lambda: jnn.gelu(approximate=True),
                   lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))),
+    "leaky_relu_default": (jnn.leaky_relu, lambda x: np.where(x >= 0, x, 0.01 * x)),   # slope 0.01
+    "elu_default": (jnn.elu, lambda x: np.where(x > 0, x, np.exp(x) - 1)),                # alpha 1
     "softplus": (jnn.softplus, lambda x: np.log1p(np.exp(x))),
     "silu": (jnn.silu, lambda x: x / (1 + np.exp(-x))),
 }
@@ -57,3 +59,26 @@ def test_softmax_and_log_softmax_match_numpy_and_are_stable():
     log_ref = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     np.testing.assert_allclose(jnn.log_softmax().apply({}, {}, x)[0], log_ref, rtol=1e-6)
     np.testing.assert_allclose(jnn.softmax(axis=0).apply({}, {}, x)[0].sum(0), np.ones(3), rtol=1e-6)
+
+
+KINDS = ["step", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus", "silu", "softmax",
+         "log_softmax"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_activation_has_its_kind_and_keeps_its_name(kind):
+    """The kind names a model's children (``serial``'s ``relu_0``, ...) and a layer's errors;
+    ``name=`` replaces it where given."""
+    make = getattr(jnn, kind)
+    assert (make().kind, make().name, make(name="act").name) == (kind, None, "act")
+    assert list(jnn.serial(jnn.dense(2), make()).children) == ["dense_0", f"{kind}_0"]
+
+
+def test_softmax_and_log_softmax_take_their_axis_on_3d_inputs():
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    for axis in (-1, 0, 1):
+        shifted = x - x.max(axis, keepdims=True)
+        log_ref = shifted - np.log(np.exp(shifted).sum(axis, keepdims=True))
+        layers = (jnn.log_softmax(), jnn.softmax()) if axis == -1 else (jnn.log_softmax(axis), jnn.softmax(axis))
+        np.testing.assert_allclose(layers[0].apply({}, {}, x)[0], log_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layers[1].apply({}, {}, x)[0], np.exp(log_ref), rtol=1e-5, atol=1e-7)
