@@ -33,7 +33,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODULES = {
     "jnn/core.py": ["tests/test_core.py", "tests/test_core_details.py", "tests/test_composition.py",
                     "tests/test_key_plumbing.py", "tests/test_mutation_gaps.py", "tests/test_xor_core.py"],
-    "jnn/layers/basic.py": ["tests/test_core.py", "tests/test_mutation_gaps.py", "tests/test_options.py"],
+    "jnn/layers/basic.py": ["tests/test_core.py", "tests/test_basic_layers.py", "tests/test_mutation_gaps.py",
+                            "tests/test_options.py"],
     "jnn/layers/dropout.py": ["tests/test_dropout.py", "tests/test_key_plumbing.py"],
     "jnn/layers/activations.py": ["tests/test_activations.py", "tests/test_options.py"],
     "jnn/layers/pooling.py": ["tests/test_pooling.py", "tests/test_properties.py"],
