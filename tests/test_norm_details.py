@@ -111,3 +111,18 @@ def test_batch_norm_needs_two_values_per_feature_unless_averaged_over_a_named_ax
 def test_batch_norm_rejects_bad_axes_when_built(axis):
     with pytest.raises(ValueError, match=r"^batch_norm: axis must be None, an int or a non-empty tuple of ints, got "):
         jnn.batch_norm(axis=axis)
+
+
+def test_batch_norm_with_the_features_on_a_middle_axis_matches_numpy():
+    """axis=(0, 2) on [B, C, L]: statistics per channel C (the broadcast must keep the reduced
+    axes, or a [C] mean meets the L axis)."""
+    x = _x((4, 3, 5), seed=2)
+    layer = jnn.batch_norm(axis=(0, 2), momentum=0.5)
+    params, state = layer.init(KEY, x)
+    y, new_state = layer.apply(params, state, x, train=True)
+    mean, var = x.mean((0, 2), keepdims=True), x.var((0, 2), keepdims=True)
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new_state["mean"], 0.5 * mean.ravel(), rtol=1e-5)
+    np.testing.assert_allclose(new_state["var"], 0.5 + 0.5 * var.ravel(), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"^batch_norm: axis_name='replicas' is not bound here"):
+        jnn.batch_norm(axis=(0, 2), axis_name="replicas").apply(params, state, x, train=True)
