@@ -74,3 +74,25 @@ def test_reshape_rejects_sizes_that_do_not_fit(shape):
     with pytest.raises(ValueError, match=rf"^reshape: cannot reshape examples of shape \(2, 6\) \(12 values\) to "
                                          rf"{re.escape(str(shape))}$"):
         jnn.reshape(shape).apply({}, {}, jnp.zeros((5, 2, 6)))
+
+
+def test_dense_applies_over_leading_axes_and_keeps_or_promotes_the_dtype():
+    layer = jnn.dense(2)
+    x = np.random.default_rng(0).normal(size=(4, 5, 3)).astype(np.float32)   # [B, T, in], T != in
+    params, _ = layer.init(KEY, x)
+    w, b = np.asarray(params["w"]), np.asarray(params["b"])
+    np.testing.assert_allclose(layer.apply(params, {}, x)[0], x @ w + b, rtol=1e-5, atol=1e-6)
+    assert layer.apply(params, {}, x.astype(jnp.bfloat16))[0].dtype == jnp.bfloat16   # bias cast down too
+    with jax.enable_x64(True):                        # integers are promoted to the params' dtype
+        y = layer.apply(params, {}, np.arange(3, dtype=np.int32)[None])[0]
+        assert y.dtype == jnp.float32
+        np.testing.assert_allclose(y, np.arange(3.0)[None] @ w + b, rtol=1e-6)
+
+
+def test_dense_names_itself_for_a_missing_or_misshapen_bias():
+    w = jnp.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"^dense: params lack 'b' \(have: w\)"):
+        jnn.dense(2).apply({"w": w}, {}, jnp.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"^head: b has shape \(3,\) but this layer was built with features=2 "
+                                         r"\(expected shape \(2,\)\)$"):
+        jnn.dense(2, name="head").apply({"w": w, "b": jnp.zeros(3)}, {}, jnp.zeros((1, 3)))
