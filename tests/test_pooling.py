@@ -246,3 +246,21 @@ def test_tiled_max_pool_forward_mode_and_second_order_match_finite_differences()
     x = jnp.asarray(np.random.default_rng(5).permutation(16).reshape(1, 4, 4, 1) / 5.0)
     pool = jax.jit(lambda v: jnp.sum(jnp.sin(max_pool((2, 2)).apply({}, {}, v)[0])))
     check_grads(pool, (x,), order=2, modes=["fwd", "rev"], eps=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["max_pool", "avg_pool", "global_max_pool", "global_avg_pool"])
+def test_pool_kinds_names_and_labels(kind):
+    """Built inside the test (not in a parametrize list), so mutation testing attributes the
+    construction to it: the kind, the name, and the label of a bad input's error."""
+    make = {"max_pool": lambda **kw: max_pool((2, 2), **kw), "avg_pool": lambda **kw: avg_pool((2, 2), **kw),
+            "global_max_pool": global_max_pool, "global_avg_pool": global_avg_pool}[kind]
+    assert (make().kind, make().name, make(name="mine").name) == (kind, None, "mine")
+    for label, layer in ((kind, make()), ("mine", make(name="mine"))):
+        with pytest.raises(ValueError, match=rf"^{label}: "):
+            layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 8), jnp.float32))
+        with pytest.raises(ValueError, match=rf"^{label}: "):
+            layer.apply({}, {}, jnp.zeros((2, 8)))
+    if kind.startswith("global"):
+        with pytest.raises(ValueError, match=rf"^{kind}: expected inputs \[B, \*spatial, C\] with at least one "
+                                             r"spatial axis, got shape \(2, 8\)$"):
+            make().apply({}, {}, jnp.zeros((2, 8)))
