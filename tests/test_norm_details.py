@@ -126,3 +126,13 @@ def test_batch_norm_with_the_features_on_a_middle_axis_matches_numpy():
     np.testing.assert_allclose(new_state["var"], 0.5 + 0.5 * var.ravel(), rtol=1e-5)
     with pytest.raises(ValueError, match=r"^batch_norm: axis_name='replicas' is not bound here"):
         jnn.batch_norm(axis=(0, 2), axis_name="replicas").apply(params, state, x, train=True)
+
+
+def test_batch_norm_keeps_its_running_statistics_when_only_the_variance_overflows():
+    """[1e20, -1e20]: a finite mean (0) and an infinite float32 variance; the running statistics
+    must not take either."""
+    layer = jnn.batch_norm(momentum=0.5)
+    params, state = layer.init(KEY, jnp.zeros((2, 1)))
+    _, new_state = layer.apply(params, state, jnp.array([[1e20], [-1e20]], jnp.float32), train=True)
+    np.testing.assert_array_equal(new_state["mean"], state["mean"])
+    np.testing.assert_array_equal(new_state["var"], state["var"])
