@@ -264,3 +264,16 @@ def test_pool_kinds_names_and_labels(kind):
         with pytest.raises(ValueError, match=rf"^{kind}: expected inputs \[B, \*spatial, C\] with at least one "
                                              r"spatial axis, got shape \(2, 8\)$"):
             make().apply({}, {}, jnp.zeros((2, 8)))
+
+
+def test_avg_pool_defaults_count_the_padding_and_every_path_keeps_the_input_dtype():
+    x = jnp.ones((1, 3, 3, 1))
+    corner = avg_pool((3, 3), strides=1, padding="SAME").apply({}, {}, x)[0][0, 0, 0, 0]
+    np.testing.assert_allclose(corner, 4 / 9, rtol=1e-6)          # default: padded zeros count
+    exact = avg_pool((3, 3), strides=1, padding="SAME", count_include_pad=False).apply({}, {}, x)[0]
+    np.testing.assert_allclose(exact, np.ones((1, 3, 3, 1)), rtol=1e-6)
+    for include in (True, False):
+        layer = avg_pool((3, 3), strides=1, padding="SAME", count_include_pad=include)
+        assert layer.apply({}, {}, x.astype(jnp.bfloat16))[0].dtype == jnp.bfloat16
+        with jax.enable_x64(True):
+            assert layer.apply({}, {}, jnp.ones((1, 3, 3, 1), jnp.float32))[0].dtype == jnp.float32
