@@ -229,3 +229,25 @@ def test_valid_input_too_small_at_apply_names_layer_in_model():
     params, state = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
     with pytest.raises(ValueError, match=r"\[conv_0\] conv: kernel of size \(5, 5\).*size 4 \+ padding 0"):
         model.apply(params, state, jnp.zeros((1, 4, 8, 1)))
+
+
+def test_conv_transpose_defaults_and_explicit_padding_boundary():
+    """Defaults: stride 1, SAME (the output keeps the spatial size). With explicit padding the
+    input dilated by the strides ((n - 1) * s + 1 positions) plus the padding must hold the
+    kernel: 2 positions at stride 2 dilate to 3, which holds a kernel of 3 but not of 4."""
+    x = jnp.ones((2, 5, 5, 3))
+    layer = conv_transpose(4, (3, 3))
+    params, _ = layer.init(jax.random.key(0), x)
+    assert layer.apply(params, {}, x)[0].shape == (2, 5, 5, 4)
+    small = jnp.ones((1, 2, 7, 1))                       # spatial axis 0: 2 positions
+    pads = [(0, 0), (1, 1)]
+    fits = conv_transpose(1, (3, 3), strides=2, padding=pads)
+    params, _ = fits.init(jax.random.key(0), small)
+    out = fits.apply(params, {}, small)[0]
+    assert out.shape == (1, 1, 13 + 2 - 2, 1)            # 3 - 3 + 1 rows; 13 + 2 - 3 + 1 columns
+    with pytest.raises(ValueError, match=r"^big: kernel of size \(4, 3\) \(span 4 with dilation 1\) is larger than "
+                                         r"the padded input along spatial axis 0 \(size 3 \+ padding 0\)"):
+        conv_transpose(1, (4, 3), strides=2, padding=pads, name="big").init(jax.random.key(0), small)
+    with pytest.raises(ValueError, match=r"^conv_transpose: a 2-D kernel of size \(3, 3\) expects inputs of rank 4 "
+                                         r"\[B, H, W, C\], got shape \(2, 5, 3\)$"):
+        conv_transpose(4, (3, 3)).init(jax.random.key(0), jnp.ones((2, 5, 3)))
