@@ -242,3 +242,12 @@ def test_train_step_calls_a_loss_without_a_signature_with_two_arguments():
 
     logs = _one_step(Opaque())
     assert np.isfinite(float(logs["loss"]))
+
+
+def test_train_step_rejects_loss_logs_named_like_a_metric():
+    model, opt = jnn.dense(2), optax.sgd(0.1)
+    loss = lambda outputs, y: (jnn.losses.mse(outputs, y), {"mae": jnp.float32(0.0)})
+    step = jnn.train.make_train_step(model, loss, opt, metrics={"mae": lambda o, t: jnp.mean(jnp.abs(o - t))})
+    ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jnp.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"^loss: the logs it returns use the reserved name\(s\) \['mae'\]"):
+        step(ts, (jnp.zeros((4, 3)), jnp.zeros((4, 2))))
