@@ -75,7 +75,7 @@ def contenders(model, fused: bool, x, y, args):
         scan = jax.jit(lambda ts, chunk: jax.lax.scan(step, ts, chunk))
         starts = range(0, steps, k)   # the last chunk holds the steps % k left over, if any
         host_chunks = [(x[i * args.batch:min(i + k, steps) * args.batch].reshape(-1, args.batch, *x.shape[1:]),
-                   y[i * args.batch:min(i + k, steps) * args.batch].reshape(-1, args.batch)) for i in starts]
+                        y[i * args.batch:min(i + k, steps) * args.batch].reshape(-1, args.batch)) for i in starts]
         state["chunks"] = ts0
 
         def raw_host_chunks():
@@ -102,23 +102,24 @@ def contenders(model, fused: bool, x, y, args):
     return fns, steps, feeds
 
 
+def _stat(pid) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ..., utime, stime, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pids) -> float:
-    ticks = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])   # utime + stime
+    ticks = sum(int(_stat(pid)[11]) + int(_stat(pid)[12]) for pid in pids)   # utime + stime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _children() -> list[str]:
-    me, kids = str(os.getpid()), []
+    kids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[1] == me:
-                    kids.append(pid)
-        except OSError:
+            if _stat(pid)[1] == str(os.getpid()):
+                kids.append(pid)
+        except OSError:   # gone meanwhile
             pass
     return kids
 

@@ -15,8 +15,9 @@ tests/MUTATION.md.
     python tests/mutation.py --again jnn/core.py # only the mutants its last run left alive
     python tests/mutation.py --jobs 1 ...        # one mutant at a time (default: one per CPU)
 
-Stop a run with Ctrl-C (SIGINT), not SIGKILL: mutmut writes the results it has when interrupted;
-killed, a run loses them.
+mutmut writes each mutant's result as it finishes, so a run stopped partway (SIGKILL works; a run
+started in the background ignores SIGINT) keeps what it checked and this script still writes its
+survivors. But a new `mutmut run` resets the results of every mutant it is not told to run.
 """
 from __future__ import annotations
 
