@@ -166,3 +166,15 @@ def test_records_of_any_pytree_are_stacked_and_a_bad_seed_is_named():
     for seed in (-1, 1.5, True, None):
         with pytest.raises(ValueError, match=r"jnn.data.grain.pipeline: seed must be a non-negative integer"):
             jnn.data.grain.pipeline(records, batch_size=3, seed=seed)
+
+
+def test_worker_groups_hold_at_most_16_mib_and_a_bad_worker_nice_is_named():
+    from jnn.data.grain import _worker_group
+    mnist = (np.zeros((128, 28, 28, 1), np.float32), np.zeros(128, np.int32))   # 401,920 bytes
+    assert _worker_group(mnist) == 32                                            # 12.3 MiB a group
+    assert _worker_group({"x": np.zeros((2**20,), np.uint8)}) == 16             # 1 MiB batches
+    assert _worker_group(np.zeros((128, 224, 224, 3), np.float32)) == 1         # 77 MB: one at a time
+    source = jnn.data.grain.ArraySource(np.zeros((8, 1)))
+    for nice in (-1, 20, 1.5, True):
+        with pytest.raises(ValueError, match=r"^jnn.data.grain.pipeline: worker_nice must be an integer in \[0, 19\]"):
+            jnn.data.grain.pipeline(source, batch_size=4, seed=0, worker_count=1, worker_nice=nice)

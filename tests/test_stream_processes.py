@@ -3,6 +3,7 @@ jax.distributed processes (127.0.0.1, gloo) each read a disjoint half of every g
 together every kept record once per epoch, and fit over the shards with a mesh trains like one
 process over the whole global batches."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -83,24 +84,41 @@ def test_two_processes_read_disjoint_halves_covering_each_epoch_once(tmp_path):
     np.testing.assert_allclose(first["loss"], first["reference_loss"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("num_epochs, taken", [(None, 3), (1, 9)])
+@pytest.mark.parametrize("num_epochs, taken", [(None, 3), (None, 35), (3, 33)])
 def test_worker_processes_give_the_same_batches_and_resume_from_json_state(num_epochs, taken):
-    """Workers send batches 8 at a time (12 an epoch: groups of 8 and 4): the batches come in the
-    in-process order, and a state taken inside the first group, or inside the short last one,
-    resumes at the next batch."""
+    """Workers send batches 32 at a time (12 an epoch; 3 epochs: groups of 32 and 4): the batches
+    come in the in-process order, and a state taken inside the first group, a later one, or the
+    short last one resumes at the next batch."""
     source = jnn.data.grain.ArraySource(np.arange(100.0)[:, None], np.arange(100))
-    alone = [b[1].tolist() for b in jnn.data.grain.pipeline(source, batch_size=8, seed=0).dataset[:12]]
+    total = 36
+    alone = [b[1].tolist() for b in jnn.data.grain.pipeline(source, batch_size=8, seed=0).dataset[:total]]
     pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=0, worker_count=2, num_epochs=num_epochs)
     it = iter(pipe)
     first = [next(it)[1].tolist() for _ in range(taken)]
     state = json.loads(json.dumps(it.get_state()))     # what a checkpoint's metadata stores
-    rest = [next(it)[1].tolist() for _ in range(12 - taken)]
+    rest = [next(it)[1].tolist() for _ in range(total - taken)]
     assert first + rest == alone
-    if num_epochs == 1:
+    if num_epochs is not None:
         with pytest.raises(StopIteration):
             next(it)
     it.close()
     again = iter(pipe)
     again.set_state(state)
-    assert [next(again)[1].tolist() for _ in range(12 - taken)] == rest
+    assert [next(again)[1].tolist() for _ in range(total - taken)] == rest
     again.close()
+
+
+def _niceness(record):
+    x, y = record
+    return np.full_like(x, os.nice(0)), y
+
+
+@pytest.mark.parametrize("worker_nice", [19, 0])
+def test_worker_processes_run_at_the_niceness_asked(worker_nice):
+    source = jnn.data.grain.ArraySource(np.zeros((16, 1)), np.arange(16))
+    pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=0, worker_count=1, worker_nice=worker_nice,
+                                   transform=_niceness)
+    it = iter(pipe)
+    x, _ = next(it)
+    it.close()
+    assert x.ravel().tolist() == [min(os.nice(0) + worker_nice, 19)] * 8
