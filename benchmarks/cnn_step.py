@@ -1,8 +1,15 @@
 """The MNIST CNN's train step (batch 128, grad + Adam): jnn against hand-written raw JAX.
 
 The network is experiments/mnist_cnn.py's default without dropout and augmentation: two blocks
-of conv3x3-relu-maxpool2 (32, then 64 channels), flatten, dense 128, relu, dense 10. Both versions are jitted per step and run one after the
-other on the same batches, interleaved, medians after warm-up.
+of conv3x3-relu-maxpool2 (32, then 64 channels), flatten, dense 128, relu, dense 10. Every
+version is jitted per step and runs on the same batches, interleaved, medians after warm-up:
+  jnn                  : jax.jit(make_train_step(...), compiler_options=jnn.train.compiler_options()),
+                         as fit compiles it
+  jnn, XLA's defaults  : the same step under plain jax.jit (on CPU: YNNPACK convolutions)
+  raw                  : hand-written raw JAX under plain jax.jit
+  raw, jnn's options   : the same with jnn.train.compiler_options()
+The gap between the two raw rows is the compiler options; between "raw, jnn's options" and
+"jnn", jnn's layers (on CPU, the one-channel first convolution as a fused shifted sum).
 
     python benchmarks/cnn_step.py [--steps 20 --repeats 9]
 """
@@ -64,10 +71,11 @@ def main():
     opt = optax.adam(1e-3)
 
     model = jnn_model()
-    jnn_step = jax.jit(jnn.train.make_train_step(model, jnn.losses.softmax_cross_entropy, opt, metrics={}))
+    options = jnn.train.compiler_options()
+    train_step = jnn.train.make_train_step(model, jnn.losses.softmax_cross_entropy, opt, metrics={})
+    jnn_step, jnn_default = jax.jit(train_step, compiler_options=options), jax.jit(train_step)
     ts = jnn.train.init_train_state(model, opt, key, jax.ShapeDtypeStruct((bs, 28, 28, 1), jnp.float32))
 
-    @jax.jit
     def raw_step(carry, x, y):
         params, opt_state = carry
         loss, grads = jax.value_and_grad(raw_loss)(params, x, y)
@@ -75,24 +83,25 @@ def main():
         return (optax.apply_updates(params, updates), opt_state), loss
 
     raw_params = raw_init(key)
-    state = {"jnn": ts, "raw": (raw_params, opt.init(raw_params))}
+    raw_state = (raw_params, opt.init(raw_params))
+    steps = {"jnn": (lambda c, x, y: jnn_step(c, (x, y)), ts),
+             "jnn, XLA's defaults": (lambda c, x, y: jnn_default(c, (x, y)), ts),
+             "raw": (jax.jit(raw_step), raw_state),
+             "raw, jnn's options": (jax.jit(raw_step, compiler_options=options), raw_state)}
+    state = {name: carry for name, (_, carry) in steps.items()}
 
-    def run_jnn():
-        t = state["jnn"]
-        for i in range(n):
-            t, _ = jnn_step(t, (xb[i], yb[i]))
-        state["jnn"] = block(t)
+    def runner(name, step):
+        def run():
+            c = state[name]
+            for i in range(n):
+                c, _ = step(c, xb[i], yb[i])
+            state[name] = block(c)
+        return run
 
-    def run_raw():
-        c = state["raw"]
-        for i in range(n):
-            c, _ = raw_step(c, xb[i], yb[i])
-        state["raw"] = block(c)
-
-    times = time_interleaved({"jnn": run_jnn, "raw": run_raw}, repeats=args.repeats)
-    jnn_ms, raw_ms = times["jnn"] / n * 1e3, times["raw"] / n * 1e3
-    print(f"batch {bs}: ms per train step (median of {args.repeats} runs of {n} steps)")
-    print(f"  jnn {jnn_ms:8.2f}\n  raw {raw_ms:8.2f}\n  ratio jnn/raw = {jnn_ms / raw_ms:.3f}")
+    times = time_interleaved({name: runner(name, step) for name, (step, _) in steps.items()}, repeats=args.repeats)
+    print(f"batch {bs}: ms per train step (median of {args.repeats} runs of {n} steps); compiler options {options}")
+    for name, seconds in times.items():
+        print(f"  {name:20s} {seconds / n * 1e3:8.2f}   ratio to raw {seconds / times['raw']:.3f}")
     print(f"  compile cache size of the jnn step: {jnn_step._cache_size()}")
 
 

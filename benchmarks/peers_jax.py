@@ -129,6 +129,7 @@ def jnn_model(name):
 
 def make_jnn(name, key, batch):
     model, opt = jnn_model(name), optimizer()
-    train_step = jax.jit(jnn.train.make_train_step(model, jnn.losses.softmax_cross_entropy, opt, metrics={}))
+    train_step = jax.jit(jnn.train.make_train_step(model, jnn.losses.softmax_cross_entropy, opt, metrics={}),
+                         compiler_options=jnn.train.compiler_options())   # as fit compiles it
     ts = jnn.train.init_train_state(model, opt, key, jax.ShapeDtypeStruct((batch, *SHAPES[name]), jnp.float32))
     return (lambda ts, x, y: train_step(ts, (x, y))[0]), ts

@@ -18,6 +18,8 @@ MODELS = {
     "lstm": (lambda: jnn.serial(jnn.recurrent(jnn.lstm_cell(5)), jnn.dense(2)), (6, 3)),
     "max_pool": (lambda: jnn.serial(jnn.conv(4, (3, 3)), jnn.max_pool((2, 2)), jnn.flatten(), jnn.dense(2)),
                  (8, 8, 2)),
+    "one-channel cnn": (lambda: jnn.serial(jnn.conv(4, (3, 3)), jnn.relu(), jnn.max_pool((2, 2)), jnn.flatten(),
+                                           jnn.dense(2)), (8, 8, 1)),   # conv's CPU path for one channel
 }
 UNSUPPORTED = {
     "decoder_lm (embedding)": (lambda: jnn.decoder_lm(11, 1, 2, 16, 32, 8), (8,), jnp.int32,

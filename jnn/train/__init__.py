@@ -12,6 +12,7 @@ Example:
 """
 from jnn.train import callbacks
 from jnn.train.checkpoint import Checkpointer
+from jnn.train.compiler import compiler_options
 from jnn.train.freeze import freeze, trainable_mask
 from jnn.train.population import MemberResult, PopulationResult, fit_population
 from jnn.train.callbacks import EarlyStopping
@@ -26,4 +27,4 @@ __all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoc
            "epoch_order", "make_eval_fn",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
            "freeze", "trainable_mask", "fit_population", "search", "optuna_search", "PopulationResult", "MemberResult",
-           "callbacks", "NonFiniteError", "NonFiniteReport", "find_nonfinite"]
+           "callbacks", "NonFiniteError", "NonFiniteReport", "find_nonfinite", "compiler_options"]

@@ -6,6 +6,7 @@ import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -16,6 +17,7 @@ from jnn.core import Layer
 from jnn.train import guard
 from jnn.train import stream as _stream
 from jnn.train.callbacks import CallbackList, EarlyStopping
+from jnn.train.compiler import compiler_options
 from jnn.train.history import progress_bar
 from jnn.train.step import (LossFn, Metrics, TrainState, _as_arrays, _gather, _num_examples, init_train_state,
                             make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
@@ -133,7 +135,33 @@ def fuses_by_default(jaxpr) -> bool:
       >>> fuses_by_default(trace(mlp, jnp.zeros((2, 3)))), fuses_by_default(trace(cnn, jnp.zeros((2, 8, 8, 1))))
       (True, False)
     """
-    return jax.default_backend() != "cpu" or "conv_general_dilated" not in set(_primitives(jaxpr.jaxpr))
+    if jax.default_backend() != "cpu":
+        return True
+    forward = set(_primitives(jaxpr.jaxpr))
+    if "conv_general_dilated" in forward:
+        return False
+    return "custom_jvp_call" not in forward or "conv_general_dilated" not in _tangent_primitives(jaxpr)
+
+
+def _tangent_primitives(jaxpr) -> set[str]:
+    """The primitives of the JVP of ``jaxpr`` along its floating-point inputs: what a custom JVP
+    rule adds (conv's one-channel CPU path computes its forward pass without a convolution and
+    its derivatives with one). Empty where the JVP cannot be traced."""
+    inexact = [jnp.issubdtype(a.dtype, jnp.inexact) for a in jaxpr.in_avals]
+
+    def tangents(*args):
+        def along(*values):
+            values = iter(values)
+            return jax.extend.core.jaxpr_as_fun(jaxpr)(*[next(values) if f else a for a, f in zip(args, inexact)])
+
+        primals = [a for a, f in zip(args, inexact) if f]
+        return jax.jvp(along, primals, primals)[1]
+
+    try:
+        traced = jax.make_jaxpr(tangents)(*[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.in_avals])
+    except TypeError:   # e.g. a custom_vjp, which has no JVP: decide from the forward pass alone
+        return set()
+    return set(_primitives(traced.jaxpr))
 
 
 def _paths(tree) -> list[str]:
@@ -379,11 +407,13 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
             restored = train_epoch.resume(checkpoint, ts) if resume else None
             ts, initial_epoch = (ts, initial_epoch) if restored is None else (restored, train_epoch.epoch)
         elif fused:
-            train_epoch = jax.jit(make_train_epoch(step, num_examples, batch_size, mesh=mesh))
+            train_epoch = jax.jit(make_train_epoch(step, num_examples, batch_size, mesh=mesh),
+                                  compiler_options=compiler_options())
         else:
             train_epoch = make_stepwise_epoch(step, num_examples, batch_size)
         evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
-        evaluate = _stream.StreamEvaluation(evaluate) if val_streamed else jax.jit(evaluate) if fused else evaluate
+        evaluate = (_stream.StreamEvaluation(evaluate) if val_streamed
+                    else jax.jit(evaluate, compiler_options=compiler_options()) if fused else evaluate)
         guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
                              (x, y), batch_size, None if val_streamed else val_data,
                              None if val_streamed else early_stopping, _learning_rate(ts.opt_state) is not None,
@@ -451,6 +481,6 @@ def predict(model: Layer, params, state, x, *, batch_size: int = 1000):
     """
     x = _as_arrays(x)
     n = _num_examples(x)
-    apply = jax.jit(lambda p, s, xb: model.apply(p, s, xb, train=False)[0])
+    apply = jax.jit(lambda p, s, xb: model.apply(p, s, xb, train=False)[0], compiler_options=compiler_options())
     outs = [apply(params, state, _gather(x, slice(i, i + batch_size))) for i in range(0, n, batch_size)]
     return jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *outs)

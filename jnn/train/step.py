@@ -16,6 +16,7 @@ from jnn import losses as _losses
 from jnn import parallel as _parallel
 from jnn import tree as _tree
 from jnn.core import Layer
+from jnn.train.compiler import jit_outermost
 from jnn.train.permutation import permutation
 
 __all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_stepwise_epoch",
@@ -299,7 +300,7 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
     """
     num_batches = _epoch_batches(num_examples, batch_size, "make_stepwise_epoch")
     shuffle = jax.jit(lambda ts: _shuffle(ts, num_examples, batch_size))
-    step = jax.jit(lambda ts, data, idx: train_step(ts, _gather(data, idx)))
+    step = jit_outermost(lambda ts, data, idx: train_step(ts, _gather(data, idx)))
 
     def train_epoch(ts: TrainState, data):
         ts, order = shuffle(ts)
@@ -383,7 +384,7 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
     evaluate.batch_totals = batch_totals   # (params, state, x, y, mask, step) -> summed metrics: streamed evaluation
     if fused:
         return evaluate
-    batch_totals_jit = jax.jit(batch_totals)
+    batch_totals_jit = jit_outermost(batch_totals)
 
     def evaluate_stepwise(params, state, data, step=None):
         step = check_step(step)

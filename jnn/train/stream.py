@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import parallel as _parallel
+from jnn.train.compiler import compiler_options
 
 __all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation", "CHUNK"]
 
@@ -254,7 +255,8 @@ class StreamEpochs:
         def scan_chunk(ts, totals, batches):   # batches: `chunk` batches stacked on a leading axis
             return jax.lax.scan(lambda carry, batch: (step(*carry, batch), None), (ts, totals), batches)[0]
 
-        self.step, self.scan_chunk = jax.jit(step), jax.jit(scan_chunk)
+        options = compiler_options()
+        self.step, self.scan_chunk = jax.jit(step, compiler_options=options), jax.jit(scan_chunk, compiler_options=options)
         self._split = jax.jit(lambda key: jax.random.split(key)[0])   # make_train_epoch's split
 
     def resume(self, checkpoint, template) -> Any:
@@ -328,7 +330,7 @@ class StreamEvaluation:
     """
 
     def __init__(self, eval_fn):
-        self.totals = jax.jit(eval_fn.batch_totals)
+        self.totals = jax.jit(eval_fn.batch_totals, compiler_options=compiler_options())
 
     def __call__(self, params, state, batches, step=None):
         size, sums, count = None, None, 0

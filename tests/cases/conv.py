@@ -17,6 +17,8 @@ CASES = [
     Case("conv_2d_depthwise_dilated_explicit_padding",
          lambda: conv(4, (2, 3), dilation=(2, 1), padding=[(1, 0), (0, 2)], feature_group_count=2),
          (2, 4, 4, 2), reference=lambda p, s, x: np_conv(x, p["w"], p["b"], (1, 1), [(1, 0), (0, 2)], (2, 1), 2)),
+    Case("conv_2d_one_channel_explicit_padding", lambda: conv(3, (3, 2), padding=[(1, 0), (2, 1)]), (2, 4, 5, 1),
+         reference=lambda p, s, x: np_conv(x, p["w"], p["b"], (1, 1), [(1, 0), (2, 1)], (1, 1), 1)),
     Case("conv_3d_valid", lambda: conv(2, (2, 2, 2), padding="VALID"), (2, 3, 3, 3, 2),
          reference=lambda p, s, x: np_conv(x, p["w"], p["b"], (1, 1, 1), "VALID", (1, 1, 1), 1)),
     Case("conv_transpose_2d_strided", lambda: conv_transpose(2, (3, 3), strides=2), (2, 3, 3, 2)),

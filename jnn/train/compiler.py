@@ -1,0 +1,72 @@
+"""XLA compiler options for training programs: what jnn's own jitted steps and epochs use.
+
+On CPU, XLA (jaxlib 0.10) hands each convolution to YNNPACK, which runs it on one thread; its
+own (Eigen) convolutions use every core. On the 2-core CPU this project is measured on, the MNIST
+CNN's second convolution takes 11 ms forward through YNNPACK and 5.7 ms through Eigen, and the
+whole train step 0.69x the time (``benchmarks/cnn_step.py``). :func:`compiler_options` keeps
+YNNPACK for what it is fast at (matrix products and reductions) and leaves convolutions to XLA.
+``fit``, ``predict``, :func:`~jnn.train.make_stepwise_epoch`, the stepwise ``make_eval_fn`` and
+streamed training compile with it; pass it to your own ``jax.jit`` for the same programs. Other
+backends get ``{}``.
+
+Example:
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> layer = jnn.conv(4, (3, 3))
+  >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+  >>> apply = jax.jit(layer.apply, compiler_options=jnn.train.compiler_options())
+  >>> apply(params, state, jnp.ones((2, 8, 8, 3)))[0].shape
+  (2, 8, 8, 4)
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+__all__ = ["compiler_options"]
+
+_CPU = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+"""XLA's default YNNPACK fusions on CPU (dots, reductions, convolutions) without convolutions."""
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+    """Compiler options for ``jax.jit(..., compiler_options=...)`` on ``backend`` (default: JAX's).
+
+    On CPU: convolutions compiled by XLA itself, multi-threaded, instead of single-threaded
+    YNNPACK (see the module docstring); ``{}`` where this jaxlib does not know the option, and
+    on other backends.
+
+    Example:
+      >>> import jnn
+      >>> jnn.train.compiler_options("gpu")
+      {}
+    """
+    if (backend or jax.default_backend()) != "cpu" or not _cpu_accepts():
+        return {}
+    return dict(_CPU)
+
+
+def jit_outermost(fn):
+    """``jax.jit(fn, compiler_options=compiler_options())``, except when called under an outer
+    trace (``jax.jit``, ``make_jaxpr``), where JAX accepts no compiler options: there it is
+    plain ``jax.jit(fn)`` and the outer program's options apply. For runners that call a jitted
+    function from a Python loop, which a user may still trace whole."""
+    fast, plain = jax.jit(fn, compiler_options=compiler_options()), jax.jit(fn)
+
+    def call(*args):
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args))
+        return (plain if traced else fast)(*args)
+
+    call._cache_size = fast._cache_size   # what a no-recompile check reads
+    return call
+
+
+@functools.cache
+def _cpu_accepts() -> bool:
+    """Whether this jaxlib compiles with :data:`_CPU` (an experimental XLA option, which may change)."""
+    try:
+        jax.jit(lambda v: v + 1, compiler_options=_CPU)(jax.device_put(np.float32(0), jax.devices("cpu")[0]))
+    except Exception:   # noqa: BLE001 - an unknown option or value: XLA raises its own error types
+        return False
+    return True
