@@ -10,6 +10,8 @@ version is jitted per step and runs on the same batches, interleaved, medians af
   raw, jnn's options   : the same with jnn.train.compiler_options()
 The gap between the two raw rows is the compiler options; between "raw, jnn's options" and
 "jnn", jnn's layers (on CPU, the one-channel first convolution as a fused shifted sum).
+Then the two convolutions alone (forward; the first also with its bias and relu), each under
+plain jax.jit and with jnn's compiler options, and the first as jnn's layer computes it.
 
     python benchmarks/cnn_step.py [--steps 20 --repeats 9]
 """
@@ -103,6 +105,36 @@ def main():
     for name, seconds in times.items():
         print(f"  {name:20s} {seconds / n * 1e3:8.2f}   ratio to raw {seconds / times['raw']:.3f}")
     print(f"  compile cache size of the jnn step: {jnn_step._cache_size()}")
+    conv_pieces(args.repeats)
+
+
+
+def conv_pieces(repeats: int):
+    """ms per call of the CNN's two convolutions under each way of compiling them."""
+    import sys
+    conv_module = sys.modules["jnn.layers.conv"]
+    key = jax.random.key(0)
+    x1, w1 = jax.random.normal(key, (128, 28, 28, 1)), jax.random.normal(key, (3, 3, 1, 32))
+    x2, w2 = jax.random.normal(key, (128, 14, 14, 32)), jax.random.normal(key, (3, 3, 32, 64))
+    b1 = jnp.ones(32)
+    xla = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+    shifted = lambda x, w: conv_module._shifted_sum(x, w, ((1, 1), (1, 1)))
+    options = jnn.train.compiler_options()
+    pieces = {
+        "conv1 fwd, XLA's defaults": (jax.jit(xla), (x1, w1)),
+        "conv1 fwd, jnn's options": (jax.jit(xla, compiler_options=options), (x1, w1)),
+        "conv1 fwd, shifted sum": (jax.jit(shifted, compiler_options=options), (x1, w1)),
+        "conv1+bias+relu, XLA's defaults": (jax.jit(lambda x, w, b: jax.nn.relu(xla(x, w) + b)), (x1, w1, b1)),
+        "conv1+bias+relu, shifted sum": (jax.jit(lambda x, w, b: jax.nn.relu(shifted(x, w) + b),
+                                                 compiler_options=options), (x1, w1, b1)),
+        "conv2 fwd, XLA's defaults": (jax.jit(xla), (x2, w2)),
+        "conv2 fwd, jnn's options": (jax.jit(xla, compiler_options=options), (x2, w2)),
+    }
+    times = time_interleaved({name: (lambda f=f, a=a: block(f(*a))) for name, (f, a) in pieces.items()},
+                             repeats=repeats)
+    print("the convolutions alone, batch 128: ms per call")
+    for name, seconds in times.items():
+        print(f"  {name:32s} {seconds * 1e3:7.2f}")
 
 
 if __name__ == "__main__":
