@@ -39,7 +39,7 @@ MODULES = {
     "jnn/layers/dropout.py": ["tests/test_dropout.py", "tests/test_key_plumbing.py"],
     "jnn/layers/activations.py": ["tests/test_activations.py", "tests/test_options.py"],
     "jnn/layers/pooling.py": ["tests/test_pooling.py", "tests/test_properties.py"],
-    "jnn/layers/conv.py": ["tests/test_conv.py", "tests/test_properties.py"],
+    "jnn/layers/conv.py": ["tests/test_conv.py", "tests/test_conv_cpu.py", "tests/test_properties.py"],
     "jnn/layers/norm.py": ["tests/test_norm.py", "tests/test_norm_details.py"],
     "jnn/layers/attention.py": ["tests/test_attention.py", "tests/test_mutation_gaps.py", "tests/test_options.py"],
     "jnn/losses.py": ["tests/test_losses_metrics.py", "tests/test_mutation_gaps.py", "tests/test_properties.py",

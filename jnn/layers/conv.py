@@ -138,9 +138,9 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
     ``b: [features]``. With ``padding="SAME"`` ``spatial_out = ceil(spatial / strides)``; with
     ``"VALID"`` the (dilated) kernel must fit inside the input. Built on
     ``jax.lax.conv_general_dilated`` (on CPU, a one-channel input with unit strides runs as a
-    fused sum of shifted inputs, several times faster; same values); params are float32 (float64 for float64 inputs) and the
-    convolution runs in the input's dtype (integer and bool inputs are promoted to the params'
-    dtype; weights are never cast to an integer dtype).
+    fused sum of shifted inputs, several times faster, with the same values); params are float32
+    (float64 for float64 inputs) and the convolution runs in the input's dtype (integer and bool
+    inputs are promoted to the params' dtype; weights are never cast to an integer dtype).
 
     Args:
       features: number of output channels (> 0, divisible by ``feature_group_count``).

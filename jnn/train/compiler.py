@@ -2,8 +2,8 @@
 
 On CPU, XLA (jaxlib 0.10) hands each convolution to YNNPACK, which runs it on one thread; its
 own (Eigen) convolutions use every core. On the 2-core CPU this project is measured on, the MNIST
-CNN's second convolution takes 11 ms forward through YNNPACK and 5.7 ms through Eigen, and the
-whole train step 0.69x the time (``benchmarks/cnn_step.py``). :func:`compiler_options` keeps
+CNN's second convolution takes 10-11 ms forward through YNNPACK and 6-7 ms through Eigen, and the
+whole train step 0.68x the time (``benchmarks/cnn_step.py``). :func:`compiler_options` keeps
 YNNPACK for what it is fast at (matrix products and reductions) and leaves convolutions to XLA.
 ``fit``, ``predict``, :func:`~jnn.train.make_stepwise_epoch`, the stepwise ``make_eval_fn`` and
 streamed training compile with it; pass it to your own ``jax.jit`` for the same programs. Other

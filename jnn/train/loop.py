@@ -124,7 +124,8 @@ def _primitives(jaxpr):
 
 def fuses_by_default(jaxpr) -> bool:
     """``fit(fused="auto")``'s choice for a model whose forward pass is ``jaxpr``: a scan-fused
-    epoch, except on CPU for a model with a convolution, which trains stepwise: XLA CPU runs
+    epoch, except on CPU for a model with a convolution in its forward pass or in its
+    derivatives (as conv's one-channel CPU path has), which trains stepwise: XLA CPU runs
     convolutions inside a loop several times slower than outside one (jax-ml/jax#12868;
     measured here: a 2-conv MNIST CNN step, 44.5 ms stepwise against 259 ms in a scan of 8).
 
@@ -159,8 +160,8 @@ def _tangent_primitives(jaxpr) -> set[str]:
 
     try:
         traced = jax.make_jaxpr(tangents)(*[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jaxpr.in_avals])
-    except TypeError:   # e.g. a custom_vjp, which has no JVP: decide from the forward pass alone
-        return set()
+    except (TypeError, ValueError, NotImplementedError):   # no JVP (custom_vjp, pure_callback, ...):
+        return set()                                         # decide from the forward pass alone
     return set(_primitives(traced.jaxpr))
 
 
