@@ -18,7 +18,7 @@ def _hlo(fn, *args, **jit):
 
 @pytest.mark.parametrize("kernel, shape, padding", [
     ((3, 3), (3, 7, 6, 1), "SAME"),
-    ((5, 5), (2, 7, 7, 1), "VALID"),
+    ((5, 5), (2, 7, 7, 1), "VALID"),                  # 25 taps, the most it takes
     ((4,), (2, 9, 1), [(3, 0)]),
     ((2, 3, 2), (2, 4, 5, 3, 1), "SAME"),
 ])
@@ -78,7 +78,7 @@ def test_one_channel_training_gradient_runs_one_convolution_and_bfloat16_accumul
     (lambda: conv(4, (3, 3)), (2, 6, 6, 2)),                       # two channels
     (lambda: conv(4, (3, 3), strides=2), (2, 6, 6, 1)),            # strided
     (lambda: conv(4, (3, 3), dilation=2), (2, 6, 6, 1)),           # dilated
-    (lambda: conv(4, (7, 7)), (2, 8, 8, 1)),                       # 49 taps
+    (lambda: conv(4, (13, 2)), (2, 14, 4, 1)),                     # 26 taps, one more than 5x5
 ])
 def test_other_convolutions_stay_xla_convolutions(make, shape):
     layer = make()
