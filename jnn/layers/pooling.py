@@ -75,11 +75,12 @@ def _tiled_max_jvp(window, primals, tangents):
     # that XLA fuses into one loop. Linear in the tangent, so reverse mode is its transpose.
     (x,), (t,) = primals, tangents
     view, tangent = _tile_view(x, window), _tile_view(t, window)
-    top = view.max(axis=_window_axes(window))
-    out, taken = jnp.zeros_like(top), jnp.zeros(top.shape, bool)
-    for index in _offsets(window):
-        hit = (view[index] == top) & ~taken
-        out, taken = jnp.where(hit, tangent[index], out), taken | hit
+    offsets = list(_offsets(window))
+    best, out = view[offsets[0]], tangent[offsets[0]]
+    for index in offsets[1:]:   # strictly greater: the first maximum in row-major order keeps it
+        better = view[index] > best
+        best, out = jnp.where(better, view[index], best), jnp.where(better, tangent[index], out)
+    top = view.max(axis=_window_axes(window))   # the value: max propagates NaN, the running best not
     return top, out
 
 
