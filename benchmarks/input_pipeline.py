@@ -109,15 +109,15 @@ def _stat(pid) -> list[str]:
 
 
 def _cpu_seconds(pids) -> float:
-    ticks = sum(int(_stat(pid)[11]) + int(_stat(pid)[12]) for pid in pids)   # utime + stime
+    ticks = sum(sum(map(int, _stat(pid)[11:13])) for pid in pids)   # utime + stime, one read per process
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _children() -> list[str]:
-    kids = []
+    me, kids = str(os.getpid()), []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if _stat(pid)[1] == str(os.getpid()):
+            if _stat(pid)[1] == me:
                 kids.append(pid)
         except OSError:   # gone meanwhile
             pass

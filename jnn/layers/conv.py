@@ -208,20 +208,20 @@ def _convolve(x, w, strides, padding, dilation, groups):
     channels, batch 128: ~4 -> ~0.7 ms forward; ``benchmarks/cnn_step.py``); its
     derivatives are XLA's convolutions. Beyond 25 taps (5x5) it no longer wins."""
     rank = w.ndim - 2
-    pads = padding if not isinstance(padding, str) else tuple(
-        jax.lax.padtype_to_pads(x.shape[1:-1], w.shape[:rank], (1,) * rank, padding))
-
-    def xla(x, w):
-        return jax.lax.conv_general_dilated(x, w, window_strides=strides, padding=padding, rhs_dilation=dilation,
-                                            dimension_numbers=_dimension_numbers(rank), feature_group_count=groups)
-
     one_channel = (x.shape[-1] == 1 and groups == 1 and set(strides) == {1} and set(dilation) == {1}
                    and math.prod(w.shape[:rank]) <= 25)
     # JAX's default backend when traced (as fit picks fused epochs), not lax.platform_dependent:
     # jax2onnx cannot convert the latter
     if one_channel and jax.default_backend() == "cpu":
+        pads = padding if not isinstance(padding, str) else \
+            jax.lax.padtype_to_pads(x.shape[1:-1], w.shape[:rank], strides, padding)
         return _shifted_sum(x, w, tuple(map(tuple, pads)))
-    return xla(x, w)
+    return _xla_conv(x, w, strides, padding, dilation, groups)
+
+
+def _xla_conv(x, w, strides, padding, dilation, groups):
+    return jax.lax.conv_general_dilated(x, w, window_strides=strides, padding=padding, rhs_dilation=dilation,
+                                        dimension_numbers=_dimension_numbers(w.ndim - 2), feature_group_count=groups)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -243,11 +243,9 @@ def _shifted_sum_jvp(pads, primals, tangents):
     convolution gradients (the shifted sum's own transpose is ~8x slower). Symbolic zeros:
     no convolution for an input that is not differentiated (the data, in training)."""
     (x, w), (dx, dw) = primals, tangents
-    rank = w.ndim - 2
-    conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1,) * rank, padding=pads,
-                             dimension_numbers=_dimension_numbers(rank))
+    ones = (1,) * (w.ndim - 2)
     y = _shifted_sum(x, w, pads)
-    terms = [conv(a, b) for a, b, t in ((dx, w, dx), (x, dw, dw))   # JAX calls this with one or both
+    terms = [_xla_conv(a, b, ones, pads, ones, 1) for a, b, t in ((dx, w, dx), (x, dw, dw))   # JAX calls this with one or both
              if not isinstance(t, jax.custom_derivatives.SymbolicZero)]
     return y, functools.reduce(jnp.add, terms)
 
