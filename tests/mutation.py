@@ -46,6 +46,8 @@ MODULES = {
                                 "tests/test_attention_details.py", "tests/test_cross_attention.py",
                                 "tests/test_generate.py", "tests/test_reliability_generation.py",
                                 "tests/test_transformer.py"],
+    "jnn/layers/cells.py": ["tests/test_recurrent.py", "tests/test_options.py"],
+    "jnn/layers/recurrent.py": ["tests/test_recurrent.py", "tests/test_options.py", "tests/test_composition.py"],
     "jnn/losses.py": ["tests/test_losses_metrics.py", "tests/test_mutation_gaps.py", "tests/test_properties.py",
                       "tests/test_regularization.py"],
     "jnn/train/step.py": ["tests/test_train.py", "tests/test_step_details.py", "tests/test_key_plumbing.py",

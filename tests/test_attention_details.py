@@ -144,6 +144,11 @@ def test_a_dropout_model_decodes_without_a_key():
     params = spec.init(KEY, x)[0]
     y, _ = spec.decode(params, spec.init_cache(1, 2, 4, jnp.float32), x, 0)
     np.testing.assert_allclose(y, spec.apply(params, {}, x)[0], atol=1e-5)
+    cross = _attention_spec(2, dropout_rate=0.5, context_features=3)     # as a decoder block calls it
+    context = _rand((1, 5, 3), 1)
+    params = cross.init(KEY, x)[0]
+    np.testing.assert_allclose(cross.attend_kv(params, x, cross.cross_kv(params, context)),
+                               cross.apply(params, {}, x, context=context)[0], atol=1e-6)
 
 
 def test_layer_identity_and_keywords():
@@ -179,3 +184,70 @@ def test_errors_name_the_layer_and_what_was_wrong():
                                          r"\(it masks the context's padding in cross-attention; use lengths= "
                                          r"for self-attention\)"):
         attn.apply(params, {}, jnp.zeros((1, 2, 8)), context_lengths=jnp.array([1]))
+
+
+def test_cross_attention_dropout_in_training_needs_a_key_and_averages_to_evaluation():
+    attn = multi_head_attention(2, dropout_rate=0.5, context_features=3)
+    x, context = _rand((1, 2, 4), 1), _rand((1, 5, 3), 2)
+    params = _random_params(attn.init(KEY, x)[0])
+    evaluated = attn.apply(params, {}, x, context=context)[0]
+    train = jax.jit(jax.vmap(lambda k: attn.apply(params, {}, x, key=k, train=True, context=context)[0]))
+    ys = train(jax.random.split(KEY, 2000))
+    assert not np.allclose(ys[0], ys[1]) and not np.allclose(ys[0], evaluated)
+    np.testing.assert_allclose(ys.mean(0), evaluated, atol=0.05)
+    with pytest.raises(ValueError, match=r"^multi_head_attention: train=True with dropout_rate=0.5 needs a PRNG key"):
+        attn.apply(params, {}, x, train=True, context=context)
+
+
+def test_cross_attention_input_errors():
+    attn = multi_head_attention(2, context_features=3, name="cross")
+    x = _rand((2, 2, 4))
+    params, _ = attn.init(KEY, x)
+    for bad in (_rand((2, 5)), jnp.zeros((2, 5, 3), jnp.int32)):
+        with pytest.raises(ValueError, match=rf"^cross: expected a floating-point context \[B, S, 3\] for "
+                                             rf"cross-attention, got {bad.dtype}\[{', '.join(map(str, bad.shape))}\]"):
+            attn.apply(params, {}, x, context=bad)
+    with pytest.raises(ValueError, match=r"^cross: the context has batch 3 but the input has 2"):
+        attn.apply(params, {}, x, context=_rand((3, 5, 3)))
+    with pytest.raises(ValueError, match=r"^cross: lengths= masks self-attention keys; with context= pass "
+                                         r"context_lengths= for the context's padding$"):
+        attn.apply(params, {}, x, context=_rand((2, 5, 3)), lengths=jnp.array([1, 2]))
+    for kwargs in ({"causal": True}, {"rope": True}):
+        layer = multi_head_attention(2, context_features=3, name="cross", **kwargs)
+        with pytest.raises(ValueError, match=r"^cross: cross-attention \(context=\) needs causal=False and "
+                                             r"rope=False: the context's positions are not the queries'$"):
+            layer.apply(params, {}, x, context=_rand((2, 5, 3)))
+
+
+def test_bfloat16_cross_attention_and_a_bfloat16_cache():
+    attn = multi_head_attention(2, context_features=3)
+    x, context = _rand((1, 2, 4), 1), _rand((1, 5, 3), 2)
+    params = _random_params(attn.init(KEY, x)[0])
+    y16 = attn.apply(params, {}, x.astype(jnp.bfloat16), context=context.astype(jnp.bfloat16))[0]
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(y16.astype(jnp.float32), attn.apply(params, {}, x, context=context)[0], atol=0.05)
+    spec = _attention_spec(2, causal=True)
+    x = _rand((1, 3, 4), 3)
+    params = _random_params(spec.init(KEY, x)[0])
+    full = spec.apply(params, {}, x)[0]
+    for x_dtype, cache_dtype in ((jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)):
+        cache = spec.init_cache(1, 4, 4, cache_dtype)
+        assert cache["key"].dtype == cache["value"].dtype == cache_dtype
+        steps = []
+        for t in range(3):
+            y, cache = spec.decode(params, cache, x[:, t:t + 1].astype(x_dtype), t)
+            steps.append(y)
+        assert cache["key"].dtype == cache["value"].dtype == cache_dtype and steps[0].dtype == x_dtype
+        np.testing.assert_allclose(jnp.concatenate(steps, 1).astype(jnp.float32), full, atol=0.05)
+
+
+def test_the_spec_defaults_transformer_blocks_rely_on():
+    spec = _attention_spec(2)
+    assert (spec.causal, spec.rope, spec.rope_base, spec.use_bias, spec.dropout_rate, spec.num_kv_heads,
+            spec.context_features) == (False, False, 10000.0, True, 0.0, 2, None)
+    x = _rand((1, 4, 8))
+    for default, explicit in ((_attention_spec(2, rope=True), _attention_spec(2, rope=True, rope_base=10000.0)),
+                              (multi_head_attention(2, rope=True), multi_head_attention(2, rope=True,
+                                                                                         rope_base=10000.0))):
+        params = _random_params(default.init(KEY, x)[0])
+        np.testing.assert_array_equal(default.apply(params, {}, x)[0], explicit.apply(params, {}, x)[0])
