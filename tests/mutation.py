@@ -46,7 +46,7 @@ MODULES = {
                                 "tests/test_attention_details.py", "tests/test_cross_attention.py",
                                 "tests/test_generate.py", "tests/test_reliability_generation.py",
                                 "tests/test_transformer.py"],
-    "jnn/layers/cells.py": ["tests/test_recurrent.py", "tests/test_options.py"],
+    "jnn/layers/cells.py": ["tests/test_recurrent.py", "tests/test_cells_details.py", "tests/test_options.py"],
     "jnn/layers/recurrent.py": ["tests/test_recurrent.py", "tests/test_options.py", "tests/test_composition.py"],
     "jnn/losses.py": ["tests/test_losses_metrics.py", "tests/test_mutation_gaps.py", "tests/test_properties.py",
                       "tests/test_regularization.py"],

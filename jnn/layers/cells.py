@@ -73,17 +73,24 @@ def _inits(label, w_init, recurrent_init, b_init):
             initializers.get(b_init, where=f"{label} b_init"))
 
 
-def _fused_params(label, key, input_size, hidden, gates, dtype, w_init, recurrent_init, b_init):
-    """``{"input": {"w": [in, G*H], "b": [G*H]}, "hidden": {"w": [H, G*H]}}``, one block per gate."""
+def _fused_params(label, key, input_size, hidden, gates, dtype, w_init, recurrent_init, b_init, *,
+                  hidden_bias=False):
+    """``{"input": {"w": [in, G*H], "b": [G*H]}, "hidden": {"w": [H, G*H]}}``, one block per gate
+    (and ``hidden.b: [H]`` with ``hidden_bias``), each from its own key. Half-precision params
+    are drawn in float32 and cast (LAPACK's QR, behind the orthogonal default, has no bfloat16)."""
     checks.positive_int(label, "input_size", input_size)
-    keys = jax.random.split(key, 2 * gates + 1)
-    block = lambda init, k, rows: init(k, (rows, hidden), dtype)
-    return {
-        "input": {"w": jnp.concatenate([block(w_init, k, input_size) for k in keys[:gates]], 1),
-                  "b": b_init(keys[-1], (gates * hidden,), dtype)},
-        "hidden": {"w": jnp.concatenate([block(recurrent_init, k, hidden)
+    keys = jax.random.split(key, 2 * gates + 1 + hidden_bias)
+    draw = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+    init = lambda initializer, k, shape: initializer(k, shape, draw).astype(dtype)
+    params = {
+        "input": {"w": jnp.concatenate([init(w_init, k, (input_size, hidden)) for k in keys[:gates]], 1),
+                  "b": init(b_init, keys[2 * gates], (gates * hidden,))},
+        "hidden": {"w": jnp.concatenate([init(recurrent_init, k, (hidden, hidden))
                                          for k in keys[gates:2 * gates]], 1)},
     }
+    if hidden_bias:
+        params["hidden"]["b"] = init(b_init, keys[2 * gates + 1], (hidden,))
+    return params
 
 
 def _zeros(hidden):
@@ -211,9 +218,7 @@ def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
     H = hidden_size
 
     def init(key, input_size, dtype=jnp.float32):
-        params = _fused_params("gru_cell", key, input_size, H, 3, dtype, *inits)
-        params["hidden"]["b"] = inits[2](jax.random.fold_in(key, 1), (H,), dtype)
-        return params
+        return _fused_params("gru_cell", key, input_size, H, 3, dtype, *inits, hidden_bias=True)
 
     def step(params, h, x):
         x_r, x_z, x_n = jnp.split(_matmul(x, params["input"]) + params["input"]["b"].astype(x.dtype),
