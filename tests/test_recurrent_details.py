@@ -6,6 +6,7 @@ tests; the cells' formulas and the scans are checked against flax in tests/test_
 import re
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -137,3 +138,30 @@ def test_errors_name_the_function_or_layer():
         recurrent(cell, reverse=1)
     assert jnn.serial(recurrent(cell)).init(KEY, _x())[0].keys() == {"lstm_0"}
 
+
+
+def _scan_unrolls(fn, *args) -> list:
+    """The ``unroll`` of every ``lax.scan`` in ``fn``'s jaxpr (nested jaxprs included)."""
+    found = []
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                found.append(eqn.params["unroll"])
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_unroll_reaches_every_scan():
+    cell, x = gru_cell(3), _x()
+    params = cell.init(KEY, 2)
+    assert _scan_unrolls(lambda p, x: run(cell, p, x, unroll=3), params, x) == [3]
+    assert _scan_unrolls(lambda p, x: run(cell, p, x), params, x) == [1]
+    for kwargs, expected in (({"unroll": 4}, [4]), ({}, [1])):
+        layer = recurrent(cell, **kwargs)
+        assert _scan_unrolls(lambda p, x: layer.apply(p, {}, x)[0], layer.init(KEY, x)[0], x) == expected
+        both = bidirectional(cell, **kwargs)
+        assert _scan_unrolls(lambda p, x: both.apply(p, {}, x)[0], both.init(KEY, x)[0], x) == expected * 2
