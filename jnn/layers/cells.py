@@ -79,7 +79,7 @@ def _fused_params(label, key, input_size, hidden, gates, dtype, w_init, recurren
     (and ``hidden.b: [H]`` with ``hidden_bias``), each from its own key. Half-precision params
     are drawn in float32 and cast (LAPACK's QR, behind the orthogonal default, has no bfloat16)."""
     checks.positive_int(label, "input_size", input_size)
-    keys = jax.random.split(key, 2 * gates + 1 + hidden_bias)
+    keys = jax.random.split(key, 2 * gates + 1 + int(hidden_bias))
     draw = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
     init = lambda initializer, k, shape: initializer(k, shape, draw).astype(dtype)
     params = {
