@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 
 from jnn.layers.attention import _attention_spec, attention_weights, multi_head_attention, reference_attention
-from test_attention import _np_rope, _random_params, np_attention, np_mask
+from test_attention import _np_rope, _rand, _random_params, np_attention, np_mask
 
 KEY = jax.random.key(0)
-
-
-def _rand(shape, seed=0, dtype=np.float32):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape).astype(dtype))
 
 
 def _np_layer(params, x, heads, kv_heads=None, mask=None, rope_base=None):

@@ -80,7 +80,7 @@ def _fused_params(label, key, input_size, hidden, gates, dtype, w_init, recurren
     are drawn in float32 and cast (LAPACK's QR, behind the orthogonal default, has no bfloat16)."""
     checks.positive_int(label, "input_size", input_size)
     keys = jax.random.split(key, 2 * gates + 1 + int(hidden_bias))
-    draw = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+    draw = initializers.param_dtype(dtype)   # float32, or float64 for float64
     init = lambda initializer, k, shape: initializer(k, shape, draw).astype(dtype)
     params = {
         "input": {"w": jnp.concatenate([init(w_init, k, (input_size, hidden)) for k in keys[:gates]], 1),
