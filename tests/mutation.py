@@ -14,6 +14,8 @@ tests/MUTATION.md.
     python tests/mutation.py jnn/data/idx.py     # one module
     python tests/mutation.py --again jnn/core.py # only the mutants its last run left alive
     python tests/mutation.py --jobs 1 ...        # one mutant at a time (default: one per CPU)
+    python tests/mutation.py --only 'jnn.train.step.x_make_train_step__mutmut_*' jnn/train/step.py
+                                                 # only the mutants matching a pattern (fnmatch)
 
 mutmut writes each mutant's result as it finishes, so a run stopped partway (SIGKILL works; a run
 started in the background ignores SIGINT) keeps what it checked and this script still writes its
@@ -21,6 +23,7 @@ survivors. But a new `mutmut run` resets the results of every mutant it is not t
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import pathlib
 import re
@@ -51,7 +54,8 @@ MODULES = {
                                 "tests/test_composition.py"],
     "jnn/layers/embedding.py": ["tests/test_embedding_text.py", "tests/test_options.py",
                                 "tests/test_reliability_params.py", "tests/test_precision.py"],
-    "jnn/layers/positional.py": ["tests/test_attention.py", "tests/test_attention_details.py", "tests/test_transformer.py",
+    "jnn/layers/positional.py": ["tests/test_positional_details.py", "tests/test_attention.py",
+                                 "tests/test_attention_details.py", "tests/test_transformer.py",
                                  "tests/test_options.py", "tests/test_precision.py"],
     "jnn/layers/remat.py": ["tests/test_repeat.py", "tests/test_train.py"],
     "jnn/layers/repeat.py": ["tests/test_repeat.py", "tests/test_mutation_gaps.py", "tests/test_transformer.py"],
@@ -62,7 +66,10 @@ MODULES = {
                       "tests/test_regularization.py"],
     "jnn/train/step.py": ["tests/test_train.py", "tests/test_step_details.py", "tests/test_key_plumbing.py",
                           "tests/test_mutation_gaps.py", "tests/test_stream.py", "tests/test_population.py"],
-    "jnn/train/loop.py": ["tests/test_train.py", "tests/test_mutation_gaps.py", "tests/test_callbacks.py"],
+    "jnn/train/loop.py": ["tests/test_train.py", "tests/test_mutation_gaps.py", "tests/test_callbacks.py",
+                          "tests/test_reliability_arguments.py", "tests/test_reliability_nonfinite.py",
+                          "tests/test_regularization.py", "tests/test_checkpoint.py", "tests/test_stream.py",
+                          "tests/test_pytree_training.py", "tests/test_key_plumbing.py"],
     "jnn/data/idx.py": ["tests/test_data_integrity.py", "tests/test_data_mnist.py", "tests/test_properties.py"],
 }
 
@@ -111,8 +118,10 @@ def run_module(module: str, tests: list[str], only: list[str] | None = None, job
                              capture_output=True, text=True).stdout
         status = dict(re.findall(r"^\s*(\S+):\s*(killed|survived|timeout|suspicious|no tests|skipped|"
                                  r"not checked)\s*$", out, re.M))
-        if only:
-            status = {name: status.get(name, "not checked") for name in only}
+        if only:   # names (--again) or patterns (--only): the rest were not run this time
+            picked = {name: value for name, value in status.items()
+                      if any(fnmatch.fnmatchcase(name, pattern) for pattern in only)}
+            status = {**{name: "not checked" for name in only if not any(c in name for c in "*?[")}, **picked}
         counts: dict[str, int] = {}
         for value in status.values():
             counts[value] = counts.get(value, 0) + 1
@@ -132,14 +141,17 @@ def alive_in(module: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     again = "--again" in argv
-    jobs = None
+    jobs, patterns = None, []
     if "--jobs" in argv:
         at = argv.index("--jobs")
         jobs, argv = int(argv[at + 1]), argv[:at] + argv[at + 2:]
+    while "--only" in argv:
+        at = argv.index("--only")
+        patterns, argv = patterns + [argv[at + 1]], argv[:at] + argv[at + 2:]
     chosen = [a for a in argv if a != "--again"] or list(MODULES)
     print("| module | mutants | killed | survived | other | score |\n|---|---|---|---|---|---|")
     for module in chosen:
-        counts = run_module(module, MODULES[module], alive_in(module) if again else None, jobs)
+        counts = run_module(module, MODULES[module], alive_in(module) if again else (patterns or None), jobs)
         total = sum(counts.values())
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         score = f"{killed / total:.0%}" if total else "n/a"

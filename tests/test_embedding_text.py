@@ -155,3 +155,22 @@ def test_random_windows_are_shifted_by_one_and_in_range():
         random_windows(jax.random.key(0), ids, 20, 2)
     with pytest.raises(ValueError, match=r"random_windows: batch_size must be a positive integer, got 0"):
         random_windows(jax.random.key(0), ids, 3, 0)
+
+
+def test_embedding_name_keys_its_params_and_labels_its_init_error():
+    model = jnn.serial(embedding(5, 2, name="tok"), jnn.dense(3))
+    params, _ = model.init(KEY, jnp.zeros((1, 4), jnp.int32))
+    assert sorted(params) == ["dense_0", "tok"]
+    with pytest.raises(ValueError, match=r"^tok init: unknown initializer 'nope'"):
+        embedding(5, 2, init="nope", name="tok")
+    with pytest.raises(ValueError, match=r"^embedding init: unknown initializer 'nope'"):
+        embedding(5, 2, init="nope")
+
+
+def test_attend_computes_in_the_dtype_of_x():
+    params, _ = embedding(6, 3).init(KEY, jnp.zeros((1,), jnp.int32))   # a float32 table
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3)), jnp.bfloat16)
+    scores = attend(params, x)
+    assert scores.dtype == jnp.bfloat16
+    expected = np.asarray(x, np.float32) @ np.asarray(params["embedding"].astype(jnp.bfloat16), np.float32).T
+    np.testing.assert_allclose(np.asarray(scores, np.float32), expected, rtol=2e-2, atol=2e-2)

@@ -182,3 +182,72 @@ def test_remat_rejects_unknown_policy():
     with pytest.raises(ValueError, match=r"remat: policy must be one of \['nothing', 'dots', 'dots_no_batch', "
                                          r"'offload', 'everything'\], got 'all'"):
         remat(jnn.dense(2), policy="all")
+
+
+def _remat_policy(layer, x, **keywords):
+    """The policy of the ``jax.checkpoint`` that ``layer.apply`` traces to."""
+    params, state = layer.init(jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda p: layer.apply(p, state, x, **keywords)[0])(params)
+    (eqn,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("remat2", "checkpoint")]
+    return eqn.params["policy"]
+
+
+def test_remat_traces_to_jax_checkpoint_with_the_policy_named():
+    cp, x = jax.checkpoint_policies, jnp.ones((2, 4))
+    expected = {"nothing": cp.nothing_saveable, "dots": cp.dots_saveable,
+                "dots_no_batch": cp.dots_with_no_batch_dims_saveable, "everything": cp.everything_saveable}
+    for name, policy in expected.items():
+        assert _remat_policy(remat(jnn.dense(3), policy=name), x) == policy, name
+    assert _remat_policy(remat(jnn.dense(3)), x) == cp.nothing_saveable   # the default
+    offload = _remat_policy(remat(jnn.dense(3), policy="offload"), x)
+    assert offload.__qualname__.startswith("offload_dot_with_no_batch_dims")
+    closure = dict(zip(offload.__code__.co_freevars, (c.cell_contents for c in offload.__closure__)))
+    assert closure == {"offload_src": "device", "offload_dst": "pinned_host"}
+
+
+def test_remat_offload_without_pinned_host_memory_is_refused(monkeypatch):
+    class Memory:
+        kind = "device"
+
+    class Device:
+        def addressable_memories(self):
+            return [Memory()]
+
+    monkeypatch.setattr(jax, "devices", lambda *a: [Device()])
+    with pytest.raises(ValueError, match=r"^blk: policy='offload' needs a backend with pinned host memory; "
+                                         r"cpu has memory kinds \['device'\] \(use 'nothing'"):
+        remat(jnn.dense(2, name="blk"), policy="offload")
+    with pytest.raises(ValueError, match=r"^outer: policy='offload'"):
+        remat(jnn.dense(2, name="blk"), policy="offload", name="outer")
+
+
+def test_remat_is_the_child_with_its_name_kind_keywords_train_and_key():
+    attention = jnn.multi_head_attention(2, dropout_rate=0.5)
+    wrapped = remat(attention)
+    assert (wrapped.kind, wrapped.name, wrapped.keywords) == (attention.kind, attention.name, attention.keywords)
+    named = remat(jnn.dense(3, name="a"), name="b")
+    assert named.name == "b" and remat(jnn.dense(3, name="a")).name == "a"
+    params, _ = jnn.serial(remat(jnn.dense(3, name="a"))).init(jax.random.key(0), jnp.ones((1, 2)))
+    assert list(params) == ["a"]
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 4)), jnp.float32)
+    lengths = jnp.array([5, 3])
+    params, state = attention.init(jax.random.key(0), x)
+    for train, key in [(False, None), (True, jax.random.key(1)), (True, jax.random.key(2))]:
+        expected = attention.apply(params, state, x, key=key, train=train, lengths=lengths)[0]
+        got = wrapped.apply(params, state, x, key=key, train=train, lengths=lengths)[0]
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    train_1 = wrapped.apply(params, state, x, key=jax.random.key(1), train=True, lengths=lengths)[0]
+    assert not np.allclose(train_1, wrapped.apply(params, state, x, lengths=lengths)[0])
+
+
+def test_remat_passes_state_through_and_rejects_a_non_layer():
+    with pytest.raises(TypeError, match=r"^remat: expected a jnn.Layer"):
+        remat(jnn.relu)
+    norm = jnn.batch_norm()
+    x = jnp.asarray(np.random.default_rng(3).normal(2.0, 3.0, size=(16, 4)), jnp.float32)
+    params, state = norm.init(jax.random.key(0), x)
+    state = jax.tree.map(lambda a: a + 0.5, state)   # non-default running statistics
+    for train in (False, True):
+        expected = norm.apply(params, state, x, train=train)
+        got = remat(norm).apply(params, state, x, train=train)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got, expected)

@@ -251,3 +251,35 @@ def test_train_step_rejects_loss_logs_named_like_a_metric():
     ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jnp.zeros((1, 3)))
     with pytest.raises(ValueError, match=r"^loss: the logs it returns use the reserved name\(s\) \['mae'\]"):
         step(ts, (jnp.zeros((4, 3)), jnp.zeros((4, 2))))
+
+
+def test_the_step_gives_the_model_fold_in_of_key_and_step_and_keeps_the_key():
+    seen = []
+
+    def probe(params, state, x, *, key=None, train=False):
+        seen.append(key)
+        return x, state
+
+    model = jnn.serial(jnn.Layer(lambda key, x: ({}, {}), probe, "probe", None), jnn.dense(1))
+    ts = jnn.train.init_train_state(model, optax.sgd(0.1), jax.random.key(3), jnp.zeros((2, 4)))
+    ts = ts._replace(step=jnp.int32(5))
+    new, _ = jnn.train.make_train_step(model, jnn.losses.mse, optax.sgd(0.1))(ts, (jnp.ones((2, 4)), jnp.ones((2, 1))))
+    (given,) = {tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in seen if k is not None}
+    expected = jax.random.key_data(jax.random.fold_in(jax.random.fold_in(ts.key, 5), 0))  # serial's child 0
+    assert given == tuple(np.asarray(expected).ravel())
+    np.testing.assert_array_equal(jax.random.key_data(new.key), jax.random.key_data(ts.key))
+    assert int(new.step) == 6
+    np.testing.assert_array_equal(jax.random.key_data(jnn.train.step_key(ts)),
+                                  jax.random.key_data(jax.random.fold_in(ts.key, 5)))
+
+
+def test_a_model_that_draws_nothing_compiles_to_a_step_without_random_bits():
+    # The unused step key is dead code, so XLA drops its threefry; with dropout it stays.
+    def compiled(model):
+        opt = optax.adam(1e-3)
+        ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jnp.zeros((8, 4)))
+        step = jax.jit(jnn.train.make_train_step(model, jnn.losses.mse, opt))
+        return step.lower(ts, (jnp.ones((8, 4)), jnp.ones((8, 1)))).compile().as_text()
+
+    assert "threefry" not in compiled(jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(1)))
+    assert "threefry" in compiled(jnn.serial(jnn.dense(8), jnn.dropout(0.5), jnn.dense(1)))

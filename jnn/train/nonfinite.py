@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import core
-from jnn.train.step import _shuffle, make_train_step
+from jnn.train.step import _shuffle, make_train_step, step_key
 
 __all__ = ["NonFiniteReport", "find_nonfinite"]
 
@@ -142,15 +142,15 @@ def find_nonfinite(model, loss, optimizer, train_state, train_data, *, batch_siz
 
 def _locate(model, loss, ts, batch):
     x, y = batch
-    _, step_key = jax.random.split(ts.key)  # the key make_train_step gives the model
-    outputs = _layer_outputs(model, ts.params, ts.state, x, step_key)
+    key = step_key(ts)  # the key the step gave the model
+    outputs = _layer_outputs(model, ts.params, ts.state, x, key)
     for path, out in outputs:
         if not _finite(out):
             rows = _bad_rows(jax.tree_util.tree_leaves(out)[0])
             return path, "output", rows
 
     def example_loss(params, xi, yi):
-        out, _ = model.apply(params, ts.state, xi[None], key=step_key, train=True)
+        out, _ = model.apply(params, ts.state, xi[None], key=key, train=True)
         return loss(out.astype(jnp.float32), yi[None])
 
     per_example = jax.jit(jax.vmap(example_loss, in_axes=(None, 0, 0)))(ts.params, x, y)

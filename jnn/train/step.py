@@ -19,8 +19,8 @@ from jnn.core import Layer
 from jnn.train.compiler import jit_outermost
 from jnn.train.permutation import permutation
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "make_train_epoch", "make_stepwise_epoch",
-           "epoch_order", "make_eval_fn", "penalty", "Metrics"]
+__all__ = ["TrainState", "init_train_state", "make_train_step", "step_key", "make_train_epoch",
+           "make_stepwise_epoch", "epoch_order", "make_eval_fn", "penalty", "Metrics"]
 
 Metrics = Mapping[str, Callable[[Any, Any], jax.Array]]
 #: ``loss(outputs, y) -> scalar``, or ``loss(outputs, y, step) -> scalar`` (a parameter named
@@ -36,7 +36,9 @@ class TrainState(NamedTuple):
       state: the model's non-trained state (e.g. batch-norm running statistics).
       opt_state: the optax optimizer state.
       step: number of optimizer steps taken, an int32 scalar.
-      key: the PRNG key that drives dropout and shuffling from here on.
+      key: the PRNG key that drives dropout and shuffling from here on. A step gives the model
+        ``fold_in(key, step)`` (:func:`step_key`) and leaves ``key`` as it is; each epoch's
+        shuffle splits it.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -125,6 +127,23 @@ def _loss_and_logs(loss, takes_step: bool, outputs, y, step, reserved=()):
     return value, dict(logs)
 
 
+def step_key(ts: TrainState) -> jax.Array:
+    """The key a train step gives the model: ``jax.random.fold_in(ts.key, ts.step)``.
+
+    Consecutive steps get different keys without the train state's key changing, so a model
+    that draws nothing (no dropout) costs no random-number work per step: the unused key is
+    removed by XLA, where splitting a new carried key every step could not be.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 2)))
+      >>> a, b = step_key(ts), step_key(ts._replace(step=ts.step + 1))
+      >>> bool(jnp.all(jax.random.key_data(a) == jax.random.key_data(b)))
+      False
+    """
+    return jax.random.fold_in(ts.key, ts.step)
+
+
 def _gather(tree, idx):
     """``tree[idx]`` leaf by leaf (examples on the first axis of every leaf)."""
     return jax.tree_util.tree_map(lambda a: a[idx], tree)
@@ -184,10 +203,8 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
         if mesh is not None:
             batch = _parallel.constrain_batch(batch, mesh, "make_train_step")
         x, y = batch
-        key, step_key = jax.random.split(ts.key)
-
         def objective(params):
-            out, new_state = model.apply(params, ts.state, x, key=step_key, train=True)
+            out, new_state = model.apply(params, ts.state, x, key=step_key(ts), train=True)
             out = _as_float32(out)
             data_loss, loss_logs = _loss_and_logs(loss, takes_step, out, y, ts.step, metrics)
             total = data_loss + regularizer(params) if regularizer is not None else data_loss
@@ -197,7 +214,7 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
         logs = {"loss": data_loss, **loss_logs, **{name: fn(out, y) for name, fn in metrics.items()}}
-        new_ts = TrainState(params, new_state, opt_state, ts.step + 1, key)
+        new_ts = TrainState(params, new_state, opt_state, ts.step + 1, ts.key)
         if mesh is not None:
             new_ts = _parallel.constrain_state(new_ts, mesh, rules)
         return new_ts, logs
