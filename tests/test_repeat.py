@@ -251,3 +251,82 @@ def test_remat_passes_state_through_and_rejects_a_non_layer():
         expected = norm.apply(params, state, x, train=train)
         got = remat(norm).apply(params, state, x, train=train)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got, expected)
+
+
+def _scan_unroll(layer, x):
+    params, state = layer.init(jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda p: layer.apply(p, state, x)[0])(params)
+    (eqn,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    return eqn.params["unroll"]
+
+
+def test_repeat_counts_unroll_kind_name_and_keywords():
+    x = jnp.ones((2, 4))
+    assert _scan_unroll(repeat(jnn.dense(4), 3), x) == 1            # a rolled loop by default
+    assert _scan_unroll(repeat(jnn.dense(4), 3, unroll=3), x) == 3
+    assert _scan_unroll(repeat(jnn.dense(4), 3, unroll=False), x) == 1   # a bool is accepted (False: rolled)
+    one = repeat(jnn.dense(4), 1)                                    # n = 1 is one copy
+    params, state = one.init(jax.random.key(0), x)
+    expected = x @ params["w"][0] + params["b"][0]
+    np.testing.assert_allclose(one.apply(params, state, x)[0], expected, atol=1e-6)
+    for bad in (0, True, 1.0):
+        with pytest.raises(ValueError, match=rf"^repeat: n must be an integer >= 1, got {bad!r}$"):
+            repeat(jnn.dense(4), bad)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match=rf"^blk: unroll must be a positive integer or a bool, got {bad!r}$"):
+            repeat(jnn.dense(4), 2, unroll=bad, name="blk")
+    block = jnn.encoder_block(2, 8)
+    stack = repeat(block, 2, name="blocks")
+    assert (stack.kind, stack.name, stack.keywords) == ("repeat", "blocks", block.keywords)
+    assert repeat(jnn.dense(4), 2).name is None and repeat(jnn.dense(4), 2).kind == "repeat"
+    params, _ = jnn.serial(jnn.dense(4), repeat(jnn.dense(4), 2, name="blocks")).init(jax.random.key(0), x)
+    assert sorted(params) == ["blocks", "dense_0"]
+
+
+def test_repeat_evaluates_by_default_and_names_the_child_in_init_errors():
+    stack = repeat(jnn.dropout(0.5), 2)      # a child without params: scan's length is n
+    x = jnp.ones((3, 8))
+    params, state = stack.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(stack.apply(params, state, x)[0], x)   # train=False: no dropout
+    kept = np.asarray(stack.apply(params, state, jnp.ones((64, 64)), key=jax.random.key(1), train=True)[0])
+    assert set(np.unique(kept)) <= {0.0, 4.0} and 0.2 < np.mean(kept > 0) < 0.3   # two masks: 1/4 survive
+    with pytest.raises(ValueError, match=r"^\[dense\] dense: expected an input with at least one axis"):
+        repeat(jnn.dense(3), 2).init(jax.random.key(0), jnp.zeros(()))
+
+
+def test_stack_and_unstack_edge_cases_and_messages():
+    copies = unstack_params({"s": jnp.arange(3.0)}, "k")               # one leaf, one axis: scalars per copy
+    assert sorted(copies) == ["k_0", "k_1", "k_2"] and float(copies["k_2"]["s"]) == 2.0
+    np.testing.assert_array_equal(stack_params(copies)["s"], jnp.arange(3.0))
+    with pytest.raises(ValueError, match=r"^unstack_params: the stacked tree has no leaves$"):
+        unstack_params({}, "k")
+    with pytest.raises(ValueError, match=r"^unstack_params: expected every leaf to have the same leading"):
+        unstack_params({"a": jnp.float32(1.0)}, "k")
+    for bad in ({}, [jnp.ones(2)]):
+        with pytest.raises(ValueError, match=r"^stack_params: expected a non-empty dict of copies, got "):
+            stack_params(bad)
+    with pytest.raises(ValueError, match=r"^stack_params: expected keys '<kind>_<i>', got 'dense'$"):
+        stack_params({"dense": {"w": jnp.ones(2)}})
+    with pytest.raises(ValueError, match=r"^stack_params: the copies have different tree structures$"):
+        stack_params({"k_0": {"w": jnp.ones(2)}, "k_1": {"v": jnp.ones(2)}})
+
+
+def test_copy_mask_dtypes_empty_selections_one_axis_leaves_and_python_scalars():
+    params = {"blocks": {"w": jnp.ones((3, 2, 2)), "s": jnp.ones(3)}, "scale": 1.0}
+    mask = copy_mask(params, "blocks/*", copies=[1], n=3)
+    assert mask["blocks"]["w"].dtype == jnp.bool_ and mask["blocks"]["w"].shape == (3, 1, 1)
+    np.testing.assert_array_equal(mask["blocks"]["s"], [False, True, False])   # a [n] leaf is stacked too
+    assert mask["scale"] is False
+    none = copy_mask(params, "blocks/*", copies=[], n=3)
+    assert none["blocks"]["w"].dtype == jnp.bool_ and none["blocks"]["w"].shape == (3, 1, 1)
+    assert not np.asarray(none["blocks"]["w"]).any()
+    with pytest.raises(ValueError, match=r"^copy_mask: copies must be integers in \[0, 3\), got \(True,\)$"):
+        copy_mask(params, "blocks/*", copies=[True], n=3)
+
+
+def test_freeze_copies_keeps_the_updates_dtype():
+    params = {"w": jnp.ones((2, 3), jnp.bfloat16)}
+    opt = freeze_copies(optax.sgd(1.0), params, "w", copies=[0], n=2)
+    updates, _ = opt.update({"w": jnp.ones((2, 3), jnp.bfloat16)}, opt.init(params), params)
+    assert updates["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(updates["w"], np.float32), [[0, 0, 0], [-1, -1, -1]])

@@ -98,7 +98,8 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
             return y, s
 
         with core._in_child(layer.kind):
-            y, new_state = jax.lax.scan(body, x, (params, state, keys), unroll=unroll)
+            # length=n: a child without params or state (dropout) gives scan nothing else to count
+            y, new_state = jax.lax.scan(body, x, (params, state, keys), length=n, unroll=unroll)
         return y, new_state
 
     return Layer(init, apply, "repeat", name, layer.keywords)
