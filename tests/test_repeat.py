@@ -312,11 +312,11 @@ def test_stack_and_unstack_edge_cases_and_messages():
 
 
 def test_copy_mask_dtypes_empty_selections_one_axis_leaves_and_python_scalars():
-    params = {"blocks": {"w": jnp.ones((3, 2, 2)), "s": jnp.ones(3)}, "scale": 1.0}
+    params = {"blocks": {"w": jnp.ones((3, 2, 2)), "s": jnp.ones(3), "scale": 1.0}}
     mask = copy_mask(params, "blocks/*", copies=[1], n=3)
     assert mask["blocks"]["w"].dtype == jnp.bool_ and mask["blocks"]["w"].shape == (3, 1, 1)
     np.testing.assert_array_equal(mask["blocks"]["s"], [False, True, False])   # a [n] leaf is stacked too
-    assert mask["scale"] is False
+    assert mask["blocks"]["scale"] is False     # a Python number matches the pattern but has no copies
     none = copy_mask(params, "blocks/*", copies=[], n=3)
     assert none["blocks"]["w"].dtype == jnp.bool_ and none["blocks"]["w"].shape == (3, 1, 1)
     assert not np.asarray(none["blocks"]["w"]).any()
