@@ -6,14 +6,19 @@ Four contenders, each timed over one epoch's worth of steps, interleaved, median
   jnn fused epoch    : jax.jit(jnn.train.make_train_epoch(...)), one lax.scan per epoch
   raw fused epoch    : the hand-written step inside a hand-written lax.scan (same shuffling)
 Also reported: time to the first jnn step (trace + compile) and the compile cache sizes after
-all epochs (1 means no recompilation).
+all epochs (1 means no recompilation); and the per-step ratio as the median over ``--pairs``
+back-to-back pairs of 20-step blocks (jnn then raw, or raw then jnn, alternating), which
+cancels the drift between whole epochs that moves the epoch-median ratio by several percent
+from one run to the next on a shared CPU.
 
-    python benchmarks/train_step.py [--examples 18000] [--repeats 15]
+    python benchmarks/train_step.py [--examples 18000] [--repeats 15] [--pairs 400]
 """
 from __future__ import annotations
 
 import argparse
 import time
+
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +68,21 @@ def raw_epoch_fn(step, n, batch_size):
     return epoch
 
 
-def bench(batch_size: int, n: int, repeats: int):
+def paired_ratio(run_jnn, run_raw, pairs: int) -> float:
+    """Median of jnn/raw time ratios over ``pairs`` back-to-back pairs of blocks, the order
+    within a pair alternating."""
+    ratios = []
+    for i in range(pairs):
+        times = {}
+        for name, run in ((("jnn", run_jnn), ("raw", run_raw)) if i % 2 else (("raw", run_raw), ("jnn", run_jnn))):
+            start = time.perf_counter()
+            run()
+            times[name] = time.perf_counter() - start
+        ratios.append(times["jnn"] / times["raw"])
+    return float(np.median(ratios))
+
+
+def bench(batch_size: int, n: int, repeats: int, pairs: int):
     key = jax.random.key(0)
     x = jax.random.uniform(key, (n, 28, 28, 1))
     y = jax.random.randint(key, (n,), 0, 10)
@@ -108,8 +127,18 @@ def bench(batch_size: int, n: int, repeats: int):
     times = time_interleaved({"jnn per-step jit": run_jnn_step, "raw per-step jit": run_raw_step,
                               "jnn fused epoch": run_jnn_epoch, "raw fused epoch": run_raw_epoch}, repeats=repeats)
     per_step = {k: v / nb * 1e3 for k, v in times.items()}
+
+    def blocks_of_20(step, name):
+        def run():
+            carry = state[name]
+            for i in range(min(20, nb)):
+                carry, _ = step(carry, (xb[i], yb[i]))
+            state[name] = block(carry)
+        return run
+
+    paired = paired_ratio(blocks_of_20(jnn_step, "jnn_step"), blocks_of_20(raw_step_jit, "raw_step"), pairs)
     caches = {"jnn step": jnn_step._cache_size(), "jnn epoch": jnn_epoch._cache_size()}
-    return per_step, first_step, caches
+    return per_step, paired, first_step, caches
 
 
 def main():
@@ -117,14 +146,16 @@ def main():
     parser.add_argument("--examples", type=int, default=18000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch-sizes", default="128,1024")
+    parser.add_argument("--pairs", type=int, default=400, help="pairs of 20-step blocks for the paired ratio")
     args = parser.parse_args()
     print(machine())
     for bs in map(int, args.batch_sizes.split(",")):
-        per_step, first_step, caches = bench(bs, args.examples, args.repeats)
+        per_step, paired, first_step, caches = bench(bs, args.examples, args.repeats, args.pairs)
         print(f"\nbatch {bs}: ms per step (median of {args.repeats} epochs of {args.examples // bs} steps)")
         for name, ms in per_step.items():
             print(f"  {name:18s} {ms:8.3f}")
         print(f"  ratio per-step jit  jnn/raw = {per_step['jnn per-step jit'] / per_step['raw per-step jit']:.3f}")
+        print(f"  ratio per-step jit  jnn/raw = {paired:.3f}  (median of {args.pairs} paired 20-step blocks)")
         print(f"  ratio fused epoch   jnn/raw = {per_step['jnn fused epoch'] / per_step['raw fused epoch']:.3f}")
         print(f"  fused vs per-step (jnn)     = {per_step['jnn per-step jit'] / per_step['jnn fused epoch']:.2f}x faster")
         print(f"  time to first jnn step (trace + compile): {first_step:.3f} s")
