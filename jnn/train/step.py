@@ -203,6 +203,7 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
         if mesh is not None:
             batch = _parallel.constrain_batch(batch, mesh, "make_train_step")
         x, y = batch
+
         def objective(params):
             out, new_state = model.apply(params, ts.state, x, key=step_key(ts), train=True)
             out = _as_float32(out)
