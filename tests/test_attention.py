@@ -116,12 +116,14 @@ def test_grouped_kv_heads_match_flax_with_repeated_kv_weights():
     np.testing.assert_allclose(y, expected, atol=1e-5)
 
 
-def _np_rope(x, positions, base=10000.0):
-    """RoPE as complex multiplication: pairs (i, i + H/2) are the real/imaginary parts."""
-    x = np.asarray(x, np.float64)
+def _np_rope(x, positions, base=10000.0, dtype=np.float64):
+    """RoPE as complex multiplication: pairs (i, i + H/2) are the real/imaginary parts; angles and
+    values in ``dtype`` (float32 mimics float32 angles)."""
+    x = np.asarray(x, dtype)
     half = x.shape[-1] // 2
     z = x[..., :half] + 1j * x[..., half:]
-    angles = np.asarray(positions)[..., None] * base ** (-np.arange(half) / half)
+    inv_freq = np.power(dtype(base), -np.arange(half, dtype=dtype) / dtype(half))
+    angles = np.asarray(positions).astype(dtype)[..., None] * inv_freq
     z = z * np.exp(1j * angles)[..., None, :]
     return np.concatenate([z.real, z.imag], axis=-1)
 

@@ -8,6 +8,7 @@ import pytest
 
 import jnn
 from jnn.layers.positional import apply_rope, learned_positional_embedding, sinusoidal_encoding, sinusoidal_table
+from test_attention import _np_rope
 
 KEY = jax.random.key(0)
 FAR = np.array([0, 1, 7, 99_999, 300_000])   # far positions: float32 angles there are off by ~1e-3 rad
@@ -19,15 +20,6 @@ def _np_sinusoidal(positions, features, base=10000.0, dtype=np.float64):
     angles = positions.astype(dtype)[..., None] * inv_freq
     table = np.stack([np.sin(angles), np.cos(angles)], -1).reshape(*angles.shape[:-1], 2 * half)
     return table[..., :features]
-
-
-def _np_rope(x, positions, base=10000.0, dtype=np.float64):
-    half = x.shape[-1] // 2
-    inv_freq = np.power(dtype(base), -np.arange(half, dtype=dtype) / dtype(half))
-    angles = positions.astype(dtype)[..., None] * inv_freq
-    cos, sin = np.cos(angles)[..., None, :], np.sin(angles)[..., None, :]
-    x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
 
 @jax.enable_x64(True)
