@@ -260,11 +260,24 @@ def _checked_init(where: str, layer: Layer, key, example):
     return out
 
 
+# True while a combinator's init applies a child without keywords to learn its output shape: a
+# layer that needs a keyword to run (cross-attention's context=) then stands in a placeholder.
+_INFERRING_SHAPE: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_inferring_shape", default=False)
+
+
+def _inferring_shape() -> bool:
+    return _INFERRING_SHAPE.get()
+
+
 def _checked_output_shape(where: str, layer: Layer, params, state, example):
     """The output ``ShapeDtypeStruct`` of ``layer``; checks that apply returns ``(y, new_state)``."""
 
     def run(p, s, x):
-        out = layer.apply(p, s, x)
+        token = _INFERRING_SHAPE.set(True)
+        try:
+            out = layer.apply(p, s, x)
+        finally:
+            _INFERRING_SHAPE.reset(token)
         if not (isinstance(out, tuple) and len(out) == 2):
             raise TypeError(f"{where}: layer {layer.label!r} breaks the layer contract: its apply returned "
                             f"{_describe(out)}, expected a pair (y, new_state). Every layer has {CONTRACT}.")

@@ -16,7 +16,7 @@ def _count(tree) -> tuple[int, int]:
             sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in leaves))
 
 
-def summary(model: core.Layer, example, *, key=None) -> str:
+def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
     """A table of every sub-layer's path, kind, output shape and parameter count, with the
     total parameter count and bytes. Nothing is computed: shapes come from ``jax.eval_shape``.
 
@@ -24,6 +24,8 @@ def summary(model: core.Layer, example, *, key=None) -> str:
       model: any layer.
       example: an input array or ``jax.ShapeDtypeStruct`` (batch axis included).
       key: PRNG key for init (only shapes are used; defaults to ``jax.random.key(0)``).
+      **keywords: the extra keywords ``model.apply`` needs, as arrays or
+        ``jax.ShapeDtypeStruct`` (e.g. ``context=`` for a model with cross-attention).
 
     Returns:
       The table as a string (``print`` it).
@@ -40,7 +42,7 @@ def summary(model: core.Layer, example, *, key=None) -> str:
     records: list = []
     token = core._RECORDER.set(records)
     try:
-        out, _ = jax.eval_shape(lambda p, s, x: model.apply(p, s, x), params, state, example)
+        out, _ = jax.eval_shape(lambda p, s, x, kw: model.apply(p, s, x, **kw), params, state, example, keywords)
     finally:
         core._RECORDER.reset(token)
     rows = [("layer", "kind", "output shape", "params")]

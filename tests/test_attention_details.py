@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jnn
 from jnn.layers.attention import _attention_spec, attention_weights, multi_head_attention, reference_attention
 from test_attention import _np_rope, _rand, _random_params, np_attention, np_mask
 
@@ -247,3 +248,21 @@ def test_the_spec_defaults_transformer_blocks_rely_on():
                                                                                          rope_base=10000.0))):
         params = _random_params(default.init(KEY, x)[0])
         np.testing.assert_array_equal(default.apply(params, {}, x)[0], explicit.apply(params, {}, x)[0])
+
+
+def test_cross_attention_with_its_own_context_width_composes_in_serial():
+    """serial's init learns each child's output shape by applying it without keywords; a layer
+    built for a context of another width must still init there, and say so when applied
+    without one."""
+    from test_cross_attention import CONTEXT, CONTEXT_LENGTHS, FC, X, _numpy_reference
+    model = jnn.serial(multi_head_attention(2, context_features=FC), jnn.named("head", jnn.dense(3)))
+    params, state = model.init(KEY, X)
+    assert params["multi_head_attention_0"]["key"]["w"].shape == (FC, 8)
+    y, _ = model.apply(params, state, X, context=CONTEXT, context_lengths=CONTEXT_LENGTHS)
+    attended = _numpy_reference(params["multi_head_attention_0"], X, CONTEXT, CONTEXT_LENGTHS)
+    head = params["head"]
+    np.testing.assert_allclose(y, attended @ np.asarray(head["w"]) + np.asarray(head["b"]), atol=1e-4)
+    with pytest.raises(ValueError, match=r"^\[multi_head_attention_0\] multi_head_attention: built with "
+                                         r"context_features=6 for cross-attention: call apply\(\.\.\., "
+                                         r"context=\[B, S, 6\]\)$"):
+        model.apply(params, state, X)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, _inferring_shape, layer_error, shape_of
 from jnn.layers.positional import apply_rope
 
 __all__ = ["multi_head_attention", "reference_attention", "attention_weights"]
@@ -186,11 +186,16 @@ class _Attention(NamedTuple):
               context_lengths=None):
         self.check_input(x, params)
         b, t, _ = x.shape
+        if context is None and self.context_features is not None and _inferring_shape():
+            context = jnp.zeros((b, 1, self.context_features), x.dtype)   # serial's init: the shape only
         if context is not None:
             return self.cross(params, x, context, context_lengths, lengths, key=key, train=train), state
         if context_lengths is not None:
             raise layer_error(self.label, "context_lengths was given without context (it masks the context's "
                                           "padding in cross-attention; use lengths= for self-attention)")
+        if self.context_features not in (None, x.shape[-1]):
+            raise layer_error(self.label, f"built with context_features={self.context_features} for cross-attention: "
+                                          f"call apply(..., context=[B, S, {self.context_features}])")
         lengths = self.check_lengths(lengths, b)
         q, k, v = self.qkv(params, x, jnp.arange(t))
         out = self.attend(q, k, v, causal=self.causal, lengths=lengths, key=key, train=train)

@@ -82,6 +82,8 @@ class _Block(NamedTuple):
         if train and key is None and self.needs_key():
             raise layer_error(self.label, "train=True with dropout needs a PRNG key: call "
                                           "apply(..., key=jax.random.key(0), train=True)")
+        if self.cross is not None and context is None and core._inferring_shape():   # serial's init: the shape only
+            context = jnp.zeros((x.shape[0], 1, self.cross.context_features or x.shape[-1]), x.dtype)
         self.check_context(context, context_lengths)
         keys = core._split(key, 5)
         h, _ = core.apply_child("norm_0", layer_norm(), params, {}, x)

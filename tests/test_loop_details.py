@@ -1,0 +1,254 @@
+"""jnn.train.loop, the details its other tests left open (for mutation testing, tests/MUTATION.md):
+every argument error of `fit` and its helpers from the first word to the last, the validation
+split against the examples it holds out, the default metrics, the printed epoch line, the batch
+size and evaluation batch size at the data's edges, early stopping at the last epoch, and
+`predict` in ragged batches. References are NumPy or the closed form of a linear model."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jnn
+from jnn.train import EarlyStopping
+from jnn.train.loop import split_validation
+
+KEY = jax.random.key(0)
+X = np.arange(16, dtype=np.float32).reshape(8, 2) / 16
+Y = X.sum(1, keepdims=True)
+
+
+def _fit(data=(X, Y), model=None, **kw):
+    kw = {"key": KEY, "epochs": 2, "batch_size": 4, "metrics": {}, "progress": False, "verbose": False, **kw}
+    return jnn.train.fit(model or jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), data, **kw)
+
+
+def _stream():
+    return iter([(X[:4], Y[:4]), (X[4:], Y[4:])])
+
+
+def _exactly(message):
+    return "^" + re.escape(message) + "$"
+
+
+@pytest.mark.parametrize("kw,error,message", [
+    ({"epochs": 0}, ValueError, "fit: epochs must be a positive integer, got 0"),
+    ({"epochs": 2.0}, ValueError, "fit: epochs must be a positive integer, got 2.0"),
+    ({"initial_epoch": 2}, ValueError, "fit: initial_epoch must be in [0, epochs=2), got 2"),
+    ({"initial_epoch": -1}, ValueError, "fit: initial_epoch must be in [0, epochs=2), got -1"),
+    ({"val_data": (X, Y), "val_split": 0.25}, ValueError, "fit: pass either val_data or val_split, not both"),
+    ({"fused": "yes"}, ValueError, "fit: fused must be True, False or 'auto', got 'yes'"),
+    ({"early_stopping": "val_loss"}, TypeError,
+     "fit: early_stopping must be a jnn.train.EarlyStopping, got str"),
+    ({"early_stopping": EarlyStopping(), "callbacks": [EarlyStopping()]}, ValueError,
+     "fit: at most one EarlyStopping per run, got 2 (in callbacks and early_stopping together)"),
+    ({"steps_per_epoch": 2}, ValueError, "fit: steps_per_epoch, checkpoint and resume are for streamed train_data; "
+     "for arrays use callbacks=[checkpointer.save_every(k)] and train_state= to resume"),
+    ({"resume": True}, ValueError, "fit: steps_per_epoch, checkpoint and resume are for streamed train_data; "
+     "for arrays use callbacks=[checkpointer.save_every(k)] and train_state= to resume"),
+    ({"rules": jnn.parallel.fsdp()}, ValueError, "fit: rules shard params over a mesh; pass mesh= as well"),
+])
+def test_fit_argument_errors_in_full(kw, error, message):
+    with pytest.raises(error, match=_exactly(message)):
+        _fit(**kw)
+
+
+def test_train_state_with_params_or_state_is_refused():
+    ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), KEY, X)
+    message = ("fit: pass train_state (resume a run) or params/state (start from given weights), not both")
+    for kw in ({"params": ts.params}, {"state": {}}):
+        with pytest.raises(ValueError, match=_exactly(message)):
+            _fit(train_state=ts, **kw)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"val_split": 0.25}, "fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite"),
+    ({"debug_nonfinite": True}, "fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite"),
+    ({"checkpoint_every": 1}, "fit: checkpoint_every and resume need checkpoint=jnn.train.Checkpointer(directory)"),
+    ({"resume": True}, "fit: checkpoint_every and resume need checkpoint=jnn.train.Checkpointer(directory)"),
+    ({"val_data": iter([(X, Y)]), "mesh": "mesh"},
+     "fit: val_data as a stream is not supported with a mesh; pass (x, y) arrays"),
+])
+def test_streamed_fit_argument_errors_in_full(kw, message):
+    if kw.get("mesh") == "mesh":
+        kw["mesh"] = jnn.parallel.make_mesh()
+    with pytest.raises(ValueError, match=_exactly(message)):
+        _fit(_stream(), steps_per_epoch=2, **kw)
+
+
+@pytest.mark.parametrize("data,message", [
+    ((X,), "expected a pair (x, y), got tuple"),
+    ((X, Y, Y), "expected a pair (x, y), got tuple"),
+    (({}, Y), "x and y must each hold at least one array"),
+    ((X, {}), "x and y must each hold at least one array"),
+    (({"a": X, "b": np.float32(1.0)}, Y),
+     "every array needs a leading example axis; x['b'] is a scalar"),
+    ((X, Y[:7]), "x and y must have the same number of examples, got 8 and 7 (x has 8, y has 7; "
+     "every array holds the examples on its first axis)"),
+    (({"a": X, "b": X[:6]}, Y), "x and y must have the same number of examples, got 8 and 6 "
+     "(x['a'] has 8, x['b'] has 6; every array holds the examples on its first axis)"),
+])
+def test_data_errors_name_the_argument_and_the_array(data, message):
+    with pytest.raises((TypeError, ValueError), match=_exactly(f"fit train_data: {message}")):
+        _fit(data)
+
+
+def test_val_data_errors_say_val_data():
+    with pytest.raises(ValueError, match=_exactly("fit val_data: x and y must have the same number of examples, "
+                                                  "got 8 and 7 (x has 8, y has 7; every array holds the examples "
+                                                  "on its first axis)")):
+        _fit(val_data=(X, Y[:7]))
+
+
+def test_given_params_and_state_are_checked_against_the_model():
+    model = jnn.serial(jnn.dense(1), jnn.batch_norm())
+    params, state = model.init(KEY, X)
+    missing = {"dense_0": params["dense_0"]}
+    with pytest.raises(ValueError, match=_exactly("fit: the given params do not have the model's structure: missing "
+                                                  "['batch_norm_0']['offset'], ['batch_norm_0']['scale']; "
+                                                  "unexpected nothing")):
+        _fit(model=model, params=missing)
+    extra = {**state, "more": {"x": jnp.zeros(1)}}
+    with pytest.raises(ValueError, match=_exactly("fit: the given state do not have the model's structure: missing "
+                                                  "nothing; unexpected ['more']['x']")):
+        _fit(model=model, state=extra)
+    wrong = jax.tree_util.tree_map(lambda a: a, params)
+    wrong["dense_0"]["w"] = jnp.zeros((3, 1))
+    with pytest.raises(ValueError, match=_exactly("fit: given params['dense_0']['w'] has shape (3, 1), the model "
+                                                  "expects (2, 1)")):
+        _fit(model=model, params=wrong)
+    bad_state = jax.tree_util.tree_map(lambda a: jnp.zeros((2,)), state)
+    with pytest.raises(ValueError, match=r"^fit: given state\['batch_norm_0'\]\['\w+'\] has shape \(2,\), the model "
+                                         r"expects \(1,\)$"):
+        _fit(model=model, state=bad_state)
+
+
+def test_given_params_start_the_run_and_state_defaults_to_the_models():
+    """lr 0: the run's params are exactly the given ones; the state left None starts from the
+    model's init (mean 0), so one full-batch step leaves 0.01 of the batch mean in it."""
+    model = jnn.serial(jnn.dense(1), jnn.batch_norm())
+    params, _ = model.init(KEY, X)
+    given = jax.tree_util.tree_map(lambda a: a + 1.0, params)
+    result = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), key=jax.random.key(5), epochs=1,
+                           batch_size=8, metrics={}, progress=False, verbose=False, params=given)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, result.train_state.params, given)
+    assert int(result.train_state.step) == 1
+    h = X @ np.asarray(given["dense_0"]["w"]) + np.asarray(given["dense_0"]["b"])
+    np.testing.assert_allclose(result.train_state.state["batch_norm_0"]["mean"], 0.01 * h.mean(0), rtol=1e-4)
+
+
+def test_split_validation_holds_out_round_n_times_fraction_examples_once_each():
+    x = {"a": np.arange(10, dtype=np.float32)[:, None], "b": np.arange(10) * 10}
+    y = np.arange(10)
+    for fraction, n_val in ((0.2, 2), (0.25, 2), (0.35, 4), (0.95, 10)):   # round(2.5) == 2, round(3.5) == 4
+        (tx, ty), (vx, vy) = split_validation(x, y, fraction, KEY)
+        assert len(vy) == n_val and len(ty) == 10 - n_val
+        assert sorted(np.concatenate([ty, vy]).tolist()) == list(range(10))
+        np.testing.assert_array_equal(tx["a"][:, 0], ty)
+        np.testing.assert_array_equal(vx["b"], vy * 10)
+    (_, a), (_, b) = split_validation(x, y, 0.5, KEY)
+    (_, c), (_, d) = split_validation(x, y, 0.5, jax.random.key(1))
+    assert not np.array_equal(b, d)
+    for fraction in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match=_exactly(f"split_validation: fraction must be in (0, 1), got {fraction}")):
+            split_validation(x, y, fraction, KEY)
+
+
+def test_val_split_evaluates_on_the_held_out_examples():
+    """lr 0, so the model is its init throughout: val_loss is the init's loss on the examples
+    that split_validation holds out with fit's second key (the docstring's "same key, same split")."""
+    result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.0), (X, Y), key=KEY, epochs=1, batch_size=2,
+                           val_split=0.25, metrics={}, progress=False, verbose=False)
+    (_, _), (vx, vy) = split_validation(X, Y, 0.25, jax.random.split(KEY)[1])
+    p = result.train_state.params
+    expected = np.mean((np.asarray(vx) @ np.asarray(p["w"]) + np.asarray(p["b"]) - np.asarray(vy)) ** 2)
+    np.testing.assert_allclose(result.history["val_loss"], [expected], rtol=1e-6)
+    assert int(result.train_state.step) == 3                 # 6 training examples / 2
+
+
+def test_default_metrics_follow_the_loss_and_the_output():
+    x, labels = X, np.array([0, 1] * 4)
+    classify = lambda **kw: jnn.train.fit(jnn.dense(2), jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, labels),
+                                          key=KEY, epochs=1, batch_size=4, val_data=(x, labels), progress=False,
+                                          verbose=False, **kw)
+    history = classify().history
+    assert sorted(history) == ["accuracy", "epoch", "loss", "time", "val_accuracy", "val_loss"]
+    assert sorted(classify(metrics={}).history) == ["epoch", "loss", "time", "val_loss"]
+    regress = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), key=KEY, epochs=1, batch_size=4,
+                            progress=False, verbose=False)
+    assert sorted(regress.history) == ["epoch", "loss", "time"]
+    two_heads = jnn.fan_out(jnn.dense(2), jnn.dense(2), merge=tuple)
+    both = jnn.train.fit(two_heads, lambda out, y: jnn.losses.softmax_cross_entropy(out[0], y), optax.sgd(0.1),
+                         (x, labels), key=KEY, epochs=1, batch_size=4, progress=False, verbose=False)
+    assert sorted(both.history) == ["epoch", "loss", "time"]
+
+
+def test_verbose_prints_one_line_per_epoch_with_every_log(capsys):
+    result = _fit(verbose=True, val_data=(X, Y), epochs=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    for epoch, line in enumerate(lines, 1):
+        h = result.history
+        expected = (f"epoch {epoch:3d}  loss {h['loss'][epoch - 1]:.4f}  val_loss {h['val_loss'][epoch - 1]:.4f}  "
+                    f"time ")
+        assert line.startswith(expected), line
+    assert not capsys.readouterr().out
+    _fit(verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_batch_size_is_clamped_to_the_data_and_the_first_epoch_is_initial_epoch_plus_one():
+    result = _fit(batch_size=100, epochs=3)
+    assert int(result.train_state.step) == 3 and result.history["epoch"] == [1, 2, 3]
+    resumed = _fit(train_state=result.train_state, initial_epoch=1, epochs=3, batch_size=100)
+    assert resumed.history["epoch"] == [2, 3] and int(resumed.train_state.step) == 5
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_validation_is_exact_for_any_eval_batch_size(fused):
+    w = np.array([[0.5], [-1.0]], np.float32)
+    vx = np.random.default_rng(0).normal(size=(7, 2)).astype(np.float32)
+    vy = np.random.default_rng(1).normal(size=(7, 1)).astype(np.float32)
+    model = jnn.dense(1)
+    params = {"w": jnp.asarray(w), "b": jnp.asarray([0.25])}
+    kw = dict(key=KEY, epochs=1, batch_size=8, metrics={}, progress=False, verbose=False, params=params, fused=fused)
+    for eval_batch_size in (1, 3, 7, 100):
+        result = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), val_data=(vx, vy),
+                               eval_batch_size=eval_batch_size, **kw)
+        np.testing.assert_allclose(result.history["val_loss"], [np.mean((vx @ w + 0.25 - vy) ** 2)], rtol=1e-5)
+
+
+def test_early_stopping_on_the_last_epoch_is_not_stopping_early():
+    """patience 1 on a rising loss: stops after epoch 2 of 3 (early); of 2, at the end (not early)."""
+    rising = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.05), (X, Y), key=KEY, batch_size=8,
+                           metrics={}, progress=False, verbose=False, epochs=3,
+                           early_stopping=EarlyStopping("loss", patience=1))
+    assert rising.history["epoch"] == [1, 2] and rising.stopped_early and rising.best_epoch == 1
+    at_end = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.05), (X, Y), key=KEY, batch_size=8,
+                           metrics={}, progress=False, verbose=False, epochs=2,
+                           early_stopping=EarlyStopping("loss", patience=1))
+    assert at_end.history["epoch"] == [1, 2] and not at_end.stopped_early and at_end.best_epoch == 1
+    assert _fit().best_epoch is None
+
+
+def test_predict_in_ragged_batches_equals_the_closed_form():
+    w, b = np.array([[0.5], [-1.0]], np.float32), np.float32(0.25)
+    params = {"w": jnp.asarray(w), "b": jnp.asarray([b])}
+    x = np.random.default_rng(2).normal(size=(11, 2)).astype(np.float32)
+    for batch_size in (1, 4, 11, 50):
+        out = jnn.train.predict(jnn.dense(1), params, {}, x, batch_size=batch_size)
+        assert out.shape == (11, 1)
+        np.testing.assert_allclose(out, x @ w + b, rtol=1e-6)
+    model = jnn.fan_out(jnn.dense(1), jnn.serial(jnn.dense(1), jnn.relu()), merge=tuple)
+    out = jnn.train.predict(model, {"dense_0": params, "serial_0": {"dense_0": params}}, {}, x, batch_size=4)
+    np.testing.assert_allclose(out[0], x @ w + b, rtol=1e-6)
+    np.testing.assert_allclose(out[1], np.maximum(x @ w + b, 0), rtol=1e-6)
+
+
+def test_predict_uses_evaluation_mode():
+    model = jnn.serial(jnn.dropout(0.5), jnn.batch_norm())
+    params, state = model.init(KEY, X)
+    out = jnn.train.predict(model, params, state, X, batch_size=3)
+    np.testing.assert_allclose(out, X / np.sqrt(1 + 1e-5), rtol=1e-5)
