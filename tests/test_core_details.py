@@ -213,3 +213,23 @@ def test_examples_and_children_that_are_not_what_they_claim():
         jnn.serial(jnn.dense(2), 3)
     with pytest.raises(TypeError, match=r"^fan_out: expected a jnn.Layer, got function \(did you forget to call it"):
         jnn.fan_out(jnn.dense(2), jnn.relu)
+
+
+def test_combinators_infer_a_childs_shape_in_shape_only_mode():
+    """serial and fan_out learn a child's output shape by applying it without keywords, with
+    ``core._inferring_shape()`` true (a layer needing a keyword stands in a placeholder then);
+    it is false again afterwards and in every real apply."""
+    from jnn import core
+    seen = []
+
+    def apply(params, state, x, *, key=None, train=False):
+        seen.append(core._inferring_shape())
+        return x, state
+
+    probe = jnn.Layer(lambda key, x: ({}, {}), apply, "probe")
+    for model in (jnn.serial(probe, jnn.dense(2)), jnn.fan_out(probe, jnn.dense(3))):
+        seen.clear()
+        params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+        assert seen == [True] and not core._inferring_shape()
+        model.apply(params, state, jnp.zeros((1, 3)))
+        assert seen == [True, False]

@@ -252,3 +252,59 @@ def test_predict_uses_evaluation_mode():
     params, state = model.init(KEY, X)
     out = jnn.train.predict(model, params, state, X, batch_size=3)
     np.testing.assert_allclose(out, X / np.sqrt(1 + 1e-5), rtol=1e-5)
+
+
+def test_a_one_channel_convolution_trains_stepwise_on_cpu():
+    """conv's one-channel CPU path has no convolution in its forward pass, only in its JVP: the
+    choice reads the JVP along the floating-point inputs (an integer input has no tangent)."""
+    from jnn.train.loop import _tangent_primitives, fuses_by_default
+    layer = jnn.conv(4, (3, 3))
+    x = jnp.zeros((2, 8, 8, 1))
+    params, state = layer.init(KEY, x)
+    jaxpr = jax.make_jaxpr(lambda p, x, n: layer.apply(p, state, x * n)[0])(params, x, 2)
+    assert "conv_general_dilated" in _tangent_primitives(jaxpr)
+    assert fuses_by_default(jaxpr) is (jax.default_backend() != "cpu")
+    dense = jnn.dense(3)
+    dense_params, _ = dense.init(KEY, X)
+    assert fuses_by_default(jax.make_jaxpr(lambda p, x, n: dense.apply(p, {}, x * n)[0])(dense_params, X, 2))
+
+
+def _pull_to_initial_params():
+    """An optimizer whose state is the params it was initialized with, and whose update moves the
+    params there: after one step the params are exactly ``optimizer.init``'s argument."""
+    init = lambda params: jax.tree_util.tree_map(jnp.copy, params)
+    update = lambda grads, state, params: (jax.tree_util.tree_map(lambda s, p: s - p, state, params), state)
+    return optax.GradientTransformation(init, update)
+
+
+def test_given_params_and_state_reach_the_optimizer_and_the_model():
+    model = jnn.serial(jnn.dense(1), jnn.batch_norm())
+    params, state = model.init(KEY, X)
+    given = jax.tree_util.tree_map(lambda a: a + 1.0, params)
+    result = jnn.train.fit(model, jnn.losses.mse, _pull_to_initial_params(), (X, Y), key=jax.random.key(5),
+                           epochs=1, batch_size=8, metrics={}, progress=False, verbose=False, params=given)
+    jax.tree_util.tree_map(np.testing.assert_allclose, result.train_state.params, given)   # the given, not init's
+    given_state = {"batch_norm_0": {"mean": jnp.full((1,), 3.0), "var": jnp.full((1,), 2.0)}}
+    only_state = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), key=KEY, epochs=1, batch_size=8,
+                               metrics={}, progress=False, verbose=False, state=given_state)
+    dense = only_state.train_state.params["dense_0"]                  # lr 0: the model's own init
+    h = X @ np.asarray(dense["w"]) + np.asarray(dense["b"])
+    np.testing.assert_allclose(only_state.train_state.state["batch_norm_0"]["mean"], 0.99 * 3.0 + 0.01 * h.mean(0),
+                               rtol=1e-5)
+    extra = {**given_state, "more": {"x": jnp.zeros(1), "y": jnp.zeros(1)}}
+    with pytest.raises(ValueError, match=_exactly("fit: the given state do not have the model's structure: missing "
+                                                  "nothing; unexpected ['more']['x'], ['more']['y']")):
+        _fit(model=model, state=extra)
+
+
+def test_fit_and_predict_compile_with_the_training_compiler_options(monkeypatch):
+    seen, jit = [], jax.jit
+
+    def spy(fn, **kw):
+        seen.append(kw.get("compiler_options"))
+        return jit(fn, **kw)
+
+    monkeypatch.setattr(jax, "jit", spy)
+    _fit(val_data=(X, Y), fused=True)
+    jnn.train.predict(jnn.dense(1), jnn.dense(1).init(KEY, X)[0], {}, X)
+    assert len(seen) >= 3 and all(options == jnn.train.compiler_options() for options in seen), seen

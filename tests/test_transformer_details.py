@@ -164,8 +164,9 @@ def test_capture_and_summary_see_both_attentions():
 
 @pytest.mark.parametrize("cross", [False, True])
 def test_children_are_the_params_keys_and_run_like_the_block_parts(cross):
-    block = (decoder_block(2, 12, cross_attention=True, context_features=FC) if cross
-             else encoder_block(2, 12))
+    """The children evaluate by default, like the block (its MLP has dropout here)."""
+    block = (decoder_block(2, 12, 0.5, cross_attention=True, context_features=FC) if cross
+             else encoder_block(2, 12, 0.5))
     params = _perturbed(block.init(KEY, X)[0])
     names = (["norm_0", "attention", "norm_cross", "cross_attention", "norm_1", "mlp"] if cross
              else ["norm_0", "attention", "norm_1", "mlp"])
@@ -222,3 +223,13 @@ def test_a_cross_attending_block_composes_in_serial():
     np.testing.assert_allclose(y, expected, atol=2e-4)
     with pytest.raises(ValueError, match=r"^\[decoder_block_0\] decoder_block: this block cross-attends"):
         model.apply(params, state, x)
+
+
+def test_cross_attention_shares_the_grouped_heads_and_names_the_block():
+    block = decoder_block(4, 12, num_kv_heads=2, cross_attention=True, context_features=FC, name="dec")
+    params, _ = block.init(KEY, X)
+    assert params["cross_attention"]["key"]["w"].shape == (FC, 4)              # 2 kv heads of size 2
+    assert params["attention"]["key"]["w"].shape == (8, 4)
+    with pytest.raises(ValueError, match=r"^\[cross_attention\] dec cross_attention: expected a floating-point "
+                                         r"context \[B, S, 6\]"):
+        block.apply(params, {}, X, context=X)
