@@ -266,3 +266,13 @@ def test_cross_attention_with_its_own_context_width_composes_in_serial():
                                          r"context_features=6 for cross-attention: call apply\(\.\.\., "
                                          r"context=\[B, S, 6\]\)$"):
         model.apply(params, state, X)
+
+
+def test_context_features_equal_to_the_width_still_self_attends():
+    """A layer whose context is as wide as its input serves both: without context= it self-attends."""
+    from test_cross_attention import X
+    attn = multi_head_attention(2, context_features=8)
+    plain = multi_head_attention(2)
+    params, _ = attn.init(KEY, X)
+    np.testing.assert_allclose(attn.apply(params, {}, X)[0], plain.apply(params, {}, X)[0], rtol=1e-6)
+    np.testing.assert_allclose(attn.apply(params, {}, X)[0], _np_layer(params, X, 2), atol=1e-4)

@@ -233,3 +233,12 @@ def test_cross_attention_shares_the_grouped_heads_and_names_the_block():
     with pytest.raises(ValueError, match=r"^\[cross_attention\] dec cross_attention: expected a floating-point "
                                          r"context \[B, S, 6\]"):
         block.apply(params, {}, X, context=X)
+
+
+def test_a_cross_attending_block_of_the_default_context_width_composes_in_serial():
+    """Without context_features the context is as wide as the block (F = 8, here unlike T = 3)."""
+    model = jnn.serial(decoder_block(2, 12, cross_attention=True), jnn.dense(3))
+    params, state = model.init(KEY, X)
+    assert params["decoder_block_0"]["cross_attention"]["key"]["w"].shape == (8, 8)
+    context = _rand((2, 5, 8), 3)
+    assert model.apply(params, state, X, context=context)[0].shape == (2, 3, 3)
