@@ -308,3 +308,23 @@ def test_fit_and_predict_compile_with_the_training_compiler_options(monkeypatch)
     _fit(val_data=(X, Y), fused=True)
     jnn.train.predict(jnn.dense(1), jnn.dense(1).init(KEY, X)[0], {}, X)
     assert len(seen) >= 3 and all(options == jnn.train.compiler_options() for options in seen), seen
+
+
+def test_fused_by_default_reads_convolutions_anywhere_in_the_forward_pass():
+    """On CPU a convolution in the forward pass, also inside a cond's branches or a scan's body,
+    means stepwise training; a forward pass without one fuses."""
+    from jnn.train.loop import fuses_by_default
+    on_cpu = jax.default_backend() == "cpu"
+    layer = jnn.conv(4, (3, 3))
+    x = jnp.zeros((2, 8, 8, 3))
+    params, state = layer.init(KEY, x)
+    conv = lambda x: layer.apply(params, state, x)[0]
+    assert fuses_by_default(jax.make_jaxpr(conv)(x)) is not on_cpu
+    branches = jax.make_jaxpr(lambda x: jax.lax.cond(x.sum() > 0, conv, lambda x: 2 * conv(x), x))(x)
+    assert fuses_by_default(branches) is not on_cpu
+    scanned = jax.make_jaxpr(lambda x: jax.lax.scan(lambda c, xi: (c, conv(xi)), 0.0, x[None])[1])(x)
+    assert fuses_by_default(scanned) is not on_cpu
+    plain = jax.make_jaxpr(lambda x: jax.lax.cond(x.sum() > 0, jnp.tanh, jnp.sin, x))(x)
+    assert fuses_by_default(plain)
+    custom_jvp = jax.make_jaxpr(jax.nn.relu)(x)            # a custom JVP without a convolution in it
+    assert "custom_jvp_call" in str(custom_jvp) and fuses_by_default(custom_jvp)
