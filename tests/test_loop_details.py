@@ -327,3 +327,32 @@ def test_fused_by_default_reads_convolutions_anywhere_in_the_forward_pass():
     assert fuses_by_default(plain)
     custom_jvp = jax.make_jaxpr(jax.nn.relu)(x)            # a custom JVP without a convolution in it
     assert "custom_jvp_call" in str(custom_jvp) and fuses_by_default(custom_jvp)
+
+
+def test_defaults_batch_128_and_print_each_epoch(capsys):
+    x = np.random.default_rng(3).normal(size=(256, 2)).astype(np.float32)
+    result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, x[:, :1]), key=KEY, epochs=1,
+                           metrics={}, progress=False)
+    assert int(result.train_state.step) == 2                             # 256 / 128
+    assert capsys.readouterr().out.startswith("epoch   1  loss ")
+
+
+def test_a_streams_first_batch_is_checked_and_named():
+    with pytest.raises(ValueError, match=_exactly("fit train_data (first batch): x and y must have the same number of "
+                                                  "examples, got 4 and 3 (x has 4, y has 3; every array holds the "
+                                                  "examples on its first axis)")):
+        _fit(iter([(X[:4], Y[:3])]), steps_per_epoch=1)
+
+
+def test_a_one_device_mesh_trains_and_validates_like_no_mesh():
+    """Data parallelism over one device: the same steps as without a mesh (the many-device runs
+    are in test_parallel.py); FSDP rules lay out the same values."""
+    plain = _fit(val_data=(X, Y), epochs=3)
+    for rules in (None, jnn.parallel.fsdp()):
+        meshed = _fit(val_data=(X, Y), epochs=3, mesh=jnn.parallel.make_mesh(), rules=rules)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                               meshed.train_state.params, plain.train_state.params)
+        np.testing.assert_allclose(meshed.history["val_loss"], plain.history["val_loss"], rtol=1e-6)
+    with pytest.raises(TypeError, match=_exactly("fit: mesh must be a jax.sharding.Mesh (e.g. "
+                                                 "jnn.parallel.make_mesh()), got str")):
+        _fit(mesh="data")
