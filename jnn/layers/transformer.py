@@ -75,15 +75,14 @@ class _Block(NamedTuple):
         if self.cross is None and (context is not None or context_lengths is not None):
             raise layer_error(self.label, "got context= but this block has no cross-attention (build it with "
                                           "decoder_block(..., cross_attention=True))")
-        if self.cross is not None and context is None:
+        if self.cross is not None and context is None and not core._inferring_shape():
+            # (under serial's init, which learns the shape only, its cross-attention stands in a context)
             raise layer_error(self.label, "this block cross-attends: call apply(..., context=[B, S, F_c])")
 
     def apply(self, params, state, x, *, key=None, train=False, lengths=None, context=None, context_lengths=None):
         if train and key is None and self.needs_key():
             raise layer_error(self.label, "train=True with dropout needs a PRNG key: call "
                                           "apply(..., key=jax.random.key(0), train=True)")
-        if self.cross is not None and context is None and core._inferring_shape():   # serial's init: the shape only
-            context = jnp.zeros((x.shape[0], 1, self.cross.context_features or x.shape[-1]), x.dtype)
         self.check_context(context, context_lengths)
         keys = core._split(key, 5)
         h, _ = core.apply_child("norm_0", layer_norm(), params, {}, x)
