@@ -66,6 +66,13 @@ out["fsdp_opt_device0_bytes"] = sum(s.data.nbytes for a in jax.tree_util.tree_le
 out["fsdp_loss_rel"] = max(rel(a, b) for a, b in zip(rf.history["loss"], rr.history["loss"]))
 out["fsdp_params_rel"] = max_rel(rf.train_state.params, rr.train_state.params)
 
+# --- make_train_step alone under jit: the new state keeps FSDP's layout (not replicated)
+fstep = jax.jit(jnn.train.make_train_step(fmodel, loss, optax.adam(1e-2), mesh=mesh8, rules=parallel.fsdp()))
+specs = lambda tree: [str(a.sharding.spec) for a in jax.tree_util.tree_leaves(tree)]
+stepped = fstep(rf.train_state, parallel.global_batch((x[:32], y[:32]), mesh8))[0]
+out["step_fsdp_specs"] = specs(stepped.params) + specs(stepped.opt_state[0].mu)
+out["fit_fsdp_specs"] = specs(rf.train_state.params) + specs(mu)
+
 # --- checkpoint: save the FSDP state from 8 devices, restore onto a 4-device mesh
 mesh4 = parallel.make_mesh(devices=jax.devices()[:4])
 with tempfile.TemporaryDirectory() as d:
@@ -150,6 +157,7 @@ out["err_axis"] = error(lambda: fit(batch_size=32, mesh=mesh8, rules=[("w", ("te
 out["err_pattern"] = error(lambda: fit(batch_size=32, mesh=mesh8, rules=parallel.fsdp("encoder/*")))
 explicit = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
 out["err_explicit"] = error(lambda: fit(batch_size=32, mesh=explicit))
+out["err_step_batch"] = error(lambda: fstep(rf.train_state, (x[:12], y[:12])))
 out["err_global_batch"] = error(lambda: parallel.global_batch((x[:12], y[:12]), mesh8))
 
 # --- experiments/data_parallel.py smoke run: 8 devices, FSDP, 1 epoch on 2,000 MNIST images

@@ -69,6 +69,11 @@ def test_fsdp_holds_an_eighth_of_the_params_per_device_and_trains_the_same(eight
     assert eight["fsdp_loss_rel"] < 1e-5 and eight["fsdp_params_rel"] < 1e-5
 
 
+def test_a_jitted_train_step_keeps_the_fsdp_layout_of_the_state(eight):
+    assert eight["step_fsdp_specs"] == eight["fit_fsdp_specs"]
+    assert eight["step_fsdp_specs"].count("P()") < len(eight["step_fsdp_specs"]) / 2   # mostly split, not replicated
+
+
 def test_sharded_checkpoint_restores_onto_a_smaller_mesh(eight):
     assert eight["restore4_equal"]
     assert eight["restore4_devices"] == 4 and eight["restore4_shard"] == [16, 8]   # (16, 32) split 4 ways
@@ -127,6 +132,7 @@ def test_data_parallel_experiment_smoke_learns_on_8_devices_with_fsdp(eight):
     ("err_axis", r"names mesh axes \['tensor'\] that the mesh does not have"),
     ("err_pattern", r"patterns \[\('encoder/\*',\)\] match no parameter"),
     ("err_explicit", "are not Auto"),
+    ("err_step_batch", "^ValueError: make_train_step: the batch of 12 examples is not divisible"),
     ("err_global_batch", "global_batch: the batch of 12 examples is not divisible"),
 ])
 def test_parallel_errors(eight, key, match):
