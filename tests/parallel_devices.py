@@ -158,6 +158,7 @@ out["err_pattern"] = error(lambda: fit(batch_size=32, mesh=mesh8, rules=parallel
 explicit = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
 out["err_explicit"] = error(lambda: fit(batch_size=32, mesh=explicit))
 out["err_step_batch"] = error(lambda: fstep(rf.train_state, (x[:12], y[:12])))
+out["err_epoch_batch"] = error(lambda: jnn.train.make_train_epoch(fstep, 128, 12, mesh=mesh8))
 out["err_global_batch"] = error(lambda: parallel.global_batch((x[:12], y[:12]), mesh8))
 
 # --- experiments/data_parallel.py smoke run: 8 devices, FSDP, 1 epoch on 2,000 MNIST images

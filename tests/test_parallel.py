@@ -133,6 +133,7 @@ def test_data_parallel_experiment_smoke_learns_on_8_devices_with_fsdp(eight):
     ("err_pattern", r"patterns \[\('encoder/\*',\)\] match no parameter"),
     ("err_explicit", "are not Auto"),
     ("err_step_batch", "^ValueError: make_train_step: the batch of 12 examples is not divisible"),
+    ("err_epoch_batch", "^ValueError: make_train_epoch: the batch of 12 examples is not divisible"),
     ("err_global_batch", "global_batch: the batch of 12 examples is not divisible"),
 ])
 def test_parallel_errors(eight, key, match):
