@@ -69,7 +69,7 @@ MODULES = {
     "jnn/train/loop.py": ["tests/test_loop_details.py", "tests/test_train.py", "tests/test_mutation_gaps.py",
                           "tests/test_callbacks.py", "tests/test_reliability_arguments.py", "tests/test_reliability_nonfinite.py",
                           "tests/test_regularization.py", "tests/test_checkpoint.py", "tests/test_stream.py",
-                          "tests/test_pytree_training.py", "tests/test_key_plumbing.py"],
+                          "tests/test_pytree_training.py", "tests/test_key_plumbing.py", "tests/test_stream_resume.py"],
     "jnn/data/idx.py": ["tests/test_data_integrity.py", "tests/test_data_mnist.py", "tests/test_properties.py"],
 }
 

@@ -66,6 +66,14 @@ out["fsdp_opt_device0_bytes"] = sum(s.data.nbytes for a in jax.tree_util.tree_le
 out["fsdp_loss_rel"] = max(rel(a, b) for a, b in zip(rf.history["loss"], rr.history["loss"]))
 out["fsdp_params_rel"] = max_rel(rf.train_state.params, rr.train_state.params)
 
+# --- inside fit's fused epoch the FSDP params stay split (a regularizer that adds 0 reads their layout)
+inside = []
+probe_params = lambda params: (jax.debug.inspect_array_sharding(params["dense_0"]["w"], callback=inside.append), 0.0)[1]
+jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=mesh8, rules=parallel.fsdp(), regularizer=probe_params,
+              **dict(fkw, epochs=1))
+out["fsdp_params_inside_epoch"] = sorted({str(s.spec) for s in inside})
+out["fsdp_w_spec"] = str(rf.train_state.params["dense_0"]["w"].sharding.spec)
+
 # --- make_train_step alone under jit: the new state keeps FSDP's layout (not replicated)
 fstep = jax.jit(jnn.train.make_train_step(fmodel, loss, optax.adam(1e-2), mesh=mesh8, rules=parallel.fsdp()))
 specs = lambda tree: [str(a.sharding.spec) for a in jax.tree_util.tree_leaves(tree)]

@@ -356,3 +356,63 @@ def test_a_one_device_mesh_trains_and_validates_like_no_mesh():
     with pytest.raises(TypeError, match=_exactly("fit: mesh must be a jax.sharding.Mesh (e.g. "
                                                  "jnn.parallel.make_mesh()), got str")):
         _fit(mesh="data")
+
+
+def test_the_regularizer_joins_the_gradient_but_not_the_logged_loss():
+    """One full-batch SGD step from given weights against NumPy: d/dw [mse + 0.5 |w|^2]."""
+    w0, b0 = np.array([[0.5], [-1.0]], np.float32), np.array([0.25], np.float32)
+    decay = lambda params: 0.5 * jnp.sum(params["w"] ** 2)
+    result = _fit(epochs=1, batch_size=8, params={"w": w0, "b": b0}, regularizer=decay)
+    error = X @ w0 + b0 - Y
+    np.testing.assert_allclose(result.train_state.params["w"], w0 - 0.1 * (2 * X.T @ error / 8 + w0), rtol=1e-5)
+    np.testing.assert_allclose(result.train_state.params["b"], b0 - 0.1 * 2 * error.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(result.history["loss"][0], np.mean(error ** 2), rtol=1e-5)
+
+
+def test_callbacks_on_train_begin_get_the_starting_state():
+    begun = []
+    record = type("Record", (), {"on_train_begin": lambda self, ts: begun.append(ts),
+                                 "on_epoch_end": lambda self, epoch, ts, logs: None})()
+    given = {"w": np.full((2, 1), 0.5, np.float32), "b": np.zeros(1, np.float32)}
+    _fit(params=given, callbacks=[record])
+    assert len(begun) == 1 and int(begun[0].step) == 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, begun[0].params, given)
+
+
+def test_each_epoch_line_is_flushed_as_it_is_printed(monkeypatch):
+    """Printed lines reach a pipe (a log file, a notebook) as each epoch ends, not at exit."""
+    class Pipe:
+        def __init__(self):
+            self.text, self.flushed = "", []
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            self.flushed.append(self.text)
+
+    pipe = Pipe()
+    monkeypatch.setattr("sys.stdout", pipe)
+    _fit(verbose=True, epochs=2)
+    lines = pipe.text.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"epoch {i:3d}  loss") for i, line in enumerate(lines, 1))
+    assert lines[0] + "\n" in pipe.flushed and pipe.text in pipe.flushed
+
+
+def test_the_progress_bar_shows_each_epochs_metrics(monkeypatch):
+    progress = pytest.importorskip("rich.progress")
+    shown, update = [], progress.Progress.update
+    monkeypatch.setattr(progress.Progress, "update",
+                        lambda self, task, **kw: (shown.append(kw.get("description")), update(self, task, **kw))[1])
+    result = _fit(progress=True, epochs=2)
+    expected = [f"loss {loss:.4f}" for loss in result.history["loss"]]
+    assert [d for d in shown if d and d.startswith("loss")] == expected
+
+
+def test_debug_nonfinite_replays_with_the_runs_metrics():
+    """A metric that is NaN (the loss stays finite) is found by the replay, at the first step."""
+    nan_metric = {"nan": lambda out, y: jnp.mean(out) * jnp.nan}
+    with pytest.raises(jnn.train.NonFiniteError) as failure:
+        _fit(metrics=nan_metric, debug_nonfinite=True)
+    report = failure.value.report
+    assert report is not None and (report.step, report.batch, report.kind) == (0, 0, "update")

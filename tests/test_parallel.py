@@ -69,6 +69,11 @@ def test_fsdp_holds_an_eighth_of_the_params_per_device_and_trains_the_same(eight
     assert eight["fsdp_loss_rel"] < 1e-5 and eight["fsdp_params_rel"] < 1e-5
 
 
+def test_fsdp_params_stay_split_inside_fits_epoch(eight):
+    assert eight["fsdp_w_spec"] != "P()"
+    assert eight["fsdp_params_inside_epoch"] == [eight["fsdp_w_spec"]]
+
+
 def test_a_jitted_train_step_keeps_the_fsdp_layout_of_the_state(eight):
     assert eight["step_fsdp_specs"] == eight["fit_fsdp_specs"]
     assert eight["step_fsdp_specs"].count("P()") < len(eight["step_fsdp_specs"]) / 2   # mostly split, not replicated
