@@ -329,12 +329,21 @@ def test_fused_by_default_reads_convolutions_anywhere_in_the_forward_pass():
     assert "custom_jvp_call" in str(custom_jvp) and fuses_by_default(custom_jvp)
 
 
-def test_defaults_batch_128_and_print_each_epoch(capsys):
+def test_defaults_10_epochs_batch_128_eval_batch_1000_progress_and_lines(capsys, monkeypatch):
+    progress = pytest.importorskip("rich.progress")
+    bars, update = [], progress.Progress.update
+    monkeypatch.setattr(progress.Progress, "update", lambda self, task, **kw: (bars.append(kw), update(self, task, **kw))[1])
+    eval_sizes, make_eval_fn = [], jnn.train.loop.make_eval_fn
+    monkeypatch.setattr(jnn.train.loop, "make_eval_fn",
+                        lambda *a, **kw: (eval_sizes.append(kw.get("batch_size")), make_eval_fn(*a, **kw))[1])
     x = np.random.default_rng(3).normal(size=(256, 2)).astype(np.float32)
-    result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, x[:, :1]), key=KEY, epochs=1,
-                           metrics={}, progress=False)
-    assert int(result.train_state.step) == 2                             # 256 / 128
-    assert capsys.readouterr().out.startswith("epoch   1  loss ")
+    result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, x[:, :1]), key=KEY, metrics={},
+                           val_data=(x[:8], x[:8, :1]))
+    assert result.history["epoch"] == list(range(1, 11)) and int(result.train_state.step) == 20   # 10 x 256 / 128
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]   # and rich's bar
+    assert len(lines) == 10 and lines[0].startswith("epoch   1  loss ")
+    assert set(eval_sizes) == {1000}
+    assert sum(1 for kw in bars if kw.get("advance") == 1) == 10
 
 
 def test_a_streams_first_batch_is_checked_and_named():
