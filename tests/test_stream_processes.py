@@ -16,7 +16,8 @@ from test_parallel import _env   # this process's environment and XLA flags, no 
 
 pytest.importorskip("grain")
 
-N, BATCH, EPOCHS = 200, 16, 2   # 12 global batches an epoch (a scan over 8, then 4 single steps), 8 records dropped
+N, BATCH, EPOCHS = 200, 12, 2   # 16 global batches an epoch (two scans over 8), 8 records dropped
+DEVICES = 2                     # per process: a mesh of 4; a local batch of 6 is not a multiple of 4, the global 12 is
 
 SCRIPT = r'''
 import json, sys
@@ -61,7 +62,7 @@ def test_two_processes_read_disjoint_halves_covering_each_epoch_once(tmp_path):
     script = tmp_path / "proc.py"
     script.write_text(SCRIPT)
     port = _free_port()
-    env = _env()
+    env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
     procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port), str(N), str(BATCH), str(EPOCHS)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]

@@ -350,7 +350,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
             feed = _stream.Feed(train_data, steps_per_epoch if steps_per_epoch is not None else
                                 getattr(train_data, "steps_per_epoch", None), mesh=mesh, where="fit")
             x, y = _check_data("fit train_data (first batch)", feed.first[0])
-            batch_size = _num_examples(x) * (jax.process_count() if mesh is not None else 1)   # the global batch
+            batch_size = _num_examples(feed.global_shapes()[0])   # with a mesh, every process's batch together
         elif checkpoint is not None or resume or steps_per_epoch is not None:
             raise ValueError("fit: steps_per_epoch, checkpoint and resume are for streamed train_data; for arrays "
                              "use callbacks=[checkpointer.save_every(k)] and train_state= to resume")
@@ -369,7 +369,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         if val_data is not None and not val_streamed:
             val_data = _check_data("fit val_data", val_data)
         num_examples = _num_examples(x)
-        batch_size = min(batch_size, num_examples)
+        if not streamed:   # (a stream's batch_size is its global batch: every process's first batch together)
+            batch_size = min(batch_size, num_examples)
         if rules is not None and mesh is None:
             raise ValueError("fit: rules shard params over a mesh; pass mesh= as well")
         if mesh is not None:

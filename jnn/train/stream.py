@@ -102,6 +102,13 @@ class Feed:
         self._used, self._positioned = False, False
         self._sizes_compared = False   # with a mesh: processes compare batch sizes on the first batch only
 
+    def global_shapes(self):
+        """The first batch's shapes and dtypes as the train step sees them: with a mesh, the
+        global batch (every process's part together), else the batch itself."""
+        processes = jax.process_count() if self.mesh is not None else 1
+        return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((np.shape(a)[0] * processes, *np.shape(a)[1:]),
+                                                                     a.dtype), self.first[0])
+
     @property
     def stateful(self) -> bool:
         return hasattr(self._iterator, "get_state") and hasattr(self._iterator, "set_state")
@@ -243,8 +250,7 @@ class StreamEpochs:
             raise ValueError(f"StreamEpochs: chunk must be a positive integer, got {chunk!r}")
         self.feed, self.checkpoint, self.every, self.chunk = feed, checkpoint, checkpoint_every, chunk
         self.epoch, self.start, self.history = initial_epoch, 0, {}
-        batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), feed.first[0])
-        logs = jax.eval_shape(train_step, ts, batch)[1]
+        logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]
         self._zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), logs)
         self.totals = None
 
