@@ -3,7 +3,8 @@
 For every public callable reachable from ``jnn.__all__`` (and the public submodules' ``__all__``),
 each parameter with a default value is an option (callables
 re-exported from jax or optax are theirs to test); it counts as exercised when some file under
-tests/ or a doctest in jnn/ contains ``name=``. What is printed is where to add a test that would
+tests/ or a doctest in jnn/ contains ``name=`` (for a NamedTuple, which jnn returns as a result,
+also when a test reads ``.name``). What is printed is where to add a test that would
 fail if the option were ignored.
 
     python tests/option_coverage.py            # the list, then a summary line
@@ -55,7 +56,8 @@ def main() -> int:
     for qualified, fn in sorted(public_callables(), key=lambda t: t[0]):
         for option in options(fn):
             total += 1
-            if not re.search(rf"\b{re.escape(option)}\s*=", corpus):
+            read = hasattr(fn, "_fields") and re.search(rf"\.{re.escape(option)}\b", corpus)   # a result's field
+            if not read and not re.search(rf"\b{re.escape(option)}\s*=", corpus):
                 missing.append(f"{qualified}({option}=)")
     print("\n".join(missing))
     print(f"{total - len(missing)} of {total} options are passed by name somewhere in the tests "

@@ -425,3 +425,8 @@ def test_debug_nonfinite_replays_with_the_runs_metrics():
         _fit(metrics=nan_metric, debug_nonfinite=True)
     report = failure.value.report
     assert report is not None and (report.step, report.batch, report.kind) == (0, 0, "update")
+    with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics"):
+        stopped = _fit(metrics=nan_metric, debug_nonfinite=True, on_nonfinite="stop")
+    assert stopped.nonfinite_epoch == 1 and stopped.nonfinite_report == report
+    with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics"):
+        assert _fit(metrics=nan_metric, on_nonfinite="stop").nonfinite_report is None   # no replay without debug

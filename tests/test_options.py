@@ -144,3 +144,58 @@ def test_eval_batch_size_reaches_the_evaluator(monkeypatch, population):
                       epochs=1, batch_size=4, val_data=(x, y), metrics={}, eval_batch_size=3,
                       progress=False, verbose=False)
     assert 3 in seen, seen
+
+
+def test_children_built_from_items_keep_their_order_and_keys():
+    a, b = jnn.dense(2), jnn.relu()
+    children = jnn.Children(items=[("b", b), ("a", a)])
+    assert list(children) == ["b", "a"] and children["a"] is a and len(children) == 2
+    assert len(jnn.Children()) == 0
+
+
+def _dense_params():
+    return {"dense_0": {"w": jnp.zeros((4, 6)), "b": jnp.zeros(6)}}
+
+
+MESH = jax.sharding.AbstractMesh((1, 2), ("data", "model"))
+
+
+def test_a_rule_that_is_not_required_may_match_nothing():
+    unmatched = jnn.parallel.Rule("encoder/*", (None, "model"), required=False)
+    specs = jnn.parallel.param_specs(_dense_params(), MESH, [unmatched])
+    assert specs["dense_0"]["w"] == jax.sharding.PartitionSpec()
+    with pytest.raises(ValueError, match=r"^jnn.parallel: sharding rule patterns \['encoder/\*'\] match no parameter"):
+        jnn.parallel.param_specs(_dense_params(), MESH, [unmatched._replace(required=True)])
+
+
+def test_logical_and_tensor_parallel_map_names_through_the_axis_rules_given():
+    table = [("dense_0/w", ("embed", "mlp"))]
+    assert jnn.parallel.logical(table)[0].spec == (None, "model")                       # the default AXIS_RULES
+    assert jnn.parallel.logical(table, axis_rules=[("embed", "data"), ("mlp", None)])[0].spec == ("data", None)
+    unmatched = [("encoder/*", ("embed", "mlp"))]
+    specs = jnn.parallel.param_specs(_dense_params(), MESH, jnn.parallel.logical(unmatched, required=False))
+    assert specs["dense_0"]["w"] == jax.sharding.PartitionSpec()
+    with pytest.raises(ValueError, match=r"^jnn.parallel: sharding rule patterns \[\('encoder/\*',\)\] match no"):
+        jnn.parallel.param_specs(_dense_params(), MESH, jnn.parallel.logical(unmatched))
+    mlp = {"mlp": {"dense_0": {"w": jnp.zeros((4, 8)), "b": jnp.zeros(8)}}}
+    swapped = jnn.parallel.tensor_parallel(axis_rules=[("mlp", "data"), ("embed", None), ("heads", "data")])
+    assert jnn.parallel.param_specs(mlp, MESH, swapped)["mlp"]["dense_0"]["w"] == jax.sharding.PartitionSpec(
+        None, "data")
+    assert jnn.parallel.param_specs(mlp, MESH, jnn.parallel.tensor_parallel())["mlp"]["dense_0"]["w"] == \
+        jax.sharding.PartitionSpec(None, "model")
+
+
+def test_initialize_selects_the_cpu_collectives_asked(monkeypatch):
+    """Only the configuration step runs here (jax.distributed.initialize is replaced); the real
+    two-process run with gloo is tests/test_parallel.py's."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    before = jax.config.jax_cpu_collectives_implementation
+    try:
+        jnn.parallel.initialize("127.0.0.1:1", num_processes=2, process_id=1, cpu_collectives="mpi")
+        assert jax.config.jax_cpu_collectives_implementation == "mpi"
+        jnn.parallel.initialize("127.0.0.1:1", num_processes=2, process_id=0)
+        assert jax.config.jax_cpu_collectives_implementation == "gloo"
+    finally:
+        jax.config.update("jax_cpu_collectives_implementation", before)
+    assert calls == [dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=p) for p in (1, 0)]

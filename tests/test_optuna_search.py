@@ -61,3 +61,17 @@ def test_the_pruner_stops_members_as_early_stopping_does(digits):
         else:
             assert not below.any() and len(below) == 4
     assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
+
+
+def test_without_prune_no_trial_reports_or_is_pruned(digits):
+    """A pruner that would prune every trial (accuracy is below 2) is not consulted with prune=False."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0),
+                                pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True),
+             "width": optuna.distributions.CategoricalDistribution([8])}
+    done = jnn.train.optuna_search(make_model, LOSS, make_adam, digits, study=study, space=space, trials=2,
+                                   population_size=2, static=["width"], key=jax.random.key(2), epochs=2,
+                                   batch_size=64, val_split=0.25, prune=False)
+    assert [study.trials[t.number].state for t, _ in done] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(study.trials[t.number].intermediate_values == {} and len(r.history["val_accuracy"]) == 2
+               for t, r in done)

@@ -62,6 +62,33 @@ def test_a_nan_member_is_named_stopped_at_its_epoch_and_the_others_equal_a_run_w
     assert not np.isnan(without.history["loss"]).any() and without.nonfinite_epoch.tolist() == [0, 0]
 
 
+def test_stop_mode_with_debug_returns_each_failing_members_report():
+    with pytest.warns(RuntimeWarning, match=r"fit_population: epoch 3 produced non-finite metrics for member\(s\) \[1\]"):
+        result = _run([0.05, np.nan, 0.02], KEYS, epochs=3, debug_nonfinite=True)
+    assert set(result.nonfinite_reports) == {1}
+    report = result.member(1).nonfinite_report
+    assert report is result.nonfinite_reports[1]
+    assert (report.step, report.batch, report.layer, report.kind) == (BLOWUP_STEP, 0, None, "update")
+    assert result.member(0).nonfinite_report is None
+
+
+def test_prune_stops_the_members_it_names_after_the_epoch_it_saw():
+    seen = []
+
+    def prune(epoch, history):
+        seen.append((epoch, np.array(history["loss"][epoch - 1])))   # this epoch's row, as the history will hold it
+        return np.array([epoch == 2, False, False])   # member 0, after its second epoch
+    result = _run([0.05, 0.05, 0.02], KEYS, prune=prune)
+    assert [epoch for epoch, _ in seen] == [1, 2, 3, 4]
+    for epoch, row in seen:
+        np.testing.assert_array_equal(row, result.history["loss"][epoch - 1])
+    np.testing.assert_array_equal(result.epochs_trained, [2, 4, 4])
+    np.testing.assert_array_equal(result.stopped_early, [True, False, False])
+    assert np.isnan(result.history["loss"][2:, 0]).all() and np.isfinite(result.history["loss"][:, 1:]).all()
+    two = _run([0.05, 0.05, 0.02], KEYS, epochs=2)
+    np.testing.assert_array_equal(result.member(0).train_state.params["w"], two.member(0).train_state.params["w"])
+
+
 def test_raise_mode_names_the_member_and_keeps_every_state_and_debug_names_the_step():
     with pytest.raises(jnn.train.NonFiniteError,
                        match=r"epoch 3 produced non-finite metrics for member\(s\) \[1\]: member 1: loss=nan, lr=nan; "
