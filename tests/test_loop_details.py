@@ -430,3 +430,74 @@ def test_debug_nonfinite_replays_with_the_runs_metrics():
     assert stopped.nonfinite_epoch == 1 and stopped.nonfinite_report == report
     with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics"):
         assert _fit(metrics=nan_metric, on_nonfinite="stop").nonfinite_report is None   # no replay without debug
+
+
+def _spy_on(monkeypatch, name):
+    """Records the keywords of every call of ``jnn.train.loop.<name>`` during the test."""
+    calls, original = [], getattr(jnn.train.loop, name)
+    monkeypatch.setattr(jnn.train.loop, name, lambda *a, **kw: (calls.append(kw), original(*a, **kw))[1])
+    return calls
+
+
+IMAGES = np.random.default_rng(4).normal(size=(8, 6, 6, 1)).astype(np.float32)
+CNN = jnn.serial(jnn.conv(2, (3, 3)), jnn.flatten(), jnn.dense(1))
+
+
+@pytest.mark.parametrize("metrics", [None, {}])
+def test_fused_auto_trains_a_cnn_stepwise_on_cpu_and_fused_elsewhere(monkeypatch, metrics):
+    """fused="auto" reads the forward pass whether or not metrics are given; off CPU (the backend
+    faked here) it fuses whatever the model."""
+    fused, stepwise = _spy_on(monkeypatch, "make_train_epoch"), _spy_on(monkeypatch, "make_stepwise_epoch")
+    evals = _spy_on(monkeypatch, "make_eval_fn")
+    _fit((IMAGES, Y), model=CNN, metrics=metrics, epochs=1, val_data=(IMAGES, Y), eval_batch_size=3)
+    assert (len(fused), len(stepwise)) == (0, 1)
+    assert {(kw["batch_size"], kw.get("fused")) for kw in evals} >= {(3, False)}   # evaluation stepwise too
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    _fit((IMAGES, Y), model=CNN, metrics=metrics, epochs=1)
+    assert (len(fused), len(stepwise)) == (1, 1)
+
+
+def test_early_stopping_may_monitor_the_logged_learning_rate_or_a_streamed_validation():
+    sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, sgd, (X, Y), key=KEY, epochs=3, batch_size=4, metrics={},
+                           progress=False, verbose=False, early_stopping=EarlyStopping(monitor="lr", patience=1))
+    assert result.history["lr"] == pytest.approx([0.1] * 2) and result.stopped_early   # lr never improves
+    with pytest.raises(ValueError, match=r"^fit: early_stopping monitors 'lr', which is not among the logged"):
+        _fit(early_stopping=EarlyStopping(monitor="lr"))
+    streamed = _fit(val_data=_Batches(), epochs=2,
+                    early_stopping=EarlyStopping(monitor="val_loss", patience=5))
+    assert len(streamed.history["val_loss"]) == 2 and not streamed.stopped_early
+
+
+class _Batches:
+    """Validation batches read afresh every epoch (an iterable that is not a tuple or list)."""
+
+    def __iter__(self):
+        return iter([(X[:4], Y[:4]), (X[4:], Y[4:])])
+
+
+def test_a_run_that_trains_every_epoch_did_not_stop_early():
+    result = _fit(epochs=2, early_stopping=EarlyStopping(monitor="loss", patience=5))
+    assert result.stopped_early is False and result.history["epoch"] == [1, 2]
+    assert _fit(epochs=1).stopped_early is False
+
+
+def test_the_progress_bar_counts_the_epochs_left(monkeypatch):
+    progress = pytest.importorskip("rich.progress")
+    totals, add_task = [], progress.Progress.add_task
+    monkeypatch.setattr(progress.Progress, "add_task",
+                        lambda self, *a, **kw: (totals.append(kw.get("total")), add_task(self, *a, **kw))[1])
+    first = _fit(epochs=1)
+    _fit(progress=True, epochs=3, initial_epoch=1, train_state=first.train_state)
+    assert totals == [2]
+
+
+def test_resuming_on_a_mesh_continues_from_the_given_state():
+    """train_state= with a (one-device) mesh: epochs 2..3 from epoch 1's state equal a 3-epoch run."""
+    mesh = jnn.parallel.make_mesh()
+    for rules in (None, jnn.parallel.fsdp()):
+        whole = _fit(epochs=3, mesh=mesh, rules=rules)
+        first = _fit(epochs=1, mesh=mesh, rules=rules)
+        rest = _fit(epochs=3, initial_epoch=1, train_state=first.train_state, mesh=mesh, rules=rules)
+        assert int(rest.train_state.step) == int(whole.train_state.step) == 6
+        jax.tree_util.tree_map(np.testing.assert_array_equal, rest.train_state.params, whole.train_state.params)
