@@ -54,7 +54,13 @@ out["global_batch_shards"] = sorted({tuple(s.data.shape) for s in gb[0].addressa
 # --- FSDP: 1/8 of the param bytes per device, and the same training
 fmodel = jnn.serial(jnn.dense(32), jnn.relu(), jnn.dense(8))
 fkw = dict(kw, val_data=None)
-rf = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=mesh8, rules=parallel.fsdp(), **fkw)
+device0_bytes = lambda tree: sum(s.data.nbytes for a in jax.tree_util.tree_leaves(tree)
+                                for s in a.addressable_shards if s.device == jax.devices()[0])
+begun = []   # the train state fit starts from, as callbacks see it: laid out by the rules from the start
+on_begin = type("OnBegin", (), {"on_train_begin": lambda self, ts: begun.append(device0_bytes(ts.params)),
+                                "on_epoch_end": lambda self, *a: None})()
+rf = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=mesh8, rules=parallel.fsdp(), callbacks=[on_begin],
+                   **fkw)
 rr = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), **fkw)
 leaves = jax.tree_util.tree_leaves(rf.train_state.params)
 dev0 = jax.devices()[0]
@@ -73,6 +79,14 @@ jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=mesh8, rules=parallel
               **dict(fkw, epochs=1))
 out["fsdp_params_inside_epoch"] = sorted({str(s.spec) for s in inside})
 out["fsdp_w_spec"] = str(rf.train_state.params["dense_0"]["w"].sharding.spec)
+
+# --- resuming the FSDP run for one more epoch keeps its layout
+resumed = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=mesh8, rules=parallel.fsdp(),
+                        train_state=jax.device_get(rf.train_state), initial_epoch=2, callbacks=[on_begin],
+                        **dict(fkw, epochs=3))
+out["fsdp_begin_device0_bytes"] = begun
+out["fsdp_resumed_device0_bytes"] = sum(s.data.nbytes for a in jax.tree_util.tree_leaves(resumed.train_state.params)
+                                        for s in a.addressable_shards if s.device == dev0)
 
 # --- make_train_step alone under jit: the new state keeps FSDP's layout (not replicated)
 fstep = jax.jit(jnn.train.make_train_step(fmodel, loss, optax.adam(1e-2), mesh=mesh8, rules=parallel.fsdp()))

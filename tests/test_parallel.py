@@ -67,6 +67,9 @@ def test_fsdp_holds_an_eighth_of_the_params_per_device_and_trains_the_same(eight
     assert eight["fsdp_device0_bytes"] * 8 == eight["fsdp_total_bytes"]
     assert eight["fsdp_opt_device0_bytes"] * 8 == eight["fsdp_total_bytes"]   # Adam's mu is sharded too
     assert eight["fsdp_loss_rel"] < 1e-5 and eight["fsdp_params_rel"] < 1e-5
+    assert eight["fsdp_resumed_device0_bytes"] == eight["fsdp_device0_bytes"]
+    # a fresh run and one resumed from host arrays (train_state=) both start in the FSDP layout
+    assert eight["fsdp_begin_device0_bytes"] == [eight["fsdp_device0_bytes"]] * 2
 
 
 def test_fsdp_params_stay_split_inside_fits_epoch(eight):
@@ -133,7 +136,7 @@ def test_data_parallel_experiment_smoke_learns_on_8_devices_with_fsdp(eight):
 
 
 @pytest.mark.parametrize("key, match", [
-    ("err_batch", "batch of 12 examples is not divisible by the mesh's data axis of size 8"),
+    ("err_batch", "^ValueError: fit: the batch of 12 examples is not divisible by the mesh's data axis of size 8"),
     ("err_axis", r"names mesh axes \['tensor'\] that the mesh does not have"),
     ("err_pattern", r"patterns \[\('encoder/\*',\)\] match no parameter"),
     ("err_explicit", "are not Auto"),
