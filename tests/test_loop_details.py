@@ -501,3 +501,10 @@ def test_resuming_on_a_mesh_continues_from_the_given_state():
         rest = _fit(epochs=3, initial_epoch=1, train_state=first.train_state, mesh=mesh, rules=rules)
         assert int(rest.train_state.step) == int(whole.train_state.step) == 6
         jax.tree_util.tree_map(np.testing.assert_array_equal, rest.train_state.params, whole.train_state.params)
+
+
+def test_a_resumed_streamed_run_counts_epochs_from_initial_epoch():
+    first = _fit(epochs=1)
+    with pytest.raises(ValueError, match=r"^fit: train_data ran out after 1 batches of epoch 2, but steps_per_epoch "
+                                         r"is 2"):
+        _fit(iter([(X[:4], Y[:4])]), steps_per_epoch=2, train_state=first.train_state, initial_epoch=1)
