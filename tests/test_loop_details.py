@@ -508,3 +508,42 @@ def test_a_resumed_streamed_run_counts_epochs_from_initial_epoch():
     with pytest.raises(ValueError, match=r"^fit: train_data ran out after 1 batches of epoch 2, but steps_per_epoch "
                                          r"is 2"):
         _fit(iter([(X[:4], Y[:4])]), steps_per_epoch=2, train_state=first.train_state, initial_epoch=1)
+
+
+def test_each_epochs_logged_time_is_its_own_duration(monkeypatch):
+    """A clock that reads 100, 102.5, 200, 203 around the two epochs logs 2.5 and 3 seconds."""
+    readings = iter([100.0, 102.5, 200.0, 203.0])
+    monkeypatch.setattr(jnn.train.loop, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(readings))}))
+    assert _fit(epochs=2).history["time"] == [2.5, 3.0]
+
+
+def test_debug_nonfinite_replays_with_the_runs_regularizer():
+    """A regularizer whose gradient is NaN (the logged loss leaves it out) poisons the first
+    update; the replay finds it only if it trains with the regularizer too."""
+    poison = lambda params: jnp.sum(jnp.sqrt(-params["w"] ** 2))   # at w = 0: 0/0, a NaN gradient
+    zeros = {"w": np.zeros((2, 1), np.float32), "b": np.zeros(1, np.float32)}
+    with pytest.raises(jnn.train.NonFiniteError) as failure:
+        _fit(params=zeros, regularizer=poison, debug_nonfinite=True)
+    report = failure.value.report
+    assert report is not None and (report.step, report.batch, report.kind) == (0, 0, "update")
+
+
+def test_callbacks_on_train_end_get_the_final_state_and_the_history():
+    seen = []
+
+    class Last(jnn.train.callbacks.Callback):
+        def on_train_end(self, train_state, history):
+            seen.append((train_state, {k: list(v) for k, v in history.items()}))
+
+    result = _fit(epochs=2, callbacks=[Last()])
+    (final, history), = seen
+    assert int(final.step) == 4 and history == result.history and history["epoch"] == [1, 2]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, final.params, result.train_state.params)
+
+
+def test_the_nonfinite_warning_points_at_the_callers_line():
+    nan_metric = {"nan": lambda out, y: jnp.mean(out) * jnp.nan}
+    with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics") as record:
+        jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), key=KEY, epochs=1, batch_size=4,
+                      metrics=nan_metric, on_nonfinite="stop", progress=False, verbose=False)
+    assert [w.filename for w in record] == [__file__]

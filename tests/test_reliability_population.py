@@ -177,3 +177,10 @@ def test_fit_pbt_checks_its_arguments_before_the_first_step():
         run(val_split=0.001)
     with pytest.raises(ValueError, match=r"fit_pbt: val_data x has examples of shape \(4,\) but train_data x has \(3,\)"):
         run(val_data=(np.zeros((5, 4), np.float32), np.zeros((5, 1), np.float32)))
+
+
+def test_the_nonfinite_warning_points_at_the_callers_line():
+    with pytest.warns(RuntimeWarning, match=r"^fit_population: epoch 3 produced non-finite") as record:
+        fit_population(make_model, jnn.losses.mse, make_sgd, _data(), hparams={"late_lr": jnp.array([np.nan])},
+                       key=KEYS[:1], epochs=3, batch_size=BATCH, chunk_size=None)
+    assert [w.filename for w in record] == [__file__]
