@@ -4,6 +4,7 @@ split against the examples it holds out, the default metrics, the printed epoch 
 size and evaluation batch size at the data's edges, early stopping at the last epoch, and
 `predict` in ragged batches. References are NumPy or the closed form of a linear model."""
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -542,8 +543,28 @@ def test_callbacks_on_train_end_get_the_final_state_and_the_history():
 
 
 def test_the_nonfinite_warning_points_at_the_callers_line():
+    if hasattr(jnn.train.loop, "x_fit__mutmut_orig"):   # tests/mutation.py: mutmut's trampoline is a frame between
+        pytest.skip("mutmut calls fit through a trampoline, one frame more")
     nan_metric = {"nan": lambda out, y: jnp.mean(out) * jnp.nan}
     with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics") as record:
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), key=KEY, epochs=1, batch_size=4,
                       metrics=nan_metric, on_nonfinite="stop", progress=False, verbose=False)
     assert [w.filename for w in record] == [__file__]
+
+
+def test_a_streamed_run_checkpoints_every_k_steps_and_resumes_in_this_process(tmp_path):
+    """Checkpoints at steps 3 and 6 of 8 (4 a epoch); a run resumed from step 6 with another key
+    (the state, data position and history come from the checkpoint) ends where the whole run did."""
+    pytest.importorskip("grain")
+    pipe = lambda: jnn.data.grain.pipeline(jnn.data.grain.ArraySource(X, Y), batch_size=2, seed=3)
+    whole_dir = tmp_path / "whole"
+    whole = _fit(pipe(), batch_size=None, checkpoint=jnn.train.Checkpointer(whole_dir), checkpoint_every=3)
+    assert jnn.train.Checkpointer(whole_dir).all_steps() == [3, 6]
+    assert jnn.train.Checkpointer(whole_dir).read_meta(6)["progress"]["epoch"] == 2
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(whole_dir / "6", tmp_path / "resumed" / "6")
+    resumed = _fit(pipe(), batch_size=None, key=jax.random.key(99), resume=True, checkpoint_every=3,
+                   checkpoint=jnn.train.Checkpointer(tmp_path / "resumed"))
+    assert int(resumed.train_state.step) == 8 and resumed.history["epoch"] == [1, 2]
+    assert resumed.history["loss"] == whole.history["loss"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.train_state.params, whole.train_state.params)
