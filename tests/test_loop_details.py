@@ -456,6 +456,8 @@ def test_fused_auto_trains_a_cnn_stepwise_on_cpu_and_fused_elsewhere(monkeypatch
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     _fit((IMAGES, Y), model=CNN, metrics=metrics, epochs=1)
     assert (len(fused), len(stepwise)) == (1, 1)
+    _fit((IMAGES, Y), model=CNN, metrics=metrics, epochs=1, fused=False)   # an explicit choice stands there too
+    assert (len(fused), len(stepwise)) == (1, 2)
 
 
 def test_early_stopping_may_monitor_the_logged_learning_rate_or_a_streamed_validation():
