@@ -422,7 +422,7 @@ def test_the_progress_bar_shows_each_epochs_metrics(monkeypatch):
 def test_debug_nonfinite_replays_with_the_runs_metrics():
     """A metric that is NaN (the loss stays finite) is found by the replay, at the first step."""
     nan_metric = {"nan": lambda out, y: jnp.mean(out) * jnp.nan}
-    with pytest.raises(jnn.train.NonFiniteError) as failure:
+    with pytest.raises(jnn.train.NonFiniteError, match="^fit: epoch 1 produced non-finite metrics") as failure:
         _fit(metrics=nan_metric, debug_nonfinite=True)
     report = failure.value.report
     assert report is not None and (report.step, report.batch, report.kind) == (0, 0, "update")
@@ -525,7 +525,7 @@ def test_debug_nonfinite_replays_with_the_runs_regularizer():
     update; the replay finds it only if it trains with the regularizer too."""
     poison = lambda params: jnp.sum(jnp.sqrt(-params["w"] ** 2))   # at w = 0: 0/0, a NaN gradient
     zeros = {"w": np.zeros((2, 1), np.float32), "b": np.zeros(1, np.float32)}
-    with pytest.raises(jnn.train.NonFiniteError) as failure:
+    with pytest.raises(jnn.train.NonFiniteError, match="^fit: epoch 1 produced non-finite metrics") as failure:
         _fit(params=zeros, regularizer=poison, debug_nonfinite=True)
     report = failure.value.report
     assert report is not None and (report.step, report.batch, report.kind) == (0, 0, "update")
