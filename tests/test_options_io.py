@@ -93,16 +93,15 @@ def test_decoder_lm_remat_wraps_every_block_in_the_policy_named():
 
 
 def test_encoder_decoder_num_decoder_layers_sets_the_decoder_depth_alone():
-    source, target = jnp.zeros((2, 6), jnp.int32), jnp.zeros((2, 4), jnp.int32)
+    target = jax.ShapeDtypeStruct((2, 4), jnp.int32)
     sizes = dict(vocab_size=11, num_layers=1, num_heads=2, features=8, mlp_dim=16, max_len=8, num_decoder_layers=3)
-    stacked = jnn.io.flatten(jnn.encoder_decoder(**sizes).init(jax.random.key(0), target)[0])
-    assert stacked["encoder/blocks/mlp/dense_0/w"].shape[0] == 1
-    assert stacked["decoder/blocks/mlp/dense_0/w"].shape[0] == 3
-    model = jnn.encoder_decoder(**sizes, scan_layers=False)
-    params, state = model.init(jax.random.key(0), target)
+    shapes = lambda model: jax.eval_shape(model.init, jax.random.key(0), target)[0]   # no compile
+    stacked = shapes(jnn.encoder_decoder(**sizes))
+    assert stacked["encoder"]["blocks"]["mlp"]["dense_0"]["w"].shape[0] == 1
+    assert stacked["decoder"]["blocks"]["mlp"]["dense_0"]["w"].shape[0] == 3
+    params = shapes(jnn.encoder_decoder(**sizes, scan_layers=False))
     blocks = {side: sorted(k for k in params[side] if k.startswith("block")) for side in ("encoder", "decoder")}
     assert blocks == {"encoder": ["block_0"], "decoder": ["block_0", "block_1", "block_2"]}
-    assert model.apply(params, state, target, context=source)[0].shape == (2, 4, 11)
 
 
 def test_export_onnx_writes_the_opset_asked_for(tmp_path):
@@ -111,11 +110,8 @@ def test_export_onnx_writes_the_opset_asked_for(tmp_path):
     model = jnn.serial(jnn.dense(4), jnn.relu(), jnn.dense(2))
     x = jax.random.normal(jax.random.key(1), (3, 5))
     params, state = model.init(jax.random.key(0), x)
-    for opset in (18, 21):
-        path = tmp_path / f"m{opset}.onnx"
-        jnn.export.export_onnx(path, model, params, state, x, opset=opset)
-        versions = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
-        assert versions[""] == opset
+    jnn.export.export_onnx(tmp_path / "m.onnx", model, params, state, x, opset=18)   # the default is 21
+    assert {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}[""] == 18
 
 
 def test_save_params_metadata_lands_in_the_safetensors_header(tmp_path):
