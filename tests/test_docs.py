@@ -85,10 +85,10 @@ def test_the_docs_have_code_blocks():
 # as a reader's copy would, instead of the suite's optimization level 0 (tests/conftest.py). Measured
 # with `pytest tests/test_docs.py --durations=0` both ways (2 workers): 09 27.0 -> 13.9 s, 08
 # 17.4 -> 11.1 s, 07 14.0 -> 8.2 s; every other page is faster at level 0 (05 6.2 against 9.3 s).
-# The optimization level is not part of JAX's compilation cache keys, so the caches are cleared
-# after such a page: an eager op compiled optimized here must not be reused by a later test in
-# this worker that compares bits with a level-0 program (that failed CI once: benchmarks/RESULTS.md,
-# "Test suite time").
+# The optimization level is not part of the keys of JAX's in-memory caches (it is of the on-disk
+# cache's, tests/conftest.py), so those are cleared after such a page: an eager op compiled
+# optimized here must not be reused by a later test in this worker that compares bits with a
+# level-0 program (that failed CI once: benchmarks/RESULTS.md, "Test suite time").
 OPTIMIZED = {"tutorials/07-cnn.md", "tutorials/08-recurrent.md", "tutorials/09-attention.md"}
 
 
