@@ -178,15 +178,17 @@ def check_features(where: str, what: str, x) -> None:
 
 
 def check_labels(where: str, what: str, out, loss, metrics, y) -> None:
-    """Calls the loss and metrics on placeholder outputs shaped like ``out`` (a ShapeDtypeStruct
-    of the model's output): labels they reject (out-of-range class ids, binary labels outside
-    [0, 1]) raise here, naming the function."""
+    """Traces the loss and metrics on placeholder outputs shaped like ``out`` (a ShapeDtypeStruct
+    of the model's output) with the concrete labels ``y``: labels they reject (out-of-range class
+    ids, binary labels outside [0, 1]) raise here, naming the function. Traced with
+    ``jax.eval_shape``, not run: the labels stay concrete, so their checks run, and nothing is
+    compiled."""
     if not (isinstance(out, jax.ShapeDtypeStruct) and hasattr(y, "shape")):
         return  # several outputs or targets: the loss decides what they mean; nothing to probe
-    placeholder = jax.numpy.full((len(y), *out.shape[1:]), 0.5, jax.numpy.float32)
+    placeholder = jax.ShapeDtypeStruct((len(y), *out.shape[1:]), jax.numpy.float32)
     for name, fn in {"loss": loss, **metrics}.items():
         try:
-            fn(placeholder, y)
+            jax.eval_shape(lambda outputs: fn(outputs, y), placeholder)
         except TypeError:
             continue  # e.g. a loss that takes the step: not probed here
         except ValueError as e:
