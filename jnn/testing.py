@@ -179,7 +179,7 @@ def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes
     run = lambda p, x: layer.apply(p, state, x, key=apply_key, train=train, **keywords)[0]
     with _check(label, "float64"):
         params, state = layer.init(init_key, x)
-        y = run(params, x)
+        y = jax.jit(run)(params, x)   # one program: eagerly, each float64 op compiles on its own
         wrong = [(p, a.dtype) for p, a in jax.tree_util.tree_leaves_with_path(params)
                  if _is_float(a) and a.dtype != jnp.float64]
         assert not wrong, f"params not float64 for a float64 input: {wrong}"
