@@ -19,9 +19,12 @@ Printed: ms per step and the ratio to in-memory. Also the input pipeline alone (
 no training, and its CPU time per batch in this process and in the workers), which is where the
 time goes when a step is this small. With --uint8 every contender keeps the images as uint8
 (MNIST's own type) and the models scale them to [0, 1] on the device: 4x fewer bytes through the
-pipeline, the same values.
+pipeline, the same values. With --idx the models and baselines keep float32 images, and the
+Grain contenders stream them as ``jnn.data.grain.mnist_source`` does: the IDX file's uint8 bytes,
+converted to float32 / 255 by the source's transform (in this process when workers read them: they
+send the uint8 bytes); the model sees the same float32 batches as in-memory.
 
-    python benchmarks/input_pipeline.py [--examples 12800] [--batch 128] [--workers 2] [--repeats 5] [--uint8]
+    python benchmarks/input_pipeline.py [--examples 12800] [--batch 128] [--workers 2] [--repeats 5] [--uint8 | --idx]
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def models(uint8: bool):
     return {"mlp": (mlp, True), "cnn": (cnn, False)}
 
 
-def contenders(model, fused: bool, x, y, args):
+def contenders(model, fused: bool, x, y, source, args):
     loss, opt = jnn.losses.softmax_cross_entropy, optax.adam(1e-3)
     ts0 = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:args.batch])
     step = jnn.train.make_train_step(model, loss, opt)
@@ -84,7 +87,6 @@ def contenders(model, fused: bool, x, y, args):
                 ts, logs = scan(ts, jax.device_put(chunk))
             state["chunks"] = block(ts)
         fns[f"raw host chunks of {k}"] = raw_host_chunks
-    source = jnn.data.grain.ArraySource(x, y)
     chunks, feeds = args.chunks if fused else [1], []
     for workers, chunk in [(0, c) for c in chunks] + [(args.workers, max(chunks))]:
         pipe = jnn.data.grain.pipeline(source, batch_size=args.batch, seed=0, worker_count=workers)
@@ -124,11 +126,10 @@ def _children() -> list[str]:
     return kids
 
 
-def pipeline_alone(x, y, args, workers: int) -> tuple[float, float, float]:
+def pipeline_alone(source, args, workers: int) -> tuple[float, float, float]:
     """Batches per second, and CPU ms per batch in this process and in its worker processes
     (after one epoch of warm-up, which starts every worker)."""
-    pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=args.batch, seed=0,
-                                   worker_count=workers)
+    pipe = jnn.data.grain.pipeline(source, batch_size=args.batch, seed=0, worker_count=workers)
     it = iter(pipe)
     for _ in range(pipe.steps_per_epoch):
         next(it)
@@ -152,21 +153,29 @@ def main():
     parser.add_argument("--chunks", type=int, nargs="+", default=[1, 8, 16],
                         help="batches per scan for the streamed MLP (the CNN streams stepwise, as it trains)")
     parser.add_argument("--uint8", action="store_true", help="uint8 images, scaled on the device")
+    parser.add_argument("--idx", action="store_true",
+                        help="float32 images, streamed from MNIST's uint8 bytes as mnist_source reads them")
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     args = parser.parse_args()
     x, y = jnn.data.load_mnist("train")
     x, y = x[:args.examples], y[:args.examples]
     if args.uint8:
         x = np.round(x * 255).astype(np.uint8)   # the IDX file's bytes: load_mnist divided them by 255
-    print(machine(), f"| load average {os.getloadavg()[0]:.1f} | images {x.dtype}")
+    source = jnn.data.grain.ArraySource(x, y)
+    if args.idx:
+        stored = np.round(x[..., 0] * 255).astype(np.uint8)
+        source = jnn.data.grain.ArraySource(stored, y, transform=jnn.data.grain.mnist_record)
+        assert np.array_equal(source.read_batch(np.arange(args.batch))[0], x[:args.batch])   # the same batches
+    print(machine(), f"| load average {os.getloadavg()[0]:.1f} | images {x.dtype}"
+          f"{', streamed from uint8 bytes' if args.idx else ''}")
     for workers in (0, args.workers):
-        rate, own, theirs = pipeline_alone(x, y, args, workers)
+        rate, own, theirs = pipeline_alone(source, args, workers)
         print(f"input pipeline alone, {workers} workers: {rate:,.0f} batches/s; CPU per batch {own:.3f} ms in "
               f"this process, {theirs:.3f} ms in workers")
     for name, (model, fused) in models(args.uint8).items():
         if name not in args.models:
             continue
-        fns, steps, feeds = contenders(model, fused, x, y, args)
+        fns, steps, feeds = contenders(model, fused, x, y, source, args)
         times = time_interleaved(fns, repeats=args.repeats, warmup=1)
         for feed in feeds:
             feed.close()   # stops Grain's worker processes and frees their shared memory
