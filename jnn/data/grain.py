@@ -70,9 +70,6 @@ class ArraySource:
         records on axis 0.
       transform: optional conversion applied on read, to one record or to a batch of them (a
         leading batch axis), so write it elementwise (e.g. ``image.astype(np.float32) / 255``).
-        Keep it cheap: with :func:`pipeline`'s worker processes it runs in the training process,
-        on the stored records they send (fewer bytes); per-record work that costs CPU belongs in
-        :func:`pipeline`'s ``transform``, which runs in the workers.
 
     Example:
       >>> import numpy as np, jnn
@@ -356,10 +353,7 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
       worker_count: read (and transform) batches in this many worker processes (Grain
         ``mp_prefetch``), which send them up to 32 at a time (as many as fit in 16 MiB; one at a
         time with ``drop_remainder=False``); 0 reads them in this process's reader
-        threads. An :class:`ArraySource`'s own ``transform`` (elementwise, e.g.
-        :func:`mnist_record`) then runs in this process on each batch the workers send: they
-        send the stored records, which for MNIST are 4x fewer bytes (uint8) than the float32
-        batches, and every byte costs shared-memory pages (the same batches either way).
+        threads.
       worker_nice: added to the worker processes' niceness (Unix; 0 to 19), so that they use
         the CPU time the training step leaves idle rather than preempt its threads (on a
         2-core CPU, MNIST MLP: 2.01x -> 1.38x in-memory's step time; see
@@ -408,12 +402,6 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     if steps == 0:
         raise ValueError(f"jnn.data.grain.pipeline: the source has {len(source)} records, fewer than one "
                          f"global batch of {batch_size}")
-    convert_here = None
-    if worker_count and isinstance(source, ArraySource) and source.transform is not None and \
-            transform is None and random_transform is None:
-        # the workers send the stored records (MNIST: uint8, 4x fewer bytes through shared memory
-        # than float32) and this process applies the source's elementwise transform to each batch
-        convert_here, source = source.transform, ArraySource(*source.arrays)
     reader = _BatchReader(source, batch_size, steps, seed, shuffle, drop_remainder, shard.shard_index,
                           shard.shard_count, transform, random_transform)
     ds = grain.MapDataset.range(steps).repeat(num_epochs).map_with_index(reader)
@@ -429,8 +417,6 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         ds = ds.to_iter_dataset(read).mp_prefetch(options, worker_init_fn=_Renice(worker_nice))
         if group > 1:
             ds = grain.experimental.FlatMapIterDataset(ds, _Unstack(group))
-        if convert_here is not None:
-            ds = ds.map(convert_here)
     return Pipeline(ds, steps, batch_size, shard.shard_count, read)
 
 
