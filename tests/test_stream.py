@@ -250,3 +250,28 @@ def test_chunked_scans_equal_single_steps_and_compile_once(mnist):
 def test_error_chunk_is_a_positive_integer():
     with pytest.raises(ValueError, match=r"StreamEpochs: chunk must be a positive integer, got 0"):
         jnn.train.stream.StreamEpochs(None, None, None, chunk=0)
+
+
+def test_chunks_of_consecutive_slices_are_views_and_anything_else_is_stacked():
+    """Feed stacks a chunk's host batches; batches that are consecutive slices of one array (how
+    Grain worker groups arrive) become that slice of it, without a copy. Every case equals
+    np.stack."""
+    stack = jnn.train.stream._stack_host
+    group = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3).copy()
+    other = group[:2].copy()
+    cases = {   # name: (arrays, shares group's memory)
+        "consecutive": ([group[1], group[2], group[3]], True),
+        "the last ones": ([group[3], group[4]], True),
+        "a gap": ([group[1], group[3]], False),
+        "repeated": ([group[1], group[1]], False),
+        "out of order": ([group[2], group[1]], False),
+        "reversed columns": ([group[0][:, ::-1], group[1][:, ::-1]], False),
+        "another array": ([group[4], other[0]], False),
+        "another dtype": ([group.view(np.int32)[0], group.view(np.int32)[1]], False),
+        "fresh arrays": ([np.ones((2, 3)), np.zeros((2, 3))], False),
+    }
+    for name, (arrays, shared) in cases.items():
+        got = stack(arrays)
+        np.testing.assert_array_equal(got, np.stack(arrays), err_msg=name)
+        assert got.dtype == arrays[0].dtype and got.shape == (len(arrays), *arrays[0].shape), name
+        assert np.shares_memory(got, group) == shared, name

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import optax
 import pytest
 
 import jnn
@@ -111,6 +113,28 @@ def test_worker_processes_give_the_same_batches_and_resume_from_json_state(num_e
         again.set_state(state)
         assert [next(again)[1].tolist() for _ in range(total - taken)] == alone[taken:], f"resumed after {taken}"
         again.close()
+
+
+def test_fit_with_worker_processes_equals_fit_reading_in_this_process():
+    """Workers send batches in groups; fit's chunks of them are views of a group (no copy), and
+    training gives the same params bit for bit as reading in this process."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(400, 6)).astype(np.float32), rng.integers(0, 3, 400).astype(np.int32)
+    source = jnn.data.grain.ArraySource(x, y)
+    model, opt = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(3)), optax.adam(1e-2)
+    kw = dict(key=jax.random.key(0), epochs=2, progress=False, verbose=False, check_data=False)
+    params = []
+    for workers in (0, 2):
+        pipe = jnn.data.grain.pipeline(source, batch_size=16, seed=1, worker_count=workers)
+        result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, opt, pipe, **kw)
+        params.append(jax.tree_util.tree_leaves(result.train_state.params))
+    for a, b in zip(*params):
+        np.testing.assert_array_equal(a, b)
+    it = iter(jnn.data.grain.pipeline(source, batch_size=16, seed=1, worker_count=1))
+    batches = [next(it)[0] for _ in range(8)]
+    chunk = jnn.train.stream._stack_host(batches)
+    assert np.shares_memory(chunk, batches[0]) and np.array_equal(chunk, np.stack(batches))
+    it.close()
 
 
 def _niceness(record):

@@ -54,6 +54,36 @@ def _spec(batch):
                                                   else str(a.dtype)) for a in jax.tree_util.tree_leaves(batch)]
 
 
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _stack_host(arrays) -> np.ndarray:
+    """``np.stack(arrays)``, without the copy when the arrays are consecutive slices of one
+    C-contiguous array: then that slice of it (the batches Grain worker processes send a group at
+    a time arrive so, from ``jnn.data.grain.pipeline``).
+
+    Example:
+      >>> import numpy as np
+      >>> group = np.arange(24.0).reshape(4, 2, 3).copy()   # owns its memory, like a worker group
+      >>> chunk = _stack_host([group[1], group[2]])
+      >>> np.shares_memory(chunk, group), np.array_equal(chunk, group[1:3])
+      (True, True)
+    """
+    first = np.asarray(arrays[0]) if not isinstance(arrays[0], np.ndarray) else arrays[0]
+    base = first.base
+    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.shape[1:] == first.shape
+            and base.dtype == first.dtype and base.strides[0] > 0):
+        step = base.strides[0]
+        start, offset = divmod(_address(first) - _address(base), step)
+        if offset == 0 and start + len(arrays) <= len(base) and all(
+                isinstance(a, np.ndarray) and a.base is base and a.dtype == base.dtype and a.shape == first.shape
+                and a.strides == base.strides[1:] and _address(a) == _address(first) + i * step
+                for i, a in enumerate(arrays)):
+            return np.asarray(base[start:start + len(arrays)])
+    return np.stack(arrays)
+
+
 def _leaf_names(batch) -> list[str]:
     return ["batch" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(batch)]
 
@@ -164,7 +194,7 @@ class Feed:
             return self._put(host[0]), state
         if self.mesh is not None:   # global batches first (each process holds its part), then stacked
             return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[self._put(b) for b in host]), state
-        stack = lambda *a: jnp.stack(a) if isinstance(a[0], jax.Array) else np.stack(a)
+        stack = lambda *a: jnp.stack(a) if isinstance(a[0], jax.Array) else _stack_host(a)
         return jax.device_put(jax.tree_util.tree_map(stack, *host)), state
 
     def _fill(self):
