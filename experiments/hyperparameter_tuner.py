@@ -124,8 +124,12 @@ def tpe_search(config: Config, x, y, early) -> list:
              "width": dist.CategoricalDistribution(list(config.widths)),
              "dropout": dist.FloatDistribution(0.0, config.dropout_max)}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed),
-                                pruner=optuna.pruners.NopPruner())
+    # asked a population at a time: random start-up for the first population only (not Optuna's
+    # default 10 trials, which here would leave only the last population to TPE), and the
+    # constant liar, so that trials asked together are not near-duplicates of each other
+    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.population, multivariate=True,
+                                         constant_liar=True)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=optuna.pruners.NopPruner())
     done = jnn.train.optuna_search(make_model, jnn.losses.softmax_cross_entropy, make_optimizer, (x, y),
                                    study=study, space=space, trials=config.trials, population_size=config.population,
                                    static=STATIC, key=jax.random.key(config.seed), val_split=config.val_split,
