@@ -92,10 +92,10 @@ class Feed:
     """Batches of ``data`` on the device, ``prefetch`` pieces ahead: a piece is one batch or a
     chunk of ``k`` batches stacked on a new leading axis (stacked on the host, then one transfer
     per leaf, not one per batch; batches that are consecutive slices of one array, as Grain worker
-    processes send them, are taken as that slice, not copied), as :meth:`start_epoch`'s plan says. With a ``mesh``, batches
-    are assembled into global batches from each process's local part. Every batch is checked
-    against the first batch's structure, shapes and dtypes; :attr:`state` is the iterator's
-    state after the last piece handed out.
+    processes send them, are taken as that slice, not copied), as :meth:`start_epoch`'s plan
+    says. With a ``mesh``, batches are assembled into global batches from each process's local
+    part. Every batch is checked against the first batch's structure, shapes and dtypes;
+    :attr:`state` is the iterator's state after the last piece handed out.
 
     Example:
       >>> import numpy as np
