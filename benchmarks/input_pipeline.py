@@ -152,19 +152,20 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunks", type=int, nargs="+", default=[1, 8, 16],
                         help="batches per scan for the streamed MLP (the CNN streams stepwise, as it trains)")
-    parser.add_argument("--uint8", action="store_true", help="uint8 images, scaled on the device")
-    parser.add_argument("--idx", action="store_true",
+    images = parser.add_mutually_exclusive_group()
+    images.add_argument("--uint8", action="store_true", help="uint8 images, scaled on the device")
+    images.add_argument("--idx", action="store_true",
                         help="float32 images, streamed from MNIST's uint8 bytes as mnist_source reads them")
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     args = parser.parse_args()
     x, y = jnn.data.load_mnist("train")
     x, y = x[:args.examples], y[:args.examples]
+    stored = np.round(x * 255).astype(np.uint8)   # the IDX file's bytes: load_mnist divided them by 255
     if args.uint8:
-        x = np.round(x * 255).astype(np.uint8)   # the IDX file's bytes: load_mnist divided them by 255
+        x = stored
     source = jnn.data.grain.ArraySource(x, y)
     if args.idx:
-        stored = np.round(x[..., 0] * 255).astype(np.uint8)
-        source = jnn.data.grain.ArraySource(stored, y, transform=jnn.data.grain.mnist_record)
+        source = jnn.data.grain.ArraySource(stored[..., 0], y, transform=jnn.data.grain.mnist_record)
         assert np.array_equal(source.read_batch(np.arange(args.batch))[0], x[:args.batch])   # the same batches
     print(machine(), f"| load average {os.getloadavg()[0]:.1f} | images {x.dtype}"
           f"{', streamed from uint8 bytes' if args.idx else ''}")

@@ -70,14 +70,13 @@ def _stack_host(arrays) -> np.ndarray:
       >>> np.shares_memory(chunk, group), np.array_equal(chunk, group[1:3])
       (True, True)
     """
-    first = np.asarray(arrays[0]) if not isinstance(arrays[0], np.ndarray) else arrays[0]
-    base = first.base
-    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.shape[1:] == first.shape
-            and base.dtype == first.dtype and base.strides[0] > 0):
+    first = arrays[0]
+    base = first.base if isinstance(first, np.ndarray) else None
+    if isinstance(base, np.ndarray) and base.flags.c_contiguous and base.strides[0] > 0:
         step = base.strides[0]
         start, offset = divmod(_address(first) - _address(base), step)
         if offset == 0 and start + len(arrays) <= len(base) and all(
-                isinstance(a, np.ndarray) and a.base is base and a.dtype == base.dtype and a.shape == first.shape
+                isinstance(a, np.ndarray) and a.base is base and a.shape == base.shape[1:] and a.dtype == base.dtype
                 and a.strides == base.strides[1:] and _address(a) == _address(first) + i * step
                 for i, a in enumerate(arrays)):
             return np.asarray(base[start:start + len(arrays)])
