@@ -37,8 +37,11 @@ def _exactly(message):
 @pytest.mark.parametrize("kw,error,message", [
     ({"epochs": 0}, ValueError, "fit: epochs must be a positive integer, got 0"),
     ({"epochs": 2.0}, ValueError, "fit: epochs must be a positive integer, got 2.0"),
-    ({"initial_epoch": 2}, ValueError, "fit: initial_epoch must be in [0, epochs=2), got 2"),
-    ({"initial_epoch": -1}, ValueError, "fit: initial_epoch must be in [0, epochs=2), got -1"),
+    ({"epochs": True}, ValueError, "fit: epochs must be a positive integer, got True"),
+    ({"initial_epoch": 2}, ValueError, "fit: initial_epoch must be an integer in [0, epochs=2), got 2"),
+    ({"initial_epoch": -1}, ValueError, "fit: initial_epoch must be an integer in [0, epochs=2), got -1"),
+    ({"initial_epoch": True}, ValueError, "fit: initial_epoch must be an integer in [0, epochs=2), got True"),
+    ({"initial_epoch": 1.0}, ValueError, "fit: initial_epoch must be an integer in [0, epochs=2), got 1.0"),
     ({"val_data": (X, Y), "val_split": 0.25}, ValueError, "fit: pass either val_data or val_split, not both"),
     ({"fused": "yes"}, ValueError, "fit: fused must be True, False or 'auto', got 'yes'"),
     ({"early_stopping": "val_loss"}, TypeError,

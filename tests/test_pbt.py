@@ -1,5 +1,8 @@
 """jnn.train.pbt: the exploit/explore step on a hand-built population, and fit_pbt against
 fit_population (a member PBT never touches trains bit for bit as without PBT)."""
+import dataclasses
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,18 +101,106 @@ def test_min_mode_and_resampling_stay_in_bounds():
     np.testing.assert_allclose(decades, [1 / 3] * 3, atol=0.06)
 
 
-def test_pbt_options_are_checked():
-    with pytest.raises(ValueError, match="PBT: space is empty"):
-        PBT(space={})
-    with pytest.raises(ValueError, match=r"PBT: space\['lr'\] must be \(low, high\) or \(low, high, 'log'\)"):
-        PBT(space={"lr": (0.0, 1.0, "log")})
-    with pytest.raises(ValueError, match=r"PBT: fraction must be in \(0, 0.5\], got 0.7"):
-        PBT(space={"lr": (0.1, 1.0)}, fraction=0.7)
-    with pytest.raises(ValueError, match="PBT: interval must be a positive integer, got 0"):
-        PBT(space={"lr": (0.1, 1.0)}, interval=0)
+SPACE_MESSAGE = ("PBT: space['lr'] must be (low, high) or (low, high, 'log'): finite numbers with low <= high "
+                 "(and low > 0 for 'log'), got ")
+
+
+@pytest.mark.parametrize("kw,error,message", [
+    ({"space": {}}, ValueError, "PBT: space is empty; give {name: (low, high)} for each explored hyperparameter"),
+    ({"space": ["lr"]}, TypeError, "PBT: space must be a dict {name: (low, high)} or {name: (low, high, 'log')}, "
+     "got list"),
+    ({"space": None}, TypeError, "PBT: space must be a dict {name: (low, high)} or {name: (low, high, 'log')}, "
+     "got NoneType"),
+    ({"space": {1: (0.1, 1.0)}}, TypeError, "PBT: space names must be strings (hyperparameter names), got 1"),
+    ({"space": {"lr": (0.0, 1.0, "log")}}, ValueError, SPACE_MESSAGE + "(0.0, 1.0, 'log')"),
+    ({"space": {"lr": (1.0, 0.1)}}, ValueError, SPACE_MESSAGE + "(1.0, 0.1)"),
+    ({"space": {"lr": (0.0, float("inf"))}}, ValueError, SPACE_MESSAGE + "(0.0, inf)"),
+    ({"space": {"lr": (float("nan"), 1.0)}}, ValueError, SPACE_MESSAGE + "(nan, 1.0)"),
+    ({"space": {"lr": ("a", "b")}}, ValueError, SPACE_MESSAGE + "('a', 'b')"),
+    ({"space": {"lr": 0.1}}, ValueError, SPACE_MESSAGE + "(0.1,)"),
+    ({"space": {"lr": (0.1, 1.0, "linear")}}, ValueError, SPACE_MESSAGE + "(0.1, 1.0, 'linear')"),
+    ({"fraction": 0.7}, ValueError, "PBT: fraction must be a number in (0, 0.5], got 0.7"),
+    ({"fraction": "0.2"}, ValueError, "PBT: fraction must be a number in (0, 0.5], got '0.2'"),
+    ({"interval": 0}, ValueError, "PBT: interval must be a positive integer, got 0"),
+    ({"interval": True}, ValueError, "PBT: interval must be a positive integer, got True"),
+    ({"interval": 2.0}, ValueError, "PBT: interval must be a positive integer, got 2.0"),
+    ({"monitor": 3}, ValueError, "PBT: monitor must be the name of a logged metric (a string), got 3"),
+    ({"mode": "best"}, ValueError, "PBT: mode must be 'min', 'max' or 'auto', got 'best'"),
+    ({"factors": 1.2}, ValueError, "PBT: factors must be a non-empty tuple of positive finite numbers, got 1.2"),
+    ({"factors": ()}, ValueError, "PBT: factors must be a non-empty tuple of positive finite numbers, got ()"),
+    ({"factors": (0.8, -1.0)}, ValueError,
+     "PBT: factors must be a non-empty tuple of positive finite numbers, got (0.8, -1.0)"),
+    ({"factors": ("a",)}, ValueError, "PBT: factors must be a non-empty tuple of positive finite numbers, got ('a',)"),
+    ({"resample_probability": 1.5}, ValueError, "PBT: resample_probability must be a number in [0, 1], got 1.5"),
+    ({"resample_probability": float("nan")}, ValueError,
+     "PBT: resample_probability must be a number in [0, 1], got nan"),
+])
+def test_pbt_options_are_checked(kw, error, message):
+    with pytest.raises(error, match="^" + re.escape(message) + "$"):
+        PBT(**{"space": {"lr": (0.1, 1.0)}, **kw})
+
+
+def test_pbt_options_normalized_survive_replace():
+    pbt = PBT(space={"wd": [1e-6, 1e-2, "log"], "lr": (1, 2)}, factors=[0.5, 2])
+    assert pbt.space == (("lr", (1.0, 2.0, False)), ("wd", (1e-6, 1e-2, True))) and pbt.factors == (0.5, 2.0)
+    assert dataclasses.replace(pbt, interval=2) == PBT(space=pbt.space, interval=2, factors=(0.5, 2))
+
+
+def test_exploit_explore_arguments_are_checked():
     hparams, states, _ = hand_built()
     with pytest.raises(ValueError, match=r"exploit_explore: PBT space names \['rate'\] are not hparams"):
         exploit_explore(PBT(space={"rate": (0.0, 0.5)}), hparams, states, SCORES, jax.random.key(0))
+    message = "exploit_explore: scores must hold one value per member, shape (8,), got shape (7,)"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        exploit_explore(PBT(space={"lr": (1e-4, 1e-1)}), hparams, states, SCORES[:7], jax.random.key(0))
+    message = "exploit_explore: states must be the members' stacked jnn.train.TrainState, got dict"
+    with pytest.raises(TypeError, match="^" + re.escape(message) + "$"):
+        exploit_explore(PBT(space={"lr": (1e-4, 1e-1)}), hparams, {}, SCORES, jax.random.key(0))
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"epochs": True}, "fit_pbt: epochs must be a positive integer, got True"),
+    ({"hparams": {"lr": jnp.array([0.5, 1e-3])}},
+     "fit_pbt: hparams['lr'] must lie within PBT space bounds [1e-05, 0.1]; member 0 has 0.5"),
+    ({"hparams": {"lr": jnp.array([1e-3, jnp.inf])}},
+     "fit_pbt: hparams['lr'] must lie within PBT space bounds [1e-05, 0.1]; member 1 has inf"),
+    ({"chunk_size": 0}, "fit_pbt: chunk_size must be a positive integer or None, got 0"),
+    ({"chunk_size": True}, "fit_pbt: chunk_size must be a positive integer or None, got True"),
+    ({"shared_order": "yes"}, "fit_pbt: shared_order must be True or False, got 'yes'"),
+])
+def test_fit_pbt_arguments_are_checked_before_training(digits, kw, message):
+    train, _ = digits
+    lr = kw.pop("hparams", {"lr": jnp.array([1e-3, 1e-2])})["lr"]
+    kwargs = {"hparams": {"lr": lr, "wd": jnp.full(2, 1e-4), "rate": jnp.zeros(2)}, "key": jax.random.key(0),
+              "epochs": 2, "batch_size": BATCH, **kw}
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        fit_pbt(make_model, LOSS, make_adamw, train, pbt=PBT(space={"lr": (1e-5, 0.1, "log")}, monitor="loss"),
+                **kwargs)
+
+
+def test_a_member_with_a_nan_learning_rate_ranks_last_and_is_replaced(digits):
+    """NaN is a fault, not a misuse: the member diverges, ranks last at the first exploit step,
+    and continues from a donor's state and (perturbed) hyperparameters, finite from then on."""
+    train, val = digits
+    hparams = {"lr": jnp.array([3e-3, jnp.nan, 1e-2, 1e-3]), "wd": jnp.full(4, 1e-4), "rate": jnp.zeros(4)}
+    pbt = PBT(space={"lr": (1e-5, 0.1, "log")}, interval=1, fraction=0.25, monitor="val_loss")
+    result = fit_pbt(make_model, LOSS, make_adamw, train, hparams=hparams, key=jax.random.key(2), pbt=pbt,
+                     epochs=2, batch_size=BATCH, val_data=val)
+    assert np.isnan(result.history["val_loss"][0, 1]) and np.isfinite(result.history["val_loss"][0, [0, 2, 3]]).all()
+    assert result.lineage[0, 1] != 1 and all(result.lineage[0, i] == i for i in (0, 2, 3))
+    donor = result.lineage[0, 1]
+    assert np.isfinite(result.hparams["lr"]).all()
+    assert result.hparams["lr"][1] / hparams["lr"][donor] == pytest.approx(0.8, rel=1e-5) or \
+        result.hparams["lr"][1] / hparams["lr"][donor] == pytest.approx(1.2, rel=1e-5)
+    assert np.isfinite(result.history["loss"][1]).all()
+
+def test_hparams_at_the_float32_bounds_are_accepted(digits):
+    train, _ = digits
+    hparams = {"lr": jnp.array([0.1, 1e-3], jnp.float32), "wd": jnp.full(2, 1e-4), "rate": jnp.array([0.0, 0.6])}
+    pbt = PBT(space={"lr": (1e-5, 0.1, "log"), "rate": (0.0, 0.6)}, monitor="loss")
+    result = fit_pbt(make_model, LOSS, make_adamw, train, hparams=hparams, key=jax.random.key(0), pbt=pbt, epochs=1,
+                     batch_size=BATCH)
+    assert result.history["loss"].shape == (1, 2)
 
 
 def population(n=4):

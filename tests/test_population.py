@@ -3,6 +3,8 @@
 The population tests share make_model/make_adamw/hparams structure and shapes, so they share
 compiled programs (fit_population caches them across calls); each fit_alone compiles its own.
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -221,6 +223,40 @@ def test_errors_name_the_function_and_the_problem(digits):
     with pytest.raises(ValueError, match=r"search: static field 'width' must be hashable"):
         search(make_model, LOSS, make_adamw, train, configs=[{"lr": 1.0, "width": {}}], static=["width"], **kwargs)
 
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda run, srch: run(hparams=[0.1, 0.2]), TypeError,
+     "fit_population: hparams must be a dict {name: array [N]}, got list"),
+    (lambda run, srch: run(shared_order=1), ValueError, "fit_population: shared_order must be True, False or 'auto', "
+     "got 1"),
+    (lambda run, srch: run(callbacks=3), TypeError, "fit_population: callbacks must be a list of callbacks, got int"),
+    (lambda run, srch: srch(configs={"lr": 0.1}), TypeError,
+     "search: configs must be a list of dicts (one per member), got dict"),
+    (lambda run, srch: srch(configs=[0.1, 0.2]), TypeError,
+     "search: configs must be a list of dicts (one per member); config 0 is a float"),
+    (lambda run, srch: srch(configs=[{"lr": 0.1}, {"lr": "fast"}]), ValueError,
+     "search: config 1's 'lr' must be a number (or list 'lr' in static for shape-changing or non-numeric values), "
+     "got 'fast'"),
+    (lambda run, srch: srch(configs=[{"lr": None}]), ValueError,
+     "search: config 0's 'lr' must be a number (or list 'lr' in static for shape-changing or non-numeric values), "
+     "got None"),
+    (lambda run, srch: srch(configs=[{"lr": [0.1, 0.2]}]), ValueError,
+     "search: config 0's 'lr' must be a number (or list 'lr' in static for shape-changing or non-numeric values), "
+     "got [0.1, 0.2]"),
+])
+def test_misuse_of_populations_and_search_is_refused_before_training(digits, call, error, message):
+    train, _ = digits
+    common = dict(key=jax.random.key(0), epochs=1, batch_size=BATCH, metrics={})
+    run = lambda **kw: fit_population(make_model, LOSS, make_adamw, train, **{
+        "hparams": {"lr": jnp.full(2, 1e-3), "wd": jnp.full(2, 1e-4), "rate": jnp.zeros(2)}, **common, **kw})
+    srch = lambda configs: search(make_model, LOSS, make_adamw, train, configs=[
+        {"wd": 1e-4, "rate": 0.0, **c} if isinstance(c, dict) else c for c in configs]
+        if not isinstance(configs, dict) else configs, **common)
+    calls = len(CALLS)
+    with pytest.raises(error, match="^" + re.escape(message) + "$"):
+        call(run, srch)
+    assert len(CALLS) == calls  # refused before any model was built
 
 def test_auto_execution_measures_each_candidate_twice_then_keeps_the_fastest(digits):
     """chunk_size="auto" (the default) with 10 members and shared_order="auto": epochs 1-12 each

@@ -88,7 +88,7 @@ def reshape(shape: tuple[int, ...], *, name: str | None = None) -> Layer:
     """
     label = name or "reshape"
     shape = tuple(shape)
-    if any(not isinstance(d, int) or (d <= 0 and d != -1) for d in shape) or shape.count(-1) > 1:
+    if any(isinstance(d, bool) or not isinstance(d, int) or (d <= 0 and d != -1) for d in shape) or shape.count(-1) > 1:
         raise ValueError(f"{label}: shape must hold positive integers and at most one -1, got {shape}")
 
     def fn(x):

@@ -51,11 +51,11 @@ def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence | No
       {'data': 1, 'model': 1}
     """
     devices = list(jax.devices() if devices is None else devices)
-    if not isinstance(model, int) or model < 1 or len(devices) % model:
+    if isinstance(model, bool) or not isinstance(model, int) or model < 1 or len(devices) % model:
         raise ValueError(f"make_mesh: model must be a positive integer dividing the {len(devices)} devices, "
                          f"got {model!r}")
     data = len(devices) // model if data is None else data
-    if not isinstance(data, int) or data < 1 or data * model > len(devices):
+    if isinstance(data, bool) or not isinstance(data, int) or data < 1 or data * model > len(devices):
         raise ValueError(f"make_mesh: data * model must be at most the {len(devices)} devices, "
                          f"got data={data!r}, model={model}")
     return jax.make_mesh((data, model), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto),

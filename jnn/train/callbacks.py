@@ -181,7 +181,7 @@ class TensorBoard(Callback):
             import tensorboardX
         except ImportError as e:
             raise ImportError("TensorBoard needs tensorboardX: pip install 'jnn[logs]'") from e
-        if not isinstance(histograms_every, int) or histograms_every < 0:
+        if isinstance(histograms_every, bool) or not isinstance(histograms_every, int) or histograms_every < 0:
             raise ValueError(f"TensorBoard: histograms_every must be an integer >= 0, got {histograms_every!r}")
         if (model is None) != (loss is None) or (model is None) != (probe is None):
             raise ValueError("TensorBoard: pass model, loss and probe together (for gradient histograms), or none")

@@ -152,7 +152,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):
-        if keep is not None and (not isinstance(keep, int) or keep < 1):
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ValueError(f"Checkpointer: keep must be a positive integer or None, got {keep!r}")
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.keep, self.config = keep, config
@@ -249,7 +249,7 @@ class Checkpointer:
 
           fit(model, loss, opt, data, key=key, epochs=20, on_epoch_end=ckpt.save_every(5))
         """
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Checkpointer.save_every: every must be a positive integer, got {every!r}")
 
         def on_epoch_end(epoch: int, train_state, logs: dict) -> None:

@@ -195,6 +195,8 @@ def _with_early_stopping(where: str, callbacks, early_stopping):
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"{where}: early_stopping must be a jnn.train.EarlyStopping, got "
                         f"{type(early_stopping).__name__}")
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"{where}: callbacks must be a list of callbacks, got {type(callbacks).__name__}")
     callbacks = list(callbacks or ()) + ([early_stopping] if early_stopping is not None else [])
     stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
     if len(stoppers) > 1:
@@ -330,10 +332,10 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       >>> result.history["loss"][-1] < 0.1
       True
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
-    if not 0 <= initial_epoch < epochs:
-        raise ValueError(f"fit: initial_epoch must be in [0, epochs={epochs}), got {initial_epoch}")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or not 0 <= initial_epoch < epochs:
+        raise ValueError(f"fit: initial_epoch must be an integer in [0, epochs={epochs}), got {initial_epoch!r}")
     if val_data is not None and val_split:
         raise ValueError("fit: pass either val_data or val_split, not both")
     if train_state is not None and (params is not None or state is not None):

@@ -25,6 +25,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -32,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import _checks
 from jnn import metrics as _metrics
 from jnn.train import guard
 from jnn.train.loop import _check_data, split_validation
@@ -71,30 +74,23 @@ class PBT:
     resample_probability: float = 0.0
 
     def __post_init__(self):
-        space = tuple(sorted(dict(self.space).items())) if isinstance(self.space, Mapping) else tuple(self.space)
-        if not space:
-            raise ValueError("PBT: space is empty; give {name: (low, high)} for each explored hyperparameter")
-        checked = []
-        for name, bounds in space:
-            bounds = tuple(bounds)
-            log = len(bounds) == 3 and bounds[2] == "log"
-            if len(bounds) not in (2, 3) or (len(bounds) == 3 and not log) or not bounds[0] <= bounds[1] \
-                    or (log and bounds[0] <= 0):
-                raise ValueError(f"PBT: space[{name!r}] must be (low, high) or (low, high, 'log') with "
-                                 f"low <= high (and low > 0 for 'log'), got {bounds!r}")
-            checked.append((name, (float(bounds[0]), float(bounds[1]), log)))
-        object.__setattr__(self, "space", tuple(checked))
-        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
-        if not isinstance(self.interval, int) or self.interval < 1:
+        object.__setattr__(self, "space", _check_space(self.space))
+        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
             raise ValueError(f"PBT: interval must be a positive integer, got {self.interval!r}")
-        if not 0 < self.fraction <= 0.5:
-            raise ValueError(f"PBT: fraction must be in (0, 0.5], got {self.fraction}")
+        if not _real(self.fraction) or not 0 < self.fraction <= 0.5:
+            raise ValueError(f"PBT: fraction must be a number in (0, 0.5], got {self.fraction!r}")
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise ValueError(f"PBT: monitor must be the name of a logged metric (a string), got {self.monitor!r}")
         if self.mode not in ("min", "max", "auto"):
             raise ValueError(f"PBT: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
-        if not self.factors or any(f <= 0 for f in self.factors):
-            raise ValueError(f"PBT: factors must be positive numbers, got {self.factors!r}")
-        if not 0 <= self.resample_probability <= 1:
-            raise ValueError(f"PBT: resample_probability must be in [0, 1], got {self.resample_probability}")
+        factors = self.factors
+        if not isinstance(factors, (tuple, list)) or not factors \
+                or not all(_real(f) and math.isfinite(f) and f > 0 for f in factors):
+            raise ValueError(f"PBT: factors must be a non-empty tuple of positive finite numbers, got {factors!r}")
+        object.__setattr__(self, "factors", tuple(float(f) for f in factors))
+        if not _real(self.resample_probability) or not 0 <= self.resample_probability <= 1:
+            raise ValueError(f"PBT: resample_probability must be a number in [0, 1], got "
+                             f"{self.resample_probability!r}")
 
     @property
     def maximize(self) -> bool:
@@ -103,6 +99,38 @@ class PBT:
     def exploited(self, n: int) -> int:
         """How many members are replaced per step in a population of ``n`` (0 when ``n < 2``)."""
         return 0 if n < 2 else max(1, int(self.fraction * n))
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_space(space) -> tuple:
+    """``space`` as sorted ``((name, (low, high, log)), ...)``; accepts a mapping (or that
+    normalized form, which ``dataclasses.replace`` passes back)."""
+    if isinstance(space, Mapping):
+        items = list(space.items())
+    elif isinstance(space, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2
+                                                  and isinstance(i[0], str) for i in space):
+        items = list(space)
+    else:
+        raise TypeError(f"PBT: space must be a dict {{name: (low, high)}} or {{name: (low, high, 'log')}}, "
+                        f"got {type(space).__name__}")
+    if not items:
+        raise ValueError("PBT: space is empty; give {name: (low, high)} for each explored hyperparameter")
+    checked = []
+    for name, bounds in sorted(items, key=lambda item: str(item[0])):
+        if not isinstance(name, str):
+            raise TypeError(f"PBT: space names must be strings (hyperparameter names), got {name!r}")
+        bounds = tuple(bounds) if isinstance(bounds, (tuple, list)) else (bounds,)
+        log = len(bounds) == 3 and (bounds[2] == "log" or bounds[2] is True)
+        linear = len(bounds) == 2 or (len(bounds) == 3 and bounds[2] is False)
+        if not (log or linear) or not all(_real(b) and math.isfinite(b) for b in bounds[:2]) \
+                or not bounds[0] <= bounds[1] or (log and bounds[0] <= 0):
+            raise ValueError(f"PBT: space[{name!r}] must be (low, high) or (low, high, 'log'): finite numbers "
+                             f"with low <= high (and low > 0 for 'log'), got {bounds!r}")
+        checked.append((name, (float(bounds[0]), float(bounds[1]), log)))
+    return tuple(checked)
 
 
 class PBTResult(NamedTuple):
@@ -179,7 +207,13 @@ def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, ke
     missing = [name for name, _ in pbt.space if name not in hparams]
     if missing:
         raise ValueError(f"exploit_explore: PBT space names {missing} are not hparams {sorted(hparams)}")
-    n = scores.shape[0]
+    n = jax.tree_util.tree_leaves(hparams)[0].shape[0] if hparams else jnp.shape(scores)[0]
+    if jnp.shape(scores) != (n,):
+        raise ValueError(f"exploit_explore: scores must hold one value per member, shape ({n},), got shape "
+                         f"{tuple(jnp.shape(scores))}")
+    if not isinstance(states, TrainState):
+        raise TypeError(f"exploit_explore: states must be the members' stacked jnn.train.TrainState, got "
+                        f"{type(states).__name__}")
     m = pbt.exploited(n)
     index = jnp.arange(n, dtype=jnp.int32)
     if m == 0:
@@ -245,7 +279,7 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     """
     if not isinstance(pbt, PBT):
         raise TypeError(f"fit_pbt: pbt must be a jnn.train.pbt.PBT, got {type(pbt).__name__}")
-    if not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit_pbt: epochs must be a positive integer, got {epochs!r}")
     if val_data is not None and val_split:
         raise ValueError("fit_pbt: pass either val_data or val_split, not both")
@@ -255,6 +289,15 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
         if name not in hparams or not jnp.issubdtype(hparams[name].dtype, jnp.floating):
             raise ValueError(f"fit_pbt: PBT explores {name!r}, so hparams needs a float array for it; "
                              f"got hparams {sorted(hparams)}")
+    for name, (low, high, _) in pbt.space:
+        values = np.asarray(hparams[name])  # in its own dtype, as exploring clips it; NaN is a fault PBT survives
+        outside = np.flatnonzero((values < values.dtype.type(low)) | (values > values.dtype.type(high)))
+        if outside.size:
+            raise ValueError(f"fit_pbt: hparams[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
+                             f"member {outside[0]} has {float(values[outside[0]])!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"fit_pbt: chunk_size must be a positive integer or None, got {chunk_size!r}")
+    _checks.boolean("fit_pbt", shared_order=shared_order)
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     x, y = _check_data("fit_pbt train_data", train_data)
     guard.check_fit_args("fit_pbt", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,

@@ -46,7 +46,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
       >>> sorted(p.tolist()) == list(range(10))
       True
     """
-    if not isinstance(n, int) or n < 1 or n >= 2 ** 31:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n >= 2 ** 31:
         raise ValueError(f"permutation: n must be an integer in [1, 2**31), got {n!r}")
     bits = _bits(n)
     constants = jax.random.bits(key, (2, _ROUNDS), jnp.uint32)

@@ -286,6 +286,8 @@ def _population_eval(program: _Program, hparams, states, data):
 
 
 def _check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise TypeError(f"{where}: hparams must be a dict {{name: array [N]}}, got {type(hparams).__name__}")
     hparams = {} if hparams is None else dict(hparams)
     sizes = {}
     for name, values in hparams.items():
@@ -397,13 +399,13 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       >>> seeds.history["loss"].shape
       (1, 2)
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit_population: epochs must be a positive integer, got {epochs!r}")
     if val_data is not None and val_split:
         raise ValueError("fit_population: pass either val_data or val_split, not both")
-    if chunk_size not in (None, "auto") and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size not in (None, "auto") and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"fit_population: chunk_size must be a positive integer, None or 'auto', got {chunk_size!r}")
-    if shared_order not in (True, False, "auto"):
+    if not (shared_order is True or shared_order is False or shared_order == "auto"):
         raise ValueError(f"fit_population: shared_order must be True, False or 'auto', got {shared_order!r}")
     if debug_nonfinite and shared_order is not False:
         raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "

@@ -15,12 +15,13 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn.train import guard
 from jnn.train.loop import _check_data, split_validation
 from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, _as_keys, fit_population
 from jnn.train.step import LossFn
@@ -34,6 +35,17 @@ class _WithStatic(NamedTuple):  # fn with the static fields added to hp; hashabl
 
     def __call__(self, hp):
         return self.fn({**dict(self.fixed), **hp})
+
+
+def _number(value) -> bool:
+    """A scalar number (NaN included: a member that diverges is a fault populations survive)."""
+    if isinstance(value, (str, bytes)):
+        return False
+    try:
+        array = np.asarray(value)
+    except Exception:  # noqa: BLE001 - anything NumPy cannot read is not a number
+        return False
+    return array.shape == () and (array.dtype == bool or np.issubdtype(array.dtype, np.number))
 
 
 def _group_key(config: Mapping[str, Any], static: Sequence[str]) -> tuple:
@@ -51,6 +63,13 @@ def _group_key(config: Mapping[str, Any], static: Sequence[str]) -> tuple:
 
 
 def _check_configs(configs, static, fit_kwargs) -> tuple[list[dict], list[str]]:
+    if isinstance(configs, (Mapping, str)) or not isinstance(configs, Iterable):
+        raise TypeError(f"search: configs must be a list of dicts (one per member), got {type(configs).__name__}")
+    configs = list(configs)
+    for i, config in enumerate(configs):
+        if not isinstance(config, Mapping):
+            raise TypeError(f"search: configs must be a list of dicts (one per member); config {i} is a "
+                            f"{type(config).__name__}")
     configs, static = [dict(c) for c in configs], [static] if isinstance(static, str) else list(static)
     if not configs:
         raise ValueError("search: configs is empty")
@@ -62,6 +81,11 @@ def _check_configs(configs, static, fit_kwargs) -> tuple[list[dict], list[str]]:
     missing = [s for s in static if s not in fields]
     if missing:
         raise ValueError(f"search: static fields {missing} are not config fields {sorted(fields)}")
+    for i, config in enumerate(configs):  # the others become traced per-member arrays
+        for name, value in config.items():
+            if name not in static and not _number(value):
+                raise ValueError(f"search: config {i}'s {name!r} must be a number (or list {name!r} in static for "
+                                 f"shape-changing or non-numeric values), got {value!r}")
     if "batch_size" in fields:
         if "batch_size" not in static:
             raise ValueError("search: batch_size changes array shapes, so it must be listed in static")
@@ -177,9 +201,16 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         import optuna
     except ImportError:
         raise ImportError("optuna_search needs optuna: pip install 'jnn[search]' (or pip install optuna)") from None
-    if not isinstance(population_size, int) or population_size < 1 or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"optuna_search: trials and population_size must be positive integers, got {trials!r} "
-                         f"and {population_size!r}")
+    for what, value in {"trials": trials, "population_size": population_size}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"optuna_search: {what} must be a positive integer, got {value!r}")
+    if not isinstance(study, optuna.study.Study):
+        raise TypeError(f"optuna_search: study must be an optuna.Study (optuna.create_study(...)), got "
+                        f"{type(study).__name__}")
+    if len(study.directions) != 1:
+        raise ValueError(f"optuna_search: study must have one objective (the monitored metric), got "
+                         f"{len(study.directions)} directions")
+    _check_space(space)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     keys = _as_keys("optuna_search", key, trials)
     if fit_kwargs.get("val_split"):  # one split for every population, as search makes it
@@ -188,6 +219,7 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         x, y = _check_data("optuna_search train_data", train_data)
         train_data, fit_kwargs["val_data"] = split_validation(x, y, fit_kwargs.pop("val_split"),
                                                               jax.random.split(keys[0])[1])
+    _check_monitor(monitor, loss, fit_kwargs)
     done: list[tuple[Any, MemberResult]] = []
     while len(done) < trials:
         asked = [study.ask(dict(space)) for _ in range(min(population_size, trials - len(done)))]
@@ -199,6 +231,9 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         pruned = np.zeros(len(asked), bool)
         for members in groups.values():
             def report(epoch, history, members=members):
+                if monitor not in history:
+                    raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
+                                     f"{sorted(history)}")
                 values = history[monitor][epoch - 1]
                 stop = np.zeros(len(members), bool)
                 for j, i in enumerate(members):
@@ -214,8 +249,37 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         for i, (trial, result) in enumerate(zip(asked, results)):
             if pruned[i]:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            elif monitor not in result.history:
+                raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
+                                 f"{sorted(result.history)}")
+            elif not np.isfinite(result.history[monitor]).any():  # diverged from the first epoch
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 values = result.history[monitor]
                 study.tell(trial, float(np.nanmax(values) if maximize else np.nanmin(values)))
             done.append((trial, result))
     return done
+
+
+def _check_space(space) -> None:
+    import optuna
+    if not isinstance(space, Mapping) or not space:
+        raise ValueError(f"optuna_search: space must be a non-empty dict {{name: optuna.distributions.*}}, "
+                         f"got {space!r}")
+    for name, dist in space.items():
+        if not isinstance(dist, optuna.distributions.BaseDistribution):
+            raise ValueError(f"optuna_search: space[{name!r}] must be an optuna distribution (e.g. "
+                             f"optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)), got {dist!r}")
+
+
+def _check_monitor(monitor, loss, fit_kwargs) -> None:
+    """``monitor`` must be a metric the populations will log (as :func:`fit_population` names them)."""
+    metrics = fit_kwargs.get("metrics")
+    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
+    names = ["loss", *metrics, "lr"]
+    has_val = fit_kwargs.get("val_data") is not None
+    names += [f"val_{k}" for k in ["loss", *metrics]] if has_val else []
+    if monitor not in names:
+        hint = " (val_* metrics need val_data or val_split)" if str(monitor).startswith("val_") and not has_val else ""
+        raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
+                         f"{sorted(set(names))}{hint}")
