@@ -48,7 +48,7 @@ class Config:
     learning_rate: float = 1e-3
     memory_budget_mb: int = 768            # peak RSS must stay below it; the largest file should exceed it
     chunk: int = 6000                      # images augmented and written at a time
-    data: str = ""                         # where the .npy files go (default: a temporary directory, removed)
+    data: str = ""                         # where the .npy files go, rewritten each run (default: a temp dir, removed)
     seed: int = 0
     out: str = "runs"                      # run directory root ("" to save nothing)
     train_dir: str = ""                    # internal: train from this directory and print JSON
@@ -83,7 +83,7 @@ def write_dataset(directory: pathlib.Path, copies: int, config: Config) -> int:
 
     directory.mkdir(parents=True, exist_ok=True)
     n = copies * len(images)
-    jnn.data.grain.write_npy(directory / "images.npy", (n, 28, 28), np.uint8, chunks())
+    jnn.data.grain.write_npy(directory / "images.npy", (n, 28, 28), np.uint8, chunks(), overwrite=True)  # rewritten
     np.save(directory / "labels.npy", np.tile(labels.astype(np.int32), copies))
     return sum((directory / f).stat().st_size for f in ("images.npy", "labels.npy"))
 

@@ -43,6 +43,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from jnn import _checks
 from jnn.data import mnist as _mnist
 from jnn.data import paths as _paths
 from jnn.train.permutation import IndexShuffle
@@ -81,6 +82,15 @@ class ArraySource:
     def __init__(self, *arrays, transform: Callable | None = None):
         if not arrays:
             raise ValueError("ArraySource: expected at least one array")
+        for i, a in enumerate(arrays):
+            if not (hasattr(a, "shape") and hasattr(a, "__getitem__")) or len(a.shape) < 1:
+                hint = " (pass several arrays as separate arguments: ArraySource(x, y))" \
+                    if isinstance(a, (tuple, list)) else ""
+                raise TypeError(f"ArraySource: each array must be a NumPy array, memmap or NpySource with records "
+                                f"on axis 0; argument {i} is {type(a).__name__} of shape "
+                                f"{getattr(a, 'shape', None)}{hint}")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"ArraySource: transform must be a function or None, got {type(transform).__name__}")
         sizes = [len(a) for a in arrays]
         if len(set(sizes)) != 1:
             raise ValueError(f"ArraySource: the arrays must have the same number of records, got {sizes}")
@@ -171,10 +181,12 @@ class NpySource:
         return f"NpySource({self.path!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-def write_npy(path, shape: tuple[int, ...], dtype, chunks) -> None:
+def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = False) -> None:
     """Writes a ``.npy`` file of ``shape`` from ``chunks`` (an iterable of arrays whose first axes
     add up to ``shape[0]``), appending each chunk: never more than one chunk in memory. Written
-    to ``path + ".tmp"`` and renamed at the end, so a failure leaves no partial file.
+    to ``path + ".tmp"`` and renamed at the end, so a failure leaves no partial file. An existing
+    ``path`` is a ``FileExistsError`` unless ``overwrite=True`` (then it is replaced only once the
+    new file is complete).
 
     Example:
       >>> import os, tempfile, numpy as np, jnn
@@ -184,6 +196,13 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks) -> None:
       np.int64(10)
     """
     path, dtype, written = os.fspath(path), np.dtype(dtype), 0
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape
+    if not isinstance(shape, tuple) or not shape or any(
+            isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        raise ValueError(f"write_npy: shape must be a tuple of non-negative integers (records first), got {shape!r}")
+    _checks.boolean("write_npy", overwrite=overwrite)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"write_npy: {path} exists; pass overwrite=True to replace it")
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -230,10 +249,13 @@ def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | Non
       >>> len(src), src[0][0].shape, int(src[0][1])  # doctest: +SKIP
       (10000, (28, 28, 1), 7)
     """
+    from jnn.data import fetch
     from jnn.data.idx import read_idx
+    names = _mnist._file_names(split, "mnist_source")
+    fetch.check_source_args("mnist_source", download, None)
     root = _paths.resolve_data_dir(data_dir)
     image_path, label_path = (_mnist._ensure(root / _mnist._SUBDIR / name, root=root, download=download, mirrors=None)
-                              for name in _mnist._file_names(split))
+                              for name in names)
     images, labels = read_idx(image_path, ndim=3), read_idx(label_path, ndim=1)
     _mnist._validate(images, labels, image_path, label_path)
     return ArraySource(images, labels, transform=mnist_record)
@@ -383,8 +405,20 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     grain = _grain()
     if shard is None:
         shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    where = "jnn.data.grain.pipeline"
+    if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+        raise TypeError(f"{where}: source must support len() and indexing (e.g. jnn.data.grain.ArraySource), "
+                        f"got {type(source).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"jnn.data.grain.pipeline: batch_size must be a positive integer, got {batch_size!r}")
+        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+    _checks.boolean(where, shuffle=shuffle, drop_remainder=drop_remainder)
+    _count(where, "num_epochs", num_epochs, low=1, optional=True)
+    _count(where, "worker_count", worker_count, low=0)
+    _count(where, "read_threads", read_threads, low=1)
+    _count(where, "prefetch", prefetch, low=0)
+    for what, fn in {"transform": transform, "random_transform": random_transform}.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{where}: {what} must be a function or None, got {type(fn).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"jnn.data.grain.pipeline: seed must be a non-negative integer, got {seed!r}")
     if batch_size % shard.shard_count:
@@ -418,6 +452,14 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         if group > 1:
             ds = grain.experimental.FlatMapIterDataset(ds, _Unstack(group))
     return Pipeline(ds, steps, batch_size, shard.shard_count, read)
+
+
+def _count(where: str, what: str, value, *, low: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        need = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{where}: {what} must be {need}{' or None' if optional else ''}, got {value!r}")
 
 
 _WORKER_GROUP_BYTES = 16 * 2**20

@@ -40,10 +40,10 @@ _SUBDIR = "mnist"
 _NUM_CLASSES = 10
 
 
-def _file_names(split: str) -> tuple[str, str]:
+def _file_names(split: str, where: str = "load_mnist") -> tuple[str, str]:
     """Returns the (images, labels) file names of ``split``."""
-    if split not in _SPLITS:
-        raise ValueError(f"unknown MNIST split {split!r}; expected one of {sorted(_SPLITS)}")
+    if not isinstance(split, str) or split not in _SPLITS:
+        raise ValueError(f"{where}: unknown MNIST split {split!r}; expected one of {sorted(_SPLITS)}")
     prefix = _SPLITS[split]
     return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
 
@@ -99,10 +99,12 @@ def load_mnist(
         >>> images.shape, images.dtype, labels.shape, labels.dtype  # doctest: +SKIP
         ((10000, 28, 28, 1), dtype('float32'), (10000,), dtype('int32'))
     """
+    names = _file_names(split)
+    fetch.check_source_args("load_mnist", download, mirrors)
     root = paths.resolve_data_dir(data_dir)
     image_path, label_path = (
         _ensure(root / _SUBDIR / name, root=root, download=download, mirrors=mirrors)
-        for name in _file_names(split)
+        for name in names
     )
     images = read_idx(image_path, ndim=3)
     labels = read_idx(label_path, ndim=1)

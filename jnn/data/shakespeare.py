@@ -56,6 +56,7 @@ def load_tiny_shakespeare(
         >>> text[:14]  # doctest: +SKIP
         'First Citizen:'
     """
+    fetch.check_source_args("load_tiny_shakespeare", download, mirrors)
     root = paths.resolve_data_dir(data_dir)
     path = root / _SUBDIR / _FILE
     if not path.is_file():

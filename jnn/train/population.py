@@ -403,7 +403,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         raise ValueError(f"fit_population: epochs must be a positive integer, got {epochs!r}")
     if val_data is not None and val_split:
         raise ValueError("fit_population: pass either val_data or val_split, not both")
-    if chunk_size not in (None, "auto") and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size not in (None, "auto") and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                             or chunk_size < 1):
         raise ValueError(f"fit_population: chunk_size must be a positive integer, None or 'auto', got {chunk_size!r}")
     if not (shared_order is True or shared_order is False or shared_order == "auto"):
         raise ValueError(f"fit_population: shared_order must be True, False or 'auto', got {shared_order!r}")
