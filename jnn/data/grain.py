@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Callable
 
 import jax
@@ -184,9 +185,9 @@ class NpySource:
 def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = False) -> None:
     """Writes a ``.npy`` file of ``shape`` from ``chunks`` (an iterable of arrays whose first axes
     add up to ``shape[0]``), appending each chunk: never more than one chunk in memory. Written
-    to ``path + ".tmp"`` and renamed at the end, so a failure leaves no partial file. An existing
-    ``path`` is a ``FileExistsError`` unless ``overwrite=True`` (then it is replaced only once the
-    new file is complete).
+    to a temporary file beside ``path`` and renamed at the end, so a failure leaves no partial
+    file. An existing ``path`` is a ``FileExistsError`` unless ``overwrite=True`` (then it is
+    replaced only once the new file is complete).
 
     Example:
       >>> import os, tempfile, numpy as np, jnn
@@ -203,9 +204,10 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = 
     _checks.boolean("write_npy", overwrite=overwrite)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"write_npy: {path} exists; pass overwrite=True to replace it")
-    tmp = path + ".tmp"
+    directory, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")   # a fresh name, never a user's
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                      "fortran_order": False, "shape": tuple(shape)})
             for chunk in chunks:
