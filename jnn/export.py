@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import _checks
 from jnn import io as _io
 from jnn.core import Layer
 
@@ -72,13 +73,18 @@ def load(path):
     data = open(path, "rb").read()
     if data[:8] != b"JNNEXPRT":
         raise ValueError(f"{path} is not a jnn export (.jnnx) file")
-    (n,) = struct.unpack("<Q", data[8:16])
-    header, body = json.loads(data[16:16 + n]), data[16 + n:]
-    sections = {}
-    for name, s in header["sections"].items():
-        blob = body[s["offset"]:s["offset"] + s["length"]]
-        sections[name] = (jax.export.deserialize(bytearray(blob)).call if s["kind"] == "function"
-                          else dict(np.load(io.BytesIO(blob))))
+    try:
+        (n,) = struct.unpack("<Q", data[8:16])
+        header, body = json.loads(data[16:16 + n]), data[16 + n:]
+        sections = {}
+        for name, s in header["sections"].items():
+            blob = body[s["offset"]:s["offset"] + s["length"]]
+            if len(blob) != s["length"]:
+                raise ValueError(f"section {name!r} needs {s['length']} bytes, the file holds {len(blob)}")
+            sections[name] = (jax.export.deserialize(bytearray(blob)).call if s["kind"] == "function"
+                              else dict(np.load(io.BytesIO(blob))))
+    except Exception as e:  # noqa: BLE001 - any parse failure means the same thing here
+        raise ValueError(f"{path} is a truncated or corrupt jnn export (.jnnx) file: {type(e).__name__}: {e}") from e
     return header, sections
 
 
@@ -94,7 +100,7 @@ def _avals(avals) -> list[dict]:
             for a in avals]
 
 
-def _write(path, functions: dict, description: str, extra: dict, data: dict | None, overwrite: bool):
+def _write(where: str, path, functions: dict, description: str, extra: dict, data: dict | None, overwrite: bool):
     sections, blobs, offset = {}, [], 0
     for name, exported in functions.items():
         blob = bytes(exported.serialize())
@@ -112,7 +118,26 @@ def _write(path, functions: dict, description: str, extra: dict, data: dict | No
     header = {"format": _FORMAT, "description": description, "versions": {
         name: _version(name) for name in ("jnn", "jax", "jaxlib")}, **extra, "sections": sections}
     text = json.dumps(header).encode()
-    _io.atomic_write(path, MAGIC + struct.pack("<Q", len(text)) + text + b"".join(blobs), overwrite=overwrite)
+    _io.atomic_write(path, MAGIC + struct.pack("<Q", len(text)) + text + b"".join(blobs), overwrite=overwrite,
+                     where=where)
+
+
+def _check_platforms(where: str, platforms) -> tuple[str, ...]:
+    if isinstance(platforms, str) or not isinstance(platforms, Sequence) or not platforms \
+            or not all(isinstance(p, str) for p in platforms):
+        raise ValueError(f"{where}: platforms must be a non-empty tuple of platform names such as ('cpu', 'cuda'), "
+                         f"got {platforms!r}")
+    return tuple(platforms)
+
+
+def _check_example(where: str, example):
+    """The example input as something with ``shape`` and ``dtype``, its first axis the batch."""
+    if not (hasattr(example, "shape") and hasattr(example, "dtype")):
+        example = np.asarray(example)
+    if len(example.shape) < 1:
+        raise ValueError(f"{where}: example must have a batch axis first, shape (batch, ...), got shape "
+                         f"{tuple(example.shape)}")
+    return example
 
 
 def _export(where: str, fn: Callable, platforms, *specs):
@@ -154,6 +179,10 @@ def export_model(path, model: Layer, params, state, example, *, bake_params: boo
       >>> fns["predict"](params, state, jnp.ones((4, 3))).shape   # weights passed in, any batch size
       (4, 2)
     """
+    where = "jnn.export.export_model"
+    _io.check_target(where, path, overwrite)
+    _checks.boolean(where, bake_params=bake_params, batch_polymorphic=batch_polymorphic)
+    platforms, example = _check_platforms(where, platforms), _check_example(where, example)
     shape = tuple(example.shape)
     batch = jax.export.symbolic_shape("b")[0] if batch_polymorphic else shape[0]
     x_spec = jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)
@@ -163,8 +192,8 @@ def export_model(path, model: Layer, params, state, example, *, bake_params: boo
         abstract = lambda t: jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), t)
         fn = lambda p, s, x: model.apply(p, s, x, train=False)[0]
         specs = (abstract(params), abstract(state), x_spec)
-    exported = _export("jnn.export.export_model", fn, platforms, *specs)
-    _write(path, {"predict": exported}, description,
+    exported = _export(where, fn, platforms, *specs)
+    _write(where, path, {"predict": exported}, description,
            {"kind": "model", "bake_params": bake_params,
             "param_paths": None if bake_params else sorted(_io.flatten(params))}, None, overwrite)
 
@@ -202,6 +231,12 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     """
     from jnn import metrics as _metrics
     from jnn.train import step as _step
+    where = "jnn.export.export_capsule"
+    _io.check_target(where, path, overwrite)
+    _checks.positive_int(where, "batch_size", batch_size)
+    _checks.positive_int(where, "eval_batch_size", eval_batch_size)
+    _checks.boolean(where, include_data=include_data)
+    platforms = _check_platforms(where, platforms)
     x, y = map(jnp.asarray, train_data)
     batch_size = min(batch_size, len(x))
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
@@ -235,18 +270,18 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     leaf_specs = [spec(a) for a in jax.eval_shape(lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
                                                   key_data)]
     functions = {
-        "init": _export("jnn.export.export_capsule", lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
+        "init": _export(where, lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
                         platforms, spec(key_data)),
-        "train_epoch": _export("jnn.export.export_capsule", train_epoch, platforms, leaf_specs, spec(x), spec(y)),
+        "train_epoch": _export(where, train_epoch, platforms, leaf_specs, spec(x), spec(y)),
     }
     data = {"x": x, "y": y}
     if val_data is not None:
         xv, yv = map(jnp.asarray, val_data)
-        functions["evaluate"] = _export("jnn.export.export_capsule", eval_fn, platforms, leaf_specs,
+        functions["evaluate"] = _export(where, eval_fn, platforms, leaf_specs,
                                         spec(xv), spec(yv))
         data.update(x_val=xv, y_val=yv)
     leaf_paths = [p for p, _ in _leaf_paths(template)]
-    _write(path, functions, description,
+    _write(where, path, functions, description,
            {"kind": "capsule", "batch_size": batch_size, "steps_per_epoch": len(x) // batch_size,
             "leaf_paths": leaf_paths}, data if include_data else None, overwrite)
 
@@ -282,12 +317,16 @@ def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic
         import jax2onnx
     except ImportError as e:
         raise ImportError("jnn.export.export_onnx needs jax2onnx: pip install 'jnn[onnx]'") from e
+    where = "jnn.export.export_onnx"
+    _io.check_target(where, path, overwrite)
+    _checks.boolean(where, batch_polymorphic=batch_polymorphic)
+    example = _check_example(where, example)
     shape = tuple(example.shape)
     batch = jax.export.symbolic_shape("B")[0] if batch_polymorphic else shape[0]
     fn = lambda x: model.apply(params, state, x, train=False)[0]
     proto = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)], opset=opset,
                              model_name="jnn_model", input_names=["x"], output_names=["y"])
-    _io.atomic_write(path, proto.SerializeToString(), overwrite=overwrite)
+    _io.atomic_write(path, proto.SerializeToString(), overwrite=overwrite, where=where)
 
 
 def _leaf_paths(tree):

@@ -29,22 +29,46 @@ import os
 import pathlib
 import struct
 import tempfile
+import zipfile
 from typing import Any
 
 import jax
 import ml_dtypes
 import numpy as np
 
-__all__ = ["atomic_write", "fresh_path", "flatten", "unflatten", "save_params", "load_params",
+__all__ = ["atomic_write", "check_target", "fresh_path", "flatten", "unflatten", "save_params", "load_params",
            "structure_problems"]
 
 
-def atomic_write(path, data: bytes | str, *, overwrite: bool = False) -> pathlib.Path:
+def check_target(where: str, path, overwrite) -> pathlib.Path:
+    """``path`` as a ``pathlib.Path``, once it is known to be writable as a new file: refused
+    (before any work is done) when it is a directory, or exists and ``overwrite`` is not True.
+
+    Example:
+      >>> import tempfile, pathlib, jnn
+      >>> folder = pathlib.Path(tempfile.mkdtemp())
+      >>> jnn.io.check_target("save", folder / "new.npz", overwrite=False).name
+      'new.npz'
+    """
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"{where}: overwrite must be True or False, got {overwrite!r}")
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{where}: {path} is a directory; give a file path")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{where}: {path} already exists; choose another path or pass overwrite=True")
+    return path
+
+
+def atomic_write(path, data: bytes | str, *, overwrite: bool = False,
+                 where: str = "jnn.io.atomic_write") -> pathlib.Path:
     """Writes ``data`` to ``path`` through a temporary file in the same directory and an
     atomic rename, so a crash leaves either the old file or the new one, never half of one.
 
     Raises:
-      FileExistsError: ``path`` exists and ``overwrite`` is False.
+      FileExistsError: ``path`` exists and ``overwrite`` is False (the message starts with
+        ``where``).
+      IsADirectoryError: ``path`` is a directory.
 
     Example:
       >>> import tempfile, pathlib, jnn
@@ -54,9 +78,7 @@ def atomic_write(path, data: bytes | str, *, overwrite: bool = False) -> pathlib
       >>> jnn.io.atomic_write(path, "second", overwrite=True).read_text()
       'second'
     """
-    path = pathlib.Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True")
+    path = check_target(where, path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "w" if isinstance(data, str) else "wb"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -241,22 +263,28 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
       >>> sorted(jnn.io.flatten(jnn.io.load_params(path)))
       ['params/w']
     """
+    where = "jnn.io.save_params"
     path = pathlib.Path(path)
+    if path.suffix not in (".safetensors", ".npz"):
+        raise ValueError(f"{where}: {path} must end in .safetensors or .npz")
+    path = check_target(where, path, overwrite)
+    if metadata is not None and (not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise ValueError(f"{where}: metadata must be a dict of strings to strings (the safetensors header "
+                         f"holds text only), got {metadata!r}")
     flat = flatten(tree)
+    for name, array in flat.items():
+        if array.dtype.kind not in "biufcV":   # numbers, bool and bfloat16-like; not str/object
+            raise TypeError(f"{where}: {name} is not a numeric array (dtype {array.dtype})")
     if path.suffix == ".safetensors":
         data = _safetensors_bytes(flat, {"format": "jnn", **(metadata or {})})
-    elif path.suffix == ".npz":
+    else:
         odd = {p: str(a.dtype) for p, a in flat.items() if a.dtype.kind == "V" or a.dtype.name == "bfloat16"}
         stored = {p: (a.view(f"u{a.dtype.itemsize}") if p in odd else a) for p, a in flat.items()}
         buffer = _io.BytesIO()
         np.savez(buffer, **stored, **({_NPZ_DTYPES: np.array(json.dumps(odd))} if odd else {}))
         data = buffer.getvalue()
-    else:
-        raise ValueError(f"jnn.io.save_params: {path} must end in .safetensors or .npz")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"jnn.io.save_params: {path} already exists; choose another path or pass "
-                              f"overwrite=True")
-    atomic_write(path, data, overwrite=overwrite)
+    atomic_write(path, data, overwrite=overwrite, where=where)
 
 
 def load_params(path, *, like=None):
@@ -285,16 +313,24 @@ def load_params(path, *, like=None):
       (dtype(bfloat16), (3, 2))
     """
     path = pathlib.Path(path)
-    data = path.read_bytes()
-    if path.suffix == ".safetensors":
-        flat = _read_safetensors(data, path)
-    elif path.suffix == ".npz":
-        with np.load(_io.BytesIO(data), allow_pickle=False) as npz:
-            flat = {k: npz[k] for k in npz.files}
-        odd = json.loads(str(flat.pop(_NPZ_DTYPES))) if _NPZ_DTYPES in flat else {}
-        flat.update({p: flat[p].view(np.dtype(getattr(ml_dtypes, d, d))) for p, d in odd.items()})
-    else:
+    if path.suffix not in (".safetensors", ".npz"):
         raise ValueError(f"jnn.io.load_params: {path} must end in .safetensors or .npz")
+    data = path.read_bytes()
+    try:
+        if path.suffix == ".safetensors":
+            flat = _read_safetensors(data, path)
+        else:
+            if data[:2] != b"PK":   # np.load would take anything else for a pickle
+                raise ValueError("not a zip archive")
+            with np.load(_io.BytesIO(data), allow_pickle=False) as npz:
+                flat = {k: npz[k] for k in npz.files}
+            odd = json.loads(str(flat.pop(_NPZ_DTYPES))) if _NPZ_DTYPES in flat else {}
+            flat.update({p: flat[p].view(np.dtype(getattr(ml_dtypes, d, d))) for p, d in odd.items()})
+    except (ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile, EOFError) as e:
+        if str(e).startswith("jnn.io.load_params"):
+            raise
+        raise ValueError(f"jnn.io.load_params: {path} is not a readable {path.suffix} weight file (truncated "
+                         f"or corrupt?): {type(e).__name__}: {e}") from e
     if like is None:
         return jax.tree_util.tree_map(jax.numpy.asarray, unflatten(flat))
     return unflatten(flat, like=like, where=f"jnn.io.load_params({str(path)!r})")

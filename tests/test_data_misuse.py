@@ -26,7 +26,7 @@ def _exactly(message):
     ({"drop_remainder": None}, ValueError, "drop_remainder must be True or False, got None"),
     ({"worker_count": -1}, ValueError, "worker_count must be an integer >= 0, got -1"),
     ({"worker_count": True}, ValueError, "worker_count must be an integer >= 0, got True"),
-    ({"read_threads": 0}, ValueError, "read_threads must be a positive integer, got 0"),
+    ({"read_threads": -1}, ValueError, "read_threads must be an integer >= 0, got -1"),
     ({"prefetch": -1}, ValueError, "prefetch must be an integer >= 0, got -1"),
     ({"transform": 3}, TypeError, "transform must be a function or None, got int"),
     ({"random_transform": "flip"}, TypeError, "random_transform must be a function or None, got str"),

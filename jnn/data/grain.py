@@ -416,7 +416,7 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     _checks.boolean(where, shuffle=shuffle, drop_remainder=drop_remainder)
     _count(where, "num_epochs", num_epochs, low=1, optional=True)
     _count(where, "worker_count", worker_count, low=0)
-    _count(where, "read_threads", read_threads, low=1)
+    _count(where, "read_threads", read_threads, low=0)   # 0: read on demand, in the calling thread
     _count(where, "prefetch", prefetch, low=0)
     for what, fn in {"transform": transform, "random_transform": random_transform}.items():
         if fn is not None and not callable(fn):
