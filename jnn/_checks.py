@@ -21,7 +21,7 @@ import numpy as np
 __all__ = [
     "positive_int", "boolean", "rate", "number_above", "number_in", "per_axis",
     "param", "child_params", "float_input", "ids_in_range", "is_concrete", "values_in_unit_interval",
-    "integer_labels",
+    "integer_labels", "float_labels_hint",
 ]
 
 
@@ -176,6 +176,16 @@ def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> No
     if not (0.0 <= low and high <= 1.0):  # NaN fails too
         bad = low if not 0.0 <= low else high
         raise ValueError(f"{label}: {what} must lie in [0, 1], got {bad:g}{hint}")
+
+
+def float_labels_hint(label: str, logits, labels) -> None:
+    """Float labels shaped like class ids (``logits.shape[:-1]``) are class ids stored as floats:
+    say so, rather than complain that they are not one-hot."""
+    if not jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1] \
+            and labels.shape != logits.shape:
+        raise ValueError(f"{label}: labels of shape {tuple(labels.shape)} are class ids, which must be integers; "
+                         f"got {labels.dtype} (use labels.astype(int)), or pass one-hot labels of shape "
+                         f"{tuple(logits.shape)}")
 
 
 def integer_labels(label: str, logits, labels) -> None:

@@ -29,8 +29,27 @@ __all__ = ["mse", "mae", "binary_cross_entropy", "binary_cross_entropy_with_logi
            "softmax_cross_entropy", "l1_penalty", "l2_penalty"]
 
 
+def _arrays(where: str, *values, names=("predictions", "targets")) -> list[jax.Array]:
+    """Each input as a ``jax.Array`` (lists and NumPy arrays too)."""
+    out = []
+    for name, value in zip(names, values):
+        try:
+            out.append(jnp.asarray(value))
+        except TypeError as e:
+            raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}") from e
+    return out
+
+
+def _floating(x: jax.Array) -> jax.Array:
+    """``x``, or ``x`` as float32 if it holds integers or bools (a float dtype is kept as is)."""
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
 def _reduce(values: jax.Array, reduction: str, where: str) -> jax.Array:
     if reduction == "mean":
+        if values.size == 0:
+            raise ValueError(f"{where}: got an empty batch (per-example losses of shape {tuple(values.shape)}); "
+                             f"a mean over no examples is undefined")
         return jnp.mean(values)
     if reduction == "none":
         return values
@@ -51,8 +70,9 @@ def mse(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") 
       >>> float(jnn.losses.mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
       2.0
     """
+    predictions, targets = _arrays("mse", predictions, targets)
     _same_shape("mse", predictions, targets)
-    return _reduce(optax.losses.squared_error(predictions, targets), reduction, "mse")
+    return _reduce(optax.losses.squared_error(_floating(predictions), _floating(targets)), reduction, "mse")
 
 
 def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") -> jax.Array:
@@ -63,8 +83,9 @@ def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") 
       >>> float(jnn.losses.mae(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))
       1.5
     """
+    predictions, targets = _arrays("mae", predictions, targets)
     _same_shape("mae", predictions, targets)
-    return _reduce(jnp.abs(predictions - targets), reduction, "mae")
+    return _reduce(jnp.abs(_floating(predictions) - _floating(targets)), reduction, "mae")
 
 
 def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
@@ -77,6 +98,8 @@ def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
       >>> round(float(loss), 4)  # log 2
       0.6931
     """
+    logits, labels = _arrays("binary_cross_entropy_with_logits", logits, labels, names=("logits", "labels"))
+    logits = _floating(logits)
     _same_shape("binary_cross_entropy_with_logits", logits, labels, ("logits", "labels"))
     checks.values_in_unit_interval("binary_cross_entropy_with_logits", "labels", labels, _LABEL_HINT)
     losses = optax.losses.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
@@ -97,6 +120,8 @@ def binary_cross_entropy(probabilities: jax.Array, labels: jax.Array, *,
       >>> round(float(loss), 4)  # log 2
       0.6931
     """
+    probabilities, labels = _arrays("binary_cross_entropy", probabilities, labels, names=("probabilities", "labels"))
+    probabilities = _floating(probabilities)
     _same_shape("binary_cross_entropy", probabilities, labels, ("probabilities", "labels"))
     checks.values_in_unit_interval("binary_cross_entropy", "probabilities", probabilities,
                                    "; for logits use binary_cross_entropy_with_logits, or end the "
@@ -132,9 +157,15 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
       (2,)
     """
     where = "softmax_cross_entropy"
+    logits, labels = _arrays(where, logits, labels, names=("logits", "labels"))
+    logits = _floating(logits)
+    if logits.ndim < 1:
+        raise ValueError(f"{where}: logits must have a class axis last, shape [..., C], got shape ()")
     num_classes = logits.shape[-1]
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"{where}: label_smoothing must be in [0, 1), got {label_smoothing}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+            or not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"{where}: label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+    checks.float_labels_hint(where, logits, labels)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         checks.integer_labels(where, logits, labels)
         if label_smoothing == 0.0:

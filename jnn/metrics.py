@@ -15,7 +15,23 @@ from jnn import _checks as checks
 __all__ = ["accuracy", "top_k_accuracy"]
 
 
+def _arrays(where: str, logits, labels) -> tuple[jax.Array, jax.Array]:
+    out = []
+    for name, value in (("logits", logits), ("labels", labels)):
+        try:
+            out.append(jnp.asarray(value))
+        except TypeError as e:
+            raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}") from e
+    if out[0].ndim < 1:
+        raise ValueError(f"{where}: logits must have a class axis last, shape [..., C], got shape ()")
+    return out[0], out[1]
+
+
 def _class_ids(where: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    checks.float_labels_hint(where, logits, labels)
+    if labels.size == 0:
+        raise ValueError(f"{where}: got an empty batch (labels of shape {tuple(labels.shape)}); a mean over no "
+                         f"examples is undefined")
     if jnp.issubdtype(labels.dtype, jnp.integer):
         checks.integer_labels(where, logits, labels)  # values checked eagerly, not under jit
         return labels
@@ -40,6 +56,7 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       >>> float(jnn.metrics.accuracy(logits, jnp.array([0, 1])))
       0.5
     """
+    logits, labels = _arrays("accuracy", logits, labels)
     ids = _class_ids("accuracy", logits, labels)
     return jnp.mean((jnp.argmax(logits, axis=-1) == ids).astype(jnp.float32))
 
@@ -53,8 +70,9 @@ def top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int = 5) -> jax.Arra
       >>> float(jnn.metrics.top_k_accuracy(logits, jnp.array([1, 0]), k=2))
       0.5
     """
-    if not 1 <= k <= logits.shape[-1]:
-        raise ValueError(f"top_k_accuracy: k must be in [1, {logits.shape[-1]}], got {k}")
+    logits, labels = _arrays("top_k_accuracy", logits, labels)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"top_k_accuracy: k must be an integer in [1, {logits.shape[-1]}], got {k!r}")
     ids = _class_ids("top_k_accuracy", logits, labels)
     _, top = jax.lax.top_k(logits, k)
     return jnp.mean(jnp.any(top == ids[..., None], axis=-1).astype(jnp.float32))

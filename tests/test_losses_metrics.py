@@ -88,7 +88,7 @@ def test_accuracy_and_top_k_match_numpy():
     top3 = np.argsort(-z, -1)[:, :3]
     np.testing.assert_allclose(metrics.top_k_accuracy(z, y, k=3), np.mean((top3 == y[:, None]).any(-1)))
     assert float(metrics.top_k_accuracy(z, y, k=6)) == 1.0
-    with pytest.raises(ValueError, match=r"top_k_accuracy: k must be in \[1, 6\], got 7"):
+    with pytest.raises(ValueError, match=r"top_k_accuracy: k must be an integer in \[1, 6\], got 7"):
         metrics.top_k_accuracy(z, y, k=7)
     with pytest.raises(ValueError, match=r"accuracy: integer labels must have shape \(50,\)"):
         metrics.accuracy(z, y[:10])
@@ -150,11 +150,38 @@ _HINT = "; binary labels are 0/1"
      rf"^binary_cross_entropy: labels must lie in \[0, 1\], got -1{_HINT}"),
     (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 3])), r"^softmax_cross_entropy: "),
     (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 1]), label_smoothing=1.0),
-     r"^softmax_cross_entropy: label_smoothing must be in \[0, 1\), got 1.0$"),
+     r"^softmax_cross_entropy: label_smoothing must be a number in \[0, 1\), got 1.0$"),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 1]), label_smoothing="0.1"),
+     r"^softmax_cross_entropy: label_smoothing must be a number in \[0, 1\), got '0.1'$"),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0.0, 1.0])),
+     r"^softmax_cross_entropy: labels of shape \(2,\) are class ids, which must be integers; got float32 "
+     r"\(use labels.astype\(int\)\), or pass one-hot labels of shape \(2, 3\)$"),
+    (lambda: metrics.accuracy(jnp.zeros((2, 3)), jnp.array([0.0, 1.0])), r"^accuracy: labels of shape \(2,\) are "
+     r"class ids, which must be integers"),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros(()), jnp.array(0)),
+     r"^softmax_cross_entropy: logits must have a class axis last, shape \[..., C\], got shape \(\)$"),
+    (lambda: metrics.top_k_accuracy(jnp.zeros((2, 3)), jnp.array([0, 1]), k=True),
+     r"^top_k_accuracy: k must be an integer in \[1, 3\], got True$"),
+    (lambda: losses.mse(jnp.zeros((0, 1)), jnp.zeros((0, 1))), r"^mse: got an empty batch \(per-example losses of "
+     r"shape \(0, 1\)\); a mean over no examples is undefined$"),
+    (lambda: losses.softmax_cross_entropy(jnp.zeros((0, 3)), jnp.zeros(0, int)), r"^softmax_cross_entropy: got an "
+     r"empty batch"),
+    (lambda: metrics.accuracy(jnp.zeros((0, 3)), jnp.zeros(0, int)), r"^accuracy: got an empty batch \(labels of "
+     r"shape \(0,\)\); a mean over no examples is undefined$"),
 ])
 def test_each_loss_error_names_the_loss_and_its_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_losses_and_metrics_take_lists_numpy_and_integer_inputs():
+    """Array-likes are converted; integer predictions are computed in float32 (the same values)."""
+    assert float(losses.mse([1, 2], [1, 4])) == 2.0 and float(losses.mae(np.array([1, 2]), [0, 4])) == 1.5
+    assert float(losses.softmax_cross_entropy([[0, 0]], [1])) == pytest.approx(np.log(2))
+    assert float(losses.binary_cross_entropy_with_logits([0], [1])) == pytest.approx(np.log(2))
+    assert float(metrics.accuracy([[2.0, 1.0], [0.0, 1.0]], [0, 0])) == 0.5
+    assert float(metrics.top_k_accuracy(np.array([[2.0, 1.0, 0.0]]), [1], k=2)) == 1.0
+    assert losses.mse(jnp.zeros((0, 1)), jnp.zeros((0, 1)), reduction="none").shape == (0, 1)  # no mean: fine
 
 
 def test_binary_losses_compute_in_the_input_dtype():
