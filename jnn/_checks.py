@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "positive_int", "boolean", "rate", "number_above", "number_in", "per_axis",
+    "positive_int", "boolean", "rate", "finite_number", "number_above", "number_in", "per_axis",
     "param", "child_params", "float_input", "ids_in_range", "is_concrete", "values_in_unit_interval",
     "integer_labels", "float_labels_hint",
 ]
@@ -43,6 +43,13 @@ def boolean(label: str, **flags) -> None:
     for what, value in flags.items():
         if not isinstance(value, bool):
             raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
+
+
+def finite_number(label: str, what: str, value) -> float:
+    """``float(value)`` if it is a finite real number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{label}: {what} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def number_above(label: str, what: str, value, bound: float) -> float:

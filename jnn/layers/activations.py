@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jnn import _checks as checks
 from jnn.core import Layer, stateless
 
 __all__ = ["heaviside", "step", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus",
@@ -89,6 +90,7 @@ def leaky_relu(negative_slope: float = 0.01, *, name: str | None = None) -> Laye
       >>> [round(float(v), 3) for v in y]
       [-0.1, 0.0, 2.0]
     """
+    checks.finite_number(name or "leaky_relu", "negative_slope", negative_slope)
     return stateless("leaky_relu", functools.partial(jax.nn.leaky_relu, negative_slope=negative_slope),
                      name=name)
 
@@ -102,6 +104,7 @@ def elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
       >>> [round(float(v), 3) for v in y]
       [-0.632, 0.0, 2.0]
     """
+    checks.finite_number(name or "elu", "alpha", alpha)
     return stateless("elu", functools.partial(jax.nn.elu, alpha=alpha), name=name)
 
 
@@ -114,6 +117,7 @@ def gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
       >>> [round(float(v), 3) for v in y]
       [-0.159, 0.0, 1.954]
     """
+    checks.boolean(name or "gelu", approximate=approximate)
     return stateless("gelu", functools.partial(jax.nn.gelu, approximate=approximate), name=name)
 
 
@@ -144,6 +148,18 @@ def silu(*, name: str | None = None) -> Layer:
 swish = silu
 
 
+def _over_axis(label: str, fn, axis: int):
+    """``fn(x, axis=axis)``, with ``axis`` an int checked now and against ``x``'s rank at apply."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ValueError(f"{label}: axis must be an integer, got {axis!r}")
+
+    def over_axis(x):
+        if not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"{label}: axis {axis} is out of range for an input of shape {tuple(x.shape)}")
+        return fn(x, axis=axis)
+    return over_axis
+
+
 def softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Softmax over ``axis`` (probabilities that sum to 1).
 
@@ -153,7 +169,7 @@ def softmax(axis: int = -1, *, name: str | None = None) -> Layer:
       >>> [round(float(v), 3) for v in y]
       [0.042, 0.114, 0.844]
     """
-    return stateless("softmax", functools.partial(jax.nn.softmax, axis=axis), name=name)
+    return stateless("softmax", _over_axis(name or "softmax", jax.nn.softmax, axis), name=name)
 
 
 def log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
@@ -165,4 +181,4 @@ def log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
       >>> [round(float(v), 3) for v in y]
       [-3.17, -2.17, -0.17]
     """
-    return stateless("log_softmax", functools.partial(jax.nn.log_softmax, axis=axis), name=name)
+    return stateless("log_softmax", _over_axis(name or "log_softmax", jax.nn.log_softmax, axis), name=name)

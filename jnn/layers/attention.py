@@ -150,6 +150,7 @@ class _Attention(NamedTuple):
 
     def attend(self, q, k, v, *, causal: bool, lengths=None, mask=None, key=None, train=False):
         """Attention over heads; ``mask`` (``[1|B, 1, T, S]`` bool) adds to causal/lengths."""
+        checks.boolean(self.label, train=train)
         dropping = train and self.dropout_rate > 0
         if dropping and key is None:
             raise layer_error(self.label, f"train=True with dropout_rate={self.dropout_rate} needs a PRNG "

@@ -37,6 +37,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
     """
     label = name or "dense"
     checks.positive_int(label, "features", features)
+    checks.boolean(label, use_bias=use_bias)
     w_init = initializers.get(w_init, where=f"{label} w_init")
     b_init = initializers.get(b_init, where=f"{label} b_init")
 

@@ -164,6 +164,7 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
       (3, 3, 1, 8)
     """
     label = name or "conv"
+    checks.boolean(label, use_bias=use_bias)
     kernel_size, strides, dilation, padding, w_init, b_init = _options(
         label, features, kernel_size, strides, dilation, padding, w_init, b_init)
     rank = len(kernel_size)
@@ -284,6 +285,7 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
       (2, 14, 14, 3)
     """
     label = name or "conv_transpose"
+    checks.boolean(label, use_bias=use_bias)
     kernel_size, strides, dilation, padding, w_init, b_init = _options(
         label, features, kernel_size, strides, dilation, padding, w_init, b_init)
     rank = len(kernel_size)

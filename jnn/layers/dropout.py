@@ -44,6 +44,7 @@ def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected
 
     def apply(params, state, x, *, key=None, train=False):
         check(x.shape, x.dtype)
+        checks.boolean(label, train=train)
         if not train or is_zero:
             return x, state
         if key is None:

@@ -135,6 +135,7 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
 
     def apply(params, state, x, *, key=None, train=False):
         _check_float_input(label, x)
+        checks.boolean(label, train=train)
         axes = reduction_axes(x.ndim)
         features = tuple(d for i, d in enumerate(x.shape) if i not in axes)
         if features != tuple(state["mean"].shape):

@@ -31,6 +31,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 from jnn.layers.conv import Padding, _check_input, _padding, _per_axis, _window
 
@@ -158,6 +159,8 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
       >>> avg_pool((2,)).apply({}, {}, jnp.array([[[1.0], [3.0], [5.0], [7.0]]]))[0][0, :, 0]
       Array([2., 6.], dtype=float32)
     """
+
+    checks.boolean(name or "avg_pool", count_include_pad=count_include_pad)
 
     def reduce(x, dims, strides_, pad):
         # A Python scalar init value keeps this the differentiable reduce_window_sum primitive.

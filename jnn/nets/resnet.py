@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from jnn import _checks as checks
 from jnn.core import Layer, fan_out, identity, serial
 from jnn.layers.activations import relu
 from jnn.layers.basic import dense
@@ -27,6 +28,7 @@ def residual_block(features: int, *, strides: int = 1, project: bool = False, na
       >>> block.apply(params, state, jnp.zeros((2, 8, 8, 4)))[0].shape
       (2, 4, 4, 8)
     """
+    checks.boolean(name or "residual_block", project=project)
     main = serial(conv(features, (3, 3), strides=strides, use_bias=False, w_init="he_normal"), batch_norm(),
                   relu(), conv(features, (3, 3), use_bias=False, w_init="he_normal"), batch_norm(), name="main")
     if project:
