@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 
 import jax
@@ -96,6 +97,11 @@ def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: in
       >>> sample_logits(jax.random.key(0), jnp.array([[0.0, 5.0, 1.0]]), temperature=0.0)
       Array([1], dtype=int32)
     """
+    _check_sampling("sample_logits", temperature, top_k)
+    logits = jnp.asarray(logits)
+    if logits.ndim < 1:
+        raise ValueError(f"sample_logits: logits must have a vocabulary axis last, [..., V], got shape ()")
+    _check_vocab("sample_logits", logits, top_k)
     logits = logits.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32)
     if temperature < GREEDY_BELOW:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -118,11 +124,15 @@ def _check(where: str, model, prompt, num_new_tokens, temperature, top_k, cached
                          f"{prompt.dtype}{list(prompt.shape)}")
     if isinstance(num_new_tokens, bool) or not isinstance(num_new_tokens, int) or num_new_tokens < 1:
         raise ValueError(f"{where}: num_new_tokens must be a positive integer, got {num_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or temperature < 0:
-        raise ValueError(f"{where}: temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
+    _check_sampling(where, temperature, top_k)
+    return prompt.astype(jnp.int32)
+
+
+def _check_sampling(where: str, temperature, top_k) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise ValueError(f"{where}: temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"{where}: top_k must be None or a positive integer, got {top_k!r}")
-    return prompt.astype(jnp.int32)
 
 
 def _check_vocab(where: str, logits, top_k):

@@ -1,6 +1,7 @@
 """jnn.train.checkpoint: bit-identical resume, crash safety, retention, structure checks."""
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -220,3 +221,28 @@ def test_unserializable_config_is_rejected_before_anything_is_written(tmp_path):
     with pytest.raises(TypeError, match="config and logs must be JSON-serializable"):
         ckpt.save(1, {"w": jnp.zeros(3)}, config={"activation": jax.nn.relu})
     assert ckpt.all_steps() == [] and not list(tmp_path.glob("1*"))
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda ck, ts: ck.save(True, ts), ValueError, "Checkpointer.save: step must be a non-negative integer, got True"),
+    (lambda ck, ts: ck.save(2.0, ts), ValueError, "Checkpointer.save: step must be a non-negative integer, got 2.0"),
+    (lambda ck, ts: ck.save(2, ts, config=[1]), TypeError,
+     "Checkpointer.save: config must be a JSON-serializable dict or None, got list"),
+    (lambda ck, ts: ck.restore(ts, step="1"), ValueError,
+     "Checkpointer.restore: step must be a non-negative integer, got '1'"),
+    (lambda ck, ts: ck.restore_params(like={"w": 1}), TypeError,
+     "Checkpointer.restore_params: like must be a (params, state) pair, got dict"),
+    (lambda ck, ts: jnn.train.Checkpointer(ck.directory.parent / "other", config="units=2"), TypeError,
+     "Checkpointer: config must be a JSON-serializable dict or None, got str"),
+])
+def test_step_config_and_like_are_checked(tmp_path, call, error, message):
+    ck = jnn.train.Checkpointer(tmp_path / "ck")
+    ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 2)))
+    ck.save(1, ts)
+    with pytest.raises(error, match="^" + re.escape(message) + "$"):
+        call(ck, ts)
+    assert ck.all_steps() == [1]
+    ck.save(np.int64(2), ts._replace(step=jnp.asarray(2)))   # NumPy and array integers are steps
+    ck.save(ts.step + 3, ts)
+    assert ck.all_steps() == [1, 2, 3]
+    ck.close()

@@ -1,5 +1,6 @@
 """Tests for jnn.generate: cached == uncached sampling for the same key, sampling rules, errors."""
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +69,18 @@ def test_sample_logits_greedy_top_k_and_temperature():
     assert cold[3] > 0.9
 
 
+@pytest.mark.parametrize("kw,message", [
+    ({"temperature": -1.0}, "temperature must be a finite number >= 0 (0 is greedy), got -1.0"),
+    ({"temperature": "hot"}, "temperature must be a finite number >= 0 (0 is greedy), got 'hot'"),
+    ({"top_k": 0}, "top_k must be None or a positive integer, got 0"),
+    ({"top_k": True}, "top_k must be None or a positive integer, got True"),
+    ({"top_k": 6}, "top_k=6 is larger than the vocabulary (5)"),
+])
+def test_sample_logits_arguments(kw, message):
+    with pytest.raises(ValueError, match="^" + re.escape("sample_logits: " + message) + "$"):
+        sample_logits(KEY, jnp.zeros((2, 5)), **kw)
+
+
 def test_errors():
     lm, params = lm_and_params()
     with pytest.raises(ValueError, match=r"generate: expected a prompt of integer token ids \[B, P\] with "
@@ -77,9 +90,12 @@ def test_errors():
         generate(lm, params, PROMPT[0], 3, key=KEY)
     with pytest.raises(ValueError, match=r"generate: num_new_tokens must be a positive integer, got 0"):
         generate(lm, params, PROMPT, 0, key=KEY)
-    with pytest.raises(ValueError, match=r"generate_uncached: temperature must be a number >= 0 \(0 is greedy\), "
-                                         r"got -1.0"):
+    with pytest.raises(ValueError, match=r"generate_uncached: temperature must be a finite number >= 0 \(0 is "
+                                         r"greedy\), got -1.0"):
         generate_uncached(lm, params, PROMPT, 3, key=KEY, temperature=-1.0)
+    with pytest.raises(ValueError, match=r"generate: temperature must be a finite number >= 0 \(0 is greedy\), "
+                                         r"got inf"):
+        generate(lm, params, PROMPT, 3, key=KEY, temperature=float("inf"))
     with pytest.raises(ValueError, match=r"generate: top_k must be None or a positive integer, got 0"):
         generate(lm, params, PROMPT, 3, key=KEY, top_k=0)
     with pytest.raises(ValueError, match=r"generate: top_k=20 is larger than the vocabulary \(13\)"):

@@ -39,6 +39,7 @@ import shutil
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 from jnn import tree as _tree
 
@@ -122,6 +123,21 @@ def _mismatch(saved: dict[str, list], expected: dict[str, list]) -> list[str]:
     return lines
 
 
+def _as_step(where: str, step) -> int:
+    """A checkpoint step as a Python int: an int, NumPy integer or integer scalar array (a
+    train state's ``step``); bools, floats and strings are refused."""
+    integral = isinstance(step, (int, np.integer)) or (
+        hasattr(step, "dtype") and np.ndim(step) == 0 and np.issubdtype(step.dtype, np.integer))
+    if isinstance(step, (bool, np.bool_)) or not integral:
+        raise ValueError(f"Checkpointer.{where}: step must be a non-negative integer, got {step!r}")
+    return int(step)
+
+
+def _check_config(where: str, config) -> None:
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"{where}: config must be a JSON-serializable dict or None, got {type(config).__name__}")
+
+
 class Checkpointer:
     """Saves and restores train states in ``directory``, keeping the last ``keep``.
 
@@ -154,6 +170,7 @@ class Checkpointer:
     def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ValueError(f"Checkpointer: keep must be a positive integer or None, got {keep!r}")
+        _check_config("Checkpointer", config)
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.keep, self.config = keep, config
         _check_directory(self.directory)
@@ -205,7 +222,8 @@ class Checkpointer:
           ValueError: ``step`` is negative or not after the latest saved step.
           TypeError: ``config`` or ``logs`` is not JSON-serializable.
         """
-        step = int(step)
+        step = _as_step("save", step)
+        _check_config("Checkpointer.save", config)
         latest = self.latest_step()
         if step < 0 or (latest is not None and step <= latest):
             raise ValueError(f"Checkpointer.save: step {step} must be >= 0 and after the latest checkpoint "
@@ -336,6 +354,9 @@ class Checkpointer:
           ValueError: with ``like``, the saved params/state differ from it (listed by path).
         """
         from jnn import io as _io
+        if like is not None and not (isinstance(like, (tuple, list)) and len(like) == 2):
+            raise TypeError(f"Checkpointer.restore_params: like must be a (params, state) pair, got "
+                            f"{type(like).__name__}")
         step = self._resolve(step, "restore_params")
         self.read_meta(step)  # a jnn checkpoint?
         with self._corrupt(step):
@@ -389,7 +410,7 @@ class Checkpointer:
             if not steps:
                 raise FileNotFoundError(f"Checkpointer.{where}: no checkpoint in {self.directory}")
             return steps[-1]
-        if int(step) not in steps:
+        if _as_step(where, step) not in steps:
             raise FileNotFoundError(f"Checkpointer.{where}: no checkpoint {step} in {self.directory}; "
                                     f"saved steps: {steps}")
         return int(step)
