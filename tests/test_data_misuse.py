@@ -3,6 +3,8 @@ it got: Grain pipelines and sources, write_npy, and the dataset loaders' argumen
 import os
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -97,3 +99,28 @@ def test_dataset_loader_arguments(call, message, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=_exactly(message)):
         call()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: list(jnn.data.batches(np.arange(6), batch_size=3, drop_remainder="yes")), ValueError,
+     "batches: drop_remainder must be True or False, got 'yes'"),
+    (lambda: list(jnn.data.batches(np.arange(6), batch_size=3, key=0)), TypeError,
+     "batches: key must be one PRNG key (jax.random.key(0)) or None, got 0"),
+    (lambda: list(jnn.data.batches(np.arange(6), batch_size=3, key=jax.random.split(jax.random.key(0), 2))),
+     TypeError, "batches: key must be one PRNG key (jax.random.key(0)) or None, got key<fry>[2]"),
+    (lambda: jnn.data.augment.translate(jnp.zeros((4, 4, 1)), (1, 2, 3)), ValueError,
+     "translate: shift must be a pair (dy, dx), got (1, 2, 3)"),
+    (lambda: jnn.data.augment.affine(jnp.zeros((4, 4)), 10.0), ValueError,
+     "affine: expected one image of shape [H, W, C] (vmap it over a batch), got shape (4, 4)"),
+    (lambda: jnn.data.augment.augment_layer("flip", name="aug"), TypeError,
+     "aug: expected augmentations (key, images) -> images, got str"),
+])
+def test_batches_and_augmentation_arguments(call, error, message):
+    with pytest.raises(error, match=_exactly(message)):
+        call()
+
+
+def test_batches_takes_typed_and_legacy_keys_alike():
+    typed = [b[0].tolist() for b in jnn.data.batches(np.arange(7), batch_size=3, key=jax.random.key(0))]
+    legacy = [b[0].tolist() for b in jnn.data.batches(np.arange(7), batch_size=3, key=jax.random.PRNGKey(0))]
+    assert typed == legacy and sorted(sum(typed, [])) == list(range(7))

@@ -22,6 +22,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jnn import _checks as checks
 from jnn import initializers
 from jnn.core import Layer, layer_error, shape_of
 
@@ -73,6 +74,12 @@ def _int_below(u, n):
     return jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
 
 
+def _check_image(where: str, image) -> None:
+    if jnp.ndim(image) != 3:
+        raise ValueError(f"{where}: expected one image of shape [H, W, C] (vmap it over a batch), got shape "
+                         f"{tuple(jnp.shape(image))}")
+
+
 def translate(image: jax.Array, shift) -> jax.Array:
     """One image ``[H, W, C]`` shifted by ``shift = (dy, dx)`` pixels (may be traced), zero-filled.
 
@@ -86,7 +93,14 @@ def translate(image: jax.Array, shift) -> jax.Array:
       >>> translate(image, (0, 1))[..., 0].tolist()
       [[0.0, 1.0], [0.0, 3.0]]
     """
-    dy, dx = jnp.asarray(shift).astype(jnp.int32)
+    _check_image("translate", image)
+    try:
+        pair = jnp.asarray(shift)   # a tuple of traced ints too
+    except TypeError:
+        pair = None
+    if pair is None or pair.shape != (2,) or not jnp.issubdtype(pair.dtype, jnp.number):
+        raise ValueError(f"translate: shift must be a pair (dy, dx), got {shift!r}")
+    dy, dx = pair.astype(jnp.int32)
     h, w = image.shape[:2]
     rolled = jnp.roll(image, (dy, dx), axis=(0, 1))
     rows, cols = jnp.arange(h, dtype=jnp.int32) - dy, jnp.arange(w, dtype=jnp.int32) - dx
@@ -113,6 +127,7 @@ def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0)
       >>> bool(jnp.allclose(affine(image), image))
       True
     """
+    _check_image("affine", image)
     h, w = image.shape[:2]
     dtype = initializers.param_dtype(image.dtype)  # coordinates in float32 (float64 for float64)
     theta = jnp.deg2rad(jnp.asarray(rotation_degrees, dtype))
@@ -273,11 +288,15 @@ def pipeline(*augmentations: Augmentation) -> Augmentation:
       >>> augment(jax.random.key(0), jnp.zeros((2, 32, 32, 3))).shape
       (2, 32, 32, 3)
     """
+    return _pipeline("pipeline", augmentations)
+
+
+def _pipeline(where: str, augmentations) -> Augmentation:
     if not augmentations:
-        raise ValueError("pipeline: expected at least one augmentation, got none")
+        raise ValueError(f"{where}: expected at least one augmentation, got none")
     for a in augmentations:
         if not callable(a):
-            raise TypeError(f"pipeline: expected augmentations (key, images) -> images, got "
+            raise TypeError(f"{where}: expected augmentations (key, images) -> images, got "
                             f"{type(a).__name__}")
 
     def augment(key, images):
@@ -304,8 +323,8 @@ def augment_layer(*augmentations: Augmentation, name: str | None = None) -> Laye
       >>> model.apply(params, state, x, key=jax.random.key(1), train=True)[0].shape
       (4, 10)
     """
-    augment = pipeline(*augmentations)
     label = name or "augment"
+    augment = _pipeline(label, augmentations)
 
     def init(key, example):
         x = shape_of(example)
@@ -314,6 +333,7 @@ def augment_layer(*augmentations: Augmentation, name: str | None = None) -> Laye
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        checks.boolean(label, train=train)
         if not train:
             return x, state
         if key is None:

@@ -29,6 +29,13 @@ def batches(*arrays, batch_size: int, key: jax.Array | None = None,
         raise ValueError("batches: expected at least one array")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(drop_remainder, bool):
+        raise ValueError(f"batches: drop_remainder must be True or False, got {drop_remainder!r}")
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    legacy = isinstance(key, jax.Array) and key.dtype == np.uint32 and key.shape == (2,)   # jax.random.PRNGKey
+    if key is not None and not ((typed and key.ndim == 0) or legacy):
+        got = f"{key.dtype}{list(key.shape)}" if hasattr(key, "dtype") else repr(key)
+        raise TypeError(f"batches: key must be one PRNG key (jax.random.key(0)) or None, got {got}")
     sizes = [len(a) for a in arrays]
     if len(set(sizes)) > 1:
         raise ValueError(f"batches: arrays must have the same number of examples, got {sizes}")
