@@ -21,9 +21,14 @@ X = np.arange(16, dtype=np.float32).reshape(8, 2) / 16
 Y = X.sum(1, keepdims=True)
 
 
-def _fit(data=(X, Y), model=None, **kw):
+_DEFAULT = object()
+
+
+def _fit(data=(X, Y), model=_DEFAULT, loss=jnn.losses.mse, optimizer=_DEFAULT, **kw):
     kw = {"key": KEY, "epochs": 2, "batch_size": 4, "metrics": {}, "progress": False, "verbose": False, **kw}
-    return jnn.train.fit(model or jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), data, **kw)
+    model = jnn.dense(1) if model is _DEFAULT else model
+    optimizer = optax.sgd(0.1) if optimizer is _DEFAULT else optimizer
+    return jnn.train.fit(model, loss, optimizer, data, **kw)
 
 
 def _stream():
@@ -53,6 +58,29 @@ def _exactly(message):
     ({"resume": True}, ValueError, "fit: steps_per_epoch, checkpoint and resume are for streamed train_data; "
      "for arrays use callbacks=[checkpointer.save_every(k)] and train_state= to resume"),
     ({"rules": jnn.parallel.fsdp()}, ValueError, "fit: rules shard params over a mesh; pass mesh= as well"),
+    ({"model": jnn.dense}, TypeError, "fit: model must be a jnn.Layer (e.g. jnn.dense(10)), got function (did you "
+     "forget to call it?)"),
+    ({"model": None}, TypeError, "fit: model must be a jnn.Layer (e.g. jnn.dense(10)), got NoneType"),
+    ({"optimizer": optax.sgd}, TypeError, "fit: optimizer must be an optax.GradientTransformation (e.g. "
+     "optax.adam(1e-3)), got function (did you forget to call it?)"),
+    ({"optimizer": "adam"}, TypeError, "fit: optimizer must be an optax.GradientTransformation (e.g. "
+     "optax.adam(1e-3)), got str"),
+    ({"loss": "mse"}, TypeError, "fit: loss must be a function (predictions, targets) -> scalar, e.g. "
+     "jnn.losses.mse, got str"),
+    ({"metrics": ["accuracy"]}, TypeError, "fit: metrics must be a dict {name: fn(predictions, targets)}, got list"),
+    ({"metrics": {"acc": "accuracy"}}, TypeError, "fit: metrics must map names to functions (predictions, "
+     "targets) -> scalar; 'acc' maps to str"),
+    ({"regularizer": "l2"}, TypeError, "fit: regularizer must be a function params -> scalar or None, got str"),
+    ({"key": 0}, TypeError, "fit: key must be one PRNG key (jax.random.key(0)), got 0"),
+    ({"key": jax.random.split(KEY, 2)}, TypeError, "fit: key must be one PRNG key (jax.random.key(0)), got "
+     "key<fry>[2]"),
+    ({"progress": "yes"}, ValueError, "fit: progress must be True or False, got 'yes'"),
+    ({"verbose": 1}, ValueError, "fit: verbose must be True or False, got 1"),
+    ({"check_data": None}, ValueError, "fit: check_data must be True or False, got None"),
+    ({"debug_nonfinite": "yes"}, ValueError, "fit: debug_nonfinite must be True or False, got 'yes'"),
+    ({"train_state": {"params": {}}}, TypeError, "fit: train_state must be a jnn.train.TrainState (from "
+     "init_train_state or a previous fit), got dict"),
+    ({"history_file": "run.txt"}, ValueError, "fit: history_file must end in .csv or .jsonl, got run.txt"),
 ])
 def test_fit_argument_errors_in_full(kw, error, message):
     with pytest.raises(error, match=_exactly(message)):

@@ -231,6 +231,15 @@ def test_errors_name_the_function_and_the_problem(digits):
     (lambda run, srch: run(shared_order=1), ValueError, "fit_population: shared_order must be True, False or 'auto', "
      "got 1"),
     (lambda run, srch: run(callbacks=3), TypeError, "fit_population: callbacks must be a list of callbacks, got int"),
+    (lambda run, srch: run(make_model=jnn.dense(3)), TypeError,
+     "fit_population: make_model must be a function of the hyperparameters, got Layer"),
+    (lambda run, srch: run(make_optimizer=optax.adam(1e-3)), TypeError,
+     "fit_population: make_optimizer must be a function of the hyperparameters, got GradientTransformationExtraArgs"),
+    (lambda run, srch: run(metrics={"acc": 1}), TypeError, "fit_population: metrics must map names to functions "
+     "(predictions, targets) -> scalar; 'acc' maps to int"),
+    (lambda run, srch: run(verbose="yes"), ValueError, "fit_population: verbose must be True or False, got 'yes'"),
+    (lambda run, srch: run(prune="median"), TypeError, "fit_population: prune must be a function (epoch, history) "
+     "-> bool [N], got str"),
     (lambda run, srch: srch(configs={"lr": 0.1}), TypeError,
      "search: configs must be a list of dicts (one per member), got dict"),
     (lambda run, srch: srch(configs=[0.1, 0.2]), TypeError,
@@ -248,8 +257,9 @@ def test_errors_name_the_function_and_the_problem(digits):
 def test_misuse_of_populations_and_search_is_refused_before_training(digits, call, error, message):
     train, _ = digits
     common = dict(key=jax.random.key(0), epochs=1, batch_size=BATCH, metrics={})
-    run = lambda **kw: fit_population(make_model, LOSS, make_adamw, train, **{
-        "hparams": {"lr": jnp.full(2, 1e-3), "wd": jnp.full(2, 1e-4), "rate": jnp.zeros(2)}, **common, **kw})
+    run = lambda make_model=make_model, make_optimizer=make_adamw, **kw: fit_population(
+        make_model, LOSS, make_optimizer, train, **{
+            "hparams": {"lr": jnp.full(2, 1e-3), "wd": jnp.full(2, 1e-4), "rate": jnp.zeros(2)}, **common, **kw})
     srch = lambda configs: search(make_model, LOSS, make_adamw, train, configs=[
         {"wd": 1e-4, "rate": 0.0, **c} if isinstance(c, dict) else c for c in configs]
         if not isinstance(configs, dict) else configs, **common)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -67,6 +68,57 @@ def _positive_int(where: str, what: str, value) -> None:
         raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
 
 
+def _described(value) -> str:
+    hint = " (did you forget to call it?)" if callable(value) else ""
+    return f"{type(value).__name__}{hint}"
+
+
+_UNSET = object()
+
+
+def check_parts(where: str, *, loss, metrics, regularizer, model=_UNSET, optimizer=_UNSET, make_model=_UNSET,
+                make_optimizer=_UNSET, **flags) -> None:
+    """The training recipe's parts have the right kinds, before anything is built or traced:
+    ``model`` a Layer, ``optimizer`` an optax transformation, ``make_model``/``make_optimizer``,
+    ``loss``, metric functions and ``regularizer`` callables; each of ``flags`` a bool."""
+    from jnn.core import Layer
+    if model is not _UNSET and not isinstance(model, Layer):
+        raise TypeError(f"{where}: model must be a jnn.Layer (e.g. jnn.dense(10)), got {_described(model)}")
+    if optimizer is not _UNSET and not (callable(getattr(optimizer, "init", None))
+                                      and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"{where}: optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
+                        f"got {_described(optimizer)}")
+    for what, fn in (("make_model", make_model), ("make_optimizer", make_optimizer)):
+        if fn is not _UNSET and not callable(fn):
+            raise TypeError(f"{where}: {what} must be a function of the hyperparameters, got {type(fn).__name__}")
+    if not callable(loss):
+        raise TypeError(f"{where}: loss must be a function (predictions, targets) -> scalar, e.g. "
+                        f"jnn.losses.mse, got {type(loss).__name__}")
+    if regularizer is not None and not callable(regularizer):
+        raise TypeError(f"{where}: regularizer must be a function params -> scalar or None, got "
+                        f"{type(regularizer).__name__}")
+    if metrics is not None:
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"{where}: metrics must be a dict {{name: fn(predictions, targets)}}, got "
+                            f"{type(metrics).__name__}")
+        for name, fn in metrics.items():
+            if not isinstance(name, str) or not callable(fn):
+                raise TypeError(f"{where}: metrics must map names to functions (predictions, targets) -> "
+                                f"scalar; {name!r} maps to {type(fn).__name__}")
+    for what, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {what} must be True or False, got {value!r}")
+
+
+def check_key(where: str, key) -> None:
+    """One PRNG key: typed (``jax.random.key``) or a legacy ``jax.random.PRNGKey`` (uint32[2])."""
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0
+    legacy = isinstance(key, jax.Array) and key.dtype == np.uint32 and key.shape == (2,)
+    if not (typed or legacy):
+        got = f"{key.dtype}{list(key.shape)}" if hasattr(key, "dtype") and hasattr(key, "shape") else repr(key)
+        raise TypeError(f"{where}: key must be one PRNG key (jax.random.key(0)), got {got}")
+
+
 def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split, history_file,
                    on_nonfinite) -> None:
     """Argument checks that need no tracing; raises before any data is split or traced."""
@@ -87,7 +139,12 @@ def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split, his
             raise ValueError(f"{where}: val_split={val_split} of {n} examples leaves {what} examples "
                              f"for validation; use a val_split between {1 / n:.3g} and {1 - 1 / n:.3g}")
     if history_file is not None:
-        parent = Path(os.fspath(history_file)).parent
+        path = Path(os.fspath(history_file))
+        if path.suffix not in (".csv", ".jsonl"):
+            raise ValueError(f"{where}: history_file must end in .csv or .jsonl, got {history_file}")
+        if path.exists():
+            raise FileExistsError(f"{where}: history_file {history_file} already exists; choose another path")
+        parent = path.parent
         blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
             raise NotADirectoryError(f"{where}: history_file {history_file} cannot be written: "

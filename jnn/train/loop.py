@@ -343,6 +343,13 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                          "not both")
     if fused not in (True, False, "auto"):
         raise ValueError(f"fit: fused must be True, False or 'auto', got {fused!r}")
+    guard.check_parts("fit", model=model, optimizer=optimizer, loss=loss, metrics=metrics, regularizer=regularizer,
+                      progress=progress, verbose=verbose, check_data=check_data, debug_nonfinite=debug_nonfinite,
+                      resume=resume)
+    guard.check_key("fit", key)
+    if train_state is not None and not isinstance(train_state, TrainState):
+        raise TypeError(f"fit: train_state must be a jnn.train.TrainState (from init_train_state or a previous "
+                        f"fit), got {type(train_state).__name__}")
     callbacks, early_stopping = _with_early_stopping("fit", callbacks, early_stopping)
     streamed, feed = _stream.is_stream(train_data), None
     try:

@@ -283,6 +283,8 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
         raise ValueError(f"fit_pbt: epochs must be a positive integer, got {epochs!r}")
     if val_data is not None and val_split:
         raise ValueError("fit_pbt: pass either val_data or val_split, not both")
+    guard.check_parts("fit_pbt", make_model=make_model, make_optimizer=make_optimizer, loss=loss, metrics=metrics,
+                      regularizer=regularizer)
     hparams, n = _check_hparams("fit_pbt", hparams)
     keys = _as_keys("fit_pbt", key, n)
     for name, _ in pbt.space:

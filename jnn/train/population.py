@@ -411,6 +411,12 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     if debug_nonfinite and shared_order is not False:
         raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "
                          f"shared_order=False, got shared_order={shared_order!r}")
+    guard.check_parts("fit_population", make_model=make_model, make_optimizer=make_optimizer, loss=loss,
+                      metrics=metrics, regularizer=regularizer, verbose=verbose, debug_nonfinite=debug_nonfinite,
+                      check_data=check_data)
+    if prune is not None and not callable(prune):
+        raise TypeError(f"fit_population: prune must be a function (epoch, history) -> bool [N], got "
+                        f"{type(prune).__name__}")
     callbacks, es = _with_early_stopping("fit_population", callbacks, early_stopping)
     for cb in callbacks:
         if not hasattr(cb, "on_population_epoch_end"):
