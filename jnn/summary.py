@@ -36,6 +36,8 @@ def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
       >>> print(jnn.summary(model, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)))  # doctest: +ELLIPSIS
       layer ...
     """
+    if not isinstance(model, core.Layer):
+        raise TypeError(f"summary: model must be a jnn.Layer, got {type(model).__name__}")
     key = jax.random.key(0) if key is None else key
     example = core.shape_of(example)
     params, state = jax.eval_shape(model.init, key, example)

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +84,21 @@ def matches(path: str, patterns: Iterable[str] | str) -> bool:
     return any(fnmatch.fnmatchcase(path if "/" in p else leaf, p) for p in patterns)
 
 
+def check_patterns(where: str, what: str, patterns) -> tuple[str, ...]:
+    """``patterns`` (one string or an iterable of them) as a tuple of non-empty strings."""
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    elif isinstance(patterns, Iterable) and not isinstance(patterns, Mapping):
+        patterns = tuple(patterns)
+    else:
+        raise TypeError(f"{where}: {what} must be a pattern string or a list of them, got "
+                        f"{type(patterns).__name__}")
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    if bad:
+        raise ValueError(f"{where}: {what} patterns must be non-empty strings, got {bad!r}")
+    return patterns
+
+
 def check_weights_selected(tree, include, exclude, where: str) -> None:
     """With the default ``include`` (:data:`WEIGHTS`), raises a ValueError naming every floating
     leaf of rank >= 2 that is not selected, not in :data:`NOT_WEIGHTS` and not excluded: a
@@ -97,6 +112,8 @@ def check_weights_selected(tree, include, exclude, where: str) -> None:
       ...
       ValueError: example: the default selection (leaves named 'w') would skip the weights ['gate/wa', 'gate/wg'] ...
     """
+    check_patterns(where, "include", include)
+    check_patterns(where, "exclude", exclude)
     if include is not WEIGHTS:
         return
     skipped = [path for path, leaf in leaves_with_paths(tree)

@@ -45,7 +45,7 @@ def test_patterns_that_match_nothing_are_rejected():
         trainable_mask(params, ["encodr/*", "b"])
     with pytest.raises(ValueError, match=r"freeze: pattern\(s\) \['kernel'\] match no parameter"):
         freeze(optax.sgd(0.1), "kernel").init(params)
-    with pytest.raises(ValueError, match=r"freeze: patterns must be non-empty strings, got \[''\]"):
+    with pytest.raises(ValueError, match=r"freeze: frozen patterns must be non-empty strings, got \[''\]"):
         freeze(optax.sgd(0.1), [""])
 
 
@@ -114,3 +114,19 @@ def test_frozen_leaves_have_no_optimizer_state_and_escape_weight_decay():
     plain_opt = optax.adamw(0.1, weight_decay=0.5)
     plain, _ = plain_opt.update(zeros, plain_opt.init(params), params)
     assert np.any(plain["encoder"]["dense_0"]["w"])   # without freeze, decay would move them
+
+
+def test_patterns_and_optimizer_kinds_are_checked():
+    params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}}
+    with pytest.raises(TypeError, match=r"^trainable_mask: frozen must be a pattern string or a list of them, got int$"):
+        jnn.train.trainable_mask(params, 3)
+    with pytest.raises(TypeError, match=r"^jnn.tree.mask: include must be a pattern string or a list of them, got "
+                                        r"int$"):
+        jnn.tree.mask(params, include=3)
+    with pytest.raises(ValueError, match=r"^penalty: exclude patterns must be non-empty strings, got \[None\]$"):
+        jnn.losses.l2_penalty(params, exclude=[None])
+    with pytest.raises(TypeError, match=r"^freeze: optimizer must be an optax.GradientTransformation \(e.g. "
+                                        r"optax.adam\(1e-3\)\), got str$"):
+        freeze("adam", "b")
+    with pytest.raises(TypeError, match=r"^summary: model must be a jnn.Layer, got int$"):
+        jnn.summary(3, jnp.zeros((1, 2)))

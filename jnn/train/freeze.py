@@ -32,11 +32,7 @@ FROZEN, TRAINABLE = "frozen", "trainable"
 
 
 def _patterns(frozen: Iterable[str] | str, where: str) -> tuple[str, ...]:
-    patterns = (frozen,) if isinstance(frozen, str) else tuple(frozen)
-    bad = [p for p in patterns if not isinstance(p, str) or not p]
-    if bad:
-        raise ValueError(f"{where}: patterns must be non-empty strings, got {bad!r}")
-    return patterns
+    return _tree.check_patterns(where, "frozen", frozen)
 
 
 def _check_used(params, patterns: tuple[str, ...], where: str) -> None:
@@ -93,6 +89,9 @@ def freeze(optimizer: optax.GradientTransformation,
       >>> updates["b"].tolist(), updates["w"].tolist()
       ([0.0, 0.0], [-0.5, -0.5])
     """
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"freeze: optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), got "
+                        f"{type(optimizer).__name__}")
     patterns = _patterns(frozen, "freeze")
 
     def labels(tree):
