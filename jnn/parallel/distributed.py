@@ -40,8 +40,13 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
       Traceback (most recent call last):
       ValueError: jnn.parallel.initialize: process_id must be in [0, 2), got 2
     """
-    if not 0 <= process_id < num_processes:
-        raise ValueError(f"jnn.parallel.initialize: process_id must be in [0, {num_processes}), got {process_id}")
+    where = "jnn.parallel.initialize"
+    if not isinstance(coordinator_address, str) or ":" not in coordinator_address:
+        raise ValueError(f"{where}: coordinator_address must be 'host:port', got {coordinator_address!r}")
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"{where}: num_processes must be a positive integer, got {num_processes!r}")
+    if isinstance(process_id, bool) or not isinstance(process_id, int) or not 0 <= process_id < num_processes:
+        raise ValueError(f"{where}: process_id must be in [0, {num_processes}), got {process_id!r}")
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
@@ -89,6 +94,8 @@ def global_batch(local_batch, mesh, *, check: bool = True):
       ((4, 3), (4,), P('data',))
     """
     check_mesh(mesh, "jnn.parallel.global_batch")
+    if not isinstance(check, bool):
+        raise ValueError(f"jnn.parallel.global_batch: check must be True or False, got {check!r}")
     sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree_util.tree_leaves(local_batch)}
     if len(sizes) != 1:
         raise ValueError(f"jnn.parallel.global_batch: the leaves of the local batch have different numbers of "

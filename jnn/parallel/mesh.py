@@ -50,6 +50,10 @@ def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence | No
       >>> dict(mesh.shape)
       {'data': 1, 'model': 1}
     """
+    if devices is not None and (isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence)
+                                or not devices or not all(isinstance(d, jax.Device) for d in devices)):
+        raise ValueError(f"make_mesh: devices must be a non-empty list of jax devices (e.g. jax.devices()[:4]), "
+                         f"got {devices!r}")
     devices = list(jax.devices() if devices is None else devices)
     if isinstance(model, bool) or not isinstance(model, int) or model < 1 or len(devices) % model:
         raise ValueError(f"make_mesh: model must be a positive integer dividing the {len(devices)} devices, "
@@ -188,6 +192,7 @@ def replicate(tree, mesh):
       >>> data["x"].shape, data["x"].sharding.spec
       ((4,), P())
     """
+    check_mesh(mesh, "jnn.parallel.replicate")
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 

@@ -115,6 +115,11 @@ def plan(model, example, optimizer, mesh=None, *, loss=None, rules: Sequence[Rul
     from jnn import losses
     from jnn.train.step import init_train_state, make_train_step
 
+    from jnn.train import guard
+    guard.check_parts("jnn.parallel.plan", model=model, optimizer=optimizer, loss=loss or losses.mse, metrics=None,
+                      regularizer=None, verbose=verbose)
+    if not (isinstance(example, (tuple, list)) and len(example) == 2):
+        raise TypeError(f"jnn.parallel.plan: example must be one global batch (x, y), got {type(example).__name__}")
     mesh = make_mesh() if mesh is None else mesh
     check_mesh(mesh, "jnn.parallel.plan")
     batch = jax.tree_util.tree_map(_abstract, tuple(example))

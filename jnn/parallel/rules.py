@@ -102,7 +102,11 @@ def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: i
       >>> specs["w"], specs["b"]                   # b is under min_size: replicated
       (P(None, 'data'), P())
     """
-    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    patterns = _tree.check_patterns("jnn.parallel.fsdp", "patterns", patterns)
+    if not isinstance(axis, str):
+        raise ValueError(f"jnn.parallel.fsdp: axis must be a mesh axis name, got {axis!r}")
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+        raise ValueError(f"jnn.parallel.fsdp: min_size must be an integer >= 0, got {min_size!r}")
     return [Rule(patterns, _largest_divisible_dim(axis, min_size))]
 
 
@@ -176,6 +180,23 @@ def _leaf_spec(path: str, shape, mesh, spec) -> P:
     return spec
 
 
+def _check_rules(rules) -> list[Rule]:
+    """``rules`` as a list of :class:`Rule`: each a Rule or a ``(patterns, spec)`` pair."""
+    if rules is None:
+        return []
+    if isinstance(rules, (str, Rule)) or not isinstance(rules, (list, tuple)):
+        raise TypeError(f"jnn.parallel: rules must be a list of Rule (e.g. jnn.parallel.fsdp()), got "
+                        f"{type(rules).__name__}")
+    checked = []
+    for r in rules:
+        if not isinstance(r, Rule) and not (isinstance(r, (tuple, list)) and len(r) in (2, 3)):
+            raise TypeError(f"jnn.parallel: each rule must be a Rule or a (patterns, spec) pair, got {r!r}")
+        rule = r if isinstance(r, Rule) else Rule(*r)
+        _tree.check_patterns("jnn.parallel", "rule", rule.patterns)
+        checked.append(rule)
+    return checked
+
+
 def param_specs(params, mesh, rules: Sequence[Rule] | None = None):
     """A tree of ``PartitionSpec`` for ``params`` (arrays or ``ShapeDtypeStruct``) on ``mesh``.
 
@@ -188,7 +209,7 @@ def param_specs(params, mesh, rules: Sequence[Rule] | None = None):
       >>> jnn.parallel.param_specs({"w": jnp.zeros((4, 2))}, jnn.parallel.make_mesh())   # no rules: replicated
       {'w': P()}
     """
-    rules = [r if isinstance(r, Rule) else Rule(*r) for r in (rules or ())]
+    rules = _check_rules(rules)
     for rule in rules:
         missing = [a for a in _spec_axes(rule.spec) if a not in mesh.shape]
         if missing:
