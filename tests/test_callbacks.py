@@ -171,8 +171,12 @@ def test_early_stopping_arguments_are_checked_before_training():
         _fit_scored(3, callbacks=[jnn.train.EarlyStopping("score")], early_stopping=jnn.train.EarlyStopping("loss"))
     with pytest.raises(TypeError, match=r"fit: early_stopping must be a jnn.train.EarlyStopping, got str"):
         _fit_scored(3, early_stopping="val_loss")
-    with pytest.raises(ValueError, match=r"EarlyStopping: min_delta must be >= 0, got -0.5"):
+    with pytest.raises(ValueError, match=r"EarlyStopping: min_delta must be a finite number >= 0, got -0.5"):
         jnn.train.EarlyStopping(min_delta=-0.5)
+    with pytest.raises(ValueError, match=r"EarlyStopping: min_delta must be a finite number >= 0, got '0.1'"):
+        jnn.train.EarlyStopping(min_delta="0.1")
+    with pytest.raises(ValueError, match=r"EarlyStopping: restore_best must be True or False, got 'yes'"):
+        jnn.train.EarlyStopping(restore_best="yes")
     with pytest.raises(ValueError, match=r"EarlyStopping: mode must be 'min', 'max' or 'auto', got 'up'"):
         jnn.train.EarlyStopping(mode="up")
     assert jnn.train.EarlyStopping is jnn.train.callbacks.EarlyStopping   # one implementation

@@ -33,6 +33,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -291,8 +293,11 @@ class EarlyStopping(Callback):
             raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {self.patience!r}")
-        if not self.min_delta >= 0:
-            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {self.min_delta}")
+        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, numbers.Real) \
+                or not 0 <= self.min_delta < math.inf:
+            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {self.min_delta!r}")
+        if not isinstance(self.restore_best, bool):
+            raise ValueError(f"EarlyStopping: restore_best must be True or False, got {self.restore_best!r}")
         self.on_train_begin(None)
 
     @property
