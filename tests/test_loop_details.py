@@ -75,7 +75,8 @@ def _exactly(message):
     ({"key": jax.random.split(KEY, 2)}, TypeError, "fit: key must be one PRNG key (jax.random.key(0)), got "
      "key<fry>[2]"),
     ({"progress": "yes"}, ValueError, "fit: progress must be True or False, got 'yes'"),
-    ({"verbose": 1}, ValueError, "fit: verbose must be True or False, got 1"),
+    ({"verbose": "yes"}, ValueError, "fit: verbose must be True or False, got 'yes'"),
+    ({"progress": 2}, ValueError, "fit: progress must be True or False, got 2"),
     ({"check_data": None}, ValueError, "fit: check_data must be True or False, got None"),
     ({"debug_nonfinite": "yes"}, ValueError, "fit: debug_nonfinite must be True or False, got 'yes'"),
     ({"train_state": {"params": {}}}, TypeError, "fit: train_state must be a jnn.train.TrainState (from "
@@ -601,3 +602,10 @@ def test_a_streamed_run_checkpoints_every_k_steps_and_resumes_in_this_process(tm
     assert int(resumed.train_state.step) == 8 and resumed.history["epoch"] == [1, 2]
     assert resumed.history["loss"] == whole.history["loss"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.train_state.params, whole.train_state.params)
+
+
+def test_verbose_and_progress_take_keras_style_zero_and_one(capsys):
+    quiet = _fit(verbose=0, progress=0)
+    loud = _fit(verbose=1, progress=0)
+    assert capsys.readouterr().out.count("epoch") == 2          # two epochs printed once, by the verbose run
+    np.testing.assert_array_equal(quiet.train_state.params["w"], loud.train_state.params["w"])

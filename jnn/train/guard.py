@@ -106,7 +106,8 @@ def check_parts(where: str, *, loss, metrics, regularizer, model=_UNSET, optimiz
                 raise TypeError(f"{where}: metrics must map names to functions (predictions, targets) -> "
                                 f"scalar; {name!r} maps to {type(fn).__name__}")
     for what, value in flags.items():
-        if not isinstance(value, bool):
+        keras_style = what in ("verbose", "progress") and type(value) is int and value in (0, 1)   # verbose=0
+        if not isinstance(value, bool) and not keras_style:
             raise ValueError(f"{where}: {what} must be True or False, got {value!r}")
 
 
