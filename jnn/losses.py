@@ -40,9 +40,12 @@ def _arrays(where: str, *values, names=("predictions", "targets")) -> list[jax.A
     return out
 
 
-def _floating(x: jax.Array) -> jax.Array:
-    """``x``, or ``x`` as float32 if it holds integers or bools (a float dtype is kept as is)."""
-    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+def _floating(x: jax.Array, like: jax.Array | None = None) -> jax.Array:
+    """``x``, or ``x`` as ``like``'s float dtype (else float32) if it holds integers or bools; a
+    float dtype is kept as is."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return x.astype(like.dtype if like is not None and jnp.issubdtype(like.dtype, jnp.floating) else jnp.float32)
 
 
 def _reduce(values: jax.Array, reduction: str, where: str) -> jax.Array:
@@ -72,7 +75,8 @@ def mse(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") 
     """
     predictions, targets = _arrays("mse", predictions, targets)
     _same_shape("mse", predictions, targets)
-    return _reduce(optax.losses.squared_error(_floating(predictions), _floating(targets)), reduction, "mse")
+    predictions = _floating(predictions)
+    return _reduce(optax.losses.squared_error(predictions, _floating(targets, predictions)), reduction, "mse")
 
 
 def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") -> jax.Array:
@@ -85,7 +89,8 @@ def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") 
     """
     predictions, targets = _arrays("mae", predictions, targets)
     _same_shape("mae", predictions, targets)
-    return _reduce(jnp.abs(_floating(predictions) - _floating(targets)), reduction, "mae")
+    predictions = _floating(predictions)
+    return _reduce(jnp.abs(predictions - _floating(targets, predictions)), reduction, "mae")
 
 
 def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
