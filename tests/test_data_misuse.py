@@ -45,7 +45,7 @@ def test_pipeline_accepts_what_it_documents():
 
 @pytest.mark.parametrize("args,kw,error,message", [
     (((np.zeros(3), np.zeros(4)),), {}, TypeError, "ArraySource: each array must be a NumPy array, memmap or "
-     "NpySource with records on axis 0; argument 0 is tuple of shape None (pass several arrays as separate "
+     "NpySource with records on axis 0; argument 0 is a tuple (pass several arrays as separate "
      "arguments: ArraySource(x, y))"),
     ((np.float32(3),), {}, TypeError, "ArraySource: each array must be a NumPy array, memmap or NpySource with "
      "records on axis 0; argument 0 is float32 of shape ()"),

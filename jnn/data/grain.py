@@ -87,9 +87,9 @@ class ArraySource:
             if not (hasattr(a, "shape") and hasattr(a, "__getitem__")) or len(a.shape) < 1:
                 hint = " (pass several arrays as separate arguments: ArraySource(x, y))" \
                     if isinstance(a, (tuple, list)) else ""
+                got = f"{type(a).__name__} of shape {a.shape}" if hasattr(a, "shape") else f"a {type(a).__name__}"
                 raise TypeError(f"ArraySource: each array must be a NumPy array, memmap or NpySource with records "
-                                f"on axis 0; argument {i} is {type(a).__name__} of shape "
-                                f"{getattr(a, 'shape', None)}{hint}")
+                                f"on axis 0; argument {i} is {got}{hint}")
         if transform is not None and not callable(transform):
             raise TypeError(f"ArraySource: transform must be a function or None, got {type(transform).__name__}")
         sizes = [len(a) for a in arrays]
