@@ -15,8 +15,8 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
 """
 from jnn import convert, data, export, generate, initializers, io, losses, metrics, nets, parallel, precision
 from jnn import train, tree
-from jnn.core import (CONTRACT, Children, Layer, apply_child, fan_out, identity, named, output_shape,
-                      residual, serial, stateless)
+from jnn.combinators import fan_out, identity, named, residual, serial, stateless
+from jnn.core import CONTRACT, Children, Config, Layer, apply_child, output_shape
 from jnn.inspection import capture, get
 from jnn.layers import (decoder_block, encoder_block, learned_positional_embedding, multi_head_attention,
                         sinusoidal_encoding)

@@ -1,7 +1,12 @@
 """Shared argument and parameter checks: one message style for every layer and function.
 
-Hyperparameter checks (``positive_int``, ``boolean``, ``rate``, ``number_above``,
-``per_axis``) run when a layer is built. Parameter checks (``param``, ``child_params``) run in
+A factory or function declares its arguments' rules once, with :func:`declare`::
+
+    @checks.declare(features=checks.positive_int, use_bias=checks.flag)
+    def dense(features, *, use_bias=True, ...): ...
+
+The rules (``positive_int``, ``flag``, ``rate``, ``above(0)``, ``between(0, 1)``, ``spatial(2)``,
+...) run when a layer is built, and a factory's arguments become its ``Layer.config``. Parameter checks (``param``, ``child_params``) run in
 ``apply`` but look only at static facts (dict keys, shapes, dtypes), so under ``jax.jit`` they
 run once at trace time and add nothing to the compiled program.
 
@@ -12,6 +17,8 @@ expected and what was received::
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 
 import jax
@@ -19,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "positive_int", "boolean", "rate", "finite_number", "number_above", "number_in", "per_axis",
+    "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of", "instance_of", "positive_int", "boolean", "rate", "finite_number", "number_above", "number_in", "per_axis",
     "param", "child_params", "float_input", "ids_in_range", "is_concrete", "values_in_unit_interval",
     "integer_labels", "float_labels_hint",
 ]
@@ -27,6 +34,103 @@ __all__ = [
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def declare(**rules):
+    """Declares the rules of a factory's or function's arguments, checked on every call.
+
+    Each rule is ``rule(label, what, value) -> value`` (it may normalize the value, e.g. an int
+    to a per-axis tuple) and raises ``ValueError("label: what must be ..., got ...")``. The label
+    is the call's ``name`` argument when given, else the function's name. When the function
+    returns a :class:`jnn.Layer`, its bound arguments (defaults applied, ``name`` left out)
+    become the layer's ``config``.
+
+    Example:
+      >>> from jnn import _checks as checks
+      >>> @checks.declare(units=checks.positive_int)
+      ... def widen(units, *, name=None):
+      ...     return units * 2
+      >>> widen(0)
+      Traceback (most recent call last):
+      ValueError: widen: units must be a positive integer, got 0
+    """
+    def wrap(fn):
+        signature = inspect.signature(fn)
+        unknown = set(rules) - set(signature.parameters)
+        assert not unknown, f"{fn.__name__}: rules for unknown arguments {unknown}"
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments
+            if "name" in arguments:
+                arguments["name"] = layer_name(fn.__name__, "name", arguments["name"])
+            label = arguments.get("name") or fn.__name__
+            for what, rule in rules.items():
+                arguments[what] = rule(label, what, arguments[what])
+            out = fn(*bound.args, **bound.kwargs)
+            if hasattr(out, "config") and hasattr(out, "_replace") and not out.config:
+                config = {k: v for k, v in arguments.items() if k != "name"}
+                out = out._replace(config=type(out.config)(config))
+            return out
+
+        return checked
+
+    return wrap
+
+
+def layer_name(label: str, what: str, value):
+    """``None`` or a non-empty string without ``/`` (a key in params paths)."""
+    if value is not None and not (isinstance(value, str) and value and "/" not in value):
+        raise ValueError(f"{label}: {what} must be None or a non-empty string without '/', got {value!r}")
+    return value
+
+
+def flag(label: str, what: str, value) -> bool:
+    """Exactly ``True`` or ``False`` (not 0/1, not ``None``)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
+    return value
+
+
+def optional(rule):
+    """``rule``, or ``None``."""
+    return lambda label, what, value: value if value is None else rule(label, what, value)
+
+
+def above(bound: float):
+    """A real number strictly greater than ``bound`` (returned as a float)."""
+    return lambda label, what, value: number_above(label, what, value, bound)
+
+
+def between(low: float, high: float):
+    """A real number in the closed interval ``[low, high]`` (returned as a float)."""
+    return lambda label, what, value: number_in(label, what, value, low, high)
+
+
+def spatial(rank: int):
+    """An int broadcast to ``rank`` spatial axes, or a tuple of ``rank`` positive ints."""
+    return lambda label, what, value: per_axis(label, what, value, rank)
+
+
+def one_of(*choices):
+    """One of ``choices`` (compared with ``==``)."""
+    def rule(label, what, value):
+        if not any(value == c and type(value) is type(c) for c in choices):
+            raise ValueError(f"{label}: {what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    return rule
+
+
+def instance_of(*types, described: str | None = None):
+    """An instance of one of ``types`` (bools are never ints here)."""
+    def rule(label, what, value):
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            need = described or " or ".join(t.__name__ for t in types)
+            raise TypeError(f"{label}: {what} must be {need}, got {type(value).__name__}")
+        return value
+    return rule
 
 
 def positive_int(label: str, what: str, value, *, optional: bool = False):

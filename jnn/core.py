@@ -5,11 +5,15 @@ A :class:`Layer` is a pair of pure functions over plain pytrees::
     init(key, example) -> (params, state)
     apply(params, state, x, *, key=None, train=False) -> (y, new_state)
 
-``example`` is an array or a ``jax.ShapeDtypeStruct`` (batch dimension included);
-nothing concrete is computed from it. Every layer has the same ``apply`` signature,
-stateless layers return their (empty) state unchanged, and ``params``/``state`` are
-nested dicts with readable keys, so ``jax.grad``, ``jax.jit``, ``jax.vmap`` and
-``jax.lax.scan`` apply to a model with nothing in between.
+``example`` is an array, a ``jax.ShapeDtypeStruct`` or a pytree of them (batch dimension
+included); nothing concrete is computed from it. Every layer has the same ``apply`` signature,
+stateless layers return their (empty) state unchanged, and ``params``/``state`` are nested
+dicts with readable keys, so ``jax.grad``, ``jax.jit``, ``jax.vmap`` and ``jax.lax.scan`` apply
+to a model with nothing in between.
+
+The framework checks params once, here: the outermost ``apply`` of a trace compares the params
+and state it is given with ``jax.eval_shape(init)`` on its input (keys and shapes are static,
+so this is free under ``jit``) and names the layer at fault; layers do not restate it.
 
 A layer may take extra ``apply`` keywords (``lengths``, ``mask``, ``context``) if it declares
 them in ``Layer.keywords``; the combinators here accept the union of their children's, pass
@@ -21,16 +25,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import weakref
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jnn import _checks as checks
-
 __all__ = [
-    "Layer", "Children", "serial", "fan_out", "residual", "named", "output_shape", "shape_of",
-    "stateless", "identity", "layer_error", "apply_child", "CONTRACT",
+    "Layer", "Children", "Config", "output_shape", "shape_of", "layer_error", "apply_child", "CONTRACT", "ensure_layer", "check_signature",
+    "checked_init", "checked_output_shape", "split_key", "child_scope", "record", "recording",
+    "inferring_shape", "verify_params",
 ]
 
 #: The layer contract, quoted by the errors that catch a layer breaking it.
@@ -40,12 +44,94 @@ CONTRACT = ("init(key, example) -> (params, state) and "
 PyTree = Any
 
 
-class Layer(NamedTuple):
-    """A layer: two pure functions, plus the names used to key its params.
+class Config(Mapping):
+    """An immutable, ordered, hashable ``{name: value}`` mapping (a layer's config or methods).
+
+    Example:
+      >>> import jnn
+      >>> jnn.dense(3).config["features"]
+      3
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items=()):
+        items = items.items() if isinstance(items, Mapping) else items
+        self._items = tuple((str(k), v) for k, v in items)
+
+    def __getitem__(self, key: str):
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        try:
+            return hash(self._items)
+        except TypeError:  # an unhashable value (a list): identity
+            return id(self)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={_short(v)}" for k, v in self._items) + ")"
+
+
+class Children(Config):
+    """A composite's children in order, ``{key: layer}``.
+
+    Example:
+      >>> import jnn
+      >>> model = jnn.serial(jnn.dense(4), jnn.relu(), jnn.named("head", jnn.dense(2)))
+      >>> list(model.children), model["head"].kind, model[1].kind
+      (['dense_0', 'relu_0', 'head'], 'dense', 'relu')
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Children(" + ", ".join(f"{k}={v.kind}" for k, v in self._items) + ")"
+
+
+def _short(value) -> str:
+    """A value as a config entry reads in a repr: functions by name, long reprs cut."""
+    if callable(value) and not isinstance(value, (Layer, type)) and hasattr(value, "__name__"):
+        return value.__name__
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_EMPTY = Config()
+
+
+class _Fields(NamedTuple):
+    init: Callable[..., tuple[PyTree, PyTree]]
+    apply: Callable[..., tuple[jax.Array, PyTree]]
+    kind: str = "layer"
+    name: str | None = None
+    keywords: frozenset[str] = frozenset()
+    children: "Children" = None  # type: ignore[assignment]  # a leaf: no children
+    config: Config = _EMPTY
+    methods: Config = _EMPTY
+
+
+class Layer(_Fields):
+    """A layer: two pure functions, plus what it was built with.
 
     Attributes:
-      init: ``(key, example) -> (params, state)``.
-      apply: ``(params, state, x, *, key=None, train=False) -> (y, new_state)``.
+      init: ``(key, example) -> (params, state)`` (``layer.init.__wrapped__`` is the function
+        given; the wrapper remembers the shapes it made for the check of ``apply``).
+      apply: ``(params, state, x, *, key=None, train=False) -> (y, new_state)``, as given, but
+        the outermost call of a trace first checks ``params``/``state`` against
+        ``jax.eval_shape(init)`` (:func:`verify_params`); ``layer.apply.__wrapped__`` is the
+        function given.
       kind: short family name (``"dense"``, ``"relu"``); ``serial`` keys an
         unnamed child as ``f"{kind}_{i}"`` with ``i`` counted per kind.
       name: an explicit key chosen by the user (see :func:`named`), or ``None``.
@@ -55,34 +141,69 @@ class Layer(NamedTuple):
       children: a composite's children as :class:`Children` (``{key: layer}``, in order;
         keys as in its params), or ``None`` for a leaf. ``layer["key"]`` / ``layer[i]``
         return a child; :func:`jnn.get` follows a path ``"block_0/dense_1"``.
+      config: the hyperparameters it was built with, a read-only :class:`Config`
+        (``dense(3).config["features"] == 3``); shown by ``repr`` and :func:`jnn.summary`.
+      methods: pure functions beyond ``init``/``apply`` that the layer declares (a decoder's
+        ``init_cache``/``decode_step``, attention's ``cross``), a read-only :class:`Config`.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> layer = jnn.dense(3)
       >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 4), jnp.float32))
       >>> y, state = layer.apply(params, state, jnp.ones((2, 4)))
-      >>> y.shape
-      (2, 3)
+      >>> y.shape, layer
+      ((2, 3), dense(features=3, use_bias=True, w_init='lecun_normal', b_init='zeros'))
     """
 
-    init: Callable[..., tuple[PyTree, PyTree]]
-    apply: Callable[..., tuple[jax.Array, PyTree]]
-    kind: str = "layer"
-    name: str | None = None
-    keywords: frozenset[str] = frozenset()
-    children: "Children" = None  # type: ignore[assignment]  # a leaf: no children
+    __slots__ = ()
+
+    def __new__(cls, init, apply, kind="layer", name=None, keywords=frozenset(), children=None,
+                config=_EMPTY, methods=_EMPTY):
+        raw = getattr(apply, "__wrapped__", apply) if getattr(apply, "_jnn_checked", False) else apply
+        cell: list = []
+
+        def checked(params, state, x, **kwargs):
+            if _VERIFIED.get():
+                return raw(params, state, x, **kwargs)
+            token = _VERIFIED.set(True)
+            try:
+                verify_params(cell[0], params, state, x, **kwargs)
+                return raw(params, state, x, **kwargs)
+            finally:
+                _VERIFIED.reset(token)
+
+        checked.__wrapped__, checked._jnn_checked = raw, True  # signature(apply) is the layer's own
+        self = super().__new__(cls, _remembering(init), checked, kind, name, frozenset(keywords), children,
+                               config if isinstance(config, Config) else Config(config),
+                               methods if isinstance(methods, Config) else Config(methods))
+        cell.append(self)
+        return self
+
+    @classmethod
+    def _make(cls, iterable):
+        return cls(*iterable)
+
+    def _replace(self, **fields):
+        return type(self)(**{**self._asdict(), **fields})
 
     @property
     def label(self) -> str:
         """The name used in error messages: the explicit name, else the kind."""
         return self.name or self.kind
 
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={_short(v)}" for k, v in self.config.items())
+        head = f"{self.kind}({args})" + (f" as {self.name!r}" if self.name else "")
+        if not self.children:
+            return head
+        lines = [f"  {k}: " + repr(child).replace("\n", "\n  ") for k, child in self.children.items()]
+        return head + "\n" + "\n".join(lines)
+
     def __getitem__(self, index):
         """``model["dense_0"]`` / ``model[1]``: a composite's child, by key or position.
 
-        A ``Layer`` is still a NamedTuple (``init, apply, *_ = layer`` and ``_replace`` work),
-        but indexing reaches its children rather than its fields: use ``layer.init`` /
-        ``layer.apply`` for those.
+        A ``Layer`` is still a NamedTuple (``_replace`` works), but indexing reaches its
+        children rather than its fields: use ``layer.init`` / ``layer.apply`` for those.
         """
         children = self.children or Children()
         if not children and isinstance(index, (int, str)):
@@ -102,49 +223,30 @@ class Layer(NamedTuple):
                         f"got {type(index).__name__}" + _FIELDS_HINT)
 
 
+def _remembering(init):
+    """``init``, wrapped once to remember the shapes it makes (see :func:`verify_params`)."""
+    if getattr(init, "_jnn_checked", False):
+        return init
+
+    def remembering(key, example):
+        out = init(key, example)
+        _remember(init, example, out)
+        return out
+
+    remembering.__wrapped__, remembering._jnn_checked = init, True
+    return remembering
+
+
 _FIELDS_HINT = (" (layer[i] indexes children, never the NamedTuple's fields: use layer.init, "
                 "layer.apply, or jnn.get(model, 'a/b') for a nested path)")
 
 
-class Children(Mapping):
-    """A composite's children in order, ``{key: layer}``: an immutable, hashable mapping.
-
-    Example:
-      >>> import jnn
-      >>> model = jnn.serial(jnn.dense(4), jnn.relu(), jnn.named("head", jnn.dense(2)))
-      >>> list(model.children), model["head"].kind, model[1].kind
-      (['dense_0', 'relu_0', 'head'], 'dense', 'relu')
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Sequence[tuple[str, Layer]] = ()):
-        self._items = tuple((str(k), v) for k, v in items)
-
-    def __getitem__(self, key: str) -> Layer:
-        for k, v in self._items:
-            if k == key:
-                return v
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(self._items)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Children) and self._items == other._items
-
-    def __repr__(self) -> str:
-        return "Children(" + ", ".join(f"{k}={v.kind}" for k, v in self._items) + ")"
-
-
-def shape_of(example) -> jax.ShapeDtypeStruct:
-    """The ``ShapeDtypeStruct`` of an array or ``ShapeDtypeStruct``."""
+def shape_of(example):
+    """The ``ShapeDtypeStruct`` of an array, or of each array in a dict or tuple (a pytree input)."""
+    if isinstance(example, (dict, tuple)) and not isinstance(example, jax.ShapeDtypeStruct):
+        if not jax.tree_util.tree_leaves(example):
+            raise TypeError(f"expected arrays in the example input, got an empty {type(example).__name__}")
+        return jax.tree_util.tree_map(shape_of, example)
     if isinstance(example, jax.ShapeDtypeStruct):
         return example
     if hasattr(example, "shape") and hasattr(example, "dtype"):
@@ -154,7 +256,7 @@ def shape_of(example) -> jax.ShapeDtypeStruct:
     )
 
 
-def output_shape(layer: Layer, params: PyTree, state: PyTree, example) -> jax.ShapeDtypeStruct:
+def output_shape(layer: Layer, params: PyTree, state: PyTree, example):
     """Shape and dtype of ``layer.apply(params, state, example)``, computed with ``jax.eval_shape``.
 
     Example:
@@ -174,60 +276,171 @@ def layer_error(label: str, message: str, error: type[Exception] = ValueError) -
     return error(f"{label}: {message}")
 
 
-def stateless(kind: str, fn: Callable[[jax.Array], jax.Array], *, name: str | None = None) -> Layer:
-    """A layer with no params and no state that applies ``fn`` to its input.
+# ---- the framework's one check of params and state -------------------------------------------------
 
-    Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> square = jnn.stateless("square", lambda x: x * x)
-      >>> square.apply({}, {}, jnp.array([3.0]))[0]
-      Array([9.], dtype=float32)
-    """
-
-    def init(key, example):
-        shape_of(example)
-        return {}, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        return fn(x), state
-
-    return Layer(init, apply, kind, name)
+# True inside an apply whose params were verified (or inside an init inferring shapes): nested
+# applies skip the check, so a model is checked once per trace, at its outermost apply.
+_VERIFIED: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_verified", default=False)
+# Records (path, kind, output, params) while `summary` or `capture` traces a model; inactive otherwise.
+_RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar("jnn_recorder", default=None)
+_PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("jnn_path", default=())
 
 
-def identity(*, name: str | None = None) -> Layer:
-    """Returns its input unchanged (the skip branch of a residual block).
+@contextlib.contextmanager
+def _unchecked():
+    """Applies inside run unchecked and unrecorded (the framework's own abstract runs)."""
+    tokens = _VERIFIED.set(True), _RECORDER.set(None)
+    try:
+        yield
+    finally:
+        _RECORDER.reset(tokens[1])
+        _VERIFIED.reset(tokens[0])
 
-    Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> jnn.identity().apply({}, {}, jnp.array([1.0, 2.0]))[0]
-      Array([1., 2.], dtype=float32)
-    """
-    return stateless("identity", lambda x: x, name=name)
+
+# (input signature) -> expected (params, state) shapes, per init function.
+_EXPECTED: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
 
 
-def named(name: str, layer: Layer) -> Layer:
-    """The same layer, keyed as ``name`` inside any combinator.
+def _signature(x):
+    """What params can depend on: the input's structure, per-example shapes and dtypes."""
+    leaves, treedef = jax.tree_util.tree_flatten(shape_of(x))
+    return treedef, tuple((s.shape[1:], s.dtype) for s in leaves)
+
+
+def _remember(init, example, out) -> None:
+    """Records what ``init`` gave for ``example`` (``Layer.init`` calls it), so the check of a
+    later apply needs no abstract init of its own."""
+    try:
+        _EXPECTED.setdefault(init, {})[_signature(example)] = _shapes(out)
+    except (TypeError, AttributeError):
+        pass
+
+
+def _expected(layer: Layer, x):
+    """The (params, state) shapes init gives for an input like ``x``: remembered from an init,
+    else by ``jax.eval_shape(init)``; ``None`` when init cannot run on this input (a layer whose
+    init takes another example than apply)."""
+    init = layer.init.__wrapped__
+    try:
+        signature, spec = _signature(x), shape_of(x)
+    except TypeError:
+        return None
+    cache = _EXPECTED.setdefault(init, {})
+    if signature not in cache:
+        cache[signature] = None
+        try:
+            with _unchecked():
+                jax.eval_shape(lambda k, x: _remember(init, x, init(k, x)), jax.random.key(0), spec)
+        except Exception:  # noqa: BLE001 - not checkable on this input; apply reports its own errors
+            cache[signature] = None
+    return cache[signature]
+
+
+def _shapes(tree):
+    if isinstance(tree, Mapping):
+        return {k: _shapes(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(map(_shapes, tree)) if type(tree) in (tuple, list) else tree
+    return jax.ShapeDtypeStruct(tree.shape, tree.dtype) if hasattr(tree, "shape") else tree
+
+
+def _names(keys) -> str:
+    return ", ".join(sorted(map(str, keys))) or "nothing"
+
+
+def _at(layer: Layer, path: tuple[str, ...]) -> tuple[Layer, tuple[str, ...]]:
+    """The deepest sub-layer along ``path`` and the child keys leading to it."""
+    walked = []
+    for key in path:
+        if not layer.children or key not in layer.children:
+            break
+        layer = layer.children[key]
+        walked.append(key)
+    return layer, tuple(walked)
+
+
+def _mismatch(model: Layer, path: tuple[str, ...], message: str) -> ValueError:
+    layer, walked = _at(model, path)
+    prefix = f"[{'/'.join(walked)}] " if walked else ""
+    return ValueError(f"{prefix}{layer.label}: {message}")
+
+
+def _built_with(layer: Layer) -> str:
+    """The config entries that can size a param: integers and tuples of them."""
+    sizes = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    items = [f"{k}={v!r}" for k, v in layer.config.items()
+             if sizes(v) or (isinstance(v, tuple) and v and all(map(sizes, v)))]
+    return ", ".join(items) or "its config"
+
+
+def _compare(model: Layer, what: str, got, want, path: tuple[str, ...] = ()) -> None:
+    if isinstance(want, dict):
+        if not isinstance(got, Mapping):
+            raise _mismatch(model, path, f"{what} must be a dict with keys {_names(want)}, got "
+                                         f"{type(got).__name__}")
+        missing = [k for k in want if k not in got]
+        extra = [k for k in got if k not in want]
+        if missing or extra:
+            lack = f"lack {missing[0]!r}" if missing else f"have unexpected {extra[0]!r}"
+            hint = ("were these made by this layer's init?" if path or not model.children
+                    else f"this model's children are {', '.join(model.children)}")
+            raise _mismatch(model, path, f"{what} {lack} (have: {_names(got)}); {hint}")
+        for k in want:
+            _compare(model, what, got[k], want[k], path + (k,))
+        return
+    if not hasattr(want, "shape"):
+        return
+    shape = getattr(got, "shape", None)
+    if shape is None or tuple(shape) != tuple(want.shape):
+        layer, walked = _at(model, path)
+        leaf = "/".join(path[len(walked):]) or what
+        got_shape = tuple(shape) if shape is not None else type(got).__name__
+        raise _mismatch(model, path, f"{leaf} has shape {got_shape} but this layer was built with "
+                                     f"{_built_with(layer)} (expected shape {tuple(want.shape)})")
+
+
+def verify_params(layer: Layer, params, state, x, **keywords) -> None:
+    """Checks that ``params`` and ``state`` have the keys and shapes ``layer.init`` gives for an
+    input like ``x``, naming the sub-layer at fault. :attr:`Layer.apply` calls it once per
+    trace (only keys and shapes are read: free under ``jit``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> model = jnn.serial(jnn.named("encoder", jnn.dense(4)), jnn.dense(2))
-      >>> params, _ = model.init(jax.random.key(0), jnp.zeros((1, 3)))
-      >>> sorted(params)
-      ['dense_0', 'encoder']
+      >>> params, state = jnn.dense(3).init(jax.random.key(0), jnp.zeros((1, 4)))
+      >>> jnn.core.verify_params(jnn.dense(5), params, state, jnp.zeros((1, 4)))
+      Traceback (most recent call last):
+      ValueError: dense: w has shape (4, 3) but this layer was built with features=5 (expected shape (4, 5))
     """
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ValueError(f"named: expected a non-empty name without '/', got {name!r}")
-    _check_layer("named", layer)
-    return layer._replace(name=name)
+    expected = _expected(layer, x)
+    if expected is None:
+        return
+    try:
+        _compare(layer, "params", params, expected[0])
+        _compare(layer, "state", state, expected[1])
+    except ValueError as mismatch:
+        # The expected shapes follow the input: an input of the wrong size makes right params
+        # look wrong. The layer's own apply then says what is wrong with the input: prefer it.
+        try:
+            with _unchecked():
+                jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
+        except Exception as own:  # noqa: BLE001 - a layer's own message (it names the layer) wins
+            if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", f"{layer.label}:")):
+                raise own from None
+        raise mismatch from None
 
 
-def _check_layer(where: str, layer) -> None:
+# ---- writing composites --------------------------------------------------------------------------
+
+def ensure_layer(where: str, layer) -> Layer:
+    """``layer`` if it is a :class:`Layer`, else a ``TypeError`` naming ``where`` (and the
+    likely slip: a factory passed uncalled)."""
     if not isinstance(layer, Layer):
         hint = " (did you forget to call it, e.g. jnn.relu() rather than jnn.relu?)" if callable(layer) else ""
         raise TypeError(f"{where}: expected a jnn.Layer, got {type(layer).__name__}{hint}")
+    return layer
 
 
-def _check_signature(where: str, layer: Layer) -> None:
+def check_signature(where: str, layer: Layer) -> None:
     """``apply`` must take ``key`` and ``train`` (and the keywords it declares) by keyword."""
     try:
         parameters = inspect.signature(layer.apply).parameters.values()
@@ -251,13 +464,16 @@ def _describe(out) -> str:
     return f"a {type(out).__name__}"
 
 
-def _checked_init(where: str, layer: Layer, key, example):
-    """``layer.init(key, example)``, with a clear message when the result is not a pair."""
-    out = layer.init(key, example)
+def _pair(where: str, layer: Layer, fn: str, out, names: str):
     if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError(f"{where}: layer {layer.label!r} breaks the layer contract: its init returned "
-                        f"{_describe(out)}, expected a pair (params, state). Every layer has {CONTRACT}.")
+        raise TypeError(f"{where}: layer {layer.label!r} breaks the layer contract: its {fn} returned "
+                        f"{_describe(out)}, expected a pair ({names}). Every layer has {CONTRACT}.")
     return out
+
+
+def checked_init(where: str, layer: Layer, key, example):
+    """``layer.init(key, example)``, with a clear message when the result is not a pair."""
+    return _pair(where, layer, "init", layer.init(key, example), "params, state")
 
 
 # True while a combinator's init applies a child without keywords to learn its output shape: a
@@ -265,85 +481,68 @@ def _checked_init(where: str, layer: Layer, key, example):
 _INFERRING_SHAPE: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_inferring_shape", default=False)
 
 
-def _inferring_shape() -> bool:
+def inferring_shape() -> bool:
+    """True while a combinator's ``init`` runs a child's ``apply`` abstractly, without keywords,
+    to learn its output shape (a layer that needs ``context=`` then uses a placeholder)."""
     return _INFERRING_SHAPE.get()
 
 
-def _checked_output_shape(where: str, layer: Layer, params, state, example):
-    """The output ``ShapeDtypeStruct`` of ``layer``; checks that apply returns ``(y, new_state)``."""
+def checked_output_shape(where: str, layer: Layer, params, state, example):
+    """The output shape (``ShapeDtypeStruct`` pytree) of ``layer``, by ``jax.eval_shape``;
+    checks that apply returns ``(y, new_state)``."""
 
     def run(p, s, x):
-        token = _INFERRING_SHAPE.set(True)
+        tokens = _INFERRING_SHAPE.set(True), _VERIFIED.set(True)
         try:
-            out = layer.apply(p, s, x)
+            out = layer.apply.__wrapped__(p, s, x)
         finally:
-            _INFERRING_SHAPE.reset(token)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(f"{where}: layer {layer.label!r} breaks the layer contract: its apply returned "
-                            f"{_describe(out)}, expected a pair (y, new_state). Every layer has {CONTRACT}.")
-        return out
+            _VERIFIED.reset(tokens[1])
+            _INFERRING_SHAPE.reset(tokens[0])
+        return _pair(where, layer, "apply", out, "y, new_state")
 
     return jax.eval_shape(run, params, state, shape_of(example))[0]
 
 
-def _child_keys(where: str, layers: Sequence[Layer]) -> list[str]:
-    """Readable, unique keys: explicit names as given, others ``kind_i`` counted per kind."""
-    for layer in layers:
-        _check_layer(where, layer)
-        _check_signature(where, layer)
-    counts: dict[str, int] = {}
-    keys = []
-    for layer in layers:
-        if layer.name is not None:
-            keys.append(layer.name)
-        else:
-            i = counts.get(layer.kind, 0)
-            counts[layer.kind] = i + 1
-            keys.append(f"{layer.kind}_{i}")
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"{where}: child names must be unique, got {duplicates} more than once")
-    return keys
-
-
-def _union_keywords(layers: Sequence[Layer]) -> frozenset[str]:
-    return frozenset().union(*(layer.keywords for layer in layers))
-
-
-def _check_keywords(label: str, accepted: frozenset[str], given: Mapping[str, Any]) -> None:
-    unknown = sorted(set(given) - accepted)
-    if unknown:
-        raise TypeError(f"{label}: unexpected keyword argument {', '.join(map(repr, unknown))}: this model's "
-                        f"apply accepts key, train and {sorted(accepted) or 'no extra keywords'} "
-                        f"(a keyword reaches the layers that declare it in Layer.keywords)")
-
-
-def _split(key, n: int):
+def split_key(key, n: int) -> list:
+    """``n`` keys split from ``key``, or ``n`` times ``None`` when ``key`` is ``None``."""
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
-# Records (path, kind, output, params) while `summary` or `capture` traces a model; inactive otherwise.
-_RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar("jnn_recorder", default=None)
-_PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("jnn_path", default=())
 
 
 @contextlib.contextmanager
-def _in_child(name: str):
+def recording():
+    """Within the block, every :func:`apply_child` call appends ``(path, kind, output, params)``
+    to the yielded list (paths from the top of the block): how :func:`jnn.summary` and
+    :func:`jnn.capture` see inside a model."""
+    records: list = []
+    tokens = _RECORDER.set(records), _PATH.set(())
+    try:
+        yield records
+    finally:
+        _PATH.reset(tokens[1])
+        _RECORDER.reset(tokens[0])
+
+
+@contextlib.contextmanager
+def child_scope(name: str):
+    """Runs the block as child ``name``: errors raised inside are prefixed with the child's key
+    (``"[block_0/dense_1] dense: ..."``) and :func:`record` paths gain ``name``."""
     token = _PATH.set(_PATH.get() + (name,))
     try:
         yield
     except (ValueError, TypeError) as e:
-        # Prefix the child's key so a deep error says where it happened: "[block_0/dense_1] ...".
-        msg = str(e)
-        msg = f"[{name}/{msg[1:]}" if msg.startswith("[") else f"[{name}] {msg}"
         if type(e) not in (ValueError, TypeError):
             raise
+        msg = str(e)
+        msg = f"[{name}/{msg[1:]}" if msg.startswith("[") else f"[{name}] {msg}"
         raise type(e)(msg) from e
     finally:
         _PATH.reset(token)
 
 
-def _record(kind: str, y, params) -> None:
+def record(kind: str, y, params) -> None:
+    """Records a child's output for :func:`recording` (nothing when no recording is active)."""
     records = _RECORDER.get()
     if records is not None:
         records.append(("/".join(_PATH.get()), kind, y, params))
@@ -388,143 +587,7 @@ def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x, *, ke
     routed = {k: v for k, v in keywords.items() if k in layer.keywords}
     child_params = params.get(name, {}) if isinstance(params, Mapping) else params
     child_state = state.get(name, {}) if isinstance(state, Mapping) else state
-    with _in_child(name):
+    with child_scope(name):
         y, new_state = layer.apply(child_params, child_state, x, key=key, train=train, **routed)
-        _record(layer.kind, y, child_params)
+        record(layer.kind, y, child_params)
     return y, new_state
-
-
-def _put(tree: dict, name: str, value) -> None:
-    if jax.tree_util.tree_structure(value).num_leaves or not isinstance(value, dict):
-        tree[name] = value
-
-
-def serial(*layers: Layer, name: str | None = None) -> Layer:
-    """Layers applied one after another; params keyed by child name.
-
-    Each child's init sees the output shape of the previous one (by ``jax.eval_shape``);
-    ``key`` is split among the children at both init and apply. Children without params
-    or state are left out of the params/state dicts.
-
-    Args:
-      *layers: the children, in order.
-      name: optional explicit name for the whole block.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, jnn
-      >>> mlp = jnn.serial(jnn.dense(4), jnn.relu(), jnn.dense(1))
-      >>> params, state = mlp.init(jax.random.key(0), jax.ShapeDtypeStruct((8, 2), jnp.float32))
-      >>> sorted(params), params["dense_1"]["w"].shape
-      (['dense_0', 'dense_1'], (4, 1))
-      >>> mlp.apply(params, state, jnp.ones((8, 2)))[0].shape
-      (8, 1)
-    """
-    if not layers:
-        raise ValueError("serial: expected at least one layer, got none")
-    keys = _child_keys("serial", layers)
-    keywords = _union_keywords(layers)
-    label = name or "serial"
-
-    def init(key, example):
-        x = shape_of(example)
-        params, state = {}, {}
-        for k, child, child_key in zip(keys, layers, _split(key, len(layers))):
-            with _in_child(k):
-                p, s = _checked_init(label, child, child_key, x)
-                x = _checked_output_shape(label, child, p, s, x)
-            _put(params, k, p)
-            _put(state, k, s)
-        return params, state
-
-    def apply(params, state, x, *, key=None, train=False, **kwargs):
-        _check_keywords(label, keywords, kwargs)
-        checks.child_params("serial", params, keys)  # static: free under jit
-        new_state = {}
-        for k, child, child_key in zip(keys, layers, _split(key, len(layers))):
-            x, s = apply_child(k, child, params, state, x, key=child_key, train=train, **kwargs)
-            _put(new_state, k, s)
-        return x, new_state
-
-    return Layer(init, apply, "serial", name, keywords, Children(zip(keys, layers)))
-
-
-_MERGES: dict[str, Callable[[list], jax.Array]] = {
-    "add": lambda ys: sum(ys[1:], ys[0]),
-    "multiply": lambda ys: jax.tree_util.tree_reduce(jnp.multiply, ys),
-    "concat": lambda ys: jnp.concatenate(ys, axis=-1),
-}
-
-
-def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
-            name: str | None = None) -> Layer:
-    """Every branch applied to the same input, the outputs merged into one.
-
-    Args:
-      *branches: the branches (any layers, e.g. ``serial`` blocks or ``identity()``).
-      merge: ``"add"``, ``"multiply"``, ``"concat"`` (last axis), or a function from the
-        list of branch outputs to one array.
-      name: optional explicit name for the block.
-
-    Example (a residual connection, ``y = x + f(x)``):
-      >>> import jax, jax.numpy as jnp, jnn
-      >>> block = jnn.fan_out(jnn.serial(jnn.dense(3), jnn.relu()), jnn.identity(), merge="add")
-      >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 3)))
-      >>> block.apply(params, state, jnp.ones((2, 3)))[0].shape
-      (2, 3)
-    """
-    if len(branches) < 2:
-        raise ValueError(f"fan_out: expected at least two branches, got {len(branches)}")
-    if isinstance(merge, str):
-        if merge not in _MERGES:
-            raise ValueError(f"fan_out: merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
-        merge_fn = _MERGES[merge]
-    elif callable(merge):
-        merge_fn = merge
-    else:
-        raise TypeError(f"fan_out: merge must be a string or a callable, got {type(merge).__name__}")
-    keys = _child_keys("fan_out", branches)
-    keywords = _union_keywords(branches)
-    label = name or "fan_out"
-
-    def merged(ys):
-        shapes = [y.shape for y in ys]
-        if merge in ("add", "multiply") and len(set(shapes)) > 1:
-            raise ValueError(f"fan_out: merge={merge!r} needs branch outputs of one shape, got {shapes}")
-        return merge_fn(ys)
-
-    def init(key, example):
-        x = shape_of(example)
-        params, state, outs = {}, {}, []
-        for k, branch, branch_key in zip(keys, branches, _split(key, len(branches))):
-            with _in_child(k):
-                p, s = _checked_init(label, branch, branch_key, x)
-                outs.append(_checked_output_shape(label, branch, p, s, x))
-            _put(params, k, p)
-            _put(state, k, s)
-        jax.eval_shape(merged, outs)  # a shape mismatch fails here, at init
-        return params, state
-
-    def apply(params, state, x, *, key=None, train=False, **kwargs):
-        _check_keywords(label, keywords, kwargs)
-        checks.child_params("fan_out", params, keys)  # static: free under jit
-        ys, new_state = [], {}
-        for k, branch, branch_key in zip(keys, branches, _split(key, len(branches))):
-            y, s = apply_child(k, branch, params, state, x, key=branch_key, train=train, **kwargs)
-            ys.append(y)
-            _put(new_state, k, s)
-        return merged(ys), new_state
-
-    return Layer(init, apply, "fan_out", name, keywords, Children(zip(keys, branches)))
-
-
-def residual(*layers: Layer, name: str | None = None) -> Layer:
-    """``x + serial(*layers)(x)``: a skip connection around a block.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, jnn
-      >>> block = jnn.residual(jnn.dense(3), jnn.relu())
-      >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 3)))
-      >>> sorted(params)
-      ['serial_0']
-    """
-    return fan_out(serial(*layers), identity(), merge="add", name=name)._replace(kind="residual")

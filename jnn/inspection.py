@@ -137,13 +137,8 @@ def capture(model: core.Layer, params, state, x, patterns: Iterable[str] | str, 
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"capture: expected one or more non-empty path patterns, got {patterns!r}")
     trace = _current_trace()
-    records: list = []
-    record_token, path_token = core._RECORDER.set(records), core._PATH.set(())
-    try:
+    with core.recording() as records:
         y, new_state = model.apply(params, state, x, key=key, train=train, **keywords)
-    finally:
-        core._PATH.reset(path_token)
-        core._RECORDER.reset(record_token)
     captured: dict[str, Any] = {}
     for path, _, output, _ in records:
         if tree.matches(path, patterns):

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jnn.core import Layer, _check_layer, shape_of
+from jnn.core import Layer, ensure_layer, shape_of
 from jnn.generate import Decoder
 
 __all__ = ["Policy", "mixed_bfloat16", "with_policy", "cast_floating"]
@@ -141,7 +141,7 @@ def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
       >>> params["w"].dtype, y.dtype
       (dtype('float32'), dtype('float32'))
     """
-    _check_layer("with_policy", model)
+    ensure_layer("with_policy", model)
     policy = (mixed_bfloat16() if policy is None else policy)
     if not isinstance(policy, Policy):
         raise TypeError(f"with_policy: expected a jnn.precision.Policy, got {type(policy).__name__}")

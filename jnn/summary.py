@@ -41,12 +41,8 @@ def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
     key = jax.random.key(0) if key is None else key
     example = core.shape_of(example)
     params, state = jax.eval_shape(model.init, key, example)
-    records: list = []
-    token = core._RECORDER.set(records)
-    try:
+    with core.recording() as records:
         out, _ = jax.eval_shape(lambda p, s, x, kw: model.apply(p, s, x, **kw), params, state, example, keywords)
-    finally:
-        core._RECORDER.reset(token)
     rows = [("layer", "kind", "output shape", "params")]
     rows.append(("(input)", "", str(tuple(example.shape)), ""))
     for path, kind, y, layer_params in records:

@@ -119,9 +119,9 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
     init_key, apply_key = jax.random.split(key)
     sds = jax.ShapeDtypeStruct(x.shape, x.dtype)
     with _check(label, "contract"):
-        core._check_signature(label, layer)
-        params, state = core._checked_init(label, layer, init_key, sds)
-        y_shape = core._checked_output_shape(label, layer, params, state, sds)  # key=None, train=False
+        core.check_signature(label, layer)
+        params, state = core.checked_init(label, layer, init_key, sds)
+        y_shape = core.checked_output_shape(label, layer, params, state, sds)  # key=None, train=False
     run = lambda p, s, x, k, kw: layer.apply(p, s, x, key=k, train=train, **kw)
     with _check(label, "eval_shape"):
         chex.assert_trees_all_equal(layer.init(init_key, x), (params, state))

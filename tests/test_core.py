@@ -141,7 +141,7 @@ def test_core_imports_nothing_from_layers():
             imported.update(f"{node.module}.{alias.name}" for alias in node.names)
     assert "jax" in imported  # the walk sees the imports
     assert not [m for m in imported if m.startswith(("jnn.layers", "jnn.nets"))], imported
-    assert jnn.identity is jnn.core.identity and jnn.resnet is jnn.nets.resnet
+    assert jnn.identity is jnn.combinators.identity and jnn.resnet is jnn.nets.resnet
 
 
 def test_import_jnn_loads_neither_orbax_nor_flax():

@@ -217,19 +217,19 @@ def test_examples_and_children_that_are_not_what_they_claim():
 
 def test_combinators_infer_a_childs_shape_in_shape_only_mode():
     """serial and fan_out learn a child's output shape by applying it without keywords, with
-    ``core._inferring_shape()`` true (a layer needing a keyword stands in a placeholder then);
+    ``core.inferring_shape()`` true (a layer needing a keyword stands in a placeholder then);
     it is false again afterwards and in every real apply."""
     from jnn import core
     seen = []
 
     def apply(params, state, x, *, key=None, train=False):
-        seen.append(core._inferring_shape())
+        seen.append(core.inferring_shape())
         return x, state
 
     probe = jnn.Layer(lambda key, x: ({}, {}), apply, "probe")
     for model in (jnn.serial(probe, jnn.dense(2)), jnn.fan_out(probe, jnn.dense(3))):
         seen.clear()
         params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
-        assert seen == [True] and not core._inferring_shape()
+        assert seen == [True] and not core.inferring_shape()
         model.apply(params, state, jnp.zeros((1, 3)))
         assert seen == [True, False]

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jnn import _checks as checks
-from jnn.core import Layer, stateless
+from jnn.combinators import stateless
+from jnn.core import Layer
 
 __all__ = ["heaviside", "step", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "softplus",
            "silu", "swish", "softmax", "log_softmax"]

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Layer, _inferring_shape, layer_error, shape_of
+from jnn.core import Layer, inferring_shape, layer_error, shape_of
 from jnn.layers.positional import apply_rope
 
 __all__ = ["multi_head_attention", "reference_attention", "attention_weights"]
@@ -187,7 +187,7 @@ class _Attention(NamedTuple):
               context_lengths=None):
         self.check_input(x, params)
         b, t, _ = x.shape
-        if context is None and self.context_features is not None and _inferring_shape():
+        if context is None and self.context_features is not None and inferring_shape():
             context = jnp.zeros((b, 1, self.context_features), x.dtype)   # serial's init: the shape only
         if context is not None:
             return self.cross(params, x, context, context_lengths, lengths, key=key, train=train), state

@@ -7,11 +7,13 @@ import jax
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Layer, identity, layer_error, shape_of, stateless
+from jnn.combinators import identity, stateless
+from jnn.core import Layer, layer_error, shape_of
 
 __all__ = ["dense", "flatten", "reshape", "identity"]
 
 
+@checks.declare(features=checks.positive_int, use_bias=checks.flag)
 def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init="zeros",
           name: str | None = None) -> Layer:
     """Fully connected layer ``y = x @ w + b`` on the last axis.
@@ -36,10 +38,8 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
       ((3, 2), (2,))
     """
     label = name or "dense"
-    checks.positive_int(label, "features", features)
-    checks.boolean(label, use_bias=use_bias)
-    w_init = initializers.get(w_init, where=f"{label} w_init")
-    b_init = initializers.get(b_init, where=f"{label} b_init")
+    w_fn = initializers.get(w_init, where=f"{label} w_init")
+    b_fn = initializers.get(b_init, where=f"{label} b_init")
 
     def init(key, example):
         x = shape_of(example)
@@ -47,20 +47,20 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
             raise layer_error(label, f"expected an input with at least one axis, got shape {x.shape}")
         dtype = initializers.param_dtype(x.dtype)
         w_key, b_key = jax.random.split(key)
-        params = {"w": w_init(w_key, (x.shape[-1], features), dtype)}
+        params = {"w": w_fn(w_key, (x.shape[-1], features), dtype)}
         if use_bias:
-            params["b"] = b_init(b_key, (features,), dtype)
+            params["b"] = b_fn(b_key, (features,), dtype)
         return params, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        w = checks.param(label, params, "w", (None, features), f"features={features}")
+        w = params["w"]
         if x.ndim < 1 or x.shape[-1] != w.shape[0]:
             raise layer_error(label, f"expected input of shape [..., {w.shape[0]}] (the size it was "
                                      f"initialized with), got {tuple(x.shape)}")
         x = checks.float_input(x, w.dtype)
         y = x @ w.astype(x.dtype)
         if use_bias:
-            y = y + checks.param(label, params, "b", (features,), f"features={features}").astype(x.dtype)
+            y = y + params["b"].astype(x.dtype)
         return y, state
 
     return Layer(init, apply, "dense", name)

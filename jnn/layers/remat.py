@@ -73,7 +73,7 @@ def remat(layer: Layer, *, policy: str = "nothing", name: str | None = None) -> 
       >>> grads["w"].shape
       (4, 3)
     """
-    core._check_layer("remat", layer)
+    core.ensure_layer("remat", layer)
     label = name or layer.label
     if policy not in POLICIES:
         raise ValueError(f"remat: policy must be one of {list(POLICIES)}, got {policy!r}")

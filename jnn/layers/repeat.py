@@ -75,7 +75,7 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
       >>> stack.apply(params, state, jnp.ones((2, 4)))[0].shape
       (2, 4)
     """
-    core._check_layer("repeat", layer)
+    core.ensure_layer("repeat", layer)
     label = name or "repeat"
     _check_count(label, "n", n)
     if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
@@ -83,7 +83,7 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
 
     def init(key, example):
         x = shape_of(example)
-        with core._in_child(layer.kind):
+        with core.child_scope(layer.kind):
             return jax.vmap(lambda k: layer.init(k, x))(jax.random.split(key, n))
 
     def apply(params, state, x, *, key=None, train=False, **keywords):
@@ -97,7 +97,7 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
                                          f"{layer.label} maps {h.dtype}{list(h.shape)} to {y.dtype}{list(y.shape)}")
             return y, s
 
-        with core._in_child(layer.kind):
+        with core.child_scope(layer.kind):
             # length=n: a child without params or state (dropout) gives scan nothing else to count
             y, new_state = jax.lax.scan(body, x, (params, state, keys), length=n, unroll=unroll)
         return y, new_state

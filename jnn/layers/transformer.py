@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from jnn import core
-from jnn.core import Layer, layer_error, serial, shape_of
+from jnn.combinators import serial
+from jnn.core import Layer, layer_error, shape_of
 from jnn.layers.activations import gelu
 from jnn import _checks as checks
 from jnn.layers.attention import _Attention, _attention_spec
@@ -75,7 +76,7 @@ class _Block(NamedTuple):
         if self.cross is None and (context is not None or context_lengths is not None):
             raise layer_error(self.label, "got context= but this block has no cross-attention (build it with "
                                           "decoder_block(..., cross_attention=True))")
-        if self.cross is not None and context is None and not core._inferring_shape():
+        if self.cross is not None and context is None and not core.inferring_shape():
             # (under serial's init, which learns the shape only, its cross-attention stands in a context)
             raise layer_error(self.label, "this block cross-attends: call apply(..., context=[B, S, F_c])")
 
@@ -84,18 +85,18 @@ class _Block(NamedTuple):
             raise layer_error(self.label, "train=True with dropout needs a PRNG key: call "
                                           "apply(..., key=jax.random.key(0), train=True)")
         self.check_context(context, context_lengths)
-        keys = core._split(key, 5)
+        keys = core.split_key(key, 5)
         h, _ = core.apply_child("norm_0", layer_norm(), params, {}, x)
-        with core._in_child("attention"):
+        with core.child_scope("attention"):
             h, _ = self.attention.apply(params["attention"], {}, h, key=keys[0], train=train, lengths=lengths)
-            core._record("multi_head_attention", h, params["attention"])
+            core.record("multi_head_attention", h, params["attention"])
         x = x + dropout(self.dropout_rate).apply({}, {}, h, key=keys[1], train=train)[0]
         if self.cross is not None:
             h, _ = core.apply_child("norm_cross", layer_norm(), params, {}, x)
-            with core._in_child("cross_attention"):
+            with core.child_scope("cross_attention"):
                 h, _ = self.cross.apply(params["cross_attention"], {}, h, key=keys[3], train=train,
                                         context=context, context_lengths=context_lengths)
-                core._record("multi_head_attention", h, params["cross_attention"])
+                core.record("multi_head_attention", h, params["cross_attention"])
             x = x + dropout(self.dropout_rate).apply({}, {}, h, key=keys[4], train=train)[0]
         h, _ = core.apply_child("norm_1", layer_norm(), params, {}, x)
         return x + core.apply_child("mlp", self.mlp, params, {}, h, key=keys[2], train=train)[0], state

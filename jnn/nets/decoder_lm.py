@@ -53,7 +53,7 @@ class _LM(NamedTuple):
         if train and key is None and self.dropout_rate > 0:
             raise layer_error(self.label, "train=True with dropout needs a PRNG key: call "
                                           "apply(..., key=jax.random.key(0), train=True)")
-        keys = core._split(key, self.stack.n + 1)
+        keys = core.split_key(key, self.stack.n + 1)
         x = self.embedder.embed(params, tokens, jnp.arange(tokens.shape[1]))
         x = dropout(self.dropout_rate).apply({}, {}, x, key=keys[-1], train=train)[0]
         block_keys = None if key is None else (keys[0] if self.stack.scan else keys[:-1])

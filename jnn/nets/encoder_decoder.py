@@ -78,7 +78,7 @@ class _EncoderDecoder(NamedTuple):
         x = self.embedder.embed(params, context, jnp.arange(context.shape[1]))
         if keys is not None:
             x = dropout(self.dropout_rate).apply({}, {}, x, key=keys[0], train=train)[0]
-        with core._in_child("encoder"):
+        with core.child_scope("encoder"):
             x = self.encoder.apply(params["encoder"], x, self.block_keys(keys, 1), train, lengths=context_lengths)
         return layer_norm().apply(params["encoder_norm"], {}, x)[0]
 
@@ -101,7 +101,7 @@ class _EncoderDecoder(NamedTuple):
         x = self.embedder.embed(params, tokens, jnp.arange(tokens.shape[1]))
         if keys is not None:
             x = dropout(self.dropout_rate).apply({}, {}, x, key=keys[3], train=train)[0]
-        with core._in_child("decoder"):
+        with core.child_scope("decoder"):
             x = self.decoder.apply(params["decoder"], x, self.block_keys(keys, 2), train, context=memory,
                                    context_lengths=context_lengths)
         return self.embedder.head(params, x), state

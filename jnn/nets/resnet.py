@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from jnn import _checks as checks
-from jnn.core import Layer, fan_out, identity, serial
+from jnn.combinators import fan_out, identity, serial
+from jnn.core import Layer
 from jnn.layers.activations import relu
 from jnn.layers.basic import dense
 from jnn.layers.conv import conv

@@ -50,14 +50,14 @@ class Stack(NamedTuple):
     def apply(self, params, x, keys, train, **keywords):
         """``keys``: ``n`` keys (unrolled) or one (scanned), or ``None``."""
         if self.scan:
-            with core._in_child("blocks"):
+            with core.child_scope("blocks"):
                 x, _ = self.repeated().apply(params["blocks"], {}, x, key=keys, train=train, **keywords)
             return x
         for i, (k, block) in enumerate(zip(self.keys(), self.blocks)):
-            with core._in_child(k):
+            with core.child_scope(k):
                 x, _ = self.layer(block).apply(params[k], {}, x, key=None if keys is None else keys[i], train=train,
                                                **keywords)
-                core._record(self.kind, x, params[k])
+                core.record(self.kind, x, params[k])
         return x
 
     def init_cache(self, batch, length, features, dtype) -> dict:

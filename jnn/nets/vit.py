@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jnn.core import Layer, named, serial, shape_of, stateless, layer_error
+from jnn.combinators import named, serial, stateless
+from jnn.core import Layer, shape_of, layer_error
 from jnn import _checks as checks
 from jnn.layers.basic import dense
 from jnn.layers.dropout import dropout

@@ -75,12 +75,8 @@ def _layer_outputs(model, params, state, x, key):
     paths: list[str] = []
 
     def run(params, state, x, key):
-        records: list = []
-        token = core._RECORDER.set(records)
-        try:
+        with core.recording() as records:
             model.apply(params, state, x, key=key, train=True)
-        finally:
-            core._RECORDER.reset(token)
         paths[:] = [path for path, *_ in records]
         return [y for _, _, y, _ in records]
 

@@ -1,0 +1,230 @@
+"""Combinators: layers made of layers (serial, fan_out, residual) and the small ones (stateless,
+identity, named). Each builds its children's keys, threads shapes through ``jax.eval_shape`` at
+init and calls children through :func:`jnn.apply_child`, the way any composite does.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jnn.core import (Children, Layer, apply_child, check_signature, checked_init, checked_output_shape,
+                      child_scope, ensure_layer, shape_of, split_key)
+
+__all__ = ["serial", "fan_out", "residual", "named", "stateless", "identity"]
+
+
+def stateless(kind: str, fn: Callable[[jax.Array], jax.Array], *, name: str | None = None) -> Layer:
+    """A layer with no params and no state that applies ``fn`` to its input.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> square = jnn.stateless("square", lambda x: x * x)
+      >>> square.apply({}, {}, jnp.array([3.0]))[0]
+      Array([9.], dtype=float32)
+    """
+
+    def init(key, example):
+        shape_of(example)
+        return {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return fn(x), state
+
+    return Layer(init, apply, kind, name)
+
+
+def identity(*, name: str | None = None) -> Layer:
+    """Returns its input unchanged (the skip branch of a residual block).
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> jnn.identity().apply({}, {}, jnp.array([1.0, 2.0]))[0]
+      Array([1., 2.], dtype=float32)
+    """
+    return stateless("identity", lambda x: x, name=name)
+
+
+def named(name: str, layer: Layer) -> Layer:
+    """The same layer, keyed as ``name`` inside any combinator.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.serial(jnn.named("encoder", jnn.dense(4)), jnn.dense(2))
+      >>> params, _ = model.init(jax.random.key(0), jnp.zeros((1, 3)))
+      >>> sorted(params)
+      ['dense_0', 'encoder']
+    """
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"named: expected a non-empty name without '/', got {name!r}")
+    ensure_layer("named", layer)
+    return layer._replace(name=name)
+
+
+
+
+def _child_keys(where: str, layers: Sequence[Layer]) -> list[str]:
+    """Readable, unique keys: explicit names as given, others ``kind_i`` counted per kind."""
+    for layer in layers:
+        ensure_layer(where, layer)
+        check_signature(where, layer)
+    counts: dict[str, int] = {}
+    keys = []
+    for layer in layers:
+        if layer.name is not None:
+            keys.append(layer.name)
+        else:
+            i = counts.get(layer.kind, 0)
+            counts[layer.kind] = i + 1
+            keys.append(f"{layer.kind}_{i}")
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: child names must be unique, got {duplicates} more than once")
+    return keys
+
+
+def _union_keywords(layers: Sequence[Layer]) -> frozenset[str]:
+    return frozenset().union(*(layer.keywords for layer in layers))
+
+
+def _check_keywords(label: str, accepted: frozenset[str], given: Mapping[str, Any]) -> None:
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise TypeError(f"{label}: unexpected keyword argument {', '.join(map(repr, unknown))}: this model's "
+                        f"apply accepts key, train and {sorted(accepted) or 'no extra keywords'} "
+                        f"(a keyword reaches the layers that declare it in Layer.keywords)")
+
+
+def _put(tree: dict, name: str, value) -> None:
+    if jax.tree_util.tree_structure(value).num_leaves or not isinstance(value, dict):
+        tree[name] = value
+
+
+def serial(*layers: Layer, name: str | None = None) -> Layer:
+    """Layers applied one after another; params keyed by child name.
+
+    Each child's init sees the output shape of the previous one (by ``jax.eval_shape``);
+    ``key`` is split among the children at both init and apply. Children without params
+    or state are left out of the params/state dicts.
+
+    Args:
+      *layers: the children, in order.
+      name: optional explicit name for the whole block.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> mlp = jnn.serial(jnn.dense(4), jnn.relu(), jnn.dense(1))
+      >>> params, state = mlp.init(jax.random.key(0), jax.ShapeDtypeStruct((8, 2), jnp.float32))
+      >>> sorted(params), params["dense_1"]["w"].shape
+      (['dense_0', 'dense_1'], (4, 1))
+      >>> mlp.apply(params, state, jnp.ones((8, 2)))[0].shape
+      (8, 1)
+    """
+    if not layers:
+        raise ValueError("serial: expected at least one layer, got none")
+    keys = _child_keys("serial", layers)
+    keywords = _union_keywords(layers)
+    label = name or "serial"
+
+    def init(key, example):
+        x = shape_of(example)
+        params, state = {}, {}
+        for k, child, child_key in zip(keys, layers, split_key(key, len(layers))):
+            with child_scope(k):
+                p, s = checked_init(label, child, child_key, x)
+                x = checked_output_shape(label, child, p, s, x)
+            _put(params, k, p)
+            _put(state, k, s)
+        return params, state
+
+    def apply(params, state, x, *, key=None, train=False, **kwargs):
+        _check_keywords(label, keywords, kwargs)
+        new_state = {}
+        for k, child, child_key in zip(keys, layers, split_key(key, len(layers))):
+            x, s = apply_child(k, child, params, state, x, key=child_key, train=train, **kwargs)
+            _put(new_state, k, s)
+        return x, new_state
+
+    return Layer(init, apply, "serial", name, keywords, Children(zip(keys, layers)))
+
+
+_MERGES: dict[str, Callable[[list], jax.Array]] = {
+    "add": lambda ys: sum(ys[1:], ys[0]),
+    "multiply": lambda ys: jax.tree_util.tree_reduce(jnp.multiply, ys),
+    "concat": lambda ys: jnp.concatenate(ys, axis=-1),
+}
+
+
+def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
+            name: str | None = None) -> Layer:
+    """Every branch applied to the same input, the outputs merged into one.
+
+    Args:
+      *branches: the branches (any layers, e.g. ``serial`` blocks or ``identity()``).
+      merge: ``"add"``, ``"multiply"``, ``"concat"`` (last axis), or a function from the
+        list of branch outputs to one array.
+      name: optional explicit name for the block.
+
+    Example (a residual connection, ``y = x + f(x)``):
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> block = jnn.fan_out(jnn.serial(jnn.dense(3), jnn.relu()), jnn.identity(), merge="add")
+      >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 3)))
+      >>> block.apply(params, state, jnp.ones((2, 3)))[0].shape
+      (2, 3)
+    """
+    if len(branches) < 2:
+        raise ValueError(f"fan_out: expected at least two branches, got {len(branches)}")
+    if isinstance(merge, str):
+        if merge not in _MERGES:
+            raise ValueError(f"fan_out: merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
+        merge_fn = _MERGES[merge]
+    elif callable(merge):
+        merge_fn = merge
+    else:
+        raise TypeError(f"fan_out: merge must be a string or a callable, got {type(merge).__name__}")
+    keys = _child_keys("fan_out", branches)
+    keywords = _union_keywords(branches)
+    label = name or "fan_out"
+
+    def merged(ys):
+        shapes = [y.shape for y in ys]
+        if merge in ("add", "multiply") and len(set(shapes)) > 1:
+            raise ValueError(f"fan_out: merge={merge!r} needs branch outputs of one shape, got {shapes}")
+        return merge_fn(ys)
+
+    def init(key, example):
+        x = shape_of(example)
+        params, state, outs = {}, {}, []
+        for k, branch, branch_key in zip(keys, branches, split_key(key, len(branches))):
+            with child_scope(k):
+                p, s = checked_init(label, branch, branch_key, x)
+                outs.append(checked_output_shape(label, branch, p, s, x))
+            _put(params, k, p)
+            _put(state, k, s)
+        jax.eval_shape(merged, outs)  # a shape mismatch fails here, at init
+        return params, state
+
+    def apply(params, state, x, *, key=None, train=False, **kwargs):
+        _check_keywords(label, keywords, kwargs)
+        ys, new_state = [], {}
+        for k, branch, branch_key in zip(keys, branches, split_key(key, len(branches))):
+            y, s = apply_child(k, branch, params, state, x, key=branch_key, train=train, **kwargs)
+            ys.append(y)
+            _put(new_state, k, s)
+        return merged(ys), new_state
+
+    return Layer(init, apply, "fan_out", name, keywords, Children(zip(keys, branches)))
+
+
+def residual(*layers: Layer, name: str | None = None) -> Layer:
+    """``x + serial(*layers)(x)``: a skip connection around a block.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> block = jnn.residual(jnn.dense(3), jnn.relu())
+      >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 3)))
+      >>> sorted(params)
+      ['serial_0']
+    """
+    return fan_out(serial(*layers), identity(), merge="add", name=name)._replace(kind="residual")
