@@ -424,7 +424,7 @@ def verify_params(layer: Layer, params, state, x, **keywords) -> None:
             with _unchecked():
                 jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
         except Exception as own:  # noqa: BLE001 - a layer's own message (it names the layer) wins
-            if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", f"{layer.label}:")):
+            if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", layer.label)):
                 raise own from None
         raise mismatch from None
 
