@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of", "instance_of", "positive_int", "boolean", "rate", "finite_number", "number_above", "number_in", "per_axis",
-    "param", "child_params", "float_input", "ids_in_range", "is_concrete", "values_in_unit_interval",
-    "integer_labels", "float_labels_hint",
+    "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of",
+    "name_or_callable", "instance_of", "positive_int", "boolean", "rate", "finite_number",
+    "number_above", "number_in", "per_axis", "param", "child_params", "float_input",
+    "ids_in_range", "is_concrete", "values_in_unit_interval", "integer_labels",
+    "float_labels_hint",
 ]
 
 
@@ -71,7 +73,8 @@ def declare(**rules):
                 arguments[what] = rule(label, what, arguments[what])
             out = fn(*bound.args, **bound.kwargs)
             if hasattr(out, "config") and hasattr(out, "_replace") and not out.config:
-                config = {k: v for k, v in arguments.items() if k != "name"}
+                config = {k: v for k, v in arguments.items()
+                          if k != "name" and signature.parameters[k].kind is not inspect.Parameter.VAR_POSITIONAL}
                 out = out._replace(config=type(out.config)(config))
             return out
 
@@ -119,6 +122,17 @@ def one_of(*choices):
     def rule(label, what, value):
         if not any(value == c and type(value) is type(c) for c in choices):
             raise ValueError(f"{label}: {what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    return rule
+
+
+def name_or_callable(choices):
+    """One of the names in ``choices``, or a callable (e.g. a merge: ``"add"`` or a function)."""
+    def rule(label, what, value):
+        if isinstance(value, str) and value not in choices:
+            raise ValueError(f"{label}: {what} must be one of {sorted(choices)} or a callable, got {value!r}")
+        if not isinstance(value, str) and not callable(value):
+            raise TypeError(f"{label}: {what} must be a string or a callable, got {type(value).__name__}")
         return value
     return rule
 

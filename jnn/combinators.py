@@ -9,8 +9,9 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from jnn.core import (Children, Layer, apply_child, check_signature, checked_init, checked_output_shape,
-                      child_scope, ensure_layer, shape_of, split_key)
+from jnn import _checks as checks
+from jnn.core import (Layer, apply_child, check_keywords, checked_init, checked_output_shape, child_scope,
+                      ensure_layer, make_children, shape_of, split_key)
 
 __all__ = ["serial", "fan_out", "residual", "named", "stateless", "identity"]
 
@@ -64,38 +65,6 @@ def named(name: str, layer: Layer) -> Layer:
 
 
 
-def _child_keys(where: str, layers: Sequence[Layer]) -> list[str]:
-    """Readable, unique keys: explicit names as given, others ``kind_i`` counted per kind."""
-    for layer in layers:
-        ensure_layer(where, layer)
-        check_signature(where, layer)
-    counts: dict[str, int] = {}
-    keys = []
-    for layer in layers:
-        if layer.name is not None:
-            keys.append(layer.name)
-        else:
-            i = counts.get(layer.kind, 0)
-            counts[layer.kind] = i + 1
-            keys.append(f"{layer.kind}_{i}")
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"{where}: child names must be unique, got {duplicates} more than once")
-    return keys
-
-
-def _union_keywords(layers: Sequence[Layer]) -> frozenset[str]:
-    return frozenset().union(*(layer.keywords for layer in layers))
-
-
-def _check_keywords(label: str, accepted: frozenset[str], given: Mapping[str, Any]) -> None:
-    unknown = sorted(set(given) - accepted)
-    if unknown:
-        raise TypeError(f"{label}: unexpected keyword argument {', '.join(map(repr, unknown))}: this model's "
-                        f"apply accepts key, train and {sorted(accepted) or 'no extra keywords'} "
-                        f"(a keyword reaches the layers that declare it in Layer.keywords)")
-
-
 def _put(tree: dict, name: str, value) -> None:
     if jax.tree_util.tree_structure(value).num_leaves or not isinstance(value, dict):
         tree[name] = value
@@ -123,8 +92,8 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     """
     if not layers:
         raise ValueError("serial: expected at least one layer, got none")
-    keys = _child_keys("serial", layers)
-    keywords = _union_keywords(layers)
+    children = make_children("serial", layers)
+    keys, keywords = list(children), frozenset().union(*(layer.keywords for layer in layers))
     label = name or "serial"
 
     def init(key, example):
@@ -139,14 +108,14 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         return params, state
 
     def apply(params, state, x, *, key=None, train=False, **kwargs):
-        _check_keywords(label, keywords, kwargs)
+        check_keywords(label, keywords, kwargs)
         new_state = {}
         for k, child, child_key in zip(keys, layers, split_key(key, len(layers))):
             x, s = apply_child(k, child, params, state, x, key=child_key, train=train, **kwargs)
             _put(new_state, k, s)
         return x, new_state
 
-    return Layer(init, apply, "serial", name, keywords, Children(zip(keys, layers)))
+    return Layer(init, apply, "serial", name, keywords, children)
 
 
 _MERGES: dict[str, Callable[[list], jax.Array]] = {
@@ -156,6 +125,7 @@ _MERGES: dict[str, Callable[[list], jax.Array]] = {
 }
 
 
+@checks.declare(merge=checks.name_or_callable(_MERGES))
 def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
             name: str | None = None) -> Layer:
     """Every branch applied to the same input, the outputs merged into one.
@@ -175,16 +145,9 @@ def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
     """
     if len(branches) < 2:
         raise ValueError(f"fan_out: expected at least two branches, got {len(branches)}")
-    if isinstance(merge, str):
-        if merge not in _MERGES:
-            raise ValueError(f"fan_out: merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
-        merge_fn = _MERGES[merge]
-    elif callable(merge):
-        merge_fn = merge
-    else:
-        raise TypeError(f"fan_out: merge must be a string or a callable, got {type(merge).__name__}")
-    keys = _child_keys("fan_out", branches)
-    keywords = _union_keywords(branches)
+    merge_fn = _MERGES[merge] if isinstance(merge, str) else merge
+    children = make_children("fan_out", branches)
+    keys, keywords = list(children), frozenset().union(*(layer.keywords for layer in branches))
     label = name or "fan_out"
 
     def merged(ys):
@@ -206,7 +169,7 @@ def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
         return params, state
 
     def apply(params, state, x, *, key=None, train=False, **kwargs):
-        _check_keywords(label, keywords, kwargs)
+        check_keywords(label, keywords, kwargs)
         ys, new_state = [], {}
         for k, branch, branch_key in zip(keys, branches, split_key(key, len(branches))):
             y, s = apply_child(k, branch, params, state, x, key=branch_key, train=train, **kwargs)
@@ -214,7 +177,7 @@ def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
             _put(new_state, k, s)
         return merged(ys), new_state
 
-    return Layer(init, apply, "fan_out", name, keywords, Children(zip(keys, branches)))
+    return Layer(init, apply, "fan_out", name, keywords, children)
 
 
 def residual(*layers: Layer, name: str | None = None) -> Layer:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "Layer", "Children", "Config", "output_shape", "shape_of", "layer_error", "apply_child", "CONTRACT", "ensure_layer", "check_signature",
-    "checked_init", "checked_output_shape", "split_key", "child_scope", "record", "recording",
+    "checked_init", "checked_output_shape", "split_key", "make_children", "check_keywords", "child_scope", "record", "recording",
     "inferring_shape", "verify_params",
 ]
 
@@ -206,21 +206,26 @@ class Layer(_Fields):
         children rather than its fields: use ``layer.init`` / ``layer.apply`` for those.
         """
         children = self.children or Children()
-        if not children and isinstance(index, (int, str)):
-            raise TypeError(f"{self.label}: a {self.kind!r} layer has no children to index" + _FIELDS_HINT)
-        if isinstance(index, str):
-            if index in children:
-                return children[index]
-            raise KeyError(f"{self.label}: no child {index!r}; its children are {list(children)}"
-                           + _FIELDS_HINT)
-        if isinstance(index, int) and not isinstance(index, bool):
-            layers = list(children.values())
-            if -len(layers) <= index < len(layers):
-                return layers[index]
-            raise IndexError(f"{self.label}: child index {index} out of range for its "
-                             f"{len(layers)} children {list(children)}" + _FIELDS_HINT)
-        raise TypeError(f"{self.label}: index a layer by a child's key (str) or position (int), "
-                        f"got {type(index).__name__}" + _FIELDS_HINT)
+        if isinstance(index, str) and index in children:
+            return children[index]
+        if isinstance(index, int) and not isinstance(index, bool) and -len(children) <= index < len(children):
+            return list(children.values())[index]
+        raise _index_error(self, index)
+
+
+def _index_error(layer: Layer, index) -> Exception:
+    """Why ``layer[index]`` has no answer: no children, no such key, out of range, or a bad index."""
+    children = list(layer.children or ())
+    if not children and isinstance(index, (int, str)):
+        error, message = TypeError, f"a {layer.kind!r} layer has no children to index"
+    elif isinstance(index, str):
+        error, message = KeyError, f"no child {index!r}; its children are {children}"
+    elif isinstance(index, int) and not isinstance(index, bool):
+        error, message = IndexError, (f"child index {index} out of range for its {len(children)} children "
+                                      f"{children}")
+    else:
+        error, message = TypeError, f"index a layer by a child's key (str) or position (int), got {type(index).__name__}"
+    return error(f"{layer.label}: {message}" + _FIELDS_HINT)
 
 
 def _remembering(init):
@@ -359,12 +364,6 @@ def _at(layer: Layer, path: tuple[str, ...]) -> tuple[Layer, tuple[str, ...]]:
     return layer, tuple(walked)
 
 
-def _mismatch(model: Layer, path: tuple[str, ...], message: str) -> ValueError:
-    layer, walked = _at(model, path)
-    prefix = f"[{'/'.join(walked)}] " if walked else ""
-    return ValueError(f"{prefix}{layer.label}: {message}")
-
-
 def _built_with(layer: Layer) -> str:
     """The config entries that can size a param: integers and tuples of them."""
     sizes = lambda v: isinstance(v, int) and not isinstance(v, bool)
@@ -373,30 +372,38 @@ def _built_with(layer: Layer) -> str:
     return ", ".join(items) or "its config"
 
 
-def _compare(model: Layer, what: str, got, want, path: tuple[str, ...] = ()) -> None:
+def _difference(model: Layer, what: str, got, want, path: tuple[str, ...] = ()):
+    """The first place where ``got`` differs from ``want`` in keys or shapes, as ``(path,
+    message)``, or ``None``."""
     if isinstance(want, dict):
+        missing = [k for k in want if k not in got] if isinstance(got, Mapping) else []
+        extra = [k for k in got if k not in want] if isinstance(got, Mapping) else []
         if not isinstance(got, Mapping):
-            raise _mismatch(model, path, f"{what} must be a dict with keys {_names(want)}, got "
-                                         f"{type(got).__name__}")
-        missing = [k for k in want if k not in got]
-        extra = [k for k in got if k not in want]
+            return path, f"{what} must be a dict with keys {_names(want)}, got {type(got).__name__}"
         if missing or extra:
             lack = f"lack {missing[0]!r}" if missing else f"have unexpected {extra[0]!r}"
             hint = ("were these made by this layer's init?" if path or not model.children
                     else f"this model's children are {', '.join(model.children)}")
-            raise _mismatch(model, path, f"{what} {lack} (have: {_names(got)}); {hint}")
-        for k in want:
-            _compare(model, what, got[k], want[k], path + (k,))
-        return
-    if not hasattr(want, "shape"):
-        return
+            return path, f"{what} {lack} (have: {_names(got)}); {hint}"
+        found = (_difference(model, what, got[k], want[k], path + (k,)) for k in want)
+        return next((d for d in found if d is not None), None)
     shape = getattr(got, "shape", None)
-    if shape is None or tuple(shape) != tuple(want.shape):
+    if hasattr(want, "shape") and (shape is None or tuple(shape) != tuple(want.shape)):
         layer, walked = _at(model, path)
-        leaf = "/".join(path[len(walked):]) or what
         got_shape = tuple(shape) if shape is not None else type(got).__name__
-        raise _mismatch(model, path, f"{leaf} has shape {got_shape} but this layer was built with "
-                                     f"{_built_with(layer)} (expected shape {tuple(want.shape)})")
+        return path, (f"{'/'.join(path[len(walked):]) or what} has shape {got_shape} but this layer was "
+                      f"built with {_built_with(layer)} (expected shape {tuple(want.shape)})")
+    return None
+
+
+def _mismatch(model: Layer, params, state, expected) -> ValueError | None:
+    """A ``ValueError`` naming the sub-layer whose params or state differ from ``expected``."""
+    found = (_difference(model, "params", params, expected[0])
+             or _difference(model, "state", state, expected[1]))
+    if found is None:
+        return None
+    layer, walked = _at(model, found[0])
+    return ValueError(("[" + "/".join(walked) + "] " if walked else "") + f"{layer.label}: {found[1]}")
 
 
 def verify_params(layer: Layer, params, state, x, **keywords) -> None:
@@ -414,19 +421,18 @@ def verify_params(layer: Layer, params, state, x, **keywords) -> None:
     expected = _expected(layer, x)
     if expected is None:
         return
+    mismatch = _mismatch(layer, params, state, expected)
+    if mismatch is None:
+        return
+    # The expected shapes follow the input: an input of the wrong size makes right params look
+    # wrong. The layer's own apply then says what is wrong with the input: prefer its message.
     try:
-        _compare(layer, "params", params, expected[0])
-        _compare(layer, "state", state, expected[1])
-    except ValueError as mismatch:
-        # The expected shapes follow the input: an input of the wrong size makes right params
-        # look wrong. The layer's own apply then says what is wrong with the input: prefer it.
-        try:
-            with _unchecked():
-                jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
-        except Exception as own:  # noqa: BLE001 - a layer's own message (it names the layer) wins
-            if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", layer.label)):
-                raise own from None
-        raise mismatch from None
+        with _unchecked():
+            jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
+    except Exception as own:  # noqa: BLE001 - a layer's own message (it names the layer) wins
+        if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", layer.label)):
+            mismatch = own
+    raise mismatch from None
 
 
 # ---- writing composites --------------------------------------------------------------------------
@@ -454,6 +460,37 @@ def check_signature(where: str, layer: Layer) -> None:
         raise TypeError(f"{where}: layer {layer.label!r} breaks the layer contract: its apply takes no "
                         f"keyword argument {', '.join(map(repr, missing))}. Every layer has "
                         f"{CONTRACT} (extra keywords declared in Layer(..., keywords=...)).")
+
+
+def make_children(where: str, layers: Sequence[Layer]) -> Children:
+    """A composite's :class:`Children`: each must be a :class:`Layer` keeping the contract;
+    keys are explicit names as given, others ``kind_i`` counted per kind, all unique.
+
+    Example:
+      >>> import jnn
+      >>> list(jnn.core.make_children("mine", [jnn.dense(2), jnn.relu(), jnn.dense(1)]))
+      ['dense_0', 'relu_0', 'dense_1']
+    """
+    counts: dict[str, int] = {}
+    keys = []
+    for layer in layers:
+        check_signature(where, ensure_layer(where, layer))
+        if layer.name is None:
+            counts[layer.kind] = counts.get(layer.kind, -1) + 1
+        keys.append(layer.name if layer.name is not None else f"{layer.kind}_{counts[layer.kind]}")
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: child names must be unique, got {duplicates} more than once")
+    return Children(zip(keys, layers))
+
+
+def check_keywords(label: str, accepted: frozenset[str], given: Mapping[str, Any]) -> None:
+    """Refuses ``apply`` keywords that no child declares (see :attr:`Layer.keywords`)."""
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise TypeError(f"{label}: unexpected keyword argument {', '.join(map(repr, unknown))}: this model's "
+                        f"apply accepts key, train and {sorted(accepted) or 'no extra keywords'} "
+                        f"(a keyword reaches the layers that declare it in Layer.keywords)")
 
 
 def _describe(out) -> str:
