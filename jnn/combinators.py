@@ -13,7 +13,7 @@ from jnn import _checks as checks
 from jnn.core import (Layer, apply_child, check_keywords, checked_init, checked_output_shape, child_scope,
                       ensure_layer, make_children, shape_of, split_key)
 
-__all__ = ["serial", "fan_out", "residual", "named", "stateless", "identity"]
+__all__ = ["serial", "fan_out", "residual", "named", "stateless", "identity", "towers", "heads", "select", "merge"]
 
 
 def stateless(kind: str, fn: Callable[[jax.Array], jax.Array], *, name: str | None = None) -> Layer:
@@ -191,3 +191,122 @@ def residual(*layers: Layer, name: str | None = None) -> Layer:
       ['serial_0']
     """
     return fan_out(serial(*layers), identity(), merge="add", name=name)._replace(kind="residual")
+
+
+def _branches(kind: str, layers: Mapping[str, Layer], pick: Callable, name: str | None) -> Layer:
+    """Children keyed by ``layers``' keys, child ``k`` applied to ``pick(x, k)``; a dict out."""
+    if not layers:
+        raise ValueError(f"{kind}: expected at least one layer, given as key=layer, got none")
+    children = make_children(kind, [named(k, layer) for k, layer in layers.items()])
+    keywords = frozenset().union(*(layer.keywords for layer in layers.values()))
+    label = name or kind
+
+    def init(key, example):
+        x = shape_of(example)
+        params, state = {}, {}
+        for (k, child), child_key in zip(children.items(), split_key(key, len(children))):
+            with child_scope(k):
+                p, s = checked_init(label, child, child_key, pick(label, x, k))
+            _put(params, k, p)
+            _put(state, k, s)
+        return params, state
+
+    def apply(params, state, x, *, key=None, train=False, **kwargs):
+        check_keywords(label, keywords, kwargs)
+        ys, new_state = {}, {}
+        for (k, child), child_key in zip(children.items(), split_key(key, len(children))):
+            ys[k], s = apply_child(k, child, params, state, pick(label, x, k), key=child_key, train=train,
+                                   **kwargs)
+            _put(new_state, k, s)
+        return ys, new_state
+
+    return Layer(init, apply, kind, name, keywords, children)
+
+
+def _entry(label: str, x, k: str):
+    if not isinstance(x, Mapping) or k not in x:
+        have = sorted(x) if isinstance(x, Mapping) else f"a {type(x).__name__}"
+        raise ValueError(f"{label}: expected a dict input with key {k!r} (one per tower), got {have}")
+    return x[k]
+
+
+def towers(name: str | None = None, **layers: Layer) -> Layer:
+    """Each layer applied to its own entry of a dict input: ``{k: layers[k](x[k])}``.
+
+    The first half of a multi-input model: an image and a feature vector each go through
+    their own tower; :func:`merge` then joins the outputs. Params are keyed by the same keys.
+
+    Shapes: ``x: {k: [B, ...]}`` -> ``{k: [B, ...]}``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.serial(jnn.towers(image=jnn.serial(jnn.flatten(), jnn.dense(8)), extra=jnn.dense(4)),
+      ...                    jnn.merge("concat"), jnn.dense(2))
+      >>> x = {"image": jnp.zeros((5, 4, 4, 1)), "extra": jnp.zeros((5, 3))}
+      >>> params, state = model.init(jax.random.key(0), x)
+      >>> sorted(params["towers_0"]), model.apply(params, state, x)[0].shape
+      (['extra', 'image'], (5, 2))
+    """
+    return _branches("towers", layers, _entry, name)
+
+
+def heads(name: str | None = None, **layers: Layer) -> Layer:
+    """Every layer applied to the same input, the outputs as a dict: ``{k: layers[k](x)}``.
+
+    The end of a multi-output model (a class head and a value head on one body); a loss over
+    a dict of outputs and a dict of targets then trains it with ``fit``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.serial(jnn.dense(8), jnn.relu(), jnn.heads(label=jnn.dense(10), score=jnn.dense(1)))
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((2, 3)))
+      >>> {k: v.shape for k, v in model.apply(params, state, jnp.ones((2, 3)))[0].items()}
+      {'label': (2, 10), 'score': (2, 1)}
+    """
+    return _branches("heads", layers, lambda label, x, k: x, name)
+
+
+def select(key: str | int, *, name: str | None = None) -> Layer:
+    """The entry ``x[key]`` of a dict (or tuple) input.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> jnn.select("image").apply({}, {}, {"image": jnp.ones((2, 3)), "extra": jnp.zeros((2, 1))})[0].shape
+      (2, 3)
+    """
+    label = name or "select"
+
+    def pick(x):
+        if isinstance(x, Mapping):
+            return _entry(label, x, key)
+        if isinstance(x, tuple) and isinstance(key, int) and -len(x) <= key < len(x):
+            return x[key]
+        raise ValueError(f"{label}: expected a dict or tuple input with entry {key!r}, got {type(x).__name__}")
+
+    return stateless("select", pick, name=name)._replace(config={"key": key})
+
+
+def merge(how: str | Callable[[list], jax.Array] = "concat", *, name: str | None = None) -> Layer:
+    """Joins a dict or tuple of arrays into one array: ``"concat"`` (last axis), ``"add"``,
+    ``"multiply"``, or a function of the list of arrays. A dict's entries are taken in sorted
+    key order (JAX's order for dicts), so the result does not depend on how it was built.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> jnn.merge("concat").apply({}, {}, {"b": jnp.ones((2, 1)), "a": jnp.zeros((2, 3))})[0][0]
+      Array([0., 0., 0., 1.], dtype=float32)
+    """
+    label = name or "merge"
+    how = checks.name_or_callable(_MERGES)(label, "how", how)
+    join = _MERGES[how] if isinstance(how, str) else how
+
+    def fn(x):
+        if not isinstance(x, (Mapping, tuple, list)) or not x:
+            raise ValueError(f"{label}: expected a non-empty dict or tuple of arrays, got {type(x).__name__}")
+        ys = [x[k] for k in sorted(x)] if isinstance(x, Mapping) else list(x)
+        shapes = [tuple(y.shape) for y in ys]
+        if how in ("add", "multiply") and len(set(shapes)) > 1:
+            raise ValueError(f"{label}: how={how!r} needs entries of one shape, got {shapes}")
+        return join(ys)
+
+    return stateless("merge", fn, name=name)._replace(config={"how": how})

@@ -78,7 +78,7 @@ class Config(Mapping):
             return id(self)
 
     def __eq__(self, other) -> bool:
-        return type(other) is type(self) and self._items == other._items
+        return isinstance(other, Mapping) and dict(self._items) == dict(other.items())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(" + ", ".join(f"{k}={_short(v)}" for k, v in self._items) + ")"
