@@ -15,7 +15,7 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
 """
 from jnn import convert, data, export, generate, initializers, io, losses, metrics, nets, parallel, precision
 from jnn import train, tree
-from jnn.combinators import fan_out, heads, identity, merge, named, residual, select, serial, stateless, towers
+from jnn.combinators import composite, fan_out, heads, identity, merge, named, residual, select, serial, stateless, towers
 from jnn.core import CONTRACT, Children, Config, Layer, apply_child, output_shape
 from jnn.inspection import capture, get
 from jnn.layers import (decoder_block, encoder_block, learned_positional_embedding, multi_head_attention,
@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # core
-    "Layer", "serial", "fan_out", "residual", "named", "output_shape", "stateless", "summary",
+    "Layer", "composite", "serial", "fan_out", "residual", "named", "output_shape", "stateless", "summary",
     "Children", "Config", "apply_child", "CONTRACT", "get", "capture", "towers", "heads", "select", "merge",
     # layers
     "dense", "flatten", "reshape", "identity",

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 
 from jnn import _checks as checks
-from jnn.core import (Layer, apply_child, check_keywords, checked_init, checked_output_shape, child_scope,
-                      ensure_layer, make_children, shape_of, split_key)
+from jnn.core import (Children, Layer, apply_child, check_keywords, checked_apply, checked_init, child_of,
+                      child_scope, ensure_layer, inferring, make_children, shape_of, split_key)
 
-__all__ = ["serial", "fan_out", "residual", "named", "stateless", "identity", "towers", "heads", "select", "merge"]
+__all__ = ["composite", "serial", "fan_out", "residual", "named", "stateless", "identity", "towers", "heads", "select", "merge"]
 
 
 def stateless(kind: str, fn: Callable[[jax.Array], jax.Array], *, name: str | None = None) -> Layer:
@@ -70,6 +70,79 @@ def _put(tree: dict, name: str, value) -> None:
         tree[name] = value
 
 
+def composite(forward: Callable, children: Mapping[str, Layer] | Sequence[Layer], *, kind: str = "composite",
+              name: str | None = None, keywords: Sequence[str] = ()) -> Layer:
+    """A layer made of children, written as its forward pass alone: the way to write a composite.
+
+    ``forward(call, x)`` returns the output, calling child ``k`` as ``call(k, x_k)`` (``call``
+    returns the child's output; it passes the child its params, state, a key split for it, the
+    ``train`` flag and the ``apply`` keywords the child declares, and keeps its new state).
+    ``init`` runs ``forward`` once abstractly (``jax.eval_shape``: nothing is computed) to learn
+    each child's input shape, then initializes each child for it; so shapes are inferred for
+    any forward, and errors name the child (``"[image/dense_0] dense: ..."``).
+
+    Args:
+      forward: ``forward(call, x) -> y``; any pytree in and out (dicts, tuples).
+      children: ``{key: layer}``, or a sequence of layers keyed ``kind_i`` (or their names).
+      kind: the family name (``serial`` keys a child ``f"{kind}_{i}"``).
+      name: optional explicit name.
+      keywords: extra ``apply`` keywords the forward itself accepts (the children's are added).
+
+    Example (a two-input model):
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> def forward(call, x):
+      ...     return call("head", jnp.concatenate([call("image", x["image"]), x["extra"]], -1))
+      >>> model = jnn.composite(forward, {"image": jnn.serial(jnn.flatten(), jnn.dense(8)),
+      ...                                 "head": jnn.dense(2)}, kind="two_input")
+      >>> x = {"image": jnp.zeros((4, 5, 5, 1)), "extra": jnp.zeros((4, 3))}
+      >>> params, state = model.init(jax.random.key(0), x)
+      >>> params["head"]["w"].shape, model.apply(params, state, x)[0].shape
+      ((11, 2), (4, 2))
+    """
+    label = name or kind
+    if not isinstance(children, Children):
+        items = children.items() if isinstance(children, Mapping) else None
+        children = make_children(label, [named(k, c) for k, c in items] if items else list(children))
+    keywords = frozenset(keywords).union(*(c.keywords for c in children.values()))
+
+    def init(key, example):
+        keys, specs = dict(zip(children, split_key(key, len(children)))), {}
+
+        def probe(x):
+            def call(k, x_k, **kw):
+                with child_scope(k):
+                    specs.setdefault(k, shape_of(x_k))
+                    p, s = checked_init(label, child_of(label, children, k), keys[k], x_k)
+                    return checked_apply(label, child_of(label, children, k), p, s, x_k)[0]
+            return forward(call, x)
+
+        with inferring():
+            jax.eval_shape(probe, shape_of(example))
+        params, state = {}, {}
+        for k, child in children.items():
+            if k not in specs:
+                raise ValueError(f"{label}: its forward never calls child {k!r}, so it cannot be initialized")
+            with child_scope(k):
+                p, s = checked_init(label, child, keys[k], specs[k])
+            _put(params, k, p)
+            _put(state, k, s)
+        return params, state
+
+    def apply(params, state, x, *, key=None, train=False, **kwargs):
+        check_keywords(label, keywords, kwargs)
+        keys, new_state = dict(zip(children, split_key(key, len(children)))), dict(state)
+
+        def call(k, x_k, **kw):
+            y, s = apply_child(k, child_of(label, children, k), params, state, x_k, key=keys[k], train=train,
+                               **{**kwargs, **kw})
+            _put(new_state, k, s)
+            return y
+
+        return forward(call, x), new_state
+
+    return Layer(init, apply, kind, name, keywords, children)
+
+
 def serial(*layers: Layer, name: str | None = None) -> Layer:
     """Layers applied one after another; params keyed by child name.
 
@@ -93,29 +166,13 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     if not layers:
         raise ValueError("serial: expected at least one layer, got none")
     children = make_children("serial", layers)
-    keys, keywords = list(children), frozenset().union(*(layer.keywords for layer in layers))
-    label = name or "serial"
 
-    def init(key, example):
-        x = shape_of(example)
-        params, state = {}, {}
-        for k, child, child_key in zip(keys, layers, split_key(key, len(layers))):
-            with child_scope(k):
-                p, s = checked_init(label, child, child_key, x)
-                x = checked_output_shape(label, child, p, s, x)
-            _put(params, k, p)
-            _put(state, k, s)
-        return params, state
+    def forward(call, x):
+        for k in children:
+            x = call(k, x)
+        return x
 
-    def apply(params, state, x, *, key=None, train=False, **kwargs):
-        check_keywords(label, keywords, kwargs)
-        new_state = {}
-        for k, child, child_key in zip(keys, layers, split_key(key, len(layers))):
-            x, s = apply_child(k, child, params, state, x, key=child_key, train=train, **kwargs)
-            _put(new_state, k, s)
-        return x, new_state
-
-    return Layer(init, apply, "serial", name, keywords, children)
+    return composite(forward, children, kind="serial", name=name)
 
 
 _MERGES: dict[str, Callable[[list], jax.Array]] = {
@@ -147,37 +204,15 @@ def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
         raise ValueError(f"fan_out: expected at least two branches, got {len(branches)}")
     merge_fn = _MERGES[merge] if isinstance(merge, str) else merge
     children = make_children("fan_out", branches)
-    keys, keywords = list(children), frozenset().union(*(layer.keywords for layer in branches))
-    label = name or "fan_out"
 
-    def merged(ys):
+    def forward(call, x):
+        ys = [call(k, x) for k in children]
         shapes = [y.shape for y in ys]
         if merge in ("add", "multiply") and len(set(shapes)) > 1:
             raise ValueError(f"fan_out: merge={merge!r} needs branch outputs of one shape, got {shapes}")
         return merge_fn(ys)
 
-    def init(key, example):
-        x = shape_of(example)
-        params, state, outs = {}, {}, []
-        for k, branch, branch_key in zip(keys, branches, split_key(key, len(branches))):
-            with child_scope(k):
-                p, s = checked_init(label, branch, branch_key, x)
-                outs.append(checked_output_shape(label, branch, p, s, x))
-            _put(params, k, p)
-            _put(state, k, s)
-        jax.eval_shape(merged, outs)  # a shape mismatch fails here, at init
-        return params, state
-
-    def apply(params, state, x, *, key=None, train=False, **kwargs):
-        check_keywords(label, keywords, kwargs)
-        ys, new_state = [], {}
-        for k, branch, branch_key in zip(keys, branches, split_key(key, len(branches))):
-            y, s = apply_child(k, branch, params, state, x, key=branch_key, train=train, **kwargs)
-            ys.append(y)
-            _put(new_state, k, s)
-        return merged(ys), new_state
-
-    return Layer(init, apply, "fan_out", name, keywords, children)
+    return composite(forward, children, kind="fan_out", name=name)
 
 
 def residual(*layers: Layer, name: str | None = None) -> Layer:
@@ -197,30 +232,9 @@ def _branches(kind: str, layers: Mapping[str, Layer], pick: Callable, name: str 
     """Children keyed by ``layers``' keys, child ``k`` applied to ``pick(x, k)``; a dict out."""
     if not layers:
         raise ValueError(f"{kind}: expected at least one layer, given as key=layer, got none")
-    children = make_children(kind, [named(k, layer) for k, layer in layers.items()])
-    keywords = frozenset().union(*(layer.keywords for layer in layers.values()))
     label = name or kind
-
-    def init(key, example):
-        x = shape_of(example)
-        params, state = {}, {}
-        for (k, child), child_key in zip(children.items(), split_key(key, len(children))):
-            with child_scope(k):
-                p, s = checked_init(label, child, child_key, pick(label, x, k))
-            _put(params, k, p)
-            _put(state, k, s)
-        return params, state
-
-    def apply(params, state, x, *, key=None, train=False, **kwargs):
-        check_keywords(label, keywords, kwargs)
-        ys, new_state = {}, {}
-        for (k, child), child_key in zip(children.items(), split_key(key, len(children))):
-            ys[k], s = apply_child(k, child, params, state, pick(label, x, k), key=child_key, train=train,
-                                   **kwargs)
-            _put(new_state, k, s)
-        return ys, new_state
-
-    return Layer(init, apply, kind, name, keywords, children)
+    return composite(lambda call, x: {k: call(k, pick(label, x, k)) for k in layers}, layers, kind=kind,
+                     name=name)
 
 
 def _entry(label: str, x, k: str):

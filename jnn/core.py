@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "Layer", "Children", "Config", "output_shape", "shape_of", "layer_error", "apply_child", "CONTRACT", "ensure_layer", "check_signature",
-    "checked_init", "checked_output_shape", "split_key", "make_children", "check_keywords", "child_scope", "record", "recording",
-    "inferring_shape", "verify_params",
+    "Layer", "Children", "Config", "output_shape", "shape_of", "layer_error", "apply_child",
+    "CONTRACT", "ensure_layer", "check_signature", "checked_init", "checked_apply",
+    "checked_output_shape", "child_of", "inferring", "split_key", "make_children",
+    "check_keywords", "child_scope", "record", "recording", "inferring_shape", "verify_params",
 ]
 
 #: The layer contract, quoted by the errors that catch a layer breaking it.
@@ -524,20 +525,36 @@ def inferring_shape() -> bool:
     return _INFERRING_SHAPE.get()
 
 
+@contextlib.contextmanager
+def inferring():
+    """Within the block, layers run to learn shapes: :func:`inferring_shape` is true (a layer
+    that needs a keyword stands in a placeholder), and applies are neither checked nor recorded."""
+    token = _INFERRING_SHAPE.set(True)
+    try:
+        with _unchecked():
+            yield
+    finally:
+        _INFERRING_SHAPE.reset(token)
+
+
+def checked_apply(where: str, layer: Layer, params, state, x):
+    """``layer.apply(params, state, x)`` without keywords, checked to return ``(y, new_state)``."""
+    return _pair(where, layer, "apply", layer.apply(params, state, x), "y, new_state")
+
+
 def checked_output_shape(where: str, layer: Layer, params, state, example):
     """The output shape (``ShapeDtypeStruct`` pytree) of ``layer``, by ``jax.eval_shape``;
     checks that apply returns ``(y, new_state)``."""
+    with inferring():
+        return jax.eval_shape(lambda p, s, x: checked_apply(where, layer, p, s, x), params, state,
+                              shape_of(example))[0]
 
-    def run(p, s, x):
-        tokens = _INFERRING_SHAPE.set(True), _VERIFIED.set(True)
-        try:
-            out = layer.apply.__wrapped__(p, s, x)
-        finally:
-            _VERIFIED.reset(tokens[1])
-            _INFERRING_SHAPE.reset(tokens[0])
-        return _pair(where, layer, "apply", out, "y, new_state")
 
-    return jax.eval_shape(run, params, state, shape_of(example))[0]
+def child_of(where: str, children: Mapping[str, Layer], key: str) -> Layer:
+    """``children[key]``, or a ``KeyError`` that lists the children."""
+    if key not in children:
+        raise KeyError(f"{where}: no child {key!r}; its children are {list(children)}")
+    return children[key]
 
 
 def split_key(key, n: int) -> list:

@@ -108,3 +108,32 @@ def test_two_tower_trains_with_fit_and_freeze():
     end = result.train_state.params
     chex.assert_trees_all_equal(end["towers_0"]["image"], params["towers_0"]["image"])   # frozen: unmoved
     assert not np.allclose(end["towers_0"]["extra"]["w"], params["towers_0"]["extra"]["w"])
+
+
+def test_composite_infers_shapes_abstractly_and_keeps_uncalled_state():
+    concrete_calls = []
+
+    def spy_apply(params, state, x, *, key=None, train=False):
+        if not isinstance(x, jax.core.Tracer):
+            concrete_calls.append(x.shape)
+        return x * 2.0, state
+
+    spy = jnn.Layer(lambda key, example: ({}, {}), spy_apply, "spy")
+
+    def forward(call, x):
+        return call("head", jnp.concatenate([call("spy", x["a"]), x["b"]], axis=-1))
+
+    model = jnn.composite(forward, {"spy": spy, "head": jnn.dense(3)}, kind="pair")
+    x = {"a": jnp.ones((2, 4)), "b": jnp.ones((2, 1))}
+    params, state = model.init(KEY, x)
+    assert concrete_calls == [] and params["head"]["w"].shape == (5, 3)     # nothing ran concretely
+    y, _ = model.apply(params, state, x)
+    np.testing.assert_allclose(y, jnp.concatenate([2 * x["a"], x["b"]], -1) @ params["head"]["w"]
+                               + params["head"]["b"], rtol=1e-6)
+    assert concrete_calls == [(2, 4)]
+    lazy = jnn.composite(lambda call, x: x, {"unused": jnn.dense(2)})
+    with pytest.raises(ValueError, match=r"^composite: its forward never calls child 'unused'"):
+        lazy.init(KEY, jnp.ones((1, 2)))
+    wrong = jnn.composite(lambda call, x: call("nope", x), {"head": jnn.dense(2)})
+    with pytest.raises(KeyError, match=r"composite: no child 'nope'; its children are \['head'\]"):
+        wrong.init(KEY, jnp.ones((1, 2)))
