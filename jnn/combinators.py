@@ -11,7 +11,8 @@ import jax.numpy as jnp
 
 from jnn import _checks as checks
 from jnn.core import (Children, Layer, apply_child, check_keywords, checked_apply, checked_init, child_of,
-                      child_scope, ensure_layer, inferring, make_children, shape_of, split_key)
+                      child_scope, ensure_layer, inferring, input_signature, make_children, shape_of,
+                      split_key)
 
 __all__ = ["composite", "serial", "fan_out", "residual", "named", "stateless", "identity", "towers", "heads", "select", "merge"]
 
@@ -105,8 +106,12 @@ def composite(forward: Callable, children: Mapping[str, Layer] | Sequence[Layer]
         children = make_children(label, [named(k, c) for k, c in items] if items else list(children))
     keywords = frozenset(keywords).union(*(c.keywords for c in children.values()))
 
-    def init(key, example):
-        keys, specs = dict(zip(children, split_key(key, len(children)))), {}
+    known: dict = {}  # input signature -> each child's input shape, from one abstract forward
+
+    def child_inputs(keys, example):
+        specs = known.setdefault(input_signature(example), {})
+        if specs:
+            return specs
 
         def probe(x):
             def call(k, x_k, **kw):
@@ -116,8 +121,17 @@ def composite(forward: Callable, children: Mapping[str, Layer] | Sequence[Layer]
                     return checked_apply(label, child_of(label, children, k), p, s, x_k)[0]
             return forward(call, x)
 
-        with inferring():
-            jax.eval_shape(probe, shape_of(example))
+        try:
+            with inferring():
+                jax.eval_shape(probe, shape_of(example))
+        except BaseException:
+            specs.clear()
+            raise
+        return specs
+
+    def init(key, example):
+        keys = dict(zip(children, split_key(key, len(children))))
+        specs = child_inputs(keys, example)
         params, state = {}, {}
         for k, child in children.items():
             if k not in specs:

@@ -35,7 +35,7 @@ __all__ = [
     "Layer", "Children", "Config", "output_shape", "shape_of", "layer_error", "apply_child",
     "CONTRACT", "ensure_layer", "check_signature", "checked_init", "checked_apply",
     "checked_output_shape", "child_of", "inferring", "split_key", "make_children",
-    "check_keywords", "child_scope", "record", "recording", "inferring_shape", "verify_params",
+    "check_keywords", "child_scope", "record", "recording", "inferring_shape", "verify_params", "input_signature",
 ]
 
 #: The layer contract, quoted by the errors that catch a layer breaking it.
@@ -307,8 +307,9 @@ def _unchecked():
 _EXPECTED: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
 
 
-def _signature(x):
-    """What params can depend on: the input's structure, per-example shapes and dtypes."""
+def input_signature(x):
+    """What params can depend on: the input's structure, per-example shapes and dtypes (a
+    hashable key for caching what an init makes for such inputs)."""
     leaves, treedef = jax.tree_util.tree_flatten(shape_of(x))
     return treedef, tuple((s.shape[1:], s.dtype) for s in leaves)
 
@@ -317,7 +318,7 @@ def _remember(init, example, out) -> None:
     """Records what ``init`` gave for ``example`` (``Layer.init`` calls it), so the check of a
     later apply needs no abstract init of its own."""
     try:
-        _EXPECTED.setdefault(init, {})[_signature(example)] = _shapes(out)
+        _EXPECTED.setdefault(init, {})[input_signature(example)] = _shapes(out)
     except (TypeError, AttributeError):
         pass
 
@@ -328,7 +329,7 @@ def _expected(layer: Layer, x):
     init takes another example than apply)."""
     init = layer.init.__wrapped__
     try:
-        signature, spec = _signature(x), shape_of(x)
+        signature, spec = input_signature(x), shape_of(x)
     except TypeError:
         return None
     cache = _EXPECTED.setdefault(init, {})
