@@ -45,8 +45,7 @@ import jax
 import numpy as np
 
 from jnn import _checks
-from jnn.data import mnist as _mnist
-from jnn.data import paths as _paths
+from jnn.data import mnist
 from jnn.train.permutation import IndexShuffle
 
 __all__ = ["ArraySource", "NpySource", "write_npy", "mnist_record", "mnist_source", "shakespeare_source",
@@ -251,15 +250,7 @@ def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | Non
       >>> len(src), src[0][0].shape, int(src[0][1])  # doctest: +SKIP
       (10000, (28, 28, 1), 7)
     """
-    from jnn.data import fetch
-    from jnn.data.idx import read_idx
-    names = _mnist._file_names(split, "mnist_source")
-    fetch.check_source_args("mnist_source", download, None)
-    root = _paths.resolve_data_dir(data_dir)
-    image_path, label_path = (_mnist._ensure(root / _mnist._SUBDIR / name, root=root, download=download, mirrors=None)
-                              for name in names)
-    images, labels = read_idx(image_path, ndim=3), read_idx(label_path, ndim=1)
-    _mnist._validate(images, labels, image_path, label_path)
+    images, labels = mnist.read_mnist(split, data_dir=data_dir, download=download, where="mnist_source")
     return ArraySource(images, labels, transform=mnist_record)
 
 
