@@ -44,7 +44,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jnn import _checks
+from jnn import _checks as checks
 from jnn.data import mnist
 from jnn.train.permutation import IndexShuffle
 
@@ -197,10 +197,9 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = 
     """
     path, dtype, written = os.fspath(path), np.dtype(dtype), 0
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape
-    if not isinstance(shape, tuple) or not shape or any(
-            isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+    if not isinstance(shape, tuple) or not shape or not all(checks.is_integer(d) and d >= 0 for d in shape):
         raise ValueError(f"write_npy: shape must be a tuple of non-negative integers (records first), got {shape!r}")
-    _checks.boolean("write_npy", overwrite=overwrite)
+    checks.boolean("write_npy", overwrite=overwrite)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"write_npy: {path} exists; pass overwrite=True to replace it")
     directory, name = os.path.split(os.path.abspath(path))
@@ -272,6 +271,7 @@ class _Windows:
         return self.ids[cut], self.ids[cut + 1]
 
 
+@checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | None = None, vocab=None):
     """Tiny Shakespeare as a record source of language-model windows: record ``i`` is
     ``(ids[s : s + seq_len], ids[s + 1 : s + seq_len + 1])`` with ``s = i * stride`` (int32),
@@ -294,11 +294,7 @@ def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | N
     """
     from jnn.data.shakespeare import load_tiny_shakespeare
     from jnn.data.text import CharVocab
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"shakespeare_source: seq_len must be a positive integer, got {seq_len!r}")
     stride = seq_len if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"shakespeare_source: stride must be a positive integer, got {stride!r}")
     text = load_tiny_shakespeare() if text is None else text
     vocab = CharVocab(text) if vocab is None else vocab
     ids = np.asarray(vocab.encode(text), np.int32)
@@ -402,26 +398,22 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
         raise TypeError(f"{where}: source must support len() and indexing (e.g. jnn.data.grain.ArraySource), "
                         f"got {type(source).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
-    _checks.boolean(where, shuffle=shuffle, drop_remainder=drop_remainder)
-    _count(where, "num_epochs", num_epochs, low=1, optional=True)
-    _count(where, "worker_count", worker_count, low=0)
-    _count(where, "read_threads", read_threads, low=0)   # 0: read on demand, in the calling thread
-    _count(where, "prefetch", prefetch, low=0)
+    checks.positive_int(where, "batch_size", batch_size)
+    checks.boolean(where, shuffle=shuffle, drop_remainder=drop_remainder)
+    checks.integer(1, or_none=True)(where, "num_epochs", num_epochs)
+    for what, value in (("worker_count", worker_count), ("read_threads", read_threads), ("prefetch", prefetch)):
+        checks.integer(0)(where, what, value)   # read_threads=0: read on demand, in the calling thread
     for what, fn in {"transform": transform, "random_transform": random_transform}.items():
         if fn is not None and not callable(fn):
             raise TypeError(f"{where}: {what} must be a function or None, got {type(fn).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"jnn.data.grain.pipeline: seed must be a non-negative integer, got {seed!r}")
+    checks.integer(0, described="a non-negative integer")(where, "seed", seed)
     if batch_size % shard.shard_count:
         raise ValueError(f"jnn.data.grain.pipeline: the global batch_size {batch_size} does not split over "
                          f"{shard.shard_count} shards (processes); use a multiple of {shard.shard_count}")
     if not 0 <= shard.shard_index < shard.shard_count:
         raise ValueError(f"jnn.data.grain.pipeline: shard_index {shard.shard_index} is not in [0, "
                          f"{shard.shard_count})")
-    if isinstance(worker_nice, bool) or not isinstance(worker_nice, (int, np.integer)) or not 0 <= worker_nice <= 19:
-        raise ValueError(f"jnn.data.grain.pipeline: worker_nice must be an integer in [0, 19], got {worker_nice!r}")
+    checks.integer(0, 19)(where, "worker_nice", worker_nice)
     if not drop_remainder and shard.shard_count > 1:
         raise ValueError("jnn.data.grain.pipeline: drop_remainder=False works with one shard only (got "
                          f"{shard.shard_count}); evaluate on one process, or keep drop_remainder=True")
@@ -445,14 +437,6 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         if group > 1:
             ds = grain.experimental.FlatMapIterDataset(ds, _Unstack(group))
     return Pipeline(ds, steps, batch_size, shard.shard_count, read)
-
-
-def _count(where: str, what: str, value, *, low: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        need = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{where}: {what} must be {need}{' or None' if optional else ''}, got {value!r}")
 
 
 _WORKER_GROUP_BYTES = 16 * 2**20
@@ -544,6 +528,7 @@ class _BatchReader:
         return {**self.__dict__, "_block": (None, 0, None)}
 
 
+@checks.declare(max_shift=checks.integer(0, described="a non-negative integer"))
 def random_translate(max_shift: int) -> Callable:
     """CPU-side augmentation for :func:`pipeline`'s ``random_transform``: shifts an
     ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels each way, filling with
@@ -556,8 +541,6 @@ def random_translate(max_shift: int) -> Callable:
       >>> float(out.sum()), label
       (1.0, 3)
     """
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-        raise ValueError(f"random_translate: max_shift must be a non-negative integer, got {max_shift!r}")
 
     def apply(record, rng: np.random.Generator):
         image, label = record
