@@ -12,9 +12,8 @@ processes (``worker_count``), with Grain's checkpointable iterator state.
 The pipeline is a Grain ``MapDataset`` of *batches*: element ``i`` is batch ``i % steps`` of epoch
 ``i // steps``, read in one call. Sources with a ``read_batch(indices)`` method (all of jnn's)
 read a whole batch at once (one NumPy fancy index, or one ``pread`` per record into one buffer);
-others are read record by record (Grain's ``__getitems__`` when they have it) and stacked. A
-batch costs tens of microseconds of Python instead of tens per record, which is what lets a
-small MLP step keep up (see ``benchmarks/input_pipeline.py``).
+others are read record by record (Grain's ``__getitems__`` when they have it) and stacked, so
+the Python work is per batch, not per record (timings: ``benchmarks/RESULTS.md``).
 
 Order of a pipeline, epoch ``e`` (0-based), process ``p`` of ``P``: the source's records in the
 order of ``jnn.train.permutation.IndexShuffle(len(source), seed=[seed, e])`` (a keyed bijection
@@ -366,9 +365,8 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         time with ``drop_remainder=False``); 0 reads them in this process's reader
         threads.
       worker_nice: added to the worker processes' niceness (Unix; 0 to 19), so that they use
-        the CPU time the training step leaves idle rather than preempt its threads (on a
-        2-core CPU, MNIST MLP: 2.01x -> 1.38x in-memory's step time; see
-        ``benchmarks/input_pipeline.py``). 0 keeps this process's priority, e.g. when other
+        the CPU time the training step leaves idle rather than preempt its threads (timings:
+        ``benchmarks/RESULTS.md``). 0 keeps this process's priority, e.g. when other
         busy processes share the machine and the workers would wait behind them.
       read_threads, prefetch: Grain's ``ReadOptions`` when iterating: threads reading batches
         ahead, and how many batches they may hold (Grain's defaults, 16 and 500 batches, can
@@ -442,10 +440,9 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
 _WORKER_GROUP_BYTES = 16 * 2**20
 """Worker processes stack up to 32 consecutive batches into one Grain element of at most this
 many bytes (at least one batch). Each element crosses the process boundary through its own
-shared-memory segment and Grain's queues, which cost more than a small MLP's step on a 2-core CPU;
-grouped, that is paid once per group (MNIST float32, batch 128, 2 workers, the pipeline alone:
-CPU in the workers 1.15-1.35 ms a batch one at a time, 0.7 in 8s, 0.25 in 32s;
-``benchmarks/input_pipeline.py``). Large batches, which amortize it already, go one at a time."""
+shared-memory segment and Grain's queues, which can cost more than a small model's step;
+grouped, that is paid once per group (timings: ``benchmarks/RESULTS.md``). Large batches,
+which amortize it already, go one at a time."""
 
 
 def _worker_group(batch) -> int:
