@@ -5,6 +5,7 @@ import math
 
 import jax
 
+from jnn import _checks as checks
 from jnn import core, inspection
 
 __all__ = ["summary"]
@@ -44,6 +45,7 @@ def _config_text(model: core.Layer, path: str, kind: str) -> str:
     return text if len(text) <= _CONFIG_WIDTH else text[:_CONFIG_WIDTH - 3] + "..."
 
 
+@checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
     """A table of every sub-layer's path, kind, output shape, parameter count and config
     (:attr:`jnn.Layer.config`), with the total parameter count and bytes. Nothing is
@@ -73,8 +75,6 @@ def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
       output: (1, 10)
       total params: 7,850 (31,400 bytes)
     """
-    if not isinstance(model, core.Layer):
-        raise TypeError(f"summary: model must be a jnn.Layer, got {type(model).__name__}")
     key = jax.random.key(0) if key is None else key
     example = core.shape_of(example)
     params, state = jax.eval_shape(model.init, key, example)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.test_util import check_grads
 
+from jnn import _checks as checks
 from jnn import core
 
 __all__ = ["check_layer"]
@@ -60,6 +61,7 @@ def _as_array(example, seed: int = 0):
     return jax.tree_util.tree_map(one, example, is_leaf=lambda a: isinstance(a, jax.ShapeDtypeStruct))
 
 
+@checks.declare(layer=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, stochastic: bool = False,
                 batch_independent: bool = True, float64: bool = True, grad_order: int = 2,
                 grad_modes: Sequence[str] = ("fwd", "rev"), input_grads: bool = True,
@@ -111,8 +113,6 @@ def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, st
       >>> jnn.testing.check_layer(jnn.dropout(0.5), jnp.ones((2, 4)), train=True, stochastic=True,
       ...                         batch_independent=False, float64=False)
     """
-    if not isinstance(layer, core.Layer):
-        raise TypeError(f"check_layer: expected a jnn.Layer, got {type(layer).__name__}")
     label = layer.label
     keywords = dict(keywords or {})
     key = jax.random.key(0) if key is None else key
