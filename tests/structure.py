@@ -12,7 +12,7 @@
 - functions longer than :data:`MAX_FUNCTION_LINES`, ``fit``'s parameter count, the modules
   without ``__all__``, and the total number of lines.
 
-Run it from anywhere: ``python tests/structure.py [ROOT]``; tests/test_structure.py asserts
+Run it from anywhere: ``python tests/structure.py [ROOT] [--all-modules]``; tests/test_structure.py asserts
 the figures. :func:`analyse` returns them as a :class:`Report`.
 """
 from __future__ import annotations
@@ -251,8 +251,9 @@ def analyse(root: str | pathlib.Path = ".") -> Report:
     return report
 
 
-def format_report(report: Report) -> str:
-    """The report as text, as ``python tests/structure.py`` prints it."""
+def format_report(report: Report, *, all_modules: bool = False) -> str:
+    """The report as text, as ``python tests/structure.py`` prints it (every module's check
+    share with ``all_modules``, else the 10 highest)."""
     share = lambda c, n: f"{100 * c / n:5.1f}%  ({c}/{n})" if n else "    -"
     lines = [f"lines in jnn/: {report.total_lines}", "check share by area:"]
     lines += [f"  {a:22s} {share(*v)}" for a, v in report.area_checks.items()]
@@ -260,9 +261,13 @@ def format_report(report: Report) -> str:
     every = list(report.area_checks.values())
     lines.append(f"check share {'+'.join(FOCUS_AREAS)}: {share(sum(f[0] for f in focus), sum(f[1] for f in focus))}"
                  f"   all of jnn: {share(sum(v[0] for v in every), sum(v[1] for v in every))}")
-    lines.append("check share by module (the 10 highest with >= 20 code lines):")
-    ranked = sorted(((c / n, m, c, n) for m, (c, n) in report.module_checks.items() if n >= 20), reverse=True)
-    lines += [f"  {m:32s} {share(c, n)}" for _, m, c, n in ranked[:10]]
+    if all_modules:
+        lines.append("check share by module:")
+        lines += [f"  {m:32s} {share(c, n)}" for m, (c, n) in sorted(report.module_checks.items())]
+    else:
+        lines.append("check share by module (the 10 highest with >= 20 code lines; --all-modules for all):")
+        ranked = sorted(((c / n, m, c, n) for m, (c, n) in report.module_checks.items() if n >= 20), reverse=True)
+        lines += [f"  {m:32s} {share(c, n)}" for _, m, c, n in ranked[:10]]
     for title, items in (("cross-module private imports", report.private_imports),
                          ("cross-module private attribute uses", report.private_attributes)):
         lines.append(f"{title}: {len(items)}")
@@ -279,10 +284,12 @@ def format_report(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python tests/structure.py [ROOT]``: prints the figures of ROOT (default: this checkout)."""
+    """``python tests/structure.py [ROOT] [--all-modules]``: prints the figures of ROOT (default:
+    this checkout)."""
     argv = sys.argv[1:] if argv is None else argv
-    root = pathlib.Path(argv[0]) if argv else pathlib.Path(__file__).resolve().parents[1]
-    print(format_report(analyse(root)))
+    paths = [a for a in argv if a != "--all-modules"]
+    root = pathlib.Path(paths[0]) if paths else pathlib.Path(__file__).resolve().parents[1]
+    print(format_report(analyse(root), all_modules="--all-modules" in argv))
 
 
 if __name__ == "__main__":
