@@ -30,7 +30,7 @@ __all__ = [
     "name_or_callable", "instance_of", "positive_int", "boolean", "rate", "finite_number",
     "number_above", "number_in", "per_axis", "param", "child_params", "float_input",
     "ids_in_range", "is_concrete", "values_in_unit_interval", "integer_labels",
-    "float_labels_hint",
+    "float_labels_hint", "is_integer", "integer",
 ]
 
 
@@ -325,3 +325,32 @@ def integer_labels(label: str, logits, labels) -> None:
                          f"logits of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     ids_in_range(label, labels, num_classes, what=f"integer labels (class ids for {num_classes} classes)",
                  hint="; check the labels or the model's number of outputs")
+
+
+# ---- rules added for data/io ----
+
+def is_integer(value) -> bool:
+    """A Python or NumPy integer, never a bool (``True`` is an ``int`` in Python)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def integer(low: int = 0, high: int | None = None, *, or_none: bool = False, described: str | None = None):
+    """A Python or NumPy integer (not a bool) in ``[low, high]`` (no upper bound when ``high`` is
+    ``None``), or ``None`` when ``or_none``. The message says "a positive integer" (``low=1``),
+    "an integer >= low", or "an integer in [low, high]", unless ``described`` says otherwise.
+
+    Example:
+      >>> from jnn import _checks as checks
+      >>> checks.integer(0, 19)("renice", "level", 20)
+      Traceback (most recent call last):
+      ValueError: renice: level must be an integer in [0, 19], got 20
+    """
+    def rule(label, what, value):
+        if or_none and value is None:
+            return value
+        if not is_integer(value) or value < low or (high is not None and value > high):
+            need = described or ("a positive integer" if low == 1 and high is None else
+                                 f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
+            raise ValueError(f"{label}: {what} must be {need}{' or None' if or_none else ''}, got {value!r}")
+        return value
+    return rule

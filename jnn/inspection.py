@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import jax
 
+from jnn import _checks as checks
 from jnn import core, tree
 
 __all__ = ["get", "capture"]
@@ -96,6 +97,7 @@ def _from_inner_trace(value, trace) -> bool:
                for leaf in jax.tree_util.tree_leaves(value))
 
 
+@checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def capture(model: core.Layer, params, state, x, patterns: Iterable[str] | str, *, key=None,
             train: bool = False, **keywords) -> tuple[Any, Any, dict[str, Any]]:
     """Applies ``model`` once and also returns the outputs of the sub-layers matching ``patterns``.
@@ -131,8 +133,6 @@ def capture(model: core.Layer, params, state, x, patterns: Iterable[str] | str, 
       >>> sorted(out), out["relu_0"].shape, bool((out["dense_1"] == y).all())
       (['dense_1', 'relu_0'], (5, 4), True)
     """
-    if not isinstance(model, core.Layer):
-        raise TypeError(f"capture: expected a jnn.Layer as the model, got {type(model).__name__}")
     patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"capture: expected one or more non-empty path patterns, got {patterns!r}")

@@ -36,6 +36,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from jnn import _checks as checks
+
 __all__ = ["atomic_write", "check_target", "fresh_path", "flatten", "unflatten", "save_params", "load_params",
            "structure_problems"]
 
@@ -50,8 +52,7 @@ def check_target(where: str, path, overwrite) -> pathlib.Path:
       >>> jnn.io.check_target("save", folder / "new.npz", overwrite=False).name
       'new.npz'
     """
-    if not isinstance(overwrite, bool):
-        raise ValueError(f"{where}: overwrite must be True or False, got {overwrite!r}")
+    checks.flag(where, "overwrite", overwrite)
     path = pathlib.Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{where}: {path} is a directory; give a file path")

@@ -1,11 +1,12 @@
-"""A model summary: each layer's output shape and parameter count, as a table."""
+"""A model summary: each layer's kind, output shape, parameter count and config, as a table."""
 from __future__ import annotations
 
 import math
 
 import jax
 
-from jnn import core
+from jnn import _checks as checks
+from jnn import core, inspection
 
 __all__ = ["summary"]
 
@@ -16,47 +17,80 @@ def _count(tree) -> tuple[int, int]:
             sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in leaves))
 
 
+_CONFIG_WIDTH = 72   # a longer config cell is cut, ending "..."
+
+
+def _shape_text(tree) -> str:
+    """``(1, 3)`` for an array, ``{'a': (1, 3), 'b': (1, 5)}`` for a pytree of them."""
+    if hasattr(tree, "shape"):
+        return str(tuple(tree.shape))
+    return str(jax.tree_util.tree_map(lambda a: tuple(a.shape), tree))
+
+
+def _value_text(value) -> str:
+    if callable(value) and not isinstance(value, (core.Layer, type)) and hasattr(value, "__name__"):
+        return value.__name__
+    return repr(value)
+
+
+def _config_text(model: core.Layer, path: str, kind: str) -> str:
+    """The config of the sub-layer at ``path`` as ``features=3, use_bias=True`` ("" if none)."""
+    try:
+        layer = inspection.get(model, path)
+    except KeyError:   # recorded under a key that is not a child (a layer applied in a loop)
+        return ""
+    if layer.kind != kind:
+        return ""
+    text = ", ".join(f"{k}={_value_text(v)}" for k, v in layer.config.items())
+    return text if len(text) <= _CONFIG_WIDTH else text[:_CONFIG_WIDTH - 3] + "..."
+
+
+@checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
-    """A table of every sub-layer's path, kind, output shape and parameter count, with the
-    total parameter count and bytes. Nothing is computed: shapes come from ``jax.eval_shape``.
+    """A table of every sub-layer's path, kind, output shape, parameter count and config
+    (:attr:`jnn.Layer.config`), with the total parameter count and bytes. Nothing is
+    computed: shapes come from ``jax.eval_shape``.
 
     Args:
       model: any layer.
-      example: an input array or ``jax.ShapeDtypeStruct`` (batch axis included).
+      example: an input array or ``jax.ShapeDtypeStruct`` (batch axis included), or a dict or
+        tuple of them for a model with several inputs.
       key: PRNG key for init (only shapes are used; defaults to ``jax.random.key(0)``).
       **keywords: the extra keywords ``model.apply`` needs, as arrays or
         ``jax.ShapeDtypeStruct`` (e.g. ``context=`` for a model with cross-attention).
 
     Returns:
-      The table as a string (``print`` it).
+      The table as a string (``print`` it); columns are separated by at least two spaces.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> model = jnn.serial(jnn.flatten(), jnn.dense(10))
-      >>> print(jnn.summary(model, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)))  # doctest: +ELLIPSIS
-      layer ...
+      >>> print(jnn.summary(model, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)))
+      layer      kind     output shape    params  config
+      -------------------------------------------------------------------------------------------------------------
+      (input)             (1, 28, 28, 1)
+      flatten_0  flatten  (1, 784)
+      dense_0    dense    (1, 10)          7,850  features=10, use_bias=True, w_init='lecun_normal', b_init='zeros'
+      -------------------------------------------------------------------------------------------------------------
+      output: (1, 10)
+      total params: 7,850 (31,400 bytes)
     """
-    if not isinstance(model, core.Layer):
-        raise TypeError(f"summary: model must be a jnn.Layer, got {type(model).__name__}")
     key = jax.random.key(0) if key is None else key
     example = core.shape_of(example)
     params, state = jax.eval_shape(model.init, key, example)
     with core.recording() as records:
         out, _ = jax.eval_shape(lambda p, s, x, kw: model.apply(p, s, x, **kw), params, state, example, keywords)
-    rows = [("layer", "kind", "output shape", "params")]
-    rows.append(("(input)", "", str(tuple(example.shape)), ""))
+    rows = [("layer", "kind", "output shape", "params", "config"), ("(input)", "", _shape_text(example), "", "")]
     for path, kind, y, layer_params in records:
-        shape = str(tuple(y.shape)) if hasattr(y, "shape") else str(jax.tree_util.tree_map(lambda a: a.shape, y))
         count = _count(layer_params)[0]
-        rows.append((path, kind, shape, f"{count:,}" if count else ""))
+        rows.append((path, kind, _shape_text(y), f"{count:,}" if count else "", _config_text(model, path, kind)))
     total, nbytes = _count(params)
     state_total, state_bytes = _count(state)
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    line = lambda r: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    rule = "-" * len(line(rows[0]))
-    out_shape = tuple(out.shape) if hasattr(out, "shape") else out
-    footer = [f"output: {out_shape}",
-              f"total params: {total:,} ({nbytes:,} bytes)"]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    line = lambda r: "  ".join(c.rjust(w) if i == 3 else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    rule = "-" * max(len(line(r)) for r in rows)
+    footer = [f"output: {_shape_text(out)}", f"total params: {total:,} ({nbytes:,} bytes)"]
     if state_total:
         footer.append(f"state: {state_total:,} values ({state_bytes:,} bytes)")
     return "\n".join([line(rows[0]), rule, *map(line, rows[1:]), rule, *footer])

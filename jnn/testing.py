@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.test_util import check_grads
 
+from jnn import _checks as checks
 from jnn import core
 
 __all__ = ["check_layer"]
@@ -41,15 +42,26 @@ def _is_float(a) -> bool:
     return jnp.issubdtype(a.dtype, jnp.floating)
 
 
+def _all_float(tree) -> bool:
+    return all(_is_float(a) for a in jax.tree_util.tree_leaves(tree))
+
+
 def _as_array(example, seed: int = 0):
-    if isinstance(example, jax.ShapeDtypeStruct):
-        rng = np.random.default_rng(seed)
-        if jnp.issubdtype(example.dtype, jnp.floating):
-            return jnp.asarray(rng.normal(size=example.shape), example.dtype)
-        return jnp.zeros(example.shape, example.dtype)
-    return jnp.asarray(example)
+    """The example as arrays (a pytree of them for a dict or tuple input); a
+    ``ShapeDtypeStruct`` becomes random normal values (zeros for an integer dtype)."""
+    rng = np.random.default_rng(seed)
+
+    def one(leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            if jnp.issubdtype(leaf.dtype, jnp.floating):
+                return jnp.asarray(rng.normal(size=leaf.shape), leaf.dtype)
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        return jnp.asarray(leaf)
+
+    return jax.tree_util.tree_map(one, example, is_leaf=lambda a: isinstance(a, jax.ShapeDtypeStruct))
 
 
+@checks.declare(layer=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, stochastic: bool = False,
                 batch_independent: bool = True, float64: bool = True, grad_order: int = 2,
                 grad_modes: Sequence[str] = ("fwd", "rev"), input_grads: bool = True,
@@ -78,7 +90,8 @@ def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, st
 
     Args:
       layer: the layer.
-      example: a batched input array (or a ``ShapeDtypeStruct``: random normal values are used).
+      example: a batched input array (or a ``ShapeDtypeStruct``: random normal values are used),
+        or a dict or tuple of them for a layer with several inputs.
       key: PRNG key (split for init and apply); default ``jax.random.key(0)``.
       train: apply in training mode (with a fixed key, so it is deterministic).
       stochastic: the layer draws random numbers in training (dropout): checked with ``train=True``.
@@ -100,8 +113,6 @@ def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, st
       >>> jnn.testing.check_layer(jnn.dropout(0.5), jnp.ones((2, 4)), train=True, stochastic=True,
       ...                         batch_independent=False, float64=False)
     """
-    if not isinstance(layer, core.Layer):
-        raise TypeError(f"check_layer: expected a jnn.Layer, got {type(layer).__name__}")
     label = layer.label
     keywords = dict(keywords or {})
     key = jax.random.key(0) if key is None else key
@@ -110,14 +121,14 @@ def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, st
         _check_all(layer, label, x, key, train or stochastic, stochastic, batch_independent, keywords, atol, rtol)
         if float64:
             with jax.enable_x64(True):
-                x64 = x.astype(jnp.float64) if _is_float(x) else x
+                x64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if _is_float(a) else a, x)
                 _check_float64(layer, label, x64, key, train or stochastic, keywords, grad_order,
                                tuple(grad_modes), input_grads)
 
 
 def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywords, atol, rtol):
     init_key, apply_key = jax.random.split(key)
-    sds = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    sds = core.shape_of(x)
     with _check(label, "contract"):
         core.check_signature(label, layer)
         params, state = core.checked_init(label, layer, init_key, sds)
@@ -160,8 +171,8 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
             chex.assert_trees_all_close(y_other, y_jit[0], atol=atol, rtol=rtol)
     if batch_independent:
         with _check(label, "vmap == batched"):
-            one = lambda xi, kw: run(params, state, xi[None], apply_key,
-                                     jax.tree_util.tree_map(lambda a: a[None], kw))[0]
+            add_axis = lambda tree: jax.tree_util.tree_map(lambda a: a[None], tree)
+            one = lambda xi, kw: run(params, state, add_axis(xi), apply_key, add_axis(kw))[0]
             # jitted: one program, where eager vmap compiles each batched op on its own
             per_example = jax.jit(jax.vmap(lambda xi, kw: jax.tree_util.tree_map(lambda a: a[0], one(xi, kw))))
             chex.assert_trees_all_close(per_example(x, keywords), y, atol=atol, rtol=rtol)
@@ -193,7 +204,7 @@ def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes
     wrt = []
     if any(_is_float(a) for a in jax.tree_util.tree_leaves(params)):
         wrt.append("params")
-    if input_grads and _is_float(x):
+    if input_grads and _all_float(x):
         wrt.append("input")
 
     def check(names):

@@ -1,4 +1,6 @@
 """The layer contract, combinators, naming, summary and error messages."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,10 +118,11 @@ def test_summary_counts_parameters():
     text = jnn.summary(model, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
     total = 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
     assert f"total params: {total:,} ({total * 4:,} bytes)" in text
-    lines = {line.split()[0]: line for line in text.splitlines()[2:-3]}
-    assert "(1, 784)" in lines["flatten_0"]
-    assert "(1, 128)" in lines["dense_0"] and lines["dense_0"].endswith("100,480")
-    assert lines["dense_2"].endswith("650") and "(1, 10)" in lines["dense_2"]
+    rows = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line) for line in text.splitlines()[2:-3])}
+    assert rows["flatten_0"] == ["flatten", "(1, 784)"]
+    assert rows["dense_0"][:3] == ["dense", "(1, 128)", "100,480"]
+    assert rows["dense_2"][:3] == ["dense", "(1, 10)", "650"]
+    assert rows["dense_0"][3] == "features=128, use_bias=True, w_init='lecun_normal', b_init='zeros'"
 
 
 def test_named_rejects_bad_names():

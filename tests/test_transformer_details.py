@@ -156,7 +156,8 @@ def test_capture_and_summary_see_both_attentions():
     np.testing.assert_allclose(out["cross_attention"], crossed, atol=2e-4)
     table = jnn.summary(block, jax.ShapeDtypeStruct((1, 3, 8), jnp.float32),
                         context=jax.ShapeDtypeStruct((1, 5, FC), jnp.float32))
-    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in table.splitlines()[2:-3]}
+    # columns: layer, kind, output shape, params, config (left out here)
+    rows = {c[0]: " ".join(c[1:4]) for c in (re.split(r"\s{2,}", line) for line in table.splitlines()[2:-3])}
     assert rows["attention"] == "multi_head_attention (1, 3, 8) 288"             # 4 x (8 x 8 + 8)
     assert rows["cross_attention"] == "multi_head_attention (1, 3, 8) 256"       # 2 x (8 x 8 + 8) + 2 x (6 x 8 + 8)
     assert rows["mlp"] == "mlp (1, 3, 8) 212" and rows["norm_cross"] == "layer_norm (1, 3, 8) 16"

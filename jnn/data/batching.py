@@ -6,6 +6,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
+from jnn import _checks as checks
+
 __all__ = ["batches"]
 
 
@@ -27,10 +29,8 @@ def batches(*arrays, batch_size: int, key: jax.Array | None = None,
     """
     if not arrays:
         raise ValueError("batches: expected at least one array")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(drop_remainder, bool):
-        raise ValueError(f"batches: drop_remainder must be True or False, got {drop_remainder!r}")
+    checks.positive_int("batches", "batch_size", batch_size)
+    checks.flag("batches", "drop_remainder", drop_remainder)
     typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     legacy = isinstance(key, jax.Array) and key.dtype == np.uint32 and key.shape == (2,)   # jax.random.PRNGKey
     if key is not None and not ((typed and key.ndim == 0) or legacy):

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
+from jnn import _checks as checks
 from jnn.data.errors import DatasetUnavailableError
 
 __all__ = ["download"]
@@ -31,8 +32,7 @@ _MIRROR_ERRORS = (OSError, ValueError, http.client.HTTPException)
 def check_source_args(where: str, download, mirrors) -> None:
     """A dataset loader's ``download`` must be a bool and ``mirrors`` None or a list of URL
     strings (one string would be read as a list of one-character URLs)."""
-    if not isinstance(download, bool):
-        raise ValueError(f"{where}: download must be True or False, got {download!r}")
+    checks.flag(where, "download", download)
     if mirrors is not None and (isinstance(mirrors, (str, bytes)) or not isinstance(mirrors, Sequence)
                                 or not all(isinstance(m, str) for m in mirrors)):
         raise ValueError(f"{where}: mirrors must be a list of URL strings (or None), got {mirrors!r}")

@@ -12,9 +12,8 @@ processes (``worker_count``), with Grain's checkpointable iterator state.
 The pipeline is a Grain ``MapDataset`` of *batches*: element ``i`` is batch ``i % steps`` of epoch
 ``i // steps``, read in one call. Sources with a ``read_batch(indices)`` method (all of jnn's)
 read a whole batch at once (one NumPy fancy index, or one ``pread`` per record into one buffer);
-others are read record by record (Grain's ``__getitems__`` when they have it) and stacked. A
-batch costs tens of microseconds of Python instead of tens per record, which is what lets a
-small MLP step keep up (see ``benchmarks/input_pipeline.py``).
+others are read record by record (Grain's ``__getitems__`` when they have it) and stacked, so
+the Python work is per batch, not per record (timings: ``benchmarks/RESULTS.md``).
 
 Order of a pipeline, epoch ``e`` (0-based), process ``p`` of ``P``: the source's records in the
 order of ``jnn.train.permutation.IndexShuffle(len(source), seed=[seed, e])`` (a keyed bijection
@@ -44,9 +43,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from jnn import _checks
-from jnn.data import mnist as _mnist
-from jnn.data import paths as _paths
+from jnn import _checks as checks
+from jnn.data import mnist
 from jnn.train.permutation import IndexShuffle
 
 __all__ = ["ArraySource", "NpySource", "write_npy", "mnist_record", "mnist_source", "shakespeare_source",
@@ -198,10 +196,9 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = 
     """
     path, dtype, written = os.fspath(path), np.dtype(dtype), 0
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape
-    if not isinstance(shape, tuple) or not shape or any(
-            isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+    if not isinstance(shape, tuple) or not shape or not all(checks.is_integer(d) and d >= 0 for d in shape):
         raise ValueError(f"write_npy: shape must be a tuple of non-negative integers (records first), got {shape!r}")
-    _checks.boolean("write_npy", overwrite=overwrite)
+    checks.boolean("write_npy", overwrite=overwrite)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"write_npy: {path} exists; pass overwrite=True to replace it")
     directory, name = os.path.split(os.path.abspath(path))
@@ -251,15 +248,7 @@ def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | Non
       >>> len(src), src[0][0].shape, int(src[0][1])  # doctest: +SKIP
       (10000, (28, 28, 1), 7)
     """
-    from jnn.data import fetch
-    from jnn.data.idx import read_idx
-    names = _mnist._file_names(split, "mnist_source")
-    fetch.check_source_args("mnist_source", download, None)
-    root = _paths.resolve_data_dir(data_dir)
-    image_path, label_path = (_mnist._ensure(root / _mnist._SUBDIR / name, root=root, download=download, mirrors=None)
-                              for name in names)
-    images, labels = read_idx(image_path, ndim=3), read_idx(label_path, ndim=1)
-    _mnist._validate(images, labels, image_path, label_path)
+    images, labels = mnist.read_mnist(split, data_dir=data_dir, download=download, where="mnist_source")
     return ArraySource(images, labels, transform=mnist_record)
 
 
@@ -281,6 +270,7 @@ class _Windows:
         return self.ids[cut], self.ids[cut + 1]
 
 
+@checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | None = None, vocab=None):
     """Tiny Shakespeare as a record source of language-model windows: record ``i`` is
     ``(ids[s : s + seq_len], ids[s + 1 : s + seq_len + 1])`` with ``s = i * stride`` (int32),
@@ -303,11 +293,7 @@ def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | N
     """
     from jnn.data.shakespeare import load_tiny_shakespeare
     from jnn.data.text import CharVocab
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"shakespeare_source: seq_len must be a positive integer, got {seq_len!r}")
     stride = seq_len if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"shakespeare_source: stride must be a positive integer, got {stride!r}")
     text = load_tiny_shakespeare() if text is None else text
     vocab = CharVocab(text) if vocab is None else vocab
     ids = np.asarray(vocab.encode(text), np.int32)
@@ -379,9 +365,8 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         time with ``drop_remainder=False``); 0 reads them in this process's reader
         threads.
       worker_nice: added to the worker processes' niceness (Unix; 0 to 19), so that they use
-        the CPU time the training step leaves idle rather than preempt its threads (on a
-        2-core CPU, MNIST MLP: 2.01x -> 1.38x in-memory's step time; see
-        ``benchmarks/input_pipeline.py``). 0 keeps this process's priority, e.g. when other
+        the CPU time the training step leaves idle rather than preempt its threads (timings:
+        ``benchmarks/RESULTS.md``). 0 keeps this process's priority, e.g. when other
         busy processes share the machine and the workers would wait behind them.
       read_threads, prefetch: Grain's ``ReadOptions`` when iterating: threads reading batches
         ahead, and how many batches they may hold (Grain's defaults, 16 and 500 batches, can
@@ -411,26 +396,22 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
         raise TypeError(f"{where}: source must support len() and indexing (e.g. jnn.data.grain.ArraySource), "
                         f"got {type(source).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
-    _checks.boolean(where, shuffle=shuffle, drop_remainder=drop_remainder)
-    _count(where, "num_epochs", num_epochs, low=1, optional=True)
-    _count(where, "worker_count", worker_count, low=0)
-    _count(where, "read_threads", read_threads, low=0)   # 0: read on demand, in the calling thread
-    _count(where, "prefetch", prefetch, low=0)
+    checks.positive_int(where, "batch_size", batch_size)
+    checks.boolean(where, shuffle=shuffle, drop_remainder=drop_remainder)
+    checks.integer(1, or_none=True)(where, "num_epochs", num_epochs)
+    for what, value in (("worker_count", worker_count), ("read_threads", read_threads), ("prefetch", prefetch)):
+        checks.integer(0)(where, what, value)   # read_threads=0: read on demand, in the calling thread
     for what, fn in {"transform": transform, "random_transform": random_transform}.items():
         if fn is not None and not callable(fn):
             raise TypeError(f"{where}: {what} must be a function or None, got {type(fn).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"jnn.data.grain.pipeline: seed must be a non-negative integer, got {seed!r}")
+    checks.integer(0, described="a non-negative integer")(where, "seed", seed)
     if batch_size % shard.shard_count:
         raise ValueError(f"jnn.data.grain.pipeline: the global batch_size {batch_size} does not split over "
                          f"{shard.shard_count} shards (processes); use a multiple of {shard.shard_count}")
     if not 0 <= shard.shard_index < shard.shard_count:
         raise ValueError(f"jnn.data.grain.pipeline: shard_index {shard.shard_index} is not in [0, "
                          f"{shard.shard_count})")
-    if isinstance(worker_nice, bool) or not isinstance(worker_nice, (int, np.integer)) or not 0 <= worker_nice <= 19:
-        raise ValueError(f"jnn.data.grain.pipeline: worker_nice must be an integer in [0, 19], got {worker_nice!r}")
+    checks.integer(0, 19)(where, "worker_nice", worker_nice)
     if not drop_remainder and shard.shard_count > 1:
         raise ValueError("jnn.data.grain.pipeline: drop_remainder=False works with one shard only (got "
                          f"{shard.shard_count}); evaluate on one process, or keep drop_remainder=True")
@@ -456,21 +437,12 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     return Pipeline(ds, steps, batch_size, shard.shard_count, read)
 
 
-def _count(where: str, what: str, value, *, low: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        need = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{where}: {what} must be {need}{' or None' if optional else ''}, got {value!r}")
-
-
 _WORKER_GROUP_BYTES = 16 * 2**20
 """Worker processes stack up to 32 consecutive batches into one Grain element of at most this
 many bytes (at least one batch). Each element crosses the process boundary through its own
-shared-memory segment and Grain's queues, which cost more than a small MLP's step on a 2-core CPU;
-grouped, that is paid once per group (MNIST float32, batch 128, 2 workers, the pipeline alone:
-CPU in the workers 1.15-1.35 ms a batch one at a time, 0.7 in 8s, 0.25 in 32s;
-``benchmarks/input_pipeline.py``). Large batches, which amortize it already, go one at a time."""
+shared-memory segment and Grain's queues, which can cost more than a small model's step;
+grouped, that is paid once per group (timings: ``benchmarks/RESULTS.md``). Large batches,
+which amortize it already, go one at a time."""
 
 
 def _worker_group(batch) -> int:
@@ -553,6 +525,7 @@ class _BatchReader:
         return {**self.__dict__, "_block": (None, 0, None)}
 
 
+@checks.declare(max_shift=checks.integer(0, described="a non-negative integer"))
 def random_translate(max_shift: int) -> Callable:
     """CPU-side augmentation for :func:`pipeline`'s ``random_transform``: shifts an
     ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels each way, filling with
@@ -565,8 +538,6 @@ def random_translate(max_shift: int) -> Callable:
       >>> float(out.sum()), label
       (1.0, 3)
     """
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
-        raise ValueError(f"random_translate: max_shift must be a non-negative integer, got {max_shift!r}")
 
     def apply(record, rng: np.random.Generator):
         image, label = record

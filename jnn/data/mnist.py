@@ -18,7 +18,7 @@ from jnn.data import fetch, paths
 from jnn.data.errors import DatasetUnavailableError
 from jnn.data.idx import read_idx
 
-__all__ = ["MNIST_MD5", "MNIST_MIRRORS", "load_mnist", "mnist_available"]
+__all__ = ["MNIST_MD5", "MNIST_MIRRORS", "load_mnist", "mnist_available", "read_mnist"]
 
 MNIST_MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -99,8 +99,37 @@ def load_mnist(
         >>> images.shape, images.dtype, labels.shape, labels.dtype  # doctest: +SKIP
         ((10000, 28, 28, 1), dtype('float32'), (10000,), dtype('int32'))
     """
-    names = _file_names(split)
-    fetch.check_source_args("load_mnist", download, mirrors)
+    images, labels = read_mnist(split, data_dir=data_dir, download=download, mirrors=mirrors, where="load_mnist")
+    x = images.astype(np.float32)
+    x /= np.float32(255.0)
+    return x[..., None], labels.astype(np.int32)
+
+
+def read_mnist(
+    split: str = "train",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+    where: str = "read_mnist",
+) -> tuple[np.ndarray, np.ndarray]:
+    """One MNIST split as stored: uint8 images ``(N, 28, 28)`` and uint8 labels ``(N,)``,
+    downloaded if missing and allowed, validated like :func:`load_mnist` (which scales these).
+
+    Args:
+        split, data_dir, download, mirrors: as for :func:`load_mnist`.
+        where: the function named in error messages.
+
+    Returns:
+        ``(images, labels)`` as read from the IDX files.
+
+    Example:
+        >>> images, labels = read_mnist("test", download=False)  # doctest: +SKIP
+        >>> images.shape, images.dtype, labels.dtype  # doctest: +SKIP
+        ((10000, 28, 28), dtype('uint8'), dtype('uint8'))
+    """
+    names = _file_names(split, where)
+    fetch.check_source_args(where, download, mirrors)
     root = paths.resolve_data_dir(data_dir)
     image_path, label_path = (
         _ensure(root / _SUBDIR / name, root=root, download=download, mirrors=mirrors)
@@ -109,9 +138,7 @@ def load_mnist(
     images = read_idx(image_path, ndim=3)
     labels = read_idx(label_path, ndim=1)
     _validate(images, labels, image_path, label_path)
-    x = images.astype(np.float32)
-    x /= np.float32(255.0)
-    return x[..., None], labels.astype(np.int32)
+    return images, labels
 
 
 def _ensure(

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import _checks as checks
+
 __all__ = ["CharVocab", "lm_windows", "random_windows"]
 
 
@@ -97,6 +99,7 @@ class CharVocab:
         return "".join(self._table[ids.astype(np.intp)])
 
 
+@checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Language-model windows: ``inputs[i] = ids[s:s+seq_len]``, ``targets[i] = ids[s+1:s+seq_len+1]``.
 
@@ -119,9 +122,6 @@ def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndar
     """
     ids = np.asarray(ids)
     stride = seq_len if stride is None else stride
-    for what, value in (("seq_len", seq_len), ("stride", stride)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"lm_windows: {what} must be a positive integer, got {value!r}")
     if ids.ndim != 1 or len(ids) < seq_len + 1:
         raise ValueError(f"lm_windows: expected 1-D ids with at least seq_len + 1 = {seq_len + 1} "
                          f"tokens, got shape {ids.shape}")
@@ -129,6 +129,7 @@ def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndar
     return windows[:, :-1].copy(), windows[:, 1:].copy()
 
 
+@checks.declare(seq_len=checks.positive_int, batch_size=checks.positive_int)
 def random_windows(key: jax.Array, ids: jax.Array, seq_len: int, batch_size: int):
     """``batch_size`` windows at random starts, jit-friendly: ``(inputs, targets)``, each ``[B, T]``.
 
@@ -141,9 +142,6 @@ def random_windows(key: jax.Array, ids: jax.Array, seq_len: int, batch_size: int
       >>> x.shape, bool((y == x + 1).all())
       ((4, 8), True)
     """
-    for what, value in (("seq_len", seq_len), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"random_windows: {what} must be a positive integer, got {value!r}")
     ids = jnp.asarray(ids)
     n = ids.shape[0] - seq_len if ids.ndim == 1 else 0
     if n < 1:

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jnn import _checks as checks
 from jnn.parallel.mesh import check_batch_size, check_mesh
 
 __all__ = ["initialize", "is_main_process", "global_batch"]
@@ -43,10 +44,8 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
     where = "jnn.parallel.initialize"
     if not isinstance(coordinator_address, str) or ":" not in coordinator_address:
         raise ValueError(f"{where}: coordinator_address must be 'host:port', got {coordinator_address!r}")
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"{where}: num_processes must be a positive integer, got {num_processes!r}")
-    if isinstance(process_id, bool) or not isinstance(process_id, int) or not 0 <= process_id < num_processes:
-        raise ValueError(f"{where}: process_id must be in [0, {num_processes}), got {process_id!r}")
+    checks.positive_int(where, "num_processes", num_processes)
+    checks.integer(0, num_processes - 1, described=f"in [0, {num_processes})")(where, "process_id", process_id)
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
@@ -94,8 +93,7 @@ def global_batch(local_batch, mesh, *, check: bool = True):
       ((4, 3), (4,), P('data',))
     """
     check_mesh(mesh, "jnn.parallel.global_batch")
-    if not isinstance(check, bool):
-        raise ValueError(f"jnn.parallel.global_batch: check must be True or False, got {check!r}")
+    checks.flag("jnn.parallel.global_batch", "check", check)
     sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree_util.tree_leaves(local_batch)}
     if len(sizes) != 1:
         raise ValueError(f"jnn.parallel.global_batch: the leaves of the local batch have different numbers of "

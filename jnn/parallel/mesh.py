@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jnn import _checks as checks
 from jnn import tree as _tree
 from jnn.parallel.rules import Rule, param_specs
 
@@ -55,11 +56,11 @@ def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence | No
         raise ValueError(f"make_mesh: devices must be a non-empty list of jax devices (e.g. jax.devices()[:4]), "
                          f"got {devices!r}")
     devices = list(jax.devices() if devices is None else devices)
-    if isinstance(model, bool) or not isinstance(model, int) or model < 1 or len(devices) % model:
+    if not checks.is_integer(model) or model < 1 or len(devices) % model:
         raise ValueError(f"make_mesh: model must be a positive integer dividing the {len(devices)} devices, "
                          f"got {model!r}")
     data = len(devices) // model if data is None else data
-    if isinstance(data, bool) or not isinstance(data, int) or data < 1 or data * model > len(devices):
+    if not checks.is_integer(data) or data < 1 or data * model > len(devices):
         raise ValueError(f"make_mesh: data * model must be at most the {len(devices)} devices, "
                          f"got data={data!r}, model={model}")
     return jax.make_mesh((data, model), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto),

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jnn import _checks as checks
 from jnn import tree as _tree
 
 __all__ = ["Rule", "fsdp", "logical", "tensor_parallel", "param_specs", "TRANSFORMER_AXES", "AXIS_RULES"]
@@ -105,8 +106,7 @@ def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: i
     patterns = _tree.check_patterns("jnn.parallel.fsdp", "patterns", patterns)
     if not isinstance(axis, str):
         raise ValueError(f"jnn.parallel.fsdp: axis must be a mesh axis name, got {axis!r}")
-    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
-        raise ValueError(f"jnn.parallel.fsdp: min_size must be an integer >= 0, got {min_size!r}")
+    checks.integer(0)("jnn.parallel.fsdp", "min_size", min_size)
     return [Rule(patterns, _largest_divisible_dim(axis, min_size))]
 
 
