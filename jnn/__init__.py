@@ -13,7 +13,7 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
 ``init(key, example) -> (params, state)`` and
 ``apply(params, state, x, *, key=None, train=False) -> (y, new_state)``, which every layer follows.
 """
-from jnn import convert, data, export, generate, initializers, io, losses, metrics, nets, parallel, precision
+from jnn import checks, convert, data, export, generate, initializers, io, losses, metrics, nets, parallel, precision
 from jnn import train, tree
 from jnn.combinators import composite, fan_out, heads, identity, merge, named, residual, select, serial, stateless, towers
 from jnn.core import CONTRACT, Children, Config, Layer, apply_child, output_shape
@@ -47,6 +47,6 @@ __all__ = [
     "conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
-    "data", "generate", "initializers", "io", "nets", "parallel", "precision", "losses", "metrics", "train",
+    "checks", "data", "generate", "initializers", "io", "nets", "parallel", "precision", "losses", "metrics", "train",
     "tree", "convert", "export",
 ]

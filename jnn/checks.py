@@ -1,0 +1,24 @@
+"""Argument rules for layer factories and functions, declared once: the public face of the
+checks every built-in layer uses.
+
+``@declare(arg=rule, ...)`` checks the arguments on every call (a rule is
+``rule(label, what, value) -> value`` raising ``ValueError("label: what must be ..., got ...")``)
+and, when the function returns a :class:`jnn.Layer`, keeps the bound arguments as its
+``config``.
+
+Example:
+  >>> import jax.numpy as jnp, jnn
+  >>> @jnn.checks.declare(factor=jnn.checks.above(0))
+  ... def scaled(factor, *, name=None):
+  ...     return jnn.stateless("scaled", lambda x: factor * x, name=name)
+  >>> scaled(2.0).config["factor"]
+  2.0
+  >>> scaled(-1.0)
+  Traceback (most recent call last):
+  ValueError: scaled: factor must be a positive number, got -1.0
+"""
+from jnn._checks import (above, between, declare, finite_number, flag, instance_of, layer_name, name_or_callable,
+                         one_of, optional, positive_int, rate, spatial)
+
+__all__ = ["declare", "above", "between", "finite_number", "flag", "instance_of", "layer_name",
+           "name_or_callable", "one_of", "optional", "positive_int", "rate", "spatial"]
