@@ -84,41 +84,83 @@ def declare(**rules):
 
 
 def layer_name(label: str, what: str, value):
-    """``None`` or a non-empty string without ``/`` (a key in params paths)."""
+    """``None`` or a non-empty string without ``/`` (a key in params paths).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.layer_name("dense", "name", "head")
+      'head'
+    """
     if value is not None and not (isinstance(value, str) and value and "/" not in value):
         raise ValueError(f"{label}: {what} must be None or a non-empty string without '/', got {value!r}")
     return value
 
 
 def flag(label: str, what: str, value) -> bool:
-    """Exactly ``True`` or ``False`` (not 0/1, not ``None``)."""
+    """Exactly ``True`` or ``False`` (not 0/1, not ``None``).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.flag("dense", "use_bias", True)
+      True
+    """
     if not isinstance(value, bool):
         raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
     return value
 
 
 def optional(rule):
-    """``rule``, or ``None``."""
+    """``rule``, or ``None``.
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.optional(jnn.checks.positive_int)("f", "top_k", None) is None
+      True
+    """
     return lambda label, what, value: value if value is None else rule(label, what, value)
 
 
 def above(bound: float):
-    """A real number strictly greater than ``bound`` (returned as a float)."""
+    """A real number strictly greater than ``bound`` (returned as a float).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.above(0)("layer_norm", "epsilon", 1e-6)
+      1e-06
+    """
     return lambda label, what, value: number_above(label, what, value, bound)
 
 
 def between(low: float, high: float):
-    """A real number in the closed interval ``[low, high]`` (returned as a float)."""
+    """A real number in the closed interval ``[low, high]`` (returned as a float).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.between(0, 1)("batch_norm", "momentum", 0.9)
+      0.9
+    """
     return lambda label, what, value: number_in(label, what, value, low, high)
 
 
 def spatial(rank: int):
-    """An int broadcast to ``rank`` spatial axes, or a tuple of ``rank`` positive ints."""
+    """An int broadcast to ``rank`` spatial axes, or a tuple of ``rank`` positive ints.
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.spatial(2)("conv", "strides", 2)
+      (2, 2)
+    """
     return lambda label, what, value: per_axis(label, what, value, rank)
 
 
 def one_of(*choices):
-    """One of ``choices`` (compared with ``==``)."""
+    """One of ``choices`` (compared with ``==``).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.one_of("SAME", "VALID")("conv", "padding", "SAME")
+      'SAME'
+    """
     def rule(label, what, value):
         if not any(value == c and type(value) is type(c) for c in choices):
             raise ValueError(f"{label}: {what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -127,7 +169,13 @@ def one_of(*choices):
 
 
 def name_or_callable(choices):
-    """One of the names in ``choices``, or a callable (e.g. a merge: ``"add"`` or a function)."""
+    """One of the names in ``choices``, or a callable (e.g. a merge: ``"add"`` or a function).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.name_or_callable(["add", "concat"])("fan_out", "merge", "add")
+      'add'
+    """
     def rule(label, what, value):
         if isinstance(value, str) and value not in choices:
             raise ValueError(f"{label}: {what} must be one of {sorted(choices)} or a callable, got {value!r}")
@@ -138,7 +186,13 @@ def name_or_callable(choices):
 
 
 def instance_of(*types, described: str | None = None):
-    """An instance of one of ``types`` (bools are never ints here)."""
+    """An instance of one of ``types`` (bools are never ints here).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.instance_of(str)("f", "path", "a.csv")
+      'a.csv'
+    """
     def rule(label, what, value):
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
             need = described or " or ".join(t.__name__ for t in types)
@@ -148,7 +202,13 @@ def instance_of(*types, described: str | None = None):
 
 
 def positive_int(label: str, what: str, value, *, optional: bool = False):
-    """``value`` if it is a Python int > 0 (or ``None`` when ``optional``), else ``ValueError``."""
+    """``value`` if it is a Python int > 0 (or ``None`` when ``optional``), else ``ValueError``.
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.positive_int("dense", "features", 3)
+      3
+    """
     if optional and value is None:
         return value
     if not _is_int(value) or value <= 0:
@@ -164,7 +224,13 @@ def boolean(label: str, **flags) -> None:
 
 
 def finite_number(label: str, what: str, value) -> float:
-    """``float(value)`` if it is a finite real number (not a bool)."""
+    """``float(value)`` if it is a finite real number (not a bool).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.finite_number("f", "clip", 2)
+      2.0
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         raise ValueError(f"{label}: {what} must be a finite number, got {value!r}")
     return float(value)
@@ -186,7 +252,13 @@ def number_in(label: str, what: str, value, low: float, high: float) -> float:
 
 
 def rate(label: str, what: str, value):
-    """A probability in [0, 1): a Python float, or a scalar array (a traced one is not checked)."""
+    """A probability in [0, 1): a Python float, or a scalar array (a traced one is not checked).
+
+    Example:
+      >>> import jnn
+      >>> jnn.checks.rate("dropout", "rate", 0.5)
+      0.5
+    """
     if isinstance(value, bool):
         raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
     if isinstance(value, numbers.Real):
