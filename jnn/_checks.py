@@ -311,3 +311,19 @@ def integer_labels(label: str, logits, labels) -> None:
                          f"logits of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     ids_in_range(label, labels, num_classes, what=f"integer labels (class ids for {num_classes} classes)",
                  hint="; check the labels or the model's number of outputs")
+
+
+# ---- rules added for layers B (attention, transformer, nets, generate) ----
+
+def static_rate(label: str, what: str, value) -> float:
+    """A probability in [0, 1) known when the layer is built: a Python number, not a traced array."""
+    number = rate(label, what, value)
+    if not isinstance(number, float):
+        raise ValueError(f"{label}: {what} must be a Python number in [0, 1), got {value!r}")
+    return number
+
+
+def divides(label: str, what: str, value: int, multiple: int, of: str) -> None:
+    """``value`` (argument ``what``) must divide ``multiple`` (argument ``of``)."""
+    if multiple % value:
+        raise ValueError(f"{label}: {of} ({multiple}) must be divisible by {what} ({value})")

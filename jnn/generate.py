@@ -1,7 +1,7 @@
 """Autoregressive sampling from a language model, compiled with ``jax.jit``.
 
-* :func:`generate` uses the model's key/value cache (a :class:`Decoder`, e.g. from
-  ``jnn.nets.decoder_lm`` or ``jnn.nets.encoder_decoder``): one parallel pass over the prompt
+* :func:`generate` uses the model's key/value cache (``init_cache``/``decode_step`` in its
+  ``methods``, see :func:`is_decoder`: ``jnn.nets.decoder_lm`` and ``jnn.nets.encoder_decoder``): one parallel pass over the prompt
   fills the cache, then each new token costs one ``decode_step`` (a ``lax.scan`` over new tokens).
   For an encoder-decoder, ``context=`` (the source) is encoded once, into the cache.
 * :func:`generate_uncached` is the reference: every new token re-runs the whole model on the
@@ -34,15 +34,14 @@ import jax.numpy as jnp
 from jnn import _checks as checks
 from jnn.core import Layer
 
-__all__ = ["Decoder", "generate", "generate_uncached", "sample_logits", "GREEDY_BELOW"]
+__all__ = ["is_decoder", "generate", "generate_uncached", "sample_logits", "GREEDY_BELOW"]
 
 GREEDY_BELOW = 1e-6  # temperatures below this sample greedily (logits / T would overflow)
 
 
-class Decoder(Layer):
-    """A :class:`jnn.Layer` (token ids ``[B, T]`` -> logits ``[B, T, V]``) with a cached decode path.
-
-    Besides ``init``/``apply`` it carries two functions:
+def is_decoder(model) -> bool:
+    """Whether ``model`` is a layer with a cached decode path: ``init_cache`` and ``decode_step`` in
+    its ``methods`` (what :func:`generate` runs).
 
     * ``init_cache(batch, length=None, dtype=None, **context) -> cache``: an empty cache for
       ``length`` positions (an encoder-decoder takes ``params=``, ``context=`` and
@@ -51,37 +50,20 @@ class Decoder(Layer):
       (``[B]`` or ``[B, T]``) at positions ``position, ...``, attending to the cache, and the cache
       with their keys/values written in. ``position + T`` must not exceed the cache length.
 
-    ``named``/``_replace`` keep the decode path; ``jnn.precision.with_policy`` wraps it.
+    ``jnn.named`` keeps the methods and ``jnn.precision.with_policy`` wraps them.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
-      >>> isinstance(lm, jnn.generate.Decoder)
-      True
+      >>> jnn.generate.is_decoder(lm), jnn.generate.is_decoder(jnn.dense(3))
+      (True, False)
       >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((2, 4), jnp.int32))
-      >>> cache = lm.init_cache(2)
-      >>> logits, cache = lm.decode_step(params, cache, jnp.array([1, 2]), 0)
+      >>> cache = lm.methods["init_cache"](2)
+      >>> logits, cache = lm.methods["decode_step"](params, cache, jnp.array([1, 2]), 0)
       >>> logits.shape
       (2, 11)
     """
-
-    def __new__(cls, init, apply, kind="layer", name=None, *, init_cache, decode_step, **fields):
-        self = super().__new__(cls, init, apply, kind, name, **fields)
-        self.__dict__.update(_init_cache=init_cache, _decode_step=decode_step)
-        return self
-
-    def _replace(self, **fields):
-        new = super()._replace(**fields)
-        new.__dict__.update(self.__dict__)
-        return new
-
-    def init_cache(self, batch: int, length: int | None = None, dtype=None, **context):
-        """An empty key/value cache (see the class docstring)."""
-        return self._init_cache(batch, length, dtype, **context)
-
-    def decode_step(self, params, cache, tokens, position):
-        """``(logits, cache)`` for ``tokens`` at ``position, ...`` (see the class docstring)."""
-        return self._decode_step(params, cache, tokens, position)
+    return isinstance(model, Layer) and {"init_cache", "decode_step"} <= set(model.methods)
 
 
 def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
@@ -114,10 +96,10 @@ def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: in
 def _check(where: str, model, prompt, num_new_tokens, temperature, top_k, cached: bool):
     if not isinstance(model, Layer):
         raise TypeError(f"{where}: expected a jnn.Layer as the model, got {type(model).__name__}")
-    if cached and not isinstance(model, Decoder):
-        raise TypeError(f"{where}: the model has no cached decode path (init_cache/decode_step); build it "
-                        f"with jnn.nets.decoder_lm or jnn.nets.encoder_decoder (a jnn.generate.Decoder), "
-                        f"or use generate_uncached")
+    if cached and not is_decoder(model):
+        raise TypeError(f"{where}: the model has no cached decode path (init_cache/decode_step); its "
+                        f"{model.kind!r} layer declares methods {sorted(model.methods)} in Layer.methods; build "
+                        f"it with jnn.nets.decoder_lm or jnn.nets.encoder_decoder, or use generate_uncached")
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"{where}: expected a prompt of integer token ids [B, P] with P >= 1, got "
@@ -157,14 +139,15 @@ def _cached(model, params, prompt, key, num_new_tokens, temperature, top_k, cont
                    jax.ShapeDtypeStruct((batch, p + num_new_tokens), jnp.int32))
     keys = jax.random.split(key, num_new_tokens)
     extra = dict(params=params, **context) if context else {}
-    cache = model.init_cache(batch, p + num_new_tokens, **extra)  # an encoder runs here, once
-    logits, cache = model.decode_step(params, cache, prompt, 0)  # prefill: the prompt in one pass
+    decode_step = model.methods["decode_step"]
+    cache = model.methods["init_cache"](batch, p + num_new_tokens, **extra)  # an encoder runs here, once
+    logits, cache = decode_step(params, cache, prompt, 0)  # prefill: the prompt in one pass
     _check_vocab("generate", logits, top_k)
     first = sample_logits(keys[0], logits[:, -1], temperature=temperature, top_k=top_k)
 
     def body(carry, i):
         cache, token = carry
-        logits, cache = model.decode_step(params, cache, token, p + i - 1)
+        logits, cache = decode_step(params, cache, token, p + i - 1)
         token = sample_logits(keys[i], logits, temperature=temperature, top_k=top_k)
         return (cache, token), token
 
@@ -206,8 +189,8 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
     """Samples ``num_new_tokens`` tokens after ``prompt`` with the model's key/value cache.
 
     Args:
-      model: a :class:`Decoder` (``decoder_lm(...)``, ``encoder_decoder(...)``, possibly wrapped
-        by ``with_policy``).
+      model: a layer with a cached decode path (:func:`is_decoder`: ``decoder_lm(...)``,
+        ``encoder_decoder(...)``, possibly wrapped by ``with_policy``).
       params: its params.
       prompt: token ids ``[B, P]`` (``P >= 1``; every row has the same length).
       num_new_tokens: tokens to add; ``P + num_new_tokens`` must not exceed the model's ``max_len``.
