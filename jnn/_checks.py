@@ -327,3 +327,29 @@ def divides(label: str, what: str, value: int, multiple: int, of: str) -> None:
     """``value`` (argument ``what``) must divide ``multiple`` (argument ``of``)."""
     if multiple % value:
         raise ValueError(f"{label}: {of} ({multiple}) must be divisible by {what} ({value})")
+
+
+def none_or_positive_int(label: str, what: str, value):
+    """``None`` or a Python int > 0 (the message says both are allowed)."""
+    if value is not None and (not _is_int(value) or value <= 0):
+        raise ValueError(f"{label}: {what} must be None or a positive integer, got {value!r}")
+    return value
+
+
+def finite_at_least(bound: float, note: str = ""):
+    """A finite real number >= ``bound`` (returned as given); ``note`` follows the bound in the message."""
+    def rule(label, what, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not bound <= value < np.inf:
+            raise ValueError(f"{label}: {what} must be a finite number >= {bound:g}{note}, got {value!r}")
+        return value
+    return rule
+
+
+def positive_int_or(*extras, described: str):
+    """A Python int > 0, or one of ``extras`` (compared by identity: ``True``); ``described``
+    names the extras in the message (``"True"``, ``"a bool"``)."""
+    def rule(label, what, value):
+        if not any(value is extra for extra in extras) and (not _is_int(value) or value <= 0):
+            raise ValueError(f"{label}: {what} must be a positive integer or {described}, got {value!r}")
+        return value
+    return rule

@@ -25,8 +25,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +35,8 @@ from jnn.core import Layer
 __all__ = ["is_decoder", "generate", "generate_uncached", "sample_logits", "GREEDY_BELOW"]
 
 GREEDY_BELOW = 1e-6  # temperatures below this sample greedily (logits / T would overflow)
+
+_SAMPLING = dict(temperature=checks.finite_at_least(0, " (0 is greedy)"), top_k=checks.none_or_positive_int)
 
 
 def is_decoder(model) -> bool:
@@ -66,6 +66,7 @@ def is_decoder(model) -> bool:
     return isinstance(model, Layer) and {"init_cache", "decode_step"} <= set(model.methods)
 
 
+@checks.declare(**_SAMPLING)
 def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
     """One token per row of ``logits[..., V]``: ``[...]`` int32.
 
@@ -79,7 +80,6 @@ def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: in
       >>> sample_logits(jax.random.key(0), jnp.array([[0.0, 5.0, 1.0]]), temperature=0.0)
       Array([1], dtype=int32)
     """
-    _check_sampling("sample_logits", temperature, top_k)
     logits = jnp.asarray(logits)
     if logits.ndim < 1:
         raise ValueError(f"sample_logits: logits must have a vocabulary axis last, [..., V], got shape ()")
@@ -93,7 +93,7 @@ def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: in
     return jax.random.categorical(key, logits / jnp.asarray(temperature, logits.dtype), axis=-1).astype(jnp.int32)
 
 
-def _check(where: str, model, prompt, num_new_tokens, temperature, top_k, cached: bool):
+def _check(where: str, model, prompt, cached: bool):
     if not isinstance(model, Layer):
         raise TypeError(f"{where}: expected a jnn.Layer as the model, got {type(model).__name__}")
     if cached and not is_decoder(model):
@@ -104,17 +104,7 @@ def _check(where: str, model, prompt, num_new_tokens, temperature, top_k, cached
     if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"{where}: expected a prompt of integer token ids [B, P] with P >= 1, got "
                          f"{prompt.dtype}{list(prompt.shape)}")
-    if isinstance(num_new_tokens, bool) or not isinstance(num_new_tokens, int) or num_new_tokens < 1:
-        raise ValueError(f"{where}: num_new_tokens must be a positive integer, got {num_new_tokens!r}")
-    _check_sampling(where, temperature, top_k)
     return prompt.astype(jnp.int32)
-
-
-def _check_sampling(where: str, temperature, top_k) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
-        raise ValueError(f"{where}: temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"{where}: top_k must be None or a positive integer, got {top_k!r}")
 
 
 def _check_vocab(where: str, logits, top_k):
@@ -184,6 +174,7 @@ def _context(context, context_lengths) -> dict:
     return out
 
 
+@checks.declare(num_new_tokens=checks.positive_int, **_SAMPLING)
 def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
              top_k: int | None = None, context=None, context_lengths=None) -> jax.Array:
     """Samples ``num_new_tokens`` tokens after ``prompt`` with the model's key/value cache.
@@ -215,12 +206,13 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
       >>> out[:, :2].tolist()
       [[1, 2]]
     """
-    prompt = _check("generate", model, prompt, num_new_tokens, temperature, top_k, cached=True)
+    prompt = _check("generate", model, prompt, cached=True)
     context = _context(context, context_lengths)
     _check_prompt_ids("generate", model, params, {}, prompt, context)
     return _cached(model, params, prompt, key, num_new_tokens, temperature, top_k, context)
 
 
+@checks.declare(num_new_tokens=checks.positive_int, **_SAMPLING)
 def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
                       top_k: int | None = None, state=None, context=None, context_lengths=None) -> jax.Array:
     """The reference sampler: like :func:`generate`, but every step re-runs ``model.apply`` on the
@@ -239,7 +231,7 @@ def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key,
       >>> bool((out == generate(lm, params, prompt, 3, key=jax.random.key(1), temperature=0.0)).all())
       True
     """
-    prompt = _check("generate_uncached", model, prompt, num_new_tokens, temperature, top_k, cached=False)
+    prompt = _check("generate_uncached", model, prompt, cached=False)
     context = _context(context, context_lengths)
     _check_prompt_ids("generate_uncached", model, params, {} if state is None else state, prompt, context)
     return _uncached(model, params, {} if state is None else state, prompt, key, num_new_tokens,

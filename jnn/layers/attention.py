@@ -26,8 +26,8 @@ Example:
 """
 from __future__ import annotations
 
-import math
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +134,13 @@ def _check_sequence(label: str, x, params=None) -> None:
     if params is not None and x.shape[2] != params["query"]["w"].shape[0]:
         raise layer_error(label, f"expected input of shape [B, T, {params['query']['w'].shape[0]}] "
                                  f"(the width it was initialized with), got {tuple(x.shape)}")
+
+
+def _head_size(label: str, num_heads: int, head_size: int | None, features: int) -> int:
+    if head_size is None and features % num_heads:
+        raise layer_error(label, f"the input width {features} must be divisible by num_heads={num_heads}, "
+                                 f"or pass head_size")
+    return features // num_heads if head_size is None else head_size
 
 
 def _cross_methods(label, causal, rope, kv_heads, num_heads, attend) -> dict:
@@ -261,11 +268,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     b_fn = initializers.get(b_init, where=f"{label} b_init")
     attend = functools.partial(_attend, label, dropout_rate, implementation)
 
-    def size_for(features: int) -> int:
-        if head_size is None and features % num_heads:
-            raise layer_error(label, f"the input width {features} must be divisible by num_heads="
-                                     f"{num_heads}, or pass head_size")
-        return features // num_heads if head_size is None else head_size
+    size_for = functools.partial(_head_size, label, num_heads, head_size)
 
     def init(key, example):
         x = shape_of(example)
