@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import core
+
 __all__ = [
     "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of", "instance_of", "positive_int", "boolean", "rate", "finite_number", "number_above", "number_in", "per_axis",
     "param", "child_params", "float_input", "ids_in_range", "is_concrete", "values_in_unit_interval",
@@ -353,3 +355,16 @@ def positive_int_or(*extras, described: str):
             raise ValueError(f"{label}: {what} must be a positive integer or {described}, got {value!r}")
         return value
     return rule
+
+
+def stages(label: str, what: str, value) -> tuple[int, ...]:
+    """A non-empty sequence of positive ints (per-stage widths), returned as a tuple."""
+    values = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if not values or not all(_is_int(v) and v > 0 for v in values):
+        raise ValueError(f"{label}: {what} must be a non-empty sequence of positive integers, got {value!r}")
+    return values
+
+
+def jnn_layer(label: str, what: str, value):
+    """A :class:`jnn.Layer` (``TypeError`` naming the likely slip: a factory passed uncalled)."""
+    return core.ensure_layer(label, value)

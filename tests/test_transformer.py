@@ -206,7 +206,7 @@ def test_construction_errors():
         encoder_block(2, -1)
     with pytest.raises(ValueError, match=r"block: dropout_rate is the probability of dropping a unit"):
         decoder_block(2, 8, dropout_rate=1.5, name="block")
-    with pytest.raises(ValueError, match=r"vit_classifier: pool must be 'cls' or 'mean', got 'max'"):
+    with pytest.raises(ValueError, match=r"vit_classifier: pool must be one of 'cls', 'mean', got 'max'"):
         vit_classifier(2, 1, 2, 8, 8, 3, pool="max")
     with pytest.raises(ValueError, match=r"vit_classifier: features \(6\) must be divisible by num_heads \(4\)"):
         vit_classifier(2, 1, 4, 6, 8, 3)
