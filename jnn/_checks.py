@@ -368,3 +368,21 @@ def stages(label: str, what: str, value) -> tuple[int, ...]:
 def jnn_layer(label: str, what: str, value):
     """A :class:`jnn.Layer` (``TypeError`` naming the likely slip: a factory passed uncalled)."""
     return core.ensure_layer(label, value)
+
+
+def key_for(label: str, needed: bool, key, what: str = "dropout") -> None:
+    """A layer that draws randomness in training (``needed``) must be given a PRNG key."""
+    if needed and key is None:
+        raise ValueError(f"{label}: train=True with {what} needs a PRNG key: call "
+                         f"apply(..., key=jax.random.key(0), train=True)")
+
+
+def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: str = ""):
+    """``lengths`` as an int32 array of shape ``[batch]`` (valid positions per example), or ``None``."""
+    if lengths is None:
+        return None
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"{label}: expected {what} as integers of shape [{batch}]{note}, got "
+                         f"{lengths.dtype}{list(lengths.shape)}")
+    return lengths.astype(jnp.int32)

@@ -1,8 +1,9 @@
 """Autoregressive sampling from a language model, compiled with ``jax.jit``.
 
 * :func:`generate` uses the model's key/value cache (``init_cache``/``decode_step`` in its
-  ``methods``, see :func:`is_decoder`: ``jnn.nets.decoder_lm`` and ``jnn.nets.encoder_decoder``): one parallel pass over the prompt
-  fills the cache, then each new token costs one ``decode_step`` (a ``lax.scan`` over new tokens).
+  ``methods``, see :func:`is_decoder`: ``jnn.nets.decoder_lm`` and ``jnn.nets.encoder_decoder``):
+  one parallel pass over the prompt fills the cache, then each new token costs one
+  ``decode_step`` (a ``lax.scan`` over new tokens).
   For an encoder-decoder, ``context=`` (the source) is encoded once, into the cache.
 * :func:`generate_uncached` is the reference: every new token re-runs the whole model on the
   sequence so far (any layer mapping ids ``[B, T]`` to logits ``[B, T, V]`` works).

@@ -87,18 +87,11 @@ def _linear(params, x):
     return y + params["b"].astype(x.dtype) if "b" in params else y
 
 
+_PER_EXAMPLE = " (valid positions per example)"
+
+
 def _heads(params, x, heads: int):
     return _linear(params, x).reshape(*x.shape[:2], heads, -1)
-
-
-def _valid_lengths(label: str, lengths, batch: int):
-    if lengths is None:
-        return None
-    lengths = jnp.asarray(lengths)
-    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise layer_error(label, f"expected lengths as integers of shape [{batch}] (valid positions "
-                                 f"per example), got {lengths.dtype}{list(lengths.shape)}")
-    return lengths.astype(jnp.int32)
 
 
 def _attend(label, rate, implementation, q, k, v, *, causal: bool, lengths=None, mask=None, key=None,
@@ -106,9 +99,7 @@ def _attend(label, rate, implementation, q, k, v, *, causal: bool, lengths=None,
     """Attention over heads; ``mask`` (``[1|B, 1, T, S]`` bool) adds to causal/lengths."""
     checks.boolean(label, train=train)
     dropping = train and rate > 0
-    if dropping and key is None:
-        raise layer_error(label, f"train=True with dropout_rate={rate} needs a PRNG "
-                                 f"key: call apply(..., key=jax.random.key(0), train=True)")
+    checks.key_for(label, dropping, key, f"dropout_rate={rate}")
     if not dropping and q.dtype != jnp.float64:
         # jax.nn.dot_product_attention does its softmax in float32 even for float64 inputs,
         # so float64 (gradient checks) takes the explicit path below.
@@ -156,7 +147,7 @@ def _cross_methods(label, causal, rope, kv_heads, num_heads, attend) -> dict:
                                      "the context's positions are not the queries'")
         kv = {"key": _heads(params["key"], context, kv_heads), "value": _heads(params["value"], context, kv_heads)}
         if context_lengths is not None:
-            kv["lengths"] = _valid_lengths(label, context_lengths, context.shape[0])
+            kv["lengths"] = checks.int_lengths(label, context_lengths, context.shape[0], note=_PER_EXAMPLE)
         return kv
 
     def attend_kv(params, x, kv, *, key=None, train=False):
@@ -313,7 +304,8 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
             raise layer_error(label, f"built with context_features={context_features} for cross-attention: "
                                      f"call apply(..., context=[B, S, {context_features}])")
         q, k, v = qkv(params, x, jnp.arange(t))
-        out = attend(q, k, v, causal=causal, lengths=_valid_lengths(label, lengths, b), key=key, train=train)
+        lengths = checks.int_lengths(label, lengths, b, note=_PER_EXAMPLE)
+        out = attend(q, k, v, causal=causal, lengths=lengths, key=key, train=train)
         return _linear(params["out"], out.reshape(b, t, -1)), state
 
     return Layer(init, apply, "multi_head_attention", name, ATTENTION_KEYWORDS,

@@ -45,7 +45,8 @@ from jnn.tree import matches, path_str
 __all__ = ["repeat", "stack_params", "unstack_params", "copy_mask", "freeze_copies"]
 
 
-@checks.declare(layer=checks.jnn_layer, n=checks.positive_int, unroll=checks.positive_int_or(True, False, described="a bool"))
+@checks.declare(layer=checks.jnn_layer, n=checks.positive_int,
+                unroll=checks.positive_int_or(True, False, described="a bool"))
 def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = None) -> Layer:
     """``n`` copies of ``layer`` (separate weights) applied in sequence with ``lax.scan``.
 

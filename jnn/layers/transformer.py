@@ -81,9 +81,7 @@ def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
         return {k: first.get(k) or child.init(keys.get(k, key), x)[0] for k, child in children.items()}, {}
 
     def apply(params, state, x, *, key=None, train=False, lengths=None, context=None, context_lengths=None):
-        if train and key is None and needs_key:
-            raise layer_error(label, "train=True with dropout needs a PRNG key: call "
-                                     "apply(..., key=jax.random.key(0), train=True)")
+        checks.key_for(label, train and needs_key, key)
         _check_context(label, cross, context, context_lengths)
         keys = core.split_key(key, 5)
         h, _ = core.apply_child("norm_0", layer_norm(), params, {}, x)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jnn import core
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, shape_of
 from jnn.layers.dropout import dropout
 from jnn.layers.transformer import decoder_block
 from jnn.nets.stack import block_stack, token_embedder
@@ -106,9 +106,7 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
         return {**params, **stack.init(stack_key, x)[0]}, {}
 
     def apply(params, state, tokens, *, key=None, train=False):
-        if train and key is None and dropout_rate > 0:
-            raise layer_error(label, "train=True with dropout needs a PRNG key: call "
-                                     "apply(..., key=jax.random.key(0), train=True)")
+        checks.key_for(label, train and dropout_rate > 0, key)
         stack_key, drop_key = core.split_key(key, 2)
         x = residual_dropout.apply({}, {}, embedder.apply(params, {}, tokens)[0], key=drop_key, train=train)[0]
         x, _ = stack.apply({k: params[k] for k in stack.children}, {}, x, key=stack_key, train=train)

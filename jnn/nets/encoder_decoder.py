@@ -46,12 +46,7 @@ def _source(label, embedder, context, context_lengths):
         raise layer_error(label, "expected the source as apply(..., context=[B, S] token ids)")
     context = jnp.asarray(context)
     embedder.methods["check_tokens"](context, "source ids (context=)")
-    if context_lengths is not None:
-        context_lengths = jnp.asarray(context_lengths)
-        if context_lengths.shape != context.shape[:1] or not jnp.issubdtype(context_lengths.dtype, jnp.integer):
-            raise layer_error(label, f"expected context_lengths as integers of shape [{context.shape[0]}], "
-                                     f"got {context_lengths.dtype}{list(context_lengths.shape)}")
-    return context, context_lengths
+    return context, checks.int_lengths(label, context_lengths, context.shape[0], "context_lengths")
 
 
 @checks.declare(num_decoder_layers=checks.optional(checks.positive_int), **LM_RULES)
@@ -120,9 +115,7 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
         context, context_lengths = _source(label, embedder, context, context_lengths)
         if context.shape[0] != tokens.shape[0]:
             raise layer_error(label, f"the source has batch {context.shape[0]} but the target has {tokens.shape[0]}")
-        if train and key is None and dropout_rate > 0:
-            raise layer_error(label, "train=True with dropout needs a PRNG key: call "
-                                     "apply(..., key=jax.random.key(0), train=True)")
+        checks.key_for(label, train and dropout_rate > 0, key)
         keys = core.split_key(key, 4)
         memory = encode(params, context, context_lengths, keys, train)
         x = embedder.methods["embed"](params, tokens, jnp.arange(tokens.shape[1]))

@@ -78,7 +78,8 @@ def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | N
                 p, c, kv = per_block
                 return first.methods["decode"](p, c, h, position, kv)
 
-            x, new = jax.lax.scan(body, x, (params["blocks"], cache["blocks"], None if cross is None else cross["blocks"]))
+            kv = None if cross is None else cross["blocks"]
+            x, new = jax.lax.scan(body, x, (params["blocks"], cache["blocks"], kv))
             return x, {"blocks": new}
         new = {}
         for k, block in children.items():
