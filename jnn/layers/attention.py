@@ -11,6 +11,8 @@ Masks: ``causal=True`` is fixed at construction; padding is given per call as
 at the start and the rest are padding; every length must be >= 1). This is the one way to pass
 a padding mask. Masked keys get exactly zero weight; outputs at padded *query* positions are
 still computed (they attend to the valid keys) and should be ignored by the loss.
+``ATTENTION_KEYWORDS`` are the extra ``apply`` keywords the layer declares (``lengths``,
+``context``, ``context_lengths``), so combinators route them.
 
 Example:
   >>> import jax, jax.numpy as jnp

@@ -22,32 +22,9 @@ from jnn import _checks as checks
 from jnn.core import Layer, shape_of
 from jnn.layers.dropout import dropout
 from jnn.layers.transformer import decoder_block
-from jnn.nets.stack import block_stack, token_embedder
+from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 
-__all__ = ["decoder_lm", "LM_RULES"]
-
-#: The size, flag and choice rules shared by the language models' factories.
-LM_RULES = dict(vocab_size=checks.positive_int, num_layers=checks.positive_int, num_heads=checks.positive_int,
-                features=checks.positive_int, mlp_dim=checks.positive_int, max_len=checks.positive_int,
-                tied=checks.flag, scan_layers=checks.flag, dropout_rate=checks.rate,
-                positional=checks.one_of("learned", "sinusoidal", "rope"))
-
-
-def decoding(embedder: Layer, single_step):
-    """``decode_step(params, cache, tokens, position)`` over ``single_step(params, cache, x, position)
-    -> (x, cache)``: embeds ``tokens`` ``[B]`` or ``[B, T]`` at ``position, ...``, returns logits
-    (``[B, V]`` or ``[B, T, V]``) and the new cache."""
-    def decode_step(params, cache, tokens, position):
-        single = tokens.ndim == 1
-        tokens = tokens[:, None] if single else tokens
-        embedder.methods["check_tokens"](tokens)
-        x = embedder.methods["embed"](params, tokens, position + jnp.arange(tokens.shape[1]))
-        x, cache = single_step(params, cache, x, position)
-        logits = embedder.methods["head"](params, x)
-        return (logits[:, 0] if single else logits), cache
-
-    return decode_step
-
+__all__ = ["decoder_lm"]
 
 @checks.declare(**LM_RULES)
 def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, mlp_dim: int, max_len: int,

@@ -34,8 +34,7 @@ from jnn.core import Layer, layer_error, shape_of
 from jnn.layers.dropout import dropout
 from jnn.layers.norm import layer_norm
 from jnn.layers.transformer import decoder_block, encoder_block
-from jnn.nets.decoder_lm import LM_RULES, decoding
-from jnn.nets.stack import block_stack, token_embedder
+from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 
 __all__ = ["encoder_decoder"]
 

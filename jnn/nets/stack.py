@@ -1,8 +1,9 @@
 """Building blocks of the language models in :mod:`jnn.nets`: a stack of identical transformer
 blocks, unrolled (``block_i`` keys) or scanned (one ``blocks`` key, stacked along a leading axis,
 run by :func:`jnn.layers.repeat.repeat`), with the cached decode path of both forms; and the
-token embedder with its output head. Shared by :mod:`jnn.nets.decoder_lm` and
-:mod:`jnn.nets.encoder_decoder`.
+token embedder with its output head; :func:`decoding` makes a model's ``decode_step``;
+``LM_RULES`` are the argument rules the language models' factories share. Used by
+:mod:`jnn.nets.decoder_lm` and :mod:`jnn.nets.encoder_decoder`.
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jnn import core
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error
 from jnn.layers.basic import dense
 from jnn.layers.embedding import attend, embedding
@@ -28,7 +30,39 @@ from jnn.layers.positional import learned_positional_embedding, sinusoidal_table
 from jnn.layers.remat import remat
 from jnn.layers.repeat import repeat
 
-__all__ = ["block_stack", "token_embedder"]
+__all__ = ["block_stack", "token_embedder", "decoding", "LM_RULES"]
+
+#: The size, flag and choice rules shared by the language models' factories.
+LM_RULES = dict(vocab_size=checks.positive_int, num_layers=checks.positive_int, num_heads=checks.positive_int,
+                features=checks.positive_int, mlp_dim=checks.positive_int, max_len=checks.positive_int,
+                tied=checks.flag, scan_layers=checks.flag, dropout_rate=checks.rate,
+                positional=checks.one_of("learned", "sinusoidal", "rope"))
+
+
+def decoding(embedder: Layer, single_step):
+    """``decode_step(params, cache, tokens, position)`` over ``single_step(params, cache, x, position)
+    -> (x, cache)``: embeds ``tokens`` ``[B]`` or ``[B, T]`` at ``position, ...``, returns logits
+    (``[B, V]`` or ``[B, T, V]``) and the new cache.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> io = token_embedder("lm", 10, 4, 8, True, "sinusoidal")
+      >>> params, _ = io.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+      >>> step = decoding(io, lambda params, cache, x, position: (x, cache))   # no blocks at all
+      >>> step(params, {}, jnp.array([3]), 0)[0].shape
+      (1, 10)
+    """
+    def decode_step(params, cache, tokens, position):
+        single = tokens.ndim == 1
+        tokens = tokens[:, None] if single else tokens
+        embedder.methods["check_tokens"](tokens)
+        x = embedder.methods["embed"](params, tokens, position + jnp.arange(tokens.shape[1]))
+        x, cache = single_step(params, cache, x, position)
+        logits = embedder.methods["head"](params, x)
+        return (logits[:, 0] if single else logits), cache
+
+    return decode_step
+
 
 
 def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | None = None,
@@ -41,6 +75,13 @@ def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | N
     dtype)``, ``decode(params, cache, x, position, cross=None) -> (y, cache)`` and, for
     cross-attending blocks, ``cross_cache(params, context, context_lengths=None)``.
     ``label`` prefixes the blocks' labels in messages (``"decoder_lm block_0: ..."``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> stack = block_stack(lambda label: jnn.encoder_block(2, 16, name=label), 2)
+      >>> params, _ = stack.init(jax.random.key(0), jnp.zeros((1, 4, 8)))
+      >>> sorted(params), stack.apply(params, {}, jnp.ones((1, 4, 8)))[0].shape
+      (['block_0', 'block_1'], (1, 4, 8))
     """
     names = ["blocks"] if scan else [f"block_{i}" for i in range(n)]
     blocks = [make_block(f"{label} {k}")._replace(name=None) for k in names]
@@ -99,6 +140,14 @@ def token_embedder(label: str, vocab_size: int, features: int, max_len: int, tie
     "head" (untied only)}``; ``apply`` embeds ``tokens[B, T]`` at positions ``0..T-1``.
     ``methods``: ``check_tokens(tokens, what="token ids")``, ``embed(params, tokens,
     positions)`` and ``head(params, x)`` (final norm, then logits).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> io = token_embedder("lm", vocab_size=10, features=4, max_len=8, tied=True, positional="learned")
+      >>> params, _ = io.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))
+      >>> x, _ = io.apply(params, {}, jnp.zeros((2, 3), jnp.int32))
+      >>> x.shape, io.methods["head"](params, x).shape
+      ((2, 3, 4), (2, 3, 10))
     """
     table = embedding(vocab_size, features, init=jax.nn.initializers.normal(features ** -0.5))
 
