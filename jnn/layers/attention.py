@@ -11,6 +11,12 @@ Masks: ``causal=True`` is fixed at construction; padding is given per call as
 at the start and the rest are padding; every length must be >= 1). This is the one way to pass
 a padding mask. Masked keys get exactly zero weight; outputs at padded *query* positions are
 still computed (they attend to the valid keys) and should be ignored by the loss.
+``layer.methods`` hold the paths the decoder blocks' generation runs:
+``cross_kv(params, context, context_lengths=None)`` -> the context's keys/values (computed once);
+``attend_kv(params, x, kv, *, key=None, train=False)`` -> queries from ``x`` over them;
+``init_cache(batch, length, features, dtype)`` -> an empty key/value cache;
+``decode(params, cache, x, position)`` -> ``(y, cache)``: ``x[B, T, F]`` at positions
+``position, ...`` over the cache and itself, its keys/values written in.
 ``ATTENTION_KEYWORDS`` are the extra ``apply`` keywords the layer declares (``lengths``,
 ``context``, ``context_lengths``), so combinators route them.
 
@@ -216,12 +222,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     The kernel is ``jax.nn.dot_product_attention``, except with attention dropout in training
     and for float64 inputs, which use the explicit :func:`reference_attention` computation.
 
-    ``layer.methods`` (the cached and cross-attention paths of the decoder blocks):
-    ``cross_kv(params, context, context_lengths=None)`` -> the context's keys/values (computed
-    once); ``attend_kv(params, x, kv, *, key=None, train=False)`` -> queries from ``x`` over
-    them; ``init_cache(batch, length, features, dtype)`` -> an empty key/value cache;
-    ``decode(params, cache, x, position)`` -> ``(y, cache)``: ``x[B, T, F]`` at positions
-    ``position, ...`` over the cache and itself, its keys/values written in.
+    ``layer.methods``: the cached and cross-attention paths (see the module docstring).
 
     Args:
       num_heads: query heads ``N`` (> 0).
