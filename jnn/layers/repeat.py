@@ -148,9 +148,8 @@ def copy_mask(params, include: Iterable[str] | str, copies: Iterable[int], n: in
     ``copies``; every other leaf gets ``False``. Multiply updates by it (``freeze_copies``).
     """
     copies = tuple(copies)
-    for c in copies:
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n:
-            raise ValueError(f"copy_mask: copies must be integers in [0, {n}), got {copies}")
+    if not all(type(c) is int and 0 <= c < n for c in copies):   # (bools are not copy indices)
+        raise ValueError(f"copy_mask: copies must be integers in [0, {n}), got {copies}")
     selected = jnp.zeros((n,), bool).at[jnp.asarray(copies, jnp.int32)].set(True) if copies else jnp.zeros((n,), bool)
     found = []
 
