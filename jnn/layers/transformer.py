@@ -51,7 +51,7 @@ def _mlp(mlp_dim: int, dropout_rate: float) -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         return make(params["dense_0"]["w"].shape[0]).apply(params, state, x, key=key, train=train)
 
-    return Layer(init, apply, "mlp", None)
+    return Layer(init, apply, "mlp", None, config={"mlp_dim": mlp_dim, "dropout_rate": dropout_rate})
 
 
 def _check_context(label, cross, context, context_lengths) -> None:
