@@ -386,3 +386,14 @@ def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: st
         raise ValueError(f"{label}: expected {what} as integers of shape [{batch}]{note}, got "
                          f"{lengths.dtype}{list(lengths.shape)}")
     return lengths.astype(jnp.int32)
+
+
+def merge_of(*names: str):
+    """A merge: one of ``names`` (a string) or a callable ``(a, b) -> array``."""
+    def rule(label, what, value):
+        if isinstance(value, str) and value not in names:
+            raise ValueError(f"{label}: {what} must be one of {sorted(names)} or a callable, got {value!r}")
+        if not isinstance(value, str) and not callable(value):
+            raise TypeError(f"{label}: {what} must be a string or a callable, got {type(value).__name__}")
+        return value
+    return rule

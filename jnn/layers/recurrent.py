@@ -204,7 +204,8 @@ _MERGES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-@checks.declare(cell=_cell, backward_cell=checks.optional(_cell), return_sequences=checks.flag, unroll=_unroll)
+@checks.declare(cell=_cell, backward_cell=checks.optional(_cell), merge=checks.merge_of(*_MERGES),
+                return_sequences=checks.flag, unroll=_unroll)
 def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="concat",
                   return_sequences: bool = True, unroll: int | bool = 1,
                   name: str | None = None) -> Layer:
@@ -234,17 +235,10 @@ def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="conca
     """
     label = name or "bidirectional"
     backward_cell = cell if backward_cell is None else backward_cell
-    if isinstance(merge, str):
-        if merge not in _MERGES:
-            raise ValueError(f"{label}: merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
-        if merge != "concat" and cell.hidden_size != backward_cell.hidden_size:
-            raise ValueError(f"{label}: merge={merge!r} needs cells of one hidden size, got "
-                             f"{cell.hidden_size} and {backward_cell.hidden_size}")
-        merge_fn = _MERGES[merge]
-    elif callable(merge):
-        merge_fn = merge
-    else:
-        raise TypeError(f"{label}: merge must be a string or a callable, got {type(merge).__name__}")
+    if merge in ("add", "multiply") and cell.hidden_size != backward_cell.hidden_size:
+        raise ValueError(f"{label}: merge={merge!r} needs cells of one hidden size, got "
+                         f"{cell.hidden_size} and {backward_cell.hidden_size}")
+    merge_fn = _MERGES[merge] if isinstance(merge, str) else merge
     forward = _recurrent(f"{label}/forward", f"{label}/forward", cell, return_sequences, False, unroll)
     backward = _recurrent(f"{label}/backward", f"{label}/backward", backward_cell, return_sequences, True, unroll)
 
