@@ -76,9 +76,10 @@ def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
     def init(key, example):
         x = shape_of(example)
         keys = dict(zip(("attention", "mlp", "cross_attention"), jax.random.split(key, 3)))
-        first = {"attention": attention.init(keys["attention"], x)[0]}   # checks the input first
-        # a fresh init per norm: no shared buffers
-        return {k: first.get(k) or child.init(keys.get(k, key), x)[0] for k, child in children.items()}, {}
+        attention_params = attention.init(keys["attention"], x)[0]   # first: it checks the input
+        # (a fresh init per norm: no shared buffers)
+        return {k: attention_params if k == "attention" else child.init(keys.get(k, key), x)[0]
+                for k, child in children.items()}, {}
 
     def apply(params, state, x, *, key=None, train=False, lengths=None, context=None, context_lengths=None):
         checks.key_for(label, train and needs_key, key)
@@ -114,8 +115,10 @@ def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
 
 
 def _attention(label, what, num_heads, **options) -> Layer:
-    """The block's attention layer: errors read ``"<block> attention: ..."``, its key is the block's."""
+    """The block's attention layer ``what``: its messages read ``"<block label> <what>: ..."``; it is
+    keyed ``what`` in the block, so the layer itself keeps no name."""
     return multi_head_attention(num_heads, name=f"{label} {what}", **options)._replace(name=None)
+
 
 @checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate)
 def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
