@@ -25,12 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import core
+
 __all__ = [
     "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of",
-    "name_or_callable", "instance_of", "positive_int", "boolean", "rate", "finite_number",
-    "number_above", "number_in", "per_axis", "param", "child_params", "float_input",
-    "ids_in_range", "is_concrete", "values_in_unit_interval", "integer_labels",
-    "float_labels_hint", "is_integer", "integer",
+    "name_or_callable", "instance_of", "positive_int", "boolean", "finite_number", "number_above",
+    "number_in", "rate", "per_axis", "param", "child_params", "float_input", "is_concrete",
+    "ids_in_range", "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer",
+    "integer", "static_rate", "divides", "none_or_positive_int", "finite_at_least",
+    "positive_int_or", "stages", "jnn_layer", "key_for", "int_lengths", "merge_of",
 ]
 
 
@@ -424,5 +427,87 @@ def integer(low: int = 0, high: int | None = None, *, or_none: bool = False, des
             need = described or ("a positive integer" if low == 1 and high is None else
                                  f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
             raise ValueError(f"{label}: {what} must be {need}{' or None' if or_none else ''}, got {value!r}")
+
+
+# ---- rules added for layers B (attention, transformer, nets, generate) ----
+
+def static_rate(label: str, what: str, value) -> float:
+    """A probability in [0, 1) known when the layer is built: a Python number, not a traced array."""
+    number = rate(label, what, value)
+    if not isinstance(number, float):
+        raise ValueError(f"{label}: {what} must be a Python number in [0, 1), got {value!r}")
+    return number
+
+
+def divides(label: str, what: str, value: int, multiple: int, of: str) -> None:
+    """``value`` (argument ``what``) must divide ``multiple`` (argument ``of``)."""
+    if multiple % value:
+        raise ValueError(f"{label}: {of} ({multiple}) must be divisible by {what} ({value})")
+
+
+def none_or_positive_int(label: str, what: str, value):
+    """``None`` or a Python int > 0 (the message says both are allowed)."""
+    if value is not None and (not _is_int(value) or value <= 0):
+        raise ValueError(f"{label}: {what} must be None or a positive integer, got {value!r}")
+    return value
+
+
+def finite_at_least(bound: float, note: str = ""):
+    """A finite real number >= ``bound`` (returned as given); ``note`` follows the bound in the message."""
+    def rule(label, what, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not bound <= value < np.inf:
+            raise ValueError(f"{label}: {what} must be a finite number >= {bound:g}{note}, got {value!r}")
+        return value
+    return rule
+
+
+def positive_int_or(*extras, described: str):
+    """A Python int > 0, or one of ``extras`` (compared by identity: ``True``); ``described``
+    names the extras in the message (``"True"``, ``"a bool"``)."""
+    def rule(label, what, value):
+        if not any(value is extra for extra in extras) and (not _is_int(value) or value <= 0):
+            raise ValueError(f"{label}: {what} must be a positive integer or {described}, got {value!r}")
+        return value
+    return rule
+
+
+def stages(label: str, what: str, value) -> tuple[int, ...]:
+    """A non-empty sequence of positive ints (per-stage widths), returned as a tuple."""
+    values = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if not values or not all(_is_int(v) and v > 0 for v in values):
+        raise ValueError(f"{label}: {what} must be a non-empty sequence of positive integers, got {value!r}")
+    return values
+
+
+def jnn_layer(label: str, what: str, value):
+    """A :class:`jnn.Layer` (``TypeError`` naming the likely slip: a factory passed uncalled)."""
+    return core.ensure_layer(label, value)
+
+
+def key_for(label: str, needed: bool, key, what: str = "dropout") -> None:
+    """A layer that draws randomness in training (``needed``) must be given a PRNG key."""
+    if needed and key is None:
+        raise ValueError(f"{label}: train=True with {what} needs a PRNG key: call "
+                         f"apply(..., key=jax.random.key(0), train=True)")
+
+
+def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: str = ""):
+    """``lengths`` as an int32 array of shape ``[batch]`` (valid positions per example), or ``None``."""
+    if lengths is None:
+        return None
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"{label}: expected {what} as integers of shape [{batch}]{note}, got "
+                         f"{lengths.dtype}{list(lengths.shape)}")
+    return lengths.astype(jnp.int32)
+
+
+def merge_of(*names: str):
+    """A merge: one of ``names`` (a string) or a callable ``(a, b) -> array``."""
+    def rule(label, what, value):
+        if isinstance(value, str) and value not in names:
+            raise ValueError(f"{label}: {what} must be one of {sorted(names)} or a callable, got {value!r}")
+        if not isinstance(value, str) and not callable(value):
+            raise TypeError(f"{label}: {what} must be a string or a callable, got {type(value).__name__}")
         return value
     return rule

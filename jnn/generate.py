@@ -1,8 +1,9 @@
 """Autoregressive sampling from a language model, compiled with ``jax.jit``.
 
-* :func:`generate` uses the model's key/value cache (a :class:`Decoder`, e.g. from
-  ``jnn.nets.decoder_lm`` or ``jnn.nets.encoder_decoder``): one parallel pass over the prompt
-  fills the cache, then each new token costs one ``decode_step`` (a ``lax.scan`` over new tokens).
+* :func:`generate` uses the model's key/value cache (``init_cache``/``decode_step`` in its
+  ``methods``, see :func:`is_decoder`: ``jnn.nets.decoder_lm`` and ``jnn.nets.encoder_decoder``):
+  one parallel pass over the prompt fills the cache, then each new token costs one
+  ``decode_step`` (a ``lax.scan`` over new tokens).
   For an encoder-decoder, ``context=`` (the source) is encoded once, into the cache.
 * :func:`generate_uncached` is the reference: every new token re-runs the whole model on the
   sequence so far (any layer mapping ids ``[B, T]`` to logits ``[B, T, V]`` works).
@@ -25,8 +26,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -34,15 +33,16 @@ import jax.numpy as jnp
 from jnn import _checks as checks
 from jnn.core import Layer
 
-__all__ = ["Decoder", "generate", "generate_uncached", "sample_logits", "GREEDY_BELOW"]
+__all__ = ["is_decoder", "generate", "generate_uncached", "sample_logits", "GREEDY_BELOW"]
 
 GREEDY_BELOW = 1e-6  # temperatures below this sample greedily (logits / T would overflow)
 
+_SAMPLING = dict(temperature=checks.finite_at_least(0, " (0 is greedy)"), top_k=checks.none_or_positive_int)
 
-class Decoder(Layer):
-    """A :class:`jnn.Layer` (token ids ``[B, T]`` -> logits ``[B, T, V]``) with a cached decode path.
 
-    Besides ``init``/``apply`` it carries two functions:
+def is_decoder(model) -> bool:
+    """Whether ``model`` is a layer with a cached decode path: ``init_cache`` and ``decode_step`` in
+    its ``methods`` (what :func:`generate` runs).
 
     * ``init_cache(batch, length=None, dtype=None, **context) -> cache``: an empty cache for
       ``length`` positions (an encoder-decoder takes ``params=``, ``context=`` and
@@ -51,39 +51,23 @@ class Decoder(Layer):
       (``[B]`` or ``[B, T]``) at positions ``position, ...``, attending to the cache, and the cache
       with their keys/values written in. ``position + T`` must not exceed the cache length.
 
-    ``named``/``_replace`` keep the decode path; ``jnn.precision.with_policy`` wraps it.
+    ``jnn.named`` keeps the methods and ``jnn.precision.with_policy`` wraps them.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
-      >>> isinstance(lm, jnn.generate.Decoder)
-      True
+      >>> jnn.generate.is_decoder(lm), jnn.generate.is_decoder(jnn.dense(3))
+      (True, False)
       >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((2, 4), jnp.int32))
-      >>> cache = lm.init_cache(2)
-      >>> logits, cache = lm.decode_step(params, cache, jnp.array([1, 2]), 0)
+      >>> cache = lm.methods["init_cache"](2)
+      >>> logits, cache = lm.methods["decode_step"](params, cache, jnp.array([1, 2]), 0)
       >>> logits.shape
       (2, 11)
     """
-
-    def __new__(cls, init, apply, kind="layer", name=None, *, init_cache, decode_step, **fields):
-        self = super().__new__(cls, init, apply, kind, name, **fields)
-        self.__dict__.update(_init_cache=init_cache, _decode_step=decode_step)
-        return self
-
-    def _replace(self, **fields):
-        new = super()._replace(**fields)
-        new.__dict__.update(self.__dict__)
-        return new
-
-    def init_cache(self, batch: int, length: int | None = None, dtype=None, **context):
-        """An empty key/value cache (see the class docstring)."""
-        return self._init_cache(batch, length, dtype, **context)
-
-    def decode_step(self, params, cache, tokens, position):
-        """``(logits, cache)`` for ``tokens`` at ``position, ...`` (see the class docstring)."""
-        return self._decode_step(params, cache, tokens, position)
+    return isinstance(model, Layer) and {"init_cache", "decode_step"} <= set(model.methods)
 
 
+@checks.declare(**_SAMPLING)
 def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
     """One token per row of ``logits[..., V]``: ``[...]`` int32.
 
@@ -97,7 +81,6 @@ def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: in
       >>> sample_logits(jax.random.key(0), jnp.array([[0.0, 5.0, 1.0]]), temperature=0.0)
       Array([1], dtype=int32)
     """
-    _check_sampling("sample_logits", temperature, top_k)
     logits = jnp.asarray(logits)
     if logits.ndim < 1:
         raise ValueError(f"sample_logits: logits must have a vocabulary axis last, [..., V], got shape ()")
@@ -111,28 +94,18 @@ def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: in
     return jax.random.categorical(key, logits / jnp.asarray(temperature, logits.dtype), axis=-1).astype(jnp.int32)
 
 
-def _check(where: str, model, prompt, num_new_tokens, temperature, top_k, cached: bool):
+def _check(where: str, model, prompt, cached: bool):
     if not isinstance(model, Layer):
         raise TypeError(f"{where}: expected a jnn.Layer as the model, got {type(model).__name__}")
-    if cached and not isinstance(model, Decoder):
-        raise TypeError(f"{where}: the model has no cached decode path (init_cache/decode_step); build it "
-                        f"with jnn.nets.decoder_lm or jnn.nets.encoder_decoder (a jnn.generate.Decoder), "
-                        f"or use generate_uncached")
+    if cached and not is_decoder(model):
+        raise TypeError(f"{where}: the model has no cached decode path (init_cache/decode_step); its "
+                        f"{model.kind!r} layer declares methods {sorted(model.methods)} in Layer.methods; build "
+                        f"it with jnn.nets.decoder_lm or jnn.nets.encoder_decoder, or use generate_uncached")
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"{where}: expected a prompt of integer token ids [B, P] with P >= 1, got "
                          f"{prompt.dtype}{list(prompt.shape)}")
-    if isinstance(num_new_tokens, bool) or not isinstance(num_new_tokens, int) or num_new_tokens < 1:
-        raise ValueError(f"{where}: num_new_tokens must be a positive integer, got {num_new_tokens!r}")
-    _check_sampling(where, temperature, top_k)
     return prompt.astype(jnp.int32)
-
-
-def _check_sampling(where: str, temperature, top_k) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
-        raise ValueError(f"{where}: temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"{where}: top_k must be None or a positive integer, got {top_k!r}")
 
 
 def _check_vocab(where: str, logits, top_k):
@@ -157,14 +130,15 @@ def _cached(model, params, prompt, key, num_new_tokens, temperature, top_k, cont
                    jax.ShapeDtypeStruct((batch, p + num_new_tokens), jnp.int32))
     keys = jax.random.split(key, num_new_tokens)
     extra = dict(params=params, **context) if context else {}
-    cache = model.init_cache(batch, p + num_new_tokens, **extra)  # an encoder runs here, once
-    logits, cache = model.decode_step(params, cache, prompt, 0)  # prefill: the prompt in one pass
+    decode_step = model.methods["decode_step"]
+    cache = model.methods["init_cache"](batch, p + num_new_tokens, **extra)  # an encoder runs here, once
+    logits, cache = decode_step(params, cache, prompt, 0)  # prefill: the prompt in one pass
     _check_vocab("generate", logits, top_k)
     first = sample_logits(keys[0], logits[:, -1], temperature=temperature, top_k=top_k)
 
     def body(carry, i):
         cache, token = carry
-        logits, cache = model.decode_step(params, cache, token, p + i - 1)
+        logits, cache = decode_step(params, cache, token, p + i - 1)
         token = sample_logits(keys[i], logits, temperature=temperature, top_k=top_k)
         return (cache, token), token
 
@@ -201,13 +175,14 @@ def _context(context, context_lengths) -> dict:
     return out
 
 
+@checks.declare(num_new_tokens=checks.positive_int, **_SAMPLING)
 def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
              top_k: int | None = None, context=None, context_lengths=None) -> jax.Array:
     """Samples ``num_new_tokens`` tokens after ``prompt`` with the model's key/value cache.
 
     Args:
-      model: a :class:`Decoder` (``decoder_lm(...)``, ``encoder_decoder(...)``, possibly wrapped
-        by ``with_policy``).
+      model: a layer with a cached decode path (:func:`is_decoder`: ``decoder_lm(...)``,
+        ``encoder_decoder(...)``, possibly wrapped by ``with_policy``).
       params: its params.
       prompt: token ids ``[B, P]`` (``P >= 1``; every row has the same length).
       num_new_tokens: tokens to add; ``P + num_new_tokens`` must not exceed the model's ``max_len``.
@@ -232,12 +207,13 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
       >>> out[:, :2].tolist()
       [[1, 2]]
     """
-    prompt = _check("generate", model, prompt, num_new_tokens, temperature, top_k, cached=True)
+    prompt = _check("generate", model, prompt, cached=True)
     context = _context(context, context_lengths)
     _check_prompt_ids("generate", model, params, {}, prompt, context)
     return _cached(model, params, prompt, key, num_new_tokens, temperature, top_k, context)
 
 
+@checks.declare(num_new_tokens=checks.positive_int, **_SAMPLING)
 def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
                       top_k: int | None = None, state=None, context=None, context_lengths=None) -> jax.Array:
     """The reference sampler: like :func:`generate`, but every step re-runs ``model.apply`` on the
@@ -256,7 +232,7 @@ def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key,
       >>> bool((out == generate(lm, params, prompt, 3, key=jax.random.key(1), temperature=0.0)).all())
       True
     """
-    prompt = _check("generate_uncached", model, prompt, num_new_tokens, temperature, top_k, cached=False)
+    prompt = _check("generate_uncached", model, prompt, cached=False)
     context = _context(context, context_lengths)
     _check_prompt_ids("generate_uncached", model, params, {} if state is None else state, prompt, context)
     return _uncached(model, params, {} if state is None else state, prompt, key, num_new_tokens,

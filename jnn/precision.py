@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 
 from jnn.core import Layer, ensure_layer, shape_of
-from jnn.generate import Decoder
 
 __all__ = ["Policy", "mixed_bfloat16", "with_policy", "cast_floating"]
 
@@ -90,30 +89,18 @@ def mixed_bfloat16() -> Policy:
     return Policy(jnp.float32, jnp.bfloat16, jnp.float32)
 
 
-class _Wrapped(NamedTuple):
-    model: Layer
-    policy: Policy
-
-    def init(self, key, example):
-        params, state = self.model.init(key, shape_of(example))
-        return cast_floating(params, self.policy.param_dtype), cast_floating(state, self.policy.param_dtype)
-
-    def apply(self, params, state, x, *, key=None, train=False, **kwargs):
-        y, new_state = self.model.apply(cast_floating(params, self.policy.compute_dtype), state,
-                                        cast_floating(x, self.policy.compute_dtype), key=key, train=train,
-                                        **kwargs)
-        return cast_floating(y, self.policy.output_dtype), cast_floating(new_state, self.policy.param_dtype)
-
-    # The cached decode path of a jnn.generate.Decoder, under the same policy.
-    def init_cache(self, batch, length=None, dtype=None, **context):
+def _decode_methods(methods, policy: Policy) -> dict:
+    """A decoder's ``init_cache``/``decode_step`` under ``policy`` (the cache in ``compute_dtype``)."""
+    def init_cache(batch, length=None, dtype=None, **context):
         if "params" in context:
-            context["params"] = cast_floating(context["params"], self.policy.compute_dtype)
-        return self.model.init_cache(batch, length, self.policy.compute_dtype if dtype is None else dtype, **context)
+            context["params"] = cast_floating(context["params"], policy.compute_dtype)
+        return methods["init_cache"](batch, length, policy.compute_dtype if dtype is None else dtype, **context)
 
-    def decode_step(self, params, cache, tokens, position):
-        logits, cache = self.model.decode_step(cast_floating(params, self.policy.compute_dtype), cache,
-                                               tokens, position)
-        return cast_floating(logits, self.policy.output_dtype), cache
+    def decode_step(params, cache, tokens, position):
+        logits, cache = methods["decode_step"](cast_floating(params, policy.compute_dtype), cache, tokens, position)
+        return cast_floating(logits, policy.output_dtype), cache
+
+    return {"init_cache": init_cache, "decode_step": decode_step}
 
 
 def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
@@ -123,8 +110,10 @@ def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
     floating params and floating inputs (integer inputs such as token ids are left alone) to
     ``compute_dtype``, runs the model, casts floating outputs to ``output_dtype`` and the new
     state back to ``param_dtype`` (so a ``lax.scan`` over steps keeps one carry type). Extra
-    keyword arguments of ``apply`` (e.g. ``lengths=``) are passed through. A ``jnn.generate.Decoder``
-    stays a ``Decoder``: its cache is kept in ``compute_dtype`` and ``decode_step`` follows the policy.
+    keyword arguments of ``apply`` (e.g. ``lengths=``) are passed through. A decoder's cached path
+    (``init_cache``/``decode_step`` in ``model.methods``) follows the policy too: its cache is kept
+    in ``compute_dtype`` and ``decode_step`` returns logits in ``output_dtype``; other methods are
+    kept as they are.
 
     Args:
       model: any layer.
@@ -145,8 +134,18 @@ def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
     policy = (mixed_bfloat16() if policy is None else policy)
     if not isinstance(policy, Policy):
         raise TypeError(f"with_policy: expected a jnn.precision.Policy, got {type(policy).__name__}")
-    wrapped = _Wrapped(model, policy.checked())
-    if isinstance(model, Decoder):
-        return Decoder(wrapped.init, wrapped.apply, model.kind, model.name, init_cache=wrapped.init_cache,
-                       decode_step=wrapped.decode_step)
-    return Layer(wrapped.init, wrapped.apply, model.kind, model.name)
+    policy = policy.checked()
+
+    def init(key, example):
+        params, state = model.init(key, shape_of(example))
+        return cast_floating(params, policy.param_dtype), cast_floating(state, policy.param_dtype)
+
+    def apply(params, state, x, *, key=None, train=False, **kwargs):
+        y, new_state = model.apply(cast_floating(params, policy.compute_dtype), state,
+                                   cast_floating(x, policy.compute_dtype), key=key, train=train, **kwargs)
+        return cast_floating(y, policy.output_dtype), cast_floating(new_state, policy.param_dtype)
+
+    methods = dict(model.methods)
+    if {"init_cache", "decode_step"} <= set(methods):
+        methods.update(_decode_methods(model.methods, policy))
+    return Layer(init, apply, model.kind, model.name, config=model.config, methods=methods)

@@ -241,7 +241,7 @@ def test_learned_positional_embedding_adds_table_rows():
     ({"num_heads": 2, "causal": 1}, r"multi_head_attention: causal must be True or False, got 1"),
     ({"num_heads": 2, "dropout_rate": 1.0}, r"multi_head_attention: dropout_rate is the probability of dropping"),
     ({"num_heads": 2, "rope_base": 1}, r"multi_head_attention: rope_base must be a number > 1, got 1"),
-    ({"num_heads": 2, "implementation": "flash"}, r"implementation must be None, 'xla' or 'cudnn', got 'flash'"),
+    ({"num_heads": 2, "implementation": "flash"}, r"implementation must be one of None, 'xla', 'cudnn', got 'flash'"),
     ({"num_heads": 2, "name": "attn", "num_kv_heads": -1}, r"attn: num_kv_heads must be a positive integer"),
 ])
 def test_construction_errors(kwargs, match):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jnn
-from jnn.layers.attention import _attention_spec, attention_weights, multi_head_attention, reference_attention
+from jnn.layers.attention import attention_weights, multi_head_attention, reference_attention
 from test_attention import _np_rope, _rand, _random_params, np_attention, np_mask
 
 KEY = jax.random.key(0)
@@ -120,31 +120,31 @@ def test_attention_dropout_drops_each_weight_on_its_own():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_decoding_one_position_at_a_time_equals_causal_attention(dtype):
     with jax.enable_x64(dtype == jnp.float64):
-        spec = _attention_spec(4, num_kv_heads=2, causal=True)
+        spec = multi_head_attention(4, num_kv_heads=2, causal=True)
         x = _rand((2, 5, 8), 5).astype(dtype)
         params = _random_params(spec.init(KEY, x)[0])
         params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
         full, _ = spec.apply(params, {}, x)
-        cache = spec.init_cache(2, 7, 8, dtype)
+        cache = spec.methods["init_cache"](2, 7, 8, dtype)
         assert cache["key"].shape == cache["value"].shape == (2, 7, 2, 2)
         steps = []
         for t in range(5):
-            y, cache = spec.decode(params, cache, x[:, t:t + 1], t)
+            y, cache = spec.methods["decode"](params, cache, x[:, t:t + 1], t)
             steps.append(y)
         np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
         assert not np.any(cache["key"][:, 5:]) and np.all(np.any(cache["key"][:, :5] != 0, axis=(-1, -2)))
 
 
 def test_a_dropout_model_decodes_without_a_key():
-    spec = _attention_spec(2, causal=True, dropout_rate=0.5)
+    spec = multi_head_attention(2, causal=True, dropout_rate=0.5)
     x = _rand((1, 2, 4))
     params = spec.init(KEY, x)[0]
-    y, _ = spec.decode(params, spec.init_cache(1, 2, 4, jnp.float32), x, 0)
+    y, _ = spec.methods["decode"](params, spec.methods["init_cache"](1, 2, 4, jnp.float32), x, 0)
     np.testing.assert_allclose(y, spec.apply(params, {}, x)[0], atol=1e-5)
-    cross = _attention_spec(2, dropout_rate=0.5, context_features=3)     # as a decoder block calls it
+    cross = multi_head_attention(2, dropout_rate=0.5, context_features=3)     # as a decoder block calls it
     context = _rand((1, 5, 3), 1)
     params = cross.init(KEY, x)[0]
-    np.testing.assert_allclose(cross.attend_kv(params, x, cross.cross_kv(params, context)),
+    np.testing.assert_allclose(cross.methods["attend_kv"](params, x, cross.methods["cross_kv"](params, context)),
                                cross.apply(params, {}, x, context=context)[0], atol=1e-6)
 
 
@@ -223,27 +223,28 @@ def test_bfloat16_cross_attention_and_a_bfloat16_cache():
     y16 = attn.apply(params, {}, x.astype(jnp.bfloat16), context=context.astype(jnp.bfloat16))[0]
     assert y16.dtype == jnp.bfloat16
     np.testing.assert_allclose(y16.astype(jnp.float32), attn.apply(params, {}, x, context=context)[0], atol=0.05)
-    spec = _attention_spec(2, causal=True)
+    spec = multi_head_attention(2, causal=True)
     x = _rand((1, 3, 4), 3)
     params = _random_params(spec.init(KEY, x)[0])
     full = spec.apply(params, {}, x)[0]
     for x_dtype, cache_dtype in ((jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)):
-        cache = spec.init_cache(1, 4, 4, cache_dtype)
+        cache = spec.methods["init_cache"](1, 4, 4, cache_dtype)
         assert cache["key"].dtype == cache["value"].dtype == cache_dtype
         steps = []
         for t in range(3):
-            y, cache = spec.decode(params, cache, x[:, t:t + 1].astype(x_dtype), t)
+            y, cache = spec.methods["decode"](params, cache, x[:, t:t + 1].astype(x_dtype), t)
             steps.append(y)
         assert cache["key"].dtype == cache["value"].dtype == cache_dtype and steps[0].dtype == x_dtype
         np.testing.assert_allclose(jnp.concatenate(steps, 1).astype(jnp.float32), full, atol=0.05)
 
 
 def test_the_spec_defaults_transformer_blocks_rely_on():
-    spec = _attention_spec(2)
-    assert (spec.causal, spec.rope, spec.rope_base, spec.use_bias, spec.dropout_rate, spec.num_kv_heads,
-            spec.context_features) == (False, False, 10000.0, True, 0.0, 2, None)
+    spec = multi_head_attention(2)
+    assert tuple(spec.config[k] for k in ("causal", "rope", "rope_base", "use_bias", "dropout_rate", "num_kv_heads",
+                                          "context_features")) == (False, False, 10000.0, True, 0.0, None, None)
+    assert spec.methods["init_cache"](1, 3, 8, jnp.float32)["key"].shape == (1, 3, 2, 4)  # num_kv_heads = num_heads
     x = _rand((1, 4, 8))
-    for default, explicit in ((_attention_spec(2, rope=True), _attention_spec(2, rope=True, rope_base=10000.0)),
+    for default, explicit in ((multi_head_attention(2, rope=True), multi_head_attention(2, rope=True, rope_base=10000.0)),
                               (multi_head_attention(2, rope=True), multi_head_attention(2, rope=True,
                                                                                          rope_base=10000.0))):
         params = _random_params(default.init(KEY, x)[0])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jnn
-from jnn.generate import Decoder, generate, generate_uncached
+from jnn.generate import generate, generate_uncached, is_decoder
 from jnn.layers.repeat import stack_params, unstack_params
 from jnn.nets import decoder_lm, encoder_decoder
 from jnn.precision import with_policy
@@ -27,7 +27,7 @@ def _model(scan_layers=True, **kw):
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_cached_generation_equals_uncached_token_for_token(scan_layers):
     model, params = _model(scan_layers, positional="learned")
-    assert isinstance(model, Decoder)
+    assert is_decoder(model)
     prompt = jnp.array([[1], [2], [3]], jnp.int32)
     for temperature, top_k in [(1.0, None), (0.0, None), (0.8, 4)]:
         kw = dict(key=jax.random.key(7), temperature=temperature, top_k=top_k, context=SOURCE, context_lengths=LENGTHS)
@@ -38,17 +38,17 @@ def test_cached_generation_equals_uncached_token_for_token(scan_layers):
 
 def test_the_source_is_encoded_into_the_cache_once():
     model, params = _model()
-    cache = model.init_cache(3, 10, params=params, context=SOURCE, context_lengths=LENGTHS)
+    cache = model.methods["init_cache"](3, 10, params=params, context=SOURCE, context_lengths=LENGTHS)
     assert cache["cross"]["blocks"]["key"].shape == (2, 3, S, 2, 8)  # [blocks, B, S, K, H]
     assert cache["self"]["blocks"]["key"].shape == (2, 3, 10, 2, 8)
     # decode_step sees no source at all: the cross keys/values in the cache are all it uses.
     tokens = jnp.array([[1, 2], [3, 4], [5, 6]])
-    logits, new = model.decode_step(params, cache, tokens, 0)
+    logits, new = model.methods["decode_step"](params, cache, tokens, 0)
     full = model.apply(params, {}, tokens, context=SOURCE, context_lengths=LENGTHS)[0]
     np.testing.assert_allclose(logits, full, atol=1e-5)
     assert new["cross"] is cache["cross"]
     with pytest.raises(ValueError, match=r"encoder_decoder: init_cache needs params= and context="):
-        model.init_cache(3, 10)
+        model.methods["init_cache"](3, 10)
 
 
 def test_source_padding_is_masked_and_the_target_is_causal():
@@ -89,8 +89,8 @@ def test_scanned_and_unrolled_models_are_the_same_function():
 def test_with_policy_keeps_the_encoder_decoder_cached_path():
     model, params = _model()
     wrapped = with_policy(model)
-    assert isinstance(wrapped, Decoder)
-    cache = wrapped.init_cache(3, 6, params=params, context=SOURCE)
+    assert is_decoder(wrapped)
+    cache = wrapped.methods["init_cache"](3, 6, params=params, context=SOURCE)
     assert cache["cross"]["blocks"]["value"].dtype == jnp.bfloat16
     out = generate(wrapped, params, jnp.ones((3, 1), jnp.int32), 4, key=jax.random.key(0), context=SOURCE)
     assert out.shape == (3, 5)
@@ -108,7 +108,7 @@ def test_encoder_decoder_rejects_bad_input():
         model.apply(params, {}, target, context=SOURCE, context_lengths=jnp.array([1, 2]))
     with pytest.raises(ValueError, match="encoder_decoder: the source has batch 3 but the target has 2"):
         model.apply(params, {}, target[:2], context=SOURCE)
-    with pytest.raises(ValueError, match=r"encoder_decoder: positional must be 'learned', 'sinusoidal' or 'rope'"):
+    with pytest.raises(ValueError, match=r"encoder_decoder: positional must be one of 'learned', 'sinusoidal', 'rope'"):
         encoder_decoder(V, 1, 2, 16, 32, 16, positional="alibi")
     with pytest.raises(ValueError, match="encoder_decoder: scan_layers must be True or False, got 1"):
         encoder_decoder(V, 1, 2, 16, 32, 16, scan_layers=1)

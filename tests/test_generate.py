@@ -104,3 +104,34 @@ def test_errors():
         generate(lm, params, PROMPT, 21, key=KEY)
     with pytest.raises(TypeError, match=r"generate: the model has no cached decode path \(init_cache/decode_step\)"):
         generate(jnn.serial(jnn.dense(2)), params, PROMPT, 3, key=KEY)
+
+
+# ---- the decode path is declared in Layer.methods -----------------------------------------------
+
+def test_the_decoders_methods_are_declared_and_survive_named_and_with_policy():
+    lm, params = lm_and_params()
+    assert {"init_cache", "decode_step"} <= set(lm.methods) and jnn.generate.is_decoder(lm)
+    renamed = jnn.named("lm", lm)
+    assert renamed.name == "lm" and renamed.methods == lm.methods and jnn.generate.is_decoder(renamed)
+    np.testing.assert_array_equal(generate(renamed, params, PROMPT, 3, key=KEY),
+                                  generate(lm, params, PROMPT, 3, key=KEY))
+    mixed = jnn.precision.with_policy(lm)
+    assert {"init_cache", "decode_step"} <= set(mixed.methods) and mixed.methods != lm.methods
+    assert mixed.methods["init_cache"](2, 8)["block_0"]["key"].dtype == jnp.bfloat16
+    logits, _ = mixed.methods["decode_step"](params, mixed.methods["init_cache"](2, 8), PROMPT[:, 0], 0)
+    assert logits.dtype == jnp.float32 and logits.shape == (2, V)
+    encdec = jnn.encoder_decoder(V, 1, 2, 8, 16, 12)
+    assert jnn.generate.is_decoder(encdec) and jnn.generate.is_decoder(jnn.named("m", encdec))
+
+
+def test_generate_on_a_layer_without_a_decode_path_says_what_to_do():
+    lm, params = lm_and_params()
+    plain = lm._replace(methods={})          # the same model without its declared methods
+    assert not jnn.generate.is_decoder(plain) and not jnn.generate.is_decoder("not a layer")
+    message = ("generate: the model has no cached decode path (init_cache/decode_step); its 'decoder_lm' layer "
+               "declares methods [] in Layer.methods; build it with jnn.nets.decoder_lm or "
+               "jnn.nets.encoder_decoder, or use generate_uncached")
+    with pytest.raises(TypeError, match="^" + re.escape(message) + "$"):
+        generate(plain, params, PROMPT, 3, key=KEY)
+    np.testing.assert_array_equal(generate_uncached(plain, params, PROMPT, 3, key=KEY, temperature=0.0),
+                                  generate(lm, params, PROMPT, 3, key=KEY, temperature=0.0))

@@ -8,7 +8,7 @@ import pytest
 
 import jnn
 from jnn.generate import generate, generate_uncached
-from jnn.generate import Decoder as DecoderLM
+from jnn.generate import is_decoder
 from jnn.nets import decoder_lm
 from jnn.precision import Policy, cast_floating, mixed_bfloat16, with_policy
 
@@ -73,9 +73,9 @@ def test_fit_with_policy_and_batch_norm_state_keeps_its_dtype():
 
 def test_decoder_lm_keeps_its_cached_path_under_the_policy():
     lm = with_policy(decoder_lm(11, 1, 2, 8, 16, 12, positional="rope"))
-    assert isinstance(lm, DecoderLM) and lm.kind == "decoder_lm"
+    assert is_decoder(lm) and lm.kind == "decoder_lm"
     params, _ = lm.init(KEY, jnp.zeros((1, 4), jnp.int32))
-    cache = lm.init_cache(1, 8)
+    cache = lm.methods["init_cache"](1, 8)
     assert cache["block_0"]["key"].dtype == jnp.bfloat16
     prompt = jnp.array([[1, 2, 3]])
     cached = generate(lm, params, prompt, 4, key=KEY)

@@ -226,7 +226,7 @@ def test_construction_errors():
     with pytest.raises(TypeError, match=r"recurrent: expected a Cell .* got function \(did you forget "
                                         r"to call it, e\.g\. lstm_cell\(64\)\?\)"):
         recurrent(lstm_cell)
-    with pytest.raises(ValueError, match=r"lstm: return_sequences must be True or False, got 1"):
+    with pytest.raises(ValueError, match=r"recurrent: return_sequences must be True or False, got 1"):
         recurrent(lstm_cell(2), return_sequences=1)
     with pytest.raises(ValueError, match=r"enc: unroll must be a positive integer or True, got 0"):
         recurrent(gru_cell(2), unroll=0, name="enc")

@@ -134,7 +134,7 @@ def test_errors_name_the_function_or_layer():
     with pytest.raises(ValueError, match=r"^lstm: expected a floating input of shape \[batch, time, features\], "
                                          r"got int32 of shape \(3, 5, 2\)"):
         layer.init(KEY, jnp.ones((3, 5, 2), jnp.int32))
-    with pytest.raises(ValueError, match=r"^lstm: reverse must be True or False, got 1"):
+    with pytest.raises(ValueError, match=r"^recurrent: reverse must be True or False, got 1"):
         recurrent(cell, reverse=1)
     assert jnn.serial(recurrent(cell)).init(KEY, _x())[0].keys() == {"lstm_0"}
 

@@ -143,9 +143,9 @@ def test_decode_step_matches_full_forward(positional):
     tokens = jax.random.randint(KEY, (2, 7), 0, 11)
     params, _ = lm.init(KEY, tokens)
     full = jax.jit(lambda p, t: lm.apply(p, {}, t)[0])(params, tokens)
-    cache = lm.init_cache(2, 10)
+    cache = lm.methods["init_cache"](2, 10)
     assert cache["block_0"]["key"].shape == (2, 10, 2, 2)
-    step = jax.jit(lm.decode_step)
+    step = jax.jit(lm.methods["decode_step"])
     first, cache = step(params, cache, tokens[:, :4], 0)            # a chunk (the prompt)
     np.testing.assert_allclose(first, full[:, :4], atol=1e-5)
     for t in range(4, 7):                                             # then one token at a time
@@ -197,16 +197,16 @@ def test_construction_errors():
         decoder_lm(5, 1, 4, 10, 8, 8)
     with pytest.raises(ValueError, match=r"decoder_lm: num_layers must be a positive integer, got 0"):
         decoder_lm(5, 0, 2, 8, 8, 8)
-    with pytest.raises(ValueError, match=r"decoder_lm: positional must be 'learned', 'sinusoidal' or 'rope', "
+    with pytest.raises(ValueError, match=r"decoder_lm: positional must be one of 'learned', 'sinusoidal', 'rope', "
                                          r"got 'alibi'"):
         decoder_lm(5, 1, 2, 8, 8, 8, positional="alibi")
     with pytest.raises(ValueError, match=r"decoder_lm: tied must be True or False, got 'yes'"):
         decoder_lm(5, 1, 2, 8, 8, 8, tied="yes")
     with pytest.raises(ValueError, match=r"encoder_block: mlp_dim must be a positive integer, got -1"):
         encoder_block(2, -1)
-    with pytest.raises(ValueError, match=r"block: rate is the probability of dropping a unit"):
+    with pytest.raises(ValueError, match=r"block: dropout_rate is the probability of dropping a unit"):
         decoder_block(2, 8, dropout_rate=1.5, name="block")
-    with pytest.raises(ValueError, match=r"vit_classifier: pool must be 'cls' or 'mean', got 'max'"):
+    with pytest.raises(ValueError, match=r"vit_classifier: pool must be one of 'cls', 'mean', got 'max'"):
         vit_classifier(2, 1, 2, 8, 8, 3, pool="max")
     with pytest.raises(ValueError, match=r"vit_classifier: features \(6\) must be divisible by num_heads \(4\)"):
         vit_classifier(2, 1, 4, 6, 8, 3)

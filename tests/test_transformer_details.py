@@ -13,6 +13,7 @@ import pytest
 from scipy.special import erf
 
 import jnn
+from jnn.layers.attention import multi_head_attention
 from jnn.layers.transformer import decoder_block, encoder_block
 from test_cross_attention import CONTEXT, CONTEXT_LENGTHS, FC, _numpy_reference as np_cross_attention
 from test_transformer import _perturbed, _rand, np_attention, np_block, np_ln
@@ -243,3 +244,38 @@ def test_a_cross_attending_block_of_the_default_context_width_composes_in_serial
     assert params["decoder_block_0"]["cross_attention"]["key"]["w"].shape == (8, 8)
     context = _rand((2, 5, 8), 3)
     assert model.apply(params, state, X, context=context)[0].shape == (2, 3, 3)
+
+
+# ---- hyperparameters in Layer.config, extra functions in Layer.methods ---------------------------
+
+def test_factories_record_their_hyperparameters_in_config():
+    assert jnn.multi_head_attention(4).config["num_heads"] == 4
+    attn = multi_head_attention(8, num_kv_heads=2, rope=True, name="a")
+    assert (attn.config["num_kv_heads"], attn.config["rope"], attn.config["rope_base"]) == (2, True, 10000.0)
+    assert "name" not in attn.config
+    block = decoder_block(2, 12, 0.1, cross_attention=True, context_features=FC)
+    assert (block.config["mlp_dim"], block.config["dropout_rate"], block.config["cross_attention"],
+            block.config["context_features"]) == (12, 0.1, True, FC)
+    assert encoder_block(2, 12, num_kv_heads=1).config["num_kv_heads"] == 1
+    lm = jnn.decoder_lm(11, 2, 2, 8, 16, 12, positional="rope", scan_layers=True)
+    assert {k: lm.config[k] for k in ("vocab_size", "num_layers", "num_heads", "features", "mlp_dim", "max_len",
+                                      "positional", "scan_layers", "tied")} == dict(
+        vocab_size=11, num_layers=2, num_heads=2, features=8, mlp_dim=16, max_len=12, positional="rope",
+        scan_layers=True, tied=True)
+    encdec = jnn.encoder_decoder(11, 2, 2, 8, 16, 12, num_decoder_layers=1)
+    assert (encdec.config["num_layers"], encdec.config["num_decoder_layers"]) == (2, 1)
+    assert jnn.vit_classifier(4, 1, 2, 8, 16, 3, pool="mean").config["patch_size"] == (4, 4)
+    assert jnn.resnet(10, stage_features=[8, 16]).config["stage_features"] == (8, 16)
+    assert jnn.residual_block(8, strides=2, project=True).config["strides"] == 2
+    assert jnn.repeat(jnn.dense(3), 4).config["n"] == 4
+    assert jnn.remat(jnn.dense(3), policy="dots").config["policy"] == "dots"
+    assert jnn.recurrent(jnn.lstm_cell(3), return_sequences=False).config["return_sequences"] is False
+
+
+def test_attention_and_blocks_declare_their_extra_functions_in_methods():
+    assert sorted(multi_head_attention(2).methods) == ["attend_kv", "cross_kv", "decode", "init_cache"]
+    assert sorted(encoder_block(2, 12).methods) == ["decode", "init_cache"]
+    cross = decoder_block(2, 12, cross_attention=True)
+    assert sorted(cross.methods) == ["cross_cache", "decode", "init_cache"]
+    assert cross["cross_attention"].methods.keys() == multi_head_attention(2).methods.keys()
+    assert jnn.remat(cross).methods == cross.methods and jnn.named("b", cross).methods == cross.methods

@@ -11,6 +11,14 @@ Masks: ``causal=True`` is fixed at construction; padding is given per call as
 at the start and the rest are padding; every length must be >= 1). This is the one way to pass
 a padding mask. Masked keys get exactly zero weight; outputs at padded *query* positions are
 still computed (they attend to the valid keys) and should be ignored by the loss.
+``layer.methods`` hold the paths the decoder blocks' generation runs:
+``cross_kv(params, context, context_lengths=None)`` -> the context's keys/values (computed once);
+``attend_kv(params, x, kv, *, key=None, train=False)`` -> queries from ``x`` over them;
+``init_cache(batch, length, features, dtype)`` -> an empty key/value cache;
+``decode(params, cache, x, position)`` -> ``(y, cache)``: ``x[B, T, F]`` at positions
+``position, ...`` over the cache and itself, its keys/values written in.
+``ATTENTION_KEYWORDS`` are the extra ``apply`` keywords the layer declares (``lengths``,
+``context``, ``context_lengths``), so combinators route them.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -26,8 +34,8 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +45,7 @@ from jnn import _checks as checks
 from jnn.core import Layer, inferring_shape, layer_error, shape_of
 from jnn.layers.positional import apply_rope
 
-__all__ = ["multi_head_attention", "reference_attention", "attention_weights"]
+__all__ = ["multi_head_attention", "reference_attention", "attention_weights", "ATTENTION_KEYWORDS"]
 
 
 def attention_weights(q: jax.Array, k: jax.Array, mask=None) -> jax.Array:
@@ -87,197 +95,110 @@ def _linear(params, x):
     return y + params["b"].astype(x.dtype) if "b" in params else y
 
 
-class _Attention(NamedTuple):
-    """Validated hyperparameters and the pure functions of one attention layer."""
+_PER_EXAMPLE = " (valid positions per example)"
 
-    label: str
-    num_heads: int
-    head_size: int | None
-    num_kv_heads: int
-    causal: bool
-    dropout_rate: float
-    use_bias: bool
-    rope: bool
-    rope_base: float
-    w_init: Any
-    b_init: Any
-    implementation: str | None
-    context_features: int | None = None
 
-    def head_size_for(self, features: int) -> int:
-        if self.head_size is not None:
-            return self.head_size
-        if features % self.num_heads:
-            raise layer_error(self.label, f"the input width {features} must be divisible by num_heads="
-                                          f"{self.num_heads}, or pass head_size")
-        return features // self.num_heads
+def _heads(params, x, heads: int):
+    return _linear(params, x).reshape(*x.shape[:2], heads, -1)
 
-    def check_input(self, x, params=None) -> None:
-        if len(x.shape) != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
-            raise layer_error(self.label, f"expected a floating-point sequence [B, T, F], got "
-                                          f"{jnp.dtype(x.dtype).name}{list(x.shape)}")
-        if params is not None and x.shape[2] != params["query"]["w"].shape[0]:
-            raise layer_error(self.label, f"expected input of shape [B, T, {params['query']['w'].shape[0]}] "
-                                          f"(the width it was initialized with), got {tuple(x.shape)}")
 
-    def init(self, key, example):
-        x = shape_of(example)
-        self.check_input(x)
-        features, size = x.shape[2], self.head_size_for(x.shape[2])
-        if self.rope and size % 2:
-            raise layer_error(self.label, f"rope=True needs an even head size, got {size}")
-        dtype = initializers.param_dtype(x.dtype)
-        kv_features = features if self.context_features is None else self.context_features
-        shapes = {"query": (features, self.num_heads * size), "key": (kv_features, self.num_kv_heads * size),
-                  "value": (kv_features, self.num_kv_heads * size), "out": (self.num_heads * size, features)}
-        params = {}
-        for (name, shape), (w_key, b_key) in zip(shapes.items(), jax.random.split(key, (4, 2))):
-            params[name] = {"w": self.w_init(w_key, shape, dtype)}
-            if self.use_bias:
-                params[name]["b"] = self.b_init(b_key, shape[1:], dtype)
-        return params, {}
+def _attend(label, rate, implementation, q, k, v, *, causal: bool, lengths=None, mask=None, key=None,
+            train=False):
+    """Attention over heads; ``mask`` (``[1|B, 1, T, S]`` bool) adds to causal/lengths."""
+    checks.boolean(label, train=train)
+    dropping = train and rate > 0
+    checks.key_for(label, dropping, key, f"dropout_rate={rate}")
+    if not dropping and q.dtype != jnp.float64:
+        # jax.nn.dot_product_attention does its softmax in float32 even for float64 inputs,
+        # so float64 (gradient checks) takes the explicit path below.
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, key_value_seq_lengths=lengths,
+                                            implementation=implementation)
+    t, s = q.shape[1], k.shape[1]
+    full = jnp.ones((1, 1, t, s), bool) if mask is None else mask
+    if causal:
+        full = full & jnp.tril(jnp.ones((t, s), bool))
+    if lengths is not None:
+        full = full & (jnp.arange(s) < lengths[:, None])[:, None, None, :]
+    weights = attention_weights(q, k, full)
+    if dropping:
+        keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
+        weights = jnp.where(keep, weights / jnp.asarray(1.0 - rate, weights.dtype), jnp.zeros((), weights.dtype))
+    return _mix(weights, v, q.dtype)
 
-    def project(self, params, x, heads: int):
-        return _linear(params, x).reshape(*x.shape[:2], heads, -1)
 
-    def qkv(self, params, x, positions):
-        q = self.project(params["query"], x, self.num_heads)
-        k = self.project(params["key"], x, self.num_kv_heads)
-        v = self.project(params["value"], x, self.num_kv_heads)
-        if self.rope:
-            q, k = apply_rope(q, positions, base=self.rope_base), apply_rope(k, positions, base=self.rope_base)
-        return q, k, v
+def _check_sequence(label: str, x, params=None) -> None:
+    if len(x.shape) != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise layer_error(label, f"expected a floating-point sequence [B, T, F], got "
+                                 f"{jnp.dtype(x.dtype).name}{list(x.shape)}")
+    if params is not None and x.shape[2] != params["query"]["w"].shape[0]:
+        raise layer_error(label, f"expected input of shape [B, T, {params['query']['w'].shape[0]}] "
+                                 f"(the width it was initialized with), got {tuple(x.shape)}")
 
-    def attend(self, q, k, v, *, causal: bool, lengths=None, mask=None, key=None, train=False):
-        """Attention over heads; ``mask`` (``[1|B, 1, T, S]`` bool) adds to causal/lengths."""
-        checks.boolean(self.label, train=train)
-        dropping = train and self.dropout_rate > 0
-        if dropping and key is None:
-            raise layer_error(self.label, f"train=True with dropout_rate={self.dropout_rate} needs a PRNG "
-                                          f"key: call apply(..., key=jax.random.key(0), train=True)")
-        if not dropping and q.dtype != jnp.float64:
-            # jax.nn.dot_product_attention does its softmax in float32 even for float64 inputs,
-            # so float64 (gradient checks) takes the explicit path below.
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                                key_value_seq_lengths=lengths,
-                                                implementation=self.implementation)
-        t, s = q.shape[1], k.shape[1]
-        full = jnp.ones((1, 1, t, s), bool) if mask is None else mask
-        if causal:
-            full = full & jnp.tril(jnp.ones((t, s), bool))
-        if lengths is not None:
-            full = full & (jnp.arange(s) < lengths[:, None])[:, None, None, :]
-        weights = attention_weights(q, k, full)
-        if dropping:
-            keep = jax.random.bernoulli(key, 1.0 - self.dropout_rate, weights.shape)
-            weights = jnp.where(keep, weights / jnp.asarray(1.0 - self.dropout_rate, weights.dtype),
-                                jnp.zeros((), weights.dtype))
-        return _mix(weights, v, q.dtype)
 
-    def check_lengths(self, lengths, batch: int):
-        if lengths is None:
-            return None
-        lengths = jnp.asarray(lengths)
-        if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise layer_error(self.label, f"expected lengths as integers of shape [{batch}] (valid positions "
-                                          f"per example), got {lengths.dtype}{list(lengths.shape)}")
-        return lengths.astype(jnp.int32)
+def _head_size(label: str, num_heads: int, head_size: int | None, features: int) -> int:
+    if head_size is None and features % num_heads:
+        raise layer_error(label, f"the input width {features} must be divisible by num_heads={num_heads}, "
+                                 f"or pass head_size")
+    return features // num_heads if head_size is None else head_size
 
-    def apply(self, params, state, x, *, key=None, train=False, lengths=None, context=None,
-              context_lengths=None):
-        self.check_input(x, params)
-        b, t, _ = x.shape
-        if context is None and self.context_features is not None and inferring_shape():
-            context = jnp.zeros((b, 1, self.context_features), x.dtype)   # serial's init: the shape only
-        if context is not None:
-            return self.cross(params, x, context, context_lengths, lengths, key=key, train=train), state
-        if context_lengths is not None:
-            raise layer_error(self.label, "context_lengths was given without context (it masks the context's "
-                                          "padding in cross-attention; use lengths= for self-attention)")
-        if self.context_features not in (None, x.shape[-1]):
-            raise layer_error(self.label, f"built with context_features={self.context_features} for cross-attention: "
-                                          f"call apply(..., context=[B, S, {self.context_features}])")
-        lengths = self.check_lengths(lengths, b)
-        q, k, v = self.qkv(params, x, jnp.arange(t))
-        out = self.attend(q, k, v, causal=self.causal, lengths=lengths, key=key, train=train)
-        return _linear(params["out"], out.reshape(b, t, -1)), state
 
-    def cross_kv(self, params, context, context_lengths=None) -> dict:
-        """Keys/values ``[B, S, K, H]`` of the context (computed once per context), checked."""
+def _cross_methods(label, causal, rope, kv_heads, num_heads, attend) -> dict:
+    """``cross_kv`` (a context's keys/values, computed once) and ``attend_kv`` (queries over them)."""
+
+    def cross_kv(params, context, context_lengths=None) -> dict:
         width = params["key"]["w"].shape[0]
-        if (len(context.shape) != 3 or not jnp.issubdtype(context.dtype, jnp.floating)
-                or context.shape[2] != width):
-            raise layer_error(self.label, f"expected a floating-point context [B, S, {width}] for cross-attention, "
-                                          f"got {jnp.dtype(context.dtype).name}{list(context.shape)}")
-        if self.causal or self.rope:
-            raise layer_error(self.label, "cross-attention (context=) needs causal=False and rope=False: "
-                                          "the context's positions are not the queries'")
-        kv = {"key": self.project(params["key"], context, self.num_kv_heads),
-              "value": self.project(params["value"], context, self.num_kv_heads)}
+        if len(context.shape) != 3 or not jnp.issubdtype(context.dtype, jnp.floating) or context.shape[2] != width:
+            raise layer_error(label, f"expected a floating-point context [B, S, {width}] for cross-attention, "
+                                     f"got {jnp.dtype(context.dtype).name}{list(context.shape)}")
+        if causal or rope:
+            raise layer_error(label, "cross-attention (context=) needs causal=False and rope=False: "
+                                     "the context's positions are not the queries'")
+        kv = {"key": _heads(params["key"], context, kv_heads), "value": _heads(params["value"], context, kv_heads)}
         if context_lengths is not None:
-            kv["lengths"] = self.check_lengths(context_lengths, context.shape[0])
+            kv["lengths"] = checks.int_lengths(label, context_lengths, context.shape[0], note=_PER_EXAMPLE)
         return kv
 
-    def attend_kv(self, params, x, kv, *, key=None, train=False):
-        """Queries from ``x[B, T, F]`` attending to precomputed ``cross_kv`` -> ``[B, T, F]``."""
+    def attend_kv(params, x, kv, *, key=None, train=False):
         b, t, _ = x.shape
         if kv["key"].shape[0] != b:
-            raise layer_error(self.label, f"the context has batch {kv['key'].shape[0]} but the input has {b}")
-        q = self.project(params["query"], x, self.num_heads)
-        out = self.attend(q, kv["key"].astype(q.dtype), kv["value"].astype(q.dtype), causal=False,
-                          lengths=kv.get("lengths"), key=key, train=train)
+            raise layer_error(label, f"the context has batch {kv['key'].shape[0]} but the input has {b}")
+        q = _heads(params["query"], x, num_heads)
+        out = attend(q, kv["key"].astype(q.dtype), kv["value"].astype(q.dtype), causal=False,
+                     lengths=kv.get("lengths"), key=key, train=train)
         return _linear(params["out"], out.reshape(b, t, -1))
 
-    def cross(self, params, x, context, context_lengths, lengths, *, key=None, train=False):
-        if lengths is not None:
-            raise layer_error(self.label, "lengths= masks self-attention keys; with context= pass "
-                                          "context_lengths= for the context's padding")
-        context = jnp.asarray(context)
-        return self.attend_kv(params, x, self.cross_kv(params, context, context_lengths), key=key, train=train)
+    return {"cross_kv": cross_kv, "attend_kv": attend_kv}
 
-    def init_cache(self, batch: int, length: int, features: int, dtype) -> dict:
-        shape = (batch, length, self.num_kv_heads, self.head_size_for(features))
+
+def _cache_methods(kv_heads, size_for, qkv, attend) -> dict:
+    """``init_cache`` (an empty key/value cache) and ``decode`` (cached steps)."""
+
+    def init_cache(batch: int, length: int, features: int, dtype) -> dict:
+        shape = (batch, length, kv_heads, size_for(features))
         return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
 
-    def decode(self, params, cache, x, position):
-        """Attention of ``x[B, T, F]`` at positions ``position .. position + T - 1`` over the cache
-        (earlier entries) and itself; returns ``(y, cache)`` with the new keys/values written in."""
+    def decode(params, cache, x, position):
         b, t, _ = x.shape
         positions = position + jnp.arange(t)
-        q, k, v = self.qkv(params, x, positions)
+        q, k, v = qkv(params, x, positions)
         start = (0, position, 0, 0)
         cache = {"key": jax.lax.dynamic_update_slice(cache["key"], k.astype(cache["key"].dtype), start),
                  "value": jax.lax.dynamic_update_slice(cache["value"], v.astype(cache["value"].dtype), start)}
-        length = cache["key"].shape[1]
-        mask = (jnp.arange(length)[None, :] <= positions[:, None])[None, None]
-        keys, values = cache["key"].astype(q.dtype), cache["value"].astype(q.dtype)
-        out = self.attend(q, keys, values, causal=False, mask=mask)
+        mask = (jnp.arange(cache["key"].shape[1])[None, :] <= positions[:, None])[None, None]
+        out = attend(q, cache["key"].astype(q.dtype), cache["value"].astype(q.dtype), causal=False, mask=mask)
         return _linear(params["out"], out.reshape(b, t, -1)), cache
 
-
-def _attention_spec(num_heads, *, head_size=None, num_kv_heads=None, causal=False, dropout_rate=0.0,
-                    use_bias=True, rope=False, rope_base=10000.0, w_init="lecun_normal", b_init="zeros",
-                    implementation=None, context_features=None, name=None) -> _Attention:
-    label = name or "multi_head_attention"
-    checks.positive_int(label, "num_heads", num_heads)
-    checks.positive_int(label, "head_size", head_size, optional=True)
-    checks.positive_int(label, "num_kv_heads", num_kv_heads, optional=True)
-    checks.positive_int(label, "context_features", context_features, optional=True)
-    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    if num_heads % num_kv_heads:
-        raise ValueError(f"{label}: num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
-    checks.boolean(label, causal=causal, use_bias=use_bias, rope=rope)
-    rate = checks.rate(label, "dropout_rate", dropout_rate)
-    if not isinstance(rate, float):
-        raise ValueError(f"{label}: dropout_rate must be a Python number in [0, 1), got {dropout_rate!r}")
-    checks.number_above(label, "rope_base", rope_base, 1)
-    if implementation not in (None, "xla", "cudnn"):
-        raise ValueError(f"{label}: implementation must be None, 'xla' or 'cudnn', got {implementation!r}")
-    return _Attention(label, num_heads, head_size, num_kv_heads, causal, rate, use_bias, rope,
-                      float(rope_base), initializers.get(w_init, where=f"{label} w_init"),
-                      initializers.get(b_init, where=f"{label} b_init"), implementation, context_features)
+    return {"init_cache": init_cache, "decode": decode}
 
 
+ATTENTION_KEYWORDS = frozenset({"lengths", "context", "context_lengths"})
+
+
+@checks.declare(num_heads=checks.positive_int, head_size=checks.optional(checks.positive_int),
+                num_kv_heads=checks.optional(checks.positive_int),
+                context_features=checks.optional(checks.positive_int), causal=checks.flag,
+                use_bias=checks.flag, rope=checks.flag, dropout_rate=checks.static_rate,
+                rope_base=checks.above(1), implementation=checks.one_of(None, "xla", "cudnn"))
 def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv_heads: int | None = None,
                          causal: bool = False, dropout_rate: float = 0.0, use_bias: bool = True,
                          rope: bool = False, rope_base: float = 10000.0, w_init="lecun_normal",
@@ -300,6 +221,8 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
 
     The kernel is ``jax.nn.dot_product_attention``, except with attention dropout in training
     and for float64 inputs, which use the explicit :func:`reference_attention` computation.
+
+    ``layer.methods``: the cached and cross-attention paths (see the module docstring).
 
     Args:
       num_heads: query heads ``N`` (> 0).
@@ -331,9 +254,62 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
       >>> params["query"]["w"].shape, params["key"]["w"].shape
       ((32, 32), (32, 8))
     """
-    spec = _attention_spec(num_heads, head_size=head_size, num_kv_heads=num_kv_heads, causal=causal,
-                           dropout_rate=dropout_rate, use_bias=use_bias, rope=rope, rope_base=rope_base,
-                           w_init=w_init, b_init=b_init, implementation=implementation,
-                           context_features=context_features, name=name)
-    return Layer(spec.init, spec.apply, "multi_head_attention", name,
-                 frozenset({"lengths", "context", "context_lengths"}))
+    label = name or "multi_head_attention"
+    kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    if num_heads % kv_heads:
+        raise ValueError(f"{label}: num_kv_heads ({kv_heads}) must divide num_heads ({num_heads})")
+    w_fn = initializers.get(w_init, where=f"{label} w_init")
+    b_fn = initializers.get(b_init, where=f"{label} b_init")
+    attend = functools.partial(_attend, label, dropout_rate, implementation)
+
+    size_for = functools.partial(_head_size, label, num_heads, head_size)
+
+    def init(key, example):
+        x = shape_of(example)
+        _check_sequence(label, x)
+        features, size = x.shape[2], size_for(x.shape[2])
+        if rope and size % 2:
+            raise layer_error(label, f"rope=True needs an even head size, got {size}")
+        dtype = initializers.param_dtype(x.dtype)
+        kv_features = features if context_features is None else context_features
+        shapes = {"query": (features, num_heads * size), "key": (kv_features, kv_heads * size),
+                  "value": (kv_features, kv_heads * size), "out": (num_heads * size, features)}
+        params = {}
+        for (part, shape), (w_key, b_key) in zip(shapes.items(), jax.random.split(key, (4, 2))):
+            params[part] = {"w": w_fn(w_key, shape, dtype)}
+            if use_bias:
+                params[part]["b"] = b_fn(b_key, shape[1:], dtype)
+        return params, {}
+
+    def qkv(params, x, positions):
+        q, k, v = (_heads(params[p], x, n) for p, n in (("query", num_heads), ("key", kv_heads), ("value", kv_heads)))
+        if rope:
+            q, k = apply_rope(q, positions, base=rope_base), apply_rope(k, positions, base=rope_base)
+        return q, k, v
+
+    cross = _cross_methods(label, causal, rope, kv_heads, num_heads, attend)
+
+    def apply(params, state, x, *, key=None, train=False, lengths=None, context=None, context_lengths=None):
+        _check_sequence(label, x, params)
+        b, t, _ = x.shape
+        if context is None and context_features is not None and inferring_shape():
+            context = jnp.zeros((b, 1, context_features), x.dtype)   # serial's init: the shape only
+        if context is not None:
+            if lengths is not None:
+                raise layer_error(label, "lengths= masks self-attention keys; with context= pass "
+                                         "context_lengths= for the context's padding")
+            kv = cross["cross_kv"](params, jnp.asarray(context), context_lengths)
+            return cross["attend_kv"](params, x, kv, key=key, train=train), state
+        if context_lengths is not None:
+            raise layer_error(label, "context_lengths was given without context (it masks the context's "
+                                     "padding in cross-attention; use lengths= for self-attention)")
+        if context_features not in (None, x.shape[-1]):
+            raise layer_error(label, f"built with context_features={context_features} for cross-attention: "
+                                     f"call apply(..., context=[B, S, {context_features}])")
+        q, k, v = qkv(params, x, jnp.arange(t))
+        lengths = checks.int_lengths(label, lengths, b, note=_PER_EXAMPLE)
+        out = attend(q, k, v, causal=causal, lengths=lengths, key=key, train=train)
+        return _linear(params["out"], out.reshape(b, t, -1)), state
+
+    return Layer(init, apply, "multi_head_attention", name, ATTENTION_KEYWORDS,
+                 methods={**cross, **_cache_methods(kv_heads, size_for, qkv, attend)})

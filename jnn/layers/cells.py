@@ -104,6 +104,7 @@ def _matmul(x, params):
     return x @ params["w"].astype(x.dtype)
 
 
+@checks.declare(hidden_size=checks.positive_int)
 def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun_normal",
              recurrent_init=None, b_init="zeros") -> Cell:
     """Simple (Elman) recurrent cell: ``h' = activation(x @ W_i + b + h @ W_h)``; ``y = h'``.
@@ -124,7 +125,6 @@ def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun
       >>> y.shape
       (4, 3)
     """
-    checks.positive_int("rnn_cell", "hidden_size", hidden_size)
     inits = _inits("rnn_cell", w_init, recurrent_init, b_init)
 
     def init(key, input_size, dtype=jnp.float32):
@@ -138,6 +138,7 @@ def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun
     return Cell(init, _zeros(hidden_size), step, hidden_size, "rnn")
 
 
+@checks.declare(hidden_size=checks.positive_int)
 def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_normal",
               recurrent_init=None, b_init="zeros") -> Cell:
     """Long short-term memory cell, the formula of ``flax.linen.LSTMCell``.
@@ -164,7 +165,6 @@ def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_norma
       >>> params["input"]["b"].tolist()
       [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     """
-    checks.positive_int("lstm_cell", "hidden_size", hidden_size)
     inits = _inits("lstm_cell", w_init, recurrent_init, b_init)
     H = hidden_size
 
@@ -187,6 +187,7 @@ def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_norma
     return Cell(init, initial_carry, step, H, "lstm")
 
 
+@checks.declare(hidden_size=checks.positive_int)
 def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
              b_init="zeros") -> Cell:
     """Gated recurrent unit, the formula of ``flax.linen.GRUCell`` (and of cuDNN / PyTorch).
@@ -213,7 +214,6 @@ def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
       >>> params["hidden"]["w"].shape, params["hidden"]["b"].shape
       ((4, 12), (4,))
     """
-    checks.positive_int("gru_cell", "hidden_size", hidden_size)
     inits = _inits("gru_cell", w_init, recurrent_init, b_init)
     H = hidden_size
 

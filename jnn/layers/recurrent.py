@@ -38,16 +38,15 @@ from jnn.layers.cells import Cell
 __all__ = ["run", "recurrent", "bidirectional"]
 
 
-def _check_cell(label: str, cell) -> None:
+def _cell(label: str, what: str, cell) -> Cell:
+    """The rule for a cell argument: a :class:`Cell`, with a hint for a factory passed uncalled."""
     if not isinstance(cell, Cell):
         hint = " (did you forget to call it, e.g. lstm_cell(64)?)" if callable(cell) else ""
-        raise TypeError(f"{label}: expected a Cell (rnn_cell, lstm_cell, gru_cell), "
-                        f"got {type(cell).__name__}{hint}")
+        raise TypeError(f"{label}: expected a Cell (rnn_cell, lstm_cell, gru_cell), got {type(cell).__name__}{hint}")
+    return cell
 
 
-def _check_unroll(label: str, unroll) -> None:
-    if unroll is not True and (isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1):
-        raise ValueError(f"{label}: unroll must be a positive integer or True, got {unroll!r}")
+_unroll = checks.positive_int_or(True, described="True")
 
 
 def _reverse_valid(xs: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -59,7 +58,6 @@ def _reverse_valid(xs: jax.Array, lengths: jax.Array) -> jax.Array:
 
 
 def _run(label, cell, params, x, lengths, reverse, initial_carry, unroll):
-    _check_cell(label, cell)
     x = jnp.asarray(x)
     if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
         raise layer_error(label, f"expected a floating input of shape [..., time, features], got "
@@ -103,6 +101,7 @@ def _scan(cell, reverse, unroll, params, carry, x, lengths):
     return jnp.moveaxis(ys, 0, -2), carry
 
 
+@checks.declare(cell=_cell, unroll=_unroll)
 def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
         reverse: bool = False, initial_carry=None, unroll: int | bool = 1):
     """Runs ``cell`` over the time axis of ``x``: the pure function under :func:`recurrent`.
@@ -133,10 +132,10 @@ def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
       >>> ys.shape, h.shape, bool((ys[1, 3:] == 0).all()), bool(jnp.allclose(h[1], ys[1, 2]))
       ((4, 5, 3), (4, 3), True, True)
     """
-    _check_unroll("run", unroll)
     return _run("run", cell, params, x, lengths, reverse, initial_carry, unroll)
 
 
+@checks.declare(cell=_cell, return_sequences=checks.flag, reverse=checks.flag, unroll=_unroll)
 def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = False,
               unroll: int | bool = 1, name: str | None = None) -> Layer:
     """A recurrent layer: ``cell`` scanned over time, batch-first.
@@ -165,11 +164,10 @@ def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = Fals
       >>> sorted(params), model.apply(params, state, jnp.ones((2, 7, 3)))[0].shape
       (['gru_0', 'gru_1'], (2, 4))
     """
-    _check_cell(name or "recurrent", cell)
-    label = name or cell.kind
-    checks.boolean(label, return_sequences=return_sequences, reverse=reverse)
-    _check_unroll(label, unroll)
+    return _recurrent(name or cell.kind, name, cell, return_sequences, reverse, unroll)
 
+
+def _recurrent(label, name, cell, return_sequences, reverse, unroll) -> Layer:
     def check(x):
         if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
             raise layer_error(label, f"expected a floating input of shape [batch, time, features], "
@@ -206,6 +204,8 @@ _MERGES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
+@checks.declare(cell=_cell, backward_cell=checks.optional(_cell), merge=checks.merge_of(*_MERGES),
+                return_sequences=checks.flag, unroll=_unroll)
 def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="concat",
                   return_sequences: bool = True, unroll: int | bool = 1,
                   name: str | None = None) -> Layer:
@@ -235,22 +235,12 @@ def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="conca
     """
     label = name or "bidirectional"
     backward_cell = cell if backward_cell is None else backward_cell
-    _check_cell(label, cell)
-    _check_cell(label, backward_cell)
-    if isinstance(merge, str):
-        if merge not in _MERGES:
-            raise ValueError(f"{label}: merge must be one of {sorted(_MERGES)} or a callable, got {merge!r}")
-        if merge != "concat" and cell.hidden_size != backward_cell.hidden_size:
-            raise ValueError(f"{label}: merge={merge!r} needs cells of one hidden size, got "
-                             f"{cell.hidden_size} and {backward_cell.hidden_size}")
-        merge_fn = _MERGES[merge]
-    elif callable(merge):
-        merge_fn = merge
-    else:
-        raise TypeError(f"{label}: merge must be a string or a callable, got {type(merge).__name__}")
-    forward = recurrent(cell, return_sequences=return_sequences, unroll=unroll, name=f"{label}/forward")
-    backward = recurrent(backward_cell, return_sequences=return_sequences, reverse=True,
-                         unroll=unroll, name=f"{label}/backward")
+    if merge in ("add", "multiply") and cell.hidden_size != backward_cell.hidden_size:
+        raise ValueError(f"{label}: merge={merge!r} needs cells of one hidden size, got "
+                         f"{cell.hidden_size} and {backward_cell.hidden_size}")
+    merge_fn = _MERGES[merge] if isinstance(merge, str) else merge
+    forward = _recurrent(f"{label}/forward", f"{label}/forward", cell, return_sequences, False, unroll)
+    backward = _recurrent(f"{label}/backward", f"{label}/backward", backward_cell, return_sequences, True, unroll)
 
     def init(key, example):
         f_key, b_key = jax.random.split(key)

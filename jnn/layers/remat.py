@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import jax
 
-from jnn import core
+from jnn import _checks as checks
 from jnn.core import Layer
 
 __all__ = ["remat", "POLICIES"]
@@ -50,6 +50,7 @@ def _policy(label: str, policy: str):
             "everything": cp.everything_saveable}[policy]
 
 
+@checks.declare(layer=checks.jnn_layer, policy=checks.one_of(*POLICIES))
 def remat(layer: Layer, *, policy: str = "nothing", name: str | None = None) -> Layer:
     """``layer`` with its ``apply`` under ``jax.checkpoint`` (same params, state and outputs).
 
@@ -73,11 +74,7 @@ def remat(layer: Layer, *, policy: str = "nothing", name: str | None = None) -> 
       >>> grads["w"].shape
       (4, 3)
     """
-    core.ensure_layer("remat", layer)
-    label = name or layer.label
-    if policy not in POLICIES:
-        raise ValueError(f"remat: policy must be one of {list(POLICIES)}, got {policy!r}")
-    checkpoint_policy = _policy(label, policy)
+    checkpoint_policy = _policy(name or layer.label, policy)
 
     def apply(params, state, x, *, key=None, train=False, **keywords):
         def run(params, state, x, key, keywords):
@@ -85,4 +82,5 @@ def remat(layer: Layer, *, policy: str = "nothing", name: str | None = None) -> 
 
         return jax.checkpoint(run, policy=checkpoint_policy)(params, state, x, key, keywords)
 
-    return Layer(layer.init, apply, layer.kind, name if name is not None else layer.name, layer.keywords)
+    return Layer(layer.init, apply, layer.kind, name if name is not None else layer.name, layer.keywords,
+                 layer.children, methods=layer.methods)

@@ -38,18 +38,15 @@ import jax.numpy as jnp
 import optax
 
 from jnn import core
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 from jnn.tree import matches, path_str
 
 __all__ = ["repeat", "stack_params", "unstack_params", "copy_mask", "freeze_copies"]
 
 
-def _check_count(where: str, what: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{where}: {what} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
+@checks.declare(layer=checks.jnn_layer, n=checks.positive_int,
+                unroll=checks.positive_int_or(True, False, described="a bool"))
 def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = None) -> Layer:
     """``n`` copies of ``layer`` (separate weights) applied in sequence with ``lax.scan``.
 
@@ -75,11 +72,7 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
       >>> stack.apply(params, state, jnp.ones((2, 4)))[0].shape
       (2, 4)
     """
-    core.ensure_layer("repeat", layer)
     label = name or "repeat"
-    _check_count(label, "n", n)
-    if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
-        raise ValueError(f"{label}: unroll must be a positive integer or a bool, got {unroll!r}")
 
     def init(key, example):
         x = shape_of(example)
@@ -155,9 +148,8 @@ def copy_mask(params, include: Iterable[str] | str, copies: Iterable[int], n: in
     ``copies``; every other leaf gets ``False``. Multiply updates by it (``freeze_copies``).
     """
     copies = tuple(copies)
-    for c in copies:
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < n:
-            raise ValueError(f"copy_mask: copies must be integers in [0, {n}), got {copies}")
+    if not all(type(c) is int and 0 <= c < n for c in copies):   # (bools are not copy indices)
+        raise ValueError(f"copy_mask: copies must be integers in [0, {n}), got {copies}")
     selected = jnp.zeros((n,), bool).at[jnp.asarray(copies, jnp.int32)].set(True) if copies else jnp.zeros((n,), bool)
     found = []
 

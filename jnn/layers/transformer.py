@@ -9,6 +9,12 @@ GELU -> dense(F) -> dropout``. Block params: ``{"norm_0", "attention", "norm_1",
 :func:`jnn.layers.attention.multi_head_attention`; they declare these keywords
 (``Layer.keywords``), so ``serial`` and the other combinators route them.
 
+``block.methods`` hold the cached path that :mod:`jnn.nets` generation runs:
+``init_cache(batch, length, features, dtype)`` (the self-attention's empty key/value cache),
+``decode(params, cache, x, position, cross_kv=None) -> (y, cache)`` (``x[B, T, F]`` at positions
+``position, ...``), and for a cross-attending block ``cross_cache(params, context,
+context_lengths=None)`` (the context's keys/values, computed once, passed to ``decode``).
+
 Example:
   >>> import jax, jax.numpy as jnp
   >>> from jnn.layers.transformer import decoder_block
@@ -20,17 +26,14 @@ Example:
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
-import jax.numpy as jnp
 
 from jnn import core
+from jnn import _checks as checks
 from jnn.combinators import serial
 from jnn.core import Layer, layer_error, shape_of
 from jnn.layers.activations import gelu
-from jnn import _checks as checks
-from jnn.layers.attention import _Attention, _attention_spec
+from jnn.layers.attention import ATTENTION_KEYWORDS, multi_head_attention
 from jnn.layers.basic import dense
 from jnn.layers.dropout import dropout
 from jnn.layers.norm import layer_norm
@@ -48,102 +51,76 @@ def _mlp(mlp_dim: int, dropout_rate: float) -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         return make(params["dense_0"]["w"].shape[0]).apply(params, state, x, key=key, train=train)
 
-    return Layer(init, apply, "mlp", None)
+    return Layer(init, apply, "mlp", None, config={"mlp_dim": mlp_dim, "dropout_rate": dropout_rate})
 
 
-class _Block(NamedTuple):
-    label: str
-    attention: _Attention
-    mlp: Layer
-    dropout_rate: float
-    cross: _Attention | None = None
+def _check_context(label, cross, context, context_lengths) -> None:
+    if cross is None and (context is not None or context_lengths is not None):
+        raise layer_error(label, "got context= but this block has no cross-attention (build it with "
+                                 "decoder_block(..., cross_attention=True))")
+    if cross is not None and context is None and not core.inferring_shape():
+        # (under serial's init, which learns the shape only, its cross-attention stands in a context)
+        raise layer_error(label, "this block cross-attends: call apply(..., context=[B, S, F_c])")
 
-    def needs_key(self) -> bool:
-        cross_rate = self.cross.dropout_rate if self.cross is not None else 0.0
-        return self.dropout_rate > 0 or self.attention.dropout_rate > 0 or cross_rate > 0
 
-    def init(self, key, example):
+def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
+    """A pre-norm block over its (self-)attention layer and optional cross-attention layer."""
+    mlp = _mlp(mlp_dim, dropout_rate)
+    needs_key = max(dropout_rate, attention.config["dropout_rate"]) > 0
+    residual_dropout = dropout(dropout_rate)
+    children = [("norm_0", layer_norm()), ("attention", attention)]
+    if cross is not None:
+        children += [("norm_cross", layer_norm()), ("cross_attention", cross)]
+    children = core.Children(children + [("norm_1", layer_norm()), ("mlp", mlp)])
+
+    def init(key, example):
         x = shape_of(example)
-        self.attention.check_input(x)
-        attn_key, mlp_key, cross_key = jax.random.split(key, 3)
-        norm = lambda: layer_norm().init(key, x)[0]   # a fresh array per norm: no shared buffers
-        params = {"norm_0": norm(), "attention": self.attention.init(attn_key, x)[0]}
-        if self.cross is not None:
-            params.update(norm_cross=norm(), cross_attention=self.cross.init(cross_key, x)[0])
-        return {**params, "norm_1": norm(), "mlp": self.mlp.init(mlp_key, x)[0]}, {}
+        keys = dict(zip(("attention", "mlp", "cross_attention"), jax.random.split(key, 3)))
+        attention_params = attention.init(keys["attention"], x)[0]   # first: it checks the input
+        # (a fresh init per norm: no shared buffers)
+        return {k: attention_params if k == "attention" else child.init(keys.get(k, key), x)[0]
+                for k, child in children.items()}, {}
 
-    def check_context(self, context, context_lengths):
-        if self.cross is None and (context is not None or context_lengths is not None):
-            raise layer_error(self.label, "got context= but this block has no cross-attention (build it with "
-                                          "decoder_block(..., cross_attention=True))")
-        if self.cross is not None and context is None and not core.inferring_shape():
-            # (under serial's init, which learns the shape only, its cross-attention stands in a context)
-            raise layer_error(self.label, "this block cross-attends: call apply(..., context=[B, S, F_c])")
-
-    def apply(self, params, state, x, *, key=None, train=False, lengths=None, context=None, context_lengths=None):
-        if train and key is None and self.needs_key():
-            raise layer_error(self.label, "train=True with dropout needs a PRNG key: call "
-                                          "apply(..., key=jax.random.key(0), train=True)")
-        self.check_context(context, context_lengths)
+    def apply(params, state, x, *, key=None, train=False, lengths=None, context=None, context_lengths=None):
+        checks.key_for(label, train and needs_key, key)
+        _check_context(label, cross, context, context_lengths)
         keys = core.split_key(key, 5)
         h, _ = core.apply_child("norm_0", layer_norm(), params, {}, x)
-        with core.child_scope("attention"):
-            h, _ = self.attention.apply(params["attention"], {}, h, key=keys[0], train=train, lengths=lengths)
-            core.record("multi_head_attention", h, params["attention"])
-        x = x + dropout(self.dropout_rate).apply({}, {}, h, key=keys[1], train=train)[0]
-        if self.cross is not None:
+        h, _ = core.apply_child("attention", attention, params, {}, h, key=keys[0], train=train, lengths=lengths)
+        x = x + residual_dropout.apply({}, {}, h, key=keys[1], train=train)[0]
+        if cross is not None:
             h, _ = core.apply_child("norm_cross", layer_norm(), params, {}, x)
-            with core.child_scope("cross_attention"):
-                h, _ = self.cross.apply(params["cross_attention"], {}, h, key=keys[3], train=train,
-                                        context=context, context_lengths=context_lengths)
-                core.record("multi_head_attention", h, params["cross_attention"])
-            x = x + dropout(self.dropout_rate).apply({}, {}, h, key=keys[4], train=train)[0]
+            h, _ = core.apply_child("cross_attention", cross, params, {}, h, key=keys[3], train=train,
+                                    context=context, context_lengths=context_lengths)
+            x = x + residual_dropout.apply({}, {}, h, key=keys[4], train=train)[0]
         h, _ = core.apply_child("norm_1", layer_norm(), params, {}, x)
-        return x + core.apply_child("mlp", self.mlp, params, {}, h, key=keys[2], train=train)[0], state
+        return x + core.apply_child("mlp", mlp, params, {}, h, key=keys[2], train=train)[0], state
 
-    def decode(self, params, cache, x, position, cross_kv=None):
-        """One cached step: ``cache`` holds the self-attention keys/values; ``cross_kv`` (from
-        :meth:`cross_cache`) the context's, computed once."""
-        h = layer_norm().apply(params["norm_0"], {}, x)[0]
-        h, cache = self.attention.decode(params["attention"], cache, h, position)
+    def decode(params, cache, x, position, cross_kv=None):
+        norm = lambda part, x: layer_norm().apply(params[part], {}, x)[0]
+        h, cache = attention.methods["decode"](params["attention"], cache, norm("norm_0", x), position)
         x = x + h
-        if self.cross is not None:
-            h = layer_norm().apply(params["norm_cross"], {}, x)[0]
-            x = x + self.cross.attend_kv(params["cross_attention"], h, cross_kv)
-        return x + self.mlp.apply(params["mlp"], {}, layer_norm().apply(params["norm_1"], {}, x)[0])[0], cache
+        if cross is not None:
+            x = x + cross.methods["attend_kv"](params["cross_attention"], norm("norm_cross", x), cross_kv)
+        return x + mlp.apply(params["mlp"], {}, norm("norm_1", x))[0], cache
 
-    def cross_cache(self, params, context, context_lengths=None) -> dict:
-        """The cross-attention keys/values of ``context`` (``{"key", "value"[, "lengths"]}``)."""
-        return self.cross.cross_kv(params["cross_attention"], context, context_lengths)
+    def cross_cache(params, context, context_lengths=None) -> dict:
+        return cross.methods["cross_kv"](params["cross_attention"], context, context_lengths)
 
-    def children(self) -> core.Children:
-        """The sub-layers under their param keys, for :func:`jnn.get` and ``block["mlp"]``."""
-        attention = lambda spec: Layer(spec.init, spec.apply, "multi_head_attention", None,
-                                       frozenset({"lengths", "context", "context_lengths"}))
-        items = [("norm_0", layer_norm()), ("attention", attention(self.attention))]
-        if self.cross is not None:
-            items += [("norm_cross", layer_norm()), ("cross_attention", attention(self.cross))]
-        return core.Children(items + [("norm_1", layer_norm()), ("mlp", self.mlp)])
+    methods = {"init_cache": attention.methods["init_cache"], "decode": decode}
+    if cross is not None:
+        methods["cross_cache"] = cross_cache
+    keywords = ATTENTION_KEYWORDS if cross is not None else {"lengths"}
+    return Layer(init, apply, kind, name, keywords, children, methods=methods)
 
 
-def _block(kind, num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads, rope,
-           causal, name, cross_attention=False, context_features=None) -> _Block:
-    label = name or kind
-    checks.positive_int(label, "mlp_dim", mlp_dim)
-    attention = _attention_spec(num_heads, num_kv_heads=num_kv_heads, causal=causal, rope=rope,
-                                dropout_rate=attention_dropout_rate, name=f"{label} attention")
-    if not isinstance(cross_attention, bool):
-        raise ValueError(f"{label}: cross_attention must be True or False, got {cross_attention!r}")
-    cross = None
-    if cross_attention:
-        cross = _attention_spec(num_heads, num_kv_heads=num_kv_heads, dropout_rate=attention_dropout_rate,
-                                context_features=context_features, name=f"{label} cross_attention")
-    elif context_features is not None:
-        raise ValueError(f"{label}: context_features is only used with cross_attention=True")
-    dropout(dropout_rate, name=label)  # validates the rate
-    return _Block(label, attention, _mlp(mlp_dim, dropout_rate), float(dropout_rate), cross)
+def _attention(label, what, num_heads, **options) -> Layer:
+    """The block's attention layer ``what``: its messages read ``"<block label> <what>: ..."``; it is
+    keyed ``what`` in the block, so the layer itself keeps no name."""
+    return multi_head_attention(num_heads, name=f"{label} {what}", **options)._replace(name=None)
 
 
+@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate)
 def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
                   attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
                   rope: bool = False, name: str | None = None) -> Layer:
@@ -166,11 +143,13 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
       >>> sorted(params)
       ['attention', 'mlp', 'norm_0', 'norm_1']
     """
-    block = _block("encoder_block", num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads,
-                   rope, False, name)
-    return Layer(block.init, block.apply, "encoder_block", name, frozenset({"lengths"}), block.children())
+    label = name or "encoder_block"
+    attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, rope=rope,
+                           dropout_rate=attention_dropout_rate)
+    return _block("encoder_block", label, name, attention, None, mlp_dim, dropout_rate)
 
 
+@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, cross_attention=checks.flag)
 def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
                   attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
                   rope: bool = False, cross_attention: bool = False, context_features: int | None = None,
@@ -189,8 +168,14 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
       >>> block.apply(params, state, jnp.ones((1, 5, 8)))[0].shape
       (1, 5, 8)
     """
-    block = _block("decoder_block", num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads,
-                   rope, True, name, cross_attention, context_features)
-    keywords = {"lengths", "context", "context_lengths"} if cross_attention else {"lengths"}
-    return Layer(block.init, block.apply, "decoder_block", name, frozenset(keywords), block.children())
+    label = name or "decoder_block"
+    attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, causal=True, rope=rope,
+                           dropout_rate=attention_dropout_rate)
+    cross = None
+    if cross_attention:
+        cross = _attention(label, "cross_attention", num_heads, num_kv_heads=num_kv_heads,
+                           dropout_rate=attention_dropout_rate, context_features=context_features)
+    elif context_features is not None:
+        raise ValueError(f"{label}: context_features is only used with cross_attention=True")
+    return _block("decoder_block", label, name, attention, cross, mlp_dim, dropout_rate)
 

@@ -25,114 +25,34 @@ Example:
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
 from jnn import core
-from jnn.core import layer_error, shape_of
-from jnn.generate import Decoder
+from jnn import _checks as checks
+from jnn.core import Layer, layer_error, shape_of
 from jnn.layers.dropout import dropout
 from jnn.layers.norm import layer_norm
-from jnn.layers.transformer import _block
-from jnn.nets.decoder_lm import check_sizes, make_stack
-from jnn.nets.stack import Embedder, Stack
+from jnn.layers.transformer import decoder_block, encoder_block
+from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 
 __all__ = ["encoder_decoder"]
 
 
-class _EncoderDecoder(NamedTuple):
-    embedder: Embedder
-    encoder: Stack
-    decoder: Stack
-    dropout_rate: float
-
-    @property
-    def label(self):
-        return self.embedder.label
-
-    def init(self, key, example):
-        tokens = shape_of(example)
-        self.embedder.check_tokens(tokens)
-        keys = jax.random.split(key, 3)
-        params, x = self.embedder.init(keys[0], tokens)
-        params["encoder"] = self.encoder.init(keys[1], x)
-        params["encoder_norm"] = layer_norm().init(key, x)[0]
-        params["decoder"] = self.decoder.init(keys[2], x)
-        return params, {}
-
-    def check_context(self, context, context_lengths):
-        if context is None:
-            raise layer_error(self.label, "expected the source as apply(..., context=[B, S] token ids)")
-        context = jnp.asarray(context)
-        self.embedder.check_tokens(context, "source ids (context=)")
-        if context_lengths is not None:
-            context_lengths = jnp.asarray(context_lengths)
-            if context_lengths.shape != context.shape[:1] or not jnp.issubdtype(context_lengths.dtype, jnp.integer):
-                raise layer_error(self.label, f"expected context_lengths as integers of shape [{context.shape[0]}], "
-                                              f"got {context_lengths.dtype}{list(context_lengths.shape)}")
-        return context, context_lengths
-
-    def encode(self, params, context, context_lengths, keys=None, train=False):
-        x = self.embedder.embed(params, context, jnp.arange(context.shape[1]))
-        if keys is not None:
-            x = dropout(self.dropout_rate).apply({}, {}, x, key=keys[0], train=train)[0]
-        with core.child_scope("encoder"):
-            x = self.encoder.apply(params["encoder"], x, self.block_keys(keys, 1), train, lengths=context_lengths)
-        return layer_norm().apply(params["encoder_norm"], {}, x)[0]
-
-    def block_keys(self, keys, i):
-        if keys is None:
-            return None
-        stack = self.encoder if i == 1 else self.decoder
-        return keys[i] if stack.scan else list(jax.random.split(keys[i], stack.n))
-
-    def apply(self, params, state, tokens, *, key=None, train=False, context=None, context_lengths=None):
-        self.embedder.check_tokens(tokens)
-        context, context_lengths = self.check_context(context, context_lengths)
-        if context.shape[0] != tokens.shape[0]:
-            raise layer_error(self.label, f"the source has batch {context.shape[0]} but the target has {tokens.shape[0]}")
-        if train and key is None and self.dropout_rate > 0:
-            raise layer_error(self.label, "train=True with dropout needs a PRNG key: call "
-                                          "apply(..., key=jax.random.key(0), train=True)")
-        keys = None if key is None else jax.random.split(key, 4)
-        memory = self.encode(params, context, context_lengths, keys, train)
-        x = self.embedder.embed(params, tokens, jnp.arange(tokens.shape[1]))
-        if keys is not None:
-            x = dropout(self.dropout_rate).apply({}, {}, x, key=keys[3], train=train)[0]
-        with core.child_scope("decoder"):
-            x = self.decoder.apply(params["decoder"], x, self.block_keys(keys, 2), train, context=memory,
-                                   context_lengths=context_lengths)
-        return self.embedder.head(params, x), state
-
-    def init_cache(self, batch, length=None, dtype=None, *, params=None, context=None, context_lengths=None):
-        if params is None:
-            raise layer_error(self.label, "init_cache needs params= and context= (the source is encoded once, "
-                                          "into the cache)")
-        context, context_lengths = self.check_context(context, context_lengths)
-        if context.shape[0] != batch:
-            raise layer_error(self.label, f"the source has batch {context.shape[0]}, expected {batch}")
-        length = self.embedder.max_len if length is None else length
-        dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype
-        memory = self.encode(params, context, context_lengths)
-        return {"self": self.decoder.init_cache(batch, length, self.embedder.features, dtype),
-                "cross": self.decoder.cross_cache(params["decoder"], memory.astype(dtype), context_lengths)}
-
-    def decode_step(self, params, cache, tokens, position):
-        single = tokens.ndim == 1
-        tokens = tokens[:, None] if single else tokens
-        self.embedder.check_tokens(tokens)
-        x = self.embedder.embed(params, tokens, position + jnp.arange(tokens.shape[1]))
-        x, new = self.decoder.decode(params["decoder"], cache["self"], x, position, cache["cross"])
-        logits = self.embedder.head(params, x)
-        return (logits[:, 0] if single else logits), {"self": new, "cross": cache["cross"]}
+def _source(label, embedder, context, context_lengths):
+    """The source ids and lengths as arrays, checked."""
+    if context is None:
+        raise layer_error(label, "expected the source as apply(..., context=[B, S] token ids)")
+    context = jnp.asarray(context)
+    embedder.methods["check_tokens"](context, "source ids (context=)")
+    return context, checks.int_lengths(label, context_lengths, context.shape[0], "context_lengths")
 
 
+@checks.declare(num_decoder_layers=checks.optional(checks.positive_int), **LM_RULES)
 def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: int, mlp_dim: int, max_len: int,
                     *, num_decoder_layers: int | None = None, tied: bool = True, dropout_rate: float = 0.0,
                     attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
-                    positional: str = "sinusoidal", scan_layers: bool = True, name: str | None = None) -> Decoder:
+                    positional: str = "sinusoidal", scan_layers: bool = True, name: str | None = None) -> Layer:
     """An encoder-decoder transformer: target ids ``[B, T]`` and ``context=`` source ids ``[B, S]``
     -> logits ``[B, T, V]``.
 
@@ -162,22 +82,63 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
       (2, 4, 11)
     """
     label = name or "encoder_decoder"
-    num_decoder_layers = num_layers if num_decoder_layers is None else num_decoder_layers
-    check_sizes(label, num_heads, features, positional, vocab_size=vocab_size, num_layers=num_layers,
-                num_decoder_layers=num_decoder_layers, mlp_dim=mlp_dim, max_len=max_len)
-    for what, flag in {"tied": tied, "scan_layers": scan_layers}.items():
-        if not isinstance(flag, bool):
-            raise ValueError(f"{label}: {what} must be True or False, got {flag!r}")
-    dropout(dropout_rate, name=label)
-    rope = positional == "rope"
-    block = lambda kind, causal, cross: lambda block_name: _block(
-        kind, num_heads, mlp_dim, dropout_rate, attention_dropout_rate, num_kv_heads, rope, causal,
-        block_name, cross)
-    encoder = make_stack(f"{label} encoder", "encoder_block", num_layers, scan_layers,
-                         block("encoder_block", False, False))
-    decoder = make_stack(f"{label} decoder", "decoder_block", num_decoder_layers, scan_layers,
-                         block("decoder_block", True, True))
-    model = _EncoderDecoder(Embedder(label, vocab_size, features, max_len, tied, positional), encoder, decoder,
-                            float(dropout_rate))
-    return Decoder(model.init, model.apply, "encoder_decoder", name, init_cache=model.init_cache,
-                   decode_step=model.decode_step)
+    checks.divides(label, "num_heads", num_heads, features, "features")
+    embedder = token_embedder(label, vocab_size, features, max_len, tied, positional)
+    options = dict(attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads, rope=positional == "rope")
+    encoder = block_stack(lambda block_label: encoder_block(num_heads, mlp_dim, dropout_rate, name=block_label,
+                                                            **options),
+                          num_layers, scan=scan_layers, label=f"{label} encoder")
+    decoder = block_stack(lambda block_label: decoder_block(num_heads, mlp_dim, dropout_rate, cross_attention=True,
+                                                            name=block_label, **options),
+                          num_layers if num_decoder_layers is None else num_decoder_layers, scan=scan_layers,
+                          label=f"{label} decoder")
+    residual_dropout = dropout(dropout_rate)
+
+    def init(key, example):
+        tokens = shape_of(example)
+        embedder.methods["check_tokens"](tokens)
+        keys = jax.random.split(key, 3)
+        params, _ = embedder.init(keys[0], tokens)
+        x = jax.ShapeDtypeStruct((*tokens.shape, features), params["embedding"]["embedding"].dtype)
+        return {**params, "encoder": encoder.init(keys[1], x)[0], "encoder_norm": layer_norm().init(key, x)[0],
+                "decoder": decoder.init(keys[2], x)[0]}, {}
+
+    def encode(params, context, context_lengths, keys=(None,) * 4, train=False):
+        x = embedder.methods["embed"](params, context, jnp.arange(context.shape[1]))
+        x = residual_dropout.apply({}, {}, x, key=keys[0], train=train)[0]
+        x, _ = core.apply_child("encoder", encoder, params, {}, x, key=keys[1], train=train, lengths=context_lengths)
+        return layer_norm().apply(params["encoder_norm"], {}, x)[0]
+
+    def apply(params, state, tokens, *, key=None, train=False, context=None, context_lengths=None):
+        embedder.methods["check_tokens"](tokens)
+        context, context_lengths = _source(label, embedder, context, context_lengths)
+        if context.shape[0] != tokens.shape[0]:
+            raise layer_error(label, f"the source has batch {context.shape[0]} but the target has {tokens.shape[0]}")
+        checks.key_for(label, train and dropout_rate > 0, key)
+        keys = core.split_key(key, 4)
+        memory = encode(params, context, context_lengths, keys, train)
+        x = embedder.methods["embed"](params, tokens, jnp.arange(tokens.shape[1]))
+        x = residual_dropout.apply({}, {}, x, key=keys[3], train=train)[0]
+        x, _ = core.apply_child("decoder", decoder, params, {}, x, key=keys[2], train=train, context=memory,
+                                context_lengths=context_lengths)
+        return embedder.methods["head"](params, x), state
+
+    def init_cache(batch, length=None, dtype=None, *, params=None, context=None, context_lengths=None):
+        if params is None:
+            raise layer_error(label, "init_cache needs params= and context= (the source is encoded once, "
+                                     "into the cache)")
+        context, context_lengths = _source(label, embedder, context, context_lengths)
+        if context.shape[0] != batch:
+            raise layer_error(label, f"the source has batch {context.shape[0]}, expected {batch}")
+        length = max_len if length is None else length
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype
+        memory = encode(params, context, context_lengths)
+        return {"self": decoder.methods["init_cache"](batch, length, features, dtype),
+                "cross": decoder.methods["cross_cache"](params["decoder"], memory.astype(dtype), context_lengths)}
+
+    def step(params, cache, x, position):
+        x, new = decoder.methods["decode"](params["decoder"], cache["self"], x, position, cache["cross"])
+        return x, {"self": new, "cross": cache["cross"]}
+
+    methods = {"init_cache": init_cache, "decode_step": decoding(embedder, step)}
+    return Layer(init, apply, "encoder_decoder", name, methods=methods)

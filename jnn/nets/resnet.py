@@ -15,6 +15,7 @@ from jnn.layers.pooling import global_avg_pool
 __all__ = ["residual_block", "resnet"]
 
 
+@checks.declare(features=checks.positive_int, strides=checks.positive_int, project=checks.flag)
 def residual_block(features: int, *, strides: int = 1, project: bool = False, name: str | None = None) -> Layer:
     """``relu(main(x) + shortcut(x))`` with ``main = conv-bn-relu-conv-bn`` (3x3 convs).
 
@@ -29,7 +30,6 @@ def residual_block(features: int, *, strides: int = 1, project: bool = False, na
       >>> block.apply(params, state, jnp.zeros((2, 8, 8, 4)))[0].shape
       (2, 4, 4, 8)
     """
-    checks.boolean(name or "residual_block", project=project)
     main = serial(conv(features, (3, 3), strides=strides, use_bias=False, w_init="he_normal"), batch_norm(),
                   relu(), conv(features, (3, 3), use_bias=False, w_init="he_normal"), batch_norm(), name="main")
     if project:
@@ -39,6 +39,7 @@ def residual_block(features: int, *, strides: int = 1, project: bool = False, na
     return serial(fan_out(main, shortcut, merge="add", name="sum"), relu(), name=name)._replace(kind="residual_block")
 
 
+@checks.declare(num_classes=checks.positive_int, stage_features=checks.stages, blocks_per_stage=checks.positive_int)
 def resnet(num_classes: int, *, stage_features: Sequence[int] = (16, 32, 64), blocks_per_stage: int = 1,
            name: str | None = None) -> Layer:
     """A small ResNet for channels-last images: a 3x3 conv stem, one stage per entry of
@@ -52,9 +53,6 @@ def resnet(num_classes: int, *, stage_features: Sequence[int] = (16, 32, 64), bl
       >>> model.apply(params, state, jnp.zeros((3, 28, 28, 1)))[0].shape
       (3, 10)
     """
-    if not stage_features or blocks_per_stage < 1:
-        raise ValueError(f"resnet: need at least one stage and one block per stage, got stage_features="
-                         f"{tuple(stage_features)}, blocks_per_stage={blocks_per_stage}")
     layers = [conv(stage_features[0], (3, 3), use_bias=False, w_init="he_normal"), batch_norm(), relu()]
     previous = stage_features[0]
     for stage, features in enumerate(stage_features):

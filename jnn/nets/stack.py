@@ -1,16 +1,27 @@
-"""Internal: a stack of identical transformer blocks, unrolled (``block_i`` keys) or scanned
-(one ``blocks`` key, stacked along a leading axis, run by :func:`jnn.layers.repeat.repeat`), with
-the cached decode path of both forms. Shared by :mod:`jnn.nets.decoder_lm` and
-:mod:`jnn.nets.encoder_decoder`."""
+"""Building blocks of the language models in :mod:`jnn.nets`: a stack of identical transformer
+blocks, unrolled (``block_i`` keys) or scanned (one ``blocks`` key, stacked along a leading axis,
+run by :func:`jnn.layers.repeat.repeat`), with the cached decode path of both forms; and the
+token embedder with its output head; :func:`decoding` makes a model's ``decode_step``;
+``LM_RULES`` are the argument rules the language models' factories share. Used by
+:mod:`jnn.nets.decoder_lm` and :mod:`jnn.nets.encoder_decoder`.
+
+Example:
+  >>> import jax, jax.numpy as jnp, jnn
+  >>> from jnn.nets.stack import block_stack
+  >>> stack = block_stack(lambda label: jnn.decoder_block(2, 16), 3, scan=True)
+  >>> params, _ = stack.init(jax.random.key(0), jnp.zeros((1, 4, 8)))
+  >>> list(params), sorted(stack.methods)
+  (['blocks'], ['decode', 'init_cache'])
+"""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jnn import core
+from jnn import _checks as checks
 from jnn.core import Layer, layer_error
 from jnn.layers.basic import dense
 from jnn.layers.embedding import attend, embedding
@@ -19,115 +30,161 @@ from jnn.layers.positional import learned_positional_embedding, sinusoidal_table
 from jnn.layers.remat import remat
 from jnn.layers.repeat import repeat
 
-__all__: list[str] = []
+__all__ = ["block_stack", "token_embedder", "decoding", "LM_RULES"]
+
+#: The size, flag and choice rules shared by the language models' factories.
+LM_RULES = dict(vocab_size=checks.positive_int, num_layers=checks.positive_int, num_heads=checks.positive_int,
+                features=checks.positive_int, mlp_dim=checks.positive_int, max_len=checks.positive_int,
+                tied=checks.flag, scan_layers=checks.flag, dropout_rate=checks.rate,
+                positional=checks.one_of("learned", "sinusoidal", "rope"))
 
 
-class Stack(NamedTuple):
-    """``blocks``: one ``_Block`` per layer when unrolled, a single one when scanned."""
+def decoding(embedder: Layer, single_step):
+    """``decode_step(params, cache, tokens, position)`` over ``single_step(params, cache, x, position)
+    -> (x, cache)``: embeds ``tokens`` ``[B]`` or ``[B, T]`` at ``position, ...``, returns logits
+    (``[B, V]`` or ``[B, T, V]``) and the new cache.
 
-    blocks: tuple
-    n: int
-    scan: bool
-    kind: str
-    remat_policy: str | None = None
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> io = token_embedder("lm", 10, 4, 8, True, "sinusoidal")
+      >>> params, _ = io.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+      >>> step = decoding(io, lambda params, cache, x, position: (x, cache))   # no blocks at all
+      >>> step(params, {}, jnp.array([3]), 0)[0].shape
+      (1, 10)
+    """
+    def decode_step(params, cache, tokens, position):
+        single = tokens.ndim == 1
+        tokens = tokens[:, None] if single else tokens
+        embedder.methods["check_tokens"](tokens)
+        x = embedder.methods["embed"](params, tokens, position + jnp.arange(tokens.shape[1]))
+        x, cache = single_step(params, cache, x, position)
+        logits = embedder.methods["head"](params, x)
+        return (logits[:, 0] if single else logits), cache
 
-    def keys(self) -> list[str]:
-        return ["blocks"] if self.scan else [f"block_{i}" for i in range(self.n)]
+    return decode_step
 
-    def layer(self, block) -> Layer:
-        layer = Layer(block.init, block.apply, self.kind, None)
-        return layer if self.remat_policy is None else remat(layer, policy=self.remat_policy)
 
-    def repeated(self) -> Layer:
-        return repeat(self.layer(self.blocks[0]), self.n)
 
-    def init(self, key, x) -> dict:
-        if self.scan:
-            return {"blocks": self.repeated().init(key, x)[0]}
-        return {k: block.init(block_key, x)[0]
-                for k, block, block_key in zip(self.keys(), self.blocks, jax.random.split(key, self.n))}
+def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | None = None,
+                label: str = "stack") -> Layer:
+    """``n`` blocks ``make_block(block_label)`` applied in sequence, a layer with the blocks' cached path.
 
-    def apply(self, params, x, keys, train, **keywords):
-        """``keys``: ``n`` keys (unrolled) or one (scanned), or ``None``."""
-        if self.scan:
-            with core.child_scope("blocks"):
-                x, _ = self.repeated().apply(params["blocks"], {}, x, key=keys, train=train, **keywords)
-            return x
-        for i, (k, block) in enumerate(zip(self.keys(), self.blocks)):
-            with core.child_scope(k):
-                x, _ = self.layer(block).apply(params[k], {}, x, key=None if keys is None else keys[i], train=train,
-                                               **keywords)
-                core.record(self.kind, x, params[k])
-        return x
+    Params: ``{"block_0", ..., "block_{n-1}"}``, or with ``scan=True`` one ``{"blocks"}`` entry
+    stacked along a leading ``[n]`` axis (run by ``lax.scan``). Keywords (``lengths``,
+    ``context``) go to every block. ``stack.methods``: ``init_cache(batch, length, features,
+    dtype)``, ``decode(params, cache, x, position, cross=None) -> (y, cache)`` and, for
+    cross-attending blocks, ``cross_cache(params, context, context_lengths=None)``.
+    ``label`` prefixes the blocks' labels in messages (``"decoder_lm block_0: ..."``).
 
-    def init_cache(self, batch, length, features, dtype) -> dict:
-        one = self.blocks[0].attention.init_cache(batch, length, features, dtype)
-        if self.scan:
-            return {"blocks": jax.tree.map(lambda a: jnp.zeros((self.n, *a.shape), a.dtype), one)}
-        return {k: block.attention.init_cache(batch, length, features, dtype)
-                for k, block in zip(self.keys(), self.blocks)}
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> stack = block_stack(lambda label: jnn.encoder_block(2, 16, name=label), 2)
+      >>> params, _ = stack.init(jax.random.key(0), jnp.zeros((1, 4, 8)))
+      >>> sorted(params), stack.apply(params, {}, jnp.ones((1, 4, 8)))[0].shape
+      (['block_0', 'block_1'], (1, 4, 8))
+    """
+    names = ["blocks"] if scan else [f"block_{i}" for i in range(n)]
+    blocks = [make_block(f"{label} {k}")._replace(name=None) for k in names]
+    if remat_policy is not None:
+        blocks = [remat(block, policy=remat_policy) for block in blocks]
+    first = blocks[0]
+    children = core.Children([("blocks", repeat(first, n))] if scan else list(zip(names, blocks)))
 
-    def cross_cache(self, params, context, context_lengths) -> dict:
-        if self.scan:
-            fn = lambda p: self.blocks[0].cross_cache(p, context, context_lengths)
-            return {"blocks": jax.vmap(fn)(params["blocks"])}
-        return {k: block.cross_cache(params[k], context, context_lengths)
-                for k, block in zip(self.keys(), self.blocks)}
+    def init(key, x):
+        if scan:
+            return {"blocks": children["blocks"].init(key, x)[0]}, {}
+        return {k: block.init(k_key, x)[0] for (k, block), k_key in zip(children.items(), jax.random.split(key, n))}, {}
 
-    def decode(self, params, cache, x, position, cross=None):
-        if self.scan:
+    def apply(params, state, x, *, key=None, train=False, **keywords):
+        keys = [key] if scan else core.split_key(key, n)
+        for (k, block), block_key in zip(children.items(), keys):
+            x, _ = core.apply_child(k, block, params, {}, x, key=block_key, train=train, **keywords)
+        return x, state
+
+    def init_cache(batch, length, features, dtype) -> dict:
+        one = first.methods["init_cache"](batch, length, features, dtype)
+        if scan:
+            return {"blocks": jax.tree.map(lambda a: jnp.zeros((n, *a.shape), a.dtype), one)}
+        return {k: block.methods["init_cache"](batch, length, features, dtype) for k, block in children.items()}
+
+    def cross_cache(params, context, context_lengths=None) -> dict:
+        if scan:
+            one = lambda p: first.methods["cross_cache"](p, context, context_lengths)
+            return {"blocks": jax.vmap(one)(params["blocks"])}
+        return {k: block.methods["cross_cache"](params[k], context, context_lengths) for k, block in children.items()}
+
+    def decode(params, cache, x, position, cross=None):
+        if scan:
             def body(h, per_block):
                 p, c, kv = per_block
-                return self.blocks[0].decode(p, c, h, position, kv)
+                return first.methods["decode"](p, c, h, position, kv)
 
             kv = None if cross is None else cross["blocks"]
             x, new = jax.lax.scan(body, x, (params["blocks"], cache["blocks"], kv))
             return x, {"blocks": new}
         new = {}
-        for k, block in zip(self.keys(), self.blocks):
-            x, new[k] = block.decode(params[k], cache[k], x, position, None if cross is None else cross[k])
+        for k, block in children.items():
+            x, new[k] = block.methods["decode"](params[k], cache[k], x, position, None if cross is None else cross[k])
         return x, new
 
+    methods = {"init_cache": init_cache, "decode": decode}
+    if "cross_cache" in first.methods:
+        methods["cross_cache"] = cross_cache
+    return Layer(init, apply, "block_stack", None, first.keywords, children, methods=methods)
 
-class Embedder(NamedTuple):
-    """Token embedding (scaled by ``sqrt(features)``) plus positions, and the output head."""
 
-    label: str
-    vocab_size: int
-    features: int
-    max_len: int
-    tied: bool
-    positional: str
+def token_embedder(label: str, vocab_size: int, features: int, max_len: int, tied: bool, positional: str) -> Layer:
+    """Token embedding (scaled by ``sqrt(features)``) plus positions, and the output head.
 
-    def check_tokens(self, tokens, what="token ids") -> None:
+    ``init(key, tokens)``: params ``{"embedding", "position" (learned only), "final_norm",
+    "head" (untied only)}``; ``apply`` embeds ``tokens[B, T]`` at positions ``0..T-1``.
+    ``methods``: ``check_tokens(tokens, what="token ids")``, ``embed(params, tokens,
+    positions)`` and ``head(params, x)`` (final norm, then logits).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> io = token_embedder("lm", vocab_size=10, features=4, max_len=8, tied=True, positional="learned")
+      >>> params, _ = io.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))
+      >>> x, _ = io.apply(params, {}, jnp.zeros((2, 3), jnp.int32))
+      >>> x.shape, io.methods["head"](params, x).shape
+      ((2, 3, 4), (2, 3, 10))
+    """
+    table = embedding(vocab_size, features, init=jax.nn.initializers.normal(features ** -0.5))
+
+    def check_tokens(tokens, what="token ids") -> None:
         if len(tokens.shape) != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise layer_error(self.label, f"expected integer {what} [B, T], got "
-                                          f"{jnp.dtype(tokens.dtype).name}{list(tokens.shape)}")
-        if tokens.shape[1] > self.max_len:
-            raise layer_error(self.label, f"expected at most max_len={self.max_len} tokens, got {tokens.shape[1]}")
+            raise layer_error(label, f"expected integer {what} [B, T], got "
+                                     f"{jnp.dtype(tokens.dtype).name}{list(tokens.shape)}")
+        if tokens.shape[1] > max_len:
+            raise layer_error(label, f"expected at most max_len={max_len} tokens, got {tokens.shape[1]}")
 
-    def init(self, key, tokens) -> tuple[dict, jax.ShapeDtypeStruct]:
-        """Params ``{"embedding", "position"?, "final_norm", "head"?}`` and the hidden-state shape."""
+    def init(key, tokens):
         keys = jax.random.split(key, 3)
-        table = embedding(self.vocab_size, self.features, init=jax.nn.initializers.normal(self.features ** -0.5))
         params = {"embedding": table.init(keys[0], tokens)[0]}
-        x = jax.ShapeDtypeStruct((*tokens.shape, self.features), params["embedding"]["embedding"].dtype)
-        if self.positional == "learned":
-            params["position"] = learned_positional_embedding(self.max_len).init(keys[1], x)[0]
+        x = jax.ShapeDtypeStruct((*tokens.shape, features), params["embedding"]["embedding"].dtype)
+        if positional == "learned":
+            params["position"] = learned_positional_embedding(max_len).init(keys[1], x)[0]
         params["final_norm"] = layer_norm().init(key, x)[0]
-        if not self.tied:
-            params["head"] = dense(self.vocab_size).init(keys[2], x)[0]
-        return params, x
+        if not tied:
+            params["head"] = dense(vocab_size).init(keys[2], x)[0]
+        return params, {}
 
-    def embed(self, params, tokens, positions):
-        x = embedding(self.vocab_size, self.features).apply(params["embedding"], {}, tokens)[0]
-        x = x * jnp.asarray(math.sqrt(self.features), x.dtype)
-        if self.positional == "learned":
+    def embed(params, tokens, positions):
+        x = table.apply(params["embedding"], {}, tokens)[0]
+        x = x * jnp.asarray(math.sqrt(features), x.dtype)
+        if positional == "learned":
             x = x + jnp.take(params["position"]["embedding"], positions, axis=0).astype(x.dtype)
-        elif self.positional == "sinusoidal":
-            x = x + sinusoidal_table(positions, self.features, x.dtype)
+        elif positional == "sinusoidal":
+            x = x + sinusoidal_table(positions, features, x.dtype)
         return x
 
-    def head(self, params, x):
+    def head(params, x):
         x = layer_norm().apply(params["final_norm"], {}, x)[0]
-        return attend(params["embedding"], x) if self.tied else dense(self.vocab_size).apply(params["head"], {}, x)[0]
+        return attend(params["embedding"], x) if tied else dense(vocab_size).apply(params["head"], {}, x)[0]
+
+    def apply(params, state, tokens, *, key=None, train=False):
+        check_tokens(tokens)
+        return embed(params, tokens, jnp.arange(tokens.shape[1])), state
+
+    return Layer(init, apply, "token_embedder", None,
+                 methods={"check_tokens": check_tokens, "embed": embed, "head": head})

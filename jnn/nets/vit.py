@@ -41,6 +41,9 @@ def _class_token() -> Layer:
     return Layer(init, apply, "class_token", None)
 
 
+@checks.declare(patch_size=checks.spatial(2), num_layers=checks.positive_int, num_heads=checks.positive_int,
+                features=checks.positive_int, mlp_dim=checks.positive_int, num_classes=checks.positive_int,
+                pool=checks.one_of("cls", "mean"), dropout_rate=checks.rate)
 def vit_classifier(patch_size, num_layers: int, num_heads: int, features: int, mlp_dim: int,
                    num_classes: int, *, pool: str = "cls", dropout_rate: float = 0.0,
                    name: str | None = None) -> Layer:
@@ -60,17 +63,7 @@ def vit_classifier(patch_size, num_layers: int, num_heads: int, features: int, m
       (4, 10)
     """
     label = name or "vit_classifier"
-    patch_size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-    if len(patch_size) != 2:
-        raise ValueError(f"{label}: patch_size must be an int or a pair of ints, got {patch_size!r}")
-    for what, value in {"patch_size": patch_size[0], "patch width": patch_size[1], "num_layers": num_layers,
-                        "features": features, "num_classes": num_classes}.items():
-        checks.positive_int(label, what, value)
-    checks.positive_int(label, "num_heads", num_heads)
-    if features % num_heads:
-        raise ValueError(f"{label}: features ({features}) must be divisible by num_heads ({num_heads})")
-    if pool not in ("cls", "mean"):
-        raise ValueError(f"{label}: pool must be 'cls' or 'mean', got {pool!r}")
+    checks.divides(label, "num_heads", num_heads, features, "features")
     pooling = (lambda x: x[:, 0]) if pool == "cls" else (lambda x: jnp.mean(x, axis=1))
     layers = [named("patch_embedding", serial(_patchify(patch_size), dense(features)))]
     layers += [named("class_token", _class_token())] if pool == "cls" else []
