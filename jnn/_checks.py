@@ -427,6 +427,8 @@ def integer(low: int = 0, high: int | None = None, *, or_none: bool = False, des
             need = described or ("a positive integer" if low == 1 and high is None else
                                  f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
             raise ValueError(f"{label}: {what} must be {need}{' or None' if or_none else ''}, got {value!r}")
+        return value
+    return rule
 
 
 # ---- rules added for layers B (attention, transformer, nets, generate) ----
