@@ -33,7 +33,7 @@ __all__ = [
     "number_in", "rate", "per_axis", "param", "child_params", "float_input", "is_concrete",
     "ids_in_range", "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer",
     "integer", "static_rate", "divides", "none_or_positive_int", "finite_at_least",
-    "positive_int_or", "stages", "jnn_layer", "key_for", "int_lengths", "merge_of",
+    "positive_int_or", "stages", "jnn_layer", "key_for", "int_lengths",
 ]
 
 
@@ -502,14 +502,3 @@ def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: st
         raise ValueError(f"{label}: expected {what} as integers of shape [{batch}]{note}, got "
                          f"{lengths.dtype}{list(lengths.shape)}")
     return lengths.astype(jnp.int32)
-
-
-def merge_of(*names: str):
-    """A merge: one of ``names`` (a string) or a callable ``(a, b) -> array``."""
-    def rule(label, what, value):
-        if isinstance(value, str) and value not in names:
-            raise ValueError(f"{label}: {what} must be one of {sorted(names)} or a callable, got {value!r}")
-        if not isinstance(value, str) and not callable(value):
-            raise TypeError(f"{label}: {what} must be a string or a callable, got {type(value).__name__}")
-        return value
-    return rule

@@ -204,7 +204,7 @@ _MERGES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-@checks.declare(cell=_cell, backward_cell=checks.optional(_cell), merge=checks.merge_of(*_MERGES),
+@checks.declare(cell=_cell, backward_cell=checks.optional(_cell), merge=checks.name_or_callable(_MERGES),
                 return_sequences=checks.flag, unroll=_unroll)
 def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="concat",
                   return_sequences: bool = True, unroll: int | bool = 1,
