@@ -311,3 +311,93 @@ def integer_labels(label: str, logits, labels) -> None:
                          f"logits of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     ids_in_range(label, labels, num_classes, what=f"integer labels (class ids for {num_classes} classes)",
                  hint="; check the labels or the model's number of outputs")
+
+
+# ---- rules added for layers (basic, activations, conv, pooling, norm, dropout, embedding, positional) ----
+
+__all__ += ["integer", "axes", "new_shape", "float_dtype", "window", "padding", "layer_input"]
+
+
+def integer(label: str, what: str, value) -> int:
+    """A Python int (not a bool), e.g. an axis."""
+    if not _is_int(value):
+        raise ValueError(f"{label}: {what} must be an integer, got {value!r}")
+    return value
+
+
+def axes(label: str, what: str, value) -> tuple[int, ...] | None:
+    """``None``, an int or a non-empty tuple (or list) of ints, returned as a tuple of ints."""
+    values = (value,) if _is_int(value) else value
+    if value is not None and not (isinstance(values, (tuple, list)) and values and all(map(_is_int, values))):
+        raise ValueError(f"{label}: {what} must be None, an int or a non-empty tuple of ints, got {value!r}")
+    return value if value is None else tuple(values)
+
+
+def new_shape(label: str, what: str, value) -> tuple[int, ...]:
+    """A target shape: positive ints and at most one ``-1`` (the size left over)."""
+    shape = tuple(value)
+    if not all(_is_int(d) and (d > 0 or d == -1) for d in shape) or shape.count(-1) > 1:
+        raise ValueError(f"{label}: {what} must hold positive integers and at most one -1, got {shape}")
+    return shape
+
+
+def float_dtype(label: str, what: str, value):
+    """``None`` or a floating dtype (``jnp.float32``, ``"bfloat16"``)."""
+    if value is not None and not jnp.issubdtype(value, jnp.floating):
+        raise ValueError(f"{label}: {what} must be a floating dtype, got {value!r}")
+    return value
+
+
+def window(max_rank: int | None = 3):
+    """A kernel or window size: a non-empty tuple of positive ints, one per spatial axis (an int
+    is refused, so the spatial rank is never guessed)."""
+    def rule(label, what, value):
+        if _is_int(value):
+            raise ValueError(f"{label}: {what} must be a tuple with one entry per spatial axis, e.g. "
+                             f"({value},) for 1-D or ({value}, {value}) for 2-D, got the int {value!r}")
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise ValueError(f"{label}: {what} must be a tuple of positive integers, got {value!r}") from None
+        if not values or not all(_is_int(v) and v > 0 for v in values):
+            raise ValueError(f"{label}: {what} must be a non-empty tuple of positive integers, got {value!r}")
+        if max_rank is not None and len(values) > max_rank:
+            raise ValueError(f"{label}: {what} must have 1, 2 or 3 entries (1-D, 2-D or 3-D), got {value!r}")
+        return values
+    return rule
+
+
+def padding(label: str, what: str, value, rank: int) -> str | tuple[tuple[int, int], ...]:
+    """``"SAME"``, ``"VALID"`` (any case, returned upper-case) or ``rank`` pairs ``(lo, hi)`` of
+    non-negative ints (one per spatial axis)."""
+    if isinstance(value, str):
+        if value.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"{label}: {what} must be 'SAME', 'VALID' or a sequence of {rank} (lo, hi) pairs, "
+                             f"got {value!r}")
+        return value.upper()
+    try:
+        pairs = tuple(tuple(p) for p in value)
+    except TypeError:
+        pairs = ()
+    if len(pairs) != rank or not all(len(p) == 2 and all(_is_int(v) and v >= 0 for v in p) for p in pairs):
+        raise ValueError(f"{label}: {what} must be 'SAME', 'VALID' or a sequence of {rank} (lo, hi) pairs of "
+                         f"non-negative integers (e.g. {[(1, 1)] * rank}), got {value!r}")
+    return pairs
+
+
+def layer_input(label: str, x, expected: str = "", *, ndim: int | None = None, min_ndim: int = 0,
+                floating: bool = False) -> None:
+    """A layer's input check: ``ndim`` axes exactly (or at least ``min_ndim``), and a floating
+    dtype if ``floating``; the message says what was ``expected`` ("a sequence [B, T, F]").
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jnn import _checks as checks
+      >>> checks.layer_input("pos", jnp.zeros((2, 4)), "a sequence [B, T, F]", ndim=3)
+      Traceback (most recent call last):
+      ValueError: pos: expected a sequence [B, T, F], got shape (2, 4)
+    """
+    if len(x.shape) < min_ndim or ndim is not None and len(x.shape) != ndim:
+        raise ValueError(f"{label}: expected {expected}, got shape {tuple(x.shape)}")
+    if floating and not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{label}: expected a floating-point input, got {jnp.dtype(x.dtype).name}")

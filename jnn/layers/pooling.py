@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
-from jnn.layers.conv import Padding, _check_input, _padding, _per_axis, _window
+from jnn.core import Layer, shape_of
+from jnn.layers.conv import Padding, check_window_input
 
 __all__ = ["max_pool", "avg_pool", "global_avg_pool", "global_max_pool"]
 
@@ -87,21 +87,16 @@ def _tiled_max_jvp(window, primals, tangents):
 
 def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
     label = name or kind
-    window = _window(label, "window", window, max_rank=None)
     rank = len(window)
-    strides = window if strides is None else _per_axis(label, "strides", strides, rank)
-    padding = _padding(label, padding, rank)
-    ones = (1,) * rank
-
-    def check(shape):
-        _check_input(label, shape, rank, window, ones, padding, what="window")
+    strides = window if strides is None else checks.per_axis(label, "strides", strides, rank)
+    padding = checks.padding(label, "padding", padding, rank)
 
     def init(key, example):
-        check(shape_of(example).shape)
+        check_window_input(label, shape_of(example).shape, window, (1,) * rank, padding, what="window")
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        check(x.shape)
+        check_window_input(label, x.shape, window, (1,) * rank, padding, what="window")
         if _tiles(x.shape, window, strides, padding):
             return tiled(x, window), state
         pad = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
@@ -110,6 +105,7 @@ def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
     return Layer(init, apply, kind, name)
 
 
+@checks.declare(window=checks.window(None))
 def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
              padding: Padding = "VALID", name: str | None = None) -> Layer:
     """Maximum over each window: ``[B, *spatial, C] -> [B, *spatial_out, C]``.
@@ -140,6 +136,7 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
     return _pool("max_pool", name, window, strides, padding, reduce, _tiled_max)
 
 
+@checks.declare(window=checks.window(None), count_include_pad=checks.flag)
 def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
              padding: Padding = "VALID", count_include_pad: bool = True,
              name: str | None = None) -> Layer:
@@ -159,8 +156,6 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
       >>> avg_pool((2,)).apply({}, {}, jnp.array([[[1.0], [3.0], [5.0], [7.0]]]))[0][0, :, 0]
       Array([2., 6.], dtype=float32)
     """
-
-    checks.boolean(name or "avg_pool", count_include_pad=count_include_pad)
 
     def reduce(x, dims, strides_, pad):
         # A Python scalar init value keeps this the differentiable reduce_window_sum primitive.
@@ -182,18 +177,14 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
 
 def _global(kind: str, name, reduce) -> Layer:
     label = name or kind
-
-    def check(shape):
-        if len(shape) < 3:
-            raise layer_error(label, f"expected inputs [B, *spatial, C] with at least one spatial "
-                                     f"axis, got shape {tuple(shape)}")
+    expected = "inputs [B, *spatial, C] with at least one spatial axis"
 
     def init(key, example):
-        check(shape_of(example).shape)
+        checks.layer_input(label, shape_of(example), expected, min_ndim=3)
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        check(x.shape)
+        checks.layer_input(label, x, expected, min_ndim=3)
         return reduce(x, axis=tuple(range(1, x.ndim - 1))), state
 
     return Layer(init, apply, kind, name)
