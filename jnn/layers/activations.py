@@ -82,6 +82,7 @@ def relu(*, name: str | None = None) -> Layer:
     return stateless("relu", jax.nn.relu, name=name)
 
 
+@checks.declare(negative_slope=checks.finite_number)
 def leaky_relu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
     """``x if x >= 0 else negative_slope * x``.
 
@@ -91,11 +92,11 @@ def leaky_relu(negative_slope: float = 0.01, *, name: str | None = None) -> Laye
       >>> [round(float(v), 3) for v in y]
       [-0.1, 0.0, 2.0]
     """
-    checks.finite_number(name or "leaky_relu", "negative_slope", negative_slope)
     return stateless("leaky_relu", functools.partial(jax.nn.leaky_relu, negative_slope=negative_slope),
                      name=name)
 
 
+@checks.declare(alpha=checks.finite_number)
 def elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
     """Exponential linear unit ``x if x > 0 else alpha * (exp(x) - 1)``.
 
@@ -105,10 +106,10 @@ def elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
       >>> [round(float(v), 3) for v in y]
       [-0.632, 0.0, 2.0]
     """
-    checks.finite_number(name or "elu", "alpha", alpha)
     return stateless("elu", functools.partial(jax.nn.elu, alpha=alpha), name=name)
 
 
+@checks.declare(approximate=checks.flag)
 def gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
     """Gaussian error linear unit ``x * Phi(x)`` (exact by default; tanh approximation optional).
 
@@ -118,7 +119,6 @@ def gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
       >>> [round(float(v), 3) for v in y]
       [-0.159, 0.0, 1.954]
     """
-    checks.boolean(name or "gelu", approximate=approximate)
     return stateless("gelu", functools.partial(jax.nn.gelu, approximate=approximate), name=name)
 
 
@@ -150,10 +150,7 @@ swish = silu
 
 
 def _over_axis(label: str, fn, axis: int):
-    """``fn(x, axis=axis)``, with ``axis`` an int checked now and against ``x``'s rank at apply."""
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise ValueError(f"{label}: axis must be an integer, got {axis!r}")
-
+    """``fn(x, axis=axis)``, with ``axis`` checked against ``x``'s rank."""
     def over_axis(x):
         if not -x.ndim <= axis < x.ndim:
             raise ValueError(f"{label}: axis {axis} is out of range for an input of shape {tuple(x.shape)}")
@@ -161,6 +158,7 @@ def _over_axis(label: str, fn, axis: int):
     return over_axis
 
 
+@checks.declare(axis=checks.integer)
 def softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Softmax over ``axis`` (probabilities that sum to 1).
 
@@ -173,6 +171,7 @@ def softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     return stateless("softmax", _over_axis(name or "softmax", jax.nn.softmax, axis), name=name)
 
 
+@checks.declare(axis=checks.integer)
 def log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Log-softmax over ``axis`` (numerically stable log-probabilities).
 

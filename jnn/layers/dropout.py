@@ -28,36 +28,26 @@ __all__ = ["dropout", "spatial_dropout"]
 
 def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected: str) -> Layer:
     label = name or kind
-    rate = checks.rate(label, "rate", rate)
-    is_zero = isinstance(rate, float) and rate == 0.0
-
-    def check(shape, dtype):
-        if len(shape) < min_ndim:
-            raise layer_error(label, f"expected {expected}, got shape {tuple(shape)}")
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise layer_error(label, f"expected a floating-point input, got {jnp.dtype(dtype).name}")
 
     def init(key, example):
-        x = shape_of(example)
-        check(x.shape, x.dtype)
+        checks.layer_input(label, shape_of(example), expected, min_ndim=min_ndim, floating=True)
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        check(x.shape, x.dtype)
-        checks.boolean(label, train=train)
-        if not train or is_zero:
+        checks.layer_input(label, x, expected, min_ndim=min_ndim, floating=True)
+        train = checks.flag(label, "train", train)
+        if not train or isinstance(rate, float) and rate == 0.0:
             return x, state
         if key is None:
-            raise layer_error(label, "train=True needs a PRNG key: call "
-                                     "apply(..., key=jax.random.key(0), train=True)")
+            raise layer_error(label, "train=True needs a PRNG key: call apply(..., key=jax.random.key(0), train=True)")
         keep = 1.0 - rate
         mask = jax.random.bernoulli(key, keep, mask_shape(x.shape))
-        scaled = x / jnp.asarray(keep, x.dtype)
-        return jnp.where(mask, scaled, jnp.zeros((), x.dtype)), state
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype)), state
 
     return Layer(init, apply, kind, name)
 
 
+@checks.declare(rate=checks.rate)
 def dropout(rate: float, *, name: str | None = None) -> Layer:
     """Inverted dropout: zero each element with probability ``rate``, scale the rest by ``1/(1-rate)``.
 
@@ -89,6 +79,7 @@ def dropout(rate: float, *, name: str | None = None) -> Layer:
     return _make("dropout", rate, name, lambda shape: shape, 0, "an array")
 
 
+@checks.declare(rate=checks.rate)
 def spatial_dropout(rate: float, *, name: str | None = None) -> Layer:
     """Dropout of whole channels of channels-last feature maps (``NWC``, ``NHWC``, ``NDHWC``).
 
