@@ -315,7 +315,8 @@ def integer_labels(label: str, logits, labels) -> None:
 
 # ---- rules added for layers (basic, activations, conv, pooling, norm, dropout, embedding, positional) ----
 
-__all__ += ["integer", "axes", "new_shape", "float_dtype", "window", "padding", "layer_input"]
+__all__ += ["integer", "axes", "new_shape", "float_dtype", "window", "padding", "layer_input", "last_axis",
+            "window_input"]
 
 
 def integer(label: str, what: str, value) -> int:
@@ -401,3 +402,35 @@ def layer_input(label: str, x, expected: str = "", *, ndim: int | None = None, m
         raise ValueError(f"{label}: expected {expected}, got shape {tuple(x.shape)}")
     if floating and not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"{label}: expected a floating-point input, got {jnp.dtype(x.dtype).name}")
+
+
+def last_axis(label: str, x, size: int | None, what: str = "") -> None:
+    """The input's last axis must hold ``size`` entries (the size the layer was initialized with;
+    ``None``: any size, but there must be a last axis). ``what`` says what it holds."""
+    if len(x.shape) < 1 or size is not None and x.shape[-1] != size:
+        raise ValueError(f"{label}: expected input of shape [..., {size or 'F'}] ({what}the size it was initialized "
+                         f"with), got {tuple(x.shape)}")
+
+
+def window_input(label: str, shape, window, dilation, padding, what: str = "kernel") -> None:
+    """The input of a convolution or pooling layer: ``[B, *spatial, C]`` with one spatial axis per
+    ``window`` entry and, for ``"VALID"`` or explicit padding, the (dilated) window inside the
+    padded input. ``what`` names the window (``"kernel"`` or ``"window"``).
+
+    Example:
+      >>> from jnn import _checks as checks
+      >>> checks.window_input("conv", (1, 2, 8, 1), (3, 3), (1, 1), "VALID")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ValueError: conv: kernel of size (3, 3) (span 3 with dilation 1) is larger than the padded input along ...
+    """
+    rank = len(window)
+    if len(shape) != rank + 2:
+        want = ("[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]")[rank - 1] if rank <= 3 else f"[B, {rank} spatial axes..., C]"
+        raise ValueError(f"{label}: a {rank}-D {what} of size {tuple(window)} expects inputs of rank {rank + 2} "
+                         f"{want}, got shape {tuple(shape)}")
+    pads = [(0, 0)] * rank if isinstance(padding, str) else padding
+    for axis, (n, k, d, (lo, hi)) in enumerate(zip(shape[1:-1], window, dilation, pads)):
+        if padding != "SAME" and n + lo + hi < d * (k - 1) + 1:
+            raise ValueError(f"{label}: {what} of size {tuple(window)} (span {d * (k - 1) + 1} with dilation {d}) is "
+                             f"larger than the padded input along spatial axis {axis} (size {n} + padding {lo + hi}) "
+                             f"for input shape {tuple(shape)}; use padding='SAME', more padding or a smaller {what}")

@@ -53,9 +53,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
 
     def apply(params, state, x, *, key=None, train=False):
         w = params["w"]
-        if x.shape[-1:] != w.shape[:1]:
-            raise layer_error(label, f"expected input of shape [..., {w.shape[0]}] (the size it was "
-                                     f"initialized with), got {tuple(x.shape)}")
+        checks.last_axis(label, x, w.shape[0])
         x = checks.float_input(x, w.dtype)
         y = x @ w.astype(x.dtype)
         if use_bias:

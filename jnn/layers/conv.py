@@ -30,38 +30,11 @@ from jnn import initializers
 from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 
-__all__ = ["conv", "conv_transpose", "check_window_input"]
+__all__ = ["conv", "conv_transpose"]
 
 #: A padding: ``"SAME"``, ``"VALID"`` or one ``(lo, hi)`` pair per spatial axis.
 Padding = Union[str, Sequence[tuple[int, int]]]
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
-
-
-def check_window_input(label: str, shape, window: Sequence[int], dilation: Sequence[int], padding,
-                       what: str = "kernel") -> None:
-    """Raises unless ``shape`` is ``[B, *spatial, C]`` with one spatial axis per window entry and,
-    for ``"VALID"`` or explicit padding, the (dilated) window fits in the padded input.
-
-    Shared by the convolutions and the pooling layers (``what`` is ``"kernel"`` or ``"window"``).
-
-    Example:
-      >>> from jnn.layers.conv import check_window_input
-      >>> check_window_input("conv", (1, 2, 8, 1), (3, 3), (1, 1), "VALID")  # doctest: +ELLIPSIS
-      Traceback (most recent call last):
-      ValueError: conv: kernel of size (3, 3) (span 3 with dilation 1) is larger than the padded input along ...
-    """
-    rank = len(window)
-    if len(shape) != rank + 2:
-        want = ("[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]")[rank - 1] if rank <= 3 else f"[B, {rank} spatial axes..., C]"
-        raise layer_error(label, f"a {rank}-D {what} of size {tuple(window)} expects inputs of rank {rank + 2} "
-                                 f"{want}, got shape {tuple(shape)}")
-    pads = [(0, 0)] * rank if isinstance(padding, str) else padding
-    for axis, (n, k, d, (lo, hi)) in enumerate(zip(shape[1:-1], window, dilation, pads)):
-        if padding != "SAME" and n + lo + hi < d * (k - 1) + 1:
-            raise layer_error(label, f"{what} of size {tuple(window)} (span {d * (k - 1) + 1} with dilation {d}) is "
-                                     f"larger than the padded input along spatial axis {axis} (size {n} + padding "
-                                     f"{lo + hi}) for input shape {tuple(shape)}; use padding='SAME', more padding "
-                                     f"or a smaller {what}")
 
 
 def _geometry(label: str, rank: int, strides, dilation, padding):
@@ -148,7 +121,7 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
         raise ValueError(f"{label}: features ({features}) must be divisible by feature_group_count ({groups})")
 
     def check(shape):
-        check_window_input(label, shape, kernel_size, dilation, padding)
+        checks.window_input(label, shape, kernel_size, dilation, padding)
         if shape[-1] % groups:
             raise layer_error(label, f"input channels ({shape[-1]}) must be divisible by feature_group_count "
                                      f"({groups}); got input shape {tuple(shape)}")
@@ -249,9 +222,9 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
     def check(shape):
         # With explicit padding the input dilated by the strides, plus the padding, must
         # still hold the (dilated) kernel, as the input of a plain VALID conv must.
-        check_window_input(label, shape, kernel_size, dilation, "SAME")
+        checks.window_input(label, shape, kernel_size, dilation, "SAME")
         dilated = (shape[0], *[(n - 1) * s + 1 for n, s in zip(shape[1:-1], strides)], shape[-1])
-        check_window_input(label, dilated, kernel_size, dilation, "SAME" if isinstance(padding, str) else padding)
+        checks.window_input(label, dilated, kernel_size, dilation, "SAME" if isinstance(padding, str) else padding)
 
     def run(x, w):
         return jax.lax.conv_transpose(x, w, strides, padding, rhs_dilation=dilation,

@@ -174,10 +174,7 @@ def _last_axis_norm(kind: str, label: str, name, use_scale: bool, use_offset: bo
         return _affine_params((x.shape[-1],), initializers.param_dtype(x.dtype), use_scale, use_offset), {}
 
     def apply(params, state, x, *, key=None, train=False):
-        size = next((p.shape[0] for p in params.values()), None)
-        if x.ndim < 1 or x.shape[-1] != (size or x.shape[-1]):
-            raise layer_error(label, f"expected input of shape [..., {size or 'F'}] ({what}; the size it was "
-                                     f"initialized with), got {tuple(x.shape)}")
+        checks.last_axis(label, x, next((p.shape[0] for p in params.values()), None), f"{what}; ")
         check(x)
         x32 = x.astype(initializers.param_dtype(x.dtype))
         return _finish(normalize(x32), params, x.dtype, (x.shape[-1],)), state

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from jnn import _checks as checks
 from jnn.core import Layer, shape_of
-from jnn.layers.conv import Padding, check_window_input
+from jnn.layers.conv import Padding
 
 __all__ = ["max_pool", "avg_pool", "global_avg_pool", "global_max_pool"]
 
@@ -92,11 +92,11 @@ def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
     padding = checks.padding(label, "padding", padding, rank)
 
     def init(key, example):
-        check_window_input(label, shape_of(example).shape, window, (1,) * rank, padding, what="window")
+        checks.window_input(label, shape_of(example).shape, window, (1,) * rank, padding, what="window")
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        check_window_input(label, x.shape, window, (1,) * rank, padding, what="window")
+        checks.window_input(label, x.shape, window, (1,) * rank, padding, what="window")
         if _tiles(x.shape, window, strides, padding):
             return tiled(x, window), state
         pad = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
