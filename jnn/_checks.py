@@ -316,7 +316,21 @@ def integer_labels(label: str, logits, labels) -> None:
 # ---- rules added for layers (basic, activations, conv, pooling, norm, dropout, embedding, positional) ----
 
 __all__ += ["integer", "axes", "new_shape", "float_dtype", "window", "padding", "layer_input", "last_axis",
-            "window_input"]
+            "window_input", "divisible", "batch_axes", "fraction", "int_in"]
+
+
+def fraction(label: str, what: str, value) -> float:
+    """A real number in ``[0, 1)`` (returned as a float), e.g. a label-smoothing amount."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def int_in(label: str, what: str, value, low: int, high: int) -> int:
+    """A Python int (not a bool) in the closed interval ``[low, high]``."""
+    if not _is_int(value) or not low <= value <= high:
+        raise ValueError(f"{label}: {what} must be an integer in [{low}, {high}], got {value!r}")
+    return value
 
 
 def integer(label: str, what: str, value) -> int:
@@ -434,3 +448,21 @@ def window_input(label: str, shape, window, dilation, padding, what: str = "kern
             raise ValueError(f"{label}: {what} of size {tuple(window)} (span {d * (k - 1) + 1} with dilation {d}) is "
                              f"larger than the padded input along spatial axis {axis} (size {n} + padding {lo + hi}) "
                              f"for input shape {tuple(shape)}; use padding='SAME', more padding or a smaller {what}")
+
+
+def divisible(label: str, what: str, value: int, by_what: str, by: int, context: str = "") -> None:
+    """``value`` (``what``) must be a multiple of ``by`` (``by_what``); ``context`` ends the message."""
+    if value % by:
+        raise ValueError(f"{label}: {what} ({value}) must be divisible by {by_what} ({by}){context}")
+
+
+def batch_axes(label: str, what: str, axes, ndim: int) -> tuple[int, ...]:
+    """``axes`` (ints, negative ones counted from the end) of an input with ``ndim`` axes, sorted
+    and non-negative: distinct, in range, and including the batch axis 0."""
+    if not all(-ndim <= a < ndim for a in axes):
+        raise ValueError(f"{label}: {what} {axes} out of range for an input with {ndim} axes")
+    resolved = tuple(sorted(a % ndim for a in axes))
+    if len(set(resolved)) != len(resolved) or 0 not in resolved:
+        raise ValueError(f"{label}: {what} must name distinct axes including the batch axis 0, got {axes} for an "
+                         f"input with {ndim} axes")
+    return resolved

@@ -117,14 +117,12 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
     label = name or "conv"
     rank, groups = len(kernel_size), feature_group_count
     strides, dilation, padding = _geometry(label, rank, strides, dilation, padding)
-    if features % groups:
-        raise ValueError(f"{label}: features ({features}) must be divisible by feature_group_count ({groups})")
+    checks.divisible(label, "features", features, "feature_group_count", groups)
 
     def check(shape):
         checks.window_input(label, shape, kernel_size, dilation, padding)
-        if shape[-1] % groups:
-            raise layer_error(label, f"input channels ({shape[-1]}) must be divisible by feature_group_count "
-                                     f"({groups}); got input shape {tuple(shape)}")
+        checks.divisible(label, "input channels", shape[-1], "feature_group_count", groups,
+                         f"; got input shape {tuple(shape)}")
 
     return _conv_layer("conv", label, name, kernel_size, features, groups, use_bias, w_init, b_init, check,
                        lambda x, w: _convolve(x, w, strides, padding, dilation, groups))

@@ -17,6 +17,8 @@ Example:
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -28,13 +30,14 @@ __all__ = ["dropout", "spatial_dropout"]
 
 def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected: str) -> Layer:
     label = name or kind
+    check = functools.partial(checks.layer_input, label, expected=expected, min_ndim=min_ndim, floating=True)
 
     def init(key, example):
-        checks.layer_input(label, shape_of(example), expected, min_ndim=min_ndim, floating=True)
+        check(shape_of(example))
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        checks.layer_input(label, x, expected, min_ndim=min_ndim, floating=True)
+        check(x)
         train = checks.flag(label, "train", train)
         if not train or isinstance(rate, float) and rate == 0.0:
             return x, state

@@ -82,6 +82,6 @@ def attend(params, x: jax.Array) -> jax.Array:
     """
     table = params["embedding"] if isinstance(params, dict) else params
     if x.shape[-1:] != table.shape[-1:]:
-        raise layer_error("attend", f"expected x of shape [..., {table.shape[-1]}] (the embedding "
-                                    f"width), got {tuple(x.shape)}")
+        raise layer_error("attend", f"expected x of shape [..., {table.shape[-1]}] (the embedding width), "
+                                    f"got {tuple(x.shape)}")
     return x @ table.astype(x.dtype).T

@@ -111,18 +111,12 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
       >>> state["mean"]      # 0.9 * 0 + 0.1 * 1
       Array([0.1, 0.1], dtype=float32)
     """
-    label = name or "batch_norm"
+    label, min_ndim = name or "batch_norm", 2 if axis is None else 0
 
     def layout(x):
         """The axes reduced over and the shape of the others (the features), after checking ``x``."""
-        checks.layer_input(label, x, "an input [B, ..., F] with at least 2 axes", min_ndim=2 if axis is None else 0,
-                           floating=True)
-        if axis is not None and not all(-x.ndim <= a < x.ndim for a in axis):
-            raise layer_error(label, f"axis {axis} out of range for an input with {x.ndim} axes")
-        axes = tuple(range(x.ndim - 1)) if axis is None else tuple(sorted(a % x.ndim for a in axis))
-        if len(set(axes)) != len(axes) or 0 not in axes:
-            raise layer_error(label, f"axis must name distinct axes including the batch axis 0, got {axis} for an "
-                                     f"input with {x.ndim} axes")
+        checks.layer_input(label, x, "an input [B, ..., F] with at least 2 axes", min_ndim=min_ndim, floating=True)
+        axes = tuple(range(x.ndim - 1)) if axis is None else checks.batch_axes(label, "axis", axis, x.ndim)
         return axes, tuple(d for i, d in enumerate(x.shape) if i not in axes)
 
     def batch_statistics(x, axes):
@@ -164,9 +158,7 @@ def _last_axis_norm(kind: str, label: str, name, use_scale: bool, use_offset: bo
     """``normalize`` over (groups of) the last axis, then a learned per-feature scale and offset."""
     def check(x):
         checks.layer_input(label, x, expected, min_ndim=min_ndim, floating=True)
-        if x.shape[-1] % num_groups:
-            raise layer_error(label, f"the number of channels ({x.shape[-1]}) must be divisible by num_groups "
-                                     f"({num_groups})")
+        checks.divisible(label, "the number of channels", x.shape[-1], "num_groups", num_groups)
 
     def init(key, example):
         x = shape_of(example)

@@ -90,13 +90,14 @@ def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
     rank = len(window)
     strides = window if strides is None else checks.per_axis(label, "strides", strides, rank)
     padding = checks.padding(label, "padding", padding, rank)
+    check = partial(checks.window_input, label, window=window, dilation=(1,) * rank, padding=padding, what="window")
 
     def init(key, example):
-        checks.window_input(label, shape_of(example).shape, window, (1,) * rank, padding, what="window")
+        check(shape_of(example).shape)
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        checks.window_input(label, x.shape, window, (1,) * rank, padding, what="window")
+        check(x.shape)
         if _tiles(x.shape, window, strides, padding):
             return tiled(x, window), state
         pad = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
@@ -176,15 +177,15 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
 
 
 def _global(kind: str, name, reduce) -> Layer:
-    label = name or kind
-    expected = "inputs [B, *spatial, C] with at least one spatial axis"
+    check = partial(checks.layer_input, name or kind, expected="inputs [B, *spatial, C] with at least one spatial axis",
+                    min_ndim=3)
 
     def init(key, example):
-        checks.layer_input(label, shape_of(example), expected, min_ndim=3)
+        check(shape_of(example))
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        checks.layer_input(label, x, expected, min_ndim=3)
+        check(x)
         return reduce(x, axis=tuple(range(1, x.ndim - 1))), state
 
     return Layer(init, apply, kind, name)

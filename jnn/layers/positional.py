@@ -14,6 +14,8 @@ Example:
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -65,14 +67,14 @@ def sinusoidal_encoding(max_len: int, *, base: float = 10000.0, name: str | None
       >>> bool(jnp.allclose(y[0, :, 0], jnp.sin(jnp.arange(3.0))))   # feature 0 is sin(t)
       True
     """
-    label = name or "sinusoidal_encoding"
+    check = functools.partial(_check_sequence, name or "sinusoidal_encoding", max_len=max_len)
 
     def init(key, example):
-        _check_sequence(label, shape_of(example), max_len)
+        check(shape_of(example))
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        _check_sequence(label, x, max_len)
+        check(x)
         return x + sinusoidal_table(jnp.arange(x.shape[1]), x.shape[2], x.dtype, base=base), state
 
     return Layer(init, apply, "sinusoidal_encoding", name)
