@@ -89,7 +89,7 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
     ``b: [features]``. With ``padding="SAME"`` ``spatial_out = ceil(spatial / strides)``; with
     ``"VALID"`` the (dilated) kernel must fit inside the input. Built on
     ``jax.lax.conv_general_dilated`` (on CPU, a one-channel input with unit strides runs as a
-    fused sum of shifted inputs, several times faster, with the same values); params are float32
+    fused sum of shifted inputs, with the same values); params are float32
     (float64 for float64 inputs) and the convolution runs in the input's dtype (integer and bool
     inputs are promoted to the params' dtype; weights are never cast to an integer dtype).
 
@@ -133,9 +133,8 @@ def _convolve(x, w, strides, padding, dilation, groups):
 
     On CPU (JAX's default backend), a convolution of a one-channel input (unit strides and
     dilation, at most 25 kernel taps, one group: the first layer of an image net) is a sum of
-    shifted copies of the input, which XLA fuses with what follows (MNIST's 3x3 conv to 32
-    channels, batch 128: ~4 -> ~0.7 ms forward; ``benchmarks/cnn_step.py``); its
-    derivatives are XLA's convolutions. Beyond 25 taps (5x5) it no longer wins."""
+    shifted copies of the input, which XLA fuses with what follows; its derivatives are XLA's
+    convolutions (timings: benchmarks/RESULTS.md, "CNN on CPU")."""
     rank = w.ndim - 2
     one_channel = (x.shape[-1] == 1 and groups == 1 and set(strides) == {1} and set(dilation) == {1}
                    and math.prod(w.shape[:rank]) <= 25)
@@ -169,7 +168,7 @@ def _shifted_sum(x, w, pads):
 
 def _shifted_sum_jvp(pads, primals, tangents):
     """Tangents by XLA's convolution, so that reverse mode transposes it into XLA's
-    convolution gradients (the shifted sum's own transpose is ~8x slower). Symbolic zeros:
+    convolution gradients (not the shifted sum's own, slower, transpose). Symbolic zeros:
     no convolution for an input that is not differentiated (the data, in training)."""
     (x, w), (dx, dw) = primals, tangents
     ones = (1,) * (w.ndim - 2)

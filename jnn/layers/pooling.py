@@ -6,8 +6,8 @@
 window and no padding, or ``"SAME"`` padding that pads nothing because the sizes divide), the
 input is viewed as ``[B, H/2, 2, W/2, 2, C]`` and reduced over the window axes (a ``"VALID"``
 remainder is cropped first). Otherwise the layers use ``jax.lax.reduce_window``. Both paths give
-the same values; the tiled one is several times faster on CPU, mostly in the backward pass,
-where ``reduce_window``'s max gradient lowers to XLA's slow ``select_and_scatter``.
+the same values; the tiled one is faster on CPU (benchmarks/RESULTS.md), mostly in the backward
+pass, where ``reduce_window``'s max gradient lowers to XLA's slow ``select_and_scatter``.
 
 Max-pool gradient with ties: on both paths, the whole gradient of a window goes to its first
 maximal element in row-major window order (as in ``torch.nn.functional.max_pool2d`` and in
