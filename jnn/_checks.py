@@ -439,7 +439,8 @@ def window_input(label: str, shape, window, dilation, padding, what: str = "kern
     """
     rank = len(window)
     if len(shape) != rank + 2:
-        want = ("[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]")[rank - 1] if rank <= 3 else f"[B, {rank} spatial axes..., C]"
+        want = ("[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]")[rank - 1] if rank <= 3 else \
+            f"[B, {rank} spatial axes..., C]"
         raise ValueError(f"{label}: a {rank}-D {what} of size {tuple(window)} expects inputs of rank {rank + 2} "
                          f"{want}, got shape {tuple(shape)}")
     pads = [(0, 0)] * rank if isinstance(padding, str) else padding

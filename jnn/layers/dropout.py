@@ -1,7 +1,8 @@
 """Dropout layers: ``dropout`` (per element) and ``spatial_dropout`` (whole channels).
 
 ``rate`` is the probability of *dropping* a unit (not of keeping it). Kept units are scaled by
-``1 / (1 - rate)`` during training ("inverted" dropout), so evaluation (``train=False``) is exactly the identity and needs no key.
+``1 / (1 - rate)`` during training ("inverted" dropout), so evaluation (``train=False``) is
+exactly the identity and needs no key.
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn

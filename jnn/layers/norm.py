@@ -111,7 +111,8 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
       >>> state["mean"]      # 0.9 * 0 + 0.1 * 1
       Array([0.1, 0.1], dtype=float32)
     """
-    label, min_ndim = name or "batch_norm", 2 if axis is None else 0
+    label = name or "batch_norm"
+    min_ndim = 2 if axis is None else 0   # an explicit axis is checked against the input's rank instead
 
     def layout(x):
         """The axes reduced over and the shape of the others (the features), after checking ``x``."""
@@ -128,8 +129,9 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
         return mean, _pmean(label, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True), axis_name)
 
     def init(key, example):
-        axes, features = layout(shape_of(example))
-        dtype = initializers.param_dtype(example.dtype)
+        x = shape_of(example)
+        axes, features = layout(x)
+        dtype = initializers.param_dtype(x.dtype)
         state = {"mean": jnp.zeros(features, dtype), "var": jnp.ones(features, dtype)}
         return _affine_params(features, dtype, use_scale, use_offset), state
 
