@@ -26,11 +26,15 @@ from jnn.core import Layer, layer_error, shape_of
 __all__ = ["learned_positional_embedding", "sinusoidal_encoding", "sinusoidal_table", "apply_rope"]
 
 
-def _check_sequence(label: str, x, max_len: int | None) -> None:
+def _check_sequence(label: str, x, max_len: int | None, width: int | None = None) -> None:
+    """``x`` must be a float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width`` (if given)."""
     checks.layer_input(label, x, "a sequence [B, T, F]", ndim=3, floating=True)
     if max_len is not None and x.shape[1] > max_len:
         raise layer_error(label, f"expected at most max_len={max_len} positions, got a sequence of length "
                                  f"{x.shape[1]} (shape {tuple(x.shape)})")
+    if width is not None and x.shape[2] != width:
+        raise layer_error(label, f"expected input of shape [B, T, {width}] (the width it was initialized with), "
+                                 f"got {tuple(x.shape)}")
 
 
 def sinusoidal_table(positions, features: int, dtype=jnp.float32, *, base: float = 10000.0) -> jax.Array:
@@ -112,10 +116,7 @@ def learned_positional_embedding(max_len: int | None, *, init=None, name: str | 
 
     def apply(params, state, x, *, key=None, train=False):
         table = params["embedding"]
-        _check_sequence(label, x, table.shape[0])
-        if x.shape[2] != table.shape[1]:
-            raise layer_error(label, f"expected input of shape [B, T, {table.shape[1]}] (the width it was "
-                                     f"initialized with), got {tuple(x.shape)}")
+        _check_sequence(label, x, *table.shape)
         return x + table[: x.shape[1]].astype(x.dtype), state
 
     return Layer(init_fn, apply, "learned_positional_embedding", name)
