@@ -457,13 +457,13 @@ def divisible(label: str, what: str, value: int, by_what: str, by: int, context:
         raise ValueError(f"{label}: {what} ({value}) must be divisible by {by_what} ({by}){context}")
 
 
-def batch_axes(label: str, what: str, axes, ndim: int) -> tuple[int, ...]:
-    """``axes`` (ints, negative ones counted from the end) of an input with ``ndim`` axes, sorted
-    and non-negative: distinct, in range, and including the batch axis 0."""
-    if not all(-ndim <= a < ndim for a in axes):
-        raise ValueError(f"{label}: {what} {axes} out of range for an input with {ndim} axes")
-    resolved = tuple(sorted(a % ndim for a in axes))
+def batch_axes(label: str, what: str, value, ndim: int) -> tuple[int, ...]:
+    """The axes ``value`` (ints, negative ones counted from the end) of an input with ``ndim`` axes,
+    sorted and non-negative: distinct, in range, and including the batch axis 0."""
+    if not all(-ndim <= a < ndim for a in value):
+        raise ValueError(f"{label}: {what} {value} out of range for an input with {ndim} axes")
+    resolved = tuple(sorted(a % ndim for a in value))
     if len(set(resolved)) != len(resolved) or 0 not in resolved:
-        raise ValueError(f"{label}: {what} must name distinct axes including the batch axis 0, got {axes} for an "
+        raise ValueError(f"{label}: {what} must name distinct axes including the batch axis 0, got {value} for an "
                          f"input with {ndim} axes")
     return resolved
