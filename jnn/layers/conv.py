@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, shape_of
 
 __all__ = ["conv", "conv_transpose"]
 
@@ -67,9 +67,7 @@ def _conv_layer(kind, label, name, kernel_size, features, groups, use_bias, w_in
     def apply(params, state, x, *, key=None, train=False):
         w = params["w"]
         check(x.shape)
-        if x.shape[-1] != w.shape[-2] * groups:
-            raise layer_error(label, f"expected inputs with {w.shape[-2] * groups} channels (the number it was "
-                                     f"initialized with), got shape {tuple(x.shape)}")
+        checks.last_axis(label, x, w.shape[-2] * groups, "channels last; ")
         x = checks.float_input(x, w.dtype)
         y = run(x, w.astype(x.dtype))
         return (y + params["b"].astype(x.dtype) if use_bias else y), state
@@ -173,7 +171,8 @@ def _shifted_sum_jvp(pads, primals, tangents):
     (x, w), (dx, dw) = primals, tangents
     ones = (1,) * (w.ndim - 2)
     y = _shifted_sum(x, w, pads)
-    terms = [_xla_conv(a, b, ones, pads, ones, 1) for a, b, t in ((dx, w, dx), (x, dw, dw))   # JAX calls this with one or both
+    # JAX calls this with one or both tangents
+    terms = [_xla_conv(a, b, ones, pads, ones, 1) for a, b, t in ((dx, w, dx), (x, dw, dw))
              if not isinstance(t, jax.custom_derivatives.SymbolicZero)]
     return y, functools.reduce(jnp.add, terms)
 

@@ -64,9 +64,8 @@ def _pmean(label: str, value, axis_name):
     try:
         return value if axis_name is None else jax.lax.pmean(value, axis_name)
     except NameError as e:
-        raise layer_error(label, f"axis_name={axis_name!r} is not bound here ({e}); apply the layer inside "
-                                 f"jax.vmap/jax.pmap/shard_map with axis_name={axis_name!r}, or build it with "
-                                 f"axis_name=None") from e
+        raise layer_error(label, f"axis_name={axis_name!r} is not bound here ({e}); apply the layer inside jax.vmap/"
+                                 f"pmap/shard_map with axis_name={axis_name!r}, or build it with axis_name=None") from e
 
 
 @checks.declare(momentum=checks.between(0, 1), epsilon=checks.above(0), axis=checks.axes, use_scale=checks.flag,
