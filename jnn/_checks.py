@@ -316,7 +316,7 @@ def integer_labels(label: str, logits, labels) -> None:
 # ---- rules added for layers (basic, activations, conv, pooling, norm, dropout, embedding, positional) ----
 
 __all__ += ["integer", "axes", "new_shape", "float_dtype", "window", "padding", "layer_input", "last_axis",
-            "window_input", "divisible", "batch_axes", "fraction", "int_in"]
+            "window_input", "divisible", "batch_axes", "fraction", "int_in", "sequence_input"]
 
 
 def fraction(label: str, what: str, value) -> float:
@@ -467,3 +467,23 @@ def batch_axes(label: str, what: str, value, ndim: int) -> tuple[int, ...]:
         raise ValueError(f"{label}: {what} must name distinct axes including the batch axis 0, got {value} for an "
                          f"input with {ndim} axes")
     return resolved
+
+
+def sequence_input(label: str, x, max_len: int | None = None, width: int | None = None) -> None:
+    """A float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width`` (the width the layer
+    was initialized with), each when given.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jnn import _checks as checks
+      >>> checks.sequence_input("pos", jnp.zeros((1, 5, 2)), max_len=4)
+      Traceback (most recent call last):
+      ValueError: pos: expected at most max_len=4 positions, got a sequence of length 5 (shape (1, 5, 2))
+    """
+    layer_input(label, x, "a sequence [B, T, F]", ndim=3, floating=True)
+    if max_len is not None and x.shape[1] > max_len:
+        raise ValueError(f"{label}: expected at most max_len={max_len} positions, got a sequence of length "
+                         f"{x.shape[1]} (shape {tuple(x.shape)})")
+    if width is not None and x.shape[2] != width:
+        raise ValueError(f"{label}: expected input of shape [B, T, {width}] (the width it was initialized with), "
+                         f"got {tuple(x.shape)}")

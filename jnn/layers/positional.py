@@ -26,17 +26,6 @@ from jnn.core import Layer, layer_error, shape_of
 __all__ = ["learned_positional_embedding", "sinusoidal_encoding", "sinusoidal_table", "apply_rope"]
 
 
-def _check_sequence(label: str, x, max_len: int | None, width: int | None = None) -> None:
-    """``x`` must be a float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width`` (if given)."""
-    checks.layer_input(label, x, "a sequence [B, T, F]", ndim=3, floating=True)
-    if max_len is not None and x.shape[1] > max_len:
-        raise layer_error(label, f"expected at most max_len={max_len} positions, got a sequence of length "
-                                 f"{x.shape[1]} (shape {tuple(x.shape)})")
-    if width is not None and x.shape[2] != width:
-        raise layer_error(label, f"expected input of shape [B, T, {width}] (the width it was initialized with), "
-                                 f"got {tuple(x.shape)}")
-
-
 def sinusoidal_table(positions, features: int, dtype=jnp.float32, *, base: float = 10000.0) -> jax.Array:
     """The sinusoidal encodings of ``positions``: ``[..., features]``.
 
@@ -71,7 +60,7 @@ def sinusoidal_encoding(max_len: int, *, base: float = 10000.0, name: str | None
       >>> bool(jnp.allclose(y[0, :, 0], jnp.sin(jnp.arange(3.0))))   # feature 0 is sin(t)
       True
     """
-    check = functools.partial(_check_sequence, name or "sinusoidal_encoding", max_len=max_len)
+    check = functools.partial(checks.sequence_input, name or "sinusoidal_encoding", max_len=max_len)
 
     def init(key, example):
         check(shape_of(example))
@@ -110,13 +99,13 @@ def learned_positional_embedding(max_len: int | None, *, init=None, name: str | 
 
     def init_fn(key, example):
         x = shape_of(example)
-        _check_sequence(label, x, max_len)
+        checks.sequence_input(label, x, max_len)
         length = x.shape[1] if max_len is None else max_len
         return {"embedding": table_init(key, (length, x.shape[2]), initializers.param_dtype(x.dtype))}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         table = params["embedding"]
-        _check_sequence(label, x, *table.shape)
+        checks.sequence_input(label, x, *table.shape)
         return x + table[: x.shape[1]].astype(x.dtype), state
 
     return Layer(init_fn, apply, "learned_positional_embedding", name)
