@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import math
 from functools import partial
 from typing import Sequence
 
@@ -116,10 +117,10 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
       strides: int or one per spatial axis; ``None`` (default) means equal to ``window``.
       padding: ``"VALID"`` (default), ``"SAME"`` or explicit ``[(lo, hi), ...]``; padded
         positions never win the max.
+      name: optional explicit name.
 
     The gradient of each window goes entirely to its first maximal element in row-major order
     (the PyTorch convention); see the module docstring for the fast path.
-      name: optional explicit name.
 
     Example:
       >>> import jax.numpy as jnp
@@ -162,10 +163,7 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
         # A Python scalar init value keeps this the differentiable reduce_window_sum primitive.
         total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides_, pad)
         if count_include_pad:
-            size = 1
-            for d in dims:
-                size *= d
-            return total / jnp.array(size, x.dtype)
+            return total / jnp.array(math.prod(dims), x.dtype)
         ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
         count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strides_, pad)
         return total / count
