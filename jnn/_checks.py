@@ -403,15 +403,7 @@ def padding(label: str, what: str, value, rank: int) -> str | tuple[tuple[int, i
 def layer_input(label: str, x, expected: str = "", *, ndim: int | None = None, min_ndim: int = 0,
                 floating: bool = False) -> None:
     """A layer's input check: ``ndim`` axes exactly (or at least ``min_ndim``), and a floating
-    dtype if ``floating``; the message says what was ``expected`` ("a sequence [B, T, F]").
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn import _checks as checks
-      >>> checks.layer_input("pos", jnp.zeros((2, 4)), "a sequence [B, T, F]", ndim=3)
-      Traceback (most recent call last):
-      ValueError: pos: expected a sequence [B, T, F], got shape (2, 4)
-    """
+    dtype if ``floating``; the message says what was ``expected`` ("a sequence [B, T, F]")."""
     if len(x.shape) < min_ndim or ndim is not None and len(x.shape) != ndim:
         raise ValueError(f"{label}: expected {expected}, got shape {tuple(x.shape)}")
     if floating and not jnp.issubdtype(x.dtype, jnp.floating):
@@ -471,15 +463,7 @@ def batch_axes(label: str, what: str, value, ndim: int) -> tuple[int, ...]:
 
 def sequence_input(label: str, x, max_len: int | None = None, width: int | None = None) -> None:
     """A float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width`` (the width the layer
-    was initialized with), each when given.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn import _checks as checks
-      >>> checks.sequence_input("pos", jnp.zeros((1, 5, 2)), max_len=4)
-      Traceback (most recent call last):
-      ValueError: pos: expected at most max_len=4 positions, got a sequence of length 5 (shape (1, 5, 2))
-    """
+    was initialized with), each when given."""
     layer_input(label, x, "a sequence [B, T, F]", ndim=3, floating=True)
     if max_len is not None and x.shape[1] > max_len:
         raise ValueError(f"{label}: expected at most max_len={max_len} positions, got a sequence of length "
