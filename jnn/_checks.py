@@ -33,7 +33,9 @@ __all__ = [
     "number_in", "rate", "per_axis", "param", "child_params", "float_input", "is_concrete",
     "ids_in_range", "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer",
     "integer", "static_rate", "divides", "none_or_positive_int", "finite_at_least",
-    "positive_int_or", "stages", "jnn_layer", "key_for", "int_lengths",
+    "positive_int_or", "stages", "jnn_layer", "key_for", "int_lengths", "fraction", "int_in",
+    "an_int", "axes", "new_shape", "float_dtype", "window", "padding", "layer_input", "last_axis",
+    "window_input", "divisible", "batch_axes", "sequence_input",
 ]
 
 
@@ -502,3 +504,161 @@ def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: st
         raise ValueError(f"{label}: expected {what} as integers of shape [{batch}]{note}, got "
                          f"{lengths.dtype}{list(lengths.shape)}")
     return lengths.astype(jnp.int32)
+
+
+# ---- rules added for layers (basic, activations, conv, pooling, norm, dropout, embedding, positional) ----
+
+
+
+def fraction(label: str, what: str, value) -> float:
+    """A real number in ``[0, 1)`` (returned as a float), e.g. a label-smoothing amount."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def int_in(label: str, what: str, value, low: int, high: int) -> int:
+    """A Python int (not a bool) in the closed interval ``[low, high]``."""
+    if not _is_int(value) or not low <= value <= high:
+        raise ValueError(f"{label}: {what} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def an_int(label: str, what: str, value) -> int:
+    """A Python int (not a bool), e.g. an axis."""
+    if not _is_int(value):
+        raise ValueError(f"{label}: {what} must be an integer, got {value!r}")
+    return value
+
+
+def axes(label: str, what: str, value) -> tuple[int, ...] | None:
+    """``None``, an int or a non-empty tuple (or list) of ints, returned as a tuple of ints."""
+    values = (value,) if _is_int(value) else value
+    if value is not None and not (isinstance(values, (tuple, list)) and values and all(map(_is_int, values))):
+        raise ValueError(f"{label}: {what} must be None, an int or a non-empty tuple of ints, got {value!r}")
+    return value if value is None else tuple(values)
+
+
+def new_shape(label: str, what: str, value) -> tuple[int, ...]:
+    """A target shape: positive ints and at most one ``-1`` (the size left over)."""
+    shape = tuple(value)
+    if not all(_is_int(d) and (d > 0 or d == -1) for d in shape) or shape.count(-1) > 1:
+        raise ValueError(f"{label}: {what} must hold positive integers and at most one -1, got {shape}")
+    return shape
+
+
+def float_dtype(label: str, what: str, value):
+    """``None`` or a floating dtype (``jnp.float32``, ``"bfloat16"``)."""
+    if value is not None and not jnp.issubdtype(value, jnp.floating):
+        raise ValueError(f"{label}: {what} must be a floating dtype, got {value!r}")
+    return value
+
+
+def window(max_rank: int | None = 3):
+    """A kernel or window size: a non-empty tuple of positive ints, one per spatial axis (an int
+    is refused, so the spatial rank is never guessed)."""
+    def rule(label, what, value):
+        if _is_int(value):
+            raise ValueError(f"{label}: {what} must be a tuple with one entry per spatial axis, e.g. "
+                             f"({value},) for 1-D or ({value}, {value}) for 2-D, got the int {value!r}")
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise ValueError(f"{label}: {what} must be a tuple of positive integers, got {value!r}") from None
+        if not values or not all(_is_int(v) and v > 0 for v in values):
+            raise ValueError(f"{label}: {what} must be a non-empty tuple of positive integers, got {value!r}")
+        if max_rank is not None and len(values) > max_rank:
+            raise ValueError(f"{label}: {what} must have 1, 2 or 3 entries (1-D, 2-D or 3-D), got {value!r}")
+        return values
+    return rule
+
+
+def padding(label: str, what: str, value, rank: int) -> str | tuple[tuple[int, int], ...]:
+    """``"SAME"``, ``"VALID"`` (any case, returned upper-case) or ``rank`` pairs ``(lo, hi)`` of
+    non-negative ints (one per spatial axis)."""
+    if isinstance(value, str):
+        if value.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"{label}: {what} must be 'SAME', 'VALID' or a sequence of {rank} (lo, hi) pairs, "
+                             f"got {value!r}")
+        return value.upper()
+    try:
+        pairs = tuple(tuple(p) for p in value)
+    except TypeError:
+        pairs = ()
+    if len(pairs) != rank or not all(len(p) == 2 and all(_is_int(v) and v >= 0 for v in p) for p in pairs):
+        raise ValueError(f"{label}: {what} must be 'SAME', 'VALID' or a sequence of {rank} (lo, hi) pairs of "
+                         f"non-negative integers (e.g. {[(1, 1)] * rank}), got {value!r}")
+    return pairs
+
+
+def layer_input(label: str, x, expected: str = "", *, ndim: int | None = None, min_ndim: int = 0,
+                floating: bool = False) -> None:
+    """A layer's input check: ``ndim`` axes exactly (or at least ``min_ndim``), and a floating
+    dtype if ``floating``; the message says what was ``expected`` ("a sequence [B, T, F]")."""
+    if len(x.shape) < min_ndim or ndim is not None and len(x.shape) != ndim:
+        raise ValueError(f"{label}: expected {expected}, got shape {tuple(x.shape)}")
+    if floating and not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{label}: expected a floating-point input, got {jnp.dtype(x.dtype).name}")
+
+
+def last_axis(label: str, x, size: int | None, what: str = "") -> None:
+    """The input's last axis must hold ``size`` entries (the size the layer was initialized with;
+    ``None``: any size, but there must be a last axis). ``what`` says what it holds."""
+    if len(x.shape) < 1 or size is not None and x.shape[-1] != size:
+        raise ValueError(f"{label}: expected input of shape [..., {size or 'F'}] ({what}the size it was initialized "
+                         f"with), got {tuple(x.shape)}")
+
+
+def window_input(label: str, shape, window, dilation, padding, what: str = "kernel") -> None:
+    """The input of a convolution or pooling layer: ``[B, *spatial, C]`` with one spatial axis per
+    ``window`` entry and, for ``"VALID"`` or explicit padding, the (dilated) window inside the
+    padded input. ``what`` names the window (``"kernel"`` or ``"window"``).
+
+    Example:
+      >>> from jnn import _checks as checks
+      >>> checks.window_input("conv", (1, 2, 8, 1), (3, 3), (1, 1), "VALID")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ValueError: conv: kernel of size (3, 3) (span 3 with dilation 1) is larger than the padded input along ...
+    """
+    rank = len(window)
+    if len(shape) != rank + 2:
+        want = ("[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]")[rank - 1] if rank <= 3 else \
+            f"[B, {rank} spatial axes..., C]"
+        raise ValueError(f"{label}: a {rank}-D {what} of size {tuple(window)} expects inputs of rank {rank + 2} "
+                         f"{want}, got shape {tuple(shape)}")
+    pads = [(0, 0)] * rank if isinstance(padding, str) else padding
+    for axis, (n, k, d, (lo, hi)) in enumerate(zip(shape[1:-1], window, dilation, pads)):
+        if padding != "SAME" and n + lo + hi < d * (k - 1) + 1:
+            raise ValueError(f"{label}: {what} of size {tuple(window)} (span {d * (k - 1) + 1} with dilation {d}) is "
+                             f"larger than the padded input along spatial axis {axis} (size {n} + padding {lo + hi}) "
+                             f"for input shape {tuple(shape)}; use padding='SAME', more padding or a smaller {what}")
+
+
+def divisible(label: str, what: str, value: int, by_what: str, by: int, context: str = "") -> None:
+    """``value`` (``what``) must be a multiple of ``by`` (``by_what``); ``context`` ends the message."""
+    if value % by:
+        raise ValueError(f"{label}: {what} ({value}) must be divisible by {by_what} ({by}){context}")
+
+
+def batch_axes(label: str, what: str, value, ndim: int) -> tuple[int, ...]:
+    """The axes ``value`` (ints, negative ones counted from the end) of an input with ``ndim`` axes,
+    sorted and non-negative: distinct, in range, and including the batch axis 0."""
+    if not all(-ndim <= a < ndim for a in value):
+        raise ValueError(f"{label}: {what} {value} out of range for an input with {ndim} axes")
+    resolved = tuple(sorted(a % ndim for a in value))
+    if len(set(resolved)) != len(resolved) or 0 not in resolved:
+        raise ValueError(f"{label}: {what} must name distinct axes including the batch axis 0, got {value} for an "
+                         f"input with {ndim} axes")
+    return resolved
+
+
+def sequence_input(label: str, x, max_len: int | None = None, width: int | None = None) -> None:
+    """A float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width`` (the width the layer
+    was initialized with), each when given."""
+    layer_input(label, x, "a sequence [B, T, F]", ndim=3, floating=True)
+    if max_len is not None and x.shape[1] > max_len:
+        raise ValueError(f"{label}: expected at most max_len={max_len} positions, got a sequence of length "
+                         f"{x.shape[1]} (shape {tuple(x.shape)})")
+    if width is not None and x.shape[2] != width:
+        raise ValueError(f"{label}: expected input of shape [B, T, {width}] (the width it was initialized with), "
+                         f"got {tuple(x.shape)}")

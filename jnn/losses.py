@@ -139,6 +139,7 @@ def binary_cross_entropy(probabilities: jax.Array, labels: jax.Array, *,
     return _reduce(losses, reduction, "binary_cross_entropy")
 
 
+@checks.declare(label_smoothing=checks.fraction)
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
                           reduction: str = "mean") -> jax.Array:
     """Categorical cross-entropy of ``softmax(logits)``.
@@ -167,9 +168,6 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
     if logits.ndim < 1:
         raise ValueError(f"{where}: logits must have a class axis last, shape [..., C], got shape ()")
     num_classes = logits.shape[-1]
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-            or not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"{where}: label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     checks.float_labels_hint(where, logits, labels)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         checks.integer_labels(where, logits, labels)

@@ -71,8 +71,7 @@ def top_k_accuracy(logits: jax.Array, labels: jax.Array, k: int = 5) -> jax.Arra
       0.5
     """
     logits, labels = _arrays("top_k_accuracy", logits, labels)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= logits.shape[-1]:
-        raise ValueError(f"top_k_accuracy: k must be an integer in [1, {logits.shape[-1]}], got {k!r}")
+    k = checks.int_in("top_k_accuracy", "k", k, 1, logits.shape[-1])
     ids = _class_ids("top_k_accuracy", logits, labels)
     _, top = jax.lax.top_k(logits, k)
     return jnp.mean(jnp.any(top == ids[..., None], axis=-1).astype(jnp.float32))

@@ -217,8 +217,8 @@ def test_bad_input_raises_at_init(layer, shape, match):
 @pytest.mark.parametrize("layer", [conv(4, (3, 3), name="c1"), conv_transpose(4, (3, 3), name="c1")])
 def test_wrong_channels_or_rank_at_apply(layer):
     params, state = _params(layer, jnp.zeros((1, 6, 6, 3)))
-    with pytest.raises(ValueError, match=r"c1: expected inputs with 3 channels \(the number it was "
-                                         r"initialized with\), got shape \(1, 6, 6, 2\)"):
+    with pytest.raises(ValueError, match=r"c1: expected input of shape \[\.\.\., 3\] \(channels last; the size it "
+                                         r"was initialized with\), got \(1, 6, 6, 2\)"):
         layer.apply(params, state, jnp.zeros((1, 6, 6, 2)))
     with pytest.raises(ValueError, match=r"c1: a 2-D kernel .* got shape \(6, 6, 3\)"):
         jax.jit(layer.apply)(params, state, jnp.zeros((6, 6, 3)))

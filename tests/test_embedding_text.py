@@ -78,8 +78,8 @@ def test_embedding_errors():
     params, state = layer.init(KEY, jnp.zeros((2, 3), jnp.int32))
     with pytest.raises(ValueError, match=r"embedding: expected integer token ids, got float32"):
         layer.apply(params, state, jnp.zeros((2, 3)))
-    with pytest.raises(ValueError, match=r"embedding: expected an embedding table of shape \(5, 2\), "
-                                         r"got \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"embedding: embedding has shape \(4, 2\) but this layer was built with "
+                                         r"vocab_size=5, features=2 \(expected shape \(5, 2\)\)"):
         layer.apply({"embedding": jnp.zeros((4, 2))}, state, jnp.zeros((2, 3), jnp.int32))
     with pytest.raises(ValueError, match=r"attend: expected x of shape \[\.\.\., 2\] \(the embedding "
                                          r"width\), got \(3, 4\)"):

@@ -254,7 +254,7 @@ def test_batch_norm_errors():
                                          r"with 2 axes"):
         batch_norm(axis=(0, 2)).init(KEY, shape)
     with pytest.raises(ValueError, match=r"batch_norm: expected an input \[B, \.\.\., F\] with at "
-                                         r"least 2 axes, got 1 axes"):
+                                         r"least 2 axes, got shape \(4,\)"):
         batch_norm().init(KEY, jax.ShapeDtypeStruct((4,), jnp.float32))
     with pytest.raises(ValueError, match=r"batch_norm: expected a floating-point input, got int32"):
         batch_norm().init(KEY, jax.ShapeDtypeStruct((4, 3), jnp.int32))

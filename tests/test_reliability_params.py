@@ -68,7 +68,7 @@ def test_param_checks_run_under_jit_too():
 def test_conv_kernel_of_another_size_is_named():
     params, state = jnn.conv(2, (5, 5)).init(KEY, jnp.zeros((1, 8, 8, 1)))
     with pytest.raises(ValueError, match=r"conv: w has shape \(5, 5, 1, 2\) but this layer was built "
-                                         r"with kernel_size=\(3, 3\), features=2"):
+                                         r"with features=2, kernel_size=\(3, 3\)"):
         jnn.conv(2, (3, 3)).apply(params, state, jnp.zeros((1, 8, 8, 1)))
 
 

@@ -309,6 +309,7 @@ def _pipeline(where: str, augmentations) -> Augmentation:
     return augment
 
 
+@checks.declare()
 def augment_layer(*augmentations: Augmentation, name: str | None = None) -> Layer:
     """A layer applying ``pipeline(*augmentations)`` when ``train=True``, the identity otherwise.
 
@@ -327,14 +328,11 @@ def augment_layer(*augmentations: Augmentation, name: str | None = None) -> Laye
     augment = _pipeline(label, augmentations)
 
     def init(key, example):
-        x = shape_of(example)
-        if x.ndim != 4:
-            raise layer_error(label, f"expected images of shape [B, H, W, C], got {tuple(x.shape)}")
+        checks.layer_input(label, shape_of(example), "images of shape [B, H, W, C]", ndim=4)
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        checks.boolean(label, train=train)
-        if not train:
+        if not checks.flag(label, "train", train):
             return x, state
         if key is None:
             raise layer_error(label, "train=True needs randomness: pass key=jax.random.key(...) to apply")

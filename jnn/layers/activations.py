@@ -38,9 +38,7 @@ def step(*, name: str | None = None) -> Layer:
     """Heaviside step (the classic perceptron's output): ``1 if x >= 0 else 0``.
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.step().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in step().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [0.0, 1.0, 1.0]
     """
     return stateless("step", heaviside, name=name)
@@ -50,9 +48,7 @@ def sigmoid(*, name: str | None = None) -> Layer:
     """Logistic sigmoid ``1 / (1 + exp(-x))``.
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.sigmoid().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in sigmoid().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [0.269, 0.5, 0.881]
     """
     return stateless("sigmoid", jax.nn.sigmoid, name=name)
@@ -62,9 +58,7 @@ def tanh(*, name: str | None = None) -> Layer:
     """Hyperbolic tangent.
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.tanh().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in tanh().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [-0.762, 0.0, 0.964]
     """
     return stateless("tanh", jnp.tanh, name=name)
@@ -74,51 +68,43 @@ def relu(*, name: str | None = None) -> Layer:
     """Rectified linear unit ``max(x, 0)``.
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.relu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in relu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [0.0, 0.0, 2.0]
     """
     return stateless("relu", jax.nn.relu, name=name)
 
 
+@checks.declare(negative_slope=checks.finite_number)
 def leaky_relu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
     """``x if x >= 0 else negative_slope * x``.
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.leaky_relu(0.1).apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in leaky_relu(0.1).apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [-0.1, 0.0, 2.0]
     """
-    checks.finite_number(name or "leaky_relu", "negative_slope", negative_slope)
     return stateless("leaky_relu", functools.partial(jax.nn.leaky_relu, negative_slope=negative_slope),
                      name=name)
 
 
+@checks.declare(alpha=checks.finite_number)
 def elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
     """Exponential linear unit ``x if x > 0 else alpha * (exp(x) - 1)``.
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.elu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in elu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [-0.632, 0.0, 2.0]
     """
-    checks.finite_number(name or "elu", "alpha", alpha)
     return stateless("elu", functools.partial(jax.nn.elu, alpha=alpha), name=name)
 
 
+@checks.declare(approximate=checks.flag)
 def gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
     """Gaussian error linear unit ``x * Phi(x)`` (exact by default; tanh approximation optional).
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.gelu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in gelu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [-0.159, 0.0, 1.954]
     """
-    checks.boolean(name or "gelu", approximate=approximate)
     return stateless("gelu", functools.partial(jax.nn.gelu, approximate=approximate), name=name)
 
 
@@ -126,9 +112,7 @@ def softplus(*, name: str | None = None) -> Layer:
     """``log(1 + exp(x))``, a smooth ReLU.
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.softplus().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in softplus().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [0.313, 0.693, 2.127]
     """
     return stateless("softplus", jax.nn.softplus, name=name)
@@ -138,9 +122,7 @@ def silu(*, name: str | None = None) -> Layer:
     """Sigmoid linear unit (swish) ``x * sigmoid(x)``.
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.silu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in silu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [-0.269, 0.0, 1.762]
     """
     return stateless("silu", jax.nn.silu, name=name)
@@ -150,10 +132,7 @@ swish = silu
 
 
 def _over_axis(label: str, fn, axis: int):
-    """``fn(x, axis=axis)``, with ``axis`` an int checked now and against ``x``'s rank at apply."""
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise ValueError(f"{label}: axis must be an integer, got {axis!r}")
-
+    """``fn(x, axis=axis)``, with ``axis`` checked against ``x``'s rank."""
     def over_axis(x):
         if not -x.ndim <= axis < x.ndim:
             raise ValueError(f"{label}: axis {axis} is out of range for an input of shape {tuple(x.shape)}")
@@ -161,25 +140,23 @@ def _over_axis(label: str, fn, axis: int):
     return over_axis
 
 
+@checks.declare(axis=checks.an_int)
 def softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Softmax over ``axis`` (probabilities that sum to 1).
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.softmax().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in softmax().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [0.042, 0.114, 0.844]
     """
     return stateless("softmax", _over_axis(name or "softmax", jax.nn.softmax, axis), name=name)
 
 
+@checks.declare(axis=checks.an_int)
 def log_softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Log-softmax over ``axis`` (numerically stable log-probabilities).
 
     Example:
-      >>> import jax.numpy as jnp, jnn
-      >>> y, _ = jnn.log_softmax().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))
-      >>> [round(float(v), 3) for v in y]
+      >>> [round(float(v), 3) for v in log_softmax().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [-3.17, -2.17, -0.17]
     """
     return stateless("log_softmax", _over_axis(name or "log_softmax", jax.nn.log_softmax, axis), name=name)

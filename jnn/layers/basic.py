@@ -43,8 +43,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
 
     def init(key, example):
         x = shape_of(example)
-        if x.ndim < 1:
-            raise layer_error(label, f"expected an input with at least one axis, got shape {x.shape}")
+        checks.layer_input(label, x, "an input with at least one axis", min_ndim=1)
         dtype = initializers.param_dtype(x.dtype)
         w_key, b_key = jax.random.split(key)
         params = {"w": w_fn(w_key, (x.shape[-1], features), dtype)}
@@ -54,9 +53,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
 
     def apply(params, state, x, *, key=None, train=False):
         w = params["w"]
-        if x.ndim < 1 or x.shape[-1] != w.shape[0]:
-            raise layer_error(label, f"expected input of shape [..., {w.shape[0]}] (the size it was "
-                                     f"initialized with), got {tuple(x.shape)}")
+        checks.last_axis(label, x, w.shape[0])
         x = checks.float_input(x, w.dtype)
         y = x @ w.astype(x.dtype)
         if use_bias:
@@ -77,6 +74,7 @@ def flatten(*, name: str | None = None) -> Layer:
     return stateless("flatten", lambda x: x.reshape(x.shape[0], -1), name=name)
 
 
+@checks.declare(shape=checks.new_shape)
 def reshape(shape: tuple[int, ...], *, name: str | None = None) -> Layer:
     """Reshapes each example (the batch axis is kept): ``[B, ...] -> [B, *shape]``.
 
@@ -88,14 +86,11 @@ def reshape(shape: tuple[int, ...], *, name: str | None = None) -> Layer:
       (2, 28, 28, 1)
     """
     label = name or "reshape"
-    shape = tuple(shape)
-    if any(isinstance(d, bool) or not isinstance(d, int) or (d <= 0 and d != -1) for d in shape) or shape.count(-1) > 1:
-        raise ValueError(f"{label}: shape must hold positive integers and at most one -1, got {shape}")
 
     def fn(x):
         size = math.prod(x.shape[1:])
         known = math.prod(d for d in shape if d != -1)
-        if (-1 in shape and size % known) or (-1 not in shape and size != known):
+        if size % known or (-1 not in shape and size != known):
             raise layer_error(label, f"cannot reshape examples of shape {tuple(x.shape[1:])} "
                                      f"({size} values) to {shape}")
         return x.reshape((x.shape[0], *shape))

@@ -28,84 +28,19 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn._checks import per_axis as _per_axis  # also used by pooling
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, shape_of
 
 __all__ = ["conv", "conv_transpose"]
 
+#: A padding: ``"SAME"``, ``"VALID"`` or one ``(lo, hi)`` pair per spatial axis.
 Padding = Union[str, Sequence[tuple[int, int]]]
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
-def _is_pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _window(label: str, what: str, value, *, max_rank: int | None = 3) -> tuple[int, ...]:
-    """A kernel/window size: a non-empty tuple of positive ints (its length is the spatial rank)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(f"{label}: {what} must be a tuple with one entry per spatial axis, e.g. "
-                         f"({value},) for 1-D or ({value}, {value}) for 2-D, got the int {value!r}")
-    try:
-        value = tuple(value)
-    except TypeError:
-        raise ValueError(f"{label}: {what} must be a tuple of positive integers, got {value!r}") from None
-    if not value or not all(_is_pos_int(v) for v in value):
-        raise ValueError(f"{label}: {what} must be a non-empty tuple of positive integers, got {value!r}")
-    if max_rank is not None and len(value) > max_rank:
-        raise ValueError(f"{label}: {what} must have 1, 2 or 3 entries (1-D, 2-D or 3-D), got {value!r}")
-    return value
-
-
-def _padding(label: str, padding, rank: int) -> str | tuple[tuple[int, int], ...]:
-    """``"SAME"``, ``"VALID"`` (any case) or ``rank`` pairs ``(lo, hi)`` of non-negative ints."""
-    if isinstance(padding, str):
-        if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"{label}: padding must be 'SAME', 'VALID' or a sequence of {rank} "
-                             f"(lo, hi) pairs, got {padding!r}")
-        return padding.upper()
-    try:
-        pairs = tuple(tuple(p) for p in padding)
-    except TypeError:
-        pairs = ()
-    ok = len(pairs) == rank and all(
-        len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)
-        for p in pairs)
-    if not ok:
-        raise ValueError(f"{label}: padding must be 'SAME', 'VALID' or a sequence of {rank} (lo, hi) "
-                         f"pairs of non-negative integers (e.g. {[(1, 1)] * rank}), got {padding!r}")
-    return pairs
-
-
-def _check_input(label: str, shape, rank: int, window: Sequence[int], dilation: Sequence[int],
-                 padding, what: str = "kernel") -> None:
-    """Rank check, and for VALID/explicit padding: the (dilated) window fits in the padded input."""
-    layout = ["[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]"]
-    want = layout[rank - 1] if rank <= 3 else f"[B, {rank} spatial axes..., C]"
-    if len(shape) != rank + 2:
-        raise layer_error(label, f"a {rank}-D {what} of size {tuple(window)} expects inputs of rank "
-                                 f"{rank + 2} {want}, got shape {tuple(shape)}")
-    if padding == "SAME":
-        return
-    pads = [(0, 0)] * rank if padding == "VALID" else padding
-    for axis, (n, k, d, (lo, hi)) in enumerate(zip(shape[1:-1], window, dilation, pads)):
-        span = d * (k - 1) + 1
-        if n + lo + hi < span:
-            raise layer_error(label, f"{what} of size {tuple(window)} (span {span} with dilation {d}) "
-                                     f"is larger than the padded input along spatial axis {axis} "
-                                     f"(size {n} + padding {lo + hi}) for input shape {tuple(shape)}; "
-                                     f"use padding='SAME', more padding or a smaller {what}")
-
-
-def _options(label, features, kernel_size, strides, dilation, padding, w_init, b_init):
-    """The constructor arguments every convolution shares, validated and normalized:
-    ``(kernel_size, strides, dilation, padding, w_init, b_init)``."""
-    checks.positive_int(label, "features", features)
-    kernel_size = _window(label, "kernel_size", kernel_size)
-    rank = len(kernel_size)
-    return (kernel_size, _per_axis(label, "strides", strides, rank), _per_axis(label, "dilation", dilation, rank),
-            _padding(label, padding, rank), initializers.get(w_init, where=f"{label} w_init"),
-            initializers.get(b_init, where=f"{label} b_init"))
+def _geometry(label: str, rank: int, strides, dilation, padding):
+    """``strides`` and ``dilation`` per spatial axis, and the padding, checked and normalized."""
+    return (checks.per_axis(label, "strides", strides, rank), checks.per_axis(label, "dilation", dilation, rank),
+            checks.padding(label, "padding", padding, rank))
 
 
 def _dimension_numbers(rank: int):
@@ -113,21 +48,35 @@ def _dimension_numbers(rank: int):
     return (f"N{s}C", f"{s}IO", f"N{s}C")
 
 
-def _check_params(label: str, params, kernel_size, features: int, use_bias: bool):
-    """``params["w"]`` after static key/shape checks against the built hyperparameters."""
-    built = f"kernel_size={kernel_size}, features={features}"
-    w = checks.param(label, params, "w", (*kernel_size, None, features), built)
-    if use_bias:
-        checks.param(label, params, "b", (features,), built)
-    return w
+def _conv_layer(kind, label, name, kernel_size, features, groups, use_bias, w_init, b_init, check, run) -> Layer:
+    """Params ``w: [*kernel_size, C // groups, features]`` (and ``b: [features]``); the output is
+    ``run(x, w) + b``; ``check(shape)`` checks the input at init and apply."""
+    w_init = initializers.get(w_init, where=f"{label} w_init")
+    b_init = initializers.get(b_init, where=f"{label} b_init")
+
+    def init(key, example):
+        x = shape_of(example)
+        check(x.shape)
+        dtype = initializers.param_dtype(x.dtype)
+        w_key, b_key = jax.random.split(key)
+        params = {"w": w_init(w_key, (*kernel_size, x.shape[-1] // groups, features), dtype)}
+        if use_bias:
+            params["b"] = b_init(b_key, (features,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        w = params["w"]
+        check(x.shape)
+        checks.last_axis(label, x, w.shape[-2] * groups, "channels last; ")
+        x = checks.float_input(x, w.dtype)
+        y = run(x, w.astype(x.dtype))
+        return (y + params["b"].astype(x.dtype) if use_bias else y), state
+
+    return Layer(init, apply, kind, name)
 
 
-def _check_channels(label: str, x, w_in: int, groups: int) -> None:
-    if x.shape[-1] != w_in * groups:
-        raise layer_error(label, f"expected inputs with {w_in * groups} channels (the number it was "
-                                 f"initialized with), got shape {tuple(x.shape)}")
-
-
+@checks.declare(features=checks.positive_int, kernel_size=checks.window(3), feature_group_count=checks.positive_int,
+                use_bias=checks.flag)
 def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[int] = 1,
          padding: Padding = "SAME", dilation: int | Sequence[int] = 1, feature_group_count: int = 1,
          use_bias: bool = True, w_init="lecun_normal", b_init="zeros", name: str | None = None) -> Layer:
@@ -138,7 +87,7 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
     ``b: [features]``. With ``padding="SAME"`` ``spatial_out = ceil(spatial / strides)``; with
     ``"VALID"`` the (dilated) kernel must fit inside the input. Built on
     ``jax.lax.conv_general_dilated`` (on CPU, a one-channel input with unit strides runs as a
-    fused sum of shifted inputs, several times faster, with the same values); params are float32
+    fused sum of shifted inputs, with the same values); params are float32
     (float64 for float64 inputs) and the convolution runs in the input's dtype (integer and bool
     inputs are promoted to the params' dtype; weights are never cast to an integer dtype).
 
@@ -164,40 +113,17 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
       (3, 3, 1, 8)
     """
     label = name or "conv"
-    checks.boolean(label, use_bias=use_bias)
-    kernel_size, strides, dilation, padding, w_init, b_init = _options(
-        label, features, kernel_size, strides, dilation, padding, w_init, b_init)
-    rank = len(kernel_size)
-    checks.positive_int(label, "feature_group_count", feature_group_count)
-    groups = feature_group_count
-    if features % groups:
-        raise ValueError(f"{label}: features ({features}) must be divisible by feature_group_count "
-                         f"({groups})")
+    rank, groups = len(kernel_size), feature_group_count
+    strides, dilation, padding = _geometry(label, rank, strides, dilation, padding)
+    checks.divisible(label, "features", features, "feature_group_count", groups)
 
-    def init(key, example):
-        x = shape_of(example)
-        _check_input(label, x.shape, rank, kernel_size, dilation, padding)
-        if x.shape[-1] % groups:
-            raise layer_error(label, f"input channels ({x.shape[-1]}) must be divisible by "
-                                     f"feature_group_count ({groups}); got input shape {tuple(x.shape)}")
-        dtype = initializers.param_dtype(x.dtype)
-        w_key, b_key = jax.random.split(key)
-        params = {"w": w_init(w_key, (*kernel_size, x.shape[-1] // groups, features), dtype)}
-        if use_bias:
-            params["b"] = b_init(b_key, (features,), dtype)
-        return params, {}
+    def check(shape):
+        checks.window_input(label, shape, kernel_size, dilation, padding)
+        checks.divisible(label, "input channels", shape[-1], "feature_group_count", groups,
+                         f"; got input shape {tuple(shape)}")
 
-    def apply(params, state, x, *, key=None, train=False):
-        _check_input(label, x.shape, rank, kernel_size, dilation, padding)
-        w = _check_params(label, params, kernel_size, features, use_bias)
-        _check_channels(label, x, w.shape[-2], groups)
-        x = checks.float_input(x, w.dtype)
-        y = _convolve(x, w.astype(x.dtype), strides, padding, dilation, groups)
-        if use_bias:
-            y = y + params["b"].astype(x.dtype)
-        return y, state
-
-    return Layer(init, apply, "conv", name)
+    return _conv_layer("conv", label, name, kernel_size, features, groups, use_bias, w_init, b_init, check,
+                       lambda x, w: _convolve(x, w, strides, padding, dilation, groups))
 
 
 def _convolve(x, w, strides, padding, dilation, groups):
@@ -205,9 +131,8 @@ def _convolve(x, w, strides, padding, dilation, groups):
 
     On CPU (JAX's default backend), a convolution of a one-channel input (unit strides and
     dilation, at most 25 kernel taps, one group: the first layer of an image net) is a sum of
-    shifted copies of the input, which XLA fuses with what follows (MNIST's 3x3 conv to 32
-    channels, batch 128: ~4 -> ~0.7 ms forward; ``benchmarks/cnn_step.py``); its
-    derivatives are XLA's convolutions. Beyond 25 taps (5x5) it no longer wins."""
+    shifted copies of the input, which XLA fuses with what follows; its derivatives are XLA's
+    convolutions (timings: benchmarks/RESULTS.md, "CNN on CPU")."""
     rank = w.ndim - 2
     one_channel = (x.shape[-1] == 1 and groups == 1 and set(strides) == {1} and set(dilation) == {1}
                    and math.prod(w.shape[:rank]) <= 25)
@@ -241,12 +166,13 @@ def _shifted_sum(x, w, pads):
 
 def _shifted_sum_jvp(pads, primals, tangents):
     """Tangents by XLA's convolution, so that reverse mode transposes it into XLA's
-    convolution gradients (the shifted sum's own transpose is ~8x slower). Symbolic zeros:
+    convolution gradients (not the shifted sum's own, slower, transpose). Symbolic zeros:
     no convolution for an input that is not differentiated (the data, in training)."""
     (x, w), (dx, dw) = primals, tangents
     ones = (1,) * (w.ndim - 2)
     y = _shifted_sum(x, w, pads)
-    terms = [_xla_conv(a, b, ones, pads, ones, 1) for a, b, t in ((dx, w, dx), (x, dw, dw))   # JAX calls this with one or both
+    # JAX calls this with one or both tangents
+    terms = [_xla_conv(a, b, ones, pads, ones, 1) for a, b, t in ((dx, w, dx), (x, dw, dw))
              if not isinstance(t, jax.custom_derivatives.SymbolicZero)]
     return y, functools.reduce(jnp.add, terms)
 
@@ -254,6 +180,7 @@ def _shifted_sum_jvp(pads, primals, tangents):
 _shifted_sum.defjvp(_shifted_sum_jvp, symbolic_zeros=True)
 
 
+@checks.declare(features=checks.positive_int, kernel_size=checks.window(3), use_bias=checks.flag)
 def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[int] = 1,
                    padding: Padding = "SAME", dilation: int | Sequence[int] = 1,
                    use_bias: bool = True, w_init="lecun_normal", b_init="zeros",
@@ -285,38 +212,18 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
       (2, 14, 14, 3)
     """
     label = name or "conv_transpose"
-    checks.boolean(label, use_bias=use_bias)
-    kernel_size, strides, dilation, padding, w_init, b_init = _options(
-        label, features, kernel_size, strides, dilation, padding, w_init, b_init)
     rank = len(kernel_size)
+    strides, dilation, padding = _geometry(label, rank, strides, dilation, padding)
 
     def check(shape):
         # With explicit padding the input dilated by the strides, plus the padding, must
         # still hold the (dilated) kernel, as the input of a plain VALID conv must.
+        checks.window_input(label, shape, kernel_size, dilation, "SAME")
         dilated = (shape[0], *[(n - 1) * s + 1 for n, s in zip(shape[1:-1], strides)], shape[-1])
-        _check_input(label, shape, rank, kernel_size, dilation, "SAME")
-        if not isinstance(padding, str):
-            _check_input(label, dilated, rank, kernel_size, dilation, padding)
+        checks.window_input(label, dilated, kernel_size, dilation, "SAME" if isinstance(padding, str) else padding)
 
-    def init(key, example):
-        x = shape_of(example)
-        check(x.shape)
-        dtype = initializers.param_dtype(x.dtype)
-        w_key, b_key = jax.random.split(key)
-        params = {"w": w_init(w_key, (*kernel_size, x.shape[-1], features), dtype)}
-        if use_bias:
-            params["b"] = b_init(b_key, (features,), dtype)
-        return params, {}
+    def run(x, w):
+        return jax.lax.conv_transpose(x, w, strides, padding, rhs_dilation=dilation,
+                                      dimension_numbers=_dimension_numbers(rank))
 
-    def apply(params, state, x, *, key=None, train=False):
-        check(x.shape)
-        w = _check_params(label, params, kernel_size, features, use_bias)
-        _check_channels(label, x, w.shape[-2], 1)
-        x = checks.float_input(x, w.dtype)
-        y = jax.lax.conv_transpose(x, w.astype(x.dtype), strides, padding,
-                                   rhs_dilation=dilation, dimension_numbers=_dimension_numbers(rank))
-        if use_bias:
-            y = y + params["b"].astype(x.dtype)
-        return y, state
-
-    return Layer(init, apply, "conv_transpose", name)
+    return _conv_layer("conv_transpose", label, name, kernel_size, features, 1, use_bias, w_init, b_init, check, run)

@@ -1,8 +1,8 @@
 """Dropout layers: ``dropout`` (per element) and ``spatial_dropout`` (whole channels).
 
-``rate`` is the probability of *dropping* a unit (stax's ``Dropout`` took the probability of
-keeping one, jax#849). Kept units are scaled by ``1 / (1 - rate)`` during training ("inverted"
-dropout), so evaluation (``train=False``) is exactly the identity and needs no key.
+``rate`` is the probability of *dropping* a unit (not of keeping it). Kept units are scaled by
+``1 / (1 - rate)`` during training ("inverted" dropout), so evaluation (``train=False``) is
+exactly the identity and needs no key.
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn
@@ -17,6 +17,8 @@ Example:
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -28,36 +30,27 @@ __all__ = ["dropout", "spatial_dropout"]
 
 def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected: str) -> Layer:
     label = name or kind
-    rate = checks.rate(label, "rate", rate)
-    is_zero = isinstance(rate, float) and rate == 0.0
-
-    def check(shape, dtype):
-        if len(shape) < min_ndim:
-            raise layer_error(label, f"expected {expected}, got shape {tuple(shape)}")
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise layer_error(label, f"expected a floating-point input, got {jnp.dtype(dtype).name}")
+    check = functools.partial(checks.layer_input, label, expected=expected, min_ndim=min_ndim, floating=True)
 
     def init(key, example):
-        x = shape_of(example)
-        check(x.shape, x.dtype)
+        check(shape_of(example))
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        check(x.shape, x.dtype)
-        checks.boolean(label, train=train)
-        if not train or is_zero:
+        check(x)
+        train = checks.flag(label, "train", train)
+        if not train or isinstance(rate, float) and rate == 0.0:
             return x, state
         if key is None:
-            raise layer_error(label, "train=True needs a PRNG key: call "
-                                     "apply(..., key=jax.random.key(0), train=True)")
+            raise layer_error(label, "train=True needs a PRNG key: call apply(..., key=jax.random.key(0), train=True)")
         keep = 1.0 - rate
         mask = jax.random.bernoulli(key, keep, mask_shape(x.shape))
-        scaled = x / jnp.asarray(keep, x.dtype)
-        return jnp.where(mask, scaled, jnp.zeros((), x.dtype)), state
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype)), state
 
     return Layer(init, apply, kind, name)
 
 
+@checks.declare(rate=checks.rate)
 def dropout(rate: float, *, name: str | None = None) -> Layer:
     """Inverted dropout: zero each element with probability ``rate``, scale the rest by ``1/(1-rate)``.
 
@@ -89,6 +82,7 @@ def dropout(rate: float, *, name: str | None = None) -> Layer:
     return _make("dropout", rate, name, lambda shape: shape, 0, "an array")
 
 
+@checks.declare(rate=checks.rate)
 def spatial_dropout(rate: float, *, name: str | None = None) -> Layer:
     """Dropout of whole channels of channels-last feature maps (``NWC``, ``NHWC``, ``NDHWC``).
 

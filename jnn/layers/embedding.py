@@ -11,6 +11,7 @@ from jnn.core import Layer, layer_error, shape_of
 __all__ = ["embedding", "attend"]
 
 
+@checks.declare(vocab_size=checks.positive_int, features=checks.positive_int, dtype=checks.float_dtype)
 def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
               name: str | None = None) -> Layer:
     """A lookup table: ``y[..., :] = embedding[x[...]]``.
@@ -42,11 +43,7 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
       ((10, 4), (2, 5, 4))
     """
     label = name or "embedding"
-    checks.positive_int(label, "vocab_size", vocab_size)
-    checks.positive_int(label, "features", features)
     table_init = initializers.normal(1.0) if init is None else initializers.get(init, where=f"{label} init")
-    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{label}: dtype must be a floating dtype, got {dtype!r}")
 
     def check(x):
         if not jnp.issubdtype(x.dtype, jnp.integer):
@@ -59,13 +56,9 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
 
     def apply(params, state, x, *, key=None, train=False):
         check(x)
-        table = checks.param(label, params, "embedding")
         checks.ids_in_range(label, x, vocab_size)
-        if table.shape != (vocab_size, features):
-            raise layer_error(label, f"expected an embedding table of shape {(vocab_size, features)}, "
-                                     f"got {tuple(table.shape)}")
         ids = jnp.where(x < 0, vocab_size, x)  # negative ids would wrap; make them out of range
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan), state
+        return jnp.take(params["embedding"], ids, axis=0, mode="fill", fill_value=jnp.nan), state
 
     return Layer(init_fn, apply, "embedding", name)
 
@@ -89,6 +82,6 @@ def attend(params, x: jax.Array) -> jax.Array:
     """
     table = params["embedding"] if isinstance(params, dict) else params
     if x.shape[-1:] != table.shape[-1:]:
-        raise layer_error("attend", f"expected x of shape [..., {table.shape[-1]}] (the embedding "
-                                    f"width), got {tuple(x.shape)}")
+        raise layer_error("attend", f"expected x of shape [..., {table.shape[-1]}] (the embedding width), "
+                                    f"got {tuple(x.shape)}")
     return x @ table.astype(x.dtype).T

@@ -30,11 +30,6 @@ from jnn.core import Layer, layer_error, shape_of
 __all__ = ["batch_norm", "layer_norm", "rms_norm", "group_norm"]
 
 
-def _check_float_input(label: str, x) -> None:
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise layer_error(label, f"expected a floating-point input, got {jnp.dtype(x.dtype).name}")
-
-
 def _affine_params(shape, dtype, use_scale: bool, use_offset: bool) -> dict:
     return ({"scale": jnp.ones(shape, dtype)} if use_scale else {}) | (
         {"offset": jnp.zeros(shape, dtype)} if use_offset else {})
@@ -49,15 +44,32 @@ def _finish(y, params, x_dtype, feature_shape_in_x):
     return y.astype(x_dtype)
 
 
-def _check_last_axis(label: str, x, params, what: str) -> None:
-    """The input's last axis must match the params' size (the size the layer was initialized with)."""
-    size = next((p.shape[0] for p in params.values()), None)
-    if x.ndim < 1 or (size is not None and x.shape[-1] != size):
-        expected = f"[..., {size}]" if size is not None else "[..., F]"
-        raise layer_error(label, f"expected input of shape {expected} ({what}; the size it was "
-                                 f"initialized with), got {tuple(x.shape)}")
+def _standardize(x, axes, epsilon):
+    """``(x - mean) / sqrt(var + epsilon)`` with the mean and biased variance over ``axes``."""
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + epsilon)
 
 
+def _running(state, batch, momentum):
+    """``momentum * running + (1 - momentum) * batch``; a batch statistic with a NaN or Inf
+    leaves the running statistics as they were (not poisoned)."""
+    batch = jax.lax.stop_gradient(batch)
+    ok = jnp.isfinite(batch["mean"]).all() & jnp.isfinite(batch["var"]).all()
+    return {k: jnp.where(ok, momentum * state[k] + (1 - momentum) * batch[k], state[k]) for k in ("mean", "var")}
+
+
+def _pmean(label: str, value, axis_name):
+    """``value`` averaged over the named mapped axis (if any), with a helpful unbound-name error."""
+    try:
+        return value if axis_name is None else jax.lax.pmean(value, axis_name)
+    except NameError as e:
+        raise layer_error(label, f"axis_name={axis_name!r} is not bound here ({e}); apply the layer inside jax.vmap/"
+                                 f"pmap/shard_map with axis_name={axis_name!r}, or build it with axis_name=None") from e
+
+
+@checks.declare(momentum=checks.between(0, 1), epsilon=checks.above(0), axis=checks.axes, use_scale=checks.flag,
+                use_offset=checks.flag)
 def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_scale: bool = True,
                use_offset: bool = True, axis_name=None, name: str | None = None) -> Layer:
     """Batch normalization (Ioffe & Szegedy 2015) with running statistics in the state.
@@ -99,65 +111,40 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
       Array([0.1, 0.1], dtype=float32)
     """
     label = name or "batch_norm"
-    checks.number_in(label, "momentum", momentum, 0, 1)
-    checks.number_above(label, "epsilon", epsilon, 0)
-    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
-    if axis is not None:
-        axis = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
-        if (not isinstance(axis, (tuple, list)) or not axis
-                or any(isinstance(a, bool) or not isinstance(a, int) for a in axis)):
-            raise ValueError(f"{label}: axis must be None, an int or a non-empty tuple of ints, "
-                             f"got {axis!r}")
-        axis = tuple(axis)
+    min_ndim = 2 if axis is None else 0   # an explicit axis is checked against the input's rank instead
 
-    def reduction_axes(ndim: int) -> tuple[int, ...]:
-        if axis is None:
-            if ndim < 2:
-                raise layer_error(label, f"expected an input [B, ..., F] with at least 2 axes, got "
-                                         f"{ndim} axes")
-            return tuple(range(ndim - 1))
-        if any(not -ndim <= a < ndim for a in axis):
-            raise layer_error(label, f"axis {axis} out of range for an input with {ndim} axes")
-        axes = tuple(sorted(a % ndim for a in axis))
-        if len(set(axes)) != len(axes) or 0 not in axes:
-            raise layer_error(label, f"axis must name distinct axes including the batch axis 0, got "
-                                     f"{axis} for an input with {ndim} axes")
-        return axes
+    def layout(x):
+        """The axes reduced over and the shape of the others (the features), after checking ``x``."""
+        checks.layer_input(label, x, "an input [B, ..., F] with at least 2 axes", min_ndim=min_ndim, floating=True)
+        axes = tuple(range(x.ndim - 1)) if axis is None else checks.batch_axes(label, "axis", axis, x.ndim)
+        return axes, tuple(d for i, d in enumerate(x.shape) if i not in axes)
+
+    def batch_statistics(x, axes):
+        """The batch mean and biased variance over ``axes`` (and over ``axis_name``'s devices)."""
+        if math.prod(x.shape[a] for a in axes) < 2 and axis_name is None:  # a constant output and zero gradient
+            raise layer_error(label, f"training mode needs more than one value per feature to normalize over, got "
+                                     f"input shape {tuple(x.shape)}; use a larger batch, or train=False")
+        mean = _pmean(label, jnp.mean(x, axis=axes, keepdims=True), axis_name)
+        return mean, _pmean(label, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True), axis_name)
 
     def init(key, example):
         x = shape_of(example)
-        _check_float_input(label, x)
-        axes = reduction_axes(x.ndim)
-        features = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        axes, features = layout(x)
         dtype = initializers.param_dtype(x.dtype)
         state = {"mean": jnp.zeros(features, dtype), "var": jnp.ones(features, dtype)}
         return _affine_params(features, dtype, use_scale, use_offset), state
 
     def apply(params, state, x, *, key=None, train=False):
-        _check_float_input(label, x)
-        checks.boolean(label, train=train)
-        axes = reduction_axes(x.ndim)
-        features = tuple(d for i, d in enumerate(x.shape) if i not in axes)
-        if features != tuple(state["mean"].shape):
-            raise layer_error(label, f"expected the axes not reduced over to have shape "
-                                     f"{tuple(state['mean'].shape)} (as initialized), got {features} "
-                                     f"for input shape {tuple(x.shape)}")
-        in_x = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+        train = checks.flag(label, "train", train)
+        axes, features = layout(x)
+        if features != state["mean"].shape:
+            raise layer_error(label, f"expected the axes not reduced over to have shape {state['mean'].shape} (as "
+                                     f"initialized), got {features} for input shape {tuple(x.shape)}")
+        in_x = tuple(1 if i in axes else d for i, d in enumerate(x.shape))   # the features, broadcast against x
         x32 = x.astype(state["mean"].dtype)
         if train:
-            count = math.prod(x.shape[a] for a in axes)
-            if count < 2 and axis_name is None:  # static: a constant output and zero gradient
-                raise layer_error(label, f"training mode needs more than one value per feature to "
-                                         f"normalize over, got input shape {tuple(x.shape)}; use a "
-                                         f"larger batch, or train=False")
-            mean = _pmean(label, jnp.mean(x32, axis=axes, keepdims=True), axis_name)
-            var = _pmean(label, jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True), axis_name)
-            batch = {"mean": mean.reshape(features), "var": var.reshape(features)}
-            batch = jax.lax.stop_gradient(batch)
-            # A batch with a NaN/Inf leaves the running statistics as they were (not poisoned).
-            ok = jnp.isfinite(batch["mean"]).all() & jnp.isfinite(batch["var"]).all()
-            state = {k: jnp.where(ok, momentum * state[k] + (1 - momentum) * batch[k], state[k])
-                     for k in ("mean", "var")}
+            mean, var = batch_statistics(x32, axes)
+            state = _running(state, {"mean": mean.reshape(features), "var": var.reshape(features)}, momentum)
         else:
             mean, var = state["mean"].reshape(in_x), state["var"].reshape(in_x)
         y = (x32 - mean) * jax.lax.rsqrt(var + epsilon)
@@ -166,37 +153,29 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
     return Layer(init, apply, "batch_norm", name)
 
 
-def _pmean(label: str, value, axis_name):
-    """``value`` averaged over the named mapped axis (if any), with a helpful unbound-name error."""
-    if axis_name is None:
-        return value
-    try:
-        return jax.lax.pmean(value, axis_name)
-    except NameError as e:
-        raise layer_error(label, f"axis_name={axis_name!r} is not bound here ({e}); apply the layer "
-                                 f"inside jax.vmap/jax.pmap/shard_map with axis_name={axis_name!r}, "
-                                 f"or build it with axis_name=None") from e
+def _last_axis_norm(kind: str, label: str, name, use_scale: bool, use_offset: bool, normalize, *,
+                    expected: str = "an input [..., F] with at least one axis", min_ndim: int = 1,
+                    what: str = "features on the last axis", num_groups: int = 1) -> Layer:
+    """``normalize`` over (groups of) the last axis, then a learned per-feature scale and offset."""
+    def check(x):
+        checks.layer_input(label, x, expected, min_ndim=min_ndim, floating=True)
+        checks.divisible(label, "the number of channels", x.shape[-1], "num_groups", num_groups)
 
-
-def _last_axis_norm(kind: str, label: str, name, use_scale: bool, use_offset: bool, normalize):
     def init(key, example):
         x = shape_of(example)
-        _check_float_input(label, x)
-        if x.ndim < 1:
-            raise layer_error(label, f"expected an input [..., F] with at least one axis, got shape "
-                                     f"{x.shape}")
-        dtype = initializers.param_dtype(x.dtype)
-        return _affine_params((x.shape[-1],), dtype, use_scale, use_offset), {}
+        check(x)
+        return _affine_params((x.shape[-1],), initializers.param_dtype(x.dtype), use_scale, use_offset), {}
 
     def apply(params, state, x, *, key=None, train=False):
-        _check_float_input(label, x)
-        _check_last_axis(label, x, params, "features on the last axis")
+        checks.last_axis(label, x, next((p.shape[0] for p in params.values()), None), f"{what}; ")
+        check(x)
         x32 = x.astype(initializers.param_dtype(x.dtype))
         return _finish(normalize(x32), params, x.dtype, (x.shape[-1],)), state
 
     return Layer(init, apply, kind, name)
 
 
+@checks.declare(epsilon=checks.above(0), use_scale=checks.flag, use_offset=checks.flag)
 def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool = True,
                name: str | None = None) -> Layer:
     """Layer normalization (Ba et al. 2016) over the last axis of each example.
@@ -212,18 +191,11 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: boo
       >>> ln.apply(params, state, jnp.array([[1.0, 2.0, 3.0]]))[0].round(3)
       Array([[-1.225,  0.   ,  1.225]], dtype=float32)
     """
-    label = name or "layer_norm"
-    checks.number_above(label, "epsilon", epsilon, 0)
-    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
-
-    def normalize(x):
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + epsilon)
-
-    return _last_axis_norm("layer_norm", label, name, use_scale, use_offset, normalize)
+    return _last_axis_norm("layer_norm", name or "layer_norm", name, use_scale, use_offset,
+                           lambda x: _standardize(x, -1, epsilon))
 
 
+@checks.declare(epsilon=checks.above(0), use_scale=checks.flag)
 def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True, name: str | None = None) -> Layer:
     """RMS normalization (Zhang & Sennrich 2019) over the last axis: no centering, no offset.
 
@@ -239,16 +211,13 @@ def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True, name: str | None 
       >>> bool(jnp.allclose(rn.apply(params, state, x)[0], x / jnp.sqrt(12.5)))
       True
     """
-    label = name or "rms_norm"
-    checks.number_above(label, "epsilon", epsilon, 0)
-    checks.boolean(label, use_scale=use_scale)
-
     def normalize(x):
         return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + epsilon)
 
-    return _last_axis_norm("rms_norm", label, name, use_scale, False, normalize)
+    return _last_axis_norm("rms_norm", name or "rms_norm", name, use_scale, False, normalize)
 
 
+@checks.declare(num_groups=checks.positive_int, epsilon=checks.above(0), use_scale=checks.flag, use_offset=checks.flag)
 def group_norm(num_groups: int, *, epsilon: float = 1e-5, use_scale: bool = True,
                use_offset: bool = True, name: str | None = None) -> Layer:
     """Group normalization (Wu & He 2018) for channels-last inputs.
@@ -273,36 +242,10 @@ def group_norm(num_groups: int, *, epsilon: float = 1e-5, use_scale: bool = True
       >>> params["scale"].shape
       (6,)
     """
-    label = name or "group_norm"
-    checks.positive_int(label, "num_groups", num_groups)
-    checks.number_above(label, "epsilon", epsilon, 0)
-    checks.boolean(label, use_scale=use_scale, use_offset=use_offset)
+    def normalize(x):
+        groups = x.reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
+        return _standardize(groups, (*range(1, groups.ndim - 2), groups.ndim - 1), epsilon).reshape(x.shape)
 
-    def check(shape):
-        if len(shape) < 2:
-            raise layer_error(label, f"expected a channels-last input [B, ..., C], got shape {shape}")
-        if shape[-1] % num_groups:
-            raise layer_error(label, f"the number of channels ({shape[-1]}) must be divisible by "
-                                     f"num_groups ({num_groups})")
-
-    def init(key, example):
-        x = shape_of(example)
-        _check_float_input(label, x)
-        check(tuple(x.shape))
-        dtype = initializers.param_dtype(x.dtype)
-        return _affine_params((x.shape[-1],), dtype, use_scale, use_offset), {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        _check_float_input(label, x)
-        check(tuple(x.shape))
-        _check_last_axis(label, x, params, "channels last")
-        c = x.shape[-1]
-        g = x.astype(initializers.param_dtype(x.dtype)).reshape(*x.shape[:-1], num_groups,
-                                                                  c // num_groups)
-        axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
-        mean = jnp.mean(g, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
-        y = ((g - mean) * jax.lax.rsqrt(var + epsilon)).reshape(x.shape)
-        return _finish(y, params, x.dtype, (c,)), state
-
-    return Layer(init, apply, "group_norm", name)
+    return _last_axis_norm("group_norm", name or "group_norm", name, use_scale, use_offset, normalize,
+                           expected="a channels-last input [B, ..., C]", min_ndim=2, what="channels last",
+                           num_groups=num_groups)

@@ -6,8 +6,8 @@
 window and no padding, or ``"SAME"`` padding that pads nothing because the sizes divide), the
 input is viewed as ``[B, H/2, 2, W/2, 2, C]`` and reduced over the window axes (a ``"VALID"``
 remainder is cropped first). Otherwise the layers use ``jax.lax.reduce_window``. Both paths give
-the same values; the tiled one is several times faster on CPU, mostly in the backward pass,
-where ``reduce_window``'s max gradient lowers to XLA's slow ``select_and_scatter``.
+the same values; the tiled one is faster on CPU (benchmarks/RESULTS.md), mostly in the backward
+pass, where ``reduce_window``'s max gradient lowers to XLA's slow ``select_and_scatter``.
 
 Max-pool gradient with ties: on both paths, the whole gradient of a window goes to its first
 maximal element in row-major window order (as in ``torch.nn.functional.max_pool2d`` and in
@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import math
 from functools import partial
 from typing import Sequence
 
@@ -32,8 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
-from jnn.layers.conv import Padding, _check_input, _padding, _per_axis, _window
+from jnn.core import Layer, shape_of
+from jnn.layers.conv import Padding
 
 __all__ = ["max_pool", "avg_pool", "global_avg_pool", "global_max_pool"]
 
@@ -87,14 +88,10 @@ def _tiled_max_jvp(window, primals, tangents):
 
 def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
     label = name or kind
-    window = _window(label, "window", window, max_rank=None)
     rank = len(window)
-    strides = window if strides is None else _per_axis(label, "strides", strides, rank)
-    padding = _padding(label, padding, rank)
-    ones = (1,) * rank
-
-    def check(shape):
-        _check_input(label, shape, rank, window, ones, padding, what="window")
+    strides = window if strides is None else checks.per_axis(label, "strides", strides, rank)
+    padding = checks.padding(label, "padding", padding, rank)
+    check = partial(checks.window_input, label, window=window, dilation=(1,) * rank, padding=padding, what="window")
 
     def init(key, example):
         check(shape_of(example).shape)
@@ -110,6 +107,7 @@ def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
     return Layer(init, apply, kind, name)
 
 
+@checks.declare(window=checks.window(None))
 def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
              padding: Padding = "VALID", name: str | None = None) -> Layer:
     """Maximum over each window: ``[B, *spatial, C] -> [B, *spatial_out, C]``.
@@ -119,10 +117,10 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
       strides: int or one per spatial axis; ``None`` (default) means equal to ``window``.
       padding: ``"VALID"`` (default), ``"SAME"`` or explicit ``[(lo, hi), ...]``; padded
         positions never win the max.
+      name: optional explicit name.
 
     The gradient of each window goes entirely to its first maximal element in row-major order
     (the PyTorch convention); see the module docstring for the fast path.
-      name: optional explicit name.
 
     Example:
       >>> import jax.numpy as jnp
@@ -140,6 +138,7 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
     return _pool("max_pool", name, window, strides, padding, reduce, _tiled_max)
 
 
+@checks.declare(window=checks.window(None), count_include_pad=checks.flag)
 def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
              padding: Padding = "VALID", count_include_pad: bool = True,
              name: str | None = None) -> Layer:
@@ -160,16 +159,11 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
       Array([2., 6.], dtype=float32)
     """
 
-    checks.boolean(name or "avg_pool", count_include_pad=count_include_pad)
-
     def reduce(x, dims, strides_, pad):
         # A Python scalar init value keeps this the differentiable reduce_window_sum primitive.
         total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides_, pad)
         if count_include_pad:
-            size = 1
-            for d in dims:
-                size *= d
-            return total / jnp.array(size, x.dtype)
+            return total / jnp.array(math.prod(dims), x.dtype)
         ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
         count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strides_, pad)
         return total / count
@@ -181,19 +175,15 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
 
 
 def _global(kind: str, name, reduce) -> Layer:
-    label = name or kind
-
-    def check(shape):
-        if len(shape) < 3:
-            raise layer_error(label, f"expected inputs [B, *spatial, C] with at least one spatial "
-                                     f"axis, got shape {tuple(shape)}")
+    check = partial(checks.layer_input, name or kind, expected="inputs [B, *spatial, C] with at least one spatial axis",
+                    min_ndim=3)
 
     def init(key, example):
-        check(shape_of(example).shape)
+        check(shape_of(example))
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        check(x.shape)
+        check(x)
         return reduce(x, axis=tuple(range(1, x.ndim - 1))), state
 
     return Layer(init, apply, kind, name)

@@ -14,6 +14,8 @@ Example:
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -22,26 +24,6 @@ from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
 
 __all__ = ["learned_positional_embedding", "sinusoidal_encoding", "sinusoidal_table", "apply_rope"]
-
-
-def _check_max_len(label: str, max_len, allow_none: bool = False) -> None:
-    if max_len is None and allow_none:
-        return
-    checks.positive_int(label, "max_len", max_len)
-
-
-def _check_base(label: str, base) -> None:
-    checks.number_above(label, "base", base, 1)
-
-
-def _check_sequence(label: str, x, max_len: int | None) -> None:
-    if len(x.shape) != 3:
-        raise layer_error(label, f"expected a sequence [B, T, F], got shape {tuple(x.shape)}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise layer_error(label, f"expected a floating-point input, got {jnp.dtype(x.dtype).name}")
-    if max_len is not None and x.shape[1] > max_len:
-        raise layer_error(label, f"expected at most max_len={max_len} positions, got a sequence of "
-                                 f"length {x.shape[1]} (shape {tuple(x.shape)})")
 
 
 def sinusoidal_table(positions, features: int, dtype=jnp.float32, *, base: float = 10000.0) -> jax.Array:
@@ -64,6 +46,7 @@ def sinusoidal_table(positions, features: int, dtype=jnp.float32, *, base: float
     return table[..., :features].astype(dtype)
 
 
+@checks.declare(max_len=checks.positive_int, base=checks.above(1))
 def sinusoidal_encoding(max_len: int, *, base: float = 10000.0, name: str | None = None) -> Layer:
     """Adds the fixed sinusoidal position encoding: ``y[b, t] = x[b, t] + table[t]``.
 
@@ -77,21 +60,20 @@ def sinusoidal_encoding(max_len: int, *, base: float = 10000.0, name: str | None
       >>> bool(jnp.allclose(y[0, :, 0], jnp.sin(jnp.arange(3.0))))   # feature 0 is sin(t)
       True
     """
-    label = name or "sinusoidal_encoding"
-    _check_max_len(label, max_len)
-    _check_base(label, base)
+    check = functools.partial(checks.sequence_input, name or "sinusoidal_encoding", max_len=max_len)
 
     def init(key, example):
-        _check_sequence(label, shape_of(example), max_len)
+        check(shape_of(example))
         return {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        _check_sequence(label, x, max_len)
+        check(x)
         return x + sinusoidal_table(jnp.arange(x.shape[1]), x.shape[2], x.dtype, base=base), state
 
     return Layer(init, apply, "sinusoidal_encoding", name)
 
 
+@checks.declare(max_len=checks.optional(checks.positive_int))
 def learned_positional_embedding(max_len: int | None, *, init=None, name: str | None = None) -> Layer:
     """Adds a learned vector per position: ``y[b, t] = x[b, t] + embedding[t]``.
 
@@ -113,21 +95,17 @@ def learned_positional_embedding(max_len: int | None, *, init=None, name: str | 
       ((32, 4), (2, 5, 4))
     """
     label = name or "learned_positional_embedding"
-    _check_max_len(label, max_len, allow_none=True)
     table_init = initializers.normal(0.02) if init is None else initializers.get(init, where=f"{label} init")
 
     def init_fn(key, example):
         x = shape_of(example)
-        _check_sequence(label, x, max_len)
+        checks.sequence_input(label, x, max_len)
         length = x.shape[1] if max_len is None else max_len
         return {"embedding": table_init(key, (length, x.shape[2]), initializers.param_dtype(x.dtype))}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         table = params["embedding"]
-        _check_sequence(label, x, table.shape[0])
-        if x.shape[2] != table.shape[1]:
-            raise layer_error(label, f"expected input of shape [B, T, {table.shape[1]}] (the width it was "
-                                     f"initialized with), got {tuple(x.shape)}")
+        checks.sequence_input(label, x, *table.shape)
         return x + table[: x.shape[1]].astype(x.dtype), state
 
     return Layer(init_fn, apply, "learned_positional_embedding", name)
@@ -159,11 +137,9 @@ def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
     if x.ndim != 4 or x.shape[-1] % 2:
         raise layer_error("apply_rope", f"expected heads [B, T, N, H] with H even, got shape {tuple(x.shape)}")
     positions = jnp.asarray(positions)
-    if not jnp.issubdtype(positions.dtype, jnp.integer) or positions.shape not in ((x.shape[1],),
-                                                                                 (x.shape[0], x.shape[1])):
-        raise layer_error("apply_rope", f"expected integer positions of shape [{x.shape[1]}] or "
-                                        f"[{x.shape[0]}, {x.shape[1]}], got {positions.dtype}"
-                                        f"{list(positions.shape)}")
+    if not jnp.issubdtype(positions.dtype, jnp.integer) or positions.shape not in (x.shape[1:2], x.shape[:2]):
+        raise layer_error("apply_rope", f"expected integer positions of shape [{x.shape[1]}] or [{x.shape[0]}, "
+                                        f"{x.shape[1]}], got {positions.dtype}{list(positions.shape)}")
     acc = initializers.param_dtype(x.dtype)
     half = x.shape[-1] // 2
     inv_freq = jnp.power(jnp.asarray(base, acc), -jnp.arange(half, dtype=acc) / half)
