@@ -45,7 +45,7 @@ import numpy as np
 from jnn import io as _io
 from jnn.train.history import HistoryWriter
 
-__all__ = ["Callback", "CallbackList", "HistoryFile", "TensorBoard", "EarlyStopping"]
+__all__ = ["select_members", "Callback", "CallbackList", "HistoryFile", "TensorBoard", "EarlyStopping"]
 
 
 class Callback:
@@ -238,7 +238,7 @@ class TensorBoard(Callback):
 
 
 @jax.jit
-def _select_members(keep, new, old):
+def select_members(keep, new, old):
     """Per member (leading axis): ``new`` where ``keep`` else ``old``."""
     pick = lambda k, a, b: jnp.where(k, a, b)
     return jax.vmap(lambda k, n, o: jax.tree_util.tree_map(lambda a, b: pick(k, a, b), n, o))(keep, new, old)
@@ -337,7 +337,7 @@ class EarlyStopping(Callback):
         """Each member judged on its own; returns the members to stop (bool ``[N]``)."""
         better, stop = self._judge(epoch, logs, np.asarray(trained, bool))
         if self.restore_best and better.any():
-            self.best_state = _select_members(jnp.asarray(better), states, self.best_state)
+            self.best_state = select_members(jnp.asarray(better), states, self.best_state)
         return stop
 
     def on_train_end(self, train_state, history):

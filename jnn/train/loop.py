@@ -12,17 +12,17 @@ import numpy as np
 import optax
 
 from jnn import metrics as _metrics
-from jnn import parallel as _parallel
+from jnn.parallel import mesh as _parallel
 from jnn.core import Layer
 from jnn.train import guard
 from jnn.train import stream as _stream
 from jnn.train.callbacks import CallbackList, EarlyStopping
 from jnn.train.compiler import compiler_options
 from jnn.train.history import progress_bar
-from jnn.train.step import (LossFn, Metrics, TrainState, _as_arrays, _gather, _num_examples, init_train_state,
+from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, gather, num_examples_of, init_train_state,
                             make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
 
-__all__ = ["FitResult", "fit", "split_validation", "predict", "fuses_by_default"]
+__all__ = ["check_pair", "with_early_stopping", "FitResult", "fit", "split_validation", "predict", "fuses_by_default"]
 
 
 class FitResult(NamedTuple):
@@ -71,19 +71,19 @@ def split_validation(x, y, fraction: float, key):
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"split_validation: fraction must be in (0, 1), got {fraction}")
-    x, y = _as_arrays((x, y))
-    n = _num_examples(x)
+    x, y = as_arrays((x, y))
+    n = num_examples_of(x)
     n_val = int(round(n * fraction))
     order = np.asarray(jax.random.permutation(key, n))
     val, train = order[:n_val], order[n_val:]
-    return (_gather(x, train), _gather(y, train)), (_gather(x, val), _gather(y, val))
+    return (gather(x, train), gather(y, train)), (gather(x, val), gather(y, val))
 
 
-def _check_data(where: str, data) -> tuple[Any, Any]:
+def check_pair(where: str, data) -> tuple[Any, Any]:
     """``(x, y)`` as jax arrays (or dicts/tuples of them), every leaf with the same example count."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"{where}: expected a pair (x, y), got {type(data).__name__}")
-    x, y = _as_arrays(tuple(data))
+    x, y = as_arrays(tuple(data))
     leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
               for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
     if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
@@ -190,7 +190,7 @@ def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainSt
     return ts._replace(params=params, state=ts.state if state is None else state, opt_state=optimizer.init(params))
 
 
-def _with_early_stopping(where: str, callbacks, early_stopping):
+def with_early_stopping(where: str, callbacks, early_stopping):
     """``callbacks`` with ``early_stopping`` added, and the run's one :class:`EarlyStopping` (or None)."""
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"{where}: early_stopping must be a jnn.train.EarlyStopping, got "
@@ -350,7 +350,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     if train_state is not None and not isinstance(train_state, TrainState):
         raise TypeError(f"fit: train_state must be a jnn.train.TrainState (from init_train_state or a previous "
                         f"fit), got {type(train_state).__name__}")
-    callbacks, early_stopping = _with_early_stopping("fit", callbacks, early_stopping)
+    callbacks, early_stopping = with_early_stopping("fit", callbacks, early_stopping)
     streamed, feed = _stream.is_stream(train_data), None
     try:
         if streamed:
@@ -358,13 +358,13 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                 raise ValueError("fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite")
             feed = _stream.Feed(train_data, steps_per_epoch if steps_per_epoch is not None else
                                 getattr(train_data, "steps_per_epoch", None), mesh=mesh, where="fit")
-            x, y = _check_data("fit train_data (first batch)", feed.first[0])
-            batch_size = _num_examples(feed.global_shapes()[0])   # with a mesh, every process's batch together
+            x, y = check_pair("fit train_data (first batch)", feed.first[0])
+            batch_size = num_examples_of(feed.global_shapes()[0])   # with a mesh, every process's batch together
         elif checkpoint is not None or resume or steps_per_epoch is not None:
             raise ValueError("fit: steps_per_epoch, checkpoint and resume are for streamed train_data; for arrays "
                              "use callbacks=[checkpointer.save_every(k)] and train_state= to resume")
         else:
-            x, y = _check_data("fit train_data", train_data)
+            x, y = check_pair("fit train_data", train_data)
         if (checkpoint_every is not None or resume) and checkpoint is None:
             raise ValueError("fit: checkpoint_every and resume need checkpoint=jnn.train.Checkpointer(directory)")
         guard.check_fit_args("fit", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
@@ -376,8 +376,8 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         if val_streamed and mesh is not None:
             raise ValueError("fit: val_data as a stream is not supported with a mesh; pass (x, y) arrays")
         if val_data is not None and not val_streamed:
-            val_data = _check_data("fit val_data", val_data)
-        num_examples = _num_examples(x)
+            val_data = check_pair("fit val_data", val_data)
+        num_examples = num_examples_of(x)
         if not streamed:   # (a stream's batch_size is its global batch: every process's first batch together)
             batch_size = min(batch_size, num_examples)
         if rules is not None and mesh is None:
@@ -490,8 +490,8 @@ def predict(model: Layer, params, state, x, *, batch_size: int = 1000):
       >>> [a.shape for a in jnn.train.predict(model, params, state, jnp.ones((5, 4)), batch_size=2)]
       [(5, 2), (5, 3)]
     """
-    x = _as_arrays(x)
-    n = _num_examples(x)
+    x = as_arrays(x)
+    n = num_examples_of(x)
     apply = jax.jit(lambda p, s, xb: model.apply(p, s, xb, train=False)[0], compiler_options=compiler_options())
-    outs = [apply(params, state, _gather(x, slice(i, i + batch_size))) for i in range(0, n, batch_size)]
+    outs = [apply(params, state, gather(x, slice(i, i + batch_size))) for i in range(0, n, batch_size)]
     return jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *outs)

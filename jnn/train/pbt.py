@@ -37,10 +37,10 @@ import numpy as np
 from jnn import _checks
 from jnn import metrics as _metrics
 from jnn.train import guard
-from jnn.train.loop import _check_data, split_validation
-from jnn.train.population import (MakeModel, MakeOptimizer, _as_keys, _check_hparams, _epoch_order, _Program,
-                                  _learning_rates, init_population, make_population_epoch,
-                                  shared_order_key, _population_eval)
+from jnn.train.loop import check_pair, split_validation
+from jnn.train.population import (MakeModel, MakeOptimizer, as_keys, check_hparams, jit_epoch_order, Program,
+                                  learning_rates, init_population, make_population_epoch,
+                                  shared_order_key, population_eval)
 from jnn.train.step import LossFn, Metrics, TrainState
 
 __all__ = ["PBT", "PBTResult", "exploit_explore", "explore_key", "fit_pbt"]
@@ -244,15 +244,15 @@ def explore_key(keys: jax.Array, epoch: int) -> jax.Array:
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _pbt_epoch(program: _Program, pbt: PBT, hparams, states, data, order, val_data, key, exploit_now):
+def _pbt_epoch(program: Program, pbt: PBT, hparams, states, data, order, val_data, key, exploit_now):
     epoch = make_population_epoch(program.make_model, program.loss, program.make_optimizer,
                                   program.num_examples, program.batch_size, metrics=dict(program.metrics),
                                   regularizer=program.regularizer, chunk_size=program.chunk_size)
     n = jax.tree_util.tree_leaves(hparams)[0].shape[0]
     states, logs = epoch(hparams, states, jnp.ones(n, bool), data, order)
     if val_data is not None:
-        logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
-    lr = _learning_rates(states.opt_state)
+        logs.update({f"val_{k}": v for k, v in population_eval(program, hparams, states, val_data).items()})
+    lr = learning_rates(states.opt_state)
     if lr is not None:
         logs["lr"] = lr
     step = partial(exploit_explore, pbt, scores=logs[pbt.monitor], key=key, make_optimizer=program.make_optimizer)
@@ -285,8 +285,8 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
         raise ValueError("fit_pbt: pass either val_data or val_split, not both")
     guard.check_parts("fit_pbt", make_model=make_model, make_optimizer=make_optimizer, loss=loss, metrics=metrics,
                       regularizer=regularizer)
-    hparams, n = _check_hparams("fit_pbt", hparams)
-    keys = _as_keys("fit_pbt", key, n)
+    hparams, n = check_hparams("fit_pbt", hparams)
+    keys = as_keys("fit_pbt", key, n)
     for name, _ in pbt.space:
         if name not in hparams or not jnp.issubdtype(hparams[name].dtype, jnp.floating):
             raise ValueError(f"fit_pbt: PBT explores {name!r}, so hparams needs a float array for it; "
@@ -301,13 +301,13 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
         raise ValueError(f"fit_pbt: chunk_size must be a positive integer or None, got {chunk_size!r}")
     _checks.boolean("fit_pbt", shared_order=shared_order)
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
-    x, y = _check_data("fit_pbt train_data", train_data)
+    x, y = check_pair("fit_pbt train_data", train_data)
     guard.check_fit_args("fit_pbt", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
                          history_file=None, on_nonfinite="stop")
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
     if val_data is not None:
-        val_data = _check_data("fit_pbt val_data", val_data)
+        val_data = check_pair("fit_pbt val_data", val_data)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     if pbt.monitor not in names:
         raise ValueError(f"fit_pbt: PBT monitors {pbt.monitor!r}, which is not among the logged metrics "
@@ -315,14 +315,14 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     batch_size = min(batch_size, len(x))
     example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
     states = init_population(make_model, make_optimizer, hparams, keys, example)
-    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
+    program = Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
                        batch_size, eval_batch_size, chunk_size)
     if val_data is not None:  # traced, not run: a misfit fails before the first step
         guard.check_val_data("fit_pbt", (x, y), val_data, lambda v: jax.eval_shape(
-            _population_eval, program, hparams, states, v))
+            population_eval, program, hparams, states, v))
     logs_per_epoch, hparams_per_epoch, lineage, lineage_epochs = [], [], [], []
     for epoch in range(1, epochs + 1):  # nothing here reads a device value back
-        order = _epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None
+        order = jit_epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None
         exploit_now = epoch % pbt.interval == 0 and epoch < epochs
         hparams_per_epoch.append(hparams)
         hparams, states, logs, source = _pbt_epoch(program, pbt, hparams, states, (x, y), order, val_data,

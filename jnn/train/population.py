@@ -43,13 +43,13 @@ from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
 from jnn.train import guard
-from jnn.train.callbacks import EarlyStopping, _select_members
-from jnn.train.loop import _check_data, _with_early_stopping, split_validation
-from jnn.train.nonfinite import _population_message, _replay_members
-from jnn.train.step import (LossFn, Metrics, TrainState, _num_examples, init_train_state, make_eval_fn,
+from jnn.train.callbacks import EarlyStopping, select_members
+from jnn.train.loop import check_pair, with_early_stopping, split_validation
+from jnn.train.nonfinite import population_message, replay_members
+from jnn.train.step import (LossFn, Metrics, TrainState, num_examples_of, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
 
-__all__ = ["MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
+__all__ = ["as_keys", "check_hparams", "jit_epoch_order", "Program", "learning_rates", "population_eval", "population_epoch_jit", "MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
            "make_population_epoch", "init_population", "fit_population"]
 
 HParams = Mapping[str, jax.Array]
@@ -138,7 +138,7 @@ class PopulationResult(NamedTuple):
                             (self.nonfinite_reports or {}).get(i))
 
 
-def _as_keys(where: str, key, n: int | None) -> jax.Array:
+def as_keys(where: str, key, n: int | None) -> jax.Array:
     """A batch of typed keys: ``split(key, n)`` for one key, or the given batch of keys."""
     key = key if isinstance(key, jax.Array) else jnp.asarray(key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -159,7 +159,7 @@ def _as_keys(where: str, key, n: int | None) -> jax.Array:
 
 def member_keys(key: jax.Array, n: int) -> jax.Array:
     """The N member keys :func:`fit_population` derives from one key: ``jax.random.split(key, n)``."""
-    return _as_keys("member_keys", key, n)
+    return as_keys("member_keys", key, n)
 
 
 def shared_order_key(keys: jax.Array, epoch: int) -> jax.Array:
@@ -168,7 +168,7 @@ def shared_order_key(keys: jax.Array, epoch: int) -> jax.Array:
     return jax.random.fold_in(keys[0], epoch)
 
 
-_epoch_order = jax.jit(epoch_order, static_argnums=(1, 2))
+jit_epoch_order = jax.jit(epoch_order, static_argnums=(1, 2))
 
 
 def _select(active, new, old):
@@ -232,7 +232,7 @@ def _init_population(make_model, make_optimizer, example, hparams, keys):
     return jax.lax.map(init_member, (hparams, keys))
 
 
-class _Program(NamedTuple):  # the static part of a run: equal programs share compiled code
+class Program(NamedTuple):  # the static part of a run: equal programs share compiled code
     make_model: MakeModel
     loss: LossFn
     make_optimizer: MakeOptimizer
@@ -268,7 +268,7 @@ def make_population_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: M
 
 
 @partial(jax.jit, static_argnums=0)
-def _population_epoch(program: _Program, hparams, states, active, data, order):
+def population_epoch_jit(program: Program, hparams, states, active, data, order):
     epoch = make_population_epoch(program.make_model, program.loss, program.make_optimizer,
                                   program.num_examples, program.batch_size, metrics=dict(program.metrics),
                                   regularizer=program.regularizer, chunk_size=program.chunk_size)
@@ -276,7 +276,7 @@ def _population_epoch(program: _Program, hparams, states, active, data, order):
 
 
 @partial(jax.jit, static_argnums=0)
-def _population_eval(program: _Program, hparams, states, data):
+def population_eval(program: Program, hparams, states, data):
     def member_eval(hp, ts):
         fn = make_eval_fn(program.make_model(hp), program.loss, metrics=dict(program.metrics),
                           batch_size=program.eval_batch_size)
@@ -285,7 +285,7 @@ def _population_eval(program: _Program, hparams, states, data):
     return _map_members(lambda m: member_eval(*m), (hparams, states), program.chunk_size)
 
 
-def _check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
+def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
     if hparams is not None and not isinstance(hparams, Mapping):
         raise TypeError(f"{where}: hparams must be a dict {{name: array [N]}}, got {type(hparams).__name__}")
     hparams = {} if hparams is None else dict(hparams)
@@ -304,7 +304,7 @@ def _check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | Non
     return hparams, n
 
 
-def _learning_rates(opt_state) -> jax.Array | None:
+def learning_rates(opt_state) -> jax.Array | None:
     """The members' learning rates ``[N]`` when the optimizer uses optax.inject_hyperparams."""
     for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
         if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
@@ -417,22 +417,22 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     if prune is not None and not callable(prune):
         raise TypeError(f"fit_population: prune must be a function (epoch, history) -> bool [N], got "
                         f"{type(prune).__name__}")
-    callbacks, es = _with_early_stopping("fit_population", callbacks, early_stopping)
+    callbacks, es = with_early_stopping("fit_population", callbacks, early_stopping)
     for cb in callbacks:
         if not hasattr(cb, "on_population_epoch_end"):
             raise TypeError(f"fit_population: each callback needs an on_population_epoch_end(epoch, states, logs, "
                             f"trained) method, got {type(cb).__name__}")
-    hparams, n = _check_hparams("fit_population", hparams)
-    keys = _as_keys("fit_population", key, n)
+    hparams, n = check_hparams("fit_population", hparams)
+    keys = as_keys("fit_population", key, n)
     n = keys.shape[0]
-    x, y = _check_data("fit_population train_data", train_data)
+    x, y = check_pair("fit_population train_data", train_data)
     guard.check_fit_args("fit_population", x, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          val_split=val_split, history_file=None, on_nonfinite=on_nonfinite)
     if val_split:
         (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
     if val_data is not None:
-        val_data = _check_data("fit_population val_data", val_data)
-    batch_size = min(batch_size, _num_examples(x))
+        val_data = check_pair("fit_population val_data", val_data)
+    batch_size = min(batch_size, num_examples_of(x))
 
     example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
     init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
@@ -443,15 +443,15 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         metrics = guard.default_metrics(loss) if single else {}
     metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
-    names += ["lr"] if _learning_rates(spec.opt_state) is not None else []
+    names += ["lr"] if learning_rates(spec.opt_state) is not None else []
     if es is not None and es.monitor not in names:
         raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
                          f"the logged metrics {sorted(names)}")
-    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, _num_examples(x),
+    program = Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, num_examples_of(x),
                        batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
     if val_data is not None:  # traced (cached with the program), not run: fails before the first step
         guard.check_val_data("fit_population", (x, y), val_data,
-                             lambda v: jax.eval_shape(_population_eval, program, hparams, spec, v))
+                             lambda v: jax.eval_shape(population_eval, program, hparams, spec, v))
     if check_data:
         for what, data in {"train_data": (x, y), "val_data": val_data}.items():
             if data is not None:
@@ -462,7 +462,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     auto = None
     if chunk_size == "auto" or shared_order == "auto":
         options = _autoexec.candidates(n, chunk_size, shared_order)
-        auto = _autoexec.AutoEpoch(_population_epoch, program, options)
+        auto = _autoexec.AutoEpoch(population_epoch_jit, program, options)
     history = {k: np.full((epochs, n), np.nan) for k in names}
     active, stopped = np.ones(n, bool), np.zeros(n, bool)
     epochs_trained, nonfinite_epoch, reports = np.zeros(n, int), np.zeros(n, int), {}
@@ -471,27 +471,27 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
             cb.on_train_begin(states)
     for epoch in range(1, epochs + 1):
         trained, last_good = active.copy(), states
-        order_fn = lambda: _epoch_order(shared_order_key(keys, epoch), _num_examples(x), batch_size)
+        order_fn = lambda: jit_epoch_order(shared_order_key(keys, epoch), num_examples_of(x), batch_size)
         if auto is not None:
             states, logs, execution = auto(hparams, states, jnp.asarray(trained), (x, y), order_fn)
         else:
-            states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y),
+            states, logs = population_epoch_jit(program, hparams, states, jnp.asarray(trained), (x, y),
                                              order_fn() if shared_order else None)
         if val_data is not None:
-            logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
+            logs.update({f"val_{k}": v for k, v in population_eval(program, hparams, states, val_data).items()})
         if "lr" in history:
-            logs["lr"] = _learning_rates(states.opt_state)
+            logs["lr"] = learning_rates(states.opt_state)
         for k, v in logs.items():  # the names of a loss's own logs first appear here
             history.setdefault(k, np.full((epochs, n), np.nan))
             history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
         epochs_trained[trained] = epoch
         bad = trained & ~np.all([np.isfinite(v[epoch - 1]) for v in history.values()], axis=0)
         if bad.any():   # those members stop here, back at their last finite state
-            states = _select_members(jnp.asarray(~bad), states, last_good)
+            states = select_members(jnp.asarray(~bad), states, last_good)
             nonfinite_epoch[bad], active, trained = epoch, active & ~bad, trained & ~bad
             if debug_nonfinite:
-                reports.update(_replay_members(program, hparams, last_good, (x, y), np.flatnonzero(bad)))
-            message = _population_message(epoch, history, bad, reports, on_nonfinite)
+                reports.update(replay_members(program, hparams, last_good, (x, y), np.flatnonzero(bad)))
+            message = population_message(epoch, history, bad, reports, on_nonfinite)
             if on_nonfinite == "raise":
                 raise guard.NonFiniteError(message, epoch=epoch, train_state=states, history=history,
                                            report=reports or None, members=np.flatnonzero(bad).tolist())

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnn import parallel as _parallel
+from jnn.parallel import distributed as _parallel
 from jnn.train.compiler import compiler_options
 
 __all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation", "CHUNK"]

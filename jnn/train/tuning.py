@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn.train import guard
-from jnn.train.loop import _check_data, split_validation
-from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, _as_keys, fit_population
+from jnn.train.loop import check_pair, split_validation
+from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, as_keys, fit_population
 from jnn.train.step import LossFn
 
 __all__ = ["search", "optuna_search"]
@@ -134,11 +134,11 @@ def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, t
       ([4, 8, 4], [2, 2, 2])
     """
     configs, static = _check_configs(configs, static, fit_kwargs)
-    keys = _as_keys("search", key, len(configs))
+    keys = as_keys("search", key, len(configs))
     if val_split:
         if fit_kwargs.get("val_data") is not None:
             raise ValueError("search: pass either val_data or val_split, not both")
-        x, y = _check_data("search train_data", train_data)
+        x, y = check_pair("search train_data", train_data)
         train_data, fit_kwargs["val_data"] = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
@@ -212,11 +212,11 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
                          f"{len(study.directions)} directions")
     _check_space(space)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    keys = _as_keys("optuna_search", key, trials)
+    keys = as_keys("optuna_search", key, trials)
     if fit_kwargs.get("val_split"):  # one split for every population, as search makes it
         if fit_kwargs.get("val_data") is not None:
             raise ValueError("optuna_search: pass either val_data or val_split, not both")
-        x, y = _check_data("optuna_search train_data", train_data)
+        x, y = check_pair("optuna_search train_data", train_data)
         train_data, fit_kwargs["val_data"] = split_validation(x, y, fit_kwargs.pop("val_split"),
                                                               jax.random.split(keys[0])[1])
     _check_monitor(monitor, loss, fit_kwargs)
