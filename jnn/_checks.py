@@ -311,3 +311,23 @@ def integer_labels(label: str, logits, labels) -> None:
                          f"logits of shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     ids_in_range(label, labels, num_classes, what=f"integer labels (class ids for {num_classes} classes)",
                  hint="; check the labels or the model's number of outputs")
+
+
+# ---- rules added for train ----
+
+def index_below(label: str, what: str, value, size: int, size_name: str) -> int:
+    """``value`` if it is a Python int in ``[0, size)``; ``size_name`` names the bound in the message."""
+    if not _is_int(value) or not 0 <= value < size:
+        raise ValueError(f"{label}: {what} must be an integer in [0, {size_name}={size}), got {value!r}")
+    return value
+
+
+def positive_int_or(*choices):
+    """A positive Python int, or one of ``choices`` (e.g. ``None``, ``"auto"``)."""
+    def rule(label, what, value):
+        if not any(value is c or (isinstance(c, str) and value == c) for c in choices) \
+                and not (_is_int(value) and value > 0):
+            items = ["a positive integer", *map(repr, choices)]
+            raise ValueError(f"{label}: {what} must be {', '.join(items[:-1])} or {items[-1]}, got {value!r}")
+        return value
+    return rule

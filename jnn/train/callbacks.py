@@ -79,7 +79,8 @@ class Callback:
 
 class HistoryFile(Callback):
     """Writes the history so far to ``path`` (``.csv`` or ``.jsonl``) after every epoch,
-    atomically; an existing file is refused at construction (FileExistsError).
+    atomically; an existing file is refused at construction (FileExistsError). In a
+    multi-process run only process 0 writes.
 
     Example:
       >>> import os, tempfile, jnn
@@ -95,45 +96,55 @@ class HistoryFile(Callback):
 
     def __init__(self, path):
         self._writer, self._history = HistoryWriter(path), {}
+        self.path = self._writer.path
 
     def on_epoch_end(self, epoch, train_state, logs):
         for k, v in {"epoch": epoch, **logs}.items():
             self._history.setdefault(k, []).append(v)
-        self._writer.write(self._history)
+        if jax.process_index() == 0:
+            self._writer.write(self._history)
 
 
 class CallbackList:
-    """What :func:`jnn.train.fit` runs: ``callbacks`` plus its ``history_file`` and
-    ``on_epoch_end`` arguments (kept for compatibility), in that order after the history file.
+    """The callbacks of one run, in order: functions ``(epoch, train_state, logs)`` or objects
+    with ``on_epoch_end``; for a population (``members=N``) objects with
+    ``on_population_epoch_end(epoch, states, logs, trained)``.
 
     Example:
       >>> import jnn
-      >>> callbacks = jnn.train.callbacks.CallbackList([lambda epoch, ts, logs: epoch >= 2],
-      ...                                               on_epoch_end=lambda epoch, ts, logs: None)
-      >>> len(callbacks.items), callbacks.on_epoch_end(1, None, {}), callbacks.on_epoch_end(2, None, {})
+      >>> callbacks = jnn.train.callbacks.CallbackList([lambda epoch, ts, logs: epoch >= 2, print])
+      >>> len(callbacks.items), bool(callbacks.on_epoch_end(1, None, {})), bool(callbacks.on_epoch_end(2, None, {}))
+      1 None {}
+      2 None {}
       (2, False, True)
     """
 
-    def __init__(self, callbacks: Sequence = (), *, history_file=None, on_epoch_end: Callable | None = None):
-        items = [HistoryFile(history_file)] if history_file is not None else []
-        items += list(callbacks or ()) + ([on_epoch_end] if on_epoch_end is not None else [])
-        for cb in items:
-            if not (callable(cb) or hasattr(cb, "on_epoch_end")):
-                raise TypeError(f"fit: each callback must be a function (epoch, train_state, logs) or have an "
+    def __init__(self, callbacks: Sequence = (), *, members: int | None = None, where: str = "fit"):
+        self.items, self.members = list(callbacks), members
+        for cb in self.items:
+            if members is None and not (callable(cb) or hasattr(cb, "on_epoch_end")):
+                raise TypeError(f"{where}: each callback must be a function (epoch, train_state, logs) or have an "
                                 f"on_epoch_end method, got {type(cb).__name__}")
-        self.items = items
+            if members is not None and not hasattr(cb, "on_population_epoch_end"):
+                raise TypeError(f"{where}: each callback needs an on_population_epoch_end(epoch, states, logs, "
+                                f"trained) method, got {type(cb).__name__}")
 
     def on_train_begin(self, train_state) -> None:
         for cb in self.items:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(train_state)
 
-    def on_epoch_end(self, epoch: int, train_state, logs: dict) -> bool:
-        """Runs every callback (all of them, even after one asks to stop); True if any asked."""
-        stop = False
+    def on_epoch_end(self, epoch: int, train_state, logs: dict, trained=True):
+        """Runs every callback (all of them, even after one asks to stop): whether any asked
+        (a bool ``[N]`` for a population: the members asked to stop)."""
+        stop = np.zeros(() if self.members is None else (self.members,), bool)
         for cb in self.items:
-            fn = cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb
-            stop |= fn(epoch, train_state, dict(logs)) is True
+            if self.members is not None:
+                asked = cb.on_population_epoch_end(epoch, train_state, dict(logs), trained)
+                stop |= False if asked is None else np.broadcast_to(np.asarray(asked, bool), stop.shape)
+            elif trained:
+                fn = cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb
+                stop |= fn(epoch, train_state, dict(logs)) is True
         return stop
 
     def on_train_end(self, train_state, history: dict):

@@ -8,18 +8,18 @@ replays the failing epoch to find the step, layer and examples.
 """
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
 from typing import Mapping
 
 import jax
 import numpy as np
 
+from jnn import _checks as checks
 from jnn import losses as _losses
 from jnn import metrics as _metrics
 
-__all__ = ["NonFiniteError", "check_fit_args", "check_fit_plan", "nonfinite_metrics", "default_metrics"]
+__all__ = ["NonFiniteError", "check_parts", "check_key", "check_fit_args", "check_fit_plan", "check_val_data",
+           "nonfinite_message", "population_message", "check_features", "check_labels",
+           "default_metrics"]
 
 _CLASSIFICATION_LOSSES = (_losses.softmax_cross_entropy, _losses.binary_cross_entropy,
                           _losses.binary_cross_entropy_with_logits)
@@ -34,7 +34,7 @@ class NonFiniteError(FloatingPointError):
         :func:`jnn.train.fit_population`: the batched states, the failing members' reverted to
         their last finite epoch.
       history: the history up to and including the failing epoch.
-      report: a :class:`jnn.train.NonFiniteReport` when ``debug_nonfinite=True``, else ``None``
+      report: a :class:`jnn.train.NonFiniteReport` when ``NonFinite(debug=True)``, else ``None``
         (from ``fit_population``: ``{member: report}``).
       members: from ``fit_population``, the indices of the members that went non-finite.
 
@@ -61,11 +61,6 @@ def default_metrics(loss) -> dict:
     log a meaningless accuracy). Pass ``metrics=`` to choose explicitly."""
     base = getattr(loss, "func", loss)  # functools.partial of a jnn loss counts too
     return {"accuracy": _metrics.accuracy} if base in _CLASSIFICATION_LOSSES else {}
-
-
-def _positive_int(where: str, what: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
 
 
 def _described(value) -> str:
@@ -120,13 +115,10 @@ def check_key(where: str, key) -> None:
         raise TypeError(f"{where}: key must be one PRNG key (jax.random.key(0)), got {got}")
 
 
-def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split, history_file,
-                   on_nonfinite) -> None:
+def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split) -> None:
     """Argument checks that need no tracing; raises before any data is split or traced."""
-    _positive_int(where, "batch_size", batch_size)
-    _positive_int(where, "eval_batch_size", eval_batch_size)
-    if on_nonfinite not in ("raise", "stop"):
-        raise ValueError(f"{where}: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    checks.positive_int(where, "batch_size", batch_size)
+    checks.positive_int(where, "eval_batch_size", eval_batch_size)
     leaves = jax.tree_util.tree_leaves(x)
     n = len(leaves[0]) if leaves else 0
     if n == 0:
@@ -139,20 +131,6 @@ def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split, his
             what = "no" if n_val == 0 else "all"
             raise ValueError(f"{where}: val_split={val_split} of {n} examples leaves {what} examples "
                              f"for validation; use a val_split between {1 / n:.3g} and {1 - 1 / n:.3g}")
-    if history_file is not None:
-        path = Path(os.fspath(history_file))
-        if path.suffix not in (".csv", ".jsonl"):
-            raise ValueError(f"{where}: history_file must end in .csv or .jsonl, got {history_file}")
-        if path.exists():
-            raise FileExistsError(f"{where}: history_file {history_file} already exists; choose another path")
-        parent = path.parent
-        blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise NotADirectoryError(f"{where}: history_file {history_file} cannot be written: "
-                                     f"{blocker} is a file, not a directory")
-        if blocker is not None and not os.access(blocker, os.W_OK):
-            raise PermissionError(f"{where}: history_file {history_file} cannot be written: "
-                                  f"{blocker} is not writable")
 
 
 def _spec(tree):
@@ -167,7 +145,8 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
                    early_stopping, logs_lr: bool, data_check=None) -> None:
     """Traces (never runs) one train step and the evaluation with ``jax.eval_shape``: wrong
     validation widths and unlogged early-stopping metrics fail here, before the first step.
-    ``data_check = (model, loss, metrics)`` also checks the data's values eagerly."""
+    ``data_check = (out, loss, metrics)`` (``out``: the model's output shapes) also checks the
+    data's values eagerly."""
     x, y = train_data
     batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), (x, y))
     _, logs = jax.eval_shape(step, ts, batch)
@@ -177,9 +156,10 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
                                             spec)
         names |= {f"val_{k}" for k in check_val_data(where, (x, y), val_data, trace)}
     if data_check is not None:
-        check_data_values(where, "train_data", *data_check, ts, x, y)
-        if val_data is not None:
-            check_data_values(where, "val_data", *data_check, ts, *val_data)
+        for what, (dx, dy) in {"train_data": (x, y), "val_data": val_data or (None, None)}.items():
+            if dy is not None:
+                check_features(where, what, dx)
+                check_labels(where, what, *data_check, dy)
     if early_stopping is not None and early_stopping.monitor not in names:
         raise ValueError(f"{where}: early_stopping monitors {early_stopping.monitor!r}, which is not "
                          f"among the logged metrics {sorted(names)} (checked before training)")
@@ -199,27 +179,25 @@ def check_val_data(where: str, train_data, val_data, trace) -> dict:
         raise type(e)(f"{where}: val_data does not fit the model: {e}") from e
 
 
-def nonfinite_metrics(logs: dict) -> list[str]:
-    """Names of the non-finite values in one epoch's logs."""
-    return [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
-
-
 def nonfinite_message(where: str, epoch: int, logs: dict, bad: list[str], report=None) -> str:
     values = ", ".join(f"{k}={logs[k]}" for k in bad)
     hint = (f"\n{report}" if report is not None else
-            "; pass debug_nonfinite=True to find the step, layer and examples")
+            "; pass NonFinite(debug=True) to find the step, layer and examples")
     return (f"{where}: epoch {epoch} produced non-finite metrics ({values}); training stopped and "
             f"the state after the last finite epoch was kept{hint}")
 
 
-def check_data_values(where: str, what: str, model, loss, metrics, ts, x, y) -> None:
-    """Eager checks of concrete data, once before training (under ``jit`` nothing is checked):
-    non-finite features (:func:`check_features`), and labels the loss or a metric rejects
-    (:func:`check_labels`, on the model's output shape)."""
-    check_features(where, what, x)
-    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], ts.params, ts.state,
-                         _spec(jax.tree_util.tree_map(lambda a: a[:1], x)))
-    check_labels(where, what, out, loss, metrics, y)
+def population_message(where: str, epoch: int, row: dict, bad, reports: dict, action: str) -> str:
+    """Names each failing member, its non-finite metrics and (when replayed) where it happened."""
+    lines = []
+    for i in np.flatnonzero(bad):
+        values = ", ".join(f"{k}={v[i]}" for k, v in row.items() if not np.isfinite(v[i]))
+        lines.append(f"member {i}: {values}" + (f"; {reports[int(i)]}" if int(i) in reports else ""))
+    then = ("training stopped" if action == "raise" else
+            "they stopped there and keep their state from the epoch before; the others train on")
+    hint = "" if reports else " (pass debug_nonfinite=True to find the step, layer and examples)"
+    return (f"{where}: epoch {epoch} produced non-finite metrics for member(s) "
+            f"{np.flatnonzero(bad).tolist()}: " + "; ".join(lines) + f"; {then}{hint}")
 
 
 def check_features(where: str, what: str, x) -> None:

@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import pathlib
 
 from jnn.io import atomic_write
@@ -19,11 +20,16 @@ class HistoryWriter:
     """
 
     def __init__(self, path):
-        self.path = pathlib.Path(path)
+        self.path = pathlib.Path(os.fspath(path))
         if self.path.suffix not in (".csv", ".jsonl"):
-            raise ValueError(f"history_file must end in .csv or .jsonl, got {self.path}")
+            raise ValueError(f"HistoryFile: path must end in .csv or .jsonl, got {path}")
         if self.path.exists():
-            raise FileExistsError(f"history_file {self.path} already exists; choose another path")
+            raise FileExistsError(f"HistoryFile: {path} already exists; choose another path")
+        blocker = next((p for p in [self.path.parent, *self.path.parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise NotADirectoryError(f"HistoryFile: {path} cannot be written: {blocker} is a file, not a directory")
+        if blocker is not None and not os.access(blocker, os.W_OK):
+            raise PermissionError(f"HistoryFile: {path} cannot be written: {blocker} is not writable")
         self._started = False
 
     def write(self, history: dict[str, list]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from jnn import core
 from jnn.train.step import shuffle_epoch, make_train_step, step_key
 
-__all__ = ["population_message", "replay_members", "NonFiniteReport", "find_nonfinite"]
+__all__ = ["replay_members", "NonFiniteReport", "find_nonfinite"]
 
 
 class NonFiniteReport(NamedTuple):
@@ -161,19 +161,6 @@ def _locate(model, loss, ts, batch):
     if not _finite(x):
         return "(input)", "input", _bad_rows(x)
     return None, "update", np.arange(len(x))
-
-
-def population_message(epoch: int, history: dict, bad, reports: dict, on_nonfinite: str) -> str:
-    """Names each failing member, its non-finite metrics and (when replayed) where it happened."""
-    lines = []
-    for i in np.flatnonzero(bad):
-        values = ", ".join(f"{k}={v[epoch - 1, i]}" for k, v in history.items() if not np.isfinite(v[epoch - 1, i]))
-        lines.append(f"member {i}: {values}" + (f"; {reports[int(i)]}" if int(i) in reports else ""))
-    then = ("training stopped" if on_nonfinite == "raise" else
-            "they stopped there and keep their state from the epoch before; the others train on")
-    hint = "" if reports else " (pass debug_nonfinite=True to find the step, layer and examples)"
-    return (f"fit_population: epoch {epoch} produced non-finite metrics for member(s) "
-            f"{np.flatnonzero(bad).tolist()}: " + "; ".join(lines) + f"; {then}{hint}")
 
 
 def replay_members(program, hparams, states, data, members) -> dict:

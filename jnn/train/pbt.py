@@ -37,9 +37,9 @@ import numpy as np
 from jnn import _checks
 from jnn import metrics as _metrics
 from jnn.train import guard
-from jnn.train.loop import check_pair, split_validation
+from jnn.train.engine import learning_rate, prepare
 from jnn.train.population import (MakeModel, MakeOptimizer, as_keys, check_hparams, jit_epoch_order, Program,
-                                  learning_rates, init_population, make_population_epoch,
+                                  init_population, make_population_epoch,
                                   shared_order_key, population_eval)
 from jnn.train.step import LossFn, Metrics, TrainState
 
@@ -252,7 +252,7 @@ def _pbt_epoch(program: Program, pbt: PBT, hparams, states, data, order, val_dat
     states, logs = epoch(hparams, states, jnp.ones(n, bool), data, order)
     if val_data is not None:
         logs.update({f"val_{k}": v for k, v in population_eval(program, hparams, states, val_data).items()})
-    lr = learning_rates(states.opt_state)
+    lr = learning_rate(states.opt_state)
     if lr is not None:
         logs["lr"] = lr
     step = partial(exploit_explore, pbt, scores=logs[pbt.monitor], key=key, make_optimizer=program.make_optimizer)
@@ -279,10 +279,7 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     """
     if not isinstance(pbt, PBT):
         raise TypeError(f"fit_pbt: pbt must be a jnn.train.pbt.PBT, got {type(pbt).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit_pbt: epochs must be a positive integer, got {epochs!r}")
-    if val_data is not None and val_split:
-        raise ValueError("fit_pbt: pass either val_data or val_split, not both")
+    _checks.positive_int("fit_pbt", "epochs", epochs)
     guard.check_parts("fit_pbt", make_model=make_model, make_optimizer=make_optimizer, loss=loss, metrics=metrics,
                       regularizer=regularizer)
     hparams, n = check_hparams("fit_pbt", hparams)
@@ -297,17 +294,11 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
         if outside.size:
             raise ValueError(f"fit_pbt: hparams[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
                              f"member {outside[0]} has {float(values[outside[0]])!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"fit_pbt: chunk_size must be a positive integer or None, got {chunk_size!r}")
+    _checks.positive_int_or(None)("fit_pbt", "chunk_size", chunk_size)
     _checks.boolean("fit_pbt", shared_order=shared_order)
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
-    x, y = check_pair("fit_pbt train_data", train_data)
-    guard.check_fit_args("fit_pbt", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
-                         history_file=None, on_nonfinite="stop")
-    if val_split:
-        (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
-    if val_data is not None:
-        val_data = check_pair("fit_pbt val_data", val_data)
+    (x, y), val_data = prepare("fit_pbt", train_data, val_data, val_split, jax.random.split(keys[0])[1],
+                               batch_size=batch_size, eval_batch_size=eval_batch_size)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     if pbt.monitor not in names:
         raise ValueError(f"fit_pbt: PBT monitors {pbt.monitor!r}, which is not among the logged metrics "

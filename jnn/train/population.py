@@ -30,7 +30,6 @@ Example:
 """
 from __future__ import annotations
 
-import warnings
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -39,17 +38,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jnn import _checks as checks
 from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
 from jnn.train import guard
-from jnn.train.callbacks import EarlyStopping, select_members
-from jnn.train.loop import check_pair, with_early_stopping, split_validation
-from jnn.train.nonfinite import population_message, replay_members
+from jnn.train.callbacks import CallbackList, EarlyStopping
+from jnn.train.engine import NonFinite, learning_rate, prepare, run_epochs, with_early_stopping
+from jnn.train.nonfinite import replay_members
 from jnn.train.step import (LossFn, Metrics, TrainState, num_examples_of, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
 
-__all__ = ["as_keys", "check_hparams", "jit_epoch_order", "Program", "learning_rates", "population_eval", "population_epoch_jit", "MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
+__all__ = ["as_keys", "check_hparams", "jit_epoch_order", "Program", "population_eval", "population_epoch_jit", "MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
            "make_population_epoch", "init_population", "fit_population"]
 
 HParams = Mapping[str, jax.Array]
@@ -304,14 +304,6 @@ def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None
     return hparams, n
 
 
-def learning_rates(opt_state) -> jax.Array | None:
-    """The members' learning rates ``[N]`` when the optimizer uses optax.inject_hyperparams."""
-    for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
-        if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
-            return leaf.hyperparams["learning_rate"]
-    return None
-
-
 def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
                    hparams: HParams | None = None, key: jax.Array, epochs: int = 10, batch_size: int = 128,
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -399,41 +391,25 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       >>> seeds.history["loss"].shape
       (1, 2)
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit_population: epochs must be a positive integer, got {epochs!r}")
-    if val_data is not None and val_split:
-        raise ValueError("fit_population: pass either val_data or val_split, not both")
-    if chunk_size not in (None, "auto") and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                             or chunk_size < 1):
-        raise ValueError(f"fit_population: chunk_size must be a positive integer, None or 'auto', got {chunk_size!r}")
-    if not (shared_order is True or shared_order is False or shared_order == "auto"):
-        raise ValueError(f"fit_population: shared_order must be True, False or 'auto', got {shared_order!r}")
+    checks.positive_int("fit_population", "epochs", epochs)
+    checks.positive_int_or(None, "auto")("fit_population", "chunk_size", chunk_size)
+    checks.one_of(True, False, "auto")("fit_population", "shared_order", shared_order)
     if debug_nonfinite and shared_order is not False:
         raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "
                          f"shared_order=False, got shared_order={shared_order!r}")
     guard.check_parts("fit_population", make_model=make_model, make_optimizer=make_optimizer, loss=loss,
                       metrics=metrics, regularizer=regularizer, verbose=verbose, debug_nonfinite=debug_nonfinite,
                       check_data=check_data)
-    if prune is not None and not callable(prune):
-        raise TypeError(f"fit_population: prune must be a function (epoch, history) -> bool [N], got "
-                        f"{type(prune).__name__}")
+    checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]"))(
+        "fit_population", "prune", prune)
+    checks.one_of("raise", "stop")("fit_population", "on_nonfinite", on_nonfinite)
     callbacks, es = with_early_stopping("fit_population", callbacks, early_stopping)
-    for cb in callbacks:
-        if not hasattr(cb, "on_population_epoch_end"):
-            raise TypeError(f"fit_population: each callback needs an on_population_epoch_end(epoch, states, logs, "
-                            f"trained) method, got {type(cb).__name__}")
     hparams, n = check_hparams("fit_population", hparams)
     keys = as_keys("fit_population", key, n)
     n = keys.shape[0]
-    x, y = check_pair("fit_population train_data", train_data)
-    guard.check_fit_args("fit_population", x, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         val_split=val_split, history_file=None, on_nonfinite=on_nonfinite)
-    if val_split:
-        (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
-    if val_data is not None:
-        val_data = check_pair("fit_population val_data", val_data)
+    (x, y), val_data = prepare("fit_population", train_data, val_data, val_split, jax.random.split(keys[0])[1],
+                               batch_size=batch_size, eval_batch_size=eval_batch_size)
     batch_size = min(batch_size, num_examples_of(x))
-
     example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
     init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
     spec = jax.eval_shape(init)
@@ -443,80 +419,56 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         metrics = guard.default_metrics(loss) if single else {}
     metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
-    names += ["lr"] if learning_rates(spec.opt_state) is not None else []
+    names += ["lr"] if learning_rate(spec.opt_state) is not None else []
     if es is not None and es.monitor not in names:
         raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
                          f"the logged metrics {sorted(names)}")
     program = Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, num_examples_of(x),
-                       batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
+                      batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
     if val_data is not None:  # traced (cached with the program), not run: fails before the first step
         guard.check_val_data("fit_population", (x, y), val_data,
                              lambda v: jax.eval_shape(population_eval, program, hparams, spec, v))
-    if check_data:
-        for what, data in {"train_data": (x, y), "val_data": val_data}.items():
-            if data is not None:
-                (dx, dy) = data
-                guard.check_features("fit_population", what, dx)
-                guard.check_labels("fit_population", what, out, loss, metrics, dy)
-    states = init()
+    for what, (dx, dy) in {"train_data": (x, y), "val_data": val_data or (None, None)}.items():
+        if check_data and dy is not None:
+            guard.check_features("fit_population", what, dx)
+            guard.check_labels("fit_population", what, out, loss, metrics, dy)
     auto = None
     if chunk_size == "auto" or shared_order == "auto":
-        options = _autoexec.candidates(n, chunk_size, shared_order)
-        auto = _autoexec.AutoEpoch(population_epoch_jit, program, options)
-    history = {k: np.full((epochs, n), np.nan) for k in names}
-    active, stopped = np.ones(n, bool), np.zeros(n, bool)
-    epochs_trained, nonfinite_epoch, reports = np.zeros(n, int), np.zeros(n, int), {}
-    for cb in callbacks:
-        if hasattr(cb, "on_train_begin"):
-            cb.on_train_begin(states)
-    for epoch in range(1, epochs + 1):
-        trained, last_good = active.copy(), states
+        auto = _autoexec.AutoEpoch(population_epoch_jit, program, _autoexec.candidates(n, chunk_size, shared_order))
+
+    def epoch_fn(states, epoch, trained):
         order_fn = lambda: jit_epoch_order(shared_order_key(keys, epoch), num_examples_of(x), batch_size)
         if auto is not None:
-            states, logs, execution = auto(hparams, states, jnp.asarray(trained), (x, y), order_fn)
+            states, logs, _ = auto(hparams, states, jnp.asarray(trained), (x, y), order_fn)
         else:
             states, logs = population_epoch_jit(program, hparams, states, jnp.asarray(trained), (x, y),
-                                             order_fn() if shared_order else None)
+                                                order_fn() if shared_order else None)
         if val_data is not None:
             logs.update({f"val_{k}": v for k, v in population_eval(program, hparams, states, val_data).items()})
-        if "lr" in history:
-            logs["lr"] = learning_rates(states.opt_state)
-        for k, v in logs.items():  # the names of a loss's own logs first appear here
-            history.setdefault(k, np.full((epochs, n), np.nan))
-            history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
-        epochs_trained[trained] = epoch
-        bad = trained & ~np.all([np.isfinite(v[epoch - 1]) for v in history.values()], axis=0)
-        if bad.any():   # those members stop here, back at their last finite state
-            states = select_members(jnp.asarray(~bad), states, last_good)
-            nonfinite_epoch[bad], active, trained = epoch, active & ~bad, trained & ~bad
-            if debug_nonfinite:
-                reports.update(replay_members(program, hparams, last_good, (x, y), np.flatnonzero(bad)))
-            message = population_message(epoch, history, bad, reports, on_nonfinite)
-            if on_nonfinite == "raise":
-                raise guard.NonFiniteError(message, epoch=epoch, train_state=states, history=history,
-                                           report=reports or None, members=np.flatnonzero(bad).tolist())
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-        for cb in callbacks:   # e.g. TensorBoard (one run per member), EarlyStopping
-            asked = cb.on_population_epoch_end(epoch, states, {k: v[epoch - 1] for k, v in history.items()}, trained)
-            if asked is not None:
-                stop = trained & np.broadcast_to(np.asarray(asked, bool), (n,))
-                stopped |= stop & (epoch < epochs)
-                active &= ~stop
-        if prune is not None:
-            stop = trained & np.asarray(prune(epoch, history), bool)
-            stopped |= stop & (epoch < epochs)
-            active &= ~stop
-        if verbose:
-            shown = es.monitor if es is not None else "loss"
-            column = history[shown][epoch - 1][np.isfinite(history[shown][epoch - 1])]
-            best_now = (column.max() if es is not None and es.maximize else column.min()) if column.size else np.nan
-            print(f"epoch {epoch:3d}  active {int(trained.sum())}/{n}  best {shown} {best_now:.4f}", flush=True)
-        if not active.any():
-            break
-    for cb in callbacks:
-        restored = cb.on_train_end(states, history) if hasattr(cb, "on_train_end") else None
-        states = states if restored is None else restored   # EarlyStopping(restore_best=True): the best states
-    best_epoch = None if es is None else np.broadcast_to(np.asarray(es.best_epoch, int), (n,)).copy()
-    return PopulationResult(states, history, best_epoch, stopped, epochs_trained, keys,
-                            {k: np.asarray(v) for k, v in hparams.items()}, nonfinite_epoch, reports)
+        return states, logs if "lr" not in names else {**logs, "lr": learning_rate(states.opt_state)}
 
+    def describe(epoch, history, trained):
+        shown = es.monitor if es is not None else "loss"
+        column = history[shown][epoch - 1][np.isfinite(history[shown][epoch - 1])]
+        best_now = (column.max() if es is not None and es.maximize else column.min()) if column.size else np.nan
+        return f"epoch {epoch:3d}  active {int(trained.sum())}/{n}  best {shown} {best_now:.4f}"
+
+    history = {}
+    pruning = [] if prune is None else [_Prune(prune, history)]
+    run = run_epochs("fit_population", init(), epoch_fn, epochs=epochs, members=n, history=history, names=names,
+                     callbacks=CallbackList(callbacks + pruning, members=n, where="fit_population"),
+                     policy=NonFinite(on_nonfinite, debug=debug_nonfinite), verbose=verbose, describe=describe,
+                     replay=lambda states, which: replay_members(program, hparams, states, (x, y), which))
+    best_epoch = None if es is None else np.broadcast_to(np.asarray(es.best_epoch, int), (n,)).copy()
+    return PopulationResult(run.train_state, run.history, best_epoch, run.stopped_early, run.epochs_trained, keys,
+                            {k: np.asarray(v) for k, v in hparams.items()}, run.nonfinite_epoch, run.reports)
+
+
+class _Prune:
+    """``fit_population``'s ``prune(epoch, history)`` as the last callback: the members it stops."""
+
+    def __init__(self, prune, history):
+        self.prune, self.history = prune, history
+
+    def on_population_epoch_end(self, epoch, states, logs, trained):
+        return np.asarray(self.prune(epoch, self.history), bool)

@@ -117,8 +117,8 @@ class Feed:
             try:
                 steps_per_epoch = len(data)
             except TypeError:
-                raise TypeError(f"{where}: train_data is an iterable without a len(); pass steps_per_epoch= "
-                                f"(batches per epoch) or a jnn.data.grain.Pipeline") from None
+                raise TypeError(f"{where}: train_data is an iterable without a len(); pass steps_per_epoch "
+                                f"(jnn.train.Data(data, steps_per_epoch=k)) or a jnn.data.grain.Pipeline") from None
         if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ValueError(f"{where}: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
         self.steps_per_epoch = steps_per_epoch
@@ -304,7 +304,7 @@ class StreamEpochs:
         progress = meta.get("progress")
         if progress is None or "data_state" not in meta:
             raise ValueError(f"fit: checkpoint {meta['step']} in {checkpoint.directory} has no data iterator "
-                             f"state; it was not saved by fit(..., checkpoint_every=...) over a stream")
+                             f"state; it was not saved by fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
         self.feed.restore(meta["data_state"])
         self.epoch, self.start = progress["epoch"] - 1, progress["step_in_epoch"]
         self.totals = jax.tree_util.tree_map(lambda z, v: jnp.asarray(v, z.dtype), self._zeros,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn.train import guard
-from jnn.train.loop import check_pair, split_validation
+from jnn.train.engine import check_pair, split_validation
 from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, as_keys, fit_population
 from jnn.train.step import LossFn
 
