@@ -1,20 +1,15 @@
 """Per-epoch callbacks for :func:`jnn.train.fit`: history files, TensorBoard, early stopping, your own.
 
-``fit(..., callbacks=[...])`` calls each callback after every epoch, in order. A callback is
-either a plain function ``fn(epoch, train_state, logs)`` or an object with an
-``on_epoch_end(epoch, train_state, logs)`` method (and optionally ``on_train_begin(train_state)``
-and ``on_train_end(train_state, history)``). ``logs`` holds the epoch's metrics (``loss``,
-``val_loss``, ``lr``, ``time``, ...). **Returning True stops training** after this epoch
-(``FitResult.stopped_early`` is then True). An ``on_train_end`` that returns a train state
-replaces the one ``fit`` returns (that is how :class:`EarlyStopping` restores its best epoch).
+``fit(..., callbacks=[...])`` calls each callback after every epoch, in order: a function
+``fn(epoch, train_state, logs)`` or an object with ``on_epoch_end(epoch, train_state, logs)``
+(and optionally ``on_train_begin(train_state)`` and ``on_train_end(train_state, history)``, whose
+returned train state replaces the one ``fit`` returns). **Returning True stops training**. With
+:func:`jnn.train.fit_population` a callback implements ``on_population_epoch_end(epoch, states,
+logs, trained)`` instead; a bool ``[N]`` returned stops those members.
 
-With :func:`jnn.train.fit_population` a callback implements
-``on_population_epoch_end(epoch, states, logs, trained)`` instead (batched states, ``{name:
-[N]}`` logs); returning a bool ``[N]`` stops those members.
-
-Built in: :class:`HistoryFile` (``fit(history_file=...)``), :class:`TensorBoard`,
-:class:`EarlyStopping` (also ``fit(early_stopping=...)``, which adds it to this list), and
-``Checkpointer.save_every(k)`` (checkpoint every k epochs).
+Built in: :class:`HistoryFile`, :class:`TensorBoard`, :class:`EarlyStopping` (also
+``fit(early_stopping=...)``), :class:`jnn.train.NonFinite` (the non-finite policy) and
+``Checkpointer.save_every(k)``.
 
 Example:
   >>> import jax, optax, jnn

@@ -25,7 +25,7 @@ Resuming training::
   # ... later, in a fresh process:
   template = init_train_state(model, opt, jax.random.key(0), example)
   ts, meta = ckpt.restore(template)
-  fit(model, loss, opt, data, key=key, epochs=10, train_state=ts, initial_epoch=meta["step"])
+  fit(model, loss, opt, data, key=key, epochs=10, train_state=Start(ts, epoch=meta["step"]))
 """
 from __future__ import annotations
 

@@ -14,11 +14,12 @@ import jax
 import numpy as np
 
 from jnn import _checks as checks
+from jnn import core as _core
 from jnn import losses as _losses
 from jnn import metrics as _metrics
 
 __all__ = ["NonFiniteError", "check_parts", "check_key", "check_fit_args", "check_fit_plan", "check_val_data",
-           "nonfinite_message", "population_message", "check_features", "check_labels",
+           "nonfinite_message", "population_message", "check_values", "check_features", "check_labels",
            "default_metrics"]
 
 _CLASSIFICATION_LOSSES = (_losses.softmax_cross_entropy, _losses.binary_cross_entropy,
@@ -71,39 +72,39 @@ def _described(value) -> str:
 _UNSET = object()
 
 
+_typename = lambda value: type(value).__name__
+_PARTS = {   # what: (test, what it must be, how a wrong value is described); all TypeErrors
+    "model": (lambda v: isinstance(v, _core.Layer), "a jnn.Layer (e.g. jnn.dense(10))", _described),
+    "optimizer": (lambda v: callable(getattr(v, "init", None)) and callable(getattr(v, "update", None)),
+                  "an optax.GradientTransformation (e.g. optax.adam(1e-3))", _described),
+    "make_model": (callable, "a function of the hyperparameters", _typename),
+    "make_optimizer": (callable, "a function of the hyperparameters", _typename),
+    "loss": (callable, "a function (predictions, targets) -> scalar, e.g. jnn.losses.mse", _typename),
+    "regularizer": (lambda v: v is None or callable(v), "a function params -> scalar or None", _typename),
+    "metrics": (lambda v: v is None or isinstance(v, Mapping), "a dict {name: fn(predictions, targets)}",
+                _typename),
+}
+
+
 def check_parts(where: str, *, loss, metrics, regularizer, model=_UNSET, optimizer=_UNSET, make_model=_UNSET,
                 make_optimizer=_UNSET, **flags) -> None:
     """The training recipe's parts have the right kinds, before anything is built or traced:
     ``model`` a Layer, ``optimizer`` an optax transformation, ``make_model``/``make_optimizer``,
     ``loss``, metric functions and ``regularizer`` callables; each of ``flags`` a bool."""
-    from jnn.core import Layer
-    if model is not _UNSET and not isinstance(model, Layer):
-        raise TypeError(f"{where}: model must be a jnn.Layer (e.g. jnn.dense(10)), got {_described(model)}")
-    if optimizer is not _UNSET and not (callable(getattr(optimizer, "init", None))
-                                      and callable(getattr(optimizer, "update", None))):
-        raise TypeError(f"{where}: optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
-                        f"got {_described(optimizer)}")
-    for what, fn in (("make_model", make_model), ("make_optimizer", make_optimizer)):
-        if fn is not _UNSET and not callable(fn):
-            raise TypeError(f"{where}: {what} must be a function of the hyperparameters, got {type(fn).__name__}")
-    if not callable(loss):
-        raise TypeError(f"{where}: loss must be a function (predictions, targets) -> scalar, e.g. "
-                        f"jnn.losses.mse, got {type(loss).__name__}")
-    if regularizer is not None and not callable(regularizer):
-        raise TypeError(f"{where}: regularizer must be a function params -> scalar or None, got "
-                        f"{type(regularizer).__name__}")
-    if metrics is not None:
-        if not isinstance(metrics, Mapping):
-            raise TypeError(f"{where}: metrics must be a dict {{name: fn(predictions, targets)}}, got "
-                            f"{type(metrics).__name__}")
-        for name, fn in metrics.items():
-            if not isinstance(name, str) or not callable(fn):
-                raise TypeError(f"{where}: metrics must map names to functions (predictions, targets) -> "
-                                f"scalar; {name!r} maps to {type(fn).__name__}")
+    parts = dict(model=model, optimizer=optimizer, make_model=make_model, make_optimizer=make_optimizer, loss=loss,
+                 regularizer=regularizer, metrics=metrics)
+    for what, value in parts.items():
+        test, need, described = _PARTS[what]
+        if value is not _UNSET and not test(value):
+            raise TypeError(f"{where}: {what} must be {need}, got {described(value)}")
+    bad = [(name, fn) for name, fn in (metrics or {}).items() if not isinstance(name, str) or not callable(fn)]
+    if bad:
+        raise TypeError(f"{where}: metrics must map names to functions (predictions, targets) -> scalar; "
+                        f"{bad[0][0]!r} maps to {type(bad[0][1]).__name__}")
     for what, value in flags.items():
         keras_style = what in ("verbose", "progress") and type(value) is int and value in (0, 1)   # verbose=0
-        if not isinstance(value, bool) and not keras_style:
-            raise ValueError(f"{where}: {what} must be True or False, got {value!r}")
+        flag = checks.flag if not keras_style else (lambda label, what, value: value)
+        flag(where, what, value)
 
 
 def check_key(where: str, key) -> None:
@@ -156,10 +157,7 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
                                             spec)
         names |= {f"val_{k}" for k in check_val_data(where, (x, y), val_data, trace)}
     if data_check is not None:
-        for what, (dx, dy) in {"train_data": (x, y), "val_data": val_data or (None, None)}.items():
-            if dy is not None:
-                check_features(where, what, dx)
-                check_labels(where, what, *data_check, dy)
+        check_values(where, *data_check, (x, y), val_data)
     if early_stopping is not None and early_stopping.monitor not in names:
         raise ValueError(f"{where}: early_stopping monitors {early_stopping.monitor!r}, which is not "
                          f"among the logged metrics {sorted(names)} (checked before training)")
@@ -198,6 +196,16 @@ def population_message(where: str, epoch: int, row: dict, bad, reports: dict, ac
     hint = "" if reports else " (pass debug_nonfinite=True to find the step, layer and examples)"
     return (f"{where}: epoch {epoch} produced non-finite metrics for member(s) "
             f"{np.flatnonzero(bad).tolist()}: " + "; ".join(lines) + f"; {then}{hint}")
+
+
+def check_values(where: str, out, loss, metrics, train_data, val_data=None) -> None:
+    """Eager checks of concrete data, once before training (under ``jit`` nothing is checked):
+    non-finite features (:func:`check_features`) and labels the loss or a metric rejects
+    (:func:`check_labels`, on ``out``, the model's output shapes)."""
+    for what, (x, y) in {"train_data": train_data, "val_data": val_data or (None, None)}.items():
+        if y is not None:
+            check_features(where, what, x)
+            check_labels(where, what, out, loss, metrics, y)
 
 
 def check_features(where: str, what: str, x) -> None:

@@ -1,20 +1,13 @@
 """Population training: N models trained at once, vectorized with ``jax.vmap``, in one program.
 
-A member is a :class:`~jnn.train.TrainState` (with its own PRNG key: its init seed) and a dict of
-scalar hyperparameters. ``make_model(hp)`` and ``make_optimizer(hp)`` are called *inside* the
-vmapped function with traced scalars, so whatever accepts a traced scalar can differ per member:
-learning rate and weight decay (``optax.inject_hyperparams`` also keeps them, per member, in the
-optimizer state), the dropout rate (``jnn.dropout(hp["rate"])``). Shape-changing fields (width,
-depth, batch size) cannot be traced: :func:`jnn.train.search` groups configs by them, one
-population per group.
-
-The population epoch is ``jax.vmap`` of :func:`make_member_epoch`, i.e. of
-:func:`jnn.train.make_train_epoch`: each member shuffles with its own key, so member ``i`` equals
-``jnn.train.fit(make_model(hp_i), loss, make_optimizer(hp_i), ..., key=result.keys[i])`` up to
-float reordering. A member stopped early (or whose metrics went non-finite) keeps computing (vmap cannot skip it) but its state is
-frozen by ``jnp.where`` on a per-member ``active`` flag, so nothing recompiles. Compiled programs
-are cached on ``(make_model, loss, make_optimizer, metrics, regularizer, shapes)``: calling
-:func:`fit_population` again with the same functions and shapes compiles nothing.
+A member is a :class:`~jnn.train.TrainState` (its PRNG key is its seed) and a dict of scalar
+hyperparameters. ``make_model(hp)`` and ``make_optimizer(hp)`` are called *inside* the vmapped
+function with traced scalars, so whatever accepts a traced scalar can differ per member (learning
+rate, weight decay, dropout rate); shape-changing fields cannot: :func:`jnn.train.search` groups
+configs by them. The population epoch is ``jax.vmap`` of :func:`make_member_epoch` (each member
+shuffles with its own key); a stopped member keeps computing but its state is frozen by
+``jnp.where`` on a per-member ``active`` flag, so nothing recompiles. Compiled programs are cached
+on ``(make_model, loss, make_optimizer, metrics, regularizer, shapes)``.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax, jnn
@@ -312,64 +305,38 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                    shared_order: bool | str = False, verbose: bool = False, callbacks=(),
                    prune: Callable[[int, dict], Any] | None = None, on_nonfinite: str = "stop",
                    debug_nonfinite: bool = False, check_data: bool = True) -> PopulationResult:
-    """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch.
+    """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch,
+    run by :func:`jnn.train.engine.run_epochs` (member ``i`` equals ``fit(..., key=keys[i])`` up
+    to float reordering).
 
     Args:
-      make_model: ``hp -> Layer``, called inside vmap with ``hp = {name: traced scalar}``.
-      loss: ``loss(outputs, y) -> scalar``, as for :func:`jnn.train.fit` (it may take ``step`` and
-        return ``(loss, logs)``; the logs join the history, but early stopping cannot monitor them).
-      make_optimizer: ``hp -> optax optimizer`` (e.g.
-        ``optax.inject_hyperparams(optax.adamw)(learning_rate=hp["lr"], weight_decay=hp["wd"])``).
+      make_model, make_optimizer: ``hp -> Layer`` and ``hp -> optax optimizer``, called inside
+        vmap with ``hp = {name: traced scalar}``.
+      loss, epochs, batch_size, val_data, metrics, regularizer, eval_batch_size: as for ``fit``
+        (default metrics: accuracy for the classification losses only).
       train_data: ``(x, y)``, shared by every member (each shuffles it with its own key).
-      hparams: ``{name: array [N]}``, one value per member; may be empty when ``key`` is a
-        batch of N keys (a population over seeds only).
+      hparams: ``{name: array [N]}``, one value per member; may be empty when ``key`` is a batch
+        of N keys (a population over seeds only).
       key: one PRNG key (member ``i`` gets ``jax.random.split(key, N)[i]``) or a batch of N keys.
-      epochs, batch_size, val_data, metrics, regularizer, eval_batch_size, check_data: as for
-        ``fit`` (default metrics: accuracy for the classification losses only).
-      val_split: hold out this fraction of ``train_data`` for validation: the same split for
-        every member, the one ``fit(..., key=keys[0], val_split=...)`` makes.
-      early_stopping: a :class:`jnn.train.EarlyStopping`, applied to each member on its own
-        (same decisions as ``fit``: a member stops after ``patience`` epochs without a finite
-        improvement larger than ``min_delta``; ``restore_best`` returns its best state). The
-        same as adding it to ``callbacks``.
-      chunk_size: ``"auto"`` (default): the first epochs measure each candidate execution (all
-        members at once; with more than 8 members also chunks of 8 and one at a time), two real
-        training epochs each, in turn, and the fastest is kept for the rest of the run and later
-        runs, without recompiling (:mod:`jnn.train.autoexec`).
-        Else members vectorized together (``None``: all of them). Smaller chunks run one
-        after another inside the same compiled epoch (``jax.lax.map``); ``1`` runs members
-        sequentially with unbatched kernels. On CPU, large compute-bound members (an MNIST
-        MLP) can be faster in small chunks; small members are fastest all at once.
-      shared_order: every member sees the same batches in the same order (epoch ``e``'s order
-        is ``jnn.train.epoch_order(shared_order_key(keys, e), ...)``) instead of shuffling with
-        its own key (``keys``: the member keys); inits and dropout masks still differ. One
-        permutation and one batch gather per epoch serve all members, and the first layer
-        multiplies one shared input (2.8-3.2x faster than sequential for small digits MLPs on
-        CPU, against 2.1-2.6x with per-member shuffles; see benchmarks/RESULTS.md). Members
-        then compare hyperparameters on identical data (common random numbers) but no longer
-        equal ``fit`` alone, which shuffles per member. ``"auto"``: allow the measurement to pick it (see
-        ``chunk_size``) when faster.
+      val_split: hold out this fraction for every member: the split ``fit(..., key=keys[0])`` makes.
+      early_stopping: a :class:`jnn.train.EarlyStopping` judging each member on its own (the
+        same as adding it to ``callbacks``).
+      chunk_size: members vectorized together (``None``: all); smaller chunks run one after
+        another inside the same compiled epoch (``jax.lax.map``). ``"auto"``: the first epochs
+        time each candidate (:mod:`jnn.train.autoexec`) and keep the fastest, without recompiling.
+      shared_order: every member sees the same batches in the same order (epoch ``e``'s order is
+        ``epoch_order(shared_order_key(keys, e), ...)``): one gather serves all members, which
+        then no longer equal ``fit`` alone. ``"auto"``: let the measurement pick it.
       verbose: print one line per epoch (active members, best monitored/loss value).
-      callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)``, called
-        after each epoch with the batched states, ``{name: [N]}`` logs and the trained members
-        (e.g. :class:`jnn.train.callbacks.TensorBoard`, which writes one run per member, or
-        :class:`jnn.train.EarlyStopping`); a bool ``[N]`` returned stops those members.
-      prune: ``prune(epoch, history) -> bool [N]``, called after each epoch: members to stop now
-        (as early stopping stops them; e.g. Optuna pruners, see :func:`jnn.train.optuna_search`).
-      on_nonfinite: a member whose epoch metrics (any of them) are NaN or infinite stops at that
-        epoch and keeps its state from the epoch before, as in ``fit``; the others train on, in
-        the same compiled program (checked once per epoch, on the logs). ``"stop"`` (default:
-        in a sweep a diverging member is a result, not a failure) warns, naming the members and
-        the epoch, and records it in ``PopulationResult.nonfinite_epoch``; ``"raise"`` raises
-        a :class:`jnn.train.NonFiniteError` at that epoch (its ``members`` name them; its
-        ``train_state`` holds every member's state, the failing ones reverted).
-      debug_nonfinite: replay a failing member's epoch alone with
-        :func:`jnn.train.find_nonfinite` (its step, layer and examples in
-        ``nonfinite_reports``); needs ``shared_order=False`` (the replay uses its own shuffle).
-
-    Everything that can be checked before the first step is, as in ``fit``: argument values,
-    the validation data's shapes, the early-stopping metric's name and (``check_data``) the
-    data's values.
+      callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)`` (batched
+        states, ``{name: [N]}`` logs; e.g. :class:`jnn.train.callbacks.TensorBoard`); a bool
+        ``[N]`` returned stops those members.
+      prune: ``prune(epoch, history) -> bool [N]``, members to stop now (e.g. Optuna pruners).
+      on_nonfinite, debug_nonfinite: the :class:`jnn.train.NonFinite` policy for members whose
+        metrics go NaN/Inf (they stop at their last finite state, the others train on):
+        ``"stop"`` (default) warns, ``"raise"`` raises a :class:`jnn.train.NonFiniteError`;
+        ``debug_nonfinite`` replays a failing member alone (needs ``shared_order=False``).
+      check_data: check the data's values before training, as ``fit`` does.
 
     Returns:
       A :class:`PopulationResult`.
@@ -384,12 +351,6 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
       >>> result.history["loss"].shape                       # [epochs, members]
       (2, 3)
-      >>> seeds = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits,
-      ...                                  lambda hp: optax.adam(0.1), (x, y),
-      ...                                  key=jax.random.split(jax.random.key(1), 2),
-      ...                                  epochs=1, batch_size=4, metrics={})   # a population over seeds only
-      >>> seeds.history["loss"].shape
-      (1, 2)
     """
     checks.positive_int("fit_population", "epochs", epochs)
     checks.positive_int_or(None, "auto")("fit_population", "chunk_size", chunk_size)
@@ -428,10 +389,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     if val_data is not None:  # traced (cached with the program), not run: fails before the first step
         guard.check_val_data("fit_population", (x, y), val_data,
                              lambda v: jax.eval_shape(population_eval, program, hparams, spec, v))
-    for what, (dx, dy) in {"train_data": (x, y), "val_data": val_data or (None, None)}.items():
-        if check_data and dy is not None:
-            guard.check_features("fit_population", what, dx)
-            guard.check_labels("fit_population", what, out, loss, metrics, dy)
+    if check_data:
+        guard.check_values("fit_population", out, loss, metrics, (x, y), val_data)
     auto = None
     if chunk_size == "auto" or shared_order == "auto":
         auto = _autoexec.AutoEpoch(population_epoch_jit, program, _autoexec.candidates(n, chunk_size, shared_order))
@@ -447,21 +406,23 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
             logs.update({f"val_{k}": v for k, v in population_eval(program, hparams, states, val_data).items()})
         return states, logs if "lr" not in names else {**logs, "lr": learning_rate(states.opt_state)}
 
-    def describe(epoch, history, trained):
-        shown = es.monitor if es is not None else "loss"
-        column = history[shown][epoch - 1][np.isfinite(history[shown][epoch - 1])]
-        best_now = (column.max() if es is not None and es.maximize else column.min()) if column.size else np.nan
-        return f"epoch {epoch:3d}  active {int(trained.sum())}/{n}  best {shown} {best_now:.4f}"
-
     history = {}
     pruning = [] if prune is None else [_Prune(prune, history)]
     run = run_epochs("fit_population", init(), epoch_fn, epochs=epochs, members=n, history=history, names=names,
                      callbacks=CallbackList(callbacks + pruning, members=n, where="fit_population"),
-                     policy=NonFinite(on_nonfinite, debug=debug_nonfinite), verbose=verbose, describe=describe,
+                     policy=NonFinite(on_nonfinite, debug=debug_nonfinite), verbose=verbose, describe=partial(_describe, es),
                      replay=lambda states, which: replay_members(program, hparams, states, (x, y), which))
     best_epoch = None if es is None else np.broadcast_to(np.asarray(es.best_epoch, int), (n,)).copy()
     return PopulationResult(run.train_state, run.history, best_epoch, run.stopped_early, run.epochs_trained, keys,
                             {k: np.asarray(v) for k, v in hparams.items()}, run.nonfinite_epoch, run.reports)
+
+
+def _describe(es, epoch, history, trained) -> str:
+    """``fit_population``'s verbose line: active members and the best monitored (or loss) value."""
+    shown = es.monitor if es is not None else "loss"
+    column = history[shown][epoch - 1][np.isfinite(history[shown][epoch - 1])]
+    best_now = (column.max() if es is not None and es.maximize else column.min()) if column.size else np.nan
+    return f"epoch {epoch:3d}  active {int(trained.sum())}/{trained.size}  best {shown} {best_now:.4f}"
 
 
 class _Prune:

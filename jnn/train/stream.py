@@ -2,16 +2,12 @@
 
 :func:`jnn.train.fit` uses this when ``train_data`` is not an in-memory ``(x, y)`` pair but an
 iterable of ``(x, y)`` batches (NumPy or JAX arrays, e.g. a :func:`jnn.data.grain.pipeline`).
-Each chunk of :data:`CHUNK` batches is one call of a jitted ``lax.scan`` over the step (with
-the epoch's metric sums carried on device; ``fit(..., fused=False)``: one jitted step per
-batch); the next two chunks are already read and on the device while it runs (dispatch is
-asynchronous), so reading and transferring overlap the steps. The epoch's key split is the
-in-memory path's (:func:`jnn.train.make_train_epoch`), so the same batches in the same order
-give the same dropout masks and the same params (up to float reordering inside a scan).
-
-Epochs: with ``steps_per_epoch`` (given, or a :class:`jnn.data.grain.Pipeline`'s) one iterator
-runs through all epochs, each taking the next ``steps_per_epoch`` batches. Without it,
-``train_data`` must have a ``len``: each epoch iterates it afresh (like a PyTorch loader).
+Each chunk of :data:`CHUNK` batches is one call of a jitted ``lax.scan`` over the step
+(``fused=False``: one jitted step per batch); the next two chunks are read and on the device
+while it runs. The epoch's key split is the in-memory path's, so the same batches in the same
+order give the same params (up to float reordering inside a scan). With ``steps_per_epoch``
+(``jnn.train.Data``'s, or a :class:`jnn.data.grain.Pipeline`'s) one iterator runs through all
+epochs; without it, ``train_data`` must have a ``len`` and is iterated afresh each epoch.
 
 Every batch must have the shapes of the first (a ragged last batch would recompile the step):
 drop it (the Grain pipeline does), or pad it and mask in the loss.
