@@ -331,3 +331,28 @@ def positive_int_or(*choices):
             raise ValueError(f"{label}: {what} must be {', '.join(items[:-1])} or {items[-1]}, got {value!r}")
         return value
     return rule
+
+
+def satisfies(test, need: str, error=ValueError):
+    """A value ``test`` accepts; else ``error("label: what must be <need>, got <value>")``."""
+    def rule(label, what, value):
+        if not test(value):
+            raise error(f"{label}: {what} must be {need}, got {value!r}")
+        return value
+    return rule
+
+
+def int_at_least(low: int):
+    """A Python int ``>= low`` (not a bool)."""
+    return satisfies(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
+
+
+def fields(label: str, obj, **rules) -> None:
+    """Applies each rule to the attribute of ``obj`` of that name (a dataclass's fields)."""
+    for what, rule in rules.items():
+        rule(label, what, getattr(obj, what))
+
+
+def int_in(low: int, high: int, shown: str):
+    """A Python int in ``[low, high)``; ``shown`` is the interval as the message writes it."""
+    return satisfies(lambda v: _is_int(v) and low <= v < high, f"an integer in {shown}")

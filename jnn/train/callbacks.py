@@ -37,8 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import _checks as checks
 from jnn import io as _io
 from jnn.train.history import HistoryWriter
+
+MODE = checks.satisfies(lambda v: v in ("min", "max", "auto"), "'min', 'max' or 'auto'")   # EarlyStopping, PBT
+_real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 __all__ = ["select_members", "Callback", "CallbackList", "HistoryFile", "TensorBoard", "EarlyStopping"]
 
@@ -189,8 +193,7 @@ class TensorBoard(Callback):
             import tensorboardX
         except ImportError as e:
             raise ImportError("TensorBoard needs tensorboardX: pip install 'jnn[logs]'") from e
-        if isinstance(histograms_every, bool) or not isinstance(histograms_every, int) or histograms_every < 0:
-            raise ValueError(f"TensorBoard: histograms_every must be an integer >= 0, got {histograms_every!r}")
+        checks.int_at_least(0)("TensorBoard", "histograms_every", histograms_every)
         if (model is None) != (loss is None) or (model is None) != (probe is None):
             raise ValueError("TensorBoard: pass model, loss and probe together (for gradient histograms), or none")
         self.logdir, self.every, self.learning_rate = pathlib.Path(logdir), histograms_every, learning_rate
@@ -293,17 +296,10 @@ class EarlyStopping(Callback):
     restore_best: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.monitor, str):
-            raise TypeError(f"EarlyStopping: monitor must be a metric name (str), got {self.monitor!r}")
-        if self.mode not in ("min", "max", "auto"):
-            raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {self.patience!r}")
-        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, numbers.Real) \
-                or not 0 <= self.min_delta < math.inf:
-            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {self.min_delta!r}")
-        if not isinstance(self.restore_best, bool):
-            raise ValueError(f"EarlyStopping: restore_best must be True or False, got {self.restore_best!r}")
+        checks.fields("EarlyStopping", self, monitor=checks.satisfies(
+            lambda v: isinstance(v, str), "a metric name (str)", TypeError), mode=MODE, patience=checks.int_at_least(1),
+            min_delta=checks.satisfies(lambda v: _real(v) and 0 <= v < math.inf, "a finite number >= 0"),
+            restore_best=checks.flag)
         self.on_train_begin(None)
 
     @property

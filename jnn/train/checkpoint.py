@@ -177,8 +177,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-            raise ValueError(f"Checkpointer: keep must be a positive integer or None, got {keep!r}")
+        checks.positive_int_or(None)("Checkpointer", "keep", keep)
         _check_config("Checkpointer", config)
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.keep, self.config = keep, config

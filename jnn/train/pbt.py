@@ -37,6 +37,7 @@ import numpy as np
 from jnn import _checks
 from jnn import metrics as _metrics
 from jnn.train import guard
+from jnn.train.callbacks import MODE
 from jnn.train.engine import learning_rate, prepare
 from jnn.train.population import (MakeModel, MakeOptimizer, as_keys, check_hparams, jit_epoch_order, Program,
                                   init_population, make_population_epoch,
@@ -75,22 +76,16 @@ class PBT:
 
     def __post_init__(self):
         object.__setattr__(self, "space", _check_space(self.space))
-        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
-            raise ValueError(f"PBT: interval must be a positive integer, got {self.interval!r}")
-        if not _real(self.fraction) or not 0 < self.fraction <= 0.5:
-            raise ValueError(f"PBT: fraction must be a number in (0, 0.5], got {self.fraction!r}")
-        if not isinstance(self.monitor, str) or not self.monitor:
-            raise ValueError(f"PBT: monitor must be the name of a logged metric (a string), got {self.monitor!r}")
-        if self.mode not in ("min", "max", "auto"):
-            raise ValueError(f"PBT: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
-        factors = self.factors
-        if not isinstance(factors, (tuple, list)) or not factors \
-                or not all(_real(f) and math.isfinite(f) and f > 0 for f in factors):
-            raise ValueError(f"PBT: factors must be a non-empty tuple of positive finite numbers, got {factors!r}")
-        object.__setattr__(self, "factors", tuple(float(f) for f in factors))
-        if not _real(self.resample_probability) or not 0 <= self.resample_probability <= 1:
-            raise ValueError(f"PBT: resample_probability must be a number in [0, 1], got "
-                             f"{self.resample_probability!r}")
+        _checks.fields("PBT", self, interval=_checks.positive_int,
+                       fraction=_checks.satisfies(lambda v: _real(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
+                       monitor=_checks.satisfies(lambda v: isinstance(v, str) and v,
+                                                 "the name of a logged metric (a string)"),
+                       mode=MODE, factors=_checks.satisfies(
+                           lambda fs: isinstance(fs, (tuple, list)) and fs and all(
+                               _real(f) and math.isfinite(f) and f > 0 for f in fs),
+                           "a non-empty tuple of positive finite numbers"),
+                       resample_probability=_checks.satisfies(lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"))
+        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
 
     @property
     def maximize(self) -> bool:

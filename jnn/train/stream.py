@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn.parallel import distributed as _parallel
+from jnn import _checks as checks
 from jnn.train.compiler import compiler_options
 
 __all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation", "CHUNK"]
@@ -115,8 +116,7 @@ class Feed:
             except TypeError:
                 raise TypeError(f"{where}: train_data is an iterable without a len(); pass steps_per_epoch "
                                 f"(jnn.train.Data(data, steps_per_epoch=k)) or a jnn.data.grain.Pipeline") from None
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"{where}: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        checks.positive_int(where, "steps_per_epoch", steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self._iterator = iter(data)
         self._queue: collections.deque = collections.deque()   # (device piece, iterator state after it)
@@ -272,8 +272,7 @@ class StreamEpochs:
 
     def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, checkpoint_every: int | None = None,
                  initial_epoch: int = 0, chunk: int = 1):
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"StreamEpochs: chunk must be a positive integer, got {chunk!r}")
+        checks.positive_int("StreamEpochs", "chunk", chunk)
         self.feed, self.checkpoint, self.every, self.chunk = feed, checkpoint, checkpoint_every, chunk
         self.epoch, self.start, self.history = initial_epoch, 0, {}
         logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]

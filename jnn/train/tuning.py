@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import _checks as checks
 from jnn.train import guard
 from jnn.train.engine import check_pair, split_validation
 from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, as_keys, fit_population
@@ -91,10 +92,8 @@ def _check_configs(configs, static, fit_kwargs) -> tuple[list[dict], list[str]]:
             raise ValueError("search: batch_size changes array shapes, so it must be listed in static")
         if "batch_size" in fit_kwargs:
             raise ValueError("search: batch_size is a config field; do not also pass batch_size=")
-        bad = [c["batch_size"] for c in configs if isinstance(c["batch_size"], bool)
-               or not isinstance(c["batch_size"], int) or c["batch_size"] < 1]
-        if bad:
-            raise ValueError(f"search: batch_size must be a positive integer, got {bad[0]!r}")
+        for config in configs:
+            checks.positive_int("search", "batch_size", config["batch_size"])
     return configs, static
 
 
@@ -202,8 +201,7 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
     except ImportError:
         raise ImportError("optuna_search needs optuna: pip install 'jnn[search]' (or pip install optuna)") from None
     for what, value in {"trials": trials, "population_size": population_size}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"optuna_search: {what} must be a positive integer, got {value!r}")
+        checks.positive_int("optuna_search", what, value)
     if not isinstance(study, optuna.study.Study):
         raise TypeError(f"optuna_search: study must be an optuna.Study (optuna.create_study(...)), got "
                         f"{type(study).__name__}")
