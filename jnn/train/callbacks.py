@@ -27,9 +27,13 @@ Example:
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 import math
 import numbers
+import os
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -39,7 +43,7 @@ import numpy as np
 
 from jnn import _checks as checks
 from jnn import io as _io
-from jnn.train.history import HistoryWriter
+from jnn.io import atomic_write
 
 MODE = checks.satisfies(lambda v: v in ("min", "max", "auto"), "'min', 'max' or 'auto'")   # EarlyStopping, PBT
 _real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -94,14 +98,37 @@ class HistoryFile(Callback):
     """
 
     def __init__(self, path):
-        self._writer, self._history = HistoryWriter(path), {}
-        self.path = self._writer.path
+        self.path = pathlib.Path(os.fspath(path))
+        if self.path.suffix not in (".csv", ".jsonl"):
+            raise ValueError(f"HistoryFile: path must end in .csv or .jsonl, got {path}")
+        if self.path.exists():
+            raise FileExistsError(f"HistoryFile: {path} already exists; choose another path")
+        blocker = next((p for p in [self.path.parent, *self.path.parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise NotADirectoryError(f"HistoryFile: {path} cannot be written: {blocker} is a file, not a directory")
+        if blocker is not None and not os.access(blocker, os.W_OK):
+            raise PermissionError(f"HistoryFile: {path} cannot be written: {blocker} is not writable")
+        self._started, self._history = False, {}
+
+    def write(self, history: dict[str, list]) -> None:
+        keys = list(history)
+        rows = [dict(zip(keys, values)) for values in zip(*history.values())]
+        if self.path.suffix == ".jsonl":
+            text = "".join(json.dumps(row) + "\n" for row in rows)
+        else:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+            text = buffer.getvalue()
+        atomic_write(self.path, text, overwrite=self._started)
+        self._started = True
 
     def on_epoch_end(self, epoch, train_state, logs):
         for k, v in {"epoch": epoch, **logs}.items():
             self._history.setdefault(k, []).append(v)
         if jax.process_index() == 0:
-            self._writer.write(self._history)
+            self.write(self._history)
 
 
 class CallbackList:

@@ -18,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -32,11 +33,10 @@ import numpy as np
 from jnn import _checks as checks
 from jnn.train import guard
 from jnn.train.callbacks import Callback, CallbackList, EarlyStopping, select_members
-from jnn.train.history import progress_bar
 from jnn.train.step import as_arrays, gather, num_examples_of
 
 __all__ = ["Data", "Start", "NonFinite", "Outcome", "check_pair", "with_early_stopping", "split_validation",
-           "prepare", "learning_rate", "run_epochs"]
+           "prepare", "learning_rate", "progress_bar", "run_epochs"]
 
 
 class Data(NamedTuple):
@@ -211,6 +211,33 @@ def learning_rate(opt_state):
         if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
             return leaf.hyperparams["learning_rate"]
     return None
+
+
+class _Bar(NamedTuple):
+    progress: Any = None   # a rich Progress, or None: no bar
+    task: Any = None
+
+    def advance(self, logs):
+        if self.progress is not None:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
+            self.progress.update(self.task, advance=1, description=shown)
+
+
+@contextlib.contextmanager
+def progress_bar(epochs: int, *, enabled: bool = True):
+    """A rich progress bar over epochs showing the latest metrics; a no-op when disabled or
+    when rich is not installed."""
+    try:
+        import rich.progress
+    except ImportError:
+        enabled = False
+    if not enabled:
+        yield _Bar()
+        return
+    columns = [rich.progress.TextColumn("epoch {task.completed}/{task.total}"), rich.progress.BarColumn(),
+               rich.progress.TextColumn("{task.description}"), rich.progress.TimeElapsedColumn()]
+    with rich.progress.Progress(*columns, transient=True) as progress:
+        yield _Bar(progress, progress.add_task("", total=epochs))
 
 
 class Outcome(NamedTuple):
