@@ -36,7 +36,7 @@ from jnn.train.callbacks import Callback, CallbackList, EarlyStopping, select_me
 from jnn.train.step import as_arrays, gather, num_examples_of
 
 __all__ = ["Data", "Start", "NonFinite", "Outcome", "check_pair", "with_early_stopping", "split_validation",
-           "prepare", "learning_rate", "progress_bar", "run_epochs"]
+           "hold_out", "prepare", "learning_rate", "progress_bar", "run_epochs"]
 
 
 class Data(NamedTuple):
@@ -190,13 +190,20 @@ def prepare(where: str, train_data, val_data, val_split, split_key, *, batch_siz
     x, y = check_pair(f"{where} train_data" + (" (first batch)" if first_batch is not None else ""),
                       train_data if first_batch is None else first_batch)
     guard.check_fit_args(where, x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split)
-    if val_data is not None and val_split:
-        raise ValueError(f"{where}: pass either val_data or val_split, not both")
-    if val_split:
-        (x, y), val_data = split_validation(x, y, val_split, split_key)
+    (x, y), val_data = hold_out(where, (x, y), val_data, val_split, split_key)
     if val_data is not None and not _is_stream(val_data):
         val_data = check_pair(f"{where} val_data", val_data)
     return (x, y), val_data
+
+
+def hold_out(where: str, train_data, val_data, val_split, key):
+    """``(train_data, val_data)`` with ``val_split`` of ``train_data`` held out for validation
+    (shuffled with ``key``); unchanged without ``val_split``."""
+    if val_data is not None and val_split:
+        raise ValueError(f"{where}: pass either val_data or val_split, not both")
+    if not val_split:
+        return train_data, val_data
+    return split_validation(*check_pair(f"{where} train_data", train_data), val_split, key)
 
 
 def _is_stream(data) -> bool:

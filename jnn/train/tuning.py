@@ -23,7 +23,7 @@ import numpy as np
 
 from jnn import _checks as checks
 from jnn.train import guard
-from jnn.train.engine import check_pair, split_validation
+from jnn.train.engine import hold_out
 from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, as_keys, fit_population
 from jnn.train.step import LossFn
 
@@ -134,11 +134,8 @@ def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, t
     """
     configs, static = _check_configs(configs, static, fit_kwargs)
     keys = as_keys("search", key, len(configs))
-    if val_split:
-        if fit_kwargs.get("val_data") is not None:
-            raise ValueError("search: pass either val_data or val_split, not both")
-        x, y = check_pair("search train_data", train_data)
-        train_data, fit_kwargs["val_data"] = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
+    train_data, fit_kwargs["val_data"] = hold_out("search", train_data, fit_kwargs.get("val_data"), val_split,
+                                                  jax.random.split(keys[0])[1])
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
         groups.setdefault(_group_key(config, static), []).append(i)
@@ -211,12 +208,8 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
     _check_space(space)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     keys = as_keys("optuna_search", key, trials)
-    if fit_kwargs.get("val_split"):  # one split for every population, as search makes it
-        if fit_kwargs.get("val_data") is not None:
-            raise ValueError("optuna_search: pass either val_data or val_split, not both")
-        x, y = check_pair("optuna_search train_data", train_data)
-        train_data, fit_kwargs["val_data"] = split_validation(x, y, fit_kwargs.pop("val_split"),
-                                                              jax.random.split(keys[0])[1])
+    train_data, fit_kwargs["val_data"] = hold_out("optuna_search", train_data, fit_kwargs.get("val_data"),
+                                                  fit_kwargs.pop("val_split", 0.0), jax.random.split(keys[0])[1])
     _check_monitor(monitor, loss, fit_kwargs)
     done: list[tuple[Any, MemberResult]] = []
     while len(done) < trials:
