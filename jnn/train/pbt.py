@@ -256,6 +256,8 @@ def _pbt_epoch(program: Program, pbt: PBT, hparams, states, data, order, val_dat
     return new_hparams, states, logs, source
 
 
+@_checks.declare(pbt=_checks.instance_of(PBT, described="a jnn.train.pbt.PBT"), epochs=_checks.positive_int,
+                 chunk_size=_checks.positive_int_or(None), shared_order=_checks.flag)
 def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
             hparams: Mapping[str, jax.Array], key: jax.Array, pbt: PBT, epochs: int = 10,
             batch_size: int = 128, val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -272,9 +274,6 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     ``fit_population``; there is no per-epoch non-finite check (nothing is read back): a member
     whose monitored score is NaN ranks last and is replaced at the next exploit step.
     """
-    if not isinstance(pbt, PBT):
-        raise TypeError(f"fit_pbt: pbt must be a jnn.train.pbt.PBT, got {type(pbt).__name__}")
-    _checks.positive_int("fit_pbt", "epochs", epochs)
     guard.check_parts("fit_pbt", make_model=make_model, make_optimizer=make_optimizer, loss=loss, metrics=metrics,
                       regularizer=regularizer)
     hparams, n = check_hparams("fit_pbt", hparams)
@@ -289,8 +288,6 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
         if outside.size:
             raise ValueError(f"fit_pbt: hparams[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
                              f"member {outside[0]} has {float(values[outside[0]])!r}")
-    _checks.positive_int_or(None)("fit_pbt", "chunk_size", chunk_size)
-    _checks.boolean("fit_pbt", shared_order=shared_order)
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     (x, y), val_data = prepare("fit_pbt", train_data, val_data, val_split, jax.random.split(keys[0])[1],
                                batch_size=batch_size, eval_batch_size=eval_batch_size)

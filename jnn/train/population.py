@@ -52,19 +52,8 @@ MakeOptimizer = Callable[[HParams], optax.GradientTransformation]
 
 class MemberResult(NamedTuple):
     """One member, like :class:`jnn.train.FitResult` (history ``{name: np.ndarray [epochs
-    trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-      >>> make_opt = lambda hp: optax.adam(hp["lr"])
-      >>> result = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
-      ...                                   (x, y), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
-      ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
-      >>> member = result.member(1)
-      >>> member.history["loss"].shape, member.train_state.params["dense_0"]["w"].shape, member.stopped_early
-      ((2,), (2, 4), False)
+    trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams
+    (see :meth:`PopulationResult.member`).
     """
 
     train_state: TrainState
@@ -107,6 +96,9 @@ class PopulationResult(NamedTuple):
       ((2, 3), (3, 2, 4))
       >>> result.epochs_trained.tolist(), result.stopped_early.tolist(), result.best_epoch
       ([2, 2, 2], [False, False, False], None)
+      >>> member = result.member(1)
+      >>> member.history["loss"].shape, member.train_state.params["dense_0"]["w"].shape, member.stopped_early
+      ((2,), (2, 4), False)
     """
 
     train_states: TrainState
@@ -297,6 +289,9 @@ def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None
     return hparams, n
 
 
+@checks.declare(epochs=checks.positive_int, chunk_size=checks.positive_int_or(None, "auto"),
+                shared_order=checks.one_of(True, False, "auto"), on_nonfinite=checks.one_of("raise", "stop"),
+                prune=checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]")))
 def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
                    hparams: HParams | None = None, key: jax.Array, epochs: int = 10, batch_size: int = 128,
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -345,25 +340,19 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> x, y = jnn.data.xor()
       >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-      >>> make_opt = lambda hp: optax.adam(hp["lr"])
-      >>> result = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
-      ...                                   (x, y), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
-      ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
-      >>> result.history["loss"].shape                       # [epochs, members]
-      (2, 3)
+      >>> seeds = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits,
+      ...                                  lambda hp: optax.adam(0.1), (x, y),
+      ...                                  key=jax.random.split(jax.random.key(1), 2),
+      ...                                  epochs=1, batch_size=4, metrics={})   # a population over seeds only
+      >>> seeds.history["loss"].shape                        # [epochs, members]
+      (1, 2)
     """
-    checks.positive_int("fit_population", "epochs", epochs)
-    checks.positive_int_or(None, "auto")("fit_population", "chunk_size", chunk_size)
-    checks.one_of(True, False, "auto")("fit_population", "shared_order", shared_order)
     if debug_nonfinite and shared_order is not False:
         raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "
                          f"shared_order=False, got shared_order={shared_order!r}")
     guard.check_parts("fit_population", make_model=make_model, make_optimizer=make_optimizer, loss=loss,
                       metrics=metrics, regularizer=regularizer, verbose=verbose, debug_nonfinite=debug_nonfinite,
                       check_data=check_data)
-    checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]"))(
-        "fit_population", "prune", prune)
-    checks.one_of("raise", "stop")("fit_population", "on_nonfinite", on_nonfinite)
     callbacks, es = with_early_stopping("fit_population", callbacks, early_stopping)
     hparams, n = check_hparams("fit_population", hparams)
     keys = as_keys("fit_population", key, n)
