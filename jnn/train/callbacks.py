@@ -275,7 +275,13 @@ class TensorBoard(Callback):
 
 @jax.jit
 def select_members(keep, new, old):
-    """Per member (leading axis): ``new`` where ``keep`` else ``old``."""
+    """Per member (leading axis): ``new`` where ``keep`` else ``old``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> select_members(jnp.array([True, False]), {"w": jnp.ones((2, 3))}, {"w": jnp.zeros((2, 3))})["w"].sum(1)
+      Array([3., 0.], dtype=float32)
+    """
     pick = lambda k, a, b: jnp.where(k, a, b)
     return jax.vmap(lambda k, n, o: jax.tree_util.tree_map(lambda a, b: pick(k, a, b), n, o))(keep, new, old)
 

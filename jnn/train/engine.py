@@ -50,6 +50,16 @@ class Data(NamedTuple):
       check: before training, check the data's values eagerly: NaN/Inf features, and labels the
         loss or metrics reject (class ids out of range, binary labels outside [0, 1]). ``False``
         skips this pass over the data (for a stream: its first batch).
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> batches = [(x, y)] * 3                                          # a stream of 3 batches
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(iter(batches * 2),
+      ...                        steps_per_epoch=3, check=False), key=jax.random.key(0), epochs=2, metrics={},
+      ...                        progress=False, verbose=False)
+      >>> int(result.train_state.step)
+      6
     """
 
     data: Any
@@ -69,6 +79,17 @@ class Start(NamedTuple):
         shapes of the model's own (``state`` defaults to the model's initial state).
       epoch: train epochs ``epoch + 1 .. epochs`` (Keras' ``initial_epoch``). Resuming from the
         state saved after epoch k with ``epoch=k`` reproduces an uninterrupted run bit for bit.
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> run = lambda epochs, start=None: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y),
+      ...     key=jax.random.key(0), epochs=epochs, batch_size=4, metrics={}, progress=False, verbose=False,
+      ...     train_state=start)
+      >>> first = run(1)
+      >>> rest = run(3, jnn.train.Start(first.train_state, epoch=1))      # epochs 2 and 3
+      >>> rest.history["epoch"], bool((rest.train_state.params["w"] == run(3).train_state.params["w"]).all())
+      ([2, 3], True)
     """
 
     train_state: Any = None

@@ -54,6 +54,16 @@ class MemberResult(NamedTuple):
     """One member, like :class:`jnn.train.FitResult` (history ``{name: np.ndarray [epochs
     trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams
     (see :meth:`PopulationResult.member`).
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> result = jnn.train.fit_population(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.sgd(0.1),
+      ...                                   (x, y), key=jax.random.split(jax.random.key(0), 2), epochs=2,
+      ...                                   batch_size=4, metrics={})
+      >>> member = result.member(1)
+      >>> member.history["loss"].shape, member.stopped_early
+      ((2,), False)
     """
 
     train_state: TrainState
