@@ -177,17 +177,18 @@ def _initial_state(model, optimizer, init_key, example, start: Start, mesh, rule
             else _parallel.sharded_init(init, mesh, rules))
 
 
+_START = checks.instance_of(TrainState, Start, type(None), described="a jnn.train.TrainState (from "
+                            "init_train_state or a previous fit) or a jnn.train.Start")
+
+
 def _as_start(train_state) -> Start:
-    if train_state is None or isinstance(train_state, TrainState):
+    if not isinstance(_START("fit", "train_state", train_state), Start):
         return Start(train_state=train_state)
-    if not isinstance(train_state, Start):
-        raise TypeError(f"fit: train_state must be a jnn.train.TrainState (from init_train_state or a previous "
-                        f"fit) or a jnn.train.Start, got {type(train_state).__name__}")
     if train_state.train_state is not None and (train_state.params is not None or train_state.state is not None):
         raise ValueError("fit: pass train_state (resume a run) or params/state (start from given weights), "
                          "not both")
     checks.instance_of(TrainState, type(None), described="a jnn.train.TrainState")(
-        "fit", "Start.train_state", train_state.train_state)
+        "fit", "Start.train_state", train_state.train_state)   # a NamedTuple: only its type tells it apart
     return train_state
 
 
@@ -314,7 +315,8 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
         x, y = (x, y) if feed is not None else _parallel.replicate((x, y), mesh)
         val_data = None if val_data is None else _parallel.replicate(val_data, mesh)
     fused = True if fused == "auto" and jax.default_backend() != "cpu" else fused
-    forward, out = _forward(model, ts, example)   # one trace of the forward pass serves the checks below
+    forward, out = (_forward(model, ts, example) if metrics is None or fused == "auto" or check_data
+                    else (None, None))   # one trace of the forward pass serves the choices and checks below
     fused = fuses_by_default(forward) if fused == "auto" else fused
     metrics = ({k: v for k, v in _default_metrics(out, y).items() if k in guard.default_metrics(loss)}
                if metrics is None else dict(metrics))
