@@ -144,18 +144,20 @@ def _example_shapes(tree):
 
 def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, val_data,
                    early_stopping, logs_lr: bool, data_check=None) -> None:
-    """Traces (never runs) one train step and the evaluation with ``jax.eval_shape``: wrong
+    """Traces (never runs) one train step and the evaluation in one ``jax.eval_shape``: wrong
     validation widths and unlogged early-stopping metrics fail here, before the first step.
     ``data_check = (out, loss, metrics)`` (``out``: the model's output shapes) also checks the
     data's values eagerly."""
     x, y = train_data
     batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), (x, y))
-    _, logs = jax.eval_shape(step, ts, batch)
-    names = set(logs) | {"time"} | ({"lr"} if logs_lr else set())
-    if val_data is not None:
-        trace = lambda spec: jax.eval_shape(lambda p, s, d: evaluate(p, s, d, step=ts.step), ts.params, ts.state,
-                                            spec)
-        names |= {f"val_{k}" for k in check_val_data(where, (x, y), val_data, trace)}
+
+    def plan(ts, batch, val):   # the train step and (with val_data) the evaluation, traced together
+        return step(ts, batch)[1], ({} if val is None else evaluate(ts.params, ts.state, val, step=ts.step))
+
+    trace = lambda spec: jax.eval_shape(plan, ts, batch, spec)
+    logs, val_logs = trace(None) if val_data is None else check_val_data(
+        where, (x, y), val_data, trace, alone=lambda: jax.eval_shape(step, ts, batch))
+    names = set(logs) | {"time"} | ({"lr"} if logs_lr else set()) | {f"val_{k}" for k in val_logs}
     if data_check is not None:
         check_values(where, *data_check, (x, y), val_data)
     if early_stopping is not None and early_stopping.monitor not in names:
@@ -163,9 +165,11 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
                          f"among the logged metrics {sorted(names)} (checked before training)")
 
 
-def check_val_data(where: str, train_data, val_data, trace) -> dict:
+def check_val_data(where: str, train_data, val_data, trace, alone=None):
     """Validation examples must have the training examples' shapes, and ``trace(val_spec)``
-    (an ``eval_shape`` of the evaluation) must succeed; returns what it returns (the val logs)."""
+    (an ``eval_shape`` of the evaluation) must succeed; returns what it returns (the val logs).
+    When it fails, ``alone()`` (the training step's trace) runs first: its own fault raises its
+    own error rather than one blaming val_data."""
     (x, y), (vx, vy) = train_data, val_data
     for what, v, t in (("x", vx, x), ("y", vy, y)):
         if _example_shapes(v) != _example_shapes(t):
@@ -174,6 +178,8 @@ def check_val_data(where: str, train_data, val_data, trace) -> dict:
     try:
         return trace((_spec(vx), _spec(vy)))
     except (ValueError, TypeError) as e:
+        if alone is not None:
+            alone()
         raise type(e)(f"{where}: val_data does not fit the model: {e}") from e
 
 
