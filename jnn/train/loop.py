@@ -158,13 +158,6 @@ def _nonfinite_policy(where: str, callbacks: list, default: NonFinite) -> tuple[
     return (policies[0] if policies else default), [cb for cb in callbacks if not isinstance(cb, NonFinite)]
 
 
-def _stream_checkpoint(checkpoint) -> tuple[Any, int | None, bool]:
-    """``(checkpointer, every, resume)`` of ``fit``'s ``checkpoint`` argument."""
-    if isinstance(checkpoint, StepCheckpoints):
-        return checkpoint
-    return checkpoint, None, False
-
-
 def _initial_state(model, optimizer, init_key, example, start: Start, mesh, rules) -> TrainState:
     def init():
         if start.params is not None or start.state is not None:
@@ -323,7 +316,8 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
     step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, mesh=mesh, rules=rules)
     initial_epoch = start.epoch
     if feed is not None:
-        checkpointer, every, resume = _stream_checkpoint(checkpoint)
+        checkpointer, every, resume = (checkpoint if isinstance(checkpoint, StepCheckpoints)
+                                       else (checkpoint, None, False))
         train_epoch = _stream.StreamEpochs(step, feed, ts, checkpoint=checkpointer, checkpoint_every=every,
                                            initial_epoch=initial_epoch, chunk=_stream.CHUNK if fused else 1)
         restored = train_epoch.resume(checkpointer, ts) if resume else None
