@@ -356,3 +356,17 @@ def fields(label: str, obj, **rules) -> None:
 def int_in(low: int, high: int, shown: str):
     """A Python int in ``[low, high)``; ``shown`` is the interval as the message writes it."""
     return satisfies(lambda v: _is_int(v) and low <= v < high, f"an integer in {shown}")
+
+
+def is_real(value) -> bool:
+    """A real number (int, float, NumPy scalar), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def integral(label: str, what: str, value) -> int:
+    """An integer (Python or NumPy, or an integer scalar array) as a Python int; not a bool."""
+    ok = isinstance(value, (int, np.integer)) or (
+        hasattr(value, "dtype") and np.ndim(value) == 0 and np.issubdtype(value.dtype, np.integer))
+    if not ok or isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{label}: {what} must be a non-negative integer, got {value!r}")
+    return int(value)

@@ -32,7 +32,6 @@ import dataclasses
 import io
 import json
 import math
-import numbers
 import os
 import pathlib
 from typing import Any, Callable, Sequence
@@ -46,7 +45,6 @@ from jnn import io as _io
 from jnn.io import atomic_write
 
 MODE = checks.satisfies(lambda v: v in ("min", "max", "auto"), "'min', 'max' or 'auto'")   # EarlyStopping, PBT
-_real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 __all__ = ["select_members", "Callback", "CallbackList", "HistoryFile", "TensorBoard", "EarlyStopping"]
 
@@ -331,7 +329,7 @@ class EarlyStopping(Callback):
     def __post_init__(self):
         checks.fields("EarlyStopping", self, monitor=checks.satisfies(
             lambda v: isinstance(v, str), "a metric name (str)", TypeError), mode=MODE, patience=checks.int_at_least(1),
-            min_delta=checks.satisfies(lambda v: _real(v) and 0 <= v < math.inf, "a finite number >= 0"),
+            min_delta=checks.satisfies(lambda v: checks.is_real(v) and 0 <= v < math.inf, "a finite number >= 0"),
             restore_best=checks.flag)
         self.on_train_begin(None)
 

@@ -127,11 +127,7 @@ def _mismatch(saved: dict[str, list], expected: dict[str, list]) -> list[str]:
 def _as_step(where: str, step) -> int:
     """A checkpoint step as a Python int: an int, NumPy integer or integer scalar array (a
     train state's ``step``); bools, floats and strings are refused."""
-    integral = isinstance(step, (int, np.integer)) or (
-        hasattr(step, "dtype") and np.ndim(step) == 0 and np.issubdtype(step.dtype, np.integer))
-    if isinstance(step, (bool, np.bool_)) or not integral:
-        raise ValueError(f"Checkpointer.{where}: step must be a non-negative integer, got {step!r}")
-    return int(step)
+    return checks.integral(f"Checkpointer.{where}", "step", step)
 
 
 def _check_config(where: str, config) -> None:

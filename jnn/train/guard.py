@@ -125,8 +125,7 @@ def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split) -> 
     if n == 0:
         raise ValueError(f"{where}: train_data is empty (0 examples); pass at least one batch")
     if val_split:
-        if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0 < val_split < 1:
-            raise ValueError(f"{where}: val_split must be a fraction in (0, 1), got {val_split!r}")
+        checks.satisfies(lambda v: checks.is_real(v) and 0 < v < 1, "a fraction in (0, 1)")(where, "val_split", val_split)
         n_val = int(round(n * val_split))
         if n_val == 0 or n_val == n:
             what = "no" if n_val == 0 else "all"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -77,14 +76,14 @@ class PBT:
     def __post_init__(self):
         object.__setattr__(self, "space", _check_space(self.space))
         _checks.fields("PBT", self, interval=_checks.positive_int,
-                       fraction=_checks.satisfies(lambda v: _real(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
+                       fraction=_checks.satisfies(lambda v: _checks.is_real(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
                        monitor=_checks.satisfies(lambda v: isinstance(v, str) and v,
                                                  "the name of a logged metric (a string)"),
                        mode=MODE, factors=_checks.satisfies(
                            lambda fs: isinstance(fs, (tuple, list)) and fs and all(
-                               _real(f) and math.isfinite(f) and f > 0 for f in fs),
+                               _checks.is_real(f) and math.isfinite(f) and f > 0 for f in fs),
                            "a non-empty tuple of positive finite numbers"),
-                       resample_probability=_checks.satisfies(lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"))
+                       resample_probability=_checks.satisfies(lambda v: _checks.is_real(v) and 0 <= v <= 1, "a number in [0, 1]"))
         object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
 
     @property
@@ -94,10 +93,6 @@ class PBT:
     def exploited(self, n: int) -> int:
         """How many members are replaced per step in a population of ``n`` (0 when ``n < 2``)."""
         return 0 if n < 2 else max(1, int(self.fraction * n))
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_space(space) -> tuple:
@@ -120,7 +115,7 @@ def _check_space(space) -> tuple:
         bounds = tuple(bounds) if isinstance(bounds, (tuple, list)) else (bounds,)
         log = len(bounds) == 3 and (bounds[2] == "log" or bounds[2] is True)
         linear = len(bounds) == 2 or (len(bounds) == 3 and bounds[2] is False)
-        if not (log or linear) or not all(_real(b) and math.isfinite(b) for b in bounds[:2]) \
+        if not (log or linear) or not all(_checks.is_real(b) and math.isfinite(b) for b in bounds[:2]) \
                 or not bounds[0] <= bounds[1] or (log and bounds[0] <= 0):
             raise ValueError(f"PBT: space[{name!r}] must be (low, high) or (low, high, 'log'): finite numbers "
                              f"with low <= high (and low > 0 for 'log'), got {bounds!r}")
