@@ -39,7 +39,6 @@ import shutil
 from typing import Any, Callable, NamedTuple
 
 import jax
-import numpy as np
 
 from jnn import _checks as checks
 from jnn import tree as _tree
