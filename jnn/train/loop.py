@@ -211,8 +211,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         in :class:`jnn.train.Data` to set ``steps_per_epoch`` or skip the value checks.
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
       epochs, batch_size: epochs to train; examples per step (clamped to the dataset size).
-      val_data: ``(x, y)``, or an iterable of batches read afresh every epoch and evaluated
-        exactly (:class:`jnn.train.stream.StreamEvaluation`); or ``None``.
+      val_data: ``(x, y)``, or an iterable of batches read afresh every epoch (evaluated exactly).
       val_split: instead of ``val_data``, hold out this fraction of ``train_data`` (shuffled).
       metrics: ``{name: fn(outputs, y)}``; default: accuracy for the classification losses of
         :mod:`jnn.losses` when the output and ``y`` are single arrays, else none.
@@ -226,22 +225,16 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         ``"auto"``: ``True`` except on CPU for a model with a convolution
         (:func:`jnn.train.loop.fuses_by_default`).
       progress, verbose: a progress bar over epochs (needs ``rich``); one line per epoch.
-      callbacks: per-epoch callbacks (:mod:`jnn.train.callbacks`): functions ``(epoch,
-        train_state, logs)`` or objects with ``on_epoch_end``; one returning True stops training.
-        :class:`jnn.train.callbacks.HistoryFile` writes the history, ``Checkpointer.save_every``
-        saves, and :class:`jnn.train.NonFinite` sets what a NaN/Inf epoch does (default: raise a
-        :class:`jnn.train.NonFiniteError`, keeping the last finite state).
-      mesh: a ``jax.sharding.Mesh`` (:func:`jnn.parallel.make_mesh`), or ``(mesh, rules)`` with
-        sharding rules for params and optimizer state (:func:`jnn.parallel.fsdp`, ...): each batch
-        is split along the mesh's ``data`` axis (``batch_size`` must divide by its size). In a
-        multi-process run only process 0 prints and writes history files.
-      checkpoint: for a stream, a :class:`jnn.train.Checkpointer` or its
-        ``every_steps(k, resume=...)``: saves every ``k`` optimizer steps, mid-epoch included
-        (train state, iterator state, partial metric sums, history); ``resume`` continues from
-        the latest save, bit for bit as an uninterrupted run.
+      callbacks: per-epoch callbacks (:mod:`jnn.train.callbacks`; one returning True stops
+        training), e.g. ``HistoryFile(path)``, ``checkpointer.save_every(k)``, and
+        :class:`jnn.train.NonFinite` (default: a NaN/Inf epoch raises a ``NonFiniteError``).
+      mesh: a ``jax.sharding.Mesh`` to split each batch over (its ``data`` axis), or ``(mesh,
+        rules)`` with sharding rules for params and optimizer state (:func:`jnn.parallel.fsdp`).
+      checkpoint: for a stream, ``checkpointer.every_steps(k, resume=...)``: saves every ``k``
+        optimizer steps, mid-epoch included, and resumes bit for bit from the latest save.
 
-    Everything that can be checked before the first step is: argument values, the validation
-    data's shapes (by ``jax.eval_shape``) and the early-stopping metric's name.
+    Argument values, the validation data's shapes and the early-stopping metric's name are
+    checked before the first step (one ``jax.eval_shape``).
 
     Returns:
       A :class:`FitResult`.
