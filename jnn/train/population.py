@@ -281,8 +281,7 @@ def population_eval(program: Program, hparams, states, data):
 
 
 def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
-    if hparams is not None and not isinstance(hparams, Mapping):
-        raise TypeError(f"{where}: hparams must be a dict {{name: array [N]}}, got {type(hparams).__name__}")
+    checks.instance_of(Mapping, type(None), described="a dict {name: array [N]}")(where, "hparams", hparams)
     hparams = {} if hparams is None else dict(hparams)
     sizes = {}
     for name, values in hparams.items():

@@ -199,9 +199,8 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         raise ImportError("optuna_search needs optuna: pip install 'jnn[search]' (or pip install optuna)") from None
     for what, value in {"trials": trials, "population_size": population_size}.items():
         checks.positive_int("optuna_search", what, value)
-    if not isinstance(study, optuna.study.Study):
-        raise TypeError(f"optuna_search: study must be an optuna.Study (optuna.create_study(...)), got "
-                        f"{type(study).__name__}")
+    checks.instance_of(optuna.study.Study, described="an optuna.Study (optuna.create_study(...))")(
+        "optuna_search", "study", study)
     if len(study.directions) != 1:
         raise ValueError(f"optuna_search: study must have one objective (the monitored metric), got "
                          f"{len(study.directions)} directions")
@@ -254,13 +253,12 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
 
 def _check_space(space) -> None:
     import optuna
-    if not isinstance(space, Mapping) or not space:
-        raise ValueError(f"optuna_search: space must be a non-empty dict {{name: optuna.distributions.*}}, "
-                         f"got {space!r}")
+    checks.satisfies(lambda s: isinstance(s, Mapping) and s, "a non-empty dict {name: optuna.distributions.*}")(
+        "optuna_search", "space", space)
+    distribution = checks.satisfies(lambda d: isinstance(d, optuna.distributions.BaseDistribution), "an optuna "
+                                    "distribution (e.g. optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True))")
     for name, dist in space.items():
-        if not isinstance(dist, optuna.distributions.BaseDistribution):
-            raise ValueError(f"optuna_search: space[{name!r}] must be an optuna distribution (e.g. "
-                             f"optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)), got {dist!r}")
+        distribution("optuna_search", f"space[{name!r}]", dist)
 
 
 def _check_monitor(monitor, loss, fit_kwargs) -> None:
