@@ -34,7 +34,7 @@ from common import block, machine, time_interleaved
 from jnn.train import epoch_order
 from jnn.train import autoexec
 from jnn.train.pbt import PBT, exploit_explore
-from jnn.train.population import (_population_epoch, _Program, init_population, make_member_epoch,
+from jnn.train.population import (population_epoch_jit, Program, init_population, make_member_epoch,
                                   make_population_epoch, member_keys, shared_order_key)
 
 
@@ -93,10 +93,10 @@ def bench(name, sizes, x, y, *, members, batch_size, repeats, dropout=True, chun
 
     # fit_population's default (chunk_size="auto", shared_order=False): the first epochs measure
     # each candidate autoexec.ROUNDS times (included in its first-call time below), then the fastest is kept
-    program = _Program(make_model, loss, make_adamw, (("accuracy", jnn.metrics.accuracy),), None, len(x),
+    program = Program(make_model, loss, make_adamw, (("accuracy", jnn.metrics.accuracy),), None, len(x),
                        batch_size, 1000, None)
     options = autoexec.candidates(members, "auto", False)   # what fit_population measures
-    auto, live["default (auto)"], chosen = autoexec.AutoEpoch(_population_epoch, program, options), states, []
+    auto, live["default (auto)"], chosen = autoexec.AutoEpoch(population_epoch_jit, program, options), states, []
 
     def run_auto():
         new, _, option = auto(hparams, live["default (auto)"], active, (x, y), None)

@@ -22,7 +22,7 @@ import jnn
 from common import plot_curves, run_dir, save_json
 from jnn.data import CharVocab, lm_windows
 from jnn.io import atomic_write
-from jnn.train.history import HistoryWriter
+from jnn.train.callbacks import HistoryFile
 
 __all__ = ["LMConfig", "split_text", "schedule", "optimizer", "make_epoch", "run"]
 
@@ -125,7 +125,7 @@ def run(name: str, config, build: Callable[[int], tuple[jnn.Layer, Sampler]]) ->
           f"{config.budget_minutes:g} min")
 
     out = run_dir(config.out, name)
-    writer = HistoryWriter(out / "history.csv") if out else None
+    writer = HistoryFile(out / "history.csv") if out else None
     ts = jnn.train.init_train_state(net, opt, jax.random.key(config.seed),
                                     jax.ShapeDtypeStruct((config.batch_size, config.seq_len), jnp.int32))
     epoch_fn = make_epoch(net, opt, train_ids, config)

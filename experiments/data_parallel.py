@@ -72,7 +72,7 @@ def main(config: Config) -> dict:
     start = time.perf_counter()
     result = jnn.train.fit(net, loss, opt, (x, y), key=jax.random.key(config.seed), epochs=config.epochs,
                            batch_size=config.batch_size, val_split=0.1, progress=config.progress,
-                           mesh=mesh, rules=rules, history_file=out / "history.csv" if out else None)
+                           mesh=(mesh, rules), callbacks=[jnn.train.callbacks.HistoryFile(out / "history.csv")] if out else [])
     seconds = time.perf_counter() - start
     test = test_metrics(net, result.train_state, x_test, y_test)
     w = result.train_state.params["dense_0"]["w"]

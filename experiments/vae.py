@@ -138,7 +138,7 @@ def main(config: Config) -> dict:
     start = time.perf_counter()
     result = jnn.train.fit(net, loss, optax.adam(config.learning_rate), (x, x), key=key, epochs=config.epochs,
                            batch_size=config.batch_size, val_split=config.val_split, progress=config.progress,
-                           history_file=out / "history.csv" if out else None)
+                           callbacks=[jnn.train.callbacks.HistoryFile(out / "history.csv")] if out else [])
     train_seconds = time.perf_counter() - start
     ts = result.train_state
     test = {k: float(v) for k, v in evaluate(ts.params, ts.state, (x_test, x_test), ts.step).items()}

@@ -35,7 +35,8 @@ __all__ = [
     "integer", "static_rate", "divides", "none_or_positive_int", "finite_at_least",
     "positive_int_or", "stages", "jnn_layer", "key_for", "int_lengths", "fraction", "int_in",
     "an_int", "axes", "new_shape", "float_dtype", "window", "padding", "layer_input", "last_axis",
-    "window_input", "divisible", "batch_axes", "sequence_input",
+    "window_input", "divisible", "batch_axes", "sequence_input", "index_below", "satisfies",
+    "int_at_least", "fields", "int_range", "is_real", "integral",
 ]
 
 
@@ -465,12 +466,15 @@ def finite_at_least(bound: float, note: str = ""):
     return rule
 
 
-def positive_int_or(*extras, described: str):
-    """A Python int > 0, or one of ``extras`` (compared by identity: ``True``); ``described``
-    names the extras in the message (``"True"``, ``"a bool"``)."""
+def positive_int_or(*choices, described: str | None = None):
+    """A Python int > 0, or one of ``choices`` (``None``, ``True``: by identity; strings by
+    value); ``described`` names the choices in the message, else they are listed."""
     def rule(label, what, value):
-        if not any(value is extra for extra in extras) and (not _is_int(value) or value <= 0):
-            raise ValueError(f"{label}: {what} must be a positive integer or {described}, got {value!r}")
+        if not any(value is c or (isinstance(c, str) and value == c) for c in choices) \
+                and not (_is_int(value) and value > 0):
+            items = ["a positive integer", *map(repr, choices)]
+            need = f"a positive integer or {described}" if described else f"{', '.join(items[:-1])} or {items[-1]}"
+            raise ValueError(f"{label}: {what} must be {need}, got {value!r}")
         return value
     return rule
 
@@ -662,3 +666,51 @@ def sequence_input(label: str, x, max_len: int | None = None, width: int | None 
     if width is not None and x.shape[2] != width:
         raise ValueError(f"{label}: expected input of shape [B, T, {width}] (the width it was initialized with), "
                          f"got {tuple(x.shape)}")
+
+
+# ---- rules added for train ----
+
+def index_below(label: str, what: str, value, size: int, size_name: str) -> int:
+    """``value`` if it is a Python int in ``[0, size)``; ``size_name`` names the bound in the message."""
+    if not _is_int(value) or not 0 <= value < size:
+        raise ValueError(f"{label}: {what} must be an integer in [0, {size_name}={size}), got {value!r}")
+    return value
+
+
+def satisfies(test, need: str, error=ValueError):
+    """A value ``test`` accepts; else ``error("label: what must be <need>, got <value>")``."""
+    def rule(label, what, value):
+        if not test(value):
+            raise error(f"{label}: {what} must be {need}, got {value!r}")
+        return value
+    return rule
+
+
+def int_at_least(low: int):
+    """A Python int ``>= low`` (not a bool)."""
+    return satisfies(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
+
+
+def fields(label: str, obj, **rules) -> None:
+    """Applies each rule to the attribute of ``obj`` of that name (a dataclass's fields)."""
+    for what, rule in rules.items():
+        rule(label, what, getattr(obj, what))
+
+
+def int_range(low: int, high: int, shown: str):
+    """A Python int in ``[low, high)``; ``shown`` is the interval as the message writes it."""
+    return satisfies(lambda v: _is_int(v) and low <= v < high, f"an integer in {shown}")
+
+
+def is_real(value) -> bool:
+    """A real number (int, float, NumPy scalar), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def integral(label: str, what: str, value) -> int:
+    """An integer (Python or NumPy, or an integer scalar array) as a Python int; not a bool."""
+    ok = isinstance(value, (int, np.integer)) or (
+        hasattr(value, "dtype") and np.ndim(value) == 0 and np.issubdtype(value.dtype, np.integer))
+    if not ok or isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{label}: {what} must be a non-negative integer, got {value!r}")
+    return int(value)

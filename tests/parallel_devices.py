@@ -59,7 +59,7 @@ device0_bytes = lambda tree: sum(s.data.nbytes for a in jax.tree_util.tree_leave
 begun = []   # the train state fit starts from, as callbacks see it: laid out by the rules from the start
 on_begin = type("OnBegin", (), {"on_train_begin": lambda self, ts: begun.append(device0_bytes(ts.params)),
                                 "on_epoch_end": lambda self, *a: None})()
-rf = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=mesh8, rules=parallel.fsdp(), callbacks=[on_begin],
+rf = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=(mesh8, parallel.fsdp()), callbacks=[on_begin],
                    **fkw)
 rr = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), **fkw)
 leaves = jax.tree_util.tree_leaves(rf.train_state.params)
@@ -75,14 +75,14 @@ out["fsdp_params_rel"] = max_rel(rf.train_state.params, rr.train_state.params)
 # --- inside fit's fused epoch the FSDP params stay split (a regularizer that adds 0 reads their layout)
 inside = []
 probe_params = lambda params: (jax.debug.inspect_array_sharding(params["dense_0"]["w"], callback=inside.append), 0.0)[1]
-jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=mesh8, rules=parallel.fsdp(), regularizer=probe_params,
+jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=(mesh8, parallel.fsdp()), regularizer=probe_params,
               **dict(fkw, epochs=1))
 out["fsdp_params_inside_epoch"] = sorted({str(s.spec) for s in inside})
 out["fsdp_w_spec"] = str(rf.train_state.params["dense_0"]["w"].sharding.spec)
 
 # --- resuming the FSDP run for one more epoch keeps its layout
-resumed = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=mesh8, rules=parallel.fsdp(),
-                        train_state=jax.device_get(rf.train_state), initial_epoch=2, callbacks=[on_begin],
+resumed = jnn.train.fit(fmodel, loss, optax.adam(1e-2), (x, y), mesh=(mesh8, parallel.fsdp()),
+                        train_state=jnn.train.Start(jax.device_get(rf.train_state), epoch=2), callbacks=[on_begin],
                         **dict(fkw, epochs=3))
 out["fsdp_begin_device0_bytes"] = begun
 out["fsdp_resumed_device0_bytes"] = sum(s.data.nbytes for a in jax.tree_util.tree_leaves(resumed.train_state.params)
@@ -175,8 +175,8 @@ def error(fn):
 fit = lambda **k: jnn.train.fit(fmodel, loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=1,
                                 progress=False, verbose=False, **k)
 out["err_batch"] = error(lambda: fit(batch_size=12, mesh=mesh8))
-out["err_axis"] = error(lambda: fit(batch_size=32, mesh=mesh8, rules=[("w", ("tensor", None))]))
-out["err_pattern"] = error(lambda: fit(batch_size=32, mesh=mesh8, rules=parallel.fsdp("encoder/*")))
+out["err_axis"] = error(lambda: fit(batch_size=32, mesh=(mesh8, [("w", ("tensor", None))])))
+out["err_pattern"] = error(lambda: fit(batch_size=32, mesh=(mesh8, parallel.fsdp("encoder/*"))))
 explicit = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
 out["err_explicit"] = error(lambda: fit(batch_size=32, mesh=explicit))
 out["err_step_batch"] = error(lambda: fstep(rf.train_state, (x[:12], y[:12])))

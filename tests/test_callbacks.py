@@ -39,8 +39,8 @@ def test_user_callback_sees_metrics_and_stops_training(tmp_path):
             return epoch == 3
 
     plain = []
-    result = _fit(50, history_file=tmp_path / "h.csv", callbacks=[StopAtThree()],
-                  on_epoch_end=lambda e, ts, logs: plain.append(e))
+    result = _fit(50, callbacks=[jnn.train.callbacks.HistoryFile(tmp_path / "h.csv"), StopAtThree(),
+                                 lambda e, ts, logs: plain.append(e)])
     assert result.stopped_early and result.history["epoch"] == [1, 2, 3] and plain == [1, 2, 3]
     assert [s[1] for s in seen] == [4, 8, 12]   # 64 examples / batch 16 = 4 steps per epoch
     for epoch, _, logs in seen:

@@ -54,7 +54,7 @@ def test_resume_from_checkpoint_is_bit_identical_to_an_uninterrupted_run(digits,
     # template must reproduce epochs 3-4 bit for bit (as after a crash following epoch 2).
     model = _mlp()
     ckpt = Checkpointer(tmp_path / "run", keep=2, config={"hidden": 32, "dropout": 0.3})
-    straight = _fit(model, digits, epochs=4, on_epoch_end=ckpt.save_every(2)).train_state
+    straight = _fit(model, digits, epochs=4, callbacks=[ckpt.save_every(2)]).train_state
     assert ckpt.all_steps() == [2, 4]
 
     # A fresh process rebuilds the template from the stored config, with any key.
@@ -70,14 +70,14 @@ def test_resume_from_checkpoint_is_bit_identical_to_an_uninterrupted_run(digits,
     assert set(meta["logs"]) == {"loss", "time"} and meta["versions"]["jax"] == jax.__version__
     assert meta["versions"]["orbax"] and meta["versions"]["optax"] == optax.__version__
 
-    resumed = _fit(model, digits, epochs=4, train_state=restored, initial_epoch=meta["step"]).train_state
+    resumed = _fit(model, digits, epochs=4, train_state=jnn.train.Start(restored, epoch=meta["step"])).train_state
     _assert_trees_equal(resumed, straight)
     _assert_trees_equal(reader.restore(template)[0], straight)     # the latest, epoch 4
 
     # The PRNG key round trip matters: resuming with another key (other dropout masks and
     # shuffles) does not reproduce the run.
-    other = _fit(model, digits, epochs=4, train_state=restored._replace(key=template.key),
-                 initial_epoch=2).train_state
+    other = _fit(model, digits, epochs=4,
+                 train_state=jnn.train.Start(restored._replace(key=template.key), epoch=2)).train_state
     assert not np.array_equal(other.params["dense_0"]["w"], straight.params["dense_0"]["w"])
 
 

@@ -43,21 +43,25 @@ def _exactly(message):
     ({"epochs": 0}, ValueError, "fit: epochs must be a positive integer, got 0"),
     ({"epochs": 2.0}, ValueError, "fit: epochs must be a positive integer, got 2.0"),
     ({"epochs": True}, ValueError, "fit: epochs must be a positive integer, got True"),
-    ({"initial_epoch": 2}, ValueError, "fit: initial_epoch must be an integer in [0, epochs=2), got 2"),
-    ({"initial_epoch": -1}, ValueError, "fit: initial_epoch must be an integer in [0, epochs=2), got -1"),
-    ({"initial_epoch": True}, ValueError, "fit: initial_epoch must be an integer in [0, epochs=2), got True"),
-    ({"initial_epoch": 1.0}, ValueError, "fit: initial_epoch must be an integer in [0, epochs=2), got 1.0"),
+    ({"train_state": jnn.train.Start(epoch=2)}, ValueError, "fit: Start.epoch must be an integer in [0, epochs=2), got 2"),
+    ({"train_state": jnn.train.Start(epoch=-1)}, ValueError,
+     "fit: Start.epoch must be an integer in [0, epochs=2), got -1"),
+    ({"train_state": jnn.train.Start(epoch=True)}, ValueError,
+     "fit: Start.epoch must be an integer in [0, epochs=2), got True"),
+    ({"train_state": jnn.train.Start(epoch=1.0)}, ValueError,
+     "fit: Start.epoch must be an integer in [0, epochs=2), got 1.0"),
     ({"val_data": (X, Y), "val_split": 0.25}, ValueError, "fit: pass either val_data or val_split, not both"),
-    ({"fused": "yes"}, ValueError, "fit: fused must be True, False or 'auto', got 'yes'"),
+    ({"fused": "yes"}, ValueError, "fit: fused must be one of True, False, 'auto', got 'yes'"),
     ({"early_stopping": "val_loss"}, TypeError,
      "fit: early_stopping must be a jnn.train.EarlyStopping, got str"),
     ({"early_stopping": EarlyStopping(), "callbacks": [EarlyStopping()]}, ValueError,
      "fit: at most one EarlyStopping per run, got 2 (in callbacks and early_stopping together)"),
-    ({"steps_per_epoch": 2}, ValueError, "fit: steps_per_epoch, checkpoint and resume are for streamed train_data; "
+    ({"data": jnn.train.Data((X, Y), steps_per_epoch=2)}, ValueError, "fit: Data.steps_per_epoch and checkpoint are "
+     "for streamed train_data; for arrays use callbacks=[checkpointer.save_every(k)] and train_state= to resume"),
+    ({"checkpoint": "ckpt"}, ValueError, "fit: Data.steps_per_epoch and checkpoint are for streamed train_data; "
      "for arrays use callbacks=[checkpointer.save_every(k)] and train_state= to resume"),
-    ({"resume": True}, ValueError, "fit: steps_per_epoch, checkpoint and resume are for streamed train_data; "
-     "for arrays use callbacks=[checkpointer.save_every(k)] and train_state= to resume"),
-    ({"rules": jnn.parallel.fsdp()}, ValueError, "fit: rules shard params over a mesh; pass mesh= as well"),
+    ({"mesh": (None, jnn.parallel.fsdp())}, ValueError,
+     "fit: rules shard params over a mesh; pass mesh=(mesh, rules)"),
     ({"model": jnn.dense}, TypeError, "fit: model must be a jnn.Layer (e.g. jnn.dense(10)), got function (did you "
      "forget to call it?)"),
     ({"model": None}, TypeError, "fit: model must be a jnn.Layer (e.g. jnn.dense(10)), got NoneType"),
@@ -77,15 +81,26 @@ def _exactly(message):
     ({"progress": "yes"}, ValueError, "fit: progress must be True or False, got 'yes'"),
     ({"verbose": "yes"}, ValueError, "fit: verbose must be True or False, got 'yes'"),
     ({"progress": 2}, ValueError, "fit: progress must be True or False, got 2"),
-    ({"check_data": None}, ValueError, "fit: check_data must be True or False, got None"),
-    ({"debug_nonfinite": "yes"}, ValueError, "fit: debug_nonfinite must be True or False, got 'yes'"),
+    ({"data": jnn.train.Data((X, Y), check=None)}, ValueError, "fit: Data.check must be True or False, got None"),
+    ({"callbacks": [jnn.train.NonFinite(), jnn.train.NonFinite("stop")]}, ValueError,
+     "fit: at most one NonFinite policy per run, got 2"),
     ({"train_state": {"params": {}}}, TypeError, "fit: train_state must be a jnn.train.TrainState (from "
-     "init_train_state or a previous fit), got dict"),
-    ({"history_file": "run.txt"}, ValueError, "fit: history_file must end in .csv or .jsonl, got run.txt"),
+     "init_train_state or a previous fit) or a jnn.train.Start, got dict"),
 ])
 def test_fit_argument_errors_in_full(kw, error, message):
     with pytest.raises(error, match=_exactly(message)):
         _fit(**kw)
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: jnn.train.NonFinite(debug="yes"), ValueError, "NonFinite: debug must be True or False, got 'yes'"),
+    (lambda: jnn.train.NonFinite("ignore"), ValueError, "NonFinite: action must be one of 'raise', 'stop', got 'ignore'"),
+    (lambda: jnn.train.callbacks.HistoryFile("run.txt"), ValueError,
+     "HistoryFile: path must end in .csv or .jsonl, got run.txt"),
+])
+def test_callback_argument_errors_in_full(make, error, message):
+    with pytest.raises(error, match=_exactly(message)):
+        make()
 
 
 def test_train_state_with_params_or_state_is_refused():
@@ -93,14 +108,13 @@ def test_train_state_with_params_or_state_is_refused():
     message = ("fit: pass train_state (resume a run) or params/state (start from given weights), not both")
     for kw in ({"params": ts.params}, {"state": {}}):
         with pytest.raises(ValueError, match=_exactly(message)):
-            _fit(train_state=ts, **kw)
+            _fit(train_state=jnn.train.Start(train_state=ts, **kw))
 
 
 @pytest.mark.parametrize("kw,message", [
-    ({"val_split": 0.25}, "fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite"),
-    ({"debug_nonfinite": True}, "fit: a streamed train_data takes val_data=, not val_split; and no debug_nonfinite"),
-    ({"checkpoint_every": 1}, "fit: checkpoint_every and resume need checkpoint=jnn.train.Checkpointer(directory)"),
-    ({"resume": True}, "fit: checkpoint_every and resume need checkpoint=jnn.train.Checkpointer(directory)"),
+    ({"val_split": 0.25}, "fit: a streamed train_data takes val_data=, not val_split; and no NonFinite(debug=True)"),
+    ({"callbacks": [jnn.train.NonFinite(debug=True)]},
+     "fit: a streamed train_data takes val_data=, not val_split; and no NonFinite(debug=True)"),
     ({"val_data": iter([(X, Y)]), "mesh": "mesh"},
      "fit: val_data as a stream is not supported with a mesh; pass (x, y) arrays"),
 ])
@@ -108,7 +122,7 @@ def test_streamed_fit_argument_errors_in_full(kw, message):
     if kw.get("mesh") == "mesh":
         kw["mesh"] = jnn.parallel.make_mesh()
     with pytest.raises(ValueError, match=_exactly(message)):
-        _fit(_stream(), steps_per_epoch=2, **kw)
+        _fit(jnn.train.Data(_stream(), steps_per_epoch=2), **kw)
 
 
 @pytest.mark.parametrize("data,message", [
@@ -142,20 +156,20 @@ def test_given_params_and_state_are_checked_against_the_model():
     with pytest.raises(ValueError, match=_exactly("fit: the given params do not have the model's structure: missing "
                                                   "['batch_norm_0']['offset'], ['batch_norm_0']['scale']; "
                                                   "unexpected nothing")):
-        _fit(model=model, params=missing)
+        _fit(model=model, train_state=jnn.train.Start(params=missing))
     extra = {**state, "more": {"x": jnp.zeros(1)}}
     with pytest.raises(ValueError, match=_exactly("fit: the given state do not have the model's structure: missing "
                                                   "nothing; unexpected ['more']['x']")):
-        _fit(model=model, state=extra)
+        _fit(model=model, train_state=jnn.train.Start(state=extra))
     wrong = jax.tree_util.tree_map(lambda a: a, params)
     wrong["dense_0"]["w"] = jnp.zeros((3, 1))
     with pytest.raises(ValueError, match=_exactly("fit: given params['dense_0']['w'] has shape (3, 1), the model "
                                                   "expects (2, 1)")):
-        _fit(model=model, params=wrong)
+        _fit(model=model, train_state=jnn.train.Start(params=wrong))
     bad_state = jax.tree_util.tree_map(lambda a: jnp.zeros((2,)), state)
     with pytest.raises(ValueError, match=r"^fit: given state\['batch_norm_0'\]\['\w+'\] has shape \(2,\), the model "
                                          r"expects \(1,\)$"):
-        _fit(model=model, state=bad_state)
+        _fit(model=model, train_state=jnn.train.Start(state=bad_state))
 
 
 def test_given_params_start_the_run_and_state_defaults_to_the_models():
@@ -165,7 +179,7 @@ def test_given_params_start_the_run_and_state_defaults_to_the_models():
     params, _ = model.init(KEY, X)
     given = jax.tree_util.tree_map(lambda a: a + 1.0, params)
     result = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), key=jax.random.key(5), epochs=1,
-                           batch_size=8, metrics={}, progress=False, verbose=False, params=given)
+                           batch_size=8, metrics={}, progress=False, verbose=False, train_state=jnn.train.Start(params=given))
     jax.tree_util.tree_map(np.testing.assert_array_equal, result.train_state.params, given)
     assert int(result.train_state.step) == 1
     h = X @ np.asarray(given["dense_0"]["w"]) + np.asarray(given["dense_0"]["b"])
@@ -234,7 +248,7 @@ def test_verbose_prints_one_line_per_epoch_with_every_log(capsys):
 def test_batch_size_is_clamped_to_the_data_and_the_first_epoch_is_initial_epoch_plus_one():
     result = _fit(batch_size=100, epochs=3)
     assert int(result.train_state.step) == 3 and result.history["epoch"] == [1, 2, 3]
-    resumed = _fit(train_state=result.train_state, initial_epoch=1, epochs=3, batch_size=100)
+    resumed = _fit(train_state=jnn.train.Start(result.train_state, epoch=1), epochs=3, batch_size=100)
     assert resumed.history["epoch"] == [2, 3] and int(resumed.train_state.step) == 5
 
 
@@ -245,7 +259,7 @@ def test_validation_is_exact_for_any_eval_batch_size(fused):
     vy = np.random.default_rng(1).normal(size=(7, 1)).astype(np.float32)
     model = jnn.dense(1)
     params = {"w": jnp.asarray(w), "b": jnp.asarray([0.25])}
-    kw = dict(key=KEY, epochs=1, batch_size=8, metrics={}, progress=False, verbose=False, params=params, fused=fused)
+    kw = dict(key=KEY, epochs=1, batch_size=8, metrics={}, progress=False, verbose=False, train_state=jnn.train.Start(params=params), fused=fused)
     for eval_batch_size in (1, 3, 7, 100):
         result = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), val_data=(vx, vy),
                                eval_batch_size=eval_batch_size, **kw)
@@ -314,11 +328,11 @@ def test_given_params_and_state_reach_the_optimizer_and_the_model():
     params, state = model.init(KEY, X)
     given = jax.tree_util.tree_map(lambda a: a + 1.0, params)
     result = jnn.train.fit(model, jnn.losses.mse, _pull_to_initial_params(), (X, Y), key=jax.random.key(5),
-                           epochs=1, batch_size=8, metrics={}, progress=False, verbose=False, params=given)
+                           epochs=1, batch_size=8, metrics={}, progress=False, verbose=False, train_state=jnn.train.Start(params=given))
     jax.tree_util.tree_map(np.testing.assert_allclose, result.train_state.params, given)   # the given, not init's
     given_state = {"batch_norm_0": {"mean": jnp.full((1,), 3.0), "var": jnp.full((1,), 2.0)}}
     only_state = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), key=KEY, epochs=1, batch_size=8,
-                               metrics={}, progress=False, verbose=False, state=given_state)
+                               metrics={}, progress=False, verbose=False, train_state=jnn.train.Start(state=given_state))
     dense = only_state.train_state.params["dense_0"]                  # lr 0: the model's own init
     h = X @ np.asarray(dense["w"]) + np.asarray(dense["b"])
     np.testing.assert_allclose(only_state.train_state.state["batch_norm_0"]["mean"], 0.99 * 3.0 + 0.01 * h.mean(0),
@@ -326,7 +340,7 @@ def test_given_params_and_state_reach_the_optimizer_and_the_model():
     extra = {**given_state, "more": {"x": jnp.zeros(1), "y": jnp.zeros(1)}}
     with pytest.raises(ValueError, match=_exactly("fit: the given state do not have the model's structure: missing "
                                                   "nothing; unexpected ['more']['x'], ['more']['y']")):
-        _fit(model=model, state=extra)
+        _fit(model=model, train_state=jnn.train.Start(state=extra))
 
 
 def test_fit_and_predict_compile_with_the_training_compiler_options(monkeypatch):
@@ -383,7 +397,7 @@ def test_a_streams_first_batch_is_checked_and_named():
     with pytest.raises(ValueError, match=_exactly("fit train_data (first batch): x and y must have the same number of "
                                                   "examples, got 4 and 3 (x has 4, y has 3; every array holds the "
                                                   "examples on its first axis)")):
-        _fit(iter([(X[:4], Y[:3])]), steps_per_epoch=1)
+        _fit(jnn.train.Data(iter([(X[:4], Y[:3])]), steps_per_epoch=1))
 
 
 def test_a_one_device_mesh_trains_and_validates_like_no_mesh():
@@ -391,7 +405,7 @@ def test_a_one_device_mesh_trains_and_validates_like_no_mesh():
     are in test_parallel.py); FSDP rules lay out the same values."""
     plain = _fit(val_data=(X, Y), epochs=3)
     for rules in (None, jnn.parallel.fsdp()):
-        meshed = _fit(val_data=(X, Y), epochs=3, mesh=jnn.parallel.make_mesh(), rules=rules)
+        meshed = _fit(val_data=(X, Y), epochs=3, mesh=(jnn.parallel.make_mesh(), rules))
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                                meshed.train_state.params, plain.train_state.params)
         np.testing.assert_allclose(meshed.history["val_loss"], plain.history["val_loss"], rtol=1e-6)
@@ -404,7 +418,7 @@ def test_the_regularizer_joins_the_gradient_but_not_the_logged_loss():
     """One full-batch SGD step from given weights against NumPy: d/dw [mse + 0.5 |w|^2]."""
     w0, b0 = np.array([[0.5], [-1.0]], np.float32), np.array([0.25], np.float32)
     decay = lambda params: 0.5 * jnp.sum(params["w"] ** 2)
-    result = _fit(epochs=1, batch_size=8, params={"w": w0, "b": b0}, regularizer=decay)
+    result = _fit(epochs=1, batch_size=8, train_state=jnn.train.Start(params={"w": w0, "b": b0}), regularizer=decay)
     error = X @ w0 + b0 - Y
     np.testing.assert_allclose(result.train_state.params["w"], w0 - 0.1 * (2 * X.T @ error / 8 + w0), rtol=1e-5)
     np.testing.assert_allclose(result.train_state.params["b"], b0 - 0.1 * 2 * error.mean(0), rtol=1e-5)
@@ -416,7 +430,7 @@ def test_callbacks_on_train_begin_get_the_starting_state():
     record = type("Record", (), {"on_train_begin": lambda self, ts: begun.append(ts),
                                  "on_epoch_end": lambda self, epoch, ts, logs: None})()
     given = {"w": np.full((2, 1), 0.5, np.float32), "b": np.zeros(1, np.float32)}
-    _fit(params=given, callbacks=[record])
+    _fit(train_state=jnn.train.Start(params=given), callbacks=[record])
     assert len(begun) == 1 and int(begun[0].step) == 0
     jax.tree_util.tree_map(np.testing.assert_array_equal, begun[0].params, given)
 
@@ -455,14 +469,14 @@ def test_debug_nonfinite_replays_with_the_runs_metrics():
     """A metric that is NaN (the loss stays finite) is found by the replay, at the first step."""
     nan_metric = {"nan": lambda out, y: jnp.mean(out) * jnp.nan}
     with pytest.raises(jnn.train.NonFiniteError, match="^fit: epoch 1 produced non-finite metrics") as failure:
-        _fit(metrics=nan_metric, debug_nonfinite=True)
+        _fit(metrics=nan_metric, callbacks=[jnn.train.NonFinite(debug=True)])
     report = failure.value.report
     assert report is not None and (report.step, report.batch, report.kind) == (0, 0, "update")
     with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics"):
-        stopped = _fit(metrics=nan_metric, debug_nonfinite=True, on_nonfinite="stop")
+        stopped = _fit(metrics=nan_metric, callbacks=[jnn.train.NonFinite("stop", debug=True)])
     assert stopped.nonfinite_epoch == 1 and stopped.nonfinite_report == report
     with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics"):
-        assert _fit(metrics=nan_metric, on_nonfinite="stop").nonfinite_report is None   # no replay without debug
+        assert _fit(metrics=nan_metric, callbacks=[jnn.train.NonFinite("stop")]).nonfinite_report is None   # no replay without debug
 
 
 def _spy_on(monkeypatch, name):
@@ -523,7 +537,7 @@ def test_the_progress_bar_counts_the_epochs_left(monkeypatch):
     monkeypatch.setattr(progress.Progress, "add_task",
                         lambda self, *a, **kw: (totals.append(kw.get("total")), add_task(self, *a, **kw))[1])
     first = _fit(epochs=1)
-    _fit(progress=True, epochs=3, initial_epoch=1, train_state=first.train_state)
+    _fit(progress=True, epochs=3, train_state=jnn.train.Start(first.train_state, epoch=1))
     assert totals == [2]
 
 
@@ -531,9 +545,9 @@ def test_resuming_on_a_mesh_continues_from_the_given_state():
     """train_state= with a (one-device) mesh: epochs 2..3 from epoch 1's state equal a 3-epoch run."""
     mesh = jnn.parallel.make_mesh()
     for rules in (None, jnn.parallel.fsdp()):
-        whole = _fit(epochs=3, mesh=mesh, rules=rules)
-        first = _fit(epochs=1, mesh=mesh, rules=rules)
-        rest = _fit(epochs=3, initial_epoch=1, train_state=first.train_state, mesh=mesh, rules=rules)
+        whole = _fit(epochs=3, mesh=(mesh, rules))
+        first = _fit(epochs=1, mesh=(mesh, rules))
+        rest = _fit(epochs=3, train_state=jnn.train.Start(first.train_state, epoch=1), mesh=(mesh, rules))
         assert int(rest.train_state.step) == int(whole.train_state.step) == 6
         jax.tree_util.tree_map(np.testing.assert_array_equal, rest.train_state.params, whole.train_state.params)
 
@@ -542,13 +556,13 @@ def test_a_resumed_streamed_run_counts_epochs_from_initial_epoch():
     first = _fit(epochs=1)
     with pytest.raises(ValueError, match=r"^fit: train_data ran out after 1 batches of epoch 2, but steps_per_epoch "
                                          r"is 2"):
-        _fit(iter([(X[:4], Y[:4])]), steps_per_epoch=2, train_state=first.train_state, initial_epoch=1)
+        _fit(jnn.train.Data(iter([(X[:4], Y[:4])]), steps_per_epoch=2), train_state=jnn.train.Start(first.train_state, epoch=1))
 
 
 def test_each_epochs_logged_time_is_its_own_duration(monkeypatch):
     """A clock that reads 100, 102.5, 200, 203 around the two epochs logs 2.5 and 3 seconds."""
     readings = iter([100.0, 102.5, 200.0, 203.0])
-    monkeypatch.setattr(jnn.train.loop, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(readings))}))
+    monkeypatch.setattr(jnn.train.engine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(readings))}))
     assert _fit(epochs=2).history["time"] == [2.5, 3.0]
 
 
@@ -558,7 +572,7 @@ def test_debug_nonfinite_replays_with_the_runs_regularizer():
     poison = lambda params: jnp.sum(jnp.sqrt(-params["w"] ** 2))   # at w = 0: 0/0, a NaN gradient
     zeros = {"w": np.zeros((2, 1), np.float32), "b": np.zeros(1, np.float32)}
     with pytest.raises(jnn.train.NonFiniteError, match="^fit: epoch 1 produced non-finite metrics") as failure:
-        _fit(params=zeros, regularizer=poison, debug_nonfinite=True)
+        _fit(train_state=jnn.train.Start(params=zeros), regularizer=poison, callbacks=[jnn.train.NonFinite(debug=True)])
     report = failure.value.report
     assert report is not None and (report.step, report.batch, report.kind) == (0, 0, "update")
 
@@ -582,7 +596,7 @@ def test_the_nonfinite_warning_points_at_the_callers_line():
     nan_metric = {"nan": lambda out, y: jnp.mean(out) * jnp.nan}
     with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics") as record:
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), key=KEY, epochs=1, batch_size=4,
-                      metrics=nan_metric, on_nonfinite="stop", progress=False, verbose=False)
+                      metrics=nan_metric, callbacks=[jnn.train.NonFinite("stop")], progress=False, verbose=False)
     assert [w.filename for w in record] == [__file__]
 
 
@@ -592,13 +606,13 @@ def test_a_streamed_run_checkpoints_every_k_steps_and_resumes_in_this_process(tm
     pytest.importorskip("grain")
     pipe = lambda: jnn.data.grain.pipeline(jnn.data.grain.ArraySource(X, Y), batch_size=2, seed=3)
     whole_dir = tmp_path / "whole"
-    whole = _fit(pipe(), batch_size=None, checkpoint=jnn.train.Checkpointer(whole_dir), checkpoint_every=3)
+    whole = _fit(pipe(), batch_size=None, checkpoint=jnn.train.Checkpointer(whole_dir).every_steps(3))
     assert jnn.train.Checkpointer(whole_dir).all_steps() == [3, 6]
     assert jnn.train.Checkpointer(whole_dir).read_meta(6)["progress"]["epoch"] == 2
     (tmp_path / "resumed").mkdir()
     shutil.copytree(whole_dir / "6", tmp_path / "resumed" / "6")
-    resumed = _fit(pipe(), batch_size=None, key=jax.random.key(99), resume=True, checkpoint_every=3,
-                   checkpoint=jnn.train.Checkpointer(tmp_path / "resumed"))
+    resumed = _fit(pipe(), batch_size=None, key=jax.random.key(99),
+                   checkpoint=jnn.train.Checkpointer(tmp_path / "resumed").every_steps(3, resume=True))
     assert int(resumed.train_state.step) == 8 and resumed.history["epoch"] == [1, 2]
     assert resumed.history["loss"] == whole.history["loss"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.train_state.params, whole.train_state.params)

@@ -228,8 +228,8 @@ def test_errors_name_the_function_and_the_problem(digits):
 @pytest.mark.parametrize("call,error,message", [
     (lambda run, srch: run(hparams=[0.1, 0.2]), TypeError,
      "fit_population: hparams must be a dict {name: array [N]}, got list"),
-    (lambda run, srch: run(shared_order=1), ValueError, "fit_population: shared_order must be True, False or 'auto', "
-     "got 1"),
+    (lambda run, srch: run(shared_order=1), ValueError, "fit_population: shared_order must be one of True, False, "
+     "'auto', got 1"),
     (lambda run, srch: run(callbacks=3), TypeError, "fit_population: callbacks must be a list of callbacks, got int"),
     (lambda run, srch: run(make_model=jnn.dense(3)), TypeError,
      "fit_population: make_model must be a function of the hyperparameters, got Layer"),
@@ -296,5 +296,5 @@ def test_auto_execution_measures_each_candidate_twice_then_keeps_the_fastest(dig
     assert len(CALLS) == calls  # the kept executable: nothing traced or compiled again
     explicit = run(epochs=2, chunk_size=choice.chunk_size, shared_order=choice.shared_order)
     np.testing.assert_allclose(kept.history["loss"], explicit.history["loss"], rtol=1e-5)
-    with pytest.raises(ValueError, match="fit_population: shared_order must be True, False or 'auto', got 'yes'"):
+    with pytest.raises(ValueError, match="fit_population: shared_order must be one of True, False, 'auto', got 'yes'"):
         run(shared_order="yes")

@@ -1,6 +1,6 @@
 """Pytrees in and out of training: dict/tuple inputs, targets and outputs through the step, the
 epoch, the evaluator, fit, predict and fit_population; losses that take the step and return logs;
-fit(params=...) from given weights; the default weight selection never skipping a kernel.
+fit(train_state=Start(params=...)) from given weights; the default weight selection never skipping a kernel.
 
 Every value is checked against an independent NumPy computation or an observed effect.
 """
@@ -177,7 +177,7 @@ def test_head_swap_with_frozen_body_keeps_body_bit_identical():
     params = {**params, "body": jnn.get(pre.train_state.params, "body")}
     head_before = np.asarray(params["dense_0"]["w"]).copy()
     result = train.fit(new_model, jnn.losses.softmax_cross_entropy, train.freeze(optax.adam(0.05), "body/*"),
-                       (x, y2), key=jax.random.key(1), epochs=10, batch_size=16, params=params,
+                       (x, y2), key=jax.random.key(1), epochs=10, batch_size=16, train_state=train.Start(params=params),
                        progress=False, verbose=False)
     got = result.train_state.params
     for a, b in zip(jax.tree_util.tree_leaves(got["body"]), jax.tree_util.tree_leaves(pre.train_state.params["body"])):
@@ -193,14 +193,14 @@ def test_fit_params_errors():
     ts = train.init_train_state(model, optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 3)))
     kw = dict(key=jax.random.key(0), epochs=1, progress=False, verbose=False)
     with pytest.raises(ValueError, match="train_state .* or params/state .*not both"):
-        train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), train_state=ts, params=params, **kw)
+        train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), train_state=train.Start(ts, params=params), **kw)
     bad = {**params, "dense_1": {"w": jnp.zeros((4, 5)), "b": jnp.zeros(5)}}
     with pytest.raises(ValueError, match=r"params\['dense_1'\]\['b'\] has shape \(5,\), the model expects \(2,\)"):
-        train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), params=bad, **kw)
+        train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), train_state=train.Start(params=bad), **kw)
     missing = r"structure: missing \['dense_1'\]\['b'\], \['dense_1'\]\['w'\]; unexpected nothing"
     with pytest.raises(ValueError, match=missing):
         train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y),
-                  params={"dense_0": params["dense_0"]}, **kw)
+                  train_state=train.Start(params={"dense_0": params["dense_0"]}), **kw)
 
 
 def test_mismatched_leaf_counts_name_the_leaf():

@@ -18,8 +18,9 @@ EPOCHS_RUN = []
 def _fit(data=(X, Y), **kwargs):
     model = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(2))
     kwargs = {"epochs": 2, "batch_size": 8, "progress": False, "verbose": False, **kwargs}
+    callbacks = [*kwargs.pop("callbacks", []), lambda epoch, ts, logs: EPOCHS_RUN.append(epoch)]
     return train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), data, key=jax.random.key(0),
-                     on_epoch_end=lambda epoch, ts, logs: EPOCHS_RUN.append(epoch), **kwargs)
+                     callbacks=callbacks, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,6 @@ def _no_epoch_before_the_error():
     ({"eval_batch_size": 0}, r"fit: eval_batch_size must be a positive integer, got 0"),
     ({"val_split": 0.01}, r"fit: val_split=0.01 of 40 examples leaves no examples for validation; use a val_split between 0.025"),
     ({"val_split": 1.5}, r"fit: val_split must be a fraction in \(0, 1\), got 1.5"),
-    ({"on_nonfinite": "ignore"}, r"fit: on_nonfinite must be 'raise' or 'stop', got 'ignore'"),
     ({"early_stopping": train.EarlyStopping(monitor="val_loss")},
      r"fit: early_stopping monitors 'val_loss', which is not among the logged metrics \['accuracy', 'loss', 'time'\]"),
 ])
@@ -43,6 +43,12 @@ def test_bad_arguments_fail_before_training(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _fit(**kwargs)
     assert EPOCHS_RUN == []  # nothing trained before the error
+
+
+def test_a_bad_nonfinite_policy_fails_when_built():
+    with pytest.raises(ValueError, match=r"NonFinite: action must be one of 'raise', 'stop', got 'ignore'"):
+        _fit(callbacks=[train.NonFinite("ignore")])
+    assert EPOCHS_RUN == []
 
 
 def test_empty_training_set():
@@ -60,8 +66,8 @@ def test_validation_data_of_the_wrong_width():
 def test_history_path_whose_parent_is_a_file(tmp_path):
     blocker = tmp_path / "runs"
     blocker.write_text("not a directory")
-    with pytest.raises(NotADirectoryError, match=r"fit: history_file .*runs/h.csv cannot be written: .*runs is a file"):
-        _fit(history_file=blocker / "h.csv")
+    with pytest.raises(NotADirectoryError, match=r"HistoryFile: .*runs/h.csv cannot be written: .*runs is a file"):
+        _fit(callbacks=[train.callbacks.HistoryFile(blocker / "h.csv")])
 
 
 def test_regression_runs_log_no_accuracy_by_default():

@@ -107,8 +107,8 @@ def test_raise_mode_names_the_member_and_keeps_every_state_and_debug_names_the_s
 
 def test_every_argument_is_checked_before_the_first_step(monkeypatch):
     epochs_run = []
-    real_epoch = population._population_epoch
-    monkeypatch.setattr(population, "_population_epoch", lambda *a: epochs_run.append(1) or real_epoch(*a))
+    real_epoch = population.population_epoch_jit
+    monkeypatch.setattr(population, "population_epoch_jit", lambda *a: epochs_run.append(1) or real_epoch(*a))
     x, y = _data()
     run = lambda **kw: fit_population(make_model, jnn.losses.mse, make_sgd, kw.pop("data", (x, y)),
                                       hparams={"late_lr": jnp.array([0.1, 0.2])}, key=jax.random.key(0),
@@ -123,7 +123,7 @@ def test_every_argument_is_checked_before_the_first_step(monkeypatch):
          r"fit_population: val_data x has examples of shape \(4,\) but train_data x has \(3,\)"),
         ({"data": (np.where(np.arange(N)[:, None] == 9, np.nan, x).astype(np.float32), y)}, ValueError,
          r"fit_population: train_data x has non-finite values \(NaN or Inf\) in 1 example\(s\), first at index 9"),
-        ({"on_nonfinite": "ignore"}, ValueError, r"fit_population: on_nonfinite must be 'raise' or 'stop', got 'ignore'"),
+        ({"on_nonfinite": "ignore"}, ValueError, r"fit_population: on_nonfinite must be one of 'raise', 'stop', got 'ignore'"),
         ({"debug_nonfinite": True, "shared_order": True}, ValueError,
          r"fit_population: debug_nonfinite replays a member with its own shuffle; it needs shared_order=False"),
         ({"callbacks": [lambda epoch, ts, logs: None]}, TypeError,

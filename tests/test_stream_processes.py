@@ -38,16 +38,16 @@ both = multihost_utils.process_allgather(local)                     # [2, steps 
 rng = np.random.default_rng(0)
 x, y = rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
 model, opt, loss = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(3)), optax.sgd(0.1), jnn.losses.softmax_cross_entropy
-kw = dict(key=jax.random.key(0), epochs=epochs, progress=False, verbose=False, check_data=False)
+kw = dict(key=jax.random.key(0), epochs=epochs, progress=False, verbose=False)
 pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=batch, seed=3)
-result = jnn.train.fit(model, loss, opt, pipe, mesh=jnn.parallel.make_mesh(), **kw)
+result = jnn.train.fit(model, loss, opt, jnn.train.Data(pipe, check=False), mesh=jnn.parallel.make_mesh(), **kw)
 params = multihost_utils.process_allgather(result.train_state.params, tiled=True)
 out = {"ids": both.tolist(), "steps": pipe.steps_per_epoch, "local_batch": local.shape[1],
        "params": [np.ravel(v).tolist() for v in jax.tree_util.tree_leaves(params)], "loss": result.history["loss"]}
 if pid == 0:   # the reference: one process over the whole global batches, in the same order
     whole = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=batch, seed=3,
                                     shard=jnn.data.grain._grain().sharding.NoSharding())
-    ref = jnn.train.fit(model, loss, opt, whole, **kw)
+    ref = jnn.train.fit(model, loss, opt, jnn.train.Data(whole, check=False), **kw)
     out["reference"] = [np.ravel(v).tolist() for v in jax.tree_util.tree_leaves(ref.train_state.params)]
     out["reference_loss"] = ref.history["loss"]
 print(json.dumps(out))
@@ -122,11 +122,11 @@ def test_fit_with_worker_processes_equals_fit_reading_in_this_process():
     x, y = rng.normal(size=(400, 6)).astype(np.float32), rng.integers(0, 3, 400).astype(np.int32)
     source = jnn.data.grain.ArraySource(x, y)
     model, opt = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(3)), optax.adam(1e-2)
-    kw = dict(key=jax.random.key(0), epochs=2, progress=False, verbose=False, check_data=False)
+    kw = dict(key=jax.random.key(0), epochs=2, progress=False, verbose=False)
     params = []
     for workers in (0, 2):
         pipe = jnn.data.grain.pipeline(source, batch_size=16, seed=1, worker_count=workers)
-        result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, opt, pipe, **kw)
+        result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, opt, jnn.train.Data(pipe, check=False), **kw)
         params.append(jax.tree_util.tree_leaves(result.train_state.params))
     for a, b in zip(*params):
         np.testing.assert_array_equal(a, b)

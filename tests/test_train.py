@@ -127,14 +127,14 @@ def test_early_stopping_validation():
 
 
 def test_history_files_are_written_and_never_overwritten(tmp_path):
-    _fit(history_file=tmp_path / "h.jsonl")
+    _fit(callbacks=[train.callbacks.HistoryFile(tmp_path / "h.jsonl")])
     rows = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and "val_loss" in rows[0]
-    _fit(history_file=tmp_path / "h.csv")
+    _fit(callbacks=[train.callbacks.HistoryFile(tmp_path / "h.csv")])
     lines = (tmp_path / "h.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,") and len(lines) == 4
     with pytest.raises(FileExistsError, match="h.csv already exists"):
-        _fit(history_file=tmp_path / "h.csv")
+        _fit(callbacks=[train.callbacks.HistoryFile(tmp_path / "h.csv")])
     assert len((tmp_path / "h.csv").read_text().splitlines()) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.csv", "h.jsonl"]  # no temp files left
 
@@ -183,10 +183,10 @@ def test_fused_auto_trains_conv_nets_stepwise_on_cpu_and_the_rest_fused(monkeypa
         stepwise.clear()
         train.fit(model, LOSS, optax.sgd(0.1), (x, y), **kw)
         assert len(stepwise) == (expected if jax.default_backend() == "cpu" else 0)
-        train.fit(model, LOSS, optax.sgd(0.1), iter([(x[:8], y[:8])] * 4), steps_per_epoch=4, **kw)
+        train.fit(model, LOSS, optax.sgd(0.1), train.Data(iter([(x[:8], y[:8])] * 4), steps_per_epoch=4), **kw)
     assert chunks == ([1, jnn.train.stream.CHUNK] if jax.default_backend() == "cpu" else [8, 8])
     stepwise.clear()
     train.fit(conv_net, LOSS, optax.sgd(0.1), (x, y), fused=True, **kw)
     assert not stepwise
-    with pytest.raises(ValueError, match=r"fit: fused must be True, False or 'auto', got 'yes'"):
+    with pytest.raises(ValueError, match=r"fit: fused must be one of True, False, 'auto', got 'yes'"):
         train.fit(dense_net, LOSS, optax.sgd(0.1), (x, y), fused="yes", **kw)

@@ -7,7 +7,7 @@ is still one compiled ``lax.scan``::
 
   mesh = jnn.parallel.make_mesh()                       # all devices on "data"
   fit(model, loss, opt, data, key=key, mesh=mesh)       # data parallel
-  fit(..., mesh=mesh, rules=jnn.parallel.fsdp())        # + params/optimizer state sharded (ZeRO-3)
+  fit(..., mesh=(mesh, jnn.parallel.fsdp()))           # + params/optimizer state sharded (ZeRO-3)
   jnn.parallel.plan(model, (x, y), opt, mesh, rules=...)  # bytes and FLOPs per device, no memory used
 
 Tensor parallelism names weight dimensions by logical axes: :data:`TRANSFORMER_AXES` is the table

@@ -93,7 +93,7 @@ def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: i
     on its largest dimension divisible by the axis size; parameters with fewer than
     ``min_size`` elements, or with no such dimension, stay replicated.
 
-    Typical use: ``fit(..., mesh=mesh, rules=parallel.fsdp())``.
+    Typical use: ``fit(..., mesh=(mesh, parallel.fsdp()))``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

@@ -16,6 +16,7 @@ from jnn.train.compiler import compiler_options
 from jnn.train.freeze import freeze, trainable_mask
 from jnn.train.population import MemberResult, PopulationResult, fit_population
 from jnn.train.callbacks import EarlyStopping
+from jnn.train.engine import Data, NonFinite, Start
 from jnn.train.loop import FitResult, fit, predict, split_validation
 from jnn.train.tuning import optuna_search, search
 from jnn.train.guard import NonFiniteError
@@ -27,4 +28,4 @@ __all__ = ["TrainState", "init_train_state", "make_train_step", "step_key", "mak
            "make_stepwise_epoch", "epoch_order", "make_eval_fn",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
            "freeze", "trainable_mask", "fit_population", "search", "optuna_search", "PopulationResult", "MemberResult",
-           "callbacks", "NonFiniteError", "NonFiniteReport", "find_nonfinite", "compiler_options"]
+           "callbacks", "Data", "Start", "NonFinite", "NonFiniteError", "NonFiniteReport", "find_nonfinite", "compiler_options"]

@@ -1,20 +1,15 @@
 """Per-epoch callbacks for :func:`jnn.train.fit`: history files, TensorBoard, early stopping, your own.
 
-``fit(..., callbacks=[...])`` calls each callback after every epoch, in order. A callback is
-either a plain function ``fn(epoch, train_state, logs)`` or an object with an
-``on_epoch_end(epoch, train_state, logs)`` method (and optionally ``on_train_begin(train_state)``
-and ``on_train_end(train_state, history)``). ``logs`` holds the epoch's metrics (``loss``,
-``val_loss``, ``lr``, ``time``, ...). **Returning True stops training** after this epoch
-(``FitResult.stopped_early`` is then True). An ``on_train_end`` that returns a train state
-replaces the one ``fit`` returns (that is how :class:`EarlyStopping` restores its best epoch).
+``fit(..., callbacks=[...])`` calls each callback after every epoch, in order: a function
+``fn(epoch, train_state, logs)`` or an object with ``on_epoch_end(epoch, train_state, logs)``
+(and optionally ``on_train_begin(train_state)`` and ``on_train_end(train_state, history)``, whose
+returned train state replaces the one ``fit`` returns). **Returning True stops training**. With
+:func:`jnn.train.fit_population` a callback implements ``on_population_epoch_end(epoch, states,
+logs, trained)`` instead; a bool ``[N]`` returned stops those members.
 
-With :func:`jnn.train.fit_population` a callback implements
-``on_population_epoch_end(epoch, states, logs, trained)`` instead (batched states, ``{name:
-[N]}`` logs); returning a bool ``[N]`` stops those members.
-
-Built in: :class:`HistoryFile` (``fit(history_file=...)``), :class:`TensorBoard`,
-:class:`EarlyStopping` (also ``fit(early_stopping=...)``, which adds it to this list), and
-``Checkpointer.save_every(k)`` (checkpoint every k epochs).
+Built in: :class:`HistoryFile`, :class:`TensorBoard`, :class:`EarlyStopping` (also
+``fit(early_stopping=...)``), :class:`jnn.train.NonFinite` (the non-finite policy) and
+``Checkpointer.save_every(k)``.
 
 Example:
   >>> import jax, optax, jnn
@@ -32,9 +27,12 @@ Example:
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 import math
-import numbers
+import os
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -42,10 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import _checks as checks
 from jnn import io as _io
-from jnn.train.history import HistoryWriter
+from jnn.io import atomic_write
 
-__all__ = ["Callback", "CallbackList", "HistoryFile", "TensorBoard", "EarlyStopping"]
+MODE = checks.satisfies(lambda v: v in ("min", "max", "auto"), "'min', 'max' or 'auto'")   # EarlyStopping, PBT
+
+__all__ = ["select_members", "Callback", "CallbackList", "HistoryFile", "TensorBoard", "EarlyStopping"]
 
 
 class Callback:
@@ -79,7 +80,8 @@ class Callback:
 
 class HistoryFile(Callback):
     """Writes the history so far to ``path`` (``.csv`` or ``.jsonl``) after every epoch,
-    atomically; an existing file is refused at construction (FileExistsError).
+    atomically; an existing file is refused at construction (FileExistsError). In a
+    multi-process run only process 0 writes.
 
     Example:
       >>> import os, tempfile, jnn
@@ -94,46 +96,79 @@ class HistoryFile(Callback):
     """
 
     def __init__(self, path):
-        self._writer, self._history = HistoryWriter(path), {}
+        self.path = pathlib.Path(os.fspath(path))
+        if self.path.suffix not in (".csv", ".jsonl"):
+            raise ValueError(f"HistoryFile: path must end in .csv or .jsonl, got {path}")
+        if self.path.exists():
+            raise FileExistsError(f"HistoryFile: {path} already exists; choose another path")
+        blocker = next((p for p in [self.path.parent, *self.path.parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise NotADirectoryError(f"HistoryFile: {path} cannot be written: {blocker} is a file, not a directory")
+        if blocker is not None and not os.access(blocker, os.W_OK):
+            raise PermissionError(f"HistoryFile: {path} cannot be written: {blocker} is not writable")
+        self._started, self._history = False, {}
+
+    def write(self, history: dict[str, list]) -> None:
+        keys = list(history)
+        rows = [dict(zip(keys, values)) for values in zip(*history.values())]
+        if self.path.suffix == ".jsonl":
+            text = "".join(json.dumps(row) + "\n" for row in rows)
+        else:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+            text = buffer.getvalue()
+        atomic_write(self.path, text, overwrite=self._started)
+        self._started = True
 
     def on_epoch_end(self, epoch, train_state, logs):
         for k, v in {"epoch": epoch, **logs}.items():
             self._history.setdefault(k, []).append(v)
-        self._writer.write(self._history)
+        if jax.process_index() == 0:
+            self.write(self._history)
 
 
 class CallbackList:
-    """What :func:`jnn.train.fit` runs: ``callbacks`` plus its ``history_file`` and
-    ``on_epoch_end`` arguments (kept for compatibility), in that order after the history file.
+    """The callbacks of one run, in order: functions ``(epoch, train_state, logs)`` or objects
+    with ``on_epoch_end``; for a population (``members=N``) objects with
+    ``on_population_epoch_end(epoch, states, logs, trained)``.
 
     Example:
       >>> import jnn
-      >>> callbacks = jnn.train.callbacks.CallbackList([lambda epoch, ts, logs: epoch >= 2],
-      ...                                               on_epoch_end=lambda epoch, ts, logs: None)
-      >>> len(callbacks.items), callbacks.on_epoch_end(1, None, {}), callbacks.on_epoch_end(2, None, {})
+      >>> callbacks = jnn.train.callbacks.CallbackList([lambda epoch, ts, logs: epoch >= 2, print])
+      >>> len(callbacks.items), bool(callbacks.on_epoch_end(1, None, {})), bool(callbacks.on_epoch_end(2, None, {}))
+      1 None {}
+      2 None {}
       (2, False, True)
     """
 
-    def __init__(self, callbacks: Sequence = (), *, history_file=None, on_epoch_end: Callable | None = None):
-        items = [HistoryFile(history_file)] if history_file is not None else []
-        items += list(callbacks or ()) + ([on_epoch_end] if on_epoch_end is not None else [])
-        for cb in items:
-            if not (callable(cb) or hasattr(cb, "on_epoch_end")):
-                raise TypeError(f"fit: each callback must be a function (epoch, train_state, logs) or have an "
+    def __init__(self, callbacks: Sequence = (), *, members: int | None = None, where: str = "fit"):
+        self.items, self.members = list(callbacks), members
+        for cb in self.items:
+            if members is None and not (callable(cb) or hasattr(cb, "on_epoch_end")):
+                raise TypeError(f"{where}: each callback must be a function (epoch, train_state, logs) or have an "
                                 f"on_epoch_end method, got {type(cb).__name__}")
-        self.items = items
+            if members is not None and not hasattr(cb, "on_population_epoch_end"):
+                raise TypeError(f"{where}: each callback needs an on_population_epoch_end(epoch, states, logs, "
+                                f"trained) method, got {type(cb).__name__}")
 
     def on_train_begin(self, train_state) -> None:
         for cb in self.items:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(train_state)
 
-    def on_epoch_end(self, epoch: int, train_state, logs: dict) -> bool:
-        """Runs every callback (all of them, even after one asks to stop); True if any asked."""
-        stop = False
+    def on_epoch_end(self, epoch: int, train_state, logs: dict, trained=True):
+        """Runs every callback (all of them, even after one asks to stop): whether any asked
+        (a bool ``[N]`` for a population: the members asked to stop)."""
+        stop = np.zeros(() if self.members is None else (self.members,), bool)
         for cb in self.items:
-            fn = cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb
-            stop |= fn(epoch, train_state, dict(logs)) is True
+            if self.members is not None:
+                asked = cb.on_population_epoch_end(epoch, train_state, dict(logs), trained)
+                stop |= False if asked is None else np.broadcast_to(np.asarray(asked, bool), stop.shape)
+            elif trained:
+                fn = cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb
+                stop |= fn(epoch, train_state, dict(logs)) is True
         return stop
 
     def on_train_end(self, train_state, history: dict):
@@ -183,8 +218,7 @@ class TensorBoard(Callback):
             import tensorboardX
         except ImportError as e:
             raise ImportError("TensorBoard needs tensorboardX: pip install 'jnn[logs]'") from e
-        if isinstance(histograms_every, bool) or not isinstance(histograms_every, int) or histograms_every < 0:
-            raise ValueError(f"TensorBoard: histograms_every must be an integer >= 0, got {histograms_every!r}")
+        checks.int_at_least(0)("TensorBoard", "histograms_every", histograms_every)
         if (model is None) != (loss is None) or (model is None) != (probe is None):
             raise ValueError("TensorBoard: pass model, loss and probe together (for gradient histograms), or none")
         self.logdir, self.every, self.learning_rate = pathlib.Path(logdir), histograms_every, learning_rate
@@ -238,8 +272,14 @@ class TensorBoard(Callback):
 
 
 @jax.jit
-def _select_members(keep, new, old):
-    """Per member (leading axis): ``new`` where ``keep`` else ``old``."""
+def select_members(keep, new, old):
+    """Per member (leading axis): ``new`` where ``keep`` else ``old``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> select_members(jnp.array([True, False]), {"w": jnp.ones((2, 3))}, {"w": jnp.zeros((2, 3))})["w"].sum(1)
+      Array([3., 0.], dtype=float32)
+    """
     pick = lambda k, a, b: jnp.where(k, a, b)
     return jax.vmap(lambda k, n, o: jax.tree_util.tree_map(lambda a, b: pick(k, a, b), n, o))(keep, new, old)
 
@@ -287,17 +327,10 @@ class EarlyStopping(Callback):
     restore_best: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.monitor, str):
-            raise TypeError(f"EarlyStopping: monitor must be a metric name (str), got {self.monitor!r}")
-        if self.mode not in ("min", "max", "auto"):
-            raise ValueError(f"EarlyStopping: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {self.patience!r}")
-        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, numbers.Real) \
-                or not 0 <= self.min_delta < math.inf:
-            raise ValueError(f"EarlyStopping: min_delta must be a finite number >= 0, got {self.min_delta!r}")
-        if not isinstance(self.restore_best, bool):
-            raise ValueError(f"EarlyStopping: restore_best must be True or False, got {self.restore_best!r}")
+        checks.fields("EarlyStopping", self, monitor=checks.satisfies(
+            lambda v: isinstance(v, str), "a metric name (str)", TypeError), mode=MODE, patience=checks.int_at_least(1),
+            min_delta=checks.satisfies(lambda v: checks.is_real(v) and 0 <= v < math.inf, "a finite number >= 0"),
+            restore_best=checks.flag)
         self.on_train_begin(None)
 
     @property
@@ -337,7 +370,7 @@ class EarlyStopping(Callback):
         """Each member judged on its own; returns the members to stop (bool ``[N]``)."""
         better, stop = self._judge(epoch, logs, np.asarray(trained, bool))
         if self.restore_best and better.any():
-            self.best_state = _select_members(jnp.asarray(better), states, self.best_state)
+            self.best_state = select_members(jnp.asarray(better), states, self.best_state)
         return stop
 
     def on_train_end(self, train_state, history):

@@ -21,11 +21,11 @@ Example:
 Resuming training::
 
   ckpt = Checkpointer("runs/mlp")
-  fit(model, loss, opt, data, key=key, epochs=10, on_epoch_end=ckpt.save_every(1))
+  fit(model, loss, opt, data, key=key, epochs=10, callbacks=[ckpt.save_every(1)])
   # ... later, in a fresh process:
   template = init_train_state(model, opt, jax.random.key(0), example)
   ts, meta = ckpt.restore(template)
-  fit(model, loss, opt, data, key=key, epochs=10, train_state=ts, initial_epoch=meta["step"])
+  fit(model, loss, opt, data, key=key, epochs=10, train_state=Start(ts, epoch=meta["step"]))
 """
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ import contextlib
 import os
 import pathlib
 import shutil
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
-import numpy as np
 
+from jnn import _checks as checks
 from jnn import tree as _tree
 
 
@@ -55,7 +55,7 @@ class _LazyOrbax:
 
 ocp = _LazyOrbax()
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "StepCheckpoints"]
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _FORMAT = 1
@@ -126,16 +126,20 @@ def _mismatch(saved: dict[str, list], expected: dict[str, list]) -> list[str]:
 def _as_step(where: str, step) -> int:
     """A checkpoint step as a Python int: an int, NumPy integer or integer scalar array (a
     train state's ``step``); bools, floats and strings are refused."""
-    integral = isinstance(step, (int, np.integer)) or (
-        hasattr(step, "dtype") and np.ndim(step) == 0 and np.issubdtype(step.dtype, np.integer))
-    if isinstance(step, (bool, np.bool_)) or not integral:
-        raise ValueError(f"Checkpointer.{where}: step must be a non-negative integer, got {step!r}")
-    return int(step)
+    return checks.integral(f"Checkpointer.{where}", "step", step)
 
 
 def _check_config(where: str, config) -> None:
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"{where}: config must be a JSON-serializable dict or None, got {type(config).__name__}")
+
+
+class StepCheckpoints(NamedTuple):
+    """A checkpointer with how a streamed ``fit`` uses it (:meth:`Checkpointer.every_steps`)."""
+
+    checkpointer: Any
+    every: int | None
+    resume: bool
 
 
 class Checkpointer:
@@ -168,8 +172,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-            raise ValueError(f"Checkpointer: keep must be a positive integer or None, got {keep!r}")
+        checks.positive_int_or(None)("Checkpointer", "keep", keep)
         _check_config("Checkpointer", config)
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.keep, self.config = keep, config
@@ -216,7 +219,7 @@ class Checkpointer:
             stored in the metadata (``meta["data_state"]``) of the same step, so a run resumed
             from it reads the same batches (see :mod:`jnn.train.stream`).
           progress: JSON-serializable position within an epoch (``meta["progress"]``), written by
-            ``fit(..., checkpoint_every=...)``.
+            ``fit(..., checkpoint=ckpt.every_steps(k))``.
 
         Raises:
           ValueError: ``step`` is negative or not after the latest saved step.
@@ -260,21 +263,32 @@ class Checkpointer:
             raise RuntimeError(f"Checkpointer.save: Orbax declined to save step {step} in {self.directory}")
 
     def save_every(self, every: int = 1, *, config: dict | None = None) -> Callable:
-        """An ``on_epoch_end`` hook for :func:`jnn.train.fit` that saves after every
+        """A callback for :func:`jnn.train.fit` that saves after every
         ``every``-th epoch (the checkpoint's step is the epoch number, with the epoch's logs).
 
         Example::
 
-          fit(model, loss, opt, data, key=key, epochs=20, on_epoch_end=ckpt.save_every(5))
+          fit(model, loss, opt, data, key=key, epochs=20, callbacks=[ckpt.save_every(5)])
         """
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"Checkpointer.save_every: every must be a positive integer, got {every!r}")
+        checks.positive_int("Checkpointer.save_every", "every", every)
 
         def on_epoch_end(epoch: int, train_state, logs: dict) -> None:
             if epoch % every == 0:
                 self.save(epoch, train_state, config=config, logs=logs)
 
         return on_epoch_end
+
+    def every_steps(self, every: int | None = None, *, resume: bool = False) -> "StepCheckpoints":
+        """``fit``'s ``checkpoint=`` for a stream: save every ``every`` optimizer steps (mid-epoch
+        included), and with ``resume`` continue from the latest save.
+
+        Example::
+
+          fit(model, loss, opt, pipeline, key=key, epochs=5, checkpoint=ckpt.every_steps(100, resume=True))
+        """
+        checks.positive_int("Checkpointer.every_steps", "every", every, optional=True)
+        checks.boolean("Checkpointer.every_steps", resume=resume)
+        return StepCheckpoints(self, every, resume)
 
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON metadata of checkpoint ``step`` (default: the latest)."""

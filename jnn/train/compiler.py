@@ -1,13 +1,10 @@
 """XLA compiler options for training programs: what jnn's own jitted steps and epochs use.
 
 On CPU, XLA (jaxlib 0.10) hands each convolution to YNNPACK, which runs it on one thread; its
-own (Eigen) convolutions use every core. On the 2-core CPU this project is measured on, the MNIST
-CNN's second convolution takes 10-11 ms forward through YNNPACK and 6-7 ms through Eigen, and the
-whole train step 0.68x the time (``benchmarks/cnn_step.py``). :func:`compiler_options` keeps
-YNNPACK for what it is fast at (matrix products and reductions) and leaves convolutions to XLA.
-``fit``, ``predict``, :func:`~jnn.train.make_stepwise_epoch`, the stepwise ``make_eval_fn`` and
-streamed training compile with it; pass it to your own ``jax.jit`` for the same programs. Other
-backends get ``{}``.
+own (Eigen) convolutions use every core (figures: benchmarks/RESULTS.md, "CNN on CPU").
+:func:`compiler_options` keeps YNNPACK for matrix products and reductions and leaves convolutions
+to XLA. ``fit``, ``predict``, the stepwise epoch and evaluation and streamed training compile
+with it; pass it to your own ``jax.jit`` for the same programs. Other backends get ``{}``.
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn

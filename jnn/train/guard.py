@@ -8,18 +8,19 @@ replays the failing epoch to find the step, layer and examples.
 """
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
 from typing import Mapping
 
 import jax
 import numpy as np
 
+from jnn import _checks as checks
+from jnn import core as _core
 from jnn import losses as _losses
 from jnn import metrics as _metrics
 
-__all__ = ["NonFiniteError", "check_fit_args", "check_fit_plan", "nonfinite_metrics", "default_metrics"]
+__all__ = ["NonFiniteError", "check_parts", "check_key", "check_fit_args", "check_fit_plan", "check_val_data",
+           "nonfinite_message", "population_message", "check_values", "check_features", "check_labels",
+           "default_metrics"]
 
 _CLASSIFICATION_LOSSES = (_losses.softmax_cross_entropy, _losses.binary_cross_entropy,
                           _losses.binary_cross_entropy_with_logits)
@@ -34,7 +35,7 @@ class NonFiniteError(FloatingPointError):
         :func:`jnn.train.fit_population`: the batched states, the failing members' reverted to
         their last finite epoch.
       history: the history up to and including the failing epoch.
-      report: a :class:`jnn.train.NonFiniteReport` when ``debug_nonfinite=True``, else ``None``
+      report: a :class:`jnn.train.NonFiniteReport` when ``NonFinite(debug=True)``, else ``None``
         (from ``fit_population``: ``{member: report}``).
       members: from ``fit_population``, the indices of the members that went non-finite.
 
@@ -63,11 +64,6 @@ def default_metrics(loss) -> dict:
     return {"accuracy": _metrics.accuracy} if base in _CLASSIFICATION_LOSSES else {}
 
 
-def _positive_int(where: str, what: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{where}: {what} must be a positive integer, got {value!r}")
-
-
 def _described(value) -> str:
     hint = " (did you forget to call it?)" if callable(value) else ""
     return f"{type(value).__name__}{hint}"
@@ -76,39 +72,39 @@ def _described(value) -> str:
 _UNSET = object()
 
 
+_typename = lambda value: type(value).__name__
+_PARTS = {   # what: (test, what it must be, how a wrong value is described); all TypeErrors
+    "model": (lambda v: isinstance(v, _core.Layer), "a jnn.Layer (e.g. jnn.dense(10))", _described),
+    "optimizer": (lambda v: callable(getattr(v, "init", None)) and callable(getattr(v, "update", None)),
+                  "an optax.GradientTransformation (e.g. optax.adam(1e-3))", _described),
+    "make_model": (callable, "a function of the hyperparameters", _typename),
+    "make_optimizer": (callable, "a function of the hyperparameters", _typename),
+    "loss": (callable, "a function (predictions, targets) -> scalar, e.g. jnn.losses.mse", _typename),
+    "regularizer": (lambda v: v is None or callable(v), "a function params -> scalar or None", _typename),
+    "metrics": (lambda v: v is None or isinstance(v, Mapping), "a dict {name: fn(predictions, targets)}",
+                _typename),
+}
+
+
 def check_parts(where: str, *, loss, metrics, regularizer, model=_UNSET, optimizer=_UNSET, make_model=_UNSET,
                 make_optimizer=_UNSET, **flags) -> None:
     """The training recipe's parts have the right kinds, before anything is built or traced:
     ``model`` a Layer, ``optimizer`` an optax transformation, ``make_model``/``make_optimizer``,
     ``loss``, metric functions and ``regularizer`` callables; each of ``flags`` a bool."""
-    from jnn.core import Layer
-    if model is not _UNSET and not isinstance(model, Layer):
-        raise TypeError(f"{where}: model must be a jnn.Layer (e.g. jnn.dense(10)), got {_described(model)}")
-    if optimizer is not _UNSET and not (callable(getattr(optimizer, "init", None))
-                                      and callable(getattr(optimizer, "update", None))):
-        raise TypeError(f"{where}: optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), "
-                        f"got {_described(optimizer)}")
-    for what, fn in (("make_model", make_model), ("make_optimizer", make_optimizer)):
-        if fn is not _UNSET and not callable(fn):
-            raise TypeError(f"{where}: {what} must be a function of the hyperparameters, got {type(fn).__name__}")
-    if not callable(loss):
-        raise TypeError(f"{where}: loss must be a function (predictions, targets) -> scalar, e.g. "
-                        f"jnn.losses.mse, got {type(loss).__name__}")
-    if regularizer is not None and not callable(regularizer):
-        raise TypeError(f"{where}: regularizer must be a function params -> scalar or None, got "
-                        f"{type(regularizer).__name__}")
-    if metrics is not None:
-        if not isinstance(metrics, Mapping):
-            raise TypeError(f"{where}: metrics must be a dict {{name: fn(predictions, targets)}}, got "
-                            f"{type(metrics).__name__}")
-        for name, fn in metrics.items():
-            if not isinstance(name, str) or not callable(fn):
-                raise TypeError(f"{where}: metrics must map names to functions (predictions, targets) -> "
-                                f"scalar; {name!r} maps to {type(fn).__name__}")
+    parts = dict(model=model, optimizer=optimizer, make_model=make_model, make_optimizer=make_optimizer, loss=loss,
+                 regularizer=regularizer, metrics=metrics)
+    for what, value in parts.items():
+        test, need, described = _PARTS[what]
+        if value is not _UNSET and not test(value):
+            raise TypeError(f"{where}: {what} must be {need}, got {described(value)}")
+    bad = [(name, fn) for name, fn in (metrics or {}).items() if not isinstance(name, str) or not callable(fn)]
+    if bad:
+        raise TypeError(f"{where}: metrics must map names to functions (predictions, targets) -> scalar; "
+                        f"{bad[0][0]!r} maps to {type(bad[0][1]).__name__}")
     for what, value in flags.items():
         keras_style = what in ("verbose", "progress") and type(value) is int and value in (0, 1)   # verbose=0
-        if not isinstance(value, bool) and not keras_style:
-            raise ValueError(f"{where}: {what} must be True or False, got {value!r}")
+        flag = checks.flag if not keras_style else (lambda label, what, value: value)
+        flag(where, what, value)
 
 
 def check_key(where: str, key) -> None:
@@ -120,39 +116,21 @@ def check_key(where: str, key) -> None:
         raise TypeError(f"{where}: key must be one PRNG key (jax.random.key(0)), got {got}")
 
 
-def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split, history_file,
-                   on_nonfinite) -> None:
+def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split) -> None:
     """Argument checks that need no tracing; raises before any data is split or traced."""
-    _positive_int(where, "batch_size", batch_size)
-    _positive_int(where, "eval_batch_size", eval_batch_size)
-    if on_nonfinite not in ("raise", "stop"):
-        raise ValueError(f"{where}: on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    checks.positive_int(where, "batch_size", batch_size)
+    checks.positive_int(where, "eval_batch_size", eval_batch_size)
     leaves = jax.tree_util.tree_leaves(x)
     n = len(leaves[0]) if leaves else 0
     if n == 0:
         raise ValueError(f"{where}: train_data is empty (0 examples); pass at least one batch")
     if val_split:
-        if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0 < val_split < 1:
-            raise ValueError(f"{where}: val_split must be a fraction in (0, 1), got {val_split!r}")
+        checks.satisfies(lambda v: checks.is_real(v) and 0 < v < 1, "a fraction in (0, 1)")(where, "val_split", val_split)
         n_val = int(round(n * val_split))
         if n_val == 0 or n_val == n:
             what = "no" if n_val == 0 else "all"
             raise ValueError(f"{where}: val_split={val_split} of {n} examples leaves {what} examples "
                              f"for validation; use a val_split between {1 / n:.3g} and {1 - 1 / n:.3g}")
-    if history_file is not None:
-        path = Path(os.fspath(history_file))
-        if path.suffix not in (".csv", ".jsonl"):
-            raise ValueError(f"{where}: history_file must end in .csv or .jsonl, got {history_file}")
-        if path.exists():
-            raise FileExistsError(f"{where}: history_file {history_file} already exists; choose another path")
-        parent = path.parent
-        blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise NotADirectoryError(f"{where}: history_file {history_file} cannot be written: "
-                                     f"{blocker} is a file, not a directory")
-        if blocker is not None and not os.access(blocker, os.W_OK):
-            raise PermissionError(f"{where}: history_file {history_file} cannot be written: "
-                                  f"{blocker} is not writable")
 
 
 def _spec(tree):
@@ -165,29 +143,32 @@ def _example_shapes(tree):
 
 def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, val_data,
                    early_stopping, logs_lr: bool, data_check=None) -> None:
-    """Traces (never runs) one train step and the evaluation with ``jax.eval_shape``: wrong
+    """Traces (never runs) one train step and the evaluation in one ``jax.eval_shape``: wrong
     validation widths and unlogged early-stopping metrics fail here, before the first step.
-    ``data_check = (model, loss, metrics)`` also checks the data's values eagerly."""
+    ``data_check = (out, loss, metrics)`` (``out``: the model's output shapes) also checks the
+    data's values eagerly."""
     x, y = train_data
     batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), (x, y))
-    _, logs = jax.eval_shape(step, ts, batch)
-    names = set(logs) | {"time"} | ({"lr"} if logs_lr else set())
-    if val_data is not None:
-        trace = lambda spec: jax.eval_shape(lambda p, s, d: evaluate(p, s, d, step=ts.step), ts.params, ts.state,
-                                            spec)
-        names |= {f"val_{k}" for k in check_val_data(where, (x, y), val_data, trace)}
+
+    def plan(ts, batch, val):   # the train step and (with val_data) the evaluation, traced together
+        return step(ts, batch)[1], ({} if val is None else evaluate(ts.params, ts.state, val, step=ts.step))
+
+    trace = lambda spec: jax.eval_shape(plan, ts, batch, spec)
+    logs, val_logs = trace(None) if val_data is None else check_val_data(
+        where, (x, y), val_data, trace, alone=lambda: jax.eval_shape(step, ts, batch))
+    names = set(logs) | {"time"} | ({"lr"} if logs_lr else set()) | {f"val_{k}" for k in val_logs}
     if data_check is not None:
-        check_data_values(where, "train_data", *data_check, ts, x, y)
-        if val_data is not None:
-            check_data_values(where, "val_data", *data_check, ts, *val_data)
+        check_values(where, *data_check, (x, y), val_data)
     if early_stopping is not None and early_stopping.monitor not in names:
         raise ValueError(f"{where}: early_stopping monitors {early_stopping.monitor!r}, which is not "
                          f"among the logged metrics {sorted(names)} (checked before training)")
 
 
-def check_val_data(where: str, train_data, val_data, trace) -> dict:
+def check_val_data(where: str, train_data, val_data, trace, alone=None):
     """Validation examples must have the training examples' shapes, and ``trace(val_spec)``
-    (an ``eval_shape`` of the evaluation) must succeed; returns what it returns (the val logs)."""
+    (an ``eval_shape`` of the evaluation) must succeed; returns what it returns (the val logs).
+    When it fails, ``alone()`` (the training step's trace) runs first: its own fault raises its
+    own error rather than one blaming val_data."""
     (x, y), (vx, vy) = train_data, val_data
     for what, v, t in (("x", vx, x), ("y", vy, y)):
         if _example_shapes(v) != _example_shapes(t):
@@ -196,30 +177,40 @@ def check_val_data(where: str, train_data, val_data, trace) -> dict:
     try:
         return trace((_spec(vx), _spec(vy)))
     except (ValueError, TypeError) as e:
+        if alone is not None:
+            alone()
         raise type(e)(f"{where}: val_data does not fit the model: {e}") from e
-
-
-def nonfinite_metrics(logs: dict) -> list[str]:
-    """Names of the non-finite values in one epoch's logs."""
-    return [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
 
 
 def nonfinite_message(where: str, epoch: int, logs: dict, bad: list[str], report=None) -> str:
     values = ", ".join(f"{k}={logs[k]}" for k in bad)
     hint = (f"\n{report}" if report is not None else
-            "; pass debug_nonfinite=True to find the step, layer and examples")
+            "; pass NonFinite(debug=True) to find the step, layer and examples")
     return (f"{where}: epoch {epoch} produced non-finite metrics ({values}); training stopped and "
             f"the state after the last finite epoch was kept{hint}")
 
 
-def check_data_values(where: str, what: str, model, loss, metrics, ts, x, y) -> None:
+def population_message(where: str, epoch: int, row: dict, bad, reports: dict, action: str) -> str:
+    """Names each failing member, its non-finite metrics and (when replayed) where it happened."""
+    lines = []
+    for i in np.flatnonzero(bad):
+        values = ", ".join(f"{k}={v[i]}" for k, v in row.items() if not np.isfinite(v[i]))
+        lines.append(f"member {i}: {values}" + (f"; {reports[int(i)]}" if int(i) in reports else ""))
+    then = ("training stopped" if action == "raise" else
+            "they stopped there and keep their state from the epoch before; the others train on")
+    hint = "" if reports else " (pass debug_nonfinite=True to find the step, layer and examples)"
+    return (f"{where}: epoch {epoch} produced non-finite metrics for member(s) "
+            f"{np.flatnonzero(bad).tolist()}: " + "; ".join(lines) + f"; {then}{hint}")
+
+
+def check_values(where: str, out, loss, metrics, train_data, val_data=None) -> None:
     """Eager checks of concrete data, once before training (under ``jit`` nothing is checked):
-    non-finite features (:func:`check_features`), and labels the loss or a metric rejects
-    (:func:`check_labels`, on the model's output shape)."""
-    check_features(where, what, x)
-    out = jax.eval_shape(lambda p, s, x: model.apply(p, s, x)[0], ts.params, ts.state,
-                         _spec(jax.tree_util.tree_map(lambda a: a[:1], x)))
-    check_labels(where, what, out, loss, metrics, y)
+    non-finite features (:func:`check_features`) and labels the loss or a metric rejects
+    (:func:`check_labels`, on ``out``, the model's output shapes)."""
+    for what, (x, y) in {"train_data": train_data, "val_data": val_data or (None, None)}.items():
+        if y is not None:
+            check_features(where, what, x)
+            check_labels(where, what, out, loss, metrics, y)
 
 
 def check_features(where: str, what: str, x) -> None:

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import core
-from jnn.train.step import _shuffle, make_train_step, step_key
+from jnn.train.step import shuffle_epoch, make_train_step, step_key
 
-__all__ = ["NonFiniteReport", "find_nonfinite"]
+__all__ = ["replay_members", "NonFiniteReport", "find_nonfinite"]
 
 
 class NonFiniteReport(NamedTuple):
@@ -123,7 +123,7 @@ def find_nonfinite(model, loss, optimizer, train_state, train_data, *, batch_siz
     """
     x, y = (jnp.asarray(a) for a in train_data)
     step = jax.jit(make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer))
-    ts, order = _shuffle(train_state, len(x), batch_size)
+    ts, order = shuffle_epoch(train_state, len(x), batch_size)
     for i, idx in enumerate(np.asarray(order)):
         batch = (x[idx], y[idx])
         new_ts, logs = step(ts, batch)
@@ -163,20 +163,7 @@ def _locate(model, loss, ts, batch):
     return None, "update", np.arange(len(x))
 
 
-def _population_message(epoch: int, history: dict, bad, reports: dict, on_nonfinite: str) -> str:
-    """Names each failing member, its non-finite metrics and (when replayed) where it happened."""
-    lines = []
-    for i in np.flatnonzero(bad):
-        values = ", ".join(f"{k}={v[epoch - 1, i]}" for k, v in history.items() if not np.isfinite(v[epoch - 1, i]))
-        lines.append(f"member {i}: {values}" + (f"; {reports[int(i)]}" if int(i) in reports else ""))
-    then = ("training stopped" if on_nonfinite == "raise" else
-            "they stopped there and keep their state from the epoch before; the others train on")
-    hint = "" if reports else " (pass debug_nonfinite=True to find the step, layer and examples)"
-    return (f"fit_population: epoch {epoch} produced non-finite metrics for member(s) "
-            f"{np.flatnonzero(bad).tolist()}: " + "; ".join(lines) + f"; {then}{hint}")
-
-
-def _replay_members(program, hparams, states, data, members) -> dict:
+def replay_members(program, hparams, states, data, members) -> dict:
     """:func:`find_nonfinite` for each of ``members`` of a population alone, from its state in the
     batched ``states`` (``program``: the population's model, loss and optimizer factories)."""
     reports = {}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -37,10 +36,11 @@ import numpy as np
 from jnn import _checks
 from jnn import metrics as _metrics
 from jnn.train import guard
-from jnn.train.loop import _check_data, split_validation
-from jnn.train.population import (MakeModel, MakeOptimizer, _as_keys, _check_hparams, _epoch_order, _Program,
-                                  _learning_rates, init_population, make_population_epoch,
-                                  shared_order_key, _population_eval)
+from jnn.train.callbacks import MODE
+from jnn.train.engine import learning_rate, prepare
+from jnn.train.population import (MakeModel, MakeOptimizer, as_keys, check_hparams, jit_epoch_order, Program,
+                                  init_population, make_population_epoch,
+                                  shared_order_key, population_eval)
 from jnn.train.step import LossFn, Metrics, TrainState
 
 __all__ = ["PBT", "PBTResult", "exploit_explore", "explore_key", "fit_pbt"]
@@ -75,22 +75,16 @@ class PBT:
 
     def __post_init__(self):
         object.__setattr__(self, "space", _check_space(self.space))
-        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
-            raise ValueError(f"PBT: interval must be a positive integer, got {self.interval!r}")
-        if not _real(self.fraction) or not 0 < self.fraction <= 0.5:
-            raise ValueError(f"PBT: fraction must be a number in (0, 0.5], got {self.fraction!r}")
-        if not isinstance(self.monitor, str) or not self.monitor:
-            raise ValueError(f"PBT: monitor must be the name of a logged metric (a string), got {self.monitor!r}")
-        if self.mode not in ("min", "max", "auto"):
-            raise ValueError(f"PBT: mode must be 'min', 'max' or 'auto', got {self.mode!r}")
-        factors = self.factors
-        if not isinstance(factors, (tuple, list)) or not factors \
-                or not all(_real(f) and math.isfinite(f) and f > 0 for f in factors):
-            raise ValueError(f"PBT: factors must be a non-empty tuple of positive finite numbers, got {factors!r}")
-        object.__setattr__(self, "factors", tuple(float(f) for f in factors))
-        if not _real(self.resample_probability) or not 0 <= self.resample_probability <= 1:
-            raise ValueError(f"PBT: resample_probability must be a number in [0, 1], got "
-                             f"{self.resample_probability!r}")
+        _checks.fields("PBT", self, interval=_checks.positive_int,
+                       fraction=_checks.satisfies(lambda v: _checks.is_real(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
+                       monitor=_checks.satisfies(lambda v: isinstance(v, str) and v,
+                                                 "the name of a logged metric (a string)"),
+                       mode=MODE, factors=_checks.satisfies(
+                           lambda fs: isinstance(fs, (tuple, list)) and fs and all(
+                               _checks.is_real(f) and math.isfinite(f) and f > 0 for f in fs),
+                           "a non-empty tuple of positive finite numbers"),
+                       resample_probability=_checks.satisfies(lambda v: _checks.is_real(v) and 0 <= v <= 1, "a number in [0, 1]"))
+        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
 
     @property
     def maximize(self) -> bool:
@@ -99,10 +93,6 @@ class PBT:
     def exploited(self, n: int) -> int:
         """How many members are replaced per step in a population of ``n`` (0 when ``n < 2``)."""
         return 0 if n < 2 else max(1, int(self.fraction * n))
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_space(space) -> tuple:
@@ -125,7 +115,7 @@ def _check_space(space) -> tuple:
         bounds = tuple(bounds) if isinstance(bounds, (tuple, list)) else (bounds,)
         log = len(bounds) == 3 and (bounds[2] == "log" or bounds[2] is True)
         linear = len(bounds) == 2 or (len(bounds) == 3 and bounds[2] is False)
-        if not (log or linear) or not all(_real(b) and math.isfinite(b) for b in bounds[:2]) \
+        if not (log or linear) or not all(_checks.is_real(b) and math.isfinite(b) for b in bounds[:2]) \
                 or not bounds[0] <= bounds[1] or (log and bounds[0] <= 0):
             raise ValueError(f"PBT: space[{name!r}] must be (low, high) or (low, high, 'log'): finite numbers "
                              f"with low <= high (and low > 0 for 'log'), got {bounds!r}")
@@ -244,15 +234,15 @@ def explore_key(keys: jax.Array, epoch: int) -> jax.Array:
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _pbt_epoch(program: _Program, pbt: PBT, hparams, states, data, order, val_data, key, exploit_now):
+def _pbt_epoch(program: Program, pbt: PBT, hparams, states, data, order, val_data, key, exploit_now):
     epoch = make_population_epoch(program.make_model, program.loss, program.make_optimizer,
                                   program.num_examples, program.batch_size, metrics=dict(program.metrics),
                                   regularizer=program.regularizer, chunk_size=program.chunk_size)
     n = jax.tree_util.tree_leaves(hparams)[0].shape[0]
     states, logs = epoch(hparams, states, jnp.ones(n, bool), data, order)
     if val_data is not None:
-        logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
-    lr = _learning_rates(states.opt_state)
+        logs.update({f"val_{k}": v for k, v in population_eval(program, hparams, states, val_data).items()})
+    lr = learning_rate(states.opt_state)
     if lr is not None:
         logs["lr"] = lr
     step = partial(exploit_explore, pbt, scores=logs[pbt.monitor], key=key, make_optimizer=program.make_optimizer)
@@ -261,6 +251,8 @@ def _pbt_epoch(program: _Program, pbt: PBT, hparams, states, data, order, val_da
     return new_hparams, states, logs, source
 
 
+@_checks.declare(pbt=_checks.instance_of(PBT, described="a jnn.train.pbt.PBT"), epochs=_checks.positive_int,
+                 chunk_size=_checks.positive_int_or(None), shared_order=_checks.flag)
 def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
             hparams: Mapping[str, jax.Array], key: jax.Array, pbt: PBT, epochs: int = 10,
             batch_size: int = 128, val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -277,16 +269,10 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     ``fit_population``; there is no per-epoch non-finite check (nothing is read back): a member
     whose monitored score is NaN ranks last and is replaced at the next exploit step.
     """
-    if not isinstance(pbt, PBT):
-        raise TypeError(f"fit_pbt: pbt must be a jnn.train.pbt.PBT, got {type(pbt).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit_pbt: epochs must be a positive integer, got {epochs!r}")
-    if val_data is not None and val_split:
-        raise ValueError("fit_pbt: pass either val_data or val_split, not both")
     guard.check_parts("fit_pbt", make_model=make_model, make_optimizer=make_optimizer, loss=loss, metrics=metrics,
                       regularizer=regularizer)
-    hparams, n = _check_hparams("fit_pbt", hparams)
-    keys = _as_keys("fit_pbt", key, n)
+    hparams, n = check_hparams("fit_pbt", hparams)
+    keys = as_keys("fit_pbt", key, n)
     for name, _ in pbt.space:
         if name not in hparams or not jnp.issubdtype(hparams[name].dtype, jnp.floating):
             raise ValueError(f"fit_pbt: PBT explores {name!r}, so hparams needs a float array for it; "
@@ -297,17 +283,9 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
         if outside.size:
             raise ValueError(f"fit_pbt: hparams[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
                              f"member {outside[0]} has {float(values[outside[0]])!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"fit_pbt: chunk_size must be a positive integer or None, got {chunk_size!r}")
-    _checks.boolean("fit_pbt", shared_order=shared_order)
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
-    x, y = _check_data("fit_pbt train_data", train_data)
-    guard.check_fit_args("fit_pbt", x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split,
-                         history_file=None, on_nonfinite="stop")
-    if val_split:
-        (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
-    if val_data is not None:
-        val_data = _check_data("fit_pbt val_data", val_data)
+    (x, y), val_data = prepare("fit_pbt", train_data, val_data, val_split, jax.random.split(keys[0])[1],
+                               batch_size=batch_size, eval_batch_size=eval_batch_size)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     if pbt.monitor not in names:
         raise ValueError(f"fit_pbt: PBT monitors {pbt.monitor!r}, which is not among the logged metrics "
@@ -315,14 +293,14 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     batch_size = min(batch_size, len(x))
     example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
     states = init_population(make_model, make_optimizer, hparams, keys, example)
-    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
+    program = Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, len(x),
                        batch_size, eval_batch_size, chunk_size)
     if val_data is not None:  # traced, not run: a misfit fails before the first step
         guard.check_val_data("fit_pbt", (x, y), val_data, lambda v: jax.eval_shape(
-            _population_eval, program, hparams, states, v))
+            population_eval, program, hparams, states, v))
     logs_per_epoch, hparams_per_epoch, lineage, lineage_epochs = [], [], [], []
     for epoch in range(1, epochs + 1):  # nothing here reads a device value back
-        order = _epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None
+        order = jit_epoch_order(shared_order_key(keys, epoch), len(x), batch_size) if shared_order else None
         exploit_now = epoch % pbt.interval == 0 and epoch < epochs
         hparams_per_epoch.append(hparams)
         hparams, states, logs, source = _pbt_epoch(program, pbt, hparams, states, (x, y), order, val_data,

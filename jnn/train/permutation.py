@@ -17,7 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import _checks as checks
+
 __all__ = ["permutation", "IndexShuffle"]
+
+_SIZE = checks.int_range(1, 2 ** 31, "[1, 2**31)")
 
 _ROUNDS = 6
 
@@ -46,8 +50,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
       >>> sorted(p.tolist()) == list(range(10))
       True
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n >= 2 ** 31:
-        raise ValueError(f"permutation: n must be an integer in [1, 2**31), got {n!r}")
+    _SIZE("permutation", "n", n)
     bits = _bits(n)
     constants = jax.random.bits(key, (2, _ROUNDS), jnp.uint32)
     multipliers, offsets = constants[0] | jnp.uint32(1), constants[1]
@@ -72,8 +75,7 @@ class IndexShuffle:
     """
 
     def __init__(self, n: int, seed):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n >= 2 ** 31:
-            raise ValueError(f"IndexShuffle: n must be an integer in [1, 2**31), got {n!r}")
+        _SIZE("IndexShuffle", "n", n)
         constants = np.random.default_rng(seed).integers(0, 2 ** 32, size=(2, _ROUNDS), dtype=np.uint32)
         self.n, self.bits = n, _bits(n)
         self.multipliers, self.offsets = constants[0] | np.uint32(1), constants[1]

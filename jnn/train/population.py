@@ -1,20 +1,13 @@
 """Population training: N models trained at once, vectorized with ``jax.vmap``, in one program.
 
-A member is a :class:`~jnn.train.TrainState` (with its own PRNG key: its init seed) and a dict of
-scalar hyperparameters. ``make_model(hp)`` and ``make_optimizer(hp)`` are called *inside* the
-vmapped function with traced scalars, so whatever accepts a traced scalar can differ per member:
-learning rate and weight decay (``optax.inject_hyperparams`` also keeps them, per member, in the
-optimizer state), the dropout rate (``jnn.dropout(hp["rate"])``). Shape-changing fields (width,
-depth, batch size) cannot be traced: :func:`jnn.train.search` groups configs by them, one
-population per group.
-
-The population epoch is ``jax.vmap`` of :func:`make_member_epoch`, i.e. of
-:func:`jnn.train.make_train_epoch`: each member shuffles with its own key, so member ``i`` equals
-``jnn.train.fit(make_model(hp_i), loss, make_optimizer(hp_i), ..., key=result.keys[i])`` up to
-float reordering. A member stopped early (or whose metrics went non-finite) keeps computing (vmap cannot skip it) but its state is
-frozen by ``jnp.where`` on a per-member ``active`` flag, so nothing recompiles. Compiled programs
-are cached on ``(make_model, loss, make_optimizer, metrics, regularizer, shapes)``: calling
-:func:`fit_population` again with the same functions and shapes compiles nothing.
+A member is a :class:`~jnn.train.TrainState` (its PRNG key is its seed) and a dict of scalar
+hyperparameters. ``make_model(hp)`` and ``make_optimizer(hp)`` are called *inside* the vmapped
+function with traced scalars, so whatever accepts a traced scalar can differ per member (learning
+rate, weight decay, dropout rate); shape-changing fields cannot: :func:`jnn.train.search` groups
+configs by them. The population epoch is ``jax.vmap`` of :func:`make_member_epoch` (each member
+shuffles with its own key); a stopped member keeps computing but its state is frozen by
+``jnp.where`` on a per-member ``active`` flag, so nothing recompiles. Compiled programs are cached
+on ``(make_model, loss, make_optimizer, metrics, regularizer, shapes)``.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax, jnn
@@ -30,7 +23,6 @@ Example:
 """
 from __future__ import annotations
 
-import warnings
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -39,17 +31,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jnn import _checks as checks
 from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
 from jnn.train import guard
-from jnn.train.callbacks import EarlyStopping, _select_members
-from jnn.train.loop import _check_data, _with_early_stopping, split_validation
-from jnn.train.nonfinite import _population_message, _replay_members
-from jnn.train.step import (LossFn, Metrics, TrainState, _num_examples, init_train_state, make_eval_fn,
+from jnn.train.callbacks import CallbackList, EarlyStopping
+from jnn.train.engine import NonFinite, learning_rate, prepare, run_epochs, with_early_stopping
+from jnn.train.nonfinite import replay_members
+from jnn.train.step import (LossFn, Metrics, TrainState, num_examples_of, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
 
-__all__ = ["MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
+__all__ = ["as_keys", "check_hparams", "jit_epoch_order", "Program", "population_eval", "population_epoch_jit", "MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
            "make_population_epoch", "init_population", "fit_population"]
 
 HParams = Mapping[str, jax.Array]
@@ -59,19 +52,18 @@ MakeOptimizer = Callable[[HParams], optax.GradientTransformation]
 
 class MemberResult(NamedTuple):
     """One member, like :class:`jnn.train.FitResult` (history ``{name: np.ndarray [epochs
-    trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams.
+    trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams
+    (see :meth:`PopulationResult.member`).
 
     Example:
-      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> import jax, optax, jnn
       >>> x, y = jnn.data.xor()
-      >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-      >>> make_opt = lambda hp: optax.adam(hp["lr"])
-      >>> result = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
-      ...                                   (x, y), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
-      ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
+      >>> result = jnn.train.fit_population(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.sgd(0.1),
+      ...                                   (x, y), key=jax.random.split(jax.random.key(0), 2), epochs=2,
+      ...                                   batch_size=4, metrics={})
       >>> member = result.member(1)
-      >>> member.history["loss"].shape, member.train_state.params["dense_0"]["w"].shape, member.stopped_early
-      ((2,), (2, 4), False)
+      >>> member.history["loss"].shape, member.stopped_early
+      ((2,), False)
     """
 
     train_state: TrainState
@@ -114,6 +106,9 @@ class PopulationResult(NamedTuple):
       ((2, 3), (3, 2, 4))
       >>> result.epochs_trained.tolist(), result.stopped_early.tolist(), result.best_epoch
       ([2, 2, 2], [False, False, False], None)
+      >>> member = result.member(1)
+      >>> member.history["loss"].shape, member.train_state.params["dense_0"]["w"].shape, member.stopped_early
+      ((2,), (2, 4), False)
     """
 
     train_states: TrainState
@@ -138,7 +133,7 @@ class PopulationResult(NamedTuple):
                             (self.nonfinite_reports or {}).get(i))
 
 
-def _as_keys(where: str, key, n: int | None) -> jax.Array:
+def as_keys(where: str, key, n: int | None) -> jax.Array:
     """A batch of typed keys: ``split(key, n)`` for one key, or the given batch of keys."""
     key = key if isinstance(key, jax.Array) else jnp.asarray(key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -159,7 +154,7 @@ def _as_keys(where: str, key, n: int | None) -> jax.Array:
 
 def member_keys(key: jax.Array, n: int) -> jax.Array:
     """The N member keys :func:`fit_population` derives from one key: ``jax.random.split(key, n)``."""
-    return _as_keys("member_keys", key, n)
+    return as_keys("member_keys", key, n)
 
 
 def shared_order_key(keys: jax.Array, epoch: int) -> jax.Array:
@@ -168,7 +163,7 @@ def shared_order_key(keys: jax.Array, epoch: int) -> jax.Array:
     return jax.random.fold_in(keys[0], epoch)
 
 
-_epoch_order = jax.jit(epoch_order, static_argnums=(1, 2))
+jit_epoch_order = jax.jit(epoch_order, static_argnums=(1, 2))
 
 
 def _select(active, new, old):
@@ -232,7 +227,7 @@ def _init_population(make_model, make_optimizer, example, hparams, keys):
     return jax.lax.map(init_member, (hparams, keys))
 
 
-class _Program(NamedTuple):  # the static part of a run: equal programs share compiled code
+class Program(NamedTuple):  # the static part of a run: equal programs share compiled code
     make_model: MakeModel
     loss: LossFn
     make_optimizer: MakeOptimizer
@@ -268,7 +263,7 @@ def make_population_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: M
 
 
 @partial(jax.jit, static_argnums=0)
-def _population_epoch(program: _Program, hparams, states, active, data, order):
+def population_epoch_jit(program: Program, hparams, states, active, data, order):
     epoch = make_population_epoch(program.make_model, program.loss, program.make_optimizer,
                                   program.num_examples, program.batch_size, metrics=dict(program.metrics),
                                   regularizer=program.regularizer, chunk_size=program.chunk_size)
@@ -276,7 +271,7 @@ def _population_epoch(program: _Program, hparams, states, active, data, order):
 
 
 @partial(jax.jit, static_argnums=0)
-def _population_eval(program: _Program, hparams, states, data):
+def population_eval(program: Program, hparams, states, data):
     def member_eval(hp, ts):
         fn = make_eval_fn(program.make_model(hp), program.loss, metrics=dict(program.metrics),
                           batch_size=program.eval_batch_size)
@@ -285,9 +280,8 @@ def _population_eval(program: _Program, hparams, states, data):
     return _map_members(lambda m: member_eval(*m), (hparams, states), program.chunk_size)
 
 
-def _check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
-    if hparams is not None and not isinstance(hparams, Mapping):
-        raise TypeError(f"{where}: hparams must be a dict {{name: array [N]}}, got {type(hparams).__name__}")
+def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
+    checks.instance_of(Mapping, type(None), described="a dict {name: array [N]}")(where, "hparams", hparams)
     hparams = {} if hparams is None else dict(hparams)
     sizes = {}
     for name, values in hparams.items():
@@ -304,14 +298,9 @@ def _check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | Non
     return hparams, n
 
 
-def _learning_rates(opt_state) -> jax.Array | None:
-    """The members' learning rates ``[N]`` when the optimizer uses optax.inject_hyperparams."""
-    for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
-        if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
-            return leaf.hyperparams["learning_rate"]
-    return None
-
-
+@checks.declare(epochs=checks.positive_int, chunk_size=checks.positive_int_or(None, "auto"),
+                shared_order=checks.one_of(True, False, "auto"), on_nonfinite=checks.one_of("raise", "stop"),
+                prune=checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]")))
 def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
                    hparams: HParams | None = None, key: jax.Array, epochs: int = 10, batch_size: int = 128,
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -320,64 +309,38 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                    shared_order: bool | str = False, verbose: bool = False, callbacks=(),
                    prune: Callable[[int, dict], Any] | None = None, on_nonfinite: str = "stop",
                    debug_nonfinite: bool = False, check_data: bool = True) -> PopulationResult:
-    """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch.
+    """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch,
+    run by :func:`jnn.train.engine.run_epochs` (member ``i`` equals ``fit(..., key=keys[i])`` up
+    to float reordering).
 
     Args:
-      make_model: ``hp -> Layer``, called inside vmap with ``hp = {name: traced scalar}``.
-      loss: ``loss(outputs, y) -> scalar``, as for :func:`jnn.train.fit` (it may take ``step`` and
-        return ``(loss, logs)``; the logs join the history, but early stopping cannot monitor them).
-      make_optimizer: ``hp -> optax optimizer`` (e.g.
-        ``optax.inject_hyperparams(optax.adamw)(learning_rate=hp["lr"], weight_decay=hp["wd"])``).
+      make_model, make_optimizer: ``hp -> Layer`` and ``hp -> optax optimizer``, called inside
+        vmap with ``hp = {name: traced scalar}``.
+      loss, epochs, batch_size, val_data, metrics, regularizer, eval_batch_size: as for ``fit``
+        (default metrics: accuracy for the classification losses only).
       train_data: ``(x, y)``, shared by every member (each shuffles it with its own key).
-      hparams: ``{name: array [N]}``, one value per member; may be empty when ``key`` is a
-        batch of N keys (a population over seeds only).
+      hparams: ``{name: array [N]}``, one value per member; may be empty when ``key`` is a batch
+        of N keys (a population over seeds only).
       key: one PRNG key (member ``i`` gets ``jax.random.split(key, N)[i]``) or a batch of N keys.
-      epochs, batch_size, val_data, metrics, regularizer, eval_batch_size, check_data: as for
-        ``fit`` (default metrics: accuracy for the classification losses only).
-      val_split: hold out this fraction of ``train_data`` for validation: the same split for
-        every member, the one ``fit(..., key=keys[0], val_split=...)`` makes.
-      early_stopping: a :class:`jnn.train.EarlyStopping`, applied to each member on its own
-        (same decisions as ``fit``: a member stops after ``patience`` epochs without a finite
-        improvement larger than ``min_delta``; ``restore_best`` returns its best state). The
-        same as adding it to ``callbacks``.
-      chunk_size: ``"auto"`` (default): the first epochs measure each candidate execution (all
-        members at once; with more than 8 members also chunks of 8 and one at a time), two real
-        training epochs each, in turn, and the fastest is kept for the rest of the run and later
-        runs, without recompiling (:mod:`jnn.train.autoexec`).
-        Else members vectorized together (``None``: all of them). Smaller chunks run one
-        after another inside the same compiled epoch (``jax.lax.map``); ``1`` runs members
-        sequentially with unbatched kernels. On CPU, large compute-bound members (an MNIST
-        MLP) can be faster in small chunks; small members are fastest all at once.
-      shared_order: every member sees the same batches in the same order (epoch ``e``'s order
-        is ``jnn.train.epoch_order(shared_order_key(keys, e), ...)``) instead of shuffling with
-        its own key (``keys``: the member keys); inits and dropout masks still differ. One
-        permutation and one batch gather per epoch serve all members, and the first layer
-        multiplies one shared input (2.8-3.2x faster than sequential for small digits MLPs on
-        CPU, against 2.1-2.6x with per-member shuffles; see benchmarks/RESULTS.md). Members
-        then compare hyperparameters on identical data (common random numbers) but no longer
-        equal ``fit`` alone, which shuffles per member. ``"auto"``: allow the measurement to pick it (see
-        ``chunk_size``) when faster.
+      val_split: hold out this fraction for every member: the split ``fit(..., key=keys[0])`` makes.
+      early_stopping: a :class:`jnn.train.EarlyStopping` judging each member on its own (the
+        same as adding it to ``callbacks``).
+      chunk_size: members vectorized together (``None``: all); smaller chunks run one after
+        another inside the same compiled epoch (``jax.lax.map``). ``"auto"``: the first epochs
+        time each candidate (:mod:`jnn.train.autoexec`) and keep the fastest, without recompiling.
+      shared_order: every member sees the same batches in the same order (epoch ``e``'s order is
+        ``epoch_order(shared_order_key(keys, e), ...)``): one gather serves all members, which
+        then no longer equal ``fit`` alone. ``"auto"``: let the measurement pick it.
       verbose: print one line per epoch (active members, best monitored/loss value).
-      callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)``, called
-        after each epoch with the batched states, ``{name: [N]}`` logs and the trained members
-        (e.g. :class:`jnn.train.callbacks.TensorBoard`, which writes one run per member, or
-        :class:`jnn.train.EarlyStopping`); a bool ``[N]`` returned stops those members.
-      prune: ``prune(epoch, history) -> bool [N]``, called after each epoch: members to stop now
-        (as early stopping stops them; e.g. Optuna pruners, see :func:`jnn.train.optuna_search`).
-      on_nonfinite: a member whose epoch metrics (any of them) are NaN or infinite stops at that
-        epoch and keeps its state from the epoch before, as in ``fit``; the others train on, in
-        the same compiled program (checked once per epoch, on the logs). ``"stop"`` (default:
-        in a sweep a diverging member is a result, not a failure) warns, naming the members and
-        the epoch, and records it in ``PopulationResult.nonfinite_epoch``; ``"raise"`` raises
-        a :class:`jnn.train.NonFiniteError` at that epoch (its ``members`` name them; its
-        ``train_state`` holds every member's state, the failing ones reverted).
-      debug_nonfinite: replay a failing member's epoch alone with
-        :func:`jnn.train.find_nonfinite` (its step, layer and examples in
-        ``nonfinite_reports``); needs ``shared_order=False`` (the replay uses its own shuffle).
-
-    Everything that can be checked before the first step is, as in ``fit``: argument values,
-    the validation data's shapes, the early-stopping metric's name and (``check_data``) the
-    data's values.
+      callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)`` (batched
+        states, ``{name: [N]}`` logs; e.g. :class:`jnn.train.callbacks.TensorBoard`); a bool
+        ``[N]`` returned stops those members.
+      prune: ``prune(epoch, history) -> bool [N]``, members to stop now (e.g. Optuna pruners).
+      on_nonfinite, debug_nonfinite: the :class:`jnn.train.NonFinite` policy for members whose
+        metrics go NaN/Inf (they stop at their last finite state, the others train on):
+        ``"stop"`` (default) warns, ``"raise"`` raises a :class:`jnn.train.NonFiniteError`;
+        ``debug_nonfinite`` replays a failing member alone (needs ``shared_order=False``).
+      check_data: check the data's values before training, as ``fit`` does.
 
     Returns:
       A :class:`PopulationResult`.
@@ -386,54 +349,26 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> x, y = jnn.data.xor()
       >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-      >>> make_opt = lambda hp: optax.adam(hp["lr"])
-      >>> result = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
-      ...                                   (x, y), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
-      ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
-      >>> result.history["loss"].shape                       # [epochs, members]
-      (2, 3)
       >>> seeds = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits,
       ...                                  lambda hp: optax.adam(0.1), (x, y),
       ...                                  key=jax.random.split(jax.random.key(1), 2),
       ...                                  epochs=1, batch_size=4, metrics={})   # a population over seeds only
-      >>> seeds.history["loss"].shape
+      >>> seeds.history["loss"].shape                        # [epochs, members]
       (1, 2)
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit_population: epochs must be a positive integer, got {epochs!r}")
-    if val_data is not None and val_split:
-        raise ValueError("fit_population: pass either val_data or val_split, not both")
-    if chunk_size not in (None, "auto") and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                             or chunk_size < 1):
-        raise ValueError(f"fit_population: chunk_size must be a positive integer, None or 'auto', got {chunk_size!r}")
-    if not (shared_order is True or shared_order is False or shared_order == "auto"):
-        raise ValueError(f"fit_population: shared_order must be True, False or 'auto', got {shared_order!r}")
     if debug_nonfinite and shared_order is not False:
         raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "
                          f"shared_order=False, got shared_order={shared_order!r}")
     guard.check_parts("fit_population", make_model=make_model, make_optimizer=make_optimizer, loss=loss,
                       metrics=metrics, regularizer=regularizer, verbose=verbose, debug_nonfinite=debug_nonfinite,
                       check_data=check_data)
-    if prune is not None and not callable(prune):
-        raise TypeError(f"fit_population: prune must be a function (epoch, history) -> bool [N], got "
-                        f"{type(prune).__name__}")
-    callbacks, es = _with_early_stopping("fit_population", callbacks, early_stopping)
-    for cb in callbacks:
-        if not hasattr(cb, "on_population_epoch_end"):
-            raise TypeError(f"fit_population: each callback needs an on_population_epoch_end(epoch, states, logs, "
-                            f"trained) method, got {type(cb).__name__}")
-    hparams, n = _check_hparams("fit_population", hparams)
-    keys = _as_keys("fit_population", key, n)
+    callbacks, es = with_early_stopping("fit_population", callbacks, early_stopping)
+    hparams, n = check_hparams("fit_population", hparams)
+    keys = as_keys("fit_population", key, n)
     n = keys.shape[0]
-    x, y = _check_data("fit_population train_data", train_data)
-    guard.check_fit_args("fit_population", x, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         val_split=val_split, history_file=None, on_nonfinite=on_nonfinite)
-    if val_split:
-        (x, y), val_data = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
-    if val_data is not None:
-        val_data = _check_data("fit_population val_data", val_data)
-    batch_size = min(batch_size, _num_examples(x))
-
+    (x, y), val_data = prepare("fit_population", train_data, val_data, val_split, jax.random.split(keys[0])[1],
+                               batch_size=batch_size, eval_batch_size=eval_batch_size)
+    batch_size = min(batch_size, num_examples_of(x))
     example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
     init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
     spec = jax.eval_shape(init)
@@ -443,80 +378,56 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         metrics = guard.default_metrics(loss) if single else {}
     metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
-    names += ["lr"] if _learning_rates(spec.opt_state) is not None else []
+    names += ["lr"] if learning_rate(spec.opt_state) is not None else []
     if es is not None and es.monitor not in names:
         raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
                          f"the logged metrics {sorted(names)}")
-    program = _Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, _num_examples(x),
-                       batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
+    program = Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, num_examples_of(x),
+                      batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
     if val_data is not None:  # traced (cached with the program), not run: fails before the first step
         guard.check_val_data("fit_population", (x, y), val_data,
-                             lambda v: jax.eval_shape(_population_eval, program, hparams, spec, v))
+                             lambda v: jax.eval_shape(population_eval, program, hparams, spec, v))
     if check_data:
-        for what, data in {"train_data": (x, y), "val_data": val_data}.items():
-            if data is not None:
-                (dx, dy) = data
-                guard.check_features("fit_population", what, dx)
-                guard.check_labels("fit_population", what, out, loss, metrics, dy)
-    states = init()
+        guard.check_values("fit_population", out, loss, metrics, (x, y), val_data)
     auto = None
     if chunk_size == "auto" or shared_order == "auto":
-        options = _autoexec.candidates(n, chunk_size, shared_order)
-        auto = _autoexec.AutoEpoch(_population_epoch, program, options)
-    history = {k: np.full((epochs, n), np.nan) for k in names}
-    active, stopped = np.ones(n, bool), np.zeros(n, bool)
-    epochs_trained, nonfinite_epoch, reports = np.zeros(n, int), np.zeros(n, int), {}
-    for cb in callbacks:
-        if hasattr(cb, "on_train_begin"):
-            cb.on_train_begin(states)
-    for epoch in range(1, epochs + 1):
-        trained, last_good = active.copy(), states
-        order_fn = lambda: _epoch_order(shared_order_key(keys, epoch), _num_examples(x), batch_size)
-        if auto is not None:
-            states, logs, execution = auto(hparams, states, jnp.asarray(trained), (x, y), order_fn)
-        else:
-            states, logs = _population_epoch(program, hparams, states, jnp.asarray(trained), (x, y),
-                                             order_fn() if shared_order else None)
-        if val_data is not None:
-            logs.update({f"val_{k}": v for k, v in _population_eval(program, hparams, states, val_data).items()})
-        if "lr" in history:
-            logs["lr"] = _learning_rates(states.opt_state)
-        for k, v in logs.items():  # the names of a loss's own logs first appear here
-            history.setdefault(k, np.full((epochs, n), np.nan))
-            history[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
-        epochs_trained[trained] = epoch
-        bad = trained & ~np.all([np.isfinite(v[epoch - 1]) for v in history.values()], axis=0)
-        if bad.any():   # those members stop here, back at their last finite state
-            states = _select_members(jnp.asarray(~bad), states, last_good)
-            nonfinite_epoch[bad], active, trained = epoch, active & ~bad, trained & ~bad
-            if debug_nonfinite:
-                reports.update(_replay_members(program, hparams, last_good, (x, y), np.flatnonzero(bad)))
-            message = _population_message(epoch, history, bad, reports, on_nonfinite)
-            if on_nonfinite == "raise":
-                raise guard.NonFiniteError(message, epoch=epoch, train_state=states, history=history,
-                                           report=reports or None, members=np.flatnonzero(bad).tolist())
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-        for cb in callbacks:   # e.g. TensorBoard (one run per member), EarlyStopping
-            asked = cb.on_population_epoch_end(epoch, states, {k: v[epoch - 1] for k, v in history.items()}, trained)
-            if asked is not None:
-                stop = trained & np.broadcast_to(np.asarray(asked, bool), (n,))
-                stopped |= stop & (epoch < epochs)
-                active &= ~stop
-        if prune is not None:
-            stop = trained & np.asarray(prune(epoch, history), bool)
-            stopped |= stop & (epoch < epochs)
-            active &= ~stop
-        if verbose:
-            shown = es.monitor if es is not None else "loss"
-            column = history[shown][epoch - 1][np.isfinite(history[shown][epoch - 1])]
-            best_now = (column.max() if es is not None and es.maximize else column.min()) if column.size else np.nan
-            print(f"epoch {epoch:3d}  active {int(trained.sum())}/{n}  best {shown} {best_now:.4f}", flush=True)
-        if not active.any():
-            break
-    for cb in callbacks:
-        restored = cb.on_train_end(states, history) if hasattr(cb, "on_train_end") else None
-        states = states if restored is None else restored   # EarlyStopping(restore_best=True): the best states
-    best_epoch = None if es is None else np.broadcast_to(np.asarray(es.best_epoch, int), (n,)).copy()
-    return PopulationResult(states, history, best_epoch, stopped, epochs_trained, keys,
-                            {k: np.asarray(v) for k, v in hparams.items()}, nonfinite_epoch, reports)
+        auto = _autoexec.AutoEpoch(population_epoch_jit, program, _autoexec.candidates(n, chunk_size, shared_order))
 
+    def epoch_fn(states, epoch, trained):
+        order_fn = lambda: jit_epoch_order(shared_order_key(keys, epoch), num_examples_of(x), batch_size)
+        if auto is not None:
+            states, logs, _ = auto(hparams, states, jnp.asarray(trained), (x, y), order_fn)
+        else:
+            states, logs = population_epoch_jit(program, hparams, states, jnp.asarray(trained), (x, y),
+                                                order_fn() if shared_order else None)
+        if val_data is not None:
+            logs.update({f"val_{k}": v for k, v in population_eval(program, hparams, states, val_data).items()})
+        return states, logs if "lr" not in names else {**logs, "lr": learning_rate(states.opt_state)}
+
+    history = {}
+    pruning = [] if prune is None else [_Prune(prune, history)]
+    run = run_epochs("fit_population", init(), epoch_fn, epochs=epochs, members=n, history=history, names=names,
+                     callbacks=CallbackList(callbacks + pruning, members=n, where="fit_population"),
+                     policy=NonFinite(on_nonfinite, debug=debug_nonfinite), verbose=verbose, describe=partial(_describe, es),
+                     replay=lambda states, which: replay_members(program, hparams, states, (x, y), which))
+    best_epoch = None if es is None else np.broadcast_to(np.asarray(es.best_epoch, int), (n,)).copy()
+    return PopulationResult(run.train_state, run.history, best_epoch, run.stopped_early, run.epochs_trained, keys,
+                            {k: np.asarray(v) for k, v in hparams.items()}, run.nonfinite_epoch, run.reports)
+
+
+def _describe(es, epoch, history, trained) -> str:
+    """``fit_population``'s verbose line: active members and the best monitored (or loss) value."""
+    shown = es.monitor if es is not None else "loss"
+    column = history[shown][epoch - 1][np.isfinite(history[shown][epoch - 1])]
+    best_now = (column.max() if es is not None and es.maximize else column.min()) if column.size else np.nan
+    return f"epoch {epoch:3d}  active {int(trained.sum())}/{trained.size}  best {shown} {best_now:.4f}"
+
+
+class _Prune:
+    """``fit_population``'s ``prune(epoch, history)`` as the last callback: the members it stops."""
+
+    def __init__(self, prune, history):
+        self.prune, self.history = prune, history
+
+    def on_population_epoch_end(self, epoch, states, logs, trained):
+        return np.asarray(self.prune(epoch, self.history), bool)

@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import optax
 
 from jnn import losses as _losses
-from jnn import parallel as _parallel
+from jnn.parallel import mesh as _parallel
 from jnn import tree as _tree
 from jnn.core import Layer
 from jnn.train.compiler import jit_outermost
 from jnn.train.permutation import permutation
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "step_key", "make_train_epoch",
+__all__ = ["TrainState", "init_train_state", "make_train_step", "step_key", "make_train_epoch", "as_arrays", "gather",
+           "num_examples_of", "shuffle_epoch",
            "make_stepwise_epoch", "epoch_order", "make_eval_fn", "penalty", "Metrics"]
 
 Metrics = Mapping[str, Callable[[Any, Any], jax.Array]]
@@ -144,18 +145,18 @@ def step_key(ts: TrainState) -> jax.Array:
     return jax.random.fold_in(ts.key, ts.step)
 
 
-def _gather(tree, idx):
+def gather(tree, idx):
     """``tree[idx]`` leaf by leaf (examples on the first axis of every leaf)."""
     return jax.tree_util.tree_map(lambda a: a[idx], tree)
 
 
-def _as_arrays(tree):
+def as_arrays(tree):
     """``tree`` with every leaf a jax array; only dicts and tuples are containers (a list of
     numbers is one array, as ``jnp.asarray`` reads it)."""
     return jax.tree_util.tree_map(jnp.asarray, tree, is_leaf=lambda t: not isinstance(t, (dict, tuple)))
 
 
-def _num_examples(tree) -> int:
+def num_examples_of(tree) -> int:
     """The leading (example) axis shared by the leaves of ``x`` or ``y``."""
     return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
@@ -248,7 +249,7 @@ def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array
     return order.reshape(num_batches, batch_size)
 
 
-def _shuffle(ts: TrainState, num_examples: int, batch_size: int, order=None):
+def shuffle_epoch(ts: TrainState, num_examples: int, batch_size: int, order=None):
     """Splits the state's key; returns the new state and this epoch's order: ``order`` when
     given, else drawn from the other half of the key."""
     key, perm_key = jax.random.split(ts.key)
@@ -290,8 +291,8 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=Non
         _parallel.check_batch_size(batch_size, mesh, "make_train_epoch")
 
     def train_epoch(ts: TrainState, data, order=None):
-        ts, order = _shuffle(ts, num_examples, batch_size, order)
-        ts, logs = jax.lax.scan(lambda ts, idx: train_step(ts, _gather(data, idx)), ts, order)
+        ts, order = shuffle_epoch(ts, num_examples, batch_size, order)
+        ts, logs = jax.lax.scan(lambda ts, idx: train_step(ts, gather(data, idx)), ts, order)
         return ts, jax.tree_util.tree_map(jnp.mean, logs)
 
     return train_epoch
@@ -317,8 +318,8 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
       (2, True)
     """
     num_batches = _epoch_batches(num_examples, batch_size, "make_stepwise_epoch")
-    shuffle = jax.jit(lambda ts: _shuffle(ts, num_examples, batch_size))
-    step = jit_outermost(lambda ts, data, idx: train_step(ts, _gather(data, idx)))
+    shuffle = jax.jit(lambda ts: shuffle_epoch(ts, num_examples, batch_size))
+    step = jit_outermost(lambda ts, data, idx: train_step(ts, gather(data, idx)))
 
     def train_epoch(ts: TrainState, data):
         ts, order = shuffle(ts)
@@ -374,8 +375,8 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         return {k: jnp.sum(jnp.where(mb, v, 0.0)) for k, v in per_example(out, yb, step).items()}
 
     def batched(data):
-        data = _as_arrays(data)
-        n = _num_examples(data)
+        data = as_arrays(data)
+        n = num_examples_of(data)
         bs = min(batch_size, n)
         if mesh is not None:
             bs = -(-bs // _parallel.data_size(mesh)) * _parallel.data_size(mesh)
@@ -407,7 +408,7 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
     def evaluate_stepwise(params, state, data, step=None):
         step = check_step(step)
         n, (xs, ys, masks) = batched(data)
-        totals = [batch_totals_jit(params, state, _gather(xs, i), _gather(ys, i), masks[i], step)
+        totals = [batch_totals_jit(params, state, gather(xs, i), gather(ys, i), masks[i], step)
                   for i in range(len(masks))]
         return {k: sum(t[k] for t in totals) / n for k in totals[0]}
 

@@ -2,16 +2,12 @@
 
 :func:`jnn.train.fit` uses this when ``train_data`` is not an in-memory ``(x, y)`` pair but an
 iterable of ``(x, y)`` batches (NumPy or JAX arrays, e.g. a :func:`jnn.data.grain.pipeline`).
-Each chunk of :data:`CHUNK` batches is one call of a jitted ``lax.scan`` over the step (with
-the epoch's metric sums carried on device; ``fit(..., fused=False)``: one jitted step per
-batch); the next two chunks are already read and on the device while it runs (dispatch is
-asynchronous), so reading and transferring overlap the steps. The epoch's key split is the
-in-memory path's (:func:`jnn.train.make_train_epoch`), so the same batches in the same order
-give the same dropout masks and the same params (up to float reordering inside a scan).
-
-Epochs: with ``steps_per_epoch`` (given, or a :class:`jnn.data.grain.Pipeline`'s) one iterator
-runs through all epochs, each taking the next ``steps_per_epoch`` batches. Without it,
-``train_data`` must have a ``len``: each epoch iterates it afresh (like a PyTorch loader).
+Each chunk of :data:`CHUNK` batches is one call of a jitted ``lax.scan`` over the step
+(``fused=False``: one jitted step per batch); the next two chunks are read and on the device
+while it runs. The epoch's key split is the in-memory path's, so the same batches in the same
+order give the same params (up to float reordering inside a scan). With ``steps_per_epoch``
+(``jnn.train.Data``'s, or a :class:`jnn.data.grain.Pipeline`'s) one iterator runs through all
+epochs; without it, ``train_data`` must have a ``len`` and is iterated afresh each epoch.
 
 Every batch must have the shapes of the first (a ragged last batch would recompile the step):
 drop it (the Grain pipeline does), or pad it and mask in the loss.
@@ -25,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnn import parallel as _parallel
+from jnn.parallel import distributed as _parallel
+from jnn import _checks as checks
 from jnn.train.compiler import compiler_options
 
 __all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation", "CHUNK"]
@@ -117,10 +114,9 @@ class Feed:
             try:
                 steps_per_epoch = len(data)
             except TypeError:
-                raise TypeError(f"{where}: train_data is an iterable without a len(); pass steps_per_epoch= "
-                                f"(batches per epoch) or a jnn.data.grain.Pipeline") from None
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"{where}: steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+                raise TypeError(f"{where}: train_data is an iterable without a len(); pass steps_per_epoch "
+                                f"(jnn.train.Data(data, steps_per_epoch=k)) or a jnn.data.grain.Pipeline") from None
+        checks.positive_int(where, "steps_per_epoch", steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self._iterator = iter(data)
         self._queue: collections.deque = collections.deque()   # (device piece, iterator state after it)
@@ -276,8 +272,7 @@ class StreamEpochs:
 
     def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, checkpoint_every: int | None = None,
                  initial_epoch: int = 0, chunk: int = 1):
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"StreamEpochs: chunk must be a positive integer, got {chunk!r}")
+        checks.positive_int("StreamEpochs", "chunk", chunk)
         self.feed, self.checkpoint, self.every, self.chunk = feed, checkpoint, checkpoint_every, chunk
         self.epoch, self.start, self.history = initial_epoch, 0, {}
         logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]
@@ -304,7 +299,7 @@ class StreamEpochs:
         progress = meta.get("progress")
         if progress is None or "data_state" not in meta:
             raise ValueError(f"fit: checkpoint {meta['step']} in {checkpoint.directory} has no data iterator "
-                             f"state; it was not saved by fit(..., checkpoint_every=...) over a stream")
+                             f"state; it was not saved by fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
         self.feed.restore(meta["data_state"])
         self.epoch, self.start = progress["epoch"] - 1, progress["step_in_epoch"]
         self.totals = jax.tree_util.tree_map(lambda z, v: jnp.asarray(v, z.dtype), self._zeros,

@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn import _checks as checks
 from jnn.train import guard
-from jnn.train.loop import _check_data, split_validation
-from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, _as_keys, fit_population
+from jnn.train.engine import hold_out
+from jnn.train.population import MakeModel, MakeOptimizer, MemberResult, as_keys, fit_population
 from jnn.train.step import LossFn
 
 __all__ = ["search", "optuna_search"]
@@ -91,10 +92,8 @@ def _check_configs(configs, static, fit_kwargs) -> tuple[list[dict], list[str]]:
             raise ValueError("search: batch_size changes array shapes, so it must be listed in static")
         if "batch_size" in fit_kwargs:
             raise ValueError("search: batch_size is a config field; do not also pass batch_size=")
-        bad = [c["batch_size"] for c in configs if isinstance(c["batch_size"], bool)
-               or not isinstance(c["batch_size"], int) or c["batch_size"] < 1]
-        if bad:
-            raise ValueError(f"search: batch_size must be a positive integer, got {bad[0]!r}")
+        for config in configs:
+            checks.positive_int("search", "batch_size", config["batch_size"])
     return configs, static
 
 
@@ -134,12 +133,9 @@ def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, t
       ([4, 8, 4], [2, 2, 2])
     """
     configs, static = _check_configs(configs, static, fit_kwargs)
-    keys = _as_keys("search", key, len(configs))
-    if val_split:
-        if fit_kwargs.get("val_data") is not None:
-            raise ValueError("search: pass either val_data or val_split, not both")
-        x, y = _check_data("search train_data", train_data)
-        train_data, fit_kwargs["val_data"] = split_validation(x, y, val_split, jax.random.split(keys[0])[1])
+    keys = as_keys("search", key, len(configs))
+    train_data, fit_kwargs["val_data"] = hold_out("search", train_data, fit_kwargs.get("val_data"), val_split,
+                                                  jax.random.split(keys[0])[1])
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
         groups.setdefault(_group_key(config, static), []).append(i)
@@ -202,23 +198,17 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
     except ImportError:
         raise ImportError("optuna_search needs optuna: pip install 'jnn[search]' (or pip install optuna)") from None
     for what, value in {"trials": trials, "population_size": population_size}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"optuna_search: {what} must be a positive integer, got {value!r}")
-    if not isinstance(study, optuna.study.Study):
-        raise TypeError(f"optuna_search: study must be an optuna.Study (optuna.create_study(...)), got "
-                        f"{type(study).__name__}")
+        checks.positive_int("optuna_search", what, value)
+    checks.instance_of(optuna.study.Study, described="an optuna.Study (optuna.create_study(...))")(
+        "optuna_search", "study", study)
     if len(study.directions) != 1:
         raise ValueError(f"optuna_search: study must have one objective (the monitored metric), got "
                          f"{len(study.directions)} directions")
     _check_space(space)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    keys = _as_keys("optuna_search", key, trials)
-    if fit_kwargs.get("val_split"):  # one split for every population, as search makes it
-        if fit_kwargs.get("val_data") is not None:
-            raise ValueError("optuna_search: pass either val_data or val_split, not both")
-        x, y = _check_data("optuna_search train_data", train_data)
-        train_data, fit_kwargs["val_data"] = split_validation(x, y, fit_kwargs.pop("val_split"),
-                                                              jax.random.split(keys[0])[1])
+    keys = as_keys("optuna_search", key, trials)
+    train_data, fit_kwargs["val_data"] = hold_out("optuna_search", train_data, fit_kwargs.get("val_data"),
+                                                  fit_kwargs.pop("val_split", 0.0), jax.random.split(keys[0])[1])
     _check_monitor(monitor, loss, fit_kwargs)
     done: list[tuple[Any, MemberResult]] = []
     while len(done) < trials:
@@ -263,13 +253,12 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
 
 def _check_space(space) -> None:
     import optuna
-    if not isinstance(space, Mapping) or not space:
-        raise ValueError(f"optuna_search: space must be a non-empty dict {{name: optuna.distributions.*}}, "
-                         f"got {space!r}")
+    checks.satisfies(lambda s: isinstance(s, Mapping) and s, "a non-empty dict {name: optuna.distributions.*}")(
+        "optuna_search", "space", space)
+    distribution = checks.satisfies(lambda d: isinstance(d, optuna.distributions.BaseDistribution), "an optuna "
+                                    "distribution (e.g. optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True))")
     for name, dist in space.items():
-        if not isinstance(dist, optuna.distributions.BaseDistribution):
-            raise ValueError(f"optuna_search: space[{name!r}] must be an optuna distribution (e.g. "
-                             f"optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)), got {dist!r}")
+        distribution("optuna_search", f"space[{name!r}]", dist)
 
 
 def _check_monitor(monitor, loss, fit_kwargs) -> None:

@@ -1,0 +1,354 @@
+"""The epoch runner behind :func:`jnn.train.fit`, :func:`jnn.train.fit_population` and streamed
+training: data preparation (checks, validation split), the history, progress, the non-finite
+policy and the callbacks. Each caller supplies only its compiled epoch (training, evaluation and
+learning-rate logging) to :func:`run_epochs`.
+
+Per-epoch behaviours are callbacks in one list (:mod:`jnn.train.callbacks`): the history file,
+checkpoints every k epochs, early stopping, :class:`NonFinite` (what a non-finite epoch does)
+and your own functions.
+
+Example:
+  >>> import jax, optax, jnn
+  >>> x, y = jnn.data.xor()
+  >>> policy = jnn.train.NonFinite("stop")
+  >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
+  ...                        epochs=2, batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[policy])
+  >>> result.nonfinite_epoch is None
+  True
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnn import _checks as checks
+from jnn.train import guard
+from jnn.train.callbacks import Callback, CallbackList, EarlyStopping, select_members
+from jnn.train.step import as_arrays, gather, num_examples_of
+
+__all__ = ["Data", "Start", "NonFinite", "Outcome", "check_pair", "with_early_stopping", "split_validation",
+           "hold_out", "prepare", "learning_rate", "progress_bar", "run_epochs"]
+
+
+class Data(NamedTuple):
+    """Training data with how to read it: ``fit(model, loss, opt, Data(stream, steps_per_epoch=100))``.
+
+    Attributes:
+      data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches (see :func:`jnn.train.fit`).
+      steps_per_epoch: batches per epoch of a stream, taken one after another from one iterator;
+        default: a Pipeline's own, else ``len(data)`` with the data re-iterated every epoch. A
+        stream that runs out early raises a ValueError.
+      check: before training, check the data's values eagerly: NaN/Inf features, and labels the
+        loss or metrics reject (class ids out of range, binary labels outside [0, 1]). ``False``
+        skips this pass over the data (for a stream: its first batch).
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> batches = [(x, y)] * 3                                          # a stream of 3 batches
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(iter(batches * 2),
+      ...                        steps_per_epoch=3, check=False), key=jax.random.key(0), epochs=2, metrics={},
+      ...                        progress=False, verbose=False)
+      >>> int(result.train_state.step)
+      6
+    """
+
+    data: Any
+    steps_per_epoch: int | None = None
+    check: bool = True
+
+
+class Start(NamedTuple):
+    """Where :func:`jnn.train.fit` starts (its ``train_state=`` argument; a plain TrainState
+    resumes at epoch 0).
+
+    Attributes:
+      train_state: resume from this state (``key`` then only splits the validation set).
+      params, state: or start a new run from these weights (e.g. pretrained ones, or a new head
+        on a pretrained body) instead of the model's initialization: the optimizer state is
+        initialized for them and the step count starts at 0; they must have the structure and
+        shapes of the model's own (``state`` defaults to the model's initial state).
+      epoch: train epochs ``epoch + 1 .. epochs`` (Keras' ``initial_epoch``). Resuming from the
+        state saved after epoch k with ``epoch=k`` reproduces an uninterrupted run bit for bit.
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> run = lambda epochs, start=None: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y),
+      ...     key=jax.random.key(0), epochs=epochs, batch_size=4, metrics={}, progress=False, verbose=False,
+      ...     train_state=start)
+      >>> first = run(1)
+      >>> rest = run(3, jnn.train.Start(first.train_state, epoch=1))      # epochs 2 and 3
+      >>> rest.history["epoch"], bool((rest.train_state.params["w"] == run(3).train_state.params["w"]).all())
+      ([2, 3], True)
+    """
+
+    train_state: Any = None
+    params: Any = None
+    state: Any = None
+    epoch: int = 0
+
+
+class NonFinite(Callback):
+    """The non-finite policy: when an epoch's metrics are NaN or infinite, training stops and
+    keeps the state of the last finite epoch (in a population, only the failing members stop).
+
+    Args:
+      action: ``"raise"`` raises a :class:`jnn.train.NonFiniteError` naming the epoch (it carries
+        that state and the history); ``"stop"`` warns and returns, with ``nonfinite_epoch`` set.
+      debug: replay the failing epoch from the last good state with
+        :func:`jnn.train.find_nonfinite` and report the step, layer and examples.
+
+    Example:
+      >>> import jnn
+      >>> jnn.train.NonFinite("stop", debug=True).action
+      'stop'
+    """
+
+    def __init__(self, action: str = "raise", *, debug: bool = False):
+        self.action = checks.one_of("raise", "stop")("NonFinite", "action", action)
+        self.debug = checks.flag("NonFinite", "debug", debug)
+
+    def on_population_epoch_end(self, epoch, states, logs, trained):
+        return None
+
+    def handle(self, where: str, epoch: int, state, history, row: dict, bad, replay) -> Any:
+        """Reports epoch ``epoch``'s non-finite ``row`` (members ``bad``), then raises or warns;
+        ``replay(members)`` gives the reports. Returns the report(s)."""
+        if bad.ndim == 0:
+            report = replay(None) if self.debug else None
+            names = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+            message = guard.nonfinite_message(where, epoch, row, names, report)
+            members = None
+        else:
+            report = replay(np.flatnonzero(bad)) if self.debug else {}
+            message = guard.population_message(where, epoch, row, bad, report, self.action)
+            members = np.flatnonzero(bad).tolist()
+        if self.action == "raise":
+            raise guard.NonFiniteError(message, epoch=epoch, train_state=state, history=history,
+                                       report=report or None, members=members)
+        warnings.warn(message, RuntimeWarning, stacklevel=_outside_jnn())
+        return report
+
+
+def _outside_jnn() -> int:
+    """The ``stacklevel`` of the first caller outside the jnn package: a warning points at the user's line."""
+    root, frame, level = os.path.dirname(os.path.dirname(__file__)), sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(root):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def check_pair(where: str, data) -> tuple[Any, Any]:
+    """``(x, y)`` as jax arrays (or dicts/tuples of them), every leaf with the same example count."""
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"{where}: expected a pair (x, y), got {type(data).__name__}")
+    x, y = as_arrays(tuple(data))
+    leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
+              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+    if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
+        raise ValueError(f"{where}: x and y must each hold at least one array")
+    scalars = [name for name, leaf in leaves if leaf.ndim == 0]
+    if scalars:
+        raise ValueError(f"{where}: every array needs a leading example axis; {scalars[0]} is a scalar")
+    (first, leaf0), counts = leaves[0], {name: leaf.shape[0] for name, leaf in leaves}
+    bad = [name for name, count in counts.items() if count != leaf0.shape[0]]
+    if bad:
+        raise ValueError(f"{where}: x and y must have the same number of examples, got {leaf0.shape[0]} and "
+                         f"{counts[bad[0]]} ({first} has {leaf0.shape[0]}, {bad[0]} has {counts[bad[0]]}; every "
+                         f"array holds the examples on its first axis)")
+    return x, y
+
+
+def with_early_stopping(where: str, callbacks, early_stopping):
+    """``callbacks`` with ``early_stopping`` added, and the run's one :class:`EarlyStopping` (or None)."""
+    checks.optional(checks.instance_of(EarlyStopping, described="a jnn.train.EarlyStopping"))(
+        where, "early_stopping", early_stopping)
+    checks.instance_of(list, tuple, described="a list of callbacks")(where, "callbacks", callbacks)
+    callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
+    stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
+    if len(stoppers) > 1:
+        raise ValueError(f"{where}: at most one EarlyStopping per run, got {len(stoppers)} (in callbacks and "
+                         f"early_stopping together)")
+    return callbacks, (stoppers[0] if stoppers else None)
+
+
+def split_validation(x, y, fraction: float, key):
+    """Shuffles ``(x, y)`` with ``key`` and splits off ``fraction`` of it:
+    returns ``(train_x, train_y), (val_x, val_y)``. ``x`` and ``y`` may be pytrees (dicts or
+    tuples of arrays with examples on the first axis); every leaf is split alike.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> x, y = jnp.arange(20.0).reshape(10, 2), jnp.arange(10)
+      >>> (tx, ty), (vx, vy) = jnn.train.split_validation(x, y, 0.2, jax.random.key(0))
+      >>> tx.shape, ty.shape, vx.shape, vy.shape
+      ((8, 2), (8,), (2, 2), (2,))
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split_validation: fraction must be in (0, 1), got {fraction}")
+    x, y = as_arrays((x, y))
+    n = num_examples_of(x)
+    n_val = int(round(n * fraction))
+    order = np.asarray(jax.random.permutation(key, n))
+    val, train = order[:n_val], order[n_val:]
+    return (gather(x, train), gather(y, train)), (gather(x, val), gather(y, val))
+
+
+def prepare(where: str, train_data, val_data, val_split, split_key, *, batch_size, eval_batch_size,
+            first_batch=None):
+    """Checks ``(x, y)`` (or a stream's ``first_batch``), splits off ``val_split`` and checks
+    ``val_data``: returns ``(x, y), val_data``. A stream's ``val_data`` passes unchecked."""
+    x, y = check_pair(f"{where} train_data" + (" (first batch)" if first_batch is not None else ""),
+                      train_data if first_batch is None else first_batch)
+    guard.check_fit_args(where, x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split)
+    (x, y), val_data = hold_out(where, (x, y), val_data, val_split, split_key)
+    if val_data is not None and not _is_stream(val_data):
+        val_data = check_pair(f"{where} val_data", val_data)
+    return (x, y), val_data
+
+
+def hold_out(where: str, train_data, val_data, val_split, key):
+    """``(train_data, val_data)`` with ``val_split`` of ``train_data`` held out for validation
+    (shuffled with ``key``); unchanged without ``val_split``."""
+    if val_data is not None and val_split:
+        raise ValueError(f"{where}: pass either val_data or val_split, not both")
+    if not val_split:
+        return train_data, val_data
+    return split_validation(*check_pair(f"{where} train_data", train_data), val_split, key)
+
+
+def _is_stream(data) -> bool:
+    from jnn.train.stream import is_stream
+    return is_stream(data)
+
+
+def learning_rate(opt_state):
+    """The current learning rate (``[N]`` for a population) when the optimizer was built with
+    ``optax.inject_hyperparams``, else None."""
+    for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
+        if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
+            return leaf.hyperparams["learning_rate"]
+    return None
+
+
+class _Bar(NamedTuple):
+    progress: Any = None   # a rich Progress, or None: no bar
+    task: Any = None
+
+    def advance(self, logs):
+        if self.progress is not None:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "time")
+            self.progress.update(self.task, advance=1, description=shown)
+
+
+@contextlib.contextmanager
+def progress_bar(epochs: int, *, enabled: bool = True):
+    """A rich progress bar over epochs showing the latest metrics; a no-op when disabled or
+    when rich is not installed."""
+    try:
+        import rich.progress
+    except ImportError:
+        enabled = False
+    if not enabled:
+        yield _Bar()
+        return
+    columns = [rich.progress.TextColumn("epoch {task.completed}/{task.total}"), rich.progress.BarColumn(),
+               rich.progress.TextColumn("{task.description}"), rich.progress.TimeElapsedColumn()]
+    with rich.progress.Progress(*columns, transient=True) as progress:
+        yield _Bar(progress, progress.add_task("", total=epochs))
+
+
+class Outcome(NamedTuple):
+    """What :func:`run_epochs` returns (per member arrays for a population, scalars otherwise)."""
+
+    train_state: Any
+    history: dict
+    stopped_early: Any
+    epochs_trained: Any
+    nonfinite_epoch: Any
+    reports: Any
+
+
+class _Book:
+    """The history: ``{name: [values]}`` (with ``"epoch"``) for one run, ``{name: [epochs, N]}``
+    (NaN where a member did not train) for a population."""
+
+    def __init__(self, epochs: int, members: int | None, history: dict | None, names=()):
+        self.epochs, self.members = epochs, members
+        self.data = {} if history is None else history
+        for k in names:
+            self.data[k] = np.full((epochs, members), np.nan)
+
+    def add(self, epoch: int, logs: dict, trained) -> dict:
+        if self.members is None:
+            for k, v in {"epoch": epoch, **logs}.items():
+                self.data.setdefault(k, []).append(v)
+            return logs
+        for k, v in logs.items():  # the names of a loss's own logs first appear here
+            self.data.setdefault(k, np.full((self.epochs, self.members), np.nan))
+            self.data[k][epoch - 1] = np.where(trained, np.asarray(v, np.float64), np.nan)
+        return {k: v[epoch - 1] for k, v in self.data.items()}
+
+    def finite(self, row: dict):
+        if self.members is None:
+            return np.bool_(all(math.isfinite(v) for v in row.values() if isinstance(v, float)))
+        return np.all([np.isfinite(v) for v in row.values()], axis=0)
+
+
+def run_epochs(where: str, ts, epoch_fn, *, epochs: int, callbacks: CallbackList, policy: NonFinite,
+               initial_epoch: int = 0, members: int | None = None, history: dict | None = None, names=(),
+               verbose: bool = False, progress: bool = False, replay=None, describe=None) -> Outcome:
+    """Runs epochs ``initial_epoch + 1 .. epochs`` of ``epoch_fn(ts, epoch, trained) -> (ts, logs)``.
+
+    After each epoch: the logs join the history (``time`` added for one run), one line is
+    printed (``verbose``; a population's line is ``describe(epoch, history, trained)``), a
+    non-finite epoch reverts the failing run or members to their last finite state and goes to
+    ``policy``, and ``callbacks`` run; a callback returning True (or a bool ``[N]``) stops the
+    run (those members). ``members``: the population size, or None for one run.
+    """
+    shape = () if members is None else (members,)
+    book = _Book(epochs, members, history, names)
+    active, stopped = np.ones(shape, bool), np.zeros(shape, bool)
+    trained_until, bad_epoch, reports = np.zeros(shape, int), np.zeros(shape, int), {}
+    callbacks.on_train_begin(ts)
+    with progress_bar(epochs - initial_epoch, enabled=progress) as bar:
+        for epoch in range(initial_epoch + 1, epochs + 1):
+            start, trained, last_good = time.perf_counter(), active.copy(), ts
+            ts, logs = epoch_fn(ts, epoch, trained)
+            if members is None:
+                logs["time"] = time.perf_counter() - start
+                if verbose:
+                    print(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+            row = book.add(epoch, logs, trained)
+            trained_until[trained] = epoch
+            bar.advance(logs)
+            bad = trained & ~book.finite(row)
+            if bad.any():   # the failing run or members stop here, back at their last finite state
+                ts = last_good if members is None else select_members(jnp.asarray(~bad), ts, last_good)
+                bad_epoch[bad], active, trained = epoch, active & ~bad, trained & ~bad
+                found = policy.handle(where, epoch, ts, book.data, row, bad,
+                                      lambda which: replay(last_good, which))
+                if members is None:
+                    reports = found
+                    break
+                reports.update(found)
+            stop = trained & callbacks.on_epoch_end(epoch, ts, row, trained)
+            stopped |= stop & (epoch < epochs)
+            active &= ~stop
+            if verbose and members is not None:
+                print(describe(epoch, book.data, trained), flush=True)
+            if not active.any():
+                break
+    restored = callbacks.on_train_end(ts, book.data)   # EarlyStopping(restore_best=True) returns its best state
+    ts = ts if restored is None else restored
+    return Outcome(ts, book.data, stopped, trained_until, bad_epoch, reports)
