@@ -79,8 +79,7 @@ def declare(**rules):
                 arguments[what] = rule(label, what, arguments[what])
             out = fn(*bound.args, **bound.kwargs)
             if hasattr(out, "config") and hasattr(out, "_replace") and not out.config:
-                config = {k: v for k, v in arguments.items()
-                          if k != "name" and signature.parameters[k].kind is not inspect.Parameter.VAR_POSITIONAL}
+                config = {k: v for k, v in arguments.items() if k != "name" and not _children(signature, k, v)}
                 out = out._replace(config=type(out.config)(config))
             return out
 
@@ -100,6 +99,12 @@ def layer_name(label: str, what: str, value):
     if value is not None and not (isinstance(value, str) and value and "/" not in value):
         raise ValueError(f"{label}: {what} must be None or a non-empty string without '/', got {value!r}")
     return value
+
+
+def _children(signature, name: str, value) -> bool:
+    """``*layers`` of a composite: its children, shown as such rather than in its config."""
+    return (signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL and bool(value)
+            and all(isinstance(v, core.Layer) for v in value))
 
 
 def flag(label: str, what: str, value) -> bool:
