@@ -328,8 +328,8 @@ def _check_digest(digests, name, entry, data, path) -> None:
 
 
 def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    header = json.loads(bytes(data[8:8 + n]))
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     body = memoryview(data)[8 + n:]
@@ -359,21 +359,26 @@ _NPZ_DTYPES = "__jnn_dtypes__"  # npz entry: JSON {path: dtype} for dtypes NumPy
 _NPZ_DIGESTS = "__jnn_sha256__"  # npz entry, the archive's first: JSON {path: [dtype, shape, sha256]}
 
 
-def _npz_bytes(flat: dict[str, np.ndarray]) -> bytes:
+def _npz_bytes(flat: dict[str, np.ndarray]) -> memoryview:
     odd = {p: str(a.dtype) for p, a in flat.items() if a.dtype.kind == "V" or a.dtype.name == "bfloat16"}
     stored = {p: np.ascontiguousarray(a.view(f"u{a.dtype.itemsize}") if p in odd else a) for p, a in flat.items()}
     stored.update({_NPZ_DTYPES: np.array(json.dumps(odd))} if odd else {})
     digests = {p: [a.dtype.str, list(a.shape), _digest(a.reshape(-1).view(np.uint8))] for p, a in stored.items()}
     buffer = _io.BytesIO()
     np.savez(buffer, **{_NPZ_DIGESTS: np.array(json.dumps(digests))}, **stored)
-    return buffer.getvalue()
+    return buffer.getbuffer()   # a view, not a copy
 
 
-def _read_npz(data: bytes, path) -> dict[str, np.ndarray]:
-    if data[:2] != b"PK":   # np.load would take anything else for a pickle
-        raise ValueError("not a zip archive")
-    with np.load(_io.BytesIO(data), allow_pickle=False) as npz:
-        flat = {k: npz[k] for k in npz.files}
+def _read_npz(path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":   # np.load would take anything else for a pickle
+            raise ValueError("not a zip archive")
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as npz:
+                flat = {k: npz[k] for k in npz.files}
+        except OSError as e:   # e.g. a seek to a damaged offset
+            raise ValueError(f"the zip archive cannot be read ({e})") from e
     for own in (_NPZ_DIGESTS, _NPZ_DTYPES):
         near = _damaged_name(flat, own)
         if near is not None:
@@ -442,6 +447,21 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
     atomic_write(path, data, overwrite=overwrite, where=where)
 
 
+def _read_file(path: pathlib.Path):
+    """The bytes of ``path`` in one NumPy buffer (one read into fresh memory: cheaper than
+    ``read_bytes``, which grows a bytes object)."""
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        buffer = np.empty(size, np.uint8)
+        view, done = memoryview(buffer), 0
+        while done < size:
+            n = f.readinto(view[done:])
+            if not n:
+                break
+            done += n
+    return buffer[:done]
+
+
 def load_params(path, *, like=None):
     """Reads a weight file written by :func:`save_params` (or by safetensors / ``np.savez``).
 
@@ -473,12 +493,11 @@ def load_params(path, *, like=None):
     path = pathlib.Path(path)
     if path.suffix not in (".safetensors", ".npz"):
         raise ValueError(f"jnn.io.load_params: {path} must end in .safetensors or .npz")
-    data = path.read_bytes()
     try:
         if path.suffix == ".safetensors":
-            flat = _read_safetensors(data, path)
+            flat = _read_safetensors(_read_file(path), path)
         else:
-            flat = _read_npz(data, path)
+            flat = _read_npz(path)
     except (ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile, EOFError, RuntimeError,
             NotImplementedError) as e:   # zipfile: "encrypted", "compression method not supported"
         if str(e).startswith("jnn.io.load_params"):   # already names the file and the fault
