@@ -9,6 +9,10 @@ The ``.safetensors`` reader and writer are jnn's own (the format is a JSON heade
 little-endian bytes, https://github.com/huggingface/safetensors); files round-trip with the
 ``safetensors`` package, and bfloat16 works (which ``safetensors.numpy`` cannot load).
 
+Integrity: :func:`save_params` records each tensor's sha256 in the file (in ``.safetensors``,
+the header's ``__metadata__`` entry named by ``DIGEST_KEY``, ``"jnn.sha256"``), and
+:func:`load_params` verifies them, naming the file and the tensor that fails.
+
 Example:
   >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
   >>> model = jnn.serial(jnn.dense(3), jnn.relu(), jnn.dense(2))

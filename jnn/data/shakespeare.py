@@ -2,7 +2,8 @@
 
 The file lives at ``<data_dir>/tinyshakespeare/input.txt`` (see
 :func:`jnn.data.data_dir`); if it is missing it is downloaded from the char-rnn
-repository and checked against its SHA-256.
+repository; downloaded or present, it is checked against the published file's SHA-256
+(``SHAKESPEARE_SHA256``; its size is ``SHAKESPEARE_SIZE``).
 """
 from __future__ import annotations
 
