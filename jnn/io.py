@@ -128,8 +128,6 @@ def write_error(where: str, path, error: OSError) -> OSError:
       >>> e.errno == errno.EFBIG, str(e).startswith("[Errno 27] save: could not write /data/w.npz: File too large")
       (True, True)
     """
-    if isinstance(error, (FileExistsError, IsADirectoryError)) and str(error).startswith(where):
-        return error
     reason = error.strerror or str(error)
     hint = (" (the disk is full, or the file is over a size limit or quota)" if error.errno in _SPACE_ERRNOS
             else "")

@@ -163,8 +163,10 @@ def test_npy_source_names_the_file_when_it_shrinks_after_open(tmp_path):
      "each), so that they stack into batches"),
     (lambda p: G.write_npy(p, (2,), object, [np.array([None, 1], dtype=object)]), ValueError,
      "write_npy: dtype object holds Python objects, which a .npy file can only pickle; records must be numeric"),
+    (lambda p: G.write_npy(p, (2,), np.float32, [np.ones(1), ["a"]]), ValueError,
+     "write_npy: chunk 1 cannot be converted to float32 (could not convert string to float: 'a')"),
 ])
-def test_object_arrays_are_refused_when_given(tmp_path, call, error, message):
+def test_object_arrays_and_unconvertible_chunks_are_refused(tmp_path, call, error, message):
     with pytest.raises(error, match=_exactly(message)):
         call(tmp_path / "a.npy")
     assert os.listdir(tmp_path) == []

@@ -232,8 +232,11 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = 
         with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                      "fortran_order": False, "shape": tuple(shape)})
-            for chunk in chunks:
-                chunk = np.ascontiguousarray(chunk, dtype)
+            for i, chunk in enumerate(chunks):
+                try:
+                    chunk = np.ascontiguousarray(chunk, dtype)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"write_npy: chunk {i} cannot be converted to {dtype} ({e})") from None
                 if chunk.shape[1:] != tuple(shape[1:]):
                     raise ValueError(f"write_npy: a chunk has records of shape {chunk.shape[1:]}, expected "
                                      f"{tuple(shape[1:])}")
