@@ -285,6 +285,9 @@ def _kind_from_keys(where, state_dict, prefix, own, given, target) -> str:
     name = prefix[:-1]
     if "weight_ih_l0" in own:
         gates = _np(state_dict[f"{prefix}weight_ih_l0"]).shape[0] // _np(state_dict[f"{prefix}weight_hh_l0"]).shape[1]
+        if gates not in (4, 3, 1):
+            raise ValueError(f"{where}: {name!r} is a recurrent module with {gates} gate blocks, not an LSTM (4), "
+                             f"GRU (3) or RNN (1)")
         return {4: "lstm", 3: "gru", 1: "rnn"}[gates]
     if "weight" not in own:
         nested = sorted(k for k in own if "." in k)
@@ -300,13 +303,13 @@ def _kind_from_keys(where, state_dict, prefix, own, given, target) -> str:
     if len(shape) == 2 and bias is not None:
         return "linear"
     ndim = len(shape)
+    if given is None:   # the jnn layer's param names, when like= gives them
+        given = next((kind for key, kind in (("w", "linear"), ("embedding", "embedding"), ("scale", "norm"))
+                      if key in target), None)
     if given is not None:
         if {"linear": 2, "embedding": 2, "norm": 1}.get(given) != ndim:
             raise ValueError(f"{where}: {name!r} has a {ndim}-D weight, which is not {_WHAT[given]}'s")
         return given
-    if isinstance(target, dict) and ({"w"} <= set(target) or {"embedding"} <= set(target) or "scale" in target):
-        return {"w": "linear", "embedding": "embedding", "scale": "norm"}[next(
-            k for k in ("w", "embedding", "scale") if k in target)]
     options, types = (("'linear' or 'embedding'", "an nn.Linear(bias=False) or an nn.Embedding") if ndim == 2
                       else ("'norm'", "a norm without bias, or a PReLU"))
     raise ValueError(f"{where}: {name!r} has a {ndim}-D weight and no bias, which fits more than one module type "
