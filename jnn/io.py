@@ -44,8 +44,8 @@ import numpy as np
 
 from jnn import _checks as checks
 
-__all__ = ["atomic_write", "write_error", "check_target", "fresh_path", "flatten", "unflatten", "save_params", "load_params",
-           "structure_problems", "DIGEST_KEY"]
+__all__ = ["atomic_write", "write_error", "check_target", "fresh_path", "flatten", "unflatten", "save_params",
+           "load_params", "structure_problems", "DIGEST_KEY"]
 
 
 def check_target(where: str, path, overwrite) -> pathlib.Path:
@@ -131,8 +131,9 @@ def write_error(where: str, path, error: OSError) -> OSError:
     reason = error.strerror or str(error)
     hint = (" (the disk is full, or the file is over a size limit or quota)" if error.errno in _SPACE_ERRNOS
             else "")
-    return OSError(error.errno, f"{where}: could not write {path}: {reason}{hint}; nothing was written "
-                                f"(an existing file is left as it was)")
+    message = (f"{where}: could not write {path}: {reason}{hint}; nothing was written (an existing file is left "
+               f"as it was)")
+    return OSError(message) if error.errno is None else OSError(error.errno, message)
 
 
 def fresh_path(path) -> pathlib.Path:

@@ -48,7 +48,8 @@ from jnn.io import write_error
 from jnn.data import mnist
 from jnn.train.permutation import IndexShuffle
 
-__all__ = ["ArraySource", "NpySource", "write_npy", "stack_records", "mnist_record", "mnist_source", "shakespeare_source",
+__all__ = ["ArraySource", "NpySource", "write_npy", "stack_records", "mnist_record", "mnist_source",
+           "shakespeare_source",
            "Pipeline", "pipeline", "random_translate"]
 
 
