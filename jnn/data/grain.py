@@ -49,8 +49,7 @@ from jnn.data import mnist
 from jnn.train.permutation import IndexShuffle
 
 __all__ = ["ArraySource", "NpySource", "write_npy", "stack_records", "mnist_record", "mnist_source",
-           "shakespeare_source",
-           "Pipeline", "pipeline", "random_translate"]
+           "shakespeare_source", "Pipeline", "pipeline", "random_translate"]
 
 
 def _grain():
