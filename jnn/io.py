@@ -401,6 +401,18 @@ def _read_npz(path) -> dict[str, np.ndarray]:
     return flat
 
 
+def _check_savable(where: str, tree) -> None:
+    """A whole train state, or a PRNG key anywhere in ``tree``, is refused with what to use instead."""
+    if hasattr(tree, "params") and hasattr(tree, "opt_state"):
+        raise TypeError(f"{where}: got a whole {type(tree).__name__} (params, optimizer state, PRNG key, step); a "
+                        f"weight file holds arrays of params and state: save_params(path, {{'params': ts.params, "
+                        f"'state': ts.state}}), or save the whole state with jnn.train.Checkpointer")
+    for name, leaf in zip(_paths(tree), jax.tree_util.tree_leaves(tree)):
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            raise TypeError(f"{where}: {name} is a PRNG key, which a weight file cannot hold; store "
+                            f"jax.random.key_data(key) instead, or save a whole train state with jnn.train.Checkpointer")
+
+
 def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
     """Writes the arrays of ``tree`` (params, state, or ``{"params": ..., "state": ...}``) to
     ``path``, a ``.safetensors`` or ``.npz`` file, atomically.
@@ -439,6 +451,7 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
     if metadata is not None and DIGEST_KEY in metadata:
         raise ValueError(f"{where}: metadata key {DIGEST_KEY!r} is where jnn records the tensors' digests; use "
                          f"another key")
+    _check_savable(where, tree)
     flat = flatten(tree)
     for name, array in flat.items():
         if array.dtype.kind not in "biufcV":   # numbers, bool and bfloat16-like; not str/object

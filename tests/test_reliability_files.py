@@ -242,3 +242,28 @@ def test_verify_false_reads_your_own_text_and_verify_is_a_flag(tmp_path):
     assert jnn.data.load_tiny_shakespeare(data_dir=tmp_path, download=False, verify=False) == path.read_text()
     with pytest.raises(ValueError, match=_exactly("load_tiny_shakespeare: verify must be True or False, got 'no'")):
         jnn.data.load_tiny_shakespeare(data_dir=tmp_path, download=False, verify="no")
+
+
+# ---- what a weight file cannot hold (issue 40, category 7) ----
+
+def _train_state():
+    import jax
+    import optax
+    from jnn.train import step
+    return step.init_train_state(jnn.dense(2), optax.adam(0.1), jax.random.key(0),
+                                 jax.ShapeDtypeStruct((1, 3), jnp.float32))
+
+
+@pytest.mark.parametrize("tree,message", [
+    (_train_state, "got a whole TrainState (params, optimizer state, PRNG key, step); a weight file holds arrays of "
+     "params and state: save_params(path, {'params': ts.params, 'state': ts.state}), or save the whole state with "
+     "jnn.train.Checkpointer"),
+    (lambda: {"params": {"w": np.ones(2)}, "rng": {"key": __import__("jax").random.key(0)}},
+     "rng/key is a PRNG key, which a weight file cannot hold; store jax.random.key_data(key) instead, or save a "
+     "whole train state with jnn.train.Checkpointer"),
+])
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_save_params_refuses_what_a_weight_file_cannot_hold(tmp_path, tree, message, suffix):
+    with pytest.raises(TypeError, match=_exactly("jnn.io.save_params: " + message)):
+        jnn.io.save_params(tmp_path / f"w{suffix}", tree())
+    assert os.listdir(tmp_path) == []
