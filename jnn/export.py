@@ -156,6 +156,19 @@ def _check_example(where: str, example):
     return example
 
 
+def _check_pair(where: str, what: str, data):
+    """``(x, y)`` as arrays with the same number of examples (``fit``'s rule; an exported epoch
+    would otherwise index past the shorter one, which XLA clamps)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{where}: {what} must be a pair (x, y) of arrays, got {type(data).__name__}"
+                         + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
+    x, y = map(jnp.asarray, data)
+    if not x.ndim or not y.ndim or len(x) != len(y):
+        raise ValueError(f"{where}: {what}'s x and y must have the same number of examples, got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    return x, y
+
+
 def _export(where: str, fn: Callable, platforms, *specs):
     try:
         return jax.export.export(jax.jit(fn), platforms=tuple(platforms))(*specs)
@@ -253,7 +266,7 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     _checks.positive_int(where, "eval_batch_size", eval_batch_size)
     _checks.boolean(where, include_data=include_data)
     platforms = _check_platforms(where, platforms)
-    x, y = map(jnp.asarray, train_data)
+    x, y = _check_pair(where, "train_data", train_data)
     batch_size = min(batch_size, len(x))
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
@@ -292,7 +305,7 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     }
     data = {"x": x, "y": y}
     if val_data is not None:
-        xv, yv = map(jnp.asarray, val_data)
+        xv, yv = _check_pair(where, "val_data", val_data)
         functions["evaluate"] = _export(where, eval_fn, platforms, leaf_specs,
                                         spec(xv), spec(yv))
         data.update(x_val=xv, y_val=yv)

@@ -244,3 +244,22 @@ def test_an_export_without_digests_still_loads(tmp_path, exports):
     path.write_bytes(data[:8] + struct.pack("<Q", len(text)) + text + data[16 + n:])
     _, fns = jexport.load(path)
     np.testing.assert_allclose(fns["predict"](X), MODEL.apply(PARAMS, STATE, X)[0], rtol=1e-6)
+
+
+# ---- export_capsule takes the data fit takes (issue 40, category 3) ----
+
+@pytest.mark.parametrize("kw,error,message", [
+    ({"train_data": (jnp.ones((8, 3)), jnp.zeros((6, 2)))}, ValueError,
+     "train_data's x and y must have the same number of examples, got shapes (8, 3) and (6, 2)"),
+    ({"val_data": (jnp.ones((4, 3)), jnp.zeros((5, 2)))}, ValueError,
+     "val_data's x and y must have the same number of examples, got shapes (4, 3) and (5, 2)"),
+    ({"train_data": (jnp.ones((8, 3)), jnp.zeros((8, 2)), jnp.zeros(8))}, TypeError,
+     "train_data must be a pair (x, y) of arrays, got tuple of length 3"),
+    ({"train_data": jnp.ones((8, 3))}, TypeError, "train_data must be a pair (x, y) of arrays, got ArrayImpl"),
+])
+def test_export_capsule_refuses_data_fit_refuses(tmp_path, kw, error, message):
+    kw = {"train_data": (jnp.ones((8, 3)), jnp.zeros((8, 2))), **kw}
+    with pytest.raises(error, match=re.escape(f"jnn.export.export_capsule: {message}")):
+        jexport.export_capsule(tmp_path / "c.jnnx", MODEL, jnn.losses.mse, __import__("optax").sgd(0.1),
+                               kw.pop("train_data"), batch_size=4, metrics={}, platforms=("cpu",), **kw)
+    assert list(tmp_path.iterdir()) == []
