@@ -138,11 +138,19 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
 def _check_platforms(where: str, platforms) -> tuple[str, ...]:
     if isinstance(platforms, str) or not isinstance(platforms, Sequence) or not platforms \
             or not all(isinstance(p, str) for p in platforms):
         raise ValueError(f"{where}: platforms must be a non-empty tuple of platform names such as ('cpu', 'cuda'), "
                          f"got {platforms!r}")
+    for platform in platforms:
+        if platform not in _PLATFORMS:
+            hint = "; for NVIDIA GPUs use 'cuda', for AMD GPUs 'rocm'" if platform.lower() == "gpu" else ""
+            raise ValueError(f"{where}: platform {platform!r} is not one jax.export lowers for (it lowers for "
+                             f"{', '.join(repr(p) for p in _PLATFORMS)}){hint}")
     return tuple(platforms)
 
 

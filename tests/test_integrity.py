@@ -263,3 +263,17 @@ def test_export_capsule_refuses_data_fit_refuses(tmp_path, kw, error, message):
         jexport.export_capsule(tmp_path / "c.jnnx", MODEL, jnn.losses.mse, __import__("optax").sgd(0.1),
                                kw.pop("train_data"), batch_size=4, metrics={}, platforms=("cpu",), **kw)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("platforms,message", [
+    (("gpu",), "platform 'gpu' is not one jax.export lowers for (it lowers for 'cpu', 'cuda', 'rocm', 'tpu'); for "
+     "NVIDIA GPUs use 'cuda', for AMD GPUs 'rocm'"),
+    (("cpu", "GPU"), "platform 'GPU' is not one jax.export lowers for (it lowers for 'cpu', 'cuda', 'rocm', 'tpu'); "
+     "for NVIDIA GPUs use 'cuda', for AMD GPUs 'rocm'"),
+    (("cpu", "metal"), "platform 'metal' is not one jax.export lowers for (it lowers for 'cpu', 'cuda', 'rocm', "
+     "'tpu')"),
+])
+def test_export_names_the_platform_it_does_not_know(tmp_path, platforms, message):
+    with pytest.raises(ValueError, match="^" + re.escape(f"jnn.export.export_model: {message}") + "$"):
+        jexport.export_model(tmp_path / "m.jnnx", MODEL, PARAMS, STATE, X, platforms=platforms)
+    assert list(tmp_path.iterdir()) == []
