@@ -37,7 +37,8 @@ import numpy as np
 
 from jnn import io as _io
 
-__all__ = ["from_flax", "to_flax", "from_torch", "torch_linear", "torch_conv", "torch_lstm"]
+__all__ = ["from_flax", "to_flax", "from_torch", "torch_linear", "torch_conv", "torch_lstm", "torch_recurrent",
+           "torch_batch_norm"]
 
 _FLAX_MODULES = {"Dense": "dense", "Conv": "conv", "BatchNorm": "batch_norm", "LayerNorm": "layer_norm",
                  "GroupNorm": "group_norm", "RMSNorm": "rms_norm", "Embed": "embedding",
@@ -156,10 +157,11 @@ def torch_conv(weight, bias=None) -> dict:
     return {"w": np.moveaxis(w, (0, 1), (-1, -2)), **({"b": _np(bias)} if bias is not None else {})}
 
 
-def torch_lstm(state_dict, prefix: str = "", layer: int = 0) -> dict:
+def torch_lstm(state_dict, prefix: str = "", layer: int = 0, *, reverse: bool = False) -> dict:
     """jnn ``recurrent(lstm_cell(H))`` params from layer ``layer`` of an ``nn.LSTM``'s
-    ``state_dict`` (keys ``{prefix}weight_ih_l{layer}`` ...). Both use gate order (i, f, g, o);
-    torch's two biases sum into jnn's one.
+    ``state_dict`` (keys ``{prefix}weight_ih_l{layer}`` ..., with ``_reverse`` for the backward
+    direction of a bidirectional LSTM). Both use gate order (i, f, g, o); torch's two biases sum
+    into jnn's one.
 
     Example:
       >>> import numpy as np, jnn
@@ -169,30 +171,228 @@ def torch_lstm(state_dict, prefix: str = "", layer: int = 0) -> dict:
       >>> p["input"]["w"].shape, p["hidden"]["w"].shape, p["input"]["b"][:2].tolist()
       ((3, 8), (2, 8), [2.0, 2.0])
     """
-    get = lambda name: state_dict.get(f"{prefix}{name}_l{layer}")
+    return torch_recurrent(state_dict, prefix, layer, reverse=reverse, gates=4)
+
+
+def torch_recurrent(state_dict, prefix: str = "", layer: int = 0, *, reverse: bool = False,
+                    gates: int | None = None) -> dict:
+    """jnn ``recurrent(cell)`` params from one layer (and direction) of an ``nn.LSTM``
+    (``lstm_cell``), ``nn.GRU`` (``gru_cell``) or ``nn.RNN`` (``rnn_cell``) ``state_dict``.
+
+    The kind is read from the shapes (``weight_ih`` has 4, 3 or 1 blocks of the hidden size),
+    or checked against ``gates`` when given. Gate orders agree ((i, f, g, o) and (r, z, n));
+    the input and recurrent biases sum into ``input.b``, except the GRU candidate's recurrent
+    bias, which stays apart (``hidden.b``: it sits inside the reset gate's product in both).
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> sd = {"weight_ih_l0": np.zeros((6, 3)), "weight_hh_l0": np.zeros((6, 2)),   # a GRU, hidden size 2
+      ...       "bias_ih_l0": np.ones(6), "bias_hh_l0": np.ones(6)}
+      >>> p = jnn.convert.torch_recurrent(sd)
+      >>> p["input"]["b"].tolist(), p["hidden"]["b"].tolist()
+      ([2.0, 2.0, 2.0, 2.0, 1.0, 1.0], [1.0, 1.0])
+    """
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    get = lambda name: state_dict.get(f"{prefix}{name}{suffix}")
     w_ih, w_hh = get("weight_ih"), get("weight_hh")
     if w_ih is None or w_hh is None:
-        raise KeyError(f"torch_lstm: no {prefix}weight_ih_l{layer}/weight_hh_l{layer} in the state_dict")
-    b_ih, b_hh = get("bias_ih"), get("bias_hh")
-    hidden = _np(w_hh).shape[1]
-    b = sum(_np(b) for b in (b_ih, b_hh) if b is not None) if (b_ih is not None or b_hh is not None) \
-        else np.zeros(4 * hidden, _np(w_ih).dtype)
-    return {"input": {"w": _np(w_ih).T, "b": b}, "hidden": {"w": _np(w_hh).T}}
+        raise KeyError(f"torch_recurrent: no {prefix}weight_ih{suffix}/weight_hh{suffix} in the state_dict")
+    w_ih, w_hh = _np(w_ih), _np(w_hh)
+    hidden = w_hh.shape[1]
+    found = w_ih.shape[0] // hidden
+    if gates is not None and found != gates:
+        kind = {4: "an LSTM", 3: "a GRU", 1: "an RNN"}[gates]
+        raise ValueError(f"torch_recurrent: {prefix}weight_ih{suffix} has {found} blocks of the hidden size "
+                         f"{hidden}, expected {gates} ({kind})")
+    zeros = np.zeros(found * hidden, w_ih.dtype)
+    b_ih, b_hh = (zeros if get(n) is None else _np(get(n)) for n in ("bias_ih", "bias_hh"))
+    hidden_params = {"w": w_hh.T}
+    if found == 3:   # GRU: b_hn stays inside r * (h @ W_hn + b_hn)
+        b_hh, hidden_params["b"] = np.concatenate([b_hh[:2 * hidden], zeros[:hidden]]), b_hh[2 * hidden:]
+    return {"input": {"w": w_ih.T, "b": b_ih + b_hh}, "hidden": hidden_params}
+
+
+def torch_batch_norm(state_dict, prefix: str = "") -> tuple[dict, dict]:
+    """``(params, state)`` of a jnn ``batch_norm`` from an ``nn.BatchNorm1d/2d/3d``'s
+    ``state_dict``: ``weight``/``bias`` are ``scale``/``offset``, ``running_mean``/``running_var``
+    the state's ``mean``/``var`` (give the jnn layer torch's ``eps``).
+
+    Example:
+      >>> import numpy as np, jnn
+      >>> sd = {"bn.weight": np.ones(3), "bn.bias": np.zeros(3), "bn.running_mean": np.full(3, 0.5),
+      ...       "bn.running_var": np.full(3, 2.0), "bn.num_batches_tracked": np.array(7)}
+      >>> params, state = jnn.convert.torch_batch_norm(sd, "bn.")
+      >>> sorted(params), state["var"].tolist()
+      (['offset', 'scale'], [2.0, 2.0, 2.0])
+    """
+    if f"{prefix}running_mean" not in state_dict:
+        raise KeyError(f"torch_batch_norm: no {prefix}running_mean in the state_dict (track_running_stats=False "
+                       f"keeps no statistics to convert)")
+    params = {name: _np(state_dict[f"{prefix}{key}"]) for key, name in (("weight", "scale"), ("bias", "offset"))
+              if f"{prefix}{key}" in state_dict}
+    return params, {"mean": _np(state_dict[f"{prefix}running_mean"]), "var": _np(state_dict[f"{prefix}running_var"])}
+
+
+# from_torch: the module kinds it converts, each with its options and its torch classes.
+_TORCH_KINDS = {
+    "linear": (("flattened_chw",), ("Linear", "LazyLinear")),
+    "conv": ((), ("Conv1d", "Conv2d", "Conv3d", "LazyConv1d", "LazyConv2d", "LazyConv3d")),
+    "lstm": (("layer", "reverse"), ("LSTM",)),
+    "gru": (("layer", "reverse"), ("GRU",)),
+    "rnn": (("layer", "reverse"), ("RNN",)),
+    "embedding": ((), ("Embedding",)),
+    "norm": ((), ("LayerNorm", "GroupNorm", "RMSNorm")),
+}
+_TORCH_CLASSES = {cls: kind for kind, (_, classes) in _TORCH_KINDS.items() for cls in classes}
+_TORCH_REFUSED = {   # recognized from their keys, refused with what to do instead
+    "running_mean": "a batch norm, whose running statistics are state, not params: convert it with "
+                    "jnn.convert.torch_batch_norm(state_dict, {prefix!r}) -> (params, state)",
+    "in_proj_weight": "an nn.MultiheadAttention, which from_torch does not convert (its fused q/k/v projection "
+                      "has no jnn counterpart to map onto)",
+    "weight_hr_l0": "an LSTM with proj_size > 0, which jnn's lstm_cell does not have",
+}
+_WHAT = {"linear": "an nn.Linear", "conv": "a convolution", "lstm": "an nn.LSTM", "gru": "an nn.GRU",
+         "rnn": "an nn.RNN", "embedding": "an nn.Embedding", "norm": "a layer/group/RMS norm"}
+
+
+def _torch_kind(where: str, state_dict, prefix: str, spec: dict, modules: dict | None, target) -> str:
+    """The kind of the torch module at ``prefix``: from its class when the module is known, else
+    from its keys, with ``spec["type"]`` or the jnn ``target``'s param names where keys are ambiguous."""
+    name = prefix[:-1]
+    own = {k[len(prefix):] for k in state_dict if k.startswith(prefix)}
+    if not own:
+        raise KeyError(f"{where}: no torch module {name!r} in the state_dict; its keys: {sorted(state_dict)[:20]}")
+    given = spec.pop("type", None)
+    if given is not None and given not in _TORCH_KINDS:
+        raise ValueError(f"{where}: {name!r}: type must be one of {sorted(_TORCH_KINDS)}, got {given!r}")
+    for key, what in _TORCH_REFUSED.items():
+        if key in own:
+            raise ValueError(f"{where}: {name!r} is {what.format(prefix=prefix)}")
+    if modules is not None and name in modules:
+        cls = type(modules[name]).__name__
+        if cls not in _TORCH_CLASSES:
+            raise ValueError(f"{where}: {name!r} is an nn.{cls}, which from_torch does not convert (it converts "
+                             f"{', '.join(sorted(_TORCH_CLASSES))})")
+        found = _TORCH_CLASSES[cls]
+    else:
+        found = _kind_from_keys(where, state_dict, prefix, own, given, target)
+    if given is not None and given != found:
+        raise ValueError(f"{where}: {name!r} is {_WHAT[found]}, not type={given!r}")
+    return found
+
+
+def _kind_from_keys(where, state_dict, prefix, own, given, target) -> str:
+    name = prefix[:-1]
+    if "weight_ih_l0" in own:
+        gates = _np(state_dict[f"{prefix}weight_ih_l0"]).shape[0] // _np(state_dict[f"{prefix}weight_hh_l0"]).shape[1]
+        if gates not in (4, 3, 1):
+            raise ValueError(f"{where}: {name!r} is a recurrent module with {gates} gate blocks, not an LSTM (4), "
+                             f"GRU (3) or RNN (1)")
+        return {4: "lstm", 3: "gru", 1: "rnn"}[gates]
+    if "weight" not in own:
+        nested = sorted(k for k in own if "." in k)
+        raise ValueError(f"{where}: {name!r} has no weight of its own" + (
+            f"; it holds modules ({', '.join(prefix + k for k in nested[:4])} ...): map each of them"
+            if nested else f" (keys: {sorted(own)}), so it is not a module type from_torch converts"))
+    shape = _np(state_dict[f"{prefix}weight"]).shape
+    bias = _np(state_dict[f"{prefix}bias"]).shape if "bias" in own else None
+    if bias is not None and bias == shape:   # an elementwise affine: a norm's (over len(shape) axes)
+        return "norm"
+    if len(shape) >= 3:
+        return "conv"
+    if len(shape) == 2 and bias is not None:
+        return "linear"
+    ndim = len(shape)
+    if given is None:   # the jnn layer's param names, when like= gives them
+        given = next((kind for key, kind in (("w", "linear"), ("embedding", "embedding"), ("scale", "norm"))
+                      if key in target), None)
+    if given is not None:
+        if {"linear": 2, "embedding": 2, "norm": 1}.get(given) != ndim:
+            raise ValueError(f"{where}: {name!r} has a {ndim}-D weight, which is not {_WHAT[given]}'s")
+        return given
+    options, types = (("'linear' or 'embedding'", "an nn.Linear(bias=False) or an nn.Embedding") if ndim == 2
+                      else ("'norm'", "a norm without bias, or a PReLU"))
+    raise ValueError(f"{where}: {name!r} has a {ndim}-D weight and no bias, which fits more than one module type "
+                     f"({types}); say which: {{'module': {name!r}, 'type': {options}}}, pass like=, or pass the "
+                     f"torch module itself instead of its state_dict")
+
+
+def _torch_layer(where: str, jnn_path: str, state_dict, prefix: str, kind: str, spec: dict) -> dict:
+    """The jnn params of one mapped torch module of kind ``kind``, its options ``spec`` checked."""
+    name = prefix[:-1]
+    allowed = _TORCH_KINDS[kind][0]
+    for option in spec:
+        if option not in allowed:
+            known = sorted({o for options, _ in _TORCH_KINDS.values() for o in options} | {"module", "type"})
+            why = (f"which takes no option {option!r}" + (f" (its options: {', '.join(allowed)})" if allowed else "")
+                   if option in known else f"and {option!r} is not an option (the options: {', '.join(known)})")
+            raise ValueError(f"{where}: {jnn_path!r} maps {name!r}, {_WHAT[kind]}, {why}")
+    weight, bias = state_dict.get(f"{prefix}weight"), state_dict.get(f"{prefix}bias")
+    if kind == "linear":
+        return torch_linear(weight, bias, **spec)
+    if kind == "conv":
+        return torch_conv(weight, bias)
+    if kind == "embedding":
+        return {"embedding": _np(weight)}
+    if kind == "norm":
+        if weight is None:
+            raise ValueError(f"{where}: {name!r} has no scale or offset (elementwise_affine=False): leave it out "
+                             f"of the mapping, and give the jnn norm use_scale=False, use_offset=False")
+        if _np(weight).ndim != 1:
+            raise ValueError(f"{where}: {name!r} normalizes over {_np(weight).ndim} axes (weight shape "
+                             f"{_np(weight).shape}); jnn's norms take the last axis only")
+        return {"scale": _np(weight), **({"offset": _np(bias)} if bias is not None else {})}
+    return _recurrent_layer(where, jnn_path, state_dict, prefix, kind, spec)
+
+
+def _recurrent_layer(where, jnn_path, state_dict, prefix, kind, spec) -> dict:
+    name = prefix[:-1]
+    layers = sorted(int(k[len(prefix) + len("weight_ih_l"):]) for k in state_dict
+                    if re.fullmatch(re.escape(prefix) + r"weight_ih_l\d+", k))
+    both = f"{prefix}weight_ih_l0_reverse" in state_dict
+    if "layer" not in spec and len(layers) > 1:
+        raise ValueError(f"{where}: {name!r} is {_WHAT[kind]} of {len(layers)} layers; say which one {jnn_path!r} "
+                         f"takes: {{'module': {name!r}, 'layer': 0}} (0 to {len(layers) - 1})")
+    if "reverse" not in spec and both:
+        raise ValueError(f"{where}: {name!r} is a bidirectional {_WHAT[kind][3:]}; say which direction "
+                         f"{jnn_path!r} takes: {{'module': {name!r}, 'reverse': False}} (forward) or True (backward)")
+    layer, reverse = spec.get("layer", 0), spec.get("reverse", False)
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer not in layers:
+        raise ValueError(f"{where}: {jnn_path!r}: layer must be one of {name!r}'s layers {layers}, got {layer!r}")
+    if not isinstance(reverse, (bool, np.bool_)) or (reverse and not both):
+        raise ValueError(f"{where}: {jnn_path!r}: reverse must be True or False" + (
+            "" if isinstance(reverse, (bool, np.bool_)) else f", got {reverse!r}") +
+            ("" if both or not reverse else f"; {name!r} is not bidirectional, so it has no reverse direction"))
+    return torch_recurrent(state_dict, prefix, int(layer), reverse=bool(reverse), gates={"lstm": 4, "gru": 3,
+                                                                                         "rnn": 1}[kind])
 
 
 def from_torch(state_dict, mapping: dict, *, like=None) -> dict:
-    """jnn params from a PyTorch ``state_dict`` and ``{jnn_layer_path: torch_module}``.
+    """jnn params from a PyTorch module (or its ``state_dict``) and ``{jnn_layer_path: torch_module}``.
 
     Args:
-      state_dict: ``torch_module.state_dict()``.
+      state_dict: the torch module itself (``nn.Module``: each mapped module's type is then read
+        from its class) or ``torch_module.state_dict()`` (the type is read from its keys and
+        shapes, and must be given as ``type`` where they fit more than one).
       mapping: for each jnn layer (e.g. ``"conv_0"``, ``"block_1/dense_0"``), the torch module
-        prefix (``"features.0"``) or a dict ``{"module": "fc", "flattened_chw": (C, H, W)}``
-        for a Linear after an NCHW flatten. The module's type is read from its keys: an
-        ``nn.LSTM`` (``weight_ih_l0``), a 2-D ``weight`` (``nn.Linear``) or a 3-5-D one (conv).
-      like: optional jnn params template to check against (paths, shapes) and take structure from.
+        prefix (``"features.0"``) or a dict ``{"module": "fc", option: value, ...}``. Options:
+        ``flattened_chw=(C, H, W)`` for an ``nn.Linear`` after an NCHW flatten (rows reordered);
+        ``layer=k`` (required when there are several) and ``reverse`` (required when
+        bidirectional) for an ``nn.LSTM``/``nn.GRU``/``nn.RNN``; ``type`` (``"linear"``,
+        ``"conv"``, ``"lstm"``, ``"gru"``, ``"rnn"``, ``"embedding"``, ``"norm"``) to say or
+        check the module's type. An option the module's type does not take is refused.
+      like: optional jnn params template to check against (paths, shapes) and take structure
+        from; it also tells a bias-free ``nn.Linear`` (``w``) from an ``nn.Embedding``.
+
+    Converted: ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``,
+    ``nn.Embedding`` and ``nn.LayerNorm``/``GroupNorm``/``RMSNorm`` over the last axis. Refused by
+    name: batch norms (their statistics are state: :func:`torch_batch_norm`), attention, LSTMs
+    with ``proj_size``, containers, and (given the module) every other class.
 
     Raises:
       KeyError: a mapped torch module is not in the state_dict.
+      ValueError: a module type that is not converted, an option its type does not take, a
+        ``layer`` it does not have, or an ambiguous weight without ``type``.
 
     Example:
       >>> import numpy as np, jnn
@@ -201,19 +401,25 @@ def from_torch(state_dict, mapping: dict, *, like=None) -> dict:
       >>> params["dense_0"]["w"].shape, params["dense_0"]["b"].shape
       ((3, 2), (2,))
     """
+    where = "jnn.convert.from_torch"
+    modules = None
+    if hasattr(state_dict, "named_modules") and hasattr(state_dict, "state_dict"):
+        modules, state_dict = dict(state_dict.named_modules()), state_dict.state_dict()
+    if not isinstance(mapping, dict):
+        raise TypeError(f"{where}: mapping must be a dict {{jnn_layer_path: torch module name}}, got "
+                        f"{type(mapping).__name__}")
+    targets = _io.flatten(like) if like is not None else {}
     flat = {}
     for jnn_path, spec in mapping.items():
-        spec = {"module": spec} if isinstance(spec, str) else dict(spec)
+        spec = {"module": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else spec
+        if not isinstance(spec, dict) or not isinstance(spec.get("module"), str):
+            raise TypeError(f"{where}: {jnn_path!r} must map to a torch module name or a dict {{'module': name, "
+                            f"...}}, got {spec!r}")
         prefix = spec.pop("module") + "."
-        if f"{prefix}weight_ih_l0" in state_dict:
-            layer = torch_lstm(state_dict, prefix)
-        elif f"{prefix}weight" in state_dict:
-            weight, bias = state_dict[f"{prefix}weight"], state_dict.get(f"{prefix}bias")
-            layer = torch_linear(weight, bias, **spec) if weight.ndim == 2 else torch_conv(weight, bias)
-        else:
-            raise KeyError(f"jnn.convert.from_torch: no torch module {prefix[:-1]!r} in the state_dict; "
-                           f"its keys: {sorted(state_dict)[:20]}")
+        target = {p[len(jnn_path) + 1:]: v for p, v in targets.items() if p.startswith(jnn_path + "/")}
+        kind = _torch_kind(where, state_dict, prefix, spec, modules, target)
+        layer = _torch_layer(where, jnn_path, state_dict, prefix, kind, spec)
         flat.update({f"{jnn_path}/{k}": v for k, v in _io.flatten(layer).items()})
     if like is not None:
-        return _io.unflatten(flat, like=like, where="jnn.convert.from_torch")
+        return _io.unflatten(flat, like=like, where=where)
     return _io.unflatten(flat)

@@ -10,11 +10,12 @@ the file alone on any machine with jax.
 
 File format (``.jnnx``): the 8 bytes ``JNNEXPRT`` (:data:`MAGIC`, which every ``.jnnx`` file starts
 with and :func:`load` checks), a little-endian uint64 ``n``, ``n`` bytes of
-JSON header (format, versions, description, and each section's offset, length, kind and, for
-functions, input/output shapes and dtypes, symbolic dimensions as names), then the sections:
-serialized ``jax.export.Exported`` functions and optionally an ``.npz`` of data.
-The loader, :func:`load`, is 15 lines that need only jax and NumPy; copy them into a program
-that should not depend on jnn::
+JSON header (format, versions, description, and each section's offset, length, kind, sha256
+and, for functions, input/output shapes and dtypes, symbolic dimensions as names; and
+``header_sha256``, the sha256 of the rest of the header as ``json.dumps(header, sort_keys=True)``),
+then the sections: serialized ``jax.export.Exported`` functions and optionally an ``.npz`` of data.
+The loader, :func:`load`, is 25 lines that need only jax, NumPy and the standard library; copy
+them into a program that should not depend on jnn::
 
     header, fns = load("mlp.jnnx")
     logits = fns["predict"](x)          # x: [any batch, 28, 28, 1]
@@ -31,6 +32,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import io as _stdio
 import json
@@ -49,12 +51,16 @@ from jnn.core import Layer
 __all__ = ["export_model", "export_capsule", "export_onnx", "load", "MAGIC"]
 
 MAGIC = b"JNNEXPRT"
-_FORMAT = 1
+_FORMAT = 2   # 2: the header and each section carry a sha256; format 1 files load unchecked
 
 
 def load(path):
     """``(header, sections)`` of a ``.jnnx`` file: each exported function as a callable, a data
     section as a dict of NumPy arrays. Needs only jax and NumPy: copy it to drop jnn.
+
+    The header's and each section's sha256 are verified: a changed byte anywhere is a
+    ``ValueError`` naming the file and the part that fails (files of format 1, written before
+    digests were recorded, load unchecked).
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -68,7 +74,7 @@ def load(path):
       >>> header["kind"], list(fns), fns["predict"](jnp.ones((5, 3))).shape
       ('model', ['predict'], (5, 2))
     """
-    import io, json, struct
+    import hashlib, io, json, struct
     import jax, numpy as np
     data = open(path, "rb").read()
     if data[:8] != b"JNNEXPRT":
@@ -76,11 +82,17 @@ def load(path):
     try:
         (n,) = struct.unpack("<Q", data[8:16])
         header, body = json.loads(data[16:16 + n]), data[16 + n:]
+        recorded = header.pop("header_sha256", None)   # format 2 records digests; format 1 did not
+        if (recorded is not None or header.get("format") != 1) and recorded != hashlib.sha256(
+                json.dumps(header, sort_keys=True).encode()).hexdigest():
+            raise ValueError("its header fails its sha256 check")
         sections = {}
         for name, s in header["sections"].items():
             blob = body[s["offset"]:s["offset"] + s["length"]]
             if len(blob) != s["length"]:
                 raise ValueError(f"section {name!r} needs {s['length']} bytes, the file holds {len(blob)}")
+            if "sha256" in s and hashlib.sha256(blob).hexdigest() != s["sha256"]:
+                raise ValueError(f"section {name!r} fails its sha256 check")
             sections[name] = (jax.export.deserialize(bytearray(blob)).call if s["kind"] == "function"
                               else dict(np.load(io.BytesIO(blob))))
     except Exception as e:  # noqa: BLE001 - any parse failure means the same thing here
@@ -104,7 +116,7 @@ def _write(where: str, path, functions: dict, description: str, extra: dict, dat
     sections, blobs, offset = {}, [], 0
     for name, exported in functions.items():
         blob = bytes(exported.serialize())
-        sections[name] = {"kind": "function", "offset": offset, "length": len(blob),
+        sections[name] = {"kind": "function", "offset": offset, "length": len(blob), "sha256": _sha256(blob),
                           "platforms": list(exported.platforms), "inputs": _avals(exported.in_avals),
                           "outputs": _avals(exported.out_avals)}
         blobs.append(blob)
@@ -113,13 +125,20 @@ def _write(where: str, path, functions: dict, description: str, extra: dict, dat
         buffer = _stdio.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in data.items()})
         blobs.append(buffer.getvalue())
-        sections["data"] = {"kind": "npz", "offset": offset, "length": len(blobs[-1]),
+        sections["data"] = {"kind": "npz", "offset": offset, "length": len(blobs[-1]), "sha256": _sha256(blobs[-1]),
                             "arrays": {k: _avals([np.asarray(v)])[0] for k, v in data.items()}}
     header = {"format": _FORMAT, "description": description, "versions": {
         name: _version(name) for name in ("jnn", "jax", "jaxlib")}, **extra, "sections": sections}
+    header["header_sha256"] = _sha256(json.dumps(header, sort_keys=True).encode())
     text = json.dumps(header).encode()
-    _io.atomic_write(path, MAGIC + struct.pack("<Q", len(text)) + text + b"".join(blobs), overwrite=overwrite,
-                     where=where)
+    _io.atomic_write(path, [MAGIC + struct.pack("<Q", len(text)) + text, *blobs], overwrite=overwrite, where=where)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 def _check_platforms(where: str, platforms) -> tuple[str, ...]:
@@ -127,6 +146,11 @@ def _check_platforms(where: str, platforms) -> tuple[str, ...]:
             or not all(isinstance(p, str) for p in platforms):
         raise ValueError(f"{where}: platforms must be a non-empty tuple of platform names such as ('cpu', 'cuda'), "
                          f"got {platforms!r}")
+    for platform in platforms:
+        if platform not in _PLATFORMS:
+            hint = "; for NVIDIA GPUs use 'cuda', for AMD GPUs 'rocm'" if platform.lower() == "gpu" else ""
+            raise ValueError(f"{where}: platform {platform!r} is not one jax.export lowers for (it lowers for "
+                             f"{', '.join(repr(p) for p in _PLATFORMS)}){hint}")
     return tuple(platforms)
 
 
@@ -138,6 +162,19 @@ def _check_example(where: str, example):
         raise ValueError(f"{where}: example must have a batch axis first, shape (batch, ...), got shape "
                          f"{tuple(example.shape)}")
     return example
+
+
+def _check_pair(where: str, what: str, data):
+    """``(x, y)`` as arrays with the same number of examples (``fit``'s rule; an exported epoch
+    would otherwise index past the shorter one, which XLA clamps)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{where}: {what} must be a pair (x, y) of arrays, got {type(data).__name__}"
+                         + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
+    x, y = map(jnp.asarray, data)
+    if not x.ndim or not y.ndim or len(x) != len(y):
+        raise ValueError(f"{where}: {what}'s x and y must have the same number of examples, got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    return x, y
 
 
 def _export(where: str, fn: Callable, platforms, *specs):
@@ -237,7 +274,7 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     _checks.positive_int(where, "eval_batch_size", eval_batch_size)
     _checks.boolean(where, include_data=include_data)
     platforms = _check_platforms(where, platforms)
-    x, y = map(jnp.asarray, train_data)
+    x, y = _check_pair(where, "train_data", train_data)
     batch_size = min(batch_size, len(x))
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
@@ -276,7 +313,7 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     }
     data = {"x": x, "y": y}
     if val_data is not None:
-        xv, yv = map(jnp.asarray, val_data)
+        xv, yv = _check_pair(where, "val_data", val_data)
         functions["evaluate"] = _export(where, eval_fn, platforms, leaf_specs,
                                         spec(xv), spec(yv))
         data.update(x_val=xv, y_val=yv)

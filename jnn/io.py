@@ -9,6 +9,10 @@ The ``.safetensors`` reader and writer are jnn's own (the format is a JSON heade
 little-endian bytes, https://github.com/huggingface/safetensors); files round-trip with the
 ``safetensors`` package, and bfloat16 works (which ``safetensors.numpy`` cannot load).
 
+Integrity: :func:`save_params` records each tensor's sha256 in the file (in ``.safetensors``,
+the header's ``__metadata__`` entry named by ``DIGEST_KEY``, ``"jnn.sha256"``), and
+:func:`load_params` verifies them, naming the file and the tensor that fails.
+
 Example:
   >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
   >>> model = jnn.serial(jnn.dense(3), jnn.relu(), jnn.dense(2))
@@ -23,6 +27,8 @@ Example:
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import io as _io
 import json
 import os
@@ -38,8 +44,8 @@ import numpy as np
 
 from jnn import _checks as checks
 
-__all__ = ["atomic_write", "check_target", "fresh_path", "flatten", "unflatten", "save_params", "load_params",
-           "structure_problems"]
+__all__ = ["atomic_write", "write_error", "check_target", "fresh_path", "flatten", "unflatten", "save_params",
+           "load_params", "structure_problems", "DIGEST_KEY"]
 
 
 def check_target(where: str, path, overwrite) -> pathlib.Path:
@@ -61,38 +67,73 @@ def check_target(where: str, path, overwrite) -> pathlib.Path:
     return path
 
 
-def atomic_write(path, data: bytes | str, *, overwrite: bool = False,
+def atomic_write(path, data, *, overwrite: bool = False,
                  where: str = "jnn.io.atomic_write") -> pathlib.Path:
     """Writes ``data`` to ``path`` through a temporary file in the same directory and an
     atomic rename, so a crash leaves either the old file or the new one, never half of one.
+
+    Args:
+      path: the file to write.
+      data: ``bytes``, ``str``, or a list of bytes-like pieces written one after another
+        (e.g. memoryviews of arrays: nothing is joined in memory).
+      overwrite: replace an existing file (default: refuse).
+      where: the caller's name, for error messages.
 
     Raises:
       FileExistsError: ``path`` exists and ``overwrite`` is False (the message starts with
         ``where``).
       IsADirectoryError: ``path`` is a directory.
+      OSError: the write failed (a full disk, a file size limit, ...); the message names
+        ``where`` and ``path``, the ``errno`` is the system's, and nothing is left behind.
 
     Example:
       >>> import tempfile, pathlib, jnn
       >>> path = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
       >>> jnn.io.atomic_write(path, "first").read_text()
       'first'
-      >>> jnn.io.atomic_write(path, "second", overwrite=True).read_text()
+      >>> jnn.io.atomic_write(path, [b"sec", b"ond"], overwrite=True).read_text()
       'second'
     """
     path = check_target(where, path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    pieces = [data] if isinstance(data, (str, bytes, bytearray, memoryview)) else data
     mode = "w" if isinstance(data, str) else "wb"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as f:
-            f.write(data)
+            for piece in pieces:
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise write_error(where, path, e) from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            pathlib.Path(tmp).unlink(missing_ok=True)
     return path
+
+
+_SPACE_ERRNOS = {getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EDQUOT") if hasattr(errno, name)}
+
+
+def write_error(where: str, path, error: OSError) -> OSError:
+    """An ``OSError`` (of the subclass its errno implies) for a failed write of ``path``: its
+    message names ``where`` and ``path``, and says nothing was written.
+
+    Example:
+      >>> import errno, jnn
+      >>> e = jnn.io.write_error("save", "/data/w.npz", OSError(errno.EFBIG, "File too large"))
+      >>> e.errno == errno.EFBIG, str(e).startswith("[Errno 27] save: could not write /data/w.npz: File too large")
+      (True, True)
+    """
+    reason = error.strerror or str(error)
+    hint = (" (the disk is full, or the file is over a size limit or quota)" if error.errno in _SPACE_ERRNOS
+            else "")
+    message = (f"{where}: could not write {path}: {reason}{hint}; nothing was written (an existing file is left "
+               f"as it was)")
+    return OSError(message) if error.errno is None else OSError(error.errno, message)
 
 
 def fresh_path(path) -> pathlib.Path:
@@ -209,25 +250,93 @@ _CODES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dt
 _DTYPE_CODES = {np.dtype(t): code for code, t in _CODES.items()}
 
 
-def _safetensors_bytes(flat: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
-    header, chunks, offset = {"__metadata__": metadata}, [], 0
+DIGEST_KEY = "jnn.sha256"
+"""The safetensors ``__metadata__`` entry in which :func:`save_params` records each tensor's
+digest: a JSON string ``{name: [dtype, shape, sha256 of its bytes], "__metadata__": sha256 of
+the other metadata}``. :func:`load_params` verifies it; files without it load unchecked."""
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _damaged_name(names, target: str) -> str | None:
+    """A name in ``names`` that is ``target`` with one character changed or something appended
+    (a damaged digest entry, which must not pass for a file without digests), else None."""
+    return next((k for k in names if k != target and (k.startswith(target) or (
+        len(k) == len(target) and sum(a != b for a, b in zip(k, target)) == 1))), None)
+
+
+def _metadata_digest(metadata: dict) -> str:
+    return _digest(json.dumps({k: v for k, v in metadata.items() if k != DIGEST_KEY}, sort_keys=True).encode())
+
+
+def _safetensors_pieces(flat: dict[str, np.ndarray], metadata: dict[str, str]) -> list:
+    """The file as a list of pieces: the length, the JSON header, then each tensor's bytes
+    (memoryviews of the arrays, not copies, on a little-endian machine)."""
+    header, chunks, digests, offset = {}, [], {}, 0
     for name, array in flat.items():
         if array.dtype not in _DTYPE_CODES:
             raise TypeError(f"jnn.io.save_params: {name} has dtype {array.dtype}, which safetensors cannot store")
-        data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _DTYPE_CODES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        data = memoryview(np.ascontiguousarray(array, array.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
+        code = _DTYPE_CODES[array.dtype]
+        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        digests[name] = [code, list(array.shape), _digest(data)]
         chunks.append(data)
         offset += len(data)
+    digests["__metadata__"] = _metadata_digest(metadata)
+    header = {"__metadata__": {**metadata, DIGEST_KEY: json.dumps(digests, separators=(",", ":"))}, **header}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    return [struct.pack("<Q", len(text)), text, *chunks]
+
+
+def _recorded_digests(metadata, path) -> dict | None:
+    """The digests :func:`save_params` recorded in ``metadata``, or None for a file without them."""
+    where = f"jnn.io.load_params: {path} is corrupt"
+    if not isinstance(metadata, dict):
+        return None
+    if DIGEST_KEY not in metadata:
+        near = _damaged_name(metadata, DIGEST_KEY)
+        if near is not None:
+            raise ValueError(f"{where}: its header names {near!r} where jnn writes {DIGEST_KEY!r} (a changed "
+                             f"byte); restore the file from a copy or save it again")
+        return None
+    try:
+        digests = json.loads(metadata[DIGEST_KEY])
+    except (TypeError, ValueError):
+        digests = None
+    if not isinstance(digests, dict):
+        raise ValueError(f"{where}: its {DIGEST_KEY} header entry is unreadable; restore the file from a copy "
+                         f"or save it again")
+    if digests.get("__metadata__") != _metadata_digest(metadata):
+        raise ValueError(f"{where}: its header metadata fails the sha256 check (changed since it was written); "
+                         f"restore the file from a copy or save it again")
+    return digests
+
+
+def _check_digest(digests, name, entry, data, path) -> None:
+    where = f"jnn.io.load_params: {path} is corrupt"
+    recorded = digests.get(name)
+    if not isinstance(recorded, list) or len(recorded) != 3:
+        raise ValueError(f"{where}: tensor {name!r} has no recorded digest (its name or the digests changed); "
+                         f"restore the file from a copy or save it again")
+    if recorded[:2] != [entry["dtype"], entry["shape"]]:
+        raise ValueError(f"{where}: the header gives tensor {name!r} dtype {entry['dtype']} and shape "
+                         f"{entry['shape']}, it was written as {recorded[0]} {recorded[1]}; restore the file "
+                         f"from a copy or save it again")
+    if _digest(data) != recorded[2]:
+        raise ValueError(f"{where}: tensor {name!r} fails its sha256 check (its bytes changed since it was "
+                         f"written); restore the file from a copy or save it again")
 
 
 def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    header = json.loads(bytes(data[8:8 + n]))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
     body = memoryview(data)[8 + n:]
+    digests = _recorded_digests(header.get("__metadata__"), path)
     flat = {}
     for name, entry in header.items():
         if name == "__metadata__":
@@ -235,12 +344,73 @@ def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
         if entry["dtype"] not in _CODES:
             raise ValueError(f"jnn.io.load_params: {path}: {name} has unsupported dtype {entry['dtype']}")
         start, end = entry["data_offsets"]
+        if not 0 <= start <= end <= len(body):
+            raise ValueError(f"tensor {name!r} needs bytes [{start}, {end}) of the data, the file holds {len(body)}")
+        if digests is not None:
+            _check_digest(digests, name, entry, body[start:end], path)
         dtype = np.dtype(_CODES[entry["dtype"]]).newbyteorder("<")
-        flat[name] = np.frombuffer(body[start:end], dtype).reshape(entry["shape"]).astype(dtype.newbyteorder("="))
+        array = np.frombuffer(body[start:end], dtype).reshape(entry["shape"])
+        flat[name] = array if dtype.isnative else array.astype(dtype.newbyteorder("="))
+    if digests is not None and set(digests) - {"__metadata__"} != set(flat):
+        missing = sorted(set(digests) - {"__metadata__"} - set(flat))
+        raise ValueError(f"jnn.io.load_params: {path} is corrupt: tensor(s) {missing} were written but are not in "
+                         f"its header; restore the file from a copy or save it again")
     return flat
 
 
 _NPZ_DTYPES = "__jnn_dtypes__"  # npz entry: JSON {path: dtype} for dtypes NumPy cannot name (bfloat16)
+_NPZ_DIGESTS = "__jnn_sha256__"  # npz entry, the archive's first: JSON {path: [dtype, shape, sha256]}
+
+
+def _npz_bytes(flat: dict[str, np.ndarray]) -> memoryview:
+    odd = {p: str(a.dtype) for p, a in flat.items() if a.dtype.kind == "V" or a.dtype.name == "bfloat16"}
+    stored = {p: np.ascontiguousarray(a.view(f"u{a.dtype.itemsize}") if p in odd else a) for p, a in flat.items()}
+    stored.update({_NPZ_DTYPES: np.array(json.dumps(odd))} if odd else {})
+    digests = {p: [a.dtype.str, list(a.shape), _digest(a.reshape(-1).view(np.uint8))] for p, a in stored.items()}
+    buffer = _io.BytesIO()
+    np.savez(buffer, **{_NPZ_DIGESTS: np.array(json.dumps(digests))}, **stored)
+    return buffer.getbuffer()   # a view, not a copy
+
+
+def _read_npz(path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":   # np.load would take anything else for a pickle
+            raise ValueError("not a zip archive")
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as npz:
+                flat = {k: npz[k] for k in npz.files}
+        except OSError as e:   # e.g. a seek to a damaged offset
+            raise ValueError(f"the zip archive cannot be read ({e})") from e
+    for own in (_NPZ_DIGESTS, _NPZ_DTYPES):
+        near = _damaged_name(flat, own)
+        if near is not None:
+            raise ValueError(f"jnn.io.load_params: {path} is corrupt: the archive names {near!r} where jnn writes "
+                             f"{own!r}; restore the file from a copy or save it again")
+    if _NPZ_DIGESTS in flat:
+        digests = json.loads(str(flat.pop(_NPZ_DIGESTS)))
+        for name, array in flat.items():
+            entry = {"dtype": array.dtype.str, "shape": list(array.shape)}
+            _check_digest(digests, name, entry, np.ascontiguousarray(array).reshape(-1).view(np.uint8), path)
+        missing = sorted(set(digests) - set(flat))
+        if missing:
+            raise ValueError(f"jnn.io.load_params: {path} is corrupt: array(s) {missing} were written but are not "
+                             f"in the archive; restore the file from a copy or save it again")
+    odd = json.loads(str(flat.pop(_NPZ_DTYPES))) if _NPZ_DTYPES in flat else {}
+    flat.update({p: flat[p].view(np.dtype(getattr(ml_dtypes, d, d))) for p, d in odd.items()})
+    return flat
+
+
+def _check_savable(where: str, tree) -> None:
+    """A whole train state, or a PRNG key anywhere in ``tree``, is refused with what to use instead."""
+    if hasattr(tree, "params") and hasattr(tree, "opt_state"):
+        raise TypeError(f"{where}: got a whole {type(tree).__name__} (params, optimizer state, PRNG key, step); a "
+                        f"weight file holds arrays of params and state: save_params(path, {{'params': ts.params, "
+                        f"'state': ts.state}}), or save the whole state with jnn.train.Checkpointer")
+    for name, leaf in zip(_paths(tree), jax.tree_util.tree_leaves(tree)):
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            raise TypeError(f"{where}: {name} is a PRNG key, which a weight file cannot hold; store "
+                            f"jax.random.key_data(key) instead, or save a whole train state with jnn.train.Checkpointer")
 
 
 def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
@@ -252,6 +422,11 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
       tree: nested dicts of arrays; keys become ``/``-joined paths (:func:`flatten`).
       overwrite: replace an existing file (default: refuse).
       metadata: string-to-string notes stored in the safetensors header (ignored for npz).
+
+    A ``.safetensors`` file records each tensor's sha256 (with its dtype and shape) and one of
+    the metadata in its header (:data:`DIGEST_KEY`, a string entry of ``__metadata__``, so other
+    safetensors readers still read the file); :func:`load_params` verifies them. An ``.npz`` is a
+    zip archive whose members carry CRC-32 checksums, which ``load_params`` verifies as well.
 
     Raises:
       FileExistsError: ``path`` exists and ``overwrite`` is False.
@@ -273,19 +448,34 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise ValueError(f"{where}: metadata must be a dict of strings to strings (the safetensors header "
                          f"holds text only), got {metadata!r}")
+    if metadata is not None and DIGEST_KEY in metadata:
+        raise ValueError(f"{where}: metadata key {DIGEST_KEY!r} is where jnn records the tensors' digests; use "
+                         f"another key")
+    _check_savable(where, tree)
     flat = flatten(tree)
     for name, array in flat.items():
         if array.dtype.kind not in "biufcV":   # numbers, bool and bfloat16-like; not str/object
             raise TypeError(f"{where}: {name} is not a numeric array (dtype {array.dtype})")
     if path.suffix == ".safetensors":
-        data = _safetensors_bytes(flat, {"format": "jnn", **(metadata or {})})
+        data = _safetensors_pieces(flat, {"format": "jnn", **(metadata or {})})
     else:
-        odd = {p: str(a.dtype) for p, a in flat.items() if a.dtype.kind == "V" or a.dtype.name == "bfloat16"}
-        stored = {p: (a.view(f"u{a.dtype.itemsize}") if p in odd else a) for p, a in flat.items()}
-        buffer = _io.BytesIO()
-        np.savez(buffer, **stored, **({_NPZ_DTYPES: np.array(json.dumps(odd))} if odd else {}))
-        data = buffer.getvalue()
+        data = _npz_bytes(flat)
     atomic_write(path, data, overwrite=overwrite, where=where)
+
+
+def _read_file(path: pathlib.Path):
+    """The bytes of ``path`` in one NumPy buffer (one read into fresh memory: cheaper than
+    ``read_bytes``, which grows a bytes object)."""
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        buffer = np.empty(size, np.uint8)
+        view, done = memoryview(buffer), 0
+        while done < size:
+            n = f.readinto(view[done:])
+            if not n:
+                break
+            done += n
+    return buffer[:done]
 
 
 def load_params(path, *, like=None):
@@ -302,7 +492,10 @@ def load_params(path, *, like=None):
       Nested dicts of ``jax.Array`` (or ``like``'s structure).
 
     Raises:
-      ValueError: with ``like``, the file does not match it; every problem is listed by path.
+      ValueError: the file is truncated or corrupt: a tensor fails the digest recorded by
+        :func:`save_params` (the message names the file and the tensor) or an ``.npz`` member its
+        CRC-32; a file without digests (written by another tool) is read unchecked. Or, with
+        ``like``, the file does not match it; every problem is listed by path.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -316,19 +509,14 @@ def load_params(path, *, like=None):
     path = pathlib.Path(path)
     if path.suffix not in (".safetensors", ".npz"):
         raise ValueError(f"jnn.io.load_params: {path} must end in .safetensors or .npz")
-    data = path.read_bytes()
     try:
         if path.suffix == ".safetensors":
-            flat = _read_safetensors(data, path)
+            flat = _read_safetensors(_read_file(path), path)
         else:
-            if data[:2] != b"PK":   # np.load would take anything else for a pickle
-                raise ValueError("not a zip archive")
-            with np.load(_io.BytesIO(data), allow_pickle=False) as npz:
-                flat = {k: npz[k] for k in npz.files}
-            odd = json.loads(str(flat.pop(_NPZ_DTYPES))) if _NPZ_DTYPES in flat else {}
-            flat.update({p: flat[p].view(np.dtype(getattr(ml_dtypes, d, d))) for p, d in odd.items()})
-    except (ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile, EOFError) as e:
-        if str(e).startswith("jnn.io.load_params"):
+            flat = _read_npz(path)
+    except (ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile, EOFError, RuntimeError,
+            NotImplementedError) as e:   # zipfile: "encrypted", "compression method not supported"
+        if str(e).startswith("jnn.io.load_params"):   # already names the file and the fault
             raise
         raise ValueError(f"jnn.io.load_params: {path} is not a readable {path.suffix} weight file (truncated "
                          f"or corrupt?): {type(e).__name__}: {e}") from e

@@ -232,6 +232,6 @@ def test_tiny_shakespeare_loads():
 def test_tiny_shakespeare_local_file_and_missing(tmp_path):
     (tmp_path / "tinyshakespeare").mkdir()
     (tmp_path / "tinyshakespeare" / "input.txt").write_bytes(b"To be,\r\nor not.\n")
-    assert load_tiny_shakespeare(data_dir=tmp_path, download=False) == "To be,\r\nor not.\n"
+    assert load_tiny_shakespeare(data_dir=tmp_path, download=False, verify=False) == "To be,\r\nor not.\n"
     with pytest.raises(DatasetUnavailableError, match=r"'input\.txt'.*tinyshakespeare"):
         load_tiny_shakespeare(data_dir=tmp_path / "empty", download=False)

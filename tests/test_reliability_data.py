@@ -50,7 +50,7 @@ def test_empty_or_non_utf8_text_names_the_file(tmp_path, content, match):
 def test_text_round_trips(tmp_path):
     (tmp_path / "tinyshakespeare").mkdir()
     (tmp_path / "tinyshakespeare" / "input.txt").write_bytes("Thou art\r\nnaïve".encode())
-    assert load_tiny_shakespeare(data_dir=tmp_path, download=False) == "Thou art\r\nnaïve"
+    assert load_tiny_shakespeare(data_dir=tmp_path, download=False, verify=False) == "Thou art\r\nnaïve"
 
 
 def test_data_dir_under_a_regular_file(tmp_path):

@@ -44,11 +44,12 @@ import jax
 import numpy as np
 
 from jnn import _checks as checks
+from jnn.io import write_error
 from jnn.data import mnist
 from jnn.train.permutation import IndexShuffle
 
-__all__ = ["ArraySource", "NpySource", "write_npy", "mnist_record", "mnist_source", "shakespeare_source",
-           "Pipeline", "pipeline", "random_translate"]
+__all__ = ["ArraySource", "NpySource", "write_npy", "stack_records", "mnist_record", "mnist_source",
+           "shakespeare_source", "Pipeline", "pipeline", "random_translate"]
 
 
 def _grain():
@@ -88,6 +89,9 @@ class ArraySource:
                 got = f"{type(a).__name__} of shape {a.shape}" if hasattr(a, "shape") else f"a {type(a).__name__}"
                 raise TypeError(f"ArraySource: each array must be a NumPy array, memmap or NpySource with records "
                                 f"on axis 0; argument {i} is {got}{hint}")
+            if getattr(getattr(a, "dtype", None), "hasobject", False):
+                raise TypeError(f"ArraySource: argument {i} holds Python objects (dtype {a.dtype}); records must be "
+                                f"numeric arrays (of one shape each), so that they stack into batches")
         if transform is not None and not callable(transform):
             raise TypeError(f"ArraySource: transform must be a function or None, got {type(transform).__name__}")
         sizes = [len(a) for a in arrays]
@@ -135,15 +139,30 @@ class NpySource:
     def __init__(self, path):
         self.path = os.fspath(path)
         with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(f)
+            except (ValueError, EOFError, SyntaxError, TypeError) as e:   # NumPy's words for a bad header
+                raise ValueError(f"NpySource: {self.path} is not a readable .npy file ({e}); write it with "
+                                 f"np.save or jnn.data.grain.write_npy") from None
             self.offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
         if fortran:
             raise ValueError(f"NpySource: {self.path} is Fortran-ordered; save it C-ordered")
+        if dtype.hasobject:
+            raise ValueError(f"NpySource: {self.path} holds Python objects (dtype {dtype}), which are pickled and "
+                             f"cannot be read by record; save a numeric array")
+        if not shape:
+            raise ValueError(f"NpySource: {self.path} holds one value (shape ()); records lie on axis 0")
         self.shape, self.dtype = shape, dtype
         self.record_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        whole = (size - self.offset) // self.record_bytes if self.record_bytes else shape[0]
+        if whole < shape[0]:
+            raise OSError(f"NpySource: short read of record {whole} from {self.path}: the file is truncated (its "
+                          f"header says shape {shape} of {dtype}, {shape[0] * self.record_bytes} bytes of records; "
+                          f"it holds {size - self.offset}); write it again")
         self._fd = None
 
     def __len__(self) -> int:
@@ -152,10 +171,7 @@ class NpySource:
     def __getitem__(self, index: int) -> np.ndarray:
         if not 0 <= index < len(self):
             raise IndexError(f"NpySource: record {index} out of range [0, {len(self)}) in {self.path}")
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        data = os.pread(self._fd, self.record_bytes, self.offset + index * self.record_bytes)
-        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+        return self.read_batch(np.array([index]))[0]
 
     def read_batch(self, indices: np.ndarray) -> np.ndarray:
         """The records at ``indices`` (int ``[B]``) as one ``[B, ...]`` array: one ``pread`` per
@@ -164,13 +180,18 @@ class NpySource:
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"NpySource: records [{indices.min()}, {indices.max()}] out of range "
                              f"[0, {len(self)}) in {self.path}")
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         out = np.empty((len(indices), *self.shape[1:]), self.dtype)
         rows = out.reshape(len(indices), -1).view(np.uint8)
-        for row, index in zip(rows, indices.tolist()):
-            if os.preadv(self._fd, [row], self.offset + index * self.record_bytes) != self.record_bytes:
-                raise OSError(f"NpySource: short read of record {index} from {self.path} (file truncated?)")
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            for row, index in zip(rows, indices.tolist()):
+                if os.preadv(self._fd, [row], self.offset + index * self.record_bytes) != self.record_bytes:
+                    raise OSError(f"NpySource: short read of record {index} from {self.path} (file truncated?)")
+        except OSError as e:
+            if str(e).startswith("NpySource"):
+                raise
+            raise OSError(e.errno, f"NpySource: reading {self.path} failed: {e.strerror or e}") from e
         return out
 
     def __getstate__(self):   # worker processes open their own file descriptor
@@ -199,16 +220,23 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = 
     if not isinstance(shape, tuple) or not shape or not all(checks.is_integer(d) and d >= 0 for d in shape):
         raise ValueError(f"write_npy: shape must be a tuple of non-negative integers (records first), got {shape!r}")
     checks.boolean("write_npy", overwrite=overwrite)
+    if dtype.hasobject:
+        raise ValueError(f"write_npy: dtype {dtype} holds Python objects, which a .npy file can only pickle; "
+                         f"records must be numeric")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"write_npy: {path} exists; pass overwrite=True to replace it")
     directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")   # a fresh name, never a user's
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")   # a fresh name, never a user's
         with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                      "fortran_order": False, "shape": tuple(shape)})
-            for chunk in chunks:
-                chunk = np.ascontiguousarray(chunk, dtype)
+            for i, chunk in enumerate(chunks):
+                try:
+                    chunk = np.ascontiguousarray(chunk, dtype)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"write_npy: chunk {i} cannot be converted to {dtype} ({e})") from None
                 if chunk.shape[1:] != tuple(shape[1:]):
                     raise ValueError(f"write_npy: a chunk has records of shape {chunk.shape[1:]}, expected "
                                      f"{tuple(shape[1:])}")
@@ -217,8 +245,10 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = 
         if written != shape[0]:
             raise ValueError(f"write_npy: the chunks hold {written} records, the shape says {shape[0]}")
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_error("write_npy", path, e) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -476,6 +506,32 @@ class _Unstack:
                 for i in range(len(leaves[0]))]
 
 
+def stack_records(records: list, indices) -> object:
+    """``records`` (pytrees of arrays, one per index of ``indices``) stacked into one batch; records
+    of different structures or shapes are a ValueError naming two that differ.
+
+    Example:
+      >>> import numpy as np
+      >>> stack_records([(np.zeros(2), 1), (np.ones(2), 2)], [0, 1])[0].shape
+      (2, 2)
+    """
+    try:
+        return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *records)   # any pytree of records
+    except (ValueError, TypeError):   # say which records differ (the cost is paid only on failure)
+        first = jax.tree_util.tree_structure(records[0])
+        for record, index in zip(records, list(indices)):
+            if jax.tree_util.tree_structure(record) != first:
+                raise ValueError(f"records of different structures cannot be batched: record {int(indices[0])} "
+                                 f"is {first}, record {int(index)} is "
+                                 f"{jax.tree_util.tree_structure(record)}") from None
+        shapes = [[np.shape(leaf) for leaf in jax.tree_util.tree_leaves(r)] for r in records]
+        for record_shapes, index in zip(shapes, list(indices)):
+            if record_shapes != shapes[0]:
+                raise ValueError(f"records of different shapes cannot be batched: record {int(indices[0])} has "
+                                 f"shapes {shapes[0]}, record {int(index)} has {record_shapes}") from None
+        raise
+
+
 class _BatchReader:
     """``(i, k) -> batch k of epoch i // steps`` for this shard (see the module docstring)."""
 
@@ -519,7 +575,8 @@ class _BatchReader:
         if self.random_transform is not None:
             records = [self.random_transform(r, np.random.default_rng([self.seed, epoch, index]))
                        for r, index in zip(records, indices.tolist())]
-        return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *records)   # any pytree of records
+        return stack_records(records, indices)
+
 
     def __getstate__(self):   # worker processes evaluate their own blocks of the shuffle
         return {**self.__dict__, "_block": (None, 0, None)}

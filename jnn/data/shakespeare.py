@@ -2,18 +2,21 @@
 
 The file lives at ``<data_dir>/tinyshakespeare/input.txt`` (see
 :func:`jnn.data.data_dir`); if it is missing it is downloaded from the char-rnn
-repository and checked against its SHA-256.
+repository; downloaded or present, it is checked against the published file's SHA-256
+(``SHAKESPEARE_SHA256``; its size is ``SHAKESPEARE_SIZE``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 from collections.abc import Sequence
 
+from jnn import _checks as checks
 from jnn.data import fetch, paths
 from jnn.data.errors import DatasetUnavailableError
 
-__all__ = ["SHAKESPEARE_MIRRORS", "SHAKESPEARE_SHA256", "load_tiny_shakespeare"]
+__all__ = ["SHAKESPEARE_MIRRORS", "SHAKESPEARE_SHA256", "SHAKESPEARE_SIZE", "load_tiny_shakespeare"]
 
 SHAKESPEARE_MIRRORS: tuple[str, ...] = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
@@ -21,7 +24,10 @@ SHAKESPEARE_MIRRORS: tuple[str, ...] = (
 """Default download URLs (full URLs of ``input.txt``), tried in order."""
 
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-"""SHA-256 of the published ``input.txt``, checked when it is downloaded."""
+"""SHA-256 of the published ``input.txt``, checked when it is downloaded and when it is loaded."""
+
+SHAKESPEARE_SIZE = 1_115_394
+"""Size in bytes of the published ``input.txt`` (ASCII: one byte per character)."""
 
 _SUBDIR = "tinyshakespeare"
 _FILE = "input.txt"
@@ -32,17 +38,22 @@ def load_tiny_shakespeare(
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
     mirrors: Sequence[str] | None = None,
+    verify: bool = True,
 ) -> str:
     """Returns the Tiny Shakespeare corpus as one string.
 
-    A file already present is read as is (UTF-8, line endings untouched);
-    only a downloaded file is checksummed.
+    The file, downloaded or already present, must be the published one: its SHA-256 is
+    checked (:data:`SHAKESPEARE_SHA256`), so a truncated or edited copy is refused, unless
+    ``verify=False`` (your own text at this path). The text is read as is (UTF-8, line endings
+    untouched).
 
     Args:
         data_dir: Data directory; defaults to :func:`jnn.data.data_dir`.
         download: Whether the file may be downloaded if it is missing.
         mirrors: Full URLs of ``input.txt`` to try in order; defaults to
             :data:`SHAKESPEARE_MIRRORS`.
+        verify: Whether a file present must be the published one (a downloaded file is
+            always checked).
 
     Returns:
         The text: 1,115,394 characters, 65 distinct, for the published file.
@@ -50,6 +61,8 @@ def load_tiny_shakespeare(
     Raises:
         DatasetUnavailableError: If the file is missing and ``download`` is
             False or every URL failed.
+        ValueError: If the file present is not the published one (the message names it
+            and says what to do).
 
     Example:
         >>> text = load_tiny_shakespeare(download=False)  # doctest: +SKIP
@@ -57,6 +70,7 @@ def load_tiny_shakespeare(
         'First Citizen:'
     """
     fetch.check_source_args("load_tiny_shakespeare", download, mirrors)
+    checks.flag("load_tiny_shakespeare", "verify", verify)
     root = paths.resolve_data_dir(data_dir)
     path = root / _SUBDIR / _FILE
     if not path.is_file():
@@ -64,7 +78,17 @@ def load_tiny_shakespeare(
             raise DatasetUnavailableError.for_file(path, root=root, note="download=False")
         urls = SHAKESPEARE_MIRRORS if mirrors is None else mirrors
         fetch.download(list(urls), path, sha256=SHAKESPEARE_SHA256)
-    return read_text_file(path)
+    text = read_text_file(path)
+    if verify:
+        data = text.encode("utf-8")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != SHAKESPEARE_SHA256:
+            raise ValueError(f"load_tiny_shakespeare: {path} is not the published Tiny Shakespeare file: it has "
+                             f"{len(data):,} bytes and sha256 {digest[:16]}..., the published file "
+                             f"{SHAKESPEARE_SIZE:,} bytes and sha256 {SHAKESPEARE_SHA256[:16]}... (truncated or "
+                             f"changed?); delete it and load again with download=True, or copy the original file "
+                             f"there (verify=False reads your own text at this path)")
+    return text
 
 
 def read_text_file(path) -> str:
