@@ -150,8 +150,7 @@ class Feed:
                              f"steps_per_epoch is {self.steps_per_epoch}; pass a smaller steps_per_epoch or "
                              f"an endless pipeline (jnn.data.grain.pipeline with num_epochs=None)") from None
         except Exception as e:  # noqa: BLE001 - Grain re-raises a worker's error; name where it happened
-            raise type(e)(f"{self.where}: reading batch {index} of epoch {epoch} from train_data failed "
-                          f"(records of different shapes cannot be batched?): {e}") from e
+            raise type(e)(f"{self.where}: reading batch {index} of epoch {epoch} from train_data failed: {e}") from e
         return batch, self._get_state()
 
     def _check(self, batch, epoch: int, index: int):
