@@ -19,8 +19,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 REPORT = structure.analyse(ROOT)
 
 
-@pytest.mark.xfail(strict=False, reason="layers/ and train/ still import helpers such as conv._padding, "
-                                        "step._num_examples across modules")
 def test_no_underscore_name_is_imported_across_modules():
     assert REPORT.private_imports == []
 
@@ -29,35 +27,27 @@ def test_no_private_attribute_of_another_module_is_used():
     assert REPORT.private_attributes == []
 
 
-@pytest.mark.xfail(strict=False, reason="jnn.parallel.plan imports jnn.train.step, which imports jnn.parallel")
 def test_no_import_cycle():
     assert REPORT.cycles == []
 
 
-@pytest.mark.xfail(strict=False, reason="fit and fit_population are over 120 lines")
 def test_no_function_over_120_lines():
     assert REPORT.long_functions == []
 
 
-@pytest.mark.xfail(strict=False, reason="fit takes 32 parameters")
 def test_fit_takes_at_most_20_parameters():
     assert REPORT.fit_parameters is not None and REPORT.fit_parameters <= 20
 
 
-@pytest.mark.xfail(strict=False, reason="jnn/layers/__init__.py has no __all__")
 def test_every_module_has_all():
     assert REPORT.without_all == []
-
-
-def test_the_modules_outside_layers_have_all():
-    assert [m for m in REPORT.without_all if m != "jnn.layers"] == []
 
 
 _NOT_YET = pytest.mark.xfail(strict=False, reason="the check share of this area is still over 10%")
 
 
-@pytest.mark.parametrize("area", [pytest.param("layers", marks=_NOT_YET), pytest.param("nets", marks=_NOT_YET),
-                                  pytest.param("train", marks=_NOT_YET), pytest.param("core.py", marks=_NOT_YET)])
+@pytest.mark.parametrize("area", [pytest.param("layers", marks=_NOT_YET), "nets", pytest.param("train", marks=_NOT_YET),
+                                  "core.py", pytest.param("combinators.py", marks=_NOT_YET)])
 def test_check_share_at_most_10_percent(area):
     assert REPORT.share(area) <= 10.0, f"{area}: {REPORT.share(area):.1f}% of its code lines are checks"
 

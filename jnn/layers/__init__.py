@@ -12,3 +12,10 @@ from jnn.layers.recurrent import bidirectional, recurrent
 from jnn.layers.attention import multi_head_attention
 from jnn.layers.positional import learned_positional_embedding, sinusoidal_encoding
 from jnn.layers.transformer import decoder_block, encoder_block
+
+__all__ = ["elu", "gelu", "heaviside", "leaky_relu", "log_softmax", "relu", "sigmoid", "silu", "softmax",
+           "softplus", "step", "swish", "tanh", "dense", "flatten", "identity", "reshape", "dropout",
+           "spatial_dropout", "batch_norm", "group_norm", "layer_norm", "rms_norm", "conv", "conv_transpose",
+           "avg_pool", "global_avg_pool", "global_max_pool", "max_pool", "Cell", "gru_cell", "lstm_cell",
+           "rnn_cell", "embedding", "bidirectional", "recurrent", "multi_head_attention",
+           "learned_positional_embedding", "sinusoidal_encoding", "decoder_block", "encoder_block"]
