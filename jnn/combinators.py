@@ -177,9 +177,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
       >>> mlp.apply(params, state, jnp.ones((8, 2)))[0].shape
       (8, 1)
     """
-    if not layers:
-        raise ValueError("serial: expected at least one layer, got none")
-    children = make_children("serial", layers)
+    children = make_children("serial", _enough("serial", layers, 1, "expected at least one layer, got none"))
 
     def forward(call, x):
         for k in children:
@@ -194,6 +192,22 @@ _MERGES: dict[str, Callable[[list], jax.Array]] = {
     "multiply": lambda ys: jax.tree_util.tree_reduce(jnp.multiply, ys),
     "concat": lambda ys: jnp.concatenate(ys, axis=-1),
 }
+
+
+def _enough(label: str, items, n: int, message: str):
+    """``items`` if there are at least ``n``, else ``ValueError("label: message")``."""
+    if len(items) < n:
+        raise ValueError(f"{label}: {message}")
+    return items
+
+
+def _join(label: str, what: str, how, ys: list):
+    """``ys`` joined by ``how`` (a name in ``_MERGES`` or a function); an elementwise join
+    needs one shape."""
+    shapes = [tuple(y.shape) for y in ys]
+    if how in ("add", "multiply") and len(set(shapes)) > 1:
+        raise ValueError(f"{label}: {what} of one shape, got {shapes}")
+    return (_MERGES[how] if isinstance(how, str) else how)(ys)
 
 
 @checks.declare(merge=checks.name_or_callable(_MERGES))
@@ -214,17 +228,11 @@ def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
       >>> block.apply(params, state, jnp.ones((2, 3)))[0].shape
       (2, 3)
     """
-    if len(branches) < 2:
-        raise ValueError(f"fan_out: expected at least two branches, got {len(branches)}")
-    merge_fn = _MERGES[merge] if isinstance(merge, str) else merge
+    _enough("fan_out", branches, 2, f"expected at least two branches, got {len(branches)}")
     children = make_children("fan_out", branches)
 
     def forward(call, x):
-        ys = [call(k, x) for k in children]
-        shapes = [y.shape for y in ys]
-        if merge in ("add", "multiply") and len(set(shapes)) > 1:
-            raise ValueError(f"fan_out: merge={merge!r} needs branch outputs of one shape, got {shapes}")
-        return merge_fn(ys)
+        return _join("fan_out", f"merge={merge!r} needs branch outputs", merge, [call(k, x) for k in children])
 
     return composite(forward, children, kind="fan_out", name=name)
 
@@ -244,18 +252,18 @@ def residual(*layers: Layer, name: str | None = None) -> Layer:
 
 def _branches(kind: str, layers: Mapping[str, Layer], pick: Callable, name: str | None) -> Layer:
     """Children keyed by ``layers``' keys, child ``k`` applied to ``pick(x, k)``; a dict out."""
-    if not layers:
-        raise ValueError(f"{kind}: expected at least one layer, given as key=layer, got none")
+    _enough(kind, layers, 1, "expected at least one layer, given as key=layer, got none")
     label = name or kind
     return composite(lambda call, x: {k: call(k, pick(label, x, k)) for k in layers}, layers, kind=kind,
                      name=name)
 
 
-def _entry(label: str, x, k: str):
-    if not isinstance(x, Mapping) or k not in x:
-        have = sorted(x) if isinstance(x, Mapping) else f"a {type(x).__name__}"
-        raise ValueError(f"{label}: expected a dict input with key {k!r} (one per tower), got {have}")
-    return x[k]
+def _entry(label: str, x, k):
+    """``x[k]`` of a dict (or tuple) input, or a message naming what the input has."""
+    if (isinstance(x, Mapping) and k in x) or (isinstance(x, tuple) and isinstance(k, int) and -len(x) <= k < len(x)):
+        return x[k]
+    have = sorted(x) if isinstance(x, Mapping) else f"a {type(x).__name__}"
+    raise ValueError(f"{label}: expected a dict (or tuple) input with entry {k!r}, got {have}")
 
 
 def towers(name: str | None = None, **layers: Layer) -> Layer:
@@ -303,13 +311,7 @@ def select(key: str | int, *, name: str | None = None) -> Layer:
       (2, 3)
     """
     label = name or "select"
-
-    def pick(x):
-        if isinstance(x, Mapping):
-            return _entry(label, x, key)
-        if isinstance(x, tuple) and isinstance(key, int) and -len(x) <= key < len(x):
-            return x[key]
-        raise ValueError(f"{label}: expected a dict or tuple input with entry {key!r}, got {type(x).__name__}")
+    pick = lambda x: _entry(label, x, key)
 
     return stateless("select", pick, name=name)._replace(config={"key": key})
 
@@ -326,15 +328,11 @@ def merge(how: str | Callable[[list], jax.Array] = "concat", *, name: str | None
     """
     label = name or "merge"
     how = checks.name_or_callable(_MERGES)(label, "how", how)
-    join = _MERGES[how] if isinstance(how, str) else how
 
     def fn(x):
         if not isinstance(x, (Mapping, tuple, list)) or not x:
             raise ValueError(f"{label}: expected a non-empty dict or tuple of arrays, got {type(x).__name__}")
-        ys = [x[k] for k in sorted(x)] if isinstance(x, Mapping) else list(x)
-        shapes = [tuple(y.shape) for y in ys]
-        if how in ("add", "multiply") and len(set(shapes)) > 1:
-            raise ValueError(f"{label}: how={how!r} needs entries of one shape, got {shapes}")
-        return join(ys)
+        return _join(label, f"how={how!r} needs entries", how, [x[k] for k in sorted(x)] if isinstance(x, Mapping)
+                     else list(x))
 
     return stateless("merge", fn, name=name)._replace(config={"how": how})

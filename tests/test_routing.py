@@ -56,6 +56,8 @@ def test_select_and_tuple_inputs():
     np.testing.assert_allclose(model.apply(params, state, batch())[0],
                                batch()["extra"] @ params["dense_0"]["w"] + params["dense_0"]["b"], rtol=1e-5)
     assert jnn.select("image").config == {"key": "image"}
+    with pytest.raises(ValueError, match=r"^select: expected a dict \(or tuple\) input with entry 2, got a tuple"):
+        jnn.select(2).apply({}, {}, x)
 
 
 def test_merge_modes_and_their_errors():
@@ -73,7 +75,7 @@ def test_merge_modes_and_their_errors():
 
 def test_towers_name_the_missing_entry_at_init_and_apply():
     model = jnn.towers(image=jnn.dense(2), extra=jnn.dense(2))
-    with pytest.raises(ValueError, match=r"towers: expected a dict input with key 'image' \(one per tower\), "
+    with pytest.raises(ValueError, match=r"towers: expected a dict \(or tuple\) input with entry 'image', "
                                          r"got \['extra'\]"):
         model.init(KEY, {"extra": jnp.zeros((1, 2))})
     with pytest.raises(ValueError, match=r"^towers: expected at least one layer, given as key=layer, got none"):
