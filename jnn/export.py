@@ -33,10 +33,8 @@ _FORMAT = 2   # 2: the header and each section carry a sha256; format 1 files lo
 
 
 def load(path):
-    """``(header, sections)`` of a ``.jnnx`` file: functions as callables, data as NumPy arrays.
-
-    The header's and each section's sha256 are verified (format 1 files load unchecked); a failure
-    is a ``ValueError`` naming the file and the part.
+    """``(header, sections)`` of a ``.jnnx`` file (functions as callables, data as NumPy arrays), its
+    sha256s verified: a failure is a ValueError naming the file and the part.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn

@@ -354,12 +354,9 @@ def _check_savable(where: str, tree) -> None:
 
 
 def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
-    """Writes the arrays of ``tree`` to a ``.safetensors`` or ``.npz`` file, atomically, with digests.
-
-    Args:
-      tree: nested dicts of arrays (params, state, or ``{"params": ..., "state": ...}``).
-      overwrite: replace an existing file (default: refuse).
-      metadata: string-to-string notes stored in the safetensors header (ignored for npz).
+    """Writes the arrays of ``tree`` (params, state, or ``{"params": ..., "state": ...}``) to a
+    ``.safetensors`` or ``.npz`` file, atomically, with digests; ``metadata`` (strings) goes into the
+    safetensors header.
 
     Example:
       >>> import tempfile, pathlib, jax.numpy as jnp, jnn
@@ -407,15 +404,11 @@ def _read_file(path: pathlib.Path):
 
 
 def load_params(path, *, like=None):
-    """Reads a ``.safetensors`` or ``.npz`` weight file, verifying recorded digests (files without
-    them load unchecked); a truncated or corrupt file is a ``ValueError`` naming it and the tensor.
-
-    Args:
-      like: the expected tree (e.g. ``jax.eval_shape(model.init, key, example)[0]``): the file must
-        hold exactly its paths and shapes; the result gets its structure and dtypes.
-
-    Returns:
-      Nested dicts of ``jax.Array`` (or ``like``'s structure).
+    """Reads a ``.safetensors`` or ``.npz`` weight file as nested dicts of ``jax.Array``, verifying
+    recorded digests (another tool's file loads unchecked); a truncated or corrupt file is a
+    ValueError naming it and the tensor. With ``like`` (e.g. ``jax.eval_shape(model.init, key,
+    example)[0]``) the file must hold exactly its paths and shapes, and the result takes its
+    structure and dtypes.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn

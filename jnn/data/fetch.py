@@ -37,11 +37,9 @@ class _VerificationError(ValueError):
 
 def download(urls: str | Sequence[str], dest: str | os.PathLike[str], *, md5: str | None = None,
              sha256: str | None = None, timeout: float = 30) -> pathlib.Path:
-    """Downloads a file, trying each URL (``http(s)://`` or ``file://``) in order, and verifies it.
-
-    An existing ``dest`` is replaced only by a complete, verified file; ``md5``/``sha256`` are hex
-    digests (None: unchecked); ``timeout`` is per connect or read. If no URL works, a
-    ``DatasetUnavailableError`` lists each URL with its error.
+    """Downloads a file, trying each URL (``http(s)://`` or ``file://``) in order, verifying its size
+    and the ``md5``/``sha256`` hex digests given; ``dest`` is replaced only by a verified file. If no
+    URL works, a ``DatasetUnavailableError`` lists each URL with its error.
 
     Example:
         >>> import pathlib, tempfile

@@ -259,15 +259,9 @@ class _Windows:
 
 @checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | None = None, vocab=None):
-    """Tiny Shakespeare as a source of int32 windows: record ``i`` is ``(ids[s : s + seq_len],
-    ids[s + 1 : s + seq_len + 1])`` with ``s = i * stride`` (default stride ``seq_len``).
-
-    Args:
-      text: the corpus (default :func:`jnn.data.load_tiny_shakespeare`).
-      vocab: a :class:`jnn.data.CharVocab` (default: built from ``text``).
-
-    Returns:
-      ``(source, vocab)``.
+    """Tiny Shakespeare (or ``text``) as a source of int32 windows: record ``i`` is ``(ids[s : s +
+    seq_len], ids[s + 1 : s + seq_len + 1])``, ``s = i * stride`` (default ``seq_len``). Returns
+    ``(source, vocab)``; ``vocab`` defaults to a :class:`jnn.data.CharVocab` of ``text``.
 
     Example:
       >>> import jnn
