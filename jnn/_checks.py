@@ -1,19 +1,10 @@
-"""Shared argument and parameter checks: one message style for every layer and function.
+"""Shared argument checks: one message style for every layer and function.
 
-A factory or function declares its arguments' rules once, with :func:`declare`::
+A factory or function declares its arguments' rules once with :func:`declare`; a rule is
+``rule(label, what, value) -> value`` raising ``ValueError("label: what must be ..., got ...")``::
 
     @checks.declare(features=checks.positive_int, use_bias=checks.flag)
     def dense(features, *, use_bias=True, ...): ...
-
-The rules (``positive_int``, ``flag``, ``rate``, ``above(0)``, ``between(0, 1)``, ``spatial(2)``,
-...) run when a layer is built, and a factory's arguments become its ``Layer.config``. Parameter checks (``param``, ``child_params``) run in
-``apply`` but look only at static facts (dict keys, shapes, dtypes), so under ``jax.jit`` they
-run once at trace time and add nothing to the compiled program.
-
-Every message starts with the layer or function label and names the argument, what was
-expected and what was received::
-
-    dense: features must be a positive integer, got 0
 """
 from __future__ import annotations
 
@@ -30,7 +21,7 @@ from jnn import core
 __all__ = [
     "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of",
     "name_or_callable", "instance_of", "positive_int", "boolean", "finite_number", "number_above",
-    "number_in", "rate", "per_axis", "param", "child_params", "float_input", "is_concrete",
+    "number_in", "rate", "per_axis", "float_input", "is_concrete",
     "ids_in_range", "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer",
     "integer", "static_rate", "divides", "none_or_positive_int", "finite_at_least",
     "positive_int_or", "stages", "jnn_layer", "key_for", "int_lengths", "fraction", "int_in",
@@ -45,13 +36,11 @@ def _is_int(value) -> bool:
 
 
 def declare(**rules):
-    """Declares the rules of a factory's or function's arguments, checked on every call.
+    """Declares the rules of a function's arguments, checked on every call.
 
-    Each rule is ``rule(label, what, value) -> value`` (it may normalize the value, e.g. an int
-    to a per-axis tuple) and raises ``ValueError("label: what must be ..., got ...")``. The label
-    is the call's ``name`` argument when given, else the function's name. When the function
-    returns a :class:`jnn.Layer`, its bound arguments (defaults applied, ``name`` left out)
-    become the layer's ``config``.
+    The label is the call's ``name`` argument when given, else the function's name. When the
+    function returns a :class:`jnn.Layer`, its bound arguments (defaults applied, ``name`` and child
+    layers left out) become the layer's ``config``.
 
     Example:
       >>> from jnn import _checks as checks
@@ -102,7 +91,7 @@ def layer_name(label: str, what: str, value):
 
 
 def _children(signature, name: str, value) -> bool:
-    """``*layers`` of a composite: its children, shown as such rather than in its config."""
+    """``*layers`` of a composite: its children, not part of its config."""
     return (signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL and bool(value)
             and all(isinstance(v, core.Layer) for v in value))
 
@@ -303,56 +292,8 @@ def per_axis(label: str, what: str, value, rank: int) -> tuple[int, ...]:
     return values
 
 
-def _names(keys) -> str:
-    return ", ".join(sorted(map(str, keys))) or "nothing"
-
-
-def param(label: str, params, name: str, shape=None, built_with: str = ""):
-    """``params[name]``, after checking the key exists and (if given) its static shape.
-
-    Raises ``ValueError`` "dense: params lack 'w' (have: kernel)" or "dense: w has shape
-    (64, 3) but this layer was built with features=5" instead of a bare ``KeyError`` or a
-    wrong output shape. Free under ``jit``: keys and shapes are static.
-    """
-    if not isinstance(params, dict) or name not in params:
-        have = _names(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"{label}: params lack {name!r} (have: {have}); were these params "
-                         f"made by this layer's init?")
-    value = params[name]
-    if shape is not None:
-        got = tuple(np.shape(value))
-        if len(got) != len(shape) or any(e is not None and e != g for e, g in zip(shape, got)):
-            want = tuple("?" if e is None else e for e in shape)
-            raise ValueError(f"{label}: {name} has shape {got} but this layer was built with "
-                             f"{built_with} (expected shape {want})")
-    return value
-
-
-def child_params(where: str, params, children) -> None:
-    """Params of a combinator must be keyed by its children's names.
-
-    A key that is no child's name means the params come from another model; the message
-    names the first child with nothing under its name: "params lack 'dense_0' (have:
-    encoder, head)". Children without params are left out of the dict, so a missing key
-    alone is not an error here (the child's own check reports it).
-    """
-    if not isinstance(params, dict):
-        raise TypeError(f"{where}: params must be a dict keyed by child name, got "
-                        f"{type(params).__name__}")
-    unknown = [k for k in params if k not in children]
-    if unknown:
-        missing = [k for k in children if k not in params]
-        lack = f"params lack {missing[0]!r}" if missing else f"params have unexpected {unknown[0]!r}"
-        raise ValueError(f"{where}: {lack} (have: {_names(params)}; this model's children are "
-                         f"{', '.join(children)})")
-
-
 def float_input(x, dtype):
-    """The dtype rule: integer and bool inputs are promoted to the param dtype ``dtype``.
-
-    Float inputs are kept as they are (the product runs in the input's float dtype, e.g.
-    bfloat16 for mixed precision); weights are never cast to an integer dtype.
-    """
+    """Integer and bool inputs promoted to the param dtype ``dtype``; float inputs kept as they are."""
     if jnp.issubdtype(x.dtype, jnp.inexact):
         return x
     return x.astype(dtype)
@@ -418,9 +359,8 @@ def is_integer(value) -> bool:
 
 
 def integer(low: int = 0, high: int | None = None, *, or_none: bool = False, described: str | None = None):
-    """A Python or NumPy integer (not a bool) in ``[low, high]`` (no upper bound when ``high`` is
-    ``None``), or ``None`` when ``or_none``. The message says "a positive integer" (``low=1``),
-    "an integer >= low", or "an integer in [low, high]", unless ``described`` says otherwise.
+    """A Python or NumPy integer (not a bool) in ``[low, high]`` (``high=None``: no bound), or ``None``
+    when ``or_none``; ``described`` replaces the message's wording of the range.
 
     Example:
       >>> from jnn import _checks as checks

@@ -1,33 +1,10 @@
 """Params from and to other frameworks: Flax Linen variables and PyTorch ``state_dict``s.
 
-**Flax Linen.** A jnn tree and a Linen ``variables`` dict have the same shape once names are
-mapped: modules ``Dense_0``/``Conv_1``/``BatchNorm_0``/``LayerNorm_0``/``Embed_0`` are jnn's
-``dense_0``/``conv_1``/``batch_norm_0``/``layer_norm_0``/``embedding_0`` (both count per layer
-type in call order); leaves ``kernel``/``bias`` are ``w``/``b``, except in norms, where Linen's
-``bias`` is jnn's ``offset``; Linen's ``batch_stats`` (``mean``, ``var``) are jnn's ``state``.
-Array layouts are already the same: dense ``[in, out]``, conv ``[*kernel, in, out]``, NHWC.
-Other module names (your own submodules) are kept as they are.
-
-**PyTorch.** :func:`from_torch` maps named torch modules onto jnn layers:
-
-============  ==========================  =================================================
-torch         jnn                         layout change
-============  ==========================  =================================================
-nn.Linear     dense ``w [in, out]``, b    ``weight.T``; after a flatten of NCHW maps, rows
-                                          are permuted from (C, H, W) to jnn's (H, W, C)
-nn.Conv2d     conv ``w [kh, kw, in, out]``  ``weight.permute(2, 3, 1, 0)``
-nn.LSTM       recurrent(lstm_cell)        ``weight_ih.T``, ``weight_hh.T``; gate blocks are
-              ``input.w/b``, ``hidden.w``   (i, f, g, o) in both; ``b = bias_ih + bias_hh``
-============  ==========================  =================================================
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> flax_vars = {"params": {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}}
-  >>> params, state = jnn.convert.from_flax(flax_vars)
-  >>> jax.tree.map(jnp.shape, params)
-  {'dense_0': {'b': (2,), 'w': (3, 2)}}
-  >>> to_flax(params, state)["params"]["Dense_0"]["kernel"].shape
-  (3, 2)
+Flax Linen: modules ``Dense_0``/``Conv_1``/``BatchNorm_0``/... are jnn's ``dense_0``/``conv_1``/
+``batch_norm_0``/...; leaves ``kernel``/``bias`` are ``w``/``b`` (a norm's ``bias`` is ``offset``);
+``batch_stats`` is jnn's ``state``. Array layouts already agree (dense ``[in, out]``, NHWC).
+PyTorch: :func:`from_torch` maps named torch modules onto jnn layers (``nn.Linear`` weights
+transposed, conv weights to ``[*kernel, in, out]``, recurrent biases summed).
 """
 from __future__ import annotations
 
@@ -64,12 +41,10 @@ def _rename(flat: dict, modules: dict, leaf_names) -> dict:
 
 
 def from_flax(variables, *, like=None):
-    """``(params, state)`` for jnn from Flax Linen ``variables`` (``{"params": ..., "batch_stats": ...}``).
+    """``(params, state)`` from Flax Linen ``variables`` (or their ``"params"`` collection alone).
 
     Args:
-      variables: what ``flax_module.init`` returns (or its ``"params"`` collection alone).
-      like: optional jnn ``(params, state)`` template; when given, the converted trees are
-        checked against it (missing, unexpected, mis-shaped paths listed) and take its structure.
+      like: optional jnn ``(params, state)`` to check against (paths, shapes) and take structure from.
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -95,8 +70,7 @@ def from_flax(variables, *, like=None):
 
 
 def to_flax(params, state=None) -> dict:
-    """Flax Linen ``variables`` from jnn ``params`` (and ``state``: batch-norm statistics
-    become ``batch_stats``): the inverse of :func:`from_flax`.
+    """Flax Linen ``variables`` from jnn ``params`` (and ``state``): the inverse of :func:`from_flax`.
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -119,12 +93,8 @@ def _np(t) -> np.ndarray:
 
 
 def torch_linear(weight, bias=None, *, flattened_chw: tuple[int, int, int] | None = None) -> dict:
-    """jnn dense params from an ``nn.Linear``'s ``weight [out, in]`` and ``bias [out]``.
-
-    Args:
-      flattened_chw: when the Linear reads a flattened ``[C, H, W]`` feature map (torch's
-        NCHW ``flatten``), its ``(C, H, W)``: the input rows are reordered to jnn's NHWC
-        flatten order ``(H, W, C)``.
+    """jnn dense params from an ``nn.Linear``'s ``weight [out, in]`` and ``bias [out]``; with
+    ``flattened_chw=(C, H, W)`` (it reads a flattened NCHW map) rows are reordered to ``(H, W, C)``.
 
     Example:
       >>> import numpy as np, jnn
@@ -158,10 +128,7 @@ def torch_conv(weight, bias=None) -> dict:
 
 
 def torch_lstm(state_dict, prefix: str = "", layer: int = 0, *, reverse: bool = False) -> dict:
-    """jnn ``recurrent(lstm_cell(H))`` params from layer ``layer`` of an ``nn.LSTM``'s
-    ``state_dict`` (keys ``{prefix}weight_ih_l{layer}`` ..., with ``_reverse`` for the backward
-    direction of a bidirectional LSTM). Both use gate order (i, f, g, o); torch's two biases sum
-    into jnn's one.
+    """jnn ``recurrent(lstm_cell(H))`` params from layer ``layer`` of an ``nn.LSTM`` ``state_dict``.
 
     Example:
       >>> import numpy as np, jnn
@@ -176,13 +143,9 @@ def torch_lstm(state_dict, prefix: str = "", layer: int = 0, *, reverse: bool = 
 
 def torch_recurrent(state_dict, prefix: str = "", layer: int = 0, *, reverse: bool = False,
                     gates: int | None = None) -> dict:
-    """jnn ``recurrent(cell)`` params from one layer (and direction) of an ``nn.LSTM``
-    (``lstm_cell``), ``nn.GRU`` (``gru_cell``) or ``nn.RNN`` (``rnn_cell``) ``state_dict``.
-
-    The kind is read from the shapes (``weight_ih`` has 4, 3 or 1 blocks of the hidden size),
-    or checked against ``gates`` when given. Gate orders agree ((i, f, g, o) and (r, z, n));
-    the input and recurrent biases sum into ``input.b``, except the GRU candidate's recurrent
-    bias, which stays apart (``hidden.b``: it sits inside the reset gate's product in both).
+    """jnn ``recurrent(cell)`` params from one layer (and direction) of an ``nn.LSTM``, ``nn.GRU`` or
+    ``nn.RNN`` ``state_dict``; the kind is read from the shapes (or checked against ``gates``). The
+    two biases sum into ``input.b``, except a GRU's candidate recurrent bias (``hidden.b``).
 
     Example:
       >>> import numpy as np, jnn
@@ -213,9 +176,7 @@ def torch_recurrent(state_dict, prefix: str = "", layer: int = 0, *, reverse: bo
 
 
 def torch_batch_norm(state_dict, prefix: str = "") -> tuple[dict, dict]:
-    """``(params, state)`` of a jnn ``batch_norm`` from an ``nn.BatchNorm1d/2d/3d``'s
-    ``state_dict``: ``weight``/``bias`` are ``scale``/``offset``, ``running_mean``/``running_var``
-    the state's ``mean``/``var`` (give the jnn layer torch's ``eps``).
+    """``(params, state)`` of a jnn ``batch_norm`` from an ``nn.BatchNorm*`` ``state_dict`` (use torch's ``eps``).
 
     Example:
       >>> import numpy as np, jnn
@@ -256,8 +217,7 @@ _WHAT = {"linear": "an nn.Linear", "conv": "a convolution", "lstm": "an nn.LSTM"
 
 
 def _torch_kind(where: str, state_dict, prefix: str, spec: dict, modules: dict | None, target) -> str:
-    """The kind of the torch module at ``prefix``: from its class when the module is known, else
-    from its keys, with ``spec["type"]`` or the jnn ``target``'s param names where keys are ambiguous."""
+    """The kind of the torch module at ``prefix``: from its class if known, else from its keys."""
     name = prefix[:-1]
     own = {k[len(prefix):] for k in state_dict if k.startswith(prefix)}
     if not own:
@@ -370,29 +330,15 @@ def _recurrent_layer(where, jnn_path, state_dict, prefix, kind, spec) -> dict:
 def from_torch(state_dict, mapping: dict, *, like=None) -> dict:
     """jnn params from a PyTorch module (or its ``state_dict``) and ``{jnn_layer_path: torch_module}``.
 
+    Converts ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.LSTM``/``GRU``/``RNN``, ``nn.Embedding`` and
+    last-axis ``nn.LayerNorm``/``GroupNorm``/``RMSNorm``; others are refused by name (batch norms:
+    :func:`torch_batch_norm`). Given the ``nn.Module``, types come from classes, else from keys.
+
     Args:
-      state_dict: the torch module itself (``nn.Module``: each mapped module's type is then read
-        from its class) or ``torch_module.state_dict()`` (the type is read from its keys and
-        shapes, and must be given as ``type`` where they fit more than one).
-      mapping: for each jnn layer (e.g. ``"conv_0"``, ``"block_1/dense_0"``), the torch module
-        prefix (``"features.0"``) or a dict ``{"module": "fc", option: value, ...}``. Options:
-        ``flattened_chw=(C, H, W)`` for an ``nn.Linear`` after an NCHW flatten (rows reordered);
-        ``layer=k`` (required when there are several) and ``reverse`` (required when
-        bidirectional) for an ``nn.LSTM``/``nn.GRU``/``nn.RNN``; ``type`` (``"linear"``,
-        ``"conv"``, ``"lstm"``, ``"gru"``, ``"rnn"``, ``"embedding"``, ``"norm"``) to say or
-        check the module's type. An option the module's type does not take is refused.
-      like: optional jnn params template to check against (paths, shapes) and take structure
-        from; it also tells a bias-free ``nn.Linear`` (``w``) from an ``nn.Embedding``.
-
-    Converted: ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``,
-    ``nn.Embedding`` and ``nn.LayerNorm``/``GroupNorm``/``RMSNorm`` over the last axis. Refused by
-    name: batch norms (their statistics are state: :func:`torch_batch_norm`), attention, LSTMs
-    with ``proj_size``, containers, and (given the module) every other class.
-
-    Raises:
-      KeyError: a mapped torch module is not in the state_dict.
-      ValueError: a module type that is not converted, an option its type does not take, a
-        ``layer`` it does not have, or an ambiguous weight without ``type``.
+      mapping: jnn layer path -> torch module prefix, or ``{"module": "fc", option: value}`` with
+        options ``flattened_chw=(C, H, W)`` (Linear), ``layer=k``, ``reverse`` (recurrent) and
+        ``type`` (``"linear"``, ``"conv"``, ``"lstm"``, ``"gru"``, ``"rnn"``, ``"embedding"``, ``"norm"``).
+      like: optional params template to check against and take structure from.
 
     Example:
       >>> import numpy as np, jnn

@@ -1,34 +1,11 @@
-"""Exported models: a model's inference function, or a whole training run, in one file that
-needs only ``jax`` to load and call (not jnn, not the model code), through :mod:`jax.export`.
+"""Exported models (``.jnnx``): an inference function or a whole training run in one file that
+needs only ``jax`` to load and call, through :mod:`jax.export`.
 
-:func:`export_model` writes the inference function, with the params baked in (``predict(x)``)
-or passed in (``predict(params, state, x)``), for any batch size (a symbolic batch dimension)
-and for CPU and CUDA at once. :func:`export_capsule` writes the training run of
-:func:`jnn.train.fit` as three functions, ``init``, ``train_epoch`` (one fused epoch, the same
-shuffle as ``fit``) and ``evaluate``: the "benchmark capsule", which reruns the benchmark from
-the file alone on any machine with jax.
-
-File format (``.jnnx``): the 8 bytes ``JNNEXPRT`` (:data:`MAGIC`, which every ``.jnnx`` file starts
-with and :func:`load` checks), a little-endian uint64 ``n``, ``n`` bytes of
-JSON header (format, versions, description, and each section's offset, length, kind, sha256
-and, for functions, input/output shapes and dtypes, symbolic dimensions as names; and
-``header_sha256``, the sha256 of the rest of the header as ``json.dumps(header, sort_keys=True)``),
-then the sections: serialized ``jax.export.Exported`` functions and optionally an ``.npz`` of data.
-The loader, :func:`load`, is 25 lines that need only jax, NumPy and the standard library; copy
-them into a program that should not depend on jnn::
-
-    header, fns = load("mlp.jnnx")
-    logits = fns["predict"](x)          # x: [any batch, 28, 28, 1]
-
-Example:
-  >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
-  >>> model = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(2))
-  >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
-  >>> path = pathlib.Path(tempfile.mkdtemp()) / "mlp.jnnx"
-  >>> jnn.export.export_model(path, model, params, state, jnp.zeros((1, 3)), description="tiny MLP")
-  >>> header, fns = jnn.export.load(path)
-  >>> header["sections"]["predict"]["inputs"], fns["predict"](jnp.ones((5, 3))).shape
-  ([{'shape': ['b', 3], 'dtype': 'float32'}], (5, 2))
+File format: the 8 bytes :data:`MAGIC`, a little-endian uint64 ``n``, ``n`` bytes of JSON header
+(format, versions, description, each section's offset, length, kind, sha256 and input/output
+avals; ``header_sha256`` over ``json.dumps(header, sort_keys=True)``), then the sections
+(serialized ``jax.export.Exported`` functions, optionally an ``.npz`` of data). :func:`load`
+needs only jax, NumPy and the standard library: copy it to drop jnn.
 """
 from __future__ import annotations
 
@@ -46,6 +23,7 @@ import numpy as np
 
 from jnn import _checks
 from jnn import io as _io
+from jnn import tree as _tree
 from jnn.core import Layer
 
 __all__ = ["export_model", "export_capsule", "export_onnx", "load", "MAGIC"]
@@ -55,12 +33,8 @@ _FORMAT = 2   # 2: the header and each section carry a sha256; format 1 files lo
 
 
 def load(path):
-    """``(header, sections)`` of a ``.jnnx`` file: each exported function as a callable, a data
-    section as a dict of NumPy arrays. Needs only jax and NumPy: copy it to drop jnn.
-
-    The header's and each section's sha256 are verified: a changed byte anywhere is a
-    ``ValueError`` naming the file and the part that fails (files of format 1, written before
-    digests were recorded, load unchecked).
+    """``(header, sections)`` of a ``.jnnx`` file (functions as callables, data as NumPy arrays), its
+    sha256s verified: a failure is a ValueError naming the file and the part.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -155,7 +129,7 @@ def _check_platforms(where: str, platforms) -> tuple[str, ...]:
 
 
 def _check_example(where: str, example):
-    """The example input as something with ``shape`` and ``dtype``, its first axis the batch."""
+    """The example input with ``shape`` and ``dtype``, its first axis the batch."""
     if not (hasattr(example, "shape") and hasattr(example, "dtype")):
         example = np.asarray(example)
     if len(example.shape) < 1:
@@ -165,8 +139,7 @@ def _check_example(where: str, example):
 
 
 def _check_pair(where: str, what: str, data):
-    """``(x, y)`` as arrays with the same number of examples (``fit``'s rule; an exported epoch
-    would otherwise index past the shorter one, which XLA clamps)."""
+    """``(x, y)`` as arrays with the same number of examples."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{where}: {what} must be a pair (x, y) of arrays, got {type(data).__name__}"
                          + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
@@ -189,21 +162,10 @@ def _export(where: str, fn: Callable, platforms, *specs):
 def export_model(path, model: Layer, params, state, example, *, bake_params: bool = True,
                  batch_polymorphic: bool = True, platforms: Sequence[str] = ("cpu", "cuda"),
                  description: str = "", overwrite: bool = False) -> None:
-    """Writes ``model``'s inference function (``train=False``) to ``path`` (a ``.jnnx`` file).
-
-    Args:
-      path: where to write; an existing file is refused unless ``overwrite``.
-      model, params, state: the trained model.
-      example: an input (array or ``ShapeDtypeStruct``) giving the per-example shape and dtype.
-      bake_params: store params and state as constants: ``predict(x)``. ``False`` exports
-        ``predict(params, state, x)`` (load the weights with :func:`jnn.io.load_params`).
-      batch_polymorphic: the first axis is a symbolic ``b``, so one file serves every batch size.
-      platforms: lower for each of these (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``); the
-        caller's platform picks the matching code at load time.
-      description: free text stored in the header.
-
-    Raises:
-      FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """Writes ``model``'s inference function (``train=False``) to a ``.jnnx`` file: ``predict(x)``
+    with params baked in, or ``predict(params, state, x)`` with ``bake_params=False``; for any batch
+    size (``batch_polymorphic``) and each of ``platforms`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``).
+    ``example`` (array or ``ShapeDtypeStruct``) gives the input shape and dtype.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -240,17 +202,10 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
                    platforms: Sequence[str] = ("cpu", "cuda"), include_data: bool = False,
                    description: str = "", overwrite: bool = False) -> None:
     """Writes a training run of :func:`jnn.train.fit` (same arguments) as three functions:
-
-    - ``init(key_data) -> leaves``: ``key_data`` is ``jax.random.key_data(key)`` of the ``key``
-      given to ``fit`` (uint32 ``[2]``); ``leaves`` is the flat list of train-state arrays (the
-      header's ``leaf_paths`` names them; the PRNG key is stored as its key data).
-    - ``train_epoch(leaves, x, y) -> (leaves, logs)``: one epoch, fused in one ``lax.scan``, with
-      ``fit``'s shuffle (drawn from the state's key) and batches; ``logs`` are the epoch means.
-    - ``evaluate(leaves, x_val, y_val) -> metrics``: ``fit``'s validation pass.
-
-    Three calls of ``train_epoch`` after ``init`` reproduce three epochs of ``fit`` with
-    ``fused=True`` bit for bit (same platform). Data shapes are fixed at export (in the header);
-    ``include_data=True`` also stores the arrays in the file (a ``data`` section).
+    ``init(key_data) -> leaves`` (the train-state arrays, named by the header's ``leaf_paths``),
+    ``train_epoch(leaves, x, y) -> (leaves, logs)`` (one fused epoch with ``fit``'s shuffle) and,
+    given ``val_data``, ``evaluate(leaves, x_val, y_val) -> metrics``. Epochs match ``fit`` with
+    ``fused=True`` bit for bit on the same platform; ``include_data=True`` stores the data too.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, optax, jnn
@@ -317,7 +272,7 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
         functions["evaluate"] = _export(where, eval_fn, platforms, leaf_specs,
                                         spec(xv), spec(yv))
         data.update(x_val=xv, y_val=yv)
-    leaf_paths = [p for p, _ in _leaf_paths(template)]
+    leaf_paths = [p for p, _ in _tree.leaves_with_paths(template)]
     _write(where, path, functions, description,
            {"kind": "capsule", "batch_size": batch_size, "steps_per_epoch": len(x) // batch_size,
             "leaf_paths": leaf_paths}, data if include_data else None, overwrite)
@@ -325,19 +280,9 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
 
 def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic: bool = True,
                 opset: int = 21, overwrite: bool = False) -> None:
-    """Writes ``model``'s inference function, params baked in, as an ONNX model through
-    ``jax2onnx`` (``pip install 'jnn[onnx]'``), for ``onnxruntime`` and other ONNX runtimes.
-
-    The input is named ``x`` with a symbolic batch ``B`` (unless ``batch_polymorphic=False``),
-    the output ``y``. Tested to match jnn within 1e-5 under onnxruntime: dense/MLP, conv,
-    ``avg_pool``, ``max_pool``, ``global_avg_pool``, batch/layer norm, attention and
-    transformer encoder blocks, LSTM. Known unsupported (jax2onnx 0.17 / onnxruntime 1.32):
-    ``embedding`` (its NaN-filling ``jnp.take(..., mode="fill")`` has no converter), so token
-    models such as ``decoder_lm`` fail to export.
-
-    Raises:
-      ImportError: jax2onnx is not installed.
-      FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """Writes ``model``'s inference function, params baked in, as ONNX through ``jax2onnx``
+    (``pip install 'jnn[onnx]'``): input ``x`` (symbolic batch ``B`` unless
+    ``batch_polymorphic=False``), output ``y``. ``embedding`` has no converter yet.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -364,8 +309,3 @@ def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic
     proto = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)], opset=opset,
                              model_name="jnn_model", input_names=["x"], output_names=["y"])
     _io.atomic_write(path, proto.SerializeToString(), overwrite=overwrite, where=where)
-
-
-def _leaf_paths(tree):
-    from jnn import tree as _tree
-    return _tree.leaves_with_paths(tree)

@@ -1,21 +1,7 @@
 """Looking inside a composed model: sub-layers and their params by path, intermediate outputs.
 
-A path is the child keys joined by ``/``, the same keys as in the params dict
-(``"block_0/dense_1"``), so one path reaches a sub-layer, its params and its output:
-
-- :func:`get`: ``get(model, path)`` is the sub-layer, ``get(params, path)`` its params
-  (and ``get(state, path)`` its state);
-- :func:`capture`: the outputs of the sub-layers whose paths match patterns, from one apply.
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> model = jnn.serial(jnn.named("body", jnn.serial(jnn.dense(8), jnn.relu())), jnn.dense(2))
-  >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
-  >>> jnn.get(model, "body/dense_0").kind, jnn.get(params, "body/dense_0")["w"].shape
-  ('dense', (3, 8))
-  >>> y, state, features = jnn.capture(model, params, state, jnp.ones((4, 3)), "body")
-  >>> features["body"].shape
-  (4, 8)
+A path is the child keys joined by ``/``, as in the params dict (``"block_0/dense_1"``):
+:func:`get` reaches a sub-layer or its params/state, :func:`capture` sub-layers' outputs.
 """
 from __future__ import annotations
 
@@ -30,20 +16,9 @@ __all__ = ["get", "capture"]
 
 
 def get(model_or_tree, path: str):
-    """The sub-layer of a model, or the sub-tree of its params/state, at ``path``.
-
-    Args:
-      model_or_tree: a :class:`jnn.Layer` (follows ``children``), or a params/state dict
-        (follows its keys, which are the same child keys).
-      path: child keys joined by ``/`` (``"block_0/dense_1"``); ``""`` is the whole thing.
-
-    Returns:
-      The :class:`jnn.Layer` at ``path``, or the params/state sub-tree there. Children
-      without params (activations, ``flatten``) have no entry in the params dict: their
-      params are ``{}``, and ``get(params, path)`` raises a ``KeyError`` saying so.
-
-    Raises:
-      KeyError: a key along the path does not exist; the message lists the keys there.
+    """The sub-layer of a model (following ``children``), or the sub-tree of its params/state, at
+    ``path`` (``""``: the whole). A missing key is a ``KeyError`` listing the keys there; children
+    without params have no entry in the params dict.
 
     Example (a head swap: keep the body's layers and params, put a new head on):
       >>> import jax, jax.numpy as jnp, jnn
@@ -100,29 +75,9 @@ def _from_inner_trace(value, trace) -> bool:
 @checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def capture(model: core.Layer, params, state, x, patterns: Iterable[str] | str, *, key=None,
             train: bool = False, **keywords) -> tuple[Any, Any, dict[str, Any]]:
-    """Applies ``model`` once and also returns the outputs of the sub-layers matching ``patterns``.
-
-    A sub-layer's path is its child keys joined by ``/`` (as in the params dict). A pattern
-    without ``/`` matches the last key (``"dense_1"``, ``"dense_*"``); one with ``/`` is an
-    ``fnmatch`` glob over the whole path (``"block_0/*"``), as in :mod:`jnn.tree`.
-    Sub-layers are those called through :func:`jnn.apply_child` (every built-in composite
-    does). Recording is Python at trace time, so ``capture`` works under ``jax.jit``,
-    ``jax.vmap`` and ``jax.grad`` and the outputs cost nothing more than the apply.
-
-    Args:
-      model: the model.
-      params, state, x: as for ``model.apply``.
-      patterns: a pattern or a list of patterns.
-      key, train, **keywords: as for ``model.apply``.
-
-    Returns:
-      ``(y, new_state, captured)``: ``model.apply``'s results and ``{path: output}`` for
-      every matching sub-layer (a sub-layer called twice keeps its last output).
-
-    Raises:
-      ValueError: no sub-layer matched (the message lists the paths there are), or a match
-        sits inside a ``jax.lax.scan``/``jax.checkpoint`` the model runs (its output never
-        leaves that transformation: capture the enclosing layer instead).
+    """Applies ``model`` once and also returns ``{path: output}`` of the sub-layers matching
+    ``patterns`` (:mod:`jnn.tree` patterns): ``(y, new_state, captured)``. Works under ``jit``,
+    ``vmap`` and ``grad``; no match, or one inside a ``lax.scan``/``checkpoint``, is a ValueError.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

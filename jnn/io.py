@@ -1,29 +1,9 @@
 """Files: safe writes, and weight files (``.safetensors`` or ``.npz``) for params and state.
 
-A weight file holds flat ``path -> array`` entries, paths as in :mod:`jnn.tree`
-(``"block_0/dense_1/w"``). :func:`flatten` and :func:`unflatten` convert between the two forms;
-:func:`load_params` with ``like=`` checks a file against a model's expected structure and lists
-every missing, unexpected and mis-shaped entry by path.
-
-The ``.safetensors`` reader and writer are jnn's own (the format is a JSON header and raw
-little-endian bytes, https://github.com/huggingface/safetensors); files round-trip with the
-``safetensors`` package, and bfloat16 works (which ``safetensors.numpy`` cannot load).
-
-Integrity: :func:`save_params` records each tensor's sha256 in the file (in ``.safetensors``,
-the header's ``__metadata__`` entry named by ``DIGEST_KEY``, ``"jnn.sha256"``), and
-:func:`load_params` verifies them, naming the file and the tensor that fails.
-
-Example:
-  >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
-  >>> model = jnn.serial(jnn.dense(3), jnn.relu(), jnn.dense(2))
-  >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
-  >>> path = pathlib.Path(tempfile.mkdtemp()) / "mlp.safetensors"
-  >>> jnn.io.save_params(path, params)
-  >>> sorted(jnn.io.flatten(params))
-  ['dense_0/b', 'dense_0/w', 'dense_1/b', 'dense_1/w']
-  >>> loaded = jnn.io.load_params(path, like=params)
-  >>> bool(jnp.array_equal(loaded["dense_1"]["w"], params["dense_1"]["w"]))
-  True
+A weight file holds flat ``path -> array`` entries (``"block_0/dense_1/w"``, as in :mod:`jnn.tree`).
+:func:`save_params` records each tensor's sha256 (safetensors: in ``__metadata__[DIGEST_KEY]``)
+and :func:`load_params` verifies them; with ``like=`` it lists every missing, unexpected and
+mis-shaped entry by path. The safetensors reader and writer are jnn's own (bfloat16 works).
 """
 from __future__ import annotations
 
@@ -49,8 +29,7 @@ __all__ = ["atomic_write", "write_error", "check_target", "fresh_path", "flatten
 
 
 def check_target(where: str, path, overwrite) -> pathlib.Path:
-    """``path`` as a ``pathlib.Path``, once it is known to be writable as a new file: refused
-    (before any work is done) when it is a directory, or exists and ``overwrite`` is not True.
+    """``path`` as a ``pathlib.Path``, refused if it is a directory, or exists and ``overwrite`` is not True.
 
     Example:
       >>> import tempfile, pathlib, jnn
@@ -69,22 +48,8 @@ def check_target(where: str, path, overwrite) -> pathlib.Path:
 
 def atomic_write(path, data, *, overwrite: bool = False,
                  where: str = "jnn.io.atomic_write") -> pathlib.Path:
-    """Writes ``data`` to ``path`` through a temporary file in the same directory and an
-    atomic rename, so a crash leaves either the old file or the new one, never half of one.
-
-    Args:
-      path: the file to write.
-      data: ``bytes``, ``str``, or a list of bytes-like pieces written one after another
-        (e.g. memoryviews of arrays: nothing is joined in memory).
-      overwrite: replace an existing file (default: refuse).
-      where: the caller's name, for error messages.
-
-    Raises:
-      FileExistsError: ``path`` exists and ``overwrite`` is False (the message starts with
-        ``where``).
-      IsADirectoryError: ``path`` is a directory.
-      OSError: the write failed (a full disk, a file size limit, ...); the message names
-        ``where`` and ``path``, the ``errno`` is the system's, and nothing is left behind.
+    """Writes ``data`` (``bytes``, ``str`` or a list of bytes-like pieces) to ``path`` through a
+    temporary file and an atomic rename; ``where`` names the caller in errors.
 
     Example:
       >>> import tempfile, pathlib, jnn
@@ -119,8 +84,7 @@ _SPACE_ERRNOS = {getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EDQUOT") 
 
 
 def write_error(where: str, path, error: OSError) -> OSError:
-    """An ``OSError`` (of the subclass its errno implies) for a failed write of ``path``: its
-    message names ``where`` and ``path``, and says nothing was written.
+    """An ``OSError`` (with the system's errno) for a failed write of ``path``, naming ``where`` and ``path``.
 
     Example:
       >>> import errno, jnn
@@ -156,7 +120,7 @@ def fresh_path(path) -> pathlib.Path:
 
 
 def _paths(tree) -> list[str]:
-    """Each leaf's ``/``-joined path, in leaf order (leaves may be arrays or ShapeDtypeStructs)."""
+    """Each leaf's ``/``-joined path, in leaf order."""
     from jnn import tree as _tree
     paths = []
     for path, _ in jax.tree_util.tree_leaves_with_path(tree):
@@ -170,9 +134,6 @@ def _paths(tree) -> list[str]:
 def flatten(tree) -> dict[str, np.ndarray]:
     """``{"block_0/dense_1/w": array, ...}``: every leaf of ``tree`` by its path, as NumPy.
 
-    Raises:
-      ValueError: a dict key contains ``"/"`` (the path would not unflatten to the same tree).
-
     Example:
       >>> import numpy as np, jnn
       >>> flat = jnn.io.flatten({"dense_0": {"w": np.zeros((3, 2)), "b": np.zeros(2)}})
@@ -183,17 +144,9 @@ def flatten(tree) -> dict[str, np.ndarray]:
 
 
 def unflatten(flat: dict[str, Any], *, like=None, where: str = "jnn.io.unflatten"):
-    """The inverse of :func:`flatten` (and of :func:`jnn.tree.leaves_with_paths`).
-
-    Args:
-      flat: ``{path: array}``.
-      like: optional expected tree (arrays or ``jax.ShapeDtypeStruct``). Without it the result
-        is nested dicts; with it, ``flat`` must hold exactly ``like``'s paths and shapes, and
-        the result has ``like``'s structure (empty dicts, tuples) and dtypes.
-      where: the caller's name, for error messages.
-
-    Raises:
-      ValueError: with ``like``, ``flat`` does not match it; every problem is listed by path.
+    """The inverse of :func:`flatten`: nested dicts, or with ``like=`` (a tree of arrays or
+    ``jax.ShapeDtypeStruct``) ``like``'s structure and dtypes, after checking ``flat`` holds exactly
+    its paths and shapes (a ``ValueError`` lists every problem; ``where`` names the caller).
 
     Example:
       >>> unflatten({"dense_0/w": 1, "dense_0/b": 2, "scale": 3})
@@ -222,8 +175,7 @@ def unflatten(flat: dict[str, Any], *, like=None, where: str = "jnn.io.unflatten
 
 
 def structure_problems(flat: dict[str, Any], like) -> list[str]:
-    """How ``flat`` (path -> array) differs from ``like`` (a tree of arrays or
-    ``jax.ShapeDtypeStruct``): missing, unexpected and mis-shaped entries by path; ``[]`` if none.
+    """How ``flat`` differs from ``like``: missing, unexpected and mis-shaped entries by path.
 
     Example:
       >>> import numpy as np, jnn
@@ -250,10 +202,7 @@ _CODES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dt
 _DTYPE_CODES = {np.dtype(t): code for code, t in _CODES.items()}
 
 
-DIGEST_KEY = "jnn.sha256"
-"""The safetensors ``__metadata__`` entry in which :func:`save_params` records each tensor's
-digest: a JSON string ``{name: [dtype, shape, sha256 of its bytes], "__metadata__": sha256 of
-the other metadata}``. :func:`load_params` verifies it; files without it load unchecked."""
+DIGEST_KEY = "jnn.sha256"   # safetensors metadata: JSON {name: [dtype, shape, sha256], "__metadata__": sha256}
 
 
 def _digest(data) -> str:
@@ -261,8 +210,7 @@ def _digest(data) -> str:
 
 
 def _damaged_name(names, target: str) -> str | None:
-    """A name in ``names`` that is ``target`` with one character changed or something appended
-    (a damaged digest entry, which must not pass for a file without digests), else None."""
+    """A name in ``names`` that is ``target`` with one character changed or something appended."""
     return next((k for k in names if k != target and (k.startswith(target) or (
         len(k) == len(target) and sum(a != b for a, b in zip(k, target)) == 1))), None)
 
@@ -272,8 +220,7 @@ def _metadata_digest(metadata: dict) -> str:
 
 
 def _safetensors_pieces(flat: dict[str, np.ndarray], metadata: dict[str, str]) -> list:
-    """The file as a list of pieces: the length, the JSON header, then each tensor's bytes
-    (memoryviews of the arrays, not copies, on a little-endian machine)."""
+    """The file as pieces: length, JSON header, then each tensor's bytes (views, not copies)."""
     header, chunks, digests, offset = {}, [], {}, 0
     for name, array in flat.items():
         if array.dtype not in _DTYPE_CODES:
@@ -291,43 +238,39 @@ def _safetensors_pieces(flat: dict[str, np.ndarray], metadata: dict[str, str]) -
     return [struct.pack("<Q", len(text)), text, *chunks]
 
 
+def _corrupt(path, what: str) -> ValueError:
+    return ValueError(f"jnn.io.load_params: {path} is corrupt: {what}; restore the file from a copy or save it again")
+
+
 def _recorded_digests(metadata, path) -> dict | None:
     """The digests :func:`save_params` recorded in ``metadata``, or None for a file without them."""
-    where = f"jnn.io.load_params: {path} is corrupt"
     if not isinstance(metadata, dict):
         return None
     if DIGEST_KEY not in metadata:
         near = _damaged_name(metadata, DIGEST_KEY)
         if near is not None:
-            raise ValueError(f"{where}: its header names {near!r} where jnn writes {DIGEST_KEY!r} (a changed "
-                             f"byte); restore the file from a copy or save it again")
+            raise _corrupt(path, f"its header names {near!r} where jnn writes {DIGEST_KEY!r} (a changed byte)")
         return None
     try:
         digests = json.loads(metadata[DIGEST_KEY])
     except (TypeError, ValueError):
         digests = None
     if not isinstance(digests, dict):
-        raise ValueError(f"{where}: its {DIGEST_KEY} header entry is unreadable; restore the file from a copy "
-                         f"or save it again")
+        raise _corrupt(path, f"its {DIGEST_KEY} header entry is unreadable")
     if digests.get("__metadata__") != _metadata_digest(metadata):
-        raise ValueError(f"{where}: its header metadata fails the sha256 check (changed since it was written); "
-                         f"restore the file from a copy or save it again")
+        raise _corrupt(path, "its header metadata fails the sha256 check (changed since it was written)")
     return digests
 
 
 def _check_digest(digests, name, entry, data, path) -> None:
-    where = f"jnn.io.load_params: {path} is corrupt"
     recorded = digests.get(name)
     if not isinstance(recorded, list) or len(recorded) != 3:
-        raise ValueError(f"{where}: tensor {name!r} has no recorded digest (its name or the digests changed); "
-                         f"restore the file from a copy or save it again")
+        raise _corrupt(path, f"tensor {name!r} has no recorded digest (its name or the digests changed)")
     if recorded[:2] != [entry["dtype"], entry["shape"]]:
-        raise ValueError(f"{where}: the header gives tensor {name!r} dtype {entry['dtype']} and shape "
-                         f"{entry['shape']}, it was written as {recorded[0]} {recorded[1]}; restore the file "
-                         f"from a copy or save it again")
+        raise _corrupt(path, f"the header gives tensor {name!r} dtype {entry['dtype']} and shape {entry['shape']}, "
+                             f"it was written as {recorded[0]} {recorded[1]}")
     if _digest(data) != recorded[2]:
-        raise ValueError(f"{where}: tensor {name!r} fails its sha256 check (its bytes changed since it was "
-                         f"written); restore the file from a copy or save it again")
+        raise _corrupt(path, f"tensor {name!r} fails its sha256 check (its bytes changed since it was written)")
 
 
 def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
@@ -353,8 +296,7 @@ def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
         flat[name] = array if dtype.isnative else array.astype(dtype.newbyteorder("="))
     if digests is not None and set(digests) - {"__metadata__"} != set(flat):
         missing = sorted(set(digests) - {"__metadata__"} - set(flat))
-        raise ValueError(f"jnn.io.load_params: {path} is corrupt: tensor(s) {missing} were written but are not in "
-                         f"its header; restore the file from a copy or save it again")
+        raise _corrupt(path, f"tensor(s) {missing} were written but are not in its header")
     return flat
 
 
@@ -385,8 +327,7 @@ def _read_npz(path) -> dict[str, np.ndarray]:
     for own in (_NPZ_DIGESTS, _NPZ_DTYPES):
         near = _damaged_name(flat, own)
         if near is not None:
-            raise ValueError(f"jnn.io.load_params: {path} is corrupt: the archive names {near!r} where jnn writes "
-                             f"{own!r}; restore the file from a copy or save it again")
+            raise _corrupt(path, f"the archive names {near!r} where jnn writes {own!r}")
     if _NPZ_DIGESTS in flat:
         digests = json.loads(str(flat.pop(_NPZ_DIGESTS)))
         for name, array in flat.items():
@@ -394,8 +335,7 @@ def _read_npz(path) -> dict[str, np.ndarray]:
             _check_digest(digests, name, entry, np.ascontiguousarray(array).reshape(-1).view(np.uint8), path)
         missing = sorted(set(digests) - set(flat))
         if missing:
-            raise ValueError(f"jnn.io.load_params: {path} is corrupt: array(s) {missing} were written but are not "
-                             f"in the archive; restore the file from a copy or save it again")
+            raise _corrupt(path, f"array(s) {missing} were written but are not in the archive")
     odd = json.loads(str(flat.pop(_NPZ_DTYPES))) if _NPZ_DTYPES in flat else {}
     flat.update({p: flat[p].view(np.dtype(getattr(ml_dtypes, d, d))) for p, d in odd.items()})
     return flat
@@ -414,23 +354,9 @@ def _check_savable(where: str, tree) -> None:
 
 
 def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
-    """Writes the arrays of ``tree`` (params, state, or ``{"params": ..., "state": ...}``) to
-    ``path``, a ``.safetensors`` or ``.npz`` file, atomically.
-
-    Args:
-      path: ends in ``.safetensors`` or ``.npz``.
-      tree: nested dicts of arrays; keys become ``/``-joined paths (:func:`flatten`).
-      overwrite: replace an existing file (default: refuse).
-      metadata: string-to-string notes stored in the safetensors header (ignored for npz).
-
-    A ``.safetensors`` file records each tensor's sha256 (with its dtype and shape) and one of
-    the metadata in its header (:data:`DIGEST_KEY`, a string entry of ``__metadata__``, so other
-    safetensors readers still read the file); :func:`load_params` verifies them. An ``.npz`` is a
-    zip archive whose members carry CRC-32 checksums, which ``load_params`` verifies as well.
-
-    Raises:
-      FileExistsError: ``path`` exists and ``overwrite`` is False.
-      ValueError: the suffix is neither ``.safetensors`` nor ``.npz``.
+    """Writes the arrays of ``tree`` (params, state, or ``{"params": ..., "state": ...}``) to a
+    ``.safetensors`` or ``.npz`` file, atomically, with digests; ``metadata`` (strings) goes into the
+    safetensors header.
 
     Example:
       >>> import tempfile, pathlib, jax.numpy as jnp, jnn
@@ -464,8 +390,7 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
 
 
 def _read_file(path: pathlib.Path):
-    """The bytes of ``path`` in one NumPy buffer (one read into fresh memory: cheaper than
-    ``read_bytes``, which grows a bytes object)."""
+    """The bytes of ``path`` in one NumPy buffer."""
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         buffer = np.empty(size, np.uint8)
@@ -479,23 +404,11 @@ def _read_file(path: pathlib.Path):
 
 
 def load_params(path, *, like=None):
-    """Reads a weight file written by :func:`save_params` (or by safetensors / ``np.savez``).
-
-    Args:
-      path: a ``.safetensors`` or ``.npz`` file.
-      like: the expected tree (e.g. ``params`` of a fresh init, or
-        ``jax.eval_shape(model.init, key, example)[0]``). When given, the file must hold exactly
-        its paths with its shapes; the result has ``like``'s structure (empty dicts included)
-        and dtypes.
-
-    Returns:
-      Nested dicts of ``jax.Array`` (or ``like``'s structure).
-
-    Raises:
-      ValueError: the file is truncated or corrupt: a tensor fails the digest recorded by
-        :func:`save_params` (the message names the file and the tensor) or an ``.npz`` member its
-        CRC-32; a file without digests (written by another tool) is read unchecked. Or, with
-        ``like``, the file does not match it; every problem is listed by path.
+    """Reads a ``.safetensors`` or ``.npz`` weight file as nested dicts of ``jax.Array``, verifying
+    recorded digests (another tool's file loads unchecked); a truncated or corrupt file is a
+    ValueError naming it and the tensor. With ``like`` (e.g. ``jax.eval_shape(model.init, key,
+    example)[0]``) the file must hold exactly its paths and shapes, and the result takes its
+    structure and dtypes.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn

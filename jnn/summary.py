@@ -47,20 +47,9 @@ def _config_text(model: core.Layer, path: str, kind: str) -> str:
 
 @checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
-    """A table of every sub-layer's path, kind, output shape, parameter count and config
-    (:attr:`jnn.Layer.config`), with the total parameter count and bytes. Nothing is
-    computed: shapes come from ``jax.eval_shape``.
-
-    Args:
-      model: any layer.
-      example: an input array or ``jax.ShapeDtypeStruct`` (batch axis included), or a dict or
-        tuple of them for a model with several inputs.
-      key: PRNG key for init (only shapes are used; defaults to ``jax.random.key(0)``).
-      **keywords: the extra keywords ``model.apply`` needs, as arrays or
-        ``jax.ShapeDtypeStruct`` (e.g. ``context=`` for a model with cross-attention).
-
-    Returns:
-      The table as a string (``print`` it); columns are separated by at least two spaces.
+    """A table of every sub-layer's path, kind, output shape, parameter count and config, with the
+    totals; shapes come from ``jax.eval_shape``. ``example`` is an input array or
+    ``ShapeDtypeStruct`` (or a dict or tuple of them); ``keywords`` are extra ``apply`` keywords.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

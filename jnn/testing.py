@@ -1,13 +1,8 @@
 """The conformance kit: :func:`check_layer` runs the checks jnn runs on every built-in layer.
 
-Use it in your own tests on the layers you write::
-
-    def test_my_layer():
-        jnn.testing.check_layer(my_layer(16), jnp.ones((4, 10, 8)))
-
-Every check raises an ``AssertionError`` that starts ``check_layer(<layer>): <check>:``.
-The comparisons are chex assertions; everything runs under strict dtype promotion, so a
-layer that mixes dtypes without an explicit cast fails.
+Use it in your own tests (``jnn.testing.check_layer(my_layer(16), jnp.ones((4, 10, 8)))``);
+each failure is an ``AssertionError`` starting ``check_layer(<layer>): <check>:``. Everything
+runs under strict dtype promotion.
 """
 from __future__ import annotations
 
@@ -47,8 +42,7 @@ def _all_float(tree) -> bool:
 
 
 def _as_array(example, seed: int = 0):
-    """The example as arrays (a pytree of them for a dict or tuple input); a
-    ``ShapeDtypeStruct`` becomes random normal values (zeros for an integer dtype)."""
+    """The example as arrays; a ``ShapeDtypeStruct`` becomes random normal values (zeros if integer)."""
     rng = np.random.default_rng(seed)
 
     def one(leaf):
@@ -68,44 +62,19 @@ def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, st
                 keywords: Mapping[str, Any] | None = None, atol: float = 1e-5, rtol: float = 1e-5) -> None:
     """Checks that ``layer`` keeps the layer contract and behaves under JAX's transformations.
 
-    Checks, in order (each failure names its check):
-
-    - contract: ``apply`` takes ``key``/``train`` (and its declared ``keywords``), ``init``
-      returns ``(params, state)``, ``apply`` returns ``(y, new_state)`` with ``new_state``
-      of ``state``'s structure, and evaluation (``train=False``) needs no key;
-    - eval_shape: init from a ``ShapeDtypeStruct`` equals init from the array (same key:
-      bit-identical) and ``jax.eval_shape`` of init; ``jax.eval_shape`` of apply and
-      :func:`jnn.output_shape` give the computed output's shape and dtype;
-    - jit == eager;
-    - determinism: the same key gives bit-identical outputs;
-    - key: with ``stochastic=True``, another key gives another output in training and no key
-      raises; otherwise the output does not depend on the key;
-    - vmap == batched (``batch_independent=True``): ``jax.vmap`` over examples equals the
-      batched call (keyword arrays are mapped over their first axis too);
-    - float64 (``float64=True``): params and floating outputs are float64, outputs finite;
-    - gradients: ``jax.test_util.check_grads`` against finite differences (step 1e-6), orders
-      ``1..grad_order`` in float64, for the params and (``input_grads``) a floating input,
-      jointly (along random directions in both); on a failure each is checked alone, and the
-      error names the one that fails.
+    Checks, in order: contract (signatures and results of ``init``/``apply``, no key needed at
+    evaluation); eval_shape (``ShapeDtypeStruct`` init, ``jax.eval_shape`` and
+    :func:`jnn.output_shape` agree); jit == eager; determinism under the same key; key contract
+    (``stochastic``: another key changes the training output, no key raises; else the key is
+    ignored); vmap == batched (``batch_independent``); float64 params and finite outputs
+    (``float64``); ``check_grads`` up to ``grad_order`` for params and (``input_grads``) the input.
 
     Args:
-      layer: the layer.
-      example: a batched input array (or a ``ShapeDtypeStruct``: random normal values are used),
-        or a dict or tuple of them for a layer with several inputs.
-      key: PRNG key (split for init and apply); default ``jax.random.key(0)``.
-      train: apply in training mode (with a fixed key, so it is deterministic).
-      stochastic: the layer draws random numbers in training (dropout): checked with ``train=True``.
-      batch_independent: an example's output depends on that example only (false for batch
-        norm in training, or dropout, whose mask is drawn for the whole batch).
-      float64: run the float64 and gradient checks (they need ``jax.enable_x64``).
-      grad_order: highest derivative order to check (0 skips the gradient check).
-      grad_modes: ``("fwd", "rev")``; drop ``"fwd"`` for primitives without a JVP rule.
-      input_grads: also check gradients with respect to the input.
-      keywords: extra keywords for ``apply`` (``{"lengths": ...}``).
-      atol, rtol: tolerances of the float32 comparisons.
-
-    Raises:
-      AssertionError: a check failed; the message starts ``check_layer(<label>): <check>:``.
+      example: a batched input (array or ``ShapeDtypeStruct``: random normal values), or a dict or
+        tuple of them.
+      train: apply in training mode; stochastic: the layer draws random numbers in training.
+      grad_modes: drop ``"fwd"`` for primitives without a JVP rule.
+      keywords: extra keywords for ``apply``; atol, rtol: float32 tolerances.
 
     Example:
       >>> import jax.numpy as jnp, jnn, jnn.testing
@@ -178,10 +147,7 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
             chex.assert_trees_all_close(per_example(x, keywords), y, atol=atol, rtol=rtol)
 
 
-# Finite-difference step in float64: central differences err by O(eps^2) from truncation and
-# O(1e-16 / eps) from rounding; jax's default 1e-4 left 2.4e-5 relative truncation error on a
-# decoder_lm's second derivative, above check_grads' tolerance of 1e-5.
-_FD_EPS = 1e-6
+_FD_EPS = 1e-6   # float64 finite-difference step (jax's 1e-4 truncates too much for second derivatives)
 
 
 def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes, input_grads):

@@ -1,23 +1,10 @@
 """Parameter paths: select leaves of a params tree by readable path patterns.
 
-A leaf's path is its dict keys joined by ``/`` (``"dense_0/w"``). A pattern *without* a
-``/`` matches the leaf's own name (``"w"`` matches every weight matrix); a pattern *with*
-one is an ``fnmatch`` glob over the whole path (``"encoder/*"`` matches everything under
-``encoder``, at any depth).
-
-The default selection for penalties and weight decay (:data:`WEIGHTS`) is by name, so that
-it is explicit and predictable, but it never skips a weight silently: used with its default
-``include``, :func:`mask` (and :func:`jnn.losses.l2_penalty`, :func:`jnn.train.penalty`)
-raises a ValueError when the params hold a floating leaf of rank >= 2 that is neither
-selected, nor an embedding table (:data:`NOT_WEIGHTS`), nor excluded by ``exclude`` (e.g. a
-custom layer's ``wa``/``wg`` kernels). Name such kernels ``w``, or pass ``include``
-(``include=["w", "wa", "wg"]``; an explicit ``include`` is taken as the user's decision).
-
-Example:
-  >>> import jax.numpy as jnp, jnn
-  >>> params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}}
-  >>> jnn.tree.mask(params, ["w"])
-  {'dense_0': {'b': False, 'w': True}}
+A leaf's path is its keys joined by ``/`` (``"dense_0/w"``). A pattern without ``/`` matches the
+leaf's name (``"w"``); one with ``/`` is an ``fnmatch`` glob over the whole path (``"encoder/*"``).
+:data:`WEIGHTS` is the default selection for penalties and weight decay; it never skips a
+kernel silently: a floating leaf of rank >= 2 that is not selected, not an embedding table
+(:data:`NOT_WEIGHTS`) and not excluded is an error (:func:`check_weights_selected`).
 """
 from __future__ import annotations
 
@@ -30,11 +17,9 @@ import jax.numpy as jnp
 __all__ = ["path_str", "leaves_with_paths", "matches", "mask", "WEIGHTS", "NOT_WEIGHTS",
            "check_weights_selected"]
 
-#: The default selection for penalties and weight decay: weight matrices and kernels
-#: (leaves named ``w``), not biases, norm scales/offsets or embeddings.
+#: The default selection for penalties and weight decay: kernels (leaves named ``w``).
 WEIGHTS = ("w",)
-#: Leaves of rank >= 2 the default selection leaves out on purpose: embedding tables (token and
-#: learned positional embeddings).
+#: Leaves of rank >= 2 the default selection leaves out on purpose: embedding tables.
 NOT_WEIGHTS = ("embedding",)
 
 
@@ -100,9 +85,8 @@ def check_patterns(where: str, what: str, patterns) -> tuple[str, ...]:
 
 
 def check_weights_selected(tree, include, exclude, where: str) -> None:
-    """With the default ``include`` (:data:`WEIGHTS`), raises a ValueError naming every floating
-    leaf of rank >= 2 that is not selected, not in :data:`NOT_WEIGHTS` and not excluded: a
-    kernel the default would skip silently. Does nothing for any other ``include``.
+    """With the default ``include`` (:data:`WEIGHTS`), a ``ValueError`` naming every floating leaf of
+    rank >= 2 neither selected, nor in :data:`NOT_WEIGHTS`, nor excluded; else nothing.
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -129,12 +113,8 @@ def check_weights_selected(tree, include, exclude, where: str) -> None:
 
 
 def mask(tree, include: Iterable[str] | str = WEIGHTS, exclude: Iterable[str] | str = ()):
-    """A tree of bools with ``tree``'s structure: True where a leaf's path matches
-    ``include`` and not ``exclude``. Usable as an ``optax.masked`` mask.
-
-    Raises:
-      ValueError: with the default ``include``, a weight the default would skip (see
-        :func:`check_weights_selected`).
+    """A tree of bools: True where a leaf's path matches ``include`` and not ``exclude`` (an
+    ``optax.masked`` mask); checks the default selection (:func:`check_weights_selected`).
 
     Example:
       >>> import jax.numpy as jnp, jnn

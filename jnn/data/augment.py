@@ -1,18 +1,8 @@
-"""On-device image augmentation: pure, keyed functions that run inside a jitted step.
+"""On-device image augmentation: keyed functions ``(key, images [B, H, W, C]) -> images``.
 
-Every augmentation is a function ``(key, images) -> images`` on a batch
-``[B, H, W, C]`` with values in ``[0, 1]``; each example gets its own randomness (the key
-is split ``B`` ways and the per-image transform is ``vmap``-ed), shapes and dtype are kept
-(except :func:`random_crop` to a different ``size``). They compose with :func:`pipeline`
-and become a layer with :func:`augment_layer`, which is the identity at evaluation
-(``train=False``), so augmentation can live inside the model.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.data.augment import pipeline, random_translate, random_erasing
-  >>> augment = jax.jit(pipeline(random_translate(2), random_erasing(0.5)))
-  >>> augment(jax.random.key(0), jnp.ones((8, 28, 28, 1))).shape
-  (8, 28, 28, 1)
+Each example gets its own randomness; shapes and dtype are kept (except :func:`random_crop`).
+They compose with :func:`pipeline` and become a layer (identity at ``train=False``) with
+:func:`augment_layer`.
 """
 from __future__ import annotations
 
@@ -65,11 +55,7 @@ def _batched(where: str, per_image: Callable) -> Augmentation:
 
 
 def _int_below(u, n):
-    """Integers uniform in ``[0, n)`` from uniforms ``u`` in ``[0, 1)`` (``n`` may be traced).
-
-    Every augmentation draws all its numbers with one ``jax.random.uniform`` call: it compiles
-    several times faster than separate ``randint``/``bernoulli`` draws.
-    """
+    """Integers uniform in ``[0, n)`` from uniforms ``u`` in ``[0, 1)`` (``n`` may be traced)."""
     n = jnp.asarray(n).astype(u.dtype)
     return jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
 
@@ -81,10 +67,8 @@ def _check_image(where: str, image) -> None:
 
 
 def translate(image: jax.Array, shift) -> jax.Array:
-    """One image ``[H, W, C]`` shifted by ``shift = (dy, dx)`` pixels (may be traced), zero-filled.
-
-    ``out[i, j] = image[i - dy, j - dx]`` where that index is inside the image, else 0; positive
-    ``dy``/``dx`` move the content down/right (like ``np.roll``, without wrapping around).
+    """One image ``[H, W, C]`` shifted by ``shift = (dy, dx)`` pixels (may be traced), zero-filled:
+    ``out[i, j] = image[i - dy, j - dx]`` (like ``np.roll`` without wrapping).
 
     Example:
       >>> import jax.numpy as jnp
@@ -109,13 +93,8 @@ def translate(image: jax.Array, shift) -> jax.Array:
 
 
 def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0) -> jax.Array:
-    """One image ``[H, W, C]`` rotated, scaled and sheared about its centre (bilinear, zero-filled).
-
-    A positive angle rotates counter-clockwise as displayed (row 0 at the top), so 90 degrees
-    equals ``np.rot90`` on a square image; ``scale > 1`` zooms in. The output pixel at centred
-    coordinates ``p = (y, x)`` samples the input at ``R(angle) @ S(shear) @ p / scale`` (``S``
-    adds ``tan(shear) * y`` to ``x``) with ``jax.scipy.ndimage.map_coordinates(order=1)``.
-    Pixels sampled from outside the image are 0. Arguments may be traced.
+    """One image ``[H, W, C]`` rotated (counter-clockwise as displayed), scaled (``> 1`` zooms in) and
+    sheared about its centre; bilinear, zero-filled; arguments may be traced.
 
     Example:
       >>> import jax.numpy as jnp
@@ -145,9 +124,7 @@ def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0)
 
 
 def random_translate(max_shift: int | tuple[int, int]) -> Augmentation:
-    """Shift each image by whole pixels drawn uniformly from ``[-max_shift, max_shift]`` per axis.
-
-    The uncovered border is zero (black). ``max_shift`` is an int or ``(max_dy, max_dx)``.
+    """Shifts each image by whole pixels uniform in ``[-max_shift, max_shift]`` per axis, zero-filled.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -165,10 +142,7 @@ def random_translate(max_shift: int | tuple[int, int]) -> Augmentation:
 
 
 def random_crop(size: tuple[int, int], padding: int | tuple[int, int] = 0) -> Augmentation:
-    """Zero-pad each image by ``padding`` then cut a random ``size = (h, w)`` window from it.
-
-    With ``size`` equal to the input's ``(H, W)`` this is the usual pad-and-crop (e.g. pad 4,
-    crop 32 on CIFAR); the output is ``[B, h, w, C]``.
+    """Zero-pads each image by ``padding``, then cuts a random ``size = (h, w)`` window: ``[B, h, w, C]``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -194,10 +168,7 @@ def random_crop(size: tuple[int, int], padding: int | tuple[int, int] = 0) -> Au
 
 def random_affine(max_rotation_degrees: float, *, max_scale: float = 0.0,
                   max_shear: float = 0.0) -> Augmentation:
-    """Random rotation, scale and shear per image (see :func:`affine`), bilinear, zero-filled.
-
-    Angle uniform in ``[-max_rotation_degrees, max_rotation_degrees]``, scale uniform in
-    ``[1 - max_scale, 1 + max_scale]``, shear angle uniform in ``[-max_shear, max_shear]`` degrees.
+    """Random rotation (degrees), scale (``1 ± max_scale``) and shear (degrees) per image (:func:`affine`).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -217,10 +188,7 @@ def random_affine(max_rotation_degrees: float, *, max_scale: float = 0.0,
 
 
 def horizontal_flip(p: float = 0.5) -> Augmentation:
-    """Mirror each image left-right with probability ``p``.
-
-    Not for digits or text: a mirrored 2, 3 or 7 is not a digit (use small translations or
-    :func:`random_affine` on MNIST instead).
+    """Mirrors each image left-right with probability ``p`` (not for digits or text).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -239,11 +207,8 @@ def horizontal_flip(p: float = 0.5) -> Augmentation:
 
 def random_erasing(p: float = 0.5, scale: tuple[float, float] = (0.02, 0.2),
                    ratio: tuple[float, float] = (0.3, 3.3), value: float = 0.0) -> Augmentation:
-    """With probability ``p``, set one random rectangle of each image to ``value`` (Zhong et al.).
-
-    The rectangle's area is a fraction of the image drawn uniformly from ``scale`` and its
-    aspect ratio ``h / w`` log-uniformly from ``ratio``; sides are rounded to whole pixels
-    (at least 1) and clipped to the image, and its position is uniform inside the image.
+    """With probability ``p``, sets one random rectangle of each image to ``value``: area fraction
+    uniform in ``scale``, aspect ``h / w`` log-uniform in ``ratio``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -311,9 +276,7 @@ def _pipeline(where: str, augmentations) -> Augmentation:
 
 @checks.declare()
 def augment_layer(*augmentations: Augmentation, name: str | None = None) -> Layer:
-    """A layer applying ``pipeline(*augmentations)`` when ``train=True``, the identity otherwise.
-
-    No params, no state; at training it needs ``key=`` in ``apply``.
+    """A layer applying ``pipeline(*augmentations)`` when ``train=True`` (needs ``key=``), else the identity.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

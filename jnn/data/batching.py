@@ -13,13 +13,8 @@ __all__ = ["batches"]
 
 def batches(*arrays, batch_size: int, key: jax.Array | None = None,
             drop_remainder: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
-    """Yields aligned minibatches ``(a[idx], b[idx], ...)`` of arrays sharing their first axis.
-
-    Args:
-      *arrays: arrays with the same number of examples on axis 0.
-      batch_size: examples per batch (> 0).
-      key: shuffle with this PRNG key (``None``: keep the order).
-      drop_remainder: skip the last batch when it is smaller than ``batch_size``.
+    """Yields aligned minibatches ``(a[idx], b[idx], ...)`` of arrays sharing axis 0, shuffled with
+    ``key`` if given; ``drop_remainder`` skips a last smaller batch.
 
     Example:
       >>> import numpy as np, jnn

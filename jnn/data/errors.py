@@ -9,10 +9,8 @@ __all__ = ["DatasetUnavailableError"]
 
 
 class DatasetUnavailableError(RuntimeError):
-    """A dataset file is missing and could not be downloaded.
-
-    The message names the destination directory, the missing file, every URL
-    that was tried together with its error, and how to fix the problem.
+    """A dataset file is missing and could not be downloaded; the message names the file, each URL
+    tried with its error, and how to fix it.
 
     Example:
         >>> err = DatasetUnavailableError.for_file(
@@ -22,25 +20,10 @@ class DatasetUnavailableError(RuntimeError):
     """
 
     @classmethod
-    def for_file(
-        cls,
-        dest: str | os.PathLike[str],
-        attempts: Sequence[tuple[str, str]] = (),
-        *,
-        root: str | os.PathLike[str] | None = None,
-        note: str | None = None,
-    ) -> DatasetUnavailableError:
-        """Builds the error for one missing file.
-
-        Args:
-            dest: Where the file should be.
-            attempts: ``(url, error message)`` for each download tried.
-            root: The data directory ``dest`` lives under, if known; used to
-                tell the user which layout ``JNN_DATA_DIR`` must have.
-            note: Why nothing (more) was tried, e.g. ``"download=False"``.
-
-        Returns:
-            A ``DatasetUnavailableError`` with a complete, actionable message.
+    def for_file(cls, dest: str | os.PathLike[str], attempts: Sequence[tuple[str, str]] = (), *,
+                 root: str | os.PathLike[str] | None = None, note: str | None = None) -> DatasetUnavailableError:
+        """The error for one missing file: ``attempts`` are ``(url, error)`` pairs, ``root`` the data
+        directory (to show the layout ``JNN_DATA_DIR`` needs), ``note`` why nothing (more) was tried.
         """
         dest = pathlib.Path(dest)
         relative = _relative_to(dest, root)
@@ -51,20 +34,14 @@ class DatasetUnavailableError(RuntimeError):
         if note:
             lines.append(f"No download was attempted ({note}).")
         current = f" (the data directory is now {str(root)!r})" if root is not None else ""
-        lines.append(
-            f"To fix: copy {dest.name!r} to {str(dest)!r}, or set JNN_DATA_DIR to a folder "
-            f"containing {relative!r}{current}, or allow network access (with download=True) "
-            "so that it can be downloaded."
-        )
+        lines.append(f"To fix: copy {dest.name!r} to {str(dest)!r}, or set JNN_DATA_DIR to a folder "
+                     f"containing {relative!r}{current}, or allow network access (with download=True) "
+                     "so that it can be downloaded.")
         return cls("\n".join(lines))
 
 
 def _relative_to(dest: pathlib.Path, root: str | os.PathLike[str] | None) -> str:
-    """Path of ``dest`` inside ``root``; without a root, ``<folder>/<name>``.
-
-    jnn's loaders keep every file at ``<data_dir>/<dataset>/<name>``, so the
-    last two components are what a folder in ``JNN_DATA_DIR`` must contain.
-    """
+    """Path of ``dest`` inside ``root``; without a root, ``<folder>/<name>``."""
     if root is not None:
         try:
             return dest.relative_to(pathlib.Path(root)).as_posix()

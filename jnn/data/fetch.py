@@ -1,11 +1,5 @@
-"""Verified, atomic downloads with mirror fallback.
-
-:func:`download` never leaves a partial or unverified file behind: it streams
-into a temporary file next to the destination, checks the byte count against
-``Content-Length`` and the checksum (if given), and only then renames the
-temporary file onto the destination with :func:`os.replace` (atomic on POSIX
-and Windows). On any failure the temporary file is deleted and the next
-mirror is tried.
+"""Verified, atomic downloads with mirror fallback: a file is streamed to a temporary file, checked
+(``Content-Length``, checksums) and renamed onto its destination, or deleted and the next mirror tried.
 """
 from __future__ import annotations
 
@@ -30,8 +24,7 @@ _MIRROR_ERRORS = (OSError, ValueError, http.client.HTTPException)
 
 
 def check_source_args(where: str, download, mirrors) -> None:
-    """A dataset loader's ``download`` must be a bool and ``mirrors`` None or a list of URL
-    strings (one string would be read as a list of one-character URLs)."""
+    """A loader's ``download`` must be a bool and ``mirrors`` None or a list of URL strings."""
     checks.flag(where, "download", download)
     if mirrors is not None and (isinstance(mirrors, (str, bytes)) or not isinstance(mirrors, Sequence)
                                 or not all(isinstance(m, str) for m in mirrors)):
@@ -42,34 +35,11 @@ class _VerificationError(ValueError):
     """The downloaded bytes are incomplete or fail their checksum."""
 
 
-def download(
-    urls: str | Sequence[str],
-    dest: str | os.PathLike[str],
-    *,
-    md5: str | None = None,
-    sha256: str | None = None,
-    timeout: float = 30,
-) -> pathlib.Path:
-    """Downloads a file, trying each URL in order, and verifies it.
-
-    The destination directory is created if needed. An existing ``dest`` is
-    replaced only by a fully downloaded and verified file.
-
-    Args:
-        urls: One URL or a sequence of mirror URLs for the same file
-            (``http(s)://`` or ``file://``).
-        dest: Path the file is written to.
-        md5: Expected MD5 hex digest, or None to skip this check.
-        sha256: Expected SHA-256 hex digest, or None to skip this check.
-        timeout: Seconds to wait on each connect or read before giving up on
-            a mirror.
-
-    Returns:
-        ``dest`` as a ``pathlib.Path``.
-
-    Raises:
-        DatasetUnavailableError: If no URL yields a complete, verified file;
-            the message lists each URL with its error.
+def download(urls: str | Sequence[str], dest: str | os.PathLike[str], *, md5: str | None = None,
+             sha256: str | None = None, timeout: float = 30) -> pathlib.Path:
+    """Downloads a file, trying each URL (``http(s)://`` or ``file://``) in order, verifying its size
+    and the ``md5``/``sha256`` hex digests given; ``dest`` is replaced only by a verified file. If no
+    URL works, a ``DatasetUnavailableError`` lists each URL with its error.
 
     Example:
         >>> import pathlib, tempfile
@@ -92,14 +62,11 @@ def download(
             attempts.append((url, _describe(e)))
         else:
             return dest
-    raise DatasetUnavailableError.for_file(
-        dest, attempts, note=None if attempts else "no URLs were given"
-    )
+    raise DatasetUnavailableError.for_file(dest, attempts, note=None if attempts else "no URLs were given")
 
 
 def _make_parent(dest: pathlib.Path) -> None:
-    """Creates ``dest``'s folder; a path blocked by a regular file, or a folder that cannot be
-    written, raises DatasetUnavailableError naming the file and the fix."""
+    """Creates ``dest``'s folder, or raises DatasetUnavailableError naming the file and the fix."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -111,18 +78,9 @@ def _make_parent(dest: pathlib.Path) -> None:
             dest, note=f"the folder {str(dest.parent)!r} is not writable; fix its permissions")
 
 
-def _fetch(
-    url: str,
-    dest: pathlib.Path,
-    *,
-    md5: str | None,
-    sha256: str | None,
-    timeout: float,
-) -> None:
+def _fetch(url: str, dest: pathlib.Path, *, md5: str | None, sha256: str | None, timeout: float) -> None:
     """Downloads one URL into a temp file, verifies it and moves it to ``dest``."""
-    tmp = tempfile.NamedTemporaryFile(
-        dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False
-    )
+    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False)
     try:
         with tmp:
             received, digests = _stream(url, tmp, timeout=timeout)
@@ -138,11 +96,7 @@ def _fetch(
 
 
 def _stream(url: str, out, *, timeout: float) -> tuple[int, dict[str, str]]:
-    """Copies the body at ``url`` into ``out``; checks it against Content-Length.
-
-    Returns:
-        The number of bytes written and their ``{"md5": ..., "sha256": ...}``.
-    """
+    """Copies the body at ``url`` into ``out``, checked against Content-Length: ``(bytes, digests)``."""
     h_md5 = hashlib.md5(usedforsecurity=False)
     h_sha256 = hashlib.sha256()
     received = 0
@@ -156,9 +110,7 @@ def _stream(url: str, out, *, timeout: float) -> tuple[int, dict[str, str]]:
             h_sha256.update(chunk)
             received += len(chunk)
     if expected is not None and received != expected:
-        raise _VerificationError(
-            f"incomplete download: Content-Length is {expected} bytes, received {received}"
-        )
+        raise _VerificationError(f"incomplete download: Content-Length is {expected} bytes, received {received}")
     return received, {"md5": h_md5.hexdigest(), "sha256": h_sha256.hexdigest()}
 
 
@@ -166,9 +118,8 @@ def _verify(received: int, digests: dict[str, str], *, md5: str | None, sha256: 
     """Raises ``_VerificationError`` if a given checksum does not match."""
     for name, want in (("md5", md5), ("sha256", sha256)):
         if want is not None and digests[name] != want.lower():
-            raise _VerificationError(
-                f"{name} mismatch: expected {want.lower()}, got {digests[name]} ({received} bytes)"
-            )
+            raise _VerificationError(f"{name} mismatch: expected {want.lower()}, got {digests[name]} "
+                                     f"({received} bytes)")
 
 
 def _describe(error: BaseException) -> str:

@@ -1,38 +1,15 @@
 """Grain input pipelines for :func:`jnn.train.fit`: record sources, shuffled batches, sharding.
 
-Data that fits in device memory stays on ``fit``'s scan-fused path; anything larger streams
-through Grain (``pip install 'jnn[data]'``): a random-access *source* (``__len__`` and
-``__getitem__``: :class:`ArraySource` over arrays or memory-mapped ``.npy`` files,
-:class:`NpySource`, :func:`mnist_source`, :func:`shakespeare_source`), then :func:`pipeline`
-shuffles it with a seed (a new permutation every epoch), drops the ragged rest of each epoch,
-gives each JAX process its disjoint share of every global batch (Grain's ``ShardByJaxProcess``
-options), runs optional CPU-side transforms and batches, in Grain's reader threads or worker
-processes (``worker_count``), with Grain's checkpointable iterator state.
+A random-access *source* (``__len__``, ``__getitem__``: :class:`ArraySource`, :class:`NpySource`,
+:func:`mnist_source`, :func:`shakespeare_source`, a Grain ``MapDataset``) goes through
+:func:`pipeline`: a seeded permutation per epoch, the ragged rest dropped, each JAX process its
+share of every global batch, CPU transforms, reader threads or worker processes, checkpointable
+state. Sources with ``read_batch(indices)`` are read a batch at a time.
 
-The pipeline is a Grain ``MapDataset`` of *batches*: element ``i`` is batch ``i % steps`` of epoch
-``i // steps``, read in one call. Sources with a ``read_batch(indices)`` method (all of jnn's)
-read a whole batch at once (one NumPy fancy index, or one ``pread`` per record into one buffer);
-others are read record by record (Grain's ``__getitems__`` when they have it) and stacked, so
-the Python work is per batch, not per record (timings: ``benchmarks/RESULTS.md``).
-
-Order of a pipeline, epoch ``e`` (0-based), process ``p`` of ``P``: the source's records in the
-order of ``jnn.train.permutation.IndexShuffle(len(source), seed=[seed, e])`` (a keyed bijection
-evaluated at each batch's positions: O(batch) work and memory, however large the source); the
-first ``steps_per_epoch * batch_size`` of them; global batch ``k`` is positions
-``k * batch_size ... (k + 1) * batch_size - 1``, of which process ``p`` reads ``p, p + P, ...``.
-The processes together read every kept record of the epoch exactly once.
-
-Your own Grain datasets: a ``MapDataset`` of records is a source like any other
-(``pipeline(my_map_dataset, ...)``); a ``grain.DataLoader`` or an ``IterDataset`` that already
-yields batches goes straight into ``fit`` with ``steps_per_epoch=`` (its iterator's
-``get_state``/``set_state`` make it resumable as well).
-
-Example:
-  >>> import numpy as np, jnn
-  >>> source = jnn.data.grain.ArraySource(np.arange(10.0)[:, None], np.arange(10))
-  >>> batches = jnn.data.grain.pipeline(source, batch_size=4, seed=0)
-  >>> batches.steps_per_epoch, [b[1].shape for b in batches.dataset[:3]]
-  (2, [(4,), (4,), (4,)])
+Order, epoch ``e``, process ``p`` of ``P``: records in the order of
+``jnn.train.permutation.IndexShuffle(len(source), seed=[seed, e])``, the first
+``steps_per_epoch * batch_size`` kept; global batch ``k`` is positions ``k * batch_size ...
+(k + 1) * batch_size - 1``, of which process ``p`` reads ``p, p + P, ...``.
 """
 from __future__ import annotations
 
@@ -61,16 +38,9 @@ def _grain():
 
 
 class ArraySource:
-    """A random-access source over arrays sharing their first axis: record ``i`` is
-    ``(a[i], b[i], ...)`` (or ``a[i]`` for one array); ``read_batch(indices)`` reads the records
-    at ``indices`` as one stacked batch. Memory-mapped arrays (``np.load(path, mmap_mode="r")``)
-    and :class:`NpySource` files are read by record, never whole.
-
-    Args:
-      *arrays: NumPy arrays, memmaps or :class:`NpySource` files with the same number of
-        records on axis 0.
-      transform: optional conversion applied on read, to one record or to a batch of them (a
-        leading batch axis), so write it elementwise (e.g. ``image.astype(np.float32) / 255``).
+    """Records over arrays sharing axis 0 (NumPy arrays, memmaps or :class:`NpySource` files, read by
+    record): record ``i`` is ``(a[i], b[i], ...)`` (``a[i]`` for one), passed through the optional
+    elementwise ``transform``.
 
     Example:
       >>> import numpy as np, jnn
@@ -120,13 +90,7 @@ class ArraySource:
 
 
 class NpySource:
-    """Records of a ``.npy`` file on disk, read one at a time with ``os.pread``: nothing is mapped
-    into the process, so its memory stays bounded however large the file (a memmap's pages,
-    once touched, count toward the resident set until unmapped).
-
-    Args:
-      path: a C-ordered ``.npy`` file (e.g. written by :func:`write_npy`); record ``i`` is
-        ``array[i]``.
+    """Records of a C-ordered ``.npy`` file, read with ``os.pread`` (nothing mapped: bounded memory).
 
     Example:
       >>> import os, tempfile, numpy as np, jnn
@@ -174,8 +138,7 @@ class NpySource:
         return self.read_batch(np.array([index]))[0]
 
     def read_batch(self, indices: np.ndarray) -> np.ndarray:
-        """The records at ``indices`` (int ``[B]``) as one ``[B, ...]`` array: one ``pread`` per
-        record, straight into the batch's buffer."""
+        """The records at ``indices`` as one ``[B, ...]`` array (one ``pread`` per record)."""
         indices = np.asarray(indices)
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"NpySource: records [{indices.min()}, {indices.max()}] out of range "
@@ -202,11 +165,9 @@ class NpySource:
 
 
 def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = False) -> None:
-    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (an iterable of arrays whose first axes
-    add up to ``shape[0]``), appending each chunk: never more than one chunk in memory. Written
-    to a temporary file beside ``path`` and renamed at the end, so a failure leaves no partial
-    file. An existing ``path`` is a ``FileExistsError`` unless ``overwrite=True`` (then it is
-    replaced only once the new file is complete).
+    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (arrays whose first axes add up to
+    ``shape[0]``), one chunk in memory at a time, via a temporary file renamed at the end. An
+    existing ``path`` is a ``FileExistsError`` unless ``overwrite=True``.
 
     Example:
       >>> import os, tempfile, numpy as np, jnn
@@ -253,9 +214,7 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = 
 
 
 def mnist_record(record):
-    """uint8 MNIST ``(image, label)`` as ``fit`` takes it: ``(float32 image / 255 with a channel
-    axis, int32 label)``; elementwise, for one record or a batch (an :class:`ArraySource`
-    ``transform``).
+    """uint8 MNIST ``(image, label)`` -> ``(float32 image / 255 [..., 1], int32 label)``, elementwise.
 
     Example:
       >>> import numpy as np, jnn
@@ -269,9 +228,7 @@ def mnist_record(record):
 
 def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | None = None,
                  download: bool = True) -> ArraySource:
-    """MNIST from its IDX files as a record source: ``(float32 [28, 28, 1] in [0, 1], int32 label)``,
-    the values :func:`jnn.data.load_mnist` gives, converted record by record from the uint8
-    images (47 MB for the training split instead of 188 MB of float32).
+    """MNIST as a source of ``(float32 [28, 28, 1] in [0, 1], int32 label)``, converted on read.
 
     Example:
       >>> src = jnn.data.grain.mnist_source("test", download=False)  # doctest: +SKIP
@@ -302,18 +259,9 @@ class _Windows:
 
 @checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | None = None, vocab=None):
-    """Tiny Shakespeare as a record source of language-model windows: record ``i`` is
-    ``(ids[s : s + seq_len], ids[s + 1 : s + seq_len + 1])`` with ``s = i * stride`` (int32),
-    the windows :func:`jnn.data.lm_windows` gives, cut on read.
-
-    Args:
-      seq_len: window length.
-      stride: start-to-start distance (default ``seq_len``: disjoint windows).
-      text: the corpus (default :func:`jnn.data.load_tiny_shakespeare`).
-      vocab: a :class:`jnn.data.CharVocab` (default: built from ``text``).
-
-    Returns:
-      ``(source, vocab)``.
+    """Tiny Shakespeare (or ``text``) as a source of int32 windows: record ``i`` is ``(ids[s : s +
+    seq_len], ids[s + 1 : s + seq_len + 1])``, ``s = i * stride`` (default ``seq_len``). Returns
+    ``(source, vocab)``; ``vocab`` defaults to a :class:`jnn.data.CharVocab` of ``text``.
 
     Example:
       >>> import jnn
@@ -334,16 +282,10 @@ def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | N
 
 
 class Pipeline:
-    """Batches from :func:`pipeline`: iterate it (a Grain iterator whose state can be saved), or
-    pass it to :func:`jnn.train.fit`, which reads ``steps_per_epoch`` from it.
+    """Batches from :func:`pipeline`: iterate it, or pass it to :func:`jnn.train.fit`.
 
-    Attributes:
-      dataset: the Grain ``MapDataset`` (or ``IterDataset`` with worker processes) of batches,
-        endless or ``num_epochs`` long.
-      steps_per_epoch: batches per epoch (per process).
-      batch_size: the global batch size; each process yields ``batch_size // shard_count``.
-      shard_count: how many processes the batches are split over (``fit`` checks it against
-        ``jax.process_count()``).
+    Attributes: ``dataset`` (the Grain dataset of batches), ``steps_per_epoch`` (per process),
+    ``batch_size`` (global), ``shard_count`` (processes the batches are split over).
 
     Example:
       >>> import numpy as np, jnn
@@ -371,46 +313,20 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
              transform: Callable | None = None, random_transform: Callable | None = None,
              worker_count: int = 0, worker_nice: int = 19, read_threads: int = 2, prefetch: int = 4,
              shard=None) -> Pipeline:
-    """Shuffled, sharded, batched Grain pipeline over a record source (see the module docstring
-    for the exact order).
+    """Shuffled, sharded, batched Grain pipeline over a record source (order: module docstring).
 
     Args:
-      source: random-access records (``__len__``, ``__getitem__``), e.g. :class:`ArraySource`,
-        :func:`mnist_source`, or any Grain source (ArrayRecord files); read a batch at a time
-        when it has ``read_batch(indices)`` and no ``transform`` is given.
-      batch_size: the global batch size (all processes together); must divide by the number of
-        shards.
-      seed: shuffle seed (epoch ``e`` draws its order from ``[seed, e]``); the same seed gives
-        the same batches.
-      shuffle: ``False`` keeps the source's order every epoch.
-      num_epochs: stop after this many epochs (``None``: endless, for ``fit``'s epochs).
-      drop_remainder: ``False`` keeps a smaller last batch per epoch (for evaluation, e.g.
-        ``fit``'s ``val_data``, which pads and masks it; one shard only).
-      transform: ``record -> record`` on the CPU, applied to each record before batching.
-      random_transform: ``(record, rng) -> record`` with ``rng =
-        np.random.default_rng([seed, epoch, record index])``, after ``transform``: CPU-side
-        augmentation, e.g. :func:`random_translate`.
-      worker_count: read (and transform) batches in this many worker processes (Grain
-        ``mp_prefetch``), which send them up to 32 at a time (as many as fit in 16 MiB; one at a
-        time with ``drop_remainder=False``); 0 reads them in this process's reader
-        threads.
-      worker_nice: added to the worker processes' niceness (Unix; 0 to 19), so that they use
-        the CPU time the training step leaves idle rather than preempt its threads (timings:
-        ``benchmarks/RESULTS.md``). 0 keeps this process's priority, e.g. when other
-        busy processes share the machine and the workers would wait behind them.
-      read_threads, prefetch: Grain's ``ReadOptions`` when iterating: threads reading batches
-        ahead, and how many batches they may hold (Grain's defaults, 16 and 500 batches, can
-        hold hundreds of MB).
-      shard: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()`` (this process's
-        share when ``jax.distributed`` runs more than one process, else everything).
-
-    Returns:
-      A :class:`Pipeline`. The ``len(source) % batch_size`` records left over after each
-      epoch's shuffle are dropped for that epoch (different ones each epoch), as in ``fit``.
-
-    Raises:
-      ValueError: ``batch_size`` does not split over the shards, the source has fewer records
-        than one global batch, or ``worker_nice`` is not in [0, 19].
+      source: random-access records (``__len__``, ``__getitem__``).
+      batch_size: the global batch size (all processes); must divide by the number of shards.
+      seed: epoch ``e`` draws its order from ``[seed, e]``; shuffle: ``False`` keeps the order.
+      num_epochs: stop after this many epochs (``None``: endless).
+      drop_remainder: ``False`` keeps a smaller last batch per epoch (one shard only).
+      transform: ``record -> record`` before batching; random_transform: ``(record, rng) -> record``
+        with ``rng = np.random.default_rng([seed, epoch, record index])``.
+      worker_count: worker processes (Grain ``mp_prefetch``; 0: reader threads), reniced by
+        ``worker_nice`` (0 to 19).
+      read_threads, prefetch: Grain's ``ReadOptions``.
+      shard: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()``.
 
     Example:
       >>> import numpy as np, jnn
@@ -436,19 +352,17 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
             raise TypeError(f"{where}: {what} must be a function or None, got {type(fn).__name__}")
     checks.integer(0, described="a non-negative integer")(where, "seed", seed)
     if batch_size % shard.shard_count:
-        raise ValueError(f"jnn.data.grain.pipeline: the global batch_size {batch_size} does not split over "
-                         f"{shard.shard_count} shards (processes); use a multiple of {shard.shard_count}")
+        raise ValueError(f"{where}: the global batch_size {batch_size} does not split over {shard.shard_count} "
+                         f"shards (processes); use a multiple of {shard.shard_count}")
     if not 0 <= shard.shard_index < shard.shard_count:
-        raise ValueError(f"jnn.data.grain.pipeline: shard_index {shard.shard_index} is not in [0, "
-                         f"{shard.shard_count})")
+        raise ValueError(f"{where}: shard_index {shard.shard_index} is not in [0, {shard.shard_count})")
     checks.integer(0, 19)(where, "worker_nice", worker_nice)
     if not drop_remainder and shard.shard_count > 1:
-        raise ValueError("jnn.data.grain.pipeline: drop_remainder=False works with one shard only (got "
-                         f"{shard.shard_count}); evaluate on one process, or keep drop_remainder=True")
+        raise ValueError(f"{where}: drop_remainder=False works with one shard only (got {shard.shard_count}); "
+                         f"evaluate on one process, or keep drop_remainder=True")
     steps = len(source) // batch_size if drop_remainder else -(-len(source) // batch_size)
     if steps == 0:
-        raise ValueError(f"jnn.data.grain.pipeline: the source has {len(source)} records, fewer than one "
-                         f"global batch of {batch_size}")
+        raise ValueError(f"{where}: the source has {len(source)} records, fewer than one global batch of {batch_size}")
     reader = _BatchReader(source, batch_size, steps, seed, shuffle, drop_remainder, shard.shard_index,
                           shard.shard_count, transform, random_transform)
     ds = grain.MapDataset.range(steps).repeat(num_epochs).map_with_index(reader)
@@ -467,16 +381,11 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     return Pipeline(ds, steps, batch_size, shard.shard_count, read)
 
 
-_WORKER_GROUP_BYTES = 16 * 2**20
-"""Worker processes stack up to 32 consecutive batches into one Grain element of at most this
-many bytes (at least one batch). Each element crosses the process boundary through its own
-shared-memory segment and Grain's queues, which can cost more than a small model's step;
-grouped, that is paid once per group (timings: ``benchmarks/RESULTS.md``). Large batches,
-which amortize it already, go one at a time."""
+_WORKER_GROUP_BYTES = 16 * 2**20   # workers send consecutive batches together, up to this many bytes
 
 
 def _worker_group(batch) -> int:
-    """Batches per worker element for batches like ``batch`` (see :data:`_WORKER_GROUP_BYTES`)."""
+    """Batches per worker element: up to 32, at most ``_WORKER_GROUP_BYTES`` (at least one)."""
     size = sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(batch))
     return int(max(1, min(32, _WORKER_GROUP_BYTES // max(size, 1))))
 
@@ -493,9 +402,7 @@ class _Renice:
 
 
 class _Unstack:
-    """Grain flat-map transform: a group of stacked batches -> the batches, in order (views, no copy).
-    Its iterator state is the group's parent state and the position in it, so resuming re-reads
-    that group and skips what was handed out."""
+    """Grain flat-map: a group of stacked batches -> the batches, in order (views)."""
 
     def __init__(self, group: int):
         self.max_fan_out = group
@@ -507,8 +414,7 @@ class _Unstack:
 
 
 def stack_records(records: list, indices) -> object:
-    """``records`` (pytrees of arrays, one per index of ``indices``) stacked into one batch; records
-    of different structures or shapes are a ValueError naming two that differ.
+    """``records`` (pytrees of arrays) stacked into one batch; a mismatch names two records that differ.
 
     Example:
       >>> import numpy as np
@@ -577,16 +483,14 @@ class _BatchReader:
                        for r, index in zip(records, indices.tolist())]
         return stack_records(records, indices)
 
-
     def __getstate__(self):   # worker processes evaluate their own blocks of the shuffle
         return {**self.__dict__, "_block": (None, 0, None)}
 
 
 @checks.declare(max_shift=checks.integer(0, described="a non-negative integer"))
 def random_translate(max_shift: int) -> Callable:
-    """CPU-side augmentation for :func:`pipeline`'s ``random_transform``: shifts an
-    ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels each way, filling with
-    zeros (the NumPy counterpart of :func:`jnn.data.augment.random_translate`).
+    """Shifts an ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels, filling zeros
+    (for :func:`pipeline`'s ``random_transform``).
 
     Example:
       >>> import numpy as np, jnn

@@ -1,9 +1,5 @@
-"""Reader for the IDX format used by MNIST (gzip-compressed or not).
-
-An IDX file is a 4-byte magic number ``0x00 0x00 <dtype code> <ndim>``, then
-``ndim`` big-endian uint32 dimension sizes, then the row-major payload of
-``prod(dims)`` items. Every check failure raises a ``ValueError`` that names
-the file and says what was expected and what was found.
+"""Reader for the IDX format used by MNIST (gzip-compressed or not): a magic number
+``0x00 0x00 <dtype code> <ndim>``, ``ndim`` big-endian uint32 sizes, then the row-major payload.
 """
 from __future__ import annotations
 
@@ -18,38 +14,15 @@ import numpy as np
 __all__ = ["read_idx"]
 
 # IDX dtype code -> (big-endian numpy dtype, human-readable name).
-_DTYPES = {
-    0x08: (np.dtype(">u1"), "uint8"),
-    0x09: (np.dtype(">i1"), "int8"),
-    0x0B: (np.dtype(">i2"), "int16"),
-    0x0C: (np.dtype(">i4"), "int32"),
-    0x0D: (np.dtype(">f4"), "float32"),
-    0x0E: (np.dtype(">f8"), "float64"),
-}
+_DTYPES = {0x08: (np.dtype(">u1"), "uint8"), 0x09: (np.dtype(">i1"), "int8"), 0x0B: (np.dtype(">i2"), "int16"),
+           0x0C: (np.dtype(">i4"), "int32"), 0x0D: (np.dtype(">f4"), "float32"), 0x0E: (np.dtype(">f8"), "float64")}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def read_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> np.ndarray:
-    """Reads an IDX file into a numpy array, validating it thoroughly.
-
-    Gzip compression is detected from the file's first bytes, so both
-    ``*.gz`` and uncompressed files are accepted whatever their name.
-
-    Args:
-        path: The IDX file.
-        ndim: If given, the number of dimensions the file must have (3 for
-            MNIST images, 1 for labels).
-
-    Returns:
-        An array of shape ``dims`` (as given in the header) in native byte
-        order; for MNIST, uint8 ``(N, 28, 28)`` images or uint8 ``(N,)``
-        labels.
-
-    Raises:
-        ValueError: On a wrong magic number, an unexpected number of
-            dimensions, a payload shorter or longer than the header says, or a
-            corrupt or truncated gzip stream.
-        FileNotFoundError: If ``path`` does not exist.
+    """Reads an IDX file (gzip detected from its first bytes) into a native-order array of the
+    header's shape, validating it; ``ndim`` is the number of dimensions it must have. A wrong
+    magic, dimension count or payload size, or a corrupt gzip stream, is a ValueError naming it.
 
     Example:
         >>> import pathlib, tempfile
@@ -67,20 +40,16 @@ def read_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> np.nda
     found = len(data) - header_len
     shape = "x".join(str(d) for d in dims)
     if found < expected:
-        raise ValueError(
-            f"{path}: truncated IDX file: header says {shape} = {expected} bytes, found {found}"
-        )
+        raise ValueError(f"{path}: truncated IDX file: header says {shape} = {expected} bytes, found {found}")
     if found > expected:
-        raise ValueError(
-            f"{path}: IDX file has {found - expected} unexpected trailing bytes: header says "
-            f"{shape} = {expected} bytes, found {found}"
-        )
+        raise ValueError(f"{path}: IDX file has {found - expected} unexpected trailing bytes: header says "
+                         f"{shape} = {expected} bytes, found {found}")
     array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
     return array.astype(dtype.newbyteorder("="))  # a writable, native-order copy
 
 
 def _read_bytes(path: pathlib.Path) -> bytes:
-    """Returns the (decompressed) contents of ``path``."""
+    """The (decompressed) contents of ``path``."""
     with open(path, "rb") as f:
         raw = f.read()
     if not raw.startswith(_GZIP_MAGIC):
@@ -88,39 +57,26 @@ def _read_bytes(path: pathlib.Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise ValueError(
-            f"{path}: corrupt or truncated gzip stream ({type(e).__name__}: {e}); "
-            "delete the file so it can be downloaded again"
-        ) from e
+        raise ValueError(f"{path}: corrupt or truncated gzip stream ({type(e).__name__}: {e}); "
+                         "delete the file so it can be downloaded again") from e
 
 
-def _parse_header(
-    path: pathlib.Path, data: bytes, ndim: int | None
-) -> tuple[np.dtype, tuple[int, ...]]:
+def _parse_header(path: pathlib.Path, data: bytes, ndim: int | None) -> tuple[np.dtype, tuple[int, ...]]:
     """Validates the magic number and returns ``(dtype, dims)``."""
     nn = f"{ndim:02x}" if ndim is not None else "nn"
     want = f"0x0000tt{nn} (tt = dtype code, 08 for uint8; {nn} = number of dimensions)"
     if len(data) < 4:
-        raise ValueError(
-            f"{path}: too short for an IDX header ({len(data)} bytes); "
-            f"expected IDX magic {want}"
-        )
+        raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes); expected IDX magic {want}")
     magic = data[:4]
     code, file_ndim = magic[2], magic[3]
     if magic[:2] != b"\x00\x00" or code not in _DTYPES or file_ndim == 0:
-        raise ValueError(
-            f"{path}: not an IDX file: expected IDX magic {want}, got 0x{magic.hex()}"
-        )
+        raise ValueError(f"{path}: not an IDX file: expected IDX magic {want}, got 0x{magic.hex()}")
     if ndim is not None and file_ndim != ndim:
-        raise ValueError(
-            f"{path}: expected a {ndim}-D IDX file (magic {want}), "
-            f"got {file_ndim}-D (magic 0x{magic.hex()})"
-        )
+        raise ValueError(f"{path}: expected a {ndim}-D IDX file (magic {want}), "
+                         f"got {file_ndim}-D (magic 0x{magic.hex()})")
     header_len = 4 + 4 * file_ndim
     if len(data) < header_len:
-        raise ValueError(
-            f"{path}: truncated IDX header: {file_ndim} dimensions need {header_len} bytes, "
-            f"found {len(data)}"
-        )
+        raise ValueError(f"{path}: truncated IDX header: {file_ndim} dimensions need {header_len} bytes, "
+                         f"found {len(data)}")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=file_ndim, offset=4))
     return _DTYPES[code][0], dims

@@ -1,10 +1,7 @@
 """MNIST handwritten digits: 28x28 grayscale images, labels 0-9.
 
-Files live at ``<data_dir>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``
-(see :func:`jnn.data.data_dir`). Missing files are downloaded from a list of
-mirrors and checked against the official MD5 checksums. Files that are
-already present are *not* checksummed (so a re-packed subset works), but every
-file's IDX header is validated, and images and labels must agree.
+Files: ``<data_dir>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``. Missing ones are
+downloaded and MD5-checked; present ones are not checksummed, but headers, shapes and counts are.
 """
 from __future__ import annotations
 
@@ -20,20 +17,18 @@ from jnn.data.idx import read_idx
 
 __all__ = ["MNIST_MD5", "MNIST_MIRRORS", "load_mnist", "mnist_available", "read_mnist"]
 
-MNIST_MIRRORS: tuple[str, ...] = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
-"""Default download mirrors, tried in order."""
+#: Default download mirrors, tried in order.
+MNIST_MIRRORS: tuple[str, ...] = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                                  "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                                  "http://yann.lecun.com/exdb/mnist/")
 
+#: Official MD5 checksums, checked for every file the loader downloads.
 MNIST_MD5: dict[str, str] = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-"""Official MD5 checksums, checked for every file the loader downloads."""
 
 _SPLITS = {"train": "train", "test": "t10k"}
 _SUBDIR = "mnist"
@@ -49,14 +44,7 @@ def _file_names(split: str, where: str = "load_mnist") -> tuple[str, str]:
 
 
 def mnist_available(data_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Says whether all four MNIST files are present; never downloads.
-
-    Args:
-        data_dir: Data directory; defaults to :func:`jnn.data.data_dir`.
-
-    Returns:
-        True if both splits' image and label files exist in
-        ``<data_dir>/mnist/``. Their contents are not checked.
+    """Whether all four MNIST files are present in ``<data_dir>/mnist/`` (never downloads).
 
     Example:
         >>> import tempfile
@@ -68,31 +56,11 @@ def mnist_available(data_dir: str | os.PathLike[str] | None = None) -> bool:
     return all((folder / name).is_file() for name in names)
 
 
-def load_mnist(
-    split: str = "train",
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    download: bool = True,
-    mirrors: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Loads one MNIST split, downloading missing files if allowed.
-
-    Args:
-        split: ``"train"`` (60,000 images officially) or ``"test"`` (10,000).
-        data_dir: Data directory; defaults to :func:`jnn.data.data_dir`.
-        download: Whether missing files may be downloaded.
-        mirrors: Base URLs (each followed by the file name), tried in order;
-            defaults to :data:`MNIST_MIRRORS`.
-
-    Returns:
-        ``(images, labels)``: float32 images in ``[0, 1]`` of shape
-        ``(N, 28, 28, 1)`` and int32 labels in ``0..9`` of shape ``(N,)``.
-
-    Raises:
-        DatasetUnavailableError: If a file is missing and ``download`` is False
-            or every mirror failed.
-        ValueError: If a file is corrupt, has the wrong shape, or the image
-            and label counts differ.
+def load_mnist(split: str = "train", *, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
+               mirrors: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One MNIST split (``"train"`` or ``"test"``): float32 images ``(N, 28, 28, 1)`` in ``[0, 1]`` and
+    int32 labels ``(N,)``, downloading missing files from ``mirrors`` (default :data:`MNIST_MIRRORS`)
+    if ``download``.
 
     Example:
         >>> images, labels = load_mnist("test", download=False)  # doctest: +SKIP
@@ -105,23 +73,9 @@ def load_mnist(
     return x[..., None], labels.astype(np.int32)
 
 
-def read_mnist(
-    split: str = "train",
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    download: bool = True,
-    mirrors: Sequence[str] | None = None,
-    where: str = "read_mnist",
-) -> tuple[np.ndarray, np.ndarray]:
-    """One MNIST split as stored: uint8 images ``(N, 28, 28)`` and uint8 labels ``(N,)``,
-    downloaded if missing and allowed, validated like :func:`load_mnist` (which scales these).
-
-    Args:
-        split, data_dir, download, mirrors: as for :func:`load_mnist`.
-        where: the function named in error messages.
-
-    Returns:
-        ``(images, labels)`` as read from the IDX files.
+def read_mnist(split: str = "train", *, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
+               mirrors: Sequence[str] | None = None, where: str = "read_mnist") -> tuple[np.ndarray, np.ndarray]:
+    """One MNIST split as stored: uint8 images ``(N, 28, 28)`` and labels ``(N,)`` (see :func:`load_mnist`).
 
     Example:
         >>> images, labels = read_mnist("test", download=False)  # doctest: +SKIP
@@ -131,23 +85,15 @@ def read_mnist(
     names = _file_names(split, where)
     fetch.check_source_args(where, download, mirrors)
     root = paths.resolve_data_dir(data_dir)
-    image_path, label_path = (
-        _ensure(root / _SUBDIR / name, root=root, download=download, mirrors=mirrors)
-        for name in names
-    )
+    image_path, label_path = (_ensure(root / _SUBDIR / name, root=root, download=download, mirrors=mirrors)
+                              for name in names)
     images = read_idx(image_path, ndim=3)
     labels = read_idx(label_path, ndim=1)
     _validate(images, labels, image_path, label_path)
     return images, labels
 
 
-def _ensure(
-    path: pathlib.Path,
-    *,
-    root: pathlib.Path,
-    download: bool,
-    mirrors: Sequence[str] | None,
-) -> pathlib.Path:
+def _ensure(path: pathlib.Path, *, root: pathlib.Path, download: bool, mirrors: Sequence[str] | None) -> pathlib.Path:
     """Returns ``path``, downloading and checksumming it first if it is missing."""
     if path.is_file():
         return path
@@ -158,9 +104,7 @@ def _ensure(
     return fetch.download(urls, path, md5=MNIST_MD5[path.name])
 
 
-def _validate(
-    images: np.ndarray, labels: np.ndarray, image_path: pathlib.Path, label_path: pathlib.Path
-) -> None:
+def _validate(images: np.ndarray, labels: np.ndarray, image_path: pathlib.Path, label_path: pathlib.Path) -> None:
     """Checks dtypes, shapes, counts and label range; raises ValueError naming the files."""
     for path, array in ((image_path, images), (label_path, labels)):
         if array.dtype != np.uint8:  # a float file would otherwise be scaled by 1/255 twice
@@ -170,12 +114,8 @@ def _validate(
     if images.shape[1:] != (28, 28):
         raise ValueError(f"{image_path}: expected images of shape (N, 28, 28), got {images.shape}")
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"MNIST image/label count mismatch: {image_path} has {images.shape[0]} images "
-            f"but {label_path} has {labels.shape[0]} labels"
-        )
+        raise ValueError(f"MNIST image/label count mismatch: {image_path} has {images.shape[0]} images "
+                         f"but {label_path} has {labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
         bad = np.unique(labels[(labels < 0) | (labels >= _NUM_CLASSES)])
-        raise ValueError(
-            f"{label_path}: labels must be in 0..{_NUM_CLASSES - 1}, found {bad[:10].tolist()}"
-        )
+        raise ValueError(f"{label_path}: labels must be in 0..{_NUM_CLASSES - 1}, found {bad[:10].tolist()}")

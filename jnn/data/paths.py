@@ -1,14 +1,5 @@
-"""Where jnn keeps datasets on disk.
-
-The data directory is chosen, in order of precedence, from:
-
-1. ``$JNN_DATA_DIR`` if it is set and non-empty;
-2. ``$XDG_CACHE_HOME/jnn`` if ``$XDG_CACHE_HOME`` is set and non-empty;
-3. ``~/.cache/jnn`` otherwise.
-
-Each dataset lives in its own sub-folder, e.g. ``<data_dir>/mnist/`` and
-``<data_dir>/tinyshakespeare/``. To use data on a machine without internet
-access, point ``JNN_DATA_DIR`` at a folder with that layout.
+"""Where jnn keeps datasets: ``$JNN_DATA_DIR``, else ``$XDG_CACHE_HOME/jnn``, else ``~/.cache/jnn``
+(first set and non-empty), one sub-folder per dataset (``<data_dir>/mnist/``).
 """
 from __future__ import annotations
 
@@ -19,13 +10,7 @@ __all__ = ["data_dir", "resolve_data_dir"]
 
 
 def data_dir() -> pathlib.Path:
-    """Returns the root folder in which jnn looks for (and downloads) datasets.
-
-    The folder is not created; loaders create the sub-folders they need when
-    they download something.
-
-    Returns:
-        The data directory as a ``pathlib.Path`` (``~`` expanded).
+    """The root folder in which jnn looks for (and downloads) datasets (not created here).
 
     Example:
         >>> import os
@@ -43,13 +28,7 @@ def data_dir() -> pathlib.Path:
 
 
 def resolve_data_dir(root: str | os.PathLike[str] | None) -> pathlib.Path:
-    """Returns ``root`` as a path, or :func:`data_dir` when ``root`` is None.
-
-    Args:
-        root: An explicit data directory, or None for the default.
-
-    Returns:
-        The data directory to use.
+    """``root`` as a path, or :func:`data_dir` when ``root`` is None.
 
     Example:
         >>> str(resolve_data_dir("/srv/data"))

@@ -1,9 +1,5 @@
-"""Tiny Shakespeare: 1,115,394 characters of Shakespeare for char-level models.
-
-The file lives at ``<data_dir>/tinyshakespeare/input.txt`` (see
-:func:`jnn.data.data_dir`); if it is missing it is downloaded from the char-rnn
-repository; downloaded or present, it is checked against the published file's SHA-256
-(``SHAKESPEARE_SHA256``; its size is ``SHAKESPEARE_SIZE``).
+"""Tiny Shakespeare: 1,115,394 characters of Shakespeare for char-level models, stored at
+``<data_dir>/tinyshakespeare/input.txt`` (downloaded if missing) and checked by SHA-256.
 """
 from __future__ import annotations
 
@@ -18,51 +14,25 @@ from jnn.data.errors import DatasetUnavailableError
 
 __all__ = ["SHAKESPEARE_MIRRORS", "SHAKESPEARE_SHA256", "SHAKESPEARE_SIZE", "load_tiny_shakespeare"]
 
+#: Default download URLs (full URLs of ``input.txt``), tried in order.
 SHAKESPEARE_MIRRORS: tuple[str, ...] = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-)
-"""Default download URLs (full URLs of ``input.txt``), tried in order."""
-
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",)
+#: SHA-256 and size in bytes of the published ``input.txt``.
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-"""SHA-256 of the published ``input.txt``, checked when it is downloaded and when it is loaded."""
-
 SHAKESPEARE_SIZE = 1_115_394
-"""Size in bytes of the published ``input.txt`` (ASCII: one byte per character)."""
 
 _SUBDIR = "tinyshakespeare"
 _FILE = "input.txt"
 
 
-def load_tiny_shakespeare(
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    download: bool = True,
-    mirrors: Sequence[str] | None = None,
-    verify: bool = True,
-) -> str:
-    """Returns the Tiny Shakespeare corpus as one string.
-
-    The file, downloaded or already present, must be the published one: its SHA-256 is
-    checked (:data:`SHAKESPEARE_SHA256`), so a truncated or edited copy is refused, unless
-    ``verify=False`` (your own text at this path). The text is read as is (UTF-8, line endings
-    untouched).
+def load_tiny_shakespeare(*, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
+                          mirrors: Sequence[str] | None = None, verify: bool = True) -> str:
+    """The Tiny Shakespeare corpus as one string (UTF-8, read as is).
 
     Args:
-        data_dir: Data directory; defaults to :func:`jnn.data.data_dir`.
-        download: Whether the file may be downloaded if it is missing.
-        mirrors: Full URLs of ``input.txt`` to try in order; defaults to
-            :data:`SHAKESPEARE_MIRRORS`.
-        verify: Whether a file present must be the published one (a downloaded file is
-            always checked).
-
-    Returns:
-        The text: 1,115,394 characters, 65 distinct, for the published file.
-
-    Raises:
-        DatasetUnavailableError: If the file is missing and ``download`` is
-            False or every URL failed.
-        ValueError: If the file present is not the published one (the message names it
-            and says what to do).
+        mirrors: full URLs of ``input.txt`` to try in order (default :data:`SHAKESPEARE_MIRRORS`).
+        verify: a file present must be the published one (:data:`SHAKESPEARE_SHA256`); ``False``
+            reads your own text at this path (a downloaded file is always checked).
 
     Example:
         >>> text = load_tiny_shakespeare(download=False)  # doctest: +SKIP

@@ -1,8 +1,4 @@
-"""Small in-memory datasets: the truth tables of XOR/AND/OR, and sklearn's digits.
-
-These need no files and no network: the logic gates are constructed here and
-the 8x8 digits ship inside scikit-learn (an optional extra, ``jnn[digits]``).
-"""
+"""Small in-memory datasets: the truth tables of XOR/AND/OR, and sklearn's digits (``jnn[digits]``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,16 +9,12 @@ _INPUTS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 
 
 def _truth_table(outputs: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Returns fresh ``(x (4, 2), y (4, 1))`` float32 arrays for a 2-input gate."""
+    """Fresh ``(x (4, 2), y (4, 1))`` float32 arrays for a 2-input gate."""
     return _INPUTS.copy(), np.array(outputs, dtype=np.float32).reshape(4, 1)
 
 
 def xor() -> tuple[np.ndarray, np.ndarray]:
-    """The four points of the XOR problem (not linearly separable).
-
-    Returns:
-        ``(x, y)``: float32 inputs ``(4, 2)`` in the order 00, 01, 10, 11 and
-        float32 targets ``(4, 1)``.
+    """XOR: float32 inputs ``(4, 2)`` (00, 01, 10, 11) and targets ``(4, 1)``; not linearly separable.
 
     Example:
         >>> x, y = xor()
@@ -33,10 +25,7 @@ def xor() -> tuple[np.ndarray, np.ndarray]:
 
 
 def and_gate() -> tuple[np.ndarray, np.ndarray]:
-    """The truth table of logical AND (linearly separable).
-
-    Returns:
-        ``(x, y)``: float32 inputs ``(4, 2)`` and float32 targets ``(4, 1)``.
+    """The truth table of logical AND: float32 ``x (4, 2)``, ``y (4, 1)``.
 
     Example:
         >>> x, y = and_gate()
@@ -47,10 +36,7 @@ def and_gate() -> tuple[np.ndarray, np.ndarray]:
 
 
 def or_gate() -> tuple[np.ndarray, np.ndarray]:
-    """The truth table of logical OR (linearly separable).
-
-    Returns:
-        ``(x, y)``: float32 inputs ``(4, 2)`` and float32 targets ``(4, 1)``.
+    """The truth table of logical OR: float32 ``x (4, 2)``, ``y (4, 1)``.
 
     Example:
         >>> x, y = or_gate()
@@ -61,14 +47,7 @@ def or_gate() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes).
-
-    Returns:
-        ``(images, labels)``: float32 images ``(1797, 8, 8, 1)`` in ``[0, 1]``
-        (sklearn's 0..16 values divided by 16) and int32 labels ``(1797,)``.
-
-    Raises:
-        ImportError: If scikit-learn is not installed.
+    """scikit-learn's 8x8 digits: float32 images ``(1797, 8, 8, 1)`` in ``[0, 1]``, int32 labels ``(1797,)``.
 
     Example:
         >>> images, labels = load_digits()
@@ -78,9 +57,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn import datasets
     except ImportError as e:
-        raise ImportError(
-            'load_digits needs scikit-learn: pip install "jnn[digits]"'
-        ) from e
+        raise ImportError('load_digits needs scikit-learn: pip install "jnn[digits]"') from e
     digits = datasets.load_digits()
     images = (np.asarray(digits.images, dtype=np.float32) / np.float32(16.0))[..., None]
     return images, np.asarray(digits.target, dtype=np.int32)

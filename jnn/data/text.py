@@ -1,16 +1,4 @@
-"""Character-level text: a vocabulary and language-model windows (inputs, next-token targets).
-
-Example:
-  >>> vocab = CharVocab("hello world")
-  >>> vocab.chars, vocab.size
-  (' dehlorw', 8)
-  >>> ids = vocab.encode("hello")
-  >>> ids.tolist(), vocab.decode(ids)
-  ([3, 2, 4, 4, 5], 'hello')
-  >>> inputs, targets = lm_windows(vocab.encode("hello world"), 4)
-  >>> vocab.decode(inputs[0]), vocab.decode(targets[0])
-  ('hell', 'ello')
-"""
+"""Character-level text: a vocabulary and language-model windows (inputs, next-token targets)."""
 from __future__ import annotations
 
 import jax
@@ -27,15 +15,8 @@ def _codepoints(text: str) -> np.ndarray:
 
 
 class CharVocab:
-    """The sorted unique characters of a text, each with an integer id.
-
-    Args:
-      text: the text to take the characters from (e.g. the whole training corpus). A vocabulary
-        can be rebuilt from its ``chars`` alone: ``CharVocab(vocab.chars)``.
-
-    Attributes:
-      chars: the characters, sorted; ``chars[i]`` has id ``i``.
-      size: the number of characters (the ``vocab_size`` of an embedding or output layer).
+    """The sorted unique characters of ``text``, each with an integer id (``chars[i]`` has id ``i``;
+    ``size`` is the vocabulary size). ``CharVocab(vocab.chars)`` rebuilds a vocabulary.
 
     Example:
       >>> from jnn.data.text import CharVocab
@@ -72,11 +53,7 @@ class CharVocab:
         return hash(self.chars)
 
     def encode(self, text: str) -> np.ndarray:
-        """The ids of ``text``'s characters, an int32 array ``[len(text)]``.
-
-        Raises:
-          ValueError: naming the characters that are not in the vocabulary.
-        """
+        """The int32 ids of ``text``'s characters; unknown characters are a ValueError naming them."""
         codes = _codepoints(text)
         ids = np.searchsorted(self._codes, codes)
         unknown = (ids == self.size) | (self._codes[np.minimum(ids, self.size - 1)] != codes)
@@ -101,14 +78,8 @@ class CharVocab:
 
 @checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Language-model windows: ``inputs[i] = ids[s:s+seq_len]``, ``targets[i] = ids[s+1:s+seq_len+1]``.
-
-    Window ``i`` starts at ``s = i * stride``; windows that would run past the end are dropped.
-
-    Args:
-      ids: 1-D token ids (e.g. ``CharVocab.encode(text)``).
-      seq_len: window length (> 0); ``ids`` needs at least ``seq_len + 1`` tokens.
-      stride: distance between window starts (default ``seq_len``: non-overlapping inputs).
+    """Language-model windows: ``inputs[i] = ids[s:s+seq_len]``, ``targets[i] = ids[s+1:s+seq_len+1]``
+    with ``s = i * stride`` (default ``seq_len``); windows running past the end are dropped.
 
     Returns:
       ``(inputs, targets)``, two arrays ``[num_windows, seq_len]`` of ``ids``' dtype (copies).
@@ -131,10 +102,7 @@ def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndar
 
 @checks.declare(seq_len=checks.positive_int, batch_size=checks.positive_int)
 def random_windows(key: jax.Array, ids: jax.Array, seq_len: int, batch_size: int):
-    """``batch_size`` windows at random starts, jit-friendly: ``(inputs, targets)``, each ``[B, T]``.
-
-    For training on a long device-resident id array (e.g. Tiny Shakespeare) inside
-    ``jax.lax.scan``: each call draws fresh uniform starts in ``[0, len(ids) - seq_len - 1]``.
+    """``batch_size`` windows at uniform random starts, jit-friendly: ``(inputs, targets)``, each ``[B, T]``.
 
     Example:
       >>> import jax, jax.numpy as jnp

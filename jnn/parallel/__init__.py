@@ -1,20 +1,17 @@
 """Training across devices and hosts on ``jax.sharding`` (GSPMD) and ``jax.distributed``.
 
-One device to many: build a mesh and pass it to ``fit`` (or to ``make_train_step``,
-``make_train_epoch`` and ``make_eval_fn``); the batch is split along the mesh's ``data`` axis,
-params are replicated unless ``rules`` shard them (FSDP, tensor parallelism), and the epoch
-is still one compiled ``lax.scan``::
+Pass a mesh to ``fit`` (or ``make_train_step``/``make_train_epoch``/``make_eval_fn``): the batch
+is split along ``data``, params are replicated unless ``rules`` shard them::
 
   mesh = jnn.parallel.make_mesh()                       # all devices on "data"
   fit(model, loss, opt, data, key=key, mesh=mesh)       # data parallel
   fit(..., mesh=(mesh, jnn.parallel.fsdp()))           # + params/optimizer state sharded (ZeRO-3)
   jnn.parallel.plan(model, (x, y), opt, mesh, rules=...)  # bytes and FLOPs per device, no memory used
 
-Tensor parallelism names weight dimensions by logical axes: :data:`TRANSFORMER_AXES` is the table
-of ``(path patterns, logical axes)`` for jnn's attention and transformer-block MLP weights
-(Megatron layout), and :data:`AXIS_RULES` maps each logical axis (``batch``, ``heads``, ``mlp``,
-``embed``, ``vocab``) to a mesh axis or ``None`` (replicated), as Flax's ``logical_axis_rules``;
-:func:`tensor_parallel` combines the two.
+Tensor parallelism: :data:`TRANSFORMER_AXES` gives the logical axes of attention and
+transformer-MLP weights (Megatron layout), :data:`AXIS_RULES` maps logical axes (``batch``,
+``heads``, ``mlp``, ``embed``, ``vocab``) to mesh axes or ``None``; :func:`tensor_parallel`
+combines the two.
 """
 from jnn.parallel.distributed import global_batch, initialize, is_main_process
 from jnn.parallel.plan import Plan, plan

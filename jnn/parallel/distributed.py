@@ -1,16 +1,8 @@
-"""Multi-process (multi-host) helpers around ``jax.distributed``.
-
-A multi-process program is the same script in every process: call :func:`initialize` first,
-build the mesh over ``jax.devices()`` (all processes' devices), and feed each process's share
-of the global batch with :func:`global_batch`. ``fit`` writes its history file and prints only
-in process 0 (:func:`is_main_process`); :class:`jnn.train.Checkpointer` must be called by every
-process (Orbax writes each process's shards and process 0 the metadata).
-
-Example (two processes on one machine, CPU)::
+"""Multi-process (multi-host) helpers around ``jax.distributed``: every process runs the same
+script, calls :func:`initialize` first and feeds its share of each batch via :func:`global_batch`::
 
   jnn.parallel.initialize("127.0.0.1:12355", num_processes=2, process_id=int(sys.argv[1]))
   mesh = jnn.parallel.make_mesh()
-  ts = jnn.parallel.place(ts, mesh)
   step = jax.jit(make_train_step(model, loss, opt, mesh=mesh))
   for x_local, y_local in my_half_of_each_batch:
       ts, logs = step(ts, jnn.parallel.global_batch((x_local, y_local), mesh))
@@ -30,9 +22,8 @@ __all__ = ["initialize", "is_main_process", "global_batch"]
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int, *,
                cpu_collectives: str = "gloo", **kwargs) -> None:
-    """``jax.distributed.initialize``, after selecting ``cpu_collectives`` ("gloo") for CPU
-    devices, which have no cross-process collectives otherwise. Call it before anything else
-    touches JAX's devices. Extra ``kwargs`` go to ``jax.distributed.initialize``.
+    """``jax.distributed.initialize`` (extra ``kwargs`` passed on), with ``cpu_collectives`` selected
+    for CPU devices; call it before anything touches JAX's devices.
 
     Example:
       >>> import jnn
@@ -69,22 +60,12 @@ def _local_sizes(n: int) -> list[int]:
 
 
 def global_batch(local_batch, mesh, *, check: bool = True):
-    """One global batch, split along ``data``, from each process's local examples.
-
-    Every process passes its own rows (the same number in every process); the result is the
-    concatenation over processes in process order, as a global ``jax.Array`` (built with
-    ``jax.make_array_from_process_local_data``). In a single process it is just the batch
-    placed on the mesh.
+    """One global batch, split along ``data``: every process's local examples (the same number in each),
+    concatenated in process order (``jax.make_array_from_process_local_data``).
 
     Args:
       local_batch: a pytree of arrays with this process's examples on the first axis.
-      mesh: the mesh (with a ``data`` axis).
-      check: compare the local batch sizes across processes first (one tiny collective), so
-        that disagreeing processes get an error rather than a hang or a garbled batch.
-
-    Raises:
-      ValueError: processes disagree on the batch size, or the global batch does not divide
-        over the data axis.
+      check: compare the local batch sizes across processes first (an error, not a hang).
 
     Example:
       >>> import numpy as np, jnn

@@ -1,24 +1,9 @@
 """Meshes, train-state placement and batch sharding: one jitted program over many devices (GSPMD).
 
-jnn builds meshes with **Auto** axes (``jax.sharding.AxisType.Auto``), deliberately. With
-Explicit axes (the default of ``jax.make_mesh`` in JAX 0.10) shardings become part of every
-array's type, and the backward pass of a plain ``x @ w`` with a batch sharded along ``data``
-fails to type-check (``ShardingTypeError``, jax-ml/jax#31800). With Auto axes we only state the
-layout of the inputs and of the train state (``NamedSharding`` + ``with_sharding_constraint``)
-and XLA's partitioner propagates it through the model, its gradient and the optimizer, so every
-layer works unchanged. A mesh with Explicit axes is refused with a message saying how to build
-an Auto one.
-
-Axis names: ``data`` (the batch is split along it) and ``model`` (tensor-parallel weights).
-Params and optimizer state are replicated unless a rule (:mod:`jnn.parallel.rules`) shards them.
-Under GSPMD, a mean over the batch axis of a ``data``-sharded array is the global mean, so the
-loss, the metrics and batch-norm statistics all cover the global batch.
-
-Example:
-  >>> import jax, jnn
-  >>> mesh = jnn.parallel.make_mesh()          # every device on the "data" axis
-  >>> mesh.axis_names
-  ('data', 'model')
+Meshes have Auto axes (Explicit ones break the backward pass of ``x @ w`` with a sharded batch,
+jax-ml/jax#31800, and are refused): jnn states the layout of the inputs and the train state and
+XLA propagates it. Axes: ``data`` (the batch) and ``model`` (tensor-parallel weights); params
+and optimizer state are replicated unless a rule (:mod:`jnn.parallel.rules`) shards them.
 """
 from __future__ import annotations
 
@@ -43,7 +28,6 @@ def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence | No
     Args:
       data: devices along the batch axis (default: all devices not used by ``model``).
       model: devices along the tensor-parallel axis.
-      devices: the devices to use (e.g. ``jax.devices()[:4]``).
 
     Example:
       >>> import jnn
@@ -107,12 +91,9 @@ def check_batch_size(batch_size: int, mesh, where: str) -> None:
     Example:
       >>> import jax, jnn
       >>> mesh = jax.sharding.AbstractMesh((2, 1), ("data", "model"))
-      >>> jnn.parallel.check_batch_size(8, mesh, "example")   # divides: returns None
-      >>> try:
-      ...     jnn.parallel.check_batch_size(7, mesh, "example")
-      ... except ValueError as e:
-      ...     print(str(e).split(";")[0])
-      example: the batch of 7 examples is not divisible by the mesh's data axis of size 2
+      >>> jnn.parallel.check_batch_size(7, mesh, "example")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ValueError: example: the batch of 7 examples is not divisible by the mesh's data axis of size 2; ...
     """
     n = data_size(mesh)
     if batch_size % n:
@@ -130,10 +111,8 @@ def _opt_leaf_spec(path: str, leaf, by_path: dict) -> P:
 
 
 def state_specs(train_state, mesh, rules: Sequence[Rule] | None = None):
-    """PartitionSpecs for a :class:`~jnn.train.TrainState` (arrays or ``ShapeDtypeStruct``):
-    params by ``rules``; optimizer-state leaves that mirror a parameter (same path suffix and
-    shape, e.g. Adam's ``mu``/``nu``) like that parameter; everything else replicated.
-    A pytree without a ``params`` field is treated as params.
+    """PartitionSpecs for a :class:`~jnn.train.TrainState` (or params): params by ``rules``,
+    optimizer leaves mirroring a param (same path suffix and shape) like it, the rest replicated.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -227,9 +206,8 @@ def constrain_batch(batch, mesh, where: str = "jnn.parallel"):
 
 
 def sharded_init(init_fn, mesh, rules: Sequence[Rule] | None = None):
-    """Runs ``init_fn() -> train_state`` under jit with its outputs laid out on ``mesh`` by
-    ``rules``, so each device only ever allocates its own shards (a model too large for one
-    device initializes straight into its FSDP layout).
+    """Runs ``init_fn() -> train_state`` under jit with outputs laid out on ``mesh`` by ``rules``
+    (each device allocates only its own shards).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn

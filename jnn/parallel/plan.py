@@ -1,17 +1,8 @@
 """``plan``: what one training step will cost on a mesh, before any device memory is used.
 
-Everything is abstract: the train state comes from ``jax.eval_shape``, the step is lowered and
-compiled for ``ShapeDtypeStruct`` inputs carrying their shardings, and the figures are read
-from the shardings and from XLA's ``memory_analysis()`` and ``cost_analysis()`` of the
-compiled (per-device, SPMD-partitioned) program.
-
-What XLA counts as FLOPs: 2 per multiply-add of every dot, 1 per elementwise op. For the MNIST
-MLP 784-128-10 with SGD at batch B that is, by hand, ``2B(784*128 + 128*10)`` forward,
-``2B(784*128 + 128*10)`` for the weight gradients, ``2B*128*10`` for the one input gradient
-that is needed (nothing needs d/dx of the first layer), 2 per parameter for the SGD update, and
-a remainder of elementwise work (bias adds, ReLU and its derivative, bias-gradient sums,
-softmax cross-entropy): measured 873 FLOPs per example at B=128 (tests/test_parallel.py).
-The familiar "6 x params x batch" overcounts by the first layer's input gradient.
+The train state comes from ``jax.eval_shape``; the step is compiled for sharded
+``ShapeDtypeStruct`` inputs, and the figures are read from the shardings and from XLA's
+``memory_analysis()`` and ``cost_analysis()`` (FLOPs: 2 per multiply-add, 1 per elementwise op).
 """
 from __future__ import annotations
 
@@ -30,18 +21,10 @@ __all__ = ["Plan", "plan"]
 
 
 class Plan(NamedTuple):
-    """What :func:`plan` returns; byte counts are per device.
-
-    Attributes:
-      params: ``[(path, shape, spec, bytes_per_device), ...]`` for every parameter.
-      param_count: total number of parameter elements (unsharded).
-      param_bytes: parameter bytes held by one device.
-      opt_state_bytes: optimizer-state bytes held by one device.
-      batch_bytes: bytes of one device's slice of the batch.
-      argument_bytes / output_bytes / temp_bytes: the compiled step's ``memory_analysis()``
-        (``temp_bytes``: activations and other temporaries).
-      flops_per_device: ``cost_analysis()["flops"]`` of the partitioned step.
-      flops: ``flops_per_device`` times the number of devices.
+    """What :func:`plan` returns (bytes per device): ``params`` (``[(path, shape, spec, bytes)]``),
+    ``param_count`` (unsharded), ``param_bytes``, ``opt_state_bytes``, ``batch_bytes``,
+    ``argument_bytes``/``output_bytes``/``temp_bytes`` (XLA's ``memory_analysis()``),
+    ``flops_per_device`` (``cost_analysis()``) and ``flops`` (times the number of devices).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -90,20 +73,9 @@ def _abstract(x):
 
 def plan(model, example, optimizer, mesh=None, *, loss=None, rules: Sequence[Rule] | None = None,
          verbose: bool = True) -> Plan:
-    """Dry-runs one training step of ``model`` on ``mesh``: bytes per device and FLOPs.
-
-    Args:
-      model: the network.
-      example: one global batch ``(x, y)`` as arrays or ``jax.ShapeDtypeStruct`` (only shapes
-        and dtypes are used).
-      optimizer: the optax optimizer.
-      mesh: the mesh (default: :func:`make_mesh` over every device).
-      loss: ``loss(outputs, y)``; default :func:`jnn.losses.mse`.
-      rules: sharding rules for params and optimizer state (see :mod:`jnn.parallel.rules`).
-      verbose: print :meth:`Plan.table`.
-
-    Returns:
-      A :class:`Plan`.
+    """Dry-runs one training step of ``model`` on ``mesh`` (default: every device) for one global batch
+    ``example`` (arrays or ``ShapeDtypeStruct``): bytes per device and FLOPs. ``loss`` defaults to
+    :func:`jnn.losses.mse`; ``verbose`` prints :meth:`Plan.table`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn

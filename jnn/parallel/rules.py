@@ -1,24 +1,10 @@
 """Sharding rules: which parameter is split along which mesh axis, chosen by path pattern.
 
-A rule is a :class:`Rule` ``(patterns, spec)``: ``patterns`` are :mod:`jnn.tree` path patterns
-(``"w"`` is every leaf named ``w``; ``"encoder/*"`` a glob over the path) and ``spec`` says how
-a matching leaf is laid out on the mesh:
-
-- a tuple of mesh axis names or ``None``, one per array dimension (a ``PartitionSpec``);
-- :func:`fsdp`'s "shard the largest dimension that divides evenly" (ZeRO-3 / FSDP);
-- logical axis names (``("embed", "mlp")``) resolved through a Flax-style table of
-  ``(logical name, mesh axis)`` pairs: :func:`logical` and :func:`tensor_parallel`.
-
-The first rule that matches a leaf wins; leaves no rule matches are replicated. A user rule
-that matches no parameter at all is an error (a typo would otherwise silently replicate).
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> from jnn import parallel
-  >>> params = {"dense_0": {"w": jnp.zeros((16, 4)), "b": jnp.zeros(4)}}
-  >>> mesh = jax.sharding.AbstractMesh((1, 1), ("data", "model"))
-  >>> parallel.param_specs(params, mesh, parallel.fsdp())["dense_0"]["w"]
-  P('data', None)
+A :class:`Rule` is ``(patterns, spec)``: :mod:`jnn.tree` path patterns and a layout, either a
+tuple of mesh axes (or ``None``) per dimension, :func:`fsdp`'s "largest evenly divisible
+dimension", or logical axis names resolved through ``(logical, mesh axis)`` pairs
+(:func:`logical`, :func:`tensor_parallel`). The first matching rule wins; unmatched leaves are
+replicated; a required rule that matches nothing is an error.
 """
 from __future__ import annotations
 
@@ -33,10 +19,7 @@ from jnn import tree as _tree
 
 __all__ = ["Rule", "fsdp", "logical", "tensor_parallel", "param_specs", "TRANSFORMER_AXES", "AXIS_RULES"]
 
-#: Logical axis names of the weights of jnn's attention and transformer-block MLP layers
-#: (Megatron layout: q/k/v and the first MLP dense split by output columns, the attention
-#: output projection and the second MLP dense by input rows, so each block needs one
-#: all-reduce forward and one backward).
+#: Logical axes of attention and transformer-MLP weights (Megatron layout: one all-reduce per block each way).
 TRANSFORMER_AXES: tuple[tuple[str | tuple[str, ...], tuple], ...] = (
     (("query/w", "*/query/w", "key/w", "*/key/w", "value/w", "*/value/w"), ("embed", "heads")),
     (("query/b", "*/query/b", "key/b", "*/key/b", "value/b", "*/value/b"), ("heads",)),
@@ -52,12 +35,8 @@ AXIS_RULES: tuple[tuple[str, str | None], ...] = (
 
 
 class Rule(NamedTuple):
-    """One sharding rule (see the module docstring).
-
-    Attributes:
-      patterns: a path pattern or several (:func:`jnn.tree.matches`).
-      spec: a tuple of mesh axes per dimension, or a function ``(shape, mesh) -> PartitionSpec``.
-      required: raise if the rule matches no parameter (built-in tables set this to False).
+    """One sharding rule: ``patterns`` (:func:`jnn.tree.matches`), ``spec`` (mesh axes per dimension,
+    or ``(shape, mesh) -> PartitionSpec``), ``required`` (raise if it matches no parameter).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -89,11 +68,8 @@ def _largest_divisible_dim(axis: str, min_size: int) -> Callable:
 
 
 def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: int = 0) -> list[Rule]:
-    """ZeRO-3 / FSDP: shard every matching parameter (and its optimizer state) along ``axis``,
-    on its largest dimension divisible by the axis size; parameters with fewer than
-    ``min_size`` elements, or with no such dimension, stay replicated.
-
-    Typical use: ``fit(..., mesh=(mesh, parallel.fsdp()))``.
+    """ZeRO-3 / FSDP: shards each matching parameter along ``axis`` on its largest dimension divisible
+    by the axis size (fewer than ``min_size`` elements, or no such dimension: replicated).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -112,12 +88,8 @@ def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: i
 
 def logical(table: Sequence[tuple[Any, tuple]], axis_rules: Sequence[tuple[str, str | None]] = AXIS_RULES,
             *, required: bool = True) -> list[Rule]:
-    """Rules from ``(patterns, logical axis names)`` pairs, with each logical name mapped to a
-    mesh axis by ``axis_rules`` (``(logical, mesh axis or None)`` pairs, as Flax's
-    ``logical_axis_rules``).
-
-    For instance, ``logical([("dense_0/w", ("embed", "mlp"))])`` splits ``dense_0``'s columns
-    along ``model`` under the default :data:`AXIS_RULES`.
+    """Rules from ``(patterns, logical axis names)`` pairs, each name mapped to a mesh axis by
+    ``axis_rules`` (as Flax's ``logical_axis_rules``).
 
     Example:
       >>> import jnn
@@ -138,11 +110,8 @@ def logical(table: Sequence[tuple[Any, tuple]], axis_rules: Sequence[tuple[str, 
 
 def tensor_parallel(extra: Sequence[tuple[Any, tuple]] = (),
                     axis_rules: Sequence[tuple[str, str | None]] = AXIS_RULES) -> list[Rule]:
-    """Megatron-style tensor parallelism for attention and transformer-block MLPs
-    (:data:`TRANSFORMER_AXES`, patterns that match nothing are fine) plus ``extra``
-    ``(patterns, logical axes)`` pairs of your own (e.g. for plain ``dense`` layers).
-
-    Typical use: ``fit(..., mesh=make_mesh(model=4), rules=parallel.tensor_parallel())``.
+    """Megatron-style tensor parallelism for attention and transformer MLPs (:data:`TRANSFORMER_AXES`)
+    plus ``extra`` ``(patterns, logical axes)`` pairs of your own.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -181,7 +150,7 @@ def _leaf_spec(path: str, shape, mesh, spec) -> P:
 
 
 def _check_rules(rules) -> list[Rule]:
-    """``rules`` as a list of :class:`Rule`: each a Rule or a ``(patterns, spec)`` pair."""
+    """``rules`` as a list of :class:`Rule`."""
     if rules is None:
         return []
     if isinstance(rules, (str, Rule)) or not isinstance(rules, (list, tuple)):
@@ -199,10 +168,6 @@ def _check_rules(rules) -> list[Rule]:
 
 def param_specs(params, mesh, rules: Sequence[Rule] | None = None):
     """A tree of ``PartitionSpec`` for ``params`` (arrays or ``ShapeDtypeStruct``) on ``mesh``.
-
-    Raises:
-      ValueError: a rule names an axis the mesh lacks, a required rule matches no parameter,
-        or a sharded dimension is not divisible by its mesh axes' size.
 
     Example:
       >>> import jax.numpy as jnp, jnn
