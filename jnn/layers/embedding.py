@@ -81,7 +81,6 @@ def attend(params, x: jax.Array) -> jax.Array:
       (2, 5, 10)
     """
     table = params["embedding"] if isinstance(params, dict) else params
-    if x.shape[-1:] != table.shape[-1:]:
-        raise layer_error("attend", f"expected x of shape [..., {table.shape[-1]}] (the embedding width), "
-                                    f"got {tuple(x.shape)}")
+    checks.require(x.shape[-1:] == table.shape[-1:], "attend",
+                   f"expected x of shape [..., {table.shape[-1]}] (the embedding width), got {tuple(x.shape)}")
     return x @ table.astype(x.dtype).T

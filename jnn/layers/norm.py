@@ -121,9 +121,10 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
 
     def batch_statistics(x, axes):
         """The batch mean and biased variance over ``axes`` (and over ``axis_name``'s devices)."""
-        if math.prod(x.shape[a] for a in axes) < 2 and axis_name is None:  # a constant output and zero gradient
-            raise layer_error(label, f"training mode needs more than one value per feature to normalize over, got "
-                                     f"input shape {tuple(x.shape)}; use a larger batch, or train=False")
+        # (one value: a constant output and zero gradient)
+        checks.require(math.prod(x.shape[a] for a in axes) > 1 or axis_name is not None, label, f"training mode "
+                       f"needs more than one value per feature to normalize over, got input shape {tuple(x.shape)}; "
+                       f"use a larger batch, or train=False")
         mean = _pmean(label, jnp.mean(x, axis=axes, keepdims=True), axis_name)
         return mean, _pmean(label, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True), axis_name)
 
@@ -137,9 +138,8 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
     def apply(params, state, x, *, key=None, train=False):
         train = checks.flag(label, "train", train)
         axes, features = layout(x)
-        if features != state["mean"].shape:
-            raise layer_error(label, f"expected the axes not reduced over to have shape {state['mean'].shape} (as "
-                                     f"initialized), got {features} for input shape {tuple(x.shape)}")
+        checks.require(features == state["mean"].shape, label, f"expected the axes not reduced over to have shape "
+                       f"{state['mean'].shape} (as initialized), got {features} for input shape {tuple(x.shape)}")
         in_x = tuple(1 if i in axes else d for i, d in enumerate(x.shape))   # the features, broadcast against x
         x32 = x.astype(state["mean"].dtype)
         if train:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Children, Layer, layer_error, shape_of
+from jnn.core import Children, Layer, shape_of
 from jnn.layers.cells import Cell
 
 __all__ = ["run", "recurrent", "bidirectional"]
@@ -49,6 +49,11 @@ def _cell(label: str, what: str, cell) -> Cell:
 _unroll = checks.positive_int_or(True, described="True")
 
 
+def _check_input(label: str, x, rank_ok: bool, shape: str, hint: str = "") -> None:
+    checks.require(rank_ok and jnp.issubdtype(x.dtype, jnp.floating), label, f"expected a floating input of "
+                   f"shape {shape}, got {x.dtype} of shape {tuple(x.shape)}{hint}")
+
+
 def _reverse_valid(xs: jax.Array, lengths: jax.Array) -> jax.Array:
     """Time-major ``xs: [T, *batch, ...]`` with each sequence's first ``lengths`` steps reversed."""
     T = xs.shape[0]
@@ -59,9 +64,7 @@ def _reverse_valid(xs: jax.Array, lengths: jax.Array) -> jax.Array:
 
 def _run(label, cell, params, x, lengths, reverse, initial_carry, unroll):
     x = jnp.asarray(x)
-    if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise layer_error(label, f"expected a floating input of shape [..., time, features], got "
-                                 f"{x.dtype} of shape {tuple(x.shape)} (embed integer ids first)")
+    _check_input(label, x, x.ndim >= 2, "[..., time, features]", " (embed integer ids first)")
     batch = x.shape[:-2]
     cast = lambda a: a.astype(x.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
     params = jax.tree_util.tree_map(cast, params)
@@ -69,9 +72,9 @@ def _run(label, cell, params, x, lengths, reverse, initial_carry, unroll):
     carry = jax.tree_util.tree_map(lambda a: jnp.asarray(a).astype(x.dtype), carry)
     if lengths is not None:
         lengths = jnp.asarray(lengths)
-        if lengths.shape != batch or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise layer_error(label, f"expected integer lengths of shape {batch} (one per sequence), "
-                                     f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
+        checks.require(lengths.shape == batch and jnp.issubdtype(lengths.dtype, jnp.integer), label, f"expected "
+                       f"integer lengths of shape {batch} (one per sequence), got {lengths.dtype} of shape "
+                       f"{tuple(lengths.shape)}")
     return _scan(cell, reverse, unroll, params, carry, x, lengths)
 
 
@@ -169,9 +172,7 @@ def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = Fals
 
 def _recurrent(label, name, cell, return_sequences, reverse, unroll) -> Layer:
     def check(x):
-        if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
-            raise layer_error(label, f"expected a floating input of shape [batch, time, features], "
-                                     f"got {x.dtype} of shape {tuple(x.shape)}")
+        _check_input(label, x, x.ndim == 3, "[batch, time, features]")
 
     def init(key, example):
         x = shape_of(example)
@@ -181,9 +182,8 @@ def _recurrent(label, name, cell, return_sequences, reverse, unroll) -> Layer:
     def apply(params, state, x, *, key=None, train=False, lengths=None):
         check(x)
         w = params.get("input", {}).get("w") if isinstance(params, dict) else None
-        if w is not None and w.shape[0] != x.shape[-1]:
-            raise layer_error(label, f"expected input of shape [batch, time, {w.shape[0]}] (the size "
-                                     f"it was initialized with), got {tuple(x.shape)}")
+        if w is not None:
+            checks.width(label, x, w.shape[0], "[batch, time, {}]", "size")
         ys, _ = _run(label, cell, params, x, lengths, reverse, None, unroll)
         if return_sequences:
             return ys, state
@@ -235,9 +235,9 @@ def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="conca
     """
     label = name or "bidirectional"
     backward_cell = cell if backward_cell is None else backward_cell
-    if merge in ("add", "multiply") and cell.hidden_size != backward_cell.hidden_size:
-        raise ValueError(f"{label}: merge={merge!r} needs cells of one hidden size, got "
-                         f"{cell.hidden_size} and {backward_cell.hidden_size}")
+    sizes = cell.hidden_size, backward_cell.hidden_size
+    checks.require(merge not in ("add", "multiply") or sizes[0] == sizes[1], label,
+                   f"merge={merge!r} needs cells of one hidden size, got {sizes[0]} and {sizes[1]}")
     merge_fn = _MERGES[merge] if isinstance(merge, str) else merge
     forward = _recurrent(f"{label}/forward", f"{label}/forward", cell, return_sequences, False, unroll)
     backward = _recurrent(f"{label}/backward", f"{label}/backward", backward_cell, return_sequences, True, unroll)

@@ -40,10 +40,9 @@ def _policy(label: str, policy: str):
     cp = jax.checkpoint_policies
     if policy == "offload":
         memories = {m.kind for m in jax.devices()[0].addressable_memories()}
-        if "pinned_host" not in memories:
-            raise ValueError(f"{label}: policy='offload' needs a backend with pinned host memory; "
-                             f"{jax.default_backend()} has memory kinds {sorted(memories)} (use 'nothing' "
-                             f"or 'dots_no_batch' here)")
+        checks.require("pinned_host" in memories, label, f"policy='offload' needs a backend with pinned host "
+                       f"memory; {jax.default_backend()} has memory kinds {sorted(memories)} (use 'nothing' or "
+                       f"'dots_no_batch' here)")
         return cp.offload_dot_with_no_batch_dims("device", "pinned_host")
     return {"nothing": cp.nothing_saveable, "dots": cp.dots_saveable,
             "dots_no_batch": cp.dots_with_no_batch_dims_saveable,
