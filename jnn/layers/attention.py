@@ -1,16 +1,9 @@
 """Multi-head self-attention (with grouped key/value heads, masks, RoPE and a decode cache).
 
-The layer projects ``x[B, T, F]`` to queries ``[B, T, N, H]`` and keys/values ``[B, T, K, H]``
-(``K`` key/value heads shared by groups of ``N // K`` query heads: multi-query attention for
-``K = 1``, grouped-query attention in between), attends with ``jax.nn.dot_product_attention``
-and projects back to ``F``. :func:`reference_attention` is the same computation written out
-(einsum + softmax), for tests and for the paths the fused kernel does not cover.
-
-Masks: ``causal=True`` is fixed at construction; padding is given per call as
-``apply(..., lengths=lengths)`` (``[B]`` integers: example ``b`` has ``lengths[b]`` valid positions
-at the start and the rest are padding; every length must be >= 1). This is the one way to pass
-a padding mask. Masked keys get exactly zero weight; outputs at padded *query* positions are
-still computed (they attend to the valid keys) and should be ignored by the loss.
+Queries ``[B, T, N, H]`` attend to keys/values ``[B, T, K, H]`` (``K`` heads shared by groups of
+``N // K`` query heads) with ``jax.nn.dot_product_attention``; :func:`reference_attention` is the
+same computation written out. Padding is passed per call as ``apply(..., lengths=[B] ints >= 1)``;
+masked keys get exactly zero weight (outputs at padded queries are computed; ignore them).
 ``layer.methods`` hold the paths the decoder blocks' generation runs:
 ``cross_kv(params, context, context_lengths=None)`` -> the context's keys/values (computed once);
 ``attend_kv(params, x, kv, *, key=None, train=False)`` -> queries from ``x`` over them;
@@ -193,23 +186,11 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
                          context_features: int | None = None, name: str | None = None) -> Layer:
     """Multi-head attention ``[B, T, F] -> [B, T, F]``: self-attention, or cross-attention to a context.
 
-    Params: ``query``: ``{"w": [F, N*H], "b": [N*H]}``; ``key`` and ``value``:
-    ``{"w": [F, K*H], "b": [K*H]}``; ``out``: ``{"w": [N*H, F], "b": [F]}`` (heads are
-    consecutive blocks of ``H`` columns). Params are float32 (float64 for float64 inputs);
-    projections run in the input's dtype, the softmax in at least float32.
-
-    ``apply(params, state, x, *, key=None, train=False, lengths=None)``: ``lengths`` (``[B]``
-    ints) marks positions ``>= lengths[b]`` of example ``b`` as padding that no query attends to.
-
-    Cross-attention: ``apply(params, state, x, context=c, context_lengths=None)`` takes queries
-    from ``x[B, T, F]`` and keys/values from ``c[B, S, F_c]`` (``F_c`` is ``context_features``,
-    default ``F``); ``context_lengths`` (``[B]`` ints) masks the context's padding. It needs
-    ``causal=False`` and ``rope=False``.
-
-    The kernel is ``jax.nn.dot_product_attention``, except with attention dropout in training
-    and for float64 inputs, which use the explicit :func:`reference_attention` computation.
-
-    ``layer.methods``: the cached and cross-attention paths (see the module docstring).
+    Params ``query``/``key``/``value``/``out``, each ``{"w", "b"}`` (``[F, N*H]``, ``[F, K*H]``,
+    ``[F, K*H]``, ``[N*H, F]``), float32 (float64 for float64 inputs); the softmax runs in at least
+    float32. ``apply(..., lengths=[B])`` masks padding; ``apply(..., context=c[B, S, F_c],
+    context_lengths=None)`` cross-attends (needs ``causal=False``, ``rope=False``). Attention
+    dropout and float64 use :func:`reference_attention`. ``layer.methods``: see the module docstring.
 
     Args:
       num_heads: query heads ``N`` (> 0).
@@ -221,9 +202,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
       rope: rotate queries and keys by their positions (:func:`jnn.layers.positional.apply_rope`).
       rope_base: RoPE's rotation base.
       w_init, b_init: initializers (or names) of the projection weights and biases.
-      implementation: passed to ``jax.nn.dot_product_attention`` (``None``, ``"xla"`` or
-        ``"cudnn"``; ``None`` currently means XLA, ``"cudnn"`` is the fused GPU kernel for
-        float16/bfloat16).
+      implementation: passed to ``jax.nn.dot_product_attention`` (``None``, ``"xla"``, ``"cudnn"``).
       context_features: width ``F_c`` of the cross-attention context (default ``F``).
       name: optional explicit key for this layer's params.
 

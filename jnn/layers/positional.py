@@ -114,10 +114,8 @@ def learned_positional_embedding(max_len: int | None, *, init=None, name: str | 
 def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
     """Rotary position embedding (RoPE) of query or key heads.
 
-    Features ``i`` and ``i + H/2`` of each head form a pair rotated by the angle
-    ``p * base ** (-2i / H)`` (the "rotate half" layout of GPT-NeoX and LLaMA), so the dot
-    product of a rotated query at position ``m`` and a rotated key at position ``n`` depends on
-    ``m - n`` only. Angles are computed in float32 (float64 for float64 ``x``).
+    Features ``i`` and ``i + H/2`` of each head are rotated by ``p * base ** (-2i / H)`` ("rotate
+    half", as GPT-NeoX and LLaMA); angles in at least float32.
 
     Args:
       x: ``[B, T, N, H]`` (``H`` even).

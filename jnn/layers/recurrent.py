@@ -1,16 +1,8 @@
 """Recurrent layers: a :class:`~jnn.layers.cells.Cell` scanned over time with ``jax.lax.scan``.
 
-Inputs are batch-first, ``[B, T, F]``. Three ways in, from most to least convenient:
-
-- :func:`recurrent` / :func:`bidirectional`: jnn layers, usable in :func:`jnn.serial`
-  (stack layers by listing them: ``serial(recurrent(lstm_cell(64)), recurrent(lstm_cell(64)))``).
-- Variable-length sequences: their ``apply`` also takes ``lengths=`` (an int array ``[B]``),
-  an extra keyword the layers declare (``layer.keywords``), so combinators route it:
-  ``serial(embedding(...), recurrent(...)).apply(params, state, x, lengths=lengths)``.
-- :func:`run`: the pure function underneath, which also takes an initial carry and returns the
-  final carry.
-
-With ``lengths``, sequence ``b`` is ``x[b, :lengths[b]]``: outputs past its end are zero, its
+Inputs are batch-first, ``[B, T, F]``. :func:`recurrent` and :func:`bidirectional` are layers whose
+``apply`` also takes ``lengths=`` (``[B]`` ints, routed by combinators); :func:`run` is the pure
+function underneath (initial carry in, final carry out). With ``lengths``, sequence ``b`` is ``x[b, :lengths[b]]``: outputs past its end are zero, its
 final carry is the carry after its last valid step, and ``reverse=True`` reads its valid part
 backwards (position ``lengths[b] - 1`` first) while the padding stays at the end.
 
@@ -109,19 +101,16 @@ def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
         reverse: bool = False, initial_carry=None, unroll: int | bool = 1):
     """Runs ``cell`` over the time axis of ``x``: the pure function under :func:`recurrent`.
 
-    Shapes: ``x: [*batch, T, F]`` -> ``outputs: [*batch, T, H]``; ``lengths: [*batch]``.
-    Computed in ``x``'s dtype (params and carry are cast to it).
+    Shapes: ``x: [*batch, T, F]`` -> ``outputs: [*batch, T, H]``, computed in ``x``'s dtype.
 
     Args:
       cell: the cell (:func:`~jnn.layers.cells.lstm_cell`, ...).
       params: the cell's params (``cell.init(key, F)``).
       x: the input sequences, batch-first.
-      lengths: optional valid length of each sequence (clipped to ``[0, T]``). Outputs past a
-        sequence's end are zero and its final carry is the carry after its last valid step.
-      reverse: read each sequence (its valid part, with ``lengths``) from the end; outputs are
-        still stored at their input positions.
-      initial_carry: the carry to start from (default ``cell.initial_carry(batch)``, zeros).
-      unroll: passed to ``jax.lax.scan`` (steps per loop iteration; ``True`` unrolls fully).
+      lengths: optional valid length ``[*batch]`` of each sequence (see the module docstring).
+      reverse: read each sequence's valid part from the end (outputs stay at their positions).
+      initial_carry: the carry to start from (default zeros).
+      unroll: passed to ``jax.lax.scan``.
 
     Returns:
       ``(outputs, final_carry)``.
@@ -143,14 +132,9 @@ def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = Fals
               unroll: int | bool = 1, name: str | None = None) -> Layer:
     """A recurrent layer: ``cell`` scanned over time, batch-first.
 
-    Shapes: ``x: [B, T, F]`` -> ``[B, T, H]``, or ``[B, H]`` with ``return_sequences=False``
-    (the output of the last step processed: step ``lengths[b] - 1``, or step 0 when
-    ``reverse``). Params are the cell's (``{"input": {"w", "b"}, "hidden": {"w", ...}}``),
-    float32 (float64 for float64 inputs); computed in the input's dtype. The layer is keyed
-    by the cell's kind in combinators (``"lstm_0"``).
-
-    ``apply`` takes an optional ``lengths: [B]`` keyword (see the module docstring):
-    ``layer.apply(params, state, x, lengths=lengths)``.
+    ``x: [B, T, F]`` -> ``[B, T, H]``, or ``[B, H]`` with ``return_sequences=False`` (the last
+    step processed). Params are the cell's; the layer's kind is the cell's. ``apply`` takes
+    ``lengths=[B]`` (see the module docstring).
 
     Args:
       cell: the cell (:func:`~jnn.layers.cells.rnn_cell`, ``lstm_cell``, ``gru_cell``).

@@ -1,18 +1,9 @@
 """``repeat``: ``n`` copies of a layer with separate weights, stacked and run with ``lax.scan``.
 
-``repeat(block, n)`` computes the same function as ``serial(block, block, ..., block)`` (``n``
-times), but its params are the child's params with a leading axis of size ``n`` (copy ``i`` is
-``params[...][i]``), initialized by ``vmap`` over ``n`` split keys, and ``apply`` is one
-``lax.scan`` over the copies, so the program is traced and compiled once for any depth. Per-copy
-state (batch-norm statistics) is stacked the same way.
-
-Params paths (``jnn.tree``) name a stacked leaf once for all copies, so weight decay or freezing
-by pattern applies to every copy. To address single copies:
-
-* :func:`copy_mask` / :func:`freeze_copies` select copies by index (freeze copy 3 only);
-* :func:`unstack_params` / :func:`stack_params` convert between the stacked form and the params of
-  the explicit ``serial`` of copies (keys ``f"{kind}_{i}"``), e.g. to move checkpoints between
-  the two forms.
+``repeat(block, n)`` computes ``serial(block, ..., block)`` with params (and state) stacked along a
+leading ``[n]`` axis and one ``lax.scan``, so it compiles once for any depth. :func:`copy_mask` /
+:func:`freeze_copies` select single copies; :func:`unstack_params` / :func:`stack_params` convert
+to and from the ``serial`` form (keys ``f"{kind}_{i}"``).
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn

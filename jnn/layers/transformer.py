@@ -1,19 +1,12 @@
 """Transformer blocks: pre-norm encoder and decoder blocks (whole models are in :mod:`jnn.nets`).
 
-A block is ``x + drop(attention(LN(x)))`` then ``x + MLP(LN(x))`` with ``MLP = dense(mlp_dim) ->
-GELU -> dense(F) -> dropout``. Block params: ``{"norm_0", "attention", "norm_1", "mlp":
-{"dense_0", "dense_1"}}``. A decoder block with ``cross_attention=True`` adds
-``x + drop(cross_attention(LN(x), context))`` after the self-attention (params ``"norm_cross"``,
-``"cross_attention"``). Blocks take padding as ``apply(..., lengths=[B] ints)`` and the context as
-``apply(..., context=[B, S, F_c], context_lengths=[B] ints)`` like
-:func:`jnn.layers.attention.multi_head_attention`; they declare these keywords
-(``Layer.keywords``), so ``serial`` and the other combinators route them.
-
-``block.methods`` hold the cached path that :mod:`jnn.nets` generation runs:
-``init_cache(batch, length, features, dtype)`` (the self-attention's empty key/value cache),
-``decode(params, cache, x, position, cross_kv=None) -> (y, cache)`` (``x[B, T, F]`` at positions
-``position, ...``), and for a cross-attending block ``cross_cache(params, context,
-context_lengths=None)`` (the context's keys/values, computed once, passed to ``decode``).
+A block is ``x + drop(attention(LN(x)))`` then ``x + MLP(LN(x))`` (``MLP = dense(mlp_dim) -> GELU
+-> dense(F) -> dropout``); with ``cross_attention=True`` a decoder block adds
+``x + drop(cross_attention(LN(x), context))`` after the self-attention. ``apply`` takes
+``lengths=``, ``context=`` and ``context_lengths=`` as :func:`jnn.layers.attention.multi_head_attention`.
+``block.methods``: ``init_cache(batch, length, features, dtype)``, ``decode(params, cache, x,
+position, cross_kv=None) -> (y, cache)`` and, when cross-attending, ``cross_cache(params, context,
+context_lengths=None)`` (the context's keys/values for ``decode``).
 
 Example:
   >>> import jax, jax.numpy as jnp
