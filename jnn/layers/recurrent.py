@@ -195,11 +195,8 @@ def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="conca
                   name: str | None = None) -> Layer:
     """Two recurrent layers, one reading forwards and one backwards, outputs merged.
 
-    Shapes: ``x: [B, T, F]`` -> ``[B, T, H_f + H_b]`` with ``merge="concat"`` (``[B, T, H]``
-    for ``"add"``/``"multiply"``), or ``[B, ...]`` with ``return_sequences=False`` (the forward
-    layer's last output merged with the backward layer's, i.e. both after a full read). Params:
-    ``{"forward": ..., "backward": ...}``. ``apply`` takes ``lengths=`` as :func:`recurrent`
-    does; the backward layer then reads each sequence's valid part from its end.
+    ``x: [B, T, F]`` -> ``[B, T, H_f + H_b]`` with ``merge="concat"`` (``[B, ...]`` with
+    ``return_sequences=False``). Params ``{"forward", "backward"}``; ``apply`` takes ``lengths=``.
 
     Args:
       cell: the forward cell.

@@ -40,9 +40,7 @@ __all__ = ["repeat", "stack_params", "unstack_params", "copy_mask", "freeze_copi
 def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = None) -> Layer:
     """``n`` copies of ``layer`` (separate weights) applied in sequence with ``lax.scan``.
 
-    The child must map its input to an output of the same shape and dtype (a residual block,
-    a transformer block). Extra keyword arguments of ``apply`` (``lengths=``, ``context=``) are
-    passed unchanged to every copy.
+    The child must keep its input's shape and dtype; extra ``apply`` keywords go to every copy.
 
     Args:
       layer: the block to repeat.
