@@ -659,3 +659,72 @@ def integral(label: str, what: str, value) -> int:
     if not ok or isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{label}: {what} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+# ---- rules added for layers 2 (attention, recurrent, repeat, transformer, remat) ----
+
+def require(ok, label: str, message: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error(f"{label}: {message}")`` unless ``ok`` (one check that needs no helper of its own).
+
+    Example:
+      >>> from jnn import _checks as checks
+      >>> checks.require(3 % 2 == 0, "pairs", "expected an even count, got 3")
+      Traceback (most recent call last):
+      ValueError: pairs: expected an even count, got 3
+    """
+    if not ok:
+        raise error(f"{label}: {message}")
+
+
+def width(label: str, x, size: int, shape: str = "[B, T, {}]", what: str = "width") -> None:
+    """The input's last axis must hold ``size`` entries, the ``what`` the layer was initialized
+    with; ``shape`` is the expected shape with ``{}`` for ``size``."""
+    if x.shape[-1] != size:
+        raise ValueError(f"{label}: expected input of shape {shape.format(size)} (the {what} it was initialized "
+                         f"with), got {tuple(x.shape)}")
+
+
+def float_array(label: str, x, rank: int, expected: str, width: int | None = None) -> None:
+    """``x`` must be a floating-point array of ``rank`` axes (and last axis ``width`` if given);
+    the message says what was ``expected`` ("sequence [B, T, F]") and the dtype and shape that came."""
+    if len(x.shape) != rank or not jnp.issubdtype(x.dtype, jnp.floating) or width not in (None, x.shape[-1]):
+        raise ValueError(f"{label}: expected a floating-point {expected}, got "
+                         f"{jnp.dtype(x.dtype).name}{list(x.shape)}")
+
+
+def float_sequence(label: str, x, width: int | None = None) -> None:
+    """A floating-point sequence ``[B, T, F]``, with ``F == width`` (the width the layer was
+    initialized with) when given."""
+    float_array(label, x, 3, "sequence [B, T, F]")
+    sequence_input(label, x, width=width)
+
+
+def copies(label: str, copies) -> list:
+    """The values of a non-empty dict keyed ``"<kind>_<i>"`` for ``i`` in ``0..n-1``, in that order
+    (copies of one layer's params: they must share one tree structure)."""
+    import re
+    if not isinstance(copies, dict) or not copies:
+        raise ValueError(f"{label}: expected a non-empty dict of copies, got {copies!r:.80}")
+    index = {}
+    for k in copies:
+        found = re.fullmatch(r"(.+)_(\d+)", k)
+        if found is None:
+            raise ValueError(f"{label}: expected keys '<kind>_<i>', got {k!r}")
+        index[int(found.group(2))] = k
+    if sorted(index) != list(range(len(copies))):
+        raise ValueError(f"{label}: expected copies numbered 0..{len(copies) - 1}, got {sorted(copies)}")
+    trees = [copies[index[i]] for i in range(len(copies))]
+    if len({jax.tree.structure(t) for t in trees}) != 1:
+        raise ValueError(f"{label}: the copies have different tree structures")
+    return trees
+
+
+def leading_axis(label: str, leaves) -> int:
+    """The size of the leading axis that every one of ``leaves`` (a non-empty list of arrays) shares."""
+    if not leaves:
+        raise ValueError(f"{label}: the stacked tree has no leaves")
+    n = leaves[0].shape[0] if leaves[0].ndim else None
+    if n is None or any(leaf.ndim == 0 or leaf.shape[0] != n for leaf in leaves):
+        raise ValueError(f"{label}: expected every leaf to have the same leading (copy) axis, got "
+                         f"shapes {[tuple(leaf.shape) for leaf in leaves]}")
+    return n

@@ -1,17 +1,10 @@
 """Autoregressive sampling from a language model, compiled with ``jax.jit``.
 
-* :func:`generate` uses the model's key/value cache (``init_cache``/``decode_step`` in its
-  ``methods``, see :func:`is_decoder`: ``jnn.nets.decoder_lm`` and ``jnn.nets.encoder_decoder``):
-  one parallel pass over the prompt fills the cache, then each new token costs one
-  ``decode_step`` (a ``lax.scan`` over new tokens).
-  For an encoder-decoder, ``context=`` (the source) is encoded once, into the cache.
-* :func:`generate_uncached` is the reference: every new token re-runs the whole model on the
-  sequence so far (any layer mapping ids ``[B, T]`` to logits ``[B, T, V]`` works).
-
-Both draw token ``i`` with ``jax.random.split(key, num_new_tokens)[i]``, so for the same key they
-produce the same tokens (up to ties in floating point, which the tests do not hit).
-A ``temperature`` below :data:`GREEDY_BELOW` (``1e-6``) samples greedily (the arg-max token),
-since dividing the logits by so small a temperature would overflow.
+:func:`generate` fills a decoder's key/value cache (:func:`is_decoder`) with one pass over the
+prompt, then scans one ``decode_step`` per token (an encoder-decoder's ``context=`` is encoded
+once); :func:`generate_uncached` re-runs any ids-to-logits model on the whole sequence per token.
+Both draw token ``i`` with ``jax.random.split(key, num_new_tokens)[i]`` (same key, same tokens).
+A ``temperature`` below :data:`GREEDY_BELOW` samples the arg-max token.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -44,14 +37,10 @@ def is_decoder(model) -> bool:
     """Whether ``model`` is a layer with a cached decode path: ``init_cache`` and ``decode_step`` in
     its ``methods`` (what :func:`generate` runs).
 
-    * ``init_cache(batch, length=None, dtype=None, **context) -> cache``: an empty cache for
-      ``length`` positions (an encoder-decoder takes ``params=``, ``context=`` and
-      ``context_lengths=`` here and encodes the context into the cache once);
-    * ``decode_step(params, cache, tokens, position) -> (logits, cache)``: logits for ``tokens``
-      (``[B]`` or ``[B, T]``) at positions ``position, ...``, attending to the cache, and the cache
-      with their keys/values written in. ``position + T`` must not exceed the cache length.
-
-    ``jnn.named`` keeps the methods and ``jnn.precision.with_policy`` wraps them.
+    ``init_cache(batch, length=None, dtype=None, **context) -> cache`` (an encoder-decoder takes
+    ``params=``, ``context=``, ``context_lengths=`` and encodes the context once);
+    ``decode_step(params, cache, tokens, position) -> (logits, cache)`` for ``tokens`` ``[B]`` or
+    ``[B, T]`` at positions ``position, ...`` (``position + T`` <= the cache length).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -194,8 +183,6 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
 
     Returns:
       ``[B, P + num_new_tokens]`` int32: the prompt followed by the new tokens.
-
-    Compiled once per (model, shapes, num_new_tokens, temperature, top_k).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

@@ -1,9 +1,7 @@
 """Weight initializers: thin names over ``jax.nn.initializers``.
 
-Every entry here is a *factory* returning an initializer ``(key, shape, dtype) -> array``
-(``jax.nn.initializers.zeros`` is itself an initializer; ``jnn.initializers.zeros()``
-returns one, so every name is used the same way). Layers accept either an initializer
-or its name as a string: ``jnn.dense(128, w_init="he_normal")``.
+Every entry is a factory returning ``(key, shape, dtype) -> array``; layers also accept the
+name: ``jnn.dense(128, w_init="he_normal")``.
 
 Example:
   >>> import jax, jnn

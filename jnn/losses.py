@@ -1,13 +1,7 @@
 """Losses as plain functions, reusing ``optax.losses`` where it has them.
 
-Reduction: every loss returns the **mean over all examples** (and, for element-wise
-losses, over all elements), a scalar. Pass ``reduction="none"`` for per-example values
-(per-element for MSE/MAE/binary cross-entropy). All are stable at extreme inputs: logits
-of +-1e4 and probabilities of exactly 0 and 1 give finite values and gradients.
-
-Impossible values (class ids outside ``[0, C)``, probabilities or binary labels outside
-``[0, 1]``) raise a ``ValueError`` when the values are concrete (eager calls, and ``fit``'s
-own eager check of its data); under ``jit`` values are unknown and unchecked.
+Every loss returns the mean over examples (and elements), or per-example values with
+``reduction="none"``; impossible labels raise when concrete (unchecked under ``jit``).
 
 Example:
   >>> import jax.numpy as jnp, jnn
@@ -150,9 +144,6 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
       label_smoothing: mixes the targets with the uniform distribution:
         ``(1 - s) * onehot + s / C``.
       reduction: ``"mean"`` over examples, or ``"none"`` for per-example ``[...]``.
-
-    Integer labels outside ``[0, C)`` raise a ValueError when called eagerly (under ``jit``
-    the values are not known and are not checked).
 
     Example:
       >>> import jax.numpy as jnp, jnn

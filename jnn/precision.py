@@ -1,10 +1,7 @@
 """Mixed precision: a dtype policy and a wrapper that applies it to any layer.
 
-A :class:`Policy` keeps params (and state) in ``param_dtype``, runs the model in
-``compute_dtype`` and returns outputs in ``output_dtype``. The usual choice, :func:`mixed_bfloat16`,
-is float32 params, bfloat16 compute, float32 outputs: gradients and optimizer state stay float32
-(the casts are differentiated through) and :func:`jnn.train.fit` computes the loss in float32.
-bfloat16 has float32's exponent range, so no loss scaling is needed.
+A :class:`Policy` names ``param_dtype``, ``compute_dtype`` and ``output_dtype``;
+:func:`mixed_bfloat16` is float32 params and outputs with bfloat16 compute (no loss scaling needed).
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn
@@ -106,14 +103,10 @@ def _decode_methods(methods, policy: Policy) -> dict:
 def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
     """``model`` under a dtype policy (default :func:`mixed_bfloat16`).
 
-    ``init`` casts the model's floating params and state to ``param_dtype``. ``apply`` casts the
-    floating params and floating inputs (integer inputs such as token ids are left alone) to
-    ``compute_dtype``, runs the model, casts floating outputs to ``output_dtype`` and the new
-    state back to ``param_dtype`` (so a ``lax.scan`` over steps keeps one carry type). Extra
-    keyword arguments of ``apply`` (e.g. ``lengths=``) are passed through. A decoder's cached path
-    (``init_cache``/``decode_step`` in ``model.methods``) follows the policy too: its cache is kept
-    in ``compute_dtype`` and ``decode_step`` returns logits in ``output_dtype``; other methods are
-    kept as they are.
+    Params and state are kept in ``param_dtype``; ``apply`` runs in ``compute_dtype`` (floating
+    params and inputs cast; integer inputs left alone) and returns floating outputs in
+    ``output_dtype``. A decoder's ``init_cache``/``decode_step`` follow the policy (cache in
+    ``compute_dtype``, logits in ``output_dtype``).
 
     Args:
       model: any layer.

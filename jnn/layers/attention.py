@@ -1,16 +1,9 @@
 """Multi-head self-attention (with grouped key/value heads, masks, RoPE and a decode cache).
 
-The layer projects ``x[B, T, F]`` to queries ``[B, T, N, H]`` and keys/values ``[B, T, K, H]``
-(``K`` key/value heads shared by groups of ``N // K`` query heads: multi-query attention for
-``K = 1``, grouped-query attention in between), attends with ``jax.nn.dot_product_attention``
-and projects back to ``F``. :func:`reference_attention` is the same computation written out
-(einsum + softmax), for tests and for the paths the fused kernel does not cover.
-
-Masks: ``causal=True`` is fixed at construction; padding is given per call as
-``apply(..., lengths=lengths)`` (``[B]`` integers: example ``b`` has ``lengths[b]`` valid positions
-at the start and the rest are padding; every length must be >= 1). This is the one way to pass
-a padding mask. Masked keys get exactly zero weight; outputs at padded *query* positions are
-still computed (they attend to the valid keys) and should be ignored by the loss.
+Queries ``[B, T, N, H]`` attend to keys/values ``[B, T, K, H]`` (``K`` heads shared by groups of
+``N // K`` query heads) with ``jax.nn.dot_product_attention``; :func:`reference_attention` is the
+same computation written out. Padding is passed per call as ``apply(..., lengths=[B] ints >= 1)``;
+masked keys get exactly zero weight (outputs at padded queries are computed; ignore them).
 ``layer.methods`` hold the paths the decoder blocks' generation runs:
 ``cross_kv(params, context, context_lengths=None)`` -> the context's keys/values (computed once);
 ``attend_kv(params, x, kv, *, key=None, train=False)`` -> queries from ``x`` over them;
@@ -42,7 +35,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Layer, inferring_shape, layer_error, shape_of
+from jnn.core import Layer, inferring_shape, shape_of
 from jnn.layers.positional import apply_rope
 
 __all__ = ["multi_head_attention", "reference_attention", "attention_weights", "ATTENTION_KEYWORDS"]
@@ -105,7 +98,7 @@ def _heads(params, x, heads: int):
 def _attend(label, rate, implementation, q, k, v, *, causal: bool, lengths=None, mask=None, key=None,
             train=False):
     """Attention over heads; ``mask`` (``[1|B, 1, T, S]`` bool) adds to causal/lengths."""
-    checks.boolean(label, train=train)
+    train = checks.flag(label, "train", train)
     dropping = train and rate > 0
     checks.key_for(label, dropping, key, f"dropout_rate={rate}")
     if not dropping and q.dtype != jnp.float64:
@@ -126,19 +119,9 @@ def _attend(label, rate, implementation, q, k, v, *, causal: bool, lengths=None,
     return _mix(weights, v, q.dtype)
 
 
-def _check_sequence(label: str, x, params=None) -> None:
-    if len(x.shape) != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise layer_error(label, f"expected a floating-point sequence [B, T, F], got "
-                                 f"{jnp.dtype(x.dtype).name}{list(x.shape)}")
-    if params is not None and x.shape[2] != params["query"]["w"].shape[0]:
-        raise layer_error(label, f"expected input of shape [B, T, {params['query']['w'].shape[0]}] "
-                                 f"(the width it was initialized with), got {tuple(x.shape)}")
-
-
 def _head_size(label: str, num_heads: int, head_size: int | None, features: int) -> int:
-    if head_size is None and features % num_heads:
-        raise layer_error(label, f"the input width {features} must be divisible by num_heads={num_heads}, "
-                                 f"or pass head_size")
+    checks.require(head_size is not None or features % num_heads == 0, label,
+                   f"the input width {features} must be divisible by num_heads={num_heads}, or pass head_size")
     return features // num_heads if head_size is None else head_size
 
 
@@ -147,12 +130,9 @@ def _cross_methods(label, causal, rope, kv_heads, num_heads, attend) -> dict:
 
     def cross_kv(params, context, context_lengths=None) -> dict:
         width = params["key"]["w"].shape[0]
-        if len(context.shape) != 3 or not jnp.issubdtype(context.dtype, jnp.floating) or context.shape[2] != width:
-            raise layer_error(label, f"expected a floating-point context [B, S, {width}] for cross-attention, "
-                                     f"got {jnp.dtype(context.dtype).name}{list(context.shape)}")
-        if causal or rope:
-            raise layer_error(label, "cross-attention (context=) needs causal=False and rope=False: "
-                                     "the context's positions are not the queries'")
+        checks.float_array(label, context, 3, f"context [B, S, {width}] for cross-attention", width)
+        checks.require(not (causal or rope), label, "cross-attention (context=) needs causal=False and rope=False: "
+                                                    "the context's positions are not the queries'")
         kv = {"key": _heads(params["key"], context, kv_heads), "value": _heads(params["value"], context, kv_heads)}
         if context_lengths is not None:
             kv["lengths"] = checks.int_lengths(label, context_lengths, context.shape[0], note=_PER_EXAMPLE)
@@ -160,8 +140,8 @@ def _cross_methods(label, causal, rope, kv_heads, num_heads, attend) -> dict:
 
     def attend_kv(params, x, kv, *, key=None, train=False):
         b, t, _ = x.shape
-        if kv["key"].shape[0] != b:
-            raise layer_error(label, f"the context has batch {kv['key'].shape[0]} but the input has {b}")
+        checks.require(kv["key"].shape[0] == b, label,
+                       f"the context has batch {kv['key'].shape[0]} but the input has {b}")
         q = _heads(params["query"], x, num_heads)
         out = attend(q, kv["key"].astype(q.dtype), kv["value"].astype(q.dtype), causal=False,
                      lengths=kv.get("lengths"), key=key, train=train)
@@ -206,23 +186,11 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
                          context_features: int | None = None, name: str | None = None) -> Layer:
     """Multi-head attention ``[B, T, F] -> [B, T, F]``: self-attention, or cross-attention to a context.
 
-    Params: ``query``: ``{"w": [F, N*H], "b": [N*H]}``; ``key`` and ``value``:
-    ``{"w": [F, K*H], "b": [K*H]}``; ``out``: ``{"w": [N*H, F], "b": [F]}`` (heads are
-    consecutive blocks of ``H`` columns). Params are float32 (float64 for float64 inputs);
-    projections run in the input's dtype, the softmax in at least float32.
-
-    ``apply(params, state, x, *, key=None, train=False, lengths=None)``: ``lengths`` (``[B]``
-    ints) marks positions ``>= lengths[b]`` of example ``b`` as padding that no query attends to.
-
-    Cross-attention: ``apply(params, state, x, context=c, context_lengths=None)`` takes queries
-    from ``x[B, T, F]`` and keys/values from ``c[B, S, F_c]`` (``F_c`` is ``context_features``,
-    default ``F``); ``context_lengths`` (``[B]`` ints) masks the context's padding. It needs
-    ``causal=False`` and ``rope=False``.
-
-    The kernel is ``jax.nn.dot_product_attention``, except with attention dropout in training
-    and for float64 inputs, which use the explicit :func:`reference_attention` computation.
-
-    ``layer.methods``: the cached and cross-attention paths (see the module docstring).
+    Params ``query``/``key``/``value``/``out``, each ``{"w", "b"}`` (``[F, N*H]``, ``[F, K*H]``,
+    ``[F, K*H]``, ``[N*H, F]``), float32 (float64 for float64 inputs); the softmax runs in at least
+    float32. ``apply(..., lengths=[B])`` masks padding; ``apply(..., context=c[B, S, F_c],
+    context_lengths=None)`` cross-attends (needs ``causal=False``, ``rope=False``). Attention
+    dropout and float64 use :func:`reference_attention`. ``layer.methods``: see the module docstring.
 
     Args:
       num_heads: query heads ``N`` (> 0).
@@ -234,9 +202,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
       rope: rotate queries and keys by their positions (:func:`jnn.layers.positional.apply_rope`).
       rope_base: RoPE's rotation base.
       w_init, b_init: initializers (or names) of the projection weights and biases.
-      implementation: passed to ``jax.nn.dot_product_attention`` (``None``, ``"xla"`` or
-        ``"cudnn"``; ``None`` currently means XLA, ``"cudnn"`` is the fused GPU kernel for
-        float16/bfloat16).
+      implementation: passed to ``jax.nn.dot_product_attention`` (``None``, ``"xla"``, ``"cudnn"``).
       context_features: width ``F_c`` of the cross-attention context (default ``F``).
       name: optional explicit key for this layer's params.
 
@@ -256,8 +222,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     """
     label = name or "multi_head_attention"
     kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    if num_heads % kv_heads:
-        raise ValueError(f"{label}: num_kv_heads ({kv_heads}) must divide num_heads ({num_heads})")
+    checks.require(num_heads % kv_heads == 0, label, f"num_kv_heads ({kv_heads}) must divide num_heads ({num_heads})")
     w_fn = initializers.get(w_init, where=f"{label} w_init")
     b_fn = initializers.get(b_init, where=f"{label} b_init")
     attend = functools.partial(_attend, label, dropout_rate, implementation)
@@ -266,10 +231,9 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
 
     def init(key, example):
         x = shape_of(example)
-        _check_sequence(label, x)
+        checks.float_sequence(label, x)
         features, size = x.shape[2], size_for(x.shape[2])
-        if rope and size % 2:
-            raise layer_error(label, f"rope=True needs an even head size, got {size}")
+        checks.require(not (rope and size % 2), label, f"rope=True needs an even head size, got {size}")
         dtype = initializers.param_dtype(x.dtype)
         kv_features = features if context_features is None else context_features
         shapes = {"query": (features, num_heads * size), "key": (kv_features, kv_heads * size),
@@ -290,22 +254,19 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     cross = _cross_methods(label, causal, rope, kv_heads, num_heads, attend)
 
     def apply(params, state, x, *, key=None, train=False, lengths=None, context=None, context_lengths=None):
-        _check_sequence(label, x, params)
+        checks.float_sequence(label, x, params["query"]["w"].shape[0])
         b, t, _ = x.shape
         if context is None and context_features is not None and inferring_shape():
             context = jnp.zeros((b, 1, context_features), x.dtype)   # serial's init: the shape only
         if context is not None:
-            if lengths is not None:
-                raise layer_error(label, "lengths= masks self-attention keys; with context= pass "
-                                         "context_lengths= for the context's padding")
+            checks.require(lengths is None, label, "lengths= masks self-attention keys; with context= pass "
+                                                   "context_lengths= for the context's padding")
             kv = cross["cross_kv"](params, jnp.asarray(context), context_lengths)
             return cross["attend_kv"](params, x, kv, key=key, train=train), state
-        if context_lengths is not None:
-            raise layer_error(label, "context_lengths was given without context (it masks the context's "
-                                     "padding in cross-attention; use lengths= for self-attention)")
-        if context_features not in (None, x.shape[-1]):
-            raise layer_error(label, f"built with context_features={context_features} for cross-attention: "
-                                     f"call apply(..., context=[B, S, {context_features}])")
+        checks.require(context_lengths is None, label, "context_lengths was given without context (it masks the "
+                       "context's padding in cross-attention; use lengths= for self-attention)")
+        checks.require(context_features in (None, x.shape[-1]), label, f"built with context_features="
+                       f"{context_features} for cross-attention: call apply(..., context=[B, S, {context_features}])")
         q, k, v = qkv(params, x, jnp.arange(t))
         lengths = checks.int_lengths(label, lengths, b, note=_PER_EXAMPLE)
         out = attend(q, k, v, causal=causal, lengths=lengths, key=key, train=train)

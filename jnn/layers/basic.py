@@ -8,7 +8,7 @@ import jax
 from jnn import initializers
 from jnn import _checks as checks
 from jnn.combinators import identity, stateless
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, shape_of
 
 __all__ = ["dense", "flatten", "reshape", "identity"]
 
@@ -90,9 +90,8 @@ def reshape(shape: tuple[int, ...], *, name: str | None = None) -> Layer:
     def fn(x):
         size = math.prod(x.shape[1:])
         known = math.prod(d for d in shape if d != -1)
-        if size % known or (-1 not in shape and size != known):
-            raise layer_error(label, f"cannot reshape examples of shape {tuple(x.shape[1:])} "
-                                     f"({size} values) to {shape}")
+        checks.require(not (size % known or (-1 not in shape and size != known)), label,
+                       f"cannot reshape examples of shape {tuple(x.shape[1:])} ({size} values) to {shape}")
         return x.reshape((x.shape[0], *shape))
 
     return stateless("reshape", fn, name=name)

@@ -6,11 +6,8 @@ A :class:`Cell` is a NamedTuple of pure functions, like a :class:`jnn.Layer` but
     initial_carry(batch_shape, dtype=float32) -> carry          # zeros
     step(params, carry, x_t) -> (carry, y_t)                    # x_t: [*batch, input_size]
 
-Each cell fuses its gates, so a step is two matmuls: one input matrix ``[in, G*H]`` and one
-recurrent matrix ``[H, G*H]`` (``G`` gates, ``H = hidden_size``). Params are
-``{"input": {"w", "b"}, "hidden": {"w", ...}}``, so the default weight-decay selection (leaves
-named ``"w"``) finds both matrices. Gate blocks along the last axis are in the order given below
-(the order of flax's per-gate names), and each block is initialized separately, as in flax.
+Gates are fused: params ``{"input": {"w": [in, G*H], "b"}, "hidden": {"w": [H, G*H], ...}}``
+(``G`` gates in flax's order, each block initialized separately, as in flax).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -148,10 +145,8 @@ def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_norma
         c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
         h' = sigmoid(o) * tanh(c');   y = h'
 
-    Carry: the tuple ``(c, h)``, each ``[*batch, H]`` (flax's order). Params:
-    ``input.w: [in, 4H]``, ``input.b: [4H]``, ``hidden.w: [H, 4H]``. The forget block of the
-    bias starts at ``forget_bias`` (1 by default, Jozefowicz et al. 2015), so the cell remembers
-    by default early in training.
+    Carry ``(c, h)``, each ``[*batch, H]``. Params ``input.w: [in, 4H]``, ``input.b: [4H]`` (forget
+    block starting at ``forget_bias``), ``hidden.w: [H, 4H]``.
 
     Args:
       hidden_size: ``H`` (> 0).
@@ -199,9 +194,8 @@ def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
         n = tanh(x_n + r * (h_n + b_h))          # the reset gate scales the recurrent term
         h' = (1 - z) * n + z * h;   y = h'
 
-    Carry: ``h: [*batch, H]``. Params: ``input.w: [in, 3H]``, ``input.b: [3H]``,
-    ``hidden.w: [H, 3H]`` and ``hidden.b: [H]`` (``b_h``, the candidate's recurrent bias: it sits
-    inside ``r * (...)``, so it cannot be folded into ``input.b``).
+    Carry ``h: [*batch, H]``. Params ``input.w: [in, 3H]``, ``input.b: [3H]``, ``hidden.w: [H, 3H]``,
+    ``hidden.b: [H]`` (``b_h``).
 
     Args:
       hidden_size: ``H`` (> 0).

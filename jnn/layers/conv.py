@@ -1,10 +1,7 @@
 """Convolutions on channels-last inputs: conv and conv_transpose (1-D, 2-D, 3-D).
 
-Inputs are ``[B, W, C]``, ``[B, H, W, C]`` or ``[B, D, H, W, C]``; the number of spatial
-axes is ``len(kernel_size)``, so ``kernel_size`` is always a tuple (``(3,)`` for 1-D,
-``(3, 3)`` for 2-D). Kernels are stored as ``w: [*kernel_size, in // groups, features]``
-and biases as ``b: [features]``, the layout of ``flax.linen.Conv``, so weights copy over
-unchanged.
+Inputs are ``[B, *spatial, C]`` with ``len(kernel_size)`` spatial axes; kernels are
+``w: [*kernel_size, in // groups, features]`` (the layout of ``flax.linen.Conv``).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -84,17 +81,12 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
 
     Shapes: ``x: [B, *spatial, C]`` with ``len(spatial) == len(kernel_size)`` ->
     ``y: [B, *spatial_out, features]``; params ``w: [*kernel_size, C // groups, features]``,
-    ``b: [features]``. With ``padding="SAME"`` ``spatial_out = ceil(spatial / strides)``; with
-    ``"VALID"`` the (dilated) kernel must fit inside the input. Built on
-    ``jax.lax.conv_general_dilated`` (on CPU, a one-channel input with unit strides runs as a
-    fused sum of shifted inputs, with the same values); params are float32
-    (float64 for float64 inputs) and the convolution runs in the input's dtype (integer and bool
-    inputs are promoted to the params' dtype; weights are never cast to an integer dtype).
+    ``b: [features]``. Params are float32 (float64 for float64 inputs); the convolution runs in
+    the input's dtype (integer and bool inputs are promoted to the params' dtype).
 
     Args:
       features: number of output channels (> 0, divisible by ``feature_group_count``).
-      kernel_size: tuple of positive ints, one per spatial axis: ``(5,)``, ``(3, 3)``,
-        ``(3, 3, 3)``. An int is rejected, so the spatial rank is never guessed.
+      kernel_size: tuple of positive ints, one per spatial axis (an int is rejected).
       strides: int (all axes) or one int per spatial axis.
       padding: ``"SAME"``, ``"VALID"`` or explicit ``[(lo, hi), ...]`` per spatial axis.
       dilation: kernel dilation ("atrous"), int or one per spatial axis.
@@ -187,11 +179,8 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
                    name: str | None = None) -> Layer:
     """Transposed ("fractionally strided") convolution, as ``flax.linen.ConvTranspose``.
 
-    Built on ``jax.lax.conv_transpose`` (kernel not flipped, ``transpose_kernel=False``): the
-    input is dilated by ``strides`` and convolved with ``w``. Shapes: ``x: [B, *spatial, C]`` ->
-    ``y: [B, *spatial_out, features]`` with ``spatial_out = spatial * strides`` for ``"SAME"``
-    and ``spatial * strides + max(k_span - strides, 0)`` for ``"VALID"`` (``k_span`` the dilated
-    kernel size); params ``w: [*kernel_size, C, features]``, ``b: [features]``.
+    ``x: [B, *spatial, C]`` -> ``[B, *spatial_out, features]`` with ``spatial_out = spatial *
+    strides`` for ``"SAME"``; params ``w: [*kernel_size, C, features]`` (not flipped), ``b``.
 
     Args:
       features: number of output channels (> 0).

@@ -1,8 +1,6 @@
 """Dropout layers: ``dropout`` (per element) and ``spatial_dropout`` (whole channels).
 
-``rate`` is the probability of *dropping* a unit (not of keeping it). Kept units are scaled by
-``1 / (1 - rate)`` during training ("inverted" dropout), so evaluation (``train=False``) is
-exactly the identity and needs no key.
+``rate`` is the probability of dropping a unit; kept units are scaled by ``1 / (1 - rate)``.
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn
@@ -54,23 +52,12 @@ def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected
 def dropout(rate: float, *, name: str | None = None) -> Layer:
     """Inverted dropout: zero each element with probability ``rate``, scale the rest by ``1/(1-rate)``.
 
-    Shapes: ``x: [...]`` -> ``y: [...]`` (any shape, floating dtype). No params, no state.
-    With ``train=False`` (the default) the layer is exactly the identity and needs no key;
-    with ``train=True`` it needs ``key=`` (``serial`` splits one key among its children).
-    ``rate=0`` is the identity in both modes (no key needed).
-
-    ``rate`` is normally a Python float, validated here. It may also be a float scalar
-    array, even a traced one, e.g. to ``jax.vmap`` a whole model over dropout rates by building
-    the layer inside the mapped function; a traced rate cannot be validated, so it is the
-    caller's job to keep it in ``[0, 1)``. The rate cannot be changed through ``apply``.
+    Any shape; no params or state. The identity unless ``train=True`` (which needs ``key=``) and
+    ``rate > 0``. ``rate`` may be a traced scalar (unchecked: keep it in ``[0, 1)``).
 
     Args:
       rate: probability of dropping each element, in ``[0, 1)``.
       name: optional explicit key for this layer.
-
-    Raises:
-      ValueError: when built with a rate outside ``[0, 1)``; at apply with ``train=True`` and
-        no key.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -87,11 +74,8 @@ def spatial_dropout(rate: float, *, name: str | None = None) -> Layer:
     """Dropout of whole channels of channels-last feature maps (``NWC``, ``NHWC``, ``NDHWC``).
 
     Each example's channel is kept (and scaled by ``1/(1-rate)``) or zeroed at every spatial
-    position together: the mask has shape ``[B, 1, ..., 1, C]``. Adjacent pixels of a feature
-    map are strongly correlated, so per-element dropout regularizes conv layers poorly
-    (Tompson et al. 2015). Same modes, keys and ``rate`` rules as :func:`dropout`.
-
-    Shapes: ``x: [B, *spatial, C]`` (at least one spatial axis) -> ``y`` of the same shape.
+    position together (mask ``[B, 1, ..., 1, C]``); ``x: [B, *spatial, C]``. Same modes, keys and
+    ``rate`` rules as :func:`dropout`.
 
     Args:
       rate: probability of dropping each channel of each example, in ``[0, 1)``.

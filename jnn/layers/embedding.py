@@ -16,23 +16,15 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
               name: str | None = None) -> Layer:
     """A lookup table: ``y[..., :] = embedding[x[...]]``.
 
-    Shapes: ``x: [...]`` integer ids (e.g. ``[B, T]``) -> ``y: [..., features]``; param
-    ``embedding: [vocab_size, features]``. The param is named ``"embedding"``, not ``"w"``, so the
-    default weight-decay selection leaves it alone.
-
-    Ids outside ``[0, vocab_size)`` (negative ones included: they are not wrapped) give rows of
-    NaN, as ``jnp.take`` does by default (and so flax's ``Embed``): a bad id shows up as a NaN
-    loss instead of silently reading another token's row. Concrete ids (eager calls) outside
-    the vocabulary raise a ``ValueError``; under ``jit`` values cannot be checked, so the NaN
-    rows are the signal (``fit`` stops at the first non-finite loss).
+    ``x: [...]`` integer ids -> ``[..., features]``; param ``embedding: [vocab_size, features]``
+    (not ``"w"``, so default weight decay skips it). Ids outside ``[0, vocab_size)`` raise when
+    concrete and give NaN rows under ``jit``.
 
     Args:
       vocab_size: number of rows (> 0).
       features: width of each vector (> 0).
-      init: initializer (or name) for the table; default ``normal(1.0)`` (unit variance, as
-        flax's ``Embed``).
-      dtype: dtype of the table and output; default JAX's default float dtype (float32, or
-        float64 with ``jax_enable_x64``), since integer inputs carry no float dtype to follow.
+      init: initializer (or name) for the table; default ``normal(1.0)``.
+      dtype: dtype of the table and output; default JAX's default float dtype.
       name: optional explicit key for this layer's params.
 
     Example:
@@ -81,7 +73,6 @@ def attend(params, x: jax.Array) -> jax.Array:
       (2, 5, 10)
     """
     table = params["embedding"] if isinstance(params, dict) else params
-    if x.shape[-1:] != table.shape[-1:]:
-        raise layer_error("attend", f"expected x of shape [..., {table.shape[-1]}] (the embedding width), "
-                                    f"got {tuple(x.shape)}")
+    checks.require(x.shape[-1:] == table.shape[-1:], "attend",
+                   f"expected x of shape [..., {table.shape[-1]}] (the embedding width), got {tuple(x.shape)}")
     return x @ table.astype(x.dtype).T

@@ -74,30 +74,17 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
                use_offset: bool = True, axis_name=None, name: str | None = None) -> Layer:
     """Batch normalization (Ioffe & Szegedy 2015) with running statistics in the state.
 
-    ``train=True``: normalizes with the batch mean and (biased) variance over the reduction
-    axes, and updates ``running = momentum * running + (1 - momentum) * batch``.
-    ``train=False``: uses only the running statistics (each example independent of the
-    batch); the state is returned unchanged.
-
-    Guards: a batch whose statistics are NaN or infinite leaves the running statistics
-    unchanged (the output is still non-finite, so ``fit`` stops and reports it); training on
-    a batch with one value (or none) per feature raises (a constant output and zero gradient).
-
-    Shapes: ``x: [B, ..., F]``; by default statistics are over every axis but the last, so it
-    works after ``dense`` (``[B, F]``) and after a channels-last conv (``[B, H, W, C]``).
-    Params ``scale``, ``offset`` and state ``mean`` (init 0), ``var`` (init 1) have the shape of
-    the axes not reduced (``[F]`` by default).
+    ``train=True`` normalizes with the batch statistics and updates ``running = momentum *
+    running + (1 - momentum) * batch`` (unless they are non-finite); ``train=False`` uses the
+    running ones. ``x: [B, ..., F]``; params ``scale``, ``offset`` and state ``mean``, ``var`` have
+    the shape of the axes not reduced (``[F]`` by default).
 
     Args:
       momentum: decay of the running statistics, in ``[0, 1]``.
       epsilon: added to the variance (> 0).
-      axis: the axes to *reduce over* (an int or tuple of ints; must include the batch axis 0).
-        ``None`` means all axes but the last. Note: ``flax.linen.BatchNorm(axis=...)`` names
-        the *feature* axis instead.
+      axis: the axes to *reduce over*, including the batch axis 0 (``None``: all but the last).
       use_scale, use_offset: learn a per-feature scale / offset.
-      axis_name: a named mapped axis (``jax.vmap``/``pmap``/``shard_map``) over which batch
-        statistics are averaged with ``jax.lax.pmean``, for data parallelism: the shards
-        then see the statistics of the whole (equal-sized-shard) batch.
+      axis_name: a mapped axis over which batch statistics are averaged (``jax.lax.pmean``).
       name: optional explicit key for this layer.
 
     Example:
@@ -121,9 +108,10 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
 
     def batch_statistics(x, axes):
         """The batch mean and biased variance over ``axes`` (and over ``axis_name``'s devices)."""
-        if math.prod(x.shape[a] for a in axes) < 2 and axis_name is None:  # a constant output and zero gradient
-            raise layer_error(label, f"training mode needs more than one value per feature to normalize over, got "
-                                     f"input shape {tuple(x.shape)}; use a larger batch, or train=False")
+        # (one value: a constant output and zero gradient)
+        checks.require(math.prod(x.shape[a] for a in axes) > 1 or axis_name is not None, label, f"training mode "
+                       f"needs more than one value per feature to normalize over, got input shape {tuple(x.shape)}; "
+                       f"use a larger batch, or train=False")
         mean = _pmean(label, jnp.mean(x, axis=axes, keepdims=True), axis_name)
         return mean, _pmean(label, jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True), axis_name)
 
@@ -137,9 +125,8 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
     def apply(params, state, x, *, key=None, train=False):
         train = checks.flag(label, "train", train)
         axes, features = layout(x)
-        if features != state["mean"].shape:
-            raise layer_error(label, f"expected the axes not reduced over to have shape {state['mean'].shape} (as "
-                                     f"initialized), got {features} for input shape {tuple(x.shape)}")
+        checks.require(features == state["mean"].shape, label, f"expected the axes not reduced over to have shape "
+                       f"{state['mean'].shape} (as initialized), got {features} for input shape {tuple(x.shape)}")
         in_x = tuple(1 if i in axes else d for i, d in enumerate(x.shape))   # the features, broadcast against x
         x32 = x.astype(state["mean"].dtype)
         if train:
@@ -222,11 +209,8 @@ def group_norm(num_groups: int, *, epsilon: float = 1e-5, use_scale: bool = True
                use_offset: bool = True, name: str | None = None) -> Layer:
     """Group normalization (Wu & He 2018) for channels-last inputs.
 
-    The ``C`` channels are split into ``num_groups`` consecutive groups; each example is
-    normalized with the mean and biased variance over its spatial axes and the channels of a
-    group. ``num_groups=1`` normalizes over all of an example (like layer norm over ``H, W, C``);
-    ``num_groups=C`` is instance normalization. Shapes: ``x: [B, *spatial, C]`` -> same;
-    params ``scale``, ``offset``: ``[C]``.
+    Each example is normalized over its spatial axes and each of ``num_groups`` consecutive
+    channel groups (``num_groups=C``: instance norm). ``x: [B, *spatial, C]``; params ``[C]``.
 
     Args:
       num_groups: number of channel groups (> 0); ``C`` must be divisible by it.

@@ -1,17 +1,10 @@
 """Pooling on channels-last inputs of any spatial rank: max, average, and global pooling.
 
 ``max_pool``/``avg_pool`` take ``[B, *spatial, C]`` with ``len(spatial) == len(window)``;
-``strides`` default to the window (non-overlapping windows, as in Keras and PyTorch;
-``flax.linen`` defaults to stride 1). When the windows tile the input (strides equal to the
-window and no padding, or ``"SAME"`` padding that pads nothing because the sizes divide), the
-input is viewed as ``[B, H/2, 2, W/2, 2, C]`` and reduced over the window axes (a ``"VALID"``
-remainder is cropped first). Otherwise the layers use ``jax.lax.reduce_window``. Both paths give
-the same values; the tiled one is faster on CPU (benchmarks/RESULTS.md), mostly in the backward
-pass, where ``reduce_window``'s max gradient lowers to XLA's slow ``select_and_scatter``.
-
-Max-pool gradient with ties: on both paths, the whole gradient of a window goes to its first
-maximal element in row-major window order (as in ``torch.nn.functional.max_pool2d`` and in
-``reduce_window``'s gradient), never split among tied elements as ``jnp.max``'s gradient is.
+``strides`` default to the window (as in Keras and PyTorch). Windows that tile the input are
+reduced over a reshaped view (``[B, H/2, 2, W/2, 2, C]``), others with ``jax.lax.reduce_window``;
+both give the same values. With ties, max pooling's gradient goes to the first maximal element of
+a window in row-major order (as in ``torch.nn.functional.max_pool2d``).
 ``global_avg_pool``/``global_max_pool`` reduce every spatial axis: ``[B, ..., C] -> [B, C]``.
 
 Example:
@@ -118,9 +111,6 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
       padding: ``"VALID"`` (default), ``"SAME"`` or explicit ``[(lo, hi), ...]``; padded
         positions never win the max.
       name: optional explicit name.
-
-    The gradient of each window goes entirely to its first maximal element in row-major order
-    (the PyTorch convention); see the module docstring for the fast path.
 
     Example:
       >>> import jax.numpy as jnp

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, shape_of
 
 __all__ = ["learned_positional_embedding", "sinusoidal_encoding", "sinusoidal_table", "apply_rope"]
 
@@ -114,10 +114,8 @@ def learned_positional_embedding(max_len: int | None, *, init=None, name: str | 
 def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
     """Rotary position embedding (RoPE) of query or key heads.
 
-    Features ``i`` and ``i + H/2`` of each head form a pair rotated by the angle
-    ``p * base ** (-2i / H)`` (the "rotate half" layout of GPT-NeoX and LLaMA), so the dot
-    product of a rotated query at position ``m`` and a rotated key at position ``n`` depends on
-    ``m - n`` only. Angles are computed in float32 (float64 for float64 ``x``).
+    Features ``i`` and ``i + H/2`` of each head are rotated by ``p * base ** (-2i / H)`` ("rotate
+    half", as GPT-NeoX and LLaMA); angles in at least float32.
 
     Args:
       x: ``[B, T, N, H]`` (``H`` even).
@@ -134,12 +132,12 @@ def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
       >>> bool(jnp.allclose(apply_rope(x, jnp.arange(3))[:, 0], x[:, 0]))   # position 0: unchanged
       True
     """
-    if x.ndim != 4 or x.shape[-1] % 2:
-        raise layer_error("apply_rope", f"expected heads [B, T, N, H] with H even, got shape {tuple(x.shape)}")
+    checks.require(x.ndim == 4 and x.shape[-1] % 2 == 0, "apply_rope",
+                   f"expected heads [B, T, N, H] with H even, got shape {tuple(x.shape)}")
     positions = jnp.asarray(positions)
-    if not jnp.issubdtype(positions.dtype, jnp.integer) or positions.shape not in (x.shape[1:2], x.shape[:2]):
-        raise layer_error("apply_rope", f"expected integer positions of shape [{x.shape[1]}] or [{x.shape[0]}, "
-                                        f"{x.shape[1]}], got {positions.dtype}{list(positions.shape)}")
+    checks.require(jnp.issubdtype(positions.dtype, jnp.integer) and positions.shape in (x.shape[1:2], x.shape[:2]),
+                   "apply_rope", f"expected integer positions of shape [{x.shape[1]}] or [{x.shape[0]}, "
+                                 f"{x.shape[1]}], got {positions.dtype}{list(positions.shape)}")
     acc = initializers.param_dtype(x.dtype)
     half = x.shape[-1] // 2
     inv_freq = jnp.power(jnp.asarray(base, acc), -jnp.arange(half, dtype=acc) / half)

@@ -1,16 +1,8 @@
 """Recurrent layers: a :class:`~jnn.layers.cells.Cell` scanned over time with ``jax.lax.scan``.
 
-Inputs are batch-first, ``[B, T, F]``. Three ways in, from most to least convenient:
-
-- :func:`recurrent` / :func:`bidirectional`: jnn layers, usable in :func:`jnn.serial`
-  (stack layers by listing them: ``serial(recurrent(lstm_cell(64)), recurrent(lstm_cell(64)))``).
-- Variable-length sequences: their ``apply`` also takes ``lengths=`` (an int array ``[B]``),
-  an extra keyword the layers declare (``layer.keywords``), so combinators route it:
-  ``serial(embedding(...), recurrent(...)).apply(params, state, x, lengths=lengths)``.
-- :func:`run`: the pure function underneath, which also takes an initial carry and returns the
-  final carry.
-
-With ``lengths``, sequence ``b`` is ``x[b, :lengths[b]]``: outputs past its end are zero, its
+Inputs are batch-first, ``[B, T, F]``. :func:`recurrent` and :func:`bidirectional` are layers whose
+``apply`` also takes ``lengths=`` (``[B]`` ints, routed by combinators); :func:`run` is the pure
+function underneath (initial carry in, final carry out). With ``lengths``, sequence ``b`` is ``x[b, :lengths[b]]``: outputs past its end are zero, its
 final carry is the carry after its last valid step, and ``reverse=True`` reads its valid part
 backwards (position ``lengths[b] - 1`` first) while the padding stays at the end.
 
@@ -32,7 +24,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn import _checks as checks
-from jnn.core import Children, Layer, layer_error, shape_of
+from jnn.core import Children, Layer, shape_of
 from jnn.layers.cells import Cell
 
 __all__ = ["run", "recurrent", "bidirectional"]
@@ -49,6 +41,11 @@ def _cell(label: str, what: str, cell) -> Cell:
 _unroll = checks.positive_int_or(True, described="True")
 
 
+def _check_input(label: str, x, rank_ok: bool, shape: str, hint: str = "") -> None:
+    checks.require(rank_ok and jnp.issubdtype(x.dtype, jnp.floating), label, f"expected a floating input of "
+                   f"shape {shape}, got {x.dtype} of shape {tuple(x.shape)}{hint}")
+
+
 def _reverse_valid(xs: jax.Array, lengths: jax.Array) -> jax.Array:
     """Time-major ``xs: [T, *batch, ...]`` with each sequence's first ``lengths`` steps reversed."""
     T = xs.shape[0]
@@ -59,9 +56,7 @@ def _reverse_valid(xs: jax.Array, lengths: jax.Array) -> jax.Array:
 
 def _run(label, cell, params, x, lengths, reverse, initial_carry, unroll):
     x = jnp.asarray(x)
-    if x.ndim < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise layer_error(label, f"expected a floating input of shape [..., time, features], got "
-                                 f"{x.dtype} of shape {tuple(x.shape)} (embed integer ids first)")
+    _check_input(label, x, x.ndim >= 2, "[..., time, features]", " (embed integer ids first)")
     batch = x.shape[:-2]
     cast = lambda a: a.astype(x.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
     params = jax.tree_util.tree_map(cast, params)
@@ -69,9 +64,9 @@ def _run(label, cell, params, x, lengths, reverse, initial_carry, unroll):
     carry = jax.tree_util.tree_map(lambda a: jnp.asarray(a).astype(x.dtype), carry)
     if lengths is not None:
         lengths = jnp.asarray(lengths)
-        if lengths.shape != batch or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise layer_error(label, f"expected integer lengths of shape {batch} (one per sequence), "
-                                     f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
+        checks.require(lengths.shape == batch and jnp.issubdtype(lengths.dtype, jnp.integer), label, f"expected "
+                       f"integer lengths of shape {batch} (one per sequence), got {lengths.dtype} of shape "
+                       f"{tuple(lengths.shape)}")
     return _scan(cell, reverse, unroll, params, carry, x, lengths)
 
 
@@ -106,19 +101,16 @@ def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
         reverse: bool = False, initial_carry=None, unroll: int | bool = 1):
     """Runs ``cell`` over the time axis of ``x``: the pure function under :func:`recurrent`.
 
-    Shapes: ``x: [*batch, T, F]`` -> ``outputs: [*batch, T, H]``; ``lengths: [*batch]``.
-    Computed in ``x``'s dtype (params and carry are cast to it).
+    Shapes: ``x: [*batch, T, F]`` -> ``outputs: [*batch, T, H]``, computed in ``x``'s dtype.
 
     Args:
       cell: the cell (:func:`~jnn.layers.cells.lstm_cell`, ...).
       params: the cell's params (``cell.init(key, F)``).
       x: the input sequences, batch-first.
-      lengths: optional valid length of each sequence (clipped to ``[0, T]``). Outputs past a
-        sequence's end are zero and its final carry is the carry after its last valid step.
-      reverse: read each sequence (its valid part, with ``lengths``) from the end; outputs are
-        still stored at their input positions.
-      initial_carry: the carry to start from (default ``cell.initial_carry(batch)``, zeros).
-      unroll: passed to ``jax.lax.scan`` (steps per loop iteration; ``True`` unrolls fully).
+      lengths: optional valid length ``[*batch]`` of each sequence (see the module docstring).
+      reverse: read each sequence's valid part from the end (outputs stay at their positions).
+      initial_carry: the carry to start from (default zeros).
+      unroll: passed to ``jax.lax.scan``.
 
     Returns:
       ``(outputs, final_carry)``.
@@ -140,14 +132,9 @@ def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = Fals
               unroll: int | bool = 1, name: str | None = None) -> Layer:
     """A recurrent layer: ``cell`` scanned over time, batch-first.
 
-    Shapes: ``x: [B, T, F]`` -> ``[B, T, H]``, or ``[B, H]`` with ``return_sequences=False``
-    (the output of the last step processed: step ``lengths[b] - 1``, or step 0 when
-    ``reverse``). Params are the cell's (``{"input": {"w", "b"}, "hidden": {"w", ...}}``),
-    float32 (float64 for float64 inputs); computed in the input's dtype. The layer is keyed
-    by the cell's kind in combinators (``"lstm_0"``).
-
-    ``apply`` takes an optional ``lengths: [B]`` keyword (see the module docstring):
-    ``layer.apply(params, state, x, lengths=lengths)``.
+    ``x: [B, T, F]`` -> ``[B, T, H]``, or ``[B, H]`` with ``return_sequences=False`` (the last
+    step processed). Params are the cell's; the layer's kind is the cell's. ``apply`` takes
+    ``lengths=[B]`` (see the module docstring).
 
     Args:
       cell: the cell (:func:`~jnn.layers.cells.rnn_cell`, ``lstm_cell``, ``gru_cell``).
@@ -169,9 +156,7 @@ def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = Fals
 
 def _recurrent(label, name, cell, return_sequences, reverse, unroll) -> Layer:
     def check(x):
-        if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
-            raise layer_error(label, f"expected a floating input of shape [batch, time, features], "
-                                     f"got {x.dtype} of shape {tuple(x.shape)}")
+        _check_input(label, x, x.ndim == 3, "[batch, time, features]")
 
     def init(key, example):
         x = shape_of(example)
@@ -181,9 +166,8 @@ def _recurrent(label, name, cell, return_sequences, reverse, unroll) -> Layer:
     def apply(params, state, x, *, key=None, train=False, lengths=None):
         check(x)
         w = params.get("input", {}).get("w") if isinstance(params, dict) else None
-        if w is not None and w.shape[0] != x.shape[-1]:
-            raise layer_error(label, f"expected input of shape [batch, time, {w.shape[0]}] (the size "
-                                     f"it was initialized with), got {tuple(x.shape)}")
+        if w is not None:
+            checks.width(label, x, w.shape[0], "[batch, time, {}]", "size")
         ys, _ = _run(label, cell, params, x, lengths, reverse, None, unroll)
         if return_sequences:
             return ys, state
@@ -211,11 +195,8 @@ def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="conca
                   name: str | None = None) -> Layer:
     """Two recurrent layers, one reading forwards and one backwards, outputs merged.
 
-    Shapes: ``x: [B, T, F]`` -> ``[B, T, H_f + H_b]`` with ``merge="concat"`` (``[B, T, H]``
-    for ``"add"``/``"multiply"``), or ``[B, ...]`` with ``return_sequences=False`` (the forward
-    layer's last output merged with the backward layer's, i.e. both after a full read). Params:
-    ``{"forward": ..., "backward": ...}``. ``apply`` takes ``lengths=`` as :func:`recurrent`
-    does; the backward layer then reads each sequence's valid part from its end.
+    ``x: [B, T, F]`` -> ``[B, T, H_f + H_b]`` with ``merge="concat"`` (``[B, ...]`` with
+    ``return_sequences=False``). Params ``{"forward", "backward"}``; ``apply`` takes ``lengths=``.
 
     Args:
       cell: the forward cell.
@@ -235,9 +216,9 @@ def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="conca
     """
     label = name or "bidirectional"
     backward_cell = cell if backward_cell is None else backward_cell
-    if merge in ("add", "multiply") and cell.hidden_size != backward_cell.hidden_size:
-        raise ValueError(f"{label}: merge={merge!r} needs cells of one hidden size, got "
-                         f"{cell.hidden_size} and {backward_cell.hidden_size}")
+    sizes = cell.hidden_size, backward_cell.hidden_size
+    checks.require(merge not in ("add", "multiply") or sizes[0] == sizes[1], label,
+                   f"merge={merge!r} needs cells of one hidden size, got {sizes[0]} and {sizes[1]}")
     merge_fn = _MERGES[merge] if isinstance(merge, str) else merge
     forward = _recurrent(f"{label}/forward", f"{label}/forward", cell, return_sequences, False, unroll)
     backward = _recurrent(f"{label}/backward", f"{label}/backward", backward_cell, return_sequences, True, unroll)

@@ -1,19 +1,9 @@
 """``remat``: recompute a layer's activations in the backward pass (``jax.checkpoint``).
 
-``remat(layer, policy=...)`` is the same layer (same params, state and outputs) whose ``apply``
-runs under ``jax.checkpoint``: the backward pass recomputes what the policy did not save, trading
-compute for activation memory. ``repeat(remat(block), n)`` is the scan-over-remat pattern: only
-each block's input is kept across the ``n`` copies.
-
-Policies (``jax.checkpoint_policies``):
-
-* ``"nothing"``: save nothing, recompute everything (``nothing_saveable``; the most memory saved);
-* ``"dots"``: save matrix-multiply outputs (``dots_saveable``);
-* ``"dots_no_batch"``: save matmuls without batch dimensions, i.e. the weight products
-  (``dots_with_no_batch_dims_saveable``);
-* ``"offload"``: like ``"dots_no_batch"`` but the saved values go to pinned host memory
-  (``offload_dot_with_no_batch_dims``); only on backends with a ``pinned_host`` memory space.
-* ``"everything"``: save everything (``everything_saveable``; no recomputation).
+Policies (``jax.checkpoint_policies``): ``"nothing"`` (save nothing), ``"dots"`` (matmul
+outputs), ``"dots_no_batch"`` (matmuls without batch axes), ``"offload"`` (those, in pinned host
+memory; needs a ``pinned_host`` memory space), ``"everything"`` (no recomputation).
+``repeat(remat(block), n)`` keeps only each block's input across the copies.
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn
@@ -40,10 +30,9 @@ def _policy(label: str, policy: str):
     cp = jax.checkpoint_policies
     if policy == "offload":
         memories = {m.kind for m in jax.devices()[0].addressable_memories()}
-        if "pinned_host" not in memories:
-            raise ValueError(f"{label}: policy='offload' needs a backend with pinned host memory; "
-                             f"{jax.default_backend()} has memory kinds {sorted(memories)} (use 'nothing' "
-                             f"or 'dots_no_batch' here)")
+        checks.require("pinned_host" in memories, label, f"policy='offload' needs a backend with pinned host "
+                       f"memory; {jax.default_backend()} has memory kinds {sorted(memories)} (use 'nothing' or "
+                       f"'dots_no_batch' here)")
         return cp.offload_dot_with_no_batch_dims("device", "pinned_host")
     return {"nothing": cp.nothing_saveable, "dots": cp.dots_saveable,
             "dots_no_batch": cp.dots_with_no_batch_dims_saveable,

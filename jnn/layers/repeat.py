@@ -1,18 +1,9 @@
 """``repeat``: ``n`` copies of a layer with separate weights, stacked and run with ``lax.scan``.
 
-``repeat(block, n)`` computes the same function as ``serial(block, block, ..., block)`` (``n``
-times), but its params are the child's params with a leading axis of size ``n`` (copy ``i`` is
-``params[...][i]``), initialized by ``vmap`` over ``n`` split keys, and ``apply`` is one
-``lax.scan`` over the copies, so the program is traced and compiled once for any depth. Per-copy
-state (batch-norm statistics) is stacked the same way.
-
-Params paths (``jnn.tree``) name a stacked leaf once for all copies, so weight decay or freezing
-by pattern applies to every copy. To address single copies:
-
-* :func:`copy_mask` / :func:`freeze_copies` select copies by index (freeze copy 3 only);
-* :func:`unstack_params` / :func:`stack_params` convert between the stacked form and the params of
-  the explicit ``serial`` of copies (keys ``f"{kind}_{i}"``), e.g. to move checkpoints between
-  the two forms.
+``repeat(block, n)`` computes ``serial(block, ..., block)`` with params (and state) stacked along a
+leading ``[n]`` axis and one ``lax.scan``, so it compiles once for any depth. :func:`copy_mask` /
+:func:`freeze_copies` select single copies; :func:`unstack_params` / :func:`stack_params` convert
+to and from the ``serial`` form (keys ``f"{kind}_{i}"``).
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn
@@ -30,7 +21,6 @@ Example:
 """
 from __future__ import annotations
 
-import re
 from typing import Iterable
 
 import jax
@@ -39,7 +29,7 @@ import optax
 
 from jnn import core
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, shape_of
 from jnn.tree import matches, path_str
 
 __all__ = ["repeat", "stack_params", "unstack_params", "copy_mask", "freeze_copies"]
@@ -50,9 +40,7 @@ __all__ = ["repeat", "stack_params", "unstack_params", "copy_mask", "freeze_copi
 def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = None) -> Layer:
     """``n`` copies of ``layer`` (separate weights) applied in sequence with ``lax.scan``.
 
-    The child must map its input to an output of the same shape and dtype (a residual block,
-    a transformer block). Extra keyword arguments of ``apply`` (``lengths=``, ``context=``) are
-    passed unchanged to every copy.
+    The child must keep its input's shape and dtype; extra ``apply`` keywords go to every copy.
 
     Args:
       layer: the block to repeat.
@@ -85,9 +73,10 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
         def body(h, per_copy):
             p, s, k = per_copy
             y, s = layer.apply(p, s, h, key=k, train=train, **keywords)
-            if (y.shape, y.dtype) != (h.shape, h.dtype):  # checked while tracing, before scan's own check
-                raise layer_error(label, f"the repeated layer must keep its input's shape and dtype, but "
-                                         f"{layer.label} maps {h.dtype}{list(h.shape)} to {y.dtype}{list(y.shape)}")
+            # checked while tracing, before scan's own check
+            checks.require((y.shape, y.dtype) == (h.shape, h.dtype), label, f"the repeated layer must keep its "
+                           f"input's shape and dtype, but {layer.label} maps {h.dtype}{list(h.shape)} to "
+                           f"{y.dtype}{list(y.shape)}")
             return y, s
 
         with core.child_scope(layer.kind):
@@ -108,13 +97,7 @@ def unstack_params(stacked, kind: str) -> dict:
     Returns:
       ``{f"{kind}_0": copy_0, ..., f"{kind}_{n-1}": copy_{n-1}}``.
     """
-    leaves = jax.tree.leaves(stacked)
-    if not leaves:
-        raise ValueError("unstack_params: the stacked tree has no leaves")
-    n = leaves[0].shape[0] if leaves[0].ndim else None
-    if n is None or any(leaf.ndim == 0 or leaf.shape[0] != n for leaf in leaves):
-        raise ValueError(f"unstack_params: expected every leaf to have the same leading (copy) axis, got "
-                         f"shapes {[tuple(leaf.shape) for leaf in leaves]}")
+    n = checks.leading_axis("unstack_params", jax.tree.leaves(stacked))
     return {f"{kind}_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)}
 
 
@@ -123,20 +106,7 @@ def stack_params(copies: dict) -> dict:
 
     Copies are ordered by their numeric suffix; they must all have the same structure and shapes.
     """
-    if not isinstance(copies, dict) or not copies:
-        raise ValueError(f"stack_params: expected a non-empty dict of copies, got {copies!r:.80}")
-    index = {}
-    for k in copies:
-        found = re.fullmatch(r"(.+)_(\d+)", k)
-        if found is None:
-            raise ValueError(f"stack_params: expected keys '<kind>_<i>', got {k!r}")
-        index[int(found.group(2))] = k
-    if sorted(index) != list(range(len(copies))):
-        raise ValueError(f"stack_params: expected copies numbered 0..{len(copies) - 1}, got {sorted(copies)}")
-    trees = [copies[index[i]] for i in range(len(copies))]
-    structures = {jax.tree.structure(t) for t in trees}
-    if len(structures) != 1:
-        raise ValueError("stack_params: the copies have different tree structures")
+    trees = checks.copies("stack_params", copies)
     return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
@@ -148,8 +118,8 @@ def copy_mask(params, include: Iterable[str] | str, copies: Iterable[int], n: in
     ``copies``; every other leaf gets ``False``. Multiply updates by it (``freeze_copies``).
     """
     copies = tuple(copies)
-    if not all(type(c) is int and 0 <= c < n for c in copies):   # (bools are not copy indices)
-        raise ValueError(f"copy_mask: copies must be integers in [0, {n}), got {copies}")
+    checks.require(all(type(c) is int and 0 <= c < n for c in copies),   # (bools are not copy indices)
+                   "copy_mask", f"copies must be integers in [0, {n}), got {copies}")
     selected = jnp.zeros((n,), bool).at[jnp.asarray(copies, jnp.int32)].set(True) if copies else jnp.zeros((n,), bool)
     found = []
 
@@ -159,8 +129,7 @@ def copy_mask(params, include: Iterable[str] | str, copies: Iterable[int], n: in
         return selected.reshape((n,) + (1,) * (leaf.ndim - 1)) if hit else False
 
     mask = jax.tree_util.tree_map_with_path(leaf_mask, params)
-    if not any(found):
-        raise ValueError(f"copy_mask: no stacked leaf with a leading axis of {n} matches {include!r}")
+    checks.require(any(found), "copy_mask", f"no stacked leaf with a leading axis of {n} matches {include!r}")
     return mask
 
 

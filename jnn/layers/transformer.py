@@ -1,19 +1,12 @@
 """Transformer blocks: pre-norm encoder and decoder blocks (whole models are in :mod:`jnn.nets`).
 
-A block is ``x + drop(attention(LN(x)))`` then ``x + MLP(LN(x))`` with ``MLP = dense(mlp_dim) ->
-GELU -> dense(F) -> dropout``. Block params: ``{"norm_0", "attention", "norm_1", "mlp":
-{"dense_0", "dense_1"}}``. A decoder block with ``cross_attention=True`` adds
-``x + drop(cross_attention(LN(x), context))`` after the self-attention (params ``"norm_cross"``,
-``"cross_attention"``). Blocks take padding as ``apply(..., lengths=[B] ints)`` and the context as
-``apply(..., context=[B, S, F_c], context_lengths=[B] ints)`` like
-:func:`jnn.layers.attention.multi_head_attention`; they declare these keywords
-(``Layer.keywords``), so ``serial`` and the other combinators route them.
-
-``block.methods`` hold the cached path that :mod:`jnn.nets` generation runs:
-``init_cache(batch, length, features, dtype)`` (the self-attention's empty key/value cache),
-``decode(params, cache, x, position, cross_kv=None) -> (y, cache)`` (``x[B, T, F]`` at positions
-``position, ...``), and for a cross-attending block ``cross_cache(params, context,
-context_lengths=None)`` (the context's keys/values, computed once, passed to ``decode``).
+A block is ``x + drop(attention(LN(x)))`` then ``x + MLP(LN(x))`` (``MLP = dense(mlp_dim) -> GELU
+-> dense(F) -> dropout``); with ``cross_attention=True`` a decoder block adds
+``x + drop(cross_attention(LN(x), context))`` after the self-attention. ``apply`` takes
+``lengths=``, ``context=`` and ``context_lengths=`` as :func:`jnn.layers.attention.multi_head_attention`.
+``block.methods``: ``init_cache(batch, length, features, dtype)``, ``decode(params, cache, x,
+position, cross_kv=None) -> (y, cache)`` and, when cross-attending, ``cross_cache(params, context,
+context_lengths=None)`` (the context's keys/values for ``decode``).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -31,7 +24,7 @@ import jax
 from jnn import core
 from jnn import _checks as checks
 from jnn.combinators import serial
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, shape_of
 from jnn.layers.activations import gelu
 from jnn.layers.attention import ATTENTION_KEYWORDS, multi_head_attention
 from jnn.layers.basic import dense
@@ -54,15 +47,6 @@ def _mlp(mlp_dim: int, dropout_rate: float) -> Layer:
     return Layer(init, apply, "mlp", None, config={"mlp_dim": mlp_dim, "dropout_rate": dropout_rate})
 
 
-def _check_context(label, cross, context, context_lengths) -> None:
-    if cross is None and (context is not None or context_lengths is not None):
-        raise layer_error(label, "got context= but this block has no cross-attention (build it with "
-                                 "decoder_block(..., cross_attention=True))")
-    if cross is not None and context is None and not core.inferring_shape():
-        # (under serial's init, which learns the shape only, its cross-attention stands in a context)
-        raise layer_error(label, "this block cross-attends: call apply(..., context=[B, S, F_c])")
-
-
 def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
     """A pre-norm block over its (self-)attention layer and optional cross-attention layer."""
     mlp = _mlp(mlp_dim, dropout_rate)
@@ -83,7 +67,11 @@ def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False, lengths=None, context=None, context_lengths=None):
         checks.key_for(label, train and needs_key, key)
-        _check_context(label, cross, context, context_lengths)
+        checks.require(cross is not None or (context is None and context_lengths is None), label, "got context= but "
+                       "this block has no cross-attention (build it with decoder_block(..., cross_attention=True))")
+        # (under serial's init, which learns the shape only, its cross-attention stands in a context)
+        checks.require(cross is None or context is not None or core.inferring_shape(), label,
+                       "this block cross-attends: call apply(..., context=[B, S, F_c])")
         keys = core.split_key(key, 5)
         h, _ = core.apply_child("norm_0", layer_norm(), params, {}, x)
         h, _ = core.apply_child("attention", attention, params, {}, h, key=keys[0], train=train, lengths=lengths)
@@ -175,7 +163,7 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     if cross_attention:
         cross = _attention(label, "cross_attention", num_heads, num_kv_heads=num_kv_heads,
                            dropout_rate=attention_dropout_rate, context_features=context_features)
-    elif context_features is not None:
-        raise ValueError(f"{label}: context_features is only used with cross_attention=True")
+    checks.require(cross_attention or context_features is None, label,
+                   "context_features is only used with cross_attention=True")
     return _block("decoder_block", label, name, attention, cross, mlp_dim, dropout_rate)
 

@@ -33,16 +33,11 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
                remat: str | None = None, name: str | None = None) -> Layer:
     """A decoder-only (GPT-style) language model: token ids ``[B, T]`` -> logits ``[B, T, V]``.
 
-    Token embedding (``normal(features ** -0.5)`` rows, scaled by ``sqrt(features)`` on the way
-    in) plus positions, dropout, ``num_layers`` :func:`jnn.decoder_block`\\ s, a final layer norm
-    and a head: tied (``logits = h @ embedding.T``) or untied (``head: {"w", "b"}``).
-    Params: ``{"embedding", "position" (learned only), "block_0", ..., "final_norm", "head"
-    (untied only)}``; with ``scan_layers=True`` the blocks are one ``"blocks"`` entry stacked
-    along a leading ``[num_layers]`` axis and run by ``lax.scan`` (:func:`jnn.layers.repeat.repeat`;
-    convert with ``unstack_params(params["blocks"], "block")``). Its ``methods`` hold the cached
-    decode path that :func:`jnn.generate.generate` runs one token at a time:
-    ``init_cache(batch, length=None, dtype=None) -> cache`` and
-    ``decode_step(params, cache, tokens, position) -> (logits, cache)``.
+    Embedding (scaled by ``sqrt(features)``) plus positions, dropout, ``num_layers`` decoder
+    blocks (:func:`jnn.decoder_block`), a final layer norm and a tied or untied head. Params:
+    ``{"embedding", "position" (learned only), "block_0", ... (or stacked "blocks" with
+    scan_layers), "final_norm", "head" (untied only)}``. ``methods``: ``init_cache`` and
+    ``decode_step`` (see :func:`jnn.generate.is_decoder`).
 
     Args:
       vocab_size, num_layers, num_heads, features, mlp_dim, max_len: sizes (> 0); ``features``

@@ -1,14 +1,8 @@
 """An encoder-decoder transformer (Vaswani et al. 2017, pre-norm) with cached generation.
 
-``apply(params, state, tokens, *, context, context_lengths=None)``: the encoder reads the source
-token ids ``context[B, S]`` (padding after ``context_lengths[b]`` is masked everywhere), the
-decoder reads the target ids ``tokens[B, T]`` with causal self-attention plus cross-attention to
-the encoded source and returns logits ``[B, T, V]``. Source and target share the vocabulary, the
-token embedding and (when tied) the output head.
-
-Generation (:func:`jnn.generate.generate` with ``context=``): ``init_cache`` runs the encoder once
-and stores every decoder block's cross-attention keys/values; each new token then costs one
-``decode_step`` of the decoder alone.
+``apply(params, state, tokens[B, T], *, context[B, S], context_lengths=None)`` -> logits
+``[B, T, V]`` (source padding masked everywhere; one vocabulary and embedding). For generation
+``init_cache`` encodes the source once.
 
 Example:
   >>> import jax, jax.numpy as jnp

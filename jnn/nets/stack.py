@@ -1,9 +1,6 @@
-"""Building blocks of the language models in :mod:`jnn.nets`: a stack of identical transformer
-blocks, unrolled (``block_i`` keys) or scanned (one ``blocks`` key, stacked along a leading axis,
-run by :func:`jnn.layers.repeat.repeat`), with the cached decode path of both forms; and the
-token embedder with its output head; :func:`decoding` makes a model's ``decode_step``;
-``LM_RULES`` are the argument rules the language models' factories share. Used by
-:mod:`jnn.nets.decoder_lm` and :mod:`jnn.nets.encoder_decoder`.
+"""Building blocks of :mod:`jnn.nets`' language models: a block stack (unrolled ``block_i`` or
+scanned ``blocks``) with its decode path, the token embedder and head, :func:`decoding` and
+``LM_RULES`` (the factories' shared argument rules).
 
 Example:
   >>> import jax, jax.numpy as jnp, jnn
