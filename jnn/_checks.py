@@ -21,13 +21,14 @@ from jnn import core
 __all__ = [
     "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of",
     "name_or_callable", "instance_of", "positive_int", "boolean", "finite_number", "number_above",
-    "number_in", "rate", "per_axis", "float_input", "is_concrete",
-    "ids_in_range", "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer",
-    "integer", "static_rate", "divides", "none_or_positive_int", "finite_at_least",
-    "positive_int_or", "stages", "jnn_layer", "key_for", "int_lengths", "fraction", "int_in",
-    "an_int", "axes", "new_shape", "float_dtype", "window", "padding", "layer_input", "last_axis",
-    "window_input", "divisible", "batch_axes", "sequence_input", "index_below", "satisfies",
-    "int_at_least", "fields", "int_range", "is_real", "integral",
+    "number_in", "rate", "per_axis", "float_input", "is_concrete", "ids_in_range",
+    "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer", "integer",
+    "static_rate", "divides", "none_or_positive_int", "finite_at_least", "positive_int_or",
+    "stages", "jnn_layer", "key_for", "int_lengths", "fraction", "int_in", "an_int", "axes",
+    "new_shape", "float_dtype", "window", "padding", "layer_input", "last_axis", "window_input",
+    "divisible", "batch_axes", "sequence_input", "index_below", "satisfies", "int_at_least",
+    "fields", "int_range", "is_real", "integral", "require", "width", "float_array",
+    "float_sequence", "copies", "leading_axis",
 ]
 
 
