@@ -719,3 +719,54 @@ def integral(label: str, what: str, value) -> int:
     if not ok or isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{label}: {what} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+# ---- rules added for train (wave 2) ----
+
+def kind(test, need: str):
+    """A value ``test`` accepts; else ``TypeError("label: what must be <need>, got <type name>")``."""
+    def rule(label, what, value):
+        if not test(value):
+            raise TypeError(f"{label}: {what} must be {need}, got {type(value).__name__}")
+        return value
+    return rule
+
+
+def records(label: str, what: str, value) -> list[dict]:
+    """A non-empty list of dicts (one per member) that all have the same keys, as a list of dicts."""
+    from collections.abc import Iterable, Mapping
+    if isinstance(value, (Mapping, str)) or not isinstance(value, Iterable):
+        raise TypeError(f"{label}: {what} must be a list of dicts (one per member), got {type(value).__name__}")
+    value = list(value)
+    for i, v in enumerate(value):
+        if not isinstance(v, Mapping):
+            raise TypeError(f"{label}: {what} must be a list of dicts (one per member); config {i} is a "
+                            f"{type(v).__name__}")
+    if not value:
+        raise ValueError(f"{label}: {what} is empty")
+    for i, v in enumerate(value):
+        if set(v) != set(value[0]):
+            raise ValueError(f"{label}: every config needs the same fields; config 0 has {sorted(value[0])}, "
+                             f"config {i} has {sorted(v)}")
+    return [dict(v) for v in value]
+
+
+def each(rule):
+    """A mapping whose every value passes ``rule`` (named ``what[key]``)."""
+    def check(label, what, value):
+        for key, item in value.items():
+            rule(label, f"{what}[{key!r}]", item)
+        return value
+    return check
+
+
+def all_of(*rules):
+    """A value that passes every rule in turn (each may normalize it)."""
+    def check(label, what, value):
+        for rule in rules:
+            value = rule(label, what, value)
+        return value
+    return check
+
+
+__all__ += ["kind", "records", "each", "all_of"]
