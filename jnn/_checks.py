@@ -769,4 +769,35 @@ def all_of(*rules):
     return check
 
 
-__all__ += ["kind", "records", "each", "all_of"]
+
+def bounds_space(label: str, what: str, space) -> tuple:
+    """A search space ``{name: (low, high)}`` or ``{name: (low, high, 'log')}`` as sorted
+    ``((name, (low, high, log)), ...)``; that normalized form is accepted too."""
+    import math
+    from collections.abc import Mapping
+    if isinstance(space, Mapping):
+        items = list(space.items())
+    elif isinstance(space, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2
+                                                  and isinstance(i[0], str) for i in space):
+        items = list(space)
+    else:
+        raise TypeError(f"{label}: {what} must be a dict {{name: (low, high)}} or {{name: (low, high, 'log')}}, "
+                        f"got {type(space).__name__}")
+    if not items:
+        raise ValueError(f"{label}: {what} is empty; give {{name: (low, high)}} for each explored hyperparameter")
+    checked = []
+    for name, bounds in sorted(items, key=lambda item: str(item[0])):
+        if not isinstance(name, str):
+            raise TypeError(f"{label}: {what} names must be strings (hyperparameter names), got {name!r}")
+        bounds = tuple(bounds) if isinstance(bounds, (tuple, list)) else (bounds,)
+        log = len(bounds) == 3 and (bounds[2] == "log" or bounds[2] is True)
+        linear = len(bounds) == 2 or (len(bounds) == 3 and bounds[2] is False)
+        if not (log or linear) or not all(is_real(b) and math.isfinite(b) for b in bounds[:2]) \
+                or not bounds[0] <= bounds[1] or (log and bounds[0] <= 0):
+            raise ValueError(f"{label}: {what}[{name!r}] must be (low, high) or (low, high, 'log'): finite numbers "
+                             f"with low <= high (and low > 0 for 'log'), got {bounds!r}")
+        checked.append((name, (float(bounds[0]), float(bounds[1]), log)))
+    return tuple(checked)
+
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space"]

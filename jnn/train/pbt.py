@@ -74,17 +74,8 @@ class PBT:
     resample_probability: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, "space", _check_space(self.space))
-        _checks.fields("PBT", self, interval=_checks.positive_int,
-                       fraction=_checks.satisfies(lambda v: _checks.is_real(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
-                       monitor=_checks.satisfies(lambda v: isinstance(v, str) and v,
-                                                 "the name of a logged metric (a string)"),
-                       mode=MODE, factors=_checks.satisfies(
-                           lambda fs: isinstance(fs, (tuple, list)) and fs and all(
-                               _checks.is_real(f) and math.isfinite(f) and f > 0 for f in fs),
-                           "a non-empty tuple of positive finite numbers"),
-                       resample_probability=_checks.satisfies(lambda v: _checks.is_real(v) and 0 <= v <= 1, "a number in [0, 1]"))
-        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+        for what, rule in _RULES.items():
+            object.__setattr__(self, what, rule("PBT", what, getattr(self, what)))
 
     @property
     def maximize(self) -> bool:
@@ -95,32 +86,15 @@ class PBT:
         return 0 if n < 2 else max(1, int(self.fraction * n))
 
 
-def _check_space(space) -> tuple:
-    """``space`` as sorted ``((name, (low, high, log)), ...)``; accepts a mapping (or that
-    normalized form, which ``dataclasses.replace`` passes back)."""
-    if isinstance(space, Mapping):
-        items = list(space.items())
-    elif isinstance(space, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2
-                                                  and isinstance(i[0], str) for i in space):
-        items = list(space)
-    else:
-        raise TypeError(f"PBT: space must be a dict {{name: (low, high)}} or {{name: (low, high, 'log')}}, "
-                        f"got {type(space).__name__}")
-    if not items:
-        raise ValueError("PBT: space is empty; give {name: (low, high)} for each explored hyperparameter")
-    checked = []
-    for name, bounds in sorted(items, key=lambda item: str(item[0])):
-        if not isinstance(name, str):
-            raise TypeError(f"PBT: space names must be strings (hyperparameter names), got {name!r}")
-        bounds = tuple(bounds) if isinstance(bounds, (tuple, list)) else (bounds,)
-        log = len(bounds) == 3 and (bounds[2] == "log" or bounds[2] is True)
-        linear = len(bounds) == 2 or (len(bounds) == 3 and bounds[2] is False)
-        if not (log or linear) or not all(_checks.is_real(b) and math.isfinite(b) for b in bounds[:2]) \
-                or not bounds[0] <= bounds[1] or (log and bounds[0] <= 0):
-            raise ValueError(f"PBT: space[{name!r}] must be (low, high) or (low, high, 'log'): finite numbers "
-                             f"with low <= high (and low > 0 for 'log'), got {bounds!r}")
-        checked.append((name, (float(bounds[0]), float(bounds[1]), log)))
-    return tuple(checked)
+_RULES = dict(  # PBT's fields, checked (and normalized) in this order
+    space=_checks.bounds_space, interval=_checks.positive_int,
+    fraction=_checks.satisfies(lambda v: _checks.is_real(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
+    monitor=_checks.satisfies(lambda v: isinstance(v, str) and v, "the name of a logged metric (a string)"),
+    mode=MODE,
+    factors=_checks.all_of(_checks.satisfies(lambda fs: isinstance(fs, (tuple, list)) and fs and all(
+        _checks.is_real(f) and math.isfinite(f) and f > 0 for f in fs), "a non-empty tuple of positive finite numbers"),
+        lambda label, what, fs: tuple(float(f) for f in fs)),
+    resample_probability=_checks.satisfies(lambda v: _checks.is_real(v) and 0 <= v <= 1, "a number in [0, 1]"))
 
 
 class PBTResult(NamedTuple):
