@@ -800,4 +800,22 @@ def bounds_space(label: str, what: str, space) -> tuple:
     return tuple(checked)
 
 
-__all__ += ["kind", "records", "each", "all_of", "bounds_space"]
+
+def member_arrays(label: str, what: str, value) -> dict:
+    """None or a dict ``{name: values [N]}`` of 1-D numeric arrays of one non-zero length ``N``
+    (one value per population member), as a dict of jax arrays."""
+    from collections.abc import Mapping
+    instance_of(Mapping, type(None), described="a dict {name: array [N]}")(label, what, value)
+    arrays = {name: jnp.asarray(v) for name, v in (value or {}).items()}
+    for name, v in arrays.items():
+        if v.ndim != 1 or not (jnp.issubdtype(v.dtype, jnp.number) or v.dtype == bool):
+            raise ValueError(f"{label}: {what}[{name!r}] must be a 1-D numeric array with one value per "
+                             f"member, got {v.dtype}{list(v.shape)}")
+    sizes = {name: v.shape[0] for name, v in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"{label}: every {what} array needs one value per member; got lengths {sizes}")
+    if 0 in sizes.values():
+        raise ValueError(f"{label}: the population is empty ({what} arrays have length 0)")
+    return arrays
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays"]

@@ -281,21 +281,9 @@ def population_eval(program: Program, hparams, states, data):
 
 
 def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
-    checks.instance_of(Mapping, type(None), described="a dict {name: array [N]}")(where, "hparams", hparams)
-    hparams = {} if hparams is None else dict(hparams)
-    sizes = {}
-    for name, values in hparams.items():
-        values = jnp.asarray(values)
-        if values.ndim != 1 or not (jnp.issubdtype(values.dtype, jnp.number) or values.dtype == bool):
-            raise ValueError(f"{where}: hparams[{name!r}] must be a 1-D numeric array with one value per "
-                             f"member, got {values.dtype}{list(values.shape)}")
-        hparams[name], sizes[name] = values, values.shape[0]
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"{where}: every hparams array needs one value per member; got lengths {sizes}")
-    n = next(iter(sizes.values()), None)
-    if n == 0:
-        raise ValueError(f"{where}: the population is empty (hparams arrays have length 0)")
-    return hparams, n
+    """``hparams`` as a dict of arrays ``[N]`` (see :func:`jnn._checks.member_arrays`) and ``N`` (None when empty)."""
+    hparams = checks.member_arrays(where, "hparams", hparams)
+    return hparams, next((len(v) for v in hparams.values()), None)
 
 
 @checks.declare(epochs=checks.positive_int, chunk_size=checks.positive_int_or(None, "auto"),
