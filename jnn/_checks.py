@@ -818,4 +818,29 @@ def member_arrays(label: str, what: str, value) -> dict:
         raise ValueError(f"{label}: the population is empty ({what} arrays have length 0)")
     return arrays
 
-__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays"]
+
+def declare_as(label: str, **rules):
+    """:func:`declare` with a fixed label, e.g. ``"Checkpointer.save"`` for a method."""
+    def wrap(fn):
+        name, fn.__name__ = fn.__name__, label
+        checked = declare(**rules)(fn)
+        checked.__name__ = name
+        return checked
+    return wrap
+
+
+def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
+    """Each name of a :func:`bounds_space` needs a float array in ``arrays`` whose values lie
+    within its bounds (compared in the array's dtype; NaN passes)."""
+    for name, (low, high, _) in space:
+        if name not in arrays or not jnp.issubdtype(arrays[name].dtype, jnp.floating):
+            raise ValueError(f"{label}: PBT explores {name!r}, so {what} needs a float array for it; "
+                             f"got {what} {sorted(arrays)}")
+    for name, (low, high, _) in space:
+        values = np.asarray(arrays[name])
+        outside = np.flatnonzero((values < values.dtype.type(low)) | (values > values.dtype.type(high)))
+        if outside.size:
+            raise ValueError(f"{label}: {what}[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
+                             f"member {outside[0]} has {float(values[outside[0]])!r}")
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space"]

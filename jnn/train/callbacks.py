@@ -212,13 +212,13 @@ class TensorBoard(Callback):
       True
     """
 
+    @checks.declare_as("TensorBoard", histograms_every=checks.int_at_least(0))
     def __init__(self, logdir, *, histograms_every: int = 0, learning_rate: Callable | None = None,
                  model=None, loss=None, probe=None):
         try:
             import tensorboardX
         except ImportError as e:
             raise ImportError("TensorBoard needs tensorboardX: pip install 'jnn[logs]'") from e
-        checks.int_at_least(0)("TensorBoard", "histograms_every", histograms_every)
         if (model is None) != (loss is None) or (model is None) != (probe is None):
             raise ValueError("TensorBoard: pass model, loss and probe together (for gradient histograms), or none")
         self.logdir, self.every, self.learning_rate = pathlib.Path(logdir), histograms_every, learning_rate
@@ -284,6 +284,13 @@ def select_members(keep, new, old):
     return jax.vmap(lambda k, n, o: jax.tree_util.tree_map(lambda a, b: pick(k, a, b), n, o))(keep, new, old)
 
 
+_EARLY_STOPPING = dict(  # EarlyStopping's fields and their rules
+    monitor=checks.satisfies(lambda v: isinstance(v, str), "a metric name (str)", TypeError), mode=MODE,
+    patience=checks.int_at_least(1),
+    min_delta=checks.satisfies(lambda v: checks.is_real(v) and 0 <= v < math.inf, "a finite number >= 0"),
+    restore_best=checks.flag)
+
+
 @dataclasses.dataclass(eq=False)
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
@@ -327,10 +334,7 @@ class EarlyStopping(Callback):
     restore_best: bool = True
 
     def __post_init__(self):
-        checks.fields("EarlyStopping", self, monitor=checks.satisfies(
-            lambda v: isinstance(v, str), "a metric name (str)", TypeError), mode=MODE, patience=checks.int_at_least(1),
-            min_delta=checks.satisfies(lambda v: checks.is_real(v) and 0 <= v < math.inf, "a finite number >= 0"),
-            restore_best=checks.flag)
+        checks.fields("EarlyStopping", self, **_EARLY_STOPPING)
         self.on_train_begin(None)
 
     @property

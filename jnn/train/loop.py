@@ -185,7 +185,9 @@ def _as_start(train_state) -> Start:
     return train_state
 
 
-@checks.declare(epochs=checks.positive_int, fused=checks.one_of(True, False, "auto"))
+@checks.declare(epochs=checks.positive_int, fused=checks.one_of(True, False, "auto"), key=guard.prng_key,
+                progress=guard.switch, verbose=guard.switch,
+                **guard.parts("model", "optimizer", "loss", "metrics", "regularizer"))
 def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, train_data, *,
         key: jax.Array, epochs: int = 10, batch_size: int = 128, val_data=None, val_split: float = 0.0,
         metrics: Metrics | None = None, regularizer: Callable | None = None,
@@ -252,9 +254,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     data = train_data if isinstance(train_data, Data) else Data(train_data)
     start = _as_start(train_state)
     checks.index_below("fit", "Start.epoch", start.epoch, epochs, "epochs")
-    guard.check_parts("fit", model=model, optimizer=optimizer, loss=loss, metrics=metrics, regularizer=regularizer,
-                      progress=progress, verbose=verbose, **{"Data.check": data.check})
-    guard.check_key("fit", key)
+    checks.flag("fit", "Data.check", data.check)
     callbacks, early_stopping = with_early_stopping("fit", callbacks, early_stopping)
     policy, callbacks = _nonfinite_policy("fit", callbacks, NonFinite("raise"))
     mesh, rules = mesh if isinstance(mesh, tuple) else (mesh, None)

@@ -226,7 +226,8 @@ def _pbt_epoch(program: Program, pbt: PBT, hparams, states, data, order, val_dat
 
 
 @_checks.declare(pbt=_checks.instance_of(PBT, described="a jnn.train.pbt.PBT"), epochs=_checks.positive_int,
-                 chunk_size=_checks.positive_int_or(None), shared_order=_checks.flag)
+                 chunk_size=_checks.positive_int_or(None), shared_order=_checks.flag,
+                 **guard.parts("make_model", "make_optimizer", "loss", "metrics", "regularizer"))
 def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
             hparams: Mapping[str, jax.Array], key: jax.Array, pbt: PBT, epochs: int = 10,
             batch_size: int = 128, val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -243,20 +244,9 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     ``fit_population``; there is no per-epoch non-finite check (nothing is read back): a member
     whose monitored score is NaN ranks last and is replaced at the next exploit step.
     """
-    guard.check_parts("fit_pbt", make_model=make_model, make_optimizer=make_optimizer, loss=loss, metrics=metrics,
-                      regularizer=regularizer)
     hparams, n = check_hparams("fit_pbt", hparams)
     keys = as_keys("fit_pbt", key, n)
-    for name, _ in pbt.space:
-        if name not in hparams or not jnp.issubdtype(hparams[name].dtype, jnp.floating):
-            raise ValueError(f"fit_pbt: PBT explores {name!r}, so hparams needs a float array for it; "
-                             f"got hparams {sorted(hparams)}")
-    for name, (low, high, _) in pbt.space:
-        values = np.asarray(hparams[name])  # in its own dtype, as exploring clips it; NaN is a fault PBT survives
-        outside = np.flatnonzero((values < values.dtype.type(low)) | (values > values.dtype.type(high)))
-        if outside.size:
-            raise ValueError(f"fit_pbt: hparams[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
-                             f"member {outside[0]} has {float(values[outside[0]])!r}")
+    _checks.within_space("fit_pbt", "hparams", hparams, pbt.space)
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     (x, y), val_data = prepare("fit_pbt", train_data, val_data, val_split, jax.random.split(keys[0])[1],
                                batch_size=batch_size, eval_batch_size=eval_batch_size)

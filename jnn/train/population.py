@@ -289,6 +289,8 @@ def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None
 @checks.declare(epochs=checks.positive_int, chunk_size=checks.positive_int_or(None, "auto"),
                 shared_order=checks.one_of(True, False, "auto"), on_nonfinite=checks.one_of("raise", "stop"),
                 prune=checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]")))
+@checks.declare(verbose=guard.switch, debug_nonfinite=checks.flag, check_data=checks.flag,
+                **guard.parts("make_model", "make_optimizer", "loss", "metrics", "regularizer"))
 def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
                    hparams: HParams | None = None, key: jax.Array, epochs: int = 10, batch_size: int = 128,
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -347,9 +349,6 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     if debug_nonfinite and shared_order is not False:
         raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "
                          f"shared_order=False, got shared_order={shared_order!r}")
-    guard.check_parts("fit_population", make_model=make_model, make_optimizer=make_optimizer, loss=loss,
-                      metrics=metrics, regularizer=regularizer, verbose=verbose, debug_nonfinite=debug_nonfinite,
-                      check_data=check_data)
     callbacks, es = with_early_stopping("fit_population", callbacks, early_stopping)
     hparams, n = check_hparams("fit_population", hparams)
     keys = as_keys("fit_population", key, n)
