@@ -843,4 +843,41 @@ def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
             raise ValueError(f"{label}: {what}[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
                              f"member {outside[0]} has {float(values[outside[0]])!r}")
 
-__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space"]
+def examples(label: str, x, y) -> None:
+    """``x`` and ``y`` (arrays or pytrees of them) each hold at least one array, and every array
+    holds the same number of examples on its first axis."""
+    leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
+              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+    if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
+        raise ValueError(f"{label}: x and y must each hold at least one array")
+    scalars = [name for name, leaf in leaves if leaf.ndim == 0]
+    if scalars:
+        raise ValueError(f"{label}: every array needs a leading example axis; {scalars[0]} is a scalar")
+    (first, leaf0), counts = leaves[0], {name: leaf.shape[0] for name, leaf in leaves}
+    bad = [name for name, count in counts.items() if count != leaf0.shape[0]]
+    if bad:
+        raise ValueError(f"{label}: x and y must have the same number of examples, got {leaf0.shape[0]} and "
+                         f"{counts[bad[0]]} ({first} has {leaf0.shape[0]}, {bad[0]} has {counts[bad[0]]}; every "
+                         f"array holds the examples on its first axis)")
+
+
+def key_batch(label: str, what: str, key, n: int | None):
+    """A batch of typed PRNG keys: ``split(key, n)`` for one key (typed or legacy uint32[2]), or the
+    given batch of ``n`` keys (any ``N`` when ``n`` is None)."""
+    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.dtype != jnp.uint32 or key.ndim not in (1, 2) or key.shape[-1] != 2:
+            raise ValueError(f"{label}: {what} must be a PRNG key (jax.random.key) or a batch of them, got "
+                             f"{key.dtype}{list(key.shape)}")
+        key = jax.random.wrap_key_data(key)
+    if key.ndim == 0:
+        if n is None:
+            raise ValueError(f"{label}: with no hparams, pass one key per member (a batch of keys) "
+                             f"to set the population size")
+        return jax.random.split(key, n)
+    if key.ndim != 1 or (n is not None and key.shape[0] != n):
+        raise ValueError(f"{label}: expected one key or a batch of {n if n is not None else 'N'} keys, "
+                         f"got keys of shape {tuple(key.shape)}")
+    return key
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch"]

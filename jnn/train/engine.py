@@ -35,8 +35,8 @@ from jnn.train import guard
 from jnn.train.callbacks import Callback, CallbackList, EarlyStopping, select_members
 from jnn.train.step import as_arrays, gather, num_examples_of
 
-__all__ = ["Data", "Start", "NonFinite", "Outcome", "check_pair", "with_early_stopping", "split_validation",
-           "hold_out", "prepare", "learning_rate", "progress_bar", "run_epochs"]
+__all__ = ["Data", "Start", "NonFinite", "Outcome", "check_pair", "CALLBACK_RULES", "with_early_stopping",
+           "split_validation", "hold_out", "prepare", "learning_rate", "progress_bar", "run_epochs"]
 
 
 class Data(NamedTuple):
@@ -153,27 +153,19 @@ def check_pair(where: str, data) -> tuple[Any, Any]:
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"{where}: expected a pair (x, y), got {type(data).__name__}")
     x, y = as_arrays(tuple(data))
-    leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
-              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
-    if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
-        raise ValueError(f"{where}: x and y must each hold at least one array")
-    scalars = [name for name, leaf in leaves if leaf.ndim == 0]
-    if scalars:
-        raise ValueError(f"{where}: every array needs a leading example axis; {scalars[0]} is a scalar")
-    (first, leaf0), counts = leaves[0], {name: leaf.shape[0] for name, leaf in leaves}
-    bad = [name for name, count in counts.items() if count != leaf0.shape[0]]
-    if bad:
-        raise ValueError(f"{where}: x and y must have the same number of examples, got {leaf0.shape[0]} and "
-                         f"{counts[bad[0]]} ({first} has {leaf0.shape[0]}, {bad[0]} has {counts[bad[0]]}; every "
-                         f"array holds the examples on its first axis)")
+    checks.examples(where, x, y)
     return x, y
 
 
+#: Rules of ``fit``'s and ``fit_population``'s ``callbacks`` and ``early_stopping``.
+CALLBACK_RULES = dict(callbacks=checks.instance_of(list, tuple, described="a list of callbacks"),
+                      early_stopping=checks.optional(checks.instance_of(EarlyStopping,
+                                                                        described="a jnn.train.EarlyStopping")))
+
+
 def with_early_stopping(where: str, callbacks, early_stopping):
-    """``callbacks`` with ``early_stopping`` added, and the run's one :class:`EarlyStopping` (or None)."""
-    checks.optional(checks.instance_of(EarlyStopping, described="a jnn.train.EarlyStopping"))(
-        where, "early_stopping", early_stopping)
-    checks.instance_of(list, tuple, described="a list of callbacks")(where, "callbacks", callbacks)
+    """``callbacks`` (see :data:`CALLBACK_RULES`) with ``early_stopping`` added, and the run's one
+    :class:`EarlyStopping` (or None)."""
     callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
     stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
     if len(stoppers) > 1:

@@ -18,8 +18,8 @@ from jnn.train import stream as _stream
 from jnn.train.callbacks import CallbackList, EarlyStopping
 from jnn.train.checkpoint import StepCheckpoints
 from jnn.train.compiler import compiler_options
-from jnn.train.engine import (Data, NonFinite, Start, learning_rate, prepare, run_epochs, split_validation,
-                              with_early_stopping)
+from jnn.train.engine import (CALLBACK_RULES, Data, NonFinite, Start, learning_rate, prepare, run_epochs,
+                              split_validation, with_early_stopping)
 from jnn.train.nonfinite import find_nonfinite
 from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, gather, num_examples_of, init_train_state,
                             make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
@@ -187,7 +187,7 @@ def _as_start(train_state) -> Start:
 
 @checks.declare(epochs=checks.positive_int, fused=checks.one_of(True, False, "auto"), key=guard.prng_key,
                 progress=guard.switch, verbose=guard.switch,
-                **guard.parts("model", "optimizer", "loss", "metrics", "regularizer"))
+                **guard.parts("model", "optimizer", "loss", "metrics", "regularizer"), **CALLBACK_RULES)
 def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, train_data, *,
         key: jax.Array, epochs: int = 10, batch_size: int = 128, val_data=None, val_split: float = 0.0,
         metrics: Metrics | None = None, regularizer: Callable | None = None,

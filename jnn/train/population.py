@@ -37,7 +37,8 @@ from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
 from jnn.train import guard
 from jnn.train.callbacks import CallbackList, EarlyStopping
-from jnn.train.engine import NonFinite, learning_rate, prepare, run_epochs, with_early_stopping
+from jnn.train.engine import (CALLBACK_RULES, NonFinite, learning_rate, prepare, run_epochs,
+                              with_early_stopping)
 from jnn.train.nonfinite import replay_members
 from jnn.train.step import (LossFn, Metrics, TrainState, num_examples_of, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
@@ -135,21 +136,7 @@ class PopulationResult(NamedTuple):
 
 def as_keys(where: str, key, n: int | None) -> jax.Array:
     """A batch of typed keys: ``split(key, n)`` for one key, or the given batch of keys."""
-    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.dtype != jnp.uint32 or key.ndim not in (1, 2) or key.shape[-1] != 2:
-            raise ValueError(f"{where}: key must be a PRNG key (jax.random.key) or a batch of them, got "
-                             f"{key.dtype}{list(key.shape)}")
-        key = jax.random.wrap_key_data(key)
-    if key.ndim == 0:
-        if n is None:
-            raise ValueError(f"{where}: with no hparams, pass one key per member (a batch of keys) "
-                             f"to set the population size")
-        return jax.random.split(key, n)
-    if key.ndim != 1 or (n is not None and key.shape[0] != n):
-        raise ValueError(f"{where}: expected one key or a batch of {n if n is not None else 'N'} keys, "
-                         f"got keys of shape {tuple(key.shape)}")
-    return key
+    return checks.key_batch(where, "key", key, n)
 
 
 def member_keys(key: jax.Array, n: int) -> jax.Array:
@@ -288,9 +275,9 @@ def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None
 
 @checks.declare(epochs=checks.positive_int, chunk_size=checks.positive_int_or(None, "auto"),
                 shared_order=checks.one_of(True, False, "auto"), on_nonfinite=checks.one_of("raise", "stop"),
-                prune=checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]")))
-@checks.declare(verbose=guard.switch, debug_nonfinite=checks.flag, check_data=checks.flag,
-                **guard.parts("make_model", "make_optimizer", "loss", "metrics", "regularizer"))
+                prune=checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]")),
+                verbose=guard.switch, debug_nonfinite=checks.flag, check_data=checks.flag,
+                **guard.parts("make_model", "make_optimizer", "loss", "metrics", "regularizer"), **CALLBACK_RULES)
 def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
                    hparams: HParams | None = None, key: jax.Array, epochs: int = 10, batch_size: int = 128,
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
