@@ -880,4 +880,12 @@ def key_batch(label: str, what: str, key, n: int | None):
                          f"got keys of shape {tuple(key.shape)}")
     return key
 
-__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch"]
+
+def logged_metric(label: str, what: str, name, names, note: str = "") -> None:
+    """``name`` must be among the logged metric ``names``; ``what`` says who wants it
+    (``"monitor"``, or ``"early_stopping monitors"``: then ", which" joins the message)."""
+    if name not in names:
+        which = ", which" if what.endswith("monitors") else ""
+        raise ValueError(f"{label}: {what} {name!r}{which} is not among the logged metrics {sorted(set(names))}{note}")
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch", "logged_metric"]

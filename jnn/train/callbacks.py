@@ -353,9 +353,7 @@ class EarlyStopping(Callback):
 
     def _judge(self, epoch: int, logs: dict, trained):
         """The decision, elementwise over members: ``(improved, stop)``."""
-        if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping: monitors {self.monitor!r}, which is not among the logged "
-                             f"metrics {sorted(logs)}")
+        checks.logged_metric("EarlyStopping", "monitors", self.monitor, logs)
         value = np.asarray(logs[self.monitor], np.float64)
         best = np.full(value.shape, np.nan) if self.best is None else self.best
         better = trained & self.improved(value, best)

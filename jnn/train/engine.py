@@ -174,6 +174,7 @@ def with_early_stopping(where: str, callbacks, early_stopping):
     return callbacks, (stoppers[0] if stoppers else None)
 
 
+@checks.declare(fraction=checks.satisfies(lambda f: 0.0 < f < 1.0, "in (0, 1)"))
 def split_validation(x, y, fraction: float, key):
     """Shuffles ``(x, y)`` with ``key`` and splits off ``fraction`` of it:
     returns ``(train_x, train_y), (val_x, val_y)``. ``x`` and ``y`` may be pytrees (dicts or
@@ -186,8 +187,6 @@ def split_validation(x, y, fraction: float, key):
       >>> tx.shape, ty.shape, vx.shape, vy.shape
       ((8, 2), (8,), (2, 2), (2,))
     """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"split_validation: fraction must be in (0, 1), got {fraction}")
     x, y = as_arrays((x, y))
     n = num_examples_of(x)
     n_val = int(round(n * fraction))

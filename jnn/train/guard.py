@@ -176,9 +176,9 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
     names = set(logs) | {"time"} | ({"lr"} if logs_lr else set()) | {f"val_{k}" for k in val_logs}
     if data_check is not None:
         check_values(where, *data_check, (x, y), val_data)
-    if early_stopping is not None and early_stopping.monitor not in names:
-        raise ValueError(f"{where}: early_stopping monitors {early_stopping.monitor!r}, which is not "
-                         f"among the logged metrics {sorted(names)} (checked before training)")
+    if early_stopping is not None:
+        checks.logged_metric(where, "early_stopping monitors", early_stopping.monitor, names,
+                             " (checked before training)")
 
 
 def check_val_data(where: str, train_data, val_data, trace, alone=None):

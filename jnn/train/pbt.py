@@ -251,9 +251,7 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     (x, y), val_data = prepare("fit_pbt", train_data, val_data, val_split, jax.random.split(keys[0])[1],
                                batch_size=batch_size, eval_batch_size=eval_batch_size)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
-    if pbt.monitor not in names:
-        raise ValueError(f"fit_pbt: PBT monitors {pbt.monitor!r}, which is not among the logged metrics "
-                         f"{sorted(names)}")
+    _checks.logged_metric("fit_pbt", "PBT monitors", pbt.monitor, names)
     batch_size = min(batch_size, len(x))
     example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
     states = init_population(make_model, make_optimizer, hparams, keys, example)

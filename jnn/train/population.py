@@ -353,9 +353,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     names += ["lr"] if learning_rate(spec.opt_state) is not None else []
-    if es is not None and es.monitor not in names:
-        raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
-                         f"the logged metrics {sorted(names)}")
+    if es is not None:
+        checks.logged_metric("fit_population", "early_stopping monitors", es.monitor, names)
     program = Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, num_examples_of(x),
                       batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
     if val_data is not None:  # traced (cached with the program), not run: fails before the first step

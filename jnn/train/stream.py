@@ -269,9 +269,9 @@ class StreamEpochs:
       (2, ['loss'])
     """
 
+    @checks.declare_as("StreamEpochs", chunk=checks.positive_int)
     def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, checkpoint_every: int | None = None,
                  initial_epoch: int = 0, chunk: int = 1):
-        checks.positive_int("StreamEpochs", "chunk", chunk)
         self.feed, self.checkpoint, self.every, self.chunk = feed, checkpoint, checkpoint_every, chunk
         self.epoch, self.start, self.history = initial_epoch, 0, {}
         logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]

@@ -216,9 +216,7 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         pruned = np.zeros(len(asked), bool)
         for members in groups.values():
             def report(epoch, history, members=members):
-                if monitor not in history:
-                    raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
-                                     f"{sorted(history)}")
+                checks.logged_metric("optuna_search", "monitor", monitor, history)
                 values = history[monitor][epoch - 1]
                 stop = np.zeros(len(members), bool)
                 for j, i in enumerate(members):
@@ -232,11 +230,9 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
             for i, result in zip(members, group):
                 results[i] = result
         for i, (trial, result) in enumerate(zip(asked, results)):
+            checks.logged_metric("optuna_search", "monitor", monitor, result.history)
             if pruned[i]:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            elif monitor not in result.history:
-                raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
-                                 f"{sorted(result.history)}")
             elif not np.isfinite(result.history[monitor]).any():  # diverged from the first epoch
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
@@ -253,7 +249,5 @@ def _check_monitor(monitor, loss, fit_kwargs) -> None:
     names = ["loss", *metrics, "lr"]
     has_val = fit_kwargs.get("val_data") is not None
     names += [f"val_{k}" for k in ["loss", *metrics]] if has_val else []
-    if monitor not in names:
-        hint = " (val_* metrics need val_data or val_split)" if str(monitor).startswith("val_") and not has_val else ""
-        raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
-                         f"{sorted(set(names))}{hint}")
+    hint = " (val_* metrics need val_data or val_split)" if str(monitor).startswith("val_") and not has_val else ""
+    checks.logged_metric("optuna_search", "monitor", monitor, names, hint)
