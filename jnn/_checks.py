@@ -888,4 +888,22 @@ def logged_metric(label: str, what: str, name, names, note: str = "") -> None:
         which = ", which" if what.endswith("monitors") else ""
         raise ValueError(f"{label}: {what} {name!r}{which} is not among the logged metrics {sorted(set(names))}{note}")
 
-__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch", "logged_metric"]
+
+def at_most_one(label: str, what: str, items: list, note: str = "") -> None:
+    """A run takes at most one ``what`` (e.g. one EarlyStopping among its callbacks)."""
+    if len(items) > 1:
+        raise ValueError(f"{label}: at most one {what} per run, got {len(items)}{note}")
+
+
+def writable_directory(label: str, directory) -> None:
+    """``directory`` exists or can be created: its nearest existing ancestor is a writable directory."""
+    import os
+    existing = next(p for p in [directory, *directory.parents] if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{label}: cannot use {str(directory)!r}: {str(existing)!r} is a file, "
+                                 f"not a directory; choose another path")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{label}: cannot write to {str(existing)!r} (for {str(directory)!r}); "
+                              f"fix its permissions or choose another path")
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch", "logged_metric", "at_most_one", "writable_directory"]

@@ -33,7 +33,6 @@ import datetime
 import importlib.metadata
 import json
 import contextlib
-import os
 import pathlib
 import shutil
 from typing import Any, Callable, NamedTuple
@@ -59,16 +58,6 @@ __all__ = ["Checkpointer", "StepCheckpoints"]
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _FORMAT = 1
-
-
-def _check_directory(directory: pathlib.Path) -> None:
-    existing = next(p for p in [directory, *directory.parents] if p.exists())
-    if not existing.is_dir():
-        raise NotADirectoryError(f"Checkpointer: cannot use {str(directory)!r}: {str(existing)!r} is a file, "
-                                 f"not a directory; choose another path")
-    if not os.access(existing, os.W_OK):
-        raise PermissionError(f"Checkpointer: cannot write to {str(existing)!r} (for {str(directory)!r}); "
-                              f"fix its permissions or choose another path")
 
 
 def _is_key(x) -> bool:
@@ -173,7 +162,7 @@ class Checkpointer:
     def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.keep, self.config = keep, config
-        _check_directory(self.directory)
+        checks.writable_directory("Checkpointer", self.directory)
         self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
                                                      create=True, cleanup_tmp_directories=False)
         self._orbax = None  # created on the first save, or now if the directory exists

@@ -168,9 +168,7 @@ def with_early_stopping(where: str, callbacks, early_stopping):
     :class:`EarlyStopping` (or None)."""
     callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
     stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
-    if len(stoppers) > 1:
-        raise ValueError(f"{where}: at most one EarlyStopping per run, got {len(stoppers)} (in callbacks and "
-                         f"early_stopping together)")
+    checks.at_most_one(where, "EarlyStopping", stoppers, " (in callbacks and early_stopping together)")
     return callbacks, (stoppers[0] if stoppers else None)
 
 

@@ -153,8 +153,7 @@ def _nonfinite_policy(where: str, callbacks: list, default: NonFinite) -> tuple[
     """The run's one :class:`NonFinite` policy (``default`` when ``callbacks`` hold none), and the
     other callbacks."""
     policies = [cb for cb in callbacks if isinstance(cb, NonFinite)]
-    if len(policies) > 1:
-        raise ValueError(f"{where}: at most one NonFinite policy per run, got {len(policies)}")
+    checks.at_most_one(where, "NonFinite policy", policies)
     return (policies[0] if policies else default), [cb for cb in callbacks if not isinstance(cb, NonFinite)]
 
 
