@@ -906,4 +906,22 @@ def writable_directory(label: str, directory) -> None:
         raise PermissionError(f"{label}: cannot write to {str(existing)!r} (for {str(directory)!r}); "
                               f"fix its permissions or choose another path")
 
-__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch", "logged_metric", "at_most_one", "writable_directory"]
+
+def new_file(label: str, what: str, path, suffixes: tuple):
+    """``path`` as a ``pathlib.Path`` to a file that does not exist yet, ends in one of
+    ``suffixes`` and can be written (its nearest existing folder is a writable directory)."""
+    import os
+    import pathlib
+    file = pathlib.Path(os.fspath(path))
+    if file.suffix not in suffixes:
+        raise ValueError(f"{label}: {what} must end in {' or '.join(suffixes)}, got {path}")
+    if file.exists():
+        raise FileExistsError(f"{label}: {path} already exists; choose another path")
+    blocker = next((p for p in [file.parent, *file.parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(f"{label}: {path} cannot be written: {blocker} is a file, not a directory")
+    if blocker is not None and not os.access(blocker, os.W_OK):
+        raise PermissionError(f"{label}: {path} cannot be written: {blocker} is not writable")
+    return file
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch", "logged_metric", "at_most_one", "writable_directory", "new_file"]

@@ -32,7 +32,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -96,16 +95,7 @@ class HistoryFile(Callback):
     """
 
     def __init__(self, path):
-        self.path = pathlib.Path(os.fspath(path))
-        if self.path.suffix not in (".csv", ".jsonl"):
-            raise ValueError(f"HistoryFile: path must end in .csv or .jsonl, got {path}")
-        if self.path.exists():
-            raise FileExistsError(f"HistoryFile: {path} already exists; choose another path")
-        blocker = next((p for p in [self.path.parent, *self.path.parent.parents] if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise NotADirectoryError(f"HistoryFile: {path} cannot be written: {blocker} is a file, not a directory")
-        if blocker is not None and not os.access(blocker, os.W_OK):
-            raise PermissionError(f"HistoryFile: {path} cannot be written: {blocker} is not writable")
+        self.path = checks.new_file("HistoryFile", "path", path, (".csv", ".jsonl"))
         self._started, self._history = False, {}
 
     def write(self, history: dict[str, list]) -> None:

@@ -144,6 +144,7 @@ def _explore(pbt: PBT, hparams, key):
     return out
 
 
+@_checks.declare(states=_checks.instance_of(TrainState, described="the members' stacked jnn.train.TrainState"))
 def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, key: jax.Array, *,
                     make_optimizer: MakeOptimizer | None = None):
     """One PBT step: truncation exploit, then explore the copied hyperparameters.
@@ -175,9 +176,6 @@ def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, ke
     if jnp.shape(scores) != (n,):
         raise ValueError(f"exploit_explore: scores must hold one value per member, shape ({n},), got shape "
                          f"{tuple(jnp.shape(scores))}")
-    if not isinstance(states, TrainState):
-        raise TypeError(f"exploit_explore: states must be the members' stacked jnn.train.TrainState, got "
-                        f"{type(states).__name__}")
     m = pbt.exploited(n)
     index = jnp.arange(n, dtype=jnp.int32)
     if m == 0:
