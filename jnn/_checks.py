@@ -924,4 +924,35 @@ def new_file(label: str, what: str, path, suffixes: tuple):
         raise PermissionError(f"{label}: {path} cannot be written: {blocker} is not writable")
     return file
 
-__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch", "logged_metric", "at_most_one", "writable_directory", "new_file"]
+
+def like_tree(label: str, what: str, tree, expected) -> None:
+    """``tree`` has the structure of ``expected`` and its leaves have the same shapes (the given
+    ``what``, e.g. params, against the model's own)."""
+    paths = lambda t: [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(t)]
+    if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(expected):
+        missing, extra = sorted(set(paths(expected)) - set(paths(tree))), sorted(set(paths(tree)) - set(paths(expected)))
+        raise ValueError(f"{label}: the given {what} do not have the model's structure: missing "
+                         f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(extra) or 'nothing'}")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(expected)):
+        if np.shape(a) != b.shape:
+            raise ValueError(f"{label}: given {what}{jax.tree_util.keystr(path)} has shape {np.shape(a)}, "
+                             f"the model expects {b.shape}")
+
+
+def loss_result(result, reserved=()) -> tuple:
+    """A loss's return value as ``(scalar, logs dict)``: a scalar, or a pair ``(scalar, {name:
+    scalar})`` whose names are not ``"loss"`` nor in ``reserved`` (the metrics' names)."""
+    from collections.abc import Mapping
+    if not isinstance(result, tuple):
+        return result, {}
+    if len(result) != 2 or not isinstance(result[1], Mapping):
+        raise TypeError(f"loss must return a scalar or a pair (loss, {{name: scalar}}), got a tuple of "
+                        f"{len(result)} whose second item is {type(result[-1]).__name__}")
+    value, logs = result
+    clash = sorted({"loss", *reserved} & set(logs))
+    if clash:
+        raise ValueError(f"loss: the logs it returns use the reserved name(s) {clash} (the loss itself "
+                         f"and the metrics); rename them")
+    return value, dict(logs)
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch", "logged_metric", "at_most_one", "writable_directory", "new_file", "like_tree", "loss_result"]

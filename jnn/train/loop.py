@@ -6,7 +6,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.extend.core
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jnn import _checks as checks
@@ -124,10 +123,6 @@ def _tangent_primitives(jaxpr) -> set[str]:
     return set(_primitives(traced.jaxpr))
 
 
-def _paths(tree) -> list[str]:
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
-
-
 def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainState:
     """A fresh train state (step 0, new optimizer state) at the given ``params``/``state``, which
     must have the structure and shapes of the model's own."""
@@ -135,16 +130,7 @@ def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainSt
     for name, tree in {"params": params, "state": state}.items():
         if tree is None:
             continue
-        expected = getattr(ts, name)
-        if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(expected):
-            missing = sorted(set(_paths(expected)) - set(_paths(tree)))
-            extra = sorted(set(_paths(tree)) - set(_paths(expected)))
-            raise ValueError(f"fit: the given {name} do not have the model's structure: missing "
-                             f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(extra) or 'nothing'}")
-        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(expected)):
-            if np.shape(a) != b.shape:
-                raise ValueError(f"fit: given {name}{jax.tree_util.keystr(path)} has shape {np.shape(a)}, "
-                                 f"the model expects {b.shape}")
+        checks.like_tree("fit", name, tree, getattr(ts, name))
     params = ts.params if params is None else params
     return ts._replace(params=params, state=ts.state if state is None else state, opt_state=optimizer.init(params))
 
