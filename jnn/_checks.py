@@ -955,4 +955,76 @@ def loss_result(result, reserved=()) -> tuple:
                          f"and the metrics); rename them")
     return value, dict(logs)
 
-__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch", "logged_metric", "at_most_one", "writable_directory", "new_file", "like_tree", "loss_result"]
+
+def split_fraction(label: str, what: str, value, n: int) -> None:
+    """A fraction in (0, 1) of ``n`` examples that leaves examples on both sides of the split."""
+    satisfies(lambda v: is_real(v) and 0 < v < 1, "a fraction in (0, 1)")(label, what, value)
+    held = int(round(n * value))
+    if held == 0 or held == n:
+        raise ValueError(f"{label}: {what}={value} of {n} examples leaves {'no' if held == 0 else 'all'} examples "
+                         f"for validation; use a {what} between {1 / n:.3g} and {1 - 1 / n:.3g}")
+
+
+def callbacks(label: str, items, *, population: bool = False) -> None:
+    """Per-epoch callbacks: functions ``(epoch, train_state, logs)`` or objects with
+    ``on_epoch_end``; for a population, objects with ``on_population_epoch_end``."""
+    for cb in items:
+        if not population and not (callable(cb) or hasattr(cb, "on_epoch_end")):
+            raise TypeError(f"{label}: each callback must be a function (epoch, train_state, logs) or have an "
+                            f"on_epoch_end method, got {type(cb).__name__}")
+        if population and not hasattr(cb, "on_population_epoch_end"):
+            raise TypeError(f"{label}: each callback needs an on_population_epoch_end(epoch, states, logs, "
+                            f"trained) method, got {type(cb).__name__}")
+
+
+def like_first_batch(label: str, at: str, names: list, spec: tuple, first: tuple) -> None:
+    """A streamed batch (``at`` says which; ``spec = (treedef, [(shape, dtype)] per leaf named
+    by names)``) has the first batch's structure, shapes and dtypes."""
+    if spec[0] != first[0]:
+        raise ValueError(f"{label}: {at} has the structure {spec[0]}, the first batch had {first[0]}; every "
+                         f"batch must have the same structure")
+    for name, got, want in zip(names, spec[1], first[1]):
+        if got != want:
+            raise ValueError(f"{label}: the shapes changed mid-stream: {at} has {name} of shape {got[0]} {got[1]}, "
+                             f"the first batch had {want[0]} {want[1]}; every batch must have the first one's "
+                             f"shapes (drop the ragged last batch, as jnn.data.grain.pipeline does, or pad it)")
+
+
+def hashable(label: str, what: str, value):
+    """A hashable value (a number, string or tuple; a list is turned into a tuple)."""
+    value = tuple(value) if isinstance(value, list) else value
+    try:
+        hash(value)
+    except TypeError:
+        raise ValueError(f"{label}: {what} must be hashable (a number, string or tuple), "
+                         f"got {type(value).__name__}") from None
+    return value
+
+
+def num_batches(label: str, num_examples: int, batch_size: int) -> int:
+    """How many full batches of ``batch_size`` (> 0) ``num_examples`` make (at least one)."""
+    if batch_size <= 0:
+        raise ValueError(f"{label}: batch_size must be positive, got {batch_size}")
+    if num_examples // batch_size == 0:
+        raise ValueError(f"{label}: {num_examples} training examples is fewer than one batch "
+                         f"of {batch_size}; lower batch_size")
+    return num_examples // batch_size
+
+
+def among(label: str, what: str, names, known, known_what: str) -> None:
+    """Every one of ``names`` is in ``known``; else ``"label: what [missing] are not known_what [known]"``."""
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise ValueError(f"{label}: {what} {missing} are not {known_what} {sorted(known)}")
+
+
+def indices_below(label: str, what: str, values: np.ndarray, n: int) -> np.ndarray:
+    """Integer ``values`` that all lie in ``[0, n)`` (the message gives their range)."""
+    if values.size and (values.min() < 0 or values.max() >= n):
+        raise ValueError(f"{label}: {what} must lie in [0, {n}), got [{values.min()}, {values.max()}]")
+    return values
+
+__all__ += ["kind", "records", "each", "all_of", "bounds_space", "member_arrays", "declare_as",
+            "within_space", "examples", "key_batch", "logged_metric", "at_most_one", "writable_directory",
+            "new_file", "like_tree", "loss_result", "split_fraction", "callbacks",
+            "like_first_batch", "hashable", "num_batches", "among", "indices_below"]

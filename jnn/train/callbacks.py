@@ -135,13 +135,7 @@ class CallbackList:
 
     def __init__(self, callbacks: Sequence = (), *, members: int | None = None, where: str = "fit"):
         self.items, self.members = list(callbacks), members
-        for cb in self.items:
-            if members is None and not (callable(cb) or hasattr(cb, "on_epoch_end")):
-                raise TypeError(f"{where}: each callback must be a function (epoch, train_state, logs) or have an "
-                                f"on_epoch_end method, got {type(cb).__name__}")
-            if members is not None and not hasattr(cb, "on_population_epoch_end"):
-                raise TypeError(f"{where}: each callback needs an on_population_epoch_end(epoch, states, logs, "
-                                f"trained) method, got {type(cb).__name__}")
+        checks.callbacks(where, self.items, population=members is not None)
 
     def on_train_begin(self, train_state) -> None:
         for cb in self.items:

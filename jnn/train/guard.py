@@ -142,12 +142,7 @@ def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split) -> 
     if n == 0:
         raise ValueError(f"{where}: train_data is empty (0 examples); pass at least one batch")
     if val_split:
-        checks.satisfies(lambda v: checks.is_real(v) and 0 < v < 1, "a fraction in (0, 1)")(where, "val_split", val_split)
-        n_val = int(round(n * val_split))
-        if n_val == 0 or n_val == n:
-            what = "no" if n_val == 0 else "all"
-            raise ValueError(f"{where}: val_split={val_split} of {n} examples leaves {what} examples "
-                             f"for validation; use a val_split between {1 / n:.3g} and {1 - 1 / n:.3g}")
+        checks.split_fraction(where, "val_split", val_split, n)
 
 
 def _spec(tree):

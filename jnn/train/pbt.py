@@ -169,9 +169,7 @@ def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, ke
       ``(hparams, states, source)``, ``source [N] int32``: the member each one now continues
       from (itself when not exploited).
     """
-    missing = [name for name, _ in pbt.space if name not in hparams]
-    if missing:
-        raise ValueError(f"exploit_explore: PBT space names {missing} are not hparams {sorted(hparams)}")
+    _checks.among("exploit_explore", "PBT space names", [name for name, _ in pbt.space], hparams, "hparams")
     n = jax.tree_util.tree_leaves(hparams)[0].shape[0] if hparams else jnp.shape(scores)[0]
     if jnp.shape(scores) != (n,):
         raise ValueError(f"exploit_explore: scores must hold one value per member, shape ({n},), got shape "

@@ -216,13 +216,7 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
 
 
 def _epoch_batches(num_examples: int, batch_size: int, where: str) -> int:
-    if batch_size <= 0:
-        raise ValueError(f"{where}: batch_size must be positive, got {batch_size}")
-    num_batches = num_examples // batch_size
-    if num_batches == 0:
-        raise ValueError(f"{where}: {num_examples} training examples is fewer than one batch "
-                         f"of {batch_size}; lower batch_size")
-    return num_batches
+    return checks.num_batches(where, num_examples, batch_size)
 
 
 def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:

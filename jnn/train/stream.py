@@ -157,15 +157,7 @@ class Feed:
         spec = _spec(batch)
         if spec == self.spec:
             return
-        if spec[0] != self.spec[0]:
-            raise ValueError(f"{self.where}: batch {index} of epoch {epoch} has the structure {spec[0]}, the first "
-                             f"batch had {self.spec[0]}; every batch must have the same structure")
-        for name, got, want in zip(_leaf_names(batch), spec[1], self.spec[1]):
-            if got != want:
-                raise ValueError(f"{self.where}: the shapes changed mid-stream: batch {index} of epoch {epoch} has "
-                                 f"{name} of shape {got[0]} {got[1]}, the first batch had {want[0]} {want[1]}; "
-                                 f"every batch must have the first one's shapes (drop the ragged last batch, "
-                                 f"as jnn.data.grain.pipeline does, or pad it)")
+        checks.like_first_batch(self.where, f"batch {index} of epoch {epoch}", _leaf_names(batch), spec, self.spec)
 
     def _put(self, batch):
         if self.mesh is not None:   # processes compare their batch sizes once (a collective), not every step

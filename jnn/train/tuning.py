@@ -50,25 +50,13 @@ def _number(value) -> bool:
 
 
 def _group_key(config: Mapping[str, Any], static: Sequence[str]) -> tuple:
-    values = []
-    for name in static:
-        value = config[name]
-        value = tuple(value) if isinstance(value, list) else value
-        try:
-            hash(value)
-        except TypeError:
-            raise ValueError(f"search: static field {name!r} must be hashable (a number, string or "
-                             f"tuple), got {type(value).__name__}") from None
-        values.append(value)
-    return tuple(values)
+    return tuple(checks.hashable("search", f"static field {name!r}", config[name]) for name in static)
 
 
 def _check_configs(configs, static, fit_kwargs) -> list[str]:
     """The ``static`` field names; the other fields must hold numbers (they become traced arrays)."""
     static, fields = [static] if isinstance(static, str) else list(static), set(configs[0])
-    if any(s not in fields for s in static):
-        raise ValueError(f"search: static fields {[s for s in static if s not in fields]} are not config fields "
-                         f"{sorted(fields)}")
+    checks.among("search", "static fields", static, fields, "config fields")
     for i, config in enumerate(configs):
         for name, value in config.items():
             if name not in static and not _number(value):
