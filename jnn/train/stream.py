@@ -116,8 +116,7 @@ class Feed:
             except TypeError:
                 raise TypeError(f"{where}: train_data is an iterable without a len(); pass steps_per_epoch "
                                 f"(jnn.train.Data(data, steps_per_epoch=k)) or a jnn.data.grain.Pipeline") from None
-        checks.positive_int(where, "steps_per_epoch", steps_per_epoch)
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch = checks.positive_int(where, "steps_per_epoch", steps_per_epoch)
         self._iterator = iter(data)
         self._queue: collections.deque = collections.deque()   # (device piece, iterator state after it)
         self._plan: collections.deque = collections.deque()    # sizes of this epoch's pieces not yet read
