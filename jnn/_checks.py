@@ -28,7 +28,11 @@ __all__ = [
     "new_shape", "float_dtype", "window", "padding", "layer_input", "last_axis", "window_input",
     "divisible", "batch_axes", "sequence_input", "index_below", "satisfies", "int_at_least",
     "fields", "int_range", "is_real", "integral", "require", "width", "float_array",
-    "float_sequence", "copies", "leading_axis",
+    "float_sequence", "copies", "leading_axis", "kind", "records", "each", "all_of",
+    "bounds_space", "member_arrays", "declare_as", "within_space", "examples", "key_batch",
+    "logged_metric", "at_most_one", "writable_directory", "new_file", "like_tree", "loss_result",
+    "split_fraction", "callbacks", "like_first_batch", "hashable", "num_batches", "among",
+    "indices_below",
 ]
 
 
@@ -729,3 +733,308 @@ def leading_axis(label: str, leaves) -> int:
         raise ValueError(f"{label}: expected every leaf to have the same leading (copy) axis, got "
                          f"shapes {[tuple(leaf.shape) for leaf in leaves]}")
     return n
+
+
+# ---- rules added for train (wave 2) ----
+
+def kind(test, need: str):
+    """A value ``test`` accepts; else ``TypeError("label: what must be <need>, got <type name>")``."""
+    def rule(label, what, value):
+        if not test(value):
+            raise TypeError(f"{label}: {what} must be {need}, got {type(value).__name__}")
+        return value
+    return rule
+
+
+def records(label: str, what: str, value) -> list[dict]:
+    """A non-empty list of dicts (one per member) that all have the same keys, as a list of dicts."""
+    from collections.abc import Iterable, Mapping
+    if isinstance(value, (Mapping, str)) or not isinstance(value, Iterable):
+        raise TypeError(f"{label}: {what} must be a list of dicts (one per member), got {type(value).__name__}")
+    value = list(value)
+    for i, v in enumerate(value):
+        if not isinstance(v, Mapping):
+            raise TypeError(f"{label}: {what} must be a list of dicts (one per member); config {i} is a "
+                            f"{type(v).__name__}")
+    if not value:
+        raise ValueError(f"{label}: {what} is empty")
+    for i, v in enumerate(value):
+        if set(v) != set(value[0]):
+            raise ValueError(f"{label}: every config needs the same fields; config 0 has {sorted(value[0])}, "
+                             f"config {i} has {sorted(v)}")
+    return [dict(v) for v in value]
+
+
+def each(rule):
+    """A mapping whose every value passes ``rule`` (named ``what[key]``)."""
+    def check(label, what, value):
+        for key, item in value.items():
+            rule(label, f"{what}[{key!r}]", item)
+        return value
+    return check
+
+
+def all_of(*rules):
+    """A value that passes every rule in turn (each may normalize it)."""
+    def check(label, what, value):
+        for rule in rules:
+            value = rule(label, what, value)
+        return value
+    return check
+
+
+
+def bounds_space(label: str, what: str, space) -> tuple:
+    """A search space ``{name: (low, high)}`` or ``{name: (low, high, 'log')}`` as sorted
+    ``((name, (low, high, log)), ...)``; that normalized form is accepted too."""
+    import math
+    from collections.abc import Mapping
+    if isinstance(space, Mapping):
+        items = list(space.items())
+    elif isinstance(space, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2
+                                                  and isinstance(i[0], str) for i in space):
+        items = list(space)
+    else:
+        raise TypeError(f"{label}: {what} must be a dict {{name: (low, high)}} or {{name: (low, high, 'log')}}, "
+                        f"got {type(space).__name__}")
+    if not items:
+        raise ValueError(f"{label}: {what} is empty; give {{name: (low, high)}} for each explored hyperparameter")
+    checked = []
+    for name, bounds in sorted(items, key=lambda item: str(item[0])):
+        if not isinstance(name, str):
+            raise TypeError(f"{label}: {what} names must be strings (hyperparameter names), got {name!r}")
+        bounds = tuple(bounds) if isinstance(bounds, (tuple, list)) else (bounds,)
+        log = len(bounds) == 3 and (bounds[2] == "log" or bounds[2] is True)
+        linear = len(bounds) == 2 or (len(bounds) == 3 and bounds[2] is False)
+        if not (log or linear) or not all(is_real(b) and math.isfinite(b) for b in bounds[:2]) \
+                or not bounds[0] <= bounds[1] or (log and bounds[0] <= 0):
+            raise ValueError(f"{label}: {what}[{name!r}] must be (low, high) or (low, high, 'log'): finite numbers "
+                             f"with low <= high (and low > 0 for 'log'), got {bounds!r}")
+        checked.append((name, (float(bounds[0]), float(bounds[1]), log)))
+    return tuple(checked)
+
+
+
+def member_arrays(label: str, what: str, value) -> dict:
+    """None or a dict ``{name: values [N]}`` of 1-D numeric arrays of one non-zero length ``N``
+    (one value per population member), as a dict of jax arrays."""
+    from collections.abc import Mapping
+    instance_of(Mapping, type(None), described="a dict {name: array [N]}")(label, what, value)
+    arrays = {name: jnp.asarray(v) for name, v in (value or {}).items()}
+    for name, v in arrays.items():
+        if v.ndim != 1 or not (jnp.issubdtype(v.dtype, jnp.number) or v.dtype == bool):
+            raise ValueError(f"{label}: {what}[{name!r}] must be a 1-D numeric array with one value per "
+                             f"member, got {v.dtype}{list(v.shape)}")
+    sizes = {name: v.shape[0] for name, v in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"{label}: every {what} array needs one value per member; got lengths {sizes}")
+    if 0 in sizes.values():
+        raise ValueError(f"{label}: the population is empty ({what} arrays have length 0)")
+    return arrays
+
+
+def declare_as(label: str, **rules):
+    """:func:`declare` with a fixed label, e.g. ``"Checkpointer.save"`` for a method."""
+    def wrap(fn):
+        name, fn.__name__ = fn.__name__, label
+        checked = declare(**rules)(fn)
+        checked.__name__ = name
+        return checked
+    return wrap
+
+
+def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
+    """Each name of a :func:`bounds_space` needs a float array in ``arrays`` whose values lie
+    within its bounds (compared in the array's dtype; NaN passes)."""
+    for name, (low, high, _) in space:
+        if name not in arrays or not jnp.issubdtype(arrays[name].dtype, jnp.floating):
+            raise ValueError(f"{label}: PBT explores {name!r}, so {what} needs a float array for it; "
+                             f"got {what} {sorted(arrays)}")
+    for name, (low, high, _) in space:
+        values = np.asarray(arrays[name])
+        outside = np.flatnonzero((values < values.dtype.type(low)) | (values > values.dtype.type(high)))
+        if outside.size:
+            raise ValueError(f"{label}: {what}[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
+                             f"member {outside[0]} has {float(values[outside[0]])!r}")
+
+def examples(label: str, x, y) -> None:
+    """``x`` and ``y`` (arrays or pytrees of them) each hold at least one array, and every array
+    holds the same number of examples on its first axis."""
+    leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
+              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+    if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
+        raise ValueError(f"{label}: x and y must each hold at least one array")
+    scalars = [name for name, leaf in leaves if leaf.ndim == 0]
+    if scalars:
+        raise ValueError(f"{label}: every array needs a leading example axis; {scalars[0]} is a scalar")
+    (first, leaf0), counts = leaves[0], {name: leaf.shape[0] for name, leaf in leaves}
+    bad = [name for name, count in counts.items() if count != leaf0.shape[0]]
+    if bad:
+        raise ValueError(f"{label}: x and y must have the same number of examples, got {leaf0.shape[0]} and "
+                         f"{counts[bad[0]]} ({first} has {leaf0.shape[0]}, {bad[0]} has {counts[bad[0]]}; every "
+                         f"array holds the examples on its first axis)")
+
+
+def key_batch(label: str, what: str, key, n: int | None):
+    """A batch of typed PRNG keys: ``split(key, n)`` for one key (typed or legacy uint32[2]), or the
+    given batch of ``n`` keys (any ``N`` when ``n`` is None)."""
+    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.dtype != jnp.uint32 or key.ndim not in (1, 2) or key.shape[-1] != 2:
+            raise ValueError(f"{label}: {what} must be a PRNG key (jax.random.key) or a batch of them, got "
+                             f"{key.dtype}{list(key.shape)}")
+        key = jax.random.wrap_key_data(key)
+    if key.ndim == 0:
+        if n is None:
+            raise ValueError(f"{label}: with no hparams, pass one key per member (a batch of keys) "
+                             f"to set the population size")
+        return jax.random.split(key, n)
+    if key.ndim != 1 or (n is not None and key.shape[0] != n):
+        raise ValueError(f"{label}: expected one key or a batch of {n if n is not None else 'N'} keys, "
+                         f"got keys of shape {tuple(key.shape)}")
+    return key
+
+
+def logged_metric(label: str, what: str, name, names, note: str = "") -> None:
+    """``name`` must be among the logged metric ``names``; ``what`` says who wants it
+    (``"monitor"``, or ``"early_stopping monitors"``: then ", which" joins the message)."""
+    if name not in names:
+        which = ", which" if what.endswith("monitors") else ""
+        raise ValueError(f"{label}: {what} {name!r}{which} is not among the logged metrics {sorted(set(names))}{note}")
+
+
+def at_most_one(label: str, what: str, items: list, note: str = "") -> None:
+    """A run takes at most one ``what`` (e.g. one EarlyStopping among its callbacks)."""
+    if len(items) > 1:
+        raise ValueError(f"{label}: at most one {what} per run, got {len(items)}{note}")
+
+
+def writable_directory(label: str, directory) -> None:
+    """``directory`` exists or can be created: its nearest existing ancestor is a writable directory."""
+    import os
+    existing = next(p for p in [directory, *directory.parents] if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{label}: cannot use {str(directory)!r}: {str(existing)!r} is a file, "
+                                 f"not a directory; choose another path")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{label}: cannot write to {str(existing)!r} (for {str(directory)!r}); "
+                              f"fix its permissions or choose another path")
+
+
+def new_file(label: str, what: str, path, suffixes: tuple):
+    """``path`` as a ``pathlib.Path`` to a file that does not exist yet, ends in one of
+    ``suffixes`` and can be written (its nearest existing folder is a writable directory)."""
+    import os
+    import pathlib
+    file = pathlib.Path(os.fspath(path))
+    if file.suffix not in suffixes:
+        raise ValueError(f"{label}: {what} must end in {' or '.join(suffixes)}, got {path}")
+    if file.exists():
+        raise FileExistsError(f"{label}: {path} already exists; choose another path")
+    blocker = next((p for p in [file.parent, *file.parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(f"{label}: {path} cannot be written: {blocker} is a file, not a directory")
+    if blocker is not None and not os.access(blocker, os.W_OK):
+        raise PermissionError(f"{label}: {path} cannot be written: {blocker} is not writable")
+    return file
+
+
+def like_tree(label: str, what: str, tree, expected) -> None:
+    """``tree`` has the structure of ``expected`` and its leaves have the same shapes (the given
+    ``what``, e.g. params, against the model's own)."""
+    paths = lambda t: [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(t)]
+    if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(expected):
+        missing, extra = sorted(set(paths(expected)) - set(paths(tree))), sorted(set(paths(tree)) - set(paths(expected)))
+        raise ValueError(f"{label}: the given {what} do not have the model's structure: missing "
+                         f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(extra) or 'nothing'}")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(expected)):
+        if np.shape(a) != b.shape:
+            raise ValueError(f"{label}: given {what}{jax.tree_util.keystr(path)} has shape {np.shape(a)}, "
+                             f"the model expects {b.shape}")
+
+
+def loss_result(result, reserved=()) -> tuple:
+    """A loss's return value as ``(scalar, logs dict)``: a scalar, or a pair ``(scalar, {name:
+    scalar})`` whose names are not ``"loss"`` nor in ``reserved`` (the metrics' names)."""
+    from collections.abc import Mapping
+    if not isinstance(result, tuple):
+        return result, {}
+    if len(result) != 2 or not isinstance(result[1], Mapping):
+        raise TypeError(f"loss must return a scalar or a pair (loss, {{name: scalar}}), got a tuple of "
+                        f"{len(result)} whose second item is {type(result[-1]).__name__}")
+    value, logs = result
+    clash = sorted({"loss", *reserved} & set(logs))
+    if clash:
+        raise ValueError(f"loss: the logs it returns use the reserved name(s) {clash} (the loss itself "
+                         f"and the metrics); rename them")
+    return value, dict(logs)
+
+
+def split_fraction(label: str, what: str, value, n: int) -> None:
+    """A fraction in (0, 1) of ``n`` examples that leaves examples on both sides of the split."""
+    satisfies(lambda v: is_real(v) and 0 < v < 1, "a fraction in (0, 1)")(label, what, value)
+    held = int(round(n * value))
+    if held == 0 or held == n:
+        raise ValueError(f"{label}: {what}={value} of {n} examples leaves {'no' if held == 0 else 'all'} examples "
+                         f"for validation; use a {what} between {1 / n:.3g} and {1 - 1 / n:.3g}")
+
+
+def callbacks(label: str, items, *, population: bool = False) -> None:
+    """Per-epoch callbacks: functions ``(epoch, train_state, logs)`` or objects with
+    ``on_epoch_end``; for a population, objects with ``on_population_epoch_end``."""
+    for cb in items:
+        if not population and not (callable(cb) or hasattr(cb, "on_epoch_end")):
+            raise TypeError(f"{label}: each callback must be a function (epoch, train_state, logs) or have an "
+                            f"on_epoch_end method, got {type(cb).__name__}")
+        if population and not hasattr(cb, "on_population_epoch_end"):
+            raise TypeError(f"{label}: each callback needs an on_population_epoch_end(epoch, states, logs, "
+                            f"trained) method, got {type(cb).__name__}")
+
+
+def like_first_batch(label: str, at: str, names: list, spec: tuple, first: tuple) -> None:
+    """A streamed batch (``at`` says which; ``spec = (treedef, [(shape, dtype)] per leaf named
+    by names)``) has the first batch's structure, shapes and dtypes."""
+    if spec[0] != first[0]:
+        raise ValueError(f"{label}: {at} has the structure {spec[0]}, the first batch had {first[0]}; every "
+                         f"batch must have the same structure")
+    for name, got, want in zip(names, spec[1], first[1]):
+        if got != want:
+            raise ValueError(f"{label}: the shapes changed mid-stream: {at} has {name} of shape {got[0]} {got[1]}, "
+                             f"the first batch had {want[0]} {want[1]}; every batch must have the first one's "
+                             f"shapes (drop the ragged last batch, as jnn.data.grain.pipeline does, or pad it)")
+
+
+def hashable(label: str, what: str, value):
+    """A hashable value (a number, string or tuple; a list is turned into a tuple)."""
+    value = tuple(value) if isinstance(value, list) else value
+    try:
+        hash(value)
+    except TypeError:
+        raise ValueError(f"{label}: {what} must be hashable (a number, string or tuple), "
+                         f"got {type(value).__name__}") from None
+    return value
+
+
+def num_batches(label: str, num_examples: int, batch_size: int) -> int:
+    """How many full batches of ``batch_size`` (> 0) ``num_examples`` make (at least one)."""
+    if batch_size <= 0:
+        raise ValueError(f"{label}: batch_size must be positive, got {batch_size}")
+    if num_examples // batch_size == 0:
+        raise ValueError(f"{label}: {num_examples} training examples is fewer than one batch "
+                         f"of {batch_size}; lower batch_size")
+    return num_examples // batch_size
+
+
+def among(label: str, what: str, names, known, known_what: str) -> None:
+    """Every one of ``names`` is in ``known``; else ``"label: what [missing] are not known_what [known]"``."""
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise ValueError(f"{label}: {what} {missing} are not {known_what} {sorted(known)}")
+
+
+def indices_below(label: str, what: str, values: np.ndarray, n: int) -> np.ndarray:
+    """Integer ``values`` that all lie in ``[0, n)`` (the message gives their range)."""
+    if values.size and (values.min() < 0 or values.max() >= n):
+        raise ValueError(f"{label}: {what} must lie in [0, {n}), got [{values.min()}, {values.max()}]")
+    return values
+

@@ -32,7 +32,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -96,16 +95,7 @@ class HistoryFile(Callback):
     """
 
     def __init__(self, path):
-        self.path = pathlib.Path(os.fspath(path))
-        if self.path.suffix not in (".csv", ".jsonl"):
-            raise ValueError(f"HistoryFile: path must end in .csv or .jsonl, got {path}")
-        if self.path.exists():
-            raise FileExistsError(f"HistoryFile: {path} already exists; choose another path")
-        blocker = next((p for p in [self.path.parent, *self.path.parent.parents] if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise NotADirectoryError(f"HistoryFile: {path} cannot be written: {blocker} is a file, not a directory")
-        if blocker is not None and not os.access(blocker, os.W_OK):
-            raise PermissionError(f"HistoryFile: {path} cannot be written: {blocker} is not writable")
+        self.path = checks.new_file("HistoryFile", "path", path, (".csv", ".jsonl"))
         self._started, self._history = False, {}
 
     def write(self, history: dict[str, list]) -> None:
@@ -145,13 +135,7 @@ class CallbackList:
 
     def __init__(self, callbacks: Sequence = (), *, members: int | None = None, where: str = "fit"):
         self.items, self.members = list(callbacks), members
-        for cb in self.items:
-            if members is None and not (callable(cb) or hasattr(cb, "on_epoch_end")):
-                raise TypeError(f"{where}: each callback must be a function (epoch, train_state, logs) or have an "
-                                f"on_epoch_end method, got {type(cb).__name__}")
-            if members is not None and not hasattr(cb, "on_population_epoch_end"):
-                raise TypeError(f"{where}: each callback needs an on_population_epoch_end(epoch, states, logs, "
-                                f"trained) method, got {type(cb).__name__}")
+        checks.callbacks(where, self.items, population=members is not None)
 
     def on_train_begin(self, train_state) -> None:
         for cb in self.items:
@@ -212,13 +196,13 @@ class TensorBoard(Callback):
       True
     """
 
+    @checks.declare_as("TensorBoard", histograms_every=checks.int_at_least(0))
     def __init__(self, logdir, *, histograms_every: int = 0, learning_rate: Callable | None = None,
                  model=None, loss=None, probe=None):
         try:
             import tensorboardX
         except ImportError as e:
             raise ImportError("TensorBoard needs tensorboardX: pip install 'jnn[logs]'") from e
-        checks.int_at_least(0)("TensorBoard", "histograms_every", histograms_every)
         if (model is None) != (loss is None) or (model is None) != (probe is None):
             raise ValueError("TensorBoard: pass model, loss and probe together (for gradient histograms), or none")
         self.logdir, self.every, self.learning_rate = pathlib.Path(logdir), histograms_every, learning_rate
@@ -284,6 +268,13 @@ def select_members(keep, new, old):
     return jax.vmap(lambda k, n, o: jax.tree_util.tree_map(lambda a, b: pick(k, a, b), n, o))(keep, new, old)
 
 
+_EARLY_STOPPING = dict(  # EarlyStopping's fields and their rules
+    monitor=checks.satisfies(lambda v: isinstance(v, str), "a metric name (str)", TypeError), mode=MODE,
+    patience=checks.int_at_least(1),
+    min_delta=checks.satisfies(lambda v: checks.is_real(v) and 0 <= v < math.inf, "a finite number >= 0"),
+    restore_best=checks.flag)
+
+
 @dataclasses.dataclass(eq=False)
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
@@ -327,10 +318,7 @@ class EarlyStopping(Callback):
     restore_best: bool = True
 
     def __post_init__(self):
-        checks.fields("EarlyStopping", self, monitor=checks.satisfies(
-            lambda v: isinstance(v, str), "a metric name (str)", TypeError), mode=MODE, patience=checks.int_at_least(1),
-            min_delta=checks.satisfies(lambda v: checks.is_real(v) and 0 <= v < math.inf, "a finite number >= 0"),
-            restore_best=checks.flag)
+        checks.fields("EarlyStopping", self, **_EARLY_STOPPING)
         self.on_train_begin(None)
 
     @property
@@ -349,9 +337,7 @@ class EarlyStopping(Callback):
 
     def _judge(self, epoch: int, logs: dict, trained):
         """The decision, elementwise over members: ``(improved, stop)``."""
-        if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping: monitors {self.monitor!r}, which is not among the logged "
-                             f"metrics {sorted(logs)}")
+        checks.logged_metric("EarlyStopping", "monitors", self.monitor, logs)
         value = np.asarray(logs[self.monitor], np.float64)
         best = np.full(value.shape, np.nan) if self.best is None else self.best
         better = trained & self.improved(value, best)

@@ -33,7 +33,6 @@ import datetime
 import importlib.metadata
 import json
 import contextlib
-import os
 import pathlib
 import shutil
 from typing import Any, Callable, NamedTuple
@@ -59,16 +58,6 @@ __all__ = ["Checkpointer", "StepCheckpoints"]
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _FORMAT = 1
-
-
-def _check_directory(directory: pathlib.Path) -> None:
-    existing = next(p for p in [directory, *directory.parents] if p.exists())
-    if not existing.is_dir():
-        raise NotADirectoryError(f"Checkpointer: cannot use {str(directory)!r}: {str(existing)!r} is a file, "
-                                 f"not a directory; choose another path")
-    if not os.access(existing, os.W_OK):
-        raise PermissionError(f"Checkpointer: cannot write to {str(existing)!r} (for {str(directory)!r}); "
-                              f"fix its permissions or choose another path")
 
 
 def _is_key(x) -> bool:
@@ -129,9 +118,7 @@ def _as_step(where: str, step) -> int:
     return checks.integral(f"Checkpointer.{where}", "step", step)
 
 
-def _check_config(where: str, config) -> None:
-    if config is not None and not isinstance(config, dict):
-        raise TypeError(f"{where}: config must be a JSON-serializable dict or None, got {type(config).__name__}")
+_CONFIG = checks.instance_of(dict, type(None), described="a JSON-serializable dict or None")
 
 
 class StepCheckpoints(NamedTuple):
@@ -171,12 +158,11 @@ class Checkpointer:
       ([2, 3], (2, 1), True)
     """
 
+    @checks.declare_as("Checkpointer", keep=checks.positive_int_or(None), config=_CONFIG)
     def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):
-        checks.positive_int_or(None)("Checkpointer", "keep", keep)
-        _check_config("Checkpointer", config)
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.keep, self.config = keep, config
-        _check_directory(self.directory)
+        checks.writable_directory("Checkpointer", self.directory)
         self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
                                                      create=True, cleanup_tmp_directories=False)
         self._orbax = None  # created on the first save, or now if the directory exists
@@ -205,6 +191,7 @@ class Checkpointer:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
+    @checks.declare_as("Checkpointer.save", config=_CONFIG)
     def save(self, step: int, train_state, *, config: dict | None = None,
              logs: dict | None = None, data_state=None, progress: dict | None = None) -> None:
         """Writes ``train_state`` as checkpoint ``step`` (e.g. the epoch number), then drops
@@ -226,7 +213,6 @@ class Checkpointer:
           TypeError: ``config`` or ``logs`` is not JSON-serializable.
         """
         step = _as_step("save", step)
-        _check_config("Checkpointer.save", config)
         latest = self.latest_step()
         if step < 0 or (latest is not None and step <= latest):
             raise ValueError(f"Checkpointer.save: step {step} must be >= 0 and after the latest checkpoint "
@@ -262,6 +248,7 @@ class Checkpointer:
         if not saved:
             raise RuntimeError(f"Checkpointer.save: Orbax declined to save step {step} in {self.directory}")
 
+    @checks.declare_as("Checkpointer.save_every", every=checks.positive_int)
     def save_every(self, every: int = 1, *, config: dict | None = None) -> Callable:
         """A callback for :func:`jnn.train.fit` that saves after every
         ``every``-th epoch (the checkpoint's step is the epoch number, with the epoch's logs).
@@ -270,14 +257,13 @@ class Checkpointer:
 
           fit(model, loss, opt, data, key=key, epochs=20, callbacks=[ckpt.save_every(5)])
         """
-        checks.positive_int("Checkpointer.save_every", "every", every)
-
         def on_epoch_end(epoch: int, train_state, logs: dict) -> None:
             if epoch % every == 0:
                 self.save(epoch, train_state, config=config, logs=logs)
 
         return on_epoch_end
 
+    @checks.declare_as("Checkpointer.every_steps", every=checks.optional(checks.positive_int), resume=checks.flag)
     def every_steps(self, every: int | None = None, *, resume: bool = False) -> "StepCheckpoints":
         """``fit``'s ``checkpoint=`` for a stream: save every ``every`` optimizer steps (mid-epoch
         included), and with ``resume`` continue from the latest save.
@@ -286,8 +272,6 @@ class Checkpointer:
 
           fit(model, loss, opt, pipeline, key=key, epochs=5, checkpoint=ckpt.every_steps(100, resume=True))
         """
-        checks.positive_int("Checkpointer.every_steps", "every", every, optional=True)
-        checks.boolean("Checkpointer.every_steps", resume=resume)
         return StepCheckpoints(self, every, resume)
 
     def read_meta(self, step: int | None = None) -> dict:
@@ -348,6 +332,8 @@ class Checkpointer:
         restored = jax.tree_util.tree_map_with_path(rewrap, template, out.train_state)
         return restored, meta
 
+    @checks.declare_as("Checkpointer.restore_params", like=checks.optional(checks.kind(
+        lambda v: isinstance(v, (tuple, list)) and len(v) == 2, "a (params, state) pair")))
     def restore_params(self, step: int | None = None, *, like=None) -> tuple[Any, Any]:
         """Restores only ``(params, state)`` from checkpoint ``step`` (default: the latest), with
         no train-state template: no optimizer or model code is needed.
@@ -368,9 +354,6 @@ class Checkpointer:
           ValueError: with ``like``, the saved params/state differ from it (listed by path).
         """
         from jnn import io as _io
-        if like is not None and not (isinstance(like, (tuple, list)) and len(like) == 2):
-            raise TypeError(f"Checkpointer.restore_params: like must be a (params, state) pair, got "
-                            f"{type(like).__name__}")
         step = self._resolve(step, "restore_params")
         self.read_meta(step)  # a jnn checkpoint?
         with self._corrupt(step):

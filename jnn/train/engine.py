@@ -35,8 +35,8 @@ from jnn.train import guard
 from jnn.train.callbacks import Callback, CallbackList, EarlyStopping, select_members
 from jnn.train.step import as_arrays, gather, num_examples_of
 
-__all__ = ["Data", "Start", "NonFinite", "Outcome", "check_pair", "with_early_stopping", "split_validation",
-           "hold_out", "prepare", "learning_rate", "progress_bar", "run_epochs"]
+__all__ = ["Data", "Start", "NonFinite", "Outcome", "check_pair", "CALLBACK_RULES", "with_early_stopping",
+           "split_validation", "hold_out", "prepare", "learning_rate", "progress_bar", "run_epochs"]
 
 
 class Data(NamedTuple):
@@ -153,35 +153,26 @@ def check_pair(where: str, data) -> tuple[Any, Any]:
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"{where}: expected a pair (x, y), got {type(data).__name__}")
     x, y = as_arrays(tuple(data))
-    leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
-              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
-    if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
-        raise ValueError(f"{where}: x and y must each hold at least one array")
-    scalars = [name for name, leaf in leaves if leaf.ndim == 0]
-    if scalars:
-        raise ValueError(f"{where}: every array needs a leading example axis; {scalars[0]} is a scalar")
-    (first, leaf0), counts = leaves[0], {name: leaf.shape[0] for name, leaf in leaves}
-    bad = [name for name, count in counts.items() if count != leaf0.shape[0]]
-    if bad:
-        raise ValueError(f"{where}: x and y must have the same number of examples, got {leaf0.shape[0]} and "
-                         f"{counts[bad[0]]} ({first} has {leaf0.shape[0]}, {bad[0]} has {counts[bad[0]]}; every "
-                         f"array holds the examples on its first axis)")
+    checks.examples(where, x, y)
     return x, y
 
 
+#: Rules of ``fit``'s and ``fit_population``'s ``callbacks`` and ``early_stopping``.
+CALLBACK_RULES = dict(callbacks=checks.instance_of(list, tuple, described="a list of callbacks"),
+                      early_stopping=checks.optional(checks.instance_of(EarlyStopping,
+                                                                        described="a jnn.train.EarlyStopping")))
+
+
 def with_early_stopping(where: str, callbacks, early_stopping):
-    """``callbacks`` with ``early_stopping`` added, and the run's one :class:`EarlyStopping` (or None)."""
-    checks.optional(checks.instance_of(EarlyStopping, described="a jnn.train.EarlyStopping"))(
-        where, "early_stopping", early_stopping)
-    checks.instance_of(list, tuple, described="a list of callbacks")(where, "callbacks", callbacks)
+    """``callbacks`` (see :data:`CALLBACK_RULES`) with ``early_stopping`` added, and the run's one
+    :class:`EarlyStopping` (or None)."""
     callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
     stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
-    if len(stoppers) > 1:
-        raise ValueError(f"{where}: at most one EarlyStopping per run, got {len(stoppers)} (in callbacks and "
-                         f"early_stopping together)")
+    checks.at_most_one(where, "EarlyStopping", stoppers, " (in callbacks and early_stopping together)")
     return callbacks, (stoppers[0] if stoppers else None)
 
 
+@checks.declare(fraction=checks.satisfies(lambda f: 0.0 < f < 1.0, "in (0, 1)"))
 def split_validation(x, y, fraction: float, key):
     """Shuffles ``(x, y)`` with ``key`` and splits off ``fraction`` of it:
     returns ``(train_x, train_y), (val_x, val_y)``. ``x`` and ``y`` may be pytrees (dicts or
@@ -194,8 +185,6 @@ def split_validation(x, y, fraction: float, key):
       >>> tx.shape, ty.shape, vx.shape, vy.shape
       ((8, 2), (8,), (2, 2), (2,))
     """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"split_validation: fraction must be in (0, 1), got {fraction}")
     x, y = as_arrays((x, y))
     n = num_examples_of(x)
     n_val = int(round(n * fraction))

@@ -24,6 +24,8 @@ import jax
 import optax
 
 from jnn import tree as _tree
+from jnn import _checks as checks
+from jnn.train import guard
 
 __all__ = ["freeze", "trainable_mask", "FROZEN", "TRAINABLE"]
 
@@ -63,6 +65,7 @@ def trainable_mask(params, frozen: Iterable[str] | str):
     return _tree.mask(params, include=("*",), exclude=patterns)
 
 
+@checks.declare(optimizer=guard.PARTS["optimizer"])
 def freeze(optimizer: optax.GradientTransformation,
            frozen: Iterable[str] | str) -> optax.GradientTransformation:
     """Wraps ``optimizer`` so that the leaves matching ``frozen`` never change.
@@ -89,9 +92,6 @@ def freeze(optimizer: optax.GradientTransformation,
       >>> updates["b"].tolist(), updates["w"].tolist()
       ([0.0, 0.0], [-0.5, -0.5])
     """
-    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-        raise TypeError(f"freeze: optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), got "
-                        f"{type(optimizer).__name__}")
     patterns = _patterns(frozen, "freeze")
 
     def labels(tree):

@@ -18,7 +18,7 @@ from jnn import core as _core
 from jnn import losses as _losses
 from jnn import metrics as _metrics
 
-__all__ = ["NonFiniteError", "check_parts", "check_key", "check_fit_args", "check_fit_plan", "check_val_data",
+__all__ = ["NonFiniteError", "check_parts", "PARTS", "parts", "switch", "prng_key", "check_fit_args", "check_fit_plan", "check_val_data",
            "nonfinite_message", "population_message", "check_values", "check_features", "check_labels",
            "default_metrics"]
 
@@ -69,9 +69,6 @@ def _described(value) -> str:
     return f"{type(value).__name__}{hint}"
 
 
-_UNSET = object()
-
-
 _typename = lambda value: type(value).__name__
 _PARTS = {   # what: (test, what it must be, how a wrong value is described); all TypeErrors
     "model": (lambda v: isinstance(v, _core.Layer), "a jnn.Layer (e.g. jnn.dense(10))", _described),
@@ -86,34 +83,54 @@ _PARTS = {   # what: (test, what it must be, how a wrong value is described); al
 }
 
 
-def check_parts(where: str, *, loss, metrics, regularizer, model=_UNSET, optimizer=_UNSET, make_model=_UNSET,
-                make_optimizer=_UNSET, **flags) -> None:
-    """The training recipe's parts have the right kinds, before anything is built or traced:
-    ``model`` a Layer, ``optimizer`` an optax transformation, ``make_model``/``make_optimizer``,
-    ``loss``, metric functions and ``regularizer`` callables; each of ``flags`` a bool."""
-    parts = dict(model=model, optimizer=optimizer, make_model=make_model, make_optimizer=make_optimizer, loss=loss,
-                 regularizer=regularizer, metrics=metrics)
-    for what, value in parts.items():
-        test, need, described = _PARTS[what]
-        if value is not _UNSET and not test(value):
-            raise TypeError(f"{where}: {what} must be {need}, got {described(value)}")
-    bad = [(name, fn) for name, fn in (metrics or {}).items() if not isinstance(name, str) or not callable(fn)]
+def _part(test, need: str, described=_typename):
+    def rule(label, what, value):
+        if not test(value):
+            raise TypeError(f"{label}: {what} must be {need}, got {described(value)}")
+        return value
+    return rule
+
+
+def _metric_functions(label, what, value):
+    bad = [(name, fn) for name, fn in (value or {}).items() if not isinstance(name, str) or not callable(fn)]
     if bad:
-        raise TypeError(f"{where}: metrics must map names to functions (predictions, targets) -> scalar; "
+        raise TypeError(f"{label}: {what} must map names to functions (predictions, targets) -> scalar; "
                         f"{bad[0][0]!r} maps to {type(bad[0][1]).__name__}")
-    for what, value in flags.items():
-        keras_style = what in ("verbose", "progress") and type(value) is int and value in (0, 1)   # verbose=0
-        flag = checks.flag if not keras_style else (lambda label, what, value: value)
-        flag(where, what, value)
+    return value
 
 
-def check_key(where: str, key) -> None:
+def switch(label: str, what: str, value):
+    """A bool (``verbose``/``progress`` also take Keras's 0 and 1)."""
+    keras_style = what in ("verbose", "progress") and type(value) is int and value in (0, 1)   # verbose=0
+    return value if keras_style else checks.flag(label, what, value)
+
+
+def prng_key(label: str, what: str, key):
     """One PRNG key: typed (``jax.random.key``) or a legacy ``jax.random.PRNGKey`` (uint32[2])."""
     typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0
     legacy = isinstance(key, jax.Array) and key.dtype == np.uint32 and key.shape == (2,)
     if not (typed or legacy):
         got = f"{key.dtype}{list(key.shape)}" if hasattr(key, "dtype") and hasattr(key, "shape") else repr(key)
-        raise TypeError(f"{where}: key must be one PRNG key (jax.random.key(0)), got {got}")
+        raise TypeError(f"{label}: {what} must be one PRNG key (jax.random.key(0)), got {got}")
+    return key
+
+
+#: Rules (for :func:`jnn._checks.declare`) of the training recipe's parts: ``model`` a Layer,
+#: ``optimizer`` an optax transformation, ``make_model``/``make_optimizer``, ``loss``, metric
+#: functions and ``regularizer`` callables; all raise TypeErrors.
+PARTS = {what: _part(*spec) for what, spec in _PARTS.items()}
+PARTS["metrics"] = checks.all_of(PARTS["metrics"], _metric_functions)
+
+
+def parts(*names: str) -> dict:
+    """``{name: rule}`` of these :data:`PARTS`, for ``checks.declare(**parts("model", "loss"))``."""
+    return {name: PARTS[name] for name in names}
+
+
+def check_parts(where: str, **parts) -> None:
+    """Applies :data:`PARTS`' rule to each part given, and :func:`switch` to any other (a flag)."""
+    for what, value in parts.items():
+        PARTS.get(what, switch)(where, what, value)
 
 
 def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split) -> None:
@@ -125,12 +142,7 @@ def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split) -> 
     if n == 0:
         raise ValueError(f"{where}: train_data is empty (0 examples); pass at least one batch")
     if val_split:
-        checks.satisfies(lambda v: checks.is_real(v) and 0 < v < 1, "a fraction in (0, 1)")(where, "val_split", val_split)
-        n_val = int(round(n * val_split))
-        if n_val == 0 or n_val == n:
-            what = "no" if n_val == 0 else "all"
-            raise ValueError(f"{where}: val_split={val_split} of {n} examples leaves {what} examples "
-                             f"for validation; use a val_split between {1 / n:.3g} and {1 - 1 / n:.3g}")
+        checks.split_fraction(where, "val_split", val_split, n)
 
 
 def _spec(tree):
@@ -159,9 +171,9 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
     names = set(logs) | {"time"} | ({"lr"} if logs_lr else set()) | {f"val_{k}" for k in val_logs}
     if data_check is not None:
         check_values(where, *data_check, (x, y), val_data)
-    if early_stopping is not None and early_stopping.monitor not in names:
-        raise ValueError(f"{where}: early_stopping monitors {early_stopping.monitor!r}, which is not "
-                         f"among the logged metrics {sorted(names)} (checked before training)")
+    if early_stopping is not None:
+        checks.logged_metric(where, "early_stopping monitors", early_stopping.monitor, names,
+                             " (checked before training)")
 
 
 def check_val_data(where: str, train_data, val_data, trace, alone=None):

@@ -6,7 +6,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.extend.core
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jnn import _checks as checks
@@ -18,8 +17,8 @@ from jnn.train import stream as _stream
 from jnn.train.callbacks import CallbackList, EarlyStopping
 from jnn.train.checkpoint import StepCheckpoints
 from jnn.train.compiler import compiler_options
-from jnn.train.engine import (Data, NonFinite, Start, learning_rate, prepare, run_epochs, split_validation,
-                              with_early_stopping)
+from jnn.train.engine import (CALLBACK_RULES, Data, NonFinite, Start, learning_rate, prepare, run_epochs,
+                              split_validation, with_early_stopping)
 from jnn.train.nonfinite import find_nonfinite
 from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, gather, num_examples_of, init_train_state,
                             make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
@@ -124,10 +123,6 @@ def _tangent_primitives(jaxpr) -> set[str]:
     return set(_primitives(traced.jaxpr))
 
 
-def _paths(tree) -> list[str]:
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
-
-
 def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainState:
     """A fresh train state (step 0, new optimizer state) at the given ``params``/``state``, which
     must have the structure and shapes of the model's own."""
@@ -135,16 +130,7 @@ def _start_from(model: Layer, optimizer, key, example, params, state) -> TrainSt
     for name, tree in {"params": params, "state": state}.items():
         if tree is None:
             continue
-        expected = getattr(ts, name)
-        if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(expected):
-            missing = sorted(set(_paths(expected)) - set(_paths(tree)))
-            extra = sorted(set(_paths(tree)) - set(_paths(expected)))
-            raise ValueError(f"fit: the given {name} do not have the model's structure: missing "
-                             f"{', '.join(missing) or 'nothing'}; unexpected {', '.join(extra) or 'nothing'}")
-        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(expected)):
-            if np.shape(a) != b.shape:
-                raise ValueError(f"fit: given {name}{jax.tree_util.keystr(path)} has shape {np.shape(a)}, "
-                                 f"the model expects {b.shape}")
+        checks.like_tree("fit", name, tree, getattr(ts, name))
     params = ts.params if params is None else params
     return ts._replace(params=params, state=ts.state if state is None else state, opt_state=optimizer.init(params))
 
@@ -153,8 +139,7 @@ def _nonfinite_policy(where: str, callbacks: list, default: NonFinite) -> tuple[
     """The run's one :class:`NonFinite` policy (``default`` when ``callbacks`` hold none), and the
     other callbacks."""
     policies = [cb for cb in callbacks if isinstance(cb, NonFinite)]
-    if len(policies) > 1:
-        raise ValueError(f"{where}: at most one NonFinite policy per run, got {len(policies)}")
+    checks.at_most_one(where, "NonFinite policy", policies)
     return (policies[0] if policies else default), [cb for cb in callbacks if not isinstance(cb, NonFinite)]
 
 
@@ -185,7 +170,9 @@ def _as_start(train_state) -> Start:
     return train_state
 
 
-@checks.declare(epochs=checks.positive_int, fused=checks.one_of(True, False, "auto"))
+@checks.declare(epochs=checks.positive_int, fused=checks.one_of(True, False, "auto"), key=guard.prng_key,
+                progress=guard.switch, verbose=guard.switch,
+                **guard.parts("model", "optimizer", "loss", "metrics", "regularizer"), **CALLBACK_RULES)
 def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, train_data, *,
         key: jax.Array, epochs: int = 10, batch_size: int = 128, val_data=None, val_split: float = 0.0,
         metrics: Metrics | None = None, regularizer: Callable | None = None,
@@ -252,9 +239,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
     data = train_data if isinstance(train_data, Data) else Data(train_data)
     start = _as_start(train_state)
     checks.index_below("fit", "Start.epoch", start.epoch, epochs, "epochs")
-    guard.check_parts("fit", model=model, optimizer=optimizer, loss=loss, metrics=metrics, regularizer=regularizer,
-                      progress=progress, verbose=verbose, **{"Data.check": data.check})
-    guard.check_key("fit", key)
+    checks.flag("fit", "Data.check", data.check)
     callbacks, early_stopping = with_early_stopping("fit", callbacks, early_stopping)
     policy, callbacks = _nonfinite_policy("fit", callbacks, NonFinite("raise"))
     mesh, rules = mesh if isinstance(mesh, tuple) else (mesh, None)

@@ -74,17 +74,8 @@ class PBT:
     resample_probability: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, "space", _check_space(self.space))
-        _checks.fields("PBT", self, interval=_checks.positive_int,
-                       fraction=_checks.satisfies(lambda v: _checks.is_real(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
-                       monitor=_checks.satisfies(lambda v: isinstance(v, str) and v,
-                                                 "the name of a logged metric (a string)"),
-                       mode=MODE, factors=_checks.satisfies(
-                           lambda fs: isinstance(fs, (tuple, list)) and fs and all(
-                               _checks.is_real(f) and math.isfinite(f) and f > 0 for f in fs),
-                           "a non-empty tuple of positive finite numbers"),
-                       resample_probability=_checks.satisfies(lambda v: _checks.is_real(v) and 0 <= v <= 1, "a number in [0, 1]"))
-        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+        for what, rule in _RULES.items():
+            object.__setattr__(self, what, rule("PBT", what, getattr(self, what)))
 
     @property
     def maximize(self) -> bool:
@@ -95,32 +86,15 @@ class PBT:
         return 0 if n < 2 else max(1, int(self.fraction * n))
 
 
-def _check_space(space) -> tuple:
-    """``space`` as sorted ``((name, (low, high, log)), ...)``; accepts a mapping (or that
-    normalized form, which ``dataclasses.replace`` passes back)."""
-    if isinstance(space, Mapping):
-        items = list(space.items())
-    elif isinstance(space, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2
-                                                  and isinstance(i[0], str) for i in space):
-        items = list(space)
-    else:
-        raise TypeError(f"PBT: space must be a dict {{name: (low, high)}} or {{name: (low, high, 'log')}}, "
-                        f"got {type(space).__name__}")
-    if not items:
-        raise ValueError("PBT: space is empty; give {name: (low, high)} for each explored hyperparameter")
-    checked = []
-    for name, bounds in sorted(items, key=lambda item: str(item[0])):
-        if not isinstance(name, str):
-            raise TypeError(f"PBT: space names must be strings (hyperparameter names), got {name!r}")
-        bounds = tuple(bounds) if isinstance(bounds, (tuple, list)) else (bounds,)
-        log = len(bounds) == 3 and (bounds[2] == "log" or bounds[2] is True)
-        linear = len(bounds) == 2 or (len(bounds) == 3 and bounds[2] is False)
-        if not (log or linear) or not all(_checks.is_real(b) and math.isfinite(b) for b in bounds[:2]) \
-                or not bounds[0] <= bounds[1] or (log and bounds[0] <= 0):
-            raise ValueError(f"PBT: space[{name!r}] must be (low, high) or (low, high, 'log'): finite numbers "
-                             f"with low <= high (and low > 0 for 'log'), got {bounds!r}")
-        checked.append((name, (float(bounds[0]), float(bounds[1]), log)))
-    return tuple(checked)
+_RULES = dict(  # PBT's fields, checked (and normalized) in this order
+    space=_checks.bounds_space, interval=_checks.positive_int,
+    fraction=_checks.satisfies(lambda v: _checks.is_real(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
+    monitor=_checks.satisfies(lambda v: isinstance(v, str) and v, "the name of a logged metric (a string)"),
+    mode=MODE,
+    factors=_checks.all_of(_checks.satisfies(lambda fs: isinstance(fs, (tuple, list)) and fs and all(
+        _checks.is_real(f) and math.isfinite(f) and f > 0 for f in fs), "a non-empty tuple of positive finite numbers"),
+        lambda label, what, fs: tuple(float(f) for f in fs)),
+    resample_probability=_checks.satisfies(lambda v: _checks.is_real(v) and 0 <= v <= 1, "a number in [0, 1]"))
 
 
 class PBTResult(NamedTuple):
@@ -170,6 +144,7 @@ def _explore(pbt: PBT, hparams, key):
     return out
 
 
+@_checks.declare(states=_checks.instance_of(TrainState, described="the members' stacked jnn.train.TrainState"))
 def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, key: jax.Array, *,
                     make_optimizer: MakeOptimizer | None = None):
     """One PBT step: truncation exploit, then explore the copied hyperparameters.
@@ -194,16 +169,11 @@ def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, ke
       ``(hparams, states, source)``, ``source [N] int32``: the member each one now continues
       from (itself when not exploited).
     """
-    missing = [name for name, _ in pbt.space if name not in hparams]
-    if missing:
-        raise ValueError(f"exploit_explore: PBT space names {missing} are not hparams {sorted(hparams)}")
+    _checks.among("exploit_explore", "PBT space names", [name for name, _ in pbt.space], hparams, "hparams")
     n = jax.tree_util.tree_leaves(hparams)[0].shape[0] if hparams else jnp.shape(scores)[0]
     if jnp.shape(scores) != (n,):
         raise ValueError(f"exploit_explore: scores must hold one value per member, shape ({n},), got shape "
                          f"{tuple(jnp.shape(scores))}")
-    if not isinstance(states, TrainState):
-        raise TypeError(f"exploit_explore: states must be the members' stacked jnn.train.TrainState, got "
-                        f"{type(states).__name__}")
     m = pbt.exploited(n)
     index = jnp.arange(n, dtype=jnp.int32)
     if m == 0:
@@ -252,7 +222,8 @@ def _pbt_epoch(program: Program, pbt: PBT, hparams, states, data, order, val_dat
 
 
 @_checks.declare(pbt=_checks.instance_of(PBT, described="a jnn.train.pbt.PBT"), epochs=_checks.positive_int,
-                 chunk_size=_checks.positive_int_or(None), shared_order=_checks.flag)
+                 chunk_size=_checks.positive_int_or(None), shared_order=_checks.flag,
+                 **guard.parts("make_model", "make_optimizer", "loss", "metrics", "regularizer"))
 def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
             hparams: Mapping[str, jax.Array], key: jax.Array, pbt: PBT, epochs: int = 10,
             batch_size: int = 128, val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -269,27 +240,14 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     ``fit_population``; there is no per-epoch non-finite check (nothing is read back): a member
     whose monitored score is NaN ranks last and is replaced at the next exploit step.
     """
-    guard.check_parts("fit_pbt", make_model=make_model, make_optimizer=make_optimizer, loss=loss, metrics=metrics,
-                      regularizer=regularizer)
     hparams, n = check_hparams("fit_pbt", hparams)
     keys = as_keys("fit_pbt", key, n)
-    for name, _ in pbt.space:
-        if name not in hparams or not jnp.issubdtype(hparams[name].dtype, jnp.floating):
-            raise ValueError(f"fit_pbt: PBT explores {name!r}, so hparams needs a float array for it; "
-                             f"got hparams {sorted(hparams)}")
-    for name, (low, high, _) in pbt.space:
-        values = np.asarray(hparams[name])  # in its own dtype, as exploring clips it; NaN is a fault PBT survives
-        outside = np.flatnonzero((values < values.dtype.type(low)) | (values > values.dtype.type(high)))
-        if outside.size:
-            raise ValueError(f"fit_pbt: hparams[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
-                             f"member {outside[0]} has {float(values[outside[0]])!r}")
+    _checks.within_space("fit_pbt", "hparams", hparams, pbt.space)
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
     (x, y), val_data = prepare("fit_pbt", train_data, val_data, val_split, jax.random.split(keys[0])[1],
                                batch_size=batch_size, eval_batch_size=eval_batch_size)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
-    if pbt.monitor not in names:
-        raise ValueError(f"fit_pbt: PBT monitors {pbt.monitor!r}, which is not among the logged metrics "
-                         f"{sorted(names)}")
+    _checks.logged_metric("fit_pbt", "PBT monitors", pbt.monitor, names)
     batch_size = min(batch_size, len(x))
     example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
     states = init_population(make_model, make_optimizer, hparams, keys, example)

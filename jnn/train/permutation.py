@@ -81,10 +81,7 @@ class IndexShuffle:
         self.multipliers, self.offsets = constants[0] | np.uint32(1), constants[1]
 
     def __call__(self, positions) -> np.ndarray:
-        positions = np.asarray(positions)
-        if positions.size and (positions.min() < 0 or positions.max() >= self.n):
-            raise ValueError(f"IndexShuffle: positions must lie in [0, {self.n}), got [{positions.min()}, "
-                             f"{positions.max()}]")
+        positions = checks.indices_below("IndexShuffle", "positions", np.asarray(positions), self.n)
         scramble = lambda x: _scramble(x, self.multipliers, self.offsets, self.bits)
         y = scramble(positions.astype(np.uint32))
         while (y >= self.n).any():   # cycle walking, as permutation does

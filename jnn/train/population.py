@@ -37,7 +37,8 @@ from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
 from jnn.train import guard
 from jnn.train.callbacks import CallbackList, EarlyStopping
-from jnn.train.engine import NonFinite, learning_rate, prepare, run_epochs, with_early_stopping
+from jnn.train.engine import (CALLBACK_RULES, NonFinite, learning_rate, prepare, run_epochs,
+                              with_early_stopping)
 from jnn.train.nonfinite import replay_members
 from jnn.train.step import (LossFn, Metrics, TrainState, num_examples_of, init_train_state, make_eval_fn,
                             epoch_order, make_train_epoch, make_train_step)
@@ -135,21 +136,7 @@ class PopulationResult(NamedTuple):
 
 def as_keys(where: str, key, n: int | None) -> jax.Array:
     """A batch of typed keys: ``split(key, n)`` for one key, or the given batch of keys."""
-    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.dtype != jnp.uint32 or key.ndim not in (1, 2) or key.shape[-1] != 2:
-            raise ValueError(f"{where}: key must be a PRNG key (jax.random.key) or a batch of them, got "
-                             f"{key.dtype}{list(key.shape)}")
-        key = jax.random.wrap_key_data(key)
-    if key.ndim == 0:
-        if n is None:
-            raise ValueError(f"{where}: with no hparams, pass one key per member (a batch of keys) "
-                             f"to set the population size")
-        return jax.random.split(key, n)
-    if key.ndim != 1 or (n is not None and key.shape[0] != n):
-        raise ValueError(f"{where}: expected one key or a batch of {n if n is not None else 'N'} keys, "
-                         f"got keys of shape {tuple(key.shape)}")
-    return key
+    return checks.key_batch(where, "key", key, n)
 
 
 def member_keys(key: jax.Array, n: int) -> jax.Array:
@@ -281,26 +268,16 @@ def population_eval(program: Program, hparams, states, data):
 
 
 def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
-    checks.instance_of(Mapping, type(None), described="a dict {name: array [N]}")(where, "hparams", hparams)
-    hparams = {} if hparams is None else dict(hparams)
-    sizes = {}
-    for name, values in hparams.items():
-        values = jnp.asarray(values)
-        if values.ndim != 1 or not (jnp.issubdtype(values.dtype, jnp.number) or values.dtype == bool):
-            raise ValueError(f"{where}: hparams[{name!r}] must be a 1-D numeric array with one value per "
-                             f"member, got {values.dtype}{list(values.shape)}")
-        hparams[name], sizes[name] = values, values.shape[0]
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"{where}: every hparams array needs one value per member; got lengths {sizes}")
-    n = next(iter(sizes.values()), None)
-    if n == 0:
-        raise ValueError(f"{where}: the population is empty (hparams arrays have length 0)")
-    return hparams, n
+    """``hparams`` as a dict of arrays ``[N]`` (see :func:`jnn._checks.member_arrays`) and ``N`` (None when empty)."""
+    hparams = checks.member_arrays(where, "hparams", hparams)
+    return hparams, next((len(v) for v in hparams.values()), None)
 
 
 @checks.declare(epochs=checks.positive_int, chunk_size=checks.positive_int_or(None, "auto"),
                 shared_order=checks.one_of(True, False, "auto"), on_nonfinite=checks.one_of("raise", "stop"),
-                prune=checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]")))
+                prune=checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]")),
+                verbose=guard.switch, debug_nonfinite=checks.flag, check_data=checks.flag,
+                **guard.parts("make_model", "make_optimizer", "loss", "metrics", "regularizer"), **CALLBACK_RULES)
 def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
                    hparams: HParams | None = None, key: jax.Array, epochs: int = 10, batch_size: int = 128,
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
@@ -359,9 +336,6 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     if debug_nonfinite and shared_order is not False:
         raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "
                          f"shared_order=False, got shared_order={shared_order!r}")
-    guard.check_parts("fit_population", make_model=make_model, make_optimizer=make_optimizer, loss=loss,
-                      metrics=metrics, regularizer=regularizer, verbose=verbose, debug_nonfinite=debug_nonfinite,
-                      check_data=check_data)
     callbacks, es = with_early_stopping("fit_population", callbacks, early_stopping)
     hparams, n = check_hparams("fit_population", hparams)
     keys = as_keys("fit_population", key, n)
@@ -379,9 +353,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     metrics = dict(metrics)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     names += ["lr"] if learning_rate(spec.opt_state) is not None else []
-    if es is not None and es.monitor not in names:
-        raise ValueError(f"fit_population: early_stopping monitors {es.monitor!r}, which is not among "
-                         f"the logged metrics {sorted(names)}")
+    if es is not None:
+        checks.logged_metric("fit_population", "early_stopping monitors", es.monitor, names)
     program = Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, num_examples_of(x),
                       batch_size, eval_batch_size, None if chunk_size == "auto" else chunk_size)
     if val_data is not None:  # traced (cached with the program), not run: fails before the first step

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jnn import _checks as checks
 from jnn import losses as _losses
 from jnn.parallel import mesh as _parallel
 from jnn import tree as _tree
@@ -115,17 +116,7 @@ def _takes_step(loss) -> bool:
 def _loss_and_logs(loss, takes_step: bool, outputs, y, step, reserved=()):
     """Calls ``loss`` (with ``step=`` when it takes one); returns ``(scalar, logs dict)``."""
     result = loss(outputs, y, step=step) if takes_step else loss(outputs, y)
-    if not isinstance(result, tuple):
-        return result, {}
-    if len(result) != 2 or not isinstance(result[1], Mapping):
-        raise TypeError(f"loss must return a scalar or a pair (loss, {{name: scalar}}), got a tuple of "
-                        f"{len(result)} whose second item is {type(result[-1]).__name__}")
-    value, logs = result
-    clash = sorted({"loss", *reserved} & set(logs))
-    if clash:
-        raise ValueError(f"loss: the logs it returns use the reserved name(s) {clash} (the loss itself "
-                         f"and the metrics); rename them")
-    return value, dict(logs)
+    return checks.loss_result(result, reserved)
 
 
 def step_key(ts: TrainState) -> jax.Array:
@@ -225,13 +216,7 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
 
 
 def _epoch_batches(num_examples: int, batch_size: int, where: str) -> int:
-    if batch_size <= 0:
-        raise ValueError(f"{where}: batch_size must be positive, got {batch_size}")
-    num_batches = num_examples // batch_size
-    if num_batches == 0:
-        raise ValueError(f"{where}: {num_examples} training examples is fewer than one batch "
-                         f"of {batch_size}; lower batch_size")
-    return num_batches
+    return checks.num_batches(where, num_examples, batch_size)
 
 
 def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:

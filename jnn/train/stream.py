@@ -116,8 +116,7 @@ class Feed:
             except TypeError:
                 raise TypeError(f"{where}: train_data is an iterable without a len(); pass steps_per_epoch "
                                 f"(jnn.train.Data(data, steps_per_epoch=k)) or a jnn.data.grain.Pipeline") from None
-        checks.positive_int(where, "steps_per_epoch", steps_per_epoch)
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch = checks.positive_int(where, "steps_per_epoch", steps_per_epoch)
         self._iterator = iter(data)
         self._queue: collections.deque = collections.deque()   # (device piece, iterator state after it)
         self._plan: collections.deque = collections.deque()    # sizes of this epoch's pieces not yet read
@@ -157,15 +156,7 @@ class Feed:
         spec = _spec(batch)
         if spec == self.spec:
             return
-        if spec[0] != self.spec[0]:
-            raise ValueError(f"{self.where}: batch {index} of epoch {epoch} has the structure {spec[0]}, the first "
-                             f"batch had {self.spec[0]}; every batch must have the same structure")
-        for name, got, want in zip(_leaf_names(batch), spec[1], self.spec[1]):
-            if got != want:
-                raise ValueError(f"{self.where}: the shapes changed mid-stream: batch {index} of epoch {epoch} has "
-                                 f"{name} of shape {got[0]} {got[1]}, the first batch had {want[0]} {want[1]}; "
-                                 f"every batch must have the first one's shapes (drop the ragged last batch, "
-                                 f"as jnn.data.grain.pipeline does, or pad it)")
+        checks.like_first_batch(self.where, f"batch {index} of epoch {epoch}", _leaf_names(batch), spec, self.spec)
 
     def _put(self, batch):
         if self.mesh is not None:   # processes compare their batch sizes once (a collective), not every step
@@ -269,9 +260,9 @@ class StreamEpochs:
       (2, ['loss'])
     """
 
+    @checks.declare_as("StreamEpochs", chunk=checks.positive_int)
     def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, checkpoint_every: int | None = None,
                  initial_epoch: int = 0, chunk: int = 1):
-        checks.positive_int("StreamEpochs", "chunk", chunk)
         self.feed, self.checkpoint, self.every, self.chunk = feed, checkpoint, checkpoint_every, chunk
         self.epoch, self.start, self.history = initial_epoch, 0, {}
         logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]

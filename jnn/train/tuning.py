@@ -15,7 +15,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,53 +50,27 @@ def _number(value) -> bool:
 
 
 def _group_key(config: Mapping[str, Any], static: Sequence[str]) -> tuple:
-    values = []
-    for name in static:
-        value = config[name]
-        value = tuple(value) if isinstance(value, list) else value
-        try:
-            hash(value)
-        except TypeError:
-            raise ValueError(f"search: static field {name!r} must be hashable (a number, string or "
-                             f"tuple), got {type(value).__name__}") from None
-        values.append(value)
-    return tuple(values)
+    return tuple(checks.hashable("search", f"static field {name!r}", config[name]) for name in static)
 
 
-def _check_configs(configs, static, fit_kwargs) -> tuple[list[dict], list[str]]:
-    if isinstance(configs, (Mapping, str)) or not isinstance(configs, Iterable):
-        raise TypeError(f"search: configs must be a list of dicts (one per member), got {type(configs).__name__}")
-    configs = list(configs)
+def _check_configs(configs, static, fit_kwargs) -> list[str]:
+    """The ``static`` field names; the other fields must hold numbers (they become traced arrays)."""
+    static, fields = [static] if isinstance(static, str) else list(static), set(configs[0])
+    checks.among("search", "static fields", static, fields, "config fields")
     for i, config in enumerate(configs):
-        if not isinstance(config, Mapping):
-            raise TypeError(f"search: configs must be a list of dicts (one per member); config {i} is a "
-                            f"{type(config).__name__}")
-    configs, static = [dict(c) for c in configs], [static] if isinstance(static, str) else list(static)
-    if not configs:
-        raise ValueError("search: configs is empty")
-    fields = set(configs[0])
-    for i, config in enumerate(configs):
-        if set(config) != fields:
-            raise ValueError(f"search: every config needs the same fields; config 0 has {sorted(fields)}, "
-                             f"config {i} has {sorted(config)}")
-    missing = [s for s in static if s not in fields]
-    if missing:
-        raise ValueError(f"search: static fields {missing} are not config fields {sorted(fields)}")
-    for i, config in enumerate(configs):  # the others become traced per-member arrays
         for name, value in config.items():
             if name not in static and not _number(value):
                 raise ValueError(f"search: config {i}'s {name!r} must be a number (or list {name!r} in static for "
                                  f"shape-changing or non-numeric values), got {value!r}")
-    if "batch_size" in fields:
-        if "batch_size" not in static:
-            raise ValueError("search: batch_size changes array shapes, so it must be listed in static")
-        if "batch_size" in fit_kwargs:
-            raise ValueError("search: batch_size is a config field; do not also pass batch_size=")
-        for config in configs:
-            checks.positive_int("search", "batch_size", config["batch_size"])
-    return configs, static
+    if "batch_size" in fields and ("batch_size" not in static or "batch_size" in fit_kwargs):
+        raise ValueError("search: batch_size changes array shapes, so it must be listed in static" if "batch_size"
+                         not in static else "search: batch_size is a config field; do not also pass batch_size=")
+    for config in configs if "batch_size" in fields else ():
+        checks.positive_int("search", "batch_size", config["batch_size"])
+    return static
 
 
+@checks.declare(configs=checks.records)
 def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
            configs: Sequence[Mapping[str, Any]], static: Sequence[str] = (), key: jax.Array,
            val_split: float = 0.0, **fit_kwargs) -> list[MemberResult]:
@@ -132,7 +106,7 @@ def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, t
       >>> [r.hparams["width"] for r in results], [len(r.history["loss"]) for r in results]
       ([4, 8, 4], [2, 2, 2])
     """
-    configs, static = _check_configs(configs, static, fit_kwargs)
+    static = _check_configs(configs, static, fit_kwargs)
     keys = as_keys("search", key, len(configs))
     train_data, fit_kwargs["val_data"] = hold_out("search", train_data, fit_kwargs.get("val_data"), val_split,
                                                   jax.random.split(keys[0])[1])
@@ -152,6 +126,23 @@ def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, t
     return results
 
 
+def _optuna(kind: str):
+    """Whether a value is an ``optuna`` object of ``kind`` (needs optuna: ImportError names the extra)."""
+    def test(value):
+        try:
+            import optuna
+        except ImportError:
+            raise ImportError("optuna_search needs optuna: pip install 'jnn[search]' (or pip install optuna)") from None
+        return isinstance(value, optuna.study.Study if kind == "study" else optuna.distributions.BaseDistribution)
+    return test
+
+
+@checks.declare(trials=checks.positive_int, population_size=checks.positive_int,
+                study=checks.kind(_optuna("study"), "an optuna.Study (optuna.create_study(...))"),
+                space=checks.all_of(checks.satisfies(lambda s: isinstance(s, Mapping) and s, "a non-empty dict "
+                                                     "{name: optuna.distributions.*}"),
+                                    checks.each(checks.satisfies(_optuna("distribution"), "an optuna distribution (e.g. "
+                                                "optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True))"))))
 def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
                   study, space: Mapping[str, Any], trials: int, population_size: int, key: jax.Array,
                   static: Sequence[str] = (), monitor: str = "val_accuracy", prune: bool = True,
@@ -193,18 +184,10 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
       >>> len(results), len(study.trials)
       (4, 4)
     """
-    try:
-        import optuna
-    except ImportError:
-        raise ImportError("optuna_search needs optuna: pip install 'jnn[search]' (or pip install optuna)") from None
-    for what, value in {"trials": trials, "population_size": population_size}.items():
-        checks.positive_int("optuna_search", what, value)
-    checks.instance_of(optuna.study.Study, described="an optuna.Study (optuna.create_study(...))")(
-        "optuna_search", "study", study)
+    import optuna
     if len(study.directions) != 1:
         raise ValueError(f"optuna_search: study must have one objective (the monitored metric), got "
                          f"{len(study.directions)} directions")
-    _check_space(space)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     keys = as_keys("optuna_search", key, trials)
     train_data, fit_kwargs["val_data"] = hold_out("optuna_search", train_data, fit_kwargs.get("val_data"),
@@ -221,9 +204,7 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         pruned = np.zeros(len(asked), bool)
         for members in groups.values():
             def report(epoch, history, members=members):
-                if monitor not in history:
-                    raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
-                                     f"{sorted(history)}")
+                checks.logged_metric("optuna_search", "monitor", monitor, history)
                 values = history[monitor][epoch - 1]
                 stop = np.zeros(len(members), bool)
                 for j, i in enumerate(members):
@@ -237,11 +218,9 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
             for i, result in zip(members, group):
                 results[i] = result
         for i, (trial, result) in enumerate(zip(asked, results)):
+            checks.logged_metric("optuna_search", "monitor", monitor, result.history)
             if pruned[i]:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            elif monitor not in result.history:
-                raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
-                                 f"{sorted(result.history)}")
             elif not np.isfinite(result.history[monitor]).any():  # diverged from the first epoch
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
@@ -251,16 +230,6 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
     return done
 
 
-def _check_space(space) -> None:
-    import optuna
-    checks.satisfies(lambda s: isinstance(s, Mapping) and s, "a non-empty dict {name: optuna.distributions.*}")(
-        "optuna_search", "space", space)
-    distribution = checks.satisfies(lambda d: isinstance(d, optuna.distributions.BaseDistribution), "an optuna "
-                                    "distribution (e.g. optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True))")
-    for name, dist in space.items():
-        distribution("optuna_search", f"space[{name!r}]", dist)
-
-
 def _check_monitor(monitor, loss, fit_kwargs) -> None:
     """``monitor`` must be a metric the populations will log (as :func:`fit_population` names them)."""
     metrics = fit_kwargs.get("metrics")
@@ -268,7 +237,5 @@ def _check_monitor(monitor, loss, fit_kwargs) -> None:
     names = ["loss", *metrics, "lr"]
     has_val = fit_kwargs.get("val_data") is not None
     names += [f"val_{k}" for k in ["loss", *metrics]] if has_val else []
-    if monitor not in names:
-        hint = " (val_* metrics need val_data or val_split)" if str(monitor).startswith("val_") and not has_val else ""
-        raise ValueError(f"optuna_search: monitor {monitor!r} is not among the logged metrics "
-                         f"{sorted(set(names))}{hint}")
+    hint = " (val_* metrics need val_data or val_split)" if str(monitor).startswith("val_") and not has_val else ""
+    checks.logged_metric("optuna_search", "monitor", monitor, names, hint)
