@@ -627,11 +627,11 @@ def index_below(label: str, what: str, value, size: int, size_name: str) -> int:
     return value
 
 
-def satisfies(test, need: str, error=ValueError):
-    """A value ``test`` accepts; else ``error("label: what must be <need>, got <value>")``."""
+def satisfies(test, need: str, error=ValueError, described=repr):
+    """A value ``test`` accepts; else ``error("label: what must be <need>, got <described(value)>")``."""
     def rule(label, what, value):
         if not test(value):
-            raise error(f"{label}: {what} must be {need}, got {value!r}")
+            raise error(f"{label}: {what} must be {need}, got {described(value)}")
         return value
     return rule
 
@@ -739,11 +739,7 @@ def leading_axis(label: str, leaves) -> int:
 
 def kind(test, need: str):
     """A value ``test`` accepts; else ``TypeError("label: what must be <need>, got <type name>")``."""
-    def rule(label, what, value):
-        if not test(value):
-            raise TypeError(f"{label}: {what} must be {need}, got {type(value).__name__}")
-        return value
-    return rule
+    return satisfies(test, need, TypeError, lambda value: type(value).__name__)
 
 
 def records(label: str, what: str, value) -> list[dict]:

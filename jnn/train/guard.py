@@ -84,11 +84,7 @@ _PARTS = {   # what: (test, what it must be, how a wrong value is described); al
 
 
 def _part(test, need: str, described=_typename):
-    def rule(label, what, value):
-        if not test(value):
-            raise TypeError(f"{label}: {what} must be {need}, got {described(value)}")
-        return value
-    return rule
+    return checks.satisfies(test, need, TypeError, described)
 
 
 def _metric_functions(label, what, value):
