@@ -1,13 +1,9 @@
-"""The documentation site: every public name documented with an example, every public module in
-the API reference, every Python block in docs/ runs, and `mkdocs build --strict` passes."""
-import importlib
-import importlib.util
+"""The documentation: every public name documented with an example, every public module in the
+API reference, every Python block in docs/ runs and prints what its page shows (the built site is
+tested in tests/test_docs_html.py)."""
 import inspect
-import os
 import pathlib
 import re
-import subprocess
-import sys
 import types
 
 import jax
@@ -106,15 +102,3 @@ def test_page_code_runs_in_order(page, tmp_path, monkeypatch):
             jax.clear_caches()
     if skipped:
         pytest.skip(f"ran the page except the blocks needing {sorted(set(skipped))} (not installed)")
-
-
-def test_mkdocs_build_strict(tmp_path):
-    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
-        pytest.skip("mkdocs and mkdocstrings are not installed (the docs extra)")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "site" / "tutorials" / "01-perceptron" / "index.html").exists()
-    api = (tmp_path / "site" / "api" / "train" / "index.html").read_text()
-    assert "make_train_step" in api and "Example" in api
