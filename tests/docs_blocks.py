@@ -1,24 +1,36 @@
 """Runs the Python code blocks of a Markdown page in order, in one namespace, the way a reader
-would paste them (used by tests/test_docs.py).
+would paste them, and checks that each prints what the page shows (used by tests/test_docs.py).
 
-A block preceded by ``<!-- requires: module -->`` runs only where that module can be imported
-(an optional framework, e.g. torch); :func:`run_page` returns the blocks it skipped.
+- A block preceded by ``<!-- requires: module -->`` runs only where that module can be imported
+  (an optional framework, e.g. torch); :func:`run_page` returns the blocks it skipped.
+- A ```text block right after a Python block is that block's printed output. The text must match
+  exactly except for decimal numbers, which may differ by a relative 5% or by one unit of their
+  last printed digit (training runs differ slightly between machines and XLA versions); integers
+  (counts, shapes) must be equal. A
+  ``<!-- tolerance: 0.2 -->`` line right before the ```text block sets another relative tolerance
+  for that block, ``<!-- tolerance: any -->`` only requires that it prints (for sampled text).
+- With ``update``, each such ```text block is rewritten with what its block printed, and each
+  figure the page shows (``![...](path)``) that the blocks wrote into the working directory under
+  its file name is copied to ``path``.
 
-    python tests/docs_blocks.py PAGE...            # run the pages
-    python tests/docs_blocks.py --update PAGE...   # run them and rewrite each ```text block that
-                                                   # follows a Python block with what it printed
+    JNN_UPDATE_DOCS=1 python -m pytest -n 0 tests/test_docs.py -k 07-cnn   # update a page (as tested)
+    python tests/docs_blocks.py [--update] PAGE...                         # run pages by hand
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import io
+import math
 import pathlib
 import re
+import shutil
 import sys
 
 _BLOCK = re.compile(r"(?:<!-- requires: ([\w.]+) -->\n)?^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
-_OUTPUT = re.compile(r"[ \t]*\n+```text\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_OUTPUT = re.compile(r"[ \t]*\n+(?:<!-- tolerance: ([\w.]+) -->\n)?```text\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_FIGURE = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.(?:png|svg|jpg))\)")
 
 
 def python_blocks(page: pathlib.Path) -> list[tuple[str | None, str]]:
@@ -26,28 +38,60 @@ def python_blocks(page: pathlib.Path) -> list[tuple[str | None, str]]:
     return [(required or None, code) for required, code in _BLOCK.findall(page.read_text())]
 
 
+def same_output(printed: str, shown: str, tolerance: str | None = None) -> bool:
+    """Whether ``printed`` matches ``shown``: the same text, numbers within ``tolerance``
+    (decimals: relative, default 0.05, or one unit of the shown number's last digit; integers:
+    equal; ``"any"``: anything non-empty)."""
+    if tolerance == "any":
+        return bool(printed.strip())
+    rtol = float(tolerance or 0.05)
+    if _NUMBER.split(printed) != _NUMBER.split(shown):
+        return False
+    for got, want in zip(_NUMBER.findall(printed), _NUMBER.findall(shown)):
+        mantissa, _, exponent = want.lower().partition("e")
+        if "." not in mantissa and not exponent:         # integers (counts, shapes) are exact
+            if got != want:
+                return False
+            continue
+        unit = 10.0 ** (int(exponent or 0) - len(mantissa.partition(".")[2]))
+        a, b = float(got.replace(",", "")), float(want.replace(",", ""))
+        if not math.isclose(a, b, rel_tol=rtol, abs_tol=unit * 1.001):
+            return False
+    return True
+
+
 def run_page(page: pathlib.Path, *, update: bool = False) -> list[str]:
-    """Executes the Python blocks of ``page`` in order in one fresh namespace; returns the
-    modules whose blocks were skipped because they are not installed. With ``update``, each
-    ```text block right after a Python block is replaced by what that block printed."""
+    """Executes the Python blocks of ``page`` in order in one fresh namespace, in the current
+    directory; returns the modules whose blocks were skipped because they are not installed.
+    Raises ``AssertionError`` naming every block whose output differs from the page's (after
+    running them all); with ``update``, rewrites those outputs and copies the figures instead."""
     text = page.read_text()
     namespace = {"__name__": "__main__"}
-    skipped, pieces, last = [], [], 0
+    skipped, pieces, last, drifted = [], [], 0, []
     for i, match in enumerate(_BLOCK.finditer(text)):
         required, code = match.group(1), match.group(2)
         if required and importlib.util.find_spec(required) is None:
             skipped.append(required)
             continue
         printed = io.StringIO()
-        with contextlib.redirect_stdout(printed) if update else contextlib.nullcontext():
+        with contextlib.redirect_stdout(printed):
             exec(compile(code, f"{page}[block {i + 1}]", "exec"), namespace)
         output = _OUTPUT.match(text, match.end())
-        if update and output:
-            lines = "\n".join(line.rstrip() for line in printed.getvalue().rstrip("\n").split("\n"))
-            pieces += [text[last:output.start(1)], lines + "\n"]
-            last = output.end(1)
+        if output is None:
+            sys.stdout.write(printed.getvalue())
+            continue
+        lines = "\n".join(line.rstrip() for line in printed.getvalue().rstrip("\n").split("\n")) + "\n"
+        if update:
+            pieces += [text[last:output.start(2)], lines]
+            last = output.end(2)
+        elif not same_output(lines, output.group(2), output.group(1)):
+            drifted.append(f"block {i + 1} printed:\n{lines}the page shows:\n{output.group(2)}")
     if update:
         page.write_text("".join(pieces) + text[last:])
+        for figure in _FIGURE.findall(text):
+            if pathlib.Path(pathlib.Path(figure).name).exists():
+                shutil.copyfile(pathlib.Path(figure).name, page.parent / figure)
+    assert not drifted, f"{page}: output differs from the page (JNN_UPDATE_DOCS=1 rewrites it):\n" + "\n".join(drifted)
     return skipped
 
 
@@ -56,4 +100,4 @@ if __name__ == "__main__":
     update = "--update" in args
     for arg in (a for a in args if a != "--update"):
         print(f"== {arg}")
-        print("skipped (not installed):", run_page(pathlib.Path(arg), update=update) or "none")
+        print("skipped (not installed):", run_page(pathlib.Path(arg).resolve(), update=update) or "none")

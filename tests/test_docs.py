@@ -2,6 +2,7 @@
 API reference, every Python block in docs/ runs and prints what its page shows (the built site is
 tested in tests/test_docs_html.py)."""
 import inspect
+import os
 import pathlib
 import re
 import types
@@ -10,7 +11,7 @@ import jax
 import pytest
 
 import jnn
-from docs_blocks import python_blocks, run_page
+from docs_blocks import python_blocks, run_page, same_output
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -90,15 +91,31 @@ OPTIMIZED = {"tutorials/07-cnn.md", "tutorials/08-recurrent.md", "tutorials/09-a
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_page_code_runs_in_order(page, tmp_path, monkeypatch):
+    """Each page's blocks run and print what the page shows; JNN_UPDATE_DOCS=1 rewrites the
+    page's outputs and figures instead (tests/docs_blocks.py)."""
     monkeypatch.chdir(tmp_path)                     # files a page writes land in tmp_path
     level_0 = jax.config.read("jax_disable_most_optimizations")
     optimized = level_0 and str(page.relative_to(DOCS)) in OPTIMIZED
     jax.config.update("jax_disable_most_optimizations", level_0 and not optimized)
     try:
-        skipped = run_page(page)
+        skipped = run_page(page, update=os.environ.get("JNN_UPDATE_DOCS") == "1")
     finally:
         jax.config.update("jax_disable_most_optimizations", level_0)
         if optimized:
             jax.clear_caches()
     if skipped:
         pytest.skip(f"ran the page except the blocks needing {sorted(set(skipped))} (not installed)")
+
+
+def test_a_page_whose_output_drifts_fails(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    page = tmp_path / "page.md"
+    page.write_text("```python\nprint(f'loss {0.25 * 2:.3f}, {2 + 2} steps')\n```\n\n```text\nloss 0.520, 4 steps\n```\n")
+    run_page(page)                                  # 0.500 is within 5% of 0.520
+    for shown in ("loss 0.600, 4 steps", "loss 0.520, 5 steps", "loss: 0.520, 4 steps", ""):
+        page.write_text(page.read_text().split("```text")[0] + f"```text\n{shown}\n```\n")
+        with pytest.raises(AssertionError, match="output differs"):
+            run_page(page)
+    run_page(page, update=True)
+    assert page.read_text().endswith("```text\nloss 0.500, 4 steps\n```\n")
+    assert same_output("sampled text", "other text", "any") and not same_output("", "text", "any")
