@@ -92,11 +92,9 @@ def _walk(obj):
 
 
 def _link(match: re.Match, obj, loader, names: dict[str, set[str]]) -> str:
-    role, mark, title, target = match.groups()
+    _, mark, title, target = match.groups()
     target = (target or title).strip()
     shown = title.rsplit(".", 1)[-1] if mark == "~" else title
-    if role == "meth" and not shown.endswith(")"):
-        shown += "()"
     path = None if mark == "!" else _resolve(target.lstrip("~."), obj, loader, names)
     code = f"<code>{shown}</code>"
     return f'<autoref identifier="{path}" optional>{code}</autoref>' if path else code
