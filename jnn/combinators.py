@@ -152,10 +152,8 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
       >>> import jax, jax.numpy as jnp, jnn
       >>> mlp = jnn.serial(jnn.dense(4), jnn.relu(), jnn.dense(1))
       >>> params, state = mlp.init(jax.random.key(0), jax.ShapeDtypeStruct((8, 2), jnp.float32))
-      >>> sorted(params), params["dense_1"]["w"].shape
-      (['dense_0', 'dense_1'], (4, 1))
-      >>> mlp.apply(params, state, jnp.ones((8, 2)))[0].shape
-      (8, 1)
+      >>> sorted(params), params["dense_1"]["w"].shape, mlp.apply(params, state, jnp.ones((8, 2)))[0].shape
+      (['dense_0', 'dense_1'], (4, 1), (8, 1))
     """
     children = make_children("serial", _enough("serial", layers, 1, "expected at least one layer, got none"))
 

@@ -1,9 +1,5 @@
-"""The layer contract: :class:`Layer` and the helpers every composite uses.
-
-A layer is ``init(key, example) -> (params, state)`` and ``apply(params, state, x, *, key=None,
-train=False) -> (y, new_state)`` over plain nested dicts. The outermost ``apply`` of a trace checks
-params and state against ``jax.eval_shape(init)`` once (:func:`verify_params`). Extra ``apply``
-keywords are declared in ``Layer.keywords``; composites call children through :func:`apply_child`.
+"""The layer contract (:data:`CONTRACT`, over plain nested dicts): :class:`Layer`, the one check of
+params (:func:`verify_params`), and the helpers composites use (:func:`apply_child`).
 """
 from __future__ import annotations
 
@@ -23,7 +19,6 @@ __all__ = [
     "check_keywords", "child_scope", "record", "recording", "inferring_shape", "verify_params", "input_signature",
 ]
 
-#: The layer contract, quoted by the errors that catch a layer breaking it.
 CONTRACT = ("init(key, example) -> (params, state) and "
             "apply(params, state, x, *, key=None, train=False) -> (y, new_state)")
 
@@ -46,10 +41,7 @@ class Config(Mapping):
         self._items = tuple((str(k), v) for k, v in items)
 
     def __getitem__(self, key: str):
-        for k, v in self._items:
-            if k == key:
-                return v
-        raise KeyError(key)
+        return dict(self._items)[key]
 
     def __iter__(self) -> Iterator[str]:
         return (k for k, _ in self._items)
@@ -125,8 +117,7 @@ class Layer(_Fields):
       >>> import jax, jax.numpy as jnp, jnn
       >>> layer = jnn.dense(3)
       >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 4), jnp.float32))
-      >>> y, state = layer.apply(params, state, jnp.ones((2, 4)))
-      >>> y.shape, layer
+      >>> layer.apply(params, state, jnp.ones((2, 4)))[0].shape, layer
       ((2, 3), dense(features=3, use_bias=True, w_init='lecun_normal', b_init='zeros'))
     """
 
@@ -192,8 +183,7 @@ def _index_error(layer: Layer, index) -> Exception:
     elif isinstance(index, str):
         error, message = KeyError, f"no child {index!r}; its children are {children}"
     elif isinstance(index, int) and not isinstance(index, bool):
-        error, message = IndexError, (f"child index {index} out of range for its {len(children)} children "
-                                      f"{children}")
+        error, message = IndexError, f"child index {index} out of range for its {len(children)} children {children}"
     else:
         error, message = TypeError, f"index a layer by a child's key (str) or position (int), got {type(index).__name__}"
     return error(f"{layer.label}: {message}" + _FIELDS_HINT)
@@ -237,9 +227,8 @@ def output_shape(layer: Layer, params: PyTree, state: PyTree, example):
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> layer = jnn.dense(3)
-      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 4)))
-      >>> out = jnn.output_shape(layer, params, state, jnp.zeros((5, 4)))
+      >>> params, state = jnn.dense(3).init(jax.random.key(0), jnp.zeros((2, 4)))
+      >>> out = jnn.output_shape(jnn.dense(3), params, state, jnp.zeros((5, 4)))
       >>> out.shape, out.dtype
       ((5, 3), dtype('float32'))
     """
@@ -262,14 +251,19 @@ _PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("jnn_pat
 
 
 @contextlib.contextmanager
+def _setting(*pairs, value=None):
+    """Sets each ``(context variable, value)`` of ``pairs`` within the block, which gets ``value``."""
+    tokens = [(var, var.set(v)) for var, v in pairs]
+    try:
+        yield value
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
 def _unchecked():
     """Applies inside run unchecked and unrecorded (the framework's own abstract runs)."""
-    tokens = _VERIFIED.set(True), _RECORDER.set(None)
-    try:
-        yield
-    finally:
-        _RECORDER.reset(tokens[1])
-        _VERIFIED.reset(tokens[0])
+    return _setting((_VERIFIED, True), (_RECORDER, None))
 
 
 # (input signature) -> expected (params, state) shapes, per init function.
@@ -485,15 +479,9 @@ def inferring_shape() -> bool:
     return _INFERRING_SHAPE.get()
 
 
-@contextlib.contextmanager
 def inferring():
     """Within the block :func:`inferring_shape` is true, and applies are neither checked nor recorded."""
-    token = _INFERRING_SHAPE.set(True)
-    try:
-        with _unchecked():
-            yield
-    finally:
-        _INFERRING_SHAPE.reset(token)
+    return _setting((_INFERRING_SHAPE, True), (_VERIFIED, True), (_RECORDER, None))
 
 
 def checked_apply(where: str, layer: Layer, params, state, x):
@@ -520,17 +508,11 @@ def split_key(key, n: int) -> list:
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
-@contextlib.contextmanager
 def recording():
     """Within the block, every :func:`apply_child` call appends ``(path, kind, output, params)``
     to the yielded list (for :func:`jnn.summary` and :func:`jnn.capture`)."""
     records: list = []
-    tokens = _RECORDER.set(records), _PATH.set(())
-    try:
-        yield records
-    finally:
-        _PATH.reset(tokens[1])
-        _RECORDER.reset(tokens[0])
+    return _setting((_RECORDER, records), (_PATH, ()), value=records)
 
 
 @contextlib.contextmanager
@@ -567,12 +549,8 @@ def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x, *, ke
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> inner = jnn.dense(2)
-      >>> def init(key, example):
-      ...     params, _ = inner.init(key, example)
-      ...     return {"proj": params}, {}
-      >>> def apply(params, state, x, *, key=None, train=False):
-      ...     y, _ = jnn.apply_child("proj", inner, params, state, x, key=key, train=train)
-      ...     return jnp.tanh(y), state
+      >>> init = lambda key, x: ({"proj": inner.init(key, x)[0]}, {})
+      >>> apply = lambda p, s, x, *, key=None, train=False: (jnp.tanh(jnn.apply_child("proj", inner, p, s, x)[0]), s)
       >>> block = jnn.Layer(init, apply, "block", children=jnn.Children([("proj", inner)]))
       >>> params, state = block.init(jax.random.key(0), jnp.zeros((1, 3)))
       >>> block.apply(params, state, jnp.ones((1, 3)))[0].shape

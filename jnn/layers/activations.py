@@ -18,7 +18,6 @@ def heaviside(x: jax.Array) -> jax.Array:
     """The Heaviside step: 1 where ``x >= 0``, else 0; its gradient is zero everywhere.
 
     Example:
-      >>> import jax.numpy as jnp
       >>> heaviside(jnp.array([-1.0, 0.0, 2.0])).tolist()
       [0.0, 1.0, 1.0]
     """

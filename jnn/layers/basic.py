@@ -24,8 +24,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
 
     Example (a perceptron is ``dense(1)`` followed by ``step()``):
       >>> import jax, jax.numpy as jnp, jnn
-      >>> layer = jnn.dense(2)
-      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((5, 3)))
+      >>> params, state = jnn.dense(2).init(jax.random.key(0), jnp.zeros((5, 3)))
       >>> params["w"].shape, params["b"].shape
       ((3, 2), (2,))
     """

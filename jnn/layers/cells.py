@@ -88,7 +88,6 @@ def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun
     bias; ``recurrent_init``: of the recurrent matrix (default orthogonal); likewise for every cell.
 
     Example:
-      >>> import jax, jax.numpy as jnp
       >>> cell = rnn_cell(3)
       >>> params = cell.init(jax.random.key(0), 2)
       >>> h, y = cell.step(params, cell.initial_carry((4,)), jnp.ones((4, 2)))
@@ -121,7 +120,6 @@ def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_norma
     Carry ``(c, h)``, each ``[*batch, H]``; the forget gate's bias starts at ``forget_bias``.
 
     Example:
-      >>> import jax
       >>> params = lstm_cell(2).init(jax.random.key(0), 3)
       >>> params["input"]["b"].tolist()
       [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
@@ -163,7 +161,6 @@ def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
     Carry ``h: [*batch, H]``; params as :func:`rnn_cell`'s with ``3H`` columns, plus ``hidden.b: [H]`` (``b_h``).
 
     Example:
-      >>> import jax
       >>> params = gru_cell(4).init(jax.random.key(0), 3)
       >>> params["hidden"]["w"].shape, params["hidden"]["b"].shape
       ((4, 12), (4,))

@@ -72,16 +72,11 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
     ``strides``, ``dilation``: an int or one per axis; ``padding``: ``"SAME"``, ``"VALID"`` or
     ``[(lo, hi), ...]``; ``feature_group_count`` divides ``C`` and ``features`` (``C``: depthwise).
 
-    Example (a depthwise 3x3 convolution with a channel multiplier of 2, and strides):
-      >>> import jax, jax.numpy as jnp
-      >>> layer = conv(8, (3, 3), feature_group_count=4)
-      >>> params, _ = layer.init(jax.random.key(0), jnp.zeros((1, 5, 5, 4)))
-      >>> params["w"].shape
-      (3, 3, 1, 8)
-      >>> layer = conv(8, (3, 3), strides=2)
-      >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
-      >>> layer.apply(params, state, jnp.zeros((4, 28, 28, 1)))[0].shape
-      (4, 14, 14, 8)
+    Example (a depthwise 3x3 convolution with a channel multiplier of 2, strides 2):
+      >>> layer = conv(8, (3, 3), strides=2, feature_group_count=4)
+      >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 4), jnp.float32))
+      >>> params["w"].shape, layer.apply(params, state, jnp.zeros((2, 28, 28, 4)))[0].shape
+      ((3, 3, 1, 8), (2, 14, 14, 8))
     """
     label = name or "conv"
     rank, groups = len(kernel_size), feature_group_count
@@ -155,7 +150,6 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
     explicit padding applies to the dilated input); ``w: [*kernel_size, C, features]``, not flipped.
 
     Example (2x upsampling):
-      >>> import jax, jax.numpy as jnp
       >>> layer = conv_transpose(3, (3, 3), strides=2)
       >>> params, state = layer.init(jax.random.key(0), jnp.zeros((1, 7, 7, 16)))
       >>> layer.apply(params, state, jnp.zeros((2, 7, 7, 16)))[0].shape

@@ -42,7 +42,6 @@ def dropout(rate: float, *, name: str | None = None) -> Layer:
     may be a traced scalar (then unchecked).
 
     Example:
-      >>> import jax, jax.numpy as jnp
       >>> y, _ = dropout(0.75).apply({}, {}, jnp.ones(8), key=jax.random.key(0), train=True)
       >>> set(y.tolist()) <= {0.0, 4.0}       # dropped, or kept and scaled by 1 / (1 - 0.75)
       True
@@ -57,9 +56,7 @@ def spatial_dropout(rate: float, *, name: str | None = None) -> Layer:
     """Dropout of whole channels of ``x: [B, *spatial, C]`` (mask ``[B, 1, ..., 1, C]``), as :func:`dropout`.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> x = jnp.ones((2, 5, 5, 8))
-      >>> y, _ = spatial_dropout(0.5).apply({}, {}, x, key=jax.random.key(0), train=True)
+      >>> y, _ = spatial_dropout(0.5).apply({}, {}, jnp.ones((2, 5, 5, 8)), key=jax.random.key(0), train=True)
       >>> bool(jnp.all((y == y[:, :1, :1, :]) ))   # constant over space per channel
       True
     """

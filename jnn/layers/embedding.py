@@ -21,7 +21,6 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
     ``[0, vocab_size)`` raise when concrete and give NaN rows under ``jit``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
       >>> layer = embedding(10, 4)
       >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 5), jnp.int32))
       >>> params["embedding"].shape, layer.apply(params, state, jnp.zeros((2, 5), jnp.int32))[0].shape
@@ -54,9 +53,7 @@ def attend(params, x: jax.Array) -> jax.Array:
     ``params``: the embedding's params or its table; ``x: [..., features]`` -> ``[..., vocab_size]``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> layer = embedding(10, 4)
-      >>> params, _ = layer.init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
+      >>> params, _ = embedding(10, 4).init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
       >>> attend(params, jnp.ones((2, 5, 4))).shape
       (2, 5, 10)
     """

@@ -66,7 +66,6 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
     ``axis_name``: a mapped axis the batch statistics are averaged over (``jax.lax.pmean``).
 
     Example:
-      >>> import jax, jax.numpy as jnp
       >>> bn = batch_norm(momentum=0.9)
       >>> x = jnp.ones((4, 6, 6, 2))
       >>> params, state = bn.init(jax.random.key(0), x)
@@ -144,7 +143,6 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: boo
     """Layer normalization over the last axis: ``(x - mean) / sqrt(var + epsilon) * scale + offset``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
       >>> ln = layer_norm()
       >>> params, state = ln.init(jax.random.key(0), jnp.zeros((2, 3)))
       >>> ln.apply(params, state, jnp.array([[1.0, 2.0, 3.0]]))[0].round(3)
@@ -159,7 +157,6 @@ def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True, name: str | None 
     """RMS normalization over the last axis: ``x / sqrt(mean(x ** 2) + epsilon) * scale``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
       >>> rn = rms_norm()
       >>> params, state = rn.init(jax.random.key(0), jnp.zeros((1, 2)))
       >>> x = jnp.array([[3.0, 4.0]])                      # rms = sqrt((9 + 16) / 2)
@@ -179,9 +176,7 @@ def group_norm(num_groups: int, *, epsilon: float = 1e-5, use_scale: bool = True
     consecutive channel groups (``C`` divisible by it; ``num_groups=C``: instance norm).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> gn = group_norm(2)
-      >>> params, state = gn.init(jax.random.key(0), jnp.zeros((1, 4, 4, 6)))
+      >>> params, state = group_norm(2).init(jax.random.key(0), jnp.zeros((1, 4, 4, 6)))
       >>> params["scale"].shape
       (6,)
     """

@@ -97,7 +97,6 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
     or ``[(lo, hi), ...]`` (padded positions never win).
 
     Example:
-      >>> import jax.numpy as jnp
       >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
       >>> max_pool((2, 2)).apply({}, {}, x)[0][0, :, :, 0]
       Array([[ 5.,  7.],
@@ -120,7 +119,6 @@ def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
     ``count_include_pad``: divide by the full window (padded zeros count, as flax) or by the real entries.
 
     Example:
-      >>> import jax.numpy as jnp
       >>> avg_pool((2,)).apply({}, {}, jnp.array([[[1.0], [3.0], [5.0], [7.0]]]))[0][0, :, 0]
       Array([2., 6.], dtype=float32)
     """
@@ -159,7 +157,6 @@ def global_avg_pool(*, name: str | None = None) -> Layer:
     """Mean over all spatial axes: ``[B, *spatial, C] -> [B, C]``.
 
     Example:
-      >>> import jax.numpy as jnp
       >>> global_avg_pool().apply({}, {}, jnp.ones((2, 3, 3, 5)))[0].shape
       (2, 5)
     """
@@ -170,7 +167,6 @@ def global_max_pool(*, name: str | None = None) -> Layer:
     """Maximum over all spatial axes: ``[B, *spatial, C] -> [B, C]``.
 
     Example:
-      >>> import jax.numpy as jnp
       >>> global_max_pool().apply({}, {}, jnp.ones((2, 4, 5)))[0].shape
       (2, 5)
     """

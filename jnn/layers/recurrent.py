@@ -1,8 +1,7 @@
 """Recurrent layers: a :class:`~jnn.layers.cells.Cell` scanned over time (batch-first ``[B, T, F]``).
 
-With ``lengths=`` (``[B]`` ints), sequence ``b`` is ``x[b, :lengths[b]]``: outputs past its end are
-zero, its final carry is the one after its last valid step, and ``reverse=True`` reads its valid
-part backwards while the padding stays at the end.
+With ``lengths=`` (``[B]`` ints), sequence ``b`` is ``x[b, :lengths[b]]``: outputs past it are zero, the
+final carry is its last valid step's, and ``reverse=True`` reads the valid part backwards.
 """
 from __future__ import annotations
 
@@ -93,9 +92,8 @@ def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
     The pure function under :func:`recurrent`, in ``x``'s dtype; ``initial_carry`` defaults to zeros.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.cells import gru_cell
-      >>> cell = gru_cell(3)
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> cell = jnn.gru_cell(3)
       >>> params = cell.init(jax.random.key(0), 2)
       >>> ys, h = run(cell, params, jnp.ones((4, 5, 2)), lengths=jnp.array([5, 3, 1, 0]))
       >>> ys.shape, h.shape, bool((ys[1, 3:] == 0).all()), bool(jnp.allclose(h[1], ys[1, 2]))
@@ -112,8 +110,7 @@ def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = Fals
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> from jnn.layers.cells import gru_cell
-      >>> model = jnn.serial(recurrent(gru_cell(8)), recurrent(gru_cell(4), return_sequences=False))
+      >>> model = jnn.serial(recurrent(jnn.gru_cell(8)), recurrent(jnn.gru_cell(4), return_sequences=False))
       >>> params, state = model.init(jax.random.key(0), jnp.zeros((2, 7, 3)))
       >>> sorted(params), model.apply(params, state, jnp.ones((2, 7, 3)))[0].shape
       (['gru_0', 'gru_1'], (2, 4))
@@ -166,9 +163,8 @@ def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="conca
     ``(forward, backward) -> array``; params ``{"forward", "backward"}``; ``apply`` takes ``lengths=``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.cells import lstm_cell
-      >>> layer = bidirectional(lstm_cell(4), lstm_cell(2))
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> layer = bidirectional(jnn.lstm_cell(4), jnn.lstm_cell(2))
       >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 5, 3)))
       >>> sorted(params), layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
       (['backward', 'forward'], (2, 5, 6))

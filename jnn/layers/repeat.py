@@ -65,7 +65,6 @@ def unstack_params(stacked, kind: str) -> dict:
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> from jnn.layers.repeat import repeat, stack_params, unstack_params
       >>> block = jnn.residual(jnn.dense(8), jnn.relu())
       >>> params, state = repeat(block, 4).init(jax.random.key(0), jnp.zeros((2, 8)))
       >>> y, _ = repeat(block, 4).apply(params, state, jnp.ones((2, 8)))
