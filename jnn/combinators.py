@@ -173,7 +173,6 @@ _MERGES: dict[str, Callable[[list], jax.Array]] = {
 
 
 def _enough(label: str, items, n: int, message: str):
-    """``items`` if there are at least ``n``, else ``ValueError("label: message")``."""
     checks.require(len(items) >= n, label, message)
     return items
 
@@ -212,8 +211,7 @@ def residual(*layers: Layer, name: str | None = None) -> Layer:
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> block = jnn.residual(jnn.dense(3), jnn.relu())
-      >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 3)))
+      >>> params, state = jnn.residual(jnn.dense(3), jnn.relu()).init(jax.random.key(0), jnp.zeros((2, 3)))
       >>> sorted(params)
       ['serial_0']
     """

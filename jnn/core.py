@@ -190,7 +190,6 @@ def _index_error(layer: Layer, index) -> Exception:
 
 
 def _remembering(init):
-    """``init``, wrapped once to remember the shapes it makes."""
     if getattr(init, "_jnn_checked", False):
         return init
 

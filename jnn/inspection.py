@@ -28,20 +28,15 @@ def get(model_or_tree, path: str):
         raise TypeError(f"get: expected a jnn.Layer or a params/state dict, got {type(model_or_tree).__name__}")
     node, walked = model_or_tree, []
     for key in [k for k in path.split("/") if k]:
-        if is_layer:
-            children = node.children or {}
-            if key not in children:
-                where = "/".join(walked) or "the model"
-                raise KeyError(f"get: {where} ({node.kind}) has no child {key!r}; its children are "
-                               f"{list(children)}")
-            node = children[key]
-        else:
-            if not isinstance(node, Mapping) or key not in node:
-                where = "/".join(walked) or "the top level"
-                keys = list(node) if isinstance(node, Mapping) else f"a leaf of type {type(node).__name__}"
-                raise KeyError(f"get: no key {key!r} at {where} (keys there: {keys}); children without "
-                               f"params or state have no entry (their params are {{}})")
-            node = node[key]
+        children = (node.children or {}) if is_layer else node
+        if is_layer and key not in children:
+            raise KeyError(f"get: {'/'.join(walked) or 'the model'} ({node.kind}) has no child {key!r}; its children "
+                           f"are {list(children)}")
+        if not is_layer and (not isinstance(node, Mapping) or key not in node):
+            keys = list(node) if isinstance(node, Mapping) else f"a leaf of type {type(node).__name__}"
+            raise KeyError(f"get: no key {key!r} at {'/'.join(walked) or 'the top level'} (keys there: {keys}); "
+                           f"children without params or state have no entry (their params are {{}})")
+        node = children[key]
         walked.append(key)
     return node
 

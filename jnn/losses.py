@@ -17,7 +17,6 @@ __all__ = ["mse", "mae", "binary_cross_entropy", "binary_cross_entropy_with_logi
 
 
 def _arrays(where: str, *values, names=("predictions", "targets")) -> list[jax.Array]:
-    """Each input as a ``jax.Array`` (lists and NumPy arrays too)."""
     out = []
     for name, value in zip(names, values):
         try:

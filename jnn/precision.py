@@ -45,16 +45,15 @@ class Policy(NamedTuple):
     output_dtype: Any = jnp.float32
 
     def checked(self) -> "Policy":
-        dtypes = {}
-        for field, value in self._asdict().items():
+        def floating(field, value):
             try:
-                dtype = jnp.dtype(value)
+                if jnp.issubdtype(jnp.dtype(value), jnp.floating):
+                    return jnp.dtype(value)
             except TypeError:
-                dtype = None
-            if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-                raise ValueError(f"Policy: {field} must be a floating dtype, got {value!r}")
-            dtypes[field] = dtype
-        return Policy(**dtypes)
+                pass
+            raise ValueError(f"Policy: {field} must be a floating dtype, got {value!r}")
+
+        return Policy(*(floating(field, value) for field, value in self._asdict().items()))
 
 
 def mixed_bfloat16() -> Policy:

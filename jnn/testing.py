@@ -37,11 +37,9 @@ def _as_array(example, seed: int = 0):
     rng = np.random.default_rng(seed)
 
     def one(leaf):
-        if isinstance(leaf, jax.ShapeDtypeStruct):
-            if jnp.issubdtype(leaf.dtype, jnp.floating):
-                return jnp.asarray(rng.normal(size=leaf.shape), leaf.dtype)
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        return jnp.asarray(leaf)
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            return jnp.asarray(leaf)
+        return jnp.asarray(rng.normal(size=leaf.shape) if _is_float(leaf) else np.zeros(leaf.shape), leaf.dtype)
 
     return jax.tree_util.tree_map(one, example, is_leaf=lambda a: isinstance(a, jax.ShapeDtypeStruct))
 

@@ -75,7 +75,6 @@ def _zeros(hidden):
 
 
 def _matmul(x, params):
-    """``x @ w`` in ``x``'s dtype."""
     return x @ params["w"].astype(x.dtype)
 
 
@@ -89,8 +88,7 @@ def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun
 
     Example:
       >>> cell = rnn_cell(3)
-      >>> params = cell.init(jax.random.key(0), 2)
-      >>> h, y = cell.step(params, cell.initial_carry((4,)), jnp.ones((4, 2)))
+      >>> h, y = cell.step(cell.init(jax.random.key(0), 2), cell.initial_carry((4,)), jnp.ones((4, 2)))
       >>> y.shape
       (4, 3)
     """

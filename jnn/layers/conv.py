@@ -18,7 +18,6 @@ from jnn.core import Layer, shape_of
 
 __all__ = ["conv", "conv_transpose"]
 
-#: A padding: ``"SAME"``, ``"VALID"`` or one ``(lo, hi)`` pair per spatial axis.
 Padding = Union[str, Sequence[tuple[int, int]]]
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
@@ -98,8 +97,7 @@ def _convolve(x, w, strides, padding, dilation, groups):
     rank = w.ndim - 2
     one_channel = (x.shape[-1] == 1 and groups == 1 and set(strides) == {1} and set(dilation) == {1}
                    and math.prod(w.shape[:rank]) <= 25)
-    # JAX's default backend when traced (as fit picks fused epochs), not lax.platform_dependent:
-    # jax2onnx cannot convert the latter
+    # the default backend, not lax.platform_dependent (which jax2onnx cannot convert)
     if one_channel and jax.default_backend() == "cpu":
         pads = padding if not isinstance(padding, str) else \
             jax.lax.padtype_to_pads(x.shape[1:-1], w.shape[:rank], strides, padding)

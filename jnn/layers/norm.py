@@ -143,9 +143,8 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: boo
     """Layer normalization over the last axis: ``(x - mean) / sqrt(var + epsilon) * scale + offset``.
 
     Example:
-      >>> ln = layer_norm()
-      >>> params, state = ln.init(jax.random.key(0), jnp.zeros((2, 3)))
-      >>> ln.apply(params, state, jnp.array([[1.0, 2.0, 3.0]]))[0].round(3)
+      >>> params, state = layer_norm().init(jax.random.key(0), jnp.zeros((2, 3)))
+      >>> layer_norm().apply(params, state, jnp.array([[1.0, 2.0, 3.0]]))[0].round(3)
       Array([[-1.225,  0.   ,  1.225]], dtype=float32)
     """
     return _last_axis_norm("layer_norm", name or "layer_norm", name, use_scale, use_offset,
@@ -157,10 +156,9 @@ def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True, name: str | None 
     """RMS normalization over the last axis: ``x / sqrt(mean(x ** 2) + epsilon) * scale``.
 
     Example:
-      >>> rn = rms_norm()
-      >>> params, state = rn.init(jax.random.key(0), jnp.zeros((1, 2)))
+      >>> params, state = rms_norm().init(jax.random.key(0), jnp.zeros((1, 2)))
       >>> x = jnp.array([[3.0, 4.0]])                      # rms = sqrt((9 + 16) / 2)
-      >>> bool(jnp.allclose(rn.apply(params, state, x)[0], x / jnp.sqrt(12.5)))
+      >>> bool(jnp.allclose(rms_norm().apply(params, state, x)[0], x / jnp.sqrt(12.5)))
       True
     """
     def normalize(x):

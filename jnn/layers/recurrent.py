@@ -20,7 +20,6 @@ __all__ = ["run", "recurrent", "bidirectional"]
 
 
 def _cell(label: str, what: str, cell) -> Cell:
-    """The rule for a cell argument: a :class:`Cell`."""
     if not isinstance(cell, Cell):
         hint = " (did you forget to call it, e.g. lstm_cell(64)?)" if callable(cell) else ""
         raise TypeError(f"{label}: expected a Cell (rnn_cell, lstm_cell, gru_cell), got {type(cell).__name__}{hint}")

@@ -28,10 +28,8 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
       >>> import jax, jax.numpy as jnp, jnn
       >>> stack = jnn.repeat(jnn.dense(4), 3)
       >>> params, state = stack.init(jax.random.key(0), jnp.zeros((2, 4)))
-      >>> params["w"].shape
-      (3, 4, 4)
-      >>> stack.apply(params, state, jnp.ones((2, 4)))[0].shape
-      (2, 4)
+      >>> params["w"].shape, stack.apply(params, state, jnp.ones((2, 4)))[0].shape
+      ((3, 4, 4), (2, 4))
     """
     label = name or "repeat"
 
