@@ -51,10 +51,8 @@ def _current_trace():
 
 def _from_inner_trace(value, trace) -> bool:
     """Whether ``value`` holds tracers of a transformation nested inside the model (scan, remat)."""
-    if trace is None:
-        return False
-    return any(isinstance(leaf, jax.core.Tracer) and getattr(leaf, "_trace", trace) is not trace
-               for leaf in jax.tree_util.tree_leaves(value))
+    return trace is not None and any(isinstance(leaf, jax.core.Tracer) and getattr(leaf, "_trace", trace) is not trace
+                                     for leaf in jax.tree_util.tree_leaves(value))
 
 
 @checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))

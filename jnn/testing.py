@@ -49,14 +49,13 @@ def check_layer(layer: core.Layer, example, *, key=None, train: bool = False, st
                 batch_independent: bool = True, float64: bool = True, grad_order: int = 2,
                 grad_modes: Sequence[str] = ("fwd", "rev"), input_grads: bool = True,
                 keywords: Mapping[str, Any] | None = None, atol: float = 1e-5, rtol: float = 1e-5) -> None:
-    """Checks that ``layer`` keeps the layer contract and behaves under JAX's transformations, under
-    strict dtype promotion; a failure is an ``AssertionError`` ``check_layer(<layer>): <check>: ...``.
+    """Checks that ``layer`` keeps the layer contract and behaves under JAX's transformations (strict
+    dtype promotion); a failure is an ``AssertionError`` ``check_layer(<layer>): <check>: ...``.
 
-    Checks: the contract; ``eval_shape`` agrees; jit == eager; determinism; the key (``stochastic``:
-    another key changes the training output, none raises; else it is ignored); vmap == batched
-    (``batch_independent``); float64 params and finite outputs (``float64``); ``check_grads`` up to
-    ``grad_order`` (modes ``grad_modes``) for params and (``input_grads``) the input. ``example``: an
-    array or ``ShapeDtypeStruct`` (random values), or a pytree of them; ``atol``, ``rtol``: float32's.
+    Checks the contract; ``eval_shape``; jit == eager; determinism; the key (``stochastic``: another
+    key changes the training output, none raises); vmap == batched (``batch_independent``); float64
+    (``float64``); ``check_grads`` up to ``grad_order`` for params and (``input_grads``) the input.
+    ``example``: arrays or ``ShapeDtypeStruct`` (random values); ``atol``, ``rtol``: float32's.
 
     Example:
       >>> import jax.numpy as jnp, jnn, jnn.testing
