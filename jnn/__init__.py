@@ -1,33 +1,26 @@
 """jnn: neural networks as pure functions over parameter pytrees, for JAX.
 
-A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``:
+A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply`` (:data:`jnn.CONTRACT`):
 
   >>> import jax, jax.numpy as jnp, jnn
   >>> model = jnn.serial(jnn.flatten(), jnn.dense(128), jnn.relu(), jnn.dense(10))
   >>> params, state = model.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
-  >>> logits, state = model.apply(params, state, jnp.zeros((4, 28, 28, 1)))
-  >>> logits.shape
+  >>> model.apply(params, state, jnp.zeros((4, 28, 28, 1)))[0].shape
   (4, 10)
-
-:data:`jnn.CONTRACT` is that calling convention as a string,
-``init(key, example) -> (params, state)`` and
-``apply(params, state, x, *, key=None, train=False) -> (y, new_state)``, which every layer follows.
 """
 from jnn import checks, convert, data, export, generate, initializers, io, losses, metrics, nets, parallel, precision
 from jnn import train, tree
 from jnn.combinators import composite, fan_out, heads, identity, merge, named, residual, select, serial, stateless, towers
 from jnn.core import CONTRACT, Children, Config, Layer, apply_child, output_shape
 from jnn.inspection import capture, get
-from jnn.layers import (decoder_block, encoder_block, learned_positional_embedding, multi_head_attention,
-                        sinusoidal_encoding)
+from jnn.layers import (Cell, avg_pool, batch_norm, bidirectional, conv, conv_transpose, decoder_block, dense, dropout,
+                        elu, embedding, encoder_block, flatten, gelu, global_avg_pool, global_max_pool, group_norm,
+                        gru_cell, heaviside, layer_norm, leaky_relu, learned_positional_embedding, log_softmax,
+                        lstm_cell, max_pool, multi_head_attention, recurrent, relu, reshape, rms_norm, rnn_cell,
+                        sigmoid, silu, sinusoidal_encoding, softmax, softplus, spatial_dropout, step, swish, tanh)
 from jnn.layers.remat import remat
 from jnn.layers.repeat import repeat
 from jnn.nets import decoder_lm, encoder_decoder, residual_block, resnet, vit_classifier
-from jnn.layers import Cell, bidirectional, embedding, gru_cell, lstm_cell, recurrent, rnn_cell
-from jnn.layers import avg_pool, conv, conv_transpose, global_avg_pool, global_max_pool, max_pool
-from jnn.layers import (batch_norm, dense, dropout, elu, flatten, gelu, group_norm, heaviside,
-                        layer_norm, leaky_relu, log_softmax, relu, reshape, rms_norm, sigmoid, silu,
-                        softmax, softplus, spatial_dropout, step, swish, tanh)
 from jnn.summary import summary
 
 __version__ = "0.1.0"

@@ -1,13 +1,8 @@
-"""Argument rules for layer factories and functions, declared once: the public face of the
-checks every built-in layer uses.
-
-``@declare(arg=rule, ...)`` checks the arguments on every call (a rule is
-``rule(label, what, value) -> value`` raising ``ValueError("label: what must be ..., got ...")``)
-and, when the function returns a :class:`jnn.Layer`, keeps the bound arguments as its
-``config``.
+"""Argument rules (``rule(label, what, value) -> value``) and ``@declare(arg=rule, ...)``, which checks
+a function's arguments on every call and keeps them as the returned layer's ``config``.
 
 Example:
-  >>> import jax.numpy as jnp, jnn
+  >>> import jnn
   >>> @jnn.checks.declare(factor=jnn.checks.above(0))
   ... def scaled(factor, *, name=None):
   ...     return jnn.stateless("scaled", lambda x: factor * x, name=name)

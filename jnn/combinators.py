@@ -1,7 +1,5 @@
-"""Combinators: layers made of layers (serial, fan_out, residual) and the small ones (stateless,
-identity, named). Each builds its children's keys, threads shapes through ``jax.eval_shape`` at
-init and calls children through :func:`jnn.apply_child`, the way any composite does.
-"""
+"""Combinators: layers made of layers (:func:`composite`, serial, fan_out, residual, towers, heads)
+and the small ones (stateless, identity, named, select, merge)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -64,8 +62,6 @@ def named(name: str, layer: Layer) -> Layer:
     return layer._replace(name=name)
 
 
-
-
 def _put(tree: dict, name: str, value) -> None:
     if jax.tree_util.tree_structure(value).num_leaves or not isinstance(value, dict):
         tree[name] = value
@@ -75,19 +71,11 @@ def composite(forward: Callable, children: Mapping[str, Layer] | Sequence[Layer]
               name: str | None = None, keywords: Sequence[str] = ()) -> Layer:
     """A layer made of children, written as its forward pass alone: the way to write a composite.
 
-    ``forward(call, x)`` returns the output, calling child ``k`` as ``call(k, x_k)`` (``call``
-    returns the child's output; it passes the child its params, state, a key split for it, the
-    ``train`` flag and the ``apply`` keywords the child declares, and keeps its new state).
-    ``init`` runs ``forward`` once abstractly (``jax.eval_shape``: nothing is computed) to learn
-    each child's input shape, then initializes each child for it; so shapes are inferred for
-    any forward, and errors name the child (``"[image/dense_0] dense: ..."``).
-
-    Args:
-      forward: ``forward(call, x) -> y``; any pytree in and out (dicts, tuples).
-      children: ``{key: layer}``, or a sequence of layers keyed ``kind_i`` (or their names).
-      kind: the family name (``serial`` keys a child ``f"{kind}_{i}"``).
-      name: optional explicit name.
-      keywords: extra ``apply`` keywords the forward itself accepts (the children's are added).
+    ``forward(call, x) -> y`` (any pytrees) calls child ``k`` as ``call(k, x_k)``, which passes the
+    child its params, state, a key split for it, ``train`` and the keywords it declares, keeps its
+    new state and returns its output. ``init`` runs ``forward`` once abstractly to learn each
+    child's input shape. ``children``: ``{key: layer}`` or a sequence (keyed ``kind_i``);
+    ``keywords``: extra ``apply`` keywords the forward itself accepts.
 
     Example (a two-input model):
       >>> import jax, jax.numpy as jnp, jnn
@@ -158,24 +146,14 @@ def composite(forward: Callable, children: Mapping[str, Layer] | Sequence[Layer]
 
 
 def serial(*layers: Layer, name: str | None = None) -> Layer:
-    """Layers applied one after another; params keyed by child name.
-
-    Each child's init sees the output shape of the previous one (by ``jax.eval_shape``);
-    ``key`` is split among the children at both init and apply. Children without params
-    or state are left out of the params/state dicts.
-
-    Args:
-      *layers: the children, in order.
-      name: optional explicit name for the whole block.
+    """Layers applied one after another; params keyed by child (those without params left out).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> mlp = jnn.serial(jnn.dense(4), jnn.relu(), jnn.dense(1))
       >>> params, state = mlp.init(jax.random.key(0), jax.ShapeDtypeStruct((8, 2), jnp.float32))
-      >>> sorted(params), params["dense_1"]["w"].shape
-      (['dense_0', 'dense_1'], (4, 1))
-      >>> mlp.apply(params, state, jnp.ones((8, 2)))[0].shape
-      (8, 1)
+      >>> sorted(params), params["dense_1"]["w"].shape, mlp.apply(params, state, jnp.ones((8, 2)))[0].shape
+      (['dense_0', 'dense_1'], (4, 1), (8, 1))
     """
     children = make_children("serial", _enough("serial", layers, 1, "expected at least one layer, got none"))
 
@@ -195,31 +173,22 @@ _MERGES: dict[str, Callable[[list], jax.Array]] = {
 
 
 def _enough(label: str, items, n: int, message: str):
-    """``items`` if there are at least ``n``, else ``ValueError("label: message")``."""
-    if len(items) < n:
-        raise ValueError(f"{label}: {message}")
+    checks.require(len(items) >= n, label, message)
     return items
 
 
 def _join(label: str, what: str, how, ys: list):
-    """``ys`` joined by ``how`` (a name in ``_MERGES`` or a function); an elementwise join
-    needs one shape."""
+    """``ys`` joined by ``how`` (a name in ``_MERGES`` or a function); an elementwise join needs one shape."""
     shapes = [tuple(y.shape) for y in ys]
-    if how in ("add", "multiply") and len(set(shapes)) > 1:
-        raise ValueError(f"{label}: {what} of one shape, got {shapes}")
+    checks.require(how not in ("add", "multiply") or len(set(shapes)) < 2, label, f"{what} of one shape, got {shapes}")
     return (_MERGES[how] if isinstance(how, str) else how)(ys)
 
 
 @checks.declare(merge=checks.name_or_callable(_MERGES))
 def fan_out(*branches: Layer, merge: str | Callable[[list], jax.Array] = "add",
             name: str | None = None) -> Layer:
-    """Every branch applied to the same input, the outputs merged into one.
-
-    Args:
-      *branches: the branches (any layers, e.g. ``serial`` blocks or ``identity()``).
-      merge: ``"add"``, ``"multiply"``, ``"concat"`` (last axis), or a function from the
-        list of branch outputs to one array.
-      name: optional explicit name for the block.
+    """Every branch applied to the same input, the outputs merged: ``merge`` is ``"add"``,
+    ``"multiply"``, ``"concat"`` (last axis), or a function of the list of outputs.
 
     Example (a residual connection, ``y = x + f(x)``):
       >>> import jax, jax.numpy as jnp, jnn
@@ -242,8 +211,7 @@ def residual(*layers: Layer, name: str | None = None) -> Layer:
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> block = jnn.residual(jnn.dense(3), jnn.relu())
-      >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 3)))
+      >>> params, state = jnn.residual(jnn.dense(3), jnn.relu()).init(jax.random.key(0), jnp.zeros((2, 3)))
       >>> sorted(params)
       ['serial_0']
     """
@@ -267,12 +235,7 @@ def _entry(label: str, x, k):
 
 
 def towers(name: str | None = None, **layers: Layer) -> Layer:
-    """Each layer applied to its own entry of a dict input: ``{k: layers[k](x[k])}``.
-
-    The first half of a multi-input model: an image and a feature vector each go through
-    their own tower; :func:`merge` then joins the outputs. Params are keyed by the same keys.
-
-    Shapes: ``x: {k: [B, ...]}`` -> ``{k: [B, ...]}``.
+    """Each layer applied to its own entry of a dict input: ``{k: layers[k](x[k])}`` (params keyed by ``k``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -288,9 +251,6 @@ def towers(name: str | None = None, **layers: Layer) -> Layer:
 
 def heads(name: str | None = None, **layers: Layer) -> Layer:
     """Every layer applied to the same input, the outputs as a dict: ``{k: layers[k](x)}``.
-
-    The end of a multi-output model (a class head and a value head on one body); a loss over
-    a dict of outputs and a dict of targets then trains it with ``fit``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -311,15 +271,12 @@ def select(key: str | int, *, name: str | None = None) -> Layer:
       (2, 3)
     """
     label = name or "select"
-    pick = lambda x: _entry(label, x, key)
-
-    return stateless("select", pick, name=name)._replace(config={"key": key})
+    return stateless("select", lambda x: _entry(label, x, key), name=name)._replace(config={"key": key})
 
 
 def merge(how: str | Callable[[list], jax.Array] = "concat", *, name: str | None = None) -> Layer:
-    """Joins a dict or tuple of arrays into one array: ``"concat"`` (last axis), ``"add"``,
-    ``"multiply"``, or a function of the list of arrays. A dict's entries are taken in sorted
-    key order (JAX's order for dicts), so the result does not depend on how it was built.
+    """Joins a dict (in sorted key order) or tuple of arrays into one array: ``"concat"`` (last
+    axis), ``"add"``, ``"multiply"``, or a function of the list of arrays.
 
     Example:
       >>> import jax.numpy as jnp, jnn

@@ -1,24 +1,5 @@
-"""The layer contract and the combinators that compose layers.
-
-A :class:`Layer` is a pair of pure functions over plain pytrees::
-
-    init(key, example) -> (params, state)
-    apply(params, state, x, *, key=None, train=False) -> (y, new_state)
-
-``example`` is an array, a ``jax.ShapeDtypeStruct`` or a pytree of them (batch dimension
-included); nothing concrete is computed from it. Every layer has the same ``apply`` signature,
-stateless layers return their (empty) state unchanged, and ``params``/``state`` are nested
-dicts with readable keys, so ``jax.grad``, ``jax.jit``, ``jax.vmap`` and ``jax.lax.scan`` apply
-to a model with nothing in between.
-
-The framework checks params once, here: the outermost ``apply`` of a trace compares the params
-and state it is given with ``jax.eval_shape(init)`` on its input (keys and shapes are static,
-so this is free under ``jit``) and names the layer at fault; layers do not restate it.
-
-A layer may take extra ``apply`` keywords (``lengths``, ``mask``, ``context``) if it declares
-them in ``Layer.keywords``; the combinators here accept the union of their children's, pass
-each only to the children that declare it, and reject any other. Composites record their
-children (``Layer.children``) and call them through :func:`apply_child`.
+"""The layer contract (:data:`CONTRACT`, over plain nested dicts): :class:`Layer`, the one check of
+params (:func:`verify_params`), and the helpers composites use (:func:`apply_child`).
 """
 from __future__ import annotations
 
@@ -38,7 +19,6 @@ __all__ = [
     "check_keywords", "child_scope", "record", "recording", "inferring_shape", "verify_params", "input_signature",
 ]
 
-#: The layer contract, quoted by the errors that catch a layer breaking it.
 CONTRACT = ("init(key, example) -> (params, state) and "
             "apply(params, state, x, *, key=None, train=False) -> (y, new_state)")
 
@@ -61,10 +41,7 @@ class Config(Mapping):
         self._items = tuple((str(k), v) for k, v in items)
 
     def __getitem__(self, key: str):
-        for k, v in self._items:
-            if k == key:
-                return v
-        raise KeyError(key)
+        return dict(self._items)[key]
 
     def __iter__(self) -> Iterator[str]:
         return (k for k, _ in self._items)
@@ -127,32 +104,20 @@ class Layer(_Fields):
     """A layer: two pure functions, plus what it was built with.
 
     Attributes:
-      init: ``(key, example) -> (params, state)`` (``layer.init.__wrapped__`` is the function
-        given; the wrapper remembers the shapes it made for the check of ``apply``).
-      apply: ``(params, state, x, *, key=None, train=False) -> (y, new_state)``, as given, but
-        the outermost call of a trace first checks ``params``/``state`` against
-        ``jax.eval_shape(init)`` (:func:`verify_params`); ``layer.apply.__wrapped__`` is the
-        function given.
-      kind: short family name (``"dense"``, ``"relu"``); ``serial`` keys an
-        unnamed child as ``f"{kind}_{i}"`` with ``i`` counted per kind.
-      name: an explicit key chosen by the user (see :func:`named`), or ``None``.
-      keywords: the extra keyword arguments ``apply`` accepts beyond ``key``/``train``
-        (``lengths``, ``mask``, ``context``); combinators route each keyword to the children
-        that declare it.
-      children: a composite's children as :class:`Children` (``{key: layer}``, in order;
-        keys as in its params), or ``None`` for a leaf. ``layer["key"]`` / ``layer[i]``
-        return a child; :func:`jnn.get` follows a path ``"block_0/dense_1"``.
-      config: the hyperparameters it was built with, a read-only :class:`Config`
-        (``dense(3).config["features"] == 3``); shown by ``repr`` and :func:`jnn.summary`.
-      methods: pure functions beyond ``init``/``apply`` that the layer declares (a decoder's
-        ``init_cache``/``decode_step``, attention's ``cross``), a read-only :class:`Config`.
+      init, apply: the contract's functions (``.__wrapped__`` is the function given; ``apply``
+        checks params once per trace, :func:`verify_params`).
+      kind: family name (``"dense"``); ``serial`` keys an unnamed child ``f"{kind}_{i}"``.
+      name: an explicit key (see :func:`named`), or ``None``.
+      keywords: extra ``apply`` keywords (``lengths``, ``mask``, ``context``), routed by combinators.
+      children: a composite's :class:`Children` (``layer["key"]``, ``layer[i]``), ``None`` for a leaf.
+      config: the hyperparameters it was built with, a read-only :class:`Config`.
+      methods: pure functions beyond ``init``/``apply`` (a decoder's ``decode_step``), a :class:`Config`.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> layer = jnn.dense(3)
       >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 4), jnp.float32))
-      >>> y, state = layer.apply(params, state, jnp.ones((2, 4)))
-      >>> y.shape, layer
+      >>> layer.apply(params, state, jnp.ones((2, 4)))[0].shape, layer
       ((2, 3), dense(features=3, use_bias=True, w_init='lecun_normal', b_init='zeros'))
     """
 
@@ -201,11 +166,7 @@ class Layer(_Fields):
         return head + "\n" + "\n".join(lines)
 
     def __getitem__(self, index):
-        """``model["dense_0"]`` / ``model[1]``: a composite's child, by key or position.
-
-        A ``Layer`` is still a NamedTuple (``_replace`` works), but indexing reaches its
-        children rather than its fields: use ``layer.init`` / ``layer.apply`` for those.
-        """
+        """``model["dense_0"]`` / ``model[1]``: a composite's child (never a NamedTuple field)."""
         children = self.children or Children()
         if isinstance(index, str) and index in children:
             return children[index]
@@ -222,15 +183,13 @@ def _index_error(layer: Layer, index) -> Exception:
     elif isinstance(index, str):
         error, message = KeyError, f"no child {index!r}; its children are {children}"
     elif isinstance(index, int) and not isinstance(index, bool):
-        error, message = IndexError, (f"child index {index} out of range for its {len(children)} children "
-                                      f"{children}")
+        error, message = IndexError, f"child index {index} out of range for its {len(children)} children {children}"
     else:
         error, message = TypeError, f"index a layer by a child's key (str) or position (int), got {type(index).__name__}"
     return error(f"{layer.label}: {message}" + _FIELDS_HINT)
 
 
 def _remembering(init):
-    """``init``, wrapped once to remember the shapes it makes (see :func:`verify_params`)."""
     if getattr(init, "_jnn_checked", False):
         return init
 
@@ -263,13 +222,12 @@ def shape_of(example):
 
 
 def output_shape(layer: Layer, params: PyTree, state: PyTree, example):
-    """Shape and dtype of ``layer.apply(params, state, example)``, computed with ``jax.eval_shape``.
+    """Shape and dtype of ``layer.apply(params, state, example)``, by ``jax.eval_shape``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> layer = jnn.dense(3)
-      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 4)))
-      >>> out = jnn.output_shape(layer, params, state, jnp.zeros((5, 4)))
+      >>> params, state = jnn.dense(3).init(jax.random.key(0), jnp.zeros((2, 4)))
+      >>> out = jnn.output_shape(jnn.dense(3), params, state, jnp.zeros((5, 4)))
       >>> out.shape, out.dtype
       ((5, 3), dtype('float32'))
     """
@@ -284,8 +242,7 @@ def layer_error(label: str, message: str, error: type[Exception] = ValueError) -
 
 # ---- the framework's one check of params and state -------------------------------------------------
 
-# True inside an apply whose params were verified (or inside an init inferring shapes): nested
-# applies skip the check, so a model is checked once per trace, at its outermost apply.
+# True inside an apply whose params were verified: nested applies skip the check.
 _VERIFIED: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_verified", default=False)
 # Records (path, kind, output, params) while `summary` or `capture` traces a model; inactive otherwise.
 _RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar("jnn_recorder", default=None)
@@ -293,14 +250,19 @@ _PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("jnn_pat
 
 
 @contextlib.contextmanager
+def _setting(*pairs, value=None):
+    """Sets each ``(context variable, value)`` of ``pairs`` within the block, which gets ``value``."""
+    tokens = [(var, var.set(v)) for var, v in pairs]
+    try:
+        yield value
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
 def _unchecked():
     """Applies inside run unchecked and unrecorded (the framework's own abstract runs)."""
-    tokens = _VERIFIED.set(True), _RECORDER.set(None)
-    try:
-        yield
-    finally:
-        _RECORDER.reset(tokens[1])
-        _VERIFIED.reset(tokens[0])
+    return _setting((_VERIFIED, True), (_RECORDER, None))
 
 
 # (input signature) -> expected (params, state) shapes, per init function.
@@ -308,15 +270,13 @@ _EXPECTED: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictiona
 
 
 def input_signature(x):
-    """What params can depend on: the input's structure, per-example shapes and dtypes (a
-    hashable key for caching what an init makes for such inputs)."""
+    """A hashable key of what params can depend on: the input's structure, per-example shapes, dtypes."""
     leaves, treedef = jax.tree_util.tree_flatten(shape_of(x))
     return treedef, tuple((s.shape[1:], s.dtype) for s in leaves)
 
 
 def _remember(init, example, out) -> None:
-    """Records what ``init`` gave for ``example`` (``Layer.init`` calls it), so the check of a
-    later apply needs no abstract init of its own."""
+    """Records what ``init`` gave for ``example``, for the check of a later apply."""
     try:
         _EXPECTED.setdefault(init, {})[input_signature(example)] = _shapes(out)
     except (TypeError, AttributeError):
@@ -324,9 +284,8 @@ def _remember(init, example, out) -> None:
 
 
 def _expected(layer: Layer, x):
-    """The (params, state) shapes init gives for an input like ``x``: remembered from an init,
-    else by ``jax.eval_shape(init)``; ``None`` when init cannot run on this input (a layer whose
-    init takes another example than apply)."""
+    """The (params, state) shapes init gives for an input like ``x`` (remembered, else by
+    ``jax.eval_shape``); ``None`` when init cannot run on this input."""
     init = layer.init.__wrapped__
     try:
         signature, spec = input_signature(x), shape_of(x)
@@ -375,8 +334,7 @@ def _built_with(layer: Layer) -> str:
 
 
 def _difference(model: Layer, what: str, got, want, path: tuple[str, ...] = ()):
-    """The first place where ``got`` differs from ``want`` in keys or shapes, as ``(path,
-    message)``, or ``None``."""
+    """The first ``(path, message)`` where ``got`` differs from ``want`` in keys or shapes, or ``None``."""
     if isinstance(want, dict):
         missing = [k for k in want if k not in got] if isinstance(got, Mapping) else []
         extra = [k for k in got if k not in want] if isinstance(got, Mapping) else []
@@ -410,8 +368,7 @@ def _mismatch(model: Layer, params, state, expected) -> ValueError | None:
 
 def verify_params(layer: Layer, params, state, x, **keywords) -> None:
     """Checks that ``params`` and ``state`` have the keys and shapes ``layer.init`` gives for an
-    input like ``x``, naming the sub-layer at fault. :attr:`Layer.apply` calls it once per
-    trace (only keys and shapes are read: free under ``jit``).
+    input like ``x``, naming the sub-layer at fault (keys and shapes only: free under ``jit``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -426,8 +383,7 @@ def verify_params(layer: Layer, params, state, x, **keywords) -> None:
     mismatch = _mismatch(layer, params, state, expected)
     if mismatch is None:
         return
-    # The expected shapes follow the input: an input of the wrong size makes right params look
-    # wrong. The layer's own apply then says what is wrong with the input: prefer its message.
+    # A wrong input makes right params look wrong: prefer the layer's own message about its input.
     try:
         with _unchecked():
             jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
@@ -440,8 +396,7 @@ def verify_params(layer: Layer, params, state, x, **keywords) -> None:
 # ---- writing composites --------------------------------------------------------------------------
 
 def ensure_layer(where: str, layer) -> Layer:
-    """``layer`` if it is a :class:`Layer`, else a ``TypeError`` naming ``where`` (and the
-    likely slip: a factory passed uncalled)."""
+    """``layer`` if it is a :class:`Layer`, else a ``TypeError`` naming ``where``."""
     if not isinstance(layer, Layer):
         hint = " (did you forget to call it, e.g. jnn.relu() rather than jnn.relu?)" if callable(layer) else ""
         raise TypeError(f"{where}: expected a jnn.Layer, got {type(layer).__name__}{hint}")
@@ -465,8 +420,7 @@ def check_signature(where: str, layer: Layer) -> None:
 
 
 def make_children(where: str, layers: Sequence[Layer]) -> Children:
-    """A composite's :class:`Children`: each must be a :class:`Layer` keeping the contract;
-    keys are explicit names as given, others ``kind_i`` counted per kind, all unique.
+    """A composite's :class:`Children`, keyed by explicit names, else ``kind_i`` counted per kind.
 
     Example:
       >>> import jnn
@@ -515,27 +469,18 @@ def checked_init(where: str, layer: Layer, key, example):
     return _pair(where, layer, "init", layer.init(key, example), "params, state")
 
 
-# True while a combinator's init applies a child without keywords to learn its output shape: a
-# layer that needs a keyword to run (cross-attention's context=) then stands in a placeholder.
 _INFERRING_SHAPE: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_inferring_shape", default=False)
 
 
 def inferring_shape() -> bool:
-    """True while a combinator's ``init`` runs a child's ``apply`` abstractly, without keywords,
-    to learn its output shape (a layer that needs ``context=`` then uses a placeholder)."""
+    """True while a combinator's ``init`` runs a child abstractly, without keywords, to learn its
+    output shape (a layer that needs ``context=`` then uses a placeholder)."""
     return _INFERRING_SHAPE.get()
 
 
-@contextlib.contextmanager
 def inferring():
-    """Within the block, layers run to learn shapes: :func:`inferring_shape` is true (a layer
-    that needs a keyword stands in a placeholder), and applies are neither checked nor recorded."""
-    token = _INFERRING_SHAPE.set(True)
-    try:
-        with _unchecked():
-            yield
-    finally:
-        _INFERRING_SHAPE.reset(token)
+    """Within the block :func:`inferring_shape` is true, and applies are neither checked nor recorded."""
+    return _setting((_INFERRING_SHAPE, True), (_VERIFIED, True), (_RECORDER, None))
 
 
 def checked_apply(where: str, layer: Layer, params, state, x):
@@ -544,8 +489,7 @@ def checked_apply(where: str, layer: Layer, params, state, x):
 
 
 def checked_output_shape(where: str, layer: Layer, params, state, example):
-    """The output shape (``ShapeDtypeStruct`` pytree) of ``layer``, by ``jax.eval_shape``;
-    checks that apply returns ``(y, new_state)``."""
+    """The output ``ShapeDtypeStruct`` (pytree) of ``layer``, checking that apply returns a pair."""
     with inferring():
         return jax.eval_shape(lambda p, s, x: checked_apply(where, layer, p, s, x), params, state,
                               shape_of(example))[0]
@@ -563,26 +507,16 @@ def split_key(key, n: int) -> list:
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
-
-
-@contextlib.contextmanager
 def recording():
     """Within the block, every :func:`apply_child` call appends ``(path, kind, output, params)``
-    to the yielded list (paths from the top of the block): how :func:`jnn.summary` and
-    :func:`jnn.capture` see inside a model."""
+    to the yielded list (for :func:`jnn.summary` and :func:`jnn.capture`)."""
     records: list = []
-    tokens = _RECORDER.set(records), _PATH.set(())
-    try:
-        yield records
-    finally:
-        _PATH.reset(tokens[1])
-        _RECORDER.reset(tokens[0])
+    return _setting((_RECORDER, records), (_PATH, ()), value=records)
 
 
 @contextlib.contextmanager
 def child_scope(name: str):
-    """Runs the block as child ``name``: errors raised inside are prefixed with the child's key
-    (``"[block_0/dense_1] dense: ..."``) and :func:`record` paths gain ``name``."""
+    """Runs the block as child ``name``: errors inside gain the prefix ``[name/...]``, records the path."""
     token = _PATH.set(_PATH.get() + (name,))
     try:
         yield
@@ -607,33 +541,15 @@ def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x, *, ke
                 train: bool = False, **keywords):
     """Applies a composite's child ``layer`` under the key ``name``: the way to call a child.
 
-    Looks up the child's params and state as ``params.get(name, {})`` and
-    ``state.get(name, {})`` (so pass the *composite's* dicts), passes on only the keywords
-    the child declares in ``layer.keywords``, prefixes errors raised inside with
-    ``[name]`` (``"[block_0/dense_1] dense: expected ..."``), and records the output for
-    :func:`jnn.summary` rows and :func:`jnn.capture`. Only Python runs here, at trace time:
-    the compiled program is the same as calling ``layer.apply`` directly.
-
-    Args:
-      name: the child's key in the composite's params and state.
-      layer: the child.
-      params, state: the composite's params and state dicts.
-      x: the child's input.
-      key, train: as for any ``apply`` (split the key among children yourself).
-      **keywords: extra keywords; those the child does not declare are dropped.
-
-    Returns:
-      ``(y, child_state)``: the child's output and new state (store it under ``name``).
+    Takes the *composite's* ``params``/``state`` (looks up ``[name]``), passes only the keywords
+    the child declares, prefixes errors with ``[name]`` and records the output for
+    :func:`jnn.summary` and :func:`jnn.capture`; trace-time Python only. Returns ``(y, child_state)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> inner = jnn.dense(2)
-      >>> def init(key, example):
-      ...     params, _ = inner.init(key, example)
-      ...     return {"proj": params}, {}
-      >>> def apply(params, state, x, *, key=None, train=False):
-      ...     y, _ = jnn.apply_child("proj", inner, params, state, x, key=key, train=train)
-      ...     return jnp.tanh(y), state
+      >>> init = lambda key, x: ({"proj": inner.init(key, x)[0]}, {})
+      >>> apply = lambda p, s, x, *, key=None, train=False: (jnp.tanh(jnn.apply_child("proj", inner, p, s, x)[0]), s)
       >>> block = jnn.Layer(init, apply, "block", children=jnn.Children([("proj", inner)]))
       >>> params, state = block.init(jax.random.key(0), jnp.zeros((1, 3)))
       >>> block.apply(params, state, jnp.ones((1, 3)))[0].shape

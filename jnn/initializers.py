@@ -1,13 +1,5 @@
-"""Weight initializers: thin names over ``jax.nn.initializers``.
-
-Every entry is a factory returning ``(key, shape, dtype) -> array``; layers also accept the
-name: ``jnn.dense(128, w_init="he_normal")``.
-
-Example:
-  >>> import jax, jnn
-  >>> w = jnn.initializers.he_normal()(jax.random.key(0), (784, 128))
-  >>> w.shape
-  (784, 128)
+"""Weight initializers over ``jax.nn.initializers``: factories of ``(key, shape, dtype) -> array``;
+layers also take the name (``jnn.dense(128, w_init="he_normal")``).
 """
 from __future__ import annotations
 
@@ -82,12 +74,7 @@ def uniform(scale: float = 1e-2) -> Initializer:
     return _inits.uniform(scale)
 
 
-_BY_NAME = {
-    name: globals()[name]
-    for name in ["glorot_uniform", "glorot_normal", "xavier_uniform", "xavier_normal", "he_uniform",
-                 "he_normal", "kaiming_uniform", "kaiming_normal", "lecun_uniform", "lecun_normal",
-                 "zeros", "ones", "normal", "uniform"]
-}
+_BY_NAME = {name: globals()[name] for name in __all__ if name not in ("constant", "get")}
 
 
 def get(spec: str | Initializer, *, where: str = "initializer") -> Initializer:
@@ -111,9 +98,5 @@ def get(spec: str | Initializer, *, where: str = "initializer") -> Initializer:
 
 
 def param_dtype(dtype) -> jnp.dtype:
-    """The dtype params take for an input of ``dtype``: float64 for float64 inputs, else float32.
-
-    Layers keep params in float32 for half-precision inputs and compute in the input's dtype,
-    which is the usual mixed-precision policy.
-    """
+    """The dtype params take for an input of ``dtype``: float64 for float64 inputs, else float32."""
     return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)

@@ -1,8 +1,4 @@
-"""Looking inside a composed model: sub-layers and their params by path, intermediate outputs.
-
-A path is the child keys joined by ``/``, as in the params dict (``"block_0/dense_1"``):
-:func:`get` reaches a sub-layer or its params/state, :func:`capture` sub-layers' outputs.
-"""
+"""Looking inside a model by path (child keys joined by ``/``, as in the params: ``"block_0/dense_1"``)."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
@@ -16,20 +12,14 @@ __all__ = ["get", "capture"]
 
 
 def get(model_or_tree, path: str):
-    """The sub-layer of a model (following ``children``), or the sub-tree of its params/state, at
-    ``path`` (``""``: the whole). A missing key is a ``KeyError`` listing the keys there; children
-    without params have no entry in the params dict.
+    """The sub-layer of a model, or the sub-tree of its params/state, at ``path`` (``""``: the whole).
 
-    Example (a head swap: keep the body's layers and params, put a new head on):
+    Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> model = jnn.serial(jnn.dense(8), jnn.relu(), jnn.named("head", jnn.dense(10)))
       >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
-      >>> body = [layer for key, layer in model.children.items() if key != "head"]
-      >>> new = jnn.serial(*body, jnn.named("head", jnn.dense(3)))
-      >>> new_params, _ = new.init(jax.random.key(1), jnp.zeros((1, 4)))
-      >>> new_params["dense_0"] = jnn.get(params, "dense_0")   # keys match: same children
-      >>> new.apply(new_params, state, jnp.ones((2, 4)))[0].shape
-      (2, 3)
+      >>> jnn.get(model, "head").config["features"], jnn.get(params, "dense_0/w").shape
+      (10, (4, 8))
     """
     if not isinstance(path, str):
         raise TypeError(f"get: expected a path string like 'block_0/dense_1', got {type(path).__name__}")
@@ -38,20 +28,15 @@ def get(model_or_tree, path: str):
         raise TypeError(f"get: expected a jnn.Layer or a params/state dict, got {type(model_or_tree).__name__}")
     node, walked = model_or_tree, []
     for key in [k for k in path.split("/") if k]:
-        if is_layer:
-            children = node.children or {}
-            if key not in children:
-                where = "/".join(walked) or "the model"
-                raise KeyError(f"get: {where} ({node.kind}) has no child {key!r}; its children are "
-                               f"{list(children)}")
-            node = children[key]
-        else:
-            if not isinstance(node, Mapping) or key not in node:
-                where = "/".join(walked) or "the top level"
-                keys = list(node) if isinstance(node, Mapping) else f"a leaf of type {type(node).__name__}"
-                raise KeyError(f"get: no key {key!r} at {where} (keys there: {keys}); children without "
-                               f"params or state have no entry (their params are {{}})")
-            node = node[key]
+        children = (node.children or {}) if is_layer else node
+        if is_layer and key not in children:
+            raise KeyError(f"get: {'/'.join(walked) or 'the model'} ({node.kind}) has no child {key!r}; its children "
+                           f"are {list(children)}")
+        if not is_layer and (not isinstance(node, Mapping) or key not in node):
+            keys = list(node) if isinstance(node, Mapping) else f"a leaf of type {type(node).__name__}"
+            raise KeyError(f"get: no key {key!r} at {'/'.join(walked) or 'the top level'} (keys there: {keys}); "
+                           f"children without params or state have no entry (their params are {{}})")
+        node = children[key]
         walked.append(key)
     return node
 
@@ -66,18 +51,15 @@ def _current_trace():
 
 def _from_inner_trace(value, trace) -> bool:
     """Whether ``value`` holds tracers of a transformation nested inside the model (scan, remat)."""
-    if trace is None:
-        return False
-    return any(isinstance(leaf, jax.core.Tracer) and getattr(leaf, "_trace", trace) is not trace
-               for leaf in jax.tree_util.tree_leaves(value))
+    return trace is not None and any(isinstance(leaf, jax.core.Tracer) and getattr(leaf, "_trace", trace) is not trace
+                                     for leaf in jax.tree_util.tree_leaves(value))
 
 
 @checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def capture(model: core.Layer, params, state, x, patterns: Iterable[str] | str, *, key=None,
             train: bool = False, **keywords) -> tuple[Any, Any, dict[str, Any]]:
-    """Applies ``model`` once and also returns ``{path: output}`` of the sub-layers matching
-    ``patterns`` (:mod:`jnn.tree` patterns): ``(y, new_state, captured)``. Works under ``jit``,
-    ``vmap`` and ``grad``; no match, or one inside a ``lax.scan``/``checkpoint``, is a ValueError.
+    """Applies ``model`` once, also returning ``{path: output}`` of the sub-layers matching ``patterns``
+    (:mod:`jnn.tree` patterns): ``(y, new_state, captured)``; works under ``jit``, ``vmap``, ``grad``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

@@ -1,12 +1,5 @@
-"""Losses as plain functions, reusing ``optax.losses`` where it has them.
-
-Every loss returns the mean over examples (and elements), or per-example values with
-``reduction="none"``; impossible labels raise when concrete (unchecked under ``jit``).
-
-Example:
-  >>> import jax.numpy as jnp, jnn
-  >>> float(jnn.losses.mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
-  2.0
+"""Losses as plain functions over ``optax.losses``: the mean over examples (and elements), or
+per-example values with ``reduction="none"``; impossible labels raise when concrete (not under ``jit``).
 """
 from __future__ import annotations
 
@@ -24,7 +17,6 @@ __all__ = ["mse", "mae", "binary_cross_entropy", "binary_cross_entropy_with_logi
 
 
 def _arrays(where: str, *values, names=("predictions", "targets")) -> list[jax.Array]:
-    """Each input as a ``jax.Array`` (lists and NumPy arrays too)."""
     out = []
     for name, value in zip(names, values):
         try:
@@ -35,8 +27,7 @@ def _arrays(where: str, *values, names=("predictions", "targets")) -> list[jax.A
 
 
 def _floating(x: jax.Array, like: jax.Array | None = None) -> jax.Array:
-    """``x``, or ``x`` as ``like``'s float dtype (else float32) if it holds integers or bools; a
-    float dtype is kept as is."""
+    """``x``; integers and bools as ``like``'s float dtype (else float32)."""
     if jnp.issubdtype(x.dtype, jnp.floating):
         return x
     return x.astype(like.dtype if like is not None and jnp.issubdtype(like.dtype, jnp.floating) else jnp.float32)
@@ -67,10 +58,7 @@ def mse(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") 
       >>> float(jnn.losses.mse(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
       2.0
     """
-    predictions, targets = _arrays("mse", predictions, targets)
-    _same_shape("mse", predictions, targets)
-    predictions = _floating(predictions)
-    return _reduce(optax.losses.squared_error(predictions, _floating(targets, predictions)), reduction, "mse")
+    return _elementwise("mse", optax.losses.squared_error, predictions, targets, reduction)
 
 
 def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") -> jax.Array:
@@ -81,10 +69,14 @@ def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") 
       >>> float(jnn.losses.mae(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))
       1.5
     """
-    predictions, targets = _arrays("mae", predictions, targets)
-    _same_shape("mae", predictions, targets)
+    return _elementwise("mae", lambda p, t: jnp.abs(p - t), predictions, targets, reduction)
+
+
+def _elementwise(where: str, fn, predictions, targets, reduction: str) -> jax.Array:
+    predictions, targets = _arrays(where, predictions, targets)
+    _same_shape(where, predictions, targets)
     predictions = _floating(predictions)
-    return _reduce(jnp.abs(predictions - _floating(targets, predictions)), reduction, "mae")
+    return _reduce(fn(predictions, _floating(targets, predictions)), reduction, where)
 
 
 def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
@@ -107,11 +99,7 @@ def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
 
 def binary_cross_entropy(probabilities: jax.Array, labels: jax.Array, *,
                          reduction: str = "mean") -> jax.Array:
-    """Binary cross-entropy of probabilities against labels in [0, 1] (same shape).
-
-    Probabilities are clipped to ``[eps, 1 - eps]`` (``eps`` = the dtype's machine epsilon)
-    so that exactly 0 and 1 give finite values and gradients. Prefer
-    :func:`binary_cross_entropy_with_logits` when logits are available.
+    """Binary cross-entropy of probabilities (clipped to ``[eps, 1 - eps]``) against labels in [0, 1].
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -136,14 +124,8 @@ def binary_cross_entropy(probabilities: jax.Array, labels: jax.Array, *,
 @checks.declare(label_smoothing=checks.fraction)
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
                           reduction: str = "mean") -> jax.Array:
-    """Categorical cross-entropy of ``softmax(logits)``.
-
-    Args:
-      logits: ``[..., C]`` unnormalized scores.
-      labels: integer class ids ``[...]``, or one-hot / probability targets ``[..., C]``.
-      label_smoothing: mixes the targets with the uniform distribution:
-        ``(1 - s) * onehot + s / C``.
-      reduction: ``"mean"`` over examples, or ``"none"`` for per-example ``[...]``.
+    """Categorical cross-entropy of ``softmax(logits [..., C])`` against class ids ``[...]`` or
+    probabilities ``[..., C]``; ``label_smoothing`` ``s`` uses targets ``(1 - s) * onehot + s / C``.
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -181,8 +163,7 @@ def _penalty(params, include, exclude, leaf_fn) -> jax.Array:
 
 
 def l1_penalty(params, *, include=_tree.WEIGHTS, exclude=()) -> jax.Array:
-    """``sum |w|`` over the leaves selected by path pattern (weights ``w`` by default,
-    so biases and norm parameters are excluded). Multiply by your coefficient.
+    """``sum |w|`` over the leaves selected by path pattern (:data:`jnn.tree.WEIGHTS` by default).
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -194,8 +175,7 @@ def l1_penalty(params, *, include=_tree.WEIGHTS, exclude=()) -> jax.Array:
 
 
 def l2_penalty(params, *, include=_tree.WEIGHTS, exclude=()) -> jax.Array:
-    """``sum w ** 2`` over the leaves selected by path pattern (weights ``w`` by default).
-    Multiply by your coefficient (``lambda * sum w**2``, as in Keras' ``l2``).
+    """``sum w ** 2`` over the leaves selected by path pattern (:data:`jnn.tree.WEIGHTS` by default).
 
     Example:
       >>> import jax.numpy as jnp, jnn

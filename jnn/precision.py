@@ -1,17 +1,4 @@
-"""Mixed precision: a dtype policy and a wrapper that applies it to any layer.
-
-A :class:`Policy` names ``param_dtype``, ``compute_dtype`` and ``output_dtype``;
-:func:`mixed_bfloat16` is float32 params and outputs with bfloat16 compute (no loss scaling needed).
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> from jnn.precision import mixed_bfloat16, with_policy
-  >>> model = with_policy(jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(2)), mixed_bfloat16())
-  >>> params, state = model.init(jax.random.key(0), jnp.zeros((4, 3)))
-  >>> y, _ = model.apply(params, state, jnp.ones((4, 3)))
-  >>> params["dense_0"]["w"].dtype, y.dtype
-  (dtype('float32'), dtype('float32'))
-"""
+"""Mixed precision: a dtype :class:`Policy` and :func:`with_policy`, which applies it to any layer."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -25,9 +12,7 @@ __all__ = ["Policy", "mixed_bfloat16", "with_policy", "cast_floating"]
 
 
 def cast_floating(tree, dtype):
-    """Every floating-point leaf of ``tree`` cast to ``dtype`` (integer, bool and key leaves kept).
-
-    Works on arrays and ``jax.ShapeDtypeStruct`` leaves alike.
+    """Every floating leaf (array or ``ShapeDtypeStruct``) of ``tree`` cast to ``dtype``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -46,12 +31,8 @@ def cast_floating(tree, dtype):
 
 
 class Policy(NamedTuple):
-    """Dtypes for params (and state), computation, and outputs.
-
-    Attributes:
-      param_dtype: dtype params and state are created and kept in.
-      compute_dtype: dtype floating inputs and params are cast to inside ``apply``.
-      output_dtype: dtype floating outputs are cast to on the way out.
+    """Dtypes of params and state (``param_dtype``), of ``apply``'s work (``compute_dtype``: floating
+    inputs and params are cast to it), and of floating outputs (``output_dtype``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -64,16 +45,15 @@ class Policy(NamedTuple):
     output_dtype: Any = jnp.float32
 
     def checked(self) -> "Policy":
-        dtypes = {}
-        for field, value in self._asdict().items():
+        def floating(field, value):
             try:
-                dtype = jnp.dtype(value)
+                if jnp.issubdtype(jnp.dtype(value), jnp.floating):
+                    return jnp.dtype(value)
             except TypeError:
-                dtype = None
-            if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-                raise ValueError(f"Policy: {field} must be a floating dtype, got {value!r}")
-            dtypes[field] = dtype
-        return Policy(**dtypes)
+                pass
+            raise ValueError(f"Policy: {field} must be a floating dtype, got {value!r}")
+
+        return Policy(*(floating(field, value) for field, value in self._asdict().items()))
 
 
 def mixed_bfloat16() -> Policy:
@@ -101,26 +81,15 @@ def _decode_methods(methods, policy: Policy) -> dict:
 
 
 def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
-    """``model`` under a dtype policy (default :func:`mixed_bfloat16`).
-
-    Params and state are kept in ``param_dtype``; ``apply`` runs in ``compute_dtype`` (floating
-    params and inputs cast; integer inputs left alone) and returns floating outputs in
-    ``output_dtype``. A decoder's ``init_cache``/``decode_step`` follow the policy (cache in
-    ``compute_dtype``, logits in ``output_dtype``).
-
-    Args:
-      model: any layer.
-      policy: the dtypes.
-
-    Returns:
-      A layer of the same kind and name.
+    """``model`` (same kind and name) under a dtype :class:`Policy` (default :func:`mixed_bfloat16`);
+    a decoder's ``init_cache``/``decode_step`` follow it too (cache in ``compute_dtype``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> model = with_policy(jnn.dense(2))
-      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
-      >>> y, _ = model.apply(params, state, jnp.ones((1, 3)))
-      >>> params["w"].dtype, y.dtype
+      >>> model = with_policy(jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(2)))
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((4, 3)))
+      >>> y, _ = model.apply(params, state, jnp.ones((4, 3)))
+      >>> params["dense_0"]["w"].dtype, y.dtype
       (dtype('float32'), dtype('float32'))
     """
     ensure_layer("with_policy", model)

@@ -21,7 +21,6 @@ _CONFIG_WIDTH = 72   # a longer config cell is cut, ending "..."
 
 
 def _shape_text(tree) -> str:
-    """``(1, 3)`` for an array, ``{'a': (1, 3), 'b': (1, 5)}`` for a pytree of them."""
     if hasattr(tree, "shape"):
         return str(tuple(tree.shape))
     return str(jax.tree_util.tree_map(lambda a: tuple(a.shape), tree))
@@ -34,7 +33,6 @@ def _value_text(value) -> str:
 
 
 def _config_text(model: core.Layer, path: str, kind: str) -> str:
-    """The config of the sub-layer at ``path`` as ``features=3, use_bias=True`` ("" if none)."""
     try:
         layer = inspection.get(model, path)
     except KeyError:   # recorded under a key that is not a child (a layer applied in a loop)
@@ -47,9 +45,8 @@ def _config_text(model: core.Layer, path: str, kind: str) -> str:
 
 @checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
-    """A table of every sub-layer's path, kind, output shape, parameter count and config, with the
-    totals; shapes come from ``jax.eval_shape``. ``example`` is an input array or
-    ``ShapeDtypeStruct`` (or a dict or tuple of them); ``keywords`` are extra ``apply`` keywords.
+    """A table of every sub-layer's path, kind, output shape (by ``jax.eval_shape``), parameter count
+    and config, with the totals; ``keywords`` are extra ``apply`` keywords.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

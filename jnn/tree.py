@@ -1,10 +1,8 @@
 """Parameter paths: select leaves of a params tree by readable path patterns.
 
-A leaf's path is its keys joined by ``/`` (``"dense_0/w"``). A pattern without ``/`` matches the
-leaf's name (``"w"``); one with ``/`` is an ``fnmatch`` glob over the whole path (``"encoder/*"``).
-:data:`WEIGHTS` is the default selection for penalties and weight decay; it never skips a
-kernel silently: a floating leaf of rank >= 2 that is not selected, not an embedding table
-(:data:`NOT_WEIGHTS`) and not excluded is an error (:func:`check_weights_selected`).
+A path is the keys joined by ``/``; a pattern without ``/`` matches the leaf's name (``"w"``), one with
+``/`` is an ``fnmatch`` glob over the path (``"encoder/*"``). :data:`WEIGHTS` is the default selection
+for penalties and weight decay; :data:`NOT_WEIGHTS`, the rank >= 2 leaves it leaves out on purpose.
 """
 from __future__ import annotations
 
@@ -17,9 +15,7 @@ import jax.numpy as jnp
 __all__ = ["path_str", "leaves_with_paths", "matches", "mask", "WEIGHTS", "NOT_WEIGHTS",
            "check_weights_selected"]
 
-#: The default selection for penalties and weight decay: kernels (leaves named ``w``).
 WEIGHTS = ("w",)
-#: Leaves of rank >= 2 the default selection leaves out on purpose: embedding tables.
 NOT_WEIGHTS = ("embedding",)
 
 
@@ -31,15 +27,7 @@ def path_str(path) -> str:
       >>> [jnn.tree.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path({"dense_0": {"w": 1}, "blocks": [2]})]
       ['blocks/0', 'dense_0/w']
     """
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def leaves_with_paths(tree) -> list[tuple[str, Any]]:
@@ -54,7 +42,7 @@ def leaves_with_paths(tree) -> list[tuple[str, Any]]:
 
 
 def matches(path: str, patterns: Iterable[str] | str) -> bool:
-    """Whether ``path`` matches any of ``patterns`` (see the module docstring).
+    """Whether ``path`` matches any of ``patterns``.
 
     Example:
       >>> import jnn
@@ -85,8 +73,8 @@ def check_patterns(where: str, what: str, patterns) -> tuple[str, ...]:
 
 
 def check_weights_selected(tree, include, exclude, where: str) -> None:
-    """With the default ``include`` (:data:`WEIGHTS`), a ``ValueError`` naming every floating leaf of
-    rank >= 2 neither selected, nor in :data:`NOT_WEIGHTS`, nor excluded; else nothing.
+    """With ``include=WEIGHTS``, a ``ValueError`` naming the floating leaves of rank >= 2 it would skip
+    (neither selected, nor in :data:`NOT_WEIGHTS`, nor excluded).
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -113,8 +101,7 @@ def check_weights_selected(tree, include, exclude, where: str) -> None:
 
 
 def mask(tree, include: Iterable[str] | str = WEIGHTS, exclude: Iterable[str] | str = ()):
-    """A tree of bools: True where a leaf's path matches ``include`` and not ``exclude`` (an
-    ``optax.masked`` mask); checks the default selection (:func:`check_weights_selected`).
+    """An ``optax.masked`` mask: True where a leaf's path matches ``include`` and not ``exclude``.
 
     Example:
       >>> import jax.numpy as jnp, jnn

@@ -1,13 +1,4 @@
-"""Activation functions as layers (no params, no state), reusing ``jax.nn``.
-
-Each factory returns a :class:`jnn.Layer`; the functions themselves are ``jax.nn.*``
-(and :func:`heaviside` here, which ``jax.nn`` lacks).
-
-Example:
-  >>> import jax.numpy as jnp, jnn
-  >>> jnn.relu().apply({}, {}, jnp.array([-1.0, 2.0]))[0]
-  Array([0., 2.], dtype=float32)
-"""
+"""Activation functions as layers (no params, no state) over ``jax.nn`` (and :func:`heaviside`)."""
 from __future__ import annotations
 
 import functools
@@ -27,7 +18,6 @@ def heaviside(x: jax.Array) -> jax.Array:
     """The Heaviside step: 1 where ``x >= 0``, else 0; its gradient is zero everywhere.
 
     Example:
-      >>> import jax.numpy as jnp
       >>> heaviside(jnp.array([-1.0, 0.0, 2.0])).tolist()
       [0.0, 1.0, 1.0]
     """
@@ -35,7 +25,7 @@ def heaviside(x: jax.Array) -> jax.Array:
 
 
 def step(*, name: str | None = None) -> Layer:
-    """Heaviside step (the classic perceptron's output): ``1 if x >= 0 else 0``.
+    """Heaviside step (the perceptron's output): ``1 if x >= 0 else 0``.
 
     Example:
       >>> [round(float(v), 3) for v in step().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
@@ -99,7 +89,7 @@ def elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
 
 @checks.declare(approximate=checks.flag)
 def gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
-    """Gaussian error linear unit ``x * Phi(x)`` (exact by default; tanh approximation optional).
+    """Gaussian error linear unit ``x * Phi(x)`` (exact, or the tanh approximation).
 
     Example:
       >>> [round(float(v), 3) for v in gelu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
@@ -132,7 +122,6 @@ swish = silu
 
 
 def _over_axis(label: str, fn, axis: int):
-    """``fn(x, axis=axis)``, with ``axis`` checked against ``x``'s rank."""
     def over_axis(x):
         if not -x.ndim <= axis < x.ndim:
             raise ValueError(f"{label}: axis {axis} is out of range for an input of shape {tuple(x.shape)}")

@@ -1,4 +1,4 @@
-"""Dense (fully connected) layers and shape plumbing: dense, flatten, reshape (identity lives in core)."""
+"""Dense layers and shape plumbing: dense, flatten, reshape (and identity, from combinators)."""
 from __future__ import annotations
 
 import math
@@ -18,22 +18,13 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
           name: str | None = None) -> Layer:
     """Fully connected layer ``y = x @ w + b`` on the last axis.
 
-    Shapes: ``x: [..., in]`` -> ``y: [..., features]``; params ``w: [in, features]``,
-    ``b: [features]``. Params are float32 (float64 for float64 inputs); the product is
-    computed in the input's dtype; integer and bool inputs are promoted to the params' dtype
-    (weights are never cast to an integer dtype). Params of the wrong shape, or without ``w``,
-    are reported by name at apply time (a static check, free under ``jit``).
-
-    Args:
-      features: output width (> 0).
-      use_bias: add a learned bias.
-      w_init, b_init: initializers or their names (see :mod:`jnn.initializers`).
-      name: optional explicit key for this layer's params.
+    ``x: [..., in]`` -> ``[..., features]``; params ``w: [in, features]``, ``b: [features]`` in
+    float32 (float64 for float64 inputs); computed in the input's dtype (integers promoted to the
+    params'). ``w_init``, ``b_init``: initializers or their names (:mod:`jnn.initializers`).
 
     Example (a perceptron is ``dense(1)`` followed by ``step()``):
       >>> import jax, jax.numpy as jnp, jnn
-      >>> layer = jnn.dense(2)
-      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((5, 3)))
+      >>> params, state = jnn.dense(2).init(jax.random.key(0), jnp.zeros((5, 3)))
       >>> params["w"].shape, params["b"].shape
       ((3, 2), (2,))
     """
@@ -76,9 +67,7 @@ def flatten(*, name: str | None = None) -> Layer:
 
 @checks.declare(shape=checks.new_shape)
 def reshape(shape: tuple[int, ...], *, name: str | None = None) -> Layer:
-    """Reshapes each example (the batch axis is kept): ``[B, ...] -> [B, *shape]``.
-
-    One entry of ``shape`` may be -1.
+    """Reshapes each example (the batch axis is kept): ``[B, ...] -> [B, *shape]``; one entry may be -1.
 
     Example:
       >>> import jax.numpy as jnp, jnn

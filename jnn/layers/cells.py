@@ -1,24 +1,7 @@
 """Recurrent cells: the one-step functions that :func:`jnn.layers.recurrent.recurrent` scans.
 
-A :class:`Cell` is a NamedTuple of pure functions, like a :class:`jnn.Layer` but for one time step::
-
-    init(key, input_size, dtype=float32) -> params
-    initial_carry(batch_shape, dtype=float32) -> carry          # zeros
-    step(params, carry, x_t) -> (carry, y_t)                    # x_t: [*batch, input_size]
-
 Gates are fused: params ``{"input": {"w": [in, G*H], "b"}, "hidden": {"w": [H, G*H], ...}}``
 (``G`` gates in flax's order, each block initialized separately, as in flax).
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.cells import lstm_cell
-  >>> cell = lstm_cell(4)
-  >>> params = cell.init(jax.random.key(0), 3)
-  >>> params["input"]["w"].shape, params["hidden"]["w"].shape
-  ((3, 16), (4, 16))
-  >>> carry, y = cell.step(params, cell.initial_carry((2,)), jnp.ones((2, 3)))
-  >>> y.shape
-  (2, 4)
 """
 from __future__ import annotations
 
@@ -40,20 +23,16 @@ class Cell(NamedTuple):
     Attributes:
       init: ``(key, input_size, dtype=float32) -> params``.
       initial_carry: ``(batch_shape, dtype=float32) -> carry``, all zeros.
-      step: ``(params, carry, x_t) -> (new_carry, y_t)`` with ``x_t: [*batch, input_size]`` and
-        ``y_t: [*batch, hidden_size]``; computed in ``x_t``'s dtype.
-      hidden_size: width of the output ``y_t`` (and of the hidden state).
-      kind: family name (``"rnn"``, ``"lstm"``, ``"gru"``), used to key the layer's params.
+      step: ``(params, carry, x_t: [*batch, in]) -> (new_carry, y_t: [*batch, hidden_size])``, in ``x_t``'s dtype.
+      hidden_size: width of ``y_t``; kind: ``"rnn"``, ``"lstm"``, ``"gru"`` (keys the layer's params).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> cell = jnn.lstm_cell(3)
-      >>> isinstance(cell, jnn.Cell), cell.kind, cell.hidden_size
-      (True, 'lstm', 3)
       >>> params = cell.init(jax.random.key(0), 2)
-      >>> carry, y = cell.step(params, cell.initial_carry((4,)), jnp.ones((4, 2)))
-      >>> y.shape
-      (4, 3)
+      >>> (c, h), y = cell.step(params, cell.initial_carry((4,)), jnp.ones((4, 2)))
+      >>> cell.kind, params["input"]["w"].shape, params["hidden"]["w"].shape, y.shape
+      ('lstm', (2, 12), (3, 12), (4, 3))
     """
 
     init: Callable[..., PyTree]
@@ -72,9 +51,8 @@ def _inits(label, w_init, recurrent_init, b_init):
 
 def _fused_params(label, key, input_size, hidden, gates, dtype, w_init, recurrent_init, b_init, *,
                   hidden_bias=False):
-    """``{"input": {"w": [in, G*H], "b": [G*H]}, "hidden": {"w": [H, G*H]}}``, one block per gate
-    (and ``hidden.b: [H]`` with ``hidden_bias``), each from its own key. Half-precision params
-    are drawn in float32 and cast (LAPACK's QR, behind the orthogonal default, has no bfloat16)."""
+    """The fused params, one block per gate (and ``hidden.b: [H]`` with ``hidden_bias``), each from
+    its own key; half-precision params are drawn in float32 (the orthogonal init needs it) and cast."""
     checks.positive_int(label, "input_size", input_size)
     keys = jax.random.split(key, 2 * gates + 1 + int(hidden_bias))
     draw = initializers.param_dtype(dtype)   # float32, or float64 for float64
@@ -97,7 +75,6 @@ def _zeros(hidden):
 
 
 def _matmul(x, params):
-    """``x @ w`` in ``x``'s dtype (params are cast, so float32 params serve bfloat16 inputs)."""
     return x @ params["w"].astype(x.dtype)
 
 
@@ -106,19 +83,12 @@ def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun
              recurrent_init=None, b_init="zeros") -> Cell:
     """Simple (Elman) recurrent cell: ``h' = activation(x @ W_i + b + h @ W_h)``; ``y = h'``.
 
-    Carry: ``h: [*batch, H]``. Params: ``input.w: [in, H]``, ``input.b: [H]``, ``hidden.w: [H, H]``.
-
-    Args:
-      hidden_size: ``H`` (> 0).
-      activation: the nonlinearity (default ``tanh``).
-      w_init, b_init: initializers (or names) for the input matrix and the bias.
-      recurrent_init: initializer for the recurrent matrix (default orthogonal).
+    Carry ``h: [*batch, H]``. ``w_init``, ``b_init``: initializers (or names) of the input matrix and
+    bias; ``recurrent_init``: of the recurrent matrix (default orthogonal); likewise for every cell.
 
     Example:
-      >>> import jax, jax.numpy as jnp
       >>> cell = rnn_cell(3)
-      >>> params = cell.init(jax.random.key(0), 2)
-      >>> h, y = cell.step(params, cell.initial_carry((4,)), jnp.ones((4, 2)))
+      >>> h, y = cell.step(cell.init(jax.random.key(0), 2), cell.initial_carry((4,)), jnp.ones((4, 2)))
       >>> y.shape
       (4, 3)
     """
@@ -145,17 +115,9 @@ def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_norma
         c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
         h' = sigmoid(o) * tanh(c');   y = h'
 
-    Carry ``(c, h)``, each ``[*batch, H]``. Params ``input.w: [in, 4H]``, ``input.b: [4H]`` (forget
-    block starting at ``forget_bias``), ``hidden.w: [H, 4H]``.
-
-    Args:
-      hidden_size: ``H`` (> 0).
-      forget_bias: added to the forget gate's initial bias.
-      w_init, b_init: initializers (or names) for the input matrix and the bias.
-      recurrent_init: initializer for each recurrent gate block (default orthogonal).
+    Carry ``(c, h)``, each ``[*batch, H]``; the forget gate's bias starts at ``forget_bias``.
 
     Example:
-      >>> import jax
       >>> params = lstm_cell(2).init(jax.random.key(0), 3)
       >>> params["input"]["b"].tolist()
       [0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
@@ -194,16 +156,9 @@ def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
         n = tanh(x_n + r * (h_n + b_h))          # the reset gate scales the recurrent term
         h' = (1 - z) * n + z * h;   y = h'
 
-    Carry ``h: [*batch, H]``. Params ``input.w: [in, 3H]``, ``input.b: [3H]``, ``hidden.w: [H, 3H]``,
-    ``hidden.b: [H]`` (``b_h``).
-
-    Args:
-      hidden_size: ``H`` (> 0).
-      w_init, b_init: initializers (or names) for the input matrix and both biases.
-      recurrent_init: initializer for each recurrent gate block (default orthogonal).
+    Carry ``h: [*batch, H]``; params as :func:`rnn_cell`'s with ``3H`` columns, plus ``hidden.b: [H]`` (``b_h``).
 
     Example:
-      >>> import jax
       >>> params = gru_cell(4).init(jax.random.key(0), 3)
       >>> params["hidden"]["w"].shape, params["hidden"]["b"].shape
       ((4, 12), (4,))

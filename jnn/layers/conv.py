@@ -1,17 +1,6 @@
-"""Convolutions on channels-last inputs: conv and conv_transpose (1-D, 2-D, 3-D).
+"""Convolutions on channels-last inputs ``[B, *spatial, C]``: conv and conv_transpose (1-D to 3-D).
 
-Inputs are ``[B, *spatial, C]`` with ``len(kernel_size)`` spatial axes; kernels are
-``w: [*kernel_size, in // groups, features]`` (the layout of ``flax.linen.Conv``).
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.conv import conv
-  >>> layer = conv(8, (3, 3), strides=2)
-  >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
-  >>> params["w"].shape
-  (3, 3, 1, 8)
-  >>> layer.apply(params, state, jnp.zeros((4, 28, 28, 1)))[0].shape
-  (4, 14, 14, 8)
+Kernels are ``w: [*kernel_size, in // groups, features]`` (the layout of ``flax.linen.Conv``).
 """
 from __future__ import annotations
 
@@ -29,7 +18,6 @@ from jnn.core import Layer, shape_of
 
 __all__ = ["conv", "conv_transpose"]
 
-#: A padding: ``"SAME"``, ``"VALID"`` or one ``(lo, hi)`` pair per spatial axis.
 Padding = Union[str, Sequence[tuple[int, int]]]
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
@@ -77,32 +65,17 @@ def _conv_layer(kind, label, name, kernel_size, features, groups, use_bias, w_in
 def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[int] = 1,
          padding: Padding = "SAME", dilation: int | Sequence[int] = 1, feature_group_count: int = 1,
          use_bias: bool = True, w_init="lecun_normal", b_init="zeros", name: str | None = None) -> Layer:
-    """N-D convolution (cross-correlation, as in every DL library) on channels-last inputs.
+    """N-D convolution (cross-correlation) on channels-last inputs (dtypes and inits as in ``dense``).
 
-    Shapes: ``x: [B, *spatial, C]`` with ``len(spatial) == len(kernel_size)`` ->
-    ``y: [B, *spatial_out, features]``; params ``w: [*kernel_size, C // groups, features]``,
-    ``b: [features]``. Params are float32 (float64 for float64 inputs); the convolution runs in
-    the input's dtype (integer and bool inputs are promoted to the params' dtype).
+    ``x: [B, *spatial, C]`` (``len(kernel_size)`` spatial axes) -> ``[B, *spatial_out, features]``.
+    ``strides``, ``dilation``: an int or one per axis; ``padding``: ``"SAME"``, ``"VALID"`` or
+    ``[(lo, hi), ...]``; ``feature_group_count`` divides ``C`` and ``features`` (``C``: depthwise).
 
-    Args:
-      features: number of output channels (> 0, divisible by ``feature_group_count``).
-      kernel_size: tuple of positive ints, one per spatial axis (an int is rejected).
-      strides: int (all axes) or one int per spatial axis.
-      padding: ``"SAME"``, ``"VALID"`` or explicit ``[(lo, hi), ...]`` per spatial axis.
-      dilation: kernel dilation ("atrous"), int or one per spatial axis.
-      feature_group_count: split channels into this many groups; ``C`` and ``features`` must
-        both be divisible by it. ``feature_group_count == C`` is a depthwise convolution.
-      use_bias: add a learned bias.
-      w_init, b_init: initializers or their names (see :mod:`jnn.initializers`).
-      name: optional explicit key for this layer's params.
-
-    Example (a depthwise 3x3 convolution with a channel multiplier of 2):
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.conv import conv
-      >>> layer = conv(8, (3, 3), feature_group_count=4)
-      >>> params, _ = layer.init(jax.random.key(0), jnp.zeros((1, 5, 5, 4)))
-      >>> params["w"].shape
-      (3, 3, 1, 8)
+    Example (a depthwise 3x3 convolution with a channel multiplier of 2, strides 2):
+      >>> layer = conv(8, (3, 3), strides=2, feature_group_count=4)
+      >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 4), jnp.float32))
+      >>> params["w"].shape, layer.apply(params, state, jnp.zeros((2, 28, 28, 4)))[0].shape
+      ((3, 3, 1, 8), (2, 14, 14, 8))
     """
     label = name or "conv"
     rank, groups = len(kernel_size), feature_group_count
@@ -119,17 +92,12 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
 
 
 def _convolve(x, w, strides, padding, dilation, groups):
-    """``conv_general_dilated`` on channels-last ``x`` and ``w: [*kernel, in, out]``.
-
-    On CPU (JAX's default backend), a convolution of a one-channel input (unit strides and
-    dilation, at most 25 kernel taps, one group: the first layer of an image net) is a sum of
-    shifted copies of the input, which XLA fuses with what follows; its derivatives are XLA's
-    convolutions (timings: benchmarks/RESULTS.md, "CNN on CPU")."""
+    """``conv_general_dilated`` on channels-last ``x`` and ``w: [*kernel, in, out]``; on CPU a small
+    one-channel convolution (unit strides and dilation, one group) is a sum of shifted inputs."""
     rank = w.ndim - 2
     one_channel = (x.shape[-1] == 1 and groups == 1 and set(strides) == {1} and set(dilation) == {1}
                    and math.prod(w.shape[:rank]) <= 25)
-    # JAX's default backend when traced (as fit picks fused epochs), not lax.platform_dependent:
-    # jax2onnx cannot convert the latter
+    # the default backend, not lax.platform_dependent (which jax2onnx cannot convert)
     if one_channel and jax.default_backend() == "cpu":
         pads = padding if not isinstance(padding, str) else \
             jax.lax.padtype_to_pads(x.shape[1:-1], w.shape[:rank], strides, padding)
@@ -144,9 +112,8 @@ def _xla_conv(x, w, strides, padding, dilation, groups):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _shifted_sum(x, w, pads):
-    """The convolution of a one-channel ``x: [B, *spatial, 1]`` with ``w: [*kernel, 1, out]``
-    (padding ``pads``, unit strides), as a sum over kernel taps of shifted ``x`` times that tap's
-    weights: elementwise work that XLA fuses into one loop (accumulated in float32 at least)."""
+    """The convolution of ``x: [B, *spatial, 1]`` with ``w: [*kernel, 1, out]`` as a sum over taps of
+    shifted ``x`` times the tap's weights (accumulated in float32 at least)."""
     kernel = w.shape[:-2]
     acc = x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32
     x = jnp.pad(x.astype(acc), ((0, 0), *pads, (0, 0)))
@@ -157,9 +124,7 @@ def _shifted_sum(x, w, pads):
 
 
 def _shifted_sum_jvp(pads, primals, tangents):
-    """Tangents by XLA's convolution, so that reverse mode transposes it into XLA's
-    convolution gradients (not the shifted sum's own, slower, transpose). Symbolic zeros:
-    no convolution for an input that is not differentiated (the data, in training)."""
+    """Tangents by XLA's convolution (reverse mode then uses its gradients); none for a symbolic zero."""
     (x, w), (dx, dw) = primals, tangents
     ones = (1,) * (w.ndim - 2)
     y = _shifted_sum(x, w, pads)
@@ -177,24 +142,12 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
                    padding: Padding = "SAME", dilation: int | Sequence[int] = 1,
                    use_bias: bool = True, w_init="lecun_normal", b_init="zeros",
                    name: str | None = None) -> Layer:
-    """Transposed ("fractionally strided") convolution, as ``flax.linen.ConvTranspose``.
+    """Transposed convolution, as ``flax.linen.ConvTranspose``; arguments as :func:`conv`'s.
 
-    ``x: [B, *spatial, C]`` -> ``[B, *spatial_out, features]`` with ``spatial_out = spatial *
-    strides`` for ``"SAME"``; params ``w: [*kernel_size, C, features]`` (not flipped), ``b``.
-
-    Args:
-      features: number of output channels (> 0).
-      kernel_size: tuple of positive ints, one per spatial axis (1-D, 2-D or 3-D).
-      strides: upsampling factor: int (all axes) or one int per spatial axis.
-      padding: ``"SAME"``, ``"VALID"`` or explicit ``[(lo, hi), ...]`` applied to the dilated input.
-      dilation: kernel dilation, int or one per spatial axis.
-      use_bias: add a learned bias.
-      w_init, b_init: initializers or their names.
-      name: optional explicit key for this layer's params.
+    ``x: [B, *spatial, C]`` -> ``[B, *spatial_out, features]`` (``spatial * strides`` for ``"SAME"``;
+    explicit padding applies to the dilated input); ``w: [*kernel_size, C, features]``, not flipped.
 
     Example (2x upsampling):
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.conv import conv_transpose
       >>> layer = conv_transpose(3, (3, 3), strides=2)
       >>> params, state = layer.init(jax.random.key(0), jnp.zeros((1, 7, 7, 16)))
       >>> layer.apply(params, state, jnp.zeros((2, 7, 7, 16)))[0].shape
@@ -205,8 +158,7 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
     strides, dilation, padding = _geometry(label, rank, strides, dilation, padding)
 
     def check(shape):
-        # With explicit padding the input dilated by the strides, plus the padding, must
-        # still hold the (dilated) kernel, as the input of a plain VALID conv must.
+        # the input dilated by the strides, plus the padding, must hold the dilated kernel
         checks.window_input(label, shape, kernel_size, dilation, "SAME")
         dilated = (shape[0], *[(n - 1) * s + 1 for n, s in zip(shape[1:-1], strides)], shape[-1])
         checks.window_input(label, dilated, kernel_size, dilation, "SAME" if isinstance(padding, str) else padding)

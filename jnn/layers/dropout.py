@@ -1,18 +1,4 @@
-"""Dropout layers: ``dropout`` (per element) and ``spatial_dropout`` (whole channels).
-
-``rate`` is the probability of dropping a unit; kept units are scaled by ``1 / (1 - rate)``.
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> from jnn.layers.dropout import dropout
-  >>> layer = dropout(0.5)
-  >>> params, state = layer.init(jax.random.key(0), jnp.ones((2, 4)))
-  >>> y, _ = layer.apply(params, state, jnp.ones((2, 4)), key=jax.random.key(1), train=True)
-  >>> sorted(set(y.ravel().tolist())) in ([0.0, 2.0], [0.0], [2.0])
-  True
-  >>> bool((layer.apply(params, state, jnp.ones((2, 4)))[0] == 1).all())   # train=False
-  True
-"""
+"""Dropout layers: ``dropout`` (per element) and ``spatial_dropout`` (whole channels)."""
 from __future__ import annotations
 
 import functools
@@ -52,18 +38,14 @@ def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected
 def dropout(rate: float, *, name: str | None = None) -> Layer:
     """Inverted dropout: zero each element with probability ``rate``, scale the rest by ``1/(1-rate)``.
 
-    Any shape; no params or state. The identity unless ``train=True`` (which needs ``key=``) and
-    ``rate > 0``. ``rate`` may be a traced scalar (unchecked: keep it in ``[0, 1)``).
-
-    Args:
-      rate: probability of dropping each element, in ``[0, 1)``.
-      name: optional explicit key for this layer.
+    Any shape. The identity unless ``train=True`` (which needs ``key=``); ``rate`` in ``[0, 1)``
+    may be a traced scalar (then unchecked).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.dropout import dropout
       >>> y, _ = dropout(0.75).apply({}, {}, jnp.ones(8), key=jax.random.key(0), train=True)
       >>> set(y.tolist()) <= {0.0, 4.0}       # dropped, or kept and scaled by 1 / (1 - 0.75)
+      True
+      >>> bool((dropout(0.5).apply({}, {}, jnp.ones(8))[0] == 1).all())   # train=False
       True
     """
     return _make("dropout", rate, name, lambda shape: shape, 0, "an array")
@@ -71,21 +53,10 @@ def dropout(rate: float, *, name: str | None = None) -> Layer:
 
 @checks.declare(rate=checks.rate)
 def spatial_dropout(rate: float, *, name: str | None = None) -> Layer:
-    """Dropout of whole channels of channels-last feature maps (``NWC``, ``NHWC``, ``NDHWC``).
-
-    Each example's channel is kept (and scaled by ``1/(1-rate)``) or zeroed at every spatial
-    position together (mask ``[B, 1, ..., 1, C]``); ``x: [B, *spatial, C]``. Same modes, keys and
-    ``rate`` rules as :func:`dropout`.
-
-    Args:
-      rate: probability of dropping each channel of each example, in ``[0, 1)``.
-      name: optional explicit key for this layer.
+    """Dropout of whole channels of ``x: [B, *spatial, C]`` (mask ``[B, 1, ..., 1, C]``), as :func:`dropout`.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.dropout import spatial_dropout
-      >>> x = jnp.ones((2, 5, 5, 8))
-      >>> y, _ = spatial_dropout(0.5).apply({}, {}, x, key=jax.random.key(0), train=True)
+      >>> y, _ = spatial_dropout(0.5).apply({}, {}, jnp.ones((2, 5, 5, 8)), key=jax.random.key(0), train=True)
       >>> bool(jnp.all((y == y[:, :1, :1, :]) ))   # constant over space per channel
       True
     """

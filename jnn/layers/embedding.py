@@ -17,18 +17,10 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
     """A lookup table: ``y[..., :] = embedding[x[...]]``.
 
     ``x: [...]`` integer ids -> ``[..., features]``; param ``embedding: [vocab_size, features]``
-    (not ``"w"``, so default weight decay skips it). Ids outside ``[0, vocab_size)`` raise when
-    concrete and give NaN rows under ``jit``.
-
-    Args:
-      vocab_size: number of rows (> 0).
-      features: width of each vector (> 0).
-      init: initializer (or name) for the table; default ``normal(1.0)``.
-      dtype: dtype of the table and output; default JAX's default float dtype.
-      name: optional explicit key for this layer's params.
+    (``init`` default ``normal(1.0)``; ``dtype`` default JAX's float dtype). Ids outside
+    ``[0, vocab_size)`` raise when concrete and give NaN rows under ``jit``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
       >>> layer = embedding(10, 4)
       >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 5), jnp.int32))
       >>> params["embedding"].shape, layer.apply(params, state, jnp.zeros((2, 5), jnp.int32))[0].shape
@@ -58,17 +50,10 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
 def attend(params, x: jax.Array) -> jax.Array:
     """Scores against every row of an embedding table: ``x @ embedding.T`` (a tied output head).
 
-    Shapes: ``x: [..., features]`` -> ``[..., vocab_size]``; computed in ``x``'s dtype.
-
-    Args:
-      params: the embedding layer's params (``{"embedding": [vocab_size, features]}``) or the
-        table itself.
-      x: vectors of the embedding's width, e.g. the last hidden states of a language model.
+    ``params``: the embedding's params or its table; ``x: [..., features]`` -> ``[..., vocab_size]``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> layer = embedding(10, 4)
-      >>> params, _ = layer.init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
+      >>> params, _ = embedding(10, 4).init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))
       >>> attend(params, jnp.ones((2, 5, 4))).shape
       (2, 5, 10)
     """

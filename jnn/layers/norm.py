@@ -1,20 +1,7 @@
 """Normalization layers: batch_norm, layer_norm, rms_norm, group_norm.
 
-Statistics are computed in float32 (float64 for float64 inputs), also for bfloat16/float16
-inputs; the output has the input's dtype. Learnable ``scale`` (init ones) and ``offset``
-(init zeros) have the feature shape; ``batch_norm`` keeps running ``mean`` and ``var`` in its
-state. Variances are the biased (divide-by-n) ones, as in flax.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.norm import batch_norm
-  >>> bn = batch_norm()
-  >>> params, state = bn.init(jax.random.key(0), jax.ShapeDtypeStruct((8, 3), jnp.float32))
-  >>> sorted(params), sorted(state)
-  (['offset', 'scale'], ['mean', 'var'])
-  >>> x = jnp.arange(24.0).reshape(8, 3)
-  >>> y, state = bn.apply(params, state, x, train=True)     # batch statistics, state updated
-  >>> y, _ = bn.apply(params, state, x)                     # running statistics only
+Statistics in float32 (float64 for float64 inputs), biased variances; the output has the input's
+dtype. Learned ``scale`` (ones) and ``offset`` (zeros) have the feature shape.
 """
 from __future__ import annotations
 
@@ -52,15 +39,14 @@ def _standardize(x, axes, epsilon):
 
 
 def _running(state, batch, momentum):
-    """``momentum * running + (1 - momentum) * batch``; a batch statistic with a NaN or Inf
-    leaves the running statistics as they were (not poisoned)."""
+    """``momentum * running + (1 - momentum) * batch``, unless the batch's are not finite."""
     batch = jax.lax.stop_gradient(batch)
     ok = jnp.isfinite(batch["mean"]).all() & jnp.isfinite(batch["var"]).all()
     return {k: jnp.where(ok, momentum * state[k] + (1 - momentum) * batch[k], state[k]) for k in ("mean", "var")}
 
 
 def _pmean(label: str, value, axis_name):
-    """``value`` averaged over the named mapped axis (if any), with a helpful unbound-name error."""
+    """``value`` averaged over the named mapped axis (if any)."""
     try:
         return value if axis_name is None else jax.lax.pmean(value, axis_name)
     except NameError as e:
@@ -72,24 +58,14 @@ def _pmean(label: str, value, axis_name):
                 use_offset=checks.flag)
 def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_scale: bool = True,
                use_offset: bool = True, axis_name=None, name: str | None = None) -> Layer:
-    """Batch normalization (Ioffe & Szegedy 2015) with running statistics in the state.
+    """Batch normalization with running ``mean`` and ``var`` in the state.
 
-    ``train=True`` normalizes with the batch statistics and updates ``running = momentum *
-    running + (1 - momentum) * batch`` (unless they are non-finite); ``train=False`` uses the
-    running ones. ``x: [B, ..., F]``; params ``scale``, ``offset`` and state ``mean``, ``var`` have
-    the shape of the axes not reduced (``[F]`` by default).
-
-    Args:
-      momentum: decay of the running statistics, in ``[0, 1]``.
-      epsilon: added to the variance (> 0).
-      axis: the axes to *reduce over*, including the batch axis 0 (``None``: all but the last).
-      use_scale, use_offset: learn a per-feature scale / offset.
-      axis_name: a mapped axis over which batch statistics are averaged (``jax.lax.pmean``).
-      name: optional explicit key for this layer.
+    ``train=True`` normalizes with the batch statistics and updates ``running = momentum * running +
+    (1 - momentum) * batch``; ``train=False`` uses the running ones. ``axis``: the axes reduced over,
+    batch included (``None``: all but the last); the others give the params' and state's shape.
+    ``axis_name``: a mapped axis the batch statistics are averaged over (``jax.lax.pmean``).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.norm import batch_norm
       >>> bn = batch_norm(momentum=0.9)
       >>> x = jnp.ones((4, 6, 6, 2))
       >>> params, state = bn.init(jax.random.key(0), x)
@@ -101,14 +77,13 @@ def batch_norm(*, momentum: float = 0.99, epsilon: float = 1e-5, axis=None, use_
     min_ndim = 2 if axis is None else 0   # an explicit axis is checked against the input's rank instead
 
     def layout(x):
-        """The axes reduced over and the shape of the others (the features), after checking ``x``."""
+        """The axes reduced over and the shape of the others, after checking ``x``."""
         checks.layer_input(label, x, "an input [B, ..., F] with at least 2 axes", min_ndim=min_ndim, floating=True)
         axes = tuple(range(x.ndim - 1)) if axis is None else checks.batch_axes(label, "axis", axis, x.ndim)
         return axes, tuple(d for i, d in enumerate(x.shape) if i not in axes)
 
     def batch_statistics(x, axes):
         """The batch mean and biased variance over ``axes`` (and over ``axis_name``'s devices)."""
-        # (one value: a constant output and zero gradient)
         checks.require(math.prod(x.shape[a] for a in axes) > 1 or axis_name is not None, label, f"training mode "
                        f"needs more than one value per feature to normalize over, got input shape {tuple(x.shape)}; "
                        f"use a larger batch, or train=False")
@@ -165,17 +140,11 @@ def _last_axis_norm(kind: str, label: str, name, use_scale: bool, use_offset: bo
 @checks.declare(epsilon=checks.above(0), use_scale=checks.flag, use_offset=checks.flag)
 def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: bool = True,
                name: str | None = None) -> Layer:
-    """Layer normalization (Ba et al. 2016) over the last axis of each example.
-
-    ``y = (x - mean) / sqrt(var + epsilon) * scale + offset`` with mean and biased variance
-    over the last axis. Shapes: ``x: [..., F]`` -> same; params ``scale``, ``offset``: ``[F]``.
+    """Layer normalization over the last axis: ``(x - mean) / sqrt(var + epsilon) * scale + offset``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.norm import layer_norm
-      >>> ln = layer_norm()
-      >>> params, state = ln.init(jax.random.key(0), jnp.zeros((2, 3)))
-      >>> ln.apply(params, state, jnp.array([[1.0, 2.0, 3.0]]))[0].round(3)
+      >>> params, state = layer_norm().init(jax.random.key(0), jnp.zeros((2, 3)))
+      >>> layer_norm().apply(params, state, jnp.array([[1.0, 2.0, 3.0]]))[0].round(3)
       Array([[-1.225,  0.   ,  1.225]], dtype=float32)
     """
     return _last_axis_norm("layer_norm", name or "layer_norm", name, use_scale, use_offset,
@@ -184,18 +153,12 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: boo
 
 @checks.declare(epsilon=checks.above(0), use_scale=checks.flag)
 def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True, name: str | None = None) -> Layer:
-    """RMS normalization (Zhang & Sennrich 2019) over the last axis: no centering, no offset.
-
-    ``y = x / sqrt(mean(x ** 2) + epsilon) * scale``. Shapes: ``x: [..., F]`` -> same; param
-    ``scale``: ``[F]``.
+    """RMS normalization over the last axis: ``x / sqrt(mean(x ** 2) + epsilon) * scale``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.norm import rms_norm
-      >>> rn = rms_norm()
-      >>> params, state = rn.init(jax.random.key(0), jnp.zeros((1, 2)))
+      >>> params, state = rms_norm().init(jax.random.key(0), jnp.zeros((1, 2)))
       >>> x = jnp.array([[3.0, 4.0]])                      # rms = sqrt((9 + 16) / 2)
-      >>> bool(jnp.allclose(rn.apply(params, state, x)[0], x / jnp.sqrt(12.5)))
+      >>> bool(jnp.allclose(rms_norm().apply(params, state, x)[0], x / jnp.sqrt(12.5)))
       True
     """
     def normalize(x):
@@ -207,22 +170,11 @@ def rms_norm(*, epsilon: float = 1e-6, use_scale: bool = True, name: str | None 
 @checks.declare(num_groups=checks.positive_int, epsilon=checks.above(0), use_scale=checks.flag, use_offset=checks.flag)
 def group_norm(num_groups: int, *, epsilon: float = 1e-5, use_scale: bool = True,
                use_offset: bool = True, name: str | None = None) -> Layer:
-    """Group normalization (Wu & He 2018) for channels-last inputs.
-
-    Each example is normalized over its spatial axes and each of ``num_groups`` consecutive
-    channel groups (``num_groups=C``: instance norm). ``x: [B, *spatial, C]``; params ``[C]``.
-
-    Args:
-      num_groups: number of channel groups (> 0); ``C`` must be divisible by it.
-      epsilon: added to the variance (> 0).
-      use_scale, use_offset: learn a per-channel scale / offset.
-      name: optional explicit key for this layer.
+    """Group normalization of ``x: [B, *spatial, C]`` over space and each of ``num_groups``
+    consecutive channel groups (``C`` divisible by it; ``num_groups=C``: instance norm).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.norm import group_norm
-      >>> gn = group_norm(2)
-      >>> params, state = gn.init(jax.random.key(0), jnp.zeros((1, 4, 4, 6)))
+      >>> params, state = group_norm(2).init(jax.random.key(0), jnp.zeros((1, 4, 4, 6)))
       >>> params["scale"].shape
       (6,)
     """

@@ -1,19 +1,7 @@
-"""Pooling on channels-last inputs of any spatial rank: max, average, and global pooling.
+"""Pooling on channels-last inputs ``[B, *spatial, C]`` of any spatial rank: max, average, global.
 
-``max_pool``/``avg_pool`` take ``[B, *spatial, C]`` with ``len(spatial) == len(window)``;
-``strides`` default to the window (as in Keras and PyTorch). Windows that tile the input are
-reduced over a reshaped view (``[B, H/2, 2, W/2, 2, C]``), others with ``jax.lax.reduce_window``;
-both give the same values. With ties, max pooling's gradient goes to the first maximal element of
-a window in row-major order (as in ``torch.nn.functional.max_pool2d``).
-``global_avg_pool``/``global_max_pool`` reduce every spatial axis: ``[B, ..., C] -> [B, C]``.
-
-Example:
-  >>> import jax.numpy as jnp
-  >>> from jnn.layers.pooling import max_pool, global_avg_pool
-  >>> max_pool((2, 2)).apply({}, {}, jnp.zeros((4, 28, 28, 8)))[0].shape
-  (4, 14, 14, 8)
-  >>> global_avg_pool().apply({}, {}, jnp.zeros((4, 7, 7, 8)))[0].shape
-  (4, 8)
+Windows that tile the input are reduced over a reshaped view, others by ``jax.lax.reduce_window``.
+With ties, max pooling's gradient goes to a window's first maximum in row-major order (as torch's).
 """
 from __future__ import annotations
 
@@ -103,18 +91,12 @@ def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
 @checks.declare(window=checks.window(None))
 def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
              padding: Padding = "VALID", name: str | None = None) -> Layer:
-    """Maximum over each window: ``[B, *spatial, C] -> [B, *spatial_out, C]``.
+    """Maximum over each window (one size per spatial axis): ``[B, *spatial, C] -> [B, *spatial_out, C]``.
 
-    Args:
-      window: window size, one positive int per spatial axis: ``(2,)``, ``(2, 2)``, ...
-      strides: int or one per spatial axis; ``None`` (default) means equal to ``window``.
-      padding: ``"VALID"`` (default), ``"SAME"`` or explicit ``[(lo, hi), ...]``; padded
-        positions never win the max.
-      name: optional explicit name.
+    ``strides``: an int or one per axis (default: the window); ``padding``: ``"VALID"``, ``"SAME"``
+    or ``[(lo, hi), ...]`` (padded positions never win).
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn.layers.pooling import max_pool
       >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
       >>> max_pool((2, 2)).apply({}, {}, x)[0][0, :, :, 0]
       Array([[ 5.,  7.],
@@ -132,19 +114,11 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
 def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
              padding: Padding = "VALID", count_include_pad: bool = True,
              name: str | None = None) -> Layer:
-    """Mean over each window: ``[B, *spatial, C] -> [B, *spatial_out, C]``.
+    """Mean over each window, arguments as :func:`max_pool`'s: ``[B, *spatial, C] -> [B, *spatial_out, C]``.
 
-    Args:
-      window: window size, one positive int per spatial axis.
-      strides: int or one per spatial axis; ``None`` (default) means equal to ``window``.
-      padding: ``"VALID"`` (default), ``"SAME"`` or explicit ``[(lo, hi), ...]``.
-      count_include_pad: with padding, divide by the full window size (padded zeros count,
-        as ``flax.linen.avg_pool``'s default) rather than by the number of real entries.
-      name: optional explicit name.
+    ``count_include_pad``: divide by the full window (padded zeros count, as flax) or by the real entries.
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn.layers.pooling import avg_pool
       >>> avg_pool((2,)).apply({}, {}, jnp.array([[[1.0], [3.0], [5.0], [7.0]]]))[0][0, :, 0]
       Array([2., 6.], dtype=float32)
     """
@@ -183,8 +157,6 @@ def global_avg_pool(*, name: str | None = None) -> Layer:
     """Mean over all spatial axes: ``[B, *spatial, C] -> [B, C]``.
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn.layers.pooling import global_avg_pool
       >>> global_avg_pool().apply({}, {}, jnp.ones((2, 3, 3, 5)))[0].shape
       (2, 5)
     """
@@ -195,8 +167,6 @@ def global_max_pool(*, name: str | None = None) -> Layer:
     """Maximum over all spatial axes: ``[B, *spatial, C] -> [B, C]``.
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn.layers.pooling import global_max_pool
       >>> global_max_pool().apply({}, {}, jnp.ones((2, 4, 5)))[0].shape
       (2, 5)
     """

@@ -1,18 +1,7 @@
-"""Recurrent layers: a :class:`~jnn.layers.cells.Cell` scanned over time with ``jax.lax.scan``.
+"""Recurrent layers: a :class:`~jnn.layers.cells.Cell` scanned over time (batch-first ``[B, T, F]``).
 
-Inputs are batch-first, ``[B, T, F]``. :func:`recurrent` and :func:`bidirectional` are layers whose
-``apply`` also takes ``lengths=`` (``[B]`` ints, routed by combinators); :func:`run` is the pure
-function underneath (initial carry in, final carry out). With ``lengths``, sequence ``b`` is ``x[b, :lengths[b]]``: outputs past its end are zero, its
-final carry is the carry after its last valid step, and ``reverse=True`` reads its valid part
-backwards (position ``lengths[b] - 1`` first) while the padding stays at the end.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.cells import lstm_cell
-  >>> layer = recurrent(lstm_cell(4))
-  >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((2, 5, 3), jnp.float32))
-  >>> layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
-  (2, 5, 4)
+With ``lengths=`` (``[B]`` ints), sequence ``b`` is ``x[b, :lengths[b]]``: outputs past it are zero, the
+final carry is its last valid step's, and ``reverse=True`` reads the valid part backwards.
 """
 from __future__ import annotations
 
@@ -31,7 +20,6 @@ __all__ = ["run", "recurrent", "bidirectional"]
 
 
 def _cell(label: str, what: str, cell) -> Cell:
-    """The rule for a cell argument: a :class:`Cell`, with a hint for a factory passed uncalled."""
     if not isinstance(cell, Cell):
         hint = " (did you forget to call it, e.g. lstm_cell(64)?)" if callable(cell) else ""
         raise TypeError(f"{label}: expected a Cell (rnn_cell, lstm_cell, gru_cell), got {type(cell).__name__}{hint}")
@@ -72,8 +60,7 @@ def _run(label, cell, params, x, lengths, reverse, initial_carry, unroll):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _scan(cell, reverse, unroll, params, carry, x, lengths):
-    # Compiled once per (cell, shapes): under jit it is inlined, and eager calls (and the many
-    # calls of eager autodiff or finite differences) reuse the compiled scan.
+    # compiled once per (cell, shapes) for eager calls; inlined under jit
     xs = jnp.moveaxis(x, -2, 0)
     if lengths is None:
         carry, ys = jax.lax.scan(lambda c, x_t: cell.step(params, c, x_t), carry, xs,
@@ -99,26 +86,13 @@ def _scan(cell, reverse, unroll, params, carry, x, lengths):
 @checks.declare(cell=_cell, unroll=_unroll)
 def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
         reverse: bool = False, initial_carry=None, unroll: int | bool = 1):
-    """Runs ``cell`` over the time axis of ``x``: the pure function under :func:`recurrent`.
+    """Runs ``cell`` over the time axis of ``x: [*batch, T, F]``: ``(outputs [*batch, T, H], final_carry)``.
 
-    Shapes: ``x: [*batch, T, F]`` -> ``outputs: [*batch, T, H]``, computed in ``x``'s dtype.
-
-    Args:
-      cell: the cell (:func:`~jnn.layers.cells.lstm_cell`, ...).
-      params: the cell's params (``cell.init(key, F)``).
-      x: the input sequences, batch-first.
-      lengths: optional valid length ``[*batch]`` of each sequence (see the module docstring).
-      reverse: read each sequence's valid part from the end (outputs stay at their positions).
-      initial_carry: the carry to start from (default zeros).
-      unroll: passed to ``jax.lax.scan``.
-
-    Returns:
-      ``(outputs, final_carry)``.
+    The pure function under :func:`recurrent`, in ``x``'s dtype; ``initial_carry`` defaults to zeros.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.cells import gru_cell
-      >>> cell = gru_cell(3)
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> cell = jnn.gru_cell(3)
       >>> params = cell.init(jax.random.key(0), 2)
       >>> ys, h = run(cell, params, jnp.ones((4, 5, 2)), lengths=jnp.array([5, 3, 1, 0]))
       >>> ys.shape, h.shape, bool((ys[1, 3:] == 0).all()), bool(jnp.allclose(h[1], ys[1, 2]))
@@ -130,23 +104,12 @@ def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
 @checks.declare(cell=_cell, return_sequences=checks.flag, reverse=checks.flag, unroll=_unroll)
 def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = False,
               unroll: int | bool = 1, name: str | None = None) -> Layer:
-    """A recurrent layer: ``cell`` scanned over time, batch-first.
-
-    ``x: [B, T, F]`` -> ``[B, T, H]``, or ``[B, H]`` with ``return_sequences=False`` (the last
-    step processed). Params are the cell's; the layer's kind is the cell's. ``apply`` takes
-    ``lengths=[B]`` (see the module docstring).
-
-    Args:
-      cell: the cell (:func:`~jnn.layers.cells.rnn_cell`, ``lstm_cell``, ``gru_cell``).
-      return_sequences: return every step's output, else only the last one.
-      reverse: read the sequences backwards (outputs stay at their input positions).
-      unroll: passed to ``jax.lax.scan``.
-      name: optional explicit key for this layer's params.
+    """A recurrent layer of the cell's kind and params: ``x: [B, T, F]`` -> ``[B, T, H]``, or ``[B, H]``
+    (the last step processed) with ``return_sequences=False``; ``apply`` takes ``lengths=``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> from jnn.layers.cells import gru_cell
-      >>> model = jnn.serial(recurrent(gru_cell(8)), recurrent(gru_cell(4), return_sequences=False))
+      >>> model = jnn.serial(recurrent(jnn.gru_cell(8)), recurrent(jnn.gru_cell(4), return_sequences=False))
       >>> params, state = model.init(jax.random.key(0), jnp.zeros((2, 7, 3)))
       >>> sorted(params), model.apply(params, state, jnp.ones((2, 7, 3)))[0].shape
       (['gru_0', 'gru_1'], (2, 4))
@@ -193,23 +156,14 @@ _MERGES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="concat",
                   return_sequences: bool = True, unroll: int | bool = 1,
                   name: str | None = None) -> Layer:
-    """Two recurrent layers, one reading forwards and one backwards, outputs merged.
+    """Two recurrent layers, one reading forwards, one backwards (``backward_cell``, default ``cell``).
 
-    ``x: [B, T, F]`` -> ``[B, T, H_f + H_b]`` with ``merge="concat"`` (``[B, ...]`` with
-    ``return_sequences=False``). Params ``{"forward", "backward"}``; ``apply`` takes ``lengths=``.
-
-    Args:
-      cell: the forward cell.
-      backward_cell: the backward cell (default: ``cell`` again, with its own params).
-      merge: ``"concat"`` (last axis), ``"add"``, ``"multiply"``, or a function
-        ``(forward_outputs, backward_outputs) -> array``.
-      return_sequences, unroll: as for :func:`recurrent`.
-      name: optional explicit key for this layer's params.
+    Outputs merged by ``"concat"`` (``[B, T, H_f + H_b]``), ``"add"``, ``"multiply"`` or a function
+    ``(forward, backward) -> array``; params ``{"forward", "backward"}``; ``apply`` takes ``lengths=``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.layers.cells import lstm_cell
-      >>> layer = bidirectional(lstm_cell(4), lstm_cell(2))
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> layer = bidirectional(jnn.lstm_cell(4), jnn.lstm_cell(2))
       >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 5, 3)))
       >>> sorted(params), layer.apply(params, state, jnp.ones((2, 5, 3)))[0].shape
       (['backward', 'forward'], (2, 5, 6))

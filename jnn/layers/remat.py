@@ -1,18 +1,8 @@
 """``remat``: recompute a layer's activations in the backward pass (``jax.checkpoint``).
 
-Policies (``jax.checkpoint_policies``): ``"nothing"`` (save nothing), ``"dots"`` (matmul
-outputs), ``"dots_no_batch"`` (matmuls without batch axes), ``"offload"`` (those, in pinned host
-memory; needs a ``pinned_host`` memory space), ``"everything"`` (no recomputation).
-``repeat(remat(block), n)`` keeps only each block's input across the copies.
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> from jnn.layers.remat import remat
-  >>> block = remat(jnn.serial(jnn.dense(8), jnn.relu()), policy="dots")
-  >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 8)))
-  >>> loss = lambda p: block.apply(p, state, jnp.ones((2, 8)))[0].sum()
-  >>> jax.grad(loss)(params)["dense_0"]["w"].shape
-  (8, 8)
+:data:`POLICIES` (``jax.checkpoint_policies``): ``"nothing"`` saved, ``"dots"`` (matmul outputs),
+``"dots_no_batch"`` (matmuls without batch axes), ``"offload"`` (those, to pinned host memory),
+``"everything"`` (no recomputation).
 """
 from __future__ import annotations
 
@@ -43,25 +33,14 @@ def _policy(label: str, policy: str):
 def remat(layer: Layer, *, policy: str = "nothing", name: str | None = None) -> Layer:
     """``layer`` with its ``apply`` under ``jax.checkpoint`` (same params, state and outputs).
 
-    Args:
-      layer: any layer.
-      policy: one of ``"nothing"``, ``"dots"``, ``"dots_no_batch"``, ``"offload"``,
-        ``"everything"`` (see the module docstring).
-      name: optional explicit key; default the child's own name (params are keyed as the
-        child's, so a model's params do not change when remat is added or removed).
-
-    Returns:
-      A layer of the child's kind.
+    A layer of the child's kind, name and params; ``policy`` one of :data:`POLICIES`.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> layer = jnn.remat(jnn.dense(3))
-      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 4)))
-      >>> layer.kind, params["w"].shape
-      ('dense', (4, 3))
-      >>> grads = jax.grad(lambda p: layer.apply(p, state, jnp.ones((2, 4)))[0].sum())(params)
-      >>> grads["w"].shape
-      (4, 3)
+      >>> block = jnn.remat(jnn.serial(jnn.dense(8), jnn.relu()), policy="dots")
+      >>> params, state = block.init(jax.random.key(0), jnp.zeros((2, 8)))
+      >>> block.kind, jax.grad(lambda p: block.apply(p, state, jnp.ones((2, 8)))[0].sum())(params)["dense_0"]["w"].shape
+      ('serial', (8, 8))
     """
     checkpoint_policy = _policy(name or layer.label, policy)
 

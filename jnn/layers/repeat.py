@@ -1,24 +1,5 @@
-"""``repeat``: ``n`` copies of a layer with separate weights, stacked and run with ``lax.scan``.
-
-``repeat(block, n)`` computes ``serial(block, ..., block)`` with params (and state) stacked along a
-leading ``[n]`` axis and one ``lax.scan``, so it compiles once for any depth. :func:`copy_mask` /
-:func:`freeze_copies` select single copies; :func:`unstack_params` / :func:`stack_params` convert
-to and from the ``serial`` form (keys ``f"{kind}_{i}"``).
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> from jnn.layers.repeat import repeat, unstack_params
-  >>> block = jnn.residual(jnn.dense(8), jnn.relu())
-  >>> deep = repeat(block, 4)
-  >>> params, state = deep.init(jax.random.key(0), jnp.zeros((2, 8)))
-  >>> params["serial_0"]["dense_0"]["w"].shape
-  (4, 8, 8)
-  >>> y, _ = deep.apply(params, state, jnp.ones((2, 8)))
-  >>> shallow = jnn.serial(*[block] * 4)
-  >>> y2, _ = shallow.apply(unstack_params(params, "residual"), {}, jnp.ones((2, 8)))
-  >>> bool(jnp.allclose(y, y2, atol=1e-6))
-  True
-"""
+"""``repeat``: ``n`` copies of a layer with separate weights, stacked and run with ``lax.scan``, and
+conversions to and from the ``serial`` form of the copies."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -38,27 +19,17 @@ __all__ = ["repeat", "stack_params", "unstack_params", "copy_mask", "freeze_copi
 @checks.declare(layer=checks.jnn_layer, n=checks.positive_int,
                 unroll=checks.positive_int_or(True, False, described="a bool"))
 def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = None) -> Layer:
-    """``n`` copies of ``layer`` (separate weights) applied in sequence with ``lax.scan``.
+    """``serial(layer, ..., layer)`` as one ``lax.scan`` over ``n`` copies, compiled once for any depth.
 
-    The child must keep its input's shape and dtype; extra ``apply`` keywords go to every copy.
-
-    Args:
-      layer: the block to repeat.
-      n: number of copies (>= 1).
-      unroll: passed to ``lax.scan`` (``1``: a rolled loop, ``True``: fully unrolled).
-      name: optional explicit key for the stack's params.
-
-    Returns:
-      A layer of kind ``"repeat"``: params and state are the child's with a leading ``[n]`` axis.
+    Params and state are the child's stacked on a leading ``[n]`` axis; the child must keep its
+    input's shape and dtype; ``apply`` keywords go to every copy; ``unroll`` is ``lax.scan``'s.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> stack = jnn.repeat(jnn.dense(4), 3)
       >>> params, state = stack.init(jax.random.key(0), jnp.zeros((2, 4)))
-      >>> params["w"].shape
-      (3, 4, 4)
-      >>> stack.apply(params, state, jnp.ones((2, 4)))[0].shape
-      (2, 4)
+      >>> params["w"].shape, stack.apply(params, state, jnp.ones((2, 4)))[0].shape
+      ((3, 4, 4), (2, 4))
     """
     label = name or "repeat"
 
@@ -73,14 +44,13 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
         def body(h, per_copy):
             p, s, k = per_copy
             y, s = layer.apply(p, s, h, key=k, train=train, **keywords)
-            # checked while tracing, before scan's own check
             checks.require((y.shape, y.dtype) == (h.shape, h.dtype), label, f"the repeated layer must keep its "
                            f"input's shape and dtype, but {layer.label} maps {h.dtype}{list(h.shape)} to "
                            f"{y.dtype}{list(y.shape)}")
             return y, s
 
         with core.child_scope(layer.kind):
-            # length=n: a child without params or state (dropout) gives scan nothing else to count
+            # length=n: a child without params or state gives scan nothing else to count
             y, new_state = jax.lax.scan(body, x, (params, state, keys), length=n, unroll=unroll)
         return y, new_state
 
@@ -88,35 +58,32 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
 
 
 def unstack_params(stacked, kind: str) -> dict:
-    """Stacked params (or state) of ``repeat(layer, n)`` -> those of ``serial(layer, ..., layer)``.
+    """Stacked params (or state) of ``repeat(layer, n)`` -> ``{f"{kind}_{i}": copy_i}``, those of
+    ``serial(layer, ..., layer)`` (``kind``: the repeated layer's).
 
-    Args:
-      stacked: the ``repeat`` layer's params (every leaf has a leading ``[n]`` axis).
-      kind: the repeated layer's ``kind`` (``serial`` keys its children ``f"{kind}_{i}"``).
-
-    Returns:
-      ``{f"{kind}_0": copy_0, ..., f"{kind}_{n-1}": copy_{n-1}}``.
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> block = jnn.residual(jnn.dense(8), jnn.relu())
+      >>> params, state = repeat(block, 4).init(jax.random.key(0), jnp.zeros((2, 8)))
+      >>> y, _ = repeat(block, 4).apply(params, state, jnp.ones((2, 8)))
+      >>> copies = unstack_params(params, "residual")
+      >>> y2, _ = jnn.serial(*[block] * 4).apply(copies, {}, jnp.ones((2, 8)))
+      >>> bool(jnp.allclose(y, y2, atol=1e-6)), sorted(copies), stack_params(copies)["serial_0"]["dense_0"]["w"].shape
+      (True, ['residual_0', 'residual_1', 'residual_2', 'residual_3'], (4, 8, 8))
     """
     n = checks.leading_axis("unstack_params", jax.tree.leaves(stacked))
     return {f"{kind}_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)}
 
 
 def stack_params(copies: dict) -> dict:
-    """The inverse of :func:`unstack_params`: ``{"<kind>_0": p0, "<kind>_1": p1, ...}`` -> stacked.
-
-    Copies are ordered by their numeric suffix; they must all have the same structure and shapes.
-    """
+    """The inverse of :func:`unstack_params` (copies ordered by their numeric suffix, of one structure)."""
     trees = checks.copies("stack_params", copies)
     return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
 def copy_mask(params, include: Iterable[str] | str, copies: Iterable[int], n: int):
-    """A mask selecting single copies of stacked leaves.
-
-    Leaves whose path matches ``include`` (``jnn.tree`` patterns, e.g. ``"blocks/*"``) and have a
-    leading axis of size ``n`` get a boolean array of shape ``[n, 1, ..., 1]`` that is True at
-    ``copies``; every other leaf gets ``False``. Multiply updates by it (``freeze_copies``).
-    """
+    """A mask of single copies: leaves matching ``include`` (``jnn.tree`` patterns) with a leading
+    axis ``n`` get a bool ``[n, 1, ..., 1]``, True at ``copies``; other leaves ``False``."""
     copies = tuple(copies)
     checks.require(all(type(c) is int and 0 <= c < n for c in copies),   # (bools are not copy indices)
                    "copy_mask", f"copies must be integers in [0, {n}), got {copies}")
@@ -135,16 +102,8 @@ def copy_mask(params, include: Iterable[str] | str, copies: Iterable[int], n: in
 
 def freeze_copies(optimizer: optax.GradientTransformation, params, include: Iterable[str] | str,
                   copies: Iterable[int], n: int) -> optax.GradientTransformation:
-    """``optimizer`` whose updates are zero for the given copies of the matching stacked leaves.
-
-    The optimizer still keeps moments for frozen copies (they are zeroed after it), so an
-    elementwise optimizer (SGD, Adam, AdamW) moves the other copies exactly as it would move the
-    same copies in the unstacked ``serial`` with those copies frozen.
-
-    Example (freeze copy 3 of a 6-block stack stored under ``"blocks"``)::
-
-        opt = freeze_copies(optax.adamw(1e-3), params, "blocks/*", copies=[3], n=6)
-    """
+    """``optimizer`` whose updates are zero for the given copies of the matching stacked leaves
+    (see :func:`copy_mask`): ``freeze_copies(optax.adamw(1e-3), params, "blocks/*", copies=[3], n=6)``."""
     frozen = copy_mask(params, include, copies, n)
 
     def keep(update, mask):
