@@ -20,8 +20,8 @@ Example:
   >>> x, y = jnn.data.xor()
   >>> model = jnn.serial(jnn.dense(8), jnn.tanh(), jnn.dense(1))
   >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1), (x, y),
-  ...                        key=jax.random.key(0), epochs=500, batch_size=4, metrics={}, progress=False,
-  ...                        verbose=False, callbacks=[stop_when_good])
+  ...                        key=jax.random.key(0), epochs=500, batch_size=4, metrics={}, verbose=0,
+  ...                        callbacks=[stop_when_good])
   >>> result.stopped_early, len(seen) < 500, seen[-1] < 0.5
   (True, True, True)
 """
@@ -62,7 +62,7 @@ class Callback:
       >>> x, y = jnn.data.xor()
       >>> cb = StopAtTwo()
       >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=5, batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[cb])
+      ...                        epochs=5, batch_size=4, metrics={}, verbose=0, callbacks=[cb])
       >>> cb.epochs, result.stopped_early
       ([1, 2], True)
     """
@@ -191,7 +191,7 @@ class TensorBoard(Callback):
       >>> logdir = tempfile.mkdtemp()
       >>> tb = jnn.train.callbacks.TensorBoard(logdir, histograms_every=1, model=model, loss=loss, probe=(x, y))
       >>> result = jnn.train.fit(model, loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2,
-      ...                        batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[tb])
+      ...                        batch_size=4, metrics={}, verbose=0, callbacks=[tb])
       >>> any(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
       True
     """
@@ -221,12 +221,25 @@ class TensorBoard(Callback):
                 self.logdir if member is None else self.logdir / f"member_{member}")
         return self._writers[member]
 
-    def _log(self, writer, epoch, train_state, logs):
-        for k, v in logs.items():
-            if isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v):
-                writer.add_scalar(k, float(v), epoch)
-        if self.learning_rate is not None and "lr" not in logs:
-            writer.add_scalar("lr", float(self.learning_rate(train_state.step)), epoch)
+    def log(self, step: int, scalars: dict, *, member=None) -> None:
+        """Writes each finite scalar of ``scalars`` (``{name: number or 0-d array}``) at ``step``: the
+        logging API of a hand-written loop (call :meth:`close` at its end).
+
+        Example:
+          >>> import tempfile, jax.numpy as jnp, jnn
+          >>> tb = jnn.train.callbacks.TensorBoard(tempfile.mkdtemp())
+          >>> tb.log(1, {"loss": jnp.float32(0.5), "note": "skipped"}); tb.close()
+        """
+        writer = self._writer(member)
+        for k, v in scalars.items():
+            if isinstance(v, (int, float, np.number, np.ndarray, jax.Array)) and np.ndim(v) == 0 and np.isfinite(v):
+                writer.add_scalar(k, float(v), step)
+        writer.flush()
+
+    def _log(self, member, epoch, train_state, logs):
+        lr = {} if self.learning_rate is None or "lr" in logs else {"lr": self.learning_rate(train_state.step)}
+        self.log(epoch, {**logs, **lr}, member=member)
+        writer = self._writer(member)
         if self.every and epoch % self.every == 0:
             for path, w in _io.flatten(train_state.params).items():
                 writer.add_histogram(f"weights/{path}", w.astype(np.float32), epoch)
@@ -240,16 +253,20 @@ class TensorBoard(Callback):
         writer.flush()
 
     def on_epoch_end(self, epoch, train_state, logs):
-        self._log(self._writer(), epoch, train_state, logs)
+        self._log(None, epoch, train_state, logs)
 
     def on_population_epoch_end(self, epoch: int, states, logs: dict, trained) -> None:
         """For :func:`jnn.train.fit_population`: ``states`` batched over members, ``logs``
         ``{name: [N]}``, ``trained`` the members that trained this epoch."""
         for i in np.flatnonzero(np.asarray(trained)):
             member = jax.tree_util.tree_map(lambda a: a[i], states)
-            self._log(self._writer(int(i)), epoch, member, {k: float(v[i]) for k, v in logs.items()})
+            self._log(int(i), epoch, member, {k: float(v[i]) for k, v in logs.items()})
 
     def on_train_end(self, train_state, history):
+        self.close()
+
+    def close(self) -> None:
+        """Closes the event files (a later :meth:`log` opens new ones)."""
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
@@ -305,7 +322,7 @@ class EarlyStopping(Callback):
       >>> es = jnn.train.EarlyStopping(monitor="loss", patience=2)
       >>> x, y = jnn.data.xor()
       >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=10, batch_size=4, metrics={}, progress=False, verbose=False,
+      ...                        epochs=10, batch_size=4, metrics={}, verbose=0,
       ...                        callbacks=[es])      # gradient ascent: the loss only rises
       >>> result.history["epoch"], result.best_epoch, result.stopped_early, int(result.train_state.step)
       ([1, 2, 3], 1, True, 1)

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import optax
 
 from jnn import _checks as checks
-from jnn import metrics as _metrics
 from jnn.parallel import mesh as _parallel
 from jnn.core import Layer
 from jnn.train import guard
@@ -20,8 +19,8 @@ from jnn.train.compiler import compiler_options
 from jnn.train.engine import (CALLBACK_RULES, Data, NonFinite, Start, learning_rate, prepare, run_epochs,
                               split_validation, with_early_stopping)
 from jnn.train.nonfinite import find_nonfinite
-from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, gather, num_examples_of, init_train_state,
-                            make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
+from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, default_metrics, gather, num_examples_of,
+                            init_train_state, make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
 
 __all__ = ["FitResult", "fit", "split_validation", "predict", "fuses_by_default"]
 
@@ -43,7 +42,7 @@ class FitResult(NamedTuple):
       >>> import jax, optax, jnn
       >>> x, y = jnn.data.xor()
       >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=2, batch_size=4, metrics={}, progress=False, verbose=False)
+      ...                        epochs=2, batch_size=4, metrics={}, verbose=0)
       >>> result.history["epoch"], result.best_epoch, result.stopped_early
       ([1, 2], None, False)
       >>> int(result.train_state.step)
@@ -62,11 +61,6 @@ def _forward(model: Layer, ts: TrainState, example):
     """The model's evaluation-mode forward pass, traced: ``(jaxpr, output ShapeDtypeStructs)``."""
     return jax.make_jaxpr(lambda p, s, x: model.apply(p, s, x, train=False)[0], return_shape=True)(
         ts.params, ts.state, example)
-
-
-def _default_metrics(out, y) -> dict:
-    """``{"accuracy": ...}`` when both the model's output and ``y`` are single arrays; else ``{}``."""
-    return {"accuracy": _metrics.accuracy} if isinstance(y, jax.Array) and isinstance(out, jax.ShapeDtypeStruct) else {}
 
 
 def _primitives(jaxpr):
@@ -171,13 +165,13 @@ def _as_start(train_state) -> Start:
 
 
 @checks.declare(epochs=checks.positive_int, fused=checks.one_of(True, False, "auto"), key=guard.prng_key,
-                progress=guard.switch, verbose=guard.switch,
+                verbose=checks.one_of(0, 1, 2, False, True), accumulate=checks.positive_int,
                 **guard.parts("model", "optimizer", "loss", "metrics", "regularizer"), **CALLBACK_RULES)
 def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, train_data, *,
         key: jax.Array, epochs: int = 10, batch_size: int = 128, val_data=None, val_split: float = 0.0,
         metrics: Metrics | None = None, regularizer: Callable | None = None,
         early_stopping: EarlyStopping | None = None, train_state: TrainState | Start | None = None,
-        eval_batch_size: int = 1000, fused: bool | str = "auto", progress: bool = True, verbose: bool = True,
+        eval_batch_size: int = 1000, fused: bool | str = "auto", verbose: int = 1, accumulate: int = 1,
         callbacks=(), mesh=None, checkpoint=None) -> FitResult:
     """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
 
@@ -211,7 +205,9 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         step (:func:`jnn.train.make_stepwise_epoch`; same results up to float rounding);
         ``"auto"``: ``True`` except on CPU for a model with a convolution
         (:func:`jnn.train.loop.fuses_by_default`).
-      progress, verbose: a progress bar over epochs (needs ``rich``); one line per epoch.
+      verbose: ``0`` silent; ``1`` a progress bar (needs ``rich``) and one line per epoch; ``2`` the lines.
+      accumulate: split each batch (``batch_size``, a multiple of it) into this many micro-batches
+        whose gradients make one update (:func:`jnn.train.make_train_step`).
       callbacks: per-epoch callbacks (:mod:`jnn.train.callbacks`; one returning True stops
         training), e.g. ``HistoryFile(path)``, ``checkpointer.save_every(k)``, and
         :class:`jnn.train.NonFinite` (default: a NaN/Inf epoch raises a ``NonFiniteError``).
@@ -232,7 +228,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       >>> model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
       >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1),
       ...                        (x, y), key=jax.random.key(0), epochs=200, batch_size=4, metrics={},
-      ...                        progress=False, verbose=False)
+      ...                        verbose=0)
       >>> result.history["loss"][-1] < 0.1
       True
     """
@@ -262,7 +258,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         return _fit(model, loss, optimizer, (x, y), val_data, feed, key=init_key, epochs=epochs, start=start,
                     batch_size=batch_size if feed else min(batch_size, num_examples_of(x)), metrics=metrics,
                     regularizer=regularizer, early_stopping=early_stopping, eval_batch_size=eval_batch_size,
-                    fused=fused, progress=progress, verbose=verbose, callbacks=callbacks, policy=policy,
+                    fused=fused, verbose=verbose, accumulate=accumulate, callbacks=callbacks, policy=policy,
                     mesh=mesh, rules=rules, checkpoint=checkpoint, check_data=data.check)
     finally:   # Grain's worker processes and shared memory go now, not at interpreter exit
         if feed is not None:
@@ -270,7 +266,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
 
 
 def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, batch_size, metrics, regularizer,
-         early_stopping, eval_batch_size, fused, progress, verbose, callbacks, policy, mesh, rules, checkpoint,
+         early_stopping, eval_batch_size, fused, verbose, accumulate, callbacks, policy, mesh, rules, checkpoint,
          check_data) -> FitResult:
     """``fit`` after its arguments are checked and its data prepared: builds the compiled epoch and
     evaluation, checks them by ``eval_shape`` and hands them to :func:`run_epochs`."""
@@ -289,9 +285,10 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
     forward, out = (_forward(model, ts, example) if metrics is None or fused == "auto" or check_data
                     else (None, None))   # one trace of the forward pass serves the choices and checks below
     fused = fuses_by_default(forward) if fused == "auto" else fused
-    metrics = ({k: v for k, v in _default_metrics(out, y).items() if k in guard.default_metrics(loss)}
-               if metrics is None else dict(metrics))
-    step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, mesh=mesh, rules=rules)
+    metrics = default_metrics(loss, out, y) if metrics is None else dict(metrics)
+    checks.micro_batches("fit", batch_size, accumulate)
+    step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, accumulate=accumulate,
+                           mesh=mesh, rules=rules)
     initial_epoch = start.epoch
     if feed is not None:
         checkpointer, every, resume = (checkpoint if isinstance(checkpoint, StepCheckpoints)
@@ -327,7 +324,7 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
     run = run_epochs("fit", ts, epoch_fn, epochs=epochs, initial_epoch=initial_epoch,
                      callbacks=CallbackList(callbacks), policy=policy,
                      history=train_epoch.history if feed is not None else None,
-                     verbose=verbose and main, progress=progress and main, replay=replay)
+                     verbose=bool(verbose) and main, progress=verbose == 1 and main, replay=replay)
     best_epoch = None if early_stopping is None else int(early_stopping.best_epoch) or None
     return FitResult(run.train_state, run.history, best_epoch, bool(run.stopped_early),
                      int(run.nonfinite_epoch) or None, run.reports or None)

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jnn import _checks as checks
@@ -17,10 +18,11 @@ from jnn import losses as _losses
 from jnn.parallel import mesh as _parallel
 from jnn import tree as _tree
 from jnn.core import Layer
+from jnn.train import guard
 from jnn.train.compiler import jit_outermost
 from jnn.train.permutation import permutation
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "step_key", "make_train_epoch", "as_arrays", "gather",
+__all__ = ["TrainState", "init_train_state", "loss_and_grad", "default_metrics", "make_train_step", "step_key", "make_train_epoch", "as_arrays", "gather",
            "num_examples_of", "shuffle_epoch",
            "make_stepwise_epoch", "epoch_order", "make_eval_fn", "penalty", "Metrics"]
 
@@ -152,65 +154,120 @@ def num_examples_of(tree) -> int:
     return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
 
+def default_metrics(loss: LossFn, outputs, y) -> dict:
+    """The metrics of ``metrics=None`` (in ``fit``, :func:`make_train_step`, :func:`make_eval_fn`):
+    accuracy for a classification loss of :mod:`jnn.losses` when ``outputs`` and ``y`` are single
+    arrays (or ShapeDtypeStructs), else none.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> out, y = jnp.zeros((2, 3)), jnp.zeros(2, int)
+      >>> list(default_metrics(jnn.losses.softmax_cross_entropy, out, y)), default_metrics(jnn.losses.mse, out, y)
+      (['accuracy'], {})
+    """
+    single = all(isinstance(a, (jax.Array, jax.ShapeDtypeStruct, np.ndarray)) for a in (outputs, y))
+    return guard.default_metrics(loss) if single else {}
+
+
+def loss_and_grad(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, regularizer: Callable | None = None):
+    """``f(params, state, (x, y), *, key=None, step=0, train=True) -> (loss, grads, new_state, logs)``.
+
+    ``loss`` is the float32 data loss of the batch (the model's outputs cast to float32),
+    ``grads`` the gradient of ``loss + regularizer(params)`` w.r.t. ``params``, ``logs``
+    ``{"loss", the loss's own logs, each metric}`` (``metrics=None``: :func:`default_metrics`).
+    ``key`` goes to the model as is (:func:`make_train_step` passes :func:`step_key`), ``step`` to
+    a loss that takes one. :func:`make_train_step` is this plus an optax update.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.dense(1)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 2)))
+      >>> f = jax.jit(jnn.train.loss_and_grad(model, jnn.losses.mse))
+      >>> loss, grads, state, logs = f(params, state, (jnp.ones((4, 2)), jnp.zeros((4, 1))))
+      >>> grads["w"].shape, sorted(logs)
+      ((2, 1), ['loss'])
+    """
+    takes_step = _takes_step(loss)
+    chosen = lambda out, y: default_metrics(loss, out, y) if metrics is None else dict(metrics)
+
+    def loss_grad(params, state, batch, *, key=None, step=0, train=True):
+        x, y = batch
+
+        def objective(params):
+            out, new_state = model.apply(params, state, x, key=key, train=train)
+            out = _as_float32(out)
+            data_loss, loss_logs = _loss_and_logs(loss, takes_step, out, y, step, chosen(out, y))
+            total = data_loss + regularizer(params) if regularizer is not None else data_loss
+            return total, (data_loss, loss_logs, out, new_state)
+
+        grads, (data_loss, loss_logs, out, new_state) = jax.grad(objective, has_aux=True)(params)
+        logs = {"loss": data_loss, **loss_logs, **{k: fn(out, y) for k, fn in chosen(out, y).items()}}
+        return data_loss, grads, new_state, logs
+
+    return loss_grad
+
+
+@checks.declare(accumulate=checks.positive_int)
 def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, *,
-                    metrics: Metrics | None = None, regularizer: Callable | None = None, mesh=None,
-                    rules=None):
-    """A pure step ``(train_state, (x, y)) -> (train_state, metrics)``; jit it once.
+                    metrics: Metrics | None = None, regularizer: Callable | None = None, accumulate: int = 1,
+                    mesh=None, rules=None):
+    """A pure step ``(train_state, (x, y)) -> (train_state, logs)``: :func:`loss_and_grad` on the
+    batch with :func:`step_key`, then one optimizer update; jit it once.
 
-    The loss is computed in float32 from the model's outputs (whatever the compute dtype),
-    plus ``regularizer(params)`` when given. ``metrics`` maps names to functions of
-    ``(outputs, y)`` evaluated on the training-mode outputs of the batch; the returned dict
-    holds ``"loss"`` (without the regularizer) and each metric.
+    ``x``, ``y`` and the outputs may be pytrees of arrays. ``loss(outputs, y)`` (or ``loss(outputs,
+    y, step)``, called with ``step=`` the updates taken so far) returns a scalar or ``(scalar,
+    {name: scalar})``, whose names join the logs. ``metrics``: ``{name: fn(outputs, y)}`` on the
+    training-mode outputs (``None``: :func:`default_metrics`). ``regularizer(params)`` is added
+    to the loss for the gradient, not to the logged ``"loss"``.
 
-    ``x``, ``y`` and the model's outputs may each be an array or a pytree of arrays (dicts or
-    tuples: several inputs, several outputs); ``loss`` and ``metrics`` receive the outputs and
-    ``y`` with their structure. The loss's signature is read once, here:
+    ``accumulate=k``: the batch (``k * m`` examples) is split into ``k`` micro-batches of ``m``
+    run in a ``lax.scan`` (peak memory: one micro-batch's); their gradients are averaged in float32
+    and applied in one update, so ``train_state.step`` (and schedules, keys, a loss's ``step``)
+    counts updates. Micro-batch ``i`` gets the key ``fold_in(step_key(ts), i)``; model state
+    (batch-norm running statistics) is threaded through the micro-batches, so batch norm uses
+    each micro-batch's statistics and updates its running statistics ``k`` times. Logs are
+    means over the micro-batches.
 
-    - ``loss(outputs, y)``; or ``loss(outputs, y, step)`` when it has a parameter named
-      ``step``: it is then called with ``step=`` the number of optimizer steps taken before this
-      one (an int32 scalar; e.g. for KL annealing);
-    - it returns a scalar, or ``(scalar, logs)`` with ``logs`` a dict of scalars, which are
-      added to the returned metrics (and so to ``fit``'s history, for train and validation).
-
-    With a ``mesh`` (:func:`jnn.parallel.make_mesh`) the batch is split along its ``data`` axis
-    and the new train state is laid out by ``rules`` (:mod:`jnn.parallel.rules`; default:
-    replicated); the loss and metrics stay means over the whole (global) batch.
+    With a ``mesh`` (:func:`jnn.parallel.make_mesh`) each (micro-)batch is split along its ``data``
+    axis and the new train state laid out by ``rules`` (default: replicated).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> model, opt = jnn.dense(1), optax.sgd(0.1)
       >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jnp.zeros((4, 2)))
-      >>> step = jax.jit(jnn.train.make_train_step(model, jnn.losses.mse, opt))
-      >>> ts, m = step(ts, (jnp.ones((4, 2)), jnp.zeros((4, 1))))
-      >>> int(ts.step)
-      1
+      >>> step = jax.jit(jnn.train.make_train_step(model, jnn.losses.mse, opt, accumulate=2))
+      >>> ts, logs = step(ts, (jnp.ones((4, 2)), jnp.zeros((4, 1))))
+      >>> int(ts.step), sorted(logs)
+      (1, ['loss'])
     """
-    metrics = dict(metrics or {})
-    takes_step = _takes_step(loss)
-
+    loss_grad = loss_and_grad(model, loss, metrics=metrics, regularizer=regularizer)
+    constrain = (lambda b: b) if mesh is None else lambda b: _parallel.constrain_batch(b, mesh, "make_train_step")
     if mesh is not None:
         _parallel.check_mesh(mesh, "make_train_step")
 
+    def accumulated(ts: TrainState, batch):
+        m = checks.micro_batches("make_train_step", num_examples_of(batch), accumulate)
+        micro = jax.tree_util.tree_map(lambda a: a.reshape(accumulate, m, *a.shape[1:]), batch)
+
+        def one(carry, i_batch):
+            total, state = carry
+            _, grads, state, logs = loss_grad(ts.params, state, constrain(i_batch[1]),
+                                              key=jax.random.fold_in(step_key(ts), i_batch[0]), step=ts.step)
+            return (jax.tree_util.tree_map(lambda t, g: t + g.astype(jnp.float32), total, grads), state), logs
+
+        zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), ts.params)
+        (total, state), logs = jax.lax.scan(one, (zeros, ts.state), (jnp.arange(accumulate), micro))
+        grads = jax.tree_util.tree_map(lambda t, p: (t / accumulate).astype(p.dtype), total, ts.params)
+        return grads, state, jax.tree_util.tree_map(jnp.mean, logs)
+
     def train_step(ts: TrainState, batch):
-        if mesh is not None:
-            batch = _parallel.constrain_batch(batch, mesh, "make_train_step")
-        x, y = batch
-
-        def objective(params):
-            out, new_state = model.apply(params, ts.state, x, key=step_key(ts), train=True)
-            out = _as_float32(out)
-            data_loss, loss_logs = _loss_and_logs(loss, takes_step, out, y, ts.step, metrics)
-            total = data_loss + regularizer(params) if regularizer is not None else data_loss
-            return total, (data_loss, loss_logs, out, new_state)
-
-        grads, (data_loss, loss_logs, out, new_state) = jax.grad(objective, has_aux=True)(ts.params)
+        if accumulate > 1:
+            grads, new_state, logs = accumulated(ts, batch)
+        else:
+            _, grads, new_state, logs = loss_grad(ts.params, ts.state, constrain(batch), key=step_key(ts), step=ts.step)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        logs = {"loss": data_loss, **loss_logs, **{name: fn(out, y) for name, fn in metrics.items()}}
-        new_ts = TrainState(params, new_state, opt_state, ts.step + 1, ts.key)
-        if mesh is not None:
-            new_ts = _parallel.constrain_state(new_ts, mesh, rules)
-        return new_ts, logs
+        new_ts = TrainState(optax.apply_updates(ts.params, updates), new_state, opt_state, ts.step + 1, ts.key)
+        return (new_ts if mesh is None else _parallel.constrain_state(new_ts, mesh, rules)), logs
 
     return train_step
 
@@ -343,14 +400,15 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
       >>> bool(jnp.isclose(evaluate(params, state, (x, y))["loss"], jnp.mean(model.apply(params, state, x)[0] ** 2)))
       True
     """
-    metrics = dict(metrics or {})
     takes_step = _takes_step(loss)
 
     def per_example(out, y, step):
+        chosen = default_metrics(loss, out, y) if metrics is None else dict(metrics)
+
         def one(o, t):
             o, t = jax.tree_util.tree_map(lambda a: a[None], (o, t))
-            value, logs = _loss_and_logs(loss, takes_step, o, t, step, metrics)
-            return {"loss": value, **logs, **{k: fn(o, t) for k, fn in metrics.items()}}
+            value, logs = _loss_and_logs(loss, takes_step, o, t, step, chosen)
+            return {"loss": value, **logs, **{k: fn(o, t) for k, fn in chosen.items()}}
         return jax.vmap(one)(out, y)
 
     def batch_totals(params, state, xb, yb, mb, step):
