@@ -20,10 +20,10 @@ from jnn.train.loop import FitResult, fit, predict, split_validation
 from jnn.train.tuning import optuna_search, search
 from jnn.train.guard import NonFiniteError
 from jnn.train.nonfinite import NonFiniteReport, find_nonfinite
-from jnn.train.step import (TrainState, epoch_order, init_train_state, make_eval_fn, make_stepwise_epoch,
-                            make_train_epoch, make_train_step, penalty, step_key)
+from jnn.train.step import (TrainState, default_metrics, epoch_order, init_train_state, loss_and_grad, make_eval_fn,
+                            make_stepwise_epoch, make_train_epoch, make_train_step, penalty, step_key)
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "step_key", "make_train_epoch",
+__all__ = ["TrainState", "init_train_state", "loss_and_grad", "default_metrics", "make_train_step", "step_key", "make_train_epoch",
            "make_stepwise_epoch", "epoch_order", "make_eval_fn",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
            "freeze", "trainable_mask", "fit_population", "search", "optuna_search", "PopulationResult", "MemberResult",
