@@ -1,15 +1,11 @@
 """Per-epoch callbacks for :func:`jnn.train.fit`: history files, TensorBoard, early stopping, your own.
 
-``fit(..., callbacks=[...])`` calls each callback after every epoch, in order: a function
-``fn(epoch, train_state, logs)`` or an object with ``on_epoch_end(epoch, train_state, logs)``
-(and optionally ``on_train_begin(train_state)`` and ``on_train_end(train_state, history)``, whose
-returned train state replaces the one ``fit`` returns). **Returning True stops training**. With
-:func:`jnn.train.fit_population` a callback implements ``on_population_epoch_end(epoch, states,
-logs, trained)`` instead; a bool ``[N]`` returned stops those members.
-
-Built in: :class:`HistoryFile`, :class:`TensorBoard`, :class:`EarlyStopping` (also
-``fit(early_stopping=...)``), :class:`jnn.train.NonFinite` (the non-finite policy) and
-``Checkpointer.save_every(k)``.
+``fit(..., callbacks=[...])`` calls each after every epoch, in order: a function ``fn(epoch,
+train_state, logs)`` or an object with ``on_epoch_end`` (optionally ``on_train_begin(train_state)``
+and ``on_train_end(train_state, history)``, whose returned state replaces ``fit``'s). **Returning
+True stops training**. For :func:`jnn.train.fit_population`: ``on_population_epoch_end(epoch,
+states, logs, trained)``, returning a bool ``[N]`` of members to stop. Built in: :class:`HistoryFile`,
+:class:`TensorBoard`, :class:`EarlyStopping`, :class:`jnn.train.NonFinite`, ``Checkpointer.save_every(k)``.
 
 Example:
   >>> import jax, optax, jnn
@@ -78,9 +74,8 @@ class Callback:
 
 
 class HistoryFile(Callback):
-    """Writes the history so far to ``path`` (``.csv`` or ``.jsonl``) after every epoch,
-    atomically; an existing file is refused at construction (FileExistsError). In a
-    multi-process run only process 0 writes.
+    """Writes the history so far to a new file ``path`` (``.csv`` or ``.jsonl``) after every epoch,
+    atomically (process 0 only).
 
     Example:
       >>> import os, tempfile, jnn
@@ -166,23 +161,13 @@ class CallbackList:
 
 
 class TensorBoard(Callback):
-    """TensorBoard event files through ``tensorboardX`` (``pip install jnn[logs]``; no TensorFlow).
+    """TensorBoard event files in ``logdir`` through ``tensorboardX`` (``pip install jnn[logs]``).
 
-    Every epoch: each numeric log as a scalar under its own name (``loss``, ``val_accuracy``,
-    ``lr`` when the optimizer injects it, or ``learning_rate(step)`` when given). Every
-    ``histograms_every`` epochs: a histogram of each param (``weights/<path>``) and, when
-    ``model``, ``loss`` and ``probe = (x, y)`` are given, of each param's gradient on that batch
-    (eval mode, without the regularizer; ``grads/<path>``) with its norm as a scalar
-    (``grad_norm/<path>`` and ``grad_norm/global``).
-
-    With :func:`jnn.train.fit_population` (``callbacks=[TensorBoard(dir)]``) each member is its
-    own run, ``<logdir>/member_<i>``, so TensorBoard overlays them.
-
-    Args:
-      logdir: directory for the event files (one run; created if needed).
-      histograms_every: epochs between histograms (``0``: none).
-      learning_rate: an optax schedule ``step -> lr``, logged as ``lr`` at the state's step.
-      model, loss, probe: for gradient histograms and norms.
+    Every epoch: each numeric log as a scalar (``loss``, ``val_accuracy``, ``lr``; or
+    ``learning_rate(step)``, an optax schedule, as ``lr``). Every ``histograms_every`` epochs: each
+    param (``weights/<path>``) and, given ``model``, ``loss`` and ``probe = (x, y)``, its eval-mode
+    gradient on the probe (``grads/<path>``) and norms (``grad_norm/<path>``, ``grad_norm/global``).
+    A population member is its own run, ``<logdir>/member_<i>``. A hand-written loop calls :meth:`log`.
 
     Example:
       >>> import os, tempfile, jax, optax, jnn
@@ -190,8 +175,8 @@ class TensorBoard(Callback):
       >>> model, loss = jnn.dense(1), jnn.losses.mse
       >>> logdir = tempfile.mkdtemp()
       >>> tb = jnn.train.callbacks.TensorBoard(logdir, histograms_every=1, model=model, loss=loss, probe=(x, y))
-      >>> result = jnn.train.fit(model, loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2,
-      ...                        batch_size=4, metrics={}, verbose=0, callbacks=[tb])
+      >>> _ = jnn.train.fit(model, loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2, verbose=0,
+      ...                   callbacks=[tb])
       >>> any(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
       True
     """
@@ -294,14 +279,10 @@ _EARLY_STOPPING = dict(  # EarlyStopping's fields and their rules
 
 @dataclasses.dataclass(eq=False)
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
-
-    A callback (``fit(callbacks=[EarlyStopping(...)])``; ``fit(early_stopping=...)`` and
-    ``fit_population(early_stopping=...)`` add it to the list). An epoch improves when its
-    value is finite and beats the best so far by more than ``min_delta``; after ``patience``
-    epochs in a row without improvement, training stops. With ``restore_best``, ``fit``
-    returns the state of the best epoch (the starting state when none improved). In a
-    population each member is judged on its own and stops alone.
+    """Stop when ``monitor`` has not improved (finite, better than the best by more than
+    ``min_delta``) for ``patience`` epochs in a row; ``fit(early_stopping=...)`` adds it to the
+    callbacks. With ``restore_best``, ``fit`` returns the best epoch's state (the starting state
+    when none improved). Population members are judged and stopped one by one.
 
     Attributes:
       monitor: a history key, e.g. ``"val_loss"`` or ``"val_accuracy"``.
@@ -310,9 +291,8 @@ class EarlyStopping(Callback):
       min_delta: the smallest change that counts as an improvement (>= 0).
       restore_best: return the params/state of the best epoch rather than the last.
 
-    After a run, ``best_epoch`` holds the 1-based best epoch (``0``: none; an array ``[N]``
-    after a population) and ``best`` the monitored value there. Both are reset when a run
-    begins, so one instance can serve several runs (one at a time).
+    After a run, ``best_epoch`` is the 1-based best epoch (``0``: none; ``[N]`` for a population)
+    and ``best`` its value; both reset when a run begins.
 
     Example:
       >>> import jax, optax, jnn

@@ -26,17 +26,11 @@ __all__ = ["FitResult", "fit", "split_validation", "predict", "fuses_by_default"
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns.
-
-    Attributes:
-      train_state: the final (or, with ``restore_best``, the best epoch's) train state.
-      history: ``{"epoch": [...], "loss": [...], "val_loss": [...], ...}``, one entry per epoch.
-      best_epoch: the epoch early stopping judged best (1-based), or ``None`` without it.
-      stopped_early: whether early stopping ended training before ``epochs``.
-      nonfinite_epoch: with ``NonFinite("stop")``, the epoch whose metrics were non-finite
-        (training stopped there; ``train_state`` is from the epoch before), else ``None``.
-      nonfinite_report: with ``NonFinite(debug=True)``, where it happened (see
-        :func:`jnn.train.find_nonfinite`).
+    """What :func:`fit` returns: the final (with ``restore_best``, the best epoch's) ``train_state``;
+    ``history`` (``{"epoch": [...], "loss": [...], "val_loss": [...], ...}``); ``best_epoch`` (1-based,
+    early stopping's, else ``None``); ``stopped_early``; ``nonfinite_epoch`` (with ``NonFinite("stop")``,
+    the epoch whose metrics were non-finite; the state is from the epoch before) and
+    ``nonfinite_report`` (with ``NonFinite(debug=True)``: :func:`jnn.train.find_nonfinite`).
 
     Example:
       >>> import jax, optax, jnn
@@ -75,11 +69,8 @@ def _primitives(jaxpr):
 
 
 def fuses_by_default(jaxpr) -> bool:
-    """``fit(fused="auto")``'s choice for a model whose forward pass is ``jaxpr``: a scan-fused
-    epoch, except on CPU for a model with a convolution in its forward pass or in its
-    derivatives (as conv's one-channel CPU path has), which trains stepwise: XLA CPU runs
-    convolutions inside a loop several times slower than outside one (jax-ml/jax#12868; see
-    benchmarks/RESULTS.md).
+    """``fit(fused="auto")``'s choice for a forward pass ``jaxpr``: a scan-fused epoch, except on CPU
+    with a convolution in the forward pass or its derivatives (stepwise: jax-ml/jax#12868).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -97,9 +88,8 @@ def fuses_by_default(jaxpr) -> bool:
 
 
 def _tangent_primitives(jaxpr) -> set[str]:
-    """The primitives of the JVP of ``jaxpr`` along its floating-point inputs: what a custom JVP
-    rule adds (conv's one-channel CPU path computes its forward pass without a convolution and
-    its derivatives with one). Empty where the JVP cannot be traced."""
+    """The primitives of the JVP of ``jaxpr`` along its float inputs (what a custom JVP rule adds);
+    empty where the JVP cannot be traced."""
     inexact = [jnp.issubdtype(a.dtype, jnp.inexact) for a in jaxpr.in_avals]
 
     def tangents(*args):
@@ -173,62 +163,46 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         early_stopping: EarlyStopping | None = None, train_state: TrainState | Start | None = None,
         eval_batch_size: int = 1000, fused: bool | str = "auto", verbose: int = 1, accumulate: int = 1,
         callbacks=(), mesh=None, checkpoint=None) -> FitResult:
-    """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
-
-    Each epoch shuffles with the train state's key, runs every full batch in one compiled scan
-    (the ``len(x) % batch_size`` left over are skipped that epoch: see
-    :func:`jnn.train.make_train_epoch`), then evaluates the validation set exactly. Python runs
-    once per epoch (:func:`jnn.train.engine.run_epochs`), and nothing recompiles after the first.
+    """Trains ``model`` on ``train_data = (x, y)``: each epoch shuffles, runs every full batch in one
+    compiled scan (:func:`jnn.train.make_train_epoch`) and evaluates the validation set exactly;
+    Python runs once per epoch (:func:`jnn.train.engine.run_epochs`); nothing recompiles.
 
     Args:
-      model, loss, optimizer: the network, ``loss(outputs, y) -> scalar`` (or ``loss(outputs,
-        y, step)``; either may return ``(scalar, {name: scalar})``, logged as ``name`` and
-        ``val_name``; see :func:`jnn.train.make_train_step`) and an optax optimizer (built with
-        ``optax.inject_hyperparams``, its learning rate is logged as ``"lr"``).
-      train_data: ``(x, y)`` with examples on the first axis (``x``/``y`` may be pytrees whose
-        leaves share the example count), or any iterable (not a tuple or list) of ``(x, y)``
-        batches, e.g. a :func:`jnn.data.grain.pipeline`, streamed in jitted scans over chunks of
-        8 batches (:mod:`jnn.train.stream`; ``batch_size``/``val_split`` do not apply). Wrap it
-        in :class:`jnn.train.Data` to set ``steps_per_epoch`` or skip the value checks.
+      model, loss, optimizer: the network, ``loss(outputs, y)`` (see :func:`jnn.train.make_train_step`)
+        and an optax optimizer (with ``optax.inject_hyperparams``, its learning rate is logged as ``"lr"``).
+      train_data: ``(x, y)`` with examples on the first axis (pytrees allowed), or an iterable (not a
+        tuple or list) of ``(x, y)`` batches, e.g. :func:`jnn.data.grain.pipeline`, streamed
+        (:mod:`jnn.train.stream`). :class:`jnn.train.Data` sets ``steps_per_epoch`` or skips the checks.
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
-      epochs, batch_size: epochs to train; examples per step (clamped to the dataset size).
+      epochs, batch_size: epochs to train; examples per update (clamped to the dataset size).
       val_data: ``(x, y)``, or an iterable of batches read afresh every epoch (evaluated exactly).
       val_split: instead of ``val_data``, hold out this fraction of ``train_data`` (shuffled).
-      metrics: ``{name: fn(outputs, y)}``; default: accuracy for the classification losses of
-        :mod:`jnn.losses` when the output and ``y`` are single arrays, else none.
+      metrics: ``{name: fn(outputs, y)}``; default: :func:`jnn.train.default_metrics`.
       regularizer: ``params -> scalar`` added to the loss (see :func:`jnn.train.penalty`).
       early_stopping: an :class:`jnn.train.EarlyStopping`: the same as adding it to ``callbacks``.
       train_state: resume from this state, or a :class:`jnn.train.Start` (pretrained
         ``params``/``state``, or a state with the epoch it was saved after).
       eval_batch_size: batch size of the validation pass.
-      fused: ``True``: each epoch is one ``lax.scan``; ``False``: a Python loop over one jitted
-        step (:func:`jnn.train.make_stepwise_epoch`; same results up to float rounding);
-        ``"auto"``: ``True`` except on CPU for a model with a convolution
-        (:func:`jnn.train.loop.fuses_by_default`).
+      fused: ``True``: one ``lax.scan`` per epoch; ``False``: :func:`jnn.train.make_stepwise_epoch`;
+        ``"auto"``: :func:`jnn.train.loop.fuses_by_default`.
       verbose: ``0`` silent; ``1`` a progress bar (needs ``rich``) and one line per epoch; ``2`` the lines.
       accumulate: split each batch (``batch_size``, a multiple of it) into this many micro-batches
         whose gradients make one update (:func:`jnn.train.make_train_step`).
-      callbacks: per-epoch callbacks (:mod:`jnn.train.callbacks`; one returning True stops
-        training), e.g. ``HistoryFile(path)``, ``checkpointer.save_every(k)``, and
-        :class:`jnn.train.NonFinite` (default: a NaN/Inf epoch raises a ``NonFiniteError``).
+      callbacks: per-epoch callbacks (:mod:`jnn.train.callbacks`; True stops), e.g. ``HistoryFile(path)``,
+        ``checkpointer.save_every(k)``, :class:`jnn.train.NonFinite` (default: NaN/Inf raises).
       mesh: a ``jax.sharding.Mesh`` to split each batch over (its ``data`` axis), or ``(mesh,
         rules)`` with sharding rules for params and optimizer state (:func:`jnn.parallel.fsdp`).
       checkpoint: for a stream, ``checkpointer.every_steps(k, resume=...)``: saves every ``k``
-        optimizer steps, mid-epoch included, and resumes bit for bit from the latest save.
+        updates, mid-epoch included, and resumes bit for bit from the latest save.
 
-    Argument values, the validation data's shapes and the early-stopping metric's name are
-    checked before the first step (one ``jax.eval_shape``).
-
-    Returns:
-      A :class:`FitResult`.
+    Returns a :class:`FitResult`.
 
     Example:
       >>> import jax, optax, jnn
       >>> x, y = jnn.data.xor()
       >>> model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
       >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1),
-      ...                        (x, y), key=jax.random.key(0), epochs=200, batch_size=4, metrics={},
-      ...                        verbose=0)
+      ...                        (x, y), key=jax.random.key(0), epochs=200, batch_size=4, metrics={}, verbose=0)
       >>> result.history["loss"][-1] < 0.1
       True
     """

@@ -1,8 +1,5 @@
-"""Pure training and evaluation steps over a :class:`TrainState` pytree.
-
-Everything here is a pure function of arrays, so it composes with ``jax.jit``,
-``jax.lax.scan`` and ``jax.vmap`` (a population of models is a vmap over train states).
-"""
+"""Pure training and evaluation steps over a :class:`TrainState` pytree (they compose with
+``jax.jit``, ``jax.lax.scan`` and ``jax.vmap``: a population is a vmap over train states)."""
 from __future__ import annotations
 
 import inspect
@@ -22,9 +19,9 @@ from jnn.train import guard
 from jnn.train.compiler import jit_outermost
 from jnn.train.permutation import permutation
 
-__all__ = ["TrainState", "init_train_state", "loss_and_grad", "default_metrics", "make_train_step", "step_key", "make_train_epoch", "as_arrays", "gather",
-           "num_examples_of", "shuffle_epoch",
-           "make_stepwise_epoch", "epoch_order", "make_eval_fn", "penalty", "Metrics"]
+__all__ = ["TrainState", "init_train_state", "loss_and_grad", "default_metrics", "make_train_step", "step_key",
+           "make_train_epoch", "as_arrays", "gather", "num_examples_of", "shuffle_epoch", "make_stepwise_epoch",
+           "epoch_order", "make_eval_fn", "penalty", "Metrics"]
 
 Metrics = Mapping[str, Callable[[Any, Any], jax.Array]]
 #: ``loss(outputs, y) -> scalar``, or ``loss(outputs, y, step) -> scalar`` (a parameter named
@@ -33,24 +30,15 @@ LossFn = Callable[..., Any]
 
 
 class TrainState(NamedTuple):
-    """Everything that changes during training, as one pytree.
-
-    Attributes:
-      params: the model's parameters.
-      state: the model's non-trained state (e.g. batch-norm running statistics).
-      opt_state: the optax optimizer state.
-      step: number of optimizer steps taken, an int32 scalar.
-      key: the PRNG key that drives dropout and shuffling from here on. A step gives the model
-        ``fold_in(key, step)`` (:func:`step_key`) and leaves ``key`` as it is; each epoch's
-        shuffle splits it.
+    """Everything that changes during training, as one pytree: ``params``, ``state`` (e.g. batch-norm
+    statistics), ``opt_state`` (optax), ``step`` (optimizer updates taken, int32) and ``key`` (a step
+    gives the model ``fold_in(key, step)``, :func:`step_key`; each epoch's shuffle splits it).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 2)))
       >>> ts._fields
       ('params', 'state', 'opt_state', 'step', 'key')
-      >>> int(ts._replace(step=ts.step + 1).step)
-      1
     """
 
     params: Any
@@ -76,10 +64,8 @@ def init_train_state(model: Layer, optimizer: optax.GradientTransformation, key:
 
 
 def penalty(*, l1: float = 0.0, l2: float = 0.0, include=_tree.WEIGHTS, exclude=()) -> Callable:
-    """A regularizer ``params -> l1 * sum|w| + l2 * sum w**2`` over the leaves selected by
-    path pattern (by default the weights ``w``: not biases, norm scales or embeddings; with
-    the default, a float leaf of rank >= 2 named otherwise, e.g. a custom layer's ``wa``, raises
-    a ValueError instead of going unregularized: see :mod:`jnn.tree`).
+    """A regularizer ``params -> l1 * sum|w| + l2 * sum w**2`` over the leaves selected by path
+    pattern (default: the weights ``w``; other float leaves of rank >= 2 raise, see :mod:`jnn.tree`).
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -90,13 +76,10 @@ def penalty(*, l1: float = 0.0, l2: float = 0.0, include=_tree.WEIGHTS, exclude=
     if l1 < 0 or l2 < 0:
         raise ValueError(f"penalty: l1 and l2 must be >= 0, got l1={l1}, l2={l2}")
 
+    terms = [(c, fn) for c, fn in ((l1, _losses.l1_penalty), (l2, _losses.l2_penalty)) if c]
+
     def regularizer(params):
-        total = jnp.zeros((), jnp.float32)
-        if l1:
-            total += l1 * _losses.l1_penalty(params, include=include, exclude=exclude)
-        if l2:
-            total += l2 * _losses.l2_penalty(params, include=include, exclude=exclude)
-        return total
+        return sum((c * fn(params, include=include, exclude=exclude) for c, fn in terms), jnp.zeros((), jnp.float32))
 
     return regularizer
 
@@ -122,11 +105,8 @@ def _loss_and_logs(loss, takes_step: bool, outputs, y, step, reserved=()):
 
 
 def step_key(ts: TrainState) -> jax.Array:
-    """The key a train step gives the model: ``jax.random.fold_in(ts.key, ts.step)``.
-
-    Consecutive steps get different keys without the train state's key changing, so a model
-    that draws nothing (no dropout) costs no random-number work per step: the unused key is
-    removed by XLA, where splitting a new carried key every step could not be.
+    """The key a train step gives the model: ``jax.random.fold_in(ts.key, ts.step)`` (the state's
+    key never changes within an epoch, so a model that draws nothing costs nothing).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -272,10 +252,6 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
     return train_step
 
 
-def _epoch_batches(num_examples: int, batch_size: int, where: str) -> int:
-    return checks.num_batches(where, num_examples, batch_size)
-
-
 def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
     """One epoch's batches: ``int32 [num_examples // batch_size, batch_size]`` example indices,
     a random permutation drawn from ``key`` (:func:`jnn.train.permutation.permutation`) with the
@@ -286,7 +262,7 @@ def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array
       >>> epoch_order(jax.random.key(0), 10, 4).shape
       (2, 4)
     """
-    num_batches = _epoch_batches(num_examples, batch_size, "epoch_order")
+    num_batches = checks.num_batches("epoch_order", num_examples, batch_size)
     order = permutation(key, num_examples)[: num_batches * batch_size]  # no sort: fast vmapped
     return order.reshape(num_batches, batch_size)
 
@@ -301,20 +277,13 @@ def shuffle_epoch(ts: TrainState, num_examples: int, batch_size: int, order=None
 
 
 def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=None):
-    """A pure epoch ``(train_state, (x, y), order=None) -> (train_state, mean metrics)`` that
-    shuffles with the state's key and runs every full batch inside one ``jax.lax.scan``.
+    """A pure epoch ``(train_state, (x, y), order=None) -> (train_state, mean logs)``: shuffles with
+    the state's key and runs every full batch in one ``jax.lax.scan``; the ``num_examples %
+    batch_size`` left over are skipped this epoch (one static shape, no recompiles).
 
-    Ragged last batch: the ``num_examples % batch_size`` examples left over after shuffling
-    are skipped for this epoch (they are drawn again, with different neighbours, in the next
-    one), so every step has one static shape and nothing recompiles.
-
-    ``order`` (``[num_batches, batch_size]`` indices, e.g. from :func:`epoch_order`) replaces the
-    state's own shuffle; the state's key is split exactly as without it, so everything else
-    (dropout masks, later epochs' keys) stays the same. Populations use it to share one batch
-    order between members (``fit_population(..., shared_order=True)``).
-
-    ``mesh``: check that ``batch_size`` splits over its ``data`` axis (build ``train_step`` with
-    the same mesh: it does the splitting).
+    ``order`` (``[num_batches, batch_size]`` indices, e.g. :func:`epoch_order`) replaces the
+    shuffle; the key is split as without it (populations share one order this way). ``mesh``:
+    check that ``batch_size`` splits over its ``data`` axis (``train_step`` does the splitting).
 
     Example:
       >>> import jax, optax, jnn
@@ -327,7 +296,7 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=Non
       >>> int(ts.step), sorted(logs)
       (2, ['loss'])
     """
-    _epoch_batches(num_examples, batch_size, "make_train_epoch")
+    checks.num_batches("make_train_epoch", num_examples, batch_size)
     if mesh is not None:
         _parallel.check_mesh(mesh, "make_train_epoch")
         _parallel.check_batch_size(batch_size, mesh, "make_train_epoch")
@@ -341,12 +310,8 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=Non
 
 
 def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
-    """The same epoch as :func:`make_train_epoch` (same shuffle, same steps, same result), run as
-    a Python loop over one jitted step instead of one scan.
-
-    Use it where a loop body compiles badly: on CPU, XLA runs convolutions inside a loop far
-    slower than outside one (jax-ml/jax#12868; 30x here), so conv nets train faster this way on
-    CPU. Data stays on device; each step gathers its batch by index; nothing recompiles.
+    """The epoch of :func:`make_train_epoch` (same shuffle, steps and result) as a Python loop over
+    one jitted step: for conv nets on CPU, where XLA runs convolutions in a loop slowly (jax-ml/jax#12868).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -359,7 +324,7 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
       >>> int(a.step), bool(jnp.allclose(a.params["w"], b.params["w"]))
       (2, True)
     """
-    num_batches = _epoch_batches(num_examples, batch_size, "make_stepwise_epoch")
+    num_batches = checks.num_batches("make_stepwise_epoch", num_examples, batch_size)
     shuffle = jax.jit(lambda ts: shuffle_epoch(ts, num_examples, batch_size))
     step = jit_outermost(lambda ts, data, idx: train_step(ts, gather(data, idx)))
 
@@ -377,19 +342,14 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
 
 def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, batch_size: int = 1000,
                  fused: bool = True, mesh=None):
-    """A pure ``(params, state, (x, y), step=None) -> metrics`` over a whole dataset, exact to the
-    example.
+    """A pure ``(params, state, (x, y), step=None) -> logs`` over a whole dataset in eval mode:
+    ``"loss"``, the loss's own logs and each metric (``None``: :func:`default_metrics`) as exact
+    means over the examples (computed per example; the last batch is padded and masked).
 
-    The data is padded to whole batches; each example's loss and metrics are computed on its
-    own (the loss and metric functions are vmapped over single-example batches) and padded rows
-    are masked out, so ``"loss"``, the loss's own logs and each metric are exact means over
-    the examples, whatever ``batch_size`` is. ``x``, ``y`` and the outputs may be pytrees (as
-    for :func:`make_train_step`); every leaf is padded and masked alike. ``step`` is passed to
-    a loss that takes one (e.g. ``train_state.step``, so validation uses the same KL weight as
-    training) and is required for it. With ``fused=True`` the batches run in one ``lax.scan``
-    (jit the result); with ``fused=False`` a Python loop calls one jitted batch function (see
-    :func:`make_stepwise_epoch` for why: conv nets on CPU). With a ``mesh``, each batch
-    (rounded up to a multiple of the ``data`` axis, padding masked) is split along it.
+    ``x``, ``y`` and the outputs may be pytrees. ``step`` goes to a loss that takes one (required
+    then; e.g. ``train_state.step``). ``fused=True``: one ``lax.scan`` (jit the result);
+    ``False``: a Python loop over one jitted batch function. With a ``mesh``, each batch (rounded
+    up to a multiple of the ``data`` axis) is split along it.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
