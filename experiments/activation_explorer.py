@@ -131,7 +131,7 @@ def main(config: Config) -> dict:
         model = mlp(config.hidden, make)
         result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, optax.adam(config.learning_rate), train,
                                key=key, epochs=config.epochs, batch_size=config.batch_size, val_data=val,
-                               progress=False, verbose=False)
+                               verbose=0)
         ts = result.train_state
         evaluate = jax.jit(jnn.train.make_eval_fn(model, jnn.losses.softmax_cross_entropy,
                                                   metrics={"accuracy": jnn.metrics.accuracy}))
@@ -140,7 +140,7 @@ def main(config: Config) -> dict:
         deep = mlp([config.deep_width] * config.depth, make)
         deep_ts = jnn.train.fit(deep, jnn.losses.softmax_cross_entropy, optax.adam(config.learning_rate), train,
                                 key=key, epochs=config.epochs, batch_size=config.batch_size,
-                                progress=False, verbose=False).train_state
+                                verbose=0).train_state
         deep_eval = jax.jit(jnn.train.make_eval_fn(deep, jnn.losses.softmax_cross_entropy,
                                                    metrics={"accuracy": jnn.metrics.accuracy}))
         deep_acc = float(deep_eval(deep_ts.params, deep_ts.state, (x_test, y_test))["accuracy"])

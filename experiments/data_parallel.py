@@ -71,7 +71,7 @@ def main(config: Config) -> dict:
     out = run_dir(config.out, f"data_parallel-{n}dev{'-fsdp' if config.fsdp else ''}")
     start = time.perf_counter()
     result = jnn.train.fit(net, loss, opt, (x, y), key=jax.random.key(config.seed), epochs=config.epochs,
-                           batch_size=config.batch_size, val_split=0.1, progress=config.progress,
+                           batch_size=config.batch_size, val_split=0.1, verbose=1 if config.progress else 2,
                            mesh=(mesh, rules), callbacks=[jnn.train.callbacks.HistoryFile(out / "history.csv")] if out else [])
     seconds = time.perf_counter() - start
     test = test_metrics(net, result.train_state, x_test, y_test)

@@ -105,7 +105,7 @@ def main(config: Config) -> dict:
         start = time.perf_counter()
         result = jnn.train.fit(net, jnn.losses.softmax_cross_entropy, opt, (x, y), key=jax.random.key(config.seed),
                                epochs=config.epochs, batch_size=config.batch_size, val_split=0.1,
-                               progress=config.progress)
+                               verbose=1 if config.progress else 2)
         seconds = time.perf_counter() - start
         ts = result.train_state
         logits = jnn.train.predict(net, ts.params, ts.state, x_test)

@@ -90,7 +90,7 @@ def main(config: Config) -> dict:
     result = jnn.train.fit(
         net, jnn.losses.softmax_cross_entropy, opt, (x, y), key=jax.random.key(config.seed),
         epochs=config.epochs, batch_size=config.batch_size, val_split=config.val_split,
-        progress=config.progress, callbacks=[jnn.train.callbacks.HistoryFile(out / "history.csv")] if out else [])
+        verbose=1 if config.progress else 2, callbacks=[jnn.train.callbacks.HistoryFile(out / "history.csv")] if out else [])
     train_seconds = time.perf_counter() - start
     test = test_metrics(net, result.train_state, x_test, y_test)
     print(f"test accuracy: {test['accuracy']:.2%}  test loss: {test['loss']:.4f}  "

@@ -70,7 +70,7 @@ def main(config: Config) -> dict:
         net = model(config, options.pop("dropout", 0.0))
         result = jnn.train.fit(net, jnn.losses.softmax_cross_entropy, optimizer, train, key=jax.random.key(config.seed),
                                epochs=config.epochs, batch_size=config.batch_size, val_data=val,
-                               progress=False, verbose=False, **options)
+                               verbose=0, **options)
         ts = result.train_state
         evaluate = jax.jit(jnn.train.make_eval_fn(net, jnn.losses.softmax_cross_entropy,
                                                   metrics={"accuracy": jnn.metrics.accuracy}))

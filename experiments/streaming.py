@@ -105,7 +105,7 @@ def train_from_disk(directory: pathlib.Path, config: Config) -> dict:
     per_epoch = max(1, config.steps // 2)   # two "epochs" of steps/2: the second one is timed (compiled)
     result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, optax.adam(config.learning_rate),
                            jnn.train.Data(pipeline(), steps_per_epoch=per_epoch, check=False),
-                           key=jax.random.key(config.seed), epochs=2, progress=False, verbose=False)
+                           key=jax.random.key(config.seed), epochs=2, verbose=0)
     test = jax.jit(jnn.train.make_eval_fn(model, jnn.losses.softmax_cross_entropy,
                                           metrics={"accuracy": jnn.metrics.accuracy}))(
         result.train_state.params, result.train_state.state, (x_test, y_test))

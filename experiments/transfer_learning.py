@@ -73,7 +73,7 @@ def main(config: Config) -> dict:
     net, loss = model(config), jnn.losses.softmax_cross_entropy
     evaluate = jax.jit(jnn.train.make_eval_fn(net, loss, metrics={"accuracy": jnn.metrics.accuracy}))
     key = jax.random.key(config.seed)
-    quiet = dict(progress=False, verbose=False)   # fit trains conv nets stepwise on CPU by itself
+    quiet = dict(verbose=0)   # fit trains conv nets stepwise on CPU by itself
 
     print(f"pretraining on {int(low.sum())} images of digits 0-4 ...", flush=True)
     pre_opt = optax.adam(config.learning_rate)

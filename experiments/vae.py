@@ -137,7 +137,7 @@ def main(config: Config) -> dict:
 
     start = time.perf_counter()
     result = jnn.train.fit(net, loss, optax.adam(config.learning_rate), (x, x), key=key, epochs=config.epochs,
-                           batch_size=config.batch_size, val_split=config.val_split, progress=config.progress,
+                           batch_size=config.batch_size, val_split=config.val_split, verbose=1 if config.progress else 2,
                            callbacks=[jnn.train.callbacks.HistoryFile(out / "history.csv")] if out else [])
     train_seconds = time.perf_counter() - start
     ts = result.train_state

@@ -38,7 +38,7 @@ def main(config: Config) -> dict:
 
     result = jnn.train.fit(net, jnn.losses.mse, optax.adam(config.learning_rate), (x, y),
                            key=jax.random.key(config.seed), epochs=config.epochs, batch_size=4, metrics={},
-                           progress=False, verbose=False, callbacks=[report])
+                           verbose=0, callbacks=[report])
     ts = result.train_state
     probs = np.asarray(net.apply(ts.params, ts.state, x)[0])
     predictions = (probs > 0.5).astype(np.float32)

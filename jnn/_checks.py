@@ -33,6 +33,7 @@ __all__ = [
     "logged_metric", "at_most_one", "writable_directory", "new_file", "like_tree", "loss_result",
     "split_fraction", "callbacks", "like_first_batch", "hashable", "num_batches", "among",
     "indices_below",
+    "micro_batches",   # w-loop
 ]
 
 
@@ -1034,3 +1035,12 @@ def indices_below(label: str, what: str, values: np.ndarray, n: int) -> np.ndarr
         raise ValueError(f"{label}: {what} must lie in [0, {n}), got [{values.min()}, {values.max()}]")
     return values
 
+
+
+# ---- rules added for w-loop (gradient accumulation) ----
+def micro_batches(label: str, batch_size: int, accumulate: int) -> int:
+    """The micro-batch size when ``accumulate`` splits a batch of ``batch_size``; else a ValueError."""
+    if batch_size % accumulate:
+        raise ValueError(f"{label}: accumulate={accumulate} splits each batch into {accumulate} equal micro-batches, "
+                         f"but a batch has {batch_size} examples, not a multiple of {accumulate}")
+    return batch_size // accumulate

@@ -38,8 +38,7 @@ def max_rel(t1, t2):
 seen = []
 probe = jnn.stateless("probe", lambda h: (jax.debug.inspect_array_sharding(h, callback=seen.append), h)[1])
 model = jnn.serial(probe, jnn.dense(32), jnn.relu(), jnn.batch_norm(), jnn.dropout(0.1), jnn.dense(8))
-kw = dict(key=jax.random.key(0), epochs=2, batch_size=32, val_data=(x[:40], y[:40]), progress=False,
-          verbose=False)
+kw = dict(key=jax.random.key(0), epochs=2, batch_size=32, val_data=(x[:40], y[:40]), verbose=0)
 r0 = jnn.train.fit(model, loss, optax.adam(1e-2), (x, y), **kw)
 seen.clear()
 r8 = jnn.train.fit(model, loss, optax.adam(1e-2), (x, y), mesh=mesh8, **kw)
@@ -173,7 +172,7 @@ def error(fn):
 
 
 fit = lambda **k: jnn.train.fit(fmodel, loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=1,
-                                progress=False, verbose=False, **k)
+                                verbose=0, **k)
 out["err_batch"] = error(lambda: fit(batch_size=12, mesh=mesh8))
 out["err_axis"] = error(lambda: fit(batch_size=32, mesh=(mesh8, [("w", ("tensor", None))])))
 out["err_pattern"] = error(lambda: fit(batch_size=32, mesh=(mesh8, parallel.fsdp("encoder/*"))))

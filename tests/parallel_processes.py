@@ -68,7 +68,7 @@ else:
     history = tmp / f"history_{pid}.csv"
     jnn.train.fit(model, loss, opt, (xs.reshape(48, 5), ys.reshape(48)), key=jax.random.key(1), epochs=1,
                   batch_size=8, mesh=mesh, callbacks=[jnn.train.callbacks.HistoryFile(history)],
-                  progress=False, verbose=True)
+                  verbose=2)
     out["history_written"] = history.exists()
     try:
         parallel.global_batch((xs[0, :4 + 2 * pid], ys[0, :4 + 2 * pid]), mesh)

@@ -25,7 +25,7 @@ def _model():
 
 def _fit(epochs, **kwargs):
     return jnn.train.fit(_model(), LOSS, kwargs.pop("opt", optax.adam(1e-2)), _data(), key=jax.random.key(0),
-                         epochs=epochs, batch_size=16, val_data=_data(32, 1), progress=False, verbose=False, **kwargs)
+                         epochs=epochs, batch_size=16, val_data=_data(32, 1), verbose=0, **kwargs)
 
 
 def test_user_callback_sees_metrics_and_stops_training(tmp_path):
@@ -134,7 +134,7 @@ def _scored_loss(out, y, step):
 
 def _fit_scored(epochs, **kwargs):
     return jnn.train.fit(_model(), _scored_loss, optax.adam(1e-2), _data(), key=jax.random.key(0), epochs=epochs,
-                         batch_size=16, metrics={}, progress=False, verbose=False, **kwargs)
+                         batch_size=16, metrics={}, verbose=0, **kwargs)
 
 
 @pytest.mark.parametrize("route", ["callbacks", "early_stopping"])

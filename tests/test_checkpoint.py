@@ -34,7 +34,7 @@ def _mlp(hidden=32):
 
 def _fit(model, data, **kw):
     return train.fit(model, LOSS, OPT, data, key=jax.random.key(0), batch_size=64, metrics={},
-                     progress=False, verbose=False, **kw)
+                     verbose=0, **kw)
 
 
 def _assert_trees_equal(a, b):

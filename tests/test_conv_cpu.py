@@ -130,7 +130,7 @@ def test_fit_and_the_stepwise_runners_compile_with_the_compiler_options(monkeypa
     for fused in (True, False):
         calls.clear()
         jnn.train.fit(model, jnn.losses.mse, opt, (x, y), key=jax.random.key(0), epochs=1, batch_size=2,
-                      metrics={}, val_data=(x, y), verbose=False, progress=False, fused=fused)
+                      metrics={}, val_data=(x, y), verbose=0, fused=fused)
         assert len(calls) >= 2, fused   # the epoch and the evaluation
     calls.clear()
     params, state = model.init(jax.random.key(0), x)

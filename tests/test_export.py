@@ -65,7 +65,7 @@ def test_artifacts_run_without_jnn_any_batch_size_and_reproduce_fit(tmp_path):
     # the inference model: trained a little so batch-norm statistics are not the init ones; fused,
     # as the capsule's epoch is (by default fit trains a conv net stepwise on CPU)
     result = jnn.train.fit(model, loss, opt, (x, y), key=jax.random.key(0), epochs=3, batch_size=8,
-                           val_data=(xv, yv), fused=True, progress=False, verbose=False)
+                           val_data=(xv, yv), fused=True, verbose=0)
     params, state = result.train_state.params, result.train_state.state
     jexport.export_model(tmp_path / "cnn.jnnx", model, params, state, x[:1], description="test CNN")
     jexport.export_capsule(tmp_path / "cap.jnnx", model, loss, opt, (x, y), batch_size=8, val_data=(xv, yv),

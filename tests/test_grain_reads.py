@@ -140,7 +140,7 @@ def test_users_own_grain_datasets_and_data_loader_feed_fit():
                                             shuffle=True, num_epochs=None, seed=0),
         operations=[grain.transforms.Batch(8, drop_remainder=True)])
     iterable = grain.MapDataset.source(jnn.data.grain.ArraySource(x, y)).shuffle(seed=1).batch(8).repeat(None)
-    kw = dict(key=jax.random.key(0), epochs=8, progress=False, verbose=False)
+    kw = dict(key=jax.random.key(0), epochs=8, verbose=0)
     for data in (loader, iterable.to_iter_dataset()):
         result = jnn.train.fit(jnn.dense(2), jnn.losses.softmax_cross_entropy, optax.adam(0.05), jnn.train.Data(data, steps_per_epoch=12), **kw)
         assert int(result.train_state.step) == 96

@@ -47,7 +47,7 @@ def test_fit_epochs_draw_new_masks():
 
     x, y = np.ones((8, 4), np.float32), np.zeros((8, 1), np.float32)
     jnn.train.fit(jnn.serial(jnn.dropout(0.5), jnn.dense(1)), jnn.losses.mse, optax.sgd(0.0), (x, y),
-                  key=jax.random.key(0), epochs=3, batch_size=8, metrics={}, progress=False, verbose=False,
+                  key=jax.random.key(0), epochs=3, batch_size=8, metrics={}, verbose=0,
                   callbacks=[record])
     data = [np.asarray(jax.random.key_data(k)) for k in seen]
     assert not np.array_equal(data[0], data[1]) and not np.array_equal(data[1], data[2])

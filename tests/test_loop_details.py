@@ -25,7 +25,7 @@ _DEFAULT = object()
 
 
 def _fit(data=(X, Y), model=_DEFAULT, loss=jnn.losses.mse, optimizer=_DEFAULT, **kw):
-    kw = {"key": KEY, "epochs": 2, "batch_size": 4, "metrics": {}, "progress": False, "verbose": False, **kw}
+    kw = {"key": KEY, "epochs": 2, "batch_size": 4, "metrics": {}, "verbose": 0, **kw}
     model = jnn.dense(1) if model is _DEFAULT else model
     optimizer = optax.sgd(0.1) if optimizer is _DEFAULT else optimizer
     return jnn.train.fit(model, loss, optimizer, data, **kw)
@@ -78,9 +78,9 @@ def _exactly(message):
     ({"key": 0}, TypeError, "fit: key must be one PRNG key (jax.random.key(0)), got 0"),
     ({"key": jax.random.split(KEY, 2)}, TypeError, "fit: key must be one PRNG key (jax.random.key(0)), got "
      "key<fry>[2]"),
-    ({"progress": "yes"}, ValueError, "fit: progress must be True or False, got 'yes'"),
-    ({"verbose": "yes"}, ValueError, "fit: verbose must be True or False, got 'yes'"),
-    ({"progress": 2}, ValueError, "fit: progress must be True or False, got 2"),
+    ({"verbose": "yes"}, ValueError, "fit: verbose must be one of 0, 1, 2, False, True, got 'yes'"),
+    ({"verbose": 3}, ValueError, "fit: verbose must be one of 0, 1, 2, False, True, got 3"),
+    ({"accumulate": 0}, ValueError, "fit: accumulate must be a positive integer, got 0"),
     ({"data": jnn.train.Data((X, Y), check=None)}, ValueError, "fit: Data.check must be True or False, got None"),
     ({"callbacks": [jnn.train.NonFinite(), jnn.train.NonFinite("stop")]}, ValueError,
      "fit: at most one NonFinite policy per run, got 2"),
@@ -179,7 +179,7 @@ def test_given_params_start_the_run_and_state_defaults_to_the_models():
     params, _ = model.init(KEY, X)
     given = jax.tree_util.tree_map(lambda a: a + 1.0, params)
     result = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), key=jax.random.key(5), epochs=1,
-                           batch_size=8, metrics={}, progress=False, verbose=False, train_state=jnn.train.Start(params=given))
+                           batch_size=8, metrics={}, verbose=0, train_state=jnn.train.Start(params=given))
     jax.tree_util.tree_map(np.testing.assert_array_equal, result.train_state.params, given)
     assert int(result.train_state.step) == 1
     h = X @ np.asarray(given["dense_0"]["w"]) + np.asarray(given["dense_0"]["b"])
@@ -206,7 +206,7 @@ def test_val_split_evaluates_on_the_held_out_examples():
     """lr 0, so the model is its init throughout: val_loss is the init's loss on the examples
     that split_validation holds out with fit's second key (the docstring's "same key, same split")."""
     result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.0), (X, Y), key=KEY, epochs=1, batch_size=2,
-                           val_split=0.25, metrics={}, progress=False, verbose=False)
+                           val_split=0.25, metrics={}, verbose=0)
     (_, _), (vx, vy) = split_validation(X, Y, 0.25, jax.random.split(KEY)[1])
     p = result.train_state.params
     expected = np.mean((np.asarray(vx) @ np.asarray(p["w"]) + np.asarray(p["b"]) - np.asarray(vy)) ** 2)
@@ -217,22 +217,22 @@ def test_val_split_evaluates_on_the_held_out_examples():
 def test_default_metrics_follow_the_loss_and_the_output():
     x, labels = X, np.array([0, 1] * 4)
     classify = lambda **kw: jnn.train.fit(jnn.dense(2), jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, labels),
-                                          key=KEY, epochs=1, batch_size=4, val_data=(x, labels), progress=False,
-                                          verbose=False, **kw)
+                                          key=KEY, epochs=1, batch_size=4, val_data=(x, labels), verbose=0,
+                                          **kw)
     history = classify().history
     assert sorted(history) == ["accuracy", "epoch", "loss", "time", "val_accuracy", "val_loss"]
     assert sorted(classify(metrics={}).history) == ["epoch", "loss", "time", "val_loss"]
     regress = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), key=KEY, epochs=1, batch_size=4,
-                            progress=False, verbose=False)
+                            verbose=0)
     assert sorted(regress.history) == ["epoch", "loss", "time"]
     two_heads = jnn.fan_out(jnn.dense(2), jnn.dense(2), merge=tuple)
     both = jnn.train.fit(two_heads, lambda out, y: jnn.losses.softmax_cross_entropy(out[0], y), optax.sgd(0.1),
-                         (x, labels), key=KEY, epochs=1, batch_size=4, progress=False, verbose=False)
+                         (x, labels), key=KEY, epochs=1, batch_size=4, verbose=0)
     assert sorted(both.history) == ["epoch", "loss", "time"]
 
 
 def test_verbose_prints_one_line_per_epoch_with_every_log(capsys):
-    result = _fit(verbose=True, val_data=(X, Y), epochs=2)
+    result = _fit(verbose=2, val_data=(X, Y), epochs=2)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     for epoch, line in enumerate(lines, 1):
@@ -259,7 +259,7 @@ def test_validation_is_exact_for_any_eval_batch_size(fused):
     vy = np.random.default_rng(1).normal(size=(7, 1)).astype(np.float32)
     model = jnn.dense(1)
     params = {"w": jnp.asarray(w), "b": jnp.asarray([0.25])}
-    kw = dict(key=KEY, epochs=1, batch_size=8, metrics={}, progress=False, verbose=False, train_state=jnn.train.Start(params=params), fused=fused)
+    kw = dict(key=KEY, epochs=1, batch_size=8, metrics={}, verbose=0, train_state=jnn.train.Start(params=params), fused=fused)
     for eval_batch_size in (1, 3, 7, 100):
         result = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), val_data=(vx, vy),
                                eval_batch_size=eval_batch_size, **kw)
@@ -269,11 +269,11 @@ def test_validation_is_exact_for_any_eval_batch_size(fused):
 def test_early_stopping_on_the_last_epoch_is_not_stopping_early():
     """patience 1 on a rising loss: stops after epoch 2 of 3 (early); of 2, at the end (not early)."""
     rising = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.05), (X, Y), key=KEY, batch_size=8,
-                           metrics={}, progress=False, verbose=False, epochs=3,
+                           metrics={}, verbose=0, epochs=3,
                            early_stopping=EarlyStopping("loss", patience=1))
     assert rising.history["epoch"] == [1, 2] and rising.stopped_early and rising.best_epoch == 1
     at_end = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.05), (X, Y), key=KEY, batch_size=8,
-                           metrics={}, progress=False, verbose=False, epochs=2,
+                           metrics={}, verbose=0, epochs=2,
                            early_stopping=EarlyStopping("loss", patience=1))
     assert at_end.history["epoch"] == [1, 2] and not at_end.stopped_early and at_end.best_epoch == 1
     assert _fit().best_epoch is None
@@ -328,11 +328,11 @@ def test_given_params_and_state_reach_the_optimizer_and_the_model():
     params, state = model.init(KEY, X)
     given = jax.tree_util.tree_map(lambda a: a + 1.0, params)
     result = jnn.train.fit(model, jnn.losses.mse, _pull_to_initial_params(), (X, Y), key=jax.random.key(5),
-                           epochs=1, batch_size=8, metrics={}, progress=False, verbose=False, train_state=jnn.train.Start(params=given))
+                           epochs=1, batch_size=8, metrics={}, verbose=0, train_state=jnn.train.Start(params=given))
     jax.tree_util.tree_map(np.testing.assert_allclose, result.train_state.params, given)   # the given, not init's
     given_state = {"batch_norm_0": {"mean": jnp.full((1,), 3.0), "var": jnp.full((1,), 2.0)}}
     only_state = jnn.train.fit(model, jnn.losses.mse, optax.sgd(0.0), (X, Y), key=KEY, epochs=1, batch_size=8,
-                               metrics={}, progress=False, verbose=False, train_state=jnn.train.Start(state=given_state))
+                               metrics={}, verbose=0, train_state=jnn.train.Start(state=given_state))
     dense = only_state.train_state.params["dense_0"]                  # lr 0: the model's own init
     h = X @ np.asarray(dense["w"]) + np.asarray(dense["b"])
     np.testing.assert_allclose(only_state.train_state.state["batch_norm_0"]["mean"], 0.99 * 3.0 + 0.01 * h.mean(0),
@@ -449,7 +449,7 @@ def test_each_epoch_line_is_flushed_as_it_is_printed(monkeypatch):
 
     pipe = Pipe()
     monkeypatch.setattr("sys.stdout", pipe)
-    _fit(verbose=True, epochs=2)
+    _fit(verbose=2, epochs=2)
     lines = pipe.text.splitlines()
     assert len(lines) == 2 and all(line.startswith(f"epoch {i:3d}  loss") for i, line in enumerate(lines, 1))
     assert lines[0] + "\n" in pipe.flushed and pipe.text in pipe.flushed
@@ -460,7 +460,7 @@ def test_the_progress_bar_shows_each_epochs_metrics(monkeypatch):
     shown, update = [], progress.Progress.update
     monkeypatch.setattr(progress.Progress, "update",
                         lambda self, task, **kw: (shown.append(kw.get("description")), update(self, task, **kw))[1])
-    result = _fit(progress=True, epochs=2)
+    result = _fit(verbose=1, epochs=2)
     expected = [f"loss {loss:.4f}" for loss in result.history["loss"]]
     assert [d for d in shown if d and d.startswith("loss")] == expected
 
@@ -509,7 +509,7 @@ def test_fused_auto_trains_a_cnn_stepwise_on_cpu_and_fused_elsewhere(monkeypatch
 def test_early_stopping_may_monitor_the_logged_learning_rate_or_a_streamed_validation():
     sgd = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
     result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, sgd, (X, Y), key=KEY, epochs=3, batch_size=4, metrics={},
-                           progress=False, verbose=False, early_stopping=EarlyStopping(monitor="lr", patience=1))
+                           verbose=0, early_stopping=EarlyStopping(monitor="lr", patience=1))
     assert result.history["lr"] == pytest.approx([0.1] * 2) and result.stopped_early   # lr never improves
     with pytest.raises(ValueError, match=r"^fit: early_stopping monitors 'lr', which is not among the logged"):
         _fit(early_stopping=EarlyStopping(monitor="lr"))
@@ -537,7 +537,7 @@ def test_the_progress_bar_counts_the_epochs_left(monkeypatch):
     monkeypatch.setattr(progress.Progress, "add_task",
                         lambda self, *a, **kw: (totals.append(kw.get("total")), add_task(self, *a, **kw))[1])
     first = _fit(epochs=1)
-    _fit(progress=True, epochs=3, train_state=jnn.train.Start(first.train_state, epoch=1))
+    _fit(verbose=1, epochs=3, train_state=jnn.train.Start(first.train_state, epoch=1))
     assert totals == [2]
 
 
@@ -596,7 +596,7 @@ def test_the_nonfinite_warning_points_at_the_callers_line():
     nan_metric = {"nan": lambda out, y: jnp.mean(out) * jnp.nan}
     with pytest.warns(RuntimeWarning, match="^fit: epoch 1 produced non-finite metrics") as record:
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), key=KEY, epochs=1, batch_size=4,
-                      metrics=nan_metric, callbacks=[jnn.train.NonFinite("stop")], progress=False, verbose=False)
+                      metrics=nan_metric, callbacks=[jnn.train.NonFinite("stop")], verbose=0)
     assert [w.filename for w in record] == [__file__]
 
 
@@ -618,8 +618,8 @@ def test_a_streamed_run_checkpoints_every_k_steps_and_resumes_in_this_process(tm
     jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.train_state.params, whole.train_state.params)
 
 
-def test_verbose_and_progress_take_keras_style_zero_and_one(capsys):
-    quiet = _fit(verbose=0, progress=0)
-    loud = _fit(verbose=1, progress=0)
+def test_verbose_takes_keras_style_levels(capsys):
+    quiet = _fit(verbose=0)
+    loud = _fit(verbose=2)
     assert capsys.readouterr().out.count("epoch") == 2          # two epochs printed once, by the verbose run
     np.testing.assert_array_equal(quiet.train_state.params["w"], loud.train_state.params["w"])

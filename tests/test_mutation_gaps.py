@@ -69,7 +69,7 @@ def _xor_run(early_stopping, population=False):
         m = r.member(0)
         return len(m.history["val_loss"]), m.best_epoch, list(m.history["val_loss"])
     r = jnn.train.fit(make(), jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.05), (x, y),
-                      progress=False, verbose=False, **kwargs)
+                      verbose=0, **kwargs)
     return len(r.history["val_loss"]), r.best_epoch, r.history["val_loss"]
 
 

@@ -142,7 +142,7 @@ def test_eval_batch_size_reaches_the_evaluator(monkeypatch, population):
     else:
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, __import__("optax").sgd(0.1), (x, y), key=jax.random.key(0),
                       epochs=1, batch_size=4, val_data=(x, y), metrics={}, eval_batch_size=3,
-                      progress=False, verbose=False)
+                      verbose=0)
     assert 3 in seen, seen
 
 

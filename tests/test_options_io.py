@@ -73,7 +73,7 @@ def test_pipeline_class_shard_count_is_checked_by_fit():
     with pytest.raises(ValueError, match=r"^fit: train_data is sharded over 2 processes but jax.process_count\(\) "
                                          r"is 1 and fit runs without a mesh, so it needs 1 shard"):
         jnn.train.fit(jnn.dense(2), jnn.losses.softmax_cross_entropy, optax.sgd(0.1), batches, epochs=1,
-                      key=jax.random.key(0), verbose=False, progress=False)
+                      key=jax.random.key(0), verbose=0)
 
 
 def _checkpoint_policies(model, tokens):

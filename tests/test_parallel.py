@@ -158,7 +158,7 @@ def test_single_device_rules_and_plan_in_process():
         parallel.logical([("w", ("embed", "hidden"))])
     with pytest.raises(ValueError, match=r"pass mesh=\(mesh, rules\)"):
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (np.zeros((4, 2)), np.zeros((4, 1))),
-                      key=jax.random.key(0), epochs=1, mesh=(None, parallel.fsdp()), progress=False, verbose=False)
+                      key=jax.random.key(0), epochs=1, mesh=(None, parallel.fsdp()), verbose=0)
 
 
 def _free_port() -> int:

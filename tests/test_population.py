@@ -62,7 +62,7 @@ def assert_trees_close(a, b):
 
 def fit_alone(hp, key, train, val, **kwargs):
     return jnn.train.fit(make_model(hp), LOSS, make_adamw(hp), train, key=key, batch_size=BATCH,
-                         val_data=val, progress=False, verbose=False, **kwargs)
+                         val_data=val, verbose=0, **kwargs)
 
 
 def test_members_equal_fit_alone_over_seeds_learning_rates_and_dropout_rates(digits):
@@ -169,7 +169,7 @@ def test_search_groups_by_width_and_returns_results_in_input_order(digits):
     keys = member_keys(jax.random.key(4), len(configs))
     # config 0 alone: fit with val_split makes the same split (from config 0's key) that search shares
     alone = jnn.train.fit(make_model(configs[0]), LOSS, make_sgd(configs[0]), train, key=keys[0], epochs=2,
-                          batch_size=BATCH, val_split=0.25, metrics={}, progress=False, verbose=False)
+                          batch_size=BATCH, val_split=0.25, metrics={}, verbose=0)
     assert_trees_close(results[0].train_state.params, alone.train_state.params)
     np.testing.assert_allclose(results[0].history["val_loss"], alone.history["val_loss"], rtol=1e-5)
     # within each group too, every result belongs to its config: its own learning rate and key
@@ -187,8 +187,7 @@ def test_search_batch_size_field_sets_each_groups_batch_size(digits):
     keys = member_keys(jax.random.key(5), 2)
     for config, result, key in zip(configs, results, keys):
         alone = jnn.train.fit(make_model(config), LOSS, make_sgd(config), train, key=key, epochs=2,
-                              batch_size=config["batch_size"], val_data=val, metrics={}, progress=False,
-                              verbose=False)
+                              batch_size=config["batch_size"], val_data=val, metrics={}, verbose=0)
         assert_trees_close(result.train_state.params, alone.train_state.params)
         assert int(result.train_state.step) == 2 * (N_TRAIN // config["batch_size"])
     with pytest.raises(ValueError, match="search: batch_size changes array shapes, so it must be listed in static"):

@@ -65,7 +65,7 @@ def test_fit_with_policy_and_batch_norm_state_keeps_its_dtype():
     model = with_policy(jnn.serial(jnn.dense(8), jnn.batch_norm(), jnn.tanh(), jnn.dense(1)))
     x, y = jnn.data.xor()
     result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.05), (x, y),
-                           key=KEY, epochs=3, batch_size=4, metrics={}, progress=False, verbose=False)
+                           key=KEY, epochs=3, batch_size=4, metrics={}, verbose=0)
     ts = result.train_state
     assert _dtypes(ts.params) == _dtypes(ts.state) == {jnp.dtype(jnp.float32)}
     assert len(result.history["loss"]) == 3 and np.isfinite(result.history["loss"]).all()

@@ -53,7 +53,7 @@ def test_two_input_dict_x_through_fit_matches_numpy():
     xv, yv = two_input_data(50, seed=1)
     result = train.fit(two_input(C), jnn.losses.softmax_cross_entropy, optax.adam(0.05), (x, y),
                        key=jax.random.key(0), epochs=15, batch_size=16, val_data=(xv, yv), eval_batch_size=16,
-                       progress=False, verbose=False)
+                       verbose=0)
     params = result.train_state.params
     logits = np_logits(params, xv)
     np.testing.assert_allclose(result.history["val_loss"][-1], np_cross_entropy(logits, yv).mean(), rtol=1e-5)
@@ -81,7 +81,7 @@ def test_multi_output_dict_y_logs_and_val_split():
     model = multi_output()
     result = train.fit(model, multi_loss, optax.adam(0.05), (x, y), key=jax.random.key(1), epochs=20,
                        batch_size=16, val_split=0.25, metrics=metrics, eval_batch_size=10,
-                       progress=False, verbose=False)
+                       verbose=0)
     h = result.history
     assert {"loss", "ce", "mse", "acc", "val_loss", "val_ce", "val_mse", "val_acc"} <= set(h)
     assert h["mse"][-1] < 0.2 * h["mse"][0] and h["val_acc"][-1] > 0.8
@@ -154,7 +154,7 @@ def test_fit_logs_annealing_schedule_for_train_and_validation(fused):
     epochs, nb = 4, 40 // 16  # 2 steps per epoch, 8 examples skipped
     result = train.fit(jnn.dense(1), annealed_loss, optax.sgd(0.05), (x, y), key=jax.random.key(0),
                        epochs=epochs, batch_size=16, val_data=(x, y), metrics={}, fused=fused,
-                       progress=False, verbose=False)
+                       verbose=0)
     schedule = np.minimum(1.0, np.arange(epochs * nb) / 10.0)
     np.testing.assert_allclose(result.history["beta"], schedule.reshape(epochs, nb).mean(1), rtol=1e-6)
     # validation runs after the epoch, at train_state.step = epoch * nb
@@ -169,7 +169,7 @@ def test_head_swap_with_frozen_body_keeps_body_bit_identical():
     body = jnn.serial(jnn.dense(16), jnn.relu(), name="body")
     pretrained = jnn.serial(body, jnn.dense(C))
     pre = train.fit(pretrained, jnn.losses.softmax_cross_entropy, optax.adam(0.02), (x, y),
-                    key=jax.random.key(0), epochs=5, batch_size=16, progress=False, verbose=False)
+                    key=jax.random.key(0), epochs=5, batch_size=16, verbose=0)
     # a new 2-class head on the pretrained body, both found by path with jnn.get
     new_model = jnn.serial(jnn.get(pretrained, "body"), jnn.dense(2))
     y2 = (y == 0).astype(np.int32)
@@ -178,7 +178,7 @@ def test_head_swap_with_frozen_body_keeps_body_bit_identical():
     head_before = np.asarray(params["dense_0"]["w"]).copy()
     result = train.fit(new_model, jnn.losses.softmax_cross_entropy, train.freeze(optax.adam(0.05), "body/*"),
                        (x, y2), key=jax.random.key(1), epochs=10, batch_size=16, train_state=train.Start(params=params),
-                       progress=False, verbose=False)
+                       verbose=0)
     got = result.train_state.params
     for a, b in zip(jax.tree_util.tree_leaves(got["body"]), jax.tree_util.tree_leaves(pre.train_state.params["body"])):
         assert np.array_equal(np.asarray(a), np.asarray(b))  # bit-identical
@@ -191,7 +191,7 @@ def test_fit_params_errors():
     x, y = np.ones((8, 3), np.float32), np.zeros(8, np.int32)
     params, state = model.init(jax.random.key(0), jnp.zeros((1, 3)))
     ts = train.init_train_state(model, optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 3)))
-    kw = dict(key=jax.random.key(0), epochs=1, progress=False, verbose=False)
+    kw = dict(key=jax.random.key(0), epochs=1, verbose=0)
     with pytest.raises(ValueError, match="train_state .* or params/state .*not both"):
         train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), train_state=train.Start(ts, params=params), **kw)
     bad = {**params, "dense_1": {"w": jnp.zeros((4, 5)), "b": jnp.zeros(5)}}
@@ -207,10 +207,10 @@ def test_mismatched_leaf_counts_name_the_leaf():
     x = {"a": np.ones((10, 2), np.float32), "b": np.ones((9, 2), np.float32)}
     with pytest.raises(ValueError, match=r"fit train_data: .*got 10 and 9 \(x\['a'\] has 10, x\['b'\] has 9"):
         train.fit(two_input(2), jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, np.zeros(10, np.int32)),
-                  key=jax.random.key(0), epochs=1, progress=False, verbose=False)
+                  key=jax.random.key(0), epochs=1, verbose=0)
     with pytest.raises(ValueError, match=r"y\[1\] has 4"):
         train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (np.ones((5, 2)), (np.ones((5, 1)), np.ones((4, 1)))),
-                  key=jax.random.key(0), epochs=1, progress=False, verbose=False)
+                  key=jax.random.key(0), epochs=1, verbose=0)
 
 
 def test_population_with_dict_input_and_loss_logs():

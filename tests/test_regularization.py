@@ -32,7 +32,7 @@ def test_batch_norm_state_round_trips_through_fit():
     model = jnn.serial(jnn.flatten(), jnn.dense(32), jnn.batch_norm(momentum=0.9), jnn.relu(), jnn.dense(10))
     result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, optax.adam(1e-2), (x, y),
                            key=jax.random.key(0), epochs=5, batch_size=64, val_split=0.2,
-                           progress=False, verbose=False)
+                           verbose=0)
     state, params = result.train_state.state, result.train_state.params
     running_mean = state["batch_norm_0"]["mean"]
     # the running mean tracks the pre-norm activations of the training data

@@ -17,7 +17,7 @@ EPOCHS_RUN = []
 
 def _fit(data=(X, Y), **kwargs):
     model = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(2))
-    kwargs = {"epochs": 2, "batch_size": 8, "progress": False, "verbose": False, **kwargs}
+    kwargs = {"epochs": 2, "batch_size": 8, "verbose": 0, **kwargs}
     callbacks = [*kwargs.pop("callbacks", []), lambda epoch, ts, logs: EPOCHS_RUN.append(epoch)]
     return train.fit(model, jnn.losses.softmax_cross_entropy, optax.sgd(0.1), data, key=jax.random.key(0),
                      callbacks=callbacks, **kwargs)
@@ -74,7 +74,7 @@ def test_regression_runs_log_no_accuracy_by_default():
     x = X
     y = x @ np.ones((4, 1), np.float32)
     result = train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.05), (x, y), key=jax.random.key(0), epochs=2,
-                       batch_size=8, progress=False, verbose=False)
+                       batch_size=8, verbose=0)
     assert "accuracy" not in result.history and result.history["loss"][-1] < result.history["loss"][0]
     result = _fit()
     assert "accuracy" in result.history  # classification losses keep accuracy
@@ -82,6 +82,6 @@ def test_regression_runs_log_no_accuracy_by_default():
 
 def test_monitored_metric_that_is_logged_is_accepted():
     result = train.fit(jnn.dense(2), jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (X, Y), key=jax.random.key(0),
-                       epochs=2, batch_size=8, val_split=0.25, progress=False, verbose=False,
+                       epochs=2, batch_size=8, val_split=0.25, verbose=0,
                        early_stopping=train.EarlyStopping(monitor="val_accuracy", patience=5))
     assert len(result.history["val_accuracy"]) == 2

@@ -48,7 +48,7 @@ def test_fit_checks_labels_and_features_before_training():
     x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
     model = jnn.serial(jnn.dense(3))
     run = lambda x, y: train.fit(model, losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-                                 epochs=1, batch_size=8, progress=False, verbose=False)
+                                 epochs=1, batch_size=8, verbose=0)
     y = np.arange(32) % 3
     with pytest.raises(ValueError, match=r"fit: train_data y does not suit the loss: softmax_cross_entropy: integer "
                                          r"labels \(class ids for 3 classes\) must lie in \[0, 3\), got 5"):

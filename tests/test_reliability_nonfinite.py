@@ -38,11 +38,11 @@ def test_nan_example_in_real_mnist_is_located_by_step_example_and_layer():
     with pytest.raises(train.NonFiniteError, match=r"fit: epoch 1 produced non-finite metrics \(loss=nan\)") as info:
         train.fit(_model(), jnn.losses.softmax_cross_entropy, optax.sgd(0.1),
                   train.Data((x, y), check=False),  # the eager data check would refuse the NaN before training
-                  key=key, epochs=3, batch_size=BATCH, progress=False, verbose=False,
+                  key=key, epochs=3, batch_size=BATCH, verbose=0,
                   callbacks=[train.NonFinite(debug=True)])
     with pytest.raises(ValueError, match=rf"first at index {NAN_INDEX}"):
         train.fit(_model(), jnn.losses.softmax_cross_entropy, optax.sgd(0.1), (x, y), key=key, epochs=3,
-                  batch_size=BATCH, progress=False, verbose=False)
+                  batch_size=BATCH, verbose=0)
     report = info.value.report
     expected = _expected_batch(key)
     assert (report.step, report.batch) == (expected, expected)
@@ -62,7 +62,7 @@ def test_stop_mode_returns_the_last_finite_epoch_with_a_flag():
     lrs = optax.piecewise_constant_schedule(0.05, {2 * 8: 1e6})  # blows up from epoch 3 on
     with pytest.warns(RuntimeWarning, match=r"fit: epoch 3 produced non-finite metrics"):
         result = train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(lrs), (x, y), key=jax.random.key(0),
-                           epochs=6, batch_size=8, progress=False, verbose=False, callbacks=[train.NonFinite("stop")])
+                           epochs=6, batch_size=8, verbose=0, callbacks=[train.NonFinite("stop")])
     assert result.nonfinite_epoch == 3 and len(result.history["loss"]) == 3
     assert not np.isfinite(result.history["loss"][2]) and np.isfinite(result.history["loss"][1])
     assert int(result.train_state.step) == 16  # the state after epoch 2

@@ -84,7 +84,7 @@ def test_small_resnet_trains_on_digits():
     # stepwise, as fit's docstring advises for conv nets on CPU (10 s here; fused, 3-4x that)
     result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, optax.adam(3e-3), (x, y),
                            key=jax.random.key(0), epochs=8, batch_size=32, val_split=0.2, fused=False,
-                           progress=False, verbose=False)
+                           verbose=0)
     assert result.history["loss"][-1] < 0.1 * result.history["loss"][0]
     # evaluation uses batch norm's running statistics (momentum 0.99), which lag training a little
     assert max(result.history["val_accuracy"][-3:]) > 0.9

@@ -104,7 +104,7 @@ def test_two_tower_trains_with_fit_and_freeze():
     optimizer = jnn.train.freeze(optax.adam(0.05), ["towers_0/image/*"])
     params, state = model.init(KEY, x)
     result = jnn.train.fit(model, loss, optimizer, (x, y), key=KEY, epochs=30, batch_size=16, metrics={},
-                           train_state=jnn.train.Start(params=params, state=state), verbose=False, progress=False)
+                           train_state=jnn.train.Start(params=params, state=state), verbose=0)
     history = result.history["loss"]
     assert history[-1] < 0.5 * history[0]
     end = result.train_state.params

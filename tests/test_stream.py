@@ -41,7 +41,7 @@ def test_fit_over_grain_equals_in_memory_with_matched_order(mnist):
     # draws them (both epochs back to back) and the pipeline does not shuffle.
     x, y = mnist
     key = jax.random.key(3)
-    kw = dict(key=key, epochs=EPOCHS, progress=False, verbose=False)
+    kw = dict(key=key, epochs=EPOCHS, verbose=0)
     ref = jnn.train.fit(_model(), LOSS, OPT, jnn.train.Data((x, y), check=False), batch_size=BS, **kw)
     order = _fit_orders(key, N, BS, EPOCHS)
     pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x[order], y[order]), batch_size=BS, seed=0,
@@ -60,7 +60,7 @@ def test_grain_pipeline_learns_mnist_with_cpu_augmentation(mnist):
                                    random_transform=jnn.data.grain.random_translate(1))
     result = jnn.train.fit(jnn.serial(jnn.flatten(), jnn.dense(32), jnn.relu(), jnn.dense(10)), LOSS,
                            optax.adam(3e-3), jnn.train.Data(pipe, check=False), key=jax.random.key(0), epochs=3,
-                           val_data=mnist, progress=False, verbose=False)
+                           val_data=mnist, verbose=0)
     assert result.history["val_accuracy"][-1] > 0.8
     assert result.history["loss"][-1] < result.history["loss"][0]
 
@@ -102,7 +102,7 @@ def test_plain_iterables_per_epoch_reiteration_and_generator():
     x, y = jnn.data.xor()
     batches = [(np.asarray(x[:2]), np.asarray(y[:2])), (np.asarray(x[2:]), np.asarray(y[2:]))]
     model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-    kw = dict(key=jax.random.key(0), epochs=3, metrics={}, progress=False, verbose=False)
+    kw = dict(key=jax.random.key(0), epochs=3, metrics={}, verbose=0)
     mse = jnn.losses.mse
     listed = jnn.train.fit(model, mse, optax.sgd(0.1), _Batches(batches), **kw)   # len 2, re-read each epoch
     streamed = jnn.train.fit(model, mse, optax.sgd(0.1), jnn.train.Data((b for b in batches * 3), steps_per_epoch=2), **kw)
@@ -131,7 +131,7 @@ def test_error_shapes_change_mid_stream():
     with pytest.raises(ValueError, match=r"shapes changed mid-stream: batch 2 of epoch 1 has batch\[0\] of "
                                          r"shape \(4, 5\).*first batch had \(4, 3\)"):
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(stream, steps_per_epoch=3),
-                      key=jax.random.key(0), epochs=1, metrics={}, progress=False, verbose=False)
+                      key=jax.random.key(0), epochs=1, metrics={}, verbose=0)
 
 
 def test_error_grain_records_of_different_shapes():
@@ -140,7 +140,7 @@ def test_error_grain_records_of_different_shapes():
                                    transform=lambda r: (r, np.zeros(1, np.float32)))
     with pytest.raises(ValueError, match=r"fit: reading batch 2 of epoch 1 from train_data failed"):
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), pipe, key=jax.random.key(0), epochs=1,
-                      metrics={}, progress=False, verbose=False)
+                      metrics={}, verbose=0)
 
 
 def test_error_fewer_batches_than_steps_per_epoch():
@@ -148,7 +148,7 @@ def test_error_fewer_batches_than_steps_per_epoch():
     with pytest.raises(ValueError, match=r"train_data ran out after 2 batches of epoch 2, but steps_per_epoch "
                                          r"is 3"):
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(stream, steps_per_epoch=3),
-                      key=jax.random.key(0), epochs=2, metrics={}, progress=False, verbose=False)
+                      key=jax.random.key(0), epochs=2, metrics={}, verbose=0)
 
 
 def test_error_process_counts_disagree_with_sharding():
@@ -158,16 +158,16 @@ def test_error_process_counts_disagree_with_sharding():
     pipe = jnn.data.grain.pipeline(source, batch_size=8, seed=0, shard=grain.sharding.ShardOptions(1, 4))
     with pytest.raises(ValueError, match=r"sharded over 4 processes but jax.process_count\(\) is 1"):
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), pipe, key=jax.random.key(0), epochs=1,
-                      metrics={}, progress=False, verbose=False)
+                      metrics={}, verbose=0)
 
 
 def test_error_stream_arguments():
     with pytest.raises(TypeError, match=r"iterable without a len\(\); pass steps_per_epoch"):
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), iter([_xy(4)]), key=jax.random.key(0),
-                      progress=False, verbose=False)
+                      verbose=0)
     with pytest.raises(ValueError, match=r"steps_per_epoch and checkpoint are for streamed train_data"):
         jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(_xy(4), steps_per_epoch=2),
-                      key=jax.random.key(0), progress=False, verbose=False)
+                      key=jax.random.key(0), verbose=0)
 
 
 
@@ -178,7 +178,7 @@ def test_streamed_validation_is_exact_with_a_ragged_last_batch():
                                   num_epochs=1, drop_remainder=False)          # batches of 32, 32 and 6
     assert [b[1].shape[0] for b in val] == [32, 32, 6]
     result = jnn.train.fit(jnn.dense(3), LOSS, optax.sgd(0.1), jnn.train.Data(iter([(x[:32], y[:32])] * 2), steps_per_epoch=1),
-                           key=jax.random.key(0), epochs=2, val_data=val, progress=False, verbose=False)
+                           key=jax.random.key(0), epochs=2, val_data=val, verbose=0)
     params = result.train_state.params
     logits = x @ np.asarray(params["w"], np.float64) + np.asarray(params["b"], np.float64)   # NumPy reference
     top = logits.max(1, keepdims=True)
@@ -210,7 +210,7 @@ class _Closing:
 def test_fit_closes_the_stream_iterator_when_it_returns_or_raises(fail_at):
     data = _Closing(_xy(4), fail_at)
     run = lambda: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(data, steps_per_epoch=2),
-                                key=jax.random.key(0), epochs=2, metrics={}, progress=False, verbose=False)
+                                key=jax.random.key(0), epochs=2, metrics={}, verbose=0)
     if fail_at is None:
         run()
     else:

@@ -38,7 +38,7 @@ both = multihost_utils.process_allgather(local)                     # [2, steps 
 rng = np.random.default_rng(0)
 x, y = rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
 model, opt, loss = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(3)), optax.sgd(0.1), jnn.losses.softmax_cross_entropy
-kw = dict(key=jax.random.key(0), epochs=epochs, progress=False, verbose=False)
+kw = dict(key=jax.random.key(0), epochs=epochs, verbose=0)
 pipe = jnn.data.grain.pipeline(jnn.data.grain.ArraySource(x, y), batch_size=batch, seed=3)
 result = jnn.train.fit(model, loss, opt, jnn.train.Data(pipe, check=False), mesh=jnn.parallel.make_mesh(), **kw)
 params = multihost_utils.process_allgather(result.train_state.params, tiled=True)
@@ -122,7 +122,7 @@ def test_fit_with_worker_processes_equals_fit_reading_in_this_process():
     x, y = rng.normal(size=(400, 6)).astype(np.float32), rng.integers(0, 3, 400).astype(np.int32)
     source = jnn.data.grain.ArraySource(x, y)
     model, opt = jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(3)), optax.adam(1e-2)
-    kw = dict(key=jax.random.key(0), epochs=2, progress=False, verbose=False)
+    kw = dict(key=jax.random.key(0), epochs=2, verbose=0)
     params = []
     for workers in (0, 2):
         pipe = jnn.data.grain.pipeline(source, batch_size=16, seed=1, worker_count=workers)

@@ -42,8 +42,7 @@ def run(out, kill_at):
     ckpt = jnn.train.Checkpointer(os.path.join(out, "ckpt"), keep=2)
     result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, optax.adam(1e-3),
                            jnn.train.Data(Dying(), steps_per_epoch=24, check=False), key=jax.random.key(1), epochs=3,
-                           val_data=(x[:64], y[:64]), checkpoint=ckpt.every_steps(20, resume=True), progress=False,
-                           verbose=False)
+                           val_data=(x[:64], y[:64]), checkpoint=ckpt.every_steps(20, resume=True), verbose=0)
     leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(result.train_state)
               if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)]
     np.savez(os.path.join(out, "final.npz"), *leaves)

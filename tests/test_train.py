@@ -85,7 +85,7 @@ def test_eval_is_exact_whatever_the_batch_size():
 
 
 def _fit(**kwargs):
-    args = dict(key=jax.random.key(0), epochs=3, batch_size=64, val_split=0.2, progress=False, verbose=False)
+    args = dict(key=jax.random.key(0), epochs=3, batch_size=64, val_split=0.2, verbose=0)
     args.update(kwargs)
     return train.fit(_mlp(), LOSS, args.pop("optimizer", optax.adam(1e-2)), _digits(), **args)
 
@@ -178,7 +178,7 @@ def test_fused_auto_trains_conv_nets_stepwise_on_cpu_and_the_rest_fused(monkeypa
     x, y = np.random.default_rng(0).normal(size=(32, 6, 6, 1)).astype(np.float32), np.arange(32) % 3
     conv_net = jnn.serial(jnn.remat(jnn.residual(jnn.conv(1, (3, 3)), jnn.relu())), jnn.flatten(), jnn.dense(3))
     dense_net = jnn.serial(jnn.flatten(), jnn.dense(3))
-    kw = dict(key=jax.random.key(0), epochs=1, batch_size=8, progress=False, verbose=False)
+    kw = dict(key=jax.random.key(0), epochs=1, batch_size=8, verbose=0)
     for model, expected in ((conv_net, 1), (dense_net, 0)):
         stepwise.clear()
         train.fit(model, LOSS, optax.sgd(0.1), (x, y), **kw)

@@ -5,8 +5,7 @@ Example:
   >>> x, y = jnn.data.xor()
   >>> model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
   >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1), (x, y),
-  ...                        key=jax.random.key(0), epochs=100, batch_size=4, metrics={}, verbose=False,
-  ...                        progress=False)
+  ...                        key=jax.random.key(0), epochs=100, batch_size=4, metrics={}, verbose=0)
   >>> len(result.history["loss"])
   100
 """
@@ -21,10 +20,10 @@ from jnn.train.loop import FitResult, fit, predict, split_validation
 from jnn.train.tuning import optuna_search, search
 from jnn.train.guard import NonFiniteError
 from jnn.train.nonfinite import NonFiniteReport, find_nonfinite
-from jnn.train.step import (TrainState, epoch_order, init_train_state, make_eval_fn, make_stepwise_epoch,
-                            make_train_epoch, make_train_step, penalty, step_key)
+from jnn.train.step import (TrainState, default_metrics, epoch_order, init_train_state, loss_and_grad, make_eval_fn,
+                            make_stepwise_epoch, make_train_epoch, make_train_step, penalty, step_key)
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "step_key", "make_train_epoch",
+__all__ = ["TrainState", "init_train_state", "loss_and_grad", "default_metrics", "make_train_step", "step_key", "make_train_epoch",
            "make_stepwise_epoch", "epoch_order", "make_eval_fn",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
            "freeze", "trainable_mask", "fit_population", "search", "optuna_search", "PopulationResult", "MemberResult",

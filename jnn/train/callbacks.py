@@ -1,15 +1,11 @@
 """Per-epoch callbacks for :func:`jnn.train.fit`: history files, TensorBoard, early stopping, your own.
 
-``fit(..., callbacks=[...])`` calls each callback after every epoch, in order: a function
-``fn(epoch, train_state, logs)`` or an object with ``on_epoch_end(epoch, train_state, logs)``
-(and optionally ``on_train_begin(train_state)`` and ``on_train_end(train_state, history)``, whose
-returned train state replaces the one ``fit`` returns). **Returning True stops training**. With
-:func:`jnn.train.fit_population` a callback implements ``on_population_epoch_end(epoch, states,
-logs, trained)`` instead; a bool ``[N]`` returned stops those members.
-
-Built in: :class:`HistoryFile`, :class:`TensorBoard`, :class:`EarlyStopping` (also
-``fit(early_stopping=...)``), :class:`jnn.train.NonFinite` (the non-finite policy) and
-``Checkpointer.save_every(k)``.
+``fit(..., callbacks=[...])`` calls each after every epoch, in order: a function ``fn(epoch,
+train_state, logs)`` or an object with ``on_epoch_end`` (optionally ``on_train_begin(train_state)``
+and ``on_train_end(train_state, history)``, whose returned state replaces ``fit``'s). **Returning
+True stops training**. For :func:`jnn.train.fit_population`: ``on_population_epoch_end(epoch,
+states, logs, trained)``, returning a bool ``[N]`` of members to stop. Built in: :class:`HistoryFile`,
+:class:`TensorBoard`, :class:`EarlyStopping`, :class:`jnn.train.NonFinite`, ``Checkpointer.save_every(k)``.
 
 Example:
   >>> import jax, optax, jnn
@@ -20,8 +16,8 @@ Example:
   >>> x, y = jnn.data.xor()
   >>> model = jnn.serial(jnn.dense(8), jnn.tanh(), jnn.dense(1))
   >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1), (x, y),
-  ...                        key=jax.random.key(0), epochs=500, batch_size=4, metrics={}, progress=False,
-  ...                        verbose=False, callbacks=[stop_when_good])
+  ...                        key=jax.random.key(0), epochs=500, batch_size=4, metrics={}, verbose=0,
+  ...                        callbacks=[stop_when_good])
   >>> result.stopped_early, len(seen) < 500, seen[-1] < 0.5
   (True, True, True)
 """
@@ -62,7 +58,7 @@ class Callback:
       >>> x, y = jnn.data.xor()
       >>> cb = StopAtTwo()
       >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=5, batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[cb])
+      ...                        epochs=5, batch_size=4, metrics={}, verbose=0, callbacks=[cb])
       >>> cb.epochs, result.stopped_early
       ([1, 2], True)
     """
@@ -78,9 +74,8 @@ class Callback:
 
 
 class HistoryFile(Callback):
-    """Writes the history so far to ``path`` (``.csv`` or ``.jsonl``) after every epoch,
-    atomically; an existing file is refused at construction (FileExistsError). In a
-    multi-process run only process 0 writes.
+    """Writes the history so far to a new file ``path`` (``.csv`` or ``.jsonl``) after every epoch,
+    atomically (process 0 only).
 
     Example:
       >>> import os, tempfile, jnn
@@ -166,23 +161,13 @@ class CallbackList:
 
 
 class TensorBoard(Callback):
-    """TensorBoard event files through ``tensorboardX`` (``pip install jnn[logs]``; no TensorFlow).
+    """TensorBoard event files in ``logdir`` through ``tensorboardX`` (``pip install jnn[logs]``).
 
-    Every epoch: each numeric log as a scalar under its own name (``loss``, ``val_accuracy``,
-    ``lr`` when the optimizer injects it, or ``learning_rate(step)`` when given). Every
-    ``histograms_every`` epochs: a histogram of each param (``weights/<path>``) and, when
-    ``model``, ``loss`` and ``probe = (x, y)`` are given, of each param's gradient on that batch
-    (eval mode, without the regularizer; ``grads/<path>``) with its norm as a scalar
-    (``grad_norm/<path>`` and ``grad_norm/global``).
-
-    With :func:`jnn.train.fit_population` (``callbacks=[TensorBoard(dir)]``) each member is its
-    own run, ``<logdir>/member_<i>``, so TensorBoard overlays them.
-
-    Args:
-      logdir: directory for the event files (one run; created if needed).
-      histograms_every: epochs between histograms (``0``: none).
-      learning_rate: an optax schedule ``step -> lr``, logged as ``lr`` at the state's step.
-      model, loss, probe: for gradient histograms and norms.
+    Every epoch: each numeric log as a scalar (``loss``, ``val_accuracy``, ``lr``; or
+    ``learning_rate(step)``, an optax schedule, as ``lr``). Every ``histograms_every`` epochs: each
+    param (``weights/<path>``) and, given ``model``, ``loss`` and ``probe = (x, y)``, its eval-mode
+    gradient on the probe (``grads/<path>``) and norms (``grad_norm/<path>``, ``grad_norm/global``).
+    A population member is its own run, ``<logdir>/member_<i>``. A hand-written loop calls :meth:`log`.
 
     Example:
       >>> import os, tempfile, jax, optax, jnn
@@ -190,8 +175,8 @@ class TensorBoard(Callback):
       >>> model, loss = jnn.dense(1), jnn.losses.mse
       >>> logdir = tempfile.mkdtemp()
       >>> tb = jnn.train.callbacks.TensorBoard(logdir, histograms_every=1, model=model, loss=loss, probe=(x, y))
-      >>> result = jnn.train.fit(model, loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2,
-      ...                        batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[tb])
+      >>> _ = jnn.train.fit(model, loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2, verbose=0,
+      ...                   callbacks=[tb])
       >>> any(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
       True
     """
@@ -221,12 +206,25 @@ class TensorBoard(Callback):
                 self.logdir if member is None else self.logdir / f"member_{member}")
         return self._writers[member]
 
-    def _log(self, writer, epoch, train_state, logs):
-        for k, v in logs.items():
-            if isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v):
-                writer.add_scalar(k, float(v), epoch)
-        if self.learning_rate is not None and "lr" not in logs:
-            writer.add_scalar("lr", float(self.learning_rate(train_state.step)), epoch)
+    def log(self, step: int, scalars: dict, *, member=None) -> None:
+        """Writes each finite scalar of ``scalars`` (``{name: number or 0-d array}``) at ``step``: the
+        logging API of a hand-written loop (call :meth:`close` at its end).
+
+        Example:
+          >>> import tempfile, jax.numpy as jnp, jnn
+          >>> tb = jnn.train.callbacks.TensorBoard(tempfile.mkdtemp())
+          >>> tb.log(1, {"loss": jnp.float32(0.5), "note": "skipped"}); tb.close()
+        """
+        writer = self._writer(member)
+        for k, v in scalars.items():
+            if isinstance(v, (int, float, np.number, np.ndarray, jax.Array)) and np.ndim(v) == 0 and np.isfinite(v):
+                writer.add_scalar(k, float(v), step)
+        writer.flush()
+
+    def _log(self, member, epoch, train_state, logs):
+        lr = {} if self.learning_rate is None or "lr" in logs else {"lr": self.learning_rate(train_state.step)}
+        self.log(epoch, {**logs, **lr}, member=member)
+        writer = self._writer(member)
         if self.every and epoch % self.every == 0:
             for path, w in _io.flatten(train_state.params).items():
                 writer.add_histogram(f"weights/{path}", w.astype(np.float32), epoch)
@@ -240,16 +238,20 @@ class TensorBoard(Callback):
         writer.flush()
 
     def on_epoch_end(self, epoch, train_state, logs):
-        self._log(self._writer(), epoch, train_state, logs)
+        self._log(None, epoch, train_state, logs)
 
     def on_population_epoch_end(self, epoch: int, states, logs: dict, trained) -> None:
         """For :func:`jnn.train.fit_population`: ``states`` batched over members, ``logs``
         ``{name: [N]}``, ``trained`` the members that trained this epoch."""
         for i in np.flatnonzero(np.asarray(trained)):
             member = jax.tree_util.tree_map(lambda a: a[i], states)
-            self._log(self._writer(int(i)), epoch, member, {k: float(v[i]) for k, v in logs.items()})
+            self._log(int(i), epoch, member, {k: float(v[i]) for k, v in logs.items()})
 
     def on_train_end(self, train_state, history):
+        self.close()
+
+    def close(self) -> None:
+        """Closes the event files (a later :meth:`log` opens new ones)."""
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
@@ -277,14 +279,10 @@ _EARLY_STOPPING = dict(  # EarlyStopping's fields and their rules
 
 @dataclasses.dataclass(eq=False)
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
-
-    A callback (``fit(callbacks=[EarlyStopping(...)])``; ``fit(early_stopping=...)`` and
-    ``fit_population(early_stopping=...)`` add it to the list). An epoch improves when its
-    value is finite and beats the best so far by more than ``min_delta``; after ``patience``
-    epochs in a row without improvement, training stops. With ``restore_best``, ``fit``
-    returns the state of the best epoch (the starting state when none improved). In a
-    population each member is judged on its own and stops alone.
+    """Stop when ``monitor`` has not improved (finite, better than the best by more than
+    ``min_delta``) for ``patience`` epochs in a row; ``fit(early_stopping=...)`` adds it to the
+    callbacks. With ``restore_best``, ``fit`` returns the best epoch's state (the starting state
+    when none improved). Population members are judged and stopped one by one.
 
     Attributes:
       monitor: a history key, e.g. ``"val_loss"`` or ``"val_accuracy"``.
@@ -293,9 +291,8 @@ class EarlyStopping(Callback):
       min_delta: the smallest change that counts as an improvement (>= 0).
       restore_best: return the params/state of the best epoch rather than the last.
 
-    After a run, ``best_epoch`` holds the 1-based best epoch (``0``: none; an array ``[N]``
-    after a population) and ``best`` the monitored value there. Both are reset when a run
-    begins, so one instance can serve several runs (one at a time).
+    After a run, ``best_epoch`` is the 1-based best epoch (``0``: none; ``[N]`` for a population)
+    and ``best`` its value; both reset when a run begins.
 
     Example:
       >>> import jax, optax, jnn
@@ -305,7 +302,7 @@ class EarlyStopping(Callback):
       >>> es = jnn.train.EarlyStopping(monitor="loss", patience=2)
       >>> x, y = jnn.data.xor()
       >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=10, batch_size=4, metrics={}, progress=False, verbose=False,
+      ...                        epochs=10, batch_size=4, metrics={}, verbose=0,
       ...                        callbacks=[es])      # gradient ascent: the loss only rises
       >>> result.history["epoch"], result.best_epoch, result.stopped_early, int(result.train_state.step)
       ([1, 2, 3], 1, True, 1)

@@ -12,7 +12,7 @@ Example:
   >>> x, y = jnn.data.xor()
   >>> policy = jnn.train.NonFinite("stop")
   >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-  ...                        epochs=2, batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[policy])
+  ...                        epochs=2, batch_size=4, metrics={}, verbose=0, callbacks=[policy])
   >>> result.nonfinite_epoch is None
   True
 """
@@ -57,7 +57,7 @@ class Data(NamedTuple):
       >>> batches = [(x, y)] * 3                                          # a stream of 3 batches
       >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(iter(batches * 2),
       ...                        steps_per_epoch=3, check=False), key=jax.random.key(0), epochs=2, metrics={},
-      ...                        progress=False, verbose=False)
+      ...                        verbose=0)
       >>> int(result.train_state.step)
       6
     """
@@ -84,7 +84,7 @@ class Start(NamedTuple):
       >>> import jax, optax, jnn
       >>> x, y = jnn.data.xor()
       >>> run = lambda epochs, start=None: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y),
-      ...     key=jax.random.key(0), epochs=epochs, batch_size=4, metrics={}, progress=False, verbose=False,
+      ...     key=jax.random.key(0), epochs=epochs, batch_size=4, metrics={}, verbose=0,
       ...     train_state=start)
       >>> first = run(1)
       >>> rest = run(3, jnn.train.Start(first.train_state, epoch=1))      # epochs 2 and 3

@@ -45,7 +45,7 @@ class NonFiniteError(FloatingPointError):
       >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
       >>> try:
       ...     jnn.train.fit(jnn.dense(1), nan_loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2,
-      ...                   batch_size=4, metrics={}, progress=False, verbose=False)
+      ...                   batch_size=4, metrics={}, verbose=0)
       ... except jnn.train.NonFiniteError as e:
       ...     print(e.epoch, int(e.train_state.step), e.report)
       1 0 None

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import optax
 
 from jnn import _checks as checks
-from jnn import metrics as _metrics
 from jnn.parallel import mesh as _parallel
 from jnn.core import Layer
 from jnn.train import guard
@@ -20,30 +19,24 @@ from jnn.train.compiler import compiler_options
 from jnn.train.engine import (CALLBACK_RULES, Data, NonFinite, Start, learning_rate, prepare, run_epochs,
                               split_validation, with_early_stopping)
 from jnn.train.nonfinite import find_nonfinite
-from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, gather, num_examples_of, init_train_state,
-                            make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
+from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, default_metrics, gather, num_examples_of,
+                            init_train_state, make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
 
 __all__ = ["FitResult", "fit", "split_validation", "predict", "fuses_by_default"]
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns.
-
-    Attributes:
-      train_state: the final (or, with ``restore_best``, the best epoch's) train state.
-      history: ``{"epoch": [...], "loss": [...], "val_loss": [...], ...}``, one entry per epoch.
-      best_epoch: the epoch early stopping judged best (1-based), or ``None`` without it.
-      stopped_early: whether early stopping ended training before ``epochs``.
-      nonfinite_epoch: with ``NonFinite("stop")``, the epoch whose metrics were non-finite
-        (training stopped there; ``train_state`` is from the epoch before), else ``None``.
-      nonfinite_report: with ``NonFinite(debug=True)``, where it happened (see
-        :func:`jnn.train.find_nonfinite`).
+    """What :func:`fit` returns: the final (with ``restore_best``, the best epoch's) ``train_state``;
+    ``history`` (``{"epoch": [...], "loss": [...], "val_loss": [...], ...}``); ``best_epoch`` (1-based,
+    early stopping's, else ``None``); ``stopped_early``; ``nonfinite_epoch`` (with ``NonFinite("stop")``,
+    the epoch whose metrics were non-finite; the state is from the epoch before) and
+    ``nonfinite_report`` (with ``NonFinite(debug=True)``: :func:`jnn.train.find_nonfinite`).
 
     Example:
       >>> import jax, optax, jnn
       >>> x, y = jnn.data.xor()
       >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=2, batch_size=4, metrics={}, progress=False, verbose=False)
+      ...                        epochs=2, batch_size=4, metrics={}, verbose=0)
       >>> result.history["epoch"], result.best_epoch, result.stopped_early
       ([1, 2], None, False)
       >>> int(result.train_state.step)
@@ -64,11 +57,6 @@ def _forward(model: Layer, ts: TrainState, example):
         ts.params, ts.state, example)
 
 
-def _default_metrics(out, y) -> dict:
-    """``{"accuracy": ...}`` when both the model's output and ``y`` are single arrays; else ``{}``."""
-    return {"accuracy": _metrics.accuracy} if isinstance(y, jax.Array) and isinstance(out, jax.ShapeDtypeStruct) else {}
-
-
 def _primitives(jaxpr):
     """The names of the primitives in ``jaxpr`` and in the jaxprs nested in its equations."""
     for eqn in jaxpr.eqns:
@@ -81,11 +69,8 @@ def _primitives(jaxpr):
 
 
 def fuses_by_default(jaxpr) -> bool:
-    """``fit(fused="auto")``'s choice for a model whose forward pass is ``jaxpr``: a scan-fused
-    epoch, except on CPU for a model with a convolution in its forward pass or in its
-    derivatives (as conv's one-channel CPU path has), which trains stepwise: XLA CPU runs
-    convolutions inside a loop several times slower than outside one (jax-ml/jax#12868; see
-    benchmarks/RESULTS.md).
+    """``fit(fused="auto")``'s choice for a forward pass ``jaxpr``: a scan-fused epoch, except on CPU
+    with a convolution in the forward pass or its derivatives (stepwise: jax-ml/jax#12868).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -103,9 +88,8 @@ def fuses_by_default(jaxpr) -> bool:
 
 
 def _tangent_primitives(jaxpr) -> set[str]:
-    """The primitives of the JVP of ``jaxpr`` along its floating-point inputs: what a custom JVP
-    rule adds (conv's one-channel CPU path computes its forward pass without a convolution and
-    its derivatives with one). Empty where the JVP cannot be traced."""
+    """The primitives of the JVP of ``jaxpr`` along its float inputs (what a custom JVP rule adds);
+    empty where the JVP cannot be traced."""
     inexact = [jnp.issubdtype(a.dtype, jnp.inexact) for a in jaxpr.in_avals]
 
     def tangents(*args):
@@ -171,68 +155,54 @@ def _as_start(train_state) -> Start:
 
 
 @checks.declare(epochs=checks.positive_int, fused=checks.one_of(True, False, "auto"), key=guard.prng_key,
-                progress=guard.switch, verbose=guard.switch,
+                verbose=checks.one_of(0, 1, 2, False, True), accumulate=checks.positive_int,
                 **guard.parts("model", "optimizer", "loss", "metrics", "regularizer"), **CALLBACK_RULES)
 def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, train_data, *,
         key: jax.Array, epochs: int = 10, batch_size: int = 128, val_data=None, val_split: float = 0.0,
         metrics: Metrics | None = None, regularizer: Callable | None = None,
         early_stopping: EarlyStopping | None = None, train_state: TrainState | Start | None = None,
-        eval_batch_size: int = 1000, fused: bool | str = "auto", progress: bool = True, verbose: bool = True,
+        eval_batch_size: int = 1000, fused: bool | str = "auto", verbose: int = 1, accumulate: int = 1,
         callbacks=(), mesh=None, checkpoint=None) -> FitResult:
-    """Trains ``model`` on ``train_data = (x, y)``, one ``jax.lax.scan`` per epoch.
-
-    Each epoch shuffles with the train state's key, runs every full batch in one compiled scan
-    (the ``len(x) % batch_size`` left over are skipped that epoch: see
-    :func:`jnn.train.make_train_epoch`), then evaluates the validation set exactly. Python runs
-    once per epoch (:func:`jnn.train.engine.run_epochs`), and nothing recompiles after the first.
+    """Trains ``model`` on ``train_data = (x, y)``: each epoch shuffles, runs every full batch in one
+    compiled scan (:func:`jnn.train.make_train_epoch`) and evaluates the validation set exactly;
+    Python runs once per epoch (:func:`jnn.train.engine.run_epochs`); nothing recompiles.
 
     Args:
-      model, loss, optimizer: the network, ``loss(outputs, y) -> scalar`` (or ``loss(outputs,
-        y, step)``; either may return ``(scalar, {name: scalar})``, logged as ``name`` and
-        ``val_name``; see :func:`jnn.train.make_train_step`) and an optax optimizer (built with
-        ``optax.inject_hyperparams``, its learning rate is logged as ``"lr"``).
-      train_data: ``(x, y)`` with examples on the first axis (``x``/``y`` may be pytrees whose
-        leaves share the example count), or any iterable (not a tuple or list) of ``(x, y)``
-        batches, e.g. a :func:`jnn.data.grain.pipeline`, streamed in jitted scans over chunks of
-        8 batches (:mod:`jnn.train.stream`; ``batch_size``/``val_split`` do not apply). Wrap it
-        in :class:`jnn.train.Data` to set ``steps_per_epoch`` or skip the value checks.
+      model, loss, optimizer: the network, ``loss(outputs, y)`` (see :func:`jnn.train.make_train_step`)
+        and an optax optimizer (with ``optax.inject_hyperparams``, its learning rate is logged as ``"lr"``).
+      train_data: ``(x, y)`` with examples on the first axis (pytrees allowed), or an iterable (not a
+        tuple or list) of ``(x, y)`` batches, e.g. :func:`jnn.data.grain.pipeline`, streamed
+        (:mod:`jnn.train.stream`). :class:`jnn.train.Data` sets ``steps_per_epoch`` or skips the checks.
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
-      epochs, batch_size: epochs to train; examples per step (clamped to the dataset size).
+      epochs, batch_size: epochs to train; examples per update (clamped to the dataset size).
       val_data: ``(x, y)``, or an iterable of batches read afresh every epoch (evaluated exactly).
       val_split: instead of ``val_data``, hold out this fraction of ``train_data`` (shuffled).
-      metrics: ``{name: fn(outputs, y)}``; default: accuracy for the classification losses of
-        :mod:`jnn.losses` when the output and ``y`` are single arrays, else none.
+      metrics: ``{name: fn(outputs, y)}``; default: :func:`jnn.train.default_metrics`.
       regularizer: ``params -> scalar`` added to the loss (see :func:`jnn.train.penalty`).
       early_stopping: an :class:`jnn.train.EarlyStopping`: the same as adding it to ``callbacks``.
       train_state: resume from this state, or a :class:`jnn.train.Start` (pretrained
         ``params``/``state``, or a state with the epoch it was saved after).
       eval_batch_size: batch size of the validation pass.
-      fused: ``True``: each epoch is one ``lax.scan``; ``False``: a Python loop over one jitted
-        step (:func:`jnn.train.make_stepwise_epoch`; same results up to float rounding);
-        ``"auto"``: ``True`` except on CPU for a model with a convolution
-        (:func:`jnn.train.loop.fuses_by_default`).
-      progress, verbose: a progress bar over epochs (needs ``rich``); one line per epoch.
-      callbacks: per-epoch callbacks (:mod:`jnn.train.callbacks`; one returning True stops
-        training), e.g. ``HistoryFile(path)``, ``checkpointer.save_every(k)``, and
-        :class:`jnn.train.NonFinite` (default: a NaN/Inf epoch raises a ``NonFiniteError``).
+      fused: ``True``: one ``lax.scan`` per epoch; ``False``: :func:`jnn.train.make_stepwise_epoch`;
+        ``"auto"``: :func:`jnn.train.loop.fuses_by_default`.
+      verbose: ``0`` silent; ``1`` a progress bar (needs ``rich``) and one line per epoch; ``2`` the lines.
+      accumulate: split each batch (``batch_size``, a multiple of it) into this many micro-batches
+        whose gradients make one update (:func:`jnn.train.make_train_step`).
+      callbacks: per-epoch callbacks (:mod:`jnn.train.callbacks`; True stops), e.g. ``HistoryFile(path)``,
+        ``checkpointer.save_every(k)``, :class:`jnn.train.NonFinite` (default: NaN/Inf raises).
       mesh: a ``jax.sharding.Mesh`` to split each batch over (its ``data`` axis), or ``(mesh,
         rules)`` with sharding rules for params and optimizer state (:func:`jnn.parallel.fsdp`).
       checkpoint: for a stream, ``checkpointer.every_steps(k, resume=...)``: saves every ``k``
-        optimizer steps, mid-epoch included, and resumes bit for bit from the latest save.
+        updates, mid-epoch included, and resumes bit for bit from the latest save.
 
-    Argument values, the validation data's shapes and the early-stopping metric's name are
-    checked before the first step (one ``jax.eval_shape``).
-
-    Returns:
-      A :class:`FitResult`.
+    Returns a :class:`FitResult`.
 
     Example:
       >>> import jax, optax, jnn
       >>> x, y = jnn.data.xor()
       >>> model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
       >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1),
-      ...                        (x, y), key=jax.random.key(0), epochs=200, batch_size=4, metrics={},
-      ...                        progress=False, verbose=False)
+      ...                        (x, y), key=jax.random.key(0), epochs=200, batch_size=4, metrics={}, verbose=0)
       >>> result.history["loss"][-1] < 0.1
       True
     """
@@ -262,7 +232,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
         return _fit(model, loss, optimizer, (x, y), val_data, feed, key=init_key, epochs=epochs, start=start,
                     batch_size=batch_size if feed else min(batch_size, num_examples_of(x)), metrics=metrics,
                     regularizer=regularizer, early_stopping=early_stopping, eval_batch_size=eval_batch_size,
-                    fused=fused, progress=progress, verbose=verbose, callbacks=callbacks, policy=policy,
+                    fused=fused, verbose=verbose, accumulate=accumulate, callbacks=callbacks, policy=policy,
                     mesh=mesh, rules=rules, checkpoint=checkpoint, check_data=data.check)
     finally:   # Grain's worker processes and shared memory go now, not at interpreter exit
         if feed is not None:
@@ -270,7 +240,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
 
 
 def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, batch_size, metrics, regularizer,
-         early_stopping, eval_batch_size, fused, progress, verbose, callbacks, policy, mesh, rules, checkpoint,
+         early_stopping, eval_batch_size, fused, verbose, accumulate, callbacks, policy, mesh, rules, checkpoint,
          check_data) -> FitResult:
     """``fit`` after its arguments are checked and its data prepared: builds the compiled epoch and
     evaluation, checks them by ``eval_shape`` and hands them to :func:`run_epochs`."""
@@ -289,9 +259,10 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
     forward, out = (_forward(model, ts, example) if metrics is None or fused == "auto" or check_data
                     else (None, None))   # one trace of the forward pass serves the choices and checks below
     fused = fuses_by_default(forward) if fused == "auto" else fused
-    metrics = ({k: v for k, v in _default_metrics(out, y).items() if k in guard.default_metrics(loss)}
-               if metrics is None else dict(metrics))
-    step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, mesh=mesh, rules=rules)
+    metrics = default_metrics(loss, out, y) if metrics is None else dict(metrics)
+    checks.micro_batches("fit", batch_size, accumulate)
+    step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer, accumulate=accumulate,
+                           mesh=mesh, rules=rules)
     initial_epoch = start.epoch
     if feed is not None:
         checkpointer, every, resume = (checkpoint if isinstance(checkpoint, StepCheckpoints)
@@ -327,7 +298,7 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
     run = run_epochs("fit", ts, epoch_fn, epochs=epochs, initial_epoch=initial_epoch,
                      callbacks=CallbackList(callbacks), policy=policy,
                      history=train_epoch.history if feed is not None else None,
-                     verbose=verbose and main, progress=progress and main, replay=replay)
+                     verbose=bool(verbose) and main, progress=verbose == 1 and main, replay=replay)
     best_epoch = None if early_stopping is None else int(early_stopping.best_epoch) or None
     return FitResult(run.train_state, run.history, best_epoch, bool(run.stopped_early),
                      int(run.nonfinite_epoch) or None, run.reports or None)

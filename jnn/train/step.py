@@ -1,8 +1,5 @@
-"""Pure training and evaluation steps over a :class:`TrainState` pytree.
-
-Everything here is a pure function of arrays, so it composes with ``jax.jit``,
-``jax.lax.scan`` and ``jax.vmap`` (a population of models is a vmap over train states).
-"""
+"""Pure training and evaluation steps over a :class:`TrainState` pytree (they compose with
+``jax.jit``, ``jax.lax.scan`` and ``jax.vmap``: a population is a vmap over train states)."""
 from __future__ import annotations
 
 import inspect
@@ -10,6 +7,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jnn import _checks as checks
@@ -17,12 +15,13 @@ from jnn import losses as _losses
 from jnn.parallel import mesh as _parallel
 from jnn import tree as _tree
 from jnn.core import Layer
+from jnn.train import guard
 from jnn.train.compiler import jit_outermost
 from jnn.train.permutation import permutation
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "step_key", "make_train_epoch", "as_arrays", "gather",
-           "num_examples_of", "shuffle_epoch",
-           "make_stepwise_epoch", "epoch_order", "make_eval_fn", "penalty", "Metrics"]
+__all__ = ["TrainState", "init_train_state", "loss_and_grad", "default_metrics", "make_train_step", "step_key",
+           "make_train_epoch", "as_arrays", "gather", "num_examples_of", "shuffle_epoch", "make_stepwise_epoch",
+           "epoch_order", "make_eval_fn", "penalty", "Metrics"]
 
 Metrics = Mapping[str, Callable[[Any, Any], jax.Array]]
 #: ``loss(outputs, y) -> scalar``, or ``loss(outputs, y, step) -> scalar`` (a parameter named
@@ -31,24 +30,15 @@ LossFn = Callable[..., Any]
 
 
 class TrainState(NamedTuple):
-    """Everything that changes during training, as one pytree.
-
-    Attributes:
-      params: the model's parameters.
-      state: the model's non-trained state (e.g. batch-norm running statistics).
-      opt_state: the optax optimizer state.
-      step: number of optimizer steps taken, an int32 scalar.
-      key: the PRNG key that drives dropout and shuffling from here on. A step gives the model
-        ``fold_in(key, step)`` (:func:`step_key`) and leaves ``key`` as it is; each epoch's
-        shuffle splits it.
+    """Everything that changes during training, as one pytree: ``params``, ``state`` (e.g. batch-norm
+    statistics), ``opt_state`` (optax), ``step`` (optimizer updates taken, int32) and ``key`` (a step
+    gives the model ``fold_in(key, step)``, :func:`step_key`; each epoch's shuffle splits it).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 2)))
       >>> ts._fields
       ('params', 'state', 'opt_state', 'step', 'key')
-      >>> int(ts._replace(step=ts.step + 1).step)
-      1
     """
 
     params: Any
@@ -74,10 +64,8 @@ def init_train_state(model: Layer, optimizer: optax.GradientTransformation, key:
 
 
 def penalty(*, l1: float = 0.0, l2: float = 0.0, include=_tree.WEIGHTS, exclude=()) -> Callable:
-    """A regularizer ``params -> l1 * sum|w| + l2 * sum w**2`` over the leaves selected by
-    path pattern (by default the weights ``w``: not biases, norm scales or embeddings; with
-    the default, a float leaf of rank >= 2 named otherwise, e.g. a custom layer's ``wa``, raises
-    a ValueError instead of going unregularized: see :mod:`jnn.tree`).
+    """A regularizer ``params -> l1 * sum|w| + l2 * sum w**2`` over the leaves selected by path
+    pattern (default: the weights ``w``; other float leaves of rank >= 2 raise, see :mod:`jnn.tree`).
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -88,13 +76,10 @@ def penalty(*, l1: float = 0.0, l2: float = 0.0, include=_tree.WEIGHTS, exclude=
     if l1 < 0 or l2 < 0:
         raise ValueError(f"penalty: l1 and l2 must be >= 0, got l1={l1}, l2={l2}")
 
+    terms = [(c, fn) for c, fn in ((l1, _losses.l1_penalty), (l2, _losses.l2_penalty)) if c]
+
     def regularizer(params):
-        total = jnp.zeros((), jnp.float32)
-        if l1:
-            total += l1 * _losses.l1_penalty(params, include=include, exclude=exclude)
-        if l2:
-            total += l2 * _losses.l2_penalty(params, include=include, exclude=exclude)
-        return total
+        return sum((c * fn(params, include=include, exclude=exclude) for c, fn in terms), jnp.zeros((), jnp.float32))
 
     return regularizer
 
@@ -120,11 +105,8 @@ def _loss_and_logs(loss, takes_step: bool, outputs, y, step, reserved=()):
 
 
 def step_key(ts: TrainState) -> jax.Array:
-    """The key a train step gives the model: ``jax.random.fold_in(ts.key, ts.step)``.
-
-    Consecutive steps get different keys without the train state's key changing, so a model
-    that draws nothing (no dropout) costs no random-number work per step: the unused key is
-    removed by XLA, where splitting a new carried key every step could not be.
+    """The key a train step gives the model: ``jax.random.fold_in(ts.key, ts.step)`` (the state's
+    key never changes within an epoch, so a model that draws nothing costs nothing).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -152,71 +134,122 @@ def num_examples_of(tree) -> int:
     return jax.tree_util.tree_leaves(tree)[0].shape[0]
 
 
+def default_metrics(loss: LossFn, outputs, y) -> dict:
+    """The metrics of ``metrics=None`` (in ``fit``, :func:`make_train_step`, :func:`make_eval_fn`):
+    accuracy for a classification loss of :mod:`jnn.losses` when ``outputs`` and ``y`` are single
+    arrays (or ShapeDtypeStructs), else none.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> out, y = jnp.zeros((2, 3)), jnp.zeros(2, int)
+      >>> list(default_metrics(jnn.losses.softmax_cross_entropy, out, y)), default_metrics(jnn.losses.mse, out, y)
+      (['accuracy'], {})
+    """
+    single = all(isinstance(a, (jax.Array, jax.ShapeDtypeStruct, np.ndarray)) for a in (outputs, y))
+    return guard.default_metrics(loss) if single else {}
+
+
+def loss_and_grad(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, regularizer: Callable | None = None):
+    """``f(params, state, (x, y), *, key=None, step=0, train=True) -> (loss, grads, new_state, logs)``.
+
+    ``loss`` is the float32 data loss of the batch (the model's outputs cast to float32),
+    ``grads`` the gradient of ``loss + regularizer(params)`` w.r.t. ``params``, ``logs``
+    ``{"loss", the loss's own logs, each metric}`` (``metrics=None``: :func:`default_metrics`).
+    ``key`` goes to the model as is (:func:`make_train_step` passes :func:`step_key`), ``step`` to
+    a loss that takes one. :func:`make_train_step` is this plus an optax update.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.dense(1)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 2)))
+      >>> f = jax.jit(jnn.train.loss_and_grad(model, jnn.losses.mse))
+      >>> loss, grads, state, logs = f(params, state, (jnp.ones((4, 2)), jnp.zeros((4, 1))))
+      >>> grads["w"].shape, sorted(logs)
+      ((2, 1), ['loss'])
+    """
+    takes_step = _takes_step(loss)
+    chosen = lambda out, y: default_metrics(loss, out, y) if metrics is None else dict(metrics)
+
+    def loss_grad(params, state, batch, *, key=None, step=0, train=True):
+        x, y = batch
+
+        def objective(params):
+            out, new_state = model.apply(params, state, x, key=key, train=train)
+            out = _as_float32(out)
+            data_loss, loss_logs = _loss_and_logs(loss, takes_step, out, y, step, chosen(out, y))
+            total = data_loss + regularizer(params) if regularizer is not None else data_loss
+            return total, (data_loss, loss_logs, out, new_state)
+
+        grads, (data_loss, loss_logs, out, new_state) = jax.grad(objective, has_aux=True)(params)
+        logs = {"loss": data_loss, **loss_logs, **{k: fn(out, y) for k, fn in chosen(out, y).items()}}
+        return data_loss, grads, new_state, logs
+
+    return loss_grad
+
+
+@checks.declare(accumulate=checks.positive_int)
 def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, *,
-                    metrics: Metrics | None = None, regularizer: Callable | None = None, mesh=None,
-                    rules=None):
-    """A pure step ``(train_state, (x, y)) -> (train_state, metrics)``; jit it once.
+                    metrics: Metrics | None = None, regularizer: Callable | None = None, accumulate: int = 1,
+                    mesh=None, rules=None):
+    """A pure step ``(train_state, (x, y)) -> (train_state, logs)``: :func:`loss_and_grad` on the
+    batch with :func:`step_key`, then one optimizer update; jit it once.
 
-    The loss is computed in float32 from the model's outputs (whatever the compute dtype),
-    plus ``regularizer(params)`` when given. ``metrics`` maps names to functions of
-    ``(outputs, y)`` evaluated on the training-mode outputs of the batch; the returned dict
-    holds ``"loss"`` (without the regularizer) and each metric.
+    ``x``, ``y`` and the outputs may be pytrees of arrays. ``loss(outputs, y)`` (or ``loss(outputs,
+    y, step)``, called with ``step=`` the updates taken so far) returns a scalar or ``(scalar,
+    {name: scalar})``, whose names join the logs. ``metrics``: ``{name: fn(outputs, y)}`` on the
+    training-mode outputs (``None``: :func:`default_metrics`). ``regularizer(params)`` is added
+    to the loss for the gradient, not to the logged ``"loss"``.
 
-    ``x``, ``y`` and the model's outputs may each be an array or a pytree of arrays (dicts or
-    tuples: several inputs, several outputs); ``loss`` and ``metrics`` receive the outputs and
-    ``y`` with their structure. The loss's signature is read once, here:
+    ``accumulate=k``: the batch (``k * m`` examples) is split into ``k`` micro-batches of ``m``
+    run in a ``lax.scan`` (peak memory: one micro-batch's); their gradients are averaged in float32
+    and applied in one update, so ``train_state.step`` (and schedules, keys, a loss's ``step``)
+    counts updates. Micro-batch ``i`` gets the key ``fold_in(step_key(ts), i)``; model state
+    (batch-norm running statistics) is threaded through the micro-batches, so batch norm uses
+    each micro-batch's statistics and updates its running statistics ``k`` times. Logs are
+    means over the micro-batches.
 
-    - ``loss(outputs, y)``; or ``loss(outputs, y, step)`` when it has a parameter named
-      ``step``: it is then called with ``step=`` the number of optimizer steps taken before this
-      one (an int32 scalar; e.g. for KL annealing);
-    - it returns a scalar, or ``(scalar, logs)`` with ``logs`` a dict of scalars, which are
-      added to the returned metrics (and so to ``fit``'s history, for train and validation).
-
-    With a ``mesh`` (:func:`jnn.parallel.make_mesh`) the batch is split along its ``data`` axis
-    and the new train state is laid out by ``rules`` (:mod:`jnn.parallel.rules`; default:
-    replicated); the loss and metrics stay means over the whole (global) batch.
+    With a ``mesh`` (:func:`jnn.parallel.make_mesh`) each (micro-)batch is split along its ``data``
+    axis and the new train state laid out by ``rules`` (default: replicated).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> model, opt = jnn.dense(1), optax.sgd(0.1)
       >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jnp.zeros((4, 2)))
-      >>> step = jax.jit(jnn.train.make_train_step(model, jnn.losses.mse, opt))
-      >>> ts, m = step(ts, (jnp.ones((4, 2)), jnp.zeros((4, 1))))
-      >>> int(ts.step)
-      1
+      >>> step = jax.jit(jnn.train.make_train_step(model, jnn.losses.mse, opt, accumulate=2))
+      >>> ts, logs = step(ts, (jnp.ones((4, 2)), jnp.zeros((4, 1))))
+      >>> int(ts.step), sorted(logs)
+      (1, ['loss'])
     """
-    metrics = dict(metrics or {})
-    takes_step = _takes_step(loss)
-
+    loss_grad = loss_and_grad(model, loss, metrics=metrics, regularizer=regularizer)
+    constrain = (lambda b: b) if mesh is None else lambda b: _parallel.constrain_batch(b, mesh, "make_train_step")
     if mesh is not None:
         _parallel.check_mesh(mesh, "make_train_step")
 
+    def accumulated(ts: TrainState, batch):
+        m = checks.micro_batches("make_train_step", num_examples_of(batch), accumulate)
+        micro = jax.tree_util.tree_map(lambda a: a.reshape(accumulate, m, *a.shape[1:]), batch)
+
+        def one(carry, i_batch):
+            total, state = carry
+            _, grads, state, logs = loss_grad(ts.params, state, constrain(i_batch[1]),
+                                              key=jax.random.fold_in(step_key(ts), i_batch[0]), step=ts.step)
+            return (jax.tree_util.tree_map(lambda t, g: t + g.astype(jnp.float32), total, grads), state), logs
+
+        zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), ts.params)
+        (total, state), logs = jax.lax.scan(one, (zeros, ts.state), (jnp.arange(accumulate), micro))
+        grads = jax.tree_util.tree_map(lambda t, p: (t / accumulate).astype(p.dtype), total, ts.params)
+        return grads, state, jax.tree_util.tree_map(jnp.mean, logs)
+
     def train_step(ts: TrainState, batch):
-        if mesh is not None:
-            batch = _parallel.constrain_batch(batch, mesh, "make_train_step")
-        x, y = batch
-
-        def objective(params):
-            out, new_state = model.apply(params, ts.state, x, key=step_key(ts), train=True)
-            out = _as_float32(out)
-            data_loss, loss_logs = _loss_and_logs(loss, takes_step, out, y, ts.step, metrics)
-            total = data_loss + regularizer(params) if regularizer is not None else data_loss
-            return total, (data_loss, loss_logs, out, new_state)
-
-        grads, (data_loss, loss_logs, out, new_state) = jax.grad(objective, has_aux=True)(ts.params)
+        if accumulate > 1:
+            grads, new_state, logs = accumulated(ts, batch)
+        else:
+            _, grads, new_state, logs = loss_grad(ts.params, ts.state, constrain(batch), key=step_key(ts), step=ts.step)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        logs = {"loss": data_loss, **loss_logs, **{name: fn(out, y) for name, fn in metrics.items()}}
-        new_ts = TrainState(params, new_state, opt_state, ts.step + 1, ts.key)
-        if mesh is not None:
-            new_ts = _parallel.constrain_state(new_ts, mesh, rules)
-        return new_ts, logs
+        new_ts = TrainState(optax.apply_updates(ts.params, updates), new_state, opt_state, ts.step + 1, ts.key)
+        return (new_ts if mesh is None else _parallel.constrain_state(new_ts, mesh, rules)), logs
 
     return train_step
-
-
-def _epoch_batches(num_examples: int, batch_size: int, where: str) -> int:
-    return checks.num_batches(where, num_examples, batch_size)
 
 
 def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
@@ -229,7 +262,7 @@ def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array
       >>> epoch_order(jax.random.key(0), 10, 4).shape
       (2, 4)
     """
-    num_batches = _epoch_batches(num_examples, batch_size, "epoch_order")
+    num_batches = checks.num_batches("epoch_order", num_examples, batch_size)
     order = permutation(key, num_examples)[: num_batches * batch_size]  # no sort: fast vmapped
     return order.reshape(num_batches, batch_size)
 
@@ -244,20 +277,13 @@ def shuffle_epoch(ts: TrainState, num_examples: int, batch_size: int, order=None
 
 
 def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=None):
-    """A pure epoch ``(train_state, (x, y), order=None) -> (train_state, mean metrics)`` that
-    shuffles with the state's key and runs every full batch inside one ``jax.lax.scan``.
+    """A pure epoch ``(train_state, (x, y), order=None) -> (train_state, mean logs)``: shuffles with
+    the state's key and runs every full batch in one ``jax.lax.scan``; the ``num_examples %
+    batch_size`` left over are skipped this epoch (one static shape, no recompiles).
 
-    Ragged last batch: the ``num_examples % batch_size`` examples left over after shuffling
-    are skipped for this epoch (they are drawn again, with different neighbours, in the next
-    one), so every step has one static shape and nothing recompiles.
-
-    ``order`` (``[num_batches, batch_size]`` indices, e.g. from :func:`epoch_order`) replaces the
-    state's own shuffle; the state's key is split exactly as without it, so everything else
-    (dropout masks, later epochs' keys) stays the same. Populations use it to share one batch
-    order between members (``fit_population(..., shared_order=True)``).
-
-    ``mesh``: check that ``batch_size`` splits over its ``data`` axis (build ``train_step`` with
-    the same mesh: it does the splitting).
+    ``order`` (``[num_batches, batch_size]`` indices, e.g. :func:`epoch_order`) replaces the
+    shuffle; the key is split as without it (populations share one order this way). ``mesh``:
+    check that ``batch_size`` splits over its ``data`` axis (``train_step`` does the splitting).
 
     Example:
       >>> import jax, optax, jnn
@@ -270,7 +296,7 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=Non
       >>> int(ts.step), sorted(logs)
       (2, ['loss'])
     """
-    _epoch_batches(num_examples, batch_size, "make_train_epoch")
+    checks.num_batches("make_train_epoch", num_examples, batch_size)
     if mesh is not None:
         _parallel.check_mesh(mesh, "make_train_epoch")
         _parallel.check_batch_size(batch_size, mesh, "make_train_epoch")
@@ -284,12 +310,8 @@ def make_train_epoch(train_step, num_examples: int, batch_size: int, *, mesh=Non
 
 
 def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
-    """The same epoch as :func:`make_train_epoch` (same shuffle, same steps, same result), run as
-    a Python loop over one jitted step instead of one scan.
-
-    Use it where a loop body compiles badly: on CPU, XLA runs convolutions inside a loop far
-    slower than outside one (jax-ml/jax#12868; 30x here), so conv nets train faster this way on
-    CPU. Data stays on device; each step gathers its batch by index; nothing recompiles.
+    """The epoch of :func:`make_train_epoch` (same shuffle, steps and result) as a Python loop over
+    one jitted step: for conv nets on CPU, where XLA runs convolutions in a loop slowly (jax-ml/jax#12868).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -302,7 +324,7 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
       >>> int(a.step), bool(jnp.allclose(a.params["w"], b.params["w"]))
       (2, True)
     """
-    num_batches = _epoch_batches(num_examples, batch_size, "make_stepwise_epoch")
+    num_batches = checks.num_batches("make_stepwise_epoch", num_examples, batch_size)
     shuffle = jax.jit(lambda ts: shuffle_epoch(ts, num_examples, batch_size))
     step = jit_outermost(lambda ts, data, idx: train_step(ts, gather(data, idx)))
 
@@ -320,19 +342,14 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
 
 def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, batch_size: int = 1000,
                  fused: bool = True, mesh=None):
-    """A pure ``(params, state, (x, y), step=None) -> metrics`` over a whole dataset, exact to the
-    example.
+    """A pure ``(params, state, (x, y), step=None) -> logs`` over a whole dataset in eval mode:
+    ``"loss"``, the loss's own logs and each metric (``None``: :func:`default_metrics`) as exact
+    means over the examples (computed per example; the last batch is padded and masked).
 
-    The data is padded to whole batches; each example's loss and metrics are computed on its
-    own (the loss and metric functions are vmapped over single-example batches) and padded rows
-    are masked out, so ``"loss"``, the loss's own logs and each metric are exact means over
-    the examples, whatever ``batch_size`` is. ``x``, ``y`` and the outputs may be pytrees (as
-    for :func:`make_train_step`); every leaf is padded and masked alike. ``step`` is passed to
-    a loss that takes one (e.g. ``train_state.step``, so validation uses the same KL weight as
-    training) and is required for it. With ``fused=True`` the batches run in one ``lax.scan``
-    (jit the result); with ``fused=False`` a Python loop calls one jitted batch function (see
-    :func:`make_stepwise_epoch` for why: conv nets on CPU). With a ``mesh``, each batch
-    (rounded up to a multiple of the ``data`` axis, padding masked) is split along it.
+    ``x``, ``y`` and the outputs may be pytrees. ``step`` goes to a loss that takes one (required
+    then; e.g. ``train_state.step``). ``fused=True``: one ``lax.scan`` (jit the result);
+    ``False``: a Python loop over one jitted batch function. With a ``mesh``, each batch (rounded
+    up to a multiple of the ``data`` axis) is split along it.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -343,14 +360,15 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
       >>> bool(jnp.isclose(evaluate(params, state, (x, y))["loss"], jnp.mean(model.apply(params, state, x)[0] ** 2)))
       True
     """
-    metrics = dict(metrics or {})
     takes_step = _takes_step(loss)
 
     def per_example(out, y, step):
+        chosen = default_metrics(loss, out, y) if metrics is None else dict(metrics)
+
         def one(o, t):
             o, t = jax.tree_util.tree_map(lambda a: a[None], (o, t))
-            value, logs = _loss_and_logs(loss, takes_step, o, t, step, metrics)
-            return {"loss": value, **logs, **{k: fn(o, t) for k, fn in metrics.items()}}
+            value, logs = _loss_and_logs(loss, takes_step, o, t, step, chosen)
+            return {"loss": value, **logs, **{k: fn(o, t) for k, fn in chosen.items()}}
         return jax.vmap(one)(out, y)
 
     def batch_totals(params, state, xb, yb, mb, step):
