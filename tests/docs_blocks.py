@@ -10,6 +10,8 @@ would paste them, and checks that each prints what the page shows (used by tests
   block sets a relative tolerance for every number of that block, integers included (for figures
   the compiler reports, such as FLOPs and temporary bytes); ``<!-- tolerance: any -->`` only
   requires that the block prints (for sampled text).
+- Blocks may be indented (inside an admonition such as ``??? note "Solution"``): a fence indented
+  by n spaces is read with n spaces removed from each line, and so is its ```text block.
 - With ``update``, each such ```text block is rewritten with what its block printed, and each
   figure the page shows (``![...](path)``) that the blocks wrote into the working directory under
   its file name is copied to ``path``.
@@ -28,15 +30,20 @@ import re
 import shutil
 import sys
 
-_BLOCK = re.compile(r"(?:<!-- requires: ([\w.]+) -->\n)?^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
-_OUTPUT = re.compile(r"[ \t]*\n+(?:<!-- tolerance: ([\w.]+) -->\n)?```text\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_BLOCK = re.compile(r"(?:^ *<!-- requires: ([\w.]+) -->\n)?^( *)```python\n(.*?)^\2```", re.MULTILINE | re.DOTALL)
+_OUTPUT = re.compile(r"(?:[ \t]*\n)+(?: *<!-- tolerance: ([\w.]+) -->\n)? *```text\n(.*?)^ *```", re.MULTILINE | re.DOTALL)
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _FIGURE = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.(?:png|svg|jpg))\)")
 
 
 def python_blocks(page: pathlib.Path) -> list[tuple[str | None, str]]:
     """The ```python fenced blocks of ``page``, in order, each with the module it requires."""
-    return [(required or None, code) for required, code in _BLOCK.findall(page.read_text())]
+    return [(required or None, _dedent(code, indent)) for required, indent, code in _BLOCK.findall(page.read_text())]
+
+
+def _dedent(text: str, indent: str) -> str:
+    return "".join(line[len(indent):] if line.startswith(indent) else line.lstrip(" ")
+                   for line in text.splitlines(keepends=True))
 
 
 def same_output(printed: str, shown: str, tolerance: str | None = None) -> bool:
@@ -70,7 +77,7 @@ def run_page(page: pathlib.Path, *, update: bool = False) -> list[str]:
     namespace = {"__name__": "__main__"}
     skipped, pieces, last, drifted = [], [], 0, []
     for i, match in enumerate(_BLOCK.finditer(text)):
-        required, code = match.group(1), match.group(2)
+        required, indent, code = match.group(1), match.group(2), _dedent(match.group(3), match.group(2))
         if required and importlib.util.find_spec(required) is None:
             skipped.append(required)
             continue
@@ -83,9 +90,10 @@ def run_page(page: pathlib.Path, *, update: bool = False) -> list[str]:
             continue
         lines = "\n".join(line.rstrip() for line in printed.getvalue().rstrip("\n").split("\n")) + "\n"
         if update:
-            pieces += [text[last:output.start(2)], lines]
+            pieces += [text[last:output.start(2)], "".join(indent + line if line.strip() else line
+                                                            for line in lines.splitlines(keepends=True))]
             last = output.end(2)
-        elif not same_output(lines, output.group(2), output.group(1)):
+        elif not same_output(lines, _dedent(output.group(2), indent), output.group(1)):
             drifted.append(f"block {i + 1} printed:\n{lines}the page shows:\n{output.group(2)}")
     if update:
         page.write_text("".join(pieces) + text[last:])

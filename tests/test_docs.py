@@ -119,3 +119,16 @@ def test_a_page_whose_output_drifts_fails(tmp_path, monkeypatch):
     run_page(page, update=True)
     assert page.read_text().endswith("```text\nloss 0.500, 4 steps\n```\n")
     assert same_output("sampled text", "other text", "any") and not same_output("", "text", "any")
+
+
+def test_indented_blocks_in_admonitions_run_and_update(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    page = tmp_path / "page.md"
+    page.write_text('??? note "Solution"\n\n    ```python\n    for i in range(2):\n        print(i * 1.5)\n    ```\n\n'
+                    '    ```text\n    0.0\n    9.0\n    ```\n')
+    assert python_blocks(page) == [(None, "for i in range(2):\n    print(i * 1.5)\n")]
+    with pytest.raises(AssertionError, match="output differs"):
+        run_page(page)
+    run_page(page, update=True)
+    assert page.read_text().endswith("    ```text\n    0.0\n    1.5\n    ```\n")
+    run_page(page)
