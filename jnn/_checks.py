@@ -1,11 +1,5 @@
-"""Shared argument checks: one message style for every layer and function.
-
-A factory or function declares its arguments' rules once with :func:`declare`; a rule is
-``rule(label, what, value) -> value`` raising ``ValueError("label: what must be ..., got ...")``::
-
-    @checks.declare(features=checks.positive_int, use_bias=checks.flag)
-    def dense(features, *, use_bias=True, ...): ...
-"""
+"""Shared argument checks, one message style: a rule is ``rule(label, what, value) -> value``
+raising ``ValueError("label: what must be ..., got ...")``, declared with :func:`declare`."""
 from __future__ import annotations
 
 import functools
@@ -21,7 +15,7 @@ from jnn import core
 __all__ = [
     "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of",
     "name_or_callable", "instance_of", "positive_int", "boolean", "finite_number", "number_above",
-    "number_in", "rate", "per_axis", "float_input", "is_concrete", "ids_in_range",
+    "rate", "per_axis", "float_input", "ids_in_range",
     "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer", "integer",
     "static_rate", "divides", "none_or_positive_int", "finite_at_least", "positive_int_or",
     "stages", "jnn_layer", "key_for", "int_lengths", "fraction", "int_in", "an_int", "axes",
@@ -41,11 +35,9 @@ def _is_int(value) -> bool:
 
 
 def declare(**rules):
-    """Declares the rules of a function's arguments, checked on every call.
-
-    The label is the call's ``name`` argument when given, else the function's name. When the
-    function returns a :class:`jnn.Layer`, its bound arguments (defaults applied, ``name`` and child
-    layers left out) become the layer's ``config``.
+    """Declares the rules of a function's arguments, checked on every call, labelled by the call's
+    ``name`` (else the function's name). A returned :class:`jnn.Layer` gets the bound arguments
+    (``name`` and child layers left out) as its ``config``.
 
     Example:
       >>> from jnn import _checks as checks
@@ -144,7 +136,11 @@ def between(low: float, high: float):
       >>> jnn.checks.between(0, 1)("batch_norm", "momentum", 0.9)
       0.9
     """
-    return lambda label, what, value: number_in(label, what, value, low, high)
+    def rule(label, what, value):
+        if not is_real(value) or not low <= value <= high:
+            raise ValueError(f"{label}: {what} must be a number in [{low:g}, {high:g}], got {value!r}")
+        return float(value)
+    return rule
 
 
 def spatial(rank: int):
@@ -222,10 +218,9 @@ def positive_int(label: str, what: str, value, *, optional: bool = False):
 
 
 def boolean(label: str, **flags) -> None:
-    """Each keyword must be exactly ``True`` or ``False`` (not 0/1, not ``None``)."""
+    """Each keyword must pass :func:`flag`."""
     for what, value in flags.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
+        flag(label, what, value)
 
 
 def finite_number(label: str, what: str, value) -> float:
@@ -236,23 +231,16 @@ def finite_number(label: str, what: str, value) -> float:
       >>> jnn.checks.finite_number("f", "clip", 2)
       2.0
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+    if not is_real(value) or not np.isfinite(value):
         raise ValueError(f"{label}: {what} must be a finite number, got {value!r}")
     return float(value)
 
 
 def number_above(label: str, what: str, value, bound: float) -> float:
     """``float(value)`` if it is a real number strictly greater than ``bound``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > bound:
+    if not is_real(value) or not value > bound:
         need = "a positive number" if bound == 0 else f"a number > {bound:g}"
         raise ValueError(f"{label}: {what} must be {need}, got {value!r}")
-    return float(value)
-
-
-def number_in(label: str, what: str, value, low: float, high: float) -> float:
-    """``float(value)`` if it is a real number in the closed interval ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
-        raise ValueError(f"{label}: {what} must be a number in [{low:g}, {high:g}], got {value!r}")
     return float(value)
 
 
@@ -268,8 +256,7 @@ def rate(label: str, what: str, value):
         raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
     if isinstance(value, numbers.Real):
         number = float(value)
-    elif isinstance(value, jax.core.Tracer):
-        # A traced rate (e.g. built inside jax.vmap over rates) cannot be checked here.
+    elif isinstance(value, jax.core.Tracer):   # e.g. under jax.vmap over rates: unchecked
         if np.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(f"{label}: a traced {what} must be a float scalar, got "
                              f"{value.dtype}{list(np.shape(value))}")
@@ -304,15 +291,10 @@ def float_input(x, dtype):
     return x.astype(dtype)
 
 
-def is_concrete(x) -> bool:
-    """True for a value that can be read now (not a tracer under ``jit``/``vmap``/``grad``)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
 def ids_in_range(label: str, ids, size: int, what: str = "token ids",
                  hint: str = "; check the vocabulary size or the tokenizer") -> None:
     """Eager check that integer ``ids`` lie in ``[0, size)``; skipped (unchecked) under ``jit``."""
-    if not is_concrete(ids) or np.size(ids) == 0:
+    if isinstance(ids, jax.core.Tracer) or np.size(ids) == 0:
         return
     values = np.asarray(ids)  # NumPy: stays concrete even while an enclosing function is traced
     low, high = int(values.min()), int(values.max())
@@ -323,7 +305,7 @@ def ids_in_range(label: str, ids, size: int, what: str = "token ids",
 
 def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> None:
     """Eager check that concrete ``values`` lie in [0, 1]; skipped (unchecked) under ``jit``."""
-    if not is_concrete(values) or np.size(values) == 0:
+    if isinstance(values, jax.core.Tracer) or np.size(values) == 0:
         return
     values = np.asarray(values)
     low, high = float(values.min()), float(values.max())
@@ -333,8 +315,7 @@ def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> No
 
 
 def float_labels_hint(label: str, logits, labels) -> None:
-    """Float labels shaped like class ids (``logits.shape[:-1]``) are class ids stored as floats:
-    say so, rather than complain that they are not one-hot."""
+    """Float labels shaped like class ids (``logits.shape[:-1]``): say they must be integers."""
     if not jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1] \
             and labels.shape != logits.shape:
         raise ValueError(f"{label}: labels of shape {tuple(labels.shape)} are class ids, which must be integers; "
@@ -365,14 +346,7 @@ def is_integer(value) -> bool:
 
 def integer(low: int = 0, high: int | None = None, *, or_none: bool = False, described: str | None = None):
     """A Python or NumPy integer (not a bool) in ``[low, high]`` (``high=None``: no bound), or ``None``
-    when ``or_none``; ``described`` replaces the message's wording of the range.
-
-    Example:
-      >>> from jnn import _checks as checks
-      >>> checks.integer(0, 19)("renice", "level", 20)
-      Traceback (most recent call last):
-      ValueError: renice: level must be an integer in [0, 19], got 20
-    """
+    when ``or_none``; ``described`` replaces the message's wording of the range."""
     def rule(label, what, value):
         if or_none and value is None:
             return value
@@ -396,24 +370,17 @@ def static_rate(label: str, what: str, value) -> float:
 
 def divides(label: str, what: str, value: int, multiple: int, of: str) -> None:
     """``value`` (argument ``what``) must divide ``multiple`` (argument ``of``)."""
-    if multiple % value:
-        raise ValueError(f"{label}: {of} ({multiple}) must be divisible by {what} ({value})")
+    divisible(label, of, multiple, what, value)
 
 
 def none_or_positive_int(label: str, what: str, value):
     """``None`` or a Python int > 0 (the message says both are allowed)."""
-    if value is not None and (not _is_int(value) or value <= 0):
-        raise ValueError(f"{label}: {what} must be None or a positive integer, got {value!r}")
-    return value
+    return satisfies(lambda v: v is None or _is_int(v) and v > 0, "None or a positive integer")(label, what, value)
 
 
 def finite_at_least(bound: float, note: str = ""):
     """A finite real number >= ``bound`` (returned as given); ``note`` follows the bound in the message."""
-    def rule(label, what, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not bound <= value < np.inf:
-            raise ValueError(f"{label}: {what} must be a finite number >= {bound:g}{note}, got {value!r}")
-        return value
-    return rule
+    return satisfies(lambda v: is_real(v) and bound <= v < np.inf, f"a finite number >= {bound:g}{note}")
 
 
 def positive_int_or(*choices, described: str | None = None):
@@ -462,27 +429,21 @@ def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: st
 
 # ---- rules added for layers (basic, activations, conv, pooling, norm, dropout, embedding, positional) ----
 
-
-
 def fraction(label: str, what: str, value) -> float:
     """A real number in ``[0, 1)`` (returned as a float), e.g. a label-smoothing amount."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+    if not is_real(value) or not 0 <= value < 1:
         raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
 def int_in(label: str, what: str, value, low: int, high: int) -> int:
     """A Python int (not a bool) in the closed interval ``[low, high]``."""
-    if not _is_int(value) or not low <= value <= high:
-        raise ValueError(f"{label}: {what} must be an integer in [{low}, {high}], got {value!r}")
-    return value
+    return satisfies(lambda v: _is_int(v) and low <= v <= high, f"an integer in [{low}, {high}]")(label, what, value)
 
 
 def an_int(label: str, what: str, value) -> int:
     """A Python int (not a bool), e.g. an axis."""
-    if not _is_int(value):
-        raise ValueError(f"{label}: {what} must be an integer, got {value!r}")
-    return value
+    return satisfies(_is_int, "an integer")(label, what, value)
 
 
 def axes(label: str, what: str, value) -> tuple[int, ...] | None:
@@ -564,16 +525,8 @@ def last_axis(label: str, x, size: int | None, what: str = "") -> None:
 
 
 def window_input(label: str, shape, window, dilation, padding, what: str = "kernel") -> None:
-    """The input of a convolution or pooling layer: ``[B, *spatial, C]`` with one spatial axis per
-    ``window`` entry and, for ``"VALID"`` or explicit padding, the (dilated) window inside the
-    padded input. ``what`` names the window (``"kernel"`` or ``"window"``).
-
-    Example:
-      >>> from jnn import _checks as checks
-      >>> checks.window_input("conv", (1, 2, 8, 1), (3, 3), (1, 1), "VALID")  # doctest: +ELLIPSIS
-      Traceback (most recent call last):
-      ValueError: conv: kernel of size (3, 3) (span 3 with dilation 1) is larger than the padded input along ...
-    """
+    """A conv or pooling input ``[B, *spatial, C]``, one spatial axis per ``window`` entry, that
+    (for ``"VALID"`` or explicit padding) holds the dilated window; ``what``: "kernel" or "window"."""
     rank = len(window)
     if len(shape) != rank + 2:
         want = ("[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]")[rank - 1] if rank <= 3 else \
@@ -622,9 +575,7 @@ def sequence_input(label: str, x, max_len: int | None = None, width: int | None 
 
 def index_below(label: str, what: str, value, size: int, size_name: str) -> int:
     """``value`` if it is a Python int in ``[0, size)``; ``size_name`` names the bound in the message."""
-    if not _is_int(value) or not 0 <= value < size:
-        raise ValueError(f"{label}: {what} must be an integer in [0, {size_name}={size}), got {value!r}")
-    return value
+    return int_range(0, size, f"[0, {size_name}={size})")(label, what, value)
 
 
 def satisfies(test, need: str, error=ValueError, described=repr):
@@ -669,14 +620,7 @@ def integral(label: str, what: str, value) -> int:
 # ---- rules added for layers 2 (attention, recurrent, repeat, transformer, remat) ----
 
 def require(ok, label: str, message: str, error: type[Exception] = ValueError) -> None:
-    """Raise ``error(f"{label}: {message}")`` unless ``ok`` (one check that needs no helper of its own).
-
-    Example:
-      >>> from jnn import _checks as checks
-      >>> checks.require(3 % 2 == 0, "pairs", "expected an even count, got 3")
-      Traceback (most recent call last):
-      ValueError: pairs: expected an even count, got 3
-    """
+    """Raise ``error(f"{label}: {message}")`` unless ``ok`` (one check that needs no helper of its own)."""
     if not ok:
         raise error(f"{label}: {message}")
 
@@ -779,7 +723,6 @@ def all_of(*rules):
     return check
 
 
-
 def bounds_space(label: str, what: str, space) -> tuple:
     """A search space ``{name: (low, high)}`` or ``{name: (low, high, 'log')}`` as sorted
     ``((name, (low, high, log)), ...)``; that normalized form is accepted too."""
@@ -808,7 +751,6 @@ def bounds_space(label: str, what: str, space) -> tuple:
                              f"with low <= high (and low > 0 for 'log'), got {bounds!r}")
         checked.append((name, (float(bounds[0]), float(bounds[1]), log)))
     return tuple(checked)
-
 
 
 def member_arrays(label: str, what: str, value) -> dict:
@@ -852,6 +794,7 @@ def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
         if outside.size:
             raise ValueError(f"{label}: {what}[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
                              f"member {outside[0]} has {float(values[outside[0]])!r}")
+
 
 def examples(label: str, x, y) -> None:
     """``x`` and ``y`` (arrays or pytrees of them) each hold at least one array, and every array
