@@ -2,13 +2,10 @@
 
 Example:
   >>> import jax, optax, jnn
-  >>> x, y = jnn.data.xor()
-  >>> model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-  >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1), (x, y),
-  ...                        key=jax.random.key(0), epochs=100, batch_size=4, metrics={}, verbose=False,
-  ...                        progress=False)
+  >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.data.xor(), key=jax.random.key(0),
+  ...                        epochs=3, batch_size=4, metrics={}, verbose=False, progress=False)
   >>> len(result.history["loss"])
-  100
+  3
 """
 from jnn.train import callbacks
 from jnn.train.checkpoint import Checkpointer

@@ -1,20 +1,6 @@
-"""The epoch runner behind :func:`jnn.train.fit`, :func:`jnn.train.fit_population` and streamed
-training: data preparation (checks, validation split), the history, progress, the non-finite
-policy and the callbacks. Each caller supplies only its compiled epoch (training, evaluation and
-learning-rate logging) to :func:`run_epochs`.
-
-Per-epoch behaviours are callbacks in one list (:mod:`jnn.train.callbacks`): the history file,
-checkpoints every k epochs, early stopping, :class:`NonFinite` (what a non-finite epoch does)
-and your own functions.
-
-Example:
-  >>> import jax, optax, jnn
-  >>> x, y = jnn.data.xor()
-  >>> policy = jnn.train.NonFinite("stop")
-  >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-  ...                        epochs=2, batch_size=4, metrics={}, progress=False, verbose=False, callbacks=[policy])
-  >>> result.nonfinite_epoch is None
-  True
+"""The epoch runner behind ``fit``, ``fit_population`` and streamed training: data preparation,
+history, progress, the non-finite policy and the callbacks (:mod:`jnn.train.callbacks`). Each
+caller supplies only its compiled epoch to :func:`run_epochs`.
 """
 from __future__ import annotations
 
@@ -43,13 +29,11 @@ class Data(NamedTuple):
     """Training data with how to read it: ``fit(model, loss, opt, Data(stream, steps_per_epoch=100))``.
 
     Attributes:
-      data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches (see :func:`jnn.train.fit`).
-      steps_per_epoch: batches per epoch of a stream, taken one after another from one iterator;
-        default: a Pipeline's own, else ``len(data)`` with the data re-iterated every epoch. A
-        stream that runs out early raises a ValueError.
-      check: before training, check the data's values eagerly: NaN/Inf features, and labels the
-        loss or metrics reject (class ids out of range, binary labels outside [0, 1]). ``False``
-        skips this pass over the data (for a stream: its first batch).
+      data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches.
+      steps_per_epoch: batches per epoch of a stream, read on from one iterator (default: a
+        Pipeline's own, else ``len(data)``, re-iterated every epoch).
+      check: check the data's values eagerly first (NaN/Inf features, labels the loss or
+        metrics reject); for a stream, its first batch.
 
     Example:
       >>> import jax, optax, jnn
@@ -68,17 +52,14 @@ class Data(NamedTuple):
 
 
 class Start(NamedTuple):
-    """Where :func:`jnn.train.fit` starts (its ``train_state=`` argument; a plain TrainState
-    resumes at epoch 0).
+    """Where ``fit`` starts (its ``train_state=``; a plain TrainState resumes at epoch 0).
 
     Attributes:
       train_state: resume from this state (``key`` then only splits the validation set).
-      params, state: or start a new run from these weights (e.g. pretrained ones, or a new head
-        on a pretrained body) instead of the model's initialization: the optimizer state is
-        initialized for them and the step count starts at 0; they must have the structure and
-        shapes of the model's own (``state`` defaults to the model's initial state).
-      epoch: train epochs ``epoch + 1 .. epochs`` (Keras' ``initial_epoch``). Resuming from the
-        state saved after epoch k with ``epoch=k`` reproduces an uninterrupted run bit for bit.
+      params, state: or start a new run (fresh optimizer state, step 0) from these weights, shaped
+        like the model's own (``state`` defaults to the model's initial state).
+      epoch: train epochs ``epoch + 1 .. epochs``; resuming the state saved after epoch k with
+        ``epoch=k`` reproduces an uninterrupted run bit for bit.
 
     Example:
       >>> import jax, optax, jnn
@@ -99,14 +80,10 @@ class Start(NamedTuple):
 
 
 class NonFinite(Callback):
-    """The non-finite policy: when an epoch's metrics are NaN or infinite, training stops and
-    keeps the state of the last finite epoch (in a population, only the failing members stop).
-
-    Args:
-      action: ``"raise"`` raises a :class:`jnn.train.NonFiniteError` naming the epoch (it carries
-        that state and the history); ``"stop"`` warns and returns, with ``nonfinite_epoch`` set.
-      debug: replay the failing epoch from the last good state with
-        :func:`jnn.train.find_nonfinite` and report the step, layer and examples.
+    """The non-finite policy: an epoch with NaN or infinite metrics stops training (in a population,
+    the failing members) at the last finite state; ``action="raise"`` raises a
+    :class:`jnn.train.NonFiniteError`, ``"stop"`` warns. ``debug`` replays the epoch with
+    :func:`jnn.train.find_nonfinite` to report the step, layer and examples.
 
     Example:
       >>> import jnn
@@ -174,9 +151,8 @@ def with_early_stopping(where: str, callbacks, early_stopping):
 
 @checks.declare(fraction=checks.satisfies(lambda f: 0.0 < f < 1.0, "in (0, 1)"))
 def split_validation(x, y, fraction: float, key):
-    """Shuffles ``(x, y)`` with ``key`` and splits off ``fraction`` of it:
-    returns ``(train_x, train_y), (val_x, val_y)``. ``x`` and ``y`` may be pytrees (dicts or
-    tuples of arrays with examples on the first axis); every leaf is split alike.
+    """Shuffles ``(x, y)`` (arrays or pytrees of them) with ``key`` and splits off ``fraction``:
+    ``(train_x, train_y), (val_x, val_y)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -209,8 +185,7 @@ def prepare(where: str, train_data, val_data, val_split, split_key, *, batch_siz
 def hold_out(where: str, train_data, val_data, val_split, key):
     """``(train_data, val_data)`` with ``val_split`` of ``train_data`` held out for validation
     (shuffled with ``key``); unchanged without ``val_split``."""
-    if val_data is not None and val_split:
-        raise ValueError(f"{where}: pass either val_data or val_split, not both")
+    checks.require(val_data is None or not val_split, where, "pass either val_data or val_split, not both")
     if not val_split:
         return train_data, val_data
     return split_validation(*check_pair(f"{where} train_data", train_data), val_split, key)
@@ -242,8 +217,7 @@ class _Bar(NamedTuple):
 
 @contextlib.contextmanager
 def progress_bar(epochs: int, *, enabled: bool = True):
-    """A rich progress bar over epochs showing the latest metrics; a no-op when disabled or
-    when rich is not installed."""
+    """A rich progress bar over epochs with the latest metrics (a no-op when disabled or without rich)."""
     try:
         import rich.progress
     except ImportError:

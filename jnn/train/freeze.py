@@ -1,18 +1,12 @@
-"""Freeze parameters by path pattern: exactly zero updates, no optimizer state, no decay.
-
-Patterns follow :mod:`jnn.tree`: one without ``/`` matches a leaf's own name (``"b"``: every
-bias), one with ``/`` is an ``fnmatch`` glob over the whole path (``"dense_0/*"``,
-``"encoder/*"``).
+"""Freeze parameters by path pattern (as in :mod:`jnn.tree`: ``"b"`` matches every leaf named
+``b``, ``"dense_0/*"`` globs whole paths): exactly zero updates, no optimizer state, no decay.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax
-  >>> from jnn.train.freeze import freeze, trainable_mask
+  >>> from jnn.train.freeze import freeze
   >>> params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}, "dense_1": {"w": jnp.ones((2, 1))}}
-  >>> trainable_mask(params, ["dense_0/*"])
-  {'dense_0': {'b': False, 'w': False}, 'dense_1': {'w': True}}
   >>> opt = freeze(optax.adamw(0.1, weight_decay=0.1), ["dense_0/*"])
-  >>> grads = jax.tree_util.tree_map(jnp.ones_like, params)
-  >>> updates, _ = opt.update(grads, opt.init(params), params)
+  >>> updates, _ = opt.update(jax.tree_util.tree_map(jnp.ones_like, params), opt.init(params), params)
   >>> updates["dense_0"]["w"].tolist()
   [[0.0, 0.0], [0.0, 0.0]]
 """
@@ -47,12 +41,8 @@ def _check_used(params, patterns: tuple[str, ...], where: str) -> None:
 
 
 def trainable_mask(params, frozen: Iterable[str] | str):
-    """A tree of bools with ``params``' structure: False where a leaf's path matches one of
-    the ``frozen`` patterns, True elsewhere. Usable as an ``optax.masked`` mask.
-
-    Raises:
-      ValueError: a pattern matches no leaf (frozen patterns that freeze nothing are
-        almost always typos).
+    """A bool tree shaped like ``params`` (an ``optax.masked`` mask): False where a leaf's path
+    matches a ``frozen`` pattern. A pattern that matches nothing raises (a typo?).
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -68,21 +58,10 @@ def trainable_mask(params, frozen: Iterable[str] | str):
 @checks.declare(optimizer=guard.PARTS["optimizer"])
 def freeze(optimizer: optax.GradientTransformation,
            frozen: Iterable[str] | str) -> optax.GradientTransformation:
-    """Wraps ``optimizer`` so that the leaves matching ``frozen`` never change.
-
-    Built on ``optax.partition``: frozen leaves go to ``optax.set_to_zero()`` and get
-    updates that are exactly zero (so their values stay bit-identical), while ``optimizer``
-    only ever sees the trainable leaves: it keeps no state (moments) for frozen ones, and
-    weight decay inside it (``optax.adamw``, ``add_decayed_weights``) cannot touch them.
-    Gradients are still computed for frozen leaves; they are dropped here.
-
-    Args:
-      optimizer: any optax optimizer (chains, schedules and masks compose).
-      frozen: a pattern or patterns over parameter paths (see :mod:`jnn.tree`).
-
-    Returns:
-      An ``optax.GradientTransformation``. Its ``init`` raises ValueError when a pattern
-      matches no parameter.
+    """Wraps ``optimizer`` so that the leaves matching the ``frozen`` pattern(s) get exactly zero
+    updates (``optax.partition``): ``optimizer`` sees only the trainable leaves, so it keeps no
+    state and applies no weight decay for frozen ones. ``init`` raises when a pattern matches
+    no parameter.
 
     Example:
       >>> import jax.numpy as jnp, optax
