@@ -82,9 +82,8 @@ def layer_name(label: str, what: str, value):
       >>> jnn.checks.layer_name("dense", "name", "head")
       'head'
     """
-    if value is not None and not (isinstance(value, str) and value and "/" not in value):
-        raise ValueError(f"{label}: {what} must be None or a non-empty string without '/', got {value!r}")
-    return value
+    return satisfies(lambda v: v is None or isinstance(v, str) and v and "/" not in v,
+                     "None or a non-empty string without '/'")(label, what, value)
 
 
 def _children(signature, name: str, value) -> bool:
@@ -101,9 +100,7 @@ def flag(label: str, what: str, value) -> bool:
       >>> jnn.checks.flag("dense", "use_bias", True)
       True
     """
-    if not isinstance(value, bool):
-        raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
-    return value
+    return satisfies(lambda v: isinstance(v, bool), "True or False")(label, what, value)
 
 
 def optional(rule):
@@ -136,11 +133,8 @@ def between(low: float, high: float):
       >>> jnn.checks.between(0, 1)("batch_norm", "momentum", 0.9)
       0.9
     """
-    def rule(label, what, value):
-        if not is_real(value) or not low <= value <= high:
-            raise ValueError(f"{label}: {what} must be a number in [{low:g}, {high:g}], got {value!r}")
-        return float(value)
-    return rule
+    rule = satisfies(lambda v: is_real(v) and low <= v <= high, f"a number in [{low:g}, {high:g}]")
+    return lambda label, what, value: float(rule(label, what, value))
 
 
 def spatial(rank: int):
@@ -162,11 +156,8 @@ def one_of(*choices):
       >>> jnn.checks.one_of("SAME", "VALID")("conv", "padding", "SAME")
       'SAME'
     """
-    def rule(label, what, value):
-        if not any(value == c and type(value) is type(c) for c in choices):
-            raise ValueError(f"{label}: {what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-    return rule
+    return satisfies(lambda v: any(v == c and type(v) is type(c) for c in choices),
+                     f"one of {', '.join(map(repr, choices))}")
 
 
 def name_or_callable(choices):
@@ -194,12 +185,8 @@ def instance_of(*types, described: str | None = None):
       >>> jnn.checks.instance_of(str)("f", "path", "a.csv")
       'a.csv'
     """
-    def rule(label, what, value):
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            need = described or " or ".join(t.__name__ for t in types)
-            raise TypeError(f"{label}: {what} must be {need}, got {type(value).__name__}")
-        return value
-    return rule
+    return kind(lambda v: isinstance(v, types) and (bool in types or not isinstance(v, bool)),
+                described or " or ".join(t.__name__ for t in types))
 
 
 def positive_int(label: str, what: str, value, *, optional: bool = False):
@@ -210,9 +197,7 @@ def positive_int(label: str, what: str, value, *, optional: bool = False):
       >>> jnn.checks.positive_int("dense", "features", 3)
       3
     """
-    if optional and value is None:
-        return value
-    if not _is_int(value) or value <= 0:
+    if not (optional and value is None) and (not _is_int(value) or value <= 0):
         raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
     return value
 
@@ -231,17 +216,13 @@ def finite_number(label: str, what: str, value) -> float:
       >>> jnn.checks.finite_number("f", "clip", 2)
       2.0
     """
-    if not is_real(value) or not np.isfinite(value):
-        raise ValueError(f"{label}: {what} must be a finite number, got {value!r}")
-    return float(value)
+    return float(satisfies(lambda v: is_real(v) and np.isfinite(v), "a finite number")(label, what, value))
 
 
 def number_above(label: str, what: str, value, bound: float) -> float:
     """``float(value)`` if it is a real number strictly greater than ``bound``."""
-    if not is_real(value) or not value > bound:
-        need = "a positive number" if bound == 0 else f"a number > {bound:g}"
-        raise ValueError(f"{label}: {what} must be {need}, got {value!r}")
-    return float(value)
+    need = "a positive number" if bound == 0 else f"a number > {bound:g}"
+    return float(satisfies(lambda v: is_real(v) and v > bound, need)(label, what, value))
 
 
 def rate(label: str, what: str, value):
@@ -252,23 +233,17 @@ def rate(label: str, what: str, value):
       >>> jnn.checks.rate("dropout", "rate", 0.5)
       0.5
     """
-    if isinstance(value, bool):
-        raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
-    if isinstance(value, numbers.Real):
-        number = float(value)
-    elif isinstance(value, jax.core.Tracer):   # e.g. under jax.vmap over rates: unchecked
+    if isinstance(value, jax.core.Tracer):   # e.g. under jax.vmap over rates: unchecked
         if np.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(f"{label}: a traced {what} must be a float scalar, got "
                              f"{value.dtype}{list(np.shape(value))}")
         return value
-    elif hasattr(value, "shape") and hasattr(value, "dtype") and np.shape(value) == ():
-        number = float(value)
-    else:
+    if not (is_real(value) or hasattr(value, "shape") and hasattr(value, "dtype") and np.shape(value) == ()):
         raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
-    if not 0.0 <= number < 1.0:
+    if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{label}: {what} is the probability of dropping a unit and must be in "
-                         f"[0, 1), got {number!r}")
-    return number
+                         f"[0, 1), got {float(value)!r}")
+    return float(value)
 
 
 def per_axis(label: str, what: str, value, rank: int) -> tuple[int, ...]:
@@ -286,9 +261,7 @@ def per_axis(label: str, what: str, value, rank: int) -> tuple[int, ...]:
 
 def float_input(x, dtype):
     """Integer and bool inputs promoted to the param dtype ``dtype``; float inputs kept as they are."""
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return x
-    return x.astype(dtype)
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(dtype)
 
 
 def ids_in_range(label: str, ids, size: int, what: str = "token ids",
@@ -431,9 +404,7 @@ def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: st
 
 def fraction(label: str, what: str, value) -> float:
     """A real number in ``[0, 1)`` (returned as a float), e.g. a label-smoothing amount."""
-    if not is_real(value) or not 0 <= value < 1:
-        raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return float(satisfies(lambda v: is_real(v) and 0 <= v < 1, "a number in [0, 1)")(label, what, value))
 
 
 def int_in(label: str, what: str, value, low: int, high: int) -> int:
@@ -464,9 +435,7 @@ def new_shape(label: str, what: str, value) -> tuple[int, ...]:
 
 def float_dtype(label: str, what: str, value):
     """``None`` or a floating dtype (``jnp.float32``, ``"bfloat16"``)."""
-    if value is not None and not jnp.issubdtype(value, jnp.floating):
-        raise ValueError(f"{label}: {what} must be a floating dtype, got {value!r}")
-    return value
+    return satisfies(lambda v: v is None or jnp.issubdtype(v, jnp.floating), "a floating dtype")(label, what, value)
 
 
 def window(max_rank: int | None = 3):

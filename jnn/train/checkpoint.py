@@ -3,18 +3,6 @@
 Each checkpoint is a step directory ``<directory>/<step>/`` holding the train state and a JSON
 ``meta`` item (your config, library versions, every leaf's path, shape and dtype). A step is
 renamed into place only when complete, so a crash mid-save leaves earlier checkpoints intact.
-
-Example:
-  >>> import tempfile, jax, optax, jnn
-  >>> from jnn.train.checkpoint import Checkpointer
-  >>> model, opt = jnn.dense(2), optax.adam(1e-3)
-  >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jax.numpy.zeros((1, 3)))
-  >>> ckpt = Checkpointer(tempfile.mkdtemp(), keep=2, config={"units": 2})
-  >>> ckpt.save(1, ts)
-  >>> restored, meta = ckpt.restore(ts)   # ts is only the template: structure, shapes, dtypes
-  >>> ckpt.latest_step(), meta["config"]
-  (1, {'units': 2})
-
 Resume with ``fit(..., train_state=Start(ckpt.restore(template)[0], epoch=step))``.
 """
 from __future__ import annotations
@@ -124,13 +112,13 @@ class Checkpointer:
     Example:
       >>> import os, tempfile, jax, jax.numpy as jnp, optax, jnn
       >>> ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 2)))
-      >>> with jnn.train.Checkpointer(os.path.join(tempfile.mkdtemp(), "ckpt"), keep=2) as ckpt:
+      >>> with jnn.train.Checkpointer(os.path.join(tempfile.mkdtemp(), "ckpt"), keep=2, config={"units": 1}) as ckpt:
       ...     for epoch in (1, 2, 3):
       ...         ckpt.save(epoch, ts, logs={"loss": 0.5})
-      ...     restored, meta = ckpt.restore(ts)
+      ...     restored, meta = ckpt.restore(ts)   # ts is only the template: structure, shapes, dtypes
       ...     steps = ckpt.all_steps()
-      >>> steps, restored.params["w"].shape, bool(jnp.all(restored.params["w"] == ts.params["w"]))
-      ([2, 3], (2, 1), True)
+      >>> steps, meta["config"], bool(jnp.all(restored.params["w"] == ts.params["w"]))
+      ([2, 3], {'units': 1}, True)
     """
 
     @checks.declare_as("Checkpointer", keep=checks.positive_int_or(None), config=_CONFIG)
