@@ -272,8 +272,7 @@ def ids_in_range(label: str, ids, size: int, what: str = "token ids",
     values = np.asarray(ids)  # NumPy: stays concrete even while an enclosing function is traced
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= size:
-        bad = low if low < 0 else high
-        raise ValueError(f"{label}: {what} must lie in [0, {size}), got {bad}{hint}")
+        raise ValueError(f"{label}: {what} must lie in [0, {size}), got {low if low < 0 else high}{hint}")
 
 
 def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> None:
@@ -283,8 +282,7 @@ def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> No
     values = np.asarray(values)
     low, high = float(values.min()), float(values.max())
     if not (0.0 <= low and high <= 1.0):  # NaN fails too
-        bad = low if not 0.0 <= low else high
-        raise ValueError(f"{label}: {what} must lie in [0, 1], got {bad:g}{hint}")
+        raise ValueError(f"{label}: {what} must lie in [0, 1], got {low if not 0.0 <= low else high:g}{hint}")
 
 
 def float_labels_hint(label: str, logits, labels) -> None:
@@ -318,8 +316,7 @@ def is_integer(value) -> bool:
 
 
 def integer(low: int = 0, high: int | None = None, *, or_none: bool = False, described: str | None = None):
-    """A Python or NumPy integer (not a bool) in ``[low, high]`` (``high=None``: no bound), or ``None``
-    when ``or_none``; ``described`` replaces the message's wording of the range."""
+    """A Python or NumPy int (not a bool) in ``[low, high]`` (or ``None`` when ``or_none``)."""
     def rule(label, what, value):
         if or_none and value is None:
             return value
@@ -357,8 +354,7 @@ def finite_at_least(bound: float, note: str = ""):
 
 
 def positive_int_or(*choices, described: str | None = None):
-    """A Python int > 0, or one of ``choices`` (``None``, ``True``: by identity; strings by
-    value); ``described`` names the choices in the message, else they are listed."""
+    """A Python int > 0, or one of ``choices`` (strings by value, others by identity)."""
     def rule(label, what, value):
         if not any(value is c or (isinstance(c, str) and value == c) for c in choices) \
                 and not (_is_int(value) and value > 0):
@@ -371,10 +367,8 @@ def positive_int_or(*choices, described: str | None = None):
 
 def stages(label: str, what: str, value) -> tuple[int, ...]:
     """A non-empty sequence of positive ints (per-stage widths), returned as a tuple."""
-    values = tuple(value) if isinstance(value, (list, tuple)) else ()
-    if not values or not all(_is_int(v) and v > 0 for v in values):
-        raise ValueError(f"{label}: {what} must be a non-empty sequence of positive integers, got {value!r}")
-    return values
+    return tuple(satisfies(lambda v: isinstance(v, (list, tuple)) and v and all(_is_int(i) and i > 0 for i in v),
+                           "a non-empty sequence of positive integers")(label, what, value))
 
 
 def jnn_layer(label: str, what: str, value):
@@ -384,9 +378,8 @@ def jnn_layer(label: str, what: str, value):
 
 def key_for(label: str, needed: bool, key, what: str = "dropout") -> None:
     """A layer that draws randomness in training (``needed``) must be given a PRNG key."""
-    if needed and key is None:
-        raise ValueError(f"{label}: train=True with {what} needs a PRNG key: call "
-                         f"apply(..., key=jax.random.key(0), train=True)")
+    require(not needed or key is not None, label,
+            f"train=True with {what} needs a PRNG key: call apply(..., key=jax.random.key(0), train=True)")
 
 
 def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: str = ""):
@@ -439,8 +432,7 @@ def float_dtype(label: str, what: str, value):
 
 
 def window(max_rank: int | None = 3):
-    """A kernel or window size: a non-empty tuple of positive ints, one per spatial axis (an int
-    is refused, so the spatial rank is never guessed)."""
+    """A kernel or window size: a tuple of positive ints, one per spatial axis (never an int)."""
     def rule(label, what, value):
         if _is_int(value):
             raise ValueError(f"{label}: {what} must be a tuple with one entry per spatial axis, e.g. "
@@ -458,8 +450,7 @@ def window(max_rank: int | None = 3):
 
 
 def padding(label: str, what: str, value, rank: int) -> str | tuple[tuple[int, int], ...]:
-    """``"SAME"``, ``"VALID"`` (any case, returned upper-case) or ``rank`` pairs ``(lo, hi)`` of
-    non-negative ints (one per spatial axis)."""
+    """``"SAME"``, ``"VALID"`` (any case; returned upper-case) or ``rank`` pairs ``(lo, hi)`` of ints >= 0."""
     if isinstance(value, str):
         if value.upper() not in ("SAME", "VALID"):
             raise ValueError(f"{label}: {what} must be 'SAME', 'VALID' or a sequence of {rank} (lo, hi) pairs, "
@@ -477,8 +468,7 @@ def padding(label: str, what: str, value, rank: int) -> str | tuple[tuple[int, i
 
 def layer_input(label: str, x, expected: str = "", *, ndim: int | None = None, min_ndim: int = 0,
                 floating: bool = False) -> None:
-    """A layer's input check: ``ndim`` axes exactly (or at least ``min_ndim``), and a floating
-    dtype if ``floating``; the message says what was ``expected`` ("a sequence [B, T, F]")."""
+    """An input of ``ndim`` axes (or at least ``min_ndim``), floating if ``floating``, as ``expected``."""
     if len(x.shape) < min_ndim or ndim is not None and len(x.shape) != ndim:
         raise ValueError(f"{label}: expected {expected}, got shape {tuple(x.shape)}")
     if floating and not jnp.issubdtype(x.dtype, jnp.floating):
@@ -486,16 +476,14 @@ def layer_input(label: str, x, expected: str = "", *, ndim: int | None = None, m
 
 
 def last_axis(label: str, x, size: int | None, what: str = "") -> None:
-    """The input's last axis must hold ``size`` entries (the size the layer was initialized with;
-    ``None``: any size, but there must be a last axis). ``what`` says what it holds."""
+    """The input's last axis must hold ``size`` entries, the size it was initialized with (``None``: any)."""
     if len(x.shape) < 1 or size is not None and x.shape[-1] != size:
         raise ValueError(f"{label}: expected input of shape [..., {size or 'F'}] ({what}the size it was initialized "
                          f"with), got {tuple(x.shape)}")
 
 
 def window_input(label: str, shape, window, dilation, padding, what: str = "kernel") -> None:
-    """A conv or pooling input ``[B, *spatial, C]``, one spatial axis per ``window`` entry, that
-    (for ``"VALID"`` or explicit padding) holds the dilated window; ``what``: "kernel" or "window"."""
+    """A conv or pooling input ``[B, *spatial, C]`` whose padded spatial axes hold the dilated window."""
     rank = len(window)
     if len(shape) != rank + 2:
         want = ("[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]")[rank - 1] if rank <= 3 else \
@@ -517,8 +505,7 @@ def divisible(label: str, what: str, value: int, by_what: str, by: int, context:
 
 
 def batch_axes(label: str, what: str, value, ndim: int) -> tuple[int, ...]:
-    """The axes ``value`` (ints, negative ones counted from the end) of an input with ``ndim`` axes,
-    sorted and non-negative: distinct, in range, and including the batch axis 0."""
+    """Distinct axes ``value`` of an ``ndim``-axis input, including the batch axis 0, sorted, >= 0."""
     if not all(-ndim <= a < ndim for a in value):
         raise ValueError(f"{label}: {what} {value} out of range for an input with {ndim} axes")
     resolved = tuple(sorted(a % ndim for a in value))
@@ -529,8 +516,7 @@ def batch_axes(label: str, what: str, value, ndim: int) -> tuple[int, ...]:
 
 
 def sequence_input(label: str, x, max_len: int | None = None, width: int | None = None) -> None:
-    """A float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width`` (the width the layer
-    was initialized with), each when given."""
+    """A float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width``, each when given."""
     layer_input(label, x, "a sequence [B, T, F]", ndim=3, floating=True)
     if max_len is not None and x.shape[1] > max_len:
         raise ValueError(f"{label}: expected at most max_len={max_len} positions, got a sequence of length "
@@ -595,31 +581,27 @@ def require(ok, label: str, message: str, error: type[Exception] = ValueError) -
 
 
 def width(label: str, x, size: int, shape: str = "[B, T, {}]", what: str = "width") -> None:
-    """The input's last axis must hold ``size`` entries, the ``what`` the layer was initialized
-    with; ``shape`` is the expected shape with ``{}`` for ``size``."""
+    """The input's last axis must hold ``size``, the ``what`` it was initialized with (``shape``: "[B, T, {}]")."""
     if x.shape[-1] != size:
         raise ValueError(f"{label}: expected input of shape {shape.format(size)} (the {what} it was initialized "
                          f"with), got {tuple(x.shape)}")
 
 
 def float_array(label: str, x, rank: int, expected: str, width: int | None = None) -> None:
-    """``x`` must be a floating-point array of ``rank`` axes (and last axis ``width`` if given);
-    the message says what was ``expected`` ("sequence [B, T, F]") and the dtype and shape that came."""
+    """A floating-point array of ``rank`` axes (and last axis ``width`` if given), as ``expected``."""
     if len(x.shape) != rank or not jnp.issubdtype(x.dtype, jnp.floating) or width not in (None, x.shape[-1]):
         raise ValueError(f"{label}: expected a floating-point {expected}, got "
                          f"{jnp.dtype(x.dtype).name}{list(x.shape)}")
 
 
 def float_sequence(label: str, x, width: int | None = None) -> None:
-    """A floating-point sequence ``[B, T, F]``, with ``F == width`` (the width the layer was
-    initialized with) when given."""
+    """A floating-point sequence ``[B, T, F]``, with ``F == width`` when given."""
     float_array(label, x, 3, "sequence [B, T, F]")
     sequence_input(label, x, width=width)
 
 
 def copies(label: str, copies) -> list:
-    """The values of a non-empty dict keyed ``"<kind>_<i>"`` for ``i`` in ``0..n-1``, in that order
-    (copies of one layer's params: they must share one tree structure)."""
+    """The values of a dict keyed ``"<kind>_<i>"``, ``i = 0..n-1``, in order, all of one tree structure."""
     import re
     if not isinstance(copies, dict) or not copies:
         raise ValueError(f"{label}: expected a non-empty dict of copies, got {copies!r:.80}")
@@ -693,8 +675,7 @@ def all_of(*rules):
 
 
 def bounds_space(label: str, what: str, space) -> tuple:
-    """A search space ``{name: (low, high)}`` or ``{name: (low, high, 'log')}`` as sorted
-    ``((name, (low, high, log)), ...)``; that normalized form is accepted too."""
+    """A space ``{name: (low, high[, 'log'])}`` (or its result) as sorted ``((name, (low, high, log)), ...)``."""
     import math
     from collections.abc import Mapping
     if isinstance(space, Mapping):
@@ -723,8 +704,7 @@ def bounds_space(label: str, what: str, space) -> tuple:
 
 
 def member_arrays(label: str, what: str, value) -> dict:
-    """None or a dict ``{name: values [N]}`` of 1-D numeric arrays of one non-zero length ``N``
-    (one value per population member), as a dict of jax arrays."""
+    """None or ``{name: values [N]}``, 1-D numeric arrays of one length ``N > 0``, as jax arrays."""
     from collections.abc import Mapping
     instance_of(Mapping, type(None), described="a dict {name: array [N]}")(label, what, value)
     arrays = {name: jnp.asarray(v) for name, v in (value or {}).items()}
@@ -751,8 +731,7 @@ def declare_as(label: str, **rules):
 
 
 def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
-    """Each name of a :func:`bounds_space` needs a float array in ``arrays`` whose values lie
-    within its bounds (compared in the array's dtype; NaN passes)."""
+    """Each name of a :func:`bounds_space` has a float array in ``arrays`` within its bounds (NaN passes)."""
     for name, (low, high, _) in space:
         if name not in arrays or not jnp.issubdtype(arrays[name].dtype, jnp.floating):
             raise ValueError(f"{label}: PBT explores {name!r}, so {what} needs a float array for it; "
@@ -766,8 +745,7 @@ def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
 
 
 def examples(label: str, x, y) -> None:
-    """``x`` and ``y`` (arrays or pytrees of them) each hold at least one array, and every array
-    holds the same number of examples on its first axis."""
+    """``x`` and ``y`` (pytrees) each hold arrays, all with one number of examples on the first axis."""
     leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
               for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
     if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
@@ -784,8 +762,7 @@ def examples(label: str, x, y) -> None:
 
 
 def key_batch(label: str, what: str, key, n: int | None):
-    """A batch of typed PRNG keys: ``split(key, n)`` for one key (typed or legacy uint32[2]), or the
-    given batch of ``n`` keys (any ``N`` when ``n`` is None)."""
+    """Typed keys: ``split(key, n)`` for one key, or the given batch of ``n`` keys (any when ``n`` is None)."""
     key = key if isinstance(key, jax.Array) else jnp.asarray(key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.dtype != jnp.uint32 or key.ndim not in (1, 2) or key.shape[-1] != 2:
@@ -804,8 +781,7 @@ def key_batch(label: str, what: str, key, n: int | None):
 
 
 def logged_metric(label: str, what: str, name, names, note: str = "") -> None:
-    """``name`` must be among the logged metric ``names``; ``what`` says who wants it
-    (``"monitor"``, or ``"early_stopping monitors"``: then ", which" joins the message)."""
+    """``name`` must be among the logged metric ``names``; ``what`` says who wants it."""
     if name not in names:
         which = ", which" if what.endswith("monitors") else ""
         raise ValueError(f"{label}: {what} {name!r}{which} is not among the logged metrics {sorted(set(names))}{note}")
@@ -830,8 +806,7 @@ def writable_directory(label: str, directory) -> None:
 
 
 def new_file(label: str, what: str, path, suffixes: tuple):
-    """``path`` as a ``pathlib.Path`` to a file that does not exist yet, ends in one of
-    ``suffixes`` and can be written (its nearest existing folder is a writable directory)."""
+    """``path`` as a ``pathlib.Path`` to a new, writable file ending in one of ``suffixes``."""
     import os
     import pathlib
     file = pathlib.Path(os.fspath(path))
@@ -848,8 +823,7 @@ def new_file(label: str, what: str, path, suffixes: tuple):
 
 
 def like_tree(label: str, what: str, tree, expected) -> None:
-    """``tree`` has the structure of ``expected`` and its leaves have the same shapes (the given
-    ``what``, e.g. params, against the model's own)."""
+    """``tree`` (the given ``what``) has the structure and leaf shapes of ``expected``."""
     paths = lambda t: [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(t)]
     if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(expected):
         missing, extra = sorted(set(paths(expected)) - set(paths(tree))), sorted(set(paths(tree)) - set(paths(expected)))
@@ -862,8 +836,7 @@ def like_tree(label: str, what: str, tree, expected) -> None:
 
 
 def loss_result(result, reserved=()) -> tuple:
-    """A loss's return value as ``(scalar, logs dict)``: a scalar, or a pair ``(scalar, {name:
-    scalar})`` whose names are not ``"loss"`` nor in ``reserved`` (the metrics' names)."""
+    """A loss's scalar or ``(scalar, {name: scalar})`` as a pair; names not "loss" nor ``reserved``."""
     from collections.abc import Mapping
     if not isinstance(result, tuple):
         return result, {}
@@ -888,8 +861,7 @@ def split_fraction(label: str, what: str, value, n: int) -> None:
 
 
 def callbacks(label: str, items, *, population: bool = False) -> None:
-    """Per-epoch callbacks: functions ``(epoch, train_state, logs)`` or objects with
-    ``on_epoch_end``; for a population, objects with ``on_population_epoch_end``."""
+    """Callbacks: functions or ``on_epoch_end`` objects (a population's: ``on_population_epoch_end``)."""
     for cb in items:
         if not population and not (callable(cb) or hasattr(cb, "on_epoch_end")):
             raise TypeError(f"{label}: each callback must be a function (epoch, train_state, logs) or have an "
@@ -900,8 +872,7 @@ def callbacks(label: str, items, *, population: bool = False) -> None:
 
 
 def like_first_batch(label: str, at: str, names: list, spec: tuple, first: tuple) -> None:
-    """A streamed batch (``at`` says which; ``spec = (treedef, [(shape, dtype)] per leaf named
-    by names)``) has the first batch's structure, shapes and dtypes."""
+    """A streamed batch's ``spec = (treedef, [(shape, dtype)])`` is the first batch's (``first``)."""
     if spec[0] != first[0]:
         raise ValueError(f"{label}: {at} has the structure {spec[0]}, the first batch had {first[0]}; every "
                          f"batch must have the same structure")

@@ -48,8 +48,7 @@ def _signature(tree) -> tuple:
 
 class AutoEpoch:
     """``epoch(hparams, states, active, data, shared_order_fn) -> (states, logs, execution)`` over
-    ``jitted_epoch(program, hparams, states, active, data, order)`` (``program`` static, its
-    ``chunk_size`` set per candidate), measuring ``options`` in turn."""
+    ``jitted_epoch(program, ...)``, measuring ``options`` (chunk sizes, orders) in turn."""
 
     def __init__(self, jitted_epoch: Callable, program, options: list[Execution]):
         self.jitted_epoch, self.program, self.options = jitted_epoch, program, list(options)

@@ -73,18 +73,11 @@ def _listing(items: list[str], sep: str = ", ", limit: int = 20) -> str:
 
 
 def _mismatch(saved: dict[str, list], expected: dict[str, list]) -> list[str]:
-    missing = [p for p in expected if p not in saved]
-    unexpected = [p for p in saved if p not in expected]
-    shapes = [f"{p}: checkpoint {tuple(saved[p][0])} vs template {tuple(expected[p][0])}"
-              for p in expected if p in saved and saved[p][0] != expected[p][0]]
-    lines = []
-    if missing:
-        lines.append("missing from the checkpoint (in the template only): " + _listing(missing))
-    if unexpected:
-        lines.append("unexpected in the checkpoint (not in the template): " + _listing(unexpected))
-    if shapes:
-        lines.append("shape mismatch: " + _listing(shapes, "; "))
-    return lines
+    found = [("missing from the checkpoint (in the template only): ", [p for p in expected if p not in saved], ", "),
+             ("unexpected in the checkpoint (not in the template): ", [p for p in saved if p not in expected], ", "),
+             ("shape mismatch: ", [f"{p}: checkpoint {tuple(saved[p][0])} vs template {tuple(expected[p][0])}"
+                                   for p in expected if p in saved and saved[p][0] != expected[p][0]], "; ")]
+    return [title + _listing(items, sep) for title, items, sep in found if items]
 
 
 def _as_step(where: str, step) -> int:
@@ -168,11 +161,8 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
         tree = _saveable(train_state)
         meta = {
-            "format": _FORMAT,
-            "step": step,
+            "format": _FORMAT, "step": step, "logs": logs, "config": self.config if config is None else config,
             "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": self.config if config is None else config,
-            "logs": logs,
             "versions": {name: _version(dist) for name, dist in
                          (("jnn", "jnn"), ("jax", "jax"), ("jaxlib", "jaxlib"), ("optax", "optax"),
                           ("orbax", "orbax-checkpoint"), ("numpy", "numpy"))},
@@ -204,8 +194,7 @@ class Checkpointer:
 
     @checks.declare_as("Checkpointer.every_steps", every=checks.optional(checks.positive_int), resume=checks.flag)
     def every_steps(self, every: int | None = None, *, resume: bool = False) -> "StepCheckpoints":
-        """``fit``'s ``checkpoint=`` for a stream: save every ``every`` optimizer steps (mid-epoch
-        included), and with ``resume`` continue from the latest save."""
+        """A stream ``fit``'s ``checkpoint=``: save every ``every`` steps; ``resume`` from the latest."""
         return StepCheckpoints(self, every, resume)
 
     def read_meta(self, step: int | None = None) -> dict:
@@ -220,8 +209,7 @@ class Checkpointer:
 
     def restore(self, template, step: int | None = None) -> tuple[Any, dict]:
         """``(train_state, meta)`` of checkpoint ``step`` (default: the latest), restored into
-        ``template``'s structure, dtypes and shardings (e.g. a fresh ``init_train_state`` or its
-        ``jax.eval_shape``; values unused). A tree mismatch raises, listing the paths at fault."""
+        ``template``'s structure, dtypes and shardings (its values unused); mismatches raise."""
         step = self._resolve(step, "restore")
         meta = self.read_meta(step)
         abstract = jax.eval_shape(_saveable, template)
@@ -251,8 +239,7 @@ class Checkpointer:
     @checks.declare_as("Checkpointer.restore_params", like=checks.optional(checks.kind(
         lambda v: isinstance(v, (tuple, list)) and len(v) == 2, "a (params, state) pair")))
     def restore_params(self, step: int | None = None, *, like=None) -> tuple[Any, Any]:
-        """Only ``(params, state)`` of checkpoint ``step`` (default: the latest), with no template;
-        ``like``, a ``(params, state)`` template, fixes their paths, shapes and dtypes."""
+        """``(params, state)`` of checkpoint ``step`` (default: the latest), shaped like ``like`` if given."""
         from jnn import io as _io
         step = self._resolve(step, "restore_params")
         self.read_meta(step)  # a jnn checkpoint?

@@ -1,14 +1,6 @@
 """XLA compiler options for training programs: on CPU, convolutions compiled multi-threaded by
 XLA rather than single-threaded by YNNPACK (benchmarks/RESULTS.md, "CNN on CPU"). jnn's own
 jitted steps and epochs use them; pass them to your own ``jax.jit`` for the same programs.
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> layer = jnn.conv(4, (3, 3))
-  >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
-  >>> apply = jax.jit(layer.apply, compiler_options=jnn.train.compiler_options())
-  >>> apply(params, state, jnp.ones((2, 8, 8, 3)))[0].shape
-  (2, 8, 8, 4)
 """
 from __future__ import annotations
 
@@ -28,9 +20,12 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     ``{}`` off CPU or where this jaxlib does not know the option.
 
     Example:
-      >>> import jnn
-      >>> jnn.train.compiler_options("gpu")
-      {}
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> layer = jnn.conv(4, (3, 3))
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+      >>> apply = jax.jit(layer.apply, compiler_options=jnn.train.compiler_options())
+      >>> apply(params, state, jnp.ones((2, 8, 8, 3)))[0].shape, jnn.train.compiler_options("gpu")
+      ((2, 8, 8, 4), {})
     """
     if (backend or jax.default_backend()) != "cpu" or not _cpu_accepts():
         return {}
@@ -38,8 +33,7 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 
 
 def jit_outermost(fn):
-    """``jax.jit(fn, compiler_options=compiler_options())``, or plain ``jax.jit(fn)`` when called
-    under an outer trace (where JAX accepts no compiler options)."""
+    """``jax.jit(fn, compiler_options=compiler_options())``; plain ``jax.jit(fn)`` under an outer trace."""
     fast, plain = jax.jit(fn, compiler_options=compiler_options()), jax.jit(fn)
 
     def call(*args):

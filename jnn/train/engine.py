@@ -37,11 +37,9 @@ class Data(NamedTuple):
 
     Example:
       >>> import jax, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> batches = [(x, y)] * 3                                          # a stream of 3 batches
-      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(iter(batches * 2),
-      ...                        steps_per_epoch=3, check=False), key=jax.random.key(0), epochs=2, metrics={},
-      ...                        progress=False, verbose=False)
+      >>> data = jnn.train.Data(iter([jnn.data.xor()] * 6), steps_per_epoch=3, check=False)   # a stream of 6 batches
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), data, key=jax.random.key(0), epochs=2,
+      ...                        metrics={}, progress=False, verbose=False)
       >>> int(result.train_state.step)
       6
     """
@@ -99,8 +97,7 @@ class NonFinite(Callback):
         return None
 
     def handle(self, where: str, epoch: int, state, history, row: dict, bad, replay) -> Any:
-        """Reports epoch ``epoch``'s non-finite ``row`` (members ``bad``), then raises or warns;
-        ``replay(members)`` gives the reports. Returns the report(s)."""
+        """Raises or warns about non-finite ``row`` (members ``bad``); returns ``replay``'s reports."""
         if bad.ndim == 0:
             report = replay(None) if self.debug else None
             names = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -141,8 +138,7 @@ CALLBACK_RULES = dict(callbacks=checks.instance_of(list, tuple, described="a lis
 
 
 def with_early_stopping(where: str, callbacks, early_stopping):
-    """``callbacks`` (see :data:`CALLBACK_RULES`) with ``early_stopping`` added, and the run's one
-    :class:`EarlyStopping` (or None)."""
+    """``callbacks`` with ``early_stopping`` added, and the run's one :class:`EarlyStopping` (or None)."""
     callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
     stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
     checks.at_most_one(where, "EarlyStopping", stoppers, " (in callbacks and early_stopping together)")
@@ -171,34 +167,27 @@ def split_validation(x, y, fraction: float, key):
 
 def prepare(where: str, train_data, val_data, val_split, split_key, *, batch_size, eval_batch_size,
             first_batch=None):
-    """Checks ``(x, y)`` (or a stream's ``first_batch``), splits off ``val_split`` and checks
-    ``val_data``: returns ``(x, y), val_data``. A stream's ``val_data`` passes unchecked."""
+    """``(x, y), val_data``, checked (a stream: its ``first_batch``), ``val_split`` held out."""
     x, y = check_pair(f"{where} train_data" + (" (first batch)" if first_batch is not None else ""),
                       train_data if first_batch is None else first_batch)
     guard.check_fit_args(where, x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split)
     (x, y), val_data = hold_out(where, (x, y), val_data, val_split, split_key)
-    if val_data is not None and not _is_stream(val_data):
+    from jnn.train.stream import is_stream
+    if val_data is not None and not is_stream(val_data):
         val_data = check_pair(f"{where} val_data", val_data)
     return (x, y), val_data
 
 
 def hold_out(where: str, train_data, val_data, val_split, key):
-    """``(train_data, val_data)`` with ``val_split`` of ``train_data`` held out for validation
-    (shuffled with ``key``); unchanged without ``val_split``."""
+    """``(train_data, val_data)`` with ``val_split`` of ``train_data`` held out (shuffled by ``key``)."""
     checks.require(val_data is None or not val_split, where, "pass either val_data or val_split, not both")
     if not val_split:
         return train_data, val_data
     return split_validation(*check_pair(f"{where} train_data", train_data), val_split, key)
 
 
-def _is_stream(data) -> bool:
-    from jnn.train.stream import is_stream
-    return is_stream(data)
-
-
 def learning_rate(opt_state):
-    """The current learning rate (``[N]`` for a population) when the optimizer was built with
-    ``optax.inject_hyperparams``, else None."""
+    """The learning rate ``optax.inject_hyperparams`` keeps (``[N]`` for a population), else None."""
     for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
         if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
             return leaf.hyperparams["learning_rate"]
@@ -243,8 +232,7 @@ class Outcome(NamedTuple):
 
 
 class _Book:
-    """The history: ``{name: [values]}`` (with ``"epoch"``) for one run, ``{name: [epochs, N]}``
-    (NaN where a member did not train) for a population."""
+    """The history: ``{name: [values]}`` for one run, ``{name: [epochs, N]}`` (NaN: not trained)."""
 
     def __init__(self, epochs: int, members: int | None, history: dict | None, names=()):
         self.epochs, self.members = epochs, members
@@ -271,14 +259,10 @@ class _Book:
 def run_epochs(where: str, ts, epoch_fn, *, epochs: int, callbacks: CallbackList, policy: NonFinite,
                initial_epoch: int = 0, members: int | None = None, history: dict | None = None, names=(),
                verbose: bool = False, progress: bool = False, replay=None, describe=None) -> Outcome:
-    """Runs epochs ``initial_epoch + 1 .. epochs`` of ``epoch_fn(ts, epoch, trained) -> (ts, logs)``.
-
-    After each epoch: the logs join the history (``time`` added for one run), one line is
-    printed (``verbose``; a population's line is ``describe(epoch, history, trained)``), a
-    non-finite epoch reverts the failing run or members to their last finite state and goes to
-    ``policy``, and ``callbacks`` run; a callback returning True (or a bool ``[N]``) stops the
-    run (those members). ``members``: the population size, or None for one run.
-    """
+    """Runs epochs ``initial_epoch + 1 .. epochs`` of ``epoch_fn(ts, epoch, trained) -> (ts, logs)``
+    for one run or ``members`` of a population: history, a ``verbose`` line (a population's from
+    ``describe``), a non-finite epoch reverted and handed to ``policy``, then the ``callbacks``
+    (True, or a bool ``[N]``, stops the run or those members)."""
     shape = () if members is None else (members,)
     book = _Book(epochs, members, history, names)
     active, stopped = np.ones(shape, bool), np.zeros(shape, bool)

@@ -33,10 +33,9 @@ class NonFiniteError(FloatingPointError):
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
       >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
       >>> try:
-      ...     jnn.train.fit(jnn.dense(1), nan_loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2,
+      ...     jnn.train.fit(jnn.dense(1), nan_loss, optax.sgd(0.1), jnn.data.xor(), key=jax.random.key(0), epochs=2,
       ...                   batch_size=4, metrics={}, progress=False, verbose=False)
       ... except jnn.train.NonFiniteError as e:
       ...     print(e.epoch, int(e.train_state.step), e.report)
@@ -74,10 +73,6 @@ _PARTS = {   # what: (test, what it must be, how a wrong value is described); al
 }
 
 
-def _part(test, need: str, described=_typename):
-    return checks.satisfies(test, need, TypeError, described)
-
-
 def _metric_functions(label, what, value):
     bad = [(name, fn) for name, fn in (value or {}).items() if not isinstance(name, str) or not callable(fn)]
     if bad:
@@ -103,7 +98,7 @@ def prng_key(label: str, what: str, key):
 
 
 #: Rules (for :func:`jnn._checks.declare`) of the training recipe's parts; all raise TypeErrors.
-PARTS = {what: _part(*spec) for what, spec in _PARTS.items()}
+PARTS = {what: checks.satisfies(test, need, TypeError, shown) for what, (test, need, shown) in _PARTS.items()}
 PARTS["metrics"] = checks.all_of(PARTS["metrics"], _metric_functions)
 
 
@@ -139,9 +134,8 @@ def _example_shapes(tree):
 
 def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, val_data,
                    early_stopping, logs_lr: bool, data_check=None) -> None:
-    """Traces (never runs) one train step and the evaluation: wrong validation widths and unlogged
-    early-stopping metrics fail before the first step. ``data_check = (out, loss, metrics)``
-    also checks the data's values eagerly."""
+    """Traces (never runs) a train step and the evaluation, so misfits fail before the first step;
+    ``data_check = (out, loss, metrics)`` also checks the data's values."""
     x, y = train_data
     batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), (x, y))
 
@@ -160,8 +154,7 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
 
 
 def check_val_data(where: str, train_data, val_data, trace, alone=None):
-    """Validation examples must have the training examples' shapes and ``trace(val_spec)`` must
-    succeed (its result is returned); on failure ``alone()`` runs first, to raise its own fault."""
+    """``trace(val_spec)`` for val examples shaped like the training ones (on failure, ``alone()`` first)."""
     (x, y), (vx, vy) = train_data, val_data
     for what, v, t in (("x", vx, x), ("y", vy, y)):
         if _example_shapes(v) != _example_shapes(t):
@@ -218,8 +211,7 @@ def check_features(where: str, what: str, x) -> None:
 
 
 def check_labels(where: str, what: str, out, loss, metrics, y) -> None:
-    """Labels ``y`` the loss or a metric rejects raise here, naming it: each is traced
-    (``jax.eval_shape``) on placeholder outputs shaped like ``out`` with the concrete ``y``."""
+    """Labels ``y`` the loss or a metric rejects (traced on outputs shaped like ``out``) raise here."""
     if not (isinstance(out, jax.ShapeDtypeStruct) and hasattr(y, "shape")):
         return  # several outputs or targets: the loss decides what they mean; nothing to probe
     placeholder = jax.ShapeDtypeStruct((len(y), *out.shape[1:]), jax.numpy.float32)

@@ -67,10 +67,6 @@ def _stack_host(arrays) -> np.ndarray:
     return np.stack(arrays)
 
 
-def _leaf_names(batch) -> list[str]:
-    return ["batch" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(batch)]
-
-
 class Feed:
     """Batches of ``data`` on the device, ``prefetch`` pieces ahead; a piece is one batch or a chunk
     of batches stacked on a new leading axis, as :meth:`start_epoch`'s plan says (with a ``mesh``:
@@ -135,10 +131,9 @@ class Feed:
         return batch, self._get_state()
 
     def _check(self, batch, epoch: int, index: int):
-        spec = _spec(batch)
-        if spec == self.spec:
-            return
-        checks.like_first_batch(self.where, f"batch {index} of epoch {epoch}", _leaf_names(batch), spec, self.spec)
+        if (spec := _spec(batch)) != self.spec:
+            names = ["batch" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(batch)]
+            checks.like_first_batch(self.where, f"batch {index} of epoch {epoch}", names, spec, self.spec)
 
     def _put(self, batch):
         if self.mesh is not None:   # processes compare their batch sizes once (a collective), not every step
@@ -212,10 +207,6 @@ class Feed:
         self.first, self.state, self._positioned = None, state, True
 
 
-def _json_state(state):
-    return state.decode() if isinstance(state, bytes) else state
-
-
 class StreamEpochs:
     """``fit``'s epoch function over a :class:`Feed`: ``(train_state, _) -> (train_state, mean
     metrics)``, saving a resumable checkpoint every ``checkpoint_every`` optimizer steps. ``chunk``
@@ -270,8 +261,7 @@ class StreamEpochs:
         return ts
 
     def _plan(self, start: int, step: int) -> list[int]:
-        """The epoch's pieces from batch ``start`` at step ``step``: chunks, single batches where
-        fewer are left before the epoch's end or the next checkpoint."""
+        """The epoch's piece sizes from batch ``start`` at step ``step``, stopping at each checkpoint."""
         sizes, index, n = [], start, self.feed.steps_per_epoch
         while index < n:
             size = min(self.chunk, n - index, self.every - step % self.every if self.every else n)
@@ -282,7 +272,8 @@ class StreamEpochs:
     def _save(self, ts, index: int) -> None:
         totals = jax.tree_util.tree_map(float, jax.device_get(self.totals))
         progress = {"epoch": self.epoch, "step_in_epoch": index, "totals": totals, "history": self.history}
-        self.checkpoint.save(int(ts.step), ts, data_state=_json_state(self.feed.state), progress=progress)
+        state = self.feed.state.decode() if isinstance(self.feed.state, bytes) else self.feed.state
+        self.checkpoint.save(int(ts.step), ts, data_state=state, progress=progress)
 
     def __call__(self, ts, _data=None):
         self.epoch += 1
@@ -312,9 +303,9 @@ class StreamEvaluation:
       >>> model = jnn.dense(1)
       >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 2)))
       >>> x, y = np.ones((5, 2), np.float32), np.zeros((5, 1), np.float32)
-      >>> evaluate = StreamEvaluation(jnn.train.make_eval_fn(model, jnn.losses.mse))
-      >>> whole = jnn.train.make_eval_fn(model, jnn.losses.mse)(params, state, (x, y))["loss"]
-      >>> bool(jnp.isclose(evaluate(params, state, [(x[:2], y[:2]), (x[2:4], y[2:4]), (x[4:], y[4:])])["loss"], whole))
+      >>> eval_fn = jnn.train.make_eval_fn(model, jnn.losses.mse)
+      >>> streamed = StreamEvaluation(eval_fn)(params, state, [(x[:2], y[:2]), (x[2:4], y[2:4]), (x[4:], y[4:])])
+      >>> bool(jnp.isclose(streamed["loss"], eval_fn(params, state, (x, y))["loss"]))
       True
     """
 
