@@ -643,13 +643,12 @@ def records(label: str, what: str, value) -> list[dict]:
     if isinstance(value, (Mapping, str)) or not isinstance(value, Iterable):
         raise TypeError(f"{label}: {what} must be a list of dicts (one per member), got {type(value).__name__}")
     value = list(value)
+    if not value:
+        raise ValueError(f"{label}: {what} is empty")
     for i, v in enumerate(value):
         if not isinstance(v, Mapping):
             raise TypeError(f"{label}: {what} must be a list of dicts (one per member); config {i} is a "
                             f"{type(v).__name__}")
-    if not value:
-        raise ValueError(f"{label}: {what} is empty")
-    for i, v in enumerate(value):
         if set(v) != set(value[0]):
             raise ValueError(f"{label}: every config needs the same fields; config 0 has {sorted(value[0])}, "
                              f"config {i} has {sorted(v)}")
@@ -732,7 +731,7 @@ def declare_as(label: str, **rules):
 
 def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
     """Each name of a :func:`bounds_space` has a float array in ``arrays`` within its bounds (NaN passes)."""
-    for name, (low, high, _) in space:
+    for name, _ in space:
         if name not in arrays or not jnp.issubdtype(arrays[name].dtype, jnp.floating):
             raise ValueError(f"{label}: PBT explores {name!r}, so {what} needs a float array for it; "
                              f"got {what} {sorted(arrays)}")

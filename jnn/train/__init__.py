@@ -1,12 +1,4 @@
-"""Training: a TrainState pytree, pure train/eval steps, and ``fit``.
-
-Example:
-  >>> import jax, optax, jnn
-  >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.data.xor(), key=jax.random.key(0),
-  ...                        epochs=3, batch_size=4, metrics={}, verbose=False, progress=False)
-  >>> len(result.history["loss"])
-  3
-"""
+"""Training: a TrainState pytree, pure train/eval steps, ``fit`` and the tools around it."""
 from jnn.train import callbacks
 from jnn.train.checkpoint import Checkpointer
 from jnn.train.compiler import compiler_options

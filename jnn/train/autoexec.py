@@ -1,7 +1,6 @@
 """The population epoch's execution chosen by measurement: each candidate (chunk size, shared
-batch order) trains :data:`ROUNDS` real epochs in turn, timed, and the quickest is kept. Each is
-compiled once, ahead of time; a later run with the same program and shapes reuses the choice
-(:data:`CHOICES`).
+batch order), compiled once, trains :data:`ROUNDS` timed epochs in turn; the quickest is kept,
+and reused by later runs of the same program and shapes (:data:`CHOICES`).
 """
 from __future__ import annotations
 

@@ -61,12 +61,10 @@ class Start(NamedTuple):
 
     Example:
       >>> import jax, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> run = lambda epochs, start=None: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y),
+      >>> run = lambda epochs, start=None: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.data.xor(),
       ...     key=jax.random.key(0), epochs=epochs, batch_size=4, metrics={}, progress=False, verbose=False,
       ...     train_state=start)
-      >>> first = run(1)
-      >>> rest = run(3, jnn.train.Start(first.train_state, epoch=1))      # epochs 2 and 3
+      >>> rest = run(3, jnn.train.Start(run(1).train_state, epoch=1))      # epochs 2 and 3
       >>> rest.history["epoch"], bool((rest.train_state.params["w"] == run(3).train_state.params["w"]).all())
       ([2, 3], True)
     """

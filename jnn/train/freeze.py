@@ -1,14 +1,5 @@
 """Freeze parameters by path pattern (as in :mod:`jnn.tree`: ``"b"`` matches every leaf named
 ``b``, ``"dense_0/*"`` globs whole paths): exactly zero updates, no optimizer state, no decay.
-
-Example:
-  >>> import jax, jax.numpy as jnp, optax
-  >>> from jnn.train.freeze import freeze
-  >>> params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}, "dense_1": {"w": jnp.ones((2, 1))}}
-  >>> opt = freeze(optax.adamw(0.1, weight_decay=0.1), ["dense_0/*"])
-  >>> updates, _ = opt.update(jax.tree_util.tree_map(jnp.ones_like, params), opt.init(params), params)
-  >>> updates["dense_0"]["w"].tolist()
-  [[0.0, 0.0], [0.0, 0.0]]
 """
 from __future__ import annotations
 

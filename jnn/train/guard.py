@@ -25,11 +25,9 @@ class NonFiniteError(FloatingPointError):
 
     Attributes:
       epoch: the 1-based epoch whose metrics were non-finite.
-      train_state: the state after the last finite epoch (a population's: batched).
-      history: the history up to and including the failing epoch.
-      report: a :class:`jnn.train.NonFiniteReport` with ``NonFinite(debug=True)`` (a population's:
-        ``{member: report}``), else ``None``.
-      members: a population's failing members.
+      train_state, history: the state after the last finite epoch, the history up to the failing one.
+      report: with ``NonFinite(debug=True)``, a :class:`jnn.train.NonFiniteReport` (a population's:
+        ``{member: report}``); members: a population's failing members.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -202,11 +200,9 @@ def check_features(where: str, what: str, x) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(x):
         if not jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact):
             continue
-        finite = np.isfinite(np.asarray(leaf).reshape(len(leaf), -1)).all(axis=1)
-        if not finite.all():
-            rows = np.flatnonzero(~finite)
-            name = "x" + jax.tree_util.keystr(path)
-            raise ValueError(f"{where}: {what} {name} has non-finite values (NaN or Inf) in "
+        rows = np.flatnonzero(~np.isfinite(np.asarray(leaf).reshape(len(leaf), -1)).all(axis=1))
+        if len(rows):
+            raise ValueError(f"{where}: {what} x{jax.tree_util.keystr(path)} has non-finite values (NaN or Inf) in "
                              f"{len(rows)} example(s), first at index {int(rows[0])}; clean or drop them")
 
 

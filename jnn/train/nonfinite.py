@@ -27,8 +27,7 @@ class NonFiniteReport(NamedTuple):
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> (x, y), model, opt = jnn.data.xor(), jnn.dense(1), optax.sgd(0.1)
       >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:1])
       >>> report = jnn.train.find_nonfinite(model, lambda out, y: jnp.mean(out - y) * jnp.nan, opt, ts, (x, y),
       ...                                   batch_size=2)
@@ -91,16 +90,11 @@ def find_nonfinite(model, loss, optimizer, train_state, train_data, *, batch_siz
     or ``None``. Other arguments are as given to ``fit``.
 
     Example:
-      >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
-      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> import jax, optax, jnn
+      >>> (x, y), model, opt = jnn.data.xor(), jnn.dense(1), optax.sgd(0.1)
       >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:1])
-      >>> print(jnn.train.find_nonfinite(model, jnn.losses.mse, opt, ts, (x, y), batch_size=2))
+      >>> print(jnn.train.find_nonfinite(model, jnn.losses.mse, opt, ts, (x, y), batch_size=2))   # all finite
       None
-      >>> report = jnn.train.find_nonfinite(model, nan_loss, opt, ts, (x, y), batch_size=2)
-      >>> report.step, report.batch, report.kind, len(report.examples)
-      (0, 0, 'loss', 2)
     """
     x, y = (jnp.asarray(a) for a in train_data)
     step = jax.jit(make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer))

@@ -8,11 +8,10 @@ until training ends. A member never exploited trains exactly as it would without
 Example:
   >>> import jax, jax.numpy as jnp, optax, jnn
   >>> from jnn.train.pbt import PBT, fit_pbt
-  >>> x, y = jnn.data.xor()
   >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
   >>> make_opt = lambda hp: optax.inject_hyperparams(optax.sgd)(learning_rate=hp["lr"])
   >>> pbt = PBT(space={"lr": (1e-3, 1.0, "log")}, interval=5, monitor="loss")
-  >>> result = fit_pbt(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, (x, y),
+  >>> result = fit_pbt(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, jnn.data.xor(),
   ...                  hparams={"lr": jnp.array([1e-3, 1e-3, 0.3, 0.3])}, key=jax.random.key(0),
   ...                  pbt=pbt, epochs=20, batch_size=4, metrics={})
   >>> result.lineage.shape, bool(result.hparam_history["lr"].min() >= 1e-3)

@@ -1,7 +1,6 @@
-"""A random permutation without a sort, for epoch shuffles (XLA's CPU sort is slow, vmapped
-slower still): a keyed bijection of the ``b``-bit integers (``2**b >= n``), rounds of
-multiply-by-odd, xor-shift and add, with cycle walking until each index lands below ``n``; only
-elementwise integer arithmetic. :class:`IndexShuffle` is the same walk in NumPy at any positions.
+"""A random permutation without a sort (XLA's CPU sort is slow), for epoch shuffles: a keyed
+bijection of the ``b``-bit integers (``2**b >= n``) with cycle walking until each index lands
+below ``n``. :class:`IndexShuffle` is the same walk in NumPy at any positions.
 """
 from __future__ import annotations
 

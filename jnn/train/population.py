@@ -1,10 +1,8 @@
 """Population training: N models trained at once, vectorized with ``jax.vmap``, in one program.
 
-A member is a :class:`~jnn.train.TrainState` (its key is its seed) and a dict of scalar
-hyperparameters, passed traced to ``make_model(hp)`` and ``make_optimizer(hp)`` inside the vmap:
-whatever accepts a traced scalar can differ per member; shape-changing fields cannot
-(:func:`jnn.train.search` groups configs by them). A stopped member's state is frozen by
-``jnp.where`` on a per-member ``active`` flag, so nothing recompiles.
+A member is a :class:`~jnn.train.TrainState` and a dict of scalar hyperparameters, traced into
+``make_model(hp)`` and ``make_optimizer(hp)``: whatever accepts a traced scalar can differ per
+member (:func:`jnn.train.search` groups the rest). A stopped member's state is frozen by ``jnp.where``.
 """
 from __future__ import annotations
 
@@ -64,12 +62,10 @@ class PopulationResult(NamedTuple):
 
     Attributes:
       train_states: the members' final (or, with ``restore_best``, best) states, stacked ``[N, ...]``.
-      history: ``{name: [epochs, N]}`` for the loss, metrics, ``val_*`` and ``lr``; NaN after a
-        member stopped.
+      history: ``{name: [epochs, N]}`` (loss, metrics, ``val_*``, ``lr``); NaN once a member stopped.
       best_epoch: ``int [N]``, early stopping's best epoch (0: none), or ``None`` without it.
-      stopped_early, epochs_trained: ``bool [N]``, ``int [N]``.
+      stopped_early, epochs_trained, hparams: ``bool [N]``, ``int [N]``, ``{name: [N]}``.
       keys: ``[N]``; ``fit(..., key=keys[i])`` reproduces member ``i``.
-      hparams: ``{name: [N]}``.
       nonfinite_epoch: ``int [N]``, the epoch a member went non-finite (0: none).
       nonfinite_reports: ``{member: NonFiniteReport}`` with ``debug_nonfinite=True``.
 

@@ -215,8 +215,7 @@ class StreamEpochs:
 
     Example:
       >>> import jax, numpy as np, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> (x, y), model, opt = jnn.data.xor(), jnn.dense(1), optax.sgd(0.1)
       >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:2])
       >>> feed = Feed([(x[:2], y[:2]), (x[2:], y[2:])], None)
       >>> epochs = StreamEpochs(jnn.train.make_train_step(model, jnn.losses.mse, opt), feed, ts)
@@ -326,6 +325,5 @@ class StreamEvaluation:
             out = self.totals(params, state, x, y, np.arange(size) < n, step)
             sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
             count += n
-        if not count:
-            raise ValueError("fit: val_data yielded no batches")
+        checks.require(count, "fit", "val_data yielded no batches")
         return {k: v / count for k, v in sums.items()}

@@ -71,10 +71,9 @@ def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, t
 
     Example:
       >>> import jax, optax, jnn
-      >>> x, y = jnn.data.xor()
       >>> make_model = lambda hp: jnn.serial(jnn.dense(hp["width"]), jnn.tanh(), jnn.dense(1))
       >>> configs = [{"width": 4, "lr": 0.1}, {"width": 8, "lr": 0.1}, {"width": 4, "lr": 0.01}]
-      >>> results = jnn.train.search(make_model, jnn.losses.mse, lambda hp: optax.adam(hp["lr"]), (x, y),
+      >>> results = jnn.train.search(make_model, jnn.losses.mse, lambda hp: optax.adam(hp["lr"]), jnn.data.xor(),
       ...                            configs=configs, static=["width"], key=jax.random.key(0), epochs=2,
       ...                            batch_size=4, metrics={})
       >>> [r.hparams["width"] for r in results], [len(r.history["loss"]) for r in results]
