@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import numbers
+import os
+import pathlib
+import re
+from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -287,8 +292,7 @@ def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> No
 
 def float_labels_hint(label: str, logits, labels) -> None:
     """Float labels shaped like class ids (``logits.shape[:-1]``): say they must be integers."""
-    if not jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1] \
-            and labels.shape != logits.shape:
+    if not jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1]:
         raise ValueError(f"{label}: labels of shape {tuple(labels.shape)} are class ids, which must be integers; "
                          f"got {labels.dtype} (use labels.astype(int)), or pass one-hot labels of shape "
                          f"{tuple(logits.shape)}")
@@ -565,11 +569,9 @@ def is_real(value) -> bool:
 
 def integral(label: str, what: str, value) -> int:
     """An integer (Python or NumPy, or an integer scalar array) as a Python int; not a bool."""
-    ok = isinstance(value, (int, np.integer)) or (
-        hasattr(value, "dtype") and np.ndim(value) == 0 and np.issubdtype(value.dtype, np.integer))
-    if not ok or isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{label}: {what} must be a non-negative integer, got {value!r}")
-    return int(value)
+    ok = lambda v: not isinstance(v, (bool, np.bool_)) and (isinstance(v, (int, np.integer)) or (
+        hasattr(v, "dtype") and np.ndim(v) == 0 and np.issubdtype(v.dtype, np.integer)))
+    return int(satisfies(ok, "a non-negative integer")(label, what, value))
 
 
 # ---- rules added for layers 2 (attention, recurrent, repeat, transformer, remat) ----
@@ -602,7 +604,6 @@ def float_sequence(label: str, x, width: int | None = None) -> None:
 
 def copies(label: str, copies) -> list:
     """The values of a dict keyed ``"<kind>_<i>"``, ``i = 0..n-1``, in order, all of one tree structure."""
-    import re
     if not isinstance(copies, dict) or not copies:
         raise ValueError(f"{label}: expected a non-empty dict of copies, got {copies!r:.80}")
     index = {}
@@ -639,7 +640,6 @@ def kind(test, need: str):
 
 def records(label: str, what: str, value) -> list[dict]:
     """A non-empty list of dicts (one per member) that all have the same keys, as a list of dicts."""
-    from collections.abc import Iterable, Mapping
     if isinstance(value, (Mapping, str)) or not isinstance(value, Iterable):
         raise TypeError(f"{label}: {what} must be a list of dicts (one per member), got {type(value).__name__}")
     value = list(value)
@@ -675,8 +675,6 @@ def all_of(*rules):
 
 def bounds_space(label: str, what: str, space) -> tuple:
     """A space ``{name: (low, high[, 'log'])}`` (or its result) as sorted ``((name, (low, high, log)), ...)``."""
-    import math
-    from collections.abc import Mapping
     if isinstance(space, Mapping):
         items = list(space.items())
     elif isinstance(space, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2
@@ -704,7 +702,6 @@ def bounds_space(label: str, what: str, space) -> tuple:
 
 def member_arrays(label: str, what: str, value) -> dict:
     """None or ``{name: values [N]}``, 1-D numeric arrays of one length ``N > 0``, as jax arrays."""
-    from collections.abc import Mapping
     instance_of(Mapping, type(None), described="a dict {name: array [N]}")(label, what, value)
     arrays = {name: jnp.asarray(v) for name, v in (value or {}).items()}
     for name, v in arrays.items():
@@ -794,7 +791,6 @@ def at_most_one(label: str, what: str, items: list, note: str = "") -> None:
 
 def writable_directory(label: str, directory) -> None:
     """``directory`` exists or can be created: its nearest existing ancestor is a writable directory."""
-    import os
     existing = next(p for p in [directory, *directory.parents] if p.exists())
     if not existing.is_dir():
         raise NotADirectoryError(f"{label}: cannot use {str(directory)!r}: {str(existing)!r} is a file, "
@@ -806,8 +802,6 @@ def writable_directory(label: str, directory) -> None:
 
 def new_file(label: str, what: str, path, suffixes: tuple):
     """``path`` as a ``pathlib.Path`` to a new, writable file ending in one of ``suffixes``."""
-    import os
-    import pathlib
     file = pathlib.Path(os.fspath(path))
     if file.suffix not in suffixes:
         raise ValueError(f"{label}: {what} must end in {' or '.join(suffixes)}, got {path}")
@@ -836,7 +830,6 @@ def like_tree(label: str, what: str, tree, expected) -> None:
 
 def loss_result(result, reserved=()) -> tuple:
     """A loss's scalar or ``(scalar, {name: scalar})`` as a pair; names not "loss" nor ``reserved``."""
-    from collections.abc import Mapping
     if not isinstance(result, tuple):
         return result, {}
     if len(result) != 2 or not isinstance(result[1], Mapping):

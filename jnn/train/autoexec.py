@@ -52,10 +52,6 @@ class AutoEpoch:
     def __init__(self, jitted_epoch: Callable, program, options: list[Execution]):
         self.jitted_epoch, self.program, self.options = jitted_epoch, program, list(options)
 
-    def _compile(self, option: Execution, args):
-        program = self.program._replace(chunk_size=option.chunk_size)
-        return self.jitted_epoch.lower(program, *args).compile()
-
     def __call__(self, hparams, states, active, data, shared_order_fn: Callable[[], jax.Array]):
         def args_for(option):
             return hparams, states, active, data, shared_order_fn() if option.shared_order else None
@@ -70,7 +66,8 @@ class AutoEpoch:
         option = self.options[measured % len(self.options)]
         args = args_for(option)
         if option not in executables:
-            executables[option] = self._compile(option, args)
+            program = self.program._replace(chunk_size=option.chunk_size)
+            executables[option] = self.jitted_epoch.lower(program, *args).compile()
         start = time.perf_counter()
         new_states, logs = jax.block_until_ready(executables[option](*args))
         timings.setdefault(option, []).append(time.perf_counter() - start)

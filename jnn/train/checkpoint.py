@@ -1,9 +1,7 @@
-"""Checkpoints of a whole :class:`~jnn.train.TrainState`, written with Orbax.
-
-Each checkpoint is a step directory ``<directory>/<step>/`` holding the train state and a JSON
-``meta`` item (your config, library versions, every leaf's path, shape and dtype). A step is
-renamed into place only when complete, so a crash mid-save leaves earlier checkpoints intact.
-Resume with ``fit(..., train_state=Start(ckpt.restore(template)[0], epoch=step))``.
+"""Checkpoints of a whole :class:`~jnn.train.TrainState`, written with Orbax: per step, a directory
+``<directory>/<step>/`` of the train state and a JSON ``meta`` (your config, versions, every leaf's
+path, shape and dtype), renamed into place only when complete. Resume with
+``fit(..., train_state=Start(ckpt.restore(template)[0], epoch=step))``.
 """
 from __future__ import annotations
 
@@ -26,7 +24,6 @@ class _LazyOrbax:
 
     def __getattr__(self, name):
         import orbax.checkpoint
-
         return getattr(orbax.checkpoint, name)
 
 
@@ -98,9 +95,7 @@ class StepCheckpoints(NamedTuple):
 class Checkpointer:
     """Saves and restores train states in ``directory`` (created by the first save), keeping the
     last ``keep`` (``None``: all); ``config``, a JSON-serializable dict, is stored with each save.
-
-    Saves are synchronous and only go forward (a step at or before the latest raises). In a
-    multi-process run every process calls :meth:`save` and :meth:`restore` together.
+    Saves are synchronous and only go forward; in a multi-process run every process calls them.
 
     Example:
       >>> import os, tempfile, jax, jax.numpy as jnp, optax, jnn

@@ -32,8 +32,7 @@ class Data(NamedTuple):
       data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches.
       steps_per_epoch: batches per epoch of a stream, read on from one iterator (default: a
         Pipeline's own, else ``len(data)``, re-iterated every epoch).
-      check: check the data's values eagerly first (NaN/Inf features, labels the loss or
-        metrics reject); for a stream, its first batch.
+      check: check the data's values (a stream's first batch) for NaN/Inf and rejected labels.
 
     Example:
       >>> import jax, optax, jnn
@@ -54,8 +53,7 @@ class Start(NamedTuple):
 
     Attributes:
       train_state: resume from this state (``key`` then only splits the validation set).
-      params, state: or start a new run (fresh optimizer state, step 0) from these weights, shaped
-        like the model's own (``state`` defaults to the model's initial state).
+      params, state: or start a new run (step 0) from these weights (``state``: default the model's).
       epoch: train epochs ``epoch + 1 .. epochs``; resuming the state saved after epoch k with
         ``epoch=k`` reproduces an uninterrupted run bit for bit.
 
@@ -76,10 +74,9 @@ class Start(NamedTuple):
 
 
 class NonFinite(Callback):
-    """The non-finite policy: an epoch with NaN or infinite metrics stops training (in a population,
-    the failing members) at the last finite state; ``action="raise"`` raises a
-    :class:`jnn.train.NonFiniteError`, ``"stop"`` warns. ``debug`` replays the epoch with
-    :func:`jnn.train.find_nonfinite` to report the step, layer and examples.
+    """The non-finite policy: a NaN/Inf epoch stops training (a population's failing members) at the
+    last finite state and raises a :class:`jnn.train.NonFiniteError` (``action="raise"``) or warns
+    (``"stop"``); ``debug`` replays it with :func:`jnn.train.find_nonfinite`.
 
     Example:
       >>> import jnn

@@ -18,10 +18,6 @@ __all__ = ["freeze", "trainable_mask", "FROZEN", "TRAINABLE"]
 FROZEN, TRAINABLE = "frozen", "trainable"
 
 
-def _patterns(frozen: Iterable[str] | str, where: str) -> tuple[str, ...]:
-    return _tree.check_patterns(where, "frozen", frozen)
-
-
 def _check_used(params, patterns: tuple[str, ...], where: str) -> None:
     paths = [p for p, _ in _tree.leaves_with_paths(params)]
     unused = [pat for pat in patterns if not any(_tree.matches(p, pat) for p in paths)]
@@ -41,7 +37,7 @@ def trainable_mask(params, frozen: Iterable[str] | str):
       >>> jnn.train.trainable_mask(params, "b")
       {'dense_0': {'b': False, 'w': True}}
     """
-    patterns = _patterns(frozen, "trainable_mask")
+    patterns = _tree.check_patterns("trainable_mask", "frozen", frozen)
     _check_used(params, patterns, "trainable_mask")
     return _tree.mask(params, include=("*",), exclude=patterns)
 
@@ -62,7 +58,7 @@ def freeze(optimizer: optax.GradientTransformation,
       >>> updates["b"].tolist(), updates["w"].tolist()
       ([0.0, 0.0], [-0.5, -0.5])
     """
-    patterns = _patterns(frozen, "freeze")
+    patterns = _tree.check_patterns("freeze", "frozen", frozen)
 
     def labels(tree):
         _check_used(tree, patterns, "freeze")

@@ -117,8 +117,7 @@ def _locate(model, loss, ts, batch):
     outputs = _layer_outputs(model, ts.params, ts.state, x, key)
     for path, out in outputs:
         if not _finite(out):
-            rows = _bad_rows(jax.tree_util.tree_leaves(out)[0])
-            return path, "output", rows
+            return path, "output", _bad_rows(jax.tree_util.tree_leaves(out)[0])
 
     def example_loss(params, xi, yi):
         out, _ = model.apply(params, ts.state, xi[None], key=key, train=True)

@@ -51,10 +51,9 @@ class PBT:
       interval: epochs between exploit/explore steps (never after the last epoch).
       fraction: the worst ``floor(fraction * N)`` members (at least one) copy from members drawn
         from the best as many; in ``(0, 0.5]``.
-      monitor, mode: the logged metric members are ranked by; ``"max"``, ``"min"`` or ``"auto"``
-        (max for names containing "acc"). NaN ranks last.
-      factors: explore by multiplying by one of these, drawn uniformly.
-      resample_probability: instead, with this probability, draw a new value from ``space``.
+      monitor, mode: the logged metric to rank by (NaN last); ``"max"``, ``"min"`` or ``"auto"``.
+      factors, resample_probability: explore by multiplying by one of ``factors``, or with this
+        probability draw a new value from ``space``.
     """
 
     space: Any
@@ -134,14 +133,10 @@ def _explore(pbt: PBT, hparams, key):
 @_checks.declare(states=_checks.instance_of(TrainState, described="the members' stacked jnn.train.TrainState"))
 def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, key: jax.Array, *,
                     make_optimizer: MakeOptimizer | None = None):
-    """One PBT step, pure and jittable (``pbt`` static): ``(hparams, states, source [N])``.
-
-    Members are ranked by ``scores [N]`` (NaN last); each of the worst ``pbt.exploited(N)``
-    copies everything but its key, and the hyperparameters ``{name: [N]}``, from a member drawn
-    from the best as many, then explores those in ``pbt.space``; ``source`` says whom each member
-    continues from. With ``make_optimizer``, a copied optimizer state's injected hyperparameters
-    are set to ``make_optimizer(new_hp)``'s. Other members are returned bit for bit.
-    """
+    """One PBT step, pure and jittable (``pbt`` static): ``(hparams, states, source [N])``. Ranked by
+    ``scores [N]`` (NaN last), each of the worst ``pbt.exploited(N)`` copies state (not its key) and
+    hyperparameters from one of the best, then explores; ``source``: whom each continues from. With
+    ``make_optimizer``, copied optimizer states get ``make_optimizer(new_hp)``'s injected values."""
     _checks.among("exploit_explore", "PBT space names", [name for name, _ in pbt.space], hparams, "hparams")
     n = jax.tree_util.tree_leaves(hparams)[0].shape[0] if hparams else jnp.shape(scores)[0]
     _checks.require(jnp.shape(scores) == (n,), "exploit_explore", f"scores must hold one value per member, "

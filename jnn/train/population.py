@@ -35,8 +35,7 @@ MakeOptimizer = Callable[[HParams], optax.GradientTransformation]
 
 
 class MemberResult(NamedTuple):
-    """One member (:meth:`PopulationResult.member`), like :class:`jnn.train.FitResult` plus its key
-    and hparams.
+    """One member (:meth:`PopulationResult.member`): a :class:`jnn.train.FitResult` plus key and hparams.
 
     Example:
       >>> import jax, optax, jnn
@@ -242,8 +241,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
 
     Args:
       make_model, make_optimizer: ``hp -> Layer`` and ``hp -> optimizer``, ``hp = {name: traced scalar}``.
-      hparams: ``{name: array [N]}``; may be empty when ``key`` is a batch of N keys (seeds only).
-      key: one PRNG key (split into N) or a batch of N keys.
+      hparams, key: ``{name: array [N]}``; one PRNG key, or a batch of N keys (then ``hparams`` may be empty).
       chunk_size: members vectorized together (``None``: all), chunks run in sequence; ``"auto"``:
         the first epochs time the candidates (:mod:`jnn.train.autoexec`) and keep the fastest.
       shared_order: one batch order for all members (no longer equal to ``fit`` alone); ``"auto"``.

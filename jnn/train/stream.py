@@ -68,10 +68,9 @@ def _stack_host(arrays) -> np.ndarray:
 
 
 class Feed:
-    """Batches of ``data`` on the device, ``prefetch`` pieces ahead; a piece is one batch or a chunk
-    of batches stacked on a new leading axis, as :meth:`start_epoch`'s plan says (with a ``mesh``:
-    global batches). Every batch is checked against the first; :attr:`state` is the iterator's
-    state after the last piece handed out.
+    """Batches of ``data`` on the device, ``prefetch`` pieces (a batch, or a chunk stacked on a new
+    leading axis) ahead, each checked against the first; :attr:`state`: the iterator's, after the
+    last piece handed out.
 
     Example:
       >>> import numpy as np
@@ -208,10 +207,9 @@ class Feed:
 
 
 class StreamEpochs:
-    """``fit``'s epoch function over a :class:`Feed`: ``(train_state, _) -> (train_state, mean
-    metrics)``, saving a resumable checkpoint every ``checkpoint_every`` optimizer steps. ``chunk``
-    batches run as one jitted ``lax.scan``; a chunk never crosses an epoch's end or a checkpoint
-    (single steps fill in), so a resumed run's chunks fall where they would have.
+    """``fit``'s epoch function over a :class:`Feed`, ``(train_state, _) -> (train_state, mean metrics)``,
+    checkpointing every ``checkpoint_every`` steps; ``chunk`` batches run as one jitted ``lax.scan``,
+    never across an epoch's end or a checkpoint.
 
     Example:
       >>> import jax, numpy as np, optax, jnn

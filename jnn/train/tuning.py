@@ -61,13 +61,10 @@ def _check_configs(configs, static, fit_kwargs) -> list[str]:
 def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
            configs: Sequence[Mapping[str, Any]], static: Sequence[str] = (), key: jax.Array,
            val_split: float = 0.0, **fit_kwargs) -> list[MemberResult]:
-    """One :class:`MemberResult` per config (a dict; all share fields), in order, each group of
-    configs sharing the ``static`` (shape-changing) fields trained as one population.
-
-    ``make_model(hp)``/``make_optimizer(hp)`` get the static fields as Python values and the
-    others as traced scalars; a ``batch_size`` field must be static. Config ``i`` trains with
-    ``split(key, len(configs))[i]`` (or ``key[i]``) whatever its group; ``val_split`` makes one
-    split shared by every group. Other keyword arguments go to :func:`fit_population`.
+    """One :class:`MemberResult` per config (dicts of one set of fields), in order; configs sharing
+    the ``static`` (shape-changing) fields, passed as Python values, train as one population, the
+    others' fields traced. Config ``i`` trains with ``split(key, len(configs))[i]`` (or ``key[i]``);
+    other keyword arguments go to :func:`fit_population`.
 
     Example:
       >>> import jax, optax, jnn
@@ -120,11 +117,9 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
                   study, space: Mapping[str, Any], trials: int, population_size: int, key: jax.Array,
                   static: Sequence[str] = (), monitor: str = "val_accuracy", prune: bool = True,
                   **fit_kwargs) -> list[tuple[Any, MemberResult]]:
-    """``[(trial, result)]`` in asking order: an Optuna ``study`` asks ``population_size`` trials
-    at a time over ``space`` (``{name: optuna.distributions.*}``), trained at once with
-    :func:`search`, until ``trials``; each is told its best ``monitor`` value. With ``prune``,
-    members report every epoch and stop when the study's pruner says so. Trial ``t`` trains with
-    ``split(key, trials)[t]``; other arguments as for :func:`search`. Needs ``jnn[search]``.
+    """``[(trial, result)]``: an Optuna ``study`` asks ``population_size`` trials at a time over
+    ``space`` (``{name: optuna.distributions.*}``), trained at once by :func:`search` (other arguments
+    as there), each told its best ``monitor`` (``prune``: per epoch). Needs ``jnn[search]``.
 
     Example:
       >>> import jax, optax, optuna, jnn
@@ -187,8 +182,7 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
 
 def _check_monitor(monitor, loss, fit_kwargs) -> None:
     """``monitor`` must be a metric the populations will log (as :func:`fit_population` names them)."""
-    metrics = fit_kwargs.get("metrics")
-    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
+    metrics = guard.default_metrics(loss) if fit_kwargs.get("metrics") is None else dict(fit_kwargs["metrics"])
     names = ["loss", *metrics, "lr"]
     has_val = fit_kwargs.get("val_data") is not None
     names += [f"val_{k}" for k in ["loss", *metrics]] if has_val else []
