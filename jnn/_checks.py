@@ -1,16 +1,15 @@
-"""Shared argument checks: one message style for every layer and function.
-
-A factory or function declares its arguments' rules once with :func:`declare`; a rule is
-``rule(label, what, value) -> value`` raising ``ValueError("label: what must be ..., got ...")``::
-
-    @checks.declare(features=checks.positive_int, use_bias=checks.flag)
-    def dense(features, *, use_bias=True, ...): ...
-"""
+"""Shared argument checks, one message style: a rule is ``rule(label, what, value) -> value``
+raising ``ValueError("label: what must be ..., got ...")``, declared with :func:`declare`."""
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 import numbers
+import os
+import pathlib
+import re
+from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,7 @@ from jnn import core
 __all__ = [
     "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of",
     "name_or_callable", "instance_of", "positive_int", "boolean", "finite_number", "number_above",
-    "number_in", "rate", "per_axis", "float_input", "is_concrete", "ids_in_range",
+    "rate", "per_axis", "float_input", "ids_in_range",
     "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer", "integer",
     "static_rate", "divides", "none_or_positive_int", "finite_at_least", "positive_int_or",
     "stages", "jnn_layer", "key_for", "int_lengths", "fraction", "int_in", "an_int", "axes",
@@ -42,11 +41,9 @@ def _is_int(value) -> bool:
 
 
 def declare(**rules):
-    """Declares the rules of a function's arguments, checked on every call.
-
-    The label is the call's ``name`` argument when given, else the function's name. When the
-    function returns a :class:`jnn.Layer`, its bound arguments (defaults applied, ``name`` and child
-    layers left out) become the layer's ``config``.
+    """Declares the rules of a function's arguments, checked on every call, labelled by the call's
+    ``name`` (else the function's name). A returned :class:`jnn.Layer` gets the bound arguments
+    (``name`` and child layers left out) as its ``config``.
 
     Example:
       >>> from jnn import _checks as checks
@@ -91,9 +88,8 @@ def layer_name(label: str, what: str, value):
       >>> jnn.checks.layer_name("dense", "name", "head")
       'head'
     """
-    if value is not None and not (isinstance(value, str) and value and "/" not in value):
-        raise ValueError(f"{label}: {what} must be None or a non-empty string without '/', got {value!r}")
-    return value
+    return satisfies(lambda v: v is None or isinstance(v, str) and v and "/" not in v,
+                     "None or a non-empty string without '/'")(label, what, value)
 
 
 def _children(signature, name: str, value) -> bool:
@@ -110,9 +106,7 @@ def flag(label: str, what: str, value) -> bool:
       >>> jnn.checks.flag("dense", "use_bias", True)
       True
     """
-    if not isinstance(value, bool):
-        raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
-    return value
+    return satisfies(lambda v: isinstance(v, bool), "True or False")(label, what, value)
 
 
 def optional(rule):
@@ -145,7 +139,8 @@ def between(low: float, high: float):
       >>> jnn.checks.between(0, 1)("batch_norm", "momentum", 0.9)
       0.9
     """
-    return lambda label, what, value: number_in(label, what, value, low, high)
+    rule = satisfies(lambda v: is_real(v) and low <= v <= high, f"a number in [{low:g}, {high:g}]")
+    return lambda label, what, value: float(rule(label, what, value))
 
 
 def spatial(rank: int):
@@ -167,11 +162,8 @@ def one_of(*choices):
       >>> jnn.checks.one_of("SAME", "VALID")("conv", "padding", "SAME")
       'SAME'
     """
-    def rule(label, what, value):
-        if not any(value == c and type(value) is type(c) for c in choices):
-            raise ValueError(f"{label}: {what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-    return rule
+    return satisfies(lambda v: any(v == c and type(v) is type(c) for c in choices),
+                     f"one of {', '.join(map(repr, choices))}")
 
 
 def name_or_callable(choices):
@@ -199,12 +191,8 @@ def instance_of(*types, described: str | None = None):
       >>> jnn.checks.instance_of(str)("f", "path", "a.csv")
       'a.csv'
     """
-    def rule(label, what, value):
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            need = described or " or ".join(t.__name__ for t in types)
-            raise TypeError(f"{label}: {what} must be {need}, got {type(value).__name__}")
-        return value
-    return rule
+    return kind(lambda v: isinstance(v, types) and (bool in types or not isinstance(v, bool)),
+                described or " or ".join(t.__name__ for t in types))
 
 
 def positive_int(label: str, what: str, value, *, optional: bool = False):
@@ -215,18 +203,15 @@ def positive_int(label: str, what: str, value, *, optional: bool = False):
       >>> jnn.checks.positive_int("dense", "features", 3)
       3
     """
-    if optional and value is None:
-        return value
-    if not _is_int(value) or value <= 0:
+    if not (optional and value is None) and (not _is_int(value) or value <= 0):
         raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
     return value
 
 
 def boolean(label: str, **flags) -> None:
-    """Each keyword must be exactly ``True`` or ``False`` (not 0/1, not ``None``)."""
+    """Each keyword must pass :func:`flag`."""
     for what, value in flags.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{label}: {what} must be True or False, got {value!r}")
+        flag(label, what, value)
 
 
 def finite_number(label: str, what: str, value) -> float:
@@ -237,24 +222,13 @@ def finite_number(label: str, what: str, value) -> float:
       >>> jnn.checks.finite_number("f", "clip", 2)
       2.0
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{label}: {what} must be a finite number, got {value!r}")
-    return float(value)
+    return float(satisfies(lambda v: is_real(v) and np.isfinite(v), "a finite number")(label, what, value))
 
 
 def number_above(label: str, what: str, value, bound: float) -> float:
     """``float(value)`` if it is a real number strictly greater than ``bound``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > bound:
-        need = "a positive number" if bound == 0 else f"a number > {bound:g}"
-        raise ValueError(f"{label}: {what} must be {need}, got {value!r}")
-    return float(value)
-
-
-def number_in(label: str, what: str, value, low: float, high: float) -> float:
-    """``float(value)`` if it is a real number in the closed interval ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
-        raise ValueError(f"{label}: {what} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
+    need = "a positive number" if bound == 0 else f"a number > {bound:g}"
+    return float(satisfies(lambda v: is_real(v) and v > bound, need)(label, what, value))
 
 
 def rate(label: str, what: str, value):
@@ -265,24 +239,17 @@ def rate(label: str, what: str, value):
       >>> jnn.checks.rate("dropout", "rate", 0.5)
       0.5
     """
-    if isinstance(value, bool):
-        raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
-    if isinstance(value, numbers.Real):
-        number = float(value)
-    elif isinstance(value, jax.core.Tracer):
-        # A traced rate (e.g. built inside jax.vmap over rates) cannot be checked here.
+    if isinstance(value, jax.core.Tracer):   # e.g. under jax.vmap over rates: unchecked
         if np.shape(value) != () or not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(f"{label}: a traced {what} must be a float scalar, got "
                              f"{value.dtype}{list(np.shape(value))}")
         return value
-    elif hasattr(value, "shape") and hasattr(value, "dtype") and np.shape(value) == ():
-        number = float(value)
-    else:
+    if not (is_real(value) or hasattr(value, "shape") and hasattr(value, "dtype") and np.shape(value) == ()):
         raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
-    if not 0.0 <= number < 1.0:
+    if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{label}: {what} is the probability of dropping a unit and must be in "
-                         f"[0, 1), got {number!r}")
-    return number
+                         f"[0, 1), got {float(value)!r}")
+    return float(value)
 
 
 def per_axis(label: str, what: str, value, rank: int) -> tuple[int, ...]:
@@ -300,44 +267,33 @@ def per_axis(label: str, what: str, value, rank: int) -> tuple[int, ...]:
 
 def float_input(x, dtype):
     """Integer and bool inputs promoted to the param dtype ``dtype``; float inputs kept as they are."""
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return x
-    return x.astype(dtype)
-
-
-def is_concrete(x) -> bool:
-    """True for a value that can be read now (not a tracer under ``jit``/``vmap``/``grad``)."""
-    return not isinstance(x, jax.core.Tracer)
+    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(dtype)
 
 
 def ids_in_range(label: str, ids, size: int, what: str = "token ids",
                  hint: str = "; check the vocabulary size or the tokenizer") -> None:
     """Eager check that integer ``ids`` lie in ``[0, size)``; skipped (unchecked) under ``jit``."""
-    if not is_concrete(ids) or np.size(ids) == 0:
+    if isinstance(ids, jax.core.Tracer) or np.size(ids) == 0:
         return
     values = np.asarray(ids)  # NumPy: stays concrete even while an enclosing function is traced
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= size:
-        bad = low if low < 0 else high
-        raise ValueError(f"{label}: {what} must lie in [0, {size}), got {bad}{hint}")
+        raise ValueError(f"{label}: {what} must lie in [0, {size}), got {low if low < 0 else high}{hint}")
 
 
 def values_in_unit_interval(label: str, what: str, values, hint: str = "") -> None:
     """Eager check that concrete ``values`` lie in [0, 1]; skipped (unchecked) under ``jit``."""
-    if not is_concrete(values) or np.size(values) == 0:
+    if isinstance(values, jax.core.Tracer) or np.size(values) == 0:
         return
     values = np.asarray(values)
     low, high = float(values.min()), float(values.max())
     if not (0.0 <= low and high <= 1.0):  # NaN fails too
-        bad = low if not 0.0 <= low else high
-        raise ValueError(f"{label}: {what} must lie in [0, 1], got {bad:g}{hint}")
+        raise ValueError(f"{label}: {what} must lie in [0, 1], got {low if not 0.0 <= low else high:g}{hint}")
 
 
 def float_labels_hint(label: str, logits, labels) -> None:
-    """Float labels shaped like class ids (``logits.shape[:-1]``) are class ids stored as floats:
-    say so, rather than complain that they are not one-hot."""
-    if not jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1] \
-            and labels.shape != logits.shape:
+    """Float labels shaped like class ids (``logits.shape[:-1]``): say they must be integers."""
+    if not jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape == logits.shape[:-1]:
         raise ValueError(f"{label}: labels of shape {tuple(labels.shape)} are class ids, which must be integers; "
                          f"got {labels.dtype} (use labels.astype(int)), or pass one-hot labels of shape "
                          f"{tuple(logits.shape)}")
@@ -365,15 +321,7 @@ def is_integer(value) -> bool:
 
 
 def integer(low: int = 0, high: int | None = None, *, or_none: bool = False, described: str | None = None):
-    """A Python or NumPy integer (not a bool) in ``[low, high]`` (``high=None``: no bound), or ``None``
-    when ``or_none``; ``described`` replaces the message's wording of the range.
-
-    Example:
-      >>> from jnn import _checks as checks
-      >>> checks.integer(0, 19)("renice", "level", 20)
-      Traceback (most recent call last):
-      ValueError: renice: level must be an integer in [0, 19], got 20
-    """
+    """A Python or NumPy int (not a bool) in ``[low, high]`` (or ``None`` when ``or_none``)."""
     def rule(label, what, value):
         if or_none and value is None:
             return value
@@ -397,29 +345,21 @@ def static_rate(label: str, what: str, value) -> float:
 
 def divides(label: str, what: str, value: int, multiple: int, of: str) -> None:
     """``value`` (argument ``what``) must divide ``multiple`` (argument ``of``)."""
-    if multiple % value:
-        raise ValueError(f"{label}: {of} ({multiple}) must be divisible by {what} ({value})")
+    divisible(label, of, multiple, what, value)
 
 
 def none_or_positive_int(label: str, what: str, value):
     """``None`` or a Python int > 0 (the message says both are allowed)."""
-    if value is not None and (not _is_int(value) or value <= 0):
-        raise ValueError(f"{label}: {what} must be None or a positive integer, got {value!r}")
-    return value
+    return satisfies(lambda v: v is None or _is_int(v) and v > 0, "None or a positive integer")(label, what, value)
 
 
 def finite_at_least(bound: float, note: str = ""):
     """A finite real number >= ``bound`` (returned as given); ``note`` follows the bound in the message."""
-    def rule(label, what, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not bound <= value < np.inf:
-            raise ValueError(f"{label}: {what} must be a finite number >= {bound:g}{note}, got {value!r}")
-        return value
-    return rule
+    return satisfies(lambda v: is_real(v) and bound <= v < np.inf, f"a finite number >= {bound:g}{note}")
 
 
 def positive_int_or(*choices, described: str | None = None):
-    """A Python int > 0, or one of ``choices`` (``None``, ``True``: by identity; strings by
-    value); ``described`` names the choices in the message, else they are listed."""
+    """A Python int > 0, or one of ``choices`` (strings by value, others by identity)."""
     def rule(label, what, value):
         if not any(value is c or (isinstance(c, str) and value == c) for c in choices) \
                 and not (_is_int(value) and value > 0):
@@ -432,10 +372,8 @@ def positive_int_or(*choices, described: str | None = None):
 
 def stages(label: str, what: str, value) -> tuple[int, ...]:
     """A non-empty sequence of positive ints (per-stage widths), returned as a tuple."""
-    values = tuple(value) if isinstance(value, (list, tuple)) else ()
-    if not values or not all(_is_int(v) and v > 0 for v in values):
-        raise ValueError(f"{label}: {what} must be a non-empty sequence of positive integers, got {value!r}")
-    return values
+    return tuple(satisfies(lambda v: isinstance(v, (list, tuple)) and v and all(_is_int(i) and i > 0 for i in v),
+                           "a non-empty sequence of positive integers")(label, what, value))
 
 
 def jnn_layer(label: str, what: str, value):
@@ -445,9 +383,8 @@ def jnn_layer(label: str, what: str, value):
 
 def key_for(label: str, needed: bool, key, what: str = "dropout") -> None:
     """A layer that draws randomness in training (``needed``) must be given a PRNG key."""
-    if needed and key is None:
-        raise ValueError(f"{label}: train=True with {what} needs a PRNG key: call "
-                         f"apply(..., key=jax.random.key(0), train=True)")
+    require(not needed or key is not None, label,
+            f"train=True with {what} needs a PRNG key: call apply(..., key=jax.random.key(0), train=True)")
 
 
 def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: str = ""):
@@ -463,27 +400,19 @@ def int_lengths(label: str, lengths, batch: int, what: str = "lengths", note: st
 
 # ---- rules added for layers (basic, activations, conv, pooling, norm, dropout, embedding, positional) ----
 
-
-
 def fraction(label: str, what: str, value) -> float:
     """A real number in ``[0, 1)`` (returned as a float), e.g. a label-smoothing amount."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        raise ValueError(f"{label}: {what} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return float(satisfies(lambda v: is_real(v) and 0 <= v < 1, "a number in [0, 1)")(label, what, value))
 
 
 def int_in(label: str, what: str, value, low: int, high: int) -> int:
     """A Python int (not a bool) in the closed interval ``[low, high]``."""
-    if not _is_int(value) or not low <= value <= high:
-        raise ValueError(f"{label}: {what} must be an integer in [{low}, {high}], got {value!r}")
-    return value
+    return satisfies(lambda v: _is_int(v) and low <= v <= high, f"an integer in [{low}, {high}]")(label, what, value)
 
 
 def an_int(label: str, what: str, value) -> int:
     """A Python int (not a bool), e.g. an axis."""
-    if not _is_int(value):
-        raise ValueError(f"{label}: {what} must be an integer, got {value!r}")
-    return value
+    return satisfies(_is_int, "an integer")(label, what, value)
 
 
 def axes(label: str, what: str, value) -> tuple[int, ...] | None:
@@ -504,14 +433,11 @@ def new_shape(label: str, what: str, value) -> tuple[int, ...]:
 
 def float_dtype(label: str, what: str, value):
     """``None`` or a floating dtype (``jnp.float32``, ``"bfloat16"``)."""
-    if value is not None and not jnp.issubdtype(value, jnp.floating):
-        raise ValueError(f"{label}: {what} must be a floating dtype, got {value!r}")
-    return value
+    return satisfies(lambda v: v is None or jnp.issubdtype(v, jnp.floating), "a floating dtype")(label, what, value)
 
 
 def window(max_rank: int | None = 3):
-    """A kernel or window size: a non-empty tuple of positive ints, one per spatial axis (an int
-    is refused, so the spatial rank is never guessed)."""
+    """A kernel or window size: a tuple of positive ints, one per spatial axis (never an int)."""
     def rule(label, what, value):
         if _is_int(value):
             raise ValueError(f"{label}: {what} must be a tuple with one entry per spatial axis, e.g. "
@@ -529,8 +455,7 @@ def window(max_rank: int | None = 3):
 
 
 def padding(label: str, what: str, value, rank: int) -> str | tuple[tuple[int, int], ...]:
-    """``"SAME"``, ``"VALID"`` (any case, returned upper-case) or ``rank`` pairs ``(lo, hi)`` of
-    non-negative ints (one per spatial axis)."""
+    """``"SAME"``, ``"VALID"`` (any case; returned upper-case) or ``rank`` pairs ``(lo, hi)`` of ints >= 0."""
     if isinstance(value, str):
         if value.upper() not in ("SAME", "VALID"):
             raise ValueError(f"{label}: {what} must be 'SAME', 'VALID' or a sequence of {rank} (lo, hi) pairs, "
@@ -548,8 +473,7 @@ def padding(label: str, what: str, value, rank: int) -> str | tuple[tuple[int, i
 
 def layer_input(label: str, x, expected: str = "", *, ndim: int | None = None, min_ndim: int = 0,
                 floating: bool = False) -> None:
-    """A layer's input check: ``ndim`` axes exactly (or at least ``min_ndim``), and a floating
-    dtype if ``floating``; the message says what was ``expected`` ("a sequence [B, T, F]")."""
+    """An input of ``ndim`` axes (or at least ``min_ndim``), floating if ``floating``, as ``expected``."""
     if len(x.shape) < min_ndim or ndim is not None and len(x.shape) != ndim:
         raise ValueError(f"{label}: expected {expected}, got shape {tuple(x.shape)}")
     if floating and not jnp.issubdtype(x.dtype, jnp.floating):
@@ -557,24 +481,14 @@ def layer_input(label: str, x, expected: str = "", *, ndim: int | None = None, m
 
 
 def last_axis(label: str, x, size: int | None, what: str = "") -> None:
-    """The input's last axis must hold ``size`` entries (the size the layer was initialized with;
-    ``None``: any size, but there must be a last axis). ``what`` says what it holds."""
+    """The input's last axis must hold ``size`` entries, the size it was initialized with (``None``: any)."""
     if len(x.shape) < 1 or size is not None and x.shape[-1] != size:
         raise ValueError(f"{label}: expected input of shape [..., {size or 'F'}] ({what}the size it was initialized "
                          f"with), got {tuple(x.shape)}")
 
 
 def window_input(label: str, shape, window, dilation, padding, what: str = "kernel") -> None:
-    """The input of a convolution or pooling layer: ``[B, *spatial, C]`` with one spatial axis per
-    ``window`` entry and, for ``"VALID"`` or explicit padding, the (dilated) window inside the
-    padded input. ``what`` names the window (``"kernel"`` or ``"window"``).
-
-    Example:
-      >>> from jnn import _checks as checks
-      >>> checks.window_input("conv", (1, 2, 8, 1), (3, 3), (1, 1), "VALID")  # doctest: +ELLIPSIS
-      Traceback (most recent call last):
-      ValueError: conv: kernel of size (3, 3) (span 3 with dilation 1) is larger than the padded input along ...
-    """
+    """A conv or pooling input ``[B, *spatial, C]`` whose padded spatial axes hold the dilated window."""
     rank = len(window)
     if len(shape) != rank + 2:
         want = ("[B, W, C]", "[B, H, W, C]", "[B, D, H, W, C]")[rank - 1] if rank <= 3 else \
@@ -596,8 +510,7 @@ def divisible(label: str, what: str, value: int, by_what: str, by: int, context:
 
 
 def batch_axes(label: str, what: str, value, ndim: int) -> tuple[int, ...]:
-    """The axes ``value`` (ints, negative ones counted from the end) of an input with ``ndim`` axes,
-    sorted and non-negative: distinct, in range, and including the batch axis 0."""
+    """Distinct axes ``value`` of an ``ndim``-axis input, including the batch axis 0, sorted, >= 0."""
     if not all(-ndim <= a < ndim for a in value):
         raise ValueError(f"{label}: {what} {value} out of range for an input with {ndim} axes")
     resolved = tuple(sorted(a % ndim for a in value))
@@ -608,8 +521,7 @@ def batch_axes(label: str, what: str, value, ndim: int) -> tuple[int, ...]:
 
 
 def sequence_input(label: str, x, max_len: int | None = None, width: int | None = None) -> None:
-    """A float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width`` (the width the layer
-    was initialized with), each when given."""
+    """A float sequence ``[B, T, F]`` with ``T <= max_len`` and ``F == width``, each when given."""
     layer_input(label, x, "a sequence [B, T, F]", ndim=3, floating=True)
     if max_len is not None and x.shape[1] > max_len:
         raise ValueError(f"{label}: expected at most max_len={max_len} positions, got a sequence of length "
@@ -623,9 +535,7 @@ def sequence_input(label: str, x, max_len: int | None = None, width: int | None 
 
 def index_below(label: str, what: str, value, size: int, size_name: str) -> int:
     """``value`` if it is a Python int in ``[0, size)``; ``size_name`` names the bound in the message."""
-    if not _is_int(value) or not 0 <= value < size:
-        raise ValueError(f"{label}: {what} must be an integer in [0, {size_name}={size}), got {value!r}")
-    return value
+    return int_range(0, size, f"[0, {size_name}={size})")(label, what, value)
 
 
 def satisfies(test, need: str, error=ValueError, described=repr):
@@ -660,55 +570,41 @@ def is_real(value) -> bool:
 
 def integral(label: str, what: str, value) -> int:
     """An integer (Python or NumPy, or an integer scalar array) as a Python int; not a bool."""
-    ok = isinstance(value, (int, np.integer)) or (
-        hasattr(value, "dtype") and np.ndim(value) == 0 and np.issubdtype(value.dtype, np.integer))
-    if not ok or isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{label}: {what} must be a non-negative integer, got {value!r}")
-    return int(value)
+    ok = lambda v: not isinstance(v, (bool, np.bool_)) and (isinstance(v, (int, np.integer)) or (
+        hasattr(v, "dtype") and np.ndim(v) == 0 and np.issubdtype(v.dtype, np.integer)))
+    return int(satisfies(ok, "a non-negative integer")(label, what, value))
 
 
 # ---- rules added for layers 2 (attention, recurrent, repeat, transformer, remat) ----
 
 def require(ok, label: str, message: str, error: type[Exception] = ValueError) -> None:
-    """Raise ``error(f"{label}: {message}")`` unless ``ok`` (one check that needs no helper of its own).
-
-    Example:
-      >>> from jnn import _checks as checks
-      >>> checks.require(3 % 2 == 0, "pairs", "expected an even count, got 3")
-      Traceback (most recent call last):
-      ValueError: pairs: expected an even count, got 3
-    """
+    """Raise ``error(f"{label}: {message}")`` unless ``ok`` (one check that needs no helper of its own)."""
     if not ok:
         raise error(f"{label}: {message}")
 
 
 def width(label: str, x, size: int, shape: str = "[B, T, {}]", what: str = "width") -> None:
-    """The input's last axis must hold ``size`` entries, the ``what`` the layer was initialized
-    with; ``shape`` is the expected shape with ``{}`` for ``size``."""
+    """The input's last axis must hold ``size``, the ``what`` it was initialized with (``shape``: "[B, T, {}]")."""
     if x.shape[-1] != size:
         raise ValueError(f"{label}: expected input of shape {shape.format(size)} (the {what} it was initialized "
                          f"with), got {tuple(x.shape)}")
 
 
 def float_array(label: str, x, rank: int, expected: str, width: int | None = None) -> None:
-    """``x`` must be a floating-point array of ``rank`` axes (and last axis ``width`` if given);
-    the message says what was ``expected`` ("sequence [B, T, F]") and the dtype and shape that came."""
+    """A floating-point array of ``rank`` axes (and last axis ``width`` if given), as ``expected``."""
     if len(x.shape) != rank or not jnp.issubdtype(x.dtype, jnp.floating) or width not in (None, x.shape[-1]):
         raise ValueError(f"{label}: expected a floating-point {expected}, got "
                          f"{jnp.dtype(x.dtype).name}{list(x.shape)}")
 
 
 def float_sequence(label: str, x, width: int | None = None) -> None:
-    """A floating-point sequence ``[B, T, F]``, with ``F == width`` (the width the layer was
-    initialized with) when given."""
+    """A floating-point sequence ``[B, T, F]``, with ``F == width`` when given."""
     float_array(label, x, 3, "sequence [B, T, F]")
     sequence_input(label, x, width=width)
 
 
 def copies(label: str, copies) -> list:
-    """The values of a non-empty dict keyed ``"<kind>_<i>"`` for ``i`` in ``0..n-1``, in that order
-    (copies of one layer's params: they must share one tree structure)."""
-    import re
+    """The values of a dict keyed ``"<kind>_<i>"``, ``i = 0..n-1``, in order, all of one tree structure."""
     if not isinstance(copies, dict) or not copies:
         raise ValueError(f"{label}: expected a non-empty dict of copies, got {copies!r:.80}")
     index = {}
@@ -745,17 +641,15 @@ def kind(test, need: str):
 
 def records(label: str, what: str, value) -> list[dict]:
     """A non-empty list of dicts (one per member) that all have the same keys, as a list of dicts."""
-    from collections.abc import Iterable, Mapping
     if isinstance(value, (Mapping, str)) or not isinstance(value, Iterable):
         raise TypeError(f"{label}: {what} must be a list of dicts (one per member), got {type(value).__name__}")
     value = list(value)
+    if not value:
+        raise ValueError(f"{label}: {what} is empty")
     for i, v in enumerate(value):
         if not isinstance(v, Mapping):
             raise TypeError(f"{label}: {what} must be a list of dicts (one per member); config {i} is a "
                             f"{type(v).__name__}")
-    if not value:
-        raise ValueError(f"{label}: {what} is empty")
-    for i, v in enumerate(value):
         if set(v) != set(value[0]):
             raise ValueError(f"{label}: every config needs the same fields; config 0 has {sorted(value[0])}, "
                              f"config {i} has {sorted(v)}")
@@ -780,12 +674,8 @@ def all_of(*rules):
     return check
 
 
-
 def bounds_space(label: str, what: str, space) -> tuple:
-    """A search space ``{name: (low, high)}`` or ``{name: (low, high, 'log')}`` as sorted
-    ``((name, (low, high, log)), ...)``; that normalized form is accepted too."""
-    import math
-    from collections.abc import Mapping
+    """A space ``{name: (low, high[, 'log'])}`` (or its result) as sorted ``((name, (low, high, log)), ...)``."""
     if isinstance(space, Mapping):
         items = list(space.items())
     elif isinstance(space, (tuple, list)) and all(isinstance(i, (tuple, list)) and len(i) == 2
@@ -811,11 +701,8 @@ def bounds_space(label: str, what: str, space) -> tuple:
     return tuple(checked)
 
 
-
 def member_arrays(label: str, what: str, value) -> dict:
-    """None or a dict ``{name: values [N]}`` of 1-D numeric arrays of one non-zero length ``N``
-    (one value per population member), as a dict of jax arrays."""
-    from collections.abc import Mapping
+    """None or ``{name: values [N]}``, 1-D numeric arrays of one length ``N > 0``, as jax arrays."""
     instance_of(Mapping, type(None), described="a dict {name: array [N]}")(label, what, value)
     arrays = {name: jnp.asarray(v) for name, v in (value or {}).items()}
     for name, v in arrays.items():
@@ -841,9 +728,8 @@ def declare_as(label: str, **rules):
 
 
 def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
-    """Each name of a :func:`bounds_space` needs a float array in ``arrays`` whose values lie
-    within its bounds (compared in the array's dtype; NaN passes)."""
-    for name, (low, high, _) in space:
+    """Each name of a :func:`bounds_space` has a float array in ``arrays`` within its bounds (NaN passes)."""
+    for name, _ in space:
         if name not in arrays or not jnp.issubdtype(arrays[name].dtype, jnp.floating):
             raise ValueError(f"{label}: PBT explores {name!r}, so {what} needs a float array for it; "
                              f"got {what} {sorted(arrays)}")
@@ -854,9 +740,9 @@ def within_space(label: str, what: str, arrays: dict, space: tuple) -> None:
             raise ValueError(f"{label}: {what}[{name!r}] must lie within PBT space bounds [{low:g}, {high:g}]; "
                              f"member {outside[0]} has {float(values[outside[0]])!r}")
 
+
 def examples(label: str, x, y) -> None:
-    """``x`` and ``y`` (arrays or pytrees of them) each hold at least one array, and every array
-    holds the same number of examples on its first axis."""
+    """``x`` and ``y`` (pytrees) each hold arrays, all with one number of examples on the first axis."""
     leaves = [(name + jax.tree_util.keystr(path), leaf) for name, tree in (("x", x), ("y", y))
               for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
     if not any(name.startswith("x") for name, _ in leaves) or not any(name.startswith("y") for name, _ in leaves):
@@ -873,8 +759,7 @@ def examples(label: str, x, y) -> None:
 
 
 def key_batch(label: str, what: str, key, n: int | None):
-    """A batch of typed PRNG keys: ``split(key, n)`` for one key (typed or legacy uint32[2]), or the
-    given batch of ``n`` keys (any ``N`` when ``n`` is None)."""
+    """Typed keys: ``split(key, n)`` for one key, or the given batch of ``n`` keys (any when ``n`` is None)."""
     key = key if isinstance(key, jax.Array) else jnp.asarray(key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.dtype != jnp.uint32 or key.ndim not in (1, 2) or key.shape[-1] != 2:
@@ -893,8 +778,7 @@ def key_batch(label: str, what: str, key, n: int | None):
 
 
 def logged_metric(label: str, what: str, name, names, note: str = "") -> None:
-    """``name`` must be among the logged metric ``names``; ``what`` says who wants it
-    (``"monitor"``, or ``"early_stopping monitors"``: then ", which" joins the message)."""
+    """``name`` must be among the logged metric ``names``; ``what`` says who wants it."""
     if name not in names:
         which = ", which" if what.endswith("monitors") else ""
         raise ValueError(f"{label}: {what} {name!r}{which} is not among the logged metrics {sorted(set(names))}{note}")
@@ -908,7 +792,6 @@ def at_most_one(label: str, what: str, items: list, note: str = "") -> None:
 
 def writable_directory(label: str, directory) -> None:
     """``directory`` exists or can be created: its nearest existing ancestor is a writable directory."""
-    import os
     existing = next(p for p in [directory, *directory.parents] if p.exists())
     if not existing.is_dir():
         raise NotADirectoryError(f"{label}: cannot use {str(directory)!r}: {str(existing)!r} is a file, "
@@ -919,10 +802,7 @@ def writable_directory(label: str, directory) -> None:
 
 
 def new_file(label: str, what: str, path, suffixes: tuple):
-    """``path`` as a ``pathlib.Path`` to a file that does not exist yet, ends in one of
-    ``suffixes`` and can be written (its nearest existing folder is a writable directory)."""
-    import os
-    import pathlib
+    """``path`` as a ``pathlib.Path`` to a new, writable file ending in one of ``suffixes``."""
     file = pathlib.Path(os.fspath(path))
     if file.suffix not in suffixes:
         raise ValueError(f"{label}: {what} must end in {' or '.join(suffixes)}, got {path}")
@@ -937,8 +817,7 @@ def new_file(label: str, what: str, path, suffixes: tuple):
 
 
 def like_tree(label: str, what: str, tree, expected) -> None:
-    """``tree`` has the structure of ``expected`` and its leaves have the same shapes (the given
-    ``what``, e.g. params, against the model's own)."""
+    """``tree`` (the given ``what``) has the structure and leaf shapes of ``expected``."""
     paths = lambda t: [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(t)]
     if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(expected):
         missing, extra = sorted(set(paths(expected)) - set(paths(tree))), sorted(set(paths(tree)) - set(paths(expected)))
@@ -951,9 +830,7 @@ def like_tree(label: str, what: str, tree, expected) -> None:
 
 
 def loss_result(result, reserved=()) -> tuple:
-    """A loss's return value as ``(scalar, logs dict)``: a scalar, or a pair ``(scalar, {name:
-    scalar})`` whose names are not ``"loss"`` nor in ``reserved`` (the metrics' names)."""
-    from collections.abc import Mapping
+    """A loss's scalar or ``(scalar, {name: scalar})`` as a pair; names not "loss" nor ``reserved``."""
     if not isinstance(result, tuple):
         return result, {}
     if len(result) != 2 or not isinstance(result[1], Mapping):
@@ -977,8 +854,7 @@ def split_fraction(label: str, what: str, value, n: int) -> None:
 
 
 def callbacks(label: str, items, *, population: bool = False) -> None:
-    """Per-epoch callbacks: functions ``(epoch, train_state, logs)`` or objects with
-    ``on_epoch_end``; for a population, objects with ``on_population_epoch_end``."""
+    """Callbacks: functions or ``on_epoch_end`` objects (a population's: ``on_population_epoch_end``)."""
     for cb in items:
         if not population and not (callable(cb) or hasattr(cb, "on_epoch_end")):
             raise TypeError(f"{label}: each callback must be a function (epoch, train_state, logs) or have an "
@@ -989,8 +865,7 @@ def callbacks(label: str, items, *, population: bool = False) -> None:
 
 
 def like_first_batch(label: str, at: str, names: list, spec: tuple, first: tuple) -> None:
-    """A streamed batch (``at`` says which; ``spec = (treedef, [(shape, dtype)] per leaf named
-    by names)``) has the first batch's structure, shapes and dtypes."""
+    """A streamed batch's ``spec = (treedef, [(shape, dtype)])`` is the first batch's (``first``)."""
     if spec[0] != first[0]:
         raise ValueError(f"{label}: {at} has the structure {spec[0]}, the first batch had {first[0]}; every "
                          f"batch must have the same structure")

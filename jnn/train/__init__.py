@@ -1,14 +1,4 @@
-"""Training: a TrainState pytree, pure train/eval steps, and ``fit``.
-
-Example:
-  >>> import jax, optax, jnn
-  >>> x, y = jnn.data.xor()
-  >>> model = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-  >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1), (x, y),
-  ...                        key=jax.random.key(0), epochs=100, batch_size=4, metrics={}, verbose=0)
-  >>> len(result.history["loss"])
-  100
-"""
+"""Training: a TrainState pytree, pure train/eval steps, ``fit`` and the tools around it."""
 from jnn.train import callbacks
 from jnn.train.checkpoint import Checkpointer
 from jnn.train.compiler import compiler_options

@@ -1,13 +1,6 @@
-"""The population epoch's execution chosen by measurement: each candidate (chunk size, and the
-shared batch order when the user allows it) trains :data:`ROUNDS` real epochs, in turn, each
-timed; the candidate with the quickest epoch is kept. (One round is not enough: a compiled
-program's first run pays one-time costs, up to 40% of a digits MLP population's epoch, enough
-to pick the wrong candidate.)
-
-Every candidate computes the same epoch (chunking changes only float reordering), so the
-measuring epochs are training epochs, not wasted ones. Each candidate is compiled once, ahead of
-time, and its executable kept: after the measuring epochs nothing compiles again, and a later
-run with the same program and shapes reuses the choice (:data:`CHOICES`).
+"""The population epoch's execution chosen by measurement: each candidate (chunk size, shared
+batch order), compiled once, trains :data:`ROUNDS` timed epochs in turn; the quickest is kept,
+and reused by later runs of the same program and shapes (:data:`CHOICES`).
 """
 from __future__ import annotations
 
@@ -30,13 +23,8 @@ class Execution(NamedTuple):
 
 
 def candidates(n: int, chunk_size, shared_order) -> list[Execution]:
-    """The executions to measure for ``n`` members.
-
-    ``chunk_size="auto"``: all members at once and, when there are more than 8 members, chunks
-    of 8 and one member at a time (``lax.map``: the sequential program, which wins when one
-    member's step already fills the CPU, as the MNIST MLP's does); otherwise the given chunk
-    size. ``shared_order="auto"``: each of those with its own and with a shared batch order;
-    otherwise the given order.
+    """The executions to measure for ``n`` members: ``chunk_size="auto"`` tries all members at once
+    and, for ``n > 8``, chunks of 8 and of 1; ``shared_order="auto"`` tries both orders.
 
     Example:
       >>> from jnn.train.autoexec import candidates
@@ -58,21 +46,11 @@ def _signature(tree) -> tuple:
 
 
 class AutoEpoch:
-    """``epoch(hparams, states, active, data, shared_order_fn) -> (states, logs, execution)``.
-
-    Args:
-      jitted_epoch: ``jitted_epoch(program, hparams, states, active, data, order)``, jitted with
-        ``program`` static; ``program._replace(chunk_size=...)`` gives each candidate's program.
-      program: the static program (its ``chunk_size`` is ignored).
-      options: the candidates, in the order they are measured.
-    """
+    """``epoch(hparams, states, active, data, shared_order_fn) -> (states, logs, execution)`` over
+    ``jitted_epoch(program, ...)``, measuring ``options`` (chunk sizes, orders) in turn."""
 
     def __init__(self, jitted_epoch: Callable, program, options: list[Execution]):
         self.jitted_epoch, self.program, self.options = jitted_epoch, program, list(options)
-
-    def _compile(self, option: Execution, args):
-        program = self.program._replace(chunk_size=option.chunk_size)
-        return self.jitted_epoch.lower(program, *args).compile()
 
     def __call__(self, hparams, states, active, data, shared_order_fn: Callable[[], jax.Array]):
         def args_for(option):
@@ -88,7 +66,8 @@ class AutoEpoch:
         option = self.options[measured % len(self.options)]
         args = args_for(option)
         if option not in executables:
-            executables[option] = self._compile(option, args)
+            program = self.program._replace(chunk_size=option.chunk_size)
+            executables[option] = self.jitted_epoch.lower(program, *args).compile()
         start = time.perf_counter()
         new_states, logs = jax.block_until_ready(executables[option](*args))
         timings.setdefault(option, []).append(time.perf_counter() - start)

@@ -1,31 +1,7 @@
-"""Checkpoints of a whole :class:`~jnn.train.TrainState`, written with Orbax.
-
-Each checkpoint is one Orbax step directory ``<directory>/<step>/`` holding the train state
-(params, state, optimizer state, step count and PRNG key) and a JSON ``meta`` item: the
-model configuration you pass, the jnn/jax/optax/orbax versions and every leaf's path, shape
-and dtype. Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it only
-when everything is on disk, so a crash mid-save never touches the previous checkpoints;
-readers ignore such partial directories and the next :meth:`Checkpointer.save` removes them.
-
-Example:
-  >>> import tempfile, jax, optax, jnn
-  >>> from jnn.train.checkpoint import Checkpointer
-  >>> model, opt = jnn.dense(2), optax.adam(1e-3)
-  >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jax.numpy.zeros((1, 3)))
-  >>> ckpt = Checkpointer(tempfile.mkdtemp(), keep=2, config={"units": 2})
-  >>> ckpt.save(1, ts)
-  >>> restored, meta = ckpt.restore(ts)   # ts is only the template: structure, shapes, dtypes
-  >>> ckpt.latest_step(), meta["config"]
-  (1, {'units': 2})
-
-Resuming training::
-
-  ckpt = Checkpointer("runs/mlp")
-  fit(model, loss, opt, data, key=key, epochs=10, callbacks=[ckpt.save_every(1)])
-  # ... later, in a fresh process:
-  template = init_train_state(model, opt, jax.random.key(0), example)
-  ts, meta = ckpt.restore(template)
-  fit(model, loss, opt, data, key=key, epochs=10, train_state=Start(ts, epoch=meta["step"]))
+"""Checkpoints of a whole :class:`~jnn.train.TrainState`, written with Orbax: per step, a directory
+``<directory>/<step>/`` of the train state and a JSON ``meta`` (your config, versions, every leaf's
+path, shape and dtype), renamed into place only when complete. Resume with
+``fit(..., train_state=Start(ckpt.restore(template)[0], epoch=step))``.
 """
 from __future__ import annotations
 
@@ -48,7 +24,6 @@ class _LazyOrbax:
 
     def __getattr__(self, name):
         import orbax.checkpoint
-
         return getattr(orbax.checkpoint, name)
 
 
@@ -77,15 +52,12 @@ def _leaf_table(tree) -> dict[str, list]:
 
 
 def _saveable(tree):
-    """``tree`` with typed PRNG keys replaced by their ``key_data`` (works on arrays and
-    ``ShapeDtypeStruct`` leaves alike)."""
+    """``tree`` with typed PRNG keys replaced by their ``key_data``."""
     return jax.tree_util.tree_map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
 def _with_shardings(abstract, template):
-    """``abstract`` with each leaf given its template leaf's sharding (a key's sharding for its
-    key data: keys are replicated), so Orbax restores every shard straight onto its device,
-    also onto another mesh than the one saved from."""
+    """``abstract`` with each leaf given its template leaf's sharding (restores onto any mesh)."""
     def attach(a, t):
         sharding = getattr(t, "sharding", None)
         return a if sharding is None else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
@@ -98,23 +70,14 @@ def _listing(items: list[str], sep: str = ", ", limit: int = 20) -> str:
 
 
 def _mismatch(saved: dict[str, list], expected: dict[str, list]) -> list[str]:
-    missing = [p for p in expected if p not in saved]
-    unexpected = [p for p in saved if p not in expected]
-    shapes = [f"{p}: checkpoint {tuple(saved[p][0])} vs template {tuple(expected[p][0])}"
-              for p in expected if p in saved and saved[p][0] != expected[p][0]]
-    lines = []
-    if missing:
-        lines.append("missing from the checkpoint (in the template only): " + _listing(missing))
-    if unexpected:
-        lines.append("unexpected in the checkpoint (not in the template): " + _listing(unexpected))
-    if shapes:
-        lines.append("shape mismatch: " + _listing(shapes, "; "))
-    return lines
+    found = [("missing from the checkpoint (in the template only): ", [p for p in expected if p not in saved], ", "),
+             ("unexpected in the checkpoint (not in the template): ", [p for p in saved if p not in expected], ", "),
+             ("shape mismatch: ", [f"{p}: checkpoint {tuple(saved[p][0])} vs template {tuple(expected[p][0])}"
+                                   for p in expected if p in saved and saved[p][0] != expected[p][0]], "; ")]
+    return [title + _listing(items, sep) for title, items, sep in found if items]
 
 
 def _as_step(where: str, step) -> int:
-    """A checkpoint step as a Python int: an int, NumPy integer or integer scalar array (a
-    train state's ``step``); bools, floats and strings are refused."""
     return checks.integral(f"Checkpointer.{where}", "step", step)
 
 
@@ -130,32 +93,20 @@ class StepCheckpoints(NamedTuple):
 
 
 class Checkpointer:
-    """Saves and restores train states in ``directory``, keeping the last ``keep``.
-
-    Saves are synchronous (the call returns once the checkpoint is committed) and only go
-    forward: a step at or before the latest saved step raises instead of being skipped.
-    One process should write to a directory; any number may read it. In a multi-process
-    (``jax.distributed``) run every process calls :meth:`save` and :meth:`restore`
-    together: each writes and reads its own shards of sharded arrays.
-
-    Args:
-      directory: where the step directories live, created by the first save (never by a
-        restore: restoring from a missing directory raises FileNotFoundError). A path under
-        a regular file, or an existing directory that cannot be written, raises here.
-      keep: how many of the most recent checkpoints to keep (``None`` keeps all).
-      config: a JSON-serializable dict (e.g. the model's hyperparameters) stored with every
-        checkpoint unless :meth:`save` is given another.
+    """Saves and restores train states in ``directory`` (created by the first save), keeping the
+    last ``keep`` (``None``: all); ``config``, a JSON-serializable dict, is stored with each save.
+    Saves are synchronous and only go forward; in a multi-process run every process calls them.
 
     Example:
       >>> import os, tempfile, jax, jax.numpy as jnp, optax, jnn
       >>> ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 2)))
-      >>> with jnn.train.Checkpointer(os.path.join(tempfile.mkdtemp(), "ckpt"), keep=2) as ckpt:
+      >>> with jnn.train.Checkpointer(os.path.join(tempfile.mkdtemp(), "ckpt"), keep=2, config={"units": 1}) as ckpt:
       ...     for epoch in (1, 2, 3):
       ...         ckpt.save(epoch, ts, logs={"loss": 0.5})
-      ...     restored, meta = ckpt.restore(ts)
+      ...     restored, meta = ckpt.restore(ts)   # ts is only the template: structure, shapes, dtypes
       ...     steps = ckpt.all_steps()
-      >>> steps, restored.params["w"].shape, bool(jnp.all(restored.params["w"] == ts.params["w"]))
-      ([2, 3], (2, 1), True)
+      >>> steps, meta["config"], bool(jnp.all(restored.params["w"] == ts.params["w"]))
+      ([2, 3], {'units': 1}, True)
     """
 
     @checks.declare_as("Checkpointer", keep=checks.positive_int_or(None), config=_CONFIG)
@@ -165,7 +116,7 @@ class Checkpointer:
         checks.writable_directory("Checkpointer", self.directory)
         self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
                                                      create=True, cleanup_tmp_directories=False)
-        self._orbax = None  # created on the first save, or now if the directory exists
+        self._orbax = None
 
     @property
     def _manager(self):
@@ -180,9 +131,8 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         """The committed checkpoint steps, ascending (partial saves are never listed)."""
         if not self.directory.is_dir():
-            return []  # nothing saved yet: the directory is created by the first save
-        self._manager.reload()
-        # a step half-deleted by a kill during keep-k cleanup lacks an item: never listed
+            return []
+        self._manager.reload()   # a step half-deleted by a kill lacks an item: never listed
         return sorted(s for s in self._manager.all_steps()
                       if all((self.directory / str(s) / item).is_dir() for item in ("train_state", "meta")))
 
@@ -194,40 +144,20 @@ class Checkpointer:
     @checks.declare_as("Checkpointer.save", config=_CONFIG)
     def save(self, step: int, train_state, *, config: dict | None = None,
              logs: dict | None = None, data_state=None, progress: dict | None = None) -> None:
-        """Writes ``train_state`` as checkpoint ``step`` (e.g. the epoch number), then drops
-        checkpoints beyond the last ``keep``.
-
-        Args:
-          step: a non-negative integer greater than every step already saved.
-          train_state: a :class:`~jnn.train.TrainState` (any pytree of arrays works).
-          config: JSON-serializable model configuration (default: the constructor's).
-          logs: JSON-serializable metrics to store alongside (e.g. the epoch's history row).
-          data_state: the input pipeline's iterator state (a Grain iterator's ``get_state()``),
-            stored in the metadata (``meta["data_state"]``) of the same step, so a run resumed
-            from it reads the same batches (see :mod:`jnn.train.stream`).
-          progress: JSON-serializable position within an epoch (``meta["progress"]``), written by
-            ``fit(..., checkpoint=ckpt.every_steps(k))``.
-
-        Raises:
-          ValueError: ``step`` is negative or not after the latest saved step.
-          TypeError: ``config`` or ``logs`` is not JSON-serializable.
-        """
-        step = _as_step("save", step)
-        latest = self.latest_step()
-        if step < 0 or (latest is not None and step <= latest):
-            raise ValueError(f"Checkpointer.save: step {step} must be >= 0 and after the latest checkpoint "
-                             f"({latest}) in {self.directory}; save to a new directory or delete the later "
-                             f"checkpoints with Checkpointer.delete(step)")
-        # Leftovers of a save that crashed: nobody else writes here, so they are garbage.
+        """Writes ``train_state`` (any pytree of arrays) as checkpoint ``step``, a non-negative int
+        after every saved step, then drops checkpoints beyond the last ``keep``. ``config``
+        (default: the constructor's), ``logs``, ``data_state`` (a Grain iterator's state) and
+        ``progress`` (position within an epoch) are JSON-serializable and stored in ``meta``."""
+        step, latest = _as_step("save", step), self.latest_step()
+        checks.require(step >= 0 and (latest is None or step > latest), "Checkpointer.save",
+                       f"step {step} must be >= 0 and after the latest checkpoint ({latest}) in {self.directory}; "
+                       f"save to a new directory or delete the later checkpoints with Checkpointer.delete(step)")
         for tmp in self.directory.glob(f"*{_TMP_SUFFIX}*") if jax.process_index() == 0 else ():
             shutil.rmtree(tmp, ignore_errors=True)
         tree = _saveable(train_state)
         meta = {
-            "format": _FORMAT,
-            "step": step,
+            "format": _FORMAT, "step": step, "logs": logs, "config": self.config if config is None else config,
             "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": self.config if config is None else config,
-            "logs": logs,
             "versions": {name: _version(dist) for name, dist in
                          (("jnn", "jnn"), ("jax", "jax"), ("jaxlib", "jaxlib"), ("optax", "optax"),
                           ("orbax", "orbax-checkpoint"), ("numpy", "numpy"))},
@@ -250,13 +180,7 @@ class Checkpointer:
 
     @checks.declare_as("Checkpointer.save_every", every=checks.positive_int)
     def save_every(self, every: int = 1, *, config: dict | None = None) -> Callable:
-        """A callback for :func:`jnn.train.fit` that saves after every
-        ``every``-th epoch (the checkpoint's step is the epoch number, with the epoch's logs).
-
-        Example::
-
-          fit(model, loss, opt, data, key=key, epochs=20, callbacks=[ckpt.save_every(5)])
-        """
+        """A ``fit`` callback saving after every ``every``-th epoch as step ``epoch``, with its logs."""
         def on_epoch_end(epoch: int, train_state, logs: dict) -> None:
             if epoch % every == 0:
                 self.save(epoch, train_state, config=config, logs=logs)
@@ -265,13 +189,7 @@ class Checkpointer:
 
     @checks.declare_as("Checkpointer.every_steps", every=checks.optional(checks.positive_int), resume=checks.flag)
     def every_steps(self, every: int | None = None, *, resume: bool = False) -> "StepCheckpoints":
-        """``fit``'s ``checkpoint=`` for a stream: save every ``every`` optimizer steps (mid-epoch
-        included), and with ``resume`` continue from the latest save.
-
-        Example::
-
-          fit(model, loss, opt, pipeline, key=key, epochs=5, checkpoint=ckpt.every_steps(100, resume=True))
-        """
+        """A stream ``fit``'s ``checkpoint=``: save every ``every`` steps; ``resume`` from the latest."""
         return StepCheckpoints(self, every, resume)
 
     def read_meta(self, step: int | None = None) -> dict:
@@ -279,33 +197,14 @@ class Checkpointer:
         step = self._resolve(step, "read_meta")
         with self._corrupt(step):
             out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        meta = out.meta
-        if not isinstance(meta, dict) or "tree" not in meta:
-            raise ValueError(f"Checkpointer: step {step} in {self.directory} has no jnn metadata; "
-                             f"was it written by jnn.train.checkpoint.Checkpointer?")
-        return meta
+        checks.require(isinstance(out.meta, dict) and "tree" in out.meta, "Checkpointer",
+                       f"step {step} in {self.directory} has no jnn metadata; was it written by "
+                       f"jnn.train.checkpoint.Checkpointer?")
+        return out.meta
 
     def restore(self, template, step: int | None = None) -> tuple[Any, dict]:
-        """Restores checkpoint ``step`` (default: the latest) into ``template``'s structure.
-
-        Args:
-          template: a train state with the expected structure, shapes and dtypes, e.g. a fresh
-            :func:`~jnn.train.init_train_state` or its ``jax.eval_shape``; its values are unused.
-            Leaves with a ``sharding`` (placed arrays, e.g. :func:`jnn.parallel.place`) are
-            restored with that sharding, on any mesh, not necessarily the one saved from.
-          step: which checkpoint; ``None`` for the latest.
-
-        Returns:
-          ``(train_state, meta)``: the restored state (PRNG keys as typed keys again; leaves
-          cast to the template's dtypes, e.g. float32 weights into a bfloat16 model) and the
-          metadata dict (``step``, ``config``, ``logs``,
-          ``versions``, ``tree``, ``saved_at``).
-
-        Raises:
-          FileNotFoundError: there is no such checkpoint.
-          ValueError: the checkpoint's tree differs from the template's; the message lists the
-            missing, unexpected and shape-mismatched leaf paths.
-        """
+        """``(train_state, meta)`` of checkpoint ``step`` (default: the latest), restored into
+        ``template``'s structure, dtypes and shardings (its values unused); mismatches raise."""
         step = self._resolve(step, "restore")
         meta = self.read_meta(step)
         abstract = jax.eval_shape(_saveable, template)
@@ -335,24 +234,7 @@ class Checkpointer:
     @checks.declare_as("Checkpointer.restore_params", like=checks.optional(checks.kind(
         lambda v: isinstance(v, (tuple, list)) and len(v) == 2, "a (params, state) pair")))
     def restore_params(self, step: int | None = None, *, like=None) -> tuple[Any, Any]:
-        """Restores only ``(params, state)`` from checkpoint ``step`` (default: the latest), with
-        no train-state template: no optimizer or model code is needed.
-
-        Args:
-          step: which checkpoint; ``None`` for the latest.
-          like: optional ``(params, state)`` template (arrays or ``ShapeDtypeStruct``); when
-            given, the checkpoint's params and state must match its paths and shapes, and the
-            result takes its structure and dtypes (see :func:`jnn.io.load_params`).
-
-        Example::
-
-          params, state = Checkpointer("runs/mlp").restore_params()
-          jnn.io.save_params("mlp.safetensors", {"params": params, "state": state})
-
-        Raises:
-          FileNotFoundError: there is no such checkpoint.
-          ValueError: with ``like``, the saved params/state differ from it (listed by path).
-        """
+        """``(params, state)`` of checkpoint ``step`` (default: the latest), shaped like ``like`` if given."""
         from jnn import io as _io
         step = self._resolve(step, "restore_params")
         self.read_meta(step)  # a jnn checkpoint?

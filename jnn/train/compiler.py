@@ -1,18 +1,6 @@
-"""XLA compiler options for training programs: what jnn's own jitted steps and epochs use.
-
-On CPU, XLA (jaxlib 0.10) hands each convolution to YNNPACK, which runs it on one thread; its
-own (Eigen) convolutions use every core (figures: benchmarks/RESULTS.md, "CNN on CPU").
-:func:`compiler_options` keeps YNNPACK for matrix products and reductions and leaves convolutions
-to XLA. ``fit``, ``predict``, the stepwise epoch and evaluation and streamed training compile
-with it; pass it to your own ``jax.jit`` for the same programs. Other backends get ``{}``.
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> layer = jnn.conv(4, (3, 3))
-  >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
-  >>> apply = jax.jit(layer.apply, compiler_options=jnn.train.compiler_options())
-  >>> apply(params, state, jnp.ones((2, 8, 8, 3)))[0].shape
-  (2, 8, 8, 4)
+"""XLA compiler options for training programs: on CPU, convolutions compiled multi-threaded by
+XLA rather than single-threaded by YNNPACK (benchmarks/RESULTS.md, "CNN on CPU"). jnn's own
+jitted steps and epochs use them; pass them to your own ``jax.jit`` for the same programs.
 """
 from __future__ import annotations
 
@@ -28,16 +16,16 @@ _CPU = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_
 
 
 def compiler_options(backend: str | None = None) -> dict[str, str]:
-    """Compiler options for ``jax.jit(..., compiler_options=...)`` on ``backend`` (default: JAX's).
-
-    On CPU: convolutions compiled by XLA itself, multi-threaded, instead of single-threaded
-    YNNPACK (see the module docstring); ``{}`` where this jaxlib does not know the option, and
-    on other backends.
+    """Compiler options for ``jax.jit(..., compiler_options=...)`` on ``backend`` (default: JAX's);
+    ``{}`` off CPU or where this jaxlib does not know the option.
 
     Example:
-      >>> import jnn
-      >>> jnn.train.compiler_options("gpu")
-      {}
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> layer = jnn.conv(4, (3, 3))
+      >>> params, state = layer.init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+      >>> apply = jax.jit(layer.apply, compiler_options=jnn.train.compiler_options())
+      >>> apply(params, state, jnp.ones((2, 8, 8, 3)))[0].shape, jnn.train.compiler_options("gpu")
+      ((2, 8, 8, 4), {})
     """
     if (backend or jax.default_backend()) != "cpu" or not _cpu_accepts():
         return {}
@@ -45,10 +33,7 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 
 
 def jit_outermost(fn):
-    """``jax.jit(fn, compiler_options=compiler_options())``, except when called under an outer
-    trace (``jax.jit``, ``make_jaxpr``), where JAX accepts no compiler options: there it is
-    plain ``jax.jit(fn)`` and the outer program's options apply. For runners that call a jitted
-    function from a Python loop, which a user may still trace whole."""
+    """``jax.jit(fn, compiler_options=compiler_options())``; plain ``jax.jit(fn)`` under an outer trace."""
     fast, plain = jax.jit(fn, compiler_options=compiler_options()), jax.jit(fn)
 
     def call(*args):

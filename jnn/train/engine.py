@@ -1,20 +1,6 @@
-"""The epoch runner behind :func:`jnn.train.fit`, :func:`jnn.train.fit_population` and streamed
-training: data preparation (checks, validation split), the history, progress, the non-finite
-policy and the callbacks. Each caller supplies only its compiled epoch (training, evaluation and
-learning-rate logging) to :func:`run_epochs`.
-
-Per-epoch behaviours are callbacks in one list (:mod:`jnn.train.callbacks`): the history file,
-checkpoints every k epochs, early stopping, :class:`NonFinite` (what a non-finite epoch does)
-and your own functions.
-
-Example:
-  >>> import jax, optax, jnn
-  >>> x, y = jnn.data.xor()
-  >>> policy = jnn.train.NonFinite("stop")
-  >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-  ...                        epochs=2, batch_size=4, metrics={}, verbose=0, callbacks=[policy])
-  >>> result.nonfinite_epoch is None
-  True
+"""The epoch runner behind ``fit``, ``fit_population`` and streamed training: data preparation,
+history, progress, the non-finite policy and the callbacks (:mod:`jnn.train.callbacks`). Each
+caller supplies only its compiled epoch to :func:`run_epochs`.
 """
 from __future__ import annotations
 
@@ -43,21 +29,16 @@ class Data(NamedTuple):
     """Training data with how to read it: ``fit(model, loss, opt, Data(stream, steps_per_epoch=100))``.
 
     Attributes:
-      data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches (see :func:`jnn.train.fit`).
-      steps_per_epoch: batches per epoch of a stream, taken one after another from one iterator;
-        default: a Pipeline's own, else ``len(data)`` with the data re-iterated every epoch. A
-        stream that runs out early raises a ValueError.
-      check: before training, check the data's values eagerly: NaN/Inf features, and labels the
-        loss or metrics reject (class ids out of range, binary labels outside [0, 1]). ``False``
-        skips this pass over the data (for a stream: its first batch).
+      data: ``(x, y)`` arrays or an iterable of ``(x, y)`` batches.
+      steps_per_epoch: batches per epoch of a stream, read on from one iterator (default: a
+        Pipeline's own, else ``len(data)``, re-iterated every epoch).
+      check: check the data's values (a stream's first batch) for NaN/Inf and rejected labels.
 
     Example:
       >>> import jax, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> batches = [(x, y)] * 3                                          # a stream of 3 batches
-      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.train.Data(iter(batches * 2),
-      ...                        steps_per_epoch=3, check=False), key=jax.random.key(0), epochs=2, metrics={},
-      ...                        verbose=0)
+      >>> data = jnn.train.Data(iter([jnn.data.xor()] * 6), steps_per_epoch=3, check=False)   # a stream of 6 batches
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), data, key=jax.random.key(0), epochs=2,
+      ...                        metrics={}, verbose=0)
       >>> int(result.train_state.step)
       6
     """
@@ -68,26 +49,20 @@ class Data(NamedTuple):
 
 
 class Start(NamedTuple):
-    """Where :func:`jnn.train.fit` starts (its ``train_state=`` argument; a plain TrainState
-    resumes at epoch 0).
+    """Where ``fit`` starts (its ``train_state=``; a plain TrainState resumes at epoch 0).
 
     Attributes:
       train_state: resume from this state (``key`` then only splits the validation set).
-      params, state: or start a new run from these weights (e.g. pretrained ones, or a new head
-        on a pretrained body) instead of the model's initialization: the optimizer state is
-        initialized for them and the step count starts at 0; they must have the structure and
-        shapes of the model's own (``state`` defaults to the model's initial state).
-      epoch: train epochs ``epoch + 1 .. epochs`` (Keras' ``initial_epoch``). Resuming from the
-        state saved after epoch k with ``epoch=k`` reproduces an uninterrupted run bit for bit.
+      params, state: or start a new run (step 0) from these weights (``state``: default the model's).
+      epoch: train epochs ``epoch + 1 .. epochs``; resuming the state saved after epoch k with
+        ``epoch=k`` reproduces an uninterrupted run bit for bit.
 
     Example:
       >>> import jax, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> run = lambda epochs, start=None: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y),
+      >>> run = lambda epochs, start=None: jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.data.xor(),
       ...     key=jax.random.key(0), epochs=epochs, batch_size=4, metrics={}, verbose=0,
       ...     train_state=start)
-      >>> first = run(1)
-      >>> rest = run(3, jnn.train.Start(first.train_state, epoch=1))      # epochs 2 and 3
+      >>> rest = run(3, jnn.train.Start(run(1).train_state, epoch=1))      # epochs 2 and 3
       >>> rest.history["epoch"], bool((rest.train_state.params["w"] == run(3).train_state.params["w"]).all())
       ([2, 3], True)
     """
@@ -99,14 +74,9 @@ class Start(NamedTuple):
 
 
 class NonFinite(Callback):
-    """The non-finite policy: when an epoch's metrics are NaN or infinite, training stops and
-    keeps the state of the last finite epoch (in a population, only the failing members stop).
-
-    Args:
-      action: ``"raise"`` raises a :class:`jnn.train.NonFiniteError` naming the epoch (it carries
-        that state and the history); ``"stop"`` warns and returns, with ``nonfinite_epoch`` set.
-      debug: replay the failing epoch from the last good state with
-        :func:`jnn.train.find_nonfinite` and report the step, layer and examples.
+    """The non-finite policy: a NaN/Inf epoch stops training (a population's failing members) at the
+    last finite state and raises a :class:`jnn.train.NonFiniteError` (``action="raise"``) or warns
+    (``"stop"``); ``debug`` replays it with :func:`jnn.train.find_nonfinite`.
 
     Example:
       >>> import jnn
@@ -122,8 +92,7 @@ class NonFinite(Callback):
         return None
 
     def handle(self, where: str, epoch: int, state, history, row: dict, bad, replay) -> Any:
-        """Reports epoch ``epoch``'s non-finite ``row`` (members ``bad``), then raises or warns;
-        ``replay(members)`` gives the reports. Returns the report(s)."""
+        """Raises or warns about non-finite ``row`` (members ``bad``); returns ``replay``'s reports."""
         if bad.ndim == 0:
             report = replay(None) if self.debug else None
             names = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -164,8 +133,7 @@ CALLBACK_RULES = dict(callbacks=checks.instance_of(list, tuple, described="a lis
 
 
 def with_early_stopping(where: str, callbacks, early_stopping):
-    """``callbacks`` (see :data:`CALLBACK_RULES`) with ``early_stopping`` added, and the run's one
-    :class:`EarlyStopping` (or None)."""
+    """``callbacks`` with ``early_stopping`` added, and the run's one :class:`EarlyStopping` (or None)."""
     callbacks = list(callbacks) + ([early_stopping] if early_stopping is not None else [])
     stoppers = [cb for cb in callbacks if isinstance(cb, EarlyStopping)]
     checks.at_most_one(where, "EarlyStopping", stoppers, " (in callbacks and early_stopping together)")
@@ -174,9 +142,8 @@ def with_early_stopping(where: str, callbacks, early_stopping):
 
 @checks.declare(fraction=checks.satisfies(lambda f: 0.0 < f < 1.0, "in (0, 1)"))
 def split_validation(x, y, fraction: float, key):
-    """Shuffles ``(x, y)`` with ``key`` and splits off ``fraction`` of it:
-    returns ``(train_x, train_y), (val_x, val_y)``. ``x`` and ``y`` may be pytrees (dicts or
-    tuples of arrays with examples on the first axis); every leaf is split alike.
+    """Shuffles ``(x, y)`` (arrays or pytrees of them) with ``key`` and splits off ``fraction``:
+    ``(train_x, train_y), (val_x, val_y)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -195,35 +162,27 @@ def split_validation(x, y, fraction: float, key):
 
 def prepare(where: str, train_data, val_data, val_split, split_key, *, batch_size, eval_batch_size,
             first_batch=None):
-    """Checks ``(x, y)`` (or a stream's ``first_batch``), splits off ``val_split`` and checks
-    ``val_data``: returns ``(x, y), val_data``. A stream's ``val_data`` passes unchecked."""
+    """``(x, y), val_data``, checked (a stream: its ``first_batch``), ``val_split`` held out."""
     x, y = check_pair(f"{where} train_data" + (" (first batch)" if first_batch is not None else ""),
                       train_data if first_batch is None else first_batch)
     guard.check_fit_args(where, x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split)
     (x, y), val_data = hold_out(where, (x, y), val_data, val_split, split_key)
-    if val_data is not None and not _is_stream(val_data):
+    from jnn.train.stream import is_stream
+    if val_data is not None and not is_stream(val_data):
         val_data = check_pair(f"{where} val_data", val_data)
     return (x, y), val_data
 
 
 def hold_out(where: str, train_data, val_data, val_split, key):
-    """``(train_data, val_data)`` with ``val_split`` of ``train_data`` held out for validation
-    (shuffled with ``key``); unchanged without ``val_split``."""
-    if val_data is not None and val_split:
-        raise ValueError(f"{where}: pass either val_data or val_split, not both")
+    """``(train_data, val_data)`` with ``val_split`` of ``train_data`` held out (shuffled by ``key``)."""
+    checks.require(val_data is None or not val_split, where, "pass either val_data or val_split, not both")
     if not val_split:
         return train_data, val_data
     return split_validation(*check_pair(f"{where} train_data", train_data), val_split, key)
 
 
-def _is_stream(data) -> bool:
-    from jnn.train.stream import is_stream
-    return is_stream(data)
-
-
 def learning_rate(opt_state):
-    """The current learning rate (``[N]`` for a population) when the optimizer was built with
-    ``optax.inject_hyperparams``, else None."""
+    """The learning rate ``optax.inject_hyperparams`` keeps (``[N]`` for a population), else None."""
     for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda s: hasattr(s, "hyperparams")):
         if hasattr(leaf, "hyperparams") and "learning_rate" in leaf.hyperparams:
             return leaf.hyperparams["learning_rate"]
@@ -242,8 +201,7 @@ class _Bar(NamedTuple):
 
 @contextlib.contextmanager
 def progress_bar(epochs: int, *, enabled: bool = True):
-    """A rich progress bar over epochs showing the latest metrics; a no-op when disabled or
-    when rich is not installed."""
+    """A rich progress bar over epochs with the latest metrics (a no-op when disabled or without rich)."""
     try:
         import rich.progress
     except ImportError:
@@ -269,8 +227,7 @@ class Outcome(NamedTuple):
 
 
 class _Book:
-    """The history: ``{name: [values]}`` (with ``"epoch"``) for one run, ``{name: [epochs, N]}``
-    (NaN where a member did not train) for a population."""
+    """The history: ``{name: [values]}`` for one run, ``{name: [epochs, N]}`` (NaN: not trained)."""
 
     def __init__(self, epochs: int, members: int | None, history: dict | None, names=()):
         self.epochs, self.members = epochs, members
@@ -297,14 +254,10 @@ class _Book:
 def run_epochs(where: str, ts, epoch_fn, *, epochs: int, callbacks: CallbackList, policy: NonFinite,
                initial_epoch: int = 0, members: int | None = None, history: dict | None = None, names=(),
                verbose: bool = False, progress: bool = False, replay=None, describe=None) -> Outcome:
-    """Runs epochs ``initial_epoch + 1 .. epochs`` of ``epoch_fn(ts, epoch, trained) -> (ts, logs)``.
-
-    After each epoch: the logs join the history (``time`` added for one run), one line is
-    printed (``verbose``; a population's line is ``describe(epoch, history, trained)``), a
-    non-finite epoch reverts the failing run or members to their last finite state and goes to
-    ``policy``, and ``callbacks`` run; a callback returning True (or a bool ``[N]``) stops the
-    run (those members). ``members``: the population size, or None for one run.
-    """
+    """Runs epochs ``initial_epoch + 1 .. epochs`` of ``epoch_fn(ts, epoch, trained) -> (ts, logs)``
+    for one run or ``members`` of a population: history, a ``verbose`` line (a population's from
+    ``describe``), a non-finite epoch reverted and handed to ``policy``, then the ``callbacks``
+    (True, or a bool ``[N]``, stops the run or those members)."""
     shape = () if members is None else (members,)
     book = _Book(epochs, members, history, names)
     active, stopped = np.ones(shape, bool), np.zeros(shape, bool)

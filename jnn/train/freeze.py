@@ -1,20 +1,5 @@
-"""Freeze parameters by path pattern: exactly zero updates, no optimizer state, no decay.
-
-Patterns follow :mod:`jnn.tree`: one without ``/`` matches a leaf's own name (``"b"``: every
-bias), one with ``/`` is an ``fnmatch`` glob over the whole path (``"dense_0/*"``,
-``"encoder/*"``).
-
-Example:
-  >>> import jax, jax.numpy as jnp, optax
-  >>> from jnn.train.freeze import freeze, trainable_mask
-  >>> params = {"dense_0": {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}, "dense_1": {"w": jnp.ones((2, 1))}}
-  >>> trainable_mask(params, ["dense_0/*"])
-  {'dense_0': {'b': False, 'w': False}, 'dense_1': {'w': True}}
-  >>> opt = freeze(optax.adamw(0.1, weight_decay=0.1), ["dense_0/*"])
-  >>> grads = jax.tree_util.tree_map(jnp.ones_like, params)
-  >>> updates, _ = opt.update(grads, opt.init(params), params)
-  >>> updates["dense_0"]["w"].tolist()
-  [[0.0, 0.0], [0.0, 0.0]]
+"""Freeze parameters by path pattern (as in :mod:`jnn.tree`: ``"b"`` matches every leaf named
+``b``, ``"dense_0/*"`` globs whole paths): exactly zero updates, no optimizer state, no decay.
 """
 from __future__ import annotations
 
@@ -33,10 +18,6 @@ __all__ = ["freeze", "trainable_mask", "FROZEN", "TRAINABLE"]
 FROZEN, TRAINABLE = "frozen", "trainable"
 
 
-def _patterns(frozen: Iterable[str] | str, where: str) -> tuple[str, ...]:
-    return _tree.check_patterns(where, "frozen", frozen)
-
-
 def _check_used(params, patterns: tuple[str, ...], where: str) -> None:
     paths = [p for p, _ in _tree.leaves_with_paths(params)]
     unused = [pat for pat in patterns if not any(_tree.matches(p, pat) for p in paths)]
@@ -47,12 +28,8 @@ def _check_used(params, patterns: tuple[str, ...], where: str) -> None:
 
 
 def trainable_mask(params, frozen: Iterable[str] | str):
-    """A tree of bools with ``params``' structure: False where a leaf's path matches one of
-    the ``frozen`` patterns, True elsewhere. Usable as an ``optax.masked`` mask.
-
-    Raises:
-      ValueError: a pattern matches no leaf (frozen patterns that freeze nothing are
-        almost always typos).
+    """A bool tree shaped like ``params`` (an ``optax.masked`` mask): False where a leaf's path
+    matches a ``frozen`` pattern. A pattern that matches nothing raises (a typo?).
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -60,7 +37,7 @@ def trainable_mask(params, frozen: Iterable[str] | str):
       >>> jnn.train.trainable_mask(params, "b")
       {'dense_0': {'b': False, 'w': True}}
     """
-    patterns = _patterns(frozen, "trainable_mask")
+    patterns = _tree.check_patterns("trainable_mask", "frozen", frozen)
     _check_used(params, patterns, "trainable_mask")
     return _tree.mask(params, include=("*",), exclude=patterns)
 
@@ -68,21 +45,10 @@ def trainable_mask(params, frozen: Iterable[str] | str):
 @checks.declare(optimizer=guard.PARTS["optimizer"])
 def freeze(optimizer: optax.GradientTransformation,
            frozen: Iterable[str] | str) -> optax.GradientTransformation:
-    """Wraps ``optimizer`` so that the leaves matching ``frozen`` never change.
-
-    Built on ``optax.partition``: frozen leaves go to ``optax.set_to_zero()`` and get
-    updates that are exactly zero (so their values stay bit-identical), while ``optimizer``
-    only ever sees the trainable leaves: it keeps no state (moments) for frozen ones, and
-    weight decay inside it (``optax.adamw``, ``add_decayed_weights``) cannot touch them.
-    Gradients are still computed for frozen leaves; they are dropped here.
-
-    Args:
-      optimizer: any optax optimizer (chains, schedules and masks compose).
-      frozen: a pattern or patterns over parameter paths (see :mod:`jnn.tree`).
-
-    Returns:
-      An ``optax.GradientTransformation``. Its ``init`` raises ValueError when a pattern
-      matches no parameter.
+    """Wraps ``optimizer`` so that the leaves matching the ``frozen`` pattern(s) get exactly zero
+    updates (``optax.partition``): ``optimizer`` sees only the trainable leaves, so it keeps no
+    state and applies no weight decay for frozen ones. ``init`` raises when a pattern matches
+    no parameter.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -92,7 +58,7 @@ def freeze(optimizer: optax.GradientTransformation,
       >>> updates["b"].tolist(), updates["w"].tolist()
       ([0.0, 0.0], [-0.5, -0.5])
     """
-    patterns = _patterns(frozen, "freeze")
+    patterns = _tree.check_patterns("freeze", "frozen", frozen)
 
     def labels(tree):
         _check_used(tree, patterns, "freeze")

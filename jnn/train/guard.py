@@ -1,11 +1,5 @@
-"""Checks around ``fit``: arguments before the first step, non-finite metrics after each epoch.
-
-Everything that can be checked before training is checked before training, with a message
-naming the argument the user passed (:func:`check_fit_args`, :func:`check_fit_plan`). After
-each epoch, a non-finite metric stops training with the last finite state kept
-(:func:`nonfinite_metrics`, :class:`NonFiniteError`); :func:`jnn.train.find_nonfinite`
-replays the failing epoch to find the step, layer and examples.
-"""
+"""Checks around ``fit``: arguments and data before the first step (naming the argument at
+fault), non-finite metrics after each epoch (:class:`NonFiniteError`)."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -31,20 +25,15 @@ class NonFiniteError(FloatingPointError):
 
     Attributes:
       epoch: the 1-based epoch whose metrics were non-finite.
-      train_state: the state at the end of the last finite epoch (or the starting state). From
-        :func:`jnn.train.fit_population`: the batched states, the failing members' reverted to
-        their last finite epoch.
-      history: the history up to and including the failing epoch.
-      report: a :class:`jnn.train.NonFiniteReport` when ``NonFinite(debug=True)``, else ``None``
-        (from ``fit_population``: ``{member: report}``).
-      members: from ``fit_population``, the indices of the members that went non-finite.
+      train_state, history: the state after the last finite epoch, the history up to the failing one.
+      report: with ``NonFinite(debug=True)``, a :class:`jnn.train.NonFiniteReport` (a population's:
+        ``{member: report}``); members: a population's failing members.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
       >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
       >>> try:
-      ...     jnn.train.fit(jnn.dense(1), nan_loss, optax.sgd(0.1), (x, y), key=jax.random.key(0), epochs=2,
+      ...     jnn.train.fit(jnn.dense(1), nan_loss, optax.sgd(0.1), jnn.data.xor(), key=jax.random.key(0), epochs=2,
       ...                   batch_size=4, metrics={}, verbose=0)
       ... except jnn.train.NonFiniteError as e:
       ...     print(e.epoch, int(e.train_state.step), e.report)
@@ -58,8 +47,7 @@ class NonFiniteError(FloatingPointError):
 
 
 def default_metrics(loss) -> dict:
-    """``{"accuracy": ...}`` for classification losses, none otherwise (a regression run must not
-    log a meaningless accuracy). Pass ``metrics=`` to choose explicitly."""
+    """``{"accuracy": ...}`` for classification losses, ``{}`` otherwise."""
     base = getattr(loss, "func", loss)  # functools.partial of a jnn loss counts too
     return {"accuracy": _metrics.accuracy} if base in _CLASSIFICATION_LOSSES else {}
 
@@ -81,10 +69,6 @@ _PARTS = {   # what: (test, what it must be, how a wrong value is described); al
     "metrics": (lambda v: v is None or isinstance(v, Mapping), "a dict {name: fn(predictions, targets)}",
                 _typename),
 }
-
-
-def _part(test, need: str, described=_typename):
-    return checks.satisfies(test, need, TypeError, described)
 
 
 def _metric_functions(label, what, value):
@@ -111,10 +95,8 @@ def prng_key(label: str, what: str, key):
     return key
 
 
-#: Rules (for :func:`jnn._checks.declare`) of the training recipe's parts: ``model`` a Layer,
-#: ``optimizer`` an optax transformation, ``make_model``/``make_optimizer``, ``loss``, metric
-#: functions and ``regularizer`` callables; all raise TypeErrors.
-PARTS = {what: _part(*spec) for what, spec in _PARTS.items()}
+#: Rules (for :func:`jnn._checks.declare`) of the training recipe's parts; all raise TypeErrors.
+PARTS = {what: checks.satisfies(test, need, TypeError, shown) for what, (test, need, shown) in _PARTS.items()}
 PARTS["metrics"] = checks.all_of(PARTS["metrics"], _metric_functions)
 
 
@@ -135,8 +117,7 @@ def check_fit_args(where: str, x, *, batch_size, eval_batch_size, val_split) -> 
     checks.positive_int(where, "eval_batch_size", eval_batch_size)
     leaves = jax.tree_util.tree_leaves(x)
     n = len(leaves[0]) if leaves else 0
-    if n == 0:
-        raise ValueError(f"{where}: train_data is empty (0 examples); pass at least one batch")
+    checks.require(n > 0, where, "train_data is empty (0 examples); pass at least one batch")
     if val_split:
         checks.split_fraction(where, "val_split", val_split, n)
 
@@ -151,10 +132,8 @@ def _example_shapes(tree):
 
 def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, val_data,
                    early_stopping, logs_lr: bool, data_check=None) -> None:
-    """Traces (never runs) one train step and the evaluation in one ``jax.eval_shape``: wrong
-    validation widths and unlogged early-stopping metrics fail here, before the first step.
-    ``data_check = (out, loss, metrics)`` (``out``: the model's output shapes) also checks the
-    data's values eagerly."""
+    """Traces (never runs) a train step and the evaluation, so misfits fail before the first step;
+    ``data_check = (out, loss, metrics)`` also checks the data's values."""
     x, y = train_data
     batch = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), (x, y))
 
@@ -173,10 +152,7 @@ def check_fit_plan(where: str, step, evaluate, ts, train_data, batch_size: int, 
 
 
 def check_val_data(where: str, train_data, val_data, trace, alone=None):
-    """Validation examples must have the training examples' shapes, and ``trace(val_spec)``
-    (an ``eval_shape`` of the evaluation) must succeed; returns what it returns (the val logs).
-    When it fails, ``alone()`` (the training step's trace) runs first: its own fault raises its
-    own error rather than one blaming val_data."""
+    """``trace(val_spec)`` for val examples shaped like the training ones (on failure, ``alone()`` first)."""
     (x, y), (vx, vy) = train_data, val_data
     for what, v, t in (("x", vx, x), ("y", vy, y)):
         if _example_shapes(v) != _example_shapes(t):
@@ -212,9 +188,7 @@ def population_message(where: str, epoch: int, row: dict, bad, reports: dict, ac
 
 
 def check_values(where: str, out, loss, metrics, train_data, val_data=None) -> None:
-    """Eager checks of concrete data, once before training (under ``jit`` nothing is checked):
-    non-finite features (:func:`check_features`) and labels the loss or a metric rejects
-    (:func:`check_labels`, on ``out``, the model's output shapes)."""
+    """:func:`check_features` and :func:`check_labels` of concrete data, once before training."""
     for what, (x, y) in {"train_data": train_data, "val_data": val_data or (None, None)}.items():
         if y is not None:
             check_features(where, what, x)
@@ -226,20 +200,14 @@ def check_features(where: str, what: str, x) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(x):
         if not jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact):
             continue
-        finite = np.isfinite(np.asarray(leaf).reshape(len(leaf), -1)).all(axis=1)
-        if not finite.all():
-            rows = np.flatnonzero(~finite)
-            name = "x" + jax.tree_util.keystr(path)
-            raise ValueError(f"{where}: {what} {name} has non-finite values (NaN or Inf) in "
+        rows = np.flatnonzero(~np.isfinite(np.asarray(leaf).reshape(len(leaf), -1)).all(axis=1))
+        if len(rows):
+            raise ValueError(f"{where}: {what} x{jax.tree_util.keystr(path)} has non-finite values (NaN or Inf) in "
                              f"{len(rows)} example(s), first at index {int(rows[0])}; clean or drop them")
 
 
 def check_labels(where: str, what: str, out, loss, metrics, y) -> None:
-    """Traces the loss and metrics on placeholder outputs shaped like ``out`` (a ShapeDtypeStruct
-    of the model's output) with the concrete labels ``y``: labels they reject (out-of-range class
-    ids, binary labels outside [0, 1]) raise here, naming the function. Traced with
-    ``jax.eval_shape``, not run: the labels stay concrete, so their checks run, and nothing is
-    compiled."""
+    """Labels ``y`` the loss or a metric rejects (traced on outputs shaped like ``out``) raise here."""
     if not (isinstance(out, jax.ShapeDtypeStruct) and hasattr(y, "shape")):
         return  # several outputs or targets: the loss decides what they mean; nothing to probe
     placeholder = jax.ShapeDtypeStruct((len(y), *out.shape[1:]), jax.numpy.float32)

@@ -1,11 +1,5 @@
-"""``find_nonfinite``: replay an epoch step by step and locate the first non-finite value.
-
-Training is pure and seeded: the train state carries its key, and an epoch's batch order is
-drawn from it (:func:`jnn.train.epoch_order`). Replaying an epoch from the last good state
-therefore repeats exactly the same steps, so the first failing step can be found after the
-fact, and then the first layer (by path) whose output or gradient is non-finite, and the
-examples of the batch involved. :func:`jnn.train.fit_population` replays a failing member alone.
-"""
+"""``find_nonfinite``: replay an epoch step by step from the last good state (training is pure
+and seeded, so the same steps repeat) and locate the first non-finite value."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -24,22 +18,19 @@ class NonFiniteReport(NamedTuple):
     """Where training first went non-finite.
 
     Attributes:
-      step: the global optimizer step (``train_state.step`` before the failing update).
-      batch: the index of that step within the replayed epoch.
-      layer: the first layer path (e.g. ``"dense_0"``) whose output, or else whose params'
-        gradient, is non-finite; ``"(loss)"`` when only the loss is, ``"(input)"`` when only
-        the input is; ``None`` when only the update (optimizer) made the params non-finite.
+      step: the optimizer step before the failing update; batch: its index within the epoch.
+      layer: the first layer path whose output, or else params' gradient, is non-finite;
+        ``"(loss)"``/``"(input)"`` when only those are; ``None`` when only the update is.
       kind: ``"input"``, ``"output"``, ``"loss"``, ``"gradient"`` or ``"update"``.
       examples: indices into the training data of the batch rows involved.
-      bad_input: whether those examples' inputs are themselves non-finite (NaN features).
+      bad_input: whether those examples' inputs are themselves non-finite.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
-      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> (x, y), model, opt = jnn.data.xor(), jnn.dense(1), optax.sgd(0.1)
       >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:1])
-      >>> report = jnn.train.find_nonfinite(model, nan_loss, opt, ts, (x, y), batch_size=2)
+      >>> report = jnn.train.find_nonfinite(model, lambda out, y: jnp.mean(out - y) * jnp.nan, opt, ts, (x, y),
+      ...                                   batch_size=2)
       >>> report.step, report.batch, report.layer, report.kind, len(report.examples), report.bad_input
       (0, 0, '(loss)', 'loss', 2, False)
     """
@@ -94,32 +85,16 @@ def _subtree(tree, path: str):
 
 def find_nonfinite(model, loss, optimizer, train_state, train_data, *, batch_size: int,
                    metrics=None, regularizer=None) -> NonFiniteReport | None:
-    """Replays one epoch from ``train_state`` and reports the first non-finite value.
-
-    Uses the same shuffle and per-step keys as :func:`jnn.train.fit` (fused or not), so
-    passing the state saved before a failing epoch finds the step that failed. Runs one
-    jitted step at a time (debugging speed, not training speed).
-
-    Args:
-      model, loss, optimizer, metrics, regularizer: as given to ``fit``.
-      train_state: the last good state (``NonFiniteError.train_state``).
-      train_data: the ``(x, y)`` training arrays (after any ``val_split``).
-      batch_size: the training batch size.
-
-    Returns:
-      A :class:`NonFiniteReport`, or ``None`` if the whole epoch stays finite.
+    """Replays one epoch of ``fit`` (same shuffle and keys) from ``train_state``, the last good
+    state, over the ``(x, y)`` arrays: a :class:`NonFiniteReport` of the first non-finite value,
+    or ``None``. Other arguments are as given to ``fit``.
 
     Example:
-      >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
-      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> import jax, optax, jnn
+      >>> (x, y), model, opt = jnn.data.xor(), jnn.dense(1), optax.sgd(0.1)
       >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:1])
-      >>> print(jnn.train.find_nonfinite(model, jnn.losses.mse, opt, ts, (x, y), batch_size=2))
+      >>> print(jnn.train.find_nonfinite(model, jnn.losses.mse, opt, ts, (x, y), batch_size=2))   # all finite
       None
-      >>> report = jnn.train.find_nonfinite(model, nan_loss, opt, ts, (x, y), batch_size=2)
-      >>> report.step, report.batch, report.kind, len(report.examples)
-      (0, 0, 'loss', 2)
     """
     x, y = (jnp.asarray(a) for a in train_data)
     step = jax.jit(make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer))
@@ -142,8 +117,7 @@ def _locate(model, loss, ts, batch):
     outputs = _layer_outputs(model, ts.params, ts.state, x, key)
     for path, out in outputs:
         if not _finite(out):
-            rows = _bad_rows(jax.tree_util.tree_leaves(out)[0])
-            return path, "output", rows
+            return path, "output", _bad_rows(jax.tree_util.tree_leaves(out)[0])
 
     def example_loss(params, xi, yi):
         out, _ = model.apply(params, ts.state, xi[None], key=key, train=True)
@@ -164,8 +138,7 @@ def _locate(model, loss, ts, batch):
 
 
 def replay_members(program, hparams, states, data, members) -> dict:
-    """:func:`find_nonfinite` for each of ``members`` of a population alone, from its state in the
-    batched ``states`` (``program``: the population's model, loss and optimizer factories)."""
+    """:func:`find_nonfinite` for each of ``members`` of a population alone, from batched ``states``."""
     reports = {}
     for i in members:
         hp = {k: v[i] for k, v in hparams.items()}

@@ -1,22 +1,17 @@
 """Population-based training (Jaderberg et al., 2017) inside the compiled population epoch.
 
-Every ``interval`` epochs the worst ``fraction`` of the members copy the weights, model state
-and optimizer state of members drawn from the best ``fraction`` (exploit) and perturb the
-hyperparameters they copied (explore). :func:`exploit_explore` is that step, a pure function of
-``(hparams, train states, scores, key)``; :func:`fit_pbt` runs it inside the jitted population
-epoch (behind a ``lax.cond``, so epochs without it skip it), with the epoch index traced: one
-program serves every epoch and interval, and the host only dispatches, reading nothing back
-until training ends. Members keep their own PRNG keys (their dropout masks and shuffles), so a
-member that is never exploited trains exactly as it would without PBT.
+Every ``interval`` epochs the worst ``fraction`` of the members copy the states of members drawn
+from the best (exploit) and perturb the hyperparameters they copied (explore):
+:func:`exploit_explore`, run by :func:`fit_pbt` inside the jitted epoch; nothing is read back
+until training ends. A member never exploited trains exactly as it would without PBT.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax, jnn
   >>> from jnn.train.pbt import PBT, fit_pbt
-  >>> x, y = jnn.data.xor()
   >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
   >>> make_opt = lambda hp: optax.inject_hyperparams(optax.sgd)(learning_rate=hp["lr"])
   >>> pbt = PBT(space={"lr": (1e-3, 1.0, "log")}, interval=5, monitor="loss")
-  >>> result = fit_pbt(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, (x, y),
+  >>> result = fit_pbt(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, jnn.data.xor(),
   ...                  hparams={"lr": jnp.array([1e-3, 1e-3, 0.3, 0.3])}, key=jax.random.key(0),
   ...                  pbt=pbt, epochs=20, batch_size=4, metrics={})
   >>> result.lineage.shape, bool(result.hparam_history["lr"].min() >= 1e-3)
@@ -51,18 +46,14 @@ class PBT:
     """Options of population-based training.
 
     Attributes:
-      space: ``{name: (low, high)}`` or ``{name: (low, high, "log")}``: the hyperparameters
-        explored and their bounds (perturbed values are clipped to them; resampling draws
-        uniformly, or log-uniformly with ``"log"``). Other hyperparameters are copied unchanged.
-      interval: epochs between exploit/explore steps (after epochs ``interval``, ``2 interval``, ...
-        but not after the last).
-      fraction: truncation selection: the worst ``floor(fraction * N)`` members (at least one)
-        copy from members drawn uniformly from the best as many. In ``(0, 0.5]``.
-      monitor: the logged metric members are ranked by (``"val_accuracy"``, ``"loss"``, ...).
-      mode: ``"max"``, ``"min"`` or ``"auto"`` (max for names containing "acc"). NaN ranks last.
-      factors: explore by multiplying each explored hyperparameter by one of these, drawn uniformly.
-      resample_probability: instead, with this probability per hyperparameter, draw a new value
-        from ``space`` (0: always perturb, 1: always resample).
+      space: ``{name: (low, high)}`` or ``{name: (low, high, "log")}``: the explored
+        hyperparameters and their bounds (values are clipped to them); others are copied.
+      interval: epochs between exploit/explore steps (never after the last epoch).
+      fraction: the worst ``floor(fraction * N)`` members (at least one) copy from members drawn
+        from the best as many; in ``(0, 0.5]``.
+      monitor, mode: the logged metric to rank by (NaN last); ``"max"``, ``"min"`` or ``"auto"``.
+      factors, resample_probability: explore by multiplying by one of ``factors``, or with this
+        probability draw a new value from ``space``.
     """
 
     space: Any
@@ -101,15 +92,11 @@ class PBTResult(NamedTuple):
     """What :func:`fit_pbt` returns.
 
     Attributes:
-      train_states: the members' final states, stacked ``[N]``.
-      history: ``{name: np.ndarray [epochs, N]}``: ``"loss"``, metrics, ``"val_*"``, ``"lr"``.
-      hparam_history: ``{name: np.ndarray [epochs, N]}``, the value each member trained with in
-        each epoch (its schedule).
-      hparams: ``{name: np.ndarray [N]}``, the values after the last epoch.
-      lineage: ``int [steps, N]``: after exploit/explore step ``s``, member ``i`` continued from
-        member ``lineage[s, i]``'s state (``i`` itself when it was not exploited).
+      train_states, history, keys: as in :class:`jnn.train.PopulationResult`.
+      hparam_history: ``{name: [epochs, N]}``, the value each member trained with per epoch.
+      hparams: ``{name: [N]}``, the values after the last epoch.
+      lineage: ``int [steps, N]``: after step ``s``, member ``i`` continued from ``lineage[s, i]``.
       lineage_epochs: ``int [steps]``, the epoch after which each step ran.
-      keys: the member keys ``[N]``.
     """
 
     train_states: TrainState
@@ -122,8 +109,7 @@ class PBTResult(NamedTuple):
 
 
 def _refresh_hyperparams(opt_state, fresh):
-    """``opt_state`` with the hyperparameters that ``optax.inject_hyperparams`` keeps in it taken
-    from ``fresh`` (the same optimizer initialized with the new hyperparameters)."""
+    """``opt_state`` with its ``inject_hyperparams`` values taken from ``fresh``."""
     injected = lambda s: hasattr(s, "hyperparams") and hasattr(s, "_replace")
     return jax.tree_util.tree_map(lambda old, new: old._replace(hyperparams=new.hyperparams) if injected(old) else old,
                                   opt_state, fresh, is_leaf=injected)
@@ -147,33 +133,14 @@ def _explore(pbt: PBT, hparams, key):
 @_checks.declare(states=_checks.instance_of(TrainState, described="the members' stacked jnn.train.TrainState"))
 def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, key: jax.Array, *,
                     make_optimizer: MakeOptimizer | None = None):
-    """One PBT step: truncation exploit, then explore the copied hyperparameters.
-
-    Pure and jittable (``pbt`` static). Members are ranked by ``scores`` (NaN last; ties by
-    index); each of the worst ``pbt.exploited(N)`` copies ``params``, ``state``, ``opt_state``
-    and ``step`` (not its key) and all hyperparameters from a member drawn uniformly from the
-    best as many, then explores the hyperparameters in ``pbt.space``. Every other member is
-    returned unchanged, bit for bit.
-
-    Args:
-      pbt: the options.
-      hparams: ``{name: [N]}`` float arrays (every name in ``pbt.space`` must be present).
-      states: the stacked :class:`TrainState` ``[N]``.
-      scores: ``[N]``, the monitored metric.
-      key: PRNG key of this step.
-      make_optimizer: when given, the hyperparameters ``optax.inject_hyperparams`` keeps in a
-        copied member's optimizer state are set to those of ``make_optimizer(new_hp)`` (else the
-        member would keep optimizing with its donor's values).
-
-    Returns:
-      ``(hparams, states, source)``, ``source [N] int32``: the member each one now continues
-      from (itself when not exploited).
-    """
+    """One PBT step, pure and jittable (``pbt`` static): ``(hparams, states, source [N])``. Ranked by
+    ``scores [N]`` (NaN last), each of the worst ``pbt.exploited(N)`` copies state (not its key) and
+    hyperparameters from one of the best, then explores; ``source``: whom each continues from. With
+    ``make_optimizer``, copied optimizer states get ``make_optimizer(new_hp)``'s injected values."""
     _checks.among("exploit_explore", "PBT space names", [name for name, _ in pbt.space], hparams, "hparams")
     n = jax.tree_util.tree_leaves(hparams)[0].shape[0] if hparams else jnp.shape(scores)[0]
-    if jnp.shape(scores) != (n,):
-        raise ValueError(f"exploit_explore: scores must hold one value per member, shape ({n},), got shape "
-                         f"{tuple(jnp.shape(scores))}")
+    _checks.require(jnp.shape(scores) == (n,), "exploit_explore", f"scores must hold one value per member, "
+                    f"shape ({n},), got shape {tuple(jnp.shape(scores))}")
     m = pbt.exploited(n)
     index = jnp.arange(n, dtype=jnp.int32)
     if m == 0:
@@ -198,8 +165,7 @@ def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, ke
 
 
 def explore_key(keys: jax.Array, epoch: int) -> jax.Array:
-    """The key of the exploit/explore step after epoch ``epoch`` in :func:`fit_pbt`: drawn from
-    the first member key, on a stream apart from its init, shuffle and shared-order keys."""
+    """The key of the exploit/explore step after epoch ``epoch``, apart from the members' other keys."""
     return jax.random.fold_in(jax.random.fold_in(keys[0], 0x9B7), epoch)
 
 
@@ -229,16 +195,9 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
             batch_size: int = 128, val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
             regularizer: Callable | None = None, eval_batch_size: int = 1000, chunk_size: int | None = None,
             shared_order: bool = False) -> PBTResult:
-    """Trains a population with population-based training; one compiled program per run.
-
-    Arguments are those of :func:`jnn.train.fit_population` (no early stopping: PBT replaces
-    it), plus ``pbt``. ``hparams`` must hold a float array ``[N]`` for each name in
-    ``pbt.space``. Each epoch is one call of a jitted program (population epoch, validation,
-    and, after every ``pbt.interval``-th epoch, :func:`exploit_explore` with key
-    ``explore_key(keys, epoch)``); results stay on the device until training ends. Arguments
-    and the validation data's shapes are checked before the first step, as in
-    ``fit_population``; there is no per-epoch non-finite check (nothing is read back): a member
-    whose monitored score is NaN ranks last and is replaced at the next exploit step.
+    """Trains a population with PBT, one jitted program call per epoch; arguments as for
+    :func:`jnn.train.fit_population` (no early stopping) plus ``pbt``; ``hparams`` needs a float
+    array ``[N]`` per name in ``pbt.space``. A member whose score goes NaN ranks last.
     """
     hparams, n = check_hparams("fit_pbt", hparams)
     keys = as_keys("fit_pbt", key, n)

@@ -1,15 +1,6 @@
-"""A random permutation without a sort, for epoch shuffles.
-
-``jax.random.permutation`` sorts random keys; XLA's CPU sort is slow, and a population's
-vmapped sorts slower still (64 members' sorts of 2,048 indices took as long as 64 training
-epochs of a small MLP). :func:`permutation` instead applies a keyed bijection of the
-``b``-bit integers (``2**b >= n``), a few rounds of multiply-by-odd, xor-shift and add, each
-invertible modulo ``2**b``, and walks each index's cycle until it lands below ``n`` (cycle
-walking, as in format-preserving encryption): only elementwise integer arithmetic, so vmapping
-it over members costs little more than one call, and every member's permutation is exactly
-the one it draws alone. :class:`IndexShuffle` is the same walk in NumPy for a few
-positions at a time (Grain pipelines read each batch's records by it: O(batch) work and memory,
-however large the dataset).
+"""A random permutation without a sort (XLA's CPU sort is slow), for epoch shuffles: a keyed
+bijection of the ``b``-bit integers (``2**b >= n``) with cycle walking until each index lands
+below ``n``. :class:`IndexShuffle` is the same walk in NumPy at any positions.
 """
 from __future__ import annotations
 
@@ -27,8 +18,7 @@ _ROUNDS = 6
 
 
 def _scramble(x, multipliers, offsets, bits: int):
-    """A bijection of ``[0, 2**bits)`` on uint32 arrays (NumPy or JAX): ``_ROUNDS`` rounds of
-    multiply-by-odd, xor-shift and add, each invertible modulo ``2**bits``."""
+    """A bijection of ``[0, 2**bits)`` on uint32 arrays (NumPy or JAX)."""
     mask, shift = (1 << bits) - 1, max(1, (bits + 1) // 2)
     for r in range(_ROUNDS):
         x = (x * multipliers[r]) & mask
@@ -61,10 +51,8 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
 
 
 class IndexShuffle:
-    """A random permutation of ``range(n)`` drawn from ``seed`` (anything ``np.random.default_rng``
-    takes), evaluated at any positions without building it: ``shuffle(positions)`` gives its
-    entries there (``int64``, the shape of ``positions``), in O(len(positions)) work and memory.
-    ``shuffle(np.arange(n))`` is the whole permutation.
+    """A random permutation of ``range(n)`` drawn from ``seed`` (as ``np.random.default_rng``
+    takes), evaluated at any positions without building it: ``shuffle(positions) -> int64``.
 
     Example:
       >>> import numpy as np

@@ -1,25 +1,8 @@
 """Population training: N models trained at once, vectorized with ``jax.vmap``, in one program.
 
-A member is a :class:`~jnn.train.TrainState` (its PRNG key is its seed) and a dict of scalar
-hyperparameters. ``make_model(hp)`` and ``make_optimizer(hp)`` are called *inside* the vmapped
-function with traced scalars, so whatever accepts a traced scalar can differ per member (learning
-rate, weight decay, dropout rate); shape-changing fields cannot: :func:`jnn.train.search` groups
-configs by them. The population epoch is ``jax.vmap`` of :func:`make_member_epoch` (each member
-shuffles with its own key); a stopped member keeps computing but its state is frozen by
-``jnp.where`` on a per-member ``active`` flag, so nothing recompiles. Compiled programs are cached
-on ``(make_model, loss, make_optimizer, metrics, regularizer, shapes)``.
-
-Example:
-  >>> import jax, jax.numpy as jnp, optax, jnn
-  >>> from jnn.train.population import fit_population
-  >>> x, y = jnn.data.xor()
-  >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-  >>> make_opt = lambda hp: optax.inject_hyperparams(optax.adam)(learning_rate=hp["lr"])
-  >>> result = fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
-  ...                         (x, y), hparams={"lr": jnp.array([0.0, 0.1])}, key=jax.random.key(0),
-  ...                         epochs=200, batch_size=4, metrics={})
-  >>> result.history["loss"].shape, bool(result.history["loss"][-1, 1] < result.history["loss"][-1, 0])
-  ((200, 2), True)
+A member is a :class:`~jnn.train.TrainState` and a dict of scalar hyperparameters, traced into
+``make_model(hp)`` and ``make_optimizer(hp)``: whatever accepts a traced scalar can differ per
+member (:func:`jnn.train.search` groups the rest). A stopped member's state is frozen by ``jnp.where``.
 """
 from __future__ import annotations
 
@@ -52,18 +35,14 @@ MakeOptimizer = Callable[[HParams], optax.GradientTransformation]
 
 
 class MemberResult(NamedTuple):
-    """One member, like :class:`jnn.train.FitResult` (history ``{name: np.ndarray [epochs
-    trained]}``; ``best_epoch`` ``None`` when nothing improved) plus its key and hparams
-    (see :meth:`PopulationResult.member`).
+    """One member (:meth:`PopulationResult.member`): a :class:`jnn.train.FitResult` plus key and hparams.
 
     Example:
       >>> import jax, optax, jnn
-      >>> x, y = jnn.data.xor()
       >>> result = jnn.train.fit_population(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.sgd(0.1),
-      ...                                   (x, y), key=jax.random.split(jax.random.key(0), 2), epochs=2,
+      ...                                   jnn.data.xor(), key=jax.random.split(jax.random.key(0), 2), epochs=2,
       ...                                   batch_size=4, metrics={})
-      >>> member = result.member(1)
-      >>> member.history["loss"].shape, member.stopped_early
+      >>> result.member(1).history["loss"].shape, result.member(1).stopped_early
       ((2,), False)
     """
 
@@ -81,35 +60,21 @@ class PopulationResult(NamedTuple):
     """What :func:`fit_population` returns; member ``i`` is ``result.member(i)``.
 
     Attributes:
-      train_states: the members' final (or, with ``restore_best``, best) states, stacked on a
-        leading axis of size N.
-      history: ``{name: np.ndarray [epochs, N]}`` for ``"loss"``, each metric, ``"val_*"``
-        and ``"lr"`` (when the optimizer injects a learning rate); NaN after a member stopped.
-      best_epoch: ``int [N]``, the 1-based epoch early stopping judged best (0: none), or
-        ``None`` without early stopping.
-      stopped_early: ``bool [N]``.
-      epochs_trained: ``int [N]``, the epochs each member trained (its last is its stop epoch).
-      keys: the members' PRNG keys ``[N]``; ``fit(..., key=keys[i])`` reproduces member ``i``.
-      hparams: ``{name: np.ndarray [N]}``.
-      nonfinite_epoch: ``int [N]``, the epoch whose metrics went non-finite for each member
-        (``0``: none); such a member stopped there and keeps its state from the epoch before.
-      nonfinite_reports: ``{member: jnn.train.NonFiniteReport}`` with ``debug_nonfinite=True``.
+      train_states: the members' final (or, with ``restore_best``, best) states, stacked ``[N, ...]``.
+      history: ``{name: [epochs, N]}`` (loss, metrics, ``val_*``, ``lr``); NaN once a member stopped.
+      best_epoch: ``int [N]``, early stopping's best epoch (0: none), or ``None`` without it.
+      stopped_early, epochs_trained, hparams: ``bool [N]``, ``int [N]``, ``{name: [N]}``.
+      keys: ``[N]``; ``fit(..., key=keys[i])`` reproduces member ``i``.
+      nonfinite_epoch: ``int [N]``, the epoch a member went non-finite (0: none).
+      nonfinite_reports: ``{member: NonFiniteReport}`` with ``debug_nonfinite=True``.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-      >>> make_opt = lambda hp: optax.adam(hp["lr"])
-      >>> result = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
-      ...                                   (x, y), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
+      >>> result = jnn.train.fit_population(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.adam(hp["lr"]),
+      ...                                   jnn.data.xor(), hparams={"lr": jnp.array([0.1, 0.03, 0.01])},
       ...                                   key=jax.random.key(0), epochs=2, batch_size=4, metrics={})
-      >>> result.history["loss"].shape, result.train_states.params["dense_0"]["w"].shape
-      ((2, 3), (3, 2, 4))
-      >>> result.epochs_trained.tolist(), result.stopped_early.tolist(), result.best_epoch
-      ([2, 2, 2], [False, False, False], None)
-      >>> member = result.member(1)
-      >>> member.history["loss"].shape, member.train_state.params["dense_0"]["w"].shape, member.stopped_early
-      ((2,), (2, 4), False)
+      >>> result.train_states.params["w"].shape, result.epochs_trained.tolist(), result.best_epoch
+      ((3, 2, 1), [2, 2, 2], None)
     """
 
     train_states: TrainState
@@ -145,38 +110,25 @@ def member_keys(key: jax.Array, n: int) -> jax.Array:
 
 
 def shared_order_key(keys: jax.Array, epoch: int) -> jax.Array:
-    """The key of epoch ``epoch``'s shared batch order (``fit_population(..., shared_order=True)``):
-    ``jax.random.fold_in(keys[0], epoch)``, from the first member's key."""
+    """The key of epoch ``epoch``'s shared batch order: ``fold_in(keys[0], epoch)``."""
     return jax.random.fold_in(keys[0], epoch)
 
 
 jit_epoch_order = jax.jit(epoch_order, static_argnums=(1, 2))
 
 
-def _select(active, new, old):
-    """``new`` where ``active`` else ``old``, leaf by leaf (``active`` is a scalar bool per member)."""
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, old)
-
-
 def make_member_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer,
                       num_examples: int, batch_size: int, *, metrics: Metrics | None = None,
                       regularizer: Callable | None = None):
-    """One member's epoch ``(hp, train_state, active, (x, y), order=None) -> (train_state, mean
-    metrics)``.
-
-    It is :func:`jnn.train.make_train_epoch` of the member's model and optimizer (``order``: a
-    batch order shared by all members, else the member's own shuffle), with the whole new state
-    replaced by the old one when ``active`` is False. The population epoch is
-    ``jax.vmap(member_epoch, in_axes=(0, 0, 0, None, None))``; jitted unvmapped, it trains one
-    member alone (``hp`` may stay traced, so one compilation serves every member).
-    """
+    """One member's epoch ``(hp, train_state, active, (x, y), order=None) -> (train_state, logs)``,
+    its old state kept where ``active`` is False."""
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
 
     def member_epoch(hp, ts: TrainState, active, data, order=None):
         model, optimizer = make_model(hp), make_optimizer(hp)
         step = make_train_step(model, loss, optimizer, metrics=metrics, regularizer=regularizer)
         new_ts, logs = make_train_epoch(step, num_examples, batch_size)(ts, data, order)
-        return _select(active, new_ts, ts), logs
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new_ts, ts), logs
 
     return member_epoch
 
@@ -236,10 +188,8 @@ def _map_members(fn, members, chunk_size: int | None):
 def make_population_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer,
                           num_examples: int, batch_size: int, *, metrics: Metrics | None = None,
                           regularizer: Callable | None = None, chunk_size: int | None = None):
-    """The population epoch ``(hparams [N], states [N], active [N], (x, y), order=None) -> (states,
-    logs [N])``: :func:`make_member_epoch` vmapped over the members (in chunks of ``chunk_size``
-    members run one after another, when given; see :func:`fit_population`), ``order`` shared by
-    all of them. Jit it once."""
+    """:func:`make_member_epoch` vmapped over ``(hparams, states, active)`` ``[N]`` (in sequential
+    chunks of ``chunk_size``, when given)."""
     member_epoch = make_member_epoch(make_model, loss, make_optimizer, num_examples, batch_size,
                                      metrics=metrics, regularizer=regularizer)
 
@@ -286,52 +236,28 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                    shared_order: bool | str = False, verbose: bool = False, callbacks=(),
                    prune: Callable[[int, dict], Any] | None = None, on_nonfinite: str = "stop",
                    debug_nonfinite: bool = False, check_data: bool = True) -> PopulationResult:
-    """Trains N members on the same ``train_data`` at once: one vmapped, scan-fused epoch per epoch,
-    run by :func:`jnn.train.engine.run_epochs` (member ``i`` equals ``fit(..., key=keys[i])`` up
-    to float reordering).
+    """Trains N members on the same ``(x, y)`` at once, one vmapped epoch at a time; member ``i``
+    equals ``fit(..., key=keys[i])`` up to float reordering. Arguments not listed are as for ``fit``.
 
     Args:
-      make_model, make_optimizer: ``hp -> Layer`` and ``hp -> optax optimizer``, called inside
-        vmap with ``hp = {name: traced scalar}``.
-      loss, epochs, batch_size, val_data, metrics, regularizer, eval_batch_size: as for ``fit``
-        (default metrics: accuracy for the classification losses only).
-      train_data: ``(x, y)``, shared by every member (each shuffles it with its own key).
-      hparams: ``{name: array [N]}``, one value per member; may be empty when ``key`` is a batch
-        of N keys (a population over seeds only).
-      key: one PRNG key (member ``i`` gets ``jax.random.split(key, N)[i]``) or a batch of N keys.
-      val_split: hold out this fraction for every member: the split ``fit(..., key=keys[0])`` makes.
-      early_stopping: a :class:`jnn.train.EarlyStopping` judging each member on its own (the
-        same as adding it to ``callbacks``).
-      chunk_size: members vectorized together (``None``: all); smaller chunks run one after
-        another inside the same compiled epoch (``jax.lax.map``). ``"auto"``: the first epochs
-        time each candidate (:mod:`jnn.train.autoexec`) and keep the fastest, without recompiling.
-      shared_order: every member sees the same batches in the same order (epoch ``e``'s order is
-        ``epoch_order(shared_order_key(keys, e), ...)``): one gather serves all members, which
-        then no longer equal ``fit`` alone. ``"auto"``: let the measurement pick it.
-      verbose: print one line per epoch (active members, best monitored/loss value).
-      callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)`` (batched
-        states, ``{name: [N]}`` logs; e.g. :class:`jnn.train.callbacks.TensorBoard`); a bool
-        ``[N]`` returned stops those members.
+      make_model, make_optimizer: ``hp -> Layer`` and ``hp -> optimizer``, ``hp = {name: traced scalar}``.
+      hparams, key: ``{name: array [N]}``; one PRNG key, or a batch of N keys (then ``hparams`` may be empty).
+      chunk_size: members vectorized together (``None``: all), chunks run in sequence; ``"auto"``:
+        the first epochs time the candidates (:mod:`jnn.train.autoexec`) and keep the fastest.
+      shared_order: one batch order for all members (no longer equal to ``fit`` alone); ``"auto"``.
+      callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)``; a bool
+        ``[N]`` returned stops those members. ``early_stopping`` judges each member on its own.
       prune: ``prune(epoch, history) -> bool [N]``, members to stop now (e.g. Optuna pruners).
-      on_nonfinite, debug_nonfinite: the :class:`jnn.train.NonFinite` policy for members whose
-        metrics go NaN/Inf (they stop at their last finite state, the others train on):
-        ``"stop"`` (default) warns, ``"raise"`` raises a :class:`jnn.train.NonFiniteError`;
-        ``debug_nonfinite`` replays a failing member alone (needs ``shared_order=False``).
-      check_data: check the data's values before training, as ``fit`` does.
-
-    Returns:
-      A :class:`PopulationResult`.
+      on_nonfinite, debug_nonfinite: the :class:`jnn.train.NonFinite` policy for failing members
+        (``debug_nonfinite`` needs ``shared_order=False``).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-      >>> seeds = jnn.train.fit_population(make_model, jnn.losses.binary_cross_entropy_with_logits,
-      ...                                  lambda hp: optax.adam(0.1), (x, y),
-      ...                                  key=jax.random.split(jax.random.key(1), 2),
-      ...                                  epochs=1, batch_size=4, metrics={})   # a population over seeds only
-      >>> seeds.history["loss"].shape                        # [epochs, members]
-      (1, 2)
+      >>> result = jnn.train.fit_population(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.sgd(hp["lr"]),
+      ...                                   jnn.data.xor(), hparams={"lr": jnp.array([0.1, 0.01])},
+      ...                                   key=jax.random.key(1), epochs=3, batch_size=4, metrics={})
+      >>> result.history["loss"].shape                        # [epochs, members]
+      (3, 2)
     """
     if debug_nonfinite and shared_order is not False:
         raise ValueError(f"fit_population: debug_nonfinite replays a member with its own shuffle; it needs "

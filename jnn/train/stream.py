@@ -1,16 +1,7 @@
-"""Training from an iterable of batches: device prefetch, shape checks, resumable epochs.
-
-:func:`jnn.train.fit` uses this when ``train_data`` is not an in-memory ``(x, y)`` pair but an
-iterable of ``(x, y)`` batches (NumPy or JAX arrays, e.g. a :func:`jnn.data.grain.pipeline`).
-Each chunk of :data:`CHUNK` batches is one call of a jitted ``lax.scan`` over the step
-(``fused=False``: one jitted step per batch); the next two chunks are read and on the device
-while it runs. The epoch's key split is the in-memory path's, so the same batches in the same
-order give the same params (up to float reordering inside a scan). With ``steps_per_epoch``
-(``jnn.train.Data``'s, or a :class:`jnn.data.grain.Pipeline`'s) one iterator runs through all
-epochs; without it, ``train_data`` must have a ``len`` and is iterated afresh each epoch.
-
-Every batch must have the shapes of the first (a ragged last batch would recompile the step):
-drop it (the Grain pipeline does), or pad it and mask in the loss.
+"""Training from an iterable of ``(x, y)`` batches (``fit``'s stream path): device prefetch,
+shape checks, resumable epochs. Chunks of :data:`CHUNK` batches run as one jitted ``lax.scan``
+while the next two are read; the same batches in the same order give the in-memory path's
+params. Every batch must have the first one's shapes (drop or pad a ragged last batch).
 """
 from __future__ import annotations
 
@@ -27,15 +18,12 @@ from jnn.train.compiler import compiler_options
 
 __all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation", "CHUNK"]
 
-#: Batches per jitted scan when ``fit`` streams (``fused=True``): one transfer and one dispatch
-#: per batch cost a ~1 ms MNIST MLP step on a 2-core CPU about 0.2-0.3 ms; chunks of 8 amortize
-#: them (``benchmarks/input_pipeline.py``; benchmarks/RESULTS.md).
+#: Batches per jitted scan when ``fit`` streams (``fused=True``; see benchmarks/RESULTS.md).
 CHUNK = 8
 
 
 def is_stream(train_data) -> bool:
-    """Whether ``fit`` streams ``train_data``: anything iterable that is not a tuple or list (an
-    in-memory ``(x, y)`` pair), a dict, a string or an array.
+    """Whether ``fit`` streams ``train_data``: an iterable other than a tuple, list, dict, string or array.
 
     Example:
       >>> import numpy as np
@@ -56,9 +44,8 @@ def _address(a: np.ndarray) -> int:
 
 
 def _stack_host(arrays) -> np.ndarray:
-    """``np.stack(arrays)``, without the copy when the arrays are consecutive slices of one
-    C-contiguous array: then that slice of it (the batches Grain worker processes send a group at
-    a time arrive so, from ``jnn.data.grain.pipeline``).
+    """``np.stack(arrays)``, or, when they are consecutive slices of one C-contiguous array (as
+    Grain workers send them), that slice of it without a copy.
 
     Example:
       >>> import numpy as np
@@ -80,18 +67,10 @@ def _stack_host(arrays) -> np.ndarray:
     return np.stack(arrays)
 
 
-def _leaf_names(batch) -> list[str]:
-    return ["batch" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(batch)]
-
-
 class Feed:
-    """Batches of ``data`` on the device, ``prefetch`` pieces ahead: a piece is one batch or a
-    chunk of ``k`` batches stacked on a new leading axis (stacked on the host, then one transfer
-    per leaf, not one per batch; batches that are consecutive slices of one array, as Grain worker
-    processes send them, are taken as that slice, not copied), as :meth:`start_epoch`'s plan
-    says. With a ``mesh``, batches are assembled into global batches from each process's local
-    part. Every batch is checked against the first batch's structure, shapes and dtypes;
-    :attr:`state` is the iterator's state after the last piece handed out.
+    """Batches of ``data`` on the device, ``prefetch`` pieces (a batch, or a chunk stacked on a new
+    leading axis) ahead, each checked against the first; :attr:`state`: the iterator's, after the
+    last piece handed out.
 
     Example:
       >>> import numpy as np
@@ -121,15 +100,13 @@ class Feed:
         self._queue: collections.deque = collections.deque()   # (device piece, iterator state after it)
         self._plan: collections.deque = collections.deque()    # sizes of this epoch's pieces not yet read
         self._epoch, self._pulled = 0, 0                        # the epoch, and its next batch to read
-        self.state = self._get_state()   # the iterator's state after the last batch handed out
+        self.state = self._get_state()
         self.first = self._pull(1, 0)    # (host batch, state); peeked for shapes, trained on first
         self.spec = _spec(self.first[0])
-        self._used, self._positioned = False, False
-        self._sizes_compared = False   # with a mesh: processes compare batch sizes on the first batch only
+        self._used, self._positioned, self._sizes_compared = False, False, False
 
     def global_shapes(self):
-        """The first batch's shapes and dtypes as the train step sees them: with a mesh, the
-        global batch (every process's part together), else the batch itself."""
+        """The first batch's shapes and dtypes as the train step sees them (with a mesh: global)."""
         processes = jax.process_count() if self.mesh is not None else 1
         return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((np.shape(a)[0] * processes, *np.shape(a)[1:]),
                                                                      a.dtype), self.first[0])
@@ -153,10 +130,9 @@ class Feed:
         return batch, self._get_state()
 
     def _check(self, batch, epoch: int, index: int):
-        spec = _spec(batch)
-        if spec == self.spec:
-            return
-        checks.like_first_batch(self.where, f"batch {index} of epoch {epoch}", _leaf_names(batch), spec, self.spec)
+        if (spec := _spec(batch)) != self.spec:
+            names = ["batch" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(batch)]
+            checks.like_first_batch(self.where, f"batch {index} of epoch {epoch}", names, spec, self.spec)
 
     def _put(self, batch):
         if self.mesh is not None:   # processes compare their batch sizes once (a collective), not every step
@@ -165,8 +141,7 @@ class Feed:
         return jax.device_put(batch)
 
     def _piece(self, size: int):
-        """Reads and checks the next ``size`` batches; returns them on the device (stacked when
-        ``size > 1``) and the iterator state after them."""
+        """The next ``size`` batches, checked, on the device (stacked if ``size > 1``), and the state after."""
         host = []
         for _ in range(size):
             if self.first is not None:
@@ -188,8 +163,7 @@ class Feed:
             self._queue.append(self._piece(self._plan.popleft()))
 
     def start_epoch(self, epoch: int, start: int = 0, sizes=None) -> None:
-        """Begins epoch ``epoch`` at batch ``start`` (a new iterator when each epoch re-reads the
-        data), to be read in pieces of ``sizes`` batches (default: one batch at a time)."""
+        """Begins epoch ``epoch`` at batch ``start``, read in pieces of ``sizes`` batches (default: 1s)."""
         if self.fresh_each_epoch and self._used and not self._positioned:
             self._iterator = iter(self.data)
         self._used, self._positioned = True, False
@@ -202,8 +176,7 @@ class Feed:
         self._fill()
 
     def next(self, epoch: int, index: int):
-        """The next piece of ``epoch`` (starting at batch ``index``) on the device; starts reading
-        and transferring the ones after it."""
+        """The next piece of ``epoch`` (starting at batch ``index``) on the device; prefetches on."""
         if not self._queue:
             self._fill()
         if not self._queue:
@@ -213,8 +186,7 @@ class Feed:
         return piece
 
     def close(self) -> None:
-        """Closes the iterator if it can be (a Grain iterator stops its worker processes and
-        frees their shared memory); ``fit`` calls this when it returns or raises."""
+        """Closes the iterator if it can be (a Grain iterator stops its workers)."""
         self._queue.clear()
         close = getattr(self._iterator, "close", None)
         if callable(close):
@@ -234,25 +206,14 @@ class Feed:
         self.first, self.state, self._positioned = None, state, True
 
 
-def _json_state(state):
-    return state.decode() if isinstance(state, bytes) else state
-
-
 class StreamEpochs:
-    """``fit``'s epoch function over a :class:`Feed`: ``(train_state, _) -> (train_state, mean
-    metrics)``, saving a resumable checkpoint every ``checkpoint_every`` optimizer steps (train
-    state, iterator state, the epoch's partial metric sums and the history so far).
-
-    ``chunk`` batches run as one jitted ``lax.scan`` (the :class:`Feed` stacks them), so the host
-    transfers and dispatches once per chunk instead of once per step; ``chunk=1`` runs one
-    jitted step per batch. A chunk never crosses an epoch's end or a checkpoint: where fewer than ``chunk``
-    batches are left before one, they run one step at a time. So the chunks fall where they fell
-    in an uninterrupted run after a resume, and nothing compiles beyond the step and the chunk.
+    """``fit``'s epoch function over a :class:`Feed`, ``(train_state, _) -> (train_state, mean metrics)``,
+    checkpointing every ``checkpoint_every`` steps; ``chunk`` batches run as one jitted ``lax.scan``,
+    never across an epoch's end or a checkpoint.
 
     Example:
       >>> import jax, numpy as np, optax, jnn
-      >>> x, y = jnn.data.xor()
-      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> (x, y), model, opt = jnn.data.xor(), jnn.dense(1), optax.sgd(0.1)
       >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), x[:2])
       >>> feed = Feed([(x[:2], y[:2]), (x[2:], y[2:])], None)
       >>> epochs = StreamEpochs(jnn.train.make_train_step(model, jnn.losses.mse, opt), feed, ts)
@@ -281,8 +242,7 @@ class StreamEpochs:
         self._split = jax.jit(lambda key: jax.random.split(key)[0])   # make_train_epoch's split
 
     def resume(self, checkpoint, template) -> Any:
-        """Restores the latest checkpoint (if any) into ``template``; returns the train state,
-        or ``None`` when there is nothing to resume."""
+        """The latest checkpoint's train state restored into ``template``, or ``None`` if none."""
         if checkpoint.latest_step() is None:
             return None
         ts, meta = checkpoint.restore(template)
@@ -298,9 +258,7 @@ class StreamEpochs:
         return ts
 
     def _plan(self, start: int, step: int) -> list[int]:
-        """The epoch's pieces from batch ``start`` at optimizer step ``step``: chunks of
-        ``chunk`` batches, single batches where fewer are left before the epoch's end or the
-        next checkpoint."""
+        """The epoch's piece sizes from batch ``start`` at step ``step``, stopping at each checkpoint."""
         sizes, index, n = [], start, self.feed.steps_per_epoch
         while index < n:
             size = min(self.chunk, n - index, self.every - step % self.every if self.every else n)
@@ -311,7 +269,8 @@ class StreamEpochs:
     def _save(self, ts, index: int) -> None:
         totals = jax.tree_util.tree_map(float, jax.device_get(self.totals))
         progress = {"epoch": self.epoch, "step_in_epoch": index, "totals": totals, "history": self.history}
-        self.checkpoint.save(int(ts.step), ts, data_state=_json_state(self.feed.state), progress=progress)
+        state = self.feed.state.decode() if isinstance(self.feed.state, bytes) else self.feed.state
+        self.checkpoint.save(int(ts.step), ts, data_state=state, progress=progress)
 
     def __call__(self, ts, _data=None):
         self.epoch += 1
@@ -333,20 +292,17 @@ class StreamEpochs:
 
 
 class StreamEvaluation:
-    """Exact evaluation over an iterable of ``(x, y)`` batches, read afresh on every call (for
-    ``fit``'s ``val_data``: e.g. a :func:`jnn.data.grain.pipeline` with ``num_epochs=1,
-    shuffle=False, drop_remainder=False``; called directly, a list works too): each batch is
-    padded to the first one's size and the padding masked out, so a ragged last batch neither
-    recompiles nor biases the means. ``evaluate(params, state, batches, step=None) -> metrics``.
+    """``evaluate(params, state, batches, step=None) -> metrics``, exact over an iterable of ``(x, y)``
+    batches (``fit``'s streamed ``val_data``): a smaller last batch is padded and masked out.
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, jnn
       >>> model = jnn.dense(1)
       >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 2)))
       >>> x, y = np.ones((5, 2), np.float32), np.zeros((5, 1), np.float32)
-      >>> evaluate = StreamEvaluation(jnn.train.make_eval_fn(model, jnn.losses.mse))
-      >>> whole = jnn.train.make_eval_fn(model, jnn.losses.mse)(params, state, (x, y))["loss"]
-      >>> bool(jnp.isclose(evaluate(params, state, [(x[:2], y[:2]), (x[2:4], y[2:4]), (x[4:], y[4:])])["loss"], whole))
+      >>> eval_fn = jnn.train.make_eval_fn(model, jnn.losses.mse)
+      >>> streamed = StreamEvaluation(eval_fn)(params, state, [(x[:2], y[:2]), (x[2:4], y[2:4]), (x[4:], y[4:])])
+      >>> bool(jnp.isclose(streamed["loss"], eval_fn(params, state, (x, y))["loss"]))
       True
     """
 
@@ -367,6 +323,5 @@ class StreamEvaluation:
             out = self.totals(params, state, x, y, np.arange(size) < n, step)
             sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
             count += n
-        if not count:
-            raise ValueError("fit: val_data yielded no batches")
+        checks.require(count, "fit", "val_data yielded no batches")
         return {k: v / count for k, v in sums.items()}

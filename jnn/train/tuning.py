@@ -1,18 +1,5 @@
 """Hyperparameter search as populations: configs grouped by their shape-changing fields, each
-group trained at once with :func:`jnn.train.fit_population`.
-
-Example:
-  >>> import jax, optax, jnn
-  >>> x, y = jnn.data.xor()
-  >>> make_model = lambda hp: jnn.serial(jnn.dense(hp["width"]), jnn.tanh(), jnn.dense(1))
-  >>> make_opt = lambda hp: optax.adam(hp["lr"])
-  >>> configs = [{"width": 4, "lr": 0.1}, {"width": 8, "lr": 0.1}, {"width": 4, "lr": 0.01}]
-  >>> results = jnn.train.search(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt,
-  ...                            (x, y), configs=configs, static=["width"], key=jax.random.key(0),
-  ...                            epochs=5, batch_size=4, metrics={})
-  >>> [r.train_state.params["dense_0"]["w"].shape[1] for r in results]
-  [4, 8, 4]
-"""
+group trained at once with :func:`jnn.train.fit_population`."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -74,33 +61,16 @@ def _check_configs(configs, static, fit_kwargs) -> list[str]:
 def search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, train_data, *,
            configs: Sequence[Mapping[str, Any]], static: Sequence[str] = (), key: jax.Array,
            val_split: float = 0.0, **fit_kwargs) -> list[MemberResult]:
-    """Trains one member per config, vectorizing over every group of configs that shares the
-    values of the shape-changing ``static`` fields; returns results in the order of ``configs``.
-
-    ``make_model(hp)``/``make_optimizer(hp)`` get the static fields as Python values (use them
-    for widths and depths) and the others as traced scalars (learning rates, dropout rates).
-    A ``batch_size`` field, which must be static, sets its group's batch size. Config ``i``
-    trains with key ``jax.random.split(key, len(configs))[i]`` (or ``key[i]`` for a batch of
-    keys) whatever its group, so a config's result does not depend on the other configs.
-    ``val_split`` makes one split (with config 0's key, as in :func:`fit_population`) shared by
-    every group. Remaining keyword arguments go to :func:`fit_population`.
-
-    Args:
-      make_model, loss, make_optimizer, train_data: as for :func:`fit_population`.
-      configs: one dict per member, all with the same fields.
-      static: the fields that change shapes (each distinct combination is one population).
-      key: one PRNG key, or a batch of ``len(configs)`` keys.
-      val_split: hold out this fraction of ``train_data`` for validation.
-
-    Returns:
-      One :class:`MemberResult` per config, its ``hparams`` the config itself.
+    """One :class:`MemberResult` per config (dicts of one set of fields), in order; configs sharing
+    the ``static`` (shape-changing) fields, passed as Python values, train as one population, the
+    others' fields traced. Config ``i`` trains with ``split(key, len(configs))[i]`` (or ``key[i]``);
+    other keyword arguments go to :func:`fit_population`.
 
     Example:
       >>> import jax, optax, jnn
-      >>> x, y = jnn.data.xor()
       >>> make_model = lambda hp: jnn.serial(jnn.dense(hp["width"]), jnn.tanh(), jnn.dense(1))
       >>> configs = [{"width": 4, "lr": 0.1}, {"width": 8, "lr": 0.1}, {"width": 4, "lr": 0.01}]
-      >>> results = jnn.train.search(make_model, jnn.losses.mse, lambda hp: optax.adam(hp["lr"]), (x, y),
+      >>> results = jnn.train.search(make_model, jnn.losses.mse, lambda hp: optax.adam(hp["lr"]), jnn.data.xor(),
       ...                            configs=configs, static=["width"], key=jax.random.key(0), epochs=2,
       ...                            batch_size=4, metrics={})
       >>> [r.hparams["width"] for r in results], [len(r.history["loss"]) for r in results]
@@ -147,28 +117,9 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
                   study, space: Mapping[str, Any], trials: int, population_size: int, key: jax.Array,
                   static: Sequence[str] = (), monitor: str = "val_accuracy", prune: bool = True,
                   **fit_kwargs) -> list[tuple[Any, MemberResult]]:
-    """Hyperparameter search driven by an Optuna study (its sampler and pruner), evaluated as
-    vectorized populations; needs ``optuna`` (``pip install jnn[search]``).
-
-    Repeatedly asks the study for ``population_size`` trials (``study.ask(space)``), trains them
-    at once with :func:`search` (trials sharing the ``static`` fields in one population), and
-    tells each its best ``monitor`` value over its epochs (the study's direction decides
-    best). With ``prune``, after every epoch each member reports its ``monitor`` value to its
-    trial (``trial.report``) and stops, like an early-stopped member, when the study's pruner
-    says ``trial.should_prune()``; it is told as pruned.
-
-    Args:
-      make_model, loss, make_optimizer, train_data: as for :func:`search`.
-      study: an ``optuna.Study`` (e.g. ``optuna.create_study(direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=0))``).
-      space: ``{name: optuna.distributions.*}``.
-      trials: how many trials in all; population_size: trials asked and trained at once.
-      key: one PRNG key; trial ``t`` (in asking order) trains with ``jax.random.split(key,
-        trials)[t]``.
-      static, fit_kwargs: as for :func:`search` (``val_split``/``val_data``, ``epochs``, ...).
-
-    Returns:
-      ``[(trial, result)]`` in asking order.
+    """``[(trial, result)]``: an Optuna ``study`` asks ``population_size`` trials at a time over
+    ``space`` (``{name: optuna.distributions.*}``), trained at once by :func:`search` (other arguments
+    as there), each told its best ``monitor`` (``prune``: per epoch). Needs ``jnn[search]``.
 
     Example:
       >>> import jax, optax, optuna, jnn
@@ -185,9 +136,8 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
       (4, 4)
     """
     import optuna
-    if len(study.directions) != 1:
-        raise ValueError(f"optuna_search: study must have one objective (the monitored metric), got "
-                         f"{len(study.directions)} directions")
+    checks.require(len(study.directions) == 1, "optuna_search", f"study must have one objective (the monitored "
+                   f"metric), got {len(study.directions)} directions")
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     keys = as_keys("optuna_search", key, trials)
     train_data, fit_kwargs["val_data"] = hold_out("optuna_search", train_data, fit_kwargs.get("val_data"),
@@ -232,8 +182,7 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
 
 def _check_monitor(monitor, loss, fit_kwargs) -> None:
     """``monitor`` must be a metric the populations will log (as :func:`fit_population` names them)."""
-    metrics = fit_kwargs.get("metrics")
-    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
+    metrics = guard.default_metrics(loss) if fit_kwargs.get("metrics") is None else dict(fit_kwargs["metrics"])
     names = ["loss", *metrics, "lr"]
     has_val = fit_kwargs.get("val_data") is not None
     names += [f"val_{k}" for k in ["loss", *metrics]] if has_val else []
