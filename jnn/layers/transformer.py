@@ -26,7 +26,7 @@ from jnn import _checks as checks
 from jnn.combinators import serial
 from jnn.core import Layer, shape_of
 from jnn.layers.activations import gelu
-from jnn.layers.attention import ATTENTION_KEYWORDS, multi_head_attention
+from jnn.layers.attention import multi_head_attention
 from jnn.layers.basic import dense
 from jnn.layers.dropout import dropout
 from jnn.layers.norm import layer_norm
@@ -98,7 +98,7 @@ def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
     methods = {"init_cache": attention.methods["init_cache"], "decode": decode}
     if cross is not None:
         methods["cross_cache"] = cross_cache
-    keywords = ATTENTION_KEYWORDS if cross is not None else {"lengths"}
+    keywords = {"lengths", "context", "context_lengths"} if cross is not None else {"lengths"}
     return Layer(init, apply, kind, name, keywords, children, methods=methods)
 
 
@@ -108,10 +108,10 @@ def _attention(label, what, num_heads, **options) -> Layer:
     return multi_head_attention(num_heads, name=f"{label} {what}", **options)._replace(name=None)
 
 
-@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate)
+@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, attention_bias=checks.attention_hook)
 def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
                   attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
-                  rope: bool = False, name: str | None = None) -> Layer:
+                  rope: bool = False, attention_bias=None, name: str | None = None) -> Layer:
     """Pre-norm transformer encoder block (bidirectional self-attention), ``[B, T, F] -> [B, T, F]``.
 
     Args:
@@ -121,6 +121,7 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
       attention_dropout_rate: dropout on the attention weights.
       num_kv_heads: grouped key/value heads (see ``multi_head_attention``).
       rope: rotary position embeddings in the attention.
+      attention_bias: the self-attention's bias or mask hook (see ``multi_head_attention``).
       name: optional explicit key for this block's params.
 
     Example:
@@ -133,15 +134,16 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     """
     label = name or "encoder_block"
     attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, rope=rope,
-                           dropout_rate=attention_dropout_rate)
+                           dropout_rate=attention_dropout_rate, attention_bias=attention_bias)
     return _block("encoder_block", label, name, attention, None, mlp_dim, dropout_rate)
 
 
-@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, cross_attention=checks.flag)
+@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, cross_attention=checks.flag,
+                attention_bias=checks.attention_hook)
 def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
                   attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
                   rope: bool = False, cross_attention: bool = False, context_features: int | None = None,
-                  name: str | None = None) -> Layer:
+                  attention_bias=None, name: str | None = None) -> Layer:
     """Pre-norm causal transformer block: position ``t`` sees positions ``<= t`` only.
 
     Same arguments and params as :func:`encoder_block`, plus ``cross_attention=True``: after the
@@ -158,7 +160,7 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     """
     label = name or "decoder_block"
     attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, causal=True, rope=rope,
-                           dropout_rate=attention_dropout_rate)
+                           dropout_rate=attention_dropout_rate, attention_bias=attention_bias)
     cross = None
     if cross_attention:
         cross = _attention(label, "cross_attention", num_heads, num_kv_heads=num_kv_heads,

@@ -46,7 +46,8 @@ def _source(label, embedder, context, context_lengths):
 def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: int, mlp_dim: int, max_len: int,
                     *, num_decoder_layers: int | None = None, tied: bool = True, dropout_rate: float = 0.0,
                     attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
-                    positional: str = "sinusoidal", scan_layers: bool = True, name: str | None = None) -> Layer:
+                    positional: str = "sinusoidal", scan_layers: bool = True, attention_bias=None,
+                    name: str | None = None) -> Layer:
     """An encoder-decoder transformer: target ids ``[B, T]`` and ``context=`` source ids ``[B, S]``
     -> logits ``[B, T, V]``.
 
@@ -63,6 +64,7 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
       num_kv_heads: grouped key/value heads.
       positional: ``"sinusoidal"`` (default), ``"learned"`` or ``"rope"`` (self-attention only).
       scan_layers: stack each side's blocks and scan over them.
+      attention_bias: the self-attentions' bias or mask hook (see :func:`jnn.decoder_lm`).
       name: optional explicit key for this model.
 
     Example:
@@ -78,7 +80,8 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
     label = name or "encoder_decoder"
     checks.divides(label, "num_heads", num_heads, features, "features")
     embedder = token_embedder(label, vocab_size, features, max_len, tied, positional)
-    options = dict(attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads, rope=positional == "rope")
+    options = dict(attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads, rope=positional == "rope",
+                   attention_bias=attention_bias)
     encoder = block_stack(lambda block_label: encoder_block(num_heads, mlp_dim, dropout_rate, name=block_label,
                                                             **options),
                           num_layers, scan=scan_layers, label=f"{label} encoder")

@@ -33,7 +33,7 @@ __all__ = ["block_stack", "token_embedder", "decoding", "LM_RULES"]
 LM_RULES = dict(vocab_size=checks.positive_int, num_layers=checks.positive_int, num_heads=checks.positive_int,
                 features=checks.positive_int, mlp_dim=checks.positive_int, max_len=checks.positive_int,
                 tied=checks.flag, scan_layers=checks.flag, dropout_rate=checks.rate,
-                positional=checks.one_of("learned", "sinusoidal", "rope"))
+                positional=checks.one_of("learned", "sinusoidal", "rope"), attention_bias=checks.attention_hook)
 
 
 def decoding(embedder: Layer, single_step):
