@@ -60,10 +60,9 @@ def is_decoder(model) -> bool:
 def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
     """One token per row of ``logits[..., V]``: ``[...]`` int32.
 
-    ``temperature`` below ``GREEDY_BELOW`` (1e-6, 0 included) is greedy (argmax, ``key``
-    unused: dividing by a tinier temperature would overflow); otherwise samples from
-    ``softmax(logits / temperature)`` restricted to the ``top_k`` largest logits (all when
-    ``None``). Computed in float32.
+    ``temperature`` below ``GREEDY_BELOW`` (0 included) takes the argmax (``key`` unused); otherwise
+    samples ``softmax(logits / temperature)`` over the ``top_k`` largest logits (all when ``None``),
+    in at least float32.
 
     Example:
       >>> import jax, jax.numpy as jnp

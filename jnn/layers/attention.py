@@ -1,10 +1,9 @@
-"""Multi-head attention (grouped key/value heads, bias and mask, RoPE, a decode cache), and the
-ALiBi and sliding-window helpers for its ``attention_bias`` hook (docs: guides/custom_attention.md).
+"""Multi-head attention (grouped key/value heads, bias and mask, RoPE, a decode cache), and ALiBi and
+sliding-window helpers for its ``attention_bias`` hook (guides/custom_attention.md).
 
 Queries ``[B, T, N, H]`` attend to keys/values ``[B, S, K, H]`` (``K`` heads shared by groups of
 ``N // K`` query heads) with ``jax.nn.dot_product_attention``; :func:`reference_attention` is the
-same computation written out. Masked keys get exactly zero weight (outputs at padded queries are
-computed; ignore them). ``layer.methods`` hold the paths the decoder blocks' generation runs:
+same computation written out. ``layer.methods`` hold the paths the decoder blocks' generation runs:
 ``cross_kv(params, context, context_lengths=None)`` -> the context's keys/values (computed once);
 ``attend_kv(params, x, kv, *, key=None, train=False, bias=None, mask=None)`` -> queries from ``x``
 over them; ``init_cache(batch, length, features, dtype)`` -> an empty key/value cache;
@@ -12,18 +11,6 @@ over them; ``init_cache(batch, length, features, dtype)`` -> an empty key/value 
 ``position, ...`` over the cache and itself, its keys/values written in.
 ``ATTENTION_KEYWORDS`` are the extra ``apply`` keywords the layer declares (``lengths``, ``bias``,
 ``mask``, ``context``, ``context_lengths``), so combinators route them.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.attention import multi_head_attention
-  >>> attn = multi_head_attention(4, causal=True)
-  >>> x = jnp.ones((2, 5, 16))
-  >>> params, state = attn.init(jax.random.key(0), x)
-  >>> params["query"]["w"].shape, params["out"]["w"].shape
-  ((16, 16), (16, 16))
-  >>> y, _ = attn.apply(params, state, x, lengths=jnp.array([5, 3]))
-  >>> y.shape
-  (2, 5, 16)
 """
 from __future__ import annotations
 
@@ -127,9 +114,19 @@ def _heads(params, x, heads: int):
     return _linear(params, x).reshape(*x.shape[:2], heads, -1)
 
 
-def _attend(label, rate, implementation, q, k, v, *, causal: bool, lengths=None, bias=None, mask=None, key=None,
-            train=False):
-    """Attention over heads; ``bias`` and ``mask`` (broadcastable to ``[B, N, T, S]``) add to causal/lengths."""
+def _attend(label, rate, implementation, hook, q, k, v, positions=None, *, causal: bool, lengths=None, bias=None,
+            mask=None, key=None, train=False):
+    """Attention over heads: ``bias`` and ``mask`` (checked, broadcastable to ``[B, N, T, S]``) add to
+    causal/lengths, and so does ``hook(*positions)`` (queries', keys') unless ``positions`` is None."""
+    shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    bias, mask = checks.attention_operand(label, "bias", bias, shape), checks.attention_operand(label, "mask", mask,
+                                                                                                shape, True)
+    if hook is not None and positions is not None:
+        extra = checks.attention_operand(label, "attention_bias's result", hook(*positions), shape, None)
+        if extra.dtype == bool:
+            mask = extra if mask is None else mask & extra
+        else:
+            bias = extra if bias is None else bias + extra
     train = checks.flag(label, "train", train)
     dropping = train and rate > 0
     checks.key_for(label, dropping, key, f"dropout_rate={rate}")
@@ -240,14 +237,17 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
       implementation: passed to ``jax.nn.dot_product_attention`` (``None``, ``"xla"``, ``"cudnn"``).
       context_features: width ``F_c`` of the cross-attention context (default ``F``).
       attention_bias: self-attention hook ``(query_positions [T], key_positions [S]) -> array``
-        broadcastable to ``[B, N, T, S]``: a float result is added as ``bias``, a boolean one
-        and-ed into ``mask`` (:func:`alibi_bias`, :func:`sliding_window_mask`); decoding passes the
-        cached positions, so cached generation sees the same bias.
+        broadcastable to ``[B, N, T, S]``, added as ``bias`` if float, and-ed into ``mask`` if
+        boolean (:func:`alibi_bias`, :func:`sliding_window_mask`); ``decode`` passes true positions.
       name: optional explicit key for this layer's params.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from jnn.layers.attention import multi_head_attention
+      >>> attn, x = multi_head_attention(4, causal=True), jnp.ones((2, 5, 16))
+      >>> params, state = attn.init(jax.random.key(0), x)
+      >>> attn.apply(params, state, x, lengths=jnp.array([5, 3]), mask=jnp.eye(5, dtype=bool))[0].shape
+      (2, 5, 16)
       >>> cross = multi_head_attention(2, context_features=6)
       >>> params, _ = cross.init(jax.random.key(0), jnp.zeros((1, 3, 4)))
       >>> y, _ = cross.apply(params, {}, jnp.ones((1, 3, 4)), context=jnp.ones((1, 7, 6)),
@@ -265,20 +265,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     w_fn = initializers.get(w_init, where=f"{label} w_init")
     b_fn = initializers.get(b_init, where=f"{label} b_init")
     size_for = functools.partial(_head_size, label, num_heads, head_size)
-
-    def attend(q, k, v, positions=None, *, bias=None, mask=None, **options):
-        """``_attend`` with ``bias`` and ``mask`` checked, and the hook's result at ``positions``
-        (queries', keys') added."""
-        shape = (q.shape[0], num_heads, q.shape[1], k.shape[1])
-        bias, mask = checks.attention_operand(label, "bias", bias, shape), checks.attention_operand(
-            label, "mask", mask, shape, boolean=True)
-        if attention_bias is not None and positions is not None:
-            extra = checks.attention_operand(label, "attention_bias's result", attention_bias(*positions), shape, None)
-            if extra.dtype == bool:
-                mask = extra if mask is None else mask & extra
-            else:
-                bias = extra if bias is None else bias + extra
-        return _attend(label, dropout_rate, implementation, q, k, v, bias=bias, mask=mask, **options)
+    attend = functools.partial(_attend, label, dropout_rate, implementation, attention_bias)
 
     def init(key, example):
         x = shape_of(example)

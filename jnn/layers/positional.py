@@ -112,18 +112,11 @@ def learned_positional_embedding(max_len: int | None, *, init=None, name: str | 
 
 
 def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
-    """Rotary position embedding (RoPE) of query or key heads.
+    """Rotary position embedding (RoPE) of query or key heads ``x[B, T, N, H]`` (``H`` even) at
+    integer ``positions`` ``[T]`` or ``[B, T]``: same shape and dtype.
 
     Features ``i`` and ``i + H/2`` of each head are rotated by ``p * base ** (-2i / H)`` ("rotate
     half", as GPT-NeoX and LLaMA); angles in at least float32.
-
-    Args:
-      x: ``[B, T, N, H]`` (``H`` even).
-      positions: integer positions ``[T]`` or ``[B, T]``.
-      base: rotation base.
-
-    Returns:
-      ``x`` rotated, same shape and dtype.
 
     Example:
       >>> import jax.numpy as jnp

@@ -1,17 +1,4 @@
-"""A decoder-only (GPT-style) language model with a key/value-cached decode path.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.nets import decoder_lm
-  >>> lm = decoder_lm(vocab_size=50, num_layers=2, num_heads=2, features=16, mlp_dim=32, max_len=64)
-  >>> tokens = jnp.zeros((3, 10), jnp.int32)
-  >>> params, state = lm.init(jax.random.key(0), tokens)
-  >>> lm.apply(params, state, tokens)[0].shape
-  (3, 10, 50)
-  >>> deep = decoder_lm(50, 8, 2, 16, 32, 64, scan_layers=True)  # one compiled block for any depth
-  >>> deep.init(jax.random.key(0), tokens)[0]["blocks"]["attention"]["query"]["w"].shape
-  (8, 16, 16)
-"""
+"""A decoder-only (GPT-style) language model with a key/value-cached decode path."""
 from __future__ import annotations
 
 import jax
@@ -59,16 +46,19 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
       >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
       >>> tokens = jnp.zeros((2, 5), jnp.int32)
       >>> params, state = lm.init(jax.random.key(0), tokens)
-      >>> logits, _ = lm.apply(params, state, tokens)
-      >>> logits.shape
+      >>> lm.apply(params, state, tokens)[0].shape
       (2, 5, 11)
+      >>> deep = jnn.decoder_lm(11, 8, 1, 8, 16, 16, scan_layers=True)  # one compiled block for any depth
+      >>> deep.init(jax.random.key(0), tokens)[0]["blocks"]["attention"]["query"]["w"].shape
+      (8, 8, 8)
     """
     label = name or "decoder_lm"
     checks.divides(label, "num_heads", num_heads, features, "features")
     embedder = token_embedder(label, vocab_size, features, max_len, tied, positional)
     stack = block_stack(lambda block_label: decoder_block(
         num_heads, mlp_dim, dropout_rate, attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads,
-        rope=positional == "rope", attention_bias=attention_bias, name=block_label), num_layers, scan=scan_layers, remat_policy=remat, label=label)
+        rope=positional == "rope", attention_bias=attention_bias, name=block_label), num_layers, scan=scan_layers,
+        remat_policy=remat, label=label)
     residual_dropout = dropout(dropout_rate)
 
     def init(key, example):
