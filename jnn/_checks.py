@@ -1051,8 +1051,8 @@ def attention_operand(label: str, what: str, value, shape: tuple, boolean: bool 
     value = jnp.asarray(value)
     kinds = {True: "boolean", False: "floating-point", None: "boolean or floating-point"}
     fits = value.ndim <= 4 and all(a in (1, b) for a, b in zip(value.shape[::-1], shape[::-1]))
-    is_bool = value.dtype == bool
-    if not fits or boolean is not None and is_bool != boolean or not (is_bool or jnp.issubdtype(value.dtype, jnp.floating)):
+    is_bool, floating = value.dtype == bool, jnp.issubdtype(value.dtype, jnp.floating)
+    if not fits or not {True: is_bool, False: floating, None: is_bool or floating}[boolean]:
         raise ValueError(f"{label}: {what} must be a {kinds[boolean]} array broadcastable to [B, N, T, S] = "
                          f"{list(shape)}, got {jnp.dtype(value.dtype).name}{list(value.shape)}")
     return value

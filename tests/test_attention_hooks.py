@@ -190,7 +190,8 @@ def test_encoder_decoder_with_alibi_generates_the_same_with_the_cache():
     source, prompt = jax.random.randint(KEY, (2, 7), 0, 11), jnp.array([[1], [2]])
     params, _ = model.init(KEY, prompt)
     kw = dict(key=jax.random.key(1), temperature=0.0, context=source, context_lengths=jnp.array([7, 4]))
-    np.testing.assert_array_equal(generate(model, params, prompt, 6, **kw), generate_uncached(model, params, prompt, 6, **kw))
+    np.testing.assert_array_equal(generate(model, params, prompt, 6, **kw),
+                                  generate_uncached(model, params, prompt, 6, **kw))
     plain = jnn.encoder_decoder(11, 1, 2, 16, 32, 16)
     assert not np.allclose(model.apply(params, {}, prompt, context=source)[0],
                            plain.apply(params, {}, prompt, context=source)[0], atol=1e-4)
