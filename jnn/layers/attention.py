@@ -107,9 +107,6 @@ def _linear(params, x):
     return y + params["b"].astype(x.dtype) if "b" in params else y
 
 
-_PER_EXAMPLE = " (valid positions per example)"
-
-
 def _heads(params, x, heads: int):
     return _linear(params, x).reshape(*x.shape[:2], heads, -1)
 
@@ -202,6 +199,7 @@ def _cache_methods(kv_heads, size_for, qkv, attend) -> dict:
 
 
 ATTENTION_KEYWORDS = frozenset({"lengths", "bias", "mask", "context", "context_lengths"})
+_PER_EXAMPLE = " (valid positions per example)"
 
 
 @checks.declare(num_heads=checks.positive_int, head_size=checks.optional(checks.positive_int),

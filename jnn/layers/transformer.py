@@ -7,15 +7,6 @@ A block is ``x + drop(attention(LN(x)))`` then ``x + MLP(LN(x))`` (``MLP = dense
 ``block.methods``: ``init_cache(batch, length, features, dtype)``, ``decode(params, cache, x,
 position, cross_kv=None) -> (y, cache)`` and, when cross-attending, ``cross_cache(params, context,
 context_lengths=None)`` (the context's keys/values for ``decode``).
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.transformer import decoder_block
-  >>> block = decoder_block(2, 32, cross_attention=True)
-  >>> params, _ = block.init(jax.random.key(0), jnp.zeros((1, 5, 8)))
-  >>> y, _ = block.apply(params, {}, jnp.ones((1, 5, 8)), context=jnp.ones((1, 7, 8)))
-  >>> y.shape, sorted(params)
-  ((1, 5, 8), ['attention', 'cross_attention', 'mlp', 'norm_0', 'norm_1', 'norm_cross'])
 """
 from __future__ import annotations
 
@@ -103,8 +94,7 @@ def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
 
 
 def _attention(label, what, num_heads, **options) -> Layer:
-    """The block's attention layer ``what``: its messages read ``"<block label> <what>: ..."``; it is
-    keyed ``what`` in the block, so the layer itself keeps no name."""
+    """The block's attention layer keyed ``what`` (unnamed), its messages read ``"<label> <what>: ..."``."""
     return multi_head_attention(num_heads, name=f"{label} {what}", **options)._replace(name=None)
 
 
@@ -153,10 +143,11 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from jnn.layers.transformer import decoder_block
-      >>> block = decoder_block(2, 32, rope=True)
-      >>> params, state = block.init(jax.random.key(0), jnp.zeros((1, 5, 8)))
-      >>> block.apply(params, state, jnp.ones((1, 5, 8)))[0].shape
-      (1, 5, 8)
+      >>> block = decoder_block(2, 32, rope=True, cross_attention=True)
+      >>> params, _ = block.init(jax.random.key(0), jnp.zeros((1, 5, 8)))
+      >>> y, _ = block.apply(params, {}, jnp.ones((1, 5, 8)), context=jnp.ones((1, 7, 8)))
+      >>> y.shape, sorted(params)
+      ((1, 5, 8), ['attention', 'cross_attention', 'mlp', 'norm_0', 'norm_1', 'norm_cross'])
     """
     label = name or "decoder_block"
     attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, causal=True, rope=rope,
