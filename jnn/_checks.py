@@ -919,3 +919,28 @@ def micro_batches(label: str, batch_size: int, accumulate: int) -> int:
         raise ValueError(f"{label}: accumulate={accumulate} splits each batch into {accumulate} equal micro-batches, "
                          f"but a batch has {batch_size} examples, not a multiple of {accumulate}")
     return batch_size // accumulate
+
+
+# ---- rules added for attention (bias, mask and the attention_bias hook) ----
+
+#: ``None`` or an ``attention_bias`` hook: a function ``(query_positions, key_positions) -> array``.
+attention_hook = optional(satisfies(callable, "a function (query_positions, key_positions) -> bias or mask",
+                                    TypeError, lambda value: type(value).__name__))
+
+
+def attention_operand(label: str, what: str, value, shape: tuple, boolean: bool | None = False):
+    """``value`` (``None`` stays ``None``) as an array broadcastable to ``shape`` ``[B, N, T, S]``:
+    boolean if ``boolean``, floating-point if not, either if ``None``."""
+    if value is None:
+        return None
+    value = jnp.asarray(value)
+    kinds = {True: "boolean", False: "floating-point", None: "boolean or floating-point"}
+    fits = value.ndim <= 4 and all(a in (1, b) for a, b in zip(value.shape[::-1], shape[::-1]))
+    is_bool, floating = value.dtype == bool, jnp.issubdtype(value.dtype, jnp.floating)
+    if not fits or not {True: is_bool, False: floating, None: is_bool or floating}[boolean]:
+        raise ValueError(f"{label}: {what} must be a {kinds[boolean]} array broadcastable to [B, N, T, S] = "
+                         f"{list(shape)}, got {jnp.dtype(value.dtype).name}{list(value.shape)}")
+    return value
+
+
+__all__ += ["attention_hook", "attention_operand"]

@@ -5,16 +5,6 @@ prompt, then scans one ``decode_step`` per token (an encoder-decoder's ``context
 once); :func:`generate_uncached` re-runs any ids-to-logits model on the whole sequence per token.
 Both draw token ``i`` with ``jax.random.split(key, num_new_tokens)[i]`` (same key, same tokens).
 A ``temperature`` below :data:`GREEDY_BELOW` samples the arg-max token.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.nets import decoder_lm
-  >>> from jnn.generate import generate
-  >>> lm = decoder_lm(vocab_size=20, num_layers=1, num_heads=2, features=8, mlp_dim=16, max_len=32)
-  >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-  >>> out = generate(lm, params, jnp.array([[1, 2, 3]]), 5, key=jax.random.key(1), top_k=5)
-  >>> out.shape
-  (1, 8)
 """
 from __future__ import annotations
 
@@ -60,10 +50,9 @@ def is_decoder(model) -> bool:
 def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
     """One token per row of ``logits[..., V]``: ``[...]`` int32.
 
-    ``temperature`` below ``GREEDY_BELOW`` (1e-6, 0 included) is greedy (argmax, ``key``
-    unused: dividing by a tinier temperature would overflow); otherwise samples from
-    ``softmax(logits / temperature)`` restricted to the ``top_k`` largest logits (all when
-    ``None``). Computed in float32.
+    ``temperature`` below ``GREEDY_BELOW`` (0 included) takes the argmax (``key`` unused); otherwise
+    samples ``softmax(logits / temperature)`` over the ``top_k`` largest logits (all when ``None``),
+    in at least float32.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -154,14 +143,10 @@ def _uncached(model, params, state, prompt, key, num_new_tokens, temperature, to
 
 
 def _context(context, context_lengths) -> dict:
-    if context is None:
-        if context_lengths is not None:
-            raise ValueError("generate: context_lengths was given without context")
-        return {}
-    out = {"context": jnp.asarray(context)}
-    if context_lengths is not None:
-        out["context_lengths"] = jnp.asarray(context_lengths)
-    return out
+    checks.require(context is not None or context_lengths is None, "generate",
+                   "context_lengths was given without context")
+    given = {"context": context, "context_lengths": context_lengths}
+    return {k: jnp.asarray(v) for k, v in given.items() if v is not None}
 
 
 @checks.declare(num_new_tokens=checks.positive_int, **_SAMPLING)
@@ -188,7 +173,7 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
       >>> import jax, jax.numpy as jnp, jnn
       >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
       >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-      >>> out = jnn.generate.generate(lm, params, jnp.array([[1, 2]]), 3, key=jax.random.key(1))
+      >>> out = jnn.generate.generate(lm, params, jnp.array([[1, 2]]), 3, key=jax.random.key(1), top_k=5)
       >>> out.shape, out.dtype
       ((1, 5), dtype('int32'))
       >>> out[:, :2].tolist()

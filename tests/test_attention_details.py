@@ -151,7 +151,8 @@ def test_a_dropout_model_decodes_without_a_key():
 def test_layer_identity_and_keywords():
     attn = multi_head_attention(2, name="self_attn")
     assert (attn.kind, attn.name, attn.keywords) == ("multi_head_attention", "self_attn",
-                                                     frozenset({"lengths", "context", "context_lengths"}))
+                                                     frozenset({"lengths", "bias", "mask", "context",
+                                                                "context_lengths"}))
     assert multi_head_attention(2).name is None
 
 

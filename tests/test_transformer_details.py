@@ -177,7 +177,8 @@ def test_children_are_the_params_keys_and_run_like_the_block_parts(cross):
         {"norm": "layer_norm", "atte": "multi_head_attention", "cros": "multi_head_attention", "mlp": "mlp"}[n[:4]]
         for n in names]
     attention = jnn.get(block, "attention")
-    assert attention.name is None and attention.keywords == frozenset({"lengths", "context", "context_lengths"})
+    assert attention.name is None and attention.keywords == frozenset({"lengths", "bias", "mask", "context",
+                                                                       "context_lengths"})
     shapes = lambda tree: jax.tree_util.tree_map(jnp.shape, tree)
     assert shapes(attention.init(KEY, X)[0]) == shapes(params["attention"])
     h = np_ln(np.asarray(X, np.float64), params["norm_0"]).astype(np.float32)

@@ -4,13 +4,6 @@
 * :func:`sinusoidal_encoding` adds the fixed sine/cosine table of Vaswani et al. (2017); no params.
 * :func:`apply_rope` rotates query/key vectors by their positions (rotary embeddings, Su et al.
   2021); attention applies it with ``multi_head_attention(..., rope=True)``.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.positional import sinusoidal_encoding
-  >>> y, _ = sinusoidal_encoding(16).apply({}, {}, jnp.zeros((2, 5, 8)))
-  >>> y.shape, float(y[0, 0, 1])        # position 0: sin(0) = 0, cos(0) = 1
-  ((2, 5, 8), 1.0)
 """
 from __future__ import annotations
 
@@ -57,8 +50,8 @@ def sinusoidal_encoding(max_len: int, *, base: float = 10000.0, name: str | None
       >>> import jax.numpy as jnp
       >>> from jnn.layers.positional import sinusoidal_encoding
       >>> y, _ = sinusoidal_encoding(10).apply({}, {}, jnp.zeros((1, 3, 4)))
-      >>> bool(jnp.allclose(y[0, :, 0], jnp.sin(jnp.arange(3.0))))   # feature 0 is sin(t)
-      True
+      >>> bool(jnp.allclose(y[0, :, 0], jnp.sin(jnp.arange(3.0)))), float(y[0, 0, 1])  # sin(t); cos(0)
+      (True, 1.0)
     """
     check = functools.partial(checks.sequence_input, name or "sinusoidal_encoding", max_len=max_len)
 
@@ -112,18 +105,11 @@ def learned_positional_embedding(max_len: int | None, *, init=None, name: str | 
 
 
 def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
-    """Rotary position embedding (RoPE) of query or key heads.
+    """Rotary position embedding (RoPE) of query or key heads ``x[B, T, N, H]`` (``H`` even) at
+    integer ``positions`` ``[T]`` or ``[B, T]``: same shape and dtype.
 
     Features ``i`` and ``i + H/2`` of each head are rotated by ``p * base ** (-2i / H)`` ("rotate
     half", as GPT-NeoX and LLaMA); angles in at least float32.
-
-    Args:
-      x: ``[B, T, N, H]`` (``H`` even).
-      positions: integer positions ``[T]`` or ``[B, T]``.
-      base: rotation base.
-
-    Returns:
-      ``x`` rotated, same shape and dtype.
 
     Example:
       >>> import jax.numpy as jnp

@@ -7,15 +7,6 @@ A block is ``x + drop(attention(LN(x)))`` then ``x + MLP(LN(x))`` (``MLP = dense
 ``block.methods``: ``init_cache(batch, length, features, dtype)``, ``decode(params, cache, x,
 position, cross_kv=None) -> (y, cache)`` and, when cross-attending, ``cross_cache(params, context,
 context_lengths=None)`` (the context's keys/values for ``decode``).
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.layers.transformer import decoder_block
-  >>> block = decoder_block(2, 32, cross_attention=True)
-  >>> params, _ = block.init(jax.random.key(0), jnp.zeros((1, 5, 8)))
-  >>> y, _ = block.apply(params, {}, jnp.ones((1, 5, 8)), context=jnp.ones((1, 7, 8)))
-  >>> y.shape, sorted(params)
-  ((1, 5, 8), ['attention', 'cross_attention', 'mlp', 'norm_0', 'norm_1', 'norm_cross'])
 """
 from __future__ import annotations
 
@@ -26,7 +17,7 @@ from jnn import _checks as checks
 from jnn.combinators import serial
 from jnn.core import Layer, shape_of
 from jnn.layers.activations import gelu
-from jnn.layers.attention import ATTENTION_KEYWORDS, multi_head_attention
+from jnn.layers.attention import multi_head_attention
 from jnn.layers.basic import dense
 from jnn.layers.dropout import dropout
 from jnn.layers.norm import layer_norm
@@ -98,20 +89,19 @@ def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate) -> Layer:
     methods = {"init_cache": attention.methods["init_cache"], "decode": decode}
     if cross is not None:
         methods["cross_cache"] = cross_cache
-    keywords = ATTENTION_KEYWORDS if cross is not None else {"lengths"}
+    keywords = {"lengths", "context", "context_lengths"} if cross is not None else {"lengths"}
     return Layer(init, apply, kind, name, keywords, children, methods=methods)
 
 
 def _attention(label, what, num_heads, **options) -> Layer:
-    """The block's attention layer ``what``: its messages read ``"<block label> <what>: ..."``; it is
-    keyed ``what`` in the block, so the layer itself keeps no name."""
+    """The block's attention layer keyed ``what`` (unnamed), its messages read ``"<label> <what>: ..."``."""
     return multi_head_attention(num_heads, name=f"{label} {what}", **options)._replace(name=None)
 
 
-@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate)
+@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, attention_bias=checks.attention_hook)
 def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
                   attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
-                  rope: bool = False, name: str | None = None) -> Layer:
+                  rope: bool = False, attention_bias=None, name: str | None = None) -> Layer:
     """Pre-norm transformer encoder block (bidirectional self-attention), ``[B, T, F] -> [B, T, F]``.
 
     Args:
@@ -121,6 +111,7 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
       attention_dropout_rate: dropout on the attention weights.
       num_kv_heads: grouped key/value heads (see ``multi_head_attention``).
       rope: rotary position embeddings in the attention.
+      attention_bias: the self-attention's bias or mask hook (see ``multi_head_attention``).
       name: optional explicit key for this block's params.
 
     Example:
@@ -133,15 +124,16 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     """
     label = name or "encoder_block"
     attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, rope=rope,
-                           dropout_rate=attention_dropout_rate)
+                           dropout_rate=attention_dropout_rate, attention_bias=attention_bias)
     return _block("encoder_block", label, name, attention, None, mlp_dim, dropout_rate)
 
 
-@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, cross_attention=checks.flag)
+@checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, cross_attention=checks.flag,
+                attention_bias=checks.attention_hook)
 def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
                   attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
                   rope: bool = False, cross_attention: bool = False, context_features: int | None = None,
-                  name: str | None = None) -> Layer:
+                  attention_bias=None, name: str | None = None) -> Layer:
     """Pre-norm causal transformer block: position ``t`` sees positions ``<= t`` only.
 
     Same arguments and params as :func:`encoder_block`, plus ``cross_attention=True``: after the
@@ -151,14 +143,15 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from jnn.layers.transformer import decoder_block
-      >>> block = decoder_block(2, 32, rope=True)
-      >>> params, state = block.init(jax.random.key(0), jnp.zeros((1, 5, 8)))
-      >>> block.apply(params, state, jnp.ones((1, 5, 8)))[0].shape
-      (1, 5, 8)
+      >>> block = decoder_block(2, 32, rope=True, cross_attention=True)
+      >>> params, _ = block.init(jax.random.key(0), jnp.zeros((1, 5, 8)))
+      >>> y, _ = block.apply(params, {}, jnp.ones((1, 5, 8)), context=jnp.ones((1, 7, 8)))
+      >>> y.shape, sorted(params)
+      ((1, 5, 8), ['attention', 'cross_attention', 'mlp', 'norm_0', 'norm_1', 'norm_cross'])
     """
     label = name or "decoder_block"
     attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, causal=True, rope=rope,
-                           dropout_rate=attention_dropout_rate)
+                           dropout_rate=attention_dropout_rate, attention_bias=attention_bias)
     cross = None
     if cross_attention:
         cross = _attention(label, "cross_attention", num_heads, num_kv_heads=num_kv_heads,

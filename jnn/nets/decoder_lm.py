@@ -1,17 +1,4 @@
-"""A decoder-only (GPT-style) language model with a key/value-cached decode path.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.nets import decoder_lm
-  >>> lm = decoder_lm(vocab_size=50, num_layers=2, num_heads=2, features=16, mlp_dim=32, max_len=64)
-  >>> tokens = jnp.zeros((3, 10), jnp.int32)
-  >>> params, state = lm.init(jax.random.key(0), tokens)
-  >>> lm.apply(params, state, tokens)[0].shape
-  (3, 10, 50)
-  >>> deep = decoder_lm(50, 8, 2, 16, 32, 64, scan_layers=True)  # one compiled block for any depth
-  >>> deep.init(jax.random.key(0), tokens)[0]["blocks"]["attention"]["query"]["w"].shape
-  (8, 16, 16)
-"""
+"""A decoder-only (GPT-style) language model with a key/value-cached decode path."""
 from __future__ import annotations
 
 import jax
@@ -30,7 +17,7 @@ __all__ = ["decoder_lm"]
 def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, mlp_dim: int, max_len: int,
                tied: bool = True, *, dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
                num_kv_heads: int | None = None, positional: str = "learned", scan_layers: bool = False,
-               remat: str | None = None, name: str | None = None) -> Layer:
+               remat: str | None = None, attention_bias=None, name: str | None = None) -> Layer:
     """A decoder-only (GPT-style) language model: token ids ``[B, T]`` -> logits ``[B, T, V]``.
 
     Embedding (scaled by ``sqrt(features)``) plus positions, dropout, ``num_layers`` decoder
@@ -50,6 +37,8 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
       scan_layers: stack the blocks and scan over them (compile time independent of depth).
       remat: ``None``, or a :func:`jnn.remat` policy applied to every block (``"nothing"``: keep
         only each block's input for the backward pass).
+      attention_bias: every self-attention's bias or mask hook (:func:`jnn.multi_head_attention`;
+        e.g. ALiBi, docs: guides/custom_attention.md); cached decoding keeps it.
       name: optional explicit key for this model.
 
     Example:
@@ -57,16 +46,19 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
       >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
       >>> tokens = jnp.zeros((2, 5), jnp.int32)
       >>> params, state = lm.init(jax.random.key(0), tokens)
-      >>> logits, _ = lm.apply(params, state, tokens)
-      >>> logits.shape
+      >>> lm.apply(params, state, tokens)[0].shape
       (2, 5, 11)
+      >>> deep = jnn.decoder_lm(11, 8, 1, 8, 16, 16, scan_layers=True)  # one compiled block for any depth
+      >>> deep.init(jax.random.key(0), tokens)[0]["blocks"]["attention"]["query"]["w"].shape
+      (8, 8, 8)
     """
     label = name or "decoder_lm"
     checks.divides(label, "num_heads", num_heads, features, "features")
     embedder = token_embedder(label, vocab_size, features, max_len, tied, positional)
     stack = block_stack(lambda block_label: decoder_block(
         num_heads, mlp_dim, dropout_rate, attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads,
-        rope=positional == "rope", name=block_label), num_layers, scan=scan_layers, remat_policy=remat, label=label)
+        rope=positional == "rope", attention_bias=attention_bias, name=block_label), num_layers, scan=scan_layers,
+        remat_policy=remat, label=label)
     residual_dropout = dropout(dropout_rate)
 
     def init(key, example):
@@ -77,7 +69,8 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
         x = jax.ShapeDtypeStruct((*tokens.shape, features), params["embedding"]["embedding"].dtype)
         return {**params, **stack.init(stack_key, x)[0]}, {}
 
-    def apply(params, state, tokens, *, key=None, train=False):
+    def apply(params, state, tokens, *, key=None, train=False, **unknown):
+        core.check_keywords(label, frozenset(), unknown)
         checks.key_for(label, train and dropout_rate > 0, key)
         stack_key, drop_key = core.split_key(key, 2)
         x = residual_dropout.apply({}, {}, embedder.apply(params, {}, tokens)[0], key=drop_key, train=train)[0]

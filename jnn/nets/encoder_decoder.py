@@ -1,22 +1,4 @@
-"""An encoder-decoder transformer (Vaswani et al. 2017, pre-norm) with cached generation.
-
-``apply(params, state, tokens[B, T], *, context[B, S], context_lengths=None)`` -> logits
-``[B, T, V]`` (source padding masked everywhere; one vocabulary and embedding). For generation
-``init_cache`` encodes the source once.
-
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> from jnn.nets import encoder_decoder
-  >>> from jnn.generate import generate
-  >>> model = encoder_decoder(vocab_size=12, num_layers=2, num_heads=2, features=16, mlp_dim=32, max_len=20)
-  >>> source, target = jnp.ones((3, 7), jnp.int32), jnp.ones((3, 5), jnp.int32)
-  >>> params, state = model.init(jax.random.key(0), target)
-  >>> model.apply(params, state, target, context=source)[0].shape
-  (3, 5, 12)
-  >>> generate(model, params, target[:, :1], 4, key=jax.random.key(1), temperature=0.0,
-  ...          context=source, context_lengths=jnp.array([7, 3, 1])).shape
-  (3, 5)
-"""
+"""An encoder-decoder transformer (Vaswani et al. 2017, pre-norm) with cached generation."""
 from __future__ import annotations
 
 import jax
@@ -24,7 +6,7 @@ import jax.numpy as jnp
 
 from jnn import core
 from jnn import _checks as checks
-from jnn.core import Layer, layer_error, shape_of
+from jnn.core import Layer, shape_of
 from jnn.layers.dropout import dropout
 from jnn.layers.norm import layer_norm
 from jnn.layers.transformer import decoder_block, encoder_block
@@ -33,22 +15,25 @@ from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 __all__ = ["encoder_decoder"]
 
 
-def _source(label, embedder, context, context_lengths):
-    """The source ids and lengths as arrays, checked."""
-    if context is None:
-        raise layer_error(label, "expected the source as apply(..., context=[B, S] token ids)")
+def _source(label, embedder, context, context_lengths, batch: int):
+    """The source ids and lengths as arrays, checked (``batch`` rows, the target's)."""
+    checks.require(context is not None, label, "expected the source as apply(..., context=[B, S] token ids)")
     context = jnp.asarray(context)
     embedder.methods["check_tokens"](context, "source ids (context=)")
-    return context, checks.int_lengths(label, context_lengths, context.shape[0], "context_lengths")
+    checks.require(context.shape[0] == batch, label, f"the source has batch {context.shape[0]} but the target "
+                                                     f"has {batch}")
+    return context, checks.int_lengths(label, context_lengths, batch, "context_lengths")
 
 
 @checks.declare(num_decoder_layers=checks.optional(checks.positive_int), **LM_RULES)
 def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: int, mlp_dim: int, max_len: int,
                     *, num_decoder_layers: int | None = None, tied: bool = True, dropout_rate: float = 0.0,
                     attention_dropout_rate: float = 0.0, num_kv_heads: int | None = None,
-                    positional: str = "sinusoidal", scan_layers: bool = True, name: str | None = None) -> Layer:
+                    positional: str = "sinusoidal", scan_layers: bool = True, attention_bias=None,
+                    name: str | None = None) -> Layer:
     """An encoder-decoder transformer: target ids ``[B, T]`` and ``context=`` source ids ``[B, S]``
-    -> logits ``[B, T, V]``.
+    (``context_lengths=[B]`` masks its padding everywhere) -> logits ``[B, T, V]``. For generation
+    ``init_cache`` encodes the source once.
 
     Params: ``{"embedding", "position" (learned only), "encoder": {"blocks"} (or ``block_i``),
     "encoder_norm", "decoder": {"blocks"}, "final_norm", "head" (untied only)}``; encoder blocks
@@ -63,6 +48,7 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
       num_kv_heads: grouped key/value heads.
       positional: ``"sinusoidal"`` (default), ``"learned"`` or ``"rope"`` (self-attention only).
       scan_layers: stack each side's blocks and scan over them.
+      attention_bias: the self-attentions' bias or mask hook (see :func:`jnn.decoder_lm`).
       name: optional explicit key for this model.
 
     Example:
@@ -71,14 +57,17 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
       ...                             max_len=16)
       >>> source, target = jnp.zeros((2, 6), jnp.int32), jnp.zeros((2, 4), jnp.int32)
       >>> params, state = model.init(jax.random.key(0), target)
-      >>> logits, _ = model.apply(params, state, target, context=source)
-      >>> logits.shape
+      >>> model.apply(params, state, target, context=source)[0].shape
       (2, 4, 11)
+      >>> jnn.generate.generate(model, params, target[:, :1], 4, key=jax.random.key(1), temperature=0.0,
+      ...                       context=source, context_lengths=jnp.array([6, 3])).shape
+      (2, 5)
     """
     label = name or "encoder_decoder"
     checks.divides(label, "num_heads", num_heads, features, "features")
     embedder = token_embedder(label, vocab_size, features, max_len, tied, positional)
-    options = dict(attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads, rope=positional == "rope")
+    options = dict(attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads, rope=positional == "rope",
+                   attention_bias=attention_bias)
     encoder = block_stack(lambda block_label: encoder_block(num_heads, mlp_dim, dropout_rate, name=block_label,
                                                             **options),
                           num_layers, scan=scan_layers, label=f"{label} encoder")
@@ -105,9 +94,7 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
 
     def apply(params, state, tokens, *, key=None, train=False, context=None, context_lengths=None):
         embedder.methods["check_tokens"](tokens)
-        context, context_lengths = _source(label, embedder, context, context_lengths)
-        if context.shape[0] != tokens.shape[0]:
-            raise layer_error(label, f"the source has batch {context.shape[0]} but the target has {tokens.shape[0]}")
+        context, context_lengths = _source(label, embedder, context, context_lengths, tokens.shape[0])
         checks.key_for(label, train and dropout_rate > 0, key)
         keys = core.split_key(key, 4)
         memory = encode(params, context, context_lengths, keys, train)
@@ -118,12 +105,8 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
         return embedder.methods["head"](params, x), state
 
     def init_cache(batch, length=None, dtype=None, *, params=None, context=None, context_lengths=None):
-        if params is None:
-            raise layer_error(label, "init_cache needs params= and context= (the source is encoded once, "
-                                     "into the cache)")
-        context, context_lengths = _source(label, embedder, context, context_lengths)
-        if context.shape[0] != batch:
-            raise layer_error(label, f"the source has batch {context.shape[0]}, expected {batch}")
+        checks.require(params is not None, label, "init_cache needs params= and context= (the source is encoded once)")
+        context, context_lengths = _source(label, embedder, context, context_lengths, batch)
         length = max_len if length is None else length
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype
         memory = encode(params, context, context_lengths)

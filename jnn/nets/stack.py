@@ -1,14 +1,6 @@
 """Building blocks of :mod:`jnn.nets`' language models: a block stack (unrolled ``block_i`` or
 scanned ``blocks``) with its decode path, the token embedder and head, :func:`decoding` and
 ``LM_RULES`` (the factories' shared argument rules).
-
-Example:
-  >>> import jax, jax.numpy as jnp, jnn
-  >>> from jnn.nets.stack import block_stack
-  >>> stack = block_stack(lambda label: jnn.decoder_block(2, 16), 3, scan=True)
-  >>> params, _ = stack.init(jax.random.key(0), jnp.zeros((1, 4, 8)))
-  >>> list(params), sorted(stack.methods)
-  (['blocks'], ['decode', 'init_cache'])
 """
 from __future__ import annotations
 
@@ -33,7 +25,7 @@ __all__ = ["block_stack", "token_embedder", "decoding", "LM_RULES"]
 LM_RULES = dict(vocab_size=checks.positive_int, num_layers=checks.positive_int, num_heads=checks.positive_int,
                 features=checks.positive_int, mlp_dim=checks.positive_int, max_len=checks.positive_int,
                 tied=checks.flag, scan_layers=checks.flag, dropout_rate=checks.rate,
-                positional=checks.one_of("learned", "sinusoidal", "rope"))
+                positional=checks.one_of("learned", "sinusoidal", "rope"), attention_bias=checks.attention_hook)
 
 
 def decoding(embedder: Layer, single_step):
@@ -61,7 +53,6 @@ def decoding(embedder: Layer, single_step):
     return decode_step
 
 
-
 def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | None = None,
                 label: str = "stack") -> Layer:
     """``n`` blocks ``make_block(block_label)`` applied in sequence, a layer with the blocks' cached path.
@@ -79,6 +70,9 @@ def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | N
       >>> params, _ = stack.init(jax.random.key(0), jnp.zeros((1, 4, 8)))
       >>> sorted(params), stack.apply(params, {}, jnp.ones((1, 4, 8)))[0].shape
       (['block_0', 'block_1'], (1, 4, 8))
+      >>> scanned = block_stack(lambda label: jnn.decoder_block(2, 16), 3, scan=True)
+      >>> list(scanned.init(jax.random.key(0), jnp.zeros((1, 4, 8)))[0])
+      ['blocks']
     """
     names = ["blocks"] if scan else [f"block_{i}" for i in range(n)]
     blocks = [make_block(f"{label} {k}")._replace(name=None) for k in names]
