@@ -71,3 +71,17 @@ def test_docstring_rewrites():
     assert literal_blocks("A block::\n\n    x = 1\n") == "A block:\n\n```python\nx = 1\n```\n"
     assert example_titles("Example:\n  >>> 1\n  1") == "Examples:\n  >>> 1\n  1"
     assert example_titles("Example: not a section") == "Example: not a section"
+
+
+def test_changelog_notebooks_and_chapter_links(site):
+    """docs_ext/site_hooks.py: the changelog page, a notebook per chapter, the chapter's footer."""
+    import json
+    from docs_blocks import python_blocks
+    assert "Batch 1" in (site / "changelog" / "index.html").read_text()
+    for page in sorted((ROOT / "docs" / "tutorials").glob("[0-9][0-9]-*.md")):
+        nb = json.loads((site / "tutorials" / f"{page.stem}.ipynb").read_text())
+        code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+        assert code == [block.rstrip("\n") for _, block in python_blocks(page)], page.name
+    html = (site / "tutorials" / "02-mlp-xor" / "index.html").read_text()
+    assert 'href="../02-mlp-xor.ipynb"' in html
+    assert 'href="https://github.com/jnn-dev/jnn/blob/main/experiments/xor.py"' in html
