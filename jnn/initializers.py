@@ -1,5 +1,9 @@
 """Weight initializers over ``jax.nn.initializers``: factories of ``(key, shape, dtype) -> array``;
 layers also take the name (``jnn.dense(128, w_init="he_normal")``).
+
+From ``jax.nn.initializers`` as they are: ``glorot_uniform``, ``glorot_normal``, ``he_uniform``,
+``he_normal``, ``lecun_uniform``, ``lecun_normal`` and ``constant``; ``xavier_uniform``,
+``xavier_normal`` are the Glorot ones and ``kaiming_uniform``, ``kaiming_normal`` the He ones.
 """
 from __future__ import annotations
 

@@ -85,3 +85,24 @@ def test_changelog_notebooks_and_chapter_links(site):
     html = (site / "tutorials" / "02-mlp-xor" / "index.html").read_text()
     assert 'href="../02-mlp-xor.ipynb"' in html
     assert 'href="https://github.com/jnn-dev/jnn/blob/main/experiments/xor.py"' in html
+
+
+def test_every_public_name_has_an_api_entry(site):
+    """Each name in a public ``__all__`` is in the API reference: rendered with an anchor (the
+    site's inventory, ``objects.inv``, holds its qualified name) or, for constants, aliases and
+    re-exported JAX functions, named in code on an API page (its module docstring's list)."""
+    import types
+
+    from mkdocstrings import Inventory
+    from test_docs import public_objects
+
+    with open(site / "objects.inv", "rb") as f:
+        rendered = set(Inventory.parse_sphinx(f))
+    code = " ".join(re.findall(r"<code>(.*?)</code>", " ".join(
+        page.read_text() for page in (site / "api").glob("*/index.html")), re.S))
+    missing = []
+    for qualified, module, name, value in public_objects():
+        where = getattr(value, "__module__", None) if isinstance(value, (type, types.FunctionType)) else None
+        if not {qualified, f"{where}.{name}"} & rendered and not re.search(rf"\b{re.escape(name)}\b", code):
+            missing.append(qualified)
+    assert not missing, f"public names without an API entry: {missing}"

@@ -109,7 +109,7 @@ def softplus(*, name: str | None = None) -> Layer:
 
 
 def silu(*, name: str | None = None) -> Layer:
-    """Sigmoid linear unit (swish) ``x * sigmoid(x)``.
+    """Sigmoid linear unit ``x * sigmoid(x)`` (``swish`` is the same layer).
 
     Example:
       >>> [round(float(v), 3) for v in silu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]

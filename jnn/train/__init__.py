@@ -1,5 +1,5 @@
 """Training: a TrainState pytree, pure train/eval steps, ``fit`` and the tools around it."""
-from jnn.train import callbacks
+from jnn.train import callbacks, pbt
 from jnn.train.checkpoint import Checkpointer
 from jnn.train.compiler import compiler_options
 from jnn.train.freeze import freeze, trainable_mask
@@ -10,6 +10,7 @@ from jnn.train.loop import FitResult, fit, predict, split_validation
 from jnn.train.tuning import optuna_search, search
 from jnn.train.guard import NonFiniteError
 from jnn.train.nonfinite import NonFiniteReport, find_nonfinite
+from jnn.train.pbt import PBT, PBTResult, fit_pbt
 from jnn.train.step import (TrainState, default_metrics, epoch_order, init_train_state, loss_and_grad, make_eval_fn,
                             make_stepwise_epoch, make_train_epoch, make_train_step, penalty, step_key)
 
@@ -17,4 +18,4 @@ __all__ = ["TrainState", "init_train_state", "loss_and_grad", "default_metrics",
            "make_stepwise_epoch", "epoch_order", "make_eval_fn",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
            "freeze", "trainable_mask", "fit_population", "search", "optuna_search", "PopulationResult", "MemberResult",
-           "callbacks", "Data", "Start", "NonFinite", "NonFiniteError", "NonFiniteReport", "find_nonfinite", "compiler_options"]
+           "callbacks", "pbt", "PBT", "PBTResult", "fit_pbt", "Data", "Start", "NonFinite", "NonFiniteError", "NonFiniteReport", "find_nonfinite", "compiler_options"]

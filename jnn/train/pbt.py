@@ -4,18 +4,6 @@ Every ``interval`` epochs the worst ``fraction`` of the members copy the states 
 from the best (exploit) and perturb the hyperparameters they copied (explore):
 :func:`exploit_explore`, run by :func:`fit_pbt` inside the jitted epoch; nothing is read back
 until training ends. A member never exploited trains exactly as it would without PBT.
-
-Example:
-  >>> import jax, jax.numpy as jnp, optax, jnn
-  >>> from jnn.train.pbt import PBT, fit_pbt
-  >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
-  >>> make_opt = lambda hp: optax.inject_hyperparams(optax.sgd)(learning_rate=hp["lr"])
-  >>> pbt = PBT(space={"lr": (1e-3, 1.0, "log")}, interval=5, monitor="loss")
-  >>> result = fit_pbt(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, jnn.data.xor(),
-  ...                  hparams={"lr": jnp.array([1e-3, 1e-3, 0.3, 0.3])}, key=jax.random.key(0),
-  ...                  pbt=pbt, epochs=20, batch_size=4, metrics={})
-  >>> result.lineage.shape, bool(result.hparam_history["lr"].min() >= 1e-3)
-  ((3, 4), True)
 """
 from __future__ import annotations
 
@@ -54,6 +42,12 @@ class PBT:
       monitor, mode: the logged metric to rank by (NaN last); ``"max"``, ``"min"`` or ``"auto"``.
       factors, resample_probability: explore by multiplying by one of ``factors``, or with this
         probability draw a new value from ``space``.
+
+    Example:
+      >>> from jnn.train.pbt import PBT
+      >>> pbt = PBT(space={"lr": (1e-4, 1.0, "log")}, interval=2, monitor="val_loss")
+      >>> pbt.exploited(8), pbt.maximize
+      (2, False)
     """
 
     space: Any
@@ -97,6 +91,11 @@ class PBTResult(NamedTuple):
       hparams: ``{name: [N]}``, the values after the last epoch.
       lineage: ``int [steps, N]``: after step ``s``, member ``i`` continued from ``lineage[s, i]``.
       lineage_epochs: ``int [steps]``, the epoch after which each step ran.
+
+    Example:
+      >>> from jnn.train.pbt import PBTResult
+      >>> PBTResult._fields[:3]
+      ('train_states', 'history', 'hparam_history')
     """
 
     train_states: TrainState
@@ -136,7 +135,20 @@ def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, ke
     """One PBT step, pure and jittable (``pbt`` static): ``(hparams, states, source [N])``. Ranked by
     ``scores [N]`` (NaN last), each of the worst ``pbt.exploited(N)`` copies state (not its key) and
     hyperparameters from one of the best, then explores; ``source``: whom each continues from. With
-    ``make_optimizer``, copied optimizer states get ``make_optimizer(new_hp)``'s injected values."""
+    ``make_optimizer``, copied optimizer states get ``make_optimizer(new_hp)``'s injected values.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> from jnn.train.pbt import PBT, exploit_explore
+      >>> states = jax.vmap(lambda k: jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), k, jnp.zeros((1, 2))))(
+      ...     jax.random.split(jax.random.key(0), 4))
+      >>> hparams = {"lr": jnp.array([0.1, 0.2, 0.3, 0.4])}
+      >>> pbt = PBT(space={"lr": (1e-3, 1.0)}, monitor="loss")
+      >>> new_hp, new_states, source = exploit_explore(pbt, hparams, states, jnp.array([4.0, 1.0, 2.0, 3.0]),
+      ...                                              jax.random.key(1))
+      >>> source.tolist()                                    # the worst (loss 4.0) continues from the best
+      [1, 1, 2, 3]
+    """
     _checks.among("exploit_explore", "PBT space names", [name for name, _ in pbt.space], hparams, "hparams")
     n = jax.tree_util.tree_leaves(hparams)[0].shape[0] if hparams else jnp.shape(scores)[0]
     _checks.require(jnp.shape(scores) == (n,), "exploit_explore", f"scores must hold one value per member, "
@@ -165,7 +177,15 @@ def exploit_explore(pbt: PBT, hparams, states: TrainState, scores: jax.Array, ke
 
 
 def explore_key(keys: jax.Array, epoch: int) -> jax.Array:
-    """The key of the exploit/explore step after epoch ``epoch``, apart from the members' other keys."""
+    """The key of the exploit/explore step after epoch ``epoch``, apart from the members' other keys.
+
+    Example:
+      >>> import jax
+      >>> from jnn.train.pbt import explore_key
+      >>> keys = jax.random.split(jax.random.key(0), 4)
+      >>> bool((jax.random.key_data(explore_key(keys, 1)) != jax.random.key_data(explore_key(keys, 2))).any())
+      True
+    """
     return jax.random.fold_in(jax.random.fold_in(keys[0], 0x9B7), epoch)
 
 
@@ -198,6 +218,18 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     """Trains a population with PBT, one jitted program call per epoch; arguments as for
     :func:`jnn.train.fit_population` (no early stopping) plus ``pbt``; ``hparams`` needs a float
     array ``[N]`` per name in ``pbt.space``. A member whose score goes NaN ranks last.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> from jnn.train.pbt import PBT, fit_pbt
+      >>> make_model = lambda hp: jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1))
+      >>> make_opt = lambda hp: optax.inject_hyperparams(optax.sgd)(learning_rate=hp["lr"])
+      >>> pbt = PBT(space={"lr": (1e-3, 1.0, "log")}, interval=5, monitor="loss")
+      >>> result = fit_pbt(make_model, jnn.losses.binary_cross_entropy_with_logits, make_opt, jnn.data.xor(),
+      ...                  hparams={"lr": jnp.array([1e-3, 1e-3, 0.3, 0.3])}, key=jax.random.key(0),
+      ...                  pbt=pbt, epochs=20, batch_size=4, metrics={})
+      >>> result.lineage.shape, bool(result.hparam_history["lr"].min() >= 1e-3)
+      ((3, 4), True)
     """
     hparams, n = check_hparams("fit_pbt", hparams)
     keys = as_keys("fit_pbt", key, n)
