@@ -1,9 +1,5 @@
-"""Files: safe writes, and weight files (``.safetensors`` or ``.npz``) for params and state.
-
-A weight file holds flat ``path -> array`` entries (``"block_0/dense_1/w"``, as in :mod:`jnn.tree`).
-:func:`save_params` records each tensor's sha256 (safetensors: in ``__metadata__[DIGEST_KEY]``)
-and :func:`load_params` verifies them; with ``like=`` it lists every missing, unexpected and
-mis-shaped entry by path. The safetensors reader and writer are jnn's own (bfloat16 works).
+"""Files: safe writes, and weight files (``.safetensors`` or ``.npz``, jnn's own reader and writer)
+holding flat ``path -> array`` entries (``"block_0/dense_1/w"``) with each tensor's sha256.
 """
 from __future__ import annotations
 
@@ -39,10 +35,9 @@ def check_target(where: str, path, overwrite) -> pathlib.Path:
     """
     checks.flag(where, "overwrite", overwrite)
     path = pathlib.Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{where}: {path} is a directory; give a file path")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{where}: {path} already exists; choose another path or pass overwrite=True")
+    checks.require(not path.is_dir(), where, f"{path} is a directory; give a file path", IsADirectoryError)
+    checks.require(overwrite or not path.exists(), where, f"{path} already exists; choose another path or pass "
+                   f"overwrite=True", FileExistsError)
     return path
 
 
@@ -92,11 +87,9 @@ def write_error(where: str, path, error: OSError) -> OSError:
       >>> e.errno == errno.EFBIG, str(e).startswith("[Errno 27] save: could not write /data/w.npz: File too large")
       (True, True)
     """
-    reason = error.strerror or str(error)
-    hint = (" (the disk is full, or the file is over a size limit or quota)" if error.errno in _SPACE_ERRNOS
-            else "")
-    message = (f"{where}: could not write {path}: {reason}{hint}; nothing was written (an existing file is left "
-               f"as it was)")
+    hint = " (the disk is full, or the file is over a size limit or quota)" if error.errno in _SPACE_ERRNOS else ""
+    message = (f"{where}: could not write {path}: {error.strerror or error}{hint}; nothing was written (an existing "
+               f"file is left as it was)")
     return OSError(message) if error.errno is None else OSError(error.errno, message)
 
 
@@ -154,8 +147,7 @@ def unflatten(flat: dict[str, Any], *, like=None, where: str = "jnn.io.unflatten
     """
     if like is not None:
         problems = structure_problems(flat, like)
-        if problems:
-            raise ValueError(f"{where}: does not match the expected structure:\n  " + "\n  ".join(problems))
+        checks.require(not problems, where, "does not match the expected structure:\n  " + "\n  ".join(problems))
         leaves = [jax.numpy.asarray(flat[p], dtype=leaf.dtype)
                   for p, leaf in zip(_paths(like), jax.tree_util.tree_leaves(like))]
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
@@ -353,6 +345,9 @@ def _check_savable(where: str, tree) -> None:
                             f"jax.random.key_data(key) instead, or save a whole train state with jnn.train.Checkpointer")
 
 
+@checks.declare_as("jnn.io.save_params", overwrite=checks.flag, metadata=checks.optional(checks.satisfies(
+    lambda m: isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()),
+    "a dict of strings to strings (the safetensors header holds text only)")))
 def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
     """Writes the arrays of ``tree`` (params, state, or ``{"params": ..., "state": ...}``) to a
     ``.safetensors`` or ``.npz`` file, atomically, with digests; ``metadata`` (strings) goes into the
@@ -366,27 +361,23 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
       ['params/w']
     """
     where = "jnn.io.save_params"
-    path = pathlib.Path(path)
-    if path.suffix not in (".safetensors", ".npz"):
-        raise ValueError(f"{where}: {path} must end in .safetensors or .npz")
-    path = check_target(where, path, overwrite)
-    if metadata is not None and (not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-        raise ValueError(f"{where}: metadata must be a dict of strings to strings (the safetensors header "
-                         f"holds text only), got {metadata!r}")
-    if metadata is not None and DIGEST_KEY in metadata:
-        raise ValueError(f"{where}: metadata key {DIGEST_KEY!r} is where jnn records the tensors' digests; use "
-                         f"another key")
+    path = check_target(where, _weight_file(where, path), overwrite)
+    checks.require(DIGEST_KEY not in (metadata or {}), where, f"metadata key {DIGEST_KEY!r} is where jnn records the "
+                   f"tensors' digests; use another key")
     _check_savable(where, tree)
     flat = flatten(tree)
-    for name, array in flat.items():
-        if array.dtype.kind not in "biufcV":   # numbers, bool and bfloat16-like; not str/object
-            raise TypeError(f"{where}: {name} is not a numeric array (dtype {array.dtype})")
-    if path.suffix == ".safetensors":
-        data = _safetensors_pieces(flat, {"format": "jnn", **(metadata or {})})
-    else:
-        data = _npz_bytes(flat)
+    for name, array in flat.items():   # numbers, bool and bfloat16-like; not str/object
+        checks.require(array.dtype.kind in "biufcV", where, f"{name} is not a numeric array (dtype {array.dtype})",
+                       TypeError)
+    data = (_safetensors_pieces(flat, {"format": "jnn", **(metadata or {})}) if path.suffix == ".safetensors"
+            else _npz_bytes(flat))
     atomic_write(path, data, overwrite=overwrite, where=where)
+
+
+def _weight_file(where: str, path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    checks.require(path.suffix in (".safetensors", ".npz"), where, f"{path} must end in .safetensors or .npz")
+    return path
 
 
 def _read_file(path: pathlib.Path):
@@ -419,14 +410,9 @@ def load_params(path, *, like=None):
       >>> loaded["dense_0"]["w"].dtype, loaded["dense_0"]["w"].shape
       (dtype(bfloat16), (3, 2))
     """
-    path = pathlib.Path(path)
-    if path.suffix not in (".safetensors", ".npz"):
-        raise ValueError(f"jnn.io.load_params: {path} must end in .safetensors or .npz")
+    path = _weight_file("jnn.io.load_params", path)
     try:
-        if path.suffix == ".safetensors":
-            flat = _read_safetensors(_read_file(path), path)
-        else:
-            flat = _read_npz(path)
+        flat = _read_safetensors(_read_file(path), path) if path.suffix == ".safetensors" else _read_npz(path)
     except (ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile, EOFError, RuntimeError,
             NotImplementedError) as e:   # zipfile: "encrypted", "compression method not supported"
         if str(e).startswith("jnn.io.load_params"):   # already names the file and the fault
