@@ -54,7 +54,8 @@ def from_flax(variables, *, like=None):
     state = _rename(_io.flatten(variables.get("batch_stats", {})), _FLAX_MODULES, to_jnn)
     if like is None:
         return _io.unflatten(params), _io.unflatten(state)
-    both = _io.unflatten({**{f"params/{k}": v for k, v in params.items()}, **{f"state/{k}": v for k, v in state.items()}},
+    both = _io.unflatten({**{f"params/{k}": v for k, v in params.items()},
+                          **{f"state/{k}": v for k, v in state.items()}},
                          like={"params": like[0], "state": like[1]}, where="jnn.convert.from_flax")
     return both["params"], both["state"]
 
@@ -293,7 +294,8 @@ def _recurrent_layer(where, jnn_path, state_dict, prefix, kind, spec) -> dict:
     checks.require("layer" in spec or len(layers) < 2, where, f"{name!r} is {_WHAT[kind]} of {len(layers)} layers; "
                    f"say which one {jnn_path!r} takes: {{'module': {name!r}, 'layer': 0}} (0 to {len(layers) - 1})")
     checks.require("reverse" in spec or not both, where, f"{name!r} is a bidirectional {_WHAT[kind][3:]}; say which "
-                   f"direction {jnn_path!r} takes: {{'module': {name!r}, 'reverse': False}} (forward) or True (backward)")
+                   f"direction {jnn_path!r} takes: {{'module': {name!r}, 'reverse': False}} (forward) or True "
+                   f"(backward)")
     layer, reverse = spec.get("layer", 0), spec.get("reverse", False)
     checks.require(checks.is_integer(layer) and layer in layers, where, f"{jnn_path!r}: layer must be one of "
                    f"{name!r}'s layers {layers}, got {layer!r}")

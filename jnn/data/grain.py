@@ -26,6 +26,8 @@ __all__ = ["ArraySource", "NpySource", "write_npy", "stack_records", "mnist_reco
 
 _function = checks.kind(lambda f: f is None or callable(f), "a function or None")
 _count = checks.integer(0)
+_shape = checks.satisfies(lambda s: isinstance(s, (tuple, list)) and len(s) > 0 and all(
+    checks.is_integer(d) and d >= 0 for d in s), "a tuple of non-negative integers (records first)")
 
 
 def _grain():
@@ -158,8 +160,7 @@ class NpySource:
         return f"NpySource({self.path!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-@checks.declare(shape=checks.satisfies(lambda s: isinstance(s, (tuple, list)) and len(s) > 0 and all(
-    checks.is_integer(d) and d >= 0 for d in s), "a tuple of non-negative integers (records first)"), overwrite=checks.flag)
+@checks.declare(shape=_shape, overwrite=checks.flag)
 def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = False) -> None:
     """Writes a ``.npy`` file of ``shape`` from ``chunks`` (arrays whose first axes add up to
     ``shape[0]``), one chunk in memory at a time, via a temporary file renamed at the end. An
