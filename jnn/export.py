@@ -1,11 +1,9 @@
-"""Exported models (``.jnnx``): an inference function or a whole training run in one file that
-needs only ``jax`` to load and call, through :mod:`jax.export`.
+"""Exported models (``.jnnx``, through :mod:`jax.export`): an inference function or a whole training
+run in one file that :func:`load` (jax, NumPy and the standard library only) reads back.
 
-File format: the 8 bytes :data:`MAGIC`, a little-endian uint64 ``n``, ``n`` bytes of JSON header
-(format, versions, description, each section's offset, length, kind, sha256 and input/output
-avals; ``header_sha256`` over ``json.dumps(header, sort_keys=True)``), then the sections
-(serialized ``jax.export.Exported`` functions, optionally an ``.npz`` of data). :func:`load`
-needs only jax, NumPy and the standard library: copy it to drop jnn.
+Format: :data:`MAGIC`, a little-endian uint64 ``n``, ``n`` bytes of JSON header (sections' offsets,
+lengths, kinds, sha256s and avals; ``header_sha256`` over ``json.dumps(header, sort_keys=True)``),
+then the sections (serialized ``jax.export.Exported`` functions, optionally an ``.npz`` of data).
 """
 from __future__ import annotations
 
@@ -115,26 +113,23 @@ def _sha256(data: bytes) -> str:
 _PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
-def _check_platforms(where: str, platforms) -> tuple[str, ...]:
-    if isinstance(platforms, str) or not isinstance(platforms, Sequence) or not platforms \
-            or not all(isinstance(p, str) for p in platforms):
-        raise ValueError(f"{where}: platforms must be a non-empty tuple of platform names such as ('cpu', 'cuda'), "
-                         f"got {platforms!r}")
+def _platforms(where: str, what: str, platforms) -> tuple[str, ...]:
+    """A rule: a non-empty sequence of the platforms jax.export lowers for, as a tuple."""
+    _checks.require(isinstance(platforms, Sequence) and not isinstance(platforms, str) and platforms and all(
+        isinstance(p, str) for p in platforms), where, f"{what} must be a non-empty tuple of platform names such as "
+                    f"('cpu', 'cuda'), got {platforms!r}")
     for platform in platforms:
-        if platform not in _PLATFORMS:
-            hint = "; for NVIDIA GPUs use 'cuda', for AMD GPUs 'rocm'" if platform.lower() == "gpu" else ""
-            raise ValueError(f"{where}: platform {platform!r} is not one jax.export lowers for (it lowers for "
-                             f"{', '.join(repr(p) for p in _PLATFORMS)}){hint}")
+        hint = "; for NVIDIA GPUs use 'cuda', for AMD GPUs 'rocm'" if platform.lower() == "gpu" else ""
+        _checks.require(platform in _PLATFORMS, where, f"platform {platform!r} is not one jax.export lowers for (it "
+                        f"lowers for {', '.join(map(repr, _PLATFORMS))}){hint}")
     return tuple(platforms)
 
 
 def _check_example(where: str, example):
     """The example input with ``shape`` and ``dtype``, its first axis the batch."""
-    if not (hasattr(example, "shape") and hasattr(example, "dtype")):
-        example = np.asarray(example)
-    if len(example.shape) < 1:
-        raise ValueError(f"{where}: example must have a batch axis first, shape (batch, ...), got shape "
-                         f"{tuple(example.shape)}")
+    example = example if hasattr(example, "shape") and hasattr(example, "dtype") else np.asarray(example)
+    _checks.require(len(example.shape) >= 1, where, f"example must have a batch axis first, shape (batch, ...), got "
+                    f"shape {tuple(example.shape)}")
     return example
 
 
@@ -144,9 +139,8 @@ def _check_pair(where: str, what: str, data):
         raise TypeError(f"{where}: {what} must be a pair (x, y) of arrays, got {type(data).__name__}"
                          + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
     x, y = map(jnp.asarray, data)
-    if not x.ndim or not y.ndim or len(x) != len(y):
-        raise ValueError(f"{where}: {what}'s x and y must have the same number of examples, got shapes "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    _checks.require(x.ndim and y.ndim and len(x) == len(y), where, f"{what}'s x and y must have the same number of "
+                    f"examples, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
     return x, y
 
 
@@ -159,6 +153,8 @@ def _export(where: str, fn: Callable, platforms, *specs):
                       f"platforms") from e
 
 
+@_checks.declare_as("jnn.export.export_model", bake_params=_checks.flag, batch_polymorphic=_checks.flag,
+                    platforms=_platforms)
 def export_model(path, model: Layer, params, state, example, *, bake_params: bool = True,
                  batch_polymorphic: bool = True, platforms: Sequence[str] = ("cpu", "cuda"),
                  description: str = "", overwrite: bool = False) -> None:
@@ -180,8 +176,7 @@ def export_model(path, model: Layer, params, state, example, *, bake_params: boo
     """
     where = "jnn.export.export_model"
     _io.check_target(where, path, overwrite)
-    _checks.boolean(where, bake_params=bake_params, batch_polymorphic=batch_polymorphic)
-    platforms, example = _check_platforms(where, platforms), _check_example(where, example)
+    example = _check_example(where, example)
     shape = tuple(example.shape)
     batch = jax.export.symbolic_shape("b")[0] if batch_polymorphic else shape[0]
     x_spec = jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)
@@ -197,6 +192,8 @@ def export_model(path, model: Layer, params, state, example, *, bake_params: boo
             "param_paths": None if bake_params else sorted(_io.flatten(params))}, None, overwrite)
 
 
+@_checks.declare_as("jnn.export.export_capsule", batch_size=_checks.positive_int, eval_batch_size=_checks.positive_int,
+                    include_data=_checks.flag, platforms=_platforms)
 def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_size: int = 128,
                    val_data=None, metrics=None, regularizer=None, eval_batch_size: int = 1000,
                    platforms: Sequence[str] = ("cpu", "cuda"), include_data: bool = False,
@@ -225,10 +222,6 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     from jnn.train import step as _step
     where = "jnn.export.export_capsule"
     _io.check_target(where, path, overwrite)
-    _checks.positive_int(where, "batch_size", batch_size)
-    _checks.positive_int(where, "eval_batch_size", eval_batch_size)
-    _checks.boolean(where, include_data=include_data)
-    platforms = _check_platforms(where, platforms)
     x, y = _check_pair(where, "train_data", train_data)
     batch_size = min(batch_size, len(x))
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
@@ -278,6 +271,7 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
             "leaf_paths": leaf_paths}, data if include_data else None, overwrite)
 
 
+@_checks.declare_as("jnn.export.export_onnx", batch_polymorphic=_checks.flag)
 def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic: bool = True,
                 opset: int = 21, overwrite: bool = False) -> None:
     """Writes ``model``'s inference function, params baked in, as ONNX through ``jax2onnx``
@@ -301,7 +295,6 @@ def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic
         raise ImportError("jnn.export.export_onnx needs jax2onnx: pip install 'jnn[onnx]'") from e
     where = "jnn.export.export_onnx"
     _io.check_target(where, path, overwrite)
-    _checks.boolean(where, batch_polymorphic=batch_polymorphic)
     example = _check_example(where, example)
     shape = tuple(example.shape)
     batch = jax.export.symbolic_shape("B")[0] if batch_polymorphic else shape[0]
