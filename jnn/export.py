@@ -251,24 +251,20 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
         return evaluate(ts.params, ts.state, (xs, ys))
 
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-    key_data = jax.random.key_data(jax.random.key(0))
-    leaf_specs = [spec(a) for a in jax.eval_shape(lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
-                                                  key_data)]
-    functions = {
-        "init": _export(where, lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
-                        platforms, spec(key_data)),
-        "train_epoch": _export(where, train_epoch, platforms, leaf_specs, spec(x), spec(y)),
-    }
+    init_leaves = lambda k: to_leaves(init_state(jax.random.wrap_key_data(k)))
+    key_data = spec(jax.random.key_data(jax.random.key(0)))
+    leaf_specs = [spec(a) for a in jax.eval_shape(init_leaves, key_data)]
+    functions = {"init": _export(where, init_leaves, platforms, key_data),
+                 "train_epoch": _export(where, train_epoch, platforms, leaf_specs, spec(x), spec(y))}
     data = {"x": x, "y": y}
     if val_data is not None:
         xv, yv = _check_pair(where, "val_data", val_data)
-        functions["evaluate"] = _export(where, eval_fn, platforms, leaf_specs,
-                                        spec(xv), spec(yv))
+        functions["evaluate"] = _export(where, eval_fn, platforms, leaf_specs, spec(xv), spec(yv))
         data.update(x_val=xv, y_val=yv)
-    leaf_paths = [p for p, _ in _tree.leaves_with_paths(template)]
     _write(where, path, functions, description,
            {"kind": "capsule", "batch_size": batch_size, "steps_per_epoch": len(x) // batch_size,
-            "leaf_paths": leaf_paths}, data if include_data else None, overwrite)
+            "leaf_paths": [p for p, _ in _tree.leaves_with_paths(template)]}, data if include_data else None,
+           overwrite)
 
 
 @_checks.declare_as("jnn.export.export_onnx", batch_polymorphic=_checks.flag)
