@@ -1,6 +1,4 @@
-"""Verified, atomic downloads with mirror fallback: a file is streamed to a temporary file, checked
-(``Content-Length``, checksums) and renamed onto its destination, or deleted and the next mirror tried.
-"""
+"""Verified, atomic downloads with mirror fallback (temporary file, checked, then renamed)."""
 from __future__ import annotations
 
 import hashlib
@@ -23,12 +21,14 @@ _USER_AGENT = "jnn-data/0.1 (+python urllib)"
 _MIRROR_ERRORS = (OSError, ValueError, http.client.HTTPException)
 
 
+_mirrors = checks.optional(checks.satisfies(lambda m: isinstance(m, Sequence) and not isinstance(m, (str, bytes))
+                                            and all(isinstance(u, str) for u in m), "a list of URL strings (or None)"))
+
+
 def check_source_args(where: str, download, mirrors) -> None:
     """A loader's ``download`` must be a bool and ``mirrors`` None or a list of URL strings."""
     checks.flag(where, "download", download)
-    if mirrors is not None and (isinstance(mirrors, (str, bytes)) or not isinstance(mirrors, Sequence)
-                                or not all(isinstance(m, str) for m in mirrors)):
-        raise ValueError(f"{where}: mirrors must be a list of URL strings (or None), got {mirrors!r}")
+    _mirrors(where, "mirrors", mirrors)
 
 
 class _VerificationError(ValueError):
@@ -50,12 +50,9 @@ def download(urls: str | Sequence[str], dest: str | os.PathLike[str], *, md5: st
         >>> out.read_bytes()
         b'hello'
     """
-    if isinstance(urls, str):
-        urls = [urls]
-    dest = pathlib.Path(dest)
+    dest, attempts = pathlib.Path(dest), []
     _make_parent(dest)
-    attempts: list[tuple[str, str]] = []
-    for url in urls:
+    for url in [urls] if isinstance(urls, str) else urls:
         try:
             _fetch(url, dest, md5=md5, sha256=sha256, timeout=timeout)
         except _MIRROR_ERRORS as e:
@@ -88,18 +85,13 @@ def _fetch(url: str, dest: pathlib.Path, *, md5: str | None, sha256: str | None,
         os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates files as 0o600
         os.replace(tmp.name, dest)
     except BaseException:
-        try:
-            os.unlink(tmp.name)
-        except FileNotFoundError:
-            pass
+        pathlib.Path(tmp.name).unlink(missing_ok=True)
         raise
 
 
 def _stream(url: str, out, *, timeout: float) -> tuple[int, dict[str, str]]:
     """Copies the body at ``url`` into ``out``, checked against Content-Length: ``(bytes, digests)``."""
-    h_md5 = hashlib.md5(usedforsecurity=False)
-    h_sha256 = hashlib.sha256()
-    received = 0
+    h_md5, h_sha256, received = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
@@ -130,6 +122,4 @@ def _describe(error: BaseException) -> str:
         return f"URLError: {error.reason}"
     if isinstance(error, http.client.IncompleteRead):
         return f"incomplete download: connection closed after {len(error.partial)} bytes"
-    if isinstance(error, _VerificationError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+    return str(error) if isinstance(error, _VerificationError) else f"{type(error).__name__}: {error}"
