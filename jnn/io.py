@@ -380,20 +380,6 @@ def _weight_file(where: str, path) -> pathlib.Path:
     return path
 
 
-def _read_file(path: pathlib.Path):
-    """The bytes of ``path`` in one NumPy buffer."""
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        buffer = np.empty(size, np.uint8)
-        view, done = memoryview(buffer), 0
-        while done < size:
-            n = f.readinto(view[done:])
-            if not n:
-                break
-            done += n
-    return buffer[:done]
-
-
 def load_params(path, *, like=None):
     """Reads a ``.safetensors`` or ``.npz`` weight file as nested dicts of ``jax.Array``, verifying
     recorded digests (another tool's file loads unchecked); a truncated or corrupt file is a
@@ -412,7 +398,7 @@ def load_params(path, *, like=None):
     """
     path = _weight_file("jnn.io.load_params", path)
     try:
-        flat = _read_safetensors(_read_file(path), path) if path.suffix == ".safetensors" else _read_npz(path)
+        flat = _read_safetensors(np.fromfile(path, np.uint8), path) if path.suffix == ".safetensors" else _read_npz(path)
     except (ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile, EOFError, RuntimeError,
             NotImplementedError) as e:   # zipfile: "encrypted", "compression method not supported"
         if str(e).startswith("jnn.io.load_params"):   # already names the file and the fault

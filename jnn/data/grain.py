@@ -119,10 +119,9 @@ class NpySource:
         self.shape, self.dtype = shape, dtype
         self.record_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         whole = (size - self.offset) // self.record_bytes if self.record_bytes else shape[0]
-        if whole < shape[0]:
-            raise OSError(f"NpySource: short read of record {whole} from {self.path}: the file is truncated (its "
-                          f"header says shape {shape} of {dtype}, {shape[0] * self.record_bytes} bytes of records; "
-                          f"it holds {size - self.offset}); write it again")
+        checks.require(whole >= shape[0], "NpySource", f"short read of record {whole} from {self.path}: the file is "
+                       f"truncated (its header says shape {shape} of {dtype}, {shape[0] * self.record_bytes} bytes of "
+                       f"records; it holds {size - self.offset}); write it again", OSError)
         self._fd = None
 
     def __len__(self) -> int:
