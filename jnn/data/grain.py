@@ -402,17 +402,14 @@ def stack_records(records: list, indices) -> object:
     try:
         return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *records)   # any pytree of records
     except (ValueError, TypeError):   # say which records differ (the cost is paid only on failure)
-        first = jax.tree_util.tree_structure(records[0])
-        for record, index in zip(records, list(indices)):
-            if jax.tree_util.tree_structure(record) != first:
-                raise ValueError(f"records of different structures cannot be batched: record {int(indices[0])} "
-                                 f"is {first}, record {int(index)} is "
-                                 f"{jax.tree_util.tree_structure(record)}") from None
-        shapes = [[np.shape(leaf) for leaf in jax.tree_util.tree_leaves(r)] for r in records]
-        for record_shapes, index in zip(shapes, list(indices)):
-            if record_shapes != shapes[0]:
-                raise ValueError(f"records of different shapes cannot be batched: record {int(indices[0])} has "
-                                 f"shapes {shapes[0]}, record {int(index)} has {record_shapes}") from None
+        shapes = lambda r: [np.shape(leaf) for leaf in jax.tree_util.tree_leaves(r)]
+        for what, first, then, describe in (("structures", "is", "is", jax.tree_util.tree_structure),
+                                            ("shapes", "has shapes", "has", shapes)):
+            seen = [describe(r) for r in records]
+            odd = next((i for i, d in enumerate(seen) if d != seen[0]), None)
+            if odd is not None:
+                raise ValueError(f"records of different {what} cannot be batched: record {int(indices[0])} {first} "
+                                 f"{seen[0]}, record {int(indices[odd])} {then} {seen[odd]}") from None
         raise
 
 
