@@ -39,9 +39,8 @@ def _grain():
 
 
 class ArraySource:
-    """Records over arrays sharing axis 0 (NumPy arrays, memmaps or :class:`NpySource` files, read by
-    record): record ``i`` is ``(a[i], b[i], ...)`` (``a[i]`` for one), passed through the optional
-    elementwise ``transform``.
+    """Records over arrays sharing axis 0 (NumPy arrays, memmaps, :class:`NpySource` files): record ``i``
+    is ``transform((a[i], b[i], ...))`` (``a[i]`` for one array; no ``transform``: as is).
 
     Example:
       >>> import numpy as np, jnn
@@ -261,14 +260,12 @@ def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | N
     """
     from jnn.data.shakespeare import load_tiny_shakespeare
     from jnn.data.text import CharVocab
-    stride = seq_len if stride is None else stride
     text = load_tiny_shakespeare() if text is None else text
     vocab = CharVocab(text) if vocab is None else vocab
     ids = np.asarray(vocab.encode(text), np.int32)
-    if len(ids) < seq_len + 1:
-        raise ValueError(f"shakespeare_source: the text has {len(ids)} characters, fewer than seq_len + 1 = "
-                         f"{seq_len + 1}")
-    return _Windows(ids, seq_len, stride), vocab
+    checks.require(len(ids) > seq_len, "shakespeare_source", f"the text has {len(ids)} characters, fewer than "
+                   f"seq_len + 1 = {seq_len + 1}")
+    return _Windows(ids, seq_len, stride or seq_len), vocab
 
 
 class Pipeline:
@@ -309,17 +306,13 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     """Shuffled, sharded, batched Grain pipeline over a record source (order: module docstring).
 
     Args:
-      source: random-access records (``__len__``, ``__getitem__``).
-      batch_size: the global batch size (all processes); must divide by the number of shards.
-      seed: epoch ``e`` draws its order from ``[seed, e]``; shuffle: ``False`` keeps the order.
-      num_epochs: stop after this many epochs (``None``: endless).
-      drop_remainder: ``False`` keeps a smaller last batch per epoch (one shard only).
-      transform: ``record -> record`` before batching; random_transform: ``(record, rng) -> record``
-        with ``rng = np.random.default_rng([seed, epoch, record index])``.
-      worker_count: worker processes (Grain ``mp_prefetch``; 0: reader threads), reniced by
-        ``worker_nice`` (0 to 19).
-      read_threads, prefetch: Grain's ``ReadOptions``.
-      shard: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()``.
+      batch_size: the global batch size (all processes), a multiple of the number of shards.
+      seed, shuffle: epoch ``e`` draws its order from ``[seed, e]``; ``shuffle=False`` keeps the order.
+      num_epochs: ``None``: endless; drop_remainder: ``False`` keeps a smaller last batch (one shard only).
+      transform: ``record -> record``; random_transform: ``(record, rng) -> record`` with
+        ``rng = np.random.default_rng([seed, epoch, record index])``.
+      worker_count: worker processes (0: reader threads), reniced by ``worker_nice`` (0 to 19).
+      read_threads, prefetch: Grain's ``ReadOptions``; shard: default ``ShardByJaxProcess()``.
 
     Example:
       >>> import numpy as np, jnn
