@@ -123,9 +123,8 @@ def state_specs(train_state, mesh, rules: Sequence[Rule] | None = None):
                    pspecs, is_leaf=lambda s: isinstance(s, P)))}
     opt = jax.tree_util.tree_map_with_path(lambda p, leaf: _opt_leaf_spec(_tree.path_str(p), leaf, by_path),
                                            train_state.opt_state)
-    rep = lambda t: jax.tree_util.tree_map(lambda _: P(), t)
-    return train_state._replace(params=pspecs, state=rep(train_state.state), opt_state=opt,
-                                step=P(), key=P())
+    state = jax.tree_util.tree_map(lambda _: P(), train_state.state)
+    return train_state._replace(params=pspecs, state=state, opt_state=opt, step=P(), key=P())
 
 
 def state_shardings(train_state, mesh, rules: Sequence[Rule] | None = None):
@@ -143,13 +142,12 @@ def state_shardings(train_state, mesh, rules: Sequence[Rule] | None = None):
 
 
 def place(train_state, mesh, rules: Sequence[Rule] | None = None):
-    """``train_state`` on ``mesh``: replicated, except what ``rules`` shard.
+    """``train_state`` put on ``mesh``: replicated, except what ``rules`` shard.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> mesh = jnn.parallel.make_mesh()
       >>> ts = jnn.train.init_train_state(jnn.dense(2), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 4)))
-      >>> jnn.parallel.place(ts, mesh).params["w"].sharding.spec
+      >>> jnn.parallel.place(ts, jnn.parallel.make_mesh()).params["w"].sharding.spec
       P()
     """
     check_mesh(mesh, "jnn.parallel.place")
