@@ -230,8 +230,9 @@ def _safetensors_pieces(flat: dict[str, np.ndarray], metadata: dict[str, str]) -
     return [struct.pack("<Q", len(text)), text, *chunks]
 
 
-def _corrupt(path, what: str) -> ValueError:
-    return ValueError(f"jnn.io.load_params: {path} is corrupt: {what}; restore the file from a copy or save it again")
+def _intact(ok, path, what: str) -> None:
+    """``load_params``' error for a corrupt file, unless ``ok``."""
+    checks.require(ok, "jnn.io.load_params", f"{path} is corrupt: {what}; restore the file from a copy or save it again")
 
 
 def _recorded_digests(metadata, path) -> dict | None:
@@ -240,29 +241,26 @@ def _recorded_digests(metadata, path) -> dict | None:
         return None
     if DIGEST_KEY not in metadata:
         near = _damaged_name(metadata, DIGEST_KEY)
-        if near is not None:
-            raise _corrupt(path, f"its header names {near!r} where jnn writes {DIGEST_KEY!r} (a changed byte)")
+        _intact(near is None, path, f"its header names {near!r} where jnn writes {DIGEST_KEY!r} (a changed byte)")
         return None
     try:
         digests = json.loads(metadata[DIGEST_KEY])
     except (TypeError, ValueError):
         digests = None
-    if not isinstance(digests, dict):
-        raise _corrupt(path, f"its {DIGEST_KEY} header entry is unreadable")
-    if digests.get("__metadata__") != _metadata_digest(metadata):
-        raise _corrupt(path, "its header metadata fails the sha256 check (changed since it was written)")
+    _intact(isinstance(digests, dict), path, f"its {DIGEST_KEY} header entry is unreadable")
+    _intact(digests.get("__metadata__") == _metadata_digest(metadata), path, "its header metadata fails the sha256 "
+            "check (changed since it was written)")
     return digests
 
 
 def _check_digest(digests, name, entry, data, path) -> None:
     recorded = digests.get(name)
-    if not isinstance(recorded, list) or len(recorded) != 3:
-        raise _corrupt(path, f"tensor {name!r} has no recorded digest (its name or the digests changed)")
-    if recorded[:2] != [entry["dtype"], entry["shape"]]:
-        raise _corrupt(path, f"the header gives tensor {name!r} dtype {entry['dtype']} and shape {entry['shape']}, "
-                             f"it was written as {recorded[0]} {recorded[1]}")
-    if _digest(data) != recorded[2]:
-        raise _corrupt(path, f"tensor {name!r} fails its sha256 check (its bytes changed since it was written)")
+    _intact(isinstance(recorded, list) and len(recorded) == 3, path, f"tensor {name!r} has no recorded digest (its "
+            f"name or the digests changed)")
+    _intact(recorded[:2] == [entry["dtype"], entry["shape"]], path, f"the header gives tensor {name!r} dtype "
+            f"{entry['dtype']} and shape {entry['shape']}, it was written as {recorded[0]} {recorded[1]}")
+    _intact(_digest(data) == recorded[2], path, f"tensor {name!r} fails its sha256 check (its bytes changed since it "
+            f"was written)")
 
 
 def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
@@ -286,9 +284,8 @@ def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
         dtype = np.dtype(_CODES[entry["dtype"]]).newbyteorder("<")
         array = np.frombuffer(body[start:end], dtype).reshape(entry["shape"])
         flat[name] = array if dtype.isnative else array.astype(dtype.newbyteorder("="))
-    if digests is not None and set(digests) - {"__metadata__"} != set(flat):
-        missing = sorted(set(digests) - {"__metadata__"} - set(flat))
-        raise _corrupt(path, f"tensor(s) {missing} were written but are not in its header")
+    missing = sorted(set(digests or {}) - {"__metadata__"} - set(flat))
+    _intact(not missing, path, f"tensor(s) {missing} were written but are not in its header")
     return flat
 
 
@@ -318,16 +315,14 @@ def _read_npz(path) -> dict[str, np.ndarray]:
             raise ValueError(f"the zip archive cannot be read ({e})") from e
     for own in (_NPZ_DIGESTS, _NPZ_DTYPES):
         near = _damaged_name(flat, own)
-        if near is not None:
-            raise _corrupt(path, f"the archive names {near!r} where jnn writes {own!r}")
+        _intact(near is None, path, f"the archive names {near!r} where jnn writes {own!r}")
     if _NPZ_DIGESTS in flat:
         digests = json.loads(str(flat.pop(_NPZ_DIGESTS)))
         for name, array in flat.items():
             entry = {"dtype": array.dtype.str, "shape": list(array.shape)}
             _check_digest(digests, name, entry, np.ascontiguousarray(array).reshape(-1).view(np.uint8), path)
         missing = sorted(set(digests) - set(flat))
-        if missing:
-            raise _corrupt(path, f"array(s) {missing} were written but are not in the archive")
+        _intact(not missing, path, f"array(s) {missing} were written but are not in the archive")
     odd = json.loads(str(flat.pop(_NPZ_DTYPES))) if _NPZ_DTYPES in flat else {}
     flat.update({p: flat[p].view(np.dtype(getattr(ml_dtypes, d, d))) for p, d in odd.items()})
     return flat
