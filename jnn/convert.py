@@ -32,10 +32,8 @@ def _rename(flat: dict, modules: dict, leaf_names) -> dict:
 
 
 def from_flax(variables, *, like=None):
-    """``(params, state)`` from Flax Linen ``variables`` (or their ``"params"`` collection alone).
-
-    Args:
-      like: optional jnn ``(params, state)`` to check against (paths, shapes) and take structure from.
+    """``(params, state)`` from Flax Linen ``variables`` (or their ``"params"`` collection alone), checked
+    against and shaped like ``like`` (jnn ``(params, state)``) if given.
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -313,14 +311,13 @@ def from_torch(state_dict, mapping: dict, *, like=None) -> dict:
     """jnn params from a PyTorch module (or its ``state_dict``) and ``{jnn_layer_path: torch_module}``.
 
     Converts ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.LSTM``/``GRU``/``RNN``, ``nn.Embedding`` and
-    last-axis ``nn.LayerNorm``/``GroupNorm``/``RMSNorm``; others are refused by name (batch norms:
-    :func:`torch_batch_norm`). Given the ``nn.Module``, types come from classes, else from keys.
+    last-axis ``nn.LayerNorm``/``GroupNorm``/``RMSNorm`` (batch norms: :func:`torch_batch_norm`); types
+    come from the module's classes, else from the keys. ``like``: a params template to match.
 
     Args:
       mapping: jnn layer path -> torch module prefix, or ``{"module": "fc", option: value}`` with
         options ``flattened_chw=(C, H, W)`` (Linear), ``layer=k``, ``reverse`` (recurrent) and
         ``type`` (``"linear"``, ``"conv"``, ``"lstm"``, ``"gru"``, ``"rnn"``, ``"embedding"``, ``"norm"``).
-      like: optional params template to check against and take structure from.
 
     Example:
       >>> import numpy as np, jnn

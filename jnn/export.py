@@ -32,7 +32,7 @@ _FORMAT = 2   # 2: the header and each section carry a sha256; format 1 files lo
 
 def load(path):
     """``(header, sections)`` of a ``.jnnx`` file (functions as callables, data as NumPy arrays), its
-    sha256s verified: a failure is a ValueError naming the file and the part.
+    sha256s verified (a ValueError names the file and the part).
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -125,12 +125,13 @@ def _platforms(where: str, what: str, platforms) -> tuple[str, ...]:
     return tuple(platforms)
 
 
-def _check_example(where: str, example):
-    """The example input with ``shape`` and ``dtype``, its first axis the batch."""
+def _input_spec(where: str, example, batch_polymorphic: bool, symbol: str) -> jax.ShapeDtypeStruct:
+    """The input's spec from ``example`` (batch axis first), its batch size named ``symbol`` if polymorphic."""
     example = example if hasattr(example, "shape") and hasattr(example, "dtype") else np.asarray(example)
-    _checks.require(len(example.shape) >= 1, where, f"example must have a batch axis first, shape (batch, ...), got "
-                    f"shape {tuple(example.shape)}")
-    return example
+    shape = tuple(example.shape)
+    _checks.require(len(shape) >= 1, where, f"example must have a batch axis first, shape (batch, ...), got shape {shape}")
+    batch = jax.export.symbolic_shape(symbol)[0] if batch_polymorphic else shape[0]
+    return jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)
 
 
 def _check_pair(where: str, what: str, data):
@@ -176,10 +177,7 @@ def export_model(path, model: Layer, params, state, example, *, bake_params: boo
     """
     where = "jnn.export.export_model"
     _io.check_target(where, path, overwrite)
-    example = _check_example(where, example)
-    shape = tuple(example.shape)
-    batch = jax.export.symbolic_shape("b")[0] if batch_polymorphic else shape[0]
-    x_spec = jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)
+    x_spec = _input_spec(where, example, batch_polymorphic, "b")
     if bake_params:
         fn, specs = (lambda x: model.apply(params, state, x, train=False)[0]), (x_spec,)
     else:
@@ -270,9 +268,9 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
 @_checks.declare_as("jnn.export.export_onnx", batch_polymorphic=_checks.flag)
 def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic: bool = True,
                 opset: int = 21, overwrite: bool = False) -> None:
-    """Writes ``model``'s inference function, params baked in, as ONNX through ``jax2onnx``
-    (``pip install 'jnn[onnx]'``): input ``x`` (symbolic batch ``B`` unless
-    ``batch_polymorphic=False``), output ``y``. ``embedding`` has no converter yet.
+    """Writes ``model``'s inference function, params baked in, as ONNX through ``jax2onnx`` (``pip install
+    'jnn[onnx]'``): input ``x`` (batch ``B`` symbolic if ``batch_polymorphic``), output ``y``. ``embedding``
+    has no converter yet.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -291,10 +289,7 @@ def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic
         raise ImportError("jnn.export.export_onnx needs jax2onnx: pip install 'jnn[onnx]'") from e
     where = "jnn.export.export_onnx"
     _io.check_target(where, path, overwrite)
-    example = _check_example(where, example)
-    shape = tuple(example.shape)
-    batch = jax.export.symbolic_shape("B")[0] if batch_polymorphic else shape[0]
     fn = lambda x: model.apply(params, state, x, train=False)[0]
-    proto = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)], opset=opset,
+    proto = jax2onnx.to_onnx(fn, [_input_spec(where, example, batch_polymorphic, "B")], opset=opset,
                              model_name="jnn_model", input_names=["x"], output_names=["y"])
     _io.atomic_write(path, proto.SerializeToString(), overwrite=overwrite, where=where)

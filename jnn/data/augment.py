@@ -143,9 +143,8 @@ def random_crop(size: tuple[int, int], padding: int | tuple[int, int] = 0) -> Au
     def one(key, image):
         padded = jnp.pad(image, ((py, py), (px, px), (0, 0)))
         limits = (padded.shape[0] - size[0], padded.shape[1] - size[1])
-        if min(limits) < 0:
-            raise ValueError(f"random_crop: size {size} is larger than the padded image "
-                             f"{padded.shape[:2]} (image {image.shape[:2]}, padding {(py, px)})")
+        checks.require(min(limits) >= 0, "random_crop", f"size {size} is larger than the padded image "
+                       f"{padded.shape[:2]} (image {image.shape[:2]}, padding {(py, px)})")
         u = jax.random.uniform(key, (2,))
         top, left = _int_below(u[0], limits[0] + 1), _int_below(u[1], limits[1] + 1)
         return jax.lax.dynamic_slice(padded, (top, left, jnp.int32(0)), (*size, image.shape[2]))
