@@ -71,8 +71,8 @@ def _make_parent(dest: pathlib.Path) -> None:
         why = f"{str(blocker)!r} is a file, not a folder" if blocker.is_file() else _describe(e)
         raise DatasetUnavailableError.for_file(dest, note=f"cannot create the folder: {why}") from e
     if not os.access(dest.parent, os.W_OK):
-        raise DatasetUnavailableError.for_file(
-            dest, note=f"the folder {str(dest.parent)!r} is not writable; fix its permissions")
+        raise DatasetUnavailableError.for_file(dest, note=f"the folder {str(dest.parent)!r} is not writable; fix "
+                                                          f"its permissions")
 
 
 def _fetch(url: str, dest: pathlib.Path, *, md5: str | None, sha256: str | None, timeout: float) -> None:
@@ -80,8 +80,7 @@ def _fetch(url: str, dest: pathlib.Path, *, md5: str | None, sha256: str | None,
     tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False)
     try:
         with tmp:
-            received, digests = _stream(url, tmp, timeout=timeout)
-        _verify(received, digests, md5=md5, sha256=sha256)
+            _stream(url, tmp, timeout=timeout, md5=md5, sha256=sha256)
         os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates files as 0o600
         os.replace(tmp.name, dest)
     except BaseException:
@@ -89,28 +88,24 @@ def _fetch(url: str, dest: pathlib.Path, *, md5: str | None, sha256: str | None,
         raise
 
 
-def _stream(url: str, out, *, timeout: float) -> tuple[int, dict[str, str]]:
-    """Copies the body at ``url`` into ``out``, checked against Content-Length: ``(bytes, digests)``."""
-    h_md5, h_sha256, received = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
+def _stream(url: str, out, *, timeout: float, md5: str | None, sha256: str | None) -> None:
+    """Copies the body at ``url`` into ``out``; ``_VerificationError`` if it is shorter than its
+    Content-Length or fails a given checksum."""
+    hashes, received = {"md5": hashlib.md5(usedforsecurity=False), "sha256": hashlib.sha256()}, 0
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None and length.strip().isdigit() else None
         while chunk := response.read(_CHUNK):
             out.write(chunk)
-            h_md5.update(chunk)
-            h_sha256.update(chunk)
+            for h in hashes.values():
+                h.update(chunk)
             received += len(chunk)
     if expected is not None and received != expected:
         raise _VerificationError(f"incomplete download: Content-Length is {expected} bytes, received {received}")
-    return received, {"md5": h_md5.hexdigest(), "sha256": h_sha256.hexdigest()}
-
-
-def _verify(received: int, digests: dict[str, str], *, md5: str | None, sha256: str | None) -> None:
-    """Raises ``_VerificationError`` if a given checksum does not match."""
     for name, want in (("md5", md5), ("sha256", sha256)):
-        if want is not None and digests[name] != want.lower():
-            raise _VerificationError(f"{name} mismatch: expected {want.lower()}, got {digests[name]} "
+        if want is not None and hashes[name].hexdigest() != want.lower():
+            raise _VerificationError(f"{name} mismatch: expected {want.lower()}, got {hashes[name].hexdigest()} "
                                      f"({received} bytes)")
 
 
