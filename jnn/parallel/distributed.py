@@ -60,12 +60,8 @@ def _local_sizes(n: int) -> list[int]:
 
 
 def global_batch(local_batch, mesh, *, check: bool = True):
-    """One global batch, split along ``data``: every process's local examples (the same number in each),
-    concatenated in process order (``jax.make_array_from_process_local_data``).
-
-    Args:
-      local_batch: a pytree of arrays with this process's examples on the first axis.
-      check: compare the local batch sizes across processes first (an error, not a hang).
+    """One global batch, split along ``data``: every process's ``local_batch`` (a pytree of arrays, the
+    same number of examples in each), in process order; ``check`` compares those numbers first.
 
     Example:
       >>> import numpy as np, jnn

@@ -28,10 +28,8 @@ class Plan(NamedTuple):
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> batch = (jax.ShapeDtypeStruct((8, 3), jnp.float32), jax.ShapeDtypeStruct((8, 2), jnp.float32))
       >>> p = jnn.parallel.plan(jnn.dense(2), batch, optax.sgd(0.1), verbose=False)
-      >>> isinstance(p, jnn.parallel.Plan), [(path, shape, nbytes) for path, shape, _, nbytes in p.params]
-      (True, [('b', (2,), 8), ('w', (3, 2), 24)])
-      >>> p.batch_bytes
-      160
+      >>> [(path, shape, nbytes) for path, shape, _, nbytes in p.params], p.batch_bytes
+      ([('b', (2,), 8), ('w', (3, 2), 24)], 160)
     """
 
     params: list
