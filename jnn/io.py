@@ -41,8 +41,7 @@ def check_target(where: str, path, overwrite) -> pathlib.Path:
     return path
 
 
-def atomic_write(path, data, *, overwrite: bool = False,
-                 where: str = "jnn.io.atomic_write") -> pathlib.Path:
+def atomic_write(path, data, *, overwrite: bool = False, where: str = "jnn.io.atomic_write") -> pathlib.Path:
     """Writes ``data`` (``bytes``, ``str`` or a list of bytes-like pieces) to ``path`` through a
     temporary file and an atomic rename; ``where`` names the caller in errors.
 
@@ -62,8 +61,7 @@ def atomic_write(path, data, *, overwrite: bool = False,
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as f:
-            for piece in pieces:
-                f.write(piece)
+            f.writelines(pieces)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -100,19 +100,15 @@ def plan(model, example, optimizer, mesh=None, *, loss=None, rules: Sequence[Rul
                        out_shardings=(ts_shardings, NamedSharding(mesh, P()))).lower(ts, batch).compile()
     memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-
-    sizes = lambda tree, shardings: sum(
-        _bytes_per_device(leaf, s) for leaf, s in zip(jax.tree_util.tree_leaves(tree),
-                                                      jax.tree_util.tree_leaves(shardings)))
+    leaves = jax.tree_util.tree_leaves
+    sizes = lambda tree, shardings: sum(_bytes_per_device(leaf, s) for leaf, s in zip(leaves(tree), leaves(shardings)))
     rows = [(p, tuple(leaf.shape), s.spec, _bytes_per_device(leaf, s)) for (p, leaf), s in
-            zip(_tree.leaves_with_paths(ts.params), jax.tree_util.tree_leaves(ts_shardings.params))]
+            zip(_tree.leaves_with_paths(ts.params), leaves(ts_shardings.params))]
     flops = float(cost.get("flops", 0.0))
     result = Plan(
-        params=rows,
-        param_count=sum(int(np.prod(s, dtype=np.int64)) for _, s, _, _ in rows),
-        param_bytes=sum(b for *_, b in rows),
-        opt_state_bytes=sizes(ts.opt_state, ts_shardings.opt_state),
-        batch_bytes=sum(_bytes_per_device(leaf, batch_sharding) for leaf in jax.tree_util.tree_leaves(batch)),
+        params=rows, param_count=sum(int(np.prod(s, dtype=np.int64)) for _, s, _, _ in rows),
+        param_bytes=sum(b for *_, b in rows), opt_state_bytes=sizes(ts.opt_state, ts_shardings.opt_state),
+        batch_bytes=sum(_bytes_per_device(leaf, batch_sharding) for leaf in leaves(batch)),
         argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
         temp_bytes=int(memory.temp_size_in_bytes), flops_per_device=flops, flops=flops * mesh.size)
     if verbose:
