@@ -57,10 +57,9 @@ def translate(image: jax.Array, shift) -> jax.Array:
     ``out[i, j] = image[i - dy, j - dx]`` (like ``np.roll`` without wrapping).
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn.data.augment import translate
+      >>> import jax.numpy as jnp, jnn
       >>> image = jnp.arange(1.0, 5.0).reshape(2, 2, 1)
-      >>> translate(image, (0, 1))[..., 0].tolist()
+      >>> jnn.data.augment.translate(image, (0, 1))[..., 0].tolist()
       [[0.0, 1.0], [0.0, 3.0]]
     """
     _check_image("translate", image)
@@ -83,13 +82,12 @@ def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0)
     sheared about its centre; bilinear, zero-filled; arguments may be traced.
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn.data.augment import affine
+      >>> import jax.numpy as jnp, jnn
       >>> image = jnp.arange(9.0).reshape(3, 3, 1)
-      >>> out = affine(image, rotation_degrees=15.0, scale=1.2)
+      >>> out = jnn.data.augment.affine(image, rotation_degrees=15.0, scale=1.2)
       >>> out.shape, out.dtype
       ((3, 3, 1), dtype('float32'))
-      >>> bool(jnp.allclose(affine(image), image))
+      >>> bool(jnp.allclose(jnn.data.augment.affine(image), image))
       True
     """
     _check_image("affine", image)
@@ -114,9 +112,8 @@ def random_translate(max_shift: int | tuple[int, int]) -> Augmentation:
     """Shifts each image by whole pixels uniform in ``[-max_shift, max_shift]`` per axis, zero-filled.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import random_translate
-      >>> random_translate(2)(jax.random.key(0), jnp.ones((4, 8, 8, 1))).shape
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> jnn.data.augment.random_translate(2)(jax.random.key(0), jnp.ones((4, 8, 8, 1))).shape
       (4, 8, 8, 1)
     """
     my, mx = max_shift
@@ -133,9 +130,8 @@ def random_crop(size: tuple[int, int], padding: int | tuple[int, int] = 0) -> Au
     """Zero-pads each image by ``padding``, then cuts a random ``size = (h, w)`` window: ``[B, h, w, C]``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import random_crop
-      >>> random_crop((28, 28), padding=2)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> jnn.data.augment.random_crop((28, 28), padding=2)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
       (4, 28, 28, 1)
     """
     py, px = padding
@@ -158,9 +154,8 @@ def random_affine(max_rotation_degrees: float, *, max_scale: float = 0.0, max_sh
     """Random rotation (degrees), scale (``1 ± max_scale``) and shear (degrees) per image (:func:`affine`).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import random_affine
-      >>> random_affine(10, max_scale=0.1)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> jnn.data.augment.random_affine(10, max_scale=0.1)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
       (4, 28, 28, 1)
     """
     def one(key, image):
@@ -175,10 +170,9 @@ def horizontal_flip(p: float = 0.5) -> Augmentation:
     """Mirrors each image left-right with probability ``p`` (not for digits or text).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import horizontal_flip
+      >>> import jax, jax.numpy as jnp, jnn
       >>> images = jnp.arange(4.0).reshape(1, 1, 4, 1)
-      >>> horizontal_flip(p=1.0)(jax.random.key(0), images)[0, 0, :, 0].tolist()
+      >>> jnn.data.augment.horizontal_flip(p=1.0)(jax.random.key(0), images)[0, 0, :, 0].tolist()
       [3.0, 2.0, 1.0, 0.0]
     """
     def one(key, image):
@@ -194,10 +188,10 @@ def random_erasing(p: float = 0.5, scale: tuple[float, float] = (0.02, 0.2),
     uniform in ``scale``, aspect ``h / w`` log-uniform in ``ratio``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import random_erasing
+      >>> import jax, jax.numpy as jnp, jnn
       >>> images = jnp.ones((2, 8, 8, 1))
-      >>> out = random_erasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0))(jax.random.key(0), images)
+      >>> erase = jnn.data.augment.random_erasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+      >>> out = erase(jax.random.key(0), images)
       >>> out.shape, out.sum(axis=(1, 2, 3)).tolist()
       ((2, 8, 8, 1), [48.0, 48.0])
     """
