@@ -328,10 +328,10 @@ def _read_npz(path) -> dict[str, np.ndarray]:
 
 def _check_savable(where: str, tree) -> None:
     """A whole train state, or a PRNG key anywhere in ``tree``, is refused with what to use instead."""
-    if hasattr(tree, "params") and hasattr(tree, "opt_state"):
-        raise TypeError(f"{where}: got a whole {type(tree).__name__} (params, optimizer state, PRNG key, step); a "
-                        f"weight file holds arrays of params and state: save_params(path, {{'params': ts.params, "
-                        f"'state': ts.state}}), or save the whole state with jnn.train.Checkpointer")
+    checks.require(not (hasattr(tree, "params") and hasattr(tree, "opt_state")), where, f"got a whole "
+                   f"{type(tree).__name__} (params, optimizer state, PRNG key, step); a weight file holds arrays of "
+                   f"params and state: save_params(path, {{'params': ts.params, 'state': ts.state}}), or save the "
+                   f"whole state with jnn.train.Checkpointer", TypeError)
     for name, leaf in zip(_paths(tree), jax.tree_util.tree_leaves(tree)):
         if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
             raise TypeError(f"{where}: {name} is a PRNG key, which a weight file cannot hold; store "

@@ -92,9 +92,8 @@ def logical(table: Sequence[tuple[Any, tuple]], axis_rules: Sequence[tuple[str, 
     rules = []
     for patterns, names in table:
         unknown = [n for n in names if n is not None and n not in mapping]
-        if unknown:
-            raise ValueError(f"jnn.parallel.logical: logical axes {unknown} of {patterns!r} have no entry in "
-                             f"axis_rules {list(mapping)}; add (name, mesh_axis_or_None) pairs")
+        checks.require(not unknown, "jnn.parallel.logical", f"logical axes {unknown} of {patterns!r} have no entry in "
+                       f"axis_rules {list(mapping)}; add (name, mesh_axis_or_None) pairs")
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
         rules.append(Rule(patterns, tuple(None if n is None else mapping[n] for n in names), required))
     return rules
@@ -133,24 +132,20 @@ def _leaf_spec(path: str, shape, mesh, spec) -> P:
     for dim, entry in enumerate(spec):
         names = _names(entry)
         size = int(np.prod([mesh.shape[n] for n in names], dtype=np.int64))
-        if shape[dim] % size:
-            raise ValueError(f"jnn.parallel: parameter {path!r} of shape {tuple(shape)} cannot be split along "
-                             f"mesh axes {names} (size {size}) on dimension {dim}: {shape[dim]} is not divisible "
-                             f"by {size}")
+        checks.require(shape[dim] % size == 0, "jnn.parallel", f"parameter {path!r} of shape {tuple(shape)} cannot be "
+                       f"split along mesh axes {names} (size {size}) on dimension {dim}: {shape[dim]} is not "
+                       f"divisible by {size}")
     return spec
 
 
 def _check_rules(rules) -> list[Rule]:
     """``rules`` as a list of :class:`Rule`."""
-    if rules is None:
-        return []
-    if isinstance(rules, (str, Rule)) or not isinstance(rules, (list, tuple)):
-        raise TypeError(f"jnn.parallel: rules must be a list of Rule (e.g. jnn.parallel.fsdp()), got "
-                        f"{type(rules).__name__}")
+    checks.require(rules is None or isinstance(rules, (list, tuple)) and not isinstance(rules, Rule), "jnn.parallel",
+                   f"rules must be a list of Rule (e.g. jnn.parallel.fsdp()), got {type(rules).__name__}", TypeError)
     checked = []
-    for r in rules:
-        if not isinstance(r, Rule) and not (isinstance(r, (tuple, list)) and len(r) in (2, 3)):
-            raise TypeError(f"jnn.parallel: each rule must be a Rule or a (patterns, spec) pair, got {r!r}")
+    for r in rules or []:
+        checks.require(isinstance(r, Rule) or isinstance(r, (tuple, list)) and len(r) in (2, 3), "jnn.parallel",
+                       f"each rule must be a Rule or a (patterns, spec) pair, got {r!r}", TypeError)
         rule = r if isinstance(r, Rule) else Rule(*r)
         _tree.check_patterns("jnn.parallel", "rule", rule.patterns)
         checked.append(rule)
