@@ -342,9 +342,8 @@ def _check_savable(where: str, tree) -> None:
     lambda m: isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()),
     "a dict of strings to strings (the safetensors header holds text only)")))
 def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
-    """Writes the arrays of ``tree`` (params, state, or ``{"params": ..., "state": ...}``) to a
-    ``.safetensors`` or ``.npz`` file, atomically, with digests; ``metadata`` (strings) goes into the
-    safetensors header.
+    """Writes the arrays of ``tree`` (e.g. ``{"params": ..., "state": ...}``) to a ``.safetensors`` or ``.npz``
+    file, atomically, with digests; ``metadata`` (strings) goes into the safetensors header.
 
     Example:
       >>> import tempfile, pathlib, jax.numpy as jnp, jnn
@@ -374,19 +373,17 @@ def _weight_file(where: str, path) -> pathlib.Path:
 
 
 def load_params(path, *, like=None):
-    """Reads a ``.safetensors`` or ``.npz`` weight file as nested dicts of ``jax.Array``, verifying
-    recorded digests (another tool's file loads unchecked); a truncated or corrupt file is a
-    ValueError naming it and the tensor. With ``like`` (e.g. ``jax.eval_shape(model.init, key,
-    example)[0]``) the file must hold exactly its paths and shapes, and the result takes its
-    structure and dtypes.
+    """A ``.safetensors`` or ``.npz`` weight file as nested dicts of ``jax.Array``, its recorded digests
+    verified (a corrupt file is a ValueError naming it). With ``like`` (e.g. ``jax.eval_shape(model.init,
+    key, example)[0]``) it must hold exactly those paths and shapes, and takes their structure and dtypes.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
       >>> path = pathlib.Path(tempfile.mkdtemp()) / "weights.npz"
       >>> params = {"dense_0": {"w": jnp.ones((3, 2), jnp.bfloat16), "b": jnp.zeros(2)}}
       >>> jnn.io.save_params(path, params)
-      >>> loaded = jnn.io.load_params(path, like=params)
-      >>> loaded["dense_0"]["w"].dtype, loaded["dense_0"]["w"].shape
+      >>> w = jnn.io.load_params(path, like=params)["dense_0"]["w"]
+      >>> w.dtype, w.shape
       (dtype(bfloat16), (3, 2))
     """
     path = _weight_file("jnn.io.load_params", path)
