@@ -1,5 +1,6 @@
 """Files: safe writes, and weight files (``.safetensors`` or ``.npz``, jnn's own reader and writer)
-holding flat ``path -> array`` entries (``"block_0/dense_1/w"``) with each tensor's sha256.
+holding flat ``path -> array`` entries (``"block_0/dense_1/w"``) with each tensor's sha256
+(safetensors: in ``__metadata__[DIGEST_KEY]``).
 """
 from __future__ import annotations
 

@@ -24,15 +24,12 @@ __all__ = ["make_mesh", "check_mesh", "data_size", "state_specs", "state_shardin
     lambda d: isinstance(d, Sequence) and not isinstance(d, (str, bytes)) and d and all(
         isinstance(x, jax.Device) for x in d), "a non-empty list of jax devices (e.g. jax.devices()[:4])")))
 def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence | None = None) -> Mesh:
-    """A ``("data", "model")`` mesh with Auto axes over ``devices`` (default: all of them).
-
-    ``data`` devices along the batch axis (default: all not used by ``model``), ``model`` along the
-    tensor-parallel axis.
+    """A ``("data", "model")`` mesh with Auto axes over ``devices`` (default: all of them): ``data``
+    devices along the batch axis (default: all not used by ``model``), ``model`` tensor-parallel.
 
     Example:
       >>> import jnn
-      >>> mesh = jnn.parallel.make_mesh(data=1)
-      >>> dict(mesh.shape)
+      >>> dict(jnn.parallel.make_mesh(data=1).shape)
       {'data': 1, 'model': 1}
     """
     devices = list(jax.devices() if devices is None else devices)
