@@ -85,20 +85,21 @@ def _avals(avals) -> list[dict]:
 
 
 def _write(where: str, path, functions: dict, description: str, extra: dict, data: dict | None, overwrite: bool):
-    sections, blobs, offset = {}, [], 0
-    for name, exported in functions.items():
-        blob = bytes(exported.serialize())
-        sections[name] = {"kind": "function", "offset": offset, "length": len(blob), "sha256": _sha256(blob),
-                          "platforms": list(exported.platforms), "inputs": _avals(exported.in_avals),
-                          "outputs": _avals(exported.out_avals)}
+    """Writes the ``.jnnx`` file: header, then each section (``functions``, then ``data`` as ``.npz``)."""
+    sections, blobs = {}, []
+
+    def add(name: str, blob: bytes, kind: str, **info):
+        sections[name] = {"kind": kind, "offset": sum(map(len, blobs)), "length": len(blob), "sha256": _sha256(blob),
+                          **info}
         blobs.append(blob)
-        offset += len(blob)
+
+    for name, e in functions.items():
+        add(name, bytes(e.serialize()), "function", platforms=list(e.platforms), inputs=_avals(e.in_avals),
+            outputs=_avals(e.out_avals))
     if data:
         buffer = _stdio.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in data.items()})
-        blobs.append(buffer.getvalue())
-        sections["data"] = {"kind": "npz", "offset": offset, "length": len(blobs[-1]), "sha256": _sha256(blobs[-1]),
-                            "arrays": {k: _avals([np.asarray(v)])[0] for k, v in data.items()}}
+        add("data", buffer.getvalue(), "npz", arrays={k: _avals([np.asarray(v)])[0] for k, v in data.items()})
     header = {"format": _FORMAT, "description": description, "versions": {
         name: _version(name) for name in ("jnn", "jax", "jaxlib")}, **extra, "sections": sections}
     header["header_sha256"] = _sha256(json.dumps(header, sort_keys=True).encode())
