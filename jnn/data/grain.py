@@ -160,9 +160,8 @@ class NpySource:
 
 @checks.declare(shape=_shape, overwrite=checks.flag)
 def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = False) -> None:
-    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (arrays whose first axes add up to
-    ``shape[0]``), one chunk in memory at a time, via a temporary file renamed at the end. An
-    existing ``path`` is a ``FileExistsError`` unless ``overwrite=True``.
+    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (arrays whose first axes add up to ``shape[0]``),
+    one chunk in memory at a time, through a temporary file renamed at the end.
 
     Example:
       >>> import os, tempfile, numpy as np, jnn
@@ -457,8 +456,8 @@ class _BatchReader:
 
 @checks.declare(max_shift=checks.integer(0, described="a non-negative integer"))
 def random_translate(max_shift: int) -> Callable:
-    """Shifts an ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels, filling zeros
-    (for :func:`pipeline`'s ``random_transform``).
+    """Shifts an ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels, zero-filled (for
+    :func:`pipeline`'s ``random_transform``).
 
     Example:
       >>> import numpy as np, jnn

@@ -76,10 +76,8 @@ class CharVocab:
 
 @checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Language-model windows: ``inputs[i] = ids[s:s+seq_len]``, ``targets[i] = ids[s+1:s+seq_len+1]``
-    with ``s = i * stride`` (default ``seq_len``); windows running past the end are dropped.
-
-    Returns two arrays ``[num_windows, seq_len]`` of ``ids``' dtype (copies).
+    """Language-model windows ``[num_windows, seq_len]`` (copies): ``inputs[i] = ids[s:s+seq_len]``,
+    ``targets[i] = ids[s+1:s+seq_len+1]``, ``s = i * stride`` (default ``seq_len``); a partial window is dropped.
 
     Example:
       >>> import numpy as np
