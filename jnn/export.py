@@ -160,10 +160,9 @@ def _export(where: str, fn: Callable, platforms, *specs):
 def export_model(path, model: Layer, params, state, example, *, bake_params: bool = True,
                  batch_polymorphic: bool = True, platforms: Sequence[str] = ("cpu", "cuda"),
                  description: str = "", overwrite: bool = False) -> None:
-    """Writes ``model``'s inference function (``train=False``) to a ``.jnnx`` file: ``predict(x)``
-    with params baked in, or ``predict(params, state, x)`` with ``bake_params=False``; for any batch
-    size (``batch_polymorphic``) and each of ``platforms`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``).
-    ``example`` (array or ``ShapeDtypeStruct``) gives the input shape and dtype.
+    """Writes ``model``'s inference function (``train=False``) to a ``.jnnx`` file: ``predict(x)`` with
+    params baked in, or ``predict(params, state, x)`` with ``bake_params=False``; for any batch size
+    (``batch_polymorphic``), ``example``'s shape and dtype, each of ``platforms`` (cpu, cuda, rocm, tpu).
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn

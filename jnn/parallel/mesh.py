@@ -171,8 +171,7 @@ def constrain_state(train_state, mesh, rules: Sequence[Rule] | None = None):
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> mesh = jnn.parallel.make_mesh()
       >>> ts = jnn.train.init_train_state(jnn.dense(2), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 4)))
-      >>> ts = jax.jit(lambda ts: jnn.parallel.constrain_state(ts, mesh))(ts)
-      >>> ts.params["w"].shape
+      >>> jax.jit(lambda ts: jnn.parallel.constrain_state(ts, mesh))(ts).params["w"].shape
       (4, 2)
     """
     return jax.lax.with_sharding_constraint(train_state, state_shardings(train_state, mesh, rules))
