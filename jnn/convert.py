@@ -1,10 +1,5 @@
-"""Params from and to other frameworks: Flax Linen variables and PyTorch ``state_dict``s.
-
-Flax Linen: modules ``Dense_0``/``Conv_1``/``BatchNorm_0``/... are jnn's ``dense_0``/``conv_1``/
-``batch_norm_0``/...; leaves ``kernel``/``bias`` are ``w``/``b`` (a norm's ``bias`` is ``offset``);
-``batch_stats`` is jnn's ``state``. Array layouts already agree (dense ``[in, out]``, NHWC).
-PyTorch: :func:`from_torch` maps named torch modules onto jnn layers (``nn.Linear`` weights
-transposed, conv weights to ``[*kernel, in, out]``, recurrent biases summed).
+"""Params from and to other frameworks: Flax Linen variables (``Dense_0/kernel`` is ``dense_0/w``,
+``batch_stats`` is ``state``; layouts agree) and PyTorch ``state_dict``s (weights transposed).
 """
 from __future__ import annotations
 
@@ -12,6 +7,7 @@ import re
 
 import numpy as np
 
+from jnn import _checks as checks
 from jnn import io as _io
 
 __all__ = ["from_flax", "to_flax", "from_torch", "torch_linear", "torch_conv", "torch_lstm", "torch_recurrent",
@@ -24,27 +20,20 @@ _JNN_MODULES = {v: k for k, v in _FLAX_MODULES.items()}
 _NORMS = ("batch_norm", "layer_norm", "group_norm", "rms_norm")
 
 
-def _module(name: str, table: dict) -> str:
-    match = re.fullmatch(r"(.+)_(\d+)", name)
-    if match and match.group(1) in table:
-        return f"{table[match.group(1)]}_{match.group(2)}"
-    return name
-
-
 def _rename(flat: dict, modules: dict, leaf_names) -> dict:
+    """``flat`` with module names ``Kind_i`` renamed by ``modules`` and leaves by ``leaf_names(kind, leaf)``."""
+    module = lambda name: re.sub(r"^(.+)_(\d+)$", lambda m: f"{modules.get(m[1], m[1])}_{m[2]}", name)
     out = {}
     for path, value in flat.items():
         *parents, leaf = path.split("/")
         kind = re.sub(r"_\d+$", "", parents[-1] if parents else "")  # the source framework's name
-        out["/".join([*(_module(p, modules) for p in parents), leaf_names(kind, leaf)])] = value
+        out["/".join([*map(module, parents), leaf_names(kind, leaf)])] = value
     return out
 
 
 def from_flax(variables, *, like=None):
-    """``(params, state)`` from Flax Linen ``variables`` (or their ``"params"`` collection alone).
-
-    Args:
-      like: optional jnn ``(params, state)`` to check against (paths, shapes) and take structure from.
+    """``(params, state)`` from Flax Linen ``variables`` (or their ``"params"`` collection alone), checked
+    against and shaped like ``like`` (jnn ``(params, state)``) if given.
 
     Example:
       >>> import jax.numpy as jnp, jnn
@@ -61,12 +50,12 @@ def from_flax(variables, *, like=None):
                                  else "b"}.get(leaf, leaf)
     params = _rename(_io.flatten(variables["params"]), _FLAX_MODULES, to_jnn)
     state = _rename(_io.flatten(variables.get("batch_stats", {})), _FLAX_MODULES, to_jnn)
-    if like is not None:
-        both = _io.unflatten({**{f"params/{k}": v for k, v in params.items()},
-                              **{f"state/{k}": v for k, v in state.items()}},
-                             like={"params": like[0], "state": like[1]}, where="jnn.convert.from_flax")
-        return both["params"], both["state"]
-    return _io.unflatten(params), _io.unflatten(state)
+    if like is None:
+        return _io.unflatten(params), _io.unflatten(state)
+    both = _io.unflatten({**{f"params/{k}": v for k, v in params.items()},
+                          **{f"state/{k}": v for k, v in state.items()}},
+                         like={"params": like[0], "state": like[1]}, where="jnn.convert.from_flax")
+    return both["params"], both["state"]
 
 
 def to_flax(params, state=None) -> dict:
@@ -107,9 +96,8 @@ def torch_linear(weight, bias=None, *, flattened_chw: tuple[int, int, int] | Non
     w = _np(weight).T
     if flattened_chw is not None:
         c, h, wd = flattened_chw
-        if c * h * wd != w.shape[0]:
-            raise ValueError(f"torch_linear: flattened_chw {flattened_chw} has {c * h * wd} features, the "
-                             f"weight has {w.shape[0]} inputs")
+        checks.require(c * h * wd == w.shape[0], "torch_linear", f"flattened_chw {flattened_chw} has {c * h * wd} "
+                       f"features, the weight has {w.shape[0]} inputs")
         w = w.reshape(c, h, wd, -1).transpose(1, 2, 0, 3).reshape(c * h * wd, -1)
     return {"w": w, **({"b": _np(bias)} if bias is not None else {})}
 
@@ -123,8 +111,7 @@ def torch_conv(weight, bias=None) -> dict:
       >>> p["w"].shape, p["b"].shape
       ((5, 5, 3, 8), (8,))
     """
-    w = _np(weight)
-    return {"w": np.moveaxis(w, (0, 1), (-1, -2)), **({"b": _np(bias)} if bias is not None else {})}
+    return {"w": np.moveaxis(_np(weight), (0, 1), (-1, -2)), **({"b": _np(bias)} if bias is not None else {})}
 
 
 def torch_lstm(state_dict, prefix: str = "", layer: int = 0, *, reverse: bool = False) -> dict:
@@ -157,16 +144,14 @@ def torch_recurrent(state_dict, prefix: str = "", layer: int = 0, *, reverse: bo
     """
     suffix = f"_l{layer}" + ("_reverse" if reverse else "")
     get = lambda name: state_dict.get(f"{prefix}{name}{suffix}")
-    w_ih, w_hh = get("weight_ih"), get("weight_hh")
-    if w_ih is None or w_hh is None:
-        raise KeyError(f"torch_recurrent: no {prefix}weight_ih{suffix}/weight_hh{suffix} in the state_dict")
-    w_ih, w_hh = _np(w_ih), _np(w_hh)
+    checks.require(get("weight_ih") is not None and get("weight_hh") is not None, "torch_recurrent",
+                   f"no {prefix}weight_ih{suffix}/weight_hh{suffix} in the state_dict", KeyError)
+    w_ih, w_hh = _np(get("weight_ih")), _np(get("weight_hh"))
     hidden = w_hh.shape[1]
     found = w_ih.shape[0] // hidden
-    if gates is not None and found != gates:
-        kind = {4: "an LSTM", 3: "a GRU", 1: "an RNN"}[gates]
-        raise ValueError(f"torch_recurrent: {prefix}weight_ih{suffix} has {found} blocks of the hidden size "
-                         f"{hidden}, expected {gates} ({kind})")
+    kinds = {4: "an LSTM", 3: "a GRU", 1: "an RNN"}
+    checks.require(gates in (None, found), "torch_recurrent", f"{prefix}weight_ih{suffix} has {found} blocks of the "
+                   f"hidden size {hidden}, expected {gates} ({kinds.get(gates)})")
     zeros = np.zeros(found * hidden, w_ih.dtype)
     b_ih, b_hh = (zeros if get(n) is None else _np(get(n)) for n in ("bias_ih", "bias_hh"))
     hidden_params = {"w": w_hh.T}
@@ -186,9 +171,8 @@ def torch_batch_norm(state_dict, prefix: str = "") -> tuple[dict, dict]:
       >>> sorted(params), state["var"].tolist()
       (['offset', 'scale'], [2.0, 2.0, 2.0])
     """
-    if f"{prefix}running_mean" not in state_dict:
-        raise KeyError(f"torch_batch_norm: no {prefix}running_mean in the state_dict (track_running_stats=False "
-                       f"keeps no statistics to convert)")
+    checks.require(f"{prefix}running_mean" in state_dict, "torch_batch_norm", f"no {prefix}running_mean in the "
+                   f"state_dict (track_running_stats=False keeps no statistics to convert)", KeyError)
     params = {name: _np(state_dict[f"{prefix}{key}"]) for key, name in (("weight", "scale"), ("bias", "offset"))
               if f"{prefix}{key}" in state_dict}
     return params, {"mean": _np(state_dict[f"{prefix}running_mean"]), "var": _np(state_dict[f"{prefix}running_var"])}
@@ -220,24 +204,21 @@ def _torch_kind(where: str, state_dict, prefix: str, spec: dict, modules: dict |
     """The kind of the torch module at ``prefix``: from its class if known, else from its keys."""
     name = prefix[:-1]
     own = {k[len(prefix):] for k in state_dict if k.startswith(prefix)}
-    if not own:
-        raise KeyError(f"{where}: no torch module {name!r} in the state_dict; its keys: {sorted(state_dict)[:20]}")
+    checks.require(own, where, f"no torch module {name!r} in the state_dict; its keys: {sorted(state_dict)[:20]}",
+                   KeyError)
     given = spec.pop("type", None)
-    if given is not None and given not in _TORCH_KINDS:
-        raise ValueError(f"{where}: {name!r}: type must be one of {sorted(_TORCH_KINDS)}, got {given!r}")
+    checks.require(given in (None, *_TORCH_KINDS), where, f"{name!r}: type must be one of {sorted(_TORCH_KINDS)}, "
+                   f"got {given!r}")
     for key, what in _TORCH_REFUSED.items():
-        if key in own:
-            raise ValueError(f"{where}: {name!r} is {what.format(prefix=prefix)}")
+        checks.require(key not in own, where, f"{name!r} is {what.format(prefix=prefix)}")
     if modules is not None and name in modules:
         cls = type(modules[name]).__name__
-        if cls not in _TORCH_CLASSES:
-            raise ValueError(f"{where}: {name!r} is an nn.{cls}, which from_torch does not convert (it converts "
-                             f"{', '.join(sorted(_TORCH_CLASSES))})")
+        checks.require(cls in _TORCH_CLASSES, where, f"{name!r} is an nn.{cls}, which from_torch does not convert "
+                       f"(it converts {', '.join(sorted(_TORCH_CLASSES))})")
         found = _TORCH_CLASSES[cls]
     else:
         found = _kind_from_keys(where, state_dict, prefix, own, given, target)
-    if given is not None and given != found:
-        raise ValueError(f"{where}: {name!r} is {_WHAT[found]}, not type={given!r}")
+    checks.require(given in (None, found), where, f"{name!r} is {_WHAT[found]}, not type={given!r}")
     return found
 
 
@@ -245,9 +226,8 @@ def _kind_from_keys(where, state_dict, prefix, own, given, target) -> str:
     name = prefix[:-1]
     if "weight_ih_l0" in own:
         gates = _np(state_dict[f"{prefix}weight_ih_l0"]).shape[0] // _np(state_dict[f"{prefix}weight_hh_l0"]).shape[1]
-        if gates not in (4, 3, 1):
-            raise ValueError(f"{where}: {name!r} is a recurrent module with {gates} gate blocks, not an LSTM (4), "
-                             f"GRU (3) or RNN (1)")
+        checks.require(gates in (4, 3, 1), where, f"{name!r} is a recurrent module with {gates} gate blocks, not "
+                       f"an LSTM (4), GRU (3) or RNN (1)")
         return {4: "lstm", 3: "gru", 1: "rnn"}[gates]
     if "weight" not in own:
         nested = sorted(k for k in own if "." in k)
@@ -267,8 +247,8 @@ def _kind_from_keys(where, state_dict, prefix, own, given, target) -> str:
         given = next((kind for key, kind in (("w", "linear"), ("embedding", "embedding"), ("scale", "norm"))
                       if key in target), None)
     if given is not None:
-        if {"linear": 2, "embedding": 2, "norm": 1}.get(given) != ndim:
-            raise ValueError(f"{where}: {name!r} has a {ndim}-D weight, which is not {_WHAT[given]}'s")
+        checks.require({"linear": 2, "embedding": 2, "norm": 1}.get(given) == ndim, where, f"{name!r} has a {ndim}-D "
+                       f"weight, which is not {_WHAT[given]}'s")
         return given
     options, types = (("'linear' or 'embedding'", "an nn.Linear(bias=False) or an nn.Embedding") if ndim == 2
                       else ("'norm'", "a norm without bias, or a PReLU"))
@@ -295,13 +275,12 @@ def _torch_layer(where: str, jnn_path: str, state_dict, prefix: str, kind: str, 
     if kind == "embedding":
         return {"embedding": _np(weight)}
     if kind == "norm":
-        if weight is None:
-            raise ValueError(f"{where}: {name!r} has no scale or offset (elementwise_affine=False): leave it out "
-                             f"of the mapping, and give the jnn norm use_scale=False, use_offset=False")
-        if _np(weight).ndim != 1:
-            raise ValueError(f"{where}: {name!r} normalizes over {_np(weight).ndim} axes (weight shape "
-                             f"{_np(weight).shape}); jnn's norms take the last axis only")
-        return {"scale": _np(weight), **({"offset": _np(bias)} if bias is not None else {})}
+        checks.require(weight is not None, where, f"{name!r} has no scale or offset (elementwise_affine=False): "
+                       f"leave it out of the mapping, and give the jnn norm use_scale=False, use_offset=False")
+        scale = _np(weight)
+        checks.require(scale.ndim == 1, where, f"{name!r} normalizes over {scale.ndim} axes (weight shape "
+                       f"{scale.shape}); jnn's norms take the last axis only")
+        return {"scale": scale, **({"offset": _np(bias)} if bias is not None else {})}
     return _recurrent_layer(where, jnn_path, state_dict, prefix, kind, spec)
 
 
@@ -310,35 +289,35 @@ def _recurrent_layer(where, jnn_path, state_dict, prefix, kind, spec) -> dict:
     layers = sorted(int(k[len(prefix) + len("weight_ih_l"):]) for k in state_dict
                     if re.fullmatch(re.escape(prefix) + r"weight_ih_l\d+", k))
     both = f"{prefix}weight_ih_l0_reverse" in state_dict
-    if "layer" not in spec and len(layers) > 1:
-        raise ValueError(f"{where}: {name!r} is {_WHAT[kind]} of {len(layers)} layers; say which one {jnn_path!r} "
-                         f"takes: {{'module': {name!r}, 'layer': 0}} (0 to {len(layers) - 1})")
-    if "reverse" not in spec and both:
-        raise ValueError(f"{where}: {name!r} is a bidirectional {_WHAT[kind][3:]}; say which direction "
-                         f"{jnn_path!r} takes: {{'module': {name!r}, 'reverse': False}} (forward) or True (backward)")
+    checks.require("layer" in spec or len(layers) < 2, where, f"{name!r} is {_WHAT[kind]} of {len(layers)} layers; "
+                   f"say which one {jnn_path!r} takes: {{'module': {name!r}, 'layer': 0}} (0 to {len(layers) - 1})")
+    checks.require("reverse" in spec or not both, where, f"{name!r} is a bidirectional {_WHAT[kind][3:]}; say which "
+                   f"direction {jnn_path!r} takes: {{'module': {name!r}, 'reverse': False}} (forward) or True "
+                   f"(backward)")
     layer, reverse = spec.get("layer", 0), spec.get("reverse", False)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer not in layers:
-        raise ValueError(f"{where}: {jnn_path!r}: layer must be one of {name!r}'s layers {layers}, got {layer!r}")
+    checks.require(checks.is_integer(layer) and layer in layers, where, f"{jnn_path!r}: layer must be one of "
+                   f"{name!r}'s layers {layers}, got {layer!r}")
     if not isinstance(reverse, (bool, np.bool_)) or (reverse and not both):
         raise ValueError(f"{where}: {jnn_path!r}: reverse must be True or False" + (
             "" if isinstance(reverse, (bool, np.bool_)) else f", got {reverse!r}") +
             ("" if both or not reverse else f"; {name!r} is not bidirectional, so it has no reverse direction"))
-    return torch_recurrent(state_dict, prefix, int(layer), reverse=bool(reverse), gates={"lstm": 4, "gru": 3,
-                                                                                         "rnn": 1}[kind])
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
+    return torch_recurrent(state_dict, prefix, int(layer), reverse=bool(reverse), gates=gates)
 
 
+@checks.declare_as("jnn.convert.from_torch", mapping=checks.kind(lambda m: isinstance(m, dict),
+                                                                 "a dict {jnn_layer_path: torch module name}"))
 def from_torch(state_dict, mapping: dict, *, like=None) -> dict:
     """jnn params from a PyTorch module (or its ``state_dict``) and ``{jnn_layer_path: torch_module}``.
 
     Converts ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.LSTM``/``GRU``/``RNN``, ``nn.Embedding`` and
-    last-axis ``nn.LayerNorm``/``GroupNorm``/``RMSNorm``; others are refused by name (batch norms:
-    :func:`torch_batch_norm`). Given the ``nn.Module``, types come from classes, else from keys.
+    last-axis ``nn.LayerNorm``/``GroupNorm``/``RMSNorm`` (batch norms: :func:`torch_batch_norm`); types
+    come from the module's classes, else from the keys. ``like``: a params template to match.
 
     Args:
       mapping: jnn layer path -> torch module prefix, or ``{"module": "fc", option: value}`` with
         options ``flattened_chw=(C, H, W)`` (Linear), ``layer=k``, ``reverse`` (recurrent) and
         ``type`` (``"linear"``, ``"conv"``, ``"lstm"``, ``"gru"``, ``"rnn"``, ``"embedding"``, ``"norm"``).
-      like: optional params template to check against and take structure from.
 
     Example:
       >>> import numpy as np, jnn
@@ -351,21 +330,15 @@ def from_torch(state_dict, mapping: dict, *, like=None) -> dict:
     modules = None
     if hasattr(state_dict, "named_modules") and hasattr(state_dict, "state_dict"):
         modules, state_dict = dict(state_dict.named_modules()), state_dict.state_dict()
-    if not isinstance(mapping, dict):
-        raise TypeError(f"{where}: mapping must be a dict {{jnn_layer_path: torch module name}}, got "
-                        f"{type(mapping).__name__}")
     targets = _io.flatten(like) if like is not None else {}
     flat = {}
     for jnn_path, spec in mapping.items():
         spec = {"module": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else spec
-        if not isinstance(spec, dict) or not isinstance(spec.get("module"), str):
-            raise TypeError(f"{where}: {jnn_path!r} must map to a torch module name or a dict {{'module': name, "
-                            f"...}}, got {spec!r}")
+        checks.require(isinstance(spec, dict) and isinstance(spec.get("module"), str), where, f"{jnn_path!r} must map "
+                       f"to a torch module name or a dict {{'module': name, ...}}, got {spec!r}", TypeError)
         prefix = spec.pop("module") + "."
         target = {p[len(jnn_path) + 1:]: v for p, v in targets.items() if p.startswith(jnn_path + "/")}
         kind = _torch_kind(where, state_dict, prefix, spec, modules, target)
         layer = _torch_layer(where, jnn_path, state_dict, prefix, kind, spec)
         flat.update({f"{jnn_path}/{k}": v for k, v in _io.flatten(layer).items()})
-    if like is not None:
-        return _io.unflatten(flat, like=like, where=where)
-    return _io.unflatten(flat)
+    return _io.unflatten(flat, like=like, where=where)

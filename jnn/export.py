@@ -1,11 +1,9 @@
-"""Exported models (``.jnnx``): an inference function or a whole training run in one file that
-needs only ``jax`` to load and call, through :mod:`jax.export`.
+"""Exported models (``.jnnx``, through :mod:`jax.export`): an inference function or a whole training
+run in one file that :func:`load` (jax, NumPy and the standard library only) reads back.
 
-File format: the 8 bytes :data:`MAGIC`, a little-endian uint64 ``n``, ``n`` bytes of JSON header
-(format, versions, description, each section's offset, length, kind, sha256 and input/output
-avals; ``header_sha256`` over ``json.dumps(header, sort_keys=True)``), then the sections
-(serialized ``jax.export.Exported`` functions, optionally an ``.npz`` of data). :func:`load`
-needs only jax, NumPy and the standard library: copy it to drop jnn.
+Format: :data:`MAGIC`, a little-endian uint64 ``n``, ``n`` bytes of JSON header (sections' offsets,
+lengths, kinds, sha256s and avals; ``header_sha256`` over ``json.dumps(header, sort_keys=True)``),
+then the sections (serialized ``jax.export.Exported`` functions, optionally an ``.npz`` of data).
 """
 from __future__ import annotations
 
@@ -34,7 +32,7 @@ _FORMAT = 2   # 2: the header and each section carry a sha256; format 1 files lo
 
 def load(path):
     """``(header, sections)`` of a ``.jnnx`` file (functions as callables, data as NumPy arrays), its
-    sha256s verified: a failure is a ValueError naming the file and the part.
+    sha256s verified (a ValueError names the file and the part).
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -87,20 +85,21 @@ def _avals(avals) -> list[dict]:
 
 
 def _write(where: str, path, functions: dict, description: str, extra: dict, data: dict | None, overwrite: bool):
-    sections, blobs, offset = {}, [], 0
-    for name, exported in functions.items():
-        blob = bytes(exported.serialize())
-        sections[name] = {"kind": "function", "offset": offset, "length": len(blob), "sha256": _sha256(blob),
-                          "platforms": list(exported.platforms), "inputs": _avals(exported.in_avals),
-                          "outputs": _avals(exported.out_avals)}
+    """Writes the ``.jnnx`` file: header, then each section (``functions``, then ``data`` as ``.npz``)."""
+    sections, blobs = {}, []
+
+    def add(name: str, blob: bytes, kind: str, **info):
+        sections[name] = {"kind": kind, "offset": sum(map(len, blobs)), "length": len(blob), "sha256": _sha256(blob),
+                          **info}
         blobs.append(blob)
-        offset += len(blob)
+
+    for name, e in functions.items():
+        add(name, bytes(e.serialize()), "function", platforms=list(e.platforms), inputs=_avals(e.in_avals),
+            outputs=_avals(e.out_avals))
     if data:
         buffer = _stdio.BytesIO()
         np.savez(buffer, **{k: np.asarray(v) for k, v in data.items()})
-        blobs.append(buffer.getvalue())
-        sections["data"] = {"kind": "npz", "offset": offset, "length": len(blobs[-1]), "sha256": _sha256(blobs[-1]),
-                            "arrays": {k: _avals([np.asarray(v)])[0] for k, v in data.items()}}
+        add("data", buffer.getvalue(), "npz", arrays={k: _avals([np.asarray(v)])[0] for k, v in data.items()})
     header = {"format": _FORMAT, "description": description, "versions": {
         name: _version(name) for name in ("jnn", "jax", "jaxlib")}, **extra, "sections": sections}
     header["header_sha256"] = _sha256(json.dumps(header, sort_keys=True).encode())
@@ -115,27 +114,25 @@ def _sha256(data: bytes) -> str:
 _PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
-def _check_platforms(where: str, platforms) -> tuple[str, ...]:
-    if isinstance(platforms, str) or not isinstance(platforms, Sequence) or not platforms \
-            or not all(isinstance(p, str) for p in platforms):
-        raise ValueError(f"{where}: platforms must be a non-empty tuple of platform names such as ('cpu', 'cuda'), "
-                         f"got {platforms!r}")
+def _platforms(where: str, what: str, platforms) -> tuple[str, ...]:
+    """A rule: a non-empty sequence of the platforms jax.export lowers for, as a tuple."""
+    _checks.require(isinstance(platforms, Sequence) and not isinstance(platforms, str) and platforms and all(
+        isinstance(p, str) for p in platforms), where, f"{what} must be a non-empty tuple of platform names such as "
+                    f"('cpu', 'cuda'), got {platforms!r}")
     for platform in platforms:
-        if platform not in _PLATFORMS:
-            hint = "; for NVIDIA GPUs use 'cuda', for AMD GPUs 'rocm'" if platform.lower() == "gpu" else ""
-            raise ValueError(f"{where}: platform {platform!r} is not one jax.export lowers for (it lowers for "
-                             f"{', '.join(repr(p) for p in _PLATFORMS)}){hint}")
+        hint = "; for NVIDIA GPUs use 'cuda', for AMD GPUs 'rocm'" if platform.lower() == "gpu" else ""
+        _checks.require(platform in _PLATFORMS, where, f"platform {platform!r} is not one jax.export lowers for (it "
+                        f"lowers for {', '.join(map(repr, _PLATFORMS))}){hint}")
     return tuple(platforms)
 
 
-def _check_example(where: str, example):
-    """The example input with ``shape`` and ``dtype``, its first axis the batch."""
-    if not (hasattr(example, "shape") and hasattr(example, "dtype")):
-        example = np.asarray(example)
-    if len(example.shape) < 1:
-        raise ValueError(f"{where}: example must have a batch axis first, shape (batch, ...), got shape "
-                         f"{tuple(example.shape)}")
-    return example
+def _input_spec(where: str, example, batch_polymorphic: bool, symbol: str) -> jax.ShapeDtypeStruct:
+    """The input's spec from ``example`` (batch axis first), its batch size named ``symbol`` if polymorphic."""
+    example = example if hasattr(example, "shape") and hasattr(example, "dtype") else np.asarray(example)
+    shape = tuple(example.shape)
+    _checks.require(len(shape) >= 1, where, f"example must have a batch axis first, shape (batch, ...), got shape {shape}")
+    batch = jax.export.symbolic_shape(symbol)[0] if batch_polymorphic else shape[0]
+    return jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)
 
 
 def _check_pair(where: str, what: str, data):
@@ -144,9 +141,8 @@ def _check_pair(where: str, what: str, data):
         raise TypeError(f"{where}: {what} must be a pair (x, y) of arrays, got {type(data).__name__}"
                          + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
     x, y = map(jnp.asarray, data)
-    if not x.ndim or not y.ndim or len(x) != len(y):
-        raise ValueError(f"{where}: {what}'s x and y must have the same number of examples, got shapes "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    _checks.require(x.ndim and y.ndim and len(x) == len(y), where, f"{what}'s x and y must have the same number of "
+                    f"examples, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
     return x, y
 
 
@@ -159,13 +155,14 @@ def _export(where: str, fn: Callable, platforms, *specs):
                       f"platforms") from e
 
 
+@_checks.declare_as("jnn.export.export_model", bake_params=_checks.flag, batch_polymorphic=_checks.flag,
+                    platforms=_platforms)
 def export_model(path, model: Layer, params, state, example, *, bake_params: bool = True,
                  batch_polymorphic: bool = True, platforms: Sequence[str] = ("cpu", "cuda"),
                  description: str = "", overwrite: bool = False) -> None:
-    """Writes ``model``'s inference function (``train=False``) to a ``.jnnx`` file: ``predict(x)``
-    with params baked in, or ``predict(params, state, x)`` with ``bake_params=False``; for any batch
-    size (``batch_polymorphic``) and each of ``platforms`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``).
-    ``example`` (array or ``ShapeDtypeStruct``) gives the input shape and dtype.
+    """Writes ``model``'s inference function (``train=False``) to a ``.jnnx`` file: ``predict(x)`` with
+    params baked in, or ``predict(params, state, x)`` with ``bake_params=False``; for any batch size
+    (``batch_polymorphic``), ``example``'s shape and dtype, each of ``platforms`` (cpu, cuda, rocm, tpu).
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -180,11 +177,7 @@ def export_model(path, model: Layer, params, state, example, *, bake_params: boo
     """
     where = "jnn.export.export_model"
     _io.check_target(where, path, overwrite)
-    _checks.boolean(where, bake_params=bake_params, batch_polymorphic=batch_polymorphic)
-    platforms, example = _check_platforms(where, platforms), _check_example(where, example)
-    shape = tuple(example.shape)
-    batch = jax.export.symbolic_shape("b")[0] if batch_polymorphic else shape[0]
-    x_spec = jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)
+    x_spec = _input_spec(where, example, batch_polymorphic, "b")
     if bake_params:
         fn, specs = (lambda x: model.apply(params, state, x, train=False)[0]), (x_spec,)
     else:
@@ -197,6 +190,8 @@ def export_model(path, model: Layer, params, state, example, *, bake_params: boo
             "param_paths": None if bake_params else sorted(_io.flatten(params))}, None, overwrite)
 
 
+@_checks.declare_as("jnn.export.export_capsule", batch_size=_checks.positive_int, eval_batch_size=_checks.positive_int,
+                    include_data=_checks.flag, platforms=_platforms)
 def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_size: int = 128,
                    val_data=None, metrics=None, regularizer=None, eval_batch_size: int = 1000,
                    platforms: Sequence[str] = ("cpu", "cuda"), include_data: bool = False,
@@ -225,10 +220,6 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     from jnn.train import step as _step
     where = "jnn.export.export_capsule"
     _io.check_target(where, path, overwrite)
-    _checks.positive_int(where, "batch_size", batch_size)
-    _checks.positive_int(where, "eval_batch_size", eval_batch_size)
-    _checks.boolean(where, include_data=include_data)
-    platforms = _check_platforms(where, platforms)
     x, y = _check_pair(where, "train_data", train_data)
     batch_size = min(batch_size, len(x))
     metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
@@ -258,31 +249,28 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
         return evaluate(ts.params, ts.state, (xs, ys))
 
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-    key_data = jax.random.key_data(jax.random.key(0))
-    leaf_specs = [spec(a) for a in jax.eval_shape(lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
-                                                  key_data)]
-    functions = {
-        "init": _export(where, lambda k: to_leaves(init_state(jax.random.wrap_key_data(k))),
-                        platforms, spec(key_data)),
-        "train_epoch": _export(where, train_epoch, platforms, leaf_specs, spec(x), spec(y)),
-    }
+    init_leaves = lambda k: to_leaves(init_state(jax.random.wrap_key_data(k)))
+    key_data = spec(jax.random.key_data(jax.random.key(0)))
+    leaf_specs = [spec(a) for a in jax.eval_shape(init_leaves, key_data)]
+    functions = {"init": _export(where, init_leaves, platforms, key_data),
+                 "train_epoch": _export(where, train_epoch, platforms, leaf_specs, spec(x), spec(y))}
     data = {"x": x, "y": y}
     if val_data is not None:
         xv, yv = _check_pair(where, "val_data", val_data)
-        functions["evaluate"] = _export(where, eval_fn, platforms, leaf_specs,
-                                        spec(xv), spec(yv))
+        functions["evaluate"] = _export(where, eval_fn, platforms, leaf_specs, spec(xv), spec(yv))
         data.update(x_val=xv, y_val=yv)
-    leaf_paths = [p for p, _ in _tree.leaves_with_paths(template)]
     _write(where, path, functions, description,
            {"kind": "capsule", "batch_size": batch_size, "steps_per_epoch": len(x) // batch_size,
-            "leaf_paths": leaf_paths}, data if include_data else None, overwrite)
+            "leaf_paths": [p for p, _ in _tree.leaves_with_paths(template)]}, data if include_data else None,
+           overwrite)
 
 
+@_checks.declare_as("jnn.export.export_onnx", batch_polymorphic=_checks.flag)
 def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic: bool = True,
                 opset: int = 21, overwrite: bool = False) -> None:
-    """Writes ``model``'s inference function, params baked in, as ONNX through ``jax2onnx``
-    (``pip install 'jnn[onnx]'``): input ``x`` (symbolic batch ``B`` unless
-    ``batch_polymorphic=False``), output ``y``. ``embedding`` has no converter yet.
+    """Writes ``model``'s inference function, params baked in, as ONNX through ``jax2onnx`` (``pip install
+    'jnn[onnx]'``): input ``x`` (batch ``B`` symbolic if ``batch_polymorphic``), output ``y``. ``embedding``
+    has no converter yet.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
@@ -301,11 +289,7 @@ def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic
         raise ImportError("jnn.export.export_onnx needs jax2onnx: pip install 'jnn[onnx]'") from e
     where = "jnn.export.export_onnx"
     _io.check_target(where, path, overwrite)
-    _checks.boolean(where, batch_polymorphic=batch_polymorphic)
-    example = _check_example(where, example)
-    shape = tuple(example.shape)
-    batch = jax.export.symbolic_shape("B")[0] if batch_polymorphic else shape[0]
     fn = lambda x: model.apply(params, state, x, train=False)[0]
-    proto = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct((batch, *shape[1:]), example.dtype)], opset=opset,
+    proto = jax2onnx.to_onnx(fn, [_input_spec(where, example, batch_polymorphic, "B")], opset=opset,
                              model_name="jnn_model", input_names=["x"], output_names=["y"])
     _io.atomic_write(path, proto.SerializeToString(), overwrite=overwrite, where=where)

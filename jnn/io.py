@@ -1,9 +1,6 @@
-"""Files: safe writes, and weight files (``.safetensors`` or ``.npz``) for params and state.
-
-A weight file holds flat ``path -> array`` entries (``"block_0/dense_1/w"``, as in :mod:`jnn.tree`).
-:func:`save_params` records each tensor's sha256 (safetensors: in ``__metadata__[DIGEST_KEY]``)
-and :func:`load_params` verifies them; with ``like=`` it lists every missing, unexpected and
-mis-shaped entry by path. The safetensors reader and writer are jnn's own (bfloat16 works).
+"""Files: safe writes, and weight files (``.safetensors`` or ``.npz``, jnn's own reader and writer)
+holding flat ``path -> array`` entries (``"block_0/dense_1/w"``) with each tensor's sha256
+(safetensors: in ``__metadata__[DIGEST_KEY]``).
 """
 from __future__ import annotations
 
@@ -39,15 +36,13 @@ def check_target(where: str, path, overwrite) -> pathlib.Path:
     """
     checks.flag(where, "overwrite", overwrite)
     path = pathlib.Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{where}: {path} is a directory; give a file path")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{where}: {path} already exists; choose another path or pass overwrite=True")
+    checks.require(not path.is_dir(), where, f"{path} is a directory; give a file path", IsADirectoryError)
+    checks.require(overwrite or not path.exists(), where, f"{path} already exists; choose another path or pass "
+                   f"overwrite=True", FileExistsError)
     return path
 
 
-def atomic_write(path, data, *, overwrite: bool = False,
-                 where: str = "jnn.io.atomic_write") -> pathlib.Path:
+def atomic_write(path, data, *, overwrite: bool = False, where: str = "jnn.io.atomic_write") -> pathlib.Path:
     """Writes ``data`` (``bytes``, ``str`` or a list of bytes-like pieces) to ``path`` through a
     temporary file and an atomic rename; ``where`` names the caller in errors.
 
@@ -67,8 +62,7 @@ def atomic_write(path, data, *, overwrite: bool = False,
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as f:
-            for piece in pieces:
-                f.write(piece)
+            f.writelines(pieces)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -92,11 +86,9 @@ def write_error(where: str, path, error: OSError) -> OSError:
       >>> e.errno == errno.EFBIG, str(e).startswith("[Errno 27] save: could not write /data/w.npz: File too large")
       (True, True)
     """
-    reason = error.strerror or str(error)
-    hint = (" (the disk is full, or the file is over a size limit or quota)" if error.errno in _SPACE_ERRNOS
-            else "")
-    message = (f"{where}: could not write {path}: {reason}{hint}; nothing was written (an existing file is left "
-               f"as it was)")
+    hint = " (the disk is full, or the file is over a size limit or quota)" if error.errno in _SPACE_ERRNOS else ""
+    message = (f"{where}: could not write {path}: {error.strerror or error}{hint}; nothing was written (an existing "
+               f"file is left as it was)")
     return OSError(message) if error.errno is None else OSError(error.errno, message)
 
 
@@ -154,8 +146,7 @@ def unflatten(flat: dict[str, Any], *, like=None, where: str = "jnn.io.unflatten
     """
     if like is not None:
         problems = structure_problems(flat, like)
-        if problems:
-            raise ValueError(f"{where}: does not match the expected structure:\n  " + "\n  ".join(problems))
+        checks.require(not problems, where, "does not match the expected structure:\n  " + "\n  ".join(problems))
         leaves = [jax.numpy.asarray(flat[p], dtype=leaf.dtype)
                   for p, leaf in zip(_paths(like), jax.tree_util.tree_leaves(like))]
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), leaves)
@@ -238,8 +229,9 @@ def _safetensors_pieces(flat: dict[str, np.ndarray], metadata: dict[str, str]) -
     return [struct.pack("<Q", len(text)), text, *chunks]
 
 
-def _corrupt(path, what: str) -> ValueError:
-    return ValueError(f"jnn.io.load_params: {path} is corrupt: {what}; restore the file from a copy or save it again")
+def _intact(ok, path, what: str) -> None:
+    """``load_params``' error for a corrupt file, unless ``ok``."""
+    checks.require(ok, "jnn.io.load_params", f"{path} is corrupt: {what}; restore the file from a copy or save it again")
 
 
 def _recorded_digests(metadata, path) -> dict | None:
@@ -248,29 +240,26 @@ def _recorded_digests(metadata, path) -> dict | None:
         return None
     if DIGEST_KEY not in metadata:
         near = _damaged_name(metadata, DIGEST_KEY)
-        if near is not None:
-            raise _corrupt(path, f"its header names {near!r} where jnn writes {DIGEST_KEY!r} (a changed byte)")
+        _intact(near is None, path, f"its header names {near!r} where jnn writes {DIGEST_KEY!r} (a changed byte)")
         return None
     try:
         digests = json.loads(metadata[DIGEST_KEY])
     except (TypeError, ValueError):
         digests = None
-    if not isinstance(digests, dict):
-        raise _corrupt(path, f"its {DIGEST_KEY} header entry is unreadable")
-    if digests.get("__metadata__") != _metadata_digest(metadata):
-        raise _corrupt(path, "its header metadata fails the sha256 check (changed since it was written)")
+    _intact(isinstance(digests, dict), path, f"its {DIGEST_KEY} header entry is unreadable")
+    _intact(digests.get("__metadata__") == _metadata_digest(metadata), path, "its header metadata fails the sha256 "
+            "check (changed since it was written)")
     return digests
 
 
 def _check_digest(digests, name, entry, data, path) -> None:
     recorded = digests.get(name)
-    if not isinstance(recorded, list) or len(recorded) != 3:
-        raise _corrupt(path, f"tensor {name!r} has no recorded digest (its name or the digests changed)")
-    if recorded[:2] != [entry["dtype"], entry["shape"]]:
-        raise _corrupt(path, f"the header gives tensor {name!r} dtype {entry['dtype']} and shape {entry['shape']}, "
-                             f"it was written as {recorded[0]} {recorded[1]}")
-    if _digest(data) != recorded[2]:
-        raise _corrupt(path, f"tensor {name!r} fails its sha256 check (its bytes changed since it was written)")
+    _intact(isinstance(recorded, list) and len(recorded) == 3, path, f"tensor {name!r} has no recorded digest (its "
+            f"name or the digests changed)")
+    _intact(recorded[:2] == [entry["dtype"], entry["shape"]], path, f"the header gives tensor {name!r} dtype "
+            f"{entry['dtype']} and shape {entry['shape']}, it was written as {recorded[0]} {recorded[1]}")
+    _intact(_digest(data) == recorded[2], path, f"tensor {name!r} fails its sha256 check (its bytes changed since it "
+            f"was written)")
 
 
 def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
@@ -294,9 +283,8 @@ def _read_safetensors(data: bytes, path) -> dict[str, np.ndarray]:
         dtype = np.dtype(_CODES[entry["dtype"]]).newbyteorder("<")
         array = np.frombuffer(body[start:end], dtype).reshape(entry["shape"])
         flat[name] = array if dtype.isnative else array.astype(dtype.newbyteorder("="))
-    if digests is not None and set(digests) - {"__metadata__"} != set(flat):
-        missing = sorted(set(digests) - {"__metadata__"} - set(flat))
-        raise _corrupt(path, f"tensor(s) {missing} were written but are not in its header")
+    missing = sorted(set(digests or {}) - {"__metadata__"} - set(flat))
+    _intact(not missing, path, f"tensor(s) {missing} were written but are not in its header")
     return flat
 
 
@@ -326,16 +314,14 @@ def _read_npz(path) -> dict[str, np.ndarray]:
             raise ValueError(f"the zip archive cannot be read ({e})") from e
     for own in (_NPZ_DIGESTS, _NPZ_DTYPES):
         near = _damaged_name(flat, own)
-        if near is not None:
-            raise _corrupt(path, f"the archive names {near!r} where jnn writes {own!r}")
+        _intact(near is None, path, f"the archive names {near!r} where jnn writes {own!r}")
     if _NPZ_DIGESTS in flat:
         digests = json.loads(str(flat.pop(_NPZ_DIGESTS)))
         for name, array in flat.items():
             entry = {"dtype": array.dtype.str, "shape": list(array.shape)}
             _check_digest(digests, name, entry, np.ascontiguousarray(array).reshape(-1).view(np.uint8), path)
         missing = sorted(set(digests) - set(flat))
-        if missing:
-            raise _corrupt(path, f"array(s) {missing} were written but are not in the archive")
+        _intact(not missing, path, f"array(s) {missing} were written but are not in the archive")
     odd = json.loads(str(flat.pop(_NPZ_DTYPES))) if _NPZ_DTYPES in flat else {}
     flat.update({p: flat[p].view(np.dtype(getattr(ml_dtypes, d, d))) for p, d in odd.items()})
     return flat
@@ -343,20 +329,22 @@ def _read_npz(path) -> dict[str, np.ndarray]:
 
 def _check_savable(where: str, tree) -> None:
     """A whole train state, or a PRNG key anywhere in ``tree``, is refused with what to use instead."""
-    if hasattr(tree, "params") and hasattr(tree, "opt_state"):
-        raise TypeError(f"{where}: got a whole {type(tree).__name__} (params, optimizer state, PRNG key, step); a "
-                        f"weight file holds arrays of params and state: save_params(path, {{'params': ts.params, "
-                        f"'state': ts.state}}), or save the whole state with jnn.train.Checkpointer")
+    checks.require(not (hasattr(tree, "params") and hasattr(tree, "opt_state")), where, f"got a whole "
+                   f"{type(tree).__name__} (params, optimizer state, PRNG key, step); a weight file holds arrays of "
+                   f"params and state: save_params(path, {{'params': ts.params, 'state': ts.state}}), or save the "
+                   f"whole state with jnn.train.Checkpointer", TypeError)
     for name, leaf in zip(_paths(tree), jax.tree_util.tree_leaves(tree)):
         if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
             raise TypeError(f"{where}: {name} is a PRNG key, which a weight file cannot hold; store "
                             f"jax.random.key_data(key) instead, or save a whole train state with jnn.train.Checkpointer")
 
 
+@checks.declare_as("jnn.io.save_params", overwrite=checks.flag, metadata=checks.optional(checks.satisfies(
+    lambda m: isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()),
+    "a dict of strings to strings (the safetensors header holds text only)")))
 def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
-    """Writes the arrays of ``tree`` (params, state, or ``{"params": ..., "state": ...}``) to a
-    ``.safetensors`` or ``.npz`` file, atomically, with digests; ``metadata`` (strings) goes into the
-    safetensors header.
+    """Writes the arrays of ``tree`` (e.g. ``{"params": ..., "state": ...}``) to a ``.safetensors`` or ``.npz``
+    file, atomically, with digests; ``metadata`` (strings) goes into the safetensors header.
 
     Example:
       >>> import tempfile, pathlib, jax.numpy as jnp, jnn
@@ -366,67 +354,42 @@ def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str]
       ['params/w']
     """
     where = "jnn.io.save_params"
-    path = pathlib.Path(path)
-    if path.suffix not in (".safetensors", ".npz"):
-        raise ValueError(f"{where}: {path} must end in .safetensors or .npz")
-    path = check_target(where, path, overwrite)
-    if metadata is not None and (not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-        raise ValueError(f"{where}: metadata must be a dict of strings to strings (the safetensors header "
-                         f"holds text only), got {metadata!r}")
-    if metadata is not None and DIGEST_KEY in metadata:
-        raise ValueError(f"{where}: metadata key {DIGEST_KEY!r} is where jnn records the tensors' digests; use "
-                         f"another key")
+    path = check_target(where, _weight_file(where, path), overwrite)
+    checks.require(DIGEST_KEY not in (metadata or {}), where, f"metadata key {DIGEST_KEY!r} is where jnn records the "
+                   f"tensors' digests; use another key")
     _check_savable(where, tree)
     flat = flatten(tree)
-    for name, array in flat.items():
-        if array.dtype.kind not in "biufcV":   # numbers, bool and bfloat16-like; not str/object
-            raise TypeError(f"{where}: {name} is not a numeric array (dtype {array.dtype})")
-    if path.suffix == ".safetensors":
-        data = _safetensors_pieces(flat, {"format": "jnn", **(metadata or {})})
-    else:
-        data = _npz_bytes(flat)
+    for name, array in flat.items():   # numbers, bool and bfloat16-like; not str/object
+        checks.require(array.dtype.kind in "biufcV", where, f"{name} is not a numeric array (dtype {array.dtype})",
+                       TypeError)
+    data = (_safetensors_pieces(flat, {"format": "jnn", **(metadata or {})}) if path.suffix == ".safetensors"
+            else _npz_bytes(flat))
     atomic_write(path, data, overwrite=overwrite, where=where)
 
 
-def _read_file(path: pathlib.Path):
-    """The bytes of ``path`` in one NumPy buffer."""
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        buffer = np.empty(size, np.uint8)
-        view, done = memoryview(buffer), 0
-        while done < size:
-            n = f.readinto(view[done:])
-            if not n:
-                break
-            done += n
-    return buffer[:done]
+def _weight_file(where: str, path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    checks.require(path.suffix in (".safetensors", ".npz"), where, f"{path} must end in .safetensors or .npz")
+    return path
 
 
 def load_params(path, *, like=None):
-    """Reads a ``.safetensors`` or ``.npz`` weight file as nested dicts of ``jax.Array``, verifying
-    recorded digests (another tool's file loads unchecked); a truncated or corrupt file is a
-    ValueError naming it and the tensor. With ``like`` (e.g. ``jax.eval_shape(model.init, key,
-    example)[0]``) the file must hold exactly its paths and shapes, and the result takes its
-    structure and dtypes.
+    """A ``.safetensors`` or ``.npz`` weight file as nested dicts of ``jax.Array``, its recorded digests
+    verified (a corrupt file is a ValueError naming it). With ``like`` (e.g. ``jax.eval_shape(model.init,
+    key, example)[0]``) it must hold exactly those paths and shapes, and takes their structure and dtypes.
 
     Example:
       >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
       >>> path = pathlib.Path(tempfile.mkdtemp()) / "weights.npz"
       >>> params = {"dense_0": {"w": jnp.ones((3, 2), jnp.bfloat16), "b": jnp.zeros(2)}}
       >>> jnn.io.save_params(path, params)
-      >>> loaded = jnn.io.load_params(path, like=params)
-      >>> loaded["dense_0"]["w"].dtype, loaded["dense_0"]["w"].shape
+      >>> w = jnn.io.load_params(path, like=params)["dense_0"]["w"]
+      >>> w.dtype, w.shape
       (dtype(bfloat16), (3, 2))
     """
-    path = pathlib.Path(path)
-    if path.suffix not in (".safetensors", ".npz"):
-        raise ValueError(f"jnn.io.load_params: {path} must end in .safetensors or .npz")
+    path = _weight_file("jnn.io.load_params", path)
     try:
-        if path.suffix == ".safetensors":
-            flat = _read_safetensors(_read_file(path), path)
-        else:
-            flat = _read_npz(path)
+        flat = _read_safetensors(np.fromfile(path, np.uint8), path) if path.suffix == ".safetensors" else _read_npz(path)
     except (ValueError, KeyError, TypeError, struct.error, zipfile.BadZipFile, EOFError, RuntimeError,
             NotImplementedError) as e:   # zipfile: "encrypted", "compression method not supported"
         if str(e).startswith("jnn.io.load_params"):   # already names the file and the fault

@@ -1,8 +1,5 @@
-"""On-device image augmentation: keyed functions ``(key, images [B, H, W, C]) -> images``.
-
-Each example gets its own randomness; shapes and dtype are kept (except :func:`random_crop`).
-They compose with :func:`pipeline` and become a layer (identity at ``train=False``) with
-:func:`augment_layer`.
+"""On-device image augmentation: keyed functions ``(key, images [B, H, W, C]) -> images``, with
+randomness per example, composed by :func:`pipeline`, made a layer by :func:`augment_layer`.
 """
 from __future__ import annotations
 
@@ -22,32 +19,22 @@ __all__ = ["translate", "affine", "random_translate", "random_crop", "random_aff
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _pair(where: str, what: str, value, *, minimum: int = 0) -> tuple[int, int]:
-    values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        values = tuple(values)
-    except TypeError:
-        values = ()
-    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-                                   for v in values):
-        raise ValueError(f"{where}: {what} must be an int >= {minimum} or a pair of them, got {value!r}")
-    return values
-
-
-def _check_range(where: str, what: str, value, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise ValueError(f"{where}: {what} must be a number in [{lo}, {hi}], got {value!r}")
-    return float(value)
+def _pair(minimum: int = 0):
+    """A rule: an int >= ``minimum`` or a pair of them, returned as a pair."""
+    def rule(label, what, value):
+        pair = (value, value) if checks.is_integer(value) else tuple(value) if isinstance(value, (tuple, list)) else ()
+        checks.require(len(pair) == 2 and all(checks.is_integer(v) and v >= minimum for v in pair), label,
+                       f"{what} must be an int >= {minimum} or a pair of them, got {value!r}")
+        return tuple(map(int, pair))
+    return rule
 
 
 def _batched(where: str, per_image: Callable) -> Augmentation:
     """``(key, images)`` -> ``per_image(key_i, image_i)`` for every example, with shape checks."""
 
     def augment(key, images):
-        if key is None:
-            raise ValueError(f"{where}: needs a key; call it as augment(jax.random.key(...), images)")
-        if images.ndim != 4:
-            raise ValueError(f"{where}: expected images of shape [B, H, W, C], got {tuple(images.shape)}")
+        checks.require(key is not None, where, "needs a key; call it as augment(jax.random.key(...), images)")
+        checks.require(images.ndim == 4, where, f"expected images of shape [B, H, W, C], got {tuple(images.shape)}")
         return jax.vmap(per_image)(jax.random.split(key, images.shape[0]), images)
 
     augment.__name__ = augment.__qualname__ = where
@@ -61,9 +48,8 @@ def _int_below(u, n):
 
 
 def _check_image(where: str, image) -> None:
-    if jnp.ndim(image) != 3:
-        raise ValueError(f"{where}: expected one image of shape [H, W, C] (vmap it over a batch), got shape "
-                         f"{tuple(jnp.shape(image))}")
+    checks.require(jnp.ndim(image) == 3, where, f"expected one image of shape [H, W, C] (vmap it over a batch), "
+                   f"got shape {tuple(jnp.shape(image))}")
 
 
 def translate(image: jax.Array, shift) -> jax.Array:
@@ -71,10 +57,9 @@ def translate(image: jax.Array, shift) -> jax.Array:
     ``out[i, j] = image[i - dy, j - dx]`` (like ``np.roll`` without wrapping).
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn.data.augment import translate
+      >>> import jax.numpy as jnp, jnn
       >>> image = jnp.arange(1.0, 5.0).reshape(2, 2, 1)
-      >>> translate(image, (0, 1))[..., 0].tolist()
+      >>> jnn.data.augment.translate(image, (0, 1))[..., 0].tolist()
       [[0.0, 1.0], [0.0, 3.0]]
     """
     _check_image("translate", image)
@@ -82,8 +67,8 @@ def translate(image: jax.Array, shift) -> jax.Array:
         pair = jnp.asarray(shift)   # a tuple of traced ints too
     except TypeError:
         pair = None
-    if pair is None or pair.shape != (2,) or not jnp.issubdtype(pair.dtype, jnp.number):
-        raise ValueError(f"translate: shift must be a pair (dy, dx), got {shift!r}")
+    checks.require(pair is not None and pair.shape == (2,) and jnp.issubdtype(pair.dtype, jnp.number),
+                   "translate", f"shift must be a pair (dy, dx), got {shift!r}")
     dy, dx = pair.astype(jnp.int32)
     h, w = image.shape[:2]
     rolled = jnp.roll(image, (dy, dx), axis=(0, 1))
@@ -97,13 +82,12 @@ def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0)
     sheared about its centre; bilinear, zero-filled; arguments may be traced.
 
     Example:
-      >>> import jax.numpy as jnp
-      >>> from jnn.data.augment import affine
+      >>> import jax.numpy as jnp, jnn
       >>> image = jnp.arange(9.0).reshape(3, 3, 1)
-      >>> out = affine(image, rotation_degrees=15.0, scale=1.2)
+      >>> out = jnn.data.augment.affine(image, rotation_degrees=15.0, scale=1.2)
       >>> out.shape, out.dtype
       ((3, 3, 1), dtype('float32'))
-      >>> bool(jnp.allclose(affine(image), image))
+      >>> bool(jnp.allclose(jnn.data.augment.affine(image), image))
       True
     """
     _check_image("affine", image)
@@ -123,16 +107,16 @@ def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0)
     return jax.vmap(sample, in_axes=-1, out_axes=-1)(image.astype(dtype)).astype(image.dtype)
 
 
+@checks.declare(max_shift=_pair())
 def random_translate(max_shift: int | tuple[int, int]) -> Augmentation:
     """Shifts each image by whole pixels uniform in ``[-max_shift, max_shift]`` per axis, zero-filled.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import random_translate
-      >>> random_translate(2)(jax.random.key(0), jnp.ones((4, 8, 8, 1))).shape
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> jnn.data.augment.random_translate(2)(jax.random.key(0), jnp.ones((4, 8, 8, 1))).shape
       (4, 8, 8, 1)
     """
-    my, mx = _pair("random_translate", "max_shift", max_shift)
+    my, mx = max_shift
 
     def one(key, image):
         u = jax.random.uniform(key, (2,))
@@ -141,24 +125,22 @@ def random_translate(max_shift: int | tuple[int, int]) -> Augmentation:
     return _batched("random_translate", one)
 
 
+@checks.declare(size=_pair(1), padding=_pair())
 def random_crop(size: tuple[int, int], padding: int | tuple[int, int] = 0) -> Augmentation:
     """Zero-pads each image by ``padding``, then cuts a random ``size = (h, w)`` window: ``[B, h, w, C]``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import random_crop
-      >>> random_crop((28, 28), padding=2)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> jnn.data.augment.random_crop((28, 28), padding=2)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
       (4, 28, 28, 1)
     """
-    size = _pair("random_crop", "size", size, minimum=1)
-    py, px = _pair("random_crop", "padding", padding)
+    py, px = padding
 
     def one(key, image):
         padded = jnp.pad(image, ((py, py), (px, px), (0, 0)))
         limits = (padded.shape[0] - size[0], padded.shape[1] - size[1])
-        if min(limits) < 0:
-            raise ValueError(f"random_crop: size {size} is larger than the padded image "
-                             f"{padded.shape[:2]} (image {image.shape[:2]}, padding {(py, px)})")
+        checks.require(min(limits) >= 0, "random_crop", f"size {size} is larger than the padded image "
+                       f"{padded.shape[:2]} (image {image.shape[:2]}, padding {(py, px)})")
         u = jax.random.uniform(key, (2,))
         top, left = _int_below(u[0], limits[0] + 1), _int_below(u[1], limits[1] + 1)
         return jax.lax.dynamic_slice(padded, (top, left, jnp.int32(0)), (*size, image.shape[2]))
@@ -166,65 +148,57 @@ def random_crop(size: tuple[int, int], padding: int | tuple[int, int] = 0) -> Au
     return _batched("random_crop", one)
 
 
-def random_affine(max_rotation_degrees: float, *, max_scale: float = 0.0,
-                  max_shear: float = 0.0) -> Augmentation:
+@checks.declare(max_rotation_degrees=checks.between(0, 180), max_scale=checks.between(0, 0.99),
+                max_shear=checks.between(0, 80))
+def random_affine(max_rotation_degrees: float, *, max_scale: float = 0.0, max_shear: float = 0.0) -> Augmentation:
     """Random rotation (degrees), scale (``1 ± max_scale``) and shear (degrees) per image (:func:`affine`).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import random_affine
-      >>> random_affine(10, max_scale=0.1)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> jnn.data.augment.random_affine(10, max_scale=0.1)(jax.random.key(0), jnp.ones((4, 28, 28, 1))).shape
       (4, 28, 28, 1)
     """
-    rot = _check_range("random_affine", "max_rotation_degrees", max_rotation_degrees, 0, 180)
-    scale = _check_range("random_affine", "max_scale", max_scale, 0, 0.99)
-    shear = _check_range("random_affine", "max_shear", max_shear, 0, 80)
-
     def one(key, image):
         u = jax.random.uniform(key, (3,), initializers.param_dtype(image.dtype), -1.0, 1.0)
-        return affine(image, u[0] * rot, 1.0 + u[1] * scale, u[2] * shear)
+        return affine(image, u[0] * max_rotation_degrees, 1.0 + u[1] * max_scale, u[2] * max_shear)
 
     return _batched("random_affine", one)
 
 
+@checks.declare(p=checks.between(0, 1))
 def horizontal_flip(p: float = 0.5) -> Augmentation:
     """Mirrors each image left-right with probability ``p`` (not for digits or text).
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import horizontal_flip
+      >>> import jax, jax.numpy as jnp, jnn
       >>> images = jnp.arange(4.0).reshape(1, 1, 4, 1)
-      >>> horizontal_flip(p=1.0)(jax.random.key(0), images)[0, 0, :, 0].tolist()
+      >>> jnn.data.augment.horizontal_flip(p=1.0)(jax.random.key(0), images)[0, 0, :, 0].tolist()
       [3.0, 2.0, 1.0, 0.0]
     """
-    p = _check_range("horizontal_flip", "p", p, 0, 1)
-
     def one(key, image):
         return jnp.where(jax.random.uniform(key) < p, image[:, ::-1], image)
 
     return _batched("horizontal_flip", one)
 
 
+@checks.declare(p=checks.between(0, 1))
 def random_erasing(p: float = 0.5, scale: tuple[float, float] = (0.02, 0.2),
                    ratio: tuple[float, float] = (0.3, 3.3), value: float = 0.0) -> Augmentation:
     """With probability ``p``, sets one random rectangle of each image to ``value``: area fraction
     uniform in ``scale``, aspect ``h / w`` log-uniform in ``ratio``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from jnn.data.augment import random_erasing
+      >>> import jax, jax.numpy as jnp, jnn
       >>> images = jnp.ones((2, 8, 8, 1))
-      >>> out = random_erasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0))(jax.random.key(0), images)
+      >>> erase = jnn.data.augment.random_erasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+      >>> out = erase(jax.random.key(0), images)
       >>> out.shape, out.sum(axis=(1, 2, 3)).tolist()
       ((2, 8, 8, 1), [48.0, 48.0])
     """
-    p = _check_range("random_erasing", "p", p, 0, 1)
-    lo, hi = scale
-    _check_range("random_erasing", "scale[0]", lo, 0, 1)
-    _check_range("random_erasing", "scale[1]", hi, lo, 1)
+    lo = checks.between(0, 1)("random_erasing", "scale[0]", scale[0])
+    hi = checks.between(lo, 1)("random_erasing", "scale[1]", scale[1])
     r_lo, r_hi = ratio
-    if not 0 < r_lo <= r_hi:
-        raise ValueError(f"random_erasing: ratio must be (lo, hi) with 0 < lo <= hi, got {ratio!r}")
+    checks.require(0 < r_lo <= r_hi, "random_erasing", f"ratio must be (lo, hi) with 0 < lo <= hi, got {ratio!r}")
 
     def one(key, image):
         h, w = image.shape[:2]
@@ -257,16 +231,13 @@ def pipeline(*augmentations: Augmentation) -> Augmentation:
 
 
 def _pipeline(where: str, augmentations) -> Augmentation:
-    if not augmentations:
-        raise ValueError(f"{where}: expected at least one augmentation, got none")
+    checks.require(augmentations, where, "expected at least one augmentation, got none")
     for a in augmentations:
-        if not callable(a):
-            raise TypeError(f"{where}: expected augmentations (key, images) -> images, got "
-                            f"{type(a).__name__}")
+        checks.require(callable(a), where, f"expected augmentations (key, images) -> images, got "
+                       f"{type(a).__name__}", TypeError)
 
     def augment(key, images):
-        if key is None:
-            raise ValueError("pipeline: needs a key; call it as augment(jax.random.key(...), images)")
+        checks.require(key is not None, "pipeline", "needs a key; call it as augment(jax.random.key(...), images)")
         for a, k in zip(augmentations, jax.random.split(key, len(augmentations))):
             images = a(k, images)
         return images

@@ -1,4 +1,4 @@
-"""Errors raised by the dataset layer."""
+"""The error raised when a dataset file is missing and cannot be obtained."""
 from __future__ import annotations
 
 import os
@@ -13,8 +13,7 @@ class DatasetUnavailableError(RuntimeError):
     tried with its error, and how to fix it.
 
     Example:
-        >>> err = DatasetUnavailableError.for_file(
-        ...     "/data/mnist/t10k-labels-idx1-ubyte.gz", note="download=False")
+        >>> err = DatasetUnavailableError.for_file("/data/mnist/t10k-labels-idx1-ubyte.gz", note="download=False")
         >>> "t10k-labels-idx1-ubyte.gz" in str(err)
         True
     """
@@ -22,29 +21,16 @@ class DatasetUnavailableError(RuntimeError):
     @classmethod
     def for_file(cls, dest: str | os.PathLike[str], attempts: Sequence[tuple[str, str]] = (), *,
                  root: str | os.PathLike[str] | None = None, note: str | None = None) -> DatasetUnavailableError:
-        """The error for one missing file: ``attempts`` are ``(url, error)`` pairs, ``root`` the data
-        directory (to show the layout ``JNN_DATA_DIR`` needs), ``note`` why nothing (more) was tried.
-        """
+        """The error for ``dest``: ``attempts`` are ``(url, error)`` pairs, ``root`` the data directory
+        (to show the layout ``JNN_DATA_DIR`` needs), ``note`` why nothing (more) was tried."""
         dest = pathlib.Path(dest)
-        relative = _relative_to(dest, root)
+        relative = (dest.relative_to(root).as_posix() if root is not None and dest.is_relative_to(root)
+                    else f"{dest.parent.name}/{dest.name}".lstrip("/"))
         lines = [f"Dataset file {dest.name!r} is not in {str(dest.parent)!r} and could not be obtained."]
-        if attempts:
-            lines.append("Tried:")
-            lines.extend(f"  - {url}: {error}" for url, error in attempts)
-        if note:
-            lines.append(f"No download was attempted ({note}).")
+        lines += ["Tried:", *(f"  - {url}: {error}" for url, error in attempts)] if attempts else []
+        lines += [f"No download was attempted ({note})."] if note else []
         current = f" (the data directory is now {str(root)!r})" if root is not None else ""
         lines.append(f"To fix: copy {dest.name!r} to {str(dest)!r}, or set JNN_DATA_DIR to a folder "
                      f"containing {relative!r}{current}, or allow network access (with download=True) "
                      "so that it can be downloaded.")
         return cls("\n".join(lines))
-
-
-def _relative_to(dest: pathlib.Path, root: str | os.PathLike[str] | None) -> str:
-    """Path of ``dest`` inside ``root``; without a root, ``<folder>/<name>``."""
-    if root is not None:
-        try:
-            return dest.relative_to(pathlib.Path(root)).as_posix()
-        except ValueError:
-            pass
-    return f"{dest.parent.name}/{dest.name}" if dest.parent.name else dest.name

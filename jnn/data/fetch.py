@@ -1,6 +1,4 @@
-"""Verified, atomic downloads with mirror fallback: a file is streamed to a temporary file, checked
-(``Content-Length``, checksums) and renamed onto its destination, or deleted and the next mirror tried.
-"""
+"""Verified, atomic downloads with mirror fallback (temporary file, checked, then renamed)."""
 from __future__ import annotations
 
 import hashlib
@@ -23,12 +21,14 @@ _USER_AGENT = "jnn-data/0.1 (+python urllib)"
 _MIRROR_ERRORS = (OSError, ValueError, http.client.HTTPException)
 
 
+_mirrors = checks.optional(checks.satisfies(lambda m: isinstance(m, Sequence) and not isinstance(m, (str, bytes))
+                                            and all(isinstance(u, str) for u in m), "a list of URL strings (or None)"))
+
+
 def check_source_args(where: str, download, mirrors) -> None:
     """A loader's ``download`` must be a bool and ``mirrors`` None or a list of URL strings."""
     checks.flag(where, "download", download)
-    if mirrors is not None and (isinstance(mirrors, (str, bytes)) or not isinstance(mirrors, Sequence)
-                                or not all(isinstance(m, str) for m in mirrors)):
-        raise ValueError(f"{where}: mirrors must be a list of URL strings (or None), got {mirrors!r}")
+    _mirrors(where, "mirrors", mirrors)
 
 
 class _VerificationError(ValueError):
@@ -50,12 +50,9 @@ def download(urls: str | Sequence[str], dest: str | os.PathLike[str], *, md5: st
         >>> out.read_bytes()
         b'hello'
     """
-    if isinstance(urls, str):
-        urls = [urls]
-    dest = pathlib.Path(dest)
+    dest, attempts = pathlib.Path(dest), []
     _make_parent(dest)
-    attempts: list[tuple[str, str]] = []
-    for url in urls:
+    for url in [urls] if isinstance(urls, str) else urls:
         try:
             _fetch(url, dest, md5=md5, sha256=sha256, timeout=timeout)
         except _MIRROR_ERRORS as e:
@@ -74,8 +71,8 @@ def _make_parent(dest: pathlib.Path) -> None:
         why = f"{str(blocker)!r} is a file, not a folder" if blocker.is_file() else _describe(e)
         raise DatasetUnavailableError.for_file(dest, note=f"cannot create the folder: {why}") from e
     if not os.access(dest.parent, os.W_OK):
-        raise DatasetUnavailableError.for_file(
-            dest, note=f"the folder {str(dest.parent)!r} is not writable; fix its permissions")
+        raise DatasetUnavailableError.for_file(dest, note=f"the folder {str(dest.parent)!r} is not writable; fix "
+                                                          f"its permissions")
 
 
 def _fetch(url: str, dest: pathlib.Path, *, md5: str | None, sha256: str | None, timeout: float) -> None:
@@ -83,42 +80,32 @@ def _fetch(url: str, dest: pathlib.Path, *, md5: str | None, sha256: str | None,
     tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False)
     try:
         with tmp:
-            received, digests = _stream(url, tmp, timeout=timeout)
-        _verify(received, digests, md5=md5, sha256=sha256)
+            _stream(url, tmp, timeout=timeout, md5=md5, sha256=sha256)
         os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates files as 0o600
         os.replace(tmp.name, dest)
     except BaseException:
-        try:
-            os.unlink(tmp.name)
-        except FileNotFoundError:
-            pass
+        pathlib.Path(tmp.name).unlink(missing_ok=True)
         raise
 
 
-def _stream(url: str, out, *, timeout: float) -> tuple[int, dict[str, str]]:
-    """Copies the body at ``url`` into ``out``, checked against Content-Length: ``(bytes, digests)``."""
-    h_md5 = hashlib.md5(usedforsecurity=False)
-    h_sha256 = hashlib.sha256()
-    received = 0
+def _stream(url: str, out, *, timeout: float, md5: str | None, sha256: str | None) -> None:
+    """Copies the body at ``url`` into ``out``; ``_VerificationError`` if it is shorter than its
+    Content-Length or fails a given checksum."""
+    hashes, received = {"md5": hashlib.md5(usedforsecurity=False), "sha256": hashlib.sha256()}, 0
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None and length.strip().isdigit() else None
         while chunk := response.read(_CHUNK):
             out.write(chunk)
-            h_md5.update(chunk)
-            h_sha256.update(chunk)
+            for h in hashes.values():
+                h.update(chunk)
             received += len(chunk)
     if expected is not None and received != expected:
         raise _VerificationError(f"incomplete download: Content-Length is {expected} bytes, received {received}")
-    return received, {"md5": h_md5.hexdigest(), "sha256": h_sha256.hexdigest()}
-
-
-def _verify(received: int, digests: dict[str, str], *, md5: str | None, sha256: str | None) -> None:
-    """Raises ``_VerificationError`` if a given checksum does not match."""
     for name, want in (("md5", md5), ("sha256", sha256)):
-        if want is not None and digests[name] != want.lower():
-            raise _VerificationError(f"{name} mismatch: expected {want.lower()}, got {digests[name]} "
+        if want is not None and hashes[name].hexdigest() != want.lower():
+            raise _VerificationError(f"{name} mismatch: expected {want.lower()}, got {hashes[name].hexdigest()} "
                                      f"({received} bytes)")
 
 
@@ -130,6 +117,4 @@ def _describe(error: BaseException) -> str:
         return f"URLError: {error.reason}"
     if isinstance(error, http.client.IncompleteRead):
         return f"incomplete download: connection closed after {len(error.partial)} bytes"
-    if isinstance(error, _VerificationError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+    return str(error) if isinstance(error, _VerificationError) else f"{type(error).__name__}: {error}"

@@ -1,15 +1,10 @@
 """Grain input pipelines for :func:`jnn.train.fit`: record sources, shuffled batches, sharding.
 
-A random-access *source* (``__len__``, ``__getitem__``: :class:`ArraySource`, :class:`NpySource`,
-:func:`mnist_source`, :func:`shakespeare_source`, a Grain ``MapDataset``) goes through
-:func:`pipeline`: a seeded permutation per epoch, the ragged rest dropped, each JAX process its
-share of every global batch, CPU transforms, reader threads or worker processes, checkpointable
-state. Sources with ``read_batch(indices)`` are read a batch at a time.
-
-Order, epoch ``e``, process ``p`` of ``P``: records in the order of
-``jnn.train.permutation.IndexShuffle(len(source), seed=[seed, e])``, the first
-``steps_per_epoch * batch_size`` kept; global batch ``k`` is positions ``k * batch_size ...
-(k + 1) * batch_size - 1``, of which process ``p`` reads ``p, p + P, ...``.
+A random-access *source* (``__len__``, ``__getitem__``, optionally ``read_batch(indices)``) goes
+through :func:`pipeline`. Epoch ``e`` reads records in the order of
+``jnn.train.permutation.IndexShuffle(len(source), seed=[seed, e])``, the first ``steps_per_epoch *
+batch_size`` kept; global batch ``k`` is positions ``k * batch_size ... (k + 1) * batch_size - 1``,
+of which process ``p`` of ``P`` reads ``p, p + P, ...``.
 """
 from __future__ import annotations
 
@@ -29,6 +24,12 @@ __all__ = ["ArraySource", "NpySource", "write_npy", "stack_records", "mnist_reco
            "shakespeare_source", "Pipeline", "pipeline", "random_translate"]
 
 
+_function = checks.kind(lambda f: f is None or callable(f), "a function or None")
+_count = checks.integer(0)
+_shape = checks.satisfies(lambda s: isinstance(s, (tuple, list)) and len(s) > 0 and all(
+    checks.is_integer(d) and d >= 0 for d in s), "a tuple of non-negative integers (records first)")
+
+
 def _grain():
     try:
         import grain
@@ -38,9 +39,8 @@ def _grain():
 
 
 class ArraySource:
-    """Records over arrays sharing axis 0 (NumPy arrays, memmaps or :class:`NpySource` files, read by
-    record): record ``i`` is ``(a[i], b[i], ...)`` (``a[i]`` for one), passed through the optional
-    elementwise ``transform``.
+    """Records over arrays sharing axis 0 (NumPy arrays, memmaps, :class:`NpySource` files): record ``i``
+    is ``transform((a[i], b[i], ...))`` (``a[i]`` for one array; no ``transform``: as is).
 
     Example:
       >>> import numpy as np, jnn
@@ -50,8 +50,7 @@ class ArraySource:
     """
 
     def __init__(self, *arrays, transform: Callable | None = None):
-        if not arrays:
-            raise ValueError("ArraySource: expected at least one array")
+        checks.require(arrays, "ArraySource", "expected at least one array")
         for i, a in enumerate(arrays):
             if not (hasattr(a, "shape") and hasattr(a, "__getitem__")) or len(a.shape) < 1:
                 hint = " (pass several arrays as separate arguments: ArraySource(x, y))" \
@@ -59,14 +58,14 @@ class ArraySource:
                 got = f"{type(a).__name__} of shape {a.shape}" if hasattr(a, "shape") else f"a {type(a).__name__}"
                 raise TypeError(f"ArraySource: each array must be a NumPy array, memmap or NpySource with records "
                                 f"on axis 0; argument {i} is {got}{hint}")
-            if getattr(getattr(a, "dtype", None), "hasobject", False):
-                raise TypeError(f"ArraySource: argument {i} holds Python objects (dtype {a.dtype}); records must be "
-                                f"numeric arrays (of one shape each), so that they stack into batches")
-        if transform is not None and not callable(transform):
-            raise TypeError(f"ArraySource: transform must be a function or None, got {type(transform).__name__}")
+            dtype = getattr(a, "dtype", None)
+            checks.require(not getattr(dtype, "hasobject", False), "ArraySource", f"argument {i} holds Python "
+                           f"objects (dtype {dtype}); records must be numeric arrays (of one shape each), so that "
+                           f"they stack into batches", TypeError)
+        _function("ArraySource", "transform", transform)
         sizes = [len(a) for a in arrays]
-        if len(set(sizes)) != 1:
-            raise ValueError(f"ArraySource: the arrays must have the same number of records, got {sizes}")
+        checks.require(len(set(sizes)) == 1, "ArraySource", f"the arrays must have the same number of records, "
+                       f"got {sizes}")
         self.arrays, self.transform = arrays, transform
 
     def __len__(self) -> int:
@@ -104,29 +103,24 @@ class NpySource:
         self.path = os.fspath(path)
         with open(self.path, "rb") as f:
             try:
-                version = np.lib.format.read_magic(f)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
+                fmt = np.lib.format
+                read_header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
                 shape, fortran, dtype = read_header(f)
             except (ValueError, EOFError, SyntaxError, TypeError) as e:   # NumPy's words for a bad header
                 raise ValueError(f"NpySource: {self.path} is not a readable .npy file ({e}); write it with "
                                  f"np.save or jnn.data.grain.write_npy") from None
             self.offset = f.tell()
             size = os.fstat(f.fileno()).st_size
-        if fortran:
-            raise ValueError(f"NpySource: {self.path} is Fortran-ordered; save it C-ordered")
-        if dtype.hasobject:
-            raise ValueError(f"NpySource: {self.path} holds Python objects (dtype {dtype}), which are pickled and "
-                             f"cannot be read by record; save a numeric array")
-        if not shape:
-            raise ValueError(f"NpySource: {self.path} holds one value (shape ()); records lie on axis 0")
+        checks.require(not fortran, "NpySource", f"{self.path} is Fortran-ordered; save it C-ordered")
+        checks.require(not dtype.hasobject, "NpySource", f"{self.path} holds Python objects (dtype {dtype}), which "
+                       f"are pickled and cannot be read by record; save a numeric array")
+        checks.require(shape, "NpySource", f"{self.path} holds one value (shape ()); records lie on axis 0")
         self.shape, self.dtype = shape, dtype
         self.record_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         whole = (size - self.offset) // self.record_bytes if self.record_bytes else shape[0]
-        if whole < shape[0]:
-            raise OSError(f"NpySource: short read of record {whole} from {self.path}: the file is truncated (its "
-                          f"header says shape {shape} of {dtype}, {shape[0] * self.record_bytes} bytes of records; "
-                          f"it holds {size - self.offset}); write it again")
+        checks.require(whole >= shape[0], "NpySource", f"short read of record {whole} from {self.path}: the file is "
+                       f"truncated (its header says shape {shape} of {dtype}, {shape[0] * self.record_bytes} bytes of "
+                       f"records; it holds {size - self.offset}); write it again", OSError)
         self._fd = None
 
     def __len__(self) -> int:
@@ -164,10 +158,10 @@ class NpySource:
         return f"NpySource({self.path!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+@checks.declare(shape=_shape, overwrite=checks.flag)
 def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = False) -> None:
-    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (arrays whose first axes add up to
-    ``shape[0]``), one chunk in memory at a time, via a temporary file renamed at the end. An
-    existing ``path`` is a ``FileExistsError`` unless ``overwrite=True``.
+    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (arrays whose first axes add up to ``shape[0]``),
+    one chunk in memory at a time, through a temporary file renamed at the end.
 
     Example:
       >>> import os, tempfile, numpy as np, jnn
@@ -176,35 +170,29 @@ def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = 
       >>> np.load(path).sum()
       np.int64(10)
     """
-    path, dtype, written = os.fspath(path), np.dtype(dtype), 0
-    shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape
-    if not isinstance(shape, tuple) or not shape or not all(checks.is_integer(d) and d >= 0 for d in shape):
-        raise ValueError(f"write_npy: shape must be a tuple of non-negative integers (records first), got {shape!r}")
-    checks.boolean("write_npy", overwrite=overwrite)
-    if dtype.hasobject:
-        raise ValueError(f"write_npy: dtype {dtype} holds Python objects, which a .npy file can only pickle; "
-                         f"records must be numeric")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"write_npy: {path} exists; pass overwrite=True to replace it")
+    path, dtype, shape, written = os.fspath(path), np.dtype(dtype), tuple(shape), 0
+    checks.require(not dtype.hasobject, "write_npy", f"dtype {dtype} holds Python objects, which a .npy file can "
+                   f"only pickle; records must be numeric")
+    checks.require(overwrite or not os.path.exists(path), "write_npy", f"{path} exists; pass overwrite=True to "
+                   f"replace it", FileExistsError)
     directory, name = os.path.split(os.path.abspath(path))
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")   # a fresh name, never a user's
         with os.fdopen(fd, "wb") as f:
             np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                     "fortran_order": False, "shape": tuple(shape)})
+                                                     "fortran_order": False, "shape": shape})
             for i, chunk in enumerate(chunks):
                 try:
                     chunk = np.ascontiguousarray(chunk, dtype)
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"write_npy: chunk {i} cannot be converted to {dtype} ({e})") from None
-                if chunk.shape[1:] != tuple(shape[1:]):
-                    raise ValueError(f"write_npy: a chunk has records of shape {chunk.shape[1:]}, expected "
-                                     f"{tuple(shape[1:])}")
+                checks.require(chunk.shape[1:] == shape[1:], "write_npy", f"a chunk has records of shape "
+                               f"{chunk.shape[1:]}, expected {shape[1:]}")
                 f.write(chunk.tobytes())
                 written += len(chunk)
-        if written != shape[0]:
-            raise ValueError(f"write_npy: the chunks hold {written} records, the shape says {shape[0]}")
+        checks.require(written == shape[0], "write_npy", f"the chunks hold {written} records, the shape says "
+                       f"{shape[0]}")
         os.replace(tmp, path)
     except OSError as e:
         raise write_error("write_npy", path, e) from e
@@ -271,14 +259,12 @@ def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | N
     """
     from jnn.data.shakespeare import load_tiny_shakespeare
     from jnn.data.text import CharVocab
-    stride = seq_len if stride is None else stride
     text = load_tiny_shakespeare() if text is None else text
     vocab = CharVocab(text) if vocab is None else vocab
     ids = np.asarray(vocab.encode(text), np.int32)
-    if len(ids) < seq_len + 1:
-        raise ValueError(f"shakespeare_source: the text has {len(ids)} characters, fewer than seq_len + 1 = "
-                         f"{seq_len + 1}")
-    return _Windows(ids, seq_len, stride), vocab
+    checks.require(len(ids) > seq_len, "shakespeare_source", f"the text has {len(ids)} characters, fewer than "
+                   f"seq_len + 1 = {seq_len + 1}")
+    return _Windows(ids, seq_len, stride or seq_len), vocab
 
 
 class Pipeline:
@@ -308,25 +294,24 @@ class Pipeline:
                 f"shard_count={self.shard_count})")
 
 
+@checks.declare_as("jnn.data.grain.pipeline", batch_size=checks.positive_int, shuffle=checks.flag,
+                   drop_remainder=checks.flag, seed=checks.integer(0, described="a non-negative integer"),
+                   num_epochs=checks.integer(1, or_none=True), transform=_function, random_transform=_function,
+                   worker_count=_count, worker_nice=checks.integer(0, 19), read_threads=_count, prefetch=_count)
 def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
-             drop_remainder: bool = True,
-             transform: Callable | None = None, random_transform: Callable | None = None,
+             drop_remainder: bool = True, transform: Callable | None = None, random_transform: Callable | None = None,
              worker_count: int = 0, worker_nice: int = 19, read_threads: int = 2, prefetch: int = 4,
              shard=None) -> Pipeline:
     """Shuffled, sharded, batched Grain pipeline over a record source (order: module docstring).
 
     Args:
-      source: random-access records (``__len__``, ``__getitem__``).
-      batch_size: the global batch size (all processes); must divide by the number of shards.
-      seed: epoch ``e`` draws its order from ``[seed, e]``; shuffle: ``False`` keeps the order.
-      num_epochs: stop after this many epochs (``None``: endless).
-      drop_remainder: ``False`` keeps a smaller last batch per epoch (one shard only).
-      transform: ``record -> record`` before batching; random_transform: ``(record, rng) -> record``
-        with ``rng = np.random.default_rng([seed, epoch, record index])``.
-      worker_count: worker processes (Grain ``mp_prefetch``; 0: reader threads), reniced by
-        ``worker_nice`` (0 to 19).
-      read_threads, prefetch: Grain's ``ReadOptions``.
-      shard: a ``grain.sharding.ShardOptions``; default ``ShardByJaxProcess()``.
+      batch_size: the global batch size (all processes), a multiple of the number of shards.
+      seed, shuffle: epoch ``e`` draws its order from ``[seed, e]``; ``shuffle=False`` keeps the order.
+      num_epochs: ``None``: endless; drop_remainder: ``False`` keeps a smaller last batch (one shard only).
+      transform: ``record -> record``; random_transform: ``(record, rng) -> record`` with
+        ``rng = np.random.default_rng([seed, epoch, record index])``.
+      worker_count: worker processes (0: reader threads), reniced by ``worker_nice`` (0 to 19).
+      read_threads, prefetch: Grain's ``ReadOptions``; shard: default ``ShardByJaxProcess()``.
 
     Example:
       >>> import numpy as np, jnn
@@ -338,33 +323,18 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
     grain = _grain()
     if shard is None:
         shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    where = "jnn.data.grain.pipeline"
-    if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
-        raise TypeError(f"{where}: source must support len() and indexing (e.g. jnn.data.grain.ArraySource), "
-                        f"got {type(source).__name__}")
-    checks.positive_int(where, "batch_size", batch_size)
-    checks.boolean(where, shuffle=shuffle, drop_remainder=drop_remainder)
-    checks.integer(1, or_none=True)(where, "num_epochs", num_epochs)
-    for what, value in (("worker_count", worker_count), ("read_threads", read_threads), ("prefetch", prefetch)):
-        checks.integer(0)(where, what, value)   # read_threads=0: read on demand, in the calling thread
-    for what, fn in {"transform": transform, "random_transform": random_transform}.items():
-        if fn is not None and not callable(fn):
-            raise TypeError(f"{where}: {what} must be a function or None, got {type(fn).__name__}")
-    checks.integer(0, described="a non-negative integer")(where, "seed", seed)
-    if batch_size % shard.shard_count:
-        raise ValueError(f"{where}: the global batch_size {batch_size} does not split over {shard.shard_count} "
-                         f"shards (processes); use a multiple of {shard.shard_count}")
-    if not 0 <= shard.shard_index < shard.shard_count:
-        raise ValueError(f"{where}: shard_index {shard.shard_index} is not in [0, {shard.shard_count})")
-    checks.integer(0, 19)(where, "worker_nice", worker_nice)
-    if not drop_remainder and shard.shard_count > 1:
-        raise ValueError(f"{where}: drop_remainder=False works with one shard only (got {shard.shard_count}); "
-                         f"evaluate on one process, or keep drop_remainder=True")
+    where, count = "jnn.data.grain.pipeline", shard.shard_count
+    checks.require(hasattr(source, "__len__") and hasattr(source, "__getitem__"), where, f"source must support "
+                   f"len() and indexing (e.g. jnn.data.grain.ArraySource), got {type(source).__name__}", TypeError)
+    checks.require(batch_size % count == 0, where, f"the global batch_size {batch_size} does not split over {count} "
+                   f"shards (processes); use a multiple of {count}")
+    checks.require(0 <= shard.shard_index < count, where, f"shard_index {shard.shard_index} is not in [0, {count})")
+    checks.require(drop_remainder or count == 1, where, f"drop_remainder=False works with one shard only (got "
+                   f"{count}); evaluate on one process, or keep drop_remainder=True")
     steps = len(source) // batch_size if drop_remainder else -(-len(source) // batch_size)
-    if steps == 0:
-        raise ValueError(f"{where}: the source has {len(source)} records, fewer than one global batch of {batch_size}")
-    reader = _BatchReader(source, batch_size, steps, seed, shuffle, drop_remainder, shard.shard_index,
-                          shard.shard_count, transform, random_transform)
+    checks.require(steps, where, f"the source has {len(source)} records, fewer than one global batch of {batch_size}")
+    reader = _BatchReader(source, batch_size, steps, seed, shuffle, drop_remainder, shard.shard_index, count,
+                          transform, random_transform)
     ds = grain.MapDataset.range(steps).repeat(num_epochs).map_with_index(reader)
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
     if worker_count:
@@ -378,7 +348,7 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         ds = ds.to_iter_dataset(read).mp_prefetch(options, worker_init_fn=_Renice(worker_nice))
         if group > 1:
             ds = grain.experimental.FlatMapIterDataset(ds, _Unstack(group))
-    return Pipeline(ds, steps, batch_size, shard.shard_count, read)
+    return Pipeline(ds, steps, batch_size, count, read)
 
 
 _WORKER_GROUP_BYTES = 16 * 2**20   # workers send consecutive batches together, up to this many bytes
@@ -424,17 +394,14 @@ def stack_records(records: list, indices) -> object:
     try:
         return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *records)   # any pytree of records
     except (ValueError, TypeError):   # say which records differ (the cost is paid only on failure)
-        first = jax.tree_util.tree_structure(records[0])
-        for record, index in zip(records, list(indices)):
-            if jax.tree_util.tree_structure(record) != first:
-                raise ValueError(f"records of different structures cannot be batched: record {int(indices[0])} "
-                                 f"is {first}, record {int(index)} is "
-                                 f"{jax.tree_util.tree_structure(record)}") from None
-        shapes = [[np.shape(leaf) for leaf in jax.tree_util.tree_leaves(r)] for r in records]
-        for record_shapes, index in zip(shapes, list(indices)):
-            if record_shapes != shapes[0]:
-                raise ValueError(f"records of different shapes cannot be batched: record {int(indices[0])} has "
-                                 f"shapes {shapes[0]}, record {int(index)} has {record_shapes}") from None
+        shapes = lambda r: [np.shape(leaf) for leaf in jax.tree_util.tree_leaves(r)]
+        for what, first, then, describe in (("structures", "is", "is", jax.tree_util.tree_structure),
+                                            ("shapes", "has shapes", "has", shapes)):
+            seen = [describe(r) for r in records]
+            odd = next((i for i, d in enumerate(seen) if d != seen[0]), None)
+            if odd is not None:
+                raise ValueError(f"records of different {what} cannot be batched: record {int(indices[0])} {first} "
+                                 f"{seen[0]}, record {int(indices[odd])} {then} {seen[odd]}") from None
         raise
 
 
@@ -489,8 +456,8 @@ class _BatchReader:
 
 @checks.declare(max_shift=checks.integer(0, described="a non-negative integer"))
 def random_translate(max_shift: int) -> Callable:
-    """Shifts an ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels, filling zeros
-    (for :func:`pipeline`'s ``random_transform``).
+    """Shifts an ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels, zero-filled (for
+    :func:`pipeline`'s ``random_transform``).
 
     Example:
       >>> import numpy as np, jnn

@@ -1,7 +1,5 @@
-"""MNIST handwritten digits: 28x28 grayscale images, labels 0-9.
-
-Files: ``<data_dir>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``. Missing ones are
-downloaded and MD5-checked; present ones are not checksummed, but headers, shapes and counts are.
+"""MNIST handwritten digits (28x28 grayscale, labels 0-9) in ``<data_dir>/mnist/``: missing files
+are downloaded and MD5-checked; present ones have their headers, shapes and counts checked.
 """
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jnn import _checks as checks
 from jnn.data import fetch, paths
 from jnn.data.errors import DatasetUnavailableError
 from jnn.data.idx import read_idx
@@ -37,10 +36,9 @@ _NUM_CLASSES = 10
 
 def _file_names(split: str, where: str = "load_mnist") -> tuple[str, str]:
     """Returns the (images, labels) file names of ``split``."""
-    if not isinstance(split, str) or split not in _SPLITS:
-        raise ValueError(f"{where}: unknown MNIST split {split!r}; expected one of {sorted(_SPLITS)}")
-    prefix = _SPLITS[split]
-    return f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"
+    checks.require(isinstance(split, str) and split in _SPLITS, where, f"unknown MNIST split {split!r}; expected one "
+                   f"of {sorted(_SPLITS)}")
+    return f"{_SPLITS[split]}-images-idx3-ubyte.gz", f"{_SPLITS[split]}-labels-idx1-ubyte.gz"
 
 
 def mnist_available(data_dir: str | os.PathLike[str] | None = None) -> bool:
@@ -52,15 +50,13 @@ def mnist_available(data_dir: str | os.PathLike[str] | None = None) -> bool:
         False
     """
     folder = paths.resolve_data_dir(data_dir) / _SUBDIR
-    names = [name for split in _SPLITS for name in _file_names(split)]
-    return all((folder / name).is_file() for name in names)
+    return all((folder / name).is_file() for split in _SPLITS for name in _file_names(split))
 
 
 def load_mnist(split: str = "train", *, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
                mirrors: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One MNIST split (``"train"`` or ``"test"``): float32 images ``(N, 28, 28, 1)`` in ``[0, 1]`` and
-    int32 labels ``(N,)``, downloading missing files from ``mirrors`` (default :data:`MNIST_MIRRORS`)
-    if ``download``.
+    """One MNIST split (``"train"`` or ``"test"``): float32 images ``(N, 28, 28, 1)`` in ``[0, 1]``, int32
+    labels ``(N,)``; missing files downloaded from ``mirrors`` (default :data:`MNIST_MIRRORS`) if ``download``.
 
     Example:
         >>> images, labels = load_mnist("test", download=False)  # doctest: +SKIP
@@ -68,9 +64,7 @@ def load_mnist(split: str = "train", *, data_dir: str | os.PathLike[str] | None 
         ((10000, 28, 28, 1), dtype('float32'), (10000,), dtype('int32'))
     """
     images, labels = read_mnist(split, data_dir=data_dir, download=download, mirrors=mirrors, where="load_mnist")
-    x = images.astype(np.float32)
-    x /= np.float32(255.0)
-    return x[..., None], labels.astype(np.int32)
+    return (images.astype(np.float32) / np.float32(255.0))[..., None], labels.astype(np.int32)
 
 
 def read_mnist(split: str = "train", *, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
@@ -87,8 +81,7 @@ def read_mnist(split: str = "train", *, data_dir: str | os.PathLike[str] | None 
     root = paths.resolve_data_dir(data_dir)
     image_path, label_path = (_ensure(root / _SUBDIR / name, root=root, download=download, mirrors=mirrors)
                               for name in names)
-    images = read_idx(image_path, ndim=3)
-    labels = read_idx(label_path, ndim=1)
+    images, labels = read_idx(image_path, ndim=3), read_idx(label_path, ndim=1)
     _validate(images, labels, image_path, label_path)
     return images, labels
 
@@ -106,16 +99,14 @@ def _ensure(path: pathlib.Path, *, root: pathlib.Path, download: bool, mirrors: 
 
 def _validate(images: np.ndarray, labels: np.ndarray, image_path: pathlib.Path, label_path: pathlib.Path) -> None:
     """Checks dtypes, shapes, counts and label range; raises ValueError naming the files."""
-    for path, array in ((image_path, images), (label_path, labels)):
-        if array.dtype != np.uint8:  # a float file would otherwise be scaled by 1/255 twice
-            raise ValueError(f"{path}: expected uint8 values (IDX type 0x08), as in the published "
-                             f"MNIST files, got {array.dtype}; replace the file with the original "
-                             f"(delete it and load again with download=True)")
-    if images.shape[1:] != (28, 28):
-        raise ValueError(f"{image_path}: expected images of shape (N, 28, 28), got {images.shape}")
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"MNIST image/label count mismatch: {image_path} has {images.shape[0]} images "
-                         f"but {label_path} has {labels.shape[0]} labels")
+    for path, array in ((image_path, images), (label_path, labels)):   # float files would be scaled twice
+        checks.require(array.dtype == np.uint8, str(path), f"expected uint8 values (IDX type 0x08), as in the "
+                       f"published MNIST files, got {array.dtype}; replace the file with the original (delete it "
+                       f"and load again with download=True)")
+    checks.require(images.shape[1:] == (28, 28), str(image_path), f"expected images of shape (N, 28, 28), got "
+                   f"{images.shape}")
+    checks.require(images.shape[0] == labels.shape[0], "MNIST image/label count mismatch", f"{image_path} has "
+                   f"{images.shape[0]} images but {label_path} has {labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
         bad = np.unique(labels[(labels < 0) | (labels >= _NUM_CLASSES)])
         raise ValueError(f"{label_path}: labels must be in 0..{_NUM_CLASSES - 1}, found {bad[:10].tolist()}")

@@ -1,6 +1,4 @@
-"""Where jnn keeps datasets: ``$JNN_DATA_DIR``, else ``$XDG_CACHE_HOME/jnn``, else ``~/.cache/jnn``
-(first set and non-empty), one sub-folder per dataset (``<data_dir>/mnist/``).
-"""
+"""Where jnn keeps datasets: one sub-folder per dataset (``<data_dir>/mnist/``) of :func:`data_dir`."""
 from __future__ import annotations
 
 import os
@@ -10,21 +8,19 @@ __all__ = ["data_dir", "resolve_data_dir"]
 
 
 def data_dir() -> pathlib.Path:
-    """The root folder in which jnn looks for (and downloads) datasets (not created here).
+    """``$JNN_DATA_DIR``, else ``$XDG_CACHE_HOME/jnn``, else ``~/.cache/jnn`` (the first set and non-empty):
+    the folder in which jnn looks for (and downloads) datasets; not created here.
 
     Example:
         >>> import os
-        >>> folder = data_dir()  # e.g. PosixPath('/home/me/.cache/jnn')
         >>> env = os.environ.get("JNN_DATA_DIR")
-        >>> folder == pathlib.Path(env) if env else folder.name == "jnn"
+        >>> data_dir() == pathlib.Path(env) if env else data_dir().name == "jnn"
         True
     """
-    env = os.environ.get("JNN_DATA_DIR")
+    env, xdg = os.environ.get("JNN_DATA_DIR"), os.environ.get("XDG_CACHE_HOME")
     if env:
         return pathlib.Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
-    return base / "jnn"
+    return (pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache") / "jnn"
 
 
 def resolve_data_dir(root: str | os.PathLike[str] | None) -> pathlib.Path:
@@ -34,6 +30,4 @@ def resolve_data_dir(root: str | os.PathLike[str] | None) -> pathlib.Path:
         >>> str(resolve_data_dir("/srv/data"))
         '/srv/data'
     """
-    if root is None:
-        return data_dir()
-    return pathlib.Path(root).expanduser()
+    return data_dir() if root is None else pathlib.Path(root).expanduser()

@@ -1,6 +1,4 @@
-"""Tiny Shakespeare: 1,115,394 characters of Shakespeare for char-level models, stored at
-``<data_dir>/tinyshakespeare/input.txt`` (downloaded if missing) and checked by SHA-256.
-"""
+"""Tiny Shakespeare (1,115,394 characters) at ``<data_dir>/tinyshakespeare/input.txt``, checked by SHA-256."""
 from __future__ import annotations
 
 import hashlib
@@ -46,30 +44,26 @@ def load_tiny_shakespeare(*, data_dir: str | os.PathLike[str] | None = None, dow
     if not path.is_file():
         if not download:
             raise DatasetUnavailableError.for_file(path, root=root, note="download=False")
-        urls = SHAKESPEARE_MIRRORS if mirrors is None else mirrors
-        fetch.download(list(urls), path, sha256=SHAKESPEARE_SHA256)
+        fetch.download(list(SHAKESPEARE_MIRRORS if mirrors is None else mirrors), path, sha256=SHAKESPEARE_SHA256)
     text = read_text_file(path)
     if verify:
         data = text.encode("utf-8")
         digest = hashlib.sha256(data).hexdigest()
-        if digest != SHAKESPEARE_SHA256:
-            raise ValueError(f"load_tiny_shakespeare: {path} is not the published Tiny Shakespeare file: it has "
-                             f"{len(data):,} bytes and sha256 {digest[:16]}..., the published file "
-                             f"{SHAKESPEARE_SIZE:,} bytes and sha256 {SHAKESPEARE_SHA256[:16]}... (truncated or "
-                             f"changed?); delete it and load again with download=True, or copy the original file "
-                             f"there (verify=False reads your own text at this path)")
+        checks.require(digest == SHAKESPEARE_SHA256, "load_tiny_shakespeare", f"{path} is not the published Tiny "
+                       f"Shakespeare file: it has {len(data):,} bytes and sha256 {digest[:16]}..., the published "
+                       f"file {SHAKESPEARE_SIZE:,} bytes and sha256 {SHAKESPEARE_SHA256[:16]}... (truncated or "
+                       f"changed?); delete it and load again with download=True, or copy the original file there "
+                       f"(verify=False reads your own text at this path)")
     return text
 
 
 def read_text_file(path) -> str:
     """The UTF-8 text of ``path``; an empty or undecodable file is a ValueError naming it."""
     data = pathlib.Path(path).read_bytes()
-    if not data:
-        raise ValueError(f"{path}: the file is empty; delete it and load again with download=True, "
-                         f"or copy the original file there")
+    checks.require(data, str(path), "the file is empty; delete it and load again with download=True, or copy the "
+                   "original file there")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
                          f"re-save it as UTF-8, or delete it and load again with download=True") from None
-    return text

@@ -17,8 +17,7 @@ def xor() -> tuple[np.ndarray, np.ndarray]:
     """XOR: float32 inputs ``(4, 2)`` (00, 01, 10, 11) and targets ``(4, 1)``; not linearly separable.
 
     Example:
-        >>> x, y = xor()
-        >>> y.ravel().tolist()
+        >>> xor()[1].ravel().tolist()
         [0.0, 1.0, 1.0, 0.0]
     """
     return _truth_table([0, 1, 1, 0])
@@ -28,8 +27,7 @@ def and_gate() -> tuple[np.ndarray, np.ndarray]:
     """The truth table of logical AND: float32 ``x (4, 2)``, ``y (4, 1)``.
 
     Example:
-        >>> x, y = and_gate()
-        >>> y.ravel().tolist()
+        >>> and_gate()[1].ravel().tolist()
         [0.0, 0.0, 0.0, 1.0]
     """
     return _truth_table([0, 0, 0, 1])
@@ -39,8 +37,7 @@ def or_gate() -> tuple[np.ndarray, np.ndarray]:
     """The truth table of logical OR: float32 ``x (4, 2)``, ``y (4, 1)``.
 
     Example:
-        >>> x, y = or_gate()
-        >>> y.ravel().tolist()
+        >>> or_gate()[1].ravel().tolist()
         [0.0, 1.0, 1.0, 1.0]
     """
     return _truth_table([0, 1, 1, 1])
@@ -50,14 +47,12 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits: float32 images ``(1797, 8, 8, 1)`` in ``[0, 1]``, int32 labels ``(1797,)``.
 
     Example:
-        >>> images, labels = load_digits()
-        >>> images.shape, labels.shape
-        ((1797, 8, 8, 1), (1797,))
+        >>> [a.shape for a in load_digits()]
+        [(1797, 8, 8, 1), (1797,)]
     """
     try:
         from sklearn import datasets
     except ImportError as e:
         raise ImportError('load_digits needs scikit-learn: pip install "jnn[digits]"') from e
     digits = datasets.load_digits()
-    images = (np.asarray(digits.images, dtype=np.float32) / np.float32(16.0))[..., None]
-    return images, np.asarray(digits.target, dtype=np.int32)
+    return (digits.images.astype(np.float32) / np.float32(16.0))[..., None], digits.target.astype(np.int32)

@@ -30,8 +30,7 @@ class CharVocab:
     """
 
     def __init__(self, text: str):
-        if not isinstance(text, str) or not text:
-            raise ValueError(f"CharVocab: expected a non-empty string, got {text!r:.40}")
+        checks.require(isinstance(text, str) and text, "CharVocab", f"expected a non-empty string, got {text!r:.40}")
         self._codes = np.unique(_codepoints(text))
         self.chars = "".join(map(chr, self._codes))
         self._table = np.array(list(self.chars))
@@ -66,9 +65,8 @@ class CharVocab:
     def decode(self, ids) -> str:
         """The text of a 1-D sequence of ids (a list, NumPy or JAX array)."""
         ids = np.asarray(ids)
-        if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
-            raise ValueError(f"CharVocab.decode: expected a 1-D sequence of integer ids, got "
-                             f"{ids.dtype} of shape {ids.shape}")
+        checks.require(ids.ndim == 1 and (np.issubdtype(ids.dtype, np.integer) or ids.size == 0), "CharVocab.decode",
+                       f"expected a 1-D sequence of integer ids, got {ids.dtype} of shape {ids.shape}")
         bad = (ids < 0) | (ids >= self.size)
         if bad.any():
             raise ValueError(f"CharVocab.decode: ids must lie in [0, {self.size}), got "
@@ -78,11 +76,8 @@ class CharVocab:
 
 @checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Language-model windows: ``inputs[i] = ids[s:s+seq_len]``, ``targets[i] = ids[s+1:s+seq_len+1]``
-    with ``s = i * stride`` (default ``seq_len``); windows running past the end are dropped.
-
-    Returns:
-      ``(inputs, targets)``, two arrays ``[num_windows, seq_len]`` of ``ids``' dtype (copies).
+    """Language-model windows ``[num_windows, seq_len]`` (copies): ``inputs[i] = ids[s:s+seq_len]``,
+    ``targets[i] = ids[s+1:s+seq_len+1]``, ``s = i * stride`` (default ``seq_len``); a partial window is dropped.
 
     Example:
       >>> import numpy as np
@@ -92,11 +87,9 @@ def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndar
       ([[0, 1, 2], [3, 4, 5]], [[1, 2, 3], [4, 5, 6]])
     """
     ids = np.asarray(ids)
-    stride = seq_len if stride is None else stride
-    if ids.ndim != 1 or len(ids) < seq_len + 1:
-        raise ValueError(f"lm_windows: expected 1-D ids with at least seq_len + 1 = {seq_len + 1} "
-                         f"tokens, got shape {ids.shape}")
-    windows = np.lib.stride_tricks.sliding_window_view(ids, seq_len + 1)[::stride]
+    checks.require(ids.ndim == 1 and len(ids) > seq_len, "lm_windows", f"expected 1-D ids with at least seq_len + 1 "
+                   f"= {seq_len + 1} tokens, got shape {ids.shape}")
+    windows = np.lib.stride_tricks.sliding_window_view(ids, seq_len + 1)[::stride or seq_len]
     return windows[:, :-1].copy(), windows[:, 1:].copy()
 
 
@@ -112,9 +105,8 @@ def random_windows(key: jax.Array, ids: jax.Array, seq_len: int, batch_size: int
     """
     ids = jnp.asarray(ids)
     n = ids.shape[0] - seq_len if ids.ndim == 1 else 0
-    if n < 1:
-        raise ValueError(f"random_windows: expected 1-D ids with at least seq_len + 1 = {seq_len + 1} "
-                         f"tokens, got shape {tuple(ids.shape)}")
+    checks.require(n >= 1, "random_windows", f"expected 1-D ids with at least seq_len + 1 = {seq_len + 1} tokens, "
+                   f"got shape {tuple(ids.shape)}")
     starts = jax.random.randint(key, (batch_size,), 0, n)
     windows = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(ids, s, seq_len + 1))(starts)
     return windows[:, :-1], windows[:, 1:]

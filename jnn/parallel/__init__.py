@@ -1,17 +1,15 @@
 """Training across devices and hosts on ``jax.sharding`` (GSPMD) and ``jax.distributed``.
 
-Pass a mesh to ``fit`` (or ``make_train_step``/``make_train_epoch``/``make_eval_fn``): the batch
-is split along ``data``, params are replicated unless ``rules`` shard them::
+Pass a mesh to ``fit`` (or ``make_train_step``...): the batch is split along ``data``, params are
+replicated unless ``rules`` shard them::
 
   mesh = jnn.parallel.make_mesh()                       # all devices on "data"
   fit(model, loss, opt, data, key=key, mesh=mesh)       # data parallel
   fit(..., mesh=(mesh, jnn.parallel.fsdp()))           # + params/optimizer state sharded (ZeRO-3)
   jnn.parallel.plan(model, (x, y), opt, mesh, rules=...)  # bytes and FLOPs per device, no memory used
 
-Tensor parallelism: :data:`TRANSFORMER_AXES` gives the logical axes of attention and
-transformer-MLP weights (Megatron layout), :data:`AXIS_RULES` maps logical axes (``batch``,
-``heads``, ``mlp``, ``embed``, ``vocab``) to mesh axes or ``None``; :func:`tensor_parallel`
-combines the two.
+Tensor parallelism: :func:`tensor_parallel` (Megatron layout: :data:`TRANSFORMER_AXES` mapped to
+mesh axes by :data:`AXIS_RULES`).
 """
 from jnn.parallel.distributed import global_batch, initialize, is_main_process
 from jnn.parallel.plan import Plan, plan

@@ -1,9 +1,7 @@
 """Meshes, train-state placement and batch sharding: one jitted program over many devices (GSPMD).
 
-Meshes have Auto axes (Explicit ones break the backward pass of ``x @ w`` with a sharded batch,
-jax-ml/jax#31800, and are refused): jnn states the layout of the inputs and the train state and
-XLA propagates it. Axes: ``data`` (the batch) and ``model`` (tensor-parallel weights); params
-and optimizer state are replicated unless a rule (:mod:`jnn.parallel.rules`) shards them.
+Mesh axes are Auto: ``data`` (the batch) and ``model`` (tensor-parallel weights); params and
+optimizer state are replicated unless a rule (:mod:`jnn.parallel.rules`) shards them.
 """
 from __future__ import annotations
 
@@ -22,33 +20,29 @@ __all__ = ["make_mesh", "check_mesh", "data_size", "state_specs", "state_shardin
            "constrain_state", "constrain_batch", "check_batch_size", "replicate", "sharded_init"]
 
 
+@checks.declare(devices=checks.optional(checks.satisfies(
+    lambda d: isinstance(d, Sequence) and not isinstance(d, (str, bytes)) and d and all(
+        isinstance(x, jax.Device) for x in d), "a non-empty list of jax devices (e.g. jax.devices()[:4])")))
 def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence | None = None) -> Mesh:
-    """A ``("data", "model")`` mesh with Auto axes over ``devices`` (default: all of them).
-
-    Args:
-      data: devices along the batch axis (default: all devices not used by ``model``).
-      model: devices along the tensor-parallel axis.
+    """A ``("data", "model")`` mesh with Auto axes over ``devices`` (default: all of them): ``data``
+    devices along the batch axis (default: all not used by ``model``), ``model`` tensor-parallel.
 
     Example:
       >>> import jnn
-      >>> mesh = jnn.parallel.make_mesh(data=1)
-      >>> dict(mesh.shape)
+      >>> dict(jnn.parallel.make_mesh(data=1).shape)
       {'data': 1, 'model': 1}
     """
-    if devices is not None and (isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence)
-                                or not devices or not all(isinstance(d, jax.Device) for d in devices)):
-        raise ValueError(f"make_mesh: devices must be a non-empty list of jax devices (e.g. jax.devices()[:4]), "
-                         f"got {devices!r}")
     devices = list(jax.devices() if devices is None else devices)
-    if not checks.is_integer(model) or model < 1 or len(devices) % model:
-        raise ValueError(f"make_mesh: model must be a positive integer dividing the {len(devices)} devices, "
-                         f"got {model!r}")
+    checks.require(checks.is_integer(model) and model >= 1 and len(devices) % model == 0, "make_mesh",
+                   f"model must be a positive integer dividing the {len(devices)} devices, got {model!r}")
     data = len(devices) // model if data is None else data
-    if not checks.is_integer(data) or data < 1 or data * model > len(devices):
-        raise ValueError(f"make_mesh: data * model must be at most the {len(devices)} devices, "
-                         f"got data={data!r}, model={model}")
+    checks.require(checks.is_integer(data) and data >= 1 and data * model <= len(devices), "make_mesh",
+                   f"data * model must be at most the {len(devices)} devices, got data={data!r}, model={model}")
     return jax.make_mesh((data, model), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto),
                          devices=devices[:data * model])
+
+
+_mesh = checks.kind(lambda m: isinstance(m, Mesh), "a jax.sharding.Mesh (e.g. jnn.parallel.make_mesh())")
 
 
 def check_mesh(mesh, where: str) -> None:
@@ -61,17 +55,14 @@ def check_mesh(mesh, where: str) -> None:
       Traceback (most recent call last):
       TypeError: example: mesh must be a jax.sharding.Mesh (e.g. jnn.parallel.make_mesh()), got str
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"{where}: mesh must be a jax.sharding.Mesh (e.g. jnn.parallel.make_mesh()), "
-                        f"got {type(mesh).__name__}")
-    if "data" not in mesh.axis_names:
-        raise ValueError(f"{where}: the mesh needs a 'data' axis for the batch, its axes are {mesh.axis_names}")
+    _mesh(where, "mesh", mesh)
+    checks.require("data" in mesh.axis_names, where, f"the mesh needs a 'data' axis for the batch, its axes are "
+                   f"{mesh.axis_names}")
     explicit = [n for n, t in zip(mesh.axis_names, mesh.axis_types) if t != AxisType.Auto]
-    if explicit:
-        raise ValueError(f"{where}: mesh axes {explicit} are not Auto; jnn shards with Auto axes because "
-                         f"Explicit axes break the backward pass of x @ w with a sharded batch "
-                         f"(jax-ml/jax#31800). Build the mesh with jnn.parallel.make_mesh(...) or "
-                         f"jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))")
+    checks.require(not explicit, where, f"mesh axes {explicit} are not Auto; jnn shards with Auto axes because "
+                   f"Explicit axes break the backward pass of x @ w with a sharded batch (jax-ml/jax#31800). Build "
+                   f"the mesh with jnn.parallel.make_mesh(...) or jax.make_mesh(shape, names, "
+                   f"axis_types=(jax.sharding.AxisType.Auto,) * len(names))")
 
 
 def data_size(mesh) -> int:
@@ -96,9 +87,8 @@ def check_batch_size(batch_size: int, mesh, where: str) -> None:
       ValueError: example: the batch of 7 examples is not divisible by the mesh's data axis of size 2; ...
     """
     n = data_size(mesh)
-    if batch_size % n:
-        raise ValueError(f"{where}: the batch of {batch_size} examples is not divisible by the mesh's data "
-                         f"axis of size {n}; use a batch size that is a multiple of {n}")
+    checks.require(batch_size % n == 0, where, f"the batch of {batch_size} examples is not divisible by the mesh's "
+                   f"data axis of size {n}; use a batch size that is a multiple of {n}")
 
 
 def _opt_leaf_spec(path: str, leaf, by_path: dict) -> P:
@@ -130,9 +120,8 @@ def state_specs(train_state, mesh, rules: Sequence[Rule] | None = None):
                    pspecs, is_leaf=lambda s: isinstance(s, P)))}
     opt = jax.tree_util.tree_map_with_path(lambda p, leaf: _opt_leaf_spec(_tree.path_str(p), leaf, by_path),
                                            train_state.opt_state)
-    rep = lambda t: jax.tree_util.tree_map(lambda _: P(), t)
-    return train_state._replace(params=pspecs, state=rep(train_state.state), opt_state=opt,
-                                step=P(), key=P())
+    state = jax.tree_util.tree_map(lambda _: P(), train_state.state)
+    return train_state._replace(params=pspecs, state=state, opt_state=opt, step=P(), key=P())
 
 
 def state_shardings(train_state, mesh, rules: Sequence[Rule] | None = None):
@@ -150,13 +139,12 @@ def state_shardings(train_state, mesh, rules: Sequence[Rule] | None = None):
 
 
 def place(train_state, mesh, rules: Sequence[Rule] | None = None):
-    """``train_state`` on ``mesh``: replicated, except what ``rules`` shard.
+    """``train_state`` put on ``mesh``: replicated, except what ``rules`` shard.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> mesh = jnn.parallel.make_mesh()
       >>> ts = jnn.train.init_train_state(jnn.dense(2), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 4)))
-      >>> jnn.parallel.place(ts, mesh).params["w"].sharding.spec
+      >>> jnn.parallel.place(ts, jnn.parallel.make_mesh()).params["w"].sharding.spec
       P()
     """
     check_mesh(mesh, "jnn.parallel.place")
@@ -183,8 +171,7 @@ def constrain_state(train_state, mesh, rules: Sequence[Rule] | None = None):
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> mesh = jnn.parallel.make_mesh()
       >>> ts = jnn.train.init_train_state(jnn.dense(2), optax.sgd(0.1), jax.random.key(0), jnp.zeros((1, 4)))
-      >>> ts = jax.jit(lambda ts: jnn.parallel.constrain_state(ts, mesh))(ts)
-      >>> ts.params["w"].shape
+      >>> jax.jit(lambda ts: jnn.parallel.constrain_state(ts, mesh))(ts).params["w"].shape
       (4, 2)
     """
     return jax.lax.with_sharding_constraint(train_state, state_shardings(train_state, mesh, rules))

@@ -1,8 +1,5 @@
-"""``plan``: what one training step will cost on a mesh, before any device memory is used.
-
-The train state comes from ``jax.eval_shape``; the step is compiled for sharded
-``ShapeDtypeStruct`` inputs, and the figures are read from the shardings and from XLA's
-``memory_analysis()`` and ``cost_analysis()`` (FLOPs: 2 per multiply-add, 1 per elementwise op).
+"""``plan``: what one training step will cost on a mesh, before any device memory is used (the
+step compiled for abstract sharded inputs; figures from XLA's memory and cost analyses).
 """
 from __future__ import annotations
 
@@ -13,6 +10,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jnn import _checks as checks
 from jnn import tree as _tree
 from jnn.parallel.mesh import check_batch_size, check_mesh, make_mesh, state_shardings
 from jnn.parallel.rules import Rule
@@ -30,10 +28,8 @@ class Plan(NamedTuple):
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> batch = (jax.ShapeDtypeStruct((8, 3), jnp.float32), jax.ShapeDtypeStruct((8, 2), jnp.float32))
       >>> p = jnn.parallel.plan(jnn.dense(2), batch, optax.sgd(0.1), verbose=False)
-      >>> isinstance(p, jnn.parallel.Plan), [(path, shape, nbytes) for path, shape, _, nbytes in p.params]
-      (True, [('b', (2,), 8), ('w', (3, 2), 24)])
-      >>> p.batch_bytes
-      160
+      >>> [(path, shape, nbytes) for path, shape, _, nbytes in p.params], p.batch_bytes
+      ([('b', (2,), 8), ('w', (3, 2), 24)], 160)
     """
 
     params: list
@@ -85,39 +81,34 @@ def plan(model, example, optimizer, mesh=None, *, loss=None, rules: Sequence[Rul
       (8, 32)
     """
     from jnn import losses
-    from jnn.train.step import init_train_state, make_train_step
-
     from jnn.train import guard
-    guard.check_parts("jnn.parallel.plan", model=model, optimizer=optimizer, loss=loss or losses.mse, metrics=None,
-                      regularizer=None, verbose=verbose)
-    if not (isinstance(example, (tuple, list)) and len(example) == 2):
-        raise TypeError(f"jnn.parallel.plan: example must be one global batch (x, y), got {type(example).__name__}")
+    from jnn.train.step import init_train_state, make_train_step
+    where, loss = "jnn.parallel.plan", loss or losses.mse
+    guard.check_parts(where, model=model, optimizer=optimizer, loss=loss, metrics=None, regularizer=None,
+                      verbose=verbose)
+    checks.require(isinstance(example, (tuple, list)) and len(example) == 2, where, f"example must be one global "
+                   f"batch (x, y), got {type(example).__name__}", TypeError)
     mesh = make_mesh() if mesh is None else mesh
-    check_mesh(mesh, "jnn.parallel.plan")
+    check_mesh(mesh, where)
     batch = jax.tree_util.tree_map(_abstract, tuple(example))
-    check_batch_size(batch[0].shape[0], mesh, "jnn.parallel.plan")
-    x_spec = batch[0]
-    ts = jax.eval_shape(lambda: init_train_state(model, optimizer, jax.random.key(0), x_spec))
+    check_batch_size(batch[0].shape[0], mesh, where)
+    ts = jax.eval_shape(lambda: init_train_state(model, optimizer, jax.random.key(0), batch[0]))
     ts_shardings = state_shardings(ts, mesh, rules)
     batch_sharding = NamedSharding(mesh, P("data"))
-    step = make_train_step(model, loss or losses.mse, optimizer, mesh=mesh, rules=rules)
+    step = make_train_step(model, loss, optimizer, mesh=mesh, rules=rules)
     compiled = jax.jit(step, in_shardings=(ts_shardings, batch_sharding),
                        out_shardings=(ts_shardings, NamedSharding(mesh, P()))).lower(ts, batch).compile()
     memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-
-    sizes = lambda tree, shardings: sum(
-        _bytes_per_device(leaf, s) for leaf, s in zip(jax.tree_util.tree_leaves(tree),
-                                                      jax.tree_util.tree_leaves(shardings)))
+    leaves = jax.tree_util.tree_leaves
+    sizes = lambda tree, shardings: sum(_bytes_per_device(leaf, s) for leaf, s in zip(leaves(tree), leaves(shardings)))
     rows = [(p, tuple(leaf.shape), s.spec, _bytes_per_device(leaf, s)) for (p, leaf), s in
-            zip(_tree.leaves_with_paths(ts.params), jax.tree_util.tree_leaves(ts_shardings.params))]
+            zip(_tree.leaves_with_paths(ts.params), leaves(ts_shardings.params))]
     flops = float(cost.get("flops", 0.0))
     result = Plan(
-        params=rows,
-        param_count=sum(int(np.prod(s, dtype=np.int64)) for _, s, _, _ in rows),
-        param_bytes=sum(b for *_, b in rows),
-        opt_state_bytes=sizes(ts.opt_state, ts_shardings.opt_state),
-        batch_bytes=sum(_bytes_per_device(leaf, batch_sharding) for leaf in jax.tree_util.tree_leaves(batch)),
+        params=rows, param_count=sum(int(np.prod(s, dtype=np.int64)) for _, s, _, _ in rows),
+        param_bytes=sum(b for *_, b in rows), opt_state_bytes=sizes(ts.opt_state, ts_shardings.opt_state),
+        batch_bytes=sum(_bytes_per_device(leaf, batch_sharding) for leaf in leaves(batch)),
         argument_bytes=int(memory.argument_size_in_bytes), output_bytes=int(memory.output_size_in_bytes),
         temp_bytes=int(memory.temp_size_in_bytes), flops_per_device=flops, flops=flops * mesh.size)
     if verbose:

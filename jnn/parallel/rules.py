@@ -1,10 +1,6 @@
-"""Sharding rules: which parameter is split along which mesh axis, chosen by path pattern.
-
-A :class:`Rule` is ``(patterns, spec)``: :mod:`jnn.tree` path patterns and a layout, either a
-tuple of mesh axes (or ``None``) per dimension, :func:`fsdp`'s "largest evenly divisible
-dimension", or logical axis names resolved through ``(logical, mesh axis)`` pairs
-(:func:`logical`, :func:`tensor_parallel`). The first matching rule wins; unmatched leaves are
-replicated; a required rule that matches nothing is an error.
+"""Sharding rules: which parameter is split along which mesh axis, chosen by :mod:`jnn.tree` path
+pattern. The first matching :class:`Rule` wins; unmatched leaves are replicated; a required rule
+that matches nothing is an error.
 """
 from __future__ import annotations
 
@@ -55,11 +51,8 @@ class Rule(NamedTuple):
 
 def _largest_divisible_dim(axis: str, min_size: int) -> Callable:
     def spec(shape, mesh) -> P:
-        n = mesh.shape[axis]
-        if int(np.prod(shape, dtype=np.int64)) < min_size:
-            return P()
-        dims = [d for d in np.argsort(shape, kind="stable")[::-1] if shape[d] % n == 0]
-        if not dims:
+        dims = [d for d in np.argsort(shape, kind="stable")[::-1] if shape[d] % mesh.shape[axis] == 0]
+        if not dims or int(np.prod(shape, dtype=np.int64)) < min_size:
             return P()
         return P(*[axis if d == dims[0] else None for d in range(len(shape))])
 
@@ -67,6 +60,8 @@ def _largest_divisible_dim(axis: str, min_size: int) -> Callable:
     return spec
 
 
+@checks.declare_as("jnn.parallel.fsdp", axis=checks.satisfies(lambda a: isinstance(a, str), "a mesh axis name"),
+                   min_size=checks.integer(0))
 def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: int = 0) -> list[Rule]:
     """ZeRO-3 / FSDP: shards each matching parameter along ``axis`` on its largest dimension divisible
     by the axis size (fewer than ``min_size`` elements, or no such dimension: replicated).
@@ -80,9 +75,6 @@ def fsdp(patterns: str | Iterable[str] = "*", *, axis: str = "data", min_size: i
       (P(None, 'data'), P())
     """
     patterns = _tree.check_patterns("jnn.parallel.fsdp", "patterns", patterns)
-    if not isinstance(axis, str):
-        raise ValueError(f"jnn.parallel.fsdp: axis must be a mesh axis name, got {axis!r}")
-    checks.integer(0)("jnn.parallel.fsdp", "min_size", min_size)
     return [Rule(patterns, _largest_divisible_dim(axis, min_size))]
 
 
@@ -100,9 +92,8 @@ def logical(table: Sequence[tuple[Any, tuple]], axis_rules: Sequence[tuple[str, 
     rules = []
     for patterns, names in table:
         unknown = [n for n in names if n is not None and n not in mapping]
-        if unknown:
-            raise ValueError(f"jnn.parallel.logical: logical axes {unknown} of {patterns!r} have no entry in "
-                             f"axis_rules {list(mapping)}; add (name, mesh_axis_or_None) pairs")
+        checks.require(not unknown, "jnn.parallel.logical", f"logical axes {unknown} of {patterns!r} have no entry in "
+                       f"axis_rules {list(mapping)}; add (name, mesh_axis_or_None) pairs")
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
         rules.append(Rule(patterns, tuple(None if n is None else mapping[n] for n in names), required))
     return rules
@@ -125,41 +116,36 @@ def tensor_parallel(extra: Sequence[tuple[Any, tuple]] = (),
     return logical(extra, axis_rules) + logical(TRANSFORMER_AXES, axis_rules, required=False)
 
 
+def _names(entry) -> tuple:
+    """The mesh axes of one spec entry (``None``, a name or a tuple of names)."""
+    return entry if isinstance(entry, tuple) else () if entry is None else (entry,)
+
+
 def _spec_axes(spec) -> list[str]:
-    if callable(spec):
-        return list(getattr(spec, "axes", ()))
-    out = []
-    for entry in spec:
-        out.extend(entry if isinstance(entry, tuple) else [entry] if entry is not None else [])
-    return out
+    return list(getattr(spec, "axes", ())) if callable(spec) else [n for entry in spec for n in _names(entry)]
 
 
 def _leaf_spec(path: str, shape, mesh, spec) -> P:
     spec = spec(shape, mesh) if callable(spec) else P(*spec)
-    if len(spec) > len(shape):
-        raise ValueError(f"jnn.parallel: rule {tuple(spec)} has {len(spec)} entries for parameter {path!r} "
-                         f"of shape {tuple(shape)}")
+    checks.require(len(spec) <= len(shape), "jnn.parallel", f"rule {tuple(spec)} has {len(spec)} entries for "
+                   f"parameter {path!r} of shape {tuple(shape)}")
     for dim, entry in enumerate(spec):
-        names = entry if isinstance(entry, tuple) else (entry,) if entry is not None else ()
+        names = _names(entry)
         size = int(np.prod([mesh.shape[n] for n in names], dtype=np.int64))
-        if shape[dim] % size:
-            raise ValueError(f"jnn.parallel: parameter {path!r} of shape {tuple(shape)} cannot be split along "
-                             f"mesh axes {names} (size {size}) on dimension {dim}: {shape[dim]} is not divisible "
-                             f"by {size}")
+        checks.require(shape[dim] % size == 0, "jnn.parallel", f"parameter {path!r} of shape {tuple(shape)} cannot be "
+                       f"split along mesh axes {names} (size {size}) on dimension {dim}: {shape[dim]} is not "
+                       f"divisible by {size}")
     return spec
 
 
 def _check_rules(rules) -> list[Rule]:
     """``rules`` as a list of :class:`Rule`."""
-    if rules is None:
-        return []
-    if isinstance(rules, (str, Rule)) or not isinstance(rules, (list, tuple)):
-        raise TypeError(f"jnn.parallel: rules must be a list of Rule (e.g. jnn.parallel.fsdp()), got "
-                        f"{type(rules).__name__}")
+    checks.require(rules is None or isinstance(rules, (list, tuple)) and not isinstance(rules, Rule), "jnn.parallel",
+                   f"rules must be a list of Rule (e.g. jnn.parallel.fsdp()), got {type(rules).__name__}", TypeError)
     checked = []
-    for r in rules:
-        if not isinstance(r, Rule) and not (isinstance(r, (tuple, list)) and len(r) in (2, 3)):
-            raise TypeError(f"jnn.parallel: each rule must be a Rule or a (patterns, spec) pair, got {r!r}")
+    for r in rules or []:
+        checks.require(isinstance(r, Rule) or isinstance(r, (tuple, list)) and len(r) in (2, 3), "jnn.parallel",
+                       f"each rule must be a Rule or a (patterns, spec) pair, got {r!r}", TypeError)
         rule = r if isinstance(r, Rule) else Rule(*r)
         _tree.check_patterns("jnn.parallel", "rule", rule.patterns)
         checked.append(rule)
@@ -177,9 +163,8 @@ def param_specs(params, mesh, rules: Sequence[Rule] | None = None):
     rules = _check_rules(rules)
     for rule in rules:
         missing = [a for a in _spec_axes(rule.spec) if a not in mesh.shape]
-        if missing:
-            raise ValueError(f"jnn.parallel: rule {rule.patterns!r} names mesh axes {missing} that the mesh "
-                             f"does not have (its axes: {tuple(mesh.axis_names)})")
+        checks.require(not missing, "jnn.parallel", f"rule {rule.patterns!r} names mesh axes {missing} that the mesh "
+                       f"does not have (its axes: {tuple(mesh.axis_names)})")
     used = [False] * len(rules)
 
     def spec_for(path, leaf):
