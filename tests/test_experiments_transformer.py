@@ -76,3 +76,16 @@ def test_mnist_vit_tiny_config_learns_and_saves(tmp_path, capsys):
     assert (run / "history.csv").read_text().count("\n") == 7
     out = capsys.readouterr().out
     assert "test accuracy:" in out and "class_token" in out
+
+
+def test_attention_variants_learn_with_accumulation_and_sample_the_same_with_the_cache():
+    variants = load("attention_variants")
+    config = variants.Config(layers=1, heads=2, features=32, mlp_dim=64, seq_len=32, batch_size=16, accumulate=2,
+                             steps=60, steps_per_epoch=30, val_windows=32, sample_length=12)
+    results = variants.main(config)
+    assert set(results) == {"learned", "alibi", "window"}
+    for name, r in results.items():
+        assert r["updates"] == 60, name                              # the step counts updates, not micro-batches
+        assert r["val_loss"][-1] < 3.3, (name, r["val_loss"])        # from log(65) = 4.17 nats/char
+        assert r["cached_equals_uncached"], name
+    assert results["alibi"]["val_loss"] != results["learned"]["val_loss"]   # the hook changes the model
