@@ -212,10 +212,11 @@ class Unrolled(NamedTuple):
     repeat_s: float
 
     def __str__(self) -> str:
-        where = f"{self.path}/" if self.path else ""
+        where, saved = (f"{self.path}/" if self.path else ""), self.serial_s - self.repeat_s
         return (f"{where}{self.first}..{self.last}: {self.n} identical blocks; jnn.repeat(block, {self.n}) compiles "
-                f"in {self.repeat_s:.2f} s instead of {self.serial_s:.2f} s (saves {self.serial_s - self.repeat_s:.2f} "
-                f"s; params: jnn.layers.repeat.stack_params)")
+                f"in {self.repeat_s:.2f} s, as written {self.serial_s:.2f} s (" + (
+                    f"saves {saved:.2f} s" if saved > 0 else "no saving at this depth") +
+                "; params: jnn.layers.repeat.stack_params)")
 
 
 def _compile_seconds(layer, x) -> float:

@@ -65,6 +65,6 @@ def test_unrolled_identical_blocks_are_found_and_both_forms_compiled():
     found = jnn.doctor.unrolled(model, jnp.zeros((2, 5)))
     assert [(u.path, u.first, u.last, u.n) for u in found] == [("serial_0", "residual_0", "residual_3", 4)]
     assert found[0].serial_s > 0 and found[0].repeat_s > 0
-    assert "serial_0/residual_0..residual_3: 4 identical blocks; jnn.repeat(block, 4) compiles in" in str(found[0])
+    assert "serial_0/residual_0..residual_3: 4 identical blocks; jnn.repeat(block, 4) compiles in " in str(found[0])
     # dense_1 (8 -> 2) and dense_2 (2 -> 2) differ in param shapes: not a run
     assert jnn.doctor.unrolled(jnn.serial(jnn.dense(4), jnn.dense(4)), jnp.zeros((2, 3)), measure=False) == []
