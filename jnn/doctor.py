@@ -10,18 +10,24 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import hashlib
+import importlib.metadata
 import inspect
+import re
 import time
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jnn import core
 from jnn.combinators import serial
 from jnn.layers.repeat import repeat
 
-__all__ = ["jit", "watch", "Compile", "Report", "TooManyCompiles", "unrolled", "Unrolled"]
+__all__ = ["jit", "watch", "Compile", "Report", "TooManyCompiles", "unrolled", "Unrolled", "fingerprint",
+           "check_fingerprint"]
 
 _JIT = jax.jit   # the real one, also while watch() has replaced jax.jit
 _EVENTS: contextvars.ContextVar[list | None] = contextvars.ContextVar("jnn_doctor_events", default=None)
@@ -275,3 +281,59 @@ def unrolled(model: core.Layer, example, *, min_copies: int = 2, measure: bool =
 
     visit(model, "", params)
     return found
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def fingerprint(step, train_state, batch, *, data_order=None) -> dict:
+    """What a checkpoint should record to tell whether restoring code still runs the same program:
+    ``{"program": hash of train step ``step(train_state, batch)`` as lowered (StableHLO), "versions":
+    {library: version}, "data_order": hash of ``data_order`` (arrays, e.g. an epoch's
+    :func:`jnn.train.epoch_order`) or None}``. JSON-serializable; compare with :func:`check_fingerprint`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> model, opt = jnn.dense(1), optax.sgd(0.1)
+      >>> ts = jnn.train.init_train_state(model, opt, jax.random.key(0), jnp.zeros((4, 2)))
+      >>> step = jnn.train.make_train_step(model, jnn.losses.mse, opt)
+      >>> old = jnn.doctor.fingerprint(step, ts, (jnp.zeros((4, 2)), jnp.zeros((4, 1))))
+      >>> sorted(old), jnn.doctor.check_fingerprint(old, old)
+      (['data_order', 'program', 'versions'], [])
+    """
+    text = _JIT(step).lower(train_state, batch).as_text()
+    text = re.sub(r"^module @[\w.$-]+", "module", text, count=1)   # the function's name is not the program
+    versions = {}
+    for dist in ("jax", "jaxlib", "optax", "numpy"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    from jnn import __version__ as jnn_version   # jnn/__init__ imports this module
+    order = None if data_order is None else _sha(b"".join(
+        np.ascontiguousarray(a).tobytes() for a in jax.tree_util.tree_leaves(jax.device_get(data_order))))
+    return {"program": _sha(text.encode()), "versions": {"jnn": jnn_version, **versions}, "data_order": order}
+
+
+def check_fingerprint(old: dict, new: dict, *, warn: bool = True) -> list[str]:
+    """What differs between fingerprints ``old`` (saved) and ``new`` (now), one line each (entries
+    missing from either are not compared); with ``warn``, a ``UserWarning`` listing them.
+
+    Example:
+      >>> import jnn
+      >>> old = {"program": "a1", "versions": {"jax": "0.9"}, "data_order": None}
+      >>> jnn.doctor.check_fingerprint(old, {**old, "versions": {"jax": "0.10"}}, warn=False)
+      ['jax 0.9 -> 0.10']
+    """
+    changes = []
+    if old.get("program") and new.get("program") and old["program"] != new["program"]:
+        changes.append(f"the train step compiles to another program ({old['program']} -> {new['program']})")
+    old_versions, new_versions = old.get("versions") or {}, new.get("versions") or {}
+    changes += [f"{k} {old_versions[k]} -> {new_versions[k]}" for k in old_versions
+                if k in new_versions and old_versions[k] != new_versions[k]]
+    if old.get("data_order") and new.get("data_order") and old["data_order"] != new["data_order"]:
+        changes.append("the data order differs (another seed, dataset or shuffling)")
+    if changes and warn:
+        warnings.warn("jnn.doctor: this run differs from the checkpoint's: " + "; ".join(changes), stacklevel=2)
+    return changes

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping, Sequence
+import pathlib
+import tempfile
+from typing import Any, Callable, Mapping, Sequence
 
 import chex
 import jax
@@ -13,7 +15,7 @@ from jax.test_util import check_grads
 from jnn import _checks as checks
 from jnn import core
 
-__all__ = ["check_layer"]
+__all__ = ["check_layer", "check_resume", "Interruption", "Preempted"]
 
 
 @contextlib.contextmanager
@@ -172,3 +174,115 @@ def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes
             raise both
     for name in wrt:
         check([name])
+
+
+# ---- provable resume ------------------------------------------------------------------------------
+
+class Preempted(Exception):
+    """The interruption :func:`check_resume` plants in a run (as a preemption would end it)."""
+
+
+class Interruption:
+    """What :func:`check_resume` gives a recipe: :meth:`data` wraps its batch stream, raising
+    :class:`Preempted` when batch ``batch`` (from 1) is read; :meth:`callback`, a ``fit`` callback to
+    list last, raises after epoch ``epoch``. Counts what the run read (``batches``, ``epochs``)."""
+
+    def __init__(self, batch: int | None = None, epoch: int | None = None):
+        self.batch, self.epoch, self.batches, self.epochs = batch, epoch, 0, 0
+
+    def data(self, iterable):
+        return _Interrupting(iterable, self)
+
+    def callback(self, epoch, train_state, logs) -> None:
+        self.epochs += 1
+        if self.epoch is not None and self.epochs >= self.epoch:
+            raise Preempted(f"check_resume: interrupted after epoch {epoch}")
+
+
+class _Interrupting:
+    """A batch stream (``get_state``/``set_state`` and ``len`` passed through) that counts its batches."""
+
+    def __init__(self, data, interruption: Interruption):
+        self.data, self.interruption, self.it = data, interruption, None
+
+    def __iter__(self):
+        self.it = iter(self.data)
+        return self
+
+    def __next__(self):
+        owner = self.interruption
+        owner.batches += 1
+        if owner.batch is not None and owner.batches >= owner.batch:
+            raise Preempted(f"check_resume: interrupted reading batch {owner.batches}")
+        return next(self.it)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getattr__(self, name):   # get_state, set_state: only where the iterator has them
+        return getattr(self.__dict__.get("it"), name)
+
+
+def _bits(a) -> bytes:
+    a = jax.random.key_data(a) if jnp.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key) else a
+    return np.asarray(a).dtype.str.encode() + np.ascontiguousarray(a).tobytes()
+
+
+def _first_difference(reference, resumed) -> str | None:
+    """The first part of ``resumed`` (``.train_state`` and ``.history``) not bitwise equal to ``reference``'s."""
+    a, tree_a = jax.tree_util.tree_flatten_with_path(reference.train_state)
+    b, tree_b = jax.tree_util.tree_flatten_with_path(resumed.train_state)
+    if tree_a != tree_b:
+        return f"in the train state's structure ({tree_b} vs {tree_a})"
+    for (path, x), (_, y) in zip(a, b):
+        if _bits(x) != _bits(y):
+            return f"in train_state{jax.tree_util.keystr(path)}"
+    history = lambda r: {k: v for k, v in r.history.items() if k != "time"}   # wall-clock times differ
+    ha, hb = history(reference), history(resumed)
+    for key in sorted(set(ha) | set(hb)):
+        if key not in ha or key not in hb or _bits(np.asarray(ha[key], float)) != _bits(np.asarray(hb[key], float)):
+            return f"in history[{key!r}]: {hb.get(key)} vs {ha.get(key)}"
+    return None
+
+
+def check_resume(recipe: Callable, *, points: int | Sequence[int] = 2, seed: int = 0, directory=None) -> list[int]:
+    """Checks that ``recipe`` resumes bit for bit: runs it straight through, then, for ``points``
+    random points, interrupted there and run again to resume, asserting the result's train state
+    (params, state, optimizer state, step, key) and history (but ``time``) are bitwise the straight run's.
+
+    ``points`` may also list the points. ``recipe(checkpointer, interruption)`` trains with a fresh :class:`jnn.train.Checkpointer` (resuming
+    from its latest checkpoint when there is one), reads its batches through ``interruption.data(...)``
+    (points are then batches: mid-epoch, mid-accumulation) or lists ``interruption.callback`` last
+    (points are epochs), and returns a :class:`jnn.train.FitResult` with the whole history. Returns
+    the points; raises ``AssertionError`` naming the point and what differs.
+
+    Example::
+
+      def recipe(checkpointer, interruption):
+          return jnn.train.fit(model, loss, opt, jnn.train.Data(interruption.data(stream), steps_per_epoch=8),
+                               key=key, epochs=3, checkpoint=checkpointer.every_steps(3, resume=True))
+      jnn.testing.check_resume(recipe)
+    """
+    from jnn.train import Checkpointer
+    with tempfile.TemporaryDirectory() if directory is None else contextlib.nullcontext(directory) as root:
+        run = lambda name, interruption: recipe(Checkpointer(pathlib.Path(root) / name, keep=None), interruption)
+        counter = Interruption()
+        reference = run("straight", counter)
+        unit, total = ("batch", counter.batches) if counter.batches else ("epoch", counter.epochs)
+        rng = np.random.default_rng(seed)
+        chosen = (sorted(int(p) for p in rng.choice(np.arange(1, total), min(points, total - 1), replace=False))
+                  if isinstance(points, int) else list(points))
+        for at in chosen:
+            try:
+                run(f"{unit}_{at}", Interruption(**{unit: at}))
+            except Preempted:
+                pass
+            saved, again = Checkpointer(pathlib.Path(root) / f"{unit}_{at}").latest_step(), Interruption()
+            difference = _first_difference(reference, run(f"{unit}_{at}", again))
+            if saved is not None and (again.batches if unit == "batch" else again.epochs) >= total:
+                difference = f"where it restarted: it read all {total} {unit}{'es' if unit == 'batch' else 's'} again instead of resuming from " \
+                             f"checkpoint {saved}"
+            if difference is not None:
+                raise AssertionError(f"check_resume: interrupted at {unit} {at} of {total} and resumed, the run "
+                                     f"differs from the straight one {difference}")
+    return chosen
