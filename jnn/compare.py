@@ -16,7 +16,7 @@ import numpy as np
 
 from jnn import core
 
-__all__ = ["models", "Comparison", "Row"]
+__all__ = ["models", "Comparison"]
 
 
 class Row(NamedTuple):
@@ -32,7 +32,14 @@ class Row(NamedTuple):
 
 class Comparison(NamedTuple):
     """What :func:`models` found: ``rows`` ``{path: Row}`` in execution order, and the first path
-    over tolerance forward (execution order) and backward (reverse order), or ``None``."""
+    over tolerance forward (execution order) and backward (reverse order), or ``None``.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> found = jnn.compare.models((jnn.relu(), {}, {}), {"": jnp.zeros(2)}, jnp.ones(2))
+      >>> found.first_forward, found.rows[""].forward
+      ('', (1.0, 1.0))
+    """
 
     rows: dict
     first_forward: str | None
@@ -48,7 +55,7 @@ class Comparison(NamedTuple):
         for path, r in self.rows.items():
             mark = (" <- forward" if path == self.first_forward else "") + (
                 " <- backward" if path == self.first_backward else "")
-            lines.append(f"{path:<40} {r.kind:<12} {cell(r.forward):>19} {cell(r.cotangent):>19} "
+            lines.append(f"{path or '<model>':<40} {r.kind:<12} {cell(r.forward):>19} {cell(r.cotangent):>19} "
                          f"{cell(r.grad):>19}{mark} {r.note}".rstrip())
         return "\n".join(lines)
 
@@ -92,13 +99,14 @@ def _evaluate(jaxpr, consts, args, extra: dict):
 
 def _run(model, params, state, x, key, train, loss):
     """``{path: (kind, output leaves, cotangent leaves, param-gradient leaves)}`` of one side: the
-    forward pass traced with ``lax.scan`` unrolled (``disable_jit``), each recorded output and
+    forward pass (the model's own output at path ``""``) traced with ``lax.scan`` unrolled (``disable_jit``), each recorded output and
     param leaf given a zero probe whose gradient is its cotangent."""
     records = []
 
     def forward(params, x):
         with core.recording() as found:
             y, _ = model.apply(params, state, x, key=key, train=train)
+        found.append(("", model.kind, y, params))   # the model's own output: path ""
         outer = getattr(jax.tree_util.tree_leaves(x)[0], "_trace", None)   # remat's inner tracers stay inside
         found = [r for r in found if all(getattr(a, "_trace", outer) is outer for a in jax.tree_util.tree_leaves(r[2]))]
         records[:] = [(path, kind) for path, kind, _, _ in found]

@@ -26,8 +26,7 @@ from jnn import core
 from jnn.combinators import serial
 from jnn.layers.repeat import repeat
 
-__all__ = ["jit", "watch", "Compile", "Report", "TooManyCompiles", "unrolled", "Unrolled", "fingerprint",
-           "check_fingerprint"]
+__all__ = ["jit", "watch", "TooManyCompiles", "unrolled", "fingerprint", "check_fingerprint"]
 
 _JIT = jax.jit   # the real one, also while watch() has replaced jax.jit
 _EVENTS: contextvars.ContextVar[list | None] = contextvars.ContextVar("jnn_doctor_events", default=None)
@@ -60,9 +59,6 @@ class Compile(NamedTuple):
 class Report(list):
     """The :class:`Compile` records of a run, in order; ``print`` it for a table."""
 
-    def count(self, name: str) -> int:   # type: ignore[override]
-        return sum(c.name == name for c in self)
-
     def __str__(self) -> str:
         lines = [f"{'function':<28} {'trace s':>8} {'lower s':>8} {'compile s':>9} {'HLO lines':>9}  why"]
         lines += [f"{c.name:<28} {c.trace_s:8.3f} {c.lower_s:8.3f} {c.compile_s:9.3f} {c.hlo_lines:9d}  "
@@ -71,7 +67,13 @@ class Report(list):
 
 
 class TooManyCompiles(RuntimeError):
-    """A watched function compiled more often than its limit."""
+    """A watched function compiled more often than its limit (see :func:`jit`).
+
+    Example:
+      >>> import jnn
+      >>> issubclass(jnn.doctor.TooManyCompiles, RuntimeError)
+      True
+    """
 
 
 def _describe(value, static: bool):

@@ -15,7 +15,7 @@ from jax.test_util import check_grads
 from jnn import _checks as checks
 from jnn import core
 
-__all__ = ["check_layer", "check_resume", "Interruption", "Preempted"]
+__all__ = ["check_layer", "check_resume"]
 
 
 @contextlib.contextmanager
@@ -256,12 +256,22 @@ def check_resume(recipe: Callable, *, points: int | Sequence[int] = 2, seed: int
     (points are epochs), and returns a :class:`jnn.train.FitResult` with the whole history. Returns
     the points; raises ``AssertionError`` naming the point and what differs.
 
-    Example::
-
-      def recipe(checkpointer, interruption):
-          return jnn.train.fit(model, loss, opt, jnn.train.Data(interruption.data(stream), steps_per_epoch=8),
-                               key=key, epochs=3, checkpoint=checkpointer.every_steps(3, resume=True))
-      jnn.testing.check_resume(recipe)
+    Example:
+      >>> import jax, optax, jnn, jnn.testing
+      >>> x, y = jnn.data.xor()
+      >>> class Stream:   # XOR's two halves, again and again, with a resumable position
+      ...     i = 0
+      ...     def __iter__(self): return self
+      ...     def __next__(self): self.i += 1; return x[self.i % 2 * 2:][:2], y[self.i % 2 * 2:][:2]
+      ...     def get_state(self): return {"i": self.i}
+      ...     def set_state(self, state): self.i = state["i"]
+      >>> def recipe(checkpointer, interruption):
+      ...     data = jnn.train.Data(interruption.data(Stream()), steps_per_epoch=2, check=False)
+      ...     return jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), data, key=jax.random.key(0),
+      ...                          epochs=2, metrics={}, progress=False, verbose=False,
+      ...                          checkpoint=checkpointer.every_steps(1, resume=True))
+      >>> jnn.testing.check_resume(recipe, points=[3])
+      [3]
     """
     from jnn.train import Checkpointer
     with tempfile.TemporaryDirectory() if directory is None else contextlib.nullcontext(directory) as root:
