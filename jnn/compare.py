@@ -185,23 +185,14 @@ def models(a, b, x, *, key=None, train: bool = False, loss: Callable | None = No
     """
     sides = [_side("jnn.compare.models", s, x, key, train, _projection(seed) if loss is None else loss)
              for s in (a, b)]
-    rows, first_forward, first_backward = {}, None, None
-    over_back = []
-    for path, (kind, out, cot, grad) in sides[0].items():
-        if path not in sides[1]:
-            rows[path] = Row(kind, None, None, None, "only in a")
-            continue
-        errors, flags, notes = [], [], []
-        for u, v in zip((out, cot, grad), sides[1][path][1:]):
-            if v is None or (not u and not v):
-                errors.append(None), flags.append(False)
-                continue
-            e, over, note = _error(u, v, atol, rtol)
-            errors.append(e), flags.append(over), notes.append(note)
-        rows[path] = Row(kind, *errors, " ".join(n for n in notes if n))
-        if flags[0] and first_forward is None:
-            first_forward = path
-        if flags[1] or flags[2]:
-            over_back.append(path)
-    rows.update({p: Row(s[0] or "", None, None, None, "only in b") for p, s in sides[1].items() if p not in rows})
-    return Comparison(rows, first_forward, over_back[-1] if over_back else None, atol, rtol)
+    rows, forward, backward, nothing = {}, [], [], (None,) * 4
+    for path in [*sides[0], *(p for p in sides[1] if p not in sides[0])]:
+        (kind, *parts_a), (kind_b, *parts_b) = sides[0].get(path, nothing), sides[1].get(path, nothing)
+        cells = [None if u is None or v is None or not (u or v) else _error(u, v, atol, rtol)
+                 for u, v in zip(parts_a, parts_b)]
+        note = ("only in a" if path not in sides[1] else "only in b" if path not in sides[0] else
+                " ".join(c[2] for c in cells if c and c[2]))
+        rows[path] = Row(kind or kind_b or "", *(c and c[0] for c in cells), note)
+        forward += [path] if cells[0] and cells[0][1] else []
+        backward += [path] if any(c and c[1] for c in cells[1:]) else []
+    return Comparison(rows, forward[0] if forward else None, backward[-1] if backward else None, atol, rtol)

@@ -74,5 +74,6 @@ def test_reference_outputs_as_a_dict_and_a_bad_side():
     found = jnn.compare.models((model, params, state), outputs, x)
     assert found.first_forward == "dense_1" and found.rows["dense_0"].forward == (0.0, 0.0)
     assert found.rows["dense_1"].cotangent is None and found.first_backward is None
+    assert jnn.compare.models(outputs, (model, params, state), x).first_forward == "dense_1"   # either side
     with pytest.raises(TypeError, match="jnn.compare.models: a side is"):
         jnn.compare.models((model, params), outputs, x)
