@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.metadata
 import inspect
+import itertools
 import re
 import time
 import warnings
@@ -260,25 +261,18 @@ def unrolled(model: core.Layer, example, *, min_copies: int = 2, measure: bool =
     found = []
 
     def visit(layer, path, params):
-        children = list((layer.children or {}).items())
         join = lambda key: f"{path}/{key}" if path else key
-        i = 0
-        while layer.kind == "serial" and i < len(children):
-            j = i + 1
-            same = lambda k: (repr(children[k][1]) == repr(children[i][1]) and outputs.get(join(children[k][0]))
-                              == outputs.get(join(children[i][0])) and jax.tree_util.tree_map(
-                                  lambda a: a.shape, params.get(children[k][0], {})) == jax.tree_util.tree_map(
-                                  lambda a: a.shape, params.get(children[i][0], {})))
-            while j < len(children) and same(j):
-                j += 1
-            x = outputs.get(join(children[i][0]))
-            if j - i >= min_copies and isinstance(x, jax.ShapeDtypeStruct):
-                block, n = children[i][1], j - i
-                times = (_compile_seconds(serial(*[block] * n), x), _compile_seconds(repeat(block, n), x)) \
-                    if measure else (0.0, 0.0)
-                found.append(Unrolled(path, children[i][0], children[j - 1][0], n, *times))
-            i = j
-        for key, child in children:
+        items = list((layer.children or {}).items())
+        same = lambda item: (repr(item[1]), str(outputs.get(join(item[0]))),
+                             str(jax.tree_util.tree_map(lambda a: a.shape, params.get(item[0], {}))))
+        for _, run in itertools.groupby(items if layer.kind == "serial" else (), key=same):
+            run = list(run)
+            x, n, block = outputs.get(join(run[0][0])), len(run), run[0][1]
+            if n >= min_copies and isinstance(x, jax.ShapeDtypeStruct):   # identical outputs: shape-keeping
+                times = ((_compile_seconds(serial(*[block] * n), x), _compile_seconds(repeat(block, n), x))
+                         if measure else (0.0, 0.0))
+                found.append(Unrolled(path, run[0][0], run[-1][0], n, *times))
+        for key, child in items:
             visit(child, join(key), params.get(key, {}) if isinstance(params, dict) else {})
 
     visit(model, "", params)
@@ -306,16 +300,12 @@ def fingerprint(step, train_state, batch, *, data_order=None) -> dict:
     """
     text = _JIT(step).lower(train_state, batch).as_text()
     text = re.sub(r"^module @[\w.$-]+", "module", text, count=1)   # the function's name is not the program
-    versions = {}
-    for dist in ("jax", "jaxlib", "optax", "numpy"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
     from jnn import __version__ as jnn_version   # jnn/__init__ imports this module
+    versions = {"jnn": jnn_version, **{dist: importlib.metadata.version(dist) for dist in ("jax", "jaxlib", "optax",
+                                                                                          "numpy")}}
     order = None if data_order is None else _sha(b"".join(
         np.ascontiguousarray(a).tobytes() for a in jax.tree_util.tree_leaves(jax.device_get(data_order))))
-    return {"program": _sha(text.encode()), "versions": {"jnn": jnn_version, **versions}, "data_order": order}
+    return {"program": _sha(text.encode()), "versions": versions, "data_order": order}
 
 
 def check_fingerprint(old: dict, new: dict, *, warn: bool = True) -> list[str]:
