@@ -98,9 +98,9 @@ def _evaluate(jaxpr, consts, args, extra: dict):
 
 
 def _run(model, params, state, x, key, train, loss):
-    """``{path: (kind, output leaves, cotangent leaves, param-gradient leaves)}`` of one side: the
-    forward pass (the model's own output at path ``""``) traced with ``lax.scan`` unrolled (``disable_jit``), each recorded output and
-    param leaf given a zero probe whose gradient is its cotangent."""
+    """``{path: (kind, output leaves, cotangent leaves, param-gradient leaves)}`` of one side (the
+    model's own output at ``""``): traced with ``lax.scan`` unrolled (``disable_jit``), each recorded
+    output and param leaf given a zero probe whose gradient is its cotangent."""
     records = []
 
     def forward(params, x):

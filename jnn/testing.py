@@ -246,15 +246,14 @@ def _first_difference(reference, resumed) -> str | None:
 
 
 def check_resume(recipe: Callable, *, points: int | Sequence[int] = 2, seed: int = 0, directory=None) -> list[int]:
-    """Checks that ``recipe`` resumes bit for bit: runs it straight through, then, for ``points``
-    random points, interrupted there and run again to resume, asserting the result's train state
-    (params, state, optimizer state, step, key) and history (but ``time``) are bitwise the straight run's.
+    """Runs ``recipe`` straight through, then interrupted at ``points`` random points (or those listed)
+    and run again to resume; asserts its train state and history (but ``time``) are bitwise the same.
 
-    ``points`` may also list the points. ``recipe(checkpointer, interruption)`` trains with a fresh :class:`jnn.train.Checkpointer` (resuming
-    from its latest checkpoint when there is one), reads its batches through ``interruption.data(...)``
-    (points are then batches: mid-epoch, mid-accumulation) or lists ``interruption.callback`` last
-    (points are epochs), and returns a :class:`jnn.train.FitResult` with the whole history. Returns
-    the points; raises ``AssertionError`` naming the point and what differs.
+    ``recipe(checkpointer, interruption)`` trains with a fresh :class:`jnn.train.Checkpointer`,
+    resuming from its latest checkpoint if any; it reads batches through ``interruption.data(...)``
+    (points are batches: mid-epoch, mid-accumulation) or lists ``interruption.callback`` last (points
+    are epochs), and returns a ``FitResult`` with the whole history. Returns the points; an
+    ``AssertionError`` names the point and what differs.
 
     Example:
       >>> import jax, optax, jnn, jnn.testing
@@ -290,7 +289,7 @@ def check_resume(recipe: Callable, *, points: int | Sequence[int] = 2, seed: int
             saved, again = Checkpointer(pathlib.Path(root) / f"{unit}_{at}").latest_step(), Interruption()
             difference = _first_difference(reference, run(f"{unit}_{at}", again))
             if saved is not None and (again.batches if unit == "batch" else again.epochs) >= total:
-                difference = f"where it restarted: it read all {total} {unit}{'es' if unit == 'batch' else 's'} again instead of resuming from " \
+                difference = f"where it restarted: it read all {total} {unit}(e)s again instead of resuming from " \
                              f"checkpoint {saved}"
             if difference is not None:
                 raise AssertionError(f"check_resume: interrupted at {unit} {at} of {total} and resumed, the run "

@@ -26,7 +26,8 @@ class Batches:
     def __next__(self):
         per_epoch = len(self.x) // self.batch_size
         epoch, b = divmod(self.i, per_epoch)
-        order = np.random.default_rng((7, epoch)).permutation(len(self.x))[b * self.batch_size:(b + 1) * self.batch_size]
+        size = self.batch_size
+        order = np.random.default_rng((7, epoch)).permutation(len(self.x))[b * size:(b + 1) * size]
         self.i += 1
         return self.x[order], self.y[order]
 
@@ -89,3 +90,27 @@ def test_the_fingerprint_warns_on_a_planted_program_change_and_is_quiet_otherwis
     other_order = {**saved, "data_order": "0" * 16}
     assert jnn.doctor.check_fingerprint(saved, other_order, warn=False) == [
         "the data order differs (another seed, dataset or shuffling)"]
+
+
+def test_an_in_memory_recipe_is_interrupted_between_epochs():
+    x, y = jnn.data.xor()
+    model, optimizer = jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1)), optax.adam(0.05)
+
+    def recipe(checkpointer, interruption):
+        start, history = None, {}
+        if checkpointer.latest_step() is not None:
+            template = jnn.train.init_train_state(model, optimizer, jax.random.key(0), x)   # structure only
+            ts, meta = checkpointer.restore(template)
+            start, history = jnn.train.Start(ts, epoch=meta["step"]), meta["logs"]
+
+        def save(epoch, ts, logs):   # the whole history so far goes with each checkpoint
+            for k, v in logs.items():
+                history.setdefault(k, []).append(v)
+            checkpointer.save(epoch, ts, logs=history)
+
+        result = jnn.train.fit(model, jnn.losses.mse, optimizer, (x, y), key=jax.random.key(0), epochs=4,
+                               batch_size=2, metrics={}, progress=False, verbose=False, train_state=start,
+                               callbacks=[save, interruption.callback])
+        return result._replace(history=history)
+
+    assert jnn.testing.check_resume(recipe, points=[1, 3]) == [1, 3]
