@@ -42,7 +42,9 @@ def _listen(event, duration, **_):
         events.append((_PHASES[event], duration))
 
 
-jax.monitoring.register_event_duration_secs_listener(_listen)
+@functools.cache
+def _listening() -> None:   # registered on first use, not at import
+    jax.monitoring.register_event_duration_secs_listener(_listen)
 
 
 class Compile(NamedTuple):
@@ -105,6 +107,7 @@ class _Watched:
     """A jitted function that records each of its compiles in a :class:`Report`."""
 
     def __init__(self, fn, report: Report, max_compiles: int | None, name: str | None, jit_kwargs: dict):
+        _listening()
         self.jitted, self.report, self.max_compiles = _JIT(fn, **jit_kwargs), report, max_compiles
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         nums, names = jit_kwargs.get("static_argnums", ()), jit_kwargs.get("static_argnames", ())
