@@ -119,7 +119,8 @@ def _run(model, params, state, x, key, train, loss):
     bounds = np.cumsum([0, *sizes])
     outvars = closed.jaxpr.outvars
     probes = list(dict.fromkeys(v for v in outvars[bounds[1]:] if isinstance(v, jax.extend.core.Var)
-                                and jnp.issubdtype(v.aval.dtype, jnp.inexact)))
+                                and jnp.issubdtype(v.aval.dtype, jnp.inexact) and loss is not None))
+    loss = (lambda y: jnp.zeros(())) if loss is None else loss   # None: forward only
     flat = jax.tree_util.tree_leaves((params, x))
 
     def objective(deltas):
@@ -183,8 +184,8 @@ def models(a, b, x, *, key=None, train: bool = False, loss: Callable | None = No
       >>> found.first_forward, found.rows["dense_1"].forward
       ('layer_norm_1', (0.0, 0.0))
     """
-    sides = [_side("jnn.compare.models", s, x, key, train, _projection(seed) if loss is None else loss)
-             for s in (a, b)]
+    loss = None if isinstance(a, Mapping) or isinstance(b, Mapping) else _projection(seed) if loss is None else loss
+    sides = [_side("jnn.compare.models", s, x, key, train, loss) for s in (a, b)]
     rows, forward, backward, nothing = {}, [], [], (None,) * 4
     for path in [*sides[0], *(p for p in sides[1] if p not in sides[0])]:
         (kind, *parts_a), (kind_b, *parts_b) = sides[0].get(path, nothing), sides[1].get(path, nothing)

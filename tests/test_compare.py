@@ -77,3 +77,13 @@ def test_reference_outputs_as_a_dict_and_a_bad_side():
     assert jnn.compare.models(outputs, (model, params, state), x).first_forward == "dense_1"   # either side
     with pytest.raises(TypeError, match="jnn.compare.models: a side is"):
         jnn.compare.models((model, params), outputs, x)
+
+
+def test_the_experiment_names_the_planted_torch_mapping_mistake(capsys):
+    pytest.importorskip("torch")
+    from experiments_path import load
+    results = load("localize").main(load("localize").Config(batch=2))
+    assert results["right mapping"]["first_forward"] is None
+    assert results["flattened_chw left out"]["first_forward"] == "dense_0"
+    assert all(results["flattened_chw left out"]["errors"][p][0] < 1e-5 for p in ("conv_0", "max_pool_1"))
+    assert "<- forward" in capsys.readouterr().out
