@@ -155,7 +155,10 @@ class _Watched:
         changes = min((_differences(old, signature) for old in self.signatures), key=len, default=[])
         self.signatures.append(signature)
         time_of = lambda phase: sum(d for p, d in events if p == phase)
-        hlo = len(self.jitted.lower(*args, **kwargs).as_text().splitlines())
+        try:
+            hlo = len(self.jitted.lower(*args, **kwargs).as_text().splitlines())
+        except (RuntimeError, ValueError):   # a donated argument, deleted by the call: no count (0)
+            hlo = 0
         self.report.append(Compile(self.name, time_of("trace"), time_of("lower"), time_of("compile"), hlo,
                                    tuple(changes)))
         if self.max_compiles is not None and len(self.signatures) > self.max_compiles:
