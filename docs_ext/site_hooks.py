@@ -4,10 +4,11 @@ the notebook, the chapter's experiments/ scripts, their results and the extras t
 import json
 import pathlib
 import re
+import textwrap
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHAPTER = re.compile(r"^tutorials/\d\d-[\w-]+\.md$")
-BLOCK = re.compile(r"^```python\n(.*?)^```\n?", re.MULTILINE | re.DOTALL)
+BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```\n?", re.MULTILINE | re.DOTALL)   # indented: in a solution box
 EXTRAS = {"matplotlib": (r"import matplotlib", "plots"), "scikit-learn": (r"load_digits|sklearn", "digits")}
 
 
@@ -21,7 +22,7 @@ def notebook(markdown: str) -> dict:
             cells.append({**cell, "execution_count": None, "outputs": []} if kind == "code" else cell)
     for match in BLOCK.finditer(markdown):
         add("markdown", markdown[last:match.start()])
-        add("code", match.group(1))
+        add("code", textwrap.dedent(match.group(2)))
         last = match.end()
     add("markdown", markdown[last:])
     kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}

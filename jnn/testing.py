@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping, Sequence
+import pathlib
+import tempfile
+from typing import Any, Callable, Mapping, Sequence
 
 import chex
 import jax
@@ -13,7 +15,7 @@ from jax.test_util import check_grads
 from jnn import _checks as checks
 from jnn import core
 
-__all__ = ["check_layer"]
+__all__ = ["check_layer", "check_resume"]
 
 
 @contextlib.contextmanager
@@ -172,3 +174,124 @@ def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes
             raise both
     for name in wrt:
         check([name])
+
+
+# ---- provable resume ------------------------------------------------------------------------------
+
+class Preempted(Exception):
+    """The interruption :func:`check_resume` plants in a run (as a preemption would end it)."""
+
+
+class Interruption:
+    """What :func:`check_resume` gives a recipe: :meth:`data` wraps its batch stream, raising
+    :class:`Preempted` when batch ``batch`` (from 1) is read; :meth:`callback`, a ``fit`` callback to
+    list last, raises after epoch ``epoch``. Counts what the run read (``batches``, ``epochs``)."""
+
+    def __init__(self, batch: int | None = None, epoch: int | None = None):
+        self.batch, self.epoch, self.batches, self.epochs = batch, epoch, 0, 0
+
+    def data(self, iterable):
+        return _Interrupting(iterable, self)
+
+    def callback(self, epoch, train_state, logs) -> None:
+        self.epochs += 1
+        if self.epoch is not None and self.epochs >= self.epoch:
+            raise Preempted(f"check_resume: interrupted after epoch {epoch}")
+
+
+class _Interrupting:
+    """A batch stream (``get_state``/``set_state`` and ``len`` passed through) that counts its batches."""
+
+    def __init__(self, data, interruption: Interruption):
+        self.data, self.interruption, self.it = data, interruption, None
+
+    def __iter__(self):
+        self.it = iter(self.data)
+        return self
+
+    def __next__(self):
+        owner = self.interruption
+        owner.batches += 1
+        if owner.batch is not None and owner.batches >= owner.batch:
+            raise Preempted(f"check_resume: interrupted reading batch {owner.batches}")
+        return next(self.it)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getattr__(self, name):   # get_state, set_state: only where the iterator has them
+        return getattr(self.__dict__.get("it"), name)
+
+
+def _bits(a) -> bytes:
+    a = jax.random.key_data(a) if jnp.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key) else a
+    return np.asarray(a).dtype.str.encode() + np.ascontiguousarray(a).tobytes()
+
+
+def _first_difference(reference, resumed) -> str | None:
+    """The first part of ``resumed`` (``.train_state`` and ``.history``) not bitwise equal to ``reference``'s."""
+    a, tree_a = jax.tree_util.tree_flatten_with_path(reference.train_state)
+    b, tree_b = jax.tree_util.tree_flatten_with_path(resumed.train_state)
+    if tree_a != tree_b:
+        return f"in the train state's structure ({tree_b} vs {tree_a})"
+    for (path, x), (_, y) in zip(a, b):
+        if _bits(x) != _bits(y):
+            return f"in train_state{jax.tree_util.keystr(path)}"
+    history = lambda r: {k: v for k, v in r.history.items() if k != "time"}   # wall-clock times differ
+    ha, hb = history(reference), history(resumed)
+    for key in sorted(set(ha) | set(hb)):
+        if key not in ha or key not in hb or _bits(np.asarray(ha[key], float)) != _bits(np.asarray(hb[key], float)):
+            return f"in history[{key!r}]: {hb.get(key)} vs {ha.get(key)}"
+    return None
+
+
+def check_resume(recipe: Callable, *, points: int | Sequence[int] = 2, seed: int = 0, directory=None) -> list[int]:
+    """Runs ``recipe`` straight through, then interrupted at ``points`` random points (or those listed)
+    and run again to resume; asserts its train state and history (but ``time``) are bitwise the same.
+
+    ``recipe(checkpointer, interruption)`` trains with a fresh :class:`jnn.train.Checkpointer`,
+    resuming from its latest checkpoint if any; it reads batches through ``interruption.data(...)``
+    (points are batches: mid-epoch, mid-accumulation) or lists ``interruption.callback`` last (points
+    are epochs), and returns a ``FitResult`` with the whole history. Returns the points; an
+    ``AssertionError`` names the point and what differs.
+
+    Example:
+      >>> import jax, optax, jnn, jnn.testing
+      >>> x, y = jnn.data.xor()
+      >>> class Stream:   # XOR's two halves, again and again, with a resumable position
+      ...     i = 0
+      ...     def __iter__(self): return self
+      ...     def __next__(self): self.i += 1; return x[self.i % 2 * 2:][:2], y[self.i % 2 * 2:][:2]
+      ...     def get_state(self): return {"i": self.i}
+      ...     def set_state(self, state): self.i = state["i"]
+      >>> def recipe(checkpointer, interruption):
+      ...     data = jnn.train.Data(interruption.data(Stream()), steps_per_epoch=2, check=False)
+      ...     return jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), data, key=jax.random.key(0),
+      ...                          epochs=2, metrics={}, progress=False, verbose=False,
+      ...                          checkpoint=checkpointer.every_steps(1, resume=True))
+      >>> jnn.testing.check_resume(recipe, points=[3])
+      [3]
+    """
+    from jnn.train import Checkpointer
+    with tempfile.TemporaryDirectory() if directory is None else contextlib.nullcontext(directory) as root:
+        run = lambda name, interruption: recipe(Checkpointer(pathlib.Path(root) / name, keep=None), interruption)
+        counter = Interruption()
+        reference = run("straight", counter)
+        unit, total = ("batch", counter.batches) if counter.batches else ("epoch", counter.epochs)
+        rng = np.random.default_rng(seed)
+        chosen = (sorted(int(p) for p in rng.choice(np.arange(1, total), min(points, total - 1), replace=False))
+                  if isinstance(points, int) else list(points))
+        for at in chosen:
+            try:
+                run(f"{unit}_{at}", Interruption(**{unit: at}))
+            except Preempted:
+                pass
+            saved, again = Checkpointer(pathlib.Path(root) / f"{unit}_{at}").latest_step(), Interruption()
+            difference = _first_difference(reference, run(f"{unit}_{at}", again))
+            if saved is not None and (again.batches if unit == "batch" else again.epochs) >= total:
+                difference = f"where it restarted: it read all {total} {unit}(e)s again instead of resuming from " \
+                             f"checkpoint {saved}"
+            if difference is not None:
+                raise AssertionError(f"check_resume: interrupted at {unit} {at} of {total} and resumed, the run "
+                                     f"differs from the straight one {difference}")
+    return chosen
