@@ -31,7 +31,13 @@ __all__ = ["Interval", "mean_interval", "paired_test", "CrossValidation", "cross
 
 class Interval(NamedTuple):
     """A mean with its two-sided confidence interval ``[low, high]`` over ``n`` values; from
-    :func:`paired_test`, also the p-value of "mean difference = 0"."""
+    :func:`paired_test`, also the p-value of "mean difference = 0".
+
+    Example:
+      >>> import jnn
+      >>> jnn.train.mean_interval([2.0, 2.0, 2.0])
+      Interval(mean=2.0, low=2.0, high=2.0, n=3, p_value=nan)
+    """
 
     mean: float
     low: float
@@ -98,6 +104,15 @@ class CrossValidation(NamedTuple):
       hparams: ``{name: [configs]}``.
       folds: ``int [folds, m]``, the held-out example indices of each fold.
       keys: the seed keys ``[seeds]``; member ``(c, f, s)`` trains with ``keys[s]``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> x = jnp.arange(12.0).reshape(6, 2); y = x[:, :1]
+      >>> cv = jnn.train.cross_validate(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.sgd(0.01),
+      ...                               (x, y), key=jax.random.key(0), folds=3, epochs=1, batch_size=2)
+      >>> (train_x, _), (held_x, _) = cv.fold(0, (x, y))
+      >>> train_x.shape, held_x.shape, cv.history["val_loss"].shape
+      ((4, 2), (2, 2), (1, 1, 3, 1))
     """
 
     scores: dict[str, np.ndarray]

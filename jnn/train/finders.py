@@ -36,6 +36,14 @@ class LRFinder(NamedTuple):
       losses: each rate's final ``monitor`` value ``[K]`` (``inf`` where the run went non-finite).
       suggestion: the rule's pick (see :func:`lr_find`).
       population: the :class:`jnn.train.PopulationResult` of the K runs.
+
+    Example:
+      >>> import jax, optax, jnn
+      >>> x, y = jnn.data.xor()
+      >>> found = jnn.train.lr_find(jnn.dense(1), jnn.losses.mse, optax.sgd, (x, y), key=jax.random.key(0),
+      ...                           num=3, batch_size=4, metrics={})
+      >>> found.population.history["loss"].shape, bool(found.lrs[found.losses.argmin()] >= found.suggestion)
+      ((1, 3), True)
     """
 
     lrs: np.ndarray
@@ -157,7 +165,15 @@ def step_bytes(model: Layer, loss: LossFn, optimizer, example, batch_size: int, 
 
 class BatchSizeFound(NamedTuple):
     """What :func:`find_batch_size` returns: the batch size, its bytes, and every probe
-    ``{batch_size: bytes}``."""
+    ``{batch_size: bytes}``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jnn
+      >>> found = jnn.train.find_batch_size(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1),
+      ...                                   (jnp.zeros((1, 8)), jnp.zeros((1, 1))), budget=10**6, high=64)
+      >>> found.batch_size, sorted(found.probes)
+      (64, [1, 2, 4, 8, 16, 32, 64])
+    """
 
     batch_size: int
     bytes: int
