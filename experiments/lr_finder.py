@@ -1,7 +1,7 @@
 """The learning-rate finder (K rates as one vmapped population) against the same K runs one after
 another with ``fit``, on the MNIST MLP and CNN: time each way and agreement.
 
-    python experiments/lr_finder.py [--train-limit 20000 --cnn-limit 5000 --num 6 --epochs 1]
+    python experiments/lr_finder.py [--train-limit 20000 --cnn-limit 512 --num 6 --epochs 1]
 
 Both ways train from the same key for the same budget, so each rate's final training loss must
 agree (printed: the largest relative difference) and both pick the same rate. Times include
@@ -29,7 +29,7 @@ class Config:
     """Learning-rate finder vs a grid of separate runs (MNIST MLP and CNN, Adam)."""
     models: tuple[str, ...] = ("mlp", "cnn")
     train_limit: int = 20000          # MLP: the first N training images
-    cnn_limit: int = 5000             # CNN: the first N training images
+    cnn_limit: int = 512              # CNN: the first N training images (CPU: the population is slow, see RESULTS)
     num: int = 6
     min_lr: float = 1e-4
     max_lr: float = 0.3
