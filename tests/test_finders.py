@@ -54,9 +54,12 @@ def test_lr_find_rejects_bad_arguments(data):
         jnn.train.lr_find(mlp(), LOSS, optax.sgd, data, key=jax.random.key(0), min_lr=1.0, max_lr=0.1)
     with pytest.raises(ValueError, match="lr_find: num must be an integer >= 2"):
         jnn.train.lr_find(mlp(), LOSS, optax.sgd, data, key=jax.random.key(0), num=1)
-    with pytest.raises(ValueError, match="lr_find: monitor 'val_loss'"):
+    with pytest.raises(ValueError, match="lr_find: monitor 'val_loss' needs val_data or val_split"):
         jnn.train.lr_find(mlp(), LOSS, optax.sgd, data, key=jax.random.key(0), num=2, batch_size=32,
                           monitor="val_loss")
+    with pytest.raises(ValueError, match="lr_find: monitor 'val_los'"):
+        jnn.train.lr_find(mlp(), LOSS, optax.sgd, data, key=jax.random.key(0), num=2, batch_size=32,
+                          monitor="val_los", val_split=0.25)
 
 
 def counting_loss(calls):

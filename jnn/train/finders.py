@@ -120,6 +120,8 @@ def lr_find(model: Layer, loss: LossFn, make_optimizer: Callable, train_data, *,
       ([0.8, 0.27, inf], 0.1)
     """
     checks.require(min_lr < max_lr, "lr_find", f"min_lr must be below max_lr, got {min_lr} and {max_lr}")
+    checks.require(not str(monitor).startswith("val_") or fit_kwargs.get("val_data") is not None
+                   or fit_kwargs.get("val_split"), "lr_find", f"monitor {monitor!r} needs val_data or val_split")
     lrs = np.geomspace(min_lr, max_lr, num)
     keys = checks.key_batch("lr_find", "key", jnp.stack([key] * num), num)
     with warnings.catch_warnings():   # diverging rates are expected: they show as inf
