@@ -79,6 +79,12 @@ def test_paired_test_and_interval_on_arrays():
     result = jnn.train.paired_test(a, b)
     assert result.n == 12 and result.low > 0 and result.p_value == pytest.approx(stats.ttest_rel(b.ravel(), a.ravel()).pvalue)
     assert jnn.train.paired_test(np.arange(6.0), np.arange(6.0) + 1).p_value == 0.0   # no spread
+    d = (b - a).ravel()
+    se = d.std(ddof=1) * np.sqrt(1 / 12 + 0.25)                 # Nadeau-Bengio variance factor 1/n + test_ratio
+    corrected = jnn.train.paired_test(a, b, test_ratio=0.25)
+    np.testing.assert_allclose(corrected.p_value, 2 * stats.t.sf(abs(d.mean()) / se, 11), rtol=1e-9)
+    np.testing.assert_allclose(jnn.train.mean_interval(d, 0.9, test_ratio=0.25)[1:3],
+                               stats.t.interval(0.9, 11, loc=d.mean(), scale=se), rtol=1e-9)
     with pytest.raises(ValueError, match="paired_test: a and b must pair up"):
         jnn.train.paired_test(a, b[:2])
     with pytest.raises(ValueError, match="mean_interval: needs at least 2 values, got 1"):
