@@ -52,15 +52,16 @@ class LRFinder(NamedTuple):
     population: PopulationResult
 
     def plot(self, ax=None):
-        """The loss-vs-learning-rate curve on log x, the suggestion marked (needs matplotlib);
-        returns the axes."""
+        """The loss-vs-learning-rate curve (log x; log y for positive losses), the suggestion marked
+        (needs matplotlib); returns the axes."""
         if ax is None:
             import matplotlib.pyplot as plt
             ax = plt.subplots(figsize=(5, 3.5))[1]
         finite = np.isfinite(self.losses)
         ax.semilogx(self.lrs[finite], self.losses[finite], "o-")
         ax.axvline(self.suggestion, color="C1", ls="--", label=f"suggested {self.suggestion:.2g}")
-        ax.set(xlabel="learning rate", ylabel="final loss")
+        ax.set(xlabel="learning rate", ylabel="final loss",
+               yscale="log" if (self.losses[finite] > 0).all() else "linear")
         ax.legend()
         return ax
 
@@ -86,7 +87,8 @@ class _Fixed(NamedTuple):  # hp -> model
 
 
 @checks.declare(num=checks.int_at_least(2), epochs=checks.positive_int, tolerance=checks.finite_at_least(0.0),
-                min_lr=checks.above(0.0), max_lr=checks.above(0.0), key=guard.prng_key, **guard.parts("model", "make_optimizer"))
+                min_lr=checks.above(0.0), max_lr=checks.above(0.0), key=guard.prng_key,
+                **guard.parts("model", "make_optimizer"))
 def lr_find(model: Layer, loss: LossFn, make_optimizer: Callable, train_data, *, key: jax.Array,
             min_lr: float = 1e-5, max_lr: float = 1.0, num: int = 16, epochs: int = 1, monitor: str = "loss",
             tolerance: float = 0.1, **fit_kwargs) -> LRFinder:
