@@ -98,7 +98,7 @@ class CrossValidation(NamedTuple):
 
     Attributes:
       scores: ``{name: [configs, folds, seeds]}``, each logged metric after the last epoch
-        (``val_*``: on the held-out fold).
+        (``val_*``: on the held-out fold; NaN for a member that went non-finite).
       history: ``{name: [epochs, configs, folds, seeds]}``.
       train_states: the final states, stacked ``[configs * folds * seeds]``.
       hparams: ``{name: [configs]}``.
