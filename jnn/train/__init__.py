@@ -8,6 +8,8 @@ from jnn.train.callbacks import EarlyStopping
 from jnn.train.engine import Data, NonFinite, Start
 from jnn.train.loop import FitResult, fit, predict, split_validation
 from jnn.train.tuning import optuna_search, search
+from jnn.train.finders import BatchSizeFound, LRFinder, find_batch_size, lr_find, step_bytes
+from jnn.train.crossval import CrossValidation, Interval, cross_validate, mean_interval, paired_test
 from jnn.train.guard import NonFiniteError
 from jnn.train.nonfinite import NonFiniteReport, find_nonfinite
 from jnn.train.pbt import PBT, PBTResult, fit_pbt
@@ -19,3 +21,5 @@ __all__ = ["TrainState", "init_train_state", "loss_and_grad", "default_metrics",
            "penalty", "EarlyStopping", "FitResult", "fit", "predict", "split_validation", "Checkpointer",
            "freeze", "trainable_mask", "fit_population", "search", "optuna_search", "PopulationResult", "MemberResult",
            "callbacks", "pbt", "PBT", "PBTResult", "fit_pbt", "Data", "Start", "NonFinite", "NonFiniteError", "NonFiniteReport", "find_nonfinite", "compiler_options"]
+__all__ += ["lr_find", "LRFinder", "find_batch_size", "step_bytes", "BatchSizeFound", "cross_validate",
+            "CrossValidation", "mean_interval", "paired_test", "Interval"]
