@@ -9,6 +9,7 @@ import numbers
 import os
 import pathlib
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 
 import jax
@@ -944,3 +945,34 @@ def attention_operand(label: str, what: str, value, shape: tuple, boolean: bool 
 
 
 __all__ += ["attention_hook", "attention_operand"]
+
+
+# ---- rules added for resume (checkpoint paths and metadata) ----
+
+def creatable_directory(label: str, directory: pathlib.Path) -> None:
+    """:func:`writable_directory`, then a file really created (and removed) in the nearest existing
+    ancestor: ``os.access`` says yes to root on read-only or virtual file systems."""
+    writable_directory(label, directory)
+    existing = next(p for p in [directory, *directory.parents] if p.exists())
+    try:
+        tempfile.NamedTemporaryFile(dir=existing, prefix=".jnn-probe-").close()
+    except OSError as e:
+        raise PermissionError(f"{label}: cannot create anything in {str(existing)!r} (for {str(directory)!r}): "
+                              f"{e.strerror or e}; choose another path") from None
+
+
+#: The items every checkpoint's metadata holds (a stream's also ``progress`` and ``data_state``).
+META_ITEMS = ("format", "step", "logs", "config", "saved_at", "versions", "key_impls", "tree")
+
+
+def complete_meta(label: str, meta: dict) -> dict:
+    """``meta`` if it holds every item of :data:`META_ITEMS` (and ``progress`` with ``data_state``)."""
+    items = META_ITEMS + (("progress", "data_state") if {"progress", "data_state"} & set(meta) else ())
+    missing = [k for k in items if k not in meta]
+    if missing:
+        raise ValueError(f"{label} lacks metadata item {', '.join(map(repr, missing))}: it was altered or not "
+                         f"completely written; restore(step=...) another step, or delete this one")
+    return meta
+
+
+__all__ += ["creatable_directory", "META_ITEMS", "complete_meta"]

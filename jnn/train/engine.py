@@ -161,14 +161,20 @@ def split_validation(x, y, fraction: float, key):
 
 
 def prepare(where: str, train_data, val_data, val_split, split_key, *, batch_size, eval_batch_size,
-            first_batch=None):
-    """``(x, y), val_data``, checked (a stream: its ``first_batch``), ``val_split`` held out."""
+            first_batch=None, mesh=None):
+    """``(x, y), val_data``, checked (a stream: its ``first_batch``; ``val_data`` re-iterable, no ``mesh``),
+    ``val_split`` held out."""
     x, y = check_pair(f"{where} train_data" + (" (first batch)" if first_batch is not None else ""),
                       train_data if first_batch is None else first_batch)
     guard.check_fit_args(where, x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split)
     (x, y), val_data = hold_out(where, (x, y), val_data, val_split, split_key)
     from jnn.train.stream import is_stream
-    if val_data is not None and not is_stream(val_data):
+    if is_stream(val_data):
+        checks.require(mesh is None, where, "val_data as a stream is not supported with a mesh; pass (x, y) arrays")
+        checks.require(not hasattr(val_data, "__next__"), where, f"val_data is a one-shot iterator "
+                       f"({type(val_data).__name__}), empty after the first evaluation; pass list(val_data), a "
+                       f"re-iterable (a Grain pipeline with num_epochs=1) or (x, y)", TypeError)
+    elif val_data is not None:
         val_data = check_pair(f"{where} val_data", val_data)
     return (x, y), val_data
 

@@ -6,6 +6,7 @@ params. Every batch must have the first one's shapes (drop or pad a ragged last 
 from __future__ import annotations
 
 import collections
+import logging
 from typing import Any
 
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 
 from jnn.parallel import distributed as _parallel
 from jnn import _checks as checks
+from jnn.train.checkpoint import StepCheckpoints
 from jnn.train.compiler import compiler_options
 
 __all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation", "CHUNK"]
@@ -23,14 +25,17 @@ CHUNK = 8
 
 
 def is_stream(train_data) -> bool:
-    """Whether ``fit`` streams ``train_data``: an iterable other than a tuple, list, dict, string or array.
+    """Whether ``fit`` streams ``train_data``: an iterable other than a tuple, dict, string or array, or
+    a list of ``(x, y)`` pairs (a list of batches; ``(x, y)`` itself is a tuple).
 
     Example:
       >>> import numpy as np
-      >>> is_stream((np.zeros(3), np.zeros(3))), is_stream(iter([(np.zeros(3), np.zeros(3))]))
+      >>> is_stream((np.zeros(3), np.zeros(3))), is_stream([(np.zeros(3), np.zeros(3))] * 2)
       (False, True)
     """
-    return (not isinstance(train_data, (tuple, list, dict, str, bytes)) and not hasattr(train_data, "shape")
+    if isinstance(train_data, list):
+        return bool(train_data) and all(isinstance(b, (tuple, list)) and len(b) == 2 for b in train_data)
+    return (not isinstance(train_data, (tuple, dict, str, bytes)) and not hasattr(train_data, "shape")
             and hasattr(train_data, "__iter__"))
 
 
@@ -208,7 +213,7 @@ class Feed:
 
 class StreamEpochs:
     """``fit``'s epoch function over a :class:`Feed`, ``(train_state, _) -> (train_state, mean metrics)``,
-    checkpointing every ``checkpoint_every`` steps; ``chunk`` batches run as one jitted ``lax.scan``,
+    checkpointing finite states as ``checkpoint`` (:class:`~jnn.train.checkpoint.StepCheckpoints`) says; ``chunk`` batches run as one jitted ``lax.scan``,
     never across an epoch's end or a checkpoint.
 
     Example:
@@ -222,10 +227,13 @@ class StreamEpochs:
     """
 
     @checks.declare_as("StreamEpochs", chunk=checks.positive_int)
-    def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, checkpoint_every: int | None = None,
+    def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, epochs: int | None = None,
                  initial_epoch: int = 0, chunk: int = 1):
-        self.feed, self.checkpoint, self.every, self.chunk = feed, checkpoint, checkpoint_every, chunk
+        self.checkpoint, self.every, self.resuming = (checkpoint if isinstance(checkpoint, StepCheckpoints)
+                                                      else StepCheckpoints(checkpoint, None, False))
+        self.feed, self.chunk, self.epochs, self.saved = feed, chunk, epochs, None
         self.epoch, self.start, self.history = initial_epoch, 0, {}
+        self.batch_size = int(jax.tree_util.tree_leaves(feed.global_shapes())[0].shape[0])
         logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]
         self._zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), logs)
         self.totals = None
@@ -240,22 +248,38 @@ class StreamEpochs:
         options = compiler_options()
         self.step, self.scan_chunk = jax.jit(step, compiler_options=options), jax.jit(scan_chunk, compiler_options=options)
         self._split = jax.jit(lambda key: jax.random.split(key)[0])   # make_train_epoch's split
+        self._finite = jax.jit(lambda tree: jnp.all(jnp.asarray([jnp.isfinite(a).all() for a in jax.tree_util.tree_leaves(
+            tree) if jnp.issubdtype(a.dtype, jnp.inexact)] or [True])))
 
-    def resume(self, checkpoint, template) -> Any:
-        """The latest checkpoint's train state restored into ``template``, or ``None`` if none."""
-        if checkpoint.latest_step() is None:
-            return None
-        ts, meta = checkpoint.restore(template)
-        progress = meta.get("progress")
-        if progress is None or "data_state" not in meta:
-            raise ValueError(f"fit: checkpoint {meta['step']} in {checkpoint.directory} has no data iterator "
-                             f"state; it was not saved by fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
+    def resume(self, template, *, verbose: bool = False) -> tuple[Any, int]:
+        """``(train_state, initial_epoch)``: ``template`` and the given epoch, or with ``resume=True``
+        the latest checkpoint's, said in a ``jnn`` log record (and printed if ``verbose``)."""
+        ckpt, n = self.checkpoint, self.feed.steps_per_epoch
+        latest = None if ckpt is None else ckpt.latest_step()
+        checks.require(latest is None or self.resuming, "fit", f"{ckpt and ckpt.directory} already holds checkpoints "
+                       f"(latest: step {latest}); pass every_steps(k, resume=True) to continue from them, or a new "
+                       f"directory", FileExistsError)
+        if latest is None:
+            if self.resuming:
+                _say(f"fit: no checkpoint in {ckpt.directory}; starting fresh", verbose)
+            return template, self.epoch
+        ts, meta = ckpt.restore(template)
+        where, progress = f"checkpoint {meta['step']} in {ckpt.directory}", meta.get("progress")
+        checks.require(progress is not None, "fit", f"{where} has no data iterator state; it was not saved by "
+                       f"fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
+        saved = progress.get("steps_per_epoch", n), progress.get("batch_size", self.batch_size)
+        checks.require(saved == (n, self.batch_size) and progress["step_in_epoch"] <= n, "fit",
+                       f"{where} was saved by a run of {saved[0]} batches a epoch of {saved[1]} examples; this one "
+                       f"has {n} of {self.batch_size}: resume with the same batches, or start in a new directory")
         self.feed.restore(meta["data_state"])
-        self.epoch, self.start = progress["epoch"] - 1, progress["step_in_epoch"]
+        self.epoch, self.start, self.saved = progress["epoch"] - 1, progress["step_in_epoch"], int(meta["step"])
         self.totals = jax.tree_util.tree_map(lambda z, v: jnp.asarray(v, z.dtype), self._zeros,
                                              progress["totals"])
         self.history = progress["history"]
-        return ts
+        done = self.start == n and self.epochs is not None and self.epoch + 1 >= self.epochs
+        _say(f"fit: resumed from {where} (epoch {self.epoch + 1}, {self.start} of {n} batches)"
+             + ("; the run is already complete: nothing to train" if done else ""), verbose)
+        return ts, self.epoch
 
     def _plan(self, start: int, step: int) -> list[int]:
         """The epoch's piece sizes from batch ``start`` at step ``step``, stopping at each checkpoint."""
@@ -267,10 +291,15 @@ class StreamEpochs:
         return sizes
 
     def _save(self, ts, index: int) -> None:
+        """Checkpoints ``ts`` after batch ``index`` unless it, or the epoch's metrics, are not finite."""
         totals = jax.tree_util.tree_map(float, jax.device_get(self.totals))
-        progress = {"epoch": self.epoch, "step_in_epoch": index, "totals": totals, "history": self.history}
+        if not (np.isfinite(jax.tree_util.tree_leaves(totals)).all() and self._finite(ts)):
+            return
+        progress = {"epoch": self.epoch, "step_in_epoch": index, "totals": totals, "history": self.history,
+                    "steps_per_epoch": self.feed.steps_per_epoch, "batch_size": self.batch_size}
         state = self.feed.state.decode() if isinstance(self.feed.state, bytes) else self.feed.state
-        self.checkpoint.save(int(ts.step), ts, data_state=state, progress=progress)
+        self.saved = int(ts.step)
+        self.checkpoint.save(self.saved, ts, data_state=state, progress=progress)
 
     def __call__(self, ts, _data=None):
         self.epoch += 1
@@ -288,7 +317,15 @@ class StreamEpochs:
             if self.every is not None and step % self.every == 0:
                 self._save(ts, index)
         n = self.feed.steps_per_epoch
+        if self.resuming and self.epoch == self.epochs and self.saved != int(ts.step):   # a rerun finds it done
+            self._save(ts, n)
         return ts, jax.tree_util.tree_map(lambda v: v / n, self.totals)
+
+
+def _say(message: str, verbose: bool) -> None:
+    logging.getLogger("jnn").info(message)
+    if verbose:
+        print(message, flush=True)
 
 
 class StreamEvaluation:
