@@ -975,4 +975,29 @@ def complete_meta(label: str, meta: dict) -> dict:
     return meta
 
 
-__all__ += ["creatable_directory", "META_ITEMS", "complete_meta"]
+def val_stream(label: str, val_data, mesh) -> None:
+    """A streamed ``val_data`` is re-iterable (it is evaluated every epoch) and runs without a mesh."""
+    require(mesh is None, label, "val_data as a stream is not supported with a mesh; pass (x, y) arrays")
+    require(not hasattr(val_data, "__next__"), label, f"val_data is a one-shot iterator ({type(val_data).__name__}), "
+            f"empty after the first evaluation; pass list(val_data), a re-iterable (a Grain pipeline with "
+            f"num_epochs=1) or (x, y)", TypeError)
+
+
+def unused_directory(label: str, directory, latest: int | None, resume: bool) -> None:
+    """A checkpoint ``directory`` that holds steps (the newest: ``latest``) is written to again only to resume."""
+    require(latest is None or resume, label, f"{directory} already holds checkpoints (latest: step {latest}); pass "
+            f"every_steps(k, resume=True) to continue from them, or a new directory", FileExistsError)
+
+
+def stream_progress(label: str, where: str, progress: dict | None, steps_per_epoch: int, batch_size: int) -> None:
+    """A stream checkpoint (``where``) has ``progress``, saved with these batches (old ones: a fitting position)."""
+    require(progress is not None, label, f"{where} has no data iterator state; it was not saved by "
+            f"fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
+    saved = progress.get("steps_per_epoch", steps_per_epoch), progress.get("batch_size", batch_size)
+    require(saved == (steps_per_epoch, batch_size) and progress["step_in_epoch"] <= steps_per_epoch, label,
+            f"{where} was saved by a run of {saved[0]} batches a epoch of {saved[1]} examples; this one has "
+            f"{steps_per_epoch} of {batch_size}: resume with the same batches, or start in a new directory")
+
+
+__all__ += ["creatable_directory", "META_ITEMS", "complete_meta", "val_stream", "unused_directory",
+            "stream_progress"]

@@ -170,10 +170,7 @@ def prepare(where: str, train_data, val_data, val_split, split_key, *, batch_siz
     (x, y), val_data = hold_out(where, (x, y), val_data, val_split, split_key)
     from jnn.train.stream import is_stream
     if is_stream(val_data):
-        checks.require(mesh is None, where, "val_data as a stream is not supported with a mesh; pass (x, y) arrays")
-        checks.require(not hasattr(val_data, "__next__"), where, f"val_data is a one-shot iterator "
-                       f"({type(val_data).__name__}), empty after the first evaluation; pass list(val_data), a "
-                       f"re-iterable (a Grain pipeline with num_epochs=1) or (x, y)", TypeError)
+        checks.val_stream(where, val_data, mesh)
     elif val_data is not None:
         val_data = check_pair(f"{where} val_data", val_data)
     return (x, y), val_data

@@ -256,21 +256,14 @@ class StreamEpochs:
         the latest checkpoint's, said in a ``jnn`` log record (and printed if ``verbose``)."""
         ckpt, n = self.checkpoint, self.feed.steps_per_epoch
         latest = None if ckpt is None else ckpt.latest_step()
-        checks.require(latest is None or self.resuming, "fit", f"{ckpt and ckpt.directory} already holds checkpoints "
-                       f"(latest: step {latest}); pass every_steps(k, resume=True) to continue from them, or a new "
-                       f"directory", FileExistsError)
+        checks.unused_directory("fit", ckpt and ckpt.directory, latest, self.resuming)
         if latest is None:
             if self.resuming:
                 _say(f"fit: no checkpoint in {ckpt.directory}; starting fresh", verbose)
             return template, self.epoch
         ts, meta = ckpt.restore(template)
         where, progress = f"checkpoint {meta['step']} in {ckpt.directory}", meta.get("progress")
-        checks.require(progress is not None, "fit", f"{where} has no data iterator state; it was not saved by "
-                       f"fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
-        saved = progress.get("steps_per_epoch", n), progress.get("batch_size", self.batch_size)
-        checks.require(saved == (n, self.batch_size) and progress["step_in_epoch"] <= n, "fit",
-                       f"{where} was saved by a run of {saved[0]} batches a epoch of {saved[1]} examples; this one "
-                       f"has {n} of {self.batch_size}: resume with the same batches, or start in a new directory")
+        checks.stream_progress("fit", where, progress, n, self.batch_size)
         self.feed.restore(meta["data_state"])
         self.epoch, self.start, self.saved = progress["epoch"] - 1, progress["step_in_epoch"], int(meta["step"])
         self.totals = jax.tree_util.tree_map(lambda z, v: jnp.asarray(v, z.dtype), self._zeros,
