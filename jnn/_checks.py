@@ -983,10 +983,11 @@ def val_stream(label: str, val_data, mesh) -> None:
             f"num_epochs=1) or (x, y)", TypeError)
 
 
-def unused_directory(label: str, directory, latest: int | None, resume: bool) -> None:
+def unused_directory(label: str, directory, latest: int | None, resume: bool,
+                     how: str = "pass every_steps(k, resume=True) to continue from them") -> None:
     """A checkpoint ``directory`` that holds steps (the newest: ``latest``) is written to again only to resume."""
-    require(latest is None or resume, label, f"{directory} already holds checkpoints (latest: step {latest}); pass "
-            f"every_steps(k, resume=True) to continue from them, or a new directory", FileExistsError)
+    require(latest is None or resume, label, f"{directory} already holds checkpoints (latest: step {latest}); "
+            f"{how}, or choose a new directory", FileExistsError)
 
 
 def stream_progress(label: str, where: str, progress: dict | None, steps_per_epoch: int, batch_size: int) -> None:

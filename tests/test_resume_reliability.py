@@ -136,10 +136,24 @@ def _used_directory_without_resume_fails_before_training(tmp_path):
     _fit(_pipe(), batch_size=None, epochs=1, checkpoint=Checkpointer(tmp_path / "ck").every_steps(2))
     epochs = []
     with pytest.raises(FileExistsError, match=r"^fit: .*ck already holds checkpoints \(latest: step 4\); pass "
-                                              r"every_steps\(k, resume=True\) to continue .* or a new directory"):
+                                              r"every_steps\(k, resume=True\) to continue .* or choose a new directory"):
         _fit(_pipe(), batch_size=None, checkpoint=Checkpointer(tmp_path / "ck").every_steps(2),
              callbacks=[lambda epoch, ts, logs: epochs.append(epoch)])
     assert epochs == []
+
+
+def _used_directory_in_memory_fails_before_training(tmp_path):
+    """save_every into a directory of another run: refused before training; a resumed run continues."""
+    first = _fit((X, Y), batch_size=4, callbacks=[Checkpointer(tmp_path / "ck").save_every(1)])
+    epochs = []
+    with pytest.raises(FileExistsError, match=r"^Checkpointer.save_every: .*ck already holds checkpoints \(latest: "
+                                              r"step 2\); restore one and pass train_state=jnn.train.Start"):
+        _fit((X, Y), batch_size=4, callbacks=[Checkpointer(tmp_path / "ck").save_every(1),
+                                              lambda epoch, ts, logs: epochs.append(epoch)])
+    assert epochs == []
+    rest = _fit((X, Y), batch_size=4, epochs=3, train_state=jnn.train.Start(first.train_state, epoch=2),
+                callbacks=[Checkpointer(tmp_path / "ck").save_every(1)])
+    assert rest.history["epoch"] == [3] and Checkpointer(tmp_path / "ck").all_steps() == [1, 2, 3]
 
 
 # ---- D. the Checkpointer itself (issue 40, categories 5 and 8)
@@ -198,6 +212,8 @@ CASES = {
     "C resume other batch size": lambda tmp_path, **_: _resume_with_another_batch_size(tmp_path),
     "C streamed val monitor": lambda tmp_path, **_: _streamed_val_monitor_checked_before_training(tmp_path),
     "C used directory without resume": lambda tmp_path, **_: _used_directory_without_resume_fails_before_training(tmp_path),
+    "C used directory in memory (save_every)": lambda tmp_path, **_: _used_directory_in_memory_fails_before_training(
+        tmp_path),
     "D uncreatable path": lambda tmp_path, **_: _uncreatable_path_fails_at_construction(tmp_path),
     "D missing meta item": lambda tmp_path, **_: _missing_meta_item_is_refused(tmp_path),
     "D half-deleted step": lambda tmp_path, monkeypatch, **_: _half_deleted_step_is_not_listed(tmp_path, monkeypatch),

@@ -182,11 +182,15 @@ class Checkpointer:
 
     @checks.declare_as("Checkpointer.save_every", every=checks.positive_int)
     def save_every(self, every: int = 1, *, config: dict | None = None) -> Callable:
-        """A ``fit`` callback saving after every ``every``-th epoch as step ``epoch``, with its logs."""
+        """A ``fit`` callback saving after every ``every``-th epoch as step ``epoch``, with its logs; a new
+        run (step 0) into a directory that holds checkpoints is refused before training."""
         def on_epoch_end(epoch: int, train_state, logs: dict) -> None:
             if epoch % every == 0:
                 self.save(epoch, train_state, config=config, logs=logs)
 
+        on_epoch_end.on_train_begin = lambda ts: checks.unused_directory(
+            "Checkpointer.save_every", self.directory, self.latest_step() if int(ts.step) == 0 else None, False,
+            "restore one and pass train_state=jnn.train.Start(restored, epoch=step) to continue from it")
         return on_epoch_end
 
     @checks.declare_as("Checkpointer.every_steps", every=checks.optional(checks.positive_int), resume=checks.flag)
