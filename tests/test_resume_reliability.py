@@ -109,6 +109,14 @@ def _list_of_batches_is_a_stream(tmp_path):
         assert int(listed.train_state.step) == 2 * n and listed.history["loss"] == streamed.history["loss"]
 
 
+def _list_of_batches_refused_where_nothing_streams(tmp_path):
+    with pytest.raises(TypeError, match=r"^fit_population train_data: expected a pair \(x, y\), got a list of 2 "
+                                        r"\(x, y\) batches, which only fit streams; pass \(x, y\) as a tuple"):
+        jnn.train.fit_population(lambda hp: MODEL, LOSS, lambda hp: optax.sgd(hp["lr"]), list(Batches())[:2],
+                                 hparams={"lr": jnp.array([0.1, 0.2])}, key=jax.vmap(jax.random.key)(jnp.arange(2)),
+                                 epochs=1, batch_size=2, metrics={})
+
+
 def _one_shot_val_data_fails_before_training(tmp_path):
     epochs = []
     with pytest.raises(TypeError, match=r"^fit: val_data is a one-shot iterator \(generator\).*list\(val_data\)"):
@@ -208,6 +216,7 @@ CASES = {
     "B final step saved, rerun trains nothing": lambda tmp_path, caplog, **_:
         _final_step_saved_and_rerun_trains_nothing(tmp_path, caplog),
     "C list of batches": lambda tmp_path, **_: _list_of_batches_is_a_stream(tmp_path),
+    "C list of batches to fit_population": lambda tmp_path, **_: _list_of_batches_refused_where_nothing_streams(tmp_path),
     "C one-shot val_data": lambda tmp_path, **_: _one_shot_val_data_fails_before_training(tmp_path),
     "C resume other batch size": lambda tmp_path, **_: _resume_with_another_batch_size(tmp_path),
     "C streamed val monitor": lambda tmp_path, **_: _streamed_val_monitor_checked_before_training(tmp_path),

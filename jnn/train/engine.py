@@ -119,8 +119,11 @@ def _outside_jnn() -> int:
 
 def check_pair(where: str, data) -> tuple[Any, Any]:
     """``(x, y)`` as jax arrays (or dicts/tuples of them), every leaf with the same example count."""
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise TypeError(f"{where}: expected a pair (x, y), got {type(data).__name__}")
+    from jnn.train.stream import is_stream
+    if not (isinstance(data, (tuple, list)) and len(data) == 2) or is_stream(data):
+        got = (f"a list of {len(data)} (x, y) batches, which only fit streams; pass (x, y) as a tuple of arrays"
+               if is_stream(data) else type(data).__name__)
+        raise TypeError(f"{where}: expected a pair (x, y), got {got}")
     x, y = as_arrays(tuple(data))
     checks.examples(where, x, y)
     return x, y

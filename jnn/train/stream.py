@@ -269,7 +269,7 @@ class StreamEpochs:
         self.totals = jax.tree_util.tree_map(lambda z, v: jnp.asarray(v, z.dtype), self._zeros,
                                              progress["totals"])
         self.history = progress["history"]
-        done = self.start == n and self.epochs is not None and self.epoch + 1 >= self.epochs
+        done = self.epochs is not None and self.epoch + (self.start == n) >= self.epochs
         _say(f"fit: resumed from {where} (epoch {self.epoch + 1}, {self.start} of {n} batches)"
              + ("; the run is already complete: nothing to train" if done else ""), verbose)
         return ts, self.epoch
