@@ -232,3 +232,10 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_case(case, tmp_path, capsys, caplog, monkeypatch):
     CASES[case](tmp_path=tmp_path, capsys=capsys, caplog=caplog, monkeypatch=monkeypatch)
+
+
+def test_the_finiteness_check_of_checkpoints_compiles_once_before_training(tmp_path, monkeypatch):
+    made, real = [], jnn.train.stream.StreamEpochs
+    monkeypatch.setattr(jnn.train.stream, "StreamEpochs", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    _fit(Batches(), batch_size=None, epochs=3, checkpoint=Checkpointer(tmp_path / "ck", keep=None).every_steps(1))
+    assert Checkpointer(tmp_path / "ck").all_steps() == list(range(1, 13)) and made[0]._finite._cache_size() == 1

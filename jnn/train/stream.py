@@ -256,6 +256,8 @@ class StreamEpochs:
         the latest checkpoint's, said in a ``jnn`` log record (and printed if ``verbose``)."""
         ckpt, n = self.checkpoint, self.feed.steps_per_epoch
         latest = None if ckpt is None else ckpt.latest_step()
+        if ckpt is not None:
+            self._finite(template)   # compiled before the first step
         checks.unused_directory("fit", ckpt and ckpt.directory, latest, self.resuming)
         if latest is None:
             if self.resuming:
