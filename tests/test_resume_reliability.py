@@ -117,6 +117,17 @@ def _list_of_batches_refused_where_nothing_streams(tmp_path):
                                  epochs=1, batch_size=2, metrics={})
 
 
+def _reiterable_stream_resumes_at_an_epoch_end(tmp_path):
+    """A re-iterable stream without iterator state (a list of batches) resumes from an epoch's end."""
+    for data in (Batches(), list(Batches())):
+        ckpt = Checkpointer(tmp_path / type(data).__name__)
+        _fit(data, batch_size=None, epochs=1, checkpoint=ckpt.every_steps(4, resume=True))
+        rest = _fit(data, batch_size=None, epochs=2, checkpoint=ckpt.every_steps(4, resume=True))
+        whole = _fit(data, batch_size=None, epochs=2)
+        assert rest.history["epoch"] == [1, 2] and rest.history["loss"] == whole.history["loss"]
+        jax.tree_util.tree_map(np.testing.assert_array_equal, rest.train_state.params, whole.train_state.params)
+
+
 def _one_shot_val_data_fails_before_training(tmp_path):
     epochs = []
     with pytest.raises(TypeError, match=r"^fit: val_data is a one-shot iterator \(generator\).*list\(val_data\)"):
@@ -217,6 +228,8 @@ CASES = {
         _final_step_saved_and_rerun_trains_nothing(tmp_path, caplog),
     "C list of batches": lambda tmp_path, **_: _list_of_batches_is_a_stream(tmp_path),
     "C list of batches to fit_population": lambda tmp_path, **_: _list_of_batches_refused_where_nothing_streams(tmp_path),
+    "C re-iterable stream resumed at an epoch end": lambda tmp_path, **_: _reiterable_stream_resumes_at_an_epoch_end(
+        tmp_path),
     "C one-shot val_data": lambda tmp_path, **_: _one_shot_val_data_fails_before_training(tmp_path),
     "C resume other batch size": lambda tmp_path, **_: _resume_with_another_batch_size(tmp_path),
     "C streamed val monitor": lambda tmp_path, **_: _streamed_val_monitor_checked_before_training(tmp_path),

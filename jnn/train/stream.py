@@ -197,15 +197,17 @@ class Feed:
         if callable(close):
             close()
 
-    def restore(self, state) -> None:
-        """Continues from an iterator ``state`` saved with a checkpoint (see :attr:`state`)."""
-        if not self.stateful:
+    def restore(self, state, *, epoch_end: bool = False) -> None:
+        """Continues from an iterator ``state`` saved with a checkpoint (see :attr:`state`); at an
+        ``epoch_end``, a stream re-iterated every epoch needs none."""
+        if not self.stateful and not (epoch_end and self.fresh_each_epoch):
             raise TypeError(f"{self.where}: train_data's iterator ({type(self._iterator).__name__}) has no "
                             f"get_state/set_state, so it cannot resume mid-epoch; use a Grain pipeline")
         if self.fresh_each_epoch:
             self._iterator = iter(self.data)
-        self._iterator.set_state(state.encode() if isinstance(state, str) and
-                                 isinstance(self._get_state(), bytes) else state)
+        if self.stateful:
+            self._iterator.set_state(state.encode() if isinstance(state, str) and
+                                     isinstance(self._get_state(), bytes) else state)
         self._queue.clear()
         self._plan.clear()
         self.first, self.state, self._positioned = None, state, True
@@ -266,7 +268,7 @@ class StreamEpochs:
         ts, meta = ckpt.restore(template)
         where, progress = f"checkpoint {meta['step']} in {ckpt.directory}", meta.get("progress")
         checks.stream_progress("fit", where, progress, n, self.batch_size)
-        self.feed.restore(meta["data_state"])
+        self.feed.restore(meta["data_state"], epoch_end=progress["step_in_epoch"] == n)
         self.epoch, self.start, self.saved = progress["epoch"] - 1, progress["step_in_epoch"], int(meta["step"])
         self.totals = jax.tree_util.tree_map(lambda z, v: jnp.asarray(v, z.dtype), self._zeros,
                                              progress["totals"])
