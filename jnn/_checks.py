@@ -950,8 +950,7 @@ __all__ += ["attention_hook", "attention_operand"]
 # ---- rules added for resume (checkpoint paths and metadata) ----
 
 def creatable_directory(label: str, directory: pathlib.Path) -> None:
-    """:func:`writable_directory`, then a file really created (and removed) in the nearest existing
-    ancestor: ``os.access`` says yes to root on read-only or virtual file systems."""
+    """:func:`writable_directory`, and a probe file really created (and removed) in its nearest existing ancestor."""
     writable_directory(label, directory)
     existing = next(p for p in [directory, *directory.parents] if p.exists())
     try:
@@ -961,14 +960,11 @@ def creatable_directory(label: str, directory: pathlib.Path) -> None:
                               f"{e.strerror or e}; choose another path") from None
 
 
-#: The items every checkpoint's metadata holds (a stream's also ``progress`` and ``data_state``).
-META_ITEMS = ("format", "step", "logs", "config", "saved_at", "versions", "key_impls", "tree")
-
-
 def complete_meta(label: str, meta: dict) -> dict:
-    """``meta`` if it holds every item of :data:`META_ITEMS` (and ``progress`` with ``data_state``)."""
-    items = META_ITEMS + (("progress", "data_state") if {"progress", "data_state"} & set(meta) else ())
-    missing = [k for k in items if k not in meta]
+    """``meta`` if it holds every item a ``Checkpointer`` writes (a stream's ``progress`` with its ``data_state``)."""
+    items = ["format", "step", "logs", "config", "saved_at", "versions", "key_impls", "tree"]
+    missing = [k for k in items + (["progress", "data_state"] if {"progress", "data_state"} & set(meta) else [])
+               if k not in meta]
     if missing:
         raise ValueError(f"{label} lacks metadata item {', '.join(map(repr, missing))}: it was altered or not "
                          f"completely written; restore(step=...) another step, or delete this one")
@@ -996,9 +992,8 @@ def stream_progress(label: str, where: str, progress: dict | None, steps_per_epo
             f"fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
     saved = progress.get("steps_per_epoch", steps_per_epoch), progress.get("batch_size", batch_size)
     require(saved == (steps_per_epoch, batch_size) and progress["step_in_epoch"] <= steps_per_epoch, label,
-            f"{where} was saved by a run of {saved[0]} batches a epoch of {saved[1]} examples; this one has "
+            f"{where} was saved by a run of {saved[0]} batches an epoch of {saved[1]} examples; this one has "
             f"{steps_per_epoch} of {batch_size}: resume with the same batches, or start in a new directory")
 
 
-__all__ += ["creatable_directory", "META_ITEMS", "complete_meta", "val_stream", "unused_directory",
-            "stream_progress"]
+__all__ += ["creatable_directory", "complete_meta", "val_stream", "unused_directory", "stream_progress"]

@@ -47,8 +47,8 @@ def _fit(data, *, opt=None, epochs=2, **kw):
 def _finite_checkpoints(directory):
     template = _fit((X, Y), epochs=1).train_state
     with Checkpointer(directory) as ckpt:
-        return {s: bool(all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(ckpt.restore(template, s)[0].params)))
-                for s in ckpt.all_steps()}
+        params = {s: ckpt.restore(template, s)[0].params for s in ckpt.all_steps()}
+    return {s: bool(all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(p))) for s, p in params.items()}
 
 
 # ---- A. a non-finite state is never checkpointed (issue 40, category 2)
@@ -138,7 +138,7 @@ def _one_shot_val_data_fails_before_training(tmp_path):
 
 def _resume_with_another_batch_size(tmp_path):
     _fit(_pipe(), batch_size=None, epochs=1, checkpoint=Checkpointer(tmp_path / "ck").every_steps(3))
-    with pytest.raises(ValueError, match=r"^fit: checkpoint \d in .*ck was saved by a run of 4 batches a epoch of 2 "
+    with pytest.raises(ValueError, match=r"^fit: checkpoint \d in .*ck was saved by a run of 4 batches an epoch of 2 "
                                          r"examples; this one has 2 of 4: resume with the same batches"):
         _fit(_pipe(4), batch_size=None, checkpoint=Checkpointer(tmp_path / "ck").every_steps(3, resume=True))
 
@@ -155,7 +155,8 @@ def _used_directory_without_resume_fails_before_training(tmp_path):
     _fit(_pipe(), batch_size=None, epochs=1, checkpoint=Checkpointer(tmp_path / "ck").every_steps(2))
     epochs = []
     with pytest.raises(FileExistsError, match=r"^fit: .*ck already holds checkpoints \(latest: step 4\); pass "
-                                              r"every_steps\(k, resume=True\) to continue .* or choose a new directory"):
+                                              r"every_steps\(k, resume=True\) to continue .* or choose a new "
+                                              r"directory"):
         _fit(_pipe(), batch_size=None, checkpoint=Checkpointer(tmp_path / "ck").every_steps(2),
              callbacks=[lambda epoch, ts, logs: epochs.append(epoch)])
     assert epochs == []
@@ -227,13 +228,15 @@ CASES = {
     "B final step saved, rerun trains nothing": lambda tmp_path, caplog, **_:
         _final_step_saved_and_rerun_trains_nothing(tmp_path, caplog),
     "C list of batches": lambda tmp_path, **_: _list_of_batches_is_a_stream(tmp_path),
-    "C list of batches to fit_population": lambda tmp_path, **_: _list_of_batches_refused_where_nothing_streams(tmp_path),
+    "C list of batches to fit_population": lambda tmp_path, **_: _list_of_batches_refused_where_nothing_streams(
+        tmp_path),
     "C re-iterable stream resumed at an epoch end": lambda tmp_path, **_: _reiterable_stream_resumes_at_an_epoch_end(
         tmp_path),
     "C one-shot val_data": lambda tmp_path, **_: _one_shot_val_data_fails_before_training(tmp_path),
     "C resume other batch size": lambda tmp_path, **_: _resume_with_another_batch_size(tmp_path),
     "C streamed val monitor": lambda tmp_path, **_: _streamed_val_monitor_checked_before_training(tmp_path),
-    "C used directory without resume": lambda tmp_path, **_: _used_directory_without_resume_fails_before_training(tmp_path),
+    "C used directory without resume": lambda tmp_path, **_: _used_directory_without_resume_fails_before_training(
+        tmp_path),
     "C used directory in memory (save_every)": lambda tmp_path, **_: _used_directory_in_memory_fails_before_training(
         tmp_path),
     "D uncreatable path": lambda tmp_path, **_: _uncreatable_path_fails_at_construction(tmp_path),

@@ -215,8 +215,8 @@ class Feed:
 
 class StreamEpochs:
     """``fit``'s epoch function over a :class:`Feed`, ``(train_state, _) -> (train_state, mean metrics)``,
-    checkpointing finite states as ``checkpoint`` (:class:`~jnn.train.checkpoint.StepCheckpoints`) says; ``chunk`` batches run as one jitted ``lax.scan``,
-    never across an epoch's end or a checkpoint.
+    checkpointing finite states as ``checkpoint`` (:class:`~jnn.train.checkpoint.StepCheckpoints`) says;
+    ``chunk`` batches run as one jitted ``lax.scan``, never across an epoch's end or a checkpoint.
 
     Example:
       >>> import jax, numpy as np, optax, jnn
@@ -250,8 +250,8 @@ class StreamEpochs:
         options = compiler_options()
         self.step, self.scan_chunk = jax.jit(step, compiler_options=options), jax.jit(scan_chunk, compiler_options=options)
         self._split = jax.jit(lambda key: jax.random.split(key)[0])   # make_train_epoch's split
-        self._finite = jax.jit(lambda tree: jnp.all(jnp.asarray([jnp.isfinite(a).all() for a in jax.tree_util.tree_leaves(
-            tree) if jnp.issubdtype(a.dtype, jnp.inexact)] or [True])))
+        finite = lambda a: jnp.isfinite(a).all() if jnp.issubdtype(a.dtype, jnp.inexact) else True
+        self._finite = jax.jit(lambda tree: jnp.all(jnp.asarray([finite(a) for a in jax.tree_util.tree_leaves(tree)])))
 
     def resume(self, template, *, verbose: bool = False) -> tuple[Any, int]:
         """``(train_state, initial_epoch)``: ``template`` and the given epoch, or with ``resume=True``
