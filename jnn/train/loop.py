@@ -170,7 +170,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       model, loss, optimizer: the network, ``loss(outputs, y)`` (see :func:`jnn.train.make_train_step`)
         and an optax optimizer (with ``optax.inject_hyperparams``, its learning rate is logged as ``"lr"``).
       train_data: ``(x, y)`` with examples on the first axis (pytrees allowed), or an iterable (not a
-        tuple or list) of ``(x, y)`` batches, e.g. :func:`jnn.data.grain.pipeline`, streamed
+        tuple) of ``(x, y)`` batches (a list of them too), e.g. :func:`jnn.data.grain.pipeline`, streamed
         (:mod:`jnn.train.stream`). :class:`jnn.train.Data` sets ``steps_per_epoch`` or skips the checks.
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
       epochs, batch_size: epochs to train; examples per update (clamped to the dataset size).
