@@ -9,6 +9,7 @@ import numbers
 import os
 import pathlib
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 
 import jax
@@ -944,3 +945,55 @@ def attention_operand(label: str, what: str, value, shape: tuple, boolean: bool 
 
 
 __all__ += ["attention_hook", "attention_operand"]
+
+
+# ---- rules added for resume (checkpoint paths and metadata) ----
+
+def creatable_directory(label: str, directory: pathlib.Path) -> None:
+    """:func:`writable_directory`, and a probe file really created (and removed) in its nearest existing ancestor."""
+    writable_directory(label, directory)
+    existing = next(p for p in [directory, *directory.parents] if p.exists())
+    try:
+        tempfile.NamedTemporaryFile(dir=existing, prefix=".jnn-probe-").close()
+    except OSError as e:
+        raise PermissionError(f"{label}: cannot create anything in {str(existing)!r} (for {str(directory)!r}): "
+                              f"{e.strerror or e}; choose another path") from None
+
+
+def complete_meta(label: str, meta: dict) -> dict:
+    """``meta`` if it holds every item a ``Checkpointer`` writes (a stream's ``progress`` with its ``data_state``)."""
+    items = ["format", "step", "logs", "config", "saved_at", "versions", "key_impls", "tree"]
+    missing = [k for k in items + (["progress", "data_state"] if {"progress", "data_state"} & set(meta) else [])
+               if k not in meta]
+    if missing:
+        raise ValueError(f"{label} lacks metadata item {', '.join(map(repr, missing))}: it was altered or not "
+                         f"completely written; restore(step=...) another step, or delete this one")
+    return meta
+
+
+def val_stream(label: str, val_data, mesh) -> None:
+    """A streamed ``val_data`` is re-iterable (it is evaluated every epoch) and runs without a mesh."""
+    require(mesh is None, label, "val_data as a stream is not supported with a mesh; pass (x, y) arrays")
+    require(not hasattr(val_data, "__next__"), label, f"val_data is a one-shot iterator ({type(val_data).__name__}), "
+            f"empty after the first evaluation; pass list(val_data), a re-iterable (a Grain pipeline with "
+            f"num_epochs=1) or (x, y)", TypeError)
+
+
+def unused_directory(label: str, directory, latest: int | None, resume: bool,
+                     how: str = "pass every_steps(k, resume=True) to continue from them") -> None:
+    """A checkpoint ``directory`` that holds steps (the newest: ``latest``) is written to again only to resume."""
+    require(latest is None or resume, label, f"{directory} already holds checkpoints (latest: step {latest}); "
+            f"{how}, or choose a new directory", FileExistsError)
+
+
+def stream_progress(label: str, where: str, progress: dict | None, steps_per_epoch: int, batch_size: int) -> None:
+    """A stream checkpoint (``where``) has ``progress``, saved with these batches (old ones: a fitting position)."""
+    require(progress is not None, label, f"{where} has no data iterator state; it was not saved by "
+            f"fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
+    saved = progress.get("steps_per_epoch", steps_per_epoch), progress.get("batch_size", batch_size)
+    require(saved == (steps_per_epoch, batch_size) and progress["step_in_epoch"] <= steps_per_epoch, label,
+            f"{where} was saved by a run of {saved[0]} batches an epoch of {saved[1]} examples; this one has "
+            f"{steps_per_epoch} of {batch_size}: resume with the same batches, or start in a new directory")
+
+
+__all__ += ["creatable_directory", "complete_meta", "val_stream", "unused_directory", "stream_progress"]

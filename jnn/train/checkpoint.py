@@ -113,8 +113,8 @@ class Checkpointer:
     def __init__(self, directory, *, keep: int | None = 3, config: dict | None = None):
         self.directory = pathlib.Path(directory).expanduser().resolve()
         self.keep, self.config = keep, config
-        checks.writable_directory("Checkpointer", self.directory)
-        self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+        checks.creatable_directory("Checkpointer", self.directory)
+        self._options = ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=False,
                                                      create=True, cleanup_tmp_directories=False)
         self._orbax = None
 
@@ -129,10 +129,10 @@ class Checkpointer:
         return f"Checkpointer({str(self.directory)!r}, keep={self.keep})"
 
     def all_steps(self) -> list[int]:
-        """The committed checkpoint steps, ascending (partial saves are never listed)."""
+        """The committed checkpoint steps, ascending (partial saves and deletions are never listed)."""
         if not self.directory.is_dir():
             return []
-        self._manager.reload()   # a step half-deleted by a kill lacks an item: never listed
+        self._manager.reload()
         return sorted(s for s in self._manager.all_steps()
                       if all((self.directory / str(s) / item).is_dir() for item in ("train_state", "meta")))
 
@@ -177,19 +177,26 @@ class Checkpointer:
         self._manager.wait_until_finished()
         if not saved:
             raise RuntimeError(f"Checkpointer.save: Orbax declined to save step {step} in {self.directory}")
+        for old in self.all_steps()[:-self.keep] if self.keep else ():
+            self._remove(old)
 
     @checks.declare_as("Checkpointer.save_every", every=checks.positive_int)
     def save_every(self, every: int = 1, *, config: dict | None = None) -> Callable:
-        """A ``fit`` callback saving after every ``every``-th epoch as step ``epoch``, with its logs."""
+        """A ``fit`` callback saving after every ``every``-th epoch as step ``epoch``, with its logs; a new
+        run (step 0) into a directory that holds checkpoints is refused before training."""
         def on_epoch_end(epoch: int, train_state, logs: dict) -> None:
             if epoch % every == 0:
                 self.save(epoch, train_state, config=config, logs=logs)
 
+        on_epoch_end.on_train_begin = lambda ts: checks.unused_directory(
+            "Checkpointer.save_every", self.directory, self.latest_step() if int(ts.step) == 0 else None, False,
+            "restore one and pass train_state=jnn.train.Start(restored, epoch=step) to continue from it")
         return on_epoch_end
 
     @checks.declare_as("Checkpointer.every_steps", every=checks.optional(checks.positive_int), resume=checks.flag)
     def every_steps(self, every: int | None = None, *, resume: bool = False) -> "StepCheckpoints":
-        """A stream ``fit``'s ``checkpoint=``: save every ``every`` steps; ``resume`` from the latest."""
+        """A stream ``fit``'s ``checkpoint=``: save every ``every`` steps (finite states only); ``resume``
+        from the latest (saying which) and save the final step too, so that a rerun of a finished run trains nothing."""
         return StepCheckpoints(self, every, resume)
 
     def read_meta(self, step: int | None = None) -> dict:
@@ -200,7 +207,7 @@ class Checkpointer:
         checks.require(isinstance(out.meta, dict) and "tree" in out.meta, "Checkpointer",
                        f"step {step} in {self.directory} has no jnn metadata; was it written by "
                        f"jnn.train.checkpoint.Checkpointer?")
-        return out.meta
+        return checks.complete_meta(f"Checkpointer: checkpoint {step} in {self.directory}", out.meta)
 
     def restore(self, template, step: int | None = None) -> tuple[Any, dict]:
         """``(train_state, meta)`` of checkpoint ``step`` (default: the latest), restored into
@@ -251,7 +258,15 @@ class Checkpointer:
 
     def delete(self, step: int) -> None:
         """Deletes checkpoint ``step``."""
-        self._manager.delete(self._resolve(step, "delete"))
+        self._remove(self._resolve(step, "delete"))
+
+    def _remove(self, step: int) -> None:
+        """Renames step ``step`` out of the listing (atomic), then deletes it: a kill leaves no half step."""
+        if jax.process_index() == 0:
+            gone = self.directory / f"{step}{_TMP_SUFFIX}-deleting"
+            (self.directory / str(step)).rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
+        self._manager.reload()
 
     def close(self) -> None:
         """Waits for pending work and releases Orbax's resources."""

@@ -119,8 +119,11 @@ def _outside_jnn() -> int:
 
 def check_pair(where: str, data) -> tuple[Any, Any]:
     """``(x, y)`` as jax arrays (or dicts/tuples of them), every leaf with the same example count."""
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise TypeError(f"{where}: expected a pair (x, y), got {type(data).__name__}")
+    from jnn.train.stream import is_stream
+    if not (isinstance(data, (tuple, list)) and len(data) == 2) or is_stream(data):
+        got = (f"a list of {len(data)} (x, y) batches, which only fit streams; pass (x, y) as a tuple of arrays"
+               if is_stream(data) else type(data).__name__)
+        raise TypeError(f"{where}: expected a pair (x, y), got {got}")
     x, y = as_arrays(tuple(data))
     checks.examples(where, x, y)
     return x, y
@@ -161,14 +164,17 @@ def split_validation(x, y, fraction: float, key):
 
 
 def prepare(where: str, train_data, val_data, val_split, split_key, *, batch_size, eval_batch_size,
-            first_batch=None):
-    """``(x, y), val_data``, checked (a stream: its ``first_batch``), ``val_split`` held out."""
+            first_batch=None, mesh=None):
+    """``(x, y), val_data``, checked (a stream: its ``first_batch``; ``val_data`` re-iterable, no ``mesh``),
+    ``val_split`` held out."""
     x, y = check_pair(f"{where} train_data" + (" (first batch)" if first_batch is not None else ""),
                       train_data if first_batch is None else first_batch)
     guard.check_fit_args(where, x, batch_size=batch_size, eval_batch_size=eval_batch_size, val_split=val_split)
     (x, y), val_data = hold_out(where, (x, y), val_data, val_split, split_key)
     from jnn.train.stream import is_stream
-    if val_data is not None and not is_stream(val_data):
+    if is_stream(val_data):
+        checks.val_stream(where, val_data, mesh)
+    elif val_data is not None:
         val_data = check_pair(f"{where} val_data", val_data)
     return (x, y), val_data
 

@@ -14,9 +14,8 @@ from jnn.core import Layer
 from jnn.train import guard
 from jnn.train import stream as _stream
 from jnn.train.callbacks import CallbackList, EarlyStopping
-from jnn.train.checkpoint import StepCheckpoints
 from jnn.train.compiler import compiler_options
-from jnn.train.engine import (CALLBACK_RULES, Data, NonFinite, Start, learning_rate, prepare, run_epochs,
+from jnn.train.engine import (CALLBACK_RULES, Data, NonFinite, Start, check_pair, learning_rate, prepare, run_epochs,
                               split_validation, with_early_stopping)
 from jnn.train.nonfinite import find_nonfinite
 from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, default_metrics, gather, num_examples_of,
@@ -171,7 +170,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
       model, loss, optimizer: the network, ``loss(outputs, y)`` (see :func:`jnn.train.make_train_step`)
         and an optax optimizer (with ``optax.inject_hyperparams``, its learning rate is logged as ``"lr"``).
       train_data: ``(x, y)`` with examples on the first axis (pytrees allowed), or an iterable (not a
-        tuple or list) of ``(x, y)`` batches, e.g. :func:`jnn.data.grain.pipeline`, streamed
+        tuple) of ``(x, y)`` batches (a list of them too), e.g. :func:`jnn.data.grain.pipeline`, streamed
         (:mod:`jnn.train.stream`). :class:`jnn.train.Data` sets ``steps_per_epoch`` or skips the checks.
       key: PRNG key for init, shuffling and dropout; the same key gives bit-identical results.
       epochs, batch_size: epochs to train; examples per update (clamped to the dataset size).
@@ -226,9 +225,7 @@ def fit(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, tra
                              "use callbacks=[checkpointer.save_every(k)] and train_state= to resume")
         init_key, split_key = jax.random.split(key)
         (x, y), val_data = prepare("fit", data.data, val_data, val_split, split_key, batch_size=batch_size,
-                                   eval_batch_size=eval_batch_size, first_batch=feed and feed.first[0])
-        if _stream.is_stream(val_data) and mesh is not None:
-            raise ValueError("fit: val_data as a stream is not supported with a mesh; pass (x, y) arrays")
+                                   eval_batch_size=eval_batch_size, first_batch=feed and feed.first[0], mesh=mesh)
         return _fit(model, loss, optimizer, (x, y), val_data, feed, key=init_key, epochs=epochs, start=start,
                     batch_size=batch_size if feed else min(batch_size, num_examples_of(x)), metrics=metrics,
                     regularizer=regularizer, early_stopping=early_stopping, eval_batch_size=eval_batch_size,
@@ -265,12 +262,9 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
                            mesh=mesh, rules=rules)
     initial_epoch = start.epoch
     if feed is not None:
-        checkpointer, every, resume = (checkpoint if isinstance(checkpoint, StepCheckpoints)
-                                       else (checkpoint, None, False))
-        train_epoch = _stream.StreamEpochs(step, feed, ts, checkpoint=checkpointer, checkpoint_every=every,
+        train_epoch = _stream.StreamEpochs(step, feed, ts, checkpoint=checkpoint, epochs=epochs,
                                            initial_epoch=initial_epoch, chunk=_stream.CHUNK if fused else 1)
-        restored = train_epoch.resume(checkpointer, ts) if resume else None
-        ts, initial_epoch = (ts, initial_epoch) if restored is None else (restored, train_epoch.epoch)
+        ts, initial_epoch = train_epoch.resume(ts, verbose=bool(verbose) and jax.process_index() == 0)
     elif fused:
         train_epoch = jax.jit(make_train_epoch(step, num_examples_of(x), batch_size, mesh=mesh),
                               compiler_options=compiler_options())
@@ -280,8 +274,8 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
     evaluate = (_stream.StreamEvaluation(evaluate) if val_streamed
                 else jax.jit(evaluate, compiler_options=compiler_options()) if fused else evaluate)
     guard.check_fit_plan("fit", step, make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size), ts,
-                         (x, y), batch_size, None if val_streamed else val_data,
-                         None if val_streamed else early_stopping, learning_rate(ts.opt_state) is not None,
+                         (x, y), batch_size, check_pair("fit val_data (first batch)", next(iter(val_data), None))
+                         if val_streamed else val_data, early_stopping, learning_rate(ts.opt_state) is not None,
                          data_check=(out, loss, metrics) if check_data else None)
 
     def epoch_fn(ts, epoch, trained):

@@ -6,6 +6,7 @@ params. Every batch must have the first one's shapes (drop or pad a ragged last 
 from __future__ import annotations
 
 import collections
+import logging
 from typing import Any
 
 import jax
@@ -14,6 +15,7 @@ import numpy as np
 
 from jnn.parallel import distributed as _parallel
 from jnn import _checks as checks
+from jnn.train.checkpoint import StepCheckpoints
 from jnn.train.compiler import compiler_options
 
 __all__ = ["is_stream", "Feed", "StreamEpochs", "StreamEvaluation", "CHUNK"]
@@ -23,14 +25,17 @@ CHUNK = 8
 
 
 def is_stream(train_data) -> bool:
-    """Whether ``fit`` streams ``train_data``: an iterable other than a tuple, list, dict, string or array.
+    """Whether ``fit`` streams ``train_data``: an iterable other than a tuple, dict, string or array, or
+    a list of ``(x, y)`` pairs (a list of batches; ``(x, y)`` itself is a tuple).
 
     Example:
       >>> import numpy as np
-      >>> is_stream((np.zeros(3), np.zeros(3))), is_stream(iter([(np.zeros(3), np.zeros(3))]))
+      >>> is_stream((np.zeros(3), np.zeros(3))), is_stream([(np.zeros(3), np.zeros(3))] * 2)
       (False, True)
     """
-    return (not isinstance(train_data, (tuple, list, dict, str, bytes)) and not hasattr(train_data, "shape")
+    if isinstance(train_data, list):
+        return bool(train_data) and all(isinstance(b, (tuple, list)) and len(b) == 2 for b in train_data)
+    return (not isinstance(train_data, (tuple, dict, str, bytes)) and not hasattr(train_data, "shape")
             and hasattr(train_data, "__iter__"))
 
 
@@ -192,15 +197,17 @@ class Feed:
         if callable(close):
             close()
 
-    def restore(self, state) -> None:
-        """Continues from an iterator ``state`` saved with a checkpoint (see :attr:`state`)."""
-        if not self.stateful:
+    def restore(self, state, *, epoch_end: bool = False) -> None:
+        """Continues from an iterator ``state`` saved with a checkpoint (see :attr:`state`); at an
+        ``epoch_end``, a stream re-iterated every epoch needs none."""
+        if not self.stateful and not (epoch_end and self.fresh_each_epoch):
             raise TypeError(f"{self.where}: train_data's iterator ({type(self._iterator).__name__}) has no "
                             f"get_state/set_state, so it cannot resume mid-epoch; use a Grain pipeline")
         if self.fresh_each_epoch:
             self._iterator = iter(self.data)
-        self._iterator.set_state(state.encode() if isinstance(state, str) and
-                                 isinstance(self._get_state(), bytes) else state)
+        if self.stateful:
+            self._iterator.set_state(state.encode() if isinstance(state, str) and
+                                     isinstance(self._get_state(), bytes) else state)
         self._queue.clear()
         self._plan.clear()
         self.first, self.state, self._positioned = None, state, True
@@ -208,8 +215,8 @@ class Feed:
 
 class StreamEpochs:
     """``fit``'s epoch function over a :class:`Feed`, ``(train_state, _) -> (train_state, mean metrics)``,
-    checkpointing every ``checkpoint_every`` steps; ``chunk`` batches run as one jitted ``lax.scan``,
-    never across an epoch's end or a checkpoint.
+    checkpointing finite states as ``checkpoint`` (:class:`~jnn.train.checkpoint.StepCheckpoints`) says;
+    ``chunk`` batches run as one jitted ``lax.scan``, never across an epoch's end or a checkpoint.
 
     Example:
       >>> import jax, numpy as np, optax, jnn
@@ -222,10 +229,13 @@ class StreamEpochs:
     """
 
     @checks.declare_as("StreamEpochs", chunk=checks.positive_int)
-    def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, checkpoint_every: int | None = None,
+    def __init__(self, train_step, feed: Feed, ts, *, checkpoint=None, epochs: int | None = None,
                  initial_epoch: int = 0, chunk: int = 1):
-        self.feed, self.checkpoint, self.every, self.chunk = feed, checkpoint, checkpoint_every, chunk
+        self.checkpoint, self.every, self.resuming = (checkpoint if isinstance(checkpoint, StepCheckpoints)
+                                                      else StepCheckpoints(checkpoint, None, False))
+        self.feed, self.chunk, self.epochs, self.saved = feed, chunk, epochs, None
         self.epoch, self.start, self.history = initial_epoch, 0, {}
+        self.batch_size = int(jax.tree_util.tree_leaves(feed.global_shapes())[0].shape[0])
         logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]
         self._zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), logs)
         self.totals = None
@@ -240,22 +250,33 @@ class StreamEpochs:
         options = compiler_options()
         self.step, self.scan_chunk = jax.jit(step, compiler_options=options), jax.jit(scan_chunk, compiler_options=options)
         self._split = jax.jit(lambda key: jax.random.split(key)[0])   # make_train_epoch's split
+        finite = lambda a: jnp.isfinite(a).all() if jnp.issubdtype(a.dtype, jnp.inexact) else True
+        self._finite = jax.jit(lambda tree: jnp.all(jnp.asarray([finite(a) for a in jax.tree_util.tree_leaves(tree)])))
 
-    def resume(self, checkpoint, template) -> Any:
-        """The latest checkpoint's train state restored into ``template``, or ``None`` if none."""
-        if checkpoint.latest_step() is None:
-            return None
-        ts, meta = checkpoint.restore(template)
-        progress = meta.get("progress")
-        if progress is None or "data_state" not in meta:
-            raise ValueError(f"fit: checkpoint {meta['step']} in {checkpoint.directory} has no data iterator "
-                             f"state; it was not saved by fit(..., checkpoint=checkpointer.every_steps(k)) over a stream")
-        self.feed.restore(meta["data_state"])
-        self.epoch, self.start = progress["epoch"] - 1, progress["step_in_epoch"]
+    def resume(self, template, *, verbose: bool = False) -> tuple[Any, int]:
+        """``(train_state, initial_epoch)``: ``template`` and the given epoch, or with ``resume=True``
+        the latest checkpoint's, said in a ``jnn`` log record (and printed if ``verbose``)."""
+        ckpt, n = self.checkpoint, self.feed.steps_per_epoch
+        latest = None if ckpt is None else ckpt.latest_step()
+        if ckpt is not None:
+            self._finite(template)   # compiled before the first step
+        checks.unused_directory("fit", ckpt and ckpt.directory, latest, self.resuming)
+        if latest is None:
+            if self.resuming:
+                _say(f"fit: no checkpoint in {ckpt.directory}; starting fresh", verbose)
+            return template, self.epoch
+        ts, meta = ckpt.restore(template)
+        where, progress = f"checkpoint {meta['step']} in {ckpt.directory}", meta.get("progress")
+        checks.stream_progress("fit", where, progress, n, self.batch_size)
+        self.feed.restore(meta["data_state"], epoch_end=progress["step_in_epoch"] == n)
+        self.epoch, self.start, self.saved = progress["epoch"] - 1, progress["step_in_epoch"], int(meta["step"])
         self.totals = jax.tree_util.tree_map(lambda z, v: jnp.asarray(v, z.dtype), self._zeros,
                                              progress["totals"])
         self.history = progress["history"]
-        return ts
+        done = self.epochs is not None and self.epoch + (self.start == n) >= self.epochs
+        _say(f"fit: resumed from {where} (epoch {self.epoch + 1}, {self.start} of {n} batches)"
+             + ("; the run is already complete: nothing to train" if done else ""), verbose)
+        return ts, self.epoch
 
     def _plan(self, start: int, step: int) -> list[int]:
         """The epoch's piece sizes from batch ``start`` at step ``step``, stopping at each checkpoint."""
@@ -267,10 +288,15 @@ class StreamEpochs:
         return sizes
 
     def _save(self, ts, index: int) -> None:
+        """Checkpoints ``ts`` after batch ``index`` unless it, or the epoch's metrics, are not finite."""
         totals = jax.tree_util.tree_map(float, jax.device_get(self.totals))
-        progress = {"epoch": self.epoch, "step_in_epoch": index, "totals": totals, "history": self.history}
+        if not (np.isfinite(jax.tree_util.tree_leaves(totals)).all() and self._finite(ts)):
+            return
+        progress = {"epoch": self.epoch, "step_in_epoch": index, "totals": totals, "history": self.history,
+                    "steps_per_epoch": self.feed.steps_per_epoch, "batch_size": self.batch_size}
         state = self.feed.state.decode() if isinstance(self.feed.state, bytes) else self.feed.state
-        self.checkpoint.save(int(ts.step), ts, data_state=state, progress=progress)
+        self.saved = int(ts.step)
+        self.checkpoint.save(self.saved, ts, data_state=state, progress=progress)
 
     def __call__(self, ts, _data=None):
         self.epoch += 1
@@ -288,7 +314,15 @@ class StreamEpochs:
             if self.every is not None and step % self.every == 0:
                 self._save(ts, index)
         n = self.feed.steps_per_epoch
+        if self.resuming and self.epoch == self.epochs and self.saved != int(ts.step):   # a rerun finds it done
+            self._save(ts, n)
         return ts, jax.tree_util.tree_map(lambda v: v / n, self.totals)
+
+
+def _say(message: str, verbose: bool) -> None:
+    logging.getLogger("jnn").info(message)
+    if verbose:
+        print(message, flush=True)
 
 
 class StreamEvaluation:
