@@ -1,5 +1,6 @@
 """Autoregressive sampling, jitted: :func:`generate` (key/value cache) and :func:`generate_uncached`
-(re-runs the model per token); token ``i`` uses ``jax.random.split(key, num_new_tokens)[i]``."""
+(re-runs the model per token); token ``i`` uses ``jax.random.split(key, num_new_tokens)[i]``; a
+``temperature`` below ``GREEDY_BELOW`` takes the argmax."""
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
-"""Atomic writes, and weight files (``.safetensors``, ``.npz``) of ``"block_0/dense_1/w" -> array`` with sha256s."""
+"""Atomic writes, and weight files (``.safetensors``, ``.npz``) of ``"block_0/dense_1/w" -> array`` with
+sha256s (safetensors: in ``__metadata__[DIGEST_KEY]``)."""
 from __future__ import annotations
 
 import errno
