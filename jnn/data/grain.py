@@ -215,9 +215,8 @@ def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | Non
     """MNIST as a source of ``(float32 [28, 28, 1] in [0, 1], int32 label)``, converted on read.
 
     Example:
-      >>> src = jnn.data.grain.mnist_source("test", download=False)  # doctest: +SKIP
-      >>> len(src), src[0][0].shape, int(src[0][1])  # doctest: +SKIP
-      (10000, (28, 28, 1), 7)
+      >>> jnn.data.grain.mnist_source("test", download=False)[0][0].shape  # doctest: +SKIP
+      (28, 28, 1)
     """
     images, labels = mnist.read_mnist(split, data_dir=data_dir, download=download, where="mnist_source")
     return ArraySource(images, labels, transform=mnist_record)

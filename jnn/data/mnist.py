@@ -33,7 +33,6 @@ _NUM_CLASSES = 10
 
 
 def _file_names(split: str, where: str = "load_mnist") -> tuple[str, str]:
-    """Returns the (images, labels) file names of ``split``."""
     checks.require(isinstance(split, str) and split in _SPLITS, where, f"unknown MNIST split {split!r}; expected one "
                    f"of {sorted(_SPLITS)}")
     return f"{_SPLITS[split]}-images-idx3-ubyte.gz", f"{_SPLITS[split]}-labels-idx1-ubyte.gz"

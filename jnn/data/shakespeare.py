@@ -29,8 +29,7 @@ def load_tiny_shakespeare(*, data_dir: str | os.PathLike[str] | None = None, dow
     reads a present file even if it is not the published one (a downloaded file is always checked).
 
     Example:
-        >>> text = load_tiny_shakespeare(download=False)  # doctest: +SKIP
-        >>> text[:14]  # doctest: +SKIP
+        >>> load_tiny_shakespeare(download=False)[:14]  # doctest: +SKIP
         'First Citizen:'
     """
     fetch.check_source_args("load_tiny_shakespeare", download, mirrors)

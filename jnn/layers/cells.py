@@ -78,8 +78,7 @@ def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun
 
     Example:
       >>> cell = rnn_cell(3)
-      >>> h, y = cell.step(cell.init(jax.random.key(0), 2), cell.initial_carry((4,)), jnp.ones((4, 2)))
-      >>> y.shape
+      >>> cell.step(cell.init(jax.random.key(0), 2), cell.initial_carry((4,)), jnp.ones((4, 2)))[1].shape
       (4, 3)
     """
     inits = _inits("rnn_cell", w_init, recurrent_init, b_init)

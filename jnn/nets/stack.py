@@ -33,8 +33,7 @@ def decoding(embedder: Layer, single_step):
       >>> import jax, jax.numpy as jnp
       >>> io = token_embedder("lm", 10, 4, 8, True, "sinusoidal")
       >>> params, _ = io.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
-      >>> step = decoding(io, lambda params, cache, x, position: (x, cache))   # no blocks at all
-      >>> step(params, {}, jnp.array([3]), 0)[0].shape
+      >>> decoding(io, lambda params, cache, x, position: (x, cache))(params, {}, jnp.array([3]), 0)[0].shape
       (1, 10)
     """
     def decode_step(params, cache, tokens, position):
