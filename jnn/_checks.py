@@ -20,7 +20,7 @@ from jnn import core
 
 __all__ = [
     "declare", "layer_name", "flag", "optional", "above", "between", "spatial", "one_of",
-    "name_or_callable", "instance_of", "positive_int", "boolean", "finite_number", "number_above",
+    "name_or_callable", "instance_of", "positive_int", "finite_number", "number_above",
     "rate", "per_axis", "float_input", "ids_in_range",
     "values_in_unit_interval", "float_labels_hint", "integer_labels", "is_integer", "integer",
     "static_rate", "divides", "none_or_positive_int", "finite_at_least", "positive_int_or",
@@ -207,12 +207,6 @@ def positive_int(label: str, what: str, value, *, optional: bool = False):
     if not (optional and value is None) and (not _is_int(value) or value <= 0):
         raise ValueError(f"{label}: {what} must be a positive integer, got {value!r}")
     return value
-
-
-def boolean(label: str, **flags) -> None:
-    """Each keyword must pass :func:`flag`."""
-    for what, value in flags.items():
-        flag(label, what, value)
 
 
 def finite_number(label: str, what: str, value) -> float:

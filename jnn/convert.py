@@ -1,6 +1,4 @@
-"""Params from and to other frameworks: Flax Linen variables (``Dense_0/kernel`` is ``dense_0/w``,
-``batch_stats`` is ``state``; layouts agree) and PyTorch ``state_dict``s (weights transposed).
-"""
+"""Params from and to Flax Linen variables (``Dense_0/kernel`` is ``dense_0/w``) and PyTorch state_dicts."""
 from __future__ import annotations
 
 import re
@@ -48,8 +46,7 @@ def from_flax(variables, *, like=None):
         variables = {"params": variables}
     to_jnn = lambda kind, leaf: {"kernel": "w", "bias": "offset" if _FLAX_MODULES.get(kind) in _NORMS
                                  else "b"}.get(leaf, leaf)
-    params = _rename(_io.flatten(variables["params"]), _FLAX_MODULES, to_jnn)
-    state = _rename(_io.flatten(variables.get("batch_stats", {})), _FLAX_MODULES, to_jnn)
+    params, state = (_rename(_io.flatten(variables.get(c, {})), _FLAX_MODULES, to_jnn) for c in ("params", "batch_stats"))
     if like is None:
         return _io.unflatten(params), _io.unflatten(state)
     both = _io.unflatten({**{f"params/{k}": v for k, v in params.items()},
@@ -87,10 +84,7 @@ def torch_linear(weight, bias=None, *, flattened_chw: tuple[int, int, int] | Non
 
     Example:
       >>> import numpy as np, jnn
-      >>> p = jnn.convert.torch_linear(np.zeros((2, 3)), np.zeros(2))   # torch tensors work the same
-      >>> p["w"].shape, p["b"].shape
-      ((3, 2), (2,))
-      >>> jnn.convert.torch_linear(np.zeros((5, 12)), flattened_chw=(3, 2, 2))["w"].shape
+      >>> jnn.convert.torch_linear(np.zeros((5, 12)), np.zeros(5), flattened_chw=(3, 2, 2))["w"].shape
       (12, 5)
     """
     w = _np(weight).T
@@ -107,9 +101,8 @@ def torch_conv(weight, bias=None) -> dict:
 
     Example:
       >>> import numpy as np, jnn
-      >>> p = jnn.convert.torch_conv(np.zeros((8, 3, 5, 5)), np.zeros(8))   # [out, in, kh, kw]
-      >>> p["w"].shape, p["b"].shape
-      ((5, 5, 3, 8), (8,))
+      >>> jnn.convert.torch_conv(np.zeros((8, 3, 5, 5)), np.zeros(8))["w"].shape
+      (5, 5, 3, 8)
     """
     return {"w": np.moveaxis(_np(weight), (0, 1), (-1, -2)), **({"b": _np(bias)} if bias is not None else {})}
 
@@ -119,20 +112,17 @@ def torch_lstm(state_dict, prefix: str = "", layer: int = 0, *, reverse: bool = 
 
     Example:
       >>> import numpy as np, jnn
-      >>> sd = {"weight_ih_l0": np.zeros((8, 3)), "weight_hh_l0": np.zeros((8, 2)),   # hidden size 2
-      ...       "bias_ih_l0": np.ones(8), "bias_hh_l0": np.ones(8)}
-      >>> p = jnn.convert.torch_lstm(sd)
-      >>> p["input"]["w"].shape, p["hidden"]["w"].shape, p["input"]["b"][:2].tolist()
-      ((3, 8), (2, 8), [2.0, 2.0])
+      >>> p = jnn.convert.torch_lstm({"weight_ih_l0": np.zeros((8, 3)), "weight_hh_l0": np.zeros((8, 2))})
+      >>> p["input"]["w"].shape, p["hidden"]["w"].shape
+      ((3, 8), (2, 8))
     """
     return torch_recurrent(state_dict, prefix, layer, reverse=reverse, gates=4)
 
 
 def torch_recurrent(state_dict, prefix: str = "", layer: int = 0, *, reverse: bool = False,
                     gates: int | None = None) -> dict:
-    """jnn ``recurrent(cell)`` params from one layer (and direction) of an ``nn.LSTM``, ``nn.GRU`` or
-    ``nn.RNN`` ``state_dict``; the kind is read from the shapes (or checked against ``gates``). The
-    two biases sum into ``input.b``, except a GRU's candidate recurrent bias (``hidden.b``).
+    """jnn ``recurrent(cell)`` params from one layer (and direction) of an ``nn.LSTM``/``GRU``/``RNN``
+    ``state_dict`` (kind from the shapes); biases sum into ``input.b``, but a GRU's ``b_hn`` is ``hidden.b``.
 
     Example:
       >>> import numpy as np, jnn
@@ -147,8 +137,7 @@ def torch_recurrent(state_dict, prefix: str = "", layer: int = 0, *, reverse: bo
     checks.require(get("weight_ih") is not None and get("weight_hh") is not None, "torch_recurrent",
                    f"no {prefix}weight_ih{suffix}/weight_hh{suffix} in the state_dict", KeyError)
     w_ih, w_hh = _np(get("weight_ih")), _np(get("weight_hh"))
-    hidden = w_hh.shape[1]
-    found = w_ih.shape[0] // hidden
+    hidden, found = w_hh.shape[1], w_ih.shape[0] // w_hh.shape[1]
     kinds = {4: "an LSTM", 3: "a GRU", 1: "an RNN"}
     checks.require(gates in (None, found), "torch_recurrent", f"{prefix}weight_ih{suffix} has {found} blocks of the "
                    f"hidden size {hidden}, expected {gates} ({kinds.get(gates)})")
@@ -308,16 +297,10 @@ def _recurrent_layer(where, jnn_path, state_dict, prefix, kind, spec) -> dict:
 @checks.declare_as("jnn.convert.from_torch", mapping=checks.kind(lambda m: isinstance(m, dict),
                                                                  "a dict {jnn_layer_path: torch module name}"))
 def from_torch(state_dict, mapping: dict, *, like=None) -> dict:
-    """jnn params from a PyTorch module (or its ``state_dict``) and ``{jnn_layer_path: torch_module}``.
-
-    Converts ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.LSTM``/``GRU``/``RNN``, ``nn.Embedding`` and
-    last-axis ``nn.LayerNorm``/``GroupNorm``/``RMSNorm`` (batch norms: :func:`torch_batch_norm`); types
-    come from the module's classes, else from the keys. ``like``: a params template to match.
-
-    Args:
-      mapping: jnn layer path -> torch module prefix, or ``{"module": "fc", option: value}`` with
-        options ``flattened_chw=(C, H, W)`` (Linear), ``layer=k``, ``reverse`` (recurrent) and
-        ``type`` (``"linear"``, ``"conv"``, ``"lstm"``, ``"gru"``, ``"rnn"``, ``"embedding"``, ``"norm"``).
+    """jnn params (shaped like ``like`` if given) from a PyTorch module or ``state_dict`` and ``mapping``
+    ``{jnn_layer_path: "fc" or {"module": "fc", option: value}}``; options: ``flattened_chw``, ``layer``,
+    ``reverse``, ``type`` (``"linear"``, ``"conv"``, ``"lstm"``, ``"gru"``, ``"rnn"``, ``"embedding"``,
+    ``"norm"``; default: read from the classes or keys). Batch norms: :func:`torch_batch_norm`.
 
     Example:
       >>> import numpy as np, jnn

@@ -1,11 +1,6 @@
-"""Autoregressive sampling from a language model, compiled with ``jax.jit``.
-
-:func:`generate` fills a decoder's key/value cache (:func:`is_decoder`) with one pass over the
-prompt, then scans one ``decode_step`` per token (an encoder-decoder's ``context=`` is encoded
-once); :func:`generate_uncached` re-runs any ids-to-logits model on the whole sequence per token.
-Both draw token ``i`` with ``jax.random.split(key, num_new_tokens)[i]`` (same key, same tokens).
-A ``temperature`` below :data:`GREEDY_BELOW` samples the arg-max token.
-"""
+"""Autoregressive sampling, jitted: :func:`generate` (key/value cache) and :func:`generate_uncached`
+(re-runs the model per token); token ``i`` uses ``jax.random.split(key, num_new_tokens)[i]``; a
+``temperature`` below ``GREEDY_BELOW`` takes the argmax."""
 from __future__ import annotations
 
 import functools
@@ -24,35 +19,22 @@ _SAMPLING = dict(temperature=checks.finite_at_least(0, " (0 is greedy)"), top_k=
 
 
 def is_decoder(model) -> bool:
-    """Whether ``model`` is a layer with a cached decode path: ``init_cache`` and ``decode_step`` in
-    its ``methods`` (what :func:`generate` runs).
-
-    ``init_cache(batch, length=None, dtype=None, **context) -> cache`` (an encoder-decoder takes
-    ``params=``, ``context=``, ``context_lengths=`` and encodes the context once);
-    ``decode_step(params, cache, tokens, position) -> (logits, cache)`` for ``tokens`` ``[B]`` or
-    ``[B, T]`` at positions ``position, ...`` (``position + T`` <= the cache length).
+    """Whether ``model`` has ``init_cache(batch, length=None, dtype=None, **context)`` and
+    ``decode_step(params, cache, tokens, position) -> (logits, cache)`` in its ``methods``.
 
     Example:
-      >>> import jax, jax.numpy as jnp, jnn
+      >>> import jnn
       >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
       >>> jnn.generate.is_decoder(lm), jnn.generate.is_decoder(jnn.dense(3))
       (True, False)
-      >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((2, 4), jnp.int32))
-      >>> cache = lm.methods["init_cache"](2)
-      >>> logits, cache = lm.methods["decode_step"](params, cache, jnp.array([1, 2]), 0)
-      >>> logits.shape
-      (2, 11)
     """
     return isinstance(model, Layer) and {"init_cache", "decode_step"} <= set(model.methods)
 
 
 @checks.declare(**_SAMPLING)
 def sample_logits(key, logits: jax.Array, *, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
-    """One token per row of ``logits[..., V]``: ``[...]`` int32.
-
-    ``temperature`` below ``GREEDY_BELOW`` (0 included) takes the argmax (``key`` unused); otherwise
-    samples ``softmax(logits / temperature)`` over the ``top_k`` largest logits (all when ``None``),
-    in at least float32.
+    """One int32 token per row of ``logits[..., V]``: argmax if ``temperature < GREEDY_BELOW``, else a
+    sample of ``softmax(logits / temperature)`` over the ``top_k`` largest logits (``None``: all).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -152,32 +134,17 @@ def _context(context, context_lengths) -> dict:
 @checks.declare(num_new_tokens=checks.positive_int, **_SAMPLING)
 def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
              top_k: int | None = None, context=None, context_lengths=None) -> jax.Array:
-    """Samples ``num_new_tokens`` tokens after ``prompt`` with the model's key/value cache.
-
-    Args:
-      model: a layer with a cached decode path (:func:`is_decoder`: ``decoder_lm(...)``,
-        ``encoder_decoder(...)``, possibly wrapped by ``with_policy``).
-      params: its params.
-      prompt: token ids ``[B, P]`` (``P >= 1``; every row has the same length).
-      num_new_tokens: tokens to add; ``P + num_new_tokens`` must not exceed the model's ``max_len``.
-      key: PRNG key (token ``i`` uses ``jax.random.split(key, num_new_tokens)[i]``).
-      temperature: softmax temperature; ``0`` is greedy.
-      top_k: sample among the ``top_k`` most likely tokens only (``None``: all).
-      context, context_lengths: for an encoder-decoder, the source ``[B, S]`` and its valid
-        lengths ``[B]`` (encoded once).
-
-    Returns:
-      ``[B, P + num_new_tokens]`` int32: the prompt followed by the new tokens.
+    """The prompt ``[B, P]`` (int ids) followed by ``num_new_tokens`` sampled tokens, ``[B, P + N]``
+    int32, with the key/value cache of a model that :func:`is_decoder` (``P + N <= max_len``).
+    ``temperature=0`` is greedy; ``context`` ``[B, S]`` and ``context_lengths`` ``[B]`` feed an
+    encoder-decoder (encoded once).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
       >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-      >>> out = jnn.generate.generate(lm, params, jnp.array([[1, 2]]), 3, key=jax.random.key(1), top_k=5)
-      >>> out.shape, out.dtype
-      ((1, 5), dtype('int32'))
-      >>> out[:, :2].tolist()
-      [[1, 2]]
+      >>> jnn.generate.generate(lm, params, jnp.array([[1, 2]]), 3, key=jax.random.key(1), top_k=5).shape
+      (1, 5)
     """
     prompt = _check("generate", model, prompt, cached=True)
     context = _context(context, context_lengths)
@@ -188,20 +155,16 @@ def generate(model, params, prompt, num_new_tokens: int, *, key, temperature: fl
 @checks.declare(num_new_tokens=checks.positive_int, **_SAMPLING)
 def generate_uncached(model: Layer, params, prompt, num_new_tokens: int, *, key, temperature: float = 1.0,
                       top_k: int | None = None, state=None, context=None, context_lengths=None) -> jax.Array:
-    """The reference sampler: like :func:`generate`, but every step re-runs ``model.apply`` on the
-    whole ``[B, P + num_new_tokens]`` buffer (any causal model of ids to logits; ``state``,
-    ``context`` and ``context_lengths`` are passed to it). Same key, same tokens as :func:`generate`.
+    """:func:`generate` for any causal ids-to-logits model: each step re-runs ``model.apply`` on the
+    whole buffer. Same key, same tokens as :func:`generate`.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> from jnn.generate import generate, generate_uncached
       >>> lm = jnn.decoder_lm(vocab_size=11, num_layers=1, num_heads=1, features=8, mlp_dim=16, max_len=16)
       >>> params, _ = lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-      >>> prompt = jnp.array([[1, 2]])
-      >>> out = generate_uncached(lm, params, prompt, 3, key=jax.random.key(1), temperature=0.0)
-      >>> out.shape
-      (1, 5)
-      >>> bool((out == generate(lm, params, prompt, 3, key=jax.random.key(1), temperature=0.0)).all())
+      >>> prompt, key = jnp.array([[1, 2]]), jax.random.key(1)
+      >>> bool((generate_uncached(lm, params, prompt, 3, key=key) == generate(lm, params, prompt, 3, key=key)).all())
       True
     """
     prompt = _check("generate_uncached", model, prompt, cached=False)

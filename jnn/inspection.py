@@ -58,8 +58,8 @@ def _from_inner_trace(value, trace) -> bool:
 @checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def capture(model: core.Layer, params, state, x, patterns: Iterable[str] | str, *, key=None,
             train: bool = False, **keywords) -> tuple[Any, Any, dict[str, Any]]:
-    """Applies ``model`` once, also returning ``{path: output}`` of the sub-layers matching ``patterns``
-    (:mod:`jnn.tree` patterns): ``(y, new_state, captured)``; works under ``jit``, ``vmap``, ``grad``.
+    """``(y, new_state, {path: output})``: ``model`` applied once, with the outputs of the sub-layers
+    matching :mod:`jnn.tree` ``patterns``; works under ``jit``, ``vmap``, ``grad``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

@@ -1,7 +1,5 @@
-"""Files: safe writes, and weight files (``.safetensors`` or ``.npz``, jnn's own reader and writer)
-holding flat ``path -> array`` entries (``"block_0/dense_1/w"``) with each tensor's sha256
-(safetensors: in ``__metadata__[DIGEST_KEY]``).
-"""
+"""Atomic writes, and weight files (``.safetensors``, ``.npz``) of ``"block_0/dense_1/w" -> array`` with
+sha256s (safetensors: in ``__metadata__[DIGEST_KEY]``)."""
 from __future__ import annotations
 
 import errno
@@ -30,8 +28,7 @@ def check_target(where: str, path, overwrite) -> pathlib.Path:
 
     Example:
       >>> import tempfile, pathlib, jnn
-      >>> folder = pathlib.Path(tempfile.mkdtemp())
-      >>> jnn.io.check_target("save", folder / "new.npz", overwrite=False).name
+      >>> jnn.io.check_target("save", pathlib.Path(tempfile.mkdtemp()) / "new.npz", overwrite=False).name
       'new.npz'
     """
     checks.flag(where, "overwrite", overwrite)
@@ -43,15 +40,11 @@ def check_target(where: str, path, overwrite) -> pathlib.Path:
 
 
 def atomic_write(path, data, *, overwrite: bool = False, where: str = "jnn.io.atomic_write") -> pathlib.Path:
-    """Writes ``data`` (``bytes``, ``str`` or a list of bytes-like pieces) to ``path`` through a
-    temporary file and an atomic rename; ``where`` names the caller in errors.
+    """Writes ``data`` (``bytes``, ``str`` or bytes-like pieces) to ``path`` via a temporary file and a rename.
 
     Example:
       >>> import tempfile, pathlib, jnn
-      >>> path = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
-      >>> jnn.io.atomic_write(path, "first").read_text()
-      'first'
-      >>> jnn.io.atomic_write(path, [b"sec", b"ond"], overwrite=True).read_text()
+      >>> jnn.io.atomic_write(pathlib.Path(tempfile.mkdtemp()) / "a.txt", [b"sec", b"ond"]).read_text()
       'second'
     """
     path = check_target(where, path, overwrite)
@@ -78,7 +71,7 @@ _SPACE_ERRNOS = {getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EDQUOT") 
 
 
 def write_error(where: str, path, error: OSError) -> OSError:
-    """An ``OSError`` (with the system's errno) for a failed write of ``path``, naming ``where`` and ``path``.
+    """The ``OSError`` (same errno) for a failed write of ``path``, naming ``where`` and ``path``.
 
     Example:
       >>> import errno, jnn
@@ -97,11 +90,10 @@ def fresh_path(path) -> pathlib.Path:
 
     Example:
       >>> import tempfile, pathlib, jnn
-      >>> folder = pathlib.Path(tempfile.mkdtemp())
-      >>> (folder / "run.json").write_text("{}")
+      >>> (path := pathlib.Path(tempfile.mkdtemp()) / "run.json").write_text("{}")
       2
-      >>> jnn.io.fresh_path(folder / "run.json").name, jnn.io.fresh_path(folder / "new.json").name
-      ('run-2.json', 'new.json')
+      >>> jnn.io.fresh_path(path).name
+      'run-2.json'
     """
     path = pathlib.Path(path)
     candidate, i = path, 2
@@ -136,9 +128,8 @@ def flatten(tree) -> dict[str, np.ndarray]:
 
 
 def unflatten(flat: dict[str, Any], *, like=None, where: str = "jnn.io.unflatten"):
-    """The inverse of :func:`flatten`: nested dicts, or with ``like=`` (a tree of arrays or
-    ``jax.ShapeDtypeStruct``) ``like``'s structure and dtypes, after checking ``flat`` holds exactly
-    its paths and shapes (a ``ValueError`` lists every problem; ``where`` names the caller).
+    """The inverse of :func:`flatten`: nested dicts, or ``like``'s structure and dtypes after checking
+    ``flat`` holds exactly its paths and shapes (a ``ValueError`` lists every problem).
 
     Example:
       >>> unflatten({"dense_0/w": 1, "dense_0/b": 2, "scale": 3})
@@ -343,8 +334,8 @@ def _check_savable(where: str, tree) -> None:
     lambda m: isinstance(m, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()),
     "a dict of strings to strings (the safetensors header holds text only)")))
 def save_params(path, tree, *, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
-    """Writes the arrays of ``tree`` (e.g. ``{"params": ..., "state": ...}``) to a ``.safetensors`` or ``.npz``
-    file, atomically, with digests; ``metadata`` (strings) goes into the safetensors header.
+    """Writes the arrays of ``tree`` to a ``.safetensors`` or ``.npz`` file, atomically, with digests;
+    ``metadata`` (strings) goes into the safetensors header.
 
     Example:
       >>> import tempfile, pathlib, jax.numpy as jnp, jnn
@@ -374,18 +365,15 @@ def _weight_file(where: str, path) -> pathlib.Path:
 
 
 def load_params(path, *, like=None):
-    """A ``.safetensors`` or ``.npz`` weight file as nested dicts of ``jax.Array``, its recorded digests
-    verified (a corrupt file is a ValueError naming it). With ``like`` (e.g. ``jax.eval_shape(model.init,
-    key, example)[0]``) it must hold exactly those paths and shapes, and takes their structure and dtypes.
+    """A weight file as nested dicts of ``jax.Array``, digests verified (a corrupt file is a ValueError
+    naming it); with ``like`` (a tree of arrays or shapes), checked and shaped as :func:`unflatten`.
 
     Example:
-      >>> import tempfile, pathlib, jax, jax.numpy as jnp, jnn
-      >>> path = pathlib.Path(tempfile.mkdtemp()) / "weights.npz"
-      >>> params = {"dense_0": {"w": jnp.ones((3, 2), jnp.bfloat16), "b": jnp.zeros(2)}}
+      >>> import tempfile, pathlib, jax.numpy as jnp, jnn
+      >>> path, params = pathlib.Path(tempfile.mkdtemp()) / "w.npz", {"w": jnp.ones((3, 2), jnp.bfloat16)}
       >>> jnn.io.save_params(path, params)
-      >>> w = jnn.io.load_params(path, like=params)["dense_0"]["w"]
-      >>> w.dtype, w.shape
-      (dtype(bfloat16), (3, 2))
+      >>> jnn.io.load_params(path, like=params)["w"].dtype
+      dtype(bfloat16)
     """
     path = _weight_file("jnn.io.load_params", path)
     try:

@@ -1,10 +1,4 @@
-"""Classification metrics over logits (or any scores where larger means more likely).
-
-Example:
-  >>> import jax.numpy as jnp, jnn
-  >>> float(jnn.metrics.accuracy(jnp.array([[2.0, 1.0], [0.0, 3.0]]), jnp.array([0, 0])))
-  0.5
-"""
+"""Classification metrics over logits (or any scores where larger means more likely)."""
 from __future__ import annotations
 
 import jax
@@ -39,16 +33,12 @@ def _class_ids(where: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
         raise ValueError(f"{where}: labels must have shape {tuple(logits.shape[:-1])} (class ids) or "
                          f"{tuple(logits.shape)} (one-hot) for logits of shape {tuple(logits.shape)}, "
                          f"got {tuple(labels.shape)}")
-    return labels if jnp.issubdtype(labels.dtype, jnp.integer) else jnp.argmax(labels, axis=-1)
+    return jnp.argmax(labels, axis=-1)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Fraction of examples whose arg-max class is the label.
-
-    Args:
-      logits: ``[..., C]``.
-      labels: integer ids ``[...]`` or one-hot ``[..., C]``. Concrete integer ids outside
-        ``[0, C)`` raise a ``ValueError``; under ``jit`` they are not checked (they never match).
+    """Fraction of examples whose arg-max class of ``logits [..., C]`` is the label: ids ``[...]`` (checked
+    to lie in ``[0, C)`` outside ``jit``) or one-hot ``[..., C]``.
 
     Example:
       >>> import jax.numpy as jnp, jnn

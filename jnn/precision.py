@@ -16,23 +16,19 @@ def cast_floating(tree, dtype):
 
     Example:
       >>> import jax.numpy as jnp
-      >>> tree = cast_floating({"w": jnp.ones(2), "ids": jnp.arange(2)}, jnp.bfloat16)
-      >>> tree["w"].dtype, tree["ids"].dtype
-      (dtype(bfloat16), dtype('int32'))
+      >>> cast_floating({"w": jnp.ones(2), "ids": jnp.arange(2)}, jnp.bfloat16)
+      {'ids': Array([0, 1], dtype=int32), 'w': Array([1, 1], dtype=bfloat16)}
     """
     def cast(a):
         if not hasattr(a, "dtype") or not jnp.issubdtype(a.dtype, jnp.floating) or a.dtype == dtype:
             return a
-        if isinstance(a, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(a.shape, dtype)
-        return a.astype(dtype)
+        return jax.ShapeDtypeStruct(a.shape, dtype) if isinstance(a, jax.ShapeDtypeStruct) else a.astype(dtype)
 
     return jax.tree_util.tree_map(cast, tree)
 
 
 class Policy(NamedTuple):
-    """Dtypes of params and state (``param_dtype``), of ``apply``'s work (``compute_dtype``: floating
-    inputs and params are cast to it), and of floating outputs (``output_dtype``).
+    """Dtypes of params and state, of ``apply``'s work (floating inputs and params cast to it), of outputs.
 
     Example:
       >>> import jax.numpy as jnp
@@ -86,14 +82,13 @@ def with_policy(model: Layer, policy: Policy | None = None) -> Layer:
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> model = with_policy(jnn.serial(jnn.dense(8), jnn.relu(), jnn.dense(2)))
+      >>> model = with_policy(jnn.dense(2))
       >>> params, state = model.init(jax.random.key(0), jnp.zeros((4, 3)))
-      >>> y, _ = model.apply(params, state, jnp.ones((4, 3)))
-      >>> params["dense_0"]["w"].dtype, y.dtype
+      >>> params["w"].dtype, model.apply(params, state, jnp.ones((4, 3)))[0].dtype
       (dtype('float32'), dtype('float32'))
     """
     ensure_layer("with_policy", model)
-    policy = (mixed_bfloat16() if policy is None else policy)
+    policy = mixed_bfloat16() if policy is None else policy
     if not isinstance(policy, Policy):
         raise TypeError(f"with_policy: expected a jnn.precision.Policy, got {type(policy).__name__}")
     policy = policy.checked()

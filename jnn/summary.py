@@ -21,15 +21,12 @@ _CONFIG_WIDTH = 72   # a longer config cell is cut, ending "..."
 
 
 def _shape_text(tree) -> str:
-    if hasattr(tree, "shape"):
-        return str(tuple(tree.shape))
-    return str(jax.tree_util.tree_map(lambda a: tuple(a.shape), tree))
+    return str(tuple(tree.shape) if hasattr(tree, "shape") else jax.tree_util.tree_map(lambda a: tuple(a.shape), tree))
 
 
 def _value_text(value) -> str:
-    if callable(value) and not isinstance(value, (core.Layer, type)) and hasattr(value, "__name__"):
-        return value.__name__
-    return repr(value)
+    named = callable(value) and not isinstance(value, (core.Layer, type)) and hasattr(value, "__name__")
+    return value.__name__ if named else repr(value)
 
 
 def _config_text(model: core.Layer, path: str, kind: str) -> str:
@@ -45,8 +42,7 @@ def _config_text(model: core.Layer, path: str, kind: str) -> str:
 
 @checks.declare(model=checks.instance_of(core.Layer, described="a jnn.Layer"))
 def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
-    """A table of every sub-layer's path, kind, output shape (by ``jax.eval_shape``), parameter count
-    and config, with the totals; ``keywords`` are extra ``apply`` keywords.
+    """A table of every sub-layer's path, kind, output shape, parameter count and config, with totals.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -70,8 +66,7 @@ def summary(model: core.Layer, example, *, key=None, **keywords) -> str:
     for path, kind, y, layer_params in records:
         count = _count(layer_params)[0]
         rows.append((path, kind, _shape_text(y), f"{count:,}" if count else "", _config_text(model, path, kind)))
-    total, nbytes = _count(params)
-    state_total, state_bytes = _count(state)
+    (total, nbytes), (state_total, state_bytes) = _count(params), _count(state)
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     line = lambda r: "  ".join(c.rjust(w) if i == 3 else c.ljust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip()

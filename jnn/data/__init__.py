@@ -1,6 +1,4 @@
-"""Datasets for jnn: MNIST, Tiny Shakespeare, sklearn digits and logic gates, as NumPy arrays
-(or a string); files live under :func:`data_dir`, downloaded and verified on demand.
-"""
+"""Datasets (MNIST, Tiny Shakespeare, digits, logic gates) as NumPy arrays, files under :func:`data_dir`."""
 from jnn.data import augment, grain
 from jnn.data.batching import batches
 from jnn.data.errors import DatasetUnavailableError

@@ -1,6 +1,4 @@
-"""On-device image augmentation: keyed functions ``(key, images [B, H, W, C]) -> images``, with
-randomness per example, composed by :func:`pipeline`, made a layer by :func:`augment_layer`.
-"""
+"""On-device image augmentations ``(key, images [B, H, W, C]) -> images``, random per example."""
 from __future__ import annotations
 
 import math
@@ -84,9 +82,6 @@ def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0)
     Example:
       >>> import jax.numpy as jnp, jnn
       >>> image = jnp.arange(9.0).reshape(3, 3, 1)
-      >>> out = jnn.data.augment.affine(image, rotation_degrees=15.0, scale=1.2)
-      >>> out.shape, out.dtype
-      ((3, 3, 1), dtype('float32'))
       >>> bool(jnp.allclose(jnn.data.augment.affine(image), image))
       True
     """
@@ -98,8 +93,7 @@ def affine(image: jax.Array, rotation_degrees=0.0, scale=1.0, shear_degrees=0.0)
     scale = jnp.asarray(scale, dtype)
     cy, cx = (h - 1) / 2, (w - 1) / 2
     y, x = jnp.meshgrid(jnp.arange(h, dtype=dtype) - cy, jnp.arange(w, dtype=dtype) - cx, indexing="ij")
-    y, x = y / scale, x / scale
-    x = x + shear * y
+    y, x = y / scale, x / scale + shear * y / scale
     src_y = jnp.cos(theta) * y + jnp.sin(theta) * x + cy
     src_x = -jnp.sin(theta) * y + jnp.cos(theta) * x + cx
     sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, [src_y, src_x], order=1,
@@ -175,10 +169,7 @@ def horizontal_flip(p: float = 0.5) -> Augmentation:
       >>> jnn.data.augment.horizontal_flip(p=1.0)(jax.random.key(0), images)[0, 0, :, 0].tolist()
       [3.0, 2.0, 1.0, 0.0]
     """
-    def one(key, image):
-        return jnp.where(jax.random.uniform(key) < p, image[:, ::-1], image)
-
-    return _batched("horizontal_flip", one)
+    return _batched("horizontal_flip", lambda key, image: jnp.where(jax.random.uniform(key) < p, image[:, ::-1], image))
 
 
 @checks.declare(p=checks.between(0, 1))
@@ -189,11 +180,9 @@ def random_erasing(p: float = 0.5, scale: tuple[float, float] = (0.02, 0.2),
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> images = jnp.ones((2, 8, 8, 1))
       >>> erase = jnn.data.augment.random_erasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0))
-      >>> out = erase(jax.random.key(0), images)
-      >>> out.shape, out.sum(axis=(1, 2, 3)).tolist()
-      ((2, 8, 8, 1), [48.0, 48.0])
+      >>> erase(jax.random.key(0), jnp.ones((2, 8, 8, 1))).sum(axis=(1, 2, 3)).tolist()
+      [48.0, 48.0]
     """
     lo = checks.between(0, 1)("random_erasing", "scale[0]", scale[0])
     hi = checks.between(lo, 1)("random_erasing", "scale[1]", scale[1])
@@ -209,10 +198,8 @@ def random_erasing(p: float = 0.5, scale: tuple[float, float] = (0.02, 0.2),
         ew = jnp.clip(jnp.round(jnp.sqrt(area / aspect)), 1, w).astype(jnp.int32)
         top, left = _int_below(u[3], h - eh + 1), _int_below(u[4], w - ew + 1)
         rows, cols = jnp.arange(h, dtype=jnp.int32), jnp.arange(w, dtype=jnp.int32)
-        box = (((rows >= top) & (rows < top + eh))[:, None]
-               & ((cols >= left) & (cols < left + ew))[None, :])
-        erase = box[:, :, None] & (u[0] < p)
-        return jnp.where(erase, jnp.asarray(value, image.dtype), image)
+        box = ((rows >= top) & (rows < top + eh))[:, None] & ((cols >= left) & (cols < left + ew))[None, :]
+        return jnp.where(box[:, :, None] & (u[0] < p), jnp.asarray(value, image.dtype), image)
 
     return _batched("random_erasing", one)
 
@@ -254,8 +241,7 @@ def augment_layer(*augmentations: Augmentation, name: str | None = None) -> Laye
       >>> from jnn.data.augment import augment_layer, random_translate
       >>> model = jnn.serial(augment_layer(random_translate(2)), jnn.flatten(), jnn.dense(10))
       >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-      >>> x = jnp.ones((4, 28, 28, 1))
-      >>> model.apply(params, state, x, key=jax.random.key(1), train=True)[0].shape
+      >>> model.apply(params, state, jnp.ones((4, 28, 28, 1)), key=jax.random.key(1), train=True)[0].shape
       (4, 10)
     """
     label = name or "augment"

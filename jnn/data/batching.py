@@ -14,8 +14,7 @@ __all__ = ["batches"]
 @checks.declare(batch_size=checks.positive_int, drop_remainder=checks.flag)
 def batches(*arrays, batch_size: int, key: jax.Array | None = None,
             drop_remainder: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
-    """Yields aligned minibatches ``(a[idx], b[idx], ...)`` of arrays sharing axis 0, shuffled with
-    ``key`` if given; ``drop_remainder`` skips a last smaller batch.
+    """Aligned minibatches ``(a[idx], b[idx], ...)`` of arrays sharing axis 0, shuffled if ``key`` is given.
 
     Example:
       >>> import numpy as np, jnn

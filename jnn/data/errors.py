@@ -9,8 +9,7 @@ __all__ = ["DatasetUnavailableError"]
 
 
 class DatasetUnavailableError(RuntimeError):
-    """A dataset file is missing and could not be downloaded; the message names the file, each URL
-    tried with its error, and how to fix it.
+    """A dataset file is missing and could not be downloaded (the message names the URLs tried and the fix).
 
     Example:
         >>> err = DatasetUnavailableError.for_file("/data/mnist/t10k-labels-idx1-ubyte.gz", note="download=False")
@@ -21,8 +20,7 @@ class DatasetUnavailableError(RuntimeError):
     @classmethod
     def for_file(cls, dest: str | os.PathLike[str], attempts: Sequence[tuple[str, str]] = (), *,
                  root: str | os.PathLike[str] | None = None, note: str | None = None) -> DatasetUnavailableError:
-        """The error for ``dest``: ``attempts`` are ``(url, error)`` pairs, ``root`` the data directory
-        (to show the layout ``JNN_DATA_DIR`` needs), ``note`` why nothing (more) was tried."""
+        """The error for ``dest`` after ``attempts`` ``[(url, error)]``; ``root``: the data directory."""
         dest = pathlib.Path(dest)
         relative = (dest.relative_to(root).as_posix() if root is not None and dest.is_relative_to(root)
                     else f"{dest.parent.name}/{dest.name}".lstrip("/"))

@@ -37,17 +37,14 @@ class _VerificationError(ValueError):
 
 def download(urls: str | Sequence[str], dest: str | os.PathLike[str], *, md5: str | None = None,
              sha256: str | None = None, timeout: float = 30) -> pathlib.Path:
-    """Downloads a file, trying each URL (``http(s)://`` or ``file://``) in order, verifying its size
-    and the ``md5``/``sha256`` hex digests given; ``dest`` is replaced only by a verified file. If no
-    URL works, a ``DatasetUnavailableError`` lists each URL with its error.
+    """Downloads ``dest`` from the first of ``urls`` that works, verifying its size and any ``md5``/``sha256``;
+    ``dest`` is replaced only by a verified file, else a ``DatasetUnavailableError`` lists each URL's error.
 
     Example:
         >>> import pathlib, tempfile
         >>> src = pathlib.Path(tempfile.mkdtemp()) / "hello.txt"
         >>> _ = src.write_bytes(b"hello")
-        >>> out = download(src.as_uri(), src.with_name("copy.txt"),
-        ...                md5="5d41402abc4b2a76b9719d911017c592")
-        >>> out.read_bytes()
+        >>> download(src.as_uri(), src.with_name("copy.txt"), md5="5d41402abc4b2a76b9719d911017c592").read_bytes()
         b'hello'
     """
     dest, attempts = pathlib.Path(dest), []

@@ -1,13 +1,9 @@
-"""Grain input pipelines for :func:`jnn.train.fit`: record sources, shuffled batches, sharding.
-
-A random-access *source* (``__len__``, ``__getitem__``, optionally ``read_batch(indices)``) goes
-through :func:`pipeline`. Epoch ``e`` reads records in the order of
-``jnn.train.permutation.IndexShuffle(len(source), seed=[seed, e])``, the first ``steps_per_epoch *
-batch_size`` kept; global batch ``k`` is positions ``k * batch_size ... (k + 1) * batch_size - 1``,
-of which process ``p`` of ``P`` reads ``p, p + P, ...``.
-"""
+"""Grain input pipelines for :func:`jnn.train.fit` over random-access record sources (``__len__``,
+``__getitem__``, optionally ``read_batch``): epoch ``e`` reads ``IndexShuffle(len(source), seed=[seed,
+e])`` order; global batch ``k`` is positions ``[k * B, (k + 1) * B)``, process ``p`` of ``P`` reads ``p::P``."""
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from typing import Callable
@@ -39,8 +35,8 @@ def _grain():
 
 
 class ArraySource:
-    """Records over arrays sharing axis 0 (NumPy arrays, memmaps, :class:`NpySource` files): record ``i``
-    is ``transform((a[i], b[i], ...))`` (``a[i]`` for one array; no ``transform``: as is).
+    """Records ``transform((a[i], b[i], ...))`` (``a[i]`` for one array) of arrays, memmaps or
+    :class:`NpySource` files sharing axis 0.
 
     Example:
       >>> import numpy as np, jnn
@@ -160,8 +156,8 @@ class NpySource:
 
 @checks.declare(shape=_shape, overwrite=checks.flag)
 def write_npy(path, shape: tuple[int, ...], dtype, chunks, *, overwrite: bool = False) -> None:
-    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (arrays whose first axes add up to ``shape[0]``),
-    one chunk in memory at a time, through a temporary file renamed at the end.
+    """Writes a ``.npy`` file of ``shape`` from ``chunks`` (first axes adding up to ``shape[0]``), one
+    chunk in memory at a time, atomically.
 
     Example:
       >>> import os, tempfile, numpy as np, jnn
@@ -219,9 +215,8 @@ def mnist_source(split: str = "train", *, data_dir: str | os.PathLike[str] | Non
     """MNIST as a source of ``(float32 [28, 28, 1] in [0, 1], int32 label)``, converted on read.
 
     Example:
-      >>> src = jnn.data.grain.mnist_source("test", download=False)  # doctest: +SKIP
-      >>> len(src), src[0][0].shape, int(src[0][1])  # doctest: +SKIP
-      (10000, (28, 28, 1), 7)
+      >>> jnn.data.grain.mnist_source("test", download=False)[0][0].shape  # doctest: +SKIP
+      (28, 28, 1)
     """
     images, labels = mnist.read_mnist(split, data_dir=data_dir, download=download, where="mnist_source")
     return ArraySource(images, labels, transform=mnist_record)
@@ -247,9 +242,8 @@ class _Windows:
 
 @checks.declare(seq_len=checks.positive_int, stride=checks.optional(checks.positive_int))
 def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | None = None, vocab=None):
-    """Tiny Shakespeare (or ``text``) as a source of int32 windows: record ``i`` is ``(ids[s : s +
-    seq_len], ids[s + 1 : s + seq_len + 1])``, ``s = i * stride`` (default ``seq_len``). Returns
-    ``(source, vocab)``; ``vocab`` defaults to a :class:`jnn.data.CharVocab` of ``text``.
+    """``(source, vocab)``: Tiny Shakespeare (or ``text``) as :func:`jnn.data.lm_windows`-style int32
+    records; ``vocab`` defaults to a :class:`jnn.data.CharVocab` of ``text``.
 
     Example:
       >>> import jnn
@@ -268,10 +262,8 @@ def shakespeare_source(seq_len: int, *, stride: int | None = None, text: str | N
 
 
 class Pipeline:
-    """Batches from :func:`pipeline`: iterate it, or pass it to :func:`jnn.train.fit`.
-
-    Attributes: ``dataset`` (the Grain dataset of batches), ``steps_per_epoch`` (per process),
-    ``batch_size`` (global), ``shard_count`` (processes the batches are split over).
+    """Batches from :func:`pipeline` (iterate it or pass it to ``fit``): ``dataset``, ``steps_per_epoch``
+    (per process), ``batch_size`` (global), ``shard_count``.
 
     Example:
       >>> import numpy as np, jnn
@@ -302,16 +294,10 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
              drop_remainder: bool = True, transform: Callable | None = None, random_transform: Callable | None = None,
              worker_count: int = 0, worker_nice: int = 19, read_threads: int = 2, prefetch: int = 4,
              shard=None) -> Pipeline:
-    """Shuffled, sharded, batched Grain pipeline over a record source (order: module docstring).
-
-    Args:
-      batch_size: the global batch size (all processes), a multiple of the number of shards.
-      seed, shuffle: epoch ``e`` draws its order from ``[seed, e]``; ``shuffle=False`` keeps the order.
-      num_epochs: ``None``: endless; drop_remainder: ``False`` keeps a smaller last batch (one shard only).
-      transform: ``record -> record``; random_transform: ``(record, rng) -> record`` with
-        ``rng = np.random.default_rng([seed, epoch, record index])``.
-      worker_count: worker processes (0: reader threads), reniced by ``worker_nice`` (0 to 19).
-      read_threads, prefetch: Grain's ``ReadOptions``; shard: default ``ShardByJaxProcess()``.
+    """Shuffled, sharded Grain pipeline of global ``batch_size`` over a record source (order: module
+    docstring; ``num_epochs=None``: endless). ``random_transform(record, rng)`` gets
+    ``rng = np.random.default_rng([seed, epoch, record index])``; ``worker_count`` processes (0: threads)
+    run at ``worker_nice``; ``shard`` defaults to ``ShardByJaxProcess()``.
 
     Example:
       >>> import numpy as np, jnn
@@ -345,7 +331,7 @@ def pipeline(source, *, batch_size: int, seed: int, shuffle: bool = True, num_ep
         if group > 1:   # a worker sends `group` consecutive batches at a time (see _Unstack)
             ds = ds.batch(group, drop_remainder=False)
         options = grain.MultiprocessingOptions(num_workers=worker_count)
-        ds = ds.to_iter_dataset(read).mp_prefetch(options, worker_init_fn=_Renice(worker_nice))
+        ds = ds.to_iter_dataset(read).mp_prefetch(options, worker_init_fn=functools.partial(_renice, int(worker_nice)))
         if group > 1:
             ds = grain.experimental.FlatMapIterDataset(ds, _Unstack(group))
     return Pipeline(ds, steps, batch_size, count, read)
@@ -360,15 +346,10 @@ def _worker_group(batch) -> int:
     return int(max(1, min(32, _WORKER_GROUP_BYTES // max(size, 1))))
 
 
-class _Renice:
-    """Grain ``worker_init_fn``: lowers a worker process's priority by ``increment`` (``os.nice``)."""
-
-    def __init__(self, increment: int):
-        self.increment = int(increment)
-
-    def __call__(self, worker_index: int, worker_count: int):
-        if self.increment and hasattr(os, "nice"):
-            os.nice(self.increment)
+def _renice(increment: int, worker_index: int, worker_count: int) -> None:
+    """Grain ``worker_init_fn`` (with ``increment`` bound): lowers a worker's priority (``os.nice``)."""
+    if increment and hasattr(os, "nice"):
+        os.nice(increment)
 
 
 class _Unstack:
@@ -456,8 +437,7 @@ class _BatchReader:
 
 @checks.declare(max_shift=checks.integer(0, described="a non-negative integer"))
 def random_translate(max_shift: int) -> Callable:
-    """Shifts an ``(image [H, W, C], label)`` record by up to ``max_shift`` pixels, zero-filled (for
-    :func:`pipeline`'s ``random_transform``).
+    """A ``random_transform`` shifting an ``(image [H, W, C], label)`` by up to ``max_shift`` pixels.
 
     Example:
       >>> import numpy as np, jnn

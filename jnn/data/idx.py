@@ -1,6 +1,4 @@
-"""Reader for the IDX format of MNIST (gzipped or not): magic ``0x00 0x00 <dtype code> <ndim>``,
-``ndim`` big-endian uint32 sizes, then the row-major payload.
-"""
+"""Reader for MNIST's IDX format: magic ``00 00 <dtype code> <ndim>``, big-endian uint32 sizes, data."""
 from __future__ import annotations
 
 import gzip
@@ -25,7 +23,6 @@ def read_idx(path: str | os.PathLike[str], *, ndim: int | None = None) -> np.nda
 
     Example:
         >>> import pathlib, tempfile
-        >>> import numpy as np
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "tiny-idx1-ubyte"
         >>> _ = f.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
         >>> read_idx(f)

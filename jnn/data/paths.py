@@ -8,8 +8,7 @@ __all__ = ["data_dir", "resolve_data_dir"]
 
 
 def data_dir() -> pathlib.Path:
-    """``$JNN_DATA_DIR``, else ``$XDG_CACHE_HOME/jnn``, else ``~/.cache/jnn`` (the first set and non-empty):
-    the folder in which jnn looks for (and downloads) datasets; not created here.
+    """The datasets folder: ``$JNN_DATA_DIR``, else ``$XDG_CACHE_HOME/jnn``, else ``~/.cache/jnn``.
 
     Example:
         >>> import os

@@ -25,30 +25,23 @@ _FILE = "input.txt"
 
 def load_tiny_shakespeare(*, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
                           mirrors: Sequence[str] | None = None, verify: bool = True) -> str:
-    """The Tiny Shakespeare corpus as one string (UTF-8, read as is).
-
-    Args:
-        mirrors: full URLs of ``input.txt`` to try in order (default :data:`SHAKESPEARE_MIRRORS`).
-        verify: a file present must be the published one (:data:`SHAKESPEARE_SHA256`); ``False``
-            reads your own text at this path (a downloaded file is always checked).
+    """The Tiny Shakespeare corpus as one string; ``mirrors``: full URLs of ``input.txt``; ``verify=False``
+    reads a present file even if it is not the published one (a downloaded file is always checked).
 
     Example:
-        >>> text = load_tiny_shakespeare(download=False)  # doctest: +SKIP
-        >>> text[:14]  # doctest: +SKIP
+        >>> load_tiny_shakespeare(download=False)[:14]  # doctest: +SKIP
         'First Citizen:'
     """
     fetch.check_source_args("load_tiny_shakespeare", download, mirrors)
     checks.flag("load_tiny_shakespeare", "verify", verify)
-    root = paths.resolve_data_dir(data_dir)
-    path = root / _SUBDIR / _FILE
+    path = (root := paths.resolve_data_dir(data_dir)) / _SUBDIR / _FILE
     if not path.is_file():
         if not download:
             raise DatasetUnavailableError.for_file(path, root=root, note="download=False")
         fetch.download(list(SHAKESPEARE_MIRRORS if mirrors is None else mirrors), path, sha256=SHAKESPEARE_SHA256)
     text = read_text_file(path)
     if verify:
-        data = text.encode("utf-8")
-        digest = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data := text.encode("utf-8")).hexdigest()
         checks.require(digest == SHAKESPEARE_SHA256, "load_tiny_shakespeare", f"{path} is not the published Tiny "
                        f"Shakespeare file: it has {len(data):,} bytes and sha256 {digest[:16]}..., the published "
                        f"file {SHAKESPEARE_SIZE:,} bytes and sha256 {SHAKESPEARE_SHA256[:16]}... (truncated or "

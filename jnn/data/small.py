@@ -24,7 +24,7 @@ def xor() -> tuple[np.ndarray, np.ndarray]:
 
 
 def and_gate() -> tuple[np.ndarray, np.ndarray]:
-    """The truth table of logical AND: float32 ``x (4, 2)``, ``y (4, 1)``.
+    """AND's truth table: float32 ``x (4, 2)``, ``y (4, 1)``.
 
     Example:
         >>> and_gate()[1].ravel().tolist()

@@ -15,18 +15,13 @@ def _codepoints(text: str) -> np.ndarray:
 
 
 class CharVocab:
-    """The sorted unique characters of ``text``, each with an integer id (``chars[i]`` has id ``i``;
-    ``size`` is the vocabulary size). ``CharVocab(vocab.chars)`` rebuilds a vocabulary.
+    """The sorted unique characters ``chars`` of ``text``; ``chars[i]`` has id ``i``.
 
     Example:
       >>> from jnn.data.text import CharVocab
       >>> vocab = CharVocab("hello")
-      >>> vocab.chars, vocab.size
-      ('ehlo', 4)
-      >>> vocab.encode("hole").tolist()
-      [1, 3, 2, 0]
-      >>> vocab.decode([1, 0, 2, 2, 3])
-      'hello'
+      >>> vocab.chars, vocab.size, vocab.encode("hole").tolist(), vocab.decode([1, 0, 2, 2, 3])
+      ('ehlo', 4, [1, 3, 2, 0], 'hello')
     """
 
     def __init__(self, text: str):
@@ -82,9 +77,8 @@ def lm_windows(ids, seq_len: int, *, stride: int | None = None) -> tuple[np.ndar
     Example:
       >>> import numpy as np
       >>> from jnn.data.text import lm_windows
-      >>> inputs, targets = lm_windows(np.arange(7), 3)
-      >>> inputs.tolist(), targets.tolist()
-      ([[0, 1, 2], [3, 4, 5]], [[1, 2, 3], [4, 5, 6]])
+      >>> [a.tolist() for a in lm_windows(np.arange(7), 3)]
+      [[[0, 1, 2], [3, 4, 5]], [[1, 2, 3], [4, 5, 6]]]
     """
     ids = np.asarray(ids)
     checks.require(ids.ndim == 1 and len(ids) > seq_len, "lm_windows", f"expected 1-D ids with at least seq_len + 1 "

@@ -1,8 +1,5 @@
-"""Recurrent cells: the one-step functions that :func:`jnn.layers.recurrent.recurrent` scans.
-
-Gates are fused: params ``{"input": {"w": [in, G*H], "b"}, "hidden": {"w": [H, G*H], ...}}``
-(``G`` gates in flax's order, each block initialized separately, as in flax).
-"""
+"""Recurrent cells (one time step, scanned by :func:`jnn.layers.recurrent.recurrent`), gates fused:
+params ``{"input": {"w": [in, G*H], "b"}, "hidden": {"w": [H, G*H], ...}}`` in flax's gate order."""
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
@@ -18,13 +15,8 @@ PyTree = Any
 
 
 class Cell(NamedTuple):
-    """A recurrent cell: pure functions for one time step.
-
-    Attributes:
-      init: ``(key, input_size, dtype=float32) -> params``.
-      initial_carry: ``(batch_shape, dtype=float32) -> carry``, all zeros.
-      step: ``(params, carry, x_t: [*batch, in]) -> (new_carry, y_t: [*batch, hidden_size])``, in ``x_t``'s dtype.
-      hidden_size: width of ``y_t``; kind: ``"rnn"``, ``"lstm"``, ``"gru"`` (keys the layer's params).
+    """A recurrent cell: ``init(key, input_size, dtype) -> params``, ``initial_carry(batch_shape, dtype)``
+    (zeros), ``step(params, carry, x_t [*batch, in]) -> (carry, y_t [*batch, hidden_size])``, ``kind``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -81,15 +73,12 @@ def _matmul(x, params):
 @checks.declare(hidden_size=checks.positive_int)
 def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun_normal",
              recurrent_init=None, b_init="zeros") -> Cell:
-    """Simple (Elman) recurrent cell: ``h' = activation(x @ W_i + b + h @ W_h)``; ``y = h'``.
-
-    Carry ``h: [*batch, H]``. ``w_init``, ``b_init``: initializers (or names) of the input matrix and
-    bias; ``recurrent_init``: of the recurrent matrix (default orthogonal); likewise for every cell.
+    """Elman cell: ``h' = activation(x @ W_i + b + h @ W_h)``, ``y = h'``; ``recurrent_init`` (of ``W_h``)
+    defaults to orthogonal, as in every cell.
 
     Example:
       >>> cell = rnn_cell(3)
-      >>> h, y = cell.step(cell.init(jax.random.key(0), 2), cell.initial_carry((4,)), jnp.ones((4, 2)))
-      >>> y.shape
+      >>> cell.step(cell.init(jax.random.key(0), 2), cell.initial_carry((4,)), jnp.ones((4, 2)))[1].shape
       (4, 3)
     """
     inits = _inits("rnn_cell", w_init, recurrent_init, b_init)
@@ -108,14 +97,8 @@ def rnn_cell(hidden_size: int, *, activation: Callable = jnp.tanh, w_init="lecun
 @checks.declare(hidden_size=checks.positive_int)
 def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_normal",
               recurrent_init=None, b_init="zeros") -> Cell:
-    """Long short-term memory cell, the formula of ``flax.linen.LSTMCell``.
-
-    With ``z = x @ W_i + b + h @ W_h`` split into gate blocks ``(i, f, g, o)``::
-
-        c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
-        h' = sigmoid(o) * tanh(c');   y = h'
-
-    Carry ``(c, h)``, each ``[*batch, H]``; the forget gate's bias starts at ``forget_bias``.
+    """LSTM cell as ``flax.linen.LSTMCell``: carry ``(c, h)``, gates ``(i, f, g, o)`` of ``x @ W_i + b + h @ W_h``,
+    ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``, ``h' = y = sigmoid(o) * tanh(c')``; f's bias: ``forget_bias``.
 
     Example:
       >>> params = lstm_cell(2).init(jax.random.key(0), 3)
@@ -147,16 +130,8 @@ def lstm_cell(hidden_size: int, *, forget_bias: float = 1.0, w_init="lecun_norma
 @checks.declare(hidden_size=checks.positive_int)
 def gru_cell(hidden_size: int, *, w_init="lecun_normal", recurrent_init=None,
              b_init="zeros") -> Cell:
-    """Gated recurrent unit, the formula of ``flax.linen.GRUCell`` (and of cuDNN / PyTorch).
-
-    With ``x @ W_i + b_i`` split into blocks ``(x_r, x_z, x_n)`` and ``h @ W_h`` into
-    ``(h_r, h_z, h_n)``::
-
-        r = sigmoid(x_r + h_r);   z = sigmoid(x_z + h_z)
-        n = tanh(x_n + r * (h_n + b_h))          # the reset gate scales the recurrent term
-        h' = (1 - z) * n + z * h;   y = h'
-
-    Carry ``h: [*batch, H]``; params as :func:`rnn_cell`'s with ``3H`` columns, plus ``hidden.b: [H]`` (``b_h``).
+    """GRU cell as ``flax.linen.GRUCell`` and PyTorch: ``r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)``,
+    ``n = tanh(x_n + r * (h_n + b_h))``, ``h' = y = (1 - z) * n + z * h``; ``b_h`` is ``hidden.b [H]``.
 
     Example:
       >>> params = gru_cell(4).init(jax.random.key(0), 3)

@@ -1,7 +1,4 @@
-"""Convolutions on channels-last inputs ``[B, *spatial, C]``: conv and conv_transpose (1-D to 3-D).
-
-Kernels are ``w: [*kernel_size, in // groups, features]`` (the layout of ``flax.linen.Conv``).
-"""
+"""1-D to 3-D convolutions on channels-last ``[B, *spatial, C]``, kernels ``[*kernel_size, in // groups, out]``."""
 from __future__ import annotations
 
 import functools
@@ -65,13 +62,11 @@ def _conv_layer(kind, label, name, kernel_size, features, groups, use_bias, w_in
 def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[int] = 1,
          padding: Padding = "SAME", dilation: int | Sequence[int] = 1, feature_group_count: int = 1,
          use_bias: bool = True, w_init="lecun_normal", b_init="zeros", name: str | None = None) -> Layer:
-    """N-D convolution (cross-correlation) on channels-last inputs (dtypes and inits as in ``dense``).
+    """Convolution ``[B, *spatial, C] -> [B, *spatial_out, features]``; ``strides``, ``dilation``: an int or
+    one per axis; ``padding``: ``"SAME"``, ``"VALID"`` or ``[(lo, hi), ...]``; ``feature_group_count``
+    divides ``C`` and ``features``.
 
-    ``x: [B, *spatial, C]`` (``len(kernel_size)`` spatial axes) -> ``[B, *spatial_out, features]``.
-    ``strides``, ``dilation``: an int or one per axis; ``padding``: ``"SAME"``, ``"VALID"`` or
-    ``[(lo, hi), ...]``; ``feature_group_count`` divides ``C`` and ``features`` (``C``: depthwise).
-
-    Example (a depthwise 3x3 convolution with a channel multiplier of 2, strides 2):
+    Example (depthwise, channel multiplier 2):
       >>> layer = conv(8, (3, 3), strides=2, feature_group_count=4)
       >>> params, state = layer.init(jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 4), jnp.float32))
       >>> params["w"].shape, layer.apply(params, state, jnp.zeros((2, 28, 28, 4)))[0].shape
@@ -92,8 +87,7 @@ def conv(features: int, kernel_size: Sequence[int], *, strides: int | Sequence[i
 
 
 def _convolve(x, w, strides, padding, dilation, groups):
-    """``conv_general_dilated`` on channels-last ``x`` and ``w: [*kernel, in, out]``; on CPU a small
-    one-channel convolution (unit strides and dilation, one group) is a sum of shifted inputs."""
+    """``conv_general_dilated``; on CPU a small one-channel, unit-stride conv is a sum of shifted inputs."""
     rank = w.ndim - 2
     one_channel = (x.shape[-1] == 1 and groups == 1 and set(strides) == {1} and set(dilation) == {1}
                    and math.prod(w.shape[:rank]) <= 25)
@@ -112,8 +106,7 @@ def _xla_conv(x, w, strides, padding, dilation, groups):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _shifted_sum(x, w, pads):
-    """The convolution of ``x: [B, *spatial, 1]`` with ``w: [*kernel, 1, out]`` as a sum over taps of
-    shifted ``x`` times the tap's weights (accumulated in float32 at least)."""
+    """``x: [B, *spatial, 1]`` conv ``w: [*kernel, 1, out]`` as a sum of shifted ``x`` times each tap (>= float32)."""
     kernel = w.shape[:-2]
     acc = x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32
     x = jnp.pad(x.astype(acc), ((0, 0), *pads, (0, 0)))
@@ -142,10 +135,8 @@ def conv_transpose(features: int, kernel_size: Sequence[int], *, strides: int | 
                    padding: Padding = "SAME", dilation: int | Sequence[int] = 1,
                    use_bias: bool = True, w_init="lecun_normal", b_init="zeros",
                    name: str | None = None) -> Layer:
-    """Transposed convolution, as ``flax.linen.ConvTranspose``; arguments as :func:`conv`'s.
-
-    ``x: [B, *spatial, C]`` -> ``[B, *spatial_out, features]`` (``spatial * strides`` for ``"SAME"``;
-    explicit padding applies to the dilated input); ``w: [*kernel_size, C, features]``, not flipped.
+    """Transposed convolution as ``flax.linen.ConvTranspose`` (arguments as :func:`conv`'s; ``"SAME"``
+    gives ``spatial * strides``; explicit padding applies to the dilated input).
 
     Example (2x upsampling):
       >>> layer = conv_transpose(3, (3, 3), strides=2)

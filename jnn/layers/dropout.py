@@ -36,10 +36,8 @@ def _make(kind: str, rate, name: str | None, mask_shape, min_ndim: int, expected
 
 @checks.declare(rate=checks.rate)
 def dropout(rate: float, *, name: str | None = None) -> Layer:
-    """Inverted dropout: zero each element with probability ``rate``, scale the rest by ``1/(1-rate)``.
-
-    Any shape. The identity unless ``train=True`` (which needs ``key=``); ``rate`` in ``[0, 1)``
-    may be a traced scalar (then unchecked).
+    """Inverted dropout: zero each element with probability ``rate`` (may be traced), scale the rest by
+    ``1/(1-rate)``; the identity unless ``train=True`` (which needs ``key=``).
 
     Example:
       >>> y, _ = dropout(0.75).apply({}, {}, jnp.ones(8), key=jax.random.key(0), train=True)
@@ -57,7 +55,7 @@ def spatial_dropout(rate: float, *, name: str | None = None) -> Layer:
 
     Example:
       >>> y, _ = spatial_dropout(0.5).apply({}, {}, jnp.ones((2, 5, 5, 8)), key=jax.random.key(0), train=True)
-      >>> bool(jnp.all((y == y[:, :1, :1, :]) ))   # constant over space per channel
+      >>> bool(jnp.all(y == y[:, :1, :1, :]))   # constant over space per channel
       True
     """
     mask_shape = lambda shape: (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],)

@@ -14,11 +14,8 @@ __all__ = ["embedding", "attend"]
 @checks.declare(vocab_size=checks.positive_int, features=checks.positive_int, dtype=checks.float_dtype)
 def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
               name: str | None = None) -> Layer:
-    """A lookup table: ``y[..., :] = embedding[x[...]]``.
-
-    ``x: [...]`` integer ids -> ``[..., features]``; param ``embedding: [vocab_size, features]``
-    (``init`` default ``normal(1.0)``; ``dtype`` default JAX's float dtype). Ids outside
-    ``[0, vocab_size)`` raise when concrete and give NaN rows under ``jit``.
+    """A lookup table ``embedding: [vocab_size, features]``: integer ids ``[...]`` -> ``[..., features]``;
+    ids outside ``[0, vocab_size)`` raise when concrete, give NaN rows under ``jit``.
 
     Example:
       >>> layer = embedding(10, 4)
@@ -48,9 +45,7 @@ def embedding(vocab_size: int, features: int, *, init=None, dtype=None,
 
 
 def attend(params, x: jax.Array) -> jax.Array:
-    """Scores against every row of an embedding table: ``x @ embedding.T`` (a tied output head).
-
-    ``params``: the embedding's params or its table; ``x: [..., features]`` -> ``[..., vocab_size]``.
+    """The tied output head ``x @ embedding.T``, ``[..., features] -> [..., vocab_size]`` (params or table).
 
     Example:
       >>> params, _ = embedding(10, 4).init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32))

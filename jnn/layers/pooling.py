@@ -1,8 +1,5 @@
-"""Pooling on channels-last inputs ``[B, *spatial, C]`` of any spatial rank: max, average, global.
-
-Windows that tile the input are reduced over a reshaped view, others by ``jax.lax.reduce_window``.
-With ties, max pooling's gradient goes to a window's first maximum in row-major order (as torch's).
-"""
+"""Max, average and global pooling on channels-last ``[B, *spatial, C]``; tiling windows reduce a
+reshaped view; max pooling's gradient goes to a window's first maximum (row-major, as torch)."""
 from __future__ import annotations
 
 import itertools
@@ -91,10 +88,8 @@ def _pool(kind: str, name, window, strides, padding, reduce, tiled) -> Layer:
 @checks.declare(window=checks.window(None))
 def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
              padding: Padding = "VALID", name: str | None = None) -> Layer:
-    """Maximum over each window (one size per spatial axis): ``[B, *spatial, C] -> [B, *spatial_out, C]``.
-
-    ``strides``: an int or one per axis (default: the window); ``padding``: ``"VALID"``, ``"SAME"``
-    or ``[(lo, hi), ...]`` (padded positions never win).
+    """Maximum over each window ``[B, *spatial, C] -> [B, *spatial_out, C]``; ``strides`` default to the window;
+    ``padding``: ``"VALID"``, ``"SAME"`` or ``[(lo, hi), ...]`` (padded positions never win).
 
     Example:
       >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
@@ -114,9 +109,8 @@ def max_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = Non
 def avg_pool(window: Sequence[int], *, strides: int | Sequence[int] | None = None,
              padding: Padding = "VALID", count_include_pad: bool = True,
              name: str | None = None) -> Layer:
-    """Mean over each window, arguments as :func:`max_pool`'s: ``[B, *spatial, C] -> [B, *spatial_out, C]``.
-
-    ``count_include_pad``: divide by the full window (padded zeros count, as flax) or by the real entries.
+    """Mean over each window (as :func:`max_pool`); ``count_include_pad``: divide by the full window (as
+    flax) or by the real entries.
 
     Example:
       >>> avg_pool((2,)).apply({}, {}, jnp.array([[[1.0], [3.0], [5.0], [7.0]]]))[0][0, :, 0]

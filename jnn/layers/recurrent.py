@@ -1,8 +1,5 @@
-"""Recurrent layers: a :class:`~jnn.layers.cells.Cell` scanned over time (batch-first ``[B, T, F]``).
-
-With ``lengths=`` (``[B]`` ints), sequence ``b`` is ``x[b, :lengths[b]]``: outputs past it are zero, the
-final carry is its last valid step's, and ``reverse=True`` reads the valid part backwards.
-"""
+"""A :class:`~jnn.layers.cells.Cell` scanned over time ``[B, T, F]``; with ``lengths`` ``[B]``, outputs past
+``lengths[b]`` are zero, the carry is the last valid step's, and ``reverse`` reads the valid part backwards."""
 from __future__ import annotations
 
 import functools
@@ -86,15 +83,12 @@ def _scan(cell, reverse, unroll, params, carry, x, lengths):
 @checks.declare(cell=_cell, unroll=_unroll)
 def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
         reverse: bool = False, initial_carry=None, unroll: int | bool = 1):
-    """Runs ``cell`` over the time axis of ``x: [*batch, T, F]``: ``(outputs [*batch, T, H], final_carry)``.
-
-    The pure function under :func:`recurrent`, in ``x``'s dtype; ``initial_carry`` defaults to zeros.
+    """``(outputs [*batch, T, H], final_carry)`` of ``cell`` over ``x: [*batch, T, F]`` (under :func:`recurrent`).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
       >>> cell = jnn.gru_cell(3)
-      >>> params = cell.init(jax.random.key(0), 2)
-      >>> ys, h = run(cell, params, jnp.ones((4, 5, 2)), lengths=jnp.array([5, 3, 1, 0]))
+      >>> ys, h = run(cell, cell.init(jax.random.key(0), 2), jnp.ones((4, 5, 2)), lengths=jnp.array([5, 3, 1, 0]))
       >>> ys.shape, h.shape, bool((ys[1, 3:] == 0).all()), bool(jnp.allclose(h[1], ys[1, 2]))
       ((4, 5, 3), (4, 3), True, True)
     """
@@ -104,8 +98,7 @@ def run(cell: Cell, params, x: jax.Array, *, lengths: jax.Array | None = None,
 @checks.declare(cell=_cell, return_sequences=checks.flag, reverse=checks.flag, unroll=_unroll)
 def recurrent(cell: Cell, *, return_sequences: bool = True, reverse: bool = False,
               unroll: int | bool = 1, name: str | None = None) -> Layer:
-    """A recurrent layer of the cell's kind and params: ``x: [B, T, F]`` -> ``[B, T, H]``, or ``[B, H]``
-    (the last step processed) with ``return_sequences=False``; ``apply`` takes ``lengths=``.
+    """``[B, T, F] -> [B, T, H]``, or the last step processed ``[B, H]`` if not ``return_sequences``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -156,10 +149,8 @@ _MERGES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 def bidirectional(cell: Cell, backward_cell: Cell | None = None, *, merge="concat",
                   return_sequences: bool = True, unroll: int | bool = 1,
                   name: str | None = None) -> Layer:
-    """Two recurrent layers, one reading forwards, one backwards (``backward_cell``, default ``cell``).
-
-    Outputs merged by ``"concat"`` (``[B, T, H_f + H_b]``), ``"add"``, ``"multiply"`` or a function
-    ``(forward, backward) -> array``; params ``{"forward", "backward"}``; ``apply`` takes ``lengths=``.
+    """Recurrent layers reading forwards and backwards (``backward_cell``, default ``cell``), merged by
+    ``"concat"``, ``"add"``, ``"multiply"`` or a function ``(forward, backward) -> array``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

@@ -1,9 +1,5 @@
-"""``remat``: recompute a layer's activations in the backward pass (``jax.checkpoint``).
-
-:data:`POLICIES` (``jax.checkpoint_policies``): ``"nothing"`` saved, ``"dots"`` (matmul outputs),
-``"dots_no_batch"`` (matmuls without batch axes), ``"offload"`` (those, to pinned host memory),
-``"everything"`` (no recomputation).
-"""
+"""``remat``: recompute a layer's activations in the backward pass (``jax.checkpoint``); :data:`POLICIES`
+save ``"nothing"``, ``"dots"``, ``"dots_no_batch"``, ``"offload"`` (to pinned host) or ``"everything"``."""
 from __future__ import annotations
 
 import jax
@@ -31,9 +27,7 @@ def _policy(label: str, policy: str):
 
 @checks.declare(layer=checks.jnn_layer, policy=checks.one_of(*POLICIES))
 def remat(layer: Layer, *, policy: str = "nothing", name: str | None = None) -> Layer:
-    """``layer`` with its ``apply`` under ``jax.checkpoint`` (same params, state and outputs).
-
-    A layer of the child's kind, name and params; ``policy`` one of :data:`POLICIES`.
+    """``layer`` (same kind, params and outputs) with its ``apply`` under ``jax.checkpoint``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

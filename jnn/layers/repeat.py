@@ -1,5 +1,4 @@
-"""``repeat``: ``n`` copies of a layer with separate weights, stacked and run with ``lax.scan``, and
-conversions to and from the ``serial`` form of the copies."""
+"""``repeat``: ``n`` copies of a layer, stacked and run with ``lax.scan``; conversions to ``serial`` form."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -19,10 +18,8 @@ __all__ = ["repeat", "stack_params", "unstack_params", "copy_mask", "freeze_copi
 @checks.declare(layer=checks.jnn_layer, n=checks.positive_int,
                 unroll=checks.positive_int_or(True, False, described="a bool"))
 def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = None) -> Layer:
-    """``serial(layer, ..., layer)`` as one ``lax.scan`` over ``n`` copies, compiled once for any depth.
-
-    Params and state are the child's stacked on a leading ``[n]`` axis; the child must keep its
-    input's shape and dtype; ``apply`` keywords go to every copy; ``unroll`` is ``lax.scan``'s.
+    """``serial(layer, ..., layer)`` as one ``lax.scan`` over ``n`` copies (params stacked on a leading
+    ``[n]`` axis); the layer must keep its input's shape and dtype.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -58,18 +55,15 @@ def repeat(layer: Layer, n: int, *, unroll: int | bool = 1, name: str | None = N
 
 
 def unstack_params(stacked, kind: str) -> dict:
-    """Stacked params (or state) of ``repeat(layer, n)`` -> ``{f"{kind}_{i}": copy_i}``, those of
-    ``serial(layer, ..., layer)`` (``kind``: the repeated layer's).
+    """Stacked params (or state) of ``repeat(layer, n)`` as those of ``serial(layer, ..., layer)``:
+    ``{f"{kind}_{i}": copy_i}`` (``kind``: the repeated layer's).
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> block = jnn.residual(jnn.dense(8), jnn.relu())
-      >>> params, state = repeat(block, 4).init(jax.random.key(0), jnp.zeros((2, 8)))
-      >>> y, _ = repeat(block, 4).apply(params, state, jnp.ones((2, 8)))
-      >>> copies = unstack_params(params, "residual")
-      >>> y2, _ = jnn.serial(*[block] * 4).apply(copies, {}, jnp.ones((2, 8)))
-      >>> bool(jnp.allclose(y, y2, atol=1e-6)), sorted(copies), stack_params(copies)["serial_0"]["dense_0"]["w"].shape
-      (True, ['residual_0', 'residual_1', 'residual_2', 'residual_3'], (4, 8, 8))
+      >>> params, _ = repeat(jnn.dense(8), 2).init(jax.random.key(0), jnp.zeros((2, 8)))
+      >>> copies = unstack_params(params, "dense")
+      >>> sorted(copies), stack_params(copies)["w"].shape
+      (['dense_0', 'dense_1'], (2, 8, 8))
     """
     n = checks.leading_axis("unstack_params", jax.tree.leaves(stacked))
     return {f"{kind}_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)}

@@ -17,11 +17,8 @@ __all__ = ["residual_block", "resnet"]
 
 @checks.declare(features=checks.positive_int, strides=checks.positive_int, project=checks.flag)
 def residual_block(features: int, *, strides: int = 1, project: bool = False, name: str | None = None) -> Layer:
-    """``relu(main(x) + shortcut(x))`` with ``main = conv-bn-relu-conv-bn`` (3x3 convs).
-
-    Shapes: ``[B, H, W, C] -> [B, H / strides, W / strides, features]``. The shortcut is the
-    identity, or with ``project=True`` a strided 1x1 conv + batch norm (needed whenever
-    ``strides > 1`` or ``C != features``; a mismatch is reported at init by ``fan_out``).
+    """``relu(main(x) + shortcut(x))``, ``main = conv-bn-relu-conv-bn`` (3x3): ``[B, H, W, C] -> [B, H /
+    strides, W / strides, features]``; the shortcut is the identity, or (``project``) a 1x1 conv + batch norm.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -32,19 +29,16 @@ def residual_block(features: int, *, strides: int = 1, project: bool = False, na
     """
     main = serial(conv(features, (3, 3), strides=strides, use_bias=False, w_init="he_normal"), batch_norm(),
                   relu(), conv(features, (3, 3), use_bias=False, w_init="he_normal"), batch_norm(), name="main")
-    if project:
-        shortcut = serial(conv(features, (1, 1), strides=strides, use_bias=False), batch_norm(), name="shortcut")
-    else:
-        shortcut = identity(name="shortcut")
+    shortcut = (serial(conv(features, (1, 1), strides=strides, use_bias=False), batch_norm(), name="shortcut")
+                if project else identity(name="shortcut"))
     return serial(fan_out(main, shortcut, merge="add", name="sum"), relu(), name=name)._replace(kind="residual_block")
 
 
 @checks.declare(num_classes=checks.positive_int, stage_features=checks.stages, blocks_per_stage=checks.positive_int)
 def resnet(num_classes: int, *, stage_features: Sequence[int] = (16, 32, 64), blocks_per_stage: int = 1,
            name: str | None = None) -> Layer:
-    """A small ResNet for channels-last images: a 3x3 conv stem, one stage per entry of
-    ``stage_features`` (each after the first halves the resolution), global average pooling
-    and a dense classifier. ``[B, H, W, C] -> [B, num_classes]`` logits.
+    """A small ResNet ``[B, H, W, C] -> [B, num_classes]``: conv stem, one stage per ``stage_features``
+    entry (each after the first halves the resolution), global average pooling, dense head.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

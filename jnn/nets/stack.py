@@ -1,7 +1,4 @@
-"""Building blocks of :mod:`jnn.nets`' language models: a block stack (unrolled ``block_i`` or
-scanned ``blocks``) with its decode path, the token embedder and head, :func:`decoding` and
-``LM_RULES`` (the factories' shared argument rules).
-"""
+"""Parts of :mod:`jnn.nets`' language models: block stack, token embedder and head, decode step."""
 from __future__ import annotations
 
 import math
@@ -29,16 +26,14 @@ LM_RULES = dict(vocab_size=checks.positive_int, num_layers=checks.positive_int, 
 
 
 def decoding(embedder: Layer, single_step):
-    """``decode_step(params, cache, tokens, position)`` over ``single_step(params, cache, x, position)
-    -> (x, cache)``: embeds ``tokens`` ``[B]`` or ``[B, T]`` at ``position, ...``, returns logits
-    (``[B, V]`` or ``[B, T, V]``) and the new cache.
+    """``decode_step(params, cache, tokens [B] or [B, T], position) -> (logits, cache)`` around
+    ``single_step(params, cache, x, position) -> (x, cache)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> io = token_embedder("lm", 10, 4, 8, True, "sinusoidal")
       >>> params, _ = io.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
-      >>> step = decoding(io, lambda params, cache, x, position: (x, cache))   # no blocks at all
-      >>> step(params, {}, jnp.array([3]), 0)[0].shape
+      >>> decoding(io, lambda params, cache, x, position: (x, cache))(params, {}, jnp.array([3]), 0)[0].shape
       (1, 10)
     """
     def decode_step(params, cache, tokens, position):
@@ -55,14 +50,10 @@ def decoding(embedder: Layer, single_step):
 
 def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | None = None,
                 label: str = "stack") -> Layer:
-    """``n`` blocks ``make_block(block_label)`` applied in sequence, a layer with the blocks' cached path.
-
-    Params: ``{"block_0", ..., "block_{n-1}"}``, or with ``scan=True`` one ``{"blocks"}`` entry
-    stacked along a leading ``[n]`` axis (run by ``lax.scan``). Keywords (``lengths``,
-    ``context``) go to every block. ``stack.methods``: ``init_cache(batch, length, features,
-    dtype)``, ``decode(params, cache, x, position, cross=None) -> (y, cache)`` and, for
-    cross-attending blocks, ``cross_cache(params, context, context_lengths=None)``.
-    ``label`` prefixes the blocks' labels in messages (``"decoder_lm block_0: ..."``).
+    """``n`` blocks ``make_block(label)`` in sequence: params ``block_0..block_{n-1}``, or with ``scan``
+    one ``blocks`` entry stacked on a leading ``[n]`` axis. ``methods``: ``init_cache(batch, length,
+    features, dtype)``, ``decode(params, cache, x, position, cross=None)`` and (cross-attending
+    blocks) ``cross_cache(params, context, context_lengths=None)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -70,9 +61,6 @@ def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | N
       >>> params, _ = stack.init(jax.random.key(0), jnp.zeros((1, 4, 8)))
       >>> sorted(params), stack.apply(params, {}, jnp.ones((1, 4, 8)))[0].shape
       (['block_0', 'block_1'], (1, 4, 8))
-      >>> scanned = block_stack(lambda label: jnn.decoder_block(2, 16), 3, scan=True)
-      >>> list(scanned.init(jax.random.key(0), jnp.zeros((1, 4, 8)))[0])
-      ['blocks']
     """
     names = ["blocks"] if scan else [f"block_{i}" for i in range(n)]
     blocks = [make_block(f"{label} {k}")._replace(name=None) for k in names]
@@ -125,12 +113,8 @@ def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | N
 
 
 def token_embedder(label: str, vocab_size: int, features: int, max_len: int, tied: bool, positional: str) -> Layer:
-    """Token embedding (scaled by ``sqrt(features)``) plus positions, and the output head.
-
-    ``init(key, tokens)``: params ``{"embedding", "position" (learned only), "final_norm",
-    "head" (untied only)}``; ``apply`` embeds ``tokens[B, T]`` at positions ``0..T-1``.
-    ``methods``: ``check_tokens(tokens, what="token ids")``, ``embed(params, tokens,
-    positions)`` and ``head(params, x)`` (final norm, then logits).
+    """Token embedding (times ``sqrt(features)``) plus positions; ``methods``: ``check_tokens(tokens,
+    what)``, ``embed(params, tokens, positions)`` and ``head(params, x)`` (final norm, then logits).
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -47,12 +47,9 @@ def _class_token() -> Layer:
 def vit_classifier(patch_size, num_layers: int, num_heads: int, features: int, mlp_dim: int,
                    num_classes: int, *, pool: str = "cls", dropout_rate: float = 0.0,
                    name: str | None = None) -> Layer:
-    """A Vision Transformer classifier (Dosovitskiy et al. 2021): ``[B, H, W, C] -> [B, num_classes]``.
-
-    Non-overlapping ``patch_size`` patches (a strided reshape) -> ``dense(features)`` -> class
-    token (``pool="cls"``) -> learned positions (as many as seen at init) -> ``num_layers``
-    :func:`encoder_block`\\ s -> layer norm -> the class token's vector (``"cls"``) or the mean
-    over patches (``"mean"``) -> ``dense(num_classes)``. Built with :func:`jnn.serial`.
+    """A Vision Transformer ``[B, H, W, C] -> [B, num_classes]``: patches -> ``dense(features)`` -> class
+    token (``pool="cls"``) -> learned positions -> encoder blocks -> layer norm -> class token or mean
+    (``"mean"``) -> ``dense(num_classes)``.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -1,7 +1,5 @@
-"""The population epoch's execution chosen by measurement: each candidate (chunk size, shared
-batch order), compiled once, trains :data:`ROUNDS` timed epochs in turn; the quickest is kept,
-and reused by later runs of the same program and shapes (:data:`CHOICES`).
-"""
+"""The population epoch's execution (chunk size, shared order) chosen by timing :data:`ROUNDS` epochs
+of each candidate in turn; the quickest is kept in :data:`CHOICES` for the same program and shapes."""
 from __future__ import annotations
 
 import time
@@ -23,8 +21,8 @@ class Execution(NamedTuple):
 
 
 def candidates(n: int, chunk_size, shared_order) -> list[Execution]:
-    """The executions to measure for ``n`` members: ``chunk_size="auto"`` tries all members at once
-    and, for ``n > 8``, chunks of 8 and of 1; ``shared_order="auto"`` tries both orders.
+    """The executions to measure: ``chunk_size="auto"``: all members (and chunks of 8 and 1 for ``n > 8``);
+    ``shared_order="auto"``: both orders.
 
     Example:
       >>> from jnn.train.autoexec import candidates

@@ -1,7 +1,4 @@
-"""XLA compiler options for training programs: on CPU, convolutions compiled multi-threaded by
-XLA rather than single-threaded by YNNPACK (benchmarks/RESULTS.md, "CNN on CPU"). jnn's own
-jitted steps and epochs use them; pass them to your own ``jax.jit`` for the same programs.
-"""
+"""XLA compiler options of jnn's jitted steps: on CPU, convolutions by XLA rather than YNNPACK."""
 from __future__ import annotations
 
 import functools

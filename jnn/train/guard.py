@@ -21,17 +21,13 @@ _CLASSIFICATION_LOSSES = (_losses.softmax_cross_entropy, _losses.binary_cross_en
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite metric; the last finite state is kept.
-
-    Attributes:
-      epoch: the 1-based epoch whose metrics were non-finite.
-      train_state, history: the state after the last finite epoch, the history up to the failing one.
-      report: with ``NonFinite(debug=True)``, a :class:`jnn.train.NonFiniteReport` (a population's:
-        ``{member: report}``); members: a population's failing members.
+    """Training produced a non-finite metric in (1-based) ``epoch``; ``train_state`` is the last finite
+    one, ``history`` runs up to the failing epoch, ``report`` (``NonFinite(debug=True)``) is a
+    :class:`jnn.train.NonFiniteReport` (a population's: ``{member: report}``, failing ``members``).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
-      >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan      # a loss that always goes non-finite
+      >>> nan_loss = lambda out, y: jnp.mean(out - y) * jnp.nan
       >>> try:
       ...     jnn.train.fit(jnn.dense(1), nan_loss, optax.sgd(0.1), jnn.data.xor(), key=jax.random.key(0), epochs=2,
       ...                   batch_size=4, metrics={}, verbose=0)

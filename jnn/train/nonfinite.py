@@ -15,15 +15,10 @@ __all__ = ["replay_members", "NonFiniteReport", "find_nonfinite"]
 
 
 class NonFiniteReport(NamedTuple):
-    """Where training first went non-finite.
-
-    Attributes:
-      step: the optimizer step before the failing update; batch: its index within the epoch.
-      layer: the first layer path whose output, or else params' gradient, is non-finite;
-        ``"(loss)"``/``"(input)"`` when only those are; ``None`` when only the update is.
-      kind: ``"input"``, ``"output"``, ``"loss"``, ``"gradient"`` or ``"update"``.
-      examples: indices into the training data of the batch rows involved.
-      bad_input: whether those examples' inputs are themselves non-finite.
+    """Where training first went non-finite: ``step`` (before the failing update), ``batch`` (in the
+    epoch), ``layer`` (first path with a non-finite output, else gradient; ``"(loss)"``, ``"(input)"``,
+    or ``None`` for the update), ``kind`` (``"input"``, ``"output"``, ``"loss"``, ``"gradient"``,
+    ``"update"``), ``examples`` (training-data indices) and ``bad_input`` (their inputs non-finite).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, jnn
@@ -56,9 +51,7 @@ def _finite(tree) -> bool:
 
 def _bad_rows(a) -> np.ndarray:
     a = np.asarray(a)
-    if a.ndim == 0:
-        return np.arange(0) if np.isfinite(a) else np.arange(1)
-    return np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1))
+    return np.flatnonzero(~np.isfinite(a.reshape(a.shape[0] if a.ndim else 1, -1)).all(axis=1))
 
 
 def _layer_outputs(model, params, state, x, key):
@@ -71,8 +64,7 @@ def _layer_outputs(model, params, state, x, key):
         paths[:] = [path for path, *_ in records]
         return [y for _, _, y, _ in records]
 
-    outs = jax.jit(run)(params, state, x, key)
-    return list(zip(paths, outs))
+    return list(zip(paths, jax.jit(run)(params, state, x, key)))
 
 
 def _subtree(tree, path: str):
@@ -85,9 +77,8 @@ def _subtree(tree, path: str):
 
 def find_nonfinite(model, loss, optimizer, train_state, train_data, *, batch_size: int,
                    metrics=None, regularizer=None) -> NonFiniteReport | None:
-    """Replays one epoch of ``fit`` (same shuffle and keys) from ``train_state``, the last good
-    state, over the ``(x, y)`` arrays: a :class:`NonFiniteReport` of the first non-finite value,
-    or ``None``. Other arguments are as given to ``fit``.
+    """Replays one epoch of ``fit`` (same shuffle, keys and arguments) from the last good ``train_state``
+    over ``(x, y)``: a :class:`NonFiniteReport` of the first non-finite value, or ``None``.
 
     Example:
       >>> import jax, optax, jnn
@@ -114,8 +105,7 @@ def find_nonfinite(model, loss, optimizer, train_state, train_data, *, batch_siz
 def _locate(model, loss, ts, batch):
     x, y = batch
     key = step_key(ts)  # the key the step gave the model
-    outputs = _layer_outputs(model, ts.params, ts.state, x, key)
-    for path, out in outputs:
+    for path, out in (outputs := _layer_outputs(model, ts.params, ts.state, x, key)):
         if not _finite(out):
             return path, "output", _bad_rows(jax.tree_util.tree_leaves(out)[0])
 
@@ -139,11 +129,9 @@ def _locate(model, loss, ts, batch):
 
 def replay_members(program, hparams, states, data, members) -> dict:
     """:func:`find_nonfinite` for each of ``members`` of a population alone, from batched ``states``."""
-    reports = {}
-    for i in members:
+    def replay(i):
         hp = {k: v[i] for k, v in hparams.items()}
-        ts = jax.tree_util.tree_map(lambda a: a[i], states)
-        reports[int(i)] = find_nonfinite(program.make_model(hp), program.loss, program.make_optimizer(hp), ts, data,
-                                         batch_size=program.batch_size, metrics=dict(program.metrics),
-                                         regularizer=program.regularizer)
-    return reports
+        return find_nonfinite(program.make_model(hp), program.loss, program.make_optimizer(hp),
+                              jax.tree_util.tree_map(lambda a: a[i], states), data, batch_size=program.batch_size,
+                              metrics=dict(program.metrics), regularizer=program.regularizer)
+    return {int(i): replay(i) for i in members}

@@ -1,7 +1,4 @@
-"""A random permutation without a sort (XLA's CPU sort is slow), for epoch shuffles: a keyed
-bijection of the ``b``-bit integers (``2**b >= n``) with cycle walking until each index lands
-below ``n``. :class:`IndexShuffle` is the same walk in NumPy at any positions.
-"""
+"""Random permutations without a sort: a keyed bijection of ``[0, 2**b)`` with cycle walking below ``n``."""
 from __future__ import annotations
 
 import jax
@@ -36,8 +33,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
 
     Example:
       >>> import jax
-      >>> p = permutation(jax.random.key(0), 10)
-      >>> sorted(p.tolist()) == list(range(10))
+      >>> sorted(permutation(jax.random.key(0), 10).tolist()) == list(range(10))
       True
     """
     _SIZE("permutation", "n", n)
@@ -51,8 +47,8 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
 
 
 class IndexShuffle:
-    """A random permutation of ``range(n)`` drawn from ``seed`` (as ``np.random.default_rng``
-    takes), evaluated at any positions without building it: ``shuffle(positions) -> int64``.
+    """A random permutation of ``range(n)`` from a ``np.random.default_rng`` ``seed``, evaluated at any
+    positions without building it (NumPy): ``shuffle(positions) -> int64``.
 
     Example:
       >>> import numpy as np
