@@ -86,7 +86,7 @@ def main(config: Config) -> dict:
                 train, held_out = cv.fold(f, (x, y))
                 for s in range(config.seeds):
                     run = jnn.train.fit(build(hp), LOSS, make_opt(hp), train, key=cv.keys[s], val_data=held_out,
-                                        progress=False, verbose=False, **kwargs)
+                                        verbose=0, **kwargs)
                     diffs.append(abs(run.history["val_loss"][-1] - cv.scores["val_loss"][c, f, s]))
         seq_s = time.perf_counter() - start
         print(f"the same {members} runs one after another with fit: {seq_s:.1f} s (speed-up {seq_s / cv_s:.2f}x); "

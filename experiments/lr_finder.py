@@ -50,8 +50,7 @@ def compare(name: str, model: jnn.Layer, data, config: Config) -> dict:
     grid = []
     for lr in found.lrs:
         try:
-            run = jnn.train.fit(model, LOSS, optax.adam(float(np.float32(lr))), data, key=key, progress=False,
-                                verbose=False, **kwargs)
+            run = jnn.train.fit(model, LOSS, optax.adam(float(np.float32(lr))), data, key=key, verbose=0, **kwargs)
             grid.append(run.history["loss"][-1])
         except jnn.train.NonFiniteError:
             grid.append(np.inf)

@@ -197,7 +197,7 @@ def watch(max_compiles: int | None = None):
       >>> x, y = jnn.data.xor()
       >>> with jnn.doctor.watch(max_compiles=1) as report:
       ...     _ = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-      ...                       epochs=3, batch_size=4, metrics={}, progress=False, verbose=False)
+      ...                       epochs=3, batch_size=4, metrics={}, verbose=0)
       >>> len(report) >= 1 and all(c.changes == () for c in report)
       True
     """

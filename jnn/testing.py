@@ -267,7 +267,7 @@ def check_resume(recipe: Callable, *, points: int | Sequence[int] = 2, seed: int
       >>> def recipe(checkpointer, interruption):
       ...     data = jnn.train.Data(interruption.data(Stream()), steps_per_epoch=2, check=False)
       ...     return jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), data, key=jax.random.key(0),
-      ...                          epochs=2, metrics={}, progress=False, verbose=False,
+      ...                          epochs=2, metrics={}, verbose=0,
       ...                          checkpoint=checkpointer.every_steps(1, resume=True))
       >>> jnn.testing.check_resume(recipe, points=[3])
       [3]

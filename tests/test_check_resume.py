@@ -50,7 +50,7 @@ def _recipe(restores=True):
     def recipe(checkpointer, interruption):
         data = jnn.train.Data(interruption.data(Batches(x, y, 4, restores)), steps_per_epoch=4, check=False)
         return jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optimizer, data,
-                             key=jax.random.key(3), epochs=3, metrics={}, progress=False, verbose=False,
+                             key=jax.random.key(3), epochs=3, metrics={}, verbose=0,
                              checkpoint=checkpointer.every_steps(3, resume=True))
 
     return recipe
@@ -109,7 +109,7 @@ def test_an_in_memory_recipe_is_interrupted_between_epochs():
             checkpointer.save(epoch, ts, logs=history)
 
         result = jnn.train.fit(model, jnn.losses.mse, optimizer, (x, y), key=jax.random.key(0), epochs=4,
-                               batch_size=2, metrics={}, progress=False, verbose=False, train_state=start,
+                               batch_size=2, metrics={}, verbose=0, train_state=start,
                                callbacks=[save, interruption.callback])
         return result._replace(history=history)
 

@@ -48,7 +48,7 @@ def test_each_member_equals_fit_on_its_fold_alone(cv, data, c, f, s):
     hp = {k: float(v[c]) for k, v in HPARAMS.items()}
     train, held_out = cv.fold(f, data)
     alone = jnn.train.fit(make_model(hp), LOSS, make_opt(hp), train, key=cv.keys[s], val_data=held_out, epochs=3,
-                          batch_size=8, progress=False, verbose=False)
+                          batch_size=8, verbose=0)
     member = jax.tree_util.tree_map(lambda a: a[(c * 3 + f) * 2 + s], cv.train_states.params)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            member, alone.train_state.params)

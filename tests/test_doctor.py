@@ -52,8 +52,7 @@ def test_watching_fit_records_its_compiled_functions_once_each():
     x, y = jnn.data.xor()
     with jnn.doctor.watch(max_compiles=1) as report:
         jnn.train.fit(jnn.serial(jnn.dense(4), jnn.tanh(), jnn.dense(1)), jnn.losses.mse, optax.sgd(0.1), (x, y),
-                      val_data=(x, y), key=jax.random.key(0), epochs=3, batch_size=2, metrics={}, progress=False,
-                      verbose=False, fused=True)
+                      val_data=(x, y), key=jax.random.key(0), epochs=3, batch_size=2, metrics={}, verbose=0, fused=True)
     names = [c.name for c in report]
     assert len(names) >= 2 and len(set(names)) == len(names)   # the epoch and the evaluation, each once
     assert all(c.hlo_lines > 0 for c in report)

@@ -28,7 +28,7 @@ def test_every_member_equals_a_sequential_fit(data):
     np.testing.assert_allclose(found.lrs, np.geomspace(1e-3, 0.3, 4))
     for i, lr in enumerate(found.lrs):
         alone = jnn.train.fit(model, LOSS, optax.adam(float(np.float32(lr))), data, key=key, epochs=3,
-                              batch_size=16, metrics={}, progress=False, verbose=False)
+                              batch_size=16, metrics={}, verbose=0)
         member = found.population.member(i)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                                member.train_state.params, alone.train_state.params)
