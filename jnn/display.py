@@ -164,7 +164,13 @@ def html(obj, params=None, *, treescope: bool = False) -> str:
 
 
 class View(NamedTuple):
-    """A model with its params (or a params tree) that prints as :func:`text` and renders as :func:`html`."""
+    """A model with its params (or a params tree) that prints as :func:`text` and renders as :func:`html`.
+
+    Example:
+      >>> import jax.numpy as jnp, jnn
+      >>> jnn.display.View({"b": jnp.zeros(3)})._repr_html_().count("float32[3]")
+      1
+    """
     obj: Any
     params: Any = None
 
