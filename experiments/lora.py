@@ -80,7 +80,7 @@ def main(config: Config) -> dict:
     full, full_s = _train(net, optax.adam(config.full_lr), ids(second_train), lm, config.adapt_steps, key, base)
     adapted = jnn.lora.wrap(net, base, state, rank=config.rank, alpha=config.alpha, include=config.include.split(","))
     lora, lora_s = _train(adapted, optax.adam(config.lora_lr), ids(second_train), lm, config.adapt_steps, key)
-    lora_loss = val_loss(adapted, lora.params, state)
+    lora_loss = val_loss(adapted, lora.params, lora.state)
     merged_loss = val_loss(net, jnn.lora.merge(adapted, lora.params), state)
     folder = pathlib.Path(tempfile.mkdtemp())
     for name, tree in (("full", full.params), ("lora", lora.params)):

@@ -38,7 +38,7 @@ def _value(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def head(layer) -> str:
+def _head(layer) -> str:
     """``kind(config) as 'name'``: one layer without its children."""
     args = ", ".join(f"{k}={_value(v)}" for k, v in layer.config.items())
     return f"{layer.kind}({args})" + (f" as {layer.name!r}" if layer.name else "")
@@ -49,33 +49,38 @@ def _count(params) -> int:
 
 
 def _array(leaf) -> str:
-    return f"{np.dtype(leaf.dtype).name}[{', '.join(map(str, np.shape(leaf)))}]"
+    return f"{leaf.dtype}[{', '.join(map(str, np.shape(leaf)))}]"
 
 
 def _stats(leaf) -> dict[str, float]:
+    if not (np.size(leaf) and jax.numpy.issubdtype(leaf.dtype, np.number)):
+        return {}
     a = np.asarray(leaf, np.float64)
-    return {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max()} if a.size else {}
+    return {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max()}
 
 
-def _rows(obj, params, key: str | None, depth: int) -> list[tuple[int, str, Any]]:
-    """``(depth, label, array or None)`` rows of a layer and/or params tree, depth first."""
+def _parts(obj, params):
+    """``(title or None, [(key, child, its params)], the params counted or None)`` of a layer or dict."""
+    if not _is_layer(obj):
+        return None, [(str(k), v, None) for k, v in obj.items()], obj
+    children, given = dict(obj.children or {}), params if isinstance(params, dict) else {}
+    parts = [(k, c, given.get(k)) for k, c in children.items()] + [(k, v, None) for k, v in given.items()
+                                                                     if k not in children]
+    return _head(obj), parts, params
+
+
+def _rows(obj, params, key: str | None, depth: int) -> list[tuple[int, str]]:
+    """``(depth, text)`` rows of a layer and/or params tree, depth first."""
     label = "" if key is None else f"{key}: "
-    if _is_layer(obj):
-        count = f"  {_count(params):,} params" if params is not None and _count(params) else ""
-        rows = [(depth, label + head(obj) + count, None)]
-        children = dict(obj.children or {})
-        for k, child in children.items():
-            sub = params.get(k) if isinstance(params, dict) else None
-            rows += _rows(child, sub, k, depth + 1)
-        rest = {k: v for k, v in params.items() if k not in children} if isinstance(params, dict) else {}
-        return rows + [r for k, v in rest.items() for r in _rows(v, None, k, depth + 1)]
-    if isinstance(obj, dict):
-        rows = [(depth, label + f"{_count(obj):,} params", None)] if key is not None else []
-        inner = depth + (key is not None)
-        return rows + [r for k, v in obj.items() for r in _rows(v, None, str(k), inner)]
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        return [(depth, label + _array(obj), obj)]
-    return [(depth, label + _value(obj), None)]
+        return [(depth, label + _array(obj))]
+    if not (_is_layer(obj) or isinstance(obj, dict)):
+        return [(depth, label + _value(obj))]
+    title, parts, counted = _parts(obj, params)
+    n = 0 if counted is None else _count(counted)
+    rows = [] if title is None and key is None else [
+        (depth, label + (f"{title}  {n:,} params" if title and n else title or f"{n:,} params"))]
+    return rows + [r for k, c, p in parts for r in _rows(c, p, k, depth + bool(rows))]
 
 
 def _fit(line: str, width: int, indent: int) -> list[str]:
@@ -110,7 +115,7 @@ def text(obj, params=None, *, width: int = 100, max_lines: int | None = 40, max_
     rows = _rows(obj, params, None, 0)
     deep = [r for r in rows if r[0] > max_depth]
     rows = [r for r in rows if r[0] <= max_depth]
-    lines = [ln for depth, label, _ in rows for ln in _fit("  " * depth + label, width, 2 * depth)]
+    lines = [ln for depth, label in rows for ln in _fit("  " * depth + label, width, 2 * depth)]
     lines += [f"  ... {len(deep)} rows deeper than {max_depth} levels ..."] if deep else []
     if max_lines is not None and len(lines) > max_lines:
         keep = max(max_lines - 1, 2)
@@ -122,31 +127,26 @@ _STYLE = ("<style>.jnn-tree{font-family:monospace;font-size:13px} .jnn-tree deta
           " .jnn-tree td{padding:0 .6em;text-align:right} .jnn-tree .n{color:#777}</style>")
 
 
-def _html_node(obj, params, key: str | None) -> str:
+def _html_node(obj, params, key: str | None, depth: int = 0) -> str:
     label = "" if key is None else f"<b>{escape(key)}</b>: "
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        stats = "".join(f"<td>{k}={v:.4g}</td>" for k, v in _stats(obj).items())
-        return (f"<tr><td style='text-align:left'>{label}</td><td>{escape(_array(obj))}</td>"
-                f"<td>{int(np.size(obj)):,}</td>{stats}</tr>")
-    if _is_layer(obj):
-        children = dict(obj.children or {})
-        sub = {k: params.get(k) if isinstance(params, dict) else None for k in children}
-        rest = {k: v for k, v in params.items() if k not in children} if isinstance(params, dict) else {}
-        title, body = escape(head(obj)), [_html_node(c, sub[k], k) for k, c in children.items()]
-        body += [_html_node(v, None, k) for k, v in rest.items()]
-    else:
-        title, body = "" if key else "params", [_html_node(v, None, str(k)) for k, v in obj.items()]
-    count = f" <span class='n'>{_count(params if _is_layer(obj) else obj):,} params</span>" if params is not None or not _is_layer(obj) else ""
-    arrays = "".join(b for b in body if b.startswith("<tr>"))
-    nested = "".join(b for b in body if not b.startswith("<tr>"))
-    table = f"<table>{arrays}</table>" if arrays else ""
-    return f"<details open><summary>{label}{title}{count}</summary>{table}{nested}</details>"
+    if not (_is_layer(obj) or isinstance(obj, dict)):
+        array = hasattr(obj, "shape") and hasattr(obj, "dtype")
+        cells = [_array(obj), f"{int(np.size(obj)):,}"] + [f"{k}={v:.4g}" for k, v in _stats(obj).items()] \
+            if array else [_value(obj)]
+        return f"<tr><td style='text-align:left'>{label}</td>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
+    title, parts, counted = _parts(obj, params)
+    count = "" if counted is None else f" <span class='n'>{_count(counted):,} params</span>"
+    body = [_html_node(c, p, k, depth + 1) for k, c, p in parts]
+    arrays, nested = "".join(b for b in body if b.startswith("<tr>")), "".join(b for b in body if b.startswith("<d"))
+    title = escape(title) if title is not None else "" if key else "params"
+    return (f"<details{' open' * (depth < 3)}><summary>{label}{title}{count}</summary>"
+            + (f"<table>{arrays}</table>" if arrays else "") + f"{nested}</details>")
 
 
 def html(obj, params=None, *, treescope: bool = False) -> str:
-    """HTML for a notebook: the layer tree with each layer's config and parameter count, and every
-    array's shape, dtype, size, mean, std, min and max; ``treescope=True`` renders ``params`` (or
-    ``obj``) with treescope instead.
+    """HTML for a notebook: the layer tree (three levels open) with each layer's config and parameter
+    count, and every array's shape, dtype, size, mean, std, min and max; ``treescope=True`` renders
+    ``params`` (or ``obj``) with treescope instead.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn

@@ -36,17 +36,19 @@ def _data(n=64, seed=0):
     return x, (x[:, :3] * 2 + 0.5).astype(np.float32)
 
 
-def test_merge_matches_numpy_and_adapted_outputs():
+@pytest.mark.parametrize("frozen", ["state", "closure"])
+def test_merge_matches_numpy_and_adapted_outputs(frozen):
     model, base, state = _base()
-    adapted = jnn.lora.wrap(model, base, rank=2, alpha=4.0)
-    adapters = _randomize(adapted.init(jax.random.key(1), jnp.zeros((1, 5)))[0])
+    adapted = jnn.lora.wrap(model, base, rank=2, alpha=4.0, frozen=frozen)
+    adapters, lora_state = adapted.init(jax.random.key(1), jnp.zeros((1, 5)))
+    adapters = _randomize(adapters)
     merged = jnn.lora.merge(adapted, adapters)
     for name in ("dense_0", "dense_1"):
         a, b = (np.asarray(adapters[name]["w"][k], np.float64) for k in "ab")
         np.testing.assert_allclose(merged[name]["w"], np.asarray(base[name]["w"]) + 2.0 * a @ b, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(merged[name]["b"], base[name]["b"])    # biases not selected
     x = jnp.asarray(_data()[0])
-    y_adapted = adapted.apply(adapters, state, x)[0]
+    y_adapted = adapted.apply(adapters, lora_state, x)[0]
     np.testing.assert_allclose(y_adapted, model.apply(merged, state, x)[0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(y_adapted, model.apply(base, state, x)[0], atol=1e-3)
 
@@ -55,14 +57,14 @@ def test_init_starts_at_base_and_conv_weights_flatten():
     model = jnn.serial(jnn.conv(4, (3, 3)), jnn.relu(), jnn.flatten(), jnn.dense(2))
     base, state = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 2)))
     adapted = jnn.lora.wrap(model, base, rank=3, include=("conv_0/w", "dense_0/w"))
-    adapters, _ = adapted.init(jax.random.key(1), jnp.zeros((1, 6, 6, 2)))
+    adapters, lora_state = adapted.init(jax.random.key(1), jnp.zeros((1, 6, 6, 2)))
     assert jax.tree_util.tree_map(jnp.shape, adapters) == {
         "conv_0": {"w": {"a": (18, 3), "b": (3, 4)}}, "dense_0": {"w": {"a": (144, 3), "b": (3, 2)}}}
     assert float(np.std(adapters["conv_0"]["w"]["a"])) == pytest.approx(1 / np.sqrt(18), rel=0.3)
     x = jnp.ones((2, 6, 6, 2))
-    np.testing.assert_array_equal(adapted.apply(adapters, state, x)[0], model.apply(base, state, x)[0])
+    np.testing.assert_array_equal(adapted.apply(adapters, lora_state, x)[0], model.apply(base, state, x)[0])
     merged = jnn.lora.merge(adapted, _randomize(adapters))
-    np.testing.assert_allclose(adapted.apply(_randomize(adapters), state, x)[0], model.apply(merged, state, x)[0],
+    np.testing.assert_allclose(adapted.apply(_randomize(adapters), lora_state, x)[0], model.apply(merged, state, x)[0],
                                rtol=1e-5, atol=1e-5)
 
 
@@ -81,9 +83,11 @@ def test_fit_trains_only_adapters_with_small_optimizer_state():
     n_adapters = sum(a.size for a in jax.tree_util.tree_leaves(ts.params))
     assert lora_bytes <= 2 * 4 * n_adapters + 64 and full_bytes >= 2 * 4 * 147   # adam: two moments (+ count)
     assert lora_bytes < full_bytes
+    for got, want in zip(jax.tree_util.tree_leaves(ts.state["base"]), jax.tree_util.tree_leaves(base)):
+        np.testing.assert_array_equal(got, want)                          # the base never moved
     # the adapted model trained: its merged params reproduce it through the plain model
     merged = jnn.lora.merge(adapted, ts.params)
-    np.testing.assert_allclose(model.apply(merged, state, x)[0], adapted.apply(ts.params, state, x)[0],
+    np.testing.assert_allclose(model.apply(merged, state, x)[0], adapted.apply(ts.params, ts.state, x)[0],
                                rtol=1e-5, atol=1e-5)
 
 
@@ -100,10 +104,11 @@ def test_adapters_save_alone(tmp_path):
     assert (tmp_path / "lora.safetensors").stat().st_size < (tmp_path / "base.safetensors").stat().st_size / 2
 
 
-def test_population_of_adapters_over_one_base_equals_fit():
+@pytest.mark.parametrize("frozen", ["closure", "state"])
+def test_population_of_adapters_over_one_base_equals_fit(frozen):
     model, base, _ = _base()
     x, y = _data()
-    make = lambda hp: jnn.lora.wrap(model, base, rank=2)
+    make = lambda hp: jnn.lora.wrap(model, base, rank=2, frozen=frozen)
     result = jnn.train.fit_population(make, jnn.losses.mse, lambda hp: optax.adam(hp["lr"]), (x, y),
                                       hparams={"lr": jnp.array([0.05, 0.01])}, key=jax.random.key(3), epochs=3,
                                       batch_size=16, metrics={}, chunk_size=None)
@@ -113,6 +118,17 @@ def test_population_of_adapters_over_one_base_equals_fit():
     for got, want in zip(jax.tree_util.tree_leaves(result.member(0).train_state.params),
                          jax.tree_util.tree_leaves(alone.train_state.params)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_closure_bakes_the_base_into_the_program_and_state_does_not():
+    model = jnn.serial(jnn.dense(256), jnn.relu(), jnn.dense(2))
+    base, _ = model.init(jax.random.key(0), jnp.zeros((1, 256)))
+    sizes = {}
+    for frozen in ("state", "closure"):
+        adapted = jnn.lora.wrap(model, base, rank=2, include="dense_1/w", frozen=frozen)
+        adapters, st = adapted.init(jax.random.key(1), jnp.zeros((1, 256)))
+        sizes[frozen] = len(jax.jit(adapted.apply).lower(adapters, st, jnp.zeros((4, 256))).as_text())
+    assert sizes["state"] < 20_000 < 256 * 256 * 2 < sizes["closure"]   # 256 KiB of weights, as hex text
 
 
 def test_adapters_get_sharding_rules():
