@@ -29,6 +29,8 @@ from common import parse_config
 @dataclasses.dataclass
 class Config:
     """Char transformer: pretrain on Tiny Shakespeare's first half, adapt to the second (full vs LoRA)."""
+    layers: int = 4                  # the char transformer: layers, width (4 heads, MLP 4x width)
+    features: int = 128
     pretrain_steps: int = 300
     adapt_steps: int = 200
     rank: int = 8
@@ -55,7 +57,8 @@ def _train(net, opt, ids, lm_config, steps, key, params=None):
 
 
 def main(config: Config) -> dict:
-    lm = char_transformer.Config(warmup_steps=30, out="")
+    lm = char_transformer.Config(layers=config.layers, features=config.features, mlp_dim=4 * config.features,
+                                 warmup_steps=min(30, config.pretrain_steps // 2), out="")
     text = jnn.data.load_tiny_shakespeare()
     vocab = jnn.data.CharVocab(text)
     first, second = text[: len(text) // 2], text[len(text) // 2:]
@@ -96,7 +99,9 @@ def main(config: Config) -> dict:
         print(f"| {name} | {loss:.4f} | {count(params):,} | {jnn.quantize.nbytes(opt_state):,} | "
               f"{(folder / f'{file}.safetensors').stat().st_size:,} | {secs[0]:.1f} / {secs[1]:.1f} |")
     print(f"LoRA merged into the base: {merged_loss:.4f} nats/char (adapted: {lora_loss:.4f})")
-    return {"before": before, "full": rows["full fine-tuning"][0], "lora": lora_loss, "merged": merged_loss}
+    return {"before": before, "full": rows["full fine-tuning"][0], "lora": lora_loss, "merged": merged_loss,
+            "trainable": {k: count(v[1]) for k, v in rows.items()},
+            "opt_bytes": {k: jnn.quantize.nbytes(v[2]) for k, v in rows.items()}}
 
 
 if __name__ == "__main__":

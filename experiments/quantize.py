@@ -33,8 +33,12 @@ from common import parse_config
 class Config:
     """int8 weights: accuracy and memory on the MNIST MLP/CNN and the char transformer."""
     train_limit: int = 20000         # the first N MNIST training images
+    test_limit: int = 0              # the first N test images (0: all 10,000)
     epochs: int = 3                  # MNIST epochs (MLP and CNN)
+    cnn_features: tuple[int, ...] = (32, 64)   # the CNN's conv widths (mnist_cnn.py)
     lm_steps: int = 300              # char transformer training steps
+    lm_layers: int = 4               # char transformer layers and width (4 heads, MLP 4x width)
+    lm_features: int = 128
     embedding: bool = False          # also quantize the embedding (tied output head)
     seed: int = 0
 
@@ -61,6 +65,7 @@ def _report(name, model, params, state, example, evaluate, include) -> dict:
 def mnist(config: Config) -> list[dict]:
     (x, y), (xt, yt) = jnn.data.load_mnist("train"), jnn.data.load_mnist("test")
     x, y = x[: config.train_limit], y[: config.train_limit]
+    xt, yt = (xt[: config.test_limit], yt[: config.test_limit]) if config.test_limit else (xt, yt)
 
     def evaluate(model, params, state):
         logits = jnn.train.predict(model, params, state, xt)
@@ -69,18 +74,22 @@ def mnist(config: Config) -> list[dict]:
 
     rows = []
     for name, model in (("MNIST MLP 784-128-64-10", mnist_mlp.model((128, 64))),
-                        ("MNIST CNN 32-64 conv", mnist_cnn.model(mnist_cnn.Config(), augmented=False))):
+                        (f"MNIST CNN {'-'.join(map(str, config.cnn_features))} conv",
+                         mnist_cnn.model(mnist_cnn.Config(features=config.cnn_features), augmented=False))):
         tick = time.perf_counter()
         result = jnn.train.fit(model, jnn.losses.softmax_cross_entropy, optax.adam(1e-3), (x, y),
                                key=jax.random.key(config.seed), epochs=config.epochs, batch_size=128, verbose=0)
-        print(f"{name}: trained {config.epochs} epochs on {len(x):,} images in {time.perf_counter() - tick:.0f} s")
+        print(f"{name}: trained {config.epochs} epochs on {len(x):,} images in {time.perf_counter() - tick:.0f} s; "
+              f"testing on {len(xt):,}")
         ts = result.train_state
         rows.append(_report(name, model, ts.params, ts.state, xt[:1], evaluate, "w"))
     return rows
 
 
 def char_lm_row(config: Config) -> dict:
-    lm_config = char_transformer.Config(epochs=1, steps_per_epoch=config.lm_steps, warmup_steps=30, out="")
+    lm_config = char_transformer.Config(layers=config.lm_layers, features=config.lm_features,
+                                        mlp_dim=4 * config.lm_features, epochs=1, steps_per_epoch=config.lm_steps,
+                                        warmup_steps=min(30, config.lm_steps // 2), out="")
     text = jnn.data.load_tiny_shakespeare()
     vocab = jnn.data.CharVocab(text)
     train_text, val_text = char_lm.split_text(text, lm_config.val_fraction)
@@ -98,7 +107,7 @@ def char_lm_row(config: Config) -> dict:
         return {"val nats/char": float(loss["loss"])}
 
     include = ("w", "embedding") if config.embedding else "w"
-    return _report("char transformer 4x128", net, ts.params, ts.state, jnp.zeros((1, lm_config.seq_len), jnp.int32),
+    return _report(f"char transformer {config.lm_layers}x{config.lm_features}", net, ts.params, ts.state, jnp.zeros((1, lm_config.seq_len), jnp.int32),
                    evaluate, include)
 
 

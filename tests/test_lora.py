@@ -176,3 +176,16 @@ def test_errors_name_the_function():
         jnn.lora.wrap(model, base, rank=0)
     with pytest.raises(ValueError, match="jnn.lora.merge: needs a layer made by jnn.lora.wrap, got 'serial'"):
         jnn.lora.merge(model, {})
+
+
+@pytest.mark.skipif(not (pathlib.Path(os.environ.get("JNN_DATA_DIR", "/work/shared/data")) / "tinyshakespeare"
+                         / "input.txt").is_file(), reason="Tiny Shakespeare not found")
+def test_experiment_on_a_tiny_config(capsys):
+    from experiments_path import load
+    experiment = load("lora")
+    out = experiment.main(experiment.Config(layers=1, features=32, pretrain_steps=30, adapt_steps=30, rank=2))
+    assert out["lora"] < out["before"] and out["full"] < out["before"]
+    assert abs(out["merged"] - out["lora"]) < 1e-4
+    # rank 2 on one block: q, k, v, out 32x32 (4 x 128) and the MLP's 32x128, 128x32 (2 x 320)
+    assert out["trainable"]["LoRA rank 2"] == 1152 and out["opt_bytes"]["LoRA rank 2"] == 2 * 4 * 1152 + 4
+    assert "| LoRA rank 2 |" in capsys.readouterr().out

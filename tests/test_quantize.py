@@ -82,3 +82,20 @@ def test_export_holds_int8_weights(tmp_path):
     _, fns = jnn.export.load(tmp_path / "int8_params.jnnx")
     np.testing.assert_allclose(fns["predict"](qparams, state, x), qmodel.apply(qparams, state, x)[0], rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.skipif(not (jnn.data.mnist_available(SHARED) and os.path.isfile(f"{SHARED}/tinyshakespeare/input.txt")),
+                    reason="real MNIST or Tiny Shakespeare not found")
+def test_experiment_on_a_tiny_config(capsys):
+    from experiments_path import load
+    experiment = load("quantize")
+    rows = experiment.main(experiment.Config(train_limit=2000, test_limit=1000, epochs=1, cnn_features=(8, 16),
+                                             lm_steps=20, lm_layers=1, lm_features=32))
+    assert [r["model"] for r in rows] == ["MNIST MLP 784-128-64-10", "MNIST CNN 8-16 conv", "char transformer 1x32"]
+    for row in rows[:2]:                             # the tiny LM's float embedding is half its bytes
+        assert row["int8 param bytes"] < 0.3 * row["float32 param bytes"]
+        assert row["int8 .jnnx bytes"] < 0.3 * row["float32 .jnnx bytes"]
+        assert abs(row["int8 test accuracy"] - row["float32 test accuracy"]) <= 0.01 and row["float32 test accuracy"] > 0.6
+    assert rows[2]["int8 param bytes"] < 0.5 * rows[2]["float32 param bytes"]
+    assert abs(rows[2]["int8 val nats/char"] - rows[2]["float32 val nats/char"]) < 0.01
+    assert "| char transformer 1x32 |" in capsys.readouterr().out
