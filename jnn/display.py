@@ -34,7 +34,7 @@ def _is_layer(obj) -> bool:
 def _value(value) -> str:
     if callable(value) and not _is_layer(value) and not isinstance(value, type) and hasattr(value, "__name__"):
         return value.__name__
-    text = repr(value)
+    text = _head(value) if _is_layer(value) else repr(value).replace("\n", " ")
     return text if len(text) <= 40 else text[:37] + "..."
 
 

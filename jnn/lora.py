@@ -85,15 +85,10 @@ def wrap(model: Layer, params, state=None, *, rank: int = 8, alpha: float | None
         return adapters, {"base": params, "model": model_state} if in_state else model_state
 
     def merged(adapters, base=params):
-        def one(path, w):
-            path = tree.path_str(path)
-            if path not in targets:
-                return w
-            ab = adapters
-            for k in path.split("/"):
-                ab = ab[k]
-            return w + (scale * ab["a"] @ ab["b"]).reshape(w.shape).astype(w.dtype)
-        return jax.tree_util.tree_map_with_path(one, base)
+        ab = dict(tree.leaves_with_paths(adapters))
+        one = lambda p, w: w if p not in targets else w + (scale * ab[p + "/a"] @ ab[p + "/b"]).reshape(
+            w.shape).astype(w.dtype)
+        return jax.tree_util.tree_map_with_path(lambda p, w: one(tree.path_str(p), w), base)
 
     def apply(adapters, state, x, **keywords):
         if not in_state:
