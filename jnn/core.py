@@ -157,13 +157,13 @@ class Layer(_Fields):
         """The name used in error messages: the explicit name, else the kind."""
         return self.name or self.kind
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={_short(v)}" for k, v in self.config.items())
-        head = f"{self.kind}({args})" + (f" as {self.name!r}" if self.name else "")
-        if not self.children:
-            return head
-        lines = [f"  {k}: " + repr(child).replace("\n", "\n  ") for k, child in self.children.items()]
-        return head + "\n" + "\n".join(lines)
+    def __repr__(self) -> str:  # a tree that fits a terminal; _repr_html_: the notebook's
+        from jnn import display
+        return display.text(self)
+
+    def _repr_html_(self) -> str:
+        from jnn import display
+        return display.html(self)
 
     def __getitem__(self, index):
         """``model["dense_0"]`` / ``model[1]``: a composite's child (never a NamedTuple field)."""
