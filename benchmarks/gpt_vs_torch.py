@@ -100,10 +100,36 @@ VARIANTS = {
     "flat_adam": "clip + AdamW over one flat float32 buffer (params raveled once per step)",
     "cpu_opts": "jnn.train.compiler_options() (YNNPACK dots and reductions, XLA convolutions)",
     "no_ynn": "XLA's own dots (--xla_cpu_experimental_ynn_fusion_type empty)",
+    "ln_vjp": "layer norm with a hand-written backward (custom_vjp: dx from xhat, rstd and two means)",
+    "opt:KEY=VALUE": "an XLA compiler option (',' in VALUE written '|')",
 }
 
 
+@jax.custom_vjp
+def _ln_core(x):
+    mean = jnp.mean(x, -1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.var(x, -1, keepdims=True) + 1e-5)
+    return (x - mean) * rstd
+
+
+def _ln_core_fwd(x):
+    mean = jnp.mean(x, -1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), -1, keepdims=True) + 1e-5)
+    xhat = (x - mean) * rstd
+    return xhat, (xhat, rstd)
+
+
+def _ln_core_bwd(res, g):
+    xhat, rstd = res
+    return (rstd * (g - jnp.mean(g, -1, keepdims=True) - xhat * jnp.mean(g * xhat, -1, keepdims=True)),)
+
+
+_ln_core.defvjp(_ln_core_fwd, _ln_core_bwd)
+
+
 def _ln(p, x, one_pass):
+    if one_pass == "vjp":
+        return _ln_core(x) * p["scale"] + p["offset"]
     mean = jnp.mean(x, -1, keepdims=True)
     if one_pass:
         var = jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean)
@@ -146,7 +172,7 @@ def raw_forward(params, tokens, heads, v=frozenset()):
     else:
         x = jnp.take(table, tokens, axis=0)
     x = x * math.sqrt(f) + params["position"]["embedding"][: tokens.shape[1]]
-    one_pass = "one_pass_ln" in v
+    one_pass = "vjp" if "ln_vjp" in v else "one_pass_ln" in v
     for i in range(sum(k.startswith("block_") for k in params)):
         p = params[f"block_{i}"]
         x = x + _attention(p["attention"], _ln(p["norm_0"], x, one_pass), heads, v)
@@ -178,9 +204,11 @@ def raw_step(heads, opt, v=frozenset()):
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    options = jnn.train.compiler_options() if "cpu_opts" in v else None
+    options = dict(jnn.train.compiler_options()) if "cpu_opts" in v else {}
     if "no_ynn" in v:
-        options = {"xla_cpu_experimental_ynn_fusion_type": ""}
+        options["xla_cpu_experimental_ynn_fusion_type"] = ""
+    for key, value in (part[4:].replace("|", ",").split("=", 1) for part in v if part.startswith("opt:")):
+        options[key] = {"true": True, "false": False}.get(value, value)
     return jax.jit(step, compiler_options=options) if options else jax.jit(step)
 
 
@@ -188,8 +216,9 @@ def flat_recipe(params, total):
     """The recipe's optimizer over one flat buffer (the decay mask raveled like the params)."""
     mask = jax.flatten_util.ravel_pytree(jax.tree.map(lambda m, p: jnp.full(p.shape, m, p.dtype),
                                                       jnn.tree.mask(params), params))[0] > 0
-    return optax.chain(optax.clip_by_global_norm(1.0),
-                       optax.adamw(_schedule(total), b1=0.9, b2=0.99, weight_decay=0.1, mask=mask))
+    decay = optax.stateless(lambda updates, params: updates + 0.1 * jnp.where(mask, params, 0))
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(b1=0.9, b2=0.99), decay,
+                       optax.scale_by_learning_rate(_schedule(total)))
 
 
 def _schedule(total):
@@ -335,11 +364,13 @@ def contenders(size, xs, ys, variants, torch_threads, total=2000):
 
     fns["raw JAX"], first["raw JAX"] = raw_runner(frozenset())
     for name in variants:
-        if name in VARIANTS:
-            fns[f"raw+{name}"], first[f"raw+{name}"] = raw_runner(frozenset(name.split("+")))
-        elif "+" in name and all(part in VARIANTS for part in name.split("+")):
+        if name != "jnn+opts":
+            unknown = [part for part in name.split("+") if part not in VARIANTS and not part.startswith("opt:")]
+            assert not unknown, f"unknown variants {unknown}: choose from {list(VARIANTS)}"
             fns[f"raw+{name}"], first[f"raw+{name}"] = raw_runner(frozenset(name.split("+")))
 
+    if not torch_threads:
+        return fns, first
     net = torch_model(jax.device_get(params), heads, torch_threads[0])
     train = torch_trainer(net, total)
     tx, ty = [torch.from_numpy(a.astype(np.int64)) for a in xs], [torch.from_numpy(a.astype(np.int64)) for a in ys]
@@ -371,7 +402,7 @@ def time_sizes(sizes, steps, repeats, variants, torch_threads, data):
         n_params = sum(math.prod(s) for s in _param_shapes(size))
         times = time_interleaved(fns, repeats=repeats)
         ms = {k: v / steps * 1e3 for k, v in times.items()}
-        torch_ms = min(v for k, v in ms.items() if k.startswith("PyTorch"))
+        torch_ms = min([v for k, v in ms.items() if k.startswith("PyTorch")] or [float("nan")])
         lines.append(f"size {size} ({n_params / 1e6:.2f}M params): ms per step (median of {repeats} interleaved "
                      f"calls of {steps} steps), ratio to the faster PyTorch, to raw JAX; first-step loss")
         for name, value in ms.items():
@@ -445,7 +476,7 @@ def main(argv=None):
     except Exception as error:   # noqa: BLE001 - no data: random tokens time the same
         print(f"(random tokens: {error})")
         data = np.random.default_rng(0).integers(0, VOCAB, 100_000).astype(np.int32)
-    threads = [int(t) for t in args.torch_threads.split(",")]
+    threads = [int(t) for t in args.torch_threads.split(",") if t]
     lines = time_sizes([s for s in args.sizes.split(",") if s], args.steps, args.repeats, variants, threads, data)
     if args.val_steps:
         line = val_loss_run(args.val_size, args.val_steps, threads[-1])
