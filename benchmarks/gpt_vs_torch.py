@@ -101,6 +101,8 @@ VARIANTS = {
     "cpu_opts": "jnn.train.compiler_options() (YNNPACK dots and reductions, XLA convolutions)",
     "no_ynn": "XLA's own dots (--xla_cpu_experimental_ynn_fusion_type empty)",
     "ln_vjp": "layer norm with a hand-written backward (custom_vjp: dx from xhat, rstd and two means)",
+    "ln_barrier": "with ln_vjp: the layer norm's input gradient materialized (optimization_barrier), not re-fused",
+    "gelu_vjp": "exact GELU with a hand-written backward (custom_vjp: keeps Phi(x), g * (Phi + x phi))",
     "opt:KEY=VALUE": "an XLA compiler option (',' in VALUE written '|')",
 }
 
@@ -127,9 +129,35 @@ def _ln_core_bwd(res, g):
 _ln_core.defvjp(_ln_core_fwd, _ln_core_bwd)
 
 
+@jax.custom_vjp
+def _ln_barrier(x):
+    return _ln_core(x)
+
+
+_ln_barrier.defvjp(lambda x: _ln_core_fwd(x), lambda res, g: (jax.lax.optimization_barrier(_ln_core_bwd(res, g)[0]),))
+
+
+@jax.custom_vjp
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+    cdf = 0.5 * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
+    return x * cdf, (x, cdf)
+
+
+def _gelu_bwd(res, g):
+    x, cdf = res
+    return (g * (cdf + x * jnp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))),)
+
+
+_gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 def _ln(p, x, one_pass):
-    if one_pass == "vjp":
-        return _ln_core(x) * p["scale"] + p["offset"]
+    if one_pass in ("vjp", "barrier"):
+        return (_ln_core if one_pass == "vjp" else _ln_barrier)(x) * p["scale"] + p["offset"]
     mean = jnp.mean(x, -1, keepdims=True)
     if one_pass:
         var = jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean)
@@ -172,13 +200,13 @@ def raw_forward(params, tokens, heads, v=frozenset()):
     else:
         x = jnp.take(table, tokens, axis=0)
     x = x * math.sqrt(f) + params["position"]["embedding"][: tokens.shape[1]]
-    one_pass = "vjp" if "ln_vjp" in v else "one_pass_ln" in v
+    one_pass = "barrier" if "ln_barrier" in v else "vjp" if "ln_vjp" in v else "one_pass_ln" in v
     for i in range(sum(k.startswith("block_") for k in params)):
         p = params[f"block_{i}"]
         x = x + _attention(p["attention"], _ln(p["norm_0"], x, one_pass), heads, v)
         m = p["mlp"]
-        h = jax.nn.gelu(_ln(p["norm_1"], x, one_pass) @ m["dense_0"]["w"] + m["dense_0"]["b"],
-                        approximate="tanh_gelu" in v)
+        h = _ln(p["norm_1"], x, one_pass) @ m["dense_0"]["w"] + m["dense_0"]["b"]
+        h = _gelu(h) if "gelu_vjp" in v else jax.nn.gelu(h, approximate="tanh_gelu" in v)
         x = x + h @ m["dense_1"]["w"] + m["dense_1"]["b"]
     return _ln(params["final_norm"], x, one_pass) @ table.T
 
@@ -394,13 +422,13 @@ def contenders(size, xs, ys, variants, torch_threads, total=2000):
     return fns, first
 
 
-def time_sizes(sizes, steps, repeats, variants, torch_threads, data):
+def time_sizes(sizes, steps, repeats, variants, torch_threads, data, clock=time.perf_counter):
     lines = []
     for size in sizes:
         xs, ys = random_batches(data, steps, seed=1)
         fns, first = contenders(size, xs, ys, variants, torch_threads)
         n_params = sum(math.prod(s) for s in _param_shapes(size))
-        times = time_interleaved(fns, repeats=repeats)
+        times = time_interleaved(fns, repeats=repeats, clock=clock)
         ms = {k: v / steps * 1e3 for k, v in times.items()}
         torch_ms = min([v for k, v in ms.items() if k.startswith("PyTorch")] or [float("nan")])
         lines.append(f"size {size} ({n_params / 1e6:.2f}M params): ms per step (median of {repeats} interleaved "
@@ -465,6 +493,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4, help="steps per timed call")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-threads", default="1,2", help="PyTorch contenders: one per thread count")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time this process's CPU time, not wall time (for one-core runs: taskset -c 0 "
+                             "... --torch-threads 1 --cpu-time)")
     parser.add_argument("--val-steps", type=int, default=0)
     parser.add_argument("--val-size", default="0.8M")
     args = parser.parse_args(argv)
@@ -477,7 +508,8 @@ def main(argv=None):
         print(f"(random tokens: {error})")
         data = np.random.default_rng(0).integers(0, VOCAB, 100_000).astype(np.int32)
     threads = [int(t) for t in args.torch_threads.split(",") if t]
-    lines = time_sizes([s for s in args.sizes.split(",") if s], args.steps, args.repeats, variants, threads, data)
+    lines = time_sizes([s for s in args.sizes.split(",") if s], args.steps, args.repeats, variants, threads, data,
+                       time.process_time if args.cpu_time else time.perf_counter)
     if args.val_steps:
         line = val_loss_run(args.val_size, args.val_steps, threads[-1])
         print(line, flush=True)

@@ -12,10 +12,12 @@ takes and returns the whole train state and computes nothing.
 PyTorch: the same step under ``torch.profiler``, self CPU time per aten operation, grouped the
 same way.
 
-Shares are of the summed thunk (operation) times; with two threads, thunks may overlap, so the
-sum can exceed the wall time, which is printed too.
+Times per step are trimmed means over ``--steps`` steps (each operation's longest 20% of
+occurrences left out: on a loaded machine a preempted thread shows as one very long operation).
+Shares are of the summed operation times; with two threads operations may overlap, so run it on
+one core (``taskset -c 0``, ``--torch-threads 1``) for shares that add up.
 
-    python benchmarks/profile_gpt.py [--size 0.8M] [--steps 5] [--top 15] [--variants fused_qkv]
+    taskset -c 0 python benchmarks/profile_gpt.py [--size 0.8M] [--steps 20] [--top 15] [--variants ln_vjp]
 """
 from __future__ import annotations
 
@@ -130,8 +132,15 @@ def describe(name, entry, computations, frames):
     return kind, part, "backward" if part != "optimizer" and backward * 2 >= max(real, 1) else "forward"
 
 
+def trimmed(durations, steps, drop=0.2):
+    """Microseconds per step from every occurrence's duration, the longest ``drop`` share left
+    out (a thread preempted by other load shows as one very long operation)."""
+    kept = sorted(durations)[: max(1, int(round(len(durations) * (1 - drop))))]
+    return sum(kept) / len(kept) * len(durations) / steps
+
+
 def trace_thunks(fn, steps):
-    """Mean microseconds per step of each thunk that ``fn()`` (one step, blocking) runs."""
+    """Microseconds per step of each thunk that ``fn()`` (one step, blocking) runs (:func:`trimmed`)."""
     with tempfile.TemporaryDirectory() as out:
         jax.profiler.start_trace(out, create_perfetto_trace=True)
         for _ in range(steps):
@@ -140,12 +149,12 @@ def trace_thunks(fn, steps):
         path = sorted(glob.glob(f"{out}/**/*.json.gz", recursive=True))[-1]
         events = json.load(gzip.open(path))
     events = events["traceEvents"] if isinstance(events, dict) else events
-    totals = collections.Counter()
+    durations = collections.defaultdict(list)
     for e in events:
         name = e.get("name", "")
         if e.get("ph") == "X" and not name.startswith("$") and not name.startswith("ThunkExecutor"):
-            totals[name] += e.get("dur", 0) / steps
-    return totals
+            durations[name].append(e.get("dur", 0))
+    return {name: trimmed(d, steps) for name, d in durations.items()}
 
 
 def jax_profile(size, steps, variants):
@@ -220,13 +229,16 @@ def torch_profile(size, steps, threads):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             train(x, y).item()
+    durations = collections.defaultdict(list)
+    for event in prof.events():
+        durations[event.name].append(event.self_cpu_time_total)
     rows = {}
-    for event in prof.key_averages():
-        us = event.self_cpu_time_total / steps
+    for key, d in durations.items():
+        us = trimmed(d, steps)
         if us <= 0:
             continue
-        group = next((g for frag, g in TORCH_GROUPS if frag in event.key.lower()), ("other", "other"))
-        rows[event.key] = (us, (*group, "backward" if "backward" in event.key.lower() else "forward/other"))
+        group = next((g for frag, g in TORCH_GROUPS if frag in key.lower()), ("other", "other"))
+        rows[key] = (us, (*group, "backward" if "backward" in key.lower() else "forward/other"))
     return wall, rows
 
 
@@ -254,7 +266,7 @@ def table(title, rows, wall, host=None, top=15):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="0.8M", choices=list(gpt.SIZES))
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--variants", default="", help="profile a raw JAX step with these VARIANTS instead of jnn's")
