@@ -5,23 +5,28 @@ batch 12, vocabulary 65, tied embedding, AdamW beta2=0.99 with weight decay 0.1 
 matrices, warm-up + cosine learning rate, gradients clipped to global norm 1):
 
   jnn         jax.jit(jnn.train.make_train_step(jnn.decoder_lm(...), softmax_cross_entropy, opt))
-  jnn+opts    the same jitted with compiler_options=jnn.train.compiler_options()
+  jnn+opts    the same jitted with compiler_options=jnn.train.compiler_options() (``--variants jnn+opts``)
   raw JAX     a hand-written GPT over the same params (:func:`raw_forward`); ``--variants`` adds
-              raw JAX steps with one change each (fused QKV, one-hot embedding, ...), the
-              prototypes of what jnn could do (see VARIANTS)
-  PyTorch     a nanoGPT-style eager model written here (fused QKV Linear, F.scaled_dot_product_attention,
-              exact GELU, tied head), torch.optim.AdamW (foreach), clip_grad_norm_
+              raw JAX steps with changes (VARIANTS; ``+`` combines them: ``ln_vjp+gelu_vjp``),
+              the prototypes of what jnn could do
+  PyTorch Nt  a nanoGPT-style eager model written here (fused QKV Linear, F.scaled_dot_product_attention,
+              exact GELU, tied head), torch.optim.AdamW (foreach), clip_grad_norm_, on N threads
+              (one contender per ``--torch-threads`` entry)
 
 All start from the same initial values (jnn's init, copied), so the first losses agree.
 ms per step at three sizes (``--sizes``), medians of interleaved calls of ``--steps`` steps.
 ``--val-steps N`` then trains N steps of jnn and PyTorch on Tiny Shakespeare (JNN_DATA_DIR) and
 prints both validation losses.
 
-    python benchmarks/gpt_vs_torch.py [--sizes 0.8M,3M,10M] [--variants fused_qkv,onehot] [--val-steps 2000]
+On a loaded machine, time one core's CPU time instead of wall time (steady within a few %):
+
+    python benchmarks/gpt_vs_torch.py [--sizes 0.8M,3M,10M] [--variants ln_vjp,ln_vjp+gelu_vjp] [--val-steps 2000]
+    taskset -c 1 python benchmarks/gpt_vs_torch.py --torch-threads 1 --cpu-time --variants ln_vjp
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import os
@@ -103,6 +108,9 @@ VARIANTS = {
     "ln_vjp": "layer norm with a hand-written backward (custom_vjp: dx from xhat, rstd and two means)",
     "ln_barrier": "with ln_vjp: the layer norm's input gradient materialized (optimization_barrier), not re-fused",
     "gelu_vjp": "exact GELU with a hand-written backward (custom_vjp: keeps Phi(x), g * (Phi + x phi))",
+    "ln_jvp": "ln_vjp's rule as a custom_jvp (forward-mode too; reverse mode transposes it)",
+    "gelu_jvp": "gelu_vjp's rule as a custom_jvp",
+    "jnn+ln_vjp, jnn+gelu_vjp, jnn+ln_vjp+gelu_vjp": "jnn itself with those changes patched in (patched_jnn)",
     "opt:KEY=VALUE": "an XLA compiler option (',' in VALUE written '|')",
 }
 
@@ -155,9 +163,75 @@ def _gelu_bwd(res, g):
 _gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
+@jax.custom_jvp
+def _ln_jvp(x):
+    return _ln_core(x)
+
+
+@_ln_jvp.defjvp
+def _ln_jvp_rule(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    xhat, (_, rstd) = _ln_core_fwd(x)
+    return xhat, rstd * (dx - jnp.mean(dx, -1, keepdims=True) - xhat * jnp.mean(dx * xhat, -1, keepdims=True))
+
+
+@jax.custom_jvp
+def _gelu_jvp(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+@_gelu_jvp.defjvp
+def _gelu_jvp_rule(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    cdf = 0.5 * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
+    return x * cdf, dx * (cdf + x * jnp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def standardize_vjp(x, axes, epsilon):
+    """What jnn.layers.norm's ``_standardize`` could be: ``(x - mean) / sqrt(var + epsilon)`` over
+    ``axes`` with a hand-written backward."""
+    return standardize_fwd(x, axes, epsilon)[0]
+
+
+def standardize_fwd(x, axes, epsilon):
+    mean = lambda a: jnp.mean(a, axis=axes, keepdims=True)
+    centered = x - mean(x)
+    rstd = jax.lax.rsqrt(mean(jnp.square(centered)) + epsilon)
+    return centered * rstd, (centered * rstd, rstd)
+
+
+def standardize_bwd(axes, epsilon, res, g):
+    xhat, rstd = res
+    mean = lambda a: jnp.mean(a, axis=axes, keepdims=True)
+    return (rstd * (g - mean(g) - xhat * mean(g * xhat)),)
+
+
+standardize_vjp.defvjp(standardize_fwd, standardize_bwd)
+
+
+@contextlib.contextmanager
+def patched_jnn(changes):
+    """jnn with ``ln_vjp`` (norm._standardize -> :func:`standardize_vjp`) and/or ``gelu_vjp``
+    (the transformer blocks' GELU -> :func:`_gelu`) swapped in while a model is built and traced:
+    how much the port would gain in jnn's own program."""
+    from jnn.combinators import stateless
+    from jnn.layers import norm, transformer
+    saved = norm._standardize, transformer.gelu
+    if "ln_vjp" in changes:
+        norm._standardize = lambda x, axes, epsilon: standardize_vjp(
+            x, tuple(axes) if isinstance(axes, (list, tuple)) else axes, epsilon)
+    if "gelu_vjp" in changes:
+        transformer.gelu = lambda approximate=False, name=None: stateless("gelu", _gelu, name=name)
+    try:
+        yield
+    finally:
+        norm._standardize, transformer.gelu = saved
+
+
 def _ln(p, x, one_pass):
-    if one_pass in ("vjp", "barrier"):
-        return (_ln_core if one_pass == "vjp" else _ln_barrier)(x) * p["scale"] + p["offset"]
+    if one_pass in ("vjp", "barrier", "jvp"):
+        return {"vjp": _ln_core, "barrier": _ln_barrier, "jvp": _ln_jvp}[one_pass](x) * p["scale"] + p["offset"]
     mean = jnp.mean(x, -1, keepdims=True)
     if one_pass:
         var = jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean)
@@ -200,13 +274,15 @@ def raw_forward(params, tokens, heads, v=frozenset()):
     else:
         x = jnp.take(table, tokens, axis=0)
     x = x * math.sqrt(f) + params["position"]["embedding"][: tokens.shape[1]]
-    one_pass = "barrier" if "ln_barrier" in v else "vjp" if "ln_vjp" in v else "one_pass_ln" in v
+    one_pass = ("barrier" if "ln_barrier" in v else "vjp" if "ln_vjp" in v else "jvp" if "ln_jvp" in v
+                else "one_pass_ln" in v)
     for i in range(sum(k.startswith("block_") for k in params)):
         p = params[f"block_{i}"]
         x = x + _attention(p["attention"], _ln(p["norm_0"], x, one_pass), heads, v)
         m = p["mlp"]
         h = _ln(p["norm_1"], x, one_pass) @ m["dense_0"]["w"] + m["dense_0"]["b"]
-        h = _gelu(h) if "gelu_vjp" in v else jax.nn.gelu(h, approximate="tanh_gelu" in v)
+        h = (_gelu(h) if "gelu_vjp" in v else _gelu_jvp(h) if "gelu_jvp" in v
+             else jax.nn.gelu(h, approximate="tanh_gelu" in v))
         x = x + h @ m["dense_1"]["w"] + m["dense_1"]["b"]
     return _ln(params["final_norm"], x, one_pass) @ table.T
 
@@ -371,6 +447,9 @@ def contenders(size, xs, ys, variants, torch_threads, total=2000):
     fns["jnn"], first["jnn"] = jnn_runner(jnn_step(model, opt))
     if "jnn+opts" in variants:
         fns["jnn+opts"], first["jnn+opts"] = jnn_runner(jnn_step(model, opt, jnn.train.compiler_options()))
+    for name in [v for v in variants if v.startswith("jnn+") and v != "jnn+opts"]:
+        with patched_jnn(name.split("+")[1:]):    # traced and compiled here, inside the patch
+            fns[name], first[name] = jnn_runner(jnn_step(jnn_model(layers, width, heads), opt))
 
     def raw_runner(v):
         step = raw_step(heads, opt, v)
@@ -392,7 +471,7 @@ def contenders(size, xs, ys, variants, torch_threads, total=2000):
 
     fns["raw JAX"], first["raw JAX"] = raw_runner(frozenset())
     for name in variants:
-        if name != "jnn+opts":
+        if not name.startswith("jnn+"):
             unknown = [part for part in name.split("+") if part not in VARIANTS and not part.startswith("opt:")]
             assert not unknown, f"unknown variants {unknown}: choose from {list(VARIANTS)}"
             fns[f"raw+{name}"], first[f"raw+{name}"] = raw_runner(frozenset(name.split("+")))
