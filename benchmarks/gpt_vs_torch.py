@@ -110,7 +110,10 @@ VARIANTS = {
     "gelu_vjp": "exact GELU with a hand-written backward (custom_vjp: keeps Phi(x), g * (Phi + x phi))",
     "ln_jvp": "ln_vjp's rule as a custom_jvp (forward-mode too; reverse mode transposes it)",
     "gelu_jvp": "gelu_vjp's rule as a custom_jvp",
-    "jnn+ln_vjp, jnn+gelu_vjp, jnn+ln_vjp+gelu_vjp": "jnn itself with those changes patched in (patched_jnn)",
+    "gelu_jvp_fenced": "gelu_jvp with optimization_barriers on the tangent",
+    "ln_jvp_fenced": "ln_jvp with optimization_barriers on the tangent (forward mode kept, gradient materialized)",
+    "jnn+ln_vjp, jnn+gelu_vjp, jnn+ln_jvp_fenced, jnn+gelu_jvp_fenced (and '+' of them)":
+        "jnn itself with those changes patched in (patched_jnn)",
     "opt:KEY=VALUE": "an XLA compiler option (',' in VALUE written '|')",
 }
 
@@ -176,6 +179,22 @@ def _ln_jvp_rule(primals, tangents):
 
 
 @jax.custom_jvp
+def _ln_jvp_fenced(x):
+    return _ln_core(x)
+
+
+@_ln_jvp_fenced.defjvp
+def _ln_jvp_fenced_rule(primals, tangents):
+    """ln_jvp's rule with the tangent behind an optimization_barrier at both ends: in reverse mode
+    the input gradient is materialized (the barrier transposes to a barrier)."""
+    (x,), (dx,) = primals, tangents
+    xhat, (_, rstd) = _ln_core_fwd(x)
+    dx = jax.lax.optimization_barrier(dx)
+    out = rstd * (dx - jnp.mean(dx, -1, keepdims=True) - xhat * jnp.mean(dx * xhat, -1, keepdims=True))
+    return xhat, jax.lax.optimization_barrier(out)
+
+
+@jax.custom_jvp
 def _gelu_jvp(x):
     return jax.nn.gelu(x, approximate=False)
 
@@ -210,28 +229,62 @@ def standardize_bwd(axes, epsilon, res, g):
 standardize_vjp.defvjp(standardize_fwd, standardize_bwd)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def standardize_fenced(x, axes, epsilon):
+    """:func:`standardize_vjp` as a custom_jvp (forward mode and higher orders kept) whose tangent
+    passes optimization_barriers, so that in reverse mode the input gradient is materialized
+    rather than fused whole into every consumer."""
+    return standardize_fwd(x, axes, epsilon)[0]
+
+
+@standardize_fenced.defjvp
+def _standardize_fenced_jvp(axes, epsilon, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    xhat, (_, rstd) = standardize_fwd(x, axes, epsilon)
+    mean = lambda a: jnp.mean(a, axis=axes, keepdims=True)
+    dx = jax.lax.optimization_barrier(dx)
+    return xhat, jax.lax.optimization_barrier(rstd * (dx - mean(dx) - xhat * mean(dx * xhat)))
+
+
 @contextlib.contextmanager
 def patched_jnn(changes):
-    """jnn with ``ln_vjp`` (norm._standardize -> :func:`standardize_vjp`) and/or ``gelu_vjp``
-    (the transformer blocks' GELU -> :func:`_gelu`) swapped in while a model is built and traced:
-    how much the port would gain in jnn's own program."""
+    """jnn with ``ln_vjp`` (norm._standardize -> :func:`standardize_vjp`) or ``ln_jvp_fenced``
+    (-> :func:`standardize_fenced`), and/or ``gelu_vjp`` or ``gelu_jvp_fenced`` (the transformer
+    blocks' GELU) swapped in while a model is built and traced: what the port would gain in jnn's
+    own program."""
     from jnn.combinators import stateless
     from jnn.layers import norm, transformer
     saved = norm._standardize, transformer.gelu
-    if "ln_vjp" in changes:
-        norm._standardize = lambda x, axes, epsilon: standardize_vjp(
-            x, tuple(axes) if isinstance(axes, (list, tuple)) else axes, epsilon)
-    if "gelu_vjp" in changes:
-        transformer.gelu = lambda approximate=False, name=None: stateless("gelu", _gelu, name=name)
+    for change, fn in (("ln_vjp", standardize_vjp), ("ln_jvp_fenced", standardize_fenced)):
+        if change in changes:
+            norm._standardize = functools.partial(
+                lambda fn, x, axes, epsilon: fn(x, tuple(axes) if isinstance(axes, list) else axes, epsilon), fn)
+    for change, fn in (("gelu_vjp", _gelu), ("gelu_jvp_fenced", _gelu_jvp_fenced)):
+        if change in changes:
+            transformer.gelu = functools.partial(lambda fn, approximate=False, name=None: stateless("gelu", fn, name=name), fn)
     try:
         yield
     finally:
         norm._standardize, transformer.gelu = saved
 
 
+@jax.custom_jvp
+def _gelu_jvp_fenced(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+@_gelu_jvp_fenced.defjvp
+def _gelu_jvp_fenced_rule(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    cdf = 0.5 * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
+    slope = cdf + x * jnp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+    return x * cdf, jax.lax.optimization_barrier(slope * jax.lax.optimization_barrier(dx))
+
+
 def _ln(p, x, one_pass):
-    if one_pass in ("vjp", "barrier", "jvp"):
-        return {"vjp": _ln_core, "barrier": _ln_barrier, "jvp": _ln_jvp}[one_pass](x) * p["scale"] + p["offset"]
+    if one_pass in ("vjp", "barrier", "jvp", "fenced"):
+        return ({"vjp": _ln_core, "barrier": _ln_barrier, "jvp": _ln_jvp, "fenced": _ln_jvp_fenced}[one_pass](x)
+                * p["scale"] + p["offset"])
     mean = jnp.mean(x, -1, keepdims=True)
     if one_pass:
         var = jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean)
@@ -275,14 +328,14 @@ def raw_forward(params, tokens, heads, v=frozenset()):
         x = jnp.take(table, tokens, axis=0)
     x = x * math.sqrt(f) + params["position"]["embedding"][: tokens.shape[1]]
     one_pass = ("barrier" if "ln_barrier" in v else "vjp" if "ln_vjp" in v else "jvp" if "ln_jvp" in v
-                else "one_pass_ln" in v)
+                else "fenced" if "ln_jvp_fenced" in v else "one_pass_ln" in v)
     for i in range(sum(k.startswith("block_") for k in params)):
         p = params[f"block_{i}"]
         x = x + _attention(p["attention"], _ln(p["norm_0"], x, one_pass), heads, v)
         m = p["mlp"]
         h = _ln(p["norm_1"], x, one_pass) @ m["dense_0"]["w"] + m["dense_0"]["b"]
         h = (_gelu(h) if "gelu_vjp" in v else _gelu_jvp(h) if "gelu_jvp" in v
-             else jax.nn.gelu(h, approximate="tanh_gelu" in v))
+             else _gelu_jvp_fenced(h) if "gelu_jvp_fenced" in v else jax.nn.gelu(h, approximate="tanh_gelu" in v))
         x = x + h @ m["dense_1"]["w"] + m["dense_1"]["b"]
     return _ln(params["final_norm"], x, one_pass) @ table.T
 
