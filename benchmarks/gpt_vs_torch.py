@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's jnn
 from common import block, machine, time_interleaved  # noqa: E402
 
 import jnn  # noqa: E402
