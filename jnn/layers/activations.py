@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +96,22 @@ def gelu(approximate: bool = False, *, name: str | None = None) -> Layer:
       >>> [round(float(v), 3) for v in gelu().apply({}, {}, jnp.array([-1.0, 0.0, 2.0]))[0]]
       [-0.159, 0.0, 1.954]
     """
-    return stateless("gelu", functools.partial(jax.nn.gelu, approximate=approximate), name=name)
+    return stateless("gelu", jax.nn.gelu if approximate else _exact_gelu, name=name)
+
+
+@jax.custom_jvp
+def _exact_gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+@_exact_gelu.defjvp
+def _exact_gelu_jvp(primals, tangents):
+    """``Phi(x) + x phi(x)`` times the tangent, fenced on CPU like layer norm's (norm.py)."""
+    (x,), (dx,) = primals, tangents
+    cdf = 0.5 * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
+    slope = cdf + x * jnp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+    fence = jax.lax.optimization_barrier if jax.default_backend() == "cpu" else (lambda a: a)
+    return _exact_gelu(x), fence(slope.astype(dx.dtype) * fence(dx))
 
 
 def softplus(*, name: str | None = None) -> Layer:

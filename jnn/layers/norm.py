@@ -5,6 +5,7 @@ dtype. Learned ``scale`` (ones) and ``offset`` (zeros) have the feature shape.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -31,11 +32,27 @@ def _finish(y, params, x_dtype, feature_shape_in_x):
     return y.astype(x_dtype)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _standardize(x, axes, epsilon):
     """``(x - mean) / sqrt(var + epsilon)`` with the mean and biased variance over ``axes``."""
     mean = jnp.mean(x, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + epsilon)
+
+
+@_standardize.defjvp
+def _standardize_jvp(axes, epsilon, primals, tangents):
+    """The closed-form tangent ``rstd * (dx - mean(dx) - xhat * mean(dx * xhat))``. On CPU it is
+    fenced by optimization barriers, so XLA materializes the input gradient once instead of fusing
+    the whole residual-stream gradient into every consumer (benchmarks/RESULTS.md, "CPU profile")."""
+    (x,), (dx,) = primals, tangents
+    mean = lambda a: jnp.mean(a, axis=axes, keepdims=True)
+    centered = x - mean(x)
+    rstd = jax.lax.rsqrt(mean(jnp.square(centered)) + epsilon)
+    xhat = centered * rstd
+    fence = jax.lax.optimization_barrier if jax.default_backend() == "cpu" else (lambda a: a)
+    dx = fence(dx)
+    return xhat, fence(rstd * (dx - mean(dx) - xhat * mean(dx * xhat)))
 
 
 def _running(state, batch, momentum):
@@ -148,7 +165,7 @@ def layer_norm(*, epsilon: float = 1e-5, use_scale: bool = True, use_offset: boo
       Array([[-1.225,  0.   ,  1.225]], dtype=float32)
     """
     return _last_axis_norm("layer_norm", name or "layer_norm", name, use_scale, use_offset,
-                           lambda x: _standardize(x, -1, epsilon))
+                           lambda x: _standardize(x, (-1,), epsilon))
 
 
 @checks.declare(epsilon=checks.above(0), use_scale=checks.flag)
