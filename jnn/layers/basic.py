@@ -22,7 +22,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
     float32 (float64 for float64 inputs); computed in the input's dtype (integers promoted to the
     params'). ``w_init``, ``b_init``: initializers or their names (:mod:`jnn.initializers`).
 
-    Example (a perceptron is ``dense(1)`` followed by ``step()``):
+    Example (two units on three inputs):
       >>> import jax, jax.numpy as jnp, jnn
       >>> params, state = jnn.dense(2).init(jax.random.key(0), jnp.zeros((5, 3)))
       >>> params["w"].shape, params["b"].shape
