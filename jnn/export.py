@@ -230,8 +230,9 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
     _checks.boolean(where, include_data=include_data)
     platforms = _check_platforms(where, platforms)
     x, y = _check_pair(where, "train_data", train_data)
+    _checks.require(len(x) > 0, where, "train_data is empty (0 examples); pass at least one batch")
     batch_size = min(batch_size, len(x))
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(_checks.log_names(where, "metrics", metrics))
     is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
     def init_state(key):

@@ -90,19 +90,18 @@ REFUSED = {
     "population loss log lr": (lambda: _population(loss=_with_log("lr")), ValueError,
                                "loss: the logs it returns use the reserved name(s) ['lr']"),
     "fit vector loss log": (lambda: _fit(loss=_with_log("abs", lambda o, t: jnp.abs(o - t)[:, 0])), ValueError,
-                            "fit: the loss's logs and the metrics must be scalars (means over the batch), got 'abs' "
-                            "of shape (4,)"),
+                            "loss: its log 'abs' must be a scalar (a mean over the batch), got shape (4,)"),
     "fit vector metric": (lambda: _fit(metrics={"m": lambda o, t: jnp.abs(o - t)[:, 0]}), ValueError,
-                          "the loss's logs and the metrics must be scalars (means over the batch), got 'm' of shape (4,)"),
+                          "metrics: 'm' must return a scalar (a mean over the batch), got shape (4,)"),
     "eval vector metric": (lambda: jnn.train.make_eval_fn(jnn.dense(1), jnn.losses.mse, metrics={"m": lambda o, t: o[:, 0]})(
-        *jnn.dense(1).init(jax.random.key(0), X), (X, Y)), ValueError, "got 'm' of shape (1,)"),
+        *jnn.dense(1).init(jax.random.key(0), X), (X, Y)), ValueError, "metrics: 'm' must return a scalar (a mean over the batch), got shape (1,)"),
     "fit per-example loss, dict model": (lambda: _fit(DICT_MODEL, lambda o, t: ((o["a"] - t) ** 2)[:, 0]), ValueError,
-                                         "fit: the loss must return a scalar (e.g. the mean over the batch), it "
-                                         "returned shape (4,)"),
+                                         "loss must return a scalar (e.g. the mean over the batch), it returned "
+                                         "shape (4,)"),
     "fit loss of shape (1,)": (lambda: _fit(loss=lambda o, t: jnp.mean((o - t) ** 2)[None]), ValueError,
-                               "the loss must return a scalar (e.g. the mean over the batch), it returned shape (1,)"),
+                               "loss must return a scalar (e.g. the mean over the batch), it returned shape (1,)"),
     "eval per-example loss": (lambda: jnn.train.make_eval_fn(DICT_MODEL, lambda o, t: ((o["a"] - t) ** 2)[:, 0])(
-        *DICT_MODEL.init(jax.random.key(0), X), (X, Y)), ValueError, "the loss must return a scalar"),
+        *DICT_MODEL.init(jax.random.key(0), X), (X, Y)), ValueError, "loss must return a scalar (e.g. the mean over the batch), it returned shape (1,)"),
     "callback returns a dict": (lambda: _fit(callbacks=[lambda e, ts, logs: {"stop": True}]), TypeError,
                                 "fit: callback <lambda> must return None, a bool or a bool array (True stops), got dict"),
     "callback returns an int": (lambda: _fit(callbacks=[_Returns(1)]), TypeError,
@@ -123,7 +122,7 @@ REFUSED = {
                                              "train state like the one it was given, got bool"),
     "predict batch_size 0": (lambda: jnn.train.predict(jnn.dense(1), *jnn.dense(1).init(jax.random.key(0), X), X,
                                                        batch_size=0), ValueError,
-                             "predict: batch_size must be a positive int, got 0"),
+                             "predict: batch_size must be a positive integer, got 0"),
     "capsule mismatched lengths": (lambda: _capsule((X, Y[:3])), ValueError,
                                    "jnn.export.export_capsule: train_data's x and y must have the same number of "
                                    "examples, got shapes (4, 2) and (3, 1)"),
@@ -167,14 +166,15 @@ def test_loss_logs_and_metrics_are_the_same_mean_in_training_and_validation():
 
 
 @pytest.mark.parametrize("interval,epochs,n,message", [
-    (5, 3, 4, "fit_pbt: PBT(interval=5) never exploits in 3 epochs (a step follows every 5th epoch but the last); "
-              "use an interval below epochs"),
-    (3, 3, 4, "fit_pbt: PBT(interval=3) never exploits in 3 epochs"),
+    (5, 3, 4, "fit_pbt: PBT(interval=5) never exploits with epochs=3: a step runs after epochs 5, 10, ... but never "
+              "after the last; use an interval below epochs"),
+    (3, 3, 4, "fit_pbt: PBT(interval=3) never exploits with epochs=3"),
     (1, 3, 1, "fit_pbt: PBT never exploits a population of 1 member; it needs at least 2"),
 ])
 def test_pbt_that_never_exploits_warns(interval, epochs, n, message):
-    with pytest.warns(UserWarning, match=re.escape(message)):
+    with pytest.warns(UserWarning, match=re.escape(message)) as caught:
         lineage = _pbt(interval, epochs, n).lineage
+    assert caught[0].filename == __file__     # points at the caller's line
     assert lineage.shape[0] == (0 if n > 1 else 2)
 
 

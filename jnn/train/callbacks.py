@@ -129,7 +129,7 @@ class CallbackList:
     """
 
     def __init__(self, callbacks: Sequence = (), *, members: int | None = None, where: str = "fit"):
-        self.items, self.members = list(callbacks), members
+        self.items, self.members, self.where = list(callbacks), members, where
         checks.callbacks(where, self.items, population=members is not None)
 
     def on_train_begin(self, train_state) -> None:
@@ -144,10 +144,9 @@ class CallbackList:
         for cb in self.items:
             if self.members is not None:
                 asked = cb.on_population_epoch_end(epoch, train_state, dict(logs), trained)
-                stop |= False if asked is None else np.broadcast_to(np.asarray(asked, bool), stop.shape)
-            elif trained:
-                fn = cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb
-                stop |= fn(epoch, train_state, dict(logs)) is True
+            else:
+                asked = getattr(cb, "on_epoch_end", cb)(epoch, train_state, dict(logs)) if trained else None
+            stop |= checks.stop_answer(self.where, cb, asked, stop.shape)
         return stop
 
     def on_train_end(self, train_state, history: dict):
@@ -155,7 +154,7 @@ class CallbackList:
         replaced = None
         for cb in self.items:
             if hasattr(cb, "on_train_end"):
-                out = cb.on_train_end(train_state, history)
+                out = checks.returned_state(self.where, cb, cb.on_train_end(train_state, history), train_state)
                 replaced = out if out is not None else replaced
         return replaced
 
