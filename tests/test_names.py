@@ -183,3 +183,28 @@ def test_predict_on_no_examples_returns_empty_outputs_of_the_model_s_structure()
     out = jnn.train.predict(DICT_MODEL, params, state, X[:0])
     assert {k: v.shape for k, v in out.items()} == {"a": (0, 1), "b": (0, 1)}
     assert jnn.train.predict(jnn.dense(3), *jnn.dense(3).init(jax.random.key(0), X), X[:0]).shape == (0, 3)
+
+
+def test_metrics_none_means_fit_s_default_everywhere():
+    """``metrics=None``: accuracy for a classification loss, none for a regression loss, in fit_pbt,
+    export_capsule and make_member_epoch as in fit (they used to add accuracy to any loss)."""
+    assert "accuracy" not in _fit(metrics=None).history
+    assert "accuracy" not in _pbt(metrics=None).history
+    epoch = jnn.train.population.make_member_epoch(lambda hp: jnn.dense(1), jnn.losses.mse, lambda hp: optax.sgd(0.1),
+                                                   4, 4)
+    ts = jnn.train.init_train_state(jnn.dense(1), optax.sgd(0.1), jax.random.key(0), X)
+    logs = epoch({}, ts, True, (jnp.asarray(X), jnp.asarray(Y)))[1]
+    assert sorted(logs) == ["loss"]
+    path = pathlib.Path(tempfile.mkdtemp()) / "c.jnnx"
+    jnn.export.export_capsule(path, jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), batch_size=4, platforms=("cpu",))
+    header, fns = jnn.export.load(path)
+    assert sorted(fns["train_epoch"](fns["init"](jax.random.key_data(jax.random.key(0))), X, Y)[1]) == ["loss"]
+    labels = jnp.array([0, 1, 1, 0])
+    assert "accuracy" in _pbt_on(jnn.losses.softmax_cross_entropy, labels).history
+
+
+def _pbt_on(loss, y):
+    make_opt = lambda hp: optax.inject_hyperparams(optax.sgd)(learning_rate=hp["lr"])
+    return fit_pbt(lambda hp: jnn.dense(2), loss, make_opt, (X, y), hparams={"lr": jnp.full((2,), 0.1)},
+                   key=jax.random.key(0), pbt=PBT(space={"lr": (1e-3, 1.0, "log")}, interval=1, monitor="loss"),
+                   epochs=2, batch_size=4)

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import _checks
-from jnn import metrics as _metrics
 from jnn.train import guard
 from jnn.train.callbacks import MODE
 from jnn.train.engine import learning_rate, prepare
@@ -203,7 +202,7 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     hparams, n = check_hparams("fit_pbt", hparams)
     keys = as_keys("fit_pbt", key, n)
     _checks.within_space("fit_pbt", "hparams", hparams, pbt.space)
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
     (x, y), val_data = prepare("fit_pbt", train_data, val_data, val_split, jax.random.split(keys[0])[1],
                                batch_size=batch_size, eval_batch_size=eval_batch_size)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])

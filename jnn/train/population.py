@@ -15,7 +15,6 @@ import numpy as np
 import optax
 
 from jnn import _checks as checks
-from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
 from jnn.train import guard
@@ -122,7 +121,7 @@ def make_member_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeO
                       regularizer: Callable | None = None):
     """One member's epoch ``(hp, train_state, active, (x, y), order=None) -> (train_state, logs)``,
     its old state kept where ``active`` is False."""
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
 
     def member_epoch(hp, ts: TrainState, active, data, order=None):
         model, optimizer = make_model(hp), make_optimizer(hp)
