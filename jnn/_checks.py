@@ -978,16 +978,15 @@ def metric_values(metrics: dict, outputs, y) -> dict:
 
 
 def stop_answer(label: str, callback, asked, shape: tuple):
-    """A callback's answer (None, a bool, a NumPy/JAX bool array) as a bool array of ``shape``."""
-    named = getattr(callback, "__name__", type(callback).__name__)
-    value = np.asarray(asked) if isinstance(asked, (bool, np.bool_, np.ndarray, jax.Array, list)) else None
-    if asked is not None and (value is None or value.dtype != bool):
-        raise TypeError(f"{label}: callback {named} must return None, a bool or a bool array (True stops), got "
-                        f"{type(asked).__name__}" + ("" if value is None else f" of {value.dtype}"))
-    if value is not None and value.ndim and value.shape != shape:
-        raise ValueError(f"{label}: callback {named} returned a bool array of shape {value.shape}; expected one "
-                         f"per member, shape {shape}")
-    return np.broadcast_to(False if value is None else value, shape)
+    """A callback's answer (None, a bool, a NumPy/JAX bool array ``shape``) as a bool array of ``shape``."""
+    kinds = (type(None), bool, np.bool_, np.ndarray, jax.Array, list)
+    value = np.asarray(False if asked is None else asked) if isinstance(asked, kinds) else None
+    if value is None or value.dtype != bool or value.shape not in ((), shape):
+        got = type(asked).__name__ if value is None else f"{value.dtype}{list(value.shape)}"
+        named, array = getattr(callback, "__name__", type(callback).__name__), f" or a bool array {list(shape)}"
+        raise TypeError(f"{label}: callback {named} must return None, a bool{array if shape else ''} (True stops), "
+                        f"got {got}")
+    return np.broadcast_to(value, shape)
 
 
 def returned_state(label: str, callback, state, given):

@@ -37,6 +37,10 @@ def _pbt(interval=1, epochs=3, n=4, metrics=None):
                    epochs=epochs, batch_size=4, metrics={} if metrics is None else metrics)
 
 
+def _evaluate(model, loss, metrics=None):
+    return jnn.train.make_eval_fn(model, loss, metrics=metrics)(*model.init(jax.random.key(0), X), (X, Y))
+
+
 def _with_log(name, value=lambda o, t: jnp.mean(o)):
     return lambda o, t: (jnp.mean((o - t) ** 2), {name: value(o, t)})
 
@@ -67,7 +71,8 @@ RESERVED = "the history reserves (loss, epoch, time, lr, val_*)"
 # or failed with another library's words (JAX's "Gradient only defined for scalar-output functions",
 # a tree_map TypeError, make_train_epoch's "batch_size must be positive, got 0").
 REFUSED = {
-    "fit metric loss": (lambda: _fit(metrics={"loss": MEAN}), ValueError, f"fit: metrics use the name(s) ['loss'] {RESERVED}"),
+    "fit metric loss": (lambda: _fit(metrics={"loss": MEAN}), ValueError,
+                        f"fit: metrics use the name(s) ['loss'] {RESERVED}"),
     "fit metric epoch": (lambda: _fit(metrics={"epoch": MEAN}), ValueError, "fit: metrics use the name(s) ['epoch']"),
     "fit metric time": (lambda: _fit(metrics={"time": MEAN}), ValueError, "fit: metrics use the name(s) ['time']"),
     "fit metric lr": (lambda: _fit(metrics={"lr": MEAN}), ValueError, "fit: metrics use the name(s) ['lr']"),
@@ -93,27 +98,27 @@ REFUSED = {
                             "loss: its log 'abs' must be a scalar (a mean over the batch), got shape (4,)"),
     "fit vector metric": (lambda: _fit(metrics={"m": lambda o, t: jnp.abs(o - t)[:, 0]}), ValueError,
                           "metrics: 'm' must return a scalar (a mean over the batch), got shape (4,)"),
-    "eval vector metric": (lambda: jnn.train.make_eval_fn(jnn.dense(1), jnn.losses.mse, metrics={"m": lambda o, t: o[:, 0]})(
-        *jnn.dense(1).init(jax.random.key(0), X), (X, Y)), ValueError, "metrics: 'm' must return a scalar (a mean over the batch), got shape (1,)"),
+    "eval vector metric": (lambda: _evaluate(jnn.dense(1), jnn.losses.mse, {"m": lambda o, t: o[:, 0]}), ValueError,
+                           "metrics: 'm' must return a scalar (a mean over the batch), got shape (1,)"),
     "fit per-example loss, dict model": (lambda: _fit(DICT_MODEL, lambda o, t: ((o["a"] - t) ** 2)[:, 0]), ValueError,
                                          "loss must return a scalar (e.g. the mean over the batch), it returned "
                                          "shape (4,)"),
     "fit loss of shape (1,)": (lambda: _fit(loss=lambda o, t: jnp.mean((o - t) ** 2)[None]), ValueError,
                                "loss must return a scalar (e.g. the mean over the batch), it returned shape (1,)"),
-    "eval per-example loss": (lambda: jnn.train.make_eval_fn(DICT_MODEL, lambda o, t: ((o["a"] - t) ** 2)[:, 0])(
-        *DICT_MODEL.init(jax.random.key(0), X), (X, Y)), ValueError, "loss must return a scalar (e.g. the mean over the batch), it returned shape (1,)"),
+    "eval per-example loss": (lambda: _evaluate(DICT_MODEL, lambda o, t: ((o["a"] - t) ** 2)[:, 0]), ValueError,
+                              "loss must return a scalar (e.g. the mean over the batch), it returned shape (1,)"),
     "callback returns a dict": (lambda: _fit(callbacks=[lambda e, ts, logs: {"stop": True}]), TypeError,
-                                "fit: callback <lambda> must return None, a bool or a bool array (True stops), got dict"),
+                                "fit: callback <lambda> must return None, a bool (True stops), got dict"),
     "callback returns an int": (lambda: _fit(callbacks=[_Returns(1)]), TypeError,
-                                "fit: callback _Returns must return None, a bool or a bool array (True stops), got int"),
+                                "fit: callback _Returns must return None, a bool (True stops), got int"),
     "population callback returns floats": (lambda: _population(callbacks=[_Returns(np.array([0.5, 0.0]))]), TypeError,
                                            "fit_population: callback _Returns must return None, a bool or a bool "
-                                           "array (True stops), got ndarray of float64"),
+                                           "array [2] (True stops), got float64[2]"),
     "population callback returns a dict": (lambda: _population(callbacks=[_Returns({"a": 1})]), TypeError,
                                            "got dict"),
     "population callback, 3 of 2 members": (lambda: _population(callbacks=[_Returns(np.array([True, False, True]))]),
-                                            ValueError, "fit_population: callback _Returns returned a bool array of "
-                                            "shape (3,); expected one per member, shape (2,)"),
+                                            TypeError, "fit_population: callback _Returns must return None, a "
+                                            "bool or a bool array [2] (True stops), got bool[3]"),
     "on_train_end returns a dict": (lambda: _fit(callbacks=[_Returns(train_end={"a": 1})]), TypeError,
                                     "fit: callback _Returns's on_train_end must return None or a train state like the "
                                     "one it was given, got dict"),
@@ -196,7 +201,8 @@ def test_metrics_none_means_fit_s_default_everywhere():
     logs = epoch({}, ts, True, (jnp.asarray(X), jnp.asarray(Y)))[1]
     assert sorted(logs) == ["loss"]
     path = pathlib.Path(tempfile.mkdtemp()) / "c.jnnx"
-    jnn.export.export_capsule(path, jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), batch_size=4, platforms=("cpu",))
+    jnn.export.export_capsule(path, jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (X, Y), batch_size=4,
+                              platforms=("cpu",))
     header, fns = jnn.export.load(path)
     assert sorted(fns["train_epoch"](fns["init"](jax.random.key_data(jax.random.key(0))), X, Y)[1]) == ["loss"]
     labels = jnp.array([0, 1, 1, 0])

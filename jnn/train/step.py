@@ -197,17 +197,15 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
 
     ``x``, ``y`` and the outputs may be pytrees of arrays. ``loss(outputs, y)`` (or ``loss(outputs,
     y, step)``, called with ``step=`` the updates taken so far) returns a scalar or ``(scalar,
-    {name: scalar})``, whose names join the logs. ``metrics``: ``{name: fn(outputs, y)}`` on the
-    training-mode outputs (``None``: :func:`default_metrics`). ``regularizer(params)`` is added
-    to the loss for the gradient, not to the logged ``"loss"``.
+    {name: scalar})``, whose names join the logs; ``metrics``: ``{name: fn(outputs, y) -> scalar}``
+    on the training-mode outputs (``None``: :func:`default_metrics`). No name may be the history's
+    own (loss, epoch, time, lr, val_*). ``regularizer(params)`` is added to the loss for the
+    gradient, not to the logged ``"loss"``.
 
-    ``accumulate=k``: the batch (``k * m`` examples) is split into ``k`` micro-batches of ``m``
-    run in a ``lax.scan`` (peak memory: one micro-batch's); their gradients are averaged in float32
-    and applied in one update, so ``train_state.step`` (and schedules, keys, a loss's ``step``)
-    counts updates. Micro-batch ``i`` gets the key ``fold_in(step_key(ts), i)``; model state
-    (batch-norm running statistics) is threaded through the micro-batches, so batch norm uses
-    each micro-batch's statistics and updates its running statistics ``k`` times. Logs are
-    means over the micro-batches.
+    ``accumulate=k``: the batch is split into ``k`` micro-batches run in a ``lax.scan`` (peak memory:
+    one micro-batch's); their float32 mean gradient makes one update (``train_state.step`` counts
+    updates). Micro-batch ``i`` gets the key ``fold_in(step_key(ts), i)``; model state (batch-norm
+    statistics) is threaded through them; logs are their means.
 
     With a ``mesh`` (:func:`jnn.parallel.make_mesh`) each (micro-)batch is split along its ``data``
     axis and the new train state laid out by ``rules`` (default: replicated).
