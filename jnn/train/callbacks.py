@@ -280,11 +280,9 @@ class EarlyStopping(Callback):
       >>> es = jnn.train.EarlyStopping(monitor="val_accuracy", patience=2)
       >>> es.maximize, es.improved(0.9, best=0.8), es.improved(0.7, best=0.8)
       (True, True, False)
-      >>> es = jnn.train.EarlyStopping(monitor="loss", patience=2)
-      >>> x, y = jnn.data.xor()
-      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=10, batch_size=4, metrics={}, verbose=0,
-      ...                        callbacks=[es])      # gradient ascent: the loss only rises
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.1), jnn.data.xor(), key=jax.random.key(0),
+      ...                        epochs=10, batch_size=4, metrics={}, verbose=0,   # gradient ascent: the loss rises
+      ...                        callbacks=[jnn.train.EarlyStopping(monitor="loss", patience=2)])
       >>> result.history["epoch"], result.best_epoch, result.stopped_early, int(result.train_state.step)
       ([1, 2, 3], 1, True, 1)
     """
