@@ -208,10 +208,10 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     _checks.logged_metric("fit_pbt", "PBT monitors", pbt.monitor, names)
     if pbt.interval >= epochs or pbt.exploited(len(keys)) == 0:
-        warnings.warn(f"fit_pbt: PBT(interval={pbt.interval}) never exploits with epochs={epochs}: a step runs after "
-                      f"epochs {pbt.interval}, {2 * pbt.interval}, ... but never after the last; use an interval below "
-                      "epochs" if len(keys) > 1 else "fit_pbt: PBT never exploits a population of 1 member; it needs "
-                      "at least 2", stacklevel=3)
+        why = (f"PBT(interval={pbt.interval}) never exploits with epochs={epochs}: a step runs after epochs "
+               f"{pbt.interval}, {2 * pbt.interval}, ... but never after the last; use an interval below epochs"
+               if len(keys) > 1 else "PBT never exploits a population of 1 member; it needs at least 2")
+        warnings.warn(f"fit_pbt: {why}", stacklevel=3)   # at the caller's line (through checks.declare)
     batch_size = min(batch_size, len(x))
     example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
     states = init_population(make_model, make_optimizer, hparams, keys, example)
