@@ -825,17 +825,24 @@ def like_tree(label: str, what: str, tree, expected) -> None:
 
 
 def loss_result(result, reserved=()) -> tuple:
-    """A loss's scalar or ``(scalar, {name: scalar})`` as a pair; names not "loss" nor ``reserved``."""
-    if not isinstance(result, tuple):
-        return result, {}
-    if len(result) != 2 or not isinstance(result[1], Mapping):
+    """A loss's scalar or ``(scalar, {name: scalar})`` as a pair; no log named as the history's own
+    (:func:`log_names`) nor as one of ``reserved`` (the metrics)."""
+    pair = isinstance(result, tuple)
+    if pair and (len(result) != 2 or not isinstance(result[1], Mapping)):
         raise TypeError(f"loss must return a scalar or a pair (loss, {{name: scalar}}), got a tuple of "
                         f"{len(result)} whose second item is {type(result[-1]).__name__}")
-    value, logs = result
-    clash = sorted({"loss", *reserved} & set(logs))
+    value, logs = result if pair else (result, {})
+    if jnp.shape(value) != ():
+        raise ValueError(f"loss must return a scalar (e.g. the mean over the batch), it returned shape "
+                         f"{jnp.shape(value)}")
+    clash = sorted(n for n in logs if n in reserved or _reserved_log(n))
     if clash:
-        raise ValueError(f"loss: the logs it returns use the reserved name(s) {clash} (the loss itself "
-                         f"and the metrics); rename them")
+        raise ValueError(f"loss: the logs it returns use the reserved name(s) {clash} (the history's own: loss, "
+                         f"epoch, time, lr, val_*; and the metrics); rename them")
+    bad = next((k for k, v in logs.items() if jnp.shape(v) != ()), None)
+    if bad is not None:
+        raise ValueError(f"loss: its log {bad!r} must be a scalar (a mean over the batch), got shape "
+                         f"{jnp.shape(logs[bad])}")
     return value, dict(logs)
 
 
@@ -991,3 +998,50 @@ def stream_progress(label: str, where: str, progress: dict | None, steps_per_epo
 
 
 __all__ += ["creatable_directory", "complete_meta", "val_stream", "unused_directory", "stream_progress"]
+
+
+# ---- rules added for names (issue 40: a name means one thing) ----
+
+_reserved_log = lambda name: name in ("loss", "epoch", "time", "lr") or str(name).startswith("val_")
+
+
+def log_names(label: str, what: str, names):
+    """Metric names (``names``: a dict or None) that are not the history's own: loss, epoch, time, lr, val_*."""
+    clash = [n for n in names or () if _reserved_log(n)]
+    if clash:
+        raise ValueError(f"{label}: {what} use the name(s) {clash} the history reserves (loss, epoch, time, lr, "
+                         f"val_*); rename them")
+    return names
+
+
+def metric_values(metrics: dict, outputs, y) -> dict:
+    """Each metric's value on ``(outputs, y)``, a scalar (a mean over the batch)."""
+    values = {name: fn(outputs, y) for name, fn in metrics.items()}
+    bad = next((k for k, v in values.items() if jnp.shape(v) != ()), None)
+    if bad is not None:
+        raise ValueError(f"metrics: {bad!r} must return a scalar (a mean over the batch), got shape "
+                         f"{jnp.shape(values[bad])}")
+    return values
+
+
+def stop_answer(label: str, callback, asked, shape: tuple):
+    """A callback's answer (None, a bool, a NumPy/JAX bool array ``shape``) as a bool array of ``shape``."""
+    kinds = (type(None), bool, np.bool_, np.ndarray, jax.Array, list)
+    value = np.asarray(False if asked is None else asked) if isinstance(asked, kinds) else None
+    if value is None or value.dtype != bool or value.shape not in ((), shape):
+        got = type(asked).__name__ if value is None else f"{value.dtype}{list(value.shape)}"
+        named, array = getattr(callback, "__name__", type(callback).__name__), f" or a bool array {list(shape)}"
+        raise TypeError(f"{label}: callback {named} must return None, a bool{array if shape else ''} (True stops), "
+                        f"got {got}")
+    return np.broadcast_to(value, shape)
+
+
+def returned_state(label: str, callback, state, given):
+    """What ``callback.on_train_end`` returned: None or a train state shaped like ``given``."""
+    if state is not None and jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(given):
+        raise TypeError(f"{label}: callback {type(callback).__name__}'s on_train_end must return None or a train "
+                        f"state like the one it was given, got {type(state).__name__}")
+    return state
+
+
+__all__ += ["log_names", "metric_values", "stop_answer", "returned_state"]

@@ -216,13 +216,13 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
       >>> sorted(logs)
       ['loss']
     """
-    from jnn import metrics as _metrics
-    from jnn.train import step as _step
+    from jnn.train import guard, step as _step
     where = "jnn.export.export_capsule"
     _io.check_target(where, path, overwrite)
     x, y = _check_pair(where, "train_data", train_data)
+    _checks.require(len(x) > 0, where, "train_data is empty (0 examples); pass at least one batch")
     batch_size = min(batch_size, len(x))
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    metrics = guard.default_metrics(loss) if metrics is None else dict(_checks.log_names(where, "metrics", metrics))
     is_key = lambda a: jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
     def init_state(key):

@@ -3,23 +3,10 @@
 ``fit(..., callbacks=[...])`` calls each after every epoch, in order: a function ``fn(epoch,
 train_state, logs)`` or an object with ``on_epoch_end`` (optionally ``on_train_begin(train_state)``
 and ``on_train_end(train_state, history)``, whose returned state replaces ``fit``'s). **Returning
-True stops training**. For :func:`jnn.train.fit_population`: ``on_population_epoch_end(epoch,
-states, logs, trained)``, returning a bool ``[N]`` of members to stop. Built in: :class:`HistoryFile`,
+True stops training** (a bool, NumPy's and JAX's too; None or False goes on; anything else is a
+TypeError). For :func:`jnn.train.fit_population`: ``on_population_epoch_end(epoch, states, logs,
+trained)``, returning a bool ``[N]`` of members to stop. Built in: :class:`HistoryFile`,
 :class:`TensorBoard`, :class:`EarlyStopping`, :class:`jnn.train.NonFinite`, ``Checkpointer.save_every(k)``.
-
-Example:
-  >>> import jax, optax, jnn
-  >>> seen = []
-  >>> def stop_when_good(epoch, train_state, logs):
-  ...     seen.append(logs["loss"])
-  ...     return logs["loss"] < 0.5
-  >>> x, y = jnn.data.xor()
-  >>> model = jnn.serial(jnn.dense(8), jnn.tanh(), jnn.dense(1))
-  >>> result = jnn.train.fit(model, jnn.losses.binary_cross_entropy_with_logits, optax.adam(0.1), (x, y),
-  ...                        key=jax.random.key(0), epochs=500, batch_size=4, metrics={}, verbose=0,
-  ...                        callbacks=[stop_when_good])
-  >>> result.stopped_early, len(seen) < 500, seen[-1] < 0.5
-  (True, True, True)
 """
 from __future__ import annotations
 
@@ -50,16 +37,11 @@ class Callback:
     Example:
       >>> import jax, optax, jnn
       >>> class StopAtTwo(jnn.train.callbacks.Callback):
-      ...     def __init__(self):
-      ...         self.epochs = []
       ...     def on_epoch_end(self, epoch, train_state, logs):
-      ...         self.epochs.append(epoch)
       ...         return epoch == 2
-      >>> x, y = jnn.data.xor()
-      >>> cb = StopAtTwo()
-      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=5, batch_size=4, metrics={}, verbose=0, callbacks=[cb])
-      >>> cb.epochs, result.stopped_early
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(0.1), jnn.data.xor(), key=jax.random.key(0),
+      ...                        epochs=5, batch_size=4, metrics={}, verbose=0, callbacks=[StopAtTwo()])
+      >>> result.history["epoch"], result.stopped_early
       ([1, 2], True)
     """
 
@@ -129,7 +111,7 @@ class CallbackList:
     """
 
     def __init__(self, callbacks: Sequence = (), *, members: int | None = None, where: str = "fit"):
-        self.items, self.members = list(callbacks), members
+        self.items, self.members, self.where = list(callbacks), members, where
         checks.callbacks(where, self.items, population=members is not None)
 
     def on_train_begin(self, train_state) -> None:
@@ -144,10 +126,9 @@ class CallbackList:
         for cb in self.items:
             if self.members is not None:
                 asked = cb.on_population_epoch_end(epoch, train_state, dict(logs), trained)
-                stop |= False if asked is None else np.broadcast_to(np.asarray(asked, bool), stop.shape)
-            elif trained:
-                fn = cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb
-                stop |= fn(epoch, train_state, dict(logs)) is True
+            else:
+                asked = getattr(cb, "on_epoch_end", cb)(epoch, train_state, dict(logs)) if trained else None
+            stop |= checks.stop_answer(self.where, cb, asked, stop.shape)
         return stop
 
     def on_train_end(self, train_state, history: dict):
@@ -155,7 +136,7 @@ class CallbackList:
         replaced = None
         for cb in self.items:
             if hasattr(cb, "on_train_end"):
-                out = cb.on_train_end(train_state, history)
+                out = checks.returned_state(self.where, cb, cb.on_train_end(train_state, history), train_state)
                 replaced = out if out is not None else replaced
         return replaced
 
@@ -299,11 +280,9 @@ class EarlyStopping(Callback):
       >>> es = jnn.train.EarlyStopping(monitor="val_accuracy", patience=2)
       >>> es.maximize, es.improved(0.9, best=0.8), es.improved(0.7, best=0.8)
       (True, True, False)
-      >>> es = jnn.train.EarlyStopping(monitor="loss", patience=2)
-      >>> x, y = jnn.data.xor()
-      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.1), (x, y), key=jax.random.key(0),
-      ...                        epochs=10, batch_size=4, metrics={}, verbose=0,
-      ...                        callbacks=[es])      # gradient ascent: the loss only rises
+      >>> result = jnn.train.fit(jnn.dense(1), jnn.losses.mse, optax.sgd(-0.1), jnn.data.xor(), key=jax.random.key(0),
+      ...                        epochs=10, batch_size=4, metrics={}, verbose=0,   # gradient ascent: the loss rises
+      ...                        callbacks=[jnn.train.EarlyStopping(monitor="loss", patience=2)])
       >>> result.history["epoch"], result.best_epoch, result.stopped_early, int(result.train_state.step)
       ([1, 2, 3], 1, True, 1)
     """

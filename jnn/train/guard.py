@@ -93,7 +93,7 @@ def prng_key(label: str, what: str, key):
 
 #: Rules (for :func:`jnn._checks.declare`) of the training recipe's parts; all raise TypeErrors.
 PARTS = {what: checks.satisfies(test, need, TypeError, shown) for what, (test, need, shown) in _PARTS.items()}
-PARTS["metrics"] = checks.all_of(PARTS["metrics"], _metric_functions)
+PARTS["metrics"] = checks.all_of(PARTS["metrics"], _metric_functions, checks.log_names)
 
 
 def parts(*names: str) -> dict:

@@ -298,8 +298,9 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
                      int(run.nonfinite_epoch) or None, run.reports or None)
 
 
+@checks.declare(batch_size=checks.positive_int)
 def predict(model: Layer, params, state, x, *, batch_size: int = 1000):
-    """The model's evaluation-mode outputs for all of ``x``, computed in batches.
+    """The model's evaluation-mode outputs for all of ``x``, computed in batches (none: empty outputs).
 
     ``x`` may be a pytree (dicts or tuples of arrays, examples on the first axis); the result
     has the structure of the model's output (an array, or e.g. a dict of arrays).
@@ -314,5 +315,5 @@ def predict(model: Layer, params, state, x, *, batch_size: int = 1000):
     x = as_arrays(x)
     n = num_examples_of(x)
     apply = jax.jit(lambda p, s, xb: model.apply(p, s, xb, train=False)[0], compiler_options=compiler_options())
-    outs = [apply(params, state, gather(x, slice(i, i + batch_size))) for i in range(0, n, batch_size)]
+    outs = [apply(params, state, gather(x, slice(i, i + batch_size))) for i in range(0, max(n, 1), batch_size)]
     return jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *outs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -17,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import _checks
-from jnn import metrics as _metrics
 from jnn.train import guard
 from jnn.train.callbacks import MODE
 from jnn.train.engine import learning_rate, prepare
@@ -234,11 +234,16 @@ def fit_pbt(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, 
     hparams, n = check_hparams("fit_pbt", hparams)
     keys = as_keys("fit_pbt", key, n)
     _checks.within_space("fit_pbt", "hparams", hparams, pbt.space)
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
     (x, y), val_data = prepare("fit_pbt", train_data, val_data, val_split, jax.random.split(keys[0])[1],
                                batch_size=batch_size, eval_batch_size=eval_batch_size)
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     _checks.logged_metric("fit_pbt", "PBT monitors", pbt.monitor, names)
+    if pbt.interval >= epochs or pbt.exploited(len(keys)) == 0:
+        why = (f"PBT(interval={pbt.interval}) never exploits with epochs={epochs}: a step runs after epochs "
+               f"{pbt.interval}, {2 * pbt.interval}, ... but never after the last; use an interval below epochs"
+               if len(keys) > 1 else "PBT never exploits a population of 1 member; it needs at least 2")
+        warnings.warn(f"fit_pbt: {why}", stacklevel=3)   # at the caller's line (through checks.declare)
     batch_size = min(batch_size, len(x))
     example = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype)
     states = init_population(make_model, make_optimizer, hparams, keys, example)

@@ -15,7 +15,6 @@ import numpy as np
 import optax
 
 from jnn import _checks as checks
-from jnn import metrics as _metrics
 from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
 from jnn.train import guard
@@ -23,8 +22,8 @@ from jnn.train.callbacks import CallbackList, EarlyStopping
 from jnn.train.engine import (CALLBACK_RULES, NonFinite, learning_rate, prepare, run_epochs,
                               with_early_stopping)
 from jnn.train.nonfinite import replay_members
-from jnn.train.step import (LossFn, Metrics, TrainState, num_examples_of, init_train_state, make_eval_fn,
-                            epoch_order, make_train_epoch, make_train_step)
+from jnn.train.step import (LossFn, Metrics, TrainState, default_metrics, num_examples_of, init_train_state,
+                            make_eval_fn, epoch_order, make_train_epoch, make_train_step)
 
 __all__ = ["as_keys", "check_hparams", "jit_epoch_order", "Program", "population_eval", "population_epoch_jit", "MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
            "make_population_epoch", "init_population", "fit_population"]
@@ -122,7 +121,7 @@ def make_member_epoch(make_model: MakeModel, loss: LossFn, make_optimizer: MakeO
                       regularizer: Callable | None = None):
     """One member's epoch ``(hp, train_state, active, (x, y), order=None) -> (train_state, logs)``,
     its old state kept where ``active`` is False."""
-    metrics = {"accuracy": _metrics.accuracy} if metrics is None else dict(metrics)
+    metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
 
     def member_epoch(hp, ts: TrainState, active, data, order=None):
         model, optimizer = make_model(hp), make_optimizer(hp)
@@ -273,10 +272,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     init = lambda: init_population(make_model, make_optimizer, hparams, keys, example)
     spec = jax.eval_shape(init)
     out = jax.eval_shape(_first_output, make_model, hparams, spec, _static(example))
-    if metrics is None:  # accuracy for classification losses with single-array outputs and targets (as fit)
-        single = isinstance(y, jax.Array) and isinstance(out, jax.ShapeDtypeStruct)
-        metrics = guard.default_metrics(loss) if single else {}
-    metrics = dict(metrics)
+    metrics = default_metrics(loss, out, y) if metrics is None else dict(metrics)   # as fit
     names = ["loss", *metrics] + ([f"val_{k}" for k in ["loss", *metrics]] if val_data is not None else [])
     names += ["lr"] if learning_rate(spec.opt_state) is not None else []
     if es is not None:

@@ -149,6 +149,7 @@ def default_metrics(loss: LossFn, outputs, y) -> dict:
     return guard.default_metrics(loss) if single else {}
 
 
+@checks.declare(metrics=checks.log_names)
 def loss_and_grad(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, regularizer: Callable | None = None):
     """``f(params, state, (x, y), *, key=None, step=0, train=True) -> (loss, grads, new_state, logs)``.
 
@@ -181,13 +182,13 @@ def loss_and_grad(model: Layer, loss: LossFn, *, metrics: Metrics | None = None,
             return total, (data_loss, loss_logs, out, new_state)
 
         grads, (data_loss, loss_logs, out, new_state) = jax.grad(objective, has_aux=True)(params)
-        logs = {"loss": data_loss, **loss_logs, **{k: fn(out, y) for k, fn in chosen(out, y).items()}}
+        logs = {"loss": data_loss, **loss_logs, **checks.metric_values(chosen(out, y), out, y)}
         return data_loss, grads, new_state, logs
 
     return loss_grad
 
 
-@checks.declare(accumulate=checks.positive_int)
+@checks.declare(accumulate=checks.positive_int, metrics=checks.log_names)
 def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransformation, *,
                     metrics: Metrics | None = None, regularizer: Callable | None = None, accumulate: int = 1,
                     mesh=None, rules=None):
@@ -196,17 +197,15 @@ def make_train_step(model: Layer, loss: LossFn, optimizer: optax.GradientTransfo
 
     ``x``, ``y`` and the outputs may be pytrees of arrays. ``loss(outputs, y)`` (or ``loss(outputs,
     y, step)``, called with ``step=`` the updates taken so far) returns a scalar or ``(scalar,
-    {name: scalar})``, whose names join the logs. ``metrics``: ``{name: fn(outputs, y)}`` on the
-    training-mode outputs (``None``: :func:`default_metrics`). ``regularizer(params)`` is added
-    to the loss for the gradient, not to the logged ``"loss"``.
+    {name: scalar})``, whose names join the logs; ``metrics``: ``{name: fn(outputs, y) -> scalar}``
+    on the training-mode outputs (``None``: :func:`default_metrics`). No name may be the history's
+    own (loss, epoch, time, lr, val_*). ``regularizer(params)`` is added to the loss for the
+    gradient, not to the logged ``"loss"``.
 
-    ``accumulate=k``: the batch (``k * m`` examples) is split into ``k`` micro-batches of ``m``
-    run in a ``lax.scan`` (peak memory: one micro-batch's); their gradients are averaged in float32
-    and applied in one update, so ``train_state.step`` (and schedules, keys, a loss's ``step``)
-    counts updates. Micro-batch ``i`` gets the key ``fold_in(step_key(ts), i)``; model state
-    (batch-norm running statistics) is threaded through the micro-batches, so batch norm uses
-    each micro-batch's statistics and updates its running statistics ``k`` times. Logs are
-    means over the micro-batches.
+    ``accumulate=k``: the batch is split into ``k`` micro-batches run in a ``lax.scan`` (peak memory:
+    one micro-batch's); their float32 mean gradient makes one update (``train_state.step`` counts
+    updates). Micro-batch ``i`` gets the key ``fold_in(step_key(ts), i)``; model state (batch-norm
+    statistics) is threaded through them; logs are their means.
 
     With a ``mesh`` (:func:`jnn.parallel.make_mesh`) each (micro-)batch is split along its ``data``
     axis and the new train state laid out by ``rules`` (default: replicated).
@@ -340,6 +339,7 @@ def make_stepwise_epoch(train_step, num_examples: int, batch_size: int):
     return train_epoch
 
 
+@checks.declare(metrics=checks.log_names)
 def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, batch_size: int = 1000,
                  fused: bool = True, mesh=None):
     """A pure ``(params, state, (x, y), step=None) -> logs`` over a whole dataset in eval mode:
@@ -368,7 +368,7 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         def one(o, t):
             o, t = jax.tree_util.tree_map(lambda a: a[None], (o, t))
             value, logs = _loss_and_logs(loss, takes_step, o, t, step, chosen)
-            return {"loss": value, **logs, **{k: fn(o, t) for k, fn in chosen.items()}}
+            return {"loss": value, **logs, **checks.metric_values(chosen, o, t)}
         return jax.vmap(one)(out, y)
 
     def batch_totals(params, state, xb, yb, mb, step):
