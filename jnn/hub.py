@@ -2,6 +2,7 @@
 :func:`jnn.decoder_lm` (docs: guides/huggingface.md)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -10,6 +11,7 @@ import jax
 import numpy as np
 
 from jnn import io
+from jnn.layers.attention import sliding_window_mask
 from jnn.nets.decoder_lm import decoder_lm
 
 __all__ = ["from_hf", "to_hf", "save_hf", "lm_options"]
@@ -49,7 +51,7 @@ def lm_options(config) -> dict:
     """:func:`jnn.decoder_lm`'s arguments for a ``transformers`` config (a dict, a ``config.json``
     path or a ``PretrainedConfig``): GPT-2 (learned positions, layer norms, (tanh-)GELU, biases, tied
     head) or Llama/Mistral (RMS norms, SwiGLU, RoPE with ``"linear"``/``"llama3"`` scaling, grouped
-    KV heads, no biases); other settings raise.
+    KV heads, no biases, a sliding window as ``attention_bias``); other settings raise.
 
     Example:
       >>> opts = lm_options({"model_type": "gpt2", "vocab_size": 50, "n_positions": 32, "n_embd": 16,
@@ -70,14 +72,16 @@ def lm_options(config) -> dict:
                     mlp="gelu" if act == "gelu" else "gelu_tanh", use_bias=True)
     if kind not in ("llama", "mistral"):
         raise ValueError(f"jnn.hub: model_type {kind!r} is not supported ('gpt2', 'llama', 'mistral')")
-    _unsupported(kind, c, hidden_act="silu", attention_bias=False, mlp_bias=False, sliding_window=None,
+    _unsupported(kind, c, hidden_act="silu", attention_bias=False, mlp_bias=False,
                  head_dim=c["hidden_size"] // c["num_attention_heads"])
+    window = c.get("sliding_window") if c.get("use_sliding_window", True) else None
     rope = c.get("rope_parameters") or {**(c.get("rope_scaling") or {}), "rope_theta": c.get("rope_theta", 1e4)}
     return dict(common, num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
                 features=c["hidden_size"], mlp_dim=c["intermediate_size"], max_len=c["max_position_embeddings"],
                 tied=bool(c.get("tie_word_embeddings", False)), num_kv_heads=c.get("num_key_value_heads"),
                 positional="rope", norm="rms", norm_epsilon=c.get("rms_norm_eps", 1e-6), mlp="swiglu",
                 use_bias=False, rope_base=rope.get("rope_theta", 1e4),
+                attention_bias=functools.partial(sliding_window_mask, window=window) if window else None,
                 rope_scaling={k: v for k, v in rope.items() if k != "rope_theta"} or None)
 
 

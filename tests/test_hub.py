@@ -23,6 +23,9 @@ CONFIGS = {
         tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling={
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8}, **SMALL),
+    "mistral_sliding_window": lambda: transformers.MistralConfig(
+        hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=32, sliding_window=3, **SMALL),
     "llama_linear_rope": lambda: transformers.LlamaConfig(
         hidden_size=8, intermediate_size=12, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
         max_position_embeddings=32, rope_scaling={"rope_type": "linear", "factor": 4.0}, **SMALL),
@@ -146,3 +149,25 @@ def test_unsupported_configs_and_mismatched_checkpoints_are_named():
     params, _ = lm.init(jax.random.key(0), tokens(1, 3, 11))
     with pytest.raises(ValueError, match=r"as gpt2, embedding_scale=None \(needs 1.0\)"):
         jnn.hub.to_hf(lm, params)
+
+
+def test_block_style_options_match_numpy():
+    """RMS norm with its epsilon, SwiGLU and no biases, against a NumPy encoder block."""
+    block = jnn.encoder_block(2, 6, norm="rms", norm_epsilon=0.5, mlp="swiglu", use_bias=False)
+    x = np.random.default_rng(0).normal(size=(1, 3, 4)).astype(np.float32)
+    params, _ = block.init(jax.random.key(0), x)
+    params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(a.size), a.shape), params)
+    p = jax.tree.map(np.asarray, params)
+    rms = lambda h, scale: h / np.sqrt((h ** 2).mean(-1, keepdims=True) + 0.5) * scale
+    heads = lambda h: h.reshape(3, 2, 2).transpose(1, 0, 2)
+    h = rms(x[0], p["norm_0"]["scale"])
+    q, k, v = (heads(h @ p["attention"][n]["w"]) for n in ("query", "key", "value"))
+    logits = q @ k.transpose(0, 2, 1) / np.sqrt(2)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    mixed = (weights / weights.sum(-1, keepdims=True)) @ v
+    x1 = x[0] + mixed.transpose(1, 0, 2).reshape(3, 4) @ p["attention"]["out"]["w"]
+    h = rms(x1, p["norm_1"]["scale"])
+    gate = h @ p["mlp"]["gate"]["w"]
+    expected = x1 + (gate / (1 + np.exp(-gate)) * (h @ p["mlp"]["dense_0"]["w"])) @ p["mlp"]["dense_1"]["w"]
+    assert "b" not in p["attention"]["query"] and "b" not in p["mlp"]["gate"]
+    np.testing.assert_allclose(block.apply(params, {}, x)[0][0], expected, rtol=1e-5, atol=1e-5)

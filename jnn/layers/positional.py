@@ -1,10 +1,5 @@
-"""Position information for sequence models: learned and sinusoidal encodings, and RoPE.
-
-* :func:`learned_positional_embedding` adds a learned ``[max_len, F]`` table to ``x[B, T, F]``.
-* :func:`sinusoidal_encoding` adds the fixed sine/cosine table of Vaswani et al. (2017); no params.
-* :func:`apply_rope` rotates query/key vectors by their positions (rotary embeddings, Su et al.
-  2021); attention applies it with ``multi_head_attention(..., rope=True)``.
-"""
+"""Position information for sequence models: learned and sinusoidal (Vaswani et al. 2017)
+encodings, and rotary embeddings (RoPE, Su et al. 2021; ``multi_head_attention(..., rope=True)``)."""
 from __future__ import annotations
 
 import functools
@@ -26,11 +21,8 @@ def sinusoidal_table(positions, features: int, dtype=jnp.float32, *, base: float
     Feature ``2i`` is ``sin(p / base ** (2i / features))`` and feature ``2i + 1`` the cosine of
     the same angle. Angles are computed in float32 (float64 for a float64 ``dtype``).
 
-    Args:
-      positions: integer positions, any shape (e.g. ``jnp.arange(T)``).
-      features: the encoding width (odd widths drop the last cosine).
-      dtype: the result's dtype.
-      base: the longest wavelength is ``2 * pi * base``.
+    ``positions``: integers, any shape (e.g. ``jnp.arange(T)``); an odd ``features`` drops the last
+    cosine; the longest wavelength is ``2 * pi * base``.
     """
     acc = initializers.param_dtype(dtype)
     half = (features + 1) // 2

@@ -1,9 +1,10 @@
 """Transformer blocks: pre-norm encoder and decoder blocks (whole models are in :mod:`jnn.nets`).
 
-A block is ``x + drop(attention(LN(x)))`` then ``x + MLP(LN(x))`` (``MLP = dense(mlp_dim) -> GELU
--> dense(F) -> dropout``, or SwiGLU; ``LN``: layer or RMS norm); with ``cross_attention=True`` a decoder block adds
-``x + drop(cross_attention(LN(x), context))`` after the self-attention. ``apply`` takes
-``lengths=``, ``context=`` and ``context_lengths=`` as :func:`jnn.layers.attention.multi_head_attention`.
+A block is ``x + drop(attention(N(x)))`` then ``x + MLP(N(x))`` (``N``: layer or RMS norm; ``MLP``:
+``dense(mlp_dim) -> GELU -> dense(F) -> dropout``, or SwiGLU; ``BLOCK_RULES`` check these style
+options); with ``cross_attention=True`` a decoder block adds ``x + drop(cross_attention(N(x),
+context))`` after the self-attention. ``apply`` takes ``lengths=``, ``context=`` and
+``context_lengths=`` as :func:`jnn.layers.attention.multi_head_attention`.
 ``block.methods``: ``init_cache(batch, length, features, dtype)``, ``decode(params, cache, x,
 position, cross_kv=None) -> (y, cache)`` and, when cross-attending, ``cross_cache(params, context,
 context_lengths=None)`` (the context's keys/values for ``decode``).
@@ -61,10 +62,9 @@ def _mlp(mlp_dim: int, dropout_rate: float, kind: str = "gelu", use_bias: bool =
                                                    "use_bias": use_bias})
 
 
-def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate, style) -> Layer:
+def _block(kind, label, name, attention, cross, mlp_dim, dropout_rate, norm, mlp_kind, use_bias) -> Layer:
     """A pre-norm block over its (self-)attention layer and optional cross-attention layer."""
-    mlp = _mlp(mlp_dim, dropout_rate, style["mlp"], style["use_bias"])
-    norm = norm_layer(style["norm"], style["norm_epsilon"])
+    mlp = _mlp(mlp_dim, dropout_rate, mlp_kind, use_bias)
     needs_key = max(dropout_rate, attention.config["dropout_rate"]) > 0
     residual_dropout = dropout(dropout_rate)
     children = [("norm_0", norm), ("attention", attention)]
@@ -158,8 +158,8 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, rope=rope, use_bias=use_bias,
                            dropout_rate=attention_dropout_rate, attention_bias=attention_bias,
                            rope_base=rope_base, rope_scaling=rope_scaling)
-    return _block("encoder_block", label, name, attention, None, mlp_dim, dropout_rate,
-                  dict(norm=norm, norm_epsilon=norm_epsilon, mlp=mlp, use_bias=use_bias))
+    return _block("encoder_block", label, name, attention, None, mlp_dim, dropout_rate, norm_layer(norm, norm_epsilon),
+                  mlp, use_bias)
 
 
 @checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, cross_attention=checks.flag,
@@ -172,9 +172,9 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
                   name: str | None = None) -> Layer:
     """Pre-norm causal transformer block: position ``t`` sees positions ``<= t`` only.
 
-    Same arguments and params as :func:`encoder_block` (its style options included), plus ``cross_attention=True``: after the
-    causal self-attention, cross-attention to ``apply(..., context=[B, S, F_c],
-    context_lengths=[B])`` (``F_c`` is ``context_features``, default ``F``; the context is required).
+    Same arguments (style options included) and params as :func:`encoder_block`, plus
+    ``cross_attention=True``: after the causal self-attention, cross-attention to ``apply(...,
+    context=[B, S, F_c], context_lengths=[B])`` (``F_c``: ``context_features``, default ``F``).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -196,5 +196,5 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     checks.require(cross_attention or context_features is None, label,
                    "context_features is only used with cross_attention=True")
     return _block("decoder_block", label, name, attention, cross, mlp_dim, dropout_rate,
-                  dict(norm=norm, norm_epsilon=norm_epsilon, mlp=mlp, use_bias=use_bias))
+                  norm_layer(norm, norm_epsilon), mlp, use_bias)
 
