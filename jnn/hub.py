@@ -110,8 +110,10 @@ def _scanned(flat: dict, n: int, stack: bool) -> dict:
         rest = [p[len("block_0/"):] for p in flat if p.startswith("block_0/")]
         blocks = {f"blocks/{r}": np.stack([flat.pop(f"block_{i}/{r}") for i in range(n)]) for r in rest}
         return {**flat, **blocks}
-    return {(f"block_{i}/{p[len('blocks/'):]}" if p.startswith("blocks/") else p): (a[i] if p.startswith("blocks/")
-            else a) for p, a in flat.items() for i in range(n if p.startswith("blocks/") else 1)}
+    out = {}
+    for p, a in flat.items():
+        out.update({f"block_{i}/{p[len('blocks/'):]}": a[i] for i in range(n)} if p.startswith("blocks/") else {p: a})
+    return out
 
 
 def from_hf(source, config=None, *, dtype=np.float32, **options):

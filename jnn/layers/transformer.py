@@ -25,21 +25,11 @@ from jnn.layers.basic import dense
 from jnn.layers.dropout import dropout
 from jnn.layers.norm import layer_norm, rms_norm
 
-__all__ = ["encoder_block", "decoder_block", "norm_layer", "BLOCK_RULES"]
+__all__ = ["encoder_block", "decoder_block", "BLOCK_RULES"]
 
 #: The rules of the blocks' (and :func:`jnn.decoder_lm`'s) style options.
 BLOCK_RULES = dict(norm=checks.one_of("layer", "rms"), norm_epsilon=checks.above(0), use_bias=checks.flag,
                    mlp=checks.one_of("gelu", "gelu_tanh", "swiglu"), rope_scaling=checks.rope_scaling)
-
-
-def norm_layer(norm: str = "layer", epsilon: float = 1e-5) -> Layer:
-    """``layer_norm(epsilon=epsilon)`` for ``norm="layer"``, ``rms_norm(epsilon=epsilon)`` for ``"rms"``.
-
-    Example:
-      >>> norm_layer("rms", 1e-6).kind
-      'rms_norm'
-    """
-    return (layer_norm if norm == "layer" else rms_norm)(epsilon=epsilon)
 
 
 def _mlp(mlp_dim: int, dropout_rate: float, kind: str = "gelu", use_bias: bool = True) -> Layer:
@@ -158,8 +148,8 @@ def encoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     attention = _attention(label, "attention", num_heads, num_kv_heads=num_kv_heads, rope=rope, use_bias=use_bias,
                            dropout_rate=attention_dropout_rate, attention_bias=attention_bias,
                            rope_base=rope_base, rope_scaling=rope_scaling)
-    return _block("encoder_block", label, name, attention, None, mlp_dim, dropout_rate, norm_layer(norm, norm_epsilon),
-                  mlp, use_bias)
+    return _block("encoder_block", label, name, attention, None, mlp_dim, dropout_rate,
+                  (layer_norm if norm == "layer" else rms_norm)(epsilon=norm_epsilon), mlp, use_bias)
 
 
 @checks.declare(mlp_dim=checks.positive_int, dropout_rate=checks.rate, cross_attention=checks.flag,
@@ -196,5 +186,5 @@ def decoder_block(num_heads: int, mlp_dim: int, dropout_rate: float = 0.0, *,
     checks.require(cross_attention or context_features is None, label,
                    "context_features is only used with cross_attention=True")
     return _block("decoder_block", label, name, attention, cross, mlp_dim, dropout_rate,
-                  norm_layer(norm, norm_epsilon), mlp, use_bias)
+                  (layer_norm if norm == "layer" else rms_norm)(epsilon=norm_epsilon), mlp, use_bias)
 

@@ -8,7 +8,8 @@ from jnn import core
 from jnn import _checks as checks
 from jnn.core import Layer, shape_of
 from jnn.layers.dropout import dropout
-from jnn.layers.transformer import BLOCK_RULES, decoder_block, norm_layer
+from jnn.layers.norm import layer_norm, rms_norm
+from jnn.layers.transformer import BLOCK_RULES, decoder_block
 from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 
 __all__ = ["decoder_lm"]
@@ -60,8 +61,9 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
     """
     label = name or "decoder_lm"
     checks.divides(label, "num_heads", num_heads, features, "features")
+    final_norm = (layer_norm if norm == "layer" else rms_norm)(epsilon=norm_epsilon)
     embedder = token_embedder(label, vocab_size, features, max_len, tied, positional, head_bias=use_bias,
-                              norm=norm_layer(norm, norm_epsilon), embedding_scale=embedding_scale)
+                              norm=final_norm, embedding_scale=embedding_scale)
     style = dict(norm=norm, norm_epsilon=norm_epsilon, mlp=mlp, use_bias=use_bias, rope_base=rope_base,
                  rope_scaling=rope_scaling)
     stack = block_stack(lambda block_label: decoder_block(
