@@ -29,7 +29,8 @@ __all__ = ["encoder_block", "decoder_block", "BLOCK_RULES"]
 
 #: The rules of the blocks' (and :func:`jnn.decoder_lm`'s) style options.
 BLOCK_RULES = dict(norm=checks.one_of("layer", "rms"), norm_epsilon=checks.above(0), use_bias=checks.flag,
-                   mlp=checks.one_of("gelu", "gelu_tanh", "swiglu"), rope_scaling=checks.rope_scaling)
+                   mlp=checks.one_of("gelu", "gelu_tanh", "swiglu"), rope_base=checks.above(1),
+                   rope_scaling=checks.rope_scaling)
 
 
 def _mlp(mlp_dim: int, dropout_rate: float, kind: str = "gelu", use_bias: bool = True) -> Layer:
@@ -37,10 +38,12 @@ def _mlp(mlp_dim: int, dropout_rate: float, kind: str = "gelu", use_bias: bool =
     ``dense_1(silu(gate(x)) * dense_0(x)) -> dropout``."""
     linear = functools.partial(dense, use_bias=use_bias)
     swiglu = lambda call, x: call("dropout", call("dense_1", jax.nn.silu(call("gate", x)) * call("dense_0", x)))
-    make = lambda features: serial(linear(mlp_dim), gelu(kind == "gelu_tanh"), linear(features),
-                                   dropout(dropout_rate)) if kind != "swiglu" else composite(swiglu, {
-        "gate": linear(mlp_dim), "dense_0": linear(mlp_dim), "dense_1": linear(features),
-        "dropout": dropout(dropout_rate)}, kind="swiglu")
+
+    def make(features):
+        if kind != "swiglu":
+            return serial(linear(mlp_dim), gelu(kind == "gelu_tanh"), linear(features), dropout(dropout_rate))
+        return composite(swiglu, {"gate": linear(mlp_dim), "dense_0": linear(mlp_dim), "dense_1": linear(features),
+                                  "dropout": dropout(dropout_rate)}, kind="swiglu")
 
     def init(key, example):
         return make(shape_of(example).shape[-1]).init(key, example)
