@@ -9,7 +9,7 @@ A model is a :class:`jnn.Layer`, a pair of pure functions ``init`` and ``apply``
   (4, 10)
 """
 from jnn import checks, convert, data, export, generate, initializers, io, losses, metrics, nets, parallel, precision
-from jnn import compare, display, doctor, lora, quantize, train, tree
+from jnn import compare, display, doctor, hub, lora, quantize, train, tree
 from jnn.combinators import composite, fan_out, heads, identity, merge, named, residual, select, serial, stateless, towers
 from jnn.core import CONTRACT, Children, Config, Layer, apply_child, output_shape
 from jnn.inspection import capture, get
@@ -41,5 +41,5 @@ __all__ = [
     "dropout", "spatial_dropout", "batch_norm", "layer_norm", "rms_norm", "group_norm",
     # modules
     "checks", "data", "generate", "initializers", "io", "nets", "parallel", "precision", "losses", "metrics", "train",
-    "tree", "convert", "export", "compare", "doctor", "display", "lora", "quantize",
+    "tree", "convert", "export", "compare", "doctor", "display", "hub", "lora", "quantize",
 ]

@@ -1045,3 +1045,22 @@ def returned_state(label: str, callback, state, given):
 
 
 __all__ += ["log_names", "metric_values", "stop_answer", "returned_state"]
+
+
+# ---- rules added for hub (transformers' layouts) ----
+_ROPE_SCALING = {"linear": ("factor",),
+                 "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def rope_scaling(label: str, what: str, value):
+    """``None`` or a ``transformers`` ``rope_scaling`` dict of a kind jnn implements (``"default"``: ``None``)."""
+    kind = value.get("rope_type", value.get("type")) if isinstance(value, dict) else None
+    if value is None or kind == "default":
+        return None
+    if kind not in _ROPE_SCALING or not all(isinstance(value.get(k), (int, float)) for k in _ROPE_SCALING[kind]):
+        raise ValueError(f"{label}: {what} must be None or a dict with rope_type 'linear' (factor) or 'llama3' "
+                         f"({', '.join(_ROPE_SCALING['llama3'])}), got {value!r}")
+    return dict(value)
+
+
+__all__ += ["rope_scaling"]

@@ -205,12 +205,13 @@ _PER_EXAMPLE = " (valid positions per example)"
 @checks.declare(num_heads=checks.positive_int, head_size=checks.optional(checks.positive_int),
                 num_kv_heads=checks.optional(checks.positive_int),
                 context_features=checks.optional(checks.positive_int), causal=checks.flag,
-                use_bias=checks.flag, rope=checks.flag, dropout_rate=checks.static_rate,
-                rope_base=checks.above(1), implementation=checks.one_of(None, "xla", "cudnn"),
+                use_bias=checks.flag, rope=checks.flag, dropout_rate=checks.static_rate, rope_base=checks.above(1),
+                rope_scaling=checks.rope_scaling, implementation=checks.one_of(None, "xla", "cudnn"),
                 attention_bias=checks.attention_hook)
 def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv_heads: int | None = None,
                          causal: bool = False, dropout_rate: float = 0.0, use_bias: bool = True,
-                         rope: bool = False, rope_base: float = 10000.0, w_init="lecun_normal",
+                         rope: bool = False, rope_base: float = 10000.0, rope_scaling: dict | None = None,
+                         w_init="lecun_normal",
                          b_init="zeros", implementation: str | None = None,
                          context_features: int | None = None, attention_bias=None, name: str | None = None) -> Layer:
     """Multi-head attention ``[B, T, F] -> [B, T, F]``: self-attention, or cross-attention to a context.
@@ -230,7 +231,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
       dropout_rate: dropout on the attention weights in training, in ``[0, 1)``.
       use_bias: learn biases for the four projections.
       rope: rotate queries and keys by their positions (:func:`jnn.layers.positional.apply_rope`).
-      rope_base: RoPE's rotation base.
+      rope_base, rope_scaling: RoPE's rotation base and frequency scaling (see ``apply_rope``).
       w_init, b_init: initializers (or names) of the projection weights and biases.
       implementation: passed to ``jax.nn.dot_product_attention`` (``None``, ``"xla"``, ``"cudnn"``).
       context_features: width ``F_c`` of the cross-attention context (default ``F``).
@@ -284,7 +285,8 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     def qkv(params, x, positions):
         q, k, v = (_heads(params[p], x, n) for p, n in (("query", num_heads), ("key", kv_heads), ("value", kv_heads)))
         if rope:
-            q, k = apply_rope(q, positions, base=rope_base), apply_rope(k, positions, base=rope_base)
+            rotate = functools.partial(apply_rope, positions=positions, base=rope_base, scaling=rope_scaling)
+            q, k = rotate(q), rotate(k)
         return q, k, v
 
     cross = _cross_methods(label, causal, rope, kv_heads, num_heads, attend)

@@ -1,13 +1,9 @@
-"""Position information for sequence models: learned and sinusoidal encodings, and RoPE.
-
-* :func:`learned_positional_embedding` adds a learned ``[max_len, F]`` table to ``x[B, T, F]``.
-* :func:`sinusoidal_encoding` adds the fixed sine/cosine table of Vaswani et al. (2017); no params.
-* :func:`apply_rope` rotates query/key vectors by their positions (rotary embeddings, Su et al.
-  2021); attention applies it with ``multi_head_attention(..., rope=True)``.
-"""
+"""Position information for sequence models: learned and sinusoidal (Vaswani et al. 2017)
+encodings, and rotary embeddings (RoPE, Su et al. 2021; ``multi_head_attention(..., rope=True)``)."""
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +21,8 @@ def sinusoidal_table(positions, features: int, dtype=jnp.float32, *, base: float
     Feature ``2i`` is ``sin(p / base ** (2i / features))`` and feature ``2i + 1`` the cosine of
     the same angle. Angles are computed in float32 (float64 for a float64 ``dtype``).
 
-    Args:
-      positions: integer positions, any shape (e.g. ``jnp.arange(T)``).
-      features: the encoding width (odd widths drop the last cosine).
-      dtype: the result's dtype.
-      base: the longest wavelength is ``2 * pi * base``.
+    ``positions``: integers, any shape (e.g. ``jnp.arange(T)``); an odd ``features`` drops the last
+    cosine; the longest wavelength is ``2 * pi * base``.
     """
     acc = initializers.param_dtype(dtype)
     half = (features + 1) // 2
@@ -104,12 +97,15 @@ def learned_positional_embedding(max_len: int | None, *, init=None, name: str | 
     return Layer(init_fn, apply, "learned_positional_embedding", name)
 
 
-def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
+def apply_rope(x: jax.Array, positions, *, base: float = 10000.0, scaling: dict | None = None) -> jax.Array:
     """Rotary position embedding (RoPE) of query or key heads ``x[B, T, N, H]`` (``H`` even) at
     integer ``positions`` ``[T]`` or ``[B, T]``: same shape and dtype.
 
     Features ``i`` and ``i + H/2`` of each head are rotated by ``p * base ** (-2i / H)`` ("rotate
-    half", as GPT-NeoX and LLaMA); angles in at least float32.
+    half", as GPT-NeoX and LLaMA); angles in at least float32. ``scaling``: ``None`` or
+    ``transformers``' ``rope_scaling`` dict: ``{"rope_type": "linear", "factor"}`` (frequencies over
+    ``factor``) or ``"llama3"`` (with ``low_freq_factor``, ``high_freq_factor``,
+    ``original_max_position_embeddings``: long wavelengths over ``factor``, smoothed in between).
 
     Example:
       >>> import jax.numpy as jnp
@@ -127,8 +123,24 @@ def apply_rope(x: jax.Array, positions, *, base: float = 10000.0) -> jax.Array:
     acc = initializers.param_dtype(x.dtype)
     half = x.shape[-1] // 2
     inv_freq = jnp.power(jnp.asarray(base, acc), -jnp.arange(half, dtype=acc) / half)
+    if scaling is not None:
+        inv_freq = _scaled(inv_freq, scaling)
     angles = positions.astype(acc)[..., None] * inv_freq              # [(B,) T, H/2]
     cos = jnp.cos(angles)[..., None, :].astype(x.dtype)                # [(B,) T, 1, H/2]
     sin = jnp.sin(angles)[..., None, :].astype(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _scaled(inv_freq, scaling: dict):
+    """RoPE frequencies under ``transformers``' ``"linear"`` or ``"llama3"`` scaling."""
+    factor = scaling["factor"]
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+        return inv_freq / factor
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (context / wavelength - low) / (high - low)
+    middle = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return jnp.where(wavelength > context / low, inv_freq / factor,
+                     jnp.where(wavelength < context / high, inv_freq, middle))

@@ -8,20 +8,24 @@ from jnn import core
 from jnn import _checks as checks
 from jnn.core import Layer, shape_of
 from jnn.layers.dropout import dropout
-from jnn.layers.transformer import decoder_block
+from jnn.layers.norm import layer_norm, rms_norm
+from jnn.layers.transformer import BLOCK_RULES, decoder_block
 from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 
 __all__ = ["decoder_lm"]
 
-@checks.declare(**LM_RULES)
+@checks.declare(**LM_RULES, **BLOCK_RULES, embedding_scale=checks.optional(checks.finite_number))
 def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, mlp_dim: int, max_len: int,
                tied: bool = True, *, dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
                num_kv_heads: int | None = None, positional: str = "learned", scan_layers: bool = False,
-               remat: str | None = None, attention_bias=None, name: str | None = None) -> Layer:
+               remat: str | None = None, attention_bias=None, norm: str = "layer", norm_epsilon: float = 1e-5,
+               mlp: str = "gelu", use_bias: bool = True, embedding_scale: float | None = None,
+               rope_base: float = 10000.0, rope_scaling: dict | None = None, name: str | None = None) -> Layer:
     """A decoder-only (GPT-style) language model: token ids ``[B, T]`` -> logits ``[B, T, V]``.
 
-    Embedding (scaled by ``sqrt(features)``) plus positions, dropout, ``num_layers`` decoder
-    blocks (:func:`jnn.decoder_block`), a final layer norm and a tied or untied head. Params:
+    Embedding (times ``embedding_scale``, default ``sqrt(features)``) plus positions, dropout,
+    ``num_layers`` decoder blocks (:func:`jnn.decoder_block`), a final norm and a tied or untied head
+    (biased if ``use_bias``). GPT-2 and Llama layouts: :mod:`jnn.hub`. Params:
     ``{"embedding", "position" (learned only), "block_0", ... (or stacked "blocks" with
     scan_layers), "final_norm", "head" (untied only)}``. ``methods``: ``init_cache`` and
     ``decode_step`` (see :func:`jnn.generate.is_decoder`).
@@ -39,6 +43,9 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
         only each block's input for the backward pass).
       attention_bias: every self-attention's bias or mask hook (:func:`jnn.multi_head_attention`;
         e.g. ALiBi, docs: guides/custom_attention.md); cached decoding keeps it.
+      norm, norm_epsilon, mlp, use_bias, rope_base, rope_scaling: the blocks' style
+        (:func:`jnn.encoder_block`; ``norm`` also for the final norm).
+      embedding_scale: the embedding's factor (``None``: ``sqrt(features)``; transformers': 1.0).
       name: optional explicit key for this model.
 
     Example:
@@ -54,11 +61,15 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
     """
     label = name or "decoder_lm"
     checks.divides(label, "num_heads", num_heads, features, "features")
-    embedder = token_embedder(label, vocab_size, features, max_len, tied, positional)
+    final_norm = (layer_norm if norm == "layer" else rms_norm)(epsilon=norm_epsilon)
+    embedder = token_embedder(label, vocab_size, features, max_len, tied, positional, head_bias=use_bias,
+                              norm=final_norm, embedding_scale=embedding_scale)
+    style = dict(norm=norm, norm_epsilon=norm_epsilon, mlp=mlp, use_bias=use_bias, rope_base=rope_base,
+                 rope_scaling=rope_scaling)
     stack = block_stack(lambda block_label: decoder_block(
         num_heads, mlp_dim, dropout_rate, attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads,
-        rope=positional == "rope", attention_bias=attention_bias, name=block_label), num_layers, scan=scan_layers,
-        remat_policy=remat, label=label)
+        rope=positional == "rope", attention_bias=attention_bias, name=block_label, **style), num_layers,
+        scan=scan_layers, remat_policy=remat, label=label)
     residual_dropout = dropout(dropout_rate)
 
     def init(key, example):

@@ -112,9 +112,15 @@ def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | N
     return Layer(init, apply, "block_stack", None, first.keywords, children, methods=methods)
 
 
-def token_embedder(label: str, vocab_size: int, features: int, max_len: int, tied: bool, positional: str) -> Layer:
-    """Token embedding (times ``sqrt(features)``) plus positions; ``methods``: ``check_tokens(tokens,
-    what)``, ``embed(params, tokens, positions)`` and ``head(params, x)`` (final norm, then logits).
+def token_embedder(label: str, vocab_size: int, features: int, max_len: int, tied: bool, positional: str, *,
+                   norm: Layer | None = None, head_bias: bool = True, embedding_scale: float | None = None) -> Layer:
+    """Token embedding (times ``embedding_scale``, default ``sqrt(features)``) plus positions, and the
+    output head (``norm``, default :func:`jnn.layer_norm`, then the tied table or ``dense(vocab_size)``).
+
+    ``init(key, tokens)``: params ``{"embedding", "position" (learned only), "final_norm",
+    "head" (untied only)}``; ``apply`` embeds ``tokens[B, T]`` at positions ``0..T-1``.
+    ``methods``: ``check_tokens(tokens, what="token ids")``, ``embed(params, tokens,
+    positions)`` and ``head(params, x)`` (final norm, then logits).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -125,6 +131,8 @@ def token_embedder(label: str, vocab_size: int, features: int, max_len: int, tie
       ((2, 3, 4), (2, 3, 10))
     """
     table = embedding(vocab_size, features, init=jax.nn.initializers.normal(features ** -0.5))
+    norm = layer_norm() if norm is None else norm
+    scale = math.sqrt(features) if embedding_scale is None else embedding_scale
 
     def check_tokens(tokens, what="token ids") -> None:
         if len(tokens.shape) != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -139,14 +147,14 @@ def token_embedder(label: str, vocab_size: int, features: int, max_len: int, tie
         x = jax.ShapeDtypeStruct((*tokens.shape, features), params["embedding"]["embedding"].dtype)
         if positional == "learned":
             params["position"] = learned_positional_embedding(max_len).init(keys[1], x)[0]
-        params["final_norm"] = layer_norm().init(key, x)[0]
+        params["final_norm"] = norm.init(key, x)[0]
         if not tied:
-            params["head"] = dense(vocab_size).init(keys[2], x)[0]
+            params["head"] = dense(vocab_size, use_bias=head_bias).init(keys[2], x)[0]
         return params, {}
 
     def embed(params, tokens, positions):
         x = table.apply(params["embedding"], {}, tokens)[0]
-        x = x * jnp.asarray(math.sqrt(features), x.dtype)
+        x = x * jnp.asarray(scale, x.dtype)
         if positional == "learned":
             x = x + jnp.take(params["position"]["embedding"], positions, axis=0).astype(x.dtype)
         elif positional == "sinusoidal":
@@ -154,8 +162,9 @@ def token_embedder(label: str, vocab_size: int, features: int, max_len: int, tie
         return x
 
     def head(params, x):
-        x = layer_norm().apply(params["final_norm"], {}, x)[0]
-        return attend(params["embedding"], x) if tied else dense(vocab_size).apply(params["head"], {}, x)[0]
+        x = norm.apply(params["final_norm"], {}, x)[0]
+        return attend(params["embedding"], x) if tied else dense(vocab_size, use_bias=head_bias).apply(
+            params["head"], {}, x)[0]
 
     def apply(params, state, tokens, *, key=None, train=False):
         check_tokens(tokens)

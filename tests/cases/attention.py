@@ -25,6 +25,22 @@ def _sinusoidal(x):
     return x + np.stack([np.sin(angle), np.cos(angle)], -1).reshape(t, f)
 
 
+def _np_rms_swiglu_block(p, x, heads=2, eps=0.5):
+    """``encoder_block(heads, ..., norm="rms", norm_epsilon=eps, mlp="swiglu", use_bias=False)`` in NumPy."""
+    rms = lambda h, scale: h / np.sqrt((h ** 2).mean(-1, keepdims=True) + eps) * scale
+    b, t, f = x.shape
+    split = lambda h: h.reshape(b, t, heads, -1).transpose(0, 2, 1, 3)
+    h = rms(x, p["norm_0"]["scale"])
+    q, k, v = (split(h @ p["attention"][n]["w"]) for n in ("query", "key", "value"))
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    x = x + ((weights / weights.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(b, t, f) @ p[
+        "attention"]["out"]["w"]
+    h = rms(x, p["norm_1"]["scale"])
+    gate = h @ p["mlp"]["gate"]["w"]
+    return x + (gate / (1 + np.exp(-gate)) * (h @ p["mlp"]["dense_0"]["w"])) @ p["mlp"]["dense_1"]["w"]
+
+
 CASES = [
     Case("multi_head_attention", lambda: multi_head_attention(2), (2, 3, 4), grad_modes=REV,
          reference=lambda p, s, x: reference_attention_layer(p, x, 2)),
@@ -35,6 +51,9 @@ CASES = [
     Case("sinusoidal_encoding", lambda: sinusoidal_encoding(5), (2, 3, 4), reference=lambda p, s, x: _sinusoidal(x)),
     Case("encoder_block", lambda: encoder_block(2, 6), (2, 3, 4), grad_modes=REV, grad_order=1,
          reference=lambda p, s, x: np_block(p, x, 2)),
+    Case("encoder_block_rms_swiglu", lambda: encoder_block(2, 6, norm="rms", norm_epsilon=0.5, mlp="swiglu",
+                                                           use_bias=False), (2, 3, 4), grad_modes=REV, grad_order=1,
+         reference=lambda p, s, x: _np_rms_swiglu_block(p, x)),
     Case("decoder_block_gqa_rope", lambda: decoder_block(2, 6, num_kv_heads=1, rope=True), (2, 3, 4),
          grad_modes=REV, reference=lambda p, s, x: np_block(p, x, 2, 1, causal=True, rope=True)),
     Case("decoder_lm", lambda: decoder_lm(7, 1, 2, 4, 6, 5, num_kv_heads=1), (2, 3), dtype=np.int32,
