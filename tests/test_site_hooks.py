@@ -39,5 +39,5 @@ def test_chapter_footer_links_notebook_experiments_and_extras():
     assert "(07-cnn.ipynb)" in cnn and "https://x/y/blob/main/experiments/mnist_cnn.py" in cnn
     assert "matplotlib" in cnn and "scikit-learn" not in cnn and "RESULTS.md#experiments" in cnn
     projects = site_hooks.footer((ROOT / "docs/tutorials/10-projects.md").read_text(), "10.ipynb", "https://x/y")
-    assert "scikit-learn (`pip install 'jnn[digits]'`)" in projects and "matplotlib" not in projects
+    assert "scikit-learn (`pip install 'jnn[digits]'`)" in projects and "matplotlib (" in projects  # its tuner figure
     assert site_hooks.footer("# no code", "a.ipynb", "u").count("**") == 2      # the notebook line only
