@@ -234,3 +234,46 @@ def test_decoder_lm_refuses_a_context_by_name():
     params, _ = lm.init(KEY, tokens)
     with pytest.raises(TypeError, match=r"decoder_lm: unexpected keyword argument 'context'.*no extra keywords"):
         lm.apply(params, {}, tokens, context=tokens)
+
+
+def test_decoder_lm_block_factory_builds_every_layer_and_keeps_cached_generation():
+    from jnn.layers.attention import alibi_bias
+    from jnn.generate import generate, generate_uncached
+    made = []
+
+    def block(name):
+        made.append(name)
+        return jnn.decoder_block(2, 32, attention_bias=lambda q, k: alibi_bias(2, q, k), name=name)
+
+    lm = jnn.decoder_lm(7, 3, 2, 16, 32, 16, block=block)
+    plain = jnn.decoder_lm(7, 3, 2, 16, 32, 16, attention_bias=lambda q, k: alibi_bias(2, q, k))
+    assert len(made) == 3
+    prompt = jnp.array([[1, 2, 3]])
+    params, state = lm.init(jax.random.key(0), prompt)
+    # the factory's blocks are the blocks the hook builds: same params, same logits
+    assert np.allclose(lm.apply(params, state, prompt)[0], plain.apply(params, state, prompt)[0], atol=1e-6)
+    cached = generate(lm, params, prompt, 8, key=jax.random.key(1), temperature=0.0)
+    assert (cached == generate_uncached(lm, params, prompt, 8, key=jax.random.key(1), temperature=0.0)).all()
+
+
+def test_decoder_lm_block_factory_without_a_cache_generates_uncached_only():
+    from jnn.generate import generate, generate_uncached
+
+    def block(name):   # a residual MLP block: no init_cache/decode methods
+        return jnn.residual(jnn.serial(jnn.layer_norm(), jnn.dense(16), jnn.gelu()), name=name)
+
+    lm = jnn.decoder_lm(7, 2, 2, 16, 32, 16, block=block)
+    prompt = jnp.array([[1, 2, 3]])
+    params, _ = lm.init(jax.random.key(0), prompt)
+    assert generate_uncached(lm, params, prompt, 4, key=jax.random.key(1)).shape == (1, 7)
+    with pytest.raises(TypeError, match="no cached decode path"):
+        generate(lm, params, prompt, 4, key=jax.random.key(1))
+
+
+@pytest.mark.parametrize("block, error, words", [
+    (3, TypeError, "decoder_lm: block must be a function \\(name\\) -> Layer, got int"),
+    (lambda name: "not a layer", TypeError, "decoder_lm block: expected a jnn.Layer, got str"),
+])
+def test_decoder_lm_block_factory_misuse(block, error, words):
+    with pytest.raises(error, match=words):
+        jnn.decoder_lm(7, 2, 2, 16, 32, 16, block=block)

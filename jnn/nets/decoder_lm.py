@@ -14,13 +14,16 @@ from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 
 __all__ = ["decoder_lm"]
 
-@checks.declare(**LM_RULES, **BLOCK_RULES, embedding_scale=checks.optional(checks.finite_number))
+@checks.declare(**LM_RULES, **BLOCK_RULES, embedding_scale=checks.optional(checks.finite_number),
+                block=checks.optional(checks.satisfies(callable, "a function (name) -> Layer", TypeError,
+                                                       lambda value: type(value).__name__)))
 def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, mlp_dim: int, max_len: int,
                tied: bool = True, *, dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
                num_kv_heads: int | None = None, positional: str = "learned", scan_layers: bool = False,
                remat: str | None = None, attention_bias=None, norm: str = "layer", norm_epsilon: float = 1e-5,
                mlp: str = "gelu", use_bias: bool = True, embedding_scale: float | None = None,
-               rope_base: float = 10000.0, rope_scaling: dict | None = None, name: str | None = None) -> Layer:
+               rope_base: float = 10000.0, rope_scaling: dict | None = None, block=None,
+               name: str | None = None) -> Layer:
     """A decoder-only (GPT-style) language model: token ids ``[B, T]`` -> logits ``[B, T, V]``.
 
     Embedding (times ``embedding_scale``, default ``sqrt(features)``) plus positions, dropout,
@@ -46,6 +49,10 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
       norm, norm_epsilon, mlp, use_bias, rope_base, rope_scaling: the blocks' style
         (:func:`jnn.encoder_block`; ``norm`` also for the final norm).
       embedding_scale: the embedding's factor (``None``: ``sqrt(features)``; transformers': 1.0).
+      block: a factory ``block(name) -> Layer`` used for every layer instead of
+        :func:`jnn.decoder_block` (whose options above then do not apply): ``[B, T, features]`` in
+        and out; cached generation needs the ``methods`` ``init_cache`` and ``decode`` that
+        ``decoder_block`` declares (docs: guides/custom_attention.md).
       name: optional explicit key for this model.
 
     Example:
@@ -66,10 +73,11 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
                               norm=final_norm, embedding_scale=embedding_scale)
     style = dict(norm=norm, norm_epsilon=norm_epsilon, mlp=mlp, use_bias=use_bias, rope_base=rope_base,
                  rope_scaling=rope_scaling)
-    stack = block_stack(lambda block_label: decoder_block(
+    block = block or (lambda block_label: decoder_block(
         num_heads, mlp_dim, dropout_rate, attention_dropout_rate=attention_dropout_rate, num_kv_heads=num_kv_heads,
-        rope=positional == "rope", attention_bias=attention_bias, name=block_label, **style), num_layers,
-        scan=scan_layers, remat_policy=remat, label=label)
+        rope=positional == "rope", attention_bias=attention_bias, name=block_label, **style))
+    stack = block_stack(lambda block_label: core.ensure_layer(f"{label} block", block(block_label)), num_layers,
+                        scan=scan_layers, remat_policy=remat, label=label)
     residual_dropout = dropout(dropout_rate)
 
     def init(key, example):
@@ -93,5 +101,6 @@ def decoder_lm(vocab_size: int, num_layers: int, num_heads: int, features: int, 
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype  # as the embedding
         return stack.methods["init_cache"](batch, length, features, dtype)
 
-    methods = {"init_cache": init_cache, "decode_step": decoding(embedder, stack.methods["decode"])}
+    methods = {"init_cache": init_cache, "decode_step": decoding(embedder, stack.methods["decode"])} \
+        if "decode" in stack.methods else {}      # a custom block without a cache: generate_uncached only
     return Layer(init, apply, "decoder_lm", name, methods=methods)

@@ -106,7 +106,7 @@ def block_stack(make_block, n: int, *, scan: bool = False, remat_policy: str | N
             x, new[k] = block.methods["decode"](params[k], cache[k], x, position, None if cross is None else cross[k])
         return x, new
 
-    methods = {"init_cache": init_cache, "decode": decode}
+    methods = {"init_cache": init_cache, "decode": decode} if {"init_cache", "decode"} <= set(first.methods) else {}
     if "cross_cache" in first.methods:
         methods["cross_cache"] = cross_cache
     return Layer(init, apply, "block_stack", None, first.keywords, children, methods=methods)
