@@ -1,6 +1,8 @@
 """An encoder-decoder transformer (Vaswani et al. 2017, pre-norm) with cached generation."""
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
@@ -15,13 +17,23 @@ from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 __all__ = ["encoder_decoder"]
 
 
+@contextlib.contextmanager
+def _side(label: str, side: str):
+    """Errors inside say which side is at fault: ``"encoder_decoder source (context=): ..."``."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e).removeprefix(f"{label}: ")
+        raise ValueError(f"{label} {side}: {message}") from e
+
+
 def _source(label, embedder, context, context_lengths, batch: int):
     """The source ids and lengths as arrays, checked (``batch`` rows, the target's)."""
     checks.require(context is not None, label, "expected the source as apply(..., context=[B, S] token ids)")
     context = jnp.asarray(context)
     embedder.methods["check_tokens"](context, "source ids (context=)")
     checks.require(context.shape[0] == batch, label, f"the source has batch {context.shape[0]} but the target "
-                                                     f"has {batch}")
+                                                     f"(token ids) has {batch}")
     return context, checks.int_lengths(label, context_lengths, batch, "context_lengths")
 
 
@@ -79,7 +91,8 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
 
     def init(key, example):
         tokens = shape_of(example)
-        embedder.methods["check_tokens"](tokens)
+        with _side(label, "target (token ids)"):
+            embedder.methods["check_tokens"](tokens)
         keys = jax.random.split(key, 3)
         params, _ = embedder.init(keys[0], tokens)
         x = jax.ShapeDtypeStruct((*tokens.shape, features), params["embedding"]["embedding"].dtype)
@@ -93,12 +106,15 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
         return layer_norm().apply(params["encoder_norm"], {}, x)[0]
 
     def apply(params, state, tokens, *, key=None, train=False, context=None, context_lengths=None):
-        embedder.methods["check_tokens"](tokens)
-        context, context_lengths = _source(label, embedder, context, context_lengths, tokens.shape[0])
+        with _side(label, "target (token ids)"):
+            embedder.methods["check_tokens"](tokens)
         checks.key_for(label, train and dropout_rate > 0, key)
         keys = core.split_key(key, 4)
-        memory = encode(params, context, context_lengths, keys, train)
-        x = embedder.methods["embed"](params, tokens, jnp.arange(tokens.shape[1]))
+        with _side(label, "source (context=)"):
+            context, context_lengths = _source(label, embedder, context, context_lengths, tokens.shape[0])
+            memory = encode(params, context, context_lengths, keys, train)
+        with _side(label, "target (token ids)"):
+            x = embedder.methods["embed"](params, tokens, jnp.arange(tokens.shape[1]))
         x = residual_dropout.apply({}, {}, x, key=keys[3], train=train)[0]
         x, _ = core.apply_child("decoder", decoder, params, {}, x, key=keys[2], train=train, context=memory,
                                 context_lengths=context_lengths)
@@ -106,10 +122,11 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
 
     def init_cache(batch, length=None, dtype=None, *, params=None, context=None, context_lengths=None):
         checks.require(params is not None, label, "init_cache needs params= and context= (the source is encoded once)")
-        context, context_lengths = _source(label, embedder, context, context_lengths, batch)
         length = max_len if length is None else length
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype
-        memory = encode(params, context, context_lengths)
+        with _side(label, "source (context=)"):
+            context, context_lengths = _source(label, embedder, context, context_lengths, batch)
+            memory = encode(params, context, context_lengths)
         return {"self": decoder.methods["init_cache"](batch, length, features, dtype),
                 "cross": decoder.methods["cross_cache"](params["decoder"], memory.astype(dtype), context_lengths)}
 

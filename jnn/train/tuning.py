@@ -17,12 +17,34 @@ from jnn.train.step import LossFn
 __all__ = ["search", "optuna_search"]
 
 
+class _Fields(dict):
+    """The hyperparameters handed to ``make_model``: a field no config has is a ``KeyError`` that lists them."""
+
+    def __missing__(self, name):
+        message = (f"search: make_model or make_optimizer read hp[{name!r}], but the configs' fields are "
+                   f"{sorted(self)} (optuna_search: add {name!r} to space, static ones to static as well)")
+        raise KeyError(message)
+
+
+def _traced(error: Exception, hp) -> Exception:
+    """``error``, or one that says which fields were traced when it is about a tracer."""
+    traced = sorted(k for k, v in hp.items() if isinstance(v, jax.core.Tracer))
+    if not traced or "Tracer" not in str(error):
+        return error
+    return (ValueError if isinstance(error, ValueError) else TypeError)(
+        f"search: {error}; the fields {traced} are traced arrays, so a field that sets a shape or a Python value "
+        f"(a layer size, batch_size) must be listed in static=[...]")
+
+
 class _WithStatic(NamedTuple):  # fn with the static fields added to hp; hashable, for the cache
     fn: Callable
     fixed: tuple
 
     def __call__(self, hp):
-        return self.fn({**dict(self.fixed), **hp})
+        try:
+            return self.fn(_Fields({**dict(self.fixed), **hp}))
+        except (TypeError, ValueError) as e:   # a tracer where a Python value is needed
+            raise _traced(e, hp)
 
 
 def _number(value) -> bool:
@@ -136,6 +158,8 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
       (4, 4)
     """
     import optuna
+    static_fields = [static] if isinstance(static, str) else list(static)
+    checks.among("optuna_search", "static fields", static_fields, list(space), "in space, whose fields are")
     checks.require(len(study.directions) == 1, "optuna_search", f"study must have one objective (the monitored "
                    f"metric), got {len(study.directions)} directions")
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -149,7 +173,7 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         configs = [dict(t.params) for t in asked]
         groups: dict[tuple, list[int]] = {}
         for i, config in enumerate(configs):
-            groups.setdefault(_group_key(config, [static] if isinstance(static, str) else static), []).append(i)
+            groups.setdefault(_group_key(config, static_fields), []).append(i)
         results: list[MemberResult | None] = [None] * len(asked)
         pruned = np.zeros(len(asked), bool)
         for members in groups.values():
