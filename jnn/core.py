@@ -404,7 +404,8 @@ def verify_params(layer: Layer, params, state, x, **keywords) -> None:
     # A wrong input makes right params look wrong: prefer the layer's own message about its input.
     try:
         with _unchecked():
-            jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
+            if isinstance(params, Mapping) and isinstance(state, Mapping):   # else nothing to blame on x
+                jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
     except Exception as own:  # noqa: BLE001 - a layer's own message (it names the layer) wins
         if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", layer.label)) \
                 and "apply_child(" not in str(own):   # not a complaint about the params themselves
