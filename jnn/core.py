@@ -295,6 +295,8 @@ def _expected(layer: Layer, x):
     try:
         signature, spec = input_signature(x), shape_of(x)
     except TypeError as e:
+        if isinstance(x, list) and all(hasattr(v, "shape") for v in x):
+            return None   # a list of arrays: a layer of its own (merge) may take one
         message = f"{layer.label}: {str(e).replace('the example input', 'input')}; convert it with jnp.asarray"
         raise TypeError(message) from None
     cache = _EXPECTED.setdefault(init, {})
@@ -351,7 +353,8 @@ def _difference(model: Layer, what: str, got, want, path: tuple[str, ...] = ()):
             lack = f"lack {missing[0]!r}" if missing else f"have unexpected {extra[0]!r}"
             hint = ("were these made by this layer's init?" if path or not model.children
                     else f"this model's children are {', '.join(model.children)}")
-            return path, f"{what} {lack} (have: {_names(got)}); {_related(what, got, want) or (init if not got else hint)}"
+            hint = _related(what, got, want) or (hint if got else init)
+            return path, f"{what} {lack} (have: {_names(got)}); {hint}"
         found = (_difference(model, what, got[k], want[k], path + (k,)) for k in want)
         return next((d for d in found if d is not None), None)
     shape = getattr(got, "shape", None)
@@ -363,15 +366,14 @@ def _difference(model: Layer, what: str, got, want, path: tuple[str, ...] = ()):
     return None
 
 
-def _related(what: str, got, want) -> str | None:
-    """How ``got`` relates to ``want`` when one holds the other: a parent's params given to a child, or the reverse."""
+def _related(what: str, got, want) -> str:
+    """A hint when ``got`` holds ``want`` (a parent's params given to its child) or the reverse, else ``""``."""
     inner = [k for k, v in got.items() if isinstance(v, Mapping) and set(v) == set(want)]
     outer = [k for k, v in want.items() if isinstance(v, Mapping) and set(v) == set(got) and got]
-    if inner:
-        return (f"these look like a parent's {what}, holding this layer's under {inner[0]!r}: pass "
-                f"{what}[{inner[0]!r}], or apply the parent (inside a composite: jnn.apply_child)")
-    return outer and (f"these look like the {what} of its child {outer[0]!r}: pass the whole model's {what} "
-                      f"(jnn.apply_child({outer[0]!r}, child, {what}, ...) looks the child's up itself)") or None
+    return (inner and f"these look like a parent's {what}, holding this layer's under {inner[0]!r}: pass "
+                      f"{what}[{inner[0]!r}], or apply the parent (inside a composite: jnn.apply_child)"
+            or outer and f"these look like the {what} of its child {outer[0]!r}: pass the whole model's {what} "
+                         f"(jnn.apply_child({outer[0]!r}, child, {what}, ...) looks the child's up itself)" or "")
 
 
 def _mismatch(model: Layer, params, state, expected) -> ValueError | None:

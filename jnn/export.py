@@ -267,16 +267,14 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
 
 
 def _onnx_culprit(model: Layer, error: Exception) -> str:
-    """The equation jax2onnx failed on (the innermost ``eqn`` in the traceback) and the layer it came from."""
-    eqns = [frame.f_locals["eqn"] for frame, _ in traceback.walk_tb(error.__traceback__)
-            if hasattr(frame.f_locals.get("eqn"), "source_info")]   # outermost first, as nested jaxprs hold them
-    if not eqns:   # failed while tracing: the innermost layer (a frame with a label) on the way
-        labels = [frame.f_locals["label"] for frame, _ in traceback.walk_tb(error.__traceback__)
-                  if isinstance(frame.f_locals.get("label"), str)]
-        return f"layer {labels[-1] if labels else model.label!r} of model {model.label!r}"
-    scopes = dict.fromkeys(s for s in (str(e.source_info.name_stack) for e in eqns) if s)
+    """What jax2onnx failed on: the innermost equation in the traceback, with its layer, else the innermost layer."""
+    frames = [frame.f_locals for frame, _ in traceback.walk_tb(error.__traceback__)]
+    eqns = [f["eqn"] for f in frames if hasattr(f.get("eqn"), "source_info")]   # outermost first
+    scopes = "/".join(dict.fromkeys(s for s in (str(e.source_info.name_stack) for e in eqns) if s))
+    if not eqns:   # failed while tracing
+        return f"layer {([model.label] + [f['label'] for f in frames if isinstance(f.get('label'), str)])[-1]!r}"
     reverse = " (reverse=True)" if eqns[-1].params.get("reverse") else ""
-    return f"{eqns[-1].primitive}{reverse} in layer [{'/'.join(scopes) or model.label}] of model {model.label!r}"
+    return f"{eqns[-1].primitive}{reverse} in layer [{scopes or model.label}] of model {model.label!r}"
 
 
 @_checks.declare_as("jnn.export.export_onnx", batch_polymorphic=_checks.flag)

@@ -127,17 +127,21 @@ PROBES = {
                                         _replace(init=lambda k, x: ({"w": jnp.ones(4, jnp.float32)}, {})), X),
         AssertionError, ["float64", "params not float64"]),
     # encoder_decoder: the source or the target
-    "encoder_decoder: source too long": (_seq2seq(np.zeros((2, 4)), jnp.zeros((2, 20), jnp.int32)), ValueError,
-                                         ["encoder_decoder source (context=)", "max_len=16"]),
-    "encoder_decoder: target too long": (_seq2seq(np.zeros((2, 20)), jnp.zeros((2, 6), jnp.int32)), ValueError,
-                                         ["encoder_decoder target (token ids)", "max_len=16"]),
-    "encoder_decoder: source id out of range": (_seq2seq(np.zeros((2, 4)), jnp.full((2, 6), 50)), ValueError,
-                                                ["encoder_decoder source (context=)", "must lie in [0, 11)"]),
-    "encoder_decoder: target id out of range": (_seq2seq(np.full((2, 4), 50), jnp.zeros((2, 6), jnp.int32)),
-                                                ValueError, ["encoder_decoder target (token ids)", "[0, 11)"]),
+    "encoder_decoder: source too long": (
+        _seq2seq(np.zeros((2, 4)), jnp.zeros((2, 20), jnp.int32)), ValueError,
+        ["encoder_decoder: expected at most max_len=16", "(in the source, context=)"]),
+    "encoder_decoder: target too long": (
+        _seq2seq(np.zeros((2, 20)), jnp.zeros((2, 6), jnp.int32)), ValueError,
+        ["encoder_decoder: expected at most max_len=16", "(in the target, the token ids)"]),
+    "encoder_decoder: source id out of range": (
+        _seq2seq(np.zeros((2, 4)), jnp.full((2, 6), 50)), ValueError,
+        ["encoder_decoder: embedding: token ids must lie in [0, 11)", "(in the source, context=)"]),
+    "encoder_decoder: target id out of range": (
+        _seq2seq(np.full((2, 4), 50), jnp.zeros((2, 6), jnp.int32)), ValueError,
+        ["encoder_decoder: embedding: token ids must lie in [0, 11)", "(in the target, the token ids)"]),
     "encoder_decoder: context_lengths of another batch": (
         _seq2seq(np.zeros((2, 4)), jnp.zeros((2, 6), jnp.int32), context_lengths=jnp.array([1, 2, 3])), ValueError,
-        ["encoder_decoder source (context=)", "context_lengths"]),
+        ["encoder_decoder: expected context_lengths", "(in the source, context=)"]),
     # keywords a model does not take (fixed on main; kept here)
     "decoder_lm given context=": (_lm_with_context(), TypeError, ["decoder_lm", "'context'"]),
     "attention given an unknown mask keyword": (_attention_with(msk=jnp.ones((2, 3, 3), bool)), TypeError,

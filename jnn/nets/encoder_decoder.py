@@ -19,12 +19,12 @@ __all__ = ["encoder_decoder"]
 
 @contextlib.contextmanager
 def _side(label: str, side: str):
-    """Errors inside say which side is at fault: ``"encoder_decoder source (context=): ..."``."""
+    """Errors inside end with the side at fault, unless they name it: ``"... (in the source, context=)"``."""
     try:
         yield
     except ValueError as e:
-        message = str(e).removeprefix(f"{label}: ")
-        raise ValueError(f"{label} {side}: {message}") from e
+        message = str(e) if str(e).startswith(label) else f"{label}: {e}"
+        raise ValueError(message if side.split(",")[0] in message else f"{message} (in the {side})") from e
 
 
 def _source(label, embedder, context, context_lengths, batch: int):
@@ -33,7 +33,7 @@ def _source(label, embedder, context, context_lengths, batch: int):
     context = jnp.asarray(context)
     embedder.methods["check_tokens"](context, "source ids (context=)")
     checks.require(context.shape[0] == batch, label, f"the source has batch {context.shape[0]} but the target "
-                                                     f"(token ids) has {batch}")
+                                                     f"has {batch}")
     return context, checks.int_lengths(label, context_lengths, batch, "context_lengths")
 
 
@@ -91,7 +91,7 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
 
     def init(key, example):
         tokens = shape_of(example)
-        with _side(label, "target (token ids)"):
+        with _side(label, "target, the token ids"):
             embedder.methods["check_tokens"](tokens)
         keys = jax.random.split(key, 3)
         params, _ = embedder.init(keys[0], tokens)
@@ -106,14 +106,14 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
         return layer_norm().apply(params["encoder_norm"], {}, x)[0]
 
     def apply(params, state, tokens, *, key=None, train=False, context=None, context_lengths=None):
-        with _side(label, "target (token ids)"):
+        with _side(label, "target, the token ids"):
             embedder.methods["check_tokens"](tokens)
         checks.key_for(label, train and dropout_rate > 0, key)
         keys = core.split_key(key, 4)
-        with _side(label, "source (context=)"):
+        with _side(label, "source, context="):
             context, context_lengths = _source(label, embedder, context, context_lengths, tokens.shape[0])
             memory = encode(params, context, context_lengths, keys, train)
-        with _side(label, "target (token ids)"):
+        with _side(label, "target, the token ids"):
             x = embedder.methods["embed"](params, tokens, jnp.arange(tokens.shape[1]))
         x = residual_dropout.apply({}, {}, x, key=keys[3], train=train)[0]
         x, _ = core.apply_child("decoder", decoder, params, {}, x, key=keys[2], train=train, context=memory,
@@ -124,7 +124,7 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
         checks.require(params is not None, label, "init_cache needs params= and context= (the source is encoded once)")
         length = max_len if length is None else length
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype
-        with _side(label, "source (context=)"):
+        with _side(label, "source, context="):
             context, context_lengths = _source(label, embedder, context, context_lengths, batch)
             memory = encode(params, context, context_lengths)
         return {"self": decoder.methods["init_cache"](batch, length, features, dtype),

@@ -17,21 +17,16 @@ from jnn.train.step import LossFn
 __all__ = ["search", "optuna_search"]
 
 
-class _Fields(dict):
-    """The hyperparameters handed to ``make_model``: a field no config has is a ``KeyError`` that lists them."""
-
+class _Fields(dict):  # the hyperparameters make_model gets: a field no config has lists those it has
     def __missing__(self, name):
-        message = (f"search: make_model or make_optimizer read hp[{name!r}], but the configs' fields are "
-                   f"{sorted(self)} (optuna_search: add {name!r} to space, static ones to static as well)")
-        raise KeyError(message)
+        raise KeyError(f"search: hp[{name!r}] was read; the configs have {sorted(self)} (optuna_search: add it)")
 
 
 def _traced(error: Exception, hp) -> Exception:
-    """``error``, or one that says which fields were traced when it is about a tracer."""
+    """``error``, or, when it is about a tracer, one that names the traced fields (shapes need static ones)."""
     traced = sorted(k for k, v in hp.items() if isinstance(v, jax.core.Tracer))
-    if not traced or "Tracer" not in str(error):
-        return error
-    return (ValueError if isinstance(error, ValueError) else TypeError)(
+    make = (TypeError, ValueError)[isinstance(error, ValueError)]
+    return error if not traced or "Tracer" not in str(error) else make(
         f"search: {error}; the fields {traced} are traced arrays, so a field that sets a shape or a Python value "
         f"(a layer size, batch_size) must be listed in static=[...]")
 
