@@ -495,8 +495,7 @@ _INFERRING_SHAPE: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_inf
 
 
 def inferring_shape() -> bool:
-    """True while a combinator's ``init`` runs a child abstractly, without keywords, to learn its
-    output shape (a layer that needs ``context=`` then uses a placeholder)."""
+    """True while a combinator's ``init`` learns a child's output shape (``context=`` layers use a placeholder)."""
     return _INFERRING_SHAPE.get()
 
 
@@ -530,8 +529,7 @@ def split_key(key, n: int) -> list:
 
 
 def recording():
-    """Within the block, every :func:`apply_child` call appends ``(path, kind, output, params)``
-    to the yielded list (for :func:`jnn.summary` and :func:`jnn.capture`)."""
+    """Within the block, each :func:`apply_child` appends ``(path, kind, output, params)`` to the yielded list."""
     records: list = []
     return _setting((_RECORDER, records), (_PATH, ()), value=records)
 
@@ -562,11 +560,9 @@ def record(kind: str, y, params) -> None:
 
 def _lookup_error(name: str, layer: Layer, params, error: ValueError) -> ValueError:
     """``error``, or a clearer one when ``params`` lack ``name`` (a child's own params given to :func:`apply_child`)."""
-    if not isinstance(params, Mapping) or name in params or not params:
-        return error
+    own = isinstance(params, Mapping) and params and name not in params
     return ValueError(f"{layer.label}: apply_child({name!r}, ...) found no {name!r} in the params given (have: "
-                      f"{_names(params)}): pass the composite's params, which hold the child's under {name!r}, "
-                      f"not the child's own")
+                      f"{_names(params)}): pass the composite's params, not the child's own") if own else error
 
 
 def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x, *, key=None,

@@ -17,13 +17,11 @@ __all__ = ["check_layer"]
 
 
 @contextlib.contextmanager
-def _check(label: str, what: str, broke: str = ""):
-    """Reports any failure as ``check_layer(label): what: ...``; a failed comparison as ``broke``, in words."""
+def _check(label: str, what: str, broke: str = "the values differ"):   # a failed comparison: `broke`, in words
     try:
         yield
     except Exception as e:  # every failure, assertion or crash, is reported as this check's
-        detail = " ".join(str(e).split())
-        said = f"{broke} ({detail[:240]})" if broke and "[Chex]" in detail else f"{type(e).__name__}: {e}"
+        said = f"{broke} ({' '.join(str(e).split())[:240]})" if "[Chex]" in str(e) else f"{type(e).__name__}: {e}"
         raise AssertionError(f"check_layer({label}): {what}: {said}") from e
 
 
@@ -97,23 +95,18 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
         expected = jax.eval_shape(run, params, state, sds, apply_key, keywords)
         assert _shapes((y, new_state)) == _shapes(expected), \
             f"apply gave {_shapes((y, new_state))}, jax.eval_shape(apply) {_shapes(expected)}"
-        assert _shapes(new_state) == _shapes(state), (f"apply returned a new_state {_shapes(new_state)} unlike the "
-                                                      f"state {_shapes(state)} it was given: the contract keeps its "
-                                                      f"structure, shapes and dtypes")
-        assert _shapes(y) == _shapes(y_shape), (f"its output with train={train} is {_shapes(y)} but with train=False "
-                                                f"{_shapes(y_shape)}: the contract says output shapes and dtypes do "
-                                                f"not depend on train (composites learn them with train=False)")
+        assert _shapes(new_state) == _shapes(state), (f"apply returned a new_state {_shapes(new_state)} unlike its "
+                                                      f"state {_shapes(state)}: the contract keeps its structure")
+        assert _shapes(y) == _shapes(y_shape), (f"its output with train={train} is {_shapes(y)}, with train=False "
+                                                f"{_shapes(y_shape)}: output shapes must not depend on train")
     jitted = jax.jit(run)
-    with _check(label, "jit == eager", "its output under jax.jit differs from the eager one (does apply branch in "
-                "Python on values, or keep Python state?)"):
+    with _check(label, "jit == eager", "its output under jax.jit differs from the eager one (Python branches?)"):
         y_jit = jitted(params, state, x, apply_key, keywords)
         chex.assert_trees_all_close(y_jit, (y, new_state), atol=atol, rtol=rtol)
-    with _check(label, "determinism under the same key", "two runs with the same params, input and key gave "
-                "different outputs"):
+    with _check(label, "determinism under the same key", "two runs with one key gave different outputs"):
         chex.assert_trees_all_equal(jitted(params, state, x, apply_key, keywords), y_jit)
     other_key = jax.random.fold_in(apply_key, 1)
-    with _check(label, "key contract", f"its output with train={train} changed with the key, but stochastic=False "
-                "says it must not (pass stochastic=True if the layer is random in this mode)"):
+    with _check(label, "key contract", f"its output with train={train} changed with the key (stochastic=True?)"):
         y_other = jitted(params, state, x, other_key, keywords)[0]
         if stochastic:
             assert train, "stochastic=True is checked in training mode"
@@ -131,7 +124,7 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
             chex.assert_trees_all_close(y_other, y_jit[0], atol=atol, rtol=rtol)
     if batch_independent:
         with _check(label, "vmap == batched", "an example's output depends on the other examples in the batch "
-                    "(pass batch_independent=False if it should, e.g. batch statistics)"):
+                    "(batch_independent=False?)"):
             add_axis = lambda tree: jax.tree_util.tree_map(lambda a: a[None], tree)
             one = lambda xi, kw: run(params, state, add_axis(xi), apply_key, add_axis(kw))[0]
             # jitted: one program, where eager vmap compiles each batched op on its own

@@ -97,27 +97,27 @@ PROBES = {
                                              ["child 'a'", "whole model's"]),
     "apply_child given the child's own params": (
         _given(lambda: _block(lambda c, p, s, x: jnn.apply_child("proj", c, p["proj"], s, x)[0])), ValueError,
-        ["[proj] dense", "apply_child('proj'", "composite's params", "not the child's own"]),
+        ["[proj] dense", "apply_child('proj'", "composite's params, not the child's own"]),
     "a child's apply given its parent's params inside the parent": (
         _given(lambda: _block(lambda c, p, s, x: c.apply(p, s, x)[0])), ValueError,
         ["dense", "parent's params", "params['proj']"]),
     # check_layer's contract failures, in words
     "check_layer: output shape depends on train": (
         _check_layer(lambda p, s, x, key, train: (x[:, :2] if train else x, s), train=True), AssertionError,
-        ["with train=True", "not depend on train"]),
+        ["with train=True", "must not depend on train"]),
     "check_layer: output depends on the key (not stochastic)": (
         _check_layer(lambda p, s, x, key, train: (x * p["w"] + jax.random.normal(key, x.shape) if key is not None
                                                   else x, s)), AssertionError,
-        ["key contract", "changed with the key", "stochastic=True"]),
+        ["key contract", "changed with the key", "stochastic=True?"]),
     "check_layer: batch dependent": (
         _check_layer(lambda p, s, x, key, train: (x - x.mean(0), s)), AssertionError,
-        ["vmap == batched", "other examples in the batch", "batch_independent=False"]),
+        ["vmap == batched", "other examples in the batch", "batch_independent=False?"]),
     "check_layer: jit differs from eager": (
         _check_layer(lambda p, s, x, key, train: (x + float(isinstance(x, jax.core.Tracer)), s)), AssertionError,
         ["jit == eager", "under jax.jit differs"]),
     "check_layer: new state of another structure": (
         _check_layer(lambda p, s, x, key, train: (x, {"n": s["m"]}), state={"m": jnp.zeros(())}), AssertionError,
-        ["new_state", "keeps its structure"]),
+        ["new_state", "unlike its state", "keeps its structure"]),
     "check_layer: init depends on values": (
         lambda: jnn.testing.check_layer(jnn.Layer(lambda k, x: ({"w": jnp.ones(2 + isinstance(x, jax.Array))}, {}),
                                                   lambda p, s, x, *, key=None, train=False: (x, s)), X),

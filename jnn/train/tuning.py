@@ -22,8 +22,7 @@ class _Fields(dict):  # the hyperparameters make_model gets: a field no config h
         raise KeyError(f"search: hp[{name!r}] was read; the configs have {sorted(self)} (optuna_search: add it)")
 
 
-def _traced(error: Exception, hp) -> Exception:
-    """``error``, or, when it is about a tracer, one that names the traced fields (shapes need static ones)."""
+def _traced(error: Exception, hp) -> Exception:   # error, or, about a tracer, one naming the traced fields
     traced = sorted(k for k, v in hp.items() if isinstance(v, jax.core.Tracer))
     make = (TypeError, ValueError)[isinstance(error, ValueError)]
     return error if not traced or "Tracer" not in str(error) else make(
