@@ -129,11 +129,12 @@ class Layer(_Fields):
         cell: list = []
 
         def checked(params, state, x, **kwargs):
-            if _VERIFIED.get():   # a nested apply: explained only when its params or state do not fit
+            if _VERIFIED.get():   # a nested apply: explained only when it lacks a key of its params or state
                 try:
                     return raw(params, state, x, **kwargs)
-                except KeyError as e:   # params or state without a key the layer reads
-                    if any(isinstance(t, Mapping) and e.args and e.args[0] not in t for t in (params, state)):
+                except KeyError as e:
+                    if not _OWN_RUN.get() and any(isinstance(t, Mapping) and e.args and e.args[0] not in t
+                                                  for t in (params, state)):
                         verify_params(cell[0], params, state, x, **kwargs)
                     raise
             token = _VERIFIED.set(True)
@@ -252,6 +253,7 @@ _VERIFIED: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_verified",
 # Records (path, kind, output, params) while `summary` or `capture` traces a model; inactive otherwise.
 _RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar("jnn_recorder", default=None)
 _PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("jnn_path", default=())
+_OWN_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_own_run", default=False)  # see _unchecked
 
 
 @contextlib.contextmanager
@@ -266,8 +268,8 @@ def _setting(*pairs, value=None):
 
 
 def _unchecked():
-    """Applies inside run unchecked and unrecorded (the framework's own abstract runs)."""
-    return _setting((_VERIFIED, True), (_RECORDER, None))
+    """Applies inside run unchecked, unexplained and unrecorded (the framework's own abstract runs)."""
+    return _setting((_VERIFIED, True), (_RECORDER, None), (_OWN_RUN, True))
 
 
 # (input signature) -> expected (params, state) shapes, per init function.
@@ -297,8 +299,7 @@ def _expected(layer: Layer, x):
     except TypeError as e:
         if isinstance(x, list) and all(hasattr(v, "shape") for v in x):
             return None   # a list of arrays: a layer of its own (merge) may take one
-        message = f"{layer.label}: {str(e).replace('the example input', 'input')}; convert it with jnp.asarray"
-        raise TypeError(message) from None
+        raise TypeError(f"{layer.label}: {e}".replace("the example input", "input") + "; use jnp.asarray") from None
     cache = _EXPECTED.setdefault(init, {})
     if signature not in cache:
         cache[signature] = None
