@@ -129,8 +129,14 @@ class Layer(_Fields):
         cell: list = []
 
         def checked(params, state, x, **kwargs):
-            if _VERIFIED.get():
-                return raw(params, state, x, **kwargs)
+            if _VERIFIED.get():   # a nested apply: explained only when it lacks a key of its params or state
+                try:
+                    return raw(params, state, x, **kwargs)
+                except KeyError as e:
+                    if not _OWN_RUN.get() and any(isinstance(t, Mapping) and e.args and e.args[0] not in t
+                                                  for t in (params, state)):
+                        verify_params(cell[0], params, state, x, **kwargs)
+                    raise
             token = _VERIFIED.set(True)
             try:
                 verify_params(cell[0], params, state, x, **kwargs)
@@ -247,6 +253,7 @@ _VERIFIED: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_verified",
 # Records (path, kind, output, params) while `summary` or `capture` traces a model; inactive otherwise.
 _RECORDER: contextvars.ContextVar[list | None] = contextvars.ContextVar("jnn_recorder", default=None)
 _PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("jnn_path", default=())
+_OWN_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_own_run", default=False)  # see _unchecked
 
 
 @contextlib.contextmanager
@@ -261,8 +268,8 @@ def _setting(*pairs, value=None):
 
 
 def _unchecked():
-    """Applies inside run unchecked and unrecorded (the framework's own abstract runs)."""
-    return _setting((_VERIFIED, True), (_RECORDER, None))
+    """Applies inside run unchecked, unexplained and unrecorded (the framework's own abstract runs)."""
+    return _setting((_VERIFIED, True), (_RECORDER, None), (_OWN_RUN, True))
 
 
 # (input signature) -> expected (params, state) shapes, per init function.
@@ -289,8 +296,10 @@ def _expected(layer: Layer, x):
     init = layer.init.__wrapped__
     try:
         signature, spec = input_signature(x), shape_of(x)
-    except TypeError:
-        return None
+    except TypeError as e:
+        if isinstance(x, list) and all(hasattr(v, "shape") for v in x):
+            return None   # a list of arrays: a layer of its own (merge) may take one
+        raise TypeError(f"{layer.label}: {e}".replace("the example input", "input") + "; use jnp.asarray") from None
     cache = _EXPECTED.setdefault(init, {})
     if signature not in cache:
         cache[signature] = None
@@ -338,12 +347,14 @@ def _difference(model: Layer, what: str, got, want, path: tuple[str, ...] = ()):
     if isinstance(want, dict):
         missing = [k for k in want if k not in got] if isinstance(got, Mapping) else []
         extra = [k for k in got if k not in want] if isinstance(got, Mapping) else []
+        init = f"pass the {what} that {_at(model, path)[0].label}'s init returned"
         if not isinstance(got, Mapping):
-            return path, f"{what} must be a dict with keys {_names(want)}, got {type(got).__name__}"
+            return path, f"{what} must be a dict with keys {_names(want)}, got {type(got).__name__}; {init}"
         if missing or extra:
             lack = f"lack {missing[0]!r}" if missing else f"have unexpected {extra[0]!r}"
             hint = ("were these made by this layer's init?" if path or not model.children
                     else f"this model's children are {', '.join(model.children)}")
+            hint = _related(what, got, want) or (hint if got else init)
             return path, f"{what} {lack} (have: {_names(got)}); {hint}"
         found = (_difference(model, what, got[k], want[k], path + (k,)) for k in want)
         return next((d for d in found if d is not None), None)
@@ -354,6 +365,16 @@ def _difference(model: Layer, what: str, got, want, path: tuple[str, ...] = ()):
         return path, (f"{'/'.join(path[len(walked):]) or what} has shape {got_shape} but this layer was "
                       f"built with {_built_with(layer)} (expected shape {tuple(want.shape)})")
     return None
+
+
+def _related(what: str, got, want) -> str:
+    """A hint when ``got`` holds ``want`` (a parent's params given to its child) or the reverse, else ``""``."""
+    inner = [k for k, v in got.items() if isinstance(v, Mapping) and set(v) == set(want)]
+    outer = [k for k, v in want.items() if isinstance(v, Mapping) and set(v) == set(got) and got]
+    return (inner and f"these look like a parent's {what}, holding this layer's under {inner[0]!r}: pass "
+                      f"{what}[{inner[0]!r}], or apply the parent (inside a composite: jnn.apply_child)"
+            or outer and f"these look like the {what} of its child {outer[0]!r}: pass the whole model's {what} "
+                         f"(jnn.apply_child({outer[0]!r}, child, {what}, ...) looks the child's up itself)" or "")
 
 
 def _mismatch(model: Layer, params, state, expected) -> ValueError | None:
@@ -386,9 +407,11 @@ def verify_params(layer: Layer, params, state, x, **keywords) -> None:
     # A wrong input makes right params look wrong: prefer the layer's own message about its input.
     try:
         with _unchecked():
-            jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
+            if isinstance(params, Mapping) and isinstance(state, Mapping):   # else nothing to blame on x
+                jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
     except Exception as own:  # noqa: BLE001 - a layer's own message (it names the layer) wins
-        if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", layer.label)):
+        if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", layer.label)) \
+                and "apply_child(" not in str(own):   # not a complaint about the params themselves
             mismatch = own
     raise mismatch from None
 
@@ -473,8 +496,7 @@ _INFERRING_SHAPE: contextvars.ContextVar[bool] = contextvars.ContextVar("jnn_inf
 
 
 def inferring_shape() -> bool:
-    """True while a combinator's ``init`` runs a child abstractly, without keywords, to learn its
-    output shape (a layer that needs ``context=`` then uses a placeholder)."""
+    """True while a combinator's ``init`` learns a child's output shape (``context=`` layers use a placeholder)."""
     return _INFERRING_SHAPE.get()
 
 
@@ -508,8 +530,7 @@ def split_key(key, n: int) -> list:
 
 
 def recording():
-    """Within the block, every :func:`apply_child` call appends ``(path, kind, output, params)``
-    to the yielded list (for :func:`jnn.summary` and :func:`jnn.capture`)."""
+    """Within the block, each :func:`apply_child` appends ``(path, kind, output, params)`` to the yielded list."""
     records: list = []
     return _setting((_RECORDER, records), (_PATH, ()), value=records)
 
@@ -519,7 +540,8 @@ def child_scope(name: str):
     """Runs the block as child ``name``: errors inside gain the prefix ``[name/...]``, records the path."""
     token = _PATH.set(_PATH.get() + (name,))
     try:
-        yield
+        with jax.named_scope(name):   # the name in jaxprs, HLO and profiles (and export errors)
+            yield
     except (ValueError, TypeError) as e:
         if type(e) not in (ValueError, TypeError):
             raise
@@ -535,6 +557,13 @@ def record(kind: str, y, params) -> None:
     records = _RECORDER.get()
     if records is not None:
         records.append(("/".join(_PATH.get()), kind, y, params))
+
+
+def _lookup_error(name: str, layer: Layer, params, error: ValueError) -> ValueError:
+    """``error``, or a clearer one when ``params`` lack ``name`` (a child's own params given to :func:`apply_child`)."""
+    own = isinstance(params, Mapping) and params and name not in params
+    return ValueError(f"{layer.label}: apply_child({name!r}, ...) found no {name!r} in the params given (have: "
+                      f"{_names(params)}): pass the composite's params, not the child's own") if own else error
 
 
 def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x, *, key=None,
@@ -559,6 +588,9 @@ def apply_child(name: str, layer: Layer, params: PyTree, state: PyTree, x, *, ke
     child_params = params.get(name, {}) if isinstance(params, Mapping) else params
     child_state = state.get(name, {}) if isinstance(state, Mapping) else state
     with child_scope(name):
-        y, new_state = layer.apply(child_params, child_state, x, key=key, train=train, **routed)
+        try:
+            y, new_state = layer.apply(child_params, child_state, x, key=key, train=train, **routed)
+        except ValueError as e:
+            raise _lookup_error(name, layer, params, e) from e.__cause__
         record(layer.kind, y, child_params)
     return y, new_state

@@ -13,6 +13,7 @@ import io as _stdio
 import json
 import pathlib
 import struct
+import traceback
 from typing import Callable, Sequence
 
 import jax
@@ -265,6 +266,17 @@ def export_capsule(path, model: Layer, loss, optimizer, train_data, *, batch_siz
            overwrite)
 
 
+def _onnx_culprit(model: Layer, error: Exception) -> str:
+    """What jax2onnx failed on: the innermost equation in the traceback, with its layer, else the innermost layer."""
+    frames = [frame.f_locals for frame, _ in traceback.walk_tb(error.__traceback__)]
+    eqns = [f["eqn"] for f in frames if hasattr(f.get("eqn"), "source_info")]   # outermost first
+    scopes = "/".join(dict.fromkeys(s for s in (str(e.source_info.name_stack) for e in eqns) if s))
+    if not eqns:   # failed while tracing
+        return f"layer {([model.label] + [f['label'] for f in frames if isinstance(f.get('label'), str)])[-1]!r}"
+    reverse = " (reverse=True)" if eqns[-1].params.get("reverse") else ""
+    return f"{eqns[-1].primitive}{reverse} in layer [{scopes or model.label}] of model {model.label!r}"
+
+
 @_checks.declare_as("jnn.export.export_onnx", batch_polymorphic=_checks.flag)
 def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic: bool = True,
                 opset: int = 21, overwrite: bool = False) -> None:
@@ -290,6 +302,10 @@ def export_onnx(path, model: Layer, params, state, example, *, batch_polymorphic
     where = "jnn.export.export_onnx"
     _io.check_target(where, path, overwrite)
     fn = lambda x: model.apply(params, state, x, train=False)[0]
-    proto = jax2onnx.to_onnx(fn, [_input_spec(where, example, batch_polymorphic, "B")], opset=opset,
-                             model_name="jnn_model", input_names=["x"], output_names=["y"])
+    try:
+        proto = jax2onnx.to_onnx(fn, [_input_spec(where, example, batch_polymorphic, "B")], opset=opset,
+                                 model_name="jnn_model", input_names=["x"], output_names=["y"])
+    except Exception as e:  # noqa: BLE001 - any converter failure, told with the layer it was converting
+        error = type(e) if type(e) in (NotImplementedError, TypeError, ValueError) else RuntimeError
+        raise error(f"{where}: jax2onnx cannot convert {_onnx_culprit(model, e)}: {e}") from e
     _io.atomic_write(path, proto.SerializeToString(), overwrite=overwrite, where=where)

@@ -19,11 +19,12 @@ __all__ = ["check_layer", "check_resume"]
 
 
 @contextlib.contextmanager
-def _check(label: str, what: str):
+def _check(label: str, what: str, broke: str = "the values differ"):   # a failed comparison: `broke`, in words
     try:
         yield
     except Exception as e:  # every failure, assertion or crash, is reported as this check's
-        raise AssertionError(f"check_layer({label}): {what}: {type(e).__name__}: {e}") from e
+        said = f"{broke} ({' '.join(str(e).split())[:240]})" if "[Chex]" in str(e) else f"{type(e).__name__}: {e}"
+        raise AssertionError(f"check_layer({label}): {what}: {said}") from e
 
 
 def _shapes(tree):
@@ -86,26 +87,27 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
         params, state = core.checked_init(label, layer, init_key, sds)
         y_shape = core.checked_output_shape(label, layer, params, state, sds)  # key=None, train=False
     run = lambda p, s, x, k, kw: layer.apply(p, s, x, key=k, train=train, **kw)
-    with _check(label, "eval_shape"):
+    with _check(label, "eval_shape", "init gave other params for arrays than for ShapeDtypeStructs of their shapes"):
         chex.assert_trees_all_equal(layer.init(init_key, x), (params, state))
+    with _check(label, "eval_shape"):
         assert _shapes(jax.eval_shape(layer.init, init_key, sds)) == _shapes((params, state)), \
             "jax.eval_shape(init) disagrees with init"
         y, new_state = run(params, state, x, apply_key, keywords)
         expected = jax.eval_shape(run, params, state, sds, apply_key, keywords)
         assert _shapes((y, new_state)) == _shapes(expected), \
             f"apply gave {_shapes((y, new_state))}, jax.eval_shape(apply) {_shapes(expected)}"
-        assert _shapes(new_state) == _shapes(state), \
-            f"new_state {_shapes(new_state)} differs in structure from state {_shapes(state)}"
-        if not train:
-            assert _shapes(y) == _shapes(y_shape), f"output_shape gave {_shapes(y_shape)}, apply {_shapes(y)}"
+        assert _shapes(new_state) == _shapes(state), (f"apply returned a new_state {_shapes(new_state)} unlike its "
+                                                      f"state {_shapes(state)}: the contract keeps its structure")
+        assert _shapes(y) == _shapes(y_shape), (f"its output with train={train} is {_shapes(y)}, with train=False "
+                                                f"{_shapes(y_shape)}: output shapes must not depend on train")
     jitted = jax.jit(run)
-    with _check(label, "jit == eager"):
+    with _check(label, "jit == eager", "its output under jax.jit differs from the eager one (Python branches?)"):
         y_jit = jitted(params, state, x, apply_key, keywords)
         chex.assert_trees_all_close(y_jit, (y, new_state), atol=atol, rtol=rtol)
-    with _check(label, "determinism under the same key"):
+    with _check(label, "determinism under the same key", "two runs with one key gave different outputs"):
         chex.assert_trees_all_equal(jitted(params, state, x, apply_key, keywords), y_jit)
     other_key = jax.random.fold_in(apply_key, 1)
-    with _check(label, "key contract"):
+    with _check(label, "key contract", f"its output with train={train} changed with the key (stochastic=True?)"):
         y_other = jitted(params, state, x, other_key, keywords)[0]
         if stochastic:
             assert train, "stochastic=True is checked in training mode"
@@ -122,7 +124,8 @@ def _check_all(layer, label, x, key, train, stochastic, batch_independent, keywo
         else:
             chex.assert_trees_all_close(y_other, y_jit[0], atol=atol, rtol=rtol)
     if batch_independent:
-        with _check(label, "vmap == batched"):
+        with _check(label, "vmap == batched", "an example's output depends on the other examples in the batch "
+                    "(batch_independent=False?)"):
             add_axis = lambda tree: jax.tree_util.tree_map(lambda a: a[None], tree)
             one = lambda xi, kw: run(params, state, add_axis(xi), apply_key, add_axis(kw))[0]
             # jitted: one program, where eager vmap compiles each batched op on its own
@@ -139,10 +142,10 @@ def _check_float64(layer, label, x, key, train, keywords, grad_order, grad_modes
     run = lambda p, x: layer.apply(p, state, x, key=apply_key, train=train, **keywords)[0]
     with _check(label, "float64"):
         params, state = layer.init(init_key, x)
-        y = jax.jit(run)(params, x)   # one program: eagerly, each float64 op compiles on its own
         wrong = [(p, a.dtype) for p, a in jax.tree_util.tree_leaves_with_path(params)
                  if _is_float(a) and a.dtype != jnp.float64]
         assert not wrong, f"params not float64 for a float64 input: {wrong}"
+        y = jax.jit(run)(params, x)   # one program: eagerly, each float64 op compiles on its own
         wrong = [a.dtype for a in jax.tree_util.tree_leaves(y) if _is_float(a) and a.dtype != jnp.float64]
         assert not wrong, f"outputs not float64 for a float64 input: {wrong}"
         chex.assert_tree_all_finite(y)

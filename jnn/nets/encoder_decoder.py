@@ -15,6 +15,15 @@ from jnn.nets.stack import LM_RULES, block_stack, decoding, token_embedder
 __all__ = ["encoder_decoder"]
 
 
+def _side(label: str, side: str, fn, *args):
+    """``fn(*args)``; a ValueError gains the side at fault (``"... (in the source, context=)"``)."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        message = str(e) if str(e).startswith(label) else f"{label}: {e}"
+        raise ValueError(message if side.split(",")[0] in message else f"{message} (in the {side})") from e
+
+
 def _source(label, embedder, context, context_lengths, batch: int):
     """The source ids and lengths as arrays, checked (``batch`` rows, the target's)."""
     checks.require(context is not None, label, "expected the source as apply(..., context=[B, S] token ids)")
@@ -79,26 +88,28 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
 
     def init(key, example):
         tokens = shape_of(example)
-        embedder.methods["check_tokens"](tokens)
+        _side(label, "target, the token ids", embedder.methods["check_tokens"], tokens)
         keys = jax.random.split(key, 3)
         params, _ = embedder.init(keys[0], tokens)
         x = jax.ShapeDtypeStruct((*tokens.shape, features), params["embedding"]["embedding"].dtype)
         return {**params, "encoder": encoder.init(keys[1], x)[0], "encoder_norm": layer_norm().init(key, x)[0],
                 "decoder": decoder.init(keys[2], x)[0]}, {}
 
-    def encode(params, context, context_lengths, keys=(None,) * 4, train=False):
+    def encode(params, context, context_lengths, batch, keys=(None,) * 4, train=False):   # -> (lengths, memory)
+        context, context_lengths = _source(label, embedder, context, context_lengths, batch)
         x = embedder.methods["embed"](params, context, jnp.arange(context.shape[1]))
         x = residual_dropout.apply({}, {}, x, key=keys[0], train=train)[0]
         x, _ = core.apply_child("encoder", encoder, params, {}, x, key=keys[1], train=train, lengths=context_lengths)
-        return layer_norm().apply(params["encoder_norm"], {}, x)[0]
+        return context_lengths, layer_norm().apply(params["encoder_norm"], {}, x)[0]
 
     def apply(params, state, tokens, *, key=None, train=False, context=None, context_lengths=None):
-        embedder.methods["check_tokens"](tokens)
-        context, context_lengths = _source(label, embedder, context, context_lengths, tokens.shape[0])
+        _side(label, "target, the token ids", embedder.methods["check_tokens"], tokens)
         checks.key_for(label, train and dropout_rate > 0, key)
         keys = core.split_key(key, 4)
-        memory = encode(params, context, context_lengths, keys, train)
-        x = embedder.methods["embed"](params, tokens, jnp.arange(tokens.shape[1]))
+        context_lengths, memory = _side(label, "source, context=", encode, params, context, context_lengths,
+                                        tokens.shape[0], keys, train)
+        x = _side(label, "target, the token ids", embedder.methods["embed"], params, tokens,
+                  jnp.arange(tokens.shape[1]))
         x = residual_dropout.apply({}, {}, x, key=keys[3], train=train)[0]
         x, _ = core.apply_child("decoder", decoder, params, {}, x, key=keys[2], train=train, context=memory,
                                 context_lengths=context_lengths)
@@ -106,10 +117,9 @@ def encoder_decoder(vocab_size: int, num_layers: int, num_heads: int, features: 
 
     def init_cache(batch, length=None, dtype=None, *, params=None, context=None, context_lengths=None):
         checks.require(params is not None, label, "init_cache needs params= and context= (the source is encoded once)")
-        context, context_lengths = _source(label, embedder, context, context_lengths, batch)
         length = max_len if length is None else length
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype is None else dtype
-        memory = encode(params, context, context_lengths)
+        context_lengths, memory = _side(label, "source, context=", encode, params, context, context_lengths, batch)
         return {"self": decoder.methods["init_cache"](batch, length, features, dtype),
                 "cross": decoder.methods["cross_cache"](params["decoder"], memory.astype(dtype), context_lengths)}
 

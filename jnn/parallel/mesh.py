@@ -88,7 +88,8 @@ def check_batch_size(batch_size: int, mesh, where: str) -> None:
     """
     n = data_size(mesh)
     checks.require(batch_size % n == 0, where, f"the batch of {batch_size} examples is not divisible by the mesh's "
-                   f"data axis of size {n}; use a batch size that is a multiple of {n}")
+                   f"data axis of size {n}; use a batch size that is a multiple of {n} (a dataset smaller than "
+                   f"batch_size is one batch of all its examples: then give a multiple of {n} examples)")
 
 
 def _opt_leaf_spec(path: str, leaf, by_path: dict) -> P:

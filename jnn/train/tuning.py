@@ -17,12 +17,28 @@ from jnn.train.step import LossFn
 __all__ = ["search", "optuna_search"]
 
 
+class _Fields(dict):  # the hyperparameters make_model gets: a field no config has lists those it has
+    def __missing__(self, name):
+        raise KeyError(f"search: hp[{name!r}] was read; the configs have {sorted(self)} (optuna_search: add it)")
+
+
+def _traced(error: Exception, hp) -> Exception:   # error, or, about a tracer, one naming the traced fields
+    traced = sorted(k for k, v in hp.items() if isinstance(v, jax.core.Tracer))
+    make = (TypeError, ValueError)[isinstance(error, ValueError)]
+    return error if not traced or "Tracer" not in str(error) else make(
+        f"search: {error}; the fields {traced} are traced arrays, so a field that sets a shape or a Python value "
+        f"(a layer size, batch_size) must be listed in static=[...]")
+
+
 class _WithStatic(NamedTuple):  # fn with the static fields added to hp; hashable, for the cache
     fn: Callable
     fixed: tuple
 
     def __call__(self, hp):
-        return self.fn({**dict(self.fixed), **hp})
+        try:
+            return self.fn(_Fields({**dict(self.fixed), **hp}))
+        except (TypeError, ValueError) as e:   # a tracer where a Python value is needed
+            raise _traced(e, hp)
 
 
 def _number(value) -> bool:
@@ -136,6 +152,8 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
       (4, 4)
     """
     import optuna
+    static_fields = [static] if isinstance(static, str) else list(static)
+    checks.among("optuna_search", "static fields", static_fields, list(space), "in space, whose fields are")
     checks.require(len(study.directions) == 1, "optuna_search", f"study must have one objective (the monitored "
                    f"metric), got {len(study.directions)} directions")
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -149,7 +167,7 @@ def optuna_search(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptim
         configs = [dict(t.params) for t in asked]
         groups: dict[tuple, list[int]] = {}
         for i, config in enumerate(configs):
-            groups.setdefault(_group_key(config, [static] if isinstance(static, str) else static), []).append(i)
+            groups.setdefault(_group_key(config, static_fields), []).append(i)
         results: list[MemberResult | None] = [None] * len(asked)
         pruned = np.zeros(len(asked), bool)
         for members in groups.values():
