@@ -291,7 +291,7 @@ def _sha(data: bytes) -> str:
 
 def fingerprint(step, train_state, batch, *, data_order=None) -> dict:
     """What a checkpoint should record to tell whether restoring code still runs the same program:
-    ``{"program": hash of train step ``step(train_state, batch)`` as lowered (StableHLO), "versions":
+    ``{"program": hash of ``step(train_state, batch)`` lowered for their shapes (StableHLO), "versions":
     {library: version}, "data_order": hash of ``data_order`` (arrays, e.g. an epoch's
     :func:`jnn.train.epoch_order`) or None}``. JSON-serializable; compare with :func:`check_fingerprint`.
 

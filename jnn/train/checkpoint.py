@@ -1,6 +1,6 @@
 """Checkpoints of a whole :class:`~jnn.train.TrainState`, written with Orbax: per step, a directory
-``<directory>/<step>/`` of the train state and a JSON ``meta`` (your config, versions, every leaf's
-path, shape and dtype), renamed into place only when complete. Resume with
+``<directory>/<step>/`` of the train state and a JSON ``meta`` (your config, versions, ``fit``'s
+fingerprint, every leaf's path, shape and dtype), renamed into place only when complete. Resume with
 ``fit(..., train_state=Start(ckpt.restore(template)[0], epoch=step))``.
 """
 from __future__ import annotations

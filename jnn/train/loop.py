@@ -20,7 +20,8 @@ from jnn.train.engine import (CALLBACK_RULES, Data, NonFinite, Start, check_pair
                               split_validation, with_early_stopping)
 from jnn.train.nonfinite import find_nonfinite
 from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, default_metrics, epoch_order, gather,
-                            num_examples_of, init_train_state, make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
+                            num_examples_of, init_train_state, make_eval_fn, make_stepwise_epoch, make_train_epoch,
+                            make_train_step)
 
 __all__ = ["FitResult", "fit", "split_validation", "predict", "fuses_by_default"]
 

@@ -240,8 +240,9 @@ class StreamEpochs:
         logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]
         self._zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), logs)
         self.totals, self.fingerprint = None, None
-        if self.checkpoint is not None:   # saved with each checkpoint, compared on resume; data order: the first batch
-            self.fingerprint = fingerprint(train_step, ts, feed.global_shapes(), data_order=feed.first[0])
+        if self.checkpoint is not None:   # saved with each checkpoint, compared on resume; data order: the first
+            self.fingerprint = fingerprint(train_step, ts, feed.global_shapes(),   # batch (one process's: its own)
+                                           data_order=feed.first[0] if jax.process_count() == 1 else None)
 
         def step(ts, totals, batch):
             ts, logs = train_step(ts, batch)
