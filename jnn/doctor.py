@@ -291,7 +291,7 @@ def _sha(data: bytes) -> str:
 
 def fingerprint(step, train_state, batch, *, data_order=None) -> dict:
     """What a checkpoint should record to tell whether restoring code still runs the same program:
-    ``{"program": hash of train step ``step(train_state, batch)`` as lowered (StableHLO), "versions":
+    ``{"program": hash of ``step(train_state, batch)`` lowered for their shapes (StableHLO), "versions":
     {library: version}, "data_order": hash of ``data_order`` (arrays, e.g. an epoch's
     :func:`jnn.train.epoch_order`) or None}``. JSON-serializable; compare with :func:`check_fingerprint`.
 
@@ -304,7 +304,8 @@ def fingerprint(step, train_state, batch, *, data_order=None) -> dict:
       >>> sorted(old), jnn.doctor.check_fingerprint(old, old)
       (['data_order', 'program', 'versions'], [])
     """
-    text = _JIT(step).lower(train_state, batch).as_text()
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), (train_state, batch))
+    text = _JIT(step).lower(*abstract).as_text()   # placement (a restored state is committed) is not the program
     text = re.sub(r"^module @[\w.$-]+", "module", text, count=1)   # the function's name is not the program
     from jnn import __version__ as jnn_version   # jnn/__init__ imports this module
     versions = {"jnn": jnn_version, **{dist: importlib.metadata.version(dist) for dist in ("jax", "jaxlib", "optax",

@@ -1,6 +1,6 @@
 """Checkpoints of a whole :class:`~jnn.train.TrainState`, written with Orbax: per step, a directory
-``<directory>/<step>/`` of the train state and a JSON ``meta`` (your config, versions, every leaf's
-path, shape and dtype), renamed into place only when complete. Resume with
+``<directory>/<step>/`` of the train state and a JSON ``meta`` (your config, versions, ``fit``'s
+fingerprint, every leaf's path, shape and dtype), renamed into place only when complete. Resume with
 ``fit(..., train_state=Start(ckpt.restore(template)[0], epoch=step))``.
 """
 from __future__ import annotations
@@ -11,12 +11,14 @@ import json
 import contextlib
 import pathlib
 import shutil
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 
 from jnn import _checks as checks
 from jnn import tree as _tree
+from jnn.doctor import check_fingerprint
 
 
 class _LazyOrbax:
@@ -142,12 +144,13 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     @checks.declare_as("Checkpointer.save", config=_CONFIG)
-    def save(self, step: int, train_state, *, config: dict | None = None,
-             logs: dict | None = None, data_state=None, progress: dict | None = None) -> None:
+    def save(self, step: int, train_state, *, config: dict | None = None, logs: dict | None = None,
+             data_state=None, progress: dict | None = None, fingerprint: dict | None = None) -> None:
         """Writes ``train_state`` (any pytree of arrays) as checkpoint ``step``, a non-negative int
         after every saved step, then drops checkpoints beyond the last ``keep``. ``config``
-        (default: the constructor's), ``logs``, ``data_state`` (a Grain iterator's state) and
-        ``progress`` (position within an epoch) are JSON-serializable and stored in ``meta``."""
+        (default: the constructor's), ``logs``, ``data_state`` (a Grain iterator's state), ``progress``
+        (position within an epoch) and ``fingerprint`` (:func:`jnn.doctor.fingerprint`; ``fit`` passes
+        its own) are JSON-serializable and stored in ``meta``."""
         step, latest = _as_step("save", step), self.latest_step()
         checks.require(step >= 0 and (latest is None or step > latest), "Checkpointer.save",
                        f"step {step} must be >= 0 and after the latest checkpoint ({latest}) in {self.directory}; "
@@ -163,7 +166,7 @@ class Checkpointer:
                           ("orbax", "orbax-checkpoint"), ("numpy", "numpy"))},
             "key_impls": {p: str(jax.random.key_impl(leaf))
                           for p, leaf in _tree.leaves_with_paths(train_state) if _is_key(leaf)},
-            "tree": _leaf_table(tree),
+            "tree": _leaf_table(tree), "fingerprint": fingerprint,
         }
         if data_state is not None or progress is not None:
             meta.update(data_state=data_state, progress=progress)
@@ -186,11 +189,17 @@ class Checkpointer:
         run (step 0) into a directory that holds checkpoints is refused before training."""
         def on_epoch_end(epoch: int, train_state, logs: dict) -> None:
             if epoch % every == 0:
-                self.save(epoch, train_state, config=config, logs=logs)
+                self.save(epoch, train_state, config=config, logs=logs, fingerprint=on_epoch_end.fingerprint)
 
-        on_epoch_end.on_train_begin = lambda ts: checks.unused_directory(
-            "Checkpointer.save_every", self.directory, self.latest_step() if int(ts.step) == 0 else None, False,
-            "restore one and pass train_state=jnn.train.Start(restored, epoch=step) to continue from it")
+        def on_train_begin(ts) -> None:   # a resumed run (step > 0) is compared with the latest checkpoint
+            latest = self.latest_step()
+            checks.unused_directory("Checkpointer.save_every", self.directory, None if int(ts.step) else latest,
+                                    False, "restore one and pass train_state=jnn.train.Start(restored, epoch=step)"
+                                           " to continue from it")
+            if latest is not None and int(ts.step):
+                self._compare(self.read_meta(latest), on_epoch_end.fingerprint)
+
+        on_epoch_end.on_train_begin, on_epoch_end.fingerprint = on_train_begin, None   # fit sets fingerprint
         return on_epoch_end
 
     @checks.declare_as("Checkpointer.every_steps", every=checks.optional(checks.positive_int), resume=checks.flag)
@@ -209,11 +218,13 @@ class Checkpointer:
                        f"jnn.train.checkpoint.Checkpointer?")
         return checks.complete_meta(f"Checkpointer: checkpoint {step} in {self.directory}", out.meta)
 
-    def restore(self, template, step: int | None = None) -> tuple[Any, dict]:
+    def restore(self, template, step: int | None = None, *, fingerprint: dict | None = None) -> tuple[Any, dict]:
         """``(train_state, meta)`` of checkpoint ``step`` (default: the latest), restored into
-        ``template``'s structure, dtypes and shardings (its values unused); mismatches raise."""
+        ``template``'s structure, dtypes and shardings (its values unused); mismatches raise. A
+        ``fingerprint`` (:func:`jnn.doctor.fingerprint`) of this run is compared with the saved one."""
         step = self._resolve(step, "restore")
         meta = self.read_meta(step)
+        self._compare(meta, fingerprint)
         abstract = jax.eval_shape(_saveable, template)
         problems = _mismatch(meta["tree"], _leaf_table(abstract))
         if problems:
@@ -255,6 +266,15 @@ class Checkpointer:
                                  where=f"Checkpointer.restore_params (step {step} in {self.directory})")
             params, state = both["params"], both["state"]
         return params, state
+
+    def _compare(self, meta: dict, fingerprint: dict | None) -> list[str]:
+        """What differs between ``meta``'s fingerprint and ``fingerprint`` (either None: nothing),
+        warned as a ``UserWarning`` naming the checkpoint (:func:`jnn.doctor.check_fingerprint`)."""
+        changes = check_fingerprint(meta.get("fingerprint") or {}, fingerprint or {}, warn=False)
+        if changes:
+            warnings.warn(f"Checkpointer: checkpoint {meta['step']} in {self.directory} was saved by a run that "
+                          f"differs from this one: " + "; ".join(changes), stacklevel=3)
+        return changes
 
     def delete(self, step: int) -> None:
         """Deletes checkpoint ``step``."""

@@ -11,6 +11,7 @@ import optax
 from jnn import _checks as checks
 from jnn.parallel import mesh as _parallel
 from jnn.core import Layer
+from jnn.doctor import fingerprint
 from jnn.train import guard
 from jnn.train import stream as _stream
 from jnn.train.callbacks import CallbackList, EarlyStopping
@@ -18,8 +19,9 @@ from jnn.train.compiler import compiler_options
 from jnn.train.engine import (CALLBACK_RULES, Data, NonFinite, Start, check_pair, learning_rate, prepare, run_epochs,
                               split_validation, with_early_stopping)
 from jnn.train.nonfinite import find_nonfinite
-from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, default_metrics, gather, num_examples_of,
-                            init_train_state, make_eval_fn, make_stepwise_epoch, make_train_epoch, make_train_step)
+from jnn.train.step import (LossFn, Metrics, TrainState, as_arrays, default_metrics, epoch_order, gather,
+                            num_examples_of, init_train_state, make_eval_fn, make_stepwise_epoch, make_train_epoch,
+                            make_train_step)
 
 __all__ = ["FitResult", "fit", "split_validation", "predict", "fuses_by_default"]
 
@@ -270,6 +272,13 @@ def _fit(model, loss, optimizer, train, val_data, feed, *, key, epochs, start, b
                               compiler_options=compiler_options())
     else:
         train_epoch = make_stepwise_epoch(step, num_examples_of(x), batch_size)
+    saving = [cb for cb in callbacks if hasattr(cb, "fingerprint")]   # checkpointer.save_every(k)'s
+    if saving:   # the fingerprint their saves record, computed once; data order: a fixed key's and the first batch
+        first = jax.tree_util.tree_map(lambda a: a[:batch_size], (x, y))
+        found = train_epoch.fingerprint if feed is not None else fingerprint(step, ts, first, data_order=(
+            epoch_order(jax.random.key(0), num_examples_of(x), batch_size), first))
+        for cb in saving:
+            cb.fingerprint = found
     evaluate = make_eval_fn(model, loss, metrics=metrics, batch_size=eval_batch_size, fused=fused, mesh=mesh)
     evaluate = (_stream.StreamEvaluation(evaluate) if val_streamed
                 else jax.jit(evaluate, compiler_options=compiler_options()) if fused else evaluate)

@@ -15,6 +15,7 @@ import numpy as np
 
 from jnn.parallel import distributed as _parallel
 from jnn import _checks as checks
+from jnn.doctor import fingerprint
 from jnn.train.checkpoint import StepCheckpoints
 from jnn.train.compiler import compiler_options
 
@@ -238,7 +239,10 @@ class StreamEpochs:
         self.batch_size = int(jax.tree_util.tree_leaves(feed.global_shapes())[0].shape[0])
         logs = jax.eval_shape(train_step, ts, feed.global_shapes())[1]
         self._zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), logs)
-        self.totals = None
+        self.totals, self.fingerprint = None, None
+        if self.checkpoint is not None:   # saved with each checkpoint, compared on resume; data order: the first
+            self.fingerprint = fingerprint(train_step, ts, feed.global_shapes(),   # batch (one process's: its own)
+                                           data_order=feed.first[0] if jax.process_count() == 1 else None)
 
         def step(ts, totals, batch):
             ts, logs = train_step(ts, batch)
@@ -265,7 +269,7 @@ class StreamEpochs:
             if self.resuming:
                 _say(f"fit: no checkpoint in {ckpt.directory}; starting fresh", verbose)
             return template, self.epoch
-        ts, meta = ckpt.restore(template)
+        ts, meta = ckpt.restore(template, fingerprint=self.fingerprint)
         where, progress = f"checkpoint {meta['step']} in {ckpt.directory}", meta.get("progress")
         checks.stream_progress("fit", where, progress, n, self.batch_size)
         self.feed.restore(meta["data_state"], epoch_end=progress["step_in_epoch"] == n)
@@ -296,7 +300,7 @@ class StreamEpochs:
                     "steps_per_epoch": self.feed.steps_per_epoch, "batch_size": self.batch_size}
         state = self.feed.state.decode() if isinstance(self.feed.state, bytes) else self.feed.state
         self.saved = int(ts.step)
-        self.checkpoint.save(self.saved, ts, data_state=state, progress=progress)
+        self.checkpoint.save(self.saved, ts, data_state=state, progress=progress, fingerprint=self.fingerprint)
 
     def __call__(self, ts, _data=None):
         self.epoch += 1
