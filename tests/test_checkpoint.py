@@ -246,3 +246,20 @@ def test_step_config_and_like_are_checked(tmp_path, call, error, message):
     ck.save(ts.step + 3, ts)
     assert ck.all_steps() == [1, 2, 3]
     ck.close()
+
+
+def test_save_every_also_saves_the_last_epoch_when_it_is_not_a_multiple(digits, tmp_path):
+    ckpt = Checkpointer(tmp_path / "run")
+    result = _fit(_mlp(), digits, epochs=5, callbacks=[ckpt.save_every(2)])
+    assert ckpt.all_steps() == [2, 4, 5]
+    restored, meta = ckpt.restore(result.train_state)
+    _assert_trees_equal(restored, result.train_state)
+    assert meta["logs"]["loss"] == result.history["loss"][-1]
+
+
+def test_save_every_does_not_save_a_non_finite_last_epoch(digits, tmp_path):
+    ckpt = Checkpointer(tmp_path / "run")
+    nan_loss = lambda out, y: jnp.mean(out) * jnp.nan
+    result = train.fit(_mlp(), nan_loss, OPT, digits, key=jax.random.key(0), batch_size=64, metrics={}, verbose=0,
+                       epochs=3, callbacks=[ckpt.save_every(2), jnn.train.NonFinite("stop")])
+    assert result.nonfinite_epoch == 1 and ckpt.all_steps() == []

@@ -185,8 +185,9 @@ class Checkpointer:
 
     @checks.declare_as("Checkpointer.save_every", every=checks.positive_int)
     def save_every(self, every: int = 1, *, config: dict | None = None) -> Callable:
-        """A ``fit`` callback saving after every ``every``-th epoch as step ``epoch``, with its logs; a new
-        run (step 0) into a directory that holds checkpoints is refused before training."""
+        """A ``fit`` callback saving after every ``every``-th epoch and after the last (finite) one as step
+        ``epoch``, with its logs; a new run (step 0) into a directory that holds checkpoints is refused
+        before training."""
         def on_epoch_end(epoch: int, train_state, logs: dict) -> None:
             if epoch % every == 0:
                 self.save(epoch, train_state, config=config, logs=logs, fingerprint=on_epoch_end.fingerprint)
@@ -199,7 +200,15 @@ class Checkpointer:
             if latest is not None and int(ts.step):
                 self._compare(self.read_meta(latest), on_epoch_end.fingerprint)
 
-        on_epoch_end.on_train_begin, on_epoch_end.fingerprint = on_train_begin, None   # fit sets fingerprint
+        def on_train_end(ts, history: dict) -> None:   # the last epoch too, so a rerun trains nothing
+            last = (history.get("epoch") or [0])[-1]
+            logs = {k: v[-1] for k, v in history.items() if v}
+            finite = all(bool(jax.numpy.isfinite(a).all()) for a in jax.tree_util.tree_leaves((logs, ts.params)))
+            if last % every and finite:   # a run stopped by a non-finite epoch keeps its last good checkpoint
+                self.save(int(last), ts, config=config, logs=logs, fingerprint=on_epoch_end.fingerprint)
+
+        on_epoch_end.on_train_begin, on_epoch_end.on_train_end = on_train_begin, on_train_end
+        on_epoch_end.fingerprint = None   # fit sets it
         return on_epoch_end
 
     @checks.declare_as("Checkpointer.every_steps", every=checks.optional(checks.positive_int), resume=checks.flag)
