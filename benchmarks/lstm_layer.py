@@ -17,12 +17,14 @@ which matters on a busy machine); the reported time is the mean of the two media
 reports whether XLA's compiled programs for jnn and raw have the same instruction counts.
 
     python benchmarks/lstm_layer.py [--batch 64 --time 50 --features 64 --hidden 256 --repeats 30]
+    taskset -c 1 python benchmarks/lstm_layer.py --batch 128 --time 28 --features 28 --hidden 128 --cpu-time
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +60,7 @@ def op_counts(fn, *args) -> collections.Counter:
     return collections.Counter(re.findall(r"= \S+ ([a-z][\w-]*)\(", jax.jit(fn).lower(*args).compile().as_text()))
 
 
-def bench(B: int, T: int, F: int, H: int, repeats: int) -> dict[str, float]:
+def bench(B: int, T: int, F: int, H: int, repeats: int, clock=time.perf_counter) -> dict[str, float]:
     layer = jnn.recurrent(jnn.lstm_cell(H))
     kx, kp = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, (B, T, F), jnp.float32)
@@ -82,8 +84,8 @@ def bench(B: int, T: int, F: int, H: int, repeats: int) -> dict[str, float]:
            "jnn fwd+bwd": lambda: block(jnn_grad(params, x)),
            "raw fwd+bwd": lambda: block(raw_grad(params, x)),
            "raw hoisted fwd+bwd": lambda: block(hoisted_grad(params, x))}
-    forward = time_interleaved(fns, repeats=repeats, warmup=3)
-    backward = time_interleaved(dict(reversed(fns.items())), repeats=repeats, warmup=1)
+    forward = time_interleaved(fns, repeats=repeats, warmup=3, clock=clock)
+    backward = time_interleaved(dict(reversed(fns.items())), repeats=repeats, warmup=1, clock=clock)
     caches = {"jnn forward": jnn_fwd._cache_size(), "jnn fwd+bwd": jnn_grad._cache_size()}
     return {k: (forward[k] + backward[k]) / 2 * 1e3 for k in fns}, caches, same_hlo
 
@@ -95,9 +97,11 @@ def main():
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--cpu-time", action="store_true", help="time this process's CPU time (one core: taskset)")
     args = parser.parse_args()
     print(machine())
-    ms, caches, same_hlo = bench(args.batch, args.time, args.features, args.hidden, args.repeats)
+    ms, caches, same_hlo = bench(args.batch, args.time, args.features, args.hidden, args.repeats,
+                                 time.process_time if args.cpu_time else time.perf_counter)
     print(f"\nLSTM layer B={args.batch} T={args.time} F={args.features} H={args.hidden}, float32: "
           f"ms per call (mean of two interleaved medians of {args.repeats}, in both orders)")
     for name, value in ms.items():

@@ -9,12 +9,14 @@ Adam on a fixed set of random batches. Frameworks that are not installed are ski
 ``--mlp-batches`` size, against raw JAX (benchmarks/train_step.py).
 
     python benchmarks/peers.py [--models mlp,cnn,lstm,transformer --batch 128 --steps 10 --repeats 7]
+    taskset -c 1 python benchmarks/peers.py --torch-threads 1 --cpu-time   # one core, CPU time (loaded machine)
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -68,15 +70,16 @@ def _runner(name, step, carry, batches):
     return run
 
 
-def peer_table(models, batch, steps, repeats, frameworks, torch_threads):
+def peer_table(models, batch, steps, repeats, frameworks, torch_threads, clock=time.perf_counter):
     notes, rows = [], []
     for model in models:
-        times = time_interleaved(runners(model, batch, steps, frameworks, torch_threads, notes), repeats=repeats)
+        times = time_interleaved(runners(model, batch, steps, frameworks, torch_threads, notes), repeats=repeats,
+                                 clock=clock)
         ms = {name: t / steps * 1e3 for name, t in times.items()}
         rows.append((model, ms))
     names = [n for n in frameworks if any(n in ms for _, ms in rows)]
     lines = [f"batch {batch}; ms per train step of raw JAX, then each framework's time / raw JAX's "
-             f"(median of {repeats} interleaved runs of {steps} steps)",
+             f"(median of {repeats} interleaved runs of {steps} steps{', CPU time' if clock is time.process_time else ''})",
              f"{'model':12s} {'raw JAX ms':>10s} " + " ".join(f"{n:>13s}" for n in names)]
     for model, ms in rows:
         raw = ms.get("raw JAX")
@@ -110,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--mlp-batches", default="128,1024", help="'' to skip the MLP per-step/fused lines")
     parser.add_argument("--mlp-examples", type=int, default=18000)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time this process's CPU time, not wall time (one core: taskset -c 1 ... --torch-threads 1)")
     parser.add_argument("--out", default="", help="also append the output to this file")
     args = parser.parse_args(argv)
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -119,7 +124,7 @@ def main(argv=None):
     lines = [machine(), f"load average: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} CPUs"]
     print("\n".join(lines), flush=True)
     for line in peer_table(args.models.split(","), args.batch, args.steps, args.repeats, frameworks,
-                           args.torch_threads):
+                           args.torch_threads, time.process_time if args.cpu_time else time.perf_counter):
         print(line, flush=True)
         lines.append(line)
     if args.mlp_batches:
