@@ -561,7 +561,7 @@ def record(kind: str, y, params) -> None:
 
 def _lookup_error(name: str, layer: Layer, params, error: ValueError) -> ValueError:
     """``error``, or a clearer one when ``params`` lack ``name`` (a child's own params given to :func:`apply_child`)."""
-    own = isinstance(params, Mapping) and params and name not in params
+    own = isinstance(params, Mapping) and params and name not in params and "params lack" in str(error)
     return ValueError(f"{layer.label}: apply_child({name!r}, ...) found no {name!r} in the params given (have: "
                       f"{_names(params)}): pass the composite's params, not the child's own") if own else error
 

@@ -1,5 +1,7 @@
-"""Weight initializers (``jax.nn.initializers``' glorot/xavier, he/kaiming, lecun, constant, and the
-factories below), by value or by name: ``jnn.dense(128, w_init="he_normal")``."""
+"""Weight initializers, by value or by name: ``jnn.dense(128, w_init="he_normal")``. From
+``jax.nn.initializers`` as they are: ``glorot_uniform``, ``glorot_normal``, ``he_uniform``,
+``he_normal``, ``lecun_uniform``, ``lecun_normal``, ``constant``; ``xavier_uniform`` and
+``xavier_normal`` are the Glorot ones, ``kaiming_uniform`` and ``kaiming_normal`` the He ones."""
 from __future__ import annotations
 
 from typing import Callable
