@@ -48,7 +48,7 @@ class LMConfig:
     sample_length: int = 500
     temperature: float = 0.8         # sampling temperature (0: greedy, always the likeliest)
     text_limit: int = 0              # use only the first N characters of the text (0: all)
-    check_windows: int = 256         # per-epoch validation on this many evenly spaced windows (0: all)
+    check_windows: int = 256         # per-epoch validation on about this many evenly spaced windows (0: all)
     target_loss: float = 0.0         # stop once the full validation loss is at most this (0: never)
     seed: int = 0
     out: str = "runs"                # run directory root ("" to save nothing)
@@ -106,10 +106,10 @@ def make_epoch(net: jnn.Layer, opt, train_ids: jax.Array, config):
 
 def run(name: str, config, build: Callable[[int], tuple[jnn.Layer, Sampler]]) -> dict:
     """Trains ``build(vocab_size)``'s network on Tiny Shakespeare as ``config`` says, reports
-    validation nats/char on ``check_windows`` windows after every epoch and on all of them at the
-    end (or once ``target_loss`` is met, which stops training), samples ``config.sample_length`` characters after
-    ``config.prompt``, and saves ``history.csv``, ``result.json``, ``sample.txt`` and
-    ``curves.png`` under ``config.out/name``."""
+    validation nats/char on about ``check_windows`` windows after every epoch and on all of them
+    at the end (or once ``target_loss`` is met, which stops training), samples
+    ``config.sample_length`` characters after ``config.prompt``, and saves ``history.csv``,
+    ``result.json``, ``sample.txt`` and ``curves.png`` under ``config.out/name``."""
     text = jnn.data.load_tiny_shakespeare()
     if config.text_limit:
         text = text[: config.text_limit]
