@@ -2,19 +2,23 @@
 benchmarks/RESULTS.md)."""
 import jax
 import numpy as np
+import pytest
 
 from experiments_path import load
 
 
 def test_mnist_cnn_smoke(tmp_path, capsys):
     mnist_cnn = load("mnist_cnn")
-    results = mnist_cnn.main(mnist_cnn.Config(epochs=3, train_limit=640, features=(4, 8), dense=16, dropout=0.1,
-                                              batch_size=64, out=str(tmp_path), progress=False))
+    results = mnist_cnn.main(mnist_cnn.Config(variants=("plain", "augmented"), epochs=3, train_limit=640,
+                                              features=(4, 8), dense=16, dropout=0.1, batch_size=64,
+                                              out=str(tmp_path), progress=False))
     assert set(results) == {"plain", "augmented"}
     assert all(0.2 < r["test_accuracy"] <= 1.0 for r in results.values())  # chance is 0.1
     run = tmp_path / "mnist_cnn"
     assert (run / "misclassified_plain.png").exists() and (run / "curves.png").exists()
     assert "augmentation changes test accuracy by" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="mnist_cnn: --variants takes plain and/or augmented, got"):
+        mnist_cnn.main(mnist_cnn.Config(variants=("plain", "rotated"), out=""))
 
 
 def test_transfer_learning_smoke(capsys):

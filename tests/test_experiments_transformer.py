@@ -37,6 +37,27 @@ def test_char_transformer_tiny_config_learns_and_samples(tmp_path, capsys):
     assert "nats/char" in capsys.readouterr().out
 
 
+def test_char_transformer_stops_at_target_and_reports_the_full_validation_loss(capsys):
+    """A target met after the first epoch stops there; the reported loss is over every validation
+    window (checked with NumPy), while the per-epoch check used a strided subset of them."""
+    config = char_transformer.Config(**TINY_LM, epochs=3, steps_per_epoch=5, target_loss=10.0, text_limit=20000,
+                                     check_windows=8, sample_length=5, out="")
+    result = char_transformer.main(config)
+    assert result["steps"] == 5 and len(result["history"]["loss"]) == 1
+    text = jnn.data.load_tiny_shakespeare()[:20000]
+    vocab = jnn.data.CharVocab(text)
+    x, y = jnn.data.lm_windows(vocab.encode(text[int(len(text) * 0.9):]), config.seq_len)
+    lm = char_transformer.model(vocab.size, config)
+    _, state = lm.init(jax.random.key(0), jax.ShapeDtypeStruct((1, config.seq_len), jnp.int32))
+    logits = np.asarray(lm.apply(result["params"], state, jnp.asarray(x))[0], np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, y[..., None], -1)
+    np.testing.assert_allclose(result["val_loss"], nll.mean(), rtol=1e-4)
+    assert len(x) > 8 and result["history"]["val_loss"][0] != pytest.approx(result["val_loss"], rel=1e-6)
+    assert "target 10 reached" in capsys.readouterr().out
+
+
 def test_char_transformer_greedy_sampler_follows_the_model_across_windows():
     """Greedy sampling: every character is the arg-max of the full model's logits over the window
     the sampler used (the prompt, then the last context // 2 characters at each new chunk)."""
