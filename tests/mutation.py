@@ -16,6 +16,8 @@ tests/MUTATION.md.
     python tests/mutation.py --jobs 1 ...        # one mutant at a time (default: one per CPU)
     python tests/mutation.py --only 'jnn.train.step.x_make_train_step__mutmut_*' jnn/train/step.py
                                                  # only the mutants matching a pattern (fnmatch)
+    python tests/mutation.py --sample 30 --seed 0 jnn/core.py
+                                                 # a uniform random sample of 30 of its mutants
 
 mutmut writes each mutant's result as it finishes, so a run stopped partway (SIGKILL works; a run
 started in the background ignores SIGINT) keeps what it checked and this script still writes its
@@ -26,6 +28,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import pathlib
+import random
 import re
 import shutil
 import subprocess
@@ -70,6 +73,13 @@ MODULES = {
                           "tests/test_callbacks.py", "tests/test_reliability_arguments.py", "tests/test_reliability_nonfinite.py",
                           "tests/test_regularization.py", "tests/test_checkpoint.py", "tests/test_stream.py",
                           "tests/test_pytree_training.py", "tests/test_key_plumbing.py", "tests/test_stream_resume.py"],
+    "jnn/train/engine.py": ["tests/test_loop_details.py", "tests/test_train.py", "tests/test_stream.py",
+                            "tests/test_population.py", "tests/test_callbacks.py", "tests/test_reliability_nonfinite.py",
+                            "tests/test_stream_resume.py", "tests/test_checkpoint.py"],
+    "jnn/_checks.py": ["tests/test_reliability_arguments.py", "tests/test_reliability_params.py",
+                       "tests/test_reliability_data.py", "tests/test_reliability_losses.py",
+                       "tests/test_reliability_population.py", "tests/test_options.py", "tests/test_data_misuse.py",
+                       "tests/test_parallel_misuse.py", "tests/test_io_misuse.py"],
     "jnn/data/idx.py": ["tests/test_data_integrity.py", "tests/test_data_mnist.py", "tests/test_properties.py"],
 }
 
@@ -99,9 +109,32 @@ def _setup_cfg(module: str, tests: list[str]) -> str:
             "preload_modules_file=mutation-preload.txt\n")
 
 
-def run_module(module: str, tests: list[str], only: list[str] | None = None, jobs: int | None = None) -> dict[str, int]:
-    """Runs mutmut on ``module`` (only the mutants named in ``only``, if given); returns counts per
-    status and writes the mutants left alive (survived, no tests) as diffs to SURVIVORS."""
+# mutmut's own first steps, without its test runs: writes mutants/ and each file's .meta, whose
+# "exit_code_by_key" lists the file's mutant names.
+GENERATE = """
+import glob, json, os
+from mutmut.__main__ import copy_src_dir, copy_also_copy_files, setup_source_paths, create_mutants
+from mutmut.mutation.trampoline import set_mutant_under_test
+set_mutant_under_test("mutant_generation"); os.makedirs("mutants", exist_ok=True)
+copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(2)
+for meta in glob.glob("mutants/**/*.meta", recursive=True):
+    print("\\n".join(json.load(open(meta))["exit_code_by_key"]))
+"""
+
+
+def sample_names(work: pathlib.Path, env: dict, size: int, seed: int) -> list[str]:
+    """A uniform random sample of ``size`` of the module's mutant names (all, if fewer)."""
+    out = subprocess.run([sys.executable, "-c", GENERATE], cwd=work, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    names = sorted(name for name in out.split() if "__mutmut_" in name)
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
+def run_module(module: str, tests: list[str], only: list[str] | None = None, jobs: int | None = None,
+               sample: tuple[int, int] | None = None) -> dict[str, int]:
+    """Runs mutmut on ``module`` (only the mutants named in ``only``, or a random ``sample`` =
+    (size, seed) of them, if given); returns counts per status and writes the mutants left alive
+    (survived, no tests) as diffs to SURVIVORS."""
     with tempfile.TemporaryDirectory(prefix="jnn-mutation-") as scratch:
         work = pathlib.Path(scratch)
         for name in COPY:
@@ -112,6 +145,8 @@ def run_module(module: str, tests: list[str], only: list[str] | None = None, job
         env = {**os.environ, "PYTHONPATH": str(work),
                "JNN_DATA_DIR": os.environ.get("JNN_DATA_DIR", str(ROOT.parent / "shared" / "data"))}
         jobs_arg = ["--max-children", str(jobs)] if jobs else []   # default: one per CPU
+        if sample:
+            only = sample_names(work, env, *sample)
         subprocess.run([sys.executable, "-m", "mutmut", "run", *jobs_arg, *(only or [])], cwd=work, env=env,
                        check=False)
         out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
@@ -141,7 +176,14 @@ def alive_in(module: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     again = "--again" in argv
-    jobs, patterns = None, []
+    jobs, patterns, sample = None, [], None
+    if "--sample" in argv:
+        at = argv.index("--sample")
+        seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
+        sample, argv = (int(argv[at + 1]), seed), argv[:at] + argv[at + 2:]
+        if "--seed" in argv:
+            at = argv.index("--seed")
+            argv = argv[:at] + argv[at + 2:]
     if "--jobs" in argv:
         at = argv.index("--jobs")
         jobs, argv = int(argv[at + 1]), argv[:at] + argv[at + 2:]
@@ -151,7 +193,8 @@ def main(argv: list[str]) -> int:
     chosen = [a for a in argv if a != "--again"] or list(MODULES)
     print("| module | mutants | killed | survived | other | score |\n|---|---|---|---|---|---|")
     for module in chosen:
-        counts = run_module(module, MODULES[module], alive_in(module) if again else (patterns or None), jobs)
+        counts = run_module(module, MODULES[module], alive_in(module) if again else (patterns or None), jobs,
+                            sample)
         total = sum(counts.values())
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         score = f"{killed / total:.0%}" if total else "n/a"
