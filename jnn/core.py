@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import re
 import weakref
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -387,6 +388,11 @@ def _mismatch(model: Layer, params, state, expected) -> ValueError | None:
     return ValueError(("[" + "/".join(walked) + "] " if walked else "") + f"{layer.label}: {found[1]}")
 
 
+# A layer's own message: an optional "[path] " then "label: "; raw Python or XLA errors ("'NoneType'
+# object is not subscriptable", "Incompatible shapes for broadcasting: ...") do not match.
+_OWN_MESSAGE = re.compile(r"(\[[^\]]*\] )?[^\s:\[]+: ")
+
+
 def verify_params(layer: Layer, params, state, x, **keywords) -> None:
     """Checks that ``params`` and ``state`` have the keys and shapes ``layer.init`` gives for an
     input like ``x``, naming the sub-layer at fault (keys and shapes only: free under ``jit``).
@@ -409,8 +415,8 @@ def verify_params(layer: Layer, params, state, x, **keywords) -> None:
         with _unchecked():
             if isinstance(params, Mapping) and isinstance(state, Mapping):   # else nothing to blame on x
                 jax.eval_shape(lambda p, s, x: layer.apply.__wrapped__(p, s, x, **keywords), params, state, x)
-    except Exception as own:  # noqa: BLE001 - a layer's own message (it names the layer) wins
-        if isinstance(own, (ValueError, TypeError)) and str(own).startswith(("[", layer.label)) \
+    except Exception as own:  # noqa: BLE001 - a layer's own message ("[path] label: ...") wins
+        if isinstance(own, (ValueError, TypeError)) and _OWN_MESSAGE.match(str(own)) \
                 and "apply_child(" not in str(own):   # not a complaint about the params themselves
             mismatch = own
     raise mismatch from None

@@ -39,7 +39,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 MODULES = {
     "jnn/core.py": ["tests/test_core.py", "tests/test_core_details.py", "tests/test_composition.py",
-                    "tests/test_key_plumbing.py", "tests/test_mutation_gaps.py", "tests/test_xor_core.py"],
+                    "tests/test_key_plumbing.py", "tests/test_mutation_gaps.py", "tests/test_xor_core.py",
+                    "tests/test_probes.py", "tests/test_pytree_inputs.py", "tests/test_testing.py",
+                    "tests/test_reliability_params.py", "tests/test_routing.py"],
     "jnn/layers/basic.py": ["tests/test_core.py", "tests/test_basic_layers.py", "tests/test_mutation_gaps.py",
                             "tests/test_options.py"],
     "jnn/layers/dropout.py": ["tests/test_dropout.py", "tests/test_key_plumbing.py"],

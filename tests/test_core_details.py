@@ -233,3 +233,43 @@ def test_combinators_infer_a_childs_shape_in_shape_only_mode():
         assert seen == [True] and not core.inferring_shape()
         model.apply(params, state, jnp.zeros((1, 3)))
         assert seen == [True, False]
+
+
+def _mlp():
+    model = jnn.serial(jnn.dense(3), jnn.relu(), jnn.dense(2))
+    params, state = model.init(KEY, jnp.zeros((4, 5)))
+    return model, params, state
+
+
+def test_wrong_params_are_named_before_the_layer_runs():
+    """A child's params replaced by None, or one weight of the wrong shape, deep in a model: the
+    message names the child and what its init gave, not the Python or XLA error it would hit."""
+    model, params, state = _mlp()
+    x = jnp.ones((4, 5))
+    with pytest.raises(ValueError, match=r"^\[dense_0\] dense: params must be a dict with keys b, w, got "
+                                         r"NoneType; pass the params that dense's init returned$"):
+        model.apply({**params, "dense_0": None}, state, x)
+    wide = {**params, "dense_1": {**params["dense_1"], "w": jnp.ones((3, 7))}}
+    with pytest.raises(ValueError, match=r"^\[dense_1\] dense: w has shape \(3, 7\) but this layer was built "
+                                         r"with features=2 \(expected shape \(3, 2\)\)$"):
+        model.apply(wide, state, x)
+    # a wrong input keeps the layer's own message about its input
+    with pytest.raises(ValueError, match=r"^\[dense_0\] dense: expected input of shape \[\.\.\., 5\]"):
+        model.apply(params, state, jnp.ones((4, 6)))
+
+
+def test_config_repr_lists_what_the_layer_was_built_with():
+    assert repr(jnn.dense(3).config) == "Config(features=3, use_bias=True, w_init='lecun_normal', b_init='zeros')"
+
+
+def test_init_keeps_no_params_alive():
+    """What init remembers for later checks is shapes, not the arrays it returned (dict or tuple params)."""
+    def init(key, x):
+        return (jnp.ones((7, 13)), {"b": jnp.zeros((13, 7))}), {}
+    pair = jnn.Layer(init, lambda p, s, x, **kw: (x @ p[0] @ p[1]["b"], s), kind="pair")
+    counted = lambda: sum(a.shape in ((7, 13), (13, 7)) for a in jax.live_arrays())
+    before = counted()
+    params, state = pair.init(KEY, jnp.zeros((2, 7)))
+    assert counted() == before + 2
+    del params
+    assert counted() == before
