@@ -81,7 +81,11 @@ MODULES = {
     "jnn/_checks.py": ["tests/test_reliability_arguments.py", "tests/test_reliability_params.py",
                        "tests/test_reliability_data.py", "tests/test_reliability_losses.py",
                        "tests/test_reliability_population.py", "tests/test_options.py", "tests/test_data_misuse.py",
-                       "tests/test_parallel_misuse.py", "tests/test_io_misuse.py"],
+                       "tests/test_parallel_misuse.py", "tests/test_io_misuse.py", "tests/test_checks_rules.py",
+                       "tests/test_names.py", "tests/test_norm.py", "tests/test_losses_metrics.py", "tests/test_pbt.py",
+                       "tests/test_population.py", "tests/test_loop_details.py", "tests/test_conv_details.py",
+                       "tests/test_repeat.py", "tests/test_attention_details.py", "tests/test_stream.py",
+                       "tests/test_checkpoint.py", "tests/test_resume_reliability.py"],
     "jnn/data/idx.py": ["tests/test_data_integrity.py", "tests/test_data_mnist.py", "tests/test_properties.py"],
 }
 
