@@ -53,7 +53,7 @@ MODULES = {
     "jnn/layers/attention.py": ["tests/test_attention.py", "tests/test_mutation_gaps.py", "tests/test_options.py",
                                 "tests/test_attention_details.py", "tests/test_cross_attention.py",
                                 "tests/test_generate.py", "tests/test_reliability_generation.py",
-                                "tests/test_transformer.py"],
+                                "tests/test_transformer.py", "tests/test_attention_hooks.py"],
     "jnn/layers/cells.py": ["tests/test_recurrent.py", "tests/test_cells_details.py", "tests/test_options.py"],
     "jnn/layers/recurrent.py": ["tests/test_recurrent.py", "tests/test_recurrent_details.py", "tests/test_options.py",
                                 "tests/test_composition.py"],
