@@ -31,7 +31,7 @@ import jnn  # noqa: E402
 import gpt_vs_torch  # noqa: E402
 from common import block, machine  # noqa: E402
 
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}   # dense bf16; the first match wins
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0}   # dense bf16; the first match wins
 
 
 def peak_tflops(kind: str) -> float | None:
