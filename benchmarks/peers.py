@@ -94,9 +94,10 @@ def peer_table(models, batch, steps, repeats, frameworks, torch_threads, clock=t
 def mlp_lines(batches, examples, repeats):
     lines = []
     for bs in batches:
-        per_step, _, caches = train_step.bench(bs, examples, repeats)
+        per_step, paired, _, caches = train_step.bench(bs, examples, repeats, pairs=20 * repeats)
         lines.append(f"MLP batch {bs}: per-step jit jnn/raw = "
                      f"{per_step['jnn per-step jit'] / per_step['raw per-step jit']:.3f} "
+                     f"(median of {20 * repeats} paired 20-step blocks: {paired:.3f}) "
                      f"(raw {per_step['raw per-step jit']:.3f} ms); fused epoch jnn/raw scan = "
                      f"{per_step['jnn fused epoch'] / per_step['raw fused epoch']:.3f} "
                      f"(raw {per_step['raw fused epoch']:.3f} ms/step); compiles {caches}")

@@ -1,20 +1,22 @@
 """A small convolutional network on MNIST (the shipped data: the first 20k training images and
 the official 10k test set), trained with on-device data augmentation, optionally also without.
 
-    python experiments/mnist_cnn.py                    # augmented, 6 epochs
+    python experiments/mnist_cnn.py                    # augmented, 7 epochs
     python experiments/mnist_cnn.py --variants plain,augmented --epochs 10   # side by side
 
 Network: two conv blocks (3x3 conv with 32, then 64 channels, ReLU, 2x2 max pooling), dropout,
 a dense head (``--convs-per-block 2`` doubles the convs for a bigger, slower network).
 Augmentation (random shifts of up to 2 pixels and small rotations/scalings) is the model's first
 layer, ``jnn.data.augment.augment_layer``: it runs inside the compiled step on device and is the
-identity at evaluation. 10% of the training images are held out for validation; the test set is
-evaluated once per variant after training. Saves learning curves and a grid of misclassified test
-digits as PNGs.
+identity at evaluation. Recipe: AdamW (weight decay on the weights only), linear warm-up then
+cosine decay, batch 64, label smoothing 0.1. The last 10% of the training images validate (the
+same 2,000 for every seed); the test set is evaluated once per variant after training. Saves
+learning curves and a grid of misclassified test digits as PNGs.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -30,9 +32,13 @@ from common import have_matplotlib, parse_config, plot_curves, run_dir, save_jso
 @dataclasses.dataclass
 class Config:
     """Small CNN on MNIST, with and without augmentation."""
-    epochs: int = 6
-    batch_size: int = 128
+    epochs: int = 7
+    batch_size: int = 64
     learning_rate: float = 2e-3
+    warmup_epochs: float = 0.3       # linear warm-up, then cosine decay to 0
+    weight_decay: float = 0.05       # AdamW, on the weights only
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1        # the last 10% of the training images validate (2,000 of 20,000)
     features: tuple[int, ...] = (32, 64)
     convs_per_block: int = 1
     dense: int = 128
@@ -99,12 +105,18 @@ def main(config: Config) -> dict:
     results, histories = {}, {}
     for name in config.variants:
         net = model(config, name == "augmented")
-        steps = int(len(x) * 0.9) // config.batch_size * config.epochs
-        opt = optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps))
+        split = len(x) - int(config.val_fraction * len(x))
+        per_epoch = split // config.batch_size
+        steps, warmup = per_epoch * config.epochs, int(config.warmup_epochs * per_epoch)
+        lr = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, steps) if warmup \
+            else optax.cosine_decay_schedule(config.learning_rate, steps)
+        opt = optax.adamw(lr, weight_decay=config.weight_decay, mask=jnn.tree.mask)
+        loss = functools.partial(jnn.losses.softmax_cross_entropy, label_smoothing=config.label_smoothing)
         print(f"--- {name} ---", flush=True)
         start = time.perf_counter()
-        result = jnn.train.fit(net, jnn.losses.softmax_cross_entropy, opt, (x, y), key=jax.random.key(config.seed),
-                               epochs=config.epochs, batch_size=config.batch_size, val_split=0.1,
+        result = jnn.train.fit(net, loss, opt, (x[:split], y[:split]), key=jax.random.key(config.seed),
+                               epochs=config.epochs, batch_size=config.batch_size,
+                               val_data=(x[split:], y[split:]) if split < len(x) else None,
                                verbose=1 if config.progress else 2)
         seconds = time.perf_counter() - start
         ts = result.train_state
@@ -112,6 +124,7 @@ def main(config: Config) -> dict:
         predictions = np.asarray(jnp.argmax(logits, -1))
         accuracy = float(np.mean(predictions == y_test))
         results[name] = {"test_accuracy": accuracy, "train_seconds": seconds,
+                         "val_accuracy": result.history.get("val_accuracy", [None])[-1],
                          "seconds_per_epoch": seconds / config.epochs}
         histories[name] = result.history
         print(f"{name}: test accuracy {accuracy:.2%} ({config.epochs} epochs, {seconds:.0f} s)", flush=True)
