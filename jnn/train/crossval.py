@@ -209,8 +209,8 @@ def cross_validate(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     order = np.asarray(jax.random.permutation(split_key, n))[: size * folds].reshape(folds, size)
     train_idx = np.stack([np.concatenate([order[j] for j in range(folds) if j != f]) for f in range(folds)])
     hparams, configs = check_hparams("cross_validate", hparams)
-    configs, members = configs or 1, (configs or 1) * folds * seeds
-    member = np.arange(members)
+    configs, count = configs or 1, (configs or 1) * folds * seeds
+    member = np.arange(count)
     f_of, s_of, c_of = (member // seeds) % folds, member % seeds, member // (folds * seeds)
     seed_keys = as_keys("cross_validate", seed_key, seeds)
     keys, hp = seed_keys[s_of], {k: v[c_of] for k, v in hparams.items()}
@@ -227,8 +227,8 @@ def cross_validate(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
         vmapped = _member_fn(program)
         epoch = lambda ts, e, trained: vmapped(hp, ts, jnp.asarray(trained), train_of, test_of, (x, y))
     run = run_epochs("cross_validate", states, epoch,
-                     epochs=epochs, members=members, policy=NonFinite("stop"),
-                     callbacks=CallbackList([], members=members, where="cross_validate"))
+                     epochs=epochs, members=count, policy=NonFinite("stop"),
+                     callbacks=CallbackList([], members=count, where="cross_validate"))
     history = {k: v.reshape(epochs, configs, folds, seeds) for k, v in run.history.items()}
     return CrossValidation({k: v[-1] for k, v in history.items()}, history, run.train_state,
                            {k: np.asarray(v) for k, v in hparams.items()}, order, seed_keys)

@@ -285,26 +285,40 @@ def loop_members(program: Program, hparams, states, active, data, order=None, *,
     summed = None if held_out is None else make_eval_fn(
         program.make_model(jax.tree_util.tree_map(lambda a: a[0], hparams)), program.loss,
         metrics=dict(program.metrics), batch_size=program.eval_batch_size).sum_batches
-    finished, logs = [], []
-    for i, run in enumerate(np.asarray(active)):
-        hp, ts = jax.tree_util.tree_map(lambda a: a[i], (hparams, states))
+    finished, logs, active = [], [], np.asarray(active)
+    for i, (hp, ts) in enumerate(_unstack((hparams, states))):
         entry = None
-        if run:
+        if active[i]:
             ts, own = shuffle(ts)
             batches = own if order is None else order
             per_step = [None] * len(batches)
             for b, idx in enumerate(batches if subsets is None else subsets[i][batches]):
                 ts, per_step[b] = step(hp, ts, data, idx)
-            entry = jax.tree_util.tree_map(lambda *v: sum(v) / len(v), *per_step)
+            entry = _mean(per_step)
             if held_out is not None:
                 evaluated = gather(data, held_out[i]) if hasattr(held_out, "ndim") else held_out
                 entry.update({f"val_{k}": v for k, v in summed(lambda *b: totals(hp, ts, *b), evaluated).items()})
         finished.append(ts)
         logs.append(entry)
     template = next(entry for entry in logs if entry is not None)
-    logs = [jax.tree_util.tree_map(jnp.zeros_like, template) if entry is None else entry for entry in logs]
-    return (jax.tree_util.tree_map(lambda *a: jnp.stack(a), *finished),
-            jax.tree_util.tree_map(lambda *v: jnp.stack(v), *logs))
+    return _stack(finished), _stack([jax.tree_util.tree_map(jnp.zeros_like, template) if entry is None else entry
+                                     for entry in logs])
+
+
+def _unstack(tree) -> list:
+    """The members of a stacked pytree, sliced on the host (typed keys on the device): no compiles."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [a if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np.asarray(a) for a in leaves]
+    return [treedef.unflatten([a[i] for a in leaves]) for i in range(len(leaves[0]))]
+
+
+def _stack(trees):
+    """:func:`_unstack` undone: one array per leaf (stacked on the host; typed keys on the device)."""
+    stack = lambda *a: jnp.stack(a) if jax.dtypes.issubdtype(a[0].dtype, jax.dtypes.prng_key) else np.stack(a)
+    return jax.device_put(jax.tree_util.tree_map(stack, *trees))
+
+
+_mean = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *a: sum(a) / len(a), *trees))
 
 
 def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:

@@ -1,0 +1,165 @@
+"""lr_find and cross_validate (populations) against the same runs one after another, MLP and CNN.
+
+The sequential contender is what a user would write with the same compiled code reused for every
+run: one train step (or, where fit fuses epochs, one scan-fused epoch) jitted once with the
+hyperparameters traced, and one evaluation, called run after run in a Python loop; each run
+initialized, shuffled and evaluated as fit does, so its params equal the population member's
+(the largest difference is printed). fit's own choice of execution decides fused or stepwise:
+the MLP's epochs are one lax.scan, the CNN trains stepwise on CPU (jax-ml/jax#12868).
+
+Times are process CPU seconds (time.process_time: all threads; run it pinned to one core,
+`taskset -c 1`, on a shared machine), first call (trace + compile + run) and a second call
+(compiled code reused on both sides). Ratio = sequential / population: >= 1 means the population
+is at least as fast. members="auto" is the default; "vmap" is also timed for the CNN.
+
+    JNN_DATA_DIR=../shared/data taskset -c 1 python benchmarks/finders_cv.py [--examples 1024 --num 6 --epochs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jnn
+from common import machine
+from jnn.train import compiler_options, epoch_order, init_train_state, make_eval_fn, make_train_step
+from jnn.train.step import gather
+
+LOSS = jnn.losses.softmax_cross_entropy
+
+
+def mlp(hp):
+    return jnn.serial(jnn.flatten(), jnn.dense(128), jnn.relu(), jnn.dense(64), jnn.relu(), jnn.dense(10))
+
+
+def cnn(hp):
+    return jnn.serial(jnn.conv(16, (3, 3)), jnn.relu(), jnn.max_pool((2, 2)), jnn.conv(32, (3, 3)), jnn.relu(),
+                      jnn.max_pool((2, 2)), jnn.flatten(), jnn.dense(64), jnn.relu(), jnn.dense(10))
+
+
+def adam(hp):
+    return optax.adam(hp["lr"])
+
+
+@functools.cache
+def compiled(make_model, batch_size):
+    """The step, fused epoch, evaluation and shuffle that every sequential run reuses (jitted once)."""
+    def step(hp, ts, data, idx):
+        return make_train_step(make_model(hp), LOSS, adam(hp), metrics={})(ts, gather(data, idx))
+
+    def epoch(hp, ts, data):
+        key, perm = jax.random.split(ts.key)
+        return jax.lax.scan(lambda t, idx: step(hp, t, data, idx), ts._replace(key=key),
+                            epoch_order(perm, len(data[0]), batch_size))
+
+    def evaluate(hp, ts, data):
+        return make_eval_fn(make_model(hp), LOSS, metrics={})(ts.params, ts.state, data, ts.step)
+
+    def shuffle(ts, n):
+        key, perm = jax.random.split(ts.key)
+        return ts._replace(key=key), epoch_order(perm, n, batch_size)
+
+    return (*(jax.jit(f, compiler_options=compiler_options()) for f in (step, epoch, evaluate)),
+            jax.jit(shuffle, static_argnums=1))
+
+
+def sequential_runs(make_model, runs, *, epochs, batch_size, fused):
+    """``runs``: ``(hp, key, train, held_out or None)``, each trained as ``fit(..., key=key)`` (fused or
+    stepwise) with the same compiled functions. Returns each run's final params (leaves)."""
+    step_jit, epoch_jit, eval_jit, shuffle = compiled(make_model, batch_size)
+    params = []
+    for hp, key, train, held_out in runs:
+        example = jax.ShapeDtypeStruct((batch_size, *train[0].shape[1:]), train[0].dtype)
+        ts = init_train_state(make_model(hp), adam(hp), jax.random.split(key)[0], example)
+        for _ in range(epochs):
+            if fused:
+                ts, logs = epoch_jit(hp, ts, train)
+            else:
+                ts, order = shuffle(ts, len(train[0]))
+                for idx in order:
+                    ts, logs = step_jit(hp, ts, train, idx)
+            if held_out is not None:
+                logs = eval_jit(hp, ts, held_out)
+        params.append(jax.tree_util.tree_leaves(ts.params))
+    return params
+
+
+def timed(fn):
+    start = time.process_time()
+    out = jax.block_until_ready(fn())
+    return out, time.process_time() - start
+
+
+def compare(label, population_fn, sequential_fn, member_params):
+    """Times both twice (first call, then compiled code reused); prints ratios and the largest param difference."""
+    rows = []
+    for _ in range(2):
+        pop, pop_s = timed(population_fn)
+        seq, seq_s = timed(sequential_fn)
+        rows.append((pop_s, seq_s))
+    diff = max(float(jnp.max(jnp.abs(member_params(pop, i)[k] - s[k])))
+               for i, s in enumerate(seq) for k in range(len(s)))
+    (p1, s1), (p2, s2) = rows
+    print(f"  {label:34s} first {p1:7.2f} s vs {s1:7.2f} s = {s1 / p1:5.2f}x   again {p2:7.2f} s vs {s2:7.2f} s = "
+          f"{s2 / p2:5.2f}x   max |params diff| {diff:.1e}", flush=True)
+    return s2 / p2
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=1024)
+    parser.add_argument("--num", type=int, default=6, help="lr_find's rates")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    print(machine())
+    try:
+        x, y = jnn.data.load_mnist("train", download=False)
+        x, y = jnp.asarray(x[: args.examples]), jnp.asarray(y[: args.examples])
+    except jnn.data.errors.DatasetUnavailableError:
+        x = jax.random.uniform(jax.random.key(2), (args.examples, 28, 28, 1))
+        y = jax.random.randint(jax.random.key(3), (args.examples,), 0, 10)
+    bs, epochs, key = args.batch_size, args.epochs, jax.random.key(0)
+    flat = lambda tree: jax.tree_util.tree_leaves(tree)
+    for name, make_model, fused in (("MLP 784-128-64-10", mlp, True), ("CNN conv16-conv32-dense64", cnn, False)):
+        model = make_model({})   # one model object: lr_find's compiled code is reused across its calls
+        fixed = lambda hp, model=model: model
+        print(f"\n{name}: {args.examples} examples, batch {bs}, {epochs} epochs, adam; CPU seconds, "
+              f"population vs sequential = ratio", flush=True)
+        for members in ("auto", "vmap") if not fused else ("auto",):
+            lrs = np.geomspace(1e-4, 1e-2, args.num)
+            compare(f"lr_find, {args.num} rates, members={members}",
+                    lambda: jnn.train.lr_find(model, LOSS, optax.adam, (x, y), key=key, min_lr=1e-4,
+                                              max_lr=1e-2, num=args.num, epochs=epochs, batch_size=bs, metrics={},
+                                              members=members),
+                    lambda: sequential_runs(fixed, [({"lr": jnp.float32(lr)}, key, (x, y), None) for lr in lrs],
+                                            epochs=epochs, batch_size=bs, fused=fused),
+                    lambda found, i: flat(jax.tree_util.tree_map(lambda a: a[i], found.population.train_states.params)))
+            hp = {"lr": jnp.array([1e-3])}
+            cv = lambda: jnn.train.cross_validate(make_model, LOSS, adam, (x, y), key=key, folds=args.folds,
+                                                  seeds=args.seeds, hparams=hp, epochs=epochs, batch_size=bs,
+                                                  metrics={}, members=members)
+            split_key, seed_key = jax.random.split(key)   # cross_validate's folds and seed keys
+            size = args.examples // args.folds
+            folds = np.asarray(jax.random.permutation(split_key, args.examples))[: size * args.folds].reshape(
+                args.folds, size)
+            seed_keys = jax.random.split(seed_key, args.seeds)
+            runs = []
+            for f in range(args.folds):
+                rest = np.concatenate([folds[j] for j in range(args.folds) if j != f])
+                runs += [({"lr": jnp.float32(1e-3)}, seed_keys[s], (x[rest], y[rest]), (x[folds[f]], y[folds[f]]))
+                         for s in range(args.seeds)]
+            compare(f"cross_validate, {args.folds}x{args.seeds} members={members}", cv,
+                    lambda: sequential_runs(make_model, runs, epochs=epochs, batch_size=bs, fused=fused),
+                    lambda result, i: flat(jax.tree_util.tree_map(lambda a: a[i], result.train_states.params)))
+
+
+if __name__ == "__main__":
+    main()
