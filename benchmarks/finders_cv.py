@@ -9,10 +9,10 @@ the MLP's epochs are one lax.scan, the CNN trains stepwise on CPU (jax-ml/jax#12
 
 Times are process CPU seconds (time.process_time: all threads; run it pinned to one core,
 `taskset -c 1`, on a shared machine), first call (trace + compile + run) and a second call
-(compiled code reused on both sides). Ratio = sequential / population: >= 1 means the population
+(compiled code reused on both sides: the median of --repeats interleaved calls). Ratio = sequential / population: >= 1 means the population
 is at least as fast. members="auto" is the default; "vmap" is also timed for the CNN.
 
-    JNN_DATA_DIR=../shared/data taskset -c 1 python benchmarks/finders_cv.py [--examples 1024 --num 6 --epochs 2]
+    JNN_DATA_DIR=../shared/data taskset -c 1 python benchmarks/finders_cv.py [--examples 8192 --num 6 --epochs 1]
 """
 from __future__ import annotations
 
@@ -95,70 +95,79 @@ def timed(fn):
     return out, time.process_time() - start
 
 
-def compare(label, population_fn, sequential_fn, member_params):
-    """Times both twice (first call, then compiled code reused); prints ratios and the largest param difference."""
-    rows = []
-    for _ in range(2):
-        pop, pop_s = timed(population_fn)
-        seq, seq_s = timed(sequential_fn)
-        rows.append((pop_s, seq_s))
+def compare(label, population_fn, sequential_fn, member_params, repeats):
+    """Times both: a first call each (trace + compile + run), then ``repeats`` interleaved calls with the
+    compiled code reused (median); prints the ratios and the largest param difference."""
+    pop, pop_first = timed(population_fn)
+    seq, seq_first = timed(sequential_fn)
+    again = np.median([[timed(fn)[1] for fn in (population_fn, sequential_fn)] for _ in range(repeats)], axis=0)
     diff = max(float(jnp.max(jnp.abs(member_params(pop, i)[k] - s[k])))
                for i, s in enumerate(seq) for k in range(len(s)))
-    (p1, s1), (p2, s2) = rows
-    print(f"  {label:34s} first {p1:7.2f} s vs {s1:7.2f} s = {s1 / p1:5.2f}x   again {p2:7.2f} s vs {s2:7.2f} s = "
-          f"{s2 / p2:5.2f}x   max |params diff| {diff:.1e}", flush=True)
-    return s2 / p2
+    print(f"  {label:50s} first {pop_first:6.2f} s vs {seq_first:6.2f} s = {seq_first / pop_first:5.2f}x   "
+          f"again {again[0]:6.2f} s vs {again[1]:6.2f} s = {again[1] / again[0]:5.2f}x   max |params diff| {diff:.1e}",
+          flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=1024)
+    parser.add_argument("--examples", type=int, default=8192)
+    parser.add_argument("--vmap-examples", type=int, default=512, help="the CNN's members=\"vmap\" rows (slow)")
     parser.add_argument("--num", type=int, default=6, help="lr_find's rates")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="mlp,cnn")
     args = parser.parse_args()
     print(machine())
     try:
         x, y = jnn.data.load_mnist("train", download=False)
-        x, y = jnp.asarray(x[: args.examples]), jnp.asarray(y[: args.examples])
+        x_all, y_all = jnp.asarray(x[: args.examples]), jnp.asarray(y[: args.examples])
     except jnn.data.errors.DatasetUnavailableError:
-        x = jax.random.uniform(jax.random.key(2), (args.examples, 28, 28, 1))
-        y = jax.random.randint(jax.random.key(3), (args.examples,), 0, 10)
+        x_all = jax.random.uniform(jax.random.key(2), (args.examples, 28, 28, 1))
+        y_all = jax.random.randint(jax.random.key(3), (args.examples,), 0, 10)
     bs, epochs, key = args.batch_size, args.epochs, jax.random.key(0)
     flat = lambda tree: jax.tree_util.tree_leaves(tree)
     for name, make_model, fused in (("MLP 784-128-64-10", mlp, True), ("CNN conv16-conv32-dense64", cnn, False)):
+        if make_model.__name__ not in args.models.split(","):
+            continue
         model = make_model({})   # one model object: lr_find's compiled code is reused across its calls
         fixed = lambda hp, model=model: model
-        print(f"\n{name}: {args.examples} examples, batch {bs}, {epochs} epochs, adam; CPU seconds, "
+        print(f"\n{name}: batch {bs}, {epochs} epochs, adam; CPU seconds, "
               f"population vs sequential = ratio", flush=True)
-        for members in ("auto", "vmap") if not fused else ("auto",):
+        for members, n in [("auto", args.examples)] + ([("vmap", args.vmap_examples)] if not fused else []):
+            x, y = x_all[:n], y_all[:n]
             lrs = np.geomspace(1e-4, 1e-2, args.num)
-            compare(f"lr_find, {args.num} rates, members={members}",
+            compare(f"lr_find, {args.num} rates, {n} examples, members={members}",
                     lambda: jnn.train.lr_find(model, LOSS, optax.adam, (x, y), key=key, min_lr=1e-4,
                                               max_lr=1e-2, num=args.num, epochs=epochs, batch_size=bs, metrics={},
                                               members=members),
                     lambda: sequential_runs(fixed, [({"lr": jnp.float32(lr)}, key, (x, y), None) for lr in lrs],
                                             epochs=epochs, batch_size=bs, fused=fused),
-                    lambda found, i: flat(jax.tree_util.tree_map(lambda a: a[i], found.population.train_states.params)))
+                    lambda found, i: flat(jax.tree_util.tree_map(lambda a: a[i], found.population.train_states.params)),
+                    args.repeats)
             hp = {"lr": jnp.array([1e-3])}
             cv = lambda: jnn.train.cross_validate(make_model, LOSS, adam, (x, y), key=key, folds=args.folds,
                                                   seeds=args.seeds, hparams=hp, epochs=epochs, batch_size=bs,
                                                   metrics={}, members=members)
             split_key, seed_key = jax.random.split(key)   # cross_validate's folds and seed keys
-            size = args.examples // args.folds
-            folds = np.asarray(jax.random.permutation(split_key, args.examples))[: size * args.folds].reshape(
+            size = n // args.folds
+            folds = np.asarray(jax.random.permutation(split_key, n))[: size * args.folds].reshape(
                 args.folds, size)
             seed_keys = jax.random.split(seed_key, args.seeds)
-            runs = []
-            for f in range(args.folds):
-                rest = np.concatenate([folds[j] for j in range(args.folds) if j != f])
-                runs += [({"lr": jnp.float32(1e-3)}, seed_keys[s], (x[rest], y[rest]), (x[folds[f]], y[folds[f]]))
-                         for s in range(args.seeds)]
-            compare(f"cross_validate, {args.folds}x{args.seeds} members={members}", cv,
-                    lambda: sequential_runs(make_model, runs, epochs=epochs, batch_size=bs, fused=fused),
-                    lambda result, i: flat(jax.tree_util.tree_map(lambda a: a[i], result.train_states.params)))
+
+            def fold_runs():   # each fold's training and held-out examples, gathered as a user would (timed)
+                runs = []
+                for f in range(args.folds):
+                    rest = np.concatenate([folds[j] for j in range(args.folds) if j != f])
+                    train, held_out = (x[rest], y[rest]), (x[folds[f]], y[folds[f]])
+                    runs += [({"lr": jnp.float32(1e-3)}, seed_keys[s], train, held_out) for s in range(args.seeds)]
+                return runs
+            compare(f"cross_validate, {args.folds}x{args.seeds}, {n} examples, members={members}", cv,
+                    lambda: sequential_runs(make_model, fold_runs(), epochs=epochs, batch_size=bs, fused=fused),
+                    lambda result, i: flat(jax.tree_util.tree_map(lambda a: a[i], result.train_states.params)),
+                    args.repeats)
 
 
 if __name__ == "__main__":

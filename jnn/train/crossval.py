@@ -1,5 +1,6 @@
 """Cross-validation and seed variance in one program: configs x folds x seeds members trained as
-one vmapped population, with t-intervals and a paired t-test (``scipy.stats``, which jax needs).
+one population (vmapped, or one after another for conv nets on CPU), with t-intervals and a paired
+t-test (``scipy.stats``, which jax needs).
 
 Example:
   >>> import jax, jax.numpy as jnp, optax, jnn

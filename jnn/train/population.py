@@ -244,19 +244,11 @@ def loops_members(members: str, make_model: MakeModel, hparams, states, example)
 def _member_fns(program: Program):
     """One member's jitted train step, evaluation batch totals and shuffle, hyperparameters traced
     (compiled once for all members)."""
-    def parts(hp):
-        return program.make_model(hp), dict(program.metrics)
-
-    def step(hp, ts, data, idx):
-        (model, metrics), optimizer = parts(hp), program.make_optimizer(hp)
-        return make_train_step(model, program.loss, optimizer, metrics=metrics,
-                               regularizer=program.regularizer)(ts, gather(data, idx))
-
-    def totals(hp, ts, xb, yb, mb):
-        model, metrics = parts(hp)
-        return make_eval_fn(model, program.loss, metrics=metrics).batch_totals(ts.params, ts.state, xb, yb, mb,
-                                                                                 ts.step)
-
+    metrics, make_model = dict(program.metrics), program.make_model
+    step = lambda hp, ts, data, idx: make_train_step(make_model(hp), program.loss, program.make_optimizer(hp),
+                                                     metrics=metrics, regularizer=program.regularizer)(ts, gather(data, idx))
+    totals = lambda hp, ts, *batch: make_eval_fn(make_model(hp), program.loss, metrics=metrics).batch_totals(
+        ts.params, ts.state, *batch, ts.step)
     shuffle = lambda ts: shuffle_epoch(ts, program.num_examples, program.batch_size)
     return tuple(map(jit_outermost, (step, totals, shuffle)))
 
