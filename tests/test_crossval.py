@@ -110,3 +110,6 @@ def test_cross_validate_rejects_too_few_examples(data):
                                  folds=5, hparams=HPARAMS)
     with pytest.raises(ValueError, match="cross_validate: folds must be an integer >= 2"):
         jnn.train.cross_validate(make_model, LOSS, make_opt, data, key=jax.random.key(0), folds=1, hparams=HPARAMS)
+    with pytest.raises(ValueError, match="cross_validate: members must be one of") as error:
+        jnn.train.cross_validate(make_model, LOSS, make_opt, data, key=jax.random.key(0), hparams=HPARAMS, members="map")
+    assert "'map'" in str(error.value)
