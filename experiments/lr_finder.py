@@ -27,9 +27,9 @@ LOSS = jnn.losses.softmax_cross_entropy
 @dataclasses.dataclass
 class Config:
     """Learning-rate finder vs a grid of separate runs (MNIST MLP and CNN, Adam)."""
-    models: tuple[str, ...] = ("mlp",)   # --models mlp,cnn adds the CNN (minutes on a CPU: see RESULTS)
+    models: tuple[str, ...] = ("mlp",)   # --models mlp,cnn adds the CNN
     train_limit: int = 20000          # MLP: the first N training images
-    cnn_limit: int = 512              # CNN: the first N training images (CPU: the population is slow, see RESULTS)
+    cnn_limit: int = 512              # CNN: the first N training images
     num: int = 6
     min_lr: float = 1e-4
     max_lr: float = 0.3

@@ -57,6 +57,16 @@ def test_each_member_equals_fit_on_its_fold_alone(cv, data, c, f, s):
         assert cv.scores[name][c, f, s] == cv.history[name][-1, c, f, s]
 
 
+def test_members_one_after_another_equal_the_vmapped_members(cv, data):
+    looped = jnn.train.cross_validate(make_model, LOSS, make_opt, data, key=jax.random.key(0), folds=3, seeds=2,
+                                      hparams=HPARAMS, epochs=3, batch_size=8, members="loop")
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           looped.train_states.params, cv.train_states.params)
+    assert sorted(looped.history) == sorted(cv.history)
+    for name, values in cv.history.items():
+        np.testing.assert_allclose(looped.history[name], values, rtol=1e-5, atol=1e-6)
+
+
 def test_intervals_match_scipy(cv):
     scores = cv.scores["val_loss"][1].ravel()
     mean, sem = scores.mean(), stats.sem(scores)
@@ -100,3 +110,6 @@ def test_cross_validate_rejects_too_few_examples(data):
                                  folds=5, hparams=HPARAMS)
     with pytest.raises(ValueError, match="cross_validate: folds must be an integer >= 2"):
         jnn.train.cross_validate(make_model, LOSS, make_opt, data, key=jax.random.key(0), folds=1, hparams=HPARAMS)
+    with pytest.raises(ValueError, match="cross_validate: members must be one of") as error:
+        jnn.train.cross_validate(make_model, LOSS, make_opt, data, key=jax.random.key(0), hparams=HPARAMS, members="map")
+    assert "'map'" in str(error.value)

@@ -21,10 +21,11 @@ def mlp():
     return jnn.serial(jnn.dense(8), jnn.tanh(), jnn.dense(3))
 
 
-def test_every_member_equals_a_sequential_fit(data):
+@pytest.mark.parametrize("members", ["vmap", "loop"])
+def test_every_member_equals_a_sequential_fit(data, members):
     model, key = mlp(), jax.random.key(3)
     found = jnn.train.lr_find(model, LOSS, optax.adam, data, key=key, min_lr=1e-3, max_lr=0.3, num=4,
-                              epochs=3, batch_size=16, metrics={})
+                              epochs=3, batch_size=16, metrics={}, members=members)
     np.testing.assert_allclose(found.lrs, np.geomspace(1e-3, 0.3, 4))
     for i, lr in enumerate(found.lrs):
         alone = jnn.train.fit(model, LOSS, optax.adam(float(np.float32(lr))), data, key=key, epochs=3,
@@ -32,6 +33,28 @@ def test_every_member_equals_a_sequential_fit(data):
         member = found.population.member(i)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                                member.train_state.params, alone.train_state.params)
+        np.testing.assert_allclose(found.losses[i], alone.history["loss"][-1], rtol=1e-5)
+
+
+def test_auto_members_loop_a_cnn_on_cpu_and_vmap_an_mlp():
+    from jnn.train.population import init_population, loops_members
+    x = jax.random.normal(jax.random.key(0), (24, 6, 6, 1))
+    y = jnp.argmax(x.reshape(24, -1)[:, :3], axis=1)
+    cnn = jnn.serial(jnn.conv(3, (3, 3)), jnn.relu(), jnn.flatten(), jnn.dense(3))
+    example, keys = jax.ShapeDtypeStruct((8, 6, 6, 1), jnp.float32), jax.random.split(jax.random.key(0), 2)
+    for model, expected in ((cnn, jax.default_backend() == "cpu"), (jnn.serial(jnn.flatten(), mlp()), False)):
+        states = jax.eval_shape(lambda: init_population(lambda hp: model, lambda hp: optax.sgd(0.1), {}, keys, example))
+        assert loops_members("auto", lambda hp: model, {}, states, example) is expected
+        assert loops_members("loop", lambda hp: model, {}, states, example) is True
+        assert loops_members("vmap", lambda hp: model, {}, states, example) is False
+    # the CNN's members (auto) equal fit's runs (stepwise on CPU)
+    found = jnn.train.lr_find(cnn, LOSS, optax.adam, (x, y), key=jax.random.key(2), min_lr=1e-3, max_lr=0.1, num=2,
+                              epochs=2, batch_size=8, metrics={})
+    for i, lr in enumerate(found.lrs):
+        alone = jnn.train.fit(cnn, LOSS, optax.adam(float(np.float32(lr))), (x, y), key=jax.random.key(2), epochs=2,
+                              batch_size=8, metrics={}, verbose=0)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                               found.population.member(i).train_state.params, alone.train_state.params)
         np.testing.assert_allclose(found.losses[i], alone.history["loss"][-1], rtol=1e-5)
 
 

@@ -90,6 +90,13 @@ def test_members_equal_fit_alone_over_seeds_learning_rates_and_dropout_rates(dig
                              batch_size=BATCH, val_data=val, chunk_size=1)
     assert_trees_close(chunked.train_states.params, result.train_states.params)
     np.testing.assert_allclose(chunked.history["val_loss"], result.history["val_loss"], rtol=1e-5)
+    # members="loop": the members one after another, each stepwise: the same members and logs
+    looped = fit_population(make_model, LOSS, make_adamw, train, hparams=hparams, key=keys, epochs=3,
+                            batch_size=BATCH, val_data=val, members="loop")
+    assert_trees_close(raw(looped.train_states), raw(result.train_states))
+    assert sorted(looped.history) == sorted(result.history)
+    for name, values in result.history.items():
+        np.testing.assert_allclose(looped.history[name], values, rtol=1e-5, atol=1e-6)
 
 
 def test_shared_order_members_equal_a_member_trained_alone_on_that_order(digits):
@@ -123,9 +130,9 @@ def test_early_stopping_freezes_a_diverging_member_while_the_others_train_on(dig
     # member 1 does gradient ascent: val_loss rises after epoch 1, so with patience 2 it stops at epoch 3
     hparams = population(lr=[3e-3, -3e-3, 1e-2], rate=[0.0, 0.1, 0.2])
     stopping = jnn.train.EarlyStopping(monitor="val_loss", patience=2, restore_best=False)
-    run = lambda epochs: fit_population(make_model, LOSS, make_adamw, train, hparams=hparams,
-                                        key=jax.random.key(1), epochs=epochs, batch_size=BATCH,
-                                        val_data=val, early_stopping=stopping)
+    run = lambda epochs, members="auto": fit_population(make_model, LOSS, make_adamw, train, hparams=hparams,
+                                                        key=jax.random.key(1), epochs=epochs, batch_size=BATCH,
+                                                        val_data=val, early_stopping=stopping, members=members)
     short = run(3)
     calls = len(CALLS)
     result = run(7)
@@ -143,6 +150,11 @@ def test_early_stopping_freezes_a_diverging_member_while_the_others_train_on(dig
     assert (alone.best_epoch, alone.stopped_early, len(alone.history["loss"])) == (1, True, 3)
     assert_trees_close(result.member(1).train_state.params, alone.train_state.params)
     np.testing.assert_allclose(result.member(1).history["val_loss"], alone.history["val_loss"], rtol=1e-5)
+    looped = run(7, "loop")   # a stopped member is skipped, its state kept
+    np.testing.assert_array_equal(looped.epochs_trained, result.epochs_trained)
+    np.testing.assert_array_equal(looped.train_states.step, result.train_states.step)
+    assert_trees_close(looped.train_states.params, result.train_states.params)
+    np.testing.assert_allclose(looped.history["val_loss"], result.history["val_loss"], rtol=1e-5, atol=1e-6)
 
 
 def test_restore_best_returns_each_members_best_state(digits):

@@ -1,5 +1,6 @@
 """Cross-validation and seed variance in one program: configs x folds x seeds members trained as
-one vmapped population, with t-intervals and a paired t-test (``scipy.stats``, which jax needs).
+one population (vmapped, or one after another for conv nets on CPU), with t-intervals and a paired
+t-test (``scipy.stats``, which jax needs).
 
 Example:
   >>> import jax, jax.numpy as jnp, optax, jnn
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -23,7 +25,8 @@ from jnn import _checks as checks
 from jnn.train import guard
 from jnn.train.callbacks import CallbackList
 from jnn.train.engine import NonFinite, check_pair, run_epochs
-from jnn.train.population import MakeModel, MakeOptimizer, as_keys, check_hparams, init_population, make_member_epoch
+from jnn.train.population import (MakeModel, MakeOptimizer, Program, as_keys, check_hparams, init_population,
+                                  loop_members, loops_members, make_member_epoch)
 from jnn.train.step import LossFn, Metrics, epoch_order, gather, make_eval_fn, num_examples_of
 
 __all__ = ["Interval", "mean_interval", "paired_test", "CrossValidation", "cross_validate"]
@@ -146,15 +149,18 @@ class CrossValidation(NamedTuple):
         return (gather(x, rest), gather(y, rest)), (gather(x, self.folds[f]), gather(y, self.folds[f]))
 
 
-def _member_fn(make_model, loss, make_optimizer, n_train, batch_size, metrics, regularizer, eval_batch_size):
-    """One member's epoch on its own training indices, then its held-out fold's metrics."""
-    member_epoch = make_member_epoch(make_model, loss, make_optimizer, n_train, batch_size, metrics=metrics,
-                                     regularizer=regularizer)
+@lru_cache(maxsize=64)
+def _member_fn(program: Program):
+    """One member's epoch on its own training indices, then its held-out fold's metrics, vmapped."""
+    make_model, loss, metrics = program.make_model, program.loss, dict(program.metrics)
+    n_train, batch_size = program.num_examples, program.batch_size
+    member_epoch = make_member_epoch(make_model, loss, program.make_optimizer, n_train, batch_size, metrics=metrics,
+                                     regularizer=program.regularizer)
 
     def member(hp, ts, active, train_idx, test_idx, data):
         order = train_idx[epoch_order(jax.random.split(ts.key)[1], n_train, batch_size)]   # fit's own shuffle
         ts, logs = member_epoch(hp, ts, active, data, order)
-        evaluate = make_eval_fn(make_model(hp), loss, metrics=metrics, batch_size=eval_batch_size)
+        evaluate = make_eval_fn(make_model(hp), loss, metrics=metrics, batch_size=program.eval_batch_size)
         held_out = evaluate(ts.params, ts.state, gather(data, test_idx), ts.step)
         return ts, {**logs, **{f"val_{k}": v for k, v in held_out.items()}}
 
@@ -163,12 +169,14 @@ def _member_fn(make_model, loss, make_optimizer, n_train, batch_size, metrics, r
 
 @checks.declare(folds=checks.int_at_least(2), seeds=checks.positive_int, epochs=checks.positive_int,
                 batch_size=checks.positive_int, eval_batch_size=checks.positive_int, key=guard.prng_key,
+                members=checks.one_of("vmap", "loop", "auto"),
                 **guard.parts("make_model", "make_optimizer", "loss", "metrics", "regularizer"))
 def cross_validate(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOptimizer, data, *, key: jax.Array,
                    folds: int = 5, seeds: int = 1, hparams=None, epochs: int = 10, batch_size: int = 128,
                    metrics: Metrics | None = None, regularizer: Callable | None = None,
-                   eval_batch_size: int = 1000) -> CrossValidation:
-    """k-fold cross-validation over ``seeds`` seeds (and configs), all members in one vmapped program.
+                   eval_batch_size: int = 1000, members: str = "auto") -> CrossValidation:
+    """k-fold cross-validation over ``seeds`` seeds (and configs), all members in one vmapped program
+    (or one after another, stepwise: ``members``).
 
     ``data`` is shuffled with ``split(key)[0]`` and cut into ``folds`` equal folds (the
     ``n % folds`` left over are not used). Member ``(c, f, s)`` trains config ``c`` on every fold
@@ -182,6 +190,7 @@ def cross_validate(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       data: ``(x, y)``.
       hparams: ``{name: array [configs]}``, one value per config (``None``: one config).
       epochs, batch_size, eval_batch_size: as for :func:`jnn.train.fit`.
+      members: ``"vmap"``, ``"loop"`` or ``"auto"``, as for :func:`jnn.train.fit_population`.
 
     Returns:
       A :class:`CrossValidation`: ``.interval(metric)``, ``.compare(metric, a, b)``.
@@ -201,8 +210,8 @@ def cross_validate(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     order = np.asarray(jax.random.permutation(split_key, n))[: size * folds].reshape(folds, size)
     train_idx = np.stack([np.concatenate([order[j] for j in range(folds) if j != f]) for f in range(folds)])
     hparams, configs = check_hparams("cross_validate", hparams)
-    configs, members = configs or 1, (configs or 1) * folds * seeds
-    member = np.arange(members)
+    configs, count = configs or 1, (configs or 1) * folds * seeds
+    member = np.arange(count)
     f_of, s_of, c_of = (member // seeds) % folds, member % seeds, member // (folds * seeds)
     seed_keys = as_keys("cross_validate", seed_key, seeds)
     keys, hp = seed_keys[s_of], {k: v[c_of] for k, v in hparams.items()}
@@ -210,13 +219,17 @@ def cross_validate(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
     metrics = guard.default_metrics(loss) if metrics is None else dict(metrics)
     example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), x)
     states = init_population(make_model, make_optimizer, hp, keys, example)
-    epoch = _member_fn(make_model, loss, make_optimizer, train_idx.shape[1], batch_size, metrics, regularizer,
-                       eval_batch_size)
+    program = Program(make_model, loss, make_optimizer, tuple(metrics.items()), regularizer, train_idx.shape[1],
+                      batch_size, eval_batch_size, None)
     train_of, test_of = jnp.asarray(train_idx[f_of]), jnp.asarray(order[f_of])
-    run = run_epochs("cross_validate", states,
-                     lambda ts, e, trained: epoch(hp, ts, jnp.asarray(trained), train_of, test_of, (x, y)),
-                     epochs=epochs, members=members, policy=NonFinite("stop"),
-                     callbacks=CallbackList([], members=members, where="cross_validate"))
+    if loops_members(members, make_model, hp, jax.eval_shape(lambda: states), example):
+        epoch = lambda ts, e, trained: loop_members(program, hp, ts, trained, (x, y), subsets=train_of, held_out=test_of)
+    else:
+        vmapped = _member_fn(program)
+        epoch = lambda ts, e, trained: vmapped(hp, ts, jnp.asarray(trained), train_of, test_of, (x, y))
+    run = run_epochs("cross_validate", states, epoch,
+                     epochs=epochs, members=count, policy=NonFinite("stop"),
+                     callbacks=CallbackList([], members=count, where="cross_validate"))
     history = {k: v.reshape(epochs, configs, folds, seeds) for k, v in run.history.items()}
     return CrossValidation({k: v[-1] for k, v in history.items()}, history, run.train_state,
                            {k: np.asarray(v) for k, v in hparams.items()}, order, seed_keys)

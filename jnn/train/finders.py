@@ -93,7 +93,8 @@ def lr_find(model: Layer, loss: LossFn, make_optimizer: Callable, train_data, *,
             min_lr: float = 1e-5, max_lr: float = 1.0, num: int = 16, epochs: int = 1, monitor: str = "loss",
             tolerance: float = 0.1, **fit_kwargs) -> LRFinder:
     """Trains ``model`` with ``num`` log-spaced learning rates in ``[min_lr, max_lr]`` as one
-    vmapped population (:func:`jnn.train.fit_population`) for ``epochs`` epochs.
+    population (:func:`jnn.train.fit_population`: vmapped; one after another, stepwise, for conv
+    nets on CPU, or as ``members=`` says) for ``epochs`` epochs.
 
     Every member starts from the same ``key``: member ``i`` equals ``fit(model, loss,
     make_optimizer(lrs[i]), train_data, key=key, epochs=epochs, ...)``.
@@ -108,7 +109,7 @@ def lr_find(model: Layer, loss: LossFn, make_optimizer: Callable, train_data, *,
       make_optimizer: ``lr -> optax optimizer``, e.g. ``optax.adam`` (``lr`` is a traced scalar).
       key: one PRNG key, shared by every member.
       monitor: the metric read at the last epoch (``"val_loss"`` with ``val_data``).
-      fit_kwargs: ``batch_size``, ``val_data``, ``metrics``, ... for :func:`jnn.train.fit_population`.
+      fit_kwargs: ``batch_size``, ``val_data``, ``metrics``, ``members``, ... for :func:`jnn.train.fit_population`.
 
     Returns:
       An :class:`LRFinder`; ``.plot()`` draws the curve.

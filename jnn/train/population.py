@@ -1,4 +1,5 @@
-"""Population training: N models trained at once, vectorized with ``jax.vmap``, in one program.
+"""Population training: N models trained at once, vectorized with ``jax.vmap`` in one program, or
+(``members="loop"``) one after another, stepwise, where XLA runs vmapped convolutions slowly (CPU).
 
 A member is a :class:`~jnn.train.TrainState` and a dict of scalar hyperparameters, traced into
 ``make_model(hp)`` and ``make_optimizer(hp)``: whatever accepts a traced scalar can differ per
@@ -6,7 +7,7 @@ member (:func:`jnn.train.search` groups the rest). A stopped member's state is f
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -19,14 +20,16 @@ from jnn.core import Layer
 from jnn.train import autoexec as _autoexec
 from jnn.train import guard
 from jnn.train.callbacks import CallbackList, EarlyStopping
+from jnn.train.compiler import jit_outermost
 from jnn.train.engine import (CALLBACK_RULES, NonFinite, learning_rate, prepare, run_epochs,
                               with_early_stopping)
+from jnn.train.loop import fuses_by_default
 from jnn.train.nonfinite import replay_members
 from jnn.train.step import (LossFn, Metrics, TrainState, default_metrics, num_examples_of, init_train_state,
-                            make_eval_fn, epoch_order, make_train_epoch, make_train_step)
+                            make_eval_fn, epoch_order, gather, make_train_epoch, make_train_step, shuffle_epoch)
 
 __all__ = ["as_keys", "check_hparams", "jit_epoch_order", "Program", "population_eval", "population_epoch_jit", "MemberResult", "PopulationResult", "member_keys", "shared_order_key", "make_member_epoch",
-           "make_population_epoch", "init_population", "fit_population"]
+           "make_population_epoch", "init_population", "loops_members", "loop_members", "fit_population"]
 
 HParams = Mapping[str, jax.Array]
 MakeModel = Callable[[HParams], Layer]
@@ -216,6 +219,100 @@ def population_eval(program: Program, hparams, states, data):
     return _map_members(lambda m: member_eval(*m), (hparams, states), program.chunk_size)
 
 
+def loops_members(members: str, make_model: MakeModel, hparams, states, example) -> bool:
+    """Whether members train one after another (:func:`loop_members`) rather than vmapped:
+    ``members="loop"``, or ``"auto"`` where ``fit`` trains stepwise (CPU, a convolution in the model:
+    :func:`jnn.train.fuses_by_default`). ``states`` may be ShapeDtypeStructs.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> from jnn.train.population import init_population, loops_members
+      >>> example, keys = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32), jax.random.split(jax.random.key(0), 3)
+      >>> def loops(make_model):
+      ...     states = jax.eval_shape(lambda: init_population(make_model, lambda hp: optax.sgd(0.1), {}, keys, example))
+      ...     return loops_members("auto", make_model, {}, states, example)
+      >>> loops(lambda hp: jnn.dense(2)), loops(lambda hp: jnn.conv(2, (3, 3))) == (jax.default_backend() == "cpu")
+      (False, True)
+    """
+    if members != "auto" or jax.default_backend() != "cpu":
+        return members == "loop"
+    forward = jax.make_jaxpr(lambda hp, ts: _first_output(make_model, hp, ts, _static(example)))(hparams, states)
+    return not fuses_by_default(forward)
+
+
+@lru_cache(maxsize=64)
+def _member_fns(program: Program):
+    """One member's jitted train step, evaluation batch totals and shuffle, hyperparameters traced
+    (compiled once for all members)."""
+    metrics, make_model = dict(program.metrics), program.make_model
+    step = lambda hp, ts, data, idx: make_train_step(make_model(hp), program.loss, program.make_optimizer(hp),
+                                                     metrics=metrics, regularizer=program.regularizer)(ts, gather(data, idx))
+    totals = lambda hp, ts, *batch: make_eval_fn(make_model(hp), program.loss, metrics=metrics).batch_totals(
+        ts.params, ts.state, *batch, ts.step)
+    shuffle = lambda ts: shuffle_epoch(ts, program.num_examples, program.batch_size)
+    return tuple(map(jit_outermost, (step, totals, shuffle)))
+
+
+def loop_members(program: Program, hparams, states, active, data, order=None, *, subsets=None, held_out=None):
+    """:func:`population_epoch_jit` with the ``active`` members one after another, each epoch stepwise
+    (one jitted step per batch, as ``fit`` trains conv nets on CPU), then each evaluated on
+    ``held_out`` (data, or per-member example indices ``[N, k]`` into ``data``; logs ``val_*``).
+    ``subsets``: per-member example indices ``[N, m]`` that the member's batches index. Inactive
+    members keep their state; their logs are zeros.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, jnn
+      >>> from jnn.train.population import Program, init_population, loop_members, population_epoch_jit
+      >>> x, y = jnn.data.xor()
+      >>> make_opt, hp = lambda hp: optax.sgd(hp["lr"]), {"lr": jnp.array([0.1, 0.5])}
+      >>> program = Program(lambda hp: jnn.dense(1), jnn.losses.mse, make_opt, (), None, 4, 2, 4, None)
+      >>> states = init_population(program.make_model, make_opt, hp, jax.random.split(jax.random.key(0), 2),
+      ...                          jax.ShapeDtypeStruct((2, 2), x.dtype))
+      >>> a, logs = loop_members(program, hp, states, jnp.ones(2, bool), (x, y), held_out=(x, y))
+      >>> b, _ = population_epoch_jit(program, hp, states, jnp.ones(2, bool), (x, y), None)
+      >>> bool(jnp.allclose(a.params["w"], b.params["w"])), sorted(logs)
+      (True, ['loss', 'val_loss'])
+    """
+    step, totals, shuffle = _member_fns(program)
+    summed = None if held_out is None else make_eval_fn(
+        program.make_model(jax.tree_util.tree_map(lambda a: a[0], hparams)), program.loss,
+        metrics=dict(program.metrics), batch_size=program.eval_batch_size).sum_batches
+    finished, logs, active = [], [], np.asarray(active)
+    for i, (hp, ts) in enumerate(_unstack((hparams, states))):
+        entry = None
+        if active[i]:
+            ts, own = shuffle(ts)
+            batches = own if order is None else order
+            per_step = [None] * len(batches)
+            for b, idx in enumerate(batches if subsets is None else subsets[i][batches]):
+                ts, per_step[b] = step(hp, ts, data, idx)
+            entry = _mean(per_step)
+            if held_out is not None:
+                evaluated = gather(data, held_out[i]) if hasattr(held_out, "ndim") else held_out
+                entry.update({f"val_{k}": v for k, v in summed(lambda *b: totals(hp, ts, *b), evaluated).items()})
+        finished.append(ts)
+        logs.append(entry)
+    template = next(entry for entry in logs if entry is not None)
+    return _stack(finished), _stack([jax.tree_util.tree_map(jnp.zeros_like, template) if entry is None else entry
+                                     for entry in logs])
+
+
+def _unstack(tree) -> list:
+    """The members of a stacked pytree, sliced on the host (typed keys on the device): no compiles."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [a if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else np.asarray(a) for a in leaves]
+    return [treedef.unflatten([a[i] for a in leaves]) for i in range(len(leaves[0]))]
+
+
+def _stack(trees):
+    """:func:`_unstack` undone: one array per leaf (stacked on the host; typed keys on the device)."""
+    stack = lambda *a: jnp.stack(a) if jax.dtypes.issubdtype(a[0].dtype, jax.dtypes.prng_key) else np.stack(a)
+    return jax.device_put(jax.tree_util.tree_map(stack, *trees))
+
+
+_mean = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *a: sum(a) / len(a), *trees))
+
+
 def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None]:
     """``hparams`` as a dict of arrays ``[N]`` (see :func:`jnn._checks.member_arrays`) and ``N`` (None when empty)."""
     hparams = checks.member_arrays(where, "hparams", hparams)
@@ -223,6 +320,7 @@ def check_hparams(where: str, hparams) -> tuple[dict[str, jax.Array], int | None
 
 
 @checks.declare(epochs=checks.positive_int, chunk_size=checks.positive_int_or(None, "auto"),
+                members=checks.one_of("vmap", "loop", "auto"),
                 shared_order=checks.one_of(True, False, "auto"), on_nonfinite=checks.one_of("raise", "stop"),
                 prune=checks.optional(checks.instance_of(Callable, described="a function (epoch, history) -> bool [N]")),
                 verbose=guard.switch, debug_nonfinite=checks.flag, check_data=checks.flag,
@@ -232,7 +330,7 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                    val_data=None, val_split: float = 0.0, metrics: Metrics | None = None,
                    regularizer: Callable | None = None, early_stopping: EarlyStopping | None = None,
                    eval_batch_size: int = 1000, chunk_size: int | str | None = "auto",
-                   shared_order: bool | str = False, verbose: bool = False, callbacks=(),
+                   members: str = "auto", shared_order: bool | str = False, verbose: bool = False, callbacks=(),
                    prune: Callable[[int, dict], Any] | None = None, on_nonfinite: str = "stop",
                    debug_nonfinite: bool = False, check_data: bool = True) -> PopulationResult:
     """Trains N members on the same ``(x, y)`` at once, one vmapped epoch at a time; member ``i``
@@ -243,6 +341,8 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
       hparams, key: ``{name: array [N]}``; one PRNG key, or a batch of N keys (then ``hparams`` may be empty).
       chunk_size: members vectorized together (``None``: all), chunks run in sequence; ``"auto"``:
         the first epochs time the candidates (:mod:`jnn.train.autoexec`) and keep the fastest.
+      members: ``"vmap"``; ``"loop"``: one after another, each stepwise (:func:`loop_members`);
+        ``"auto"``: loop where ``fit`` trains stepwise (CPU and a convolution), else vmap.
       shared_order: one batch order for all members (no longer equal to ``fit`` alone); ``"auto"``.
       callbacks: objects with ``on_population_epoch_end(epoch, states, logs, trained)``; a bool
         ``[N]`` returned stops those members. ``early_stopping`` judges each member on its own.
@@ -284,18 +384,23 @@ def fit_population(make_model: MakeModel, loss: LossFn, make_optimizer: MakeOpti
                              lambda v: jax.eval_shape(population_eval, program, hparams, spec, v))
     if check_data:
         guard.check_values("fit_population", out, loss, metrics, (x, y), val_data)
-    auto = None
-    if chunk_size == "auto" or shared_order == "auto":
+    auto, looped = None, loops_members(members, make_model, hparams, spec, example)
+    if looped:
+        shared_order = shared_order is True   # "auto": each member's own order, as fit
+    elif chunk_size == "auto" or shared_order == "auto":
         auto = _autoexec.AutoEpoch(population_epoch_jit, program, _autoexec.candidates(n, chunk_size, shared_order))
 
     def epoch_fn(states, epoch, trained):
         order_fn = lambda: jit_epoch_order(shared_order_key(keys, epoch), num_examples_of(x), batch_size)
-        if auto is not None:
+        if looped:
+            states, logs = loop_members(program, hparams, states, trained, (x, y), order_fn() if shared_order else None,
+                                        held_out=val_data)
+        elif auto is not None:
             states, logs, _ = auto(hparams, states, jnp.asarray(trained), (x, y), order_fn)
         else:
             states, logs = population_epoch_jit(program, hparams, states, jnp.asarray(trained), (x, y),
                                                 order_fn() if shared_order else None)
-        if val_data is not None:
+        if val_data is not None and not looped:
             logs.update({f"val_{k}": v for k, v in population_eval(program, hparams, states, val_data).items()})
         return states, logs if "lr" not in names else {**logs, "lr": learning_rate(states.opt_state)}
 

@@ -403,16 +403,19 @@ def make_eval_fn(model: Layer, loss: LossFn, *, metrics: Metrics | None = None, 
         _, per_batch = jax.lax.scan(lambda c, b: (c, batch_totals(params, state, *b, step)), None, batches)
         return {k: jnp.sum(v) / n for k, v in per_batch.items()}
 
-    evaluate.batch_totals = batch_totals   # (params, state, x, y, mask, step) -> summed metrics: streamed evaluation
+    def sum_batches(totals, data):   # means over the examples of totals(x, y, mask), called once per batch
+        n, (xs, ys, masks) = batched(data)
+        per_batch = [totals(gather(xs, i), gather(ys, i), masks[i]) for i in range(len(masks))]
+        return {k: sum(t[k] for t in per_batch) / n for k in per_batch[0]}
+
+    # batch_totals: (params, state, x, y, mask, step) -> summed metrics (streamed and member-wise evaluation)
+    evaluate.batch_totals, evaluate.sum_batches = batch_totals, sum_batches
     if fused:
         return evaluate
     batch_totals_jit = jit_outermost(batch_totals)
 
     def evaluate_stepwise(params, state, data, step=None):
         step = check_step(step)
-        n, (xs, ys, masks) = batched(data)
-        totals = [batch_totals_jit(params, state, gather(xs, i), gather(ys, i), masks[i], step)
-                  for i in range(len(masks))]
-        return {k: sum(t[k] for t in totals) / n for k in totals[0]}
+        return sum_batches(lambda *b: batch_totals_jit(params, state, *b, step), data)
 
     return evaluate_stepwise
