@@ -398,6 +398,10 @@ def test_a_streams_first_batch_is_checked_and_named():
                                                   "examples, got 4 and 3 (x has 4, y has 3; every array holds the "
                                                   "examples on its first axis)")):
         _fit(jnn.train.Data(iter([(X[:4], Y[:3])]), steps_per_epoch=1))
+    with pytest.raises(ValueError, match=_exactly("fit val_data (first batch): x and y must have the same number of "
+                                                  "examples, got 4 and 3 (x has 4, y has 3; every array holds the "
+                                                  "examples on its first axis)")):
+        _fit(val_data=[(X[:4], Y[:3])])
 
 
 def test_a_one_device_mesh_trains_and_validates_like_no_mesh():
