@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jnn import initializers
 from jnn import _checks as checks
 from jnn.core import Layer, check_keywords, inferring_shape, shape_of
+from jnn.layers.basic import flat_matmul
 from jnn.layers.positional import apply_rope
 
 __all__ = ["multi_head_attention", "reference_attention", "attention_weights", "alibi_bias", "sliding_window_mask",
@@ -103,7 +104,7 @@ def sliding_window_mask(query_positions, key_positions, window: int) -> jax.Arra
 
 
 def _linear(params, x):
-    y = x @ params["w"].astype(x.dtype)
+    y = flat_matmul(x, params["w"].astype(x.dtype))
     return y + params["b"].astype(x.dtype) if "b" in params else y
 
 

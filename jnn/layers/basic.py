@@ -10,7 +10,22 @@ from jnn import _checks as checks
 from jnn.combinators import identity, stateless
 from jnn.core import Layer, shape_of
 
-__all__ = ["dense", "flatten", "reshape", "identity"]
+__all__ = ["dense", "flat_matmul", "flatten", "reshape", "identity"]
+
+
+def flat_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` for ``x: [..., in]``, ``w: [in, out]`` -> ``[..., out]``, as one product over the
+    leading axes flattened (XLA CPU runs the weight gradient of a product over several batch
+    axes as a transposed dot, several times slower).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> flat_matmul(jnp.ones((2, 5, 3)), jnp.ones((3, 4))).shape
+      (2, 5, 4)
+    """
+    if x.ndim <= 2:
+        return x @ w
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 @checks.declare(features=checks.positive_int, use_bias=checks.flag)
@@ -46,7 +61,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
         w = params["w"]
         checks.last_axis(label, x, w.shape[0])
         x = checks.float_input(x, w.dtype)
-        y = x @ w.astype(x.dtype)
+        y = flat_matmul(x, w.astype(x.dtype))
         if use_bias:
             y = y + params["b"].astype(x.dtype)
         return y, state
