@@ -25,7 +25,22 @@ def flat_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """
     if x.ndim <= 2:
         return x @ w
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+    return _matmul_2d(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+
+
+@jax.custom_jvp
+def _matmul_2d(x, w):
+    return x @ w
+
+
+@_matmul_2d.defjvp
+def _matmul_2d_jvp(primals, tangents):
+    """On CPU with ``in > out`` the weight gradient is computed as ``[out, in]`` (the orientation
+    XLA CPU's dot runs fastest), then transposed: the barrier keeps XLA from folding it back."""
+    (x, w), (dx, dw) = primals, tangents
+    if jax.default_backend() == "cpu" and w.shape[0] > w.shape[1]:
+        dw = jax.lax.optimization_barrier(dw.T).T
+    return x @ w, dx @ w + x @ dw
 
 
 @checks.declare(features=checks.positive_int, use_bias=checks.flag)
