@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's jnn
 from common import block, machine, time_interleaved  # noqa: E402
 import peers_frameworks as others  # noqa: E402
 import peers_jax  # noqa: E402
