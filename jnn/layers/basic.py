@@ -15,8 +15,9 @@ __all__ = ["dense", "flat_matmul", "flatten", "reshape", "identity"]
 
 def flat_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """``x @ w`` for ``x: [..., in]``, ``w: [in, out]`` -> ``[..., out]``, as one product over the
-    leading axes flattened (XLA CPU runs the weight gradient of a product over several batch
-    axes as a transposed dot, several times slower).
+    leading axes flattened: XLA CPU runs a weight gradient that contracts several axes as a
+    transposed dot, several times slower. On CPU with ``in > out``, the weight gradient is
+    computed as ``[out, in]`` and transposed (XLA CPU's faster orientation; a fenced custom_jvp).
 
     Example:
       >>> import jax.numpy as jnp
@@ -35,8 +36,6 @@ def _matmul_2d(x, w):
 
 @_matmul_2d.defjvp
 def _matmul_2d_jvp(primals, tangents):
-    """On CPU with ``in > out`` the weight gradient is computed as ``[out, in]`` (the orientation
-    XLA CPU's dot runs fastest), then transposed: the barrier keeps XLA from folding it back."""
     (x, w), (dx, dw) = primals, tangents
     if jax.default_backend() == "cpu" and w.shape[0] > w.shape[1]:
         dw = jax.lax.optimization_barrier(dw.T).T
