@@ -95,9 +95,8 @@ def peer_table(models, batch, steps, repeats, frameworks, torch_threads, clock=t
 def mlp_lines(batches, examples, repeats):
     lines = []
     for bs in batches:
-        per_step, _, caches = train_step.bench(bs, examples, repeats)
-        lines.append(f"MLP batch {bs}: per-step jit jnn/raw = "
-                     f"{per_step['jnn per-step jit'] / per_step['raw per-step jit']:.3f} "
+        per_step, paired, _, caches = train_step.bench(bs, examples, repeats, pairs=100)
+        lines.append(f"MLP batch {bs}: per-step jit jnn/raw = {paired:.3f} (median of 100 paired 20-step blocks) "
                      f"(raw {per_step['raw per-step jit']:.3f} ms); fused epoch jnn/raw scan = "
                      f"{per_step['jnn fused epoch'] / per_step['raw fused epoch']:.3f} "
                      f"(raw {per_step['raw fused epoch']:.3f} ms/step); compiles {caches}")
