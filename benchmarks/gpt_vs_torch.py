@@ -1,32 +1,26 @@
-"""A small character-level GPT's train step: jnn against PyTorch eager (and raw JAX), interleaved.
+"""A small character-level GPT's train step: jnn against raw JAX and PyTorch eager, interleaved.
 
 The model and recipe of nanoGPT's CPU example (4 layers, 128 wide, 4 heads, 64-token context,
-batch 12, vocabulary 65, tied embedding, AdamW beta2=0.99 with weight decay 0.1 on the weight
-matrices, warm-up + cosine learning rate, gradients clipped to global norm 1):
+batch 12, vocabulary 65, tied embedding, exact GELU, AdamW beta2=0.99 with weight decay 0.1 on the
+weight matrices, warm-up + cosine learning rate, gradients clipped to global norm 1):
 
-  jnn         jax.jit(jnn.train.make_train_step(jnn.decoder_lm(...), softmax_cross_entropy, opt))
-  jnn+opts    the same jitted with compiler_options=jnn.train.compiler_options() (``--variants jnn+opts``)
-  raw JAX     a hand-written GPT over the same params (:func:`raw_forward`); ``--variants`` adds
-              raw JAX steps with changes (VARIANTS; ``+`` combines them: ``ln_vjp+gelu_vjp``),
-              the prototypes of what jnn could do
+  jnn         jax.jit(jnn.train.make_train_step(jnn.decoder_lm(...), softmax_cross_entropy, opt)), as shipped
+  raw JAX     the same GPT written out in jax.numpy over the same params (:func:`raw_forward`)
   PyTorch Nt  a nanoGPT-style eager model written here (fused QKV Linear, F.scaled_dot_product_attention,
               exact GELU, tied head), torch.optim.AdamW (foreach), clip_grad_norm_, on N threads
               (one contender per ``--torch-threads`` entry)
 
-All start from the same initial values (jnn's init, copied), so the first losses agree.
-ms per step at three sizes (``--sizes``), medians of interleaved calls of ``--steps`` steps.
-``--val-steps N`` then trains N steps of jnn and PyTorch on Tiny Shakespeare (JNN_DATA_DIR) and
-prints both validation losses.
+All start from the same initial values (jnn's init, copied), so the first losses agree. Prints ms
+per step at three sizes (``--sizes``), medians of interleaved calls of ``--steps`` steps, with the
+ratios to PyTorch; then trains jnn and PyTorch ``--val-steps`` steps on Tiny Shakespeare
+(JNN_DATA_DIR) and prints both validation losses.
 
-On a loaded machine, time one core's CPU time instead of wall time (steady within a few %):
-
-    python benchmarks/gpt_vs_torch.py [--sizes 0.8M,3M,10M] [--variants ln_vjp,ln_vjp+gelu_vjp] [--val-steps 2000]
-    taskset -c 1 python benchmarks/gpt_vs_torch.py --torch-threads 1 --cpu-time --variants ln_vjp
+    python benchmarks/gpt_vs_torch.py [--sizes 0.8M,3M,10M] [--val-steps 300]
+    taskset -c 1 python benchmarks/gpt_vs_torch.py --torch-threads 1 --cpu-time   # one core, CPU time (loaded machine)
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import math
 import os
@@ -34,7 +28,6 @@ import sys
 import time
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -88,295 +81,43 @@ def jnn_model(layers, width, heads):
     return jnn.decoder_lm(VOCAB, layers, heads, width, 4 * width, SEQ)
 
 
-def jnn_step(model, opt, options=None):
-    step = jnn.train.make_train_step(model, jnn.losses.softmax_cross_entropy, opt, metrics={})
-    return jax.jit(step, compiler_options=options) if options else jax.jit(step)
+def jnn_step(model, opt):
+    return jax.jit(jnn.train.make_train_step(model, jnn.losses.softmax_cross_entropy, opt, metrics={}))
 
 
-# ---------------------------------------------------------------- raw JAX (and its variants)
+# ---------------------------------------------------------------- raw JAX
 
-VARIANTS = {
-    "fused_qkv": "one [F, 3F] product for queries, keys and values",
-    "einsum_attn": "attention written as einsums over [B, T, N, H] (no dot_product_attention)",
-    "heads_major": "q, k, v produced as [B, N, T, H] by the projection einsum; scores without transposes",
-    "one_pass_ln": "layer norm statistics in one pass: var = E[x^2] - E[x]^2",
-    "onehot": "token embedding as one_hot(tokens) @ table: the gradient is a product, not a scatter-add",
-    "manual_ce": "cross-entropy as logsumexp - logit of the label, the label picked by a one-hot product",
-    "tanh_gelu": "GELU with the tanh approximation (changes the model: for the profile only)",
-    "flat_adam": "clip + AdamW over one flat float32 buffer (params raveled once per step)",
-    "cpu_opts": "jnn.train.compiler_options() (YNNPACK dots and reductions, XLA convolutions)",
-    "no_ynn": "XLA's own dots (--xla_cpu_experimental_ynn_fusion_type empty)",
-    "ln_vjp": "layer norm with a hand-written backward (custom_vjp: dx from xhat, rstd and two means)",
-    "ln_barrier": "with ln_vjp: the layer norm's input gradient materialized (optimization_barrier), not re-fused",
-    "gelu_vjp": "exact GELU with a hand-written backward (custom_vjp: keeps Phi(x), g * (Phi + x phi))",
-    "ln_jvp": "ln_vjp's rule as a custom_jvp (forward-mode too; reverse mode transposes it)",
-    "gelu_jvp": "gelu_vjp's rule as a custom_jvp",
-    "gelu_jvp_fenced": "gelu_jvp with optimization_barriers on the tangent",
-    "ln_jvp_fenced": "ln_jvp with optimization_barriers on the tangent (forward mode kept, gradient materialized)",
-    "jnn+ln_vjp, jnn+gelu_vjp, jnn+ln_jvp_fenced, jnn+gelu_jvp_fenced (and '+' of them)":
-        "jnn itself with those changes patched in (patched_jnn)",
-    "opt:KEY=VALUE": "an XLA compiler option (',' in VALUE written '|')",
-}
-
-
-@jax.custom_vjp
-def _ln_core(x):
-    mean = jnp.mean(x, -1, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.var(x, -1, keepdims=True) + 1e-5)
-    return (x - mean) * rstd
-
-
-def _ln_core_fwd(x):
-    mean = jnp.mean(x, -1, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), -1, keepdims=True) + 1e-5)
-    xhat = (x - mean) * rstd
-    return xhat, (xhat, rstd)
-
-
-def _ln_core_bwd(res, g):
-    xhat, rstd = res
-    return (rstd * (g - jnp.mean(g, -1, keepdims=True) - xhat * jnp.mean(g * xhat, -1, keepdims=True)),)
-
-
-_ln_core.defvjp(_ln_core_fwd, _ln_core_bwd)
-
-
-@jax.custom_vjp
-def _ln_barrier(x):
-    return _ln_core(x)
-
-
-_ln_barrier.defvjp(lambda x: _ln_core_fwd(x), lambda res, g: (jax.lax.optimization_barrier(_ln_core_bwd(res, g)[0]),))
-
-
-@jax.custom_vjp
-def _gelu(x):
-    return jax.nn.gelu(x, approximate=False)
-
-
-def _gelu_fwd(x):
-    cdf = 0.5 * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
-    return x * cdf, (x, cdf)
-
-
-def _gelu_bwd(res, g):
-    x, cdf = res
-    return (g * (cdf + x * jnp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))),)
-
-
-_gelu.defvjp(_gelu_fwd, _gelu_bwd)
-
-
-@jax.custom_jvp
-def _ln_jvp(x):
-    return _ln_core(x)
-
-
-@_ln_jvp.defjvp
-def _ln_jvp_rule(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    xhat, (_, rstd) = _ln_core_fwd(x)
-    return xhat, rstd * (dx - jnp.mean(dx, -1, keepdims=True) - xhat * jnp.mean(dx * xhat, -1, keepdims=True))
-
-
-@jax.custom_jvp
-def _ln_jvp_fenced(x):
-    return _ln_core(x)
-
-
-@_ln_jvp_fenced.defjvp
-def _ln_jvp_fenced_rule(primals, tangents):
-    """ln_jvp's rule with the tangent behind an optimization_barrier at both ends: in reverse mode
-    the input gradient is materialized (the barrier transposes to a barrier)."""
-    (x,), (dx,) = primals, tangents
-    xhat, (_, rstd) = _ln_core_fwd(x)
-    dx = jax.lax.optimization_barrier(dx)
-    out = rstd * (dx - jnp.mean(dx, -1, keepdims=True) - xhat * jnp.mean(dx * xhat, -1, keepdims=True))
-    return xhat, jax.lax.optimization_barrier(out)
-
-
-@jax.custom_jvp
-def _gelu_jvp(x):
-    return jax.nn.gelu(x, approximate=False)
-
-
-@_gelu_jvp.defjvp
-def _gelu_jvp_rule(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    cdf = 0.5 * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
-    return x * cdf, dx * (cdf + x * jnp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi)))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def standardize_vjp(x, axes, epsilon):
-    """What jnn.layers.norm's ``_standardize`` could be: ``(x - mean) / sqrt(var + epsilon)`` over
-    ``axes`` with a hand-written backward."""
-    return standardize_fwd(x, axes, epsilon)[0]
-
-
-def standardize_fwd(x, axes, epsilon):
-    mean = lambda a: jnp.mean(a, axis=axes, keepdims=True)
-    centered = x - mean(x)
-    rstd = jax.lax.rsqrt(mean(jnp.square(centered)) + epsilon)
-    return centered * rstd, (centered * rstd, rstd)
-
-
-def standardize_bwd(axes, epsilon, res, g):
-    xhat, rstd = res
-    mean = lambda a: jnp.mean(a, axis=axes, keepdims=True)
-    return (rstd * (g - mean(g) - xhat * mean(g * xhat)),)
-
-
-standardize_vjp.defvjp(standardize_fwd, standardize_bwd)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def standardize_fenced(x, axes, epsilon):
-    """:func:`standardize_vjp` as a custom_jvp (forward mode and higher orders kept) whose tangent
-    passes optimization_barriers, so that in reverse mode the input gradient is materialized
-    rather than fused whole into every consumer."""
-    return standardize_fwd(x, axes, epsilon)[0]
-
-
-@standardize_fenced.defjvp
-def _standardize_fenced_jvp(axes, epsilon, primals, tangents):
-    (x,), (dx,) = primals, tangents
-    xhat, (_, rstd) = standardize_fwd(x, axes, epsilon)
-    mean = lambda a: jnp.mean(a, axis=axes, keepdims=True)
-    dx = jax.lax.optimization_barrier(dx)
-    return xhat, jax.lax.optimization_barrier(rstd * (dx - mean(dx) - xhat * mean(dx * xhat)))
-
-
-@contextlib.contextmanager
-def patched_jnn(changes):
-    """jnn with ``ln_vjp`` (norm._standardize -> :func:`standardize_vjp`) or ``ln_jvp_fenced``
-    (-> :func:`standardize_fenced`), and/or ``gelu_vjp`` or ``gelu_jvp_fenced`` (the transformer
-    blocks' GELU) swapped in while a model is built and traced: what the port would gain in jnn's
-    own program."""
-    from jnn.combinators import stateless
-    from jnn.layers import norm, transformer
-    saved = norm._standardize, transformer.gelu
-    for change, fn in (("ln_vjp", standardize_vjp), ("ln_jvp_fenced", standardize_fenced)):
-        if change in changes:
-            norm._standardize = functools.partial(
-                lambda fn, x, axes, epsilon: fn(x, tuple(axes) if isinstance(axes, list) else axes, epsilon), fn)
-    for change, fn in (("gelu_vjp", _gelu), ("gelu_jvp_fenced", _gelu_jvp_fenced)):
-        if change in changes:
-            transformer.gelu = functools.partial(lambda fn, approximate=False, name=None: stateless("gelu", fn, name=name), fn)
-    try:
-        yield
-    finally:
-        norm._standardize, transformer.gelu = saved
-
-
-@jax.custom_jvp
-def _gelu_jvp_fenced(x):
-    return jax.nn.gelu(x, approximate=False)
-
-
-@_gelu_jvp_fenced.defjvp
-def _gelu_jvp_fenced_rule(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    cdf = 0.5 * (1 + jax.lax.erf(x * (1 / math.sqrt(2))))
-    slope = cdf + x * jnp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
-    return x * cdf, jax.lax.optimization_barrier(slope * jax.lax.optimization_barrier(dx))
-
-
-def _ln(p, x, one_pass):
-    if one_pass in ("vjp", "barrier", "jvp", "fenced"):
-        return ({"vjp": _ln_core, "barrier": _ln_barrier, "jvp": _ln_jvp, "fenced": _ln_jvp_fenced}[one_pass](x)
-                * p["scale"] + p["offset"])
-    mean = jnp.mean(x, -1, keepdims=True)
-    if one_pass:
-        var = jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean)
-    else:
-        var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["offset"]
-
-
-def _attention(a, h, heads, v):
-    b, t, f = h.shape
-    if "heads_major" in v:
-        w = jnp.stack([a[n]["w"] for n in ("query", "key", "value")]).reshape(3, f, heads, f // heads)
-        bias = jnp.stack([a[n]["b"] for n in ("query", "key", "value")]).reshape(3, 1, heads, 1, f // heads)
-        q, k, vv = jnp.einsum("btf,cfnh->cbnth", h, w) + bias
-        s = jnp.einsum("bnth,bnsh->bnts", q, k) / math.sqrt(f // heads)
-        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -1e30)
-        o = jnp.einsum("bnts,bnsh->btnh", jax.nn.softmax(s, -1), vv).reshape(b, t, f)
-        return o @ a["out"]["w"] + a["out"]["b"]
-    if "fused_qkv" in v:
-        w = jnp.concatenate([a[n]["w"] for n in ("query", "key", "value")], 1)
-        bias = jnp.concatenate([a[n]["b"] for n in ("query", "key", "value")])
-        q, k, vv = jnp.split((h @ w + bias).reshape(b, t, 3 * heads, -1), 3, axis=2)
-    else:
-        q, k, vv = ((h @ a[n]["w"] + a[n]["b"]).reshape(b, t, heads, -1) for n in ("query", "key", "value"))
-    if "einsum_attn" in v:
-        s = jnp.einsum("btnh,bsnh->bnts", q, k) / math.sqrt(f // heads)
-        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -1e30)
-        o = jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(s, -1), vv)
-    else:
-        o = jax.nn.dot_product_attention(q, k, vv, is_causal=True)
-    return o.reshape(b, t, f) @ a["out"]["w"] + a["out"]["b"]
-
-
-def raw_forward(params, tokens, heads, v=frozenset()):
-    """The GPT of :func:`jnn_model` written out in jax.numpy over jnn's params; ``v``: VARIANTS names."""
+def raw_forward(params, tokens, heads):
+    """The GPT of :func:`jnn_model` written out in jax.numpy over jnn's params."""
     table = params["embedding"]["embedding"]
-    f = table.shape[1]
-    if "onehot" in v:
-        x = jax.nn.one_hot(tokens, table.shape[0], dtype=table.dtype) @ table
-    else:
-        x = jnp.take(table, tokens, axis=0)
-    x = x * math.sqrt(f) + params["position"]["embedding"][: tokens.shape[1]]
-    one_pass = ("barrier" if "ln_barrier" in v else "vjp" if "ln_vjp" in v else "jvp" if "ln_jvp" in v
-                else "fenced" if "ln_jvp_fenced" in v else "one_pass_ln" in v)
+    b, t = tokens.shape
+    ln = lambda p, x: ((x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) * p["scale"]
+                       + p["offset"])
+    x = jnp.take(table, tokens, axis=0) * math.sqrt(table.shape[1]) + params["position"]["embedding"][:t]
     for i in range(sum(k.startswith("block_") for k in params)):
         p = params[f"block_{i}"]
-        x = x + _attention(p["attention"], _ln(p["norm_0"], x, one_pass), heads, v)
-        m = p["mlp"]
-        h = _ln(p["norm_1"], x, one_pass) @ m["dense_0"]["w"] + m["dense_0"]["b"]
-        h = (_gelu(h) if "gelu_vjp" in v else _gelu_jvp(h) if "gelu_jvp" in v
-             else _gelu_jvp_fenced(h) if "gelu_jvp_fenced" in v else jax.nn.gelu(h, approximate="tanh_gelu" in v))
+        a, m, h = p["attention"], p["mlp"], ln(p["norm_0"], x)
+        q, k, v = ((h @ a[n]["w"] + a[n]["b"]).reshape(b, t, heads, -1) for n in ("query", "key", "value"))
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, t, -1)
+        x = x + o @ a["out"]["w"] + a["out"]["b"]
+        h = jax.nn.gelu(ln(p["norm_1"], x) @ m["dense_0"]["w"] + m["dense_0"]["b"], approximate=False)
         x = x + h @ m["dense_1"]["w"] + m["dense_1"]["b"]
-    return _ln(params["final_norm"], x, one_pass) @ table.T
+    return ln(params["final_norm"], x) @ table.T
 
 
-def raw_loss(params, x, y, heads, v):
-    logits = raw_forward(params, x, heads, v)
-    if "manual_ce" in v:
-        picked = jnp.sum(logits * jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype), -1)
-        return jnp.mean(jax.nn.logsumexp(logits, -1) - picked)
-    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, y))
+def raw_step(heads, opt):
+    """A jitted ``((params, opt_state), x, y) -> ((params, opt_state), loss)``."""
+    def loss_fn(params, x, y):
+        return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(raw_forward(params, x, heads), y))
 
-
-def raw_step(heads, opt, v=frozenset()):
-    """A jitted ``((params, opt_state), x, y) -> ((params, opt_state), loss)``; ``v``: VARIANTS names."""
+    @jax.jit
     def step(carry, x, y):
         params, opt_state = carry
-        loss, grads = jax.value_and_grad(raw_loss)(params, x, y, heads, v)
-        if "flat_adam" in v:
-            flat, unravel = jax.flatten_util.ravel_pytree(params)
-            gflat = jax.flatten_util.ravel_pytree(grads)[0]
-            updates, opt_state = opt.update(gflat, opt_state, flat)
-            return (unravel(flat + updates), opt_state), loss
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
         updates, opt_state = opt.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    options = dict(jnn.train.compiler_options()) if "cpu_opts" in v else {}
-    if "no_ynn" in v:
-        options["xla_cpu_experimental_ynn_fusion_type"] = ""
-    for key, value in (part[4:].replace("|", ",").split("=", 1) for part in v if part.startswith("opt:")):
-        options[key] = {"true": True, "false": False}.get(value, value)
-    return jax.jit(step, compiler_options=options) if options else jax.jit(step)
-
-
-def flat_recipe(params, total):
-    """The recipe's optimizer over one flat buffer (the decay mask raveled like the params)."""
-    mask = jax.flatten_util.ravel_pytree(jax.tree.map(lambda m, p: jnp.full(p.shape, m, p.dtype),
-                                                      jnn.tree.mask(params), params))[0] > 0
-    decay = optax.stateless(lambda updates, params: updates + 0.1 * jnp.where(mask, params, 0))
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(b1=0.9, b2=0.99), decay,
-                       optax.scale_by_learning_rate(_schedule(total)))
+    return step
 
 
 def _schedule(total):
@@ -476,7 +217,7 @@ def torch_trainer(model, total):
 
 # ---------------------------------------------------------------- timing
 
-def contenders(size, xs, ys, variants, torch_threads, total=2000):
+def contenders(size, xs, ys, torch_threads, total=2000):
     """Zero-argument runners (each runs len(xs) steps and blocks) and the first-step losses."""
     import torch
     layers, width, heads = SIZES[size]
@@ -487,48 +228,19 @@ def contenders(size, xs, ys, variants, torch_threads, total=2000):
     jx, jy = [jnp.asarray(a) for a in xs], [jnp.asarray(a) for a in ys]
     first, fns = {}, {}
 
-    def jnn_runner(step):
-        box = {"ts": ts}
-        first_loss = float(step(ts, (jx[0], jy[0]))[1]["loss"])
-
-        def run():
-            t = box["ts"]
-            for x, y in zip(jx, jy):
-                t, _ = step(t, (x, y))
-            box["ts"] = block(t)
-        return run, first_loss
-
-    fns["jnn"], first["jnn"] = jnn_runner(jnn_step(model, opt))
-    if "jnn+opts" in variants:
-        fns["jnn+opts"], first["jnn+opts"] = jnn_runner(jnn_step(model, opt, jnn.train.compiler_options()))
-    for name in [v for v in variants if v.startswith("jnn+") and v != "jnn+opts"]:
-        with patched_jnn(name.split("+")[1:]):    # traced and compiled here, inside the patch
-            fns[name], first[name] = jnn_runner(jnn_step(jnn_model(layers, width, heads), opt))
-
-    def raw_runner(v):
-        step = raw_step(heads, opt, v)
-        carry = (params, opt.init(params))
-        if "flat_adam" in v:
-            flat = jax.flatten_util.ravel_pytree(params)[0]
-            flat_opt = flat_recipe(params, total)
-            step = raw_step(heads, flat_opt, v)
-            carry = (params, flat_opt.init(flat))
+    jnn_train = jnn_step(model, opt)
+    steps = {"jnn": (lambda c, x, y: (lambda out: (out[0], out[1]["loss"]))(jnn_train(c, (x, y))), ts),
+             "raw JAX": (raw_step(heads, opt), (params, opt.init(params)))}
+    for name, (step, carry) in steps.items():
         box = {"c": carry}
-        first_loss = float(step(carry, jx[0], jy[0])[1])
+        first[name] = float(step(carry, jx[0], jy[0])[1])
 
-        def run():
+        def run(step=step, box=box):
             c = box["c"]
             for x, y in zip(jx, jy):
                 c, _ = step(c, x, y)
             box["c"] = block(c)
-        return run, first_loss
-
-    fns["raw JAX"], first["raw JAX"] = raw_runner(frozenset())
-    for name in variants:
-        if not name.startswith("jnn+"):
-            unknown = [part for part in name.split("+") if part not in VARIANTS and not part.startswith("opt:")]
-            assert not unknown, f"unknown variants {unknown}: choose from {list(VARIANTS)}"
-            fns[f"raw+{name}"], first[f"raw+{name}"] = raw_runner(frozenset(name.split("+")))
+        fns[name] = run
 
     if not torch_threads:
         return fns, first
@@ -555,11 +267,11 @@ def contenders(size, xs, ys, variants, torch_threads, total=2000):
     return fns, first
 
 
-def time_sizes(sizes, steps, repeats, variants, torch_threads, data, clock=time.perf_counter):
+def time_sizes(sizes, steps, repeats, torch_threads, data, clock=time.perf_counter):
     lines = []
     for size in sizes:
         xs, ys = random_batches(data, steps, seed=1)
-        fns, first = contenders(size, xs, ys, variants, torch_threads)
+        fns, first = contenders(size, xs, ys, torch_threads)
         n_params = sum(math.prod(s) for s in _param_shapes(size))
         times = time_interleaved(fns, repeats=repeats, clock=clock)
         ms = {k: v / steps * 1e3 for k, v in times.items()}
@@ -567,7 +279,7 @@ def time_sizes(sizes, steps, repeats, variants, torch_threads, data, clock=time.
         lines.append(f"size {size} ({n_params / 1e6:.2f}M params): ms per step (median of {repeats} interleaved "
                      f"calls of {steps} steps), ratio to the faster PyTorch, to raw JAX; first-step loss")
         for name, value in ms.items():
-            lines.append(f"  {name:28s} {value:8.2f} ms  {value / torch_ms:5.2f}x torch  "
+            lines.append(f"  {name:12s} {value:8.2f} ms  {value / torch_ms:5.2f}x torch  "
                          f"{value / ms['raw JAX']:5.2f}x raw   loss {first[name]:.4f}")
         print("\n".join(lines[-len(ms) - 1:]), flush=True)
     return lines
@@ -621,27 +333,24 @@ def val_loss_run(size, n_steps, torch_threads):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="0.8M,3M,10M", help=f"of {list(SIZES)}")
-    parser.add_argument("--variants", default="",
-                        help="extra contenders: jnn+opts and raw JAX variants (names of VARIANTS, '+' combines)")
     parser.add_argument("--steps", type=int, default=4, help="steps per timed call")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-threads", default="1,2", help="PyTorch contenders: one per thread count")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time this process's CPU time, not wall time (for one-core runs: taskset -c 0 "
                              "... --torch-threads 1 --cpu-time)")
-    parser.add_argument("--val-steps", type=int, default=0)
+    parser.add_argument("--val-steps", type=int, default=300, help="0: no validation-loss run")
     parser.add_argument("--val-size", default="0.8M")
     args = parser.parse_args(argv)
     print(machine(), f"; load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs", flush=True)
-    variants = [v for v in args.variants.split(",") if v]
     try:
         data = shakespeare_ids()[0]
     except Exception as error:   # noqa: BLE001 - no data: random tokens time the same
-        print(f"(random tokens: {error})")
-        data = np.random.default_rng(0).integers(0, VOCAB, 100_000).astype(np.int32)
+        print(f"(random tokens, no validation run: {error})")
+        data, args.val_steps = np.random.default_rng(0).integers(0, VOCAB, 100_000).astype(np.int32), 0
     threads = [int(t) for t in args.torch_threads.split(",") if t]
-    lines = time_sizes([s for s in args.sizes.split(",") if s], args.steps, args.repeats, variants, threads, data,
+    lines = time_sizes([s for s in args.sizes.split(",") if s], args.steps, args.repeats, threads, data,
                        time.process_time if args.cpu_time else time.perf_counter)
     if args.val_steps:
         line = val_loss_run(args.val_size, args.val_steps, threads[-1])

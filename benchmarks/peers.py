@@ -8,7 +8,7 @@ Adam on a fixed set of random batches. Frameworks that are not installed are ski
 (``--torch-threads``). Then the MLP's per-step jit and fused epoch (one ``lax.scan``) at each
 ``--mlp-batches`` size, against raw JAX (benchmarks/train_step.py).
 
-    python benchmarks/peers.py [--models mlp,cnn,lstm,transformer --batch 128 --steps 10 --repeats 7]
+    python benchmarks/peers.py [--models mlp,cnn,lstm,transformer --batch 128 --steps 10 --repeats 5]
     taskset -c 1 python benchmarks/peers.py --torch-threads 1 --cpu-time   # one core, CPU time (loaded machine)
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's jnn
 from common import block, machine, time_interleaved  # noqa: E402
 import peers_frameworks as others  # noqa: E402
 import peers_jax  # noqa: E402
@@ -110,10 +111,10 @@ def main(argv=None):
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--mlp-batches", default="128,1024", help="'' to skip the MLP per-step/fused lines")
-    parser.add_argument("--mlp-examples", type=int, default=18000)
+    parser.add_argument("--mlp-examples", type=int, default=6000)
     parser.add_argument("--cpu-time", action="store_true",
                         help="time this process's CPU time, not wall time (one core: taskset -c 1 ... --torch-threads 1)")
     parser.add_argument("--out", default="", help="also append the output to this file")

@@ -6,7 +6,7 @@ Every model maps a batch to logits ``[B, 10]`` and trains with softmax cross-ent
   cnn          [B, 28, 28, 1] -> (conv3x3 SAME -> relu -> max_pool 2x2) for 32, 64 channels
                -> flatten -> dense 128 -> relu -> dense 10
   lstm         [B, 28, 28] (rows as time steps) -> LSTM 128 -> last output -> dense 10
-  transformer  [B, 64, 128] -> one pre-norm encoder block (4 heads, MLP 512, GELU)
+  transformer  [B, 64, 128] -> one pre-norm encoder block (4 heads, MLP 512, tanh GELU)
                -> mean over time -> dense 10
 Each ``make_*`` returns ``(step, carry)`` with ``step(carry, x, y) -> carry`` jitted.
 """
@@ -124,7 +124,8 @@ def jnn_model(name):
     if name == "lstm":
         return jnn.serial(jnn.recurrent(jnn.lstm_cell(HIDDEN), return_sequences=False), jnn.dense(10))
     mean_over_time = jnn.stateless("mean_over_time", lambda h: h.mean(axis=1))
-    return jnn.serial(jnn.encoder_block(HEADS, MLP_DIM), mean_over_time, jnn.dense(10))
+    # tanh GELU, as the raw JAX, Flax, Equinox (jax.nn.gelu's default) and PyTorch blocks
+    return jnn.serial(jnn.encoder_block(HEADS, MLP_DIM, mlp="gelu_tanh"), mean_over_time, jnn.dense(10))
 
 
 def make_jnn(name, key, batch):

@@ -17,7 +17,7 @@ occurrences left out: on a loaded machine a preempted thread shows as one very l
 Shares are of the summed operation times; with two threads operations may overlap, so run it on
 one core (``taskset -c 0``, ``--torch-threads 1``) for shares that add up.
 
-    taskset -c 0 python benchmarks/profile_gpt.py [--size 0.8M] [--steps 20] [--top 15] [--variants ln_vjp]
+    taskset -c 0 python benchmarks/profile_gpt.py [--size 0.8M] [--steps 20] [--top 15] [--raw]
 """
 from __future__ import annotations
 
@@ -157,14 +157,14 @@ def trace_thunks(fn, steps):
     return {name: trimmed(d, steps) for name, d in durations.items()}
 
 
-def jax_profile(size, steps, variants):
+def jax_profile(size, steps, raw):
     layers, width, heads = gpt.SIZES[size]
     xs, ys = gpt.random_batches(gpt.shakespeare_ids()[0], 1)
     x, y = jnp.asarray(xs[0]), jnp.asarray(ys[0])
     model, opt = gpt.jnn_model(layers, width, heads), gpt.optax_recipe(2000)
     ts = jax.device_put(gpt.jnn.train.init_train_state(model, opt, jax.random.key(0), x))
-    if variants:
-        step = gpt.raw_step(heads, opt, frozenset(variants))
+    if raw:
+        step = gpt.raw_step(heads, opt)
         state, call = {"c": (ts.params, opt.init(ts.params))}, None
         call = lambda s: step(s, x, y)[0]
         state = state["c"]
@@ -269,13 +269,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--torch-threads", type=int, default=2)
-    parser.add_argument("--variants", default="", help="profile a raw JAX step with these VARIANTS instead of jnn's")
+    parser.add_argument("--raw", action="store_true", help="profile the raw JAX step instead of jnn's")
     parser.add_argument("--skip-torch", action="store_true")
     args = parser.parse_args(argv)
     print(machine(), f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    variants = [v for v in args.variants.split(",") if v]
-    wall, host, rows = jax_profile(args.size, args.steps, variants)
-    name = f"raw JAX + {'+'.join(variants)}" if variants else "jnn"
+    wall, host, rows = jax_profile(args.size, args.steps, args.raw)
+    name = "raw JAX" if args.raw else "jnn"
     lines = table(f"{name} (XLA CPU), size {args.size}", rows, wall, host, args.top)
     if not args.skip_torch:
         wall, rows = torch_profile(args.size, args.steps, args.torch_threads)

@@ -4,17 +4,21 @@ Each case is a few lines of jax.numpy (jitted forward + backward) beside the sam
 timed interleaved on the GPT's activation shapes ([B*T, F] = [768, 128] at 0.8M params):
 
   ln            layer norm, forward and backward (jax.grad of the two-pass formula)
-  ln_vjp        the same with a hand-written backward (jax.custom_vjp)
+  ln_vjp        the same with jnn's layer norm (its hand-written tangent, fenced on CPU)
   ln_dense      layer norm then a dense layer, forward and backward for x and w (the block's pattern:
                 XLA fuses the layer-norm backward into the transposed operand of the weight gradient)
-  ln_dense_vjp  the same with the custom_vjp layer norm
+  ln_dense_vjp  the same with jnn's layer norm
   res_ln        four residual layers x + LN(x) @ w_i, forward and backward (the residual stream)
-  res_ln_vjp    the same with the custom_vjp layer norm
+  res_ln_vjp    the same with jnn's layer norm
   gelu          exact GELU (erf) forward and backward on [768, 4F]
   gelu_fast     the same compiled with xla_cpu_enable_fast_math
   matmul        [768, F] @ [F, 4F] forward and backward (for scale)
   transpose     [12, 64, F] -> [F, 768], the copy XLA puts before a weight gradient's product
   weight_grad   x^T @ g for x [768, F], g [768, 4F] (a dense layer's weight gradient)
+  mlp_bt        dense [F] -> [4F], tanh, dense [4F] -> [F] over x [B, 64, F], forward and backward (the
+                weight gradients contract two axes, B and T); mlp_flat: the same over x [B * 64, F]
+  wgrad_wide    g^T @ x [4F, F] (the weight gradient of a dense layer [4F] -> [F]); wgrad_wide_t:
+                (x^T @ g)^T with an optimization_barrier before the transpose
 
 Run on one core for steady figures (CPU time of this process):
 
@@ -33,7 +37,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import block, machine, time_interleaved  # noqa: E402
-from gpt_vs_torch import _ln_core  # noqa: E402
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout's jnn
+import jnn  # noqa: E402
 
 
 def ln(x, g, b):
@@ -43,7 +48,7 @@ def ln(x, g, b):
 
 
 def ln_vjp(x, g, b):
-    return _ln_core(x) * g + b
+    return jnn.layer_norm().apply({"scale": g, "offset": b}, {}, x)[0]
 
 
 def residual_ln(norm, x, g, b, w):
@@ -64,6 +69,7 @@ def cases(rows, f):
     w2 = (rng.normal(size=(4, f, f)) / np.sqrt(f)).astype(np.float32)
     ct4 = rng.normal(size=(rows, 4 * f)).astype(np.float32)
     h = rng.normal(size=(rows, 4 * f)).astype(np.float32)
+    wt = np.ascontiguousarray(w.T)
 
     def grad(fn, argnums, options=None):
         """The forward's output and the gradients (as a train step needs both)."""
@@ -108,6 +114,14 @@ def cases(rows, f):
                       lambda a: torch_t(a).reshape(12, -1, f).permute(2, 0, 1).contiguous(), (x,)),
         "weight_grad": (jax.jit(lambda a, c: jnp.einsum("rf,rg->fg", a, c)),
                         lambda a, c: torch_t(a).T @ torch_t(c), (x, ct4)),
+        "mlp_bt": (grad(lambda x, w, w2: (jnp.tanh(x.reshape(-1, 64, f) @ w) @ w2).reshape(rows, f), (0, 1, 2)),
+                   tgrad(lambda x, w, w2: (torch.tanh(x.reshape(-1, 64, f) @ w) @ w2).reshape(rows, f)),
+                   (x, w, wt, ct)),
+        "mlp_flat": (grad(lambda x, w, w2: jnp.tanh(x @ w) @ w2, (0, 1, 2)),
+                     tgrad(lambda x, w, w2: torch.tanh(x @ w) @ w2), (x, w, wt, ct)),
+        "wgrad_wide": (jax.jit(lambda a, c: c.T @ a), lambda a, c: torch_t(c).T @ torch_t(a), (x, ct4)),
+        "wgrad_wide_t": (jax.jit(lambda a, c: jax.lax.optimization_barrier(a.T @ c).T),
+                         lambda a, c: torch_t(c).T @ torch_t(a), (x, ct4)),
     }
 
 

@@ -2,13 +2,13 @@
 sliding-window helpers for its ``attention_bias`` hook (guides/custom_attention.md).
 
 Queries ``[B, T, N, H]`` attend to keys/values ``[B, S, K, H]`` (``K`` heads shared by groups of
-``N // K`` query heads) with ``jax.nn.dot_product_attention``; :func:`reference_attention` is the
-same computation written out. ``layer.methods`` hold the paths the decoder blocks' generation runs:
-``cross_kv(params, context, context_lengths=None)`` -> the context's keys/values (computed once);
-``attend_kv(params, x, kv, *, key=None, train=False, bias=None, mask=None)`` -> queries from ``x``
-over them; ``init_cache(batch, length, features, dtype)`` -> an empty key/value cache;
-``decode(params, cache, x, position)`` -> ``(y, cache)``: ``x[B, T, F]`` at positions
-``position, ...`` over the cache and itself, its keys/values written in.
+``N // K`` query heads) with ``jax.nn.dot_product_attention``, or on CPU (``implementation=None``)
+as :func:`reference_attention`, the same computation written out. ``layer.methods`` hold the paths
+the decoder blocks' generation runs: ``cross_kv(params, context, context_lengths=None)`` -> the
+context's keys/values (computed once); ``attend_kv(params, x, kv, *, key=None, train=False,
+bias=None, mask=None)`` -> queries from ``x`` over them; ``init_cache(batch, length, features,
+dtype)`` -> an empty key/value cache; ``decode(params, cache, x, position)`` -> ``(y, cache)``:
+``x[B, T, F]`` at positions ``position, ...`` over the cache and itself, its keys/values written in.
 ``ATTENTION_KEYWORDS`` are the extra ``apply`` keywords the layer declares (``lengths``, ``bias``,
 ``mask``, ``context``, ``context_lengths``), so combinators route them.
 """
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jnn import initializers
 from jnn import _checks as checks
 from jnn.core import Layer, check_keywords, inferring_shape, shape_of
+from jnn.layers.basic import flat_matmul
 from jnn.layers.positional import apply_rope
 
 __all__ = ["multi_head_attention", "reference_attention", "attention_weights", "alibi_bias", "sliding_window_mask",
@@ -103,7 +104,7 @@ def sliding_window_mask(query_positions, key_positions, window: int) -> jax.Arra
 
 
 def _linear(params, x):
-    y = x @ params["w"].astype(x.dtype)
+    y = flat_matmul(x, params["w"].astype(x.dtype))
     return y + params["b"].astype(x.dtype) if "b" in params else y
 
 
@@ -127,17 +128,15 @@ def _attend(label, rate, implementation, hook, q, k, v, positions=None, *, causa
     train = checks.flag(label, "train", train)
     dropping = train and rate > 0
     checks.key_for(label, dropping, key, f"dropout_rate={rate}")
-    if not dropping and q.dtype != jnp.float64:
-        # jax.nn.dot_product_attention does its softmax in float32 even for float64 inputs,
-        # so float64 (gradient checks) takes the explicit path below.
+    if not dropping and q.dtype != jnp.float64 and (implementation or jax.default_backend() != "cpu"):
+        # float64 (gradient checks) takes the explicit path below: jax.nn.dot_product_attention does
+        # its softmax in float32. On CPU the explicit einsums run faster (benchmarks/RESULTS.md).
         return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal,
                                             key_value_seq_lengths=lengths, implementation=implementation)
     t, s = q.shape[1], k.shape[1]
-    full = jnp.ones((1, 1, t, s), bool) if mask is None else mask
-    if causal:
-        full = full & jnp.tril(jnp.ones((t, s), bool))
-    if lengths is not None:
-        full = full & (jnp.arange(s) < lengths[:, None])[:, None, None, :]
+    padding = None if lengths is None else (jnp.arange(s) < lengths[:, None])[:, None, None, :]
+    masks = [m for m in (mask, jnp.tril(jnp.ones((t, s), bool)) if causal else None, padding) if m is not None]
+    full = functools.reduce(jnp.logical_and, masks) if masks else None
     weights = attention_weights(q, k, full, bias)
     if dropping:
         keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
@@ -221,7 +220,7 @@ def multi_head_attention(num_heads: int, *, head_size: int | None = None, num_kv
     float32. ``apply`` keywords: ``lengths=[B]`` (valid keys per example), ``bias=`` (added to the
     logits) and boolean ``mask=`` (``False``: no attention), both broadcastable to ``[B, N, T, S]``
     (e.g. ``[T, S]``); ``context=c[B, S, F_c], context_lengths=None`` cross-attends (needs
-    ``causal=False``, ``rope=False``). Attention dropout and float64 use :func:`reference_attention`.
+    ``causal=False``, ``rope=False``). Attention dropout, float64 and CPU use :func:`reference_attention`.
 
     Args:
       num_heads: query heads ``N`` (> 0).

@@ -10,7 +10,36 @@ from jnn import _checks as checks
 from jnn.combinators import identity, stateless
 from jnn.core import Layer, shape_of
 
-__all__ = ["dense", "flatten", "reshape", "identity"]
+__all__ = ["dense", "flat_matmul", "flatten", "reshape", "identity"]
+
+
+def flat_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` for ``x: [..., in]``, ``w: [in, out]`` -> ``[..., out]``, as one product over the
+    leading axes flattened: XLA CPU runs a weight gradient that contracts several axes as a
+    transposed dot, several times slower. On CPU with ``in > out``, the weight gradient is
+    computed as ``[out, in]`` and transposed (XLA CPU's faster orientation; a fenced custom_jvp).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> flat_matmul(jnp.ones((2, 5, 3)), jnp.ones((3, 4))).shape
+      (2, 5, 4)
+    """
+    if x.ndim <= 2:
+        return x @ w
+    return _matmul_2d(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+
+
+@jax.custom_jvp
+def _matmul_2d(x, w):
+    return x @ w
+
+
+@_matmul_2d.defjvp
+def _matmul_2d_jvp(primals, tangents):
+    (x, w), (dx, dw) = primals, tangents
+    if jax.default_backend() == "cpu" and w.shape[0] > w.shape[1]:
+        dw = jax.lax.optimization_barrier(dw.T).T
+    return x @ w, dx @ w + x @ dw
 
 
 @checks.declare(features=checks.positive_int, use_bias=checks.flag)
@@ -46,7 +75,7 @@ def dense(features: int, *, use_bias: bool = True, w_init="lecun_normal", b_init
         w = params["w"]
         checks.last_axis(label, x, w.shape[0])
         x = checks.float_input(x, w.dtype)
-        y = x @ w.astype(x.dtype)
+        y = flat_matmul(x, w.astype(x.dtype))
         if use_bias:
             y = y + params["b"].astype(x.dtype)
         return y, state

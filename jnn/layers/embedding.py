@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jnn import initializers
 from jnn import _checks as checks
 from jnn.core import Layer, layer_error, shape_of
+from jnn.layers.basic import flat_matmul
 
 __all__ = ["embedding", "attend"]
 
@@ -55,4 +56,4 @@ def attend(params, x: jax.Array) -> jax.Array:
     table = params["embedding"] if isinstance(params, dict) else params
     checks.require(x.shape[-1:] == table.shape[-1:], "attend",
                    f"expected x of shape [..., {table.shape[-1]}] (the embedding width), got {tuple(x.shape)}")
-    return x @ table.astype(x.dtype).T
+    return flat_matmul(x, table.astype(x.dtype).T)
