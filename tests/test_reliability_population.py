@@ -43,6 +43,7 @@ def test_a_nan_member_is_named_stopped_at_its_epoch_and_the_others_equal_a_run_w
         result = _run([0.05, np.nan, 0.02], KEYS)
     np.testing.assert_array_equal(result.nonfinite_epoch, [0, 3, 0])
     np.testing.assert_array_equal(result.epochs_trained, [4, 3, 4])
+    assert result.nonfinite_epoch.dtype.kind == result.epochs_trained.dtype.kind == "i"   # epochs index arrays
     assert not result.stopped_early.any()
     member = result.member(1)
     assert member.nonfinite_epoch == 3 and result.member(0).nonfinite_epoch is None
