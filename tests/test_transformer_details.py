@@ -258,6 +258,8 @@ def test_factories_record_their_hyperparameters_in_config():
     assert (block.config["mlp_dim"], block.config["dropout_rate"], block.config["cross_attention"],
             block.config["context_features"]) == (12, 0.1, True, FC)
     assert encoder_block(2, 12, num_kv_heads=1).config["num_kv_heads"] == 1
+    assert dict(encoder_block(2, 6, 0.1, mlp="swiglu", use_bias=False).children["mlp"].config) == {
+        "mlp_dim": 6, "dropout_rate": 0.1, "kind": "swiglu", "use_bias": False}
     lm = jnn.decoder_lm(11, 2, 2, 8, 16, 12, positional="rope", scan_layers=True)
     assert {k: lm.config[k] for k in ("vocab_size", "num_layers", "num_heads", "features", "mlp_dim", "max_len",
                                       "positional", "scan_layers", "tied")} == dict(
