@@ -82,3 +82,8 @@ def test_softmax_and_log_softmax_take_their_axis_on_3d_inputs():
         layers = (jnn.log_softmax(), jnn.softmax()) if axis == -1 else (jnn.log_softmax(axis), jnn.softmax(axis))
         np.testing.assert_allclose(layers[0].apply({}, {}, x)[0], log_ref, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(layers[1].apply({}, {}, x)[0], np.exp(log_ref), rtol=1e-5, atol=1e-7)
+
+
+def test_an_axis_out_of_range_is_named_with_the_input_shape():
+    with pytest.raises(ValueError, match=r"^softmax: axis 5 is out of range for an input of shape \(2, 3\)$"):
+        jnn.softmax(axis=5).apply({}, {}, jnp.ones((2, 3)))

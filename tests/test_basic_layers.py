@@ -96,3 +96,17 @@ def test_dense_names_itself_for_a_missing_or_misshapen_bias():
     with pytest.raises(ValueError, match=r"^head: b has shape \(3,\) but this layer was built with features=2 "
                                          r"\(expected shape \(2,\)\)$"):
         jnn.dense(2, name="head").apply({"w": w, "b": jnp.zeros(3)}, {}, jnp.zeros((1, 3)))
+
+
+def test_flat_matmul_is_one_2d_product_and_leaves_2d_inputs_a_plain_dot():
+    """The layout is flat_matmul's point (XLA CPU runs a weight gradient over [B, T] slowly): a
+    [B, T, F] input is reshaped to one [B*T, F] product; a [N, F] input stays a plain dot."""
+    from jnn.layers.basic import flat_matmul
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4)), jnp.float32)   # in > out: the CPU rule
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 6)), jnp.float32)
+    np.testing.assert_allclose(flat_matmul(x, w), np.einsum("btf,fo->bto", x, w), rtol=1e-5, atol=1e-6)
+    three = str(jax.make_jaxpr(flat_matmul)(x, w))
+    assert "new_sizes=(10, 6)" in three and "new_sizes=(2, 5, 4)" in three and "custom_jvp_call" in three
+    assert "custom_jvp_call" not in str(jax.make_jaxpr(flat_matmul)(x[0], w))
+    g = jax.grad(lambda w: jnp.sum(flat_matmul(x, w) ** 2))(w)   # the CPU weight-gradient rule, against NumPy
+    np.testing.assert_allclose(g, 2 * np.einsum("btf,bto->fo", x, np.einsum("btf,fo->bto", x, w)), rtol=1e-5)

@@ -215,3 +215,8 @@ def test_names_are_kept_and_label_the_errors():
             make(0.5, name="drop").apply({}, {}, _x((2, 3, 4)), train=True)
         with pytest.raises(ValueError, match=rf"^{kind}: train=True needs a PRNG key"):
             make(0.5).apply({}, {}, _x((2, 3, 4)), train=True)
+
+
+def test_a_train_flag_that_is_not_a_bool_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^dropout: train must be True or False, got 'yes'$"):
+        dropout(0.5).apply({}, {}, _x((2, 3)), key=jax.random.key(0), train="yes")
