@@ -61,7 +61,7 @@ MODULES = {
                                 "tests/test_reliability_params.py", "tests/test_precision.py"],
     "jnn/layers/positional.py": ["tests/test_positional_details.py", "tests/test_attention.py",
                                  "tests/test_attention_details.py", "tests/test_transformer.py",
-                                 "tests/test_options.py", "tests/test_precision.py"],
+                                 "tests/test_options.py", "tests/test_precision.py", "tests/test_hub.py"],
     "jnn/layers/remat.py": ["tests/test_repeat.py", "tests/test_train.py"],
     "jnn/layers/repeat.py": ["tests/test_repeat.py", "tests/test_mutation_gaps.py", "tests/test_transformer.py"],
     "jnn/layers/transformer.py": ["tests/test_transformer_details.py", "tests/test_transformer.py",

@@ -117,3 +117,10 @@ def test_rope_default_base_and_float32_angles_against_numpy():
         assert np.abs(rotated - _np_rope(x, far)).max() > 1e-4
         x64 = x.astype(np.float64)
         np.testing.assert_allclose(apply_rope(jnp.asarray(x64), jnp.asarray(far)), _np_rope(x64, far), atol=1e-10)
+
+
+@pytest.mark.parametrize("key", ["rope_type", "type"])   # transformers' key, and its older name
+def test_linear_rope_scaling_stretches_positions_by_the_factor(key):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 2, 8)), jnp.float32)
+    scaled = jnn.layers.positional.apply_rope(x, 2 * jnp.arange(6), scaling={key: "linear", "factor": 2.0})
+    np.testing.assert_allclose(scaled, jnn.layers.positional.apply_rope(x, jnp.arange(6)), rtol=1e-5, atol=1e-6)
