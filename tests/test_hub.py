@@ -116,8 +116,10 @@ def test_bare_model_state_dict_and_bfloat16():
     np.testing.assert_array_equal(np.asarray(w, np.float32), bare["layers.1.self_attn.k_proj.weight"].float().numpy().T)
 
 
-def test_rope_scaling_frequencies_match_transformers():
+@pytest.mark.parametrize("context", [8, 100])   # 100: a frequency other than 1 in llama3's smooth band
+def test_rope_scaling_frequencies_match_transformers(context):
     config = CONFIGS["llama_tied_llama3_rope"]()
+    config.rope_scaling = {**config.rope_scaling, "original_max_position_embeddings": context}
     rotary = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
     positions = torch.arange(20)[None]
     x = torch.ones(1, 20, 8)
