@@ -20,7 +20,7 @@ def _arrays(where: str, *values, names=("predictions", "targets")) -> list[jax.A
     for name, value in zip(names, values):
         try:
             out.append(jnp.asarray(value))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:   # a string; None ("not a valid value for jnp.array")
             raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}") from e
     return out
 

@@ -14,7 +14,7 @@ def _arrays(where: str, logits, labels) -> tuple[jax.Array, jax.Array]:
     for name, value in (("logits", logits), ("labels", labels)):
         try:
             out.append(jnp.asarray(value))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:   # a string; None
             raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}") from e
     if out[0].ndim < 1:
         raise ValueError(f"{where}: logits must have a class axis last, shape [..., C], got shape ()")

@@ -63,3 +63,27 @@ def test_fit_checks_labels_and_features_before_training():
 def test_regression_default_metrics_have_no_accuracy():
     assert set(train.guard.default_metrics(losses.mse)) == set()
     assert set(train.guard.default_metrics(losses.softmax_cross_entropy)) == {"accuracy"}
+
+
+@pytest.mark.parametrize("loss, names", [(losses.mse, ("predictions", "targets")), (losses.mae, ("predictions", "targets")),
+                                         (losses.binary_cross_entropy, ("probabilities", "labels")),
+                                         (losses.binary_cross_entropy_with_logits, ("logits", "labels")),
+                                         (losses.softmax_cross_entropy, ("logits", "labels"))])
+@pytest.mark.parametrize("bad", [None, "0.5"])
+def test_a_non_array_argument_is_named_by_the_loss(loss, names, bad):
+    """None or a string for either argument: a TypeError that names the loss and the argument."""
+    good = jnp.zeros((2, 3))
+    for at, name in enumerate(names):
+        args = [good, good]
+        args[at] = bad
+        with pytest.raises(TypeError, match=rf"^{loss.__name__}: {name} must be an array, got {type(bad).__name__}$"):
+            loss(*args)
+
+
+@pytest.mark.parametrize("bad", [None, "0.5"])
+def test_metrics_and_translate_name_a_non_array_argument(bad):
+    for metric in (metrics.accuracy, metrics.top_k_accuracy):
+        with pytest.raises(TypeError, match=rf"^{metric.__name__}: labels must be an array, got {type(bad).__name__}$"):
+            metric(jnp.zeros((2, 3)), bad)
+    with pytest.raises(ValueError, match=rf"^translate: shift must be a pair \(dy, dx\), got {bad!r}$"):
+        jnn.data.augment.translate(jnp.zeros((2, 2, 1)), bad)

@@ -63,7 +63,7 @@ def translate(image: jax.Array, shift) -> jax.Array:
     _check_image("translate", image)
     try:
         pair = jnp.asarray(shift)   # a tuple of traced ints too
-    except TypeError:
+    except (TypeError, ValueError):   # a string; None
         pair = None
     checks.require(pair is not None and pair.shape == (2,) and jnp.issubdtype(pair.dtype, jnp.number),
                    "translate", f"shift must be a pair (dy, dx), got {shift!r}")
