@@ -1064,3 +1064,20 @@ def rope_scaling(label: str, what: str, value):
 
 
 __all__ += ["rope_scaling"]
+
+
+# ---- rules added for losses and metrics (array arguments) ----
+
+def arrays(label: str, names, *values) -> list:
+    """Each of ``values`` as a jax array, or a ``TypeError`` naming ``label`` and the argument
+    (``None`` and strings are not arrays)."""
+    out = []
+    for name, value in zip(names, values):
+        try:
+            out.append(jnp.asarray(value))
+        except (TypeError, ValueError) as e:   # ValueError: None ("not a valid value for jnp.array")
+            raise TypeError(f"{label}: {name} must be an array, got {type(value).__name__}") from e
+    return out
+
+
+__all__ += ["arrays"]

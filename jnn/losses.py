@@ -15,16 +15,6 @@ __all__ = ["mse", "mae", "binary_cross_entropy", "binary_cross_entropy_with_logi
            "softmax_cross_entropy", "l1_penalty", "l2_penalty"]
 
 
-def _arrays(where: str, *values, names=("predictions", "targets")) -> list[jax.Array]:
-    out = []
-    for name, value in zip(names, values):
-        try:
-            out.append(jnp.asarray(value))
-        except (TypeError, ValueError) as e:   # a string; None ("not a valid value for jnp.array")
-            raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}") from e
-    return out
-
-
 def _floating(x: jax.Array, like: jax.Array | None = None) -> jax.Array:
     """``x``; integers and bools as ``like``'s float dtype (else float32)."""
     if jnp.issubdtype(x.dtype, jnp.floating):
@@ -72,7 +62,7 @@ def mae(predictions: jax.Array, targets: jax.Array, *, reduction: str = "mean") 
 
 
 def _elementwise(where: str, fn, predictions, targets, reduction: str) -> jax.Array:
-    predictions, targets = _arrays(where, predictions, targets)
+    predictions, targets = checks.arrays(where, ("predictions", "targets"), predictions, targets)
     _same_shape(where, predictions, targets)
     predictions = _floating(predictions)
     return _reduce(fn(predictions, _floating(targets, predictions)), reduction, where)
@@ -87,7 +77,7 @@ def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array, *,
       >>> round(float(jnn.losses.binary_cross_entropy_with_logits(jnp.zeros(2), jnp.array([0.0, 1.0]))), 4)
       0.6931
     """
-    logits, labels = _arrays("binary_cross_entropy_with_logits", logits, labels, names=("logits", "labels"))
+    logits, labels = checks.arrays("binary_cross_entropy_with_logits", ("logits", "labels"), logits, labels)
     logits = _floating(logits)
     _same_shape("binary_cross_entropy_with_logits", logits, labels, ("logits", "labels"))
     checks.values_in_unit_interval("binary_cross_entropy_with_logits", "labels", labels, _LABEL_HINT)
@@ -104,7 +94,7 @@ def binary_cross_entropy(probabilities: jax.Array, labels: jax.Array, *,
       >>> round(float(jnn.losses.binary_cross_entropy(jnp.array([0.5, 0.5]), jnp.array([0.0, 1.0]))), 4)
       0.6931
     """
-    probabilities, labels = _arrays("binary_cross_entropy", probabilities, labels, names=("probabilities", "labels"))
+    probabilities, labels = checks.arrays("binary_cross_entropy", ("probabilities", "labels"), probabilities, labels)
     probabilities = _floating(probabilities)
     _same_shape("binary_cross_entropy", probabilities, labels, ("probabilities", "labels"))
     checks.values_in_unit_interval("binary_cross_entropy", "probabilities", probabilities,
@@ -133,7 +123,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
       (2,)
     """
     where = "softmax_cross_entropy"
-    logits, labels = _arrays(where, logits, labels, names=("logits", "labels"))
+    logits, labels = checks.arrays(where, ("logits", "labels"), logits, labels)
     logits = _floating(logits)
     if logits.ndim < 1:
         raise ValueError(f"{where}: logits must have a class axis last, shape [..., C], got shape ()")

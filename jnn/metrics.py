@@ -10,12 +10,7 @@ __all__ = ["accuracy", "top_k_accuracy"]
 
 
 def _arrays(where: str, logits, labels) -> tuple[jax.Array, jax.Array]:
-    out = []
-    for name, value in (("logits", logits), ("labels", labels)):
-        try:
-            out.append(jnp.asarray(value))
-        except (TypeError, ValueError) as e:   # a string; None
-            raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}") from e
+    out = checks.arrays(where, ("logits", "labels"), logits, labels)
     if out[0].ndim < 1:
         raise ValueError(f"{where}: logits must have a class axis last, shape [..., C], got shape ()")
     return out[0], out[1]
